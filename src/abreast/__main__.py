@@ -1,0 +1,3 @@
+from abreast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""`when:` and `gate:` expressions: parsed once, checked against the workflow, evaluated safely.
+
+An expression is Python-like (`needs_security and outputs.critique.decision == "APPROVED"`,
+`output.confidence >= 0.75`) and is evaluated by simpleeval, never by `eval`.
+Names it may use: the workflow's flags (bare, or as `flags.NAME`), `outputs.TASK.FIELD`
+for tasks upstream of it, `output.FIELD` in a gate (the task's own output), the
+literals `true`, `false`, `null`, and the functions len, min, max, abs, round, int,
+float, str, bool.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import simpleeval
+
+FUNCTIONS = {
+    "len": len,
+    "min": min,
+    "max": max,
+    "abs": abs,
+    "round": round,
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": bool,
+}
+LITERALS: dict[str, Any] = {
+    "true": True,
+    "false": False,
+    "null": None,
+    "True": True,
+    "False": False,
+    "None": None,
+}
+
+
+class ConditionError(Exception):
+    """An expression could not be evaluated; the message says why, in the user's terms."""
+
+
+class OutputsUnknown(Exception):
+    """The expression reads task outputs, which are unknown before the run."""
+
+
+class Record:
+    """A task's JSON output, readable as `outputs.task.field` or `outputs.task["field"]`.
+
+    Not a Mapping on purpose: it has no methods, so `outputs.a.items` reads a field.
+    """
+
+    __slots__ = ("_data", "_name")
+
+    def __init__(self, data: Mapping[str, Any], name: str) -> None:
+        self._data = data
+        self._name = name
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        return self[key]
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            value = self._data[key]
+        except KeyError:
+            fields = ", ".join(sorted(map(str, self._data))) or "none"
+            raise ConditionError(f"{self._name} has no field {key!r} (it has: {fields})") from None
+        return wrap(value, f"{self._name}.{key}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Record):
+            return self._data == other._data
+        return self._data == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Record({self._name})"
+
+
+def wrap(value: Any, name: str) -> Any:
+    if isinstance(value, Mapping):
+        return Record(value, name)
+    return value
+
+
+class _UnknownOutputs(Mapping[str, Any]):
+    """Stands for `outputs`/`output` when planning: any read means "unknown until run"."""
+
+    def __getattr__(self, key: str) -> Any:
+        raise OutputsUnknown(key)
+
+    def __getitem__(self, key: str) -> Any:
+        raise OutputsUnknown(key)
+
+    def __iter__(self) -> Iterator[str]:
+        raise OutputsUnknown("")
+
+    def __len__(self) -> int:
+        raise OutputsUnknown("")
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A parsed condition, with the names and upstream tasks it reads."""
+
+    source: str
+    flags: frozenset[str]
+    tasks: frozenset[str]  # tasks whose outputs it reads
+    reads_own_output: bool
+
+    def evaluate(
+        self,
+        flags: Mapping[str, Any],
+        outputs: Mapping[str, Any] | None,
+        output: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """True or False; ConditionError when a value is missing or the expression fails.
+
+        `outputs`/`output` as None mean "not known yet": reading them raises OutputsUnknown.
+        """
+        names: dict[str, Any] = dict(LITERALS)
+        names.update(flags)
+        names["flags"] = Record(flags, "flags")
+        names["outputs"] = (
+            _UnknownOutputs()
+            if outputs is None
+            else Record({k: wrap(v, f"outputs.{k}") for k, v in outputs.items()}, "outputs")
+        )
+        names["output"] = _UnknownOutputs() if output is None else Record(output, "output")
+        evaluator = simpleeval.SimpleEval(functions=FUNCTIONS, names=names)
+        evaluator.ATTR_INDEX_FALLBACK = False
+        try:
+            return bool(evaluator.eval(self.source))
+        except (OutputsUnknown, ConditionError):
+            raise
+        except simpleeval.NameNotDefined as e:
+            raise ConditionError(f"unknown name {e.name!r}") from None
+        except simpleeval.InvalidExpression as e:
+            raise ConditionError(str(e)) from None
+        except (
+            TypeError,
+            ValueError,
+            ZeroDivisionError,
+            KeyError,
+            IndexError,
+            AttributeError,
+        ) as e:
+            raise ConditionError(f"{type(e).__name__}: {e}") from None
+
+
+def parse(source: str, *, allow_output: bool) -> Expression:
+    """Parse and check the shape of `source`; ValueError with a readable message if wrong."""
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"is not a valid expression: {e.msg}") from None
+    flags: set[str] = set()
+    tasks: set[str] = set()
+    own = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS):
+                raise ValueError("may only call " + ", ".join(sorted(FUNCTIONS)))
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            raise ValueError(f"may not read {node.attr!r}: names starting with _ are private")
+        elif isinstance(
+            node,
+            ast.Lambda
+            | ast.NamedExpr
+            | ast.ListComp
+            | ast.SetComp
+            | ast.DictComp
+            | ast.GeneratorExp
+            | ast.Await
+            | ast.Yield
+            | ast.YieldFrom
+            | ast.Starred,
+        ):
+            raise ValueError(f"may not use {type(node).__name__.lower()} expressions")
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Name) or node.id in FUNCTIONS or node.id in LITERALS:
+            continue
+        if node.id == "outputs":
+            continue
+        if node.id == "output":
+            if not allow_output:
+                raise ValueError("reads `output`, which only a gate has; use outputs.TASK.FIELD")
+            own = True
+            continue
+        if node.id != "flags":
+            flags.add(node.id)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id == "outputs":
+                tasks.add(node.attr)
+            elif node.value.id == "flags":
+                flags.add(node.attr)
+        elif (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, str)
+        ):
+            if node.value.id == "outputs":
+                tasks.add(node.slice.value)
+            elif node.value.id == "flags":
+                flags.add(node.slice.value)
+    return Expression(source.strip(), frozenset(flags), frozenset(tasks), own)

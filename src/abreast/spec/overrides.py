@@ -1,0 +1,87 @@
+"""Command-line overrides of the workflow: `--flag NAME[=VALUE]` and the parallelism cap."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from abreast.errors import UsageError
+from abreast.spec.model import Scalar, Workflow
+from abreast.spec.validate import did_you_mean
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def parse_flag_value(text: str) -> Scalar:
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def flag_overrides(wf: Workflow, specs: Sequence[str]) -> dict[str, Scalar]:
+    """`NAME` (true) or `NAME=VALUE` for each declared flag; a clear error otherwise."""
+    out: dict[str, Scalar] = {}
+    for spec in specs:
+        name, eq, raw = spec.partition("=")
+        name = name.strip()
+        if name not in wf.flags:
+            known = ", ".join(sorted(wf.flags)) or "none declared"
+            raise UsageError(
+                f"--flag {spec!r}: {name!r} is not a flag of {wf.name}"
+                + did_you_mean(name, wf.flags),
+                hint=f"flags: {known}",
+            )
+        default = wf.flags[name]
+        if not eq:
+            value: Scalar = True
+        elif isinstance(default, bool):
+            low = raw.strip().lower()
+            if low not in _TRUE | _FALSE:
+                raise UsageError(f"--flag {spec!r}: {name!r} is true/false, not {raw!r}")
+            value = low in _TRUE
+        else:
+            value = parse_flag_value(raw)
+        if not eq and not isinstance(default, bool):
+            raise UsageError(
+                f"--flag {spec!r}: {name!r} needs a value (default {default!r})",
+                hint=f"write --flag {name}=VALUE",
+            )
+        out[name] = value
+    return out
+
+
+def parallel_cap(
+    wf: Workflow,
+    cli_value: int | None = None,
+    sequential: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """The cap on tasks at once: --sequential / ABREAST_PARALLEL=0 mean 1; then
+    --max-parallel, then ABREAST_MAX_PARALLEL, then the file's max_parallel."""
+    env = os.environ if env is None else env
+    if sequential or env.get("ABREAST_PARALLEL", "").strip().lower() in _FALSE - {"1"}:
+        return 1
+    if cli_value is not None:
+        if cli_value < 1:
+            raise UsageError(
+                f"--max-parallel {cli_value}: must be at least 1",
+                hint="use --sequential to run one task at a time",
+            )
+        return cli_value
+    raw = env.get("ABREAST_MAX_PARALLEL")
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise UsageError(f"ABREAST_MAX_PARALLEL={raw!r}: must be a whole number >= 1")
+        return value
+    return wf.max_parallel

@@ -1,0 +1,506 @@
+"""From a loaded document to a `Workflow`: shapes, ids, references, conditions, cycles.
+
+Every problem found is collected with its line, and all of them are raised
+together in one `SpecError`, so a user fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pathspec
+from pydantic import BaseModel, ValidationError
+
+from abreast import dag
+from abreast.errors import SpecError, SpecProblem
+from abreast.gcpause import paused_gc
+from abreast.spec import conditions
+from abreast.spec.loader import Document, load_document
+from abreast.spec.model import (
+    ENV_PATTERN,
+    FLAG_PATTERN,
+    NAME_PATTERN,
+    TASK_ID_PATTERN,
+    Task,
+    TaskFields,
+    Workflow,
+)
+
+_TASK_ID = re.compile(TASK_ID_PATTERN)
+_NAME = re.compile(NAME_PATTERN)
+_FLAG = re.compile(FLAG_PATTERN)
+_ENV = re.compile(ENV_PATTERN)
+_RESERVED_ENV = "ABREAST_"
+_TASK_ID_RULE = (
+    "a task id is 1-63 characters of a-z, 0-9, '_' and '-', starting with a "
+    "letter or digit (it becomes a branch and directory name)"
+)
+
+
+def load_workflow(path: str | Path) -> Workflow:
+    """Read and validate the workflow file at `path`."""
+    doc = load_document(path)
+    workflow = parse_workflow(doc)
+    raw = Path(path).read_bytes()
+    workflow._source = str(Path(path).resolve())
+    workflow._source_sha256 = hashlib.sha256(raw).hexdigest()
+    return workflow
+
+
+def parse_workflow(doc: Document) -> Workflow:
+    with paused_gc():
+        return _Validator(doc).run()
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def describe_path(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Validator:
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.problems: list[SpecProblem] = []
+
+    def problem(self, path: tuple[str | int, ...], message: str, hint: str | None = None) -> None:
+        self.problems.append(SpecProblem(message, path=path, line=self.doc.line(path), hint=hint))
+
+    def fail(self) -> SpecError:
+        self.problems.sort(key=lambda p: p.line or 0)
+        return SpecError(self.doc.file, self.problems)
+
+    def run(self) -> Workflow:
+        data = self.doc.data
+        if not isinstance(data, dict):
+            self.problem(
+                (),
+                f"the top level must be a mapping of keys, not {_kind(data)}",
+                hint="start the file with `version: 1`",
+            )
+            raise self.fail()
+        if "version" not in data:
+            self.problem(
+                (),
+                "missing `version: 1` at the top level",
+                hint="add `version: 1` as the first line",
+            )
+        elif data["version"] != 1 or isinstance(data["version"], bool):
+            self.problem(
+                ("version",),
+                f"unsupported version {data['version']!r}",
+                hint="this abreast reads `version: 1`",
+            )
+        tasks_raw = data.get("tasks")
+        if "tasks" in data and not isinstance(tasks_raw, dict):
+            self.problem(
+                ("tasks",), f"`tasks` must be a mapping of task id to task, not {_kind(tasks_raw)}"
+            )
+            raise self.fail()
+        defaults_raw = data.get("defaults") or {}
+        if not isinstance(defaults_raw, dict):
+            self.problem(("defaults",), f"`defaults` must be a mapping, not {_kind(defaults_raw)}")
+            raise self.fail()
+        if (
+            defaults_raw
+            and self._pydantic(
+                lambda: TaskFields.model_validate(defaults_raw), ("defaults",), TaskFields
+            )
+            is None
+        ):
+            raise self.fail()
+
+        merged: dict[str, Any] = {}
+        for tid, raw_body in (tasks_raw or {}).items():
+            body = {} if raw_body is None else raw_body
+            if not isinstance(body, dict):
+                self.problem(
+                    ("tasks", tid),
+                    f"task {tid!r} must be a mapping of keys, not {_kind(body)}",
+                    hint="e.g. `run: make build`",
+                )
+                continue
+            if not _TASK_ID.fullmatch(str(tid)):
+                self.problem(("tasks", tid), f"task id {tid!r} is not allowed", hint=_TASK_ID_RULE)
+            if "id" in body:
+                self.problem(("tasks", tid, "id"), "a task's id is its key; remove `id:`")
+            if defaults_raw:
+                inherited = {k: v for k, v in defaults_raw.items() if k not in body}
+                if "run" in body:
+                    inherited.pop("agent", None)  # an explicit command wins over the default
+                merged[tid] = {**inherited, **body, "id": tid}
+            else:
+                merged[tid] = {**body, "id": tid}
+        self._tasks_raw = tasks_raw or {}
+        top = {k: v for k, v in data.items() if k != "tasks"}
+        if tasks_raw is not None:
+            top["tasks"] = merged
+        workflow: Workflow | None = self._pydantic(
+            lambda: Workflow.model_validate(top), (), Workflow
+        )
+        if self.problems or workflow is None:
+            raise self.fail()
+        self._references(workflow)
+        if self.problems:
+            raise self.fail()
+        if not workflow.name:
+            stem = Path(self.doc.file).stem.lower()
+            name = re.sub(r"[^a-z0-9_-]+", "-", stem).strip("-_")[:63] or "workflow"
+            object.__setattr__(workflow, "name", name)
+        return workflow
+
+    # -- pydantic errors, in the user's terms ---------------------------------------------
+
+    def _pydantic(
+        self, build: typing.Callable[[], Any], prefix: tuple[str | int, ...], model: type[BaseModel]
+    ) -> Any:
+        try:
+            return build()
+        except ValidationError as e:
+            for err in e.errors(include_url=False):
+                self._translate(err, prefix, model)
+            return None
+
+    def _translate(self, err: Any, prefix: tuple[str | int, ...], model: type[BaseModel]) -> None:
+        loc = tuple(err["loc"])
+        path = (*prefix, *loc)
+        # A task's field that came from `defaults` is reported there.
+        if (
+            len(path) >= 3
+            and path[0] == "tasks"
+            and isinstance(path[2], str)
+            and path[2] not in (self._tasks_raw.get(path[1]) or {})
+        ):
+            path = ("defaults", *path[2:])
+        kind = err["type"]
+        if path == ("version",):
+            return  # reported already, in plainer words
+        where = describe_path(path) or "top level"
+        if kind == "extra_forbidden":
+            key = str(path[-1])
+            owner = _model_at(model, loc[:-1])
+            allowed = sorted(_aliases(owner)) if owner else []
+            hint = "allowed keys: " + ", ".join(allowed) if allowed else None
+            parent = describe_path(path[:-1]) or "the top level"
+            self.problem(
+                path, f"unknown key {key!r} in {parent}{did_you_mean(key, allowed)}", hint=hint
+            )
+        elif kind == "missing":
+            parent = describe_path(path[:-1]) or "the top level"
+            self.problem(path[:-1], f"missing required key {path[-1]!r} in {parent}")
+        elif kind in ("value_error", "assertion_error"):
+            msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            self.problem(path, f"{where}: {msg}")
+        elif kind == "too_short" and path[-1:] == ("tasks",):
+            self.problem(path, "the workflow has no tasks", hint="add at least one under `tasks:`")
+        else:
+            shown = err.get("input")
+            got = f" (got {shown!r})" if not isinstance(shown, dict | list) else ""
+            self.problem(path, f"{where}: {err['msg'][0].lower()}{err['msg'][1:]}{got}")
+
+    # -- references between sections ---------------------------------------------------------
+
+    def _references(self, wf: Workflow) -> None:
+        for section, names in (
+            ("agents", wf.agents),
+            ("pools", wf.pools),
+            ("keys", wf.keys),
+            ("locks", wf.locks),
+        ):
+            for name in names:
+                if not _NAME.fullmatch(name):
+                    self.problem(
+                        (section, name),
+                        f"{section} name {name!r} is not allowed; "
+                        "use letters, digits, '_', '.' and '-' (max 63)",
+                    )
+        for flag in wf.flags:
+            if (
+                not _FLAG.fullmatch(flag)
+                or flag in conditions.FUNCTIONS
+                or flag in ("outputs", "output", "flags")
+                or flag in conditions.LITERALS
+            ):
+                self.problem(
+                    ("flags", flag),
+                    f"flag name {flag!r} cannot be used in conditions",
+                    hint="a flag name is a Python-style identifier, not a reserved word",
+                )
+        if wf.name and not _TASK_ID.fullmatch(wf.name):
+            self.problem(
+                ("name",),
+                f"workflow name {wf.name!r} is not allowed: it is used in run ids and branch names",
+                hint=_TASK_ID_RULE.replace("task id", "name"),
+            )
+        for name, agent in wf.agents.items():
+            self._ref(("agents", name, "keys"), agent.keys, wf.keys, "key pool")
+            self._env(("agents", name, "env"), agent.env)
+        for i, check in enumerate(wf.checks):
+            self._ref(("checks", i, "lock"), check.lock, wf.locks, "lock")
+        self._ref(("defaults", "agent"), wf.defaults.agent, wf.agents, "agent")
+
+        ids = list(wf.tasks)
+        index = {tid: i for i, tid in enumerate(ids)}
+        preds: list[list[int]] = [[] for _ in ids]
+        for tid, task in wf.tasks.items():
+            self._task_refs(wf, task, ("tasks", tid), index, preds[index[tid]])
+        if self.problems:
+            return
+        waves, level = dag.generations(preds)
+        if min(level, default=0) >= 0:
+            wf._dependency_levels = (preds, waves, level)
+        for cycle in dag.find_cycles(preds):
+            cycle_ids = [ids[v] for v in cycle]
+            self.problem(
+                ("tasks", cycle_ids[0], "needs"),
+                "dependency cycle: " + " -> ".join(cycle_ids) + " (each needs the next)",
+                hint="remove one of these needs so the tasks can be ordered",
+            )
+        if self.problems:
+            return
+        for task in wf.tasks.values():
+            self._conditions(wf, task, ids, index, preds)
+
+    def _task_refs(
+        self,
+        wf: Workflow,
+        task: Task,
+        base: tuple[str | int, ...],
+        index: dict[str, int],
+        out_preds: list[int],
+    ) -> None:
+        tid = task.id
+        if _plain(task, index, wf):
+            # Nothing here can be wrong; big generated workflows are mostly such tasks.
+            preds = [index[n] for n in task.needs]
+            out_preds.extend(dict.fromkeys(preds) if len(preds) > 1 else preds)
+            return
+        seen: set[int] = set()
+        for i, need in enumerate(task.needs):
+            dep, _, signal = need.partition(":")
+            where = (*base, "needs", i)
+            if dep not in index:
+                self.problem(
+                    where,
+                    f"task {tid!r} needs {dep!r}, which is not a task" + did_you_mean(dep, index),
+                )
+                continue
+            if dep == tid:
+                self.problem(where, f"task {tid!r} needs itself")
+                continue
+            if signal:
+                declared = wf.tasks[dep].signals
+                if signal not in declared:
+                    self.problem(
+                        where,
+                        f"task {tid!r} waits for signal {signal!r} of {dep!r}, "
+                        f"which {dep!r} does not declare",
+                        hint=f"add `signals: [{signal}]` to task {dep!r}",
+                    )
+            if index[dep] not in seen:
+                seen.add(index[dep])
+                out_preds.append(index[dep])
+        for sig in task.signals:
+            if not _NAME.fullmatch(sig):
+                self.problem((*base, "signals"), f"signal name {sig!r} is not allowed")
+        if task.run is None and task.agent is None:
+            self.problem(
+                base,
+                f"task {tid!r} has nothing to run",
+                hint="give it `run: COMMAND`, an `agent:`, or set `defaults.agent`",
+            )
+        if (
+            task.run is not None
+            and task.agent is not None
+            and "agent" in (self._tasks_raw.get(tid) or {})
+        ):
+            self.problem(
+                (*base, "agent"),
+                f"task {tid!r} has both `run` and `agent`",
+                hint="keep `run` for a plain command or `agent` for an agent profile",
+            )
+        self._ref((*base, "agent"), task.agent if task.run is None else None, wf.agents, "agent")
+        self._ref((*base, "keys"), task.keys, wf.keys, "key pool")
+        for j, pool in enumerate(task.pools):
+            self._ref((*base, "pools", j), pool, wf.pools, "pool")
+        for j, lock in enumerate(task.locks):
+            self._ref((*base, "locks", j), lock, wf.locks, "lock")
+        self._env((*base, "env"), task.env)
+        for j, pattern in enumerate(task.owns):
+            problem = owns_problem(pattern)
+            if problem:
+                self.problem(
+                    (*base, "owns", j),
+                    f"owns pattern {pattern!r} {problem}",
+                    hint="write a path glob relative to the repository root, "
+                    "like 'backend/**' or 'src/auth/*.py'",
+                )
+
+    def _conditions(
+        self,
+        wf: Workflow,
+        task: Task,
+        ids: list[str],
+        index: dict[str, int],
+        preds: list[list[int]],
+    ) -> None:
+        base = ("tasks", task.id)
+        upstream: set[str] | None = None
+        for field in ("when", "gate"):
+            source = getattr(task, field)
+            if source is None:
+                continue
+            try:
+                expr = conditions.parse(source, allow_output=field == "gate")
+            except ValueError as e:
+                self.problem((*base, field), f"{field}: {source!r} {e}")
+                continue
+            for flag in sorted(expr.flags - set(wf.flags)):
+                self.problem(
+                    (*base, field),
+                    f"{field}: {source!r} reads {flag!r}, which is "
+                    "not a flag" + did_you_mean(flag, [*wf.flags, "outputs"]),
+                    hint="declare it under `flags:` (with a default value)",
+                )
+            for ref in sorted(expr.tasks):
+                if ref not in index:
+                    self.problem(
+                        (*base, field),
+                        f"{field}: {source!r} reads outputs of "
+                        f"{ref!r}, which is not a task" + did_you_mean(ref, ids),
+                    )
+                    continue
+                if upstream is None:
+                    upstream = {ids[v] for v in dag.ancestors(index[task.id], preds)}
+                if ref not in upstream:
+                    self.problem(
+                        (*base, field),
+                        f"{field}: {source!r} reads outputs of "
+                        f"{ref!r}, which {task.id!r} does not depend on",
+                        hint=f"add {ref!r} to the `needs` of {task.id!r}",
+                    )
+
+    def _ref(
+        self,
+        path: tuple[str | int, ...],
+        name: str | None,
+        known: typing.Mapping[str, Any],
+        kind: str,
+    ) -> None:
+        if name is not None and name not in known:
+            section = {"agent": "agents", "key pool": "keys", "pool": "pools", "lock": "locks"}[
+                kind
+            ]
+            self.problem(
+                path,
+                f"unknown {kind} {name!r}" + did_you_mean(name, known),
+                hint=f"declare it under `{section}:`"
+                + (f" (known: {', '.join(sorted(known))})" if known else ""),
+            )
+
+    def _env(self, path: tuple[str | int, ...], env: typing.Mapping[str, str]) -> None:
+        for key in env:
+            if not _ENV.fullmatch(key):
+                self.problem((*path, key), f"environment variable name {key!r} is not valid")
+            elif key.startswith(_RESERVED_ENV):
+                self.problem(
+                    (*path, key),
+                    f"environment variable {key!r} is reserved: abreast sets ABREAST_* itself",
+                )
+
+
+def _plain(task: Task, index: dict[str, int], wf: Workflow) -> bool:
+    """A task with known needs (no signals), something to run, and no other references."""
+    if task.pools or task.locks or task.env or task.owns or task.signals or task.keys:
+        return False
+    if task.run is None and (task.agent is None or task.agent not in wf.agents):
+        return False
+    if task.run is not None and task.agent is not None:
+        return False
+    tid = task.id
+    return all(n in index and n != tid for n in task.needs)
+
+
+def owns_problem(pattern: str) -> str | None:
+    """Why an `owns` glob is unusable, or None."""
+    if not pattern.strip():
+        return "is empty"
+    if pattern.startswith("!"):
+        return "is a negation; owns lists what a task may change, so negations are not supported"
+    if pattern.startswith("/") and pattern.strip("/") == "":
+        return "is the filesystem root"
+    if ".." in pattern.split("/"):
+        return "leaves the repository with '..'"
+    if "\\" in pattern:
+        return "uses a backslash; use '/' between path segments"
+    try:
+        pathspec.GitIgnoreSpec.from_lines([pattern])
+    except (ValueError, TypeError) as e:
+        return f"is not a valid glob: {e}"
+    return None
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "text",
+        int: "a number",
+        float: "a number",
+        bool: "true/false",
+    }.get(type(value), type(value).__name__)
+
+
+def _aliases(model: type[BaseModel]) -> set[str]:
+    return {f.alias or name for name, f in model.model_fields.items() if name != "id"}
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model describing the mapping found at `loc` under `model`."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = next(
+                (f for n, f in current.model_fields.items() if (f.alias or n) == part or n == part),
+                None,
+            )
+            if field is None:
+                return None
+            current = field.annotation
+        elif typing.get_origin(current) in (dict, list, tuple):
+            args = typing.get_args(current)
+            current = args[-1] if args else None
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(tp: Any) -> Any:
+    # Optional[M] / M | None / Annotated[M, ...] -> M
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) != 1:
+                return tp
+            tp = args[0]
+        else:
+            return tp

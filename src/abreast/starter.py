@@ -1,0 +1,39 @@
+"""The workflow `abreast init` writes: small, valid, and commented."""
+
+STARTER = """\
+version: 1
+name: my-workflow
+max_parallel: 4
+# base: main                 # the ref the first tasks start from (default: HEAD)
+
+defaults:
+  timeout: 30m
+  retries: 1                 # extra attempts after a failure, a conflict or a red check
+
+# agents:
+#   claude:
+#     run: claude -p "$ABREAST_PROMPT" --permission-mode acceptEdits
+#     max_instances: 3
+
+# checks:                    # run on the merge result before a task's work lands
+#   - run: make test
+
+tasks:
+  plan:
+    run: echo "planning" > PLAN.md
+    estimate: 5m
+  backend:
+    needs: [plan]
+    run: mkdir -p backend && echo "api" > backend/api.txt
+    owns: ["backend/**"]
+    estimate: 20m
+  frontend:
+    needs: [plan]
+    run: mkdir -p frontend && echo "ui" > frontend/ui.txt
+    owns: ["frontend/**"]
+    estimate: 20m
+  docs:
+    needs: [backend, frontend]
+    run: echo "docs" > DOCS.md
+    estimate: 10m
+"""

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+
+from abreast.spec.conditions import ConditionError, OutputsUnknown, parse
+
+
+def test_when_reads_flags_and_upstream_outputs() -> None:
+    expr = parse('needs_security and outputs.critique.decision == "APPROVED"', allow_output=False)
+    assert expr.flags == {"needs_security"}
+    assert expr.tasks == {"critique"}
+    outputs = {"critique": {"decision": "APPROVED"}}
+    assert expr.evaluate({"needs_security": True}, outputs) is True
+    assert expr.evaluate({"needs_security": False}, outputs) is False
+
+
+def test_gate_reads_own_output() -> None:
+    expr = parse("output.confidence >= 0.75", allow_output=True)
+    assert expr.reads_own_output
+    assert expr.evaluate({}, {}, {"confidence": 0.8}) is True
+    assert expr.evaluate({}, {}, {"confidence": 0.5}) is False
+
+
+def test_missing_field_names_what_exists() -> None:
+    expr = parse("output.confidence >= 0.75", allow_output=True)
+    with pytest.raises(ConditionError, match=r"output has no field 'confidence' \(it has: score\)"):
+        expr.evaluate({}, {}, {"score": 1})
+
+
+def test_outputs_unknown_before_the_run() -> None:
+    expr = parse("outputs.a.ok", allow_output=False)
+    with pytest.raises(OutputsUnknown):
+        expr.evaluate({}, None)
+
+
+def test_nested_fields_lists_and_functions() -> None:
+    expr = parse(
+        'len(outputs.a.files) > 1 and "x" in outputs.a.tags and outputs.a.m.n == 2',
+        allow_output=False,
+    )
+    assert expr.evaluate({}, {"a": {"files": [1, 2], "tags": ["x"], "m": {"n": 2}}})
+
+
+def test_flags_namespace_and_literals() -> None:
+    expr = parse("flags.level >= 2 and true", allow_output=False)
+    assert expr.flags == {"level"}
+    assert expr.evaluate({"level": 3}, {})
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "__import__('os').system('true')",
+        "().__class__",
+        "outputs.a.__class__",
+        "(lambda: 1)()",
+        "[x for x in flags]",
+        "open('/etc/passwd')",
+    ],
+)
+def test_unsafe_expressions_are_refused_at_parse(source: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - each case has its own wording
+        parse(source, allow_output=False)
+
+
+def test_dict_methods_are_not_reachable() -> None:
+    expr = parse("outputs.a.items", allow_output=False)
+    with pytest.raises(ConditionError, match="has no field 'items'"):
+        expr.evaluate({}, {"a": {"x": 1}})
+
+
+def test_type_errors_become_condition_errors() -> None:
+    expr = parse("outputs.a.n > 1", allow_output=False)
+    with pytest.raises(ConditionError, match="TypeError"):
+        expr.evaluate({}, {"a": {"n": "text"}})

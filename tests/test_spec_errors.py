@@ -1,0 +1,200 @@
+"""Every kind of bad input: the message a user reads, and exit status 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import run_abreast
+
+GOOD_TASK = "  a: {run: 'true'}\n"
+
+CASES = {
+    "bad_yaml": (
+        "version: 1\ntasks:\n  a:\n    run: x\n   b: 1\n",
+        [":5: invalid YAML", "indentation"],
+    ),
+    "duplicate_key": (
+        "version: 1\ntasks:\n  a: {run: x}\n  a: {run: y}\n",
+        [":4: duplicate key 'a' (first at line 3)"],
+    ),
+    "unknown_key": (
+        "version: 1\ntasks:\n  a:\n    run: x\n    estmate: 5m\n",
+        [
+            ":5: unknown key 'estmate' in tasks.a; did you mean 'estimate'?",
+            "allowed keys: agent, backoff",
+        ],
+    ),
+    "unknown_top_key": (
+        "version: 1\nmax_paralel: 3\ntasks:\n" + GOOD_TASK,
+        [":2: unknown key 'max_paralel' in the top level; did you mean 'max_parallel'?"],
+    ),
+    "unknown_dependency": (
+        "version: 1\ntasks:\n  a: {run: x, needs: [bb]}\n  b: {run: y}\n",
+        [":3: task 'a' needs 'bb', which is not a task; did you mean 'b'?"],
+    ),
+    "bad_duration": (
+        "version: 1\ntasks:\n  a: {run: x, timeout: soon}\n",
+        [":3: tasks.a.timeout: 'soon' is not a duration", "1h30m"],
+    ),
+    "cycle": (
+        "version: 1\ntasks:\n  a: {run: x, needs: [c]}\n  b: {run: x, needs: [a]}\n"
+        "  c: {run: x, needs: [b]}\n",
+        ["dependency cycle: a -> c -> b -> a"],
+    ),
+    "unknown_pool": (
+        "version: 1\npools: {db: 1}\ntasks:\n  a: {run: x, pools: [dbb]}\n",
+        [":4: unknown pool 'dbb'; did you mean 'db'?", "declare it under `pools:`"],
+    ),
+    "unknown_agent": (
+        "version: 1\ntasks:\n  a: {agent: claude}\n",
+        [":3: unknown agent 'claude'", "declare it under `agents:`"],
+    ),
+    "unknown_key_pool": (
+        "version: 1\nagents: {c: {run: x, keys: anthropic}}\ntasks:\n  a: {agent: c}\n",
+        [":2: unknown key pool 'anthropic'"],
+    ),
+    "unknown_lock": (
+        "version: 1\ntasks:\n  a: {run: x, locks: [tests]}\n",
+        [":3: unknown lock 'tests'", "declare it under `locks:`"],
+    ),
+    "check_unknown_lock": (
+        "version: 1\nchecks:\n  - {run: make, lock: tst}\ntasks:\n" + GOOD_TASK,
+        [":3: unknown lock 'tst'"],
+    ),
+    "unsafe_tag": (
+        "version: 1\ntasks:\n  a: !!python/object/apply:os.system ['true']\n",
+        [":3: unsupported YAML tag"],
+    ),
+    "nothing_to_run": (
+        "version: 1\ntasks:\n  a: {prompt: hi}\n",
+        ["task 'a' has nothing to run", "`run: COMMAND`"],
+    ),
+    "no_version": ("tasks:\n" + GOOD_TASK, ["missing `version: 1`"]),
+    "wrong_version": ("version: 2\ntasks:\n" + GOOD_TASK, [":1: unsupported version 2"]),
+    "no_tasks": ("version: 1\ntasks: {}\n", ["the workflow has no tasks"]),
+    "not_a_mapping": ("- a\n- b\n", ["the top level must be a mapping"]),
+    "empty_file": ("", ["the file is empty"]),
+    "when_unknown_flag": (
+        "version: 1\nflags: {fast: true}\ntasks:\n  a: {run: x, when: fsat}\n",
+        [":4: when: 'fsat' reads 'fsat', which is not a flag; did you mean 'fast'?"],
+    ),
+    "when_not_upstream": (
+        "version: 1\ntasks:\n  a: {run: x}\n  b: {run: x, when: 'outputs.a.ok'}\n",
+        ["reads outputs of 'a', which 'b' does not depend on", "add 'a' to the `needs` of 'b'"],
+    ),
+    "when_bad_syntax": (
+        "version: 1\ntasks:\n  a: {run: x, when: 'a ==='}\n",
+        ["is not a valid expression"],
+    ),
+    "when_calls_function": (
+        "version: 1\ntasks:\n  a: {run: x, when: '__import__(\"os\")'}\n",
+        ["may only call"],
+    ),
+    "gate_in_when": (
+        "version: 1\ntasks:\n  a: {run: x, when: 'output.x > 1'}\n",
+        ["only a gate has"],
+    ),
+    "signal_not_declared": (
+        "version: 1\ntasks:\n  a: {run: x}\n  b: {run: x, needs: ['a:ready']}\n",
+        ["waits for signal 'ready' of 'a', which 'a' does not declare"],
+    ),
+    "owns_escapes": (
+        "version: 1\ntasks:\n  a: {run: x, owns: ['../etc/**']}\n",
+        ["owns pattern '../etc/**' leaves the repository"],
+    ),
+    "reserved_env": (
+        "version: 1\ntasks:\n  a: {run: x, env: {ABREAST_TASK_ID: x}}\n",
+        ["'ABREAST_TASK_ID' is reserved"],
+    ),
+    "bad_rate": (
+        "version: 1\nkeys: {k: {from: [K], limit: lots}}\ntasks:\n" + GOOD_TASK,
+        [":2: keys.k.limit: 'lots' is not a rate"],
+    ),
+    "bad_literal": (
+        "version: 1\nisolation: docker\ntasks:\n" + GOOD_TASK,
+        [":2: isolation: input should be 'worktree' or 'none' (got 'docker')"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_workflow_gets_one_clear_message(case: str, write, cli) -> None:  # type: ignore[no-untyped-def]
+    text, expected = CASES[case]
+    path = write(text)
+    result = cli("analyze", str(path))
+    assert result.code == 2
+    assert result.out == ""
+    assert result.err.startswith(f"abreast: error: {path}")
+    for fragment in expected:
+        assert fragment in result.err
+    assert "Traceback" not in result.err
+
+
+@pytest.mark.parametrize(
+    "bad_id", ["../x", "-f", "a..b", "has space", "x" * 100, "Upper", "a/b", ""]
+)
+def test_bad_task_ids_are_rejected_with_the_rule(bad_id: str, write, cli) -> None:  # type: ignore[no-untyped-def]
+    path = write(f'version: 1\ntasks:\n  "{bad_id}": {{run: x}}\n')
+    result = cli("analyze", str(path))
+    assert result.code == 2
+    assert f"task id {bad_id!r} is not allowed" in result.err
+    assert "1-63 characters of a-z, 0-9" in result.err
+    assert ":3:" in result.err
+
+
+def test_all_problems_are_reported_together(write, cli) -> None:  # type: ignore[no-untyped-def]
+    path = write("version: 1\ntasks:\n  a: {run: x, estmate: 5m}\n  b: {run: y, timeout: soon}\n")
+    result = cli("analyze", str(path))
+    assert ":3: unknown key 'estmate'" in result.err
+    assert ":4: tasks.b.timeout" in result.err
+    assert "(2 problems in" in result.err
+
+
+def test_defaults_errors_point_at_defaults(write, cli) -> None:  # type: ignore[no-untyped-def]
+    path = write("version: 1\ndefaults:\n  timeout: soon\ntasks:\n" + GOOD_TASK)
+    result = cli("analyze", str(path))
+    assert ":3: defaults.timeout: 'soon' is not a duration" in result.err
+
+
+def test_duplicate_key_in_json_is_found_with_its_line(write, cli) -> None:  # type: ignore[no-untyped-def]
+    path = write('{"version": 1,\n "tasks": {"a": {"run": "x"},\n  "a": {"run": "y"}}}', "w.json")
+    result = cli("analyze", str(path))
+    assert ":3: duplicate key 'a' (first at line 2)" in result.err
+
+
+def test_bad_json_says_where(write, cli) -> None:  # type: ignore[no-untyped-def]
+    path = write('{"version": 1,\n "tasks": {,}}', "w.json")
+    result = cli("analyze", str(path))
+    assert result.code == 2
+    assert "w.json:2: invalid JSON" in result.err
+
+
+def test_missing_file_and_directory(tmp_path, cli) -> None:  # type: ignore[no-untyped-def]
+    assert "no such file" in cli("analyze", str(tmp_path / "nope.yaml")).err
+    assert "is a directory" in cli("analyze", str(tmp_path)).err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["analyse"], "did you mean 'analyze'?"),
+        (["analyze", "--format", "yaml"], "invalid choice: 'yaml'"),
+        (["analyze", "--max-parallel", "0"], "--max-parallel 0: must be at least 1"),
+        (["analyze", "--flag", "fsat"], "'fsat' is not a flag of"),
+        (["analyze", "--flag", "fast=maybe"], "'fast' is true/false, not 'maybe'"),
+        (["analyze", "--max-parallel", "x"], "invalid int value: 'x'"),
+    ],
+)
+def test_bad_command_line_gets_clear_message(args: list[str], message: str, write, cli) -> None:  # type: ignore[no-untyped-def]
+    path = write("version: 1\nflags: {fast: true}\ntasks:\n" + GOOD_TASK)
+    result = cli(*args[:1], *([str(path)] if len(args) > 1 else []), *args[1:])
+    assert result.code == 2
+    assert message in result.err
+
+
+def test_a_real_process_exits_2_without_traceback(write) -> None:  # type: ignore[no-untyped-def]
+    path = write("version: 1\ntasks:\n  a: {run: x, needs: [a]}\n")
+    result = run_abreast("analyze", str(path))
+    assert result.code == 2
+    assert "task 'a' needs itself" in result.err
+    assert "Traceback" not in result.err

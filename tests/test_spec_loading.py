@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from abreast.errors import SpecError
+from abreast.spec import load_workflow
+from abreast.spec.durations import format_duration, parse_duration, parse_rate, parse_size
+from abreast.spec.loader import parse_json, parse_yaml
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("45m", 2700),
+        ("2h", 7200),
+        ("1h30m", 5400),
+        (30, 30),
+        (1.5, 1.5),
+        ("2.5d", 216000),
+        ("250ms", 0.25),
+        ("120", 120),
+        (" 5m ", 300),
+        ("1h 30m", 5400),
+    ],
+)
+def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["five", "5 minutes", "", "-3", -1, True, "1x", "m5", None])
+def test_bad_durations_say_what_is_accepted(text: object) -> None:
+    with pytest.raises(ValueError, match="90s, 45m, 2h, 1h30m"):
+        parse_duration(text)
+
+
+def test_durations_format_compactly() -> None:
+    assert [format_duration(s) for s in (0, 45, 2700, 5400, 7200, 216000)] == [
+        "0s",
+        "45s",
+        "45m",
+        "1h30m",
+        "2h",
+        "2d12h",
+    ]
+
+
+def test_rates_and_sizes() -> None:
+    assert parse_rate("100/min") == (100, 60.0)
+    assert parse_rate("10/s") == (10, 1.0)
+    assert parse_rate("50/10s") == (50, 10.0)
+    assert parse_size("100MB") == 100_000_000
+    assert parse_size("2GiB") == 2 * 1024**3
+    with pytest.raises(ValueError, match="100/min"):
+        parse_rate("lots")
+
+
+def test_yaml_locates_every_key_and_item() -> None:
+    doc = parse_yaml("version: 1\ntasks:\n  a:\n    needs:\n      - b\n      - c\n", "f.yaml")
+    assert doc.line(("tasks", "a")) == 3
+    assert doc.line(("tasks", "a", "needs", 1)) == 6
+    # An unknown path falls back to its nearest located parent.
+    assert doc.line(("tasks", "a", "nope")) == 3
+
+
+def test_json_lines_are_found_when_an_error_needs_them() -> None:
+    doc = parse_json('{\n "version": 1,\n "tasks": {\n  "a": {"run": "x"}\n }\n}', "f.json")
+    assert doc.data["tasks"]["a"]["run"] == "x"
+    assert doc.line(("tasks", "a")) == 4
+
+
+def test_yaml_anchors_and_merge_keys_work() -> None:
+    doc = parse_yaml("base: &b {run: x, retries: 2}\nt:\n  <<: *b\n  retries: 3\n", "f.yaml")
+    assert doc.data["t"] == {"run": "x", "retries": 3}
+
+
+def test_unsafe_tag_is_refused_with_no_side_effect(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "w.yaml"
+    path.write_text(
+        f'version: 1\ntasks:\n  a: !!python/object/apply:os.system ["touch {marker}"]\n'
+    )
+    with pytest.raises(SpecError, match=r"w.yaml:3: unsupported YAML tag"):
+        load_workflow(path)
+    assert not marker.exists()
+
+
+def test_alias_bomb_is_refused() -> None:
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 10) + "]")
+    with pytest.raises(SpecError, match="too large or too deeply nested"):
+        parse_yaml("\n".join(lines), "bomb.yaml")
+
+
+def test_workflow_merges_defaults_and_records_its_source(write) -> None:  # type: ignore[no-untyped-def]
+    path = write("""
+        version: 1
+        defaults: {timeout: 2h, retries: 1, agent: claude}
+        agents: {claude: {run: 'claude -p "$ABREAST_PROMPT"'}}
+        tasks:
+          a: {prompt: hi}
+          b: {run: make, retries: 3}
+    """)
+    wf = load_workflow(path)
+    assert wf.tasks["a"].agent == "claude"
+    assert wf.tasks["a"].timeout == 7200
+    assert wf.tasks["b"].agent is None  # an explicit command wins over the default agent
+    assert wf.tasks["b"].retries == 3
+    assert wf.name == "abreast"  # from the file name when not given
+    assert len(wf.source_sha256) == 64
+    assert wf.source == str(path.resolve())
+
+
+def test_json_workflow_loads(write) -> None:  # type: ignore[no-untyped-def]
+    path = write('{"version": 1, "tasks": {"a": {"run": "true"}}}', "w.json")
+    assert list(load_workflow(path).tasks) == ["a"]
