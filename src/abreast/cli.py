@@ -9,9 +9,13 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from abreast import __version__
 from abreast.errors import AbreastError, UsageError
+
+if TYPE_CHECKING:
+    from abreast.engine.engine import RunOutcome, View
 
 DEFAULT_FILE = "abreast.yaml"
 
@@ -41,6 +45,15 @@ def _workflow_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _state_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="sqlite:///path/state.db or redis://host:port/db (default: "
+        "$ABREAST_STATE, else .abreast/ at the project root)",
+    )
+
+
 def _flag_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--flag",
@@ -66,6 +79,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a workflow file and say what is wrong")
     _workflow_arg(p)
+
+    p = sub.add_parser("run", help="run a workflow")
+    _workflow_arg(p)
+    p.add_argument("--run-id", metavar="ID", help="name the run (default: NAME-DATE-TIME-XXXX)")
+    p.add_argument("--max-parallel", type=int, metavar="N", help="tasks at once")
+    p.add_argument("--sequential", action="store_true", help="one task at a time")
+    _flag_arg(p)
+    p.add_argument("--dry-run", action="store_true", help="print the start order and exit")
+    _state_arg(p)
+    p.add_argument(
+        "--no-monitor", action="store_true", help="do not lower the cap when CPU or memory is busy"
+    )
+    p.add_argument("--plain", action="store_true", help="plain lines, even on a terminal")
+
+    p = sub.add_parser("resume", help="carry on a run whose orchestrator died")
+    p.add_argument("run_id", metavar="RUN")
+    p.add_argument(
+        "--force", action="store_true", help="resume even though the workflow file changed"
+    )
+    _state_arg(p)
+    p.add_argument("--no-monitor", action="store_true")
+    p.add_argument("--plain", action="store_true")
+
+    p = sub.add_parser("status", help="list runs, or show one run's tasks")
+    p.add_argument("run_id", nargs="?", metavar="RUN")
+    p.add_argument("--json", action="store_true", help="machine-readable (one run)")
+    p.add_argument("--watch", action="store_true", help="refresh until the run ends")
+    _state_arg(p)
+
+    p = sub.add_parser("logs", help="print a task's log")
+    p.add_argument("run_id", metavar="RUN")
+    p.add_argument("task_id", metavar="TASK")
+    p.add_argument("--attempt", type=int, metavar="N", help="default: the latest")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
+    _state_arg(p)
+
+    p = sub.add_parser("cancel", help="stop a running run")
+    p.add_argument("run_id", metavar="RUN")
+    _state_arg(p)
+
+    p = sub.add_parser("signal", help="(inside a task) announce a signal dependents wait for")
+    p.add_argument("name", metavar="NAME")
+
+    p = sub.add_parser("demo", help="run a realistic workflow in a throwaway repository")
+    p.add_argument("--keep", action="store_true", help="keep the throwaway repository")
+    p.add_argument("--plain", action="store_true")
 
     p = sub.add_parser("init", help="write a starter abreast.yaml here")
     p.add_argument("file", nargs="?", default=DEFAULT_FILE)
@@ -113,7 +172,159 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _view(plain: bool) -> View:
+    from abreast.engine.runs import default_view
+    from abreast.observe.plain import PlainView
+
+    return PlainView() if plain else default_view()
+
+
+def _announce(run_id: str) -> None:
+    print(f"run: {run_id}", flush=True)
+
+
+def _finish(outcome: RunOutcome) -> int:
+    from abreast.observe.summary import summarize
+
+    summarize(outcome, sys.stdout)
+    return 0 if outcome.state == "succeeded" else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from abreast.engine.runs import RunRequest, dry_run, start_run
+
+    req = RunRequest(
+        file=Path(args.file),
+        run_id=args.run_id,
+        max_parallel=args.max_parallel,
+        sequential=args.sequential,
+        flags=args.flag,
+        state=args.state,
+        monitor=not args.no_monitor,
+    )
+    if args.dry_run:
+        return dry_run(req, sys.stdout)
+    return _finish(start_run(req, _view(args.plain), _announce))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from abreast.engine.runs import resume_run
+
+    outcome = resume_run(
+        args.run_id,
+        state=args.state,
+        force=args.force,
+        view=_view(args.plain),
+        announce=_announce,
+        monitor=not args.no_monitor,
+    )
+    return _finish(outcome)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from abreast.engine.runs import find_run, open_journal
+    from abreast.observe import status
+
+    _, journal = open_journal(None, args.state)
+    if args.run_id is None and not args.json and not args.watch:
+        status.print_runs(journal, sys.stdout)
+        return 0
+    row = find_run(journal, args.run_id)
+    if args.json:
+        status.dump(status.status_json(journal, row), sys.stdout)
+        return 0
+    if not args.watch:
+        status.print_run(journal, row, sys.stdout)
+        return 0
+    import io
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    def frame() -> Text:
+        buf = io.StringIO()
+        status.print_run(journal, find_run(journal, row.id), buf)
+        return Text(buf.getvalue())
+
+    with Live(frame(), console=Console(), refresh_per_second=2) as live:
+        while status.run_state(find_run(journal, row.id)) == "running":
+            time.sleep(1.0)  # a viewer re-reading the journal
+            live.update(frame())
+        live.update(frame())
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from abreast.engine.runs import find_run, open_journal
+    from abreast.observe import status
+
+    _, journal = open_journal(None, args.state)
+    row = find_run(journal, args.run_id)
+    attempt = status.find_attempt(journal, row.id, args.task_id, args.attempt)
+    status.show_log(journal, attempt, sys.stdout, args.follow)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from abreast.engine.runs import cancel_run, find_run, open_journal
+
+    _, journal = open_journal(None, args.state)
+    print(cancel_run(journal, find_run(journal, args.run_id)))
+    return 0
+
+
+def cmd_signal(args: argparse.Namespace) -> int:
+    from abreast.engine.runs import signal_run
+
+    print(signal_run(args.name))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from abreast import demo
+    from abreast.engine.runs import RunRequest, start_run
+
+    root, keep = demo.throwaway_dir(args.keep)
+    try:
+        workflow = demo.make_project(root)
+        print(f"demo project: {root} (a throwaway git repository)")
+        outcome = start_run(RunRequest(file=workflow, monitor=False), _view(args.plain), _announce)
+        code = _finish(outcome)
+        print(
+            "\nfiles the agents wrote: "
+            + ", ".join(
+                sorted(
+                    str(p.relative_to(root))
+                    for p in root.rglob("*")
+                    if p.is_file()
+                    and ".git" not in p.parts
+                    and ".abreast" not in p.parts
+                    and p.parent != root
+                    and p.parent.name != "agents"
+                )
+            )
+        )
+        print(
+            f"try: abreast status --state sqlite://{root}/.abreast/state.db {outcome.run_id}"
+            if keep
+            else "(the throwaway repository was removed; --keep keeps it)"
+        )
+        return code
+    finally:
+        if not keep:
+            demo.remove(root)
+
+
 COMMANDS = {
+    "run": cmd_run,
+    "resume": cmd_resume,
+    "status": cmd_status,
+    "logs": cmd_logs,
+    "cancel": cmd_cancel,
+    "signal": cmd_signal,
+    "demo": cmd_demo,
     "analyze": cmd_analyze,
     "schema": cmd_schema,
     "validate": cmd_validate,

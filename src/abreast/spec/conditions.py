@@ -15,8 +15,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import simpleeval
-
 FUNCTIONS = {
     "len": len,
     "min": min,
@@ -132,6 +130,8 @@ class Expression:
 
         `outputs`/`output` as None mean "not known yet": reading them raises OutputsUnknown.
         """
+        import simpleeval  # only runs that evaluate conditions pay for the import
+
         names: dict[str, Any] = dict(LITERALS)
         names.update(flags)
         names["flags"] = Record(flags, "flags")

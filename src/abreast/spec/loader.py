@@ -16,21 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from abreast.errors import SpecError, SpecProblem
 from abreast.gcpause import paused_gc
 
 Path_ = tuple[str | int, ...]
-
-_Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_MAX_NODES = 2_000_000  # guards against alias bombs ("billion laughs")
-_MAX_DEPTH = 64
-_STD_TAGS = frozenset(
-    "tag:yaml.org,2002:" + t
-    for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp", "merge")
-)
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 @dataclass
@@ -114,106 +103,6 @@ def _yaml_lines_or_empty(text: str, file: str) -> dict[Path_, int]:
 
 
 def parse_yaml(text: str, file: str) -> Document:
-    loader = _Loader(text)
-    try:
-        try:
-            node = loader.get_single_node()
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            problem = e.problem or "invalid YAML"
-            raise SpecError(
-                file,
-                [
-                    SpecProblem(
-                        f"invalid YAML: {problem}" + (f" ({e.context})" if e.context else ""),
-                        line=mark.line + 1 if mark else None,
-                        hint="check the indentation and quoting around this line",
-                    )
-                ],
-            ) from None
-        except yaml.YAMLError as e:
-            raise SpecError(file, [SpecProblem(f"invalid YAML: {e}")]) from None
-        if node is None:
-            raise SpecError(
-                file,
-                [
-                    SpecProblem(
-                        "the file is empty",
-                        hint="a workflow needs at least `version: 1` and `tasks:`",
-                    )
-                ],
-            )
-        walker = _Walker(loader, file)
-        data = walker.value(node, (), 0)
-        return Document(file, data, _lines=walker.lines)
-    finally:
-        loader.dispose()
+    from abreast.spec.yamldoc import parse_yaml as parse  # yaml is imported only for YAML
 
-
-class _Walker:
-    def __init__(self, loader: Any, file: str) -> None:
-        self.loader = loader
-        self.file = file
-        self.lines: dict[Path_, int] = {}
-        self.count = 0
-
-    def fail(self, node: yaml.Node, message: str, hint: str | None = None) -> SpecError:
-        return SpecError(
-            self.file, [SpecProblem(message, line=node.start_mark.line + 1, hint=hint)]
-        )
-
-    def value(self, node: yaml.Node, path: Path_, depth: int) -> Any:
-        self.count += 1
-        if self.count > _MAX_NODES or depth > _MAX_DEPTH:
-            raise self.fail(
-                node,
-                "the document is too large or too deeply nested (aliases expanding without bound?)",
-            )
-        if node.tag not in _STD_TAGS:
-            raise self.fail(
-                node,
-                f"unsupported YAML tag {node.tag!r}",
-                hint="abreast reads plain YAML only; remove the tag",
-            )
-        if isinstance(node, yaml.MappingNode):
-            return self.mapping(node, path, depth)
-        if isinstance(node, yaml.SequenceNode):
-            out = []
-            for i, item in enumerate(node.value):
-                self.lines[(*path, i)] = item.start_mark.line + 1
-                out.append(self.value(item, (*path, i), depth + 1))
-            return out
-        try:
-            return self.loader.construct_object(node, deep=True)
-        except yaml.YAMLError as e:
-            raise self.fail(node, f"invalid value: {e}") from None
-
-    def mapping(self, node: yaml.MappingNode, path: Path_, depth: int) -> dict[str, Any]:
-        seen: dict[str, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == _MERGE_TAG:
-                continue
-            key = self.key(key_node)
-            if key in seen:
-                raise self.fail(
-                    key_node,
-                    f"duplicate key {key!r} (first at line {seen[key]})",
-                    hint="each key may appear once in a mapping; merge the two",
-                )
-            seen[key] = key_node.start_mark.line + 1
-        try:
-            self.loader.flatten_mapping(node)  # resolves `<<: *anchor`; own keys win
-        except yaml.YAMLError as e:
-            raise self.fail(node, f"invalid merge key: {e}") from None
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = self.key(key_node)
-            child = (*path, key)
-            self.lines[child] = key_node.start_mark.line + 1  # own keys come last and win
-            out[key] = self.value(value_node, child, depth + 1)
-        return out
-
-    def key(self, node: yaml.Node) -> str:
-        if not isinstance(node, yaml.ScalarNode):
-            raise self.fail(node, "a mapping key must be a plain value, not a list or mapping")
-        return str(node.value)
+    return parse(text, file)

@@ -14,7 +14,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import pathspec
 from pydantic import BaseModel, ValidationError
 
 from abreast import dag
@@ -445,6 +444,8 @@ def owns_problem(pattern: str) -> str | None:
         return "leaves the repository with '..'"
     if "\\" in pattern:
         return "uses a backslash; use '/' between path segments"
+    import pathspec
+
     try:
         pathspec.GitIgnoreSpec.from_lines([pattern])
     except (ValueError, TypeError) as e:

@@ -1,0 +1,104 @@
+"""Kill the orchestrator with SIGKILL at random points, resume, and check nothing was lost.
+
+    python bench/crash_bench.py [--runs 50] [--tasks 12] [--seed 0] [--isolation none]
+
+Each round: a random DAG of tasks that sleep a little and then append their attempt
+number to a per-task count file; `abreast run` is SIGKILLed after a random number of
+tasks finished plus a random delay; `abreast resume` finishes it. A round passes when
+every task counted exactly once, the run succeeded, and no process of the run is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from abreast.executor.process import marked_processes  # noqa: E402
+
+
+def one_round(base: Path, n: int, rng: random.Random, isolation: str) -> tuple[bool, str]:
+    root = Path(tempfile.mkdtemp(dir=base))
+    (root / "counts").mkdir()
+    tasks = {}
+    for i in range(n):
+        needs = sorted({f"t{rng.randrange(i)}" for _ in range(rng.randint(0, 2))}) if i else []
+        tasks[f"t{i}"] = {
+            "run": f"sleep {rng.uniform(0.02, 0.4):.2f} && "
+                   f'echo "$ABREAST_ATTEMPT" >> {root}/counts/$ABREAST_TASK_ID',
+            "needs": needs,
+        }
+    wf = root / "w.json"
+    wf.write_text(json.dumps({"version": 1, "name": "crash", "isolation": isolation,
+                              "max_parallel": 3, "tasks": tasks}))
+    state = f"sqlite://{root}/.abreast/state.db"
+    cmd = [sys.executable, "-m", "abreast"]
+    proc = subprocess.Popen([*cmd, "run", str(wf), "--no-monitor", "--plain", "--state", state],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("run: "):
+        proc.kill()
+        return False, f"no run id: {line!r} {proc.communicate()[1]}"
+    run_id = line[5:].strip()
+    target = rng.randint(0, n - 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = sum(1 for _ in (root / "counts").iterdir())
+        if done >= target:
+            break
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0, 0.15))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    resumed = subprocess.run([*cmd, "resume", run_id, "--state", state, "--no-monitor",
+                              "--plain"], capture_output=True, text=True, check=False)
+    finished_before = "already finished" in resumed.stderr
+    if resumed.returncode != 0 and not finished_before:
+        return False, f"resume failed ({resumed.returncode}): {resumed.stderr}{resumed.stdout}"
+    counts = {}
+    for i in range(n):
+        f = root / "counts" / f"t{i}"
+        counts[f"t{i}"] = f.read_text().split() if f.exists() else []
+    wrong = {k: v for k, v in counts.items() if len(v) != 1}
+    if wrong:
+        return False, f"run {run_id} in {root}: counts not exactly once: {wrong}\n{resumed.stdout}"
+    left = marked_processes(run_id)
+    if left:
+        return False, f"run {run_id}: processes left: {[p.pid for p in left]}"
+    return True, "finished before the kill" if finished_before else f"killed after {target}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--tasks", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--isolation", default="none", choices=("none", "worktree"))
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        if args.isolation == "worktree":
+            subprocess.run(["git", "init", "-q", str(base)], check=True)
+        for i in range(args.runs):
+            ok, detail = one_round(base, args.tasks, rng, args.isolation)
+            failures += not ok
+            print(f"{i + 1:>3}/{args.runs} {'ok  ' if ok else 'FAIL'} {detail}", flush=True)
+    print(f"\n{args.runs - failures}/{args.runs} rounds: every task exactly once, none lost, "
+          f"no stray process")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

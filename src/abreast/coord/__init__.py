@@ -1,0 +1,1 @@
+"""Coordination state: the durable journal, and (with Redis) what orchestrators share."""

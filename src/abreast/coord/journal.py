@@ -1,0 +1,514 @@
+"""The journal: runs, tasks, attempts, events and signals, durably in SQLite.
+
+Every decision the engine makes is staged here and committed *before* it is
+acted on (a process started, a task reported). The engine stages a whole loop
+iteration's writes and commits them in one `BEGIN IMMEDIATE` transaction, so
+durability costs one commit per wake-up, not one per row.
+
+SQLite runs in WAL mode with `synchronous=NORMAL`: a commit survives the
+process being killed (the case `abreast resume` is for), though not a power
+cut. `busy_timeout` lets many processes (tasks calling `abreast signal`,
+`abreast status` in another terminal) write beside the orchestrator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from abreast.errors import StateError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    file TEXT NOT NULL,
+    file_sha256 TEXT NOT NULL,
+    root TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    pid INTEGER,
+    pid_start INTEGER,
+    host TEXT,
+    heartbeat_at REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    options TEXT NOT NULL DEFAULT '{}',
+    summary TEXT
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    run_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    iterations INTEGER NOT NULL DEFAULT 0,
+    started_at REAL,
+    finished_at REAL,
+    exit_code INTEGER,
+    signal INTEGER,
+    peak_rss_bytes INTEGER,
+    reason TEXT,
+    feedback TEXT,
+    output TEXT,
+    PRIMARY KEY (run_id, task_id)
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    pid INTEGER,
+    pgid INTEGER,
+    start_ticks INTEGER,
+    started_at REAL,
+    ended_at REAL,
+    exit_code INTEGER,
+    signal INTEGER,
+    peak_rss_bytes INTEGER,
+    wall_s REAL,
+    log TEXT,
+    status_file TEXT,
+    output_file TEXT,
+    workdir TEXT,
+    feedback TEXT,
+    reason TEXT,
+    PRIMARY KEY (run_id, task_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    type TEXT NOT NULL,
+    task_id TEXT,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, seq);
+CREATE TABLE IF NOT EXISTS signals (
+    run_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (run_id, task_id, name)
+);
+"""
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: str
+    workflow: str
+    file: str
+    file_sha256: str
+    root: str
+    state: str
+    started_at: float
+    finished_at: float | None
+    pid: int | None
+    pid_start: int | None
+    host: str | None
+    heartbeat_at: float | None
+    cancel_requested: int
+    options: dict[str, Any]
+    summary: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    run_id: str
+    task_id: str
+    position: int
+    state: str
+    attempts: int
+    failures: int
+    iterations: int
+    started_at: float | None
+    finished_at: float | None
+    exit_code: int | None
+    signal: int | None
+    peak_rss_bytes: int | None
+    reason: str | None
+    feedback: str | None
+    output: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    run_id: str
+    task_id: str
+    attempt: int
+    state: str
+    pid: int | None
+    pgid: int | None
+    start_ticks: int | None
+    started_at: float | None
+    ended_at: float | None
+    exit_code: int | None
+    signal: int | None
+    peak_rss_bytes: int | None
+    wall_s: float | None
+    log: str | None
+    status_file: str | None
+    output_file: str | None
+    workdir: str | None
+    feedback: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    seq: int
+    run_id: str
+    ts: float
+    type: str
+    task_id: str | None
+    data: dict[str, Any]
+
+
+class Journal:
+    """One connection to the journal; stage writes, then `commit()` them together."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except (OSError, sqlite3.Error) as e:
+            raise StateError(
+                f"cannot open the journal at {self.path}: {e}",
+                hint="check the path and its permissions, or pass --state",
+            ) from e
+        self._pending: list[tuple[str, Sequence[Any]]] = []
+        # Row updates staged per key are merged, so one commit writes each row once.
+        self._task_updates: dict[tuple[str, str], dict[str, Any]] = {}
+        self._attempt_updates: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self._new_attempts: list[tuple[Any, ...]] = []
+        self._events: list[tuple[Any, ...]] = []
+        try:
+            self._setup()
+        except sqlite3.DatabaseError as e:
+            raise StateError(
+                f"{self.path} is not a usable abreast journal: {e}",
+                hint="point --state at another file, or move this one away",
+            ) from e
+
+    def _setup(self) -> None:
+        db = self._db
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = OFF")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path} was written by a newer abreast "
+                f"(schema {version}, this one knows {SCHEMA_VERSION})",
+                hint="upgrade abreast, or use another --state",
+            )
+        if version < SCHEMA_VERSION:
+            with self._transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def stage(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Queue a write for the next `commit()`."""
+        self._pending.append((sql, params))
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(
+            self._pending
+            or self._task_updates
+            or self._attempt_updates
+            or self._new_attempts
+            or self._events
+        )
+
+    def commit(self) -> None:
+        """Write everything staged, atomically and durably (survives a kill of this process).
+
+        Order within the transaction: new attempts, then statements, then merged row
+        updates, then events; a reader never sees an event before the rows it describes.
+        """
+        if not self.has_pending:
+            return
+        pending, self._pending = self._pending, []
+        tasks, self._task_updates = self._task_updates, {}
+        attempts, self._attempt_updates = self._attempt_updates, {}
+        new_attempts, self._new_attempts = self._new_attempts, []
+        events, self._events = self._events, []
+        try:
+            with self._transaction() as db:
+                for cols, rows in _group(new_attempts):
+                    marks = ", ".join("?" for _ in cols)
+                    db.executemany(
+                        f"INSERT INTO attempts ({', '.join(cols)}) "  # noqa: S608
+                        f"VALUES ({marks})",
+                        rows,
+                    )
+                for sql, params in pending:
+                    db.execute(sql, params)
+                for set_clause, rows in _updates(tasks):
+                    db.executemany(
+                        f"UPDATE tasks SET {set_clause} "  # noqa: S608
+                        "WHERE run_id = ? AND task_id = ?",
+                        rows,
+                    )
+                for set_clause, rows in _updates(attempts):
+                    db.executemany(
+                        f"UPDATE attempts SET {set_clause} "  # noqa: S608
+                        "WHERE run_id = ? AND task_id = ? AND attempt = ?",
+                        rows,
+                    )
+                if events:
+                    db.executemany(
+                        "INSERT INTO events (run_id, ts, type, task_id, data) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        events,
+                    )
+        except sqlite3.Error as e:
+            raise StateError(f"cannot write the journal at {self.path}: {e}") from e
+
+    def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Stage and commit one statement (with anything already staged)."""
+        self.stage(sql, params)
+        self.commit()
+
+    # -- domain writes (staged) --------------------------------------------------------------
+
+    def stage_event(
+        self,
+        run_id: str,
+        type_: str,
+        task_id: str | None = None,
+        ts: float | None = None,
+        **data: Any,
+    ) -> None:
+        self._events.append(
+            (
+                run_id,
+                time.time() if ts is None else ts,
+                type_,
+                task_id,
+                json.dumps(data, default=str) if data else "{}",
+            )
+        )
+
+    def stage_task(self, run_id: str, task_id: str, **fields: Any) -> None:
+        if "output" in fields and fields["output"] is not None:
+            fields["output"] = json.dumps(fields["output"])
+        key = (run_id, task_id)
+        if key in self._task_updates:
+            self._task_updates[key].update(fields)
+        else:
+            self._task_updates[key] = fields
+
+    def stage_attempt(self, run_id: str, task_id: str, attempt: int, **fields: Any) -> None:
+        key = (run_id, task_id, attempt)
+        if key in self._attempt_updates:
+            self._attempt_updates[key].update(fields)
+        else:
+            self._attempt_updates[key] = fields
+
+    def stage_new_attempt(self, run_id: str, task_id: str, attempt: int, **fields: Any) -> None:
+        self._new_attempts.append(
+            (
+                ("run_id", "task_id", "attempt", *fields),
+                (run_id, task_id, attempt, *fields.values()),
+            )
+        )
+
+    def stage_run(self, run_id: str, **fields: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        values = [
+            json.dumps(v) if k in ("options", "summary") and v is not None else v
+            for k, v in fields.items()
+        ]
+        self.stage(f"UPDATE runs SET {cols} WHERE id = ?", (*values, run_id))  # noqa: S608
+
+    def create_run(
+        self,
+        run_id: str,
+        *,
+        workflow: str,
+        file: str,
+        file_sha256: str,
+        root: str,
+        pid: int,
+        pid_start: int,
+        host: str,
+        options: dict[str, Any],
+        task_ids: Sequence[str],
+        started_at: float,
+    ) -> None:
+        """Journal a new run and all its tasks (pending), in one transaction."""
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO runs (id, workflow, file, file_sha256, root, state, started_at, "
+                    "pid, pid_start, host, heartbeat_at, options) "
+                    "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        workflow,
+                        file,
+                        file_sha256,
+                        root,
+                        started_at,
+                        pid,
+                        pid_start,
+                        host,
+                        started_at,
+                        json.dumps(options),
+                    ),
+                )
+                db.executemany(
+                    "INSERT INTO tasks (run_id, task_id, position, state) "
+                    "VALUES (?, ?, ?, 'pending')",
+                    [(run_id, tid, i) for i, tid in enumerate(task_ids)],
+                )
+                db.execute(
+                    "INSERT INTO events (run_id, ts, type, data) VALUES (?, ?, ?, ?)",
+                    (
+                        run_id,
+                        started_at,
+                        "run.started",
+                        json.dumps({"workflow": workflow, "tasks": len(task_ids), **options}),
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            raise StateError(
+                f"a run with id {run_id!r} already exists",
+                hint="choose another --run-id, or `abreast resume` it",
+            ) from None
+
+    def add_signal(self, run_id: str, task_id: str, name: str) -> bool:
+        """Record that `task_id` announced `name`; False if it already had."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO signals (run_id, task_id, name, ts) VALUES (?, ?, ?, ?)",
+                (run_id, task_id, name, time.time()),
+            )
+            return cur.rowcount == 1
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def run(self, run_id: str) -> RunRow | None:
+        row = self._db.execute(
+            f"SELECT {_cols(RunRow)} FROM runs WHERE id = ?",  # noqa: S608
+            (run_id,),
+        ).fetchone()
+        return _run_row(row) if row else None
+
+    def runs(self, limit: int = 50) -> list[RunRow]:
+        rows = self._db.execute(
+            f"SELECT {_cols(RunRow)} FROM runs ORDER BY started_at DESC LIMIT ?",  # noqa: S608
+            (limit,),
+        ).fetchall()
+        return [_run_row(r) for r in rows]
+
+    def latest_run(self) -> RunRow | None:
+        runs = self.runs(1)
+        return runs[0] if runs else None
+
+    def tasks(self, run_id: str) -> list[TaskRow]:
+        rows = self._db.execute(
+            f"SELECT {_cols(TaskRow)} FROM tasks WHERE run_id = ? ORDER BY position",  # noqa: S608
+            (run_id,),
+        ).fetchall()
+        return [TaskRow(*_with_json_last(r)) for r in rows]
+
+    def attempts(self, run_id: str, task_id: str | None = None) -> list[AttemptRow]:
+        sql = f"SELECT {_cols(AttemptRow)} FROM attempts WHERE run_id = ?"  # noqa: S608
+        params: tuple[Any, ...] = (run_id,)
+        if task_id is not None:
+            sql += " AND task_id = ?"
+            params += (task_id,)
+        rows = self._db.execute(sql + " ORDER BY started_at, task_id, attempt", params).fetchall()
+        return [AttemptRow(*r) for r in rows]
+
+    def events(self, run_id: str, after_seq: int = 0, limit: int = 100_000) -> list[EventRow]:
+        rows = self._db.execute(
+            "SELECT seq, run_id, ts, type, task_id, data FROM events "
+            "WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (run_id, after_seq, limit),
+        ).fetchall()
+        return [EventRow(*_with_json_last(r)) for r in rows]
+
+    def signals(self, run_id: str) -> list[tuple[str, str]]:
+        return self._db.execute(
+            "SELECT task_id, name FROM signals WHERE run_id = ? ORDER BY ts", (run_id,)
+        ).fetchall()
+
+
+def _group(rows: list[tuple[Any, ...]]) -> list[tuple[tuple[str, ...], list[Any]]]:
+    """(columns, value rows) grouped by columns, keeping first-seen order."""
+    out: dict[tuple[str, ...], list[Any]] = {}
+    for cols, values in rows:
+        out.setdefault(cols, []).append(values)
+    return list(out.items())
+
+
+def _updates(staged: dict[Any, dict[str, Any]]) -> list[tuple[str, list[Any]]]:
+    """Merged row updates as (SET clause, parameter rows) for executemany."""
+    out: dict[tuple[str, ...], list[Any]] = {}
+    for key, fields in staged.items():
+        out.setdefault(tuple(fields), []).append((*fields.values(), *key))
+    return [(", ".join(f"{c} = ?" for c in cols), rows) for cols, rows in out.items()]
+
+
+def _cols(row_type: Any) -> str:
+    return ", ".join(row_type.__dataclass_fields__)
+
+
+def _with_json_last(r: Sequence[Any]) -> list[Any]:
+    return [*r[:-1], json.loads(r[-1]) if r[-1] else None]
+
+
+def _run_row(r: Sequence[Any]) -> RunRow:
+    values = list(r)
+    values[-2] = json.loads(values[-2] or "{}")
+    values[-1] = json.loads(values[-1]) if values[-1] else None
+    return RunRow(*values)
+
+
+def journal_path_from_url(url: str) -> Path:
+    """`sqlite:///abs/path.db` or `sqlite://rel/path.db` or a plain path."""
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://") :]
+        return Path(rest)
+    return Path(os.path.expanduser(url))

@@ -1,0 +1,64 @@
+"""Where a project's state lives: the journal, run directories, and the coordination backend."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from abreast.errors import UsageError
+from abreast.workspace.git import exclude_locally, toplevel
+
+STATE_DIR = ".abreast"
+
+
+@dataclass(frozen=True)
+class StateLocation:
+    root: Path  # the project: the git toplevel, else the workflow's directory
+    journal: Path  # SQLite file
+    runs_dir: Path  # logs, outputs and exit statuses, one directory per run
+    coord_url: str  # what tasks get in ABREAST_STATE: sqlite:///... or redis://...
+
+    @property
+    def is_redis(self) -> bool:
+        return self.coord_url.startswith(("redis://", "rediss://", "unix://"))
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+
+def project_root(workflow_file: Path | None) -> tuple[Path, bool]:
+    """(root, is a git repository) for a workflow file, or for the current directory."""
+    base = workflow_file.resolve().parent if workflow_file else Path.cwd()
+    top = toplevel(base)
+    return (top, True) if top else (base, False)
+
+
+def locate(workflow_file: Path | None, state: str | None = None) -> StateLocation:
+    """The state location: `state` (from --state) or ABREAST_STATE, else `.abreast/` at the root."""
+    root, in_git = project_root(workflow_file)
+    url = state or os.environ.get("ABREAST_STATE") or ""
+    default_journal = root / STATE_DIR / "state.db"
+    if not url:
+        if in_git:
+            exclude_locally(root, f"/{STATE_DIR}/")
+        return StateLocation(
+            root, default_journal, root / STATE_DIR / "runs", f"sqlite://{default_journal}"
+        )
+    if url.startswith("sqlite://"):
+        path = Path(url[len("sqlite://") :]).expanduser()
+        if not str(path) or str(path) == ".":
+            raise UsageError(
+                f"--state {url!r}: no file path after sqlite://",
+                hint="write sqlite:///absolute/path/state.db",
+            )
+        path = path if path.is_absolute() else Path.cwd() / path
+        return StateLocation(root, path, path.parent / "runs", f"sqlite://{path}")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        if in_git:
+            exclude_locally(root, f"/{STATE_DIR}/")
+        return StateLocation(root, default_journal, root / STATE_DIR / "runs", url)
+    raise UsageError(
+        f"state {url!r} is not understood",
+        hint="use sqlite:///path/state.db or redis://host:6379/0",
+    )

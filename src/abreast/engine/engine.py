@@ -1,0 +1,894 @@
+"""The engine: one asyncio loop decides everything; the journal hears it first.
+
+    ┌──────────── wake (process exit, timer, signal, cancel, tick) ◀────────────┐
+    ▼                                                                            │
+  handle events ─▶ admit ready (when:) ─▶ start (Dispatcher) ─▶ commit journal ─▶ act
+                                                                   (spawn, kill, report)
+
+Each pass stages every decision (new attempts, state changes, events) and
+commits them in one transaction before any process is started or anything is
+reported; pids learnt while spawning are committed with the next pass. If the
+orchestrator dies between a spawn and that commit, the process still carries
+the run's marker in its environment, and `resume` finds it that way.
+
+Task processes wake the loop through pidfds; timeouts, retries and the
+resource tick are loop timers; `abreast cancel` and Ctrl-C arrive as SIGTERM
+and SIGINT; `abreast signal` as SIGUSR1. Nothing here polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from abreast.coord.journal import Journal
+from abreast.coord.location import StateLocation
+from abreast.engine.isolation import Isolation, Outcome, Verdict
+from abreast.engine.monitor import ResourceMonitor
+from abreast.engine.states import FAILED_STATES, TaskState, check_transition
+from abreast.executor.local import Exit, Launch, LocalExecutor, Running
+from abreast.executor.process import (
+    become_subreaper,
+    describe_status,
+    group_alive,
+    kill_tree,
+    reap_orphans,
+    tree_rss_bytes,
+)
+from abreast.plan.dispatch import Dispatcher, Policy
+from abreast.plan.graph import TaskGraph
+from abreast.spec import conditions
+from abreast.spec.model import Scalar, Task, Workflow
+
+LOG_TAIL_LINES = 12
+JITTER = 0.25  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
+
+
+@dataclass
+class EngineOptions:
+    cap: int
+    flags: dict[str, Scalar]
+    policy: Policy = Policy.PRIORITY
+    kill_grace_s: float = 5.0
+    tick_s: float = 1.0
+    monitor: ResourceMonitor | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    base_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class TaskRun:
+    """The engine's record of one task in this run."""
+
+    v: int
+    task: Task
+    state: TaskState = TaskState.PENDING
+    attempts: int = 0  # attempts started
+    failures: int = 0  # failed attempts, counted against `retries`
+    iterations: int = 0  # gate rejections, counted against `max_iterations`
+    feedback: str | None = None
+    reason: str | None = None
+    output: dict[str, Any] | None = None
+    running: Running | None = None
+    timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    peak_rss_bytes: int = 0
+    busy_s: float = 0.0  # wall time of all its attempts
+    last_log: str | None = None
+    retry_at: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    def __repr__(self) -> str:
+        return f"<TaskRun {self.id} {self.state} attempt={self.attempts}>"
+
+
+@dataclass
+class Failure:
+    task_id: str
+    state: TaskState
+    attempt: int
+    reason: str
+    log: str | None
+    log_tail: list[str]
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    state: str  # succeeded | failed | cancelled
+    wall_s: float
+    busy_s: float
+    failures: list[Failure]
+    tasks: list[TaskRun]
+    landing: str | None = None
+
+    @property
+    def saved_s(self) -> float:
+        return self.busy_s - self.wall_s
+
+
+class View:
+    """What the engine tells the person watching; the terminal views implement it."""
+
+    def begin(self, engine: Engine) -> None: ...
+    def started(self, tr: TaskRun) -> None: ...
+    def finished(self, tr: TaskRun) -> None: ...
+    def retrying(self, tr: TaskRun, delay_s: float) -> None: ...
+    def note(self, text: str) -> None: ...
+    def end(self) -> None: ...
+
+
+class Engine:
+    def __init__(
+        self,
+        wf: Workflow,
+        run_id: str,
+        location: StateLocation,
+        journal: Journal,
+        graph: TaskGraph,
+        options: EngineOptions,
+        *,
+        view: View | None = None,
+        isolation: Isolation | None = None,
+        started_at: float | None = None,
+    ) -> None:
+        self.wf = wf
+        self.run_id = run_id
+        self.location = location
+        self.journal = journal
+        self.graph = graph
+        self.options = options
+        self.view = view or View()
+        self.isolation = isolation or Isolation(location.root)
+        self.run_dir = location.run_dir(run_id)
+        self._root = str(location.root)
+        self.tasks = [TaskRun(v, task) for v, task in enumerate(wf.tasks.values())]
+        self.by_id = {tr.id: tr for tr in self.tasks}
+        order, waves, wave = graph.levels()
+        self._wave = wave
+        self._wave_left = [len(w) for w in waves]
+        self._wave_first_start: list[float | None] = [None] * len(waves)
+        self._d = Dispatcher(graph, _priorities(graph, order), options.policy, wave)
+        self._events: list[tuple[Any, ...]] = []
+        self._wake = asyncio.Event()
+        self._cancelling = False
+        self._force_kill = False
+        self._killing: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._last_heartbeat = 0.0
+        self._seen_signals: set[tuple[str, str]] = set()
+        self.started_at = started_at or time.time()
+        self._t0 = time.monotonic()
+        self._executor: LocalExecutor | None = None
+        self._adopt: list[tuple[TaskRun, int, Exit]] = []
+        self._active: set[TaskRun] = set()  # RUNNING or INTEGRATING
+        self._terminal_count = 0
+        self._conditions: dict[str, conditions.Expression] = {}
+        for name in ("logs", "outputs", "status"):
+            (self.run_dir / name).mkdir(parents=True, exist_ok=True)
+        self._dir = str(self.run_dir)
+
+    # -- what the views read -----------------------------------------------------------------
+
+    def counts(self) -> dict[TaskState, int]:
+        out = dict.fromkeys(TaskState, 0)
+        for tr in self.tasks:
+            out[tr.state] += 1
+        return out
+
+    def waiting_reasons(self) -> dict[str, str]:
+        """Why each ready task is not running, in words."""
+        out = {}
+        monitor_reason = (
+            self.options.monitor.reason(self.options.cap) if (self.options.monitor) else None
+        )
+        for v, why in self._d.waiting().items():
+            if why == "cap":
+                text = monitor_reason or f"all {self.cap()} slots busy"
+            elif why == "wave":
+                text = "waiting for the previous wave (waves policy)"
+            elif why.startswith("task:"):
+                text = f"owns files that {self.tasks[int(why[5:])].id} also owns"
+            elif why.startswith("lock:"):
+                text = f"waiting for lock {why[5:]!r}"
+            elif why.startswith("pool:"):
+                text = f"pool {why[5:]!r} full"
+            elif why.startswith("agent:"):
+                text = f"agent {why[6:]!r} at max_instances"
+            else:
+                text = why
+            out[self.tasks[v].id] = text
+        return out
+
+    def cap(self) -> int:
+        monitor = self.options.monitor
+        return monitor.cap(self.options.cap) if monitor else self.options.cap
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> RunOutcome:
+        loop = asyncio.get_running_loop()
+        self._executor = LocalExecutor(self._process_exited)
+        become_subreaper()  # orphaned descendants of tasks come to us, and are reaped
+        installed = self._install_signal_handlers(loop)
+        self._schedule_tick()
+        self.view.begin(self)
+        for tr, attempt, exit_ in self._adopt:
+            self._post("adopt", tr, attempt, exit_)
+        try:
+            while True:
+                launches = self._decide()
+                self.journal.commit()
+                for tr, launch in launches:
+                    self._launch(tr, launch)
+                if self._finished():
+                    break
+                await self._wake.wait()
+                self._wake.clear()
+                self._handle_events()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            if self._tick_handle:
+                self._tick_handle.cancel()
+            for tr in self.tasks:
+                if tr.timer:
+                    tr.timer.cancel()
+        outcome = await self._finish_run()
+        self.view.end()
+        return outcome
+
+    def _post(self, *event: Any) -> None:
+        self._events.append(event)
+        self._wake.set()
+
+    def _handle_events(self) -> None:
+        while self._events:
+            events, self._events = self._events, []
+            for kind, *args in events:
+                getattr(self, f"_on_{kind}")(*args)
+
+    def _finished(self) -> bool:
+        if self._active or (self._executor and self._executor.running):
+            return False
+        return self._cancelling or self._terminal_count == len(self.tasks)
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    def _decide(self) -> list[tuple[TaskRun, Launch | None]]:
+        if self._cancelling:
+            return []
+        self._admit_ready()
+        return [
+            (self.tasks[v], self._new_attempt(self.tasks[v])) for v in self._d.start(self.cap())
+        ]
+
+    def _admit_ready(self) -> None:
+        ready = self._d.take_ready()
+        while ready:
+            for v in ready:
+                tr = self.tasks[v]
+                if tr.state is not TaskState.PENDING:
+                    continue  # restored from the journal, or already decided
+                run, why = self._evaluate_when(tr)
+                if why is not None:
+                    self._fail(tr, TaskState.FAILED, why)
+                elif not run:
+                    self._set(tr, TaskState.SKIPPED, reason=f"when: {tr.task.when} is false")
+                    self._d.complete(v)
+                    self._terminal(tr)
+                else:
+                    self._set(tr, TaskState.READY)
+                    self._d.admit(v)
+            ready = self._d.take_ready()
+
+    def _evaluate_when(self, tr: TaskRun) -> tuple[bool, str | None]:
+        if tr.task.when is None:
+            return True, None
+        expr = self._condition(tr.task.when, allow_output=False)
+        try:
+            return expr.evaluate(self.options.flags, self._outputs()), None
+        except conditions.ConditionError as e:
+            return False, f"when: {tr.task.when!r} could not be evaluated: {e}"
+
+    def _condition(self, source: str, *, allow_output: bool) -> conditions.Expression:
+        expr = self._conditions.get(source)
+        if expr is None:
+            expr = self._conditions[source] = conditions.parse(source, allow_output=allow_output)
+        return expr
+
+    def _outputs(self) -> dict[str, Any]:
+        return {tr.id: tr.output or {} for tr in self.tasks if tr.state is TaskState.SUCCEEDED}
+
+    def _new_attempt(self, tr: TaskRun) -> Launch | None:
+        tr.attempts += 1
+        n = tr.attempts
+        now = time.time()
+        if tr.started_at is None:
+            tr.started_at = now
+        w = self._wave[tr.v]
+        if self._wave_first_start[w] is None:
+            self._wave_first_start[w] = now
+        log, output, status = self._paths(tr.id, n)
+        tr.last_log = log
+        tr.timed_out = False
+        self._set(tr, TaskState.RUNNING, attempts=n, started_at=tr.started_at)
+        self.journal.stage_new_attempt(
+            self.run_id,
+            tr.id,
+            n,
+            state="running",
+            started_at=now,
+            log=log,
+            status_file=status,
+            output_file=output,
+            feedback=tr.feedback,
+        )
+        self.journal.stage_event(self.run_id, "task.started", tr.id, ts=now, attempt=n)
+        if not self.isolation.instant:
+            return None  # prepared asynchronously (a worktree); launched when ready
+        return self._launch_spec(tr, n, self._root, log, output, status)
+
+    def _paths(self, task_id: str, n: int) -> tuple[str, str, str]:
+        """(log, output, status file) of attempt `n`: plain strings, on the hot path."""
+        d, name = self._dir, f"{task_id}.{n}"
+        return f"{d}/logs/{name}.log", f"{d}/outputs/{name}.json", f"{d}/status/{name}"
+
+    def _launch_spec(
+        self, tr: TaskRun, n: int, cwd: str, log: str, output: str, status: str
+    ) -> Launch:
+        task = tr.task
+        command = task.run if task.run is not None else self.wf.agents[str(task.agent)].run
+        env = dict(self.options.base_env)
+        if task.run is None and task.agent is not None:
+            env.update(self.wf.agents[task.agent].env)
+        env.update(task.env)
+        env.update(
+            {
+                "ABREAST_RUN_ID": self.run_id,
+                "ABREAST_TASK_ID": tr.id,
+                "ABREAST_ATTEMPT": str(n),
+                "ABREAST_OUTPUT": output,
+                "ABREAST_STATE": self.location.coord_url,
+                "ABREAST_PROMPT": task.prompt or "",
+                "ABREAST_FEEDBACK": tr.feedback or "",
+            }
+        )
+        return Launch(self.run_id, tr.id, n, command, cwd, env, log, status)
+
+    # -- acting ------------------------------------------------------------------------------
+
+    def _launch(self, tr: TaskRun, launch: Launch | None) -> None:
+        if launch is None:
+            task = asyncio.create_task(self._prepare_and_launch(tr, tr.attempts))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        assert self._executor is not None
+        try:
+            running = self._executor.start(launch)
+        except OSError as e:
+            self._post("exit", None, tr, Exit(None, None, 0.0, 0), f"could not start: {e}")
+            return
+        tr.running = running
+        self.journal.stage_attempt(
+            self.run_id,
+            tr.id,
+            launch.attempt,
+            pid=running.pid,
+            pgid=running.pgid,
+            start_ticks=running.ticks,
+            workdir=launch.cwd,
+        )
+        if tr.task.timeout:
+            tr.timer = asyncio.get_running_loop().call_later(
+                tr.task.timeout, self._post, "timeout", tr, running
+            )
+        self.view.started(tr)
+
+    async def _prepare_and_launch(self, tr: TaskRun, n: int) -> None:
+        try:
+            cwd = await self.isolation.prepare(tr.id, n)
+        except Exception as e:
+            self._post("exit", None, tr, Exit(None, None, 0.0, 0), f"could not prepare: {e}")
+            return
+        if self._cancelling or tr.attempts != n:
+            self._post("exit", None, tr, Exit(None, None, 0.0, 0), "cancelled before start")
+            return
+        launch = self._launch_spec(tr, n, str(cwd), *self._paths(tr.id, n))
+        self._launch(tr, launch)
+        self._wake.set()  # the pid is staged; let the loop commit it
+
+    def _process_exited(self, running: Running, exit_: Exit) -> None:
+        tr = self.by_id[running.launch.task_id]
+        self._post("exit", running, tr, exit_, None)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _on_exit(
+        self, running: Running | None, tr: TaskRun, exit_: Exit, start_error: str | None
+    ) -> None:
+        if running is not None and tr.running is not running:
+            return  # a stale process of an earlier attempt
+        if tr.timer:
+            tr.timer.cancel()
+            tr.timer = None
+        tr.running = None
+        if running is not None and group_alive(running.pgid):
+            self._kill(running)  # it left processes behind in its group: end them too
+        n = tr.attempts
+        peak = max(exit_.maxrss_bytes, running.peak_rss_bytes if running else 0)
+        tr.peak_rss_bytes = max(tr.peak_rss_bytes, peak)
+        tr.busy_s += exit_.wall_s
+        tr.exit_code, tr.signal = exit_.exit_code, exit_.signal
+        self._d.release(tr.v)
+        if start_error is not None:
+            reason = start_error
+        elif tr.timed_out:
+            reason = f"timed out after {tr.task.timeout:g}s; its process tree was killed"
+        elif exit_.ok:
+            reason = ""
+        else:
+            reason = describe_status(exit_.exit_code, exit_.signal)
+        self.journal.stage_attempt(
+            self.run_id,
+            tr.id,
+            n,
+            state="succeeded" if not reason else "failed",
+            ended_at=time.time(),
+            exit_code=exit_.exit_code,
+            signal=exit_.signal,
+            peak_rss_bytes=peak,
+            wall_s=exit_.wall_s,
+            reason=reason or None,
+        )
+        self.journal.stage_task(
+            self.run_id,
+            tr.id,
+            exit_code=exit_.exit_code,
+            signal=exit_.signal,
+            peak_rss_bytes=tr.peak_rss_bytes,
+        )
+        if self._cancelling:
+            self._set(tr, TaskState.CANCELLED, reason="cancelled")
+            self._terminal(tr)
+            return
+        if reason:
+            self._attempt_failed(tr, reason, timed_out=tr.timed_out, with_log=start_error is None)
+            return
+        self._attempt_succeeded(tr)
+
+    def _on_adopt(self, tr: TaskRun, attempt: int, exit_: Exit) -> None:
+        """An attempt that ended while no orchestrator watched: take its recorded status."""
+        self.view.note(
+            f"{tr.id}: attempt {attempt} ended while abreast was down "
+            f"({describe_status(exit_.exit_code, exit_.signal)}); taking its result"
+        )
+        self._on_exit(None, tr, exit_, None)
+
+    def _attempt_succeeded(self, tr: TaskRun) -> None:
+        output, problem = self._read_output(tr)
+        if problem:
+            self._attempt_failed(tr, problem, timed_out=False, with_log=False)
+            return
+        tr.output = output
+        if tr.task.gate is not None:
+            ok, why = self._check_gate(tr)
+            if not ok:
+                tr.iterations += 1
+                self.journal.stage_task(self.run_id, tr.id, iterations=tr.iterations)
+                if tr.iterations < tr.task.max_iterations:
+                    self._send_back(tr, f"gate not met: {why}", kind="gate", delay_s=0.0)
+                else:
+                    self._fail(
+                        tr,
+                        TaskState.FAILED,
+                        f"gate still not met after {tr.iterations} iterations: {why}",
+                    )
+                return
+        if self.isolation.instant:
+            self._succeed(tr)
+            return
+        self._set(tr, TaskState.INTEGRATING)
+        task = asyncio.create_task(self._integrate(tr, tr.attempts))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _integrate(self, tr: TaskRun, n: int) -> None:
+        try:
+            verdict = await self.isolation.integrate(tr.id, n)
+        except Exception as e:
+            verdict = Verdict(Outcome.FAILED, f"integration failed: {e}", kind="error")
+        self._post("verdict", tr, n, verdict)
+
+    def _on_verdict(self, tr: TaskRun, n: int, verdict: Verdict) -> None:
+        if tr.attempts != n or tr.state is not TaskState.INTEGRATING:
+            return
+        if verdict.outcome is Outcome.LANDED:
+            self._succeed(tr)
+        elif self._cancelling:
+            self._set(tr, TaskState.CANCELLED, reason="cancelled")
+            self._terminal(tr)
+        elif verdict.outcome is Outcome.SEND_BACK:
+            self.journal.stage_event(
+                self.run_id,
+                "merge.sent_back",
+                tr.id,
+                attempt=n,
+                kind=verdict.kind,
+                detail=verdict.detail[:2000],
+            )
+            self._attempt_failed(tr, verdict.detail, timed_out=False, with_log=False)
+        else:
+            self._fail(tr, TaskState.FAILED, verdict.detail)
+
+    def _read_output(self, tr: TaskRun) -> tuple[dict[str, Any], str | None]:
+        path = self._paths(tr.id, tr.attempts)[1]
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return {}, None  # no output is an empty output
+        except OSError as e:
+            return {}, f"could not read $ABREAST_OUTPUT: {e}"
+        try:
+            with os.fdopen(fd, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            return {}, f"could not read $ABREAST_OUTPUT: {e}"
+        if not text.strip():
+            return {}, None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            return {}, f"wrote invalid JSON to $ABREAST_OUTPUT: {e}"
+        if not isinstance(data, dict):
+            return {}, (f"wrote {type(data).__name__} to $ABREAST_OUTPUT; it must be a JSON object")
+        return data, None
+
+    def _check_gate(self, tr: TaskRun) -> tuple[bool, str]:
+        gate = str(tr.task.gate)
+        expr = self._condition(gate, allow_output=True)
+        try:
+            ok = expr.evaluate(self.options.flags, self._outputs(), tr.output or {})
+        except conditions.ConditionError as e:
+            return False, f"{gate} could not be evaluated: {e}"
+        shown = json.dumps(tr.output)[:300]
+        return ok, f"{gate} is false for output {shown}"
+
+    def _attempt_failed(self, tr: TaskRun, reason: str, *, timed_out: bool, with_log: bool) -> None:
+        tr.failures += 1
+        detail = reason
+        if with_log:
+            tail = self._log_tail(tr)
+            if tail:
+                detail += "\nlast lines of its log:\n" + "\n".join(tail)
+        self.journal.stage_task(self.run_id, tr.id, failures=tr.failures)
+        if tr.failures <= tr.task.retries:
+            nominal = tr.task.backoff.delay_s(tr.failures)
+            delay = nominal * self.options.rng.uniform(1 - JITTER, 1 + JITTER)
+            self._send_back(tr, detail, kind="retry", delay_s=delay)
+            return
+        final = TaskState.TIMED_OUT if timed_out else TaskState.FAILED
+        tries = f" (after {tr.attempts} attempts)" if tr.attempts > 1 else ""
+        self._fail(tr, final, reason + tries)
+
+    def _send_back(self, tr: TaskRun, feedback: str, *, kind: str, delay_s: float) -> None:
+        """Run the task again after `delay_s`, telling it why in ABREAST_FEEDBACK."""
+        tr.feedback = feedback
+        tr.retry_at = time.time() + delay_s
+        self._set(tr, TaskState.PENDING, feedback=feedback)
+        self.journal.stage_event(
+            self.run_id,
+            "task.retrying",
+            tr.id,
+            attempt=tr.attempts,
+            kind=kind,
+            delay_s=round(delay_s, 3),
+            reason=feedback[:2000],
+        )
+        self.view.retrying(tr, delay_s)
+        tr.timer = asyncio.get_running_loop().call_later(delay_s, self._post, "retry_due", tr)
+
+    def _on_retry_due(self, tr: TaskRun) -> None:
+        tr.timer = None
+        tr.retry_at = None
+        if self._cancelling or tr.state is not TaskState.PENDING:
+            return
+        self._set(tr, TaskState.READY)
+        self._d.retry(tr.v)
+
+    def _on_timeout(self, tr: TaskRun, running: Running) -> None:
+        if tr.running is not running:
+            return
+        tr.timed_out = True
+        self.view.note(f"{tr.id}: timed out after {tr.task.timeout:g}s; killing its tree")
+        self._kill(running)
+
+    def _kill(self, running: Running) -> None:
+        grace = 0.0 if self._force_kill else self.options.kill_grace_s
+        task = asyncio.create_task(kill_tree(running.pgid, grace))
+        self._killing.add(task)
+        task.add_done_callback(self._killing.discard)
+
+    def _on_cancel(self, why: str) -> None:
+        if self._cancelling:
+            self._force_kill = True
+            self.view.note("killing everything now")
+            for running in list(self._executor.running.values() if self._executor else []):
+                self._kill(running)
+            return
+        self._cancelling = True
+        self.view.note(
+            f"cancelling ({why}): no new tasks; stopping running ones (again to kill at once)"
+        )
+        self.journal.stage_run(self.run_id, cancel_requested=1)
+        self.journal.stage_event(self.run_id, "run.cancelling", reason=why)
+        for tr in self.tasks:
+            if tr.timer:
+                tr.timer.cancel()
+                tr.timer = None
+            if tr.running is not None:
+                self._kill(tr.running)
+            elif tr.state in (TaskState.PENDING, TaskState.READY):
+                self._set(tr, TaskState.CANCELLED, reason="cancelled before it started")
+                self._terminal(tr)
+
+    def _on_signals(self) -> None:
+        for task_id, name in self.journal.signals(self.run_id):
+            if (task_id, name) in self._seen_signals or task_id not in self.by_id:
+                continue
+            self._seen_signals.add((task_id, name))
+            released = self._d.signal(self.by_id[task_id].v, name)
+            self.journal.stage_event(
+                self.run_id,
+                "task.signal",
+                task_id,
+                signal=name,
+                released=[self.tasks[v].id for v in released],
+            )
+            if released:
+                self.view.note(
+                    f"{task_id} signalled {name!r}: "
+                    + ", ".join(self.tasks[v].id for v in released)
+                    + " may start"
+                )
+
+    def _on_tick(self) -> None:
+        if self._executor:
+            reap_orphans(self._executor.running)
+        monitor = self.options.monitor
+        if monitor:
+            monitor.update()
+        for tr in self.tasks:
+            if tr.running is not None:
+                rss = tree_rss_bytes(tr.running.pid)
+                tr.running.peak_rss_bytes = max(tr.running.peak_rss_bytes, rss)
+        now = time.time()
+        if now - self._last_heartbeat >= self.wf.heartbeat.interval:
+            self._last_heartbeat = now
+            self.journal.stage_run(self.run_id, heartbeat_at=now)
+        self._schedule_tick()
+
+    def _schedule_tick(self) -> None:
+        self._tick_handle = asyncio.get_running_loop().call_later(
+            self.options.tick_s, self._post, "tick"
+        )
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        installed = []
+        handlers: dict[int, Callable[[], None]] = {
+            signal.SIGINT: lambda: self._post("cancel", "interrupted"),
+            signal.SIGTERM: lambda: self._post("cancel", "abreast cancel"),
+            signal.SIGUSR1: lambda: self._post("signals"),
+        }
+        for sig, handler in handlers.items():
+            try:
+                loop.add_signal_handler(sig, handler)
+                installed.append(sig)
+            except (ValueError, RuntimeError):
+                pass  # not the main thread (tests driving the engine): no signal handling
+        return installed
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def _set(self, tr: TaskRun, state: TaskState, **fields: Any) -> None:
+        check_transition(tr.id, tr.state, state)
+        tr.state = state
+        if state is TaskState.RUNNING or state is TaskState.INTEGRATING:
+            self._active.add(tr)
+        else:
+            self._active.discard(tr)
+        if "reason" in fields:
+            tr.reason = fields["reason"]
+        self.journal.stage_task(self.run_id, tr.id, state=state.value, **fields)
+        if state is TaskState.READY:
+            self.journal.stage_event(self.run_id, "task.ready", tr.id)
+
+    def _succeed(self, tr: TaskRun) -> None:
+        tr.feedback = None
+        self._set(tr, TaskState.SUCCEEDED, output=tr.output, reason=None)
+        self._d.complete(tr.v)
+        self._terminal(tr)
+
+    def _fail(self, tr: TaskRun, state: TaskState, reason: str) -> None:
+        self._set(tr, state, reason=reason)
+        self._terminal(tr)
+        for v in self._d.fail(tr.v):
+            blocked = self.tasks[v]
+            if blocked.state in (TaskState.PENDING, TaskState.READY):
+                self._set(blocked, TaskState.BLOCKED, reason=f"upstream {tr.id} {state}")
+                self._terminal(blocked)
+
+    def _terminal(self, tr: TaskRun) -> None:
+        self._terminal_count += 1
+        now = time.time()
+        tr.finished_at = now
+        self.journal.stage_task(self.run_id, tr.id, finished_at=now)
+        self.journal.stage_event(
+            self.run_id,
+            "task.finished",
+            tr.id,
+            ts=now,
+            state=tr.state.value,
+            attempts=tr.attempts,
+            exit_code=tr.exit_code,
+            signal=tr.signal,
+            duration_s=round(tr.busy_s, 6),
+            peak_rss_bytes=tr.peak_rss_bytes,
+            reason=(tr.reason or "")[:2000] or None,
+        )
+        self.view.finished(tr)
+        w = self._wave[tr.v]
+        self._wave_left[w] -= 1
+        if self._wave_left[w] == 0:
+            members = [t for t in self.tasks if self._wave[t.v] == w]
+            first = self._wave_first_start[w] or now
+            self.journal.stage_event(
+                self.run_id,
+                "group.completed",
+                None,
+                ts=now,
+                group=w,
+                duration_ms=round((now - first) * 1000),
+                stagesCompleted=sum(t.state is TaskState.SUCCEEDED for t in members),
+                tasks=[t.id for t in members],
+            )
+
+    def _log_tail(self, tr: TaskRun) -> list[str]:
+        return log_tail(tr.last_log)
+
+    # -- the end -----------------------------------------------------------------------------
+
+    async def _finish_run(self) -> RunOutcome:
+        if self._killing:
+            await asyncio.gather(*self._killing, return_exceptions=True)
+        wall = time.time() - self.started_at
+        busy = sum(tr.busy_s for tr in self.tasks)
+        if self._cancelling:
+            state = "cancelled"
+        elif all(tr.state in (TaskState.SUCCEEDED, TaskState.SKIPPED) for tr in self.tasks):
+            state = "succeeded"
+        else:
+            state = "failed"
+        failures = [
+            Failure(
+                tr.id, tr.state, tr.attempts, tr.reason or "", tr.last_log, log_tail(tr.last_log)
+            )
+            for tr in self.tasks
+            if tr.state in FAILED_STATES
+        ]
+        landing = await self.isolation.close(success=state == "succeeded")
+        saved = busy - wall
+        summary = {
+            "wall_s": round(wall, 3),
+            "busy_s": round(busy, 3),
+            "saved_s": round(saved, 3),
+            "landing": landing,
+            "counts": {s.value: c for s, c in self.counts().items() if c},
+        }
+        now = time.time()
+        self.journal.stage_run(self.run_id, state=state, finished_at=now, summary=summary)
+        self.journal.stage_event(
+            self.run_id,
+            "workflow.performance",
+            ts=now,
+            sequentialTime=round(busy, 3),
+            parallelTime=round(wall, 3),
+            timeSaved=round(saved, 3),
+            percentageSaved=round(100 * saved / busy, 1) if busy > 0 else 0.0,
+        )
+        self.journal.stage_event(self.run_id, "run.finished", ts=now, state=state)
+        self.journal.commit()
+        return RunOutcome(self.run_id, state, wall, busy, failures, self.tasks, landing)
+
+    # -- resume ------------------------------------------------------------------------------
+
+    def restore(
+        self, rows: dict[str, dict[str, Any]], interrupted: dict[str, tuple[int, Exit | None]]
+    ) -> None:
+        """Load task states from the journal. `interrupted`: task -> (attempt, how it ended
+        if a status file says so, else None: it is re-run as a new attempt)."""
+        order, _, _ = self.graph.levels()
+        for v in order:
+            tr = self.tasks[v]
+            row = rows.get(tr.id)
+            if row is None:
+                continue
+            tr.attempts = row["attempts"]
+            tr.failures = row["failures"]
+            tr.iterations = row["iterations"]
+            tr.output = row["output"]
+            tr.feedback = row["feedback"]
+            tr.started_at = row["started_at"]
+            state = TaskState(row["state"])
+            if tr.attempts:
+                tr.last_log = self._paths(tr.id, tr.attempts)[0]
+            if state in (TaskState.SUCCEEDED, TaskState.SKIPPED):
+                tr.state = state
+                self._d.complete(v)
+                self._wave_left[self._wave[v]] -= 1
+            elif state in FAILED_STATES:
+                tr.state = state
+                tr.reason = row["reason"]
+                self._wave_left[self._wave[v]] -= 1
+                for b in self._d.fail(v):
+                    self.tasks[b].state = TaskState.BLOCKED
+            elif state is TaskState.BLOCKED:
+                pass  # set again by its failed dependency above
+            elif tr.id in interrupted:
+                attempt, exit_ = interrupted[tr.id]
+                if exit_ is not None and attempt == tr.attempts:
+                    tr.state = TaskState.RUNNING
+                    self._active.add(tr)
+                    self._adopt.append((tr, attempt, exit_))
+                else:
+                    tr.state = TaskState.PENDING
+                    self.journal.stage_task(
+                        self.run_id, tr.id, state="pending", reason="interrupted"
+                    )
+            else:  # pending, ready, or cancelled by a cancelled run: run it (again)
+                tr.state = TaskState.PENDING
+                self.journal.stage_task(self.run_id, tr.id, state="pending", reason=None)
+        for tr in self.tasks:
+            if tr.state is TaskState.BLOCKED:
+                self._wave_left[self._wave[tr.v]] -= 1
+            if tr.state.terminal:
+                self._terminal_count += 1
+
+
+def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> list[str]:
+    if path is None:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 8192))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in data.splitlines() if line.strip()][-lines:]
+
+
+def _priorities(graph: TaskGraph, order: list[int]) -> list[float]:
+    from abreast.plan.graph import bottom_levels
+
+    return bottom_levels(graph.succs, graph.estimate_s, order)

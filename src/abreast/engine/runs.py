@@ -1,0 +1,421 @@
+"""Starting, resuming and cancelling runs: the glue between the command line and the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from abreast.coord.journal import Journal, RunRow
+from abreast.coord.location import StateLocation, locate
+from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View
+from abreast.engine.isolation import Isolation
+from abreast.engine.monitor import ResourceMonitor
+from abreast.errors import UsageError
+from abreast.executor.local import Exit
+from abreast.executor.process import (
+    group_members,
+    is_same_process,
+    kill_pids,
+    marked_processes,
+    start_ticks,
+)
+from abreast.plan import TaskGraph, analyze
+from abreast.plan.analysis import Analysis
+from abreast.spec import load_workflow
+from abreast.spec.model import TASK_ID_PATTERN, Scalar, Workflow
+from abreast.spec.overrides import flag_overrides, parallel_cap
+
+_RUN_ID = re.compile(TASK_ID_PATTERN.replace("62", "99"))
+IsolationFactory = Callable[[Workflow, StateLocation, str, Journal], Isolation]
+
+
+@dataclass
+class RunRequest:
+    file: Path
+    run_id: str | None = None
+    max_parallel: int | None = None
+    sequential: bool = False
+    flags: list[str] = field(default_factory=list)
+    state: str | None = None
+    monitor: bool = True
+    isolation: IsolationFactory | None = None
+
+
+@dataclass
+class Prepared:
+    wf: Workflow
+    location: StateLocation
+    flags: dict[str, Scalar]
+    cap: int
+    analysis: Analysis
+    graph: TaskGraph
+
+
+def new_run_id(name: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def prepare(req: RunRequest) -> Prepared:
+    wf = load_workflow(req.file)
+    location = locate(req.file, req.state)
+    flags = {**wf.flags, **flag_overrides(wf, req.flags)}
+    cap = parallel_cap(wf, req.max_parallel, req.sequential)
+    graph = TaskGraph.from_workflow(wf)
+    analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph)
+    return Prepared(wf, location, flags, cap, analysis, graph)
+
+
+def dry_run(req: RunRequest, out: Any) -> int:
+    p = prepare(req)
+    out.write(f"dry run of {p.wf.name}: {len(p.wf.tasks)} tasks, up to {p.cap} at once\n")
+    out.write("would start, in this order (times by the estimates):\n")
+    by_id = {t.id: t for t in p.analysis.tasks}
+    from abreast.spec.durations import format_duration
+
+    for i, tid in enumerate(p.analysis.start_order(), 1):
+        t = by_id[tid]
+        note = "  (when: decided at run time)" if t.conditional else ""
+        out.write(f"  {i:>3}. {tid}  at {format_duration(t.start_s)}{note}\n")
+    if p.analysis.skipped:
+        out.write("skipped by when: " + ", ".join(p.analysis.skipped) + "\n")
+    out.write(
+        f"estimated {format_duration(p.analysis.estimates.scheduled_s)} "
+        f"(one at a time: {format_duration(p.analysis.estimates.sequential_s)})\n"
+    )
+    return 0
+
+
+def _options(p: Prepared, monitor_on: bool) -> EngineOptions:
+    monitor = None
+    if monitor_on and p.wf.resources.monitor:
+        monitor = ResourceMonitor(p.wf.resources.thresholds)
+    return EngineOptions(
+        cap=p.cap,
+        flags=p.flags,
+        policy=p.analysis.policy,
+        monitor=monitor,
+        rng=random.Random(),
+        base_env=dict(os.environ),
+    )
+
+
+def _isolation(req: RunRequest, p: Prepared, run_id: str, journal: Journal) -> Isolation:
+    if req.isolation is not None:
+        return req.isolation(p.wf, p.location, run_id, journal)
+    return Isolation(p.location.root)
+
+
+def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> RunOutcome:
+    """Journal a new run, announce its id, and run it to the end."""
+    p = prepare(req)
+    run_id = req.run_id or new_run_id(p.wf.name)
+    if not _RUN_ID.fullmatch(run_id):
+        raise UsageError(
+            f"--run-id {run_id!r} is not allowed",
+            hint="use a-z, 0-9, '_' and '-', starting with a letter or digit",
+        )
+    journal = Journal(p.location.journal)
+    started = time.time()
+    me = os.getpid()
+    journal.create_run(
+        run_id,
+        workflow=p.wf.name,
+        file=p.wf.source,
+        file_sha256=p.wf.source_sha256,
+        root=str(p.location.root),
+        pid=me,
+        pid_start=start_ticks(me) or 0,
+        host=socket.gethostname(),
+        started_at=started,
+        task_ids=list(p.wf.tasks),
+        options={
+            "flags": p.flags,
+            "max_parallel": p.cap,
+            "sequential": req.sequential,
+            "state": req.state,
+            "monitor": req.monitor,
+            "policy": p.analysis.policy.value,
+        },
+    )
+    announce(run_id)
+    engine = Engine(
+        p.wf,
+        run_id,
+        p.location,
+        journal,
+        p.graph,
+        _options(p, req.monitor),
+        view=view,
+        isolation=_isolation(req, p, run_id, journal),
+        started_at=started,
+    )
+    try:
+        return asyncio.run(engine.run())
+    finally:
+        journal.close()
+
+
+# -- finding runs ------------------------------------------------------------------------------
+
+
+def open_journal(file: Path | None, state: str | None) -> tuple[StateLocation, Journal]:
+    location = locate(file, state)
+    if not location.journal.exists():
+        raise UsageError(
+            f"no runs yet: there is no journal at {location.journal}",
+            hint="start one with `abreast run FILE`",
+        )
+    return location, Journal(location.journal)
+
+
+def find_run(journal: Journal, run_id: str | None) -> RunRow:
+    if run_id is None:
+        row = journal.latest_run()
+        if row is None:
+            raise UsageError("no runs in this project yet", hint="start one with `abreast run`")
+        return row
+    row = journal.run(run_id)
+    if row is None:
+        recent = [r.id for r in journal.runs(5)]
+        import difflib
+
+        close = difflib.get_close_matches(run_id, [r.id for r in journal.runs(200)], n=1)
+        raise UsageError(
+            f"no run {run_id!r} in {journal.path}"
+            + (f"; did you mean {close[0]!r}?" if close else ""),
+            hint="recent runs: " + (", ".join(recent) or "none") + " (see `abreast status`)",
+        )
+    return row
+
+
+def orchestrator_alive(row: RunRow) -> bool:
+    """Whether the process that runs `row` is still there (same host, pid and start time)."""
+    if row.state != "running" or row.pid is None:
+        return False
+    if row.host and row.host != socket.gethostname():
+        return True  # cannot see another host's processes; assume it lives
+    return is_same_process(row.pid, row.pid_start)
+
+
+# -- cancel ------------------------------------------------------------------------------------
+
+
+def cancel_run(journal: Journal, row: RunRow) -> str:
+    if row.state not in ("running",):
+        raise UsageError(
+            f"run {row.id} is not running (it {row.state})",
+            hint="`abreast status` lists runs and their states",
+        )
+    journal.write("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (row.id,))
+    if orchestrator_alive(row):
+        assert row.pid is not None
+        os.kill(row.pid, 15)
+        return f"asked the orchestrator of {row.id} (pid {row.pid}) to cancel"
+    killed = asyncio.run(_kill_strays(journal, row.id))
+    now = time.time()
+    journal.stage_run(row.id, state="cancelled", finished_at=now)
+    for t in journal.tasks(row.id):
+        if t.state in ("pending", "ready", "running", "integrating"):
+            journal.stage_task(
+                row.id,
+                t.task_id,
+                state="cancelled",
+                reason="cancelled while its orchestrator was gone",
+            )
+    journal.stage_event(row.id, "run.cancelled", reason="orchestrator dead", killed=killed)
+    journal.commit()
+    return (
+        f"run {row.id} had no live orchestrator; marked cancelled, "
+        f"{killed} stray process(es) killed"
+    )
+
+
+async def _kill_strays(journal: Journal, run_id: str, grace_s: float = 2.0) -> int:
+    """Kill every live process of `run_id`: members of its journaled process groups (leader
+    verified by start time), and any process carrying the run's marker. Returns how many."""
+    pids: set[int] = set()
+    for a in journal.attempts(run_id):
+        if a.ended_at is None and a.pgid and a.pid and is_same_process(a.pid, a.start_ticks):
+            pids.update(group_members(a.pgid))
+    pids.update(p.pid for p in marked_processes(run_id))
+    return await asyncio.to_thread(kill_pids, pids, grace_s)
+
+
+# -- resume ------------------------------------------------------------------------------------
+
+
+def resume_run(
+    run_id: str,
+    *,
+    state: str | None,
+    force: bool,
+    view: View,
+    announce: Callable[[str], None],
+    monitor: bool = True,
+    isolation: IsolationFactory | None = None,
+) -> RunOutcome:
+    location, journal = open_journal(None, state)
+    row = find_run(journal, run_id)
+    if row.state in ("succeeded", "failed"):
+        raise UsageError(
+            f"run {row.id} already finished ({row.state}); nothing to resume",
+            hint="start a new run with `abreast run`",
+        )
+    if orchestrator_alive(row):
+        raise UsageError(
+            f"run {row.id} is still running (orchestrator pid {row.pid})",
+            hint=f"`abreast cancel {row.id}` stops it",
+        )
+    file = Path(row.file)
+    if not file.exists():
+        raise UsageError(f"the workflow file of {row.id} is gone: {file}")
+    wf = load_workflow(file)
+    if wf.source_sha256 != row.file_sha256 and not force:
+        raise UsageError(
+            f"{file} changed since run {row.id} started",
+            hint="resuming could run a different workflow; pass --force to "
+            "resume anyway with the file as it is now",
+        )
+    announce(row.id)
+    return asyncio.run(_resume(wf, row, journal, location, force, view, monitor, isolation))
+
+
+async def _resume(
+    wf: Workflow,
+    row: RunRow,
+    journal: Journal,
+    location: StateLocation,
+    force: bool,
+    view: View,
+    monitor_on: bool,
+    isolation: IsolationFactory | None,
+) -> RunOutcome:
+    killed = await _kill_strays(journal, row.id)
+    if killed:
+        view.note(f"killed {killed} stray process(es) of the dead orchestrator")
+    interrupted: dict[str, tuple[int, Exit | None]] = {}
+    now = time.time()
+    for a in journal.attempts(row.id):
+        if a.ended_at is not None:
+            continue
+        exit_ = _recorded_exit(a.status_file, a.started_at, now)
+        interrupted[a.task_id] = (a.attempt, exit_)
+        if exit_ is None:
+            journal.stage_attempt(
+                row.id,
+                a.task_id,
+                a.attempt,
+                state="interrupted",
+                ended_at=now,
+                reason="the orchestrator died",
+            )
+    me = os.getpid()
+    options = row.options
+    flags = {**wf.flags, **{k: v for k, v in options.get("flags", {}).items() if k in wf.flags}}
+    cap = int(options.get("max_parallel") or wf.max_parallel)
+    graph = TaskGraph.from_workflow(wf)
+    analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph)
+    p = Prepared(wf, location, flags, cap, analysis, graph)
+    journal.stage_run(
+        row.id,
+        state="running",
+        pid=me,
+        pid_start=start_ticks(me) or 0,
+        host=socket.gethostname(),
+        heartbeat_at=now,
+        finished_at=None,
+        cancel_requested=0,
+    )
+    journal.stage_event(
+        row.id, "run.resumed", killed=killed, forced=force, interrupted=sorted(interrupted)
+    )
+    req = RunRequest(file=Path(row.file), monitor=monitor_on, isolation=isolation)
+    engine = Engine(
+        wf,
+        row.id,
+        location,
+        journal,
+        graph,
+        _options(p, monitor_on),
+        view=view,
+        isolation=_isolation(req, p, row.id, journal),
+        started_at=row.started_at,
+    )
+    rows = {t.task_id: t.__dict__ for t in journal.tasks(row.id)}
+    engine.restore(rows, interrupted)
+    journal.commit()
+    try:
+        return await engine.run()
+    finally:
+        journal.close()
+
+
+def _recorded_exit(status_file: str | None, started_at: float | None, now: float) -> Exit | None:
+    """How an attempt ended, from the status file its wrapper shell wrote, if it did.
+
+    The shell creates the file, then writes the code; a file found empty is read again
+    for a moment, and stays "no status" if its writer was killed in between.
+    """
+    if not status_file:
+        return None
+    for _ in range(20):
+        try:
+            text = Path(status_file).read_text().strip()
+        except OSError:
+            return None
+        if text:
+            break
+        time.sleep(0.005)
+    try:
+        code = int(text)
+    except ValueError:
+        return None
+    return Exit(exit_code=code, signal=None, wall_s=max(0.0, now - (started_at or now)),
+                maxrss_bytes=0)
+
+
+def signal_run(name: str) -> str:
+    """`abreast signal NAME` from inside a task: journal it and wake the orchestrator."""
+    run_id = os.environ.get("ABREAST_RUN_ID")
+    task_id = os.environ.get("ABREAST_TASK_ID")
+    state = os.environ.get("ABREAST_STATE")
+    if not (run_id and task_id and state):
+        raise UsageError(
+            "abreast signal runs inside a task: ABREAST_RUN_ID, ABREAST_TASK_ID "
+            "and ABREAST_STATE are not all set",
+            hint="call it from a task's command while abreast runs it",
+        )
+    location = locate(None, state)
+    journal = Journal(location.journal)
+    try:
+        row = find_run(journal, run_id)
+        tasks = {t.task_id for t in journal.tasks(run_id)}
+        if task_id not in tasks:
+            raise UsageError(f"run {run_id} has no task {task_id!r}")
+        fresh = journal.add_signal(run_id, task_id, name)
+        if fresh and orchestrator_alive(row) and row.pid:
+            os.kill(row.pid, 10)  # SIGUSR1: the orchestrator reads new signals
+    finally:
+        journal.close()
+    return f"{task_id} signalled {name!r}" + ("" if fresh else " (again)")
+
+
+def default_view() -> View:
+    if sys.stdout.isatty():
+        from abreast.observe.live import LiveView
+
+        return LiveView()
+    from abreast.observe.plain import PlainView
+
+    return PlainView()

@@ -1,0 +1,1 @@
+"""Starting and supervising task processes: the only package that spawns them."""

@@ -1,0 +1,140 @@
+"""The local executor: each attempt is a real process in its own session.
+
+    Launch ──start()──▶ posix_spawn(/bin/sh -c WRAPPER) ──pidfd readable──▶ on_exit(Exit)
+
+The wrapper changes to the task's directory, records the exit status in a file
+(so that `abreast resume` learns how an attempt ended while no orchestrator
+was watching), and runs the command with `eval` in the same shell: one
+process, no interpolation of anything but the user's own command. stdout and
+stderr go straight to the attempt's log file (no pipe a grandchild could hold
+open); stdin is /dev/null. Exit is noticed through a pidfd on the event loop:
+no thread and no polling per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from abreast.executor.process import start_ticks
+
+SHELL = "/bin/sh"
+# $1 workdir, $2 status file, $3 command. Names start with __abreast_ to stay out of the way.
+WRAPPER = (
+    'cd -- "$1" || exit 127; __abreast_status=$2; __abreast_cmd=$3; shift 3; '
+    "trap 'echo $? > \"$__abreast_status\"' EXIT; "
+    'eval "$__abreast_cmd"'
+)
+_HAS_PIDFD = hasattr(os, "pidfd_open")
+
+
+@dataclass(frozen=True)
+class Launch:
+    run_id: str
+    task_id: str
+    attempt: int
+    command: str
+    cwd: str
+    env: Mapping[str, str]
+    log: str
+    status_file: str
+
+
+@dataclass(frozen=True)
+class Exit:
+    exit_code: int | None
+    signal: int | None
+    wall_s: float
+    maxrss_bytes: int  # from wait4: the process and the children it waited for
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.signal
+
+
+@dataclass(eq=False)
+class Running:
+    launch: Launch
+    pid: int
+    pgid: int
+    ticks: int | None
+    started_mono: float
+    started_wall: float
+    peak_rss_bytes: int = 0
+    _pidfd: int = field(default=-1, repr=False)
+
+
+class LocalExecutor:
+    """Starts attempts and calls `on_exit(running, exit)` from the event loop when one ends."""
+
+    def __init__(self, on_exit: Callable[[Running, Exit], None]) -> None:
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+        self.running: dict[int, Running] = {}
+
+    def start(self, launch: Launch) -> Running:
+        fd = os.open(launch.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            pid = os.posix_spawn(
+                SHELL,
+                [
+                    SHELL,
+                    "-c",
+                    WRAPPER,
+                    "abreast-task",
+                    launch.cwd,
+                    launch.status_file,
+                    launch.command,
+                ],
+                launch.env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, fd, 1),
+                    (os.POSIX_SPAWN_DUP2, fd, 2),
+                ],
+                setsid=True,
+            )
+        finally:
+            os.close(fd)
+        now_mono, now_wall = time.monotonic(), time.time()
+        running = Running(launch, pid, pid, start_ticks(pid), now_mono, now_wall)
+        self.running[pid] = running
+        if _HAS_PIDFD:
+            try:
+                running._pidfd = os.pidfd_open(pid)
+            except OSError:
+                running._pidfd = -1
+        if running._pidfd >= 0:
+            self._loop.add_reader(running._pidfd, self._reap, running)
+        else:  # no pidfd (old kernel): one waiting thread per process
+            self._loop.run_in_executor(None, self._wait_blocking, running)
+        return running
+
+    def _reap(self, running: Running) -> None:
+        try:
+            pid, status, usage = os.wait4(running.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status, usage = running.pid, 0, None
+        if pid == 0:
+            return  # spurious wake-up
+        self._loop.remove_reader(running._pidfd)
+        os.close(running._pidfd)
+        self._finish(running, status, usage.ru_maxrss * 1024 if usage else 0)
+
+    def _wait_blocking(self, running: Running) -> None:
+        _, status, usage = os.wait4(running.pid, 0)
+        self._loop.call_soon_threadsafe(self._finish, running, status, usage.ru_maxrss * 1024)
+
+    def _finish(self, running: Running, status: int, maxrss: int) -> None:
+        self.running.pop(running.pid, None)
+        code = os.waitstatus_to_exitcode(status)
+        exit_ = Exit(
+            exit_code=code if code >= 0 else None,
+            signal=-code if code < 0 else None,
+            wall_s=time.monotonic() - running.started_mono,
+            maxrss_bytes=maxrss,
+        )
+        self._on_exit(running, exit_)

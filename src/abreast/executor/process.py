@@ -1,0 +1,259 @@
+"""Process facts and process killing, with pid-reuse protection.
+
+A pid is only ever signalled if its start time (clock ticks since boot, field
+22 of /proc/PID/stat) matches the one journaled when it was started; a
+process group is signalled only through such a verified leader, or while the
+group still holds members that carry the run's marker in their environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Container, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psutil
+
+MARKER_ENV = "ABREAST_RUN_ID"
+
+
+def start_ticks(pid: int) -> int | None:
+    """The start time of `pid` in clock ticks since boot, or None if it is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = data[data.rindex(b")") + 2 :].split()
+    return int(rest[19])
+
+
+def is_same_process(pid: int, ticks: int | None) -> bool:
+    return ticks is not None and start_ticks(pid) == ticks
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is in the group.
+
+    `killpg(pgid, 0)` answers fast when the group is empty (the usual case); when it
+    says "alive" the group may hold only zombies (an init that does not reap, as in a
+    container without one), so the members are then read from /proc.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return bool(group_members(pgid))
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) pids in process group `pgid`, read from /proc."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(int(name))
+            # fields: state, ppid, pgrp, session, ...
+            if fields and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                out.append(int(name))
+    return out
+
+
+def children_zombies(parent: int) -> list[int]:
+    """Zombie children of `parent` (to reap as a subreaper)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(int(name))
+            if fields and fields[0] == b"Z" and int(fields[1]) == parent:
+                out.append(int(name))
+    return out
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), so none become a stray zombie."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_orphans(tracked: Container[int]) -> int:
+    """Reap zombie children this process does not track itself; how many were reaped."""
+    reaped = 0
+    for pid in children_zombies(os.getpid()):
+        if pid in tracked:
+            continue
+        try:
+            os.waitpid(pid, os.WNOHANG)
+            reaped += 1
+        except ChildProcessError:
+            pass
+    return reaped
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send `sig` to the group; False when the group is empty. "No such process" is fine."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def kill_tree(pgid: int, grace_s: float) -> None:
+    """TERM the process group, wait up to `grace_s` for it to empty, then KILL what is left.
+
+    Members that left the group but stayed in the session (`setpgid` without `setsid`)
+    are signalled one by one the same way. Zombies count as gone.
+    """
+    signal_group(pgid, signal.SIGTERM)
+    _signal_each(_session_strays(pgid), signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    delay = 0.005
+    while time.monotonic() < deadline:
+        if not group_alive(pgid) and not _session_strays(pgid):
+            return
+        await asyncio.sleep(delay)  # bounded wait for processes outside our control to exit
+        delay = min(delay * 2, 0.1)
+    signal_group(pgid, signal.SIGKILL)
+    _signal_each(_session_strays(pgid), signal.SIGKILL)
+
+
+def _session_strays(sid: int) -> list[int]:
+    """Live processes of session `sid` that moved to another process group."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(int(name))
+            if (
+                fields
+                and int(fields[3]) == sid
+                and int(fields[2]) != sid
+                and fields[0] not in (b"Z", b"X")
+            ):
+                out.append(int(name))
+    return out
+
+
+def _signal_each(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _running(p: psutil.Process) -> bool:
+    import psutil
+
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` and all its descendants, now."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def marked_processes(run_id: str, task_id: str | None = None) -> list[psutil.Process]:
+    """Live processes started for `run_id` (and `task_id`), found by the environment marker.
+
+    This finds a run's processes even where the journal never learnt their pid (an
+    orchestrator killed between starting a process and committing its pid).
+    """
+    import psutil
+
+    want = {MARKER_ENV: run_id}
+    if task_id is not None:
+        want["ABREAST_TASK_ID"] = task_id
+    me = os.getpid()
+    out = []
+    for p in psutil.process_iter():
+        if p.pid == me:
+            continue
+        try:
+            env = p.environ()
+        except (psutil.Error, OSError):
+            continue
+        if all(env.get(k) == v for k, v in want.items()) and _running(p):
+            out.append(p)
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    """Alive and not a zombie."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in (b"Z", b"X")
+
+
+def kill_pids(pids: Iterable[int], grace_s: float = 2.0) -> int:
+    """TERM, wait up to `grace_s`, KILL; returns how many of `pids` were alive."""
+    live = [p for p in set(pids) if pid_alive(p)]
+    _signal_each(live, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    delay = 0.005
+    while time.monotonic() < deadline and any(pid_alive(p) for p in live):
+        time.sleep(delay)  # bounded wait for processes we no longer supervise
+        delay = min(delay * 2, 0.1)
+    _signal_each([p for p in live if pid_alive(p)], signal.SIGKILL)
+    return len(live)
+
+
+def describe_status(exit_code: int | None, sig: int | None) -> str:
+    if sig:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"killed by {name}"
+    if exit_code is None:
+        return "ended without a status"
+    if exit_code > 128 and exit_code - 128 < 65:
+        try:
+            return f"exit {exit_code} ({signal.Signals(exit_code - 128).name})"
+        except ValueError:
+            pass
+    return f"exit {exit_code}"

@@ -1,0 +1,1 @@
+"""Seeing a run: terminal views, summaries, status, metrics, events, dashboard, reports."""

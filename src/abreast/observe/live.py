@@ -1,0 +1,110 @@
+"""The live terminal view: a progress bar and one line per running or waiting task."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from abreast.engine.engine import Engine, TaskRun, View
+from abreast.engine.states import TaskState
+from abreast.observe.plain import clock
+from abreast.spec.durations import format_duration
+
+_STATE_STYLE = {
+    TaskState.SUCCEEDED: "green",
+    TaskState.FAILED: "red",
+    TaskState.TIMED_OUT: "red",
+    TaskState.BLOCKED: "yellow",
+    TaskState.SKIPPED: "dim",
+    TaskState.CANCELLED: "yellow",
+    TaskState.RUNNING: "cyan",
+    TaskState.INTEGRATING: "magenta",
+}
+
+
+class LiveView(View):
+    """A progress bar and one line per running or waiting task, redrawn in place."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.engine: Engine | None = None
+        self._live: Live | None = None
+        self._notes: list[str] = []
+
+    def begin(self, engine: Engine) -> None:
+        self.engine = engine
+        self._live = Live(
+            console=self.console, get_renderable=self._render, refresh_per_second=4, transient=False
+        )
+        self._live.start()
+
+    def _render(self) -> Group:
+        e = self.engine
+        if e is None:
+            return Group()
+        counts = e.counts()
+        total = len(e.tasks)
+        done = sum(counts[s] for s in TaskState if s.terminal)
+        head = Table.grid(padding=(0, 1))
+        head.add_row(
+            ProgressBar(total=total, completed=done, width=40),
+            Text(f"{done}/{total} done  {clock(e.elapsed())}  cap {e.cap()}"),
+            Text(
+                " ".join(
+                    f"{s.value} {c}"
+                    for s, c in counts.items()
+                    if c and s not in (TaskState.PENDING,)
+                ),
+                style="dim",
+            ),
+        )
+        rows = Table.grid(padding=(0, 2))
+        now = time.monotonic()
+        shown = 0
+        for tr in e.tasks:
+            if tr.state in (TaskState.RUNNING, TaskState.INTEGRATING) and shown < 20:
+                took = now - tr.running.started_mono if tr.running else 0.0
+                what = "merging" if tr.state is TaskState.INTEGRATING else f"attempt {tr.attempts}"
+                rows.add_row(
+                    Text(tr.id, style=_STATE_STYLE[tr.state]),
+                    Text(what),
+                    Text(f"{took:.1f}s" if took < 60 else format_duration(took)),
+                )
+                shown += 1
+        for task_id, why in list(e.waiting_reasons().items())[:8]:
+            rows.add_row(Text(task_id, style="dim"), Text("waiting"), Text(why, style="dim"))
+        for tr in e.tasks:
+            if tr.state is TaskState.PENDING and tr.retry_at:
+                rows.add_row(
+                    Text(tr.id, style="yellow"),
+                    Text("retry"),
+                    Text(f"in {max(0.0, tr.retry_at - time.time()):.1f}s"),
+                )
+        notes = [Text(n, style="dim") for n in self._notes[-4:]]
+        return Group(head, rows, *notes)
+
+    def started(self, tr: TaskRun) -> None:
+        pass
+
+    def finished(self, tr: TaskRun) -> None:
+        if tr.state is not TaskState.SUCCEEDED:
+            style = _STATE_STYLE.get(tr.state, "")
+            reason = (tr.reason or "").splitlines()[0] if tr.reason else ""
+            self.console.print(Text(f"{tr.state.value}: {tr.id} {reason}", style=style))
+
+    def retrying(self, tr: TaskRun, delay_s: float) -> None:
+        first = (tr.feedback or "").splitlines()[0] if tr.feedback else ""
+        self.console.print(Text(f"retrying {tr.id} in {delay_s:.1f}s: {first}", style="yellow"))
+
+    def note(self, text: str) -> None:
+        self._notes.append(text)
+
+    def end(self) -> None:
+        if self._live:
+            self._live.refresh()
+            self._live.stop()

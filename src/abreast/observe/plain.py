@@ -1,0 +1,49 @@
+"""Plain lines of what happens in a run: for logs, pipes and CI (no terminal library)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from abreast.engine.engine import Engine, TaskRun, View
+from abreast.engine.states import TaskState
+from abreast.spec.durations import format_duration
+
+
+def clock(seconds: float) -> str:
+    return f"{int(seconds) // 60:02d}:{seconds % 60:04.1f}"
+
+
+class PlainView(View):
+    """One line per thing that happens; for logs and pipes."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.engine: Engine | None = None
+
+    def begin(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _line(self, text: str) -> None:
+        t = self.engine.elapsed() if self.engine else 0.0
+        self.out.write(f"[{clock(t)}] {text}\n")
+
+    def started(self, tr: TaskRun) -> None:
+        self._line(f"start   {tr.id} (attempt {tr.attempts})")
+
+    def finished(self, tr: TaskRun) -> None:
+        detail = ""
+        if tr.state is not TaskState.SUCCEEDED and tr.reason:
+            detail = ": " + tr.reason.splitlines()[0]
+        took = f" in {format_duration(tr.busy_s)}" if tr.busy_s else ""
+        self._line(f"{tr.state.value:<9} {tr.id}{took}{detail}")
+
+    def retrying(self, tr: TaskRun, delay_s: float) -> None:
+        first = (tr.feedback or "").splitlines()[0] if tr.feedback else ""
+        self._line(f"retry   {tr.id} in {delay_s:.1f}s: {first}")
+
+    def note(self, text: str) -> None:
+        self._line(text)
+
+    def end(self) -> None:
+        self.out.flush()

@@ -1,0 +1,145 @@
+"""`abreast status` and `abreast logs`: reading the journal while or after a run goes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from abreast.coord.journal import AttemptRow, Journal, RunRow
+from abreast.engine.runs import orchestrator_alive
+from abreast.errors import UsageError
+from abreast.spec.durations import format_duration
+
+
+def run_state(row: RunRow) -> str:
+    """The run's state, saying so when a 'running' run has lost its orchestrator."""
+    if row.state == "running" and not orchestrator_alive(row):
+        return "interrupted"
+    return row.state
+
+
+def status_json(journal: Journal, row: RunRow) -> dict[str, Any]:
+    return {
+        "run_id": row.id,
+        "workflow": row.workflow,
+        "state": run_state(row),
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "tasks": [
+            {
+                "id": t.task_id,
+                "state": t.state,
+                "attempts": t.attempts,
+                "started_at": t.started_at,
+                "finished_at": t.finished_at,
+                "exit_code": t.exit_code,
+                "peak_rss_bytes": t.peak_rss_bytes,
+                "reason": t.reason,
+            }
+            for t in journal.tasks(row.id)
+        ],
+    }
+
+
+def print_runs(journal: Journal, out: TextIO) -> None:
+    runs = journal.runs(30)
+    if not runs:
+        out.write("no runs yet\n")
+        return
+    width = max(len(r.id) for r in runs)
+    out.write(f"{'RUN':<{width}}  {'STATE':<11}  {'STARTED':<19}  {'TOOK':>7}  TASKS\n")
+    for r in runs:
+        tasks = journal.tasks(r.id)
+        done = sum(t.state in ("succeeded", "skipped") for t in tasks)
+        end = r.finished_at or time.time()
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at))
+        out.write(
+            f"{r.id:<{width}}  {run_state(r):<11}  {started}  "
+            f"{format_duration(end - r.started_at):>7}  {done}/{len(tasks)} done\n"
+        )
+
+
+def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
+    state = run_state(row)
+    end = row.finished_at or time.time()
+    out.write(f"run {row.id} ({row.workflow}): {state}, {format_duration(end - row.started_at)}\n")
+    if state == "interrupted":
+        out.write(f"  its orchestrator is gone; `abreast resume {row.id}` carries on\n")
+    tasks = journal.tasks(row.id)
+    width = max([len(t.task_id) for t in tasks] + [4])
+    out.write(
+        f"  {'TASK':<{width}}  {'STATE':<11}  {'TRIES':>5}  {'TIME':>7}  {'PEAK RSS':>9}  NOTE\n"
+    )
+    now = time.time()
+    for t in tasks:
+        took = "-"
+        if t.started_at:
+            took = format_duration((t.finished_at or now) - t.started_at)
+        rss = f"{t.peak_rss_bytes / 1e6:.1f}MB" if t.peak_rss_bytes else "-"
+        note = (t.reason or "").splitlines()[0][:80] if t.reason else ""
+        out.write(
+            f"  {t.task_id:<{width}}  {t.state:<11}  {t.attempts:>5}  {took:>7}  {rss:>9}  {note}\n"
+        )
+    if row.summary and row.summary.get("landing"):
+        out.write(f"  {row.summary['landing']}\n")
+
+
+def find_attempt(journal: Journal, run_id: str, task_id: str, attempt: int | None) -> AttemptRow:
+    known = {t.task_id for t in journal.tasks(run_id)}
+    if task_id not in known:
+        import difflib
+
+        close = difflib.get_close_matches(task_id, known, n=1)
+        raise UsageError(
+            f"run {run_id} has no task {task_id!r}"
+            + (f"; did you mean {close[0]!r}?" if close else ""),
+            hint="tasks: " + ", ".join(sorted(known)),
+        )
+    attempts = journal.attempts(run_id, task_id)
+    if not attempts:
+        raise UsageError(f"task {task_id!r} of run {run_id} has not started yet")
+    if attempt is None:
+        return max(attempts, key=lambda a: a.attempt)
+    for a in attempts:
+        if a.attempt == attempt:
+            return a
+    raise UsageError(
+        f"task {task_id!r} has no attempt {attempt}",
+        hint=f"attempts: {', '.join(str(a.attempt) for a in attempts)}",
+    )
+
+
+def show_log(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> None:
+    path = Path(a.log or "")
+    if not path.exists():
+        raise UsageError(f"the log of {a.task_id} attempt {a.attempt} is gone: {path}")
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                out.write(chunk.decode("utf-8", "replace"))
+                out.flush()
+                continue
+            if not follow:
+                return
+            current = next(
+                (x for x in journal.attempts(a.run_id, a.task_id) if x.attempt == a.attempt), None
+            )
+            run = journal.run(a.run_id)
+            if (
+                current is None
+                or current.ended_at is not None
+                or run is None
+                or run_state(run) != "running"
+            ):
+                rest = f.read()
+                if rest:
+                    out.write(rest.decode("utf-8", "replace"))
+                return
+            time.sleep(0.2)  # a viewer following a file: nothing to be woken by
+
+
+def dump(data: dict[str, Any], out: TextIO) -> None:
+    out.write(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,67 @@
+"""The end of a run, in words: per-task outcome, time saved, and every failure together."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from abreast.engine.engine import RunOutcome
+from abreast.engine.states import TaskState
+from abreast.spec.durations import format_duration
+
+TABLE_LIMIT = 40  # above this many tasks, states are counted instead of listed
+
+
+def summarize(outcome: RunOutcome, out: TextIO) -> None:
+    w = out.write
+    w(f"\nrun {outcome.run_id}: {outcome.state} in {format_duration(outcome.wall_s)}\n")
+    tasks = outcome.tasks
+    if len(tasks) <= TABLE_LIMIT:
+        width = max(len(t.id) for t in tasks)
+        for t in tasks:
+            took = format_duration(t.busy_s) if t.busy_s else "-"
+            tries = f"{t.attempts} attempt{'s' if t.attempts != 1 else ''}" if t.attempts else ""
+            w(f"  {t.id:<{width}}  {t.state.value:<11} {took:>8}  {tries}\n")
+    else:
+        counts: dict[str, int] = {}
+        for t in tasks:
+            counts[t.state.value] = counts.get(t.state.value, 0) + 1
+        w("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "\n")
+    if outcome.busy_s > 0:
+        pct = 100 * outcome.saved_s / outcome.busy_s
+        w(
+            f"  wall {format_duration(outcome.wall_s)}; one task at a time it would take "
+            f"{format_duration(outcome.busy_s)}; saved {format_duration(max(0, outcome.saved_s))}"
+            f" ({max(0.0, pct):.0f}%)\n"
+        )
+    if outcome.landing:
+        w(f"  {outcome.landing}\n")
+    report_failures(outcome, out)
+
+
+def report_failures(outcome: RunOutcome, out: TextIO) -> None:
+    if not outcome.failures:
+        blocked = [t for t in outcome.tasks if t.state is TaskState.BLOCKED]
+        if not blocked:
+            return
+    w = out.write
+    n = len(outcome.failures)
+    if n:
+        w(f"\n{n} task{'s' if n != 1 else ''} failed:\n")
+    for f in outcome.failures:
+        w(
+            f"\n  {f.task_id} ({f.state.value}, attempt {f.attempt}): "
+            f"{f.reason.splitlines()[0] if f.reason else ''}\n"
+        )
+        for line in f.reason.splitlines()[1:]:
+            if line.startswith("last lines of its log"):
+                break
+            w(f"    {line}\n")
+        if f.log_tail:
+            w("    last lines of its log:\n")
+            for line in f.log_tail:
+                w(f"    | {line}\n")
+        if f.log:
+            w(f"    log: {f.log}\n")
+    blocked = [t for t in outcome.tasks if t.state is TaskState.BLOCKED]
+    if blocked:
+        w("\n  blocked: " + ", ".join(f"{t.id} ({t.reason})" for t in blocked) + "\n")

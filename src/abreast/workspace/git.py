@@ -1,0 +1,78 @@
+"""Running git: argv lists, hooks off, no prompts, one place."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+# Our own git calls never run the user's hooks nor ask for anything.
+GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_OPTIONAL_LOCKS": "0",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "LC_ALL": "C",
+}
+HOOKS_OFF = ("-c", "core.hooksPath=/dev/null")
+
+
+class GitError(Exception):
+    """A git command failed; carries its argv, status and stderr."""
+
+    def __init__(self, argv: list[str], code: int, stderr: str) -> None:
+        self.argv = argv
+        self.code = code
+        self.stderr = stderr
+        super().__init__(f"git {' '.join(argv)} exited with {code}: {stderr.strip()}")
+
+
+def git(
+    *args: str,
+    cwd: str | Path,
+    check: bool = True,
+    input_: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    argv = ["git", *HOOKS_OFF, *args]
+    full_env = {**os.environ, **GIT_ENV, **(env or {})}
+    proc = subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, input=input_, env=full_env, check=False
+    )
+    if check and proc.returncode != 0:
+        raise GitError(list(args), proc.returncode, proc.stderr)
+    return proc
+
+
+def toplevel(path: str | Path) -> Path | None:
+    """The working tree root of the git repository holding `path`, or None."""
+    start = Path(path)
+    if not start.is_dir():
+        start = start.parent
+    try:
+        proc = git("rev-parse", "--show-toplevel", cwd=start, check=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return Path(proc.stdout.strip())
+
+
+def exclude_locally(repo: Path, pattern: str) -> None:
+    """Add `pattern` to the repository's .git/info/exclude (the user's git status stays clean)."""
+    proc = git("rev-parse", "--git-common-dir", cwd=repo, check=False)
+    if proc.returncode != 0:
+        return
+    common = Path(proc.stdout.strip())
+    if not common.is_absolute():
+        common = repo / common
+    exclude = common / "info" / "exclude"
+    try:
+        existing = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+        if pattern not in existing.splitlines():
+            exclude.parent.mkdir(parents=True, exist_ok=True)
+            with exclude.open("a", encoding="utf-8") as f:
+                if existing and not existing.endswith("\n"):
+                    f.write("\n")
+                f.write(pattern + "\n")
+    except OSError:
+        pass  # a read-only repository: the user's status shows .abreast/, nothing worse

@@ -1,0 +1,91 @@
+"""Small tools the run tests share: scripted tasks that record what they did."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+PY = sys.executable
+
+# A task that records its start and end (monotonic clock, shared by all processes) and
+# sleeps in between: `python record.py DIR SECONDS`.
+RECORD = textwrap.dedent("""
+    import json, os, sys, time
+    d, seconds = sys.argv[1], float(sys.argv[2])
+    task, attempt = os.environ["ABREAST_TASK_ID"], os.environ["ABREAST_ATTEMPT"]
+    start = time.monotonic()
+    time.sleep(seconds)
+    end = time.monotonic()
+    with open(os.path.join(d, f"{task}.{attempt}.json"), "w") as f:
+        json.dump({"task": task, "start": start, "end": end, "pid": os.getpid()}, f)
+""")
+
+
+def write_recorder(root: Path) -> str:
+    """Write record.py under root; returns the command prefix to run it."""
+    (root / "rec").mkdir(exist_ok=True)
+    (root / "record.py").write_text(RECORD)
+    return f"{PY} {root / 'record.py'} {root / 'rec'}"
+
+
+def intervals(root: Path) -> dict[str, tuple[float, float]]:
+    out = {}
+    for f in (root / "rec").glob("*.json"):
+        data = json.loads(f.read_text())
+        out[data["task"]] = (data["start"], data["end"])
+    return out
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def max_concurrency(spans: dict[str, tuple[float, float]]) -> int:
+    points = sorted(
+        [(s, 1) for s, _ in spans.values()] + [(e, -1) for _, e in spans.values()],
+        key=lambda p: (p[0], p[1]),
+    )
+    best = cur = 0
+    for _, d in points:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def pairs_overlapping(
+    spans: dict[str, tuple[float, float]], ids: list[str]
+) -> list[tuple[str, str]]:
+    return [(a, b) for a, b in itertools.combinations(ids, 2) if overlap(spans[a], spans[b])]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll `predicate` until true or fail after `timeout` (for watching other processes)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

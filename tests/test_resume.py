@@ -1,0 +1,201 @@
+"""Crash and resume: SIGKILL the orchestrator anywhere; `resume` loses and repeats nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from abreast.executor.process import marked_processes
+from tests.conftest import run_abreast
+from tests.helpers import wait_for
+
+
+def crash_workflow(root: Path, n: int = 12, seed: int = 0) -> Path:
+    """A DAG of `n` tasks that each sleep a little, then count their success once."""
+    rng = random.Random(seed)
+    (root / "counts").mkdir()
+    tasks = {}
+    for i in range(n):
+        needs = sorted({f"t{rng.randrange(i)}" for _ in range(rng.randint(0, 2))}) if i else []
+        tasks[f"t{i}"] = {
+            "run": f"sleep {rng.uniform(0.05, 0.5):.2f} && "
+            f'echo "$ABREAST_ATTEMPT" >> {root}/counts/$ABREAST_TASK_ID',
+            "needs": needs,
+        }
+    path = root / "w.json"
+    path.write_text(
+        json.dumps(
+            {"version": 1, "name": "crash", "isolation": "none", "max_parallel": 3, "tasks": tasks}
+        )
+    )
+    return path
+
+
+def start(path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def first_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("run: "), line
+    return line[5:].strip()
+
+
+def kill9(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)  # reaps it and closes its pipes
+
+
+def counts(root: Path, n: int) -> dict[str, int]:
+    out = {}
+    for i in range(n):
+        f = root / "counts" / f"t{i}"
+        out[f"t{i}"] = len(f.read_text().split()) if f.exists() else 0
+    return out
+
+
+@pytest.mark.parametrize(("seed", "after_done"), [(1, 0), (2, 3), (3, 6), (4, 9)])
+def test_sigkill_anywhere_then_resume_runs_every_task_exactly_once(
+    tmp_path: Path, seed: int, after_done: int
+) -> None:
+    n = 12
+    path = crash_workflow(tmp_path, n, seed)
+    proc = start(path)
+    run_id = first_line(proc)
+    wait_for(lambda: sum(counts(tmp_path, n).values()) >= after_done, what="tasks to finish")
+    time.sleep(random.Random(seed).uniform(0, 0.1))  # a random instant, on purpose
+    kill9(proc)
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    resumed = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert counts(tmp_path, n) == {f"t{i}": 1 for i in range(n)}
+    status = json.loads(run_abreast("status", run_id, "--json", "--state", state).out)
+    assert status["state"] == "succeeded"
+    assert all(t["state"] == "succeeded" for t in status["tasks"])
+    assert marked_processes(run_id) == []
+
+
+def test_resume_kills_strays_and_reruns_what_was_running(tmp_path: Path) -> None:
+    path = tmp_path / "w.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "strays",
+                "isolation": "none",
+                "tasks": {
+                    "long": {
+                        "run": f"echo $$ >> {tmp_path}/pids; sleep 2; echo done >> {tmp_path}/done"
+                    },
+                },
+            }
+        )
+    )
+    proc = start(path)
+    run_id = first_line(proc)
+    wait_for(lambda: (tmp_path / "pids").exists(), what="the task to start")
+    kill9(proc)
+    first_pid = int((tmp_path / "pids").read_text().split()[0])
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    status = json.loads(run_abreast("status", run_id, "--json", "--state", state).out)
+    assert status["state"] == "interrupted"
+    resumed = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
+    assert resumed.code == 0, resumed.err
+    assert "killed 2 stray process" in resumed.out  # the shell and its sleep
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    assert len(pids) == 2 and pids[0] == first_pid
+    assert (tmp_path / "done").read_text().split() == ["done"]
+    attempts = run_abreast("logs", run_id, "long", "--attempt", "2", "--state", state)
+    assert attempts.code == 0
+
+
+def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(tmp_path: Path) -> None:
+    path = tmp_path / "w.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "adopt",
+                "isolation": "none",
+                "tasks": {
+                    "a": {"run": f"echo x >> {tmp_path}/a; sleep 0.5"},
+                    "b": {"run": f"echo x >> {tmp_path}/b", "needs": ["a"]},
+                },
+            }
+        )
+    )
+    proc = start(path)
+    run_id = first_line(proc)
+    wait_for(lambda: (tmp_path / "a").exists(), what="a to start")
+    kill9(proc)
+    status_dir = tmp_path / ".abreast" / "runs" / run_id / "status"
+    wait_for(lambda: (status_dir / "a.1").exists(), what="a to finish on its own")
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    resumed = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
+    assert resumed.code == 0, resumed.err
+    assert "ended while abreast was down" in resumed.out
+    assert (tmp_path / "a").read_text().split() == ["x"]
+    assert (tmp_path / "b").read_text().split() == ["x"]
+
+
+def test_resume_refuses_a_changed_workflow_unless_forced(tmp_path: Path) -> None:
+    path = tmp_path / "w.json"
+    spec = {
+        "version": 1,
+        "name": "chg",
+        "isolation": "none",
+        "tasks": {"a": {"run": f"touch {tmp_path}/started; sleep 30"}},
+    }
+    path.write_text(json.dumps(spec))
+    proc = start(path)
+    run_id = first_line(proc)
+    wait_for(lambda: (tmp_path / "started").exists(), what="a to start")
+    kill9(proc)
+    spec["tasks"]["a"]["run"] = "true"
+    path.write_text(json.dumps(spec))
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    refused = run_abreast("resume", run_id, "--state", state)
+    assert refused.code == 2
+    assert "changed since run" in refused.err and "--force" in refused.err
+    forced = run_abreast("resume", run_id, "--state", state, "--force", "--no-monitor")
+    assert forced.code == 0, forced.err
+
+
+def test_resume_refuses_a_run_whose_orchestrator_lives(tmp_path: Path) -> None:
+    path = tmp_path / "w.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "alive",
+                "isolation": "none",
+                "tasks": {"a": {"run": f"touch {tmp_path}/started; sleep 30"}},
+            }
+        )
+    )
+    proc = start(path)
+    run_id = first_line(proc)
+    try:
+        wait_for(lambda: (tmp_path / "started").exists(), what="a to start")
+        state = f"sqlite://{tmp_path}/.abreast/state.db"
+        refused = run_abreast("resume", run_id, "--state", state)
+        assert refused.code == 2
+        assert "is still running" in refused.err
+        assert f"abreast cancel {run_id}" in refused.err
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)

@@ -1,0 +1,453 @@
+"""`abreast run`: real processes, a real journal; timing is observed, never asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_abreast
+from tests.helpers import (
+    PY,
+    intervals,
+    max_concurrency,
+    pairs_overlapping,
+    pid_alive,
+    wait_for,
+    write_recorder,
+)
+
+
+def workflow(root: Path, tasks: dict[str, Any], **top: Any) -> Path:
+    data = {"version": 1, "name": "t", "isolation": "none", **top, "tasks": tasks}
+    path = root / "w.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def journal(root: Path) -> sqlite3.Connection:
+    return sqlite3.connect(root / ".abreast" / "state.db")
+
+
+def run_id_of(out: str) -> str:
+    first = out.splitlines()[0]
+    assert first.startswith("run: ")
+    return first[5:]
+
+
+def test_dependencies_are_respected_and_parallelism_is_real(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    rec = write_recorder(tmp_path)
+    tasks = {f"w{i}": {"run": f"{rec} 0.4"} for i in range(6)}
+    tasks["after"] = {"run": f"{rec} 0.1", "needs": ["w0", "w5"]}
+    path = workflow(tmp_path, tasks, max_parallel=3)
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out + result.err
+    spans = intervals(tmp_path)
+    assert max_concurrency({k: v for k, v in spans.items() if k != "after"}) == 3
+    assert spans["after"][0] >= max(spans["w0"][1], spans["w5"][1])
+    assert "wall" in result.out and "succeeded" in result.out
+
+
+def test_the_cap_is_never_exceeded_and_sequential_means_one(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    rec = write_recorder(tmp_path)
+    path = workflow(tmp_path, {f"t{i}": {"run": f"{rec} 0.15"} for i in range(5)}, max_parallel=4)
+    assert cli("run", str(path), "--sequential", "--no-monitor").code == 0
+    assert max_concurrency(intervals(tmp_path)) == 1
+
+
+def test_abreast_parallel_0_runs_one_at_a_time(tmp_path: Path) -> None:
+    rec = write_recorder(tmp_path)
+    path = workflow(tmp_path, {f"t{i}": {"run": f"{rec} 0.15"} for i in range(4)})
+    result = run_abreast(
+        "run", str(path), "--no-monitor", env={**os.environ, "ABREAST_PARALLEL": "0"}
+    )
+    assert result.code == 0, result.err
+    assert max_concurrency(intervals(tmp_path)) == 1
+
+
+def test_pools_singletons_and_overlapping_owners_never_overlap(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    rec = write_recorder(tmp_path)
+    tasks = {
+        "db1": {"run": f"{rec} 0.3", "pools": ["db"]},
+        "db2": {"run": f"{rec} 0.3", "pools": ["db"]},
+        "solo1": {"agent": "solo"},
+        "solo2": {"agent": "solo"},
+        "own1": {"run": f"{rec} 0.3", "owns": ["src/**"]},
+        "own2": {"run": f"{rec} 0.3", "owns": ["src/auth/*.py"]},
+        "free": {"run": f"{rec} 0.3"},
+    }
+    path = workflow(
+        tmp_path,
+        tasks,
+        max_parallel=7,
+        pools={"db": 1},
+        agents={"solo": {"run": f"{rec} 0.3", "max_instances": 1}},
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out
+    spans = intervals(tmp_path)
+    for pair in (["db1", "db2"], ["solo1", "solo2"], ["own1", "own2"]):
+        assert pairs_overlapping(spans, pair) == [], pair
+    assert max_concurrency(spans) >= 3  # the rest did run side by side
+
+
+def test_timeout_kills_the_whole_tree_within_the_grace_period(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    script = tmp_path / "forker.sh"
+    # A grandchild holding stdout, another in the background, and the shell itself: all
+    # must go. Each records its pid first.
+    script.write_text(
+        "#!/bin/sh\n"
+        f"sleep 300 & echo $! >> {tmp_path}/pids\n"
+        f"(sleep 300; echo never) & echo $! >> {tmp_path}/pids\n"
+        f"echo $$ >> {tmp_path}/pids\n"
+        "wait\n"
+    )
+    script.chmod(0o755)
+    path = workflow(tmp_path, {"slow": {"run": str(script), "timeout": 1}})
+    t0 = time.monotonic()
+    result = cli("run", str(path), "--no-monitor")
+    took = time.monotonic() - t0
+    assert result.code == 1
+    assert "slow (timed_out, attempt 1): timed out after 1s" in result.out
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    assert len(pids) == 3
+    assert not [p for p in pids if pid_alive(p)]
+    assert took < 1 + 5 + 3  # timeout + grace + start-up, generously
+
+
+def test_retry_with_backoff_succeeds_on_attempt_2(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(
+        tmp_path,
+        {
+            "flaky": {
+                "run": 'echo "attempt $ABREAST_ATTEMPT feedback=[$ABREAST_FEEDBACK]"; '
+                'test "$ABREAST_ATTEMPT" -ge 2 || { echo boom >&2; exit 3; }',
+                "retries": 2,
+                "backoff": {"initial": 0.3, "factor": 2, "max": 1},
+            }
+        },
+    )
+    t0 = time.monotonic()
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out
+    assert time.monotonic() - t0 >= 0.3 * 0.75  # waited the backoff (jitter at most -25%)
+    run_id = run_id_of(result.out)
+    log2 = cli("logs", run_id, "flaky", "--state", f"sqlite://{tmp_path}/.abreast/state.db")
+    assert "attempt 2 feedback=[exit 3" in log2.out
+    assert "boom" in log2.out  # the failed attempt's log tail reached the retry
+    rows = (
+        journal(tmp_path)
+        .execute("SELECT attempt, state, exit_code FROM attempts ORDER BY attempt")
+        .fetchall()
+    )
+    assert rows == [(1, "failed", 3), (2, "succeeded", 0)]
+
+
+def test_exhausted_retries_fail_with_one_report_and_block_dependents(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(
+        tmp_path,
+        {
+            "bad": {
+                "run": "echo working; echo 'it broke' >&2; exit 7",
+                "retries": 1,
+                "backoff": {"initial": 0.05, "max": 0.05},
+            },
+            "worse": {"run": "kill -9 $$"},
+            "fine": {"run": "true"},
+            "after": {"run": "true", "needs": ["bad"]},
+            "later": {"run": "true", "needs": ["after"]},
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 1
+    out = result.out
+    assert "2 tasks failed:" in out
+    assert "bad (failed, attempt 2): exit 7 (after 2 attempts)" in out
+    assert "| it broke" in out
+    assert "worse (failed, attempt 1): killed by SIGKILL" in out
+    assert "blocked: after (upstream bad failed), later (upstream bad failed)" in out
+    states = dict(journal(tmp_path).execute("SELECT task_id, state FROM tasks").fetchall())
+    assert states == {
+        "bad": "failed",
+        "worse": "failed",
+        "fine": "succeeded",
+        "after": "blocked",
+        "later": "blocked",
+    }
+
+
+def test_when_skips_and_dependents_still_run(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(
+        tmp_path,
+        {
+            "critique": {"run": 'echo \'{"decision": "REJECTED"}\' > "$ABREAST_OUTPUT"'},
+            "build": {
+                "run": "true",
+                "needs": ["critique"],
+                "when": 'outputs.critique.decision == "APPROVED"',
+            },
+            "deep": {"run": "true", "when": "deep"},
+            "docs": {"run": "true", "needs": ["build", "deep"]},
+        },
+        flags={"deep": False},
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out
+    states = dict(journal(tmp_path).execute("SELECT task_id, state FROM tasks").fetchall())
+    assert states == {
+        "critique": "succeeded",
+        "build": "skipped",
+        "deep": "skipped",
+        "docs": "succeeded",
+    }
+    assert cli("run", str(path), "--no-monitor", "--flag", "deep").code == 0
+    rows = (
+        journal(tmp_path)
+        .execute("SELECT state FROM tasks WHERE task_id = 'deep' ORDER BY rowid DESC")
+        .fetchone()
+    )
+    assert rows == ("succeeded",)
+
+
+def test_gate_sends_the_task_back_with_feedback(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(
+        tmp_path,
+        {
+            "qa": {
+                "run": 'c=0.5; test -n "$ABREAST_FEEDBACK" && c=0.9; '
+                'echo "{\\"confidence\\": $c}" > "$ABREAST_OUTPUT"; echo "fb=$ABREAST_FEEDBACK"',
+                "gate": "output.confidence >= 0.75",
+                "max_iterations": 3,
+            }
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out
+    out = cli(
+        "logs", run_id_of(result.out), "qa", "--state", f"sqlite://{tmp_path}/.abreast/state.db"
+    ).out
+    assert (
+        'fb=gate not met: output.confidence >= 0.75 is false for output {"confidence": 0.5}' in out
+    )
+
+
+def test_gate_never_met_fails_after_max_iterations(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(
+        tmp_path,
+        {
+            "qa": {
+                "run": 'echo \'{"confidence": 0.1}\' > "$ABREAST_OUTPUT"',
+                "gate": "output.confidence >= 0.75",
+                "max_iterations": 2,
+            }
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 1
+    assert "gate still not met after 2 iterations" in result.out
+
+
+def test_task_environment_and_prompt_never_in_the_command_line(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "pwned"
+    prompt = f"do it; $(touch {marker}) `touch {marker}` \"quoted\" 'single'"
+    path = workflow(
+        tmp_path,
+        {"t": {"agent": "echoer", "prompt": prompt, "env": {"EXTRA": "x y"}}},
+        agents={
+            "echoer": {"run": f'{PY} -c "import os,json; print(json.dumps(dict(os.environ)))"'}
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out
+    run_id = run_id_of(result.out)
+    logged = cli("logs", run_id, "t", "--state", f"sqlite://{tmp_path}/.abreast/state.db").out
+    env = json.loads(logged.strip().splitlines()[-1])
+    assert env["ABREAST_PROMPT"] == prompt
+    assert env["ABREAST_RUN_ID"] == run_id
+    assert env["ABREAST_TASK_ID"] == "t"
+    assert env["ABREAST_ATTEMPT"] == "1"
+    assert env["ABREAST_OUTPUT"].endswith("/outputs/t.1.json")
+    assert env["ABREAST_STATE"] == f"sqlite://{tmp_path}/.abreast/state.db"
+    assert env["ABREAST_FEEDBACK"] == ""
+    assert env["EXTRA"] == "x y"
+    assert not marker.exists()
+
+
+def test_invalid_output_fails_the_attempt(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(tmp_path, {"t": {"run": 'echo "not json" > "$ABREAST_OUTPUT"'}})
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 1
+    assert "wrote invalid JSON to $ABREAST_OUTPUT" in result.out
+
+
+def test_dry_run_prints_the_start_order_and_runs_nothing(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(
+        tmp_path,
+        {
+            "a": {"run": f"touch {tmp_path}/ran", "estimate": "10m"},
+            "b": {"run": "true", "needs": ["a"], "estimate": "5m"},
+            "c": {"run": "true", "estimate": "1m"},
+        },
+    )
+    result = cli("run", str(path), "--dry-run")
+    assert result.code == 0
+    order = [
+        line.split(".", 1)[1].split()[0]
+        for line in result.out.splitlines()
+        if line.strip()[:1].isdigit()
+    ]
+    assert order == ["a", "c", "b"]
+    assert not (tmp_path / "ran").exists()
+    assert not (tmp_path / ".abreast" / "state.db").exists()
+
+
+def test_status_json_reports_every_task(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(tmp_path, {"a": {"run": "true"}, "b": {"run": "exit 2", "needs": []}})
+    result = cli("run", str(path), "--no-monitor")
+    run_id = run_id_of(result.out)
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    data = json.loads(cli("status", run_id, "--json", "--state", state).out)
+    assert set(data) >= {"run_id", "state", "started_at", "finished_at", "tasks"}
+    assert data["run_id"] == run_id
+    assert data["state"] == "failed"
+    tasks = {t["id"]: t for t in data["tasks"]}
+    assert set(tasks["a"]) >= {
+        "id",
+        "state",
+        "attempts",
+        "started_at",
+        "finished_at",
+        "exit_code",
+        "peak_rss_bytes",
+    }
+    assert tasks["a"]["state"] == "succeeded"
+    assert tasks["b"]["exit_code"] == 2
+    assert tasks["a"]["peak_rss_bytes"] > 0
+    listing = cli("status", "--state", state).out
+    assert run_id in listing and "failed" in listing
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["status", "nope"], "no run 'nope'"),
+        (["logs", "nope", "t"], "no run 'nope'"),
+        (["cancel", "nope"], "no run 'nope'"),
+        (["resume", "nope"], "no run 'nope'"),
+        (["logs", "RUN", "nosuch"], "has no task 'nosuch'"),
+        (["logs", "RUN", "a", "--attempt", "9"], "has no attempt 9"),
+        (["run", "W", "--flag", "nope"], "'nope' is not a flag"),
+        (["run", "W", "--run-id", "../x"], "--run-id '../x' is not allowed"),
+        (["cancel", "RUN"], "is not running (it succeeded)"),
+        (["resume", "RUN"], "already finished (succeeded)"),
+        (["signal", "ready"], "abreast signal runs inside a task"),
+    ],
+)
+def test_bad_input_to_commands_gets_a_clear_message(
+    args: list[str], message: str, tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(tmp_path, {"a": {"run": "true"}})
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    run_id = run_id_of(cli("run", str(path), "--no-monitor").out)
+    argv = [run_id if a == "RUN" else str(path) if a == "W" else a for a in args]
+    if argv[0] != "run" and argv[0] != "signal":
+        argv += ["--state", state]
+    env_before = {k: os.environ.pop(k) for k in ("ABREAST_RUN_ID",) if k in os.environ}
+    try:
+        result = cli(*argv)
+    finally:
+        os.environ.update(env_before)
+    assert result.code == 2
+    assert message in result.err
+    assert "Traceback" not in result.err
+
+
+def test_no_journal_yet_is_a_clear_message(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("status", "--state", f"sqlite://{tmp_path}/none/state.db")
+    assert result.code == 2
+    assert "no runs yet" in result.err
+
+
+def test_cancel_from_another_terminal(tmp_path: Path) -> None:
+    path = workflow(
+        tmp_path,
+        {
+            "long": {"run": f"echo $$ > {tmp_path}/long.pid; sleep 60"},
+            "next": {"run": "true", "needs": ["long"]},
+        },
+    )
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (tmp_path / "long.pid").exists(), what="the task to start")
+        run_id = json.loads(
+            run_abreast("status", "--json", "--state", f"sqlite://{tmp_path}/.abreast/state.db").out
+        )["run_id"]
+        cancel = run_abreast("cancel", run_id, "--state", f"sqlite://{tmp_path}/.abreast/state.db")
+        assert cancel.code == 0, cancel.err
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    assert "cancelled" in out
+    task_pid = int((tmp_path / "long.pid").read_text())
+    assert not pid_alive(task_pid)
+    states = dict(journal(tmp_path).execute("SELECT task_id, state FROM tasks").fetchall())
+    assert states == {"long": "cancelled", "next": "cancelled"}
+    run_state = journal(tmp_path).execute("SELECT state FROM runs").fetchone()[0]
+    assert run_state == "cancelled"
+
+
+def test_signal_lets_a_dependent_start_before_the_task_ends(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    rec = write_recorder(tmp_path)
+    path = workflow(
+        tmp_path,
+        {
+            "auth": {
+                "run": f"sleep 0.3; {PY} -m abreast signal ready; sleep 1.5; {rec} 0",
+                "signals": ["ready"],
+            },
+            "ui": {"run": f"{rec} 0", "needs": ["auth:ready"]},
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out
+    spans = intervals(tmp_path)
+    assert spans["ui"][1] < spans["auth"][0]  # ui finished before auth's last step began
+
+
+def test_journal_survives_16_concurrent_writers(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    db = tmp_path / "state.db"
+    script = (
+        "import sys\n"
+        "from abreast.coord.journal import Journal\n"
+        f"j = Journal({str(db)!r})\n"
+        "for i in range(150):\n"
+        "    j.stage_event('r', 'test.write', None, writer=sys.argv[1], i=i)\n"
+        "    j.commit()\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(n)], stderr=subprocess.PIPE, text=True)
+        for n in range(16)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 16, errors
+    assert not any("locked" in e for e in errors)
+    count = sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0]
+    assert count == 16 * 150
