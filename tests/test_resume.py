@@ -142,8 +142,8 @@ def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(tmp_path: Pat
     run_id = first_line(proc)
     wait_for(lambda: (tmp_path / "a").exists(), what="a to start")
     kill9(proc)
-    status_dir = tmp_path / ".abreast" / "runs" / run_id / "status"
-    wait_for(lambda: (status_dir / "a.1").exists(), what="a to finish on its own")
+    exits = tmp_path / ".abreast" / "runs" / run_id / "exits"
+    wait_for(lambda: "a.1 0" in exits.read_text(), what="a to finish on its own")
     state = f"sqlite://{tmp_path}/.abreast/state.db"
     resumed = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
     assert resumed.code == 0, resumed.err

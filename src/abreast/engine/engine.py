@@ -26,6 +26,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from abreast.coord.journal import Journal
@@ -179,9 +180,11 @@ class Engine:
         self._active: set[TaskRun] = set()  # RUNNING or INTEGRATING
         self._terminal_count = 0
         self._conditions: dict[str, conditions.Expression] = {}
-        for name in ("logs", "outputs", "status"):
+        for name in ("logs", "outputs"):
             (self.run_dir / name).mkdir(parents=True, exist_ok=True)
         self._dir = str(self.run_dir)
+        self._exits = str(self.run_dir / "exits")
+        Path(self._exits).touch()
 
     # -- what the views read -----------------------------------------------------------------
 
@@ -327,7 +330,7 @@ class Engine:
         w = self._wave[tr.v]
         if self._wave_first_start[w] is None:
             self._wave_first_start[w] = now
-        log, output, status = self._paths(tr.id, n)
+        log, output = self._paths(tr.id, n)
         tr.last_log = log
         tr.timed_out = False
         self._set(tr, TaskState.RUNNING, attempts=n, started_at=tr.started_at)
@@ -338,23 +341,21 @@ class Engine:
             state="running",
             started_at=now,
             log=log,
-            status_file=status,
+            status_file=self._exits,
             output_file=output,
             feedback=tr.feedback,
         )
         self.journal.stage_event(self.run_id, "task.started", tr.id, ts=now, attempt=n)
         if not self.isolation.instant:
             return None  # prepared asynchronously (a worktree); launched when ready
-        return self._launch_spec(tr, n, self._root, log, output, status)
+        return self._launch_spec(tr, n, self._root, log, output)
 
-    def _paths(self, task_id: str, n: int) -> tuple[str, str, str]:
-        """(log, output, status file) of attempt `n`: plain strings, on the hot path."""
+    def _paths(self, task_id: str, n: int) -> tuple[str, str]:
+        """(log, output file) of attempt `n`: plain strings, on the hot path."""
         d, name = self._dir, f"{task_id}.{n}"
-        return f"{d}/logs/{name}.log", f"{d}/outputs/{name}.json", f"{d}/status/{name}"
+        return f"{d}/logs/{name}.log", f"{d}/outputs/{name}.json"
 
-    def _launch_spec(
-        self, tr: TaskRun, n: int, cwd: str, log: str, output: str, status: str
-    ) -> Launch:
+    def _launch_spec(self, tr: TaskRun, n: int, cwd: str, log: str, output: str) -> Launch:
         task = tr.task
         command = task.run if task.run is not None else self.wf.agents[str(task.agent)].run
         env = dict(self.options.base_env)
@@ -372,7 +373,7 @@ class Engine:
                 "ABREAST_FEEDBACK": tr.feedback or "",
             }
         )
-        return Launch(self.run_id, tr.id, n, command, cwd, env, log, status)
+        return Launch(self.run_id, tr.id, n, command, cwd, env, log, self._exits)
 
     # -- acting ------------------------------------------------------------------------------
 

@@ -306,10 +306,21 @@ async def _resume(
         view.note(f"killed {killed} stray process(es) of the dead orchestrator")
     interrupted: dict[str, tuple[int, Exit | None]] = {}
     now = time.time()
+    exits = recorded_exits(str(location.run_dir(row.id) / "exits"))
     for a in journal.attempts(row.id):
         if a.ended_at is not None:
             continue
-        exit_ = _recorded_exit(a.status_file, a.started_at, now)
+        code = exits.get(f"{a.task_id}.{a.attempt}")
+        exit_ = (
+            None
+            if code is None
+            else Exit(
+                exit_code=code,
+                signal=None,
+                wall_s=max(0.0, now - (a.started_at or now)),
+                maxrss_bytes=0,
+            )
+        )
         interrupted[a.task_id] = (a.attempt, exit_)
         if exit_ is None:
             journal.stage_attempt(
@@ -361,28 +372,24 @@ async def _resume(
         journal.close()
 
 
-def _recorded_exit(status_file: str | None, started_at: float | None, now: float) -> Exit | None:
-    """How an attempt ended, from the status file its wrapper shell wrote, if it did.
+def recorded_exits(exits_file: str | None) -> dict[str, int]:
+    """How attempts ended, by "TASK.ATTEMPT", from the run's exits file.
 
-    The shell creates the file, then writes the code; a file found empty is read again
-    for a moment, and stays "no status" if its writer was killed in between.
+    Each attempt's wrapper shell appends one line when it exits; a line cut short (its
+    writer killed mid-write) is ignored, and that attempt counts as interrupted.
     """
-    if not status_file:
-        return None
-    for _ in range(20):
-        try:
-            text = Path(status_file).read_text().strip()
-        except OSError:
-            return None
-        if text:
-            break
-        time.sleep(0.005)
+    out: dict[str, int] = {}
+    if not exits_file:
+        return out
     try:
-        code = int(text)
-    except ValueError:
-        return None
-    return Exit(exit_code=code, signal=None, wall_s=max(0.0, now - (started_at or now)),
-                maxrss_bytes=0)
+        text = Path(exits_file).read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, code = line.partition(" ")
+        if code.strip().isdigit():
+            out[key] = int(code)
+    return out
 
 
 def signal_run(name: str) -> str:

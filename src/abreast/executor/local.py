@@ -2,13 +2,15 @@
 
     Launch ──start()──▶ posix_spawn(/bin/sh -c WRAPPER) ──pidfd readable──▶ on_exit(Exit)
 
-The wrapper changes to the task's directory, records the exit status in a file
-(so that `abreast resume` learns how an attempt ended while no orchestrator
-was watching), and runs the command with `eval` in the same shell: one
-process, no interpolation of anything but the user's own command. stdout and
-stderr go straight to the attempt's log file (no pipe a grandchild could hold
-open); stdin is /dev/null. Exit is noticed through a pidfd on the event loop:
-no thread and no polling per task.
+The wrapper opens the attempt's log (stdout and stderr go straight to it: no
+pipe a grandchild could hold open; stdin is /dev/null), changes to the task's
+directory, appends "TASK.ATTEMPT STATUS" to the run's `exits` file when it ends
+(so that `abreast resume` learns how an attempt ended while no orchestrator was
+watching; an O_APPEND write this small is atomic), and runs the command
+with `eval` in the same shell: one process, no interpolation of anything but
+the user's own command. Files are created by the child, after posix_spawn has
+returned, so the orchestrator never waits on the disk for them. Exit is
+noticed through a pidfd on the event loop: no thread and no polling per task.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from dataclasses import dataclass, field
 from abreast.executor.process import start_ticks
 
 SHELL = "/bin/sh"
-# $1 workdir, $2 status file, $3 command. Names start with __abreast_ to stay out of the way.
+# $1 workdir, $2 exits file, $3 command, $4 log, $5 TASK.ATTEMPT. Names start with
+# __abreast_ to stay out of the way. 126: the log could not be opened; 127: no directory.
 WRAPPER = (
-    'cd -- "$1" || exit 127; __abreast_status=$2; __abreast_cmd=$3; shift 3; '
-    "trap 'echo $? > \"$__abreast_status\"' EXIT; "
+    'exec >"$4" 2>&1 </dev/null || exit 126; cd -- "$1" || exit 127; '
+    "__abreast_exits=$2; __abreast_cmd=$3; __abreast_key=$5; shift 5; "
+    'trap \'echo "$__abreast_key $?" >> "$__abreast_exits"\' EXIT; '
     'eval "$__abreast_cmd"'
 )
 _HAS_PIDFD = hasattr(os, "pidfd_open")
@@ -40,7 +44,7 @@ class Launch:
     cwd: str
     env: Mapping[str, str]
     log: str
-    status_file: str
+    exits_file: str  # the run's append-only record of how attempts ended
 
 
 @dataclass(frozen=True)
@@ -76,29 +80,22 @@ class LocalExecutor:
         self.running: dict[int, Running] = {}
 
     def start(self, launch: Launch) -> Running:
-        fd = os.open(launch.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            pid = os.posix_spawn(
+        pid = os.posix_spawn(
+            SHELL,
+            [
                 SHELL,
-                [
-                    SHELL,
-                    "-c",
-                    WRAPPER,
-                    "abreast-task",
-                    launch.cwd,
-                    launch.status_file,
-                    launch.command,
-                ],
-                launch.env,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, fd, 1),
-                    (os.POSIX_SPAWN_DUP2, fd, 2),
-                ],
-                setsid=True,
-            )
-        finally:
-            os.close(fd)
+                "-c",
+                WRAPPER,
+                "abreast-task",
+                launch.cwd,
+                launch.exits_file,
+                launch.command,
+                launch.log,
+                f"{launch.task_id}.{launch.attempt}",
+            ],
+            launch.env,
+            setsid=True,
+        )
         now_mono, now_wall = time.monotonic(), time.time()
         running = Running(launch, pid, pid, start_ticks(pid), now_mono, now_wall)
         self.running[pid] = running

@@ -1,0 +1,55 @@
+"""`abreast demo` end to end, and following a log while its task runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import run_abreast
+from tests.helpers import wait_for
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = run_abreast("demo", "--plain", timeout=120)
+    assert result.code == 0, result.out + result.err
+    out = result.out
+    assert out.splitlines()[1].startswith("run: demo-")
+    assert "retry   frontend" in out  # fails once, succeeds on the retry
+    assert "gate not met: output.confidence >= 0.75" in out
+    assert "skipped   performance" in out
+    assert "succeeded docs" in out
+    assert "saved" in out
+    assert "files the agents wrote: backend/api.py" in out
+
+
+def test_logs_follow_prints_until_the_attempt_ends(tmp_path: Path) -> None:
+    wf = tmp_path / "w.json"
+    wf.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "follow",
+                "isolation": "none",
+                "tasks": {"t": {"run": f"echo one; touch {tmp_path}/go; sleep 0.8; echo two"}},
+            }
+        )
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "run", str(wf), "--no-monitor"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert run.stdout is not None
+        run_id = run.stdout.readline()[5:].strip()
+        wait_for((tmp_path / "go").exists, what="the task to start")
+        followed = run_abreast(
+            "logs", run_id, "t", "-f", "--state", f"sqlite://{tmp_path}/.abreast/state.db"
+        )
+    finally:
+        run.communicate(timeout=30)
+    assert followed.code == 0, followed.err
+    assert followed.out.split() == ["one", "two"]
