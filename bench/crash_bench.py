@@ -26,24 +26,47 @@ sys.path.insert(0, str(ROOT / "src"))
 from abreast.executor.process import marked_processes  # noqa: E402
 
 
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+
+
 def one_round(base: Path, n: int, rng: random.Random, isolation: str) -> tuple[bool, str]:
     root = Path(tempfile.mkdtemp(dir=base))
     (root / "counts").mkdir()
     tasks = {}
     for i in range(n):
         needs = sorted({f"t{rng.randrange(i)}" for _ in range(rng.randint(0, 2))}) if i else []
-        tasks[f"t{i}"] = {
-            "run": f"sleep {rng.uniform(0.02, 0.4):.2f} && "
-                   f'echo "$ABREAST_ATTEMPT" >> {root}/counts/$ABREAST_TASK_ID',
-            "needs": needs,
-        }
+        count = f'echo "$ABREAST_ATTEMPT" >> {root}/counts/$ABREAST_TASK_ID'
+        if isolation == "worktree":  # the work is a file in the task's own worktree
+            count = 'mkdir -p done && echo "$ABREAST_ATTEMPT" > done/$ABREAST_TASK_ID'
+        tasks[f"t{i}"] = {"run": f"sleep {rng.uniform(0.02, 0.4):.2f} && {count}", "needs": needs}
     wf = root / "w.json"
-    wf.write_text(json.dumps({"version": 1, "name": "crash", "isolation": isolation,
-                              "max_parallel": 3, "tasks": tasks}))
+    wf.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "crash",
+                "isolation": isolation,
+                "max_parallel": 3,
+                "tasks": tasks,
+            }
+        )
+    )
+    if isolation == "worktree":
+        git(root, "init", "-q", "-b", "main")
+        (root / ".gitignore").write_text("counts/\n")
+        git(root, "add", "-A")
+        git(root, "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-q", "-m", "init")
     state = f"sqlite://{root}/.abreast/state.db"
     cmd = [sys.executable, "-m", "abreast"]
-    proc = subprocess.Popen([*cmd, "run", str(wf), "--no-monitor", "--plain", "--state", state],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*cmd, "run", str(wf), "--no-monitor", "--plain", "--state", state],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("run: "):
@@ -52,23 +75,34 @@ def one_round(base: Path, n: int, rng: random.Random, isolation: str) -> tuple[b
     run_id = line[5:].strip()
     target = rng.randint(0, n - 1)
     deadline = time.monotonic() + 30
+    events = root / ".abreast" / "runs" / run_id / "exits"
     while time.monotonic() < deadline and proc.poll() is None:
-        done = sum(1 for _ in (root / "counts").iterdir())
+        done = len(events.read_text().splitlines()) if events.exists() else 0
         if done >= target:
             break
         time.sleep(0.005)
     time.sleep(rng.uniform(0, 0.15))
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    resumed = subprocess.run([*cmd, "resume", run_id, "--state", state, "--no-monitor",
-                              "--plain"], capture_output=True, text=True, check=False)
+    resumed = subprocess.run(
+        [*cmd, "resume", run_id, "--state", state, "--no-monitor", "--plain"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     finished_before = "already finished" in resumed.stderr
     if resumed.returncode != 0 and not finished_before:
         return False, f"resume failed ({resumed.returncode}): {resumed.stderr}{resumed.stdout}"
-    counts = {}
-    for i in range(n):
-        f = root / "counts" / f"t{i}"
-        counts[f"t{i}"] = f.read_text().split() if f.exists() else []
+    counts: dict[str, list[str]] = {}
+    if isolation == "worktree":
+        ref = f"abreast/{run_id}/_integration"
+        subjects = git(root, "log", "--first-parent", "--format=%s", ref).splitlines()
+        landed = [s.split()[2] for s in subjects if s.startswith("abreast: land ")]
+        counts = {f"t{i}": [t for t in landed if t == f"t{i}"] for i in range(n)}
+    else:
+        for i in range(n):
+            f = root / "counts" / f"t{i}"
+            counts[f"t{i}"] = f.read_text().split() if f.exists() else []
     wrong = {k: v for k, v in counts.items() if len(v) != 1}
     if wrong:
         return False, f"run {run_id} in {root}: counts not exactly once: {wrong}\n{resumed.stdout}"
@@ -89,14 +123,14 @@ def main() -> None:
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        if args.isolation == "worktree":
-            subprocess.run(["git", "init", "-q", str(base)], check=True)
         for i in range(args.runs):
             ok, detail = one_round(base, args.tasks, rng, args.isolation)
             failures += not ok
             print(f"{i + 1:>3}/{args.runs} {'ok  ' if ok else 'FAIL'} {detail}", flush=True)
-    print(f"\n{args.runs - failures}/{args.runs} rounds: every task exactly once, none lost, "
-          f"no stray process")
+    print(
+        f"\n{args.runs - failures}/{args.runs} rounds: every task exactly once, none lost, "
+        f"no stray process"
+    )
     sys.exit(1 if failures else 0)
 
 

@@ -32,7 +32,7 @@ def dag(shape: str, n: int, seed: int = 1) -> dict[str, list[str]]:
     if shape == "chain":
         return {f"t{i}": [f"t{i - 1}"] if i else [] for i in range(n)}
     out: dict[str, list[str]] = {}
-    width = max(2, int(n ** 0.5))
+    width = max(2, int(n**0.5))
     prev: list[str] = []
     i = 0
     while i < n:
@@ -48,10 +48,17 @@ def dag(shape: str, n: int, seed: int = 1) -> dict[str, list[str]]:
 
 def write_inputs(d: Path, graph: dict[str, list[str]], jobs: int) -> tuple[Path, Path]:
     wf = d / "w.json"
-    wf.write_text(json.dumps({"version": 1, "name": "bench", "isolation": "none",
-                              "max_parallel": jobs,
-                              "tasks": {t: {"run": "true", "needs": needs}
-                                        for t, needs in graph.items()}}))
+    wf.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "bench",
+                "isolation": "none",
+                "max_parallel": jobs,
+                "tasks": {t: {"run": "true", "needs": needs} for t, needs in graph.items()},
+            }
+        )
+    )
     mk = d / "Makefile"
     lines = ["all: " + " ".join(graph), ".PHONY: all " + " ".join(graph)]
     for t, needs in graph.items():
@@ -62,25 +69,47 @@ def write_inputs(d: Path, graph: dict[str, list[str]], jobs: int) -> tuple[Path,
 
 def timed(argv: list[str], cwd: Path) -> float:
     t0 = time.perf_counter()
-    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
 
-def measure(shape: str, n: int, jobs: int, repeat: int, tmp: Path,
-            extra: list[str]) -> dict[str, Any]:
+def measure(
+    shape: str, n: int, jobs: int, repeat: int, tmp: Path, extra: list[str]
+) -> dict[str, Any]:
     d = tmp / f"{shape}-{n}-{jobs}"
     d.mkdir()
     wf, mk = write_inputs(d, dag(shape, n), jobs)
     ours, make = [], []
     for r in range(repeat):
         state = f"sqlite://{d}/state-{r}.db"
-        ours.append(timed([sys.executable, "-m", "abreast", "run", str(wf), "--plain",
-                           "--state", state, *extra], d))
+        ours.append(
+            timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "abreast",
+                    "run",
+                    str(wf),
+                    "--plain",
+                    "--state",
+                    state,
+                    *extra,
+                ],
+                d,
+            )
+        )
         make.append(timed(["make", "-s", "-f", str(mk), f"-j{jobs}"], d))
     a, m = statistics.median(ours), statistics.median(make)
-    return {"shape": shape, "tasks": n, "jobs": jobs, "abreast_s": a, "make_s": m,
-            "ratio": a / m, "abreast_runs": ours, "make_runs": make}
+    return {
+        "shape": shape,
+        "tasks": n,
+        "jobs": jobs,
+        "abreast_s": a,
+        "make_s": m,
+        "ratio": a / m,
+        "abreast_runs": ours,
+        "make_runs": make,
+    }
 
 
 def main() -> None:
@@ -107,14 +136,19 @@ def main() -> None:
                 for jobs in map(int, args.jobs.split(",")):
                     rows.append(measure(shape, n, jobs, args.repeat, Path(tmp), extra))
                     r = rows[-1]
-                    print(f"{r['shape']:>8} {r['tasks']:>5} -j{r['jobs']:<2} abreast "
-                          f"{r['abreast_s']:6.3f}s  make {r['make_s']:6.3f}s  "
-                          f"x{r['ratio']:.2f}", flush=True)
+                    print(
+                        f"{r['shape']:>8} {r['tasks']:>5} -j{r['jobs']:<2} abreast "
+                        f"{r['abreast_s']:6.3f}s  make {r['make_s']:6.3f}s  "
+                        f"x{r['ratio']:.2f}",
+                        flush=True,
+                    )
     print("\n| DAG | tasks | -j | abreast | make | abreast / make |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['shape']} | {r['tasks']} | {r['jobs']} | {r['abreast_s']:.3f} s | "
-              f"{r['make_s']:.3f} s | {r['ratio']:.2f} |")
+        print(
+            f"| {r['shape']} | {r['tasks']} | {r['jobs']} | {r['abreast_s']:.3f} s | "
+            f"{r['make_s']:.3f} s | {r['ratio']:.2f} |"
+        )
     print(json.dumps(rows))
 
 

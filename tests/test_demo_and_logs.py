@@ -21,7 +21,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "skipped   performance" in out
     assert "succeeded docs" in out
     assert "saved" in out
-    assert "files the agents wrote: backend/api.py" in out
+    assert "the agents' work, merged and checked: backend/api.py" in out
+    assert "8 task(s) landed" in out
+    assert "git status there is clean" in out
 
 
 def test_logs_follow_prints_until_the_attempt_ends(tmp_path: Path) -> None:

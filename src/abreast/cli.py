@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-monitor", action="store_true", help="do not lower the cap when CPU or memory is busy"
     )
     p.add_argument("--plain", action="store_true", help="plain lines, even on a terminal")
+    p.add_argument(
+        "--land",
+        action="store_true",
+        help="fast-forward `base` to the result when the run succeeds",
+    )
 
     p = sub.add_parser("resume", help="carry on a run whose orchestrator died")
     p.add_argument("run_id", metavar="RUN")
@@ -117,6 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cancel", help="stop a running run")
     p.add_argument("run_id", metavar="RUN")
+    _state_arg(p)
+
+    p = sub.add_parser("cleanup", help="remove what finished or dead runs left behind")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="list what would be done")
+    mode.add_argument(
+        "--force",
+        action="store_true",
+        help="also runs whose orchestrator looks alive but no longer heartbeats",
+    )
+    p.add_argument(
+        "--results",
+        action="store_true",
+        help="also delete result branches (abreast/<run>/_integration)",
+    )
     _state_arg(p)
 
     p = sub.add_parser("signal", help="(inside a task) announce a signal dependents wait for")
@@ -201,6 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         flags=args.flag,
         state=args.state,
         monitor=not args.no_monitor,
+        land=args.land,
     )
     if args.dry_run:
         return dry_run(req, sys.stdout)
@@ -275,6 +296,27 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from abreast.coord.journal import Journal
+    from abreast.coord.location import locate
+    from abreast.engine.cleanup import cleanup
+
+    location = locate(None, args.state)
+    journal = Journal(location.journal) if location.journal.exists() else None
+    plans = cleanup(
+        journal, location.root, dry_run=args.dry_run, force=args.force, results=args.results
+    )
+    if not plans:
+        print("nothing to clean up")
+        return 0
+    for plan in plans:
+        verb = "would" if args.dry_run else "did"
+        print(f"{plan.run_id} ({plan.reason}): {verb}")
+        for action in plan.actions:
+            print(f"  {action}")
+    return 0
+
+
 def cmd_signal(args: argparse.Namespace) -> int:
     from abreast.engine.runs import signal_run
 
@@ -288,24 +330,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     root, keep = demo.throwaway_dir(args.keep)
     try:
-        workflow = demo.make_project(root)
+        workflow = demo.make_project(root, isolation="worktree")
         print(f"demo project: {root} (a throwaway git repository)")
         outcome = start_run(RunRequest(file=workflow, monitor=False), _view(args.plain), _announce)
         code = _finish(outcome)
-        print(
-            "\nfiles the agents wrote: "
-            + ", ".join(
-                sorted(
-                    str(p.relative_to(root))
-                    for p in root.rglob("*")
-                    if p.is_file()
-                    and ".git" not in p.parts
-                    and ".abreast" not in p.parts
-                    and p.parent != root
-                    and p.parent.name != "agents"
-                )
-            )
-        )
+        print("\n" + demo.describe_result(root, outcome.run_id))
         print(
             f"try: abreast status --state sqlite://{root}/.abreast/state.db {outcome.run_id}"
             if keep
@@ -324,6 +353,7 @@ COMMANDS = {
     "logs": cmd_logs,
     "cancel": cmd_cancel,
     "signal": cmd_signal,
+    "cleanup": cmd_cleanup,
     "demo": cmd_demo,
     "analyze": cmd_analyze,
     "schema": cmd_schema,

@@ -41,6 +41,15 @@ pathlib.Path(os.environ["ABREAST_OUTPUT"]).write_text(json.dumps(out))
 print(f"{task}: done")
 '''
 
+CHECK = r'''"""The demo's merge check: no note may say BROKEN."""
+import pathlib, sys
+
+broken = [str(p) for p in pathlib.Path(".").rglob("*.md") if "BROKEN" in p.read_text()]
+if broken:
+    sys.exit(f"broken notes: {broken}")
+print("notes are fine")
+'''
+
 WORKFLOW = """\
 version: 1
 name: demo
@@ -49,6 +58,9 @@ isolation: {isolation}
 flags:
   security_review: true
   performance_test: false
+checks:                        # run on every merge before it lands
+  - name: notes are not broken
+    run: {python} agents/check.py
 defaults:
   timeout: 2m
   retries: 1
@@ -109,6 +121,7 @@ def make_project(root: Path, isolation: str = "none") -> Path:
     """Write the demo repository under `root`; returns the workflow file."""
     (root / "agents").mkdir(parents=True, exist_ok=True)
     (root / "agents" / "agent.py").write_text(AGENT)
+    (root / "agents" / "check.py").write_text(CHECK)
     (root / "README.md").write_text("# demo project\n\nMade by `abreast demo`.\n")
     workflow = root / "abreast.yaml"
     workflow.write_text(WORKFLOW.format(python=sys.executable, isolation=isolation))
@@ -125,6 +138,26 @@ def make_project(root: Path, isolation: str = "none") -> Path:
     ):
         subprocess.run(argv, cwd=root, check=True, env={**_base_env(), **env})
     return workflow
+
+
+def describe_result(root: Path, run_id: str) -> str:
+    """What landed on the run's integration branch, file by file; and that main is as it was."""
+    from abreast.integrate.worktrees import integration_branch
+    from abreast.workspace.repo import Repo, dirty_paths
+
+    repo = Repo(root)
+    branch = integration_branch(run_id)
+    head = repo.rev_parse(branch)
+    if head is None:
+        return "nothing landed"
+    files = repo.changed_paths("main", head)
+    dirty = [p for p in dirty_paths(repo, root) if not p.startswith(".abreast")]
+    status = "git status there is clean" if not dirty else f"changed: {', '.join(dirty)}"
+    return (
+        f"on {branch}, the agents' work, merged and checked: "
+        + ", ".join(files)
+        + f"\nmain is where it was ({str(repo.rev_parse('main'))[:12]}); {status}"
+    )
 
 
 def _base_env() -> dict[str, str]:

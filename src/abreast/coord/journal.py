@@ -82,6 +82,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     status_file TEXT,
     output_file TEXT,
     workdir TEXT,
+    base_commit TEXT,
+    head_commit TEXT,
     feedback TEXT,
     reason TEXT,
     PRIMARY KEY (run_id, task_id, attempt)
@@ -162,6 +164,8 @@ class AttemptRow:
     status_file: str | None
     output_file: str | None
     workdir: str | None
+    base_commit: str | None
+    head_commit: str | None
     feedback: str | None
     reason: str | None
 

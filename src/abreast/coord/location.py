@@ -53,6 +53,9 @@ def locate(workflow_file: Path | None, state: str | None = None) -> StateLocatio
                 hint="write sqlite:///absolute/path/state.db",
             )
         path = path if path.is_absolute() else Path.cwd() / path
+        if in_git and root in path.parents:
+            # State kept inside the repository stays out of the user's git status.
+            exclude_locally(root, "/" + str(path.parent.relative_to(root)) + "/")
         return StateLocation(root, path, path.parent / "runs", f"sqlite://{path}")
     if url.startswith(("redis://", "rediss://", "unix://")):
         if in_git:

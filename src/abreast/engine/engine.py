@@ -24,14 +24,13 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
-from abreast.engine.isolation import Isolation, Outcome, Verdict
 from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.states import FAILED_STATES, TaskState, check_transition
 from abreast.executor.local import Exit, Launch, LocalExecutor, Running
@@ -43,6 +42,7 @@ from abreast.executor.process import (
     reap_orphans,
     tree_rss_bytes,
 )
+from abreast.integrate.base import Isolation, Outcome, Verdict
 from abreast.plan.dispatch import Dispatcher, Policy
 from abreast.plan.graph import TaskGraph
 from abreast.spec import conditions
@@ -177,6 +177,7 @@ class Engine:
         self._t0 = time.monotonic()
         self._executor: LocalExecutor | None = None
         self._adopt: list[tuple[TaskRun, int, Exit]] = []
+        self._reintegrate: list[TaskRun] = []
         self._active: set[TaskRun] = set()  # RUNNING or INTEGRATING
         self._terminal_count = 0
         self._conditions: dict[str, conditions.Expression] = {}
@@ -236,6 +237,11 @@ class Engine:
         self.view.begin(self)
         for tr, attempt, exit_ in self._adopt:
             self._post("adopt", tr, attempt, exit_)
+        for tr in self._reintegrate:
+            self.view.note(
+                f"{tr.id}: its attempt {tr.attempts} was on the merge queue; queueing it again"
+            )
+            self._spawn_background(self._integrate(tr, tr.attempts))
         try:
             while True:
                 launches = self._decide()
@@ -379,9 +385,7 @@ class Engine:
 
     def _launch(self, tr: TaskRun, launch: Launch | None) -> None:
         if launch is None:
-            task = asyncio.create_task(self._prepare_and_launch(tr, tr.attempts))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn_background(self._prepare_and_launch(tr, tr.attempts))
             return
         assert self._executor is not None
         try:
@@ -415,8 +419,14 @@ class Engine:
             self._post("exit", None, tr, Exit(None, None, 0.0, 0), "cancelled before start")
             return
         launch = self._launch_spec(tr, n, str(cwd), *self._paths(tr.id, n))
+        self.journal.commit()  # where it runs, and from which commit, before it runs
         self._launch(tr, launch)
         self._wake.set()  # the pid is staged; let the loop commit it
+
+    def _spawn_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _process_exited(self, running: Running, exit_: Exit) -> None:
         tr = self.by_id[running.launch.task_id]
@@ -440,7 +450,8 @@ class Engine:
         tr.peak_rss_bytes = max(tr.peak_rss_bytes, peak)
         tr.busy_s += exit_.wall_s
         tr.exit_code, tr.signal = exit_.exit_code, exit_.signal
-        self._d.release(tr.v)
+        if self.isolation.instant or not exit_.ok or start_error is not None:
+            self._d.release(tr.v)  # else the slot is held until the work is settled
         if start_error is not None:
             reason = start_error
         elif tr.timed_out:
@@ -469,6 +480,7 @@ class Engine:
             peak_rss_bytes=tr.peak_rss_bytes,
         )
         if self._cancelling:
+            self._release(tr, keep=True)
             self._set(tr, TaskState.CANCELLED, reason="cancelled")
             self._terminal(tr)
             return
@@ -509,14 +521,26 @@ class Engine:
             self._succeed(tr)
             return
         self._set(tr, TaskState.INTEGRATING)
-        task = asyncio.create_task(self._integrate(tr, tr.attempts))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn_background(self._settle_and_integrate(tr, tr.attempts))
+
+    async def _settle_and_integrate(self, tr: TaskRun, n: int) -> None:
+        try:
+            verdict = await self.isolation.settle(tr.id, n)
+        except Exception as e:  # reported as the task's failure, not the run's
+            verdict = Verdict(Outcome.FAILED, f"could not take in its work: {e}", kind="error")
+        self._post("settled", tr)
+        if verdict is None:
+            await self._integrate(tr, n)
+        else:
+            self._post("verdict", tr, n, verdict)
+
+    def _on_settled(self, tr: TaskRun) -> None:
+        self._d.release(tr.v)  # its work is committed: the slot is free for the next task
 
     async def _integrate(self, tr: TaskRun, n: int) -> None:
         try:
             verdict = await self.isolation.integrate(tr.id, n)
-        except Exception as e:
+        except Exception as e:  # reported as the task's failure, not the run's
             verdict = Verdict(Outcome.FAILED, f"integration failed: {e}", kind="error")
         self._post("verdict", tr, n, verdict)
 
@@ -526,6 +550,7 @@ class Engine:
         if verdict.outcome is Outcome.LANDED:
             self._succeed(tr)
         elif self._cancelling:
+            self._release(tr, keep=True)
             self._set(tr, TaskState.CANCELLED, reason="cancelled")
             self._terminal(tr)
         elif verdict.outcome is Outcome.SEND_BACK:
@@ -593,6 +618,8 @@ class Engine:
 
     def _send_back(self, tr: TaskRun, feedback: str, *, kind: str, delay_s: float) -> None:
         """Run the task again after `delay_s`, telling it why in ABREAST_FEEDBACK."""
+        self._d.release(tr.v)  # no slot is held while it waits
+        self._release(tr, keep=False)
         tr.feedback = feedback
         tr.retry_at = time.time() + delay_s
         self._set(tr, TaskState.PENDING, feedback=feedback)
@@ -723,13 +750,19 @@ class Engine:
         if state is TaskState.READY:
             self.journal.stage_event(self.run_id, "task.ready", tr.id)
 
+    def _release(self, tr: TaskRun, *, keep: bool) -> None:
+        if tr.attempts and not self.isolation.instant:
+            self.isolation.finished(tr.id, tr.attempts, keep=keep)
+
     def _succeed(self, tr: TaskRun) -> None:
+        self._release(tr, keep=False)
         tr.feedback = None
         self._set(tr, TaskState.SUCCEEDED, output=tr.output, reason=None)
         self._d.complete(tr.v)
         self._terminal(tr)
 
     def _fail(self, tr: TaskRun, state: TaskState, reason: str) -> None:
+        self._release(tr, keep=True)
         self._set(tr, state, reason=reason)
         self._terminal(tr)
         for v in self._d.fail(tr.v):
@@ -854,6 +887,12 @@ class Engine:
                     self.tasks[b].state = TaskState.BLOCKED
             elif state is TaskState.BLOCKED:
                 pass  # set again by its failed dependency above
+            elif state is TaskState.INTEGRATING and self.isolation.can_resume_integration(
+                tr.id, tr.attempts
+            ):
+                tr.state = TaskState.INTEGRATING
+                self._active.add(tr)
+                self._reintegrate.append(tr)
             elif tr.id in interrupted:
                 attempt, exit_ = interrupted[tr.id]
                 if exit_ is not None and attempt == tr.attempts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import re
@@ -18,7 +19,6 @@ from typing import Any
 from abreast.coord.journal import Journal, RunRow
 from abreast.coord.location import StateLocation, locate
 from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View
-from abreast.engine.isolation import Isolation
 from abreast.engine.monitor import ResourceMonitor
 from abreast.errors import UsageError
 from abreast.executor.local import Exit
@@ -29,6 +29,7 @@ from abreast.executor.process import (
     marked_processes,
     start_ticks,
 )
+from abreast.integrate.base import Isolation
 from abreast.plan import TaskGraph, analyze
 from abreast.plan.analysis import Analysis
 from abreast.spec import load_workflow
@@ -49,6 +50,7 @@ class RunRequest:
     state: str | None = None
     monitor: bool = True
     isolation: IsolationFactory | None = None
+    land: bool = False
 
 
 @dataclass
@@ -110,10 +112,53 @@ def _options(p: Prepared, monitor_on: bool) -> EngineOptions:
     )
 
 
-def _isolation(req: RunRequest, p: Prepared, run_id: str, journal: Journal) -> Isolation:
+def isolation_kind(wf: Workflow, location: StateLocation) -> str:
+    """`worktree` or `none`: the file's choice, else worktree inside a git repository."""
+    from abreast.workspace.git import toplevel
+
+    in_git = toplevel(location.root) is not None
+    if wf.isolation == "worktree" and not in_git:
+        raise UsageError(
+            f"isolation: worktree needs a git repository; {location.root} is not in one",
+            hint="run `git init` there, or set `isolation: none`",
+        )
+    return wf.isolation or ("worktree" if in_git else "none")
+
+
+def _isolation(
+    req: RunRequest, p: Prepared, run_id: str, journal: Journal, kind: str, base_commit: str | None
+) -> Isolation:
     if req.isolation is not None:
         return req.isolation(p.wf, p.location, run_id, journal)
-    return Isolation(p.location.root)
+    if kind == "none":
+        return Isolation(p.location.root)
+    from abreast.integrate.worktrees import WorktreeIsolation
+
+    return WorktreeIsolation(
+        p.wf, p.location, run_id, journal, p.graph, base_commit=base_commit, land=req.land
+    )
+
+
+def _base_commit(p: Prepared, kind: str, announce_note: Callable[[str], None]) -> str | None:
+    if kind != "worktree":
+        return None
+    from abreast.workspace.repo import Repo, dirty_paths
+
+    repo = Repo(p.location.root)
+    commit = repo.rev_parse(p.wf.base)
+    if commit is None:
+        raise UsageError(
+            f"base {p.wf.base!r} is not a commit in {repo.root}",
+            hint="set `base:` to a branch, tag or commit that exists "
+            "(a new repository needs a first commit)",
+        )
+    dirty = [d for d in dirty_paths(repo, repo.root) if not d.startswith(".abreast/")]
+    if dirty:
+        announce_note(
+            f"note: {len(dirty)} uncommitted change(s) in {repo.root} are not "
+            f"seen by tasks; they start from {p.wf.base} ({commit[:12]})"
+        )
+    return commit
 
 
 def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> RunOutcome:
@@ -125,6 +170,8 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
             f"--run-id {run_id!r} is not allowed",
             hint="use a-z, 0-9, '_' and '-', starting with a letter or digit",
         )
+    kind = "none" if req.isolation is not None else isolation_kind(p.wf, p.location)
+    base_commit = _base_commit(p, kind, lambda text: print(text, file=sys.stderr))
     journal = Journal(p.location.journal)
     started = time.time()
     me = os.getpid()
@@ -146,9 +193,13 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
             "state": req.state,
             "monitor": req.monitor,
             "policy": p.analysis.policy.value,
+            "isolation": kind,
+            "base_commit": base_commit,
+            "land": req.land,
         },
     )
     announce(run_id)
+    isolation = _isolation(req, p, run_id, journal, kind, base_commit)
     engine = Engine(
         p.wf,
         run_id,
@@ -157,7 +208,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         p.graph,
         _options(p, req.monitor),
         view=view,
-        isolation=_isolation(req, p, run_id, journal),
+        isolation=isolation,
         started_at=started,
     )
     try:
@@ -265,8 +316,10 @@ def resume_run(
     monitor: bool = True,
     isolation: IsolationFactory | None = None,
 ) -> RunOutcome:
-    location, journal = open_journal(None, state)
+    found_at, journal = open_journal(None, state)
     row = find_run(journal, run_id)
+    # The run's own project, wherever resume is typed; the journal stays where it was found.
+    location = dataclasses.replace(found_at, root=Path(row.root))
     if row.state in ("succeeded", "failed"):
         raise UsageError(
             f"run {row.id} already finished ({row.state}); nothing to resume",
@@ -351,7 +404,15 @@ async def _resume(
     journal.stage_event(
         row.id, "run.resumed", killed=killed, forced=force, interrupted=sorted(interrupted)
     )
-    req = RunRequest(file=Path(row.file), monitor=monitor_on, isolation=isolation)
+    req = RunRequest(
+        file=Path(row.file), monitor=monitor_on, isolation=isolation, land=bool(options.get("land"))
+    )
+    kind = options.get("isolation") or "none"
+    if kind == "worktree":
+        from abreast.workspace.repair import repair
+
+        for line in await asyncio.to_thread(repair, location.root, row.id):
+            view.note(line)
     engine = Engine(
         wf,
         row.id,
@@ -360,7 +421,7 @@ async def _resume(
         graph,
         _options(p, monitor_on),
         view=view,
-        isolation=_isolation(req, p, row.id, journal),
+        isolation=_isolation(req, p, row.id, journal, kind, options.get("base_commit")),
         started_at=row.started_at,
     )
     rows = {t.task_id: t.__dict__ for t in journal.tasks(row.id)}

@@ -41,8 +41,23 @@ class Isolation:
     async def prepare(self, task_id: str, attempt: int) -> Path:
         return self.root
 
+    async def settle(self, task_id: str, attempt: int) -> Verdict | None:
+        """Right after a successful attempt, while it still holds its slot: take in what it
+        left (containment checks, commit, ownership). None: ready for `integrate`."""
+        return None
+
     async def integrate(self, task_id: str, attempt: int) -> Verdict:
+        """Land the settled attempt's work (the merge queue)."""
         return Verdict(Outcome.LANDED)
+
+    def finished(self, task_id: str, attempt: int, *, keep: bool) -> None:
+        """The attempt's fate is known: `keep` its workspace as evidence (the task failed
+        or was cancelled), or give it back for reuse."""
+
+    def can_resume_integration(self, task_id: str, attempt: int) -> bool:
+        """After a crash: whether this attempt's committed work can go back on the merge
+        queue (else the task runs again)."""
+        return False
 
     async def close(self, *, success: bool) -> str | None:
         """Called once at the end of a run; returns a line for the summary, if any."""

@@ -1,0 +1,122 @@
+"""`abreast cleanup`: what finished or dead runs left behind, listed or removed.
+
+A run is eligible when it finished (succeeded, failed, cancelled), or when it
+says "running" but its orchestrator is gone (pid and start time checked). With
+`--force`, also a run whose orchestrator looks alive but whose heartbeat is older
+than the orphan threshold (a hung or stopped orchestrator). For each: its stray
+processes are killed, the leases it holds are released, and its worktrees and
+task branches are removed; each cleanup is journaled with its reason. Result
+branches (`abreast/<run>/_integration`) stay unless `--results`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from abreast.coord.journal import Journal, RunRow
+from abreast.engine.runs import _kill_strays, orchestrator_alive
+from abreast.executor.process import group_members, is_same_process, marked_processes
+
+ORPHAN_AFTER_S = 120.0
+
+
+@dataclass
+class Plan:
+    run_id: str
+    reason: str
+    processes: int = 0
+    actions: list[str] = field(default_factory=list)
+
+
+def eligible(row: RunRow, force: bool, orphan_after_s: float, now: float) -> str | None:
+    if row.state in ("succeeded", "failed", "cancelled"):
+        return f"finished ({row.state})"
+    if not orchestrator_alive(row):
+        return "its orchestrator is gone"
+    stale = row.heartbeat_at is None or now - row.heartbeat_at > orphan_after_s
+    if force and stale:
+        age = now - (row.heartbeat_at or row.started_at)
+        return f"its orchestrator has not heartbeaten for {age:.0f}s (--force)"
+    return None
+
+
+def cleanup(
+    journal: Journal | None,
+    root: Path,
+    *,
+    dry_run: bool,
+    force: bool,
+    results: bool,
+    orphan_after_s: float = ORPHAN_AFTER_S,
+    release_leases: Callable[[str, bool], list[str]] | None = None,
+) -> list[Plan]:
+    from abreast.workspace.cleanup import leftovers, remove, runs_with_leftovers
+    from abreast.workspace.git import toplevel
+    from abreast.workspace.repo import Repo
+
+    repo = Repo(root) if toplevel(root) else None
+    now = time.time()
+    plans: dict[str, Plan] = {}
+    rows = journal.runs(100000) if journal else []
+    for row in rows:
+        why = eligible(row, force, orphan_after_s, now)
+        if why is None:
+            continue
+        plan = plans[row.id] = Plan(row.id, why)
+        live = _live_processes(journal, row) if journal else 0
+        if live:
+            plan.processes = live
+            plan.actions.append(f"kill {live} process(es) still running")
+        if release_leases:
+            plan.actions += release_leases(row.id, dry_run)
+    known = {r.id for r in rows}
+    active = {r.id for r in rows if r.id not in plans}
+    if repo is not None:
+        for run_id in runs_with_leftovers(repo):
+            if run_id in active:
+                continue
+            plan = plans.setdefault(
+                run_id, Plan(run_id, "not in the journal" if run_id not in known else "finished")
+            )
+            left = leftovers(repo, run_id)
+            plan.actions += [f"remove worktree {p}" for p in left.worktrees]
+            plan.actions += [
+                f"delete branch {b.removeprefix('refs/heads/')}" for b in left.task_branches
+            ]
+            if results and left.integration_branch:
+                plan.actions.append(
+                    f"delete result branch {left.integration_branch.removeprefix('refs/heads/')}"
+                )
+    plans = {k: v for k, v in plans.items() if v.actions}
+    if dry_run:
+        return list(plans.values())
+    for plan in plans.values():
+        if plan.processes and journal:
+            asyncio.run(_kill_strays(journal, plan.run_id))
+        if repo is not None:
+            remove(repo, leftovers(repo, plan.run_id), results=results)
+        if journal and plan.run_id in known:
+            journal.stage_event(
+                plan.run_id, "run.cleaned", reason=plan.reason, actions=plan.actions
+            )
+            for orphan in plan.actions:
+                if orphan.startswith("kill"):
+                    journal.stage_event(
+                        plan.run_id, "orphan.cleaned", reason=plan.reason, detail=orphan
+                    )
+    if journal:
+        journal.commit()
+    return list(plans.values())
+
+
+def _live_processes(journal: Journal, row: RunRow) -> int:
+    pids: set[int] = set()
+    for a in journal.attempts(row.id):
+        if a.ended_at is None and a.pgid and a.pid and is_same_process(a.pid, a.start_ticks):
+            pids.update(group_members(a.pgid))
+    pids.update(p.pid for p in marked_processes(row.id))
+    return len(pids)

@@ -1,0 +1,109 @@
+"""Running the workflow's `checks` on a merge result, in a scratch worktree, under locks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from abreast.executor.process import describe_status, kill_tree
+from abreast.spec.model import Check
+
+LockHolder = Callable[[str, str], AbstractAsyncContextManager[None]]  # (lock, holder) -> cm
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    name: str
+    detail: str  # what failed and the tail of its output
+    log: str
+    wait_s: float  # time spent waiting for the check's lock
+
+
+class LocalLocks:
+    """Locks within this process only (used when no coordination backend is given)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str, holder: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            yield
+
+
+async def run_checks(
+    checks: list[Check],
+    cwd: Path,
+    env: Mapping[str, str],
+    log_prefix: str,
+    hold: LockHolder,
+    holder: str,
+    grace_s: float = 5.0,
+    tail_lines: int = 30,
+) -> CheckResult:
+    """Run each check in order; stop at the first red one."""
+    waited = 0.0
+    for i, check in enumerate(checks):
+        name = check.name or check.run
+        log = f"{log_prefix}.{i + 1}.log"
+        t0 = time.monotonic()
+        ctx = hold(check.lock, holder) if check.lock else contextlib.nullcontext()
+        async with ctx:
+            waited += time.monotonic() - t0
+            code, sig, timed_out = await _run_one(check, cwd, env, log, grace_s)
+        if timed_out or code != 0 or sig:
+            why = f"timed out after {check.timeout:g}s" if timed_out else describe_status(code, sig)
+            tail = _tail(log, tail_lines)
+            detail = f"check `{name}` failed ({why})"
+            if tail:
+                detail += "; the end of its output:\n" + "\n".join(tail)
+            return CheckResult(False, name, detail, log, waited)
+    return CheckResult(True, "", "", "", waited)
+
+
+async def _run_one(
+    check: Check, cwd: Path, env: Mapping[str, str], log: str, grace_s: float
+) -> tuple[int | None, int | None, bool]:
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh",
+            "-c",
+            check.run,
+            cwd=cwd,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        await asyncio.wait_for(proc.wait(), timeout=check.timeout)
+    except TimeoutError:
+        await kill_tree(proc.pid, grace_s)
+        await proc.wait()
+        return None, None, True
+    code = proc.returncode
+    assert code is not None
+    if code < 0:
+        return None, -code, False
+    return code, None, False
+
+
+def _tail(path: str, lines: int) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]

@@ -1,0 +1,153 @@
+"""Containment: noticing what an agent changed outside its own worktree.
+
+What is watched (snapshots at the start of the run, compared after each attempt):
+- the main checkout: `git status` of the user's working tree (abreast's own
+  `.abreast/` is excluded); a new change is attributed, by its file's mtime, to
+  the attempts that were running when it was written;
+- the repository's hooks and config (`.git/hooks/**`, `.git/config`, worktree
+  config): any change is attributed the same way and undone at once, so a
+  planted hook never runs;
+- symlinks an attempt leaves that point outside its worktree.
+
+What cannot be seen: a write into another *running* task's worktree looks like
+that task's own work (it is caught only if it breaks that task's `owns`, a
+merge or a check), and changes outside the repository entirely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from abreast.workspace.repo import Repo, dirty_paths
+
+SLACK_S = 1.0  # mtimes are compared with attempt windows this generously
+
+
+@dataclass(frozen=True)
+class Change:
+    what: str  # "main checkout" | "hook" | "git config"
+    path: str
+    mtime: float
+
+
+class Guard:
+    def __init__(self, repo: Repo, state_dir: Path | None = None) -> None:
+        self.repo = repo
+        # abreast's own files (journal, logs, outputs) are not the user's checkout.
+        self._ignore = ""
+        if state_dir is not None and repo.root in state_dir.parents:
+            self._ignore = str(state_dir.relative_to(repo.root)) + "/"
+        self._protected = self._protected_files()
+        self._main = self._main_state()
+
+    # -- repository files (hooks, config) ---------------------------------------------------
+
+    def _protected_paths(self) -> list[Path]:
+        common = self.repo.common_dir
+        paths = [common / "config"]
+        hooks = common / "hooks"
+        if hooks.is_dir():
+            paths += [p for p in hooks.rglob("*") if p.is_file() or p.is_symlink()]
+        wt_root = common / "worktrees"
+        if wt_root.is_dir():
+            paths += list(wt_root.glob("*/config.worktree"))
+        return paths
+
+    def _protected_files(self) -> dict[Path, bytes | None]:
+        out: dict[Path, bytes | None] = {}
+        for p in self._protected_paths():
+            try:
+                out[p] = p.read_bytes() if not p.is_symlink() else b"->" + os.readlink(p).encode()
+            except OSError:
+                out[p] = None
+        return out
+
+    def check_repo_files(self) -> list[Change]:
+        """Changes to hooks and config since the start; each is undone before returning."""
+        changes = []
+        now = self._protected_files()
+        for path, content in now.items():
+            before = self._protected.get(path, None) if path in self._protected else _ABSENT
+            if before is _ABSENT or before != content:
+                changes.append(Change(_kind(path), str(path), _mtime(path)))
+                self._restore(path, before)
+        for path, before in self._protected.items():
+            if path not in now:
+                changes.append(Change(_kind(path), str(path), _mtime(path.parent)))
+                self._restore(path, before)
+        return changes
+
+    def _restore(self, path: Path, before: object) -> None:
+        try:
+            if path.is_symlink() or path.exists():
+                path.unlink()
+            if isinstance(before, bytes):
+                if before.startswith(b"->"):
+                    os.symlink(before[2:].decode(), path)
+                else:
+                    path.write_bytes(before)
+        except OSError:
+            pass
+
+    def note_new_worktree_config(self) -> None:
+        """Take newly created worktrees' config into the baseline (our own doing)."""
+        self._protected = {**self._protected_files(), **self._protected}
+
+    # -- the main checkout ------------------------------------------------------------------
+
+    def _main_state(self) -> dict[str, tuple[float, int, str]]:
+        out = {}
+        for rel in dirty_paths(self.repo, self.repo.root):
+            if self._ignore and rel.startswith(self._ignore):
+                continue
+            p = self.repo.root / rel
+            try:
+                st = p.lstat()
+                digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
+                out[rel] = (st.st_mtime, st.st_size, digest)
+            except OSError:
+                out[rel] = (0.0, -1, "")
+        return out
+
+    def check_main_checkout(self) -> list[Change]:
+        """Changes in the user's working tree since the last look (each reported once)."""
+        now = self._main_state()
+        changes = []
+        for rel, state in now.items():
+            if self._main.get(rel) != state:
+                changes.append(Change("main checkout", rel, state[0] or _mtime(self.repo.root)))
+        for rel in self._main:
+            if rel not in now:
+                changes.append(Change("main checkout", rel, _mtime(self.repo.root)))
+        self._main = now
+        return changes
+
+
+_ABSENT = object()
+
+
+def _kind(path: Path) -> str:
+    return "hook" if "hooks" in path.parts else "git config"
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def symlinks_out(worktree: Path, paths: list[str]) -> list[str]:
+    """Changed paths that are symlinks resolving outside `worktree`."""
+    root = worktree.resolve()
+    bad = []
+    for rel in paths:
+        p = worktree / rel
+        if p.is_symlink():
+            target = Path(os.path.realpath(p))
+            if target != root and root not in target.parents:
+                bad.append(f"{rel} -> {os.readlink(p)}")
+    return bad

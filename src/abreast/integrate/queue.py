@@ -1,0 +1,250 @@
+"""The merge queue: one task's work at a time, in the order tasks finish.
+
+    job ─▶ merge-tree (no checkout) ─conflict─▶ send back (files, the other side's commits)
+              │ clean
+              ▼
+           commit-tree ─▶ checks in a scratch worktree ─red─▶ send back (tail of output)
+              │ green
+              ▼
+           update-ref INTEGRATION NEW OLD   (compare-and-swap: moved meanwhile? merge again)
+
+The integration ref only ever points at a merge whose checks passed: the
+merge commit exists unreferenced until then. The decision to land is journaled
+before the ref moves; after a crash, a task whose commit is already in the
+integration history counts as landed, never twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from abreast.coord.journal import Journal
+from abreast.integrate.base import Outcome, Verdict
+from abreast.integrate.checks import LockHolder, run_checks
+from abreast.spec.model import Check
+from abreast.workspace.pool import WorktreePool
+from abreast.workspace.repo import Repo
+
+MAX_CAS_RETRIES = 10
+
+
+@dataclass
+class MergeJob:
+    task_id: str
+    attempt: int
+    base: str  # the integration head the attempt started from
+    head: str  # the attempt's final commit
+    done: asyncio.Future[Verdict] | None = field(repr=False, default=None)
+
+
+@dataclass
+class QueueStats:
+    landed: int = 0
+    conflicts: int = 0
+    red_checks: int = 0
+    lock_wait_s: float = 0.0
+
+
+class MergeQueue:
+    def __init__(
+        self,
+        repo: Repo,
+        ref: str,
+        run_id: str,
+        journal: Journal,
+        checks: list[Check],
+        check_pool: WorktreePool,
+        check_env: dict[str, str],
+        check_logs: Path,
+        hold: LockHolder,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.ref = ref
+        self.run_id = run_id
+        self.journal = journal
+        self.checks = checks
+        self.check_pool = check_pool
+        self.check_env = check_env
+        self.check_logs = check_logs
+        self.hold = hold
+        self.on_event = on_event or (lambda _type, _data: None)
+        self.stats = QueueStats()
+        self._jobs: asyncio.Queue[MergeJob] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return self._jobs.qsize()
+
+    async def submit(self, job: MergeJob) -> Verdict:
+        done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        job.done = done
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work())
+        await self._jobs.put(job)
+        self.journal.stage_event(
+            self.run_id,
+            "merge.queued",
+            job.task_id,
+            attempt=job.attempt,
+            head=job.head,
+            depth=self._jobs.qsize(),
+        )
+        return await done
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            try:
+                verdict = await self._land(job)
+            except Exception as e:
+                verdict = Verdict(Outcome.FAILED, f"merge queue error: {e}", kind="error")
+            if job.done is not None and not job.done.done():
+                job.done.set_result(verdict)
+
+    async def _land(self, job: MergeJob) -> Verdict:
+        repo = self.repo
+        for _ in range(MAX_CAS_RETRIES):
+            old = await asyncio.to_thread(repo.rev_parse, self.ref)
+            if old is None:
+                return Verdict(
+                    Outcome.FAILED, f"the integration branch {self.ref} is gone", kind="error"
+                )
+            if await asyncio.to_thread(repo.is_ancestor, job.head, old):
+                self.journal.stage_event(
+                    self.run_id,
+                    "merge.landed",
+                    job.task_id,
+                    attempt=job.attempt,
+                    commit=old,
+                    already=True,
+                )
+                return Verdict(Outcome.LANDED, "already on the integration branch")
+            merge = await asyncio.to_thread(repo.merge_tree, old, job.head)
+            if not merge.clean:
+                self.stats.conflicts += 1
+                return await self._conflict(job, old, merge.conflicts)
+            old_tree = await asyncio.to_thread(repo.tree_of, old)
+            if merge.tree == old_tree:
+                self.journal.stage_event(
+                    self.run_id,
+                    "merge.landed",
+                    job.task_id,
+                    attempt=job.attempt,
+                    commit=old,
+                    empty=True,
+                )
+                return Verdict(Outcome.LANDED, "no changes to land")
+            new = await asyncio.to_thread(
+                repo.commit_tree,
+                merge.tree,
+                [old, job.head],
+                f"abreast: land {job.task_id} (run {self.run_id}, attempt {job.attempt})",
+            )
+            if self.checks:
+                red = await self._check(job, new)
+                if red is not None:
+                    return red
+            self.journal.stage_event(
+                self.run_id, "merge.landing", job.task_id, attempt=job.attempt, commit=new, old=old
+            )
+            self.journal.commit()  # the decision is durable before the ref moves
+            if await asyncio.to_thread(repo.update_ref, self.ref, new, old):
+                self.stats.landed += 1
+                self.journal.stage_event(
+                    self.run_id,
+                    "merge.landed",
+                    job.task_id,
+                    attempt=job.attempt,
+                    commit=new,
+                    old=old,
+                )
+                self.on_event("merge.landed", {"task": job.task_id, "commit": new})
+                return Verdict(Outcome.LANDED, new)
+            # Someone else moved the integration branch: merge again onto its new head.
+        return Verdict(
+            Outcome.FAILED,
+            f"{self.ref} kept moving; gave up after {MAX_CAS_RETRIES} tries",
+            kind="error",
+        )
+
+    async def _conflict(self, job: MergeJob, old: str, files: list[str]) -> Verdict:
+        theirs = await asyncio.to_thread(self.repo.log_oneline, f"{job.base}..{old}")
+        shown = ", ".join(files[:20]) + (f" (+{len(files) - 20} more)" if len(files) > 20 else "")
+        detail = (
+            f"merge conflict with the integration branch in: {shown}. "
+            f"Since this attempt started, these landed there:\n"
+            + "\n".join(f"  {c}" for c in theirs)
+            + f"\nThe next attempt starts from {old[:12]}, which includes them; "
+            "redo the change on top of it."
+        )
+        self.journal.stage_event(
+            self.run_id,
+            "merge.conflict",
+            job.task_id,
+            attempt=job.attempt,
+            files=files,
+            theirs=theirs,
+        )
+        self.on_event("merge.conflict", {"task": job.task_id, "files": files})
+        return Verdict(Outcome.SEND_BACK, detail, kind="conflict")
+
+    async def _check(self, job: MergeJob, commit: str) -> Verdict | None:
+        path = await asyncio.to_thread(self.check_pool.acquire, None, commit)
+        try:
+            env = {
+                **self.check_env,
+                "ABREAST_TASK_ID": job.task_id,
+                "ABREAST_ATTEMPT": str(job.attempt),
+                "ABREAST_CHECK_COMMIT": commit,
+            }
+            prefix = str(self.check_logs / f"{job.task_id}.{job.attempt}")
+            result = await run_checks(
+                self.checks,
+                path,
+                env,
+                prefix,
+                self.hold,
+                holder=f"{self.run_id}/{job.task_id}/check",
+            )
+        finally:
+            self.check_pool.release(path, clean=False)
+        self.stats.lock_wait_s += result.wait_s
+        self.on_event(
+            "checks.finished", {"task": job.task_id, "ok": result.ok, "lock_wait_s": result.wait_s}
+        )
+        if result.ok:
+            self.journal.stage_event(
+                self.run_id, "merge.checked", job.task_id, attempt=job.attempt, commit=commit
+            )
+            return None
+        self.stats.red_checks += 1
+        self.journal.stage_event(
+            self.run_id,
+            "merge.checks_failed",
+            job.task_id,
+            attempt=job.attempt,
+            check=result.name,
+            log=result.log,
+        )
+        return Verdict(Outcome.SEND_BACK, result.detail + f"\n(log: {result.log})", kind="check")
+
+
+def check_env(base: dict[str, str], run_id: str, coord_url: str) -> dict[str, str]:
+    return {
+        **base,
+        "ABREAST_RUN_ID": run_id,
+        "ABREAST_STATE": coord_url,
+        "PATH": base.get("PATH", os.defpath),
+    }

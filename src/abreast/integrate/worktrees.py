@@ -1,0 +1,350 @@
+"""Worktree isolation: each attempt in its own git worktree; work lands through the queue.
+
+    prepare ─▶ pooled worktree on abreast/<run>/<task> at the integration head
+    (the task runs there)
+    integrate ─▶ containment (hooks, config, main checkout, symlinks)
+              ─▶ commit what it left ─▶ ownership ─▶ merge queue ─▶ landed / sent back
+    finished ─▶ the worktree goes back to the pool, or is kept as evidence
+
+The integration branch is `abreast/<run>/_integration` (git cannot hold both a
+branch `abreast/<run>` and branches under `abreast/<run>/`; task ids cannot
+start with `_`, so this name never clashes with a task's branch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from abreast.coord.journal import Journal
+from abreast.coord.location import StateLocation
+from abreast.errors import UsageError
+from abreast.integrate.base import Isolation, Outcome, Verdict
+from abreast.integrate.checks import LocalLocks, LockHolder
+from abreast.integrate.guard import SLACK_S, Change, Guard, symlinks_out
+from abreast.integrate.ownership import violations
+from abreast.integrate.queue import MergeJob, MergeQueue, check_env
+from abreast.plan.graph import TaskGraph
+from abreast.spec.model import Workflow
+from abreast.workspace.pool import WorktreePool
+from abreast.workspace.repo import Repo, commit_all
+
+
+def integration_ref(run_id: str) -> str:
+    return f"refs/heads/{integration_branch(run_id)}"
+
+
+def integration_branch(run_id: str) -> str:
+    return f"abreast/{run_id}/_integration"
+
+
+def task_branch(run_id: str, task_id: str) -> str:
+    return f"abreast/{run_id}/{task_id}"
+
+
+@dataclass
+class _Attempt:
+    task_id: str
+    attempt: int
+    base: str
+    path: Path
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+    head: str | None = None
+    released: bool = False  # given back to the pool once its work was committed
+
+
+class WorktreeIsolation(Isolation):
+    instant = False
+
+    def __init__(
+        self,
+        wf: Workflow,
+        location: StateLocation,
+        run_id: str,
+        journal: Journal,
+        graph: TaskGraph,
+        *,
+        base_commit: str | None = None,
+        land: bool = False,
+        hold: LockHolder | None = None,
+        base_env: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(location.root)
+        self.wf = wf
+        self.run_id = run_id
+        self.journal = journal
+        self.repo = Repo(location.root)
+        self.land = land
+        self.ref = integration_ref(run_id)
+        self.base_name = wf.base
+        if wf.base == "HEAD":
+            current = self.repo.current_branch()
+            self.base_name = current.removeprefix("refs/heads/") if current else "HEAD"
+        existing = self.repo.rev_parse(self.ref)
+        if existing is None:
+            start = base_commit or self.repo.rev_parse(wf.base)
+            if start is None:
+                raise UsageError(
+                    f"base {wf.base!r} is not a commit in {self.repo.root}",
+                    hint="set `base:` to a branch, tag or commit that exists",
+                )
+            if not self.repo.update_ref(self.ref, start, None):
+                raise UsageError(f"could not create {self.ref}")
+            self.base_commit = start
+        else:
+            self.base_commit = base_commit or existing
+        # After a crash: worktrees of attempts that may have ended with work to take in are
+        # not handed to new tasks.
+        reserved = {
+            Path(a.workdir)
+            for a in journal.attempts(run_id)
+            if a.workdir and not a.head_commit and a.state not in ("failed", "interrupted")
+        }
+        self.pool = WorktreePool(self.repo, run_id, "tasks", reserved)
+        self.check_pool = WorktreePool(self.repo, run_id, "checks")
+        self.guard = Guard(self.repo, location.journal.parent)
+        self._attempts: dict[tuple[str, int], _Attempt] = {}
+        self._blamed: dict[tuple[str, int], list[Change]] = {}
+        self._landed: list[str] = []
+        self._kept: list[Path] = []
+        ids = list(wf.tasks)
+        self._neighbours: dict[str, list[tuple[str, list[str]]]] = {}
+        owners = [(v, t) for v, t in enumerate(wf.tasks.values()) if t.owns]
+        for v, task in enumerate(wf.tasks.values()):
+            if not task.owns:
+                self._neighbours[task.id] = [
+                    (ids[u], list(o.owns)) for u, o in owners if u != v and not graph.ordered(u, v)
+                ]
+        run_dir = location.run_dir(run_id)
+        self.queue = MergeQueue(
+            self.repo,
+            self.ref,
+            run_id,
+            journal,
+            list(wf.checks),
+            self.check_pool,
+            check_env(
+                base_env if base_env is not None else dict(os.environ), run_id, location.coord_url
+            ),
+            run_dir / "checks",
+            hold or LocalLocks().hold,
+        )
+
+    # -- before an attempt -------------------------------------------------------------------
+
+    async def prepare(self, task_id: str, attempt: int) -> Path:
+        base = await asyncio.to_thread(self.repo.rev_parse, self.ref)
+        if base is None:
+            raise RuntimeError(f"the integration branch {self.ref} is gone")
+        fresh = not self.pool._idle
+        path = await asyncio.to_thread(self.pool.acquire, task_branch(self.run_id, task_id), base)
+        if fresh:
+            self.guard.note_new_worktree_config()
+        self._attempts[(task_id, attempt)] = _Attempt(task_id, attempt, base, path)
+        self.journal.stage_attempt(
+            self.run_id, task_id, attempt, base_commit=base, workdir=str(path)
+        )
+        return path
+
+    # -- after a successful attempt ----------------------------------------------------------
+
+    async def settle(self, task_id: str, attempt: int) -> Verdict | None:
+        a = self._attempts.get((task_id, attempt)) or self._recover(task_id, attempt)
+        if a is None:
+            return None  # resumed after a crash with its commit journaled: straight to merge
+        a.ended = a.ended or time.time()
+        blamed = await self._containment(a)
+        if blamed:
+            return Verdict(Outcome.SEND_BACK, blamed, kind="containment")
+        message = f"abreast: {task_id} (run {self.run_id}, attempt {attempt})"
+        head = await asyncio.to_thread(commit_all, self.repo, a.path, message)
+        a.head = head
+        self.journal.stage_attempt(self.run_id, task_id, attempt, head_commit=head)
+        changed = await asyncio.to_thread(self.repo.changed_paths, a.base, head)
+        links = await asyncio.to_thread(symlinks_out, a.path, changed)
+        if links:
+            return Verdict(
+                Outcome.SEND_BACK,
+                "left symlinks pointing outside its worktree: " + ", ".join(links),
+                kind="containment",
+            )
+        task = self.wf.tasks[task_id]
+        bad = violations(changed, task.owns, self._neighbours.get(task_id, []))
+        if bad:
+            shown = "\n  ".join(bad[:30]) + (
+                f"\n  (+{len(bad) - 30} more)" if len(bad) > 30 else ""
+            )
+            return Verdict(
+                Outcome.SEND_BACK, f"changed files it does not own:\n  {shown}", kind="ownership"
+            )
+        # The merge needs only commits: the worktree can serve the next task meanwhile.
+        self.pool.release(a.path, clean=True)
+        a.released = True
+        return None
+
+    def _recover(self, task_id: str, attempt: int) -> _Attempt | None:
+        """An attempt that ended while no orchestrator watched: its work is still in its
+        worktree, uncommitted. Claim the worktree back from the pool and settle it."""
+        row = next(
+            (r for r in self.journal.attempts(self.run_id, task_id) if r.attempt == attempt), None
+        )
+        if row is None or row.head_commit or not row.workdir or not row.base_commit:
+            return None
+        path = Path(row.workdir)
+        if not path.exists():
+            return None
+        self.pool.take_back(path)
+        self.pool.claim(path)
+        a = _Attempt(
+            task_id,
+            attempt,
+            row.base_commit,
+            path,
+            started=row.started_at or 0.0,
+            ended=row.ended_at or time.time(),
+        )
+        self._attempts[(task_id, attempt)] = a
+        return a
+
+    async def integrate(self, task_id: str, attempt: int) -> Verdict:
+        a = self._attempts.get((task_id, attempt))
+        if a is None or a.head is None:
+            return await self._integrate_resumed(task_id, attempt)
+        verdict = await self.queue.submit(MergeJob(task_id, attempt, a.base, a.head))
+        if verdict.outcome is Outcome.LANDED:
+            self._landed.append(task_id)
+        return verdict
+
+    async def _integrate_resumed(self, task_id: str, attempt: int) -> Verdict:
+        row = next(
+            (r for r in self.journal.attempts(self.run_id, task_id) if r.attempt == attempt), None
+        )
+        if row is None or not row.head_commit or not row.base_commit:
+            return Verdict(Outcome.SEND_BACK, "its work was lost in a crash", kind="resume")
+        verdict = await self.queue.submit(
+            MergeJob(task_id, attempt, row.base_commit, row.head_commit)
+        )
+        if verdict.outcome is Outcome.LANDED:
+            self._landed.append(task_id)
+        return verdict
+
+    def can_resume_integration(self, task_id: str, attempt: int) -> bool:
+        row = next(
+            (r for r in self.journal.attempts(self.run_id, task_id) if r.attempt == attempt), None
+        )
+        return bool(
+            row and row.head_commit and row.base_commit and self.repo.rev_parse(row.head_commit)
+        )
+
+    async def _containment(self, a: _Attempt) -> str:
+        """What this attempt is blamed for writing outside its worktree ("" if nothing).
+
+        A change is blamed on every attempt that was running when it was written (by its
+        mtime); each suspect hears of it when it, in turn, is integrated.
+        """
+        changes: list[Change] = await asyncio.to_thread(self.guard.check_repo_files)
+        changes += await asyncio.to_thread(self.guard.check_main_checkout)
+        now = time.time()
+        for c in changes:
+            suspects = [
+                x
+                for x in self._attempts.values()
+                if x.started - SLACK_S <= c.mtime <= (x.ended or now) + SLACK_S
+            ]
+            self.journal.stage_event(
+                self.run_id,
+                "containment.violation",
+                a.task_id,
+                what=c.what,
+                path=c.path,
+                suspects=[f"{x.task_id}.{x.attempt}" for x in suspects],
+            )
+            for x in suspects:
+                self._blamed.setdefault((x.task_id, x.attempt), []).append(c)
+        mine = self._blamed.pop((a.task_id, a.attempt), [])
+        if not mine:
+            return ""
+        lines = [
+            f"{c.what}: {c.path}" + (" (undone)" if c.what != "main checkout" else "") for c in mine
+        ]
+        return (
+            "wrote outside its worktree while it ran, so nothing of it was merged:\n  "
+            + "\n  ".join(lines)
+        )
+
+    # -- after an attempt's fate is known ------------------------------------------------------
+
+    def finished(self, task_id: str, attempt: int, *, keep: bool) -> None:
+        a = self._attempts.pop((task_id, attempt), None)
+        if a is None:
+            return
+        if keep:
+            # Evidence: the worktree if it is still ours (or idle in the pool), and always
+            # the task's branch with its last commit.
+            if not a.released or self.pool.take_back(a.path):
+                self.pool.keep(a.path)
+                self._kept.append(a.path)
+        elif not a.released:
+            self.pool.release(a.path, clean=a.head is not None)
+
+    async def close(self, *, success: bool) -> str | None:
+        await self.queue.close()
+        await asyncio.to_thread(self.pool.close)
+        await asyncio.to_thread(self.check_pool.close)
+        for task_id in self._landed:
+            branch = f"refs/heads/{task_branch(self.run_id, task_id)}"
+            await asyncio.to_thread(self.repo.delete_ref, branch)
+        head = await asyncio.to_thread(self.repo.rev_parse, self.ref)
+        branch = integration_branch(self.run_id)
+        ahead = len(
+            await asyncio.to_thread(self.repo.log_oneline, f"{self.base_commit}..{head}", 100000)
+        )
+        lines = [
+            f"result: branch {branch} at {str(head)[:12]}: {len(self._landed)} task(s) landed,"
+            f" {ahead} commit{'s' if ahead != 1 else ''} on top of {self.base_name}"
+        ]
+        if self._kept:
+            lines.append(
+                "kept for inspection (until `abreast cleanup`): "
+                + ", ".join(str(p) for p in self._kept)
+            )
+        if not success:
+            lines.append("not landed: the run did not succeed")
+        elif self.land:
+            lines.append(await asyncio.to_thread(self._land, str(head)))
+        elif ahead:
+            lines.append(f"bring it in: git merge --ff-only {branch}   (or run with --land)")
+        return "\n  ".join(lines)
+
+    def _land(self, head: str) -> str:
+        """Fast-forward `base` to the result, when that is possible; say why not otherwise."""
+        ref = f"refs/heads/{self.base_name}"
+        current = self.repo.rev_parse(ref)
+        if current is None:
+            return f"not landed: base {self.base_name!r} is not a branch"
+        if not self.repo.is_ancestor(current, head):
+            return (
+                f"not landed: {self.base_name} moved since the run started and is not "
+                f"an ancestor of the result; merge {integration_branch(self.run_id)} "
+                "by hand"
+            )
+        if current == head:
+            return f"{self.base_name} already has the result"
+        if self.repo.current_branch() == ref:
+            dirty = self.repo.git("status", "--porcelain", "--untracked-files=no").stdout
+            if dirty.strip():
+                return (
+                    f"not landed: {self.base_name} is checked out with uncommitted "
+                    "changes; commit or stash them, then git merge --ff-only "
+                    f"{integration_branch(self.run_id)}"
+                )
+            proc = self.repo.git("merge", "--ff-only", "-q", head, check=False)
+            if proc.returncode != 0:
+                return f"not landed: git merge --ff-only failed: {proc.stderr.strip()}"
+        elif not self.repo.update_ref(ref, head, current):
+            return f"not landed: {self.base_name} moved while landing"
+        return f"landed: {self.base_name} fast-forwarded to {head[:12]}"

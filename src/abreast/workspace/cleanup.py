@@ -1,0 +1,60 @@
+"""What `abreast cleanup` removes from a repository: worktrees and branches of old runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from abreast.workspace.repo import Repo
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    run_id: str
+    worktrees: list[Path]
+    task_branches: list[str]
+    integration_branch: str | None
+
+
+def leftovers(repo: Repo, run_id: str) -> Leftovers:
+    base = repo.abreast_dir / "worktrees" / run_id
+    worktrees = sorted(
+        p for kind in ("tasks", "checks") if (base / kind).is_dir() for p in (base / kind).iterdir()
+    )
+    refs = repo.refs(f"refs/heads/abreast/{run_id}/")
+    integration = f"refs/heads/abreast/{run_id}/_integration"
+    tasks = sorted(r for r in refs if r != integration)
+    return Leftovers(run_id, worktrees, tasks, integration if integration in refs else None)
+
+
+def runs_with_leftovers(repo: Repo) -> list[str]:
+    found: set[str] = set()
+    wt_root = repo.abreast_dir / "worktrees"
+    if wt_root.is_dir():
+        found.update(p.name for p in wt_root.iterdir() if p.is_dir())
+    for ref in repo.refs("refs/heads/abreast/"):
+        parts = ref.split("/")
+        if len(parts) >= 5:
+            found.add(parts[3])
+    return sorted(found)
+
+
+def remove(repo: Repo, left: Leftovers, *, results: bool) -> list[str]:
+    done = []
+    for path in left.worktrees:
+        repo.worktree_remove(path)
+        done.append(f"removed worktree {path}")
+    for ref in left.task_branches:
+        repo.delete_ref(ref)
+        done.append(f"deleted branch {ref.removeprefix('refs/heads/')}")
+    if results and left.integration_branch:
+        repo.delete_ref(left.integration_branch)
+        done.append(f"deleted result branch {left.integration_branch.removeprefix('refs/heads/')}")
+    run_dir = repo.abreast_dir / "worktrees" / left.run_id
+    for sub in (run_dir / "tasks", run_dir / "checks", run_dir):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass
+    repo.worktree_prune()
+    return done

@@ -1,0 +1,250 @@
+"""One git repository, as abreast uses it: refs, merges and worktrees, through git's CLI.
+
+Every git call goes through `Repo.git` (argv lists, hooks off, no prompts).
+Metadata operations (worktree add/remove/prune, ref updates that must not
+race) take one cross-process lock per repository, a `flock` on
+`<git-common-dir>/abreast/lock`; parallel `git worktree add` otherwise races
+on `.git/config.lock`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from abreast.workspace.git import GitError, git
+
+ZERO = "0" * 40
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "abreast",
+    "GIT_AUTHOR_EMAIL": "abreast@localhost",
+    "GIT_COMMITTER_NAME": "abreast",
+    "GIT_COMMITTER_EMAIL": "abreast@localhost",
+}
+
+
+class NotARepository(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    clean: bool
+    tree: str
+    conflicts: list[str]
+    messages: str
+
+
+class Repo:
+    def __init__(self, root: Path) -> None:
+        proc = git("rev-parse", "--show-toplevel", "--git-common-dir", cwd=root, check=False)
+        if proc.returncode != 0:
+            raise NotARepository(proc.stderr.strip() or f"{root} is not a git repository")
+        top, common = proc.stdout.splitlines()[:2]
+        self.root = Path(top)
+        common_path = Path(common)
+        self.common_dir = common_path if common_path.is_absolute() else (self.root / common_path)
+        self.common_dir = self.common_dir.resolve()
+        self.abreast_dir = self.common_dir / "abreast"
+        self.abreast_dir.mkdir(parents=True, exist_ok=True)
+        self._identity: dict[str, str] | None = None
+
+    def git(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        input_: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return git(*args, cwd=cwd or self.root, check=check, env=env, input_=input_)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the repository's metadata lock (across processes and threads)."""
+        fd = os.open(self.abreast_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- identity ----------------------------------------------------------------------------
+
+    def identity_env(self) -> dict[str, str]:
+        """Author/committer for our commits: the user's if configured, else abreast's."""
+        if self._identity is None:
+            name = self.git("config", "user.name", check=False).stdout.strip()
+            email = self.git("config", "user.email", check=False).stdout.strip()
+            self._identity = {} if name and email else dict(IDENTITY)
+        return self._identity
+
+    # -- refs --------------------------------------------------------------------------------
+
+    def rev_parse(self, rev: str) -> str | None:
+        proc = self.git(
+            "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}", check=False
+        )
+        return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+    def check_branch_name(self, name: str) -> bool:
+        return self.git("check-ref-format", "--branch", name, check=False).returncode == 0
+
+    def update_ref(self, ref: str, new: str, old: str | None) -> bool:
+        """Compare-and-swap: move `ref` to `new` only if it is `old` (None: must not exist)."""
+        proc = self.git("update-ref", "--no-deref", ref, new, old or ZERO, check=False)
+        return proc.returncode == 0
+
+    def delete_ref(self, ref: str) -> None:
+        self.git("update-ref", "-d", ref, check=False)
+
+    def refs(self, prefix: str) -> dict[str, str]:
+        out = self.git("for-each-ref", "--format=%(refname) %(objectname)", prefix).stdout
+        return dict(line.split(" ", 1) for line in out.splitlines() if line)
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        return self.git("merge-base", "--is-ancestor", a, b, check=False).returncode == 0
+
+    def current_branch(self) -> str | None:
+        proc = self.git("symbolic-ref", "--quiet", "HEAD", check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    # -- merging -----------------------------------------------------------------------------
+
+    def merge_tree(self, ours: str, theirs: str) -> MergeResult:
+        """The merge of two commits, computed without touching any checkout."""
+        proc = self.git(
+            "merge-tree", "--write-tree", "--name-only", "--no-messages", ours, theirs, check=False
+        )
+        if proc.returncode not in (0, 1):
+            raise GitError(["merge-tree", ours, theirs], proc.returncode, proc.stderr)
+        lines = proc.stdout.splitlines()
+        conflicts = [line for line in lines[1:] if line.strip()]
+        return MergeResult(proc.returncode == 0, lines[0].strip(), sorted(set(conflicts)), "")
+
+    def tree_of(self, commit: str) -> str:
+        return self.git("rev-parse", f"{commit}^{{tree}}").stdout.strip()
+
+    def commit_tree(self, tree: str, parents: list[str], message: str) -> str:
+        args = ["commit-tree", tree]
+        for p in parents:
+            args += ["-p", p]
+        return self.git(*args, "-m", message, env=self.identity_env()).stdout.strip()
+
+    def log_oneline(self, rev_range: str, limit: int = 20) -> list[str]:
+        proc = self.git(
+            "log", "--oneline", "--no-decorate", f"-{limit}", rev_range, "--", check=False
+        )
+        return proc.stdout.splitlines()
+
+    def changed_paths(self, base: str, head: str) -> list[str]:
+        """Paths changed between two commits (both sides of renames)."""
+        out = self.git("diff", "--name-only", "-z", "--no-renames", base, head, "--").stdout
+        return [p for p in out.split("\0") if p]
+
+    # -- worktrees ---------------------------------------------------------------------------
+
+    def worktree_add(self, path: Path, commit: str) -> None:
+        """A new worktree at `path`, detached at `commit` (metadata under the lock)."""
+        with self.locked():
+            self.git("worktree", "add", "--detach", "--no-checkout", str(path), commit)
+        # Speed for later reuse: a split index writes only what changed, and the untracked
+        # cache lets `git clean` skip directories nobody touched.
+        self.git("update-index", "--split-index", cwd=path, check=False)
+        self.git(
+            "-c",
+            "core.untrackedCache=true",
+            "update-index",
+            "--untracked-cache",
+            cwd=path,
+            check=False,
+        )
+        self.git("-c", "core.splitIndex=true", "read-tree", "--reset", "-u", commit, cwd=path)
+
+    def worktree_remove(self, path: Path) -> None:
+        with self.locked():
+            proc = self.git("worktree", "remove", "--force", "--force", str(path), check=False)
+            if proc.returncode != 0 and path.exists():
+                import shutil
+
+                shutil.rmtree(path, ignore_errors=True)
+            self.git("worktree", "prune", check=False)
+
+    def worktree_prune(self) -> None:
+        with self.locked():
+            self.git("worktree", "prune", check=False)
+
+    def worktrees(self) -> list[Path]:
+        out = self.git("worktree", "list", "--porcelain").stdout
+        return [Path(line[9:]) for line in out.splitlines() if line.startswith("worktree ")]
+
+
+FAST = ("-c", "core.splitIndex=true", "-c", "core.untrackedCache=true")
+
+
+def move_worktree(repo: Repo, path: Path, branch: str | None, commit: str, *, clean: bool) -> None:
+    """Put the worktree at `path` on `branch` at `commit`, costing what differs.
+
+    `clean`: the worktree holds no uncommitted change to tracked files (the last attempt
+    was committed), so a two-way merge from HEAD touches only the paths that differ;
+    otherwise every tracked file is reset. Untracked and ignored files are removed.
+    """
+    moved = False
+    if clean:
+        moved = (
+            repo.git(
+                *FAST, "read-tree", "-m", "-u", "HEAD", commit, cwd=path, check=False
+            ).returncode
+            == 0
+        )
+    if not moved:
+        repo.git(*FAST, "read-tree", "--reset", "-u", commit, cwd=path)
+    repo.git(*FAST, "clean", "-q", "-f", "-f", "-d", "-x", cwd=path)
+    if branch is None:
+        repo.git("update-ref", "--no-deref", "HEAD", commit, cwd=path)
+        return
+    repo.git("update-ref", "--no-deref", f"refs/heads/{branch}", commit, cwd=path)
+    repo.git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=path)
+
+
+def commit_all(repo: Repo, path: Path, message: str) -> str:
+    """Commit whatever the task left in its worktree (it may have committed itself)."""
+    repo.git(*FAST, "add", "-A", cwd=path)
+    if repo.git("diff", "--cached", "--quiet", cwd=path, check=False).returncode != 0:
+        repo.git(
+            "commit",
+            "-q",
+            "--no-verify",
+            "--allow-empty-message",
+            "-m",
+            message,
+            cwd=path,
+            env=repo.identity_env(),
+        )
+    return repo.git("rev-parse", "HEAD", cwd=path).stdout.strip()
+
+
+def dirty_paths(repo: Repo, path: Path) -> list[str]:
+    """Changed and untracked (not ignored) paths in a worktree."""
+    out = repo.git(
+        *FAST, "status", "--porcelain=v1", "-z", "--untracked-files=all", cwd=path
+    ).stdout
+    entries = out.split("\0")
+    paths = []
+    i = 0
+    while i < len(entries):
+        entry = entries[i]
+        if not entry:
+            i += 1
+            continue
+        status, name = entry[:2], entry[3:]
+        paths.append(name)
+        if status[0] in ("R", "C"):
+            i += 1  # the rename's source follows
+        i += 1
+    return paths

@@ -1,0 +1,351 @@
+"""Worktrees and the merge queue, on real git repositories in temporary directories."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import run_abreast
+from tests.helpers import PY, wait_for
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.name", "Test")
+    git(root, "config", "user.email", "test@example.com")
+    (root / "src").mkdir()
+    (root / "src" / "shared.txt").write_text("".join(f"line {i}\n" for i in range(1, 21)))
+    (root / "README.md").write_text("# project\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "initial")
+    return root
+
+
+def workflow(repo: Path, tasks: dict[str, Any], **top: Any) -> Path:
+    path = repo / "abreast.yaml"
+    path.write_text(json.dumps({"version": 1, "name": "wt", **top, "tasks": tasks}))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "workflow")
+    return path
+
+
+def run(repo: Path, path: Path, *args: str) -> tuple[int, str, str]:
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", *args, cwd=repo)
+    run_id = result.out.splitlines()[0][5:] if result.out.startswith("run: ") else ""
+    return result.code, result.out + result.err, run_id
+
+
+def integration(run_id: str) -> str:
+    return f"abreast/{run_id}/_integration"
+
+
+def show(repo: Path, rev: str, path: str) -> str:
+    return git(repo, "show", f"{rev}:{path}")
+
+
+def user_state(repo: Path) -> tuple[str, str, str]:
+    return (
+        git(repo, "rev-parse", "HEAD"),
+        git(repo, "status", "--porcelain"),
+        (repo / ".git" / "index").read_bytes().hex()[:0] + git(repo, "ls-files", "-s"),
+    )
+
+
+def test_three_parallel_tasks_land_and_the_user_checkout_is_untouched(repo: Path) -> None:
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "mkdir -p a && echo A > a/file.txt", "owns": ["a/**"]},
+            "b": {"run": "mkdir -p b && echo B > b/file.txt", "owns": ["b/**"]},
+            "c": {"run": "echo C > c.txt", "owns": ["c.txt"]},
+        },
+    )
+    before = user_state(repo)
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    ref = integration(run_id)
+    assert show(repo, ref, "a/file.txt") == "A\n"
+    assert show(repo, ref, "b/file.txt") == "B\n"
+    assert show(repo, ref, "c.txt") == "C\n"
+    assert user_state(repo) == before
+    assert not (repo / "a").exists()
+    assert f"result: branch {ref}" in out
+    assert "3 task(s) landed" in out
+    # The landed tasks' branches are gone; the pool's worktrees were removed.
+    assert git(repo, "branch", "--list", f"abreast/{run_id}/*").split() == [ref]
+    assert git(repo, "worktree", "list").count("\n") == 1
+
+
+def test_different_hunks_of_one_file_merge_cleanly(repo: Path) -> None:
+    path = workflow(
+        repo,
+        {
+            "top": {"run": "sed -i 's/^line 2$/line 2 (top)/' src/shared.txt"},
+            "bottom": {"run": "sed -i 's/^line 19$/line 19 (bottom)/' src/shared.txt"},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    merged = show(repo, integration(run_id), "src/shared.txt")
+    assert "line 2 (top)\n" in merged
+    assert "line 19 (bottom)\n" in merged
+
+
+def test_conflict_is_sent_back_and_resolved_on_attempt_2(repo: Path) -> None:
+    # "first" lands first (it is quick); "second" edits the same line, so its merge
+    # conflicts; its second attempt starts from the integration head and reads why.
+    script = repo / "second.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        'echo "feedback: $ABREAST_FEEDBACK"\n'
+        'if [ "$ABREAST_ATTEMPT" = 1 ]; then sleep 1; '
+        "sed -i 's/^line 10$/line 10 (second)/' src/shared.txt; else "
+        "sed -i 's/^line 10 (first)$/line 10 (first, then second)/' src/shared.txt; fi\n"
+    )
+    script.chmod(0o755)
+    path = workflow(
+        repo,
+        {
+            "first": {"run": "sed -i 's/^line 10$/line 10 (first)/' src/shared.txt"},
+            "second": {"run": "./second.sh", "retries": 1, "backoff": {"initial": 0.1}},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert "retry   second" in out and "merge conflict" in out
+    merged = show(repo, integration(run_id), "src/shared.txt")
+    assert "line 10 (first, then second)\n" in merged
+    log = run_abreast("logs", run_id, "second", cwd=repo).out
+    assert "feedback: merge conflict with the integration branch in: src/shared.txt" in log
+    assert "abreast: land first" in log  # the other side's commits are named
+
+
+def test_red_check_sends_back_and_exhausted_retries_keep_the_branch(repo: Path) -> None:
+    path = workflow(
+        repo,
+        {
+            "breaker": {
+                "run": "echo BROKEN > README.md",
+                "retries": 1,
+                "backoff": {"initial": 0.05},
+            },
+        },
+        checks=[
+            {
+                "name": "readme ok",
+                "run": "! grep -q BROKEN README.md || { echo 'README is broken' >&2; exit 1; }",
+            }
+        ],
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1
+    assert "retry   breaker" in out
+    assert "check `readme ok` failed (exit 1)" in out
+    assert "README is broken" in out
+    assert git(repo, "rev-parse", integration(run_id)) == git(repo, "rev-parse", "main")
+    # The failed attempt's branch and worktree are kept as evidence.
+    assert f"abreast/{run_id}/breaker" in git(repo, "branch", "--list", "abreast/*")
+    kept = list(git(repo, "worktree", "list").splitlines()[1:])
+    assert len(kept) == 1
+    assert "kept for inspection" in out
+
+
+@pytest.mark.parametrize(
+    ("case", "command", "message"),
+    [
+        ("ownership", "echo x > README.md", "README.md (not in owns: src/**)"),
+        (
+            "main checkout",
+            "echo oops > {root}/README.md",
+            "wrote outside its worktree while it ran",
+        ),
+        ("symlink", "ln -s /etc/passwd src/passwd", "left symlinks pointing outside its worktree"),
+        (
+            "hook",
+            "printf '#!/bin/sh\\ntouch {root}/PWNED\\n' > {root}/.git/hooks/pre-commit; "
+            "chmod +x {root}/.git/hooks/pre-commit",
+            "hook:",
+        ),
+        ("config", "git config --file {root}/.git/config core.hooksPath /tmp/evil", "git config:"),
+    ],
+)
+def test_misbehaving_agents_fail_and_land_nothing(
+    repo: Path, case: str, command: str, message: str
+) -> None:
+    path = workflow(repo, {"bad": {"run": command.format(root=repo), "owns": ["src/**"]}})
+    before_readme = (repo / "README.md").read_text()
+    config_before = (repo / ".git" / "config").read_text()
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    assert message in out, out
+    assert git(repo, "rev-parse", integration(run_id)) == git(repo, "rev-parse", "main")
+    # Planted hooks and config changes were undone; a commit now runs no planted hook.
+    assert not (repo / ".git" / "hooks" / "pre-commit").exists()
+    assert (repo / ".git" / "config").read_text() == config_before
+    (repo / "new.txt").write_text("x")
+    git(repo, "add", "new.txt")
+    git(repo, "commit", "-q", "-m", "after")
+    assert not (repo / "PWNED").exists()
+    if case != "main checkout":
+        assert (repo / "README.md").read_text() == before_readme
+
+
+def test_a_dependent_sees_its_dependencies_work(repo: Path) -> None:
+    path = workflow(
+        repo,
+        {
+            "api": {"run": "mkdir -p api && echo v1 > api/version"},
+            "client": {
+                "needs": ["api"],
+                "run": 'test "$(cat api/version)" = v1 && echo "uses $(cat api/version)" '
+                "> client.txt",
+            },
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert show(repo, integration(run_id), "client.txt") == "uses v1\n"
+
+
+def test_land_fast_forwards_the_base_branch(repo: Path) -> None:
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
+    code, out, _run_id = run(repo, path, "--land")
+    assert code == 0, out
+    assert "landed: main fast-forwarded" in out
+    assert (repo / "a.txt").read_text() == "A\n"  # main is checked out: its tree moved too
+    assert git(repo, "status", "--porcelain") == ""
+
+
+def test_land_refuses_over_uncommitted_changes(repo: Path) -> None:
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
+    (repo / "README.md").write_text("local edit\n")
+    code, out, _ = run(repo, path, "--land")
+    assert code == 0, out
+    assert "not landed: main is checked out with uncommitted changes" in out
+    assert "1 uncommitted change(s)" in out
+
+
+def test_worktrees_are_pooled_across_tasks(repo: Path) -> None:
+    tasks = {f"t{i}": {"run": f"echo {i} > f{i}.txt"} for i in range(6)}
+    path = workflow(repo, tasks, max_parallel=2)
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    import sqlite3
+
+    db = sqlite3.connect(repo / ".abreast" / "state.db")
+    dirs = {r[0] for r in db.execute("SELECT workdir FROM attempts")}
+    assert len(dirs) <= 3  # six tasks, two at once: worktrees reused (one may be on its way
+    # back from the merge queue when the next task starts)
+    for i in range(6):
+        assert show(repo, integration(run_id), f"f{i}.txt") == f"{i}\n"
+
+
+def test_cleanup_lists_then_removes_what_failed_runs_kept(repo: Path) -> None:
+    path = workflow(repo, {"bad": {"run": "echo x > y.txt; exit 1"}})
+    code, _, run_id = run(repo, path)
+    assert code == 1
+    listed = run_abreast("cleanup", "--dry-run", cwd=repo)
+    assert listed.code == 0
+    assert f"{run_id} (finished (failed)): would" in listed.out
+    assert f"delete branch abreast/{run_id}/bad" in listed.out
+    assert git(repo, "worktree", "list").count("\n") == 2  # nothing removed yet
+    done = run_abreast("cleanup", cwd=repo)
+    assert done.code == 0, done.err
+    assert git(repo, "worktree", "list").count("\n") == 1
+    assert git(repo, "branch", "--list", f"abreast/{run_id}/bad") == ""
+    assert git(repo, "branch", "--list", integration(run_id)).strip()  # results stay
+    assert run_abreast("cleanup", cwd=repo).out.strip() == "nothing to clean up"
+
+
+def test_worktree_isolation_outside_git_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "w.json"
+    path.write_text(
+        json.dumps({"version": 1, "isolation": "worktree", "tasks": {"a": {"run": "true"}}})
+    )
+    result = run_abreast("run", str(path), cwd=tmp_path)
+    assert result.code == 2
+    assert "isolation: worktree needs a git repository" in result.err
+
+
+@pytest.mark.parametrize("moment", ["merge", "checks"])
+def test_sigkill_during_merge_or_checks_lands_each_task_once_and_only_checked(
+    repo: Path, moment: str
+) -> None:
+    marker = repo.parent / "check-started"
+    checked = repo.parent / "checked"
+    check = (
+        f'echo "$ABREAST_CHECK_COMMIT" >> {checked}.all; touch {marker}; '
+        f"sleep {'1.5' if moment == 'checks' else '0.2'}; "
+        f'echo "$ABREAST_CHECK_COMMIT" >> {checked}'
+    )
+    tasks = {f"t{i}": {"run": f"echo {i} > f{i}.txt; sleep 0.{i}"} for i in range(4)}
+    path = workflow(repo, tasks, max_parallel=4, checks=[{"run": check}])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    run_id = proc.stdout.readline()[5:].strip()
+    wait_for(marker.exists, timeout=30, what="a check to start")
+    if moment == "merge":
+        wait_for(lambda: checked.exists(), timeout=30, what="a check to pass")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=repo)
+    assert resumed.code == 0, resumed.out + resumed.err
+    ref = f"refs/heads/{integration(run_id)}"
+    base = git(repo, "rev-parse", "main").strip()
+    held = [line.split()[0] for line in git(repo, "reflog", "--format=%H", ref).splitlines()]
+    green = set(checked.read_text().split())
+    # Every value the integration ref ever held is the base or a merge whose checks passed.
+    assert set(held) - {base} <= green
+    firsts = git(repo, "log", "--first-parent", "--format=%s", ref).splitlines()
+    landed = [s.split()[2] for s in firsts if s.startswith("abreast: land ")]
+    assert sorted(landed) == sorted(tasks)  # every task exactly once
+    for i in range(4):
+        assert show(repo, ref, f"f{i}.txt") == f"{i}\n"
+
+
+def test_16_processes_add_and_remove_worktrees_concurrently(repo: Path) -> None:
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from abreast.workspace.repo import Repo\n"
+        f"repo = Repo(Path({str(repo)!r}))\n"
+        "n = sys.argv[1]\n"
+        "for i in range(3):\n"
+        "    path = repo.abreast_dir / 'stress' / f'w{n}-{i}'\n"
+        "    repo.worktree_add(path, 'HEAD')\n"
+        "    assert (path / 'README.md').exists()\n"
+        "    repo.worktree_remove(path)\n"
+    )
+    procs = [
+        subprocess.Popen([PY, "-c", script, str(n)], stderr=subprocess.PIPE, text=True)
+        for n in range(16)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 16, errors
+    assert git(repo, "worktree", "list").count("\n") == 1
+    fsck = subprocess.run(
+        ["git", "fsck", "--strict"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    assert fsck.returncode == 0, fsck.stderr
+    assert "error" not in fsck.stderr.lower()
