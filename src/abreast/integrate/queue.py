@@ -116,12 +116,19 @@ class MergeQueue:
     async def _land(self, job: MergeJob) -> Verdict:
         repo = self.repo
         for _ in range(MAX_CAS_RETRIES):
-            old = await asyncio.to_thread(repo.rev_parse, self.ref)
-            if old is None:
+            found = await asyncio.to_thread(repo.commit_and_tree, self.ref)
+            if found is None:
                 return Verdict(
                     Outcome.FAILED, f"the integration branch {self.ref} is gone", kind="error"
                 )
-            if await asyncio.to_thread(repo.is_ancestor, job.head, old):
+            old, old_tree = found
+            merge = await asyncio.to_thread(repo.merge_tree, old, job.head)
+            if not merge.clean:
+                self.stats.conflicts += 1
+                return await self._conflict(job, old, merge.conflicts)
+            if merge.tree == old_tree:
+                # Nothing to add: the work is already there (landed before a crash, or the
+                # task changed nothing). Never a second landing.
                 self.journal.stage_event(
                     self.run_id,
                     "merge.landed",
@@ -131,21 +138,6 @@ class MergeQueue:
                     already=True,
                 )
                 return Verdict(Outcome.LANDED, "already on the integration branch")
-            merge = await asyncio.to_thread(repo.merge_tree, old, job.head)
-            if not merge.clean:
-                self.stats.conflicts += 1
-                return await self._conflict(job, old, merge.conflicts)
-            old_tree = await asyncio.to_thread(repo.tree_of, old)
-            if merge.tree == old_tree:
-                self.journal.stage_event(
-                    self.run_id,
-                    "merge.landed",
-                    job.task_id,
-                    attempt=job.attempt,
-                    commit=old,
-                    empty=True,
-                )
-                return Verdict(Outcome.LANDED, "no changes to land")
             new = await asyncio.to_thread(
                 repo.commit_tree,
                 merge.tree,

@@ -1,16 +1,19 @@
 """Pooled worktrees: a finished attempt's worktree is moved to the next task's start.
 
 Moving costs what differs (a two-way merge of the index from the old commit to
-the new one, on a split index; `git clean` with the untracked cache), not the
-size of the repository; only growing the pool pays for a full checkout.
+the new one, on a split index), not the size of the repository; only growing
+the pool pays for a full checkout. What does not depend on the next task (`git
+clean` of what the last one left, with the untracked cache) is done in the
+background as soon as a worktree is given back, off the next task's path.
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from abreast.workspace.repo import Repo, move_worktree
+from abreast.workspace.repo import FAST, Repo, move_worktree, point_head
 
 
 class WorktreePool:
@@ -19,8 +22,11 @@ class WorktreePool:
     ) -> None:
         self.repo = repo
         self.dir = repo.abreast_dir / "worktrees" / run_id / kind
-        self._lock = threading.Lock()
-        self._idle: dict[Path, bool] = {}  # path -> committed clean (a cheap move is safe)
+        self._lock = threading.Condition()
+        # path -> (no uncommitted change to tracked files, untracked files already removed)
+        self._idle: dict[Path, tuple[bool, bool]] = {}
+        self._cleaning: set[Path] = set()
+        self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abreast-clean")
         self._all: set[Path] = set()
         self._next = 0
         self.created = 0
@@ -38,37 +44,63 @@ class WorktreePool:
             if path.resolve() in known:
                 self._all.add(path)
                 if path not in reserved:
-                    self._idle[path] = False
+                    self._idle[path] = (False, False)
 
     def acquire(self, branch: str | None, commit: str) -> Path:
         """A worktree on `branch` (None: detached) at `commit`, reused when one is idle."""
         with self._lock:
+            # A worktree being cleaned is ready in milliseconds; a new one takes a checkout.
+            while not self._idle and self._cleaning:
+                self._lock.wait(timeout=5)
+            state: tuple[bool, bool] | None
             if self._idle:
-                path, clean = self._idle.popitem()
+                path, state = self._idle.popitem()
             else:
-                path, clean = self.dir / f"wt-{self._next}", None
+                path, state = self.dir / f"wt-{self._next}", None
                 self._next += 1
                 self._all.add(path)
-        if clean is None:
+        if state is None:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.repo.worktree_add(path, commit)
             if branch:
                 self.repo.git("update-ref", "--no-deref", f"refs/heads/{branch}", commit, cwd=path)
-                self.repo.git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=path)
+                point_head(path, branch)
             self.created += 1
         else:
-            move_worktree(self.repo, path, branch, commit, clean=clean)
+            committed, cleaned = state
+            move_worktree(
+                self.repo, path, branch, commit, clean=committed, remove_untracked=not cleaned
+            )
             self.reused += 1
         return path
 
     def release(self, path: Path, *, clean: bool) -> None:
+        """Give a worktree back; its untracked and ignored files are removed in the
+        background, then it is handed out again."""
         with self._lock:
+            if path not in self._all or path in self._idle or path in self._cleaning:
+                return
+            self._cleaning.add(path)
+        self._cleaner.submit(self._clean, path, clean)
+
+    def _clean(self, path: Path, committed: bool) -> None:
+        cleaned = (
+            self.repo.git(
+                *FAST, "clean", "-q", "-f", "-f", "-d", "-x", cwd=path, check=False
+            ).returncode
+            == 0
+        )
+        with self._lock:
+            self._cleaning.discard(path)
             if path in self._all:
-                self._idle[path] = clean
+                self._idle[path] = (committed, cleaned)
+            self._lock.notify_all()
 
     def take_back(self, path: Path) -> bool:
         """Claim an idle worktree back (False if another task already has it)."""
         with self._lock:
+            while path in self._cleaning:
+                self._lock.wait(timeout=5)
             return self._idle.pop(path, None) is not None
 
     def claim(self, path: Path) -> None:
@@ -84,6 +116,7 @@ class WorktreePool:
 
     def close(self) -> None:
         """Remove the idle worktrees (kept ones stay until `abreast cleanup`)."""
+        self._cleaner.shutdown(wait=True)
         with self._lock:
             idle, self._idle = list(self._idle), {}
             self._all.difference_update(idle)

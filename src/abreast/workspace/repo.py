@@ -127,8 +127,13 @@ class Repo:
         conflicts = [line for line in lines[1:] if line.strip()]
         return MergeResult(proc.returncode == 0, lines[0].strip(), sorted(set(conflicts)), "")
 
-    def tree_of(self, commit: str) -> str:
-        return self.git("rev-parse", f"{commit}^{{tree}}").stdout.strip()
+    def commit_and_tree(self, rev: str) -> tuple[str, str] | None:
+        """(commit, its tree) of `rev` in one call, or None if it does not resolve."""
+        # git 2.39's rev-parse honours --end-of-options only with --verify (one rev); `rev`
+        # here is always one of our own refs, which never starts with '-'.
+        proc = self.git("rev-parse", f"{rev}^{{commit}}", f"{rev}^{{tree}}", check=False)
+        lines = proc.stdout.split()
+        return (lines[0], lines[1]) if proc.returncode == 0 and len(lines) == 2 else None
 
     def commit_tree(self, tree: str, parents: list[str], message: str) -> str:
         args = ["commit-tree", tree]
@@ -187,12 +192,21 @@ class Repo:
 FAST = ("-c", "core.splitIndex=true", "-c", "core.untrackedCache=true")
 
 
-def move_worktree(repo: Repo, path: Path, branch: str | None, commit: str, *, clean: bool) -> None:
+def move_worktree(
+    repo: Repo,
+    path: Path,
+    branch: str | None,
+    commit: str,
+    *,
+    clean: bool,
+    remove_untracked: bool = True,
+) -> None:
     """Put the worktree at `path` on `branch` at `commit`, costing what differs.
 
     `clean`: the worktree holds no uncommitted change to tracked files (the last attempt
     was committed), so a two-way merge from HEAD touches only the paths that differ;
-    otherwise every tracked file is reset. Untracked and ignored files are removed.
+    otherwise every tracked file is reset. Untracked and ignored files are removed
+    (unless `remove_untracked` is False: the pool did it already).
     """
     moved = False
     if clean:
@@ -204,12 +218,25 @@ def move_worktree(repo: Repo, path: Path, branch: str | None, commit: str, *, cl
         )
     if not moved:
         repo.git(*FAST, "read-tree", "--reset", "-u", commit, cwd=path)
-    repo.git(*FAST, "clean", "-q", "-f", "-f", "-d", "-x", cwd=path)
+    if remove_untracked:
+        repo.git(*FAST, "clean", "-q", "-f", "-f", "-d", "-x", cwd=path)
     if branch is None:
         repo.git("update-ref", "--no-deref", "HEAD", commit, cwd=path)
         return
     repo.git("update-ref", "--no-deref", f"refs/heads/{branch}", commit, cwd=path)
-    repo.git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=path)
+    point_head(path, branch)
+
+
+def point_head(path: Path, branch: str) -> None:
+    """Check out `branch` in the worktree at `path` without touching files (they match).
+
+    What `git symbolic-ref HEAD refs/heads/BRANCH` does, without a process: a worktree's
+    HEAD is the one-line file `ref: refs/heads/BRANCH` in its git dir (gitrepository-layout).
+    """
+    gitdir = Path((path / ".git").read_text().split(":", 1)[1].strip())
+    tmp = gitdir / "HEAD.abreast-tmp"
+    tmp.write_text(f"ref: refs/heads/{branch}\n")
+    os.replace(tmp, gitdir / "HEAD")
 
 
 def commit_all(repo: Repo, path: Path, message: str) -> str:
