@@ -124,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", metavar="RUN")
     _state_arg(p)
 
+    p = sub.add_parser(
+        "lock",
+        help="run a command holding a named lock (e.g. the test lock)",
+        usage="abreast lock NAME [--ttl D] [--timeout D] [--state URL] -- CMD ...",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--ttl",
+        default="30s",
+        metavar="D",
+        help="a holder that stops renewing loses the lock after this (default 30s)",
+    )
+    p.add_argument("--timeout", metavar="D", help="give up waiting after this (default: wait)")
+    _state_arg(p)
+
     p = sub.add_parser("cleanup", help="remove what finished or dead runs left behind")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="list what would be done")
@@ -317,6 +332,12 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lock(args: argparse.Namespace) -> int:
+    from abreast.engine.lockcmd import lock_command
+
+    return lock_command(args.name, args.cmd, ttl=args.ttl, timeout=args.timeout, state=args.state)
+
+
 def cmd_signal(args: argparse.Namespace) -> int:
     from abreast.engine.runs import signal_run
 
@@ -354,6 +375,7 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "signal": cmd_signal,
     "cleanup": cmd_cleanup,
+    "lock": cmd_lock,
     "demo": cmd_demo,
     "analyze": cmd_analyze,
     "schema": cmd_schema,
@@ -364,8 +386,15 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `abreast lock NAME [options] -- CMD ...`: what follows `--` is the command, untouched.
+    command: list[str] = []
+    if argv[:1] == ["lock"] and "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1 :]
     try:
         args = parser.parse_args(argv)
+        args.cmd = command
         if not args.command:
             parser.print_help()
             return 2

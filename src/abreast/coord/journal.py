@@ -280,21 +280,19 @@ class Journal:
                 for cols, rows in _group(new_attempts):
                     marks = ", ".join("?" for _ in cols)
                     db.executemany(
-                        f"INSERT INTO attempts ({', '.join(cols)}) "  # noqa: S608
-                        f"VALUES ({marks})",
+                        f"INSERT INTO attempts ({', '.join(cols)}) VALUES ({marks})",
                         rows,
                     )
                 for sql, params in pending:
                     db.execute(sql, params)
                 for set_clause, rows in _updates(tasks):
                     db.executemany(
-                        f"UPDATE tasks SET {set_clause} "  # noqa: S608
-                        "WHERE run_id = ? AND task_id = ?",
+                        f"UPDATE tasks SET {set_clause} WHERE run_id = ? AND task_id = ?",
                         rows,
                     )
                 for set_clause, rows in _updates(attempts):
                     db.executemany(
-                        f"UPDATE attempts SET {set_clause} "  # noqa: S608
+                        f"UPDATE attempts SET {set_clause} "
                         "WHERE run_id = ? AND task_id = ? AND attempt = ?",
                         rows,
                     )
@@ -362,7 +360,7 @@ class Journal:
             json.dumps(v) if k in ("options", "summary") and v is not None else v
             for k, v in fields.items()
         ]
-        self.stage(f"UPDATE runs SET {cols} WHERE id = ?", (*values, run_id))  # noqa: S608
+        self.stage(f"UPDATE runs SET {cols} WHERE id = ?", (*values, run_id))
 
     def create_run(
         self,
@@ -433,14 +431,14 @@ class Journal:
 
     def run(self, run_id: str) -> RunRow | None:
         row = self._db.execute(
-            f"SELECT {_cols(RunRow)} FROM runs WHERE id = ?",  # noqa: S608
+            f"SELECT {_cols(RunRow)} FROM runs WHERE id = ?",
             (run_id,),
         ).fetchone()
         return _run_row(row) if row else None
 
     def runs(self, limit: int = 50) -> list[RunRow]:
         rows = self._db.execute(
-            f"SELECT {_cols(RunRow)} FROM runs ORDER BY started_at DESC LIMIT ?",  # noqa: S608
+            f"SELECT {_cols(RunRow)} FROM runs ORDER BY started_at DESC LIMIT ?",
             (limit,),
         ).fetchall()
         return [_run_row(r) for r in rows]
@@ -451,13 +449,13 @@ class Journal:
 
     def tasks(self, run_id: str) -> list[TaskRow]:
         rows = self._db.execute(
-            f"SELECT {_cols(TaskRow)} FROM tasks WHERE run_id = ? ORDER BY position",  # noqa: S608
+            f"SELECT {_cols(TaskRow)} FROM tasks WHERE run_id = ? ORDER BY position",
             (run_id,),
         ).fetchall()
         return [TaskRow(*_with_json_last(r)) for r in rows]
 
     def attempts(self, run_id: str, task_id: str | None = None) -> list[AttemptRow]:
-        sql = f"SELECT {_cols(AttemptRow)} FROM attempts WHERE run_id = ?"  # noqa: S608
+        sql = f"SELECT {_cols(AttemptRow)} FROM attempts WHERE run_id = ?"
         params: tuple[Any, ...] = (run_id,)
         if task_id is not None:
             sql += " AND task_id = ?"

@@ -85,6 +85,11 @@ def group_members(pgid: int) -> list[int]:
     return out
 
 
+def members_of_group_or_session(pgid: int) -> list[int]:
+    """Live processes in process group `pgid`, and those of session `pgid` that left it."""
+    return sorted(set(group_members(pgid)) | set(_session_strays(pgid)))
+
+
 def children_zombies(parent: int) -> list[int]:
     """Zombie children of `parent` (to reap as a subreaper)."""
     out = []

@@ -1,0 +1,307 @@
+"""The Redis coordination backend: several orchestrators and machines.
+
+Atomic operations are Lua scripts; their clock is Redis `TIME`, the same for
+every host. Waiters are woken through pub/sub when a lease is released. Lost
+connections are retried with exponential backoff (redis-py's Retry).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from abreast.coord.backend import WAITER_TTL_S, CoordError, Coordinator, Heartbeat, Holder, Lease
+
+PREFIX = "abreast:"
+
+# KEYS: lease, queue (zset ticket->ticket), waiters (hash), token counter
+# ARGV: ticket, holder json, ttl ms, waiter ttl ms
+_TRY_GRANT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ticket = ARGV[1]
+while true do
+  local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+  if #head == 0 or head[1] == ticket then break end
+  local seen = redis.call('HGET', KEYS[3], head[1] .. ':at')
+  if seen and tonumber(seen) + tonumber(ARGV[4]) >= now then break end
+  redis.call('ZREM', KEYS[2], head[1])
+  redis.call('HDEL', KEYS[3], head[1], head[1] .. ':at')
+end
+redis.call('ZADD', KEYS[2], tonumber(ticket), ticket)
+redis.call('HSET', KEYS[3], ticket, ARGV[2], ticket .. ':at', now)
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+if head[1] ~= ticket then return false end
+local token = redis.call('INCR', KEYS[4])
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'token', token, 'holder', ARGV[2], 'since', now,
+           'expires', now + ttl)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('ZREM', KEYS[2], ticket)
+redis.call('HDEL', KEYS[3], ticket, ticket .. ':at')
+return {token, now, now + ttl}
+"""
+
+# KEYS: lease; ARGV: token, ttl ms
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return false end
+local ttl = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'expires', now + ttl)
+redis.call('PEXPIRE', KEYS[1], ttl)
+return {redis.call('HGET', KEYS[1], 'holder'), redis.call('HGET', KEYS[1], 'since'), now + ttl}
+"""
+
+# KEYS: lease, wake channel; ARGV: token
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', KEYS[2], 'released')
+return 1
+"""
+
+# KEYS: rate zset; ARGV: limit, window ms, unique member suffix
+_RATE_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(oldest[2]) + window - now}
+"""
+
+
+class RedisCoordinator(Coordinator):
+    def __init__(self, url: str) -> None:
+        try:
+            import redis
+            from redis.backoff import ExponentialBackoff
+            from redis.retry import Retry
+        except ImportError:
+            raise CoordError(
+                "the Redis backend needs redis-py: pip install 'abreast[redis]'"
+            ) from None
+        self.url = url
+        self._redis_mod = redis
+        self._r = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=10),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            health_check_interval=15,
+        )
+        self._try_grant = self._r.register_script(_TRY_GRANT)
+        self._renew = self._r.register_script(_RENEW)
+        self._release = self._r.register_script(_RELEASE)
+        self._rate_take = self._r.register_script(_RATE_TAKE)
+        self._pubsub: Any = None
+        self._counter = 0
+        try:
+            self._r.ping()
+        except redis.RedisError as e:
+            raise CoordError(f"cannot reach Redis at {url}: {e}") from e
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._redis_mod.RedisError as e:
+            raise CoordError(f"Redis at {self.url}: {e}") from e
+
+    def now(self) -> float:
+        sec, usec = self._call(self._r.time)
+        return float(sec) + float(usec) / 1e6
+
+    # -- leases -----------------------------------------------------------------------------
+
+    def _keys(self, name: str) -> list[str]:
+        base = f"{PREFIX}lock:{name}"
+        return [base, f"{base}:queue", f"{base}:waiters", f"{base}:token"]
+
+    def enqueue(self, name: str, holder: Holder) -> int:
+        base = f"{PREFIX}lock:{name}"
+        ticket = int(self._call(self._r.incr, f"{base}:tickets"))
+        now_ms = int(self.now() * 1000)
+        pipe = self._r.pipeline()
+        pipe.zadd(f"{base}:queue", {str(ticket): ticket})
+        pipe.hset(
+            f"{base}:waiters",
+            mapping={str(ticket): json.dumps(holder.to_dict()), f"{ticket}:at": now_ms},
+        )
+        self._call(pipe.execute)
+        return ticket
+
+    def try_grant(self, name: str, holder: Holder, ticket: int, ttl_s: float) -> Lease | None:
+        got = self._call(
+            self._try_grant,
+            keys=self._keys(name),
+            args=[
+                str(ticket),
+                json.dumps(holder.to_dict()),
+                int(ttl_s * 1000),
+                int(WAITER_TTL_S * 1000),
+            ],
+        )
+        if not got:
+            return None
+        token, since, expires = (int(x) for x in got)
+        return Lease(name, token, holder, since / 1000, expires / 1000)
+
+    def dequeue(self, name: str, ticket: int) -> None:
+        base = f"{PREFIX}lock:{name}"
+        pipe = self._r.pipeline()
+        pipe.zrem(f"{base}:queue", str(ticket))
+        pipe.hdel(f"{base}:waiters", str(ticket), f"{ticket}:at")
+        self._call(pipe.execute)
+
+    def renew(self, name: str, token: int, ttl_s: float) -> Lease | None:
+        got = self._call(
+            self._renew, keys=[self._keys(name)[0]], args=[str(token), int(ttl_s * 1000)]
+        )
+        if not got:
+            return None
+        holder, since, expires = got
+        return Lease(
+            name, token, Holder(**json.loads(holder)), int(since) / 1000, int(expires) / 1000
+        )
+
+    def release(self, name: str, token: int) -> bool:
+        key = self._keys(name)[0]
+        return bool(self._call(self._release, keys=[key, f"{key}:wake"], args=[str(token)]))
+
+    def force_release(self, name: str) -> Lease | None:
+        lease = self.holder(name)
+        key = self._keys(name)[0]
+        self._call(self._r.delete, key)
+        self._call(self._r.publish, f"{key}:wake", "released")
+        return lease
+
+    def holder(self, name: str) -> Lease | None:
+        data = self._call(self._r.hgetall, self._keys(name)[0])
+        if not data:
+            return None
+        return Lease(
+            name,
+            int(data["token"]),
+            Holder(**json.loads(data["holder"])),
+            int(data["since"]) / 1000,
+            int(data["expires"]) / 1000,
+        )
+
+    def waiters(self, name: str) -> list[Holder]:
+        _, queue, waiters, _ = self._keys(name)
+        tickets = self._call(self._r.zrange, queue, 0, -1)
+        if not tickets:
+            return []
+        data = self._call(self._r.hgetall, waiters)
+        now_ms = self.now() * 1000
+        out = []
+        for t in tickets:
+            seen = data.get(f"{t}:at")
+            if t in data and seen and float(seen) + WAITER_TTL_S * 1000 >= now_ms:
+                out.append(Holder(**json.loads(data[t])))
+        return out
+
+    def leases(self) -> list[Lease]:
+        out = []
+        for key in self._call(lambda: list(self._r.scan_iter(f"{PREFIX}lock:*", count=500))):
+            name = key[len(f"{PREFIX}lock:") :]
+            if ":" in name:  # lock names have no ':'; these are its queue, counters...
+                continue
+            lease = self.holder(name)
+            if lease:
+                out.append(lease)
+        return sorted(out, key=lambda lease: lease.name)
+
+    def wait_for_change(self, name: str, ticket: int, timeout_s: float) -> None:
+        if self._pubsub is None:
+            self._pubsub = self._r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        channel = f"{self._keys(name)[0]}:wake"
+        if channel.encode() not in self._pubsub.channels and channel not in self._pubsub.channels:
+            self._call(self._pubsub.subscribe, channel)
+        try:
+            self._pubsub.get_message(timeout=timeout_s)
+        except self._redis_mod.RedisError:
+            time.sleep(timeout_s)
+
+    # -- heartbeats -------------------------------------------------------------------------
+
+    def heartbeat(self, key: str, info: dict[str, Any] | None = None) -> None:
+        at = self.now()
+        self._call(
+            self._r.hset, f"{PREFIX}heartbeats", key, json.dumps({"at": at, "info": info or {}})
+        )
+
+    def heartbeats(self, prefix: str = "") -> list[Heartbeat]:
+        data = self._call(self._r.hgetall, f"{PREFIX}heartbeats")
+        out = []
+        for key, raw in sorted(data.items()):
+            if key.startswith(prefix):
+                value = json.loads(raw)
+                out.append(Heartbeat(key, float(value["at"]), value.get("info", {})))
+        return out
+
+    def forget(self, key: str) -> None:
+        self._call(self._r.hdel, f"{PREFIX}heartbeats", key)
+
+    # -- rate windows -------------------------------------------------------------------------
+
+    def rate_take(self, key: str, limit: int, window_s: float) -> tuple[bool, float]:
+        self._counter += 1
+        member = f"{time.monotonic_ns()}-{self._counter}"
+        ok, wait_ms = self._call(
+            self._rate_take,
+            keys=[f"{PREFIX}rate:{key}"],
+            args=[limit, int(window_s * 1000), member],
+        )
+        return bool(int(ok)), max(0.0, float(wait_ms) / 1000)
+
+    def rate_used(self, key: str, window_s: float) -> int:
+        now_ms = int(self.now() * 1000)
+        return int(
+            self._call(
+                self._r.zcount, f"{PREFIX}rate:{key}", f"({now_ms - int(window_s * 1000)}", "+inf"
+            )
+        )
+
+    # -- pub/sub ----------------------------------------------------------------------------
+
+    def publish(self, channel: str, message: str) -> None:
+        self._call(self._r.publish, channel, message)
+
+    def publish_many(self, channel: str, messages: list[str]) -> None:
+        """Pipelined: many messages in one round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        for m in messages:
+            pipe.publish(channel, m)
+        self._call(pipe.execute)
+
+    def subscribe(self, channel: str, timeout_s: float = 1.0) -> Iterator[str | None]:
+        pubsub = self._r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self._call(pubsub.subscribe, channel)
+        try:
+            while True:
+                msg = pubsub.get_message(timeout=timeout_s)
+                yield None if msg is None else str(msg["data"])
+        finally:
+            pubsub.close()
+
+    def memory_bytes(self) -> int | None:
+        info = self._call(self._r.info, "memory")
+        return int(info.get("used_memory", 0))
+
+    def close(self) -> None:
+        if self._pubsub is not None:
+            self._pubsub.close()
+        self._r.close()

@@ -1,0 +1,263 @@
+"""The SQLite coordination backend: one machine, many processes, nothing to install.
+
+It lives in `coord.db` beside the journal (a separate file, so lock traffic
+never waits on the journal's writes). Each operation is one `BEGIN IMMEDIATE`
+transaction; the clock is read inside it from SQLite (`julianday('now')`).
+Waiting is by short, growing sleeps between tries: SQLite cannot notify.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from abreast.coord.backend import WAITER_TTL_S, CoordError, Coordinator, Heartbeat, Holder, Lease
+
+_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY, token INTEGER NOT NULL, holder TEXT NOT NULL,
+    since REAL NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS lock_tokens (name TEXT PRIMARY KEY, token INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS waiters (
+    ticket INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, holder TEXT NOT NULL,
+    refreshed_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS waiters_by_name ON waiters (name, ticket);
+CREATE TABLE IF NOT EXISTS heartbeats (key TEXT PRIMARY KEY, at REAL NOT NULL, info TEXT);
+CREATE TABLE IF NOT EXISTS rate (key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS rate_by_key ON rate (key, at);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, at REAL NOT NULL,
+    body TEXT NOT NULL);
+"""
+MESSAGE_KEEP_S = 600.0
+
+
+class SqliteCoordinator(Coordinator):
+    def __init__(self, url: str) -> None:
+        journal = Path(url[len("sqlite://") :])
+        self.path = journal.parent / "coord.db" if journal.suffix == ".db" else journal
+        self.url = url
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA busy_timeout = 30000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            with self._tx() as db:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+        except (OSError, sqlite3.Error) as e:
+            raise CoordError(f"cannot use {self.path} for coordination: {e}") from e
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise CoordError(f"coordination store {self.path}: {e}") from e
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def now(self) -> float:
+        return float(self._db.execute(f"SELECT {_NOW}").fetchone()[0])
+
+    # -- leases -----------------------------------------------------------------------------
+
+    def enqueue(self, name: str, holder: Holder) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                f"INSERT INTO waiters (name, holder, refreshed_at) VALUES (?, ?, {_NOW})",
+                (name, json.dumps(holder.to_dict())),
+            )
+            return int(cur.lastrowid or 0)
+
+    def try_grant(self, name: str, holder: Holder, ticket: int, ttl_s: float) -> Lease | None:
+        with self._tx() as db:
+            now = float(db.execute(f"SELECT {_NOW}").fetchone()[0])
+            db.execute(
+                "DELETE FROM waiters WHERE name = ? AND refreshed_at < ? AND ticket != ?",
+                (name, now - WAITER_TTL_S, ticket),
+            )
+            held = json.dumps(holder.to_dict())
+            # Refresh our place (or take it back with the same ticket, if it lapsed).
+            db.execute(
+                "INSERT INTO waiters (ticket, name, holder, refreshed_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(ticket) DO UPDATE SET "
+                "refreshed_at = excluded.refreshed_at",
+                (ticket, name, held, now),
+            )
+            row = db.execute("SELECT expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] > now:
+                return None
+            first = db.execute(
+                "SELECT min(ticket) FROM waiters WHERE name = ?", (name,)
+            ).fetchone()[0]
+            if first != ticket:
+                return None
+            db.execute(
+                "INSERT INTO lock_tokens (name, token) VALUES (?, 1) "
+                "ON CONFLICT(name) DO UPDATE SET token = token + 1",
+                (name,),
+            )
+            token = int(
+                db.execute("SELECT token FROM lock_tokens WHERE name = ?", (name,)).fetchone()[0]
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO leases (name, token, holder, since, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, token, held, now, now + ttl_s),
+            )
+            db.execute("DELETE FROM waiters WHERE ticket = ?", (ticket,))
+            return Lease(name, token, holder, now, now + ttl_s)
+
+    def dequeue(self, name: str, ticket: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM waiters WHERE ticket = ?", (ticket,))
+
+    def renew(self, name: str, token: int, ttl_s: float) -> Lease | None:
+        with self._tx() as db:
+            now = float(db.execute(f"SELECT {_NOW}").fetchone()[0])
+            row = db.execute(
+                "SELECT token, holder, since, expires_at FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None or row[0] != token or row[3] <= now:
+                return None
+            db.execute("UPDATE leases SET expires_at = ? WHERE name = ?", (now + ttl_s, name))
+            return Lease(name, token, _holder(row[1]), row[2], now + ttl_s)
+
+    def release(self, name: str, token: int) -> bool:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM leases WHERE name = ? AND token = ?", (name, token))
+            return cur.rowcount == 1
+
+    def force_release(self, name: str) -> Lease | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT token, holder, since, expires_at FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+            db.execute("DELETE FROM leases WHERE name = ?", (name,))
+        return Lease(name, row[0], _holder(row[1]), row[2], row[3]) if row else None
+
+    def holder(self, name: str) -> Lease | None:
+        row = self._db.execute(
+            f"SELECT token, holder, since, expires_at FROM leases "
+            f"WHERE name = ? AND expires_at > {_NOW}",
+            (name,),
+        ).fetchone()
+        return Lease(name, row[0], _holder(row[1]), row[2], row[3]) if row else None
+
+    def waiters(self, name: str) -> list[Holder]:
+        rows = self._db.execute(
+            f"SELECT holder FROM waiters WHERE name = ? AND "
+            f"refreshed_at >= {_NOW} - ? ORDER BY ticket",
+            (name, WAITER_TTL_S),
+        ).fetchall()
+        return [_holder(r[0]) for r in rows]
+
+    def leases(self) -> list[Lease]:
+        rows = self._db.execute(
+            f"SELECT name, token, holder, since, expires_at FROM leases "
+            f"WHERE expires_at > {_NOW} ORDER BY name"
+        ).fetchall()
+        return [Lease(r[0], r[1], _holder(r[2]), r[3], r[4]) for r in rows]
+
+    # -- heartbeats -------------------------------------------------------------------------
+
+    def heartbeat(self, key: str, info: dict[str, Any] | None = None) -> None:
+        with self._tx() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO heartbeats (key, at, info) VALUES (?, {_NOW}, ?)",
+                (key, json.dumps(info or {})),
+            )
+
+    def heartbeats(self, prefix: str = "") -> list[Heartbeat]:
+        rows = self._db.execute(
+            "SELECT key, at, info FROM heartbeats WHERE key LIKE ? ESCAPE '\\' ORDER BY key",
+            (_like(prefix),),
+        ).fetchall()
+        return [Heartbeat(r[0], r[1], json.loads(r[2] or "{}")) for r in rows]
+
+    def forget(self, key: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM heartbeats WHERE key = ?", (key,))
+
+    # -- rate windows -------------------------------------------------------------------------
+
+    def rate_take(self, key: str, limit: int, window_s: float) -> tuple[bool, float]:
+        with self._tx() as db:
+            now = float(db.execute(f"SELECT {_NOW}").fetchone()[0])
+            db.execute("DELETE FROM rate WHERE key = ? AND at <= ?", (key, now - window_s))
+            count, oldest = db.execute(
+                "SELECT count(*), min(at) FROM rate WHERE key = ?", (key,)
+            ).fetchone()
+            if count < limit:
+                db.execute("INSERT INTO rate (key, at) VALUES (?, ?)", (key, now))
+                return True, 0.0
+            return False, max(0.0, float(oldest) + window_s - now)
+
+    def rate_used(self, key: str, window_s: float) -> int:
+        return int(
+            self._db.execute(
+                f"SELECT count(*) FROM rate WHERE key = ? AND at > {_NOW} - ?", (key, window_s)
+            ).fetchone()[0]
+        )
+
+    # -- pub/sub ----------------------------------------------------------------------------
+
+    def publish(self, channel: str, message: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO messages (channel, at, body) VALUES (?, {_NOW}, ?)",
+                (channel, message),
+            )
+            db.execute(f"DELETE FROM messages WHERE at < {_NOW} - ?", (MESSAGE_KEEP_S,))
+
+    def subscribe(self, channel: str, timeout_s: float = 1.0) -> Iterator[str | None]:
+        last = self._db.execute("SELECT coalesce(max(seq), 0) FROM messages").fetchone()[0]
+        quiet_since = time.monotonic()
+        while True:
+            rows = self._db.execute(
+                "SELECT seq, body FROM messages WHERE channel = ? AND seq > ? ORDER BY seq",
+                (channel, last),
+            ).fetchall()
+            for seq, body in rows:
+                last = seq
+                yield body
+            if rows:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= timeout_s:
+                quiet_since = time.monotonic()
+                yield None
+            else:
+                time.sleep(0.02)  # SQLite cannot notify: a subscriber tails the table
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _holder(text: str) -> Holder:
+    return Holder(**json.loads(text))
+
+
+def _like(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,137 @@
+"""`abreast lock NAME -- CMD`: run CMD holding a lease, renewed from here, never from CMD.
+
+    acquire (FIFO, fenced) ─▶ start CMD in its own session (ABREAST_LOCK_TOKEN set)
+      every ttl/3: renew ─ lost or not renewed in time ─▶ kill CMD's tree, exit 75
+      CMD ends ─▶ release ─▶ exit with CMD's status
+
+A holder that cannot renew before its lease runs out (stopped, cut off from the
+backend) stops the protected work rather than assume it still holds the lock:
+the renewal deadline is kept on this process's monotonic clock, so even after a
+SIGSTOP/SIGCONT it knows at once that its time ran out.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from abreast.coord.backend import CoordError, Coordinator, Holder, Lease
+from abreast.executor.process import kill_pids, members_of_group_or_session
+
+LOST_EXIT = 75  # EX_TEMPFAIL: the lock was lost and the command killed
+TIMEOUT_EXIT = 75
+
+
+@dataclass
+class LockOutcome:
+    code: int
+    waited_s: float
+    lost: bool
+    lease: Lease | None
+
+
+def run_locked(
+    coord: Coordinator,
+    name: str,
+    cmd: Sequence[str],
+    *,
+    ttl_s: float,
+    timeout_s: float | None,
+    holder: Holder,
+    say: object = None,
+) -> LockOutcome:
+    err = sys.stderr
+    t0 = time.monotonic()
+    told = False
+
+    def waiting() -> None:
+        nonlocal told
+        if not told:
+            current = coord.holder(name)
+            who = _describe(current) if current else "someone"
+            err.write(f"abreast lock: waiting for {name!r} (held by {who})\n")
+            err.flush()
+            told = True
+
+    lease = coord.acquire(name, holder, ttl_s, timeout_s, on_wait=waiting)
+    waited = time.monotonic() - t0
+    if lease is None:
+        current = coord.holder(name)
+        who = _describe(current) if current else "nobody now"
+        err.write(
+            f"abreast lock: gave up waiting for {name!r} after {waited:.1f}s (held by {who})\n"
+        )
+        return LockOutcome(TIMEOUT_EXIT, waited, False, None)
+    env = {**os.environ, "ABREAST_LOCK_NAME": name, "ABREAST_LOCK_TOKEN": str(lease.token)}
+    try:
+        proc = subprocess.Popen(list(cmd), env=env, start_new_session=True)
+    except OSError as e:
+        coord.release(name, lease.token)
+        err.write(f"abreast lock: cannot run {cmd[0]!r}: {e.strerror}\n")
+        return LockOutcome(127, waited, False, lease)
+
+    forwarded = {"sig": 0}
+
+    def forward(signum: int, _frame: object) -> None:
+        forwarded["sig"] = signum
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    interval = max(0.05, ttl_s / 3)
+    last_ok = time.monotonic()  # the lease is ours until last_ok + ttl_s, no longer
+    lost = ""
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=interval)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() - last_ok >= ttl_s:
+                lost = f"not renewed for {time.monotonic() - last_ok:.1f}s (ttl {ttl_s:g}s)"
+            else:
+                try:
+                    if coord.renew(name, lease.token, ttl_s) is None:
+                        lost = "it expired and was taken, or was force-released"
+                    else:
+                        last_ok = time.monotonic()
+                except CoordError as e:  # keep trying until the deadline, then give up
+                    err.write(f"abreast lock: cannot renew {name!r} yet: {e}\n")
+            if lost:
+                _kill_tree(proc)
+                code = proc.wait()
+                err.write(f"abreast lock: lost the lock {name!r} ({lost}); killed the command\n")
+                return LockOutcome(LOST_EXIT, waited, True, lease)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    try:
+        coord.release(name, lease.token)
+    except CoordError as e:
+        err.write(f"abreast lock: could not release {name!r} ({e}); it expires in {ttl_s:g}s\n")
+    if code < 0:
+        code = 128 - code
+    return LockOutcome(code, waited, False, lease)
+
+
+def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    kill_pids(members_of_group_or_session(proc.pid) or [proc.pid], grace_s=2.0)
+
+
+def _describe(lease: Lease) -> str:
+    h = lease.holder
+    parts = []
+    if h.run:
+        parts.append(f"run {h.run}")
+    if h.task:
+        parts.append(f"task {h.task}")
+    parts.append(f"pid {h.pid} on {h.host}")
+    return ", ".join(parts) + f", token {lease.token}"
