@@ -55,7 +55,8 @@ def test_renew_extends_and_stale_tokens_cannot(coord: Coordinator) -> None:
 
 
 def test_an_expired_lease_goes_to_the_next_waiter_and_fencing_refuses_the_old(
-        coord: Coordinator) -> None:
+    coord: Coordinator,
+) -> None:
     old = coord.acquire("tests", Holder.here(suffix="old"), ttl_s=0.4)
     assert old is not None
     t0 = time.monotonic()
@@ -68,8 +69,9 @@ def test_an_expired_lease_goes_to_the_next_waiter_and_fencing_refuses_the_old(
     assert coord.renew("tests", old.token, ttl_s=5) is None  # the old holder finds it gone
 
 
-def test_fifty_waiters_are_served_in_the_order_they_came(coord: Coordinator,
-                                                         coord_url: str) -> None:
+def test_fifty_waiters_are_served_in_the_order_they_came(
+    coord: Coordinator, coord_url: str
+) -> None:
     gate = coord.acquire("fifo", Holder.here(suffix="gate"), ttl_s=30)
     assert gate is not None
     order: list[int] = []
@@ -117,8 +119,7 @@ def test_heartbeats_and_staleness(coord: Coordinator) -> None:
     coord.heartbeat("attempt:r1/a/1", {"pid": 1})
     coord.heartbeat("attempt:r1/b/1", {"pid": 2})
     coord.heartbeat("run:r1")
-    assert [h.key for h in coord.heartbeats("attempt:r1/")] == ["attempt:r1/a/1",
-                                                               "attempt:r1/b/1"]
+    assert [h.key for h in coord.heartbeats("attempt:r1/")] == ["attempt:r1/a/1", "attempt:r1/b/1"]
     assert coord.heartbeats("attempt:r1/a")[0].info == {"pid": 1}
     assert coord.stale(5.0) == []
     time.sleep(0.3)  # a real interval has to pass for anything to become stale

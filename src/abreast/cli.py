@@ -312,14 +312,25 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    from abreast.coord.backend import CoordError, open_coordinator
     from abreast.coord.journal import Journal
     from abreast.coord.location import locate
-    from abreast.engine.cleanup import cleanup
+    from abreast.engine.cleanup import cleanup, lease_releaser
 
     location = locate(None, args.state)
     journal = Journal(location.journal) if location.journal.exists() else None
+    try:
+        coord = open_coordinator(location.coord_url)
+    except CoordError as e:
+        print(f"abreast: note: leases not checked: {e}", file=sys.stderr)
+        coord = None
     plans = cleanup(
-        journal, location.root, dry_run=args.dry_run, force=args.force, results=args.results
+        journal,
+        location.root,
+        dry_run=args.dry_run,
+        force=args.force,
+        results=args.results,
+        release_leases=lease_releaser(coord) if coord else None,
     )
     if not plans:
         print("nothing to clean up")

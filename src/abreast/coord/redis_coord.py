@@ -35,6 +35,9 @@ redis.call('HSET', KEYS[3], ticket, ARGV[2], ticket .. ':at', now)
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local head = redis.call('ZRANGE', KEYS[2], 0, 0)
 if head[1] ~= ticket then return false end
+-- Seeded from the clock when missing, so tokens keep growing across a restart that lost
+-- the counter (Redis without persistence): fencing must never see a token twice.
+if redis.call('EXISTS', KEYS[4]) == 0 then redis.call('SET', KEYS[4], now * 1000) end
 local token = redis.call('INCR', KEYS[4])
 local ttl = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'token', token, 'holder', ARGV[2], 'since', now,

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from abreast.coord.backend import Coordinator
 from abreast.coord.journal import Journal, RunRow
 from abreast.engine.runs import _kill_strays, orchestrator_alive
-from abreast.executor.process import group_members, is_same_process, marked_processes
+from abreast.executor.process import group_members, is_same_process, kill_pids, marked_processes
 
 ORPHAN_AFTER_S = 120.0
 
@@ -29,6 +30,7 @@ class Plan:
     run_id: str
     reason: str
     processes: int = 0
+    orchestrator: int | None = None
     actions: list[str] = field(default_factory=list)
 
 
@@ -67,6 +69,11 @@ def cleanup(
         if why is None:
             continue
         plan = plans[row.id] = Plan(row.id, why)
+        if "(--force)" in why and orchestrator_alive(row):
+            plan.actions.append(
+                f"stop its orchestrator (pid {row.pid}), which no longer heartbeats"
+            )
+            plan.orchestrator = row.pid
         live = _live_processes(journal, row) if journal else 0
         if live:
             plan.processes = live
@@ -95,6 +102,8 @@ def cleanup(
     if dry_run:
         return list(plans.values())
     for plan in plans.values():
+        if plan.orchestrator:
+            kill_pids([plan.orchestrator], grace_s=2.0)
         if plan.processes and journal:
             asyncio.run(_kill_strays(journal, plan.run_id))
         if repo is not None:
@@ -111,6 +120,26 @@ def cleanup(
     if journal:
         journal.commit()
     return list(plans.values())
+
+
+def lease_releaser(coord: Coordinator) -> Callable[[str, bool], list[str]]:
+    """What cleanup does in the coordination backend for a run: its leases and heartbeats."""
+
+    def release(run_id: str, dry_run: bool) -> list[str]:
+        out = []
+        for lease in coord.leases():
+            if lease.holder.run == run_id:
+                who = lease.holder.task or "abreast lock"
+                out.append(f"release lock {lease.name!r} (token {lease.token}, held by {who})")
+                if not dry_run:
+                    coord.force_release(lease.name)
+        for hb in coord.heartbeats(f"attempt:{run_id}/") + coord.heartbeats(f"run:{run_id}"):
+            out.append(f"forget heartbeat {hb.key}")
+            if not dry_run:
+                coord.forget(hb.key)
+        return out
+
+    return release
 
 
 def _live_processes(journal: Journal, row: RunRow) -> int:

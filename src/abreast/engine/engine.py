@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from abreast.coord.backend import Lease
 from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
 from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.states import FAILED_STATES, TaskState, check_transition
+from abreast.engine.supervise import Supervisor
 from abreast.executor.local import Exit, Launch, LocalExecutor, Running
 from abreast.executor.process import (
     become_subreaper,
@@ -40,7 +42,6 @@ from abreast.executor.process import (
     group_alive,
     kill_tree,
     reap_orphans,
-    tree_rss_bytes,
 )
 from abreast.integrate.base import Isolation, Outcome, Verdict
 from abreast.plan.dispatch import Dispatcher, Policy
@@ -62,6 +63,7 @@ class EngineOptions:
     monitor: ResourceMonitor | None = None
     rng: random.Random = field(default_factory=random.Random)
     base_env: dict[str, str] = field(default_factory=dict)
+    supervisor: Supervisor | None = None
 
 
 @dataclass(eq=False)
@@ -88,6 +90,7 @@ class TaskRun:
     busy_s: float = 0.0  # wall time of all its attempts
     last_log: str | None = None
     retry_at: float | None = None
+    killed_for: str | None = None  # why the orchestrator killed the running attempt
 
     @property
     def id(self) -> str:
@@ -116,6 +119,7 @@ class RunOutcome:
     failures: list[Failure]
     tasks: list[TaskRun]
     landing: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def saved_s(self) -> float:
@@ -184,6 +188,8 @@ class Engine:
         for name in ("logs", "outputs"):
             (self.run_dir / name).mkdir(parents=True, exist_ok=True)
         self._dir = str(self.run_dir)
+        self.sup = options.supervisor or Supervisor(wf, run_id, None, journal, lambda _t: None)
+        self.sup.note = lambda text: self.view.note(text)
         self._exits = str(self.run_dir / "exits")
         Path(self._exits).touch()
 
@@ -352,8 +358,8 @@ class Engine:
             feedback=tr.feedback,
         )
         self.journal.stage_event(self.run_id, "task.started", tr.id, ts=now, attempt=n)
-        if not self.isolation.instant:
-            return None  # prepared asynchronously (a worktree); launched when ready
+        if not self.isolation.instant or (tr.task.locks and self.sup.coord is not None):
+            return None  # prepared asynchronously (locks, a worktree); launched when ready
         return self._launch_spec(tr, n, self._root, log, output)
 
     def _paths(self, task_id: str, n: int) -> tuple[str, str]:
@@ -383,7 +389,9 @@ class Engine:
 
     # -- acting ------------------------------------------------------------------------------
 
-    def _launch(self, tr: TaskRun, launch: Launch | None) -> None:
+    def _launch(
+        self, tr: TaskRun, launch: Launch | None, leases: list[Lease] | None = None
+    ) -> None:
         if launch is None:
             self._spawn_background(self._prepare_and_launch(tr, tr.attempts))
             return
@@ -391,9 +399,12 @@ class Engine:
         try:
             running = self._executor.start(launch)
         except OSError as e:
+            self.sup.release_unused(leases or [])
             self._post("exit", None, tr, Exit(None, None, 0.0, 0), f"could not start: {e}")
             return
         tr.running = running
+        tr.killed_for = None
+        self.sup.started(tr.id, launch.attempt, running.pid, launch.log, leases or [])
         self.journal.stage_attempt(
             self.run_id,
             tr.id,
@@ -410,17 +421,25 @@ class Engine:
         self.view.started(tr)
 
     async def _prepare_and_launch(self, tr: TaskRun, n: int) -> None:
+        leases = []
         try:
-            cwd = await self.isolation.prepare(tr.id, n)
-        except Exception as e:
+            if tr.task.locks and self.sup.coord is not None:
+                leases = await self.sup.acquire_locks(tr.id, n, tr.task.locks)
+            if self.isolation.instant:
+                cwd = self.isolation.root
+            else:
+                cwd = await self.isolation.prepare(tr.id, n)
+        except Exception as e:  # the attempt fails with the reason; the run goes on
+            self.sup.release_unused(leases)
             self._post("exit", None, tr, Exit(None, None, 0.0, 0), f"could not prepare: {e}")
             return
         if self._cancelling or tr.attempts != n:
+            self.sup.release_unused(leases)
             self._post("exit", None, tr, Exit(None, None, 0.0, 0), "cancelled before start")
             return
         launch = self._launch_spec(tr, n, str(cwd), *self._paths(tr.id, n))
         self.journal.commit()  # where it runs, and from which commit, before it runs
-        self._launch(tr, launch)
+        self._launch(tr, launch, leases)
         self._wake.set()  # the pid is staged; let the loop commit it
 
     def _spawn_background(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -446,7 +465,8 @@ class Engine:
         if running is not None and group_alive(running.pgid):
             self._kill(running)  # it left processes behind in its group: end them too
         n = tr.attempts
-        peak = max(exit_.maxrss_bytes, running.peak_rss_bytes if running else 0)
+        sampled = self.sup.ended(tr.id)
+        peak = max(exit_.maxrss_bytes, running.peak_rss_bytes if running else 0, sampled)
         tr.peak_rss_bytes = max(tr.peak_rss_bytes, peak)
         tr.busy_s += exit_.wall_s
         tr.exit_code, tr.signal = exit_.exit_code, exit_.signal
@@ -454,6 +474,8 @@ class Engine:
             self._d.release(tr.v)  # else the slot is held until the work is settled
         if start_error is not None:
             reason = start_error
+        elif tr.killed_for:
+            reason = tr.killed_for
         elif tr.timed_out:
             reason = f"timed out after {tr.task.timeout:g}s; its process tree was killed"
         elif exit_.ok:
@@ -705,10 +727,15 @@ class Engine:
         monitor = self.options.monitor
         if monitor:
             monitor.update()
-        for tr in self.tasks:
-            if tr.running is not None:
-                rss = tree_rss_bytes(tr.running.pid)
-                tr.running.peak_rss_bytes = max(tr.running.peak_rss_bytes, rss)
+        for trouble in self.sup.tick():
+            tr = self.by_id[trouble.task_id]
+            if tr.running is None or tr.killed_for:
+                continue
+            tr.killed_for = trouble.reason
+            self.view.note(f"{tr.id}: {trouble.reason}")
+            if trouble.kind == "no_activity":
+                self.sup.orphan_cleaned(tr.id, tr.attempts, trouble.kind)
+            self._kill(tr.running)
         now = time.time()
         if now - self._last_heartbeat >= self.wf.heartbeat.interval:
             self._last_heartbeat = now
@@ -851,7 +878,9 @@ class Engine:
         )
         self.journal.stage_event(self.run_id, "run.finished", ts=now, state=state)
         self.journal.commit()
-        return RunOutcome(self.run_id, state, wall, busy, failures, self.tasks, landing)
+        return RunOutcome(
+            self.run_id, state, wall, busy, failures, self.tasks, landing, list(self.sup.warnings)
+        )
 
     # -- resume ------------------------------------------------------------------------------
 

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from abreast.coord.backend import CoordError, open_coordinator
 from abreast.coord.journal import Journal, RunRow
 from abreast.coord.location import StateLocation, locate
 from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View
 from abreast.engine.monitor import ResourceMonitor
-from abreast.errors import UsageError
+from abreast.engine.supervise import Supervisor
+from abreast.errors import StateError, UsageError
 from abreast.executor.local import Exit
 from abreast.executor.process import (
     group_members,
@@ -98,10 +100,11 @@ def dry_run(req: RunRequest, out: Any) -> int:
     return 0
 
 
-def _options(p: Prepared, monitor_on: bool) -> EngineOptions:
+def _options(p: Prepared, monitor_on: bool, supervisor: Supervisor) -> EngineOptions:
     monitor = None
     if monitor_on and p.wf.resources.monitor:
         monitor = ResourceMonitor(p.wf.resources.thresholds)
+    hb = p.wf.heartbeat
     return EngineOptions(
         cap=p.cap,
         flags=p.flags,
@@ -109,7 +112,18 @@ def _options(p: Prepared, monitor_on: bool) -> EngineOptions:
         monitor=monitor,
         rng=random.Random(),
         base_env=dict(os.environ),
+        supervisor=supervisor,
+        # Ticks often enough to notice an orphan within a quarter of its threshold.
+        tick_s=min(1.0, hb.interval, hb.orphan_after / 4),
     )
+
+
+def _supervisor(p: Prepared, run_id: str, journal: Journal) -> Supervisor:
+    try:
+        coord = open_coordinator(p.location.coord_url)
+    except CoordError as e:
+        raise StateError(str(e), hint="check --state / ABREAST_STATE") from e
+    return Supervisor(p.wf, run_id, coord, journal, lambda _text: None)
 
 
 def isolation_kind(wf: Workflow, location: StateLocation) -> str:
@@ -126,7 +140,13 @@ def isolation_kind(wf: Workflow, location: StateLocation) -> str:
 
 
 def _isolation(
-    req: RunRequest, p: Prepared, run_id: str, journal: Journal, kind: str, base_commit: str | None
+    req: RunRequest,
+    p: Prepared,
+    run_id: str,
+    journal: Journal,
+    kind: str,
+    base_commit: str | None,
+    supervisor: Supervisor | None = None,
 ) -> Isolation:
     if req.isolation is not None:
         return req.isolation(p.wf, p.location, run_id, journal)
@@ -135,7 +155,14 @@ def _isolation(
     from abreast.integrate.worktrees import WorktreeIsolation
 
     return WorktreeIsolation(
-        p.wf, p.location, run_id, journal, p.graph, base_commit=base_commit, land=req.land
+        p.wf,
+        p.location,
+        run_id,
+        journal,
+        p.graph,
+        base_commit=base_commit,
+        land=req.land,
+        hold=supervisor.hold if supervisor and supervisor.coord else None,
     )
 
 
@@ -199,14 +226,15 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         },
     )
     announce(run_id)
-    isolation = _isolation(req, p, run_id, journal, kind, base_commit)
+    supervisor = _supervisor(p, run_id, journal)
+    isolation = _isolation(req, p, run_id, journal, kind, base_commit, supervisor)
     engine = Engine(
         p.wf,
         run_id,
         p.location,
         journal,
         p.graph,
-        _options(p, req.monitor),
+        _options(p, req.monitor, supervisor),
         view=view,
         isolation=isolation,
         started_at=started,
@@ -214,6 +242,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
     try:
         return asyncio.run(engine.run())
     finally:
+        supervisor.close()
         journal.close()
 
 
@@ -413,15 +442,16 @@ async def _resume(
 
         for line in await asyncio.to_thread(repair, location.root, row.id):
             view.note(line)
+    supervisor = _supervisor(p, row.id, journal)
     engine = Engine(
         wf,
         row.id,
         location,
         journal,
         graph,
-        _options(p, monitor_on),
+        _options(p, monitor_on, supervisor),
         view=view,
-        isolation=_isolation(req, p, row.id, journal, kind, options.get("base_commit")),
+        isolation=_isolation(req, p, row.id, journal, kind, options.get("base_commit"), supervisor),
         started_at=row.started_at,
     )
     rows = {t.task_id: t.__dict__ for t in journal.tasks(row.id)}
@@ -430,6 +460,7 @@ async def _resume(
     try:
         return await engine.run()
     finally:
+        supervisor.close()
         journal.close()
 
 

@@ -187,6 +187,34 @@ def _running(p: psutil.Process) -> bool:
         return False
 
 
+def tree_stats(pid: int) -> tuple[int, float, int]:
+    """(resident bytes, CPU seconds, bytes read+written by syscalls) of `pid`'s whole tree.
+
+    The last two only grow while the tree does something (computes, reads a socket,
+    writes output); a supervisor compares them over time to tell a hung task from a busy
+    one.
+    """
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0, 0.0, 0
+    rss, cpu, io = 0, 0.0, 0
+    for p in procs:
+        try:
+            with p.oneshot():
+                rss += p.memory_info().rss
+                t = p.cpu_times()
+                cpu += t.user + t.system + t.children_user + t.children_system
+                c = p.io_counters()
+                io += c.read_chars + c.write_chars
+        except (psutil.Error, AttributeError):
+            continue
+    return rss, cpu, io
+
+
 def tree_rss_bytes(pid: int) -> int:
     """Resident memory of `pid` and all its descendants, now."""
     import psutil

@@ -35,6 +35,8 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
         )
     if outcome.landing:
         w(f"  {outcome.landing}\n")
+    for warning in outcome.warnings:
+        w(f"  warning: {warning}\n")
     report_failures(outcome, out)
 
 

@@ -1,0 +1,314 @@
+"""What the orchestrator does for each running attempt besides waiting for it to end.
+
+- **Leases.** A task's `locks:` are acquired (FIFO, fenced) before its attempt
+  starts, renewed from here every third of their TTL, and released when it ends.
+  If a renewal fails, or cannot happen before the lease would run out, the
+  attempt is killed: its protected work must not go on unprotected.
+- **Heartbeats and orphans.** Every interval, the supervisor looks at each
+  attempt's process tree (CPU time, bytes read and written, log size) and
+  heartbeats `attempt:<run>/<task>/<n>` while it shows signs of life. An attempt
+  with none for `heartbeat.orphan_after` (hung, stopped, waiting forever) is an
+  orphan: killed, its leases released, retried or failed. The run heartbeats as
+  `run:<run>`.
+- **Memory.** Peak RSS per attempt; the orchestrator's own RSS and, with Redis,
+  `used_memory` are sampled; growth over `memory.growth_limit` in a run raises
+  `memory.leak_suspected` once per source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from abreast.coord.backend import CoordError, Coordinator, Holder, Lease, open_coordinator
+from abreast.coord.journal import Journal
+from abreast.executor.process import tree_stats
+from abreast.spec.model import Workflow
+
+_FAILED = object()  # a backend call that raised (as opposed to answering None)
+
+
+@dataclass
+class Watch:
+    """What the supervisor knows of one running attempt."""
+
+    key: str
+    pid: int
+    log: str
+    leases: list[Lease] = field(default_factory=list)
+    last_renew: float = field(default_factory=time.monotonic)
+    last_activity: float = field(default_factory=time.monotonic)
+    last_sign: tuple[float, int, int] = (0.0, 0, 0)
+    last_beat: float = 0.0
+    peak_rss: int = 0
+
+
+@dataclass
+class Trouble:
+    task_id: str
+    reason: str  # for the task's failure and feedback
+    kind: str  # orphan: "no_activity"; lease: "lock_lost"
+
+
+class Supervisor:
+    def __init__(
+        self,
+        wf: Workflow,
+        run_id: str,
+        coord: Coordinator | None,
+        journal: Journal,
+        note: Callable[[str], None],
+    ) -> None:
+        self.wf = wf
+        self.run_id = run_id
+        self.coord = coord
+        self.journal = journal
+        self.note = note
+        self.watches: dict[str, Watch] = {}
+        self.warnings: list[str] = []
+        self.orphans = 0
+        self.lock_wait_s: dict[str, float] = {}
+        self._memory_base: dict[str, int] = {}
+        self._memory_warned: set[str] = set()
+        self._last_run_beat = 0.0
+        self._coord_down_noted = False
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def acquire_locks(self, task_id: str, attempt: int, locks: list[str]) -> list[Lease]:
+        """Take the task's locks, in name order (so two tasks never wait on each other)."""
+        leases = []
+        for name in sorted(set(locks)):
+            ttl = self.wf.locks[name].ttl
+            holder = Holder.here(run=self.run_id, task=task_id, suffix=f":{attempt}")
+            t0 = time.monotonic()
+            lease = await asyncio.to_thread(self._acquire_blocking, name, holder, ttl)
+            waited = time.monotonic() - t0
+            self.lock_wait_s[name] = self.lock_wait_s.get(name, 0.0) + waited
+            self.journal.stage_event(
+                self.run_id,
+                "lock.granted",
+                task_id,
+                attempt=attempt,
+                lock=name,
+                token=lease.token,
+                wait_s=round(waited, 6),
+            )
+            leases.append(lease)
+        return leases
+
+    def _acquire_blocking(self, name: str, holder: Holder, ttl_s: float) -> Lease:
+        # A connection of its own: this waits in a worker thread.
+        coord = open_coordinator(self._url())
+        try:
+            lease = coord.acquire(name, holder, ttl_s)
+        finally:
+            coord.close()
+        assert lease is not None
+        return lease
+
+    def _url(self) -> str:
+        assert self.coord is not None
+        return self.coord.url
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str, holder_id: str) -> AsyncIterator[None]:
+        """Hold `name` around a block (a check), renewing it meanwhile."""
+        ttl = self.wf.locks[name].ttl if name in self.wf.locks else 60.0
+        holder = Holder.here(
+            run=self.run_id,
+            task=holder_id.split("/")[1] if "/" in holder_id else None,
+            suffix=":check",
+        )
+        lease = await asyncio.to_thread(self._acquire_blocking, name, holder, ttl)
+        self.journal.stage_event(
+            self.run_id, "lock.granted", None, lock=name, token=lease.token, holder=holder_id
+        )
+        stop = asyncio.Event()
+
+        async def keep() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=ttl / 3)
+                if not stop.is_set() and self.coord is not None:
+                    with contextlib.suppress(CoordError):
+                        self.coord.renew(name, lease.token, ttl)
+
+        keeper = asyncio.create_task(keep())
+        try:
+            yield
+        finally:
+            stop.set()
+            await keeper
+            if self.coord is not None:
+                with contextlib.suppress(CoordError):
+                    self.coord.release(name, lease.token)
+            self.journal.stage_event(
+                self.run_id, "lock.released", None, lock=name, token=lease.token, holder=holder_id
+            )
+
+    # -- attempts ------------------------------------------------------------------------------
+
+    def started(self, task_id: str, attempt: int, pid: int, log: str, leases: list[Lease]) -> None:
+        key = f"attempt:{self.run_id}/{task_id}/{attempt}"
+        self.watches[task_id] = Watch(key, pid, log, leases)
+
+    def ended(self, task_id: str) -> int:
+        """The attempt is over: release its leases, drop its heartbeat. Returns its peak RSS
+        as sampled."""
+        w = self.watches.pop(task_id, None)
+        if w is None:
+            return 0
+        if self.coord is not None:
+            for lease in w.leases:
+                try:
+                    self.coord.release(lease.name, lease.token)
+                except CoordError:
+                    pass  # it expires by itself
+                self.journal.stage_event(
+                    self.run_id, "lock.released", task_id, lock=lease.name, token=lease.token
+                )
+            with contextlib.suppress(CoordError):
+                self.coord.forget(w.key)
+        return w.peak_rss
+
+    def release_unused(self, leases: list[Lease]) -> None:
+        """Leases taken for an attempt that then never started."""
+        if self.coord is None:
+            return
+        for lease in leases:
+            with contextlib.suppress(CoordError):
+                self.coord.release(lease.name, lease.token)
+
+    # -- every tick ----------------------------------------------------------------------------
+
+    def tick(self) -> list[Trouble]:
+        now = time.monotonic()
+        interval = self.wf.heartbeat.interval
+        orphan_after = self.wf.heartbeat.orphan_after
+        trouble: list[Trouble] = []
+        for task_id, w in self.watches.items():
+            rss, cpu, io = tree_stats(w.pid)
+            w.peak_rss = max(w.peak_rss, rss)
+            try:
+                log_size = os.stat(w.log).st_size
+            except OSError:
+                log_size = 0
+            sign = (cpu, io, log_size)
+            if sign != w.last_sign:
+                w.last_sign = sign
+                w.last_activity = now
+            quiet = now - w.last_activity
+            if quiet >= orphan_after:
+                trouble.append(
+                    Trouble(
+                        task_id,
+                        f"orphan: no sign of life (CPU, I/O or output) "
+                        f"for {quiet:.0f}s; its process tree was killed",
+                        "no_activity",
+                    )
+                )
+                continue
+            if self.coord is not None and now - w.last_beat >= interval and quiet < interval * 2:
+                w.last_beat = now
+                info = {"pid": w.pid, "rss": rss, "quiet_s": round(quiet, 1)}
+                self._coord(self.coord.heartbeat, w.key, info)
+            lost = self._renew(w, now)
+            if lost:
+                trouble.append(Trouble(task_id, lost, "lock_lost"))
+        if self.coord is not None and time.time() - self._last_run_beat >= interval:
+            self._last_run_beat = time.time()
+            self._coord(self.coord.heartbeat, f"run:{self.run_id}", {"pid": os.getpid()})
+        self._memory()
+        return trouble
+
+    def _renew(self, w: Watch, now: float) -> str:
+        """Renew the attempt's leases when a third of their TTL passed; why they are lost, or
+        "" while they are still held."""
+        if not w.leases or self.coord is None:
+            return ""
+        ttl = min(lease.expires_at - lease.since for lease in w.leases)
+        if now - w.last_renew >= ttl:
+            return (
+                f"lost its lock(s) {', '.join(le.name for le in w.leases)}: not renewed "
+                f"within the ttl ({ttl:g}s); its process tree was killed"
+            )
+        if now - w.last_renew < ttl / 3:
+            return ""
+        renewed_all = True
+        for lease in w.leases:
+            lease_ttl = lease.expires_at - lease.since
+            got = self._coord(self.coord.renew, lease.name, lease.token, lease_ttl)
+            if got is _FAILED:
+                renewed_all = False  # the backend is down: try again until the deadline
+            elif got is None:
+                return (
+                    f"lost its lock {lease.name!r}: it was taken over or force-released; "
+                    "its process tree was killed"
+                )
+        if renewed_all:
+            w.last_renew = now
+        return ""
+
+    def _coord(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A best-effort call to the backend: a lost connection is noted, not fatal."""
+        try:
+            result = call(*args)
+        except CoordError as e:
+            if not self._coord_down_noted:
+                self._coord_down_noted = True
+                self.note(f"coordination backend unreachable ({e}); retrying")
+            return _FAILED
+        if self._coord_down_noted:
+            self._coord_down_noted = False
+            self.note("coordination backend reachable again")
+        return result
+
+    def _memory(self) -> None:
+        import psutil
+
+        samples = {"orchestrator": psutil.Process().memory_info().rss}
+        if self.coord is not None:
+            used = self._coord(self.coord.memory_bytes)
+            if isinstance(used, int):
+                samples["redis"] = int(used)
+        limit = self.wf.memory.growth_limit
+        for source, value in samples.items():
+            base = self._memory_base.setdefault(source, value)
+            growth = value - base
+            if growth > limit and source not in self._memory_warned:
+                self._memory_warned.add(source)
+                text = (
+                    f"{source} memory grew by {growth / 1e6:.0f} MB during the run "
+                    f"(limit {limit / 1e6:.0f} MB): a leak?"
+                )
+                self.warnings.append(text)
+                self.note(text)
+                self.journal.stage_event(
+                    self.run_id,
+                    "memory.leak_suspected",
+                    None,
+                    source=source,
+                    growth_bytes=growth,
+                    limit_bytes=limit,
+                    baseline_bytes=base,
+                    now_bytes=value,
+                )
+
+    def close(self) -> None:
+        """The run is over (or the orchestrator stops): its run heartbeat goes too."""
+        if self.coord is not None:
+            with contextlib.suppress(CoordError):
+                self.coord.forget(f"run:{self.run_id}")
+            self.coord.close()
+
+    def orphan_cleaned(self, task_id: str, attempt: int, reason: str) -> None:
+        self.orphans += 1
+        self.journal.stage_event(
+            self.run_id, "orphan.cleaned", task_id, attempt=attempt, reason=reason
+        )

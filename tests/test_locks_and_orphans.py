@@ -1,0 +1,380 @@
+"""The test lock, fencing, heartbeats and orphans, cleanup: on SQLite and on a real Redis."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from abreast.coord.backend import open_coordinator
+from abreast.executor.process import marked_processes
+from tests.conftest import RedisServer, free_port, redis_server_binary, run_abreast
+from tests.helpers import PY, intervals, max_concurrency, pid_alive, wait_for
+
+# Binds one TCP port for a while, like a test suite's server; records its interval and
+# whether the port was free.
+BIND = """
+import json, os, socket, sys, time
+port, out = int(sys.argv[1]), sys.argv[2]
+start = time.monotonic()
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", port)); s.listen(); ok = True
+except OSError as e:
+    ok = e.errno
+time.sleep(0.15)
+s.close()
+end = time.monotonic()
+with open(out, "w") as f:
+    json.dump({"start": start, "end": end, "ok": ok, "token": os.environ["ABREAST_LOCK_TOKEN"]}, f)
+"""
+
+
+def lock_argv(state: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "abreast", "lock", "tests", "--state", state, *extra, "--"]
+
+
+def test_ten_processes_holding_the_test_lock_never_overlap(tmp_path: Path, coord_url: str) -> None:
+    script = tmp_path / "bind.py"
+    script.write_text(BIND)
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [*lock_argv(coord_url), PY, str(script), str(port), str(tmp_path / f"r{i}.json")],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(10)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 10, errors
+    runs = [json.loads((tmp_path / f"r{i}.json").read_text()) for i in range(10)]
+    assert all(r["ok"] is True for r in runs), "EADDRINUSE: two holders at once"
+    spans = sorted((r["start"], r["end"]) for r in runs)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+    assert len({r["token"] for r in runs}) == 10  # a fresh fencing token per grant
+
+
+def test_exit_status_passes_through_and_bad_use_is_explained(tmp_path: Path) -> None:
+    state = f"sqlite://{tmp_path}/state.db"
+    result = subprocess.run([*lock_argv(state), "sh", "-c", "exit 7"], check=False)
+    assert result.returncode == 7
+    missing = run_abreast("lock", "tests", "--state", state)
+    assert missing.code == 2 and "needs a command to run" in missing.err
+    bad = run_abreast("lock", "../x", "--state", state, "--", "true")
+    assert bad.code == 2 and "lock name '../x' is not allowed" in bad.err
+    ttl = run_abreast("lock", "t", "--ttl", "soon", "--state", state, "--", "true")
+    assert ttl.code == 2 and "is not a duration" in ttl.err
+
+
+def test_waiting_gives_up_after_timeout_and_says_who_holds_it(tmp_path: Path) -> None:
+    state = f"sqlite://{tmp_path}/state.db"
+    holder = subprocess.Popen([*lock_argv(state), "sleep", "5"])
+    try:
+        coord = open_coordinator(state)
+        wait_for(lambda: coord.holder("tests") is not None, what="the first holder")
+        t0 = time.monotonic()
+        waited = run_abreast("lock", "tests", "--timeout", "0.5", "--state", state, "--", "true")
+        assert time.monotonic() - t0 >= 0.5
+        assert waited.code == 75
+        assert "gave up waiting for 'tests'" in waited.err
+        assert f"pid {holder.pid}" in waited.err
+    finally:
+        holder.terminate()
+        holder.wait(timeout=10)
+
+
+def test_a_stopped_holder_loses_the_lock_to_the_next_and_its_command_is_killed(
+    tmp_path: Path, coord_url: str
+) -> None:
+    marker = tmp_path / "cmd.pid"
+    first = subprocess.Popen(
+        [*lock_argv(coord_url, "--ttl", "1"), "sh", "-c", f"echo $$ > {marker}; sleep 60"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    coord = open_coordinator(coord_url)
+    try:
+        wait_for(marker.exists, what="the first holder's command")
+        old = coord.holder("tests")
+        assert old is not None
+        os.kill(first.pid, signal.SIGSTOP)  # the holder, not its command, stops renewing
+        t0 = time.monotonic()
+        second = subprocess.run(
+            [*lock_argv(coord_url), "sh", "-c", "echo second"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert second.returncode == 0 and "second" in second.stdout
+        assert time.monotonic() - t0 >= 0.5  # granted only once the stopped lease ran out
+        assert not coord.validate("tests", old.token)  # fencing refuses the old token
+        os.kill(first.pid, signal.SIGCONT)
+        _, err = first.communicate(timeout=30)
+        assert first.returncode == 75
+        assert "lost the lock 'tests'" in err
+        cmd_pid = int(marker.read_text())
+        wait_for(lambda: not pid_alive(cmd_pid), what="the old command to be killed")
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
+            first.kill()
+            first.communicate()
+        coord.close()
+
+
+def run_json(root: Path, spec: dict, *args: str, env: dict | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
+    path = root / "w.json"
+    path.write_text(json.dumps({"version": 1, "isolation": "none", **spec}))
+    return subprocess.Popen(
+        [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain", *args],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_two_tasks_calling_abreast_lock_inside_a_parallel_run_serialise(
+    tmp_path: Path, coord_url: str
+) -> None:
+    rec = tmp_path / "record.py"
+    rec.write_text(
+        "import json,os,sys,time\ns=time.monotonic();time.sleep(0.4);"
+        "json.dump({'task':os.environ['ABREAST_TASK_ID'],'start':s,"
+        "'end':time.monotonic()},open(sys.argv[1]+'/'+os.environ['ABREAST_TASK_ID']"
+        "+'.json','w'))"
+    )
+    (tmp_path / "rec").mkdir()
+    inner = f"{PY} -m abreast lock tests -- {PY} {rec} {tmp_path}/rec"
+    proc = run_json(
+        tmp_path,
+        {"name": "inner", "max_parallel": 2, "tasks": {"a": {"run": inner}, "b": {"run": inner}}},
+        "--state",
+        coord_url,
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    spans = intervals(tmp_path)
+    assert set(spans) == {"a", "b"}
+    assert max_concurrency(spans) == 1
+
+
+def test_task_locks_serialise_across_two_runs(tmp_path: Path, coord_url: str) -> None:
+    rec = tmp_path / "record.py"
+    rec.write_text(
+        "import json,os,sys,time\ns=time.monotonic();time.sleep(0.5);"
+        "json.dump({'task':os.environ['ABREAST_RUN_ID'],'start':s,"
+        "'end':time.monotonic()},open(sys.argv[1]+'/'+os.environ['ABREAST_RUN_ID']"
+        "+'.json','w'))"
+    )
+    (tmp_path / "rec").mkdir()
+    runs = []
+    for i in range(2):
+        root = tmp_path / f"p{i}"
+        root.mkdir()
+        runs.append(
+            run_json(
+                root,
+                {
+                    "name": f"p{i}",
+                    "locks": {"tests": {"ttl": "5s"}},
+                    "tasks": {"t": {"run": f"{PY} {rec} {tmp_path}/rec", "locks": ["tests"]}},
+                },
+                "--state",
+                coord_url,
+            )
+        )
+    for proc in runs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+    spans = intervals(tmp_path)
+    assert len(spans) == 2
+    assert max_concurrency(spans) == 1
+
+
+def test_a_silent_task_is_an_orphan_killed_and_retried(tmp_path: Path) -> None:
+    script = tmp_path / "hang.sh"
+    script.write_text(
+        '#!/bin/sh\necho $$ >> pids\nif [ "$ABREAST_ATTEMPT" = 1 ]; then sleep 60; fi\necho done\n'
+    )
+    script.chmod(0o755)
+    proc = run_json(
+        tmp_path,
+        {
+            "name": "orph",
+            "heartbeat": {"interval": "0.2s", "orphan_after": "1s"},
+            "tasks": {"quiet": {"run": str(script), "retries": 1, "backoff": {"initial": 0.05}}},
+        },
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert "orphan: no sign of life" in out
+    first = int((tmp_path / "pids").read_text().split()[0])
+    assert not pid_alive(first)
+    db = sqlite3.connect(tmp_path / ".abreast" / "state.db")
+    events = db.execute("SELECT task_id, data FROM events WHERE type = 'orphan.cleaned'").fetchall()
+    assert len(events) == 1
+    assert json.loads(events[0][1])["reason"] == "no_activity"
+
+
+def test_memory_growth_over_the_limit_is_reported(tmp_path: Path) -> None:
+    proc = run_json(
+        tmp_path,
+        {
+            "name": "mem",
+            "memory": {"growth_limit": 1},
+            "heartbeat": {"interval": "0.1s"},
+            "tasks": {
+                "t": {"run": f"{PY} -c 'import time; x = bytearray(10**7); time.sleep(1.5)'"}
+            },
+        },
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    db = sqlite3.connect(tmp_path / ".abreast" / "state.db")
+    rows = db.execute("SELECT data FROM events WHERE type = 'memory.leak_suspected'").fetchall()
+    assert rows, out
+    assert "warning: orchestrator memory grew by" in out
+    peak = db.execute("SELECT peak_rss_bytes FROM tasks WHERE task_id = 't'").fetchone()[0]
+    assert peak > 10**7  # the task's 10 MB showed in its peak RSS
+
+
+def test_cleanup_force_after_sigkill_leaves_nothing(tmp_path: Path, coord_url: str) -> None:
+    subprocess.run(["git", "init", "-q", "-b", "main", str(tmp_path)], check=True)
+    (tmp_path / "f.txt").write_text("x\n")
+    (tmp_path / ".gitignore").write_text("w.json\n*.pid\n")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "-A"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(tmp_path),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "init",
+        ],
+        check=True,
+    )
+    (tmp_path / "w.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "dead",
+                "isolation": "worktree",
+                "locks": {"tests": {"ttl": "1h"}},
+                "tasks": {
+                    "a": {"run": f"echo $$ > {tmp_path}/a.pid; sleep 60", "locks": ["tests"]},
+                    "b": {"run": f"echo $$ > {tmp_path}/b.pid; sleep 60"},
+                },
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "abreast",
+            "run",
+            str(tmp_path / "w.json"),
+            "--no-monitor",
+            "--plain",
+            "--state",
+            coord_url,
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    run_id = proc.stdout.readline()[5:].strip()
+    wait_for(
+        lambda: (tmp_path / "a.pid").exists() and (tmp_path / "b.pid").exists(),
+        what="both tasks to start",
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    coord = open_coordinator(coord_url)
+    assert coord.holder("tests") is not None  # the dead run still holds its lease
+    dry = run_abreast("cleanup", "--dry-run", "--state", coord_url, cwd=tmp_path)
+    assert "release lock 'tests'" in dry.out
+    assert "kill 4 process(es)" in dry.out  # each task's shell and its sleep
+    done = run_abreast("cleanup", "--force", "--state", coord_url, cwd=tmp_path)
+    assert done.code == 0, done.err
+    assert f"{run_id} (its orchestrator is gone): did" in done.out
+    assert marked_processes(run_id) == []
+    for name in ("a", "b"):
+        assert not pid_alive(int((tmp_path / f"{name}.pid").read_text()))
+    assert coord.holder("tests") is None
+    assert coord.heartbeats(f"attempt:{run_id}/") == []
+    listed = subprocess.run(
+        ["git", "-C", str(tmp_path), "worktree", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert listed.count("\n") == 1
+    coord.close()
+
+
+@pytest.mark.slow
+def test_redis_restart_during_a_run(tmp_path: Path) -> None:
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    try:
+        inner = f"{PY} -m abreast lock tests -- sleep 0.3"
+        tasks = {
+            f"t{i}": {"run": inner, "retries": 2, "backoff": {"initial": 0.2}} for i in range(8)
+        }
+        proc = run_json(
+            tmp_path, {"name": "restart", "max_parallel": 2, "tasks": tasks}, "--state", server.url
+        )
+        time.sleep(0.8)  # let some tasks take and release the lock first
+        server.stop()
+        time.sleep(0.5)  # the backend is really gone for a while
+        server.start()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+        coord = open_coordinator(server.url)
+        after = coord.acquire(
+            "tests",
+            __import__("abreast.coord.backend", fromlist=["Holder"]).Holder.here(),
+            ttl_s=5,
+            timeout_s=5,
+        )
+        assert after is not None
+        assert after.token > 10**12  # seeded from the clock: never a token seen before
+        assert coord.leases() == [after]
+        coord.close()
+    finally:
+        server.stop()
+
+
+def test_unreachable_state_is_a_clear_error(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "w.json"
+    path.write_text(
+        json.dumps({"version": 1, "isolation": "none", "tasks": {"a": {"run": "true"}}})
+    )
+    result = run_abreast(
+        "run", str(path), "--state", f"redis://127.0.0.1:{port}/0", cwd=tmp_path, timeout=120
+    )
+    assert result.code == 2
+    assert "cannot reach Redis" in result.err
+    assert "Traceback" not in result.err
+    _ = socket  # (kept for the port helper's use above)
