@@ -48,6 +48,33 @@ redis.call('HDEL', KEYS[3], ticket, ticket .. ':at')
 return {token, now, now + ttl}
 """
 
+# KEYS: lease, queue, waiters, token counter, ticket counter; ARGV: holder json, ttl ms, waiter ttl
+# The uncontended path in one round trip: take a ticket, and the lease if it is free.
+_ENQUEUE_AND_TRY = """
+local ticket = tostring(redis.call('INCR', KEYS[5]))
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], tonumber(ticket), ticket)
+redis.call('HSET', KEYS[3], ticket, ARGV[1], ticket .. ':at', now)
+if redis.call('EXISTS', KEYS[1]) == 1 then return {ticket} end
+while true do
+  local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+  if #head == 0 or head[1] == ticket then break end
+  local seen = redis.call('HGET', KEYS[3], head[1] .. ':at')
+  if seen and tonumber(seen) + tonumber(ARGV[3]) >= now then return {ticket} end
+  redis.call('ZREM', KEYS[2], head[1])
+  redis.call('HDEL', KEYS[3], head[1], head[1] .. ':at')
+end
+if redis.call('EXISTS', KEYS[4]) == 0 then redis.call('SET', KEYS[4], now * 1000) end
+local token = redis.call('INCR', KEYS[4])
+local ttl = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'token', token, 'holder', ARGV[1], 'since', now, 'expires', now + ttl)
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('ZREM', KEYS[2], ticket)
+redis.call('HDEL', KEYS[3], ticket, ticket .. ':at')
+return {ticket, token, now, now + ttl}
+"""
+
 # KEYS: lease; ARGV: token, ttl ms
 _RENEW = """
 local t = redis.call('TIME')
@@ -106,6 +133,7 @@ class RedisCoordinator(Coordinator):
             health_check_interval=15,
         )
         self._try_grant = self._r.register_script(_TRY_GRANT)
+        self._enqueue_and_try = self._r.register_script(_ENQUEUE_AND_TRY)
         self._renew = self._r.register_script(_RENEW)
         self._release = self._r.register_script(_RELEASE)
         self._rate_take = self._r.register_script(_RATE_TAKE)
@@ -144,6 +172,19 @@ class RedisCoordinator(Coordinator):
         )
         self._call(pipe.execute)
         return ticket
+
+    def enqueue_and_try(self, name: str, holder: Holder, ttl_s: float) -> tuple[int, Lease | None]:
+        keys = [*self._keys(name), f"{PREFIX}lock:{name}:tickets"]
+        got = self._call(
+            self._enqueue_and_try,
+            keys=keys,
+            args=[json.dumps(holder.to_dict()), int(ttl_s * 1000), int(WAITER_TTL_S * 1000)],
+        )
+        ticket = int(got[0])
+        if len(got) == 1:
+            return ticket, None
+        token, since, expires = (int(x) for x in got[1:])
+        return ticket, Lease(name, token, holder, since / 1000, expires / 1000)
 
     def try_grant(self, name: str, holder: Holder, ticket: int, ttl_s: float) -> Lease | None:
         got = self._call(

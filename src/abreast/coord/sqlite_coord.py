@@ -86,44 +86,84 @@ class SqliteCoordinator(Coordinator):
             )
             return int(cur.lastrowid or 0)
 
+    def enqueue_and_try(self, name: str, holder: Holder, ttl_s: float) -> tuple[int, Lease | None]:
+        ticket = self.enqueue(name, holder) if self._busy(name) else -1
+        if ticket == -1:
+            with self._tx() as db:  # free and nobody waiting: take it in one transaction
+                cur = db.execute(
+                    f"INSERT INTO waiters (name, holder, refreshed_at) VALUES (?, ?, {_NOW})",
+                    (name, json.dumps(holder.to_dict())),
+                )
+                ticket = int(cur.lastrowid or 0)
+                lease = self._grant_in(db, name, holder, ticket, ttl_s)
+            return ticket, lease
+        return ticket, self.try_grant(name, holder, ticket, ttl_s)
+
+    def _busy(self, name: str) -> bool:
+        """Held, or others waiting (a read: no write lock taken)."""
+        row = self._db.execute(
+            f"SELECT (SELECT count(*) FROM leases WHERE name = ? AND "
+            f"expires_at > {_NOW}) + (SELECT count(*) FROM waiters WHERE "
+            f"name = ?)",
+            (name, name),
+        ).fetchone()
+        return bool(row[0])
+
     def try_grant(self, name: str, holder: Holder, ticket: int, ttl_s: float) -> Lease | None:
+        # Most tries find the lock still held: answer those with a read, and take the write
+        # lock only to refresh our place now and then, or to be granted.
+        now = self.now()
+        held = self._db.execute("SELECT expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+        seen = self._db.execute(
+            "SELECT refreshed_at FROM waiters WHERE ticket = ?", (ticket,)
+        ).fetchone()
+        if (
+            held is not None
+            and held[0] > now
+            and seen is not None
+            and now - seen[0] < WAITER_TTL_S / 3
+        ):
+            return None
         with self._tx() as db:
-            now = float(db.execute(f"SELECT {_NOW}").fetchone()[0])
-            db.execute(
-                "DELETE FROM waiters WHERE name = ? AND refreshed_at < ? AND ticket != ?",
-                (name, now - WAITER_TTL_S, ticket),
-            )
-            held = json.dumps(holder.to_dict())
-            # Refresh our place (or take it back with the same ticket, if it lapsed).
-            db.execute(
-                "INSERT INTO waiters (ticket, name, holder, refreshed_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT(ticket) DO UPDATE SET "
-                "refreshed_at = excluded.refreshed_at",
-                (ticket, name, held, now),
-            )
-            row = db.execute("SELECT expires_at FROM leases WHERE name = ?", (name,)).fetchone()
-            if row is not None and row[0] > now:
-                return None
-            first = db.execute(
-                "SELECT min(ticket) FROM waiters WHERE name = ?", (name,)
-            ).fetchone()[0]
-            if first != ticket:
-                return None
-            db.execute(
-                "INSERT INTO lock_tokens (name, token) VALUES (?, 1) "
-                "ON CONFLICT(name) DO UPDATE SET token = token + 1",
-                (name,),
-            )
-            token = int(
-                db.execute("SELECT token FROM lock_tokens WHERE name = ?", (name,)).fetchone()[0]
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO leases (name, token, holder, since, expires_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (name, token, held, now, now + ttl_s),
-            )
-            db.execute("DELETE FROM waiters WHERE ticket = ?", (ticket,))
-            return Lease(name, token, holder, now, now + ttl_s)
+            return self._grant_in(db, name, holder, ticket, ttl_s)
+
+    def _grant_in(
+        self, db: sqlite3.Connection, name: str, holder: Holder, ticket: int, ttl_s: float
+    ) -> Lease | None:
+        now = float(db.execute(f"SELECT {_NOW}").fetchone()[0])
+        db.execute(
+            "DELETE FROM waiters WHERE name = ? AND refreshed_at < ? AND ticket != ?",
+            (name, now - WAITER_TTL_S, ticket),
+        )
+        held = json.dumps(holder.to_dict())
+        # Refresh our place (or take it back with the same ticket, if it lapsed).
+        db.execute(
+            "INSERT INTO waiters (ticket, name, holder, refreshed_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT(ticket) DO UPDATE SET "
+            "refreshed_at = excluded.refreshed_at",
+            (ticket, name, held, now),
+        )
+        row = db.execute("SELECT expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+        if row is not None and row[0] > now:
+            return None
+        first = db.execute("SELECT min(ticket) FROM waiters WHERE name = ?", (name,)).fetchone()[0]
+        if first != ticket:
+            return None
+        db.execute(
+            "INSERT INTO lock_tokens (name, token) VALUES (?, 1) "
+            "ON CONFLICT(name) DO UPDATE SET token = token + 1",
+            (name,),
+        )
+        token = int(
+            db.execute("SELECT token FROM lock_tokens WHERE name = ?", (name,)).fetchone()[0]
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO leases (name, token, holder, since, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (name, token, held, now, now + ttl_s),
+        )
+        db.execute("DELETE FROM waiters WHERE ticket = ?", (ticket,))
+        return Lease(name, token, holder, now, now + ttl_s)
 
     def dequeue(self, name: str, ticket: int) -> None:
         with self._tx() as db:
