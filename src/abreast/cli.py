@@ -97,6 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fast-forward `base` to the result when the run succeeds",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve Prometheus metrics on 127.0.0.1:P during the run",
+    )
+    p.add_argument(
+        "--dashboard",
+        nargs="?",
+        const=0,
+        type=int,
+        metavar="PORT",
+        help="serve the dashboard on 127.0.0.1 during the run (PORT, or a free one)",
+    )
 
     p = sub.add_parser("resume", help="carry on a run whose orchestrator died")
     p.add_argument("run_id", metavar="RUN")
@@ -122,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cancel", help="stop a running run")
     p.add_argument("run_id", metavar="RUN")
+    _state_arg(p)
+
+    p = sub.add_parser("dashboard", help="serve a live, read-only web view of the runs")
+    p.add_argument("--port", type=int, default=8765, metavar="P", help="default 8765")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="default 127.0.0.1; any other address needs --token"
+    )
+    p.add_argument("--token", metavar="SECRET", help="required on every request")
+    _state_arg(p)
+
+    p = sub.add_parser("report", help="what a run did and what parallelism saved")
+    p.add_argument("run_id", nargs="?", metavar="RUN", help="default: the latest run")
+    p.add_argument("--json", action="store_true", help="machine-readable")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained page")
     _state_arg(p)
 
     p = sub.add_parser(
@@ -222,6 +250,16 @@ def _finish(outcome: RunOutcome) -> int:
     from abreast.observe.summary import summarize
 
     summarize(outcome, sys.stdout)
+    journal_path = outcome.journal_path
+    if journal_path is not None and journal_path.exists():
+        from abreast.coord.journal import Journal
+        from abreast.observe import report
+
+        journal = Journal(journal_path)
+        try:
+            print(report.short(report.build(journal, outcome.run_id)))
+        finally:
+            journal.close()
     return 0 if outcome.state == "succeeded" else 1
 
 
@@ -237,6 +275,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         state=args.state,
         monitor=not args.no_monitor,
         land=args.land,
+        metrics_port=args.metrics_port,
+        dashboard_port=args.dashboard,
     )
     if args.dry_run:
         return dry_run(req, sys.stdout)
@@ -308,6 +348,33 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     _, journal = open_journal(None, args.state)
     print(cancel_run(journal, find_run(journal, args.run_id)))
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from abreast.coord.location import locate
+    from abreast.observe.dashboard import serve
+
+    serve(locate(None, args.state), args.host, args.port, args.token)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from abreast.engine.runs import find_run, open_journal
+    from abreast.observe import report
+
+    _, journal = open_journal(None, args.state)
+    try:
+        rep = report.build(journal, find_run(journal, args.run_id).id)
+    finally:
+        journal.close()
+    if args.html:
+        Path(args.html).write_text(report.html_page(rep), encoding="utf-8")
+        print(f"wrote {args.html}")
+    if args.json:
+        print(report.as_json(rep))
+    elif not args.html:
+        print(report.text(rep))
     return 0
 
 
@@ -386,6 +453,8 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "signal": cmd_signal,
     "cleanup": cmd_cleanup,
+    "dashboard": cmd_dashboard,
+    "report": cmd_report,
     "lock": cmd_lock,
     "demo": cmd_demo,
     "analyze": cmd_analyze,

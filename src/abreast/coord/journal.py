@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +204,8 @@ class Journal:
         self._attempt_updates: dict[tuple[str, str, int], dict[str, Any]] = {}
         self._new_attempts: list[tuple[Any, ...]] = []
         self._events: list[tuple[Any, ...]] = []
+        # Called with each batch of events once it is durable, in order (sinks, metrics).
+        self.listeners: list[Callable[[list[EventRow]], None]] = []
         try:
             self._setup()
         except sqlite3.DatabaseError as e:
@@ -296,14 +298,24 @@ class Journal:
                         "WHERE run_id = ? AND task_id = ? AND attempt = ?",
                         rows,
                     )
+                last = 0
                 if events:
                     db.executemany(
                         "INSERT INTO events (run_id, ts, type, task_id, data) "
                         "VALUES (?, ?, ?, ?, ?)",
                         events,
                     )
+                    # One writer at a time: the batch's sequence numbers are consecutive.
+                    last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
         except sqlite3.Error as e:
             raise StateError(f"cannot write the journal at {self.path}: {e}") from e
+        if events and self.listeners:
+            committed = [
+                EventRow(last - len(events) + 1 + i, run, ts, kind, task, json.loads(data))
+                for i, (run, ts, kind, task, data) in enumerate(events)
+            ]
+            for listener in self.listeners:
+                listener(committed)
 
     def write(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Stage and commit one statement (with anything already staged)."""
@@ -403,15 +415,6 @@ class Journal:
                     "VALUES (?, ?, ?, 'pending')",
                     [(run_id, tid, i) for i, tid in enumerate(task_ids)],
                 )
-                db.execute(
-                    "INSERT INTO events (run_id, ts, type, data) VALUES (?, ?, ?, ?)",
-                    (
-                        run_id,
-                        started_at,
-                        "run.started",
-                        json.dumps({"workflow": workflow, "tasks": len(task_ids), **options}),
-                    ),
-                )
         except sqlite3.IntegrityError:
             raise StateError(
                 f"a run with id {run_id!r} already exists",
@@ -463,13 +466,24 @@ class Journal:
         rows = self._db.execute(sql + " ORDER BY started_at, task_id, attempt", params).fetchall()
         return [AttemptRow(*r) for r in rows]
 
-    def events(self, run_id: str, after_seq: int = 0, limit: int = 100_000) -> list[EventRow]:
-        rows = self._db.execute(
-            "SELECT seq, run_id, ts, type, task_id, data FROM events "
-            "WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (run_id, after_seq, limit),
-        ).fetchall()
+    def events(
+        self,
+        run_id: str,
+        after_seq: int = 0,
+        limit: int = 100_000,
+        types: Sequence[str] | None = None,
+    ) -> list[EventRow]:
+        sql = "SELECT seq, run_id, ts, type, task_id, data FROM events WHERE run_id = ? AND seq > ?"
+        params: list[Any] = [run_id, after_seq]
+        if types:
+            sql += f" AND type IN ({', '.join('?' for _ in types)})"
+            params += list(types)
+        rows = self._db.execute(sql + " ORDER BY seq LIMIT ?", (*params, limit)).fetchall()
         return [EventRow(*_with_json_last(r)) for r in rows]
+
+    def last_seq(self, run_id: str) -> int:
+        row = self._db.execute("SELECT max(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()
+        return int(row[0] or 0)
 
     def signals(self, run_id: str) -> list[tuple[str, str]]:
         return self._db.execute(

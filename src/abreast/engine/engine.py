@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from abreast.coord.backend import Lease
 from abreast.coord.journal import Journal
@@ -49,6 +49,10 @@ from abreast.plan.graph import TaskGraph
 from abreast.spec import conditions
 from abreast.spec.model import Scalar, Task, Workflow
 
+if TYPE_CHECKING:
+    from abreast.observe.events import Sink
+    from abreast.observe.metrics import Metrics
+
 LOG_TAIL_LINES = 12
 JITTER = 0.25  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
 
@@ -64,6 +68,8 @@ class EngineOptions:
     rng: random.Random = field(default_factory=random.Random)
     base_env: dict[str, str] = field(default_factory=dict)
     supervisor: Supervisor | None = None
+    sinks: list[Sink] = field(default_factory=list)  # hear every committed event
+    metrics: Metrics | None = None
 
 
 @dataclass(eq=False)
@@ -120,6 +126,7 @@ class RunOutcome:
     tasks: list[TaskRun]
     landing: str | None = None
     warnings: list[str] = field(default_factory=list)
+    journal_path: Path | None = None
 
     @property
     def saved_s(self) -> float:
@@ -236,6 +243,11 @@ class Engine:
 
     async def run(self) -> RunOutcome:
         loop = asyncio.get_running_loop()
+        for sink in self.options.sinks:
+            await sink.start()
+            self.journal.listeners.append(sink)
+        if self.options.metrics is not None:
+            self.journal.listeners.append(self.options.metrics.consume)
         self._executor = LocalExecutor(self._process_exited)
         become_subreaper()  # orphaned descendants of tasks come to us, and are reaped
         installed = self._install_signal_handlers(loop)
@@ -268,6 +280,10 @@ class Engine:
                 if tr.timer:
                     tr.timer.cancel()
         outcome = await self._finish_run()
+        if self.options.metrics is not None:
+            self.options.metrics.observe_engine(self)
+        for sink in self.options.sinks:
+            await sink.close()
         self.view.end()
         return outcome
 
@@ -740,6 +756,8 @@ class Engine:
         if now - self._last_heartbeat >= self.wf.heartbeat.interval:
             self._last_heartbeat = now
             self.journal.stage_run(self.run_id, heartbeat_at=now)
+        if self.options.metrics is not None:
+            self.options.metrics.observe_engine(self)
         self._schedule_tick()
 
     def _schedule_tick(self) -> None:
@@ -828,7 +846,7 @@ class Engine:
                 None,
                 ts=now,
                 group=w,
-                duration_ms=round((now - first) * 1000),
+                duration=round((now - first) * 1000),  # milliseconds, as in seed 004
                 stagesCompleted=sum(t.state is TaskState.SUCCEEDED for t in members),
                 tasks=[t.id for t in members],
             )
@@ -879,7 +897,15 @@ class Engine:
         self.journal.stage_event(self.run_id, "run.finished", ts=now, state=state)
         self.journal.commit()
         return RunOutcome(
-            self.run_id, state, wall, busy, failures, self.tasks, landing, list(self.sup.warnings)
+            self.run_id,
+            state,
+            wall,
+            busy,
+            failures,
+            self.tasks,
+            landing,
+            list(self.sup.warnings),
+            self.journal.path,
         )
 
     # -- resume ------------------------------------------------------------------------------

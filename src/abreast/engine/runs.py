@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from abreast.coord.backend import CoordError, open_coordinator
 from abreast.coord.journal import Journal, RunRow
@@ -38,6 +38,10 @@ from abreast.spec import load_workflow
 from abreast.spec.model import TASK_ID_PATTERN, Scalar, Workflow
 from abreast.spec.overrides import flag_overrides, parallel_cap
 
+if TYPE_CHECKING:
+    from abreast.observe.events import Sink
+    from abreast.observe.metrics import Metrics
+
 _RUN_ID = re.compile(TASK_ID_PATTERN.replace("62", "99"))
 IsolationFactory = Callable[[Workflow, StateLocation, str, Journal], Isolation]
 
@@ -53,6 +57,8 @@ class RunRequest:
     monitor: bool = True
     isolation: IsolationFactory | None = None
     land: bool = False
+    metrics_port: int | None = None
+    dashboard_port: int | None = None  # serve the dashboard during the run
 
 
 @dataclass
@@ -100,7 +106,13 @@ def dry_run(req: RunRequest, out: Any) -> int:
     return 0
 
 
-def _options(p: Prepared, monitor_on: bool, supervisor: Supervisor) -> EngineOptions:
+def _options(
+    p: Prepared,
+    monitor_on: bool,
+    supervisor: Supervisor,
+    sinks: list[Sink] | None = None,
+    metrics: Metrics | None = None,
+) -> EngineOptions:
     monitor = None
     if monitor_on and p.wf.resources.monitor:
         monitor = ResourceMonitor(p.wf.resources.thresholds)
@@ -113,9 +125,82 @@ def _options(p: Prepared, monitor_on: bool, supervisor: Supervisor) -> EngineOpt
         rng=random.Random(),
         base_env=dict(os.environ),
         supervisor=supervisor,
+        sinks=sinks or [],
+        metrics=metrics,
         # Ticks often enough to notice an orphan within a quarter of its threshold.
         tick_s=min(1.0, hb.interval, hb.orphan_after / 4),
     )
+
+
+def _observers(req: RunRequest, p: Prepared) -> tuple[list[Sink], Metrics | None]:
+    """Event sinks and metrics for a run; reachable-or-refuse checks happen here, before
+    anything is journaled."""
+    sinks: list[Sink] = []
+    if p.location.is_redis:
+        from abreast.observe.events import RedisSink
+
+        sinks.append(RedisSink(p.location.coord_url, p.wf.events.subject))
+    if p.wf.events.nats:
+        from abreast.observe.events import NatsSink
+
+        _probe(p.wf.events.nats)
+        sinks.append(NatsSink(p.wf.events.nats, p.wf.events.subject))
+    metrics = None
+    if req.metrics_port is not None or req.dashboard_port is not None:
+        from abreast.observe.metrics import Metrics
+
+        metrics = Metrics()
+    return sinks, metrics
+
+
+def _probe(url: str) -> None:
+    """A TCP connection to the server in `url`, or a clear error before the run starts."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 4222
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as e:
+        raise StateError(
+            f"cannot reach NATS at {url}: {e.strerror or e}",
+            hint="start nats-server, or remove `events.nats` from the workflow",
+        ) from None
+
+
+def _serve(
+    req: RunRequest,
+    metrics: Metrics | None,
+    location: StateLocation,
+    announce: Callable[[str], None],
+) -> list[Callable[[], None]]:
+    """Start the metrics endpoint and the dashboard; returns how to stop them."""
+    stops: list[Callable[[], None]] = []
+    if req.metrics_port is not None and metrics is not None:
+        from abreast.observe.metrics import serve
+
+        try:
+            server, _thread = serve(metrics, req.metrics_port)
+        except OSError as e:
+            raise UsageError(f"--metrics-port {req.metrics_port}: {e.strerror}") from None
+        stops.append(server.shutdown)
+        announce(f"metrics: http://127.0.0.1:{req.metrics_port}/metrics")
+    if req.dashboard_port is not None:
+        from abreast.observe.dashboard import DashboardServer
+
+        dash = DashboardServer(location, port=req.dashboard_port, metrics=metrics)
+        dash.start()
+
+        def linger_then_stop() -> None:
+            # Pages still open get the run's last state before the server goes.
+            time.sleep(DASHBOARD_LINGER_S)
+            dash.stop()
+
+        stops.append(linger_then_stop)
+
+        announce(f"dashboard: {dash.url}")
+    return stops
 
 
 def _supervisor(p: Prepared, run_id: str, journal: Journal) -> Supervisor:
@@ -199,9 +284,22 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         )
     kind = "none" if req.isolation is not None else isolation_kind(p.wf, p.location)
     base_commit = _base_commit(p, kind, lambda text: print(text, file=sys.stderr))
+    sinks, metrics = _observers(req, p)
     journal = Journal(p.location.journal)
+    supervisor = _supervisor(p, run_id, journal)  # an unreachable backend stops us here
     started = time.time()
     me = os.getpid()
+    options: dict[str, Any] = {
+        "flags": p.flags,
+        "max_parallel": p.cap,
+        "sequential": req.sequential,
+        "state": req.state,
+        "monitor": req.monitor,
+        "policy": p.analysis.policy.value,
+        "isolation": kind,
+        "base_commit": base_commit,
+        "land": req.land,
+    }
     journal.create_run(
         run_id,
         workflow=p.wf.name,
@@ -213,20 +311,12 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         host=socket.gethostname(),
         started_at=started,
         task_ids=list(p.wf.tasks),
-        options={
-            "flags": p.flags,
-            "max_parallel": p.cap,
-            "sequential": req.sequential,
-            "state": req.state,
-            "monitor": req.monitor,
-            "policy": p.analysis.policy.value,
-            "isolation": kind,
-            "base_commit": base_commit,
-            "land": req.land,
-        },
+        options={**options, "plan": plan_summary(p.analysis)},
+    )
+    journal.stage_event(
+        run_id, "run.started", ts=started, workflow=p.wf.name, tasks=len(p.wf.tasks), **options
     )
     announce(run_id)
-    supervisor = _supervisor(p, run_id, journal)
     isolation = _isolation(req, p, run_id, journal, kind, base_commit, supervisor)
     engine = Engine(
         p.wf,
@@ -234,16 +324,39 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         p.location,
         journal,
         p.graph,
-        _options(p, req.monitor, supervisor),
+        _options(p, req.monitor, supervisor, sinks, metrics),
         view=view,
         isolation=isolation,
         started_at=started,
     )
+    stops = _serve(req, metrics, p.location, lambda text: print(text, flush=True))
     try:
         return asyncio.run(engine.run())
     finally:
+        for stop in stops:
+            stop()
         supervisor.close()
         journal.close()
+
+
+DASHBOARD_LINGER_S = 2.0
+PLAN_LIMIT = 20_000
+# tasks; above this the run keeps no plan for dashboards and reports
+
+
+def plan_summary(a: Analysis) -> dict[str, Any] | None:
+    """What dashboards and reports need of the plan, kept with the run."""
+    if len(a.tasks) > PLAN_LIMIT:
+        return None
+    return {
+        "edges": [[x, y] for x, y, _ in a.edges],
+        "waves": a.waves,
+        "critical_path": a.critical_path,
+        "estimates": {t.id: t.estimate_s for t in a.tasks},
+        "scheduled_s": a.estimates.scheduled_s,
+        "sequential_s": a.estimates.sequential_s,
+        "critical_path_s": a.estimates.critical_path_s,
+    }
 
 
 # -- finding runs ------------------------------------------------------------------------------

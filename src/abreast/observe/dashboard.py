@@ -1,0 +1,515 @@
+"""`abreast dashboard`: a read-only web page of runs, updated live.
+
+    GET /                          runs
+    GET /runs/{run}                one run: DAG, timeline, merge queue, locks, keys, resources
+    GET /api/runs                  JSON
+    GET /api/runs/{run}            JSON snapshot of one run
+    GET /api/runs/{run}/events     server-sent events: the journal's events as they come
+    GET /api/runs/{run}/tasks/{t}/log   a task's log tail (text)
+    GET /metrics                   Prometheus exposition
+    GET /static/...                the page's script and style (no build step, no CDN)
+
+Safety: it binds 127.0.0.1 unless told otherwise, and any other address needs a
+token (sent as `?token=`, then kept in a cookie, or as `Authorization: Bearer`);
+requests whose Host or Origin is not this server are refused (DNS rebinding,
+cross-site reads); every user-supplied string is escaped on the server and set
+with textContent in the page; nothing is ever written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import html
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route
+
+from abreast.coord.journal import Journal
+from abreast.coord.location import StateLocation
+from abreast.errors import UsageError
+from abreast.observe import rundata
+from abreast.observe.metrics import CONTENT_TYPE, Metrics
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+POLL_S = 0.25  # the dashboard tails the journal (another process writes it)
+LOG_TAIL_BYTES = 32_768
+DAG_LIMIT = 400  # above this many tasks the page lists tasks instead of drawing them
+
+_STATIC = {"run.js": "text/javascript", "style.css": "text/css", "runs.js": "text/javascript"}
+
+
+class Dashboard:
+    def __init__(
+        self,
+        location: StateLocation,
+        *,
+        host: str,
+        port: int,
+        token: str | None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        if host not in LOOPBACK and not token:
+            raise UsageError(
+                f"the dashboard would listen on {host}, beyond this machine, without a token",
+                hint="pass --token SECRET (every request "
+                "must then carry it), or keep the default --host 127.0.0.1",
+            )
+        self.location = location
+        self.host = host
+        self.port = port
+        self.token = token
+        self.live_metrics = metrics
+        self._replayed = Metrics()
+        self._coord: Any = None
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def journal(self) -> Journal | None:
+        return Journal(self.location.journal) if self.location.journal.exists() else None
+
+    def allowed_hosts(self) -> set[str]:
+        names = set(LOOPBACK) if self.host in LOOPBACK else {self.host}
+        out = set()
+        for name in names:
+            shown = f"[{name}]" if ":" in name else name
+            out |= {f"{shown}:{self.port}", shown}
+        return out
+
+    async def guard(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        host = request.headers.get("host", "")
+        if host not in self.allowed_hosts():
+            return PlainTextResponse("refused: unexpected Host header", status_code=421)
+        origin = request.headers.get("origin")
+        if origin and origin.split("://", 1)[-1] not in self.allowed_hosts():
+            return PlainTextResponse("refused: cross-origin request", status_code=403)
+        set_cookie = False
+        if self.token:
+            offered = (
+                request.query_params.get("token")
+                or request.cookies.get("abreast_token")
+                or request.headers.get("authorization", "").removeprefix("Bearer ")
+            )
+            if not offered or not hmac.compare_digest(offered, self.token):
+                return PlainTextResponse("token required", status_code=401)
+            set_cookie = "token" in request.query_params
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "connect-src 'self'; frame-ancestors 'none'"
+        )
+        if set_cookie and self.token:
+            response.set_cookie("abreast_token", self.token, httponly=True, samesite="strict")
+        return response
+
+    def app(self) -> Starlette:
+        from starlette.middleware import Middleware
+        from starlette.middleware.base import BaseHTTPMiddleware
+
+        routes = [
+            Route("/", self.runs_page),
+            Route("/runs/{run_id}", self.run_page),
+            Route("/api/runs", self.api_runs),
+            Route("/api/runs/{run_id}", self.api_run),
+            Route("/api/runs/{run_id}/events", self.api_events),
+            Route("/api/runs/{run_id}/tasks/{task_id}/log", self.api_log),
+            Route("/metrics", self.metrics),
+            Route("/static/{name}", self.static),
+        ]
+        return Starlette(
+            routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=self.guard)]
+        )
+
+    # -- pages -----------------------------------------------------------------------------
+
+    async def runs_page(self, request: Request) -> Response:
+        journal = self.journal()
+        rows = []
+        if journal is not None:
+            try:
+                for r in journal.runs(100):
+                    state = _run_state(r)
+                    rows.append(
+                        f'<tr data-run="{html.escape(r.id)}"><td><a href="/runs/'
+                        f'{html.escape(r.id)}">{html.escape(r.id)}</a></td>'
+                        f'<td class="state {html.escape(state)}">{html.escape(state)}</td>'
+                        f"<td>{html.escape(r.workflow)}</td>"
+                        f"<td>{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.started_at))}"
+                        "</td></tr>"
+                    )
+            finally:
+                journal.close()
+        body = (
+            "<table class=runs><thead><tr><th>run</th><th>state</th><th>workflow</th>"
+            "<th>started</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+            if rows
+            else "<p>No runs yet. Start one with <code>abreast run</code>.</p>"
+        )
+        return HTMLResponse(_page("abreast: runs", body))
+
+    async def run_page(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        journal = self.journal()
+        found = journal.run(run_id) if journal else None
+        if journal:
+            journal.close()
+        if found is None:
+            return HTMLResponse(
+                _page("abreast: no such run", f"<p>No run {html.escape(run_id)}.</p>"),
+                status_code=404,
+            )
+        body = f"""
+<header><h1>run <span id=run-id>{html.escape(run_id)}</span></h1>
+<p id=summary></p></header>
+<section><h2>tasks</h2><div id=dag></div></section>
+<section><h2>timeline</h2><div id=timeline></div></section>
+<div class=cols>
+<section><h2>merge queue</h2><ol id=merges></ol></section>
+<section><h2>locks</h2><ul id=locks></ul></section>
+<section><h2>keys</h2><ul id=keys></ul></section>
+<section><h2>resources</h2><p id=resources></p></section>
+</div>
+<section id=log-box hidden><h2>log: <span id=log-task></span></h2><pre id=log></pre></section>
+<script src="/static/run.js"></script>"""
+        return HTMLResponse(_page(f"abreast: {run_id}", body, data_run=run_id))
+
+    async def static(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in _STATIC:
+            return PlainTextResponse("not found", status_code=404)
+        text = resources.files("abreast.observe").joinpath("static", name).read_text()
+        return Response(text, media_type=_STATIC[name])
+
+    # -- data ------------------------------------------------------------------------------
+
+    async def api_runs(self, request: Request) -> Response:
+        journal = self.journal()
+        if journal is None:
+            return JSONResponse([])
+        try:
+            return JSONResponse(
+                [
+                    {
+                        "id": r.id,
+                        "workflow": r.workflow,
+                        "state": _run_state(r),
+                        "started_at": r.started_at,
+                        "finished_at": r.finished_at,
+                    }
+                    for r in journal.runs(100)
+                ]
+            )
+        finally:
+            journal.close()
+
+    async def api_run(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        journal = self.journal()
+        if journal is None:
+            return JSONResponse({"error": "no journal"}, status_code=404)
+        try:
+            data = rundata.load(journal, run_id)
+            if data is None:
+                return JSONResponse({"error": f"no run {run_id}"}, status_code=404)
+            return JSONResponse(self.snapshot(journal, data))
+        finally:
+            journal.close()
+
+    def snapshot(self, journal: Journal, data: rundata.RunData) -> dict[str, Any]:
+        import psutil
+
+        run = data.run
+        plan = data.plan or {}
+        waves = plan.get("waves", [[t.task_id for t in data.tasks]])
+        wave_of = {tid: i for i, w in enumerate(waves) for tid in w}
+        critical = set(plan.get("critical_path", []))
+        estimates = plan.get("estimates", {})
+        tasks = [
+            {
+                "id": t.task_id,
+                "state": t.state,
+                "attempts": t.attempts,
+                "started_at": t.started_at,
+                "finished_at": t.finished_at,
+                "exit_code": t.exit_code,
+                "peak_rss_bytes": t.peak_rss_bytes,
+                "reason": t.reason,
+                "wave": wave_of.get(t.task_id, 0),
+                "critical": t.task_id in critical,
+                "estimate_s": estimates.get(t.task_id),
+            }
+            for t in data.tasks
+        ]
+        attempts = [
+            {
+                "task": a.task_id,
+                "attempt": a.attempt,
+                "state": a.state,
+                "started_at": a.started_at,
+                "ended_at": a.ended_at,
+                "exit_code": a.exit_code,
+            }
+            for a in data.attempts
+        ]
+        merges = [
+            {
+                "seq": e.seq,
+                "ts": e.ts,
+                "type": e.type,
+                "task": e.task_id,
+                "detail": _merge_detail(e.data),
+            }
+            for e in rundata.merge_log(journal, run.id)
+        ]
+        return {
+            "run": {
+                "id": run.id,
+                "workflow": run.workflow,
+                "state": _run_state(run),
+                "started_at": run.started_at,
+                "finished_at": run.finished_at,
+                "wall_s": data.wall_s(),
+                "busy_s": data.busy_s(),
+                "summary": run.summary,
+            },
+            "tasks": tasks,
+            "edges": data.edges if len(tasks) <= DAG_LIMIT else [],
+            "draw": len(tasks) <= DAG_LIMIT,
+            "attempts": attempts,
+            "merges": merges,
+            "locks": self.locks(run.id),
+            "keys": self.keys(journal, run.id),
+            "resources": {
+                "cpu_pct": psutil.cpu_percent(interval=None),
+                "memory_pct": psutil.virtual_memory().percent,
+            },
+            "last_seq": journal.last_seq(run.id),
+            "now": time.time(),
+        }
+
+    def locks(self, run_id: str) -> list[dict[str, Any]]:
+        try:
+            if self._coord is None:
+                from abreast.coord.backend import open_coordinator
+
+                self._coord = open_coordinator(self.location.coord_url)
+            out = []
+            for lease in self._coord.leases():
+                out.append(
+                    {
+                        "name": lease.name,
+                        "token": lease.token,
+                        "holder": lease.holder.to_dict(),
+                        "since": lease.since,
+                        "expires_at": lease.expires_at,
+                        "ours": lease.holder.run == run_id,
+                        "waiters": [w.to_dict() for w in self._coord.waiters(lease.name)],
+                    }
+                )
+            return out
+        except Exception:
+            return []
+
+    def keys(self, journal: Journal, run_id: str) -> list[dict[str, Any]]:
+        usage: dict[str, dict[str, Any]] = {}
+        for e in journal.events(run_id, types=("api.request", "api.limited")):
+            fp = str(e.data.get("fingerprint"))
+            u = usage.setdefault(
+                fp, {"fingerprint": fp, "requests": 0, "limited": 0, "pool": e.data.get("pool")}
+            )
+            if e.type == "api.request":
+                u["requests"] += int(e.data.get("count", 1))
+            else:
+                u["limited"] += 1
+        return list(usage.values())
+
+    async def api_events(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        try:
+            after = int(request.query_params.get("after", "0"))
+        except ValueError:
+            after = 0
+
+        async def stream() -> AsyncIterator[bytes]:
+            journal = self.journal()
+            if journal is None:
+                return
+            last, quiet = after, 0.0
+            try:
+                while True:
+                    events = journal.events(run_id, after_seq=last, limit=500)
+                    for e in events:
+                        last = e.seq
+                        payload = json.dumps(
+                            {"seq": e.seq, "type": e.type, "task": e.task_id, "ts": e.ts}
+                        )
+                        yield f"id: {e.seq}\ndata: {payload}\n\n".encode()
+                    if events:
+                        quiet = 0.0
+                        continue
+                    if await request.is_disconnected():
+                        return
+                    run = journal.run(run_id)
+                    if run is not None and run.finished_at and quiet > 2.0:
+                        yield b"event: end\ndata: {}\n\n"
+                        return
+                    await asyncio.sleep(POLL_S)  # tailing a file another process writes
+                    quiet += POLL_S
+                    if quiet % 15 < POLL_S:
+                        yield b": keep-alive\n\n"
+            finally:
+                journal.close()
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    async def api_log(self, request: Request) -> Response:
+        run_id, task_id = request.path_params["run_id"], request.path_params["task_id"]
+        journal = self.journal()
+        if journal is None:
+            return PlainTextResponse("no journal", status_code=404)
+        try:
+            attempts = journal.attempts(run_id, task_id)
+        finally:
+            journal.close()
+        if not attempts:
+            return PlainTextResponse("(not started)")
+        log = max(attempts, key=lambda a: a.attempt).log or ""
+        try:
+            with open(log, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            text = "(no log)"
+        return PlainTextResponse(text)
+
+    async def metrics(self, request: Request) -> Response:
+        if self.live_metrics is not None:
+            return Response(self.live_metrics.exposition(), media_type=CONTENT_TYPE)
+        journal = self.journal()
+        if journal is not None:
+            try:
+                runs = journal.runs(20)
+                for r in sorted(runs, key=lambda r: r.started_at):
+                    self._replayed.consume(journal.events(r.id, after_seq=self._replayed.last_seq))
+                if runs:
+                    counts: dict[str, int] = {}
+                    for t in journal.tasks(runs[0].id):
+                        counts[t.state] = counts.get(t.state, 0) + 1
+                    self._replayed.observe_tasks(counts)
+            finally:
+                journal.close()
+        return Response(self._replayed.exposition(), media_type=CONTENT_TYPE)
+
+
+class DashboardServer:
+    """The dashboard in a background thread (for `abreast run --dashboard`)."""
+
+    def __init__(
+        self,
+        location: StateLocation,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        import socket
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+        self.dashboard = Dashboard(location, host=host, port=port, token=token, metrics=metrics)
+        self.url = f"http://{host}:{port}/"
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.dashboard.app(),
+            host=self.dashboard.host,
+            port=self.dashboard.port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, name="abreast-dashboard", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise UsageError(f"the dashboard could not listen on {self.url}")
+            time.sleep(0.01)  # waiting for our own server thread to bind
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def serve(location: StateLocation, host: str, port: int, token: str | None) -> None:
+    """`abreast dashboard`: serve until interrupted."""
+    import uvicorn
+
+    dash = Dashboard(location, host=host, port=port, token=token)
+    shown = f"[{host}]" if ":" in host else host
+    suffix = f"?token={token}" if token else ""
+    print(f"dashboard: http://{shown}:{port}/{suffix}  (Ctrl-C to stop)", flush=True)
+    uvicorn.run(
+        dash.app(), host=host, port=port, log_level="warning", lifespan="off", access_log=False
+    )
+
+
+def _run_state(row: Any) -> str:
+    from abreast.observe.status import run_state
+
+    return str(run_state(row))
+
+
+def _merge_detail(data: dict[str, Any]) -> str:
+    if "commit" in data:
+        return str(data["commit"])[:12]
+    if "files" in data:
+        return "conflict in " + ", ".join(map(str, data["files"]))[:200]
+    if "check" in data:
+        return f"check {data['check']} failed"
+    return ""
+
+
+def _page(title: str, body: str, data_run: str | None = None) -> str:
+    run_attr = f' data-run="{html.escape(data_run)}"' if data_run is not None else ""
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{html.escape(title)}</title>"
+        f'<link rel=stylesheet href="/static/style.css"></head>'
+        f'<body{run_attr}><nav><a href="/">abreast</a></nav><main>{body}</main>'
+        f"</body></html>"
+    )

@@ -1,0 +1,155 @@
+"""Prometheus metrics, built from the event stream (live during a run, replayed from the
+journal by the dashboard) plus a few gauges read from the engine's state.
+
+The seeds' names, with their labels:
+
+    parallel_sprint_duration_seconds{sprint_id, status}   each task's time, once it ended
+    test_slot_wait_time_seconds{coordinator_id, lock}     time waited for a lock (histogram)
+    memory_usage_per_sprint_bytes{sprint_id}              each task's peak RSS
+    agent_orphan_cleanup_count{reason}                    orphans killed (counter: `_total`)
+    conflict_resolution_count{type, resolved}             send-backs by kind; resolved once
+                                                          the task later landed
+
+and abreast's own: tasks by state, ready tasks waiting, running tasks vs the cap,
+retries, merges, events, API key use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from abreast.coord.journal import EventRow
+
+if TYPE_CHECKING:
+    from abreast.engine.engine import Engine
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_SEND_BACK_KINDS = ("conflict", "check", "ownership", "containment")
+_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, float("inf"))
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.sprint_duration = Gauge(
+            "parallel_sprint_duration_seconds",
+            "Wall time of each task, once it ended",
+            ["sprint_id", "status"],
+            registry=r,
+        )
+        self.slot_wait = Histogram(
+            "test_slot_wait_time_seconds",
+            "Time waited for a lock (the test slot and others)",
+            ["coordinator_id", "lock"],
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.memory = Gauge(
+            "memory_usage_per_sprint_bytes",
+            "Peak RSS of each task's tree",
+            ["sprint_id"],
+            registry=r,
+        )
+        self.orphans = Counter(
+            "agent_orphan_cleanup_count", "Orphaned attempts cleaned up", ["reason"], registry=r
+        )
+        self.conflicts = Counter(
+            "conflict_resolution_count",
+            "Work sent back to its agent, and later resolved",
+            ["type", "resolved"],
+            registry=r,
+        )
+        self.tasks = Gauge("abreast_tasks", "Tasks by state", ["state"], registry=r)
+        self.waiting = Gauge(
+            "abreast_ready_tasks_waiting", "Ready tasks not yet started", registry=r
+        )
+        self.running = Gauge("abreast_running_tasks", "Tasks running or merging", registry=r)
+        self.cap = Gauge(
+            "abreast_parallel_cap",
+            "Tasks allowed at once now (after the resource monitor)",
+            registry=r,
+        )
+        self.retries = Counter(
+            "abreast_task_retries", "Attempts sent back or retried", ["kind"], registry=r
+        )
+        self.merges = Counter("abreast_merges", "Merge queue outcomes", ["outcome"], registry=r)
+        self.events = Counter("abreast_events", "Events journaled", ["type"], registry=r)
+        self.api_requests = Counter(
+            "api_key_requests",
+            "Requests made with each API key",
+            ["fingerprint", "status"],
+            registry=r,
+        )
+        self.api_limited = Counter(
+            "api_key_limited", "Times each API key was rate limited", ["fingerprint"], registry=r
+        )
+        self.last_seq = 0
+        self._pending: dict[str, set[str]] = {}  # task -> send-back kinds awaiting landing
+
+    def consume(self, events: list[EventRow]) -> None:
+        for e in events:
+            self.last_seq = max(self.last_seq, e.seq)
+            self.events.labels(e.type).inc()
+            d: dict[str, Any] = e.data
+            task = e.task_id or ""
+            if e.type == "task.finished":
+                if d.get("duration_s") is not None:
+                    self.sprint_duration.labels(task, d.get("state", "")).set(d["duration_s"])
+                if d.get("peak_rss_bytes"):
+                    self.memory.labels(task).set(d["peak_rss_bytes"])
+            elif e.type == "lock.granted" and d.get("wait_s") is not None:
+                self.slot_wait.labels(
+                    task or str(d.get("holder", "")), str(d.get("lock", ""))
+                ).observe(float(d["wait_s"]))
+            elif e.type == "orphan.cleaned":
+                self.orphans.labels(str(d.get("reason", "unknown"))).inc()
+            elif e.type == "task.retrying":
+                kind = str(d.get("kind", "retry"))
+                self.retries.labels(kind).inc()
+                if kind in _SEND_BACK_KINDS:
+                    self.conflicts.labels(kind, "false").inc()
+                    self._pending.setdefault(task, set()).add(kind)
+            elif e.type == "merge.landed":
+                self.merges.labels("landed").inc()
+                for kind in self._pending.pop(task, set()):
+                    self.conflicts.labels(kind, "true").inc()
+            elif e.type == "merge.conflict":
+                self.merges.labels("conflict").inc()
+            elif e.type == "merge.checks_failed":
+                self.merges.labels("red_check").inc()
+            elif e.type == "api.request":
+                self.api_requests.labels(str(d.get("fingerprint")), str(d.get("status"))).inc(
+                    float(d.get("count", 1))
+                )
+            elif e.type == "api.limited":
+                self.api_limited.labels(str(d.get("fingerprint"))).inc()
+
+    def observe_engine(self, engine: Engine) -> None:
+        from abreast.engine.states import TaskState
+
+        counts = engine.counts()
+        for state in TaskState:
+            self.tasks.labels(state.value).set(counts[state])
+        self.waiting.set(len(engine.waiting_reasons()))
+        self.running.set(counts[TaskState.RUNNING] + counts[TaskState.INTEGRATING])
+        self.cap.set(engine.cap())
+
+    def observe_tasks(self, states: dict[str, int]) -> None:
+        """Task counts by state, as the journal has them (the dashboard's view)."""
+        from abreast.engine.states import TaskState
+
+        for state in TaskState:
+            self.tasks.labels(state.value).set(states.get(state.value, 0))
+        self.running.set(states.get("running", 0) + states.get("integrating", 0))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Any:
+    """`abreast run --metrics-port`: a plain exposition endpoint in a background thread."""
+    from prometheus_client import start_http_server
+
+    return start_http_server(port, addr=host, registry=metrics.registry)

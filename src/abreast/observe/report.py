@@ -1,0 +1,240 @@
+"""`abreast report RUN`: what a run did and what parallelism saved, from the journal alone.
+
+Every number comes from the journal: per-task times (first start to end), the
+wall time of each attempt, the sum of those (the time one task at a time would
+have taken), the run's wall time, the critical path by the estimates (kept with
+the run when it started) and by what actually happened, the timeline, and every
+failure with the end of its log. `--json` prints the same data; `--html FILE`
+writes one self-contained page (inline style and SVG, no scripts, nothing
+fetched).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+from abreast.coord.journal import Journal
+from abreast.engine.engine import log_tail
+from abreast.errors import UsageError
+from abreast.observe import rundata
+from abreast.spec.durations import format_duration as fmt
+
+
+def build(journal: Journal, run_id: str) -> dict[str, Any]:
+    data = rundata.load(journal, run_id)
+    if data is None:
+        raise UsageError(f"no run {run_id!r}")
+    run = data.run
+    start = run.started_at
+    elapsed = data.task_elapsed()
+    busy: dict[str, float] = {}
+    for a in data.attempts:
+        busy[a.task_id] = busy.get(a.task_id, 0.0) + (a.wall_s or 0.0)
+    estimates = (data.plan or {}).get("estimates", {})
+    wall = data.wall_s()
+    sequential = sum(busy.values())
+    saved = sequential - wall
+    est_path, est_s = data.estimated_critical_path()
+    act_path, act_s = data.actual_critical_path()
+    latest: dict[str, Any] = {}
+    for a in data.attempts:
+        latest[a.task_id] = a
+    failures = []
+    for t in data.tasks:
+        if t.state in ("failed", "timed_out"):
+            last = latest.get(t.task_id)
+            log = last.log if last else None
+            failures.append(
+                {
+                    "task": t.task_id,
+                    "state": t.state,
+                    "attempt": t.attempts,
+                    "reason": t.reason,
+                    "log": log,
+                    "log_tail": log_tail(log),
+                }
+            )
+    return {
+        "run_id": run.id,
+        "workflow": run.workflow,
+        "state": _state(run),
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "wall_s": wall,
+        "sequential_s": sequential,
+        "saved_s": saved,
+        "saved_pct": round(100 * saved / sequential, 1) if sequential > 0 else 0.0,
+        "estimated": {
+            "scheduled_s": (data.plan or {}).get("scheduled_s"),
+            "sequential_s": (data.plan or {}).get("sequential_s"),
+        },
+        "critical_path": {
+            "estimated": {"tasks": est_path, "seconds": est_s},
+            "actual": {"tasks": act_path, "seconds": act_s},
+        },
+        "tasks": [
+            {
+                "id": t.task_id,
+                "state": t.state,
+                "attempts": t.attempts,
+                "started_at": t.started_at,
+                "finished_at": t.finished_at,
+                "elapsed_s": elapsed.get(t.task_id, 0.0),
+                "busy_s": busy.get(t.task_id, 0.0),
+                "estimate_s": estimates.get(t.task_id),
+                "exit_code": t.exit_code,
+                "peak_rss_bytes": t.peak_rss_bytes,
+                "reason": t.reason,
+            }
+            for t in data.tasks
+        ],
+        "timeline": [
+            {
+                "task": a.task_id,
+                "attempt": a.attempt,
+                "state": a.state,
+                "start_s": (a.started_at or start) - start,
+                "end_s": (a.ended_at or run.finished_at or a.started_at or start) - start,
+            }
+            for a in data.attempts
+            if a.started_at is not None
+        ],
+        "failures": failures,
+        "landing": (run.summary or {}).get("landing"),
+    }
+
+
+def _state(run: Any) -> str:
+    from abreast.observe.status import run_state
+
+    return str(run_state(run))
+
+
+def short(rep: dict[str, Any]) -> str:
+    """The lines `abreast run` ends with, after the per-task summary."""
+    cp = rep["critical_path"]
+    est, act = cp["estimated"], cp["actual"]
+    lines = []
+    if act["tasks"]:
+        lines.append(
+            f"critical path: {' -> '.join(act['tasks'])} took {fmt(act['seconds'])}"
+            + (
+                f" (estimated {fmt(est['seconds'])}: {' -> '.join(est['tasks'])})"
+                if est["tasks"]
+                else ""
+            )
+        )
+    lines.append(f"report: abreast report {rep['run_id']} (--html FILE for a page)")
+    return "\n".join(f"  {line}" for line in lines)
+
+
+def text(rep: dict[str, Any]) -> str:
+    out = [
+        f"run {rep['run_id']} ({rep['workflow']}): {rep['state']}",
+        f"  wall {fmt(rep['wall_s'])}; one task at a time {fmt(rep['sequential_s'])}; "
+        f"saved {fmt(max(0.0, rep['saved_s']))} ({max(0.0, rep['saved_pct']):.1f}%)",
+    ]
+    if rep["estimated"]["scheduled_s"] is not None:
+        out.append(
+            f"  estimated beforehand: {fmt(rep['estimated']['scheduled_s'])} "
+            f"(one at a time {fmt(rep['estimated']['sequential_s'])})"
+        )
+    out.append(short(rep).splitlines()[0] if rep["critical_path"]["actual"]["tasks"] else "")
+    width = max([len(t["id"]) for t in rep["tasks"]] + [4])
+    out.append(
+        f"\n  {'TASK':<{width}}  {'STATE':<11} {'TRIES':>5} {'TIME':>8} {'WORK':>8} {'ESTIMATE':>8}"
+    )
+    for t in rep["tasks"]:
+        est = fmt(t["estimate_s"]) if t["estimate_s"] is not None else "-"
+        out.append(
+            f"  {t['id']:<{width}}  {t['state']:<11} {t['attempts']:>5} "
+            f"{fmt(t['elapsed_s']):>8} {fmt(t['busy_s']):>8} {est:>8}"
+        )
+    for f in rep["failures"]:
+        out.append(
+            f"\n  {f['task']} ({f['state']}, attempt {f['attempt']}): "
+            f"{(f['reason'] or '').splitlines()[0] if f['reason'] else ''}"
+        )
+        out += [f"    | {line}" for line in f["log_tail"]]
+    if rep["landing"]:
+        out.append(f"\n  {rep['landing']}")
+    return "\n".join(line for line in out if line is not None)
+
+
+def as_json(rep: dict[str, Any]) -> str:
+    return json.dumps(rep, indent=2, default=str)
+
+
+_COLOURS = {
+    "succeeded": "#2e7d32",
+    "failed": "#c62828",
+    "interrupted": "#ef6c00",
+    "running": "#1565c0",
+}
+
+
+def html_page(rep: dict[str, Any]) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(t['id'])}</td><td class='{e(t['state'])}'>{e(t['state'])}</td>"
+        f"<td>{t['attempts']}</td><td>{e(fmt(t['elapsed_s']))}</td>"
+        f"<td>{e(fmt(t['busy_s']))}</td>"
+        f"<td>{e(fmt(t['estimate_s'])) if t['estimate_s'] is not None else '-'}</td>"
+        f"<td>{e((t['reason'] or '').splitlines()[0] if t['reason'] else '')}</td></tr>"
+        for t in rep["tasks"]
+    )
+    span = max([x["end_s"] for x in rep["timeline"]] + [rep["wall_s"], 0.001])
+    ids = list(dict.fromkeys(x["task"] for x in rep["timeline"]))
+    bars = []
+    for x in rep["timeline"]:
+        y = 8 + ids.index(x["task"]) * 20
+        left = 160 + x["start_s"] / span * 760
+        width = max(2.0, (x["end_s"] - x["start_s"]) / span * 760)
+        colour = _COLOURS.get(x["state"], "#9e9e9e")
+        bars.append(
+            f"<rect x='{left:.1f}' y='{y}' width='{width:.1f}' height='15' rx='3' "
+            f"fill='{colour}'><title>{e(x['task'])} attempt {x['attempt']}: "
+            f"{e(x['state'])}</title></rect>"
+        )
+    labels = "".join(f"<text x='0' y='{8 + i * 20 + 11}'>{e(t)}</text>" for i, t in enumerate(ids))
+    svg = (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='940' height='{16 + 20 * len(ids)}'"
+        f" font-size='12'>{labels}{''.join(bars)}</svg>"
+    )
+    failures = "".join(
+        f"<h3>{e(f['task'])} ({e(f['state'])}, attempt {f['attempt']})</h3>"
+        f"<p>{e(f['reason'] or '')}</p><pre>{e(chr(10).join(f['log_tail']))}</pre>"
+        for f in rep["failures"]
+    )
+    cp = rep["critical_path"]
+    title = e(f"run {rep['run_id']} ({rep['workflow']}): {rep['state']}")
+    saved = e(
+        f"wall {fmt(rep['wall_s'])}; one task at a time {fmt(rep['sequential_s'])}; "
+        f"saved {fmt(max(0.0, rep['saved_s']))} ({max(0.0, rep['saved_pct']):.1f}%)"
+    )
+    actual = e(f"{' → '.join(cp['actual']['tasks'])} ({fmt(cp['actual']['seconds'])})")
+    estimated = e(f"{' → '.join(cp['estimated']['tasks'])} ({fmt(cp['estimated']['seconds'])})")
+    fail_part = "<h2>failures</h2>" + failures if failures else ""
+    landing = "<p>" + e(rep["landing"]) + "</p>" if rep["landing"] else ""
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>abreast report {e(rep['run_id'])}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{title}</h1><p>{saved}</p>"
+        f"<p>critical path, actual: {actual}; estimated: {estimated}</p>"
+        f"<h2>timeline</h2>{svg}"
+        "<h2>tasks</h2><table><tr><th>task</th><th>state</th><th>tries</th><th>time</th>"
+        f"<th>work</th><th>estimate</th><th>note</th></tr>{rows}</table>"
+        f"{fail_part}{landing}</body></html>"
+    )
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+    "table{border-collapse:collapse}"
+    "td,th{padding:.2em .7em;border-bottom:1px solid #ddd;text-align:left}"
+    ".succeeded{color:#2e7d32}.failed,.timed_out{color:#c62828}"
+    ".blocked,.cancelled{color:#ef6c00}"
+    "pre{background:#111;color:#ddd;padding:.8em;overflow:auto}"
+)

@@ -1,0 +1,145 @@
+// The run page: a snapshot from /api/runs/RUN, redrawn whenever the journal says
+// something happened (server-sent events). Every string from the run is set with
+// textContent or setAttribute, never parsed as HTML.
+"use strict";
+const runId = document.body.dataset.run;
+const api = "/api/runs/" + encodeURIComponent(runId);
+const SVG = "http://www.w3.org/2000/svg";
+let lastSeq = 0;
+let pending = null;
+window.abreastRefreshes = 0;
+
+function el(tag, attrs, text) {
+  const node = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4))
+                                      : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function fmt(seconds) {
+  if (seconds === null || seconds === undefined) return "-";
+  if (seconds < 60) return seconds.toFixed(1) + "s";
+  const m = Math.floor(seconds / 60), s = Math.round(seconds % 60);
+  return m < 60 ? `${m}m${s}s` : `${Math.floor(m / 60)}h${m % 60}m`;
+}
+
+function drawDag(snap) {
+  const box = document.getElementById("dag");
+  box.replaceChildren();
+  if (!snap.draw) {
+    const table = el("table", {class: "tasks"});
+    for (const t of snap.tasks) {
+      const row = el("tr", {"data-task": t.id, "data-state": t.state});
+      row.append(el("td", {}, t.id), el("td", {class: "state " + t.state}, t.state));
+      table.append(row);
+    }
+    box.append(table);
+    return;
+  }
+  const W = 150, H = 34, GX = 60, GY = 16;
+  const byWave = new Map();
+  for (const t of snap.tasks) {
+    if (!byWave.has(t.wave)) byWave.set(t.wave, []);
+    byWave.get(t.wave).push(t);
+  }
+  const pos = new Map();
+  let rows = 0;
+  for (const [wave, tasks] of byWave) {
+    tasks.forEach((t, i) => pos.set(t.id, {x: 10 + wave * (W + GX), y: 10 + i * (H + GY)}));
+    rows = Math.max(rows, tasks.length);
+  }
+  const svg = el("svg:svg", {width: 20 + byWave.size * (W + GX), height: 20 + rows * (H + GY)});
+  const critical = new Set(snap.tasks.filter(t => t.critical).map(t => t.id));
+  for (const [a, b] of snap.edges) {
+    const p = pos.get(a), q = pos.get(b);
+    if (!p || !q) continue;
+    const cls = critical.has(a) && critical.has(b) ? "edge critical" : "edge";
+    svg.append(el("svg:path", {class: cls, d: `M${p.x + W} ${p.y + H / 2} C${p.x + W + GX / 2} ` +
+      `${p.y + H / 2} ${q.x - GX / 2} ${q.y + H / 2} ${q.x} ${q.y + H / 2}`}));
+  }
+  for (const t of snap.tasks) {
+    const p = pos.get(t.id);
+    const g = el("svg:g", {class: "node" + (t.critical ? " critical" : ""), "data-task": t.id,
+                           "data-state": t.state, transform: `translate(${p.x},${p.y})`});
+    g.append(el("svg:rect", {width: W, height: H}));
+    g.append(el("svg:text", {x: 8, y: H / 2}, t.id + "  " + t.state +
+                (t.attempts > 1 ? ` ×${t.attempts}` : "")));
+    const title = el("svg:title", {}, t.reason || t.state);
+    g.append(title);
+    g.addEventListener("click", () => showLog(t.id));
+    svg.append(g);
+  }
+  box.append(svg);
+}
+
+function drawTimeline(snap) {
+  const box = document.getElementById("timeline");
+  box.replaceChildren();
+  const start = snap.run.started_at, end = snap.run.finished_at || snap.now;
+  const span = Math.max(1, end - start), width = 900, row = 18;
+  const ids = [...new Set(snap.attempts.map(a => a.task))];
+  const svg = el("svg:svg", {width: width + 160, height: 20 + ids.length * row});
+  ids.forEach((id, i) => svg.append(el("svg:text", {x: 0, y: 10 + i * row + row / 2}, id)));
+  for (const a of snap.attempts) {
+    if (!a.started_at) continue;
+    const x = 150 + (a.started_at - start) / span * width;
+    const w = Math.max(2, ((a.ended_at || snap.now) - a.started_at) / span * width);
+    const bar = el("svg:rect", {class: "bar " + a.state, x, y: 10 + ids.indexOf(a.task) * row,
+                                width: w, height: row - 4, "data-attempt": `${a.task}.${a.attempt}`});
+    bar.append(el("svg:title", {}, `${a.task} attempt ${a.attempt}: ${a.state}`));
+    svg.append(bar);
+  }
+  box.append(svg);
+}
+
+function list(id, items, line) {
+  const box = document.getElementById(id);
+  box.replaceChildren(...items.map(x => el("li", {}, line(x))));
+  if (!items.length) box.append(el("li", {}, "none"));
+}
+
+function render(snap) {
+  const r = snap.run;
+  const saved = r.busy_s - r.wall_s;
+  document.getElementById("summary").textContent =
+    `${r.workflow}: ${r.state}, ${fmt(r.wall_s)} wall, ${fmt(r.busy_s)} of work` +
+    (saved > 0 ? `, ${fmt(saved)} saved` : "");
+  document.getElementById("summary").setAttribute("data-state", r.state);
+  drawDag(snap);
+  drawTimeline(snap);
+  list("merges", snap.merges.slice().reverse(),
+       m => `${m.type.replace("merge.", "")} ${m.task || ""} ${m.detail}`);
+  list("locks", snap.locks, l => `${l.name}: token ${l.token}, held by ` +
+       `${l.holder.task || l.holder.run || "abreast lock"} (pid ${l.holder.pid}); ` +
+       `${l.waiters.length} waiting`);
+  list("keys", snap.keys, k => `${k.fingerprint}: ${k.requests} requests, ${k.limited} limited`);
+  document.getElementById("resources").textContent =
+    `cpu ${snap.resources.cpu_pct.toFixed(0)}%, memory ${snap.resources.memory_pct.toFixed(0)}%`;
+}
+
+async function refresh() {
+  pending = null;
+  const res = await fetch(api, {credentials: "same-origin"});
+  if (!res.ok) return;
+  const snap = await res.json();
+  lastSeq = Math.max(lastSeq, snap.last_seq);
+  render(snap);
+  window.abreastRefreshes += 1;
+}
+
+function soon() { if (!pending) pending = setTimeout(refresh, 150); }
+
+async function showLog(task) {
+  const res = await fetch(`${api}/tasks/${encodeURIComponent(task)}/log`,
+                          {credentials: "same-origin"});
+  document.getElementById("log-task").textContent = task;
+  document.getElementById("log").textContent = await res.text();
+  document.getElementById("log-box").hidden = false;
+}
+
+refresh().then(() => {
+  const events = new EventSource(`${api}/events?after=${lastSeq}`);
+  events.onmessage = soon;
+  events.addEventListener("end", () => { events.close(); refresh(); });
+});

@@ -1,0 +1,458 @@
+"""Seeing a run: metrics (checked by promtool), events on Redis and NATS, the dashboard in a
+real headless Chromium, and the report — against numbers computed from the journal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port, run_abreast
+from tests.helpers import wait_for
+
+SEED_METRICS = (
+    "parallel_sprint_duration_seconds",
+    "test_slot_wait_time_seconds",
+    "memory_usage_per_sprint_bytes",
+    "agent_orphan_cleanup_count",
+    "conflict_resolution_count",
+)
+
+
+def write(root: Path, spec: dict[str, Any]) -> Path:
+    path = root / "w.json"
+    path.write_text(json.dumps({"version": 1, "isolation": "none", **spec}))
+    return path
+
+
+def start(path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain", *args],
+        cwd=path.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, ""  # not listening (yet), or gone
+
+
+def journal_events(root: Path) -> list[tuple[int, str, str | None]]:
+    db = sqlite3.connect(root / ".abreast" / "state.db")
+    return db.execute("SELECT seq, type, task_id FROM events ORDER BY seq").fetchall()
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_metrics_follow_a_scripted_run_and_pass_promtool(tmp_path: Path) -> None:
+    quiet = tmp_path / "quiet.sh"
+    quiet.write_text('#!/bin/sh\nif [ "$ABREAST_ATTEMPT" = 1 ]; then sleep 30; fi\n')
+    quiet.chmod(0o755)
+    port = free_port()
+    path = write(
+        tmp_path,
+        {
+            "name": "metrics",
+            "locks": {"tests": {"ttl": "10s"}},
+            "heartbeat": {"interval": "0.2s", "orphan_after": "1s"},
+            "tasks": {
+                "locked": {"run": "sleep 0.2", "locks": ["tests"]},
+                "orphan": {"run": str(quiet), "retries": 1, "backoff": {"initial": 0.05}},
+                "bad": {"run": "exit 3"},
+                "after": {"run": "true", "needs": ["bad"]},
+                "slow": {"run": "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i; sleep 0.4; done"},
+            },
+        },
+    )
+    proc = start(path, "--metrics-port", str(port))
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_for(
+            lambda: "abreast_task_retries_total{" in get(url)[1],
+            timeout=30,
+            what="the orphan to be counted and retried",
+        )
+        _, text = get(url)
+    finally:
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err  # "bad" failed
+    for name in SEED_METRICS:
+        assert f"# TYPE {name}" in text
+    assert 'agent_orphan_cleanup_count_total{reason="no_activity"} 1.0' in text
+    assert 'test_slot_wait_time_seconds_count{coordinator_id="locked",lock="tests"} 1.0' in text
+    assert 'parallel_sprint_duration_seconds{sprint_id="bad",status="failed"}' in text
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values['abreast_tasks{state="running"}'] >= 1  # "slow" still runs
+    assert values['abreast_tasks{state="blocked"}'] == 1
+
+    assert 'abreast_task_retries_total{kind="retry"} 1.0' in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed; .ci/run installs it")
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_conflict_resolution_is_counted_when_resolved(tmp_path: Path) -> None:
+    from abreast.coord.journal import EventRow
+    from abreast.observe.metrics import Metrics
+
+    m = Metrics()
+    m.consume(
+        [
+            EventRow(1, "r", 0, "task.retrying", "a", {"kind": "conflict"}),
+            EventRow(2, "r", 0, "merge.conflict", "a", {}),
+            EventRow(3, "r", 0, "task.retrying", "b", {"kind": "check"}),
+            EventRow(4, "r", 0, "merge.landed", "a", {"commit": "c"}),
+        ]
+    )
+    text = m.exposition().decode()
+    assert 'conflict_resolution_count_total{resolved="false",type="conflict"} 1.0' in text
+    assert 'conflict_resolution_count_total{resolved="true",type="conflict"} 1.0' in text
+    assert 'conflict_resolution_count_total{resolved="false",type="check"} 1.0' in text
+    assert 'conflict_resolution_count_total{resolved="true",type="check"}' not in text
+
+
+# -- events ----------------------------------------------------------------------------------
+
+EVENT_TASKS = {
+    "a": {"run": "true"},
+    "b": {"run": "true", "needs": ["a"]},
+    "c": {"run": "exit 1", "retries": 1, "backoff": {"initial": 0.05}},
+    "d": {"run": "true", "needs": ["b"]},
+}
+
+
+def test_every_event_reaches_a_redis_subscriber_in_order(tmp_path: Path, redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("abreast.events")
+    got: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            msg = pubsub.get_message(timeout=0.1)
+            if msg:
+                got.append(json.loads(msg["data"]))
+
+    t = threading.Thread(target=listen)
+    t.start()
+    path = write(tmp_path, {"name": "events", "tasks": EVENT_TASKS})
+    result = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", "--state", redis_url, cwd=tmp_path
+    )
+    assert result.code == 1  # "c" fails twice
+    journaled = journal_events(tmp_path)
+    wait_for(lambda: len(got) >= len(journaled), what="every event on Redis")
+    stop.set()
+    t.join()
+    assert [(e["seq"], e["type"], e["task_id"]) for e in got] == journaled
+    types = {e["type"] for e in got}
+    assert {
+        "run.started",
+        "task.ready",
+        "task.started",
+        "task.finished",
+        "task.retrying",
+        "group.completed",
+        "workflow.performance",
+        "run.finished",
+    } <= types
+    perf = next(e for e in got if e["type"] == "workflow.performance")
+    assert set(perf) >= {"sequentialTime", "parallelTime", "timeSaved", "percentageSaved"}
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[str]:
+    binary = shutil.which("nats-server")
+    if binary is None:
+        pytest.skip("nats-server (Debian package) is not installed; .ci/run installs it")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "-a", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import socket
+
+    def up() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(up, what="nats-server to listen")
+    yield f"nats://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_every_event_reaches_a_nats_subscriber_in_order(tmp_path: Path, nats_server: str) -> None:
+    import nats
+
+    got: list[dict[str, Any]] = []
+    ready = threading.Event()
+    done = threading.Event()
+
+    def listen() -> None:
+        async def on_message(msg: Any) -> None:
+            got.append(json.loads(msg.data))
+
+        async def main() -> None:
+            nc = await nats.connect(nats_server)
+            await nc.subscribe("abreast.events", cb=on_message)
+            await nc.flush()
+            ready.set()
+            while not done.is_set():
+                await asyncio.sleep(0.05)
+            await nc.drain()
+
+        asyncio.run(main())
+
+    t = threading.Thread(target=listen)
+    t.start()
+    ready.wait(10)
+    path = write(tmp_path, {"name": "nats", "events": {"nats": nats_server}, "tasks": EVENT_TASKS})
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 1
+    journaled = journal_events(tmp_path)
+    wait_for(lambda: len(got) >= len(journaled), what="every event on NATS")
+    done.set()
+    t.join()
+    assert [(e["seq"], e["type"], e["task_id"]) for e in got] == journaled
+
+
+def test_unreachable_nats_stops_the_run_before_it_starts(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {"events": {"nats": f"nats://127.0.0.1:{free_port()}"}, "tasks": {"a": {"run": "true"}}},
+    )
+    result = run_abreast("run", str(path), cwd=tmp_path)
+    assert result.code == 2
+    assert "cannot reach NATS" in result.err
+    assert not (tmp_path / ".abreast" / "state.db").exists() or not journal_events(tmp_path)
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def test_report_numbers_equal_the_journal(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "name": "rep",
+            "tasks": {
+                "a": {"run": "sleep 0.3", "estimate": "10s"},
+                "b": {"run": "sleep 0.2", "needs": ["a"], "estimate": "5s"},
+                "c": {"run": "echo '<b>bold</b>' >&2; exit 1", "estimate": "1s"},
+            },
+        },
+    )
+
+    run = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    run_id = run.out.splitlines()[0][5:]
+    assert "critical path: a -> b took" in run.out
+    rep = json.loads(run_abreast("report", run_id, "--json", cwd=tmp_path).out)
+    db = sqlite3.connect(tmp_path / ".abreast" / "state.db")
+    started, finished = db.execute("SELECT started_at, finished_at FROM runs").fetchone()
+    busy = db.execute("SELECT sum(wall_s) FROM attempts").fetchone()[0]
+    assert rep["wall_s"] == pytest.approx(finished - started)
+    assert rep["sequential_s"] == pytest.approx(busy)
+    assert rep["saved_s"] == pytest.approx(busy - (finished - started))
+    tasks = {t["id"]: t for t in rep["tasks"]}
+    for tid, s, f, state in db.execute("SELECT task_id, started_at, finished_at, state FROM tasks"):
+        assert tasks[tid]["elapsed_s"] == pytest.approx(f - s)
+        assert tasks[tid]["state"] == state
+    cp = rep["critical_path"]
+    assert cp["estimated"]["tasks"] == ["a", "b"]
+    assert cp["estimated"]["seconds"] == 15
+    assert cp["actual"]["tasks"] == ["a", "b"]
+    assert cp["actual"]["seconds"] == pytest.approx(
+        tasks["a"]["elapsed_s"] + tasks["b"]["elapsed_s"]
+    )
+    assert rep["failures"][0]["task"] == "c"
+    assert "<b>bold</b>" in rep["failures"][0]["log_tail"]
+    page = tmp_path / "r.html"
+    assert run_abreast("report", run_id, "--html", str(page), cwd=tmp_path).code == 0
+    text = page.read_text()
+    assert "&lt;b&gt;bold&lt;/b&gt;" in text and "<b>bold</b>" not in text
+    assert "<script" not in text and "src=" not in text  # one self-contained file
+
+
+# -- dashboard -------------------------------------------------------------------------------
+
+
+def test_non_loopback_dashboard_needs_a_token(tmp_path: Path) -> None:
+    result = run_abreast(
+        "dashboard",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(free_port()),
+        "--state",
+        f"sqlite://{tmp_path}/state.db",
+        cwd=tmp_path,
+    )
+    assert result.code == 2
+    assert "without a token" in result.err
+
+
+def test_dashboard_refuses_foreign_hosts_origins_and_missing_tokens(tmp_path: Path) -> None:
+    from abreast.coord.location import locate
+    from abreast.observe.dashboard import DashboardServer
+
+    path = write(tmp_path, {"tasks": {"a": {"run": "true"}}})
+    run_abreast("run", str(path), "--no-monitor", cwd=tmp_path)
+    server = DashboardServer(locate(path, None), token="s3cret")
+    server.start()
+    try:
+        base = server.url
+        assert get(base)[0] == 401
+        assert get(base + "?token=wrong")[0] == 401
+        assert get(base + "?token=s3cret")[0] == 200
+        assert get(base, {"Authorization": "Bearer s3cret"})[0] == 200
+        assert get(base, {"Authorization": "Bearer s3cret", "Host": "evil.example"})[0] == 421
+        assert (
+            get(base, {"Authorization": "Bearer s3cret", "Origin": "http://evil.example"})[0] == 403
+        )
+        status, body = get(base + "metrics", {"Authorization": "Bearer s3cret"})
+        assert status == 200
+        assert "parallel_sprint_duration_seconds" in body
+    finally:
+        server.stop()
+
+
+def chromium() -> Any:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_bin = shutil.which("chromedriver")
+    if binary is None or driver_bin is None:
+        pytest.skip(
+            "Chromium and chromedriver (Debian packages chromium, chromium-driver) are "
+            "not installed; .ci/run installs them"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tempfile.mkdtemp(prefix='abreast-chromium-')}",
+    ):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver_bin), options=options)
+
+
+@pytest.mark.browser
+def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    html_text = "<img src=x onerror=document.title=/pwned/.source>"
+    path = write(
+        tmp_path,
+        {
+            "name": "live",
+            "tasks": {
+                "first": {"run": f"while [ ! -e {gate} ]; do sleep 0.05; done"},
+                "second": {"run": "true", "needs": ["first"]},
+                "judge": {
+                    "run": f'echo \'{{"note": "{html_text}"}}\' > "$ABREAST_OUTPUT"',
+                    "gate": "output.note == 'fine'",
+                    "max_iterations": 1,
+                },
+            },
+        },
+    )
+    port = free_port()
+    proc = start(path)
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "dashboard", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    driver = chromium()
+    try:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline()[5:].strip()
+        wait_for(lambda: get(f"http://127.0.0.1:{port}/api/runs")[0] == 200, what="dashboard")
+        driver.get(f"http://127.0.0.1:{port}/runs/{run_id}")
+        node = '[data-task="first"]'
+
+        def state_of(task: str) -> str | None:
+            return driver.execute_script(  # type: ignore[no-any-return]
+                "const n = document.querySelector(arguments[0]);"
+                "return n && n.getAttribute('data-state');",
+                f'[data-task="{task}"]',
+            )
+
+        wait_for(lambda: state_of("first") == "running", what="first to show as running")
+        assert state_of("second") == "pending"
+        loaded_at = driver.execute_script("return performance.timeOrigin")
+        gate.touch()
+        wait_for(
+            lambda: state_of("second") == "succeeded",
+            timeout=30,
+            what="second to show as succeeded, live",
+        )
+        assert state_of("first") == "succeeded"
+        assert driver.execute_script("return performance.timeOrigin") == loaded_at  # no reload
+        assert driver.execute_script("return window.abreastRefreshes") > 1
+        wait_for(lambda: state_of("judge") == "failed", what="judge to fail its gate")
+        title = driver.execute_script(
+            "return document.querySelector('[data-task=\"judge\"] title').textContent"
+        )
+        assert html_text in title  # shown as text...
+        assert driver.title != "pwned"  # ...never run as HTML
+        driver.find_element("css selector", node).click()
+        wait_for(
+            lambda: driver.find_element("id", "log-task").text == "first",
+            what="the log of a clicked task",
+        )
+        shot = tmp_path / "dashboard.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+    finally:
+        driver.quit()
+        gate.touch()
+        proc.communicate(timeout=60)
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
