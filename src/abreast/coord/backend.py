@@ -25,6 +25,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from abreast.errors import StateError
+
+
 WAITER_TTL_S = 5.0  # a waiter that has not refreshed its place for this long is gone
 POLL_S = 0.001  # first wait between tries on backends without notifications; doubles to
 POLL_MAX_S = 0.01
@@ -70,7 +73,7 @@ class Heartbeat:
     info: dict[str, Any]
 
 
-class CoordError(Exception):
+class CoordError(StateError):
     """The coordination backend could not be reached or answered nonsense."""
 
 
