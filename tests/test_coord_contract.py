@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +173,37 @@ def test_leases_lists_what_is_held(coord: Coordinator) -> None:
     b = coord.acquire("b", Holder.here(run="r"), ttl_s=5)
     assert a and b
     assert [lease.name for lease in coord.leases()] == ["a", "b"]
+
+
+OPEN_SCRIPT = """
+import sys, time
+from abreast.coord.backend import open_coordinator
+from abreast.coord.journal import Journal
+path, at = sys.argv[1], float(sys.argv[2])
+while time.time() < at:
+    pass  # every process opens at the same instant
+Journal(path).close()
+open_coordinator("sqlite://" + path).close()
+"""
+
+
+def test_many_processes_creating_one_journal_at_once_all_succeed(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    at = time.time() + 1.5  # after every interpreter has started
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_SCRIPT, str(path), str(at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    from abreast.coord.journal import Journal
+
+    journal = Journal(path)
+    assert journal.last_seq("nothing") == 0
+    journal.close()

@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", metavar="SECRET", help="required on every request")
     _state_arg(p)
 
+    p = sub.add_parser("keys", help="API key use per key, by fingerprint")
+    p.add_argument("run_id", nargs="?", metavar="RUN", help="default: the latest run")
+    _state_arg(p)
+
     p = sub.add_parser("report", help="what a run did and what parallelism saved")
     p.add_argument("run_id", nargs="?", metavar="RUN", help="default: the latest run")
     p.add_argument("--json", action="store_true", help="machine-readable")
@@ -359,6 +363,32 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from abreast.engine.runs import find_run, open_journal
+    from abreast.keys.usage import print_usage, usage
+
+    _, journal = open_journal(None, args.state)
+    try:
+        row = find_run(journal, args.run_id)
+        rows = usage(journal, row.id)
+    finally:
+        journal.close()
+    limits: dict[str, str] = {}
+    try:
+        from abreast.spec import load_workflow
+
+        wf = load_workflow(row.file)
+        limits = {
+            name: f"{spec.limit[0]}/{spec.limit[1]:g}s" if spec.limit else "-"
+            for name, spec in wf.keys.items()
+        }
+    except AbreastError:
+        pass  # the file moved or changed: usage without limits
+    print(f"run {row.id}")
+    print_usage(rows, limits, sys.stdout)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from abreast.engine.runs import find_run, open_journal
     from abreast.observe import report
@@ -455,6 +485,7 @@ COMMANDS = {
     "cleanup": cmd_cleanup,
     "dashboard": cmd_dashboard,
     "report": cmd_report,
+    "keys": cmd_keys,
     "lock": cmd_lock,
     "demo": cmd_demo,
     "analyze": cmd_analyze,

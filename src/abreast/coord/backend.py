@@ -27,7 +27,6 @@ from typing import Any
 
 from abreast.errors import StateError
 
-
 WAITER_TTL_S = 5.0  # a waiter that has not refreshed its place for this long is gone
 POLL_S = 0.001  # first wait between tries on backends without notifications; doubles to
 POLL_MAX_S = 0.01

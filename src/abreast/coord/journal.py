@@ -180,6 +180,21 @@ class EventRow:
     data: dict[str, Any]
 
 
+def use_wal(db: sqlite3.Connection) -> None:
+    """Put the database in WAL mode. Switching a new file takes an exclusive lock without
+    waiting on the busy handler, so a second process creating the same file at the same
+    moment gets "database is locked": retry until the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # the other process holds it for a few milliseconds
+
+
 class Journal:
     """One connection to the journal; stage writes, then `commit()` them together."""
 
@@ -217,7 +232,8 @@ class Journal:
     def _setup(self) -> None:
         db = self._db
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        db.execute("PRAGMA journal_mode = WAL")
+        use_wal(db)
+
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = OFF")
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -229,6 +245,8 @@ class Journal:
             )
         if version < SCHEMA_VERSION:
             with self._transaction():
+                if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                    return  # another process created it while we waited for the lock
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)

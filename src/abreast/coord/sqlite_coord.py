@@ -8,8 +8,10 @@ Waiting is by short, growing sleeps between tries: SQLite cannot notify.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from abreast.coord.backend import WAITER_TTL_S, CoordError, Coordinator, Heartbeat, Holder, Lease
+from abreast.coord.journal import BUSY_TIMEOUT_MS, use_wal
 
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _SCHEMA = """
@@ -39,8 +42,20 @@ CREATE TABLE IF NOT EXISTS messages (
 MESSAGE_KEEP_S = 600.0
 
 
+def _serialised(method: Any) -> Any:
+    """One thread at a time on the connection (sqlite3 objects are not thread-safe)."""
+
+    @functools.wraps(method)
+    def call(self: SqliteCoordinator, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class SqliteCoordinator(Coordinator):
     def __init__(self, url: str) -> None:
+        self._lock = threading.RLock()
         journal = Path(url[len("sqlite://") :])
         self.path = journal.parent / "coord.db" if journal.suffix == ".db" else journal
         self.url = url
@@ -49,8 +64,9 @@ class SqliteCoordinator(Coordinator):
             self._db = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA busy_timeout = 30000")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            use_wal(self._db)
+
             self._db.execute("PRAGMA synchronous = NORMAL")
             with self._tx() as db:
                 for statement in _SCHEMA.split(";"):
@@ -73,11 +89,13 @@ class SqliteCoordinator(Coordinator):
             raise
         db.execute("COMMIT")
 
+    @_serialised
     def now(self) -> float:
         return float(self._db.execute(f"SELECT {_NOW}").fetchone()[0])
 
     # -- leases -----------------------------------------------------------------------------
 
+    @_serialised
     def enqueue(self, name: str, holder: Holder) -> int:
         with self._tx() as db:
             cur = db.execute(
@@ -86,6 +104,7 @@ class SqliteCoordinator(Coordinator):
             )
             return int(cur.lastrowid or 0)
 
+    @_serialised
     def enqueue_and_try(self, name: str, holder: Holder, ttl_s: float) -> tuple[int, Lease | None]:
         ticket = self.enqueue(name, holder) if self._busy(name) else -1
         if ticket == -1:
@@ -99,6 +118,7 @@ class SqliteCoordinator(Coordinator):
             return ticket, lease
         return ticket, self.try_grant(name, holder, ticket, ttl_s)
 
+    @_serialised
     def _busy(self, name: str) -> bool:
         """Held, or others waiting (a read: no write lock taken)."""
         row = self._db.execute(
@@ -109,6 +129,7 @@ class SqliteCoordinator(Coordinator):
         ).fetchone()
         return bool(row[0])
 
+    @_serialised
     def try_grant(self, name: str, holder: Holder, ticket: int, ttl_s: float) -> Lease | None:
         # Most tries find the lock still held: answer those with a read, and take the write
         # lock only to refresh our place now and then, or to be granted.
@@ -165,10 +186,12 @@ class SqliteCoordinator(Coordinator):
         db.execute("DELETE FROM waiters WHERE ticket = ?", (ticket,))
         return Lease(name, token, holder, now, now + ttl_s)
 
+    @_serialised
     def dequeue(self, name: str, ticket: int) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM waiters WHERE ticket = ?", (ticket,))
 
+    @_serialised
     def renew(self, name: str, token: int, ttl_s: float) -> Lease | None:
         with self._tx() as db:
             now = float(db.execute(f"SELECT {_NOW}").fetchone()[0])
@@ -180,11 +203,13 @@ class SqliteCoordinator(Coordinator):
             db.execute("UPDATE leases SET expires_at = ? WHERE name = ?", (now + ttl_s, name))
             return Lease(name, token, _holder(row[1]), row[2], now + ttl_s)
 
+    @_serialised
     def release(self, name: str, token: int) -> bool:
         with self._tx() as db:
             cur = db.execute("DELETE FROM leases WHERE name = ? AND token = ?", (name, token))
             return cur.rowcount == 1
 
+    @_serialised
     def force_release(self, name: str) -> Lease | None:
         with self._tx() as db:
             row = db.execute(
@@ -193,6 +218,7 @@ class SqliteCoordinator(Coordinator):
             db.execute("DELETE FROM leases WHERE name = ?", (name,))
         return Lease(name, row[0], _holder(row[1]), row[2], row[3]) if row else None
 
+    @_serialised
     def holder(self, name: str) -> Lease | None:
         row = self._db.execute(
             f"SELECT token, holder, since, expires_at FROM leases "
@@ -201,6 +227,7 @@ class SqliteCoordinator(Coordinator):
         ).fetchone()
         return Lease(name, row[0], _holder(row[1]), row[2], row[3]) if row else None
 
+    @_serialised
     def waiters(self, name: str) -> list[Holder]:
         rows = self._db.execute(
             f"SELECT holder FROM waiters WHERE name = ? AND "
@@ -209,6 +236,7 @@ class SqliteCoordinator(Coordinator):
         ).fetchall()
         return [_holder(r[0]) for r in rows]
 
+    @_serialised
     def leases(self) -> list[Lease]:
         rows = self._db.execute(
             f"SELECT name, token, holder, since, expires_at FROM leases "
@@ -218,6 +246,7 @@ class SqliteCoordinator(Coordinator):
 
     # -- heartbeats -------------------------------------------------------------------------
 
+    @_serialised
     def heartbeat(self, key: str, info: dict[str, Any] | None = None) -> None:
         with self._tx() as db:
             db.execute(
@@ -225,6 +254,7 @@ class SqliteCoordinator(Coordinator):
                 (key, json.dumps(info or {})),
             )
 
+    @_serialised
     def heartbeats(self, prefix: str = "") -> list[Heartbeat]:
         rows = self._db.execute(
             "SELECT key, at, info FROM heartbeats WHERE key LIKE ? ESCAPE '\\' ORDER BY key",
@@ -232,12 +262,14 @@ class SqliteCoordinator(Coordinator):
         ).fetchall()
         return [Heartbeat(r[0], r[1], json.loads(r[2] or "{}")) for r in rows]
 
+    @_serialised
     def forget(self, key: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM heartbeats WHERE key = ?", (key,))
 
     # -- rate windows -------------------------------------------------------------------------
 
+    @_serialised
     def rate_take(self, key: str, limit: int, window_s: float) -> tuple[bool, float]:
         with self._tx() as db:
             now = float(db.execute(f"SELECT {_NOW}").fetchone()[0])
@@ -250,6 +282,7 @@ class SqliteCoordinator(Coordinator):
                 return True, 0.0
             return False, max(0.0, float(oldest) + window_s - now)
 
+    @_serialised
     def rate_used(self, key: str, window_s: float) -> int:
         return int(
             self._db.execute(
@@ -259,6 +292,7 @@ class SqliteCoordinator(Coordinator):
 
     # -- pub/sub ----------------------------------------------------------------------------
 
+    @_serialised
     def publish(self, channel: str, message: str) -> None:
         with self._tx() as db:
             db.execute(
@@ -286,6 +320,7 @@ class SqliteCoordinator(Coordinator):
             else:
                 time.sleep(0.02)  # SQLite cannot notify: a subscriber tails the table
 
+    @_serialised
     def close(self) -> None:
         self._db.close()
 

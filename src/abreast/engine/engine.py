@@ -50,6 +50,7 @@ from abreast.spec import conditions
 from abreast.spec.model import Scalar, Task, Workflow
 
 if TYPE_CHECKING:
+    from abreast.keys.broker import KeyBroker
     from abreast.observe.events import Sink
     from abreast.observe.metrics import Metrics
 
@@ -69,6 +70,7 @@ class EngineOptions:
     base_env: dict[str, str] = field(default_factory=dict)
     supervisor: Supervisor | None = None
     sinks: list[Sink] = field(default_factory=list)  # hear every committed event
+    keys: KeyBroker | None = None  # API keys or proxy tokens for attempts
     metrics: Metrics | None = None
 
 
@@ -374,7 +376,12 @@ class Engine:
             feedback=tr.feedback,
         )
         self.journal.stage_event(self.run_id, "task.started", tr.id, ts=now, attempt=n)
-        if not self.isolation.instant or (tr.task.locks and self.sup.coord is not None):
+        needs_keys = self.options.keys is not None and self.options.keys.pool_of(tr.task)
+        if (
+            not self.isolation.instant
+            or needs_keys
+            or (tr.task.locks and self.sup.coord is not None)
+        ):
             return None  # prepared asynchronously (locks, a worktree); launched when ready
         return self._launch_spec(tr, n, self._root, log, output)
 
@@ -383,13 +390,23 @@ class Engine:
         d, name = self._dir, f"{task_id}.{n}"
         return f"{d}/logs/{name}.log", f"{d}/outputs/{name}.json"
 
-    def _launch_spec(self, tr: TaskRun, n: int, cwd: str, log: str, output: str) -> Launch:
+    def _launch_spec(
+        self,
+        tr: TaskRun,
+        n: int,
+        cwd: str,
+        log: str,
+        output: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> Launch:
         task = tr.task
         command = task.run if task.run is not None else self.wf.agents[str(task.agent)].run
         env = dict(self.options.base_env)
         if task.run is None and task.agent is not None:
             env.update(self.wf.agents[task.agent].env)
         env.update(task.env)
+        if extra_env:
+            env.update(extra_env)  # the leased key, or the proxy's address and token
         env.update(
             {
                 "ABREAST_RUN_ID": self.run_id,
@@ -438,22 +455,31 @@ class Engine:
 
     async def _prepare_and_launch(self, tr: TaskRun, n: int) -> None:
         leases = []
+        keys = self.options.keys
+        pool = keys.pool_of(tr.task) if keys else None
+        key_env: dict[str, str] = {}
         try:
             if tr.task.locks and self.sup.coord is not None:
                 leases = await self.sup.acquire_locks(tr.id, n, tr.task.locks)
+            if keys is not None and pool is not None:
+                key_env = await keys.lease(tr.id, n, pool)
             if self.isolation.instant:
                 cwd = self.isolation.root
             else:
                 cwd = await self.isolation.prepare(tr.id, n)
         except Exception as e:  # the attempt fails with the reason; the run goes on
             self.sup.release_unused(leases)
+            if keys is not None:
+                keys.release(tr.id, n)
             self._post("exit", None, tr, Exit(None, None, 0.0, 0), f"could not prepare: {e}")
             return
         if self._cancelling or tr.attempts != n:
             self.sup.release_unused(leases)
+            if keys is not None:
+                keys.release(tr.id, n)
             self._post("exit", None, tr, Exit(None, None, 0.0, 0), "cancelled before start")
             return
-        launch = self._launch_spec(tr, n, str(cwd), *self._paths(tr.id, n))
+        launch = self._launch_spec(tr, n, str(cwd), *self._paths(tr.id, n), key_env)
         self.journal.commit()  # where it runs, and from which commit, before it runs
         self._launch(tr, launch, leases)
         self._wake.set()  # the pid is staged; let the loop commit it
@@ -482,6 +508,8 @@ class Engine:
             self._kill(running)  # it left processes behind in its group: end them too
         n = tr.attempts
         sampled = self.sup.ended(tr.id)
+        if self.options.keys is not None:
+            self.options.keys.release(tr.id, n)
         peak = max(exit_.maxrss_bytes, running.peak_rss_bytes if running else 0, sampled)
         tr.peak_rss_bytes = max(tr.peak_rss_bytes, peak)
         tr.busy_s += exit_.wall_s
@@ -743,6 +771,8 @@ class Engine:
         monitor = self.options.monitor
         if monitor:
             monitor.update()
+        if self.options.keys is not None:
+            self.options.keys.tick()
         for trouble in self.sup.tick():
             tr = self.by_id[trouble.task_id]
             if tr.running is None or tr.killed_for:
@@ -875,7 +905,10 @@ class Engine:
             if tr.state in FAILED_STATES
         ]
         landing = await self.isolation.close(success=state == "succeeded")
+        if self.options.keys is not None:
+            self.options.keys.tick()  # the last requests, before the run is marked finished
         saved = busy - wall
+
         summary = {
             "wall_s": round(wall, 3),
             "busy_s": round(busy, 3),

@@ -39,6 +39,7 @@ from abreast.spec.model import TASK_ID_PATTERN, Scalar, Workflow
 from abreast.spec.overrides import flag_overrides, parallel_cap
 
 if TYPE_CHECKING:
+    from abreast.keys.broker import KeyBroker
     from abreast.observe.events import Sink
     from abreast.observe.metrics import Metrics
 
@@ -112,6 +113,7 @@ def _options(
     supervisor: Supervisor,
     sinks: list[Sink] | None = None,
     metrics: Metrics | None = None,
+    keys: KeyBroker | None = None,
 ) -> EngineOptions:
     monitor = None
     if monitor_on and p.wf.resources.monitor:
@@ -123,8 +125,9 @@ def _options(
         policy=p.analysis.policy,
         monitor=monitor,
         rng=random.Random(),
-        base_env=dict(os.environ),
+        base_env=keys.scrub(dict(os.environ)) if keys else dict(os.environ),
         supervisor=supervisor,
+        keys=keys,
         sinks=sinks or [],
         metrics=metrics,
         # Ticks often enough to notice an orphan within a quarter of its threshold.
@@ -194,13 +197,22 @@ def _serve(
 
         def linger_then_stop() -> None:
             # Pages still open get the run's last state before the server goes.
-            time.sleep(DASHBOARD_LINGER_S)
+            if dash.dashboard.requests:
+                time.sleep(DASHBOARD_LINGER_S)
             dash.stop()
 
         stops.append(linger_then_stop)
 
         announce(f"dashboard: {dash.url}")
     return stops
+
+
+def _keys(p: Prepared, supervisor: Supervisor, journal: Journal, run_id: str) -> KeyBroker | None:
+    if not p.wf.keys:
+        return None
+    from abreast.keys.broker import KeyBroker
+
+    return KeyBroker(p.wf, supervisor.coord, journal, run_id)
 
 
 def _supervisor(p: Prepared, run_id: str, journal: Journal) -> Supervisor:
@@ -287,6 +299,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
     sinks, metrics = _observers(req, p)
     journal = Journal(p.location.journal)
     supervisor = _supervisor(p, run_id, journal)  # an unreachable backend stops us here
+    keys = _keys(p, supervisor, journal, run_id)  # a key variable not set stops us here
     started = time.time()
     me = os.getpid()
     options: dict[str, Any] = {
@@ -324,12 +337,15 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         p.location,
         journal,
         p.graph,
-        _options(p, req.monitor, supervisor, sinks, metrics),
+        _options(p, req.monitor, supervisor, sinks, metrics, keys),
         view=view,
         isolation=isolation,
         started_at=started,
     )
     stops = _serve(req, metrics, p.location, lambda text: print(text, flush=True))
+    if keys is not None:
+        keys.start()
+        stops.append(keys.stop)
     try:
         return asyncio.run(engine.run())
     finally:
@@ -556,13 +572,16 @@ async def _resume(
         for line in await asyncio.to_thread(repair, location.root, row.id):
             view.note(line)
     supervisor = _supervisor(p, row.id, journal)
+    keys = _keys(p, supervisor, journal, row.id)
+    if keys is not None:
+        keys.start()
     engine = Engine(
         wf,
         row.id,
         location,
         journal,
         graph,
-        _options(p, monitor_on, supervisor),
+        _options(p, monitor_on, supervisor, keys=keys),
         view=view,
         isolation=_isolation(req, p, row.id, journal, kind, options.get("base_commit"), supervisor),
         started_at=row.started_at,
@@ -573,6 +592,8 @@ async def _resume(
     try:
         return await engine.run()
     finally:
+        if keys is not None:
+            keys.stop()
         supervisor.close()
         journal.close()
 

@@ -76,6 +76,7 @@ class Dashboard:
         self.live_metrics = metrics
         self._replayed = Metrics()
         self._coord: Any = None
+        self.requests = 0  # served so far
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -93,6 +94,8 @@ class Dashboard:
     async def guard(
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
+        self.requests += 1
+
         host = request.headers.get("host", "")
         if host not in self.allowed_hosts():
             return PlainTextResponse("refused: unexpected Host header", status_code=421)

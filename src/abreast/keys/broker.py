@@ -1,0 +1,155 @@
+"""What each attempt gets to call its provider, and what the run records of key use.
+
+- Direct mode (a pool without `upstream`): the attempt leases one key, the one with
+  the fewest holders and then the most headroom, in the pool's `env` variable.
+  `max_concurrent_per_key` caps holders per key (in this orchestrator); when the
+  best key is near its limit (80% of its window used), starts are staggered by one
+  emission interval (window / limit).
+- Proxy mode (`upstream` set): the attempt gets the proxy's address in
+  `ANTHROPIC_BASE_URL` / `OPENAI_BASE_URL` and a per-attempt token in `env`: it never
+  holds a real key.
+- In both modes the variables the keys are read from (`from:`) are removed from every
+  task's environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from abreast.coord.backend import Coordinator
+from abreast.coord.journal import Journal
+from abreast.keys.pool import KeyPool
+from abreast.keys.proxy import BASE_URL_ENV, KeyProxy, Route_
+from abreast.spec.model import Task, Workflow
+
+NEAR_LIMIT = 0.8
+
+
+class KeyBroker:
+    def __init__(
+        self,
+        wf: Workflow,
+        coord: Coordinator | None,
+        journal: Journal,
+        run_id: str,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        self.wf = wf
+        self.journal = journal
+        self.run_id = run_id
+        self.pools = {
+            name: KeyPool.from_spec(name, spec, coord, env) for name, spec in wf.keys.items()
+        }
+        self.secret_vars = {v for spec in wf.keys.values() for v in spec.from_}
+        routes = {
+            name: Route_(self.pools[name], str(spec.upstream), spec.style)
+            for name, spec in wf.keys.items()
+            if spec.upstream
+        }
+        self.proxy = KeyProxy(routes) if routes else None
+        self._holders: dict[tuple[str, str], int] = {}
+        self._leases: dict[tuple[str, int], tuple[str, str, bool]] = {}  # -> pool, fp/token, proxy
+        self._freed = asyncio.Event()
+        self._reported: dict[tuple[str, str, int], int] = {}
+        self._limited_reported: dict[tuple[str, str], int] = {}
+
+    def start(self) -> None:
+        if self.proxy is not None:
+            self.proxy.start()
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+
+    def scrub(self, env: dict[str, str]) -> dict[str, str]:
+        """The environment without the variables real keys are read from."""
+        return {k: v for k, v in env.items() if k not in self.secret_vars}
+
+    def pool_of(self, task: Task) -> str | None:
+        if task.keys:
+            return task.keys
+        if task.run is None and task.agent is not None:
+            return self.wf.agents[task.agent].keys
+        return None
+
+    async def lease(self, task_id: str, attempt: int, pool_name: str) -> dict[str, str]:
+        spec = self.wf.keys[pool_name]
+        pool = self.pools[pool_name]
+        if spec.upstream:
+            assert self.proxy is not None
+            token = self.proxy.issue(pool_name)
+            self._leases[(task_id, attempt)] = (pool_name, token, True)
+            return {spec.key_env: token, BASE_URL_ENV[spec.style]: self.proxy.url}
+        while True:
+            ranked = sorted(
+                pool.ranked() or pool._keys,
+                key=lambda k: (self._holders.get((pool_name, k.fp), 0), pool.used(k)),
+            )
+            cap = spec.max_concurrent_per_key
+            free = [
+                k for k in ranked if cap is None or self._holders.get((pool_name, k.fp), 0) < cap
+            ]
+            if free:
+                break
+            self._freed.clear()
+            await self._freed.wait()  # a key is given back when an attempt ends
+        key = free[0]
+        if pool.limit is not None and pool.used(key) >= NEAR_LIMIT * pool.limit[0]:
+            await asyncio.sleep(pool.limit[1] / pool.limit[0])  # stagger near the limit
+        self._holders[(pool_name, key.fp)] = self._holders.get((pool_name, key.fp), 0) + 1
+        self._leases[(task_id, attempt)] = (pool_name, key.fp, False)
+        self.journal.stage_event(
+            self.run_id, "key.leased", task_id, attempt=attempt, pool=pool_name, fingerprint=key.fp
+        )
+        return {spec.key_env: key.value}
+
+    def release(self, task_id: str, attempt: int) -> None:
+        held = self._leases.pop((task_id, attempt), None)
+        if held is None:
+            return
+        pool_name, handle, proxied = held
+        if proxied:
+            assert self.proxy is not None
+            self.proxy.revoke(handle)
+            return
+        slot = (pool_name, handle)
+        self._holders[slot] = max(0, self._holders.get(slot, 0) - 1)
+        self._freed.set()
+
+    def tick(self) -> None:
+        """Journal key use since the last tick (events feed `abreast keys` and metrics)."""
+        for name, pool in self.pools.items():
+            for fp, s in pool.stats(window=False)["keys"].items():
+                for status, count in s["statuses"].items():
+                    key = (name, fp, int(status))
+                    delta = count - self._reported.get(key, 0)
+                    if delta:
+                        self._reported[key] = count
+                        self.journal.stage_event(
+                            self.run_id,
+                            "api.request",
+                            None,
+                            pool=name,
+                            fingerprint=fp,
+                            status=int(status),
+                            count=delta,
+                        )
+                limited = s["limited"]
+                if limited > self._limited_reported.get((name, fp), 0):
+                    self._limited_reported[(name, fp)] = limited
+                    self.journal.stage_event(
+                        self.run_id,
+                        "api.limited",
+                        None,
+                        pool=name,
+                        fingerprint=fp,
+                        limited=limited,
+                        limited_s=s["limited_s"],
+                    )
+
+    def usage(self) -> dict[str, Any]:
+        return {name: pool.stats() for name, pool in self.pools.items()}

@@ -1,0 +1,105 @@
+"""A stand-in LLM provider: a real HTTP server on 127.0.0.1, run by the tests.
+
+- POST /v1/messages: counts per key (x-api-key or Authorization: Bearer) in a sliding
+  window; over the limit (or when told every key is limited) it answers 429 with
+  Retry-After; otherwise 200 with which key (fingerprint) served it.
+- GET /v1/stream: a response in `chunks` parts, `gap_s` apart.
+Every request is recorded: key, time, status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Provider:
+    limit: int = 100
+    window_s: float = 2.0
+    all_limited: bool = False
+    retry_after_s: float = 0.05
+    chunks: int = 5
+    gap_s: float = 0.2
+    log: list[tuple[str, float, int]] = field(default_factory=list)  # key, time, status
+    seen_headers: list[dict[str, str]] = field(default_factory=list)
+    port: int = 0
+
+    def _key(self, request: Request) -> str:
+        key = request.headers.get("x-api-key")
+        if key:
+            return key
+        return request.headers.get("authorization", "").removeprefix("Bearer ")
+
+    async def messages(self, request: Request) -> Response:
+        key = self._key(request)
+        self.seen_headers.append(dict(request.headers))
+        now = time.monotonic()
+        recent = [t for k, t, s in self.log if k == key and s == 200 and t > now - self.window_s]
+        if self.all_limited or len(recent) >= self.limit:
+            self.log.append((key, now, 429))
+            return JSONResponse(
+                {"type": "error", "error": {"type": "rate_limit_error"}},
+                status_code=429,
+                headers={"retry-after": str(self.retry_after_s)},
+            )
+        self.log.append((key, now, 200))
+        await request.body()
+        return JSONResponse({"ok": True, "key": hashlib.sha256(key.encode()).hexdigest()[:8]})
+
+    async def stream(self, request: Request) -> Response:
+        self.seen_headers.append(dict(request.headers))
+
+        async def parts():  # type: ignore[no-untyped-def]
+            for i in range(self.chunks):
+                yield f"data: chunk {i} {time.time():.4f}\n\n".encode()
+                await asyncio.sleep(self.gap_s)
+
+        return StreamingResponse(parts(), media_type="text/event-stream")
+
+    def start(self) -> None:
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        app = Starlette(
+            routes=[
+                Route("/v1/messages", self.messages, methods=["POST"]),
+                Route("/v1/stream", self.stream),
+            ]
+        )
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off")
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.01)  # waiting for our own server thread to bind
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def max_in_any_window(self, key: str) -> int:
+        """The most 200s this key got within any window_s (sliding)."""
+        times = sorted(t for k, t, s in self.log if k == key and s == 200)
+        best, j = 0, 0
+        for i, t in enumerate(times):
+            while times[j] <= t - self.window_s:
+                j += 1
+            best = max(best, i - j + 1)
+        return best

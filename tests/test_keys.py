@@ -1,0 +1,457 @@
+"""API key pools against a real local stand-in provider: limits, rotation, backoff, the proxy,
+streaming, and a canary sweep for leaked keys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from abreast.coord.backend import open_coordinator
+from abreast.keys import KeyPool, fingerprint
+from tests.conftest import free_port, run_abreast
+from tests.provider import Provider
+
+KEYS = ["sk-test-alpha-0001", "sk-test-bravo-0002", "sk-test-charlie-0003"]
+ENV = {f"TEST_KEY_{i}": k for i, k in enumerate(KEYS)}
+
+
+@pytest.fixture
+def provider() -> Iterator[Provider]:
+    p = Provider(limit=100, window_s=2.0)
+    p.start()
+    yield p
+    p.stop()
+
+
+def assert_under_limits(provider: Provider) -> None:
+    for key in KEYS:
+        assert provider.max_in_any_window(key) <= provider.limit, fingerprint(key)
+
+
+def test_300_requests_with_3_keys_at_100_per_window_all_succeed(
+    provider: Provider, coord_url: str
+) -> None:
+    coord = open_coordinator(coord_url)
+    pool = KeyPool("p", KEYS, limit=(100, 2.0), coord=coord, initial_s=0.2, max_retries=6)
+
+    async def main() -> list[int]:
+        import httpx
+
+        async with httpx.AsyncClient() as client:
+            responses = await asyncio.gather(
+                *(
+                    pool.request(
+                        "POST", provider.url + "/v1/messages", client=client, json={"n": i}
+                    )
+                    for i in range(300)
+                )
+            )
+        return [r.status_code for r in responses]
+
+    statuses = asyncio.run(main())
+    assert statuses == [200] * 300
+    stats = pool.stats()
+    assert stats["keys_used"] == 3
+    assert all(s["requests"] <= 100 for s in stats["keys"].values())
+    assert_under_limits(provider)
+    assert not any(k in json.dumps(stats) for k in KEYS)  # fingerprints only
+    coord.close()
+
+
+POOL_SCRIPT = """
+import asyncio, json, sys
+from abreast.coord.backend import open_coordinator
+from abreast.keys import KeyPool
+keys, url, coord_url = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+pool = KeyPool("shared", keys, limit=(100, 2.0), coord=open_coordinator(coord_url),
+               initial_s=0.2, max_retries=8)
+async def main():
+    import httpx
+    async with httpx.AsyncClient() as c:
+        calls = (pool.request("POST", url, client=c, json={}) for _ in range(50))
+        rs = await asyncio.gather(*calls)
+    print(json.dumps([r.status_code for r in rs]))
+asyncio.run(main())
+"""
+
+
+def test_six_processes_share_the_limits(provider: Provider, coord_url: str) -> None:
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                POOL_SCRIPT,
+                json.dumps(KEYS),
+                provider.url + "/v1/messages",
+                coord_url,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    for (out, err), p in zip(results, procs, strict=True):
+        assert p.returncode == 0, err
+        assert json.loads(out) == [200] * 50
+    assert_under_limits(provider)
+    assert len({k for k, _, s in provider.log if s == 200}) == 3  # every key was used
+
+
+def test_backoff_when_every_key_is_limited_then_the_providers_429(provider: Provider) -> None:
+    provider.all_limited = True
+    sleeps: list[float] = []
+
+    async def fake_sleep(s: float) -> None:  # records, and waits out the Retry-After only
+        sleeps.append(s)
+        await asyncio.sleep(provider.retry_after_s + 0.02)
+
+    pool = KeyPool(
+        "p",
+        KEYS[:2],
+        limit=None,
+        initial_s=1.0,
+        factor=2.0,
+        max_s=8.0,
+        max_retries=4,
+        sleep=fake_sleep,
+    )
+    response = asyncio.run(pool.request("POST", provider.url + "/v1/messages"))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "0.05"
+    assert len(sleeps) == 4
+    for got, nominal in zip(sleeps, [1, 2, 4, 8], strict=True):
+        assert nominal * 0.75 <= got <= nominal * 1.25
+    assert pool.stats()["backoff_delays"] == sleeps
+    assert sum(s["limited"] for s in pool.stats()["keys"].values()) == 10  # 2 keys x 5 rounds
+
+
+def write(root: Path, spec: dict) -> Path:  # type: ignore[type-arg]
+    path = root / "w.json"
+    path.write_text(json.dumps({"version": 1, "isolation": "none", **spec}))
+    return path
+
+
+CLIENT = """
+import json, os, sys, urllib.request, urllib.error
+base, key = os.environ["ANTHROPIC_BASE_URL"], os.environ["ANTHROPIC_API_KEY"]
+codes = []
+for i in range(int(sys.argv[1])):
+    req = urllib.request.Request(base + "/v1/messages", data=b"{}", method="POST",
+                                 headers={"x-api-key": key, "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            codes.append(r.status)
+    except urllib.error.HTTPError as e:
+        codes.append(e.code)
+json.dump({"codes": codes, "env": dict(os.environ)},
+          open(os.environ["ABREAST_OUTPUT"].replace(".json", ".client.json"), "w"))
+"""
+
+
+def test_proxy_serves_six_tasks_under_the_limits_and_agents_hold_no_key(
+    tmp_path: Path, provider: Provider
+) -> None:
+    (tmp_path / "client.py").write_text(CLIENT)
+    path = write(
+        tmp_path,
+        {
+            "name": "proxy",
+            "max_parallel": 6,
+            "keys": {
+                "anthropic": {
+                    "from": list(ENV),
+                    "limit": "100/2s",
+                    "upstream": provider.url,
+                    "style": "anthropic",
+                    "backoff": {"initial": "0.2s"},
+                    "max_retries": 8,
+                }
+            },
+            "agents": {
+                "caller": {"run": f"{sys.executable} {tmp_path}/client.py 50", "keys": "anthropic"}
+            },
+            "tasks": {f"t{i}": {"agent": "caller"} for i in range(6)},
+        },
+    )
+    result = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
+    )
+    assert result.code == 0, result.out + result.err
+    outs = list((tmp_path / ".abreast" / "runs").glob("*/outputs/*.client.json"))
+    assert len(outs) == 6
+    for f in outs:
+        data = json.loads(f.read_text())
+        assert data["codes"] == [200] * 50
+        env = data["env"]
+        assert env["ANTHROPIC_API_KEY"].startswith("abreast-")  # a worthless token
+        assert not any(k in json.dumps(env) for k in KEYS)  # no real key, anywhere in it
+        assert not any(name in env for name in ENV)
+    assert_under_limits(provider)
+    used = {k for k, _, s in provider.log if s == 200}
+    assert used == set(KEYS)  # the provider saw real keys only, never a token
+    run_id = result.out.splitlines()[0][5:]
+    keys = run_abreast("keys", run_id, cwd=tmp_path)
+    assert keys.code == 0
+    for key in KEYS:
+        assert fingerprint(key) in keys.out
+    rows = [line.split() for line in keys.out.splitlines() if line.startswith("anthropic")]
+    assert sum(int(r[4]) for r in rows) == 300  # OK column: every request succeeded once
+    assert sum(int(r[3]) for r in rows) >= 300  # REQUESTS: plus any 429 retried
+
+
+def test_the_agent_finally_sees_the_providers_429_through_the_proxy(
+    tmp_path: Path, provider: Provider
+) -> None:
+    provider.all_limited = True
+    (tmp_path / "client.py").write_text(CLIENT)
+    path = write(
+        tmp_path,
+        {
+            "name": "limited",
+            "keys": {
+                "anthropic": {
+                    "from": list(ENV),
+                    "upstream": provider.url,
+                    "backoff": {"initial": "0.1s", "max": "0.4s"},
+                    "max_retries": 3,
+                }
+            },
+            "tasks": {
+                "t": {"run": f"{sys.executable} {tmp_path}/client.py 1", "keys": "anthropic"}
+            },
+        },
+    )
+    t0 = time.monotonic()
+    result = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
+    )
+    assert result.code == 0, result.err
+    data = json.loads(
+        next((tmp_path / ".abreast" / "runs").glob("*/outputs/*.client.json")).read_text()
+    )
+    assert data["codes"] == [429]
+    assert time.monotonic() - t0 >= (0.1 + 0.2 + 0.4) * 0.75  # it backed off first
+    assert len(provider.log) == 3 * 4  # every key tried in each of the 4 rounds
+
+
+def test_a_streamed_response_arrives_intact_and_incrementally(
+    tmp_path: Path, provider: Provider
+) -> None:
+    from abreast.keys.proxy import KeyProxy, Route_
+
+    proxy = KeyProxy({"p": Route_(KeyPool("p", KEYS, limit=None), provider.url, "openai")})
+    proxy.start()
+    try:
+        token = proxy.issue("p")
+        req = urllib.request.Request(
+            proxy.url + "/v1/stream", headers={"Authorization": f"Bearer {token}"}
+        )
+        arrivals = []
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = b""
+            while True:
+                chunk = r.read1(4096) if hasattr(r, "read1") else r.read(64)
+                if not chunk:
+                    break
+                body += chunk
+                arrivals.append(time.monotonic())
+        lines = [x for x in body.decode().split("\n\n") if x]
+        assert [x.split()[2] for x in lines] == ["0", "1", "2", "3", "4"]
+        assert arrivals[-1] - arrivals[0] >= 3 * provider.gap_s  # not buffered to the end
+        assert provider.seen_headers[-1]["authorization"] in {f"Bearer {k}" for k in KEYS}
+        bad = urllib.request.Request(
+            proxy.url + "/v1/stream", headers={"Authorization": "Bearer forged"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, timeout=10)
+        assert refused.value.code == 401
+        refused.value.close()
+        proxy.revoke(token)
+        with pytest.raises(urllib.error.HTTPError) as revoked:
+            urllib.request.urlopen(req, timeout=10)
+        assert revoked.value.code == 401
+        revoked.value.close()
+
+    finally:
+        proxy.stop()
+
+
+def test_a_missing_key_variable_stops_the_run_before_it_starts(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "keys": {"k": {"from": ["NOT_SET_ANYWHERE_1"], "limit": "10/s"}},
+            "tasks": {"a": {"run": "true", "keys": "k"}},
+        },
+    )
+    result = run_abreast("run", str(path), cwd=tmp_path)
+    assert result.code == 2
+    assert "NOT_SET_ANYWHERE_1 is not set" in result.err
+    db = tmp_path / ".abreast" / "state.db"
+    if db.exists():
+        import sqlite3
+
+        assert sqlite3.connect(db).execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+
+
+def test_direct_mode_leases_one_key_per_attempt(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "name": "direct",
+            "max_parallel": 4,
+            "keys": {"k": {"from": list(ENV), "env": "PROVIDER_KEY", "max_concurrent_per_key": 1}},
+            "tasks": {
+                f"t{i}": {
+                    "run": "sleep 0.3; printenv PROVIDER_KEY > /dev/null; "
+                    "env | grep -c TEST_KEY_ || true",
+                    "keys": "k",
+                }
+                for i in range(4)
+            },
+        },
+    )
+    result = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
+    )
+    assert result.code == 0, result.out + result.err
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / ".abreast" / "state.db")
+    leased = [
+        json.loads(d)["fingerprint"]
+        for (d,) in db.execute("SELECT data FROM events WHERE type = 'key.leased'")
+    ]
+    assert len(leased) == 4
+    assert set(leased) == {fingerprint(k) for k in KEYS}  # spread over the keys
+    for log in (tmp_path / ".abreast" / "runs").glob("*/logs/*.log"):
+        assert log.read_text().strip() == "0"  # no task saw the keys' source variables
+
+
+@pytest.mark.slow
+def test_canary_key_never_leaks(tmp_path: Path, provider: Provider, redis_url: str) -> None:
+    canary = f"sk-canary-{uuid.uuid4().hex}"
+    direct_canary = f"sk-canary-direct-{uuid.uuid4().hex}"
+    (tmp_path / "client.py").write_text(CLIENT)
+    (tmp_path / "boom.py").write_text(
+        "import os\nraise RuntimeError('task blew up with ' + "
+        "os.environ['ANTHROPIC_API_KEY'][:8])\n"
+    )
+    env = {**os.environ, "CANARY_KEY": canary, "CANARY_DIRECT": direct_canary}
+    mport, dport = free_port(), free_port()
+    path = write(
+        tmp_path,
+        {
+            "name": "canary",
+            "keys": {
+                "proxied": {"from": ["CANARY_KEY"], "upstream": provider.url, "limit": "100/2s"},
+                "direct": {"from": ["CANARY_DIRECT"], "env": "DIRECT_KEY"},
+            },
+            "tasks": {
+                "call": {"run": f"{sys.executable} {tmp_path}/client.py 3", "keys": "proxied"},
+                "boom": {"run": f"{sys.executable} {tmp_path}/boom.py", "keys": "proxied"},
+                "uses": {"run": 'test -n "$DIRECT_KEY" && sleep 1.5', "keys": "direct"},
+            },
+        },
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "abreast",
+            "run",
+            str(path),
+            "--plain",
+            "--no-monitor",
+            "--state",
+            redis_url,
+            "--metrics-port",
+            str(mport),
+            "--dashboard",
+            str(dport),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    samples: list[str] = []
+    pages: list[str] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(
+                subprocess.run(
+                    ["ps", "-eo", "args"], capture_output=True, text=True, check=False
+                ).stdout
+            )
+            for url in (
+                f"http://127.0.0.1:{mport}/metrics",
+                f"http://127.0.0.1:{dport}/",
+                f"http://127.0.0.1:{dport}/api/runs",
+            ):
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as page:
+                        pages.append(page.read().decode())
+                except OSError:
+                    pass
+            time.sleep(0.1)  # sampling what the machine shows while the run goes
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    out, err = proc.communicate(timeout=120)
+    stop.set()
+    sampler.join()
+    assert proc.returncode == 1, out + err  # "boom" failed with a traceback
+    assert (
+        "Traceback"
+        in run_abreast(
+            "logs", out.splitlines()[0][5:], "boom", "--state", redis_url, cwd=tmp_path
+        ).out
+    )
+    haystacks = {"stdout": out, "stderr": err, "ps": "\n".join(samples), "pages": "\n".join(pages)}
+    for f in (tmp_path / ".abreast").rglob("*"):
+        if f.is_file():
+            haystacks[str(f)] = f.read_bytes().decode("latin-1")
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    dump = []
+    for key in r.scan_iter("*"):
+        dump.append(key.decode())
+        kind = r.type(key).decode()
+        if kind == "string":
+            dump.append(str(r.get(key)))
+        elif kind == "hash":
+            dump.append(str(r.hgetall(key)))
+        elif kind == "zset":
+            dump.append(str(r.zrange(key, 0, -1, withscores=True)))
+        elif kind == "list":
+            dump.append(str(r.lrange(key, 0, -1)))
+    r.close()
+    haystacks["redis"] = "\n".join(dump)
+
+    for name, text in haystacks.items():
+        assert canary not in text, f"the proxied key leaked into {name}"
+        assert direct_canary not in text, f"the direct key leaked into {name}"
+    client = json.loads(
+        next((tmp_path / ".abreast" / "runs").glob("*/outputs/*.client.json")).read_text()
+    )
+    assert canary not in json.dumps(client["env"])  # the agent's environment: a token only
+    assert "CANARY_KEY" not in client["env"]
