@@ -14,6 +14,7 @@ import hashlib
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
@@ -33,6 +34,7 @@ class Provider:
     log: list[tuple[str, float, int]] = field(default_factory=list)  # key, time, status
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
+    _served: dict[str, deque[float]] = field(default_factory=dict)  # 200s in the window
 
     def _key(self, request: Request) -> str:
         key = request.headers.get("x-api-key")
@@ -44,7 +46,9 @@ class Provider:
         key = self._key(request)
         self.seen_headers.append(dict(request.headers))
         now = time.monotonic()
-        recent = [t for k, t, s in self.log if k == key and s == 200 and t > now - self.window_s]
+        recent = self._served.setdefault(key, deque())
+        while recent and recent[0] <= now - self.window_s:
+            recent.popleft()
         if self.all_limited or len(recent) >= self.limit:
             self.log.append((key, now, 429))
             return JSONResponse(
@@ -53,6 +57,7 @@ class Provider:
                 headers={"retry-after": str(self.retry_after_s)},
             )
         self.log.append((key, now, 200))
+        recent.append(now)
         await request.body()
         return JSONResponse({"ok": True, "key": hashlib.sha256(key.encode()).hexdigest()[:8]})
 

@@ -143,6 +143,18 @@ def test_rate_window_is_exact_and_says_how_long_to_wait(coord: Coordinator) -> N
     assert coord.rate_used("k2", 0.5) == 0
 
 
+def test_rate_take_any_takes_the_key_with_the_most_headroom(coord: Coordinator) -> None:
+    keys = ["a", "b", "c"]
+    assert coord.rate_take("b", 2, 0.5)[0]  # b has one use already
+    picks = [coord.rate_take_any(keys, 2, 0.5) for _ in range(6)]
+    # a (first on the tie), c, then a and c are level with b: a, b, c; then all are full
+    assert [i for i, _ in picks] == [0, 2, 0, 1, 2, None]
+    assert picks[-1][1] > 0 and picks[-1][1] <= 0.5
+    assert [coord.rate_used(k, 0.5) for k in keys] == [2, 2, 2]
+    time.sleep(picks[-1][1] + 0.05)  # the oldest use (b's first) has to really leave
+    assert coord.rate_take_any(keys, 2, 0.5)[0] is not None
+
+
 def test_publish_reaches_a_subscriber_in_order(coord: Coordinator, coord_url: str) -> None:
     received: list[str] = []
     ready = threading.Event()

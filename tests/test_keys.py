@@ -211,6 +211,31 @@ def test_proxy_serves_six_tasks_under_the_limits_and_agents_hold_no_key(
     rows = [line.split() for line in keys.out.splitlines() if line.startswith("anthropic")]
     assert sum(int(r[4]) for r in rows) == 300  # OK column: every request succeeded once
     assert sum(int(r[3]) for r in rows) >= 300  # REQUESTS: plus any 429 retried
+    usage = json.loads(run_abreast("keys", run_id, "--json", cwd=tmp_path).out)["keys"]
+    assert {u["fingerprint"] for u in usage} == {fingerprint(k) for k in KEYS}
+    assert all(u["limit"] == "100/2s" for u in usage)
+    # The dashboard and /metrics show the same use.
+    from abreast.coord.location import locate
+    from abreast.observe.dashboard import DashboardServer
+
+    board = DashboardServer(locate(path))
+    board.start()
+    try:
+        with urllib.request.urlopen(f"{board.url}api/runs/{run_id}", timeout=10) as page:
+            snap = json.loads(page.read())
+        with urllib.request.urlopen(f"{board.url}metrics", timeout=10) as page:
+            metrics = page.read().decode()
+    finally:
+        board.stop()
+
+    assert snap["keys"] == usage_without_limits(usage)
+    for u in usage:
+        served = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith(f'api_key_requests_total{{fingerprint="{u["fingerprint"]}"')
+        )
+        assert served == u["requests"]
 
 
 def test_the_agent_finally_sees_the_providers_429_through_the_proxy(
@@ -251,9 +276,9 @@ def test_the_agent_finally_sees_the_providers_429_through_the_proxy(
 def test_a_streamed_response_arrives_intact_and_incrementally(
     tmp_path: Path, provider: Provider
 ) -> None:
-    from abreast.keys.proxy import KeyProxy, Route_
+    from abreast.keys.proxy import KeyProxy, Route
 
-    proxy = KeyProxy({"p": Route_(KeyPool("p", KEYS, limit=None), provider.url, "openai")})
+    proxy = KeyProxy({"p": Route(KeyPool("p", KEYS, limit=None), provider.url, "openai")})
     proxy.start()
     try:
         token = proxy.issue("p")
@@ -455,3 +480,7 @@ def test_canary_key_never_leaks(tmp_path: Path, provider: Provider, redis_url: s
     )
     assert canary not in json.dumps(client["env"])  # the agent's environment: a token only
     assert "CANARY_KEY" not in client["env"]
+
+
+def usage_without_limits(usage: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [{k: v for k, v in u.items() if k != "limit"} for u in usage]

@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("keys", help="API key use per key, by fingerprint")
     p.add_argument("run_id", nargs="?", metavar="RUN", help="default: the latest run")
+    p.add_argument("--json", action="store_true", help="machine-readable")
     _state_arg(p)
 
     p = sub.add_parser("report", help="what a run did and what parallelism saved")
@@ -384,6 +385,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
         }
     except AbreastError:
         pass  # the file moved or changed: usage without limits
+    if args.json:
+        for r in rows:
+            r["limit"] = limits.get(r["pool"])
+        print(json.dumps({"run": row.id, "keys": rows}, indent=2))
+        return 0
     print(f"run {row.id}")
     print_usage(rows, limits, sys.stdout)
     return 0

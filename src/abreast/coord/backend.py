@@ -200,6 +200,14 @@ class Coordinator(ABC):
         window, exact); (taken, seconds until one would be allowed)."""
 
     @abstractmethod
+    def rate_take_any(
+        self, keys: list[str], limit: int, window_s: float
+    ) -> tuple[int | None, float]:
+        """One use of whichever of `keys` has the fewest uses in its window, if under `limit`
+        (the first on ties), in one atomic step; (its index, 0) or (None, seconds until
+        one of them would allow a use)."""
+
+    @abstractmethod
     def rate_used(self, key: str, window_s: float) -> int:
         """Uses of `key` in the last `window_s`."""
 

@@ -111,6 +111,33 @@ return {0, tonumber(oldest[2]) + window - now}
 """
 
 
+# KEYS: rate zsets in order of preference; ARGV: limit, window ms, unique member suffix
+_RATE_TAKE_ANY = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local best, best_count, wait = 0, limit, -1
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  if count < best_count then
+    best, best_count = i, count
+  elseif count >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local w = tonumber(oldest[2]) + window - now
+    if wait < 0 or w < wait then wait = w end
+  end
+end
+if best > 0 then
+  redis.call('ZADD', KEYS[best], now, now .. ':' .. ARGV[3])
+  redis.call('PEXPIRE', KEYS[best], window)
+  return {best, 0}
+end
+return {0, wait}
+"""
+
+
 class RedisCoordinator(Coordinator):
     def __init__(self, url: str) -> None:
         try:
@@ -137,6 +164,7 @@ class RedisCoordinator(Coordinator):
         self._renew = self._r.register_script(_RENEW)
         self._release = self._r.register_script(_RELEASE)
         self._rate_take = self._r.register_script(_RATE_TAKE)
+        self._rate_take_any = self._r.register_script(_RATE_TAKE_ANY)
         self._pubsub: Any = None
         self._counter = 0
         try:
@@ -311,7 +339,22 @@ class RedisCoordinator(Coordinator):
         )
         return bool(int(ok)), max(0.0, float(wait_ms) / 1000)
 
+    def rate_take_any(
+        self, keys: list[str], limit: int, window_s: float
+    ) -> tuple[int | None, float]:
+        self._counter += 1
+        member = f"{time.monotonic_ns()}-{self._counter}"
+        best, wait_ms = self._call(
+            self._rate_take_any,
+            keys=[f"{PREFIX}rate:{k}" for k in keys],
+            args=[limit, int(window_s * 1000), member],
+        )
+        if int(best) > 0:
+            return int(best) - 1, 0.0
+        return None, max(0.0, float(wait_ms) / 1000)
+
     def rate_used(self, key: str, window_s: float) -> int:
+
         now_ms = int(self.now() * 1000)
         return int(
             self._call(

@@ -35,6 +35,7 @@ CREATE INDEX IF NOT EXISTS waiters_by_name ON waiters (name, ticket);
 CREATE TABLE IF NOT EXISTS heartbeats (key TEXT PRIMARY KEY, at REAL NOT NULL, info TEXT);
 CREATE TABLE IF NOT EXISTS rate (key TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_by_key ON rate (key, at);
+CREATE TABLE IF NOT EXISTS rate_count (key TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, at REAL NOT NULL,
     body TEXT NOT NULL);
@@ -269,18 +270,42 @@ class SqliteCoordinator(Coordinator):
 
     # -- rate windows -------------------------------------------------------------------------
 
-    @_serialised
     def rate_take(self, key: str, limit: int, window_s: float) -> tuple[bool, float]:
+        index, wait = self.rate_take_any([key], limit, window_s)
+        return index is not None, wait
+
+    @_serialised
+    def rate_take_any(
+        self, keys: list[str], limit: int, window_s: float
+    ) -> tuple[int | None, float]:
+        # Each key's count is kept beside its uses (rate_count), so a call costs what left
+        # the window since the last one, not the size of the window.
         with self._tx() as db:
             now = float(db.execute(f"SELECT {_NOW}").fetchone()[0])
-            db.execute("DELETE FROM rate WHERE key = ? AND at <= ?", (key, now - window_s))
-            count, oldest = db.execute(
-                "SELECT count(*), min(at) FROM rate WHERE key = ?", (key,)
-            ).fetchone()
-            if count < limit:
-                db.execute("INSERT INTO rate (key, at) VALUES (?, ?)", (key, now))
-                return True, 0.0
-            return False, max(0.0, float(oldest) + window_s - now)
+            best, best_count, wait = None, limit, None
+            for i, key in enumerate(keys):
+                gone = db.execute(
+                    "DELETE FROM rate WHERE key = ? AND at <= ?", (key, now - window_s)
+                ).rowcount
+                if gone:
+                    db.execute("UPDATE rate_count SET n = n - ? WHERE key = ?", (gone, key))
+                row = db.execute("SELECT n FROM rate_count WHERE key = ?", (key,)).fetchone()
+                count = int(row[0]) if row else 0
+                if count < best_count:
+                    best, best_count = i, count
+                elif count >= limit:
+                    oldest = db.execute("SELECT min(at) FROM rate WHERE key = ?", (key,))
+                    w = max(0.0, float(oldest.fetchone()[0]) + window_s - now)
+                    wait = w if wait is None else min(wait, w)
+            if best is None:
+                return None, wait or 0.0
+            db.execute("INSERT INTO rate (key, at) VALUES (?, ?)", (keys[best], now))
+            db.execute(
+                "INSERT INTO rate_count (key, n) VALUES (?, 1) "
+                "ON CONFLICT (key) DO UPDATE SET n = n + 1",
+                (keys[best],),
+            )
+            return best, 0.0
 
     @_serialised
     def rate_used(self, key: str, window_s: float) -> int:

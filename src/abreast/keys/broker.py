@@ -22,7 +22,7 @@ from typing import Any
 from abreast.coord.backend import Coordinator
 from abreast.coord.journal import Journal
 from abreast.keys.pool import KeyPool
-from abreast.keys.proxy import BASE_URL_ENV, KeyProxy, Route_
+from abreast.keys.proxy import BASE_URL_ENV, KeyProxy, Route
 from abreast.spec.model import Task, Workflow
 
 NEAR_LIMIT = 0.8
@@ -46,7 +46,7 @@ class KeyBroker:
         }
         self.secret_vars = {v for spec in wf.keys.values() for v in spec.from_}
         routes = {
-            name: Route_(self.pools[name], str(spec.upstream), spec.style)
+            name: Route(self.pools[name], str(spec.upstream), spec.style)
             for name, spec in wf.keys.items()
             if spec.upstream
         }

@@ -158,20 +158,25 @@ class KeyPool:
         now = time.monotonic()
         return sum(1 for t in self._local.get(key.fp, []) if t > now - self._window())
 
-    def _take(self, key: _Key) -> tuple[bool, float]:
+    def _take_best(self, keys: list[_Key]) -> _Key | None:
+        """One use of the key (of `keys`, in order of preference) with the most headroom:
+        one backend call, atomic across processes."""
         if self.limit is None:
-            return True, 0.0
+            return keys[0]
         count, _ = self.limit
         if self.coord is not None:
-            return self.coord.rate_take(self._counter(key), count, self._window())
+            index, _wait = self.coord.rate_take_any(
+                [self._counter(k) for k in keys], count, self._window()
+            )
+            return None if index is None else keys[index]
         now = time.monotonic()
-        times = [t for t in self._local.get(key.fp, []) if t > now - self._window()]
-        if len(times) < count:
-            times.append(now)
-            self._local[key.fp] = times
-            return True, 0.0
-        self._local[key.fp] = times
-        return False, times[0] + self._window() - now
+        for k in keys:  # keep only this window's uses
+            self._local[k.fp] = [t for t in self._local.get(k.fp, []) if t > now - self._window()]
+        best = min(keys, key=lambda k: len(self._local[k.fp]))
+        if len(self._local[best.fp]) >= count:
+            return None
+        self._local[best.fp].append(now)
+        return best
 
     def ranked(self) -> list[_Key]:
         """Keys not marked limited, most headroom first."""
@@ -205,11 +210,16 @@ class KeyPool:
         """
         last = None
         for round_ in range(self.max_retries + 1):
-            for key in self.ranked():
-                taken, _wait = self._take(key)  # one quick backend call; no threads share it
-
-                if not taken:
-                    continue  # this key's window is full: the next one
+            tried: set[str] = set()
+            while True:
+                now = time.monotonic()
+                free = [k for k in self._keys if k.stats.limited_until <= now and k.fp not in tried]
+                if not free:
+                    break
+                key = self._take_best(sorted(free, key=lambda k: k.stats.requests))
+                if key is None:
+                    break  # every window is full
+                tried.add(key.fp)
                 key.stats.requests += 1
                 response = await do(key.value, key.fp)
                 status = status_of(response)

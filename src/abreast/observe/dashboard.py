@@ -333,17 +333,9 @@ class Dashboard:
             return []
 
     def keys(self, journal: Journal, run_id: str) -> list[dict[str, Any]]:
-        usage: dict[str, dict[str, Any]] = {}
-        for e in journal.events(run_id, types=("api.request", "api.limited")):
-            fp = str(e.data.get("fingerprint"))
-            u = usage.setdefault(
-                fp, {"fingerprint": fp, "requests": 0, "limited": 0, "pool": e.data.get("pool")}
-            )
-            if e.type == "api.request":
-                u["requests"] += int(e.data.get("count", 1))
-            else:
-                u["limited"] += 1
-        return list(usage.values())
+        from abreast.keys.usage import usage
+
+        return usage(journal, run_id)  # what `abreast keys` shows
 
     async def api_events(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
