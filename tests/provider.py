@@ -58,8 +58,15 @@ class Provider:
             )
         self.log.append((key, now, 200))
         recent.append(now)
-        await request.body()
-        return JSONResponse({"ok": True, "key": hashlib.sha256(key.encode()).hexdigest()[:8]})
+        body = await request.body()
+        return JSONResponse(
+            {
+                "ok": True,
+                "key": hashlib.sha256(key.encode()).hexdigest()[:8],
+                "bytes": len(body),
+                "query": request.url.query,
+            }
+        )
 
     async def stream(self, request: Request) -> Response:
         self.seen_headers.append(dict(request.headers))

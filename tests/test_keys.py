@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -271,6 +272,45 @@ def test_the_agent_finally_sees_the_providers_429_through_the_proxy(
     assert data["codes"] == [429]
     assert time.monotonic() - t0 >= (0.1 + 0.2 + 0.4) * 0.75  # it backed off first
     assert len(provider.log) == 3 * 4  # every key tried in each of the 4 rounds
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_with_a_large_body_and_expect_100_continue(provider: Provider) -> None:
+    from abreast.keys.proxy import KeyProxy, Route
+
+    proxy = KeyProxy({"p": Route(KeyPool("p", KEYS, limit=None), provider.url, "anthropic")})
+    proxy.start()
+    try:
+        token = proxy.issue("p")
+        body = json.dumps({"text": "x" * 200_000})
+
+        out = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--fail",
+                "-H",
+                f"x-api-key: {token}",
+                "-H",
+                "Expect: 100-continue",
+                "--expect100-timeout",
+                "60",  # without the proxy's 100 Continue, curl would wait out the timeout
+                "--data-binary",
+                "@-",
+                proxy.url + "/v1/messages?beta=true",
+            ],
+            input=body,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        answer = json.loads(out.stdout)
+        assert answer["bytes"] == len(body) and answer["query"] == "beta=true"
+        assert answer["key"] in {fingerprint(k) for k in KEYS}
+    finally:
+        proxy.stop()
 
 
 def test_a_streamed_response_arrives_intact_and_incrementally(

@@ -142,13 +142,17 @@ class KeyProxy:
     # -- serving -----------------------------------------------------------------------------
 
     async def _read_request(
-        self, conn: h11.Connection, reader: asyncio.StreamReader
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> tuple[h11.Request, bytes] | None:
         head: h11.Request | None = None
         parts: list[bytes] = []
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:  # curl, for larger bodies
+                    writer.write(
+                        conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+                    )
                 conn.receive_data(await reader.read(READ_CHUNK))
             elif isinstance(event, h11.Request):
                 head = event
@@ -198,7 +202,8 @@ class KeyProxy:
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                request = await self._read_request(conn, reader)
+                request = await self._read_request(conn, reader, writer)
+
                 if request is None:
                     return
                 await self._respond(conn, writer, await self._forward(*request))
