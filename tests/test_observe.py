@@ -442,7 +442,14 @@ def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
         )
         assert html_text in title  # shown as text...
         assert driver.title != "pwned"  # ...never run as HTML
-        driver.find_element("css selector", node).click()
+        # Clicked from the page itself: a refresh may replace the node between a lookup
+        # and a WebDriver click.
+        driver.execute_script(
+            "document.querySelector(arguments[0])"
+            ".dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+            node,
+        )
+
         wait_for(
             lambda: driver.find_element("id", "log-task").text == "first",
             what="the log of a clicked task",

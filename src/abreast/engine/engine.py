@@ -249,7 +249,7 @@ class Engine:
             await sink.start()
             self.journal.listeners.append(sink)
         if self.options.metrics is not None:
-            self.journal.listeners.append(self.options.metrics.consume)
+            self.journal.listeners.append(self.options.metrics.listen)
         self._executor = LocalExecutor(self._process_exited)
         become_subreaper()  # orphaned descendants of tasks come to us, and are reaped
         installed = self._install_signal_handlers(loop)

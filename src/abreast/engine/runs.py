@@ -187,7 +187,13 @@ def _serve(
             server, _thread = serve(metrics, req.metrics_port)
         except OSError as e:
             raise UsageError(f"--metrics-port {req.metrics_port}: {e.strerror}") from None
-        stops.append(server.shutdown)
+
+        def stop_metrics() -> None:
+            server.shutdown()
+            server.server_close()
+
+        stops.append(stop_metrics)
+
         announce(f"metrics: http://127.0.0.1:{req.metrics_port}/metrics")
     if req.dashboard_port is not None:
         from abreast.observe.dashboard import DashboardServer
@@ -196,9 +202,15 @@ def _serve(
         dash.start()
 
         def linger_then_stop() -> None:
-            # Pages still open get the run's last state before the server goes.
-            if dash.dashboard.requests:
-                time.sleep(DASHBOARD_LINGER_S)
+            # Pages following the run get its last events (and the end) before the server
+            # goes: their streams close by themselves once they have sent the finish, and
+            # the page then asks once more for the final state.
+            board = dash.dashboard
+            deadline = time.monotonic() + DASHBOARD_LINGER_S
+            while time.monotonic() < deadline and (
+                board.open_streams or time.monotonic() - board.last_request_at < LAST_ASK_S
+            ):
+                time.sleep(0.02)  # polling counters the server's thread updates
             dash.stop()
 
         stops.append(linger_then_stop)
@@ -355,7 +367,9 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         journal.close()
 
 
-DASHBOARD_LINGER_S = 2.0
+DASHBOARD_LINGER_S = 2.0  # at most
+LAST_ASK_S = 0.4  # quiet after the last request before the dashboard stops
+
 PLAN_LIMIT = 20_000
 # tasks; above this the run keeps no plan for dashboards and reports
 

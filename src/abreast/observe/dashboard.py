@@ -77,6 +77,8 @@ class Dashboard:
         self._replayed = Metrics()
         self._coord: Any = None
         self.requests = 0  # served so far
+        self.open_streams = 0  # event streams being followed now
+        self.last_request_at = 0.0  # monotonic
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -95,7 +97,7 @@ class Dashboard:
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         self.requests += 1
-
+        self.last_request_at = time.monotonic()
         host = request.headers.get("host", "")
         if host not in self.allowed_hosts():
             return PlainTextResponse("refused: unexpected Host header", status_code=421)
@@ -349,6 +351,7 @@ class Dashboard:
             if journal is None:
                 return
             last, quiet = after, 0.0
+            self.open_streams += 1
             try:
                 while True:
                     events = journal.events(run_id, after_seq=last, limit=500)
@@ -364,7 +367,8 @@ class Dashboard:
                     if await request.is_disconnected():
                         return
                     run = journal.run(run_id)
-                    if run is not None and run.finished_at and quiet > 2.0:
+                    if run is not None and run.finished_at:
+                        # run.finished is committed with finished_at: all is sent
                         yield b"event: end\ndata: {}\n\n"
                         return
                     await asyncio.sleep(POLL_S)  # tailing a file another process writes
@@ -372,6 +376,7 @@ class Dashboard:
                     if quiet % 15 < POLL_S:
                         yield b": keep-alive\n\n"
             finally:
+                self.open_streams -= 1
                 journal.close()
 
         return StreamingResponse(

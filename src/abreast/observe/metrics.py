@@ -16,6 +16,8 @@ retries, merges, events, API key use.
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from abreast.engine.engine import Engine
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+INBOX_MAX = 20_000  # events kept for the next scrape before they are counted anyway
+
 _SEND_BACK_KINDS = ("conflict", "check", "ownership", "containment")
 _WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, float("inf"))
 
@@ -87,6 +91,19 @@ class Metrics:
         )
         self.last_seq = 0
         self._pending: dict[str, set[str]] = {}  # task -> send-back kinds awaiting landing
+        # Events wait here until a scrape (or until there are many): the run's hot path
+        # only appends, and a run nobody scrapes pays almost nothing.
+        self._inbox: list[EventRow] = []
+        self._lock = threading.Lock()
+
+    def listen(self, events: list[EventRow]) -> None:
+        """The journal's listener: keep the batch for the next exposition."""
+        with self._lock:
+            self._inbox.extend(events)
+            if len(self._inbox) < INBOX_MAX:
+                return
+            events, self._inbox = self._inbox, []
+            self.consume(events)
 
     def consume(self, events: list[EventRow]) -> None:
         for e in events:
@@ -145,11 +162,38 @@ class Metrics:
         self.running.set(states.get("running", 0) + states.get("integrating", 0))
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        with self._lock:
+            events, self._inbox = self._inbox, []
+            self.consume(events)
+            return generate_latest(self.registry)
 
 
-def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> Any:
-    """`abreast run --metrics-port`: a plain exposition endpoint in a background thread."""
-    from prometheus_client import start_http_server
+class _Handler(BaseHTTPRequestHandler):
+    metrics: Metrics
 
-    return start_http_server(port, addr=host, registry=metrics.registry)
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] not in ("/", "/metrics"):
+            self.send_error(404)
+            return
+        body = self.metrics.exposition()
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes are not news
+
+
+def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> tuple[Any, threading.Thread]:
+    """`abreast run --metrics-port`: a plain exposition endpoint in a background thread.
+    `shutdown()` on the server returns within 50 ms."""
+    handler = type("Handler", (_Handler,), {"metrics": metrics})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="abreast-metrics", daemon=True
+    )
+    thread.start()
+    return server, thread
