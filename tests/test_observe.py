@@ -329,6 +329,28 @@ def test_non_loopback_dashboard_needs_a_token(tmp_path: Path) -> None:
     assert "without a token" in result.err
 
 
+def test_dashboard_token_from_the_environment_stays_out_of_argv(tmp_path: Path) -> None:
+    import os
+
+    port = free_port()
+    env = {**os.environ, "ABREAST_DASHBOARD_TOKEN": "env-s3cret"}
+    argv = [sys.executable, "-m", "abreast", "dashboard", "--port", str(port)]
+    argv += ["--state", f"sqlite://{tmp_path}/state.db"]
+    proc = subprocess.Popen(
+        argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/"
+        wait_for(lambda: get(base)[0] != 0, what="the dashboard to listen")
+        assert get(base)[0] == 401
+        assert get(base, {"Authorization": "Bearer env-s3cret"})[0] == 200
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            assert b"env-s3cret" not in f.read()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
 def test_dashboard_refuses_foreign_hosts_origins_and_missing_tokens(tmp_path: Path) -> None:
     from abreast.coord.location import locate
     from abreast.observe.dashboard import DashboardServer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -143,7 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--host", default="127.0.0.1", help="default 127.0.0.1; any other address needs --token"
     )
-    p.add_argument("--token", metavar="SECRET", help="required on every request")
+    p.add_argument(
+        "--token",
+        metavar="SECRET",
+        help="required on every request (default: $ABREAST_DASHBOARD_TOKEN, which, unlike"
+        " an argument, other users cannot read in the process list)",
+    )
+    # For `abreast run --dashboard`: serve on an inherited socket until a pipe closes.
+    p.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--metrics-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--follow-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--run-only", help=argparse.SUPPRESS)
     _state_arg(p)
 
     p = sub.add_parser("keys", help="API key use per key, by fingerprint")
@@ -360,7 +371,17 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from abreast.coord.location import locate
     from abreast.observe.dashboard import serve
 
-    serve(locate(None, args.state), args.host, args.port, args.token)
+    token = args.token or os.environ.get("ABREAST_DASHBOARD_TOKEN") or None
+    serve(
+        locate(None, args.state),
+        args.host,
+        args.port,
+        token,
+        listen_fd=args.listen_fd,
+        metrics_fd=args.metrics_fd,
+        follow_fd=args.follow_fd,
+        run_only=args.run_only,
+    )
     return 0
 
 

@@ -21,4 +21,9 @@ def paused_gc() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            # What was built survives into the oldest generation at once (freeze and
+            # unfreeze splice lists, O(1)); else the first young collection after
+            # enabling would walk every object allocated meanwhile (0.35 s at 100k tasks).
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()

@@ -52,7 +52,6 @@ from abreast.spec.model import Scalar, Task, Workflow
 if TYPE_CHECKING:
     from abreast.keys.broker import KeyBroker
     from abreast.observe.events import Sink
-    from abreast.observe.metrics import Metrics
 
 LOG_TAIL_LINES = 12
 JITTER = 0.25  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
@@ -71,7 +70,6 @@ class EngineOptions:
     supervisor: Supervisor | None = None
     sinks: list[Sink] = field(default_factory=list)  # hear every committed event
     keys: KeyBroker | None = None  # API keys or proxy tokens for attempts
-    metrics: Metrics | None = None
 
 
 @dataclass(eq=False)
@@ -185,6 +183,7 @@ class Engine:
         self._background: set[asyncio.Task[Any]] = set()
         self._tick_handle: asyncio.TimerHandle | None = None
         self._last_heartbeat = 0.0
+        self._last_cap = 0  # as last journaled (run.cap)
         self._seen_signals: set[tuple[str, str]] = set()
         self.started_at = started_at or time.time()
         self._t0 = time.monotonic()
@@ -241,6 +240,15 @@ class Engine:
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
 
+    def _note_cap(self) -> None:
+        """Journal the cap when it changes (the resource monitor moves it), for watchers."""
+        cap = self.cap()
+        if cap != self._last_cap:
+            self._last_cap = cap
+            monitor = self.options.monitor
+            why = monitor.reason(self.options.cap) if monitor else None
+            self.journal.stage_event(self.run_id, "run.cap", None, cap=cap, reason=why)
+
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> RunOutcome:
@@ -248,11 +256,10 @@ class Engine:
         for sink in self.options.sinks:
             await sink.start()
             self.journal.listeners.append(sink)
-        if self.options.metrics is not None:
-            self.journal.listeners.append(self.options.metrics.listen)
         self._executor = LocalExecutor(self._process_exited)
         become_subreaper()  # orphaned descendants of tasks come to us, and are reaped
         installed = self._install_signal_handlers(loop)
+        self._note_cap()
         self._schedule_tick()
         self.view.begin(self)
         for tr, attempt, exit_ in self._adopt:
@@ -282,8 +289,6 @@ class Engine:
                 if tr.timer:
                     tr.timer.cancel()
         outcome = await self._finish_run()
-        if self.options.metrics is not None:
-            self.options.metrics.observe_engine(self)
         for sink in self.options.sinks:
             await sink.close()
         self.view.end()
@@ -786,8 +791,7 @@ class Engine:
         if now - self._last_heartbeat >= self.wf.heartbeat.interval:
             self._last_heartbeat = now
             self.journal.stage_run(self.run_id, heartbeat_at=now)
-        if self.options.metrics is not None:
-            self.options.metrics.observe_engine(self)
+        self._note_cap()
         self._schedule_tick()
 
     def _schedule_tick(self) -> None:

@@ -41,7 +41,6 @@ from abreast.spec.overrides import flag_overrides, parallel_cap
 if TYPE_CHECKING:
     from abreast.keys.broker import KeyBroker
     from abreast.observe.events import Sink
-    from abreast.observe.metrics import Metrics
 
 _RUN_ID = re.compile(TASK_ID_PATTERN.replace("62", "99"))
 IsolationFactory = Callable[[Workflow, StateLocation, str, Journal], Isolation]
@@ -112,7 +111,6 @@ def _options(
     monitor_on: bool,
     supervisor: Supervisor,
     sinks: list[Sink] | None = None,
-    metrics: Metrics | None = None,
     keys: KeyBroker | None = None,
 ) -> EngineOptions:
     monitor = None
@@ -129,15 +127,14 @@ def _options(
         supervisor=supervisor,
         keys=keys,
         sinks=sinks or [],
-        metrics=metrics,
         # Ticks often enough to notice an orphan within a quarter of its threshold.
         tick_s=min(1.0, hb.interval, hb.orphan_after / 4),
     )
 
 
-def _observers(req: RunRequest, p: Prepared) -> tuple[list[Sink], Metrics | None]:
-    """Event sinks and metrics for a run; reachable-or-refuse checks happen here, before
-    anything is journaled."""
+def _sinks(p: Prepared) -> list[Sink]:
+    """Event sinks for a run; reachable-or-refuse checks happen here, before anything is
+    journaled."""
     sinks: list[Sink] = []
     if p.location.is_redis:
         from abreast.observe.events import RedisSink
@@ -148,12 +145,7 @@ def _observers(req: RunRequest, p: Prepared) -> tuple[list[Sink], Metrics | None
 
         _probe(p.wf.events.nats)
         sinks.append(NatsSink(p.wf.events.nats, p.wf.events.subject))
-    metrics = None
-    if req.metrics_port is not None or req.dashboard_port is not None:
-        from abreast.observe.metrics import Metrics
-
-        metrics = Metrics()
-    return sinks, metrics
+    return sinks
 
 
 def _probe(url: str) -> None:
@@ -173,50 +165,19 @@ def _probe(url: str) -> None:
 
 
 def _serve(
-    req: RunRequest,
-    metrics: Metrics | None,
-    location: StateLocation,
-    announce: Callable[[str], None],
+    req: RunRequest, run_id: str, location: StateLocation, announce: Callable[[str], None]
 ) -> list[Callable[[], None]]:
-    """Start the metrics endpoint and the dashboard; returns how to stop them."""
-    stops: list[Callable[[], None]] = []
-    if req.metrics_port is not None and metrics is not None:
-        from abreast.observe.metrics import serve
+    """Start the run's observer process (dashboard, metrics); returns how to stop it."""
+    if req.metrics_port is None and req.dashboard_port is None:
+        return []
+    from abreast.observe.dashboard_process import start_for_run
 
-        try:
-            server, _thread = serve(metrics, req.metrics_port)
-        except OSError as e:
-            raise UsageError(f"--metrics-port {req.metrics_port}: {e.strerror}") from None
-
-        def stop_metrics() -> None:
-            server.shutdown()
-            server.server_close()
-
-        stops.append(stop_metrics)
-
-        announce(f"metrics: http://127.0.0.1:{req.metrics_port}/metrics")
-    if req.dashboard_port is not None:
-        from abreast.observe.dashboard import DashboardServer
-
-        dash = DashboardServer(location, port=req.dashboard_port, metrics=metrics)
-        dash.start()
-
-        def linger_then_stop() -> None:
-            # Pages following the run get its last events (and the end) before the server
-            # goes: their streams close by themselves once they have sent the finish, and
-            # the page then asks once more for the final state.
-            board = dash.dashboard
-            deadline = time.monotonic() + DASHBOARD_LINGER_S
-            while time.monotonic() < deadline and (
-                board.open_streams or time.monotonic() - board.last_request_at < LAST_ASK_S
-            ):
-                time.sleep(0.02)  # polling counters the server's thread updates
-            dash.stop()
-
-        stops.append(linger_then_stop)
-
-        announce(f"dashboard: {dash.url}")
-    return stops
+    urls, stop = start_for_run(location, run_id, req.dashboard_port, req.metrics_port)
+    if urls.metrics:
+        announce(f"metrics: {urls.metrics}")
+    if urls.dashboard:
+        announce(f"dashboard: {urls.dashboard}")
+    return [stop]
 
 
 def _keys(p: Prepared, supervisor: Supervisor, journal: Journal, run_id: str) -> KeyBroker | None:
@@ -308,7 +269,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         )
     kind = "none" if req.isolation is not None else isolation_kind(p.wf, p.location)
     base_commit = _base_commit(p, kind, lambda text: print(text, file=sys.stderr))
-    sinks, metrics = _observers(req, p)
+    sinks = _sinks(p)
     journal = Journal(p.location.journal)
     supervisor = _supervisor(p, run_id, journal)  # an unreachable backend stops us here
     keys = _keys(p, supervisor, journal, run_id)  # a key variable not set stops us here
@@ -349,12 +310,12 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         p.location,
         journal,
         p.graph,
-        _options(p, req.monitor, supervisor, sinks, metrics, keys),
+        _options(p, req.monitor, supervisor, sinks, keys),
         view=view,
         isolation=isolation,
         started_at=started,
     )
-    stops = _serve(req, metrics, p.location, lambda text: print(text, flush=True))
+    stops = _serve(req, run_id, p.location, lambda text: print(text, flush=True))
     if keys is not None:
         keys.start()
         stops.append(keys.stop)
@@ -366,9 +327,6 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         supervisor.close()
         journal.close()
 
-
-DASHBOARD_LINGER_S = 2.0  # at most
-LAST_ASK_S = 0.4  # quiet after the last request before the dashboard stops
 
 PLAN_LIMIT = 20_000
 # tasks; above this the run keeps no plan for dashboards and reports

@@ -173,8 +173,9 @@ class Supervisor:
                 self.journal.stage_event(
                     self.run_id, "lock.released", task_id, lock=lease.name, token=lease.token
                 )
-            with contextlib.suppress(CoordError):
-                self.coord.forget(w.key)
+            if w.last_beat:  # most attempts end before their first heartbeat
+                with contextlib.suppress(CoordError):
+                    self.coord.forget(w.key)
         return w.peak_rss
 
     def release_unused(self, leases: list[Lease]) -> None:

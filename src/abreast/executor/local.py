@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from abreast.executor.process import start_ticks
+from abreast.executor.process import boot_ticks, start_ticks_between
 
 SHELL = "/bin/sh"
 # $1 workdir, $2 exits file, $3 command, $4 log, $5 TASK.ATTEMPT. Names start with
@@ -80,6 +80,7 @@ class LocalExecutor:
         self.running: dict[int, Running] = {}
 
     def start(self, launch: Launch) -> Running:
+        before = boot_ticks()
         pid = os.posix_spawn(
             SHELL,
             [
@@ -96,8 +97,9 @@ class LocalExecutor:
             launch.env,
             setsid=True,
         )
+        ticks = start_ticks_between(pid, before, boot_ticks())
         now_mono, now_wall = time.monotonic(), time.time()
-        running = Running(launch, pid, pid, start_ticks(pid), now_mono, now_wall)
+        running = Running(launch, pid, pid, ticks, now_mono, now_wall)
         self.running[pid] = running
         if _HAS_PIDFD:
             try:

@@ -61,19 +61,21 @@ class Dashboard:
         host: str,
         port: int,
         token: str | None,
-        metrics: Metrics | None = None,
+        metrics_port: int | None = None,
+        run_only: str | None = None,
     ) -> None:
         if host not in LOOPBACK and not token:
             raise UsageError(
                 f"the dashboard would listen on {host}, beyond this machine, without a token",
-                hint="pass --token SECRET (every request "
-                "must then carry it), or keep the default --host 127.0.0.1",
+                hint="set ABREAST_DASHBOARD_TOKEN (or pass --token SECRET); every request "
+                "must then carry it. Or keep the default --host 127.0.0.1",
             )
         self.location = location
         self.host = host
         self.port = port
         self.token = token
-        self.live_metrics = metrics
+        self.metrics_port = metrics_port  # a socket of its own, serving /metrics only
+        self.run_only = run_only  # metrics of this run alone (a run's observer)
         self._replayed = Metrics()
         self._coord: Any = None
         self.requests = 0  # served so far
@@ -85,12 +87,12 @@ class Dashboard:
     def journal(self) -> Journal | None:
         return Journal(self.location.journal) if self.location.journal.exists() else None
 
-    def allowed_hosts(self) -> set[str]:
+    def allowed_hosts(self, port: int | None = None) -> set[str]:
         names = set(LOOPBACK) if self.host in LOOPBACK else {self.host}
         out = set()
         for name in names:
             shown = f"[{name}]" if ":" in name else name
-            out |= {f"{shown}:{self.port}", shown}
+            out |= {f"{shown}:{port or self.port}", shown}
         return out
 
     async def guard(
@@ -98,11 +100,18 @@ class Dashboard:
     ) -> Response:
         self.requests += 1
         self.last_request_at = time.monotonic()
+        server = request.scope.get("server") or ("", self.port)
+        port = self.port
+        if self.metrics_port is not None and server[1] == self.metrics_port:
+            if request.url.path != "/metrics":
+                return PlainTextResponse("this port serves /metrics only", status_code=404)
+            port = self.metrics_port
+        allowed = self.allowed_hosts(port)
         host = request.headers.get("host", "")
-        if host not in self.allowed_hosts():
+        if host not in allowed:
             return PlainTextResponse("refused: unexpected Host header", status_code=421)
         origin = request.headers.get("origin")
-        if origin and origin.split("://", 1)[-1] not in self.allowed_hosts():
+        if origin and origin.split("://", 1)[-1] not in allowed:
             return PlainTextResponse("refused: cross-origin request", status_code=403)
         set_cookie = False
         if self.token:
@@ -355,14 +364,13 @@ class Dashboard:
             try:
                 while True:
                     events = journal.events(run_id, after_seq=last, limit=500)
-                    for e in events:
-                        last = e.seq
-                        payload = json.dumps(
-                            {"seq": e.seq, "type": e.type, "task": e.task_id, "ts": e.ts}
-                        )
-                        yield f"id: {e.seq}\ndata: {payload}\n\n".encode()
                     if events:
+                        last = events[-1].seq
                         quiet = 0.0
+                        # One write for the batch, not one per event.
+                        yield "".join(
+                            f"id: {e.seq}\ndata: {json.dumps(_event_fields(e))}\n\n" for e in events
+                        ).encode()
                         continue
                     if await request.is_disconnected():
                         return
@@ -405,12 +413,14 @@ class Dashboard:
         return PlainTextResponse(text)
 
     async def metrics(self, request: Request) -> Response:
-        if self.live_metrics is not None:
-            return Response(self.live_metrics.exposition(), media_type=CONTENT_TYPE)
         journal = self.journal()
         if journal is not None:
             try:
-                runs = journal.runs(20)
+                if self.run_only is not None:
+                    run = journal.run(self.run_only)
+                    runs = [run] if run is not None else []
+                else:
+                    runs = journal.runs(20)
                 for r in sorted(runs, key=lambda r: r.started_at):
                     self._replayed.consume(journal.events(r.id, after_seq=self._replayed.last_seq))
                 if runs:
@@ -433,7 +443,6 @@ class DashboardServer:
         host: str = "127.0.0.1",
         port: int = 0,
         token: str | None = None,
-        metrics: Metrics | None = None,
     ) -> None:
         import socket
 
@@ -441,7 +450,7 @@ class DashboardServer:
             with socket.socket() as s:
                 s.bind((host, 0))
                 port = int(s.getsockname()[1])
-        self.dashboard = Dashboard(location, host=host, port=port, token=token, metrics=metrics)
+        self.dashboard = Dashboard(location, host=host, port=port, token=token)
         self.url = f"http://{host}:{port}/"
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -475,17 +484,74 @@ class DashboardServer:
             self._thread.join(timeout=10)
 
 
-def serve(location: StateLocation, host: str, port: int, token: str | None) -> None:
-    """`abreast dashboard`: serve until interrupted."""
+def serve(
+    location: StateLocation,
+    host: str,
+    port: int,
+    token: str | None,
+    *,
+    listen_fd: int | None = None,
+    metrics_fd: int | None = None,
+    follow_fd: int | None = None,
+    run_only: str | None = None,
+) -> None:
+    """`abreast dashboard`: serve until interrupted; as a run's observer (inherited sockets,
+    see `dashboard_process`), until `follow_fd` closes."""
+    import socket
+
     import uvicorn
 
-    dash = Dashboard(location, host=host, port=port, token=token)
-    shown = f"[{host}]" if ":" in host else host
-    suffix = f"?token={token}" if token else ""
-    print(f"dashboard: http://{shown}:{port}/{suffix}  (Ctrl-C to stop)", flush=True)
-    uvicorn.run(
+    socks = [socket.socket(fileno=fd) for fd in (metrics_fd, listen_fd) if fd is not None]
+    metrics_port = int(socks[0].getsockname()[1]) if metrics_fd is not None else None
+    dash = Dashboard(
+        location, host=host, port=port, token=token, metrics_port=metrics_port, run_only=run_only
+    )
+    config = uvicorn.Config(
         dash.app(), host=host, port=port, log_level="warning", lifespan="off", access_log=False
     )
+    server = uvicorn.Server(config)
+    if follow_fd is None:
+        shown = f"[{host}]" if ":" in host else host
+        suffix = f"?token={token}" if token else ""
+        print(f"dashboard: http://{shown}:{port}/{suffix}  (Ctrl-C to stop)", flush=True)
+        server.run()
+        return
+    asyncio.run(_serve_for_run(server, socks, dash, follow_fd))
+
+
+async def _serve_for_run(server: Any, socks: list[Any], dash: Dashboard, follow_fd: int) -> None:
+    """Serve on the run's socket; when the run's end of the pipe closes (the run ended, or its
+    orchestrator died), let pages following it get the end, then stop."""
+    loop = asyncio.get_running_loop()
+    ended = asyncio.Event()
+    loop.add_reader(follow_fd, ended.set)
+
+    async def stop_after_the_run() -> None:
+        await ended.wait()
+        loop.remove_reader(follow_fd)
+        # Streams close by themselves once they have sent the run's end; the page then
+        # asks once more for the final state.
+        deadline = time.monotonic() + RUN_LINGER_S
+        while time.monotonic() < deadline and (
+            dash.open_streams or time.monotonic() - dash.last_request_at < LAST_ASK_S
+        ):
+            await asyncio.sleep(0.02)  # counters this loop's own requests update
+        server.force_exit = True  # no waiting for idle keep-alive connections
+        server.should_exit = True
+
+    watcher = asyncio.create_task(stop_after_the_run())
+    try:
+        await server.serve(sockets=socks)
+    finally:
+        watcher.cancel()
+
+
+RUN_LINGER_S = 2.0  # at most, after the run ended
+LAST_ASK_S = 0.4  # quiet after the last request before the dashboard of a run stops
+
+
+def _event_fields(e: Any) -> dict[str, Any]:
+    return {"seq": e.seq, "type": e.type, "task": e.task_id, "ts": e.ts}
 
 
 def _run_state(row: Any) -> str:

@@ -23,10 +23,13 @@ import contextlib
 import json
 import queue
 import threading
+import time
 from typing import Any
 
 from abreast.coord.journal import EventRow
 from abreast.errors import StateError
+
+PUBLISH_WINDOW_S = 0.05
 
 
 def event_json(e: EventRow) -> str:
@@ -74,10 +77,13 @@ class RedisSink(Sink):
             batch = self._queue.get()
             if batch is None:
                 return
-            # Coalesce what piled up: one pipeline, one round trip.
-            while True:
+            # Coalesce what comes within a short window: one pipeline, one round trip.
+            # A round trip per journal commit would cost the run (and Redis) CPU on every
+            # task end; subscribers get events at most PUBLISH_WINDOW_S later.
+            deadline = time.monotonic() + PUBLISH_WINDOW_S
+            while (left := deadline - time.monotonic()) > 0:
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=left)
                 except queue.Empty:
                     break
                 if more is None:

@@ -12,20 +12,18 @@ The seeds' names, with their labels:
 
 and abreast's own: tasks by state, ready tasks waiting, running tasks vs the cap,
 retries, merges, events, API key use.
+
+A run's metrics are served by its observer process (see `dashboard_process`), replayed
+from the journal: the run's own interpreter never spends time on them. prometheus_client
+is imported, and the instruments made, at the first exposition.
 """
 
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from typing import Any
 
 from abreast.coord.journal import EventRow
-
-if TYPE_CHECKING:
-    from abreast.engine.engine import Engine
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 INBOX_MAX = 20_000  # events kept for the next scrape before they are counted anyway
@@ -34,8 +32,12 @@ _SEND_BACK_KINDS = ("conflict", "check", "ownership", "containment")
 _WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, float("inf"))
 
 
-class Metrics:
+class _Instruments:
+    """The registry and its metrics; events folded into them."""
+
     def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         r = self.registry = CollectorRegistry()
         self.sprint_duration = Gauge(
             "parallel_sprint_duration_seconds",
@@ -91,19 +93,6 @@ class Metrics:
         )
         self.last_seq = 0
         self._pending: dict[str, set[str]] = {}  # task -> send-back kinds awaiting landing
-        # Events wait here until a scrape (or until there are many): the run's hot path
-        # only appends, and a run nobody scrapes pays almost nothing.
-        self._inbox: list[EventRow] = []
-        self._lock = threading.Lock()
-
-    def listen(self, events: list[EventRow]) -> None:
-        """The journal's listener: keep the batch for the next exposition."""
-        with self._lock:
-            self._inbox.extend(events)
-            if len(self._inbox) < INBOX_MAX:
-                return
-            events, self._inbox = self._inbox, []
-            self.consume(events)
 
     def consume(self, events: list[EventRow]) -> None:
         for e in events:
@@ -142,58 +131,65 @@ class Metrics:
                 )
             elif e.type == "api.limited":
                 self.api_limited.labels(str(d.get("fingerprint"))).inc()
+            elif e.type == "run.cap":
+                self.cap.set(float(d.get("cap", 0)))
 
-    def observe_engine(self, engine: Engine) -> None:
-        from abreast.engine.states import TaskState
-
-        counts = engine.counts()
-        for state in TaskState:
-            self.tasks.labels(state.value).set(counts[state])
-        self.waiting.set(len(engine.waiting_reasons()))
-        self.running.set(counts[TaskState.RUNNING] + counts[TaskState.INTEGRATING])
-        self.cap.set(engine.cap())
-
-    def observe_tasks(self, states: dict[str, int]) -> None:
-        """Task counts by state, as the journal has them (the dashboard's view)."""
+    def set_tasks(self, states: dict[str, int]) -> None:
         from abreast.engine.states import TaskState
 
         for state in TaskState:
             self.tasks.labels(state.value).set(states.get(state.value, 0))
         self.running.set(states.get("running", 0) + states.get("integrating", 0))
+        self.waiting.set(states.get("ready", 0))
+
+
+class Metrics:
+    """What a run (or the dashboard) exposes; instruments are made at the first exposition."""
+
+    def __init__(self) -> None:
+        self._instruments: _Instruments | None = None
+        # Events wait here until a scrape (or until there are many): the run's hot path
+        # only appends.
+        self._inbox: list[EventRow] = []
+        self._states: dict[str, int] | None = None  # tasks by state, at the last look
+        self._lock = threading.Lock()
+
+    def _made(self) -> _Instruments:
+        if self._instruments is None:
+            self._instruments = _Instruments()
+        return self._instruments
+
+    @property
+    def last_seq(self) -> int:
+        """The last event counted (or waiting to be)."""
+        with self._lock:
+            if self._inbox:
+                return self._inbox[-1].seq
+            return self._instruments.last_seq if self._instruments else 0
+
+    def listen(self, events: list[EventRow]) -> None:
+        """The journal's listener: keep the batch for the next exposition."""
+        with self._lock:
+            self._inbox.extend(events)
+            if len(self._inbox) < INBOX_MAX:
+                return
+            events, self._inbox = self._inbox, []
+            self._made().consume(events)
+
+    def consume(self, events: list[EventRow]) -> None:
+        self.listen(events)
+
+    def observe_tasks(self, states: dict[str, int]) -> None:
+        """Task counts by state, as the journal has them (the dashboard's view)."""
+        self._states = dict(states)
 
     def exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
         with self._lock:
+            made = self._made()
             events, self._inbox = self._inbox, []
-            self.consume(events)
-            return generate_latest(self.registry)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    metrics: Metrics
-
-    def do_GET(self) -> None:
-        if self.path.split("?")[0] not in ("/", "/metrics"):
-            self.send_error(404)
-            return
-        body = self.metrics.exposition()
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # scrapes are not news
-
-
-def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> tuple[Any, threading.Thread]:
-    """`abreast run --metrics-port`: a plain exposition endpoint in a background thread.
-    `shutdown()` on the server returns within 50 ms."""
-    handler = type("Handler", (_Handler,), {"metrics": metrics})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.05,), name="abreast-metrics", daemon=True
-    )
-    thread.start()
-    return server, thread
+            made.consume(events)
+            if self._states is not None:
+                made.set_tasks(self._states)
+            return generate_latest(made.registry)
