@@ -117,3 +117,27 @@ def test_workflow_merges_defaults_and_records_its_source(write) -> None:  # type
 def test_json_workflow_loads(write) -> None:  # type: ignore[no-untyped-def]
     path = write('{"version": 1, "tasks": {"a": {"run": "true"}}}', "w.json")
     assert list(load_workflow(path).tasks) == ["a"]
+
+
+def test_schema_accepts_the_examples_and_rejects_unknown_keys() -> None:
+    import json
+    import subprocess
+    import sys
+
+    import jsonschema
+    import yaml
+
+    out = subprocess.run(
+        [sys.executable, "-m", "abreast", "schema"], capture_output=True, text=True, check=True
+    ).stdout
+    schema = json.loads(out)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    examples = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        doc = yaml.safe_load(path.read_text())
+        assert not list(validator.iter_errors(doc)), path
+    bad = {"version": 1, "tasks": {"a": {"run": "true", "retires": 2}}}
+    assert any("retires" in e.message for e in validator.iter_errors(bad))
+    assert list(validator.iter_errors({"version": 1, "tasks": {"a": {"timeout": "soon"}}}))
