@@ -172,7 +172,7 @@ def _analyze(
     for v in reversed(order):
         ss = succs[v]
         latest_start[v] = (min(map(get_ls, ss)) if ss else makespan) - d[v]
-    slack = [max(0.0, ls - es) for ls, es in zip(latest_start, earliest, strict=True)]
+    slack = [ls - es if ls > es else 0.0 for ls, es in zip(latest_start, earliest, strict=True)]
     bottom = bottom_levels(succs, d, order)
 
     path: list[int] = []
