@@ -121,6 +121,51 @@ def test_metrics_follow_a_scripted_run_and_pass_promtool(tmp_path: Path) -> None
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.parametrize("option", ["--metrics-port", "--dashboard"])
+def test_a_busy_port_stops_the_run_before_anything_is_journaled(
+    tmp_path: Path, option: str
+) -> None:
+    import socket
+
+    path = write(tmp_path, {"tasks": {"a": {"run": "touch ran"}}})
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        result = run_abreast("run", str(path), "--plain", option, port, cwd=tmp_path)
+    assert result.code == 2
+    assert f"{option} {port}: Address already in use" in result.err
+    assert "Traceback" not in result.err
+    assert not (tmp_path / "ran").exists()
+    assert not (tmp_path / ".abreast" / "state.db").exists()  # no half-made run
+
+
+def test_the_observer_serves_the_run_and_leaves_when_it_ends(tmp_path: Path) -> None:
+    mport = free_port()
+    gate = "while [ ! -f go ]; do sleep 0.05; done"  # the task ends when the test says
+    path = write(tmp_path, {"tasks": {"a": {"run": gate}}})
+    proc = start(path, "--metrics-port", str(mport), "--dashboard")
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]  # run:, metrics:, dashboard:
+        dash = next(line.split(" ", 1)[1].strip() for line in lines if "dashboard:" in line)
+        metrics = f"http://127.0.0.1:{mport}/metrics"
+        wait_for(lambda: 'abreast_tasks{state="running"} 1.0' in get(metrics)[1], what="metrics")
+        assert get(f"http://127.0.0.1:{mport}/")[0] == 404  # that port serves /metrics only
+        status, body = get(dash + "api/runs")
+        assert status == 200 and lines[0].split()[1] in body
+        assert get(dash + "metrics")[0] == 200
+        (tmp_path / "go").touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out + err
+        # With no page open, the observer leaves once the run is over.
+        wait_for(lambda: get(metrics)[0] == 0 and get(dash)[0] == 0, what="the observer to go")
+    finally:
+        (tmp_path / "go").touch()
+        if proc.poll() is None:
+            proc.communicate(timeout=60)
+
+
 def test_conflict_resolution_is_counted_when_resolved(tmp_path: Path) -> None:
     from abreast.coord.journal import EventRow
     from abreast.observe.metrics import Metrics

@@ -40,6 +40,7 @@ from abreast.spec.overrides import flag_overrides, parallel_cap
 
 if TYPE_CHECKING:
     from abreast.keys.broker import KeyBroker
+    from abreast.observe.dashboard_process import Observer
     from abreast.observe.events import Sink
 
 _RUN_ID = re.compile(TASK_ID_PATTERN.replace("62", "99"))
@@ -164,20 +165,13 @@ def _probe(url: str) -> None:
         ) from None
 
 
-def _serve(
-    req: RunRequest, run_id: str, location: StateLocation, announce: Callable[[str], None]
-) -> list[Callable[[], None]]:
-    """Start the run's observer process (dashboard, metrics); returns how to stop it."""
+def _observer(req: RunRequest) -> Observer | None:
+    """The run's observer, its ports bound (a busy one stops the run before it starts)."""
     if req.metrics_port is None and req.dashboard_port is None:
-        return []
-    from abreast.observe.dashboard_process import start_for_run
+        return None
+    from abreast.observe.dashboard_process import Observer
 
-    urls, stop = start_for_run(location, run_id, req.dashboard_port, req.metrics_port)
-    if urls.metrics:
-        announce(f"metrics: {urls.metrics}")
-    if urls.dashboard:
-        announce(f"dashboard: {urls.dashboard}")
-    return [stop]
+    return Observer(req.dashboard_port, req.metrics_port)
 
 
 def _keys(p: Prepared, supervisor: Supervisor, journal: Journal, run_id: str) -> KeyBroker | None:
@@ -270,6 +264,25 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
     kind = "none" if req.isolation is not None else isolation_kind(p.wf, p.location)
     base_commit = _base_commit(p, kind, lambda text: print(text, file=sys.stderr))
     sinks = _sinks(p)
+    observer = _observer(req)
+    try:
+        return _start(req, p, run_id, kind, base_commit, sinks, observer, view, announce)
+    finally:
+        if observer is not None:
+            observer.stop()
+
+
+def _start(
+    req: RunRequest,
+    p: Prepared,
+    run_id: str,
+    kind: str,
+    base_commit: str | None,
+    sinks: list[Sink],
+    observer: Observer | None,
+    view: View,
+    announce: Callable[[str], None],
+) -> RunOutcome:
     journal = Journal(p.location.journal)
     supervisor = _supervisor(p, run_id, journal)  # an unreachable backend stops us here
     keys = _keys(p, supervisor, journal, run_id)  # a key variable not set stops us here
@@ -315,7 +328,12 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         isolation=isolation,
         started_at=started,
     )
-    stops = _serve(req, run_id, p.location, lambda text: print(text, flush=True))
+    stops: list[Callable[[], None]] = []
+    if observer is not None:
+        urls = observer.start(p.location, run_id)
+        for name, url in (("metrics", urls.metrics), ("dashboard", urls.dashboard)):
+            if url:
+                print(f"{name}: {url}", flush=True)
     if keys is not None:
         keys.start()
         stops.append(keys.stop)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from abreast.coord.location import StateLocation
@@ -48,61 +47,79 @@ def _listen(option: str, port: int) -> socket.socket:
     return sock
 
 
-def start_for_run(
-    location: StateLocation, run_id: str, dashboard_port: int | None, metrics_port: int | None
-) -> tuple[ObserverUrls, Callable[[], None]]:
-    """Start the run's observer: one process serving the dashboard and/or the metrics of
-    `run_id`. The sockets are bound here, so the addresses work at once; the child inherits
-    them, and the read end of a pipe whose closing (by `stop`, or by the kernel if this
-    process dies) tells it the run is over."""
-    import subprocess
-    import sys
+class Observer:
+    """A run's observer: one process serving the dashboard and/or the metrics of the run.
 
-    socks: list[socket.socket] = []
-    argv = [sys.executable, "-m", "abreast", "dashboard", "--run-only", run_id]
-    try:
+    The sockets are bound first, before the run is journaled, so a busy port stops the run
+    before anything is written; `start` then spawns the process, which inherits them (the
+    addresses work at once), and the read end of a pipe whose closing (by `stop`, or by the
+    kernel if this process dies) tells it the run is over."""
+
+    def __init__(self, dashboard_port: int | None, metrics_port: int | None) -> None:
+        self._metrics: socket.socket | None = None
+        self._dashboard: socket.socket | None = None
+        self._follow_w = -1
         if metrics_port is not None:
-            socks.append(_listen("--metrics-port", metrics_port))
-            argv += ["--metrics-fd", str(socks[-1].fileno())]
+            self._metrics = _listen("--metrics-port", metrics_port)
         if dashboard_port is not None:
-            socks.append(_listen("--dashboard", dashboard_port))
-            argv += ["--listen-fd", str(socks[-1].fileno())]
-            argv += ["--port", str(socks[-1].getsockname()[1])]
-    except UsageError:
-        for sock in socks:
-            sock.close()
-        raise
-    follow_r, follow_w = os.pipe()
-    argv += ["--follow-fd", str(follow_r)]
-    # Only what a Python needs: the run's key variables and the like stay out of it.
-    env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV}
-    env["ABREAST_STATE"] = location.coord_url  # not argv: a Redis URL may hold a password
-    log = location.journal.parent / "observer.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as err:
-        child = subprocess.Popen(
-            argv,
-            cwd=location.root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            pass_fds=(*(sock.fileno() for sock in socks), follow_r),
-            start_new_session=True,  # Ctrl-C on the run does not cut the page off
-        )
-    # Watching yields to the work: where CPU is short, the run's tasks come first.
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, child.pid, OBSERVER_NICENESS)
-    ports = [int(sock.getsockname()[1]) for sock in socks]
-    for sock in socks:
-        sock.close()
-    os.close(follow_r)
+            try:
+                self._dashboard = _listen("--dashboard", dashboard_port)
+            except UsageError:
+                self._close_sockets()
+                raise
 
-    def stop() -> None:
-        os.close(follow_w)
+    def _close_sockets(self) -> None:
+        for sock in (self._metrics, self._dashboard):
+            if sock is not None:
+                sock.close()
+        self._metrics = self._dashboard = None
 
-    urls = ObserverUrls(
-        dashboard=f"http://127.0.0.1:{ports[-1]}/" if dashboard_port is not None else None,
-        metrics=f"http://127.0.0.1:{ports[0]}/metrics" if metrics_port is not None else None,
-    )
-    return urls, stop
+    def start(self, location: StateLocation, run_id: str) -> ObserverUrls:
+        import subprocess
+        import sys
+
+        argv = [sys.executable, "-m", "abreast", "dashboard", "--run-only", run_id]
+        socks = [sock for sock in (self._metrics, self._dashboard) if sock is not None]
+        if self._metrics is not None:
+            argv += ["--metrics-fd", str(self._metrics.fileno())]
+        if self._dashboard is not None:
+            argv += ["--listen-fd", str(self._dashboard.fileno())]
+            argv += ["--port", str(self._dashboard.getsockname()[1])]
+        follow_r, self._follow_w = os.pipe()
+        argv += ["--follow-fd", str(follow_r)]
+        # Only what a Python needs: the run's key variables and the like stay out of it.
+        env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV}
+        env["ABREAST_STATE"] = location.coord_url  # not argv: a Redis URL may hold a password
+        log = location.journal.parent / "observer.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(log, "ab") as err:
+                child = subprocess.Popen(
+                    argv,
+                    cwd=location.root,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    pass_fds=(*(sock.fileno() for sock in socks), follow_r),
+                    start_new_session=True,  # Ctrl-C on the run does not cut the page off
+                )
+            # Watching yields to the work: where CPU is short, the run's tasks come first.
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, child.pid, OBSERVER_NICENESS)
+            return ObserverUrls(
+                dashboard=_url(self._dashboard, "/"), metrics=_url(self._metrics, "/metrics")
+            )
+        finally:
+            self._close_sockets()  # the child has its own copies
+            os.close(follow_r)
+
+    def stop(self) -> None:
+        self._close_sockets()
+        if self._follow_w >= 0:
+            os.close(self._follow_w)
+            self._follow_w = -1
+
+
+def _url(sock: socket.socket | None, path: str) -> str | None:
+    return f"http://127.0.0.1:{sock.getsockname()[1]}{path}" if sock is not None else None
