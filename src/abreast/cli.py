@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="required on every request (default: $ABREAST_DASHBOARD_TOKEN, which, unlike"
         " an argument, other users cannot read in the process list)",
     )
-    # For `abreast run --dashboard`: serve on an inherited socket until a pipe closes.
+    # For a run's observer (`run --dashboard / --metrics-port`): inherited sockets, a pipe.
     p.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--metrics-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--follow-fd", type=int, help=argparse.SUPPRESS)

@@ -450,7 +450,8 @@ class Dashboard:
 
 
 class DashboardServer:
-    """The dashboard in a background thread (for `abreast run --dashboard`)."""
+    """The dashboard in a background thread of this process (for embedding and tests; a run
+    serves its own from a separate process, see `dashboard_process`)."""
 
     def __init__(
         self,
