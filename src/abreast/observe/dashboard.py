@@ -81,7 +81,6 @@ class Dashboard:
         self._exposed: tuple[float, bytes] | None = None  # (when, exposition)
         self._exposing = asyncio.Lock()
         self._coord: Any = None
-        self.requests = 0  # served so far
         self.open_streams = 0  # event streams being followed now
         self.last_request_at = 0.0  # monotonic
 
@@ -101,7 +100,6 @@ class Dashboard:
     async def guard(
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        self.requests += 1
         self.last_request_at = time.monotonic()
         server = request.scope.get("server") or ("", self.port)
         port = self.port
