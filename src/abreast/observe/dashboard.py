@@ -77,7 +77,7 @@ class Dashboard:
         self.token = token
         self.metrics_port = metrics_port  # a socket of its own, serving /metrics only
         self.run_only = run_only  # metrics of this run alone (a run's observer)
-        self._replayed = Metrics()
+        self._replayed: Metrics | None = None  # made at the first scrape
         self._exposed: tuple[float, bytes] | None = None  # (when, exposition)
         self._exposing = asyncio.Lock()
         self._coord: Any = None
@@ -427,6 +427,9 @@ class Dashboard:
         return Response(body, media_type=CONTENT_TYPE)
 
     def _exposition(self) -> bytes:
+        if self._replayed is None:
+            self._replayed = Metrics()
+        replayed = self._replayed
         journal = self.journal()
         if journal is not None:
             try:
@@ -436,15 +439,15 @@ class Dashboard:
                 else:
                     runs = journal.runs(20)
                 for r in sorted(runs, key=lambda r: r.started_at):
-                    self._replayed.consume(journal.events(r.id, after_seq=self._replayed.last_seq))
+                    replayed.consume(journal.events(r.id, after_seq=replayed.last_seq))
                 if runs:
                     counts: dict[str, int] = {}
                     for t in journal.tasks(runs[0].id):
                         counts[t.state] = counts.get(t.state, 0) + 1
-                    self._replayed.observe_tasks(counts)
+                    replayed.observe_tasks(counts)
             finally:
                 journal.close()
-        return self._replayed.exposition()
+        return replayed.exposition()
 
 
 class DashboardServer:

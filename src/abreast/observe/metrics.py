@@ -15,25 +15,23 @@ retries, merges, events, API key use.
 
 A run's metrics are served by its observer process (see `dashboard_process`), replayed
 from the journal: the run's own interpreter never spends time on them. prometheus_client
-is imported, and the instruments made, at the first exposition.
+is imported when a `Metrics` is made, which the dashboard does at the first scrape.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from abreast.coord.journal import EventRow
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-INBOX_MAX = 20_000  # events kept for the next scrape before they are counted anyway
 
 _SEND_BACK_KINDS = ("conflict", "check", "ownership", "containment")
 _WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, float("inf"))
 
 
-class _Instruments:
-    """The registry and its metrics; events folded into them."""
+class Metrics:
+    """A registry of the metrics above, folded from events as they are given."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -134,7 +132,8 @@ class _Instruments:
             elif e.type == "run.cap":
                 self.cap.set(float(d.get("cap", 0)))
 
-    def set_tasks(self, states: dict[str, int]) -> None:
+    def observe_tasks(self, states: dict[str, int]) -> None:
+        """Task counts by state, as the journal has them."""
         from abreast.engine.states import TaskState
 
         for state in TaskState:
@@ -142,54 +141,7 @@ class _Instruments:
         self.running.set(states.get("running", 0) + states.get("integrating", 0))
         self.waiting.set(states.get("ready", 0))
 
-
-class Metrics:
-    """What a run (or the dashboard) exposes; instruments are made at the first exposition."""
-
-    def __init__(self) -> None:
-        self._instruments: _Instruments | None = None
-        # Events wait here until a scrape (or until there are many): the run's hot path
-        # only appends.
-        self._inbox: list[EventRow] = []
-        self._states: dict[str, int] | None = None  # tasks by state, at the last look
-        self._lock = threading.Lock()
-
-    def _made(self) -> _Instruments:
-        if self._instruments is None:
-            self._instruments = _Instruments()
-        return self._instruments
-
-    @property
-    def last_seq(self) -> int:
-        """The last event counted (or waiting to be)."""
-        with self._lock:
-            if self._inbox:
-                return self._inbox[-1].seq
-            return self._instruments.last_seq if self._instruments else 0
-
-    def listen(self, events: list[EventRow]) -> None:
-        """The journal's listener: keep the batch for the next exposition."""
-        with self._lock:
-            self._inbox.extend(events)
-            if len(self._inbox) < INBOX_MAX:
-                return
-            events, self._inbox = self._inbox, []
-            self._made().consume(events)
-
-    def consume(self, events: list[EventRow]) -> None:
-        self.listen(events)
-
-    def observe_tasks(self, states: dict[str, int]) -> None:
-        """Task counts by state, as the journal has them (the dashboard's view)."""
-        self._states = dict(states)
-
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
 
-        with self._lock:
-            made = self._made()
-            events, self._inbox = self._inbox, []
-            made.consume(events)
-            if self._states is not None:
-                made.set_tasks(self._states)
-            return generate_latest(made.registry)
+        return generate_latest(self.registry)
