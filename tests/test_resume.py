@@ -123,6 +123,38 @@ def test_resume_kills_strays_and_reruns_what_was_running(tmp_path: Path) -> None
     assert attempts.code == 0
 
 
+def test_an_attempt_killed_by_resume_is_rerun_not_failed_by_its_exit_status(
+    tmp_path: Path,
+) -> None:
+    # An agent that cleans up on TERM exits with a status of its own; the wrapper records it
+    # like any exit. Resume's own kill must not be taken for the attempt's result.
+    graceful = (
+        'if [ "$ABREAST_ATTEMPT" = 1 ]; then trap "exit 143" TERM; touch started; '
+        "while :; do sleep 0.05; done; fi"
+    )
+    path = tmp_path / "w.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "graceful",
+                "isolation": "none",
+                "tasks": {"t": {"run": graceful}},
+            }
+        )
+    )
+    proc = start(path)
+    run_id = first_line(proc)
+    wait_for(lambda: (tmp_path / "started").exists(), what="the task to start")
+    kill9(proc)
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    resumed = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
+    assert resumed.code == 0, resumed.out + resumed.err
+    status = json.loads(run_abreast("status", run_id, "--json", "--state", state).out)
+    assert status["tasks"][0]["state"] == "succeeded"
+    assert status["tasks"][0]["attempts"] == 2
+
+
 def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(tmp_path: Path) -> None:
     path = tmp_path / "w.json"
     path.write_text(

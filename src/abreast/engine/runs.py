@@ -440,15 +440,20 @@ def cancel_run(journal: Journal, row: RunRow) -> str:
     )
 
 
-async def _kill_strays(journal: Journal, run_id: str, grace_s: float = 2.0) -> int:
-    """Kill every live process of `run_id`: members of its journaled process groups (leader
-    verified by start time), and any process carrying the run's marker. Returns how many."""
+def _stray_pids(journal: Journal, run_id: str) -> set[int]:
+    """Every live process of `run_id`: members of its journaled process groups (leader
+    verified by start time), and any process carrying the run's marker."""
     pids: set[int] = set()
     for a in journal.attempts(run_id):
         if a.ended_at is None and a.pgid and a.pid and is_same_process(a.pid, a.start_ticks):
             pids.update(group_members(a.pgid))
     pids.update(p.pid for p in marked_processes(run_id))
-    return await asyncio.to_thread(kill_pids, pids, grace_s)
+    return pids
+
+
+async def _kill_strays(journal: Journal, run_id: str, grace_s: float = 2.0) -> int:
+    """Kill every live process of `run_id`. Returns how many there were."""
+    return await asyncio.to_thread(kill_pids, _stray_pids(journal, run_id), grace_s)
 
 
 # -- resume ------------------------------------------------------------------------------------
@@ -502,16 +507,24 @@ async def _resume(
     monitor_on: bool,
     isolation: IsolationFactory | None,
 ) -> RunOutcome:
-    killed = await _kill_strays(journal, row.id)
+    # How attempts ended while nobody watched, read before we kill what is left: a killed
+    # attempt's shell records the kill as its status, and that is not the attempt's result.
+    exits_file = str(location.run_dir(row.id) / "exits")
+    ended_before = recorded_exits(exits_file)
+    strays = _stray_pids(journal, row.id)
+    killed = await asyncio.to_thread(kill_pids, strays)
     if killed:
         view.note(f"killed {killed} stray process(es) of the dead orchestrator")
+    ended_after = recorded_exits(exits_file)
     interrupted: dict[str, tuple[int, Exit | None]] = {}
     now = time.time()
-    exits = recorded_exits(str(location.run_dir(row.id) / "exits"))
     for a in journal.attempts(row.id):
         if a.ended_at is not None:
             continue
-        code = exits.get(f"{a.task_id}.{a.attempt}")
+        key = f"{a.task_id}.{a.attempt}"
+        code = ended_before.get(key)
+        if code is None and a.pid and a.pid not in strays:
+            code = ended_after.get(key)  # it ended by itself while we looked
         exit_ = (
             None
             if code is None
