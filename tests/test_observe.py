@@ -166,6 +166,40 @@ def test_the_observer_serves_the_run_and_leaves_when_it_ends(tmp_path: Path) -> 
             proc.communicate(timeout=60)
 
 
+def test_the_observer_started_early_leaves_when_the_run_never_begins(tmp_path: Path) -> None:
+    import socket
+
+    # `run` starts the observer before it reads the workflow; a mistake there must not
+    # leave it holding the ports.
+    path = write(tmp_path, {"tasks": {"a": {"run": "true", "needs": ["nope"]}}})
+    mport, dport = free_port(), free_port()
+    result = run_abreast(
+        "run",
+        str(path),
+        "--plain",
+        "--metrics-port",
+        str(mport),
+        "--dashboard",
+        str(dport),
+        cwd=tmp_path,
+    )
+    assert result.code == 2 and "nope" in result.err and "Traceback" not in result.err
+    assert not (tmp_path / ".abreast" / "state.db").exists()
+
+    def ports_free() -> bool:
+        for port in (mport, dport):
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind(("127.0.0.1", port))
+                    s.listen()
+                except OSError:
+                    return False
+        return True
+
+    wait_for(ports_free, what="the observer to let go of the ports")
+
+
 def test_conflict_resolution_is_counted_when_resolved(tmp_path: Path) -> None:
     from abreast.coord.journal import EventRow
     from abreast.observe.metrics import Metrics
@@ -417,6 +451,21 @@ def test_dashboard_refuses_foreign_hosts_origins_and_missing_tokens(tmp_path: Pa
         status, body = get(base + "metrics", {"Authorization": "Bearer s3cret"})
         assert status == 200
         assert "parallel_sprint_duration_seconds" in body
+        # The token in the address becomes a cookie the page's own requests then carry.
+        with urllib.request.urlopen(base + "?token=s3cret", timeout=10) as r:
+            cookie = r.headers["set-cookie"]
+            assert r.headers["x-frame-options"] == "DENY"
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert cookie.startswith("abreast_token=s3cret;")
+        assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+        assert get(base, {"Cookie": "abreast_token=s3cret"})[0] == 200
+        assert get(base, {"Cookie": "abreast_token=wrong"})[0] == 401
+        # Refusals carry the same headers.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base, timeout=10)
+        assert refused.value.code == 401
+        assert refused.value.headers["x-content-type-options"] == "nosniff"
+        refused.value.close()
     finally:
         server.stop()
 

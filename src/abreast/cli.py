@@ -150,11 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="required on every request (default: $ABREAST_DASHBOARD_TOKEN, which, unlike"
         " an argument, other users cannot read in the process list)",
     )
-    # For a run's observer (`run --dashboard / --metrics-port`): inherited sockets, a pipe.
-    p.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--metrics-fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--follow-fd", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--run-only", help=argparse.SUPPRESS)
     _state_arg(p)
 
     p = sub.add_parser("keys", help="API key use per key, by fingerprint")
@@ -280,23 +275,34 @@ def _finish(outcome: RunOutcome) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from abreast.engine.runs import RunRequest, dry_run, start_run
+    observer = None
+    if not args.dry_run and (args.dashboard is not None or args.metrics_port is not None):
+        from abreast.observe.dashboard_process import Observer
 
-    req = RunRequest(
-        file=Path(args.file),
-        run_id=args.run_id,
-        max_parallel=args.max_parallel,
-        sequential=args.sequential,
-        flags=args.flag,
-        state=args.state,
-        monitor=not args.no_monitor,
-        land=args.land,
-        metrics_port=args.metrics_port,
-        dashboard_port=args.dashboard,
-    )
-    if args.dry_run:
-        return dry_run(req, sys.stdout)
-    return _finish(start_run(req, _view(args.plain), _announce))
+        observer = Observer(args.dashboard, args.metrics_port)  # a busy port stops us here
+        observer.spawn()  # its start-up overlaps ours
+    try:
+        from abreast.engine.runs import RunRequest, dry_run, start_run
+
+        req = RunRequest(
+            file=Path(args.file),
+            run_id=args.run_id,
+            max_parallel=args.max_parallel,
+            sequential=args.sequential,
+            flags=args.flag,
+            state=args.state,
+            monitor=not args.no_monitor,
+            land=args.land,
+            metrics_port=args.metrics_port,
+            dashboard_port=args.dashboard,
+            observer=observer,
+        )
+        if args.dry_run:
+            return dry_run(req, sys.stdout)
+        return _finish(start_run(req, _view(args.plain), _announce))
+    finally:
+        if observer is not None:
+            observer.stop()
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -372,16 +378,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from abreast.observe.dashboard import serve
 
     token = args.token or os.environ.get("ABREAST_DASHBOARD_TOKEN") or None
-    serve(
-        locate(None, args.state),
-        args.host,
-        args.port,
-        token,
-        listen_fd=args.listen_fd,
-        metrics_fd=args.metrics_fd,
-        follow_fd=args.follow_fd,
-        run_only=args.run_only,
-    )
+    serve(locate(None, args.state), args.host, args.port, token)
     return 0
 
 

@@ -499,6 +499,17 @@ class Journal:
         rows = self._db.execute(sql + " ORDER BY seq LIMIT ?", (*params, limit)).fetchall()
         return [EventRow(*_with_json_last(r)) for r in rows]
 
+    def event_heads(
+        self, run_id: str, after_seq: int = 0, limit: int = 100_000
+    ) -> list[tuple[int, str, str | None, float]]:
+        """(seq, type, task_id, ts) of events after `after_seq`: what a live view follows,
+        without decoding each event's data."""
+        return self._db.execute(
+            "SELECT seq, type, task_id, ts FROM events WHERE run_id = ? AND seq > ?"
+            " ORDER BY seq LIMIT ?",
+            (run_id, after_seq, limit),
+        ).fetchall()
+
     def last_seq(self, run_id: str) -> int:
         row = self._db.execute("SELECT max(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()
         return int(row[0] or 0)

@@ -60,6 +60,7 @@ class RunRequest:
     land: bool = False
     metrics_port: int | None = None
     dashboard_port: int | None = None  # serve the dashboard during the run
+    observer: Observer | None = None  # one already spawned for the ports above
 
 
 @dataclass
@@ -167,6 +168,8 @@ def _probe(url: str) -> None:
 
 def _observer(req: RunRequest) -> Observer | None:
     """The run's observer, its ports bound (a busy one stops the run before it starts)."""
+    if req.observer is not None:
+        return req.observer
     if req.metrics_port is None and req.dashboard_port is None:
         return None
     from abreast.observe.dashboard_process import Observer

@@ -24,8 +24,9 @@ import html
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -51,6 +52,7 @@ POLL_S = 0.25  # the dashboard tails the journal (another process writes it)
 LOG_TAIL_BYTES = 32_768
 DAG_LIMIT = 400  # above this many tasks the page lists tasks instead of drawing them
 
+_EVENT_KEYS = ("seq", "type", "task", "ts")  # an event on the stream (the page reads these)
 _STATIC = {"run.js": "text/javascript", "style.css": "text/css", "runs.js": "text/javascript"}
 
 
@@ -97,24 +99,22 @@ class Dashboard:
             out |= {f"{shown}:{port or self.port}", shown}
         return out
 
-    async def guard(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    def check(self, request: Request) -> tuple[Response | None, bool]:
+        """(a refusal, or None; whether to set the token cookie) for a request."""
         self.last_request_at = time.monotonic()
         server = request.scope.get("server") or ("", self.port)
         port = self.port
         if self.metrics_port is not None and server[1] == self.metrics_port:
             if request.url.path != "/metrics":
-                return PlainTextResponse("this port serves /metrics only", status_code=404)
+                return PlainTextResponse("this port serves /metrics only", status_code=404), False
             port = self.metrics_port
         allowed = self.allowed_hosts(port)
         host = request.headers.get("host", "")
         if host not in allowed:
-            return PlainTextResponse("refused: unexpected Host header", status_code=421)
+            return PlainTextResponse("refused: unexpected Host header", status_code=421), False
         origin = request.headers.get("origin")
         if origin and origin.split("://", 1)[-1] not in allowed:
-            return PlainTextResponse("refused: cross-origin request", status_code=403)
-        set_cookie = False
+            return PlainTextResponse("refused: cross-origin request", status_code=403), False
         if self.token:
             offered = (
                 request.query_params.get("token")
@@ -122,23 +122,12 @@ class Dashboard:
                 or request.headers.get("authorization", "").removeprefix("Bearer ")
             )
             if not offered or not hmac.compare_digest(offered, self.token):
-                return PlainTextResponse("token required", status_code=401)
-            set_cookie = "token" in request.query_params
-        response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "connect-src 'self'; frame-ancestors 'none'"
-        )
-        if set_cookie and self.token:
-            response.set_cookie("abreast_token", self.token, httponly=True, samesite="strict")
-        return response
+                return PlainTextResponse("token required", status_code=401), False
+            return None, "token" in request.query_params
+        return None, False
 
     def app(self) -> Starlette:
         from starlette.middleware import Middleware
-        from starlette.middleware.base import BaseHTTPMiddleware
 
         routes = [
             Route("/", self.runs_page),
@@ -150,9 +139,7 @@ class Dashboard:
             Route("/metrics", self.metrics),
             Route("/static/{name}", self.static),
         ]
-        return Starlette(
-            routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=self.guard)]
-        )
+        return Starlette(routes=routes, middleware=[Middleware(_Guard, dashboard=self)])
 
     # -- pages -----------------------------------------------------------------------------
 
@@ -356,6 +343,8 @@ class Dashboard:
         except ValueError:
             after = 0
 
+        dumps = json.JSONEncoder().encode
+
         async def stream() -> AsyncIterator[bytes]:
             journal = self.journal()
             if journal is None:
@@ -364,13 +353,14 @@ class Dashboard:
             self.open_streams += 1
             try:
                 while True:
-                    events = journal.events(run_id, after_seq=last, limit=500)
+                    events = journal.event_heads(run_id, after_seq=last, limit=500)
                     if events:
-                        last = events[-1].seq
+                        last = events[-1][0]
                         quiet = 0.0
                         # One write for the batch, not one per event.
                         yield "".join(
-                            f"id: {e.seq}\ndata: {json.dumps(_event_fields(e))}\n\n" for e in events
+                            f"id: {e[0]}\ndata: {dumps(dict(zip(_EVENT_KEYS, e, strict=True)))}\n\n"
+                            for e in events
                         ).encode()
                         continue
                     if await request.is_disconnected():
@@ -450,6 +440,52 @@ class Dashboard:
         return replayed.exposition()
 
 
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        b"connect-src 'self'; frame-ancestors 'none'",
+    ),
+]
+
+
+class _Guard:
+    """ASGI middleware: `Dashboard.check` on every request, and the security headers on
+    every response. (Plain ASGI: starlette's BaseHTTPMiddleware passes a streamed
+    response through task groups and memory streams, which cost the event stream more
+    than producing it.)"""
+
+    def __init__(self, app: Any, dashboard: Dashboard) -> None:
+        self.app = app
+        self.dashboard = dashboard
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal, set_cookie = self.dashboard.check(Request(scope))
+        headers = list(_SECURITY_HEADERS)
+        if set_cookie and self.dashboard.token:
+            cookie = Response()
+            cookie.set_cookie(
+                "abreast_token", self.dashboard.token, httponly=True, samesite="strict"
+            )
+            headers += [(k, v) for k, v in cookie.raw_headers if k == b"set-cookie"]
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *headers]}
+            await send(message)
+
+        if refusal is not None:
+            await refusal(scope, receive, send_with_headers)
+        else:
+            await self.app(scope, receive, send_with_headers)
+
+
 class DashboardServer:
     """The dashboard in a background thread of this process (for embedding and tests; a run
     serves its own from a separate process, see `dashboard_process`)."""
@@ -474,17 +510,7 @@ class DashboardServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        import uvicorn
-
-        config = uvicorn.Config(
-            self.dashboard.app(),
-            host=self.dashboard.host,
-            port=self.dashboard.port,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-        )
-        self._server = uvicorn.Server(config)
+        self._server = _uvicorn(self.dashboard, self.dashboard.host, self.dashboard.port)
         self._thread = threading.Thread(
             target=self._server.run, name="abreast-dashboard", daemon=True
         )
@@ -502,39 +528,68 @@ class DashboardServer:
             self._thread.join(timeout=10)
 
 
-def serve(
-    location: StateLocation,
-    host: str,
-    port: int,
-    token: str | None,
-    *,
-    listen_fd: int | None = None,
-    metrics_fd: int | None = None,
-    follow_fd: int | None = None,
-    run_only: str | None = None,
-) -> None:
-    """`abreast dashboard`: serve until interrupted; as a run's observer (inherited sockets,
-    see `dashboard_process`), until `follow_fd` closes."""
-    import socket
+def serve(location: StateLocation, host: str, port: int, token: str | None) -> None:
+    """`abreast dashboard`: serve until interrupted."""
+    dash = Dashboard(location, host=host, port=port, token=token)
+    shown = f"[{host}]" if ":" in host else host
+    suffix = f"?token={token}" if token else ""
+    print(f"dashboard: http://{shown}:{port}/{suffix}  (Ctrl-C to stop)", flush=True)
+    _uvicorn(dash, host, port).run()
 
+
+def _uvicorn(dash: Dashboard, host: str, port: int) -> Any:
     import uvicorn
 
+    config = uvicorn.Config(
+        dash.app(),
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        ws="none",  # no websockets here (nor their import)
+        proxy_headers=False,  # nothing here is behind a proxy: X-Forwarded-* is not trusted
+        server_header=False,
+    )
+    return uvicorn.Server(config)
+
+
+def serve_run(port: int, *, listen_fd: int | None, metrics_fd: int | None, follow_fd: int) -> None:
+    """A run's observer (see `dashboard_process`): serve the run on the inherited sockets
+    until `follow_fd` closes. What to serve comes as one JSON line on `follow_fd`; it closing
+    before that line means the run never began."""
+    import os
+    import socket
+    import sys
+
+    import uvicorn  # noqa: F401  (imported now, while the run prepares)
+
+    header = b""
+    while not header.endswith(b"\n"):
+        chunk = os.read(follow_fd, 4096)
+        if not chunk:
+            return
+        header += chunk
+    run = json.loads(header)
+    with open(run["log"], "ab") as log:  # from now on, what goes wrong is written down
+        os.dup2(log.fileno(), sys.stderr.fileno())
+    location = StateLocation(
+        root=Path(run["root"]),
+        journal=Path(run["journal"]),
+        runs_dir=Path(run["runs_dir"]),
+        coord_url=run["coord_url"],
+    )
     socks = [socket.socket(fileno=fd) for fd in (metrics_fd, listen_fd) if fd is not None]
     metrics_port = int(socks[0].getsockname()[1]) if metrics_fd is not None else None
     dash = Dashboard(
-        location, host=host, port=port, token=token, metrics_port=metrics_port, run_only=run_only
+        location,
+        host="127.0.0.1",
+        port=port,
+        token=None,
+        metrics_port=metrics_port,
+        run_only=run["run_id"],
     )
-    config = uvicorn.Config(
-        dash.app(), host=host, port=port, log_level="warning", lifespan="off", access_log=False
-    )
-    server = uvicorn.Server(config)
-    if follow_fd is None:
-        shown = f"[{host}]" if ":" in host else host
-        suffix = f"?token={token}" if token else ""
-        print(f"dashboard: http://{shown}:{port}/{suffix}  (Ctrl-C to stop)", flush=True)
-        server.run()
-        return
-    asyncio.run(_serve_for_run(server, socks, dash, follow_fd))
+    asyncio.run(_serve_for_run(_uvicorn(dash, "127.0.0.1", port), socks, dash, follow_fd))
 
 
 async def _serve_for_run(server: Any, socks: list[Any], dash: Dashboard, follow_fd: int) -> None:
@@ -566,10 +621,6 @@ async def _serve_for_run(server: Any, socks: list[Any], dash: Dashboard, follow_
 
 RUN_LINGER_S = 2.0  # at most, after the run ended
 LAST_ASK_S = 0.4  # quiet after the last request before the dashboard of a run stops
-
-
-def _event_fields(e: Any) -> dict[str, Any]:
-    return {"seq": e.seq, "type": e.type, "task": e.task_id, "ts": e.ts}
 
 
 def _run_state(row: Any) -> str:

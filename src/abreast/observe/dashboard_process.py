@@ -3,25 +3,34 @@
 Serving pages (and following the journal for them) then never takes the orchestrator's
 interpreter from the run, nor, on a machine with a core to spare, its CPU; and this
 module imports nothing heavy: starting the observer costs the run under a millisecond.
-The observer's own start (about 0.2 s of CPU: Python, starlette, uvicorn) runs niced, but
-on a machine with no idle core it still shows in a short run's wall time.
+`abreast run` starts it first thing, before its own imports, so that the observer's
+start (about 0.2 s of CPU: Python, starlette, uvicorn; niced) overlaps the
+orchestrator's reading and planning of the workflow on another core.
 
-    run ── bind 127.0.0.1 ports, pipe ──▶ spawn `abreast dashboard --listen-fd --metrics-fd
-     │                                     --follow-fd --run-only RUN` (niced), serving on
-     │                                     the inherited sockets: metrics replayed from the
+    run ── bind 127.0.0.1 ports, pipe ──▶ spawn `python -m abreast.observe.dashboard_process
+     │                                     --follow-fd R --metrics-fd M --listen-fd D --port P`
+     │                                     (niced): imports, then waits
+     ├── run journaled: its id and state ─▶ (one JSON line on the pipe) serving on the
+     │                                     inherited sockets: metrics replayed from the
      │                                     journal, pages as `abreast dashboard` serves them
-     └── run over (or killed): the pipe's write end closes ──▶ pages get the end, it exits
+     └── run over (or killed, or never begun): the pipe's write end closes ──▶ pages get
+                                           the end, it exits
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from abreast.coord.location import StateLocation
 from abreast.errors import UsageError
+
+if TYPE_CHECKING:
+    import subprocess
 
 OBSERVER_NICENESS = 10
 _CHILD_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
@@ -59,6 +68,7 @@ class Observer:
         self._metrics: socket.socket | None = None
         self._dashboard: socket.socket | None = None
         self._follow_w = -1
+        self._child: subprocess.Popen[bytes] | None = None
         if metrics_port is not None:
             self._metrics = _listen("--metrics-port", metrics_port)
         if dashboard_port is not None:
@@ -74,11 +84,18 @@ class Observer:
                 sock.close()
         self._metrics = self._dashboard = None
 
-    def start(self, location: StateLocation, run_id: str) -> ObserverUrls:
+    def spawn(self) -> None:
+        """Start the observer process now; it imports what it serves with while the run
+        prepares, then waits for `start` to name the run (connections wait in the backlog).
+
+        Called first thing by `abreast run`, so that the observer's own start-up (about 0.2 s
+        of CPU) overlaps the orchestrator's instead of following it."""
+        if self._child is not None:
+            return
         import subprocess
         import sys
 
-        argv = [sys.executable, "-m", "abreast", "dashboard", "--run-only", run_id]
+        argv = [sys.executable, "-m", __name__]  # not the CLI: no argparse to import
         socks = [sock for sock in (self._metrics, self._dashboard) if sock is not None]
         if self._metrics is not None:
             argv += ["--metrics-fd", str(self._metrics.fileno())]
@@ -89,30 +106,43 @@ class Observer:
         argv += ["--follow-fd", str(follow_r)]
         # Only what a Python needs: the run's key variables and the like stay out of it.
         env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV}
-        env["ABREAST_STATE"] = location.coord_url  # not argv: a Redis URL may hold a password
-        log = location.journal.parent / "observer.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(log, "ab") as err:
-                child = subprocess.Popen(
-                    argv,
-                    cwd=location.root,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                    pass_fds=(*(sock.fileno() for sock in socks), follow_r),
-                    start_new_session=True,  # Ctrl-C on the run does not cut the page off
-                )
-            # Watching yields to the work: where CPU is short, the run's tasks come first.
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, child.pid, OBSERVER_NICENESS)
-            return ObserverUrls(
-                dashboard=_url(self._dashboard, "/"), metrics=_url(self._metrics, "/metrics")
+            self._child = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,  # it writes to observer.log once it knows where
+                pass_fds=(*(sock.fileno() for sock in socks), follow_r),
+                start_new_session=True,  # Ctrl-C on the run does not cut the page off
             )
         finally:
-            self._close_sockets()  # the child has its own copies
             os.close(follow_r)
+        # Watching yields to the work: where CPU is short, the run's tasks come first.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, self._child.pid, OBSERVER_NICENESS)
+
+    def start(self, location: StateLocation, run_id: str) -> ObserverUrls:
+        """Tell the observer (spawning it if `spawn` was not called) which run to serve."""
+        self.spawn()
+        urls = ObserverUrls(
+            dashboard=_url(self._dashboard, "/"), metrics=_url(self._metrics, "/metrics")
+        )
+        self._close_sockets()  # the child has its own copies
+        log = location.journal.parent / "observer.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        # Where the state is goes through the pipe, not argv: a Redis URL may hold a password.
+        header = {
+            "run_id": run_id,
+            "root": str(location.root),
+            "journal": str(location.journal),
+            "runs_dir": str(location.runs_dir),
+            "coord_url": location.coord_url,
+            "log": str(log),
+        }
+        with contextlib.suppress(BrokenPipeError):  # it died: the run goes on unwatched
+            os.write(self._follow_w, (json.dumps(header) + "\n").encode())
+        return urls
 
     def stop(self) -> None:
         self._close_sockets()
@@ -123,3 +153,23 @@ class Observer:
 
 def _url(sock: socket.socket | None, path: str) -> str | None:
     return f"http://127.0.0.1:{sock.getsockname()[1]}{path}" if sock is not None else None
+
+
+def main(argv: list[str]) -> int:
+    """The observer process: `--follow-fd R [--metrics-fd M] [--listen-fd D --port P]`."""
+    opts = dict(zip(argv[::2], (int(v) for v in argv[1::2]), strict=True))
+    from abreast.observe.dashboard import serve_run
+
+    serve_run(
+        opts.get("--port", 0),
+        listen_fd=opts.get("--listen-fd"),
+        metrics_fd=opts.get("--metrics-fd"),
+        follow_fd=opts["--follow-fd"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
