@@ -66,6 +66,7 @@ class Dashboard:
         token: str | None,
         metrics_port: int | None = None,
         run_only: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if host not in LOOPBACK and not token:
             raise UsageError(
@@ -79,7 +80,7 @@ class Dashboard:
         self.token = token
         self.metrics_port = metrics_port  # a socket of its own, serving /metrics only
         self.run_only = run_only  # metrics of this run alone (a run's observer)
-        self._replayed: Metrics | None = None  # made at the first scrape
+        self._replayed = metrics  # else made at the first scrape
         self._exposed: tuple[float, bytes] | None = None  # (when, exposition)
         self._exposing = asyncio.Lock()
         self._coord: Any = None
@@ -540,8 +541,14 @@ def serve(location: StateLocation, host: str, port: int, token: str | None) -> N
 def _uvicorn(dash: Dashboard, host: str, port: int) -> Any:
     import uvicorn
 
-    config = uvicorn.Config(
-        dash.app(),
+    return uvicorn.Server(_uvicorn_config(dash.app(), host, port))
+
+
+def _uvicorn_config(app: Any, host: str, port: int) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
         host=host,
         port=port,
         log_level="warning",
@@ -551,19 +558,28 @@ def _uvicorn(dash: Dashboard, host: str, port: int) -> Any:
         proxy_headers=False,  # nothing here is behind a proxy: X-Forwarded-* is not trusted
         server_header=False,
     )
-    return uvicorn.Server(config)
 
 
 def serve_run(port: int, *, listen_fd: int | None, metrics_fd: int | None, follow_fd: int) -> None:
     """A run's observer (see `dashboard_process`): serve the run on the inherited sockets
     until `follow_fd` closes. What to serve comes as one JSON line on `follow_fd`; it closing
     before that line means the run never began."""
+    import contextlib
     import os
     import socket
     import sys
 
-    import uvicorn  # noqa: F401  (imported now, while the run prepares)
+    # What serving needs, made now, while the run reads its workflow on another core:
+    # the first request would otherwise pay for it in the middle of the run.
+    with contextlib.suppress(ImportError):  # anyio's own module for asyncio: private
+        import anyio._backends._asyncio  # noqa: F401  (starlette's task groups)
+    import psutil  # noqa: F401  (the run page's resources)
 
+    async def nothing(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    _uvicorn_config(nothing, "127.0.0.1", port).load()  # imports the protocol classes
+    metrics = Metrics()
     header = b""
     while not header.endswith(b"\n"):
         chunk = os.read(follow_fd, 4096)
@@ -588,6 +604,7 @@ def serve_run(port: int, *, listen_fd: int | None, metrics_fd: int | None, follo
         token=None,
         metrics_port=metrics_port,
         run_only=run["run_id"],
+        metrics=metrics,
     )
     asyncio.run(_serve_for_run(_uvicorn(dash, "127.0.0.1", port), socks, dash, follow_fd))
 

@@ -75,7 +75,9 @@ Scalar = bool | int | float | str
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, str_strip_whitespace=False, defer_build=True
+    )
 
 
 class Backoff(_Model):
@@ -121,7 +123,7 @@ class KeyPool(_Model):
     backoff: Backoff = Backoff()
     max_retries: int = Field(4, ge=0, description="backoff rounds when every key is limited")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
     @property
     def key_env(self) -> str:
