@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -276,6 +277,24 @@ def test_task_environment_and_prompt_never_in_the_command_line(tmp_path: Path, c
     assert env["ABREAST_FEEDBACK"] == ""
     assert env["EXTRA"] == "x y"
     assert not marker.exists()
+
+
+def test_tasks_start_with_default_signal_dispositions(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # Python ignores SIGPIPE (and SIGXFSZ); a shell cannot undo an ignore it inherits, so a
+    # task would see `producer | head` end in EPIPE errors instead of a quiet SIGPIPE.
+    path = workflow(
+        tmp_path, {"t": {"run": "grep SigIgn /proc/$$/status > ign; yes | head -n 1 > first"}}
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out + result.err
+    ignored = int((tmp_path / "ign").read_text().split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1))
+    assert not ignored & (1 << (signal.SIGXFSZ - 1))
+    assert (tmp_path / "first").read_text() == "y\n"
+    log = cli(
+        "logs", run_id_of(result.out), "t", "--state", f"sqlite://{tmp_path}/.abreast/state.db"
+    )
+    assert "Broken pipe" not in log.out + log.err
 
 
 def test_invalid_output_fails_the_attempt(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

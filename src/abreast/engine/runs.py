@@ -25,6 +25,7 @@ from abreast.engine.supervise import Supervisor
 from abreast.errors import StateError, UsageError
 from abreast.executor.local import Exit
 from abreast.executor.process import (
+    freeze,
     group_members,
     is_same_process,
     kill_pids,
@@ -454,6 +455,16 @@ def _stray_pids(journal: Journal, run_id: str) -> set[int]:
     return pids
 
 
+def _freeze_strays(journal: Journal, run_id: str) -> set[int]:
+    """Stop (SIGSTOP) every live process of `run_id`, until no new one appears (one may fork
+    while we look); the stopped pids."""
+    frozen: set[int] = set()
+    while found := _stray_pids(journal, run_id) - frozen:
+        freeze(found)
+        frozen |= found
+    return frozen
+
+
 async def _kill_strays(journal: Journal, run_id: str, grace_s: float = 2.0) -> int:
     """Kill every live process of `run_id`. Returns how many there were."""
     return await asyncio.to_thread(kill_pids, _stray_pids(journal, run_id), grace_s)
@@ -510,24 +521,22 @@ async def _resume(
     monitor_on: bool,
     isolation: IsolationFactory | None,
 ) -> RunOutcome:
-    # How attempts ended while nobody watched, read before we kill what is left: a killed
-    # attempt's shell records the kill as its status, and that is not the attempt's result.
+    # How attempts ended while nobody watched is read with every process of the run
+    # stopped: what is recorded then ended by itself; what ends after we kill it (a shell
+    # records the kill as its status) is not the attempt's result, and nothing can end
+    # unseen between the reading and the kill.
     exits_file = str(location.run_dir(row.id) / "exits")
-    ended_before = recorded_exits(exits_file)
-    strays = _stray_pids(journal, row.id)
+    strays = _freeze_strays(journal, row.id)
+    ended = recorded_exits(exits_file)
     killed = await asyncio.to_thread(kill_pids, strays)
     if killed:
         view.note(f"killed {killed} stray process(es) of the dead orchestrator")
-    ended_after = recorded_exits(exits_file)
     interrupted: dict[str, tuple[int, Exit | None]] = {}
     now = time.time()
     for a in journal.attempts(row.id):
         if a.ended_at is not None:
             continue
-        key = f"{a.task_id}.{a.attempt}"
-        code = ended_before.get(key)
-        if code is None and a.pid and a.pid not in strays:
-            code = ended_after.get(key)  # it ended by itself while we looked
+        code = ended.get(f"{a.task_id}.{a.attempt}")
         exit_ = (
             None
             if code is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ WRAPPER = (
     'eval "$__abreast_cmd"'
 )
 _HAS_PIDFD = hasattr(os, "pidfd_open")
+_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ class LocalExecutor:
             ],
             launch.env,
             setsid=True,
+            # Python ignores these; a shell cannot undo an ignore it inherits, and a task
+            # would see `producer | head` end in EPIPE errors (as subprocess does it).
+            setsigdef=_RESTORED_SIGNALS,
         )
         ticks = start_ticks_between(pid, before, boot_ticks())
         now_mono, now_wall = time.monotonic(), time.time()

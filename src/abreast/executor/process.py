@@ -291,10 +291,17 @@ def pid_alive(pid: int) -> bool:
     return fields is not None and fields[0] not in (b"Z", b"X")
 
 
+def freeze(pids: Iterable[int]) -> None:
+    """SIGSTOP each: a stopped process does nothing more until it is killed or continued."""
+    _signal_each(pids, signal.SIGSTOP)
+
+
 def kill_pids(pids: Iterable[int], grace_s: float = 2.0) -> int:
-    """TERM, wait up to `grace_s`, KILL; returns how many of `pids` were alive."""
+    """TERM (and CONT, for those `freeze` stopped), wait up to `grace_s`, KILL; returns how
+    many of `pids` were alive."""
     live = [p for p in set(pids) if pid_alive(p)]
     _signal_each(live, signal.SIGTERM)
+    _signal_each(live, signal.SIGCONT)
     deadline = time.monotonic() + grace_s
     delay = 0.005
     while time.monotonic() < deadline and any(pid_alive(p) for p in live):
