@@ -231,3 +231,84 @@ def test_resume_refuses_a_run_whose_orchestrator_lives(tmp_path: Path) -> None:
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_resume_serves_metrics_and_the_dashboard_of_the_whole_run(tmp_path: Path) -> None:
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    gate = f"while [ ! -f {tmp_path}/go ]; do sleep 0.05; done"
+    path = tmp_path / "w.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "watched",
+                "isolation": "none",
+                "tasks": {"first": {"run": "true"}, "second": {"run": gate, "needs": ["first"]}},
+            }
+        )
+    )
+    proc = start(path)
+    run_id = first_line(proc)
+    state_db = tmp_path / ".abreast" / "state.db"
+
+    def second_started() -> bool:
+        out = run_abreast("status", run_id, "--json", "--state", f"sqlite://{state_db}").out
+        return any(
+            t["id"] == "second" and t["state"] == "running" for t in json.loads(out)["tasks"]
+        )
+
+    wait_for(second_started, what="the second task to start")
+    kill9(proc)
+    mport = free_port()
+    resumed = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "abreast",
+            "resume",
+            run_id,
+            "--state",
+            f"sqlite://{state_db}",
+            "--no-monitor",
+            "--plain",
+            "--metrics-port",
+            str(mport),
+            "--dashboard",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert resumed.stdout is not None
+        lines = [resumed.stdout.readline() for _ in range(3)]  # run:, metrics:, dashboard:
+        dash = next(line.split(" ", 1)[1].strip() for line in lines if "dashboard:" in line)
+
+        def scrape() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
+                    return str(r.read().decode())
+            except OSError:
+                return ""
+
+        # Replayed from the start of the run: the task that succeeded before the crash too.
+        wait_for(
+            lambda: (
+                'parallel_sprint_duration_seconds{sprint_id="first",status="succeeded"}' in scrape()
+                and 'abreast_tasks{state="running"} 1.0' in scrape()
+            ),
+            what="the resumed run's metrics",
+        )
+        with urllib.request.urlopen(dash + f"api/runs/{run_id}", timeout=5) as r:
+            snapshot = json.loads(r.read())
+        assert {t["id"]: t["state"] for t in snapshot["tasks"]}["first"] == "succeeded"
+        (tmp_path / "go").touch()
+        out, err = resumed.communicate(timeout=60)
+        assert resumed.returncode == 0, out + err
+    finally:
+        (tmp_path / "go").touch()
+        if resumed.poll() is None:
+            resumed.communicate(timeout=60)

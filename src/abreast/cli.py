@@ -17,6 +17,7 @@ from abreast.errors import AbreastError, UsageError
 
 if TYPE_CHECKING:
     from abreast.engine.engine import RunOutcome, View
+    from abreast.observe.dashboard_process import Observer
 
 DEFAULT_FILE = "abreast.yaml"
 
@@ -65,6 +66,23 @@ def _flag_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _observe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve Prometheus metrics on 127.0.0.1:P during the run",
+    )
+    p.add_argument(
+        "--dashboard",
+        nargs="?",
+        const=0,
+        type=int,
+        metavar="PORT",
+        help="serve the dashboard on 127.0.0.1 during the run (PORT, or a free one)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="abreast", description="Run a workflow's tasks side by side, safely.")
     parser.add_argument("--version", action="version", version=f"abreast {__version__}")
@@ -98,20 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fast-forward `base` to the result when the run succeeds",
     )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="P",
-        help="serve Prometheus metrics on 127.0.0.1:P during the run",
-    )
-    p.add_argument(
-        "--dashboard",
-        nargs="?",
-        const=0,
-        type=int,
-        metavar="PORT",
-        help="serve the dashboard on 127.0.0.1 during the run (PORT, or a free one)",
-    )
+    _observe_args(p)
 
     p = sub.add_parser("resume", help="carry on a run whose orchestrator died")
     p.add_argument("run_id", metavar="RUN")
@@ -121,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _state_arg(p)
     p.add_argument("--no-monitor", action="store_true")
     p.add_argument("--plain", action="store_true")
+    _observe_args(p)
 
     p = sub.add_parser("status", help="list runs, or show one run's tasks")
     p.add_argument("run_id", nargs="?", metavar="RUN")
@@ -274,13 +280,21 @@ def _finish(outcome: RunOutcome) -> int:
     return 0 if outcome.state == "succeeded" else 1
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    observer = None
-    if not args.dry_run and (args.dashboard is not None or args.metrics_port is not None):
-        from abreast.observe.dashboard_process import Observer
+def _observer(args: argparse.Namespace) -> Observer | None:
+    """The run's observer, for --dashboard / --metrics-port: its ports bound (a busy one
+    stops us before anything is written) and its process started now, so that its start-up
+    overlaps ours."""
+    if args.dashboard is None and args.metrics_port is None:
+        return None
+    from abreast.observe.dashboard_process import Observer
 
-        observer = Observer(args.dashboard, args.metrics_port)  # a busy port stops us here
-        observer.spawn()  # its start-up overlaps ours
+    observer = Observer(args.dashboard, args.metrics_port)
+    observer.spawn()
+    return observer
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    observer = None if args.dry_run else _observer(args)
     try:
         from abreast.engine.runs import RunRequest, dry_run, start_run
 
@@ -306,16 +320,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from abreast.engine.runs import resume_run
+    observer = _observer(args)
+    try:
+        from abreast.engine.runs import resume_run
 
-    outcome = resume_run(
-        args.run_id,
-        state=args.state,
-        force=args.force,
-        view=_view(args.plain),
-        announce=_announce,
-        monitor=not args.no_monitor,
-    )
+        outcome = resume_run(
+            args.run_id,
+            state=args.state,
+            force=args.force,
+            view=_view(args.plain),
+            announce=_announce,
+            monitor=not args.no_monitor,
+            observer=observer,
+        )
+    finally:
+        if observer is not None:
+            observer.stop()
     return _finish(outcome)
 
 

@@ -178,6 +178,14 @@ def _observer(req: RunRequest) -> Observer | None:
     return Observer(req.dashboard_port, req.metrics_port)
 
 
+def _observe(observer: Observer, location: StateLocation, run_id: str) -> None:
+    """Point the observer at the run, and say where it serves."""
+    urls = observer.start(location, run_id)
+    for name, url in (("metrics", urls.metrics), ("dashboard", urls.dashboard)):
+        if url:
+            print(f"{name}: {url}", flush=True)
+
+
 def _keys(p: Prepared, supervisor: Supervisor, journal: Journal, run_id: str) -> KeyBroker | None:
     if not p.wf.keys:
         return None
@@ -334,10 +342,7 @@ def _start(
     )
     stops: list[Callable[[], None]] = []
     if observer is not None:
-        urls = observer.start(p.location, run_id)
-        for name, url in (("metrics", urls.metrics), ("dashboard", urls.dashboard)):
-            if url:
-                print(f"{name}: {url}", flush=True)
+        _observe(observer, p.location, run_id)
     if keys is not None:
         keys.start()
         stops.append(keys.stop)
@@ -482,7 +487,10 @@ def resume_run(
     announce: Callable[[str], None],
     monitor: bool = True,
     isolation: IsolationFactory | None = None,
+    observer: Observer | None = None,
 ) -> RunOutcome:
+    """Carry on a run whose orchestrator died (`observer`: one spawned for --dashboard /
+    --metrics-port, told the run once it is found)."""
     found_at, journal = open_journal(None, state)
     row = find_run(journal, run_id)
     # The run's own project, wherever resume is typed; the journal stays where it was found.
@@ -508,6 +516,8 @@ def resume_run(
             "resume anyway with the file as it is now",
         )
     announce(row.id)
+    if observer is not None:
+        _observe(observer, location, row.id)
     return asyncio.run(_resume(wf, row, journal, location, force, view, monitor, isolation))
 
 
