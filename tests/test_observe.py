@@ -579,3 +579,23 @@ def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
         proc.communicate(timeout=60)
         dashboard.terminate()
         dashboard.wait(timeout=10)
+
+
+def test_event_stream_lines_are_json_whatever_the_names() -> None:
+    from abreast.observe.dashboard import _sse
+
+    events = [
+        (1, "task.started", "t-1_a", 1700000000.123456),
+        (2, "run.started", None, 1.0),
+        (3, "odd", 'quote " back\\slash\nnewline', 2.5),  # not a valid id: still one JSON line
+    ]
+    for seq, kind, task, ts in events:
+        text = _sse((seq, kind, task, ts))
+        head, data, end = text.split("\n", 2)
+        assert head == f"id: {seq}" and end == "\n"
+        assert json.loads(data.removeprefix("data: ")) == {
+            "seq": seq,
+            "type": kind,
+            "task": task,
+            "ts": ts,
+        }

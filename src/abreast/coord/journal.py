@@ -457,6 +457,12 @@ class Journal:
         ).fetchone()
         return _run_row(row) if row else None
 
+    def finished_at(self, run_id: str) -> float | None:
+        """When the run finished (None while it runs, or if there is no such run): without
+        decoding its options, which hold the plan (large for a large workflow)."""
+        row = self._db.execute("SELECT finished_at FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return row[0] if row else None
+
     def runs(self, limit: int = 50) -> list[RunRow]:
         rows = self._db.execute(
             f"SELECT {_cols(RunRow)} FROM runs ORDER BY started_at DESC LIMIT ?",
@@ -474,6 +480,13 @@ class Journal:
             (run_id,),
         ).fetchall()
         return [TaskRow(*_with_json_last(r)) for r in rows]
+
+    def task_states(self, run_id: str) -> dict[str, int]:
+        """How many of the run's tasks are in each state."""
+        rows = self._db.execute(
+            "SELECT state, COUNT(*) FROM tasks WHERE run_id = ? GROUP BY state", (run_id,)
+        ).fetchall()
+        return {str(state): int(n) for state, n in rows}
 
     def attempts(self, run_id: str, task_id: str | None = None) -> list[AttemptRow]:
         sql = f"SELECT {_cols(AttemptRow)} FROM attempts WHERE run_id = ?"
