@@ -200,6 +200,35 @@ def test_the_observer_started_early_leaves_when_the_run_never_begins(tmp_path: P
     wait_for(ports_free, what="the observer to let go of the ports")
 
 
+def test_an_observer_that_cannot_start_is_reported_and_the_run_goes_on(tmp_path: Path) -> None:
+    import os
+
+    # A broken install, made real: a `starlette` that fails to import, first on the path.
+    broken = tmp_path / "broken" / "starlette"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('starlette is broken here')\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{broken.parent}{os.pathsep}" + os.environ.get("PYTHONPATH", ""),
+    }
+    path = write(tmp_path, {"tasks": {"a": {"run": "touch ran"}}})
+    result = run_abreast(
+        "run",
+        str(path),
+        "--plain",
+        "--no-monitor",
+        "--metrics-port",
+        str(free_port()),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.code == 0, result.out + result.err
+    assert (tmp_path / "ran").exists()
+    assert "the observer could not start: ImportError: starlette is broken here" in result.err
+    assert "Traceback" not in result.err
+    assert "metrics:" not in result.out  # no address is printed that nothing serves
+
+
 def test_conflict_resolution_is_counted_when_resolved(tmp_path: Path) -> None:
     from abreast.coord.journal import EventRow
     from abreast.observe.metrics import Metrics

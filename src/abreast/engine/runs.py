@@ -181,6 +181,13 @@ def _observer(req: RunRequest) -> Observer | None:
 def _observe(observer: Observer, location: StateLocation, run_id: str) -> None:
     """Point the observer at the run, and say where it serves."""
     urls = observer.start(location, run_id)
+    if urls.problem is not None:
+        print(
+            f"warning: no dashboard or metrics for this run: the observer could not start: "
+            f"{urls.problem} (check the installation: pip install abreast)",
+            file=sys.stderr,
+            flush=True,
+        )
     for name, url in (("metrics", urls.metrics), ("dashboard", urls.dashboard)):
         if url:
             print(f"{name}: {url}", flush=True)

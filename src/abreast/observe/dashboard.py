@@ -570,6 +570,9 @@ def serve_run(port: int, *, listen_fd: int | None, metrics_fd: int | None, follo
 
     _uvicorn_config(nothing, "127.0.0.1", port).load()  # imports the protocol classes
     metrics = Metrics()
+    with open(sys.stdout.fileno(), "wb", closefd=False) as out:
+        out.write(b"ready\n")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the pipe is done with
     header = b""
     while not header.endswith(b"\n"):
         chunk = os.read(follow_fd, 4096)

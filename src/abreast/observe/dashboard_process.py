@@ -23,16 +23,14 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from abreast.coord.location import StateLocation
 from abreast.errors import UsageError
 
-if TYPE_CHECKING:
-    import subprocess
-
 OBSERVER_NICENESS = 10
+READY_TIMEOUT_S = 30.0  # its start-up takes about 0.2 s of CPU
 _CHILD_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
 
 
@@ -40,6 +38,7 @@ _CHILD_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PYTHONPAT
 class ObserverUrls:
     dashboard: str | None
     metrics: str | None
+    problem: str | None = None  # why the observer does not serve, if it does not
 
 
 def _listen(option: str, port: int) -> socket.socket:
@@ -111,8 +110,8 @@ class Observer:
                 argv,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,  # it writes to observer.log once it knows where
+                stdout=subprocess.PIPE,  # "ready", once it can serve
+                stderr=subprocess.PIPE,  # why not, if it cannot; then observer.log
                 pass_fds=(*(sock.fileno() for sock in socks), follow_r),
                 start_new_session=True,  # Ctrl-C on the run does not cut the page off
             )
@@ -123,12 +122,21 @@ class Observer:
             os.setpriority(os.PRIO_PROCESS, self._child.pid, OBSERVER_NICENESS)
 
     def start(self, location: StateLocation, run_id: str) -> ObserverUrls:
-        """Tell the observer (spawning it if `spawn` was not called) which run to serve."""
+        """Tell the observer (spawning it if `spawn` was not called) which run to serve.
+
+        Waits until it says it is ready (it normally is by now: it started before the run
+        read its workflow). If it cannot start (a broken install), the run goes on
+        unwatched and `ObserverUrls.problem` says why."""
         self.spawn()
+        assert self._child is not None
         urls = ObserverUrls(
             dashboard=_url(self._dashboard, "/"), metrics=_url(self._metrics, "/metrics")
         )
         self._close_sockets()  # the child has its own copies
+        problem = self._wait_ready()
+        if problem is not None:
+            self.stop()
+            return ObserverUrls(None, None, problem)
         log = location.journal.parent / "observer.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         # Where the state is goes through the pipe, not argv: a Redis URL may hold a password.
@@ -140,15 +148,40 @@ class Observer:
             "coord_url": location.coord_url,
             "log": str(log),
         }
-        with contextlib.suppress(BrokenPipeError):  # it died: the run goes on unwatched
+        with contextlib.suppress(BrokenPipeError):  # it died just now: the run goes on
             os.write(self._follow_w, (json.dumps(header) + "\n").encode())
         return urls
+
+    def _wait_ready(self) -> str | None:
+        """None once the observer said "ready"; else why it will not serve."""
+        import selectors
+
+        child = self._child
+        assert child is not None
+        assert child.stdout is not None
+        assert child.stderr is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(child.stdout, selectors.EVENT_READ)
+            if not sel.select(READY_TIMEOUT_S):
+                return f"it did not start within {READY_TIMEOUT_S:g} s"
+        if child.stdout.readline().strip() == b"ready":
+            return None
+        try:
+            code = child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "it closed its output without starting"
+        lines = [ln for ln in child.stderr.read().decode(errors="replace").splitlines() if ln]
+        return lines[-1] if lines else f"it exited with status {code}"
 
     def stop(self) -> None:
         self._close_sockets()
         if self._follow_w >= 0:
             os.close(self._follow_w)
             self._follow_w = -1
+        if self._child is not None:
+            for stream in (self._child.stdout, self._child.stderr):
+                if stream is not None:
+                    stream.close()
 
 
 def _url(sock: socket.socket | None, path: str) -> str | None:
