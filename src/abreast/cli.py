@@ -307,8 +307,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             state=args.state,
             monitor=not args.no_monitor,
             land=args.land,
-            metrics_port=args.metrics_port,
-            dashboard_port=args.dashboard,
             observer=observer,
         )
         if args.dry_run:

@@ -59,9 +59,7 @@ class RunRequest:
     monitor: bool = True
     isolation: IsolationFactory | None = None
     land: bool = False
-    metrics_port: int | None = None
-    dashboard_port: int | None = None  # serve the dashboard during the run
-    observer: Observer | None = None  # one already spawned for the ports above
+    observer: Observer | None = None  # serves --dashboard / --metrics-port (the caller's)
 
 
 @dataclass
@@ -167,24 +165,13 @@ def _probe(url: str) -> None:
         ) from None
 
 
-def _observer(req: RunRequest) -> Observer | None:
-    """The run's observer, its ports bound (a busy one stops the run before it starts)."""
-    if req.observer is not None:
-        return req.observer
-    if req.metrics_port is None and req.dashboard_port is None:
-        return None
-    from abreast.observe.dashboard_process import Observer
-
-    return Observer(req.dashboard_port, req.metrics_port)
-
-
 def _observe(observer: Observer, location: StateLocation, run_id: str) -> None:
     """Point the observer at the run, and say where it serves."""
     urls = observer.start(location, run_id)
     if urls.problem is not None:
         print(
             f"warning: no dashboard or metrics for this run: the observer could not start: "
-            f"{urls.problem} (check the installation: pip install abreast)",
+            f"{urls.problem} (check how abreast and its dependencies are installed)",
             file=sys.stderr,
             flush=True,
         )
@@ -283,25 +270,6 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
     kind = "none" if req.isolation is not None else isolation_kind(p.wf, p.location)
     base_commit = _base_commit(p, kind, lambda text: print(text, file=sys.stderr))
     sinks = _sinks(p)
-    observer = _observer(req)
-    try:
-        return _start(req, p, run_id, kind, base_commit, sinks, observer, view, announce)
-    finally:
-        if observer is not None:
-            observer.stop()
-
-
-def _start(
-    req: RunRequest,
-    p: Prepared,
-    run_id: str,
-    kind: str,
-    base_commit: str | None,
-    sinks: list[Sink],
-    observer: Observer | None,
-    view: View,
-    announce: Callable[[str], None],
-) -> RunOutcome:
     journal = Journal(p.location.journal)
     supervisor = _supervisor(p, run_id, journal)  # an unreachable backend stops us here
     keys = _keys(p, supervisor, journal, run_id)  # a key variable not set stops us here
@@ -348,8 +316,8 @@ def _start(
         started_at=started,
     )
     stops: list[Callable[[], None]] = []
-    if observer is not None:
-        _observe(observer, p.location, run_id)
+    if req.observer is not None:
+        _observe(req.observer, p.location, run_id)
     if keys is not None:
         keys.start()
         stops.append(keys.stop)

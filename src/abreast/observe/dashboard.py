@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -529,9 +528,9 @@ def serve(location: StateLocation, host: str, port: int, token: str | None) -> N
 
 
 def _uvicorn(dash: Dashboard, host: str, port: int) -> Any:
-    import uvicorn
+    from uvicorn import Server
 
-    return uvicorn.Server(_uvicorn_config(dash.app(), host, port))
+    return Server(_uvicorn_config(dash.app(), host, port))
 
 
 def _uvicorn_config(app: Any, host: str, port: int) -> Any:
@@ -550,17 +549,12 @@ def _uvicorn_config(app: Any, host: str, port: int) -> Any:
     )
 
 
-def serve_run(port: int, *, listen_fd: int | None, metrics_fd: int | None, follow_fd: int) -> None:
-    """A run's observer (see `dashboard_process`): serve the run on the inherited sockets
-    until `follow_fd` closes. What to serve comes as one JSON line on `follow_fd`; it closing
-    before that line means the run never began."""
+def prepare_to_serve(port: int) -> Metrics:
+    """Import and build what a run's observer serves with (uvicorn's protocol classes,
+    anyio's asyncio backend, psutil, the metrics registry) before it is told the run: done
+    while the run reads its workflow on another core, not at the first request mid-run."""
     import contextlib
-    import os
-    import socket
-    import sys
 
-    # What serving needs, made now, while the run reads its workflow on another core:
-    # the first request would otherwise pay for it in the middle of the run.
     with contextlib.suppress(ImportError):  # anyio's own module for asyncio: private
         import anyio._backends._asyncio  # noqa: F401  (starlette's task groups)
     import psutil  # noqa: F401  (the run page's resources)
@@ -569,25 +563,23 @@ def serve_run(port: int, *, listen_fd: int | None, metrics_fd: int | None, follo
         pass
 
     _uvicorn_config(nothing, "127.0.0.1", port).load()  # imports the protocol classes
-    metrics = Metrics()
-    with open(sys.stdout.fileno(), "wb", closefd=False) as out:
-        out.write(b"ready\n")
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the pipe is done with
-    header = b""
-    while not header.endswith(b"\n"):
-        chunk = os.read(follow_fd, 4096)
-        if not chunk:
-            return
-        header += chunk
-    run = json.loads(header)
-    with open(run["log"], "ab") as log:  # from now on, what goes wrong is written down
-        os.dup2(log.fileno(), sys.stderr.fileno())
-    location = StateLocation(
-        root=Path(run["root"]),
-        journal=Path(run["journal"]),
-        runs_dir=Path(run["runs_dir"]),
-        coord_url=run["coord_url"],
-    )
+    return Metrics()
+
+
+def serve_run(
+    location: StateLocation,
+    run_id: str,
+    port: int,
+    *,
+    listen_fd: int | None,
+    metrics_fd: int | None,
+    follow_fd: int,
+    metrics: Metrics,
+) -> None:
+    """A run's observer (see `dashboard_process`): serve `run_id` on the inherited sockets
+    until `follow_fd` closes."""
+    import socket
+
     socks = [socket.socket(fileno=fd) for fd in (metrics_fd, listen_fd) if fd is not None]
     metrics_port = int(socks[0].getsockname()[1]) if metrics_fd is not None else None
     dash = Dashboard(
@@ -596,7 +588,7 @@ def serve_run(port: int, *, listen_fd: int | None, metrics_fd: int | None, follo
         port=port,
         token=None,
         metrics_port=metrics_port,
-        run_only=run["run_id"],
+        run_only=run_id,
         metrics=metrics,
     )
     asyncio.run(_serve_for_run(_uvicorn(dash, "127.0.0.1", port), socks, dash, follow_fd))

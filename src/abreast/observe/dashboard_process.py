@@ -25,6 +25,7 @@ import os
 import socket
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from abreast.coord.location import StateLocation
 from abreast.errors import UsageError
@@ -189,17 +190,51 @@ def _url(sock: socket.socket | None, path: str) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    """The observer process: `--follow-fd R [--metrics-fd M] [--listen-fd D --port P]`."""
-    opts = dict(zip(argv[::2], (int(v) for v in argv[1::2]), strict=True))
-    from abreast.observe.dashboard import serve_run
+    """The observer process: `--follow-fd R [--metrics-fd M] [--listen-fd D --port P]`.
 
+    Prepares, says "ready" on stdout, reads the run's header (written by `Observer.start`)
+    from the follow pipe, then serves until the pipe closes; the pipe closing before the
+    header means the run never began."""
+    import sys
+
+    opts = dict(zip(argv[::2], (int(v) for v in argv[1::2]), strict=True))
+    follow_fd = opts["--follow-fd"]
+    from abreast.observe.dashboard import prepare_to_serve, serve_run
+
+    metrics = prepare_to_serve(opts.get("--port", 0))
+    with open(sys.stdout.fileno(), "wb", closefd=False) as out:
+        out.write(b"ready\n")
+    _redirect(sys.stdout.fileno(), os.devnull)  # the pipe has served its purpose
+    header = b""
+    while not header.endswith(b"\n"):
+        chunk = os.read(follow_fd, 4096)
+        if not chunk:
+            return 0
+        header += chunk
+    run = json.loads(header)
+    _redirect(sys.stderr.fileno(), run["log"])  # from now on, what goes wrong is written down
+    location = StateLocation(
+        root=Path(run["root"]),
+        journal=Path(run["journal"]),
+        runs_dir=Path(run["runs_dir"]),
+        coord_url=run["coord_url"],
+    )
     serve_run(
+        location,
+        run["run_id"],
         opts.get("--port", 0),
         listen_fd=opts.get("--listen-fd"),
         metrics_fd=opts.get("--metrics-fd"),
-        follow_fd=opts["--follow-fd"],
+        follow_fd=follow_fd,
+        metrics=metrics,
     )
     return 0
+
+
+def _redirect(fd: int, path: str) -> None:
+    target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(target, fd)
+    os.close(target)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ retries, merges, events, API key use.
 
 A run's metrics are served by its observer process (see `dashboard_process`), replayed
 from the journal: the run's own interpreter never spends time on them. prometheus_client
-is imported when a `Metrics` is made, which the dashboard does at the first scrape.
+is imported when a `Metrics` is made: by a run's observer as it starts, by `abreast
+dashboard` at the first scrape.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from abreast.coord.journal import EventRow
@@ -185,12 +185,10 @@ class PerTaskGauge:
 
 
 def _number(value: float) -> str:
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
+    """A sample value as prometheus_client writes it."""
+    from prometheus_client.utils import floatToGoString
+
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
 
 
 def _escape_label(value: str) -> str:

@@ -123,7 +123,7 @@ class KeyPool(_Model):
     backoff: Backoff = Backoff()
     max_retries: int = Field(4, ge=0, description="backoff rounds when every key is limited")
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
+    model_config = ConfigDict(populate_by_name=True)  # merged with _Model's
 
     @property
     def key_env(self) -> str:
