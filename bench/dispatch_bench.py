@@ -5,8 +5,11 @@
 
 Whole-process wall time, journal on (SQLite, a fresh file per run), `isolation:
 none`, the resource monitor off (make has none either; `--monitor` turns it on).
-abreast and make alternate run by run; medians are reported, with the ratio.
-Start-up is the same measurement for a single task.
+Four contenders alternate run by run: `abreast run`, the floor (`spawn_floor.py`: a
+bare posix_spawn loop starting each task exactly as abreast does, log file and
+all), the same loop starting plain `/bin/sh -c true` with no log ("sh only"), and
+GNU `make -j`. Medians of wall time and of CPU time (the process and all it waited
+for) are reported, with the ratios to make. Start-up is the same for a single task.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -67,49 +71,44 @@ def write_inputs(d: Path, graph: dict[str, list[str]], jobs: int) -> tuple[Path,
     return wf, mk
 
 
-def timed(argv: list[str], cwd: Path) -> float:
+def timed(argv: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process and every process it waited for)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return wall, cpu
+
+
+CONTENDERS = ("abreast", "floor", "sh", "make")
 
 
 def measure(
     shape: str, n: int, jobs: int, repeat: int, tmp: Path, extra: list[str]
 ) -> dict[str, Any]:
+    """All four contenders on one DAG, alternating round by round; medians of wall and CPU."""
     d = tmp / f"{shape}-{n}-{jobs}"
     d.mkdir()
     wf, mk = write_inputs(d, dag(shape, n), jobs)
-    ours, make = [], []
+    floor = [sys.executable, str(ROOT / "bench" / "spawn_floor.py"), str(wf), "-j", str(jobs)]
+    runs: dict[str, list[tuple[float, float]]] = {c: [] for c in CONTENDERS}
     for r in range(repeat):
         state = f"sqlite://{d}/state-{r}.db"
-        ours.append(
-            timed(
-                [
-                    sys.executable,
-                    "-m",
-                    "abreast",
-                    "run",
-                    str(wf),
-                    "--plain",
-                    "--state",
-                    state,
-                    *extra,
-                ],
-                d,
-            )
-        )
-        make.append(timed(["make", "-s", "-f", str(mk), f"-j{jobs}"], d))
-    a, m = statistics.median(ours), statistics.median(make)
-    return {
-        "shape": shape,
-        "tasks": n,
-        "jobs": jobs,
-        "abreast_s": a,
-        "make_s": m,
-        "ratio": a / m,
-        "abreast_runs": ours,
-        "make_runs": make,
-    }
+        abreast = [sys.executable, "-m", "abreast", "run", str(wf), "--plain", "--state", state]
+        runs["abreast"].append(timed([*abreast, *extra], d))
+        runs["floor"].append(timed([*floor, "--logs", f"floor-{r}"], d))
+        runs["sh"].append(timed([*floor, "--no-log"], d))
+        runs["make"].append(timed(["make", "-s", "-f", str(mk), f"-j{jobs}"], d))
+    row: dict[str, Any] = {"shape": shape, "tasks": n, "jobs": jobs}
+    for c in CONTENDERS:
+        row[f"{c}_s"] = statistics.median(w for w, _ in runs[c])
+        row[f"{c}_cpu_s"] = statistics.median(cpu for _, cpu in runs[c])
+        row[f"{c}_runs"] = runs[c]
+    row["ratio"] = row["abreast_s"] / row["make_s"]
+    row["floor_ratio"] = row["floor_s"] / row["make_s"]
+    return row
 
 
 def main() -> None:
@@ -125,8 +124,9 @@ def main() -> None:
     # environment would otherwise compile abreast on every start.
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src")], check=True)
     rows = []
-    # Not /tmp: on the project's machine, creating files there is ~20x slower than in the
-    # project's own directory (same disk), which would measure the sandbox, not abreast.
+    # Under the project, as a user's runs would be. On the project's machine creating a
+    # file costs from 20 us to 0.7 ms of CPU depending on the disk's recent history (in
+    # /tmp as anywhere else), which is why the floor creates its logs as abreast does.
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "out") as tmp:
         rows.append(measure("wide", 1, 1, max(args.repeat, 5), Path(tmp), extra))
@@ -137,17 +137,25 @@ def main() -> None:
                     rows.append(measure(shape, n, jobs, args.repeat, Path(tmp), extra))
                     r = rows[-1]
                     print(
-                        f"{r['shape']:>8} {r['tasks']:>5} -j{r['jobs']:<2} abreast "
-                        f"{r['abreast_s']:6.3f}s  make {r['make_s']:6.3f}s  "
-                        f"x{r['ratio']:.2f}",
+                        f"{r['shape']:>8} {r['tasks']:>5} -j{r['jobs']:<2} "
+                        + "  ".join(
+                            f"{c} {r[c + '_s']:6.3f}s ({r[c + '_cpu_s']:.2f} cpu)"
+                            for c in CONTENDERS
+                        )
+                        + f"  x{r['ratio']:.2f} (floor x{r['floor_ratio']:.2f})",
                         flush=True,
                     )
-    print("\n| DAG | tasks | -j | abreast | make | abreast / make |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "\n| DAG | tasks | -j | abreast | floor | sh only | make | abreast / make "
+        "| floor / make | CPU s: abreast, floor, sh, make |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
+        cpu = ", ".join(f"{r[c + '_cpu_s']:.2f}" for c in CONTENDERS)
         print(
-            f"| {r['shape']} | {r['tasks']} | {r['jobs']} | {r['abreast_s']:.3f} s | "
-            f"{r['make_s']:.3f} s | {r['ratio']:.2f} |"
+            f"| {r['shape']} | {r['tasks']} | {r['jobs']} | {r['abreast_s']:.3f} s "
+            f"| {r['floor_s']:.3f} s | {r['sh_s']:.3f} s | {r['make_s']:.3f} s "
+            f"| {r['ratio']:.2f} | {r['floor_ratio']:.2f} | {cpu} |"
         )
     print(json.dumps(rows))
 

@@ -406,6 +406,7 @@ def test_report_numbers_equal_the_journal(tmp_path: Path) -> None:
     cp = rep["critical_path"]
     assert cp["estimated"]["tasks"] == ["a", "b"]
     assert cp["estimated"]["seconds"] == 15
+    assert cp["estimated"]["given"] is True
     assert cp["actual"]["tasks"] == ["a", "b"]
     assert cp["actual"]["seconds"] == pytest.approx(
         tasks["a"]["elapsed_s"] + tasks["b"]["elapsed_s"]
@@ -417,6 +418,22 @@ def test_report_numbers_equal_the_journal(tmp_path: Path) -> None:
     text = page.read_text()
     assert "&lt;b&gt;bold&lt;/b&gt;" in text and "<b>bold</b>" not in text
     assert "<script" not in text and "src=" not in text  # one self-contained file
+
+
+def test_a_long_critical_path_is_shortened_and_default_estimates_are_not_quoted(
+    tmp_path: Path,
+) -> None:
+    chain = {f"s{i}": {"run": "true", "needs": [f"s{i - 1}"] if i else []} for i in range(12)}
+    path = write(tmp_path, {"name": "long", "tasks": chain})
+    run = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert run.code == 0, run.err
+    line = next(x for x in run.out.splitlines() if "critical path:" in x)
+    assert "critical path: s0 -> s1 -> s2 -> ... -> s9 -> s10 -> s11 (12 tasks) took" in line
+    assert "estimated" not in line  # no task has an estimate: 12 x the default says nothing
+    run_id = run.out.splitlines()[0][5:]
+    rep = json.loads(run_abreast("report", run_id, "--json", cwd=tmp_path).out)
+    assert rep["critical_path"]["actual"]["tasks"] == [f"s{i}" for i in range(12)]
+    assert rep["critical_path"]["estimated"]["given"] is False
 
 
 # -- dashboard -------------------------------------------------------------------------------

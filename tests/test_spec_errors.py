@@ -13,6 +13,10 @@ CASES = {
         "version: 1\ntasks:\n  a:\n    run: x\n   b: 1\n",
         [":5: invalid YAML", "indentation"],
     ),
+    "unclosed_quote": (  # named where the quote opens, not after the last line
+        'version: 1\ntasks:\n  a:\n    run: "echo hi\n',
+        [":4: invalid YAML", "quoted scalar that starts on this line", "close the quote"],
+    ),
     "duplicate_key": (
         "version: 1\ntasks:\n  a: {run: x}\n  a: {run: y}\n",
         [":4: duplicate key 'a' (first at line 3)"],

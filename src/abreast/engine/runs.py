@@ -343,6 +343,7 @@ def plan_summary(a: Analysis) -> dict[str, Any] | None:
         "waves": a.waves,
         "critical_path": a.critical_path,
         "estimates": {t.id: t.estimate_s for t in a.tasks},
+        "estimates_given": any(t.estimated for t in a.tasks),
         "scheduled_s": a.estimates.scheduled_s,
         "sequential_s": a.estimates.sequential_s,
         "critical_path_s": a.estimates.critical_path_s,

@@ -23,16 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from abreast.executor.process import boot_ticks, start_ticks_between
+from abreast.executor.wrapper import SHELL, WRAPPER
 
-SHELL = "/bin/sh"
-# $1 workdir, $2 exits file, $3 command, $4 log, $5 TASK.ATTEMPT. Names start with
-# __abreast_ to stay out of the way. 126: the log could not be opened; 127: no directory.
-WRAPPER = (
-    'exec >"$4" 2>&1 </dev/null || exit 126; cd -- "$1" || exit 127; '
-    "__abreast_exits=$2; __abreast_cmd=$3; __abreast_key=$5; shift 5; "
-    'trap \'echo "$__abreast_key $?" >> "$__abreast_exits"\' EXIT; '
-    'eval "$__abreast_cmd"'
-)
 _HAS_PIDFD = hasattr(os, "pidfd_open")
 _RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 

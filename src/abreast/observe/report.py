@@ -71,7 +71,12 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
             "sequential_s": (data.plan or {}).get("sequential_s"),
         },
         "critical_path": {
-            "estimated": {"tasks": est_path, "seconds": est_s},
+            # given: False when no task has an estimate (each counted as the default)
+            "estimated": {
+                "tasks": est_path,
+                "seconds": est_s,
+                "given": (data.plan or {}).get("estimates_given", True),
+            },
             "actual": {"tasks": act_path, "seconds": act_s},
         },
         "tasks": [
@@ -119,15 +124,24 @@ def short(rep: dict[str, Any]) -> str:
     lines = []
     if act["tasks"]:
         lines.append(
-            f"critical path: {' -> '.join(act['tasks'])} took {fmt(act['seconds'])}"
+            f"critical path: {_path(act['tasks'])} took {fmt(act['seconds'])}"
             + (
-                f" (estimated {fmt(est['seconds'])}: {' -> '.join(est['tasks'])})"
-                if est["tasks"]
+                f" (estimated {fmt(est['seconds'])}: {_path(est['tasks'])})"
+                if est["tasks"] and est.get("given", True)
                 else ""
             )
         )
     lines.append(f"report: abreast report {rep['run_id']} (--html FILE for a page)")
     return "\n".join(f"  {line}" for line in lines)
+
+
+def _path(tasks: list[str], keep: int = 3) -> str:
+    """A path for a terminal line: a long one keeps its ends and says how long it is."""
+    if len(tasks) <= 2 * keep + 1:
+        return " -> ".join(tasks)
+    return (
+        f"{' -> '.join(tasks[:keep])} -> ... -> {' -> '.join(tasks[-keep:])} ({len(tasks)} tasks)"
+    )
 
 
 def text(rep: dict[str, Any]) -> str:

@@ -31,18 +31,7 @@ def parse_yaml(text: str, file: str) -> Document:
         try:
             node = loader.get_single_node()
         except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            problem = e.problem or "invalid YAML"
-            raise SpecError(
-                file,
-                [
-                    SpecProblem(
-                        f"invalid YAML: {problem}" + (f" ({e.context})" if e.context else ""),
-                        line=mark.line + 1 if mark else None,
-                        hint="check the indentation and quoting around this line",
-                    )
-                ],
-            ) from None
+            raise SpecError(file, [_yaml_problem(e, text)]) from None
         except yaml.YAMLError as e:
             raise SpecError(file, [SpecProblem(f"invalid YAML: {e}")]) from None
         if node is None:
@@ -129,3 +118,22 @@ class _Walker:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, "a mapping key must be a plain value, not a list or mapping")
         return str(node.value)
+
+
+def _yaml_problem(e: yaml.MarkedYAMLError, text: str) -> SpecProblem:
+    """Where and what: a construct left open when the file ends (an unclosed quote or
+    bracket) is reported on the line where it starts, not after the file's last line."""
+    mark = e.problem_mark or e.context_mark
+    problem = e.problem or "invalid YAML"
+    context = e.context or ""
+    hint = "check the indentation and quoting around this line"
+    opened = e.context_mark
+    if mark is not None and opened is not None and mark.index >= len(text.rstrip()):
+        mark = opened
+        context += " that starts on this line"
+        hint = "close the quote or bracket this line opens"
+    return SpecProblem(
+        f"invalid YAML: {problem}" + (f" ({context.strip()})" if context.strip() else ""),
+        line=mark.line + 1 if mark else None,
+        hint=hint,
+    )

@@ -1,0 +1,12 @@
+"""The shell line every attempt starts as (see `local.py`); no imports, so that
+`bench/spawn_floor.py` can start exactly the same processes without loading abreast."""
+
+SHELL = "/bin/sh"
+# $1 workdir, $2 exits file, $3 command, $4 log, $5 TASK.ATTEMPT. Names start with
+# __abreast_ to stay out of the way. 126: the log could not be opened; 127: no directory.
+WRAPPER = (
+    'exec >"$4" 2>&1 </dev/null || exit 126; cd -- "$1" || exit 127; '
+    "__abreast_exits=$2; __abreast_cmd=$3; __abreast_key=$5; shift 5; "
+    'trap \'echo "$__abreast_key $?" >> "$__abreast_exits"\' EXIT; '
+    'eval "$__abreast_cmd"'
+)
