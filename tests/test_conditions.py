@@ -14,6 +14,16 @@ def test_when_reads_flags_and_upstream_outputs() -> None:
     assert expr.evaluate({"needs_security": False}, outputs) is False
 
 
+def test_an_expression_knows_whether_it_reads_outputs_at_all() -> None:
+    # The engine passes no outputs to one that reads none (O(1) per task, not O(tasks)).
+    assert parse("outputs.a.ok", allow_output=False).reads_outputs
+    assert parse("len(outputs) > 2", allow_output=False).reads_outputs  # no task named
+    assert parse("outputs[flags.which].ok", allow_output=False).reads_outputs
+    flag_only = parse("fast and flags.level >= 2", allow_output=False)
+    assert not flag_only.reads_outputs
+    assert flag_only.evaluate({"fast": True, "level": 3}, {}) is True
+
+
 def test_gate_reads_own_output() -> None:
     expr = parse("output.confidence >= 0.75", allow_output=True)
     assert expr.reads_own_output

@@ -172,6 +172,7 @@ class Engine:
         self.by_id = {tr.id: tr for tr in self.tasks}
         order, waves, wave = graph.levels()
         self._wave = wave
+        self._waves = waves
         self._wave_left = [len(w) for w in waves]
         self._wave_first_start: list[float | None] = [None] * len(waves)
         self._d = Dispatcher(graph, _priorities(graph, order), options.policy, wave)
@@ -343,7 +344,7 @@ class Engine:
             return True, None
         expr = self._condition(tr.task.when, allow_output=False)
         try:
-            return expr.evaluate(self.options.flags, self._outputs()), None
+            return expr.evaluate(self.options.flags, self._outputs(expr)), None
         except conditions.ConditionError as e:
             return False, f"when: {tr.task.when!r} could not be evaluated: {e}"
 
@@ -353,7 +354,11 @@ class Engine:
             expr = self._conditions[source] = conditions.parse(source, allow_output=allow_output)
         return expr
 
-    def _outputs(self) -> dict[str, Any]:
+    def _outputs(self, expr: conditions.Expression) -> dict[str, Any]:
+        """Succeeded tasks' outputs, for `expr`: none when it reads none (a flag test),
+        so that a workflow of many conditional tasks does not cost O(tasks) each."""
+        if not expr.reads_outputs:
+            return {}
         return {tr.id: tr.output or {} for tr in self.tasks if tr.state is TaskState.SUCCEEDED}
 
     def _new_attempt(self, tr: TaskRun) -> Launch | None:
@@ -664,7 +669,7 @@ class Engine:
         gate = str(tr.task.gate)
         expr = self._condition(gate, allow_output=True)
         try:
-            ok = expr.evaluate(self.options.flags, self._outputs(), tr.output or {})
+            ok = expr.evaluate(self.options.flags, self._outputs(expr), tr.output or {})
         except conditions.ConditionError as e:
             return False, f"{gate} could not be evaluated: {e}"
         shown = json.dumps(tr.output)[:300]
@@ -872,7 +877,7 @@ class Engine:
         w = self._wave[tr.v]
         self._wave_left[w] -= 1
         if self._wave_left[w] == 0:
-            members = [t for t in self.tasks if self._wave[t.v] == w]
+            members = [self.tasks[v] for v in sorted(self._waves[w])]
             first = self._wave_first_start[w] or now
             self.journal.stage_event(
                 self.run_id,

@@ -117,8 +117,9 @@ class Expression:
 
     source: str
     flags: frozenset[str]
-    tasks: frozenset[str]  # tasks whose outputs it reads
+    tasks: frozenset[str]  # tasks whose outputs it reads by name
     reads_own_output: bool
+    reads_outputs: bool = True  # False: `outputs` appears nowhere, any outputs will do
 
     def evaluate(
         self,
@@ -171,6 +172,7 @@ def parse(source: str, *, allow_output: bool) -> Expression:
     flags: set[str] = set()
     tasks: set[str] = set()
     own = False
+    reads_outputs = False
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             if not (isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS):
@@ -195,6 +197,7 @@ def parse(source: str, *, allow_output: bool) -> Expression:
         if not isinstance(node, ast.Name) or node.id in FUNCTIONS or node.id in LITERALS:
             continue
         if node.id == "outputs":
+            reads_outputs = True
             continue
         if node.id == "output":
             if not allow_output:
@@ -219,4 +222,4 @@ def parse(source: str, *, allow_output: bool) -> Expression:
                 tasks.add(node.slice.value)
             elif node.value.id == "flags":
                 flags.add(node.slice.value)
-    return Expression(source.strip(), frozenset(flags), frozenset(tasks), own)
+    return Expression(source.strip(), frozenset(flags), frozenset(tasks), own, reads_outputs)
