@@ -105,6 +105,9 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src")], check=True)
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "out") as tmp:
+        # Its own project root: the Redis runs keep their journal and logs at the project
+        # root, which would otherwise be this repository's (and outlive the benchmark).
+        subprocess.run(["git", "init", "-q", tmp], check=True)
         server = RedisServer(redis_server_binary() or "redis-server", Path(tmp))
         server.start()
         try:

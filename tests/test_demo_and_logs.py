@@ -55,3 +55,33 @@ def test_logs_follow_prints_until_the_attempt_ends(tmp_path: Path) -> None:
         run.communicate(timeout=30)
     assert followed.code == 0, followed.err
     assert followed.out.split() == ["one", "two"]
+
+
+def test_commands_that_only_read_the_journal_load_neither_engine_nor_models(
+    tmp_path: Path,
+) -> None:
+    """`status`, `logs` and `report` start in about 0.1 s: no pydantic, no asyncio."""
+    wf = tmp_path / "w.json"
+    spec = {"version": 1, "name": "light", "isolation": "none", "tasks": {"t": {"run": "echo hi"}}}
+    wf.write_text(json.dumps(spec))
+    run = run_abreast("run", str(wf), "--no-monitor", "--plain", cwd=tmp_path)
+    assert run.code == 0, run.err
+    run_id = run.out.splitlines()[0][5:]
+    probe = (
+        "import sys\n"
+        "from abreast.cli import main\n"
+        "codes = [main(a) for a in (['status'], ['status', sys.argv[1]], "
+        "['logs', sys.argv[1], 't'], ['report', sys.argv[1]])]\n"
+        "heavy = sorted(m for m in ('pydantic', 'asyncio', 'abreast.engine.engine', "
+        "'abreast.spec.model') if m in sys.modules)\n"
+        "print('codes', codes, 'heavy', heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, run_id],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "hi" in out  # the log was printed
+    assert out.strip().endswith("codes [0, 0, 0, 0] heavy []")

@@ -338,7 +338,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from abreast.engine.runs import find_run, open_journal
+    from abreast.engine.lookup import find_run, open_journal
     from abreast.observe import status
 
     _, journal = open_journal(None, args.state)
@@ -373,7 +373,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from abreast.engine.runs import find_run, open_journal
+    from abreast.engine.lookup import find_run, open_journal
     from abreast.observe import status
 
     _, journal = open_journal(None, args.state)
@@ -384,7 +384,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from abreast.engine.runs import cancel_run, find_run, open_journal
+    from abreast.engine.lookup import find_run, open_journal
+    from abreast.engine.runs import cancel_run
 
     _, journal = open_journal(None, args.state)
     print(cancel_run(journal, find_run(journal, args.run_id)))
@@ -401,7 +402,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from abreast.engine.runs import find_run, open_journal
+    from abreast.engine.lookup import find_run, open_journal
     from abreast.keys.usage import print_usage, usage
 
     _, journal = open_journal(None, args.state)
@@ -432,7 +433,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from abreast.engine.runs import find_run, open_journal
+    from abreast.engine.lookup import find_run, open_journal
     from abreast.observe import report
 
     _, journal = open_journal(None, args.state)
@@ -489,7 +490,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_signal(args: argparse.Namespace) -> int:
-    from abreast.engine.runs import signal_run
+    from abreast.engine.lookup import signal_run
 
     print(signal_run(args.name))
     return 0

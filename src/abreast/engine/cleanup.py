@@ -19,7 +19,8 @@ from pathlib import Path
 
 from abreast.coord.backend import Coordinator
 from abreast.coord.journal import Journal, RunRow
-from abreast.engine.runs import _kill_strays, orchestrator_alive
+from abreast.engine.lookup import orchestrator_alive
+from abreast.engine.runs import _kill_strays
 from abreast.executor.process import group_members, is_same_process, kill_pids, marked_processes
 
 ORPHAN_AFTER_S = 120.0

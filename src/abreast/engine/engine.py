@@ -36,6 +36,7 @@ from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.states import FAILED_STATES, TaskState, check_transition
 from abreast.engine.supervise import Supervisor
 from abreast.executor.local import Exit, Launch, LocalExecutor, Running
+from abreast.executor.logs import log_tail
 from abreast.executor.process import (
     become_subreaper,
     describe_status,
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
     from abreast.keys.broker import KeyBroker
     from abreast.observe.events import Sink
 
-LOG_TAIL_LINES = 12
 JITTER = 0.25  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
 
 
@@ -1009,20 +1009,6 @@ class Engine:
                 self._wave_left[self._wave[tr.v]] -= 1
             if tr.state.terminal:
                 self._terminal_count += 1
-
-
-def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> list[str]:
-    if path is None:
-        return []
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - 8192))
-            data = f.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    return [line for line in data.splitlines() if line.strip()][-lines:]
 
 
 def _priorities(graph: TaskGraph, order: list[int]) -> list[float]:

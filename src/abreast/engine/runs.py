@@ -20,6 +20,7 @@ from abreast.coord.backend import CoordError, open_coordinator
 from abreast.coord.journal import Journal, RunRow
 from abreast.coord.location import StateLocation, locate
 from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View
+from abreast.engine.lookup import find_run, open_journal, orchestrator_alive
 from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.supervise import Supervisor
 from abreast.errors import StateError, UsageError
@@ -353,45 +354,6 @@ def plan_summary(a: Analysis) -> dict[str, Any] | None:
 # -- finding runs ------------------------------------------------------------------------------
 
 
-def open_journal(file: Path | None, state: str | None) -> tuple[StateLocation, Journal]:
-    location = locate(file, state)
-    if not location.journal.exists():
-        raise UsageError(
-            f"no runs yet: there is no journal at {location.journal}",
-            hint="start one with `abreast run FILE`",
-        )
-    return location, Journal(location.journal)
-
-
-def find_run(journal: Journal, run_id: str | None) -> RunRow:
-    if run_id is None:
-        row = journal.latest_run()
-        if row is None:
-            raise UsageError("no runs in this project yet", hint="start one with `abreast run`")
-        return row
-    row = journal.run(run_id)
-    if row is None:
-        recent = [r.id for r in journal.runs(5)]
-        import difflib
-
-        close = difflib.get_close_matches(run_id, [r.id for r in journal.runs(200)], n=1)
-        raise UsageError(
-            f"no run {run_id!r} in {journal.path}"
-            + (f"; did you mean {close[0]!r}?" if close else ""),
-            hint="recent runs: " + (", ".join(recent) or "none") + " (see `abreast status`)",
-        )
-    return row
-
-
-def orchestrator_alive(row: RunRow) -> bool:
-    """Whether the process that runs `row` is still there (same host, pid and start time)."""
-    if row.state != "running" or row.pid is None:
-        return False
-    if row.host and row.host != socket.gethostname():
-        return True  # cannot see another host's processes; assume it lives
-    return is_same_process(row.pid, row.pid_start)
-
-
 # -- cancel ------------------------------------------------------------------------------------
 
 
@@ -617,32 +579,6 @@ def recorded_exits(exits_file: str | None) -> dict[str, int]:
         if code.strip().isdigit():
             out[key] = int(code)
     return out
-
-
-def signal_run(name: str) -> str:
-    """`abreast signal NAME` from inside a task: journal it and wake the orchestrator."""
-    run_id = os.environ.get("ABREAST_RUN_ID")
-    task_id = os.environ.get("ABREAST_TASK_ID")
-    state = os.environ.get("ABREAST_STATE")
-    if not (run_id and task_id and state):
-        raise UsageError(
-            "abreast signal runs inside a task: ABREAST_RUN_ID, ABREAST_TASK_ID "
-            "and ABREAST_STATE are not all set",
-            hint="call it from a task's command while abreast runs it",
-        )
-    location = locate(None, state)
-    journal = Journal(location.journal)
-    try:
-        row = find_run(journal, run_id)
-        tasks = {t.task_id for t in journal.tasks(run_id)}
-        if task_id not in tasks:
-            raise UsageError(f"run {run_id} has no task {task_id!r}")
-        fresh = journal.add_signal(run_id, task_id, name)
-        if fresh and orchestrator_alive(row) and row.pid:
-            os.kill(row.pid, 10)  # SIGUSR1: the orchestrator reads new signals
-    finally:
-        journal.close()
-    return f"{task_id} signalled {name!r}" + ("" if fresh else " (again)")
 
 
 def default_view() -> View:

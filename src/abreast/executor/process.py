@@ -8,7 +8,6 @@ group still holds members that carry the run's marker in their environment.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -172,6 +171,8 @@ async def kill_tree(pgid: int, grace_s: float) -> None:
     Members that left the group but stayed in the session (`setpgid` without `setsid`)
     are signalled one by one the same way. Zombies count as gone.
     """
+    import asyncio  # here: the commands that only read the journal import this module
+
     signal_group(pgid, signal.SIGTERM)
     _signal_each(_session_strays(pgid), signal.SIGTERM)
     deadline = time.monotonic() + grace_s

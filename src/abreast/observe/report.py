@@ -16,8 +16,8 @@ import json
 from typing import Any
 
 from abreast.coord.journal import Journal
-from abreast.engine.engine import log_tail
 from abreast.errors import UsageError
+from abreast.executor.logs import log_tail
 from abreast.observe import rundata
 from abreast.spec.durations import format_duration as fmt
 
