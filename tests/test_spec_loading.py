@@ -37,6 +37,12 @@ def test_bad_durations_say_what_is_accepted(text: object) -> None:
 
 
 def test_durations_format_compactly() -> None:
+    assert [format_duration(s) for s in (0.00093, 0.00366, 0.169, 1.254)] == [
+        "0.93ms",
+        "3.7ms",
+        "169ms",
+        "1.25s",
+    ]
     assert [format_duration(s) for s in (0, 45, 2700, 5400, 7200, 216000)] == [
         "0s",
         "45s",

@@ -205,6 +205,33 @@ def test_misbehaving_agents_fail_and_land_nothing(
         assert (repo / "README.md").read_text() == before_readme
 
 
+def test_the_runs_own_output_redirected_into_the_checkout_is_not_blamed_on_tasks(
+    repo: Path,
+) -> None:
+    # `abreast run abreast.yaml > run.log` in the repository: run.log grows while tasks run.
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "sleep 0.3; echo a > a.txt", "owns": ["a.txt"]},
+            "b": {"run": "sleep 0.3; echo b > b.txt", "needs": ["a"], "owns": ["b.txt"]},
+        },
+    )
+    log = repo / "run.log"
+    with log.open("w") as out:
+        code = subprocess.run(
+            [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain"],
+            cwd=repo,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        ).returncode
+    text = log.read_text()
+    assert code == 0, text
+    assert "wrote outside its worktree" not in text
+    run_id = text.split("run: ", 1)[1].split()[0]
+    assert show(repo, integration(run_id), "b.txt") == "b\n"
+
+
 def test_a_dependent_sees_its_dependencies_work(repo: Path) -> None:
     path = workflow(
         repo,

@@ -2,8 +2,9 @@
 
 What is watched (snapshots at the start of the run, compared after each attempt):
 - the main checkout: `git status` of the user's working tree (abreast's own
-  `.abreast/` is excluded); a new change is attributed, by its file's mtime, to
-  the attempts that were running when it was written;
+  `.abreast/` is excluded, and so is the file abreast's own output goes to, as in
+  `abreast run ... > run.log` inside the repository); a new change is attributed,
+  by its file's mtime, to the attempts that were running when it was written;
 - the repository's hooks and config (`.git/hooks/**`, `.git/config`, worktree
   config): any change is attributed the same way and undone at once, so a
   planted hook never runs;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +42,7 @@ class Guard:
         self._ignore = ""
         if state_dir is not None and repo.root in state_dir.parents:
             self._ignore = str(state_dir.relative_to(repo.root)) + "/"
+        self._own_output = _own_output_files()
         self._protected = self._protected_files()
         self._main = self._main_state()
 
@@ -106,6 +109,8 @@ class Guard:
             p = self.repo.root / rel
             try:
                 st = p.lstat()
+                if (st.st_dev, st.st_ino) in self._own_output:
+                    continue  # our own stdout/stderr, redirected into the checkout
                 digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
                 out[rel] = (st.st_mtime, st.st_size, digest)
             except OSError:
@@ -127,6 +132,19 @@ class Guard:
 
 
 _ABSENT = object()
+
+
+def _own_output_files() -> set[tuple[int, int]]:
+    """(device, inode) of the regular files this process's stdout and stderr write to."""
+    out = set()
+    for fd in (1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.add((st.st_dev, st.st_ino))
+    return out
 
 
 def _kind(path: Path) -> str:

@@ -64,7 +64,10 @@ def _parse_duration_text(value: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest readable form: 45s, 12m, 1h30m, 2h."""
+    """The shortest readable form: 3.7ms, 169ms, 1.25s, 45s, 12m, 1h30m, 2h."""
+    if 0 < seconds < 1:
+        ms = seconds * 1000
+        return f"{ms:.0f}ms" if ms >= 10 else f"{ms:.2g}ms"
     if seconds < 60:
         return f"{seconds:.3g}s" if seconds != int(seconds) else f"{int(seconds)}s"
     total = round(seconds)
