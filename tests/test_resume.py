@@ -233,6 +233,36 @@ def test_resume_refuses_a_run_whose_orchestrator_lives(tmp_path: Path) -> None:
         proc.communicate(timeout=30)
 
 
+def test_an_orchestrator_killed_but_not_yet_reaped_counts_as_dead(tmp_path: Path) -> None:
+    # A SIGKILLed orchestrator stays a zombie until its parent reaps it (in a container
+    # without an init that reaps, forever); its /proc entry and start time remain.
+    path = tmp_path / "w.json"
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "zombie",
+                "isolation": "none",
+                "tasks": {"a": {"run": f"touch {tmp_path}/started; sleep 0.5"}},
+            }
+        )
+    )
+    proc = start(path)
+    run_id = first_line(proc)
+    try:
+        wait_for(lambda: (tmp_path / "started").exists(), what="a to start")
+        proc.send_signal(signal.SIGKILL)
+        stat = Path(f"/proc/{proc.pid}/stat")
+        wait_for(lambda: stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", what="a zombie")
+        state = f"sqlite://{tmp_path}/.abreast/state.db"
+        status = json.loads(run_abreast("status", run_id, "--json", "--state", state).out)
+        assert status["state"] == "interrupted"
+        resumed = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
+        assert resumed.code == 0, resumed.err
+    finally:
+        proc.communicate(timeout=10)  # reaped only now
+
+
 def test_resume_serves_metrics_and_the_dashboard_of_the_whole_run(tmp_path: Path) -> None:
     import urllib.request
 

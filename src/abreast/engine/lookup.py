@@ -14,7 +14,7 @@ from pathlib import Path
 from abreast.coord.journal import Journal, RunRow
 from abreast.coord.location import StateLocation, locate
 from abreast.errors import UsageError
-from abreast.executor.process import is_same_process
+from abreast.executor.process import is_live_process
 
 
 def open_journal(file: Path | None, state: str | None) -> tuple[StateLocation, Journal]:
@@ -53,7 +53,7 @@ def orchestrator_alive(row: RunRow) -> bool:
         return False
     if row.host and row.host != socket.gethostname():
         return True  # cannot see another host's processes; assume it lives
-    return is_same_process(row.pid, row.pid_start)
+    return is_live_process(row.pid, row.pid_start)
 
 
 def signal_run(name: str) -> str:

@@ -23,19 +23,8 @@ MARKER_ENV = "ABREAST_RUN_ID"
 
 def start_ticks(pid: int) -> int | None:
     """The start time of `pid` in clock ticks since boot, or None if it is gone."""
-    try:
-        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, 4096)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = data[data.rindex(b")") + 2 :].split()
-    return int(rest[19])
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields is not None else None
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -71,6 +60,19 @@ def is_same_process(pid: int, ticks: int | None) -> bool:
     return ticks is not None and start_ticks(pid) == ticks
 
 
+def is_live_process(pid: int, ticks: int | None) -> bool:
+    """The same process (start time checked), and not a zombie: a SIGKILLed process
+    keeps its /proc entry until it is reaped, which may be never in a container
+    without an init that reaps."""
+    fields = _stat_fields(pid)
+    return (
+        ticks is not None
+        and fields is not None
+        and fields[0] not in (b"Z", b"X")
+        and int(fields[19]) == ticks
+    )
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any live (non-zombie) process is in the group.
 
@@ -88,6 +90,9 @@ def group_alive(pgid: int) -> bool:
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3 on of /proc/PID/stat (state, ppid, pgrp, session, ...; start time at
+    index 19). The command name (field 2) may hold spaces and parentheses: the split is
+    after the last ')'."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
