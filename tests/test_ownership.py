@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from abreast.plan.ownership import globs_overlap, overlapping_pairs, owns_match
+from abreast.plan.ownership import globs_overlap, nesting_example, overlapping_pairs, owns_match
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,14 @@ def test_overlapping_pairs_names_the_patterns() -> None:
         (1, 4, ("frontend/**", "*.md")),
         (2, 4, ("docs/*", "*.md")),
     ]
+
+
+def test_plain_names_that_meet_only_as_directory_and_file_are_explained() -> None:
+    # a.txt and b.txt both claim b.txt/a.txt: an overlap, but one worth explaining.
+    assert globs_overlap("a.txt", "b.txt")
+    assert nesting_example(["a.txt"], ["b.txt"]) == "b.txt/a.txt"
+    assert nesting_example(["README.md"], ["Makefile", "docs/**"]) is None  # docs/README.md
+    assert nesting_example(["a.txt", "b.txt"], ["b.txt"]) is None  # the same name: real
+    assert nesting_example(["src/**"], ["api"]) is None  # a slash: not plain names
+    assert nesting_example(["/a.txt"], ["/b.txt"]) is None  # anchored: no overlap at all
+    assert not globs_overlap("/a.txt", "/b.txt")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from abreast.plan.dispatch import Policy, simulate
 from abreast.plan.graph import bottom_levels
 from abreast.spec.loader import Document
 from abreast.spec.validate import parse_workflow
+from tests.conftest import run_abreast
 
 
 def workflow(data: dict[str, Any]) -> Any:
@@ -103,6 +106,23 @@ def test_ownership_overlap_serialises_unordered_tasks_only() -> None:
     assert an.overlaps[0][1] == ("src/**", "src/auth/*.py")
     assert an.overlaps[1][1] == ("src/auth/*.py", "src/auth/login.py")
     assert an.estimates.scheduled_s == 30  # a, b and c one after another; d beside them
+    assert an.overlap_via == {}  # real overlaps: nothing to explain
+
+
+def test_plain_file_names_that_overlap_only_as_directories_are_explained(tmp_path: Path) -> None:
+    path = tmp_path / "w.json"
+    tasks = {"a": {"run": "true", "owns": ["a.txt"]}, "b": {"run": "true", "owns": ["b.txt"]}}
+    path.write_text(json.dumps({"version": 1, "isolation": "none", "tasks": tasks}))
+    table = run_abreast("analyze", str(path), cwd=tmp_path).out
+    assert "a <-> b: a.txt, b.txt" in table
+    assert "(b.txt/a.txt); write /a.txt and /b.txt for files at the top" in table
+    data = json.loads(run_abreast("analyze", str(path), "--format", "json", cwd=tmp_path).out)
+    assert data["overlaps"] == [
+        {"tasks": ["a", "b"], "patterns": ["a.txt", "b.txt"], "only_through": "b.txt/a.txt"}
+    ]
+    run = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert run.code == 0
+    assert "note: a and b never run side by side: their owns meet only through" in run.err
 
 
 def test_skipped_tasks_are_listed_and_cost_nothing() -> None:

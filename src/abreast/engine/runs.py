@@ -36,6 +36,7 @@ from abreast.executor.process import (
 from abreast.integrate.base import Isolation
 from abreast.plan import TaskGraph, analyze
 from abreast.plan.analysis import Analysis
+from abreast.plan.ownership import nesting_hint
 from abreast.spec import load_workflow
 from abreast.spec.model import TASK_ID_PATTERN, Scalar, Workflow
 from abreast.spec.overrides import flag_overrides, parallel_cap
@@ -270,6 +271,8 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         )
     kind = "none" if req.isolation is not None else isolation_kind(p.wf, p.location)
     base_commit = _base_commit(p, kind, lambda text: print(text, file=sys.stderr))
+    for (x, y), via in p.analysis.overlap_via.items():
+        print(f"note: {x} and {y} never run side by side: {nesting_hint(via)}", file=sys.stderr)
     sinks = _sinks(p)
     journal = Journal(p.location.journal)
     supervisor = _supervisor(p, run_id, journal)  # an unreachable backend stops us here

@@ -10,6 +10,7 @@ from abreast.errors import SpecError, SpecProblem
 from abreast.gcpause import paused_gc
 from abreast.plan.dispatch import Policy, simulate
 from abreast.plan.graph import TaskGraph, bottom_levels
+from abreast.plan.ownership import nesting_example
 from abreast.spec import conditions
 from abreast.spec.model import Scalar, Workflow
 
@@ -55,6 +56,9 @@ class Analysis:
     policy: Policy
     graph: TaskGraph = field(repr=False)
     limits: dict[str, int] = field(default_factory=dict)  # resource -> capacity, where shared
+    # (a, b) -> a path like `b.txt/a.txt`, where two tasks' owns meet only through a
+    # plain name taken as a directory (see ownership.nesting_example)
+    overlap_via: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def edges(self) -> list[tuple[str, str, str | None]]:
@@ -90,7 +94,14 @@ class Analysis:
                 "saved_s": e.saved_s,
                 "saved_pct": e.saved_pct,
             },
-            "overlaps": [{"tasks": list(pair), "patterns": list(p)} for pair, p in self.overlaps],
+            "overlaps": [
+                {
+                    "tasks": list(pair),
+                    "patterns": list(p),
+                    "only_through": self.overlap_via.get(pair),
+                }
+                for pair, p in self.overlaps
+            ],
             "skipped": self.skipped,
             "conditional": self.conditional,
             "edges": [dict(zip(("from", "to", "signal"), e, strict=True)) for e in self.edges],
@@ -238,4 +249,9 @@ def _analyze(
         policy=policy,
         graph=graph,
         limits=shared,
+        overlap_via={
+            (ids[o.a], ids[o.b]): via
+            for o in graph.overlaps
+            if (via := nesting_example(wf.tasks[ids[o.a]].owns, wf.tasks[ids[o.b]].owns))
+        },
     )

@@ -87,6 +87,34 @@ def overlapping_pairs(owns: Sequence[Sequence[str]]) -> list[tuple[int, int, tup
     return out
 
 
+def nesting_example(owns_a: Sequence[str], owns_b: Sequence[str]) -> str | None:
+    """A path showing how two tasks' `owns` meet when they meet only because a plain name
+    of one could be a directory holding a plain name of the other (`a.txt` and `b.txt`
+    both claim `b.txt/a.txt`); None when they meet otherwise, or not at all."""
+    example = None
+    for pa, pb in itertools.product(owns_a, owns_b):
+        if not globs_overlap(pa, pb):
+            continue
+        x, y = pa.strip().rstrip("/"), pb.strip().rstrip("/")
+        if not (_plain_name(x) and _plain_name(y) and x != y):
+            return None
+        example = example or f"{y}/{x}"
+    return example
+
+
+def nesting_hint(via: str) -> str:
+    """What to tell a user about an overlap `nesting_example` found."""
+    outer, inner = via.split("/")
+    return (
+        f"their owns meet only through a directory named after one of them ({via}); "
+        f"write /{inner} and /{outer} for files at the top"
+    )
+
+
+def _plain_name(pattern: str) -> bool:
+    return bool(pattern) and not any(c in pattern for c in "/*?[")
+
+
 def _head(segments: tuple[str, ...]) -> str | None:
     first = segments[0]
     return None if any(c in first for c in "*?[") else first

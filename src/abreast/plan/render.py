@@ -9,6 +9,7 @@ from abreast.gcpause import paused_gc
 from abreast.plan.analysis import Analysis
 from abreast.plan.dispatch import Policy
 from abreast.plan.graph import DEFAULT_ESTIMATE_S
+from abreast.plan.ownership import nesting_hint
 from abreast.spec.durations import format_duration as fmt
 
 FORMATS = ("table", "json", "mermaid", "dot")
@@ -115,6 +116,9 @@ def table(a: Analysis) -> str:
         out.append("ownership overlaps (abreast never runs these side by side):")
         for (x, y), pats in a.overlaps:
             out.append(f"  {x} <-> {y}: {', '.join(pats)}")
+            via = a.overlap_via.get((x, y))
+            if via:
+                out.append(f"    ({nesting_hint(via)})")
     else:
         out.append("ownership overlaps: none")
     if a.skipped:
