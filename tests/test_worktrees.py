@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -349,6 +350,44 @@ def test_sigkill_during_merge_or_checks_lands_each_task_once_and_only_checked(
     assert sorted(landed) == sorted(tasks)  # every task exactly once
     for i in range(4):
         assert show(repo, ref, f"f{i}.txt") == f"{i}\n"
+
+
+def test_resume_removes_the_worktrees_and_heartbeats_of_attempts_it_killed(repo: Path) -> None:
+    started = repo.parent / "started"
+    tasks = {
+        f"t{i}": {
+            "run": f'echo x >> {started}; [ "$ABREAST_ATTEMPT" = 1 ] && sleep 30; '
+            f"echo {i} > f{i}.txt"
+        }
+        for i in range(2)
+    }
+    path = workflow(repo, tasks, max_parallel=2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    run_id = proc.stdout.readline()[5:].strip()
+    wait_for(
+        lambda: started.exists() and len(started.read_text().split()) == 2,
+        timeout=30,
+        what="both tasks to start",
+    )
+    coord = sqlite3.connect(repo / ".abreast" / "coord.db")
+    beats = f"SELECT COUNT(*) FROM heartbeats WHERE key LIKE 'attempt:{run_id}/%'"
+    wait_for(lambda: coord.execute(beats).fetchone()[0] == 2, what="both tasks' heartbeats")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    assert run_id in git(repo, "worktree", "list")  # the killed attempts' worktrees
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=repo)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert show(repo, integration(run_id), "f1.txt") == "1\n"
+    assert run_id not in git(repo, "worktree", "list")  # none left behind
+    assert coord.execute(beats).fetchone()[0] == 0  # nor heartbeats of the killed attempts
+    coord.close()
 
 
 def test_16_processes_add_and_remove_worktrees_concurrently(repo: Path) -> None:

@@ -538,6 +538,7 @@ async def _resume(
         for line in await asyncio.to_thread(repair, location.root, row.id):
             view.note(line)
     supervisor = _supervisor(p, row.id, journal)
+    supervisor.forget_attempts([(task, n) for task, (n, _) in interrupted.items()])
     keys = _keys(p, supervisor, journal, row.id)
     if keys is not None:
         keys.start()

@@ -178,6 +178,15 @@ class Supervisor:
                     self.coord.forget(w.key)
         return w.peak_rss
 
+    def forget_attempts(self, attempts: list[tuple[str, int]]) -> None:
+        """Drop the heartbeats of attempts a dead orchestrator watched (resume ended them),
+        so that nothing later takes them for orphans or `cleanup` for leftovers."""
+        if self.coord is None:
+            return
+        for task_id, attempt in attempts:
+            with contextlib.suppress(CoordError):
+                self.coord.forget(f"attempt:{self.run_id}/{task_id}/{attempt}")
+
     def release_unused(self, leases: list[Lease]) -> None:
         """Leases taken for an attempt that then never started."""
         if self.coord is None:

@@ -28,6 +28,9 @@ class WorktreePool:
         self._cleaning: set[Path] = set()
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abreast-clean")
         self._all: set[Path] = set()
+        # An earlier orchestrator's worktrees kept for work still to be taken in: removed
+        # at close unless the run claimed them (an attempt killed by resume has none).
+        self._reserved: set[Path] = set()
         self._next = 0
         self.created = 0
         self.reused = 0
@@ -43,7 +46,9 @@ class WorktreePool:
             self._next = max(self._next, _number(path) + 1)
             if path.resolve() in known:
                 self._all.add(path)
-                if path not in reserved:
+                if path in reserved:
+                    self._reserved.add(path)
+                else:
                     self._idle[path] = (False, False)
 
     def acquire(self, branch: str | None, commit: str) -> Path:
@@ -101,11 +106,13 @@ class WorktreePool:
         with self._lock:
             while path in self._cleaning:
                 self._lock.wait(timeout=5)
+            self._reserved.discard(path)
             return self._idle.pop(path, None) is not None
 
     def claim(self, path: Path) -> None:
         """Count an existing worktree as in use by the pool (one an earlier orchestrator made)."""
         with self._lock:
+            self._reserved.discard(path)
             self._all.add(path)
 
     def keep(self, path: Path) -> None:
@@ -115,10 +122,12 @@ class WorktreePool:
             self._all.discard(path)
 
     def close(self) -> None:
-        """Remove the idle worktrees (kept ones stay until `abreast cleanup`)."""
+        """Remove the idle worktrees, and reserved ones nobody claimed (kept ones stay
+        until `abreast cleanup`)."""
         self._cleaner.shutdown(wait=True)
         with self._lock:
-            idle, self._idle = list(self._idle), {}
+            idle, self._idle = [*self._idle, *self._reserved], {}
+            self._reserved = set()
             self._all.difference_update(idle)
         for path in idle:
             self.repo.worktree_remove(path)
