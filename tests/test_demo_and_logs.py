@@ -85,3 +85,27 @@ def test_commands_that_only_read_the_journal_load_neither_engine_nor_models(
     ).stdout
     assert "hi" in out  # the log was printed
     assert out.strip().endswith("codes [0, 0, 0, 0] heavy []")
+
+
+def test_a_run_whose_reader_goes_away_carries_on(tmp_path: Path) -> None:
+    # `abreast run wf | head -1`: the pipe breaks at the next line; the run must not die.
+    wf = tmp_path / "w.json"
+    tasks = {f"t{i}": {"run": "sleep 0.2", "needs": [f"t{i - 1}"] if i else []} for i in range(3)}
+    wf.write_text(json.dumps({"version": 1, "name": "pipe", "isolation": "none", "tasks": tasks}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "run", str(wf), "--no-monitor", "--plain"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    run_id = proc.stdout.readline()[5:].strip()
+    proc.stdout.close()  # the reader is gone
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    status = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
+    assert status["state"] == "succeeded"
+    assert [t["state"] for t in status["tasks"]] == ["succeeded"] * 3

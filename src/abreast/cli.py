@@ -546,6 +546,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["lock"] and "--" in argv:
         split = argv.index("--")
         argv, command = argv[:split], argv[split + 1 :]
+    from abreast.observe.output import guard_standard_streams
+
+    guard_standard_streams()  # a reader that goes away (`| head`) must not end a run
     try:
         args = parser.parse_args(argv)
         args.cmd = command

@@ -1,0 +1,66 @@
+"""Standard output that survives its reader going away.
+
+`abreast run wf.yaml | head`, or a pager quit early: the pipe breaks, and a write
+raises BrokenPipeError. A run must not die of it (its tasks and the journal are the
+point, the lines are a view of them), so from then on the stream's file descriptor
+points at /dev/null and writes succeed quietly; the journal, `abreast status` and
+`abreast logs` still have everything.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import TextIO
+
+
+class PipeSafe(io.TextIOBase):
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._silence()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._silence()
+
+    def _silence(self) -> None:
+        self.broken = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self._stream.fileno())
+            finally:
+                os.close(devnull)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+
+    def isatty(self) -> bool:
+        return not self.broken and self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._stream.encoding
+
+
+def guard_standard_streams() -> None:
+    """Make sys.stdout and sys.stderr PipeSafe (once)."""
+    import sys
+
+    if not isinstance(sys.stdout, PipeSafe):
+        sys.stdout = PipeSafe(sys.stdout)
+    if not isinstance(sys.stderr, PipeSafe):
+        sys.stderr = PipeSafe(sys.stderr)
