@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -346,9 +347,24 @@ def test_status_json_reports_every_task(tmp_path: Path, cli) -> None:  # type: i
     }
     assert tasks["a"]["state"] == "succeeded"
     assert tasks["b"]["exit_code"] == 2
-    assert tasks["a"]["peak_rss_bytes"] > 0
+    assert isinstance(tasks["a"]["peak_rss_bytes"], int)
     listing = cli("status", "--state", state).out
     assert run_id in listing and "failed" in listing
+
+
+def test_peak_rss_is_the_tasks_own_not_the_orchestrators(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # Linux starts a child's maxrss at its parent's peak: `true` spawned from a 40 MB
+    # orchestrator reports 40 MB through wait4. Only the task's own figure may show.
+    big = f"{sys.executable} -c 'x = bytearray(300 * 2**20); x[::4096] = b\"1\" * len(x[::4096])'"
+    path = workflow(tmp_path, {"small": {"run": "true"}, "big": {"run": big}})
+    run_id = run_id_of(cli("run", str(path), "--no-monitor").out)
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    tasks = {
+        t["id"]: t
+        for t in json.loads(cli("status", run_id, "--json", "--state", state).out)["tasks"]
+    }
+    assert tasks["big"]["peak_rss_bytes"] >= 300 * 2**20
+    assert tasks["small"]["peak_rss_bytes"] < 20 * 2**20  # a shell running `true`: a few MB at most
 
 
 @pytest.mark.parametrize(
