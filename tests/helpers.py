@@ -10,6 +10,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 PY = sys.executable
 
@@ -89,3 +90,21 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def start_run(path: Path, *args: str, cwd: Path | None = None) -> tuple[Any, str]:
+    """`abreast run PATH --no-monitor --plain ARGS` in the background, with its run id
+    (read from its first line). Returns (the Popen, the run id)."""
+    import subprocess
+
+    proc = subprocess.Popen(
+        [PY, "-m", "abreast", "run", str(path), "--no-monitor", "--plain", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("run: "), line
+    return proc, line[5:].strip()

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import run_abreast
-from tests.helpers import wait_for
+from tests.helpers import start_run, wait_for
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
@@ -92,15 +92,8 @@ def test_a_run_whose_reader_goes_away_carries_on(tmp_path: Path) -> None:
     wf = tmp_path / "w.json"
     tasks = {f"t{i}": {"run": "sleep 0.2", "needs": [f"t{i - 1}"] if i else []} for i in range(3)}
     wf.write_text(json.dumps({"version": 1, "name": "pipe", "isolation": "none", "tasks": tasks}))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "abreast", "run", str(wf), "--no-monitor", "--plain"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, run_id = start_run(wf, cwd=tmp_path)
     assert proc.stdout is not None and proc.stderr is not None
-    run_id = proc.stdout.readline()[5:].strip()
     proc.stdout.close()  # the reader is gone
     err = proc.stderr.read()
     proc.stderr.close()

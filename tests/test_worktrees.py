@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_abreast
-from tests.helpers import PY, wait_for
+from tests.helpers import PY, start_run, wait_for
 
 
 def git(repo: Path, *args: str) -> str:
@@ -323,15 +323,7 @@ def test_sigkill_during_merge_or_checks_lands_each_task_once_and_only_checked(
     )
     tasks = {f"t{i}": {"run": f"echo {i} > f{i}.txt; sleep 0.{i}"} for i in range(4)}
     path = workflow(repo, tasks, max_parallel=4, checks=[{"run": check}])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain"],
-        cwd=repo,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    run_id = proc.stdout.readline()[5:].strip()
+    proc, run_id = start_run(path, cwd=repo)
     wait_for(marker.exists, timeout=30, what="a check to start")
     if moment == "merge":
         wait_for(lambda: checked.exists(), timeout=30, what="a check to pass")
@@ -362,15 +354,7 @@ def test_resume_removes_the_worktrees_and_heartbeats_of_attempts_it_killed(repo:
         for i in range(2)
     }
     path = workflow(repo, tasks, max_parallel=2)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain"],
-        cwd=repo,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    run_id = proc.stdout.readline()[5:].strip()
+    proc, run_id = start_run(path, cwd=repo)
     wait_for(
         lambda: started.exists() and len(started.read_text().split()) == 2,
         timeout=30,
