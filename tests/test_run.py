@@ -322,8 +322,12 @@ def test_dry_run_prints_the_start_order_and_runs_nothing(tmp_path: Path, cli) ->
         if line.strip()[:1].isdigit()
     ]
     assert order == ["a", "c", "b"]
+    assert "estimate:" not in result.out  # every task has one: nothing assumed
     assert not (tmp_path / "ran").exists()
     assert not (tmp_path / ".abreast" / "state.db").exists()
+    path.write_text(path.read_text().replace(', "estimate": "1m"', ""))  # c: none
+    assumed = cli("run", str(path), "--dry-run").out
+    assert "(without an `estimate:`, counted as 1m: c)" in assumed
 
 
 def test_status_json_reports_every_task(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

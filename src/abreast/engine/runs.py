@@ -106,6 +106,16 @@ def dry_run(req: RunRequest, out: Any) -> int:
         f"estimated {format_duration(p.analysis.estimates.scheduled_s)} "
         f"(one at a time: {format_duration(p.analysis.estimates.sequential_s)})\n"
     )
+    assumed = [t.id for t in p.analysis.tasks if not t.estimated]
+    if assumed:
+        from abreast.plan import DEFAULT_ESTIMATE_S
+
+        each = f"counted as {format_duration(DEFAULT_ESTIMATE_S)}"
+        if len(assumed) == len(p.analysis.tasks):
+            out.write(f"(no task has an `estimate:`; each is {each})\n")
+        else:
+            names = ", ".join(assumed[:8]) + (", ..." if len(assumed) > 8 else "")
+            out.write(f"(without an `estimate:`, {each}: {names})\n")
     return 0
 
 

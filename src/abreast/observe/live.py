@@ -12,7 +12,7 @@ from rich.text import Text
 
 from abreast.engine.engine import Engine, TaskRun, View
 from abreast.engine.states import TaskState
-from abreast.observe.plain import clock
+from abreast.observe.plain import clock, retry_when
 from abreast.spec.durations import format_duration
 
 _STATE_STYLE = {
@@ -99,7 +99,7 @@ class LiveView(View):
 
     def retrying(self, tr: TaskRun, delay_s: float) -> None:
         first = (tr.feedback or "").splitlines()[0] if tr.feedback else ""
-        self.console.print(Text(f"retrying {tr.id} in {delay_s:.1f}s: {first}", style="yellow"))
+        self.console.print(Text(f"retrying {tr.id} {retry_when(delay_s)}: {first}", style="yellow"))
 
     def note(self, text: str) -> None:
         self._notes.append(text)

@@ -10,6 +10,11 @@ from abreast.engine.states import TaskState
 from abreast.spec.durations import format_duration
 
 
+def retry_when(delay_s: float) -> str:
+    """`now` (a gate or conflict sends a task straight back) or `in 1.5s`."""
+    return "now" if delay_s <= 0 else f"in {delay_s:.1f}s"
+
+
 def clock(seconds: float) -> str:
     return f"{int(seconds) // 60:02d}:{seconds % 60:04.1f}"
 
@@ -40,7 +45,7 @@ class PlainView(View):
 
     def retrying(self, tr: TaskRun, delay_s: float) -> None:
         first = (tr.feedback or "").splitlines()[0] if tr.feedback else ""
-        self._line(f"retry   {tr.id} in {delay_s:.1f}s: {first}")
+        self._line(f"retry   {tr.id} {retry_when(delay_s)}: {first}")
 
     def note(self, text: str) -> None:
         self._line(text)
