@@ -50,10 +50,15 @@ class LiveView(View):
         counts = e.counts()
         total = len(e.tasks)
         done = sum(counts[s] for s in TaskState if s.terminal)
+        progress = f"{done}/{total} done  {clock(e.elapsed())}  cap {e.cap()}"
         head = Table.grid(padding=(0, 1))
+        # A narrow terminal cuts the state counts short, not the bar or the progress.
+        head.add_column(no_wrap=True, min_width=40)
+        head.add_column(no_wrap=True, min_width=len(progress))
+        head.add_column(no_wrap=True, overflow="ellipsis")
         head.add_row(
             ProgressBar(total=total, completed=done, width=40),
-            Text(f"{done}/{total} done  {clock(e.elapsed())}  cap {e.cap()}"),
+            Text(progress),
             Text(
                 " ".join(
                     f"{s.value} {c}"
