@@ -148,7 +148,12 @@ def test_the_observer_serves_the_run_and_leaves_when_it_ends(tmp_path: Path) -> 
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(3)]  # run:, metrics:, dashboard:
-        dash = next(line.split(" ", 1)[1].strip() for line in lines if "dashboard:" in line)
+        page = next(line.split(" ", 1)[1].strip() for line in lines if "dashboard:" in line)
+        run_id = lines[0].split()[1]
+        assert page.endswith(f"/runs/{run_id}")  # the address printed is the run's own page
+        status, body = get(page)
+        assert status == 200 and run_id in body
+        dash = page.removesuffix(f"runs/{run_id}")
         metrics = f"http://127.0.0.1:{mport}/metrics"
         wait_for(lambda: 'abreast_tasks{state="running"} 1.0' in get(metrics)[1], what="metrics")
         assert get(f"http://127.0.0.1:{mport}/")[0] == 404  # that port serves /metrics only
@@ -418,6 +423,17 @@ def test_report_numbers_equal_the_journal(tmp_path: Path) -> None:
     text = page.read_text()
     assert "&lt;b&gt;bold&lt;/b&gt;" in text and "<b>bold</b>" not in text
     assert "<script" not in text and "src=" not in text  # one self-contained file
+
+
+def test_report_page_says_a_failed_tasks_log_is_empty(tmp_path: Path) -> None:
+    path = write(tmp_path, {"name": "quiet", "tasks": {"q": {"run": "exit 4"}}})
+    run = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert run.code == 1
+    page = tmp_path / "r.html"
+    run_id = run.out.splitlines()[0][5:]
+    assert run_abreast("report", run_id, "--html", str(page), cwd=tmp_path).code == 0
+    text = page.read_text()
+    assert "its log is empty" in text and "<pre></pre>" not in text
 
 
 def test_a_long_critical_path_is_shortened_and_default_estimates_are_not_quoted(

@@ -315,7 +315,9 @@ def test_resume_serves_metrics_and_the_dashboard_of_the_whole_run(tmp_path: Path
     try:
         assert resumed.stdout is not None
         lines = [resumed.stdout.readline() for _ in range(3)]  # run:, metrics:, dashboard:
-        dash = next(line.split(" ", 1)[1].strip() for line in lines if "dashboard:" in line)
+        page = next(line.split(" ", 1)[1].strip() for line in lines if "dashboard:" in line)
+        assert page.endswith(f"/runs/{run_id}")
+        dash = page.removesuffix(f"runs/{run_id}")
 
         def scrape() -> str:
             try:

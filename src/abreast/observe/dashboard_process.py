@@ -131,7 +131,9 @@ class Observer:
         self.spawn()
         assert self._child is not None
         urls = ObserverUrls(
-            dashboard=_url(self._dashboard, "/"), metrics=_url(self._metrics, "/metrics")
+            # The run's own page: what `--dashboard` was asked for (`/` lists every run).
+            dashboard=_url(self._dashboard, f"/runs/{run_id}"),
+            metrics=_url(self._metrics, "/metrics"),
         )
         self._close_sockets()  # the child has its own copies
         problem = self._wait_ready()

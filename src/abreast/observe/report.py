@@ -219,7 +219,12 @@ def html_page(rep: dict[str, Any]) -> str:
     )
     failures = "".join(
         f"<h3>{e(f['task'])} ({e(f['state'])}, attempt {f['attempt']})</h3>"
-        f"<p>{e(f['reason'] or '')}</p><pre>{e(chr(10).join(f['log_tail']))}</pre>"
+        f"<p>{e(f['reason'] or '')}</p>"
+        + (
+            f"<pre>{e(chr(10).join(f['log_tail']))}</pre>"
+            if f["log_tail"]
+            else "<p><i>its log is empty</i></p>"
+        )
         for f in rep["failures"]
     )
     cp = rep["critical_path"]

@@ -79,7 +79,8 @@ function drawTimeline(snap) {
   const start = snap.run.started_at, end = snap.run.finished_at || snap.now;
   const span = Math.max(1, end - start), width = 900, row = 18;
   const ids = [...new Set(snap.attempts.map(a => a.task))];
-  const svg = el("svg:svg", {width: width + 160, height: 20 + ids.length * row});
+  const vw = width + 160, vh = 20 + ids.length * row;  // scales down to a narrow window
+  const svg = el("svg:svg", {width: vw, height: vh, viewBox: `0 0 ${vw} ${vh}`, class: "fit"});
   ids.forEach((id, i) => svg.append(el("svg:text", {x: 0, y: 10 + i * row + row / 2}, id)));
   for (const a of snap.attempts) {
     if (!a.started_at) continue;
@@ -96,7 +97,7 @@ function drawTimeline(snap) {
 function list(id, items, line) {
   const box = document.getElementById(id);
   box.replaceChildren(...items.map(x => el("li", {}, line(x))));
-  if (!items.length) box.append(el("li", {}, "none"));
+  if (!items.length) box.append(el("li", {class: "none"}, "none"));
 }
 
 function render(snap) {
