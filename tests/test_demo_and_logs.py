@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,30 @@ def test_a_run_whose_reader_goes_away_carries_on(tmp_path: Path) -> None:
     status = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
     assert status["state"] == "succeeded"
     assert [t["state"] for t in status["tasks"]] == ["succeeded"] * 3
+
+
+def test_logs_follow_stops_when_its_reader_goes_away(tmp_path: Path) -> None:
+    # `abreast logs RUN TASK -f | grep -m1 ...`: once grep has its line, logs -f ends at
+    # its next write instead of following the task to its end.
+    wf = tmp_path / "w.json"
+    chatty = "i=0; while [ $i -lt 600 ]; do echo line $i; i=$((i+1)); sleep 0.1; done"
+    spec = {"version": 1, "name": "chatty", "isolation": "none", "tasks": {"t": {"run": chatty}}}
+    wf.write_text(json.dumps(spec))
+    run, run_id = start_run(wf, cwd=tmp_path)
+    try:
+        state = f"sqlite://{tmp_path}/.abreast/state.db"
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "abreast", "logs", run_id, "t", "-f", "--state", state],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert follow.stdout is not None and follow.stderr is not None
+        assert follow.stdout.readline().startswith("line ")
+        follow.stdout.close()  # the reader is gone; the task writes on for a minute
+        assert follow.wait(timeout=20) == 0
+        assert "Traceback" not in follow.stderr.read()
+        follow.stderr.close()
+    finally:
+        run.send_signal(signal.SIGINT)  # cancel the run
+        run.communicate(timeout=30)

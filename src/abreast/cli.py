@@ -359,6 +359,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.live import Live
     from rich.text import Text
 
+    from abreast.observe.output import reader_gone
+
     def frame() -> Text:
         buf = io.StringIO()
         status.print_run(journal, find_run(journal, row.id), buf)
@@ -368,6 +370,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         while status.run_state(find_run(journal, row.id)) == "running":
             time.sleep(1.0)  # a viewer re-reading the journal
             live.update(frame())
+            if reader_gone(sys.stdout):
+                return 0
         live.update(frame())
     return 0
 

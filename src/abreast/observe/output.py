@@ -56,6 +56,12 @@ class PipeSafe(io.TextIOBase):
         return self._stream.encoding
 
 
+def reader_gone(stream: object) -> bool:
+    """Whether a PipeSafe stream's reader went away: a command that only follows
+    something (`logs -f`, `status --watch`) then stops; a run carries on."""
+    return bool(getattr(stream, "broken", False))
+
+
 def guard_standard_streams() -> None:
     """Make sys.stdout and sys.stderr PipeSafe (once)."""
     import sys

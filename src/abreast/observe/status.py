@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from abreast.coord.journal import AttemptRow, Journal, RunRow
 from abreast.engine.lookup import orchestrator_alive
 from abreast.errors import UsageError
+from abreast.observe.output import reader_gone
 from abreast.spec.durations import format_duration
 
 
@@ -121,6 +122,8 @@ def show_log(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> None
             if chunk:
                 out.write(chunk.decode("utf-8", "replace"))
                 out.flush()
+                if reader_gone(out):
+                    return  # `logs -f | grep -m1 ...` found what it wanted
                 continue
             if not follow:
                 return
