@@ -13,6 +13,26 @@ CASES = {
         "version: 1\ntasks:\n  a:\n    run: x\n   b: 1\n",
         [":5: invalid YAML", "indentation"],
     ),
+    "bad_workflow_name": (  # the rule in words, not the regular expression
+        "version: 1\nname: Bad Name\ntasks:\n" + GOOD_TASK,
+        [":2: name: 'Bad Name' is not a valid workflow name", "1-63 characters of a-z"],
+    ),
+    "bad_key_variable": (
+        "version: 1\nkeys:\n  k: {from: [lower-case]}\ntasks:\n" + GOOD_TASK,
+        [":3: keys.k.from[0]: 'lower-case' is not an environment variable name"],
+    ),
+    "bad_upstream": (
+        "version: 1\nkeys:\n  k: {from: [K1], upstream: 'ftp://x'}\ntasks:\n" + GOOD_TASK,
+        [":3: keys.k.upstream: 'ftp://x' is not an http:// or https:// URL"],
+    ),
+    "needs_not_a_list": (
+        "version: 1\ntasks:\n  a: {run: x, needs: b}\n  b: {run: y}\n",
+        [":3: tasks.a.needs: should be a list (got 'b')", 'hint: write needs: ["b"]'],
+    ),
+    "env_not_a_mapping": (
+        "version: 1\ntasks:\n  a: {run: x, env: [X]}\n",
+        [":3: tasks.a.env: should be a mapping of names to values", "write env: {NAME: value}"],
+    ),
     "unclosed_quote": (  # named where the quote opens, not after the last line
         'version: 1\ntasks:\n  a:\n    run: "echo hi\n',
         [":4: invalid YAML", "quoted scalar that starts on this line", "close the quote"],

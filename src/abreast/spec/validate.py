@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 import types
 import typing
@@ -204,6 +205,22 @@ class _Validator:
             self.problem(path, f"{where}: {msg}")
         elif kind == "too_short" and path[-1:] == ("tasks",):
             self.problem(path, "the workflow has no tasks", hint="add at least one under `tasks:`")
+        elif kind == "list_type" and isinstance(err.get("input"), str | int | float):
+            key, value = path[-1], err["input"]
+            self.problem(
+                path,
+                f"{where}: should be a list (got {value!r})",
+                hint=f"write {key}: [{json.dumps(value)}]",
+            )
+        elif kind == "dict_type":
+            self.problem(
+                path,
+                f"{where}: should be a mapping of names to values",
+                hint=f"write {path[-1]}: {{NAME: value}}, or one NAME: value per line below it",
+            )
+        elif kind == "string_pattern_mismatch" and err["ctx"]["pattern"] in _PATTERN_RULES:
+            rule, hint = _PATTERN_RULES[err["ctx"]["pattern"]]
+            self.problem(path, f"{where}: {err.get('input')!r} is not {rule}", hint=hint)
         else:
             shown = err.get("input")
             got = f" (got {shown!r})" if not isinstance(shown, dict | list) else ""
@@ -430,6 +447,22 @@ def _plain(task: Task, index: dict[str, int], wf: Workflow) -> bool:
         return False
     tid = task.id
     return all(n in index and n != tid for n in task.needs)
+
+
+# The patterns of model.py, in words: (what the value must be, a hint).
+_PATTERN_RULES = {
+    f"^({TASK_ID_PATTERN})?$": (
+        "a valid workflow name",
+        "1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit "
+        "(it becomes part of run ids and branch names)",
+    ),
+    f"^{ENV_PATTERN}$": (
+        "an environment variable name",
+        "letters, digits and '_', not starting with a digit, e.g. ANTHROPIC_API_KEY_1",
+    ),
+    r"^https?://": ("an http:// or https:// URL", "e.g. https://api.anthropic.com"),
+    r"^(nats|tls)://": ("a NATS URL", "e.g. nats://127.0.0.1:4222"),
+}
 
 
 def owns_problem(pattern: str) -> str | None:
