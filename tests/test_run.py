@@ -490,3 +490,16 @@ def test_journal_survives_16_concurrent_writers(tmp_path: Path) -> None:
     assert not any("locked" in e for e in errors)
     count = sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0]
     assert count == 16 * 150
+
+
+def test_outside_git_the_run_says_tasks_share_the_directory(tmp_path: Path) -> None:
+    spec = {"version": 1, "name": "nogit", "tasks": {"a": {"run": "true"}}}
+    (tmp_path / "w.json").write_text(json.dumps(spec))
+    run = run_abreast("run", str(tmp_path / "w.json"), "--no-monitor", "--plain", cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert "is not in a git repository, so tasks run in it directly" in run.err
+    meant = tmp_path / "meant"
+    meant.mkdir()
+    (meant / "w.json").write_text(json.dumps({**spec, "isolation": "none"}))
+    quiet = run_abreast("run", str(meant / "w.json"), "--no-monitor", "--plain", cwd=meant)
+    assert quiet.code == 0 and "not in a git repository" not in quiet.err

@@ -280,6 +280,13 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
             hint="use a-z, 0-9, '_' and '-', starting with a letter or digit",
         )
     kind = "none" if req.isolation is not None else isolation_kind(p.wf, p.location)
+    if kind == "none" and req.isolation is None and p.wf.isolation is None:
+        print(
+            f"note: {p.location.root} is not in a git repository, so tasks run in it "
+            "directly, side by side (isolation: none); `git init` there gives each task "
+            "a worktree of its own, or set `isolation: none` to say this is meant",
+            file=sys.stderr,
+        )
     base_commit = _base_commit(p, kind, lambda text: print(text, file=sys.stderr))
     for (x, y), via in p.analysis.overlap_via.items():
         print(f"note: {x} and {y} never run side by side: {nesting_hint(via)}", file=sys.stderr)
