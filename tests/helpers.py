@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -92,11 +93,9 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def start_run(path: Path, *args: str, cwd: Path | None = None) -> tuple[Any, str]:
+def start_run(path: Path, *args: str, cwd: Path | None = None) -> tuple[subprocess.Popen[str], str]:
     """`abreast run PATH --no-monitor --plain ARGS` in the background, with its run id
     (read from its first line). Returns (the Popen, the run id)."""
-    import subprocess
-
     proc = subprocess.Popen(
         [PY, "-m", "abreast", "run", str(path), "--no-monitor", "--plain", *args],
         cwd=cwd,
@@ -108,3 +107,11 @@ def start_run(path: Path, *args: str, cwd: Path | None = None) -> tuple[Any, str
     line = proc.stdout.readline()
     assert line.startswith("run: "), line
     return proc, line[5:].strip()
+
+
+def write_workflow(root: Path, name: str, tasks: dict[str, Any], **top: Any) -> Path:
+    """ROOT/w.json: a workflow of `tasks` with `isolation: none` (unless `top` says)."""
+    path = root / "w.json"
+    spec = {"version": 1, "name": name, "isolation": "none", **top, "tasks": tasks}
+    path.write_text(json.dumps(spec))
+    return path

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import run_abreast
-from tests.helpers import start_run, wait_for
+from tests.helpers import start_run, wait_for, write_workflow
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
@@ -62,9 +62,7 @@ def test_commands_that_only_read_the_journal_load_neither_engine_nor_models(
     tmp_path: Path,
 ) -> None:
     """`status`, `logs` and `report` start in about 0.1 s: no pydantic, no asyncio."""
-    wf = tmp_path / "w.json"
-    spec = {"version": 1, "name": "light", "isolation": "none", "tasks": {"t": {"run": "echo hi"}}}
-    wf.write_text(json.dumps(spec))
+    wf = write_workflow(tmp_path, "light", {"t": {"run": "echo hi"}})
     run = run_abreast("run", str(wf), "--no-monitor", "--plain", cwd=tmp_path)
     assert run.code == 0, run.err
     run_id = run.out.splitlines()[0][5:]
@@ -90,9 +88,8 @@ def test_commands_that_only_read_the_journal_load_neither_engine_nor_models(
 
 def test_a_run_whose_reader_goes_away_carries_on(tmp_path: Path) -> None:
     # `abreast run wf | head -1`: the pipe breaks at the next line; the run must not die.
-    wf = tmp_path / "w.json"
     tasks = {f"t{i}": {"run": "sleep 0.2", "needs": [f"t{i - 1}"] if i else []} for i in range(3)}
-    wf.write_text(json.dumps({"version": 1, "name": "pipe", "isolation": "none", "tasks": tasks}))
+    wf = write_workflow(tmp_path, "pipe", tasks)
     proc, run_id = start_run(wf, cwd=tmp_path)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # the reader is gone
@@ -108,10 +105,8 @@ def test_a_run_whose_reader_goes_away_carries_on(tmp_path: Path) -> None:
 def test_logs_follow_stops_when_its_reader_goes_away(tmp_path: Path) -> None:
     # `abreast logs RUN TASK -f | grep -m1 ...`: once grep has its line, logs -f ends at
     # its next write instead of following the task to its end.
-    wf = tmp_path / "w.json"
     chatty = "i=0; while [ $i -lt 600 ]; do echo line $i; i=$((i+1)); sleep 0.1; done"
-    spec = {"version": 1, "name": "chatty", "isolation": "none", "tasks": {"t": {"run": chatty}}}
-    wf.write_text(json.dumps(spec))
+    wf = write_workflow(tmp_path, "chatty", {"t": {"run": chatty}})
     run, run_id = start_run(wf, cwd=tmp_path)
     try:
         state = f"sqlite://{tmp_path}/.abreast/state.db"

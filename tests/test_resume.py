@@ -15,7 +15,7 @@ import pytest
 
 from abreast.executor.process import marked_processes
 from tests.conftest import run_abreast
-from tests.helpers import wait_for
+from tests.helpers import start_run, wait_for, write_workflow
 
 
 def crash_workflow(root: Path, n: int = 12, seed: int = 0) -> Path:
@@ -39,22 +39,6 @@ def crash_workflow(root: Path, n: int = 12, seed: int = 0) -> Path:
     return path
 
 
-def start(path: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def first_line(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("run: "), line
-    return line[5:].strip()
-
-
 def kill9(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)  # reaps it and closes its pipes
@@ -74,8 +58,7 @@ def test_sigkill_anywhere_then_resume_runs_every_task_exactly_once(
 ) -> None:
     n = 12
     path = crash_workflow(tmp_path, n, seed)
-    proc = start(path)
-    run_id = first_line(proc)
+    proc, run_id = start_run(path)
     wait_for(lambda: sum(counts(tmp_path, n).values()) >= after_done, what="tasks to finish")
     time.sleep(random.Random(seed).uniform(0, 0.1))  # a random instant, on purpose
     kill9(proc)
@@ -105,8 +88,7 @@ def test_resume_kills_strays_and_reruns_what_was_running(tmp_path: Path) -> None
             }
         )
     )
-    proc = start(path)
-    run_id = first_line(proc)
+    proc, run_id = start_run(path)
     wait_for(lambda: (tmp_path / "pids").exists(), what="the task to start")
     kill9(proc)
     first_pid = int((tmp_path / "pids").read_text().split()[0])
@@ -143,8 +125,7 @@ def test_an_attempt_killed_by_resume_is_rerun_not_failed_by_its_exit_status(
             }
         )
     )
-    proc = start(path)
-    run_id = first_line(proc)
+    proc, run_id = start_run(path)
     wait_for(lambda: (tmp_path / "started").exists(), what="the task to start")
     kill9(proc)
     state = f"sqlite://{tmp_path}/.abreast/state.db"
@@ -170,8 +151,7 @@ def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(tmp_path: Pat
             }
         )
     )
-    proc = start(path)
-    run_id = first_line(proc)
+    proc, run_id = start_run(path)
     wait_for(lambda: (tmp_path / "a").exists(), what="a to start")
     kill9(proc)
     exits = tmp_path / ".abreast" / "runs" / run_id / "exits"
@@ -193,8 +173,7 @@ def test_resume_refuses_a_changed_workflow_unless_forced(tmp_path: Path) -> None
         "tasks": {"a": {"run": f"touch {tmp_path}/started; sleep 30"}},
     }
     path.write_text(json.dumps(spec))
-    proc = start(path)
-    run_id = first_line(proc)
+    proc, run_id = start_run(path)
     wait_for(lambda: (tmp_path / "started").exists(), what="a to start")
     kill9(proc)
     spec["tasks"]["a"]["run"] = "true"
@@ -208,19 +187,8 @@ def test_resume_refuses_a_changed_workflow_unless_forced(tmp_path: Path) -> None
 
 
 def test_resume_refuses_a_run_whose_orchestrator_lives(tmp_path: Path) -> None:
-    path = tmp_path / "w.json"
-    path.write_text(
-        json.dumps(
-            {
-                "version": 1,
-                "name": "alive",
-                "isolation": "none",
-                "tasks": {"a": {"run": f"touch {tmp_path}/started; sleep 30"}},
-            }
-        )
-    )
-    proc = start(path)
-    run_id = first_line(proc)
+    path = write_workflow(tmp_path, "alive", {"a": {"run": f"touch {tmp_path}/started; sleep 30"}})
+    proc, run_id = start_run(path)
     try:
         wait_for(lambda: (tmp_path / "started").exists(), what="a to start")
         state = f"sqlite://{tmp_path}/.abreast/state.db"
@@ -236,19 +204,10 @@ def test_resume_refuses_a_run_whose_orchestrator_lives(tmp_path: Path) -> None:
 def test_an_orchestrator_killed_but_not_yet_reaped_counts_as_dead(tmp_path: Path) -> None:
     # A SIGKILLed orchestrator stays a zombie until its parent reaps it (in a container
     # without an init that reaps, forever); its /proc entry and start time remain.
-    path = tmp_path / "w.json"
-    path.write_text(
-        json.dumps(
-            {
-                "version": 1,
-                "name": "zombie",
-                "isolation": "none",
-                "tasks": {"a": {"run": f"touch {tmp_path}/started; sleep 0.5"}},
-            }
-        )
+    path = write_workflow(
+        tmp_path, "zombie", {"a": {"run": f"touch {tmp_path}/started; sleep 0.5"}}
     )
-    proc = start(path)
-    run_id = first_line(proc)
+    proc, run_id = start_run(path)
     try:
         wait_for(lambda: (tmp_path / "started").exists(), what="a to start")
         proc.send_signal(signal.SIGKILL)
@@ -280,8 +239,7 @@ def test_resume_serves_metrics_and_the_dashboard_of_the_whole_run(tmp_path: Path
             }
         )
     )
-    proc = start(path)
-    run_id = first_line(proc)
+    proc, run_id = start_run(path)
     state_db = tmp_path / ".abreast" / "state.db"
 
     def second_started() -> bool:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -280,22 +281,26 @@ def _finish(outcome: RunOutcome) -> int:
     return 0 if outcome.state == "succeeded" else 1
 
 
-def _observer(args: argparse.Namespace) -> Observer | None:
-    """The run's observer, for --dashboard / --metrics-port: its ports bound (a busy one
-    stops us before anything is written) and its process started now, so that its start-up
-    overlaps ours."""
-    if args.dashboard is None and args.metrics_port is None:
-        return None
+@contextlib.contextmanager
+def _observing(args: argparse.Namespace, wanted: bool = True) -> Iterator[Observer | None]:
+    """The run's observer, for --dashboard / --metrics-port (None without them): its ports
+    bound (a busy one stops us before anything is written) and its process started now, so
+    that its start-up overlaps ours; stopped when the command ends."""
+    if not wanted or (args.dashboard is None and args.metrics_port is None):
+        yield None
+        return
     from abreast.observe.dashboard_process import Observer
 
     observer = Observer(args.dashboard, args.metrics_port)
-    observer.spawn()
-    return observer
+    try:
+        observer.spawn()
+        yield observer
+    finally:
+        observer.stop()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    observer = None if args.dry_run else _observer(args)
-    try:
+    with _observing(args, wanted=not args.dry_run) as observer:
         from abreast.engine.runs import RunRequest, dry_run, start_run
 
         req = RunRequest(
@@ -312,14 +317,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.dry_run:
             return dry_run(req, sys.stdout)
         return _finish(start_run(req, _view(args.plain), _announce))
-    finally:
-        if observer is not None:
-            observer.stop()
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    observer = _observer(args)
-    try:
+    with _observing(args) as observer:
         from abreast.engine.runs import resume_run
 
         outcome = resume_run(
@@ -331,9 +332,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
             monitor=not args.no_monitor,
             observer=observer,
         )
-    finally:
-        if observer is not None:
-            observer.stop()
     return _finish(outcome)
 
 

@@ -270,6 +270,11 @@ def _base_commit(p: Prepared, kind: str, announce_note: Callable[[str], None]) -
     return commit
 
 
+def _note(text: str) -> None:
+    """Something to know before the run starts, on stderr."""
+    print(text, file=sys.stderr)
+
+
 def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> RunOutcome:
     """Journal a new run, announce its id, and run it to the end."""
     p = prepare(req)
@@ -281,15 +286,14 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         )
     kind = "none" if req.isolation is not None else isolation_kind(p.wf, p.location)
     if kind == "none" and req.isolation is None and p.wf.isolation is None:
-        print(
+        _note(
             f"note: {p.location.root} is not in a git repository, so tasks run in it "
             "directly, side by side (isolation: none); `git init` there gives each task "
-            "a worktree of its own, or set `isolation: none` to say this is meant",
-            file=sys.stderr,
+            "a worktree of its own, or set `isolation: none` to say this is meant"
         )
-    base_commit = _base_commit(p, kind, lambda text: print(text, file=sys.stderr))
+    base_commit = _base_commit(p, kind, _note)
     for (x, y), via in p.analysis.overlap_via.items():
-        print(f"note: {x} and {y} never run side by side: {nesting_hint(via)}", file=sys.stderr)
+        _note(f"note: {x} and {y} never run side by side: {nesting_hint(via)}")
     sinks = _sinks(p)
     journal = Journal(p.location.journal)
     supervisor = _supervisor(p, run_id, journal)  # an unreachable backend stops us here

@@ -155,8 +155,11 @@ class Supervisor:
     # -- attempts ------------------------------------------------------------------------------
 
     def started(self, task_id: str, attempt: int, pid: int, log: str, leases: list[Lease]) -> None:
-        key = f"attempt:{self.run_id}/{task_id}/{attempt}"
-        self.watches[task_id] = Watch(key, pid, log, leases)
+        self.watches[task_id] = Watch(self._attempt_key(task_id, attempt), pid, log, leases)
+
+    def _attempt_key(self, task_id: str, attempt: int) -> str:
+        """The coordinator key an attempt's heartbeat is kept under."""
+        return f"attempt:{self.run_id}/{task_id}/{attempt}"
 
     def ended(self, task_id: str) -> int:
         """The attempt is over: release its leases, drop its heartbeat. Returns its peak RSS
@@ -185,7 +188,7 @@ class Supervisor:
             return
         for task_id, attempt in attempts:
             with contextlib.suppress(CoordError):
-                self.coord.forget(f"attempt:{self.run_id}/{task_id}/{attempt}")
+                self.coord.forget(self._attempt_key(task_id, attempt))
 
     def release_unused(self, leases: list[Lease]) -> None:
         """Leases taken for an attempt that then never started."""

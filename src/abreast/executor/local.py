@@ -100,7 +100,9 @@ class LocalExecutor:
         )
         ticks = start_ticks_between(pid, before, boot_ticks())
         now_mono, now_wall = time.monotonic(), time.time()
-        running = Running(launch, pid, pid, ticks, now_mono, now_wall, 0, parent_maxrss)
+        running = Running(
+            launch, pid, pid, ticks, now_mono, now_wall, parent_maxrss_kib=parent_maxrss
+        )
         self.running[pid] = running
         if _HAS_PIDFD:
             try:

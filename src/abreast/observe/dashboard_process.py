@@ -29,6 +29,7 @@ from pathlib import Path
 
 from abreast.coord.location import StateLocation
 from abreast.errors import UsageError
+from abreast.observe.output import redirect_fd
 
 OBSERVER_NICENESS = 10
 READY_TIMEOUT_S = 30.0  # its start-up takes about 0.2 s of CPU
@@ -92,7 +93,6 @@ class Observer:
         of CPU) overlaps the orchestrator's instead of following it."""
         if self._child is not None:
             return
-        import subprocess
         import sys
 
         argv = [sys.executable, "-m", __name__]  # not the CLI: no argparse to import
@@ -206,7 +206,7 @@ def main(argv: list[str]) -> int:
     metrics = prepare_to_serve(opts.get("--port", 0))
     with open(sys.stdout.fileno(), "wb", closefd=False) as out:
         out.write(b"ready\n")
-    _redirect(sys.stdout.fileno(), os.devnull)  # the pipe has served its purpose
+    redirect_fd(sys.stdout.fileno(), os.devnull)  # the pipe has served its purpose
     header = b""
     while not header.endswith(b"\n"):
         chunk = os.read(follow_fd, 4096)
@@ -214,7 +214,7 @@ def main(argv: list[str]) -> int:
             return 0
         header += chunk
     run = json.loads(header)
-    _redirect(sys.stderr.fileno(), run["log"])  # from now on, what goes wrong is written down
+    redirect_fd(sys.stderr.fileno(), run["log"])  # from now on, what goes wrong is written down
     location = StateLocation(
         root=Path(run["root"]),
         journal=Path(run["journal"]),
@@ -231,12 +231,6 @@ def main(argv: list[str]) -> int:
         metrics=metrics,
     )
     return 0
-
-
-def _redirect(fd: int, path: str) -> None:
-    target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(target, fd)
-    os.close(target)
 
 
 if __name__ == "__main__":

@@ -161,26 +161,19 @@ class PerTaskGauge:
         self.name = name
         self._head = f"# HELP {name} {_escape_help(documentation)}\n# TYPE {name} gauge\n"
         self._labels = labels
-        self._lines: list[str] = []
-        self._where: dict[tuple[str, ...], int] = {}
+        self._lines: dict[tuple[str, ...], str] = {}  # by label values, first set first
         self._text: bytes | None = None
 
     def set(self, values: tuple[str, ...], value: float) -> None:
         pairs = ",".join(
             f'{k}="{_escape_label(v)}"' for k, v in zip(self._labels, values, strict=True)
         )
-        line = f"{self.name}{{{pairs}}} {_number(value)}\n"
-        at = self._where.get(values)
-        if at is None:
-            self._where[values] = len(self._lines)
-            self._lines.append(line)
-        else:
-            self._lines[at] = line
+        self._lines[values] = f"{self.name}{{{pairs}}} {_number(value)}\n"
         self._text = None
 
     def exposition(self) -> bytes:
         if self._text is None:
-            self._text = (self._head + "".join(self._lines)).encode()
+            self._text = (self._head + "".join(self._lines.values())).encode()
         return self._text
 
 

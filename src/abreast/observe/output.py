@@ -9,6 +9,7 @@ points at /dev/null and writes succeed quietly; the journal, `abreast status` an
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from typing import TextIO
@@ -36,14 +37,8 @@ class PipeSafe(io.TextIOBase):
 
     def _silence(self) -> None:
         self.broken = True
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            try:
-                os.dup2(devnull, self._stream.fileno())
-            finally:
-                os.close(devnull)
-        except (OSError, ValueError, io.UnsupportedOperation):
-            pass
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            redirect_fd(self._stream.fileno(), os.devnull)
 
     def isatty(self) -> bool:
         return not self.broken and self._stream.isatty()
@@ -54,6 +49,15 @@ class PipeSafe(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return self._stream.encoding
+
+
+def redirect_fd(fd: int, path: str) -> None:
+    """Point file descriptor `fd` at `path` (appending; created if missing)."""
+    target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(target, fd)
+    finally:
+        os.close(target)
 
 
 def reader_gone(stream: object) -> bool:

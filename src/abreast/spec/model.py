@@ -22,6 +22,8 @@ from pydantic import (
 from abreast.spec.durations import parse_duration, parse_rate, parse_size
 
 TASK_ID_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
+# TASK_ID_PATTERN in words (task ids, the workflow's name, run ids)
+ID_RULE = "1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
 NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}"
 FLAG_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 ENV_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"

@@ -25,6 +25,7 @@ from abreast.spec.loader import Document, load_document
 from abreast.spec.model import (
     ENV_PATTERN,
     FLAG_PATTERN,
+    ID_RULE,
     NAME_PATTERN,
     TASK_ID_PATTERN,
     Task,
@@ -37,10 +38,7 @@ _NAME = re.compile(NAME_PATTERN)
 _FLAG = re.compile(FLAG_PATTERN)
 _ENV = re.compile(ENV_PATTERN)
 _RESERVED_ENV = "ABREAST_"
-_TASK_ID_RULE = (
-    "a task id is 1-63 characters of a-z, 0-9, '_' and '-', starting with a "
-    "letter or digit (it becomes a branch and directory name)"
-)
+_TASK_ID_RULE = f"a task id is {ID_RULE} (it becomes a branch and directory name)"
 
 
 def load_workflow(path: str | Path) -> Workflow:
@@ -453,8 +451,7 @@ def _plain(task: Task, index: dict[str, int], wf: Workflow) -> bool:
 _PATTERN_RULES = {
     f"^({TASK_ID_PATTERN})?$": (
         "a valid workflow name",
-        "1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit "
-        "(it becomes part of run ids and branch names)",
+        f"{ID_RULE} (it becomes part of run ids and branch names)",
     ),
     f"^{ENV_PATTERN}$": (
         "an environment variable name",

@@ -124,16 +124,14 @@ def _yaml_problem(e: yaml.MarkedYAMLError, text: str) -> SpecProblem:
     """Where and what: a construct left open when the file ends (an unclosed quote or
     bracket) is reported on the line where it starts, not after the file's last line."""
     mark = e.problem_mark or e.context_mark
-    problem = e.problem or "invalid YAML"
-    context = e.context or ""
+    context = e.context
     hint = "check the indentation and quoting around this line"
-    opened = e.context_mark
-    if mark is not None and opened is not None and mark.index >= len(text.rstrip()):
-        mark = opened
-        context += " that starts on this line"
+    if mark is not None and e.context_mark is not None and mark.index >= len(text.rstrip()):
+        mark = e.context_mark
+        context = f"{context} that starts on this line" if context else "that starts on this line"
         hint = "close the quote or bracket this line opens"
     return SpecProblem(
-        f"invalid YAML: {problem}" + (f" ({context.strip()})" if context.strip() else ""),
+        f"invalid YAML: {e.problem or 'invalid YAML'}" + (f" ({context})" if context else ""),
         line=mark.line + 1 if mark else None,
         hint=hint,
     )
