@@ -1,16 +1,25 @@
-"""Process facts: start times that guard every kill against pid reuse."""
+"""Process facts (start times that guard every kill against pid reuse), and how the
+local executor and the orphan reaper collect exits without taking anyone else's."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import subprocess
+import threading
+from pathlib import Path
 
+from abreast.executor.local import Exit, Launch, LocalExecutor, Running
 from abreast.executor.process import (
     boot_ticks,
+    children_zombies,
     is_same_process,
+    reap_orphans,
     start_ticks,
     start_ticks_between,
 )
+from tests.helpers import wait_for
 
 
 def test_start_ticks_known_at_spawn_equal_those_proc_reports() -> None:
@@ -39,3 +48,73 @@ def test_a_gone_process_has_no_start_time() -> None:
     os.waitpid(pid, 0)
     assert start_ticks(pid) is None
     assert not is_same_process(pid, boot_ticks())
+
+
+def _launch(d: Path, task_id: str, command: str) -> Launch:
+    return Launch(
+        "r", task_id, 1, command, str(d), dict(os.environ), f"{d}/{task_id}.log", f"{d}/exits"
+    )
+
+
+def _zombie(pid: int) -> bool:
+    return pid in [p for p, _ in children_zombies(os.getpid())]
+
+
+async def _run_all(d: Path, commands: dict[str, str], before: float = 10.0) -> dict[str, Exit]:
+    """Start `commands` through a LocalExecutor and collect how each ended."""
+    done: dict[str, Exit] = {}
+    all_ended = asyncio.Event()
+
+    def on_exit(running: Running, exit_: Exit) -> None:
+        done[running.launch.task_id] = exit_
+        if len(done) == len(commands):
+            all_ended.set()
+
+    executor = LocalExecutor(on_exit)
+    try:
+        for task_id, command in commands.items():
+            executor.start(_launch(d, task_id, command))
+        await asyncio.wait_for(all_ended.wait(), before)
+    finally:
+        executor.close()
+    assert not executor.running
+    return done
+
+
+def test_the_executor_reaps_its_own_processes_and_no_other(tmp_path: Path) -> None:
+    # A child of ours that the executor did not start has ended and waits to be reaped
+    # by its owner when the executor's processes end (SIGCHLD for each).
+    other = subprocess.Popen(["/bin/sh", "-c", "exit 3"])
+    wait_for(lambda: _zombie(other.pid), what="the other child to end")
+    done = asyncio.run(
+        _run_all(tmp_path, {"ok": "true", "five": "exit 5", "term": "kill -TERM $$"})
+    )
+    assert (done["ok"].exit_code, done["five"].exit_code) == (0, 5)
+    assert done["term"].signal == signal.SIGTERM and done["term"].exit_code is None
+    assert other.wait(timeout=10) == 3  # its status was left to it
+
+
+def test_off_the_main_thread_the_executor_watches_each_process_instead(tmp_path: Path) -> None:
+    result: dict[str, dict[str, Exit]] = {}
+
+    def in_thread() -> None:
+        result["done"] = asyncio.run(_run_all(tmp_path, {"seven": "exit 7", "ok": "true"}))
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive()
+    assert result["done"]["seven"].exit_code == 7
+    assert result["done"]["ok"].exit_code == 0
+
+
+def test_orphan_reaping_takes_zombies_of_other_sessions_only() -> None:
+    # In our session: a child some code of ours started (a check, a git command) and
+    # will wait for. Reaping it would lose its status: Popen would then report 0.
+    ours = subprocess.Popen(["/bin/sh", "-c", "exit 3"])
+    # In a session of its own, as a task's orphaned descendant is.
+    adopted = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", "exit 4"], {}, setsid=True)
+    wait_for(lambda: _zombie(ours.pid) and _zombie(adopted), what="both to end")
+    reap_orphans(set())
+    assert not _zombie(adopted)  # reaped
+    assert ours.wait(timeout=10) == 3

@@ -13,6 +13,7 @@ cut. `busy_timeout` lets many processes (tasks calling `abreast signal`,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -295,39 +296,31 @@ class Journal:
         attempts, self._attempt_updates = self._attempt_updates, {}
         new_attempts, self._new_attempts = self._new_attempts, []
         events, self._events = self._events, []
+        db = self._db
+        last = 0
         try:
-            with self._transaction() as db:
-                for cols, rows in _group(new_attempts):
-                    marks = ", ".join("?" for _ in cols)
-                    db.executemany(
-                        f"INSERT INTO attempts ({', '.join(cols)}) VALUES ({marks})",
-                        rows,
-                    )
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for cols, rows in _group(new_attempts).items():
+                    db.executemany(_insert_attempt_sql(cols), rows)
                 for sql, params in pending:
                     db.execute(sql, params)
-                for set_clause, rows in _updates(tasks):
-                    db.executemany(
-                        f"UPDATE tasks SET {set_clause} WHERE run_id = ? AND task_id = ?",
-                        rows,
-                    )
-                for set_clause, rows in _updates(attempts):
-                    db.executemany(
-                        f"UPDATE attempts SET {set_clause} "
-                        "WHERE run_id = ? AND task_id = ? AND attempt = ?",
-                        rows,
-                    )
-                last = 0
+                for cols, rows in _updates(tasks).items():
+                    db.executemany(_update_task_sql(cols), rows)
+                for cols, rows in _updates(attempts).items():
+                    db.executemany(_update_attempt_sql(cols), rows)
                 if events:
-                    db.executemany(
-                        "INSERT INTO events (run_id, ts, type, task_id, data) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        events,
-                    )
-                    # One writer at a time: the batch's sequence numbers are consecutive.
-                    last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+                    db.executemany(_INSERT_EVENT, events)
+                    if self.listeners:
+                        # One writer at a time: the batch's sequence numbers are consecutive.
+                        last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
         except sqlite3.Error as e:
             raise StateError(f"cannot write the journal at {self.path}: {e}") from e
-        if events and self.listeners:
+        if last:
             committed = [
                 EventRow(last - len(events) + 1 + i, run, ts, kind, task, json.loads(data))
                 for i, (run, ts, kind, task, data) in enumerate(events)
@@ -356,7 +349,7 @@ class Journal:
                 time.time() if ts is None else ts,
                 type_,
                 task_id,
-                json.dumps(data, default=str) if data else "{}",
+                _encode(data) if data else "{}",
             )
         )
 
@@ -533,20 +526,55 @@ class Journal:
         ).fetchall()
 
 
-def _group(rows: list[tuple[Any, ...]]) -> list[tuple[tuple[str, ...], list[Any]]]:
-    """(columns, value rows) grouped by columns, keeping first-seen order."""
+_INSERT_EVENT = "INSERT INTO events (run_id, ts, type, task_id, data) VALUES (?, ?, ?, ?, ?)"
+# json.dumps(data, default=str) builds an encoder per call; events are many and small.
+_encode = json.JSONEncoder(default=str).encode
+
+
+def _group(rows: list[tuple[Any, ...]]) -> dict[tuple[str, ...], list[Any]]:
+    """Value rows grouped by their columns, keeping first-seen order."""
     out: dict[tuple[str, ...], list[Any]] = {}
     for cols, values in rows:
-        out.setdefault(cols, []).append(values)
-    return list(out.items())
+        if cols in out:
+            out[cols].append(values)
+        else:
+            out[cols] = [values]
+    return out
 
 
-def _updates(staged: dict[Any, dict[str, Any]]) -> list[tuple[str, list[Any]]]:
-    """Merged row updates as (SET clause, parameter rows) for executemany."""
+def _updates(staged: dict[Any, dict[str, Any]]) -> dict[tuple[str, ...], list[Any]]:
+    """Merged row updates as {columns: parameter rows (values, then the key)}."""
     out: dict[tuple[str, ...], list[Any]] = {}
     for key, fields in staged.items():
-        out.setdefault(tuple(fields), []).append((*fields.values(), *key))
-    return [(", ".join(f"{c} = ?" for c in cols), rows) for cols, rows in out.items()]
+        cols = tuple(fields)
+        row = (*fields.values(), *key)
+        if cols in out:
+            out[cols].append(row)
+        else:
+            out[cols] = [row]
+    return out
+
+
+@functools.cache
+def _insert_attempt_sql(cols: tuple[str, ...]) -> str:
+    marks = ", ".join("?" for _ in cols)
+    return f"INSERT INTO attempts ({', '.join(cols)}) VALUES ({marks})"
+
+
+@functools.cache
+def _update_task_sql(cols: tuple[str, ...]) -> str:
+    return f"UPDATE tasks SET {_set_clause(cols)} WHERE run_id = ? AND task_id = ?"
+
+
+@functools.cache
+def _update_attempt_sql(cols: tuple[str, ...]) -> str:
+    return (
+        f"UPDATE attempts SET {_set_clause(cols)} WHERE run_id = ? AND task_id = ? AND attempt = ?"
+    )
+
+
+def _set_clause(cols: tuple[str, ...]) -> str:
+    return ", ".join(f"{c} = ?" for c in cols)
 
 
 def _cols(row_type: Any) -> str:

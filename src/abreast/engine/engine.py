@@ -11,7 +11,7 @@ reported; pids learnt while spawning are committed with the next pass. If the
 orchestrator dies between a spawn and that commit, the process still carries
 the run's marker in its environment, and `resume` finds it that way.
 
-Task processes wake the loop through pidfds; timeouts, retries and the
+Task processes wake the loop through SIGCHLD; timeouts, retries and the
 resource tick are loop timers; `abreast cancel` and Ctrl-C arrive as SIGTERM
 and SIGINT; `abreast signal` as SIGUSR1. Nothing here polls.
 """
@@ -284,6 +284,7 @@ class Engine:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            self._executor.close()
             if self._tick_handle:
                 self._tick_handle.cancel()
             for tr in self.tasks:

@@ -1,6 +1,6 @@
 """The local executor: each attempt is a real process in its own session.
 
-    Launch ──start()──▶ posix_spawn(/bin/sh -c WRAPPER) ──pidfd readable──▶ on_exit(Exit)
+    Launch ──start()──▶ posix_spawn(/bin/sh -c WRAPPER) ──SIGCHLD──▶ on_exit(Exit)
 
 The wrapper opens the attempt's log (stdout and stderr go straight to it: no
 pipe a grandchild could hold open; stdin is /dev/null), changes to the task's
@@ -9,8 +9,14 @@ directory, appends "TASK.ATTEMPT STATUS" to the run's `exits` file when it ends
 watching; an O_APPEND write this small is atomic), and runs the command
 with `eval` in the same shell: one process, no interpolation of anything but
 the user's own command. Files are created by the child, after posix_spawn has
-returned, so the orchestrator never waits on the disk for them. Exit is
-noticed through a pidfd on the event loop: no thread and no polling per task.
+returned, so the orchestrator never waits on the disk for them.
+
+Exits are noticed through SIGCHLD on the event loop: on each, the executor reaps
+whichever of its own processes have ended (it never waits on a pid it did not
+start, so a `subprocess` elsewhere in the process keeps its child's status). No
+thread, no polling and no file descriptor per task. Where the loop cannot take
+signals (it is not in the main thread), each process gets a pidfd on the loop
+instead, or on a kernel without pidfds a thread that waits for it.
 """
 
 from __future__ import annotations
@@ -75,6 +81,17 @@ class LocalExecutor:
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
         self.running: dict[int, Running] = {}
+        try:
+            self._loop.add_signal_handler(signal.SIGCHLD, self._reap_ended)
+            self._on_sigchld = True
+        except (RuntimeError, ValueError):  # not the main thread: a pidfd per process
+            self._on_sigchld = False
+
+    def close(self) -> None:
+        """Stop listening for SIGCHLD (processes still running are no longer noticed)."""
+        if self._on_sigchld:
+            self._loop.remove_signal_handler(signal.SIGCHLD)
+            self._on_sigchld = False
 
     def start(self, launch: Launch) -> Running:
         parent_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -104,6 +121,8 @@ class LocalExecutor:
             launch, pid, pid, ticks, now_mono, now_wall, parent_maxrss_kib=parent_maxrss
         )
         self.running[pid] = running
+        if self._on_sigchld:
+            return running
         if _HAS_PIDFD:
             try:
                 running._pidfd = os.pidfd_open(pid)
@@ -114,6 +133,32 @@ class LocalExecutor:
         else:  # no pidfd (old kernel): one waiting thread per process
             self._loop.run_in_executor(None, self._wait_blocking, running)
         return running
+
+    def _reap_ended(self) -> None:
+        """SIGCHLD: reap every process of ours that has ended. Signals coalesce, so one
+        may stand for several exits; it may also be for a child that is not ours."""
+        while True:
+            # Peek (WNOWAIT) at one ended child: the usual case finds ours at once.
+            try:
+                found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if found is None:
+                return
+            running = self.running.get(found.si_pid)
+            if running is None:
+                break  # not ours (a subprocess, an adopted orphan): look at ours one by one
+            self._wait_for(running)
+        for running in list(self.running.values()):
+            self._wait_for(running)
+
+    def _wait_for(self, running: Running) -> None:
+        try:
+            pid, status, usage = os.wait4(running.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: the status is lost
+            pid, status, usage = running.pid, 0, None
+        if pid:
+            self._finish(running, status, _own_peak(running, usage.ru_maxrss) if usage else 0)
 
     def _reap(self, running: Running) -> None:
         try:

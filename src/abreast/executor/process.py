@@ -123,14 +123,14 @@ def members_of_group_or_session(pgid: int) -> list[int]:
     return sorted(set(group_members(pgid)) | set(_session_strays(pgid)))
 
 
-def children_zombies(parent: int) -> list[int]:
-    """Zombie children of `parent` (to reap as a subreaper)."""
+def children_zombies(parent: int) -> list[tuple[int, int]]:
+    """(pid, session id) of the zombie children of `parent` (to reap as a subreaper)."""
     out = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             fields = _stat_fields(int(name))
             if fields and fields[0] == b"Z" and int(fields[1]) == parent:
-                out.append(int(name))
+                out.append((int(name), int(fields[3])))
     return out
 
 
@@ -146,10 +146,15 @@ def become_subreaper() -> bool:
 
 
 def reap_orphans(tracked: Container[int]) -> int:
-    """Reap zombie children this process does not track itself; how many were reaped."""
+    """Reap orphans adopted from the tasks' sessions; how many were reaped.
+
+    Only zombies outside our own session: a child in it is one we started ourselves
+    (`subprocess`, a check run by asyncio) and its owner waits for it; reaping it here
+    would take its exit status (a failed command would read as a success)."""
     reaped = 0
-    for pid in children_zombies(os.getpid()):
-        if pid in tracked:
+    own_session = os.getsid(0)
+    for pid, session in children_zombies(os.getpid()):
+        if pid in tracked or session == own_session:
             continue
         try:
             os.waitpid(pid, os.WNOHANG)
