@@ -503,3 +503,46 @@ def test_outside_git_the_run_says_tasks_share_the_directory(tmp_path: Path) -> N
     (meant / "w.json").write_text(json.dumps({**spec, "isolation": "none"}))
     quiet = run_abreast("run", str(meant / "w.json"), "--no-monitor", "--plain", cwd=meant)
     assert quiet.code == 0 and "not in a git repository" not in quiet.err
+
+
+def test_an_error_while_handling_an_exit_stops_the_run_with_that_error(tmp_path: Path) -> None:
+    # Exits are handled in the callback that notices them (no loop iteration between):
+    # an error there must still come out of Engine.run, not vanish into the event loop.
+    import asyncio
+
+    from abreast.coord.journal import Journal
+    from abreast.engine.engine import Engine, EngineOptions, TaskRun, View
+    from abreast.engine.runs import RunRequest, prepare
+
+    class Broken(View):
+        def finished(self, tr: TaskRun) -> None:
+            raise RuntimeError(f"view failed on {tr.id}")
+
+    wf = workflow(tmp_path, {"a": {"run": "true"}, "b": {"run": "sleep 30"}})
+    p = prepare(RunRequest(file=wf, state=f"sqlite://{tmp_path}/state.db"))
+    journal = Journal(tmp_path / "state.db")
+    journal.create_run(
+        "r1",
+        workflow="t",
+        file=str(wf),
+        file_sha256="x",
+        root=str(tmp_path),
+        pid=0,
+        pid_start=0,
+        host="h",
+        options={},
+        task_ids=list(p.wf.tasks),
+        started_at=0.0,
+    )
+    engine = Engine(
+        p.wf, "r1", p.location, journal, p.graph, EngineOptions(cap=2, flags={}), view=Broken()
+    )
+    try:
+        # Raised when a ends, not when b would (wait_for would raise TimeoutError).
+        with pytest.raises(RuntimeError, match="view failed on a"):
+            asyncio.run(asyncio.wait_for(engine.run(), 20))
+    finally:
+        b = engine.by_id["b"].running
+        if b is not None:
+            os.killpg(b.pgid, signal.SIGKILL)
+            os.waitpid(b.pid, 0)

@@ -178,6 +178,9 @@ class Engine:
         self._d = Dispatcher(graph, _priorities(graph, order), options.policy, wave)
         self._events: list[tuple[Any, ...]] = []
         self._wake = asyncio.Event()
+        self._parked = False  # the loop waits for `_wake` with nothing left to do
+        self._stepping = False  # a pass runs in a callback (`_post_and_pass`)
+        self._inline_error: BaseException | None = None
         self._cancelling = False
         self._force_kill = False
         self._killing: set[asyncio.Task[None]] = set()
@@ -272,14 +275,17 @@ class Engine:
             self._spawn_background(self._integrate(tr, tr.attempts))
         try:
             while True:
-                launches = self._decide()
-                self.journal.commit()
-                for tr, launch in launches:
-                    self._launch(tr, launch)
+                self._pass()
                 if self._finished():
                     break
-                await self._wake.wait()
+                self._parked = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._parked = False
                 self._wake.clear()
+                if self._inline_error is not None:
+                    raise self._inline_error
                 self._handle_events()
         finally:
             for sig in installed:
@@ -296,9 +302,37 @@ class Engine:
         self.view.end()
         return outcome
 
+    def _pass(self) -> None:
+        """Start what may start: decide, journal the decisions, then act on them."""
+        launches = self._decide()
+        self.journal.commit()
+        for tr, launch in launches:
+            self._launch(tr, launch)
+
     def _post(self, *event: Any) -> None:
         self._events.append(event)
         self._wake.set()
+
+    def _post_and_pass(self, *event: Any) -> None:
+        """`_post`, then, if the loop is parked with nothing else to do, its next pass
+        right here: a process exit is handled, and the tasks it frees are started, in the
+        callback that noticed it instead of an event-loop iteration later. An error is
+        handed to the loop, which raises it."""
+        self._events.append(event)
+        if not self._parked or self._stepping or self._wake.is_set():
+            self._wake.set()
+            return
+        self._stepping = True
+        try:
+            self._handle_events()
+            self._pass()
+            if self._finished():
+                self._wake.set()
+        except BaseException as e:  # the loop raises it
+            self._inline_error = e
+            self._wake.set()
+        finally:
+            self._stepping = False
 
     def _handle_events(self) -> None:
         while self._events:
@@ -502,7 +536,7 @@ class Engine:
 
     def _process_exited(self, running: Running, exit_: Exit) -> None:
         tr = self.by_id[running.launch.task_id]
-        self._post("exit", running, tr, exit_, None)
+        self._post_and_pass("exit", running, tr, exit_, None)
 
     # -- events ------------------------------------------------------------------------------
 
