@@ -125,3 +125,25 @@ def test_logs_follow_stops_when_its_reader_goes_away(tmp_path: Path) -> None:
     finally:
         run.send_signal(signal.SIGINT)  # cancel the run
         run.communicate(timeout=30)
+
+
+def test_validating_and_running_load_pydantic_core_alone(tmp_path: Path) -> None:
+    # The workflow models are plain dataclasses checked by pydantic-core: pydantic's model
+    # layer (about 70 ms of imports and validator building) stays out of every start-up.
+    wf = write_workflow(tmp_path, "light", {"t": {"run": "true", "timeout": "1m"}})
+    probe = (
+        "import sys\n"
+        "from abreast.cli import main\n"
+        "codes = [main(a) for a in (['validate', sys.argv[1]], "
+        "['run', sys.argv[1], '--plain', '--no-monitor'])]\n"
+        "print('codes', codes, 'core', 'pydantic_core' in sys.modules, "
+        "'pydantic', 'pydantic' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(wf)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip().endswith("codes [0, 0] core True pydantic False"), out

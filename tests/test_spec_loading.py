@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,3 +148,38 @@ def test_schema_accepts_the_examples_and_rejects_unknown_keys() -> None:
     bad = {"version": 1, "tasks": {"a": {"run": "true", "retires": 2}}}
     assert any("retires" in e.message for e in validator.iter_errors(bad))
     assert list(validator.iter_errors({"version": 1, "tasks": {"a": {"timeout": "soon"}}}))
+
+
+@pytest.mark.parametrize(
+    "top",
+    [
+        {"max_parallel": 0},
+        {"max_parallel": 10_001},
+        {"tasks": {"a": {"run": "true", "retries": 101}}},
+        {"tasks": {"a": {"run": ""}}},
+        {"tasks": {}},
+        {"isolation": "vm"},
+        {"pools": {"p": 0}},
+        {"keys": {"k": {"from": []}}},
+        {"keys": {"k": {"from": ["1A"]}}},
+        {"keys": {"k": {"from": ["A"], "style": "gemini"}}},
+        {"keys": {"k": {"from": ["A"], "upstream": "ftp://x"}}},
+        {"agents": {"x": {"run": "a", "max_instances": 0}}},
+        {"events": {"nats": "http://x"}},
+        {"name": "Bad Name"},
+        {"defaults": {"backoff": {"factor": 0.5}}},
+        {"locks": {"l": {"ttl": "soon"}}},
+    ],
+)
+def test_the_schema_and_the_validator_refuse_the_same_values(top: dict[str, Any]) -> None:
+    # Both come from one walk of the model's types (spec/schema.py).
+    import jsonschema
+
+    from abreast.spec.loader import Document
+    from abreast.spec.schema import json_schema
+    from abreast.spec.validate import parse_workflow
+
+    doc = {"version": 1, "tasks": {"a": {"run": "true"}}, **top}
+    assert list(jsonschema.Draft202012Validator(json_schema()).iter_errors(doc))
+    with pytest.raises(SpecError):
+        parse_workflow(Document("w.json", doc))

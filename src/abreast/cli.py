@@ -228,7 +228,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from abreast.spec.model import json_schema
+    from abreast.spec.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0

@@ -15,12 +15,12 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic_core import ValidationError
 
 from abreast import dag
 from abreast.errors import SpecError, SpecProblem
 from abreast.gcpause import paused_gc
-from abreast.spec import conditions
+from abreast.spec import conditions, schema
 from abreast.spec.loader import Document, load_document
 from abreast.spec.model import (
     ENV_PATTERN,
@@ -46,8 +46,8 @@ def load_workflow(path: str | Path) -> Workflow:
     doc = load_document(path)
     workflow = parse_workflow(doc)
     raw = Path(path).read_bytes()
-    workflow._source = str(Path(path).resolve())
-    workflow._source_sha256 = hashlib.sha256(raw).hexdigest()
+    object.__setattr__(workflow, "source", str(Path(path).resolve()))
+    object.__setattr__(workflow, "source_sha256", hashlib.sha256(raw).hexdigest())
     return workflow
 
 
@@ -111,13 +111,7 @@ class _Validator:
         if not isinstance(defaults_raw, dict):
             self.problem(("defaults",), f"`defaults` must be a mapping, not {_kind(defaults_raw)}")
             raise self.fail()
-        if (
-            defaults_raw
-            and self._pydantic(
-                lambda: TaskFields.model_validate(defaults_raw), ("defaults",), TaskFields
-            )
-            is None
-        ):
+        if defaults_raw and self._checked(TaskFields, defaults_raw, ("defaults",)) is None:
             raise self.fail()
 
         merged: dict[str, Any] = {}
@@ -145,9 +139,7 @@ class _Validator:
         top = {k: v for k, v in data.items() if k != "tasks"}
         if tasks_raw is not None:
             top["tasks"] = merged
-        workflow: Workflow | None = self._pydantic(
-            lambda: Workflow.model_validate(top), (), Workflow
-        )
+        workflow: Workflow | None = self._checked(Workflow, top, ())
         if self.problems or workflow is None:
             raise self.fail()
         self._references(workflow)
@@ -159,19 +151,17 @@ class _Validator:
             object.__setattr__(workflow, "name", name)
         return workflow
 
-    # -- pydantic errors, in the user's terms ---------------------------------------------
+    # -- shapes and values (schema.py), errors in the user's terms ----------------------------
 
-    def _pydantic(
-        self, build: typing.Callable[[], Any], prefix: tuple[str | int, ...], model: type[BaseModel]
-    ) -> Any:
+    def _checked(self, model: type, data: Any, prefix: tuple[str | int, ...]) -> Any:
         try:
-            return build()
+            return schema.validator(model).validate_python(data)
         except ValidationError as e:
             for err in e.errors(include_url=False):
                 self._translate(err, prefix, model)
             return None
 
-    def _translate(self, err: Any, prefix: tuple[str | int, ...], model: type[BaseModel]) -> None:
+    def _translate(self, err: Any, prefix: tuple[str | int, ...], model: type) -> None:
         loc = tuple(err["loc"])
         path = (*prefix, *loc)
         # A task's field that came from `defaults` is reported there.
@@ -274,7 +264,7 @@ class _Validator:
             return
         waves, level = dag.generations(preds)
         if min(level, default=0) >= 0:
-            wf._dependency_levels = (preds, waves, level)
+            object.__setattr__(wf, "_dependency_levels", (preds, waves, level))
         for cycle in dag.find_cycles(preds):
             cycle_ids = [ids[v] for v in cycle]
             self.problem(
@@ -496,30 +486,27 @@ def _kind(value: object) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _aliases(model: type[BaseModel]) -> set[str]:
-    return {f.alias or name for name, f in model.model_fields.items() if name != "id"}
+def _aliases(model: type) -> set[str]:
+    return {key for key in schema.file_fields(model) if key != "id"}
 
 
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model describing the mapping found at `loc` under `model`."""
+def _model_at(model: type, loc: tuple[Any, ...]) -> type | None:
+    """The model class describing the mapping found at `loc` under `model`."""
     current: Any = model
     for part in loc:
         current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = next(
-                (f for n, f in current.model_fields.items() if (f.alias or n) == part or n == part),
-                None,
-            )
-            if field is None:
+        if schema.is_model(current):
+            found = schema.file_fields(current).get(part) if isinstance(part, str) else None
+            if found is None:
                 return None
-            current = field.annotation
+            current = found[1]
         elif typing.get_origin(current) in (dict, list, tuple):
             args = typing.get_args(current)
             current = args[-1] if args else None
         else:
             return None
     current = _unwrap(current)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return current if schema.is_model(current) else None
 
 
 def _unwrap(tp: Any) -> Any:
