@@ -115,3 +115,27 @@ def write_workflow(root: Path, name: str, tasks: dict[str, Any], **top: Any) -> 
     spec = {"version": 1, "name": name, "isolation": "none", **top, "tasks": tasks}
     path.write_text(json.dumps(spec))
     return path
+
+
+def engine_for(wf: Path, state: Path, options: Any, view: Any = None) -> Any:
+    """An in-process Engine for workflow file `wf`, its run `r1` journaled in `state`."""
+    from abreast.coord.journal import Journal
+    from abreast.engine.engine import Engine
+    from abreast.engine.runs import RunRequest, prepare
+
+    p = prepare(RunRequest(file=wf, state=f"sqlite://{state}"))
+    journal = Journal(state)
+    journal.create_run(
+        "r1",
+        workflow=p.wf.name,
+        file=str(wf),
+        file_sha256="x",
+        root=str(wf.parent),
+        pid=0,
+        pid_start=0,
+        host="h",
+        options={},
+        task_ids=list(p.wf.tasks),
+        started_at=0.0,
+    )
+    return Engine(p.wf, "r1", p.location, journal, p.graph, options, view=view)

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from abreast.coord.journal import Journal
-from abreast.engine.engine import Engine, EngineOptions
+from abreast.engine.engine import EngineOptions
 from abreast.engine.monitor import ResourceMonitor, adaptive_cap
-from abreast.engine.runs import RunRequest, prepare
-from tests.helpers import intervals, max_concurrency, write_recorder
+from tests.helpers import engine_for, intervals, max_concurrency, write_recorder
 
 
 @pytest.mark.parametrize(
@@ -56,32 +54,11 @@ def test_engine_starts_no_more_than_the_monitor_allows(
             }
         )
     )
-    p = prepare(RunRequest(file=wf, state=f"sqlite://{tmp_path}/state.db"))
     monitor = ResourceMonitor(sample=lambda: (use, 20.0))
     monitor.update()
     monitor.update()
-    journal = Journal(tmp_path / "state.db")
-    journal.create_run(
-        "r1",
-        workflow="mon",
-        file=str(wf),
-        file_sha256="x",
-        root=str(tmp_path),
-        pid=0,
-        pid_start=0,
-        host="h",
-        options={},
-        task_ids=list(p.wf.tasks),
-        started_at=0.0,
-    )
-    engine = Engine(
-        p.wf,
-        "r1",
-        p.location,
-        journal,
-        p.graph,
-        EngineOptions(cap=3, flags={}, monitor=monitor, tick_s=0.05),
-    )
+    options = EngineOptions(cap=3, flags={}, monitor=monitor, tick_s=0.05)
+    engine = engine_for(wf, tmp_path / "state.db", options)
     outcome = asyncio.run(engine.run())
     assert outcome.state == "succeeded"
     assert max_concurrency(intervals(tmp_path)) == expected

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import run_abreast
 from tests.helpers import (
     PY,
+    engine_for,
     intervals,
     max_concurrency,
     pairs_overlapping,
@@ -510,33 +511,14 @@ def test_an_error_while_handling_an_exit_stops_the_run_with_that_error(tmp_path:
     # an error there must still come out of Engine.run, not vanish into the event loop.
     import asyncio
 
-    from abreast.coord.journal import Journal
-    from abreast.engine.engine import Engine, EngineOptions, TaskRun, View
-    from abreast.engine.runs import RunRequest, prepare
+    from abreast.engine.engine import EngineOptions, TaskRun, View
 
     class Broken(View):
         def finished(self, tr: TaskRun) -> None:
             raise RuntimeError(f"view failed on {tr.id}")
 
     wf = workflow(tmp_path, {"a": {"run": "true"}, "b": {"run": "sleep 30"}})
-    p = prepare(RunRequest(file=wf, state=f"sqlite://{tmp_path}/state.db"))
-    journal = Journal(tmp_path / "state.db")
-    journal.create_run(
-        "r1",
-        workflow="t",
-        file=str(wf),
-        file_sha256="x",
-        root=str(tmp_path),
-        pid=0,
-        pid_start=0,
-        host="h",
-        options={},
-        task_ids=list(p.wf.tasks),
-        started_at=0.0,
-    )
-    engine = Engine(
-        p.wf, "r1", p.location, journal, p.graph, EngineOptions(cap=2, flags={}), view=Broken()
-    )
+    engine = engine_for(wf, tmp_path / "state.db", EngineOptions(cap=2, flags={}), Broken())
     try:
         # Raised when a ends, not when b would (wait_for would raise TimeoutError).
         with pytest.raises(RuntimeError, match="view failed on a"):

@@ -31,24 +31,20 @@ ENV_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
 @dataclass(frozen=True)
-class Ge:
+class _Number:
+    value: float
+
+
+class Ge(_Number):
     """At least this number."""
 
-    value: float
 
-
-@dataclass(frozen=True)
-class Gt:
+class Gt(_Number):
     """More than this number."""
 
-    value: float
 
-
-@dataclass(frozen=True)
-class Le:
+class Le(_Number):
     """At most this number."""
-
-    value: float
 
 
 @dataclass(frozen=True)
@@ -59,10 +55,21 @@ class MinLen:
 
 
 @dataclass(frozen=True)
-class Pattern:
-    """Text matching this regular expression (searched, so anchor it)."""
+class _Text:
+    text: str
 
-    regex: str
+
+class Pattern(_Text):
+    """Text matching this regular expression (`text`; searched, so anchor it)."""
+
+
+class Key(_Text):
+    """The key the file writes this field under (`text`), where it is not the field's
+    name."""
+
+
+class Doc(_Text):
+    """A description for the JSON Schema."""
 
 
 @dataclass(frozen=True)
@@ -79,20 +86,6 @@ class After:
     """Check the value once it has its type (ValueError: what is wrong)."""
 
     fn: Callable[[Any], Any]
-
-
-@dataclass(frozen=True)
-class Key:
-    """The key the file writes this field under, where it is not the field's name."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class Doc:
-    """A description for the JSON Schema."""
-
-    text: str
 
 
 Duration = Annotated[

@@ -36,7 +36,7 @@ def file_fields(cls: type) -> dict[str, tuple[str, Any]]:
         if f.name in NOT_IN_FILE:
             continue
         tp = hints[f.name]
-        key = next((m.name for m in _metas(tp) if isinstance(m, Key)), f.name)
+        key = next((m.text for m in _metas(tp) if isinstance(m, Key)), f.name)
         out[key] = (f.name, tp)
     return out
 
@@ -105,7 +105,7 @@ def _schema(tp: Any, metas: tuple[Any, ...] = ()) -> cs.CoreSchema:
         ge_f, gt_f, le_f = _bounds(metas)
         return _wrap(cs.float_schema(ge=ge_f, gt=gt_f, le=le_f), metas)
     if tp is str:
-        pattern = next((m.regex for m in metas if isinstance(m, Pattern)), None)
+        pattern = next((m.text for m in metas if isinstance(m, Pattern)), None)
         return _wrap(cs.str_schema(pattern=pattern, min_length=_min_len(metas)), metas)
     if is_model(tp):
         return _model_schema(tp)
@@ -234,7 +234,7 @@ def _json_bare(tp: Any, defs: dict[str, Any], metas: tuple[Any, ...]) -> dict[st
         return out
     if tp is str:
         out = {"type": "string"}
-        pattern = next((m.regex for m in metas if isinstance(m, Pattern)), None)
+        pattern = next((m.text for m in metas if isinstance(m, Pattern)), None)
         if pattern:
             out["pattern"] = pattern
         if n is not None:
