@@ -60,6 +60,10 @@ CASES = {
         "version: 1\ntasks:\n  a: {run: x, timeout: soon}\n",
         [":3: tasks.a.timeout: 'soon' is not a duration", "1h30m"],
     ),
+    "zero_timeout": (  # the value as the file writes it, not as parsed (0.0)
+        "version: 1\ndefaults:\n  timeout: 0\ntasks:\n" + GOOD_TASK,
+        [":3: defaults.timeout: input should be greater than 0 (got 0)"],
+    ),
     "cycle": (
         "version: 1\ntasks:\n  a: {run: x, needs: [c]}\n  b: {run: x, needs: [a]}\n"
         "  c: {run: x, needs: [b]}\n",

@@ -210,7 +210,8 @@ class _Validator:
             rule, hint = _PATTERN_RULES[err["ctx"]["pattern"]]
             self.problem(path, f"{where}: {err.get('input')!r} is not {rule}", hint=hint)
         else:
-            shown = err.get("input")
+            # What the file says (`0`), not the value a parser made of it (`0.0`).
+            shown = _value_at(self.doc.data, path, err.get("input"))
             got = f" (got {shown!r})" if not isinstance(shown, dict | list) else ""
             self.problem(path, f"{where}: {err['msg'][0].lower()}{err['msg'][1:]}{got}")
 
@@ -423,6 +424,15 @@ class _Validator:
                     (*path, key),
                     f"environment variable {key!r} is reserved: abreast sets ABREAST_* itself",
                 )
+
+
+def _value_at(data: Any, path: tuple[str | int, ...], default: Any) -> Any:
+    for part in path:
+        in_list = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if not (in_list or (isinstance(data, dict) and part in data)):
+            return default
+        data = data[part]
+    return data
 
 
 def _plain(task: Task, index: dict[str, int], wf: Workflow) -> bool:
