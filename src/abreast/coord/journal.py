@@ -306,9 +306,9 @@ class Journal:
                 for sql, params in pending:
                     db.execute(sql, params)
                 for cols, rows in _updates(tasks).items():
-                    db.executemany(_update_task_sql(cols), rows)
+                    db.executemany(_update_sql("tasks", cols), rows)
                 for cols, rows in _updates(attempts).items():
-                    db.executemany(_update_attempt_sql(cols), rows)
+                    db.executemany(_update_sql("attempts", cols), rows)
                 if events:
                     db.executemany(_INSERT_EVENT, events)
                     if self.listeners:
@@ -535,10 +535,7 @@ def _group(rows: list[tuple[Any, ...]]) -> dict[tuple[str, ...], list[Any]]:
     """Value rows grouped by their columns, keeping first-seen order."""
     out: dict[tuple[str, ...], list[Any]] = {}
     for cols, values in rows:
-        if cols in out:
-            out[cols].append(values)
-        else:
-            out[cols] = [values]
+        out.setdefault(cols, []).append(values)
     return out
 
 
@@ -546,12 +543,7 @@ def _updates(staged: dict[Any, dict[str, Any]]) -> dict[tuple[str, ...], list[An
     """Merged row updates as {columns: parameter rows (values, then the key)}."""
     out: dict[tuple[str, ...], list[Any]] = {}
     for key, fields in staged.items():
-        cols = tuple(fields)
-        row = (*fields.values(), *key)
-        if cols in out:
-            out[cols].append(row)
-        else:
-            out[cols] = [row]
+        out.setdefault(tuple(fields), []).append((*fields.values(), *key))
     return out
 
 
@@ -561,20 +553,16 @@ def _insert_attempt_sql(cols: tuple[str, ...]) -> str:
     return f"INSERT INTO attempts ({', '.join(cols)}) VALUES ({marks})"
 
 
-@functools.cache
-def _update_task_sql(cols: tuple[str, ...]) -> str:
-    return f"UPDATE tasks SET {_set_clause(cols)} WHERE run_id = ? AND task_id = ?"
+_ROW_KEY = {
+    "tasks": "run_id = ? AND task_id = ?",
+    "attempts": "run_id = ? AND task_id = ? AND attempt = ?",
+}
 
 
 @functools.cache
-def _update_attempt_sql(cols: tuple[str, ...]) -> str:
-    return (
-        f"UPDATE attempts SET {_set_clause(cols)} WHERE run_id = ? AND task_id = ? AND attempt = ?"
-    )
-
-
-def _set_clause(cols: tuple[str, ...]) -> str:
-    return ", ".join(f"{c} = ?" for c in cols)
+def _update_sql(table: str, cols: tuple[str, ...]) -> str:
+    """UPDATE of `cols` in one row of `table`; parameters: the values, then the key."""
+    return f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in cols)} WHERE {_ROW_KEY[table]}"
 
 
 def _cols(row_type: Any) -> str:

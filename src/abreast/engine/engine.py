@@ -179,7 +179,6 @@ class Engine:
         self._events: list[tuple[Any, ...]] = []
         self._wake = asyncio.Event()
         self._parked = False  # the loop waits for `_wake` with nothing left to do
-        self._stepping = False  # a pass runs in a callback (`_post_and_pass`)
         self._inline_error: BaseException | None = None
         self._cancelling = False
         self._force_kill = False
@@ -318,11 +317,11 @@ class Engine:
         right here: a process exit is handled, and the tasks it frees are started, in the
         callback that noticed it instead of an event-loop iteration later. An error is
         handed to the loop, which raises it."""
-        self._events.append(event)
-        if not self._parked or self._stepping or self._wake.is_set():
-            self._wake.set()
+        if not self._parked or self._wake.is_set():
+            self._post(*event)
             return
-        self._stepping = True
+        self._events.append(event)
+        self._parked = False  # while this pass runs, what it posts goes to the loop
         try:
             self._handle_events()
             self._pass()
@@ -332,7 +331,7 @@ class Engine:
             self._inline_error = e
             self._wake.set()
         finally:
-            self._stepping = False
+            self._parked = True  # the loop still waits
 
     def _handle_events(self) -> None:
         while self._events:

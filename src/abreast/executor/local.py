@@ -153,23 +153,18 @@ class LocalExecutor:
             self._wait_for(running)
 
     def _wait_for(self, running: Running) -> None:
-        try:
-            pid, status, usage = os.wait4(running.pid, os.WNOHANG)
-        except ChildProcessError:  # reaped by someone else: the status is lost
-            pid, status, usage = running.pid, 0, None
-        if pid:
-            self._finish(running, status, _own_peak(running, usage.ru_maxrss) if usage else 0)
+        ended = _collect(running)
+        if ended is not None:
+            self._finish(running, *ended)
 
     def _reap(self, running: Running) -> None:
-        try:
-            pid, status, usage = os.wait4(running.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status, usage = running.pid, 0, None
-        if pid == 0:
+        """Its pidfd is readable (where the loop takes no signals)."""
+        ended = _collect(running)
+        if ended is None:
             return  # spurious wake-up
         self._loop.remove_reader(running._pidfd)
         os.close(running._pidfd)
-        self._finish(running, status, _own_peak(running, usage.ru_maxrss) if usage else 0)
+        self._finish(running, *ended)
 
     def _wait_blocking(self, running: Running) -> None:
         _, status, usage = os.wait4(running.pid, 0)
@@ -186,6 +181,15 @@ class LocalExecutor:
             maxrss_bytes=maxrss,
         )
         self._on_exit(running, exit_)
+
+
+def _collect(running: Running) -> tuple[int, int] | None:
+    """(wait status, peak RSS) of `running`, reaped now if it has ended; None if not."""
+    try:
+        pid, status, usage = os.wait4(running.pid, os.WNOHANG)
+    except ChildProcessError:  # reaped by someone else: the status is lost
+        return 0, 0
+    return None if pid == 0 else (status, _own_peak(running, usage.ru_maxrss))
 
 
 def _own_peak(running: Running, maxrss_kib: int) -> int:

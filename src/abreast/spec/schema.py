@@ -28,16 +28,17 @@ def validator(cls: type) -> SchemaValidator:
     return SchemaValidator(_model_schema(cls))
 
 
-def file_fields(cls: type) -> dict[str, tuple[str, Any]]:
-    """{key in the file: (field name, its type with constraints)} for a model class."""
-    hints = _hints(cls)
+@functools.cache
+def file_fields(cls: type) -> dict[str, tuple[dataclasses.Field[Any], Any]]:
+    """{key in the file: (the field, its type with constraints)} for a model class."""
+    hints = typing.get_type_hints(cls, vars(model), include_extras=True)
     out = {}
     for f in dataclasses.fields(cls):
         if f.name in NOT_IN_FILE:
             continue
         tp = hints[f.name]
         key = next((m.text for m in _metas(tp) if isinstance(m, Key)), f.name)
-        out[key] = (f.name, tp)
+        out[key] = (f, tp)
     return out
 
 
@@ -51,19 +52,17 @@ def is_model(tp: Any) -> bool:
 def _model_schema(cls: type) -> cs.CoreSchema:
     fields: dict[str, cs.ModelField] = {}
     by_name = False
-    defaults = {f.name: f for f in dataclasses.fields(cls)}
-    for key, (name, tp) in file_fields(cls).items():
+    for key, (f, tp) in file_fields(cls).items():
         schema = _schema(tp)
-        f = defaults[name]
         if f.default is not dataclasses.MISSING:
             schema = cs.with_default_schema(schema, default=f.default)
         elif f.default_factory is not dataclasses.MISSING:
             schema = cs.with_default_schema(schema, default_factory=f.default_factory)
-        if key != name:
+        if key != f.name:
             by_name = True
-            fields[name] = cs.model_field(schema, validation_alias=key)
+            fields[f.name] = cs.model_field(schema, validation_alias=key)
         else:
-            fields[name] = cs.model_field(schema)
+            fields[f.name] = cs.model_field(schema)
     config: cs.CoreConfig | None = (
         {"validate_by_name": True, "validate_by_alias": True} if by_name else None
     )
@@ -139,11 +138,6 @@ def _metas(tp: Any) -> tuple[Any, ...]:
     return tuple(typing.get_args(tp)[1:]) if typing.get_origin(tp) is Annotated else ()
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, vars(model), include_extras=True)
-
-
 # -- the JSON Schema -------------------------------------------------------------------------
 
 
@@ -164,10 +158,8 @@ def json_schema() -> dict[str, Any]:
 def _json_model(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     required = []
-    defaults = {f.name: f for f in dataclasses.fields(cls)}
-    for key, (name, tp) in file_fields(cls).items():
+    for key, (f, tp) in file_fields(cls).items():
         prop = _json(tp, defs)
-        f = defaults[name]
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             required.append(key)
         elif isinstance(f.default, str | int | float | bool) and "default" not in prop:
