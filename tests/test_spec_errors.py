@@ -25,6 +25,10 @@ CASES = {
         "version: 1\nkeys:\n  k: {from: [K1], upstream: 'ftp://x'}\ntasks:\n" + GOOD_TASK,
         [":3: keys.k.upstream: 'ftp://x' is not an http:// or https:// URL"],
     ),
+    "section_not_a_mapping": (  # the user's words, not "instance of Events"
+        "version: 1\nevents: yes\ntasks:\n" + GOOD_TASK,
+        [":2: events must be a mapping of keys, not true/false", "allowed keys: nats, subject"],
+    ),
     "needs_not_a_list": (
         "version: 1\ntasks:\n  a: {run: x, needs: b}\n  b: {run: y}\n",
         [":3: tasks.a.needs: should be a list (got 'b')", 'hint: write needs: ["b"]'],
@@ -226,3 +230,19 @@ def test_a_real_process_exits_2_without_traceback(write) -> None:  # type: ignor
     assert result.code == 2
     assert "task 'a' needs itself" in result.err
     assert "Traceback" not in result.err
+
+
+def test_bad_defaults_do_not_hide_problems_in_tasks(write, cli) -> None:  # type: ignore[no-untyped-def]
+    path = write(
+        "version: 1\ndefaults:\n  timeout: 0\n  retris: 2\n  retries: 1\n"
+        "tasks:\n  a: {run: x, estmate: 5m}\n  b: {run: y}\n  c: {run: z, max_iterations: 0}\n"
+    )
+    result = cli("validate", str(path))
+    assert result.code == 2
+    assert ":3: defaults.timeout: input should be greater than 0 (got 0)" in result.err
+    assert ":4: unknown key 'retris' in defaults; did you mean 'retries'?" in result.err
+    assert ":7: unknown key 'estmate' in tasks.a" in result.err
+    assert ":9: tasks.c.max_iterations: input should be greater than or equal to 1" in result.err
+    # Each problem in defaults once, not once per task that inherits it.
+    assert result.err.count("defaults.timeout") == 1
+    assert "(4 problems in" in result.err

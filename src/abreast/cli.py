@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import os
 import re
@@ -14,18 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from abreast import __version__
-from abreast.errors import AbreastError, UsageError
+from abreast.errors import AbreastError, UsageError, did_you_mean
 
 if TYPE_CHECKING:
     from abreast.engine.engine import RunOutcome, View
     from abreast.observe.dashboard_process import Observer
 
 DEFAULT_FILE = "abreast.yaml"
-
-
-def did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -275,7 +269,7 @@ def _finish(outcome: RunOutcome) -> int:
 
         journal = Journal(journal_path)
         try:
-            print(report.short(report.build(journal, outcome.run_id)))
+            print(report.closing(journal, outcome.run_id))
         finally:
             journal.close()
     return 0 if outcome.state == "succeeded" else 1

@@ -6,6 +6,16 @@ prints its message (never a traceback) and exits with its `exit_code`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`; did you mean 'x'?` for the closest choice, or nothing."""
+    import difflib  # only on the way to an error message
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
 
 class AbreastError(Exception):
     """A problem the user can fix; `str()` is the whole message they read."""

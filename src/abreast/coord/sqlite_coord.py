@@ -13,7 +13,6 @@ import json
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -357,7 +356,3 @@ def _holder(text: str) -> Holder:
 def _like(prefix: str) -> str:
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "%"
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex

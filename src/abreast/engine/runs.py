@@ -7,7 +7,6 @@ import dataclasses
 import os
 import random
 import re
-import secrets
 import socket
 import sys
 import time
@@ -76,7 +75,7 @@ class Prepared:
 
 def new_run_id(name: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+    return f"{name}-{stamp}-{os.urandom(2).hex()}"
 
 
 def prepare(req: RunRequest) -> Prepared:

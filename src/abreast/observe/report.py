@@ -11,7 +11,6 @@ fetched).
 
 from __future__ import annotations
 
-import html
 import json
 from typing import Any
 
@@ -36,8 +35,6 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
     wall = data.wall_s()
     sequential = sum(busy.values())
     saved = sequential - wall
-    est_path, est_s = data.estimated_critical_path()
-    act_path, act_s = data.actual_critical_path()
     latest: dict[str, Any] = {}
     for a in data.attempts:
         latest[a.task_id] = a
@@ -70,15 +67,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
             "scheduled_s": (data.plan or {}).get("scheduled_s"),
             "sequential_s": (data.plan or {}).get("sequential_s"),
         },
-        "critical_path": {
-            # given: False when no task has an estimate (each counted as the default)
-            "estimated": {
-                "tasks": est_path,
-                "seconds": est_s,
-                "given": (data.plan or {}).get("estimates_given", True),
-            },
-            "actual": {"tasks": act_path, "seconds": act_s},
-        },
+        "critical_path": _critical_path(data),
         "tasks": [
             {
                 "id": t.task_id,
@@ -109,6 +98,29 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
         "failures": failures,
         "landing": (run.summary or {}).get("landing"),
     }
+
+
+def _critical_path(data: rundata.RunData) -> dict[str, Any]:
+    est_path, est_s = data.estimated_critical_path()
+    act_path, act_s = data.actual_critical_path()
+    return {
+        # given: False when no task has an estimate (each counted as the default)
+        "estimated": {
+            "tasks": est_path,
+            "seconds": est_s,
+            "given": (data.plan or {}).get("estimates_given", True),
+        },
+        "actual": {"tasks": act_path, "seconds": act_s},
+    }
+
+
+def closing(journal: Journal, run_id: str) -> str:
+    """`short()` of the run's report, reading only what it needs (no attempts): the
+    lines `abreast run` ends with, which a run of thousands of tasks should not wait on."""
+    data = rundata.load(journal, run_id, attempts=False)
+    if data is None:
+        raise UsageError(f"no run {run_id!r}")
+    return short({"run_id": run_id, "critical_path": _critical_path(data)})
 
 
 def _state(run: Any) -> str:
@@ -190,6 +202,8 @@ _COLOURS = {
 
 
 def html_page(rep: dict[str, Any]) -> str:
+    import html  # only for the page
+
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(t['id'])}</td><td class='{e(t['state'])}'>{e(t['state'])}</td>"

@@ -59,11 +59,13 @@ class RunData:
         return list(plan.get("critical_path", [])), float(plan.get("critical_path_s", 0.0))
 
 
-def load(journal: Journal, run_id: str) -> RunData | None:
+def load(journal: Journal, run_id: str, attempts: bool = True) -> RunData | None:
+    """The run as journaled; `attempts=False` leaves its attempts out (an empty list)."""
     run = journal.run(run_id)
     if run is None:
         return None
-    return RunData(run, journal.tasks(run_id), journal.attempts(run_id), run.options.get("plan"))
+    tries = journal.attempts(run_id) if attempts else []
+    return RunData(run, journal.tasks(run_id), tries, run.options.get("plan"))
 
 
 def longest_path(

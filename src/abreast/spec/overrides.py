@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from abreast.errors import UsageError
+from abreast.errors import UsageError, did_you_mean
 from abreast.spec.model import Scalar, Workflow
-from abreast.spec.validate import did_you_mean
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}

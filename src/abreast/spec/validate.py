@@ -6,7 +6,6 @@ together in one `SpecError`, so a user fixes a file in one pass.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -18,7 +17,7 @@ from typing import Any
 from pydantic_core import ValidationError
 
 from abreast import dag
-from abreast.errors import SpecError, SpecProblem
+from abreast.errors import SpecError, SpecProblem, did_you_mean
 from abreast.gcpause import paused_gc
 from abreast.spec import conditions, schema
 from abreast.spec.loader import Document, load_document
@@ -54,11 +53,6 @@ def load_workflow(path: str | Path) -> Workflow:
 def parse_workflow(doc: Document) -> Workflow:
     with paused_gc():
         return _Validator(doc).run()
-
-
-def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def describe_path(path: tuple[str | int, ...]) -> str:
@@ -112,7 +106,12 @@ class _Validator:
             self.problem(("defaults",), f"`defaults` must be a mapping, not {_kind(defaults_raw)}")
             raise self.fail()
         if defaults_raw and self._checked(TaskFields, defaults_raw, ("defaults",)) is None:
-            raise self.fail()
+            # Reported once, where they are written; the tasks are checked without the keys
+            # at fault, so that their own problems are reported in the same pass.
+            at_fault = {p.path[1] for p in self.problems if p.path[:1] == ("defaults",)}
+            if any(len(p.path) < 2 for p in self.problems):
+                raise self.fail()
+            defaults_raw = {k: v for k, v in defaults_raw.items() if k not in at_fault}
 
         merged: dict[str, Any] = {}
         for tid, raw_body in (tasks_raw or {}).items():
@@ -137,6 +136,8 @@ class _Validator:
                 merged[tid] = {**body, "id": tid}
         self._tasks_raw = tasks_raw or {}
         top = {k: v for k, v in data.items() if k != "tasks"}
+        if "defaults" in top:
+            top["defaults"] = defaults_raw
         if tasks_raw is not None:
             top["tasks"] = merged
         workflow: Workflow | None = self._checked(Workflow, top, ())
@@ -205,6 +206,15 @@ class _Validator:
                 path,
                 f"{where}: should be a mapping of names to values",
                 hint=f"write {path[-1]}: {{NAME: value}}, or one NAME: value per line below it",
+            )
+        elif kind == "model_type":
+            owner = _model_at(model, loc)
+            allowed = sorted(_aliases(owner)) if owner else []
+            shown = _value_at(self.doc.data, path, err.get("input"))
+            self.problem(
+                path,
+                f"{where} must be a mapping of keys, not {_kind(shown)}",
+                hint="allowed keys: " + ", ".join(allowed) if allowed else None,
             )
         elif kind == "string_pattern_mismatch" and err["ctx"]["pattern"] in _PATTERN_RULES:
             rule, hint = _PATTERN_RULES[err["ctx"]["pattern"]]
