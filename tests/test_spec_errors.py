@@ -246,3 +246,21 @@ def test_bad_defaults_do_not_hide_problems_in_tasks(write, cli) -> None:  # type
     # Each problem in defaults once, not once per task that inherits it.
     assert result.err.count("defaults.timeout") == 1
     assert "(4 problems in" in result.err
+
+
+def test_help_lists_every_command_and_each_command_parses_alone(capsys) -> None:  # type: ignore[no-untyped-def]
+    from abreast.cli import _COMMAND_ARGS, build_parser, main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out
+    for name, (help_line, _) in _COMMAND_ARGS.items():
+        assert f"    {name}" in listing and help_line in listing
+        # Built alone (as `abreast NAME ...` builds it), a command parses as in the whole.
+        alone = build_parser(name)._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+        assert list(alone) == [name]
+        whole = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+        assert alone[name].format_help() == whole[name].format_help()
+    with pytest.raises(SystemExit):
+        main(["lock", "--help"])
+    assert "usage: abreast lock NAME [--ttl D]" in capsys.readouterr().out

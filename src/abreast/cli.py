@@ -8,7 +8,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,23 +78,22 @@ def _observe_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="abreast", description="Run a workflow's tasks side by side, safely.")
-    parser.add_argument("--version", action="version", version=f"abreast {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    p = sub.add_parser("analyze", help="show waves, critical path, estimates and overlaps")
+def _args_analyze(p: argparse.ArgumentParser) -> None:
     _workflow_arg(p)
     p.add_argument("--format", choices=("table", "json", "mermaid", "dot"), default="table")
     p.add_argument("--max-parallel", type=int, metavar="N")
     _flag_arg(p)
 
-    p = sub.add_parser("schema", help="print the JSON Schema of the workflow file")
 
-    p = sub.add_parser("validate", help="check a workflow file and say what is wrong")
+def _args_schema(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _args_validate(p: argparse.ArgumentParser) -> None:
     _workflow_arg(p)
 
-    p = sub.add_parser("run", help="run a workflow")
+
+def _args_run(p: argparse.ArgumentParser) -> None:
     _workflow_arg(p)
     p.add_argument("--run-id", metavar="ID", help="name the run (default: NAME-DATE-TIME-XXXX)")
     p.add_argument("--max-parallel", type=int, metavar="N", help="tasks at once")
@@ -113,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _observe_args(p)
 
-    p = sub.add_parser("resume", help="carry on a run whose orchestrator died")
+
+def _args_resume(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", metavar="RUN")
     p.add_argument(
         "--force", action="store_true", help="resume even though the workflow file changed"
@@ -123,24 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true")
     _observe_args(p)
 
-    p = sub.add_parser("status", help="list runs, or show one run's tasks")
+
+def _args_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", nargs="?", metavar="RUN")
     p.add_argument("--json", action="store_true", help="machine-readable (one run)")
     p.add_argument("--watch", action="store_true", help="refresh until the run ends")
     _state_arg(p)
 
-    p = sub.add_parser("logs", help="print a task's log")
+
+def _args_logs(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", metavar="RUN")
     p.add_argument("task_id", metavar="TASK")
     p.add_argument("--attempt", type=int, metavar="N", help="default: the latest")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
     _state_arg(p)
 
-    p = sub.add_parser("cancel", help="stop a running run")
+
+def _args_cancel(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", metavar="RUN")
     _state_arg(p)
 
-    p = sub.add_parser("dashboard", help="serve a live, read-only web view of the runs")
+
+def _args_dashboard(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8765, metavar="P", help="default 8765")
     p.add_argument(
         "--host", default="127.0.0.1", help="default 127.0.0.1; any other address needs --token"
@@ -153,22 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _state_arg(p)
 
-    p = sub.add_parser("keys", help="API key use per key, by fingerprint")
+
+def _args_keys(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", nargs="?", metavar="RUN", help="default: the latest run")
     p.add_argument("--json", action="store_true", help="machine-readable")
     _state_arg(p)
 
-    p = sub.add_parser("report", help="what a run did and what parallelism saved")
+
+def _args_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", nargs="?", metavar="RUN", help="default: the latest run")
     p.add_argument("--json", action="store_true", help="machine-readable")
     p.add_argument("--html", metavar="FILE", help="write a self-contained page")
     _state_arg(p)
 
-    p = sub.add_parser(
-        "lock",
-        help="run a command holding a named lock (e.g. the test lock)",
-        usage="abreast lock NAME [--ttl D] [--timeout D] [--state URL] -- CMD ...",
-    )
+
+def _args_lock(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument(
         "--ttl",
@@ -179,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", metavar="D", help="give up waiting after this (default: wait)")
     _state_arg(p)
 
-    p = sub.add_parser("cleanup", help="remove what finished or dead runs left behind")
+
+def _args_cleanup(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="list what would be done")
     mode.add_argument(
@@ -194,16 +198,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _state_arg(p)
 
-    p = sub.add_parser("signal", help="(inside a task) announce a signal dependents wait for")
+
+def _args_signal(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME")
 
-    p = sub.add_parser("demo", help="run a realistic workflow in a throwaway repository")
+
+def _args_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", action="store_true", help="keep the throwaway repository")
     p.add_argument("--plain", action="store_true")
 
-    p = sub.add_parser("init", help="write a starter abreast.yaml here")
+
+def _args_init(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", nargs="?", default=DEFAULT_FILE)
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+
+# Each command: its line in --help, and what adds its own arguments.
+_COMMAND_ARGS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "analyze": ("show waves, critical path, estimates and overlaps", _args_analyze),
+    "schema": ("print the JSON Schema of the workflow file", _args_schema),
+    "validate": ("check a workflow file and say what is wrong", _args_validate),
+    "run": ("run a workflow", _args_run),
+    "resume": ("carry on a run whose orchestrator died", _args_resume),
+    "status": ("list runs, or show one run's tasks", _args_status),
+    "logs": ("print a task's log", _args_logs),
+    "cancel": ("stop a running run", _args_cancel),
+    "dashboard": ("serve a live, read-only web view of the runs", _args_dashboard),
+    "keys": ("API key use per key, by fingerprint", _args_keys),
+    "report": ("what a run did and what parallelism saved", _args_report),
+    "lock": ("run a command holding a named lock (e.g. the test lock)", _args_lock),
+    "cleanup": ("remove what finished or dead runs left behind", _args_cleanup),
+    "signal": ("(inside a task) announce a signal dependents wait for", _args_signal),
+    "demo": ("run a realistic workflow in a throwaway repository", _args_demo),
+    "init": ("write a starter abreast.yaml here", _args_init),
+}
+
+
+_USAGE = {"lock": "abreast lock NAME [--ttl D] [--timeout D] [--state URL] -- CMD ..."}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with `only`, the other commands are left out (it is all that
+    `abreast ONLY ...` parses, and building all sixteen costs a few ms of every start)."""
+    parser = _Parser(prog="abreast", description="Run a workflow's tasks side by side, safely.")
+    parser.add_argument("--version", action="version", version=f"abreast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (help_line, add_arguments) in _COMMAND_ARGS.items():
+        if only is None or name == only:
+            add_arguments(sub.add_parser(name, help=help_line, usage=_USAGE.get(name)))
     return parser
 
 
@@ -535,8 +577,8 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv and argv[0] in _COMMAND_ARGS else None)
     # `abreast lock NAME [options] -- CMD ...`: what follows `--` is the command, untouched.
     command: list[str] = []
     if argv[:1] == ["lock"] and "--" in argv:

@@ -18,6 +18,7 @@ class StateLocation:
     journal: Path  # SQLite file
     runs_dir: Path  # logs, outputs and exit statuses, one directory per run
     coord_url: str  # what tasks get in ABREAST_STATE: sqlite:///... or redis://...
+    in_git: bool = False  # root is a git toplevel
 
     @property
     def is_redis(self) -> bool:
@@ -43,7 +44,7 @@ def locate(workflow_file: Path | None, state: str | None = None) -> StateLocatio
         if in_git:
             exclude_locally(root, f"/{STATE_DIR}/")
         return StateLocation(
-            root, default_journal, root / STATE_DIR / "runs", f"sqlite://{default_journal}"
+            root, default_journal, root / STATE_DIR / "runs", f"sqlite://{default_journal}", in_git
         )
     if url.startswith("sqlite://"):
         path = Path(url[len("sqlite://") :]).expanduser()
@@ -56,11 +57,11 @@ def locate(workflow_file: Path | None, state: str | None = None) -> StateLocatio
         if in_git and root in path.parents:
             # State kept inside the repository stays out of the user's git status.
             exclude_locally(root, "/" + str(path.parent.relative_to(root)) + "/")
-        return StateLocation(root, path, path.parent / "runs", f"sqlite://{path}")
+        return StateLocation(root, path, path.parent / "runs", f"sqlite://{path}", in_git)
     if url.startswith(("redis://", "rediss://", "unix://")):
         if in_git:
             exclude_locally(root, f"/{STATE_DIR}/")
-        return StateLocation(root, default_journal, root / STATE_DIR / "runs", url)
+        return StateLocation(root, default_journal, root / STATE_DIR / "runs", url, in_git)
     raise UsageError(
         f"state {url!r} is not understood",
         hint="use sqlite:///path/state.db or redis://host:6379/0",

@@ -209,9 +209,7 @@ def _supervisor(p: Prepared, run_id: str, journal: Journal) -> Supervisor:
 
 def isolation_kind(wf: Workflow, location: StateLocation) -> str:
     """`worktree` or `none`: the file's choice, else worktree inside a git repository."""
-    from abreast.workspace.git import toplevel
-
-    in_git = toplevel(location.root) is not None
+    in_git = location.in_git
     if wf.isolation == "worktree" and not in_git:
         raise UsageError(
             f"isolation: worktree needs a git repository; {location.root} is not in one",

@@ -149,6 +149,7 @@ class Observer:
             "journal": str(location.journal),
             "runs_dir": str(location.runs_dir),
             "coord_url": location.coord_url,
+            "in_git": location.in_git,
             "log": str(log),
         }
         with contextlib.suppress(BrokenPipeError):  # it died just now: the run goes on
@@ -220,6 +221,7 @@ def main(argv: list[str]) -> int:
         journal=Path(run["journal"]),
         runs_dir=Path(run["runs_dir"]),
         coord_url=run["coord_url"],
+        in_git=run["in_git"],
     )
     serve_run(
         location,
