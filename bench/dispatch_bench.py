@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import statistics
@@ -77,7 +78,9 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the process and every process it waited for)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        argv, cwd=cwd, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -85,6 +88,9 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, float]:
 
 
 CONTENDERS = ("abreast", "floor", "sh", "make")
+# As a user's shell has it: PYTHONUNBUFFERED (set in some CI images) would make each
+# progress line a write of its own.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
 
 
 def measure(

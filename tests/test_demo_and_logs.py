@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -147,3 +148,28 @@ def test_validating_and_running_load_pydantic_core_alone(tmp_path: Path) -> None
         check=True,
     ).stdout
     assert out.strip().endswith("codes [0, 0] core True pydantic False"), out
+
+
+def test_plain_lines_reach_a_pipe_while_the_run_goes_on(tmp_path: Path) -> None:
+    # CI's log, `abreast run wf | tee`: stdout is a block-buffered pipe when
+    # PYTHONUNBUFFERED is unset, as it is for users. The task waits (20 s at most) for a
+    # file this test creates only once it has read the task's start line, so the run
+    # succeeds only if that line came while the task was running.
+    wait = "i=0; while [ ! -e go ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; [ -e go ]"
+    wf = write_workflow(tmp_path, "pipe", {"a": {"run": wait}})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "run", str(wf), "--no-monitor", "--plain"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("run: ")
+    assert "start   a (attempt 1)" in proc.stdout.readline()
+    (tmp_path / "go").touch()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert "succeeded a" in out

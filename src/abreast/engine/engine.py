@@ -141,6 +141,9 @@ class View:
     def finished(self, tr: TaskRun) -> None: ...
     def retrying(self, tr: TaskRun, delay_s: float) -> None: ...
     def note(self, text: str) -> None: ...
+    def idle(self) -> None:
+        """The engine has done what it can and waits: show what was said (flush)."""
+
     def end(self) -> None: ...
 
 
@@ -277,6 +280,7 @@ class Engine:
                 self._pass()
                 if self._finished():
                     break
+                self.view.idle()
                 self._parked = True
                 try:
                     await self._wake.wait()
@@ -327,6 +331,8 @@ class Engine:
             self._pass()
             if self._finished():
                 self._wake.set()
+            else:
+                self.view.idle()
         except BaseException as e:  # the loop raises it
             self._inline_error = e
             self._wake.set()

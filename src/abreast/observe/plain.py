@@ -50,5 +50,10 @@ class PlainView(View):
     def note(self, text: str) -> None:
         self._line(text)
 
+    def idle(self) -> None:
+        # Once per wake-up, not per line: a pipe (CI's log, `| tee`) is block-buffered,
+        # and would otherwise show nothing until the run ends.
+        self.out.flush()
+
     def end(self) -> None:
         self.out.flush()
