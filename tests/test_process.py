@@ -94,6 +94,69 @@ def test_the_executor_reaps_its_own_processes_and_no_other(tmp_path: Path) -> No
     assert other.wait(timeout=10) == 3  # its status was left to it
 
 
+def test_a_sweep_notices_an_exit_whose_signal_was_lost(tmp_path: Path) -> None:
+    # The engine's tick sweeps, so an exit is noticed even if its SIGCHLD never is.
+    async def scenario() -> dict[str, Exit]:
+        done: dict[str, Exit] = {}
+        executor = LocalExecutor(
+            lambda running, exit_: done.update({running.launch.task_id: exit_})
+        )
+        try:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)  # "lost"
+            running = executor.start(_launch(tmp_path, "six", "exit 6"))
+            wait_for(lambda: _zombie(running.pid), what="the process to end")
+            await asyncio.sleep(0)  # a loop iteration: nothing notices it by itself
+            assert not done
+            executor.sweep()
+        finally:
+            executor.close()
+        return done
+
+    assert asyncio.run(scenario())["six"].exit_code == 6
+
+
+def test_many_exits_at_once_neither_flood_the_loop_nor_drop_a_signal(tmp_path: Path) -> None:
+    # Each exit frees another process that ends at once: the SIGCHLD callback must not
+    # reap what it started itself, or one callback runs them all while signals pile up
+    # in the loop's self-pipe (about 300 fit; then they are dropped, Ctrl-C among them).
+    async def scenario() -> tuple[int, int, int]:
+        left = 400
+        most_in_one_iteration = 0
+        in_this_iteration = 0
+        loop = asyncio.get_running_loop()
+        finished = asyncio.Event()
+
+        def new_iteration() -> None:
+            nonlocal in_this_iteration
+            in_this_iteration = 0
+
+        def on_exit(running: Running, exit_: Exit) -> None:
+            nonlocal left, in_this_iteration, most_in_one_iteration
+            if in_this_iteration == 0:
+                loop.call_soon(new_iteration)
+            in_this_iteration += 1
+            most_in_one_iteration = max(most_in_one_iteration, in_this_iteration)
+            left -= 1
+            if left >= 4:
+                executor.start(_launch(tmp_path, f"t{left}", "true"))
+            if not executor.running:
+                finished.set()
+
+        executor = LocalExecutor(on_exit)
+        try:
+            for i in range(4):
+                executor.start(_launch(tmp_path, f"first{i}", "true"))
+            await asyncio.wait_for(finished.wait(), 60)
+        finally:
+            executor.close()
+        return left, most_in_one_iteration, len(executor.running)
+
+    left, most, running = asyncio.run(scenario())
+    assert (left, running) == (0, 0)  # every exit was noticed
+    # One sweep a loop iteration, of the processes started before it: at most 4 here.
+    assert most <= 4, f"{most} exits handled in one loop iteration"
+
+
 def test_off_the_main_thread_the_executor_watches_each_process_instead(tmp_path: Path) -> None:
     result: dict[str, dict[str, Exit]] = {}
 

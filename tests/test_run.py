@@ -21,8 +21,10 @@ from tests.helpers import (
     max_concurrency,
     pairs_overlapping,
     pid_alive,
+    start_run,
     wait_for,
     write_recorder,
+    write_workflow,
 )
 
 
@@ -528,3 +530,27 @@ def test_an_error_while_handling_an_exit_stops_the_run_with_that_error(tmp_path:
         if b is not None:
             os.killpg(b.pgid, signal.SIGKILL)
             os.waitpid(b.pid, 0)
+
+
+def test_ctrl_c_stops_a_run_of_many_short_tasks(tmp_path: Path) -> None:
+    # Tasks end as fast as they start (chains of 10, 8 at a time): Ctrl-C must be
+    # heard at once, and stderr stay clean of "cannot write to the signal wakeup fd".
+    tasks = {
+        f"t{i}": {"run": "true", "needs": [f"t{i - 1}"] if i % 10 else []} for i in range(3000)
+    }
+    wf = write_workflow(tmp_path, "flood", tasks, max_parallel=8)
+    proc, _ = start_run(wf, cwd=tmp_path)
+    assert proc.stdout is not None
+    done = 0
+    while done < 200:
+        line = proc.stdout.readline()
+        assert line, "the run ended before Ctrl-C"
+        done += " succeeded " in line
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "wakeup fd" not in err and "Traceback" not in err, err[-2000:]
+    assert proc.returncode == 1
+    assert ": cancelled in" in out
+    states = dict(journal(tmp_path).execute("SELECT task_id, state FROM tasks").fetchall())
+    assert list(states.values()).count("succeeded") < 3000
+    assert "cancelled" in states.values()

@@ -817,6 +817,7 @@ class Engine:
 
     def _on_tick(self) -> None:
         if self._executor:
+            self._executor.sweep()
             reap_orphans(self._executor.running)
         monitor = self.options.monitor
         if monitor:

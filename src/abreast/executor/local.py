@@ -81,6 +81,7 @@ class LocalExecutor:
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
         self.running: dict[int, Running] = {}
+        self._swept = False  # this loop iteration's SIGCHLD sweep is done
         try:
             self._loop.add_signal_handler(signal.SIGCHLD, self._reap_ended)
             self._on_sigchld = True
@@ -135,9 +136,30 @@ class LocalExecutor:
         return running
 
     def _reap_ended(self) -> None:
-        """SIGCHLD: reap every process of ours that has ended. Signals coalesce, so one
-        may stand for several exits; it may also be for a child that is not ours."""
-        while True:
+        """SIGCHLD: reap every process of ours that had started before it and has ended.
+        Signals coalesce, so one may stand for several exits; it may also be for a child
+        that is not ours.
+
+        The work of one loop iteration is bounded, or the loop would not get back to
+        its self-pipe, which fills (about 300 signals), and then drops signals, Ctrl-C
+        among them. So a process started from within this callback (on_exit starts what
+        the exit freed) is left to its own SIGCHLD, and of the calls one iteration makes
+        (one per signal read) only the first sweeps: the same sweep would otherwise
+        repeat for each, each reaping what the one before started."""
+        if self._swept:
+            return
+        self._swept = True
+        self._loop.call_soon(self._next_iteration)
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Reap every process of ours that has ended (and had started before this call).
+        Also called on the engine's tick: should a signal ever be lost, an exit is
+        noticed within a tick all the same."""
+        if not self._on_sigchld:
+            return  # each process has its own pidfd or thread
+        before = set(self.running)
+        while before:
             # Peek (WNOWAIT) at one ended child: the usual case finds ours at once.
             try:
                 found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -145,12 +167,19 @@ class LocalExecutor:
                 return
             if found is None:
                 return
-            running = self.running.get(found.si_pid)
-            if running is None:
-                break  # not ours (a subprocess, an adopted orphan): look at ours one by one
-            self._wait_for(running)
-        for running in list(self.running.values()):
-            self._wait_for(running)
+            if found.si_pid not in before:
+                break  # not ours, or started just now: look at ours one by one
+            before.discard(found.si_pid)
+            self._wait_for(self.running[found.si_pid])  # in `before`, so not reaped yet
+        for pid in before:
+            running = self.running.get(pid)
+            if running is not None:
+                self._wait_for(running)
+
+    def _next_iteration(self) -> None:
+        # Runs before the next batch of SIGCHLD calls: the loop queues those from its
+        # self-pipe reader, one iteration after this was queued.
+        self._swept = False
 
     def _wait_for(self, running: Running) -> None:
         ended = _collect(running)
