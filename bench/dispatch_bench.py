@@ -78,12 +78,14 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, float]:
     """(wall seconds, CPU seconds of the process and every process it waited for)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(
-        argv, cwd=cwd, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    proc = subprocess.run(
+        argv, cwd=cwd, env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    if proc.stderr:  # a warning or a traceback is a finding, not noise to time over
+        sys.exit(f"{argv[:4]} wrote to stderr:\n{proc.stderr.decode(errors='replace')[:2000]}")
     return wall, cpu
 
 
