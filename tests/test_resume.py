@@ -302,3 +302,25 @@ def test_resume_serves_metrics_and_the_dashboard_of_the_whole_run(tmp_path: Path
         (tmp_path / "go").touch()
         if resumed.poll() is None:
             resumed.communicate(timeout=60)
+
+
+def test_a_cancelled_run_carries_on_with_resume_and_a_finished_one_does_not(
+    tmp_path: Path,
+) -> None:
+    n = 12
+    path = crash_workflow(tmp_path, n, seed=5)
+    proc, run_id = start_run(path)
+    wait_for(lambda: sum(counts(tmp_path, n).values()) >= 3, what="tasks to finish")
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    out, _ = proc.communicate(timeout=30)
+    assert ": cancelled in" in out
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    done_before = {t for t, c in counts(tmp_path, n).items() if c}
+    assert 3 <= len(done_before) < n
+    resumed = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
+    assert resumed.code == 0, resumed.out + resumed.err
+    # What had finished is not run again; what was cancelled runs (once) now.
+    assert counts(tmp_path, n) == {f"t{i}": 1 for i in range(n)}
+    refused = run_abreast("resume", run_id, "--state", state)
+    assert refused.code == 2
+    assert "already finished (succeeded)" in refused.err
