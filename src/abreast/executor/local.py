@@ -69,7 +69,7 @@ class Running:
     started_mono: float
     started_wall: float
     peak_rss_bytes: int = 0
-    # Our own peak RSS (KiB) when it was spawned: see `_own_peak`.
+    # Our own peak RSS (KiB) just after it was spawned: see `_own_peak`.
     parent_maxrss_kib: int = 0
     _pidfd: int = field(default=-1, repr=False)
 
@@ -95,7 +95,6 @@ class LocalExecutor:
             self._on_sigchld = False
 
     def start(self, launch: Launch) -> Running:
-        parent_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         before = boot_ticks()
         pid = os.posix_spawn(
             SHELL,
@@ -117,6 +116,9 @@ class LocalExecutor:
             setsigdef=_RESTORED_SIGNALS,
         )
         ticks = start_ticks_between(pid, before, boot_ticks())
+        # Read after the spawn: what the child inherited (our peak when it exec'd) is at
+        # most this, even if another thread of ours grew meanwhile.
+        parent_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         now_mono, now_wall = time.monotonic(), time.time()
         running = Running(
             launch, pid, pid, ticks, now_mono, now_wall, parent_maxrss_kib=parent_maxrss
