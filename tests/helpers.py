@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,12 @@ def pairs_overlapping(
     return [(a, b) for a, b in itertools.combinations(ids, 2) if overlap(spans[a], spans[b])]
 
 
+def query(db: Path, sql: str, *params: Any) -> list[Any]:
+    """The rows of one SQL query on the SQLite file `db` (the connection closed after)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
     """Poll `predicate` until true or fail after `timeout` (for watching other processes)."""
     deadline = time.monotonic() + timeout
@@ -117,8 +125,10 @@ def write_workflow(root: Path, name: str, tasks: dict[str, Any], **top: Any) -> 
     return path
 
 
-def engine_for(wf: Path, state: Path, options: Any, view: Any = None) -> Any:
-    """An in-process Engine for workflow file `wf`, its run `r1` journaled in `state`."""
+@contextlib.contextmanager
+def engine_for(wf: Path, state: Path, options: Any, view: Any = None) -> Iterator[Any]:
+    """An in-process Engine for workflow file `wf`, its run `r1` journaled in `state`
+    (the journal closed when the block ends)."""
     from abreast.coord.journal import Journal
     from abreast.engine.engine import Engine
     from abreast.engine.runs import RunRequest, prepare
@@ -138,4 +148,5 @@ def engine_for(wf: Path, state: Path, options: Any, view: Any = None) -> Any:
         task_ids=list(p.wf.tasks),
         started_at=0.0,
     )
-    return Engine(p.wf, "r1", p.location, journal, p.graph, options, view=view)
+    with journal:
+        yield Engine(p.wf, "r1", p.location, journal, p.graph, options, view=view)

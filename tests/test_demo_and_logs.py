@@ -173,3 +173,33 @@ def test_plain_lines_reach_a_pipe_while_the_run_goes_on(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, out + err
     assert "succeeded a" in out
+
+
+def test_commands_close_the_journal_and_coordinator_they_open(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # A journal or coordinator left to the garbage collector says so (ResourceWarning;
+    # Python 3.13 warns of any SQLite connection so left).
+    import gc
+    import warnings
+
+    wf = write_workflow(tmp_path, "tidy", {"a": {"run": "echo hi"}})
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ran = cli("run", str(wf), "--no-monitor", "--plain", "--state", state)
+        assert ran.code == 0, ran.err
+        run_id = ran.out.splitlines()[0].removeprefix("run: ")
+        for args in (
+            ("status",),
+            ("status", run_id),
+            ("status", run_id, "--json"),
+            ("logs", run_id, "a"),
+            ("report", run_id),
+            ("keys", run_id),
+            ("cancel", run_id),
+            ("resume", run_id),  # refused: it finished
+            ("cleanup", "--dry-run"),
+            ("status", "no-such-run"),  # refused
+        ):
+            cli(*args, "--state", state)
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []

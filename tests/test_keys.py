@@ -21,6 +21,7 @@ import pytest
 from abreast.coord.backend import open_coordinator
 from abreast.keys import KeyPool, fingerprint
 from tests.conftest import free_port, run_abreast
+from tests.helpers import query
 from tests.provider import Provider
 
 KEYS = ["sk-test-alpha-0001", "sk-test-bravo-0002", "sk-test-charlie-0003"]
@@ -368,9 +369,7 @@ def test_a_missing_key_variable_stops_the_run_before_it_starts(tmp_path: Path) -
     assert "NOT_SET_ANYWHERE_1 is not set" in result.err
     db = tmp_path / ".abreast" / "state.db"
     if db.exists():
-        import sqlite3
-
-        assert sqlite3.connect(db).execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+        assert query(db, "SELECT count(*) FROM runs")[0][0] == 0
 
 
 def test_direct_mode_leases_one_key_per_attempt(tmp_path: Path) -> None:
@@ -394,12 +393,12 @@ def test_direct_mode_leases_one_key_per_attempt(tmp_path: Path) -> None:
         "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
     )
     assert result.code == 0, result.out + result.err
-    import sqlite3
 
-    db = sqlite3.connect(tmp_path / ".abreast" / "state.db")
     leased = [
         json.loads(d)["fingerprint"]
-        for (d,) in db.execute("SELECT data FROM events WHERE type = 'key.leased'")
+        for (d,) in query(
+            tmp_path / ".abreast" / "state.db", "SELECT data FROM events WHERE type = 'key.leased'"
+        )
     ]
     assert len(leased) == 4
     assert set(leased) == {fingerprint(k) for k in KEYS}  # spread over the keys

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 from abreast.coord.backend import open_coordinator
 from abreast.executor.process import marked_processes
 from tests.conftest import RedisServer, free_port, redis_server_binary, run_abreast
-from tests.helpers import PY, intervals, max_concurrency, pid_alive, wait_for
+from tests.helpers import PY, intervals, max_concurrency, pid_alive, query, wait_for
 
 # Binds one TCP port for a while, like a test suite's server; records its interval and
 # whether the port was free.
@@ -79,8 +78,8 @@ def test_exit_status_passes_through_and_bad_use_is_explained(tmp_path: Path) -> 
 def test_waiting_gives_up_after_timeout_and_says_who_holds_it(tmp_path: Path) -> None:
     state = f"sqlite://{tmp_path}/state.db"
     holder = subprocess.Popen([*lock_argv(state), "sleep", "5"])
+    coord = open_coordinator(state)
     try:
-        coord = open_coordinator(state)
         wait_for(lambda: coord.holder("tests") is not None, what="the first holder")
         t0 = time.monotonic()
         waited = run_abreast("lock", "tests", "--timeout", "0.5", "--state", state, "--", "true")
@@ -89,6 +88,7 @@ def test_waiting_gives_up_after_timeout_and_says_who_holds_it(tmp_path: Path) ->
         assert "gave up waiting for 'tests'" in waited.err
         assert f"pid {holder.pid}" in waited.err
     finally:
+        coord.close()
         holder.terminate()
         holder.wait(timeout=10)
 
@@ -223,8 +223,8 @@ def test_a_silent_task_is_an_orphan_killed_and_retried(tmp_path: Path) -> None:
     assert "orphan: no sign of life" in out
     first = int((tmp_path / "pids").read_text().split()[0])
     assert not pid_alive(first)
-    db = sqlite3.connect(tmp_path / ".abreast" / "state.db")
-    events = db.execute("SELECT task_id, data FROM events WHERE type = 'orphan.cleaned'").fetchall()
+    db = tmp_path / ".abreast" / "state.db"
+    events = query(db, "SELECT task_id, data FROM events WHERE type = 'orphan.cleaned'")
     assert len(events) == 1
     assert json.loads(events[0][1])["reason"] == "no_activity"
 
@@ -243,11 +243,11 @@ def test_memory_growth_over_the_limit_is_reported(tmp_path: Path) -> None:
     )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, out + err
-    db = sqlite3.connect(tmp_path / ".abreast" / "state.db")
-    rows = db.execute("SELECT data FROM events WHERE type = 'memory.leak_suspected'").fetchall()
+    db = tmp_path / ".abreast" / "state.db"
+    rows = query(db, "SELECT data FROM events WHERE type = 'memory.leak_suspected'")
     assert rows, out
     assert "warning: orchestrator memory grew by" in out
-    peak = db.execute("SELECT peak_rss_bytes FROM tasks WHERE task_id = 't'").fetchone()[0]
+    peak = query(db, "SELECT peak_rss_bytes FROM tasks WHERE task_id = 't'")[0][0]
     assert peak > 10**7  # the task's 10 MB showed in its peak RSS
 
 

@@ -58,9 +58,9 @@ def test_engine_starts_no_more_than_the_monitor_allows(
     monitor.update()
     monitor.update()
     options = EngineOptions(cap=3, flags={}, monitor=monitor, tick_s=0.05)
-    engine = engine_for(wf, tmp_path / "state.db", options)
-    outcome = asyncio.run(engine.run())
+    with engine_for(wf, tmp_path / "state.db", options) as engine:
+        outcome = asyncio.run(engine.run())
+        reasons = engine.waiting_reasons()
     assert outcome.state == "succeeded"
     assert max_concurrency(intervals(tmp_path)) == expected
-    reasons = engine.waiting_reasons()
     assert reasons == {}  # nothing waits once the run is over

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port, run_abreast
-from tests.helpers import wait_for
+from tests.helpers import query, wait_for
 
 SEED_METRICS = (
     "parallel_sprint_duration_seconds",
@@ -59,8 +58,9 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
 
 
 def journal_events(root: Path) -> list[tuple[int, str, str | None]]:
-    db = sqlite3.connect(root / ".abreast" / "state.db")
-    return db.execute("SELECT seq, type, task_id FROM events ORDER BY seq").fetchall()
+    return query(
+        root / ".abreast" / "state.db", "SELECT seq, type, task_id FROM events ORDER BY seq"
+    )
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -398,14 +398,14 @@ def test_report_numbers_equal_the_journal(tmp_path: Path) -> None:
     run_id = run.out.splitlines()[0][5:]
     assert "critical path: a -> b took" in run.out
     rep = json.loads(run_abreast("report", run_id, "--json", cwd=tmp_path).out)
-    db = sqlite3.connect(tmp_path / ".abreast" / "state.db")
-    started, finished = db.execute("SELECT started_at, finished_at FROM runs").fetchone()
-    busy = db.execute("SELECT sum(wall_s) FROM attempts").fetchone()[0]
+    db = tmp_path / ".abreast" / "state.db"
+    started, finished = query(db, "SELECT started_at, finished_at FROM runs")[0]
+    busy = query(db, "SELECT sum(wall_s) FROM attempts")[0][0]
     assert rep["wall_s"] == pytest.approx(finished - started)
     assert rep["sequential_s"] == pytest.approx(busy)
     assert rep["saved_s"] == pytest.approx(busy - (finished - started))
     tasks = {t["id"]: t for t in rep["tasks"]}
-    for tid, s, f, state in db.execute("SELECT task_id, started_at, finished_at, state FROM tasks"):
+    for tid, s, f, state in query(db, "SELECT task_id, started_at, finished_at, state FROM tasks"):
         assert tasks[tid]["elapsed_s"] == pytest.approx(f - s)
         assert tasks[tid]["state"] == state
     cp = rep["critical_path"]

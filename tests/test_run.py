@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.helpers import (
     max_concurrency,
     pairs_overlapping,
     pid_alive,
+    query,
     start_run,
     wait_for,
     write_recorder,
@@ -35,8 +35,9 @@ def workflow(root: Path, tasks: dict[str, Any], **top: Any) -> Path:
     return path
 
 
-def journal(root: Path) -> sqlite3.Connection:
-    return sqlite3.connect(root / ".abreast" / "state.db")
+def journal(root: Path, sql: str) -> list[Any]:
+    """The rows of `sql` on the run's journal."""
+    return query(root / ".abreast" / "state.db", sql)
 
 
 def run_id_of(out: str) -> str:
@@ -145,11 +146,7 @@ def test_retry_with_backoff_succeeds_on_attempt_2(tmp_path: Path, cli) -> None: 
     log2 = cli("logs", run_id, "flaky", "--state", f"sqlite://{tmp_path}/.abreast/state.db")
     assert "attempt 2 feedback=[exit 3" in log2.out
     assert "boom" in log2.out  # the failed attempt's log tail reached the retry
-    rows = (
-        journal(tmp_path)
-        .execute("SELECT attempt, state, exit_code FROM attempts ORDER BY attempt")
-        .fetchall()
-    )
+    rows = journal(tmp_path, "SELECT attempt, state, exit_code FROM attempts ORDER BY attempt")
     assert rows == [(1, "failed", 3), (2, "succeeded", 0)]
 
 
@@ -176,7 +173,7 @@ def test_exhausted_retries_fail_with_one_report_and_block_dependents(tmp_path: P
     assert "| it broke" in out
     assert "worse (failed, attempt 1): killed by SIGKILL" in out
     assert "blocked: after (upstream bad failed), later (upstream bad failed)" in out
-    states = dict(journal(tmp_path).execute("SELECT task_id, state FROM tasks").fetchall())
+    states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
     assert states == {
         "bad": "failed",
         "worse": "failed",
@@ -203,7 +200,7 @@ def test_when_skips_and_dependents_still_run(tmp_path: Path, cli) -> None:  # ty
     )
     result = cli("run", str(path), "--no-monitor")
     assert result.code == 0, result.out
-    states = dict(journal(tmp_path).execute("SELECT task_id, state FROM tasks").fetchall())
+    states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
     assert states == {
         "critique": "succeeded",
         "build": "skipped",
@@ -211,11 +208,9 @@ def test_when_skips_and_dependents_still_run(tmp_path: Path, cli) -> None:  # ty
         "docs": "succeeded",
     }
     assert cli("run", str(path), "--no-monitor", "--flag", "deep").code == 0
-    rows = (
-        journal(tmp_path)
-        .execute("SELECT state FROM tasks WHERE task_id = 'deep' ORDER BY rowid DESC")
-        .fetchone()
-    )
+    rows = journal(tmp_path, "SELECT state FROM tasks WHERE task_id = 'deep' ORDER BY rowid DESC")[
+        0
+    ]
     assert rows == ("succeeded",)
 
 
@@ -447,9 +442,9 @@ def test_cancel_from_another_terminal(tmp_path: Path) -> None:
     assert "cancelled" in out
     task_pid = int((tmp_path / "long.pid").read_text())
     assert not pid_alive(task_pid)
-    states = dict(journal(tmp_path).execute("SELECT task_id, state FROM tasks").fetchall())
+    states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
     assert states == {"long": "cancelled", "next": "cancelled"}
-    run_state = journal(tmp_path).execute("SELECT state FROM runs").fetchone()[0]
+    run_state = journal(tmp_path, "SELECT state FROM runs")[0][0]
     assert run_state == "cancelled"
 
 
@@ -491,7 +486,7 @@ def test_journal_survives_16_concurrent_writers(tmp_path: Path) -> None:
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 16, errors
     assert not any("locked" in e for e in errors)
-    count = sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone()[0]
+    count = query(db, "SELECT count(*) FROM events")[0][0]
     assert count == 16 * 150
 
 
@@ -520,16 +515,16 @@ def test_an_error_while_handling_an_exit_stops_the_run_with_that_error(tmp_path:
             raise RuntimeError(f"view failed on {tr.id}")
 
     wf = workflow(tmp_path, {"a": {"run": "true"}, "b": {"run": "sleep 30"}})
-    engine = engine_for(wf, tmp_path / "state.db", EngineOptions(cap=2, flags={}), Broken())
-    try:
-        # Raised when a ends, not when b would (wait_for would raise TimeoutError).
-        with pytest.raises(RuntimeError, match="view failed on a"):
-            asyncio.run(asyncio.wait_for(engine.run(), 20))
-    finally:
-        b = engine.by_id["b"].running
-        if b is not None:
-            os.killpg(b.pgid, signal.SIGKILL)
-            os.waitpid(b.pid, 0)
+    with engine_for(wf, tmp_path / "state.db", EngineOptions(cap=2, flags={}), Broken()) as engine:
+        try:
+            # Raised when a ends, not when b would (wait_for would raise TimeoutError).
+            with pytest.raises(RuntimeError, match="view failed on a"):
+                asyncio.run(asyncio.wait_for(engine.run(), 20))
+        finally:
+            b = engine.by_id["b"].running
+            if b is not None:
+                os.killpg(b.pgid, signal.SIGKILL)
+                os.waitpid(b.pid, 0)
 
 
 def test_ctrl_c_stops_a_run_of_many_short_tasks(tmp_path: Path) -> None:
@@ -551,6 +546,6 @@ def test_ctrl_c_stops_a_run_of_many_short_tasks(tmp_path: Path) -> None:
     assert "wakeup fd" not in err and "Traceback" not in err, err[-2000:]
     assert proc.returncode == 1
     assert ": cancelled in" in out
-    states = dict(journal(tmp_path).execute("SELECT task_id, state FROM tasks").fetchall())
+    states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
     assert list(states.values()).count("succeeded") < 3000
     assert "cancelled" in states.values()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_abreast
-from tests.helpers import PY, start_run, wait_for
+from tests.helpers import PY, query, start_run, wait_for
 
 
 def git(repo: Path, *args: str) -> str:
@@ -273,10 +272,7 @@ def test_worktrees_are_pooled_across_tasks(repo: Path) -> None:
     path = workflow(repo, tasks, max_parallel=2)
     code, out, run_id = run(repo, path)
     assert code == 0, out
-    import sqlite3
-
-    db = sqlite3.connect(repo / ".abreast" / "state.db")
-    dirs = {r[0] for r in db.execute("SELECT workdir FROM attempts")}
+    dirs = {r[0] for r in query(repo / ".abreast" / "state.db", "SELECT workdir FROM attempts")}
     assert len(dirs) <= 3  # six tasks, two at once: worktrees reused (one may be on its way
     # back from the merge queue when the next task starts)
     for i in range(6):
@@ -360,9 +356,9 @@ def test_resume_removes_the_worktrees_and_heartbeats_of_attempts_it_killed(repo:
         timeout=30,
         what="both tasks to start",
     )
-    coord = sqlite3.connect(repo / ".abreast" / "coord.db")
+    coord = repo / ".abreast" / "coord.db"
     beats = f"SELECT COUNT(*) FROM heartbeats WHERE key LIKE 'attempt:{run_id}/%'"
-    wait_for(lambda: coord.execute(beats).fetchone()[0] == 2, what="both tasks' heartbeats")
+    wait_for(lambda: query(coord, beats)[0][0] == 2, what="both tasks' heartbeats")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
     assert run_id in git(repo, "worktree", "list")  # the killed attempts' worktrees
@@ -370,8 +366,7 @@ def test_resume_removes_the_worktrees_and_heartbeats_of_attempts_it_killed(repo:
     assert resumed.code == 0, resumed.out + resumed.err
     assert show(repo, integration(run_id), "f1.txt") == "1\n"
     assert run_id not in git(repo, "worktree", "list")  # none left behind
-    assert coord.execute(beats).fetchone()[0] == 0  # nor heartbeats of the killed attempts
-    coord.close()
+    assert query(coord, beats)[0][0] == 0  # nor heartbeats of the killed attempts
 
 
 def test_16_processes_add_and_remove_worktrees_concurrently(repo: Path) -> None:

@@ -16,6 +16,7 @@ from abreast import __version__
 from abreast.errors import AbreastError, UsageError, did_you_mean
 
 if TYPE_CHECKING:
+    from abreast.coord.journal import Journal
     from abreast.engine.engine import RunOutcome, View
     from abreast.observe.dashboard_process import Observer
 
@@ -372,10 +373,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from abreast.engine.lookup import find_run, open_journal
-    from abreast.observe import status
+    from abreast.engine.lookup import open_journal
 
     _, journal = open_journal(None, args.state)
+    with journal:
+        return _status(args, journal)
+
+
+def _status(args: argparse.Namespace, journal: Journal) -> int:
+    from abreast.engine.lookup import find_run
+    from abreast.observe import status
+
     if args.run_id is None and not args.json and not args.watch:
         status.print_runs(journal, sys.stdout)
         return 0
@@ -415,9 +423,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from abreast.observe import status
 
     _, journal = open_journal(None, args.state)
-    row = find_run(journal, args.run_id)
-    attempt = status.find_attempt(journal, row.id, args.task_id, args.attempt)
-    status.show_log(journal, attempt, sys.stdout, args.follow)
+    with journal:
+        row = find_run(journal, args.run_id)
+        attempt = status.find_attempt(journal, row.id, args.task_id, args.attempt)
+        status.show_log(journal, attempt, sys.stdout, args.follow)
     return 0
 
 
@@ -426,7 +435,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from abreast.engine.runs import cancel_run
 
     _, journal = open_journal(None, args.state)
-    print(cancel_run(journal, find_run(journal, args.run_id)))
+    with journal:
+        print(cancel_run(journal, find_run(journal, args.run_id)))
     return 0
 
 
@@ -502,14 +512,20 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     except CoordError as e:
         print(f"abreast: note: leases not checked: {e}", file=sys.stderr)
         coord = None
-    plans = cleanup(
-        journal,
-        location.root,
-        dry_run=args.dry_run,
-        force=args.force,
-        results=args.results,
-        release_leases=lease_releaser(coord) if coord else None,
-    )
+    try:
+        plans = cleanup(
+            journal,
+            location.root,
+            dry_run=args.dry_run,
+            force=args.force,
+            results=args.results,
+            release_leases=lease_releaser(coord) if coord else None,
+        )
+    finally:
+        if journal is not None:
+            journal.close()
+        if coord is not None:
+            coord.close()
     if not plans:
         print("nothing to clean up")
         return 0

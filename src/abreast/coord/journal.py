@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -181,6 +182,12 @@ class EventRow:
     data: dict[str, Any]
 
 
+def unclosed(owner: str, path: Path) -> None:
+    """Say that `owner` (of the SQLite file `path`) was left to the garbage collector:
+    every command closes what it opens (Python 3.13 warns of a bare connection so left)."""
+    warnings.warn(f"{owner} {path} was not closed", ResourceWarning, stacklevel=3)
+
+
 def use_wal(db: sqlite3.Connection) -> None:
     """Put the database in WAL mode. Switching a new file takes an exclusive lock without
     waiting on the busy handler, so a second process creating the same file at the same
@@ -199,6 +206,8 @@ def use_wal(db: sqlite3.Connection) -> None:
 class Journal:
     """One connection to the journal; stage writes, then `commit()` them together."""
 
+    _open = False  # a connection was made and is not closed yet
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
@@ -214,6 +223,7 @@ class Journal:
                 f"cannot open the journal at {self.path}: {e}",
                 hint="check the path and its permissions, or pass --state",
             ) from e
+        self._open = True
         self._pending: list[tuple[str, Sequence[Any]]] = []
         # Row updates staged per key are merged, so one commit writes each row once.
         self._task_updates: dict[tuple[str, str], dict[str, Any]] = {}
@@ -225,10 +235,14 @@ class Journal:
         try:
             self._setup()
         except sqlite3.DatabaseError as e:
+            self.close()
             raise StateError(
                 f"{self.path} is not a usable abreast journal: {e}",
                 hint="point --state at another file, or move this one away",
             ) from e
+        except BaseException:  # a journal of a newer abreast, say
+            self.close()
+            raise
 
     def _setup(self) -> None:
         db = self._db
@@ -254,7 +268,19 @@ class Journal:
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
-        self._db.close()
+        self._open = False
+        self._db.close()  # a second close does nothing
+
+    def __del__(self) -> None:
+        if self._open:
+            unclosed("journal", self.path)
+            self.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from abreast.coord.backend import WAITER_TTL_S, CoordError, Coordinator, Heartbeat, Holder, Lease
-from abreast.coord.journal import BUSY_TIMEOUT_MS, use_wal
+from abreast.coord.journal import BUSY_TIMEOUT_MS, unclosed, use_wal
 
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _SCHEMA = """
@@ -54,6 +54,8 @@ def _serialised(method: Any) -> Any:
 
 
 class SqliteCoordinator(Coordinator):
+    _open = False  # a connection was made and is not closed yet
+
     def __init__(self, url: str) -> None:
         self._lock = threading.RLock()
         journal = Path(url[len("sqlite://") :])
@@ -64,6 +66,7 @@ class SqliteCoordinator(Coordinator):
             self._db = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
+            self._open = True
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             use_wal(self._db)
 
@@ -73,6 +76,8 @@ class SqliteCoordinator(Coordinator):
                     if statement.strip():
                         db.execute(statement)
         except (OSError, sqlite3.Error) as e:
+            if self._open:
+                self.close()
             raise CoordError(f"cannot use {self.path} for coordination: {e}") from e
 
     @contextmanager
@@ -346,7 +351,13 @@ class SqliteCoordinator(Coordinator):
 
     @_serialised
     def close(self) -> None:
+        self._open = False
         self._db.close()
+
+    def __del__(self) -> None:
+        if self._open:
+            unclosed("coordinator", self.path)
+            self.close()
 
 
 def _holder(text: str) -> Holder:

@@ -293,63 +293,68 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         _note(f"note: {x} and {y} never run side by side: {nesting_hint(via)}")
     sinks = _sinks(p)
     journal = Journal(p.location.journal)
-    supervisor = _supervisor(p, run_id, journal)  # an unreachable backend stops us here
-    keys = _keys(p, supervisor, journal, run_id)  # a key variable not set stops us here
-    started = time.time()
-    me = os.getpid()
-    options: dict[str, Any] = {
-        "flags": p.flags,
-        "max_parallel": p.cap,
-        "sequential": req.sequential,
-        "state": req.state,
-        "monitor": req.monitor,
-        "policy": p.analysis.policy.value,
-        "isolation": kind,
-        "base_commit": base_commit,
-        "land": req.land,
-    }
-    journal.create_run(
-        run_id,
-        workflow=p.wf.name,
-        file=p.wf.source,
-        file_sha256=p.wf.source_sha256,
-        root=str(p.location.root),
-        pid=me,
-        pid_start=start_ticks(me) or 0,
-        host=socket.gethostname(),
-        started_at=started,
-        task_ids=list(p.wf.tasks),
-        options={**options, "plan": plan_summary(p.analysis)},
-    )
-    journal.stage_event(
-        run_id, "run.started", ts=started, workflow=p.wf.name, tasks=len(p.wf.tasks), **options
-    )
-    announce(run_id)
-    isolation = _isolation(req, p, run_id, journal, kind, base_commit, supervisor)
-    engine = Engine(
-        p.wf,
-        run_id,
-        p.location,
-        journal,
-        p.graph,
-        _options(p, req.monitor, supervisor, sinks, keys),
-        view=view,
-        isolation=isolation,
-        started_at=started,
-    )
-    stops: list[Callable[[], None]] = []
-    if req.observer is not None:
-        _observe(req.observer, p.location, run_id)
-    if keys is not None:
-        keys.start()
-        stops.append(keys.stop)
-    try:
-        return asyncio.run(engine.run())
-    finally:
-        for stop in stops:
-            stop()
-        supervisor.close()
-        journal.close()
+    with journal:  # closed however this ends, a refusal before the run included
+        supervisor = _supervisor(p, run_id, journal)  # an unreachable backend stops us here
+        stops: list[Callable[[], None]] = []
+        try:  # the supervisor's backend connection is closed whatever stops us
+            keys = _keys(p, supervisor, journal, run_id)  # a key variable not set stops us here
+            started = time.time()
+            me = os.getpid()
+            options: dict[str, Any] = {
+                "flags": p.flags,
+                "max_parallel": p.cap,
+                "sequential": req.sequential,
+                "state": req.state,
+                "monitor": req.monitor,
+                "policy": p.analysis.policy.value,
+                "isolation": kind,
+                "base_commit": base_commit,
+                "land": req.land,
+            }
+            journal.create_run(
+                run_id,
+                workflow=p.wf.name,
+                file=p.wf.source,
+                file_sha256=p.wf.source_sha256,
+                root=str(p.location.root),
+                pid=me,
+                pid_start=start_ticks(me) or 0,
+                host=socket.gethostname(),
+                started_at=started,
+                task_ids=list(p.wf.tasks),
+                options={**options, "plan": plan_summary(p.analysis)},
+            )
+            journal.stage_event(
+                run_id,
+                "run.started",
+                ts=started,
+                workflow=p.wf.name,
+                tasks=len(p.wf.tasks),
+                **options,
+            )
+            announce(run_id)
+            isolation = _isolation(req, p, run_id, journal, kind, base_commit, supervisor)
+            engine = Engine(
+                p.wf,
+                run_id,
+                p.location,
+                journal,
+                p.graph,
+                _options(p, req.monitor, supervisor, sinks, keys),
+                view=view,
+                isolation=isolation,
+                started_at=started,
+            )
+            if req.observer is not None:
+                _observe(req.observer, p.location, run_id)
+            if keys is not None:
+                keys.start()
+                stops.append(keys.stop)
+            return asyncio.run(engine.run())
+        finally:
+            for stop in stops:
+                stop()
+            supervisor.close()
 
 
 PLAN_LIMIT = 20_000
@@ -451,6 +456,23 @@ def resume_run(
     """Carry on a run whose orchestrator died (`observer`: one spawned for --dashboard /
     --metrics-port, told the run once it is found)."""
     found_at, journal = open_journal(None, state)
+    with journal:  # closed however this ends, a refusal included
+        return _resume_found(
+            found_at, journal, run_id, force, view, announce, monitor, isolation, observer
+        )
+
+
+def _resume_found(
+    found_at: StateLocation,
+    journal: Journal,
+    run_id: str,
+    force: bool,
+    view: View,
+    announce: Callable[[str], None],
+    monitor: bool,
+    isolation: IsolationFactory | None,
+    observer: Observer | None,
+) -> RunOutcome:
     row = find_run(journal, run_id)
     # The run's own project, wherever resume is typed; the journal stays where it was found.
     location = dataclasses.replace(found_at, root=Path(row.root))
@@ -556,31 +578,33 @@ async def _resume(
         for line in await asyncio.to_thread(repair, location.root, row.id):
             view.note(line)
     supervisor = _supervisor(p, row.id, journal)
-    supervisor.forget_attempts([(task, n) for task, (n, _) in interrupted.items()])
-    keys = _keys(p, supervisor, journal, row.id)
-    if keys is not None:
-        keys.start()
-    engine = Engine(
-        wf,
-        row.id,
-        location,
-        journal,
-        graph,
-        _options(p, monitor_on, supervisor, keys=keys),
-        view=view,
-        isolation=_isolation(req, p, row.id, journal, kind, options.get("base_commit"), supervisor),
-        started_at=row.started_at,
-    )
-    rows = {t.task_id: t.__dict__ for t in journal.tasks(row.id)}
-    engine.restore(rows, interrupted)
-    journal.commit()
-    try:
+    keys = None
+    try:  # the supervisor's backend connection is closed whatever stops us
+        supervisor.forget_attempts([(task, n) for task, (n, _) in interrupted.items()])
+        keys = _keys(p, supervisor, journal, row.id)
+        if keys is not None:
+            keys.start()
+        engine = Engine(
+            wf,
+            row.id,
+            location,
+            journal,
+            graph,
+            _options(p, monitor_on, supervisor, keys=keys),
+            view=view,
+            isolation=_isolation(
+                req, p, row.id, journal, kind, options.get("base_commit"), supervisor
+            ),
+            started_at=row.started_at,
+        )
+        rows = {t.task_id: t.__dict__ for t in journal.tasks(row.id)}
+        engine.restore(rows, interrupted)
+        journal.commit()
         return await engine.run()
     finally:
         if keys is not None:
             keys.stop()
         supervisor.close()
-        journal.close()
 
 
 def recorded_exits(exits_file: str | None) -> dict[str, int]:

@@ -308,6 +308,12 @@ class Dashboard:
             "now": time.time(),
         }
 
+    def close(self) -> None:
+        """Close the coordinator connection the lock view opened, if it did."""
+        if self._coord is not None:
+            self._coord.close()
+            self._coord = None
+
     def locks(self, run_id: str) -> list[dict[str, Any]]:
         try:
             if self._coord is None:
@@ -516,6 +522,7 @@ class DashboardServer:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.dashboard.close()
 
 
 def serve(location: StateLocation, host: str, port: int, token: str | None) -> None:
@@ -524,7 +531,10 @@ def serve(location: StateLocation, host: str, port: int, token: str | None) -> N
     shown = f"[{host}]" if ":" in host else host
     suffix = f"?token={token}" if token else ""
     print(f"dashboard: http://{shown}:{port}/{suffix}  (Ctrl-C to stop)", flush=True)
-    _uvicorn(dash, host, port).run()
+    try:
+        _uvicorn(dash, host, port).run()
+    finally:
+        dash.close()
 
 
 def _uvicorn(dash: Dashboard, host: str, port: int) -> Any:
@@ -591,7 +601,10 @@ def serve_run(
         run_only=run_id,
         metrics=metrics,
     )
-    asyncio.run(_serve_for_run(_uvicorn(dash, "127.0.0.1", port), socks, dash, follow_fd))
+    try:
+        asyncio.run(_serve_for_run(_uvicorn(dash, "127.0.0.1", port), socks, dash, follow_fd))
+    finally:
+        dash.close()
 
 
 async def _serve_for_run(server: Any, socks: list[Any], dash: Dashboard, follow_fd: int) -> None:

@@ -40,6 +40,11 @@ class PipeSafe(io.TextIOBase):
         with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
             redirect_fd(self._stream.fileno(), os.devnull)
 
+    def close(self) -> None:
+        # The stream wrapped belongs to whoever made it (the interpreter, a test's
+        # capture): closing this wrapper, as collecting it does, leaves that alone.
+        pass
+
     def isatty(self) -> bool:
         return not self.broken and self._stream.isatty()
 
