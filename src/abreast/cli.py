@@ -310,11 +310,8 @@ def _finish(outcome: RunOutcome) -> int:
         from abreast.coord.journal import Journal
         from abreast.observe import report
 
-        journal = Journal(journal_path)
-        try:
+        with Journal(journal_path) as journal:
             print(report.closing(journal, outcome.run_id))
-        finally:
-            journal.close()
     return 0 if outcome.state == "succeeded" else 1
 
 

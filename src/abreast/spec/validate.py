@@ -108,10 +108,10 @@ class _Validator:
         if defaults_raw and self._checked(TaskFields, defaults_raw, ("defaults",)) is None:
             # Reported once, where they are written; the tasks are checked without the keys
             # at fault, so that their own problems are reported in the same pass.
-            at_fault = {p.path[1] for p in self.problems if p.path[:1] == ("defaults",)}
-            if any(len(p.path) < 2 for p in self.problems):
+            at_fault = [p.path[1:2] for p in self.problems if p.path[:1] == ("defaults",)]
+            if () in at_fault:  # `defaults` as a whole: nothing of it to merge
                 raise self.fail()
-            defaults_raw = {k: v for k, v in defaults_raw.items() if k not in at_fault}
+            defaults_raw = {k: v for k, v in defaults_raw.items() if (k,) not in at_fault}
 
         merged: dict[str, Any] = {}
         for tid, raw_body in (tasks_raw or {}).items():
@@ -179,9 +179,7 @@ class _Validator:
         where = describe_path(path) or "top level"
         if kind == "extra_forbidden":
             key = str(path[-1])
-            owner = _model_at(model, loc[:-1])
-            allowed = sorted(_aliases(owner)) if owner else []
-            hint = "allowed keys: " + ", ".join(allowed) if allowed else None
+            allowed, hint = _allowed_keys(model, loc[:-1])
             parent = describe_path(path[:-1]) or "the top level"
             self.problem(
                 path, f"unknown key {key!r} in {parent}{did_you_mean(key, allowed)}", hint=hint
@@ -208,14 +206,9 @@ class _Validator:
                 hint=f"write {path[-1]}: {{NAME: value}}, or one NAME: value per line below it",
             )
         elif kind == "model_type":
-            owner = _model_at(model, loc)
-            allowed = sorted(_aliases(owner)) if owner else []
             shown = _value_at(self.doc.data, path, err.get("input"))
-            self.problem(
-                path,
-                f"{where} must be a mapping of keys, not {_kind(shown)}",
-                hint="allowed keys: " + ", ".join(allowed) if allowed else None,
-            )
+            hint = _allowed_keys(model, loc)[1]
+            self.problem(path, f"{where} must be a mapping of keys, not {_kind(shown)}", hint=hint)
         elif kind == "string_pattern_mismatch" and err["ctx"]["pattern"] in _PATTERN_RULES:
             rule, hint = _PATTERN_RULES[err["ctx"]["pattern"]]
             self.problem(path, f"{where}: {err.get('input')!r} is not {rule}", hint=hint)
@@ -508,6 +501,13 @@ def _kind(value: object) -> str:
 
 def _aliases(model: type) -> set[str]:
     return {key for key in schema.file_fields(model) if key != "id"}
+
+
+def _allowed_keys(model: type, loc: tuple[Any, ...]) -> tuple[list[str], str | None]:
+    """The keys the mapping at `loc` under `model` allows, and the hint listing them."""
+    owner = _model_at(model, loc)
+    allowed = sorted(_aliases(owner)) if owner else []
+    return allowed, ("allowed keys: " + ", ".join(allowed) if allowed else None)
 
 
 def _model_at(model: type, loc: tuple[Any, ...]) -> type | None:
