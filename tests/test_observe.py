@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -532,7 +531,8 @@ def test_dashboard_refuses_foreign_hosts_origins_and_missing_tokens(tmp_path: Pa
         server.stop()
 
 
-def chromium() -> Any:
+def chromium(profile: Path) -> Any:
+    """A headless Chromium whose profile lives in `profile` (the test's tmp_path, not /tmp)."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_bin = shutil.which("chromedriver")
     if binary is None or driver_bin is None:
@@ -554,7 +554,7 @@ def chromium() -> Any:
         "--disable-component-update",
         "--no-first-run",
         "--window-size=1400,1000",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='abreast-chromium-')}",
+        f"--user-data-dir={profile}",
     ):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(driver_bin), options=options)
@@ -587,7 +587,7 @@ def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    driver = chromium()
+    driver = chromium(tmp_path / "chromium-profile")
     try:
         assert proc.stdout is not None
         run_id = proc.stdout.readline()[5:].strip()

@@ -183,6 +183,22 @@ def test_exhausted_retries_fail_with_one_report_and_block_dependents(tmp_path: P
     }
 
 
+def test_a_failed_tasks_log_cannot_restyle_or_wipe_the_summary(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # Clear the screen, set the window title, colour, ring the bell, backspace.
+    noise = r"\033[2J\033[H\033]0;owned\007\033[31mred\033[0m \007bell \010back"
+    path = workflow(tmp_path, {"loud": {"run": f"printf '{noise}\\n'; exit 1"}})
+    result = cli("run", str(path), "--no-monitor", "--plain")
+    assert result.code == 1
+    assert "| red \\x07bell \\x08back" in result.out
+    assert "\x1b" not in result.out and "\x07" not in result.out
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    report = cli("report", run_id_of(result.out), "--state", state)
+    assert "| red \\x07bell \\x08back" in report.out and "\x1b" not in report.out
+    # The log itself is kept as the task wrote it.
+    log = tmp_path / ".abreast" / "runs" / run_id_of(result.out) / "logs" / "loud.1.log"
+    assert log.read_bytes().startswith(b"\x1b[2J")
+
+
 def test_when_skips_and_dependents_still_run(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     path = workflow(
         tmp_path,

@@ -41,6 +41,14 @@ CASES = {
         'version: 1\ntasks:\n  a:\n    run: "echo hi\n',
         [":4: invalid YAML", "quoted scalar that starts on this line", "close the quote"],
     ),
+    "unclosed_bracket_at_the_end": (  # the parser says the end of the file: the last line
+        "version: 1\ntasks:\n  a: {run: x}\n  b: [\n\n",
+        [":4: invalid YAML", "close the quote or bracket"],
+    ),
+    "tab_indentation": (
+        "version: 1\ntasks:\n\ta:\n\t\trun: x\n",
+        [":3: invalid YAML", "YAML indents with spaces only: replace the tab"],
+    ),
     "duplicate_key": (
         "version: 1\ntasks:\n  a: {run: x}\n  a: {run: y}\n",
         [":4: duplicate key 'a' (first at line 3)"],

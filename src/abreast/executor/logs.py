@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import re
+
 LOG_TAIL_LINES = 12
 
+# Terminal escape sequences: CSI (colours, cursor moves, clearing), OSC (window titles,
+# hyperlinks; ended by BEL or ST, or by the end of the line) and the two-byte ones.
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]?|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -Z\\-~]?)")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
-def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> list[str]:
+
+def visible(line: str) -> str:
+    """`line` safe to print on a terminal, in a summary or a page: escape sequences
+    removed (a task's colours, or a `clear`, must not restyle or wipe what abreast
+    prints around them), other control characters shown as \\xNN."""
+    if "\x1b" in line:
+        line = _ESCAPES.sub("", line)
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
+
+
+def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 8192) -> list[str]:
+    """The last `lines` non-blank lines of a log (from its last `max_bytes`), made
+    `visible`; bytes that are not UTF-8 become U+FFFD. [] if it cannot be read."""
     if path is None:
         return []
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
             size = f.tell()
-            f.seek(max(0, size - 8192))
+            f.seek(max(0, size - max_bytes))
             data = f.read().decode("utf-8", "replace")
     except OSError:
         return []
-    return [line for line in data.splitlines() if line.strip()][-lines:]
+    return [visible(line) for line in data.splitlines() if line.strip()][-lines:]

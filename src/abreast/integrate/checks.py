@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from abreast.executor.logs import log_tail
 from abreast.executor.process import describe_status, kill_tree
 from abreast.spec.model import Check
 
@@ -61,7 +61,7 @@ async def run_checks(
             code, sig, timed_out = await _run_one(check, cwd, env, log, grace_s)
         if timed_out or code != 0 or sig:
             why = f"timed out after {check.timeout:g}s" if timed_out else describe_status(code, sig)
-            tail = _tail(log, tail_lines)
+            tail = log_tail(log, tail_lines, max_bytes=16384)
             detail = f"check `{name}` failed ({why})"
             if tail:
                 detail += "; the end of its output:\n" + "\n".join(tail)
@@ -96,14 +96,3 @@ async def _run_one(
     if code < 0:
         return None, -code, False
     return code, None, False
-
-
-def _tail(path: str, lines: int) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return []
-    return [line for line in text.splitlines() if line.strip()][-lines:]

@@ -126,12 +126,28 @@ def _yaml_problem(e: yaml.MarkedYAMLError, text: str) -> SpecProblem:
     mark = e.problem_mark or e.context_mark
     context = e.context
     hint = "check the indentation and quoting around this line"
-    if mark is not None and e.context_mark is not None and mark.index >= len(text.rstrip()):
+    line = mark.line + 1 if mark else None
+    end = len(text.rstrip())
+    if mark is not None and e.context_mark is not None and mark.index >= end:
         mark = e.context_mark
+        line = mark.line + 1
+        if mark.index >= end:  # the parser places it at the end too: the last line then
+            line = text.count("\n", 0, end) + 1
         context = f"{context} that starts on this line" if context else "that starts on this line"
         hint = "close the quote or bracket this line opens"
+    elif mark is not None and _tab_at(text, mark.index):
+        hint = "YAML indents with spaces only: replace the tab on this line with spaces"
     return SpecProblem(
         f"invalid YAML: {e.problem or 'invalid YAML'}" + (f" ({context})" if context else ""),
-        line=mark.line + 1 if mark else None,
+        line=line,
         hint=hint,
     )
+
+
+def _tab_at(text: str, index: int) -> bool:
+    """Whether the character at `index` is a tab in the line's indentation (or the one
+    the parser stopped at), which YAML forbids."""
+    if text[index : index + 1] == "\t":
+        return True
+    start = text.rfind("\n", 0, index) + 1
+    return "\t" in text[start:index] and not text[start:index].strip(" \t")
