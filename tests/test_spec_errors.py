@@ -45,6 +45,10 @@ CASES = {
         "version: 1\ntasks:\n  a: {run: x}\n  b: [\n\n",
         [":4: invalid YAML", "close the quote or bracket"],
     ),
+    "line_that_is_not_key_value": (  # named where it is, not on the next line
+        "version: 1\nchange\ntasks:\n  a: {run: x}\n",
+        [":2: invalid YAML", "write `key: value`"],
+    ),
     "tab_indentation": (
         "version: 1\ntasks:\n\ta:\n\t\trun: x\n",
         [":3: invalid YAML", "YAML indents with spaces only: replace the tab"],

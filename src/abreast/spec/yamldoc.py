@@ -122,19 +122,26 @@ class _Walker:
 
 def _yaml_problem(e: yaml.MarkedYAMLError, text: str) -> SpecProblem:
     """Where and what: a construct left open when the file ends (an unclosed quote or
-    bracket) is reported on the line where it starts, not after the file's last line."""
+    bracket), or a line that is not `key: value`, is reported on the line where it
+    starts, not on the line where the parser gave up (the next one, or past the end)."""
     mark = e.problem_mark or e.context_mark
-    context = e.context
+    context = e.context or ""
     hint = "check the indentation and quoting around this line"
     line = mark.line + 1 if mark else None
     end = len(text.rstrip())
-    if mark is not None and e.context_mark is not None and mark.index >= end:
+    opened = e.context_mark is not None and (
+        "simple key" in context or (mark is not None and mark.index >= end)
+    )
+    if opened and e.context_mark is not None:
         mark = e.context_mark
         line = mark.line + 1
         if mark.index >= end:  # the parser places it at the end too: the last line then
             line = text.count("\n", 0, end) + 1
+        if "simple key" in context:
+            hint = "write `key: value` (a colon and a space after the key), or remove the line"
+        elif "quoted" in context or "flow" in context:
+            hint = "close the quote or bracket this line opens"
         context = f"{context} that starts on this line" if context else "that starts on this line"
-        hint = "close the quote or bracket this line opens"
     elif mark is not None and _tab_at(text, mark.index):
         hint = "YAML indents with spaces only: replace the tab on this line with spaces"
     return SpecProblem(
