@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -368,6 +370,50 @@ def test_status_json_reports_every_task(tmp_path: Path, cli) -> None:  # type: i
     assert isinstance(tasks["a"]["peak_rss_bytes"], int)
     listing = cli("status", "--state", state).out
     assert run_id in listing and "failed" in listing
+
+
+def test_status_watch_into_a_pipe_shows_each_change_and_ends_with_the_run(tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    path = workflow(
+        tmp_path,
+        {
+            "first": {"run": f"while [ ! -e {go} ]; do sleep 0.05; done"},
+            "second": {"run": "true", "needs": ["first"]},
+        },
+    )
+    proc, run_id = start_run(path, cwd=tmp_path)
+    watch = subprocess.Popen(
+        [PY, "-m", "abreast", "status", run_id, "--watch"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(watch.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        # A frame reaches the pipe while the run goes, not only at its end.
+        wait_for(
+            lambda: any(line.startswith("  first") and "running" in line for line in lines),
+            what="a frame showing `first` running",
+        )
+        go.touch()
+        assert watch.wait(timeout=30) == 0, watch.stderr.read()  # type: ignore[union-attr]
+        reader.join(timeout=30)
+        frames = "".join(lines)
+        assert f"run {run_id} (t): succeeded" in frames
+        assert frames.count(f"run {run_id} (t):") >= 2  # a frame per change, not one per second
+        assert "\x1b" not in frames  # plain text for a pipe
+    finally:
+        go.touch()
+        watch.kill()
+        watch.wait()
+        reader.join(timeout=30)
+        watch.stdout.close()  # type: ignore[union-attr]
+        watch.stderr.close()  # type: ignore[union-attr]
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
 
 
 def test_peak_rss_is_the_tasks_own_not_the_orchestrators(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

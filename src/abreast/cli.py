@@ -391,6 +391,9 @@ def _status(args: argparse.Namespace, journal: Journal) -> int:
     if not args.watch:
         status.print_run(journal, row, sys.stdout)
         return 0
+    if not sys.stdout.isatty():
+        status.watch_plain(journal, lambda: find_run(journal, row.id), sys.stdout)
+        return 0
     import io
     import time
 

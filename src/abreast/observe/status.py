@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -85,6 +86,29 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         )
     if row.summary and row.summary.get("landing"):
         out.write(f"  {row.summary['landing']}\n")
+
+
+def watch_plain(
+    journal: Journal, current: Callable[[], RunRow], out: TextIO, every_s: float = 1.0
+) -> None:
+    """`status --watch` where the output is not a terminal (a pipe, a CI log): the run's
+    table each time a task's state or attempt changes, and once more when it ends;
+    it stops then, or when the reader goes away."""
+    shown = None
+    while True:
+        row = current()
+        state = run_state(row)
+        seen = (state, [(t.task_id, t.state, t.attempts) for t in journal.tasks(row.id)])
+        if seen != shown:
+            if shown is not None:
+                out.write("\n")
+            print_run(journal, row, out)
+            out.flush()
+            shown = seen
+        if state == "running" and not reader_gone(out):
+            time.sleep(every_s)  # a viewer re-reading the journal
+            continue
+        return
 
 
 def find_attempt(journal: Journal, run_id: str, task_id: str, attempt: int | None) -> AttemptRow:
