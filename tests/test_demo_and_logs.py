@@ -203,3 +203,16 @@ def test_commands_close_the_journal_and_coordinator_they_open(tmp_path: Path, cl
             cli(*args, "--state", state)
         gc.collect()
     assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+
+
+def test_logs_keep_a_character_split_across_reads_whole(tmp_path: Path) -> None:
+    # 65535 bytes, then a two-byte character across the 64 KiB boundary of each read.
+    path = write_workflow(
+        tmp_path, "split", {"t": {"run": "head -c 65535 /dev/zero | tr '\\0' a; printf 'é\\n'"}}
+    )
+    ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert ran.code == 0, ran.err
+    run_id = ran.out.splitlines()[0][5:]
+    shown = run_abreast("logs", run_id, "t", cwd=tmp_path)
+    assert shown.code == 0, shown.err
+    assert shown.out.endswith("aé\n") and "\ufffd" not in shown.out

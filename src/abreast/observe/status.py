@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
 from collections.abc import Callable
@@ -140,16 +141,20 @@ def show_log(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> None
     path = Path(a.log or "")
     if not path.exists():
         raise UsageError(f"the log of {a.task_id} attempt {a.attempt} is gone: {path}")
+    # Incremental: a character split across two reads (a 64 KiB boundary, or a task
+    # still writing it) is decoded whole, not as two replacement characters.
+    text = codecs.getincrementaldecoder("utf-8")("replace")
     with path.open("rb") as f:
         while True:
             chunk = f.read(65536)
             if chunk:
-                out.write(chunk.decode("utf-8", "replace"))
+                out.write(text.decode(chunk))
                 out.flush()
                 if reader_gone(out):
                     return  # `logs -f | grep -m1 ...` found what it wanted
                 continue
             if not follow:
+                out.write(text.decode(b"", final=True))
                 return
             current = next(
                 (x for x in journal.attempts(a.run_id, a.task_id) if x.attempt == a.attempt), None
@@ -161,9 +166,7 @@ def show_log(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> None
                 or run is None
                 or run_state(run) != "running"
             ):
-                rest = f.read()
-                if rest:
-                    out.write(rest.decode("utf-8", "replace"))
+                out.write(text.decode(f.read(), final=True))
                 return
             time.sleep(0.2)  # a viewer following a file: nothing to be woken by
 
