@@ -491,6 +491,24 @@ def test_dashboard_token_from_the_environment_stays_out_of_argv(tmp_path: Path) 
         proc.communicate(timeout=10)
 
 
+def test_dashboard_shows_a_log_as_text_without_escape_sequences(tmp_path: Path) -> None:
+    from abreast.coord.location import locate
+    from abreast.observe.dashboard import DashboardServer
+
+    noise = r"\033[31mred\033[0m\r\nnext \033]0;title\007line\n"
+    path = write(tmp_path, {"tasks": {"a": {"run": f"printf '{noise}'"}}})
+    ran = run_abreast("run", str(path), "--no-monitor", cwd=tmp_path)
+    run_id = ran.out.splitlines()[0][5:]
+    server = DashboardServer(locate(path, None))
+    server.start()
+    try:
+        status, body = get(f"{server.url}api/runs/{run_id}/tasks/a/log")
+    finally:
+        server.stop()
+    assert status == 200
+    assert body == "red\nnext line"
+
+
 def test_dashboard_refuses_foreign_hosts_origins_and_missing_tokens(tmp_path: Path) -> None:
     from abreast.coord.location import locate
     from abreast.observe.dashboard import DashboardServer

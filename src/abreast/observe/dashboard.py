@@ -43,6 +43,7 @@ from starlette.routing import Route
 from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
 from abreast.errors import UsageError
+from abreast.executor.logs import visible
 from abreast.observe import rundata
 from abreast.observe.metrics import CONTENT_TYPE, Metrics
 
@@ -401,7 +402,8 @@ class Dashboard:
                 text = f.read().decode("utf-8", "replace")
         except OSError:
             text = "(no log)"
-        return PlainTextResponse(text)
+        # Shown as text on the page: escape sequences (colours, clearing) would be noise.
+        return PlainTextResponse("\n".join(visible(line) for line in text.splitlines()))
 
     async def metrics(self, request: Request) -> Response:
         # An exposition costs in proportion to the tasks (two per-task series, as the
