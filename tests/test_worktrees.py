@@ -369,6 +369,30 @@ def test_resume_removes_the_worktrees_and_heartbeats_of_attempts_it_killed(repo:
     assert query(coord, beats)[0][0] == 0  # nor heartbeats of the killed attempts
 
 
+def test_a_resumed_runs_summary_counts_what_landed_before_the_crash(repo: Path) -> None:
+    go = repo.parent / "go"
+    tasks = {
+        "quick": {"run": "echo q > quick.txt; sleep 0.2"},
+        "slow": {"run": f"while [ ! -e {go} ]; do sleep 0.05; done; echo s > slow.txt"},
+    }
+    path = workflow(repo, tasks, max_parallel=2)
+    proc, run_id = start_run(path, cwd=repo)
+    state = f"sqlite://{repo}/.abreast/state.db"
+    landed = f"SELECT COUNT(*) FROM events WHERE run_id = '{run_id}' AND type = 'merge.landed'"
+    wait_for(lambda: query(repo / ".abreast" / "state.db", landed)[0][0] == 1, what="quick to land")
+    proc.send_signal(signal.SIGKILL)  # before it could tidy up quick's branch
+    proc.communicate(timeout=30)
+    assert git(repo, "branch", "--list", f"abreast/{run_id}/quick") != ""
+    go.touch()
+    resumed = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain", cwd=repo)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "2 task(s) landed" in resumed.out  # quick landed before the crash
+    quick = next(line for line in resumed.out.splitlines() if line.startswith("  quick "))
+    assert " - " not in quick.split("succeeded")[1][:12]  # its time, from the first session
+    assert git(repo, "branch", "--list", f"abreast/{run_id}/quick") == ""  # its branch is gone
+    assert show(repo, integration(run_id), "quick.txt") == "q\n"
+
+
 def test_16_processes_add_and_remove_worktrees_concurrently(repo: Path) -> None:
     script = (
         "import sys\n"

@@ -1010,15 +1010,20 @@ class Engine:
             tr.output = row["output"]
             tr.feedback = row["feedback"]
             tr.started_at = row["started_at"]
+            tr.busy_s = row.get("busy_s", 0.0)
+            tr.peak_rss_bytes = row["peak_rss_bytes"] or 0
+            tr.exit_code, tr.signal = row["exit_code"], row["signal"]
             state = TaskState(row["state"])
             if tr.attempts:
                 tr.last_log = self._paths(tr.id, tr.attempts)[0]
             if state in (TaskState.SUCCEEDED, TaskState.SKIPPED):
                 tr.state = state
+                tr.finished_at = row["finished_at"]
                 self._d.complete(v)
                 self._wave_left[self._wave[v]] -= 1
             elif state in FAILED_STATES:
                 tr.state = state
+                tr.finished_at = row["finished_at"]
                 tr.reason = row["reason"]
                 self._wave_left[self._wave[v]] -= 1
                 for b in self._d.fail(v):

@@ -597,7 +597,10 @@ async def _resume(
             ),
             started_at=row.started_at,
         )
-        rows = {t.task_id: t.__dict__ for t in journal.tasks(row.id)}
+        rows = {t.task_id: dict(t.__dict__, busy_s=0.0) for t in journal.tasks(row.id)}
+        for a in journal.attempts(row.id):  # what the attempts so far took, for the summary
+            if a.task_id in rows and a.wall_s:
+                rows[a.task_id]["busy_s"] += a.wall_s
         engine.restore(rows, interrupted)
         journal.commit()
         return await engine.run()

@@ -295,7 +295,11 @@ class WorktreeIsolation(Isolation):
         await self.queue.close()
         await asyncio.to_thread(self.pool.close)
         await asyncio.to_thread(self.check_pool.close)
-        for task_id in self._landed:
+        # Every task of the run that landed, before a crash or a cancel included: this
+        # process knows only its own.
+        events = self.journal.events(self.run_id, types=("merge.landed",))
+        landed = {e.task_id for e in events if e.task_id is not None} | set(self._landed)
+        for task_id in sorted(landed):
             branch = f"refs/heads/{task_branch(self.run_id, task_id)}"
             await asyncio.to_thread(self.repo.delete_ref, branch)
         head = await asyncio.to_thread(self.repo.rev_parse, self.ref)
@@ -304,7 +308,7 @@ class WorktreeIsolation(Isolation):
             await asyncio.to_thread(self.repo.log_oneline, f"{self.base_commit}..{head}", 100000)
         )
         lines = [
-            f"result: branch {branch} at {str(head)[:12]}: {len(self._landed)} task(s) landed,"
+            f"result: branch {branch} at {str(head)[:12]}: {len(landed)} task(s) landed,"
             f" {ahead} commit{'s' if ahead != 1 else ''} on top of {self.base_name}"
         ]
         if self._kept:
