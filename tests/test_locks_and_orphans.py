@@ -75,6 +75,70 @@ def test_exit_status_passes_through_and_bad_use_is_explained(tmp_path: Path) -> 
     assert ttl.code == 2 and "is not a duration" in ttl.err
 
 
+# Says when its handlers are in place, then waits. On SIGINT, "handle" ends with its own
+# status; "shrug" notes it in the ready file and goes on waiting.
+CATCHER = """
+import signal, sys, time
+def on_int(*_):
+    if sys.argv[2] == "shrug":
+        open(sys.argv[1], "a").write("INT\\n")
+        return
+    print("interrupted, cleaning up", flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGINT, on_int)
+open(sys.argv[1], "w").close()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "signals", "code"),
+    [
+        ("handle", [signal.SIGINT], 3),  # Ctrl-C reaches CMD as Ctrl-C
+        ("shrug", [signal.SIGINT, signal.SIGINT], 128 + signal.SIGKILL),  # the second ends it
+        ("shrug", [signal.SIGHUP], 128 + signal.SIGHUP),  # the terminal closed
+    ],
+)
+def test_signals_reach_the_locked_command_and_it_never_outlives_the_lock(
+    tmp_path: Path, mode: str, signals: list[int], code: int
+) -> None:
+    state = f"sqlite://{tmp_path}/state.db"
+    ready = tmp_path / "ready"
+    holder = subprocess.Popen(
+        [*lock_argv(state), sys.executable, "-c", CATCHER, str(ready), mode],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(ready.exists, what="the command to start")
+        (child,) = children_of(holder.pid)
+        for i, sig in enumerate(signals):
+            holder.send_signal(sig)
+            if i + 1 < len(signals):  # the next once this one has arrived
+                wait_for(lambda: "INT" in ready.read_text(), what="the command to get it")
+        out, _ = holder.communicate(timeout=20)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.communicate()
+    assert holder.returncode == code
+    assert ("interrupted, cleaning up" in out) == (mode == "handle")
+    wait_for(lambda: not pid_alive(child), what="the command to be gone")
+    coord = open_coordinator(state)
+    try:
+        assert coord.holder("tests") is None  # released, not left to expire
+    finally:
+        coord.close()
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids whose parent is `pid`."""
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    ).stdout
+    return [int(x) for x in out.split()]
+
+
 def test_waiting_gives_up_after_timeout_and_says_who_holds_it(tmp_path: Path) -> None:
     state = f"sqlite://{tmp_path}/state.db"
     holder = subprocess.Popen([*lock_argv(state), "sleep", "5"])
@@ -169,6 +233,38 @@ def test_two_tasks_calling_abreast_lock_inside_a_parallel_run_serialise(
     spans = intervals(tmp_path)
     assert set(spans) == {"a", "b"}
     assert max_concurrency(spans) == 1
+
+
+def test_a_locked_command_inside_a_task_dies_with_the_task_even_if_abreast_lock_is_killed(
+    tmp_path: Path,
+) -> None:
+    # CMD shrugs off SIGTERM; a second Ctrl-C on the run KILLs the task's processes at
+    # once, `abreast lock` among them, before it can end CMD itself.
+    pid_file = tmp_path / "cmd.pid"
+    stubborn = tmp_path / "stubborn.py"
+    stubborn.write_text(
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: open(sys.argv[1], 'a').write(' TERM'))\n"
+        "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+        "time.sleep(60)\n"
+    )
+    inner = f"{PY} -m abreast lock tests -- {PY} {stubborn} {pid_file}"
+    proc = run_json(tmp_path, {"name": "inner", "tasks": {"a": {"run": inner}}})
+    cmd_pid = 0
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", what="CMD to start")
+        cmd_pid = int(pid_file.read_text().split()[0])
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "TERM" in pid_file.read_text(), what="CMD to be asked to end")
+        proc.send_signal(signal.SIGINT)  # the second: no more grace
+        proc.communicate(timeout=30)
+        wait_for(lambda: not pid_alive(cmd_pid), timeout=10, what="CMD to be gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if cmd_pid and pid_alive(cmd_pid):
+            os.kill(cmd_pid, signal.SIGKILL)
 
 
 def test_task_locks_serialise_across_two_runs(tmp_path: Path, coord_url: str) -> None:

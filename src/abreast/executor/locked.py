@@ -1,6 +1,6 @@
 """`abreast lock NAME -- CMD`: run CMD holding a lease, renewed from here, never from CMD.
 
-    acquire (FIFO, fenced) ─▶ start CMD in its own session (ABREAST_LOCK_TOKEN set)
+    acquire (FIFO, fenced) ─▶ start CMD in its own group (ABREAST_LOCK_TOKEN set)
       every ttl/3: renew ─ lost or not renewed in time ─▶ kill CMD's tree, exit 75
       CMD ends ─▶ release ─▶ exit with CMD's status
 
@@ -68,23 +68,38 @@ def run_locked(
         )
         return LockOutcome(TIMEOUT_EXIT, waited, False, None)
     env = {**os.environ, "ABREAST_LOCK_NAME": name, "ABREAST_LOCK_TOKEN": str(lease.token)}
+    # CMD gets a process group of its own, so that losing the lock ends its whole tree and
+    # nothing else. At a terminal, a session of its own too (a background group reading
+    # the terminal would be stopped; signals are forwarded below). Elsewhere, inside a
+    # task above all, it stays in our session: whoever ends that session's processes
+    # (the engine, at a timeout or a cancel) ends CMD's too, even if this process is
+    # KILLed before it could, and CMD never runs on with the lock expiring under it.
+    at_terminal = _at_terminal()
     try:
-        proc = subprocess.Popen(list(cmd), env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd),
+            env=env,
+            start_new_session=at_terminal,
+            process_group=None if at_terminal else 0,
+        )
     except OSError as e:
         coord.release(name, lease.token)
         err.write(f"abreast lock: cannot run {cmd[0]!r}: {e.strerror}\n")
         return LockOutcome(127, waited, False, lease)
 
-    forwarded = {"sig": 0}
+    received = 0
 
     def forward(signum: int, _frame: object) -> None:
-        forwarded["sig"] = signum
+        """CMD is in its own session, out of reach of the terminal's Ctrl-C: pass it on
+        as it came (pytest, say, ends a Ctrl-C with its summary); a second one ends it."""
+        nonlocal received
+        received += 1
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signum if received == 1 else signal.SIGKILL)
         except ProcessLookupError:
             pass
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     interval = max(0.05, ttl_s / 3)
     last_ok = time.monotonic()  # the lease is ours until last_ok + ttl_s, no longer
     lost = ""
@@ -120,6 +135,13 @@ def run_locked(
     if code < 0:
         code = 128 - code
     return LockOutcome(code, waited, False, lease)
+
+
+def _at_terminal() -> bool:
+    try:
+        return os.isatty(0)
+    except OSError:
+        return False
 
 
 def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
