@@ -70,6 +70,27 @@ def test_an_expired_lease_goes_to_the_next_waiter_and_fencing_refuses_the_old(
     assert not coord.validate("tests", old.token)
     assert coord.validate("tests", new.token)
     assert coord.renew("tests", old.token, ttl_s=5) is None  # the old holder finds it gone
+    # The grant says which lease ran out under it, and who held it, to be fenced off.
+    assert new.lapsed is not None
+    assert (new.lapsed.token, new.lapsed.holder) == (old.token, old.holder)
+    assert new.lapsed.expires_at <= coord.now()
+    # A lease given back is not one that ran out; nor one force-released by an operator.
+    assert coord.release("tests", new.token)
+    after_release = coord.acquire("tests", Holder.here(), ttl_s=5)
+    assert after_release is not None and after_release.lapsed is None
+    coord.force_release("tests")
+    after_force = coord.acquire("tests", Holder.here(), ttl_s=5)
+    assert after_force is not None and after_force.lapsed is None
+    # A holder that gives it back late, after it ran out but before the next grant,
+    # finished its work: nothing to fence.
+    late = coord.acquire("late", Holder.here(), ttl_s=0.2)
+    assert late is not None
+    wait_past = late.expires_at + 0.05
+    while coord.now() < wait_past:
+        time.sleep(0.05)  # the backend's clock must pass the expiry; nothing to wait on
+    coord.release("late", late.token)
+    taken = coord.acquire("late", Holder.here(), ttl_s=5)
+    assert taken is not None and taken.lapsed is None
 
 
 def test_fifty_waiters_are_served_in_the_order_they_came(

@@ -157,7 +157,7 @@ def test_waiting_gives_up_after_timeout_and_says_who_holds_it(tmp_path: Path) ->
         holder.wait(timeout=10)
 
 
-def test_a_stopped_holder_loses_the_lock_to_the_next_and_its_command_is_killed(
+def test_a_stopped_holder_loses_the_lock_and_the_next_holder_ends_its_command_first(
     tmp_path: Path, coord_url: str
 ) -> None:
     marker = tmp_path / "cmd.pid"
@@ -183,12 +183,15 @@ def test_a_stopped_holder_loses_the_lock_to_the_next_and_its_command_is_killed(
         assert second.returncode == 0 and "second" in second.stdout
         assert time.monotonic() - t0 >= 0.5  # granted only once the stopped lease ran out
         assert not coord.validate("tests", old.token)  # fencing refuses the old token
+        # The old command never ran beside the new one: the new holder ended it first.
+        assert not pid_alive(int(marker.read_text()))
+        assert (
+            "ran out while its command still ran; ended 2 process(es)" in second.stderr
+        )  # sh, sleep
         os.kill(first.pid, signal.SIGCONT)
         _, err = first.communicate(timeout=30)
         assert first.returncode == 75
         assert "lost the lock 'tests'" in err
-        cmd_pid = int(marker.read_text())
-        wait_for(lambda: not pid_alive(cmd_pid), what="the old command to be killed")
     finally:
         if first.poll() is None:
             os.kill(first.pid, signal.SIGCONT)
@@ -265,6 +268,61 @@ def test_a_locked_command_inside_a_task_dies_with_the_task_even_if_abreast_lock_
             proc.communicate()
         if cmd_pid and pid_alive(cmd_pid):
             os.kill(cmd_pid, signal.SIGKILL)
+
+
+def test_a_task_whose_orchestrator_died_never_works_beside_the_locks_next_holder(
+    tmp_path: Path,
+) -> None:
+    # Run 1's task holds `tests` and runs on after its orchestrator is SIGKILLed; nobody
+    # renews the lease. Run 2's task gets the lock once it runs out, and must find run
+    # 1's task gone: its supervisor ends what still holds the lapsed lease first.
+    pid_file = tmp_path / "first.pid"
+    first = run_json(
+        tmp_path,
+        {
+            "name": "first",
+            "locks": {"tests": {"ttl": 1}},
+            "tasks": {"a": {"run": f"echo $$ > {pid_file}; sleep 60", "locks": ["tests"]}},
+        },
+    )
+    first_pid = 0
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="a")
+        first_pid = int(pid_file.read_text())
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=10)
+        assert pid_alive(first_pid)  # the task runs on, unwatched, holding `tests`
+        alive = f"ps -o stat= -p {first_pid} | grep -qv Z"  # a zombie is no longer working
+        second = run_json(
+            tmp_path,
+            {
+                "name": "second",
+                "locks": {"tests": {"ttl": 30}},
+                "tasks": {
+                    "b": {
+                        "run": f"if {alive}; then echo beside; else echo alone; fi > b.out",
+                        "locks": ["tests"],
+                    }
+                },
+            },
+        )
+        out, err = second.communicate(timeout=60)
+        assert second.returncode == 0, out + err
+        assert (tmp_path / "b.out").read_text() == "alone\n"
+        fenced = query(
+            tmp_path / ".abreast" / "state.db",
+            "SELECT data FROM events WHERE type = 'lock.fenced'",
+        )
+        assert len(fenced) == 1
+        data = json.loads(fenced[0][0])
+        assert data["lock"] == "tests" and data["ended"] >= 2  # its shell and its sleep
+        assert data["lapsed_holder"]["run"].startswith("first-")
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+        if first_pid and pid_alive(first_pid):
+            os.killpg(first_pid, signal.SIGKILL)  # the task leads its own group
 
 
 def test_task_locks_serialise_across_two_runs(tmp_path: Path, coord_url: str) -> None:

@@ -60,6 +60,9 @@ class Lease:
     holder: Holder
     since: float  # backend clock
     expires_at: float  # backend clock
+    # On a grant: the lease this one replaced because it ran out, its holder never having
+    # released it (stopped, killed, cut off). What still holds it must be fenced off.
+    lapsed: Lease | None = None
 
     def remaining_s(self, now: float) -> float:
         return self.expires_at - now

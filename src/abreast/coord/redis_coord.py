@@ -16,8 +16,10 @@ from abreast.coord.backend import WAITER_TTL_S, CoordError, Coordinator, Heartbe
 
 PREFIX = "abreast:"
 
-# KEYS: lease, queue (zset ticket->ticket), waiters (hash), token counter
+# KEYS: lease, queue (zset ticket->ticket), waiters (hash), token counter, held
 # ARGV: ticket, holder json, ttl ms, waiter ttl ms
+# `held` mirrors the lease without an expiry, and goes only on release: finding it at a
+# grant means the lease before ran out, and the grant reports it (`Lease.lapsed`).
 _TRY_GRANT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -43,12 +45,17 @@ local ttl = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'token', token, 'holder', ARGV[2], 'since', now,
            'expires', now + ttl)
 redis.call('PEXPIRE', KEYS[1], ttl)
+local lapsed = redis.call('HMGET', KEYS[5], 'token', 'holder', 'since', 'expires')
+redis.call('HSET', KEYS[5], 'token', token, 'holder', ARGV[2], 'since', now,
+           'expires', now + ttl)
 redis.call('ZREM', KEYS[2], ticket)
 redis.call('HDEL', KEYS[3], ticket, ticket .. ':at')
-return {token, now, now + ttl}
+return {token, now, now + ttl, lapsed[1] or '', lapsed[2] or '', lapsed[3] or '',
+        lapsed[4] or ''}
 """
 
-# KEYS: lease, queue, waiters, token counter, ticket counter; ARGV: holder json, ttl ms, waiter ttl
+# KEYS: lease, queue, waiters, token counter, ticket counter, held
+# ARGV: holder json, ttl ms, waiter ttl
 # The uncontended path in one round trip: take a ticket, and the lease if it is free.
 _ENQUEUE_AND_TRY = """
 local ticket = tostring(redis.call('INCR', KEYS[5]))
@@ -70,12 +77,15 @@ local token = redis.call('INCR', KEYS[4])
 local ttl = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'token', token, 'holder', ARGV[1], 'since', now, 'expires', now + ttl)
 redis.call('PEXPIRE', KEYS[1], ttl)
+local lapsed = redis.call('HMGET', KEYS[6], 'token', 'holder', 'since', 'expires')
+redis.call('HSET', KEYS[6], 'token', token, 'holder', ARGV[1], 'since', now, 'expires', now + ttl)
 redis.call('ZREM', KEYS[2], ticket)
 redis.call('HDEL', KEYS[3], ticket, ticket .. ':at')
-return {ticket, token, now, now + ttl}
+return {ticket, token, now, now + ttl, lapsed[1] or '', lapsed[2] or '', lapsed[3] or '',
+        lapsed[4] or ''}
 """
 
-# KEYS: lease; ARGV: token, ttl ms
+# KEYS: lease, held; ARGV: token, ttl ms
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -83,11 +93,13 @@ if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return false end
 local ttl = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'expires', now + ttl)
 redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('HSET', KEYS[2], 'expires', now + ttl)
 return {redis.call('HGET', KEYS[1], 'holder'), redis.call('HGET', KEYS[1], 'since'), now + ttl}
 """
 
-# KEYS: lease, wake channel; ARGV: token
+# KEYS: lease, wake channel, held; ARGV: token
 _RELEASE = """
+if redis.call('HGET', KEYS[3], 'token') == ARGV[1] then redis.call('DEL', KEYS[3]) end
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', KEYS[2], 'released')
@@ -136,6 +148,22 @@ if best > 0 then
 end
 return {0, wait}
 """
+
+
+def _granted(name: str, holder: Holder, got: list[Any]) -> Lease:
+    """The Lease a grant script's answer describes: token, since, expires (ms), then the
+    lapsed lease's token, holder, since and expires ('' where none ran out)."""
+    token, since, expires = (int(x) for x in got[:3])
+    lapsed = None
+    if len(got) > 3 and got[3] != "":
+        lapsed = Lease(
+            name,
+            int(got[3]),
+            Holder(**json.loads(got[4])),
+            int(got[5]) / 1000,
+            int(got[6]) / 1000,
+        )
+    return Lease(name, token, holder, since / 1000, expires / 1000, lapsed)
 
 
 class RedisCoordinator(Coordinator):
@@ -188,6 +216,9 @@ class RedisCoordinator(Coordinator):
         base = f"{PREFIX}lock:{name}"
         return [base, f"{base}:queue", f"{base}:waiters", f"{base}:token"]
 
+    def _held(self, name: str) -> str:
+        return f"{PREFIX}lock:{name}:held"
+
     def enqueue(self, name: str, holder: Holder) -> int:
         base = f"{PREFIX}lock:{name}"
         ticket = int(self._call(self._r.incr, f"{base}:tickets"))
@@ -202,7 +233,7 @@ class RedisCoordinator(Coordinator):
         return ticket
 
     def enqueue_and_try(self, name: str, holder: Holder, ttl_s: float) -> tuple[int, Lease | None]:
-        keys = [*self._keys(name), f"{PREFIX}lock:{name}:tickets"]
+        keys = [*self._keys(name), f"{PREFIX}lock:{name}:tickets", self._held(name)]
         got = self._call(
             self._enqueue_and_try,
             keys=keys,
@@ -211,13 +242,12 @@ class RedisCoordinator(Coordinator):
         ticket = int(got[0])
         if len(got) == 1:
             return ticket, None
-        token, since, expires = (int(x) for x in got[1:])
-        return ticket, Lease(name, token, holder, since / 1000, expires / 1000)
+        return ticket, _granted(name, holder, got[1:])
 
     def try_grant(self, name: str, holder: Holder, ticket: int, ttl_s: float) -> Lease | None:
         got = self._call(
             self._try_grant,
-            keys=self._keys(name),
+            keys=[*self._keys(name), self._held(name)],
             args=[
                 str(ticket),
                 json.dumps(holder.to_dict()),
@@ -227,8 +257,7 @@ class RedisCoordinator(Coordinator):
         )
         if not got:
             return None
-        token, since, expires = (int(x) for x in got)
-        return Lease(name, token, holder, since / 1000, expires / 1000)
+        return _granted(name, holder, got)
 
     def dequeue(self, name: str, ticket: int) -> None:
         base = f"{PREFIX}lock:{name}"
@@ -239,7 +268,9 @@ class RedisCoordinator(Coordinator):
 
     def renew(self, name: str, token: int, ttl_s: float) -> Lease | None:
         got = self._call(
-            self._renew, keys=[self._keys(name)[0]], args=[str(token), int(ttl_s * 1000)]
+            self._renew,
+            keys=[self._keys(name)[0], self._held(name)],
+            args=[str(token), int(ttl_s * 1000)],
         )
         if not got:
             return None
@@ -250,12 +281,16 @@ class RedisCoordinator(Coordinator):
 
     def release(self, name: str, token: int) -> bool:
         key = self._keys(name)[0]
-        return bool(self._call(self._release, keys=[key, f"{key}:wake"], args=[str(token)]))
+        return bool(
+            self._call(
+                self._release, keys=[key, f"{key}:wake", self._held(name)], args=[str(token)]
+            )
+        )
 
     def force_release(self, name: str) -> Lease | None:
         lease = self.holder(name)
         key = self._keys(name)[0]
-        self._call(self._r.delete, key)
+        self._call(self._r.delete, key, self._held(name))
         self._call(self._r.publish, f"{key}:wake", "released")
         return lease
 

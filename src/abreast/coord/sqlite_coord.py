@@ -169,9 +169,13 @@ class SqliteCoordinator(Coordinator):
             "refreshed_at = excluded.refreshed_at",
             (ticket, name, held, now),
         )
-        row = db.execute("SELECT expires_at FROM leases WHERE name = ?", (name,)).fetchone()
-        if row is not None and row[0] > now:
+        row = db.execute(
+            "SELECT token, holder, since, expires_at FROM leases WHERE name = ?", (name,)
+        ).fetchone()
+        if row is not None and row[3] > now:
             return None
+        # A row left is a lease that ran out: released ones are deleted.
+        lapsed = Lease(name, row[0], _holder(row[1]), row[2], row[3]) if row else None
         first = db.execute("SELECT min(ticket) FROM waiters WHERE name = ?", (name,)).fetchone()[0]
         if first != ticket:
             return None
@@ -189,7 +193,7 @@ class SqliteCoordinator(Coordinator):
             (name, token, held, now, now + ttl_s),
         )
         db.execute("DELETE FROM waiters WHERE ticket = ?", (ticket,))
-        return Lease(name, token, holder, now, now + ttl_s)
+        return Lease(name, token, holder, now, now + ttl_s, lapsed)
 
     @_serialised
     def dequeue(self, name: str, ticket: int) -> None:

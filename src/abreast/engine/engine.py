@@ -38,6 +38,7 @@ from abreast.engine.supervise import Supervisor
 from abreast.executor.local import Exit, Launch, LocalExecutor, Running
 from abreast.executor.logs import log_tail
 from abreast.executor.process import (
+    LOCKS_ENV,
     become_subreaper,
     describe_status,
     group_alive,
@@ -529,6 +530,9 @@ class Engine:
                 keys.release(tr.id, n)
             self._post("exit", None, tr, Exit(None, None, 0.0, 0), "cancelled before start")
             return
+        if leases:  # by which a task still running when its leases run out is fenced off
+            held = ",".join(f"{lease.name}:{lease.token}" for lease in leases)
+            key_env = {**key_env, LOCKS_ENV: held}
         launch = self._launch_spec(tr, n, str(cwd), *self._paths(tr.id, n), key_env)
         self.journal.commit()  # where it runs, and from which commit, before it runs
         self._launch(tr, launch, leases)

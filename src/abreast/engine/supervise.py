@@ -27,7 +27,7 @@ from typing import Any
 
 from abreast.coord.backend import CoordError, Coordinator, Holder, Lease, open_coordinator
 from abreast.coord.journal import Journal
-from abreast.executor.process import tree_stats
+from abreast.executor.process import fence, tree_stats
 from abreast.spec.model import Workflow
 
 _FAILED = object()  # a backend call that raised (as opposed to answering None)
@@ -87,22 +87,16 @@ class Supervisor:
             ttl = self.wf.locks[name].ttl
             holder = Holder.here(run=self.run_id, task=task_id, suffix=f":{attempt}")
             t0 = time.monotonic()
-            lease = await asyncio.to_thread(self._acquire_blocking, name, holder, ttl)
+            lease, fenced = await asyncio.to_thread(self._acquire_blocking, name, holder, ttl)
             waited = time.monotonic() - t0
             self.lock_wait_s[name] = self.lock_wait_s.get(name, 0.0) + waited
-            self.journal.stage_event(
-                self.run_id,
-                "lock.granted",
-                task_id,
-                attempt=attempt,
-                lock=name,
-                token=lease.token,
-                wait_s=round(waited, 6),
-            )
+            self._journal_grant(lease, fenced, task_id, attempt=attempt, wait_s=round(waited, 6))
             leases.append(lease)
         return leases
 
-    def _acquire_blocking(self, name: str, holder: Holder, ttl_s: float) -> Lease:
+    def _acquire_blocking(self, name: str, holder: Holder, ttl_s: float) -> tuple[Lease, int]:
+        """(the lease, how many processes still holding the lease before it were ended: that
+        lease ran out without being given back, and they must not work beside ours)."""
         # A connection of its own: this waits in a worker thread.
         coord = open_coordinator(self._url())
         try:
@@ -110,14 +104,32 @@ class Supervisor:
         finally:
             coord.close()
         assert lease is not None
-        return lease
+        lapsed = lease.lapsed
+        fenced = fence(lapsed.name, lapsed.token, lapsed.holder.host) if lapsed else 0
+        return lease, fenced
+
+    def _journal_grant(self, lease: Lease, fenced: int, task_id: str | None, **data: Any) -> None:
+        self.journal.stage_event(
+            self.run_id, "lock.granted", task_id, lock=lease.name, token=lease.token, **data
+        )
+        if lease.lapsed is not None:
+            h = lease.lapsed.holder
+            self.journal.stage_event(
+                self.run_id,
+                "lock.fenced",
+                task_id,
+                lock=lease.name,
+                lapsed_token=lease.lapsed.token,
+                lapsed_holder={"run": h.run, "task": h.task, "pid": h.pid, "host": h.host},
+                ended=fenced,
+            )
 
     def _url(self) -> str:
         assert self.coord is not None
         return self.coord.url
 
     @contextlib.asynccontextmanager
-    async def hold(self, name: str, holder_id: str) -> AsyncIterator[None]:
+    async def hold(self, name: str, holder_id: str) -> AsyncIterator[Lease]:
         """Hold `name` around a block (a check), renewing it meanwhile."""
         ttl = self.wf.locks[name].ttl if name in self.wf.locks else 60.0
         holder = Holder.here(
@@ -125,10 +137,8 @@ class Supervisor:
             task=holder_id.split("/")[1] if "/" in holder_id else None,
             suffix=":check",
         )
-        lease = await asyncio.to_thread(self._acquire_blocking, name, holder, ttl)
-        self.journal.stage_event(
-            self.run_id, "lock.granted", None, lock=name, token=lease.token, holder=holder_id
-        )
+        lease, fenced = await asyncio.to_thread(self._acquire_blocking, name, holder, ttl)
+        self._journal_grant(lease, fenced, None, holder=holder_id)
         stop = asyncio.Event()
 
         async def keep() -> None:
@@ -141,7 +151,7 @@ class Supervisor:
 
         keeper = asyncio.create_task(keep())
         try:
-            yield
+            yield lease
         finally:
             stop.set()
             await keeper

@@ -19,9 +19,10 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TextIO
 
 from abreast.coord.backend import CoordError, Coordinator, Holder, Lease
-from abreast.executor.process import kill_pids, members_of_group_or_session
+from abreast.executor.process import fence, kill_pids, members_of_group_or_session
 
 LOST_EXIT = 75  # EX_TEMPFAIL: the lock was lost and the command killed
 TIMEOUT_EXIT = 75
@@ -67,6 +68,8 @@ def run_locked(
             f"abreast lock: gave up waiting for {name!r} after {waited:.1f}s (held by {who})\n"
         )
         return LockOutcome(TIMEOUT_EXIT, waited, False, None)
+    if lease.lapsed is not None:
+        _fence(lease.lapsed, err)
     env = {**os.environ, "ABREAST_LOCK_NAME": name, "ABREAST_LOCK_TOKEN": str(lease.token)}
     # CMD gets a process group of its own, so that losing the lock ends its whole tree and
     # nothing else. At a terminal, a session of its own too (a background group reading
@@ -129,12 +132,30 @@ def run_locked(
         for s, handler in old.items():
             signal.signal(s, handler)
     try:
-        coord.release(name, lease.token)
+        released = coord.release(name, lease.token)
     except CoordError as e:
         err.write(f"abreast lock: could not release {name!r} ({e}); it expires in {ttl_s:g}s\n")
+        released = True  # as far as we know: it was ours until now
+    if not released:  # it ran out while CMD ran (we were stopped): someone else holds it
+        err.write(
+            f"abreast lock: lost the lock {name!r} while the command ran (its lease ran out; "
+            f"the next holder ends a command still running then)\n"
+        )
+        return LockOutcome(LOST_EXIT, waited, True, lease)
     if code < 0:
         code = 128 - code
     return LockOutcome(code, waited, False, lease)
+
+
+def _fence(lapsed: Lease, err: TextIO) -> None:
+    """The lease before ours ran out without being given back: end what still holds it."""
+    ended = fence(lapsed.name, lapsed.token, lapsed.holder.host)
+    if ended:
+        err.write(
+            f"abreast lock: the last lease of {lapsed.name!r} ({_describe(lapsed)}) ran out "
+            f"while its command still ran; ended {ended} process(es) of it first\n"
+        )
+        err.flush()
 
 
 def _at_terminal() -> bool:

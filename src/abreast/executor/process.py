@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -277,11 +277,46 @@ def marked_processes(run_id: str, task_id: str | None = None) -> list[psutil.Pro
     This finds a run's processes even where the journal never learnt their pid (an
     orchestrator killed between starting a process and committing its pid).
     """
-    import psutil
-
     want = {MARKER_ENV: run_id}
     if task_id is not None:
         want["ABREAST_TASK_ID"] = task_id
+    return _processes_by_env(lambda env: all(env.get(k) == v for k, v in want.items()))
+
+
+LOCKS_ENV = "ABREAST_LOCKS"  # a task's (or check's) leases: "NAME:TOKEN,NAME:TOKEN"
+
+
+def lease_holders(name: str, token: int) -> list[psutil.Process]:
+    """Live processes started holding lease `token` of lock `name`, by their environment:
+    a task or check started under it (`ABREAST_LOCKS`) and all it started, or the
+    command of `abreast lock` (`ABREAST_LOCK_NAME`, `ABREAST_LOCK_TOKEN`)."""
+    held = f"{name}:{token}"
+    return _processes_by_env(
+        lambda env: (
+            held in env.get(LOCKS_ENV, "").split(",")
+            or (
+                env.get("ABREAST_LOCK_NAME") == name and env.get("ABREAST_LOCK_TOKEN") == str(token)
+            )
+        )
+    )
+
+
+def fence(name: str, token: int, host: str, grace_s: float = 2.0) -> int:
+    """End whatever still holds lease `token` of `name`, a lease that ran out without being
+    given back (its holder stopped, killed or cut off), so that it never works beside the
+    lease's next holder. Only where that lease was held on this host: elsewhere no
+    process of it can be seen. Returns how many processes it ended."""
+    import socket
+
+    if host != socket.gethostname():
+        return 0
+    pids = [p.pid for p in lease_holders(name, token)]
+    return kill_pids(pids, grace_s) if pids else 0
+
+
+def _processes_by_env(match: Callable[[dict[str, str]], bool]) -> list[psutil.Process]:
+    import psutil
+
     me = os.getpid()
     out = []
     for p in psutil.process_iter():
@@ -291,7 +326,7 @@ def marked_processes(run_id: str, task_id: str | None = None) -> list[psutil.Pro
             env = p.environ()
         except (psutil.Error, OSError):
             continue
-        if all(env.get(k) == v for k, v in want.items()) and _running(p):
+        if match(env) and _running(p):
             out.append(p)
     return out
 

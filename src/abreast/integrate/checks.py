@@ -10,11 +10,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from abreast.coord.backend import Lease
 from abreast.executor.logs import log_tail
-from abreast.executor.process import describe_status, kill_tree
+from abreast.executor.process import LOCKS_ENV, describe_status, kill_tree
 from abreast.spec.model import Check
 
-LockHolder = Callable[[str, str], AbstractAsyncContextManager[None]]  # (lock, holder) -> cm
+# (lock, holder) -> a context holding it, giving the lease (None: held within this process)
+LockHolder = Callable[[str, str], AbstractAsyncContextManager["Lease | None"]]
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,10 @@ class LocalLocks:
         self._locks: dict[str, asyncio.Lock] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, name: str, holder: str) -> AsyncIterator[None]:
+    async def hold(self, name: str, holder: str) -> AsyncIterator[Lease | None]:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            yield
+            yield None
 
 
 async def run_checks(
@@ -56,9 +58,12 @@ async def run_checks(
         log = f"{log_prefix}.{i + 1}.log"
         t0 = time.monotonic()
         ctx = hold(check.lock, holder) if check.lock else contextlib.nullcontext()
-        async with ctx:
+        async with ctx as lease:
             waited += time.monotonic() - t0
-            code, sig, timed_out = await _run_one(check, cwd, env, log, grace_s)
+            held = env
+            if lease is not None:  # what still runs if this lease runs out can be fenced off
+                held = {**env, LOCKS_ENV: f"{lease.name}:{lease.token}"}
+            code, sig, timed_out = await _run_one(check, cwd, held, log, grace_s)
         if timed_out or code != 0 or sig:
             why = f"timed out after {check.timeout:g}s" if timed_out else describe_status(code, sig)
             tail = log_tail(log, tail_lines, max_bytes=16384)
