@@ -325,6 +325,39 @@ def test_a_task_whose_orchestrator_died_never_works_beside_the_locks_next_holder
             os.killpg(first_pid, signal.SIGKILL)  # the task leads its own group
 
 
+def test_a_cancelled_run_stops_waiting_for_a_lock_held_elsewhere(tmp_path: Path) -> None:
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    holder = subprocess.Popen([*lock_argv(state), "sleep", "60"])
+    coord = open_coordinator(f"sqlite://{tmp_path}/.abreast/coord.db")
+    run = None
+    try:
+        wait_for(lambda: coord.holder("tests") is not None, what="the holder outside the run")
+        held = coord.holder("tests")
+        run = run_json(
+            tmp_path,
+            {
+                "name": "waits",
+                "locks": {"tests": {"ttl": 30}},
+                "tasks": {"t": {"run": "echo ran > ran", "locks": ["tests"]}},
+            },
+        )
+        wait_for(lambda: len(coord.waiters("tests")) == 1, what="the run's task to queue")
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=30)
+        assert run.returncode == 1, out + err
+        assert "t  cancelled" in out
+        assert coord.holder("tests") == held  # it did not wait for the lock to be free
+        assert coord.waiters("tests") == []  # and left the queue
+        assert not (tmp_path / "ran").exists()
+    finally:
+        if run is not None and run.poll() is None:
+            run.kill()
+            run.communicate()
+        coord.close()
+        holder.terminate()
+        holder.wait(timeout=10)
+
+
 def test_task_locks_serialise_across_two_runs(tmp_path: Path, coord_url: str) -> None:
     rec = tmp_path / "record.py"
     rec.write_text(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_abreast
-from tests.helpers import PY, query, start_run, wait_for
+from tests.helpers import PY, pid_alive, query, start_run, wait_for
 
 
 def git(repo: Path, *args: str) -> str:
@@ -391,6 +392,33 @@ def test_a_resumed_runs_summary_counts_what_landed_before_the_crash(repo: Path) 
     assert " - " not in quick.split("succeeded")[1][:12]  # its time, from the first session
     assert git(repo, "branch", "--list", f"abreast/{run_id}/quick") == ""  # its branch is gone
     assert show(repo, integration(run_id), "quick.txt") == "q\n"
+
+
+def test_ctrl_c_during_a_check_ends_it_and_lands_nothing(repo: Path) -> None:
+    pid_file = repo.parent / "check.pid"
+    path = workflow(
+        repo,
+        {"one": {"run": "echo hi > one.txt"}},
+        checks=[{"run": f"echo $$ > {pid_file}; sleep 60"}],
+    )
+    proc, run_id = start_run(path, cwd=repo)
+    check = 0
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="check")
+        check = int(pid_file.read_text())
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)  # not the check's 60 s
+        assert proc.returncode == 1, out + err
+        assert "one  cancelled" in out
+        assert "0 task(s) landed" in out
+        wait_for(lambda: not pid_alive(check), what="the check to be ended")
+        assert git(repo, "log", "--format=%s", integration(run_id)).splitlines()[0] == "workflow"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if check and pid_alive(check):
+            os.killpg(check, signal.SIGKILL)  # the check leads its own session
 
 
 def test_16_processes_add_and_remove_worktrees_concurrently(repo: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -77,6 +78,10 @@ class Heartbeat:
 
 class CoordError(StateError):
     """The coordination backend could not be reached or answered nonsense."""
+
+
+class WaitStopped(CoordError):
+    """A wait for a lock was given up because the waiter is stopping (a cancelled run)."""
 
 
 class Coordinator(ABC):
@@ -155,8 +160,10 @@ class Coordinator(ABC):
         ttl_s: float,
         timeout_s: float | None = None,
         on_wait: Callable[[], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> Lease | None:
-        """Wait in line for `name` (at most `timeout_s`; None: forever). None on timeout."""
+        """Wait in line for `name` (at most `timeout_s`; None: forever). None on timeout,
+        or as soon as `stop` is set (within a few milliseconds: a wait is never longer)."""
         ticket, lease = self.enqueue_and_try(name, holder, ttl_s)
         if lease is not None:
             return lease
@@ -171,6 +178,8 @@ class Coordinator(ABC):
                 if on_wait:
                     on_wait()
                 if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                if stop is not None and stop.is_set():
                     return None
                 wait = delay if deadline is None else min(delay, deadline - time.monotonic())
                 self.wait_for_change(name, ticket, max(0.0, wait))

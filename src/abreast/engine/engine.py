@@ -782,8 +782,12 @@ class Engine:
             self.view.note("killing everything now")
             for running in list(self._executor.running.values() if self._executor else []):
                 self._kill(running)
+            self.isolation.abort(0.0)
             return
         self._cancelling = True
+        # Nothing waits on a lock held elsewhere, nor on a check, until it is done.
+        self.sup.stop_waiting()
+        self.isolation.abort(self.options.kill_grace_s)
         self.view.note(
             f"cancelling ({why}): no new tasks; stopping running ones (again to kill at once)"
         )

@@ -20,12 +20,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from abreast.coord.backend import CoordError, Coordinator, Holder, Lease, open_coordinator
+from abreast.coord.backend import (
+    CoordError,
+    Coordinator,
+    Holder,
+    Lease,
+    WaitStopped,
+    open_coordinator,
+)
 from abreast.coord.journal import Journal
 from abreast.executor.process import fence, tree_stats
 from abreast.spec.model import Workflow
@@ -77,6 +85,7 @@ class Supervisor:
         self._memory_warned: set[str] = set()
         self._last_run_beat = 0.0
         self._coord_down_noted = False
+        self._stop_waits = threading.Event()  # set when the run cancels: see stop_waiting
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -94,16 +103,22 @@ class Supervisor:
             leases.append(lease)
         return leases
 
+    def stop_waiting(self) -> None:
+        """The run is cancelling: every wait for a lock, now or later, gives up at once
+        (raising WaitStopped) instead of holding the run until the lock is free."""
+        self._stop_waits.set()
+
     def _acquire_blocking(self, name: str, holder: Holder, ttl_s: float) -> tuple[Lease, int]:
         """(the lease, how many processes still holding the lease before it were ended: that
         lease ran out without being given back, and they must not work beside ours)."""
         # A connection of its own: this waits in a worker thread.
         coord = open_coordinator(self._url())
         try:
-            lease = coord.acquire(name, holder, ttl_s)
+            lease = coord.acquire(name, holder, ttl_s, stop=self._stop_waits)
         finally:
             coord.close()
-        assert lease is not None
+        if lease is None:
+            raise WaitStopped(f"stopped waiting for the lock {name!r}: the run is cancelling")
         lapsed = lease.lapsed
         fenced = fence(lapsed.name, lapsed.token, lapsed.holder.host) if lapsed else 0
         return lease, fenced

@@ -54,6 +54,10 @@ class Isolation:
         """The attempt's fate is known: `keep` its workspace as evidence (the task failed
         or was cancelled), or give it back for reuse."""
 
+    def abort(self, grace_s: float) -> None:
+        """The run is cancelling: stop integrating (running checks are ended, TERM then
+        KILL after `grace_s`); what was not landed yet is not landed."""
+
     def can_resume_integration(self, task_id: str, attempt: int) -> bool:
         """After a crash: whether this attempt's committed work can go back on the merge
         queue (else the task runs again)."""

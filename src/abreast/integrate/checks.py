@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from abreast.coord.backend import Lease
@@ -17,6 +17,19 @@ from abreast.spec.model import Check
 
 # (lock, holder) -> a context holding it, giving the lease (None: held within this process)
 LockHolder = Callable[[str, str], AbstractAsyncContextManager["Lease | None"]]
+
+
+@dataclass
+class CheckControl:
+    """How the merge queue stops checks when the run is cancelled: no check starts once
+    `stopped`, and those running (their process groups in `running`) are ended."""
+
+    stopped: bool = False
+    running: set[int] = field(default_factory=set)
+
+    def stop(self, grace_s: float) -> list[asyncio.Task[None]]:
+        self.stopped = True
+        return [asyncio.create_task(kill_tree(pgid, grace_s)) for pgid in self.running]
 
 
 @dataclass(frozen=True)
@@ -50,11 +63,15 @@ async def run_checks(
     holder: str,
     grace_s: float = 5.0,
     tail_lines: int = 30,
+    control: CheckControl | None = None,
 ) -> CheckResult:
-    """Run each check in order; stop at the first red one."""
+    """Run each check in order; stop at the first red one (or when `control` is stopped)."""
+    control = control or CheckControl()
     waited = 0.0
     for i, check in enumerate(checks):
         name = check.name or check.run
+        if control.stopped:
+            return CheckResult(False, name, f"check `{name}` not run: cancelled", "", waited)
         log = f"{log_prefix}.{i + 1}.log"
         t0 = time.monotonic()
         ctx = hold(check.lock, holder) if check.lock else contextlib.nullcontext()
@@ -63,7 +80,7 @@ async def run_checks(
             held = env
             if lease is not None:  # what still runs if this lease runs out can be fenced off
                 held = {**env, LOCKS_ENV: f"{lease.name}:{lease.token}"}
-            code, sig, timed_out = await _run_one(check, cwd, held, log, grace_s)
+            code, sig, timed_out = await _run_one(check, cwd, held, log, grace_s, control)
         if timed_out or code != 0 or sig:
             why = f"timed out after {check.timeout:g}s" if timed_out else describe_status(code, sig)
             tail = log_tail(log, tail_lines, max_bytes=16384)
@@ -75,7 +92,12 @@ async def run_checks(
 
 
 async def _run_one(
-    check: Check, cwd: Path, env: Mapping[str, str], log: str, grace_s: float
+    check: Check,
+    cwd: Path,
+    env: Mapping[str, str],
+    log: str,
+    grace_s: float,
+    control: CheckControl,
 ) -> tuple[int | None, int | None, bool]:
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
@@ -90,12 +112,15 @@ async def _run_one(
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
+    control.running.add(proc.pid)  # its own session: the group to end
     try:
         await asyncio.wait_for(proc.wait(), timeout=check.timeout)
     except TimeoutError:
         await kill_tree(proc.pid, grace_s)
         await proc.wait()
         return None, None, True
+    finally:
+        control.running.discard(proc.pid)
     code = proc.returncode
     assert code is not None
     if code < 0:

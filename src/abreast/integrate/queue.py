@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from abreast.coord.backend import WaitStopped
 from abreast.coord.journal import Journal
 from abreast.integrate.base import Outcome, Verdict
-from abreast.integrate.checks import LockHolder, run_checks
+from abreast.integrate.checks import CheckControl, LockHolder, run_checks
 from abreast.spec.model import Check
 from abreast.workspace.pool import WorktreePool
 from abreast.workspace.repo import Repo
@@ -77,6 +78,8 @@ class MergeQueue:
         self.stats = QueueStats()
         self._jobs: asyncio.Queue[MergeJob] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._checks = CheckControl()
+        self._stopping: list[asyncio.Task[None]] = []
 
     @property
     def depth(self) -> int:
@@ -98,7 +101,14 @@ class MergeQueue:
         )
         return await done
 
+    def abort(self, grace_s: float) -> None:
+        """The run is cancelling: end running checks (TERM, KILL after `grace_s`); no job
+        lands from now on, and none queued waits for its turn."""
+        self._stopping += self._checks.stop(grace_s)
+
     async def close(self) -> None:
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
@@ -116,6 +126,8 @@ class MergeQueue:
     async def _land(self, job: MergeJob) -> Verdict:
         repo = self.repo
         for _ in range(MAX_CAS_RETRIES):
+            if self._checks.stopped:
+                return Verdict(Outcome.FAILED, "cancelled before it landed", kind="cancelled")
             found = await asyncio.to_thread(repo.commit_and_tree, self.ref)
             if found is None:
                 return Verdict(
@@ -202,16 +214,22 @@ class MergeQueue:
                 "ABREAST_CHECK_COMMIT": commit,
             }
             prefix = str(self.check_logs / f"{job.task_id}.{job.attempt}")
-            result = await run_checks(
-                self.checks,
-                path,
-                env,
-                prefix,
-                self.hold,
-                holder=f"{self.run_id}/{job.task_id}/check",
-            )
+            try:
+                result = await run_checks(
+                    self.checks,
+                    path,
+                    env,
+                    prefix,
+                    self.hold,
+                    holder=f"{self.run_id}/{job.task_id}/check",
+                    control=self._checks,
+                )
+            except WaitStopped:
+                result = None
         finally:
             self.check_pool.release(path, clean=False)
+        if result is None or self._checks.stopped:  # not a verdict on the work
+            return Verdict(Outcome.FAILED, "cancelled while its checks ran", kind="cancelled")
         self.stats.lock_wait_s += result.wait_s
         self.on_event(
             "checks.finished", {"task": job.task_id, "ok": result.ok, "lock_wait_s": result.wait_s}

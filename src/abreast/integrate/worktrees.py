@@ -232,6 +232,9 @@ class WorktreeIsolation(Isolation):
             self._landed.append(task_id)
         return verdict
 
+    def abort(self, grace_s: float) -> None:
+        self.queue.abort(grace_s)
+
     def can_resume_integration(self, task_id: str, attempt: int) -> bool:
         row = next(
             (r for r in self.journal.attempts(self.run_id, task_id) if r.attempt == attempt), None
