@@ -407,6 +407,46 @@ def test_direct_mode_leases_one_key_per_attempt(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_key_a_direct_mode_task_prints_is_not_copied_by_abreast(tmp_path: Path) -> None:
+    key = f"sk-printed-{uuid.uuid4().hex}"
+    feedback = tmp_path / "feedback"
+    path = write(
+        tmp_path,
+        {
+            "name": "prints",
+            "keys": {"direct": {"from": ["PRINTED_KEY"], "env": "API_KEY"}},
+            "tasks": {
+                "t": {
+                    "run": f'echo "$ABREAST_FEEDBACK" >> {feedback}; echo "using $API_KEY"; exit 1',
+                    "keys": "direct",
+                    "retries": 1,
+                    "backoff": {"initial": 0.01, "max": 0.01},
+                }
+            },
+        },
+    )
+    ran = subprocess.run(
+        [sys.executable, "-m", "abreast", "run", str(path), "--plain", "--no-monitor"],
+        cwd=tmp_path,
+        env={**os.environ, "PRINTED_KEY": key},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    shown = f"using [key {fingerprint(key)}]"
+    assert shown in ran.stdout  # the summary's last lines of the log
+    assert shown in feedback.read_text()  # what the second attempt was told
+    assert key not in ran.stdout + ran.stderr + feedback.read_text()
+    state = tmp_path / ".abreast"
+    assert key.encode() not in (state / "state.db").read_bytes()
+    wal = state / "state.db-wal"
+    assert not wal.exists() or key.encode() not in wal.read_bytes()
+    # The task's own log is what it wrote: abreast does not rewrite it.
+    assert key in "".join(p.read_text() for p in state.rglob("t.*.log"))
+
+
 def test_canary_key_never_leaks(tmp_path: Path, provider: Provider, redis_url: str) -> None:
     canary = f"sk-canary-{uuid.uuid4().hex}"
     direct_canary = f"sk-canary-direct-{uuid.uuid4().hex}"

@@ -940,7 +940,11 @@ class Engine:
             )
 
     def _log_tail(self, tr: TaskRun) -> list[str]:
-        return log_tail(tr.last_log)
+        """The last lines of the attempt's log, as abreast records and shows them: a key
+        the task was leased, printed there, becomes its fingerprint."""
+        tail = log_tail(tr.last_log)
+        keys = self.options.keys
+        return [keys.redact(line) for line in tail] if keys is not None else tail
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -956,9 +960,7 @@ class Engine:
         else:
             state = "failed"
         failures = [
-            Failure(
-                tr.id, tr.state, tr.attempts, tr.reason or "", tr.last_log, log_tail(tr.last_log)
-            )
+            Failure(tr.id, tr.state, tr.attempts, tr.reason or "", tr.last_log, self._log_tail(tr))
             for tr in self.tasks
             if tr.state in FAILED_STATES
         ]

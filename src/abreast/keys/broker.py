@@ -69,6 +69,17 @@ class KeyBroker:
         """The environment without the variables real keys are read from."""
         return {k: v for k, v in env.items() if k not in self.secret_vars}
 
+    def redact(self, text: str) -> str:
+        """`text` with every key value replaced by `[key FP]`: for what abreast records
+        from a task's output (the last lines of its log in the journal, the feedback to
+        its next attempt, the summary), where a direct-mode agent may have printed the
+        key it was given."""
+        for pool in self.pools.values():
+            for key in pool._keys:
+                if key.value in text:
+                    text = text.replace(key.value, f"[key {key.fp}]")
+        return text
+
     def pool_of(self, task: Task) -> str | None:
         if task.keys:
             return task.keys
