@@ -679,3 +679,36 @@ def test_event_stream_lines_are_json_whatever_the_names() -> None:
             "task": task,
             "ts": ts,
         }
+
+
+def test_dashboard_on_port_0_says_the_port_it_got_and_a_busy_port_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    state = ["--state", f"sqlite://{tmp_path}/state.db"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "dashboard", "--port", "0", *state],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = line.split()[1]
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        assert port != 0
+        assert get(f"{url}api/runs")[0] == 200  # listening before the address was printed
+        busy = run_abreast("dashboard", "--port", str(port), *state, cwd=tmp_path)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    assert busy.code == 2
+    assert f"cannot listen on 127.0.0.1 port {port}" in busy.err
+    assert "another --port" in busy.err
+    assert "Traceback" not in busy.err and "dashboard:" not in busy.out
+    with socket.socket() as s:  # and the first one gave its port back when it ended
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        s.bind(("127.0.0.1", port))

@@ -19,6 +19,7 @@ with textContent in the page; nothing is ever written.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import html
 import json
@@ -529,14 +530,45 @@ class DashboardServer:
 
 def serve(location: StateLocation, host: str, port: int, token: str | None) -> None:
     """`abreast dashboard`: serve until interrupted."""
-    dash = Dashboard(location, host=host, port=port, token=token)
+    dash = Dashboard(location, host=host, port=port, token=token)  # refuses a bad --host first
+    sock = _bind(host, port)
+    port = dash.port = int(sock.getsockname()[1])  # the one the kernel chose, for --port 0
     shown = f"[{host}]" if ":" in host else host
     suffix = f"?token={token}" if token else ""
     print(f"dashboard: http://{shown}:{port}/{suffix}  (Ctrl-C to stop)", flush=True)
     try:
-        _uvicorn(dash, host, port).run()
+        _uvicorn(dash, host, port).run(sockets=[sock])
     finally:
         dash.close()
+        sock.close()
+
+
+def _bind(host: str, port: int) -> Any:
+    """A socket listening on host:port, bound before the address is printed: a busy port
+    or an address not of this machine is the user's error, said as such."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise UsageError(
+            f"--host {host}: {e.strerror}", hint="give an address of this machine"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            hint = "another program listens there: name another --port (0: any free one)"
+        else:
+            hint = "give an address of this machine and a port you may use"
+        raise UsageError(f"cannot listen on {host} port {port}: {e.strerror}", hint=hint) from None
+    return sock
 
 
 def _uvicorn(dash: Dashboard, host: str, port: int) -> Any:
