@@ -252,6 +252,9 @@ def test_gate_sends_the_task_back_with_feedback(tmp_path: Path, cli) -> None:  #
     assert (
         'fb=gate not met: output.confidence >= 0.75 is false for output {"confidence": 0.5}' in out
     )
+    rows = journal(tmp_path, "SELECT attempt, state, reason FROM attempts ORDER BY attempt")
+    assert [r[:2] for r in rows] == [(1, "failed"), (2, "succeeded")]  # not 2 successes
+    assert rows[0][2].startswith("gate not met: output.confidence >= 0.75 is false")
 
 
 def test_gate_never_met_fails_after_max_iterations(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

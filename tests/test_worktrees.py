@@ -134,6 +134,14 @@ def test_conflict_is_sent_back_and_resolved_on_attempt_2(repo: Path) -> None:
     log = run_abreast("logs", run_id, "second", cwd=repo).out
     assert "feedback: merge conflict with the integration branch in: src/shared.txt" in log
     assert "abreast: land first" in log  # the other side's commits are named
+    # The first attempt's process succeeded, but its work was not taken: the timeline says so.
+    report = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)
+    second = [(x["attempt"], x["state"], x["reason"]) for x in report["timeline"]]
+    second = [x for x, t in zip(second, report["timeline"], strict=True) if t["task"] == "second"]
+    assert second[0][:2] == (1, "failed")
+    assert second[0][2].startswith("merge conflict with the integration branch in: src/shared.txt")
+    assert "landed there since this attempt started" in second[0][2]
+    assert second[1][:2] == (2, "succeeded")
 
 
 def test_red_check_sends_back_and_exhausted_retries_keep_the_branch(repo: Path) -> None:

@@ -620,12 +620,14 @@ class Engine:
     def _attempt_succeeded(self, tr: TaskRun) -> None:
         output, problem = self._read_output(tr)
         if problem:
+            self._reject(tr, problem)
             self._attempt_failed(tr, problem, timed_out=False, with_log=False)
             return
         tr.output = output
         if tr.task.gate is not None:
             ok, why = self._check_gate(tr)
             if not ok:
+                self._reject(tr, f"gate not met: {why}")
                 tr.iterations += 1
                 self.journal.stage_task(self.run_id, tr.id, iterations=tr.iterations)
                 if tr.iterations < tr.task.max_iterations:
@@ -674,6 +676,7 @@ class Engine:
             self._set(tr, TaskState.CANCELLED, reason="cancelled")
             self._terminal(tr)
         elif verdict.outcome is Outcome.SEND_BACK:
+            self._reject(tr, verdict.detail)
             self.journal.stage_event(
                 self.run_id,
                 "merge.sent_back",
@@ -684,7 +687,16 @@ class Engine:
             )
             self._attempt_failed(tr, verdict.detail, timed_out=False, with_log=False)
         else:
+            self._reject(tr, verdict.detail)
             self._fail(tr, TaskState.FAILED, verdict.detail)
+
+    def _reject(self, tr: TaskRun, why: str) -> None:
+        """The attempt's process succeeded but its work was not taken (bad output, gate not
+        met, conflict, red check, files it does not own): the attempt is journaled as failed,
+        with why, so that timelines and reports do not show it as a success."""
+        self.journal.stage_attempt(
+            self.run_id, tr.id, tr.attempts, state="failed", reason=why[:2000]
+        )
 
     def _read_output(self, tr: TaskRun) -> tuple[dict[str, Any], str | None]:
         path = self._paths(tr.id, tr.attempts)[1]

@@ -186,9 +186,11 @@ class MergeQueue:
     async def _conflict(self, job: MergeJob, old: str, files: list[str]) -> Verdict:
         theirs = await asyncio.to_thread(self.repo.log_oneline, f"{job.base}..{old}")
         shown = ", ".join(files[:20]) + (f" (+{len(files) - 20} more)" if len(files) > 20 else "")
+        landed = f"{len(theirs)} commit{'s' if len(theirs) != 1 else ''}"
         detail = (
-            f"merge conflict with the integration branch in: {shown}. "
-            f"Since this attempt started, these landed there:\n"
+            f"merge conflict with the integration branch in: {shown} "
+            f"({landed} landed there since this attempt started)\n"
+            f"They are:\n"
             + "\n".join(f"  {c}" for c in theirs)
             + f"\nThe next attempt starts from {old[:12]}, which includes them; "
             "redo the change on top of it."

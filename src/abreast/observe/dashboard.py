@@ -271,6 +271,7 @@ class Dashboard:
                 "started_at": a.started_at,
                 "ended_at": a.ended_at,
                 "exit_code": a.exit_code,
+                "reason": rundata.first_line(a.reason),
             }
             for a in data.attempts
         ]

@@ -89,6 +89,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
                 "task": a.task_id,
                 "attempt": a.attempt,
                 "state": a.state,
+                "reason": rundata.first_line(a.reason),
                 "start_s": (a.started_at or start) - start,
                 "end_s": (a.ended_at or run.finished_at or a.started_at or start) - start,
             }
@@ -224,7 +225,7 @@ def html_page(rep: dict[str, Any]) -> str:
         bars.append(
             f"<rect x='{left:.1f}' y='{y}' width='{width:.1f}' height='15' rx='3' "
             f"fill='{colour}'><title>{e(x['task'])} attempt {x['attempt']}: "
-            f"{e(x['state'])}</title></rect>"
+            f"{e(x['state'])}{e(f' ({why})' if (why := x['reason']) else '')}</title></rect>"
         )
     labels = "".join(f"<text x='0' y='{8 + i * 20 + 11}'>{e(t)}</text>" for i, t in enumerate(ids))
     svg = (

@@ -20,6 +20,14 @@ MERGE_EVENTS = (
 )
 
 
+def first_line(reason: str | None, limit: int = 300) -> str | None:
+    """Why an attempt or task ended as it did, in one line (for tooltips and tables)."""
+    if not reason:
+        return None
+    line = reason.splitlines()[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 @dataclass
 class RunData:
     run: RunRow

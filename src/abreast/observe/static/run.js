@@ -88,7 +88,8 @@ function drawTimeline(snap) {
     const w = Math.max(2, ((a.ended_at || snap.now) - a.started_at) / span * width);
     const bar = el("svg:rect", {class: "bar " + a.state, x, y: 10 + ids.indexOf(a.task) * row,
                                 width: w, height: row - 4, "data-attempt": `${a.task}.${a.attempt}`});
-    bar.append(el("svg:title", {}, `${a.task} attempt ${a.attempt}: ${a.state}`));
+    const why = a.reason ? ` (${a.reason})` : "";
+    bar.append(el("svg:title", {}, `${a.task} attempt ${a.attempt}: ${a.state}${why}`));
     svg.append(bar);
   }
   box.append(svg);
