@@ -454,3 +454,33 @@ def test_16_processes_add_and_remove_worktrees_concurrently(repo: Path) -> None:
     )
     assert fsck.returncode == 0, fsck.stderr
     assert "error" not in fsck.stderr.lower()
+
+
+def test_tasks_and_checks_reach_this_abreast_when_it_is_not_on_path(repo: Path) -> None:
+    # abreast run from a virtual environment that is not activated (here: `python -m
+    # abreast` with a PATH that has no abreast): `abreast signal` and `abreast lock` in a
+    # task or a check are still this abreast; and the check does not get the real keys.
+    done = repo.parent / "client-done"
+    path = workflow(
+        repo,
+        {
+            "api": {
+                "signals": ["ready"],
+                "run": f"abreast signal ready && while [ ! -e {done} ]; do sleep 0.05; done",
+            },
+            "client": {
+                "needs": ["api:ready"],
+                "run": f"abreast lock tests -- touch {done} && echo client > client.txt",
+            },
+        },
+        locks={"tests": {"ttl": "1m"}},
+        keys={"llm": {"from": ["LLM_KEY_1"], "limit": "10/min", "env": "LLM_KEY"}},
+        checks=[{"run": "abreast lock tests -- sh -c 'echo \"key: ${LLM_KEY_1:-none}\"'"}],
+    )
+    env = {**os.environ, "PATH": "/usr/bin:/bin", "LLM_KEY_1": "sk-real-value"}
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=repo, env=env)
+    assert result.code == 0, result.out + result.err
+    assert show(repo, integration(result.out.splitlines()[0][5:]), "client.txt") == "client\n"
+    checks = list((repo / ".abreast" / "runs").glob("*/checks/*.log"))
+    assert checks, "the check ran"
+    assert all(p.read_text().strip() == "key: none" for p in checks)

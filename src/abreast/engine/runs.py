@@ -118,10 +118,48 @@ def dry_run(req: RunRequest, out: Any) -> int:
     return 0
 
 
+def task_env(location: StateLocation, keys: KeyBroker | None) -> dict[str, str]:
+    """The environment tasks and checks start from: this one, less the keys' real values
+    (a task gets only its leased key), with `abreast` on PATH as this very abreast."""
+    env = keys.scrub(dict(os.environ)) if keys else dict(os.environ)
+    shim = _abreast_shim(location.runs_dir.parent / "bin")
+    if shim is not None:
+        env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH') or os.defpath}"
+    return env
+
+
+def _abreast_shim(bin_dir: Path) -> Path | None:
+    """A directory holding an `abreast` that runs this interpreter's abreast: a task's
+    `abreast lock` and `abreast signal` work whether or not abreast is on the user's PATH
+    (a virtual environment not activated, `python -m abreast`), and are the same version
+    as the orchestrator. None where it cannot be written (the tasks keep the user's PATH)."""
+    import shlex
+
+    if not sys.executable:
+        return None
+    script = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m abreast "$@"\n'
+    target = bin_dir / "abreast"
+    try:
+        if target.read_text() == script and os.access(target, os.X_OK):
+            return bin_dir
+    except OSError:
+        pass
+    try:
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        tmp = bin_dir / f".abreast.{os.getpid()}"
+        tmp.write_text(script)
+        tmp.chmod(0o755)
+        os.replace(tmp, target)  # whole, even with another run writing it too
+    except OSError:
+        return None
+    return bin_dir
+
+
 def _options(
     p: Prepared,
     monitor_on: bool,
     supervisor: Supervisor,
+    base_env: dict[str, str],
     sinks: list[Sink] | None = None,
     keys: KeyBroker | None = None,
 ) -> EngineOptions:
@@ -135,7 +173,7 @@ def _options(
         policy=p.analysis.policy,
         monitor=monitor,
         rng=random.Random(),
-        base_env=keys.scrub(dict(os.environ)) if keys else dict(os.environ),
+        base_env=base_env,
         supervisor=supervisor,
         keys=keys,
         sinks=sinks or [],
@@ -225,6 +263,7 @@ def _isolation(
     journal: Journal,
     kind: str,
     base_commit: str | None,
+    base_env: dict[str, str],
     supervisor: Supervisor | None = None,
 ) -> Isolation:
     if req.isolation is not None:
@@ -240,6 +279,7 @@ def _isolation(
         journal,
         p.graph,
         base_commit=base_commit,
+        base_env=base_env,
         land=req.land,
         hold=supervisor.hold if supervisor and supervisor.coord else None,
     )
@@ -333,14 +373,15 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 **options,
             )
             announce(run_id)
-            isolation = _isolation(req, p, run_id, journal, kind, base_commit, supervisor)
+            env = task_env(p.location, keys)
+            isolation = _isolation(req, p, run_id, journal, kind, base_commit, env, supervisor)
             engine = Engine(
                 p.wf,
                 run_id,
                 p.location,
                 journal,
                 p.graph,
-                _options(p, req.monitor, supervisor, sinks, keys),
+                _options(p, req.monitor, supervisor, env, sinks, keys),
                 view=view,
                 isolation=isolation,
                 started_at=started,
@@ -584,16 +625,17 @@ async def _resume(
         keys = _keys(p, supervisor, journal, row.id)
         if keys is not None:
             keys.start()
+        env = task_env(location, keys)
         engine = Engine(
             wf,
             row.id,
             location,
             journal,
             graph,
-            _options(p, monitor_on, supervisor, keys=keys),
+            _options(p, monitor_on, supervisor, env, keys=keys),
             view=view,
             isolation=_isolation(
-                req, p, row.id, journal, kind, options.get("base_commit"), supervisor
+                req, p, row.id, journal, kind, options.get("base_commit"), env, supervisor
             ),
             started_at=row.started_at,
         )
