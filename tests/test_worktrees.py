@@ -202,6 +202,8 @@ def test_misbehaving_agents_fail_and_land_nothing(
     code, out, run_id = run(repo, path)
     assert code == 1, out
     assert message in out, out
+    failed = next(line for line in out.splitlines() if line.startswith("[") and " failed " in line)
+    assert message in failed or case not in ("ownership", "symlink"), failed  # said whole
     assert git(repo, "rev-parse", integration(run_id)) == git(repo, "rev-parse", "main")
     # Planted hooks and config changes were undone; a commit now runs no planted hook.
     assert not (repo / ".git" / "hooks" / "pre-commit").exists()

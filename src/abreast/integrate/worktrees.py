@@ -175,11 +175,15 @@ class WorktreeIsolation(Isolation):
         task = self.wf.tasks[task_id]
         bad = violations(changed, task.owns, self._neighbours.get(task_id, []))
         if bad:
+            # The first line says it whole (the live view and plain lines show only it).
+            first = bad[0] + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
             shown = "\n  ".join(bad[:30]) + (
                 f"\n  (+{len(bad) - 30} more)" if len(bad) > 30 else ""
             )
             return Verdict(
-                Outcome.SEND_BACK, f"changed files it does not own:\n  {shown}", kind="ownership"
+                Outcome.SEND_BACK,
+                f"changed files it does not own: {first}\n  {shown}",
+                kind="ownership",
             )
         # The merge needs only commits: the worktree can serve the next task meanwhile.
         self.pool.release(a.path, clean=True)
