@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port, run_abreast
-from tests.helpers import query, wait_for
+from tests.helpers import PY, query, wait_for
 
 SEED_METRICS = (
     "parallel_sprint_duration_seconds",
@@ -412,9 +412,11 @@ def test_report_numbers_equal_the_journal(tmp_path: Path) -> None:
     assert cp["estimated"]["seconds"] == 15
     assert cp["estimated"]["given"] is True
     assert cp["actual"]["tasks"] == ["a", "b"]
-    assert cp["actual"]["seconds"] == pytest.approx(
-        tasks["a"]["elapsed_s"] + tasks["b"]["elapsed_s"]
+    (a_start,), (b_end,) = (
+        query(db, f"SELECT {col} FROM tasks WHERE task_id = '{tid}'")[0]
+        for col, tid in (("started_at", "a"), ("finished_at", "b"))
     )
+    assert cp["actual"]["seconds"] == pytest.approx(b_end - a_start)  # a's start to b's end
     assert rep["failures"][0]["task"] == "c"
     assert "<b>bold</b>" in rep["failures"][0]["log_tail"]
     page = tmp_path / "r.html"
@@ -712,3 +714,28 @@ def test_dashboard_on_port_0_says_the_port_it_got_and_a_busy_port_is_a_clear_err
     with socket.socket() as s:  # and the first one gave its port back when it ended
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
         s.bind(("127.0.0.1", port))
+
+
+def test_actual_critical_path_follows_what_each_task_waited_for(tmp_path: Path) -> None:
+    # client starts on api's signal and ends at once; tester waits for both, so what it
+    # waited for is api's end: the path is api -> tester, and it took no longer than the run.
+    path = write(
+        tmp_path,
+        {
+            "name": "waits",
+            "tasks": {
+                "api": {"signals": ["ready"], "run": f"{PY} -m abreast signal ready; sleep 1"},
+                "client": {"needs": ["api:ready"], "run": "true"},
+                "skip": {"needs": ["client"], "when": "never", "run": "true"},
+                "tester": {"needs": ["api", "skip"], "run": "true"},
+            },
+            "flags": {"never": False},
+        },
+    )
+    run = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert run.code == 0, run.out + run.err
+    rep = json.loads(run_abreast("report", "--json", cwd=tmp_path).out)
+    actual = rep["critical_path"]["actual"]
+    assert actual["tasks"] == ["api", "tester"]
+    assert actual["seconds"] <= rep["wall_s"]
+    assert "critical path: api -> tester took" in run.out

@@ -546,6 +546,11 @@ class Journal:
         row = self._db.execute("SELECT max(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()
         return int(row[0] or 0)
 
+    def signal_times(self, run_id: str) -> dict[tuple[str, str], float]:
+        """(task, signal) -> when it was first given."""
+        rows = self._db.execute("SELECT task_id, name, ts FROM signals WHERE run_id = ?", (run_id,))
+        return {(task, name): ts for task, name, ts in rows}
+
     def signals(self, run_id: str) -> list[tuple[str, str]]:
         return self._db.execute(
             "SELECT task_id, name FROM signals WHERE run_id = ? ORDER BY ts", (run_id,)

@@ -408,6 +408,8 @@ def plan_summary(a: Analysis) -> dict[str, Any] | None:
         return None
     return {
         "edges": [[x, y] for x, y, _ in a.edges],
+        # Where y waits only for x's signal, not its end: [x, y, signal].
+        "signal_edges": [[x, y, s] for x, y, s in a.edges if s],
         "waves": a.waves,
         "critical_path": a.critical_path,
         "estimates": {t.id: t.estimate_s for t in a.tasks},

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from abreast import dag
 from abreast.coord.journal import AttemptRow, EventRow, Journal, RunRow, TaskRow
 
 MERGE_EVENTS = (
@@ -34,6 +33,7 @@ class RunData:
     tasks: list[TaskRow]
     attempts: list[AttemptRow]
     plan: dict[str, Any] | None
+    signals: dict[tuple[str, str], float] = field(default_factory=dict)  # -> when given
 
     @property
     def edges(self) -> list[tuple[str, str]]:
@@ -59,8 +59,42 @@ class RunData:
         return out
 
     def actual_critical_path(self) -> tuple[list[str], float]:
-        """The longest chain of dependencies by actual task times."""
-        return longest_path([t.task_id for t in self.tasks], self.edges, self.task_elapsed())
+        """What the run waited on, as it happened: from the task that ended last, back
+        through the dependency each task was released by last (its end; for `needs:
+        [x:signal]`, the signal), to a task that waited on none; and the time from that
+        first task's start to the last one's end. Never longer than the run, whatever
+        waited for slots, retried, or started on a signal; a task that did not run (skipped)
+        is passed through, not named."""
+        now = time.time()
+        start = {t.task_id: t.started_at for t in self.tasks}
+        end = {t.task_id: t.finished_at or (now if t.started_at else None) for t in self.tasks}
+        waits = {(x, y): s for x, y, s in (self.plan or {}).get("signal_edges", [])}
+        preds: dict[str, list[str]] = {}
+        for x, y in self.edges:
+            preds.setdefault(y, []).append(x)
+
+        def released(dep: str, task: str) -> float | None:
+            signal = waits.get((dep, task))
+            at = self.signals.get((dep, signal)) if signal else None
+            return at if at is not None else end.get(dep)
+
+        ran = [tid for tid, s in start.items() if s is not None]
+        if not ran:
+            return [], 0.0
+        last = max(ran, key=lambda tid: end[tid] or 0.0)
+        path, cur, seen = [last], last, {last}
+        while True:
+            options = [(at, d) for d in preds.get(cur, []) if (at := released(d, cur)) is not None]
+            if not options:
+                break
+            cur = max(options)[1]
+            if cur in seen:  # a plan not of this run's tasks: stop rather than loop
+                break
+            seen.add(cur)
+            if start.get(cur) is not None:
+                path.append(cur)
+        path.reverse()
+        return path, max(0.0, (end[last] or now) - (start[path[0]] or now))
 
     def estimated_critical_path(self) -> tuple[list[str], float]:
         plan = self.plan or {}
@@ -73,38 +107,9 @@ def load(journal: Journal, run_id: str, attempts: bool = True) -> RunData | None
     if run is None:
         return None
     tries = journal.attempts(run_id) if attempts else []
-    return RunData(run, journal.tasks(run_id), tries, run.options.get("plan"))
-
-
-def longest_path(
-    ids: list[str], edges: list[tuple[str, str]], weight: dict[str, float]
-) -> tuple[list[str], float]:
-    index = {tid: i for i, tid in enumerate(ids)}
-    preds: list[list[int]] = [[] for _ in ids]
-    for a, b in edges:
-        if a in index and b in index:
-            preds[index[b]].append(index[a])
-    waves, level = dag.generations(preds)
-    if min(level, default=0) < 0:
-        return [], 0.0
-    best = [0.0] * len(ids)
-    prev = [-1] * len(ids)
-    for v in (v for w in waves for v in w):
-        base, via = 0.0, -1
-        for p in preds[v]:
-            if best[p] > base:
-                base, via = best[p], p
-        best[v] = base + weight.get(ids[v], 0.0)
-        prev[v] = via
-    if not ids:
-        return [], 0.0
-    v = max(range(len(ids)), key=lambda i: best[i])
-    total = best[v]
-    path = []
-    while v >= 0:
-        path.append(ids[v])
-        v = prev[v]
-    return path[::-1], total
+    plan = run.options.get("plan")
+    signals = journal.signal_times(run_id) if plan and plan.get("signal_edges") else {}
+    return RunData(run, journal.tasks(run_id), tries, plan, signals)
 
 
 def merge_log(journal: Journal, run_id: str, limit: int = 50) -> list[EventRow]:
