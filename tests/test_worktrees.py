@@ -294,15 +294,19 @@ def test_cleanup_lists_then_removes_what_failed_runs_kept(repo: Path) -> None:
     path = workflow(repo, {"bad": {"run": "echo x > y.txt; exit 1"}})
     code, _, run_id = run(repo, path)
     assert code == 1
+    snapshot = f"refs/abreast/{run_id}/signals/bad/ready"  # as a run that died leaves it
+    git(repo, "update-ref", snapshot, "HEAD")
     listed = run_abreast("cleanup", "--dry-run", cwd=repo)
     assert listed.code == 0
     assert f"{run_id} (finished (failed)): would" in listed.out
     assert f"delete branch abreast/{run_id}/bad" in listed.out
+    assert f"delete {snapshot}" in listed.out
     assert git(repo, "worktree", "list").count("\n") == 2  # nothing removed yet
     done = run_abreast("cleanup", cwd=repo)
     assert done.code == 0, done.err
     assert git(repo, "worktree", "list").count("\n") == 1
     assert git(repo, "branch", "--list", f"abreast/{run_id}/bad") == ""
+    assert git(repo, "for-each-ref", "refs/abreast/") == ""
     assert git(repo, "branch", "--list", integration(run_id)).strip()  # results stay
     assert run_abreast("cleanup", cwd=repo).out.strip() == "nothing to clean up"
 
@@ -486,3 +490,43 @@ def test_tasks_and_checks_reach_this_abreast_when_it_is_not_on_path(repo: Path) 
     checks = list((repo / ".abreast" / "runs").glob("*/checks/*.log"))
     assert checks, "the check ran"
     assert all(p.read_text().strip() == "key: none" for p in checks)
+
+
+def test_a_task_started_on_a_signal_sees_the_files_of_the_task_that_signalled(
+    repo: Path,
+) -> None:
+    # api writes its interface, signals, and goes on until client has landed; client
+    # starts on the signal with api's files as they were then: only its own work lands
+    # with it, api's files land with api. meddler, which edits api's file, is sent back.
+    landed = "git show abreast/$ABREAST_RUN_ID/_integration:client.txt >/dev/null 2>&1"
+    path = workflow(
+        repo,
+        {
+            "api": {
+                "signals": ["ready.v1"],
+                "timeout": 20,
+                "run": f"echo v1 > src/api.txt && {PY} -m abreast signal ready.v1"
+                f" && echo extra > api-notes.txt && until {landed}; do sleep 0.05; done"
+                " && echo v2 >> src/api.txt",
+            },
+            "client": {"needs": ["api:ready.v1"], "run": "cp src/api.txt client.txt"},
+            "meddler": {"needs": ["api:ready.v1"], "run": "echo mine >> src/api.txt"},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1, out  # meddler failed
+    assert "changed files it was started with from a signal of a task it waits for" in out
+    assert "src/api.txt" in out
+    result = integration(run_id)
+    assert show(repo, result, "client.txt") == "v1\n"  # what api had when it signalled
+    assert show(repo, result, "src/api.txt") == "v1\nv2\n"  # api's own, whole
+    assert show(repo, result, "api-notes.txt") == "extra\n"
+    # client landed first, and its landing brought none of api's files.
+    lands = dict(
+        reversed(line.split(" ", 1))
+        for line in git(repo, "log", "--format=%H %s", result).splitlines()
+    )
+    land = next(h for s, h in lands.items() if s.startswith("abreast: land client"))
+    tree = git(repo, "ls-tree", "-r", "--name-only", land).split()
+    assert "client.txt" in tree and "src/api.txt" not in tree
+    assert not git(repo, "for-each-ref", f"refs/abreast/{run_id}/")  # snapshots removed

@@ -95,6 +95,7 @@ def cleanup(
             plan.actions += [
                 f"delete branch {b.removeprefix('refs/heads/')}" for b in left.task_branches
             ]
+            plan.actions += [f"delete {ref}" for ref in left.snapshots]
             if results and left.integration_branch:
                 plan.actions.append(
                     f"delete result branch {left.integration_branch.removeprefix('refs/heads/')}"

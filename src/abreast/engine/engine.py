@@ -469,6 +469,8 @@ class Engine:
                 "ABREAST_FEEDBACK": tr.feedback or "",
             }
         )
+        if not self.isolation.instant:
+            env["ABREAST_WORKTREE"] = cwd  # where `abreast signal` snapshots its files from
         return Launch(self.run_id, tr.id, n, command, cwd, env, log, self._exits)
 
     # -- acting ------------------------------------------------------------------------------

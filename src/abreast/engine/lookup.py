@@ -8,6 +8,7 @@ workflow models or asyncio.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -56,8 +57,17 @@ def orchestrator_alive(row: RunRow) -> bool:
     return is_live_process(row.pid, row.pid_start)
 
 
+_SIGNAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")  # spec.model's NAME_PATTERN
+
+
 def signal_run(name: str) -> str:
     """`abreast signal NAME` from inside a task: journal it and wake the orchestrator."""
+    if not _SIGNAL_NAME.fullmatch(name):
+        raise UsageError(
+            f"{name!r} is not a signal name",
+            hint="a task declares its signals in `signals:`: 1-63 letters, digits, '_', '.'"
+            " or '-', starting with a letter, digit or '_'",
+        )
     run_id = os.environ.get("ABREAST_RUN_ID")
     task_id = os.environ.get("ABREAST_TASK_ID")
     state = os.environ.get("ABREAST_STATE")
@@ -74,6 +84,15 @@ def signal_run(name: str) -> str:
         tasks = {t.task_id for t in journal.tasks(run_id)}
         if task_id not in tasks:
             raise UsageError(f"run {run_id} has no task {task_id!r}")
+        worktree = os.environ.get("ABREAST_WORKTREE")
+        if worktree:  # before the signal is journaled: the waiting tasks start with it
+            from abreast.workspace.repo import signal_ref, snapshot
+
+            snapshot(
+                Path(worktree),
+                signal_ref(run_id, task_id, name),
+                f"abreast: {task_id} signalled {name!r} (run {run_id}): its files then",
+            )
         fresh = journal.add_signal(run_id, task_id, name)
         if fresh and orchestrator_alive(row) and row.pid:
             os.kill(row.pid, 10)  # SIGUSR1: the orchestrator reads new signals

@@ -30,7 +30,7 @@ from abreast.integrate.queue import MergeJob, MergeQueue, check_env
 from abreast.plan.graph import TaskGraph
 from abreast.spec.model import Workflow
 from abreast.workspace.pool import WorktreePool
-from abreast.workspace.repo import Repo, commit_all
+from abreast.workspace.repo import Repo, commit_all, signal_ref
 
 
 def integration_ref(run_id: str) -> str:
@@ -55,6 +55,9 @@ class _Attempt:
     ended: float | None = None
     head: str | None = None
     released: bool = False  # given back to the pool once its work was committed
+    # When `base` is a start made for it (the integration head with the signal snapshots of
+    # tasks it waited for merged in): that integration head, which its work is replayed onto.
+    onto: str | None = None
 
 
 class WorktreeIsolation(Isolation):
@@ -112,6 +115,14 @@ class WorktreeIsolation(Isolation):
         self._landed: list[str] = []
         self._kept: list[Path] = []
         ids = list(wf.tasks)
+        # task -> [(task it waits for a signal of, signal)]
+        self._signal_waits: dict[str, list[tuple[str, str]]] = {}
+        for (u, v), signal in graph.signal_waits.items():
+            self._signal_waits.setdefault(ids[v], []).append((ids[u], signal))
+        self._landed_before: set[str] = set()
+        if self._signal_waits:  # after a crash: tasks whose own work is on the branch now
+            events = journal.events(run_id, types=("merge.landed",))
+            self._landed_before = {e.task_id for e in events if e.task_id is not None}
         self._neighbours: dict[str, list[tuple[str, list[str]]]] = {}
         owners = [(v, t) for v, t in enumerate(wf.tasks.values()) if t.owns]
         for v, task in enumerate(wf.tasks.values()):
@@ -140,15 +151,50 @@ class WorktreeIsolation(Isolation):
         base = await asyncio.to_thread(self.repo.rev_parse, self.ref)
         if base is None:
             raise RuntimeError(f"the integration branch {self.ref} is gone")
+        start, onto = base, None
+        waits = [
+            (dep, signal)
+            for dep, signal in self._signal_waits.get(task_id, [])
+            if dep not in self._landed_before and dep not in self._landed
+        ]
+        if waits:
+            start = await asyncio.to_thread(self._start_with_snapshots, task_id, base, waits)
+            onto = base if start != base else None
         fresh = not self.pool._idle
-        path = await asyncio.to_thread(self.pool.acquire, task_branch(self.run_id, task_id), base)
+        path = await asyncio.to_thread(self.pool.acquire, task_branch(self.run_id, task_id), start)
         if fresh:
             self.guard.note_new_worktree_config()
-        self._attempts[(task_id, attempt)] = _Attempt(task_id, attempt, base, path)
+        self._attempts[(task_id, attempt)] = _Attempt(task_id, attempt, start, path, onto=onto)
         self.journal.stage_attempt(
-            self.run_id, task_id, attempt, base_commit=base, workdir=str(path)
+            self.run_id, task_id, attempt, base_commit=start, workdir=str(path)
         )
         return path
+
+    def _start_with_snapshots(self, task_id: str, base: str, waits: list[tuple[str, str]]) -> str:
+        """The integration head with the files each awaited task had when it signalled (it
+        has not landed yet), merged in: a task started on `needs: [api:ready]` sees what
+        api had written. A snapshot that does not merge cleanly is left out."""
+        start = base
+        for dep, signal in waits:
+            snap = self.repo.rev_parse(signal_ref(self.run_id, dep, signal))
+            if snap is None:
+                continue  # signalled by a task not in a worktree, or by an older abreast
+            merged = self.repo.merge_tree(start, snap)
+            if merged.clean:
+                start = self.repo.commit_tree(
+                    merged.tree,
+                    [start, snap],
+                    f"abreast: {task_id} starts with {dep}'s files at its signal {signal!r}",
+                )
+        return start
+
+    def _onto(self, task_id: str, start: str) -> str | None:
+        """After a crash: the integration head a start made with snapshots was made from
+        (None when `start` is on the integration branch itself)."""
+        if task_id not in self._signal_waits or self.repo.is_ancestor(start, self.ref):
+            return None
+        first_parents = self.repo.git("rev-list", "--first-parent", start).stdout.split()
+        return next((c for c in first_parents[1:] if self.repo.is_ancestor(c, self.ref)), None)
 
     # -- after a successful attempt ----------------------------------------------------------
 
@@ -163,7 +209,8 @@ class WorktreeIsolation(Isolation):
         message = f"abreast: {task_id} (run {self.run_id}, attempt {attempt})"
         head = await asyncio.to_thread(commit_all, self.repo, a.path, message)
         a.head = head
-        self.journal.stage_attempt(self.run_id, task_id, attempt, head_commit=head)
+        if a.onto is None:
+            self.journal.stage_attempt(self.run_id, task_id, attempt, head_commit=head)
         changed = await asyncio.to_thread(self.repo.changed_paths, a.base, head)
         links = await asyncio.to_thread(symlinks_out, a.path, changed)
         if links:
@@ -185,6 +232,20 @@ class WorktreeIsolation(Isolation):
                 f"changed files it does not own: {first}\n  {shown}",
                 kind="ownership",
             )
+        if a.onto is not None:
+            # Its work without the snapshots it started with: those land with their tasks.
+            replayed = await asyncio.to_thread(self.repo.replay, a.onto, a.base, head, message)
+            commit, conflicts = replayed
+            if commit is None:
+                return Verdict(
+                    Outcome.SEND_BACK,
+                    "changed files it was started with from a signal of a task it waits for: "
+                    + ", ".join(conflicts[:20])
+                    + "\nthose land with that task; leave them to it",
+                    kind="ownership",
+                )
+            a.head = commit
+            self.journal.stage_attempt(self.run_id, task_id, attempt, head_commit=a.head)
         # The merge needs only commits: the worktree can serve the next task meanwhile.
         self.pool.release(a.path, clean=True)
         a.released = True
@@ -210,6 +271,7 @@ class WorktreeIsolation(Isolation):
             path,
             started=row.started_at or 0.0,
             ended=row.ended_at or time.time(),
+            onto=self._onto(task_id, row.base_commit),
         )
         self._attempts[(task_id, attempt)] = a
         return a
@@ -309,6 +371,9 @@ class WorktreeIsolation(Isolation):
         for task_id in sorted(landed):
             branch = f"refs/heads/{task_branch(self.run_id, task_id)}"
             await asyncio.to_thread(self.repo.delete_ref, branch)
+        if self._signal_waits:
+            for ref in await asyncio.to_thread(self.repo.refs, f"refs/abreast/{self.run_id}/"):
+                await asyncio.to_thread(self.repo.delete_ref, ref)
         head = await asyncio.to_thread(self.repo.rev_parse, self.ref)
         branch = integration_branch(self.run_id)
         ahead = len(

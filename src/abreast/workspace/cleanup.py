@@ -14,6 +14,7 @@ class Leftovers:
     worktrees: list[Path]
     task_branches: list[str]
     integration_branch: str | None
+    snapshots: list[str]  # refs/abreast/<run>/...: what tasks' signals left
 
 
 def leftovers(repo: Repo, run_id: str) -> Leftovers:
@@ -24,7 +25,10 @@ def leftovers(repo: Repo, run_id: str) -> Leftovers:
     refs = repo.refs(f"refs/heads/abreast/{run_id}/")
     integration = f"refs/heads/abreast/{run_id}/_integration"
     tasks = sorted(r for r in refs if r != integration)
-    return Leftovers(run_id, worktrees, tasks, integration if integration in refs else None)
+    snapshots = sorted(repo.refs(f"refs/abreast/{run_id}/"))
+    return Leftovers(
+        run_id, worktrees, tasks, integration if integration in refs else None, snapshots
+    )
 
 
 def runs_with_leftovers(repo: Repo) -> list[str]:
@@ -36,6 +40,10 @@ def runs_with_leftovers(repo: Repo) -> list[str]:
         parts = ref.split("/")
         if len(parts) >= 5:
             found.add(parts[3])
+    for ref in repo.refs("refs/abreast/"):
+        parts = ref.split("/")
+        if len(parts) >= 4:
+            found.add(parts[2])
     return sorted(found)
 
 
@@ -47,6 +55,9 @@ def remove(repo: Repo, left: Leftovers, *, results: bool) -> list[str]:
     for ref in left.task_branches:
         repo.delete_ref(ref)
         done.append(f"deleted branch {ref.removeprefix('refs/heads/')}")
+    for ref in left.snapshots:
+        repo.delete_ref(ref)
+        done.append(f"deleted {ref}")
     if results and left.integration_branch:
         repo.delete_ref(left.integration_branch)
         done.append(f"deleted result branch {left.integration_branch.removeprefix('refs/heads/')}")

@@ -141,6 +141,18 @@ class Repo:
             args += ["-p", p]
         return self.git(*args, "-m", message, env=self.identity_env()).stdout.strip()
 
+    def replay(self, onto: str, base: str, head: str, message: str) -> tuple[str | None, list[str]]:
+        """`head`'s changes since `base`, as one commit on `onto` (`base` descends from it):
+        what a task did, without what it was started with beyond `onto`. Computed as the
+        merge of `head` with a commit of `onto`'s tree whose parent is `base`, so that
+        `base` is the merge base (git 2.39's merge-tree has no --merge-base).
+        (the commit, []), or (None, the paths that conflict)."""
+        scratch = self.commit_tree(f"{onto}^{{tree}}", [base], "abreast: scratch")
+        merged = self.merge_tree(scratch, head)
+        if not merged.clean:
+            return None, merged.conflicts
+        return self.commit_tree(merged.tree, [onto], message), []
+
     def log_oneline(self, rev_range: str, limit: int = 20) -> list[str]:
         proc = self.git(
             "log", "--oneline", "--no-decorate", f"-{limit}", rev_range, "--", check=False
@@ -254,6 +266,30 @@ def commit_all(repo: Repo, path: Path, message: str) -> str:
             env=repo.identity_env(),
         )
     return repo.git("rev-parse", "HEAD", cwd=path).stdout.strip()
+
+
+def signal_ref(run_id: str, task_id: str, name: str) -> str:
+    """Where `abreast signal NAME` of a task in a worktree leaves a snapshot of its files."""
+    # '.' is allowed in a signal's name, and '..' or a final '.lock' not in a ref's.
+    return f"refs/abreast/{run_id}/signals/{task_id}/{name.replace('.', '%2E')}"
+
+
+def snapshot(path: Path, ref: str, message: str) -> str:
+    """Commit the files of the worktree at `path` as they are now (what `git add -A` would
+    take: ignored files left out) and point `ref` at it, leaving its index, HEAD and files
+    as they were: what a task's `abreast signal` hands to the tasks waiting for it."""
+    import tempfile
+
+    repo = Repo(path)
+    with tempfile.TemporaryDirectory(prefix="abreast-index-") as d:
+        env = {"GIT_INDEX_FILE": os.path.join(d, "index")}
+        repo.git("read-tree", "HEAD", cwd=path, env=env)
+        repo.git("add", "-A", cwd=path, env=env)
+        tree = repo.git("write-tree", cwd=path, env=env).stdout.strip()
+    head = repo.git("rev-parse", "HEAD", cwd=path).stdout.strip()
+    commit = repo.commit_tree(tree, [head], message)
+    repo.git("update-ref", ref, commit)
+    return commit
 
 
 def dirty_paths(repo: Repo, path: Path) -> list[str]:
