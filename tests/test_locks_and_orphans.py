@@ -565,3 +565,60 @@ def test_unreachable_state_is_a_clear_error(tmp_path: Path) -> None:
     assert "cannot reach Redis" in result.err
     assert "Traceback" not in result.err
     _ = socket  # (kept for the port helper's use above)
+
+
+def test_a_check_that_loses_its_lock_is_ended_and_run_again(tmp_path: Path) -> None:
+    # The check's lock is force-released while it runs (an operator, or a takeover): the
+    # check must not go on unprotected; it is ended, and run again under the lock.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "0"]):
+        subprocess.run(
+            ["git", *args],
+            cwd=repo,
+            check=True,
+            capture_output=True,
+            env={
+                **os.environ,
+                "GIT_AUTHOR_NAME": "t",
+                "GIT_AUTHOR_EMAIL": "t@t",
+                "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@t",
+            },
+        )
+    runs, done = tmp_path / "check-runs", tmp_path / "check-done"
+    check = f'echo run >> {runs}; [ "$(wc -l < {runs})" -gt 1 ] || sleep 20; echo done >> {done}'
+    (repo / "w.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "lost",
+                "locks": {"tests": {"ttl": 1.5}},
+                "checks": [{"run": check, "lock": "tests"}],
+                "tasks": {"t": {"run": "echo x > x.txt"}},
+            }
+        )
+    )
+    run = subprocess.Popen(
+        [PY, "-m", "abreast", "run", "w.json", "--plain", "--no-monitor"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    coord = open_coordinator(f"sqlite://{repo}/.abreast/coord.db")
+    try:
+        wait_for(lambda: runs.exists(), timeout=30, what="the check to start")
+        assert coord.force_release("tests") is not None
+        out, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+        coord.close()
+    assert run.returncode == 0, out + err
+    assert runs.read_text() == "run\nrun\n"  # ended, then run again
+    assert done.read_text() == "done\n"  # the first never finished its work unprotected
+    events = [r[0] for r in query(repo / ".abreast" / "state.db", "SELECT type FROM events")]
+    assert "lock.lost" in events
+    assert not marked_processes(out.splitlines()[0][5:])  # nothing of the run is left

@@ -35,7 +35,8 @@ from abreast.coord.backend import (
     open_coordinator,
 )
 from abreast.coord.journal import Journal
-from abreast.executor.process import fence, tree_stats
+from abreast.executor.process import end_lease_holders, fence, tree_stats
+from abreast.integrate.checks import Held
 from abreast.spec.model import Workflow
 
 _FAILED = object()  # a backend call that raised (as opposed to answering None)
@@ -144,8 +145,11 @@ class Supervisor:
         return self.coord.url
 
     @contextlib.asynccontextmanager
-    async def hold(self, name: str, holder_id: str) -> AsyncIterator[Lease]:
-        """Hold `name` around a block (a check), renewing it meanwhile."""
+    async def hold(self, name: str, holder_id: str) -> AsyncIterator[Held]:
+        """Hold `name` around a block (a check), renewing it meanwhile. If the lease is lost
+        (taken over or force-released, or not renewable before it runs out), what runs
+        under it is ended at once and `Held.lost` says why: the block's work was not
+        protected to the end."""
         ttl = self.wf.locks[name].ttl if name in self.wf.locks else 60.0
         holder = Holder.here(
             run=self.run_id,
@@ -155,18 +159,33 @@ class Supervisor:
         lease, fenced = await asyncio.to_thread(self._acquire_blocking, name, holder, ttl)
         self._journal_grant(lease, fenced, None, holder=holder_id)
         stop = asyncio.Event()
+        held = Held(lease)
 
         async def keep() -> None:
+            renewed = time.monotonic()
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=ttl / 3)
-                if not stop.is_set() and self.coord is not None:
-                    with contextlib.suppress(CoordError):
-                        self.coord.renew(name, lease.token, ttl)
+                if stop.is_set() or self.coord is None:
+                    continue
+                got = self._coord(self.coord.renew, name, lease.token, ttl)
+                if got is None:
+                    why = "it was taken over or force-released"
+                elif got is _FAILED and time.monotonic() - renewed >= ttl:
+                    why = f"not renewed for its ttl ({ttl:g}s): the backend is unreachable"
+                else:
+                    renewed = time.monotonic() if got is not _FAILED else renewed
+                    continue
+                held.lost = f"lost its lock {name!r} while it ran ({why})"
+                self.journal.stage_event(
+                    self.run_id, "lock.lost", None, lock=name, token=lease.token, holder=holder_id
+                )
+                await asyncio.to_thread(end_lease_holders, name, lease.token)
+                return
 
         keeper = asyncio.create_task(keep())
         try:
-            yield lease
+            yield held
         finally:
             stop.set()
             await keeper

@@ -310,6 +310,12 @@ def fence(name: str, token: int, host: str, grace_s: float = 2.0) -> int:
 
     if host != socket.gethostname():
         return 0
+    return end_lease_holders(name, token, grace_s)
+
+
+def end_lease_holders(name: str, token: int, grace_s: float = 2.0) -> int:
+    """End the processes here that run under lease `token` of `name` (they carry it in
+    ABREAST_LOCKS): the lease was lost while they ran. Returns how many."""
     pids = [p.pid for p in lease_holders(name, token)]
     return kill_pids(pids, grace_s) if pids else 0
 

@@ -15,8 +15,19 @@ from abreast.executor.logs import log_tail
 from abreast.executor.process import LOCKS_ENV, describe_status, kill_tree
 from abreast.spec.model import Check
 
-# (lock, holder) -> a context holding it, giving the lease (None: held within this process)
-LockHolder = Callable[[str, str], AbstractAsyncContextManager["Lease | None"]]
+
+@dataclass
+class Held:
+    """A lock held around a check: its lease, and why it was lost while held (its holder
+    then ends what runs under it: the check's result does not count)."""
+
+    lease: Lease
+    lost: str | None = None
+
+
+# (lock, holder) -> a context holding it (giving None: held within this process)
+LockHolder = Callable[[str, str], AbstractAsyncContextManager["Held | None"]]
+LOST_LOCK_TRIES = 3  # runs of a check that lost its lock before it counts as red
 
 
 @dataclass
@@ -48,7 +59,7 @@ class LocalLocks:
         self._locks: dict[str, asyncio.Lock] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, name: str, holder: str) -> AsyncIterator[Lease | None]:
+    async def hold(self, name: str, holder: str) -> AsyncIterator[Held | None]:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             yield None
@@ -65,22 +76,31 @@ async def run_checks(
     tail_lines: int = 30,
     control: CheckControl | None = None,
 ) -> CheckResult:
-    """Run each check in order; stop at the first red one (or when `control` is stopped)."""
+    """Run each check in order; stop at the first red one (or when `control` is stopped).
+    A check whose lock was lost while it ran (taken over, force-released, not renewable)
+    was ended by the lock's keeper and is run again, up to LOST_LOCK_TRIES times."""
     control = control or CheckControl()
     waited = 0.0
     for i, check in enumerate(checks):
         name = check.name or check.run
-        if control.stopped:
-            return CheckResult(False, name, f"check `{name}` not run: cancelled", "", waited)
         log = f"{log_prefix}.{i + 1}.log"
-        t0 = time.monotonic()
-        ctx = hold(check.lock, holder) if check.lock else contextlib.nullcontext()
-        async with ctx as lease:
-            waited += time.monotonic() - t0
-            held = env
-            if lease is not None:  # what still runs if this lease runs out can be fenced off
-                held = {**env, LOCKS_ENV: f"{lease.name}:{lease.token}"}
-            code, sig, timed_out = await _run_one(check, cwd, held, log, grace_s, control)
+        for _ in range(LOST_LOCK_TRIES):
+            if control.stopped:
+                return CheckResult(False, name, f"check `{name}` not run: cancelled", "", waited)
+            t0 = time.monotonic()
+            ctx = hold(check.lock, holder) if check.lock else contextlib.nullcontext()
+            async with ctx as held:
+                waited += time.monotonic() - t0
+                run_env = env
+                if held is not None:  # what runs under the lease can be fenced off
+                    run_env = {**env, LOCKS_ENV: f"{held.lease.name}:{held.lease.token}"}
+                code, sig, timed_out = await _run_one(check, cwd, run_env, log, grace_s, control)
+            lost = held.lost if held is not None else None
+            if lost is None:
+                break
+        else:
+            detail = f"check `{name}` {lost}, {LOST_LOCK_TRIES} times: it has no result"
+            return CheckResult(False, name, detail, log, waited)
         if timed_out or code != 0 or sig:
             why = f"timed out after {check.timeout:g}s" if timed_out else describe_status(code, sig)
             tail = log_tail(log, tail_lines, max_bytes=16384)
