@@ -530,3 +530,31 @@ def test_a_task_started_on_a_signal_sees_the_files_of_the_task_that_signalled(
     tree = git(repo, "ls-tree", "-r", "--name-only", land).split()
     assert "client.txt" in tree and "src/api.txt" not in tree
     assert not git(repo, "for-each-ref", f"refs/abreast/{run_id}/")  # snapshots removed
+
+
+def test_edits_to_the_checkout_during_a_run_can_be_warned_about_instead_of_failing(
+    repo: Path,
+) -> None:
+    # The person keeps working in their checkout while the run goes on (here a task
+    # stands in for them): with main_checkout: warn, the tasks land and the run says so.
+    path = workflow(
+        repo,
+        {"t": {"run": f"echo mine >> {repo}/README.md && echo work > work.txt"}},
+        containment={"main_checkout": "warn"},
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert "warning: README.md changed in your checkout while t ran" in out
+    assert show(repo, integration(run_id), "work.txt") == "work\n"
+    db = repo / ".abreast" / "state.db"
+    rows = query(db, "SELECT data FROM events WHERE type = 'containment.violation'")
+    assert [json.loads(r[0])["blamed"] for r in rows] == [False]
+    # The default still fails it, and says how to let such edits be.
+    git(repo, "checkout", "-q", "--", "README.md")
+    strict = workflow(repo, {"t": {"run": f"echo mine >> {repo}/README.md"}})
+    code, out, _ = run(repo, strict)
+    assert code == 1
+    assert "containment: {main_checkout: warn}" in out
+    bad = workflow(repo, {"t": {"run": "true"}}, containment={"main_checkout": "maybe"})
+    result = run_abreast("run", str(bad), cwd=repo)
+    assert result.code == 2 and "main_checkout" in result.err and "Traceback" not in result.err

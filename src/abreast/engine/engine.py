@@ -170,6 +170,7 @@ class Engine:
         self.options = options
         self.view = view or View()
         self.isolation = isolation or Isolation(location.root)
+        self.isolation.note = self.view.note
         self.run_dir = location.run_dir(run_id)
         self._root = str(location.root)
         self.tasks = [TaskRun(v, task) for v, task in enumerate(wf.tasks.values())]

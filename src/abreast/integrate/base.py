@@ -10,6 +10,7 @@ queue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -37,6 +38,8 @@ class Isolation:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.note: Callable[[str], None] = lambda _text: None  # a line for the user
+
 
     async def prepare(self, task_id: str, attempt: int) -> Path:
         return self.root

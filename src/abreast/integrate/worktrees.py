@@ -318,12 +318,14 @@ class WorktreeIsolation(Isolation):
         changes: list[Change] = await asyncio.to_thread(self.guard.check_repo_files)
         changes += await asyncio.to_thread(self.guard.check_main_checkout)
         now = time.time()
+        warn_only = self.wf.containment.main_checkout == "warn"
         for c in changes:
             suspects = [
                 x
                 for x in self._attempts.values()
                 if x.started - SLACK_S <= c.mtime <= (x.ended or now) + SLACK_S
             ]
+            blamed = not (warn_only and c.what == "main checkout")
             self.journal.stage_event(
                 self.run_id,
                 "containment.violation",
@@ -331,7 +333,15 @@ class WorktreeIsolation(Isolation):
                 what=c.what,
                 path=c.path,
                 suspects=[f"{x.task_id}.{x.attempt}" for x in suspects],
+                blamed=blamed,
             )
+            if not blamed:
+                who = ", ".join(x.task_id for x in suspects) or "no task"
+                self.note(
+                    f"warning: {c.path} changed in your checkout while {who} ran; "
+                    "if a task wrote it, check its work (containment: main_checkout: warn)"
+                )
+                continue
             for x in suspects:
                 self._blamed.setdefault((x.task_id, x.attempt), []).append(c)
         mine = self._blamed.pop((a.task_id, a.attempt), [])
@@ -340,9 +350,16 @@ class WorktreeIsolation(Isolation):
         lines = [
             f"{c.what}: {c.path}" + (" (undone)" if c.what != "main checkout" else "") for c in mine
         ]
+        hint = ""
+        if any(c.what == "main checkout" for c in mine):
+            hint = (
+                "\n(if you changed these yourself during the run, set `containment:"
+                " {main_checkout: warn}` in the workflow file)"
+            )
         return (
             "wrote outside its worktree while it ran, so nothing of it was merged:\n  "
             + "\n  ".join(lines)
+            + hint
         )
 
     # -- after an attempt's fate is known ------------------------------------------------------

@@ -239,6 +239,16 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class Containment:
+    """What a change to the user's own checkout, written while tasks ran, does: `fail`
+    sends back every attempt that was running when it was written (nothing of them is
+    merged); `warn` says so and lets them land (for people who keep working in their
+    checkout during a run: abreast cannot tell their edits from an agent's)."""
+
+    main_checkout: Literal["fail", "warn"] = "fail"
+
+
+@dataclass(frozen=True)
 class TaskFields:
     """What `defaults` may set for every task."""
 
@@ -290,6 +300,7 @@ class Workflow:
     resources: Resources = Resources()
     heartbeat: Heartbeat = Heartbeat()
     memory: Memory = Memory()
+    containment: Containment = Containment()
 
     # Set after validation (not read from the file): where the workflow was read from and
     # the sha256 of its bytes (by the loader); what the validator learnt of the dependency
