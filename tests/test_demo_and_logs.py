@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import run_abreast
 from tests.helpers import start_run, wait_for, write_workflow
@@ -26,6 +29,27 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "the agents' work, merged and checked: backend/api.py" in out
     assert "8 task(s) landed" in out
     assert "git status there is clean" in out
+
+
+@pytest.mark.parametrize(
+    ("example", "landed"), [("auth-epic", 6), ("stage-groups", 9), ("cfn-epic", 6)]
+)
+def test_the_examples_run_to_the_end_in_a_repository_of_their_own(
+    tmp_path: Path, example: str, landed: int
+) -> None:
+    # As examples/README.md says to: a copy of examples/ made a git repository.
+    repo = tmp_path / "examples"
+    shutil.copytree(Path(__file__).parent.parent / "examples", repo)
+    ident = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t"}
+    ident |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {**os.environ, **ident, "EXAMPLE_AGENT_SECONDS": "0.05"}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "x"]):
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
+    result = run_abreast(
+        "run", f"{example}.yaml", "--plain", "--no-monitor", cwd=repo, env=env, timeout=120
+    )
+    assert result.code == 0, result.out + result.err
+    assert f"{landed} task(s) landed" in result.out
 
 
 def test_logs_follow_prints_until_the_attempt_ends(tmp_path: Path) -> None:
