@@ -40,7 +40,6 @@ class Isolation:
         self.root = root
         self.note: Callable[[str], None] = lambda _text: None  # a line for the user
 
-
     async def prepare(self, task_id: str, attempt: int) -> Path:
         return self.root
 
