@@ -275,7 +275,20 @@ def test_land_refuses_over_uncommitted_changes(repo: Path) -> None:
     code, out, _ = run(repo, path, "--land")
     assert code == 0, out
     assert "not landed: main is checked out with uncommitted changes" in out
-    assert "1 uncommitted change(s)" in out
+    assert "1 uncommitted change(s) in" in out and "(README.md)" in out
+
+
+def test_the_start_note_names_uncommitted_files_but_not_the_workflow_file(repo: Path) -> None:
+    path = repo / "abreast.yaml"  # written, not committed: the usual first run
+    path.write_text(json.dumps({"version": 1, "tasks": {"a": {"run": "true"}}}))
+    code, out, _ = run(repo, path)
+    assert code == 0, out
+    assert "uncommitted" not in out
+    for i in range(5):
+        (repo / f"new{i}.txt").write_text("x")
+    code, out, _ = run(repo, path)
+    assert "note: 5 uncommitted change(s) in" in out
+    assert "(new0.txt, new1.txt, new2.txt and 2 more)" in out
 
 
 def test_worktrees_are_pooled_across_tasks(repo: Path) -> None:

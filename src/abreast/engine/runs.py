@@ -298,11 +298,14 @@ def _base_commit(p: Prepared, kind: str, announce_note: Callable[[str], None]) -
             hint="set `base:` to a branch, tag or commit that exists "
             "(a new repository needs a first commit)",
         )
-    dirty = [d for d in dirty_paths(repo, repo.root) if not d.startswith(".abreast/")]
+    # The workflow file is the orchestrator's, not the tasks': it is not counted.
+    own = os.path.relpath(p.wf.source, repo.root) if p.wf.source else None
+    dirty = [d for d in dirty_paths(repo, repo.root) if not d.startswith(".abreast/") and d != own]
     if dirty:
+        named = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
         announce_note(
-            f"note: {len(dirty)} uncommitted change(s) in {repo.root} are not "
-            f"seen by tasks; they start from {p.wf.base} ({commit[:12]})"
+            f"note: {len(dirty)} uncommitted change(s) in {repo.root} are not seen by tasks"
+            f" ({named}); they start from {p.wf.base} ({commit[:12]})"
         )
     return commit
 
