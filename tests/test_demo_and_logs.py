@@ -83,6 +83,35 @@ def test_logs_follow_prints_until_the_attempt_ends(tmp_path: Path) -> None:
     assert followed.out.split() == ["one", "two"]
 
 
+def test_logs_follow_goes_on_into_the_tasks_next_attempts(tmp_path: Path) -> None:
+    wf = tmp_path / "w.json"
+    script = (
+        f'echo "one of $ABREAST_ATTEMPT"; touch {tmp_path}/go; sleep 0.5; '
+        'echo "two of $ABREAST_ATTEMPT"; test "$ABREAST_ATTEMPT" = 2'
+    )
+    task = {"run": script, "retries": 1, "backoff": {"initial": 0.3}}
+    wf.write_text(json.dumps({"version": 1, "isolation": "none", "tasks": {"t": task}}))
+    run = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "run", str(wf), "--no-monitor"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = ["--state", f"sqlite://{tmp_path}/.abreast/state.db"]
+    try:
+        assert run.stdout is not None
+        run_id = run.stdout.readline()[5:].strip()
+        wait_for((tmp_path / "go").exists, what="the task to start")
+        followed = run_abreast("logs", run_id, "t", "-f", *state)
+        first_only = run_abreast("logs", run_id, "t", "-f", "--attempt", "1", *state)
+    finally:
+        run.communicate(timeout=30)
+    assert followed.code == 0, followed.err
+    assert followed.out.splitlines() == ["one of 1", "two of 1", "one of 2", "two of 2"]
+    assert followed.err == "-- t: attempt 1 ended (exit 1); attempt 2\n"
+    assert first_only.out.splitlines() == ["one of 1", "two of 1"]
+
+
 def test_commands_that_only_read_the_journal_load_neither_engine_nor_models(
     tmp_path: Path,
 ) -> None:

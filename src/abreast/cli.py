@@ -426,7 +426,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     with journal:
         row = find_run(journal, args.run_id)
         attempt = status.find_attempt(journal, row.id, args.task_id, args.attempt)
-        status.show_log(journal, attempt, sys.stdout, args.follow)
+        status.show_log(
+            journal,
+            attempt,
+            sys.stdout,
+            args.follow,
+            next_attempts=args.attempt is None,  # a named attempt is followed alone
+            note=sys.stderr,
+        )
     return 0
 
 

@@ -137,7 +137,54 @@ def find_attempt(journal: Journal, run_id: str, task_id: str, attempt: int | Non
     )
 
 
-def show_log(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> None:
+def show_log(
+    journal: Journal,
+    a: AttemptRow,
+    out: TextIO,
+    follow: bool,
+    *,
+    next_attempts: bool = False,
+    note: TextIO | None = None,
+) -> None:
+    """Print attempt `a`'s log; with `follow`, as it grows until the attempt ends, and
+    with `next_attempts` on into each attempt after it (a retry, a send-back) until the
+    task is done, each announced on `note` (stderr: the log on stdout stays the task's)."""
+    while True:
+        _show_one(journal, a, out, follow)
+        if not (follow and next_attempts) or reader_gone(out):
+            return
+        later = _next_attempt(journal, a)
+        if later is None:
+            return
+        if note is not None:
+            ended = [x for x in journal.attempts(a.run_id, a.task_id) if x.attempt == a.attempt]
+            reason = ended[0].reason if ended else None  # as it was journaled when it ended
+            why = f" ({reason.splitlines()[0]})" if reason else ""
+            note.write(f"-- {a.task_id}: attempt {a.attempt} ended{why}; attempt {later.attempt}\n")
+            note.flush()
+        a = later
+
+
+def _next_attempt(journal: Journal, a: AttemptRow) -> AttemptRow | None:
+    """The attempt after `a` once it starts, or None when there will be none: the task
+    is done, or the run is no longer running."""
+    while True:
+        later = [x for x in journal.attempts(a.run_id, a.task_id) if x.attempt > a.attempt]
+        if later:
+            return min(later, key=lambda x: x.attempt)
+        run = journal.run(a.run_id)
+        task = next((t for t in journal.tasks(a.run_id) if t.task_id == a.task_id), None)
+        if run is None or run_state(run) != "running" or task is None:
+            return None
+        if task.state in _DONE:
+            return None
+        time.sleep(0.2)  # a viewer following the journal: nothing to be woken by
+
+
+_DONE = ("succeeded", "failed", "timed_out", "blocked", "skipped", "cancelled")
+
+
+def _show_one(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> None:
     path = Path(a.log or "")
     if not path.exists():
         raise UsageError(f"the log of {a.task_id} attempt {a.attempt} is gone: {path}")
