@@ -152,6 +152,14 @@ def test_retry_with_backoff_succeeds_on_attempt_2(tmp_path: Path, cli) -> None: 
     assert rows == [(1, "failed", 3), (2, "succeeded", 0)]
 
 
+def test_a_command_not_found_is_said_so(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(tmp_path, {"agent": {"run": "claude-not-installed -p hi"}})
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 1
+    assert "agent (failed, attempt 1): exit 127 (command not found)" in result.out
+    assert "claude-not-installed: not found" in result.out  # the shell's own words, from the log
+
+
 def test_exhausted_retries_fail_with_one_report_and_block_dependents(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     path = workflow(
         tmp_path,

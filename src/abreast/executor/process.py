@@ -377,4 +377,9 @@ def describe_status(exit_code: int | None, sig: int | None) -> str:
             return f"exit {exit_code} ({signal.Signals(exit_code - 128).name})"
         except ValueError:
             pass
+    if exit_code in _SHELL_STATUS:  # what /bin/sh says it with
+        return f"exit {exit_code} ({_SHELL_STATUS[exit_code]})"
     return f"exit {exit_code}"
+
+
+_SHELL_STATUS = {127: "command not found", 126: "found but not executable"}
