@@ -508,10 +508,10 @@ def test_tasks_and_checks_reach_this_abreast_when_it_is_not_on_path(repo: Path) 
 def test_a_task_started_on_a_signal_sees_the_files_of_the_task_that_signalled(
     repo: Path,
 ) -> None:
-    # api writes its interface, signals, and goes on until client has landed; client
-    # starts on the signal with api's files as they were then: only its own work lands
-    # with it, api's files land with api. meddler, which edits api's file, is sent back.
-    landed = "git show abreast/$ABREAST_RUN_ID/_integration:client.txt >/dev/null 2>&1"
+    # api writes its interface, signals, and goes on; client starts on the signal with
+    # api's files as they were then, ends first, and lands after api (the check needs
+    # api's file beside client's): only its own work lands with it. meddler, which edits
+    # api's file, is sent back.
     path = workflow(
         repo,
         {
@@ -519,29 +519,31 @@ def test_a_task_started_on_a_signal_sees_the_files_of_the_task_that_signalled(
                 "signals": ["ready.v1"],
                 "timeout": 20,
                 "run": f"echo v1 > src/api.txt && {PY} -m abreast signal ready.v1"
-                f" && echo extra > api-notes.txt && until {landed}; do sleep 0.05; done"
-                " && echo v2 >> src/api.txt",
+                " && echo extra > api-notes.txt && sleep 1 && echo v2 >> src/api.txt",
             },
             "client": {"needs": ["api:ready.v1"], "run": "cp src/api.txt client.txt"},
             "meddler": {"needs": ["api:ready.v1"], "run": "echo mine >> src/api.txt"},
         },
+        checks=[{"run": "test ! -e client.txt || test -e src/api.txt"}],
     )
     code, out, run_id = run(repo, path)
     assert code == 1, out  # meddler failed
     assert "changed files it was started with from a signal of a task it waits for" in out
     assert "src/api.txt" in out
+    assert "client: its work lands after api's, whose files it started with" in out
     result = integration(run_id)
     assert show(repo, result, "client.txt") == "v1\n"  # what api had when it signalled
     assert show(repo, result, "src/api.txt") == "v1\nv2\n"  # api's own, whole
     assert show(repo, result, "api-notes.txt") == "extra\n"
-    # client landed first, and its landing brought none of api's files.
-    lands = dict(
-        reversed(line.split(" ", 1))
-        for line in git(repo, "log", "--format=%H %s", result).splitlines()
-    )
-    land = next(h for s, h in lands.items() if s.startswith("abreast: land client"))
-    tree = git(repo, "ls-tree", "-r", "--name-only", land).split()
-    assert "client.txt" in tree and "src/api.txt" not in tree
+    landings = [
+        s.split(" ")[2]
+        for s in git(repo, "log", "--first-parent", "--format=%s", result).splitlines()
+        if s.startswith("abreast: land ")
+    ]
+    assert landings == ["client", "api"]  # newest first: api landed, then client
+    # client's own commit holds client.txt alone: api's files came with api.
+    client_commit = git(repo, "rev-parse", f"{result}^2").strip()
+    assert git(repo, "show", "--name-only", "--format=", client_commit).split() == ["client.txt"]
     assert not git(repo, "for-each-ref", f"refs/abreast/{run_id}/")  # snapshots removed
 
 

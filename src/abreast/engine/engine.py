@@ -921,6 +921,8 @@ class Engine:
 
     def _terminal(self, tr: TaskRun) -> None:
         self._terminal_count += 1
+        if not self.isolation.instant:
+            self.isolation.task_ended(tr.id)
         now = time.time()
         tr.finished_at = now
         self.journal.stage_task(self.run_id, tr.id, finished_at=now)

@@ -56,6 +56,9 @@ class Isolation:
         """The attempt's fate is known: `keep` its workspace as evidence (the task failed
         or was cancelled), or give it back for reuse."""
 
+    def task_ended(self, task_id: str) -> None:
+        """The task reached its final state (landed, failed, cancelled, ...)."""
+
     def abort(self, grace_s: float) -> None:
         """The run is cancelling: stop integrating (running checks are ended, TERM then
         KILL after `grace_s`); what was not landed yet is not landed."""

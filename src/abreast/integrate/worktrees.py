@@ -56,8 +56,10 @@ class _Attempt:
     head: str | None = None
     released: bool = False  # given back to the pool once its work was committed
     # When `base` is a start made for it (the integration head with the signal snapshots of
-    # tasks it waited for merged in): that integration head, which its work is replayed onto.
+    # tasks it waited for merged in): that integration head, which its work is replayed onto,
+    # and the tasks whose snapshots it took (its work lands after theirs).
     onto: str | None = None
+    took: list[str] = field(default_factory=list)
 
 
 class WorktreeIsolation(Isolation):
@@ -120,9 +122,15 @@ class WorktreeIsolation(Isolation):
         for (u, v), signal in graph.signal_waits.items():
             self._signal_waits.setdefault(ids[v], []).append((ids[u], signal))
         self._landed_before: set[str] = set()
+        # Tasks that reached their final state: a task started with one's snapshot lands
+        # only after it (or once it failed), so that the checks see the files it used.
+        self._ended: dict[str, asyncio.Event] = {}
         if self._signal_waits:  # after a crash: tasks whose own work is on the branch now
             events = journal.events(run_id, types=("merge.landed",))
             self._landed_before = {e.task_id for e in events if e.task_id is not None}
+            for t in journal.tasks(run_id):
+                if t.state in ("succeeded", "failed", "timed_out", "blocked", "skipped"):
+                    self._ended_event(t.task_id).set()
         self._neighbours: dict[str, list[tuple[str, list[str]]]] = {}
         owners = [(v, t) for v, t in enumerate(wf.tasks.values()) if t.owns]
         for v, task in enumerate(wf.tasks.values()):
@@ -157,24 +165,30 @@ class WorktreeIsolation(Isolation):
             for dep, signal in self._signal_waits.get(task_id, [])
             if dep not in self._landed_before and dep not in self._landed
         ]
+        took: list[str] = []
         if waits:
-            start = await asyncio.to_thread(self._start_with_snapshots, task_id, base, waits)
-            onto = base if start != base else None
+            start, took = await asyncio.to_thread(self._start_with_snapshots, task_id, base, waits)
+            onto = base if took else None
         fresh = not self.pool._idle
         path = await asyncio.to_thread(self.pool.acquire, task_branch(self.run_id, task_id), start)
         if fresh:
             self.guard.note_new_worktree_config()
-        self._attempts[(task_id, attempt)] = _Attempt(task_id, attempt, start, path, onto=onto)
+        self._attempts[(task_id, attempt)] = _Attempt(
+            task_id, attempt, start, path, onto=onto, took=took
+        )
         self.journal.stage_attempt(
             self.run_id, task_id, attempt, base_commit=start, workdir=str(path)
         )
         return path
 
-    def _start_with_snapshots(self, task_id: str, base: str, waits: list[tuple[str, str]]) -> str:
+    def _start_with_snapshots(
+        self, task_id: str, base: str, waits: list[tuple[str, str]]
+    ) -> tuple[str, list[str]]:
         """The integration head with the files each awaited task had when it signalled (it
         has not landed yet), merged in: a task started on `needs: [api:ready]` sees what
-        api had written. A snapshot that does not merge cleanly is left out."""
-        start = base
+        api had written. A snapshot that does not merge cleanly is left out. Returns the
+        start and the tasks whose snapshots it took."""
+        start, took = base, []
         for dep, signal in waits:
             snap = self.repo.rev_parse(signal_ref(self.run_id, dep, signal))
             if snap is None:
@@ -186,7 +200,8 @@ class WorktreeIsolation(Isolation):
                     [start, snap],
                     f"abreast: {task_id} starts with {dep}'s files at its signal {signal!r}",
                 )
-        return start
+                took.append(dep)
+        return start, took
 
     def _onto(self, task_id: str, start: str) -> str | None:
         """After a crash: the integration head a start made with snapshots was made from
@@ -264,6 +279,7 @@ class WorktreeIsolation(Isolation):
             return None
         self.pool.take_back(path)
         self.pool.claim(path)
+        onto = self._onto(task_id, row.base_commit)
         a = _Attempt(
             task_id,
             attempt,
@@ -271,7 +287,8 @@ class WorktreeIsolation(Isolation):
             path,
             started=row.started_at or 0.0,
             ended=row.ended_at or time.time(),
-            onto=self._onto(task_id, row.base_commit),
+            onto=onto,
+            took=[dep for dep, _ in self._signal_waits.get(task_id, [])] if onto else [],
         )
         self._attempts[(task_id, attempt)] = a
         return a
@@ -280,6 +297,7 @@ class WorktreeIsolation(Isolation):
         a = self._attempts.get((task_id, attempt))
         if a is None or a.head is None:
             return await self._integrate_resumed(task_id, attempt)
+        await self._after(task_id, a.took)
         verdict = await self.queue.submit(MergeJob(task_id, attempt, a.base, a.head))
         if verdict.outcome is Outcome.LANDED:
             self._landed.append(task_id)
@@ -291,6 +309,8 @@ class WorktreeIsolation(Isolation):
         )
         if row is None or not row.head_commit or not row.base_commit:
             return Verdict(Outcome.SEND_BACK, "its work was lost in a crash", kind="resume")
+        if self._signal_waits.get(task_id) and self._onto(task_id, row.base_commit):
+            await self._after(task_id, [dep for dep, _ in self._signal_waits[task_id]])
         verdict = await self.queue.submit(
             MergeJob(task_id, attempt, row.base_commit, row.head_commit)
         )
@@ -298,7 +318,30 @@ class WorktreeIsolation(Isolation):
             self._landed.append(task_id)
         return verdict
 
+    def _ended_event(self, task_id: str) -> asyncio.Event:
+        return self._ended.setdefault(task_id, asyncio.Event())
+
+    def task_ended(self, task_id: str) -> None:
+        if self._signal_waits:
+            self._ended_event(task_id).set()
+
+    async def _after(self, task_id: str, deps: list[str]) -> None:
+        """Wait until the tasks whose snapshots `task_id` started with have ended (landed,
+        failed, cancelled): its work lands after theirs, so that the checks on its merge
+        see the files it was written against."""
+        waiting = [d for d in deps if not self._ended_event(d).is_set()]
+        if not waiting:
+            return
+        self.journal.stage_event(self.run_id, "merge.waiting", task_id, for_tasks=waiting)
+        self.note(
+            f"{task_id}: its work lands after {', '.join(waiting)}'s, whose files it started with"
+        )
+        for d in waiting:
+            await self._ended_event(d).wait()
+
     def abort(self, grace_s: float) -> None:
+        for event in self._ended.values():
+            event.set()  # nothing waits for another task's landing once the run cancels
         self.queue.abort(grace_s)
 
     def can_resume_integration(self, task_id: str, attempt: int) -> bool:

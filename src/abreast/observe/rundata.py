@@ -10,6 +10,7 @@ from abreast.coord.journal import AttemptRow, EventRow, Journal, RunRow, TaskRow
 
 MERGE_EVENTS = (
     "merge.queued",
+    "merge.waiting",
     "merge.landed",
     "merge.conflict",
     "merge.checks_failed",
