@@ -266,6 +266,9 @@ def test_a_locked_command_inside_a_task_dies_with_the_task_even_if_abreast_lock_
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+        for pipe in (proc.stdout, proc.stderr):  # closed even when a wait above failed
+            if pipe is not None:
+                pipe.close()
         if cmd_pid and pid_alive(cmd_pid):
             os.kill(cmd_pid, signal.SIGKILL)
 

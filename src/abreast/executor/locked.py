@@ -12,6 +12,7 @@ SIGSTOP/SIGCONT it knows at once that its time ran out.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -78,6 +79,24 @@ def run_locked(
     # (the engine, at a timeout or a cancel) ends CMD's too, even if this process is
     # KILLed before it could, and CMD never runs on with the lock expiring under it.
     at_terminal = _at_terminal()
+    proc: subprocess.Popen[bytes] | None = None
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        """CMD is in its own process group, out of reach of the terminal's Ctrl-C and of a
+        kill of ours: pass it on as it came (pytest, say, ends a Ctrl-C with its summary);
+        a second one ends it. One that comes while CMD is being started is passed on as
+        soon as it has started."""
+        received.append(signum)
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signum if len(received) == 1 else signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # Installed before CMD starts: a TERM between its start and here would end this
+    # process and leave CMD running on in its group of its own.
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         proc = subprocess.Popen(
             list(cmd),
@@ -86,23 +105,14 @@ def run_locked(
             process_group=None if at_terminal else 0,
         )
     except OSError as e:
+        for s, handler in old.items():
+            signal.signal(s, handler)
         coord.release(name, lease.token)
         err.write(f"abreast lock: cannot run {cmd[0]!r}: {e.strerror}\n")
         return LockOutcome(127, waited, False, lease)
-
-    received = 0
-
-    def forward(signum: int, _frame: object) -> None:
-        """CMD is in its own session, out of reach of the terminal's Ctrl-C: pass it on
-        as it came (pytest, say, ends a Ctrl-C with its summary); a second one ends it."""
-        nonlocal received
-        received += 1
-        try:
-            os.killpg(proc.pid, signum if received == 1 else signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    for i, signum in enumerate(received):  # what came while it was being started
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum if i == 0 else signal.SIGKILL)
     interval = max(0.05, ttl_s / 3)
     last_ok = time.monotonic()  # the lease is ours until last_ok + ttl_s, no longer
     lost = ""

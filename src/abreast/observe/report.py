@@ -179,6 +179,15 @@ def text(rep: dict[str, Any]) -> str:
             f"  {t['id']:<{width}}  {t['state']:<11} {t['attempts']:>5} "
             f"{fmt(t['elapsed_s']):>8} {fmt(t['busy_s']):>8} {est:>8}"
         )
+    final = {(f["task"], f["attempt"]) for f in rep["failures"]}
+    retried = [
+        x
+        for x in rep["timeline"]
+        if x["state"] == "failed" and x["reason"] and (x["task"], x["attempt"]) not in final
+    ]
+    if retried:  # what sent attempts back, the ones that failed the task aside
+        out.append("\n  attempts sent back or retried:")
+        out += [f"    {x['task']} attempt {x['attempt']}: {x['reason']}" for x in retried]
     for f in rep["failures"]:
         out.append(
             f"\n  {f['task']} ({f['state']}, attempt {f['attempt']}): "
