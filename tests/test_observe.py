@@ -739,3 +739,29 @@ def test_actual_critical_path_follows_what_each_task_waited_for(tmp_path: Path) 
     assert actual["tasks"] == ["api", "tester"]
     assert actual["seconds"] <= rep["wall_s"]
     assert "critical path: api -> tester took" in run.out
+
+
+def test_report_lists_the_attempts_sent_back_and_why(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "name": "tries",
+            "tasks": {
+                "flaky": {
+                    "run": 'test "$ABREAST_ATTEMPT" = 2 || exit 3',
+                    "retries": 1,
+                    "backoff": {"initial": 0.05},
+                },
+                "judged": {
+                    "run": "ok=false; [ $ABREAST_ATTEMPT = 2 ] && ok=true; "
+                    'echo "{\\"ok\\": $ok}" > "$ABREAST_OUTPUT"',
+                    "gate": "output.ok",
+                },
+            },
+        },
+    )
+    assert run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path).code == 0
+    out = run_abreast("report", cwd=tmp_path).out
+    assert "attempts sent back or retried:" in out
+    assert "    flaky attempt 1: exit 3" in out
+    assert "    judged attempt 1: gate not met: output.ok is false" in out
