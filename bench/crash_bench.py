@@ -1,11 +1,14 @@
 """Kill the orchestrator with SIGKILL at random points, resume, and check nothing was lost.
 
     python bench/crash_bench.py [--runs 50] [--tasks 12] [--seed 0] [--isolation none]
+                                [--signals]
 
 Each round: a random DAG of tasks that sleep a little and then append their attempt
 number to a per-task count file; `abreast run` is SIGKILLed after a random number of
 tasks finished plus a random delay; `abreast resume` finishes it. A round passes when
 every task counted exactly once, the run succeeded, and no process of the run is left.
+With --signals (worktrees), some needs wait only for a signal the task gives halfway
+(its files as a snapshot), and the result must also hold every task's file.
 """
 
 from __future__ import annotations
@@ -32,16 +35,24 @@ def git(root: Path, *args: str) -> str:
     ).stdout
 
 
-def one_round(base: Path, n: int, rng: random.Random, isolation: str) -> tuple[bool, str]:
+def one_round(
+    base: Path, n: int, rng: random.Random, isolation: str, signals: bool = False
+) -> tuple[bool, str]:
     root = Path(tempfile.mkdtemp(dir=base))
     (root / "counts").mkdir()
-    tasks = {}
+    tasks: dict[str, dict[str, object]] = {}
     for i in range(n):
         needs = sorted({f"t{rng.randrange(i)}" for _ in range(rng.randint(0, 2))}) if i else []
+        if signals:  # some wait only for the signal their dependency gives halfway
+            needs = [f"{d}:half" if rng.random() < 0.5 else d for d in needs]
         count = f'echo "$ABREAST_ATTEMPT" >> {root}/counts/$ABREAST_TASK_ID'
         if isolation == "worktree":  # the work is a file in the task's own worktree
             count = 'mkdir -p done && echo "$ABREAST_ATTEMPT" > done/$ABREAST_TASK_ID'
-        tasks[f"t{i}"] = {"run": f"sleep {rng.uniform(0.02, 0.4):.2f} && {count}", "needs": needs}
+        run = f"sleep {rng.uniform(0.02, 0.4):.2f} && {count}"
+        if signals:
+            half = f"sleep {rng.uniform(0.02, 0.2):.2f} && abreast signal half"
+            run = f"{half} && {run}"
+        tasks[f"t{i}"] = {"run": run, "needs": needs, **({"signals": ["half"]} if signals else {})}
     wf = root / "w.json"
     wf.write_text(
         json.dumps(
@@ -99,6 +110,10 @@ def one_round(base: Path, n: int, rng: random.Random, isolation: str) -> tuple[b
         subjects = git(root, "log", "--first-parent", "--format=%s", ref).splitlines()
         landed = [s.split()[2] for s in subjects if s.startswith("abreast: land ")]
         counts = {f"t{i}": [t for t in landed if t == f"t{i}"] for i in range(n)}
+        files = set(git(root, "ls-tree", "-r", "--name-only", ref, "done/").split())
+        missing = [f"t{i}" for i in range(n) if f"done/t{i}" not in files]
+        if missing:
+            return False, f"run {run_id} in {root}: files missing from the result: {missing}"
     else:
         for i in range(n):
             f = root / "counts" / f"t{i}"
@@ -118,13 +133,16 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--isolation", default="none", choices=("none", "worktree"))
+    ap.add_argument("--signals", action="store_true", help="signal waits (worktree only)")
     args = ap.parse_args()
+    if args.signals and args.isolation != "worktree":
+        ap.error("--signals goes with --isolation worktree")
     rng = random.Random(args.seed)
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         for i in range(args.runs):
-            ok, detail = one_round(base, args.tasks, rng, args.isolation)
+            ok, detail = one_round(base, args.tasks, rng, args.isolation, args.signals)
             failures += not ok
             print(f"{i + 1:>3}/{args.runs} {'ok  ' if ok else 'FAIL'} {detail}", flush=True)
     print(
