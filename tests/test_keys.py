@@ -443,8 +443,56 @@ def test_a_key_a_direct_mode_task_prints_is_not_copied_by_abreast(tmp_path: Path
     assert key.encode() not in (state / "state.db").read_bytes()
     wal = state / "state.db-wal"
     assert not wal.exists() or key.encode() not in wal.read_bytes()
-    # The task's own log is what it wrote: abreast does not rewrite it.
-    assert key in "".join(p.read_text() for p in state.rglob("t.*.log"))
+    # Nor does its log keep it, once the attempt has ended.
+    logs = "".join(p.read_text() for p in state.rglob("t.*.log"))
+    assert shown in logs and key not in logs
+
+
+def test_a_key_a_direct_mode_task_writes_into_its_work_is_not_merged(tmp_path: Path) -> None:
+    key = f"sk-written-{uuid.uuid4().hex}"
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, check=True)
+    ident = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t"}
+    ident |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    path = write(
+        tmp_path,
+        {
+            "name": "writes",
+            "isolation": "worktree",
+            "keys": {"direct": {"from": ["WRITTEN_KEY"], "env": "API_KEY"}},
+            "tasks": {
+                "careless": {"run": 'echo "key=$API_KEY" > config.env', "keys": "direct"},
+                "careful": {"run": "echo 'key from the environment' > README.md"},
+            },
+        },
+    )
+    env = {**os.environ, **ident, "WRITTEN_KEY": key}
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "wf"], cwd=tmp_path, check=True, env=env)
+    ran = subprocess.run(
+        [sys.executable, "-m", "abreast", "run", str(path), "--plain", "--no-monitor"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert (
+        f"its changes hold the value of an API key: config.env (key {fingerprint(key)})"
+        in ran.stdout
+    )
+    assert key not in ran.stdout + ran.stderr
+    run_id = ran.stdout.splitlines()[0][5:]
+    result = f"abreast/{run_id}/_integration"
+    tree = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", result],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "README.md" in tree and "config.env" not in tree  # careful landed, careless did not
 
 
 def test_canary_key_never_leaks(tmp_path: Path, provider: Provider, redis_url: str) -> None:

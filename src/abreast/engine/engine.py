@@ -36,7 +36,7 @@ from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.states import FAILED_STATES, TaskState, check_transition
 from abreast.engine.supervise import Supervisor
 from abreast.executor.local import Exit, Launch, LocalExecutor, Running
-from abreast.executor.logs import log_tail
+from abreast.executor.logs import log_tail, scrub_secrets
 from abreast.executor.process import (
     LOCKS_ENV,
     become_subreaper,
@@ -189,6 +189,7 @@ class Engine:
         self._force_kill = False
         self._killing: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        self._scrubs: set[asyncio.Future[int]] = set()  # logs being rid of key values
         self._tick_handle: asyncio.TimerHandle | None = None
         self._last_heartbeat = 0.0
         self._last_cap = 0  # as last journaled (run.cap)
@@ -567,6 +568,11 @@ class Engine:
         sampled = self.sup.ended(tr.id)
         if self.options.keys is not None:
             self.options.keys.release(tr.id, n)
+            if tr.last_log:  # a key a direct-mode task printed does not stay in its log
+                scrub = asyncio.to_thread(scrub_secrets, tr.last_log, self.options.keys.secrets())
+                future = asyncio.ensure_future(scrub)
+                self._scrubs.add(future)
+                future.add_done_callback(self._scrubs.discard)
         peak = max(exit_.maxrss_bytes, running.peak_rss_bytes if running else 0, sampled)
         tr.peak_rss_bytes = max(tr.peak_rss_bytes, peak)
         tr.busy_s += exit_.wall_s
@@ -968,6 +974,8 @@ class Engine:
     async def _finish_run(self) -> RunOutcome:
         if self._killing:
             await asyncio.gather(*self._killing, return_exceptions=True)
+        if self._scrubs:
+            await asyncio.gather(*self._scrubs, return_exceptions=True)
         wall = time.time() - self.started_at
         busy = sum(tr.busy_s for tr in self.tasks)
         if self._cancelling:

@@ -265,6 +265,7 @@ def _isolation(
     base_commit: str | None,
     base_env: dict[str, str],
     supervisor: Supervisor | None = None,
+    keys: KeyBroker | None = None,
 ) -> Isolation:
     if req.isolation is not None:
         return req.isolation(p.wf, p.location, run_id, journal)
@@ -280,6 +281,7 @@ def _isolation(
         p.graph,
         base_commit=base_commit,
         base_env=base_env,
+        secrets=keys.secrets if keys is not None else None,
         land=req.land,
         hold=supervisor.hold if supervisor and supervisor.coord else None,
     )
@@ -377,7 +379,9 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
             )
             announce(run_id)
             env = task_env(p.location, keys)
-            isolation = _isolation(req, p, run_id, journal, kind, base_commit, env, supervisor)
+            isolation = _isolation(
+                req, p, run_id, journal, kind, base_commit, env, supervisor, keys
+            )
             engine = Engine(
                 p.wf,
                 run_id,
@@ -640,7 +644,7 @@ async def _resume(
             _options(p, monitor_on, supervisor, env, keys=keys),
             view=view,
             isolation=_isolation(
-                req, p, row.id, journal, kind, options.get("base_commit"), env, supervisor
+                req, p, row.id, journal, kind, options.get("base_commit"), env, supervisor, keys
             ),
             started_at=row.started_at,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 LOG_TAIL_LINES = 12
@@ -35,3 +36,26 @@ def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 819
     except OSError:
         return []
     return [visible(line) for line in data.splitlines() if line.strip()][-lines:]
+
+
+def scrub_secrets(path: str, secrets: list[tuple[str, str]]) -> int:
+    """Replace each secret value in the file at `path` by `[key FINGERPRINT]` (a key a
+    direct-mode task printed); returns how many were replaced. The file is rewritten
+    whole, by rename, only when it holds one."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    found = 0
+    for fp, value in secrets:
+        raw = value.encode()
+        if raw and raw in data:
+            found += data.count(raw)
+            data = data.replace(raw, f"[key {fp}]".encode())
+    if found:
+        tmp = f"{path}.scrub"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return found

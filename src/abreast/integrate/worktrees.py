@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,7 @@ class WorktreeIsolation(Isolation):
         land: bool = False,
         hold: LockHolder | None = None,
         base_env: dict[str, str] | None = None,
+        secrets: Callable[[], list[tuple[str, str]]] | None = None,
     ) -> None:
         super().__init__(location.root)
         self.wf = wf
@@ -84,6 +86,7 @@ class WorktreeIsolation(Isolation):
         self.journal = journal
         self.repo = Repo(location.root)
         self.land = land
+        self.secrets = secrets  # (fingerprint, value) of the run's API keys
         self.ref = integration_ref(run_id)
         self.base_name = wf.base
         if wf.base == "HEAD":
@@ -226,6 +229,16 @@ class WorktreeIsolation(Isolation):
         a.head = head
         if a.onto is None:
             self.journal.stage_attempt(self.run_id, task_id, attempt, head_commit=head)
+        if self.secrets is not None:
+            leaked = await asyncio.to_thread(self.repo.added_secrets, a.base, head, self.secrets())
+            if leaked:
+                shown = ", ".join(f"{path} (key {fp})" for path, fp in leaked[:10])
+                return Verdict(
+                    Outcome.SEND_BACK,
+                    f"its changes hold the value of an API key: {shown}; nothing of it was "
+                    "merged. Keep keys out of files: read them from the environment",
+                    kind="secret",
+                )
         changed = await asyncio.to_thread(self.repo.changed_paths, a.base, head)
         links = await asyncio.to_thread(symlinks_out, a.path, changed)
         if links:

@@ -69,6 +69,11 @@ class KeyBroker:
         """The environment without the variables real keys are read from."""
         return {k: v for k, v in env.items() if k not in self.secret_vars}
 
+    def secrets(self) -> list[tuple[str, str]]:
+        """(fingerprint, value) of every key of every pool: what must not reach a log
+        or a commit."""
+        return [(key.fp, key.value) for pool in self.pools.values() for key in pool._keys]
+
     def redact(self, text: str) -> str:
         """`text` with every key value replaced by `[key FP]`: for what abreast records
         from a task's output (the last lines of its log in the journal, the feedback to

@@ -153,6 +153,24 @@ class Repo:
             return None, merged.conflicts
         return self.commit_tree(merged.tree, [onto], message), []
 
+    def added_secrets(
+        self, base: str, head: str, secrets: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """(path, fingerprint) for each secret value on a line `head` adds since `base`
+        (binary files read as text): what must not be merged. The values are only
+        compared here, never passed in argv."""
+        if not secrets:
+            return []
+        out = self.git("diff", "--text", "--no-color", "--no-renames", "-U0", base, head, "--")
+        found: list[tuple[str, str]] = []
+        path = ""
+        for line in out.stdout.splitlines():
+            if line.startswith("+++ "):
+                path = line[6:] if line.startswith("+++ b/") else line[4:]
+            elif line.startswith("+"):
+                found += [(path, fp) for fp, value in secrets if value and value in line]
+        return sorted(set(found))
+
     def log_oneline(self, rev_range: str, limit: int = 20) -> list[str]:
         proc = self.git(
             "log", "--oneline", "--no-decorate", f"-{limit}", rev_range, "--", check=False
