@@ -573,3 +573,24 @@ def test_edits_to_the_checkout_during_a_run_can_be_warned_about_instead_of_faili
     bad = workflow(repo, {"t": {"run": "true"}}, containment={"main_checkout": "maybe"})
     result = run_abreast("run", str(bad), cwd=repo)
     assert result.code == 2 and "main_checkout" in result.err and "Traceback" not in result.err
+
+
+def test_work_started_on_a_signal_does_not_land_when_the_signalling_task_fails(
+    repo: Path,
+) -> None:
+    path = workflow(
+        repo,
+        {
+            "api": {
+                "signals": ["ready"],
+                "run": f"echo v1 > src/api.txt && {PY} -m abreast signal ready && sleep 0.5;"
+                " exit 1",
+            },
+            "client": {"needs": ["api:ready"], "run": "cp src/api.txt client.txt"},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    assert "client (failed, attempt 1): upstream api ended without landing" in out
+    tree = git(repo, "ls-tree", "-r", "--name-only", integration(run_id)).split()
+    assert "client.txt" not in tree and "src/api.txt" not in tree

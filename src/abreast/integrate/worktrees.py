@@ -128,6 +128,7 @@ class WorktreeIsolation(Isolation):
         # Tasks that reached their final state: a task started with one's snapshot lands
         # only after it (or once it failed), so that the checks see the files it used.
         self._ended: dict[str, asyncio.Event] = {}
+        self.queue_aborted = False
         if self._signal_waits:  # after a crash: tasks whose own work is on the branch now
             events = journal.events(run_id, types=("merge.landed",))
             self._landed_before = {e.task_id for e in events if e.task_id is not None}
@@ -310,7 +311,9 @@ class WorktreeIsolation(Isolation):
         a = self._attempts.get((task_id, attempt))
         if a is None or a.head is None:
             return await self._integrate_resumed(task_id, attempt)
-        await self._after(task_id, a.took)
+        refused = await self._after(task_id, a.took)
+        if refused is not None:
+            return refused
         verdict = await self.queue.submit(MergeJob(task_id, attempt, a.base, a.head))
         if verdict.outcome is Outcome.LANDED:
             self._landed.append(task_id)
@@ -323,7 +326,9 @@ class WorktreeIsolation(Isolation):
         if row is None or not row.head_commit or not row.base_commit:
             return Verdict(Outcome.SEND_BACK, "its work was lost in a crash", kind="resume")
         if self._signal_waits.get(task_id) and self._onto(task_id, row.base_commit):
-            await self._after(task_id, [dep for dep, _ in self._signal_waits[task_id]])
+            refused = await self._after(task_id, [dep for dep, _ in self._signal_waits[task_id]])
+            if refused is not None:
+                return refused
         verdict = await self.queue.submit(
             MergeJob(task_id, attempt, row.base_commit, row.head_commit)
         )
@@ -338,21 +343,32 @@ class WorktreeIsolation(Isolation):
         if self._signal_waits:
             self._ended_event(task_id).set()
 
-    async def _after(self, task_id: str, deps: list[str]) -> None:
+    async def _after(self, task_id: str, deps: list[str]) -> Verdict | None:
         """Wait until the tasks whose snapshots `task_id` started with have ended (landed,
         failed, cancelled): its work lands after theirs, so that the checks on its merge
-        see the files it was written against."""
+        see the files it was written against. If one ended without landing, that work
+        cannot land either: the verdict that says so."""
         waiting = [d for d in deps if not self._ended_event(d).is_set()]
-        if not waiting:
-            return
-        self.journal.stage_event(self.run_id, "merge.waiting", task_id, for_tasks=waiting)
-        self.note(
-            f"{task_id}: its work lands after {', '.join(waiting)}'s, whose files it started with"
+        if waiting:
+            self.journal.stage_event(self.run_id, "merge.waiting", task_id, for_tasks=waiting)
+            self.note(
+                f"{task_id}: its work lands after {', '.join(waiting)}'s,"
+                " whose files it started with"
+            )
+            for d in waiting:
+                await self._ended_event(d).wait()
+        lost = [d for d in deps if d not in self._landed and d not in self._landed_before]
+        if not lost or self.queue_aborted:
+            return None
+        return Verdict(
+            Outcome.FAILED,
+            f"upstream {', '.join(lost)} ended without landing; this task's work was written"
+            " against their files at their signal, which will not land",
+            kind="blocked",
         )
-        for d in waiting:
-            await self._ended_event(d).wait()
 
     def abort(self, grace_s: float) -> None:
+        self.queue_aborted = True
         for event in self._ended.values():
             event.set()  # nothing waits for another task's landing once the run cancels
         self.queue.abort(grace_s)
