@@ -281,6 +281,35 @@ def test_gate_never_met_fails_after_max_iterations(tmp_path: Path, cli) -> None:
     assert "gate still not met after 2 iterations" in result.out
 
 
+def test_an_agent_sent_back_by_its_gate_is_told_why_in_its_prompt(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # The usual agent template reads only the prompt: that is where a retry learns why.
+    seen = tmp_path / "prompts"
+    agent = (
+        f'printf "%s\\n===\\n" "$ABREAST_PROMPT" >> {seen}; '
+        'c=0.5; [ "$ABREAST_ATTEMPT" = 2 ] && c=0.9; '
+        'echo "{\\"confidence\\": $c}" > "$ABREAST_OUTPUT"'
+    )
+    path = workflow(
+        tmp_path,
+        {
+            "qa": {
+                "agent": "llm",
+                "prompt": "Review the change",
+                "gate": "output.confidence >= 0.75",
+            }
+        },
+        agents={"llm": {"run": agent}},
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out
+    first, second = seen.read_text().split("\n===\n")[:2]
+    assert first == "Review the change"
+    assert second.startswith(
+        "Review the change\n\n---\nThis is attempt 2. abreast sent the previous attempt back:\n"
+        "gate not met: output.confidence >= 0.75 is false"
+    )
+
+
 def test_task_environment_and_prompt_never_in_the_command_line(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     marker = tmp_path / "pwned"
     prompt = f"do it; $(touch {marker}) `touch {marker}` \"quoted\" 'single'"

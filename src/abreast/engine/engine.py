@@ -73,6 +73,19 @@ class EngineOptions:
     keys: KeyBroker | None = None  # API keys or proxy tokens for attempts
 
 
+def prompt_for(prompt: str | None, attempt: int, feedback: str | None) -> str:
+    """$ABREAST_PROMPT: the task's prompt, and on an attempt after one that was sent back,
+    why (an agent run as `claude -p "$ABREAST_PROMPT"` reads nothing else)."""
+    if not prompt:
+        return ""
+    if not feedback:
+        return prompt
+    return (
+        f"{prompt}\n\n---\nThis is attempt {attempt}. abreast sent the previous attempt back:"
+        f"\n{feedback}"
+    )
+
+
 @dataclass(eq=False)
 class TaskRun:
     """The engine's record of one task in this run."""
@@ -467,7 +480,7 @@ class Engine:
                 "ABREAST_ATTEMPT": str(n),
                 "ABREAST_OUTPUT": output,
                 "ABREAST_STATE": self.location.coord_url,
-                "ABREAST_PROMPT": task.prompt or "",
+                "ABREAST_PROMPT": prompt_for(task.prompt, n, tr.feedback),
                 "ABREAST_FEEDBACK": tr.feedback or "",
             }
         )
