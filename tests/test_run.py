@@ -485,6 +485,7 @@ def test_peak_rss_is_the_tasks_own_not_the_orchestrators(tmp_path: Path, cli) ->
         (["cancel", "RUN"], "is not running (it succeeded)"),
         (["resume", "RUN"], "already finished (succeeded)"),
         (["signal", "ready"], "abreast signal runs inside a task"),
+        (["signal", "not a name"], "'not a name' is not a signal name"),
     ],
 )
 def test_bad_input_to_commands_gets_a_clear_message(
