@@ -594,3 +594,15 @@ def test_work_started_on_a_signal_does_not_land_when_the_signalling_task_fails(
     assert "client (failed, attempt 1): upstream api ended without landing" in out
     tree = git(repo, "ls-tree", "-r", "--name-only", integration(run_id)).split()
     assert "client.txt" not in tree and "src/api.txt" not in tree
+
+
+def test_a_repository_that_signs_its_commits_still_runs(repo: Path) -> None:
+    # commit.gpgSign on, with a key gpg does not have: abreast's own commits are unsigned.
+    git(repo, "config", "commit.gpgSign", "true")
+    git(repo, "config", "user.signingKey", "0000000000000000")
+    (repo / "abreast.yaml").write_text(
+        json.dumps({"version": 1, "name": "wt", "tasks": {"a": {"run": "echo A > a.txt"}}})
+    )
+    code, out, run_id = run(repo, repo / "abreast.yaml")
+    assert code == 0, out
+    assert show(repo, integration(run_id), "a.txt") == "A\n"

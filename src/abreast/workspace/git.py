@@ -13,7 +13,10 @@ GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1",
     "LC_ALL": "C",
 }
-HOOKS_OFF = ("-c", "core.hooksPath=/dev/null")
+# Nor sign: abreast's own commits (a task's work, merges, snapshots) are made unattended,
+# and a `commit.gpgSign = true` in the user's config would make each one ask gpg (and
+# fail every task where no key is at hand). Sign the result when you bring it in.
+OWN_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false")
 
 
 class GitError(Exception):
@@ -33,7 +36,7 @@ def git(
     input_: str | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    argv = ["git", *HOOKS_OFF, *args]
+    argv = ["git", *OWN_CONFIG, *args]
     full_env = {**os.environ, **GIT_ENV, **(env or {})}
     proc = subprocess.run(
         argv, cwd=cwd, capture_output=True, text=True, input=input_, env=full_env, check=False
