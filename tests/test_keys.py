@@ -451,6 +451,8 @@ def test_a_key_a_direct_mode_task_prints_is_not_copied_by_abreast(tmp_path: Path
 def test_a_key_a_direct_mode_task_writes_into_its_work_is_not_merged(tmp_path: Path) -> None:
     key = f"sk-written-{uuid.uuid4().hex}"
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, check=True)
+    for setting in (["diff.noprefix", "true"], ["diff.external", "/bin/false"]):  # user taste
+        subprocess.run(["git", "config", *setting], cwd=tmp_path, check=True)
     ident = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t"}
     ident |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     path = write(

@@ -161,12 +161,24 @@ class Repo:
         compared here, never passed in argv."""
         if not secrets:
             return []
-        out = self.git("diff", "--text", "--no-color", "--no-renames", "-U0", base, head, "--")
+        out = self.git(
+            "diff",
+            "--text",
+            "--no-color",
+            "--no-ext-diff",  # whatever diff tool the user's config names
+            "--no-renames",
+            "--src-prefix=a/",  # whatever diff.noprefix / mnemonicPrefix say
+            "--dst-prefix=b/",
+            "-U0",
+            base,
+            head,
+            "--",
+        )
         found: list[tuple[str, str]] = []
         path = ""
         for line in out.stdout.splitlines():
             if line.startswith("+++ "):
-                path = line[6:] if line.startswith("+++ b/") else line[4:]
+                path = line[6:]
             elif line.startswith("+"):
                 found += [(path, fp) for fp, value in secrets if value and value in line]
         return sorted(set(found))
