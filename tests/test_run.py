@@ -652,3 +652,15 @@ def test_ctrl_c_stops_a_run_of_many_short_tasks(tmp_path: Path) -> None:
     states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
     assert list(states.values()).count("succeeded") < 3000
     assert "cancelled" in states.values()
+
+
+def test_commands_that_supervise_processes_say_they_need_linux(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(tmp_path, {"a": {"run": "true"}})
+    monkeypatch.setattr(sys, "platform", "darwin")
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 2
+    assert "abreast run runs on Linux only" in result.err and "this is darwin" in result.err
+    assert not (tmp_path / ".abreast" / "state.db").exists()  # nothing was started
+    assert cli("analyze", str(path)).code == 0  # planning needs no Linux

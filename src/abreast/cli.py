@@ -579,6 +579,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             demo.remove(root)
 
 
+# What starts, supervises or kills processes: Linux only (/proc, CLOCK_BOOTTIME, subreaper).
+NEEDS_LINUX = frozenset({"run", "resume", "cancel", "cleanup", "lock", "demo", "signal"})
+
 COMMANDS = {
     "run": cmd_run,
     "resume": cmd_resume,
@@ -616,6 +619,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.command:
             parser.print_help()
             return 2
+        if args.command in NEEDS_LINUX and not sys.platform.startswith("linux"):
+            raise UsageError(
+                f"abreast {args.command} runs on Linux only (it supervises processes through"
+                f" /proc and Linux clocks); this is {sys.platform}",
+                hint="analyze, validate, schema, init, status, logs and report work here",
+            )
         return COMMANDS[args.command](args)
     except AbreastError as e:
         print(f"abreast: error: {e}", file=sys.stderr)
