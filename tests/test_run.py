@@ -486,6 +486,8 @@ def test_peak_rss_is_the_tasks_own_not_the_orchestrators(tmp_path: Path, cli) ->
         (["resume", "RUN"], "already finished (succeeded)"),
         (["signal", "ready"], "abreast signal runs inside a task"),
         (["signal", "not a name"], "'not a name' is not a signal name"),
+        (["logs", "RUN", "a", "extra"], "abreast logs takes a run and a task, not 3 names"),
+        (["logs", "nosuch"], "has no task 'nosuch'"),
     ],
 )
 def test_bad_input_to_commands_gets_a_clear_message(
@@ -664,3 +666,13 @@ def test_commands_that_supervise_processes_say_they_need_linux(
     assert "abreast run runs on Linux only" in result.err and "this is darwin" in result.err
     assert not (tmp_path / ".abreast" / "state.db").exists()  # nothing was started
     assert cli("analyze", str(path)).code == 0  # planning needs no Linux
+
+
+def test_logs_of_a_task_of_the_latest_run_need_no_run_id(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(tmp_path, {"a": {"run": "echo first"}})
+    cli("run", str(path), "--no-monitor")
+    path = workflow(tmp_path, {"a": {"run": "echo second"}})
+    cli("run", str(path), "--no-monitor")
+    shown = cli("logs", "a", "--state", f"sqlite://{tmp_path}/.abreast/state.db")
+    assert shown.code == 0, shown.err
+    assert shown.out == "second\n"

@@ -133,8 +133,9 @@ def _args_status(p: argparse.ArgumentParser) -> None:
 
 
 def _args_logs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_id", metavar="RUN")
-    p.add_argument("task_id", metavar="TASK")
+    p.add_argument(
+        "ids", nargs="+", metavar="[RUN] TASK", help="RUN defaults to the latest run"
+    )
     p.add_argument("--attempt", type=int, metavar="N", help="default: the latest")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
     _state_arg(p)
@@ -422,10 +423,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from abreast.engine.lookup import find_run, open_journal
     from abreast.observe import status
 
+    if len(args.ids) > 2:
+        raise UsageError(
+            f"abreast logs takes a run and a task, not {len(args.ids)} names",
+            hint="abreast logs [RUN] TASK",
+        )
+    run_id, task_id = args.ids if len(args.ids) == 2 else (None, args.ids[0])
     _, journal = open_journal(None, args.state)
     with journal:
-        row = find_run(journal, args.run_id)
-        attempt = status.find_attempt(journal, row.id, args.task_id, args.attempt)
+        row = find_run(journal, run_id)
+        attempt = status.find_attempt(journal, row.id, task_id, args.attempt)
         status.show_log(
             journal,
             attempt,
