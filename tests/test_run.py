@@ -483,6 +483,7 @@ def test_peak_rss_is_the_tasks_own_not_the_orchestrators(tmp_path: Path, cli) ->
         (["run", "W", "--flag", "nope"], "'nope' is not a flag"),
         (["run", "W", "--run-id", "../x"], "--run-id '../x' is not allowed"),
         (["cancel", "RUN"], "is not running (it succeeded)"),
+        (["cancel"], "no run is running"),
         (["resume", "RUN"], "already finished (succeeded)"),
         (["signal", "ready"], "abreast signal runs inside a task"),
         (["signal", "not a name"], "'not a name' is not a signal name"),
@@ -537,8 +538,10 @@ def test_cancel_from_another_terminal(tmp_path: Path) -> None:
         run_id = json.loads(
             run_abreast("status", "--json", "--state", f"sqlite://{tmp_path}/.abreast/state.db").out
         )["run_id"]
-        cancel = run_abreast("cancel", run_id, "--state", f"sqlite://{tmp_path}/.abreast/state.db")
+        # No RUN: the one run that is running.
+        cancel = run_abreast("cancel", "--state", f"sqlite://{tmp_path}/.abreast/state.db")
         assert cancel.code == 0, cancel.err
+        assert run_id in cancel.out
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

@@ -133,16 +133,14 @@ def _args_status(p: argparse.ArgumentParser) -> None:
 
 
 def _args_logs(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "ids", nargs="+", metavar="[RUN] TASK", help="RUN defaults to the latest run"
-    )
+    p.add_argument("ids", nargs="+", metavar="[RUN] TASK", help="RUN defaults to the latest run")
     p.add_argument("--attempt", type=int, metavar="N", help="default: the latest")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
     _state_arg(p)
 
 
 def _args_cancel(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_id", metavar="RUN")
+    p.add_argument("run_id", metavar="RUN", nargs="?", help="default: the one run running")
     _state_arg(p)
 
 
@@ -450,7 +448,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     _, journal = open_journal(None, args.state)
     with journal:
-        print(cancel_run(journal, find_run(journal, args.run_id)))
+        if args.run_id is not None:
+            row = find_run(journal, args.run_id)
+        else:
+            running = [r for r in journal.runs(200) if r.state == "running"]
+            if len(running) != 1:
+                names = ", ".join(r.id for r in running)
+                raise UsageError(
+                    "no run is running" if not running else f"{len(running)} runs are running",
+                    hint="see `abreast status`" if not running else f"name one: {names}",
+                )
+            row = running[0]
+        print(cancel_run(journal, row))
     return 0
 
 
