@@ -95,8 +95,10 @@ def test_resume_kills_strays_and_reruns_what_was_running(tmp_path: Path) -> None
     state = f"sqlite://{tmp_path}/.abreast/state.db"
     status = json.loads(run_abreast("status", run_id, "--json", "--state", state).out)
     assert status["state"] == "interrupted"
-    resumed = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
+    # No RUN: the one run whose orchestrator died.
+    resumed = run_abreast("resume", "--state", state, "--no-monitor", "--plain")
     assert resumed.code == 0, resumed.err
+    assert run_id in resumed.out
     assert "killed 2 stray process" in resumed.out  # the shell and its sleep
     pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
     assert len(pids) == 2 and pids[0] == first_pid

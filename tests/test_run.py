@@ -484,6 +484,7 @@ def test_peak_rss_is_the_tasks_own_not_the_orchestrators(tmp_path: Path, cli) ->
         (["run", "W", "--run-id", "../x"], "--run-id '../x' is not allowed"),
         (["cancel", "RUN"], "is not running (it succeeded)"),
         (["cancel"], "no run is running"),
+        (["resume"], "no run was interrupted"),
         (["resume", "RUN"], "already finished (succeeded)"),
         (["signal", "ready"], "abreast signal runs inside a task"),
         (["signal", "not a name"], "'not a name' is not a signal name"),

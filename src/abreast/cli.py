@@ -115,7 +115,9 @@ def _args_run(p: argparse.ArgumentParser) -> None:
 
 
 def _args_resume(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_id", metavar="RUN")
+    p.add_argument(
+        "run_id", metavar="RUN", nargs="?", help="default: the one run whose orchestrator died"
+    )
     p.add_argument(
         "--force", action="store_true", help="resume even though the workflow file changed"
     )
@@ -352,7 +354,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _finish(start_run(req, _view(args.plain), _announce))
 
 
+def _interrupted_run(state: str | None) -> str:
+    """`abreast resume` without RUN: the run whose orchestrator is gone, if one is."""
+    from abreast.engine.lookup import open_journal, orchestrator_alive
+
+    _, journal = open_journal(None, state)
+    with journal:
+        gone = [
+            r.id for r in journal.runs(200) if r.state == "running" and not orchestrator_alive(r)
+        ]
+    if len(gone) != 1:
+        raise UsageError(
+            "no run was interrupted" if not gone else f"{len(gone)} runs were interrupted",
+            hint="see `abreast status`" if not gone else f"name one: {', '.join(gone)}",
+        )
+    return gone[0]
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
+    if args.run_id is None:
+        args.run_id = _interrupted_run(args.state)
     with _observing(args) as observer:
         from abreast.engine.runs import resume_run
 
