@@ -680,3 +680,24 @@ def test_logs_of_a_task_of_the_latest_run_need_no_run_id(tmp_path: Path, cli) ->
     shown = cli("logs", "a", "--state", f"sqlite://{tmp_path}/.abreast/state.db")
     assert shown.code == 0, shown.err
     assert shown.out == "second\n"
+
+
+def test_a_task_reads_the_outputs_of_the_tasks_it_needs(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(
+        tmp_path,
+        {
+            "research": {"run": 'echo \'{"topic": "auth", "sources": 3}\' > "$ABREAST_OUTPUT"'},
+            "silent": {"run": "true"},
+            "critique": {
+                "needs": ["research", "silent"],
+                "run": 'cat "$ABREAST_INPUTS"',
+            },
+            "alone": {"run": 'echo "[${ABREAST_INPUTS:-unset}]"'},
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out
+    state = ["--state", f"sqlite://{tmp_path}/.abreast/state.db"]
+    logged = cli("logs", "critique", *state).out
+    assert json.loads(logged) == {"research": {"topic": "auth", "sources": 3}}
+    assert cli("logs", "alone", *state).out == "[unset]\n"  # nothing upstream: not set

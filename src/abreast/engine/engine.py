@@ -486,7 +486,22 @@ class Engine:
         )
         if not self.isolation.instant:
             env["ABREAST_WORKTREE"] = cwd  # where `abreast signal` snapshots its files from
+        inputs = self._inputs(tr)
+        if inputs:
+            path = output.removesuffix(".json") + ".inputs.json"
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(inputs, f)
+            env["ABREAST_INPUTS"] = path
         return Launch(self.run_id, tr.id, n, command, cwd, env, log, self._exits)
+
+    def _inputs(self, tr: TaskRun) -> dict[str, Any]:
+        """The JSON outputs of the tasks `tr` needs whole that wrote one, by task id: what
+        $ABREAST_INPUTS names (a task waiting only for a signal has no output to read yet)."""
+        out: dict[str, Any] = {}
+        for need in tr.task.needs:
+            if ":" not in need and (dep := self.by_id[need]).output:
+                out[need] = dep.output
+        return out
 
     # -- acting ------------------------------------------------------------------------------
 
