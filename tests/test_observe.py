@@ -765,3 +765,6 @@ def test_report_lists_the_attempts_sent_back_and_why(tmp_path: Path) -> None:
     assert "attempts sent back or retried:" in out
     assert "    flaky attempt 1: exit 3" in out
     assert "    judged attempt 1: gate not met: output.ok is false" in out
+    page = tmp_path / "r.html"
+    assert run_abreast("report", "--html", str(page), cwd=tmp_path).code == 0
+    assert "<li>flaky attempt 1: exit 3</li>" in page.read_text()

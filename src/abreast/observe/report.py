@@ -179,12 +179,7 @@ def text(rep: dict[str, Any]) -> str:
             f"  {t['id']:<{width}}  {t['state']:<11} {t['attempts']:>5} "
             f"{fmt(t['elapsed_s']):>8} {fmt(t['busy_s']):>8} {est:>8}"
         )
-    final = {(f["task"], f["attempt"]) for f in rep["failures"]}
-    retried = [
-        x
-        for x in rep["timeline"]
-        if x["state"] == "failed" and x["reason"] and (x["task"], x["attempt"]) not in final
-    ]
+    retried = _sent_back(rep)
     if retried:  # what sent attempts back, the ones that failed the task aside
         out.append("\n  attempts sent back or retried:")
         out += [f"    {x['task']} attempt {x['attempt']}: {x['reason']}" for x in retried]
@@ -197,6 +192,17 @@ def text(rep: dict[str, Any]) -> str:
     if rep["landing"]:
         out.append(f"\n  {rep['landing']}")
     return "\n".join(line for line in out if line is not None)
+
+
+def _sent_back(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attempts that failed or were sent back, but for the last of a failed task (the
+    failures say those)."""
+    final = {(f["task"], f["attempt"]) for f in rep["failures"]}
+    return [
+        x
+        for x in rep["timeline"]
+        if x["state"] == "failed" and x["reason"] and (x["task"], x["attempt"]) not in final
+    ]
 
 
 def as_json(rep: dict[str, Any]) -> str:
@@ -260,6 +266,11 @@ def html_page(rep: dict[str, Any]) -> str:
     actual = e(f"{' → '.join(cp['actual']['tasks'])} ({fmt(cp['actual']['seconds'])})")
     estimated = e(f"{' → '.join(cp['estimated']['tasks'])} ({fmt(cp['estimated']['seconds'])})")
     fail_part = "<h2>failures</h2>" + failures if failures else ""
+    retried = "".join(
+        f"<li>{e(x['task'])} attempt {x['attempt']}: {e(x['reason'])}</li>" for x in _sent_back(rep)
+    )
+    if retried:
+        fail_part = f"<h2>attempts sent back or retried</h2><ul>{retried}</ul>" + fail_part
     landing = "<p>" + e(rep["landing"]) + "</p>" if rep["landing"] else ""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
