@@ -613,3 +613,24 @@ def test_canary_key_never_leaks(tmp_path: Path, provider: Provider, redis_url: s
 
 def usage_without_limits(usage: list[dict[str, object]]) -> list[dict[str, object]]:
     return [{k: v for k, v in u.items() if k != "limit"} for u in usage]
+
+
+@pytest.mark.parametrize("chunk", [3, 8, 19, 1 << 22])
+def test_a_log_is_scrubbed_of_keys_however_they_fall_across_reads(
+    tmp_path: Path, chunk: int
+) -> None:
+    from abreast.executor.logs import scrub_secrets
+
+    key = "sk-0123456789abcdef"  # 19 bytes: reads of 3, 8 and 19 split it every way
+    text = b"".join(
+        (b"x" * (i % 7) + (key.encode() if i % 3 == 0 else b"") + b"\n") for i in range(60)
+    )
+    log = tmp_path / "t.1.log"
+    log.write_bytes(text)
+    assert scrub_secrets(str(log), [("abcd1234", key)], chunk=chunk) == 20
+    assert log.read_bytes() == text.replace(key.encode(), b"[key abcd1234]")
+    untouched = tmp_path / "clean.log"
+    untouched.write_bytes(b"nothing here\n")
+    before = untouched.stat().st_ino
+    assert scrub_secrets(str(untouched), [("abcd1234", key)], chunk=chunk) == 0
+    assert untouched.stat().st_ino == before  # not rewritten

@@ -38,24 +38,44 @@ def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 819
     return [visible(line) for line in data.splitlines() if line.strip()][-lines:]
 
 
-def scrub_secrets(path: str, secrets: list[tuple[str, str]]) -> int:
+def scrub_secrets(path: str, secrets: list[tuple[str, str]], chunk: int = 1 << 22) -> int:
     """Replace each secret value in the file at `path` by `[key FINGERPRINT]` (a key a
-    direct-mode task printed); returns how many were replaced. The file is rewritten
-    whole, by rename, only when it holds one."""
+    direct-mode task printed); returns how many were replaced. Read in chunks (a log may
+    be larger than memory); the file is rewritten, by rename, only when it holds one."""
+    pairs = [(value.encode(), f"[key {fp}]".encode()) for fp, value in secrets if value]
+    if not pairs or not _holds_any(path, [raw for raw, _ in pairs], chunk):
+        return 0
+    keep = max(len(raw) for raw, _ in pairs) - 1  # a value may straddle two chunks
+    found = 0
+    tmp = f"{path}.scrub"
+    with open(path, "rb") as src, open(tmp, "wb") as dst:
+        carry = b""
+        while True:
+            data = src.read(chunk)
+            buf = carry + data
+            for raw, shown in pairs:
+                found += buf.count(raw)
+                buf = buf.replace(raw, shown)
+            if not data:
+                dst.write(buf)
+                break
+            cut = max(0, len(buf) - keep)
+            dst.write(buf[:cut])
+            carry = buf[cut:]
+    os.replace(tmp, path)
+    return found
+
+
+def _holds_any(path: str, raws: list[bytes], chunk: int) -> bool:
+    keep = max(len(raw) for raw in raws) - 1
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            tail = b""
+            while data := f.read(chunk):
+                buf = tail + data
+                if any(raw in buf for raw in raws):
+                    return True
+                tail = buf[-keep:] if keep else b""
     except OSError:
-        return 0
-    found = 0
-    for fp, value in secrets:
-        raw = value.encode()
-        if raw and raw in data:
-            found += data.count(raw)
-            data = data.replace(raw, f"[key {fp}]".encode())
-    if found:
-        tmp = f"{path}.scrub"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    return found
+        return False
+    return False
