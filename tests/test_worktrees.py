@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -315,8 +316,14 @@ def test_cleanup_lists_then_removes_what_failed_runs_kept(repo: Path) -> None:
     assert f"delete branch abreast/{run_id}/bad" in listed.out
     assert f"delete {snapshot}" in listed.out
     assert git(repo, "worktree", "list").count("\n") == 2  # nothing removed yet
+    stale, fresh = repo / ".git/abreast/index-stale", repo / ".git/abreast/index-fresh"
+    for d in (stale, fresh):  # what snapshots cut short by a kill leave
+        d.mkdir(parents=True)
+        (d / "index").write_bytes(b"x")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     done = run_abreast("cleanup", cwd=repo)
     assert done.code == 0, done.err
+    assert not stale.exists() and fresh.exists()  # one may be in use
     assert git(repo, "worktree", "list").count("\n") == 1
     assert git(repo, "branch", "--list", f"abreast/{run_id}/bad") == ""
     assert git(repo, "for-each-ref", "refs/abreast/") == ""

@@ -57,7 +57,12 @@ def cleanup(
     orphan_after_s: float = ORPHAN_AFTER_S,
     release_leases: Callable[[str, bool], list[str]] | None = None,
 ) -> list[Plan]:
-    from abreast.workspace.cleanup import leftovers, remove, runs_with_leftovers
+    from abreast.workspace.cleanup import (
+        leftovers,
+        remove,
+        remove_stale_indexes,
+        runs_with_leftovers,
+    )
     from abreast.workspace.git import toplevel
     from abreast.workspace.repo import Repo
 
@@ -103,6 +108,8 @@ def cleanup(
     plans = {k: v for k, v in plans.items() if v.actions}
     if dry_run:
         return list(plans.values())
+    if repo is not None:
+        remove_stale_indexes(repo)  # not worth a line: a few hundred bytes each
     for plan in plans.values():
         if plan.orchestrator:
             kill_pids([plan.orchestrator], grace_s=2.0)

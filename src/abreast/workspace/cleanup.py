@@ -69,3 +69,22 @@ def remove(repo: Repo, left: Leftovers, *, results: bool) -> list[str]:
             pass
     repo.worktree_prune()
     return done
+
+
+def remove_stale_indexes(repo: Repo, older_than_s: float = 600.0) -> int:
+    """Temporary indexes of signal snapshots cut short (their task was killed midway): a
+    snapshot takes well under a second, so one older than `older_than_s` is nobody's."""
+    import shutil
+    import time
+
+    from abreast.workspace.repo import SNAPSHOT_INDEX
+
+    now, removed = time.time(), 0
+    for d in repo.abreast_dir.glob(f"{SNAPSHOT_INDEX}*"):
+        try:
+            if d.is_dir() and now - d.stat().st_mtime > older_than_s:
+                shutil.rmtree(d)
+                removed += 1
+        except OSError:
+            pass
+    return removed

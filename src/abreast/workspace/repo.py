@@ -298,6 +298,9 @@ def commit_all(repo: Repo, path: Path, message: str) -> str:
     return repo.git("rev-parse", "HEAD", cwd=path).stdout.strip()
 
 
+SNAPSHOT_INDEX = "index-"  # temporary index directories of snapshots, in Repo.abreast_dir
+
+
 def signal_ref(run_id: str, task_id: str, name: str) -> str:
     """Where `abreast signal NAME` of a task in a worktree leaves a snapshot of its files."""
     # '.' is allowed in a signal's name, and '..' or a final '.lock' not in a ref's.
@@ -311,7 +314,9 @@ def snapshot(path: Path, ref: str, message: str) -> str:
     import tempfile
 
     repo = Repo(path)
-    with tempfile.TemporaryDirectory(prefix="abreast-index-") as d:
+    # In the repository's own abreast directory, not /tmp: a snapshot cut short (its task
+    # killed) leaves its index where `abreast cleanup` looks.
+    with tempfile.TemporaryDirectory(prefix=SNAPSHOT_INDEX, dir=repo.abreast_dir) as d:
         env = {"GIT_INDEX_FILE": os.path.join(d, "index")}
         repo.git("read-tree", "HEAD", cwd=path, env=env)
         repo.git("add", "-A", cwd=path, env=env)
