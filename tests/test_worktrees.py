@@ -613,3 +613,36 @@ def test_a_repository_that_signs_its_commits_still_runs(repo: Path) -> None:
     code, out, run_id = run(repo, repo / "abreast.yaml")
     assert code == 0, out
     assert show(repo, integration(run_id), "a.txt") == "A\n"
+
+
+def test_status_says_what_a_merge_started_on_a_signal_waits_for(repo: Path) -> None:
+    go = repo.parent / "go"
+    path = workflow(
+        repo,
+        {
+            "api": {
+                "signals": ["ready"],
+                "timeout": 30,
+                "run": f"echo v1 > api.txt && {PY} -m abreast signal ready"
+                f" && while [ ! -e {go} ]; do sleep 0.05; done",
+            },
+            "client": {"needs": ["api:ready"], "run": "cp api.txt client.txt"},
+        },
+    )
+    proc, run_id = start_run(path, cwd=repo)
+    try:
+        db = repo / ".abreast" / "state.db"
+        wait_for(
+            lambda: (
+                db.exists()
+                and query(db, "SELECT count(*) FROM events WHERE type = 'merge.waiting'")[0][0] == 1
+            ),
+            what="client's merge to wait for api",
+        )
+        shown = run_abreast("status", run_id, cwd=repo).out
+        line = next(x for x in shown.splitlines() if x.strip().startswith("client"))
+        assert "integrating" in line and "lands after api" in line
+    finally:
+        go.touch()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out + err

@@ -76,17 +76,26 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         f"  {'TASK':<{width}}  {'STATE':<11}  {'TRIES':>5}  {'TIME':>7}  {'PEAK RSS':>9}  NOTE\n"
     )
     now = time.time()
+    waits = _merge_waits(journal, row.id) if any(t.state == "integrating" for t in tasks) else {}
     for t in tasks:
         took = "-"
         if t.started_at:
             took = format_duration((t.finished_at or now) - t.started_at)
         rss = f"{t.peak_rss_bytes / 1e6:.1f}MB" if t.peak_rss_bytes else "-"
         note = (t.reason or "").splitlines()[0][:80] if t.reason else ""
+        if t.state == "integrating" and t.task_id in waits:
+            note = f"lands after {', '.join(waits[t.task_id])}"
         out.write(
             f"  {t.task_id:<{width}}  {t.state:<11}  {t.attempts:>5}  {took:>7}  {rss:>9}  {note}\n"
         )
     if row.summary and row.summary.get("landing"):
         out.write(f"  {row.summary['landing']}\n")
+
+
+def _merge_waits(journal: Journal, run_id: str) -> dict[str, list[str]]:
+    """Task -> the tasks whose landing its merge waits for (the last `merge.waiting`)."""
+    events = journal.events(run_id, types=("merge.waiting",))
+    return {e.task_id: list(e.data.get("for_tasks", [])) for e in events if e.task_id}
 
 
 def watch_plain(
