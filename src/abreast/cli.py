@@ -135,6 +135,7 @@ def _args_status(p: argparse.ArgumentParser) -> None:
 
 
 def _args_logs(p: argparse.ArgumentParser) -> None:
+    p.usage = "%(prog)s [-h] [--attempt N] [-f] [--state URL] [RUN] TASK"
     p.add_argument("ids", nargs="+", metavar="[RUN] TASK", help="RUN defaults to the latest run")
     p.add_argument("--attempt", type=int, metavar="N", help="default: the latest")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
