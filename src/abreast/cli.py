@@ -355,26 +355,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _finish(start_run(req, _view(args.plain), _announce))
 
 
-def _interrupted_run(state: str | None) -> str:
-    """`abreast resume` without RUN: the run whose orchestrator is gone, if one is."""
-    from abreast.engine.lookup import open_journal, orchestrator_alive
-
-    _, journal = open_journal(None, state)
-    with journal:
-        gone = [
-            r.id for r in journal.runs(200) if r.state == "running" and not orchestrator_alive(r)
-        ]
-    if len(gone) != 1:
-        raise UsageError(
-            "no run was interrupted" if not gone else f"{len(gone)} runs were interrupted",
-            hint="see `abreast status`" if not gone else f"name one: {', '.join(gone)}",
-        )
-    return gone[0]
-
-
 def cmd_resume(args: argparse.Namespace) -> int:
-    if args.run_id is None:
-        args.run_id = _interrupted_run(args.state)
+    if args.run_id is None:  # the run whose orchestrator is gone, if one is
+        from abreast.engine.lookup import only_run, open_journal, orchestrator_alive
+
+        _, journal = open_journal(None, args.state)
+        with journal:
+            gone = only_run(
+                journal,
+                lambda r: r.state == "running" and not orchestrator_alive(r),
+                "was interrupted",
+                "were interrupted",
+            )
+        args.run_id = gone.id
     with _observing(args) as observer:
         from abreast.engine.runs import resume_run
 
@@ -465,7 +458,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from abreast.engine.lookup import find_run, open_journal
+    from abreast.engine.lookup import find_run, only_run, open_journal
     from abreast.engine.runs import cancel_run
 
     _, journal = open_journal(None, args.state)
@@ -473,14 +466,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         if args.run_id is not None:
             row = find_run(journal, args.run_id)
         else:
-            running = [r for r in journal.runs(200) if r.state == "running"]
-            if len(running) != 1:
-                names = ", ".join(r.id for r in running)
-                raise UsageError(
-                    "no run is running" if not running else f"{len(running)} runs are running",
-                    hint="see `abreast status`" if not running else f"name one: {names}",
-                )
-            row = running[0]
+            row = only_run(journal, lambda r: r.state == "running", "is running", "are running")
         print(cancel_run(journal, row))
     return 0
 

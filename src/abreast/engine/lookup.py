@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from abreast.coord.journal import Journal, RunRow
@@ -46,6 +47,21 @@ def find_run(journal: Journal, run_id: str | None) -> RunRow:
             hint="recent runs: " + (", ".join(recent) or "none") + " (see `abreast status`)",
         )
     return row
+
+
+def only_run(journal: Journal, fits: Callable[[RunRow], bool], one: str, many: str) -> RunRow:
+    """The one recent run that `fits` (what a command takes when no RUN is named); else
+    an error saying none or naming them. `one`/`many`: how such runs are said ("is
+    running", "are running")."""
+    runs = [r for r in journal.runs(200) if fits(r)]
+    if len(runs) != 1:
+        raise UsageError(
+            f"no run {one}" if not runs else f"{len(runs)} runs {many}",
+            hint="see `abreast status`"
+            if not runs
+            else f"name one: {', '.join(r.id for r in runs)}",
+        )
+    return runs[0]
 
 
 def orchestrator_alive(row: RunRow) -> bool:

@@ -6,6 +6,7 @@ import os
 import re
 
 LOG_TAIL_LINES = 12
+KEY_SHOWN = "[key {}]"  # what stands for a key's value, by its fingerprint
 
 # Terminal escape sequences: CSI (colours, cursor moves, clearing), OSC (window titles,
 # hyperlinks; ended by BEL or ST, or by the end of the line) and the two-byte ones.
@@ -42,7 +43,7 @@ def scrub_secrets(path: str, secrets: list[tuple[str, str]], chunk: int = 1 << 2
     """Replace each secret value in the file at `path` by `[key FINGERPRINT]` (a key a
     direct-mode task printed); returns how many were replaced. Read in chunks (a log may
     be larger than memory); the file is rewritten, by rename, only when it holds one."""
-    pairs = [(value.encode(), f"[key {fp}]".encode()) for fp, value in secrets if value]
+    pairs = [(value.encode(), KEY_SHOWN.format(fp).encode()) for fp, value in secrets if value]
     if not pairs or not _holds_any(path, [raw for raw, _ in pairs], chunk):
         return 0
     keep = max(len(raw) for raw, _ in pairs) - 1  # a value may straddle two chunks

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
+from abreast.engine.states import TERMINAL, TaskState
 from abreast.errors import UsageError
 from abreast.integrate.base import Isolation, Outcome, Verdict
 from abreast.integrate.checks import LocalLocks, LockHolder
@@ -132,8 +133,8 @@ class WorktreeIsolation(Isolation):
         if self._signal_waits:  # after a crash: tasks whose own work is on the branch now
             events = journal.events(run_id, types=("merge.landed",))
             self._landed_before = {e.task_id for e in events if e.task_id is not None}
-            for t in journal.tasks(run_id):
-                if t.state in ("succeeded", "failed", "timed_out", "blocked", "skipped"):
+            for t in journal.tasks(run_id):  # a cancelled task runs again on resume
+                if t.state in TERMINAL and t.state != TaskState.CANCELLED:
                     self._ended_event(t.task_id).set()
         self._neighbours: dict[str, list[tuple[str, list[str]]]] = {}
         owners = [(v, t) for v, t in enumerate(wf.tasks.values()) if t.owns]

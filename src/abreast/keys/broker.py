@@ -21,11 +21,13 @@ from typing import Any
 
 from abreast.coord.backend import Coordinator
 from abreast.coord.journal import Journal
+from abreast.executor.logs import KEY_SHOWN
 from abreast.keys.pool import KeyPool
 from abreast.keys.proxy import BASE_URL_ENV, KeyProxy, Route
 from abreast.spec.model import Task, Workflow
 
 NEAR_LIMIT = 0.8
+shown_key = KEY_SHOWN.format  # fingerprint -> how a key's value is shown in its place
 
 
 class KeyBroker:
@@ -79,10 +81,9 @@ class KeyBroker:
         from a task's output (the last lines of its log in the journal, the feedback to
         its next attempt, the summary), where a direct-mode agent may have printed the
         key it was given."""
-        for pool in self.pools.values():
-            for key in pool._keys:
-                if key.value in text:
-                    text = text.replace(key.value, f"[key {key.fp}]")
+        for fp, value in self.secrets():
+            if value in text:
+                text = text.replace(value, shown_key(fp))
         return text
 
     def pool_of(self, task: Task) -> str | None:

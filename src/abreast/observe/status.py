@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from abreast.coord.journal import AttemptRow, Journal, RunRow
 from abreast.engine.lookup import orchestrator_alive
+from abreast.engine.states import TERMINAL
 from abreast.errors import UsageError
 from abreast.observe.output import reader_gone
 from abreast.spec.durations import format_duration
@@ -162,35 +163,30 @@ def show_log(
         _show_one(journal, a, out, follow)
         if not (follow and next_attempts) or reader_gone(out):
             return
-        later = _next_attempt(journal, a)
+        ended, later = _next_attempt(journal, a)
         if later is None:
             return
         if note is not None:
-            ended = [x for x in journal.attempts(a.run_id, a.task_id) if x.attempt == a.attempt]
-            reason = ended[0].reason if ended else None  # as it was journaled when it ended
-            why = f" ({reason.splitlines()[0]})" if reason else ""
+            why = f" ({ended.reason.splitlines()[0]})" if ended.reason else ""
             note.write(f"-- {a.task_id}: attempt {a.attempt} ended{why}; attempt {later.attempt}\n")
             note.flush()
         a = later
 
 
-def _next_attempt(journal: Journal, a: AttemptRow) -> AttemptRow | None:
-    """The attempt after `a` once it starts, or None when there will be none: the task
-    is done, or the run is no longer running."""
+def _next_attempt(journal: Journal, a: AttemptRow) -> tuple[AttemptRow, AttemptRow | None]:
+    """(`a` as journaled now it has ended, the attempt after it once that starts, or None
+    when there will be none: the task is done, or the run is no longer running)."""
     while True:
-        later = [x for x in journal.attempts(a.run_id, a.task_id) if x.attempt > a.attempt]
+        attempts = journal.attempts(a.run_id, a.task_id)
+        ended = next((x for x in attempts if x.attempt == a.attempt), a)
+        later = [x for x in attempts if x.attempt > a.attempt]
         if later:
-            return min(later, key=lambda x: x.attempt)
+            return ended, min(later, key=lambda x: x.attempt)
         run = journal.run(a.run_id)
         task = next((t for t in journal.tasks(a.run_id) if t.task_id == a.task_id), None)
-        if run is None or run_state(run) != "running" or task is None:
-            return None
-        if task.state in _DONE:
-            return None
+        if run is None or run_state(run) != "running" or task is None or task.state in TERMINAL:
+            return ended, None
         time.sleep(0.2)  # a viewer following the journal: nothing to be woken by
-
-
-_DONE = ("succeeded", "failed", "timed_out", "blocked", "skipped", "cancelled")
 
 
 def _show_one(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> None:
