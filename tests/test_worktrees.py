@@ -91,6 +91,12 @@ def test_three_parallel_tasks_land_and_the_user_checkout_is_untouched(repo: Path
     # The landed tasks' branches are gone; the pool's worktrees were removed.
     assert git(repo, "branch", "--list", f"abreast/{run_id}/*").split() == [ref]
     assert git(repo, "worktree", "list").count("\n") == 1
+    assert not (repo / ".git" / "abreast" / "worktrees" / run_id).exists()
+    # The wall time the run prints is the journal's (what report and status say): removing
+    # the worktrees at the end is part of the run.
+    db = repo / ".abreast" / "state.db"
+    [(started, finished, summary)] = query(db, "SELECT started_at, finished_at, summary FROM runs")
+    assert json.loads(summary)["wall_s"] == pytest.approx(finished - started, abs=0.0011)
 
 
 def test_different_hunks_of_one_file_merge_cleanly(repo: Path) -> None:
@@ -646,3 +652,155 @@ def test_status_says_what_a_merge_started_on_a_signal_waits_for(repo: Path) -> N
         go.touch()
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, out + err
+
+
+# -- submodules ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def with_submodule(repo: Path, tmp_path: Path) -> Path:
+    """`repo` with the repository `lib` as the populated submodule vendor/lib."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    git(lib, "init", "-q", "-b", "main")
+    (lib / "lib.txt").write_text("lib v1\n")
+    (lib / ".gitignore").write_text("*.o\n")
+    git(lib, "add", "-A")
+    git(lib, "-c", "user.name=T", "-c", "user.email=t@e", "commit", "-q", "-m", "v1")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "vendor/lib")
+    git(repo, "commit", "-q", "-m", "add lib")
+    # From here on the original is out of reach: what tasks see comes from the checkout's copy.
+    lib.rename(tmp_path / "lib-moved")
+    return repo
+
+
+def test_tasks_and_checks_see_the_submodules_the_checkout_has(with_submodule: Path) -> None:
+    repo = with_submodule
+    b = (
+        "test ! -e vendor/lib/junk.o && grep -qx 'lib v1' vendor/lib/lib.txt && "
+        "cp vendor/lib/lib.txt b.txt && "
+        "if [ $ABREAST_ATTEMPT = 1 ]; then echo edit >> vendor/lib/lib.txt; fi"
+    )
+    path = workflow(
+        repo,
+        {
+            # One task at a time, so in one pooled worktree: each finds the submodule as
+            # recorded, whatever the one before it left inside (ignored files included).
+            "a": {"run": "cp vendor/lib/lib.txt a.txt; touch vendor/lib/junk.o"},
+            "b": {"needs": ["a"], "run": b, "retries": 1, "backoff": {"initial": 0.05}},
+        },
+        checks=[{"run": "grep -qx 'lib v1' vendor/lib/lib.txt"}],
+    )
+    code, out, run_id = run(repo, path, "--sequential")
+    assert code == 0, out
+    assert show(repo, integration(run_id), "a.txt") == "lib v1\n"
+    assert show(repo, integration(run_id), "b.txt") == "lib v1\n"
+    # b's first attempt changed a file inside the submodule without a commit there: that
+    # cannot land with the superproject's commit, so it was sent back, the file named.
+    assert "changed files inside the submodule vendor/lib without committing them there" in out
+    assert "vendor/lib/lib.txt" in out
+    # The worktrees (each with a submodule inside) are gone.
+    assert git(repo, "worktree", "list").count("\n") == 1
+
+
+def test_a_task_that_moves_a_submodule_lands_a_commit_the_checkout_can_reach(
+    with_submodule: Path,
+) -> None:
+    repo = with_submodule
+    bump = (
+        "cd vendor/lib && echo 'lib v2' > lib.txt && "
+        "git -c user.name=A -c user.email=a@e commit -q -am v2"
+    )
+    path = workflow(
+        repo,
+        {
+            "bump": {"run": bump},
+            "use": {"needs": ["bump"], "run": "cp vendor/lib/lib.txt used.txt"},
+        },
+        checks=[{"run": "grep -qx 'lib v2' vendor/lib/lib.txt"}],  # the merge's own submodule
+    )
+    code, out, _ = run(repo, path, "--land")
+    assert code == 0, out
+    assert (repo / "used.txt").read_text() == "lib v2\n"  # `use` started from bump's result
+    # The user's copy of the submodule holds the new commit: the landed result checks out.
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "update")
+    assert (repo / "vendor" / "lib" / "lib.txt").read_text() == "lib v2\n"
+    recorded = git(repo, "rev-parse", "HEAD:vendor/lib").strip()
+    assert f"refs/abreast/kept/{recorded}" in git(
+        repo / ".git" / "modules" / "vendor" / "lib", "for-each-ref", "--format=%(refname)"
+    )
+
+
+def test_a_submodule_the_checkout_left_empty_stays_empty(with_submodule: Path) -> None:
+    repo = with_submodule
+    git(repo, "submodule", "deinit", "-q", "--all")
+    path = workflow(repo, {"a": {"run": "ls -A vendor/lib > listing.txt"}})
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert show(repo, integration(run_id), "listing.txt") == ""
+
+
+def test_a_hook_planted_in_the_checkouts_copy_of_a_submodule_is_undone(
+    with_submodule: Path,
+) -> None:
+    repo = with_submodule
+    hook = repo / ".git" / "modules" / "vendor" / "lib" / "hooks" / "post-checkout"
+    plant = f"printf '#!/bin/sh\\ntouch {repo}/PWNED\\n' > {hook}; chmod +x {hook}"
+    path = workflow(repo, {"a": {"run": plant, "retries": 0}})
+    code, out, _ = run(repo, path)
+    assert code == 1, out
+    assert "wrote outside its worktree while it ran" in out
+    assert f"hook: {hook}" in out
+    assert not hook.exists()
+
+
+def test_a_task_started_on_a_signal_gets_the_submodule_commit_of_the_task_that_signalled(
+    with_submodule: Path,
+) -> None:
+    repo = with_submodule
+    bump = (
+        "cd vendor/lib && echo 'lib v2' > lib.txt && "
+        "git -c user.name=A -c user.email=a@e commit -q -am v2 && cd ../.. && "
+        f"{PY} -m abreast signal bumped && sleep 0.5"
+    )
+    path = workflow(
+        repo,
+        {
+            "bump": {"signals": ["bumped"], "run": bump},
+            "use": {"needs": ["bump:bumped"], "run": "cp vendor/lib/lib.txt used.txt"},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert show(repo, integration(run_id), "used.txt") == "lib v2\n"
+
+
+def test_a_submodule_commit_missing_from_the_checkouts_copy_is_fetched_from_its_url(
+    repo: Path, tmp_path: Path
+) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    git(lib, "init", "-q", "-b", "main")
+    for version in ("v1", "v2"):
+        (lib / "lib.txt").write_text(f"lib {version}\n")
+        git(lib, "add", "-A")
+        git(lib, "-c", "user.name=T", "-c", "user.email=t@e", "commit", "-q", "-m", version)
+        if version == "v1":
+            git(
+                repo,
+                "-c",
+                "protocol.file.allow=always",
+                "submodule",
+                "add",
+                "-q",
+                str(lib),
+                "v/lib",
+            )
+    # The project moves to v2 (a colleague's commit, say) before this checkout fetched it.
+    path = workflow(repo, {"a": {"run": "cp v/lib/lib.txt a.txt"}})
+    v2 = git(lib, "rev-parse", "HEAD").strip()
+    git(repo, "update-index", "--cacheinfo", f"160000,{v2},v/lib")
+    git(repo, "commit", "-q", "-m", "lib v2")
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert show(repo, integration(run_id), "a.txt") == "lib v2\n"

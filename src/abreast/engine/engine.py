@@ -1004,7 +1004,6 @@ class Engine:
             await asyncio.gather(*self._killing, return_exceptions=True)
         if self._scrubs:
             await asyncio.gather(*self._scrubs, return_exceptions=True)
-        wall = time.time() - self.started_at
         busy = sum(tr.busy_s for tr in self.tasks)
         if self._cancelling:
             state = "cancelled"
@@ -1020,6 +1019,8 @@ class Engine:
         landing = await self.isolation.close(success=state == "succeeded")
         if self.options.keys is not None:
             self.options.keys.tick()  # the last requests, before the run is marked finished
+        now = time.time()
+        wall = now - self.started_at  # landing included: the run's end is its finished_at
         saved = busy - wall
 
         summary = {
@@ -1029,7 +1030,6 @@ class Engine:
             "landing": landing,
             "counts": {s.value: c for s, c in self.counts().items() if c},
         }
-        now = time.time()
         self.journal.stage_run(self.run_id, state=state, finished_at=now, summary=summary)
         self.journal.stage_event(
             self.run_id,

@@ -6,8 +6,9 @@ What is watched (snapshots at the start of the run, compared after each attempt)
   `abreast run ... > run.log` inside the repository); a new change is attributed,
   by its file's mtime, to the attempts that were running when it was written;
 - the repository's hooks and config (`.git/hooks/**`, `.git/config`, worktree
-  config): any change is attributed the same way and undone at once, so a
-  planted hook never runs;
+  config, and those of the submodules the checkout has populated,
+  `.git/modules/NAME/{hooks/**,config}`): any change is attributed the same way
+  and undone at once, so a planted hook never runs;
 - symlinks an attempt leaves that point outside its worktree.
 
 What cannot be seen: a write into another *running* task's worktree looks like
@@ -36,8 +37,11 @@ class Change:
 
 
 class Guard:
-    def __init__(self, repo: Repo, state_dir: Path | None = None) -> None:
+    def __init__(
+        self, repo: Repo, state_dir: Path | None = None, submodule_dirs: list[Path] | None = None
+    ) -> None:
         self.repo = repo
+        self._submodule_dirs = submodule_dirs or []  # the checkout's copies of its submodules
         # abreast's own files (journal, logs, outputs) are not the user's checkout.
         self._ignore = ""
         if state_dir is not None and repo.root in state_dir.parents:
@@ -50,10 +54,12 @@ class Guard:
 
     def _protected_paths(self) -> list[Path]:
         common = self.repo.common_dir
-        paths = [common / "config"]
-        hooks = common / "hooks"
-        if hooks.is_dir():
-            paths += [p for p in hooks.rglob("*") if p.is_file() or p.is_symlink()]
+        paths = []
+        for git_dir in (common, *self._submodule_dirs):
+            paths.append(git_dir / "config")
+            hooks = git_dir / "hooks"
+            if hooks.is_dir():
+                paths += [p for p in hooks.rglob("*") if p.is_file() or p.is_symlink()]
         wt_root = common / "worktrees"
         if wt_root.is_dir():
             paths += list(wt_root.glob("*/config.worktree"))

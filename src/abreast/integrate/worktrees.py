@@ -31,6 +31,7 @@ from abreast.integrate.ownership import violations
 from abreast.integrate.queue import MergeJob, MergeQueue, check_env
 from abreast.plan.graph import TaskGraph
 from abreast.spec.model import Workflow
+from abreast.workspace import submodules
 from abreast.workspace.pool import WorktreePool
 from abreast.workspace.repo import Repo, commit_all, signal_ref
 
@@ -113,9 +114,10 @@ class WorktreeIsolation(Isolation):
             for a in journal.attempts(run_id)
             if a.workdir and not a.head_commit and a.state not in ("failed", "interrupted")
         }
-        self.pool = WorktreePool(self.repo, run_id, "tasks", reserved)
-        self.check_pool = WorktreePool(self.repo, run_id, "checks")
-        self.guard = Guard(self.repo, location.journal.parent)
+        self.subs = submodules.populated(self.repo)
+        self.pool = WorktreePool(self.repo, run_id, "tasks", reserved, self.subs)
+        self.check_pool = WorktreePool(self.repo, run_id, "checks", subs=self.subs)
+        self.guard = Guard(self.repo, location.journal.parent, [s.store for s in self.subs])
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._blamed: dict[tuple[str, int], list[Change]] = {}
         self._landed: list[str] = []
@@ -226,6 +228,10 @@ class WorktreeIsolation(Isolation):
         blamed = await self._containment(a)
         if blamed:
             return Verdict(Outcome.SEND_BACK, blamed, kind="containment")
+        if self.subs:
+            inside = await asyncio.to_thread(submodules.uncommitted, self.repo, a.path, self.subs)
+            if inside:
+                return Verdict(Outcome.SEND_BACK, _uncommitted_inside(inside), kind="submodule")
         message = f"abreast: {task_id} (run {self.run_id}, attempt {attempt})"
         head = await asyncio.to_thread(commit_all, self.repo, a.path, message)
         a.head = head
@@ -262,6 +268,8 @@ class WorktreeIsolation(Isolation):
                 f"changed files it does not own: {first}\n  {shown}",
                 kind="ownership",
             )
+        if self.subs:  # commits it moved submodules to: where the checks can check them out
+            await asyncio.to_thread(submodules.keep_commits, self.repo, a.path, self.subs, changed)
         if a.onto is not None:
             # Its work without the snapshots it started with: those land with their tasks.
             replayed = await asyncio.to_thread(self.repo.replay, a.onto, a.base, head, message)
@@ -514,3 +522,17 @@ class WorktreeIsolation(Isolation):
         elif not self.repo.update_ref(ref, head, current):
             return f"not landed: {self.base_name} moved while landing"
         return f"landed: {self.base_name} fast-forwarded to {head[:12]}"
+
+
+def _uncommitted_inside(inside: dict[str, list[str]]) -> str:
+    files = [f"{sub}/{f}" for sub, fs in inside.items() for f in fs]
+    where = ", ".join(inside)
+    first = files[0] + (f" and {len(files) - 1} more" if len(files) > 1 else "")
+    shown = "\n  ".join(files[:30]) + (f"\n  (+{len(files) - 30} more)" if len(files) > 30 else "")
+    return (
+        f"changed files inside the submodule{'s' if len(inside) > 1 else ''} {where} without "
+        f"committing them there: {first}"
+        f"\n  {shown}\nthe task's commit records only which commit a submodule is at: commit "
+        "the change inside the submodule (its new commit is then part of the work), or leave "
+        "the submodule alone"
+    )

@@ -27,7 +27,7 @@ from abreast.coord.journal import EventRow
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_SEND_BACK_KINDS = ("conflict", "check", "ownership", "containment")
+_SEND_BACK_KINDS = ("conflict", "check", "ownership", "containment", "submodule")
 _WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, float("inf"))
 
 

@@ -13,14 +13,21 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from abreast.workspace import submodules
 from abreast.workspace.repo import FAST, Repo, move_worktree, point_head
 
 
 class WorktreePool:
     def __init__(
-        self, repo: Repo, run_id: str, kind: str = "tasks", reserved: set[Path] | None = None
+        self,
+        repo: Repo,
+        run_id: str,
+        kind: str = "tasks",
+        reserved: set[Path] | None = None,
+        subs: list[submodules.Submodule] | None = None,
     ) -> None:
         self.repo = repo
+        self.subs = subs or []  # populated in every worktree handed out
         self.dir = repo.abreast_dir / "worktrees" / run_id / kind
         self._lock = threading.Condition()
         # path -> (no uncommitted change to tracked files, untracked files already removed)
@@ -77,6 +84,12 @@ class WorktreePool:
                 self.repo, path, branch, commit, clean=committed, remove_untracked=not cleaned
             )
             self.reused += 1
+        if self.subs:
+            try:
+                submodules.sync(self.repo, path, self.subs)
+            except BaseException:
+                self.release(path, clean=False)
+                raise
         return path
 
     def release(self, path: Path, *, clean: bool) -> None:
@@ -131,6 +144,11 @@ class WorktreePool:
             self._all.difference_update(idle)
         for path in idle:
             self.repo.worktree_remove(path)
+        for d in (self.dir, self.dir.parent):  # the run's directories, once nothing is kept
+            try:
+                d.rmdir()
+            except OSError:
+                break  # kept worktrees in it (until `abreast cleanup`), or never made
 
 
 def _number(path: Path) -> int:

@@ -323,6 +323,11 @@ def snapshot(path: Path, ref: str, message: str) -> str:
         tree = repo.git("write-tree", cwd=path, env=env).stdout.strip()
     head = repo.git("rev-parse", "HEAD", cwd=path).stdout.strip()
     commit = repo.commit_tree(tree, [head], message)
+    from abreast.workspace import submodules
+
+    subs = submodules.populated(repo)
+    if subs:  # a submodule moved to a commit of the task's own: where the waiting can reach it
+        submodules.keep_commits(repo, path, subs, repo.changed_paths(head, commit))
     repo.git("update-ref", ref, commit)
     return commit
 

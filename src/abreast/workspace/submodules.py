@@ -1,0 +1,172 @@
+"""Git submodules in task and check worktrees.
+
+A new worktree has empty directories where the repository's submodules go: git
+populates submodules only when asked, per checkout. Tasks (and the merge
+checks) see the submodules as the user's checkout has them: each submodule the
+user's checkout has populated is cloned into the worktree from that checkout's
+own copy of it (`.git/modules/NAME`), so no network is needed and the commit
+the superproject records is there. Submodules the user's checkout left empty
+stay empty. A submodule's own submodules are populated from their configured
+URLs (`--recursive`).
+
+What a task does inside a submodule: a new commit there (its recorded commit
+moved, e.g. `git -C vendor/lib checkout v2`) is part of the task's work, as git
+records it; abreast copies that commit into the user's copy of the submodule
+under `refs/abreast/kept/`, so that the merge checks, and the user after
+bringing the result in, can check it out. Files changed inside a submodule
+without a commit there cannot be landed by the superproject's commit: the
+attempt is sent back, naming them (see `uncommitted`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from abreast.workspace.repo import Repo
+
+# Submodules cloned from a local path: git >= 2.38 refuses the file transport for
+# submodules unless allowed (CVE-2022-39253); the path is the user's own repository.
+FILE_OK = ("-c", "protocol.file.allow=always")
+
+
+class SubmoduleError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Submodule:
+    name: str
+    url: str  # as the user's checkout has it configured
+    store: Path  # the user's checkout's copy: <git-common-dir>/modules/<name>
+
+
+def populated(repo: Repo) -> list[Submodule]:
+    """The submodules the user's checkout has initialised and cloned ([] for most
+    repositories: one `git config` call when there is a .gitmodules, none otherwise)."""
+    if not (repo.root / ".gitmodules").exists() and not (repo.common_dir / "modules").is_dir():
+        return []
+    proc = repo.git("config", "--local", "--get-regexp", r"^submodule\..*\.url$", check=False)
+    found = []
+    for line in proc.stdout.splitlines():
+        key, _, url = line.partition(" ")
+        name = key[len("submodule.") : -len(".url")]
+        store = repo.common_dir / "modules" / name
+        if url and (store / "HEAD").is_file():
+            found.append(Submodule(name, url, store))
+    return found
+
+
+def _paths(repo: Repo, path: Path, subs: list[Submodule]) -> dict[str, Submodule]:
+    """Where the worktree at `path` (at its own commit) puts each populated submodule."""
+    gitmodules = path / ".gitmodules"
+    if not gitmodules.is_file():
+        return {}
+    proc = repo.git(
+        "config", "--file", str(gitmodules), "--get-regexp", r"^submodule\..*\.path$",
+        cwd=path, check=False,
+    )  # fmt: skip
+    by_name = {s.name: s for s in subs}
+    out = {}
+    for line in proc.stdout.splitlines():
+        key, _, where = line.partition(" ")
+        sub = by_name.get(key[len("submodule.") : -len(".path")])
+        if sub is not None and where:
+            out[where] = sub
+    return out
+
+
+def sync(repo: Repo, path: Path, subs: list[Submodule]) -> None:
+    """Check out, in the worktree at `path`, the commit its superproject records for each
+    populated submodule, discarding whatever an earlier task left inside them (a pooled
+    worktree). First use in a worktree clones from the user's copy, which it keeps
+    borrowing objects from (git alternates: a commit that reaches the user's copy later is
+    there too); its `origin` is the user's, so a commit found in neither is fetched from
+    there, as `git submodule update` in the checkout would."""
+    where = _paths(repo, path, subs)
+    if not where:
+        return
+    local: list[str] = []
+    for sub in where.values():
+        local += ["-c", f"submodule.{sub.name}.url={sub.store}"]
+    fresh = [p for p in where if not (path / p / ".git").exists()]
+    update = [*FILE_OK, "submodule", "update", "--init", "--recursive", "--force", "--"]
+    proc = repo.git(*local, *update, *where, cwd=path, check=False)
+    for p in fresh:
+        _borrow(repo, path / p, where[p])
+    if proc.returncode != 0 and fresh:  # not in the user's copy: from where it comes from
+        proc = repo.git(*update, *where, cwd=path, check=False)
+    if proc.returncode != 0:
+        said = [line for line in proc.stderr.splitlines() if line.strip()]
+        raise SubmoduleError(
+            f"could not check out the submodule(s) {', '.join(where)}: "
+            + (said[-1].strip() if said else f"git exited with {proc.returncode}")
+            + "; the commit the work records is neither in your checkout's copy of the "
+            "submodule nor at its URL (`git submodule update` in your checkout says why)"
+        )
+    # What an earlier task left inside: untracked and ignored files (tracked ones were
+    # reset by --force).
+    repo.git(
+        "submodule", "foreach", "--quiet", "--recursive", "git clean -q -f -f -d -x",
+        cwd=path, check=False,
+    )  # fmt: skip
+
+
+def _borrow(repo: Repo, clone: Path, sub: Submodule) -> None:
+    """A submodule just cloned from the user's copy: its origin becomes the user's origin,
+    and it sees every object of the user's copy, now and later."""
+    if not (clone / ".git").exists():
+        return  # the clone itself failed
+    repo.git("remote", "set-url", "origin", sub.url, cwd=clone, check=False)
+    proc = repo.git("rev-parse", "--git-path", "objects/info/alternates", cwd=clone, check=False)
+    if proc.returncode == 0:
+        alternates = Path(proc.stdout.strip())
+        if not alternates.is_absolute():
+            alternates = clone / alternates
+        alternates.parent.mkdir(parents=True, exist_ok=True)
+        with alternates.open("a", encoding="utf-8") as f:
+            f.write(f"{sub.store / 'objects'}\n")
+
+
+def uncommitted(repo: Repo, path: Path, subs: list[Submodule]) -> dict[str, list[str]]:
+    """Submodule path -> files changed or added inside it without a commit there (what the
+    superproject's commit cannot carry), for the worktree at `path`."""
+    where = _paths(repo, path, subs)
+    if not where:
+        return {}
+    out = repo.git(
+        "-c", "core.fsmonitor=false",  # a submodule's config is the task's to write
+        "status", "--porcelain=v2", "-z", "--ignore-submodules=none", "--untracked-files=no",
+        "--", *where,
+        cwd=path,
+    ).stdout  # fmt: skip
+    found: dict[str, list[str]] = {}
+    for entry in out.split("\0"):
+        # "1 XY S<c><m><u> ..." for a submodule; m: tracked changes, u: untracked files.
+        parts = entry.split(" ", 8)
+        if len(parts) == 9 and parts[0] == "1" and parts[2].startswith("S"):
+            flags = parts[2]
+            if flags[2] == "M" or flags[3] == "U":
+                inner = repo.git(
+                    "status", "--porcelain=v1", "--untracked-files=all",
+                    cwd=path / parts[8], check=False,
+                ).stdout  # fmt: skip
+                found[parts[8]] = [line[3:] for line in inner.splitlines() if line[3:]]
+    return found
+
+
+def keep_commits(repo: Repo, path: Path, subs: list[Submodule], changed: list[str]) -> None:
+    """Copy the commits a task moved submodules to into the user's copies of them, under
+    refs/abreast/kept/<commit> (kept after `abreast cleanup`: the superproject's result
+    records them, and a submodule commit nobody pushed yet lives only there)."""
+    where = _paths(repo, path, subs)
+    for p in changed:
+        sub = where.get(p)
+        if sub is None or not (path / p / ".git").exists():
+            continue
+        head = repo.git("rev-parse", "HEAD", cwd=path / p).stdout.strip()
+        repo.git(
+            *FILE_OK, "fetch", "--quiet", "--no-tags", str(path / p),
+            f"+HEAD:refs/abreast/kept/{head}",
+            cwd=sub.store,
+        )  # fmt: skip
