@@ -804,3 +804,78 @@ def test_a_submodule_commit_missing_from_the_checkouts_copy_is_fetched_from_its_
     code, out, run_id = run(repo, path)
     assert code == 0, out
     assert show(repo, integration(run_id), "a.txt") == "lib v2\n"
+
+
+# -- Python packages installed in editable mode from the checkout ---------------------------
+
+
+def test_tasks_and_checks_import_the_worktrees_copy_of_an_editable_install(
+    repo: Path, tmp_path: Path
+) -> None:
+    # The project's package, installed in editable mode into a real virtual environment
+    # the way hatchling and setuptools (src layout) do it: a .pth naming the checkout's src/.
+    # Its src/ also holds a package named `abreast` that must never be the one the tasks'
+    # `abreast` runs (the case of abreast developed with abreast).
+    (repo / "src" / "pkg").mkdir()
+    (repo / "src" / "pkg" / "__init__.py").write_text("V = 1\n")
+    (repo / "src" / "abreast").mkdir()
+    (repo / "src" / "abreast" / "__init__.py").write_text("raise SystemExit('wrong abreast')\n")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    [site] = list(venv.glob("lib/python3*/site-packages"))
+    (site / "_editable_impl_pkg.pth").write_text(f"{repo / 'src'}\n")
+    show_v = "python -c 'import pkg; print(pkg.V)'"
+    path = workflow(
+        repo,
+        {
+            "a": {
+                "run": f"echo 'V = 2' > src/pkg/__init__.py && {show_v} > seen.txt && "
+                f"abreast lock t -- {show_v} > locked.txt",
+            }
+        },
+        locks={"t": {"ttl": "1m"}},
+        checks=[{"run": "python -c 'import pkg, sys; sys.exit(pkg.V != 2)'"}],
+    )
+    env = {
+        **os.environ,
+        "VIRTUAL_ENV": str(venv),
+        "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+    }
+    env.pop("PYTHONPATH", None)
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=repo, env=env)
+    out = result.out + result.err
+    assert result.code == 0, out
+    assert "note: Python packages installed in editable mode from this checkout (src)" in out
+    run_id = result.out.splitlines()[0][5:]
+    assert show(repo, integration(run_id), "seen.txt") == "2\n"  # not the checkout's 1
+    assert show(repo, integration(run_id), "locked.txt") == "2\n"  # CMD of `abreast lock` too
+    # Without abreast, the same environment imports the checkout's copy.
+    mine = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import pkg; print(pkg.V)"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert mine.stdout == "1\n"
+
+
+def test_editable_installs_are_found_in_every_form_setuptools_and_hatchling_write(
+    tmp_path: Path,
+) -> None:
+    from abreast.workspace.pyenv import editable_sources
+
+    root = tmp_path / "proj"
+    (root / "src").mkdir(parents=True)
+    venv = tmp_path / "venv"
+    site = venv / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    # hatchling / setuptools with a src layout: the directory itself.
+    (site / "_editable_impl_a.pth").write_text(f"{root / 'src'}\n")
+    # setuptools, flat layout: a finder module mapping packages to their directories.
+    (site / "__editable__.b-0.1.pth").write_text(
+        "import __editable___b_0_1_finder; __editable___b_0_1_finder.install()"
+    )
+    (site / "__editable___b_0_1_finder.py").write_text(
+        "import sys\nMAPPING: dict[str, str] = {'b': '%s'}\nNAMESPACES = {}\n" % (root / "b")
+    )
+    # Outside the checkout, and abreast's own state: not the checkout's packages.
+    (site / "other.pth").write_text(f"{tmp_path / 'elsewhere'}\n{root / '.abreast'}\n")
+    assert sorted(editable_sources(root, {"VIRTUAL_ENV": str(venv), "PATH": ""})) == [".", "src"]

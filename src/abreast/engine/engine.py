@@ -468,6 +468,8 @@ class Engine:
         task = tr.task
         command = task.run if task.run is not None else self.wf.agents[str(task.agent)].run
         env = dict(self.options.base_env)
+        if not self.isolation.instant:
+            env.update(self.isolation.env_for(cwd))
         if task.run is None and task.agent is not None:
             env.update(self.wf.agents[task.agent].env)
         env.update(task.env)

@@ -137,7 +137,18 @@ def _abreast_shim(bin_dir: Path) -> Path | None:
 
     if not sys.executable:
         return None
-    script = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m abreast "$@"\n'
+    # Inside a worktree PYTHONPATH may lead to the task's own copy of the checkout's
+    # packages (workspace/pyenv.py): abreast runs with the orchestrator's, and keeps the
+    # task's for the command `abreast lock` runs.
+    script = (
+        "#!/bin/sh\n"
+        'if [ -n "${ABREAST_OWN_PYTHONPATH+x}" ]; then\n'
+        '  ABREAST_TASK_PYTHONPATH="${PYTHONPATH-}"; export ABREAST_TASK_PYTHONPATH\n'
+        '  PYTHONPATH="$ABREAST_OWN_PYTHONPATH"; export PYTHONPATH\n'
+        '  [ -n "$PYTHONPATH" ] || unset PYTHONPATH\n'
+        "fi\n"
+        f'exec {shlex.quote(sys.executable)} -m abreast "$@"\n'
+    )
     target = bin_dir / "abreast"
     try:
         if target.read_text() == script and os.access(target, os.X_OK):
@@ -382,6 +393,13 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
             isolation = _isolation(
                 req, p, run_id, journal, kind, base_commit, env, supervisor, keys
             )
+            sources = getattr(isolation, "python_sources", None)
+            if sources:
+                _note(
+                    "note: Python packages installed in editable mode from this checkout "
+                    f"({', '.join(sources)}) are imported from each task's own worktree "
+                    "(its copy first on PYTHONPATH)"
+                )
             engine = Engine(
                 p.wf,
                 run_id,

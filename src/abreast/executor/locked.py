@@ -71,7 +71,13 @@ def run_locked(
         return LockOutcome(TIMEOUT_EXIT, waited, False, None)
     if lease.lapsed is not None:
         _fence(lease.lapsed, err)
-    env = {**os.environ, "ABREAST_LOCK_NAME": name, "ABREAST_LOCK_TOKEN": str(lease.token)}
+    from abreast.workspace.pyenv import for_command
+
+    env = {
+        **for_command(os.environ),  # the task's PYTHONPATH, which the abreast shim set aside
+        "ABREAST_LOCK_NAME": name,
+        "ABREAST_LOCK_TOKEN": str(lease.token),
+    }
     # CMD gets a process group of its own, so that losing the lock ends its whole tree and
     # nothing else. At a terminal, a session of its own too (a background group reading
     # the terminal would be stopped; signals are forwarded below). Elsewhere, inside a

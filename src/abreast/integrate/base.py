@@ -43,6 +43,11 @@ class Isolation:
     async def prepare(self, task_id: str, attempt: int) -> Path:
         return self.root
 
+    def env_for(self, workdir: str) -> dict[str, str]:
+        """What an attempt running in `workdir` needs in its environment beyond the run's
+        (the worktree's own Python sources first on PYTHONPATH)."""
+        return {}
+
     async def settle(self, task_id: str, attempt: int) -> Verdict | None:
         """Right after a successful attempt, while it still holds its slot: take in what it
         left (containment checks, commit, ownership). None: ready for `integrate`."""

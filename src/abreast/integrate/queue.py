@@ -64,8 +64,10 @@ class MergeQueue:
         check_logs: Path,
         hold: LockHolder,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        path_env: Callable[[Path], dict[str, str]] | None = None,
     ) -> None:
         self.repo = repo
+        self.path_env = path_env or (lambda _path: {})  # what a check in that worktree needs
         self.ref = ref
         self.run_id = run_id
         self.journal = journal
@@ -211,6 +213,7 @@ class MergeQueue:
         try:
             env = {
                 **self.check_env,
+                **self.path_env(path),
                 "ABREAST_TASK_ID": job.task_id,
                 "ABREAST_ATTEMPT": str(job.attempt),
                 "ABREAST_CHECK_COMMIT": commit,

@@ -31,7 +31,7 @@ from abreast.integrate.ownership import violations
 from abreast.integrate.queue import MergeJob, MergeQueue, check_env
 from abreast.plan.graph import TaskGraph
 from abreast.spec.model import Workflow
-from abreast.workspace import submodules
+from abreast.workspace import pyenv, submodules
 from abreast.workspace.pool import WorktreePool
 from abreast.workspace.repo import Repo, commit_all, signal_ref
 
@@ -115,6 +115,14 @@ class WorktreeIsolation(Isolation):
             if a.workdir and not a.head_commit and a.state not in ("failed", "interrupted")
         }
         self.subs = submodules.populated(self.repo)
+        env = base_env if base_env is not None else dict(os.environ)
+        # Editable installs of the checkout's own packages: tasks import the worktree's.
+        # (those in the repository's files: not a link tree under an ignored build/)
+        self.python_sources = [
+            rel
+            for rel in pyenv.editable_sources(self.repo.root, env)
+            if rel == "." or self.repo.has_path(self.base_commit, rel)
+        ]
         self.pool = WorktreePool(self.repo, run_id, "tasks", reserved, self.subs)
         self.check_pool = WorktreePool(self.repo, run_id, "checks", subs=self.subs)
         self.guard = Guard(self.repo, location.journal.parent, [s.store for s in self.subs])
@@ -153,14 +161,16 @@ class WorktreeIsolation(Isolation):
             journal,
             list(wf.checks),
             self.check_pool,
-            check_env(
-                base_env if base_env is not None else dict(os.environ), run_id, location.coord_url
-            ),
+            check_env(env, run_id, location.coord_url),
             run_dir / "checks",
             hold or LocalLocks().hold,
+            path_env=lambda path: pyenv.env_for(path, self.python_sources, env),
         )
 
     # -- before an attempt -------------------------------------------------------------------
+
+    def env_for(self, workdir: str) -> dict[str, str]:
+        return pyenv.env_for(Path(workdir), self.python_sources, self.queue.check_env)
 
     async def prepare(self, task_id: str, attempt: int) -> Path:
         base = await asyncio.to_thread(self.repo.rev_parse, self.ref)

@@ -183,6 +183,10 @@ class Repo:
                 found += [(path, fp) for fp, value in secrets if value and value in line]
         return sorted(set(found))
 
+    def has_path(self, commit: str, path: str) -> bool:
+        """Whether `path` (a file or directory) is in `commit`'s tree."""
+        return self.git("cat-file", "-e", f"{commit}:{path}", check=False).returncode == 0
+
     def log_oneline(self, rev_range: str, limit: int = 20) -> list[str]:
         proc = self.git(
             "log", "--oneline", "--no-decorate", f"-{limit}", rev_range, "--", check=False
