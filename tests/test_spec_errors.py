@@ -154,6 +154,13 @@ CASES = {
         "version: 1\nkeys: {k: {from: [K], limit: lots}}\ntasks:\n" + GOOD_TASK,
         [":2: keys.k.limit: 'lots' is not a rate"],
     ),
+    "worktrees_path_escapes": (
+        "version: 1\nworktrees: {copy: [.env, ../secrets], keep: [.git/x]}\ntasks:\n" + GOOD_TASK,
+        [
+            ":2: worktrees.copy[1]: must be a path relative to the repository root",
+            ":2: worktrees.keep[0]: must be a path relative to the repository root",
+        ],
+    ),
     "bad_literal": (
         "version: 1\nisolation: docker\ntasks:\n" + GOOD_TASK,
         [":2: isolation: input should be 'worktree' or 'none' (got 'docker')"],
@@ -276,3 +283,20 @@ def test_help_lists_every_command_and_each_command_parses_alone(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["lock", "--help"])
     assert "usage: abreast lock NAME [--ttl D]" in capsys.readouterr().out
+
+
+def test_init_writes_a_file_that_validates_with_its_examples_uncommented(  # type: ignore[no-untyped-def]
+    tmp_path, cli, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli("init").code == 0
+    again = cli("init")
+    assert again.code == 2 and "already exists" in again.err
+    path = tmp_path / "abreast.yaml"
+    assert cli("validate", str(path)).code == 0
+    text = path.read_text()
+    assert "# worktrees:" in text
+    every = tmp_path / "every.yaml"
+    every.write_text("".join(line.removeprefix("# ") + "\n" for line in text.splitlines()))
+    result = cli("validate", str(every))
+    assert result.code == 0, result.err

@@ -879,3 +879,56 @@ def test_editable_installs_are_found_in_every_form_setuptools_and_hatchling_writ
     # Outside the checkout, and abreast's own state: not the checkout's packages.
     (site / "other.pth").write_text(f"{tmp_path / 'elsewhere'}\n{root / '.abreast'}\n")
     assert sorted(editable_sources(root, {"VIRTUAL_ENV": str(venv), "PATH": ""})) == [".", "src"]
+
+
+# -- worktrees: copy and keep ---------------------------------------------------------------
+
+
+def test_worktrees_get_copied_files_and_keep_dependencies_between_tasks(repo: Path) -> None:
+    (repo / ".gitignore").write_text(".env\nnode_modules/\nbuild/\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore")
+    (repo / ".env").write_text("TOKEN=local\n")
+    install = (
+        "test -d node_modules || { mkdir node_modules && echo $ABREAST_TASK_ID > node_modules/by; }"
+    )
+    path = workflow(
+        repo,
+        {
+            # One at a time, so in one pooled worktree: b finds what a installed (kept),
+            # not what a built (removed), and its own copy of .env.
+            "a": {"run": f"{install}; mkdir build && touch build/out; echo changed > .env"},
+            "b": {
+                "needs": ["a"],
+                "run": f"{install}; cat node_modules/by .env > b.txt; "
+                "ls -A build > built.txt || true",
+            },
+        },
+        worktrees={"copy": [".env"], "keep": ["node_modules"]},
+        checks=[{"run": "grep -qx TOKEN=local .env"}],  # checks get the copy too
+    )
+    code, out, run_id = run(repo, path, "--sequential")
+    assert code == 0, out
+    assert show(repo, integration(run_id), "b.txt") == "a\nTOKEN=local\n"
+    assert show(repo, integration(run_id), "built.txt") == ""
+    landed = git(repo, "ls-tree", "-r", "--name-only", integration(run_id)).split()
+    assert ".env" not in landed and not any(p.startswith("node_modules") for p in landed)
+    assert (repo / ".env").read_text() == "TOKEN=local\n"  # a copy, not the checkout's file
+
+
+def test_worktrees_paths_git_does_not_ignore_stop_the_run_before_it_starts(repo: Path) -> None:
+    (repo / "local.cfg").write_text("x\n")
+    path = workflow(
+        repo,
+        {"a": {"run": "true"}},
+        worktrees={"copy": ["README.md", "missing.env"], "keep": ["node_modules"]},
+    )
+    code, out, _ = run(repo, path)
+    assert code == 2, out
+    assert "worktrees.copy: README.md is not ignored by git, so a task would commit it" in out
+    assert "worktrees.copy: missing.env does not exist in your checkout" in out
+    assert "worktrees.keep: node_modules is not ignored by git" in out
+    assert "Traceback" not in out
+    assert not (repo / ".abreast" / "state.db").exists() or not query(
+        repo / ".abreast" / "state.db", "SELECT run_id FROM runs"
+    )

@@ -18,6 +18,10 @@ defaults:
 # checks:                    # run on the merge result before a task's work lands
 #   - run: make test
 
+# worktrees:                 # each task runs in a git worktree of its own, which has only
+#   copy: [.env]             #   committed files: git-ignored files copied from your checkout
+#   keep: [node_modules]     #   ignored paths a reused worktree keeps for the next task
+
 tasks:
   plan:
     run: echo "planning" > PLAN.md

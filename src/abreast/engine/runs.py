@@ -300,6 +300,10 @@ def _isolation(
 
 def _base_commit(p: Prepared, kind: str, announce_note: Callable[[str], None]) -> str | None:
     if kind != "worktree":
+        if p.wf.worktrees.copy or p.wf.worktrees.keep:
+            announce_note(
+                "note: `worktrees:` does nothing here: tasks run in the project directory"
+            )
         return None
     from abreast.workspace.repo import Repo, dirty_paths
 
@@ -311,6 +315,11 @@ def _base_commit(p: Prepared, kind: str, announce_note: Callable[[str], None]) -
             hint="set `base:` to a branch, tag or commit that exists "
             "(a new repository needs a first commit)",
         )
+    from abreast.workspace.provision import problems
+
+    bad = problems(repo, list(p.wf.worktrees.copy), list(p.wf.worktrees.keep))
+    if bad:
+        raise UsageError("\n  ".join(bad), hint="fix `worktrees:` in the workflow file")
     # The workflow file is the orchestrator's, not the tasks': it is not counted.
     own = os.path.relpath(p.wf.source, repo.root) if p.wf.source else None
     dirty = [d for d in dirty_paths(repo, repo.root) if not d.startswith(".abreast/") and d != own]

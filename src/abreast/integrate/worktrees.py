@@ -32,7 +32,7 @@ from abreast.integrate.queue import MergeJob, MergeQueue, check_env
 from abreast.plan.graph import TaskGraph
 from abreast.spec.model import Workflow
 from abreast.workspace import pyenv, submodules
-from abreast.workspace.pool import WorktreePool
+from abreast.workspace.pool import Provision, WorktreePool
 from abreast.workspace.repo import Repo, commit_all, signal_ref
 
 
@@ -123,8 +123,13 @@ class WorktreeIsolation(Isolation):
             for rel in pyenv.editable_sources(self.repo.root, env)
             if rel == "." or self.repo.has_path(self.base_commit, rel)
         ]
-        self.pool = WorktreePool(self.repo, run_id, "tasks", reserved, self.subs)
-        self.check_pool = WorktreePool(self.repo, run_id, "checks", subs=self.subs)
+        provided = None
+        if self.subs or wf.worktrees.copy or wf.worktrees.keep:
+            provided = Provision(
+                self.repo.root, self.subs, list(wf.worktrees.copy), list(wf.worktrees.keep)
+            )
+        self.pool = WorktreePool(self.repo, run_id, "tasks", reserved, provided)
+        self.check_pool = WorktreePool(self.repo, run_id, "checks", provided=provided)
         self.guard = Guard(self.repo, location.journal.parent, [s.store for s in self.subs])
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._blamed: dict[tuple[str, int], list[Change]] = {}

@@ -248,6 +248,34 @@ class Containment:
     main_checkout: Literal["fail", "warn"] = "fail"
 
 
+def _inside(v: str) -> str:
+    parts = v.replace("\\", "/").split("/")
+    if not v or v.startswith("/") or ".." in parts or parts[0] == ".git" or "\0" in v:
+        raise ValueError(
+            "must be a path relative to the repository root, inside it (no leading '/', "
+            "no '..', not in .git)"
+        )
+    return v
+
+
+# A path relative to the repository root, inside it.
+RelPath = Annotated[str, MinLen(1), After(_inside)]
+
+
+@dataclass(frozen=True)
+class Worktrees:
+    """What task and check worktrees get beyond the repository's committed files (with
+    `isolation: worktree`). Both take only paths git ignores: anything else would be
+    committed with a task's work."""
+
+    copy: Annotated[
+        list[RelPath], Doc("files or directories of your checkout copied into each worktree")
+    ] = field(default_factory=list)
+    keep: Annotated[
+        list[RelPath], Doc("ignored paths a reused worktree keeps from one task to the next")
+    ] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class TaskFields:
     """What `defaults` may set for every task."""
@@ -301,6 +329,7 @@ class Workflow:
     heartbeat: Heartbeat = Heartbeat()
     memory: Memory = Memory()
     containment: Containment = Containment()
+    worktrees: Worktrees = Worktrees()
 
     # Set after validation (not read from the file): where the workflow was read from and
     # the sha256 of its bytes (by the loader); what the validator learnt of the dependency

@@ -11,10 +11,21 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from abreast.workspace import submodules
+from abreast.workspace import provision, submodules
 from abreast.workspace.repo import FAST, Repo, move_worktree, point_head
+
+
+@dataclass(frozen=True)
+class Provision:
+    """What each worktree the pool hands out gets beyond the committed files."""
+
+    source: Path  # the user's checkout
+    subs: list[submodules.Submodule] = field(default_factory=list)
+    copy: list[str] = field(default_factory=list)  # paths copied from the checkout
+    keep: list[str] = field(default_factory=list)  # ignored paths kept between tasks
 
 
 class WorktreePool:
@@ -24,10 +35,11 @@ class WorktreePool:
         run_id: str,
         kind: str = "tasks",
         reserved: set[Path] | None = None,
-        subs: list[submodules.Submodule] | None = None,
+        provided: Provision | None = None,
     ) -> None:
         self.repo = repo
-        self.subs = subs or []  # populated in every worktree handed out
+        self.provided = provided
+        self._spare = provision.clean_excludes(provided.keep) if provided else ()
         self.dir = repo.abreast_dir / "worktrees" / run_id / kind
         self._lock = threading.Condition()
         # path -> (no uncommitted change to tracked files, untracked files already removed)
@@ -81,16 +93,28 @@ class WorktreePool:
         else:
             committed, cleaned = state
             move_worktree(
-                self.repo, path, branch, commit, clean=committed, remove_untracked=not cleaned
+                self.repo,
+                path,
+                branch,
+                commit,
+                clean=committed,
+                remove_untracked=not cleaned,
+                spare=self._spare,
             )
             self.reused += 1
-        if self.subs:
+        if self.provided is not None:
             try:
-                submodules.sync(self.repo, path, self.subs)
+                self._provide(path, self.provided)
             except BaseException:
                 self.release(path, clean=False)
                 raise
         return path
+
+    def _provide(self, path: Path, p: Provision) -> None:
+        if p.subs:
+            submodules.sync(self.repo, path, p.subs)
+        if p.copy:
+            provision.copy_into(p.source, path, p.copy)
 
     def release(self, path: Path, *, clean: bool) -> None:
         """Give a worktree back; its untracked and ignored files are removed in the
@@ -104,7 +128,7 @@ class WorktreePool:
     def _clean(self, path: Path, committed: bool) -> None:
         cleaned = (
             self.repo.git(
-                *FAST, "clean", "-q", "-f", "-f", "-d", "-x", cwd=path, check=False
+                *FAST, "clean", "-q", "-f", "-f", "-d", "-x", *self._spare, cwd=path, check=False
             ).returncode
             == 0
         )

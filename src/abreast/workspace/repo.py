@@ -246,13 +246,15 @@ def move_worktree(
     *,
     clean: bool,
     remove_untracked: bool = True,
+    spare: tuple[str, ...] = (),
 ) -> None:
     """Put the worktree at `path` on `branch` at `commit`, costing what differs.
 
     `clean`: the worktree holds no uncommitted change to tracked files (the last attempt
     was committed), so a two-way merge from HEAD touches only the paths that differ;
     otherwise every tracked file is reset. Untracked and ignored files are removed
-    (unless `remove_untracked` is False: the pool did it already).
+    (unless `remove_untracked` is False: the pool did it already), except what `spare`
+    (`git clean -e` arguments) keeps.
     """
     moved = False
     if clean:
@@ -265,7 +267,7 @@ def move_worktree(
     if not moved:
         repo.git(*FAST, "read-tree", "--reset", "-u", commit, cwd=path)
     if remove_untracked:
-        repo.git(*FAST, "clean", "-q", "-f", "-f", "-d", "-x", cwd=path)
+        repo.git(*FAST, "clean", "-q", "-f", "-f", "-d", "-x", *spare, cwd=path)
     if branch is None:
         repo.git("update-ref", "--no-deref", "HEAD", commit, cwd=path)
         return

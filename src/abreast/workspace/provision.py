@@ -1,0 +1,68 @@
+"""What a worktree gets beyond the committed files: the workflow's `worktrees:` key.
+
+`copy`: files or directories of the user's checkout (git-ignored ones: a `.env`,
+a local config) copied into each worktree, tasks' and checks', each time one is
+handed out. `keep`: ignored paths a pooled worktree keeps from one task to the
+next (`node_modules`, `.venv`, build caches), so that installing dependencies is
+paid once per worktree rather than once per task. Both must be ignored by git
+(else they would be committed with a task's work); `problems` says which are
+not, before a run starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from abreast.workspace.repo import Repo
+
+
+def problems(repo: Repo, copy: list[str], keep: list[str]) -> list[str]:
+    """What is wrong with the workflow's `worktrees:` in this repository, one line each."""
+    out = []
+    for p in copy:
+        if not os.path.lexists(repo.root / p):
+            out.append(f"worktrees.copy: {p} does not exist in your checkout ({repo.root})")
+    wanted = [p.rstrip("/") for p in [*copy, *keep]]
+    if wanted:
+        # Asked as a file and as a directory: `node_modules/` in .gitignore matches only
+        # the latter, and a path to keep may not exist yet.
+        asked = [q for p in wanted for q in (p, p + "/")]
+        proc = repo.git("check-ignore", "--no-index", "--", *asked, check=False)
+        ignored = {line.rstrip("/") for line in proc.stdout.splitlines()}
+        tracked = set(repo.git("ls-files", "--", *wanted, check=False).stdout.splitlines())
+        for key, paths in (("copy", copy), ("keep", keep)):
+            for p in paths:
+                q = p.rstrip("/")
+                if q not in ignored or any(t == q or t.startswith(q + "/") for t in tracked):
+                    out.append(
+                        f"worktrees.{key}: {p} is not ignored by git, so a task would commit "
+                        "it with its work; add it to .gitignore (and commit that)"
+                    )
+    return out
+
+
+def clean_excludes(keep: list[str]) -> tuple[str, ...]:
+    """`git clean` arguments that spare the kept paths (-x still removes everything else
+    ignored)."""
+    out: list[str] = []
+    for p in keep:
+        out += ["-e", "/" + p.strip("/")]  # anchored at the worktree's root
+    return tuple(out)
+
+
+def copy_into(source: Path, worktree: Path, paths: list[str]) -> None:
+    """Copy each path of the user's checkout into the worktree (replacing what is there;
+    symlinks copied as symlinks)."""
+    for p in paths:
+        src, dst = source / p, worktree / p
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+        else:
+            if dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst)
+            elif os.path.lexists(dst):
+                dst.unlink()
+            shutil.copy2(src, dst, follow_symlinks=False)
