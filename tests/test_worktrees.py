@@ -657,18 +657,31 @@ def test_status_says_what_a_merge_started_on_a_signal_waits_for(repo: Path) -> N
 # -- submodules ---------------------------------------------------------------------------
 
 
+def lib_repo(where: Path) -> Path:
+    """A repository with lib.txt at "lib v1" (and *.o ignored)."""
+    where.mkdir()
+    git(where, "init", "-q", "-b", "main")
+    (where / ".gitignore").write_text("*.o\n")
+    commit_lib(where, "v1")
+    return where
+
+
+def commit_lib(lib: Path, version: str) -> None:
+    (lib / "lib.txt").write_text(f"lib {version}\n")
+    git(lib, "add", "-A")
+    git(lib, "-c", "user.name=T", "-c", "user.email=t@e", "commit", "-q", "-m", version)
+
+
+def add_submodule(repo: Path, lib: Path, where: str) -> None:
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), where)
+    git(repo, "commit", "-q", "-m", f"add {where}")
+
+
 @pytest.fixture
 def with_submodule(repo: Path, tmp_path: Path) -> Path:
     """`repo` with the repository `lib` as the populated submodule vendor/lib."""
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    git(lib, "init", "-q", "-b", "main")
-    (lib / "lib.txt").write_text("lib v1\n")
-    (lib / ".gitignore").write_text("*.o\n")
-    git(lib, "add", "-A")
-    git(lib, "-c", "user.name=T", "-c", "user.email=t@e", "commit", "-q", "-m", "v1")
-    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "vendor/lib")
-    git(repo, "commit", "-q", "-m", "add lib")
+    lib = lib_repo(tmp_path / "lib")
+    add_submodule(repo, lib, "vendor/lib")
     # From here on the original is out of reach: what tasks see comes from the checkout's copy.
     lib.rename(tmp_path / "lib-moved")
     return repo
@@ -778,24 +791,9 @@ def test_a_task_started_on_a_signal_gets_the_submodule_commit_of_the_task_that_s
 def test_a_submodule_commit_missing_from_the_checkouts_copy_is_fetched_from_its_url(
     repo: Path, tmp_path: Path
 ) -> None:
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    git(lib, "init", "-q", "-b", "main")
-    for version in ("v1", "v2"):
-        (lib / "lib.txt").write_text(f"lib {version}\n")
-        git(lib, "add", "-A")
-        git(lib, "-c", "user.name=T", "-c", "user.email=t@e", "commit", "-q", "-m", version)
-        if version == "v1":
-            git(
-                repo,
-                "-c",
-                "protocol.file.allow=always",
-                "submodule",
-                "add",
-                "-q",
-                str(lib),
-                "v/lib",
-            )
+    lib = lib_repo(tmp_path / "lib")
+    add_submodule(repo, lib, "v/lib")
+    commit_lib(lib, "v2")
     # The project moves to v2 (a colleague's commit, say) before this checkout fetched it.
     path = workflow(repo, {"a": {"run": "cp v/lib/lib.txt a.txt"}})
     v2 = git(lib, "rev-parse", "HEAD").strip()
