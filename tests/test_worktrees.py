@@ -930,3 +930,76 @@ def test_worktrees_paths_git_does_not_ignore_stop_the_run_before_it_starts(repo:
     assert not (repo / ".abreast" / "state.db").exists() or not query(
         repo / ".abreast" / "state.db", "SELECT run_id FROM runs"
     )
+
+
+# -- the live view --------------------------------------------------------------------------
+
+
+def on_a_terminal(argv: list[str], cwd: Path, cols: int, timeout: float = 60) -> tuple[int, str]:
+    """Run argv with a pseudo-terminal of `cols` columns as its stdin, stdout and stderr;
+    its exit status and everything it wrote."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+    proc = subprocess.Popen(
+        argv, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, env={**env, "TERM": "xterm"}
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every writer of the terminal is gone
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        code = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return code, b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_the_live_view_shows_progress_tasks_and_merges_as_they_go(repo: Path) -> None:
+    import re
+
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "sleep 0.6; echo A > a.txt"},
+            "b": {"run": "sleep 1.2; echo B > b.txt"},
+        },
+        checks=[{"run": "sleep 1"}],
+    )
+    argv = [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor"]
+    code, screen = on_a_terminal(argv, repo, cols=80)
+    assert code == 0, screen
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)  # the screen's text, styles gone
+    live = text.split(f"run {run_id_in(text)}: succeeded in")[0]  # before the summary
+    lines = [line for chunk in live.split("\n") for line in chunk.split("\r")]
+    assert "━" in text and "0/2 done" in text and "2/2 done" in text
+    assert any(re.fullmatch(r"a\s+attempt 1\s+\d+\.\ds\s*", line) for line in lines)
+    # A merge's line counts the time since its attempt ended (its check takes 1 s).
+    merging = [float(m) for m in re.findall(r"merging\s+(\d+\.\d)s", text)]
+    assert merging and max(merging) >= 0.5, merging
+    # In 80 columns the bar gives way, so that the state counts are read whole; no line
+    # of the view is wider than the terminal (it would wrap, and redrawing in place fail).
+    assert "integrating 1" in text
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert "wall " in text.split(live, 1)[1]  # the summary follows
+
+
+def run_id_in(text: str) -> str:
+    return text.split("run: ", 1)[1].split(maxsplit=1)[0]

@@ -111,6 +111,7 @@ class TaskRun:
     last_log: str | None = None
     retry_at: float | None = None
     killed_for: str | None = None  # why the orchestrator killed the running attempt
+    since_mono: float = 0.0  # when it entered its current state (time.monotonic)
 
     @property
     def id(self) -> str:
@@ -924,6 +925,7 @@ class Engine:
     def _set(self, tr: TaskRun, state: TaskState, **fields: Any) -> None:
         check_transition(tr.id, tr.state, state)
         tr.state = state
+        tr.since_mono = time.monotonic()
         if state is TaskState.RUNNING or state is TaskState.INTEGRATING:
             self._active.add(tr)
         else:

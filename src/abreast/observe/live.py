@@ -51,30 +51,30 @@ class LiveView(View):
         total = len(e.tasks)
         done = sum(counts[s] for s in TaskState if s.terminal)
         progress = f"{done}/{total} done  {clock(e.elapsed())}  cap {e.cap()}"
+        states = " ".join(
+            f"{s.value} {c}" for s, c in counts.items() if c and s is not TaskState.PENDING
+        )
+        # A narrow terminal shortens the bar (to 10), then cuts the state counts short.
+        bar = max(10, min(40, self.console.width - len(progress) - len(states) - 2))
         head = Table.grid(padding=(0, 1))
-        # A narrow terminal cuts the state counts short, not the bar or the progress.
-        head.add_column(no_wrap=True, min_width=40)
+        head.add_column(no_wrap=True, min_width=bar)
         head.add_column(no_wrap=True, min_width=len(progress))
         head.add_column(no_wrap=True, overflow="ellipsis")
         head.add_row(
-            ProgressBar(total=total, completed=done, width=40),
+            ProgressBar(total=total, completed=done, width=bar),
             Text(progress),
-            Text(
-                " ".join(
-                    f"{s.value} {c}"
-                    for s, c in counts.items()
-                    if c and s not in (TaskState.PENDING,)
-                ),
-                style="dim",
-            ),
+            Text(states, style="dim"),
         )
         rows = Table.grid(padding=(0, 2))
         now = time.monotonic()
         shown = 0
         for tr in e.tasks:
             if tr.state in (TaskState.RUNNING, TaskState.INTEGRATING) and shown < 20:
-                took = now - tr.running.started_mono if tr.running else 0.0
-                what = "merging" if tr.state is TaskState.INTEGRATING else f"attempt {tr.attempts}"
+                if tr.state is TaskState.INTEGRATING:  # since its attempt ended
+                    took, what = now - tr.since_mono, "merging"
+                else:
+                    took = now - tr.running.started_mono if tr.running else 0.0
+                    what = f"attempt {tr.attempts}"
                 rows.add_row(
                     Text(tr.id, style=_STATE_STYLE[tr.state]),
                     Text(what),
