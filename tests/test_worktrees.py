@@ -699,7 +699,10 @@ def test_tasks_and_checks_see_the_submodules_the_checkout_has(with_submodule: Pa
         {
             # One task at a time, so in one pooled worktree: each finds the submodule as
             # recorded, whatever the one before it left inside (ignored files included).
-            "a": {"run": "cp vendor/lib/lib.txt a.txt; touch vendor/lib/junk.o"},
+            "a": {
+                "run": "cp vendor/lib/lib.txt a.txt; touch vendor/lib/junk.o; "
+                "git -C vendor/lib remote get-url origin > origin.txt"
+            },
             "b": {"needs": ["a"], "run": b, "retries": 1, "backoff": {"initial": 0.05}},
         },
         checks=[{"run": "grep -qx 'lib v1' vendor/lib/lib.txt"}],
@@ -708,6 +711,9 @@ def test_tasks_and_checks_see_the_submodules_the_checkout_has(with_submodule: Pa
     assert code == 0, out
     assert show(repo, integration(run_id), "a.txt") == "lib v1\n"
     assert show(repo, integration(run_id), "b.txt") == "lib v1\n"
+    # Cloned from the checkout's copy, it fetches from where the checkout's copy does.
+    url = git(repo / "vendor" / "lib", "remote", "get-url", "origin")
+    assert show(repo, integration(run_id), "origin.txt") == url
     # b's first attempt changed a file inside the submodule without a commit there: that
     # cannot land with the superproject's commit, so it was sent back, the file named.
     assert "changed files inside the submodule vendor/lib without committing them there" in out
@@ -1003,3 +1009,14 @@ def test_the_live_view_shows_progress_tasks_and_merges_as_they_go(repo: Path) ->
 
 def run_id_in(text: str) -> str:
     return text.split("run: ", 1)[1].split(maxsplit=1)[0]
+
+
+def test_a_submodules_url_is_written_to_its_config_as_git_reads_it(tmp_path: Path) -> None:
+    from abreast.workspace.submodules import _set_origin
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "init", "-q", str(clone))
+    git(clone, "remote", "add", "origin", "/some/where")
+    url = 'https://user:tok"en\\x@example.com/lib.git'
+    _set_origin(clone / ".git" / "config", url)
+    assert git(clone, "remote", "get-url", "origin") == url + "\n"

@@ -117,15 +117,31 @@ def _borrow(repo: Repo, clone: Path, sub: Submodule) -> None:
     and it sees every object of the user's copy, now and later."""
     if not (clone / ".git").exists():
         return  # the clone itself failed
-    repo.git("remote", "set-url", "origin", sub.url, cwd=clone, check=False)
-    proc = repo.git("rev-parse", "--git-path", "objects/info/alternates", cwd=clone, check=False)
-    if proc.returncode == 0:
-        alternates = Path(proc.stdout.strip())
-        if not alternates.is_absolute():
-            alternates = clone / alternates
-        alternates.parent.mkdir(parents=True, exist_ok=True)
-        with alternates.open("a", encoding="utf-8") as f:
-            f.write(f"{sub.store / 'objects'}\n")
+    proc = repo.git("rev-parse", "--absolute-git-dir", cwd=clone, check=False)
+    if proc.returncode != 0:
+        return
+    git_dir = Path(proc.stdout.strip())
+    _set_origin(git_dir / "config", sub.url)
+    alternates = git_dir / "objects" / "info" / "alternates"
+    alternates.parent.mkdir(parents=True, exist_ok=True)
+    with alternates.open("a", encoding="utf-8") as f:
+        f.write(f"{sub.store / 'objects'}\n")
+
+
+def _set_origin(config: Path, url: str) -> None:
+    """Point the remote `origin` of a fresh clone at `url`, written into its config file
+    rather than passed to `git remote set-url`: a URL may hold a token, which must not
+    appear in any process's argv."""
+    quoted = '"' + url.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    lines = config.read_text(encoding="utf-8").splitlines()
+    section = ""
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped
+        elif section == '[remote "origin"]' and stripped.split("=", 1)[0].strip() == "url":
+            lines[i] = f"\turl = {quoted}"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def uncommitted(repo: Repo, path: Path, subs: list[Submodule]) -> dict[str, list[str]]:
