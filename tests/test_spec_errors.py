@@ -161,6 +161,14 @@ CASES = {
             ":2: worktrees.keep[0]: must be a path relative to the repository root",
         ],
     ),
+    "agent_undeclared": (
+        "version: 1\ntasks:\n  a: {agent: claude, prompt: hi}\n",
+        [
+            ":3: unknown agent 'claude'",
+            "agents:\n      claude:\n        run: claude -p \"$ABREAST_PROMPT\"",
+            "no built-in agents",
+        ],
+    ),
     "bad_literal": (
         "version: 1\nisolation: docker\ntasks:\n" + GOOD_TASK,
         [":2: isolation: input should be 'worktree' or 'none' (got 'docker')"],

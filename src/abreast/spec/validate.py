@@ -62,6 +62,17 @@ def describe_path(path: tuple[str | int, ...]) -> str:
     return out
 
 
+# What to declare for the agents people name most, shown when one is used undeclared: each
+# edits files without asking (an attempt has nobody to ask), and takes the prompt from the
+# environment. Not built in: their flags change from version to version.
+AGENT_EXAMPLES = {
+    "claude": 'claude -p "$ABREAST_PROMPT" --permission-mode acceptEdits',
+    "codex": 'codex exec --sandbox workspace-write "$ABREAST_PROMPT"',
+    "aider": 'aider --yes-always --message "$ABREAST_PROMPT"',
+    "gemini": 'gemini --approval-mode auto_edit -p "$ABREAST_PROMPT"',
+}
+
+
 class _Validator:
     def __init__(self, doc: Document) -> None:
         self.doc = doc
@@ -411,12 +422,16 @@ class _Validator:
             section = {"agent": "agents", "key pool": "keys", "pool": "pools", "lock": "locks"}[
                 kind
             ]
-            self.problem(
-                path,
-                f"unknown {kind} {name!r}" + did_you_mean(name, known),
-                hint=f"declare it under `{section}:`"
-                + (f" (known: {', '.join(sorted(known))})" if known else ""),
+            hint = f"declare it under `{section}:`" + (
+                f" (known: {', '.join(sorted(known))})" if known else ""
             )
+            if kind == "agent" and name in AGENT_EXAMPLES:
+                hint += (
+                    f", for example:\n    agents:\n      {name}:\n        run: "
+                    f"{AGENT_EXAMPLES[name]}\n  (abreast has no built-in agents: "
+                    f"check the flags against your version's `{name} --help`)"
+                )
+            self.problem(path, f"unknown {kind} {name!r}" + did_you_mean(name, known), hint=hint)
 
     def _env(self, path: tuple[str | int, ...], env: typing.Mapping[str, str]) -> None:
         for key in env:
