@@ -625,3 +625,39 @@ def test_a_check_that_loses_its_lock_is_ended_and_run_again(tmp_path: Path) -> N
     events = [r[0] for r in query(repo / ".abreast" / "state.db", "SELECT type FROM events")]
     assert "lock.lost" in events
     assert not marked_processes(out.splitlines()[0][5:])  # nothing of the run is left
+
+
+def test_a_run_says_whom_its_tasks_and_checks_wait_for(tmp_path: Path) -> None:
+    for args in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "0"]):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True)
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    holder = subprocess.Popen([*lock_argv(state), "sleep", "60"])
+    coord = open_coordinator(f"sqlite://{tmp_path}/.abreast/coord.db")
+    run = None
+    try:
+        wait_for(lambda: coord.holder("tests") is not None, what="the holder outside the run")
+        run = run_json(
+            tmp_path,
+            {
+                "name": "says",
+                "isolation": "worktree",
+                "locks": {"tests": {"ttl": 30}},
+                "checks": [{"run": "true", "lock": "tests"}],
+                "tasks": {"a": {"run": "true", "locks": ["tests"]}, "b": {"run": "echo b > b"}},
+            },
+        )
+        wait_for(lambda: len(coord.waiters("tests")) == 2, what="a and b's check to queue")
+        holder.terminate()
+        holder.wait(timeout=10)
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, out + err
+        assert f"a: waits for the lock 'tests', held by pid {holder.pid} on" in out
+        assert f"b: its checks wait for the lock 'tests', held by pid {holder.pid} on" in out
+    finally:
+        if run is not None and run.poll() is None:
+            run.kill()
+            run.communicate()
+        coord.close()
+        if holder.poll() is None:
+            holder.terminate()
+            holder.wait(timeout=10)

@@ -165,7 +165,7 @@ CASES = {
         "version: 1\ntasks:\n  a: {agent: claude, prompt: hi}\n",
         [
             ":3: unknown agent 'claude'",
-            "agents:\n      claude:\n        run: claude -p \"$ABREAST_PROMPT\"",
+            'agents:\n      claude:\n        run: claude -p "$ABREAST_PROMPT"',
             "no built-in agents",
         ],
     ),

@@ -35,6 +35,7 @@ from abreast.coord.backend import (
     open_coordinator,
 )
 from abreast.coord.journal import Journal
+from abreast.executor.locked import describe
 from abreast.executor.process import end_lease_holders, fence, tree_stats
 from abreast.integrate.checks import Held
 from abreast.spec.model import Workflow
@@ -97,7 +98,9 @@ class Supervisor:
             ttl = self.wf.locks[name].ttl
             holder = Holder.here(run=self.run_id, task=task_id, suffix=f":{attempt}")
             t0 = time.monotonic()
-            lease, fenced = await asyncio.to_thread(self._acquire_blocking, name, holder, ttl)
+            lease, fenced = await asyncio.to_thread(
+                self._acquire_blocking, name, holder, ttl, self._say(f"{task_id}: waits for")
+            )
             waited = time.monotonic() - t0
             self.lock_wait_s[name] = self.lock_wait_s.get(name, 0.0) + waited
             self._journal_grant(lease, fenced, task_id, attempt=attempt, wait_s=round(waited, 6))
@@ -109,13 +112,35 @@ class Supervisor:
         (raising WaitStopped) instead of holding the run until the lock is free."""
         self._stop_waits.set()
 
-    def _acquire_blocking(self, name: str, holder: Holder, ttl_s: float) -> tuple[Lease, int]:
+    def _say(self, what: str) -> Callable[[str], None]:
+        """A note for the view, callable from a worker thread: `what` + the rest."""
+        loop = asyncio.get_running_loop()
+
+        def say(rest: str) -> None:
+            loop.call_soon_threadsafe(self.note, f"{what} {rest}")
+
+        return say
+
+    def _acquire_blocking(
+        self, name: str, holder: Holder, ttl_s: float, say: Callable[[str], None] | None = None
+    ) -> tuple[Lease, int]:
         """(the lease, how many processes still holding the lease before it were ended: that
-        lease ran out without being given back, and they must not work beside ours)."""
+        lease ran out without being given back, and they must not work beside ours). If it
+        has to wait, `say` hears once whom for."""
         # A connection of its own: this waits in a worker thread.
         coord = open_coordinator(self._url())
+        said = False
+
+        def waiting() -> None:
+            nonlocal said
+            if said or say is None:
+                return
+            said = True
+            current = coord.holder(name)
+            say(f"the lock {name!r}, held by {describe(current) if current else 'another'}")
+
         try:
-            lease = coord.acquire(name, holder, ttl_s, stop=self._stop_waits)
+            lease = coord.acquire(name, holder, ttl_s, on_wait=waiting, stop=self._stop_waits)
         finally:
             coord.close()
         if lease is None:
@@ -156,7 +181,10 @@ class Supervisor:
             task=holder_id.split("/")[1] if "/" in holder_id else None,
             suffix=":check",
         )
-        lease, fenced = await asyncio.to_thread(self._acquire_blocking, name, holder, ttl)
+        task = holder_id.split("/")[1] if "/" in holder_id else holder_id
+        lease, fenced = await asyncio.to_thread(
+            self._acquire_blocking, name, holder, ttl, self._say(f"{task}: its checks wait for")
+        )
         self._journal_grant(lease, fenced, None, holder=holder_id)
         stop = asyncio.Event()
         held = Held(lease)

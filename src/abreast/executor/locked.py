@@ -55,7 +55,7 @@ def run_locked(
         nonlocal told
         if not told:
             current = coord.holder(name)
-            who = _describe(current) if current else "someone"
+            who = describe(current) if current else "someone"
             err.write(f"abreast lock: waiting for {name!r} (held by {who})\n")
             err.flush()
             told = True
@@ -64,7 +64,7 @@ def run_locked(
     waited = time.monotonic() - t0
     if lease is None:
         current = coord.holder(name)
-        who = _describe(current) if current else "nobody now"
+        who = describe(current) if current else "nobody now"
         err.write(
             f"abreast lock: gave up waiting for {name!r} after {waited:.1f}s (held by {who})\n"
         )
@@ -168,7 +168,7 @@ def _fence(lapsed: Lease, err: TextIO) -> None:
     ended = fence(lapsed.name, lapsed.token, lapsed.holder.host)
     if ended:
         err.write(
-            f"abreast lock: the last lease of {lapsed.name!r} ({_describe(lapsed)}) ran out "
+            f"abreast lock: the last lease of {lapsed.name!r} ({describe(lapsed)}) ran out "
             f"while its command still ran; ended {ended} process(es) of it first\n"
         )
         err.flush()
@@ -185,7 +185,8 @@ def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
     kill_pids(members_of_group_or_session(proc.pid) or [proc.pid], grace_s=2.0)
 
 
-def _describe(lease: Lease) -> str:
+def describe(lease: Lease) -> str:
+    """Who holds a lease, for messages."""
     h = lease.holder
     parts = []
     if h.run:
