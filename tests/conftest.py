@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,13 @@ import pytest
 from abreast.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The suite is hermetic: run as a task or a check of an abreast run (abreast's own
+# dogfooding), the environment names that run (ABREAST_STATE, ABREAST_RUN_ID, ...), and the
+# runs the tests start would be journaled there, or read its settings
+# (ABREAST_MAX_PARALLEL, ABREAST_PARALLEL).
+for _name in [n for n in os.environ if n.startswith("ABREAST_")]:
+    del os.environ[_name]
 
 
 @dataclass
