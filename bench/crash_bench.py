@@ -1,14 +1,16 @@
 """Kill the orchestrator with SIGKILL at random points, resume, and check nothing was lost.
 
     python bench/crash_bench.py [--runs 50] [--tasks 12] [--seed 0] [--isolation none]
-                                [--signals]
+                                [--signals] [--batch N]
 
 Each round: a random DAG of tasks that sleep a little and then append their attempt
 number to a per-task count file; `abreast run` is SIGKILLed after a random number of
 tasks finished plus a random delay; `abreast resume` finishes it. A round passes when
 every task counted exactly once, the run succeeded, and no process of the run is left.
 With --signals (worktrees), some needs wait only for a signal the task gives halfway
-(its files as a snapshot), and the result must also hold every task's file.
+(its files as a snapshot), and the result must also hold every task's file. With
+--batch N (worktrees), every merge runs a short check, and up to N queued merges are
+checked together (`merge: {batch: N}`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ def git(root: Path, *args: str) -> str:
 
 
 def one_round(
-    base: Path, n: int, rng: random.Random, isolation: str, signals: bool = False
+    base: Path,
+    n: int,
+    rng: random.Random,
+    isolation: str,
+    signals: bool = False,
+    batch: int = 0,
 ) -> tuple[bool, str]:
     root = Path(tempfile.mkdtemp(dir=base))
     (root / "counts").mkdir()
@@ -61,6 +68,7 @@ def one_round(
                 "name": "crash",
                 "isolation": isolation,
                 "max_parallel": 3,
+                **({"checks": [{"run": "sleep 0.1"}], "merge": {"batch": batch}} if batch else {}),
                 "tasks": tasks,
             }
         )
@@ -134,15 +142,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--isolation", default="none", choices=("none", "worktree"))
     ap.add_argument("--signals", action="store_true", help="signal waits (worktree only)")
+    ap.add_argument("--batch", type=int, default=0, help="checks, merged in batches of N")
     args = ap.parse_args()
-    if args.signals and args.isolation != "worktree":
-        ap.error("--signals goes with --isolation worktree")
+    if (args.signals or args.batch) and args.isolation != "worktree":
+        ap.error("--signals and --batch go with --isolation worktree")
     rng = random.Random(args.seed)
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         for i in range(args.runs):
-            ok, detail = one_round(base, args.tasks, rng, args.isolation, args.signals)
+            ok, detail = one_round(base, args.tasks, rng, args.isolation, args.signals, args.batch)
             failures += not ok
             print(f"{i + 1:>3}/{args.runs} {'ok  ' if ok else 'FAIL'} {detail}", flush=True)
     print(

@@ -347,9 +347,10 @@ def test_worktree_isolation_outside_git_is_a_clear_error(tmp_path: Path) -> None
     assert "isolation: worktree needs a git repository" in result.err
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("moment", ["merge", "checks"])
 def test_sigkill_during_merge_or_checks_lands_each_task_once_and_only_checked(
-    repo: Path, moment: str
+    repo: Path, moment: str, batch: int
 ) -> None:
     marker = repo.parent / "check-started"
     checked = repo.parent / "checked"
@@ -359,7 +360,7 @@ def test_sigkill_during_merge_or_checks_lands_each_task_once_and_only_checked(
         f'echo "$ABREAST_CHECK_COMMIT" >> {checked}'
     )
     tasks = {f"t{i}": {"run": f"echo {i} > f{i}.txt; sleep 0.{i}"} for i in range(4)}
-    path = workflow(repo, tasks, max_parallel=4, checks=[{"run": check}])
+    path = workflow(repo, tasks, max_parallel=4, checks=[{"run": check}], merge={"batch": batch})
     proc, run_id = start_run(path, cwd=repo)
     wait_for(marker.exists, timeout=30, what="a check to start")
     if moment == "merge":
@@ -1020,3 +1021,114 @@ def test_a_submodules_url_is_written_to_its_config_as_git_reads_it(tmp_path: Pat
     url = 'https://user:tok"en\\x@example.com/lib.git'
     _set_origin(clone / ".git" / "config", url)
     assert git(clone, "remote", "get-url", "origin") == url + "\n"
+
+
+# -- the merge queue in batches ---------------------------------------------------------------
+
+# `python wait.py JOURNAL N`: wait (poll with a deadline) until N merges have been queued
+# in the run's journal.
+WAIT_QUEUED = """
+import sqlite3, sys, time
+journal, n = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    db = sqlite3.connect(journal)
+    queued = db.execute("SELECT count(*) FROM events WHERE type = 'merge.queued'").fetchone()[0]
+    db.close()
+    if queued >= n:
+        break
+    time.sleep(0.05)
+"""
+# A check that waits so, records which tasks it checks, and is red when the merge holds a
+# file BROKEN.
+BATCH_CHECK = (
+    WAIT_QUEUED
+    + """
+import os
+with open(sys.argv[3], "a") as f:
+    f.write(os.environ["ABREAST_TASK_ID"] + "\\n")
+sys.exit(1 if os.path.exists("BROKEN") else 0)
+"""
+)
+
+
+def batch_scripts(root: Path, repo: Path) -> tuple[str, str, Path]:
+    """(a command that waits until N merges are queued, followed by N; the check's command,
+    followed by N; the file the check records in)."""
+    wait, check, record = root / "wait.py", root / "check.py", root / "checked.txt"
+    wait.write_text(WAIT_QUEUED)
+    check.write_text(BATCH_CHECK)
+    journal = repo / ".abreast" / "state.db"
+    return f"{PY} {wait} {journal}", f"{PY} {check} {journal} {{}} {record}", record
+
+
+def test_queued_merges_are_checked_together_and_a_red_batch_is_split(
+    repo: Path, tmp_path: Path
+) -> None:
+    wait, check, record = batch_scripts(tmp_path, repo)
+    path = workflow(
+        repo,
+        {
+            # a's merge is queued alone; b, c and d end after it (and while its check waits
+            # for all four merges to be queued).
+            "a": {"run": "echo a > a.txt"},
+            "b": {"run": f"{wait} 1 && echo b > b.txt"},
+            "c": {"run": f"{wait} 1 && touch BROKEN", "retries": 0},
+            "d": {"run": f"{wait} 1 && echo d > d.txt"},
+        },
+        max_parallel=4,
+        merge={"batch": 4},
+        checks=[{"run": check.format(4)}],
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1, out  # c broke the checks
+    checked = record.read_text().splitlines()
+    # a alone; the three queued meanwhile together, red; then split in halves, the first
+    # half first, each checked together again, down to c alone: only c was sent back.
+    assert checked[0] == "a"
+    together = checked[1].split()
+    assert sorted(together) == ["b", "c", "d"]
+
+    def bisect(jobs: list[str]) -> list[str]:
+        if len(jobs) == 1 or "c" not in jobs:
+            return [" ".join(jobs)]
+        half = len(jobs) // 2
+        return [" ".join(jobs), *bisect(jobs[:half]), *bisect(jobs[half:])]
+
+    assert checked[1:] == bisect(together)
+    result = integration(run_id)
+    for task in ("a", "b", "d"):
+        assert show(repo, result, f"{task}.txt") == f"{task}\n"
+    assert "BROKEN" not in git(repo, "ls-tree", "--name-only", result)
+    assert "c  failed" in out
+
+
+def test_a_green_batch_lands_every_task_with_its_own_merge_commit(
+    repo: Path, tmp_path: Path
+) -> None:
+    wait, check, record = batch_scripts(tmp_path, repo)
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "echo a > a.txt"},
+            "b": {"run": f"{wait} 1 && echo b > b.txt"},
+            "c": {"run": f"{wait} 1 && echo c > c.txt"},
+        },
+        max_parallel=3,
+        merge={"batch": 2},
+        checks=[{"run": check.format(3)}],
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    checked = record.read_text().splitlines()
+    assert checked[0] == "a" and sorted(checked[1].split()) == ["b", "c"], checked
+    assert len(checked) == 2
+    landings = [
+        s.split(" ")[2]
+        for s in git(repo, "log", "--first-parent", "--format=%s", integration(run_id)).split("\n")
+        if s.startswith("abreast: land ")
+    ]
+    assert sorted(landings) == ["a", "b", "c"]  # one merge commit each, on the first-parent line
+    journal = repo / ".abreast" / "state.db"
+    events = query(journal, "SELECT data FROM events WHERE type = 'merge.landed'")
+    assert sorted(json.loads(d).get("batch", 1) for (d,) in events) == [1, 2, 2]

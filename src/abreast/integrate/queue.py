@@ -8,6 +8,12 @@
               ▼
            update-ref INTEGRATION NEW OLD   (compare-and-swap: moved meanwhile? merge again)
 
+With `merge: {batch: N}`, up to N jobs waiting in the queue are merged one after
+the other and checked once; green lands them all with one compare-and-swap; red
+splits the batch in halves, each taken the same way (first half first), down to
+single jobs, so that only the work that breaks the checks is sent back. (A job
+that conflicts inside a batch, or a compare-and-swap that fails, is taken alone.)
+
 The integration ref only ever points at a merge whose checks passed: the
 merge commit exists unreferenced until then. The decision to land is journaled
 before the ref moves; after a crash, a task whose commit is already in the
@@ -26,7 +32,7 @@ from typing import Any
 from abreast.coord.backend import WaitStopped
 from abreast.coord.journal import Journal
 from abreast.integrate.base import Outcome, Verdict
-from abreast.integrate.checks import CheckControl, LockHolder, run_checks
+from abreast.integrate.checks import CheckControl, CheckResult, LockHolder, run_checks
 from abreast.spec.model import Check
 from abreast.workspace.pool import WorktreePool
 from abreast.workspace.repo import Repo
@@ -65,8 +71,10 @@ class MergeQueue:
         hold: LockHolder,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         path_env: Callable[[Path], dict[str, str]] | None = None,
+        batch: int = 1,
     ) -> None:
         self.repo = repo
+        self.batch = batch  # at most this many queued merges checked together
         self.path_env = path_env or (lambda _path: {})  # what a check in that worktree needs
         self.ref = ref
         self.run_id = run_id
@@ -117,13 +125,115 @@ class MergeQueue:
 
     async def _work(self) -> None:
         while True:
-            job = await self._jobs.get()
+            jobs = [await self._jobs.get()]
+            while len(jobs) < self.batch and not self._jobs.empty():
+                jobs.append(self._jobs.get_nowait())
+            await self._land_all(jobs)
+
+    async def _land_all(self, jobs: list[MergeJob]) -> None:
+        """Give every job its verdict: several are merged and checked together; a red
+        batch is split in halves, each taken the same way (the first half first), down to
+        single jobs, so that only the work that breaks the checks is sent back."""
+        if len(jobs) == 1:
             try:
-                verdict = await self._land(job)
+                verdict = await self._land(jobs[0])
             except Exception as e:
                 verdict = Verdict(Outcome.FAILED, f"merge queue error: {e}", kind="error")
-            if job.done is not None and not job.done.done():
-                job.done.set_result(verdict)
+            _resolve(jobs[0], verdict)
+            return
+        try:
+            red, alone = await self._land_batch(jobs)
+        except Exception as e:
+            for job in jobs:
+                _resolve(job, Verdict(Outcome.FAILED, f"merge queue error: {e}", kind="error"))
+            return
+        if red:
+            half = len(red) // 2
+            await self._land_all(red[:half])
+            await self._land_all(red[half:])
+        for job in alone:
+            await self._land_all([job])
+
+    async def _land_batch(self, jobs: list[MergeJob]) -> tuple[list[MergeJob], list[MergeJob]]:
+        """Merge queued jobs onto the integration head one after the other and check the
+        result once: green lands them all with one move of the ref (each keeps its own merge
+        commit in the history). Returns (the batch, if its checks were red: to be split;
+        what is to be taken alone, in order, as without batching: those that conflict or
+        add nothing, so that their messages are the usual ones, and all of them when no
+        batch could be made or the ref moved meanwhile)."""
+        repo = self.repo
+        found = await asyncio.to_thread(repo.commit_and_tree, self.ref)
+        if found is None or self._checks.stopped:
+            return [], jobs
+        old, tree = found
+        members: list[tuple[MergeJob, str]] = []
+        alone: list[MergeJob] = []
+        chain = old
+        for job in jobs:
+            merge = await asyncio.to_thread(repo.merge_tree, chain, job.head)
+            if not merge.clean or merge.tree == tree:
+                alone.append(job)
+                continue
+            chain = await asyncio.to_thread(
+                repo.commit_tree,
+                merge.tree,
+                [chain, job.head],
+                f"abreast: land {job.task_id} (run {self.run_id}, attempt {job.attempt})",
+            )
+            tree = merge.tree
+            members.append((job, chain))
+        if len(members) < 2:
+            return [], jobs
+        together = [job for job, _ in members]
+        result = await self._checks_on(together, chain)
+        if result is None:  # cancelled meanwhile
+            for job in together:
+                cancelled = Verdict(
+                    Outcome.FAILED, "cancelled while its checks ran", kind="cancelled"
+                )
+                _resolve(job, cancelled)
+            return [], alone
+        if not result.ok:
+            self.journal.stage_event(
+                self.run_id,
+                "merge.batch_failed",
+                None,
+                tasks=[job.task_id for job in together],
+                check=result.name,
+                log=result.log,
+            )
+            return together, alone
+        for job, commit in members:
+            self.journal.stage_event(
+                self.run_id, "merge.checked", job.task_id, attempt=job.attempt, commit=chain
+            )
+            self.journal.stage_event(
+                self.run_id,
+                "merge.landing",
+                job.task_id,
+                attempt=job.attempt,
+                commit=commit,
+                old=old,
+            )
+        self.journal.commit()  # the decision is durable before the ref moves
+        if not await asyncio.to_thread(repo.update_ref, self.ref, chain, old):
+            return [], together + alone  # someone else moved it: each alone, onto the new head
+        previous = old
+        for job, commit in members:
+            self.stats.landed += 1
+            self.journal.stage_event(
+                self.run_id,
+                "merge.landed",
+                job.task_id,
+                attempt=job.attempt,
+                commit=commit,
+                old=previous,
+                batch=len(members),
+            )
+            self.on_event("merge.landed", {"task": job.task_id, "commit": commit})
+            _resolve(job, Verdict(Outcome.LANDED, commit))
+            previous = commit
+        return [], alone
 
     async def _land(self, job: MergeJob) -> Verdict:
         repo = self.repo
@@ -208,25 +318,30 @@ class MergeQueue:
         self.on_event("merge.conflict", {"task": job.task_id, "files": files})
         return Verdict(Outcome.SEND_BACK, detail, kind="conflict")
 
-    async def _check(self, job: MergeJob, commit: str) -> Verdict | None:
+    async def _checks_on(self, jobs: list[MergeJob], commit: str) -> CheckResult | None:
+        """Run the checks on `commit`, the merge of `jobs` (one, or a batch) onto the
+        integration head; None if the run was cancelled meanwhile."""
+        first = jobs[0]
         path = await asyncio.to_thread(self.check_pool.acquire, None, commit)
         try:
             env = {
                 **self.check_env,
                 **self.path_env(path),
-                "ABREAST_TASK_ID": job.task_id,
-                "ABREAST_ATTEMPT": str(job.attempt),
+                "ABREAST_TASK_ID": " ".join(job.task_id for job in jobs),
+                "ABREAST_ATTEMPT": " ".join(str(job.attempt) for job in jobs),
                 "ABREAST_CHECK_COMMIT": commit,
             }
-            prefix = str(self.check_logs / f"{job.task_id}.{job.attempt}")
+            name = f"{first.task_id}.{first.attempt}"
+            if len(jobs) > 1:
+                name = f"batch-{name}+{len(jobs) - 1}"
             try:
                 result = await run_checks(
                     self.checks,
                     path,
                     env,
-                    prefix,
+                    str(self.check_logs / name),
                     self.hold,
-                    holder=f"{self.run_id}/{job.task_id}/check",
+                    holder=f"{self.run_id}/{first.task_id}/check",
                     control=self._checks,
                 )
             except WaitStopped:
@@ -234,11 +349,19 @@ class MergeQueue:
         finally:
             self.check_pool.release(path, clean=False)
         if result is None or self._checks.stopped:  # not a verdict on the work
-            return Verdict(Outcome.FAILED, "cancelled while its checks ran", kind="cancelled")
+            return None
         self.stats.lock_wait_s += result.wait_s
-        self.on_event(
-            "checks.finished", {"task": job.task_id, "ok": result.ok, "lock_wait_s": result.wait_s}
-        )
+        for job in jobs:
+            self.on_event(
+                "checks.finished",
+                {"task": job.task_id, "ok": result.ok, "lock_wait_s": result.wait_s},
+            )
+        return result
+
+    async def _check(self, job: MergeJob, commit: str) -> Verdict | None:
+        result = await self._checks_on([job], commit)
+        if result is None:
+            return Verdict(Outcome.FAILED, "cancelled while its checks ran", kind="cancelled")
         if result.ok:
             self.journal.stage_event(
                 self.run_id, "merge.checked", job.task_id, attempt=job.attempt, commit=commit
@@ -254,6 +377,11 @@ class MergeQueue:
             log=result.log,
         )
         return Verdict(Outcome.SEND_BACK, result.detail + f"\n(log: {result.log})", kind="check")
+
+
+def _resolve(job: MergeJob, verdict: Verdict) -> None:
+    if job.done is not None and not job.done.done():
+        job.done.set_result(verdict)
 
 
 def check_env(base: dict[str, str], run_id: str, coord_url: str) -> dict[str, str]:

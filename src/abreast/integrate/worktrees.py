@@ -170,6 +170,7 @@ class WorktreeIsolation(Isolation):
             run_dir / "checks",
             hold or LocalLocks().hold,
             path_env=lambda path: pyenv.env_for(path, self.python_sources, env),
+            batch=wf.merge.batch,
         )
 
     # -- before an attempt -------------------------------------------------------------------

@@ -277,6 +277,18 @@ class Worktrees:
 
 
 @dataclass(frozen=True)
+class Merge:
+    """The merge queue (with `isolation: worktree`)."""
+
+    batch: Annotated[
+        int,
+        Ge(1),
+        Le(100),
+        Doc("at most this many queued merges checked together; a red batch is split"),
+    ] = 1
+
+
+@dataclass(frozen=True)
 class TaskFields:
     """What `defaults` may set for every task."""
 
@@ -330,6 +342,7 @@ class Workflow:
     memory: Memory = Memory()
     containment: Containment = Containment()
     worktrees: Worktrees = Worktrees()
+    merge: Merge = Merge()
 
     # Set after validation (not read from the file): where the workflow was read from and
     # the sha256 of its bytes (by the loader); what the validator learnt of the dependency
