@@ -998,8 +998,9 @@ def test_the_live_view_shows_progress_tasks_and_merges_as_they_go(repo: Path) ->
     lines = [line for chunk in live.split("\n") for line in chunk.split("\r")]
     assert "━" in text and "0/2 done" in text and "2/2 done" in text
     assert any(re.fullmatch(r"a\s+attempt 1\s+\d+\.\ds\s*", line) for line in lines)
-    # A merge's line counts the time since its attempt ended (its check takes 1 s).
-    merging = [float(m) for m in re.findall(r"merging\s+(\d+\.\d)s", text)]
+    # A merge's line says where it is, and counts the time since its attempt ended (its
+    # check takes 1 s).
+    merging = [float(m) for m in re.findall(r"merging: checking\s+(\d+\.\d)s", text)]
     assert merging and max(merging) >= 0.5, merging
     # In 80 columns the bar gives way, so that the state counts are read whole; no line
     # of the view is wider than the terminal (it would wrap, and redrawing in place fail).

@@ -43,6 +43,11 @@ class Isolation:
     async def prepare(self, task_id: str, attempt: int) -> Path:
         return self.root
 
+    def phase(self, task_id: str) -> str | None:
+        """Where a settled task's work is on its way to landing, in a few words (for the
+        live view), or None."""
+        return None
+
     def env_for(self, workdir: str) -> dict[str, str]:
         """What an attempt running in `workdir` needs in its environment beyond the run's
         (the worktree's own Python sources first on PYTHONPATH)."""

@@ -86,6 +86,7 @@ class MergeQueue:
         self.hold = hold
         self.on_event = on_event or (lambda _type, _data: None)
         self.stats = QueueStats()
+        self.phase: dict[str, str] = {}  # task -> where its job is: queued, checking, ...
         self._jobs: asyncio.Queue[MergeJob] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._checks = CheckControl()
@@ -98,6 +99,8 @@ class MergeQueue:
     async def submit(self, job: MergeJob) -> Verdict:
         done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         job.done = done
+        self.phase[job.task_id] = "queued"
+        done.add_done_callback(lambda _f: self.phase.pop(job.task_id, None))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work())
         await self._jobs.put(job)
@@ -147,6 +150,9 @@ class MergeQueue:
             for job in jobs:
                 _resolve(job, Verdict(Outcome.FAILED, f"merge queue error: {e}", kind="error"))
             return
+        for job in (*red, *alone):
+            if job.task_id in self.phase:
+                self.phase[job.task_id] = "queued"
         if red:
             half = len(red) // 2
             await self._land_all(red[:half])
@@ -322,6 +328,11 @@ class MergeQueue:
         """Run the checks on `commit`, the merge of `jobs` (one, or a batch) onto the
         integration head; None if the run was cancelled meanwhile."""
         first = jobs[0]
+        for job in jobs:
+            if job.task_id in self.phase:
+                self.phase[job.task_id] = (
+                    "checking" if len(jobs) == 1 else f"checking, batch of {len(jobs)}"
+                )
         path = await asyncio.to_thread(self.check_pool.acquire, None, commit)
         try:
             env = {

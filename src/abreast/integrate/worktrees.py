@@ -145,6 +145,7 @@ class WorktreeIsolation(Isolation):
         # only after it (or once it failed), so that the checks see the files it used.
         self._ended: dict[str, asyncio.Event] = {}
         self.queue_aborted = False
+        self._phase: dict[str, str] = {}  # task -> what its merge waits for, before the queue
         if self._signal_waits:  # after a crash: tasks whose own work is on the branch now
             events = journal.events(run_id, types=("merge.landed",))
             self._landed_before = {e.task_id for e in events if e.task_id is not None}
@@ -361,6 +362,9 @@ class WorktreeIsolation(Isolation):
             self._landed.append(task_id)
         return verdict
 
+    def phase(self, task_id: str) -> str | None:
+        return self._phase.get(task_id) or self.queue.phase.get(task_id)
+
     def _ended_event(self, task_id: str) -> asyncio.Event:
         return self._ended.setdefault(task_id, asyncio.Event())
 
@@ -380,8 +384,12 @@ class WorktreeIsolation(Isolation):
                 f"{task_id}: its work lands after {', '.join(waiting)}'s,"
                 " whose files it started with"
             )
-            for d in waiting:
-                await self._ended_event(d).wait()
+            self._phase[task_id] = f"lands after {', '.join(waiting)}"
+            try:
+                for d in waiting:
+                    await self._ended_event(d).wait()
+            finally:
+                self._phase.pop(task_id, None)
         lost = [d for d in deps if d not in self._landed and d not in self._landed_before]
         if not lost or self.queue_aborted:
             return None

@@ -71,7 +71,8 @@ class LiveView(View):
         for tr in e.tasks:
             if tr.state in (TaskState.RUNNING, TaskState.INTEGRATING) and shown < 20:
                 if tr.state is TaskState.INTEGRATING:  # since its attempt ended
-                    took, what = now - tr.since_mono, "merging"
+                    phase = e.isolation.phase(tr.id)
+                    took, what = now - tr.since_mono, f"merging: {phase}" if phase else "merging"
                 else:
                     took = now - tr.running.started_mono if tr.running else 0.0
                     what = f"attempt {tr.attempts}"
