@@ -226,18 +226,7 @@ class MergeQueue:
             return [], together + alone  # someone else moved it: each alone, onto the new head
         previous = old
         for job, commit in members:
-            self.stats.landed += 1
-            self.journal.stage_event(
-                self.run_id,
-                "merge.landed",
-                job.task_id,
-                attempt=job.attempt,
-                commit=commit,
-                old=previous,
-                batch=len(members),
-            )
-            self.on_event("merge.landed", {"task": job.task_id, "commit": commit})
-            _resolve(job, Verdict(Outcome.LANDED, commit))
+            _resolve(job, self._landed(job, commit, previous, batch=len(members)))
             previous = commit
         return [], alone
 
@@ -283,23 +272,29 @@ class MergeQueue:
             )
             self.journal.commit()  # the decision is durable before the ref moves
             if await asyncio.to_thread(repo.update_ref, self.ref, new, old):
-                self.stats.landed += 1
-                self.journal.stage_event(
-                    self.run_id,
-                    "merge.landed",
-                    job.task_id,
-                    attempt=job.attempt,
-                    commit=new,
-                    old=old,
-                )
-                self.on_event("merge.landed", {"task": job.task_id, "commit": new})
-                return Verdict(Outcome.LANDED, new)
+                return self._landed(job, new, old)
             # Someone else moved the integration branch: merge again onto its new head.
         return Verdict(
             Outcome.FAILED,
             f"{self.ref} kept moving; gave up after {MAX_CAS_RETRIES} tries",
             kind="error",
         )
+
+    def _landed(self, job: MergeJob, commit: str, old: str, **extra: Any) -> Verdict:
+        """The integration ref moved from `old` to (a descendant of) `commit`, the merge of
+        `job`: journal and count it."""
+        self.stats.landed += 1
+        self.journal.stage_event(
+            self.run_id,
+            "merge.landed",
+            job.task_id,
+            attempt=job.attempt,
+            commit=commit,
+            old=old,
+            **extra,
+        )
+        self.on_event("merge.landed", {"task": job.task_id, "commit": commit})
+        return Verdict(Outcome.LANDED, commit)
 
     async def _conflict(self, job: MergeJob, old: str, files: list[str]) -> Verdict:
         theirs = await asyncio.to_thread(self.repo.log_oneline, f"{job.base}..{old}")
