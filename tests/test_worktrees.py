@@ -814,13 +814,15 @@ def test_a_submodule_commit_missing_from_the_checkouts_copy_is_fetched_from_its_
 # -- Python packages installed in editable mode from the checkout ---------------------------
 
 
-def test_tasks_and_checks_import_the_worktrees_copy_of_an_editable_install(
-    repo: Path, tmp_path: Path
-) -> None:
-    # The project's package, installed in editable mode into a real virtual environment
-    # the way hatchling and setuptools (src layout) do it: a .pth naming the checkout's src/.
-    # Its src/ also holds a package named `abreast` that must never be the one the tasks'
-    # `abreast` runs (the case of abreast developed with abreast).
+SHOW_V = "python -c 'import pkg; print(pkg.V)'"
+
+
+def editable_env(repo: Path, tmp_path: Path) -> dict[str, str]:
+    """The project's package `pkg` (V = 1), installed in editable mode into a real virtual
+    environment the way hatchling and setuptools (src layout) do it: a .pth naming the
+    checkout's src/. Its src/ also holds a package named `abreast` that must never be the
+    one the tasks' `abreast` runs (the case of abreast developed with abreast). Returns an
+    environment with that virtual environment active."""
     (repo / "src" / "pkg").mkdir()
     (repo / "src" / "pkg" / "__init__.py").write_text("V = 1\n")
     (repo / "src" / "abreast").mkdir()
@@ -829,24 +831,30 @@ def test_tasks_and_checks_import_the_worktrees_copy_of_an_editable_install(
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     [site] = list(venv.glob("lib/python3*/site-packages"))
     (site / "_editable_impl_pkg.pth").write_text(f"{repo / 'src'}\n")
-    show_v = "python -c 'import pkg; print(pkg.V)'"
-    path = workflow(
-        repo,
-        {
-            "a": {
-                "run": f"echo 'V = 2' > src/pkg/__init__.py && {show_v} > seen.txt && "
-                f"abreast lock t -- {show_v} > locked.txt",
-            }
-        },
-        locks={"t": {"ttl": "1m"}},
-        checks=[{"run": "python -c 'import pkg, sys; sys.exit(pkg.V != 2)'"}],
-    )
     env = {
         **os.environ,
         "VIRTUAL_ENV": str(venv),
         "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
     }
     env.pop("PYTHONPATH", None)
+    return env
+
+
+def test_tasks_and_checks_import_the_worktrees_copy_of_an_editable_install(
+    repo: Path, tmp_path: Path
+) -> None:
+    env = editable_env(repo, tmp_path)
+    path = workflow(
+        repo,
+        {
+            "a": {
+                "run": f"echo 'V = 2' > src/pkg/__init__.py && {SHOW_V} > seen.txt && "
+                f"abreast lock t -- {SHOW_V} > locked.txt",
+            }
+        },
+        locks={"t": {"ttl": "1m"}},
+        checks=[{"run": "python -c 'import pkg, sys; sys.exit(pkg.V != 2)'"}],
+    )
     result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=repo, env=env)
     out = result.out + result.err
     assert result.code == 0, out
@@ -856,10 +864,26 @@ def test_tasks_and_checks_import_the_worktrees_copy_of_an_editable_install(
     assert show(repo, integration(run_id), "locked.txt") == "2\n"  # CMD of `abreast lock` too
     # Without abreast, the same environment imports the checkout's copy.
     mine = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import pkg; print(pkg.V)"],
-        cwd=tmp_path, capture_output=True, text=True, check=True,
+        ["python", "-c", "import pkg; print(pkg.V)"],
+        cwd=tmp_path, capture_output=True, text=True, check=True, env=env,
     )  # fmt: skip
     assert mine.stdout == "1\n"
+
+
+def test_worktrees_pythonpath_false_leaves_the_environment_as_it_is(
+    repo: Path, tmp_path: Path
+) -> None:
+    env = editable_env(repo, tmp_path)
+    path = workflow(
+        repo,
+        {"a": {"run": f"echo 'V = 2' > src/pkg/__init__.py && {SHOW_V} > seen.txt"}},
+        worktrees={"pythonpath": False},
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=repo, env=env)
+    assert result.code == 0, result.out + result.err
+    assert "editable mode" not in result.out + result.err
+    run_id = result.out.splitlines()[0][5:]
+    assert show(repo, integration(run_id), "seen.txt") == "1\n"  # the checkout's, as asked
 
 
 def test_editable_installs_are_found_in_every_form_setuptools_and_hatchling_write(

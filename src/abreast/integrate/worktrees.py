@@ -118,11 +118,15 @@ class WorktreeIsolation(Isolation):
         env = base_env if base_env is not None else dict(os.environ)
         # Editable installs of the checkout's own packages: tasks import the worktree's.
         # (those in the repository's files: not a link tree under an ignored build/)
-        self.python_sources = [
-            rel
-            for rel in pyenv.editable_sources(self.repo.root, env)
-            if rel == "." or self.repo.has_path(self.base_commit, rel)
-        ]
+        self.python_sources = (
+            [
+                rel
+                for rel in pyenv.editable_sources(self.repo.root, env)
+                if rel == "." or self.repo.has_path(self.base_commit, rel)
+            ]
+            if wf.worktrees.pythonpath
+            else []
+        )
         provided = None
         if self.subs or wf.worktrees.copy or wf.worktrees.keep:
             provided = Provision(

@@ -274,6 +274,9 @@ class Worktrees:
     keep: Annotated[
         list[RelPath], Doc("ignored paths a reused worktree keeps from one task to the next")
     ] = field(default_factory=list)
+    pythonpath: Annotated[
+        bool, Doc("put the worktree's copy of editable-installed sources first on PYTHONPATH")
+    ] = True
 
 
 @dataclass(frozen=True)
