@@ -411,6 +411,7 @@ def test_a_silent_task_is_an_orphan_killed_and_retried(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, out + err
     assert "orphan: no sign of life" in out
+    assert "raise `heartbeat.orphan_after`" in out  # what to do if the quiet was rightful
     first = int((tmp_path / "pids").read_text().split()[0])
     assert not pid_alive(first)
     db = tmp_path / ".abreast" / "state.db"

@@ -294,7 +294,8 @@ class Supervisor:
                     Trouble(
                         task_id,
                         f"orphan: no sign of life (CPU, I/O or output) "
-                        f"for {quiet:.0f}s; its process tree was killed",
+                        f"for {quiet:.0f}s; its process tree was killed (if it may rightly "
+                        "be quiet that long, raise `heartbeat.orphan_after`)",
                         "no_activity",
                     )
                 )
