@@ -191,6 +191,10 @@ def _next_attempt(journal: Journal, a: AttemptRow) -> tuple[AttemptRow, AttemptR
 
 def _show_one(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> None:
     path = Path(a.log or "")
+    # An attempt is journaled before its process starts (and makes its log): a follower
+    # waits for the log while the attempt is still to run.
+    while follow and not path.exists() and _still_running(journal, a):
+        time.sleep(0.1)  # a viewer following a file: nothing to be woken by
     if not path.exists():
         raise UsageError(f"the log of {a.task_id} attempt {a.attempt} is gone: {path}")
     # Incremental: a character split across two reads (a 64 KiB boundary, or a task
@@ -208,19 +212,24 @@ def _show_one(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> Non
             if not follow:
                 out.write(text.decode(b"", final=True))
                 return
-            current = next(
-                (x for x in journal.attempts(a.run_id, a.task_id) if x.attempt == a.attempt), None
-            )
-            run = journal.run(a.run_id)
-            if (
-                current is None
-                or current.ended_at is not None
-                or run is None
-                or run_state(run) != "running"
-            ):
+            if not _still_running(journal, a):
                 out.write(text.decode(f.read(), final=True))
                 return
             time.sleep(0.2)  # a viewer following a file: nothing to be woken by
+
+
+def _still_running(journal: Journal, a: AttemptRow) -> bool:
+    """Whether attempt `a` has not ended, in a run still running."""
+    current = next(
+        (x for x in journal.attempts(a.run_id, a.task_id) if x.attempt == a.attempt), None
+    )
+    run = journal.run(a.run_id)
+    return (
+        current is not None
+        and current.ended_at is None
+        and run is not None
+        and run_state(run) == "running"
+    )
 
 
 def dump(data: dict[str, Any], out: TextIO) -> None:
