@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +98,15 @@ def test_three_parallel_tasks_land_and_the_user_checkout_is_untouched(repo: Path
     db = repo / ".abreast" / "state.db"
     [(started, finished, summary)] = query(db, "SELECT started_at, finished_at, summary FROM runs")
     assert json.loads(summary)["wall_s"] == pytest.approx(finished - started, abs=0.0011)
+    # What each task's work changed, in the summary and the report.
+    assert re.search(r"\n  a  succeeded .* 1 attempt +1 file \+1 -0\n", out), out
+    rep = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)
+    assert {t["id"]: t["changes"] for t in rep["tasks"]}["c"] == {
+        "files": 1,
+        "added": 1,
+        "deleted": 0,
+    }
+    assert "CHANGED" in run_abreast("report", run_id, cwd=repo).out
 
 
 def test_different_hunks_of_one_file_merge_cleanly(repo: Path) -> None:
@@ -1004,7 +1014,6 @@ def on_a_terminal(argv: list[str], cwd: Path, cols: int, timeout: float = 60) ->
 
 
 def test_the_live_view_shows_progress_tasks_and_merges_as_they_go(repo: Path) -> None:
-    import re
 
     path = workflow(
         repo,

@@ -142,6 +142,7 @@ class RunOutcome:
     landing: str | None = None
     warnings: list[str] = field(default_factory=list)
     journal_path: Path | None = None
+    changes: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> files, +, -
 
     @property
     def saved_s(self) -> float:
@@ -1021,6 +1022,11 @@ class Engine:
             if tr.state in FAILED_STATES
         ]
         landing = await self.isolation.close(success=state == "succeeded")
+        changes = {}
+        if not self.isolation.instant:  # what each task's work changed, for the summary
+            from abreast.observe.rundata import work_changes
+
+            changes = work_changes(self.journal, self.run_id)
         if self.options.keys is not None:
             self.options.keys.tick()  # the last requests, before the run is marked finished
         now = time.time()
@@ -1056,6 +1062,7 @@ class Engine:
             landing,
             list(self.sup.warnings),
             self.journal.path,
+            changes,
         )
 
     # -- resume ------------------------------------------------------------------------------

@@ -268,7 +268,17 @@ class WorktreeIsolation(Isolation):
                     "merged. Keep keys out of files: read them from the environment",
                     kind="secret",
                 )
-        changed = await asyncio.to_thread(self.repo.changed_paths, a.base, head)
+        changed, added, deleted = await asyncio.to_thread(self.repo.diff_numstat, a.base, head)
+        self.journal.stage_event(  # what the attempt changed, for the report
+            self.run_id,
+            "work.committed",
+            task_id,
+            attempt=attempt,
+            commit=head,
+            files=len(changed),
+            added=added,
+            deleted=deleted,
+        )
         links = await asyncio.to_thread(symlinks_out, a.path, changed)
         if links:
             return Verdict(

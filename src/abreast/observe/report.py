@@ -38,6 +38,8 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
     latest: dict[str, Any] = {}
     for a in data.attempts:
         latest[a.task_id] = a
+    # What each task's work changed: its latest committed attempt (worktree isolation).
+    changes = rundata.work_changes(journal, run_id)
     failures = []
     for t in data.tasks:
         if t.state in ("failed", "timed_out"):
@@ -81,6 +83,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
                 "exit_code": t.exit_code,
                 "peak_rss_bytes": t.peak_rss_bytes,
                 "reason": t.reason,
+                "changes": changes.get(t.task_id),
             }
             for t in data.tasks
         ],
@@ -172,12 +175,14 @@ def text(rep: dict[str, Any]) -> str:
     width = max([len(t["id"]) for t in rep["tasks"]] + [4])
     out.append(
         f"\n  {'TASK':<{width}}  {'STATE':<11} {'TRIES':>5} {'TIME':>8} {'WORK':>8} {'ESTIMATE':>8}"
+        + ("  CHANGED" if any(t["changes"] for t in rep["tasks"]) else "")
     )
     for t in rep["tasks"]:
         est = fmt(t["estimate_s"]) if t["estimate_s"] is not None else "-"
         out.append(
             f"  {t['id']:<{width}}  {t['state']:<11} {t['attempts']:>5} "
             f"{fmt(t['elapsed_s']):>8} {fmt(t['busy_s']):>8} {est:>8}"
+            + (f"  {rundata.changed(t['changes'])}" if t["changes"] else "")
         )
     retried = _sent_back(rep)
     if retried:  # what sent attempts back, the ones that failed the task aside
@@ -226,6 +231,7 @@ def html_page(rep: dict[str, Any]) -> str:
         f"<td>{t['attempts']}</td><td>{e(fmt(t['elapsed_s']))}</td>"
         f"<td>{e(fmt(t['busy_s']))}</td>"
         f"<td>{e(fmt(t['estimate_s'])) if t['estimate_s'] is not None else '-'}</td>"
+        f"<td>{e(rundata.changed(t['changes'])) if t['changes'] else '-'}</td>"
         f"<td>{e((t['reason'] or '').splitlines()[0] if t['reason'] else '')}</td></tr>"
         for t in rep["tasks"]
     )
@@ -279,7 +285,7 @@ def html_page(rep: dict[str, Any]) -> str:
         f"<p>critical path, actual: {actual}; estimated: {estimated}</p>"
         f"<h2>timeline</h2>{svg}"
         "<h2>tasks</h2><table><tr><th>task</th><th>state</th><th>tries</th><th>time</th>"
-        f"<th>work</th><th>estimate</th><th>note</th></tr>{rows}</table>"
+        f"<th>work</th><th>estimate</th><th>changed</th><th>note</th></tr>{rows}</table>"
         f"{fail_part}{landing}</body></html>"
     )
 

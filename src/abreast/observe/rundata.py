@@ -113,6 +113,21 @@ def load(journal: Journal, run_id: str, attempts: bool = True) -> RunData | None
     return RunData(run, journal.tasks(run_id), tries, plan, signals)
 
 
+def work_changes(journal: Journal, run_id: str) -> dict[str, dict[str, int]]:
+    """What each task's work changed (files, lines added, deleted): its latest committed
+    attempt's, with worktree isolation (none without)."""
+    out = {}
+    for ev in journal.events(run_id, types=("work.committed",)):
+        if ev.task_id is not None:
+            out[ev.task_id] = {k: int(ev.data.get(k, 0)) for k in ("files", "added", "deleted")}
+    return out
+
+
+def changed(c: dict[str, int]) -> str:
+    """What a task's work changed, in a few characters: `3 files +120 -4`."""
+    return f"{c['files']} file{'' if c['files'] == 1 else 's'} +{c['added']} -{c['deleted']}"
+
+
 def merge_log(journal: Journal, run_id: str, limit: int = 50) -> list[EventRow]:
     events = journal.events(run_id, types=MERGE_EVENTS)
     return events[-limit:]

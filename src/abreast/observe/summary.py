@@ -6,6 +6,7 @@ from typing import TextIO
 
 from abreast.engine.engine import RunOutcome
 from abreast.engine.states import TaskState
+from abreast.observe.rundata import changed
 from abreast.spec.durations import format_duration
 
 TABLE_LIMIT = 40  # above this many tasks, states are counted instead of listed
@@ -20,7 +21,9 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
         for t in tasks:
             took = format_duration(t.busy_s) if t.busy_s else "-"
             tries = f"{t.attempts} attempt{'s' if t.attempts != 1 else ''}" if t.attempts else ""
-            w(f"  {t.id:<{width}}  {t.state.value:<11} {took:>8}  {tries}\n")
+            work = outcome.changes.get(t.id)
+            what = f"{tries:<11} {changed(work)}" if work else tries
+            w(f"  {t.id:<{width}}  {t.state.value:<11} {took:>8}  {what}\n")
     else:
         counts: dict[str, int] = {}
         for t in tasks:

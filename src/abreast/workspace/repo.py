@@ -193,6 +193,20 @@ class Repo:
         )
         return proc.stdout.splitlines()
 
+    def diff_numstat(self, base: str, head: str) -> tuple[list[str], int, int]:
+        """(the paths changed between two commits, both sides of renames; lines added;
+        lines deleted, binary files counting none), in one call."""
+        out = self.git("diff", "--numstat", "-z", "--no-renames", base, head, "--").stdout
+        paths, added, deleted = [], 0, 0
+        for entry in out.split("\0"):
+            if not entry:
+                continue
+            plus, minus, path = entry.split("\t", 2)
+            paths.append(path)
+            added += int(plus) if plus.isdigit() else 0
+            deleted += int(minus) if minus.isdigit() else 0
+        return paths, added, deleted
+
     def changed_paths(self, base: str, head: str) -> list[str]:
         """Paths changed between two commits (both sides of renames)."""
         out = self.git("diff", "--name-only", "-z", "--no-renames", base, head, "--").stdout
