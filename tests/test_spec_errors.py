@@ -308,3 +308,28 @@ def test_init_writes_a_file_that_validates_with_its_examples_uncommented(  # typ
     every.write_text("".join(line.removeprefix("# ") + "\n" for line in text.splitlines()))
     result = cli("validate", str(every))
     assert result.code == 0, result.err
+
+
+def test_the_event_table_names_every_event_type_abreast_emits() -> None:
+    import ast
+    import re
+
+    from tests.conftest import ROOT
+
+    emitted = set()
+    for path in (ROOT / "src" / "abreast").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "stage_event":
+                emitted |= {
+                    part
+                    for arg in node.args[:3]
+                    for leaf in ast.walk(arg)
+                    if isinstance(leaf, ast.Constant) and isinstance(leaf.value, str)
+                    for part in [leaf.value]
+                    if re.fullmatch(r"[a-z]+\.[a-z_]+", part)
+                }
+    doc = (ROOT / "docs" / "workflow-file.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z]+\.[a-z_]+)` \|", doc, re.MULTILINE))
+    assert len(emitted) > 30  # the scan finds them
+    assert emitted - documented == set(), "emitted, not in the table"
+    assert documented - emitted == set(), "in the table, never emitted"
