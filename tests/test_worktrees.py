@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,17 @@ def test_three_parallel_tasks_land_and_the_user_checkout_is_untouched(repo: Path
         "deleted": 0,
     }
     assert "CHANGED" in run_abreast("report", run_id, cwd=repo).out
+    from abreast.coord.location import locate
+    from abreast.observe.dashboard import DashboardServer
+
+    server = DashboardServer(locate(path, None))
+    server.start()
+    try:
+        with urllib.request.urlopen(f"{server.url}api/runs/{run_id}", timeout=10) as r:
+            snap = json.loads(r.read())
+    finally:
+        server.stop()
+    assert {t["id"]: t["changes"]["files"] for t in snap["tasks"]} == {"a": 1, "b": 1, "c": 1}
 
 
 def test_different_hunks_of_one_file_merge_cleanly(repo: Path) -> None:

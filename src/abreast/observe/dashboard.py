@@ -247,6 +247,7 @@ class Dashboard:
         wave_of = {tid: i for i, w in enumerate(waves) for tid in w}
         critical = set(plan.get("critical_path", []))
         estimates = plan.get("estimates", {})
+        changes = rundata.work_changes(journal, run.id)
         tasks = [
             {
                 "id": t.task_id,
@@ -260,6 +261,7 @@ class Dashboard:
                 "wave": wave_of.get(t.task_id, 0),
                 "critical": t.task_id in critical,
                 "estimate_s": estimates.get(t.task_id),
+                "changes": changes.get(t.task_id),
             }
             for t in data.tasks
         ]

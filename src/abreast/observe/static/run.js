@@ -65,7 +65,9 @@ function drawDag(snap) {
     g.append(el("svg:rect", {width: W, height: H}));
     g.append(el("svg:text", {x: 8, y: H / 2}, t.id + "  " + t.state +
                 (t.attempts > 1 ? ` ×${t.attempts}` : "")));
-    const title = el("svg:title", {}, t.reason || t.state);
+    const c = t.changes;  // what its work changed (worktrees)
+    const title = el("svg:title", {}, (t.reason || t.state) +
+                     (c ? `\n${c.files} file${c.files === 1 ? "" : "s"} +${c.added} -${c.deleted}` : ""));
     g.append(title);
     g.addEventListener("click", () => showLog(t.id));
     svg.append(g);
