@@ -23,7 +23,7 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
             tries = f"{t.attempts} attempt{'s' if t.attempts != 1 else ''}" if t.attempts else ""
             work = outcome.changes.get(t.id)
             what = f"{tries:<11} {changed(work)}" if work else tries
-            w(f"  {t.id:<{width}}  {t.state.value:<11} {took:>8}  {what}\n")
+            w(f"  {t.id:<{width}}  {t.state.value:<11} {took:>8}  {what}".rstrip() + "\n")
     else:
         counts: dict[str, int] = {}
         for t in tasks:
