@@ -1178,3 +1178,11 @@ def test_a_green_batch_lands_every_task_with_its_own_merge_commit(
     journal = repo / ".abreast" / "state.db"
     events = query(journal, "SELECT data FROM events WHERE type = 'merge.landed'")
     assert sorted(json.loads(d).get("batch", 1) for (d,) in events) == [1, 2, 2]
+
+
+def test_a_submodule_whose_path_has_a_space_is_populated(repo: Path, tmp_path: Path) -> None:
+    add_submodule(repo, lib_repo(tmp_path / "lib"), "vendor/my lib")
+    path = workflow(repo, {"a": {"run": "cp 'vendor/my lib/lib.txt' a.txt"}})
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert show(repo, integration(run_id), "a.txt") == "lib v1\n"

@@ -46,15 +46,24 @@ def populated(repo: Repo) -> list[Submodule]:
     repositories: one `git config` call when there is a .gitmodules, none otherwise)."""
     if not (repo.root / ".gitmodules").exists() and not (repo.common_dir / "modules").is_dir():
         return []
-    proc = repo.git("config", "--local", "--get-regexp", r"^submodule\..*\.url$", check=False)
+    proc = repo.git("config", "-z", "--local", "--get-regexp", r"^submodule\..*\.url$", check=False)
     found = []
-    for line in proc.stdout.splitlines():
-        key, _, url = line.partition(" ")
+    for key, url in _entries(proc.stdout):
         name = key[len("submodule.") : -len(".url")]
         store = repo.common_dir / "modules" / name
         if url and (store / "HEAD").is_file():
             found.append(Submodule(name, url, store))
     return found
+
+
+def _entries(out: str) -> list[tuple[str, str]]:
+    """(key, value) pairs of `git config -z` output: names and values may hold spaces."""
+    pairs = []
+    for entry in out.split("\0"):
+        key, _, value = entry.partition("\n")
+        if key:
+            pairs.append((key, value))
+    return pairs
 
 
 def _paths(repo: Repo, path: Path, subs: list[Submodule]) -> dict[str, Submodule]:
@@ -63,13 +72,12 @@ def _paths(repo: Repo, path: Path, subs: list[Submodule]) -> dict[str, Submodule
     if not gitmodules.is_file():
         return {}
     proc = repo.git(
-        "config", "--file", str(gitmodules), "--get-regexp", r"^submodule\..*\.path$",
+        "config", "-z", "--file", str(gitmodules), "--get-regexp", r"^submodule\..*\.path$",
         cwd=path, check=False,
     )  # fmt: skip
     by_name = {s.name: s for s in subs}
     out = {}
-    for line in proc.stdout.splitlines():
-        key, _, where = line.partition(" ")
+    for key, where in _entries(proc.stdout):
         sub = by_name.get(key[len("submodule.") : -len(".path")])
         if sub is not None and where:
             out[where] = sub
