@@ -936,10 +936,11 @@ def test_editable_installs_are_found_in_every_form_setuptools_and_hatchling_writ
 
 
 def test_worktrees_get_copied_files_and_keep_dependencies_between_tasks(repo: Path) -> None:
-    (repo / ".gitignore").write_text(".env\nnode_modules/\nbuild/\n")
+    (repo / ".gitignore").write_text(".env\n*.local\nnode_modules/\nbuild/\n")
     git(repo, "add", ".gitignore")
     git(repo, "commit", "-q", "-m", "ignore")
     (repo / ".env").write_text("TOKEN=local\n")
+    (repo / "çonfig.local").write_text("name=ç\n")  # a name git quotes unless told not to
     install = (
         "test -d node_modules || { mkdir node_modules && echo $ABREAST_TASK_ID > node_modules/by; }"
     )
@@ -951,16 +952,16 @@ def test_worktrees_get_copied_files_and_keep_dependencies_between_tasks(repo: Pa
             "a": {"run": f"{install}; mkdir build && touch build/out; echo changed > .env"},
             "b": {
                 "needs": ["a"],
-                "run": f"{install}; cat node_modules/by .env > b.txt; "
+                "run": f"{install}; cat node_modules/by .env çonfig.local > b.txt; "
                 "ls -A build > built.txt || true",
             },
         },
-        worktrees={"copy": [".env"], "keep": ["node_modules"]},
+        worktrees={"copy": [".env", "çonfig.local"], "keep": ["node_modules"]},
         checks=[{"run": "grep -qx TOKEN=local .env"}],  # checks get the copy too
     )
     code, out, run_id = run(repo, path, "--sequential")
     assert code == 0, out
-    assert show(repo, integration(run_id), "b.txt") == "a\nTOKEN=local\n"
+    assert show(repo, integration(run_id), "b.txt") == "a\nTOKEN=local\nname=ç\n"
     assert show(repo, integration(run_id), "built.txt") == ""
     landed = git(repo, "ls-tree", "-r", "--name-only", integration(run_id)).split()
     assert ".env" not in landed and not any(p.startswith("node_modules") for p in landed)

@@ -29,9 +29,13 @@ def problems(repo: Repo, copy: list[str], keep: list[str]) -> list[str]:
         # Asked as a file and as a directory: `node_modules/` in .gitignore matches only
         # the latter, and a path to keep may not exist yet.
         asked = [q for p in wanted for q in (p, p + "/")]
-        proc = repo.git("check-ignore", "--no-index", "--", *asked, check=False)
-        ignored = {line.rstrip("/") for line in proc.stdout.splitlines()}
-        tracked = set(repo.git("ls-files", "--", *wanted, check=False).stdout.splitlines())
+        proc = repo.git(
+            "check-ignore", "-z", "--stdin", "--no-index",
+            input_="".join(f"{p}\0" for p in asked), check=False,
+        )  # fmt: skip
+        ignored = {p.rstrip("/") for p in proc.stdout.split("\0") if p}
+        listed = repo.git("ls-files", "-z", "--", *wanted, check=False).stdout
+        tracked = {p for p in listed.split("\0") if p}
         for key, paths in (("copy", copy), ("keep", keep)):
             for p in paths:
                 q = p.rstrip("/")
