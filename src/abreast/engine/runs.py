@@ -300,9 +300,20 @@ def _isolation(
 
 def _base_commit(p: Prepared, kind: str, announce_note: Callable[[str], None]) -> str | None:
     if kind != "worktree":
-        if p.wf.worktrees.copy or p.wf.worktrees.keep:
+        unused = [
+            key
+            for key, used in (
+                ("checks", bool(p.wf.checks)),
+                ("merge", p.wf.merge.batch != 1),
+                ("worktrees", bool(p.wf.worktrees.copy or p.wf.worktrees.keep)),
+            )
+            if used
+        ]
+        if unused:
+            keys = " and ".join(f"`{k}:`" for k in unused)
             announce_note(
-                "note: `worktrees:` does nothing here: tasks run in the project directory"
+                f"note: {keys} do{'es' if len(unused) == 1 else ''} nothing here: tasks run "
+                "in the project directory, and there is no merge queue (isolation: none)"
             )
         return None
     from abreast.workspace.repo import Repo, dirty_paths
