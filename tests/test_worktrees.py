@@ -1187,3 +1187,39 @@ def test_a_submodule_whose_path_has_a_space_is_populated(repo: Path, tmp_path: P
     code, out, run_id = run(repo, path)
     assert code == 0, out
     assert show(repo, integration(run_id), "a.txt") == "lib v1\n"
+
+
+def test_an_agent_that_pops_your_stash_is_sent_back_and_the_entry_put_back(repo: Path) -> None:
+    (repo / "README.md").write_text("# my unfinished work\n")
+    git(repo, "stash", "push", "-q", "-m", "my wip")
+    path = workflow(
+        repo,
+        {
+            # Stashing and popping its own changes touches nothing of yours.
+            "tidy": {"run": "echo x > t.txt && git add t.txt && git stash -q && git stash pop -q"},
+            # Nothing to stash, so the pop takes the newest entry: yours.
+            "careless": {"needs": ["tidy"], "run": "git stash -q; git stash pop -q; true"},
+        },
+    )
+    code, out, run_id = run(repo, path, "--sequential")
+    assert code == 1, out
+    assert "your stash: entry 'On main: my wip' dropped (put back)" in out
+    assert "my wip" in git(repo, "stash", "list")
+    assert git(repo, "show", "stash@{0}:README.md") == "# my unfinished work\n"
+    result = integration(run_id)
+    assert show(repo, result, "t.txt") == "x\n"  # tidy landed
+    assert show(repo, result, "README.md") == "# project\n"  # your work did not
+
+
+def test_with_containment_warn_a_dropped_stash_entry_is_only_warned_about(repo: Path) -> None:
+    (repo / "README.md").write_text("# my unfinished work\n")
+    git(repo, "stash", "push", "-q", "-m", "my wip")
+    path = workflow(
+        repo,
+        {"careless": {"run": "git stash -q; git stash pop -q; true"}},
+        containment={"main_checkout": "warn"},
+    )
+    code, out, _ = run(repo, path)
+    assert code == 0, out
+    assert "warning: your stash entry 'On main: my wip' was dropped while careless ran" in out
+    assert "my wip" not in git(repo, "stash", "list")  # your own pop is left as you did it

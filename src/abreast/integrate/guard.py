@@ -9,6 +9,8 @@ What is watched (snapshots at the start of the run, compared after each attempt)
   config, and those of the submodules the checkout has populated,
   `.git/modules/NAME/{hooks/**,config}`): any change is attributed the same way
   and undone at once, so a planted hook never runs;
+- the entries of the user's stash at the start (one list for the repository, shared by
+  every worktree): one that disappears is reported and put back;
 - symlinks an attempt leaves that point outside its worktree.
 
 What cannot be seen: a write into another *running* task's worktree looks like
@@ -49,6 +51,46 @@ class Guard:
         self._own_output = _own_output_files()
         self._protected = self._protected_files()
         self._main = self._main_state()
+        # Your stash entries at the start (its reflog's lines; stash@{0} last): the stash is
+        # one list for the repository, shared by every worktree.
+        self._stash_log = repo.common_dir / "logs" / "refs" / "stash"
+        self._stash = self._stash_entries()
+
+    # -- your stash ---------------------------------------------------------------------------
+
+    def _stash_entries(self) -> list[bytes]:
+        try:
+            return self._stash_log.read_bytes().splitlines(keepends=True)
+        except OSError:
+            return []
+
+    def check_stash(self, restore: bool = True) -> list[Change]:
+        """Entries of your stash that were there at the start and are gone (an agent's
+        `git stash pop`, `drop` or `clear`): each reported, and (`restore`) put back under
+        the entries added since, so that `git stash list` shows them again. Entries added
+        during the run are not watched."""
+        if not self._stash:
+            return []
+        now = self._stash_entries()
+        lost = [e for e in self._stash if e not in now]
+        if not lost:
+            return []
+        when = _mtime(self._stash_log) or _mtime(self._stash_log.parent)
+        changes = [Change("stash", _stash_message(e), when) for e in lost]
+        if restore:
+            entries = self._stash + [e for e in now if e not in self._stash]
+            top = entries[-1].split(b" ", 2)[1].decode()
+            try:
+                self._stash_log.parent.mkdir(parents=True, exist_ok=True)
+                self._stash_log.write_bytes(b"".join(entries))
+                ref = self.repo.common_dir / "refs" / "stash"
+                ref.parent.mkdir(parents=True, exist_ok=True)
+                ref.write_text(top + "\n")
+            except OSError:
+                pass
+        else:
+            self._stash = [e for e in self._stash if e in now]  # said once
+        return changes
 
     # -- repository files (hooks, config) ---------------------------------------------------
 
@@ -151,6 +193,11 @@ def _own_output_files() -> set[tuple[int, int]]:
         if stat.S_ISREG(st.st_mode):
             out.add((st.st_dev, st.st_ino))
     return out
+
+
+def _stash_message(entry: bytes) -> str:
+    """A stash reflog line's message (`On main: wip`)."""
+    return entry.split(b"\t", 1)[-1].decode("utf-8", "replace").strip()
 
 
 def _kind(path: Path) -> str:

@@ -434,17 +434,18 @@ class WorktreeIsolation(Isolation):
         A change is blamed on every attempt that was running when it was written (by its
         mtime); each suspect hears of it when it, in turn, is integrated.
         """
+        warn_only = self.wf.containment.main_checkout == "warn"
         changes: list[Change] = await asyncio.to_thread(self.guard.check_repo_files)
         changes += await asyncio.to_thread(self.guard.check_main_checkout)
+        changes += await asyncio.to_thread(self.guard.check_stash, not warn_only)
         now = time.time()
-        warn_only = self.wf.containment.main_checkout == "warn"
         for c in changes:
             suspects = [
                 x
                 for x in self._attempts.values()
                 if x.started - SLACK_S <= c.mtime <= (x.ended or now) + SLACK_S
             ]
-            blamed = not (warn_only and c.what == "main checkout")
+            blamed = not (warn_only and c.what in ("main checkout", "stash"))
             self.journal.stage_event(
                 self.run_id,
                 "containment.violation",
@@ -456,9 +457,14 @@ class WorktreeIsolation(Isolation):
             )
             if not blamed:
                 who = ", ".join(x.task_id for x in suspects) or "no task"
+                what = (
+                    f"your stash entry {c.path!r} was dropped"
+                    if c.what == "stash"
+                    else f"{c.path} changed in your checkout"
+                )
                 self.note(
-                    f"warning: {c.path} changed in your checkout while {who} ran; "
-                    "if a task wrote it, check its work (containment: main_checkout: warn)"
+                    f"warning: {what} while {who} ran; "
+                    "if a task did it, check its work (containment: main_checkout: warn)"
                 )
                 continue
             for x in suspects:
@@ -467,10 +473,13 @@ class WorktreeIsolation(Isolation):
         if not mine:
             return ""
         lines = [
-            f"{c.what}: {c.path}" + (" (undone)" if c.what != "main checkout" else "") for c in mine
+            f"your stash: entry {c.path!r} dropped (put back)"
+            if c.what == "stash"
+            else f"{c.what}: {c.path}" + (" (undone)" if c.what != "main checkout" else "")
+            for c in mine
         ]
         hint = ""
-        if any(c.what == "main checkout" for c in mine):
+        if any(c.what in ("main checkout", "stash") for c in mine):
             hint = (
                 "\n(if you changed these yourself during the run, set `containment:"
                 " {main_checkout: warn}` in the workflow file)"
