@@ -15,8 +15,10 @@ GIT_ENV = {
 }
 # Nor sign: abreast's own commits (a task's work, merges, snapshots) are made unattended,
 # and a `commit.gpgSign = true` in the user's config would make each one ask gpg (and
-# fail every task where no key is at hand). Sign the result when you bring it in.
-OWN_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false")
+# fail every task where no key is at hand). Sign the result when you bring it in. Nor
+# start an automatic `git gc` in the middle of a run (repacking under running tasks, and
+# expiring old reflog entries, your stash's among them, while they are watched).
+OWN_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "gc.auto=0")
 
 
 class GitError(Exception):
