@@ -410,6 +410,14 @@ def test_status_json_reports_every_task(tmp_path: Path, cli) -> None:  # type: i
     assert isinstance(tasks["a"]["peak_rss_bytes"], int)
     listing = cli("status", "--state", state).out
     assert run_id in listing and "failed" in listing
+    # Every run, for tools: newest first, with its task states counted.
+    later = run_id_of(cli("run", str(path), "--no-monitor").out)
+    runs = json.loads(cli("status", "--all", "--json", "--state", state).out)
+    assert [r["run_id"] for r in runs] == [later, run_id]
+    assert runs[1]["state"] == "failed"
+    assert runs[1]["task_states"] == {"succeeded": 1, "failed": 1}
+    bad = cli("status", run_id, "--all", "--state", state)
+    assert bad.code == 2 and "--all lists every run" in bad.err
 
 
 def test_status_watch_into_a_pipe_shows_each_change_and_ends_with_the_run(tmp_path: Path) -> None:

@@ -130,6 +130,9 @@ def _args_resume(p: argparse.ArgumentParser) -> None:
 def _args_status(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", nargs="?", metavar="RUN")
     p.add_argument("--json", action="store_true", help="machine-readable (one run)")
+    p.add_argument(
+        "--all", action="store_true", help="with --json: every run, newest first (no tasks)"
+    )
     p.add_argument("--watch", action="store_true", help="refresh until the run ends")
     _state_arg(p)
 
@@ -395,6 +398,14 @@ def _status(args: argparse.Namespace, journal: Journal) -> int:
     from abreast.engine.lookup import find_run
     from abreast.observe import status
 
+    if args.all:
+        if args.run_id is not None or args.watch:
+            raise UsageError("--all lists every run: give no RUN, and no --watch")
+        if args.json:
+            status.dump(status.runs_json(journal), sys.stdout)
+        else:
+            status.print_runs(journal, sys.stdout, limit=None)
+        return 0
     if args.run_id is None and not args.json and not args.watch:
         status.print_runs(journal, sys.stdout)
         return 0

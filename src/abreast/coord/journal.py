@@ -482,10 +482,11 @@ class Journal:
         row = self._db.execute("SELECT finished_at FROM runs WHERE id = ?", (run_id,)).fetchone()
         return row[0] if row else None
 
-    def runs(self, limit: int = 50) -> list[RunRow]:
+    def runs(self, limit: int | None = 50) -> list[RunRow]:
+        """The newest runs first (None: all of them)."""
         rows = self._db.execute(
             f"SELECT {_cols(RunRow)} FROM runs ORDER BY started_at DESC LIMIT ?",
-            (limit,),
+            (-1 if limit is None else limit,),
         ).fetchall()
         return [_run_row(r) for r in rows]
 

@@ -47,8 +47,27 @@ def status_json(journal: Journal, row: RunRow) -> dict[str, Any]:
     }
 
 
-def print_runs(journal: Journal, out: TextIO) -> None:
-    runs = journal.runs(30)
+def runs_json(journal: Journal) -> list[dict[str, Any]]:
+    """Every run of the journal, newest first: `abreast status --all --json`."""
+    out = []
+    for r in journal.runs(None):
+        counts = journal.task_states(r.id)
+        out.append(
+            {
+                "run_id": r.id,
+                "workflow": r.workflow,
+                "state": run_state(r),
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "tasks": sum(counts.values()),
+                "task_states": counts,
+            }
+        )
+    return out
+
+
+def print_runs(journal: Journal, out: TextIO, limit: int | None = 30) -> None:
+    runs = journal.runs(limit)
     if not runs:
         out.write("no runs yet\n")
         return
@@ -232,5 +251,5 @@ def _still_running(journal: Journal, a: AttemptRow) -> bool:
     )
 
 
-def dump(data: dict[str, Any], out: TextIO) -> None:
+def dump(data: dict[str, Any] | list[dict[str, Any]], out: TextIO) -> None:
     out.write(json.dumps(data, indent=2) + "\n")
