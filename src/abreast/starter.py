@@ -17,6 +17,7 @@ defaults:
 
 # checks:                    # run on the merge result before a task's work lands
 #   - run: make test
+# merge: {batch: 4}          # slow checks: check up to 4 queued merges together
 
 # worktrees:                 # each task runs in a git worktree of its own, which has only
 #   copy: [.env]             #   committed files: git-ignored files copied from your checkout
