@@ -1223,3 +1223,19 @@ def test_with_containment_warn_a_dropped_stash_entry_is_only_warned_about(repo: 
     assert code == 0, out
     assert "warning: your stash entry 'On main: my wip' was dropped while careless ran" in out
     assert "my wip" not in git(repo, "stash", "list")  # your own pop is left as you did it
+
+
+def test_an_older_stash_entry_dropped_is_put_back_once_and_alone_named(repo: Path) -> None:
+    for wip in ("first wip", "second wip"):
+        (repo / "README.md").write_text(f"# {wip}\n")
+        git(repo, "stash", "push", "-q", "-m", wip)
+    path = workflow(repo, {"careless": {"run": "git stash drop -q 'stash@{1}'", "retries": 0}})
+    code, out, _ = run(repo, path)
+    assert code == 1, out
+    assert "entry 'On main: first wip' dropped (put back)" in out
+    assert "second wip' dropped" not in out  # still there, its reflog line rewritten
+    listed = git(repo, "stash", "list").splitlines()
+    assert [line.split(": ", 1)[1] for line in listed] == [
+        "On main: second wip",
+        "On main: first wip",
+    ]

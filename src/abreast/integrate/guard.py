@@ -72,13 +72,17 @@ class Guard:
         if not self._stash:
             return []
         now = self._stash_entries()
-        lost = [e for e in self._stash if e not in now]
+        # An entry is its stash commit (a reflog line's second field): dropping one entry
+        # rewrites the "old" field of the line after it.
+        present = {_stash_commit(e) for e in now}
+        lost = [e for e in self._stash if _stash_commit(e) not in present]
         if not lost:
             return []
         when = _mtime(self._stash_log) or _mtime(self._stash_log.parent)
         changes = [Change("stash", _stash_message(e), when) for e in lost]
         if restore:
-            entries = self._stash + [e for e in now if e not in self._stash]
+            ours = {_stash_commit(e) for e in self._stash}
+            entries = self._stash + [e for e in now if _stash_commit(e) not in ours]
             top = entries[-1].split(b" ", 2)[1].decode()
             try:
                 self._stash_log.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +93,7 @@ class Guard:
             except OSError:
                 pass
         else:
-            self._stash = [e for e in self._stash if e in now]  # said once
+            self._stash = [e for e in self._stash if _stash_commit(e) in present]  # said once
         return changes
 
     # -- repository files (hooks, config) ---------------------------------------------------
@@ -193,6 +197,12 @@ def _own_output_files() -> set[tuple[int, int]]:
         if stat.S_ISREG(st.st_mode):
             out.add((st.st_dev, st.st_ino))
     return out
+
+
+def _stash_commit(entry: bytes) -> bytes:
+    """A stash reflog line's stash commit (`OLD NEW who when\tmessage`)."""
+    parts = entry.split(b" ", 2)
+    return parts[1] if len(parts) > 1 else entry
 
 
 def _stash_message(entry: bytes) -> str:
