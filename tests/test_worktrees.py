@@ -1148,6 +1148,9 @@ def test_queued_merges_are_checked_together_and_a_red_batch_is_split(
         assert show(repo, result, f"{task}.txt") == f"{task}\n"
     assert "BROKEN" not in git(repo, "ls-tree", "--name-only", result)
     assert "c  failed" in out
+    merges = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)["merges"]
+    assert merges["landed"] == 3 and merges["red_checks"] == 1
+    assert merges["red_batches"] == sum(1 for line in checked if "c" in line.split()) - 1
 
 
 def test_a_green_batch_lands_every_task_with_its_own_merge_commit(
@@ -1179,6 +1182,8 @@ def test_a_green_batch_lands_every_task_with_its_own_merge_commit(
     journal = repo / ".abreast" / "state.db"
     events = query(journal, "SELECT data FROM events WHERE type = 'merge.landed'")
     assert sorted(json.loads(d).get("batch", 1) for (d,) in events) == [1, 2, 2]
+    report = run_abreast("report", run_id, cwd=repo).out
+    assert "merge queue: 3 landed, 2 of them in 1 batch; 0 conflict(s), 0 red check(s)" in report
 
 
 def test_a_submodule_whose_path_has_a_space_is_populated(repo: Path, tmp_path: Path) -> None:

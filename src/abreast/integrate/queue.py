@@ -226,7 +226,8 @@ class MergeQueue:
             return [], together + alone  # someone else moved it: each alone, onto the new head
         previous = old
         for job, commit in members:
-            _resolve(job, self._landed(job, commit, previous, batch=len(members)))
+            landed = self._landed(job, commit, previous, batch=len(members), moved_to=chain)
+            _resolve(job, landed)
             previous = commit
         return [], alone
 

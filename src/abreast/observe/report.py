@@ -101,7 +101,44 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
         ],
         "failures": failures,
         "landing": (run.summary or {}).get("landing"),
+        "merges": _merges(journal, run_id),
     }
+
+
+def _merges(journal: Journal, run_id: str) -> dict[str, int]:
+    """What the merge queue did: merges landed, how many of them in batches (and in how
+    many batches), batches whose checks were red (and were split), conflicts, red checks."""
+    out = {"landed": 0, "in_batches": 0, "batches": 0, "red_batches": 0}
+    out |= {"conflicts": 0, "red_checks": 0}
+    batch_ends: set[str] = set()  # where each batch moved the branch to
+    kinds = ("merge.landed", "merge.batch_failed", "merge.conflict", "merge.checks_failed")
+    for e in journal.events(run_id, types=kinds):
+        if e.type == "merge.landed" and not e.data.get("already"):
+            out["landed"] += 1
+            if e.data.get("batch"):
+                out["in_batches"] += 1
+                batch_ends.add(str(e.data.get("moved_to")))
+        elif e.type == "merge.batch_failed":
+            out["red_batches"] += 1
+        elif e.type == "merge.conflict":
+            out["conflicts"] += 1
+        elif e.type == "merge.checks_failed":
+            out["red_checks"] += 1
+    out["batches"] = len(batch_ends)
+    return out
+
+
+def _merge_line(m: dict[str, int]) -> str | None:
+    """The merge queue's work in a line (None when it did nothing: isolation none)."""
+    if not (m["landed"] or m["conflicts"] or m["red_checks"]):
+        return None
+    batches = f"{m['batches']} batch{'es' if m['batches'] != 1 else ''}"
+    batched = f", {m['in_batches']} of them in {batches}" if m["in_batches"] else ""
+    red = f"; {m['red_batches']} red batch(es) split" if m["red_batches"] else ""
+    return (
+        f"merge queue: {m['landed']} landed{batched}{red}; "
+        f"{m['conflicts']} conflict(s), {m['red_checks']} red check(s)"
+    )
 
 
 def _critical_path(data: rundata.RunData) -> dict[str, Any]:
@@ -194,6 +231,9 @@ def text(rep: dict[str, Any]) -> str:
             f"{(f['reason'] or '').splitlines()[0] if f['reason'] else ''}"
         )
         out += [f"    | {line}" for line in f["log_tail"]]
+    queue = _merge_line(rep["merges"])
+    if queue:
+        out.append(f"\n  {queue}")
     if rep["landing"]:
         out.append(f"\n  {rep['landing']}")
     return "\n".join(line for line in out if line is not None)
@@ -278,6 +318,9 @@ def html_page(rep: dict[str, Any]) -> str:
     if retried:
         fail_part = f"<h2>attempts sent back or retried</h2><ul>{retried}</ul>" + fail_part
     landing = "<p>" + e(rep["landing"]) + "</p>" if rep["landing"] else ""
+    queue = _merge_line(rep["merges"])
+    if queue:
+        landing = f"<p>{e(queue)}</p>" + landing
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>abreast report {e(rep['run_id'])}</title><style>{_CSS}</style></head><body>"
