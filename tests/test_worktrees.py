@@ -1244,3 +1244,35 @@ def test_an_older_stash_entry_dropped_is_put_back_once_and_alone_named(repo: Pat
         "On main: second wip",
         "On main: first wip",
     ]
+
+
+def test_a_submodules_own_submodules_are_populated_and_cleaned_between_tasks(
+    repo: Path, tmp_path: Path
+) -> None:
+    inner = lib_repo(tmp_path / "inner")
+    lib = lib_repo(tmp_path / "lib")
+    git(lib, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(inner), "inner")
+    git(lib, "-c", "user.name=T", "-c", "user.email=t@e", "commit", "-q", "-m", "inner")
+    add_submodule(repo, lib, "vendor/lib")
+    git(
+        repo,
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "update",
+        "-q",
+        "--init",
+        "--recursive",
+    )
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "cp vendor/lib/inner/lib.txt a.txt; touch vendor/lib/inner/junk.o"},
+            "b": {"needs": ["a"], "run": "test ! -e vendor/lib/inner/junk.o && echo b > b.txt"},
+        },
+        max_parallel=1,
+    )
+    code, out, run_id = run(repo, path, "--sequential")
+    assert code == 0, out
+    assert show(repo, integration(run_id), "a.txt") == "lib v1\n"
+    assert show(repo, integration(run_id), "b.txt") == "b\n"

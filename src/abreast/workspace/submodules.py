@@ -113,11 +113,15 @@ def sync(repo: Repo, path: Path, subs: list[Submodule]) -> None:
             "submodule nor at its URL (`git submodule update` in your checkout says why)"
         )
     # What an earlier task left inside: untracked and ignored files (tracked ones were
-    # reset by --force).
-    repo.git(
-        "submodule", "foreach", "--quiet", "--recursive", "git clean -q -f -f -d -x",
-        cwd=path, check=False,
-    )  # fmt: skip
+    # reset by --force). One `git clean` a submodule; `foreach` (a shell and a git each,
+    # ten times slower) only into those that have submodules of their own.
+    for p in where:
+        repo.git("clean", "-q", "-f", "-f", "-d", "-x", cwd=path / p, check=False)
+        if (path / p / ".gitmodules").is_file():
+            repo.git(
+                "submodule", "foreach", "--quiet", "--recursive", "git clean -q -f -f -d -x",
+                cwd=path / p, check=False,
+            )  # fmt: skip
 
 
 def _borrow(repo: Repo, clone: Path, sub: Submodule) -> None:
