@@ -111,7 +111,7 @@ class TaskRun:
     last_log: str | None = None
     retry_at: float | None = None
     killed_for: str | None = None  # why the orchestrator killed the running attempt
-    since_mono: float = 0.0  # when it entered its current state (time.monotonic)
+    integrating_since: float = 0.0  # when its work went to be integrated (time.monotonic)
 
     @property
     def id(self) -> str:
@@ -684,6 +684,7 @@ class Engine:
             self._succeed(tr)
             return
         self._set(tr, TaskState.INTEGRATING)
+        tr.integrating_since = time.monotonic()
         self._spawn_background(self._settle_and_integrate(tr, tr.attempts))
 
     async def _settle_and_integrate(self, tr: TaskRun, n: int) -> None:
@@ -926,7 +927,6 @@ class Engine:
     def _set(self, tr: TaskRun, state: TaskState, **fields: Any) -> None:
         check_transition(tr.id, tr.state, state)
         tr.state = state
-        tr.since_mono = time.monotonic()
         if state is TaskState.RUNNING or state is TaskState.INTEGRATING:
             self._active.add(tr)
         else:

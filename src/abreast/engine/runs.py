@@ -140,11 +140,13 @@ def _abreast_shim(bin_dir: Path) -> Path | None:
     # Inside a worktree PYTHONPATH may lead to the task's own copy of the checkout's
     # packages (workspace/pyenv.py): abreast runs with the orchestrator's, and keeps the
     # task's for the command `abreast lock` runs.
+    from abreast.workspace.pyenv import OWN, TASKS
+
     script = (
         "#!/bin/sh\n"
-        'if [ -n "${ABREAST_OWN_PYTHONPATH+x}" ]; then\n'
-        '  ABREAST_TASK_PYTHONPATH="${PYTHONPATH-}"; export ABREAST_TASK_PYTHONPATH\n'
-        '  PYTHONPATH="$ABREAST_OWN_PYTHONPATH"; export PYTHONPATH\n'
+        f'if [ -n "${{{OWN}+x}}" ]; then\n'
+        f'  {TASKS}="${{PYTHONPATH-}}"; export {TASKS}\n'
+        f'  PYTHONPATH="${OWN}"; export PYTHONPATH\n'
         '  [ -n "$PYTHONPATH" ] || unset PYTHONPATH\n'
         "fi\n"
         f'exec {shlex.quote(sys.executable)} -m abreast "$@"\n'

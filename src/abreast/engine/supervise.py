@@ -176,14 +176,14 @@ class Supervisor:
         under it is ended at once and `Held.lost` says why: the block's work was not
         protected to the end."""
         ttl = self.wf.locks[name].ttl if name in self.wf.locks else 60.0
-        holder = Holder.here(
-            run=self.run_id,
-            task=holder_id.split("/")[1] if "/" in holder_id else None,
-            suffix=":check",
-        )
-        task = holder_id.split("/")[1] if "/" in holder_id else holder_id
+        task = holder_id.split("/")[1] if "/" in holder_id else None
+        holder = Holder.here(run=self.run_id, task=task, suffix=":check")
         lease, fenced = await asyncio.to_thread(
-            self._acquire_blocking, name, holder, ttl, self._say(f"{task}: its checks wait for")
+            self._acquire_blocking,
+            name,
+            holder,
+            ttl,
+            self._say(f"{task or holder_id}: its checks wait for"),
         )
         self._journal_grant(lease, fenced, None, holder=holder_id)
         stop = asyncio.Event()

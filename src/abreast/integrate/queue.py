@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from abreast.workspace.pool import WorktreePool
 from abreast.workspace.repo import Repo
 
 MAX_CAS_RETRIES = 10
+CANCELLED_IN_CHECKS = Verdict(Outcome.FAILED, "cancelled while its checks ran", kind="cancelled")
 
 
 @dataclass
@@ -137,22 +138,16 @@ class MergeQueue:
         """Give every job its verdict: several are merged and checked together; a red
         batch is split in halves, each taken the same way (the first half first), down to
         single jobs, so that only the work that breaks the checks is sent back."""
-        if len(jobs) == 1:
-            try:
-                verdict = await self._land(jobs[0])
-            except Exception as e:
-                verdict = Verdict(Outcome.FAILED, f"merge queue error: {e}", kind="error")
-            _resolve(jobs[0], verdict)
-            return
         try:
+            if len(jobs) == 1:
+                _resolve(jobs[0], await self._land(jobs[0]))
+                return
             red, alone = await self._land_batch(jobs)
-        except Exception as e:
+        except Exception as e:  # each job not given its verdict yet fails with it
             for job in jobs:
                 _resolve(job, Verdict(Outcome.FAILED, f"merge queue error: {e}", kind="error"))
             return
-        for job in (*red, *alone):
-            if job.task_id in self.phase:
-                self.phase[job.task_id] = "queued"
+        self._set_phase((*red, *alone), "queued")
         if red:
             half = len(red) // 2
             await self._land_all(red[:half])
@@ -180,12 +175,7 @@ class MergeQueue:
             if not merge.clean or merge.tree == tree:
                 alone.append(job)
                 continue
-            chain = await asyncio.to_thread(
-                repo.commit_tree,
-                merge.tree,
-                [chain, job.head],
-                f"abreast: land {job.task_id} (run {self.run_id}, attempt {job.attempt})",
-            )
+            chain = await self._merge_commit(merge.tree, chain, job)
             tree = merge.tree
             members.append((job, chain))
         if len(members) < 2:
@@ -194,10 +184,7 @@ class MergeQueue:
         result = await self._checks_on(together, chain)
         if result is None:  # cancelled meanwhile
             for job in together:
-                cancelled = Verdict(
-                    Outcome.FAILED, "cancelled while its checks ran", kind="cancelled"
-                )
-                _resolve(job, cancelled)
+                _resolve(job, CANCELLED_IN_CHECKS)
             return [], alone
         if not result.ok:
             self.journal.stage_event(
@@ -213,14 +200,7 @@ class MergeQueue:
             self.journal.stage_event(
                 self.run_id, "merge.checked", job.task_id, attempt=job.attempt, commit=chain
             )
-            self.journal.stage_event(
-                self.run_id,
-                "merge.landing",
-                job.task_id,
-                attempt=job.attempt,
-                commit=commit,
-                old=old,
-            )
+            self._stage_landing(job, commit, old)
         self.journal.commit()  # the decision is durable before the ref moves
         if not await asyncio.to_thread(repo.update_ref, self.ref, chain, old):
             return [], together + alone  # someone else moved it: each alone, onto the new head
@@ -258,19 +238,12 @@ class MergeQueue:
                     already=True,
                 )
                 return Verdict(Outcome.LANDED, "already on the integration branch")
-            new = await asyncio.to_thread(
-                repo.commit_tree,
-                merge.tree,
-                [old, job.head],
-                f"abreast: land {job.task_id} (run {self.run_id}, attempt {job.attempt})",
-            )
+            new = await self._merge_commit(merge.tree, old, job)
             if self.checks:
                 red = await self._check(job, new)
                 if red is not None:
                     return red
-            self.journal.stage_event(
-                self.run_id, "merge.landing", job.task_id, attempt=job.attempt, commit=new, old=old
-            )
+            self._stage_landing(job, new, old)
             self.journal.commit()  # the decision is durable before the ref moves
             if await asyncio.to_thread(repo.update_ref, self.ref, new, old):
                 return self._landed(job, new, old)
@@ -279,6 +252,27 @@ class MergeQueue:
             Outcome.FAILED,
             f"{self.ref} kept moving; gave up after {MAX_CAS_RETRIES} tries",
             kind="error",
+        )
+
+    def _set_phase(self, jobs: Sequence[MergeJob], phase: str) -> None:
+        """Say where these jobs are (for the live view), those still waiting a verdict."""
+        for job in jobs:
+            if job.task_id in self.phase:
+                self.phase[job.task_id] = phase
+
+    async def _merge_commit(self, tree: str, onto: str, job: MergeJob) -> str:
+        """The merge commit that lands `job` on `onto` (not referenced until it lands)."""
+        return await asyncio.to_thread(
+            self.repo.commit_tree,
+            tree,
+            [onto, job.head],
+            f"abreast: land {job.task_id} (run {self.run_id}, attempt {job.attempt})",
+        )
+
+    def _stage_landing(self, job: MergeJob, commit: str, old: str) -> None:
+        """The decision to land `job` as `commit` on `old`, journaled before the ref moves."""
+        self.journal.stage_event(
+            self.run_id, "merge.landing", job.task_id, attempt=job.attempt, commit=commit, old=old
         )
 
     def _landed(self, job: MergeJob, commit: str, old: str, **extra: Any) -> Verdict:
@@ -324,11 +318,7 @@ class MergeQueue:
         """Run the checks on `commit`, the merge of `jobs` (one, or a batch) onto the
         integration head; None if the run was cancelled meanwhile."""
         first = jobs[0]
-        for job in jobs:
-            if job.task_id in self.phase:
-                self.phase[job.task_id] = (
-                    "checking" if len(jobs) == 1 else f"checking, batch of {len(jobs)}"
-                )
+        self._set_phase(jobs, "checking" if len(jobs) == 1 else f"checking, batch of {len(jobs)}")
         path = await asyncio.to_thread(self.check_pool.acquire, None, commit)
         try:
             env = {
@@ -368,7 +358,7 @@ class MergeQueue:
     async def _check(self, job: MergeJob, commit: str) -> Verdict | None:
         result = await self._checks_on([job], commit)
         if result is None:
-            return Verdict(Outcome.FAILED, "cancelled while its checks ran", kind="cancelled")
+            return CANCELLED_IN_CHECKS
         if result.ok:
             self.journal.stage_event(
                 self.run_id, "merge.checked", job.task_id, attempt=job.attempt, commit=commit

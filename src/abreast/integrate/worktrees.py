@@ -32,7 +32,8 @@ from abreast.integrate.queue import MergeJob, MergeQueue, check_env
 from abreast.plan.graph import TaskGraph
 from abreast.spec.model import Workflow
 from abreast.workspace import pyenv, submodules
-from abreast.workspace.pool import Provision, WorktreePool
+from abreast.workspace.pool import WorktreePool
+from abreast.workspace.provision import Provision
 from abreast.workspace.repo import Repo, commit_all, signal_ref
 
 
@@ -115,7 +116,7 @@ class WorktreeIsolation(Isolation):
             if a.workdir and not a.head_commit and a.state not in ("failed", "interrupted")
         }
         self.subs = submodules.populated(self.repo)
-        env = base_env if base_env is not None else dict(os.environ)
+        env = self._env = base_env if base_env is not None else dict(os.environ)
         # Editable installs of the checkout's own packages: tasks import the worktree's.
         # (those in the repository's files: not a link tree under an ignored build/)
         self.python_sources = (
@@ -174,14 +175,14 @@ class WorktreeIsolation(Isolation):
             check_env(env, run_id, location.coord_url),
             run_dir / "checks",
             hold or LocalLocks().hold,
-            path_env=lambda path: pyenv.env_for(path, self.python_sources, env),
+            path_env=lambda path: self.env_for(str(path)),
             batch=wf.merge.batch,
         )
 
     # -- before an attempt -------------------------------------------------------------------
 
     def env_for(self, workdir: str) -> dict[str, str]:
-        return pyenv.env_for(Path(workdir), self.python_sources, self.queue.check_env)
+        return pyenv.env_for(Path(workdir), self.python_sources, self._env)
 
     async def prepare(self, task_id: str, attempt: int) -> Path:
         base = await asyncio.to_thread(self.repo.rev_parse, self.ref)
@@ -290,10 +291,7 @@ class WorktreeIsolation(Isolation):
         bad = violations(changed, task.owns, self._neighbours.get(task_id, []))
         if bad:
             # The first line says it whole (the live view and plain lines show only it).
-            first = bad[0] + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
-            shown = "\n  ".join(bad[:30]) + (
-                f"\n  (+{len(bad) - 30} more)" if len(bad) > 30 else ""
-            )
+            first, shown = _listed(bad)
             return Verdict(
                 Outcome.SEND_BACK,
                 f"changed files it does not own: {first}\n  {shown}",
@@ -445,7 +443,7 @@ class WorktreeIsolation(Isolation):
                 for x in self._attempts.values()
                 if x.started - SLACK_S <= c.mtime <= (x.ended or now) + SLACK_S
             ]
-            blamed = not (warn_only and c.what in ("main checkout", "stash"))
+            blamed = not (warn_only and c.what in YOURS)
             self.journal.stage_event(
                 self.run_id,
                 "containment.violation",
@@ -479,7 +477,7 @@ class WorktreeIsolation(Isolation):
             for c in mine
         ]
         hint = ""
-        if any(c.what in ("main checkout", "stash") for c in mine):
+        if any(c.what in YOURS for c in mine):
             hint = (
                 "\n(if you changed these yourself during the run, set `containment:"
                 " {main_checkout: warn}` in the workflow file)"
@@ -571,11 +569,23 @@ class WorktreeIsolation(Isolation):
         return f"landed: {self.base_name} fast-forwarded to {head[:12]}"
 
 
+# What containment watches that is the user's own (their checkout, their stash): with
+# `containment: {main_checkout: warn}` changes to these are warned about, not blamed.
+YOURS = ("main checkout", "stash")
+
+
+def _listed(items: list[str], limit: int = 30) -> tuple[str, str]:
+    """(the first item and how many more, for a message's first line; up to `limit` items,
+    one an indented line, and how many are left out)."""
+    first = items[0] + (f" and {len(items) - 1} more" if len(items) > 1 else "")
+    rest = f"\n  (+{len(items) - limit} more)" if len(items) > limit else ""
+    return first, "\n  ".join(items[:limit]) + rest
+
+
 def _uncommitted_inside(inside: dict[str, list[str]]) -> str:
     files = [f"{sub}/{f}" for sub, fs in inside.items() for f in fs]
     where = ", ".join(inside)
-    first = files[0] + (f" and {len(files) - 1} more" if len(files) > 1 else "")
-    shown = "\n  ".join(files[:30]) + (f"\n  (+{len(files) - 30} more)" if len(files) > 30 else "")
+    first, shown = _listed(files)
     return (
         f"changed files inside the submodule{'s' if len(inside) > 1 else ''} {where} without "
         f"committing them there: {first}"

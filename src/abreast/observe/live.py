@@ -72,7 +72,10 @@ class LiveView(View):
             if tr.state in (TaskState.RUNNING, TaskState.INTEGRATING) and shown < 20:
                 if tr.state is TaskState.INTEGRATING:  # since its attempt ended
                     phase = e.isolation.phase(tr.id)
-                    took, what = now - tr.since_mono, f"merging: {phase}" if phase else "merging"
+                    took, what = (
+                        now - tr.integrating_since,
+                        f"merging: {phase}" if phase else "merging",
+                    )
                 else:
                     took = now - tr.running.started_mono if tr.running else 0.0
                     what = f"attempt {tr.attempts}"

@@ -11,21 +11,11 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from abreast.workspace import provision, submodules
+from abreast.workspace import provision
+from abreast.workspace.provision import Provision
 from abreast.workspace.repo import FAST, Repo, move_worktree, point_head
-
-
-@dataclass(frozen=True)
-class Provision:
-    """What each worktree the pool hands out gets beyond the committed files."""
-
-    source: Path  # the user's checkout
-    subs: list[submodules.Submodule] = field(default_factory=list)
-    copy: list[str] = field(default_factory=list)  # paths copied from the checkout
-    keep: list[str] = field(default_factory=list)  # ignored paths kept between tasks
 
 
 class WorktreePool:
@@ -104,17 +94,11 @@ class WorktreePool:
             self.reused += 1
         if self.provided is not None:
             try:
-                self._provide(path, self.provided)
+                provision.provide(self.repo, path, self.provided)
             except BaseException:
                 self.release(path, clean=False)
                 raise
         return path
-
-    def _provide(self, path: Path, p: Provision) -> None:
-        if p.subs:
-            submodules.sync(self.repo, path, p.subs)
-        if p.copy:
-            provision.copy_into(p.source, path, p.copy)
 
     def release(self, path: Path, *, clean: bool) -> None:
         """Give a worktree back; its untracked and ignored files are removed in the

@@ -6,16 +6,37 @@ handed out. `keep`: ignored paths a pooled worktree keeps from one task to the
 next (`node_modules`, `.venv`, build caches), so that installing dependencies is
 paid once per worktree rather than once per task. Both must be ignored by git
 (else they would be committed with a task's work); `problems` says which are
-not, before a run starts.
+not, before a run starts. `provide` also populates the worktree's submodules
+(submodules.py).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from abreast.workspace import submodules
 from abreast.workspace.repo import Repo
+
+
+@dataclass(frozen=True)
+class Provision:
+    """What each worktree a pool hands out gets beyond the committed files."""
+
+    source: Path  # the user's checkout
+    subs: list[submodules.Submodule] = field(default_factory=list)
+    copy: list[str] = field(default_factory=list)  # paths copied from the checkout
+    keep: list[str] = field(default_factory=list)  # ignored paths kept between tasks
+
+
+def provide(repo: Repo, worktree: Path, p: Provision) -> None:
+    """Give a worktree just handed out what `p` says: its submodules, the copies."""
+    if p.subs:
+        submodules.sync(repo, worktree, p.subs)
+    if p.copy:
+        copy_into(p.source, worktree, p.copy)
 
 
 def problems(repo: Repo, copy: list[str], keep: list[str]) -> list[str]:

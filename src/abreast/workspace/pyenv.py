@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import glob
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +34,8 @@ def _site_dirs(root: Path, env: Mapping[str, str]) -> list[Path]:
     """site-packages of the environments a task may run Python from: the active one
     (`$VIRTUAL_ENV`, `$CONDA_PREFIX`), the one of the first `python3` on PATH, abreast's
     own, and the checkout's own `.venv`/`venv`."""
+    import shutil  # here: the module's names are read by `abreast run` at start-up
+
     prefixes = [env.get("VIRTUAL_ENV"), env.get("CONDA_PREFIX")]
     python = shutil.which("python3", path=env.get("PATH"))
     if python:

@@ -209,8 +209,7 @@ class Repo:
 
     def changed_paths(self, base: str, head: str) -> list[str]:
         """Paths changed between two commits (both sides of renames)."""
-        out = self.git("diff", "--name-only", "-z", "--no-renames", base, head, "--").stdout
-        return [p for p in out.split("\0") if p]
+        return self.diff_numstat(base, head)[0]
 
     # -- worktrees ---------------------------------------------------------------------------
 
