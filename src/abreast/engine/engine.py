@@ -1108,6 +1108,7 @@ class Engine:
                 tr.id, tr.attempts
             ):
                 tr.state = TaskState.INTEGRATING
+                tr.integrating_since = time.monotonic()  # its merge starts again now
                 self._active.add(tr)
                 self._reintegrate.append(tr)
             elif tr.id in interrupted:
