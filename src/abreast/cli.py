@@ -111,7 +111,23 @@ def _args_run(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fast-forward `base` to the result when the run succeeds",
     )
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="where tasks run: here (default), or on a Ray cluster",
+    )
+    _ray_address_arg(p)
     _observe_args(p)
+
+
+def _ray_address_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="the Ray cluster for --executor ray (default: RAY_ADDRESS, else a local "
+        "cluster started for the run)",
+    )
 
 
 def _args_resume(p: argparse.ArgumentParser) -> None:
@@ -124,6 +140,7 @@ def _args_resume(p: argparse.ArgumentParser) -> None:
     _state_arg(p)
     p.add_argument("--no-monitor", action="store_true")
     p.add_argument("--plain", action="store_true")
+    _ray_address_arg(p)
     _observe_args(p)
 
 
@@ -352,7 +369,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             monitor=not args.no_monitor,
             land=args.land,
             observer=observer,
+            executor=args.executor,
+            ray_address=args.ray_address,
         )
+        if args.ray_address and args.executor != "ray":
+            raise UsageError(
+                "--ray-address is for --executor ray", hint="add --executor ray, or leave it out"
+            )
         if args.dry_run:
             return dry_run(req, sys.stdout)
         return _finish(start_run(req, _view(args.plain), _announce))
@@ -382,6 +405,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             announce=_announce,
             monitor=not args.no_monitor,
             observer=observer,
+            ray_address=args.ray_address,
         )
     return _finish(outcome)
 

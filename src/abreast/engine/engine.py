@@ -35,14 +35,12 @@ from abreast.coord.location import StateLocation
 from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.states import FAILED_STATES, TaskState, check_transition
 from abreast.engine.supervise import Supervisor
-from abreast.executor.local import Exit, Launch, LocalExecutor, Running
+from abreast.executor.local import Executor, Exit, Launch, LocalExecutor, Running
 from abreast.executor.logs import log_tail, scrub_secrets
 from abreast.executor.process import (
     LOCKS_ENV,
     become_subreaper,
     describe_status,
-    group_alive,
-    kill_tree,
     reap_orphans,
 )
 from abreast.integrate.base import Isolation, Outcome, Verdict
@@ -71,6 +69,8 @@ class EngineOptions:
     supervisor: Supervisor | None = None
     sinks: list[Sink] = field(default_factory=list)  # hear every committed event
     keys: KeyBroker | None = None  # API keys or proxy tokens for attempts
+    # Makes the executor on the loop (given the exit callback); None: LocalExecutor.
+    executor: Callable[[Callable[[Running, Exit], None]], Executor] | None = None
 
 
 def prompt_for(prompt: str | None, attempt: int, feedback: str | None) -> str:
@@ -211,7 +211,7 @@ class Engine:
         self._seen_signals: set[tuple[str, str]] = set()
         self.started_at = started_at or time.time()
         self._t0 = time.monotonic()
-        self._executor: LocalExecutor | None = None
+        self._executor: Executor | None = None
         self._adopt: list[tuple[TaskRun, int, Exit]] = []
         self._reintegrate: list[TaskRun] = []
         self._active: set[TaskRun] = set()  # RUNNING or INTEGRATING
@@ -280,7 +280,8 @@ class Engine:
         for sink in self.options.sinks:
             await sink.start()
             self.journal.listeners.append(sink)
-        self._executor = LocalExecutor(self._process_exited)
+        make = self.options.executor or LocalExecutor
+        self._executor = make(self._process_exited)
         become_subreaper()  # orphaned descendants of tasks come to us, and are reaped
         installed = self._install_signal_handlers(loop)
         self._note_cap()
@@ -524,13 +525,21 @@ class Engine:
             return
         tr.running = running
         tr.killed_for = None
-        self.sup.started(tr.id, launch.attempt, running.pid, launch.log, leases or [])
+        executor = self._executor
+        self.sup.started(
+            tr.id,
+            launch.attempt,
+            running.pid,
+            launch.log,
+            leases or [],
+            lambda: executor.stats(running),
+        )
         self.journal.stage_attempt(
             self.run_id,
             tr.id,
             launch.attempt,
-            pid=running.pid,
-            pgid=running.pgid,
+            pid=running.pid or None,  # 0: on another machine (Ray): not a pid here
+            pgid=running.pgid or None,
             start_ticks=running.ticks,
             workdir=launch.cwd,
         )
@@ -581,7 +590,7 @@ class Engine:
 
     def _process_exited(self, running: Running, exit_: Exit) -> None:
         tr = self.by_id[running.launch.task_id]
-        self._post_and_pass("exit", running, tr, exit_, None)
+        self._post_and_pass("exit", running, tr, exit_, exit_.error)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -594,7 +603,7 @@ class Engine:
             tr.timer.cancel()
             tr.timer = None
         tr.running = None
-        if running is not None and group_alive(running.pgid):
+        if running is not None and self._executor and self._executor.leftovers(running):
             self._kill(running)  # it left processes behind in its group: end them too
         n = tr.attempts
         sampled = self.sup.ended(tr.id)
@@ -826,7 +835,8 @@ class Engine:
 
     def _kill(self, running: Running) -> None:
         grace = 0.0 if self._force_kill else self.options.kill_grace_s
-        task = asyncio.create_task(kill_tree(running.pgid, grace))
+        assert self._executor is not None
+        task = asyncio.create_task(self._executor.kill(running, grace))
         self._killing.add(task)
         task.add_done_callback(self._killing.discard)
 

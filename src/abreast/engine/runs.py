@@ -41,6 +41,8 @@ from abreast.spec.model import TASK_ID_PATTERN, Scalar, Workflow
 from abreast.spec.overrides import flag_overrides, parallel_cap
 
 if TYPE_CHECKING:
+    from abreast.executor.local import Executor, Running
+    from abreast.executor.ray_exec import RayCluster
     from abreast.keys.broker import KeyBroker
     from abreast.observe.dashboard_process import Observer
     from abreast.observe.events import Sink
@@ -61,6 +63,8 @@ class RunRequest:
     isolation: IsolationFactory | None = None
     land: bool = False
     observer: Observer | None = None  # serves --dashboard / --metrics-port (the caller's)
+    executor: str = "local"  # or "ray"
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local cluster for the run
 
 
 @dataclass
@@ -118,10 +122,15 @@ def dry_run(req: RunRequest, out: Any) -> int:
     return 0
 
 
-def task_env(location: StateLocation, keys: KeyBroker | None) -> dict[str, str]:
+def task_env(
+    location: StateLocation, keys: KeyBroker | None, cluster: RayCluster | None = None
+) -> dict[str, str]:
     """The environment tasks and checks start from: this one, less the keys' real values
-    (a task gets only its leased key), with `abreast` on PATH as this very abreast."""
+    (a task gets only its leased key) and what connecting to Ray added, with `abreast` on
+    PATH as this very abreast."""
     env = keys.scrub(dict(os.environ)) if keys else dict(os.environ)
+    for name in cluster.added_env if cluster else ():
+        env.pop(name, None)
     shim = _abreast_shim(location.runs_dir.parent / "bin")
     if shim is not None:
         env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH') or os.defpath}"
@@ -175,6 +184,7 @@ def _options(
     base_env: dict[str, str],
     sinks: list[Sink] | None = None,
     keys: KeyBroker | None = None,
+    cluster: RayCluster | None = None,
 ) -> EngineOptions:
     monitor = None
     if monitor_on and p.wf.resources.monitor:
@@ -192,7 +202,49 @@ def _options(
         sinks=sinks or [],
         # Ticks often enough to notice an orphan within a quarter of its threshold.
         tick_s=min(1.0, hb.interval, hb.orphan_after / 4),
+        executor=_ray_executor() if cluster is not None else None,
     )
+
+
+def _ray_executor() -> Callable[[Callable[[Running, Exit], None]], Executor]:
+    from abreast.executor.ray_exec import RayExecutor
+
+    return lambda on_exit: RayExecutor(on_exit, EngineOptions.kill_grace_s)
+
+
+def _connect_ray(
+    address: str | None, wf: Workflow, location: StateLocation, cap: int
+) -> RayCluster:
+    """The run's Ray cluster (`--executor ray`), checked, or a UsageError before anything of
+    the run exists; what it is, on stderr."""
+    from abreast.executor.ray_exec import connect
+
+    location.runs_dir.mkdir(parents=True, exist_ok=True)
+    paths = [str(location.root), str(location.runs_dir)]
+    cluster = connect(address, paths, max(cap, os.cpu_count() or 1))
+    elsewhere = [h for h in cluster.hosts if h != socket.gethostname()]
+    proxied = sorted(name for name, pool in wf.keys.items() if pool.upstream)
+    if elsewhere and proxied:
+        cluster.close()
+        raise UsageError(
+            f"keys {', '.join(proxied)} are served by a proxy on this machine (127.0.0.1), "
+            f"which tasks on {', '.join(elsewhere)} cannot reach",
+            hint="use direct mode for these keys (no `upstream:`), or a cluster on this "
+            "machine only",
+        )
+    if elsewhere and not location.is_redis:
+        _note(
+            f"note: tasks on {', '.join(elsewhere)} that run `abreast lock` or `abreast signal` "
+            f"reach the journal {location.journal} over the shared filesystem, where SQLite "
+            "is not safe; --state redis://HOST:PORT/0 shares them properly"
+        )
+    _note(f"note: {cluster.describe()}")
+    if cluster.cpus < cap:
+        _note(
+            f"note: at most {cluster.cpus:g} tasks run at once there (max_parallel is {cap}); "
+            "the others wait in Ray's queue, their timeouts running"
+        )
+    return cluster
 
 
 def _sinks(p: Prepared) -> list[Sink]:
@@ -375,6 +427,10 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
         supervisor = _supervisor(p, run_id, journal)  # an unreachable backend stops us here
         stops: list[Callable[[], None]] = []
         try:  # the supervisor's backend connection is closed whatever stops us
+            cluster = None
+            if req.executor == "ray":  # an unreachable or unfit cluster stops us here
+                cluster = _connect_ray(req.ray_address, p.wf, p.location, p.cap)
+                stops.append(cluster.close)
             keys = _keys(p, supervisor, journal, run_id)  # a key variable not set stops us here
             started = time.time()
             me = os.getpid()
@@ -388,6 +444,8 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 "isolation": kind,
                 "base_commit": base_commit,
                 "land": req.land,
+                "executor": req.executor,
+                "ray_address": req.ray_address,
             }
             journal.create_run(
                 run_id,
@@ -411,7 +469,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 **options,
             )
             announce(run_id)
-            env = task_env(p.location, keys)
+            env = task_env(p.location, keys, cluster)
             isolation = _isolation(
                 req, p, run_id, journal, kind, base_commit, env, supervisor, keys
             )
@@ -428,7 +486,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 p.location,
                 journal,
                 p.graph,
-                _options(p, req.monitor, supervisor, env, sinks, keys),
+                _options(p, req.monitor, supervisor, env, sinks, keys, cluster),
                 view=view,
                 isolation=isolation,
                 started_at=started,
@@ -542,13 +600,24 @@ def resume_run(
     monitor: bool = True,
     isolation: IsolationFactory | None = None,
     observer: Observer | None = None,
+    ray_address: str | None = None,
 ) -> RunOutcome:
     """Carry on a run whose orchestrator died (`observer`: one spawned for --dashboard /
-    --metrics-port, told the run once it is found)."""
+    --metrics-port, told the run once it is found; `ray_address`: the Ray cluster to use
+    now, for a run started with `--executor ray`)."""
     found_at, journal = open_journal(None, state)
     with journal:  # closed however this ends, a refusal included
         return _resume_found(
-            found_at, journal, run_id, force, view, announce, monitor, isolation, observer
+            found_at,
+            journal,
+            run_id,
+            force,
+            view,
+            announce,
+            monitor,
+            isolation,
+            observer,
+            ray_address,
         )
 
 
@@ -562,6 +631,7 @@ def _resume_found(
     monitor: bool,
     isolation: IsolationFactory | None,
     observer: Observer | None,
+    ray_address: str | None = None,
 ) -> RunOutcome:
     row = find_run(journal, run_id)
     # The run's own project, wherever resume is typed; the journal stays where it was found.
@@ -586,10 +656,27 @@ def _resume_found(
             hint="resuming could run a different workflow; pass --force to "
             "resume anyway with the file as it is now",
         )
-    announce(row.id)
-    if observer is not None:
-        _observe(observer, location, row.id)
-    return asyncio.run(_resume(wf, row, journal, location, force, view, monitor, isolation))
+    cluster = None
+    if row.options.get("executor") == "ray":
+        cap = int(row.options.get("max_parallel") or wf.max_parallel)
+        address = ray_address or row.options.get("ray_address")
+        cluster = _connect_ray(address, wf, location, cap)
+    elif ray_address:
+        raise UsageError(
+            f"run {row.id} runs its tasks here, not on Ray; --ray-address is for runs "
+            "started with --executor ray",
+            hint="leave --ray-address out",
+        )
+    try:
+        announce(row.id)
+        if observer is not None:
+            _observe(observer, location, row.id)
+        return asyncio.run(
+            _resume(wf, row, journal, location, force, view, monitor, isolation, cluster)
+        )
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 async def _resume(
@@ -601,7 +688,12 @@ async def _resume(
     view: View,
     monitor_on: bool,
     isolation: IsolationFactory | None,
+    cluster: RayCluster | None = None,
 ) -> RunOutcome:
+    if cluster is not None:  # the dead orchestrator's attempts on every node
+        swept = await asyncio.to_thread(cluster.sweep, row.id)
+        if swept:
+            view.note(f"killed {len(swept)} stray process(es) of the dead orchestrator on Ray")
     # How attempts ended while nobody watched is read with every process of the run
     # stopped: what is recorded then ended by itself; what ends after we kill it (a shell
     # records the kill as its status) is not the attempt's result, and nothing can end
@@ -674,14 +766,14 @@ async def _resume(
         keys = _keys(p, supervisor, journal, row.id)
         if keys is not None:
             keys.start()
-        env = task_env(location, keys)
+        env = task_env(location, keys, cluster)
         engine = Engine(
             wf,
             row.id,
             location,
             journal,
             graph,
-            _options(p, monitor_on, supervisor, env, keys=keys),
+            _options(p, monitor_on, supervisor, env, keys=keys, cluster=cluster),
             view=view,
             isolation=_isolation(
                 req, p, row.id, journal, kind, options.get("base_commit"), env, supervisor, keys

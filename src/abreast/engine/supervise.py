@@ -51,6 +51,8 @@ class Watch:
     pid: int
     log: str
     leases: list[Lease] = field(default_factory=list)
+    # (RSS, CPU s, I/O bytes) of the attempt's tree: its executor's, else read here by pid
+    stats: Callable[[], tuple[int, float, int]] | None = None
     last_renew: float = field(default_factory=time.monotonic)
     last_activity: float = field(default_factory=time.monotonic)
     last_sign: tuple[float, int, int] = (0.0, 0, 0)
@@ -226,8 +228,17 @@ class Supervisor:
 
     # -- attempts ------------------------------------------------------------------------------
 
-    def started(self, task_id: str, attempt: int, pid: int, log: str, leases: list[Lease]) -> None:
-        self.watches[task_id] = Watch(self._attempt_key(task_id, attempt), pid, log, leases)
+    def started(
+        self,
+        task_id: str,
+        attempt: int,
+        pid: int,
+        log: str,
+        leases: list[Lease],
+        stats: Callable[[], tuple[int, float, int]] | None = None,
+    ) -> None:
+        key = self._attempt_key(task_id, attempt)
+        self.watches[task_id] = Watch(key, pid, log, leases, stats)
 
     def _attempt_key(self, task_id: str, attempt: int) -> str:
         """The coordinator key an attempt's heartbeat is kept under."""
@@ -278,7 +289,7 @@ class Supervisor:
         orphan_after = self.wf.heartbeat.orphan_after
         trouble: list[Trouble] = []
         for task_id, w in self.watches.items():
-            rss, cpu, io = tree_stats(w.pid)
+            rss, cpu, io = w.stats() if w.stats else tree_stats(w.pid)
             w.peak_rss = max(w.peak_rss, rss)
             try:
                 log_size = os.stat(w.log).st_size

@@ -26,10 +26,17 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from abreast.executor.process import boot_ticks, start_ticks_between
+from abreast.executor.process import (
+    boot_ticks,
+    group_alive,
+    kill_tree,
+    start_ticks_between,
+    tree_stats,
+)
 from abreast.executor.wrapper import SHELL, WRAPPER
 
 _HAS_PIDFD = hasattr(os, "pidfd_open")
@@ -54,6 +61,7 @@ class Exit:
     signal: int | None
     wall_s: float
     maxrss_bytes: int  # from wait4: the process and the children it waited for
+    error: str | None = None  # it could not run (a Ray node lost, say): why
 
     @property
     def ok(self) -> bool:
@@ -72,6 +80,20 @@ class Running:
     # Our own peak RSS (KiB) just after it was spawned: see `_own_peak`.
     parent_maxrss_kib: int = 0
     _pidfd: int = field(default=-1, repr=False)
+    handle: Any = field(default=None, repr=False)  # a remote executor's own (a Ray ObjectRef)
+
+
+class Executor(Protocol):
+    """What the engine asks of an executor; `on_exit(running, exit)` is called on the loop."""
+
+    running: dict[int, Running]
+
+    def start(self, launch: Launch) -> Running: ...
+    def kill(self, running: Running, grace_s: float) -> Coroutine[Any, Any, None]: ...
+    def stats(self, running: Running) -> tuple[int, float, int]: ...
+    def leftovers(self, running: Running) -> bool: ...
+    def sweep(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class LocalExecutor:
@@ -95,27 +117,7 @@ class LocalExecutor:
             self._on_sigchld = False
 
     def start(self, launch: Launch) -> Running:
-        before = boot_ticks()
-        pid = os.posix_spawn(
-            SHELL,
-            [
-                SHELL,
-                "-c",
-                WRAPPER,
-                "abreast-task",
-                launch.cwd,
-                launch.exits_file,
-                launch.command,
-                launch.log,
-                f"{launch.task_id}.{launch.attempt}",
-            ],
-            launch.env,
-            setsid=True,
-            # Python ignores these; a shell cannot undo an ignore it inherits, and a task
-            # would see `producer | head` end in EPIPE errors (as subprocess does it).
-            setsigdef=_RESTORED_SIGNALS,
-        )
-        ticks = start_ticks_between(pid, before, boot_ticks())
+        pid, ticks = spawn(launch)
         # Read after the spawn: what the child inherited (our peak when it exec'd) is at
         # most this, even if another thread of ours grew meanwhile.
         parent_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -136,6 +138,18 @@ class LocalExecutor:
         else:  # no pidfd (old kernel): one waiting thread per process
             self._loop.run_in_executor(None, self._wait_blocking, running)
         return running
+
+    def kill(self, running: Running, grace_s: float) -> Coroutine[Any, Any, None]:
+        """End the attempt's whole process tree (TERM, `grace_s`, KILL)."""
+        return kill_tree(running.pgid, grace_s)
+
+    def stats(self, running: Running) -> tuple[int, float, int]:
+        """(RSS, CPU seconds, I/O bytes) of the attempt's process tree, for the supervisor."""
+        return tree_stats(running.pid)
+
+    def leftovers(self, running: Running) -> bool:
+        """Whether the attempt's process group outlived its first process."""
+        return group_alive(running.pgid)
 
     def _reap_ended(self) -> None:
         """SIGCHLD: reap every process of ours that had started before it and has ended.
@@ -212,6 +226,31 @@ class LocalExecutor:
             maxrss_bytes=maxrss,
         )
         self._on_exit(running, exit_)
+
+
+def spawn(launch: Launch) -> tuple[int, int | None]:
+    """Start the attempt's wrapper in a session of its own: (pid, start ticks)."""
+    before = boot_ticks()
+    pid = os.posix_spawn(
+        SHELL,
+        [
+            SHELL,
+            "-c",
+            WRAPPER,
+            "abreast-task",
+            launch.cwd,
+            launch.exits_file,
+            launch.command,
+            launch.log,
+            f"{launch.task_id}.{launch.attempt}",
+        ],
+        launch.env,
+        setsid=True,
+        # Python ignores these; a shell cannot undo an ignore it inherits, and a task
+        # would see `producer | head` end in EPIPE errors (as subprocess does it).
+        setsigdef=_RESTORED_SIGNALS,
+    )
+    return pid, start_ticks_between(pid, before, boot_ticks())
 
 
 def _collect(running: Running) -> tuple[int, int] | None:

@@ -1,0 +1,337 @@
+"""`--executor ray`: attempts run on a Ray cluster; the orchestrator keeps everything else.
+
+    RayExecutor.start ──ray task──▶ remote.run_attempt (on a node) ──result──▶ on_exit(Exit)
+
+Only the attempt's process moves: the journal, the scheduling, locks, keys, worktrees and
+the merge queue (its checks included) stay with the orchestrator. Each attempt is one Ray
+task holding one CPU of the cluster; on its node the same wrapper as the local executor's
+starts it, in the same working directory, with the same environment, writing the same log
+and exits file. So every node must see the project at the same path (one machine, or a
+shared filesystem); `connect` asks every node before the run starts, and refuses a
+cluster where one does not.
+
+Without an address (`--ray-address`, else `RAY_ADDRESS`) abreast starts a local cluster
+for the run (`rayhead.py`, in a session of its own so that Ctrl-C reaches only the
+orchestrator, which then cancels its tasks in order) and stops it at the end; it stops by
+itself if the orchestrator dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from abreast.errors import UsageError
+from abreast.executor.local import Exit, Launch, Running
+from abreast.executor.remote import probe, read_stats, run_attempt, stats_path, sweep
+
+_START_TIMEOUT_S = 120.0
+AUTH_MODE = "RAY_AUTH_MODE"
+_RAY_HINT = "install it with `pip install 'abreast[ray]'`"
+
+
+@dataclass
+class RayCluster:
+    """A connection to a Ray cluster for one run (and the local cluster, if abreast started
+    one)."""
+
+    address: str
+    hosts: list[str]
+    cpus: float
+    started_here: bool
+    _holder: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _holder_err: Any = field(default=None, repr=False)
+    # What connecting put in this process's environment: not for the tasks'
+    added_env: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        where = "a local cluster started for this run" if self.started_here else self.address
+        nodes = f"{len(self.hosts)} node{'s' if len(self.hosts) != 1 else ''}"
+        return f"ray: {where}, {nodes}, {self.cpus:g} CPUs (each task takes one)"
+
+    def sweep(self, run_id: str) -> list[int]:
+        """Kill `run_id`'s processes on every node (a dead orchestrator's attempts)."""
+        killed: list[int] = []
+        for ids in _on_every_node(sweep, run_id):
+            killed.extend(ids)
+        return killed
+
+    def close(self) -> None:
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        holder = self._holder
+        if holder is None:
+            return
+        self._holder = None
+        if holder.stdin:
+            with contextlib.suppress(OSError):
+                holder.stdin.close()  # the holder stops the cluster it started
+        try:
+            holder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(holder.pid, signal.SIGKILL)
+            holder.wait()
+        if self._holder_err is not None:
+            self._holder_err.close()
+
+
+def connect(address: str | None, paths: list[str], local_cpus: int) -> RayCluster:
+    """Connect to the cluster at `address` (else `RAY_ADDRESS`, else start a local one with
+    `local_cpus` CPUs), and check that every node sees `paths` and runs this abreast.
+    A problem is a UsageError, before anything of the run exists."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(
+            "--executor ray needs Ray, which is not installed", hint=_RAY_HINT
+        ) from None
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    holder = err = None
+    added: list[str] = []
+    if address is None:
+        holder, err, line = _start_local(local_cpus)
+        address, _, auth_mode = line.partition(" ")
+        if auth_mode and AUTH_MODE not in os.environ:  # to connect as the holder does
+            os.environ[AUTH_MODE] = auth_mode
+            added.append(AUTH_MODE)
+            from ray._raylet import Config  # type: ignore[attr-defined]
+
+            Config.initialize("")  # Ray reads its settings from the environment once
+    cluster = RayCluster(address, [], 0.0, holder is not None, holder, err, added)
+    try:
+        if holder is None:
+            _reachable(address)  # Ray itself tries a wrong address for many minutes
+        try:
+            ray.init(
+                address=address,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                namespace="abreast",
+            )
+        except Exception as e:  # ConnectionError, or Ray's own on a bad address
+            raise UsageError(
+                f"cannot reach the Ray cluster at {address}: {_first_line(e)}",
+                hint="start one (`ray start --head`) and give its address with --ray-address "
+                "or RAY_ADDRESS, or give neither to have abreast start a local one; a cluster "
+                f"that wants a token needs {AUTH_MODE}=token here (the token in RAY_AUTH_TOKEN "
+                "or ~/.ray/auth_token)",
+            ) from None
+        cluster.cpus = float(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
+        answers = _on_every_node(probe, paths)
+        from abreast import __version__
+
+        problems = []
+        for a in answers:
+            if a["missing"]:
+                problems.append(f"node {a['host']} does not see {', '.join(a['missing'])}")
+            if a["version"] != __version__:
+                problems.append(f"node {a['host']} runs abreast {a['version']}, not {__version__}")
+        if problems:
+            raise UsageError(
+                "the Ray cluster cannot run this workflow's tasks:\n  " + "\n  ".join(problems),
+                hint="every node needs this abreast installed and the project at the same "
+                "path (a shared filesystem)",
+            )
+        cluster.hosts = sorted({str(a["host"]) for a in answers})
+        if cluster.cpus < 1:
+            raise UsageError(
+                f"the Ray cluster at {address} has no CPU to run a task on",
+                hint="add a node with CPUs (`ray start --num-cpus N`)",
+            )
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def _reachable(address: str) -> None:
+    """A TCP connection to the cluster's `host:port` (or `ray://host:port`), else a
+    UsageError at once."""
+    import socket
+    from urllib.parse import urlsplit
+
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    if hostport in ("auto", "local"):
+        return  # Ray finds the cluster on this machine by itself
+    try:
+        parts = urlsplit(f"//{hostport}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise UsageError(
+            f"the Ray address {address!r} is not HOST:PORT",
+            hint="give the head node's address, as `ray start --head` prints it "
+            "(e.g. 10.0.0.5:6379, or ray://10.0.0.5:10001)",
+        )
+    try:
+        socket.create_connection((host, port), timeout=10).close()
+    except OSError as e:
+        raise UsageError(
+            f"cannot reach the Ray cluster at {address}: {e.strerror or e}",
+            hint="start one (`ray start --head`) and give its address with --ray-address "
+            "or RAY_ADDRESS, or give neither to have abreast start a local one",
+        ) from None
+
+
+def _on_every_node(fn: Callable[..., Any], *args: Any) -> list[Any]:
+    """`fn(*args)` on each live node of the cluster, pinned there; their answers."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    remote = ray.remote(fn)
+    refs = [
+        remote.options(
+            num_cpus=0,
+            max_retries=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        ).remote(*args)
+        for node in ray.nodes()  # type: ignore[no-untyped-call]
+        if node.get("Alive")
+    ]
+    try:
+        return list(ray.get(refs, timeout=_START_TIMEOUT_S))
+    except Exception as e:
+        raise UsageError(
+            f"a Ray node could not run abreast's check: {_first_line(e)}",
+            hint="every node needs this abreast installed (in the Python its workers run)",
+        ) from None
+
+
+def _start_local(cpus: int) -> tuple[subprocess.Popen[bytes], Any, str]:
+    err = tempfile.TemporaryFile()  # noqa: SIM115 (kept open for the holder's life)
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "abreast.executor.rayhead", str(cpus)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        start_new_session=True,  # Ctrl-C in the terminal is the orchestrator's to handle
+    )
+    assert holder.stdout is not None
+    line = _read_line(holder, _START_TIMEOUT_S)
+    if not line:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()[-5:]
+        err.close()
+        raise UsageError(
+            "could not start a local Ray cluster" + (":\n  " + "\n  ".join(tail) if tail else ""),
+            hint="check that Ray runs here (`ray start --head`), or give a cluster's "
+            "address with --ray-address",
+        )
+    return holder, err, line
+
+
+def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
+    """The first line the process prints, or "" if it ends or `timeout_s` passes first."""
+    import selectors
+
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                return ""
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                return ""
+            buf += chunk
+    return buf.split(b"\n", 1)[0].decode().strip()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+class RayExecutor:
+    """Starts attempts as Ray tasks and calls `on_exit(running, exit)` on the loop when one
+    ends (or is lost with its node)."""
+
+    def __init__(self, on_exit: Callable[[Running, Exit], None], grace_s: float) -> None:
+        import ray
+
+        self._on_exit = on_exit
+        self._grace_s = grace_s
+        self._loop = asyncio.get_running_loop()
+        self._remote = ray.remote(run_attempt)
+        self.running: dict[int, Running] = {}
+
+    def start(self, launch: Launch) -> Running:
+        ref = self._remote.options(
+            num_cpus=1, max_retries=0, name=f"{launch.task_id}.{launch.attempt}"
+        ).remote(launch, self._grace_s)
+        running = Running(launch, 0, 0, None, time.monotonic(), time.time(), handle=ref)
+        self.running[id(running)] = running  # no local pid to key it by
+        future = asyncio.wrap_future(ref.future(), loop=self._loop)
+        future.add_done_callback(functools.partial(self._done, running))
+        return running
+
+    def _done(self, running: Running, future: asyncio.Future[Any]) -> None:
+        import ray.exceptions
+
+        self.running.pop(id(running), None)
+        with contextlib.suppress(OSError):
+            os.unlink(stats_path(running.launch))  # the peak is in the result
+        wall = time.monotonic() - running.started_mono
+        try:
+            status, peak, wall, _host = future.result()
+        except ray.exceptions.TaskCancelledError:  # cancelled before a node started it
+            exit_ = Exit(None, signal.SIGKILL, wall, 0)
+        except Exception as e:  # the node or its worker was lost, or Ray failed it
+            exit_ = Exit(None, None, wall, 0, error=f"lost on the Ray cluster: {_first_line(e)}")
+        else:
+            code = os.waitstatus_to_exitcode(status)
+            exit_ = Exit(code if code >= 0 else None, -code if code < 0 else None, wall, peak)
+        self._on_exit(running, exit_)
+
+    def kill(self, running: Running, grace_s: float) -> Coroutine[Any, Any, None]:
+        """Cancel the Ray task: its node TERMs the tree, and KILLs it after the grace period
+        or at a second cancel (asked for at once when `grace_s` is 0)."""
+        import ray
+
+        times = 1 if grace_s > 0 else 2
+        return asyncio.to_thread(_cancel, ray, running.handle, times)
+
+    def stats(self, running: Running) -> tuple[int, float, int]:
+        stats = read_stats(running.launch)
+        if stats is None:  # no node has started it yet: waiting in Ray's queue is not
+            # being quiet, so a sign that changes on every reading (not an orphan)
+            return 0, -time.monotonic(), 0
+        return stats
+
+    def leftovers(self, running: Running) -> bool:
+        return False  # its node ended them
+
+    def sweep(self) -> None:
+        pass  # exits come as the tasks' results
+
+    def close(self) -> None:
+        pass  # the cluster is the caller's to close
+
+
+def _cancel(ray: Any, ref: Any, times: int) -> None:
+    for i in range(times):
+        if i:
+            time.sleep(0.2)  # two cancels at once may arrive as one
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=False)

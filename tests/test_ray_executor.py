@@ -1,0 +1,283 @@
+"""`--executor ray`: attempts run as Ray tasks on a real local Ray cluster.
+
+The module starts one cluster (abreast's own holder, `python -m abreast.executor.rayhead`,
+in a session of its own) and every run connects to it with --ray-address; one test lets
+abreast start and stop a cluster of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from abreast.executor.process import marked_processes
+from tests.conftest import run_abreast
+from tests.helpers import pid_alive, query, wait_for
+
+pytest.importorskip("ray")  # not on a Python Ray has no wheel for (see pyproject.toml)
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, str]]:
+    """A local Ray cluster for the module: the environment that reaches it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    holder = subprocess.Popen(
+        [PY, "-m", "abreast.executor.rayhead", "4"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    line = holder.stdout.readline().decode().split()
+    try:
+        assert line, "the Ray cluster did not start"
+        env["RAY_ADDRESS"] = line[0]
+        if len(line) > 1:
+            env["RAY_AUTH_MODE"] = line[1]
+        yield env
+    finally:
+        holder.stdin.close()
+        holder.stdout.close()
+        try:
+            holder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(holder.pid, signal.SIGKILL)
+            holder.wait()
+
+
+def git_project(root: Path, tasks: dict[str, object], **top: object) -> Path:
+    subprocess.run(["git", "init", "-q", "-b", "main", str(root)], check=True)
+    path = root / "abreast.json"
+    path.write_text(json.dumps({"version": 1, "name": "onray", **top, "tasks": tasks}))
+    for args in (["add", "."], ["commit", "-qm", "workflow"]):
+        subprocess.run(
+            ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            check=True,
+        )
+    return path
+
+
+def ray_run(path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            PY,
+            "-m",
+            "abreast",
+            "run",
+            str(path),
+            "--executor",
+            "ray",
+            "--plain",
+            "--no-monitor",
+            *args,
+        ],
+        cwd=path.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
+    tmp_path: Path, cluster: dict[str, str]
+) -> None:
+    # Each task says what started it (a Ray worker names itself after its task) and writes
+    # a file; b needs a's file; the check runs on the orchestrator's side, on the merge.
+    tasks = {
+        name: {
+            "run": f'tr "\\0" " " < /proc/$PPID/cmdline; echo "$ABREAST_TASK_ID" > {name}.txt'
+            + ("; test -f a.txt" if name == "b" else ""),
+            **({"needs": ["a"]} if name == "b" else {}),
+        }
+        for name in ("a", "b", "c")
+    }
+    path = git_project(tmp_path, tasks, checks=[{"name": "files", "run": "ls ./*.txt"}])
+    done = ray_run(path, cluster)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "note: ray: " in done.stderr and "1 node" in done.stderr
+    run_id = done.stdout.splitlines()[0].removeprefix("run: ")
+    for name in ("a", "b", "c"):
+        log = run_abreast("logs", run_id, name, cwd=tmp_path)
+        assert log.out.startswith(f"ray::{name}.1"), log.out  # the worker running it
+    listed = subprocess.run(
+        ["git", "-C", str(tmp_path), "ls-tree", "--name-only", f"abreast/{run_id}/_integration"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert {"a.txt", "b.txt", "c.txt"} <= set(listed)
+    db = tmp_path / ".abreast" / "state.db"
+    # No local pid is journaled for an attempt that ran elsewhere.
+    assert query(db, "SELECT pid FROM attempts WHERE run_id = ?", run_id) == [(None,)] * 3
+    options = json.loads(query(db, "SELECT options FROM runs WHERE id = ?", run_id)[0][0])
+    assert options["executor"] == "ray"
+
+
+def test_a_timeout_kills_the_tree_on_its_node_and_the_retry_runs(
+    tmp_path: Path, cluster: dict[str, str]
+) -> None:
+    # Attempt 1 forks a grandchild that holds its output and outlives the shell's TERM;
+    # the node kills the whole tree, and attempt 2 succeeds.
+    grandchild = tmp_path / "grandchild.pid"
+    run = (
+        'if [ "$ABREAST_ATTEMPT" = 1 ]; then '
+        f"(trap '' TERM; echo $$ > /dev/null; sh -c 'echo $$ > {grandchild}; exec sleep 60') & "
+        "wait; fi; echo ok"
+    )
+    path = git_project(
+        tmp_path,
+        {"slow": {"run": run, "timeout": 2, "retries": 1, "backoff": {"initial": 0.1}}},
+        isolation="none",
+    )
+    done = ray_run(path, cluster)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "timed out after 2s" in done.stdout
+    pid = int(grandchild.read_text())
+    wait_for(lambda: not pid_alive(pid), timeout=15, what="the grandchild to be killed")
+    run_id = done.stdout.splitlines()[0].removeprefix("run: ")
+    db = tmp_path / ".abreast" / "state.db"
+    rows = query(db, "SELECT state, reason FROM attempts WHERE run_id = ? ORDER BY attempt", run_id)
+    assert [state for state, _ in rows] == ["failed", "succeeded"]
+    assert rows[0][1].startswith("timed out after 2s; its process tree was killed")
+    assert marked_processes(run_id) == []
+
+
+def test_cancel_stops_the_tasks_on_the_cluster(tmp_path: Path, cluster: dict[str, str]) -> None:
+    started = tmp_path / "started"
+    path = git_project(
+        tmp_path,
+        {
+            "long": {"run": f"touch {started}; sleep 60"},
+            "later": {"run": "true", "needs": ["long"]},
+        },
+        isolation="none",
+    )
+    proc = subprocess.Popen(
+        [PY, "-m", "abreast", "run", str(path), "--executor", "ray", "--plain", "--no-monitor"],
+        cwd=tmp_path,
+        env=cluster,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().removeprefix("run: ").strip()
+        wait_for(started.exists, timeout=60, what="the task to start on Ray")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, out + err
+    status = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
+    assert status["state"] == "cancelled"
+    assert {t["id"]: t["state"] for t in status["tasks"]} == {
+        "long": "cancelled",
+        "later": "cancelled",
+    }
+    assert marked_processes(run_id) == []
+
+
+def test_sigkill_the_orchestrator_then_resume_on_ray(
+    tmp_path: Path, cluster: dict[str, str]
+) -> None:
+    (tmp_path / "counts").mkdir()
+    tasks = {
+        f"t{i}": {
+            "run": f'sleep 0.3; echo "$ABREAST_ATTEMPT" >> {tmp_path}/counts/$ABREAST_TASK_ID',
+            **({"needs": ["t0"]} if i == 3 else {}),
+        }
+        for i in range(4)
+    }
+    tasks["t2"]["run"] = f'[ "$ABREAST_ATTEMPT" = 1 ] && sleep 60; echo 1 >> {tmp_path}/counts/t2'
+    path = git_project(tmp_path, tasks, isolation="none")
+    proc = subprocess.Popen(
+        [PY, "-m", "abreast", "run", str(path), "--executor", "ray", "--plain", "--no-monitor"],
+        cwd=tmp_path,
+        env=cluster,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    run_id = proc.stdout.readline().removeprefix("run: ").strip()
+    wait_for(
+        lambda: (tmp_path / "counts" / "t0").exists() and bool(marked_processes(run_id, "t2")),
+        timeout=60,
+        what="t0 to finish and t2 to run",
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    resumed = run_abreast(
+        "resume", run_id, "--plain", "--no-monitor", cwd=tmp_path, env=cluster, timeout=180
+    )
+    assert resumed.code == 0, resumed.out + resumed.err
+    counts = {p.name: p.read_text().split() for p in (tmp_path / "counts").iterdir()}
+    assert sorted(counts) == ["t0", "t1", "t2", "t3"]
+    assert all(len(lines) == 1 for lines in counts.values()), counts  # each once
+    assert marked_processes(run_id) == []
+
+
+def test_a_task_waiting_in_rays_queue_is_not_taken_for_an_orphan(
+    tmp_path: Path, cluster: dict[str, str]
+) -> None:
+    # Six busy tasks, six at once, on a cluster of four CPUs: two wait in Ray's queue for
+    # longer than `orphan_after` without a process of their own, and are not killed for it.
+    busy = "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do echo $i; sleep 0.2; done"
+    path = git_project(
+        tmp_path,
+        {f"t{i}": {"run": busy} for i in range(6)},
+        isolation="none",
+        max_parallel=6,
+        heartbeat={"interval": 0.5, "orphan_after": 1.5},
+    )
+    done = ray_run(path, cluster)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "at most 4 tasks run at once there (max_parallel is 6)" in done.stderr
+    assert "orphan" not in done.stdout
+
+
+def test_abreast_starts_a_cluster_for_the_run_and_stops_it(tmp_path: Path) -> None:
+    worker = tmp_path / "worker.pid"
+    path = git_project(tmp_path, {"one": {"run": f"echo $PPID > {worker}"}}, isolation="none")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    done = ray_run(path, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "a local cluster started for this run" in done.stderr
+    pid = int(worker.read_text())
+    wait_for(lambda: not pid_alive(pid), timeout=30, what="the run's Ray cluster to stop")
+
+
+def test_bad_ray_settings_are_refused_before_the_run(tmp_path: Path) -> None:
+    path = git_project(tmp_path, {"one": {"run": "true"}}, isolation="none")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    cases = [
+        (["--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+        (["--ray-address", "no-port-here"], "is not HOST:PORT"),
+    ]
+    for args, message in cases:
+        done = ray_run(path, env, *args)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert message in done.stderr and "hint:" in done.stderr
+        assert "Traceback" not in done.stderr
+    local = run_abreast("run", str(path), "--ray-address", "127.0.0.1:1", cwd=tmp_path)
+    assert local.code == 2 and "--ray-address is for --executor ray" in local.err
+    # Nothing of a run was left behind.
+    assert run_abreast("status", cwd=tmp_path).out == "no runs yet\n"
