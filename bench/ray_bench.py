@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from abreast.executor.ray_exec import start_local
 
 
 def one_run(path: Path, env: dict[str, str], *args: str) -> float:
@@ -47,18 +48,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PYTHON"))}
-    holder = subprocess.Popen(
-        [sys.executable, "-m", "abreast.executor.rayhead", str(args.parallel)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    assert holder.stdin is not None
-    assert holder.stdout is not None
-    address, _, auth = holder.stdout.readline().decode().strip().partition(" ")
-    attached = {**env, "RAY_ADDRESS": address, **({"RAY_AUTH_MODE": auth} if auth else {})}
+    head = start_local(args.parallel, env)
+    attached = {**env, "RAY_ADDRESS": head.address}
+    if head.auth_mode:
+        attached["RAY_AUTH_MODE"] = head.auth_mode
     contenders = {
         "local": (env, []),
         "ray": (attached, ["--executor", "ray"]),
@@ -81,13 +74,7 @@ def main() -> None:
                     times[name].append(one_run(path, run_env, *extra))
                     print(f"{name:>16}  {times[name][-1]:6.2f} s", flush=True)
     finally:
-        holder.stdin.close()
-        holder.stdout.close()
-        try:
-            holder.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(holder.pid, signal.SIGKILL)
-            holder.wait()
+        head.stop()
     base = statistics.median(times["local"])
     print(
         f"\n{args.tasks} tasks of `sleep {args.sleep:g}`, {args.parallel} at once, "

@@ -1,8 +1,8 @@
 """`--executor ray`: attempts run as Ray tasks on a real local Ray cluster.
 
-The module starts one cluster (abreast's own holder, `python -m abreast.executor.rayhead`,
-in a session of its own) and every run connects to it with --ray-address; one test lets
-abreast start and stop a cluster of its own.
+The module starts one cluster of two nodes on this machine (abreast's own holder, `python -m
+abreast.executor.rayhead`, and `ray start`) and every run connects to it through
+RAY_ADDRESS; one test lets abreast start and stop a cluster of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from abreast.executor.process import marked_processes
+from abreast.executor.ray_exec import start_local
 from tests.conftest import run_abreast
 from tests.helpers import pid_alive, query, wait_for
 
@@ -29,33 +30,45 @@ PY = sys.executable
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, str]]:
-    """A local Ray cluster for the module: the environment that reaches it."""
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A local Ray cluster of two nodes (2 CPUs each) for the module: the environment that
+    reaches it. The head is abreast's own holder; the second node is `ray start --block`,
+    each in a session of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    holder = subprocess.Popen(
-        [PY, "-m", "abreast.executor.rayhead", "4"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    assert holder.stdout is not None and holder.stdin is not None
-    line = holder.stdout.readline().decode().split()
+    head = start_local(2, env)
+    node: subprocess.Popen[bytes] | None = None
     try:
-        assert line, "the Ray cluster did not start"
-        env["RAY_ADDRESS"] = line[0]
-        if len(line) > 1:
-            env["RAY_AUTH_MODE"] = line[1]
+        env["RAY_ADDRESS"] = head.address
+        if head.auth_mode:
+            env["RAY_AUTH_MODE"] = head.auth_mode
+        log = tmp_path_factory.mktemp("ray") / "node.log"
+        with log.open("wb") as out:
+            node = subprocess.Popen(
+                [
+                    *(str(Path(PY).parent / "ray"), "start", f"--address={head.address}"),
+                    *("--num-cpus=2", "--block", "--disable-usage-stats"),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        wait_for(
+            lambda: b"block forever" in log.read_bytes() or node.poll() is not None,
+            timeout=90,
+            what="the second Ray node",
+        )
+        assert node.poll() is None, log.read_text()
         yield env
     finally:
-        holder.stdin.close()
-        holder.stdout.close()
-        try:
-            holder.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(holder.pid, signal.SIGKILL)
-            holder.wait()
+        if node is not None:
+            node.terminate()  # it stops its own processes
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+        head.stop()
 
 
 def git_project(root: Path, tasks: dict[str, object], **top: object) -> Path:
@@ -93,6 +106,20 @@ def ray_run(path: Path, env: dict[str, str], *args: str) -> subprocess.Completed
     )
 
 
+def start_ray_run(path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`abreast run PATH --executor ray` in the background, with its run id."""
+    proc = subprocess.Popen(
+        [PY, "-m", "abreast", "run", str(path), "--executor", "ray", "--plain", "--no-monitor"],
+        cwd=path.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().removeprefix("run: ").strip()
+
+
 def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
     tmp_path: Path, cluster: dict[str, str]
 ) -> None:
@@ -109,7 +136,7 @@ def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
     path = git_project(tmp_path, tasks, checks=[{"name": "files", "run": "ls ./*.txt"}])
     done = ray_run(path, cluster)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "note: ray: " in done.stderr and "1 node" in done.stderr
+    assert "2 nodes, 4 CPUs" in done.stderr  # every node was probed
     run_id = done.stdout.splitlines()[0].removeprefix("run: ")
     for name in ("a", "b", "c"):
         log = run_abreast("logs", run_id, name, cwd=tmp_path)
@@ -167,17 +194,8 @@ def test_cancel_stops_the_tasks_on_the_cluster(tmp_path: Path, cluster: dict[str
         },
         isolation="none",
     )
-    proc = subprocess.Popen(
-        [PY, "-m", "abreast", "run", str(path), "--executor", "ray", "--plain", "--no-monitor"],
-        cwd=tmp_path,
-        env=cluster,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, run_id = start_ray_run(path, cluster)
     try:
-        assert proc.stdout is not None
-        run_id = proc.stdout.readline().removeprefix("run: ").strip()
         wait_for(started.exists, timeout=60, what="the task to start on Ray")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -208,16 +226,7 @@ def test_sigkill_the_orchestrator_then_resume_on_ray(
     }
     tasks["t2"]["run"] = f'[ "$ABREAST_ATTEMPT" = 1 ] && sleep 60; echo 1 >> {tmp_path}/counts/t2'
     path = git_project(tmp_path, tasks, isolation="none")
-    proc = subprocess.Popen(
-        [PY, "-m", "abreast", "run", str(path), "--executor", "ray", "--plain", "--no-monitor"],
-        cwd=tmp_path,
-        env=cluster,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    run_id = proc.stdout.readline().removeprefix("run: ").strip()
+    proc, run_id = start_ray_run(path, cluster)
     wait_for(
         lambda: (tmp_path / "counts" / "t0").exists() and bool(marked_processes(run_id, "t2")),
         timeout=60,
@@ -254,6 +263,43 @@ def test_a_task_waiting_in_rays_queue_is_not_taken_for_an_orphan(
     assert "orphan" not in done.stdout
 
 
+def test_a_lost_worker_fails_the_attempt_its_leftovers_are_ended_and_the_retry_runs(
+    tmp_path: Path, cluster: dict[str, str]
+) -> None:
+    # Attempt 1 leaves a background process, then its Ray worker is killed (as Ray's
+    # memory monitor or a dying node would): the attempt fails as lost, what it left is
+    # ended on its node, and attempt 2 runs.
+    worker, straggler = tmp_path / "worker.pid", tmp_path / "straggler.pid"
+    run = (
+        'if [ "$ABREAST_ATTEMPT" = 1 ]; then '
+        f"sh -c 'echo $$ > {straggler}; exec sleep 60' & echo $PPID > {worker}; sleep 60; "
+        "fi; echo done"
+    )
+    path = git_project(
+        tmp_path,
+        {"fragile": {"run": run, "retries": 1, "backoff": {"initial": 0.1}}},
+        isolation="none",
+    )
+    proc, run_id = start_ray_run(path, cluster)
+    try:
+        wait_for(straggler.exists, timeout=60, what="attempt 1 to start")
+        wait_for(lambda: worker.read_text().strip() != "", what="the worker's pid")
+        os.kill(int(worker.read_text()), signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out + err
+    db = tmp_path / ".abreast" / "state.db"
+    rows = query(db, "SELECT state, reason FROM attempts WHERE run_id = ? ORDER BY attempt", run_id)
+    assert [state for state, _ in rows] == ["failed", "succeeded"]
+    assert rows[0][1].startswith("lost on the Ray cluster: "), rows[0][1]
+    pid = int(straggler.read_text())
+    wait_for(lambda: not pid_alive(pid), timeout=20, what="attempt 1's leftovers to be ended")
+    assert marked_processes(run_id) == []
+
+
 def test_abreast_starts_a_cluster_for_the_run_and_stops_it(tmp_path: Path) -> None:
     worker = tmp_path / "worker.pid"
     path = git_project(tmp_path, {"one": {"run": f"echo $PPID > {worker}"}}, isolation="none")
@@ -281,3 +327,34 @@ def test_bad_ray_settings_are_refused_before_the_run(tmp_path: Path) -> None:
     assert local.code == 2 and "--ray-address is for --executor ray" in local.err
     # Nothing of a run was left behind.
     assert run_abreast("status", cwd=tmp_path).out == "no runs yet\n"
+
+
+def test_a_node_that_does_not_see_the_project_stops_the_run_before_it_starts(
+    tmp_path: Path, cluster: dict[str, str]
+) -> None:
+    # What `connect` answers when a node lacks one of the paths (here a path none has),
+    # in a process of its own, as a run would ask.
+    missing = str(tmp_path / "not-shared")
+    script = (
+        "import json, sys\n"
+        "from abreast.errors import UsageError\n"
+        "from abreast.executor.ray_exec import connect\n"
+        "try:\n"
+        "    connect(None, sys.argv[1:], 1)\n"
+        "except UsageError as e:\n"
+        "    print(json.dumps([e.args[0], e.hint]))\n"
+    )
+    proc = subprocess.run(
+        [PY, "-c", script, str(tmp_path), missing],
+        env=cluster,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    message, hint = json.loads(proc.stdout)
+    problems = message.splitlines()
+    assert problems[0] == "the Ray cluster cannot run this workflow's tasks:"
+    # Each of the two nodes was asked, and says what it cannot see.
+    assert problems[1:] == [f"  node {os.uname().nodename} does not see {missing}"] * 2
+    assert "shared filesystem" in hint

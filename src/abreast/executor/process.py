@@ -271,8 +271,11 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
-def marked_processes(run_id: str, task_id: str | None = None) -> list[psutil.Process]:
-    """Live processes started for `run_id` (and `task_id`), found by the environment marker.
+def marked_processes(
+    run_id: str, task_id: str | None = None, attempt: int | None = None
+) -> list[psutil.Process]:
+    """Live processes started for `run_id` (and `task_id`, its `attempt`), found by the
+    environment marker.
 
     This finds a run's processes even where the journal never learnt their pid (an
     orchestrator killed between starting a process and committing its pid).
@@ -280,6 +283,8 @@ def marked_processes(run_id: str, task_id: str | None = None) -> list[psutil.Pro
     want = {MARKER_ENV: run_id}
     if task_id is not None:
         want["ABREAST_TASK_ID"] = task_id
+    if attempt is not None:
+        want["ABREAST_ATTEMPT"] = str(attempt)
     return _processes_by_env(lambda env: all(env.get(k) == v for k, v in want.items()))
 
 

@@ -47,17 +47,17 @@ class RayCluster:
     one)."""
 
     address: str
-    hosts: list[str]
+    hosts: list[str]  # the nodes' host names, each once
     cpus: float
     started_here: bool
-    _holder: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    _holder_err: Any = field(default=None, repr=False)
+    _head: LocalHead | None = field(default=None, repr=False)
     # What connecting put in this process's environment: not for the tasks'
     added_env: list[str] = field(default_factory=list)
+    nodes: int = 0
 
     def describe(self) -> str:
         where = "a local cluster started for this run" if self.started_here else self.address
-        nodes = f"{len(self.hosts)} node{'s' if len(self.hosts) != 1 else ''}"
+        nodes = f"{self.nodes} node{'s' if self.nodes != 1 else ''}"
         return f"ray: {where}, {nodes}, {self.cpus:g} CPUs (each task takes one)"
 
     def sweep(self, run_id: str) -> list[int]:
@@ -72,21 +72,34 @@ class RayCluster:
 
         with contextlib.suppress(Exception):
             ray.shutdown()
-        holder = self._holder
-        if holder is None:
-            return
-        self._holder = None
-        if holder.stdin:
-            with contextlib.suppress(OSError):
-                holder.stdin.close()  # the holder stops the cluster it started
+        if self._head is not None:
+            self._head.stop()
+            self._head = None
+
+
+@dataclass
+class LocalHead:
+    """A local Ray cluster in a holder process (`rayhead.py`) of its own session."""
+
+    proc: subprocess.Popen[bytes]
+    address: str
+    auth_mode: str  # how drivers authenticate to it ("token", or "" for Ray's default)
+    _err: Any = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        """Close its stdin (it stops the cluster it started), or kill it after a minute."""
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         try:
-            holder.wait(timeout=60)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(holder.pid, signal.SIGKILL)
-            holder.wait()
-        if self._holder_err is not None:
-            self._holder_err.close()
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if self._err is not None:
+            self._err.close()
 
 
 def connect(address: str | None, paths: list[str], local_cpus: int) -> RayCluster:
@@ -100,20 +113,20 @@ def connect(address: str | None, paths: list[str], local_cpus: int) -> RayCluste
             "--executor ray needs Ray, which is not installed", hint=_RAY_HINT
         ) from None
     address = address or os.environ.get("RAY_ADDRESS") or None
-    holder = err = None
+    head = None
     added: list[str] = []
     if address is None:
-        holder, err, line = _start_local(local_cpus)
-        address, _, auth_mode = line.partition(" ")
-        if auth_mode and AUTH_MODE not in os.environ:  # to connect as the holder does
-            os.environ[AUTH_MODE] = auth_mode
+        head = start_local(local_cpus)
+        address = head.address
+        if head.auth_mode and AUTH_MODE not in os.environ:  # to connect as the holder does
+            os.environ[AUTH_MODE] = head.auth_mode
             added.append(AUTH_MODE)
             from ray._raylet import Config  # type: ignore[attr-defined]
 
             Config.initialize("")  # Ray reads its settings from the environment once
-    cluster = RayCluster(address, [], 0.0, holder is not None, holder, err, added)
+    cluster = RayCluster(address, [], 0.0, head is not None, head, added)
     try:
-        if holder is None:
+        if head is None:
             _reachable(address)  # Ray itself tries a wrong address for many minutes
         try:
             ray.init(
@@ -147,6 +160,7 @@ def connect(address: str | None, paths: list[str], local_cpus: int) -> RayCluste
                 "path (a shared filesystem)",
             )
         cluster.hosts = sorted({str(a["host"]) for a in answers})
+        cluster.nodes = len(answers)
         if cluster.cpus < 1:
             raise UsageError(
                 f"the Ray cluster at {address} has no CPU to run a task on",
@@ -188,13 +202,13 @@ def _reachable(address: str) -> None:
         ) from None
 
 
-def _on_every_node(fn: Callable[..., Any], *args: Any) -> list[Any]:
-    """`fn(*args)` on each live node of the cluster, pinned there; their answers."""
+def _submit_to_every_node(fn: Callable[..., Any], *args: Any) -> list[Any]:
+    """`fn(*args)` submitted to each live node of the cluster, pinned there: their refs."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     remote = ray.remote(fn)
-    refs = [
+    return [
         remote.options(
             num_cpus=0,
             max_retries=0,
@@ -203,6 +217,13 @@ def _on_every_node(fn: Callable[..., Any], *args: Any) -> list[Any]:
         for node in ray.nodes()  # type: ignore[no-untyped-call]
         if node.get("Alive")
     ]
+
+
+def _on_every_node(fn: Callable[..., Any], *args: Any) -> list[Any]:
+    """`fn(*args)` on each live node of the cluster, pinned there; their answers."""
+    import ray
+
+    refs = _submit_to_every_node(fn, *args)
     try:
         return list(ray.get(refs, timeout=_START_TIMEOUT_S))
     except Exception as e:
@@ -212,14 +233,17 @@ def _on_every_node(fn: Callable[..., Any], *args: Any) -> list[Any]:
         ) from None
 
 
-def _start_local(cpus: int) -> tuple[subprocess.Popen[bytes], Any, str]:
+def start_local(cpus: int, env: dict[str, str] | None = None) -> LocalHead:
+    """Start a local Ray cluster of `cpus` CPUs in a holder process of its own session
+    (Ctrl-C in the terminal is then the orchestrator's alone to handle), or a UsageError."""
     err = tempfile.TemporaryFile()  # noqa: SIM115 (kept open for the holder's life)
     holder = subprocess.Popen(
         [sys.executable, "-m", "abreast.executor.rayhead", str(cpus)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=err,
-        start_new_session=True,  # Ctrl-C in the terminal is the orchestrator's to handle
+        env=env,
+        start_new_session=True,
     )
     assert holder.stdout is not None
     line = _read_line(holder, _START_TIMEOUT_S)
@@ -235,7 +259,8 @@ def _start_local(cpus: int) -> tuple[subprocess.Popen[bytes], Any, str]:
             hint="check that Ray runs here (`ray start --head`), or give a cluster's "
             "address with --ray-address",
         )
-    return holder, err, line
+    address, _, auth_mode = line.partition(" ")
+    return LocalHead(holder, address, auth_mode, err)
 
 
 def _read_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
@@ -299,6 +324,11 @@ class RayExecutor:
             exit_ = Exit(None, signal.SIGKILL, wall, 0)
         except Exception as e:  # the node or its worker was lost, or Ray failed it
             exit_ = Exit(None, None, wall, 0, error=f"lost on the Ray cluster: {_first_line(e)}")
+            # What it started may live on where its worker died (Ray ends only a worker's
+            # children): ended on every node, not waited for.
+            launch = running.launch
+            with contextlib.suppress(Exception):
+                _submit_to_every_node(sweep, launch.run_id, launch.task_id, launch.attempt)
         else:
             code = os.waitstatus_to_exitcode(status)
             exit_ = Exit(code if code >= 0 else None, -code if code < 0 else None, wall, peak)

@@ -23,6 +23,7 @@ def main() -> None:
     import ray
 
     context = ray.init(
+        address="local",  # a new cluster, even where `ray start` left one to join
         num_cpus=cpus,
         include_dashboard=False,
         logging_level=logging.ERROR,

@@ -133,11 +133,12 @@ def probe(paths: list[str]) -> dict[str, object]:
     }
 
 
-def sweep(run_id: str) -> list[int]:
-    """Kill this node's processes of `run_id` (a dead orchestrator's attempts): their pids."""
+def sweep(run_id: str, task_id: str | None = None, attempt: int | None = None) -> list[int]:
+    """Kill this node's processes of `run_id` (a dead orchestrator's attempts), or of one
+    attempt (one whose worker was lost): their pids."""
     import psutil
 
-    procs = marked_processes(run_id)
+    procs = marked_processes(run_id, task_id, attempt)
     for p in procs:
         try:
             p.kill()
