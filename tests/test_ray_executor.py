@@ -153,6 +153,12 @@ def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
     assert query(db, "SELECT pid FROM attempts WHERE run_id = ?", run_id) == [(None,)] * 3
     options = json.loads(query(db, "SELECT options FROM runs WHERE id = ?", run_id)[0][0])
     assert options["executor"] == "ray"
+    # Where each attempt ran is journaled.
+    ran_on = query(
+        db, "SELECT task_id, data FROM events WHERE run_id = ? AND type = 'task.ran_on'", run_id
+    )
+    assert sorted(task for task, _ in ran_on) == ["a", "b", "c"]
+    assert {json.loads(data)["host"] for _, data in ran_on} == {os.uname().nodename}
 
 
 def test_a_timeout_kills_the_tree_on_its_node_and_the_retry_runs(

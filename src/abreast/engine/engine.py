@@ -617,6 +617,8 @@ class Engine:
         peak = max(exit_.maxrss_bytes, running.peak_rss_bytes if running else 0, sampled)
         tr.peak_rss_bytes = max(tr.peak_rss_bytes, peak)
         tr.busy_s += exit_.wall_s
+        if exit_.host is not None:
+            self.journal.stage_event(self.run_id, "task.ran_on", tr.id, attempt=n, host=exit_.host)
         tr.exit_code, tr.signal = exit_.exit_code, exit_.signal
         if self.isolation.instant or not exit_.ok or start_error is not None:
             self._d.release(tr.v)  # else the slot is held until the work is settled

@@ -62,6 +62,7 @@ class Exit:
     wall_s: float
     maxrss_bytes: int  # from wait4: the process and the children it waited for
     error: str | None = None  # it could not run (a Ray node lost, say): why
+    host: str | None = None  # where it ran, when not here (a Ray node)
 
     @property
     def ok(self) -> bool:

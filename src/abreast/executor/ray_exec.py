@@ -319,7 +319,7 @@ class RayExecutor:
             os.unlink(stats_path(running.launch))  # the peak is in the result
         wall = time.monotonic() - running.started_mono
         try:
-            status, peak, wall, _host = future.result()
+            status, peak, wall, host = future.result()
         except ray.exceptions.TaskCancelledError:  # cancelled before a node started it
             exit_ = Exit(None, signal.SIGKILL, wall, 0)
         except Exception as e:  # the node or its worker was lost, or Ray failed it
@@ -331,7 +331,9 @@ class RayExecutor:
                 _submit_to_every_node(sweep, launch.run_id, launch.task_id, launch.attempt)
         else:
             code = os.waitstatus_to_exitcode(status)
-            exit_ = Exit(code if code >= 0 else None, -code if code < 0 else None, wall, peak)
+            exit_ = Exit(
+                code if code >= 0 else None, -code if code < 0 else None, wall, peak, host=host
+            )
         self._on_exit(running, exit_)
 
     def kill(self, running: Running, grace_s: float) -> Coroutine[Any, Any, None]:
