@@ -124,15 +124,15 @@ def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
     tmp_path: Path, cluster: dict[str, str]
 ) -> None:
     # Each task says what started it (a Ray worker names itself after its task) and writes
-    # a file; b needs a's file; the check runs on the orchestrator's side, on the merge.
-    tasks = {
-        name: {
-            "run": f'tr "\\0" " " < /proc/$PPID/cmdline; echo "$ABREAST_TASK_ID" > {name}.txt'
-            + ("; test -f a.txt" if name == "b" else ""),
-            **({"needs": ["a"]} if name == "b" else {}),
-        }
+    # a file; a signals once its file is there, and b, started on that signal, sees it;
+    # c takes a lock; the check runs on the orchestrator's side, on the merge.
+    tasks: dict[str, dict[str, object]] = {
+        name: {"run": f'tr "\\0" " " < /proc/$PPID/cmdline; echo "$ABREAST_TASK_ID" > {name}.txt'}
         for name in ("a", "b", "c")
     }
+    tasks["a"].update(signals=["ready"], run=f"{tasks['a']['run']}; abreast signal ready; sleep 1")
+    tasks["b"].update(needs=["a:ready"], run=f"{tasks['b']['run']}; test -f a.txt")
+    tasks["c"]["run"] = f"{tasks['c']['run']}; abreast lock tests -- true"
     path = git_project(tmp_path, tasks, checks=[{"name": "files", "run": "ls ./*.txt"}])
     done = ray_run(path, cluster)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -153,6 +153,8 @@ def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
     assert query(db, "SELECT pid FROM attempts WHERE run_id = ?", run_id) == [(None,)] * 3
     options = json.loads(query(db, "SELECT options FROM runs WHERE id = ?", run_id)[0][0])
     assert options["executor"] == "ray"
+    kinds = {kind for (kind,) in query(db, "SELECT type FROM events WHERE run_id = ?", run_id)}
+    assert {"task.signal", "lock.granted"} <= kinds
     # Where each attempt ran is journaled.
     ran_on = query(
         db, "SELECT task_id, data FROM events WHERE run_id = ? AND type = 'task.ran_on'", run_id

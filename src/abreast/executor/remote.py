@@ -84,7 +84,12 @@ def run_attempt(launch: Launch, grace_s: float) -> tuple[int, int, float, str]:
                     kill_at = float("inf")
     finally:
         os.close(pidfd)
-    _, status, usage = os.wait4(pid, 0)
+    while True:  # a cancel arriving now is too late to matter: the process has ended
+        try:
+            _, status, usage = os.wait4(pid, 0)
+            break
+        except KeyboardInterrupt:
+            kill_at = kill_at or float("inf")
     if group_alive(pid):  # it left processes behind in its group: end them too
         asyncio.run(kill_tree(pid, 0.0 if kill_at is not None else grace_s))
     peak = max(peak, _own_peak(own, usage.ru_maxrss))
