@@ -242,10 +242,11 @@ def test_sigkill_the_orchestrator_then_resume_on_ray(
     )
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
-    resumed = run_abreast(
-        "resume", run_id, "--plain", "--no-monitor", cwd=tmp_path, env=cluster, timeout=180
-    )
+    # Resumed from a shell without RAY_ADDRESS: on the cluster the run was started on.
+    env = {k: v for k, v in cluster.items() if k != "RAY_ADDRESS"}
+    resumed = run_abreast("resume", run_id, "--plain", "--no-monitor", cwd=tmp_path, env=env)
     assert resumed.code == 0, resumed.out + resumed.err
+    assert f"note: ray: {cluster['RAY_ADDRESS']}, 2 nodes" in resumed.err
     counts = {p.name: p.read_text().split() for p in (tmp_path / "counts").iterdir()}
     assert sorted(counts) == ["t0", "t1", "t2", "t3"]
     assert all(len(lines) == 1 for lines in counts.values()), counts  # each once

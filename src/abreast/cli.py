@@ -121,11 +121,14 @@ def _args_run(p: argparse.ArgumentParser) -> None:
     _observe_args(p)
 
 
-def _ray_address_arg(p: argparse.ArgumentParser) -> None:
+def _ray_address_arg(p: argparse.ArgumentParser, resume: bool = False) -> None:
     p.add_argument(
         "--ray-address",
         metavar="ADDR",
-        help="the Ray cluster for --executor ray (default: RAY_ADDRESS, else a local "
+        help="for a run started with --executor ray: the Ray cluster to use now (default: "
+        "the run's, else a local cluster started for it)"
+        if resume
+        else "the Ray cluster for --executor ray (default: RAY_ADDRESS, else a local "
         "cluster started for the run)",
     )
 
@@ -140,7 +143,7 @@ def _args_resume(p: argparse.ArgumentParser) -> None:
     _state_arg(p)
     p.add_argument("--no-monitor", action="store_true")
     p.add_argument("--plain", action="store_true")
-    _ray_address_arg(p)
+    _ray_address_arg(p, resume=True)
     _observe_args(p)
 
 

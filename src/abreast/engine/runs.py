@@ -445,7 +445,9 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 "base_commit": base_commit,
                 "land": req.land,
                 "executor": req.executor,
-                "ray_address": req.ray_address,
+                # The cluster to resume on: the one given (flag or RAY_ADDRESS), or None
+                # for a local one started for the run (resume starts another).
+                "ray_address": cluster.address if cluster and not cluster.started_here else None,
             }
             journal.create_run(
                 run_id,
