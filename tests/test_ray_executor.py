@@ -332,6 +332,24 @@ def test_bad_ray_settings_are_refused_before_the_run(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stdout + done.stderr
         assert message in done.stderr and "hint:" in done.stderr
         assert "Traceback" not in done.stderr
+    # Without Ray installed (its import made to fail): what to install.
+    script = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from abreast.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    absent = subprocess.run(
+        [PY, "-c", script, "run", str(path), "--executor", "ray", "--plain"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert absent.returncode == 2, absent.stdout + absent.stderr
+    assert "--executor ray needs Ray, which is not installed" in absent.stderr
+    assert "pip install 'abreast[ray]'" in absent.stderr
     local = run_abreast("run", str(path), "--ray-address", "127.0.0.1:1", cwd=tmp_path)
     assert local.code == 2 and "--ray-address is for --executor ray" in local.err
     # Nothing of a run was left behind.
