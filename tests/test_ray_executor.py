@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -323,12 +324,33 @@ def test_abreast_starts_a_cluster_for_the_run_and_stops_it(tmp_path: Path) -> No
 def test_bad_ray_settings_are_refused_before_the_run(tmp_path: Path) -> None:
     path = git_project(tmp_path, {"one": {"run": "true"}}, isolation="none")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    cases = [
-        (["--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
-        (["--ray-address", "no-port-here"], "is not HOST:PORT"),
-    ]
-    for args, message in cases:
-        done = ray_run(path, env, *args)
+    # A port where something else listens (here: one that accepts and says nothing,
+    # then one that answers in HTTP/1.1) is not taken for a Ray cluster.
+    silent = socket.create_server(("127.0.0.1", 0))
+    http = subprocess.Popen(
+        [PY, "-m", "http.server", "--bind", "127.0.0.1", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert http.stdout is not None
+        http_port = http.stdout.readline().split(" port ")[1].split()[0]
+        cases = [
+            (["--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+            (["--ray-address", "no-port-here"], "is not HOST:PORT"),
+            (
+                ["--ray-address", f"127.0.0.1:{silent.getsockname()[1]}"],
+                "does not answer as a Ray cluster",
+            ),
+            (["--ray-address", f"127.0.0.1:{http_port}"], "does not answer as a Ray cluster"),
+        ]
+        outcomes = [(ray_run(path, env, *args), message) for args, message in cases]
+    finally:
+        silent.close()
+        http.terminate()
+        http.communicate(timeout=10)
+    for done, message in outcomes:
         assert done.returncode == 2, done.stdout + done.stderr
         assert message in done.stderr and "hint:" in done.stderr
         assert "Traceback" not in done.stderr

@@ -192,14 +192,30 @@ def _reachable(address: str) -> None:
             hint="give the head node's address, as `ray start --head` prints it "
             "(e.g. 10.0.0.5:6379, or ray://10.0.0.5:10001)",
         )
+    hint = (
+        "start one (`ray start --head`) and give its address with --ray-address "
+        "or RAY_ADDRESS, or give neither to have abreast start a local one"
+    )
     try:
-        socket.create_connection((host, port), timeout=10).close()
+        with socket.create_connection((host, port), timeout=10) as conn:
+            # Ray's head speaks gRPC: HTTP/2, whose server answers the client's preface
+            # with a SETTINGS frame. Anything else there is not a Ray cluster, and Ray
+            # would try it for minutes, deaf to SIGTERM.
+            conn.sendall(_H2_PREFACE + _H2_SETTINGS)
+            conn.settimeout(5)
+            header = b""
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                while len(header) < 9 and (chunk := conn.recv(9 - len(header))):
+                    header += chunk
     except OSError as e:
         raise UsageError(
-            f"cannot reach the Ray cluster at {address}: {e.strerror or e}",
-            hint="start one (`ray start --head`) and give its address with --ray-address "
-            "or RAY_ADDRESS, or give neither to have abreast start a local one",
+            f"cannot reach the Ray cluster at {address}: {e.strerror or e}", hint=hint
         ) from None
+    if len(header) < 9 or header[3] != 0x04:
+        raise UsageError(
+            f"{address} does not answer as a Ray cluster (no gRPC server there)",
+            hint=hint + "; a head node's address is the GCS port `ray start --head` prints",
+        )
 
 
 def _submit_to_every_node(fn: Callable[..., Any], *args: Any) -> list[Any]:
@@ -217,6 +233,10 @@ def _submit_to_every_node(fn: Callable[..., Any], *args: Any) -> list[Any]:
         for node in ray.nodes()  # type: ignore[no-untyped-call]
         if node.get("Alive")
     ]
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
 
 
 def _on_every_node(fn: Callable[..., Any], *args: Any) -> list[Any]:
