@@ -162,6 +162,11 @@ def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
     )
     assert sorted(task for task, _ in ran_on) == ["a", "b", "c"]
     assert {json.loads(data)["host"] for _, data in ran_on} == {os.uname().nodename}
+    # ... and shown by `abreast report`.
+    report = run_abreast("report", run_id, cwd=tmp_path)
+    assert f"ran on Ray: 3 attempts, 3 on {os.uname().nodename}" in report.out
+    timeline = json.loads(run_abreast("report", run_id, "--json", cwd=tmp_path).out)["timeline"]
+    assert {item["host"] for item in timeline} == {os.uname().nodename}
 
 
 def test_a_timeout_kills_the_tree_on_its_node_and_the_retry_runs(

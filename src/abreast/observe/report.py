@@ -28,6 +28,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
     run = data.run
     start = run.started_at
     elapsed = data.task_elapsed()
+    hosts = _hosts(journal, run_id)
     busy: dict[str, float] = {}
     for a in data.attempts:
         busy[a.task_id] = busy.get(a.task_id, 0.0) + (a.wall_s or 0.0)
@@ -95,6 +96,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
                 "reason": rundata.first_line(a.reason),
                 "start_s": (a.started_at or start) - start,
                 "end_s": (a.ended_at or run.finished_at or a.started_at or start) - start,
+                "host": hosts.get((a.task_id, a.attempt)),  # a Ray node's, else None
             }
             for a in data.attempts
             if a.started_at is not None
@@ -103,6 +105,29 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
         "landing": (run.summary or {}).get("landing"),
         "merges": _merges(journal, run_id),
     }
+
+
+def _hosts(journal: Journal, run_id: str) -> dict[tuple[str, int], str]:
+    """Where each attempt that ran on a Ray node ran, by (task, attempt)."""
+    return {
+        (str(e.task_id), int(e.data.get("attempt", 0))): str(e.data.get("host"))
+        for e in journal.events(run_id, types=("task.ran_on",))
+    }
+
+
+def _hosts_line(timeline: list[dict[str, Any]]) -> str | None:
+    """Which Ray nodes' hosts ran the attempts, in a line (None: all ran here)."""
+    counts: dict[str, int] = {}
+    for item in timeline:
+        if item.get("host"):
+            counts[item["host"]] = counts.get(item["host"], 0) + 1
+    if not counts:
+        return None
+    each = ", ".join(
+        f"{n} on {host}" for host, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
+    total = sum(counts.values())
+    return f"ran on Ray: {total} attempt{'s' if total != 1 else ''}, {each}"
 
 
 def _merges(journal: Journal, run_id: str) -> dict[str, int]:
@@ -234,6 +259,9 @@ def text(rep: dict[str, Any]) -> str:
     queue = _merge_line(rep["merges"])
     if queue:
         out.append(f"\n  {queue}")
+    ray = _hosts_line(rep["timeline"])
+    if ray:
+        out.append(f"  {ray}" if queue else f"\n  {ray}")
     if rep["landing"]:
         out.append(f"\n  {rep['landing']}")
     return "\n".join(line for line in out if line is not None)
@@ -321,6 +349,9 @@ def html_page(rep: dict[str, Any]) -> str:
     queue = _merge_line(rep["merges"])
     if queue:
         landing = f"<p>{e(queue)}</p>" + landing
+    ray = _hosts_line(rep["timeline"])
+    if ray:
+        landing = f"<p>{e(ray)}</p>" + landing
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>abreast report {e(rep['run_id'])}</title><style>{_CSS}</style></head><body>"
