@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,6 +168,18 @@ def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
     assert f"ran on Ray: 3 attempts, 3 on {os.uname().nodename}" in report.out
     timeline = json.loads(run_abreast("report", run_id, "--json", cwd=tmp_path).out)["timeline"]
     assert {item["host"] for item in timeline} == {os.uname().nodename}
+    # ... and by the dashboard (an attempt's tooltip).
+    from abreast.coord.location import locate
+    from abreast.observe.dashboard import DashboardServer
+
+    server = DashboardServer(locate(path, None))
+    server.start()
+    try:
+        with urllib.request.urlopen(f"{server.url}api/runs/{run_id}", timeout=10) as r:
+            snapshot = json.loads(r.read())
+    finally:
+        server.stop()
+    assert {a["host"] for a in snapshot["attempts"]} == {os.uname().nodename}
 
 
 def test_a_timeout_kills_the_tree_on_its_node_and_the_retry_runs(

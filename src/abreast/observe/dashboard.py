@@ -248,6 +248,7 @@ class Dashboard:
         critical = set(plan.get("critical_path", []))
         estimates = plan.get("estimates", {})
         changes = rundata.work_changes(journal, run.id)
+        hosts = rundata.attempt_hosts(journal, run.id)
         tasks = [
             {
                 "id": t.task_id,
@@ -274,6 +275,7 @@ class Dashboard:
                 "ended_at": a.ended_at,
                 "exit_code": a.exit_code,
                 "reason": rundata.first_line(a.reason),
+                "host": hosts.get((a.task_id, a.attempt)),  # a Ray node's, else null
             }
             for a in data.attempts
         ]

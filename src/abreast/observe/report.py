@@ -28,7 +28,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
     run = data.run
     start = run.started_at
     elapsed = data.task_elapsed()
-    hosts = _hosts(journal, run_id)
+    hosts = rundata.attempt_hosts(journal, run_id)
     busy: dict[str, float] = {}
     for a in data.attempts:
         busy[a.task_id] = busy.get(a.task_id, 0.0) + (a.wall_s or 0.0)
@@ -104,14 +104,6 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
         "failures": failures,
         "landing": (run.summary or {}).get("landing"),
         "merges": _merges(journal, run_id),
-    }
-
-
-def _hosts(journal: Journal, run_id: str) -> dict[tuple[str, int], str]:
-    """Where each attempt that ran on a Ray node ran, by (task, attempt)."""
-    return {
-        (str(e.task_id), int(e.data.get("attempt", 0))): str(e.data.get("host"))
-        for e in journal.events(run_id, types=("task.ran_on",))
     }
 
 

@@ -123,6 +123,14 @@ def work_changes(journal: Journal, run_id: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def attempt_hosts(journal: Journal, run_id: str) -> dict[tuple[str, int], str]:
+    """Where each attempt that ran on a Ray node ran (its host), by (task, attempt)."""
+    return {
+        (str(e.task_id), int(e.data.get("attempt", 0))): str(e.data.get("host"))
+        for e in journal.events(run_id, types=("task.ran_on",))
+    }
+
+
 def changed(c: dict[str, int]) -> str:
     """What a task's work changed, in a few characters: `3 files +120 -4`."""
     return f"{c['files']} file{'' if c['files'] == 1 else 's'} +{c['added']} -{c['deleted']}"

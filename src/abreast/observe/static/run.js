@@ -91,7 +91,8 @@ function drawTimeline(snap) {
     const bar = el("svg:rect", {class: "bar " + a.state, x, y: 10 + ids.indexOf(a.task) * row,
                                 width: w, height: row - 4, "data-attempt": `${a.task}.${a.attempt}`});
     const why = a.reason ? ` (${a.reason})` : "";
-    bar.append(el("svg:title", {}, `${a.task} attempt ${a.attempt}: ${a.state}${why}`));
+    const where = a.host ? `, on ${a.host}` : "";  // a Ray node's host
+    bar.append(el("svg:title", {}, `${a.task} attempt ${a.attempt}: ${a.state}${where}${why}`));
     svg.append(bar);
   }
   box.append(svg);
