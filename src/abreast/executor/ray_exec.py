@@ -340,12 +340,14 @@ class RayExecutor:
         wall = time.monotonic() - running.started_mono
         try:
             status, peak, wall, host = future.result()
-        except ray.exceptions.TaskCancelledError:  # cancelled before a node started it
-            exit_ = Exit(None, signal.SIGKILL, wall, 0)
-        except Exception as e:  # the node or its worker was lost, or Ray failed it
-            exit_ = Exit(None, None, wall, 0, error=f"lost on the Ray cluster: {_first_line(e)}")
-            # What it started may live on where its worker died (Ray ends only a worker's
-            # children): ended on every node, not waited for.
+        except Exception as e:
+            if isinstance(e, ray.exceptions.TaskCancelledError):  # before its node ran it
+                exit_ = Exit(None, signal.SIGKILL, wall, 0)
+            else:  # the node or its worker was lost, or Ray failed it
+                error = f"lost on the Ray cluster: {_first_line(e)}"
+                exit_ = Exit(None, None, wall, 0, error=error)
+            # Whatever it may have started lives on where its worker stopped (Ray ends only
+            # a worker's children): ended on every node, not waited for.
             launch = running.launch
             with contextlib.suppress(Exception):
                 _submit_to_every_node(sweep, launch.run_id, launch.task_id, launch.attempt)
