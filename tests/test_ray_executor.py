@@ -339,6 +339,30 @@ def test_abreast_starts_a_cluster_for_the_run_and_stops_it(tmp_path: Path) -> No
     wait_for(lambda: not pid_alive(pid), timeout=30, what="the run's Ray cluster to stop")
 
 
+def test_the_runs_own_cluster_stops_when_the_orchestrator_dies_and_resume_starts_one(
+    tmp_path: Path,
+) -> None:
+    counts, worker = tmp_path / "counts", tmp_path / "worker.pid"
+    counts.mkdir()
+    run = (
+        f'if [ "$ABREAST_ATTEMPT" = 1 ]; then echo $PPID > {worker}; sleep 60; fi; '
+        f"echo 1 >> {counts}/long"
+    )
+    path = git_project(tmp_path, {"long": {"run": run}}, isolation="none")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc, run_id = start_ray_run(path, env)
+    wait_for(lambda: worker.exists() and worker.read_text().strip() != "", timeout=90)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    pid = int(worker.read_text())
+    wait_for(lambda: not pid_alive(pid), timeout=60, what="the run's cluster to stop")
+    resumed = run_abreast("resume", run_id, "--plain", "--no-monitor", cwd=tmp_path, env=env)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "a local cluster started for this run" in resumed.err
+    assert (counts / "long").read_text().split() == ["1"]
+    assert marked_processes(run_id) == []
+
+
 def test_bad_ray_settings_are_refused_before_the_run(tmp_path: Path) -> None:
     path = git_project(tmp_path, {"one": {"run": "true"}}, isolation="none")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
