@@ -448,6 +448,64 @@ def test_a_key_a_direct_mode_task_prints_is_not_copied_by_abreast(tmp_path: Path
     assert shown in logs and key not in logs
 
 
+def test_a_key_a_direct_mode_task_prints_is_masked_while_its_attempt_runs(
+    tmp_path: Path,
+) -> None:
+    # The log keeps the key until the attempt ends; what reads it meanwhile (`abreast
+    # logs`, `-f`, the dashboard's log tail) shows it as `[key FP]`, as the run does.
+    from abreast.coord.location import locate
+    from abreast.observe.dashboard import DashboardServer
+
+    key = f"sk-live-{uuid.uuid4().hex}"
+    release = tmp_path / "release"
+    path = write(
+        tmp_path,
+        {
+            "name": "live",
+            "keys": {"direct": {"from": ["LIVE_KEY"], "env": "API_KEY"}},
+            "tasks": {
+                "t": {
+                    "run": f'echo "header x-api-key:$API_KEY"; echo "API_KEY=$API_KEY" '
+                    f"&& while [ ! -e {release} ]; do sleep 0.05; done",
+                    "keys": "direct",
+                }
+            },
+        },
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "run", str(path), "--plain", "--no-monitor"],
+        cwd=tmp_path,
+        env={**os.environ, "LIVE_KEY": key},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().removeprefix("run: ").strip()
+        logs = list((tmp_path / ".abreast" / "runs" / run_id / "logs").glob("t.1.log"))
+        deadline = time.monotonic() + 30
+        while not (logs and "API_KEY=" in logs[0].read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            logs = list((tmp_path / ".abreast" / "runs" / run_id / "logs").glob("t.1.log"))
+        assert key in logs[0].read_text()  # still there: the attempt runs
+        shown = run_abreast("logs", run_id, "t", cwd=tmp_path)
+        server = DashboardServer(locate(path, None))
+        server.start()
+        try:
+            with urllib.request.urlopen(f"{server.url}api/runs/{run_id}/tasks/t/log") as r:
+                tail = r.read().decode()
+        finally:
+            server.stop()
+    finally:
+        release.touch()
+        out, err = proc.communicate(timeout=60)
+    fp = fingerprint(key)
+    assert shown.out == f"header x-api-key:[key {fp}]\nAPI_KEY=[key {fp}]\n"
+    assert tail == f"header x-api-key:[key {fp}]\nAPI_KEY=[key {fp}]"
+    assert proc.returncode == 0, out + err
+
+
 def test_a_key_a_direct_mode_task_writes_into_its_work_is_not_merged(tmp_path: Path) -> None:
     key = f"sk-written-{uuid.uuid4().hex}"
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, check=True)
@@ -634,3 +692,21 @@ def test_a_log_is_scrubbed_of_keys_however_they_fall_across_reads(
     before = untouched.stat().st_ino
     assert scrub_secrets(str(untouched), [("abcd1234", key)], chunk=chunk) == 0
     assert untouched.stat().st_ino == before  # not rewritten
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 19, 4096])
+def test_a_live_log_is_masked_of_leased_keys_however_it_is_read(chunk: int) -> None:
+    from abreast.executor.logs import KeyMasker, mask_keys
+
+    key = "sk-live-0123456789abcdef=="
+    fp = fingerprint(key)
+    text = "".join(
+        f"{'x' * (i % 5)} {['', key, f'KEY={key}', f'auth:{key}:tail'][i % 4]}\n" for i in range(40)
+    )
+    want = text.replace(key, f"[key {fp}]")
+    assert mask_keys(text, {fp}) == want
+    assert mask_keys(text, set()) == text  # nothing leased: nothing to hash
+    assert mask_keys(text, {"00000000"}) == text  # another key's fingerprint
+    masker = KeyMasker({fp})
+    shown = "".join(masker.feed(text[i : i + chunk]) for i in range(0, len(text), chunk))
+    assert shown + masker.flush() == want

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+from collections.abc import Collection
 
 LOG_TAIL_LINES = 12
 KEY_SHOWN = "[key {}]"  # what stands for a key's value, by its fingerprint
@@ -21,6 +23,68 @@ def visible(line: str) -> str:
     if "\x1b" in line:
         line = _ESCAPES.sub("", line)
     return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
+
+
+# A run of characters a key could be made of (and that an assignment or header joins it
+# with: `KEY=sk-...`, `x-api-key:sk-...`); one at the end of a chunk may go on.
+_KEYISH = r"[A-Za-z0-9_\-.+/=:~]"
+_TOKEN = re.compile(_KEYISH + "{12,}")
+_TAIL = re.compile(_KEYISH + "+$")
+_SEPARATORS = "=:"
+
+
+def mask_keys(text: str, fingerprints: Collection[str]) -> str:
+    """`text` with every key whose fingerprint is in `fingerprints` shown as `[key FP]`.
+
+    For a log read while its attempt runs: a direct-mode task may print the key it was
+    leased, and the log is rid of it only when the attempt ends (`scrub_secrets`). The
+    reader knows the leased keys by fingerprint only (the journal never holds a value), so
+    each key-like run of characters, and its parts around `=` and `:`, is hashed and
+    compared: a value that matches a leased key's fingerprint is one."""
+    if not fingerprints:
+        return text
+
+    def masked(m: re.Match[str]) -> str:
+        token = m.group()
+        cuts = [i for i, c in enumerate(token) if c in _SEPARATORS][:8]
+        starts = [0, *(i + 1 for i in cuts)]
+        ends = [len(token), *cuts]
+        for start in starts:
+            for end in ends:
+                if end - start < 12:
+                    continue
+                fp = hashlib.sha256(token[start:end].encode()).hexdigest()[:8]
+                if fp in fingerprints:
+                    return token[:start] + KEY_SHOWN.format(fp) + masked_rest(token, end)
+        return token
+
+    def masked_rest(token: str, end: int) -> str:
+        rest = token[end:]
+        return rest if len(rest) < 12 else mask_keys(rest, fingerprints)
+
+    return _TOKEN.sub(masked, text)
+
+
+class KeyMasker:
+    """`mask_keys` over a stream read in chunks: a key-like run at a chunk's end is held
+    back until the next chunk shows where it ends (at most 4 KiB of it)."""
+
+    def __init__(self, fingerprints: Collection[str]) -> None:
+        self._fingerprints = fingerprints
+        self._carry = ""
+
+    def feed(self, text: str) -> str:
+        if not self._fingerprints:
+            return text
+        text = self._carry + text
+        tail = _TAIL.search(text)
+        cut = tail.start() if tail and len(text) - tail.start() < 4096 else len(text)
+        self._carry = text[cut:]
+        return mask_keys(text[:cut], self._fingerprints)
+
+    def flush(self) -> str:
+        out, self._carry = mask_keys(self._carry, self._fingerprints), ""
+        return out
 
 
 def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 8192) -> list[str]:

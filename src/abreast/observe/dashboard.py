@@ -44,7 +44,7 @@ from starlette.routing import Route
 from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
 from abreast.errors import UsageError
-from abreast.executor.logs import visible
+from abreast.executor.logs import mask_keys, visible
 from abreast.observe import rundata
 from abreast.observe.metrics import CONTENT_TYPE, Metrics
 
@@ -396,6 +396,7 @@ class Dashboard:
             return PlainTextResponse("no journal", status_code=404)
         try:
             attempts = journal.attempts(run_id, task_id)
+            leased = rundata.leased_fingerprints(journal, run_id)
         finally:
             journal.close()
         if not attempts:
@@ -408,6 +409,8 @@ class Dashboard:
                 text = f.read().decode("utf-8", "replace")
         except OSError:
             text = "(no log)"
+        # A key a direct-mode task printed stays in its log until the attempt ends.
+        text = mask_keys(text, leased)
         # Shown as text on the page: escape sequences (colours, clearing) would be noise.
         return PlainTextResponse("\n".join(visible(line) for line in text.splitlines()))
 

@@ -131,6 +131,16 @@ def attempt_hosts(journal: Journal, run_id: str) -> dict[tuple[str, int], str]:
     }
 
 
+def leased_fingerprints(journal: Journal, run_id: str) -> set[str]:
+    """The fingerprints of the keys a run's attempts were leased (direct mode): what a live
+    log is masked of (`executor.logs.mask_keys`)."""
+    return {
+        str(e.data["fingerprint"])
+        for e in journal.events(run_id, types=("key.leased",))
+        if e.data.get("fingerprint")
+    }
+
+
 def changed(c: dict[str, int]) -> str:
     """What a task's work changed, in a few characters: `3 files +120 -4`."""
     return f"{c['files']} file{'' if c['files'] == 1 else 's'} +{c['added']} -{c['deleted']}"

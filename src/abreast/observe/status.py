@@ -13,6 +13,8 @@ from abreast.coord.journal import AttemptRow, Journal, RunRow
 from abreast.engine.lookup import orchestrator_alive
 from abreast.engine.states import TERMINAL
 from abreast.errors import UsageError
+from abreast.executor.logs import KeyMasker
+from abreast.observe import rundata
 from abreast.observe.output import reader_gone
 from abreast.spec.durations import format_duration
 
@@ -219,20 +221,22 @@ def _show_one(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> Non
     # Incremental: a character split across two reads (a 64 KiB boundary, or a task
     # still writing it) is decoded whole, not as two replacement characters.
     text = codecs.getincrementaldecoder("utf-8")("replace")
+    # A key a direct-mode task printed stays in its log until the attempt ends.
+    masker = KeyMasker(rundata.leased_fingerprints(journal, a.run_id))
     with path.open("rb") as f:
         while True:
             chunk = f.read(65536)
             if chunk:
-                out.write(text.decode(chunk))
+                out.write(masker.feed(text.decode(chunk)))
                 out.flush()
                 if reader_gone(out):
                     return  # `logs -f | grep -m1 ...` found what it wanted
                 continue
             if not follow:
-                out.write(text.decode(b"", final=True))
+                out.write(masker.feed(text.decode(b"", final=True)) + masker.flush())
                 return
             if not _still_running(journal, a):
-                out.write(text.decode(f.read(), final=True))
+                out.write(masker.feed(text.decode(f.read(), final=True)) + masker.flush())
                 return
             time.sleep(0.2)  # a viewer following a file: nothing to be woken by
 
