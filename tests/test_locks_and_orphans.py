@@ -258,7 +258,15 @@ def test_a_locked_command_inside_a_task_dies_with_the_task_even_if_abreast_lock_
         wait_for(lambda: pid_file.exists() and pid_file.read_text() != "", what="CMD to start")
         cmd_pid = int(pid_file.read_text().split()[0])
         proc.send_signal(signal.SIGINT)
-        wait_for(lambda: "TERM" in pid_file.read_text(), what="CMD to be asked to end")
+        try:
+            wait_for(lambda: "TERM" in pid_file.read_text(), what="CMD to be asked to end")
+        except AssertionError as e:  # seen once in CI: say what the run and task said
+            proc.kill()
+            out, err = proc.communicate()
+            logs = "".join(p.read_text() for p in tmp_path.rglob("a.*.log"))
+            raise AssertionError(
+                f"{e}\nrun stdout:\n{out}\nrun stderr:\n{err}\nlog:\n{logs}"
+            ) from e
         proc.send_signal(signal.SIGINT)  # the second: no more grace
         proc.communicate(timeout=30)
         wait_for(lambda: not pid_alive(cmd_pid), timeout=10, what="CMD to be gone")
