@@ -363,6 +363,50 @@ def test_the_runs_own_cluster_stops_when_the_orchestrator_dies_and_resume_starts
     assert marked_processes(run_id) == []
 
 
+def test_a_run_whose_cluster_dies_is_resumed_on_a_new_local_one(tmp_path: Path) -> None:
+    # The attempt running there is lost, and its retry waits for a cluster that is gone
+    # until Ray ends the driver (after 60 s without the head by default; 3 s here): the
+    # orchestrator dies with it, and the journal lets `resume --ray-address local` go on.
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    run = (
+        f'if [ "$ABREAST_ATTEMPT" = 1 ]; then touch {tmp_path}/started; sleep 60; fi; '
+        f"echo 1 >> {counts}/$ABREAST_TASK_ID"
+    )
+    path = git_project(
+        tmp_path,
+        {
+            # Retries far enough apart that Ray ends the orchestrator before they are spent.
+            "first": {"run": run, "retries": 3, "backoff": {"initial": 2}},
+            "then": {"run": f"echo 1 >> {counts}/then", "needs": ["first"]},
+        },
+        isolation="none",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    head = start_local(2, env)
+    try:
+        run_env = {
+            **env,
+            "RAY_ADDRESS": head.address,
+            "RAY_gcs_rpc_server_reconnect_timeout_s": "3",
+        }
+        if head.auth_mode:
+            run_env["RAY_AUTH_MODE"] = head.auth_mode
+        proc, run_id = start_ray_run(path, run_env)
+        wait_for((tmp_path / "started").exists, timeout=60, what="the task to start")
+    finally:
+        head.stop()
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    resumed = run_abreast(
+        "resume", run_id, "--ray-address", "local", "--plain", "--no-monitor", cwd=tmp_path, env=env
+    )
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "a local cluster started for this run" in resumed.err
+    assert {p.name: p.read_text() for p in counts.iterdir()} == {"first": "1\n", "then": "1\n"}
+    assert marked_processes(run_id) == []
+
+
 def test_bad_ray_settings_are_refused_before_the_run(tmp_path: Path) -> None:
     path = git_project(tmp_path, {"one": {"run": "true"}}, isolation="none")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}

@@ -125,11 +125,11 @@ def _ray_address_arg(p: argparse.ArgumentParser, resume: bool = False) -> None:
     p.add_argument(
         "--ray-address",
         metavar="ADDR",
-        help="for a run started with --executor ray: the Ray cluster to use now (default: "
-        "the run's, else a local cluster started for it)"
+        help="for a run started with --executor ray: the Ray cluster to use now, or `local` "
+        "(default: the run's, else a local cluster started for it)"
         if resume
-        else "the Ray cluster for --executor ray (default: RAY_ADDRESS, else a local "
-        "cluster started for the run)",
+        else "the Ray cluster for --executor ray, or `local` (default: RAY_ADDRESS, else a "
+        "local cluster started for the run)",
     )
 
 

@@ -39,6 +39,10 @@ from abreast.executor.remote import probe, read_stats, run_attempt, stats_path, 
 _START_TIMEOUT_S = 120.0
 AUTH_MODE = "RAY_AUTH_MODE"
 _RAY_HINT = "install it with `pip install 'abreast[ray]'`"
+_CLUSTER_HINT = (
+    "start one (`ray start --head`) and give its address with --ray-address or RAY_ADDRESS, "
+    "or `--ray-address local` to have abreast start one for the run"
+)
 
 
 @dataclass
@@ -115,7 +119,7 @@ def connect(address: str | None, paths: list[str], local_cpus: int) -> RayCluste
     address = address or os.environ.get("RAY_ADDRESS") or None
     head = None
     added: list[str] = []
-    if address is None:
+    if address is None or address == "local":  # a new local cluster, for this run
         head = start_local(local_cpus)
         address = head.address
         if head.auth_mode and AUTH_MODE not in os.environ:  # to connect as the holder does
@@ -138,10 +142,8 @@ def connect(address: str | None, paths: list[str], local_cpus: int) -> RayCluste
         except Exception as e:  # ConnectionError, or Ray's own on a bad address
             raise UsageError(
                 f"cannot reach the Ray cluster at {address}: {_first_line(e)}",
-                hint="start one (`ray start --head`) and give its address with --ray-address "
-                "or RAY_ADDRESS, or give neither to have abreast start a local one; a cluster "
-                f"that wants a token needs {AUTH_MODE}=token here (the token in RAY_AUTH_TOKEN "
-                "or ~/.ray/auth_token)",
+                hint=_CLUSTER_HINT + f"; a cluster that wants a token needs {AUTH_MODE}=token "
+                "here (the token in RAY_AUTH_TOKEN or ~/.ray/auth_token)",
             ) from None
         cluster.cpus = float(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
         answers = _on_every_node(probe, paths)
@@ -179,7 +181,7 @@ def _reachable(address: str) -> None:
     from urllib.parse import urlsplit
 
     hostport = address.split("://", 1)[1] if "://" in address else address
-    if hostport in ("auto", "local"):
+    if hostport == "auto":
         return  # Ray finds the cluster on this machine by itself
     try:
         parts = urlsplit(f"//{hostport}")
@@ -192,10 +194,7 @@ def _reachable(address: str) -> None:
             hint="give the head node's address, as `ray start --head` prints it "
             "(e.g. 10.0.0.5:6379, or ray://10.0.0.5:10001)",
         )
-    hint = (
-        "start one (`ray start --head`) and give its address with --ray-address "
-        "or RAY_ADDRESS, or give neither to have abreast start a local one"
-    )
+    hint = _CLUSTER_HINT
     try:
         with socket.create_connection((host, port), timeout=10) as conn:
             # Ray's head speaks gRPC: HTTP/2, whose server answers the client's preface
@@ -322,9 +321,12 @@ class RayExecutor:
         self.running: dict[int, Running] = {}
 
     def start(self, launch: Launch) -> Running:
-        ref = self._remote.options(
-            num_cpus=1, max_retries=0, name=f"{launch.task_id}.{launch.attempt}"
-        ).remote(launch, self._grace_s)
+        try:
+            ref = self._remote.options(
+                num_cpus=1, max_retries=0, name=f"{launch.task_id}.{launch.attempt}"
+            ).remote(launch, self._grace_s)
+        except Exception as e:  # the cluster is gone: the attempt could not start
+            raise OSError(f"the Ray cluster did not take it: {_first_line(e)}") from e
         running = Running(launch, 0, 0, None, time.monotonic(), time.time(), handle=ref)
         self.running[id(running)] = running  # no local pid to key it by
         future = asyncio.wrap_future(ref.future(), loop=self._loop)
