@@ -85,20 +85,15 @@ def git_project(root: Path, tasks: dict[str, object], **top: object) -> Path:
     return path
 
 
+def ray_argv(path: Path, *args: str) -> list[str]:
+    """`abreast run PATH --executor ray` (plain, no resource monitor) and ARGS."""
+    run = [PY, "-m", "abreast", "run", str(path), "--executor", "ray"]
+    return [*run, "--plain", "--no-monitor", *args]
+
+
 def ray_run(path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            PY,
-            "-m",
-            "abreast",
-            "run",
-            str(path),
-            "--executor",
-            "ray",
-            "--plain",
-            "--no-monitor",
-            *args,
-        ],
+        ray_argv(path, *args),
         cwd=path.parent,
         env=env,
         capture_output=True,
@@ -111,7 +106,7 @@ def ray_run(path: Path, env: dict[str, str], *args: str) -> subprocess.Completed
 def start_ray_run(path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     """`abreast run PATH --executor ray` in the background, with its run id."""
     proc = subprocess.Popen(
-        [PY, "-m", "abreast", "run", str(path), "--executor", "ray", "--plain", "--no-monitor"],
+        ray_argv(path),
         cwd=path.parent,
         env=env,
         stdout=subprocess.PIPE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import random
 import re
@@ -41,7 +42,6 @@ from abreast.spec.model import TASK_ID_PATTERN, Scalar, Workflow
 from abreast.spec.overrides import flag_overrides, parallel_cap
 
 if TYPE_CHECKING:
-    from abreast.executor.local import Executor, Running
     from abreast.executor.ray_exec import RayCluster
     from abreast.keys.broker import KeyBroker
     from abreast.observe.dashboard_process import Observer
@@ -190,7 +190,7 @@ def _options(
     if monitor_on and p.wf.resources.monitor:
         monitor = ResourceMonitor(p.wf.resources.thresholds)
     hb = p.wf.heartbeat
-    return EngineOptions(
+    options = EngineOptions(
         cap=p.cap,
         flags=p.flags,
         policy=p.analysis.policy,
@@ -202,14 +202,12 @@ def _options(
         sinks=sinks or [],
         # Ticks often enough to notice an orphan within a quarter of its threshold.
         tick_s=min(1.0, hb.interval, hb.orphan_after / 4),
-        executor=_ray_executor() if cluster is not None else None,
     )
+    if cluster is not None:  # its nodes end a task with the run's grace period
+        from abreast.executor.ray_exec import RayExecutor
 
-
-def _ray_executor() -> Callable[[Callable[[Running, Exit], None]], Executor]:
-    from abreast.executor.ray_exec import RayExecutor
-
-    return lambda on_exit: RayExecutor(on_exit, EngineOptions.kill_grace_s)
+        options.executor = functools.partial(RayExecutor, grace_s=options.kill_grace_s)
+    return options
 
 
 def _connect_ray(

@@ -51,8 +51,9 @@ class Watch:
     pid: int
     log: str
     leases: list[Lease] = field(default_factory=list)
-    # (RSS, CPU s, I/O bytes) of the attempt's tree: its executor's, else read here by pid
-    stats: Callable[[], tuple[int, float, int]] | None = None
+    # (RSS, CPU s, I/O bytes) of the attempt's tree: its executor's, else read here by pid;
+    # None while it has not started yet (waiting in a remote executor's queue)
+    stats: Callable[[], tuple[int, float, int] | None] | None = None
     last_renew: float = field(default_factory=time.monotonic)
     last_activity: float = field(default_factory=time.monotonic)
     last_sign: tuple[float, int, int] = (0.0, 0, 0)
@@ -235,7 +236,7 @@ class Supervisor:
         pid: int,
         log: str,
         leases: list[Lease],
-        stats: Callable[[], tuple[int, float, int]] | None = None,
+        stats: Callable[[], tuple[int, float, int] | None] | None = None,
     ) -> None:
         key = self._attempt_key(task_id, attempt)
         self.watches[task_id] = Watch(key, pid, log, leases, stats)
@@ -289,7 +290,11 @@ class Supervisor:
         orphan_after = self.wf.heartbeat.orphan_after
         trouble: list[Trouble] = []
         for task_id, w in self.watches.items():
-            rss, cpu, io = w.stats() if w.stats else tree_stats(w.pid)
+            sampled = w.stats() if w.stats else tree_stats(w.pid)
+            if sampled is None:  # not started yet: waiting is not being quiet
+                w.last_activity = now
+                sampled = (0, 0.0, 0)
+            rss, cpu, io = sampled
             w.peak_rss = max(w.peak_rss, rss)
             try:
                 log_size = os.stat(w.log).st_size

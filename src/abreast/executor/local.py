@@ -78,7 +78,7 @@ class Running:
     started_mono: float
     started_wall: float
     peak_rss_bytes: int = 0
-    # Our own peak RSS (KiB) just after it was spawned: see `_own_peak`.
+    # Our own peak RSS (KiB) just after it was spawned: see `own_peak`.
     parent_maxrss_kib: int = 0
     _pidfd: int = field(default=-1, repr=False)
     handle: Any = field(default=None, repr=False)  # a remote executor's own (a Ray ObjectRef)
@@ -91,7 +91,7 @@ class Executor(Protocol):
 
     def start(self, launch: Launch) -> Running: ...
     def kill(self, running: Running, grace_s: float) -> Coroutine[Any, Any, None]: ...
-    def stats(self, running: Running) -> tuple[int, float, int]: ...
+    def stats(self, running: Running) -> tuple[int, float, int] | None: ...
     def leftovers(self, running: Running) -> bool: ...
     def sweep(self) -> None: ...
     def close(self) -> None: ...
@@ -144,8 +144,9 @@ class LocalExecutor:
         """End the attempt's whole process tree (TERM, `grace_s`, KILL)."""
         return kill_tree(running.pgid, grace_s)
 
-    def stats(self, running: Running) -> tuple[int, float, int]:
-        """(RSS, CPU seconds, I/O bytes) of the attempt's process tree, for the supervisor."""
+    def stats(self, running: Running) -> tuple[int, float, int] | None:
+        """(RSS, CPU seconds, I/O bytes) of the attempt's process tree, for the supervisor;
+        None while it has not started anywhere yet (a remote executor's queue)."""
         return tree_stats(running.pid)
 
     def leftovers(self, running: Running) -> bool:
@@ -214,7 +215,7 @@ class LocalExecutor:
 
     def _wait_blocking(self, running: Running) -> None:
         _, status, usage = os.wait4(running.pid, 0)
-        peak = _own_peak(running, usage.ru_maxrss)
+        peak = own_peak(running.parent_maxrss_kib, usage.ru_maxrss)
         self._loop.call_soon_threadsafe(self._finish, running, status, peak)
 
     def _finish(self, running: Running, status: int, maxrss: int) -> None:
@@ -260,10 +261,10 @@ def _collect(running: Running) -> tuple[int, int] | None:
         pid, status, usage = os.wait4(running.pid, os.WNOHANG)
     except ChildProcessError:  # reaped by someone else: the status is lost
         return 0, 0
-    return None if pid == 0 else (status, _own_peak(running, usage.ru_maxrss))
+    return None if pid == 0 else (status, own_peak(running.parent_maxrss_kib, usage.ru_maxrss))
 
 
-def _own_peak(running: Running, maxrss_kib: int) -> int:
+def own_peak(parent_maxrss_kib: int, maxrss_kib: int) -> int:
     """The attempt's peak RSS in bytes from wait4, or 0 where wait4 cannot tell it.
 
     Linux starts a child's maxrss at the peak of the memory it execs from: a child
@@ -272,4 +273,4 @@ def _own_peak(running: Running, maxrss_kib: int) -> int:
     spawn is the child's own; one at or below it says only "no more than that", and the
     supervisor's samples of the process tree stand instead.
     """
-    return maxrss_kib * 1024 if maxrss_kib > running.parent_maxrss_kib else 0
+    return maxrss_kib * 1024 if maxrss_kib > parent_maxrss_kib else 0

@@ -183,8 +183,7 @@ async def kill_tree(pgid: int, grace_s: float) -> None:
     """
     import asyncio  # here: the commands that only read the journal import this module
 
-    signal_group(pgid, signal.SIGTERM)
-    _signal_each(_session_strays(pgid), signal.SIGTERM)
+    signal_tree(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     delay = 0.005
     while time.monotonic() < deadline:
@@ -192,8 +191,13 @@ async def kill_tree(pgid: int, grace_s: float) -> None:
             return
         await asyncio.sleep(delay)  # bounded wait for processes outside our control to exit
         delay = min(delay * 2, 0.1)
-    signal_group(pgid, signal.SIGKILL)
-    _signal_each(_session_strays(pgid), signal.SIGKILL)
+    signal_tree(pgid, signal.SIGKILL)
+
+
+def signal_tree(pgid: int, sig: int) -> None:
+    """Send `sig` to the process group and to the members of its session that left it."""
+    signal_group(pgid, sig)
+    _signal_each(_session_strays(pgid), sig)
 
 
 def _session_strays(sid: int) -> list[int]:

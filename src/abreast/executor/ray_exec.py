@@ -368,12 +368,8 @@ class RayExecutor:
         times = 1 if grace_s > 0 else 2
         return asyncio.to_thread(_cancel, ray, running.handle, times)
 
-    def stats(self, running: Running) -> tuple[int, float, int]:
-        stats = read_stats(running.launch)
-        if stats is None:  # no node has started it yet: waiting in Ray's queue is not
-            # being quiet, so a sign that changes on every reading (not an orphan)
-            return 0, -time.monotonic(), 0
-        return stats
+    def stats(self, running: Running) -> tuple[int, float, int] | None:
+        return read_stats(running.launch)  # None while it waits in Ray's queue
 
     def leftovers(self, running: Running) -> bool:
         return False  # its node ended them

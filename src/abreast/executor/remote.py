@@ -24,14 +24,12 @@ import signal
 import socket
 import time
 
-from abreast.executor.local import Launch, Running, _own_peak, spawn
+from abreast.executor.local import Launch, own_peak, spawn
 from abreast.executor.process import (
-    _session_strays,
-    _signal_each,
     group_alive,
     kill_tree,
     marked_processes,
-    signal_group,
+    signal_tree,
     tree_stats,
 )
 
@@ -49,15 +47,7 @@ def run_attempt(launch: Launch, grace_s: float) -> tuple[int, int, float, str]:
     this host's name)."""
     pid, _ticks = spawn(launch)
     started = time.monotonic()
-    own = Running(
-        launch,
-        pid,
-        pid,
-        None,
-        started,
-        time.time(),
-        parent_maxrss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-    )
+    parent_maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     host = socket.gethostname()
     pidfd = os.pidfd_open(pid)
     peak = 0
@@ -71,16 +61,16 @@ def run_attempt(launch: Launch, grace_s: float) -> tuple[int, int, float, str]:
                     next_stats = now + _STATS_S
                     peak = max(peak, _write_stats(launch, pid, host))
                 if kill_at is not None and now >= kill_at:
-                    _signal_tree(pid, signal.SIGKILL)
+                    signal_tree(pid, signal.SIGKILL)
                     kill_at = float("inf")
                 if select.select([pidfd], [], [], _POLL_S)[0]:
                     break
             except KeyboardInterrupt:  # ray.cancel
                 if kill_at is None:
-                    _signal_tree(pid, signal.SIGTERM)
+                    signal_tree(pid, signal.SIGTERM)
                     kill_at = time.monotonic() + grace_s
                 else:
-                    _signal_tree(pid, signal.SIGKILL)
+                    signal_tree(pid, signal.SIGKILL)
                     kill_at = float("inf")
     finally:
         os.close(pidfd)
@@ -92,13 +82,8 @@ def run_attempt(launch: Launch, grace_s: float) -> tuple[int, int, float, str]:
             kill_at = kill_at or float("inf")
     if group_alive(pid):  # it left processes behind in its group: end them too
         asyncio.run(kill_tree(pid, 0.0 if kill_at is not None else grace_s))
-    peak = max(peak, _own_peak(own, usage.ru_maxrss))
+    peak = max(peak, own_peak(parent_maxrss_kib, usage.ru_maxrss))
     return status, peak, time.monotonic() - started, host
-
-
-def _signal_tree(pgid: int, sig: int) -> None:
-    signal_group(pgid, sig)
-    _signal_each(_session_strays(pgid), sig)
 
 
 def _write_stats(launch: Launch, pid: int, host: str) -> int:
