@@ -121,7 +121,7 @@ def test_timeout_kills_the_whole_tree_within_the_grace_period(tmp_path: Path, cl
     result = cli("run", str(path), "--no-monitor")
     took = time.monotonic() - t0
     assert result.code == 1
-    assert "slow (timed_out, attempt 1): timed out after 1s" in result.out
+    assert "slow (timed_out): timed out after 1s" in result.out
     pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
     assert len(pids) == 3
     assert not [p for p in pids if pid_alive(p)]
@@ -156,7 +156,7 @@ def test_a_command_not_found_is_said_so(tmp_path: Path, cli) -> None:  # type: i
     path = workflow(tmp_path, {"agent": {"run": "claude-not-installed -p hi"}})
     result = cli("run", str(path), "--no-monitor")
     assert result.code == 1
-    assert "agent (failed, attempt 1): exit 127 (command not found)" in result.out
+    assert "agent (failed): exit 127 (command not found)" in result.out
     assert "claude-not-installed: not found" in result.out  # the shell's own words, from the log
 
 
@@ -179,9 +179,9 @@ def test_exhausted_retries_fail_with_one_report_and_block_dependents(tmp_path: P
     assert result.code == 1
     out = result.out
     assert "2 tasks failed:" in out
-    assert "bad (failed, attempt 2): exit 7 (after 2 attempts)" in out
+    assert "bad (failed after 2 attempts): exit 7" in out
     assert "| it broke" in out
-    assert "worse (failed, attempt 1): killed by SIGKILL" in out
+    assert "worse (failed): killed by SIGKILL" in out
     assert "blocked: after (upstream bad failed), later (upstream bad failed)" in out
     states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
     assert states == {

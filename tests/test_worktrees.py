@@ -178,7 +178,7 @@ def test_red_check_sends_back_and_exhausted_retries_keep_the_branch(repo: Path) 
         repo,
         {
             "breaker": {
-                "run": "echo BROKEN > README.md",
+                "run": "echo BROKEN > README.md; echo 'breaker did its work'",
                 "retries": 1,
                 "backoff": {"initial": 0.05},
             },
@@ -201,6 +201,15 @@ def test_red_check_sends_back_and_exhausted_retries_keep_the_branch(repo: Path) 
     kept = list(git(repo, "worktree", "list").splitlines()[1:])
     assert len(kept) == 1
     assert "kept for inspection" in out
+    # The run's summary and `abreast report` tell the check's output from the task's.
+    report = run_abreast("report", run_id, cwd=repo).out
+    for text in (out, report):
+        failure = text[text.index("breaker (failed after 2 attempts): check `readme ok`") :]
+        lines = failure.splitlines()
+        assert lines[1] == "    README is broken"
+        assert re.fullmatch(r"    check log: \S+/checks/breaker\.2\.1\.log", lines[2])
+        assert lines[3:5] == ["    last lines of the task's log:", "    | breaker did its work"]
+        assert re.fullmatch(r"    task log: \S+/logs/breaker\.2\.log", lines[5])
 
 
 @pytest.mark.parametrize(
@@ -627,7 +636,7 @@ def test_work_started_on_a_signal_does_not_land_when_the_signalling_task_fails(
     )
     code, out, run_id = run(repo, path)
     assert code == 1, out
-    assert "client (failed, attempt 1): upstream api ended without landing" in out
+    assert "client (failed): upstream api ended without landing" in out
     tree = git(repo, "ls-tree", "-r", "--name-only", integration(run_id)).split()
     assert "client.txt" not in tree and "src/api.txt" not in tree
 

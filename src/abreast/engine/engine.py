@@ -798,8 +798,7 @@ class Engine:
             self._send_back(tr, detail, kind="retry", delay_s=delay)
             return
         final = TaskState.TIMED_OUT if timed_out else TaskState.FAILED
-        tries = f" (after {tr.attempts} attempts)" if tr.attempts > 1 else ""
-        self._fail(tr, final, reason + tries)
+        self._fail(tr, final, reason)
 
     def _send_back(self, tr: TaskRun, feedback: str, *, kind: str, delay_s: float) -> None:
         """Run the task again after `delay_s`, telling it why in ABREAST_FEEDBACK."""

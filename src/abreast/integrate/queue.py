@@ -373,7 +373,9 @@ class MergeQueue:
             check=result.name,
             log=result.log,
         )
-        return Verdict(Outcome.SEND_BACK, result.detail + f"\n(log: {result.log})", kind="check")
+        return Verdict(
+            Outcome.SEND_BACK, result.detail + f"\ncheck log: {result.log}", kind="check"
+        )
 
 
 def _resolve(job: MergeJob, verdict: Verdict) -> None:

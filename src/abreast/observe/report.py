@@ -243,11 +243,10 @@ def text(rep: dict[str, Any]) -> str:
         out.append("\n  attempts sent back or retried:")
         out += [f"    {x['task']} attempt {x['attempt']}: {x['reason']}" for x in retried]
     for f in rep["failures"]:
-        out.append(
-            f"\n  {f['task']} ({f['state']}, attempt {f['attempt']}): "
-            f"{(f['reason'] or '').splitlines()[0] if f['reason'] else ''}"
+        out.append("")
+        out += rundata.failure_lines(
+            f["task"], f["state"], f["attempt"], f["reason"], f["log_tail"], f["log"]
         )
-        out += [f"    | {line}" for line in f["log_tail"]]
     queue = _merge_line(rep["merges"])
     if queue:
         out.append(f"\n  {queue}")
@@ -314,8 +313,9 @@ def html_page(rep: dict[str, Any]) -> str:
         f" font-size='12'>{labels}{''.join(bars)}</svg>"
     )
     failures = "".join(
-        f"<h3>{e(f['task'])} ({e(f['state'])}, attempt {f['attempt']})</h3>"
-        f"<p>{e(f['reason'] or '')}</p>"
+        f"<h3>{e(f['task'])} ({e(f['state'])}"
+        f"{f' after {n} attempts' if (n := f['attempt']) > 1 else ''})</h3>"
+        f"<pre>{e(f['reason'] or '')}</pre>"
         + (
             f"<pre>{e(chr(10).join(f['log_tail']))}</pre>"
             if f["log_tail"]

@@ -141,6 +141,26 @@ def leased_fingerprints(journal: Journal, run_id: str) -> set[str]:
     }
 
 
+def failure_lines(
+    task: str, state: str, attempt: int, reason: str | None, tail: list[str], log: str | None
+) -> list[str]:
+    """One failed task, as the run's summary and `abreast report` show it: the reason
+    (a check's output and log included), the end of the task's own log, where that is."""
+    after = f" after {attempt} attempts" if attempt > 1 else ""
+    lines = (reason or "").splitlines() or [""]
+    out = [f"  {task} ({state}{after}): {lines[0]}"]
+    for line in lines[1:]:
+        if line.startswith("last lines of its log"):
+            break  # the engine's copy of the tail below, as it was then
+        out.append(f"    {line}")
+    if tail:
+        out.append("    last lines of the task's log:")
+        out += [f"    | {line}" for line in tail]
+    if log:
+        out.append(f"    task log: {log}")
+    return out
+
+
 def changed(c: dict[str, int]) -> str:
     """What a task's work changed, in a few characters: `3 files +120 -4`."""
     return f"{c['files']} file{'' if c['files'] == 1 else 's'} +{c['added']} -{c['deleted']}"

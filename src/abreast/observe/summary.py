@@ -6,7 +6,7 @@ from typing import TextIO
 
 from abreast.engine.engine import RunOutcome
 from abreast.engine.states import TaskState
-from abreast.observe.rundata import changed
+from abreast.observe.rundata import changed, failure_lines
 from abreast.spec.durations import format_duration
 
 TABLE_LIMIT = 40  # above this many tasks, states are counted instead of listed
@@ -53,20 +53,8 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
     if n:
         w(f"\n{n} task{'s' if n != 1 else ''} failed:\n")
     for f in outcome.failures:
-        w(
-            f"\n  {f.task_id} ({f.state.value}, attempt {f.attempt}): "
-            f"{f.reason.splitlines()[0] if f.reason else ''}\n"
-        )
-        for line in f.reason.splitlines()[1:]:
-            if line.startswith("last lines of its log"):
-                break
-            w(f"    {line}\n")
-        if f.log_tail:
-            w("    last lines of its log:\n")
-            for line in f.log_tail:
-                w(f"    | {line}\n")
-        if f.log:
-            w(f"    log: {f.log}\n")
+        lines = failure_lines(f.task_id, f.state.value, f.attempt, f.reason, f.log_tail, f.log)
+        w("\n" + "\n".join(lines) + "\n")
     blocked = [t for t in outcome.tasks if t.state is TaskState.BLOCKED]
     if blocked:
         w("\n  blocked: " + ", ".join(f"{t.id} ({t.reason})" for t in blocked) + "\n")
