@@ -333,7 +333,7 @@ class RedisCoordinator(Coordinator):
 
     def wait_for_change(self, name: str, ticket: int, timeout_s: float) -> None:
         if self._pubsub is None:
-            self._pubsub = self._r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            self._pubsub = self._r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]  # (typed from redis 8.2)
         channel = f"{self._keys(name)[0]}:wake"
         if channel.encode() not in self._pubsub.channels and channel not in self._pubsub.channels:
             self._call(self._pubsub.subscribe, channel)
@@ -410,7 +410,7 @@ class RedisCoordinator(Coordinator):
         self._call(pipe.execute)
 
     def subscribe(self, channel: str, timeout_s: float = 1.0) -> Iterator[str | None]:
-        pubsub = self._r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self._r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]  # (typed from redis 8.2)
         self._call(pubsub.subscribe, channel)
         try:
             while True:
