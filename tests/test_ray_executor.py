@@ -35,10 +35,17 @@ PY = sys.executable
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A local Ray cluster of two nodes (2 CPUs each) for the module: the environment that
     reaches it. The head is abreast's own holder; the second node is `ray start --block`,
-    each in a session of its own."""
+    each in a session of its own. Both start with SIGINT ignored, as a script's background
+    job (`ray start ... &`) does: Ray's cancel cannot interrupt a task there, so abreast's
+    kills must reach the tasks without it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    head = start_local(2, env)
     node: subprocess.Popen[bytes] | None = None
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the cluster
+    try:
+        head = start_local(2, env)
+    except BaseException:
+        signal.signal(signal.SIGINT, previous)
+        raise
     try:
         env["RAY_ADDRESS"] = head.address
         if head.auth_mode:
@@ -61,8 +68,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
             what="the second Ray node",
         )
         assert node.poll() is None, log.read_text()
+        signal.signal(signal.SIGINT, previous)
         yield env
     finally:
+        signal.signal(signal.SIGINT, previous)
         if node is not None:
             node.terminate()  # it stops its own processes
             try:
@@ -181,11 +190,13 @@ def test_a_timeout_kills_the_tree_on_its_node_and_the_retry_runs(
     tmp_path: Path, cluster: dict[str, str]
 ) -> None:
     # Attempt 1 forks a grandchild that holds its output and outlives the shell's TERM;
-    # the node kills the whole tree, and attempt 2 succeeds.
+    # the node kills the whole tree when the grace period ends, and attempt 2 succeeds.
+    # The run's orchestrator is a driver connected to the cluster, not its head (Ray's own
+    # cancel would not reach the task).
     grandchild = tmp_path / "grandchild.pid"
     run = (
         'if [ "$ABREAST_ATTEMPT" = 1 ]; then '
-        f"(trap '' TERM; echo $$ > /dev/null; sh -c 'echo $$ > {grandchild}; exec sleep 60') & "
+        f"(trap '' TERM; echo $$ > /dev/null; sh -c 'echo $$ > {grandchild}; exec sleep 150') & "
         "wait; fi; echo ok"
     )
     path = git_project(
@@ -200,9 +211,16 @@ def test_a_timeout_kills_the_tree_on_its_node_and_the_retry_runs(
     wait_for(lambda: not pid_alive(pid), timeout=15, what="the grandchild to be killed")
     run_id = done.stdout.splitlines()[0].removeprefix("run: ")
     db = tmp_path / ".abreast" / "state.db"
-    rows = query(db, "SELECT state, reason FROM attempts WHERE run_id = ? ORDER BY attempt", run_id)
-    assert [state for state, _ in rows] == ["failed", "succeeded"]
+    rows = query(
+        db,
+        "SELECT state, reason, ended_at - started_at FROM attempts WHERE run_id = ? "
+        "ORDER BY attempt",
+        run_id,
+    )
+    assert [state for state, _, _ in rows] == ["failed", "succeeded"]
     assert rows[0][1].startswith("timed out after 2s; its process tree was killed")
+    # Killed at its timeout (plus at most the grace period), not left to run out its sleep.
+    assert rows[0][2] < 60, f"attempt 1 ran {rows[0][2]:.1f}s"
     assert marked_processes(run_id) == []
 
 
@@ -211,7 +229,7 @@ def test_cancel_stops_the_tasks_on_the_cluster(tmp_path: Path, cluster: dict[str
     path = git_project(
         tmp_path,
         {
-            "long": {"run": f"touch {started}; sleep 60"},
+            "long": {"run": f"touch {started}; sleep 300"},
             "later": {"run": "true", "needs": ["long"]},
         },
         isolation="none",
@@ -220,7 +238,10 @@ def test_cancel_stops_the_tasks_on_the_cluster(tmp_path: Path, cluster: dict[str
     try:
         wait_for(started.exists, timeout=60, what="the task to start on Ray")
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        try:
+            out, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the cancelled run went on: its task on the cluster was not killed")
     finally:
         if proc.poll() is None:
             proc.kill()

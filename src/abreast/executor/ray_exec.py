@@ -34,7 +34,17 @@ from typing import Any
 
 from abreast.errors import UsageError
 from abreast.executor.local import Exit, Launch, Running
-from abreast.executor.remote import probe, read_stats, run_attempt, stats_path, sweep
+from abreast.executor.remote import (
+    KILL,
+    TERM,
+    kill_path,
+    probe,
+    read_stats,
+    request_kill,
+    run_attempt,
+    stats_path,
+    sweep,
+)
 
 _START_TIMEOUT_S = 120.0
 AUTH_MODE = "RAY_AUTH_MODE"
@@ -337,8 +347,9 @@ class RayExecutor:
         import ray.exceptions
 
         self.running.pop(id(running), None)
-        with contextlib.suppress(OSError):
-            os.unlink(stats_path(running.launch))  # the peak is in the result
+        for path in (stats_path(running.launch), kill_path(running.launch)):
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # the peak is in the result
         wall = time.monotonic() - running.started_mono
         try:
             status, peak, wall, host = future.result()
@@ -361,12 +372,12 @@ class RayExecutor:
         self._on_exit(running, exit_)
 
     def kill(self, running: Running, grace_s: float) -> Coroutine[Any, Any, None]:
-        """Cancel the Ray task: its node TERMs the tree, and KILLs it after the grace period
-        or at a second cancel (asked for at once when `grace_s` is 0)."""
+        """Ask its node to TERM the tree and KILL it after the grace period (at once when
+        `grace_s` is 0), through the attempt's kill file; Ray's cancel takes it off Ray's
+        queue if it has not started."""
         import ray
 
-        times = 1 if grace_s > 0 else 2
-        return asyncio.to_thread(_cancel, ray, running.handle, times)
+        return asyncio.to_thread(_kill, ray, running, KILL if grace_s <= 0 else TERM)
 
     def stats(self, running: Running) -> tuple[int, float, int] | None:
         return read_stats(running.launch)  # None while it waits in Ray's queue
@@ -381,9 +392,8 @@ class RayExecutor:
         pass  # the cluster is the caller's to close
 
 
-def _cancel(ray: Any, ref: Any, times: int) -> None:
-    for i in range(times):
-        if i:
-            time.sleep(0.2)  # two cancels at once may arrive as one
-        with contextlib.suppress(Exception):
-            ray.cancel(ref, force=False)
+def _kill(ray: Any, running: Running, level: int) -> None:
+    with contextlib.suppress(OSError):  # (unwritable: Ray's cancel is all there is)
+        request_kill(running.launch, level)
+    with contextlib.suppress(Exception):
+        ray.cancel(running.handle, force=False)

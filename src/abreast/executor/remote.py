@@ -6,11 +6,17 @@ import them from this module (abreast must be installed on every node).
 An attempt is started exactly as the local executor starts it (`spawn`: the same wrapper,
 its own session, its log and the run's exits file), by a worker that then supervises it:
 every second it writes the tree's RSS, CPU and I/O to a small stats file beside the log,
-which the orchestrator's supervisor reads for heartbeats and orphan detection. Ray cancels
-a running task by raising KeyboardInterrupt in it, between bytecodes (not inside a
-blocking call, so the wait is a short poll of a pidfd): the first cancel TERMs the process
-group, the second (or the grace period's end) KILLs it. Whatever is left in the group when
-its first process ends is ended too, as the local engine does.
+which the orchestrator's supervisor reads for heartbeats and orphan detection.
+
+The orchestrator asks for a kill by writing a kill file beside the log ("TERM", then
+"KILL"), which the worker reads every 0.1 s: TERM ends the process group's tree, and KILL
+follows after the grace period, or at once when the file says KILL. Ray's own cancel is
+not enough: it interrupts a running task only when the driver that submitted it is the
+cluster's head, not a driver connected to an existing cluster (Ray 2.x), so the file is
+the way a kill travels, and Ray's cancel (a KeyboardInterrupt between bytecodes, here a
+prompt to read the file) only takes off Ray's queue an attempt that has not started.
+An attempt whose kill file exists before it starts is not started. Whatever is left in
+the group when its first process ends is ended too, as the local engine does.
 """
 
 from __future__ import annotations
@@ -42,17 +48,51 @@ def stats_path(launch: Launch) -> str:
     return launch.log + ".stats"
 
 
+def kill_path(launch: Launch) -> str:
+    """Where the orchestrator asks the node to kill the attempt's tree: beside its log."""
+    return launch.log + ".kill"
+
+
+TERM, KILL = 1, 2  # what a kill file asks for
+
+
+def request_kill(launch: Launch, level: int) -> None:
+    """Ask the node running `launch` to TERM its tree (KILL after the grace period), or to
+    KILL it at once: the kill file, written whole (never asking for less than it did)."""
+    if level <= _kill_requested(launch):
+        return
+    path = kill_path(launch)
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("KILL\n" if level >= KILL else "TERM\n")
+    os.replace(tmp, path)
+
+
+def _kill_requested(launch: Launch) -> int:
+    """What the kill file asks for: 0 (no file), TERM or KILL."""
+    try:
+        with open(kill_path(launch), encoding="utf-8") as f:
+            return KILL if f.read().startswith("KILL") else TERM
+    except FileNotFoundError:
+        return 0
+    except OSError:
+        return TERM  # there, but unreadable: a kill was asked for
+
+
 def run_attempt(launch: Launch, grace_s: float) -> tuple[int, int, float, str]:
     """Run the attempt to its end on this node: (wait status, peak RSS bytes, wall seconds,
     this host's name)."""
+    host = socket.gethostname()
+    if _kill_requested(launch):  # killed while it waited in Ray's queue
+        return signal.SIGTERM, 0, 0.0, host
     pid, _ticks = spawn(launch)
     started = time.monotonic()
     parent_maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    host = socket.gethostname()
     pidfd = os.pidfd_open(pid)
     peak = 0
     next_stats = 0.0
-    kill_at: float | None = None  # when the TERM sent on cancel becomes a KILL
+    level = 0  # the kill asked for so far: 0, TERM or KILL
+    kill_at = float("inf")  # when the TERM becomes a KILL
     try:
         while True:
             try:
@@ -60,18 +100,21 @@ def run_attempt(launch: Launch, grace_s: float) -> tuple[int, int, float, str]:
                 if now >= next_stats:
                     next_stats = now + _STATS_S
                     peak = max(peak, _write_stats(launch, pid, host))
-                if kill_at is not None and now >= kill_at:
+                asked = _kill_requested(launch)
+                if asked > level:  # (level is set once the signal is sent)
+                    if asked == TERM:
+                        signal_tree(pid, signal.SIGTERM)
+                        kill_at = now + grace_s
+                    else:
+                        kill_at = now
+                    level = asked
+                if now >= kill_at:
                     signal_tree(pid, signal.SIGKILL)
-                    kill_at = float("inf")
+                    level, kill_at = KILL, float("inf")
                 if select.select([pidfd], [], [], _POLL_S)[0]:
                     break
-            except KeyboardInterrupt:  # ray.cancel
-                if kill_at is None:
-                    signal_tree(pid, signal.SIGTERM)
-                    kill_at = time.monotonic() + grace_s
-                else:
-                    signal_tree(pid, signal.SIGKILL)
-                    kill_at = float("inf")
+            except KeyboardInterrupt:  # ray.cancel: the kill file says what to do
+                continue
     finally:
         os.close(pidfd)
     while True:  # a cancel arriving now is too late to matter: the process has ended
@@ -79,9 +122,10 @@ def run_attempt(launch: Launch, grace_s: float) -> tuple[int, int, float, str]:
             _, status, usage = os.wait4(pid, 0)
             break
         except KeyboardInterrupt:
-            kill_at = kill_at or float("inf")
+            continue
     if group_alive(pid):  # it left processes behind in its group: end them too
-        asyncio.run(kill_tree(pid, 0.0 if kill_at is not None else grace_s))
+        killing = level or _kill_requested(launch)
+        asyncio.run(kill_tree(pid, 0.0 if killing else grace_s))
     peak = max(peak, own_peak(parent_maxrss_kib, usage.ru_maxrss))
     return status, peak, time.monotonic() - started, host
 
