@@ -7,6 +7,7 @@ RAY_ADDRESS; one test lets abreast start and stop a cluster of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -256,6 +257,68 @@ def test_cancel_stops_the_tasks_on_the_cluster(tmp_path: Path, cluster: dict[str
     assert marked_processes(run_id) == []
 
 
+def test_a_run_through_ray_client_runs_and_kills_its_tasks(
+    tmp_path: Path, cluster: dict[str, str]
+) -> None:
+    # A Ray Client server in front of the module's cluster; the run reaches the cluster
+    # only through it (`--ray-address ray://...`, no RAY_ADDRESS), and a timeout's kill
+    # gets through as well.
+    pytest.importorskip("grpc")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            *(PY, "-m", "ray.util.client.server", f"--address={cluster['RAY_ADDRESS']}"),
+            *("--host=127.0.0.1", f"--port={port}", "--mode=proxy"),
+        ],
+        env=cluster,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+
+        def listening() -> bool:
+            assert server.poll() is None, "the Ray Client server ended"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                return True
+            return False
+
+        wait_for(listening, timeout=60, what="the Ray Client server")
+        path = git_project(
+            tmp_path,
+            {
+                "a": {"run": 'echo "$ABREAST_TASK_ID" > a.txt'},
+                "slow": {"run": "sleep 150", "timeout": 2},
+            },
+            isolation="none",
+        )
+        env = {k: v for k, v in cluster.items() if k != "RAY_ADDRESS"}
+        done = ray_run(path, env, "--ray-address", f"ray://127.0.0.1:{port}")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"ray: ray://127.0.0.1:{port}" in done.stderr
+    assert (tmp_path / "a.txt").read_text() == "a\n"
+    run_id = done.stdout.splitlines()[0].removeprefix("run: ")
+    db = tmp_path / ".abreast" / "state.db"
+    rows = query(
+        db,
+        "SELECT task_id, state, ended_at - started_at FROM attempts WHERE run_id = ? "
+        "ORDER BY task_id",
+        run_id,
+    )
+    assert [(task, state) for task, state, _ in rows] == [("a", "succeeded"), ("slow", "failed")]
+    assert rows[1][2] < 60, f"the timed-out attempt ran {rows[1][2]:.1f}s"
+    assert marked_processes(run_id) == []
+
+
 def test_sigkill_the_orchestrator_then_resume_on_ray(
     tmp_path: Path, cluster: dict[str, str]
 ) -> None:
@@ -456,24 +519,34 @@ def test_bad_ray_settings_are_refused_before_the_run(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stdout + done.stderr
         assert message in done.stderr and "hint:" in done.stderr
         assert "Traceback" not in done.stderr
-    # Without Ray installed (its import made to fail): what to install.
-    script = (
-        "import sys; sys.modules['ray'] = None\n"
-        "from abreast.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    absent = subprocess.run(
-        [PY, "-c", script, "run", str(path), "--executor", "ray", "--plain"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert absent.returncode == 2, absent.stdout + absent.stderr
-    assert "--executor ray needs Ray, which is not installed" in absent.stderr
-    assert "pip install 'abreast[ray]'" in absent.stderr
+    # Without Ray installed (its import made to fail): what to install; likewise without
+    # Ray Client's gRPC for a ray:// address.
+    for missing, args, message, install in [
+        ("ray", (), "--executor ray needs Ray, which is not installed", "abreast[ray]"),
+        (
+            "grpc",
+            ("--ray-address", "ray://127.0.0.1:1"),
+            "the Ray address ray://127.0.0.1:1 is for Ray Client, which is not installed",
+            "ray[client]",
+        ),
+    ]:
+        script = (
+            f"import sys; sys.modules[{missing!r}] = None\n"
+            "from abreast.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n"
+        )
+        absent = subprocess.run(
+            [PY, "-c", script, "run", str(path), "--executor", "ray", "--plain", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert absent.returncode == 2, absent.stdout + absent.stderr
+        assert message in absent.stderr
+        assert f"pip install '{install}'" in absent.stderr
     local = run_abreast("run", str(path), "--ray-address", "127.0.0.1:1", cwd=tmp_path)
     assert local.code == 2 and "--ray-address is for --executor ray" in local.err
     # Nothing of a run was left behind.

@@ -127,6 +127,15 @@ def connect(address: str | None, paths: list[str], local_cpus: int) -> RayCluste
             "--executor ray needs Ray, which is not installed", hint=_RAY_HINT
         ) from None
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith("ray://"):
+        import importlib.util
+
+        if importlib.util.find_spec("grpc") is None:  # what Ray Client needs besides Ray
+            raise UsageError(
+                f"the Ray address {address} is for Ray Client, which is not installed",
+                hint="install it with `pip install 'ray[client]'`, or give the head's "
+                "GCS address (HOST:PORT) from a machine of the cluster",
+            )
     head = None
     added: list[str] = []
     if address is None or address == "local":  # a new local cluster, for this run
