@@ -260,23 +260,26 @@ def test_cancel_stops_the_tasks_on_the_cluster(tmp_path: Path, cluster: dict[str
 def test_a_run_through_ray_client_runs_and_kills_its_tasks(
     tmp_path: Path, cluster: dict[str, str]
 ) -> None:
-    # A Ray Client server in front of the module's cluster; the run reaches the cluster
-    # only through it (`--ray-address ray://...`, no RAY_ADDRESS), and a timeout's kill
-    # gets through as well.
+    # A Ray Client server in front of the module's cluster, in proxy mode (as `ray start
+    # --head` runs it): the run reaches the cluster only through it (`--ray-address
+    # ray://...`, no RAY_ADDRESS), and a timeout's kill gets through as well. The server
+    # runs with gRPC's fork support off: else a quarter of its per-driver servers die as
+    # they start (ray-project/ray#63202), and the run cannot connect.
     pytest.importorskip("grpc")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            *(PY, "-m", "ray.util.client.server", f"--address={cluster['RAY_ADDRESS']}"),
-            *("--host=127.0.0.1", f"--port={port}", "--mode=proxy"),
-        ],
-        env=cluster,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with (tmp_path / "client-server.log").open("wb") as out:
+        server = subprocess.Popen(
+            [
+                *(PY, "-m", "ray.util.client.server", f"--address={cluster['RAY_ADDRESS']}"),
+                *("--host=127.0.0.1", f"--port={port}", "--mode=proxy"),
+            ],
+            env={**cluster, "GRPC_ENABLE_FORK_SUPPORT": "0"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
 
         def listening() -> bool:
@@ -303,7 +306,8 @@ def test_a_run_through_ray_client_runs_and_kills_its_tasks(
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-    assert done.returncode == 1, done.stdout + done.stderr
+    server_log = (tmp_path / "client-server.log").read_text(errors="replace")
+    assert done.returncode == 1, done.stdout + done.stderr + "\nRay Client server:\n" + server_log
     assert f"ray: ray://127.0.0.1:{port}" in done.stderr
     assert (tmp_path / "a.txt").read_text() == "a\n"
     run_id = done.stdout.splitlines()[0].removeprefix("run: ")

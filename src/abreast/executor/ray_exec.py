@@ -54,6 +54,15 @@ _CLUSTER_HINT = (
     "or `--ray-address local` to have abreast start one for the run"
 )
 
+# The Ray Client server in proxy mode (what `ray start --head` runs) starts a server per
+# driver, which now and then dies as it is forked (ray-project/ray#63202; a quarter of the
+# tries here), unless the server runs with gRPC's fork support off.
+_CLIENT_SESSION_HINT = (
+    "the cluster's Ray Client server could not start a session for this run (see its "
+    "ray_client_server*.log); nothing was started, so try again. If it happens often, "
+    "start the head with GRPC_ENABLE_FORK_SUPPORT=0 in its environment (Ray issue 63202)"
+)
+
 
 @dataclass
 class RayCluster:
@@ -159,10 +168,15 @@ def connect(address: str | None, paths: list[str], local_cpus: int) -> RayCluste
                 namespace="abreast",
             )
         except Exception as e:  # ConnectionError, or Ray's own on a bad address
+            if "Initialization failure from server" in str(e):
+                hint = _CLIENT_SESSION_HINT
+            else:
+                hint = _CLUSTER_HINT + (
+                    f"; a cluster that wants a token needs {AUTH_MODE}=token here "
+                    "(the token in RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+                )
             raise UsageError(
-                f"cannot reach the Ray cluster at {address}: {_first_line(e)}",
-                hint=_CLUSTER_HINT + f"; a cluster that wants a token needs {AUTH_MODE}=token "
-                "here (the token in RAY_AUTH_TOKEN or ~/.ray/auth_token)",
+                f"cannot reach the Ray cluster at {address}: {_first_line(e)}", hint=hint
             ) from None
         cluster.cpus = float(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
         answers = _on_every_node(probe, paths)
