@@ -24,48 +24,53 @@ def _launch(d: Path, run_id: str, command: str) -> Launch:
     return Launch(run_id, "t", 1, command, str(d), dict(os.environ), f"{d}/t.1.log", f"{d}/exits")
 
 
-def _in_thread(launch: Launch, grace_s: float) -> tuple[threading.Thread, list[object]]:
-    result: list[object] = []
-    thread = threading.Thread(target=lambda: result.append(run_attempt(launch, grace_s)))
-    thread.start()
-    return thread, result
+class Attempt:
+    """`run_attempt(launch, grace_s)` in a thread of its own: a node's worker, here."""
+
+    def __init__(self, launch: Launch, grace_s: float) -> None:
+        self.launch = launch
+        self.result: list[tuple[int, int, float, str]] = []
+        self.thread = threading.Thread(
+            target=lambda: self.result.append(run_attempt(launch, grace_s))
+        )
+
+    def __enter__(self) -> Attempt:
+        self.thread.start()
+        wait_for((Path(self.launch.cwd) / "started").exists, timeout=30, what="the task")
+        return self
+
+    def exit_code(self, within_s: float, what: str) -> int:
+        """The attempt's exit code (negative: its signal), once it ends within `within_s`."""
+        self.thread.join(timeout=within_s)
+        assert not self.thread.is_alive(), what
+        return os.waitstatus_to_exitcode(self.result[0][0])
+
+    def __exit__(self, *exc: object) -> None:
+        if self.thread.is_alive():  # the test failed: end it all the same
+            request_kill(self.launch, KILL)
+            self.thread.join()
 
 
 def test_a_kill_file_terms_the_tree_then_kills_it_at_once_when_it_says_kill(
     tmp_path: Path,
 ) -> None:
     launch = _launch(tmp_path, "remote-kill", STUBBORN)
-    thread, result = _in_thread(launch, grace_s=600)  # the grace period never ends here
-    try:
-        wait_for((tmp_path / "started").exists, timeout=30, what="the task to start")
+    with Attempt(launch, grace_s=600) as attempt:  # the grace period never ends here
         request_kill(launch, TERM)
         wait_for((tmp_path / "terms").exists, timeout=30, what="the TERM to reach the task")
         request_kill(launch, KILL)
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "a KILL in the kill file did not end the attempt"
-    finally:
-        if thread.is_alive():
-            request_kill(launch, KILL)
-            thread.join()
-    status = result[0][0]  # type: ignore[index]
-    assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL
+        code = attempt.exit_code(30, "a KILL in the kill file did not end the attempt")
+    assert code == -signal.SIGKILL
     assert marked_processes("remote-kill") == []
 
 
 def test_a_term_becomes_a_kill_when_the_grace_period_ends(tmp_path: Path) -> None:
     launch = _launch(tmp_path, "remote-grace", STUBBORN)
-    thread, result = _in_thread(launch, grace_s=1.0)
-    try:
-        wait_for((tmp_path / "started").exists, timeout=30, what="the task to start")
+    with Attempt(launch, grace_s=1.0) as attempt:
         request_kill(launch, TERM)
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the grace period ended and the tree lived on"
-    finally:
-        if thread.is_alive():
-            request_kill(launch, KILL)
-            thread.join()
+        code = attempt.exit_code(30, "the grace period ended and the tree lived on")
     assert (tmp_path / "terms").exists()  # TERM came first
-    assert os.waitstatus_to_exitcode(result[0][0]) == -signal.SIGKILL  # type: ignore[index]
+    assert code == -signal.SIGKILL
     assert marked_processes("remote-grace") == []
 
 
