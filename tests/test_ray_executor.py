@@ -226,34 +226,34 @@ def test_a_timeout_kills_the_tree_on_its_node_and_the_retry_runs(
 
 
 def test_cancel_stops_the_tasks_on_the_cluster(tmp_path: Path, cluster: dict[str, str]) -> None:
-    started = tmp_path / "started"
-    path = git_project(
-        tmp_path,
-        {
-            "long": {"run": f"touch {started}; sleep 300"},
-            "later": {"run": "true", "needs": ["long"]},
-        },
-        isolation="none",
-    )
+    # Six tasks on the cluster's four CPUs: four run, two wait in Ray's queue; a cancel
+    # ends them all (the waiting ones never start) and their dependent.
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    tasks: dict[str, object] = {
+        f"long{i}": {"run": f"touch {starts}/$ABREAST_TASK_ID; sleep 300"} for i in range(6)
+    }
+    tasks["later"] = {"run": "true", "needs": ["long0"]}
+    path = git_project(tmp_path, tasks, isolation="none", max_parallel=6)
     proc, run_id = start_ray_run(path, cluster)
     try:
-        wait_for(started.exists, timeout=60, what="the task to start on Ray")
+        wait_for(
+            lambda: len(list(starts.iterdir())) == 4, timeout=60, what="4 tasks to start on Ray"
+        )
         proc.send_signal(signal.SIGTERM)
         try:
             out, err = proc.communicate(timeout=90)
         except subprocess.TimeoutExpired:
-            pytest.fail("the cancelled run went on: its task on the cluster was not killed")
+            pytest.fail("the cancelled run went on: its tasks on the cluster were not killed")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 1, out + err
+    assert len(list(starts.iterdir())) == 4  # the two that waited never started
     status = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
     assert status["state"] == "cancelled"
-    assert {t["id"]: t["state"] for t in status["tasks"]} == {
-        "long": "cancelled",
-        "later": "cancelled",
-    }
+    assert {t["id"]: t["state"] for t in status["tasks"]} == dict.fromkeys(tasks, "cancelled")
     assert marked_processes(run_id) == []
 
 
