@@ -86,6 +86,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def ignored_signals(status_line_file: Path) -> set[str]:
+    """The signals a `grep SigIgn /proc/$$/status` line, written to the file, says are
+    ignored: their names."""
+    import signal
+
+    mask = int(status_line_file.read_text().split()[1], 16)
+    return {s.name for s in signal.Signals if mask & (1 << (s - 1))}
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -23,7 +23,7 @@ import pytest
 from abreast.executor.process import marked_processes
 from abreast.executor.ray_exec import start_local
 from tests.conftest import run_abreast
-from tests.helpers import pid_alive, query, wait_for
+from tests.helpers import ignored_signals, pid_alive, query, wait_for
 
 pytest.importorskip("ray")  # not on a Python Ray has no wheel for (see pyproject.toml)
 
@@ -137,6 +137,8 @@ def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
         name: {"run": f'tr "\\0" " " < /proc/$PPID/cmdline; echo "$ABREAST_TASK_ID" > {name}.txt'}
         for name in ("a", "b", "c")
     }
+    # ... and a's shell says which signals it ignores (its Ray worker ignores SIGINT).
+    tasks["a"]["run"] = f"grep SigIgn /proc/$$/status > a.ign; {tasks['a']['run']}"
     tasks["a"].update(signals=["ready"], run=f"{tasks['a']['run']}; abreast signal ready; sleep 1")
     tasks["b"].update(needs=["a:ready"], run=f"{tasks['b']['run']}; test -f a.txt")
     tasks["c"]["run"] = f"{tasks['c']['run']}; abreast lock tests -- true"
@@ -155,6 +157,15 @@ def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
         check=True,
     ).stdout.split()
     assert {"a.txt", "b.txt", "c.txt"} <= set(listed)
+    ign = tmp_path / "a.ign"
+    ign.write_bytes(
+        subprocess.run(
+            ["git", "-C", str(tmp_path), "show", f"abreast/{run_id}/_integration:a.ign"],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    assert ignored_signals(ign) & {"SIGINT", "SIGQUIT", "SIGPIPE"} == set()
     db = tmp_path / ".abreast" / "state.db"
     # No local pid is journaled for an attempt that ran elsewhere.
     assert query(db, "SELECT pid FROM attempts WHERE run_id = ?", run_id) == [(None,)] * 3

@@ -18,6 +18,7 @@ from tests.conftest import run_abreast
 from tests.helpers import (
     PY,
     engine_for,
+    ignored_signals,
     intervals,
     max_concurrency,
     pairs_overlapping,
@@ -336,21 +337,25 @@ def test_task_environment_and_prompt_never_in_the_command_line(tmp_path: Path, c
     assert not marker.exists()
 
 
-def test_tasks_start_with_default_signal_dispositions(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_tasks_start_with_default_signal_dispositions(tmp_path: Path) -> None:
     # Python ignores SIGPIPE (and SIGXFSZ); a shell cannot undo an ignore it inherits, so a
-    # task would see `producer | head` end in EPIPE errors instead of a quiet SIGPIPE.
+    # task would see `producer | head` end in EPIPE errors instead of a quiet SIGPIPE. A
+    # run started as a script's background job ignores SIGINT and SIGQUIT: its tasks do not.
     path = workflow(
         tmp_path, {"t": {"run": "grep SigIgn /proc/$$/status > ign; yes | head -n 1 > first"}}
     )
-    result = cli("run", str(path), "--no-monitor")
-    assert result.code == 0, result.out + result.err
-    ignored = int((tmp_path / "ign").read_text().split()[1], 16)
-    assert not ignored & (1 << (signal.SIGPIPE - 1))
-    assert not ignored & (1 << (signal.SIGXFSZ - 1))
-    assert (tmp_path / "first").read_text() == "y\n"
-    log = cli(
-        "logs", run_id_of(result.out), "t", "--state", f"sqlite://{tmp_path}/.abreast/state.db"
+    run = [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain"]
+    done = subprocess.run(
+        ["sh", "-c", "trap '' INT QUIT; exec \"$@\"", "sh", *run],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ignored_signals(tmp_path / "ign") & {"SIGPIPE", "SIGXFSZ", "SIGINT", "SIGQUIT"} == set()
+    assert (tmp_path / "first").read_text() == "y\n"
+    log = run_abreast("logs", run_id_of(done.stdout), "t", cwd=tmp_path)
     assert "Broken pipe" not in log.out + log.err
 
 

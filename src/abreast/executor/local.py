@@ -40,7 +40,12 @@ from abreast.executor.process import (
 from abreast.executor.wrapper import SHELL, WRAPPER
 
 _HAS_PIDFD = hasattr(os, "pidfd_open")
-_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+# Ignored signals are inherited through exec, and a shell cannot undo an ignore it inherits:
+# Python ignores SIGPIPE and SIGXFSZ (a task would see `producer | head` end in EPIPE errors);
+# a run started as a script's background job (`abreast run ... &`) ignores SIGINT and
+# SIGQUIT, as does a Ray worker on a node started so. A task starts with all four at their
+# defaults, on every executor (SIGHUP ignored under nohup stays so, as asked).
+_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT)
 
 
 @dataclass(frozen=True)
@@ -248,9 +253,7 @@ def spawn(launch: Launch) -> tuple[int, int | None]:
         ],
         launch.env,
         setsid=True,
-        # Python ignores these; a shell cannot undo an ignore it inherits, and a task
-        # would see `producer | head` end in EPIPE errors (as subprocess does it).
-        setsigdef=_RESTORED_SIGNALS,
+        setsigdef=_RESTORED_SIGNALS,  # (SIGPIPE and SIGXFSZ as subprocess does it)
     )
     return pid, start_ticks_between(pid, before, boot_ticks())
 
