@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -86,12 +87,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def ignored_signals(status_line_file: Path) -> set[str]:
-    """The signals a `grep SigIgn /proc/$$/status` line, written to the file, says are
-    ignored: their names."""
-    import signal
-
-    mask = int(status_line_file.read_text().split()[1], 16)
+def ignored_signals(sigign_line: str) -> set[str]:
+    """The names of the signals a `grep SigIgn /proc/$$/status` line says are ignored."""
+    mask = int(sigign_line.split()[1], 16)
     return {s.name for s in signal.Signals if mask & (1 << (s - 1))}
 
 

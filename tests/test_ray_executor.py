@@ -32,6 +32,16 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 PY = sys.executable
 
 
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored here, so that what is started meanwhile inherits the ignore."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A local Ray cluster of two nodes (2 CPUs each) for the module: the environment that
@@ -41,18 +51,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     kills must reach the tasks without it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     node: subprocess.Popen[bytes] | None = None
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the cluster
-    try:
+    with sigint_ignored():
         head = start_local(2, env)
-    except BaseException:
-        signal.signal(signal.SIGINT, previous)
-        raise
     try:
         env["RAY_ADDRESS"] = head.address
         if head.auth_mode:
             env["RAY_AUTH_MODE"] = head.auth_mode
         log = tmp_path_factory.mktemp("ray") / "node.log"
-        with log.open("wb") as out:
+        with log.open("wb") as out, sigint_ignored():
             node = subprocess.Popen(
                 [
                     *(str(Path(PY).parent / "ray"), "start", f"--address={head.address}"),
@@ -69,10 +75,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
             what="the second Ray node",
         )
         assert node.poll() is None, log.read_text()
-        signal.signal(signal.SIGINT, previous)
         yield env
     finally:
-        signal.signal(signal.SIGINT, previous)
         if node is not None:
             node.terminate()  # it stops its own processes
             try:
@@ -157,14 +161,12 @@ def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
         check=True,
     ).stdout.split()
     assert {"a.txt", "b.txt", "c.txt"} <= set(listed)
-    ign = tmp_path / "a.ign"
-    ign.write_bytes(
-        subprocess.run(
-            ["git", "-C", str(tmp_path), "show", f"abreast/{run_id}/_integration:a.ign"],
-            capture_output=True,
-            check=True,
-        ).stdout
-    )
+    ign = subprocess.run(
+        ["git", "-C", str(tmp_path), "show", f"abreast/{run_id}/_integration:a.ign"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert ignored_signals(ign) & {"SIGINT", "SIGQUIT", "SIGPIPE"} == set()
     db = tmp_path / ".abreast" / "state.db"
     # No local pid is journaled for an attempt that ran elsewhere.
@@ -203,8 +205,7 @@ def test_a_timeout_kills_the_tree_on_its_node_and_the_retry_runs(
 ) -> None:
     # Attempt 1 forks a grandchild that holds its output and outlives the shell's TERM;
     # the node kills the whole tree when the grace period ends, and attempt 2 succeeds.
-    # The run's orchestrator is a driver connected to the cluster, not its head (Ray's own
-    # cancel would not reach the task).
+    # The cluster ignores SIGINT, so Ray's own cancel would not reach the task.
     grandchild = tmp_path / "grandchild.pid"
     run = (
         'if [ "$ABREAST_ATTEMPT" = 1 ]; then '

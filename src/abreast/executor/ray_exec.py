@@ -372,7 +372,7 @@ class RayExecutor:
         self.running.pop(id(running), None)
         for path in (stats_path(running.launch), kill_path(running.launch)):
             with contextlib.suppress(OSError):
-                os.unlink(path)  # the peak is in the result
+                os.unlink(path)  # done with (the peak is in the result)
         wall = time.monotonic() - running.started_mono
         try:
             status, peak, wall, host = future.result()

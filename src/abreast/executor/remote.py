@@ -11,10 +11,10 @@ which the orchestrator's supervisor reads for heartbeats and orphan detection.
 The orchestrator asks for a kill by writing a kill file beside the log ("TERM", then
 "KILL"), which the worker reads every 0.1 s: TERM ends the process group's tree, and KILL
 follows after the grace period, or at once when the file says KILL. Ray's own cancel is
-not enough: it interrupts a running task only when the driver that submitted it is the
-cluster's head, not a driver connected to an existing cluster (Ray 2.x), so the file is
-the way a kill travels, and Ray's cancel (a KeyboardInterrupt between bytecodes, here a
-prompt to read the file) only takes off Ray's queue an attempt that has not started.
+not enough: it raises KeyboardInterrupt in the worker through SIGINT, which does nothing
+in a worker that inherited SIGINT ignored (a cluster started as a script's background
+job), so the file is the way a kill travels, and Ray's cancel (where it does interrupt,
+a prompt to read the file) only takes off Ray's queue an attempt that has not started.
 An attempt whose kill file exists before it starts is not started. Whatever is left in
 the group when its first process ends is ended too, as the local engine does.
 """
