@@ -496,6 +496,7 @@ def test_peak_rss_is_the_tasks_own_not_the_orchestrators(tmp_path: Path, cli) ->
         (["logs", "RUN", "a", "--attempt", "9"], "has no attempt 9"),
         (["run", "W", "--flag", "nope"], "'nope' is not a flag"),
         (["run", "W", "--run-id", "../x"], "--run-id '../x' is not allowed"),
+        (["run", "W", "--run-id", ""], "--run-id '' is not allowed"),
         (["cancel", "RUN"], "is not running (it succeeded)"),
         (["cancel"], "no run is running"),
         (["resume"], "no run was interrupted"),

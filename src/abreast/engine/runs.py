@@ -403,7 +403,9 @@ def _note(text: str) -> None:
 def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> RunOutcome:
     """Journal a new run, announce its id, and run it to the end."""
     p = prepare(req)
-    run_id = req.run_id or new_run_id(p.wf.name)
+    # An empty --run-id (`--run-id "$RUN"` with RUN unset) is a mistake, not a request
+    # for a new id.
+    run_id = new_run_id(p.wf.name) if req.run_id is None else req.run_id
     if not _RUN_ID.fullmatch(run_id):
         raise UsageError(
             f"--run-id {run_id!r} is not allowed",
