@@ -79,6 +79,27 @@ def test_abreast_parallel_0_runs_one_at_a_time(tmp_path: Path) -> None:
     assert max_concurrency(intervals(tmp_path)) == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("ABREAST_PARALLEL", "banana", "ABREAST_PARALLEL='banana' is not understood"),
+        ("ABREAST_MAX_PARALLEL", "x", "ABREAST_MAX_PARALLEL='x': must be a whole number >= 1"),
+        ("ABREAST_MAX_PARALLEL", "0", "ABREAST_MAX_PARALLEL='0': must be a whole number >= 1"),
+    ],
+)
+def test_a_bad_parallelism_variable_is_refused_before_anything_starts(
+    name: str, value: str, message: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    path = workflow(tmp_path, {"a": {"run": f"touch {marker}"}})
+    result = run_abreast("run", str(path), "--no-monitor", env={**os.environ, name: value})
+    assert result.code == 2
+    assert message in result.err
+    assert "Traceback" not in result.err
+    assert not marker.exists()
+    assert not (tmp_path / ".abreast" / "runs").exists()  # no run journaled
+
+
 def test_pools_singletons_and_overlapping_owners_never_overlap(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     rec = write_recorder(tmp_path)
     tasks = {

@@ -65,7 +65,14 @@ def parallel_cap(
     """The cap on tasks at once: --sequential / ABREAST_PARALLEL=0 mean 1; then
     --max-parallel, then ABREAST_MAX_PARALLEL, then the file's max_parallel."""
     env = os.environ if env is None else env
-    if sequential or env.get("ABREAST_PARALLEL", "").strip().lower() in _FALSE - {"1"}:
+    switch = env.get("ABREAST_PARALLEL", "").strip().lower()
+    if switch and switch not in _TRUE | _FALSE:
+        raise UsageError(
+            f"ABREAST_PARALLEL={env['ABREAST_PARALLEL']!r} is not understood",
+            hint="0 (or false, no, off) runs one task at a time; 1 (or true, yes, on) "
+            "or unset runs them side by side",
+        )
+    if sequential or switch in _FALSE:
         return 1
     if cli_value is not None:
         if cli_value < 1:
