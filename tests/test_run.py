@@ -526,6 +526,11 @@ def test_peak_rss_is_the_tasks_own_not_the_orchestrators(tmp_path: Path, cli) ->
         (["signal", "not a name"], "'not a name' is not a signal name"),
         (["logs", "RUN", "a", "extra"], "abreast logs takes a run and a task, not 3 names"),
         (["logs", "nosuch"], "has no task 'nosuch'"),
+        (["report", "RUN", "--html", "/nonexistent/r.html"], "cannot write /nonexistent/r.html"),
+        (["dashboard", "--port", "99999"], "99999 is not a port (0 to 65535"),
+        (["dashboard", "--port", "-1"], "-1 is not a port"),
+        (["run", "W", "--metrics-port", "70000"], "70000 is not a port"),
+        (["run", "W", "--dashboard", "65536"], "65536 is not a port"),
     ],
 )
 def test_bad_input_to_commands_gets_a_clear_message(

@@ -300,6 +300,9 @@ def test_init_writes_a_file_that_validates_with_its_examples_uncommented(  # typ
     assert cli("init").code == 0
     again = cli("init")
     assert again.code == 2 and "already exists" in again.err
+    for bad, reason in (("nodir/abreast.yaml", "No such file"), (".", "Is a directory")):
+        refused = cli("init", bad, "--force")
+        assert refused.code == 2 and f"cannot write {bad}: {reason}" in refused.err, refused.err
     path = tmp_path / "abreast.yaml"
     assert cli("validate", str(path)).code == 0
     text = path.read_text()

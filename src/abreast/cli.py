@@ -62,10 +62,33 @@ def _flag_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse: 0 (any free one) to 65535. The socket layer would take
+    65536 and up modulo 2**16, and a negative one with a confusing message."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 to 65535; 0: any free one)")
+    return port
+
+
+def _write_file(path: Path, text: str) -> None:
+    """Write a file the user named; a path that cannot be written is their mistake to fix."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(
+            f"cannot write {path}: {e.strerror or e}",
+            hint="give a path in a directory that exists and that you can write to",
+        ) from None
+
+
 def _observe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         metavar="P",
         help="serve Prometheus metrics on 127.0.0.1:P during the run",
     )
@@ -73,7 +96,7 @@ def _observe_args(p: argparse.ArgumentParser) -> None:
         "--dashboard",
         nargs="?",
         const=0,
-        type=int,
+        type=_port,
         metavar="PORT",
         help="serve the dashboard on 127.0.0.1 during the run (PORT, or a free one)",
     )
@@ -171,7 +194,7 @@ def _args_cancel(p: argparse.ArgumentParser) -> None:
 
 
 def _args_dashboard(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=8765, metavar="P", help="default 8765")
+    p.add_argument("--port", type=_port, default=8765, metavar="P", help="default 8765")
     p.add_argument(
         "--host", default="127.0.0.1", help="default 127.0.0.1; any other address needs --token"
     )
@@ -310,7 +333,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if path.exists() and not args.force:
         raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
-    path.write_text(STARTER, encoding="utf-8")
+    _write_file(path, STARTER)
     print(f"wrote {path}; try `abreast analyze {path}`")
     return 0
 
@@ -559,7 +582,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     finally:
         journal.close()
     if args.html:
-        Path(args.html).write_text(report.html_page(rep), encoding="utf-8")
+        _write_file(Path(args.html), report.html_page(rep))
         print(f"wrote {args.html}")
     if args.json:
         print(report.as_json(rep))
