@@ -21,6 +21,18 @@ def coord(coord_url: str) -> Iterator[Coordinator]:
     c.close()
 
 
+def test_a_store_keeps_one_id_for_every_connection(coord: Coordinator, tmp_path: Path) -> None:
+    again = open_coordinator(coord.url)
+    other = open_coordinator(f"sqlite://{tmp_path}/another/state.db")
+    try:
+        assert len(coord.store_id) == 16
+        assert again.store_id == coord.store_id  # made once, by its first user
+        assert other.store_id != coord.store_id
+    finally:
+        again.close()
+        other.close()
+
+
 def test_grant_release_and_tokens_only_grow(coord: Coordinator) -> None:
     a = coord.acquire("tests", Holder.here(run="r1", task="a"), ttl_s=5)
     assert a is not None

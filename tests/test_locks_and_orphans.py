@@ -200,6 +200,55 @@ def test_a_stopped_holder_loses_the_lock_and_the_next_holder_ends_its_command_fi
         coord.close()
 
 
+def test_fencing_a_lapsed_lease_spares_the_same_lock_and_token_of_another_store(
+    tmp_path: Path,
+) -> None:
+    # Another project's `tests` lock, token 1 there too, held by a command that runs on.
+    # Tokens count per store (in SQLite from 1; Redis's start from its clock): ending the
+    # lapsed lease here must leave that one alone.
+    coord_url = f"sqlite://{tmp_path}/one/state.db"
+    other_url = f"sqlite://{tmp_path}/other/state.db"
+    other_pid = tmp_path / "other.pid"
+    other = subprocess.Popen(
+        [*lock_argv(other_url), "sh", "-c", f"echo $$ > {other_pid}; exec sleep 60"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    marker = tmp_path / "cmd.pid"
+    first = subprocess.Popen(
+        [*lock_argv(coord_url, "--ttl", "1"), "sh", "-c", f"echo $$ > {marker}; exec sleep 60"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    coord, theirs = open_coordinator(coord_url), open_coordinator(other_url)
+    try:
+        wait_for(lambda: marker.exists() and other_pid.exists(), what="both commands")
+        held, other_held = coord.holder("tests"), theirs.holder("tests")
+        assert held is not None and other_held is not None
+        assert held.token == other_held.token and coord.store_id != theirs.store_id
+        os.kill(first.pid, signal.SIGSTOP)  # its lease lapses
+        second = subprocess.run(
+            [*lock_argv(coord_url), "true"], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert second.returncode == 0, second.stderr
+        assert "ended 1 process(es) of it first" in second.stderr  # the sleep: exec'd sh
+        assert not pid_alive(int(marker.read_text()))
+        assert pid_alive(int(other_pid.read_text()))  # the other project's holder runs on
+        assert theirs.holder("tests") == other_held
+    finally:
+        # The commands first (they hold the pipes communicate() reads to the end).
+        for pid_file in (marker, other_pid):
+            if pid_file.exists() and pid_alive(int(pid_file.read_text())):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        for proc in (first, other):
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+            proc.communicate()
+        coord.close()
+        theirs.close()
+
+
 def run_json(root: Path, spec: dict, *args: str, env: dict | None = None) -> subprocess.Popen:  # type: ignore[type-arg]
     path = root / "w.json"
     path.write_text(json.dumps({"version": 1, "isolation": "none", **spec}))
@@ -510,9 +559,12 @@ def test_cleanup_force_after_sigkill_leaves_nothing(tmp_path: Path, coord_url: s
     proc.communicate()
     coord = open_coordinator(coord_url)
     assert coord.holder("tests") is not None  # the dead run still holds its lease
+    links = tmp_path / ".git" / "abreast" / "anchors" / run_id  # coord/anchor.py
+    assert (links / "2-state.db").is_file()
     dry = run_abreast("cleanup", "--dry-run", "--state", coord_url, cwd=tmp_path)
     assert "release lock 'tests'" in dry.out
     assert "kill 4 process(es)" in dry.out  # each task's shell and its sleep
+    assert f"remove the links to its state files in {links}" in dry.out
     done = run_abreast("cleanup", "--force", "--state", coord_url, cwd=tmp_path)
     assert done.code == 0, done.err
     assert f"{run_id} (its orchestrator is gone): did" in done.out
@@ -525,6 +577,7 @@ def test_cleanup_force_after_sigkill_leaves_nothing(tmp_path: Path, coord_url: s
         ["git", "-C", str(tmp_path), "worktree", "list"], capture_output=True, text=True, check=True
     ).stdout
     assert listed.count("\n") == 1
+    assert not links.parent.exists()
     coord.close()
 
 

@@ -757,3 +757,50 @@ def test_checks_without_a_merge_queue_are_said_to_do_nothing(tmp_path: Path) -> 
         "note: `checks:` and `worktrees:` do nothing here: tasks run in the project directory,"
         " and there is no merge queue (isolation: none)" in result.err
     )
+
+
+def test_a_task_that_removes_abreast_dir_loses_nothing_of_the_run(tmp_path: Path) -> None:
+    # isolation: none, so tasks work in the project itself: `git clean -fdx` there removes
+    # .abreast/ (ignored through .git/info/exclude) while `holder` holds the lock `tests`.
+    # The run's state files are put back as they were: the journal has the whole run,
+    # and the lock is still held (a fresh coordination file would grant it at once).
+    repo, marks = tmp_path / "repo", tmp_path / "marks"
+    repo.mkdir()
+    marks.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    try_lock = (
+        f"if abreast lock tests --timeout 1 -- true; then touch {marks}/got;"
+        f" else touch {marks}/refused; fi; touch {marks}/release"
+    )
+    path = workflow(
+        repo,
+        {
+            "holder": {
+                # Waits for `waiter` (30 s at most: nothing is left running if this fails).
+                "run": f"abreast signal started && for i in $(seq 600); do [ -e {marks}/release ]"
+                " && break; sleep 0.05; done",
+                "locks": ["tests"],
+                "signals": ["started"],
+            },
+            "cleaner": {"run": "git clean -fdxq", "needs": ["holder:started"]},
+            "waiter": {"run": try_lock, "needs": ["cleaner"]},
+            "last": {"run": "echo done", "needs": ["holder", "waiter"]},
+        },
+        locks={"tests": {"ttl": "1m"}},
+    )
+    for args in (["add", "-A"], ["commit", "-qm", "w"]):
+        git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+        subprocess.run([*git, *args], cwd=repo, check=True)
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=repo)
+    assert result.code == 0, result.out + result.err
+    assert "was removed while the run was going" in result.out
+    assert (marks / "refused").exists() and not (marks / "got").exists()
+    run_id = run_id_of(result.out)
+    status = json.loads(run_abreast("status", run_id, "--json", cwd=repo).out)
+    assert {t["id"]: t["state"] for t in status["tasks"]} == dict.fromkeys(
+        ("holder", "cleaner", "waiter", "last"), "succeeded"
+    )
+    restored = journal(repo, "SELECT data FROM events WHERE type = 'state.restored'")
+    assert len(restored) == 1 and "state.db" in restored[0][0]
+    assert run_abreast("logs", run_id, "last", cwd=repo).out == "done\n"  # logs dir made again
+    assert not (repo / ".git" / "abreast" / "anchors").exists()  # the links went with the run

@@ -88,6 +88,10 @@ class Coordinator(ABC):
     """One interface, two backends."""
 
     url: str
+    # A random id kept in the store itself, made by whoever used it first. Lease tokens
+    # count per store, so processes started under a lease carry this beside it: fencing
+    # `tests` token 1 of one project must not end what holds `tests` token 1 of another.
+    store_id: str
 
     # -- clock ------------------------------------------------------------------------------
 
@@ -253,3 +257,9 @@ def open_coordinator(url: str) -> Coordinator:
 
         return RedisCoordinator(url)
     raise CoordError(f"no coordination backend for {url!r}")
+
+
+def new_store_id() -> str:
+    import secrets
+
+    return secrets.token_hex(8)

@@ -27,6 +27,17 @@ class StateLocation:
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
 
+    @property
+    def coord_file(self) -> Path | None:
+        """The SQLite coordination file, where coordination is SQLite."""
+        return coord_path(self.coord_url) if self.coord_url.startswith("sqlite://") else None
+
+
+def coord_path(url: str) -> Path:
+    """The coordination file for `sqlite://PATH`: beside the journal when PATH is one."""
+    journal = Path(url[len("sqlite://") :])
+    return journal.parent / "coord.db" if journal.suffix == ".db" else journal
+
 
 def project_root(workflow_file: Path | None) -> tuple[Path, bool]:
     """(root, is a git repository) for a workflow file, or for the current directory."""

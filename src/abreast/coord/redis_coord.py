@@ -12,7 +12,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from abreast.coord.backend import WAITER_TTL_S, CoordError, Coordinator, Heartbeat, Holder, Lease
+from abreast.coord.backend import (
+    WAITER_TTL_S,
+    CoordError,
+    Coordinator,
+    Heartbeat,
+    Holder,
+    Lease,
+    new_store_id,
+)
 
 PREFIX = "abreast:"
 
@@ -196,7 +204,8 @@ class RedisCoordinator(Coordinator):
         self._pubsub: Any = None
         self._counter = 0
         try:
-            self._r.ping()
+            self._r.set(f"{PREFIX}store_id", new_store_id(), nx=True)
+            self.store_id = str(self._r.get(f"{PREFIX}store_id"))
         except redis.RedisError as e:
             raise CoordError(f"cannot reach Redis at {url}: {e}") from e
 

@@ -15,14 +15,23 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from abreast.coord.backend import WAITER_TTL_S, CoordError, Coordinator, Heartbeat, Holder, Lease
+from abreast.coord.backend import (
+    WAITER_TTL_S,
+    CoordError,
+    Coordinator,
+    Heartbeat,
+    Holder,
+    Lease,
+    new_store_id,
+)
 from abreast.coord.journal import BUSY_TIMEOUT_MS, unclosed, use_wal
+from abreast.coord.location import coord_path
 
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, token INTEGER NOT NULL, holder TEXT NOT NULL,
     since REAL NOT NULL, expires_at REAL NOT NULL);
@@ -58,8 +67,7 @@ class SqliteCoordinator(Coordinator):
 
     def __init__(self, url: str) -> None:
         self._lock = threading.RLock()
-        journal = Path(url[len("sqlite://") :])
-        self.path = journal.parent / "coord.db" if journal.suffix == ".db" else journal
+        self.path = coord_path(url)
         self.url = url
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +83,10 @@ class SqliteCoordinator(Coordinator):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (new_store_id(),))
+                self.store_id = db.execute(
+                    "SELECT value FROM meta WHERE key = 'store_id'"
+                ).fetchone()[0]
         except (OSError, sqlite3.Error) as e:
             if self._open:
                 self.close()

@@ -5,7 +5,8 @@ says "running" but its orchestrator is gone (pid and start time checked). With
 `--force`, also a run whose orchestrator looks alive but whose heartbeat is older
 than the orphan threshold (a hung or stopped orchestrator). For each: its stray
 processes are killed, the leases it holds are released, and its worktrees and
-task branches are removed; each cleanup is journaled with its reason. Result
+task branches are removed, and the links to the state files it kept in the git
+directory (coord/anchor.py); each cleanup is journaled with its reason. Result
 branches (`abreast/<run>/_integration`) stay unless `--results`.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from abreast.coord.anchor import anchors_dir, remove_anchor
 from abreast.coord.backend import Coordinator
 from abreast.coord.journal import Journal, RunRow
 from abreast.engine.lookup import orchestrator_alive
@@ -92,9 +94,7 @@ def cleanup(
         for run_id in runs_with_leftovers(repo):
             if run_id in active:
                 continue
-            plan = plans.setdefault(
-                run_id, Plan(run_id, "not in the journal" if run_id not in known else "finished")
-            )
+            plan = _leftover_plan(plans, run_id, known)
             left = leftovers(repo, run_id)
             plan.actions += [f"remove worktree {p}" for p in left.worktrees]
             plan.actions += [
@@ -105,6 +105,11 @@ def cleanup(
                 plan.actions.append(
                     f"delete result branch {left.integration_branch.removeprefix('refs/heads/')}"
                 )
+    anchors = anchors_dir(root)
+    for links in sorted(anchors.iterdir()) if anchors.is_dir() else ():
+        if links.name not in active:
+            action = f"remove the links to its state files in {links}"
+            _leftover_plan(plans, links.name, known).actions.append(action)
     plans = {k: v for k, v in plans.items() if v.actions}
     if dry_run:
         return list(plans.values())
@@ -117,6 +122,7 @@ def cleanup(
             asyncio.run(_kill_strays(journal, plan.run_id))
         if repo is not None:
             remove(repo, leftovers(repo, plan.run_id), results=results)
+        remove_anchor(anchors / plan.run_id)
         if journal and plan.run_id in known:
             journal.stage_event(
                 plan.run_id, "run.cleaned", reason=plan.reason, actions=plan.actions
@@ -129,6 +135,12 @@ def cleanup(
     if journal:
         journal.commit()
     return list(plans.values())
+
+
+def _leftover_plan(plans: dict[str, Plan], run_id: str, known: set[str]) -> Plan:
+    """The plan for a run not running that left something behind in the repository."""
+    reason = "not in the journal" if run_id not in known else "finished"
+    return plans.setdefault(run_id, Plan(run_id, reason))
 
 
 def lease_releaser(coord: Coordinator) -> Callable[[str, bool], list[str]]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from abreast.coord.anchor import StateAnchor, with_side_files
 from abreast.coord.backend import Lease
 from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
@@ -38,9 +39,9 @@ from abreast.engine.supervise import Supervisor
 from abreast.executor.local import Executor, Exit, Launch, LocalExecutor, Running
 from abreast.executor.logs import log_tail, scrub_secrets
 from abreast.executor.process import (
-    LOCKS_ENV,
     become_subreaper,
     describe_status,
+    leases_env,
     reap_orphans,
 )
 from abreast.integrate.base import Isolation, Outcome, Verdict
@@ -217,6 +218,7 @@ class Engine:
         self._active: set[TaskRun] = set()  # RUNNING or INTEGRATING
         self._terminal_count = 0
         self._conditions: dict[str, conditions.Expression] = {}
+        self._anchor: StateAnchor | None = None
         for name in ("logs", "outputs"):
             (self.run_dir / name).mkdir(parents=True, exist_ok=True)
         self._dir = str(self.run_dir)
@@ -276,6 +278,48 @@ class Engine:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> RunOutcome:
+        self._anchor = self._make_anchor()
+        try:
+            return await self._run()
+        finally:
+            if self._anchor is not None:
+                self._anchor.close()
+
+    def _make_anchor(self) -> StateAnchor | None:
+        """Links that keep this run's state files reachable if `.abreast/` is removed
+        under it (coord/anchor.py); armed now that the journal and coordinator are open."""
+        loc = self.location
+        files = with_side_files(loc.journal)
+        if loc.coord_file is not None:
+            files += with_side_files(loc.coord_file)
+        shim = loc.runs_dir.parent / "bin" / "abreast"
+        anchor = StateAnchor.for_project(
+            loc.root,
+            self.run_id,
+            [*files, Path(self._exits), shim],
+            [self.run_dir / "logs", self.run_dir / "outputs"],
+            shared=[shim],
+        )
+        if anchor is not None:
+            anchor.arm()
+        return anchor if anchor is not None and anchor.armed else None
+
+    def _check_anchor(self, first_only: bool) -> None:
+        if self._anchor is None:
+            return
+        put_back = self._anchor.check(first_only)
+        if put_back:
+            self.view.note(
+                f"warning: {self.location.journal.parent} was removed while the run was going "
+                "(a task running `git clean -x`?); abreast put back the run's journal and "
+                "state files, nothing they held is lost; the logs of attempts running then "
+                "are gone"
+            )
+            self.journal.stage_event(
+                self.run_id, "state.restored", None, files=[str(p) for p in put_back]
+            )
+
+    async def _run(self) -> RunOutcome:
         loop = asyncio.get_running_loop()
         for sink in self.options.sinks:
             await sink.start()
@@ -327,6 +371,7 @@ class Engine:
     def _pass(self) -> None:
         """Start what may start: decide, journal the decisions, then act on them."""
         launches = self._decide()
+        self._check_anchor(first_only=True)  # what is journaled now must stay reachable
         self.journal.commit()
         for tr, launch in launches:
             self._launch(tr, launch)
@@ -576,8 +621,8 @@ class Engine:
             self._post("exit", None, tr, Exit(None, None, 0.0, 0), "cancelled before start")
             return
         if leases:  # by which a task still running when its leases run out is fenced off
-            held = ",".join(f"{lease.name}:{lease.token}" for lease in leases)
-            key_env = {**key_env, LOCKS_ENV: held}
+            assert self.sup.coord is not None  # it granted them
+            key_env = {**key_env, **leases_env(leases, self.sup.coord.store_id)}
         launch = self._launch_spec(tr, n, str(cwd), *self._paths(tr.id, n), key_env)
         self.journal.commit()  # where it runs, and from which commit, before it runs
         self._launch(tr, launch, leases)
@@ -889,6 +934,7 @@ class Engine:
                 )
 
     def _on_tick(self) -> None:
+        self._check_anchor(first_only=False)
         if self._executor:
             self._executor.sweep()
             reap_orphans(self._executor.running)

@@ -149,7 +149,9 @@ class Supervisor:
         if lease is None:
             raise WaitStopped(f"stopped waiting for the lock {name!r}: the run is cancelling")
         lapsed = lease.lapsed
-        fenced = fence(lapsed.name, lapsed.token, lapsed.holder.host) if lapsed else 0
+        fenced = (
+            fence(lapsed.name, lapsed.token, lapsed.holder.host, coord.store_id) if lapsed else 0
+        )
         return lease, fenced
 
     def _journal_grant(self, lease: Lease, fenced: int, task_id: str | None, **data: Any) -> None:
@@ -190,7 +192,8 @@ class Supervisor:
         )
         self._journal_grant(lease, fenced, None, holder=holder_id)
         stop = asyncio.Event()
-        held = Held(lease)
+        assert self.coord is not None  # _acquire_blocking needs it too
+        held = Held(lease, self.coord.store_id)
 
         async def keep() -> None:
             renewed = time.monotonic()
@@ -211,7 +214,7 @@ class Supervisor:
                 self.journal.stage_event(
                     self.run_id, "lock.lost", None, lock=name, token=lease.token, holder=holder_id
                 )
-                await asyncio.to_thread(end_lease_holders, name, lease.token)
+                await asyncio.to_thread(end_lease_holders, name, lease.token, held.store_id)
                 return
 
         keeper = asyncio.create_task(keep())

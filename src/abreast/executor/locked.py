@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from abreast.coord.backend import CoordError, Coordinator, Holder, Lease
-from abreast.executor.process import fence, kill_pids, members_of_group_or_session
+from abreast.executor.process import LOCK_ENV, fence, kill_pids, members_of_group_or_session
 
 LOST_EXIT = 75  # EX_TEMPFAIL: the lock was lost and the command killed
 TIMEOUT_EXIT = 75
@@ -70,13 +70,12 @@ def run_locked(
         )
         return LockOutcome(TIMEOUT_EXIT, waited, False, None)
     if lease.lapsed is not None:
-        _fence(lease.lapsed, err)
+        _fence(lease.lapsed, coord.store_id, err)
     from abreast.workspace.pyenv import for_command
 
     env = {
         **for_command(os.environ),  # the task's PYTHONPATH, which the abreast shim set aside
-        "ABREAST_LOCK_NAME": name,
-        "ABREAST_LOCK_TOKEN": str(lease.token),
+        **dict(zip(LOCK_ENV, (name, str(lease.token), coord.store_id), strict=True)),
     }
     # CMD gets a process group of its own, so that losing the lock ends its whole tree and
     # nothing else. At a terminal, a session of its own too (a background group reading
@@ -163,9 +162,9 @@ def run_locked(
     return LockOutcome(code, waited, False, lease)
 
 
-def _fence(lapsed: Lease, err: TextIO) -> None:
+def _fence(lapsed: Lease, store_id: str, err: TextIO) -> None:
     """The lease before ours ran out without being given back: end what still holds it."""
-    ended = fence(lapsed.name, lapsed.token, lapsed.holder.host)
+    ended = fence(lapsed.name, lapsed.token, lapsed.holder.host, store_id)
     if ended:
         err.write(
             f"abreast lock: the last lease of {lapsed.name!r} ({describe(lapsed)}) ran out "

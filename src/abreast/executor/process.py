@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import psutil
 
+    from abreast.coord.backend import Lease
+
 MARKER_ENV = "ABREAST_RUN_ID"
 
 
@@ -293,39 +295,51 @@ def marked_processes(
 
 
 LOCKS_ENV = "ABREAST_LOCKS"  # a task's (or check's) leases: "NAME:TOKEN,NAME:TOKEN"
+LOCKS_STORE_ENV = "ABREAST_LOCKS_STORE"  # the coordination store they are leases of
+# `abreast lock`'s command: its lease, and the store it is a lease of.
+LOCK_ENV = ("ABREAST_LOCK_NAME", "ABREAST_LOCK_TOKEN", "ABREAST_LOCK_STORE")
 
 
-def lease_holders(name: str, token: int) -> list[psutil.Process]:
-    """Live processes started holding lease `token` of lock `name`, by their environment:
-    a task or check started under it (`ABREAST_LOCKS`) and all it started, or the
-    command of `abreast lock` (`ABREAST_LOCK_NAME`, `ABREAST_LOCK_TOKEN`)."""
+def leases_env(leases: Iterable[Lease], store_id: str) -> dict[str, str]:
+    """What a task or check started under `leases` carries, by which it can be fenced off."""
+    return {
+        LOCKS_ENV: ",".join(f"{lease.name}:{lease.token}" for lease in leases),
+        LOCKS_STORE_ENV: store_id,
+    }
+
+
+def lease_holders(name: str, token: int, store_id: str) -> list[psutil.Process]:
+    """Live processes started holding lease `token` of lock `name` in the coordination
+    store `store_id`, by their environment: a task or check started under it
+    (`ABREAST_LOCKS`) and all it started, or the command of `abreast lock`
+    (`ABREAST_LOCK_NAME`, `ABREAST_LOCK_TOKEN`). Tokens count per store: `tests` token 1
+    of another project (another store) is not this lease."""
     held = f"{name}:{token}"
+    lock = (name, str(token), store_id)
     return _processes_by_env(
         lambda env: (
-            held in env.get(LOCKS_ENV, "").split(",")
-            or (
-                env.get("ABREAST_LOCK_NAME") == name and env.get("ABREAST_LOCK_TOKEN") == str(token)
-            )
+            (held in env.get(LOCKS_ENV, "").split(",") and env.get(LOCKS_STORE_ENV) == store_id)
+            or tuple(env.get(k) for k in LOCK_ENV) == lock
         )
     )
 
 
-def fence(name: str, token: int, host: str, grace_s: float = 2.0) -> int:
-    """End whatever still holds lease `token` of `name`, a lease that ran out without being
-    given back (its holder stopped, killed or cut off), so that it never works beside the
-    lease's next holder. Only where that lease was held on this host: elsewhere no
-    process of it can be seen. Returns how many processes it ended."""
+def fence(name: str, token: int, host: str, store_id: str, grace_s: float = 2.0) -> int:
+    """End whatever still holds lease `token` of `name` in store `store_id`, a lease that
+    ran out without being given back (its holder stopped, killed or cut off), so that it
+    never works beside the lease's next holder. Only where that lease was held on this
+    host: elsewhere no process of it can be seen. Returns how many processes it ended."""
     import socket
 
     if host != socket.gethostname():
         return 0
-    return end_lease_holders(name, token, grace_s)
+    return end_lease_holders(name, token, store_id, grace_s)
 
 
-def end_lease_holders(name: str, token: int, grace_s: float = 2.0) -> int:
-    """End the processes here that run under lease `token` of `name` (they carry it in
-    ABREAST_LOCKS): the lease was lost while they ran. Returns how many."""
-    pids = [p.pid for p in lease_holders(name, token)]
+def end_lease_holders(name: str, token: int, store_id: str, grace_s: float = 2.0) -> int:
+    """End the processes here that run under lease `token` of `name` in store `store_id`:
+    the lease was lost while they ran. Returns how many."""
+    pids = [p.pid for p in lease_holders(name, token, store_id)]
     return kill_pids(pids, grace_s) if pids else 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from abreast.coord.backend import Lease
 from abreast.executor.logs import log_tail
-from abreast.executor.process import LOCKS_ENV, describe_status, kill_tree
+from abreast.executor.process import describe_status, kill_tree, leases_env
 from abreast.spec.model import Check
 
 
@@ -22,6 +22,7 @@ class Held:
     then ends what runs under it: the check's result does not count)."""
 
     lease: Lease
+    store_id: str  # the coordination store it is a lease of
     lost: str | None = None
 
 
@@ -93,7 +94,7 @@ async def run_checks(
                 waited += time.monotonic() - t0
                 run_env = env
                 if held is not None:  # what runs under the lease can be fenced off
-                    run_env = {**env, LOCKS_ENV: f"{held.lease.name}:{held.lease.token}"}
+                    run_env = {**env, **leases_env([held.lease], held.store_id)}
                 code, sig, timed_out = await _run_one(check, cwd, run_env, log, grace_s, control)
             lost = held.lost if held is not None else None
             if lost is None:
