@@ -15,7 +15,7 @@ import pytest
 
 from abreast.executor.process import marked_processes
 from tests.conftest import run_abreast
-from tests.helpers import start_run, wait_for, write_workflow
+from tests.helpers import pid_alive, start_run, wait_for, write_workflow
 
 
 def crash_workflow(root: Path, n: int = 12, seed: int = 0) -> Path:
@@ -326,3 +326,36 @@ def test_a_cancelled_run_carries_on_with_resume_and_a_finished_one_does_not(
     refused = run_abreast("resume", run_id, "--state", state)
     assert refused.code == 2
     assert "already finished (succeeded)" in refused.err
+
+
+def test_another_projects_run_of_the_same_id_is_not_this_runs_strays(tmp_path: Path) -> None:
+    # `--run-id ci-42` in two projects (a CI host's jobs each at build 42): cleaning up
+    # or cancelling one project's run must not end the other's tasks, which carry the
+    # same ABREAST_RUN_ID.
+    one, two = tmp_path / "one", tmp_path / "two"
+    for root in (one, two):
+        root.mkdir()
+    pid_file = tmp_path / "two.pid"
+    gone = write_workflow(one, "gone", {"a": {"run": f"echo $$ > {tmp_path}/one.pid; sleep 60"}})
+    dead, _ = start_run(gone, "--run-id", "ci-42", cwd=one)
+    wait_for(lambda: (tmp_path / "one.pid").exists(), what="project one's task")
+    dead.kill()  # its orchestrator dies; its task runs on, a stray of project one
+    dead.communicate()
+    live = write_workflow(two, "live", {"a": {"run": f"echo $$ > {pid_file}; sleep 60"}})
+    proc, run_id = start_run(live, "--run-id", "ci-42", cwd=two)
+    try:
+        assert run_id == "ci-42"
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="a")
+        theirs, mine = int(pid_file.read_text()), int((tmp_path / "one.pid").read_text())
+        assert {p.pid for p in marked_processes("ci-42")} >= {theirs, mine}  # same marker
+        listed = run_abreast("cleanup", "--dry-run", cwd=one)
+        assert "kill 2 process(es)" in listed.out, listed.out  # its task's shell and sleep
+        cancelled = run_abreast("cancel", "ci-42", cwd=one)
+        assert cancelled.code == 0, cancelled.err
+        assert "2 stray process(es) killed" in cancelled.out
+        assert not pid_alive(mine)
+        assert pid_alive(theirs)  # project two's run goes on
+    finally:
+        proc.terminate()  # abreast's own cancel: ends its task
+        proc.communicate(timeout=30)
+    wait_for(lambda: not pid_alive(theirs), what="project two's task to end")

@@ -168,5 +168,5 @@ def _live_processes(journal: Journal, row: RunRow) -> int:
     for a in journal.attempts(row.id):
         if a.ended_at is None and a.pgid and a.pid and is_same_process(a.pid, a.start_ticks):
             pids.update(group_members(a.pgid))
-    pids.update(p.pid for p in marked_processes(row.id))
+    pids.update(p.pid for p in marked_processes(row.id, tag=row.options.get("tag")))
     return len(pids)

@@ -26,6 +26,7 @@ from abreast.engine.supervise import Supervisor
 from abreast.errors import StateError, UsageError
 from abreast.executor.local import Exit
 from abreast.executor.process import (
+    RUN_TAG_ENV,
     freeze,
     group_members,
     is_same_process,
@@ -123,14 +124,21 @@ def dry_run(req: RunRequest, out: Any) -> int:
 
 
 def task_env(
-    location: StateLocation, keys: KeyBroker | None, cluster: RayCluster | None = None
+    location: StateLocation,
+    keys: KeyBroker | None,
+    cluster: RayCluster | None = None,
+    tag: str | None = None,
 ) -> dict[str, str]:
     """The environment tasks and checks start from: this one, less the keys' real values
     (a task gets only its leased key) and what connecting to Ray added, with `abreast` on
-    PATH as this very abreast."""
+    PATH as this very abreast, and the run's tag (none for a run journaled before tags:
+    not the tag of a run this one is a task of)."""
     env = keys.scrub(dict(os.environ)) if keys else dict(os.environ)
     for name in cluster.added_env if cluster else ():
         env.pop(name, None)
+    env.pop(RUN_TAG_ENV, None)
+    if tag:
+        env[RUN_TAG_ENV] = tag
     shim = _abreast_shim(location.runs_dir.parent / "bin")
     if shim is not None:
         env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH') or os.defpath}"
@@ -434,6 +442,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
             keys = _keys(p, supervisor, journal, run_id)  # a key variable not set stops us here
             started = time.time()
             me = os.getpid()
+            tag = os.urandom(8).hex()  # what tells this run's processes from another run's
             options: dict[str, Any] = {
                 "flags": p.flags,
                 "max_parallel": p.cap,
@@ -448,6 +457,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 # The cluster to resume on: the one given (flag or RAY_ADDRESS), or None
                 # for a local one started for the run (resume starts another).
                 "ray_address": cluster.address if cluster and not cluster.started_here else None,
+                "tag": tag,
             }
             journal.create_run(
                 run_id,
@@ -471,7 +481,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 **options,
             )
             announce(run_id)
-            env = task_env(p.location, keys, cluster)
+            env = task_env(p.location, keys, cluster, tag)
             isolation = _isolation(
                 req, p, run_id, journal, kind, base_commit, env, supervisor, keys
             )
@@ -565,12 +575,14 @@ def cancel_run(journal: Journal, row: RunRow) -> str:
 
 def _stray_pids(journal: Journal, run_id: str) -> set[int]:
     """Every live process of `run_id`: members of its journaled process groups (leader
-    verified by start time), and any process carrying the run's marker."""
+    verified by start time), and any process carrying the run's marker (and its tag)."""
     pids: set[int] = set()
     for a in journal.attempts(run_id):
         if a.ended_at is None and a.pgid and a.pid and is_same_process(a.pid, a.start_ticks):
             pids.update(group_members(a.pgid))
-    pids.update(p.pid for p in marked_processes(run_id))
+    row = journal.run(run_id)
+    tag = row.options.get("tag") if row else None
+    pids.update(p.pid for p in marked_processes(run_id, tag=tag))
     return pids
 
 
@@ -693,7 +705,7 @@ async def _resume(
     cluster: RayCluster | None = None,
 ) -> RunOutcome:
     if cluster is not None:  # the dead orchestrator's attempts on every node
-        swept = await asyncio.to_thread(cluster.sweep, row.id)
+        swept = await asyncio.to_thread(cluster.sweep, row.id, row.options.get("tag"))
         if swept:
             view.note(f"killed {len(swept)} stray process(es) of the dead orchestrator on Ray")
     # How attempts ended while nobody watched is read with every process of the run
@@ -768,7 +780,7 @@ async def _resume(
         keys = _keys(p, supervisor, journal, row.id)
         if keys is not None:
             keys.start()
-        env = task_env(location, keys, cluster)
+        env = task_env(location, keys, cluster, row.options.get("tag"))
         engine = Engine(
             wf,
             row.id,

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from abreast.coord.backend import Lease
 
 MARKER_ENV = "ABREAST_RUN_ID"
+# A random tag of the run beside its id: a run id may be given (`--run-id ci-42`), and
+# another project's run of the same id must not count as this run's processes.
+RUN_TAG_ENV = "ABREAST_RUN_TAG"
 
 
 def start_ticks(pid: int) -> int | None:
@@ -278,15 +281,18 @@ def tree_rss_bytes(pid: int) -> int:
 
 
 def marked_processes(
-    run_id: str, task_id: str | None = None, attempt: int | None = None
+    run_id: str, task_id: str | None = None, attempt: int | None = None, tag: str | None = None
 ) -> list[psutil.Process]:
     """Live processes started for `run_id` (and `task_id`, its `attempt`), found by the
-    environment marker.
+    environment marker; with `tag` (the run's, where it has one), only those of that run
+    of the id.
 
     This finds a run's processes even where the journal never learnt their pid (an
     orchestrator killed between starting a process and committing its pid).
     """
     want = {MARKER_ENV: run_id}
+    if tag:
+        want[RUN_TAG_ENV] = tag
     if task_id is not None:
         want["ABREAST_TASK_ID"] = task_id
     if attempt is not None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from abreast.errors import UsageError
 from abreast.executor.local import Exit, Launch, Running
+from abreast.executor.process import RUN_TAG_ENV
 from abreast.executor.remote import (
     KILL,
     TERM,
@@ -83,10 +84,10 @@ class RayCluster:
         nodes = f"{self.nodes} node{'s' if self.nodes != 1 else ''}"
         return f"ray: {where}, {nodes}, {self.cpus:g} CPUs (each task takes one)"
 
-    def sweep(self, run_id: str) -> list[int]:
+    def sweep(self, run_id: str, tag: str | None = None) -> list[int]:
         """Kill `run_id`'s processes on every node (a dead orchestrator's attempts)."""
         killed: list[int] = []
-        for ids in _on_every_node(sweep, run_id):
+        for ids in _on_every_node(sweep, run_id, None, None, tag):
             killed.extend(ids)
         return killed
 
@@ -386,7 +387,13 @@ class RayExecutor:
             # a worker's children): ended on every node, not waited for.
             launch = running.launch
             with contextlib.suppress(Exception):
-                _submit_to_every_node(sweep, launch.run_id, launch.task_id, launch.attempt)
+                _submit_to_every_node(
+                    sweep,
+                    launch.run_id,
+                    launch.task_id,
+                    launch.attempt,
+                    launch.env.get(RUN_TAG_ENV),
+                )
         else:
             code = os.waitstatus_to_exitcode(status)
             exit_ = Exit(

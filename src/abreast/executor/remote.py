@@ -167,12 +167,14 @@ def probe(paths: list[str]) -> dict[str, object]:
     }
 
 
-def sweep(run_id: str, task_id: str | None = None, attempt: int | None = None) -> list[int]:
+def sweep(
+    run_id: str, task_id: str | None = None, attempt: int | None = None, tag: str | None = None
+) -> list[int]:
     """Kill this node's processes of `run_id` (a dead orchestrator's attempts), or of one
-    attempt (one whose worker was lost): their pids."""
+    attempt (one whose worker was lost): their pids. `tag`: the run's (RUN_TAG_ENV)."""
     import psutil
 
-    procs = marked_processes(run_id, task_id, attempt)
+    procs = marked_processes(run_id, task_id, attempt, tag)
     for p in procs:
         try:
             p.kill()
