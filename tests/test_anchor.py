@@ -91,3 +91,23 @@ def test_files_that_do_not_exist_yet_are_left_out(tmp_path: Path) -> None:
     shutil.rmtree(state)
     assert anchor.check() == [journal]  # no -wal or -shm was there to anchor
     assert not journal.with_name("state.db-wal").exists()
+
+
+def test_cleanup_leaves_the_links_of_a_run_it_does_not_know_while_its_files_are_there(
+    tmp_path: Path,
+) -> None:
+    from abreast.engine.cleanup import cleanup
+
+    root, state = project(tmp_path)
+    live, gone = state / "live.db", state / "gone.db"
+    for f in (live, gone):
+        f.write_text("x")
+    for run_id, f in (("other-journal-run", live), ("long-gone", gone)):
+        anchor = StateAnchor.for_project(root, run_id, [f], [])
+        assert anchor is not None
+        anchor.arm()
+    gone.unlink()  # only the link is left of that run's file
+    plans = cleanup(None, root, dry_run=False, force=False, results=False)
+    assert [p.run_id for p in plans] == ["long-gone"]
+    anchors = root / ".git" / "abreast" / "anchors"
+    assert sorted(p.name for p in anchors.iterdir()) == ["other-journal-run"]

@@ -160,6 +160,13 @@ def anchors_dir(root: Path) -> Path:
     return root / ".git" / "abreast" / "anchors"
 
 
+def still_linked(run_dir: Path) -> bool:
+    """Whether any file a run anchored in `run_dir` still has a path besides its link."""
+    with contextlib.suppress(OSError):
+        return any(link.stat().st_nlink > 1 for link in run_dir.iterdir())
+    return False
+
+
 def remove_anchor(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
     with contextlib.suppress(OSError):

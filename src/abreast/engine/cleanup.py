@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from abreast.coord.anchor import anchors_dir, remove_anchor
+from abreast.coord.anchor import anchors_dir, remove_anchor, still_linked
 from abreast.coord.backend import Coordinator
 from abreast.coord.journal import Journal, RunRow
 from abreast.engine.lookup import orchestrator_alive
@@ -107,7 +107,9 @@ def cleanup(
                 )
     anchors = anchors_dir(root)
     for links in sorted(anchors.iterdir()) if anchors.is_dir() else ():
-        if links.name not in active:
+        # A run this journal does not know may be live in another journal (--state): its
+        # links go only once its files are gone from their paths too.
+        if links.name not in active and (links.name in known or not still_linked(links)):
             action = f"remove the links to its state files in {links}"
             _leftover_plan(plans, links.name, known).actions.append(action)
     plans = {k: v for k, v in plans.items() if v.actions}
