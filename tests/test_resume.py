@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -15,7 +16,7 @@ import pytest
 
 from abreast.executor.process import marked_processes
 from tests.conftest import run_abreast
-from tests.helpers import pid_alive, start_run, wait_for, write_workflow
+from tests.helpers import pid_alive, query, start_run, wait_for, write_workflow
 
 
 def crash_workflow(root: Path, n: int = 12, seed: int = 0) -> Path:
@@ -359,3 +360,37 @@ def test_another_projects_run_of_the_same_id_is_not_this_runs_strays(tmp_path: P
         proc.terminate()  # abreast's own cancel: ends its task
         proc.communicate(timeout=30)
     wait_for(lambda: not pid_alive(theirs), what="project two's task to end")
+
+
+def test_resume_force_goes_on_with_the_file_as_it_is_now(tmp_path: Path) -> None:
+    # The file changed while the run was down: `gone` removed, `b` added. With --force the
+    # run goes on as the file says, and the journal says so too: `b` has a task row (it
+    # used to run with none, so that `status` never showed it), `gone` is skipped with
+    # why (it used to stay pending in a run that succeeded).
+    started, pid_file = tmp_path / "started", tmp_path / "a.pid"
+    first = f"[ -e {started} ] && exit 0; touch {started}; echo $$ > {pid_file}; sleep 60"
+    path = write_workflow(
+        tmp_path, "changed", {"a": {"run": first}, "gone": {"run": "true", "needs": ["a"]}}
+    )
+    proc, run_id = start_run(path, cwd=tmp_path)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="a")
+    proc.kill()
+    proc.communicate()
+    write_workflow(
+        tmp_path, "changed", {"a": {"run": first}, "b": {"run": "echo b", "needs": ["a"]}}
+    )
+    refused = run_abreast("resume", run_id, cwd=tmp_path)
+    assert refused.code == 2 and "changed since run" in refused.err
+    resumed = run_abreast("resume", run_id, "--force", "--plain", "--no-monitor", cwd=tmp_path)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "b: added to" in resumed.out and "gone: removed from" in resumed.out
+    status = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
+    tasks = {t["id"]: (t["state"], t["reason"]) for t in status["tasks"]}
+    assert tasks == {
+        "a": ("succeeded", None),
+        "gone": ("skipped", "removed from the workflow file (resumed with --force)"),
+        "b": ("succeeded", None),
+    }
+    assert run_abreast("logs", run_id, "b", cwd=tmp_path).out == "b\n"
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()  # a later resume needs no --force
+    assert query(tmp_path / ".abreast" / "state.db", "SELECT file_sha256 FROM runs") == [(sha,)]

@@ -761,9 +761,19 @@ async def _resume(
         finished_at=None,
         cancel_requested=0,
     )
+    added, removed = _adopt_changed_file(journal, row, p) if force else ([], [])
     journal.stage_event(
-        row.id, "run.resumed", killed=killed, forced=force, interrupted=sorted(interrupted)
+        row.id,
+        "run.resumed",
+        killed=killed,
+        forced=force,
+        interrupted=sorted(interrupted),
+        added=added,
+        removed=removed,
     )
+    for what, ids in (("added to", added), ("removed from", removed)):
+        if ids:
+            view.note(f"{', '.join(ids)}: {what} {row.file} since the run started")
     req = RunRequest(
         file=Path(row.file), monitor=monitor_on, isolation=isolation, land=bool(options.get("land"))
     )
@@ -805,6 +815,38 @@ async def _resume(
         if keys is not None:
             keys.stop()
         supervisor.close()
+
+
+def _adopt_changed_file(journal: Journal, row: RunRow, p: Prepared) -> tuple[list[str], list[str]]:
+    """`resume --force` of a run whose workflow file changed: the run goes on as the file
+    now says. Tasks added to it are journaled (pending); tasks removed from it that had
+    not ended are journaled as skipped, with why (they will not run, and the run is not
+    waiting for them); the file's checksum and plan become the new file's, so that
+    another resume needs no --force. (added, removed) task ids."""
+    if p.wf.source_sha256 == row.file_sha256:
+        return [], []
+    known = {t.task_id: t for t in journal.tasks(row.id)}
+    added = [tid for tid in p.wf.tasks if tid not in known]
+    removed = [tid for tid in known if tid not in p.wf.tasks]
+    for i, tid in enumerate(added, start=len(known)):
+        journal.stage(
+            "INSERT INTO tasks (run_id, task_id, position, state) VALUES (?, ?, ?, 'pending')",
+            (row.id, tid, i),
+        )
+    for tid in removed:
+        if known[tid].state not in _ENDED_STATES:
+            journal.stage_task(
+                row.id,
+                tid,
+                state="skipped",
+                reason="removed from the workflow file (resumed with --force)",
+            )
+    options = {**row.options, "plan": plan_summary(p.analysis)}
+    journal.stage_run(row.id, file_sha256=p.wf.source_sha256, options=options)
+    return added, removed
+
+
+_ENDED_STATES = ("succeeded", "failed", "timed_out", "skipped", "blocked")
 
 
 def recorded_exits(exits_file: str | None) -> dict[str, int]:
