@@ -376,6 +376,10 @@ def test_resume_force_goes_on_with_the_file_as_it_is_now(tmp_path: Path) -> None
     wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="a")
     proc.kill()
     proc.communicate()
+    path.unlink()
+    missing = run_abreast("resume", run_id, "--force", cwd=tmp_path)
+    assert missing.code == 2 and f"is gone: {path}" in missing.err
+    assert "put it back at that path" in missing.err
     write_workflow(
         tmp_path, "changed", {"a": {"run": first}, "b": {"run": "echo b", "needs": ["a"]}}
     )

@@ -662,7 +662,11 @@ def _resume_found(
         )
     file = Path(row.file)
     if not file.exists():
-        raise UsageError(f"the workflow file of {row.id} is gone: {file}")
+        raise UsageError(
+            f"the workflow file of {row.id} is gone: {file}",
+            hint="put it back at that path (the project moved? resume from where it was); "
+            "with a changed file, add --force",
+        )
     wf = load_workflow(file)
     if wf.source_sha256 != row.file_sha256 and not force:
         raise UsageError(
