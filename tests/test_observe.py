@@ -305,6 +305,62 @@ def test_every_event_reaches_a_redis_subscriber_in_order(tmp_path: Path, redis_u
     assert set(perf) >= {"sequentialTime", "parallelTime", "timeSaved", "percentageSaved"}
 
 
+def test_a_redis_password_in_the_state_url_is_never_journaled_published_or_shown(
+    tmp_path: Path, redis_url: str
+) -> None:
+    import redis
+
+    secret = "hunter2-" + tmp_path.name
+    client = redis.Redis.from_url(redis_url)
+    client.acl_setuser(
+        "abreast-test",
+        enabled=True,
+        passwords=[f"+{secret}"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all"],
+    )
+    client.acl_log_reset()
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("abreast.events")
+    try:
+        url = redis_url.replace("redis://", f"redis://abreast-test:{secret}@")
+        # The task's own `abreast lock` reaches the store through ABREAST_STATE.
+        path = write(tmp_path, {"name": "pw", "tasks": {"a": {"run": "abreast lock t -- true"}}})
+        result = run_abreast(
+            "run", str(path), "--no-monitor", "--plain", "--state", url, cwd=tmp_path
+        )
+        assert result.code == 0, result.out + result.err
+        published: list[str] = []
+
+        def finished() -> bool:
+            msg = pubsub.get_message(timeout=0.1)  # None also for the subscribe reply
+            if msg is not None:
+                published.append(msg["data"].decode())
+            return any('"run.finished"' in m for m in published)
+
+        wait_for(finished, what="the run's events on Redis")
+        assert any('"run.started"' in m for m in published)
+        shown = [result.out, result.err, *published]
+        for args in (["status", "--json"], ["report", "--json"]):
+            shown.append(run_abreast(*args, "--state", url, cwd=tmp_path).out)
+        bad = url.replace(secret, "wrong-pw")
+        wrong = run_abreast("lock", "t", "--state", bad, "--", "true", cwd=tmp_path)
+        assert wrong.code == 2 and "abreast-test:***@" in wrong.err, wrong.err
+        # A refused password is an answer, not a failure to retry (redis-py would, ten times).
+        refusals = [e for e in client.acl_log() if e["username"] == "abreast-test"]
+        assert [e["count"] for e in refusals] == [1]
+        shown.append(wrong.err)
+        journaled = b"".join(p.read_bytes() for p in (tmp_path / ".abreast").rglob("*.db*"))
+        assert secret.encode() not in journaled
+        assert b"abreast-test:***@" in journaled  # where the run's state was, redacted
+        assert not [text for text in shown if secret in text or "wrong-pw" in text]
+    finally:
+        pubsub.close()
+        client.acl_deluser("abreast-test")
+        client.close()
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[str]:
     binary = shutil.which("nats-server")

@@ -256,7 +256,9 @@ def open_coordinator(url: str) -> Coordinator:
         from abreast.coord.redis_coord import RedisCoordinator
 
         return RedisCoordinator(url)
-    raise CoordError(f"no coordination backend for {url!r}")
+    from abreast.coord.location import redact_url
+
+    raise CoordError(f"no coordination backend for {redact_url(url)!r}")
 
 
 def new_store_id() -> str:

@@ -33,6 +33,25 @@ class StateLocation:
         return coord_path(self.coord_url) if self.coord_url.startswith("sqlite://") else None
 
 
+def redact_url(url: str) -> str:
+    """`url` fit to journal, publish or print: a password in it (`redis://:pw@host`,
+    `redis://user:pw@host`, `nats://user:pw@host`, `redis://host?password=pw`) becomes
+    `***`."""
+    import re
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not a URL one can take apart: hide everything before an @
+        return "***@" + url.rsplit("@", 1)[1] if "@" in url else url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def coord_path(url: str) -> Path:
     """The coordination file for `sqlite://PATH`: beside the journal when PATH is one."""
     journal = Path(url[len("sqlite://") :])
@@ -74,6 +93,6 @@ def locate(workflow_file: Path | None, state: str | None = None) -> StateLocatio
             exclude_locally(root, f"/{STATE_DIR}/")
         return StateLocation(root, default_journal, root / STATE_DIR / "runs", url, in_git)
     raise UsageError(
-        f"state {url!r} is not understood",
+        f"state {redact_url(url)!r} is not understood",
         hint="use sqlite:///path/state.db or redis://host:6379/0",
     )

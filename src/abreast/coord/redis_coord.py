@@ -21,6 +21,7 @@ from abreast.coord.backend import (
     Lease,
     new_store_id,
 )
+from abreast.coord.location import redact_url
 
 PREFIX = "abreast:"
 
@@ -178,7 +179,7 @@ class RedisCoordinator(Coordinator):
     def __init__(self, url: str) -> None:
         try:
             import redis
-            from redis.backoff import ExponentialBackoff
+            from redis.backoff import ExponentialBackoff, NoBackoff
             from redis.retry import Retry
         except ImportError:
             raise CoordError(
@@ -191,7 +192,7 @@ class RedisCoordinator(Coordinator):
             decode_responses=True,
             socket_timeout=5,
             socket_connect_timeout=5,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=10),
+            retry=Retry(NoBackoff(), 0),  # the first contact: see below
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             health_check_interval=15,
         )
@@ -203,17 +204,32 @@ class RedisCoordinator(Coordinator):
         self._rate_take_any = self._r.register_script(_RATE_TAKE_ANY)
         self._pubsub: Any = None
         self._counter = 0
+        # Retried, as every call after it, unless Redis answered: a wrong or missing
+        # password is refused at once, not after ten tries (redis-py takes
+        # AuthenticationError for a ConnectionError, which its retries cover).
+        retrying = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=10)
         try:
-            self._r.set(f"{PREFIX}store_id", new_store_id(), nx=True)
-            self.store_id = str(self._r.get(f"{PREFIX}store_id"))
+            try:
+                self.store_id = self._store_id()
+            except (redis.AuthenticationError, redis.ResponseError):
+                raise
+            except redis.RedisError:
+                self._r.set_retry(retrying)
+                self.store_id = self._store_id()
         except redis.RedisError as e:
-            raise CoordError(f"cannot reach Redis at {url}: {e}") from e
+            self._r.close()
+            raise CoordError(f"cannot reach Redis at {redact_url(url)}: {e}") from e
+        self._r.set_retry(retrying)
+
+    def _store_id(self) -> str:
+        self._r.set(f"{PREFIX}store_id", new_store_id(), nx=True)
+        return str(self._r.get(f"{PREFIX}store_id"))
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except self._redis_mod.RedisError as e:
-            raise CoordError(f"Redis at {self.url}: {e}") from e
+            raise CoordError(f"Redis at {redact_url(self.url)}: {e}") from e
 
     def now(self) -> float:
         sec, usec = self._call(self._r.time)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from abreast.coord.backend import CoordError, open_coordinator
 from abreast.coord.journal import Journal, RunRow
-from abreast.coord.location import StateLocation, locate
+from abreast.coord.location import StateLocation, locate, redact_url
 from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View
 from abreast.engine.lookup import find_run, open_journal, orchestrator_alive
 from abreast.engine.monitor import ResourceMonitor
@@ -280,7 +280,7 @@ def _probe(url: str) -> None:
         socket.create_connection((host, port), timeout=3).close()
     except OSError as e:
         raise StateError(
-            f"cannot reach NATS at {url}: {e.strerror or e}",
+            f"cannot reach NATS at {redact_url(url)}: {e.strerror or e}",
             hint="start nats-server, or remove `events.nats` from the workflow",
         ) from None
 
@@ -447,7 +447,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 "flags": p.flags,
                 "max_parallel": p.cap,
                 "sequential": req.sequential,
-                "state": req.state,
+                "state": redact_url(req.state) if req.state else req.state,
                 "monitor": req.monitor,
                 "policy": p.analysis.policy.value,
                 "isolation": kind,

@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from abreast.coord.journal import EventRow
+from abreast.coord.location import redact_url
 from abreast.errors import StateError
 
 PUBLISH_WINDOW_S = 0.05
@@ -123,7 +124,7 @@ class NatsSink(Sink):
             )
         except Exception as e:
             raise StateError(
-                f"cannot reach NATS at {self.url}: {e}",
+                f"cannot reach NATS at {redact_url(self.url)}: {e}",
                 hint="start nats-server, or remove `events.nats` from the workflow",
             ) from e
         self._task = asyncio.create_task(self._work())
