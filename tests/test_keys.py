@@ -448,6 +448,43 @@ def test_a_key_a_direct_mode_task_prints_is_not_copied_by_abreast(tmp_path: Path
     assert shown in logs and key not in logs
 
 
+def test_a_key_a_direct_mode_task_writes_to_its_output_is_not_kept(tmp_path: Path) -> None:
+    key = f"sk-output-{uuid.uuid4().hex}"
+    path = write(
+        tmp_path,
+        {
+            "name": "outputs",
+            "keys": {"direct": {"from": ["OUTPUT_KEY"], "env": "API_KEY"}},
+            "tasks": {
+                "t": {
+                    "run": 'printf \'{"debug": "%s", "ok": 1}\' "$API_KEY" > "$ABREAST_OUTPUT"',
+                    "keys": "direct",
+                },
+                "next": {
+                    "run": 'cat "$ABREAST_INPUTS"',
+                    "needs": ["t"],
+                    "when": "outputs.t.ok == 1",
+                },
+            },
+        },
+    )
+    ran = subprocess.run(
+        [sys.executable, "-m", "abreast", "run", str(path), "--plain", "--no-monitor"],
+        cwd=tmp_path,
+        env={**os.environ, "OUTPUT_KEY": key},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    state = tmp_path / ".abreast"
+    inputs = "".join(p.read_text() for p in state.rglob("next.*.log"))
+    assert f"[key {fingerprint(key)}]" in inputs  # what the dependent was given
+    kept = b"".join(p.read_bytes() for p in state.rglob("*") if p.is_file())
+    assert key.encode() not in kept  # journal, outputs, logs
+
+
 def test_a_key_a_direct_mode_task_prints_is_masked_while_its_attempt_runs(
     tmp_path: Path,
 ) -> None:

@@ -811,6 +811,10 @@ class Engine:
             return {}, f"could not read $ABREAST_OUTPUT: {e}"
         if not text.strip():
             return {}, None
+        keys = self.options.keys
+        if keys is not None and keys.redact(text) != text:  # a direct-mode key it wrote
+            text = keys.redact(text)  # journaled, shown and passed on without it
+            scrub_secrets(path, keys.secrets())  # nor kept on disk
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
