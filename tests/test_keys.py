@@ -468,16 +468,15 @@ def test_a_key_a_direct_mode_task_writes_to_its_output_is_not_kept(tmp_path: Pat
             },
         },
     )
-    ran = subprocess.run(
-        [sys.executable, "-m", "abreast", "run", str(path), "--plain", "--no-monitor"],
+    ran = run_abreast(
+        "run",
+        str(path),
+        "--plain",
+        "--no-monitor",
         cwd=tmp_path,
         env={**os.environ, "OUTPUT_KEY": key},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
-    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.code == 0, ran.out + ran.err
     state = tmp_path / ".abreast"
     inputs = "".join(p.read_text() for p in state.rglob("next.*.log"))
     assert f"[key {fingerprint(key)}]" in inputs  # what the dependent was given
