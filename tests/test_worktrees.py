@@ -368,6 +368,40 @@ def test_cleanup_lists_then_removes_what_failed_runs_kept(repo: Path) -> None:
     assert run_abreast("cleanup", cwd=repo).out.strip() == "nothing to clean up"
 
 
+def test_cleanup_leaves_the_worktrees_of_a_run_of_another_journal_that_still_runs(
+    repo: Path,
+) -> None:
+    # A run journaled elsewhere (--state) works in this repository's worktrees: cleanup
+    # here, whose journal does not know it, must not take them for leftovers.
+    release, started = repo.parent / "release", repo.parent / "started"
+    path = workflow(
+        repo,
+        {
+            "a": {
+                "run": f"touch {started}; until [ -e {release} ]; do sleep 0.05; done;"
+                " echo a > a.txt"
+            }
+        },
+    )
+    proc, run_id = start_run(
+        path, "--state", f"sqlite://{repo.parent}/elsewhere/state.db", cwd=repo
+    )
+    try:
+        wait_for(started.exists, what="a")
+        listed = run_abreast("cleanup", "--dry-run", cwd=repo)
+        assert run_id not in listed.out, listed.out
+        assert run_abreast("cleanup", cwd=repo).code == 0
+        release.touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out + err
+    finally:
+        release.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert git(repo, "show", f"{integration(run_id)}:a.txt") == "a\n"  # its work landed
+
+
 def test_worktree_isolation_outside_git_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "w.json"
     path.write_text(

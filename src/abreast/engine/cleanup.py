@@ -92,7 +92,7 @@ def cleanup(
     active = {r.id for r in rows if r.id not in plans}
     if repo is not None:
         for run_id in runs_with_leftovers(repo):
-            if run_id in active:
+            if run_id in active or (run_id not in known and _running_elsewhere(root, run_id)):
                 continue
             plan = _leftover_plan(plans, run_id, known)
             left = leftovers(repo, run_id)
@@ -137,6 +137,13 @@ def cleanup(
     if journal:
         journal.commit()
     return list(plans.values())
+
+
+def _running_elsewhere(root: Path, run_id: str) -> bool:
+    """Whether a run this journal does not know is running, from another journal of the
+    same repository (`--state`): a process of it is alive, or the state files it anchored
+    are still in use. Its worktrees are its own, not leftovers."""
+    return bool(marked_processes(run_id)) or still_linked(anchors_dir(root) / run_id)
 
 
 def _leftover_plan(plans: dict[str, Plan], run_id: str, known: set[str]) -> Plan:
