@@ -83,6 +83,48 @@ def test_logs_follow_prints_until_the_attempt_ends(tmp_path: Path) -> None:
     assert followed.out.split() == ["one", "two"]
 
 
+def test_logs_follow_waits_for_a_task_that_has_not_started(tmp_path: Path) -> None:
+    # `first` holds `later` back until it sees `later`'s follower waiting; `blocked` will
+    # never run (its dependency fails), which -f says instead of waiting for ever.
+    release = tmp_path / "release"
+    wf = write_workflow(
+        tmp_path,
+        "wait",
+        {
+            "first": {"run": f"until [ -e {release} ]; do sleep 0.05; done"},
+            "later": {"run": "echo later-out", "needs": ["first"]},
+            "bad": {"run": "exit 1"},
+            "blocked": {"run": "true", "needs": ["bad"]},
+        },
+    )
+    proc, run_id = start_run(wf, cwd=tmp_path)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "logs", run_id, "later", "-f"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stderr is not None
+        said = follower.stderr.readline()
+        assert said == "-- later: not started yet (pending); waiting for it\n"
+        release.touch()
+        out, err = follower.communicate(timeout=30)
+        assert follower.returncode == 0, err
+        assert out == "later-out\n"
+        proc.communicate(timeout=30)
+    finally:
+        release.touch()
+        for p in (follower, proc):
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    never = run_abreast("logs", run_id, "blocked", "-f", cwd=tmp_path)
+    assert never.code == 2
+    assert f"task 'blocked' of run {run_id} never ran: blocked (upstream bad failed)" in never.err
+
+
 def test_logs_follow_goes_on_into_the_tasks_next_attempts(tmp_path: Path) -> None:
     wf = tmp_path / "w.json"
     script = (

@@ -506,7 +506,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     _, journal = open_journal(None, args.state)
     with journal:
         row = find_run(journal, run_id)
-        attempt = status.find_attempt(journal, row.id, task_id, args.attempt)
+        wait = sys.stderr if args.follow else None
+        attempt = status.find_attempt(journal, row.id, task_id, args.attempt, wait)
         status.show_log(
             journal,
             attempt,

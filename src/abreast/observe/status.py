@@ -143,7 +143,15 @@ def watch_plain(
         return
 
 
-def find_attempt(journal: Journal, run_id: str, task_id: str, attempt: int | None) -> AttemptRow:
+def find_attempt(
+    journal: Journal,
+    run_id: str,
+    task_id: str,
+    attempt: int | None,
+    wait: TextIO | None = None,
+) -> AttemptRow:
+    """The task's attempt `attempt`, or its latest. With `wait` (`logs -f`), a task of a
+    running run that has not started yet is waited for (said once on `wait`)."""
     known = {t.task_id for t in journal.tasks(run_id)}
     if task_id not in known:
         import difflib
@@ -155,8 +163,17 @@ def find_attempt(journal: Journal, run_id: str, task_id: str, attempt: int | Non
             hint="tasks: " + ", ".join(sorted(known)),
         )
     attempts = journal.attempts(run_id, task_id)
+    if not attempts and wait is not None and attempt is None:
+        attempts = _wait_for_start(journal, run_id, task_id, wait)
     if not attempts:
-        raise UsageError(f"task {task_id!r} of run {run_id} has not started yet")
+        task = next(t for t in journal.tasks(run_id) if t.task_id == task_id)
+        if task.state in TERMINAL:
+            why = f" ({task.reason.splitlines()[0]})" if task.reason else ""
+            raise UsageError(f"task {task_id!r} of run {run_id} never ran: {task.state}{why}")
+        raise UsageError(
+            f"task {task_id!r} of run {run_id} has not started yet",
+            hint="-f waits for it to start",
+        )
     if attempt is None:
         return max(attempts, key=lambda a: a.attempt)
     for a in attempts:
@@ -166,6 +183,25 @@ def find_attempt(journal: Journal, run_id: str, task_id: str, attempt: int | Non
         f"task {task_id!r} has no attempt {attempt}",
         hint=f"attempts: {', '.join(str(a.attempt) for a in attempts)}",
     )
+
+
+def _wait_for_start(journal: Journal, run_id: str, task_id: str, note: TextIO) -> list[AttemptRow]:
+    """The task's attempts once it has one, or [] when it will have none (it ended without
+    running, or the run is no longer running)."""
+    said = False
+    while True:
+        attempts = journal.attempts(run_id, task_id)
+        if attempts:
+            return attempts
+        run = journal.run(run_id)
+        task = next(t for t in journal.tasks(run_id) if t.task_id == task_id)
+        if run is None or run_state(run) != "running" or task.state in TERMINAL:
+            return []
+        if not said:
+            note.write(f"-- {task_id}: not started yet ({task.state}); waiting for it\n")
+            note.flush()
+            said = True
+        time.sleep(0.2)  # a viewer following the journal: nothing to be woken by
 
 
 def show_log(
