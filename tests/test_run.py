@@ -804,3 +804,34 @@ def test_a_task_that_removes_abreast_dir_loses_nothing_of_the_run(tmp_path: Path
     assert len(restored) == 1 and "state.db" in restored[0][0]
     assert run_abreast("logs", run_id, "last", cwd=repo).out == "done\n"  # logs dir made again
     assert not (repo / ".git" / "abreast" / "anchors").exists()  # the links went with the run
+
+
+def test_a_closed_or_failing_standard_output_is_not_a_crash(tmp_path: Path) -> None:
+    # `abreast run ... >&-` used to die on its first line, leaving an interrupted run; a
+    # full disk behind `> file` gave a traceback. Now the run runs, and a failed write is
+    # said on stderr with exit 1 (as `cat` does).
+    path = workflow(tmp_path, {"a": {"run": "echo a"}})
+    closed = subprocess.run(
+        ["sh", "-c", f'exec "$0" -m abreast run {path} --no-monitor >&-', sys.executable],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert closed.returncode == 0 and closed.stderr == "", closed.stderr
+    assert journal(tmp_path, "SELECT state FROM runs") == [("succeeded",)]
+    with open("/dev/full", "w") as full:
+        failed = subprocess.run(
+            [sys.executable, "-m", "abreast", "status"],
+            cwd=tmp_path,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert failed.returncode == 1
+    assert failed.stderr == (
+        "abreast: error: could not write to standard output: [Errno 28] No space left on device\n"
+    )

@@ -699,6 +699,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from abreast.observe.output import guard_standard_streams
 
     guard_standard_streams()  # a reader that goes away (`| head`) must not end a run
+    code = _main(parser, argv, command)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()  # what is still buffered, so that a failure to write it shows
+    failed = getattr(sys.stdout, "failed", None)
+    if failed is not None:  # the command ran; what it printed did not all arrive
+        print(f"abreast: error: could not write to standard output: {failed}", file=sys.stderr)
+        return code or 1
+    return code
+
+
+def _main(parser: argparse.ArgumentParser, argv: list[str], command: list[str]) -> int:
     try:
         args = parser.parse_args(argv)
         args.cmd = command

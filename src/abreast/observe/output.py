@@ -5,6 +5,10 @@ raises BrokenPipeError. A run must not die of it (its tasks and the journal are 
 point, the lines are a view of them), so from then on the stream's file descriptor
 points at /dev/null and writes succeed quietly; the journal, `abreast status` and
 `abreast logs` still have everything.
+
+Any other failure to write (a full disk behind `> file`, an I/O error) silences the
+stream the same way, and is kept in `failed`: the command ends as it would have, then
+says so and exits non-zero (as `cat` does).
 """
 
 from __future__ import annotations
@@ -19,23 +23,26 @@ class PipeSafe(io.TextIOBase):
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self.broken = False
+        self.failed: OSError | None = None  # a write failed other than by a broken pipe
 
     def write(self, text: str) -> int:
         if not self.broken:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
-                self._silence()
+            except OSError as e:
+                self._silence(e)
         return len(text)
 
     def flush(self) -> None:
         if not self.broken:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
-                self._silence()
+            except OSError as e:
+                self._silence(e)
 
-    def _silence(self) -> None:
+    def _silence(self, error: OSError) -> None:
+        if not isinstance(error, BrokenPipeError):
+            self.failed = error
         self.broken = True
         with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
             redirect_fd(self._stream.fileno(), os.devnull)
@@ -72,9 +79,22 @@ def reader_gone(stream: object) -> bool:
 
 
 def guard_standard_streams() -> None:
-    """Make sys.stdout and sys.stderr PipeSafe (once)."""
+    """Make sys.stdout and sys.stderr PipeSafe (once). A standard descriptor that is
+    closed (`abreast run ... >&-`) is opened on /dev/null first: else the next file
+    opened (the journal) would take its number, and what is written to it would land
+    there."""
     import sys
 
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            if getattr(sys, name) is None:
+                setattr(sys, name, os.fdopen(fd, "r" if fd == 0 else "w", closefd=False))
     if not isinstance(sys.stdout, PipeSafe):
         sys.stdout = PipeSafe(sys.stdout)
     if not isinstance(sys.stderr, PipeSafe):
