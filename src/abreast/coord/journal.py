@@ -203,6 +203,9 @@ def use_wal(db: sqlite3.Connection) -> None:
             time.sleep(0.01)  # the other process holds it for a few milliseconds
 
 
+_INSERT_TASK = "INSERT INTO tasks (run_id, task_id, position, state) VALUES (?, ?, ?, 'pending')"
+
+
 class Journal:
     """One connection to the journal; stage writes, then `commit()` them together."""
 
@@ -403,6 +406,11 @@ class Journal:
             )
         )
 
+    def stage_new_tasks(self, run_id: str, task_ids: Sequence[str], first_position: int) -> None:
+        """Queue tasks joining a run (pending), after its `first_position` others."""
+        for i, tid in enumerate(task_ids, start=first_position):
+            self.stage(_INSERT_TASK, (run_id, tid, i))
+
     def stage_run(self, run_id: str, **fields: Any) -> None:
         cols = ", ".join(f"{k} = ?" for k in fields)
         values = [
@@ -447,11 +455,7 @@ class Journal:
                         json.dumps(options),
                     ),
                 )
-                db.executemany(
-                    "INSERT INTO tasks (run_id, task_id, position, state) "
-                    "VALUES (?, ?, ?, 'pending')",
-                    [(run_id, tid, i) for i, tid in enumerate(task_ids)],
-                )
+                db.executemany(_INSERT_TASK, [(run_id, tid, i) for i, tid in enumerate(task_ids)])
         except sqlite3.IntegrityError:
             raise StateError(
                 f"a run with id {run_id!r} already exists",

@@ -28,6 +28,11 @@ class StateLocation:
         return self.runs_dir / run_id
 
     @property
+    def bin_dir(self) -> Path:
+        """Where the `abreast` tasks call is written (engine/runs.py `_abreast_shim`)."""
+        return self.runs_dir.parent / "bin"
+
+    @property
     def coord_file(self) -> Path | None:
         """The SQLite coordination file, where coordination is SQLite."""
         return coord_path(self.coord_url) if self.coord_url.startswith("sqlite://") else None

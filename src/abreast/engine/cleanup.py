@@ -22,8 +22,8 @@ from abreast.coord.anchor import anchors_dir, remove_anchor, still_linked
 from abreast.coord.backend import Coordinator
 from abreast.coord.journal import Journal, RunRow
 from abreast.engine.lookup import orchestrator_alive
-from abreast.engine.runs import _kill_strays
-from abreast.executor.process import group_members, is_same_process, kill_pids, marked_processes
+from abreast.engine.runs import _kill_strays, _stray_pids
+from abreast.executor.process import kill_pids, marked_processes
 
 ORPHAN_AFTER_S = 120.0
 
@@ -82,7 +82,7 @@ def cleanup(
                 f"stop its orchestrator (pid {row.pid}), which no longer heartbeats"
             )
             plan.orchestrator = row.pid
-        live = _live_processes(journal, row) if journal else 0
+        live = len(_stray_pids(journal, row.id)) if journal else 0
         if live:
             plan.processes = live
             plan.actions.append(f"kill {live} process(es) still running")
@@ -170,12 +170,3 @@ def lease_releaser(coord: Coordinator) -> Callable[[str, bool], list[str]]:
         return out
 
     return release
-
-
-def _live_processes(journal: Journal, row: RunRow) -> int:
-    pids: set[int] = set()
-    for a in journal.attempts(row.id):
-        if a.ended_at is None and a.pgid and a.pid and is_same_process(a.pid, a.start_ticks):
-            pids.update(group_members(a.pgid))
-    pids.update(p.pid for p in marked_processes(row.id, tag=row.options.get("tag")))
-    return len(pids)

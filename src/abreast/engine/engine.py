@@ -292,7 +292,7 @@ class Engine:
         files = with_side_files(loc.journal)
         if loc.coord_file is not None:
             files += with_side_files(loc.coord_file)
-        shim = loc.runs_dir.parent / "bin" / "abreast"
+        shim = loc.bin_dir / "abreast"
         anchor = StateAnchor.for_project(
             loc.root,
             self.run_id,
@@ -812,8 +812,9 @@ class Engine:
         if not text.strip():
             return {}, None
         keys = self.options.keys
-        if keys is not None and keys.redact(text) != text:  # a direct-mode key it wrote
-            text = keys.redact(text)  # journaled, shown and passed on without it
+        redacted = keys.redact(text) if keys is not None else text
+        if keys is not None and redacted != text:  # a direct-mode key it wrote
+            text = redacted  # journaled, shown and passed on without it
             scrub_secrets(path, keys.secrets())  # nor kept on disk
         try:
             data = json.loads(text)

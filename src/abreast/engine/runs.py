@@ -22,6 +22,7 @@ from abreast.coord.location import StateLocation, locate, redact_url
 from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View
 from abreast.engine.lookup import find_run, open_journal, orchestrator_alive
 from abreast.engine.monitor import ResourceMonitor
+from abreast.engine.states import TERMINAL, TaskState
 from abreast.engine.supervise import Supervisor
 from abreast.errors import StateError, UsageError
 from abreast.executor.local import Exit
@@ -139,7 +140,7 @@ def task_env(
     env.pop(RUN_TAG_ENV, None)
     if tag:
         env[RUN_TAG_ENV] = tag
-    shim = _abreast_shim(location.runs_dir.parent / "bin")
+    shim = _abreast_shim(location.bin_dir)
     if shim is not None:
         env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH') or os.defpath}"
     return env
@@ -832,13 +833,9 @@ def _adopt_changed_file(journal: Journal, row: RunRow, p: Prepared) -> tuple[lis
     known = {t.task_id: t for t in journal.tasks(row.id)}
     added = [tid for tid in p.wf.tasks if tid not in known]
     removed = [tid for tid in known if tid not in p.wf.tasks]
-    for i, tid in enumerate(added, start=len(known)):
-        journal.stage(
-            "INSERT INTO tasks (run_id, task_id, position, state) VALUES (?, ?, ?, 'pending')",
-            (row.id, tid, i),
-        )
+    journal.stage_new_tasks(row.id, added, first_position=len(known))
     for tid in removed:
-        if known[tid].state not in _ENDED_STATES:
+        if known[tid].state not in TERMINAL or known[tid].state == TaskState.CANCELLED:
             journal.stage_task(
                 row.id,
                 tid,
@@ -848,9 +845,6 @@ def _adopt_changed_file(journal: Journal, row: RunRow, p: Prepared) -> tuple[lis
     options = {**row.options, "plan": plan_summary(p.analysis)}
     journal.stage_run(row.id, file_sha256=p.wf.source_sha256, options=options)
     return added, removed
-
-
-_ENDED_STATES = ("succeeded", "failed", "timed_out", "skipped", "blocked")
 
 
 def recorded_exits(exits_file: str | None) -> dict[str, int]:

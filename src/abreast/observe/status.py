@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from abreast.coord.journal import AttemptRow, Journal, RunRow
+from abreast.coord.journal import AttemptRow, Journal, RunRow, TaskRow
 from abreast.engine.lookup import orchestrator_alive
 from abreast.engine.states import TERMINAL
 from abreast.errors import UsageError
@@ -166,8 +166,8 @@ def find_attempt(
     if not attempts and wait is not None and attempt is None:
         attempts = _wait_for_start(journal, run_id, task_id, wait)
     if not attempts:
-        task = next(t for t in journal.tasks(run_id) if t.task_id == task_id)
-        if task.state in TERMINAL:
+        task = _task_row(journal, run_id, task_id)
+        if task is not None and task.state in TERMINAL:
             why = f" ({task.reason.splitlines()[0]})" if task.reason else ""
             raise UsageError(f"task {task_id!r} of run {run_id} never ran: {task.state}{why}")
         raise UsageError(
@@ -194,14 +194,18 @@ def _wait_for_start(journal: Journal, run_id: str, task_id: str, note: TextIO) -
         if attempts:
             return attempts
         run = journal.run(run_id)
-        task = next(t for t in journal.tasks(run_id) if t.task_id == task_id)
-        if run is None or run_state(run) != "running" or task.state in TERMINAL:
+        task = _task_row(journal, run_id, task_id)
+        if run is None or run_state(run) != "running" or task is None or task.state in TERMINAL:
             return []
         if not said:
             note.write(f"-- {task_id}: not started yet ({task.state}); waiting for it\n")
             note.flush()
             said = True
         time.sleep(0.2)  # a viewer following the journal: nothing to be woken by
+
+
+def _task_row(journal: Journal, run_id: str, task_id: str) -> TaskRow | None:
+    return next((t for t in journal.tasks(run_id) if t.task_id == task_id), None)
 
 
 def show_log(
@@ -240,7 +244,7 @@ def _next_attempt(journal: Journal, a: AttemptRow) -> tuple[AttemptRow, AttemptR
         if later:
             return ended, min(later, key=lambda x: x.attempt)
         run = journal.run(a.run_id)
-        task = next((t for t in journal.tasks(a.run_id) if t.task_id == a.task_id), None)
+        task = _task_row(journal, a.run_id, a.task_id)
         if run is None or run_state(run) != "running" or task is None or task.state in TERMINAL:
             return ended, None
         time.sleep(0.2)  # a viewer following the journal: nothing to be woken by
