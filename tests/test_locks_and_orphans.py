@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -449,6 +450,56 @@ def test_task_locks_serialise_across_two_runs(tmp_path: Path, coord_url: str) ->
     spans = intervals(tmp_path)
     assert len(spans) == 2
     assert max_concurrency(spans) == 1
+
+
+def test_abreast_lock_on_a_lock_already_held_here_runs_under_that_lease(
+    tmp_path: Path, coord_url: str
+) -> None:
+    """A task holding `tests` by `locks:` whose script calls `abreast lock tests -- CMD`
+    (and `abreast lock` nested in itself) would wait for itself until its timeout."""
+    show = "echo $ABREAST_LOCKS $ABREAST_LOCK_TOKEN > {}"
+    inner = f"{PY} -m abreast lock tests -- sh -c '{show.format(tmp_path / 'task.txt')}'"
+    proc = run_json(
+        tmp_path,
+        {
+            "name": "reenter",
+            "locks": {"tests": {"ttl": "1m"}},
+            "tasks": {"t": {"run": inner, "locks": ["tests"], "timeout": "60s"}},
+        },
+        "--state",
+        coord_url,
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    held, token = (tmp_path / "task.txt").read_text().split()
+    assert held == f"tests:{token}"  # the command ran under the task's own lease
+    log = next(tmp_path.glob("**/logs/t.1.log")).read_text()
+    assert f"'tests' is already held here (token {token})" in log
+    assert "waiting for" not in log
+
+    nested = subprocess.run(
+        [*lock_argv(coord_url), *lock_argv(coord_url), "sh", "-c", "exit 7"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert nested.returncode == 7, nested.stderr
+    # A lease that is no longer current is not run under, nor waited for.
+    stale = subprocess.run(
+        [
+            *lock_argv(coord_url),
+            "sh",
+            "-c",
+            f"ABREAST_LOCK_TOKEN=999 {shlex.join(lock_argv(coord_url))} true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert stale.returncode == 75, stale.stderr
+    assert "was held here (token 999), but that lease has been lost" in stale.stderr
 
 
 def test_a_silent_task_is_an_orphan_killed_and_retried(tmp_path: Path) -> None:

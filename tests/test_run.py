@@ -83,8 +83,9 @@ def test_abreast_parallel_0_runs_one_at_a_time(tmp_path: Path) -> None:
     ("name", "value", "message"),
     [
         ("ABREAST_PARALLEL", "banana", "ABREAST_PARALLEL='banana' is not understood"),
-        ("ABREAST_MAX_PARALLEL", "x", "ABREAST_MAX_PARALLEL='x': must be a whole number >= 1"),
-        ("ABREAST_MAX_PARALLEL", "0", "ABREAST_MAX_PARALLEL='0': must be a whole number >= 1"),
+        ("ABREAST_MAX_PARALLEL", "x", "ABREAST_MAX_PARALLEL='x': must be a whole number from 1"),
+        ("ABREAST_MAX_PARALLEL", "0", "ABREAST_MAX_PARALLEL='0': must be a whole number from 1"),
+        ("ABREAST_MAX_PARALLEL", "10001", "'10001': must be a whole number from 1 to 10000"),
     ],
 )
 def test_a_bad_parallelism_variable_is_refused_before_anything_starts(
@@ -330,6 +331,38 @@ def test_an_agent_sent_back_by_its_gate_is_told_why_in_its_prompt(tmp_path: Path
         "Review the change\n\n---\nThis is attempt 2. abreast sent the previous attempt back:\n"
         "gate not met: output.confidence >= 0.75 is false"
     )
+
+
+def test_the_longest_prompt_with_the_longest_feedback_still_fits_the_environment(
+    tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    from abreast.engine.engine import bounded_feedback, prompt_for
+    from abreast.spec.model import ARG_STRING_MAX, PROMPT_MAX
+
+    prompt = "\N{GRINNING FACE}" * (PROMPT_MAX // 4)  # 4 bytes each in UTF-8
+    feedback = bounded_feedback("x" * 10_000 + "\N{GRINNING FACE}" * 100_000 + "the end")
+    assert feedback.startswith("x" * 900) and feedback.endswith("the end")
+    assert "characters left out" in feedback
+    env_string = "ABREAST_PROMPT=" + prompt_for(prompt, 2, feedback)
+    assert len(env_string.encode()) + 1 <= ARG_STRING_MAX
+    assert len(("ABREAST_FEEDBACK=" + feedback).encode()) + 1 <= ARG_STRING_MAX
+
+    # And a real agent gets it, on its first attempt and after its gate sent it back.
+    seen = tmp_path / "lengths"
+    agent = (
+        f'echo "${{#ABREAST_PROMPT}}" >> {seen}; '
+        'c=0.5; [ "$ABREAST_ATTEMPT" = 2 ] && c=0.9; '
+        'echo "{\\"confidence\\": $c}" > "$ABREAST_OUTPUT"'
+    )
+    path = workflow(
+        tmp_path,
+        {"qa": {"agent": "llm", "prompt": prompt, "gate": "output.confidence >= 0.75"}},
+        agents={"llm": {"run": agent}},
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out
+    first, second = (int(n) for n in seen.read_text().split())
+    assert first > 0 and second > first  # the prompt, then the prompt and the feedback
 
 
 def test_task_environment_and_prompt_never_in_the_command_line(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

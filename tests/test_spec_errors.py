@@ -169,6 +169,41 @@ CASES = {
             "no built-in agents",
         ],
     ),
+    "nul_in_what_reaches_a_process": (  # a traceback from posix_spawn, mid-run, before
+        'version: 1\nagents: {x: {run: "a\\0b"}}\ntasks:\n'
+        '  a: {run: "echo \\0", env: {V: "\\0"}}\n  b: {agent: x, prompt: "p\\0"}\n',
+        [
+            ":2: agents.x.run: contains a NUL character (\\0)",
+            ":4: tasks.a.run: contains a NUL character",
+            ":4: tasks.a.env.V: contains a NUL character",
+            ":5: tasks.b.prompt: contains a NUL character",
+        ],
+    ),
+    "too_long_for_a_process": (  # "could not start: Argument list too long", at run time
+        "version: 1\ntasks:\n"
+        f"  a: {{run: {'x' * 140_000}, env: {{V: {'v' * 140_000}}}}}\n"
+        f"  b: {{run: x, prompt: {'p' * 120_000}}}\n",
+        [
+            ":3: tasks.a.run: 140,000 bytes is more than a command line may hold (127 KiB)",
+            ":3: tasks.a.env.V: 140,000 bytes is more than an environment variable may hold",
+            ":4: tasks.b.prompt: 120,000 bytes is more than a prompt may hold (112 KiB)",
+        ],
+    ),
+    "numbers_out_of_range": (  # NaN reached the analysis's formatting: a traceback
+        "version: 1\nmemory: {growth_limit: " + "9" * 400 + "GB}\n"
+        "keys: {k: {from: [K], limit: 1/0.00001s}}\ntasks:\n"
+        "  a: {run: x, estimate: .nan, timeout: 99999999d}\n"
+        "  b: {run: x, backoff: {factor: .inf, initial: nan}}\n",
+        [
+            ":2: memory.growth_limit: '999",
+            "is more than 1EiB, the largest size abreast takes",
+            ":3: keys.k.limit: '1/0.00001s': the window must be from 1ms to 3650d",
+            ":5: tasks.a.estimate: nan is not a duration",
+            ":5: tasks.a.timeout: '99999999d' is longer than 3650d",
+            ":6: tasks.b.backoff.factor: input should be a finite number (got inf)",
+            ":6: tasks.b.backoff.initial: 'nan' is not a duration",
+        ],
+    ),
     "bad_literal": (
         "version: 1\nisolation: docker\ntasks:\n" + GOOD_TASK,
         [":2: isolation: input should be 'worktree' or 'none' (got 'docker')"],
@@ -242,6 +277,8 @@ def test_missing_file_and_directory(tmp_path, cli) -> None:  # type: ignore[no-u
         (["analyze", "--flag", "fsat"], "'fsat' is not a flag of"),
         (["analyze", "--flag", "fast=maybe"], "'fast' is true/false, not 'maybe'"),
         (["analyze", "--max-parallel", "x"], "invalid int value: 'x'"),
+        (["analyze", "--max-parallel", "9" * 20], "must be at most 10000"),
+        (["run", "--dry-run", "--run-id", "../x"], "--run-id '../x' is not allowed"),
     ],
 )
 def test_bad_command_line_gets_clear_message(args: list[str], message: str, write, cli) -> None:  # type: ignore[no-untyped-def]

@@ -31,10 +31,27 @@ def test_durations_parse_to_seconds(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["five", "5 minutes", "", "-3", -1, True, "1x", "m5", None])
+@pytest.mark.parametrize(
+    "text",
+    ["five", "5 minutes", "", "-3", -1, True, "1x", "m5", None, "nan", float("nan"), "inf", -1e999],
+)
 def test_bad_durations_say_what_is_accepted(text: object) -> None:
     with pytest.raises(ValueError, match="90s, 45m, 2h, 1h30m"):
         parse_duration(text)
+
+
+def test_durations_beyond_ten_years_are_refused() -> None:
+    assert parse_duration("3650d") == 3650 * 86400
+    for text in ("3651d", 1e30, "1e30", "99999999999h"):
+        with pytest.raises(ValueError, match="longer than 3650d"):
+            parse_duration(text)
+
+
+def test_a_huge_backoff_factor_stops_at_its_max() -> None:
+    from abreast.spec.model import Backoff
+
+    backoff = Backoff(initial=0.5, factor=1e300, max=8.0)
+    assert [backoff.delay_s(n) for n in (1, 2, 3, 10)] == [0.5, 8.0, 8.0, 8.0]
 
 
 def test_durations_format_compactly() -> None:

@@ -307,6 +307,19 @@ def test_land_fast_forwards_the_base_branch(repo: Path) -> None:
     assert git(repo, "status", "--porcelain") == ""
 
 
+def test_a_branch_named_abreast_is_refused_before_the_run_is_journaled(repo: Path) -> None:
+    # Git cannot create abreast/<run>/... beside it: the run failed after it was announced,
+    # "could not create refs/heads/abreast/<run>/_integration", and stayed interrupted.
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
+    git(repo, "branch", "abreast")
+    code, out, run_id = run(repo, path)
+    assert code == 2, out
+    assert run_id == ""
+    assert "has a branch named 'abreast'" in out
+    assert "git branch -m abreast abreast-main" in out
+    assert "no runs yet" in run_abreast("status", cwd=repo).err  # nothing journaled
+
+
 def test_land_refuses_over_uncommitted_changes(repo: Path) -> None:
     path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
     (repo / "README.md").write_text("local edit\n")

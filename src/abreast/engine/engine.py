@@ -48,7 +48,7 @@ from abreast.integrate.base import Isolation, Outcome, Verdict
 from abreast.plan.dispatch import Dispatcher, Policy
 from abreast.plan.graph import TaskGraph
 from abreast.spec import conditions
-from abreast.spec.model import Scalar, Task, Workflow
+from abreast.spec.model import FEEDBACK_MAX_CHARS, Scalar, Task, Workflow
 
 if TYPE_CHECKING:
     from abreast.keys.broker import KeyBroker
@@ -85,6 +85,17 @@ def prompt_for(prompt: str | None, attempt: int, feedback: str | None) -> str:
         f"{prompt}\n\n---\nThis is attempt {attempt}. abreast sent the previous attempt back:"
         f"\n{feedback}"
     )
+
+
+def bounded_feedback(text: str) -> str:
+    """Feedback short enough for the environment (ABREAST_FEEDBACK, and ABREAST_PROMPT
+    after the prompt): its head and its end, which says most (a check's last lines)."""
+    if len(text) <= FEEDBACK_MAX_CHARS:
+        return text
+    head = FEEDBACK_MAX_CHARS // 4
+    tail = FEEDBACK_MAX_CHARS - head - 64  # 64: room for the mark
+    mark = f"\n[... {len(text) - head - tail:,} characters left out ...]\n"
+    return text[:head] + mark + text[-tail:]
 
 
 @dataclass(eq=False)
@@ -854,6 +865,7 @@ class Engine:
         """Run the task again after `delay_s`, telling it why in ABREAST_FEEDBACK."""
         self._d.release(tr.v)  # no slot is held while it waits
         self._release(tr, keep=False)
+        feedback = bounded_feedback(feedback)
         tr.feedback = feedback
         tr.retry_at = time.time() + delay_s
         self._set(tr, TaskState.PENDING, feedback=feedback)

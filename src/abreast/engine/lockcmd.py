@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Sequence
 
-from abreast.coord.backend import CoordError, Holder, open_coordinator
+from abreast.coord.backend import CoordError, Holder, Lease, open_coordinator
 from abreast.coord.journal import Journal
 from abreast.coord.location import locate
 from abreast.errors import StateError, UsageError
-from abreast.executor.locked import run_locked
+from abreast.executor.locked import LOST_EXIT, describe, run_locked
+from abreast.executor.process import LOCK_ENV, held_here
 from abreast.spec.durations import parse_duration
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
@@ -40,6 +42,13 @@ def lock_command(
         coord = open_coordinator(location.coord_url)
     except CoordError as e:
         raise StateError(str(e), hint="check --state / ABREAST_STATE") from e
+    held = held_here(name, coord.store_id, os.environ)
+    if held is not None:  # a task with `locks: [NAME]`, or a command of `abreast lock NAME`
+        try:
+            current = coord.holder(name)
+        finally:
+            coord.close()
+        return _under_held_lease(name, held, current, coord.store_id, cmd)
     run_id = os.environ.get("ABREAST_RUN_ID")
     task_id = os.environ.get("ABREAST_TASK_ID")
     holder = Holder.here(run=run_id, task=task_id)
@@ -66,3 +75,33 @@ def lock_command(
         finally:
             journal.close()
     return outcome.code
+
+
+def _under_held_lease(
+    name: str, token: int, current: Lease | None, store_id: str, cmd: Sequence[str]
+) -> int:
+    """`abreast lock NAME` where NAME is already held, by the task this runs in (its
+    `locks:`, or a check's `lock:`) or by an `abreast lock NAME` around it: waiting would
+    wait for itself until the timeout. The lease is the enclosing holder's to renew and
+    give back; CMD runs under it, in place of this process, while it is still current."""
+    from abreast.workspace.pyenv import for_command
+
+    err = sys.stderr
+    if current is None or current.token != token:
+        who = describe(current) if current else "nobody now"
+        err.write(
+            f"abreast lock: {name!r} was held here (token {token}), but that lease has "
+            f"been lost (held by {who}); not running the command\n"
+        )
+        return LOST_EXIT
+    err.write(f"abreast lock: {name!r} is already held here (token {token}); running under it\n")
+    err.flush()
+    try:
+        env = {
+            **for_command(os.environ),
+            **dict(zip(LOCK_ENV, (name, str(token), store_id), strict=True)),
+        }
+        os.execvpe(cmd[0], list(cmd), env)  # noqa: S606 - CMD is argv, as `abreast lock` takes it
+    except OSError as e:
+        err.write(f"abreast lock: cannot run {cmd[0]!r}: {e.strerror}\n")
+        return 127

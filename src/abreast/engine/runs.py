@@ -85,6 +85,13 @@ def new_run_id(name: str) -> str:
 
 
 def prepare(req: RunRequest) -> Prepared:
+    # An empty --run-id (`--run-id "$RUN"` with RUN unset) is a mistake, not a request
+    # for a new id; a dry run says so too.
+    if req.run_id is not None and not _RUN_ID.fullmatch(req.run_id):
+        raise UsageError(
+            f"--run-id {req.run_id!r} is not allowed",
+            hint="use a-z, 0-9, '_' and '-', starting with a letter or digit",
+        )
     wf = load_workflow(req.file)
     location = locate(req.file, req.state)
     flags = {**wf.flags, **flag_overrides(wf, req.flags)}
@@ -387,6 +394,14 @@ def _base_commit(p: Prepared, kind: str, announce_note: Callable[[str], None]) -
             hint="set `base:` to a branch, tag or commit that exists "
             "(a new repository needs a first commit)",
         )
+    # Git keeps a branch as a file named by it: a branch `abreast` leaves no room for the
+    # run's `abreast/<run>/...` branches (found here, before anything is journaled).
+    if repo.rev_parse("refs/heads/abreast") is not None:
+        raise UsageError(
+            f"{repo.root} has a branch named 'abreast', and git cannot create the run's "
+            "branches (abreast/<run>/<task>) beside it",
+            hint="rename it, e.g. `git branch -m abreast abreast-main`",
+        )
     from abreast.workspace.provision import problems
 
     bad = problems(repo, list(p.wf.worktrees.copy), list(p.wf.worktrees.keep))
@@ -412,14 +427,7 @@ def _note(text: str) -> None:
 def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> RunOutcome:
     """Journal a new run, announce its id, and run it to the end."""
     p = prepare(req)
-    # An empty --run-id (`--run-id "$RUN"` with RUN unset) is a mistake, not a request
-    # for a new id.
     run_id = new_run_id(p.wf.name) if req.run_id is None else req.run_id
-    if not _RUN_ID.fullmatch(run_id):
-        raise UsageError(
-            f"--run-id {run_id!r} is not allowed",
-            hint="use a-z, 0-9, '_' and '-', starting with a letter or digit",
-        )
     kind = "none" if req.isolation is not None else isolation_kind(p.wf, p.location)
     if kind == "none" and req.isolation is None and p.wf.isolation is None:
         _note(

@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -312,6 +312,21 @@ def leases_env(leases: Iterable[Lease], store_id: str) -> dict[str, str]:
         LOCKS_ENV: ",".join(f"{lease.name}:{lease.token}" for lease in leases),
         LOCKS_STORE_ENV: store_id,
     }
+
+
+def held_here(name: str, store_id: str, env: Mapping[str, str]) -> int | None:
+    """The token of the lease of `name` (in store `store_id`) that the process with
+    environment `env` was started under, if any: the task's or check's `locks:`, or the
+    command of an `abreast lock` around it."""
+    if env.get(LOCKS_STORE_ENV) == store_id:
+        for item in env.get(LOCKS_ENV, "").split(","):
+            held, _, token = item.rpartition(":")
+            if held == name and token.isdigit():
+                return int(token)
+    lock_name, lock_token, store = (env.get(k, "") for k in LOCK_ENV)
+    if lock_name == name and store == store_id and lock_token.isdigit():
+        return int(lock_token)
+    return None
 
 
 def lease_holders(name: str, token: int, store_id: str) -> list[psutil.Process]:

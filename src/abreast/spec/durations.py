@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 
@@ -34,6 +35,14 @@ _SIZE_UNIT = {
 DURATION_HELP = "write a duration like 90s, 45m, 2h, 1h30m or a number of seconds"
 
 
+# The longest duration taken: ten years. Beyond it a timeout, a lease or a wait means
+# "never", which leaving the key out says; and the clocks it is handed to have limits
+# (threading's waits refuse more than about 292 years).
+MAX_DURATION_S = 3650 * 86400.0
+MAX_RATE_COUNT = 1_000_000_000
+MAX_SIZE = 2**60  # bytes: within SQLite's integers
+
+
 def parse_duration(value: object) -> float:
     """Seconds in `value`; raises ValueError with the accepted forms."""
     if isinstance(value, str):
@@ -41,9 +50,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration; {DURATION_HELP}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"{value!r} is negative; {DURATION_HELP}")
-        return float(value)
+        return _in_range(float(value), value)
     raise ValueError(f"{value!r} is not a duration; {DURATION_HELP}")
 
 
@@ -55,12 +62,23 @@ def _parse_duration_text(value: str) -> float:
     except ValueError:
         pass
     else:
-        if number < 0:
-            raise ValueError(f"{value!r} is negative; {DURATION_HELP}")
-        return number
+        return _in_range(number, value)
     if text and _WHOLE.fullmatch(text):
-        return sum(float(n) * _UNIT_S[u] for n, u in _PART.findall(text))
+        return _in_range(sum(float(n) * _UNIT_S[u] for n, u in _PART.findall(text)), value)
     raise ValueError(f"{value!r} is not a duration; {DURATION_HELP}")
+
+
+def _in_range(seconds: float, written: object) -> float:
+    if not math.isfinite(seconds):  # NaN, infinity
+        raise ValueError(f"{written!r} is not a duration; {DURATION_HELP}")
+    if seconds < 0:
+        raise ValueError(f"{written!r} is negative; {DURATION_HELP}")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(
+            f"{written!r} is longer than 3650d, the longest duration abreast takes "
+            "(for no limit at all, leave the key out)"
+        )
+    return seconds
 
 
 def format_duration(seconds: float) -> str:
@@ -81,11 +99,15 @@ def format_duration(seconds: float) -> str:
 def parse_rate(value: object) -> tuple[int, float]:
     """(count, window_s) from `100/min`, `10/s`, `1000/1h`."""
     if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*", value.lower())
-        if m and m.group(3) in _RATE_PER and int(m.group(1)) > 0:
-            mult = float(m.group(2)) if m.group(2) else 1.0
-            if mult > 0:
-                return int(m.group(1)), mult * _RATE_PER[m.group(3)]
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?|\.\d+)?\s*([a-z]+)\s*", value.lower())
+        if m and m.group(3) in _RATE_PER:
+            count = int(m.group(1))
+            window = (float(m.group(2)) if m.group(2) else 1.0) * _RATE_PER[m.group(3)]
+            if not 0 < count <= MAX_RATE_COUNT:
+                raise ValueError(f"{value!r}: the count must be from 1 to {MAX_RATE_COUNT:,}")
+            if not 0.001 <= window <= MAX_DURATION_S:
+                raise ValueError(f"{value!r}: the window must be from 1ms to 3650d")
+            return count, window
     raise ValueError(
         f"{value!r} is not a rate; write a count per window like 100/min, 10/s, 5000/h or 50/10s"
     )
@@ -93,10 +115,15 @@ def parse_rate(value: object) -> tuple[int, float]:
 
 def parse_size(value: object) -> int:
     """Bytes in `100MB`, `2GiB`, `512` (bytes)."""
+    size: float | None = None
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
+        size = value
+    elif isinstance(value, str):
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", value.lower())
         if m and m.group(2) in _SIZE_UNIT:
-            return int(float(m.group(1)) * _SIZE_UNIT[m.group(2)])
+            size = float(m.group(1)) * _SIZE_UNIT[m.group(2)]
+    if size is not None:
+        if size > MAX_SIZE:  # infinity too, from a float of 400 digits
+            raise ValueError(f"{value!r} is more than 1EiB, the largest size abreast takes")
+        return int(size)
     raise ValueError(f"{value!r} is not a size; write bytes like 100MB, 2GiB or a number")

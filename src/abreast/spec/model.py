@@ -25,6 +25,7 @@ ID_RULE = "1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or d
 NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}"
 FLAG_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,62}"
 ENV_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
+MAX_PARALLEL = 10_000  # the most tasks at once: max_parallel, --max-parallel
 
 
 # -- constraints, read by schema.py --------------------------------------------------------
@@ -132,7 +133,63 @@ def _env_value(v: object) -> object:
     return v
 
 
-EnvValue = Annotated[str, Parse(_env_value, {"type": ["string", "number", "boolean"]})]
+# Linux caps each string of a new process's arguments and environment at 128 KiB
+# (MAX_ARG_STRLEN): a longer command line or variable makes the start fail (E2BIG).
+ARG_STRING_MAX = 128 * 1024
+# $ABREAST_PROMPT is the prompt and, after a send-back, the feedback (at most
+# FEEDBACK_MAX_CHARS characters, 4 bytes each at most in UTF-8) with a line around it.
+FEEDBACK_MAX_CHARS = 4000
+PROMPT_MAX = 112 * 1024
+
+
+def _no_nul(v: str) -> str:
+    if "\0" in v:
+        raise ValueError(
+            "contains a NUL character (\\0), which no command, argument or environment "
+            "variable can hold"
+        )
+    return v
+
+
+def _fits(limit: int, what: str, fix: str, why: str = "") -> Callable[[str], str]:
+    def check(v: str) -> str:
+        _no_nul(v)
+        if len(v) * 4 > limit and (n := len(v.encode())) > limit:  # encoded only if it may
+            raise ValueError(f"{n:,} bytes is more than {what} ({limit // 1024} KiB){why}; {fix}")
+        return v
+
+    return check
+
+
+# Text that reaches a process: its command line, its environment or git's arguments.
+Command = Annotated[
+    str,
+    MinLen(1),
+    After(_fits(ARG_STRING_MAX - 1, "a command line may hold", "put it in a script and run that")),
+]
+PromptText = Annotated[
+    str,
+    After(
+        _fits(
+            PROMPT_MAX,
+            "a prompt may hold",
+            "put the long part in a file of the repository and have the prompt name it",
+            ": it reaches the agent in ABREAST_PROMPT, an environment variable, which Linux "
+            "caps at 128 KiB (16 KiB of it kept for feedback)",
+        )
+    ),
+]
+EnvValue = Annotated[
+    str,
+    Parse(_env_value, {"type": ["string", "number", "boolean"]}),
+    After(
+        _fits(
+            ARG_STRING_MAX - 256,
+            "an environment variable may hold",
+            "put it in a file and pass the file's path",
+        )
+    ),
+]
 Scalar = bool | int | float | str
 EnvName = Annotated[str, Pattern(f"^{ENV_PATTERN}$")]
 
@@ -156,14 +213,17 @@ class Backoff:
 
     def delay_s(self, retry: int) -> float:
         """The nominal wait before retry number `retry` (1-based), before jitter."""
-        return float(min(self.max, self.initial * self.factor ** (retry - 1)))
+        try:
+            return float(min(self.max, self.initial * self.factor ** (retry - 1)))
+        except OverflowError:  # a large factor to a high power: past any `max`
+            return float(self.max)
 
 
 @dataclass(frozen=True)
 class Agent:
     """A reusable command profile for coding agents."""
 
-    run: Annotated[str, MinLen(1), Doc("shell command; the prompt arrives in $ABREAST_PROMPT")]
+    run: Annotated[Command, Doc("shell command; the prompt arrives in $ABREAST_PROMPT")]
     keys: Annotated[str | None, Doc("key pool this agent draws from")] = None
     max_instances: Annotated[int | None, Ge(1), Doc("1 makes the agent a singleton")] = None
     env: dict[str, EnvValue] = field(default_factory=dict)
@@ -207,7 +267,7 @@ class LockSpec:
 class Check:
     """A command run on the merge result before a task's work lands."""
 
-    run: Annotated[str, MinLen(1)]
+    run: Command
     name: str | None = None
     lock: str | None = None
     timeout: Duration | None = None
@@ -313,8 +373,8 @@ class Task(TaskFields):
     id: str = ""
     description: str | None = None
     needs: list[str] = field(default_factory=list)
-    prompt: str | None = None
-    run: Annotated[str | None, MinLen(1)] = None
+    prompt: PromptText | None = None
+    run: Command | None = None
     owns: list[str] = field(default_factory=list)
     keys: str | None = None
     signals: list[str] = field(default_factory=list)
@@ -329,8 +389,8 @@ class Workflow:
     version: Literal[1]
     tasks: Annotated[dict[str, Task], MinLen(1)]
     name: Annotated[str, Pattern(f"^({TASK_ID_PATTERN})?$")] = ""
-    max_parallel: Annotated[int, Ge(1), Le(10_000)] = 4
-    base: Annotated[str, MinLen(1)] = "HEAD"
+    max_parallel: Annotated[int, Ge(1), Le(MAX_PARALLEL)] = 4
+    base: Annotated[str, MinLen(1), After(_no_nul)] = "HEAD"
     isolation: Literal["worktree", "none"] | None = None
     flags: dict[str, Scalar] = field(default_factory=dict)
     defaults: TaskFields = TaskFields()

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from abreast.errors import UsageError, did_you_mean
-from abreast.spec.model import Scalar, Workflow
+from abreast.spec.model import MAX_PARALLEL, Scalar, Workflow
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -80,6 +80,8 @@ def parallel_cap(
                 f"--max-parallel {cli_value}: must be at least 1",
                 hint="use --sequential to run one task at a time",
             )
+        if cli_value > MAX_PARALLEL:
+            raise UsageError(f"--max-parallel {cli_value}: must be at most {MAX_PARALLEL}")
         return cli_value
     raw = env.get("ABREAST_MAX_PARALLEL")
     if raw:
@@ -87,7 +89,9 @@ def parallel_cap(
             value = int(raw)
         except ValueError:
             value = 0
-        if value < 1:
-            raise UsageError(f"ABREAST_MAX_PARALLEL={raw!r}: must be a whole number >= 1")
+        if not 1 <= value <= MAX_PARALLEL:
+            raise UsageError(
+                f"ABREAST_MAX_PARALLEL={raw!r}: must be a whole number from 1 to {MAX_PARALLEL}"
+            )
         return value
     return wf.max_parallel

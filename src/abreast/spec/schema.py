@@ -102,7 +102,7 @@ def _schema(tp: Any, metas: tuple[Any, ...] = ()) -> cs.CoreSchema:
         return _wrap(cs.int_schema(ge=ge, gt=gt, le=le), metas)
     if tp is float:
         ge_f, gt_f, le_f = _bounds(metas)
-        return _wrap(cs.float_schema(ge=ge_f, gt=gt_f, le=le_f), metas)
+        return _wrap(cs.float_schema(ge=ge_f, gt=gt_f, le=le_f, allow_inf_nan=False), metas)
     if tp is str:
         pattern = next((m.text for m in metas if isinstance(m, Pattern)), None)
         return _wrap(cs.str_schema(pattern=pattern, min_length=_min_len(metas)), metas)
