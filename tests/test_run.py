@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -868,3 +870,55 @@ def test_a_closed_or_failing_standard_output_is_not_a_crash(tmp_path: Path) -> N
     assert failed.stderr == (
         "abreast: error: could not write to standard output: [Errno 28] No space left on device\n"
     )
+
+
+def test_cleanup_older_than_forgets_runs_that_ended_before_it_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / ".abreast" / "state.db"
+    path = workflow(tmp_path, {f"t{i}": {"run": f"echo {i}"} for i in range(50)})
+    old, recent = (run_id_of(run_abreast("run", str(path), "--no-monitor").out) for _ in "ab")
+    two_days_ago = time.time() - 2 * 86400
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE runs SET finished_at = ? WHERE id = ?", (two_days_ago, old))
+    (tmp_path / "live").mkdir()  # another workflow, journaled in the same file
+    live_path = write_workflow(tmp_path / "live", "live", {"w": {"run": "sleep 60"}})
+    live, live_id = start_run(live_path, "--state", f"sqlite://{db}", cwd=tmp_path)
+    try:
+        wait_for(lambda: bool(journal(tmp_path, "SELECT 1 FROM attempts WHERE task_id = 'w'")))
+        runs_dir = tmp_path / ".abreast" / "runs"
+        listed = run_abreast("cleanup", "--dry-run", "--older-than", "1d", cwd=tmp_path)
+        assert listed.code == 0, listed.err
+        assert f"{old} (finished (succeeded)): would\n  forget it: its journal entries and " in (
+            listed.out
+        )
+        assert "(51 files," in listed.out  # 50 logs and the exits file
+        assert recent not in listed.out and live_id not in listed.out
+        assert (runs_dir / old).is_dir()
+
+        done = run_abreast("cleanup", "--older-than", "1d", cwd=tmp_path)
+        assert done.code == 0, done.err
+        assert "journal: not compacted while a run runs" in done.out
+        assert not (runs_dir / old).exists()
+        for table in ("runs", "tasks", "attempts", "events"):
+            key = "id" if table == "runs" else "run_id"
+            assert journal(tmp_path, f"SELECT count(*) FROM {table} WHERE {key} = '{old}'") == [
+                (0,)
+            ]
+        assert "no run" in run_abreast("logs", old, "t1", cwd=tmp_path).err
+        # The recent run and the live one are whole.
+        assert run_abreast("logs", recent, "t1", cwd=tmp_path).out == "1\n"
+        assert live.poll() is None and (runs_dir / live_id / "logs").is_dir()
+    finally:
+        live.send_signal(signal.SIGINT)
+        live.communicate(timeout=60)
+    size = db.stat().st_size
+    done = run_abreast("cleanup", "--older-than", "0", cwd=tmp_path)
+    assert done.code == 0, done.err
+    assert f"{recent} (finished (succeeded)): did" in done.out
+    assert f"{live_id} (finished (cancelled)): did" in done.out
+    assert "journal: " in done.out and db.stat().st_size < size  # given back to the disk
+    assert journal(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+    assert sorted(os.listdir(runs_dir)) == []
+    bad = run_abreast("cleanup", "--older-than", "soon", cwd=tmp_path)
+    assert bad.code == 2 and "--older-than: 'soon' is not a duration" in bad.err

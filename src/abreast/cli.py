@@ -245,6 +245,12 @@ def _args_cleanup(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also delete result branches (abreast/<run>/_integration)",
     )
+    p.add_argument(
+        "--older-than",
+        metavar="D",
+        help="also forget runs that ended more than D ago (e.g. 30d): their journal "
+        "entries, logs and outputs",
+    )
     _state_arg(p)
 
 
@@ -598,6 +604,16 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from abreast.coord.location import locate
     from abreast.engine.cleanup import cleanup, lease_releaser
 
+    forget_before = None
+    if args.older_than is not None:
+        import time
+
+        from abreast.spec.durations import parse_duration
+
+        try:
+            forget_before = time.time() - parse_duration(args.older_than)
+        except ValueError as e:
+            raise UsageError(f"--older-than: {e}") from None
     location = locate(None, args.state)
     journal = Journal(location.journal) if location.journal.exists() else None
     try:
@@ -613,6 +629,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             force=args.force,
             results=args.results,
             release_leases=lease_releaser(coord) if coord else None,
+            forget_before=forget_before,
+            runs_dir=location.runs_dir,
+        )
+        compacted = (
+            _compact(journal)
+            if journal is not None and not args.dry_run and any(p.forget for p in plans)
+            else None
         )
     finally:
         if journal is not None:
@@ -627,7 +650,22 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         print(f"{plan.run_id} ({plan.reason}): {verb}")
         for action in plan.actions:
             print(f"  {action}")
+    if compacted:
+        print(compacted)
     return 0
+
+
+def _compact(journal: Journal) -> str:
+    """After forgetting runs, shrink the journal file, unless a run is writing to it."""
+    from abreast.engine.cleanup import size_text
+    from abreast.engine.lookup import orchestrator_alive
+
+    if any(r.state == "running" and orchestrator_alive(r) for r in journal.runs(None)):
+        return "journal: not compacted while a run runs (the pages freed are used again)"
+    before = journal.path.stat().st_size
+    journal.compact()
+    after = journal.path.stat().st_size
+    return f"journal: {size_text(before)} -> {size_text(after)} ({journal.path})"
 
 
 def cmd_lock(args: argparse.Namespace) -> int:

@@ -462,6 +462,30 @@ class Journal:
                 hint="choose another --run-id, or `abreast resume` it",
             ) from None
 
+    def forget_run(self, run_id: str, ended_before: float) -> bool:
+        """Delete everything journaled of a run that ended (succeeded, failed or was
+        cancelled) before `ended_before`, in one transaction; False if it is not such a run
+        (any more: a resume may have taken it up)."""
+        with self._transaction() as db:
+            gone = db.execute(
+                "DELETE FROM runs WHERE id = ? AND state IN ('succeeded', 'failed', "
+                "'cancelled') AND finished_at < ?",
+                (run_id, ended_before),
+            ).rowcount
+            if gone:
+                for table in ("tasks", "attempts", "events", "signals"):
+                    db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+        return bool(gone)
+
+    def compact(self) -> None:
+        """Give the pages of forgotten runs back to the file system (VACUUM: it rewrites
+        the file in place, so the inode, which anchors link to, stays)."""
+        try:
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # into the file, now
+        except sqlite3.Error as e:
+            raise StateError(f"cannot compact the journal at {self.path}: {e}") from e
+
     def add_signal(self, run_id: str, task_id: str, name: str) -> bool:
         """Record that `task_id` announced `name`; False if it already had."""
         with self._transaction() as db:

@@ -13,6 +13,9 @@ branches (`abreast/<run>/_integration`) stay unless `--results`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ class Plan:
     processes: int = 0
     orchestrator: int | None = None
     actions: list[str] = field(default_factory=list)
+    forget: bool = False  # its journal entries and its directory of logs and outputs go
 
 
 def eligible(row: RunRow, force: bool, orphan_after_s: float, now: float) -> str | None:
@@ -58,7 +62,12 @@ def cleanup(
     results: bool,
     orphan_after_s: float = ORPHAN_AFTER_S,
     release_leases: Callable[[str, bool], list[str]] | None = None,
+    forget_before: float | None = None,
+    runs_dir: Path | None = None,
 ) -> list[Plan]:
+    """What to clean up, done unless `dry_run`. With `forget_before` (a time), runs that
+    ended before it are forgotten too: their directory in `runs_dir` (logs, outputs),
+    then their journal entries."""
     from abreast.workspace.cleanup import (
         leftovers,
         remove,
@@ -88,6 +97,10 @@ def cleanup(
             plan.actions.append(f"kill {live} process(es) still running")
         if release_leases:
             plan.actions += release_leases(row.id, dry_run)
+        if forget_before is not None and _ended_before(row, forget_before):
+            plan.forget = True
+            where = f" and {_described(runs_dir / row.id)}" if runs_dir else ""
+            plan.actions.append(f"forget it: its journal entries{where}")
     known = {r.id for r in rows}
     active = {r.id for r in rows if r.id not in plans}
     if repo is not None:
@@ -125,7 +138,7 @@ def cleanup(
         if repo is not None:
             remove(repo, leftovers(repo, plan.run_id), results=results)
         remove_anchor(anchors / plan.run_id)
-        if journal and plan.run_id in known:
+        if journal and plan.run_id in known and not plan.forget:
             journal.stage_event(
                 plan.run_id, "run.cleaned", reason=plan.reason, actions=plan.actions
             )
@@ -136,7 +149,55 @@ def cleanup(
                     )
     if journal:
         journal.commit()
+        for plan in plans.values():
+            if plan.forget and forget_before is not None:
+                _forget(journal, plan, forget_before, runs_dir)
     return list(plans.values())
+
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def _ended_before(row: RunRow | None, when: float) -> bool:
+    return (
+        row is not None
+        and row.state in FINISHED
+        and row.finished_at is not None
+        and row.finished_at < when
+    )
+
+
+def _forget(journal: Journal, plan: Plan, before: float, runs_dir: Path | None) -> None:
+    """The run's files first, then its journal entries: a crash between leaves a run whose
+    logs are gone, which the next `cleanup --older-than` forgets; the other way round it
+    would leave files that no journal names. Looked at again first: a resume may have
+    taken the run up since it was planned."""
+    if not _ended_before(journal.run(plan.run_id), before):
+        plan.actions.append("(not forgotten: it was resumed meanwhile)")
+        return
+    if runs_dir is not None:
+        shutil.rmtree(runs_dir / plan.run_id, ignore_errors=True)
+        if (runs_dir / plan.run_id).exists():
+            plan.actions.append(f"(not forgotten: {runs_dir / plan.run_id} could not be removed)")
+            return
+    journal.forget_run(plan.run_id, before)
+
+
+def _described(run_dir: Path) -> str:
+    """`.abreast/runs/RUN (1,204 files, 3.1 MB)`: what forgetting a run frees."""
+    files = size = 0
+    for parent, _dirs, names in os.walk(run_dir):
+        for name in names:
+            with contextlib.suppress(OSError):
+                size += os.lstat(os.path.join(parent, name)).st_blocks * 512  # on disk
+                files += 1
+    if not files:
+        return str(run_dir)
+    return f"{run_dir} ({files:,} file{'s' if files != 1 else ''}, {size_text(size)})"
+
+
+def size_text(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
 
 
 def _running_elsewhere(root: Path, run_id: str) -> bool:
