@@ -372,6 +372,31 @@ def test_a_missing_key_variable_stops_the_run_before_it_starts(tmp_path: Path) -
         assert query(db, "SELECT count(*) FROM runs")[0][0] == 0
 
 
+def test_key_values_are_trimmed_and_one_key_listed_twice_is_refused(tmp_path: Path) -> None:
+    spec = {
+        "keys": {"k": {"from": ["DUP_KEY_1", "DUP_KEY_2"], "limit": "10/s", "env": "K"}},
+        "tasks": {"a": {"run": 'printf "[%s]" "$K"', "keys": "k"}},
+    }
+    path = write(tmp_path, spec)
+    env = {**os.environ, "DUP_KEY_1": "sk-same", "DUP_KEY_2": " sk-same\r\n"}
+    result = run_abreast("run", str(path), "--no-monitor", cwd=tmp_path, env=env)
+    assert result.code == 2
+    assert "DUP_KEY_1 and DUP_KEY_2 hold the same key" in result.err
+    assert f"({fingerprint('sk-same')})" in result.err
+    blank = run_abreast("run", str(path), cwd=tmp_path, env={**env, "DUP_KEY_2": " \n"})
+    assert blank.code == 2 and "DUP_KEY_2 is not set" in blank.err
+    # A newline or '\r' read with a key (from a file, a Windows .env) is not part of it.
+    ok = run_abreast(
+        "run", str(path), "--no-monitor", cwd=tmp_path, env={**env, "DUP_KEY_2": "sk-other\n"}
+    )
+    assert ok.code == 0, ok.out + ok.err
+    log = next((tmp_path / ".abreast" / "runs").glob("*/logs/a.1.log")).read_text()
+    assert log in (
+        "[[key " + fingerprint("sk-same") + "]]",
+        "[[key " + fingerprint("sk-other") + "]]",
+    )
+
+
 def test_direct_mode_leases_one_key_per_attempt(tmp_path: Path) -> None:
     path = write(
         tmp_path,

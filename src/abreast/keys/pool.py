@@ -109,7 +109,10 @@ class KeyPool:
         **kwargs: Any,
     ) -> KeyPool:
         env = os.environ if environ is None else environ
-        missing = [v for v in spec.from_ if not env.get(v)]
+        # A key never holds white space: what surrounds one (a newline from a file, a
+        # '\r' from a Windows .env) would only make its HTTP header invalid.
+        values = {v: env.get(v, "").strip() for v in spec.from_}
+        missing = [v for v, value in values.items() if not value]
         if missing:
             raise UsageError(
                 f"key pool {name!r}: {', '.join(missing)} "
@@ -117,9 +120,19 @@ class KeyPool:
                 hint="export the keys in the environment abreast runs in; they "
                 "are read from there and never written anywhere",
             )
+        first: dict[str, str] = {}
+        for var, value in values.items():
+            if value in first:  # one key counted as two would be held to twice its limit
+                raise UsageError(
+                    f"key pool {name!r}: {first[value]} and {var} hold the same key "
+                    f"({fingerprint(value)})",
+                    hint=f"list each key once in `from:`; {var} may have been meant to "
+                    "hold another",
+                )
+            first[value] = var
         return cls(
             name,
-            [env[v] for v in spec.from_],
+            list(values.values()),
             limit=spec.limit,
             coord=coord,
             initial_s=spec.backoff.initial,
