@@ -633,6 +633,46 @@ def test_cleanup_force_after_sigkill_leaves_nothing(tmp_path: Path, coord_url: s
 
 
 @pytest.mark.slow
+def test_cleanup_leaves_the_lease_of_a_live_run_of_another_project_with_the_same_id(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Run ids can be chosen (`--run-id ci-42` in every CI job): cleaning up one project's
+    ended ci-42 must not release the lock another project's live ci-42 holds through the
+    same Redis."""
+    spec = {"name": "p", "locks": {"tests": {"ttl": "1h"}}}
+    ended, live = tmp_path / "ended", tmp_path / "live"
+    for root in (ended, live):
+        root.mkdir()
+    first = run_json(
+        ended, {**spec, "tasks": {"t": {"run": "true"}}}, "--run-id", "ci-42", "--state", redis_url
+    )
+    assert first.communicate(timeout=60) and first.returncode == 0
+    started = live / "started"
+    holder = run_json(
+        live,
+        {**spec, "tasks": {"t": {"run": f"touch {started}; sleep 60", "locks": ["tests"]}}},
+        "--run-id",
+        "ci-42",
+        "--state",
+        redis_url,
+    )
+    coord = open_coordinator(redis_url)
+    try:
+        wait_for(started.exists, what="the live run's task to start")
+        held = coord.holder("tests")
+        assert held is not None and held.holder.run == "ci-42"
+        done = run_abreast("cleanup", "--state", redis_url, cwd=ended)
+        assert done.code == 0, done.err
+        assert f"pid {held.holder.pid} is alive) to run out by its ttl" in done.out
+        still = coord.holder("tests")
+        assert still is not None and still.token == held.token
+        assert holder.poll() is None
+    finally:
+        holder.send_signal(signal.SIGINT)
+        holder.communicate(timeout=60)
+        coord.close()
+
+
 def test_redis_restart_during_a_run(tmp_path: Path) -> None:
     binary = redis_server_binary()
     if binary is None:

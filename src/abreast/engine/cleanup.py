@@ -16,10 +16,13 @@ import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from abreast.coord.anchor import anchors_dir, remove_anchor, still_linked
 from abreast.coord.backend import Coordinator
@@ -39,6 +42,7 @@ class Plan:
     orchestrator: int | None = None
     actions: list[str] = field(default_factory=list)
     forget: bool = False  # its journal entries and its directory of logs and outputs go
+    leases: list[str] = field(default_factory=list)  # what it does in the coordinator
 
 
 def eligible(row: RunRow, force: bool, orphan_after_s: float, now: float) -> str | None:
@@ -95,8 +99,9 @@ def cleanup(
         if live:
             plan.processes = live
             plan.actions.append(f"kill {live} process(es) still running")
-        if release_leases:
-            plan.actions += release_leases(row.id, dry_run)
+        if release_leases:  # listed now, done once its processes are gone
+            plan.leases = release_leases(row.id, True)
+            plan.actions += plan.leases
         if forget_before is not None and _ended_before(row, forget_before):
             plan.forget = True
             where = f" and {_described(runs_dir / row.id)}" if runs_dir else ""
@@ -135,6 +140,10 @@ def cleanup(
             kill_pids([plan.orchestrator], grace_s=2.0)
         if plan.processes and journal:
             asyncio.run(_kill_strays(journal, plan.run_id))
+        if release_leases and plan.leases:  # what was done, which may be less
+            done = release_leases(plan.run_id, False)
+            at = plan.actions.index(plan.leases[0])
+            plan.actions[at : at + len(plan.leases)] = done
         if repo is not None:
             remove(repo, leftovers(repo, plan.run_id), results=results)
         remove_anchor(anchors / plan.run_id)
@@ -216,14 +225,28 @@ def _leftover_plan(plans: dict[str, Plan], run_id: str, known: set[str]) -> Plan
 def lease_releaser(coord: Coordinator) -> Callable[[str, bool], list[str]]:
     """What cleanup does in the coordination backend for a run: its leases and heartbeats."""
 
+    here = socket.gethostname()
+
     def release(run_id: str, dry_run: bool) -> list[str]:
         out = []
         for lease in coord.leases():
-            if lease.holder.run == run_id:
-                who = lease.holder.task or "abreast lock"
-                out.append(f"release lock {lease.name!r} (token {lease.token}, held by {who})")
-                if not dry_run:
-                    coord.force_release(lease.name)
+            holder = lease.holder
+            if holder.run != run_id:
+                continue
+            who = holder.task or "abreast lock"
+            what = f"lock {lease.name!r} (token {lease.token}, held by {who}"
+            # Run ids are not unique across projects sharing a backend (`--run-id ci-42`),
+            # and a holder elsewhere cannot be seen: only a holder gone from this machine
+            # is released; any other lease runs out by its ttl.
+            if holder.host != here:
+                out.append(f"leave {what} on {holder.host}) to run out by its ttl")
+                continue
+            if not dry_run and holder.pid > 0 and psutil.pid_exists(holder.pid):
+                out.append(f"leave {what}, pid {holder.pid} is alive) to run out by its ttl")
+                continue
+            out.append(f"release {what})")
+            if not dry_run:
+                coord.release(lease.name, lease.token)  # that grant only, not a newer one
         for hb in coord.heartbeats(f"attempt:{run_id}/") + coord.heartbeats(f"run:{run_id}"):
             out.append(f"forget heartbeat {hb.key}")
             if not dry_run:
