@@ -8,6 +8,7 @@ connections are retried with exponential backoff (redis-py's Retry).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -213,7 +214,14 @@ class RedisCoordinator(Coordinator):
                 self.store_id = self._store_id()
             except (redis.AuthenticationError, redis.ResponseError):
                 raise
-            except redis.RedisError:
+            except redis.RedisError as e:
+                # Redis starting beside us (a CI service) is worth the wait; a mistyped
+                # address is not, so the wait is said at once rather than kept silent.
+                sys.stderr.write(
+                    f"abreast: cannot reach Redis at {redact_url(url)} yet ({e}); "
+                    "trying again for up to 15s\n"
+                )
+                sys.stderr.flush()
                 self._r.set_retry(retrying)
                 self.store_id = self._store_id()
         except redis.RedisError as e:
