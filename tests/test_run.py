@@ -367,6 +367,24 @@ def test_the_longest_prompt_with_the_longest_feedback_still_fits_the_environment
     assert first > 0 and second > first  # the prompt, then the prompt and the feedback
 
 
+def test_a_task_that_sets_its_own_path_still_finds_abreast(tmp_path: Path) -> None:
+    # `env: {PATH: ...}` replaced the run's PATH, and with it the `abreast` that tasks
+    # call: "abreast: not found" for every `abreast lock` and `abreast signal`.
+    path = workflow(
+        tmp_path,
+        {
+            "a": {
+                "run": 'abreast lock t -- echo locked && echo "$PATH"',
+                "env": {"PATH": "/usr/bin:/bin"},
+            }
+        },
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 0, result.out + result.err
+    log = next(tmp_path.glob(".abreast/runs/*/logs/a.1.log")).read_text().splitlines()
+    assert log[-2:] == ["locked", f"{tmp_path / '.abreast' / 'bin'}:/usr/bin:/bin"]
+
+
 def test_task_environment_and_prompt_never_in_the_command_line(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     marker = tmp_path / "pwned"
     prompt = f"do it; $(touch {marker}) `touch {marker}` \"quoted\" 'single'"

@@ -527,11 +527,14 @@ class Engine:
         task = tr.task
         command = task.run if task.run is not None else self.wf.agents[str(task.agent)].run
         env = dict(self.options.base_env)
+        base_path = env.get("PATH")
         if not self.isolation.instant:
             env.update(self.isolation.env_for(cwd))
         if task.run is None and task.agent is not None:
             env.update(self.wf.agents[task.agent].env)
         env.update(task.env)
+        if env.get("PATH") is not base_path:  # an `env:` set its own: `abreast` stays found
+            env["PATH"] = self._shim_first(env["PATH"])
         if extra_env:
             env.update(extra_env)  # the leased key, or the proxy's address and token
         env.update(
@@ -554,6 +557,15 @@ class Engine:
                 json.dump(inputs, f)
             env["ABREAST_INPUTS"] = path
         return Launch(self.run_id, tr.id, n, command, cwd, env, log, self._exits)
+
+    def _shim_first(self, path: str) -> str:
+        """PATH with the directory of the `abreast` tasks call first, when the run's
+        environment has it (engine/runs.py `_abreast_shim`)."""
+        shim = str(self.location.bin_dir)
+        base = self.options.base_env.get("PATH", "")
+        if base.startswith(shim + os.pathsep) and not path.startswith(shim + os.pathsep):
+            return f"{shim}{os.pathsep}{path}"
+        return path
 
     def _inputs(self, tr: TaskRun) -> dict[str, Any]:
         """The JSON outputs of the tasks `tr` needs whole that wrote one, by task id: what
