@@ -669,6 +669,27 @@ def test_signal_lets_a_dependent_start_before_the_task_ends(tmp_path: Path, cli)
     assert spans["ui"][1] < spans["auth"][0]  # ui finished before auth's last step began
 
 
+def test_a_signal_the_task_does_not_declare_is_refused(tmp_path: Path) -> None:
+    # It was journaled and said "signalled": a typo left the dependents waiting for the
+    # task's end, and nothing said why.
+    path = workflow(
+        tmp_path,
+        {
+            "auth": {"run": "abreast signal raedy; echo status $?", "signals": ["ready"]},
+            "other": {"run": "abreast signal ready; echo status $?"},
+        },
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 0, result.out + result.err
+    logs = tmp_path / ".abreast" / "runs"
+    auth = next(logs.glob("*/logs/auth.1.log")).read_text()
+    assert "task 'auth' does not declare the signal 'raedy' (it declares: ready)" in auth
+    assert "did you mean 'ready'?" in auth and "status 2" in auth
+    other = next(logs.glob("*/logs/other.1.log")).read_text()
+    assert "task 'other' does not declare the signal 'ready'\n" in other
+    assert journal(tmp_path, "SELECT count(*) FROM signals") == [(0,)]
+
+
 def test_journal_survives_16_concurrent_writers(tmp_path: Path) -> None:
     import subprocess
     import sys

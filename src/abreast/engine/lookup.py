@@ -15,7 +15,7 @@ from pathlib import Path
 
 from abreast.coord.journal import Journal, RunRow
 from abreast.coord.location import StateLocation, locate
-from abreast.errors import UsageError
+from abreast.errors import UsageError, did_you_mean
 from abreast.executor.process import is_live_process
 
 
@@ -100,6 +100,16 @@ def signal_run(name: str) -> str:
         tasks = {t.task_id for t in journal.tasks(run_id)}
         if task_id not in tasks:
             raise UsageError(f"run {run_id} has no task {task_id!r}")
+        declared = _declared_signals(row, task_id)
+        if declared is not None and name not in declared:
+            # Nothing can wait for it (`needs:` names declared signals only): a typo
+            # would leave the dependents waiting for the task's end, unsaid.
+            raise UsageError(
+                f"task {task_id!r} does not declare the signal {name!r}"
+                + (f" (it declares: {', '.join(declared)})" if declared else ""),
+                hint=f"add it to the task's `signals:` in {row.file}"
+                + did_you_mean(name, declared),
+            )
         worktree = os.environ.get("ABREAST_WORKTREE")
         if worktree:  # before the signal is journaled: the waiting tasks start with it
             from abreast.workspace.repo import signal_ref, snapshot
@@ -115,3 +125,19 @@ def signal_run(name: str) -> str:
     finally:
         journal.close()
     return f"{task_id} signalled {name!r}" + ("" if fresh else " (again)")
+
+
+def _declared_signals(row: RunRow, task_id: str) -> list[str] | None:
+    """The signals `task_id` declares in the run's workflow file; None where that file is
+    no longer the one the run started with (changed, gone), which is then not checked."""
+    from abreast.errors import SpecError
+    from abreast.spec import load_workflow
+
+    try:
+        wf = load_workflow(row.file)
+    except SpecError:
+        return None
+    task = wf.tasks.get(task_id)
+    if wf.source_sha256 != row.file_sha256 or task is None:
+        return None
+    return list(task.signals)
