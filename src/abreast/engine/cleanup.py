@@ -32,6 +32,7 @@ from abreast.engine.runs import _kill_strays, _stray_pids
 from abreast.executor.process import kill_pids, marked_processes
 
 ORPHAN_AFTER_S = 120.0
+FINISHED = ("succeeded", "failed", "cancelled")  # the states of a run that ended
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Plan:
 
 
 def eligible(row: RunRow, force: bool, orphan_after_s: float, now: float) -> str | None:
-    if row.state in ("succeeded", "failed", "cancelled"):
+    if row.state in FINISHED:
         return f"finished ({row.state})"
     if not orchestrator_alive(row):
         return "its orchestrator is gone"
@@ -162,9 +163,6 @@ def cleanup(
             if plan.forget and forget_before is not None:
                 _forget(journal, plan, forget_before, runs_dir)
     return list(plans.values())
-
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def _ended_before(row: RunRow | None, when: float) -> bool:

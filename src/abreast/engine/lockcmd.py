@@ -11,8 +11,8 @@ from abreast.coord.backend import CoordError, Holder, Lease, open_coordinator
 from abreast.coord.journal import Journal
 from abreast.coord.location import locate
 from abreast.errors import StateError, UsageError
-from abreast.executor.locked import LOST_EXIT, describe, run_locked
-from abreast.executor.process import LOCK_ENV, held_here
+from abreast.executor.locked import LOST_EXIT, command_env, describe, run_locked
+from abreast.executor.process import held_here
 from abreast.spec.durations import parse_duration
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
@@ -84,8 +84,6 @@ def _under_held_lease(
     `locks:`, or a check's `lock:`) or by an `abreast lock NAME` around it: waiting would
     wait for itself until the timeout. The lease is the enclosing holder's to renew and
     give back; CMD runs under it, in place of this process, while it is still current."""
-    from abreast.workspace.pyenv import for_command
-
     err = sys.stderr
     if current is None or current.token != token:
         who = describe(current) if current else "nobody now"
@@ -97,10 +95,7 @@ def _under_held_lease(
     err.write(f"abreast lock: {name!r} is already held here (token {token}); running under it\n")
     err.flush()
     try:
-        env = {
-            **for_command(os.environ),
-            **dict(zip(LOCK_ENV, (name, str(token), store_id), strict=True)),
-        }
+        env = command_env(name, token, store_id)
         os.execvpe(cmd[0], list(cmd), env)  # noqa: S606 - CMD is argv, as `abreast lock` takes it
     except OSError as e:
         err.write(f"abreast lock: cannot run {cmd[0]!r}: {e.strerror}\n")

@@ -71,12 +71,7 @@ def run_locked(
         return LockOutcome(TIMEOUT_EXIT, waited, False, None)
     if lease.lapsed is not None:
         _fence(lease.lapsed, coord.store_id, err)
-    from abreast.workspace.pyenv import for_command
-
-    env = {
-        **for_command(os.environ),  # the task's PYTHONPATH, which the abreast shim set aside
-        **dict(zip(LOCK_ENV, (name, str(lease.token), coord.store_id), strict=True)),
-    }
+    env = command_env(name, lease.token, coord.store_id)
     # CMD gets a process group of its own, so that losing the lock ends its whole tree and
     # nothing else. At a terminal, a session of its own too (a background group reading
     # the terminal would be stopped; signals are forwarded below). Elsewhere, inside a
@@ -160,6 +155,17 @@ def run_locked(
     if code < 0:
         code = 128 - code
     return LockOutcome(code, waited, False, lease)
+
+
+def command_env(name: str, token: int, store_id: str) -> dict[str, str]:
+    """The environment CMD runs in: ours, with the task's PYTHONPATH (which the abreast
+    shim set aside) and the lease it runs under."""
+    from abreast.workspace.pyenv import for_command
+
+    return {
+        **for_command(os.environ),
+        **dict(zip(LOCK_ENV, (name, str(token), store_id), strict=True)),
+    }
 
 
 def _fence(lapsed: Lease, store_id: str, err: TextIO) -> None:
