@@ -161,6 +161,34 @@ def test_signal_waits_count_as_edges_in_estimates() -> None:
     assert an.edges == [("auth", "ui", "ready")]
 
 
+def test_a_signal_read_after_its_task_ended_does_not_count_twice() -> None:
+    # ui needs auth's signal and db. The engine may read auth's signal after auth's end
+    # (SIGUSR1 handled after SIGCHLD, or journaled signals read again on resume): ui must
+    # still wait for db.
+    from abreast.plan.dispatch import Dispatcher
+
+    wf = workflow(
+        {
+            "tasks": tasks(
+                auth={"signals": ["ready"]},
+                db={},
+                ui={"needs": ["auth:ready", "db"]},
+            )
+        }
+    )
+    graph = TaskGraph.from_workflow(wf)
+    auth, db, ui = (graph.ids.index(t) for t in ("auth", "db", "ui"))
+    d = Dispatcher(graph, [0.0] * graph.n)
+    for v in d.take_ready():
+        d.admit(v)
+    assert sorted(d.start(10)) == sorted([auth, db])
+    d.complete(auth)
+    assert d.signal(auth, "ready") == []
+    assert d.take_ready() == []  # ui still waits for db
+    d.complete(db)
+    assert d.take_ready() == [ui]
+
+
 def test_examples_compute_what_the_seeds_got_wrong(cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("analyze", "examples/stage-groups.yaml", "--format", "json")
     e = result.json()["estimates"]

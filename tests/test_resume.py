@@ -167,6 +167,120 @@ def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(tmp_path: Pat
     assert (tmp_path / "b").read_text().split() == ["x"]
 
 
+def test_a_signal_nobody_read_before_the_crash_releases_its_waiters_on_resume(
+    tmp_path: Path,
+) -> None:
+    # a signals while its orchestrator is stopped (journaled; SIGUSR1 pending), then the
+    # orchestrator dies without reading it. On resume a runs again and signals "again",
+    # which wakes nobody: b must start from the journaled signal, not wait for a's end,
+    # which here waits for b.
+    t = tmp_path
+    waits_for_b = f"for i in $(seq 100); do [ -e {t}/b-ran ] && exit 0; sleep 0.05; done; exit 1"
+    path = write_workflow(
+        t,
+        "replay",
+        {
+            "a": {
+                "run": f"touch {t}/a-started; while [ ! -e {t}/go ]; do sleep 0.02; done; "
+                f"abreast signal ready && touch {t}/signalled && {waits_for_b}",
+                "signals": ["ready"],
+            },
+            "b": {"run": f"touch {t}/b-ran", "needs": ["a:ready"]},
+        },
+    )
+    proc, run_id = start_run(path)
+    wait_for(lambda: (t / "a-started").exists(), what="a to start")
+    proc.send_signal(signal.SIGSTOP)
+    (t / "go").touch()
+    wait_for(lambda: (t / "signalled").exists(), what="a to signal")
+    kill9(proc)
+    assert not (t / "b-ran").exists()
+    state = f"sqlite://{t}/.abreast/state.db"
+    resumed = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "a signalled 'ready': b may start" in resumed.out
+    status = json.loads(run_abreast("status", run_id, "--json", "--state", state).out)
+    assert {x["id"]: x["state"] for x in status["tasks"]} == {"a": "succeeded", "b": "succeeded"}
+
+
+def test_two_resumes_at_once_one_takes_the_run_up_the_other_is_refused(tmp_path: Path) -> None:
+    # The first resume claims the run before it stops the dead orchestrator's strays (here
+    # one that takes its 2 s of grace over SIGTERM); a second resume started meanwhile
+    # must not take the run up too (it would run every task a second time).
+    t = tmp_path
+    path = write_workflow(
+        t,
+        "twice",
+        {
+            "slow": {
+                "run": f'echo x >> {t}/runs; [ "$ABREAST_ATTEMPT" = 1 ] || exit 0; '
+                f"trap 'touch {t}/termed' TERM; touch {t}/started; "
+                "while :; do sleep 0.05; done"
+            }
+        },
+    )
+    proc, run_id = start_run(path)
+    wait_for(lambda: (t / "started").exists(), what="the task to start")
+    kill9(proc)
+    state = f"sqlite://{t}/.abreast/state.db"
+    argv = [sys.executable, "-m", "abreast", "resume", run_id, "--state", state]
+    first = subprocess.Popen(
+        [*argv, "--no-monitor", "--plain"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (t / "termed").exists(), what="the first resume to TERM the stray")
+        second = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
+        assert second.code == 2, second.out + second.err
+        assert "is still running" in second.err or "was taken up by" in second.err
+        out, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, out + err
+    assert (t / "runs").read_text().split() == ["x", "x"]  # attempt 1, and one attempt 2
+
+
+def test_resume_waits_for_a_cleanup_at_work_and_sees_what_it_forgot(tmp_path: Path) -> None:
+    # While `abreast cleanup` holds the journal (here: this test, as cleanup would), a
+    # resume of a cancelled run waits, saying for whom; the cleanup forgets the run
+    # meanwhile; the resume then says so instead of running a run that is gone.
+    from abreast.coord.journal import Journal
+
+    t = tmp_path
+    path = write_workflow(t, "waits", {"a": {"run": f"touch {t}/started; sleep 30"}})
+    proc, run_id = start_run(path)
+    wait_for(lambda: (t / "started").exists(), what="a to start")
+    proc.send_signal(signal.SIGINT)
+    assert ": cancelled in" in proc.communicate(timeout=30)[0]
+    (t / "started").unlink()
+    db = t / ".abreast" / "state.db"
+    err = t / "resume.err"
+    with Journal(db) as journal, journal.exclusive(), err.open("w") as err_file:
+        resume = subprocess.Popen(
+            [sys.executable, "-m", "abreast", "resume", run_id, "--state", f"sqlite://{db}"],
+            stdout=subprocess.PIPE,
+            stderr=err_file,
+            text=True,
+        )
+        try:
+            wait_for(lambda: "waiting for" in err.read_text(), what="resume to wait")
+            assert f"waiting for pid {os.getpid()} " in err.read_text()
+            assert journal.forget_run(run_id, time.time() + 1)
+        except BaseException:
+            resume.kill()
+            raise
+    out, _ = resume.communicate(timeout=30)
+    assert resume.returncode == 2, out + err.read_text()
+    assert f"run {run_id} was forgotten by `abreast cleanup --older-than` just now" in (
+        err.read_text()
+    )
+    assert not (t / "started").exists()  # nothing ran
+
+
 def test_resume_refuses_a_changed_workflow_unless_forced(tmp_path: Path) -> None:
     path = tmp_path / "w.json"
     spec = {

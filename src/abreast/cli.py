@@ -603,6 +603,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from abreast.coord.journal import Journal
     from abreast.coord.location import locate
     from abreast.engine.cleanup import cleanup, lease_releaser
+    from abreast.engine.lookup import waiting_note
 
     forget_before = None
     if args.older_than is not None:
@@ -621,22 +622,29 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     except CoordError as e:
         print(f"abreast: note: leases not checked: {e}", file=sys.stderr)
         coord = None
+    # Resume and cancel wait while this takes runs down (it reads each run's state once).
+    hold = (
+        journal.exclusive(waiting_note("cleaning up"))
+        if journal is not None and not args.dry_run
+        else contextlib.nullcontext()
+    )
     try:
-        plans = cleanup(
-            journal,
-            location.root,
-            dry_run=args.dry_run,
-            force=args.force,
-            results=args.results,
-            release_leases=lease_releaser(coord) if coord else None,
-            forget_before=forget_before,
-            runs_dir=location.runs_dir,
-        )
-        compacted = (
-            _compact(journal)
-            if journal is not None and not args.dry_run and any(p.forget for p in plans)
-            else None
-        )
+        with hold:
+            plans = cleanup(
+                journal,
+                location.root,
+                dry_run=args.dry_run,
+                force=args.force,
+                results=args.results,
+                release_leases=lease_releaser(coord) if coord else None,
+                forget_before=forget_before,
+                runs_dir=location.runs_dir,
+            )
+            compacted = (
+                _compact(journal)
+                if journal is not None and not args.dry_run and any(p.forget for p in plans)
+                else None
+            )
     finally:
         if journal is not None:
             journal.close()

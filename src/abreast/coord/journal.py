@@ -13,6 +13,7 @@ cut. `busy_timeout` lets many processes (tasks calling `abreast signal`,
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -461,6 +462,52 @@ class Journal:
                 f"a run with id {run_id!r} already exists",
                 hint="choose another --run-id, or `abreast resume` it",
             ) from None
+
+    @contextmanager
+    def exclusive(self, waiting: Callable[[int | None], None] | None = None) -> Iterator[None]:
+        """Keep out, while the block runs, the other processes that take runs of this
+        journal up or down as a whole: `cleanup` (which holds this throughout), `resume`
+        (from reading the run to claiming it) and `cancel` of a run whose orchestrator is
+        gone. A lock on a file beside the journal, so a process that dies lets go with it.
+        If another holds it, `waiting` is told its pid (None if not yet written) and this
+        waits for it."""
+        path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StateError(f"cannot open the journal's lock file {path}: {e}") from e
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting is not None:
+                    holder = os.pread(fd, 32, 0).split(b"\n")[0]
+                    waiting(int(holder) if holder.isdigit() else None)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # lets go of the lock
+
+    def claim_run(self, seen: RunRow, **fields: Any) -> bool:
+        """Write `fields` to the run as one step, only if its state and holder (pid, its
+        start time, host) are still as `seen`: of two processes that read the same row and
+        both mean to take the run up (two `resume`s, a `resume` and a `cleanup`), exactly
+        one succeeds. Commits at once; False for the one that came second."""
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        as_seen = (seen.id, seen.state, seen.pid, seen.pid_start, seen.host)
+        try:
+            with self._transaction() as db:
+                return bool(
+                    db.execute(
+                        f"UPDATE runs SET {cols} WHERE id = ? AND state = ? AND pid IS ? "
+                        "AND pid_start IS ? AND host IS ?",
+                        (*fields.values(), *as_seen),
+                    ).rowcount
+                )
+        except sqlite3.Error as e:
+            raise StateError(f"cannot write the journal at {self.path}: {e}") from e
 
     def forget_run(self, run_id: str, ended_before: float) -> bool:
         """Delete everything journaled of a run that ended (succeeded, failed or was

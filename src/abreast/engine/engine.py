@@ -339,6 +339,7 @@ class Engine:
         self._executor = make(self._process_exited)
         become_subreaper()  # orphaned descendants of tasks come to us, and are reaped
         installed = self._install_signal_handlers(loop)
+        self._on_signals(replay=True)  # a resumed run's, given while nobody listened
         self._note_cap()
         self._schedule_tick()
         self.view.begin(self)
@@ -942,12 +943,17 @@ class Engine:
                 self._set(tr, TaskState.CANCELLED, reason="cancelled before it started")
                 self._terminal(tr)
 
-    def _on_signals(self) -> None:
+    def _on_signals(self, replay: bool = False) -> None:
+        """Signals journaled since the last look (SIGUSR1). With `replay`, at the start of
+        a resumed run: those given before it stopped, of which only the ones that release
+        something now (read by nobody before the crash) are journaled and said again."""
         for task_id, name in self.journal.signals(self.run_id):
             if (task_id, name) in self._seen_signals or task_id not in self.by_id:
                 continue
             self._seen_signals.add((task_id, name))
             released = self._d.signal(self.by_id[task_id].v, name)
+            if replay and not released:
+                continue
             self.journal.stage_event(
                 self.run_id,
                 "task.signal",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,6 +72,34 @@ def orchestrator_alive(row: RunRow) -> bool:
     if row.host and row.host != socket.gethostname():
         return True  # cannot see another host's processes; assume it lives
     return is_live_process(row.pid, row.pid_start)
+
+
+def described_process(pid: int) -> str:
+    """`pid 41 (abreast cleanup --older-than 7d)`: a process, said for a message."""
+    try:
+        import psutil
+
+        words = psutil.Process(pid).cmdline()
+    except Exception:  # gone meanwhile, or not ours to read: the pid says enough
+        return f"pid {pid}"
+    if words and os.path.basename(words[0]).startswith("python"):
+        words = words[1:]  # python -m abreast, python .../bin/abreast: the command tells
+        if words[:2] == ["-m", "abreast"]:
+            words = ["abreast", *words[2:]]
+    said = " ".join([os.path.basename(words[0]), *words[1:]]) if words else ""
+    return f"pid {pid} ({said[:80]})" if said else f"pid {pid}"
+
+
+def waiting_note(what: str) -> Callable[[int | None], None]:
+    """What `Journal.exclusive` says on stderr while it waits: who holds the journal."""
+
+    def note(pid: int | None) -> None:
+        who = described_process(pid) if pid else "another process"
+        print(
+            f"abreast: waiting for {who} to finish with the journal before {what}", file=sys.stderr
+        )
+
+    return note
 
 
 _SIGNAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")  # spec.model's NAME_PATTERN

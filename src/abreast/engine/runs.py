@@ -8,6 +8,7 @@ import functools
 import os
 import random
 import re
+import signal
 import socket
 import sys
 import time
@@ -20,7 +21,13 @@ from abreast.coord.backend import CoordError, open_coordinator
 from abreast.coord.journal import Journal, RunRow
 from abreast.coord.location import StateLocation, locate, redact_url
 from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View
-from abreast.engine.lookup import find_run, open_journal, orchestrator_alive
+from abreast.engine.lookup import (
+    described_process,
+    find_run,
+    open_journal,
+    orchestrator_alive,
+    waiting_note,
+)
 from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.states import TERMINAL, TaskState
 from abreast.engine.supervise import Supervisor
@@ -560,9 +567,26 @@ def cancel_run(journal: Journal, row: RunRow) -> str:
         )
     journal.write("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (row.id,))
     if orchestrator_alive(row):
-        assert row.pid is not None
-        os.kill(row.pid, 15)
-        return f"asked the orchestrator of {row.id} (pid {row.pid}) to cancel"
+        return _ask_to_cancel(row)
+    # No orchestrator: this process ends the run, with resume and cleanup kept out (a
+    # resume that took the run up since it was read is asked to cancel instead).
+    with journal.exclusive(waiting_note(f"cancelling {row.id}")):
+        now = journal.run(row.id)
+        if now is None or now.state != "running":
+            it = now.state if now else "was forgotten"
+            return f"run {row.id} is not running any more (it {it})"
+        if orchestrator_alive(now):
+            return _ask_to_cancel(now)
+        return _cancel_dead(journal, now)
+
+
+def _ask_to_cancel(row: RunRow) -> str:
+    assert row.pid is not None
+    os.kill(row.pid, 15)
+    return f"asked the orchestrator of {row.id} (pid {row.pid}) to cancel"
+
+
+def _cancel_dead(journal: Journal, row: RunRow) -> str:
     killed = asyncio.run(_kill_strays(journal, row.id))
     now = time.time()
     journal.stage_run(row.id, state="cancelled", finished_at=now)
@@ -695,6 +719,7 @@ def _resume_found(
             hint="leave --ray-address out",
         )
     try:
+        _take_up(journal, row)
         announce(row.id)
         if observer is not None:
             _observe(observer, location, row.id)
@@ -704,6 +729,41 @@ def _resume_found(
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _take_up(journal: Journal, row: RunRow) -> None:
+    """Make this process the run's orchestrator, unless another took it up or cleanup
+    forgot it since it was read (two `resume`s at once: exactly one goes on). `abreast
+    signal` from a stray of the run wakes the orchestrator with SIGUSR1, which from now
+    on is this process: ignored until the engine listens (the signal is journaled first,
+    and the engine reads the journal's signals when it starts)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    me = os.getpid()
+    with journal.exclusive(waiting_note(f"resuming {row.id}")):
+        if journal.claim_run(
+            row,
+            state="running",
+            pid=me,
+            pid_start=start_ticks(me) or 0,
+            host=socket.gethostname(),
+            heartbeat_at=time.time(),
+        ):
+            return
+        now = journal.run(row.id)
+    if now is None:
+        raise UsageError(
+            f"run {row.id} was forgotten by `abreast cleanup --older-than` just now",
+            hint="start a new run with `abreast run`",
+        )
+    if orchestrator_alive(now) and now.pid:
+        raise UsageError(
+            f"run {row.id} was taken up by {described_process(now.pid)} just now",
+            hint=f"`abreast status {row.id}` follows it; `abreast cancel {row.id}` stops it",
+        )
+    raise UsageError(
+        f"run {row.id} changed while it was being resumed (it is {now.state} now)",
+        hint="look at `abreast status`, then try again",
+    )
 
 
 async def _resume(

@@ -186,13 +186,19 @@ class Dispatcher:
             self._finished_in_wave(v)
 
     def signal(self, v: int, name: str) -> list[int]:
-        """`v` announced `name`: tasks that wait only for that signal may go on."""
-        released = []
+        """`v` announced `name`: tasks that wait only for that signal may go on. Nothing
+        once `v` has ended: its end let them go already (a signal read late, or read again
+        from the journal on resume, must not count twice)."""
+        released: list[int] = []
+        if self._state[v] == _DONE:
+            return released
         for s in self._succs[v]:
             if self._signal_waits.get((v, s)) == name and (v, s) not in self._satisfied:
                 self._satisfied.add((v, s))
                 self._unmet[s] -= 1
-                if self._unmet[s] == 0 and self._state[s] == _WAITING:
+                if self._state[s] != _WAITING:
+                    continue  # ended before (a resumed run's signal, read again)
+                if self._unmet[s] == 0:
                     self._state[s] = _READY
                     self._newly_ready.append(s)
                 released.append(s)
