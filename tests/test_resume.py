@@ -203,14 +203,14 @@ def test_a_signal_nobody_read_before_the_crash_releases_its_waiters_on_resume(
     assert {x["id"]: x["state"] for x in status["tasks"]} == {"a": "succeeded", "b": "succeeded"}
 
 
-def test_two_resumes_at_once_one_takes_the_run_up_the_other_is_refused(tmp_path: Path) -> None:
-    # The first resume claims the run before it stops the dead orchestrator's strays (here
-    # one that takes its 2 s of grace over SIGTERM); a second resume started meanwhile
-    # must not take the run up too (it would run every task a second time).
-    t = tmp_path
+def slow_to_stop_after_a_crash(t: Path) -> tuple[str, str, list[str]]:
+    """A run whose orchestrator was SIGKILLed while its one task ran: a task that takes
+    its 2 s of grace over SIGTERM (touching t/termed when it gets it), so that a resume
+    spends that long stopping it. Each attempt appends a line to t/runs; attempt 2 just
+    succeeds. Returns (run id, --state, argv of `abreast resume RUN` for Popen)."""
     path = write_workflow(
         t,
-        "twice",
+        "slow-to-stop",
         {
             "slow": {
                 "run": f'echo x >> {t}/runs; [ "$ABREAST_ATTEMPT" = 1 ] || exit 0; '
@@ -224,12 +224,16 @@ def test_two_resumes_at_once_one_takes_the_run_up_the_other_is_refused(tmp_path:
     kill9(proc)
     state = f"sqlite://{t}/.abreast/state.db"
     argv = [sys.executable, "-m", "abreast", "resume", run_id, "--state", state]
-    first = subprocess.Popen(
-        [*argv, "--no-monitor", "--plain"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return run_id, state, [*argv, "--no-monitor", "--plain"]
+
+
+def test_two_resumes_at_once_one_takes_the_run_up_the_other_is_refused(tmp_path: Path) -> None:
+    # The first resume claims the run before it stops the dead orchestrator's strays; a
+    # second resume started meanwhile must not take the run up too (it would run every
+    # task a second time).
+    t = tmp_path
+    run_id, state, argv = slow_to_stop_after_a_crash(t)
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: (t / "termed").exists(), what="the first resume to TERM the stray")
         second = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
@@ -242,6 +246,29 @@ def test_two_resumes_at_once_one_takes_the_run_up_the_other_is_refused(tmp_path:
             first.communicate()
     assert first.returncode == 0, out + err
     assert (t / "runs").read_text().split() == ["x", "x"]  # attempt 1, and one attempt 2
+
+
+def test_cancel_while_resume_takes_the_run_up_cancels_it(tmp_path: Path) -> None:
+    # `abreast cancel` reaches the resuming process before its engine listens (it is still
+    # stopping the strays): the run ends cancelled, with nothing started again, rather
+    # than the resume dying of the SIGTERM and leaving the run interrupted.
+    t = tmp_path
+    run_id, state, argv = slow_to_stop_after_a_crash(t)
+    resume = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (t / "termed").exists(), what="resume to TERM the stray")
+        cancel = run_abreast("cancel", run_id, "--state", state)
+        assert cancel.code == 0, cancel.err
+        assert f"(pid {resume.pid}) to cancel" in cancel.out
+        out, err = resume.communicate(timeout=60)
+    finally:
+        if resume.poll() is None:
+            resume.kill()
+            resume.communicate()
+    assert ": cancelled in" in out, out + err
+    status = json.loads(run_abreast("status", run_id, "--json", "--state", state).out)
+    assert status["state"] == "cancelled"
+    assert (t / "runs").read_text().split() == ["x"]  # attempt 2 never started
 
 
 def test_resume_waits_for_a_cleanup_at_work_and_sees_what_it_forgot(tmp_path: Path) -> None:

@@ -350,6 +350,9 @@ class Engine:
                 f"{tr.id}: its attempt {tr.attempts} was on the merge queue; queueing it again"
             )
             self._spawn_background(self._integrate(tr, tr.attempts))
+        row = self.journal.run(self.run_id)
+        if row is not None and row.cancel_requested:  # `abreast cancel` before we listened
+            self._on_cancel("abreast cancel")
         try:
             while True:
                 self._pass()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import os
@@ -475,6 +476,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 "ray_address": cluster.address if cluster and not cluster.started_here else None,
                 "tag": tag,
             }
+            _until_the_engine_listens()
             journal.create_run(
                 run_id,
                 workflow=p.wf.name,
@@ -731,13 +733,26 @@ def _resume_found(
             cluster.close()
 
 
+def _dropped(signum: int, frame: object) -> None:
+    pass
+
+
+def _until_the_engine_listens() -> None:
+    """From the moment the journal names this process the run's orchestrator, `abreast
+    cancel` (SIGTERM) and `abreast signal` (SIGUSR1) are sent to it, and by default either
+    would kill it before the engine installs its handlers. Both journal what they want
+    first (`cancel_requested`, the signal), which the engine reads when it starts, so
+    until then they are caught and dropped. A handler, not SIG_IGN: processes started
+    meanwhile (git) do not inherit it."""
+    with contextlib.suppress(ValueError):  # not the main thread: no signals come here
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, _dropped)
+
+
 def _take_up(journal: Journal, row: RunRow) -> None:
     """Make this process the run's orchestrator, unless another took it up or cleanup
-    forgot it since it was read (two `resume`s at once: exactly one goes on). `abreast
-    signal` from a stray of the run wakes the orchestrator with SIGUSR1, which from now
-    on is this process: ignored until the engine listens (the signal is journaled first,
-    and the engine reads the journal's signals when it starts)."""
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    forgot it since it was read (two `resume`s at once: exactly one goes on)."""
+    _until_the_engine_listens()
     me = os.getpid()
     with journal.exclusive(waiting_note(f"resuming {row.id}")):
         if journal.claim_run(
@@ -747,6 +762,7 @@ def _take_up(journal: Journal, row: RunRow) -> None:
             pid_start=start_ticks(me) or 0,
             host=socket.gethostname(),
             heartbeat_at=time.time(),
+            cancel_requested=0,  # the cancel that stopped it, if one did: done with
         ):
             return
         now = journal.run(row.id)
@@ -832,7 +848,6 @@ async def _resume(
         host=socket.gethostname(),
         heartbeat_at=now,
         finished_at=None,
-        cancel_requested=0,
     )
     added, removed = _adopt_changed_file(journal, row, p) if force else ([], [])
     journal.stage_event(
