@@ -441,6 +441,31 @@ def test_invalid_output_fails_the_attempt(tmp_path: Path, cli) -> None:  # type:
     assert "wrote invalid JSON to $ABREAST_OUTPUT" in result.out
 
 
+def test_an_output_over_one_mib_fails_the_attempt_unread(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # 1 MiB exactly is an output; one byte more is not (it would be read into the
+    # orchestrator, journaled and passed on: a 50 MB one cost 400 MB of memory).
+    writer = tmp_path / "write_output.py"
+    writer.write_text(
+        "import json, os, sys\n"
+        "text = json.dumps({'x': 'y' * (2**20 - 9)})\n"  # 2**20 bytes
+        "open(os.environ['ABREAST_OUTPUT'], 'w').write(text + ' ' * int(sys.argv[1]))\n"
+    )
+    path = workflow(
+        tmp_path,
+        {
+            "fits": {"run": f"{sys.executable} {writer} 0"},
+            "over": {"run": f"{sys.executable} {writer} 1"},
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 1, result.out
+    assert "succeeded fits" in result.out
+    assert (
+        "over (failed): wrote 1,048,577 bytes to $ABREAST_OUTPUT; an output may be at most "
+        "1,048,576 bytes (1 MiB)" in result.out
+    )
+
+
 def test_dry_run_prints_the_start_order_and_runs_nothing(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     path = workflow(
         tmp_path,

@@ -55,6 +55,9 @@ if TYPE_CHECKING:
     from abreast.observe.events import Sink
 
 JITTER = 0.25  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
+# $ABREAST_OUTPUT is for small structured results (conditions, inputs of dependents): it is
+# read into memory, journaled and shown. A bigger one fails the attempt, unread.
+MAX_OUTPUT_BYTES = 1 << 20
 
 
 @dataclass
@@ -833,6 +836,15 @@ class Engine:
             return {}, f"could not read $ABREAST_OUTPUT: {e}"
         try:
             with os.fdopen(fd, encoding="utf-8") as f:
+                size = os.fstat(fd).st_size
+                if size > MAX_OUTPUT_BYTES:
+                    if self.options.keys is not None:  # kept as evidence, without a key
+                        scrub_secrets(path, self.options.keys.secrets())
+                    return {}, (
+                        f"wrote {size:,} bytes to $ABREAST_OUTPUT; an output may be at most "
+                        f"{MAX_OUTPUT_BYTES:,} bytes (1 MiB): write large results to files "
+                        "and put their paths in the output"
+                    )
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             return {}, f"could not read $ABREAST_OUTPUT: {e}"
