@@ -632,6 +632,45 @@ def test_cleanup_force_after_sigkill_leaves_nothing(tmp_path: Path, coord_url: s
     coord.close()
 
 
+def test_resume_gives_back_the_locks_the_dead_orchestrator_held(
+    tmp_path: Path, coord_url: str
+) -> None:
+    # t held `tests` (ttl 1h) when its orchestrator was killed. Run again by resume, it
+    # must have the lock at once, not wait an hour for its own dead attempt's lease.
+    path = tmp_path / "w.json"
+    run = f'[ "$ABREAST_ATTEMPT" = 1 ] || exit 0; touch {tmp_path}/started; sleep 60'
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "relock",
+                "isolation": "none",
+                "locks": {"tests": {"ttl": "1h"}},
+                "tasks": {"t": {"run": run, "locks": ["tests"]}},
+            }
+        )
+    )
+    argv = [PY, "-m", "abreast", "run", str(path), "--no-monitor", "--plain", "--state", coord_url]
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    run_id = proc.stdout.readline()[5:].strip()
+    wait_for(lambda: (tmp_path / "started").exists(), what="t to start")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    resumed = run_abreast(
+        "resume", run_id, "--state", coord_url, "--no-monitor", "--plain", cwd=tmp_path
+    )
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "released lock 'tests' (token " in resumed.out
+    assert "held by t): its holder died with the orchestrator" in resumed.out
+    assert "waits for the lock" not in resumed.out
+    coord = open_coordinator(coord_url)
+    try:
+        assert coord.holder("tests") is None  # and given back again at the end
+    finally:
+        coord.close()
+
+
 @pytest.mark.slow
 def test_cleanup_leaves_the_lease_of_a_live_run_of_another_project_with_the_same_id(
     tmp_path: Path, redis_url: str

@@ -220,31 +220,39 @@ def _leftover_plan(plans: dict[str, Plan], run_id: str, known: set[str]) -> Plan
     return plans.setdefault(run_id, Plan(run_id, reason))
 
 
+def release_dead_holders(
+    coord: Coordinator, run_id: str, dry_run: bool = False
+) -> list[tuple[str, str, int | None]]:
+    """The leases of `run_id` whose holder is gone from this machine, released (that grant
+    only, not a newer one); with what was done or left, as (line, lock, token released).
+    Run ids are not unique across projects sharing a backend (`--run-id ci-42`), and a
+    holder elsewhere cannot be seen: any other lease runs out by its ttl."""
+    here = socket.gethostname()
+    out: list[tuple[str, str, int | None]] = []
+    for lease in coord.leases():
+        holder = lease.holder
+        if holder.run != run_id:
+            continue
+        who = holder.task or "abreast lock"
+        what = f"lock {lease.name!r} (token {lease.token}, held by {who}"
+        if holder.host != here:
+            out.append((f"leave {what} on {holder.host}) to run out by its ttl", lease.name, None))
+            continue
+        if not dry_run and holder.pid > 0 and psutil.pid_exists(holder.pid):
+            line = f"leave {what}, pid {holder.pid} is alive) to run out by its ttl"
+            out.append((line, lease.name, None))
+            continue
+        out.append((f"release {what})", lease.name, lease.token))
+        if not dry_run:
+            coord.release(lease.name, lease.token)
+    return out
+
+
 def lease_releaser(coord: Coordinator) -> Callable[[str, bool], list[str]]:
     """What cleanup does in the coordination backend for a run: its leases and heartbeats."""
 
-    here = socket.gethostname()
-
     def release(run_id: str, dry_run: bool) -> list[str]:
-        out = []
-        for lease in coord.leases():
-            holder = lease.holder
-            if holder.run != run_id:
-                continue
-            who = holder.task or "abreast lock"
-            what = f"lock {lease.name!r} (token {lease.token}, held by {who}"
-            # Run ids are not unique across projects sharing a backend (`--run-id ci-42`),
-            # and a holder elsewhere cannot be seen: only a holder gone from this machine
-            # is released; any other lease runs out by its ttl.
-            if holder.host != here:
-                out.append(f"leave {what} on {holder.host}) to run out by its ttl")
-                continue
-            if not dry_run and holder.pid > 0 and psutil.pid_exists(holder.pid):
-                out.append(f"leave {what}, pid {holder.pid} is alive) to run out by its ttl")
-                continue
-            out.append(f"release {what})")
-            if not dry_run:
-                coord.release(lease.name, lease.token)  # that grant only, not a newer one
+        out = [line for line, _, _ in release_dead_holders(coord, run_id, dry_run)]
         for hb in coord.heartbeats(f"attempt:{run_id}/") + coord.heartbeats(f"run:{run_id}"):
             out.append(f"forget heartbeat {hb.key}")
             if not dry_run:

@@ -875,6 +875,7 @@ async def _resume(
     keys = None
     try:  # the supervisor's backend connection is closed whatever stops us
         supervisor.forget_attempts([(task, n) for task, (n, _) in interrupted.items()])
+        _release_dead_leases(supervisor, journal, row.id, view)
         keys = _keys(p, supervisor, journal, row.id)
         if keys is not None:
             keys.start()
@@ -903,6 +904,29 @@ async def _resume(
         if keys is not None:
             keys.stop()
         supervisor.close()
+
+
+def _release_dead_leases(supervisor: Supervisor, journal: Journal, run_id: str, view: View) -> None:
+    """The locks the dead orchestrator held for its tasks (and `abreast lock` in them),
+    now that their processes are gone: given back, rather than left to hold up the tasks
+    run again until their ttl runs out."""
+    if supervisor.coord is None:
+        return
+    from abreast.engine.cleanup import release_dead_holders
+
+    try:
+        done = release_dead_holders(supervisor.coord, run_id)
+    except CoordError as e:
+        view.note(f"the dead orchestrator's locks were not looked at: {e}")
+        return
+    for line, lock, token in done:
+        verb, rest = line.split(" ", 1)  # release ..., leave ... (as cleanup lists them)
+        said = {"release": "released", "leave": "left"}.get(verb, verb)
+        view.note(f"{said} {rest}" + (": its holder died with the orchestrator" if token else ""))
+        if token is not None:
+            journal.stage_event(
+                run_id, "lock.released", lock=lock, token=token, reason="the orchestrator died"
+            )
 
 
 def _adopt_changed_file(journal: Journal, row: RunRow, p: Prepared) -> tuple[list[str], list[str]]:
