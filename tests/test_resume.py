@@ -308,6 +308,27 @@ def test_resume_waits_for_a_cleanup_at_work_and_sees_what_it_forgot(tmp_path: Pa
     assert not (t / "started").exists()  # nothing ran
 
 
+def test_the_process_waited_for_is_named_without_its_arguments(tmp_path: Path) -> None:
+    # What a waiting resume prints of the process holding the journal: its command, not
+    # its arguments, which may carry a password.
+    import psutil
+
+    from abreast.engine.lookup import described_process
+
+    script = tmp_path / "abreast"
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(30)\n")
+    script.chmod(0o755)
+    proc = subprocess.Popen([str(script), "cleanup", "--state", "redis://:sekrit@127.0.0.1:1"])
+    try:
+        wait_for(
+            lambda: str(script) in psutil.Process(proc.pid).cmdline(), what="the script's exec"
+        )
+        assert described_process(proc.pid) == f"pid {proc.pid} (abreast cleanup)"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_resume_refuses_a_changed_workflow_unless_forced(tmp_path: Path) -> None:
     path = tmp_path / "w.json"
     spec = {

@@ -75,7 +75,8 @@ def orchestrator_alive(row: RunRow) -> bool:
 
 
 def described_process(pid: int) -> str:
-    """`pid 41 (abreast cleanup --older-than 7d)`: a process, said for a message."""
+    """`pid 41 (abreast cleanup)`: a process, said for a message. Only the command and
+    its first argument: the rest may hold a secret (`--state redis://:pw@host`)."""
     try:
         import psutil
 
@@ -84,9 +85,9 @@ def described_process(pid: int) -> str:
         return f"pid {pid}"
     if words and os.path.basename(words[0]).startswith("python"):
         words = words[1:]  # python -m abreast, python .../bin/abreast: the command tells
-        if words[:2] == ["-m", "abreast"]:
-            words = ["abreast", *words[2:]]
-    said = " ".join([os.path.basename(words[0]), *words[1:]]) if words else ""
+        if words[:1] == ["-m"]:
+            words = words[1:]
+    said = " ".join([os.path.basename(words[0]), *words[1:2]]) if words else ""
     return f"pid {pid} ({said[:80]})" if said else f"pid {pid}"
 
 
