@@ -113,6 +113,27 @@ def test_six_processes_share_the_limits(provider: Provider, coord_url: str) -> N
     assert len({k for k, _, s in provider.log if s == 200}) == 3  # every key was used
 
 
+def test_two_pools_drawing_on_one_key_share_its_window(coord_url: str) -> None:
+    # The provider limits the key, not the pool: two pools (here of two projects on one
+    # backend, named apart) that hold the same key count its uses together. A pool with
+    # another window length counts apart.
+    coord = open_coordinator(coord_url)
+    try:
+        mine = KeyPool("anthropic", [KEYS[0]], limit=(3, 60.0), coord=coord)
+        theirs = KeyPool("claude", [KEYS[0], KEYS[1]], limit=(3, 60.0), coord=coord)
+        hourly = KeyPool("slow", [KEYS[0]], limit=(3, 3600.0), coord=coord)
+        for _ in range(2):
+            assert mine._take_best(mine.ranked()) is not None
+        key = theirs.ranked()[0]
+        assert key.fp == fingerprint(KEYS[1])  # the shared key has less headroom
+        assert [theirs.used(k) for k in theirs._keys] == [2, 0]
+        assert theirs._take_best([theirs._keys[0]]) is not None  # its third use
+        assert mine._take_best(mine.ranked()) is None  # the window is full for both
+        assert hourly.used(hourly._keys[0]) == 0
+    finally:
+        coord.close()
+
+
 def test_backoff_when_every_key_is_limited_then_the_providers_429(provider: Provider) -> None:
     provider.all_limited = True
     sleeps: list[float] = []

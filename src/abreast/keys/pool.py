@@ -161,7 +161,12 @@ class KeyPool:
         return w + min(1.0, 0.05 * w)
 
     def _counter(self, key: _Key) -> str:
-        return f"key:{self.name}:{key.fp}"
+        """The key's uses, by its fingerprint and window length, not by pool: the provider
+        limits a key however many pools (of this workflow, of other projects on the same
+        backend) draw on it. Pools with other window lengths count apart (a counter keeps
+        only its own window's uses)."""
+        assert self.limit is not None
+        return f"key:{key.fp}:{self.limit[1]:g}s"
 
     def used(self, key: _Key) -> int:
         if self.limit is None:
