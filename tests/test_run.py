@@ -466,6 +466,80 @@ def test_an_output_over_one_mib_fails_the_attempt_unread(tmp_path: Path, cli) ->
     )
 
 
+def test_a_journal_that_cannot_be_written_stops_the_run_cleanly_for_resume(
+    tmp_path: Path,
+) -> None:
+    # A full disk, here a limit on the size of the files the orchestrator writes: the
+    # run stops with the error said (no traceback), the task still running is left to
+    # run and said so, and resume, with room again, takes its result.
+    import resource
+
+    t = tmp_path
+    tasks: dict[str, Any] = {
+        "long": {"run": f"touch {t}/started; while [ ! -e {t}/go ]; do sleep 0.05; done"}
+    }
+    tasks.update(
+        {f"t{i}": {"run": "true", "needs": ["long"] if i == 0 else []} for i in range(400)}
+    )
+    path = workflow(t, tasks, max_parallel=2)
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain"],
+        cwd=t,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small_files,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "abreast: error: cannot write the journal at" in proc.stderr
+    assert "left running: long; `abreast resume" in proc.stdout
+    (t / "go").touch()
+    resumed = run_abreast("resume", "--no-monitor", "--plain", cwd=t)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "long: attempt 1 ended while abreast was down (exit 0); taking its result" in (
+        resumed.out
+    )
+
+
+def test_a_full_journal_is_a_clear_error_and_leaves_no_transaction_open(tmp_path: Path) -> None:
+    # SQLite's "database or disk is full" (here: a page limit on the connection) is a
+    # StateError with what to do, and the journal can be written again once there is room
+    # (a failed write used to leave its transaction open, or came out as a traceback).
+    from abreast.coord.journal import Journal
+    from abreast.errors import StateError
+
+    with Journal(tmp_path / "state.db") as j:
+        pages = j._db.execute("PRAGMA page_count").fetchone()[0]
+        j._db.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(StateError) as failed:
+            j.create_run(
+                "r1",
+                workflow="w",
+                file="w.yaml",
+                file_sha256="0",
+                root=str(tmp_path),
+                pid=1,
+                pid_start=1,
+                host="h",
+                options={},
+                task_ids=[f"t{i}" for i in range(2000)],
+                started_at=0.0,
+            )
+        assert "database or disk is full" in str(failed.value)
+        assert "make room on its disk" in (failed.value.hint or "")
+        assert not j._db.in_transaction
+        j._db.execute("PRAGMA max_page_count = 1000000")
+        j.stage_event("r1", "x")
+        j.commit()
+        assert j.last_seq("r1") == 1
+
+
 def test_dry_run_prints_the_start_order_and_runs_nothing(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     path = workflow(
         tmp_path,

@@ -290,14 +290,29 @@ class Journal:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; a failure to write (a full disk, a read-only file) is a
+        StateError that says so, and leaves no transaction open."""
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # a COMMIT that failed leaves it open
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            raise self._write_error(e) from e
+
+    def _write_error(self, e: sqlite3.Error) -> StateError:
+        return StateError(
+            f"cannot write the journal at {self.path}: {e}",
+            hint="make room on its disk (or make it writable), then `abreast resume` "
+            "carries on an interrupted run"
+            if "full" in str(e) or "readonly" in str(e)
+            else "check the file and its directory, or pass --state",
+        )
 
     def stage(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Queue a write for the next `commit()`."""
@@ -326,11 +341,9 @@ class Journal:
         attempts, self._attempt_updates = self._attempt_updates, {}
         new_attempts, self._new_attempts = self._new_attempts, []
         events, self._events = self._events, []
-        db = self._db
         last = 0
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction() as db:
                 for cols, rows in _group(new_attempts).items():
                     db.executemany(_insert_attempt_sql(cols), rows)
                 for sql, params in pending:
@@ -344,12 +357,8 @@ class Journal:
                     if self.listeners:
                         # One writer at a time: the batch's sequence numbers are consecutive.
                         last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise StateError(f"cannot write the journal at {self.path}: {e}") from e
+        except sqlite3.Error as e:  # not a write failure (those are StateErrors already)
+            raise self._write_error(e) from e
         if last:
             committed = [
                 EventRow(last - len(events) + 1 + i, run, ts, kind, task, json.loads(data))

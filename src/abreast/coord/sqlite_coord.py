@@ -52,12 +52,16 @@ MESSAGE_KEEP_S = 600.0
 
 
 def _serialised(method: Any) -> Any:
-    """One thread at a time on the connection (sqlite3 objects are not thread-safe)."""
+    """One thread at a time on the connection (sqlite3 objects are not thread-safe); a
+    failure of the store (a full disk, say) is a CoordError, as a lost Redis is."""
 
     @functools.wraps(method)
     def call(self: SqliteCoordinator, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.Error as e:
+                raise CoordError(f"coordination store {self.path}: {e}") from e
 
     return call
 
@@ -101,10 +105,11 @@ class SqliteCoordinator(Coordinator):
             raise CoordError(f"coordination store {self.path}: {e}") from e
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a COMMIT that failed leaves it open
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     @_serialised
     def now(self) -> float:

@@ -295,6 +295,14 @@ class Engine:
         self._anchor = self._make_anchor()
         try:
             return await self._run()
+        except Exception:  # the journal cannot be written, say: the run stops here
+            left = [tr.id for tr in self.tasks if tr.running is not None]
+            if left:  # as after a crash: their results are taken up by resume
+                self.view.note(
+                    f"left running: {', '.join(left)}; `abreast resume {self.run_id}` takes "
+                    f"them up once this is put right, `abreast cancel {self.run_id}` stops them"
+                )
+            raise
         finally:
             if self._anchor is not None:
                 self._anchor.close()
