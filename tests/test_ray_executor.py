@@ -161,6 +161,16 @@ def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
         check=True,
     ).stdout.split()
     assert {"a.txt", "b.txt", "c.txt"} <= set(listed)
+    # Each attempt's environment went to its node in a file beside its log (not in the Ray
+    # task's arguments), which the node took: it reached the task, and none is left.
+    a_txt = subprocess.run(
+        ["git", "-C", str(tmp_path), "show", f"abreast/{run_id}/_integration:a.txt"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert a_txt == "a\n"
+    assert not list((tmp_path / ".abreast" / "runs" / run_id / "logs").glob("*.env"))
     ign = subprocess.run(
         ["git", "-C", str(tmp_path), "show", f"abreast/{run_id}/_integration:a.ign"],
         capture_output=True,

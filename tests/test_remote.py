@@ -6,14 +6,16 @@ cannot interrupt a task on a cluster started with SIGINT ignored, see test_ray_e
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import stat
 import threading
 from pathlib import Path
 
 from abreast.executor.local import Launch
 from abreast.executor.process import marked_processes
-from abreast.executor.remote import KILL, TERM, request_kill, run_attempt
+from abreast.executor.remote import KILL, TERM, request_kill, run_attempt, write_env
 from tests.helpers import wait_for
 
 # A task that outlives TERM: its shell notes each TERM and goes on; its sleeps die of it.
@@ -25,13 +27,13 @@ def _launch(d: Path, run_id: str, command: str) -> Launch:
 
 
 class Attempt:
-    """`run_attempt(launch, grace_s)` in a thread of its own: a node's worker, here."""
+    """`run_attempt(launch, grace_s, None)` in a thread of its own: a node's worker, here."""
 
     def __init__(self, launch: Launch, grace_s: float) -> None:
         self.launch = launch
         self.result: list[tuple[int, int, float, str]] = []
         self.thread = threading.Thread(
-            target=lambda: self.result.append(run_attempt(launch, grace_s))
+            target=lambda: self.result.append(run_attempt(launch, grace_s, None))
         )
 
     def __enter__(self) -> Attempt:
@@ -77,8 +79,23 @@ def test_a_term_becomes_a_kill_when_the_grace_period_ends(tmp_path: Path) -> Non
 def test_an_attempt_killed_while_it_waited_in_rays_queue_never_starts(tmp_path: Path) -> None:
     launch = _launch(tmp_path, "remote-queued", "touch started")
     request_kill(launch, TERM)
-    status, peak, _wall, host = run_attempt(launch, 5.0)
+    status, peak, _wall, host = run_attempt(launch, 5.0, None)
     assert os.waitstatus_to_exitcode(status) == -signal.SIGTERM
     assert (peak, host) == (0, os.uname().nodename)
     assert not (tmp_path / "started").exists()
     assert not Path(launch.log).exists()
+
+
+def test_the_environment_comes_by_a_file_only_its_owner_reads_and_is_read_once(
+    tmp_path: Path,
+) -> None:
+    # The orchestrator ships the launch without its environment (it may hold a leased
+    # key, kept by the cluster with the task's arguments) and leaves it beside the log.
+    launch = _launch(tmp_path, "remote-env", 'echo "$LEASED_KEY" > seen')
+    launch = dataclasses.replace(launch, env={**launch.env, "LEASED_KEY": "sk-canary-1"})
+    path = write_env(launch)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    status, _peak, _wall, _host = run_attempt(dataclasses.replace(launch, env={}), 5.0, path)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (tmp_path / "seen").read_text() == "sk-canary-1\n"
+    assert not os.path.exists(path)

@@ -797,6 +797,9 @@ async def _resume(
         swept = await asyncio.to_thread(cluster.sweep, row.id, row.options.get("tag"))
         if swept:
             view.note(f"killed {len(swept)} stray process(es) of the dead orchestrator on Ray")
+        # An environment left for a node that never took it (it may hold a leased key).
+        for stale in (location.run_dir(row.id) / "logs").glob("*.env"):
+            stale.unlink(missing_ok=True)
     # How attempts ended while nobody watched is read with every process of the run
     # stopped: what is recorded then ended by itself; what ends after we kill it (a shell
     # records the kill as its status) is not the attempt's result, and nothing can end

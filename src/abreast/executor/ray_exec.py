@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -38,6 +39,7 @@ from abreast.executor.process import RUN_TAG_ENV
 from abreast.executor.remote import (
     KILL,
     TERM,
+    env_path,
     kill_path,
     probe,
     read_stats,
@@ -45,6 +47,7 @@ from abreast.executor.remote import (
     run_attempt,
     stats_path,
     sweep,
+    write_env,
 )
 
 _START_TIMEOUT_S = 120.0
@@ -355,11 +358,14 @@ class RayExecutor:
         self.running: dict[int, Running] = {}
 
     def start(self, launch: Launch) -> Running:
+        env_file = write_env(launch)  # the environment goes by the shared filesystem
         try:
             ref = self._remote.options(
                 num_cpus=1, max_retries=0, name=f"{launch.task_id}.{launch.attempt}"
-            ).remote(launch, self._grace_s)
+            ).remote(dataclasses.replace(launch, env={}), self._grace_s, env_file)
         except Exception as e:  # the cluster is gone: the attempt could not start
+            with contextlib.suppress(OSError):
+                os.unlink(env_file)
             raise OSError(f"the Ray cluster did not take it: {_first_line(e)}") from e
         running = Running(launch, 0, 0, None, time.monotonic(), time.time(), handle=ref)
         self.running[id(running)] = running  # no local pid to key it by
@@ -371,9 +377,11 @@ class RayExecutor:
         import ray.exceptions
 
         self.running.pop(id(running), None)
-        for path in (stats_path(running.launch), kill_path(running.launch)):
+        launch = running.launch
+        for path in (stats_path(launch), kill_path(launch), env_path(launch)):
             with contextlib.suppress(OSError):
-                os.unlink(path)  # done with (the peak is in the result)
+                os.unlink(path)  # done with (the peak is in the result; the environment
+                # is still there only if the attempt never started)
         wall = time.monotonic() - running.started_mono
         try:
             status, peak, wall, host = future.result()
@@ -385,7 +393,6 @@ class RayExecutor:
                 exit_ = Exit(None, None, wall, 0, error=error)
             # Whatever it may have started lives on where its worker stopped (Ray ends only
             # a worker's children): ended on every node, not waited for.
-            launch = running.launch
             with contextlib.suppress(Exception):
                 _submit_to_every_node(
                     sweep,

@@ -22,6 +22,8 @@ the group when its first process ends is ended too, as the local engine does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -79,12 +81,43 @@ def _kill_requested(launch: Launch) -> int:
         return TERM  # there, but unreadable: a kill was asked for
 
 
-def run_attempt(launch: Launch, grace_s: float) -> tuple[int, int, float, str]:
+def env_path(launch: Launch) -> str:
+    """Where the orchestrator leaves the attempt's environment for its node: beside its log."""
+    return launch.log + ".env"
+
+
+def write_env(launch: Launch) -> str:
+    """The attempt's environment in a file only its owner reads, for its node to take:
+    it may hold a leased API key, and whatever the orchestrator's own environment holds,
+    which then never travel in the Ray task's arguments (kept by the cluster)."""
+    path = env_path(launch)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # one left by an attempt of the same number before a crash
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(dict(launch.env), f)
+    return path
+
+
+def _take_env(path: str) -> dict[str, str]:
+    """The environment `write_env` left, read once: the file goes as it is read."""
+    with open(path, encoding="utf-8") as f:
+        env = json.load(f)
+    os.unlink(path)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def run_attempt(
+    launch: Launch, grace_s: float, env_file: str | None
+) -> tuple[int, int, float, str]:
     """Run the attempt to its end on this node: (wait status, peak RSS bytes, wall seconds,
-    this host's name)."""
+    this host's name). `env_file`: where its environment is (`write_env`), when `launch`
+    came without it."""
     host = socket.gethostname()
     if _kill_requested(launch):  # killed while it waited in Ray's queue
         return signal.SIGTERM, 0, 0.0, host
+    if env_file is not None:
+        launch = dataclasses.replace(launch, env=_take_env(env_file))
     pid, _ticks = spawn(launch)
     started = time.monotonic()
     parent_maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
