@@ -99,6 +99,16 @@ def git_project(root: Path, tasks: dict[str, object], **top: object) -> Path:
     return path
 
 
+def landed(root: Path, run_id: str, name: str) -> str:
+    """The file `name` as the run's result branch has it."""
+    return subprocess.run(
+        ["git", "-C", str(root), "show", f"abreast/{run_id}/_integration:{name}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def ray_argv(path: Path, *args: str) -> list[str]:
     """`abreast run PATH --executor ray` (plain, no resource monitor) and ARGS."""
     run = [PY, "-m", "abreast", "run", str(path), "--executor", "ray"]
@@ -163,21 +173,10 @@ def test_tasks_run_in_ray_workers_and_land_through_the_merge_queue(
     assert {"a.txt", "b.txt", "c.txt"} <= set(listed)
     # Each attempt's environment went to its node in a file beside its log (not in the Ray
     # task's arguments), which the node took: it reached the task, and none is left.
-    a_txt = subprocess.run(
-        ["git", "-C", str(tmp_path), "show", f"abreast/{run_id}/_integration:a.txt"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert a_txt == "a\n"
+    assert landed(tmp_path, run_id, "a.txt") == "a\n"
     assert not list((tmp_path / ".abreast" / "runs" / run_id / "logs").glob("*.env"))
-    ign = subprocess.run(
-        ["git", "-C", str(tmp_path), "show", f"abreast/{run_id}/_integration:a.ign"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert ignored_signals(ign) & {"SIGINT", "SIGQUIT", "SIGPIPE"} == set()
+    ign = ignored_signals(landed(tmp_path, run_id, "a.ign"))
+    assert ign & {"SIGINT", "SIGQUIT", "SIGPIPE"} == set()
     db = tmp_path / ".abreast" / "state.db"
     # No local pid is journaled for an attempt that ran elsewhere.
     assert query(db, "SELECT pid FROM attempts WHERE run_id = ?", run_id) == [(None,)] * 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -203,6 +205,19 @@ def test_a_signal_nobody_read_before_the_crash_releases_its_waiters_on_resume(
     assert {x["id"]: x["state"] for x in status["tasks"]} == {"a": "succeeded", "b": "succeeded"}
 
 
+@contextlib.contextmanager
+def in_background(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """`argv` started with its output piped; killed on the way out if it still runs (the
+    test failed)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def slow_to_stop_after_a_crash(t: Path) -> tuple[str, str, list[str]]:
     """A run whose orchestrator was SIGKILLed while its one task ran: a task that takes
     its 2 s of grace over SIGTERM (touching t/termed when it gets it), so that a resume
@@ -233,17 +248,12 @@ def test_two_resumes_at_once_one_takes_the_run_up_the_other_is_refused(tmp_path:
     # task a second time).
     t = tmp_path
     run_id, state, argv = slow_to_stop_after_a_crash(t)
-    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with in_background(argv) as first:
         wait_for(lambda: (t / "termed").exists(), what="the first resume to TERM the stray")
         second = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
         assert second.code == 2, second.out + second.err
         assert "is still running" in second.err or "was taken up by" in second.err
         out, err = first.communicate(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
     assert first.returncode == 0, out + err
     assert (t / "runs").read_text().split() == ["x", "x"]  # attempt 1, and one attempt 2
 
@@ -254,17 +264,12 @@ def test_cancel_while_resume_takes_the_run_up_cancels_it(tmp_path: Path) -> None
     # than the resume dying of the SIGTERM and leaving the run interrupted.
     t = tmp_path
     run_id, state, argv = slow_to_stop_after_a_crash(t)
-    resume = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with in_background(argv) as resume:
         wait_for(lambda: (t / "termed").exists(), what="resume to TERM the stray")
         cancel = run_abreast("cancel", run_id, "--state", state)
         assert cancel.code == 0, cancel.err
         assert f"(pid {resume.pid}) to cancel" in cancel.out
         out, err = resume.communicate(timeout=60)
-    finally:
-        if resume.poll() is None:
-            resume.kill()
-            resume.communicate()
     assert ": cancelled in" in out, out + err
     status = json.loads(run_abreast("status", run_id, "--json", "--state", state).out)
     assert status["state"] == "cancelled"

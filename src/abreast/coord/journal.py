@@ -189,6 +189,20 @@ def unclosed(owner: str, path: Path) -> None:
     warnings.warn(f"{owner} {path} was not closed", ResourceWarning, stacklevel=3)
 
 
+@contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on any failure; a
+    COMMIT that failed (a full disk) leaves it open otherwise."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 def use_wal(db: sqlite3.Connection) -> None:
     """Put the database in WAL mode. Switching a new file takes an exclusive lock without
     waiting on the busy handler, so a second process creating the same file at the same
@@ -292,16 +306,9 @@ class Journal:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; a failure to write (a full disk, a read-only file) is a
         StateError that says so, and leaves no transaction open."""
-        db = self._db
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(self._db) as db:
                 yield db
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # a COMMIT that failed leaves it open
-                    db.execute("ROLLBACK")
-                raise
         except sqlite3.OperationalError as e:
             raise self._write_error(e) from e
 

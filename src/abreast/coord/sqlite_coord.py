@@ -26,7 +26,7 @@ from abreast.coord.backend import (
     Lease,
     new_store_id,
 )
-from abreast.coord.journal import BUSY_TIMEOUT_MS, unclosed, use_wal
+from abreast.coord.journal import BUSY_TIMEOUT_MS, immediate, unclosed, use_wal
 from abreast.coord.location import coord_path
 
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
@@ -98,18 +98,9 @@ class SqliteCoordinator(Coordinator):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise CoordError(f"coordination store {self.path}: {e}") from e
-        try:
+        """A write transaction (its failures become CoordErrors in `_serialised`)."""
+        with immediate(self._db) as db:
             yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:  # a COMMIT that failed leaves it open
-                db.execute("ROLLBACK")
-            raise
 
     @_serialised
     def now(self) -> float:
