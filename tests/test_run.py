@@ -768,6 +768,46 @@ def test_signal_lets_a_dependent_start_before_the_task_ends(tmp_path: Path, cli)
     assert spans["ui"][1] < spans["auth"][0]  # ui finished before auth's last step began
 
 
+def test_a_signal_from_another_machine_is_read_on_the_next_tick_and_kills_no_stranger(
+    tmp_path: Path,
+) -> None:
+    # A task on a Ray node signals: the journal names the orchestrator's host, not the
+    # node, so the pid there is not the orchestrator's. It was sent SIGUSR1 all the same
+    # (a process of that pid on the node died of it) and the orchestrator, never woken,
+    # left the dependent waiting. Here the journal is made to name another host and a
+    # stranger's pid.
+    t = tmp_path
+    path = workflow(
+        t,
+        {
+            "a": {
+                "run": f"touch {t}/started; while [ ! -e {t}/go ]; do sleep 0.05; done; "
+                f"abreast signal ready; while [ ! -e {t}/b-ran ]; do sleep 0.05; done",
+                "signals": ["ready"],
+                "timeout": "20s",
+            },
+            "b": {"run": f"touch {t}/b-ran", "needs": ["a:ready"]},
+        },
+    )
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        proc, run_id = start_run(path, cwd=t)
+        wait_for(lambda: (t / "started").exists(), what="a to start")
+        with contextlib.closing(sqlite3.connect(t / ".abreast" / "state.db")) as db:
+            db.execute(
+                "UPDATE runs SET host = 'elsewhere', pid = ? WHERE id = ?", (stranger.pid, run_id)
+            )
+            db.commit()
+        (t / "go").touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out + err
+        assert "a signalled 'ready': b may start" in out
+        assert stranger.poll() is None  # not killed by a SIGUSR1 meant for the orchestrator
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 def test_a_signal_the_task_does_not_declare_is_refused(tmp_path: Path) -> None:
     # It was journaled and said "signalled": a typo left the dependents waiting for the
     # task's end, and nothing said why.

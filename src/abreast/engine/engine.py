@@ -993,6 +993,7 @@ class Engine:
 
     def _on_tick(self) -> None:
         self._check_anchor(first_only=False)
+        self._on_signals()  # from tasks on other machines, which cannot send SIGUSR1 here
         if self._executor:
             self._executor.sweep()
             reap_orphans(self._executor.running)

@@ -150,8 +150,12 @@ def signal_run(name: str) -> str:
                 f"abreast: {task_id} signalled {name!r} (run {run_id}): its files then",
             )
         fresh = journal.add_signal(run_id, task_id, name)
-        if fresh and orchestrator_alive(row) and row.pid:
-            os.kill(row.pid, 10)  # SIGUSR1: the orchestrator reads new signals
+        # SIGUSR1 wakes the orchestrator to read it at once, when it runs on this machine;
+        # one elsewhere (this task runs on a Ray node) reads new signals every tick. The
+        # pid means nothing on another host: a signal sent there would hit a stranger.
+        here = not row.host or row.host == socket.gethostname()
+        if fresh and here and orchestrator_alive(row) and row.pid:
+            os.kill(row.pid, 10)
     finally:
         journal.close()
     return f"{task_id} signalled {name!r}" + ("" if fresh else " (again)")
