@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -768,14 +769,31 @@ def test_signal_lets_a_dependent_start_before_the_task_ends(tmp_path: Path, cli)
     assert spans["ui"][1] < spans["auth"][0]  # ui finished before auth's last step began
 
 
+@contextlib.contextmanager
+def orchestrator_said_elsewhere(t: Path, run_id: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Make the journal say the run's orchestrator is on another machine, with the pid of
+    a stranger here (a `sleep`, yielded): what a task on a Ray node, or a command typed
+    on another machine sharing the journal, reads."""
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        with contextlib.closing(sqlite3.connect(t / ".abreast" / "state.db")) as db:
+            db.execute(
+                "UPDATE runs SET host = 'elsewhere', pid = ? WHERE id = ?", (stranger.pid, run_id)
+            )
+            db.commit()
+        yield stranger
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 def test_a_signal_from_another_machine_is_read_on_the_next_tick_and_kills_no_stranger(
     tmp_path: Path,
 ) -> None:
     # A task on a Ray node signals: the journal names the orchestrator's host, not the
     # node, so the pid there is not the orchestrator's. It was sent SIGUSR1 all the same
     # (a process of that pid on the node died of it) and the orchestrator, never woken,
-    # left the dependent waiting. Here the journal is made to name another host and a
-    # stranger's pid.
+    # left the dependent waiting.
     t = tmp_path
     path = workflow(
         t,
@@ -789,23 +807,35 @@ def test_a_signal_from_another_machine_is_read_on_the_next_tick_and_kills_no_str
             "b": {"run": f"touch {t}/b-ran", "needs": ["a:ready"]},
         },
     )
-    stranger = subprocess.Popen(["sleep", "60"])
-    try:
-        proc, run_id = start_run(path, cwd=t)
-        wait_for(lambda: (t / "started").exists(), what="a to start")
-        with contextlib.closing(sqlite3.connect(t / ".abreast" / "state.db")) as db:
-            db.execute(
-                "UPDATE runs SET host = 'elsewhere', pid = ? WHERE id = ?", (stranger.pid, run_id)
-            )
-            db.commit()
+    proc, run_id = start_run(path, cwd=t)
+    wait_for(lambda: (t / "started").exists(), what="a to start")
+    with orchestrator_said_elsewhere(t, run_id) as stranger:
         (t / "go").touch()
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, out + err
         assert "a signalled 'ready': b may start" in out
         assert stranger.poll() is None  # not killed by a SIGUSR1 meant for the orchestrator
+
+
+def test_cancel_typed_on_another_machine_is_read_on_the_next_tick_and_kills_no_stranger(
+    tmp_path: Path,
+) -> None:
+    t = tmp_path
+    path = workflow(t, {"a": {"run": f"touch {t}/started; sleep 60"}})
+    proc, run_id = start_run(path, cwd=t)
+    try:
+        wait_for(lambda: (t / "started").exists(), what="a to start")
+        with orchestrator_said_elsewhere(t, run_id) as stranger:
+            cancel = run_abreast("cancel", run_id, cwd=t)
+            assert cancel.code == 0, cancel.err
+            assert f"(pid {stranger.pid} on elsewhere) to cancel" in cancel.out
+            out, err = proc.communicate(timeout=30)
+            assert stranger.poll() is None  # not sent the SIGTERM
     finally:
-        stranger.kill()
-        stranger.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert ": cancelled in" in out, out + err
 
 
 def test_a_signal_the_task_does_not_declare_is_refused(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ import psutil
 from abreast.coord.anchor import anchors_dir, remove_anchor, still_linked
 from abreast.coord.backend import Coordinator
 from abreast.coord.journal import Journal, RunRow
-from abreast.engine.lookup import orchestrator_alive
+from abreast.engine.lookup import on_this_host, orchestrator_alive
 from abreast.engine.runs import _kill_strays, _stray_pids
 from abreast.executor.process import kill_pids, marked_processes
 
@@ -92,10 +92,16 @@ def cleanup(
             continue
         plan = plans[row.id] = Plan(row.id, why)
         if "(--force)" in why and orchestrator_alive(row):
-            plan.actions.append(
-                f"stop its orchestrator (pid {row.pid}), which no longer heartbeats"
-            )
-            plan.orchestrator = row.pid
+            if on_this_host(row):
+                plan.actions.append(
+                    f"stop its orchestrator (pid {row.pid}), which no longer heartbeats"
+                )
+                plan.orchestrator = row.pid
+            else:  # its pid means nothing here
+                plan.actions.append(
+                    f"leave its orchestrator (pid {row.pid} on {row.host}), which no longer "
+                    "heartbeats, to be stopped on that machine"
+                )
         live = len(_stray_pids(journal, row.id)) if journal else 0
         if live:
             plan.processes = live

@@ -361,8 +361,7 @@ class Engine:
                 f"{tr.id}: its attempt {tr.attempts} was on the merge queue; queueing it again"
             )
             self._spawn_background(self._integrate(tr, tr.attempts))
-        row = self.journal.run(self.run_id)
-        if row is not None and row.cancel_requested:  # `abreast cancel` before we listened
+        if self._cancel_asked():  # `abreast cancel` before we listened
             self._on_cancel("abreast cancel")
         try:
             while True:
@@ -991,9 +990,17 @@ class Engine:
                     + " may start"
                 )
 
+    def _cancel_asked(self) -> bool:
+        """`abreast cancel` journaled a request (typed on another machine, or before this
+        process listened for SIGTERM)."""
+        row = self.journal.run(self.run_id)
+        return row is not None and bool(row.cancel_requested)
+
     def _on_tick(self) -> None:
         self._check_anchor(first_only=False)
         self._on_signals()  # from tasks on other machines, which cannot send SIGUSR1 here
+        if not self._cancelling and self._cancel_asked():
+            self._on_cancel("abreast cancel")
         if self._executor:
             self._executor.sweep()
             reap_orphans(self._executor.running)

@@ -65,6 +65,12 @@ def only_run(journal: Journal, fits: Callable[[RunRow], bool], one: str, many: s
     return runs[0]
 
 
+def on_this_host(row: RunRow) -> bool:
+    """Whether the run's orchestrator runs (or ran) on this machine, where its pid means
+    something: a journal on a shared filesystem is read from other machines too."""
+    return not row.host or row.host == socket.gethostname()
+
+
 def orchestrator_alive(row: RunRow) -> bool:
     """Whether the process that runs `row` is still there (same host, pid and start time)."""
     if row.state != "running" or row.pid is None:
@@ -153,8 +159,7 @@ def signal_run(name: str) -> str:
         # SIGUSR1 wakes the orchestrator to read it at once, when it runs on this machine;
         # one elsewhere (this task runs on a Ray node) reads new signals every tick. The
         # pid means nothing on another host: a signal sent there would hit a stranger.
-        here = not row.host or row.host == socket.gethostname()
-        if fresh and here and orchestrator_alive(row) and row.pid:
+        if fresh and on_this_host(row) and orchestrator_alive(row) and row.pid:
             os.kill(row.pid, 10)
     finally:
         journal.close()

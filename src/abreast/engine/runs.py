@@ -25,6 +25,7 @@ from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View
 from abreast.engine.lookup import (
     described_process,
     find_run,
+    on_this_host,
     open_journal,
     orchestrator_alive,
     waiting_note,
@@ -583,7 +584,14 @@ def cancel_run(journal: Journal, row: RunRow) -> str:
 
 
 def _ask_to_cancel(row: RunRow) -> str:
+    """SIGTERM, as Ctrl-C; an orchestrator on another machine reads the journaled request
+    at its next tick instead (its pid means nothing here)."""
     assert row.pid is not None
+    if not on_this_host(row):
+        return (
+            f"asked the orchestrator of {row.id} (pid {row.pid} on {row.host}) to cancel; "
+            "it reads the request within a second"
+        )
     os.kill(row.pid, 15)
     return f"asked the orchestrator of {row.id} (pid {row.pid}) to cancel"
 
