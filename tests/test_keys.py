@@ -335,6 +335,42 @@ def test_curl_with_a_large_body_and_expect_100_continue(provider: Provider) -> N
         proxy.stop()
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_request_body_over_the_limit_is_refused_unread(
+    provider: Provider, monkeypatch: pytest.MonkeyPatch, framing: str
+) -> None:
+    # The proxy holds a body whole (to retry it with another key): one over the limit is
+    # answered 413 without being read (said by its Content-Length), or as soon as that
+    # much has come (chunked), and never reaches the provider. The limit is lowered here.
+    from abreast.keys import proxy as proxy_module
+    from abreast.keys.proxy import KeyProxy, Route
+
+    monkeypatch.setattr(proxy_module, "MAX_REQUEST_BYTES", 100_000)
+    proxy = KeyProxy({"p": Route(KeyPool("p", KEYS, limit=None), provider.url, "anthropic")})
+    proxy.start()
+    try:
+        token = proxy.issue("p")
+        extra = ["-H", "Transfer-Encoding: chunked"] if framing == "chunked" else []
+        argv = ["curl", "-sS", "-H", f"x-api-key: {token}", *extra, "-w", "\n%{http_code}"]
+        out = subprocess.run(
+            [*argv, "--data-binary", "@-", proxy.url + "/v1/messages"],
+            input="x" * 300_000,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        body, code = out.stdout.rsplit("\n", 1)
+        assert code == "413", out.stdout + out.stderr
+        error = json.loads(body)["error"]
+        assert error["type"] == "request_too_large"
+        assert "over 100,000 bytes" in error["message"]
+        assert provider.log == []
+    finally:
+        proxy.stop()
+
+
 def test_a_streamed_response_arrives_intact_and_incrementally(
     tmp_path: Path, provider: Provider
 ) -> None:

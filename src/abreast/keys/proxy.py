@@ -42,6 +42,9 @@ HOP_BY_HOP = {
     "authorization",
 }
 BASE_URL_ENV = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
+# A request body is held whole (a 429 is retried with the next key); providers refuse far
+# less (Anthropic's Messages API: 32 MB), so a bigger one is refused here, unread (413).
+MAX_REQUEST_BYTES = 64 << 20
 
 
 class Route:
@@ -143,9 +146,12 @@ class KeyProxy:
 
     async def _read_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[h11.Request, bytes] | None:
+    ) -> tuple[h11.Request, bytes | None] | None:
+        """The next request and its body; None for the body if it is over
+        MAX_REQUEST_BYTES (said by its Content-Length, or once that much has come)."""
         head: h11.Request | None = None
         parts: list[bytes] = []
+        size = 0
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -156,7 +162,14 @@ class KeyProxy:
                 conn.receive_data(await reader.read(READ_CHUNK))
             elif isinstance(event, h11.Request):
                 head = event
+                length = dict(event.headers).get(b"content-length")
+                if length is not None and int(length) > MAX_REQUEST_BYTES:
+                    return head, None
             elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_REQUEST_BYTES:
+                    assert head is not None
+                    return head, None
                 parts.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
@@ -206,7 +219,12 @@ class KeyProxy:
 
                 if request is None:
                     return
-                await self._respond(conn, writer, await self._forward(*request))
+                head, body = request
+                if body is None:  # refused unread; the connection closes after it
+                    too_big = f"request body over {MAX_REQUEST_BYTES:,} bytes"
+                    await self._respond(conn, writer, _error(413, "request_too_large", too_big))
+                    return
+                await self._respond(conn, writer, await self._forward(head, body))
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return  # the client asked to close, or framing forbids reuse
                 conn.start_next_cycle()
