@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -369,6 +370,24 @@ def test_resume_refuses_a_run_whose_orchestrator_lives(tmp_path: Path) -> None:
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_resume_of_a_run_whose_orchestrator_is_on_another_machine_says_where(
+    tmp_path: Path,
+) -> None:
+    # A journal on a shared filesystem: this machine cannot tell whether a process there
+    # lives. It said "still running (orchestrator pid N)" with `abreast cancel` as the way.
+    path = write_workflow(tmp_path, "away", {"a": {"run": "true"}})
+    proc, run_id = start_run(path)
+    assert proc.communicate(timeout=30)[0].count(": succeeded in") == 1
+    db = tmp_path / ".abreast" / "state.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("UPDATE runs SET state = 'running', host = 'other' WHERE id = ?", (run_id,))
+        conn.commit()
+    refused = run_abreast("resume", run_id, "--state", f"sqlite://{db}")
+    assert refused.code == 2
+    assert f"run {run_id} runs on other (orchestrator pid " in refused.err
+    assert "hint: resume it on other" in refused.err
 
 
 def test_an_orchestrator_killed_but_not_yet_reaped_counts_as_dead(tmp_path: Path) -> None:

@@ -698,6 +698,14 @@ def _resume_found(
             f"run {row.id} already finished ({row.state}); nothing to resume",
             hint="start a new run with `abreast run`",
         )
+    if orchestrator_alive(row) and not on_this_host(row):
+        beat = row.heartbeat_at
+        beat_said = f"; its last heartbeat {time.time() - beat:.0f}s ago" if beat else ""
+        raise UsageError(
+            f"run {row.id} runs on {row.host} (orchestrator pid {row.pid}{beat_said}), whose "
+            "processes cannot be seen from here",
+            hint=f"resume it on {row.host}, where abreast can tell whether it still runs",
+        )
     if orchestrator_alive(row):
         raise UsageError(
             f"run {row.id} is still running (orchestrator pid {row.pid})",
