@@ -142,6 +142,10 @@ CASES = {
         "version: 1\ntasks:\n  a: {run: x}\n  b: {run: x, needs: ['a:ready']}\n",
         ["waits for signal 'ready' of 'a', which 'a' does not declare"],
     ),
+    "owns_unclosed_bracket": (  # git's rule: it matches nothing (`[]]` is a set of ']')
+        "version: 1\ntasks:\n  a: {run: x, owns: ['src/[]]/**', 'src/[a-']}\n",
+        ["owns pattern 'src/[a-' has a '[' that is never closed, so it matches nothing"],
+    ),
     "owns_escapes": (
         "version: 1\ntasks:\n  a: {run: x, owns: ['../etc/**']}\n",
         ["owns pattern '../etc/**' leaves the repository"],

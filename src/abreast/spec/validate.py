@@ -492,6 +492,8 @@ def owns_problem(pattern: str) -> str | None:
         return "leaves the repository with '..'"
     if "\\" in pattern:
         return "uses a backslash; use '/' between path segments"
+    if _unclosed_bracket(pattern):
+        return "has a '[' that is never closed, so it matches nothing (write '[[]' for a '[')"
     import pathspec
 
     try:
@@ -499,6 +501,23 @@ def owns_problem(pattern: str) -> str | None:
     except (ValueError, TypeError) as e:
         return f"is not a valid glob: {e}"
     return None
+
+
+def _unclosed_bracket(pattern: str) -> bool:
+    """Whether a '[' of the glob opens a set that no ']' closes (git's rule: a ']' right
+    after the '[', or after its '!' or '^', belongs to the set)."""
+    i = 0
+    while (i := pattern.find("[", i)) >= 0:
+        j = i + 1
+        if pattern[j : j + 1] in ("!", "^"):
+            j += 1
+        if pattern[j : j + 1] == "]":
+            j += 1
+        end = pattern.find("]", j)
+        if end < 0:
+            return True
+        i = end + 1
+    return False
 
 
 def _kind(value: object) -> str:
