@@ -920,6 +920,36 @@ def test_an_error_while_handling_an_exit_stops_the_run_with_that_error(tmp_path:
                 os.waitpid(b.pid, 0)
 
 
+def test_a_sigterm_before_the_engine_listens_cancels_the_run_when_it_does(
+    tmp_path: Path,
+) -> None:
+    # Between the journal naming this process the orchestrator and the engine installing
+    # its handlers (a resume stopping strays, a start setting up worktrees), a SIGTERM
+    # (`kill PID`, or `abreast cancel`) killed it and left the run interrupted. Now the
+    # first is kept and acted on as a cancel once the engine starts, before any task
+    # starts; a second stops the process at once, as before.
+    import asyncio
+
+    from abreast.engine.engine import EngineOptions, defer_stop_signals
+
+    wf = workflow(tmp_path, {"a": {"run": f"touch {tmp_path}/ran"}})
+    with engine_for(wf, tmp_path / "state.db", EngineOptions(cap=2, flags={})) as engine:
+        try:
+            defer_stop_signals()
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before the next line
+            outcome = asyncio.run(asyncio.wait_for(engine.run(), 20))
+            defer_stop_signals()
+            os.kill(os.getpid(), signal.SIGTERM)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGTERM)
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    assert outcome.state == "cancelled"
+    assert engine.by_id["a"].state.value == "cancelled"
+    assert not (tmp_path / "ran").exists()
+
+
 def test_ctrl_c_stops_a_run_of_many_short_tasks(tmp_path: Path) -> None:
     # Tasks end as fast as they start (chains of 10, 8 at a time): Ctrl-C must be
     # heard at once, and stderr stay clean of "cannot write to the signal wakeup fd".

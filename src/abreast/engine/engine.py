@@ -19,6 +19,7 @@ and SIGINT; `abreast signal` as SIGUSR1. Nothing here polls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -55,6 +56,31 @@ if TYPE_CHECKING:
     from abreast.observe.events import Sink
 
 JITTER = 0.25  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
+_stop_asked: list[int] = []  # SIGTERMs that came before the engine listened for them
+
+
+def _deferred(signum: int, frame: object) -> None:
+    if signum != signal.SIGTERM:
+        return
+    if _stop_asked:  # asked twice: whatever holds the start up, stop now (as a second ^C)
+        raise KeyboardInterrupt
+    _stop_asked.append(signum)
+
+
+def defer_stop_signals() -> None:
+    """From the moment the journal names this process a run's orchestrator, `abreast
+    cancel` (SIGTERM) and `abreast signal` (SIGUSR1) are sent to it, and by default
+    either would kill it before the engine installs its handlers. Until then a SIGTERM
+    is recorded, and acted on as a cancel when the engine starts (so is a cancel request
+    in the journal); a SIGUSR1 is dropped (the engine reads journaled signals when it
+    starts); a second SIGTERM stops the process at once, as before. A handler, not
+    SIG_IGN: processes started meanwhile (git) do not inherit it."""
+    _stop_asked.clear()
+    with contextlib.suppress(ValueError):  # not the main thread: no signals come here
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, _deferred)
+
+
 # $ABREAST_OUTPUT is for small structured results (conditions, inputs of dependents): it is
 # read into memory, journaled and shown. A bigger one fails the attempt, unread.
 MAX_OUTPUT_BYTES = 1 << 20
@@ -992,7 +1018,10 @@ class Engine:
 
     def _cancel_asked(self) -> bool:
         """`abreast cancel` journaled a request (typed on another machine, or before this
-        process listened for SIGTERM)."""
+        process listened for SIGTERM), or a SIGTERM came before it listened."""
+        if _stop_asked:
+            _stop_asked.clear()
+            return True
         row = self.journal.run(self.run_id)
         return row is not None and bool(row.cancel_requested)
 

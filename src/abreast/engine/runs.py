@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import os
 import random
 import re
-import signal
 import socket
 import sys
 import time
@@ -21,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from abreast.coord.backend import CoordError, open_coordinator
 from abreast.coord.journal import Journal, RunRow
 from abreast.coord.location import StateLocation, locate, redact_url
-from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View
+from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View, defer_stop_signals
 from abreast.engine.lookup import (
     described_process,
     find_run,
@@ -477,7 +475,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 "ray_address": cluster.address if cluster and not cluster.started_here else None,
                 "tag": tag,
             }
-            _until_the_engine_listens()
+            defer_stop_signals()
             journal.create_run(
                 run_id,
                 workflow=p.wf.name,
@@ -749,26 +747,10 @@ def _resume_found(
             cluster.close()
 
 
-def _dropped(signum: int, frame: object) -> None:
-    pass
-
-
-def _until_the_engine_listens() -> None:
-    """From the moment the journal names this process the run's orchestrator, `abreast
-    cancel` (SIGTERM) and `abreast signal` (SIGUSR1) are sent to it, and by default either
-    would kill it before the engine installs its handlers. Both journal what they want
-    first (`cancel_requested`, the signal), which the engine reads when it starts, so
-    until then they are caught and dropped. A handler, not SIG_IGN: processes started
-    meanwhile (git) do not inherit it."""
-    with contextlib.suppress(ValueError):  # not the main thread: no signals come here
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, _dropped)
-
-
 def _take_up(journal: Journal, row: RunRow) -> None:
     """Make this process the run's orchestrator, unless another took it up or cleanup
     forgot it since it was read (two `resume`s at once: exactly one goes on)."""
-    _until_the_engine_listens()
+    defer_stop_signals()
     me = os.getpid()
     with journal.exclusive(waiting_note(f"resuming {row.id}")):
         if journal.claim_run(
