@@ -522,8 +522,8 @@ class Journal:
                         (*fields.values(), *as_seen),
                     ).rowcount
                 )
-        except sqlite3.Error as e:
-            raise StateError(f"cannot write the journal at {self.path}: {e}") from e
+        except sqlite3.Error as e:  # not a write failure (those are StateErrors already)
+            raise self._write_error(e) from e
 
     def forget_run(self, run_id: str, ended_before: float) -> bool:
         """Delete everything journaled of a run that ended (succeeded, failed or was
@@ -566,6 +566,13 @@ class Journal:
             (run_id,),
         ).fetchone()
         return _run_row(row) if row else None
+
+    def cancel_requested(self, run_id: str) -> bool:
+        """Whether `abreast cancel` asked the run to stop (one column: read every tick)."""
+        row = self._db.execute(
+            "SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
+        return bool(row and row[0])
 
     def finished_at(self, run_id: str) -> float | None:
         """When the run finished (None while it runs, or if there is no such run): without

@@ -1022,8 +1022,7 @@ class Engine:
         if _stop_asked:
             _stop_asked.clear()
             return True
-        row = self.journal.run(self.run_id)
-        return row is not None and bool(row.cancel_requested)
+        return self.journal.cancel_requested(self.run_id)
 
     def _on_tick(self) -> None:
         self._check_anchor(first_only=False)

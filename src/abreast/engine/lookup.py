@@ -75,7 +75,7 @@ def orchestrator_alive(row: RunRow) -> bool:
     """Whether the process that runs `row` is still there (same host, pid and start time)."""
     if row.state != "running" or row.pid is None:
         return False
-    if row.host and row.host != socket.gethostname():
+    if not on_this_host(row):
         return True  # cannot see another host's processes; assume it lives
     return is_live_process(row.pid, row.pid_start)
 

@@ -920,14 +920,14 @@ def _release_dead_leases(supervisor: Supervisor, journal: Journal, run_id: str, 
     except CoordError as e:
         view.note(f"the dead orchestrator's locks were not looked at: {e}")
         return
-    for line, lock, token in done:
-        verb, rest = line.split(" ", 1)  # release ..., leave ... (as cleanup lists them)
-        said = {"release": "released", "leave": "left"}.get(verb, verb)
-        view.note(f"{said} {rest}" + (": its holder died with the orchestrator" if token else ""))
-        if token is not None:
-            journal.stage_event(
-                run_id, "lock.released", lock=lock, token=token, reason="the orchestrator died"
-            )
+    for _verb, what, lock, token in done:
+        if token is None:
+            view.note(f"left {what}")
+            continue
+        view.note(f"released {what}: its holder died with the orchestrator")
+        journal.stage_event(
+            run_id, "lock.released", lock=lock, token=token, reason="the orchestrator died"
+        )
 
 
 def _adopt_changed_file(journal: Journal, row: RunRow, p: Prepared) -> tuple[list[str], list[str]]:
