@@ -1017,19 +1017,20 @@ def test_a_task_reads_the_outputs_of_the_tasks_it_needs(tmp_path: Path, cli) -> 
     assert cli("logs", "alone", *state).out == "[unset]\n"  # nothing upstream: not set
 
 
-def test_checks_without_a_merge_queue_are_said_to_do_nothing(tmp_path: Path) -> None:
+def test_checks_and_land_without_a_merge_queue_are_said_to_do_nothing(tmp_path: Path) -> None:
     path = workflow(
         tmp_path,
         {"a": {"run": "true"}},
         checks=[{"run": "false"}],
         worktrees={"copy": [".env"]},
     )
-    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", "--land", cwd=tmp_path)
     assert result.code == 0, result.err
     assert (
         "note: `checks:` and `worktrees:` do nothing here: tasks run in the project directory,"
         " and there is no merge queue (isolation: none)" in result.err
     )
+    assert "note: --land does nothing here: tasks work in the project directory" in result.err
 
 
 def test_a_task_that_removes_abreast_dir_loses_nothing_of_the_run(tmp_path: Path) -> None:

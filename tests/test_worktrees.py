@@ -323,10 +323,47 @@ def test_a_branch_named_abreast_is_refused_before_the_run_is_journaled(repo: Pat
 def test_land_refuses_over_uncommitted_changes(repo: Path) -> None:
     path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
     (repo / "README.md").write_text("local edit\n")
-    code, out, _ = run(repo, path, "--land")
-    assert code == 0, out
+    code, out, run_id = run(repo, path, "--land")
+    # Every task succeeded, but what --land was asked for was not done: a script's
+    # `abreast run --land && git push` must not push a main that lacks the work.
+    assert code == 3, out
     assert "not landed: main is checked out with uncommitted changes" in out
     assert "1 uncommitted change(s) in" in out and "(README.md)" in out
+    assert query(repo / ".abreast" / "state.db", "SELECT state FROM runs") == [("succeeded",)]
+    assert show(repo, integration(run_id), "a.txt") == "A\n"  # the result is kept
+
+
+def test_land_when_base_moved_during_the_run_leaves_the_merge_to_you(repo: Path) -> None:
+    # The task moves main itself (as a teammate's push to the checkout would), so main is
+    # no longer an ancestor of the result when the run ends.
+    moved = f"git -C {repo} commit -q --allow-empty -m meanwhile && echo A > a.txt"
+    path = workflow(repo, {"a": {"run": moved}})
+    code, out, run_id = run(repo, path, "--land")
+    assert code == 3, out
+    assert "not landed: main moved since the run started" in out
+    assert git(repo, "log", "-1", "--format=%s", "main").strip() == "meanwhile"
+    assert show(repo, integration(run_id), "a.txt") == "A\n"
+
+
+@pytest.mark.parametrize("where", ["detached", "tag"])
+def test_land_without_a_branch_to_move_is_refused_before_the_run(repo: Path, where: str) -> None:
+    # It was found at the end, after the work: "not landed: base 'HEAD' is not a branch".
+    top: dict[str, Any] = {}
+    if where == "tag":
+        git(repo, "tag", "v1")
+        top["base"] = "v1"
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}}, **top)
+    if where == "detached":
+        git(repo, "checkout", "-q", "--detach")
+    code, out, run_id = run(repo, path, "--land")
+    assert code == 2, out
+    assert run_id == ""
+    what = "HEAD is detached" if where == "detached" else "base 'v1' is not a branch"
+    assert f"--land fast-forwards a local branch to the result, and {what}" in out
+    assert "hint: check out a branch or set `base:` to one" in out
+    assert "no runs yet" in run_abreast("status", cwd=repo).err  # nothing journaled
+    code, out, _ = run(repo, path)  # without --land the run is fine
+    assert code == 0, out
 
 
 def test_the_start_note_names_uncommitted_files_but_not_the_workflow_file(repo: Path) -> None:

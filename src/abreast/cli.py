@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from abreast.observe.dashboard_process import Observer
 
 DEFAULT_FILE = "abreast.yaml"
+# `abreast run --land` (or a resume of such a run): every task succeeded, but the result
+# could not be brought into `base` (the summary says why; the result branch is kept).
+EXIT_NOT_LANDED = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -366,7 +369,9 @@ def _finish(outcome: RunOutcome) -> int:
 
         with Journal(journal_path) as journal:
             print(report.closing(journal, outcome.run_id))
-    return 0 if outcome.state == "succeeded" else 1
+    if outcome.state != "succeeded":
+        return 1
+    return EXIT_NOT_LANDED if outcome.unlanded else 0
 
 
 @contextlib.contextmanager

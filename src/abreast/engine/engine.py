@@ -184,6 +184,7 @@ class RunOutcome:
     warnings: list[str] = field(default_factory=list)
     journal_path: Path | None = None
     changes: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> files, +, -
+    unlanded: bool = False  # --land was asked and could not be done (`landing` says why)
 
     @property
     def saved_s(self) -> float:
@@ -1214,6 +1215,7 @@ class Engine:
             list(self.sup.warnings),
             self.journal.path,
             changes,
+            unlanded=self.isolation.unlanded,
         )
 
     # -- resume ------------------------------------------------------------------------------

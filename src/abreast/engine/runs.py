@@ -373,8 +373,15 @@ def _isolation(
     )
 
 
-def _base_commit(p: Prepared, kind: str, announce_note: Callable[[str], None]) -> str | None:
+def _base_commit(
+    p: Prepared, kind: str, announce_note: Callable[[str], None], *, land: bool = False
+) -> str | None:
     if kind != "worktree":
+        if land:
+            announce_note(
+                "note: --land does nothing here: tasks work in the project directory itself"
+                " (isolation: none), so there is no result branch to bring in"
+            )
         unused = [
             key
             for key, used in (
@@ -391,7 +398,7 @@ def _base_commit(p: Prepared, kind: str, announce_note: Callable[[str], None]) -
                 "in the project directory, and there is no merge queue (isolation: none)"
             )
         return None
-    from abreast.workspace.repo import Repo, dirty_paths
+    from abreast.workspace.repo import Repo, base_name, dirty_paths
 
     repo = Repo(p.location.root)
     commit = repo.rev_parse(p.wf.base)
@@ -409,6 +416,15 @@ def _base_commit(p: Prepared, kind: str, announce_note: Callable[[str], None]) -
             "branches (abreast/<run>/<task>) beside it",
             hint="rename it, e.g. `git branch -m abreast abreast-main`",
         )
+    if land:  # refused now rather than after the work: --land moves a branch
+        name = base_name(repo, p.wf.base)
+        if repo.rev_parse(f"refs/heads/{name}") is None:
+            what = "HEAD is detached" if name == "HEAD" else f"base {name!r} is not a branch"
+            raise UsageError(
+                f"--land fast-forwards a local branch to the result, and {what} in {repo.root}",
+                hint="check out a branch or set `base:` to one; or leave out --land and "
+                "merge the result branch (named at the end of the run) where you like",
+            )
     from abreast.workspace.provision import problems
 
     bad = problems(repo, list(p.wf.worktrees.copy), list(p.wf.worktrees.keep))
@@ -442,7 +458,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
             "directly, side by side (isolation: none); `git init` there gives each task "
             "a worktree of its own, or set `isolation: none` to say this is meant"
         )
-    base_commit = _base_commit(p, kind, _note)
+    base_commit = _base_commit(p, kind, _note, land=req.land)
     for (x, y), via in p.analysis.overlap_via.items():
         _note(f"note: {x} and {y} never run side by side: {nesting_hint(via)}")
     sinks = _sinks(p)

@@ -35,6 +35,8 @@ class Isolation:
     #: True when `prepare` is instant and `integrate` always lands: the engine then skips
     #: both (the fast path the dispatch benchmark measures).
     instant = True
+    #: Set by `close` when the run succeeded and `--land` could not bring the result in.
+    unlanded = False
 
     def __init__(self, root: Path) -> None:
         self.root = root

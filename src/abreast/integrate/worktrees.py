@@ -34,7 +34,7 @@ from abreast.spec.model import Workflow
 from abreast.workspace import pyenv, submodules
 from abreast.workspace.pool import WorktreePool
 from abreast.workspace.provision import Provision
-from abreast.workspace.repo import Repo, commit_all, signal_ref
+from abreast.workspace.repo import Repo, base_name, commit_all, signal_ref
 
 
 def integration_ref(run_id: str) -> str:
@@ -91,10 +91,8 @@ class WorktreeIsolation(Isolation):
         self.land = land
         self.secrets = secrets  # (fingerprint, value) of the run's API keys
         self.ref = integration_ref(run_id)
-        self.base_name = wf.base
-        if wf.base == "HEAD":
-            current = self.repo.current_branch()
-            self.base_name = current.removeprefix("refs/heads/") if current else "HEAD"
+        self.base_name = base_name(self.repo, wf.base)
+        self.unlanded = False
         existing = self.repo.rev_parse(self.ref)
         if existing is None:
             start = base_commit or self.repo.rev_parse(wf.base)
@@ -534,7 +532,9 @@ class WorktreeIsolation(Isolation):
         if not success:
             lines.append("not landed: the run did not succeed")
         elif self.land:
-            lines.append(await asyncio.to_thread(self._land, str(head)))
+            said = await asyncio.to_thread(self._land, str(head))
+            self.unlanded = said.startswith("not landed")
+            lines.append(said)
         elif ahead:
             lines.append(f"bring it in: git merge --ff-only {branch}   (or run with --land)")
         return "\n  ".join(lines)

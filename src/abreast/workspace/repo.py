@@ -370,3 +370,12 @@ def dirty_paths(repo: Repo, path: Path) -> list[str]:
             i += 1  # the rename's source follows
         i += 1
     return paths
+
+
+def base_name(repo: Repo, base: str) -> str:
+    """The name `base` goes by in the summary and for `--land`: the branch checked out for
+    `HEAD` (or `HEAD` itself when detached), else `base` as written."""
+    if base != "HEAD":
+        return base
+    current = repo.current_branch()
+    return current.removeprefix("refs/heads/") if current else "HEAD"
