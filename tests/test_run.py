@@ -154,6 +154,57 @@ def test_timeout_kills_the_whole_tree_within_the_grace_period(tmp_path: Path, cl
     assert took < 1 + 5 + 3  # timeout + grace + start-up, generously
 
 
+def test_processes_a_task_leaves_in_a_session_of_their_own_are_ended_with_it(
+    tmp_path: Path,
+) -> None:
+    # `setsid` puts a process out of reach of the attempt's process group and session:
+    # it outlived the task and the run (a server, a watcher, holding ports and files).
+    pids = tmp_path / "pids"
+
+    def daemon(name: str) -> str:  # records its pid, then sleeps in a session of its own
+        return f"setsid sh -c 'echo {name} $$ >> {pids}; exec sleep 300' </dev/null >/dev/null 2>&1"
+
+    wait_for_it = f"until grep -q %s {pids} 2>/dev/null; do sleep 0.01; done"
+    path = workflow(
+        tmp_path,
+        {
+            # ends at once, its daemon running
+            "done": {"run": f"{daemon('done')} & {wait_for_it % 'done'}"},
+            # its daemon's parent (a subshell) ends first; the task itself times out
+            "slow": {
+                "run": f"({daemon('slow')} &); {wait_for_it % 'slow'}; sleep 300",
+                "timeout": 1,
+            },
+            # runs on: its own daemon is left alone while it does
+            "after": {
+                "needs": ["done"],
+                "run": f"{daemon('after')} & {wait_for_it % 'after'}; sleep 0.5; "
+                f"kill -0 $(grep after {pids} | cut -d' ' -f2)",
+            },
+        },
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 1, result.out + result.err
+    assert "slow (timed_out)" in result.out
+    for task in ("done", "slow", "after"):
+        assert (
+            f"{task}: ending 1 process(es) its attempt 1 left running in a session or process"
+            " group of its own (" in result.out
+        ), result.out
+    recorded = dict(line.split() for line in pids.read_text().splitlines())
+    assert sorted(recorded) == ["after", "done", "slow"]
+    assert [name for name, pid in recorded.items() if pid_alive(int(pid))] == []
+    db = tmp_path / ".abreast" / "state.db"
+    events = query(db, "SELECT task_id, data FROM events WHERE type = 'orphan.cleaned'")
+    assert sorted((t, json.loads(d)["reason"]) for t, d in events) == [
+        ("after", "left_running"),
+        ("done", "left_running"),
+        ("slow", "left_running"),
+    ]
+    states = dict(query(db, "SELECT task_id, state FROM tasks"))
+    assert states == {"done": "succeeded", "slow": "timed_out", "after": "succeeded"}
+
+
 def test_retry_with_backoff_succeeds_on_attempt_2(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     path = workflow(
         tmp_path,

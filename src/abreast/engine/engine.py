@@ -40,8 +40,10 @@ from abreast.engine.supervise import Supervisor
 from abreast.executor.local import Executor, Exit, Launch, LocalExecutor, Running
 from abreast.executor.logs import log_tail, scrub_secrets
 from abreast.executor.process import (
+    Adoptions,
     become_subreaper,
     describe_status,
+    kill_tree,
     leases_env,
     reap_orphans,
 )
@@ -245,6 +247,8 @@ class Engine:
         self._cancelling = False
         self._force_kill = False
         self._killing: set[asyncio.Task[None]] = set()
+        self._ending_groups: set[int] = set()  # process groups being killed
+        self._adoptions: Adoptions | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._scrubs: set[asyncio.Future[int]] = set()  # logs being rid of key values
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -375,7 +379,8 @@ class Engine:
             self.journal.listeners.append(sink)
         make = self.options.executor or LocalExecutor
         self._executor = make(self._process_exited)
-        become_subreaper()  # orphaned descendants of tasks come to us, and are reaped
+        if become_subreaper():  # orphaned descendants of tasks come to us, and are reaped
+            self._adoptions = Adoptions(self.run_id)
         installed = self._install_signal_handlers(loop)
         self._on_signals(replay=True)  # a resumed run's, given while nobody listened
         self._note_cap()
@@ -414,6 +419,9 @@ class Engine:
             for tr in self.tasks:
                 if tr.timer:
                     tr.timer.cancel()
+        self._end_left_running()
+        if self._adoptions is not None:
+            self._adoptions.close()
         outcome = await self._finish_run()
         for sink in self.options.sinks:
             await sink.close()
@@ -714,6 +722,8 @@ class Engine:
         tr.running = None
         if running is not None and self._executor and self._executor.leftovers(running):
             self._kill(running)  # it left processes behind in its group: end them too
+        if running is not None:
+            self._end_left_running()
         n = tr.attempts
         sampled = self.sup.ended(tr.id)
         if self.options.keys is not None:
@@ -961,9 +971,43 @@ class Engine:
     def _kill(self, running: Running) -> None:
         grace = 0.0 if self._force_kill else self.options.kill_grace_s
         assert self._executor is not None
-        task = asyncio.create_task(self._executor.kill(running, grace))
+        self._killing_group(running.pgid, self._executor.kill(running, grace))
+
+    def _killing_group(self, pgid: int, kill: Coroutine[Any, Any, None]) -> None:
+        """Run `kill` (of process group `pgid`) to its end; the run's end waits for it."""
+        self._ending_groups.add(pgid)
+        task = asyncio.create_task(kill)
         self._killing.add(task)
-        task.add_done_callback(self._killing.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._killing.discard(task)
+            self._ending_groups.discard(pgid)
+
+        task.add_done_callback(done)
+
+    def _end_left_running(self) -> None:
+        """End what attempts that have ended left running in a process group or session of
+        their own (`setsid server &`, a daemon): out of reach of the attempt's group, it
+        would outlive the attempt and the run. Noted and journaled (orphan.cleaned)."""
+        if self._adoptions is None or self._executor is None:
+            return
+        left: dict[tuple[str, int], list[str]] = {}
+        for proc in self._adoptions.find(self._executor.running):
+            tr = self.by_id.get(proc.task_id)
+            if tr is not None and tr.running is not None and tr.attempts == proc.attempt:
+                continue  # its attempt still runs: they end with it
+            if proc.pgid in self._ending_groups or proc.pgid <= 1:
+                continue
+            grace = 0.0 if self._force_kill else self.options.kill_grace_s
+            self._killing_group(proc.pgid, kill_tree(proc.pgid, grace))
+            left.setdefault((proc.task_id, proc.attempt), []).append(proc.name)
+        for (task_id, attempt), names in left.items():
+            listed = ", ".join(sorted(set(names)))
+            self.view.note(
+                f"{task_id}: ending {len(names)} process(es) its attempt {attempt} left "
+                f"running in a session or process group of its own ({listed})"
+            )
+            self.sup.orphan_cleaned(task_id, attempt, "left_running")
 
     def _on_cancel(self, why: str) -> None:
         if self._cancelling:
@@ -1033,6 +1077,7 @@ class Engine:
         if self._executor:
             self._executor.sweep()
             reap_orphans(self._executor.running)
+            self._end_left_running()
         monitor = self.options.monitor
         if monitor:
             monitor.update()

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -148,6 +149,94 @@ def become_subreaper() -> bool:
         return bool(libc.prctl(36, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """A live process the orchestrator adopted (as a subreaper) that an attempt started:
+    the attempt ended, or its shell did, and it ran on in a process group or a session of
+    its own (`setsid cmd &`, a daemon)."""
+
+    pid: int
+    pgid: int
+    task_id: str
+    attempt: int
+    name: str
+
+
+class Adoptions:
+    """Finds the processes of one run's attempts among our children.
+
+    What a task leaves running in a session of its own is out of reach of its process
+    group and session; once the process that started it ends, the kernel gives it to the
+    nearest subreaper, us. Our children are read from /proc/self/task/PID/children (one
+    `pread` of a descriptor held open: about a microsecond), and a child we did not start
+    is looked at once (its environment says which run, task and attempt it belongs to).
+    """
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._own_session = os.getsid(0)
+        try:
+            self._fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY)
+        except OSError:  # a kernel without CONFIG_PROC_CHILDREN: nothing is found
+            self._fd = -1
+        # pid -> (start ticks, (task, attempt) or None for a process that is not one)
+        self._seen: dict[int, tuple[int | None, tuple[str, int] | None]] = {}
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def find(self, tracked: Container[int]) -> list[Adopted]:
+        """Live children carrying this run's marker and a task's, other than `tracked`
+        (the attempts' own first processes)."""
+        if self._fd < 0:
+            return []
+        try:
+            data = os.pread(self._fd, 1 << 20, 0)
+        except OSError:
+            return []
+        pids = [int(x) for x in data.split() if int(x) not in tracked]
+        for gone in self._seen.keys() - set(pids):
+            del self._seen[gone]
+        out = []
+        for pid in pids:
+            fields = _stat_fields(pid)
+            if fields is None or fields[0] in (b"Z", b"X"):
+                continue
+            ticks = int(fields[19])
+            seen = self._seen.get(pid)
+            if seen is None or seen[0] != ticks:  # new, or the pid was used again
+                seen = (ticks, None if int(fields[3]) == self._own_session else self._mark(pid))
+                self._seen[pid] = seen
+            if seen[1] is not None:
+                out.append(Adopted(pid, int(fields[2]), *seen[1], _comm(pid)))
+        return out
+
+    def _mark(self, pid: int) -> tuple[str, int] | None:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        except OSError:
+            return None
+        task, attempt = env.get(b"ABREAST_TASK_ID"), env.get(b"ABREAST_ATTEMPT", b"")
+        if env.get(MARKER_ENV.encode()) != self.run_id.encode() or not task:
+            return None
+        if b"ABREAST_CHECK_COMMIT" in env:  # a merge check (of that attempt): the queue's
+            return None
+        if not attempt.isdigit():
+            return None
+        return task.decode(errors="replace"), int(attempt)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return "?"
 
 
 def reap_orphans(tracked: Container[int]) -> int:

@@ -376,6 +376,6 @@ def base_name(repo: Repo, base: str) -> str:
     """The name `base` goes by in the summary and for `--land`: the branch checked out for
     `HEAD` (or `HEAD` itself when detached), else `base` as written."""
     if base != "HEAD":
-        return base
+        return base.removeprefix("refs/heads/")
     current = repo.current_branch()
     return current.removeprefix("refs/heads/") if current else "HEAD"
