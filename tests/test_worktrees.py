@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -450,6 +451,62 @@ def test_cleanup_leaves_the_worktrees_of_a_run_of_another_journal_that_still_run
             proc.kill()
             proc.communicate()
     assert git(repo, "show", f"{integration(run_id)}:a.txt") == "a\n"  # its work landed
+
+
+def test_without_git_a_repository_is_refused_not_run_in_place(repo: Path, tmp_path: Path) -> None:
+    # With no git on PATH the repository was taken for a plain directory: "not in a git
+    # repository", and the tasks ran in the checkout itself.
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
+    no_git = {**os.environ, "PATH": str(tmp_path / "empty")}
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=repo, env=no_git)
+    assert result.code == 2, result.out + result.err
+    assert (
+        "isolation: worktree, the default in a git repository, needs git 2.38 or later; "
+        "there is no `git` on PATH" in result.err
+    )
+    assert "or set `isolation: none` to run tasks in the project directory itself" in result.err
+    assert not (repo / "a.txt").exists()
+    assert not (repo / ".abreast" / "state.db").exists()  # nothing journaled
+    cleanup = run_abreast("cleanup", cwd=repo, env=no_git)
+    assert cleanup.code == 2, cleanup.err
+    assert "git is not installed here (no `git` on PATH), and this project" in cleanup.err
+    demo = run_abreast("demo", cwd=tmp_path, env=no_git)
+    assert demo.code == 2, demo.err  # it was a traceback from `git init`
+    assert "abreast demo needs git 2.38 or later; there is no `git` on PATH" in demo.err
+    # Said to run in place, it does, git or not.
+    path.write_text(
+        json.dumps({"version": 1, "isolation": "none", "tasks": {"a": {"run": "echo A > a.txt"}}})
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=repo, env=no_git)
+    assert result.code == 0, result.out + result.err
+    assert (repo / "a.txt").read_text() == "A\n"
+
+
+def test_a_git_too_old_for_the_merge_queue_is_refused_before_the_run(
+    repo: Path, tmp_path: Path
+) -> None:
+    # No git older than 2.38 is at hand here: this one is the real git, saying it is
+    # 2.34.1 (as Ubuntu 22.04's does). It had failed at the first merge, after the work.
+    shim = tmp_path / "old" / "git"
+    shim.parent.mkdir()
+    real = shutil.which("git")
+    assert real is not None
+    shim.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = --version ] && { echo "git version 2.34.1"; exit 0; }; done\n'
+        f'exec {real} "$@"\n'
+    )
+    shim.chmod(0o755)
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
+    old = {**os.environ, "PATH": f"{shim.parent}:{os.environ['PATH']}"}
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=repo, env=old)
+    assert result.code == 2, result.out + result.err
+    assert (
+        "isolation: worktree, the default in a git repository, needs git 2.38 or later; the "
+        "git on PATH is 2.34.1 (the merge queue merges with `git merge-tree --write-tree`"
+        in result.err
+    )
+    assert not (repo / ".abreast" / "state.db").exists()
 
 
 def test_worktree_isolation_outside_git_is_a_clear_error(tmp_path: Path) -> None:

@@ -697,7 +697,14 @@ def cmd_signal(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from abreast import demo
     from abreast.engine.runs import RunRequest, start_run
+    from abreast.workspace.git import MIN_TEXT, worktree_git_problem
 
+    problem = worktree_git_problem()
+    if problem:  # its agents work each in a worktree of a throwaway repository
+        raise UsageError(
+            f"abreast demo needs git {MIN_TEXT} or later; {problem}",
+            hint=f"install git {MIN_TEXT} or later",
+        )
     root, keep = demo.throwaway_dir(args.keep)
     try:
         workflow = demo.make_project(root, isolation="worktree")

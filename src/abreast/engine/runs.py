@@ -339,7 +339,19 @@ def isolation_kind(wf: Workflow, location: StateLocation) -> str:
             f"isolation: worktree needs a git repository; {location.root} is not in one",
             hint="run `git init` there, or set `isolation: none`",
         )
-    return wf.isolation or ("worktree" if in_git else "none")
+    kind = wf.isolation or ("worktree" if in_git else "none")
+    if kind == "worktree":
+        from abreast.workspace.git import MIN_TEXT, worktree_git_problem
+
+        problem = worktree_git_problem()
+        if problem:
+            default = "" if wf.isolation else ", the default in a git repository,"
+            raise UsageError(
+                f"isolation: worktree{default} needs git {MIN_TEXT} or later; {problem}",
+                hint=f"install git {MIN_TEXT} or later, or set `isolation: none` to run "
+                "tasks in the project directory itself",
+            )
+    return kind
 
 
 def _isolation(

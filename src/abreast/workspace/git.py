@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
+
+from abreast.errors import UsageError
 
 # Our own git calls never run the user's hooks nor ask for anything.
 GIT_ENV = {
@@ -19,6 +22,23 @@ GIT_ENV = {
 # start an automatic `git gc` in the middle of a run (repacking under running tasks, and
 # expiring old reflog entries, your stash's among them, while they are watched).
 OWN_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "gc.auto=0")
+
+
+# The oldest git worktree isolation works with: the merge queue merges with
+# `git merge-tree --write-tree` (2.38), which older versions do not have.
+MIN_VERSION = (2, 38)
+MIN_TEXT = ".".join(map(str, MIN_VERSION))
+
+
+class GitMissing(UsageError):
+    """No `git` to run, where the repository's work needs one."""
+
+    def __init__(self, why: str = "abreast works with its worktrees and branches") -> None:
+        super().__init__(
+            f"git is not installed here (no `git` on PATH), and this project is a git "
+            f"repository: {why} through git",
+            hint=f"install git ({MIN_TEXT} or later)",
+        )
 
 
 class GitError(Exception):
@@ -40,9 +60,14 @@ def git(
 ) -> subprocess.CompletedProcess[str]:
     argv = ["git", *OWN_CONFIG, *args]
     full_env = {**os.environ, **GIT_ENV, **(env or {})}
-    proc = subprocess.run(
-        argv, cwd=cwd, capture_output=True, text=True, input=input_, env=full_env, check=False
-    )
+    try:
+        proc = subprocess.run(
+            argv, cwd=cwd, capture_output=True, text=True, input=input_, env=full_env, check=False
+        )
+    except FileNotFoundError as e:
+        if e.filename == "git":
+            raise GitMissing() from None
+        raise
     if check and proc.returncode != 0:
         raise GitError(list(args), proc.returncode, proc.stderr)
     return proc
@@ -55,6 +80,8 @@ def toplevel(path: str | Path) -> Path | None:
         start = start.parent
     try:
         proc = git("rev-parse", "--show-toplevel", cwd=start, check=False)
+    except GitMissing:  # a repository all the same: found by its .git
+        return next((p for p in (start, *start.parents) if (p / ".git").exists()), None)
     except (FileNotFoundError, NotADirectoryError):
         return None
     if proc.returncode != 0:
@@ -64,7 +91,10 @@ def toplevel(path: str | Path) -> Path | None:
 
 def exclude_locally(repo: Path, pattern: str) -> None:
     """Add `pattern` to the repository's .git/info/exclude (the user's git status stays clean)."""
-    proc = git("rev-parse", "--git-common-dir", cwd=repo, check=False)
+    try:
+        proc = git("rev-parse", "--git-common-dir", cwd=repo, check=False)
+    except GitMissing:
+        return
     if proc.returncode != 0:
         return
     common = Path(proc.stdout.strip())
@@ -81,3 +111,29 @@ def exclude_locally(repo: Path, pattern: str) -> None:
                 f.write(pattern + "\n")
     except OSError:
         pass  # a read-only repository: the user's status shows .abreast/, nothing worse
+
+
+def version() -> tuple[int, ...] | None:
+    """The version of the `git` on PATH (2, 39, 5), None where it has none, () where it
+    does not say in the usual form."""
+    try:
+        out = git("--version", cwd="/").stdout
+    except (GitMissing, OSError):
+        return None
+    found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    return tuple(int(x) for x in found.groups(default="0")) if found else ()
+
+
+def worktree_git_problem() -> str | None:
+    """Why the git on PATH cannot serve worktree isolation (there is none, or it is older
+    than MIN_VERSION), or None: checked before a run, since the merge queue would
+    otherwise fail at the first task's end, after the work."""
+    have = version()
+    if have is None:
+        return "there is no `git` on PATH"
+    if have and have[:2] < MIN_VERSION:
+        return (
+            f"the git on PATH is {'.'.join(map(str, have))} (the merge queue merges with "
+            "`git merge-tree --write-tree`, new in 2.38)"
+        )
+    return None
