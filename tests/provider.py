@@ -4,6 +4,7 @@
   window; over the limit (or when told every key is limited) it answers 429 with
   Retry-After; otherwise 200 with which key (fingerprint) served it.
 - GET /v1/stream: a response in `chunks` parts, `gap_s` apart.
+- POST /v1/slow: answers after `slow_s` of silence (a model thinking, unstreamed).
 Every request is recorded: key, time, status.
 """
 
@@ -31,6 +32,7 @@ class Provider:
     retry_after_s: float = 0.05
     chunks: int = 5
     gap_s: float = 0.2
+    slow_s: float = 3.0
     log: list[tuple[str, float, int]] = field(default_factory=list)  # key, time, status
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
@@ -78,6 +80,11 @@ class Provider:
 
         return StreamingResponse(parts(), media_type="text/event-stream")
 
+    async def slow(self, request: Request) -> Response:
+        await request.body()
+        await asyncio.sleep(self.slow_s)
+        return JSONResponse({"ok": True, "thought_s": self.slow_s})
+
     def start(self) -> None:
         import uvicorn
 
@@ -88,6 +95,7 @@ class Provider:
             routes=[
                 Route("/v1/messages", self.messages, methods=["POST"]),
                 Route("/v1/stream", self.stream),
+                Route("/v1/slow", self.slow, methods=["POST"]),
             ]
         )
         self._server = uvicorn.Server(

@@ -296,6 +296,48 @@ def test_the_agent_finally_sees_the_providers_429_through_the_proxy(
     assert len(provider.log) == 3 * 4  # every key tried in each of the 4 rounds
 
 
+def test_an_agent_waiting_on_a_slow_answer_through_the_proxy_is_not_an_orphan(
+    tmp_path: Path, provider: Provider
+) -> None:
+    # A model that thinks for minutes before it answers: the agent's process tree shows
+    # no CPU, I/O or output meanwhile, and was killed as an orphan (`orphan_after`).
+    provider.slow_s = 3.0
+    (tmp_path / "ask.py").write_text(
+        "import json, os, urllib.request\n"
+        "req = urllib.request.Request(\n"
+        "    os.environ['ANTHROPIC_BASE_URL'] + '/v1/slow', data=b'{}', method='POST',\n"
+        "    headers={'x-api-key': os.environ['ANTHROPIC_API_KEY']})\n"
+        "print(json.loads(urllib.request.urlopen(req, timeout=60).read()))\n"
+    )
+    path = write(
+        tmp_path,
+        {
+            "name": "slow",
+            "heartbeat": {"interval": "0.2s", "orphan_after": "1s"},
+            "keys": {"anthropic": {"from": list(ENV), "upstream": provider.url}},
+            "tasks": {
+                "thinks": {"run": f"{sys.executable} {tmp_path}/ask.py", "keys": "anthropic"},
+                # the same silence with no request under way is still taken for a hang
+                "hangs": {"run": "sleep 3"},
+            },
+        },
+    )
+    result = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
+    )
+    assert result.code == 1, result.out + result.err
+    db = tmp_path / ".abreast" / "state.db"
+    assert dict(query(db, "SELECT task_id, state FROM tasks")) == {
+        "thinks": "succeeded",
+        "hangs": "failed",
+    }
+    assert "hangs: orphan: no sign of life (CPU, I/O, output or an API request)" in result.out
+    orphans = query(db, "SELECT task_id FROM events WHERE type = 'orphan.cleaned'")
+    assert orphans == [("hangs",)]
+    log = next((tmp_path / ".abreast" / "runs").glob("*/logs/thinks.1.log")).read_text()
+    assert "'thought_s': 3.0" in log
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_with_a_large_body_and_expect_100_continue(provider: Provider) -> None:
     from abreast.keys.proxy import KeyProxy, Route

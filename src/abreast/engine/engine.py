@@ -642,14 +642,15 @@ class Engine:
             return
         tr.running = running
         tr.killed_for = None
-        executor = self._executor
+        executor, keys, n = self._executor, self.options.keys, launch.attempt
         self.sup.started(
             tr.id,
-            launch.attempt,
+            n,
             running.pid,
             launch.log,
             leases or [],
             lambda: executor.stats(running),
+            None if keys is None else lambda: keys.waiting_on_provider(tr.id, n),
         )
         self.journal.stage_attempt(
             self.run_id,

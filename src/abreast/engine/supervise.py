@@ -6,7 +6,8 @@
   attempt is killed: its protected work must not go on unprotected.
 - **Heartbeats and orphans.** Every interval, the supervisor looks at each
   attempt's process tree (CPU time, bytes read and written, log size) and
-  heartbeats `attempt:<run>/<task>/<n>` while it shows signs of life. An attempt
+  heartbeats `attempt:<run>/<task>/<n>` while it shows signs of life (or has an API
+  request under way through the key proxy). An attempt
   with none for `heartbeat.orphan_after` (hung, stopped, waiting forever) is an
   orphan: killed, its leases released, retried or failed. The run heartbeats as
   `run:<run>`.
@@ -54,6 +55,9 @@ class Watch:
     # (RSS, CPU s, I/O bytes) of the attempt's tree: its executor's, else read here by pid;
     # None while it has not started yet (waiting in a remote executor's queue)
     stats: Callable[[], tuple[int, float, int] | None] | None = None
+    # True while the attempt waits on something outside its tree (an API request through
+    # the key proxy): a sign of life its process tree cannot show
+    waiting: Callable[[], bool] | None = None
     last_renew: float = field(default_factory=time.monotonic)
     last_activity: float = field(default_factory=time.monotonic)
     last_sign: tuple[float, int, int] = (0.0, 0, 0)
@@ -240,9 +244,10 @@ class Supervisor:
         log: str,
         leases: list[Lease],
         stats: Callable[[], tuple[int, float, int] | None] | None = None,
+        waiting: Callable[[], bool] | None = None,
     ) -> None:
         key = self._attempt_key(task_id, attempt)
-        self.watches[task_id] = Watch(key, pid, log, leases, stats)
+        self.watches[task_id] = Watch(key, pid, log, leases, stats, waiting)
 
     def _attempt_key(self, task_id: str, attempt: int) -> str:
         """The coordinator key an attempt's heartbeat is kept under."""
@@ -304,7 +309,7 @@ class Supervisor:
             except OSError:
                 log_size = 0
             sign = (cpu, io, log_size)
-            if sign != w.last_sign:
+            if sign != w.last_sign or (w.waiting is not None and w.waiting()):
                 w.last_sign = sign
                 w.last_activity = now
             quiet = now - w.last_activity
@@ -312,7 +317,7 @@ class Supervisor:
                 trouble.append(
                     Trouble(
                         task_id,
-                        f"orphan: no sign of life (CPU, I/O or output) "
+                        f"orphan: no sign of life (CPU, I/O, output or an API request) "
                         f"for {quiet:.0f}s; its process tree was killed (if it may rightly "
                         "be quiet that long, raise `heartbeat.orphan_after`)",
                         "no_activity",

@@ -124,6 +124,17 @@ class KeyBroker:
         )
         return {spec.key_env: key.value}
 
+    def waiting_on_provider(self, task_id: str, attempt: int) -> bool:
+        """Whether the attempt has a request under way through the key proxy: it waits on
+        the provider (or on a key), which is a sign of life, however long the answer takes."""
+        held = self._leases.get((task_id, attempt))
+        return (
+            held is not None
+            and held[2]
+            and self.proxy is not None
+            and (self.proxy.in_flight(held[1]))
+        )
+
     def release(self, task_id: str, attempt: int) -> None:
         held = self._leases.pop((task_id, attempt), None)
         if held is None:

@@ -68,6 +68,9 @@ class KeyProxy:
     def __init__(self, routes: dict[str, Route]) -> None:
         self.routes = routes  # pool name -> route
         self._tokens: dict[str, str] = {}  # token -> pool name
+        # token -> requests of its attempt under way (read, waiting on the provider or on a
+        # key, or streaming the answer back): the attempt is waiting, not hung
+        self._in_flight: dict[str, int] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,23 +92,36 @@ class KeyProxy:
         with self._lock:
             self._tokens.pop(token, None)
 
+    def in_flight(self, token: str) -> bool:
+        """Whether a request of the attempt holding `token` is under way."""
+        return self._in_flight.get(token, 0) > 0
+
+    def _counting(self, token: str, step: int) -> None:
+        with self._lock:
+            left = self._in_flight.get(token, 0) + step
+            if left > 0:
+                self._in_flight[token] = left
+            else:
+                self._in_flight.pop(token, None)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     # -- one request -------------------------------------------------------------------------
 
-    def _route_of(self, headers: Iterable[tuple[bytes, bytes]]) -> Route | None:
-        token = ""
+    @staticmethod
+    def _token_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
         for name, value in headers:
             if name == b"x-api-key":
-                token = value.decode("latin-1")
-                break
+                return value.decode("latin-1")
             if name == b"authorization" and value[:7].lower() == b"bearer ":
-                token = value[7:].decode("latin-1")
-                break
+                return value[7:].decode("latin-1")
+        return ""
+
+    def _route_of(self, headers: Iterable[tuple[bytes, bytes]]) -> Route | None:
         with self._lock:
-            pool_name = self._tokens.get(token)
+            pool_name = self._tokens.get(self._token_of(headers))
         return None if pool_name is None else self.routes[pool_name]
 
     async def _forward(
@@ -224,7 +240,12 @@ class KeyProxy:
                     too_big = f"request body over {MAX_REQUEST_BYTES:,} bytes"
                     await self._respond(conn, writer, _error(413, "request_too_large", too_big))
                     return
-                await self._respond(conn, writer, await self._forward(head, body))
+                token = self._token_of(head.headers)
+                self._counting(token, 1)
+                try:
+                    await self._respond(conn, writer, await self._forward(head, body))
+                finally:
+                    self._counting(token, -1)
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return  # the client asked to close, or framing forbids reuse
                 conn.start_next_cycle()
