@@ -338,6 +338,35 @@ def test_an_agent_waiting_on_a_slow_answer_through_the_proxy_is_not_an_orphan(
     assert "'thought_s': 3.0" in log
 
 
+def test_an_agent_reading_a_slow_stream_is_not_an_orphan(
+    tmp_path: Path, provider: Provider
+) -> None:
+    # An answer streamed slowly, read with `recv` (not counted in the bytes /proc shows)
+    # and quietly (no output, next to no CPU): each part wakes the reader, which is what
+    # tells it from a hung one.
+    provider.chunks, provider.gap_s = 16, 0.2
+    (tmp_path / "read.py").write_text(
+        "import sys, urllib.request\n"
+        "with urllib.request.urlopen(sys.argv[1], timeout=60) as r:\n"
+        "    parts = [line for line in r if line.strip()]\n"
+        "print(len(parts), 'parts')\n"
+    )
+    path = write(
+        tmp_path,
+        {
+            "name": "stream",
+            "heartbeat": {"interval": "0.2s", "orphan_after": "1s"},
+            "tasks": {
+                "reads": {"run": f"{sys.executable} {tmp_path}/read.py {provider.url}/v1/stream"}
+            },
+        },
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 0, result.out + result.err
+    log = next((tmp_path / ".abreast" / "runs").glob("*/logs/reads.1.log")).read_text()
+    assert log == "16 parts\n"
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl_with_a_large_body_and_expect_100_continue(provider: Provider) -> None:
     from abreast.keys.proxy import KeyProxy, Route

@@ -326,11 +326,14 @@ def _running(p: psutil.Process) -> bool:
 
 
 def tree_stats(pid: int) -> tuple[int, float, int]:
-    """(resident bytes, CPU seconds, bytes read+written by syscalls) of `pid`'s whole tree.
+    """(resident bytes, CPU seconds, activity) of `pid`'s whole tree; activity counts the
+    bytes read and written through read/write calls and the times a process woke from a
+    wait (its voluntary context switches).
 
-    The last two only grow while the tree does something (computes, reads a socket,
-    writes output); a supervisor compares them over time to tell a hung task from a busy
-    one.
+    The last two only grow while the tree does something: computes, reads or writes, or
+    wakes for a packet (`recv` on a socket is not counted in bytes, and a quiet reader of
+    a slow stream uses too little CPU to show). A supervisor compares them over time to
+    tell a hung task from a busy one.
     """
     import psutil
 
@@ -347,7 +350,7 @@ def tree_stats(pid: int) -> tuple[int, float, int]:
                 t = p.cpu_times()
                 cpu += t.user + t.system + t.children_user + t.children_system
                 c = p.io_counters()
-                io += c.read_chars + c.write_chars
+                io += c.read_chars + c.write_chars + p.num_ctx_switches().voluntary
         except (psutil.Error, AttributeError):
             continue
     return rss, cpu, io
