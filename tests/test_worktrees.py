@@ -334,6 +334,33 @@ def test_land_refuses_over_uncommitted_changes(repo: Path) -> None:
     assert show(repo, integration(run_id), "a.txt") == "A\n"  # the result is kept
 
 
+def test_land_moves_the_files_of_the_worktree_where_base_is_checked_out(
+    repo: Path, tmp_path: Path
+) -> None:
+    # main is checked out in another worktree of the user's, not in the checkout: moving
+    # the branch alone left that worktree's files behind (`git status` there showed the
+    # work as staged deletions).
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}}, base="main")
+    git(repo, "checkout", "-q", "-b", "dev")
+    other = tmp_path / "main-wt"
+    git(repo, "worktree", "add", "-q", str(other), "main")
+    code, out, _ = run(repo, path, "--land")
+    assert code == 0, out
+    assert "landed: main fast-forwarded to " in out and f" in {other}" in out
+    assert (other / "a.txt").read_text() == "A\n"
+    assert git(other, "status", "--porcelain") == ""
+    assert not (repo / "a.txt").exists()  # the checkout, on dev, is left as it was
+    # With uncommitted changes there, it is not landed, and says where.
+    path.write_text(
+        json.dumps({"version": 1, "base": "main", "tasks": {"b": {"run": "echo B > b.txt"}}})
+    )
+    (other / "README.md").write_text("edited in the other worktree\n")
+    code, out, _ = run(repo, path, "--land", "--run-id", "second")
+    assert code == 3, out
+    assert f"not landed: main is checked out in {other} with uncommitted changes" in out
+    assert not (other / "b.txt").exists()
+
+
 def test_land_when_base_moved_during_the_run_leaves_the_merge_to_you(repo: Path) -> None:
     # The task moves main itself (as a teammate's push to the checkout would), so main is
     # no longer an ancestor of the result when the run ends.

@@ -553,18 +553,24 @@ class WorktreeIsolation(Isolation):
             )
         if current == head:
             return f"{self.base_name} already has the result"
-        if self.repo.current_branch() == ref:
-            dirty = self.repo.git("status", "--porcelain", "--untracked-files=no").stdout
+        # Checked out in your checkout or in another worktree of yours: its files must move
+        # with it (moving the branch alone would leave them as they were, the work showing
+        # there as undone), so it is merged there.
+        where = self.repo.checked_out_at(ref)
+        if where is not None:
+            there = "" if where.resolve() == self.repo.root.resolve() else f" in {where}"
+            dirty = self.repo.git("status", "--porcelain", "--untracked-files=no", cwd=where).stdout
             if dirty.strip():
                 return (
-                    f"not landed: {self.base_name} is checked out with uncommitted "
+                    f"not landed: {self.base_name} is checked out{there} with uncommitted "
                     "changes; commit or stash them, then git merge --ff-only "
                     f"{integration_branch(self.run_id)}"
                 )
-            proc = self.repo.git("merge", "--ff-only", "-q", head, check=False)
+            proc = self.repo.git("merge", "--ff-only", "-q", head, cwd=where, check=False)
             if proc.returncode != 0:
-                return f"not landed: git merge --ff-only failed: {proc.stderr.strip()}"
-        elif not self.repo.update_ref(ref, head, current):
+                return f"not landed: git merge --ff-only failed{there}: {proc.stderr.strip()}"
+            return f"landed: {self.base_name} fast-forwarded to {head[:12]}{there}"
+        if not self.repo.update_ref(ref, head, current):
             return f"not landed: {self.base_name} moved while landing"
         return f"landed: {self.base_name} fast-forwarded to {head[:12]}"
 

@@ -247,6 +247,16 @@ class Repo:
         out = self.git("worktree", "list", "--porcelain").stdout
         return [Path(line[9:]) for line in out.splitlines() if line.startswith("worktree ")]
 
+    def checked_out_at(self, ref: str) -> Path | None:
+        """The worktree, the main one or a linked one, that has branch `ref` checked out."""
+        path = None
+        for line in self.git("worktree", "list", "--porcelain").stdout.splitlines():
+            if line.startswith("worktree "):
+                path = Path(line[9:])
+            elif line == f"branch {ref}" and path is not None:
+                return path
+        return None
+
 
 FAST = ("-c", "core.splitIndex=true", "-c", "core.untrackedCache=true")
 
