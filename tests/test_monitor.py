@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 
+from abreast.engine.cgroup import Cgroup
 from abreast.engine.engine import EngineOptions
 from abreast.engine.monitor import ResourceMonitor, adaptive_cap
-from tests.helpers import engine_for, intervals, max_concurrency, write_recorder
+from tests.helpers import engine_for, intervals, max_concurrency, query, wait_for, write_recorder
 
 
 @pytest.mark.parametrize(
@@ -64,3 +71,88 @@ def test_engine_starts_no_more_than_the_monitor_allows(
     assert outcome.state == "succeeded"
     assert max_concurrency(intervals(tmp_path)) == expected
     assert reasons == {}  # nothing waits once the run is over
+
+
+# -- containers: the cgroup's own limits ------------------------------------------------------
+
+V1_MEMORY = Path("/sys/fs/cgroup/memory")
+
+
+@pytest.fixture
+def memory_cgroup() -> Iterator[Path]:
+    """A real cgroup v1 memory group of our own (root, and a v1 memory hierarchy, needed)."""
+    group = V1_MEMORY / f"abreast-test-{os.getpid()}"
+    try:
+        group.mkdir()
+    except OSError as e:
+        pytest.skip(f"cannot make a memory cgroup here: {e}")
+    try:
+        yield group
+    finally:
+        wait_for(lambda: not (group / "cgroup.procs").read_text().strip(), what="group empty")
+        group.rmdir()
+
+
+def test_a_container_memory_limit_lowers_the_cap_though_the_host_has_room(
+    tmp_path: Path, memory_cgroup: Path
+) -> None:
+    # The run, and so its tasks, in a group limited to 512 MB on a host with gigabytes
+    # free: a task holding 420 MB fills the group (over 80%), not the host (a few %). The
+    # monitor read the host's figures only, and let every task start.
+    (memory_cgroup / "memory.limit_in_bytes").write_text(str(512 << 20))
+    host = psutil.virtual_memory()
+    assert host.available > 4 << 30, "the test wants a host with room to spare"
+    hog = (
+        f"{sys.executable} -c \"b = bytearray(420 << 20); b[::4096] = b'x' * len(b[::4096]); "
+        f"open('{tmp_path}/holding', 'w').close(); import time; time.sleep(4)\""
+    )
+    recorder = write_recorder(tmp_path)
+    tasks: dict[str, Any] = {"hog": {"run": hog}}
+    # Each waits until the hog holds its memory, then takes a moment.
+    wait = f"until [ -e {tmp_path}/holding ]; do sleep 0.05; done; sleep 2.5; "
+    tasks.update({f"t{i}": {"run": wait + f"{recorder} 0.1"} for i in range(4)})
+    path = tmp_path / "abreast.yaml"
+    path.write_text(
+        json.dumps({"version": 1, "max_parallel": 4, "isolation": "none", "tasks": tasks})
+    )
+    enter = f"echo $$ > {memory_cgroup}/cgroup.procs && exec {sys.executable} -m abreast"
+    proc = subprocess.run(
+        ["sh", "-c", f'{enter} "$@"', "sh", "run", str(path), "--plain"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    db = tmp_path / ".abreast" / "state.db"
+    caps = [json.loads(d) for (d,) in query(db, "SELECT data FROM events WHERE type = 'run.cap'")]
+    lowered = [c for c in caps if c["cap"] < 4]
+    assert lowered, (caps, proc.stdout)
+    assert "memory" in lowered[0]["reason"]
+    memory = float(lowered[0]["reason"].split("memory ")[1].split("%")[0])
+    assert memory >= 70  # the group's use: the host's was a few percent
+
+
+def test_cgroup_v2_limits_are_read_at_every_level(tmp_path: Path) -> None:
+    # No cgroup v2 controllers on this machine (a v1 host): these are the files the kernel
+    # writes there, as it writes them, for the reading of them.
+    root = tmp_path / "cgroup"
+    pod, container = root / "kubepods" / "pod1", root / "kubepods" / "pod1" / "c1"
+    container.mkdir(parents=True)
+    (pod / "memory.max").write_text("1073741824\n")  # 1 GiB for the pod
+    (pod / "memory.current").write_text("966367641\n")  # 0.9 GiB
+    (pod / "memory.stat").write_text("anon 1\ninactive_file 107374182\nactive_file 3\n")
+    (container / "memory.max").write_text("max\n")  # the container itself: no limit
+    (pod / "cpu.max").write_text("200000 100000\n")  # two cores
+    (container / "cpu.max").write_text("max 100000\n")
+    (pod / "cpu.stat").write_text("usage_usec 1000000\nuser_usec 900000\n")
+    cg = Cgroup(root, "0::/kubepods/pod1/c1\n", host_memory=64 << 30, cpus=16, host_cpus=16)
+    assert cg.memory_percent() == pytest.approx(80.0, abs=0.01)  # (0.9 - 0.1) / 1 GiB
+    assert cg.cpu is not None and cg.cpu.cores == 2.0
+    assert cg.cpu_percent(now=10.0) is None  # the first reading only starts the count
+    (pod / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 1800000\n")
+    assert cg.cpu_percent(now=11.0) == pytest.approx(75.0)  # 1.5 CPU-seconds of 2 in 1 s
+    # Nothing limited, nothing added.
+    free = Cgroup(root, "0::/kubepods\n", host_memory=64 << 30, cpus=16, host_cpus=16)
+    assert (free.memory_percent(), free.cpu_percent()) == (None, None)

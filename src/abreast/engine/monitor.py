@@ -13,14 +13,33 @@ only new starts wait.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from abreast.engine.cgroup import Cgroup
 
 Sample = Callable[[], tuple[float, float]]  # (cpu percent, memory percent)
 
 
-def system_sample() -> tuple[float, float]:
-    import psutil  # imported on the first tick, not at start-up
+class SystemSample:
+    """(CPU %, memory %) of the machine, or of the container's cgroup where that is fuller
+    (its own limits: see `engine.cgroup`)."""
 
-    return psutil.cpu_percent(interval=None), psutil.virtual_memory().percent
+    def __init__(self) -> None:
+        self._cgroup: Cgroup | None = None
+
+    def __call__(self) -> tuple[float, float]:
+        import psutil  # imported on the first tick, not at start-up
+
+        from abreast.engine.cgroup import Cgroup
+
+        if self._cgroup is None:
+            self._cgroup = Cgroup()
+        cpu, memory = psutil.cpu_percent(interval=None), psutil.virtual_memory().percent
+        return (
+            max(cpu, self._cgroup.cpu_percent() or 0.0),
+            max(memory, self._cgroup.memory_percent() or 0.0),
+        )
 
 
 def adaptive_cap(cap: int, use_pct: float, thresholds: tuple[float, float, float]) -> int:
@@ -38,11 +57,11 @@ class ResourceMonitor:
     def __init__(
         self,
         thresholds: tuple[float, float, float] = (50.0, 70.0, 80.0),
-        sample: Sample = system_sample,
+        sample: Sample | None = None,
         smoothing: float = 0.5,
     ) -> None:
         self.thresholds = thresholds
-        self._sample = sample
+        self._sample = sample or SystemSample()
         self._alpha = smoothing
         self.cpu_pct = 0.0
         self.memory_pct = 0.0
