@@ -93,6 +93,25 @@ def memory_cgroup() -> Iterator[Path]:
         group.rmdir()
 
 
+def in_group(group: Path, cwd: Path, *python_args: str) -> subprocess.CompletedProcess[str]:
+    """Run this Python with `python_args` as a member of cgroup `group` from its start."""
+    return subprocess.run(
+        [
+            "sh",
+            "-c",
+            f'echo $$ > {group}/cgroup.procs && exec "$@"',
+            "sh",
+            sys.executable,
+            *python_args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_a_container_memory_limit_lowers_the_cap_though_the_host_has_room(
     tmp_path: Path, memory_cgroup: Path
 ) -> None:
@@ -115,15 +134,7 @@ def test_a_container_memory_limit_lowers_the_cap_though_the_host_has_room(
     path.write_text(
         json.dumps({"version": 1, "max_parallel": 4, "isolation": "none", "tasks": tasks})
     )
-    enter = f"echo $$ > {memory_cgroup}/cgroup.procs && exec {sys.executable} -m abreast"
-    proc = subprocess.run(
-        ["sh", "-c", f'{enter} "$@"', "sh", "run", str(path), "--plain"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = in_group(memory_cgroup, tmp_path, "-m", "abreast", "run", str(path), "--plain")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     db = tmp_path / ".abreast" / "state.db"
     caps = [json.loads(d) for (d,) in query(db, "SELECT data FROM events WHERE type = 'run.cap'")]
@@ -132,6 +143,22 @@ def test_a_container_memory_limit_lowers_the_cap_though_the_host_has_room(
     assert "memory" in lowered[0]["reason"]
     memory = float(lowered[0]["reason"].split("memory ")[1].split("%")[0])
     assert memory >= 70  # the group's use: the host's was a few percent
+    # The dashboard's resources are the same figures (they were the host's).
+    run_id = proc.stdout.splitlines()[0].removeprefix("run: ")
+    look = (
+        "import json, sys, urllib.request\n"
+        "from abreast.coord.location import locate\n"
+        "from abreast.observe.dashboard import DashboardServer\n"
+        "held = bytearray(420 << 20); held[::4096] = b'x' * len(held[::4096])\n"
+        "board = DashboardServer(locate(__import__('pathlib').Path(sys.argv[1])))\n"
+        "board.start()\n"
+        "with urllib.request.urlopen(board.url + 'api/runs/' + sys.argv[2]) as page:\n"
+        "    print(json.dumps(json.loads(page.read())['resources']))\n"
+        "board.stop()\n"
+    )
+    seen = in_group(memory_cgroup, tmp_path, "-c", look, str(path), run_id)
+    assert seen.returncode == 0, seen.stderr
+    assert json.loads(seen.stdout)["memory_pct"] >= 70
 
 
 def test_cgroup_v2_limits_are_read_at_every_level(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
@@ -85,6 +85,7 @@ class Dashboard:
         self._exposed: tuple[float, bytes] | None = None  # (when, exposition)
         self._exposing = asyncio.Lock()
         self._coord: Any = None
+        self._sample: Callable[[], tuple[float, float]] | None = None
         self.open_streams = 0  # event streams being followed now
         self.last_request_at = 0.0  # monotonic
 
@@ -239,8 +240,6 @@ class Dashboard:
             journal.close()
 
     def snapshot(self, journal: Journal, data: rundata.RunData) -> dict[str, Any]:
-        import psutil
-
         run = data.run
         plan = data.plan or {}
         waves = plan.get("waves", [[t.task_id for t in data.tasks]])
@@ -307,13 +306,19 @@ class Dashboard:
             "merges": merges,
             "locks": self.locks(run.id),
             "keys": self.keys(journal, run.id),
-            "resources": {
-                "cpu_pct": psutil.cpu_percent(interval=None),
-                "memory_pct": psutil.virtual_memory().percent,
-            },
+            "resources": dict(zip(("cpu_pct", "memory_pct"), self._resources(), strict=True)),
             "last_seq": journal.last_seq(run.id),
             "now": time.time(),
         }
+
+    def _resources(self) -> tuple[float, float]:
+        """CPU and memory percent as the run's resource monitor reads them: the machine's,
+        or a container's own against its limits where fuller."""
+        if self._sample is None:
+            from abreast.engine.monitor import SystemSample
+
+            self._sample = SystemSample()
+        return self._sample()
 
     def close(self) -> None:
         """Close the coordinator connection the lock view opened, if it did."""
