@@ -493,6 +493,36 @@ def test_invalid_output_fails_the_attempt(tmp_path: Path, cli) -> None:  # type:
     assert "wrote invalid JSON to $ABREAST_OUTPUT" in result.out
 
 
+def test_an_output_nested_too_deep_fails_the_attempt_not_the_run(tmp_path: Path) -> None:
+    # 100,000 nested lists (200 kB) made the orchestrator's JSON parser raise
+    # RecursionError: a traceback, and the run left interrupted.
+    (tmp_path / "nest.py").write_text(
+        "import os, sys\n"
+        "n = int(sys.argv[1])\n"
+        "open(os.environ['ABREAST_OUTPUT'], 'w').write('{\"a\": ' + '[' * n + ']' * n + '}')\n"
+    )
+    nest = f"{sys.executable} {tmp_path}/nest.py"
+    path = workflow(
+        tmp_path,
+        {
+            "deep": {"run": f"{nest} 100000"},
+            "deep65": {"run": f"{nest} 64"},
+            "deep64": {"run": f"{nest} 63"},
+        },
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 1, result.out + result.err
+    assert "Traceback" not in result.err
+    for task in ("deep", "deep65"):  # the object, then the lists: 65 levels and more
+        assert (
+            f"{task} (failed): wrote JSON nested over 64 levels deep to $ABREAST_OUTPUT"
+            in result.out
+        ), result.out
+    db = tmp_path / ".abreast" / "state.db"
+    states = dict(query(db, "SELECT task_id, state FROM tasks"))
+    assert states == {"deep": "failed", "deep65": "failed", "deep64": "succeeded"}
+
+
 def test_an_output_over_one_mib_fails_the_attempt_unread(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     # 1 MiB exactly is an output; one byte more is not (it would be read into the
     # orchestrator, journaled and passed on: a 50 MB one cost 400 MB of memory).

@@ -267,6 +267,23 @@ def test_bad_json_says_where(write, cli) -> None:  # type: ignore[no-untyped-def
     assert "w.json:2: invalid JSON" in result.err
 
 
+def test_a_json_file_nested_too_deep_is_refused_not_a_traceback(write, cli) -> None:  # type: ignore[no-untyped-def]
+    deep = "[" * 50_000 + "]" * 50_000  # RecursionError in the JSON parser
+    path = write('{"version": 1, "flags": {"x": ' + deep + '}, "tasks": {}}', "w.json")
+    result = cli("validate", str(path))
+    assert result.code == 2
+    assert result.err == f"abreast: error: {path}: the document nests over 64 levels deep\n"
+
+
+def test_a_long_condition_is_not_repeated_whole_in_its_error(write, cli) -> None:  # type: ignore[no-untyped-def]
+    condition = "(" * 3000 + "x" + ")" * 3000
+    path = write(f'version: 1\ntasks:\n  a: {{run: "true", when: "{condition}"}}\n')
+    result = cli("validate", str(path))
+    assert result.code == 2
+    assert "is not a valid expression: too many nested parentheses" in result.err
+    assert len(result.err) < 400, result.err
+
+
 def test_missing_file_and_directory(tmp_path, cli) -> None:  # type: ignore[no-untyped-def]
     assert "no such file" in cli("analyze", str(tmp_path / "nope.yaml")).err
     assert "is a directory" in cli("analyze", str(tmp_path)).err

@@ -51,6 +51,7 @@ from abreast.integrate.base import Isolation, Outcome, Verdict
 from abreast.plan.dispatch import Dispatcher, Policy
 from abreast.plan.graph import TaskGraph
 from abreast.spec import conditions
+from abreast.spec.loader import MAX_DEPTH, json_depth
 from abreast.spec.model import FEEDBACK_MAX_CHARS, Scalar, Task, Workflow
 
 if TYPE_CHECKING:
@@ -86,6 +87,9 @@ def defer_stop_signals() -> None:
 # $ABREAST_OUTPUT is for small structured results (conditions, inputs of dependents): it is
 # read into memory, journaled and shown. A bigger one fails the attempt, unread.
 MAX_OUTPUT_BYTES = 1 << 20
+# Nor may it nest deeper than a workflow file may: what reads it (the journal, conditions,
+# the dashboard) recurses, and Python's JSON parser gives up near 1000 levels.
+MAX_OUTPUT_DEPTH = MAX_DEPTH
 
 
 @dataclass
@@ -902,8 +906,16 @@ class Engine:
             scrub_secrets(path, keys.secrets())  # nor kept on disk
         try:
             data = json.loads(text)
+            too_deep = json_depth(data) > MAX_OUTPUT_DEPTH
         except json.JSONDecodeError as e:
             return {}, f"wrote invalid JSON to $ABREAST_OUTPUT: {e}"
+        except RecursionError:  # nested far deeper still
+            too_deep = True
+        if too_deep:
+            return {}, (
+                f"wrote JSON nested over {MAX_OUTPUT_DEPTH} levels deep to $ABREAST_OUTPUT; "
+                "an output is for small structured results"
+            )
         if not isinstance(data, dict):
             return {}, (f"wrote {type(data).__name__} to $ABREAST_OUTPUT; it must be a JSON object")
         return data, None

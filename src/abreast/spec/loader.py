@@ -19,6 +19,9 @@ from typing import Any
 from abreast.errors import SpecError, SpecProblem
 from abreast.gcpause import paused_gc
 
+# How deep a document may nest (lists and mappings): what reads it recurses.
+MAX_DEPTH = 64
+
 Path_ = tuple[str | int, ...]
 
 
@@ -81,7 +84,26 @@ def parse_json(text: str, file: str) -> Document:
         raise SpecError(
             file, [SpecProblem(f"invalid JSON: {e.msg} (column {e.colno})", line=e.lineno)]
         ) from None
+    except RecursionError:  # far deeper than allowed
+        too_deep = True
+    else:
+        too_deep = json_depth(data) > MAX_DEPTH
+    if too_deep:  # as the YAML reader refuses it
+        raise SpecError(file, [SpecProblem(f"the document nests over {MAX_DEPTH} levels deep")])
     return Document(file, data, _find_lines=lambda: _yaml_lines_or_empty(text, file))
+
+
+def json_depth(value: object) -> int:
+    """How deep lists and objects nest in `value` (a scalar: 0), without recursing."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend(
+                (v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
 
 
 class _DuplicateKey(Exception):

@@ -55,6 +55,14 @@ def parse_workflow(doc: Document) -> Workflow:
         return _Validator(doc).run()
 
 
+def _clipped(text: str, limit: int = 100) -> str:
+    """`text` quoted, its middle left out past `limit` characters (a condition a thousand
+    characters long is not repeated whole in each message about it)."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[: limit // 2]) + " … " + repr(text[-limit // 4 :])
+
+
 def describe_path(path: tuple[str | int, ...]) -> str:
     out = ""
     for part in path:
@@ -384,12 +392,12 @@ class _Validator:
             try:
                 expr = conditions.parse(source, allow_output=field == "gate")
             except ValueError as e:
-                self.problem((*base, field), f"{field}: {source!r} {e}")
+                self.problem((*base, field), f"{field}: {_clipped(source)} {e}")
                 continue
             for flag in sorted(expr.flags - set(wf.flags)):
                 self.problem(
                     (*base, field),
-                    f"{field}: {source!r} reads {flag!r}, which is "
+                    f"{field}: {_clipped(source)} reads {flag!r}, which is "
                     "not a flag" + did_you_mean(flag, [*wf.flags, "outputs"]),
                     hint="declare it under `flags:` (with a default value)",
                 )
@@ -397,7 +405,7 @@ class _Validator:
                 if ref not in index:
                     self.problem(
                         (*base, field),
-                        f"{field}: {source!r} reads outputs of "
+                        f"{field}: {_clipped(source)} reads outputs of "
                         f"{ref!r}, which is not a task" + did_you_mean(ref, ids),
                     )
                     continue
@@ -406,7 +414,7 @@ class _Validator:
                 if ref not in upstream:
                     self.problem(
                         (*base, field),
-                        f"{field}: {source!r} reads outputs of "
+                        f"{field}: {_clipped(source)} reads outputs of "
                         f"{ref!r}, which {task.id!r} does not depend on",
                         hint=f"add {ref!r} to the `needs` of {task.id!r}",
                     )

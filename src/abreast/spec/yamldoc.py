@@ -13,11 +13,10 @@ from typing import Any
 import yaml
 
 from abreast.errors import SpecError, SpecProblem
-from abreast.spec.loader import Document, Path_
+from abreast.spec.loader import MAX_DEPTH, Document, Path_
 
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MAX_NODES = 2_000_000  # guards against alias bombs ("billion laughs")
-_MAX_DEPTH = 64
 _STD_TAGS = frozenset(
     "tag:yaml.org,2002:" + t
     for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp", "merge")
@@ -65,7 +64,7 @@ class _Walker:
 
     def value(self, node: yaml.Node, path: Path_, depth: int) -> Any:
         self.count += 1
-        if self.count > _MAX_NODES or depth > _MAX_DEPTH:
+        if self.count > _MAX_NODES or depth > MAX_DEPTH:
             raise self.fail(
                 node,
                 "the document is too large or too deeply nested (aliases expanding without bound?)",
