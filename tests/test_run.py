@@ -498,8 +498,9 @@ def test_an_output_nested_too_deep_fails_the_attempt_not_the_run(tmp_path: Path)
     # RecursionError: a traceback, and the run left interrupted.
     (tmp_path / "nest.py").write_text(
         "import os, sys\n"
-        "n = int(sys.argv[1])\n"
-        "open(os.environ['ABREAST_OUTPUT'], 'w').write('{\"a\": ' + '[' * n + ']' * n + '}')\n"
+        "n, inner = int(sys.argv[1]), (sys.argv[2:] or [''])[0]\n"
+        "out = '{\"a\": ' + '[' * n + inner + ']' * n + '}'\n"
+        "open(os.environ['ABREAST_OUTPUT'], 'w').write(out)\n"
     )
     nest = f"{sys.executable} {tmp_path}/nest.py"
     path = workflow(
@@ -508,6 +509,8 @@ def test_an_output_nested_too_deep_fails_the_attempt_not_the_run(tmp_path: Path)
             "deep": {"run": f"{nest} 100000"},
             "deep65": {"run": f"{nest} 64"},
             "deep64": {"run": f"{nest} 63"},
+            # a number Python will not read (over 4300 digits): ValueError, a crash too
+            "long": {"run": f"{nest} 0 1{'0' * 5000}"},
         },
     )
     result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
@@ -520,7 +523,13 @@ def test_an_output_nested_too_deep_fails_the_attempt_not_the_run(tmp_path: Path)
         ), result.out
     db = tmp_path / ".abreast" / "state.db"
     states = dict(query(db, "SELECT task_id, state FROM tasks"))
-    assert states == {"deep": "failed", "deep65": "failed", "deep64": "succeeded"}
+    assert "long (failed): wrote invalid JSON to $ABREAST_OUTPUT: Exceeds the limit" in result.out
+    assert states == {
+        "deep": "failed",
+        "deep65": "failed",
+        "deep64": "succeeded",
+        "long": "failed",
+    }
 
 
 def test_an_output_over_one_mib_fails_the_attempt_unread(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

@@ -907,7 +907,7 @@ class Engine:
         try:
             data = json.loads(text)
             too_deep = json_depth(data) > MAX_OUTPUT_DEPTH
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # not JSON; or a number of over 4300 digits
             return {}, f"wrote invalid JSON to $ABREAST_OUTPUT: {e}"
         except RecursionError:  # nested far deeper still
             too_deep = True
