@@ -170,7 +170,7 @@ class Adoptions:
     What a task leaves running in a session of its own is out of reach of its process
     group and session; once the process that started it ends, the kernel gives it to the
     nearest subreaper, us. Our children are read from /proc/self/task/PID/children (one
-    `pread` of a descriptor held open: about a microsecond), and a child we did not start
+    `pread` of a descriptor held open: a few microseconds), and a child we did not start
     is looked at once (its environment says which run, task and attempt it belongs to).
     """
 
@@ -194,8 +194,10 @@ class Adoptions:
         (the attempts' own first processes)."""
         if self._fd < 0:
             return []
+        size = 1 << 16  # room for thousands of pids; a bigger buffer costs its allocation
         try:
-            data = os.pread(self._fd, 1 << 20, 0)
+            while len(data := os.pread(self._fd, size, 0)) == size:
+                size *= 4
         except OSError:
             return []
         pids = [int(x) for x in data.split() if int(x) not in tracked]
