@@ -532,6 +532,31 @@ def test_an_output_nested_too_deep_fails_the_attempt_not_the_run(tmp_path: Path)
     }
 
 
+def test_a_task_whose_log_runs_away_is_killed_before_it_fills_the_disk(tmp_path: Path) -> None:
+    # `yes` writes hundreds of MB a second: a disk filled in minutes, and then the journal
+    # could not be written either (and the run stopped, leaving the runaway running).
+    path = workflow(
+        tmp_path,
+        {"loud": {"run": "yes abreast"}, "quiet": {"run": "echo fine"}},
+        logs={"max_size": "1MB"},
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 1, result.out + result.err
+    assert "loud (failed): its log passed 1.0 MB (" in result.out
+    assert "(a task that rightly prints more: raise `logs.max_size`)" in result.out
+    db = tmp_path / ".abreast" / "state.db"
+    assert dict(query(db, "SELECT task_id, state FROM tasks")) == {
+        "loud": "failed",
+        "quiet": "succeeded",
+    }
+    for log in (tmp_path / ".abreast" / "runs").glob("*/logs/loud.1.log"):
+        assert log.stat().st_size > 1_000_000
+        log.unlink()  # a few hundred MB, not kept with the test's files
+    bad = workflow(tmp_path, {"a": {"run": "true"}}, logs={"max_size": "lots"})
+    refused = run_abreast("validate", str(bad), cwd=tmp_path)
+    assert refused.code == 2 and "'lots' is not a size" in refused.err
+
+
 def test_an_output_over_one_mib_fails_the_attempt_unread(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     # 1 MiB exactly is an output; one byte more is not (it would be read into the
     # orchestrator, journaled and passed on: a 50 MB one cost 400 MB of memory).

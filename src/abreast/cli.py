@@ -670,15 +670,15 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def _compact(journal: Journal) -> str:
     """After forgetting runs, shrink the journal file, unless a run is writing to it."""
-    from abreast.engine.cleanup import size_text
     from abreast.engine.lookup import orchestrator_alive
+    from abreast.spec.durations import format_size
 
     if any(r.state == "running" and orchestrator_alive(r) for r in journal.runs(None)):
         return "journal: not compacted while a run runs (the pages freed are used again)"
     before = journal.path.stat().st_size
     journal.compact()
     after = journal.path.stat().st_size
-    return f"journal: {size_text(before)} -> {size_text(after)} ({journal.path})"
+    return f"journal: {format_size(before)} -> {format_size(after)} ({journal.path})"
 
 
 def cmd_lock(args: argparse.Namespace) -> int:

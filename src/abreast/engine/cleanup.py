@@ -30,6 +30,7 @@ from abreast.coord.journal import Journal, RunRow
 from abreast.engine.lookup import on_this_host, orchestrator_alive
 from abreast.engine.runs import _kill_strays, _stray_pids
 from abreast.executor.process import kill_pids, marked_processes
+from abreast.spec.durations import format_size
 
 ORPHAN_AFTER_S = 120.0
 FINISHED = ("succeeded", "failed", "cancelled")  # the states of a run that ended
@@ -206,11 +207,7 @@ def _described(run_dir: Path) -> str:
                 files += 1
     if not files:
         return str(run_dir)
-    return f"{run_dir} ({files:,} file{'s' if files != 1 else ''}, {size_text(size)})"
-
-
-def size_text(size: int) -> str:
-    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
+    return f"{run_dir} ({files:,} file{'s' if files != 1 else ''}, {format_size(size)})"
 
 
 def _running_elsewhere(root: Path, run_id: str) -> bool:

@@ -39,6 +39,7 @@ from abreast.coord.journal import Journal
 from abreast.executor.locked import describe
 from abreast.executor.process import end_lease_holders, fence, tree_stats
 from abreast.integrate.checks import Held
+from abreast.spec.durations import format_size
 from abreast.spec.model import Workflow
 
 _FAILED = object()  # a backend call that raised (as opposed to answering None)
@@ -308,6 +309,18 @@ class Supervisor:
                 log_size = os.stat(w.log).st_size
             except OSError:
                 log_size = 0
+            limit = self.wf.logs.max_size
+            if limit and log_size > limit:
+                trouble.append(
+                    Trouble(
+                        task_id,
+                        f"its log passed {format_size(limit)} ({log_size:,} bytes); its process "
+                        "tree was killed (a task that rightly prints more: raise "
+                        "`logs.max_size`)",
+                        "log_limit",
+                    )
+                )
+                continue
             sign = (cpu, io, log_size)
             if sign != w.last_sign or (w.waiting is not None and w.waiting()):
                 w.last_sign = sign

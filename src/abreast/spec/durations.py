@@ -127,3 +127,10 @@ def parse_size(value: object) -> int:
             raise ValueError(f"{value!r} is more than 1EiB, the largest size abreast takes")
         return int(size)
     raise ValueError(f"{value!r} is not a size; write bytes like 100MB, 2GiB or a number")
+
+
+def format_size(size: int) -> str:
+    """`512 kB`, `12.3 MB`, `1.1 GB`: a size for a person (decimal units)."""
+    if size >= 10**9:
+        return f"{size / 1e9:.1f} GB"
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"

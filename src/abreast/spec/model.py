@@ -299,6 +299,13 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class Logs:
+    # An attempt whose log grows past this is killed (a runaway loop printing would fill
+    # the disk, and then the journal could not be written); 0: no limit.
+    max_size: Size = 1 << 30
+
+
+@dataclass(frozen=True)
 class Containment:
     """What a change to the user's own checkout, written while tasks ran, does: `fail`
     sends back every attempt that was running when it was written (nothing of them is
@@ -403,6 +410,7 @@ class Workflow:
     resources: Resources = Resources()
     heartbeat: Heartbeat = Heartbeat()
     memory: Memory = Memory()
+    logs: Logs = Logs()
     containment: Containment = Containment()
     worktrees: Worktrees = Worktrees()
     merge: Merge = Merge()
