@@ -764,7 +764,23 @@ def test_peak_rss_is_the_tasks_own_not_the_orchestrators(tmp_path: Path, cli) ->
     # orchestrator reports 40 MB through wait4. Only the task's own figure may show.
     big = f"{sys.executable} -c 'x = bytearray(300 * 2**20); x[::4096] = b\"1\" * len(x[::4096])'"
     path = workflow(tmp_path, {"small": {"run": "true"}, "big": {"run": big}})
-    run_id = run_id_of(cli("run", str(path), "--no-monitor").out)
+    # Started from a process that had used 500 MB (an IDE, a notebook): the orchestrator's
+    # getrusage peak is that 500 MB, not its own, and the 300 MB task was taken for
+    # "no more than the orchestrator" and shown as 0.
+    heavy = (
+        "b = bytearray(500 << 20); b[::4096] = b'x' * len(b[::4096]); del b\n"
+        "import os, sys\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'abreast', *sys.argv[1:]])\n"
+    )
+    started = subprocess.run(
+        [sys.executable, "-c", heavy, "run", str(path), "--no-monitor"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    run_id = run_id_of(started.stdout)
     state = f"sqlite://{tmp_path}/.abreast/state.db"
     tasks = {
         t["id"]: t

@@ -26,13 +26,12 @@ import contextlib
 import dataclasses
 import json
 import os
-import resource
 import select
 import signal
 import socket
 import time
 
-from abreast.executor.local import Launch, own_peak, spawn
+from abreast.executor.local import Launch, own_peak, peak_rss_kib, spawn
 from abreast.executor.process import (
     group_alive,
     kill_tree,
@@ -120,7 +119,7 @@ def run_attempt(
         launch = dataclasses.replace(launch, env=_take_env(env_file))
     pid, _ticks = spawn(launch)
     started = time.monotonic()
-    parent_maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    parent_maxrss_kib = peak_rss_kib()
     pidfd = os.pidfd_open(pid)
     peak = 0
     next_stats = 0.0
