@@ -557,6 +557,33 @@ def test_a_task_whose_log_runs_away_is_killed_before_it_fills_the_disk(tmp_path:
     assert refused.code == 2 and "'lots' is not a size" in refused.err
 
 
+def test_a_fifo_or_device_put_for_an_output_or_a_log_does_not_hang_the_orchestrator(
+    tmp_path: Path,
+) -> None:
+    # The orchestrator opened them as files: a FIFO with no writer blocked it for good, a
+    # symlink to /dev/zero was read without end. A task can put either there.
+    log = ".abreast/runs/$ABREAST_RUN_ID/logs/$ABREAST_TASK_ID.$ABREAST_ATTEMPT.log"
+    path = workflow(
+        tmp_path,
+        {
+            "out_fifo": {"run": "rm -f $ABREAST_OUTPUT; mkfifo $ABREAST_OUTPUT"},
+            "out_zero": {"run": "rm -f $ABREAST_OUTPUT; ln -s /dev/zero $ABREAST_OUTPUT"},
+            "log_fifo": {"run": f"rm -f {log}; mkfifo {log}; exit 3"},
+            "log_zero": {"run": f"rm -f {log}; ln -s /dev/zero {log}; exit 3"},
+        },
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path, timeout=30)
+    assert result.code == 1, result.out + result.err
+    assert "out_fifo (failed): $ABREAST_OUTPUT is a FIFO or a device, not a file" in result.out
+    assert "out_zero (failed): $ABREAST_OUTPUT is a symlink, not a file" in result.out
+    assert "log_fifo (failed): exit 3" in result.out
+    assert "log_zero (failed): exit 3" in result.out
+    for task in ("log_fifo", "log_zero"):  # nor does `abreast logs` wait on them
+        shown = run_abreast("logs", task, cwd=tmp_path, timeout=30)
+        assert shown.code == 2, shown.err
+        assert f"the log of {task} attempt 1 is not a file abreast reads" in shown.err
+
+
 def test_an_output_over_one_mib_fails_the_attempt_unread(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     # 1 MiB exactly is an output; one byte more is not (it would be read into the
     # orchestrator, journaled and passed on: a 50 MB one cost 400 MB of memory).

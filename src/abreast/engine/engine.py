@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import random
@@ -38,7 +39,7 @@ from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.states import FAILED_STATES, TaskState, check_transition
 from abreast.engine.supervise import Supervisor
 from abreast.executor.local import Executor, Exit, Launch, LocalExecutor, Running
-from abreast.executor.logs import log_tail, scrub_secrets
+from abreast.executor.logs import log_tail, open_regular, scrub_secrets
 from abreast.executor.process import (
     Adoptions,
     become_subreaper,
@@ -878,23 +879,27 @@ class Engine:
     def _read_output(self, tr: TaskRun) -> tuple[dict[str, Any], str | None]:
         path = self._paths(tr.id, tr.attempts)[1]
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = open_regular(path)
         except FileNotFoundError:
             return {}, None  # no output is an empty output
         except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EINVAL):  # a symlink; a FIFO or a device
+                what = "a symlink" if e.errno == errno.ELOOP else "a FIFO or a device"
+                return {}, f"$ABREAST_OUTPUT is {what}, not a file; write a regular file there"
             return {}, f"could not read $ABREAST_OUTPUT: {e}"
         try:
-            with os.fdopen(fd, encoding="utf-8") as f:
-                size = os.fstat(fd).st_size
-                if size > MAX_OUTPUT_BYTES:
-                    if self.options.keys is not None:  # kept as evidence, without a key
-                        scrub_secrets(path, self.options.keys.secrets())
-                    return {}, (
-                        f"wrote {size:,} bytes to $ABREAST_OUTPUT; an output may be at most "
-                        f"{MAX_OUTPUT_BYTES:,} bytes (1 MiB): write large results to files "
-                        "and put their paths in the output"
-                    )
-                text = f.read()
+            with os.fdopen(fd, "rb") as f:
+                raw = f.read(MAX_OUTPUT_BYTES + 1)  # no more, whatever fstat said before
+            if len(raw) > MAX_OUTPUT_BYTES:
+                size = max(os.stat(path).st_size, len(raw))
+                if self.options.keys is not None:  # kept as evidence, without a key
+                    scrub_secrets(path, self.options.keys.secrets())
+                return {}, (
+                    f"wrote {size:,} bytes to $ABREAST_OUTPUT; an output may be at most "
+                    f"{MAX_OUTPUT_BYTES:,} bytes (1 MiB): write large results to files "
+                    "and put their paths in the output"
+                )
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             return {}, f"could not read $ABREAST_OUTPUT: {e}"
         if not text.strip():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Collection
 
 LOG_TAIL_LINES = 12
@@ -14,6 +16,21 @@ KEY_SHOWN = "[key {}]"  # what stands for a key's value, by its fingerprint
 # hyperlinks; ended by BEL or ST, or by the end of the line) and the two-byte ones.
 _ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]?|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -Z\\-~]?)")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def open_regular(path: str) -> int:
+    """A descriptor for reading the regular file at `path`, never following a symlink nor
+    waiting on a FIFO: a task can put either where its log or output was (`mkfifo`,
+    `ln -s /dev/zero`), and the orchestrator must not block, nor read without end, on
+    it. OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device)", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def visible(line: str) -> str:
@@ -93,7 +110,7 @@ def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 819
     if path is None:
         return []
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:
             f.seek(0, 2)
             size = f.tell()
             f.seek(max(0, size - max_bytes))
@@ -113,7 +130,7 @@ def scrub_secrets(path: str, secrets: list[tuple[str, str]], chunk: int = 1 << 2
     keep = max(len(raw) for raw, _ in pairs) - 1  # a value may straddle two chunks
     found = 0
     tmp = f"{path}.scrub"
-    with open(path, "rb") as src, open(tmp, "wb") as dst:
+    with os.fdopen(open_regular(path), "rb") as src, open(tmp, "wb") as dst:
         carry = b""
         while True:
             data = src.read(chunk)
@@ -134,7 +151,7 @@ def scrub_secrets(path: str, secrets: list[tuple[str, str]], chunk: int = 1 << 2
 def _holds_any(path: str, raws: list[bytes], chunk: int) -> bool:
     keep = max(len(raw) for raw in raws) - 1
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path), "rb") as f:
             tail = b""
             while data := f.read(chunk):
                 buf = tail + data

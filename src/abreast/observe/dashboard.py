@@ -23,6 +23,7 @@ import errno
 import hmac
 import html
 import json
+import os
 import re
 import threading
 import time
@@ -44,7 +45,7 @@ from starlette.routing import Route
 from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
 from abreast.errors import UsageError
-from abreast.executor.logs import mask_keys, visible
+from abreast.executor.logs import mask_keys, open_regular, visible
 from abreast.observe import rundata
 from abreast.observe.metrics import CONTENT_TYPE, Metrics
 
@@ -408,7 +409,7 @@ class Dashboard:
             return PlainTextResponse("(not started)")
         log = max(attempts, key=lambda a: a.attempt).log or ""
         try:
-            with open(log, "rb") as f:
+            with os.fdopen(open_regular(log), "rb") as f:  # a task may put a FIFO there
                 f.seek(0, 2)
                 f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
                 text = f.read().decode("utf-8", "replace")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import codecs
+import errno
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,7 @@ from abreast.coord.journal import AttemptRow, Journal, RunRow, TaskRow
 from abreast.engine.lookup import orchestrator_alive
 from abreast.engine.states import TERMINAL
 from abreast.errors import UsageError
-from abreast.executor.logs import KeyMasker
+from abreast.executor.logs import KeyMasker, open_regular
 from abreast.observe import rundata
 from abreast.observe.output import reader_gone
 from abreast.spec.durations import format_duration
@@ -263,7 +265,15 @@ def _show_one(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> Non
     text = codecs.getincrementaldecoder("utf-8")("replace")
     # A key a direct-mode task printed stays in its log until the attempt ends.
     masker = KeyMasker(rundata.leased_fingerprints(journal, a.run_id))
-    with path.open("rb") as f:
+    try:
+        fd = open_regular(str(path))
+    except OSError as e:
+        raise UsageError(
+            f"the log of {a.task_id} attempt {a.attempt} is not a file abreast reads: {path}"
+            f" ({'a symlink' if e.errno == errno.ELOOP else e.strerror or e})",
+            hint="the task replaced it (with a FIFO, a device or a symlink)",
+        ) from None
+    with os.fdopen(fd, "rb") as f:
         while True:
             chunk = f.read(65536)
             if chunk:
