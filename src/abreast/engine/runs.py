@@ -33,6 +33,7 @@ from abreast.engine.states import TERMINAL, TaskState
 from abreast.engine.supervise import Supervisor
 from abreast.errors import StateError, UsageError
 from abreast.executor.local import Exit
+from abreast.executor.logs import open_regular
 from abreast.executor.process import (
     RUN_TAG_ENV,
     freeze,
@@ -993,7 +994,8 @@ def recorded_exits(exits_file: str | None) -> dict[str, int]:
     if not exits_file:
         return out
     try:
-        text = Path(exits_file).read_text()
+        with os.fdopen(open_regular(exits_file), "rb") as f:  # never a FIFO put there
+            text = f.read().decode("utf-8", "replace")
     except OSError:
         return out
     for line in text.splitlines():
