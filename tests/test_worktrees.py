@@ -536,6 +536,25 @@ def test_a_git_too_old_for_the_merge_queue_is_refused_before_the_run(
     assert not (repo / ".abreast" / "state.db").exists()
 
 
+def test_what_a_merge_check_leaves_running_is_ended_with_the_run(
+    repo: Path, tmp_path: Path
+) -> None:
+    # A check that starts a server in a session of its own (and does not stop it): the
+    # queue ends the check's own tree only; the server outlived the run.
+    pids = tmp_path / "pids"
+    server = f"setsid sh -c 'echo $$ >> {pids}; exec sleep 300' </dev/null >/dev/null 2>&1 &"
+    wait = f"until [ -s {pids} ]; do sleep 0.01; done"
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}}, checks=[{"run": f"{server} {wait}"}])
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert git(repo, "show", f"{integration(run_id)}:a.txt") == "A\n"  # the check passed
+    assert (
+        "a: ending 1 process(es) the merge check of a left running in a session or process"
+        " group of its own" in out
+    ), out
+    assert [p for p in pids.read_text().split() if pid_alive(int(p))] == []
+
+
 def test_worktree_isolation_outside_git_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "w.json"
     path.write_text(

@@ -424,7 +424,7 @@ class Engine:
             for tr in self.tasks:
                 if tr.timer:
                     tr.timer.cancel()
-        self._end_left_running()
+        self._end_left_running(final=True)
         if self._adoptions is not None:
             self._adoptions.close()
         outcome = await self._finish_run()
@@ -1003,29 +1003,39 @@ class Engine:
 
         task.add_done_callback(done)
 
-    def _end_left_running(self) -> None:
+    def _end_left_running(self, *, final: bool = False) -> None:
         """End what attempts that have ended left running in a process group or session of
         their own (`setsid server &`, a daemon): out of reach of the attempt's group, it
-        would outlive the attempt and the run. Noted and journaled (orphan.cleaned)."""
+        would outlive the attempt and the run. Noted and journaled (orphan.cleaned). What
+        merge checks left is the queue's while the run goes, and ended at its end
+        (`final`)."""
         if self._adoptions is None or self._executor is None:
             return
-        left: dict[tuple[str, int], list[str]] = {}
+        left: dict[tuple[str, int, bool], list[str]] = {}
         for proc in self._adoptions.find(self._executor.running):
             tr = self.by_id.get(proc.task_id)
+            if proc.check and not final:
+                continue
             if tr is not None and tr.running is not None and tr.attempts == proc.attempt:
                 continue  # its attempt still runs: they end with it
             if proc.pgid in self._ending_groups or proc.pgid <= 1:
                 continue
             grace = 0.0 if self._force_kill else self.options.kill_grace_s
             self._killing_group(proc.pgid, kill_tree(proc.pgid, grace))
-            left.setdefault((proc.task_id, proc.attempt), []).append(proc.name)
-        for (task_id, attempt), names in left.items():
+            left.setdefault((proc.task_id, proc.attempt, proc.check), []).append(proc.name)
+        for (task_id, attempt, check), names in left.items():
             listed = ", ".join(sorted(set(names)))
+            whose = f"the merge check of {task_id}" if check else f"its attempt {attempt}"
             self.view.note(
-                f"{task_id}: ending {len(names)} process(es) its attempt {attempt} left "
-                f"running in a session or process group of its own ({listed})"
+                f"{task_id}: ending {len(names)} process(es) {whose} left running in a "
+                f"session or process group of its own ({listed})"
             )
-            self.sup.orphan_cleaned(task_id, attempt, "left_running")
+            if check:
+                self.journal.stage_event(
+                    self.run_id, "orphan.cleaned", reason="left_running", check_of=task_id
+                )
+            elif task_id in self.by_id:
+                self.sup.orphan_cleaned(task_id, attempt, "left_running")
 
     def _on_cancel(self, why: str) -> None:
         if self._cancelling:

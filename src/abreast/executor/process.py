@@ -159,9 +159,10 @@ class Adopted:
 
     pid: int
     pgid: int
-    task_id: str
+    task_id: str  # a merge check's: the task ids it checks, space-separated
     attempt: int
     name: str
+    check: bool = False  # started by a merge check, not by the attempt itself
 
 
 class Adoptions:
@@ -181,8 +182,8 @@ class Adoptions:
             self._fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY)
         except OSError:  # a kernel without CONFIG_PROC_CHILDREN: nothing is found
             self._fd = -1
-        # pid -> (start ticks, (task, attempt) or None for a process that is not one)
-        self._seen: dict[int, tuple[int | None, tuple[str, int] | None]] = {}
+        # pid -> (start ticks, (task, attempt, check) or None for a process that is not one)
+        self._seen: dict[int, tuple[int | None, tuple[str, int, bool] | None]] = {}
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -191,7 +192,7 @@ class Adoptions:
 
     def find(self, tracked: Container[int]) -> list[Adopted]:
         """Live children carrying this run's marker and a task's, other than `tracked`
-        (the attempts' own first processes)."""
+        (the attempts' own first processes); those of merge checks are marked so."""
         if self._fd < 0:
             return []
         size = 1 << 16  # room for thousands of pids; a bigger buffer costs its allocation
@@ -214,10 +215,11 @@ class Adoptions:
                 seen = (ticks, None if int(fields[3]) == self._own_session else self._mark(pid))
                 self._seen[pid] = seen
             if seen[1] is not None:
-                out.append(Adopted(pid, int(fields[2]), *seen[1], _comm(pid)))
+                task, attempt, check = seen[1]
+                out.append(Adopted(pid, int(fields[2]), task, attempt, _comm(pid), check))
         return out
 
-    def _mark(self, pid: int) -> tuple[str, int] | None:
+    def _mark(self, pid: int) -> tuple[str, int, bool] | None:
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
@@ -226,11 +228,11 @@ class Adoptions:
         task, attempt = env.get(b"ABREAST_TASK_ID"), env.get(b"ABREAST_ATTEMPT", b"")
         if env.get(MARKER_ENV.encode()) != self.run_id.encode() or not task:
             return None
-        if b"ABREAST_CHECK_COMMIT" in env:  # a merge check (of that attempt): the queue's
+        first = attempt.split(b" ")[0]  # a check of a batch: "1 2"
+        if not first.isdigit():
             return None
-        if not attempt.isdigit():
-            return None
-        return task.decode(errors="replace"), int(attempt)
+        check = b"ABREAST_CHECK_COMMIT" in env  # a merge check's, of that attempt
+        return task.decode(errors="replace"), int(first), check
 
 
 def _comm(pid: int) -> str:
