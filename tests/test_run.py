@@ -584,6 +584,35 @@ def test_a_fifo_or_device_put_for_an_output_or_a_log_does_not_hang_the_orchestra
         assert f"the log of {task} attempt 1 is not a file abreast reads" in shown.err
 
 
+def test_a_run_inside_a_task_keeps_its_own_state_and_lock_still_reaches_the_outer_run(
+    tmp_path: Path,
+) -> None:
+    # A task that runs another project's workflow (or that project's tests, which run
+    # abreast): the ABREAST_STATE the task was given made the nested run journal into the
+    # enclosing run's journal (its runs listed there, none in its own project).
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "abreast.yaml").write_text(
+        json.dumps({"version": 1, "isolation": "none", "tasks": {"i": {"run": "true"}}})
+    )
+    nested = (
+        "cd inner && abreast run abreast.yaml --plain --no-monitor > nested.out && "
+        "abreast status --json > nested-status.json && cd .. && "
+        "abreast lock tests -- true"
+    )
+    path = workflow(tmp_path, {"outer": {"run": nested}}, locks={"tests": {"ttl": "1m"}})
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 0, result.out + result.err
+    inner_run = run_id_of((inner / "nested.out").read_text())
+    assert query(inner / ".abreast" / "state.db", "SELECT id FROM runs") == [(inner_run,)]
+    assert json.loads((inner / "nested-status.json").read_text())["run_id"] == inner_run
+    outer = query(tmp_path / ".abreast" / "state.db", "SELECT id FROM runs")
+    assert outer == [(run_id_of(result.out),)]  # the nested run is not in it
+    db = tmp_path / ".abreast" / "state.db"
+    granted = query(db, "SELECT data FROM events WHERE type = 'lock.granted'")
+    assert [json.loads(d)["lock"] for (d,) in granted] == ["tests"]  # the outer run's lock
+
+
 def test_an_output_over_one_mib_fails_the_attempt_unread(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     # 1 MiB exactly is an output; one byte more is not (it would be read into the
     # orchestrator, journaled and passed on: a 50 MB one cost 400 MB of memory).

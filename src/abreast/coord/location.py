@@ -70,10 +70,21 @@ def project_root(workflow_file: Path | None) -> tuple[Path, bool]:
     return (top, True) if top else (base, False)
 
 
+def env_state() -> str:
+    """ABREAST_STATE as the user set it. Inside a task (ABREAST_RUN_ID is set too) it is
+    what the enclosing run gave its tasks, to reach it with `abreast lock` and `abreast
+    signal`: a command about a project (a nested `abreast run`, the project's tests
+    running abreast, `abreast status`) goes by that project's own state instead, or
+    journals into the enclosing run's journal. `--state "$ABREAST_STATE"` shares it."""
+    if os.environ.get("ABREAST_RUN_ID"):
+        return ""
+    return os.environ.get("ABREAST_STATE") or ""
+
+
 def locate(workflow_file: Path | None, state: str | None = None) -> StateLocation:
     """The state location: `state` (from --state) or ABREAST_STATE, else `.abreast/` at the root."""
     root, in_git = project_root(workflow_file)
-    url = state or os.environ.get("ABREAST_STATE") or ""
+    url = state or env_state()
     default_journal = root / STATE_DIR / "state.db"
     if not url:
         if in_git:

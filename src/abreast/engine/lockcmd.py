@@ -37,7 +37,9 @@ def lock_command(
         raise UsageError(f"abreast lock: {e}") from None
     if ttl_s <= 0:
         raise UsageError(f"--ttl {ttl!r}: must be more than zero")
-    location = locate(None, state)
+    # Inside a task, the coordinator of the run it is part of (or, outside one, the
+    # user's ABREAST_STATE).
+    location = locate(None, state or os.environ.get("ABREAST_STATE"))
     try:
         coord = open_coordinator(location.coord_url)
     except CoordError as e:
