@@ -1013,9 +1013,9 @@ class Engine:
             return
         left: dict[tuple[str, int, bool], list[str]] = {}
         for proc in self._adoptions.find(self._executor.running):
-            tr = self.by_id.get(proc.task_id)
             if proc.check and not final:
                 continue
+            tr = self.by_id.get(proc.task_id)
             if tr is not None and tr.running is not None and tr.attempts == proc.attempt:
                 continue  # its attempt still runs: they end with it
             if proc.pgid in self._ending_groups or proc.pgid <= 1:
