@@ -225,14 +225,14 @@ def _leftover_plan(plans: dict[str, Plan], run_id: str, known: set[str]) -> Plan
 
 def release_dead_holders(
     coord: Coordinator, run_id: str, dry_run: bool = False
-) -> list[tuple[str, str, str, int | None]]:
+) -> list[tuple[str, str, int | None]]:
     """The leases of `run_id` whose holder is gone from this machine, released (that grant
-    only, not a newer one); with what was done or left, as (verb: "release" or "leave",
-    what, lock, token released).
+    only, not a newer one); with what was done or left, as (what, lock, token released:
+    None for a lease left alone).
     Run ids are not unique across projects sharing a backend (`--run-id ci-42`), and a
     holder elsewhere cannot be seen: any other lease runs out by its ttl."""
     here = socket.gethostname()
-    out: list[tuple[str, str, str, int | None]] = []
+    out: list[tuple[str, str, int | None]] = []
     for lease in coord.leases():
         holder = lease.holder
         if holder.run != run_id:
@@ -240,14 +240,13 @@ def release_dead_holders(
         who = holder.task or "abreast lock"
         what = f"lock {lease.name!r} (token {lease.token}, held by {who}"
         if holder.host != here:
-            rest = f"{what} on {holder.host}) to run out by its ttl"
-            out.append(("leave", rest, lease.name, None))
+            out.append((f"{what} on {holder.host}) to run out by its ttl", lease.name, None))
             continue
         if not dry_run and holder.pid > 0 and psutil.pid_exists(holder.pid):
             rest = f"{what}, pid {holder.pid} is alive) to run out by its ttl"
-            out.append(("leave", rest, lease.name, None))
+            out.append((rest, lease.name, None))
             continue
-        out.append(("release", f"{what})", lease.name, lease.token))
+        out.append((f"{what})", lease.name, lease.token))
         if not dry_run:
             coord.release(lease.name, lease.token)
     return out
@@ -258,7 +257,7 @@ def lease_releaser(coord: Coordinator) -> Callable[[str, bool], list[str]]:
 
     def release(run_id: str, dry_run: bool) -> list[str]:
         done = release_dead_holders(coord, run_id, dry_run)
-        out = [f"{verb} {what}" for verb, what, _, _ in done]
+        out = [f"{'leave' if token is None else 'release'} {what}" for what, _, token in done]
         for hb in coord.heartbeats(f"attempt:{run_id}/") + coord.heartbeats(f"run:{run_id}"):
             out.append(f"forget heartbeat {hb.key}")
             if not dry_run:

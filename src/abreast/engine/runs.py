@@ -949,7 +949,7 @@ def _release_dead_leases(supervisor: Supervisor, journal: Journal, run_id: str, 
     except CoordError as e:
         view.note(f"the dead orchestrator's locks were not looked at: {e}")
         return
-    for _verb, what, lock, token in done:
+    for what, lock, token in done:
         if token is None:
             view.note(f"left {what}")
             continue

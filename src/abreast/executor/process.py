@@ -183,7 +183,7 @@ class Adoptions:
         except OSError:  # a kernel without CONFIG_PROC_CHILDREN: nothing is found
             self._fd = -1
         # pid -> (start ticks, (task, attempt, check) or None for a process that is not one)
-        self._seen: dict[int, tuple[int | None, tuple[str, int, bool] | None]] = {}
+        self._seen: dict[int, tuple[int, tuple[str, int, bool] | None]] = {}
 
     def close(self) -> None:
         if self._fd >= 0:

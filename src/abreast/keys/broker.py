@@ -128,12 +128,9 @@ class KeyBroker:
         """Whether the attempt has a request under way through the key proxy: it waits on
         the provider (or on a key), which is a sign of life, however long the answer takes."""
         held = self._leases.get((task_id, attempt))
-        return (
-            held is not None
-            and held[2]
-            and self.proxy is not None
-            and (self.proxy.in_flight(held[1]))
-        )
+        if held is None or not held[2] or self.proxy is None:
+            return False  # no key, or a direct-mode one: its requests are not seen
+        return self.proxy.in_flight(held[1])
 
     def release(self, task_id: str, attempt: int) -> None:
         held = self._leases.pop((task_id, attempt), None)

@@ -119,15 +119,15 @@ class KeyProxy:
                 return value[7:].decode("latin-1")
         return ""
 
-    def _route_of(self, headers: Iterable[tuple[bytes, bytes]]) -> Route | None:
+    def _route_of(self, token: str) -> Route | None:
         with self._lock:
-            pool_name = self._tokens.get(self._token_of(headers))
+            pool_name = self._tokens.get(token)
         return None if pool_name is None else self.routes[pool_name]
 
     async def _forward(
-        self, request: h11.Request, body: bytes
+        self, request: h11.Request, body: bytes, token: str
     ) -> tuple[int, list[tuple[str, str]], bytes] | UpstreamResponse:
-        route = self._route_of(request.headers)
+        route = self._route_of(token)
         if route is None:
             return _error(
                 401,
@@ -243,7 +243,7 @@ class KeyProxy:
                 token = self._token_of(head.headers)
                 self._counting(token, 1)
                 try:
-                    await self._respond(conn, writer, await self._forward(head, body))
+                    await self._respond(conn, writer, await self._forward(head, body, token))
                 finally:
                     self._counting(token, -1)
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

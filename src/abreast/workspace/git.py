@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -33,10 +34,10 @@ MIN_TEXT = ".".join(map(str, MIN_VERSION))
 class GitMissing(UsageError):
     """No `git` to run, where the repository's work needs one."""
 
-    def __init__(self, why: str = "abreast works with its worktrees and branches") -> None:
+    def __init__(self) -> None:
         super().__init__(
-            f"git is not installed here (no `git` on PATH), and this project is a git "
-            f"repository: {why} through git",
+            "git is not installed here (no `git` on PATH), and this project is a git "
+            "repository: abreast works with its worktrees and branches through git",
             hint=f"install git ({MIN_TEXT} or later)",
         )
 
@@ -115,7 +116,13 @@ def exclude_locally(repo: Path, pattern: str) -> None:
 
 def version() -> tuple[int, ...] | None:
     """The version of the `git` on PATH (2, 39, 5), None where it has none, () where it
-    does not say in the usual form."""
+    does not say in the usual form. Asked once per PATH (`abreast demo` checks it, then
+    the run it starts)."""
+    return _version(os.environ.get("PATH", ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _version(_path: str) -> tuple[int, ...] | None:
     try:
         out = git("--version", cwd="/").stdout
     except (GitMissing, OSError):
