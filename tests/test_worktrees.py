@@ -1472,3 +1472,65 @@ def test_a_submodules_own_submodules_are_populated_and_cleaned_between_tasks(
     assert code == 0, out
     assert show(repo, integration(run_id), "a.txt") == "lib v1\n"
     assert show(repo, integration(run_id), "b.txt") == "b\n"
+
+
+def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
+    repo: Path,
+) -> None:
+    # Tasks see what is committed at base. A script written for the workflow and not yet
+    # committed failed its task with `exit 127 (command not found)` and the shell's
+    # "./agents/a.sh: not found", though the file was plainly there in the user's checkout.
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "./agents/a.sh"},
+            "b": {"run": "sh tools/b.sh"},
+            "c": {"run": "./c.sh > out.log"},  # out.log is written, not needed
+        },
+        checks=[{"run": "./ci.sh", "name": "ci"}],
+    )
+    (repo / "agents").mkdir()
+    (repo / "agents" / "a.sh").write_text("#!/bin/sh\necho A > a.txt\n")
+    (repo / "agents" / "a.sh").chmod(0o755)
+    (repo / "tools").mkdir()
+    (repo / "tools" / "b.sh").write_text("echo B > b.txt\n")
+    (repo / "c.sh").write_text("#!/bin/sh\necho C > c.txt\n")
+    git(repo, "add", "tools/b.sh", "c.sh")  # committed, c.sh without its x bit
+    git(repo, "commit", "-q", "-m", "scripts")
+    (repo / "c.sh").chmod(0o755)
+    (repo / ".gitignore").write_text("ci.sh\nout.log\n")
+    (repo / "ci.sh").write_text("#!/bin/sh\ntrue\n")
+    (repo / "ci.sh").chmod(0o755)
+    (repo / "out.log").write_text("")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore")
+    code, out, _run_id = run(repo, path)
+    assert code == 1, out
+    # The notes come before the run (on stderr), the failures after it.
+    assert "note: agents/a.sh is in your checkout but not committed" in out
+    assert "`git add agents/a.sh` and commit); it is named by task a" in out
+    assert "note: c.sh is executable in your checkout but not as committed" in out
+    assert "note: ci.sh is in your checkout but git ignores it" in out
+    assert "`worktrees: copy`" in out and "named by check `ci`" in out
+    assert "tools/b.sh" not in out and "out.log" not in out  # committed; written
+    failed_a = "  a (failed): exit 127 (command not found)\n    agents/a.sh is in your checkout"
+    assert failed_a in out
+    assert "  c (failed): exit 126 (found but not executable)\n    c.sh is executable" in out
+    assert "check `ci` failed (exit 127 (command not found))" in out  # b ran: committed
+    journaled = query(
+        repo / ".abreast" / "state.db", "SELECT reason FROM attempts WHERE task_id = 'a'"
+    )
+    assert "agents/a.sh is in your checkout but not committed" in journaled[0][0]
+
+
+def test_command_paths_are_the_words_a_command_may_need_from_its_directory() -> None:
+    from abreast.workspace.provision import command_paths
+
+    assert command_paths("./agents/a.sh --fast") == ["agents/a.sh"]
+    assert command_paths('python3 x.py "$ABREAST_PROMPT" 2>err.txt <in.txt | tee -a o') == [
+        "python3", "x.py", "2", "in.txt", "tee", "o",
+    ]  # fmt: skip
+    assert command_paths("FOO=1 ./run.sh ../up /abs ~/home *.py && ./b # ./c") == [
+        "run.sh", "b",
+    ]  # fmt: skip
+    assert command_paths('echo "unclosed') == []

@@ -757,6 +757,9 @@ class Engine:
             reason = ""
         else:
             reason = describe_status(exit_.exit_code, exit_.signal)
+            if running is not None and not self.isolation.instant:  # a script never committed?
+                hints = self.isolation.why_failed(running.launch.cwd, running.launch.command)
+                reason = "\n".join([reason, *hints])
         self.journal.stage_attempt(
             self.run_id,
             tr.id,

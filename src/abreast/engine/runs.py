@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from abreast.keys.broker import KeyBroker
     from abreast.observe.dashboard_process import Observer
     from abreast.observe.events import Sink
+    from abreast.workspace.repo import Repo
 
 _RUN_ID = re.compile(TASK_ID_PATTERN.replace("62", "99"))
 IsolationFactory = Callable[[Workflow, StateLocation, str, Journal], Isolation]
@@ -445,6 +446,8 @@ def _base_commit(
         raise UsageError("\n  ".join(bad), hint="fix `worktrees:` in the workflow file")
     # The workflow file is the orchestrator's, not the tasks': it is not counted.
     own = os.path.relpath(p.wf.source, repo.root) if p.wf.source else None
+    for line in _unseen_in_commands(repo, commit, p.wf, own):
+        announce_note(line)
     dirty = [d for d in dirty_paths(repo, repo.root) if not d.startswith(".abreast/") and d != own]
     if dirty:
         named = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
@@ -453,6 +456,37 @@ def _base_commit(
             f" ({named}); they start from {p.wf.base} ({commit[:12]})"
         )
     return commit
+
+
+def _unseen_in_commands(repo: Repo, commit: str, wf: Workflow, own: str | None) -> list[str]:
+    """Notes on the files of the user's checkout that tasks' and checks' commands name
+    and will not find as they are there (never committed, ignored, `chmod +x` not
+    committed): a script written for the workflow and not yet committed fails every task
+    that runs it, after the run has started."""
+    from abreast.workspace.provision import command_paths, not_committed, unseen_text
+
+    commands: dict[str, list[str]] = {}
+    for tid, task in wf.tasks.items():
+        agent = wf.agents[task.agent].run if task.agent is not None else ""
+        commands.setdefault(task.run if task.run is not None else agent, []).append(f"task {tid}")
+    for check in wf.checks:
+        commands.setdefault(check.run, []).append(f"check `{check.name or check.run}`")
+    users: dict[str, list[str]] = {}
+    for command, who in commands.items():
+        for path in command_paths(command):
+            users.setdefault(path, []).extend(who)
+    copied = [c.strip("/") for c in wf.worktrees.copy]
+    wanted = [
+        path
+        for path in users
+        if path != own and not any(path == c or path.startswith(c + "/") for c in copied)
+    ]
+    out = []
+    for path, kind in not_committed(repo, commit, wanted):
+        who = users[path]
+        named = ", ".join(who[:3]) + (f" and {len(who) - 3} more" if len(who) > 3 else "")
+        out.append(f"note: {unseen_text(path, kind)}; it is named by {named}")
+    return out
 
 
 def _note(text: str) -> None:

@@ -55,6 +55,11 @@ class Isolation:
         (the worktree's own Python sources first on PYTHONPATH)."""
         return {}
 
+    def why_failed(self, workdir: str, command: str) -> list[str]:
+        """Lines that may explain why a command failed in `workdir`, beyond its exit
+        status: files of the user's checkout it names that `workdir` lacks."""
+        return []
+
     async def settle(self, task_id: str, attempt: int) -> Verdict | None:
         """Right after a successful attempt, while it still holds its slot: take in what it
         left (containment checks, commit, ownership). None: ready for `integrate`."""

@@ -31,7 +31,7 @@ from abreast.integrate.ownership import violations
 from abreast.integrate.queue import MergeJob, MergeQueue, check_env
 from abreast.plan.graph import TaskGraph
 from abreast.spec.model import Workflow
-from abreast.workspace import pyenv, submodules
+from abreast.workspace import provision, pyenv, submodules
 from abreast.workspace.pool import WorktreePool
 from abreast.workspace.provision import Provision
 from abreast.workspace.repo import Repo, base_name, commit_all, signal_ref
@@ -181,6 +181,11 @@ class WorktreeIsolation(Isolation):
 
     def env_for(self, workdir: str) -> dict[str, str]:
         return pyenv.env_for(Path(workdir), self.python_sources, self._env)
+
+    def why_failed(self, workdir: str, command: str) -> list[str]:
+        found = provision.missing_in_worktree(command, self.repo.root, Path(workdir))
+        skip = provision.ignored(self.repo, [p for p, kind in found if kind == "absent"])
+        return [provision.unseen_text(p, "ignored" if p in skip else k) for p, k in found[:3]]
 
     async def prepare(self, task_id: str, attempt: int) -> Path:
         base = await asyncio.to_thread(self.repo.rev_parse, self.ref)

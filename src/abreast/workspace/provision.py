@@ -13,6 +13,7 @@ not, before a run starts. `provide` also populates the worktree's submodules
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,3 +92,117 @@ def copy_into(source: Path, worktree: Path, paths: list[str]) -> None:
             elif os.path.lexists(dst):
                 dst.unlink()
             shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def command_paths(command: str, limit: int = 64) -> list[str]:
+    """The words of a shell command that may be paths relative to where it runs (no
+    options, variables, globs, assignments or shell operators), `./` dropped; at most
+    `limit`. Unparseable commands name none."""
+    lex = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lex.whitespace_split = True
+    lex.commenters = "#"
+    out: list[str] = []
+    after = ""
+    try:
+        for word in lex:
+            if len(out) >= limit:
+                break
+            written, after = ">" in after, word
+            if written or not word or word[0] in "-~/" or any(c in word for c in "$*?[=`\\"):
+                continue  # a file written to (`> log`) is not one the command needs
+            if set(word) <= set("();<>|&"):
+                continue  # an operator
+            parts = [p for p in word.split("/") if p not in ("", ".")]
+            if parts and ".." not in parts:
+                path = "/".join(parts)
+                if path not in out:
+                    out.append(path)
+    except ValueError:  # an unclosed quote: /bin/sh said what it thought of it
+        return []
+    return out
+
+
+def missing_in_worktree(command: str, checkout: Path, worktree: Path) -> list[tuple[str, str]]:
+    """Paths a command names that the user's checkout has and the worktree it ran in does
+    not: (path, "absent") when the worktree lacks it, (path, "mode") when the checkout's
+    copy is executable and the worktree's is not (a `chmod +x` never committed)."""
+    if checkout.resolve() == worktree.resolve() or not worktree.is_dir():
+        return []
+    out = []
+    for path in command_paths(command):
+        mine, theirs = checkout / path, worktree / path
+        if not os.path.lexists(mine):
+            continue
+        if not os.path.lexists(theirs):
+            out.append((path, "absent"))
+        elif (
+            mine.is_file()
+            and theirs.is_file()
+            and os.access(mine, os.X_OK)
+            and not os.access(theirs, os.X_OK)
+        ):
+            out.append((path, "mode"))
+    return out
+
+
+def ignored(repo: Repo, paths: list[str]) -> set[str]:
+    """Which of `paths` git ignores in the user's checkout."""
+    if not paths:
+        return set()
+    proc = repo.git(
+        "check-ignore", "-z", "--stdin", input_="".join(f"{p}\0" for p in paths), check=False
+    )
+    return {p for p in proc.stdout.split("\0") if p}
+
+
+def not_committed(repo: Repo, commit: str, paths: list[str]) -> list[tuple[str, str]]:
+    """Of `paths` (relative to the checkout's root), those the checkout has and `commit`
+    lacks: (path, "absent"), or (path, "ignored") when git ignores it; and those executable
+    in the checkout but not in `commit`: (path, "mode")."""
+    here = [p for p in paths if "\n" not in p and os.path.lexists(repo.root / p)]
+    if not here:
+        return []
+    asked = "".join(f"{commit}:{p}\n" for p in here)
+    found = repo.git("cat-file", "--batch-check", input_=asked, check=False).stdout.splitlines()
+    absent = [
+        p
+        for p, line in zip(here, found, strict=False)
+        if line.endswith(" missing") and not _empty_dir(repo.root / p)  # git keeps none
+    ]
+    skip = ignored(repo, absent)
+    out = [(p, "ignored" if p in skip else "absent") for p in absent]
+    runnable = [
+        p
+        for p in here
+        if p not in absent and (repo.root / p).is_file() and os.access(repo.root / p, os.X_OK)
+    ]
+    if runnable:
+        listed = repo.git("ls-tree", "-z", commit, "--", *runnable, check=False).stdout
+        modes = {e.split("\t", 1)[1]: e.split(" ", 1)[0] for e in listed.split("\0") if "\t" in e}
+        out += [(p, "mode") for p in runnable if modes.get(p, "100755") != "100755"]
+    return out
+
+
+def unseen_text(path: str, kind: str) -> str:
+    """Why a task cannot see `path` of the user's checkout, and the fix, in a line."""
+    if kind == "mode":
+        return (
+            f"{path} is executable in your checkout but not as committed: commit the mode "
+            f"(`git add {shlex.quote(path)}` and commit)"
+        )
+    if kind == "ignored":
+        return (
+            f"{path} is in your checkout but git ignores it, so a worktree has none: list it "
+            "under `worktrees: copy` in the workflow file, or have a task make it"
+        )
+    return (
+        f"{path} is in your checkout but not committed, and tasks see only committed files: "
+        f"commit it (`git add {shlex.quote(path)}` and commit)"
+    )
+
+
+def _empty_dir(path: Path) -> bool:
+    if not path.is_dir() or path.is_symlink():
+        return False
+    with os.scandir(path) as entries:
+        return next(entries, None) is None
