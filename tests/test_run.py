@@ -1154,7 +1154,7 @@ def test_ctrl_c_stops_a_run_of_many_short_tasks(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert "wakeup fd" not in err and "Traceback" not in err, err[-2000:]
-    assert proc.returncode == 1
+    assert proc.returncode == -signal.SIGINT  # it dies of Ctrl-C, as a shell expects
     assert ": cancelled in" in out
     states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
     assert list(states.values()).count("succeeded") < 3000
@@ -1348,3 +1348,51 @@ def test_cleanup_older_than_forgets_runs_that_ended_before_it_and_nothing_else(
     assert sorted(os.listdir(runs_dir)) == []
     bad = run_abreast("cleanup", "--older-than", "soon", cwd=tmp_path)
     assert bad.code == 2 and "--older-than: 'soon' is not a duration" in bad.err
+
+
+def test_ctrl_c_in_a_shell_loop_stops_the_loop_not_just_the_run(tmp_path: Path) -> None:
+    # `for f in *.yaml; do abreast run "$f"; done` and Ctrl-C: the shell stops the loop
+    # only if its command died of SIGINT. abreast cancelled its run and exited 1, so the
+    # shell took Ctrl-C as dealt with and started the next run. Typed on a real terminal
+    # (a pty): Ctrl-C goes to the foreground process group, the shell and abreast both.
+    import pty
+
+    wf = write_workflow(tmp_path, "loop", {"a": {"run": "touch started; sleep 60"}})
+    script = f"for i in 1 2; do {PY} -m abreast run --plain --no-monitor {wf}; done; touch after"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a shell on the pty, as a terminal runs one
+        os.chdir(tmp_path)
+        os.execvp("bash", ["bash", "--norc", "-c", script])
+    out: list[bytes] = []
+
+    def read() -> None:  # the terminal's side: what is written to it must be read
+        with contextlib.suppress(OSError):  # EIO once the shell is gone
+            while chunk := os.read(fd, 65536):
+                out.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    status: list[int] = []
+
+    def ended() -> bool:
+        done, code = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status.append(code)
+        return bool(done)
+
+    try:
+        wait_for(lambda: (tmp_path / "started").exists(), what="the first run's task")
+        os.write(fd, b"\x03")  # Ctrl-C, as typed
+        wait_for(ended, what="the shell to end")
+    finally:
+        if not status:
+            os.killpg(pid, signal.SIGKILL)  # the shell's group (the pty's session)
+            os.waitpid(pid, 0)
+        reader.join(timeout=10)
+        os.close(fd)
+    text = b"".join(out).decode(errors="replace")
+    assert os.WIFSIGNALED(status[-1]) and os.WTERMSIG(status[-1]) == signal.SIGINT, text
+    assert not (tmp_path / "after").exists(), text  # the loop stopped
+    runs = query(tmp_path / ".abreast" / "state.db", "SELECT state FROM runs")
+    assert runs == [("cancelled",)], text  # one run, cancelled and journaled so
+    assert "cancelling (interrupted)" in text and "a  cancelled" in text

@@ -24,6 +24,7 @@ DEFAULT_FILE = "abreast.yaml"
 # `abreast run --land` (or a resume of such a run): every task succeeded, but the result
 # could not be brought into `base` (the summary says why; the result branch is kept).
 EXIT_NOT_LANDED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
 
 
 class _Parser(argparse.ArgumentParser):
@@ -369,6 +370,8 @@ def _finish(outcome: RunOutcome) -> int:
 
         with Journal(journal_path) as journal:
             print(report.closing(journal, outcome.run_id))
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
     if outcome.state != "succeeded":
         return 1
     return EXIT_NOT_LANDED if outcome.unlanded else 0
@@ -747,6 +750,7 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    as_process = argv is None  # the `abreast` command itself, not a caller in Python
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv and argv[0] in _COMMAND_ARGS else None)
     # `abreast lock NAME [options] -- CMD ...`: what follows `--` is the command, untouched.
@@ -758,6 +762,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     guard_standard_streams()  # a reader that goes away (`| head`) must not end a run
     code = _main(parser, argv, command)
+    if code == EXIT_INTERRUPTED and as_process and command == []:
+        _die_of_sigint()
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()  # what is still buffered, so that a failure to write it shows
     failed = getattr(sys.stdout, "failed", None)
@@ -765,6 +771,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"abreast: error: could not write to standard output: {failed}", file=sys.stderr)
         return code or 1
     return code
+
+
+def _die_of_sigint() -> None:
+    """End as Ctrl-C ended us: killed by SIGINT, as shells expect of a command that was
+    interrupted. A shell running `for f in *.yaml; do abreast run "$f"; done` stops the loop
+    only if its command died of the signal; one that exits (even with 130) is taken to
+    have dealt with it, and the loop goes on to the next run."""
+    import signal
+
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _main(parser: argparse.ArgumentParser, argv: list[str], command: list[str]) -> int:
@@ -786,6 +806,6 @@ def _main(parser: argparse.ArgumentParser, argv: list[str], command: list[str]) 
         return e.exit_code
     except KeyboardInterrupt:
         print("abreast: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0

@@ -192,6 +192,7 @@ class RunOutcome:
     journal_path: Path | None = None
     changes: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> files, +, -
     unlanded: bool = False  # --land was asked and could not be done (`landing` says why)
+    interrupted: bool = False  # cancelled by SIGINT (Ctrl-C), not by `abreast cancel`
 
     @property
     def saved_s(self) -> float:
@@ -250,6 +251,7 @@ class Engine:
         self._parked = False  # the loop waits for `_wake` with nothing left to do
         self._inline_error: BaseException | None = None
         self._cancelling = False
+        self._interrupted = False  # the cancel came from SIGINT
         self._force_kill = False
         self._killing: set[asyncio.Task[None]] = set()
         self._ending_groups: set[int] = set()  # process groups being killed
@@ -1049,6 +1051,7 @@ class Engine:
             self.isolation.abort(0.0)
             return
         self._cancelling = True
+        self._interrupted = why == "interrupted"
         # Nothing waits on a lock held elsewhere, nor on a check, until it is done.
         self.sup.stop_waiting()
         self.isolation.abort(self.options.kill_grace_s)
@@ -1292,6 +1295,7 @@ class Engine:
             self.journal.path,
             changes,
             unlanded=self.isolation.unlanded,
+            interrupted=self._interrupted and state == "cancelled",
         )
 
     # -- resume ------------------------------------------------------------------------------
