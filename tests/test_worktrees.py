@@ -1534,3 +1534,28 @@ def test_command_paths_are_the_words_a_command_may_need_from_its_directory() -> 
         "run.sh", "b",
     ]  # fmt: skip
     assert command_paths('echo "unclosed') == []
+
+
+@pytest.mark.parametrize("isolation", ["worktree", "none"])
+def test_a_script_named_from_the_workflow_files_directory_is_pointed_to(
+    repo: Path, isolation: str
+) -> None:
+    # Commands run at the repository's root. `run: ./build.sh` in ci/abreast.yaml, for
+    # ci/build.sh, failed with only `exit 127 (command not found)`.
+    (repo / "ci").mkdir()
+    (repo / "ci" / "build.sh").write_text("#!/bin/sh\necho built > built.txt\n")
+    (repo / "ci" / "build.sh").chmod(0o755)
+    spec = {"version": 1, "name": "sub", "isolation": isolation, "tasks": {}}
+    spec["tasks"] = {"build": {"run": "./build.sh"}, "fine": {"run": "ci/build.sh"}}
+    path = repo / "ci" / "abreast.yaml"
+    path.write_text(json.dumps(spec))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "ci")
+    code, out, _run_id = run(repo, path)
+    assert code == 1, out
+    said = "build.sh is not at the repository's root, where commands run, but ci/build.sh is"
+    assert f"note: {said} (beside the workflow file): write `ci/build.sh`" in out
+    assert "it is named by task build" in out
+    assert f"  build (failed): exit 127 (command not found)\n    {said}" in out
+    assert re.search(r"\n  fine +succeeded", out), out  # ci/build.sh from the root is found
+    assert "ci/build.sh is not" not in out

@@ -759,9 +759,8 @@ class Engine:
             reason = ""
         else:
             reason = describe_status(exit_.exit_code, exit_.signal)
-            if running is not None and not self.isolation.instant:  # a script never committed?
-                hints = self.isolation.why_failed(running.launch.cwd, running.launch.command)
-                reason = "\n".join([reason, *hints])
+            if running is not None:
+                reason = "\n".join([reason, *self._failure_hints(running.launch)])
         self.journal.stage_attempt(
             self.run_id,
             tr.id,
@@ -790,6 +789,21 @@ class Engine:
             self._attempt_failed(tr, reason, timed_out=tr.timed_out, with_log=start_error is None)
             return
         self._attempt_succeeded(tr)
+
+    def _failure_hints(self, launch: Launch) -> list[str]:
+        """What may explain a failed attempt beyond its exit status: a file its command
+        names that is in the user's checkout and not where it ran (never committed), or
+        that is beside the workflow file rather than at the root, where commands run."""
+        from abreast.workspace.provision import beside_text, beside_workflow, command_paths
+
+        hints = (
+            [] if self.isolation.instant else self.isolation.why_failed(launch.cwd, launch.command)
+        )
+        if self.wf.source is not None:
+            paths = command_paths(launch.command)
+            found = beside_workflow(Path(self._root), Path(self.wf.source).parent, paths)
+            hints += [beside_text(path, there) for path, there in found]
+        return hints[:3]
 
     def _on_adopt(self, tr: TaskRun, attempt: int, exit_: Exit) -> None:
         """An attempt that ended while no orchestrator watched: take its recorded status."""

@@ -411,6 +411,8 @@ def _base_commit(
                 f"note: {keys} do{'es' if len(unused) == 1 else ''} nothing here: tasks run "
                 "in the project directory, and there is no merge queue (isolation: none)"
             )
+        for line in _misplaced_in_commands(p.location.root, p.wf):
+            announce_note(line)
         return None
     from abreast.workspace.repo import Repo, base_name, dirty_paths
 
@@ -458,12 +460,10 @@ def _base_commit(
     return commit
 
 
-def _unseen_in_commands(repo: Repo, commit: str, wf: Workflow, own: str | None) -> list[str]:
-    """Notes on the files of the user's checkout that tasks' and checks' commands name
-    and will not find as they are there (never committed, ignored, `chmod +x` not
-    committed): a script written for the workflow and not yet committed fails every task
-    that runs it, after the run has started."""
-    from abreast.workspace.provision import command_paths, not_committed, unseen_text
+def _command_users(wf: Workflow) -> dict[str, list[str]]:
+    """The words of tasks' and checks' commands (and agents' `run`) that may be paths
+    (`provision.command_paths`), each with the tasks and checks whose command names it."""
+    from abreast.workspace.provision import command_paths
 
     commands: dict[str, list[str]] = {}
     for tid, task in wf.tasks.items():
@@ -475,18 +475,50 @@ def _unseen_in_commands(repo: Repo, commit: str, wf: Workflow, own: str | None) 
     for command, who in commands.items():
         for path in command_paths(command):
             users.setdefault(path, []).extend(who)
+    return users
+
+
+def _named_by(who: list[str]) -> str:
+    return (
+        "; it is named by "
+        + ", ".join(who[:3])
+        + (f" and {len(who) - 3} more" if len(who) > 3 else "")
+    )
+
+
+def _misplaced_in_commands(
+    root: Path, wf: Workflow, users: dict[str, list[str]] | None = None
+) -> list[str]:
+    """Notes on paths commands name that are not at the root, where commands run, but
+    beside a workflow file kept in a subdirectory."""
+    from abreast.workspace.provision import beside_text, beside_workflow
+
+    if wf.source is None or Path(wf.source).parent.resolve() == root.resolve():
+        return []
+    users = _command_users(wf) if users is None else users
+    found = beside_workflow(root, Path(wf.source).parent, list(users))
+    return [f"note: {beside_text(p, there)}{_named_by(users[p])}" for p, there in found]
+
+
+def _unseen_in_commands(repo: Repo, commit: str, wf: Workflow, own: str | None) -> list[str]:
+    """Notes on the files of the user's checkout that tasks' and checks' commands name
+    and will not find as they are there (never committed, ignored, `chmod +x` not
+    committed): a script written for the workflow and not yet committed fails every task
+    that runs it, after the run has started."""
+    from abreast.workspace.provision import not_committed, unseen_text
+
+    users = _command_users(wf)
     copied = [c.strip("/") for c in wf.worktrees.copy]
     wanted = [
         path
         for path in users
         if path != own and not any(path == c or path.startswith(c + "/") for c in copied)
     ]
-    out = []
-    for path, kind in not_committed(repo, commit, wanted):
-        who = users[path]
-        named = ", ".join(who[:3]) + (f" and {len(who) - 3} more" if len(who) > 3 else "")
-        out.append(f"note: {unseen_text(path, kind)}; it is named by {named}")
-    return out
+    out = [
+        f"note: {unseen_text(path, kind)}{_named_by(users[path])}"
+        for path, kind in not_committed(repo, commit, wanted)
+    ]
+    return out + _misplaced_in_commands(repo.root, wf, users)
 
 
 def _note(text: str) -> None:

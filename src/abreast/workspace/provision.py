@@ -13,8 +13,10 @@ not, before a run starts. `provide` also populates the worktree's submodules
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,17 +96,25 @@ def copy_into(source: Path, worktree: Path, paths: list[str]) -> None:
             shutil.copy2(src, dst, follow_symlinks=False)
 
 
+_PLAIN = re.compile(r"[^'\"\\#;&|<>()`$]*")
+
+
 def command_paths(command: str, limit: int = 64) -> list[str]:
     """The words of a shell command that may be paths relative to where it runs (no
     options, variables, globs, assignments or shell operators), `./` dropped; at most
     `limit`. Unparseable commands name none."""
-    lex = shlex.shlex(command, posix=True, punctuation_chars=True)
-    lex.whitespace_split = True
-    lex.commenters = "#"
+    words: Iterable[str]
+    if _PLAIN.fullmatch(command):  # nothing for shlex to do (a microsecond or two a character)
+        words = command.split()
+    else:
+        lex = shlex.shlex(command, posix=True, punctuation_chars=True)
+        lex.whitespace_split = True
+        lex.commenters = "#"
+        words = lex
     out: list[str] = []
     after = ""
     try:
-        for word in lex:
+        for word in words:
             if len(out) >= limit:
                 break
             written, after = ">" in after, word
@@ -206,3 +216,27 @@ def _empty_dir(path: Path) -> bool:
         return False
     with os.scandir(path) as entries:
         return next(entries, None) is None
+
+
+def beside_workflow(root: Path, workflow_dir: Path, paths: list[str]) -> list[tuple[str, str]]:
+    """Paths a command names that are not at `root`, where commands run, but are beside
+    the workflow file (in a subdirectory of the repository): (path, that path from the
+    root). `run: ./build.sh` in `ci/abreast.yaml` means the root's build.sh, not ci's."""
+    if workflow_dir.resolve() == root.resolve():
+        return []
+    try:
+        prefix = workflow_dir.resolve().relative_to(root.resolve())
+    except ValueError:
+        return []
+    return [
+        (p, f"{prefix.as_posix()}/{p}")
+        for p in paths
+        if not os.path.lexists(root / p) and os.path.lexists(workflow_dir / p)
+    ]
+
+
+def beside_text(path: str, there: str) -> str:
+    return (
+        f"{path} is not at the repository's root, where commands run, but {there} is "
+        f"(beside the workflow file): write `{there}`"
+    )
