@@ -1396,3 +1396,36 @@ def test_ctrl_c_in_a_shell_loop_stops_the_loop_not_just_the_run(tmp_path: Path) 
     runs = query(tmp_path / ".abreast" / "state.db", "SELECT state FROM runs")
     assert runs == [("cancelled",)], text  # one run, cancelled and journaled so
     assert "cancelling (interrupted)" in text and "a  cancelled" in text
+
+
+def test_a_program_not_on_path_is_noted_before_the_run(tmp_path: Path) -> None:
+    # An agent's CLI not installed here failed every task that used it, each after its
+    # retries, with `exit 127 (command not found)`; now the run says so before it starts.
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "abreast-test-agent").write_text("#!/bin/sh\necho ran\n")
+    (tools / "abreast-test-agent").chmod(0o755)
+    wf = write_workflow(
+        tmp_path,
+        "path",
+        {
+            "a": {"prompt": "x", "agent": "ghost"},
+            "b": {"prompt": "y", "agent": "ghost"},
+            "c": {
+                "run": "FOO=1 abreast-test-agent --go",
+                "env": {"PATH": f"{tools}:/usr/bin:/bin"},
+            },
+            "d": {"run": "cd . && echo fine"},  # the shell's own
+            "e": {"run": "abreast-test-agent"},  # not on the run's PATH
+        },
+        agents={"ghost": {"run": 'abreast-ghost-cli -p "$ABREAST_PROMPT"'}},
+    )
+    result = run_abreast("run", str(wf), "--plain", "--no-monitor", cwd=tmp_path)
+    assert result.code == 1, result.out + result.err
+    assert (
+        "note: `abreast-ghost-cli` is not on PATH here, and tasks a, b start with it: "
+        "install it, or give its directory in PATH (a task's `env:`)" in result.err
+    )
+    assert "`abreast-test-agent` is not on PATH here, and task e starts with it" in result.err
+    assert result.err.count("is not on PATH") == 2  # c's own PATH has it; d's cd is sh's
+    assert "c  succeeded" in result.out and "d  succeeded" in result.out

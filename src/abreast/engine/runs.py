@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from abreast.coord.backend import CoordError, open_coordinator
 from abreast.coord.journal import Journal, RunRow
 from abreast.coord.location import StateLocation, locate, redact_url
+from abreast.engine import preflight
 from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View, defer_stop_signals
 from abreast.engine.lookup import (
     described_process,
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
     from abreast.keys.broker import KeyBroker
     from abreast.observe.dashboard_process import Observer
     from abreast.observe.events import Sink
-    from abreast.workspace.repo import Repo
 
 _RUN_ID = re.compile(TASK_ID_PATTERN.replace("62", "99"))
 IsolationFactory = Callable[[Workflow, StateLocation, str, Journal], Isolation]
@@ -411,7 +411,7 @@ def _base_commit(
                 f"note: {keys} do{'es' if len(unused) == 1 else ''} nothing here: tasks run "
                 "in the project directory, and there is no merge queue (isolation: none)"
             )
-        for line in _misplaced_in_commands(p.location.root, p.wf):
+        for line in preflight.command_notes(p.location.root, p.wf):
             announce_note(line)
         return None
     from abreast.workspace.repo import Repo, base_name, dirty_paths
@@ -448,7 +448,7 @@ def _base_commit(
         raise UsageError("\n  ".join(bad), hint="fix `worktrees:` in the workflow file")
     # The workflow file is the orchestrator's, not the tasks': it is not counted.
     own = os.path.relpath(p.wf.source, repo.root) if p.wf.source else None
-    for line in _unseen_in_commands(repo, commit, p.wf, own):
+    for line in preflight.command_notes(repo.root, p.wf, (repo, commit, own)):
         announce_note(line)
     dirty = [d for d in dirty_paths(repo, repo.root) if not d.startswith(".abreast/") and d != own]
     if dirty:
@@ -458,67 +458,6 @@ def _base_commit(
             f" ({named}); they start from {p.wf.base} ({commit[:12]})"
         )
     return commit
-
-
-def _command_users(wf: Workflow) -> dict[str, list[str]]:
-    """The words of tasks' and checks' commands (and agents' `run`) that may be paths
-    (`provision.command_paths`), each with the tasks and checks whose command names it."""
-    from abreast.workspace.provision import command_paths
-
-    commands: dict[str, list[str]] = {}
-    for tid, task in wf.tasks.items():
-        agent = wf.agents[task.agent].run if task.agent is not None else ""
-        commands.setdefault(task.run if task.run is not None else agent, []).append(f"task {tid}")
-    for check in wf.checks:
-        commands.setdefault(check.run, []).append(f"check `{check.name or check.run}`")
-    users: dict[str, list[str]] = {}
-    for command, who in commands.items():
-        for path in command_paths(command):
-            users.setdefault(path, []).extend(who)
-    return users
-
-
-def _named_by(who: list[str]) -> str:
-    return (
-        "; it is named by "
-        + ", ".join(who[:3])
-        + (f" and {len(who) - 3} more" if len(who) > 3 else "")
-    )
-
-
-def _misplaced_in_commands(
-    root: Path, wf: Workflow, users: dict[str, list[str]] | None = None
-) -> list[str]:
-    """Notes on paths commands name that are not at the root, where commands run, but
-    beside a workflow file kept in a subdirectory."""
-    from abreast.workspace.provision import beside_text, beside_workflow
-
-    if wf.source is None or Path(wf.source).parent.resolve() == root.resolve():
-        return []
-    users = _command_users(wf) if users is None else users
-    found = beside_workflow(root, Path(wf.source).parent, list(users))
-    return [f"note: {beside_text(p, there)}{_named_by(users[p])}" for p, there in found]
-
-
-def _unseen_in_commands(repo: Repo, commit: str, wf: Workflow, own: str | None) -> list[str]:
-    """Notes on the files of the user's checkout that tasks' and checks' commands name
-    and will not find as they are there (never committed, ignored, `chmod +x` not
-    committed): a script written for the workflow and not yet committed fails every task
-    that runs it, after the run has started."""
-    from abreast.workspace.provision import not_committed, unseen_text
-
-    users = _command_users(wf)
-    copied = [c.strip("/") for c in wf.worktrees.copy]
-    wanted = [
-        path
-        for path in users
-        if path != own and not any(path == c or path.startswith(c + "/") for c in copied)
-    ]
-    out = [
-        f"note: {unseen_text(path, kind)}{_named_by(users[path])}"
-        for path, kind in not_committed(repo, commit, wanted)
-    ]
-    return out + _misplaced_in_commands(repo.root, wf, users)
 
 
 def _note(text: str) -> None:

@@ -99,22 +99,37 @@ def copy_into(source: Path, worktree: Path, paths: list[str]) -> None:
 _PLAIN = re.compile(r"[^'\"\\#;&|<>()`$]*")
 
 
+def first_word(command: str) -> str | None:
+    """The program a shell command starts with (after any `VAR=value` assignments), or
+    None when it starts otherwise (an operator, a variable) or cannot be parsed."""
+    try:
+        for word in _words(command):
+            if "=" in word and word.split("=", 1)[0].isidentifier():
+                continue  # an assignment before the command
+            plain = not any(c in word for c in "$*?[`\\") and set(word) - set("();<>|&")
+            return word if word and plain else None
+    except ValueError:  # an unclosed quote
+        pass
+    return None
+
+
+def _words(command: str) -> Iterable[str]:
+    if _PLAIN.fullmatch(command):  # nothing for shlex to do (a microsecond or two a character)
+        return command.split()
+    lex = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lex.whitespace_split = True
+    lex.commenters = "#"
+    return lex
+
+
 def command_paths(command: str, limit: int = 64) -> list[str]:
     """The words of a shell command that may be paths relative to where it runs (no
     options, variables, globs, assignments or shell operators), `./` dropped; at most
     `limit`. Unparseable commands name none."""
-    words: Iterable[str]
-    if _PLAIN.fullmatch(command):  # nothing for shlex to do (a microsecond or two a character)
-        words = command.split()
-    else:
-        lex = shlex.shlex(command, posix=True, punctuation_chars=True)
-        lex.whitespace_split = True
-        lex.commenters = "#"
-        words = lex
     out: list[str] = []
     after = ""
     try:
-        for word in words:
+        for word in _words(command):
             if len(out) >= limit:
                 break
             written, after = ">" in after, word

@@ -1,0 +1,143 @@
+"""Notes before a run on what the tasks' and checks' commands will not find.
+
+A script written for the workflow and not yet committed, one named from the
+workflow file's directory rather than the root (where commands run), or an
+agent's CLI that is not installed fails every task that runs it, after the run
+has started, with no more than `exit 127 (command not found)`. These are
+notes, not refusals: an upstream task may make the file or install the tool.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from abreast.spec.model import Workflow
+
+if TYPE_CHECKING:
+    from abreast.workspace.repo import Repo
+
+# What /bin/sh runs without looking on PATH (POSIX special and regular built-ins, the
+# reserved words), and abreast itself (`.abreast/bin` holds the one tasks call).
+_SHELL_OWN_WORDS = (
+    ". : [ [[ alias bg break cd command continue echo eval exec exit export false fc fg "
+    "getopts hash jobs kill local printf pwd read readonly return set shift test times "
+    "trap true type ulimit umask unalias unset wait ! { } case do done elif else esac fi "
+    "for function if in then until while time select abreast"
+)
+SHELL_OWN = frozenset(_SHELL_OWN_WORDS.split())
+
+
+def command_notes(
+    root: Path, wf: Workflow, committed: tuple[Repo, str, str | None] | None = None
+) -> list[str]:
+    """The notes for `wf`'s commands, run at `root`. With worktrees, `committed` is the
+    repository, the commit tasks start from and the workflow file's path in it."""
+    users = _command_users(wf)
+    out = [] if committed is None else _unseen(users, wf, *committed)
+    return out + _misplaced(root, wf, users) + _not_on_path(wf)
+
+
+def _command_users(wf: Workflow) -> dict[str, list[str]]:
+    """The words of tasks' and checks' commands (and agents' `run`) that may be paths
+    (`provision.command_paths`), each with the tasks and checks whose command names it."""
+    from abreast.workspace.provision import command_paths
+
+    users: dict[str, list[str]] = {}
+    for command, who in _commands(wf).items():
+        for path in command_paths(command):
+            users.setdefault(path, []).extend(who)
+    return users
+
+
+def _commands(wf: Workflow) -> dict[str, list[str]]:
+    """Each distinct command of the workflow, with the tasks and checks that run it."""
+    commands: dict[str, list[str]] = {}
+    for tid, task in wf.tasks.items():
+        agent = wf.agents[task.agent].run if task.agent is not None else ""
+        commands.setdefault(task.run if task.run is not None else agent, []).append(f"task {tid}")
+    for check in wf.checks:
+        commands.setdefault(check.run, []).append(f"check `{check.name or check.run}`")
+    return commands
+
+
+def _named_by(who: list[str]) -> str:
+    return "; it is named by " + _listed(who)
+
+
+def _misplaced(root: Path, wf: Workflow, users: dict[str, list[str]]) -> list[str]:
+    """Paths commands name that are not at the root, where commands run, but beside a
+    workflow file kept in a subdirectory."""
+    from abreast.workspace.provision import beside_text, beside_workflow
+
+    if wf.source is None or Path(wf.source).parent.resolve() == root.resolve():
+        return []
+    found = beside_workflow(root, Path(wf.source).parent, list(users))
+    return [f"note: {beside_text(p, there)}{_named_by(users[p])}" for p, there in found]
+
+
+def _unseen(
+    users: dict[str, list[str]], wf: Workflow, repo: Repo, commit: str, own: str | None
+) -> list[str]:
+    """Files of the user's checkout that commands name and a worktree will not have as
+    they are there (never committed, ignored, `chmod +x` not committed)."""
+    from abreast.workspace.provision import not_committed, unseen_text
+
+    copied = [c.strip("/") for c in wf.worktrees.copy]
+    wanted = [
+        path
+        for path in users
+        if path != own and not any(path == c or path.startswith(c + "/") for c in copied)
+    ]
+    return [
+        f"note: {unseen_text(path, kind)}{_named_by(users[path])}"
+        for path, kind in not_committed(repo, commit, wanted)
+    ]
+
+
+def _not_on_path(wf: Workflow) -> list[str]:
+    """Programs commands start (their first word) that are not on the PATH they will run
+    with: an agent's CLI not installed here."""
+    from abreast.workspace.provision import first_word
+
+    base = os.environ.get("PATH", os.defpath)
+    runs: list[tuple[str, str, str]] = []  # command, PATH, who
+    for tid, task in wf.tasks.items():
+        agent = wf.agents[task.agent] if task.run is None and task.agent is not None else None
+        command = task.run if task.run is not None else (agent.run if agent else "")
+        path = task.env.get("PATH") or (agent.env.get("PATH") if agent else None) or base
+        runs.append((command, str(path), f"task {tid}"))
+    runs += [(c.run, base, f"check `{c.name or c.run}`") for c in wf.checks]
+    missing: dict[str, list[str]] = {}
+    looked: dict[tuple[str, str], bool] = {}
+    for command, path, who in runs:
+        word = first_word(command)
+        if not word or word in SHELL_OWN or "/" in word:
+            continue
+        if (word, path) not in looked:
+            looked[word, path] = shutil.which(word, path=path) is not None
+        if not looked[word, path]:
+            missing.setdefault(word, []).append(who)
+    return [
+        f"note: `{word}` is not on PATH here, and {_listed(who)} start"
+        f"{'s' if len(who) == 1 else ''} with it: install it, or give its directory in PATH"
+        " (a task's `env:`), unless a task installs it first"
+        for word, who in missing.items()
+    ]
+
+
+def _listed(who: list[str]) -> str:
+    """`task a`, `task b`, `check x` as `tasks a, b and check x` (three names at most)."""
+    tasks = [w.removeprefix("task ") for w in who if w.startswith("task ")]
+    checks = [w for w in who if not w.startswith("task ")]
+    shown = tasks[:3]
+    more = len(tasks) - len(shown)
+    parts = []
+    if tasks:
+        parts.append(("tasks " if len(tasks) > 1 else "task ") + ", ".join(shown))
+        if more:
+            parts[-1] += f" and {more} more"
+    parts += checks[:2]
+    return " and ".join(parts)
