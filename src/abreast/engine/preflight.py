@@ -35,9 +35,12 @@ def command_notes(
 ) -> list[str]:
     """The notes for `wf`'s commands, run at `root`. With worktrees, `committed` is the
     repository, the commit tasks start from and the workflow file's path in it."""
-    users = _command_users(wf)
+    misplaced = wf.source is not None and Path(wf.source).parent.resolve() != root.resolve()
+    users = _command_users(wf) if committed is not None or misplaced else {}
     out = [] if committed is None else _unseen(users, wf, *committed)
-    return out + _misplaced(root, wf, users) + _not_on_path(wf)
+    if misplaced:
+        out += _misplaced(root, wf, users)
+    return out + _not_on_path(wf)
 
 
 def _command_users(wf: Workflow) -> dict[str, list[str]]:
@@ -72,8 +75,7 @@ def _misplaced(root: Path, wf: Workflow, users: dict[str, list[str]]) -> list[st
     workflow file kept in a subdirectory."""
     from abreast.workspace.provision import beside_text, beside_workflow
 
-    if wf.source is None or Path(wf.source).parent.resolve() == root.resolve():
-        return []
+    assert wf.source is not None
     found = beside_workflow(root, Path(wf.source).parent, list(users))
     return [f"note: {beside_text(p, there)}{_named_by(users[p])}" for p, there in found]
 
@@ -111,14 +113,17 @@ def _not_on_path(wf: Workflow) -> list[str]:
         runs.append((command, str(path), f"task {tid}"))
     runs += [(c.run, base, f"check `{c.name or c.run}`") for c in wf.checks]
     missing: dict[str, list[str]] = {}
-    looked: dict[tuple[str, str], bool] = {}
+    firsts: dict[str, str | None] = {}
+    found: dict[tuple[str, str], bool] = {}
     for command, path, who in runs:
-        word = first_word(command)
+        if command not in firsts:
+            firsts[command] = first_word(command)
+        word = firsts[command]
         if not word or word in SHELL_OWN or "/" in word:
             continue
-        if (word, path) not in looked:
-            looked[word, path] = shutil.which(word, path=path) is not None
-        if not looked[word, path]:
+        if (word, path) not in found:
+            found[word, path] = shutil.which(word, path=path) is not None
+        if not found[word, path]:
             missing.setdefault(word, []).append(who)
     return [
         f"note: `{word}` is not on PATH here, and {_listed(who)} start"
