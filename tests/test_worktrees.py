@@ -1504,6 +1504,10 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
     (repo / "out.log").write_text("")
     git(repo, "add", ".gitignore")
     git(repo, "commit", "-q", "-m", "ignore")
+    dry = run_abreast("run", str(path), "--dry-run", cwd=repo)  # a dry run says as much
+    assert dry.code == 0 and "would start" in dry.out
+    assert "note: agents/a.sh is in your checkout but not committed" in dry.err
+    assert "note: c.sh is executable in your checkout" in dry.err
     code, out, _run_id = run(repo, path)
     assert code == 1, out
     # The notes come before the run (on stderr), the failures after it.

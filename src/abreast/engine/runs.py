@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import os
@@ -137,7 +138,28 @@ def dry_run(req: RunRequest, out: Any) -> int:
         else:
             names = ", ".join(assumed[:8]) + (", ..." if len(assumed) > 8 else "")
             out.write(f"(without an `estimate:`, {each}: {names})\n")
+    for line in _dry_run_notes(p):
+        _note(line)
     return 0
+
+
+def _dry_run_notes(p: Prepared) -> list[str]:
+    """What a run would note about its commands (`preflight`), as far as a dry run can
+    tell: with worktrees, against the commit tasks would start from."""
+    root = p.location.root
+    committed = None
+    if (p.wf.isolation or ("worktree" if p.location.in_git else "none")) == "worktree":
+        from abreast.workspace.git import GitMissing
+        from abreast.workspace.repo import NotARepository, Repo
+
+        with contextlib.suppress(GitMissing, NotARepository):
+            repo = Repo(root)
+            commit = repo.rev_parse(p.wf.base)
+            own = os.path.relpath(p.wf.source, repo.root) if p.wf.source else None
+            if commit is not None:
+                committed = (repo, commit, own)
+            root = repo.root
+    return preflight.command_notes(root, p.wf, committed)
 
 
 def task_env(
