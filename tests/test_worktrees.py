@@ -1563,3 +1563,24 @@ def test_a_script_named_from_the_workflow_files_directory_is_pointed_to(
     assert f"  build (failed): exit 127 (command not found)\n    {said}" in out
     assert re.search(r"\n  fine +succeeded", out), out  # ci/build.sh from the root is found
     assert "ci/build.sh is not" not in out
+
+
+def test_a_check_whose_log_runs_away_is_ended_by_logs_max_size(repo: Path) -> None:
+    # logs.max_size covered tasks' logs only: a check printing without end filled
+    # the disk under .abreast/runs/RUN/checks, with no timeout to stop it.
+    path = workflow(
+        repo,
+        {"a": {"run": "echo A > a.txt", "retries": 0}},
+        checks=[{"run": "while :; do echo abreast; done", "name": "loud"}],
+        logs={"max_size": "1MB"},
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    assert "check `loud` failed (its log passed 1.0 MB (" in out
+    assert "(a check that rightly prints more: raise `logs.max_size`)" in out
+    assert git(repo, "rev-parse", integration(run_id)) == git(repo, "rev-parse", "main")
+    logs = list((repo / ".abreast" / "runs" / run_id / "checks").glob("*.log"))
+    sizes = [log.stat().st_size for log in logs]
+    assert sizes and all(1_000_000 < size < 100_000_000 for size in sizes), sizes
+    for log in logs:
+        log.unlink()  # not kept with the test's files

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -13,6 +14,7 @@ from pathlib import Path
 from abreast.coord.backend import Lease
 from abreast.executor.logs import log_tail
 from abreast.executor.process import describe_status, kill_tree, leases_env
+from abreast.spec.durations import format_size
 from abreast.spec.model import Check
 
 
@@ -29,6 +31,7 @@ class Held:
 # (lock, holder) -> a context holding it (giving None: held within this process)
 LockHolder = Callable[[str, str], AbstractAsyncContextManager["Held | None"]]
 LOST_LOCK_TRIES = 3  # runs of a check that lost its lock before it counts as red
+LOG_LOOK_S = 0.25  # how often a running check's log size is looked at (a stat)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class CheckControl:
 
     stopped: bool = False
     running: set[int] = field(default_factory=set)
+    max_log: int = 0  # `logs.max_size`: a check whose log passes it is ended (0: no limit)
 
     def stop(self, grace_s: float) -> list[asyncio.Task[None]]:
         self.stopped = True
@@ -95,15 +99,15 @@ async def run_checks(
                 run_env = env
                 if held is not None:  # what runs under the lease can be fenced off
                     run_env = {**env, **leases_env([held.lease], held.store_id)}
-                code, sig, timed_out = await _run_one(check, cwd, run_env, log, grace_s, control)
+                code, sig, stopped = await _run_one(check, cwd, run_env, log, grace_s, control)
             lost = held.lost if held is not None else None
             if lost is None:
                 break
         else:
             detail = f"check `{name}` {lost}, {LOST_LOCK_TRIES} times: it has no result"
             return CheckResult(False, name, detail, log, waited)
-        if timed_out or code != 0 or sig:
-            why = f"timed out after {check.timeout:g}s" if timed_out else describe_status(code, sig)
+        if stopped or code != 0 or sig:
+            why = stopped or describe_status(code, sig)
             tail = log_tail(log, tail_lines, max_bytes=16384)
             detail = f"check `{name}` failed ({why})"
             if tail:
@@ -119,7 +123,8 @@ async def _run_one(
     log: str,
     grace_s: float,
     control: CheckControl,
-) -> tuple[int | None, int | None, bool]:
+) -> tuple[int | None, int | None, str | None]:
+    """Run one check to its end: (exit code, signal, why abreast ended it or None)."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         proc = await asyncio.create_subprocess_exec(
@@ -135,15 +140,49 @@ async def _run_one(
         )
     control.running.add(proc.pid)  # its own session: the group to end
     try:
-        await asyncio.wait_for(proc.wait(), timeout=check.timeout)
-    except TimeoutError:
-        await kill_tree(proc.pid, grace_s)
-        await proc.wait()
-        return None, None, True
+        stopped = await _watch(proc, check, log, control.max_log)
+        if stopped is not None:
+            await kill_tree(proc.pid, grace_s)
+            await proc.wait()
+            return None, None, stopped
     finally:
         control.running.discard(proc.pid)
     code = proc.returncode
     assert code is not None
     if code < 0:
-        return None, -code, False
-    return code, None, False
+        return None, -code, None
+    return code, None, None
+
+
+async def _watch(
+    proc: asyncio.subprocess.Process, check: Check, log: str, max_log: int
+) -> str | None:
+    """Wait for the check to end; None when it did, else why it must be ended: past its
+    `timeout`, or its log past `max_log` bytes (looked at every LOG_LOOK_S)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if check.timeout is None else loop.time() + check.timeout
+    ended = asyncio.ensure_future(proc.wait())
+    try:
+        while True:
+            left = None if deadline is None else max(deadline - loop.time(), 0.0)
+            step = left if not max_log else min(LOG_LOOK_S, left if left is not None else 1.0)
+            done, _ = await asyncio.wait({ended}, timeout=step)
+            if done:
+                return None
+            if deadline is not None and loop.time() >= deadline:
+                return f"timed out after {check.timeout:g}s"
+            size = _size(log)
+            if max_log and size > max_log:
+                return (
+                    f"its log passed {format_size(max_log)} ({size:,} bytes) and it was "
+                    "ended (a check that rightly prints more: raise `logs.max_size`)"
+                )
+    finally:
+        ended.cancel()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

@@ -73,6 +73,7 @@ class MergeQueue:
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         path_env: Callable[[Path], dict[str, str]] | None = None,
         batch: int = 1,
+        max_log: int = 0,
     ) -> None:
         self.repo = repo
         self.batch = batch  # at most this many queued merges checked together
@@ -90,7 +91,7 @@ class MergeQueue:
         self.phase: dict[str, str] = {}  # task -> where its job is: queued, checking, ...
         self._jobs: asyncio.Queue[MergeJob] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self._checks = CheckControl()
+        self._checks = CheckControl(max_log=max_log)
         self._stopping: list[asyncio.Task[None]] = []
 
     @property

@@ -175,6 +175,7 @@ class WorktreeIsolation(Isolation):
             hold or LocalLocks().hold,
             path_env=lambda path: self.env_for(str(path)),
             batch=wf.merge.batch,
+            max_log=wf.logs.max_size,
         )
 
     # -- before an attempt -------------------------------------------------------------------
