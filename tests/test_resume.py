@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -584,3 +585,44 @@ def test_resume_force_goes_on_with_the_file_as_it_is_now(tmp_path: Path) -> None
     assert run_abreast("logs", run_id, "b", cwd=tmp_path).out == "b\n"
     sha = hashlib.sha256(path.read_bytes()).hexdigest()  # a later resume needs no --force
     assert query(tmp_path / ".abreast" / "state.db", "SELECT file_sha256 FROM runs") == [(sha,)]
+
+
+def test_the_time_between_a_cancel_and_its_resume_is_not_the_runs(tmp_path: Path) -> None:
+    # Cancelled on Friday, resumed on Monday: the run "took" the weekend, its summary's
+    # wall time had the weekend in it (so "saved 0s"), and so did `status` and `report`.
+    path = write_workflow(
+        tmp_path,
+        "pause",
+        {"a": {"run": "touch a.started; sleep 30"}, "b": {"run": "true", "needs": ["a"]}},
+    )
+    proc, run_id = start_run(path, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "a.started").exists(), what="a to start")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    db = tmp_path / ".abreast" / "state.db"
+    # As if all that happened three days ago: the run's, tasks' and attempts' times.
+    gap = 3 * 86400
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        for table, cols in (
+            ("runs", ("started_at", "finished_at", "heartbeat_at")),
+            ("tasks", ("started_at", "finished_at")),
+            ("attempts", ("started_at", "ended_at")),
+        ):
+            key = "id" if table == "runs" else "run_id"
+            sets = ", ".join(f"{c} = {c} - {gap}" for c in cols)
+            conn.execute(f"UPDATE {table} SET {sets} WHERE {key} = ?", (run_id,))
+    (tmp_path / "w.json").write_text(path.read_text().replace("sleep 30", "sleep 1"))
+    state = f"sqlite://{db}"
+    resumed = run_abreast(
+        "resume", run_id, "--state", state, "--no-monitor", "--plain", "--force", cwd=tmp_path
+    )
+    assert resumed.code == 0, resumed.out + resumed.err
+    took = re.search(r": succeeded in (\S+)", resumed.out)
+    assert took and took[1].endswith("s") and "m" not in took[1] and "h" not in took[1], took
+    assert re.search(r"critical path: a -> b took \d+(\.\d+)?s\n", resumed.out), resumed.out
+    status = run_abreast("status", run_id, "--state", state).out
+    assert re.match(rf"run {run_id} \(pause\): succeeded, \d+(\.\d+)?m?s\n", status), status
+    wall = json.loads(query(db, "SELECT summary FROM runs")[0][0])["wall_s"]
+    assert wall < 60, wall
+    report = run_abreast("report", run_id, "--state", state).out
+    assert re.search(r"wall \d+(\.\d+)?m?s;", report) and "d" not in report.split("wall ")[1][:8]

@@ -128,6 +128,18 @@ class RunRow:
     options: dict[str, Any]
     summary: dict[str, Any] | None
 
+    @property
+    def pauses(self) -> list[tuple[float, float]]:
+        """When no orchestrator ran the run, before each `abreast resume`: from the end of
+        the last one (its finish, or its last heartbeat if it died) to the resume."""
+        return [(float(a), float(b)) for a, b in self.options.get("pauses", [])]
+
+    def active_s(self, t0: float, t1: float) -> float:
+        """The seconds from t0 to t1 that the run was orchestrated (its pauses left out):
+        a run cancelled on Friday and resumed on Monday did not take the weekend."""
+        paused = sum(max(0.0, min(t1, b) - max(t0, a)) for a, b in self.pauses)
+        return max(0.0, t1 - t0 - paused)
+
 
 @dataclass(frozen=True)
 class TaskRow:

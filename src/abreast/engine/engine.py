@@ -226,6 +226,7 @@ class Engine:
         view: View | None = None,
         isolation: Isolation | None = None,
         started_at: float | None = None,
+        paused_s: float = 0.0,
     ) -> None:
         self.wf = wf
         self.run_id = run_id
@@ -263,6 +264,7 @@ class Engine:
         self._last_cap = 0  # as last journaled (run.cap)
         self._seen_signals: set[tuple[str, str]] = set()
         self.started_at = started_at or time.time()
+        self.paused_s = paused_s  # time no orchestrator ran the run (before resumes)
         self._t0 = time.monotonic()
         self._executor: Executor | None = None
         self._adopt: list[tuple[TaskRun, int, Exit]] = []
@@ -1275,7 +1277,8 @@ class Engine:
         if self.options.keys is not None:
             self.options.keys.tick()  # the last requests, before the run is marked finished
         now = time.time()
-        wall = now - self.started_at  # landing included: the run's end is its finished_at
+        # Landing included (the run's end is its finished_at); pauses before a resume not.
+        wall = max(0.0, now - self.started_at - self.paused_s)
         saved = busy - wall
 
         summary = {

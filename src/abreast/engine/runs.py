@@ -897,6 +897,11 @@ async def _resume(
     graph = TaskGraph.from_workflow(wf)
     analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph)
     p = Prepared(wf, location, flags, cap, analysis, graph)
+    # The time no orchestrator ran it (from the last one's end, or its last heartbeat if it
+    # died, to now) is not the run's: its wall time and the summary's savings leave it out.
+    last_alive = row.finished_at or row.heartbeat_at or now
+    pauses = [list(span) for span in row.pauses] + ([[last_alive, now]] if now > last_alive else [])
+    options = {**row.options, "pauses": pauses}
     journal.stage_run(
         row.id,
         state="running",
@@ -905,8 +910,9 @@ async def _resume(
         host=socket.gethostname(),
         heartbeat_at=now,
         finished_at=None,
+        options=options,
     )
-    added, removed = _adopt_changed_file(journal, row, p) if force else ([], [])
+    added, removed = _adopt_changed_file(journal, row, p, options) if force else ([], [])
     journal.stage_event(
         row.id,
         "run.resumed",
@@ -949,6 +955,7 @@ async def _resume(
                 req, p, row.id, journal, kind, options.get("base_commit"), env, supervisor, keys
             ),
             started_at=row.started_at,
+            paused_s=sum(b - a for a, b in pauses),
         )
         rows = {t.task_id: dict(t.__dict__, busy_s=0.0) for t in journal.tasks(row.id)}
         for a in journal.attempts(row.id):  # what the attempts so far took, for the summary
@@ -986,12 +993,15 @@ def _release_dead_leases(supervisor: Supervisor, journal: Journal, run_id: str, 
         )
 
 
-def _adopt_changed_file(journal: Journal, row: RunRow, p: Prepared) -> tuple[list[str], list[str]]:
+def _adopt_changed_file(
+    journal: Journal, row: RunRow, p: Prepared, options: dict[str, Any]
+) -> tuple[list[str], list[str]]:
     """`resume --force` of a run whose workflow file changed: the run goes on as the file
     now says. Tasks added to it are journaled (pending); tasks removed from it that had
     not ended are journaled as skipped, with why (they will not run, and the run is not
     waiting for them); the file's checksum and plan become the new file's, so that
-    another resume needs no --force. (added, removed) task ids."""
+    another resume needs no --force. `options`: the run's, as this resume stages them.
+    (added, removed) task ids."""
     if p.wf.source_sha256 == row.file_sha256:
         return [], []
     known = {t.task_id: t for t in journal.tasks(row.id)}
@@ -1006,7 +1016,7 @@ def _adopt_changed_file(journal: Journal, row: RunRow, p: Prepared) -> tuple[lis
                 state="skipped",
                 reason="removed from the workflow file (resumed with --force)",
             )
-    options = {**row.options, "plan": plan_summary(p.analysis)}
+    options = {**options, "plan": plan_summary(p.analysis)}
     journal.stage_run(row.id, file_sha256=p.wf.source_sha256, options=options)
     return added, removed
 

@@ -41,8 +41,7 @@ class RunData:
         return [(a, b) for a, b in (self.plan or {}).get("edges", [])]
 
     def wall_s(self) -> float:
-        end = self.run.finished_at or time.time()
-        return max(0.0, end - self.run.started_at)
+        return self.run.active_s(self.run.started_at, self.run.finished_at or time.time())
 
     def busy_s(self) -> float:
         return sum(a.wall_s or 0.0 for a in self.attempts)
@@ -54,7 +53,7 @@ class RunData:
         out = {}
         for t in self.tasks:
             if t.started_at is not None:
-                out[t.task_id] = max(0.0, (t.finished_at or now) - t.started_at)
+                out[t.task_id] = self.run.active_s(t.started_at, t.finished_at or now)
             else:
                 out[t.task_id] = 0.0
         return out
@@ -95,7 +94,7 @@ class RunData:
             if start.get(cur) is not None:
                 path.append(cur)
         path.reverse()
-        return path, max(0.0, (end[last] or now) - (start[path[0]] or now))
+        return path, self.run.active_s(start[path[0]] or now, end[last] or now)
 
     def estimated_critical_path(self) -> tuple[list[str], float]:
         plan = self.plan or {}

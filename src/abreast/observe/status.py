@@ -80,18 +80,27 @@ def print_runs(journal: Journal, out: TextIO, limit: int | None = 30) -> None:
     for r in runs:
         counts = journal.task_states(r.id)  # one GROUP BY, not every task row
         done = counts.get("succeeded", 0) + counts.get("skipped", 0)
-        end = r.finished_at or time.time()
+        state = run_state(r)
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at))
         out.write(
-            f"{r.id:<{width}}  {run_state(r):<11}  {started}  "
-            f"{format_duration(end - r.started_at):>7}  {done}/{sum(counts.values())} done\n"
+            f"{r.id:<{width}}  {state:<11}  {started}  "
+            f"{format_duration(_took(r, state)):>7}  "
+            f"{done}/{sum(counts.values())} done\n"
         )
+
+
+def _took(row: RunRow, state: str) -> float:
+    """How long the run has been orchestrated: to its end, to now while it runs, or to
+    its last heartbeat when its orchestrator died (not the time since)."""
+    end = row.finished_at or time.time()
+    if state == "interrupted" and row.heartbeat_at:
+        end = row.heartbeat_at
+    return row.active_s(row.started_at, end)
 
 
 def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     state = run_state(row)
-    end = row.finished_at or time.time()
-    out.write(f"run {row.id} ({row.workflow}): {state}, {format_duration(end - row.started_at)}\n")
+    out.write(f"run {row.id} ({row.workflow}): {state}, {format_duration(_took(row, state))}\n")
     if state == "interrupted":
         out.write(f"  its orchestrator is gone; `abreast resume {row.id}` carries on\n")
     tasks = journal.tasks(row.id)
@@ -104,7 +113,7 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     for t in tasks:
         took = "-"
         if t.started_at:
-            took = format_duration((t.finished_at or now) - t.started_at)
+            took = format_duration(row.active_s(t.started_at, t.finished_at or now))
         rss = f"{t.peak_rss_bytes / 1e6:.1f}MB" if t.peak_rss_bytes else "-"
         note = (t.reason or "").splitlines()[0][:80] if t.reason else ""
         if t.state == "integrating" and t.task_id in waits:
