@@ -626,3 +626,6 @@ def test_the_time_between_a_cancel_and_its_resume_is_not_the_runs(tmp_path: Path
     assert wall < 60, wall
     report = run_abreast("report", run_id, "--state", state).out
     assert re.search(r"wall \d+(\.\d+)?m?s;", report) and "d" not in report.split("wall ")[1][:8]
+    timeline = json.loads(run_abreast("report", run_id, "--json", "--state", state).out)
+    ends = [bar["end_s"] for bar in timeline["timeline"]]
+    assert len(ends) == 3 and max(ends) < 60, ends  # a's two attempts and b, no 3-day gap

@@ -298,6 +298,7 @@ class Dashboard:
                 "finished_at": run.finished_at,
                 "wall_s": data.wall_s(),
                 "busy_s": data.busy_s(),
+                "pauses": run.pauses,  # before each resume: the timeline leaves them out
                 "summary": run.summary,
             },
             "tasks": tasks,

@@ -94,8 +94,9 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
                 "attempt": a.attempt,
                 "state": a.state,
                 "reason": rundata.first_line(a.reason),
-                "start_s": (a.started_at or start) - start,
-                "end_s": (a.ended_at or run.finished_at or a.started_at or start) - start,
+                # Seconds of the run's own time (a pause before a resume left out).
+                "start_s": run.active_s(start, a.started_at),
+                "end_s": run.active_s(start, a.ended_at or run.finished_at or a.started_at),
                 "host": hosts.get((a.task_id, a.attempt)),  # a Ray node's, else None
             }
             for a in data.attempts

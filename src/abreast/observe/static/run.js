@@ -79,15 +79,18 @@ function drawTimeline(snap) {
   const box = document.getElementById("timeline");
   box.replaceChildren();
   const start = snap.run.started_at, end = snap.run.finished_at || snap.now;
-  const span = Math.max(1, end - start), width = 900, row = 18;
+  // The run's own time since its start: the pauses before resumes are left out.
+  const at = t => (t - start) - (snap.run.pauses || []).reduce(
+    (sum, [a, b]) => sum + Math.max(0, Math.min(t, b) - Math.max(start, a)), 0);
+  const span = Math.max(1, at(end)), width = 900, row = 18;
   const ids = [...new Set(snap.attempts.map(a => a.task))];
   const vw = width + 160, vh = 20 + ids.length * row;  // scales down to a narrow window
   const svg = el("svg:svg", {width: vw, height: vh, viewBox: `0 0 ${vw} ${vh}`, class: "fit"});
   ids.forEach((id, i) => svg.append(el("svg:text", {x: 0, y: 10 + i * row + row / 2}, id)));
   for (const a of snap.attempts) {
     if (!a.started_at) continue;
-    const x = 150 + (a.started_at - start) / span * width;
-    const w = Math.max(2, ((a.ended_at || snap.now) - a.started_at) / span * width);
+    const x = 150 + at(a.started_at) / span * width;
+    const w = Math.max(2, (at(a.ended_at || snap.now) - at(a.started_at)) / span * width);
     const bar = el("svg:rect", {class: "bar " + a.state, x, y: 10 + ids.indexOf(a.task) * row,
                                 width: w, height: row - 4, "data-attempt": `${a.task}.${a.attempt}`});
     const why = a.reason ? ` (${a.reason})` : "";
