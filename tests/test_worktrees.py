@@ -1528,7 +1528,7 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
 
 
 def test_command_paths_are_the_words_a_command_may_need_from_its_directory() -> None:
-    from abreast.workspace.provision import command_paths
+    from abreast.spec.commands import command_paths
 
     assert command_paths("./agents/a.sh --fast") == ["agents/a.sh"]
     assert command_paths('python3 x.py "$ABREAST_PROMPT" 2>err.txt <in.txt | tee -a o') == [

@@ -796,7 +796,7 @@ class Engine:
         """What may explain a failed attempt beyond its exit status: a file its command
         names that is in the user's checkout and not where it ran (never committed), or
         that is beside the workflow file rather than at the root, where commands run."""
-        from abreast.workspace.provision import beside_text, beside_workflow, command_paths
+        from abreast.spec.commands import beside_text, beside_workflow, command_paths
 
         hints = (
             [] if self.isolation.instant else self.isolation.why_failed(launch.cwd, launch.command)

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from abreast.spec.commands import beside_text, beside_workflow, command_paths, first_word
 from abreast.spec.model import Workflow
 
 if TYPE_CHECKING:
@@ -45,9 +46,7 @@ def command_notes(
 
 def _command_users(wf: Workflow) -> dict[str, list[str]]:
     """The words of tasks' and checks' commands (and agents' `run`) that may be paths
-    (`provision.command_paths`), each with the tasks and checks whose command names it."""
-    from abreast.workspace.provision import command_paths
-
+    (`spec.commands.command_paths`), each with the tasks and checks whose command names it."""
     users: dict[str, list[str]] = {}
     for command, who in _commands(wf).items():
         for path in command_paths(command):
@@ -73,8 +72,6 @@ def _named_by(who: list[str]) -> str:
 def _misplaced(root: Path, wf: Workflow, users: dict[str, list[str]]) -> list[str]:
     """Paths commands name that are not at the root, where commands run, but beside a
     workflow file kept in a subdirectory."""
-    from abreast.workspace.provision import beside_text, beside_workflow
-
     assert wf.source is not None
     found = beside_workflow(root, Path(wf.source).parent, list(users))
     return [f"note: {beside_text(p, there)}{_named_by(users[p])}" for p, there in found]
@@ -102,8 +99,6 @@ def _unseen(
 def _not_on_path(wf: Workflow) -> list[str]:
     """Programs commands start (their first word) that are not on the PATH they will run
     with: an agent's CLI not installed here."""
-    from abreast.workspace.provision import first_word
-
     base = os.environ.get("PATH", os.defpath)
     runs: list[tuple[str, str, str]] = []  # command, PATH, who
     for tid, task in wf.tasks.items():

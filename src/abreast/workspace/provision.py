@@ -13,13 +13,12 @@ not, before a run starts. `provide` also populates the worktree's submodules
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from abreast.spec.commands import command_paths
 from abreast.workspace import submodules
 from abreast.workspace.repo import Repo
 
@@ -94,57 +93,6 @@ def copy_into(source: Path, worktree: Path, paths: list[str]) -> None:
             elif os.path.lexists(dst):
                 dst.unlink()
             shutil.copy2(src, dst, follow_symlinks=False)
-
-
-_PLAIN = re.compile(r"[^'\"\\#;&|<>()`$]*")
-
-
-def first_word(command: str) -> str | None:
-    """The program a shell command starts with (after any `VAR=value` assignments), or
-    None when it starts otherwise (an operator, a variable) or cannot be parsed."""
-    try:
-        for word in _words(command):
-            if "=" in word and word.split("=", 1)[0].isidentifier():
-                continue  # an assignment before the command
-            plain = not any(c in word for c in "$*?[`\\") and set(word) - set("();<>|&")
-            return word if word and plain else None
-    except ValueError:  # an unclosed quote
-        pass
-    return None
-
-
-def _words(command: str) -> Iterable[str]:
-    if _PLAIN.fullmatch(command):  # nothing for shlex to do (a microsecond or two a character)
-        return command.split()
-    lex = shlex.shlex(command, posix=True, punctuation_chars=True)
-    lex.whitespace_split = True
-    lex.commenters = "#"
-    return lex
-
-
-def command_paths(command: str, limit: int = 64) -> list[str]:
-    """The words of a shell command that may be paths relative to where it runs (no
-    options, variables, globs, assignments or shell operators), `./` dropped; at most
-    `limit`. Unparseable commands name none."""
-    out: list[str] = []
-    after = ""
-    try:
-        for word in _words(command):
-            if len(out) >= limit:
-                break
-            written, after = ">" in after, word
-            if written or not word or word[0] in "-~/" or any(c in word for c in "$*?[=`\\"):
-                continue  # a file written to (`> log`) is not one the command needs
-            if set(word) <= set("();<>|&"):
-                continue  # an operator
-            parts = [p for p in word.split("/") if p not in ("", ".")]
-            if parts and ".." not in parts:
-                path = "/".join(parts)
-                if path not in out:
-                    out.append(path)
-    except ValueError:  # an unclosed quote: /bin/sh said what it thought of it
-        return []
-    return out
 
 
 def missing_in_worktree(command: str, checkout: Path, worktree: Path) -> list[tuple[str, str]]:
@@ -231,27 +179,3 @@ def _empty_dir(path: Path) -> bool:
         return False
     with os.scandir(path) as entries:
         return next(entries, None) is None
-
-
-def beside_workflow(root: Path, workflow_dir: Path, paths: list[str]) -> list[tuple[str, str]]:
-    """Paths a command names that are not at `root`, where commands run, but are beside
-    the workflow file (in a subdirectory of the repository): (path, that path from the
-    root). `run: ./build.sh` in `ci/abreast.yaml` means the root's build.sh, not ci's."""
-    if workflow_dir.resolve() == root.resolve():
-        return []
-    try:
-        prefix = workflow_dir.resolve().relative_to(root.resolve())
-    except ValueError:
-        return []
-    return [
-        (p, f"{prefix.as_posix()}/{p}")
-        for p in paths
-        if not os.path.lexists(root / p) and os.path.lexists(workflow_dir / p)
-    ]
-
-
-def beside_text(path: str, there: str) -> str:
-    return (
-        f"{path} is not at the repository's root, where commands run, but {there} is "
-        f"(beside the workflow file): write `{there}`"
-    )
