@@ -53,6 +53,15 @@ CASES = {
         "version: 1\ntasks:\n\ta:\n\t\trun: x\n",
         [":3: invalid YAML", "YAML indents with spaces only: replace the tab"],
     ),
+    "colon_in_a_plain_value": (  # a shell command or prompt holding ': ', as so many do
+        'version: 1\ntasks:\n  a:\n    run: echo "note: $ABREAST_FEEDBACK"\n',
+        [
+            ":4: invalid YAML: mapping values are not allowed",
+            "the value of `run` holds ': ', which YAML reads as another key",
+            '      run: |\n        echo "note: $ABREAST_FEEDBACK"\n',
+            "or put the whole value in single quotes",
+        ],
+    ),
     "duplicate_key": (
         "version: 1\ntasks:\n  a: {run: x}\n  a: {run: y}\n",
         [":4: duplicate key 'a' (first at line 3)"],

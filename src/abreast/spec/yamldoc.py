@@ -8,6 +8,7 @@ anything is constructed.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -143,6 +144,8 @@ def _yaml_problem(e: yaml.MarkedYAMLError, text: str) -> SpecProblem:
         context = f"{context} that starts on this line" if context else "that starts on this line"
     elif mark is not None and _tab_at(text, mark.index):
         hint = "YAML indents with spaces only: replace the tab on this line with spaces"
+    elif mark is not None and (e.problem or "").startswith("mapping values are not allowed"):
+        hint = _colon_in_value(text, mark.line) or hint
     return SpecProblem(
         f"invalid YAML: {e.problem or 'invalid YAML'}" + (f" ({context})" if context else ""),
         line=line,
@@ -157,3 +160,23 @@ def _tab_at(text: str, index: int) -> bool:
         return True
     start = text.rfind("\n", 0, index) + 1
     return "\t" in text[start:index] and not text[start:index].strip(" \t")
+
+
+_KEY_VALUE = re.compile(r"^(\s*)(?:-\s+)?([\w.-]+):\s+(\S.*)$")
+
+
+def _colon_in_value(text: str, line_no: int) -> str | None:
+    """The hint for `run: echo "note: x"`: a plain value holding `: ` (a shell command,
+    a prompt), which YAML reads as a second key on the line."""
+    lines = text.splitlines()
+    if line_no >= len(lines):
+        return None
+    m = _KEY_VALUE.match(lines[line_no])
+    if m is None or ": " not in m[3] or m[3][0] in "'\"|>":
+        return None
+    value = m[3] if len(m[3]) <= 80 else m[3][:77] + "..."
+    return (
+        f"the value of `{m[2]}` holds ': ', which YAML reads as another key: write it as a "
+        f"block, the value on the next line indented further,\n      {m[2]}: |\n"
+        f"        {value}\n  or put the whole value in single quotes (doubling any ' in it)"
+    )
