@@ -57,9 +57,28 @@ CASES = {
         'version: 1\ntasks:\n  a:\n    run: echo "note: $ABREAST_FEEDBACK"\n',
         [
             ":4: invalid YAML: mapping values are not allowed",
-            "the value of `run` holds ': ', which YAML reads as another key",
+            "the value of `run` is not plain text to YAML (`: ` in it reads as another key)",
             '      run: |\n        echo "note: $ABREAST_FEEDBACK"\n',
             "or put the whole value in single quotes",
+        ],
+    ),
+    "shell_test_at_the_start_of_a_value": (  # `[` opens a YAML list
+        "version: 1\ntasks:\n  a:\n    run: [ -f x ] && echo yes\n",
+        [":4: invalid YAML", "the value of `run` is not plain text to YAML (`[` opens a list)"],
+    ),
+    "a_value_quoted_in_part": (
+        'version: 1\ntasks:\n  a:\n    run: "echo" x\n',
+        [":4: invalid YAML", "(a quote that starts it must end it)", "      run: |\n"],
+    ),
+    "backquote_at_the_start_of_a_value": (
+        "version: 1\ntasks:\n  a:\n    run: `date` > x\n",
+        [":4: invalid YAML", "(a backquote is reserved)"],
+    ),
+    "a_shell_test_alone_is_a_list": (
+        "version: 1\ntasks:\n  a:\n    run: [ -f x ]\n",
+        [
+            ":4: tasks.a.run: should be text, not a list",
+            "YAML reads a value that starts with `[` as a list (a shell test `[ -f x ]` too)",
         ],
     ),
     "duplicate_key": (

@@ -228,6 +228,17 @@ class _Validator:
             shown = _value_at(self.doc.data, path, err.get("input"))
             hint = _allowed_keys(model, loc)[1]
             self.problem(path, f"{where} must be a mapping of keys, not {_kind(shown)}", hint=hint)
+        elif kind == "string_type" and isinstance(err.get("input"), dict | list):
+            shown = err["input"]
+            opener = "[" if isinstance(shown, list) else "{"
+            self.problem(
+                path,
+                f"{where}: should be text, not {_kind(shown)}",
+                hint=f"YAML reads a value that starts with `{opener}` as {_kind(shown)}"
+                f"{' (a shell test `[ -f x ]` too)' if opener == '[' else ''}: write it as a "
+                f"block, `{path[-1]}: |` and the value on the next line indented further, "
+                "or quote it",
+            )
         elif kind == "string_pattern_mismatch" and err["ctx"]["pattern"] in _PATTERN_RULES:
             rule, hint = _PATTERN_RULES[err["ctx"]["pattern"]]
             self.problem(path, f"{where}: {err.get('input')!r} is not {rule}", hint=hint)

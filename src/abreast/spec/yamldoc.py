@@ -144,8 +144,8 @@ def _yaml_problem(e: yaml.MarkedYAMLError, text: str) -> SpecProblem:
         context = f"{context} that starts on this line" if context else "that starts on this line"
     elif mark is not None and _tab_at(text, mark.index):
         hint = "YAML indents with spaces only: replace the tab on this line with spaces"
-    elif mark is not None and (e.problem or "").startswith("mapping values are not allowed"):
-        hint = _colon_in_value(text, mark.line) or hint
+    elif mark is not None:
+        hint = _plain_value_hint(text, mark.line) or hint
     return SpecProblem(
         f"invalid YAML: {e.problem or 'invalid YAML'}" + (f" ({context})" if context else ""),
         line=line,
@@ -163,20 +163,40 @@ def _tab_at(text: str, index: int) -> bool:
 
 
 _KEY_VALUE = re.compile(r"^(\s*)(?:-\s+)?([\w.-]+):\s+(\S.*)$")
+_OPENS = {
+    "[": "`[` opens a list",
+    "{": "`{` opens a mapping",
+    "&": "`&` names an anchor",
+    "*": "`*` refers to an anchor",
+    "!": "`!` gives a tag",
+    "`": "a backquote is reserved",
+    "@": "`@` is reserved",
+    "%": "`%` starts a directive",
+}
 
 
-def _colon_in_value(text: str, line_no: int) -> str | None:
-    """The hint for `run: echo "note: x"`: a plain value holding `: ` (a shell command,
-    a prompt), which YAML reads as a second key on the line."""
+def _plain_value_hint(text: str, line_no: int) -> str | None:
+    """The hint for a line `key: value` whose value YAML does not take as plain text: a
+    shell command or a prompt holding `: ` (read as a second key), starting with `[`,
+    `&`, a backquote, ..., or quoted only in part (`"echo" x`)."""
     lines = text.splitlines()
     if line_no >= len(lines):
         return None
     m = _KEY_VALUE.match(lines[line_no])
-    if m is None or ": " not in m[3] or m[3][0] in "'\"|>":
+    if m is None or m[3][0] in "|>":
         return None
-    value = m[3] if len(m[3]) <= 80 else m[3][:77] + "..."
+    value = m[3]
+    if value[0] in _OPENS:
+        why = _OPENS[value[0]]
+    elif value[0] in "'\"" and value.rstrip().rfind(value[0]) < len(value.rstrip()) - 1:
+        why = "a quote that starts it must end it"
+    elif ": " in value:
+        why = "`: ` in it reads as another key"
+    else:
+        return None
+    shown = value if len(value) <= 80 else value[:77] + "..."
     return (
-        f"the value of `{m[2]}` holds ': ', which YAML reads as another key: write it as a "
-        f"block, the value on the next line indented further,\n      {m[2]}: |\n"
-        f"        {value}\n  or put the whole value in single quotes (doubling any ' in it)"
+        f"the value of `{m[2]}` is not plain text to YAML ({why}): write it as a block, "
+        f"the value on the next line indented further,\n      {m[2]}: |\n        {shown}\n"
+        "  or put the whole value in single quotes (doubling any ' in it)"
     )
