@@ -1538,6 +1538,7 @@ def test_command_paths_are_the_words_a_command_may_need_from_its_directory() -> 
         "run.sh", "b",
     ]  # fmt: skip
     assert command_paths('echo "unclosed') == []
+    assert command_paths("./a.sh && cd ci && ./build.sh") == ["a.sh"]  # then elsewhere
 
 
 @pytest.mark.parametrize("isolation", ["worktree", "none"])
@@ -1550,7 +1551,11 @@ def test_a_script_named_from_the_workflow_files_directory_is_pointed_to(
     (repo / "ci" / "build.sh").write_text("#!/bin/sh\necho built > built.txt\n")
     (repo / "ci" / "build.sh").chmod(0o755)
     spec = {"version": 1, "name": "sub", "isolation": isolation, "tasks": {}}
-    spec["tasks"] = {"build": {"run": "./build.sh"}, "fine": {"run": "ci/build.sh"}}
+    spec["tasks"] = {
+        "build": {"run": "./build.sh"},
+        "fine": {"run": "ci/build.sh"},
+        "moved": {"run": "cd ci && ./build.sh"},  # from ci/: not pointed to
+    }
     path = repo / "ci" / "abreast.yaml"
     path.write_text(json.dumps(spec))
     git(repo, "add", "-A")
@@ -1559,7 +1564,7 @@ def test_a_script_named_from_the_workflow_files_directory_is_pointed_to(
     assert code == 1, out
     said = "build.sh is not at the repository's root, where commands run, but ci/build.sh is"
     assert f"note: {said} (beside the workflow file): write `ci/build.sh`" in out
-    assert "it is named by task build" in out
+    assert "it is named by task build\n" in out  # not by `moved`
     assert f"  build (failed): exit 127 (command not found)\n    {said}" in out
     assert re.search(r"\n  fine +succeeded", out), out  # ci/build.sh from the root is found
     assert "ci/build.sh is not" not in out

@@ -44,12 +44,13 @@ def _words(command: str) -> Iterable[str]:
 def command_paths(command: str, limit: int = 64) -> list[str]:
     """The words of a shell command that may be paths relative to where it runs (no
     options, variables, globs, assignments or shell operators), `./` dropped; at most
-    `limit`. Unparseable commands name none."""
+    `limit`. Words after a `cd` or `pushd` are relative to somewhere else: not taken.
+    Unparseable commands name none."""
     out: list[str] = []
     after = ""
     try:
         for word in _words(command):
-            if len(out) >= limit:
+            if len(out) >= limit or word in ("cd", "pushd"):
                 break
             written, after = ">" in after, word
             if written or not word or word[0] in "-~/" or any(c in word for c in "$*?[=`\\"):
