@@ -1429,3 +1429,43 @@ def test_a_program_not_on_path_is_noted_before_the_run(tmp_path: Path) -> None:
     assert "`abreast-test-agent` is not on PATH here, and task e starts with it" in result.err
     assert result.err.count("is not on PATH") == 2  # c's own PATH has it; d's cd is sh's
     assert "c  succeeded" in result.out and "d  succeeded" in result.out
+
+
+def test_env_values_expand_the_variables_of_abreasts_environment(tmp_path: Path) -> None:
+    # `env: {PATH: "$HOME/bin:$PATH"}` reached the task as those characters: its PATH held
+    # "$PATH" and no /usr/bin, and every program it ran was "not found".
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "abreast-test-tool").write_text("#!/bin/sh\necho tool ran\n")
+    (tools / "abreast-test-tool").chmod(0o755)
+    show = 'abreast-test-tool; printf "%s|%s|%s|%s\\n" "$A" "$B" "$C" "$(command -v cat)"'
+    wf = write_workflow(
+        tmp_path,
+        "envsubst",
+        {
+            "t": {
+                "run": show,
+                "env": {
+                    "PATH": "${TOOLS}:$PATH",
+                    "A": "${UNSET_HERE:-fallback}",
+                    "B": "price: 5$$ ($1)",
+                    "C": "$GREETING, world",
+                },
+            }
+        },
+    )
+    env = {**os.environ, "TOOLS": str(tools), "GREETING": "hello"}
+    env.pop("UNSET_HERE", None)
+    result = run_abreast("run", str(wf), "--plain", "--no-monitor", cwd=tmp_path, env=env)
+    assert result.code == 0, result.out + result.err
+    log = next((tmp_path / ".abreast" / "runs").glob("*/logs/t.1.log")).read_text()
+    ran, shown = log.splitlines()
+    assert ran == "tool ran"
+    assert shown.startswith("fallback|price: 5$ ($1)|hello, world|/")  # cat: PATH kept
+    assert shown.endswith("/cat")
+    del env["GREETING"]  # unset: refused before anything runs, with every such reference
+    refused = run_abreast("run", str(wf), "--plain", "--no-monitor", cwd=tmp_path, env=env)
+    assert refused.code == 2, refused.out + refused.err
+    assert "tasks.t.env.C: $GREETING is not set in abreast's environment" in refused.err
+    assert "write `$$` for a `$` that is meant as it is" in refused.err
+    assert len(query(tmp_path / ".abreast" / "state.db", "SELECT id FROM runs")) == 1

@@ -50,6 +50,7 @@ from abreast.plan import TaskGraph, analyze
 from abreast.plan.analysis import Analysis
 from abreast.plan.ownership import nesting_hint
 from abreast.spec import load_workflow
+from abreast.spec.envsubst import expand_env
 from abreast.spec.model import TASK_ID_PATTERN, Scalar, Workflow
 from abreast.spec.overrides import flag_overrides, parallel_cap
 
@@ -102,7 +103,7 @@ def prepare(req: RunRequest) -> Prepared:
             f"--run-id {req.run_id!r} is not allowed",
             hint="use a-z, 0-9, '_' and '-', starting with a letter or digit",
         )
-    wf = load_workflow(req.file)
+    wf = expand_env(load_workflow(req.file), os.environ)
     location = locate(req.file, req.state)
     flags = {**wf.flags, **flag_overrides(wf, req.flags)}
     cap = parallel_cap(wf, req.max_parallel, req.sequential)
@@ -772,7 +773,7 @@ def _resume_found(
             hint="put it back at that path (the project moved? resume from where it was); "
             "with a changed file, add --force",
         )
-    wf = load_workflow(file)
+    wf = expand_env(load_workflow(file), os.environ)  # as this resume's environment has it
     if wf.source_sha256 != row.file_sha256 and not force:
         raise UsageError(
             f"{file} changed since run {row.id} started",

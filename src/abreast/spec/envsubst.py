@@ -1,0 +1,81 @@
+"""`$NAME` in `env:` values: the variables of the environment abreast runs in.
+
+    env: {PATH: "$HOME/.local/bin:$PATH", CACHE: "${XDG_CACHE_HOME:-/tmp}/app"}
+
+`$NAME` and `${NAME}` are replaced by the variable's value in the environment
+that `abreast run` (or `resume`) was started in, `${NAME:-default}` by the default
+when it is unset or empty, and `$$` by one `$`. Any other `$` (`$1`, a `$` at
+the end) stays as it is. A reference to a variable that is not set is an error
+before the run: the task would otherwise get `$PATH` as four characters (and no
+/usr/bin), or an empty value, without a word. Done when a run starts, not when a
+file is validated or analysed, which need no environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+
+from abreast.errors import UsageError
+from abreast.spec.model import Workflow
+
+_REF = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def expand(value: str, environ: Mapping[str, str], unset: list[str]) -> str:
+    """`value` with its references replaced; names not set in `environ` are added to
+    `unset` (and replaced by nothing)."""
+    if "$" not in value:
+        return value
+
+    def one(m: re.Match[str]) -> str:
+        if m[0] == "$$":
+            return "$"
+        name = m[1] or m[3]
+        got = environ.get(name)
+        if m[2] is not None:  # ${NAME:-default}
+            return got if got else m[2]
+        if got is None:
+            unset.append(name)
+            return ""
+        return got
+
+    return _REF.sub(one, value)
+
+
+def expand_env(wf: Workflow, environ: Mapping[str, str]) -> Workflow:
+    """`wf` with the `env:` values of its tasks (defaults merged) and agents expanded;
+    a UsageError naming every reference to an unset variable."""
+    problems: list[str] = []
+
+    def each(where: str, env: Mapping[str, str]) -> dict[str, str]:
+        out = {}
+        for key, value in env.items():
+            unset: list[str] = []
+            out[key] = expand(value, environ, unset)
+            problems.extend(
+                f"{where}.env.{key}: ${name} is not set in abreast's environment"
+                for name in dict.fromkeys(unset)
+            )
+        return out
+
+    envs = [t.env for t in wf.tasks.values()] + [a.env for a in wf.agents.values()]
+    if not any("$" in v for env in envs for v in env.values()):
+        return wf  # nothing to expand (most workflows): no copies
+    tasks = {
+        tid: dataclasses.replace(t, env=each(f"tasks.{tid}", t.env)) if t.env else t
+        for tid, t in wf.tasks.items()
+    }
+    agents = {
+        name: dataclasses.replace(a, env=each(f"agents.{name}", a.env)) if a.env else a
+        for name, a in wf.agents.items()
+    }
+    if problems:
+        shown = problems[:10] + ([f"and {len(problems) - 10} more"] if len(problems) > 10 else [])
+        raise UsageError(
+            f"{wf.source or 'the workflow'}: " + "\n  ".join(shown),
+            hint="set it before running abreast, give a default (`${NAME:-value}`), "
+            "or write `$$` for a `$` that is meant as it is",
+        )
+    return dataclasses.replace(wf, tasks=tasks, agents=agents)
