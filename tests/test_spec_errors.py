@@ -81,6 +81,21 @@ CASES = {
             "YAML reads a value that starts with `[` as a list (a shell test `[ -f x ]` too)",
         ],
     ),
+    "prompt_placeholder_of_other_tools": (  # the agent would be given "{prompt}" to do
+        "version: 1\nagents:\n  c: {run: 'claude -p \"{prompt}\"'}\n"
+        "  d: {run: 'tool --message \"{{ prompt }}\"'}\n"
+        "tasks:\n  a: {agent: c, prompt: hi}\n  b: {agent: d, prompt: hi}\n"
+        "  e: {prompt: hi, run: 'tool \"$PROMPT\"'}\n"
+        "  f: {prompt: hi, run: 'tool \"$PROMPT\"', env: {PROMPT: mine}}\n",
+        [
+            ":3: agents.c.run: '{prompt}' is replaced by nothing: the prompt reaches the "
+            "command in $ABREAST_PROMPT, never in its text",
+            'hint: write "$ABREAST_PROMPT" where {prompt} is (in double quotes)',
+            ":4: agents.d.run: '{{ prompt }}' is replaced by nothing",
+            ":8: tasks.e.run: '$PROMPT' is no variable abreast sets",
+            "(3 problems in",  # f sets PROMPT itself
+        ],
+    ),
     "duplicate_key": (
         "version: 1\ntasks:\n  a: {run: x}\n  a: {run: y}\n",
         [":4: duplicate key 'a' (first at line 3)"],

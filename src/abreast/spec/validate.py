@@ -81,6 +81,10 @@ AGENT_EXAMPLES = {
 }
 
 
+# How other tools' command templates name the prompt; abreast's is an environment variable.
+_PLACEHOLDER = re.compile(r"\{\{\s*prompt\s*\}\}|\{prompt\}|\$\{?PROMPT\b\}?", re.IGNORECASE)
+
+
 class _Validator:
     def __init__(self, doc: Document) -> None:
         self.doc = doc
@@ -285,6 +289,10 @@ class _Validator:
         for name, agent in wf.agents.items():
             self._ref(("agents", name, "keys"), agent.keys, wf.keys, "key pool")
             self._env(("agents", name, "env"), agent.env)
+            self._placeholder(("agents", name, "run"), agent.run, agent.env)
+        for tid, task in wf.tasks.items():
+            if task.prompt is not None and task.run is not None:
+                self._placeholder(("tasks", tid, "run"), task.run, task.env)
         for i, check in enumerate(wf.checks):
             self._ref(("checks", i, "lock"), check.lock, wf.locks, "lock")
         self._ref(("defaults", "agent"), wf.defaults.agent, wf.agents, "agent")
@@ -451,6 +459,23 @@ class _Validator:
                     f"check the flags against your version's `{name} --help`)"
                 )
             self.problem(path, f"unknown {kind} {name!r}" + did_you_mean(name, known), hint=hint)
+
+    def _placeholder(
+        self, path: tuple[str | int, ...], run: str, env: typing.Mapping[str, str]
+    ) -> None:
+        """A command that receives a prompt and names it as other tools' templates do
+        (`{prompt}`, `{{prompt}}`, `$PROMPT`): nothing replaces it, and the agent would be
+        given those characters for its prompt."""
+        m = _PLACEHOLDER.search(run)
+        if m is None or (m[0].startswith("$") and "PROMPT" in env):
+            return
+        what = "is no variable abreast sets" if m[0].startswith("$") else "is replaced by nothing"
+        self.problem(
+            path,
+            f"{describe_path(path)}: {m[0]!r} {what}: the prompt reaches the command in "
+            "$ABREAST_PROMPT, never in its text",
+            hint=f'write "$ABREAST_PROMPT" where {m[0]} is (in double quotes)',
+        )
 
     def _env(self, path: tuple[str | int, ...], env: typing.Mapping[str, str]) -> None:
         for key in env:
