@@ -340,13 +340,14 @@ def test_missing_file_and_directory(tmp_path, cli) -> None:  # type: ignore[no-u
         (["analyze", "--max-parallel", "0"], "--max-parallel 0: must be at least 1"),
         (["analyze", "--flag", "fsat"], "'fsat' is not a flag of"),
         (["analyze", "--flag", "fast=maybe"], "'fast' is true/false, not 'maybe'"),
+        (["analyze", "--flag", "level=high"], "'level' is a number (default 1), not 'high'"),
         (["analyze", "--max-parallel", "x"], "invalid int value: 'x'"),
         (["analyze", "--max-parallel", "9" * 20], "must be at most 10000"),
         (["run", "--dry-run", "--run-id", "../x"], "--run-id '../x' is not allowed"),
     ],
 )
 def test_bad_command_line_gets_clear_message(args: list[str], message: str, write, cli) -> None:  # type: ignore[no-untyped-def]
-    path = write("version: 1\nflags: {fast: true}\ntasks:\n" + GOOD_TASK)
+    path = write("version: 1\nflags: {fast: true, level: 1}\ntasks:\n" + GOOD_TASK)
     result = cli(*args[:1], *([str(path)] if len(args) > 1 else []), *args[1:])
     assert result.code == 2
     assert message in result.err

@@ -47,6 +47,12 @@ def flag_overrides(wf: Workflow, specs: Sequence[str]) -> dict[str, Scalar]:
             value = low in _TRUE
         else:
             value = parse_flag_value(raw)
+            if isinstance(default, int | float) and not isinstance(value, int | float | bool):
+                # Compared as a number (`when: level > 2`): text would fail there, mid-run.
+                raise UsageError(
+                    f"--flag {spec!r}: {name!r} is a number (default {default!r}), not {raw!r}",
+                    hint=f"write --flag {name}=NUMBER",
+                )
         if not eq and not isinstance(default, bool):
             raise UsageError(
                 f"--flag {spec!r}: {name!r} needs a value (default {default!r})",
