@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from abreast.spec.commands import beside_text, beside_workflow, command_paths, first_word
-from abreast.spec.model import Workflow
+from abreast.spec.model import Task, Workflow
 
 if TYPE_CHECKING:
     from abreast.workspace.repo import Repo
@@ -58,11 +58,19 @@ def _commands(wf: Workflow) -> dict[str, list[str]]:
     """Each distinct command of the workflow, with the tasks and checks that run it."""
     commands: dict[str, list[str]] = {}
     for tid, task in wf.tasks.items():
-        agent = wf.agents[task.agent].run if task.agent is not None else ""
-        commands.setdefault(task.run if task.run is not None else agent, []).append(f"task {tid}")
+        commands.setdefault(_task_run(wf, task)[0], []).append(f"task {tid}")
     for check in wf.checks:
         commands.setdefault(check.run, []).append(f"check `{check.name or check.run}`")
     return commands
+
+
+def _task_run(wf: Workflow, task: Task) -> tuple[str, str | None]:
+    """The command a task runs (its own, else its agent's) and the PATH it sets, if any
+    (the task's `env` wins over its agent's, as when it is launched)."""
+    agent = wf.agents[task.agent] if task.run is None and task.agent is not None else None
+    command = task.run if task.run is not None else (agent.run if agent else "")
+    path = task.env.get("PATH") or (agent.env.get("PATH") if agent else None)
+    return command, path
 
 
 def _named_by(who: list[str]) -> str:
@@ -102,10 +110,8 @@ def _not_on_path(wf: Workflow) -> list[str]:
     base = os.environ.get("PATH", os.defpath)
     runs: list[tuple[str, str, str]] = []  # command, PATH, who
     for tid, task in wf.tasks.items():
-        agent = wf.agents[task.agent] if task.run is None and task.agent is not None else None
-        command = task.run if task.run is not None else (agent.run if agent else "")
-        path = task.env.get("PATH") or (agent.env.get("PATH") if agent else None) or base
-        runs.append((command, str(path), f"task {tid}"))
+        command, path = _task_run(wf, task)
+        runs.append((command, path or base, f"task {tid}"))
     runs += [(c.run, base, f"check `{c.name or c.run}`") for c in wf.checks]
     missing: dict[str, list[str]] = {}
     firsts: dict[str, str | None] = {}
