@@ -1469,3 +1469,19 @@ def test_env_values_expand_the_variables_of_abreasts_environment(tmp_path: Path)
     assert "tasks.t.env.C: $GREETING is not set in abreast's environment" in refused.err
     assert "write `$$` for a `$` that is meant as it is" in refused.err
     assert len(query(tmp_path / ".abreast" / "state.db", "SELECT id FROM runs")) == 1
+
+
+def test_a_script_saved_with_windows_line_endings_is_named_as_such(tmp_path: Path) -> None:
+    # Its #! line names `/bin/sh\r`: the shell said `./agent.sh: not found` (exit 127)
+    # of a file that is plainly there.
+    (tmp_path / "agent.sh").write_bytes(b"#!/bin/sh\r\necho hi\r\n")
+    (tmp_path / "agent.sh").chmod(0o755)
+    (tmp_path / "fine.sh").write_bytes(b"#!/bin/sh\necho hi\n")
+    (tmp_path / "fine.sh").chmod(0o755)
+    wf = write_workflow(tmp_path, "crlf", {"a": {"run": "./agent.sh"}, "b": {"run": "./fine.sh"}})
+    result = run_abreast("run", str(wf), "--plain", "--no-monitor", cwd=tmp_path)
+    assert result.code == 1, result.out + result.err
+    said = "./agent.sh has Windows line endings (CRLF): its #! line names an interpreter"
+    assert f"note: {said}" in result.err and "it is named by task a" in result.err
+    assert f"  a (failed): exit 127 (command not found)\n    {said}" in result.out
+    assert "fine.sh has" not in result.out + result.err

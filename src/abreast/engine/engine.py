@@ -795,12 +795,22 @@ class Engine:
     def _failure_hints(self, launch: Launch) -> list[str]:
         """What may explain a failed attempt beyond its exit status: a file its command
         names that is in the user's checkout and not where it ran (never committed), or
-        that is beside the workflow file rather than at the root, where commands run."""
-        from abreast.spec.commands import beside_text, beside_workflow, command_paths
+        that is beside the workflow file rather than at the root, where commands run; a
+        script it runs saved with Windows line endings."""
+        from abreast.spec.commands import (
+            beside_text,
+            beside_workflow,
+            command_paths,
+            crlf_script,
+            crlf_text,
+        )
 
         hints = (
             [] if self.isolation.instant else self.isolation.why_failed(launch.cwd, launch.command)
         )
+        script = crlf_script(Path(launch.cwd), launch.command)
+        if script is not None:
+            hints.append(crlf_text(script))
         if self.wf.source is not None:
             paths = command_paths(launch.command)
             found = beside_workflow(Path(self._root), Path(self.wf.source).parent, paths)

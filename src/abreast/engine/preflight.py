@@ -14,7 +14,14 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from abreast.spec.commands import beside_text, beside_workflow, command_paths, first_word
+from abreast.spec.commands import (
+    beside_text,
+    beside_workflow,
+    command_paths,
+    crlf_script,
+    crlf_text,
+    first_word,
+)
 from abreast.spec.model import Task, Workflow
 
 if TYPE_CHECKING:
@@ -41,7 +48,7 @@ def command_notes(
     out = [] if committed is None else _unseen(users, wf, *committed)
     if misplaced:
         out += _misplaced(root, wf, users)
-    return out + _not_on_path(wf)
+    return out + _not_on_path(wf) + _crlf(root, wf)
 
 
 def _command_users(wf: Workflow) -> dict[str, list[str]]:
@@ -131,6 +138,15 @@ def _not_on_path(wf: Workflow) -> list[str]:
         f"{'s' if len(who) == 1 else ''} with it: install it, or give its directory in PATH"
         " (a task's `env:`), unless a task installs it first"
         for word, who in missing.items()
+    ]
+
+
+def _crlf(root: Path, wf: Workflow) -> list[str]:
+    """Scripts commands run directly that were saved with Windows line endings."""
+    return [
+        f"note: {crlf_text(script)}{_named_by(who)}"
+        for command, who in _commands(wf).items()
+        if (script := crlf_script(root, command)) is not None
     ]
 
 

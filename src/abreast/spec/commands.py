@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -88,4 +89,35 @@ def beside_text(path: str, there: str) -> str:
     return (
         f"{path} is not at the repository's root, where commands run, but {there} is "
         f"(beside the workflow file): write `{there}`"
+    )
+
+
+def crlf_script(directory: Path, command: str) -> str | None:
+    """The script a command runs directly (its first word, a path) when its `#!` line
+    ends in a carriage return (a file saved with Windows line endings): the kernel then
+    looks for an interpreter named `/bin/sh\\r`, and the shell says the script itself is
+    "not found". None otherwise."""
+    word = first_word(command)
+    if not word or "/" not in word:
+        return None
+    try:
+        fd = os.open(directory / word, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        head = os.read(fd, 256)
+    finally:
+        os.close(fd)
+    line = head.split(b"\n", 1)[0]
+    return word if line.startswith(b"#!") and line.endswith(b"\r") else None
+
+
+def crlf_text(script: str) -> str:
+    return (
+        f"{script} has Windows line endings (CRLF): its #! line names an interpreter ending "
+        f"in a carriage return, which does not exist, so the shell says the script is not "
+        f"found; convert it to LF (`sed -i 's/\\r$//' {script}`) and commit it "
+        "(`* text=auto eol=lf` in .gitattributes keeps it so)"
     )
