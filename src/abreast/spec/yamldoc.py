@@ -175,6 +175,11 @@ _OPENS = {
 }
 
 
+# Keys whose values are text (commands, prompts, conditions): a value of theirs that
+# starts with `[`, `{`, `&`, ... was meant as text, not as YAML's syntax.
+_TEXT_KEYS = frozenset({"run", "prompt", "gate", "when", "description", "name"})
+
+
 def _plain_value_hint(text: str, line_no: int) -> str | None:
     """The hint for a line `key: value` whose value YAML does not take as plain text: a
     shell command or a prompt holding `: ` (read as a second key), starting with `[`,
@@ -187,6 +192,8 @@ def _plain_value_hint(text: str, line_no: int) -> str | None:
         return None
     value = m[3]
     if value[0] in _OPENS:
+        if m[2] not in _TEXT_KEYS:  # `tasks: {...}`, `defaults: &d`: YAML meant as such
+            return None
         why = _OPENS[value[0]]
     elif value[0] in "'\"" and value.rstrip().rfind(value[0]) < len(value.rstrip()) - 1:
         why = "a quote that starts it must end it"
