@@ -824,3 +824,15 @@ def test_report_lists_the_attempts_sent_back_and_why(tmp_path: Path) -> None:
     page = tmp_path / "r.html"
     assert run_abreast("report", "--html", str(page), cwd=tmp_path).code == 0
     assert "<li>flaky attempt 1: exit 3</li>" in page.read_text()
+
+
+def test_a_run_slower_than_its_tasks_one_at_a_time_says_so_not_saved_0s() -> None:
+    # Tasks of a few milliseconds with worktrees: the run took 124 ms, its tasks 1.6 ms
+    # one at a time, and the summary said "saved 0s (0%)", as if nothing were lost.
+    from abreast.observe.rundata import saved_phrase
+    from abreast.spec.durations import format_duration
+
+    assert saved_phrase(6.42, 27.3, format_duration) == "saved 6.42s (27%)"
+    assert saved_phrase(0.0, 0.0, format_duration, digits=1) == "saved 0s (0.0%)"
+    slower = saved_phrase(-0.124, -7750.0, format_duration)
+    assert slower.startswith("saved nothing: 124ms longer than one at a time (")

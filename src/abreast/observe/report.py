@@ -219,7 +219,7 @@ def text(rep: dict[str, Any]) -> str:
     out = [
         f"run {rep['run_id']} ({rep['workflow']}): {rep['state']}",
         f"  wall {fmt(rep['wall_s'])}; one task at a time {fmt(rep['sequential_s'])}; "
-        f"saved {fmt(max(0.0, rep['saved_s']))} ({max(0.0, rep['saved_pct']):.1f}%)",
+        + rundata.saved_phrase(rep["saved_s"], rep["saved_pct"], fmt, digits=1),
     ]
     if rep["estimated"]["scheduled_s"] is not None:
         out.append(
@@ -328,7 +328,7 @@ def html_page(rep: dict[str, Any]) -> str:
     title = e(f"run {rep['run_id']} ({rep['workflow']}): {rep['state']}")
     saved = e(
         f"wall {fmt(rep['wall_s'])}; one task at a time {fmt(rep['sequential_s'])}; "
-        f"saved {fmt(max(0.0, rep['saved_s']))} ({max(0.0, rep['saved_pct']):.1f}%)"
+        + rundata.saved_phrase(rep["saved_s"], rep["saved_pct"], fmt, digits=1)
     )
     actual = e(f"{' → '.join(cp['actual']['tasks'])} ({fmt(cp['actual']['seconds'])})")
     estimated = e(f"{' → '.join(cp['estimated']['tasks'])} ({fmt(cp['estimated']['seconds'])})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,3 +169,15 @@ def changed(c: dict[str, int]) -> str:
 def merge_log(journal: Journal, run_id: str, limit: int = 50) -> list[EventRow]:
     events = journal.events(run_id, types=MERGE_EVENTS)
     return events[-limit:]
+
+
+def saved_phrase(saved_s: float, pct: float, fmt: Callable[[float], str], digits: int = 0) -> str:
+    """`saved 12s (40%)`; when the run took longer than its tasks one at a time (tasks so
+    short that setting up, merging, checks and waits outweigh the overlap), says so rather
+    than `saved 0s`."""
+    if saved_s >= 0:
+        return f"saved {fmt(saved_s)} ({max(0.0, pct):.{digits}f}%)"
+    return (
+        f"saved nothing: {fmt(-saved_s)} longer than one at a time (setting tasks up, "
+        "landing their work and waiting outweighed running them side by side)"
+    )

@@ -6,7 +6,7 @@ from typing import TextIO
 
 from abreast.engine.engine import RunOutcome
 from abreast.engine.states import TaskState
-from abreast.observe.rundata import changed, failure_lines
+from abreast.observe.rundata import changed, failure_lines, saved_phrase
 from abreast.spec.durations import format_duration
 
 TABLE_LIMIT = 40  # above this many tasks, states are counted instead of listed
@@ -33,8 +33,8 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
         pct = 100 * outcome.saved_s / outcome.busy_s
         w(
             f"  wall {format_duration(outcome.wall_s)}; one task at a time it would take "
-            f"{format_duration(outcome.busy_s)}; saved {format_duration(max(0, outcome.saved_s))}"
-            f" ({max(0.0, pct):.0f}%)\n"
+            f"{format_duration(outcome.busy_s)}; "
+            f"{saved_phrase(outcome.saved_s, pct, format_duration)}\n"
         )
     if outcome.landing:
         w(f"  {outcome.landing}\n")
