@@ -15,6 +15,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -296,6 +297,12 @@ def test_the_agent_finally_sees_the_providers_429_through_the_proxy(
     assert len(provider.log) == 3 * 4  # every key tried in each of the 4 rounds
 
 
+def quick_orphans(tmp_path: Path, name: str, tasks: dict[str, Any], **top: Any) -> Path:
+    """A workflow whose quiet attempts count as orphans after 1 s (a heartbeat each 0.2 s)."""
+    heartbeat = {"interval": "0.2s", "orphan_after": "1s"}
+    return write(tmp_path, {"name": name, "heartbeat": heartbeat, **top, "tasks": tasks})
+
+
 def test_an_agent_waiting_on_a_slow_answer_through_the_proxy_is_not_an_orphan(
     tmp_path: Path, provider: Provider
 ) -> None:
@@ -309,18 +316,15 @@ def test_an_agent_waiting_on_a_slow_answer_through_the_proxy_is_not_an_orphan(
         "    headers={'x-api-key': os.environ['ANTHROPIC_API_KEY']})\n"
         "print(json.loads(urllib.request.urlopen(req, timeout=60).read()))\n"
     )
-    path = write(
+    path = quick_orphans(
         tmp_path,
+        "slow",
         {
-            "name": "slow",
-            "heartbeat": {"interval": "0.2s", "orphan_after": "1s"},
-            "keys": {"anthropic": {"from": list(ENV), "upstream": provider.url}},
-            "tasks": {
-                "thinks": {"run": f"{sys.executable} {tmp_path}/ask.py", "keys": "anthropic"},
-                # the same silence with no request under way is still taken for a hang
-                "hangs": {"run": "sleep 3"},
-            },
+            "thinks": {"run": f"{sys.executable} {tmp_path}/ask.py", "keys": "anthropic"},
+            # the same silence with no request under way is still taken for a hang
+            "hangs": {"run": "sleep 3"},
         },
+        keys={"anthropic": {"from": list(ENV), "upstream": provider.url}},
     )
     result = run_abreast(
         "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
@@ -351,15 +355,10 @@ def test_an_agent_reading_a_slow_stream_is_not_an_orphan(
         "    parts = [line for line in r if line.strip()]\n"
         "print(len(parts), 'parts')\n"
     )
-    path = write(
+    path = quick_orphans(
         tmp_path,
-        {
-            "name": "stream",
-            "heartbeat": {"interval": "0.2s", "orphan_after": "1s"},
-            "tasks": {
-                "reads": {"run": f"{sys.executable} {tmp_path}/read.py {provider.url}/v1/stream"}
-            },
-        },
+        "stream",
+        {"reads": {"run": f"{sys.executable} {tmp_path}/read.py {provider.url}/v1/stream"}},
     )
     result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
     assert result.code == 0, result.out + result.err

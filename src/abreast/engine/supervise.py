@@ -37,9 +37,9 @@ from abreast.coord.backend import (
 )
 from abreast.coord.journal import Journal
 from abreast.executor.locked import describe
+from abreast.executor.logs import log_limit_passed, log_size
 from abreast.executor.process import end_lease_holders, fence, tree_stats
 from abreast.integrate.checks import Held
-from abreast.spec.durations import format_size
 from abreast.spec.model import Workflow
 
 _FAILED = object()  # a backend call that raised (as opposed to answering None)
@@ -305,23 +305,13 @@ class Supervisor:
                 sampled = (0, 0.0, 0)
             rss, cpu, io = sampled
             w.peak_rss = max(w.peak_rss, rss)
-            try:
-                log_size = os.stat(w.log).st_size
-            except OSError:
-                log_size = 0
+            size = log_size(w.log)
             limit = self.wf.logs.max_size
-            if limit and log_size > limit:
-                trouble.append(
-                    Trouble(
-                        task_id,
-                        f"its log passed {format_size(limit)} ({log_size:,} bytes); its process "
-                        "tree was killed (a task that rightly prints more: raise "
-                        "`logs.max_size`)",
-                        "log_limit",
-                    )
-                )
+            if limit and size > limit:
+                why = log_limit_passed(limit, size, "; its process tree was killed", "task")
+                trouble.append(Trouble(task_id, why, "log_limit"))
                 continue
-            sign = (cpu, io, log_size)
+            sign = (cpu, io, size)
             if sign != w.last_sign or (w.waiting is not None and w.waiting()):
                 w.last_sign = sign
                 w.last_activity = now

@@ -33,6 +33,24 @@ def open_regular(path: str) -> int:
     return fd
 
 
+def log_size(path: str) -> int:
+    """The size of a log as it stands (0 while it does not exist)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def log_limit_passed(limit: int, size: int, done: str, who: str) -> str:
+    """Why a task or check was ended for its log passing `logs.max_size`."""
+    from abreast.spec.durations import format_size
+
+    return (
+        f"its log passed {format_size(limit)} ({size:,} bytes){done} (a {who} that rightly "
+        "prints more: raise `logs.max_size`)"
+    )
+
+
 def visible(line: str) -> str:
     """`line` safe to print on a terminal, in a summary or a page: escape sequences
     removed (a task's colours, or a `clear`, must not restyle or wipe what abreast

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -12,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from abreast.coord.backend import Lease
-from abreast.executor.logs import log_tail
+from abreast.executor.logs import log_limit_passed, log_size, log_tail
 from abreast.executor.process import describe_status, kill_tree, leases_env
-from abreast.spec.durations import format_size
 from abreast.spec.model import Check
 
 
@@ -171,18 +169,8 @@ async def _watch(
                 return None
             if deadline is not None and loop.time() >= deadline:
                 return f"timed out after {check.timeout:g}s"
-            size = _size(log)
+            size = log_size(log)
             if max_log and size > max_log:
-                return (
-                    f"its log passed {format_size(max_log)} ({size:,} bytes) and it was "
-                    "ended (a check that rightly prints more: raise `logs.max_size`)"
-                )
+                return log_limit_passed(max_log, size, " and it was ended", "check")
     finally:
         ended.cancel()
-
-
-def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
