@@ -1029,6 +1029,43 @@ def test_a_submodule_commit_missing_from_the_checkouts_copy_is_fetched_from_its_
     assert show(repo, integration(run_id), "a.txt") == "lib v2\n"
 
 
+def test_a_repository_a_task_makes_inside_its_worktree_is_sent_back_not_lost(
+    repo: Path,
+) -> None:
+    # `git init` in a subdirectory (a scaffolding tool's habit): git would record sub/ as a
+    # link to a commit only sub/.git holds, which goes with the worktree: the files lost.
+    made = (
+        "test ! -e sub && mkdir sub && cd sub && echo hi > a.txt && "
+        'if [ "$ABREAST_ATTEMPT" = 1 ]; then git init -q && git add a.txt && '
+        "git -c user.name=A -c user.email=a@e commit -q -m sub; fi"
+    )
+    path = workflow(
+        repo,
+        {
+            "made": {"run": made, "retries": 1, "backoff": {"initial": 0.05}},
+            # Without a commit inside, `git add` refuses the directory outright.
+            "bare": {
+                "needs": ["made"],
+                "run": "test ! -e sub/.git && mkdir -p w/x && cd w/x && git init -q && echo 1 > f",
+                "retries": 0,
+            },
+        },
+    )
+    # One worktree, so the retry starts where the first attempt's repository was.
+    code, out, run_id = run(repo, path, "--sequential")
+    assert code == 1, out
+    # Sent back with why and what to do; the second attempt started clean of it, and its
+    # files landed as files.
+    assert "made a git repository of its own inside its worktree: sub/" in out
+    assert "rm -rf sub/.git" in out
+    assert show(repo, integration(run_id), "sub/a.txt") == "hi\n"
+    # The one without a commit failed saying the same, not with git's own error.
+    assert "made a git repository of its own inside its worktree: w/x/" in out
+    assert "does not have a commit checked out" not in out
+    tree = git(repo, "ls-tree", "-r", integration(run_id))
+    assert "160000" not in tree and "w/x" not in tree
+
+
 # -- Python packages installed in editable mode from the checkout ---------------------------
 
 

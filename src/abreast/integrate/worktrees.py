@@ -32,6 +32,7 @@ from abreast.integrate.queue import MergeJob, MergeQueue, check_env
 from abreast.plan.graph import TaskGraph
 from abreast.spec.model import Workflow
 from abreast.workspace import provision, pyenv, submodules
+from abreast.workspace.git import GitError
 from abreast.workspace.pool import WorktreePool
 from abreast.workspace.provision import Provision
 from abreast.workspace.repo import Repo, base_name, commit_all, signal_ref
@@ -58,6 +59,7 @@ class _Attempt:
     started: float = field(default_factory=time.time)
     ended: float | None = None
     head: str | None = None
+    own_repos: bool = False  # made git repositories inside its worktree (sent back for it)
     released: bool = False  # given back to the pool once its work was committed
     # When `base` is a start made for it (the integration head with the signal snapshots of
     # tasks it waited for merged in): that integration head, which its work is replayed onto,
@@ -259,7 +261,15 @@ class WorktreeIsolation(Isolation):
             if inside:
                 return Verdict(Outcome.SEND_BACK, _uncommitted_inside(inside), kind="submodule")
         message = f"abreast: {task_id} (run {self.run_id}, attempt {attempt})"
-        head = await asyncio.to_thread(commit_all, self.repo, a.path, message)
+        try:
+            head = await asyncio.to_thread(commit_all, self.repo, a.path, message)
+        except GitError:  # `git add` refuses a repository without a commit inside
+            found = await asyncio.to_thread(submodules.own_repos, self.repo, a.path)
+            if found:
+                a.own_repos = True
+                text = submodules.own_repos_text(found)
+                return Verdict(Outcome.SEND_BACK, text, kind="submodule")
+            raise
         a.head = head
         if a.onto is None:
             self.journal.stage_attempt(self.run_id, task_id, attempt, head_commit=head)
@@ -284,6 +294,10 @@ class WorktreeIsolation(Isolation):
             added=added,
             deleted=deleted,
         )
+        found = await asyncio.to_thread(submodules.own_repos, self.repo, a.path, changed)
+        if found:
+            a.own_repos = True
+            return Verdict(Outcome.SEND_BACK, submodules.own_repos_text(found), kind="submodule")
         links = await asyncio.to_thread(symlinks_out, a.path, changed)
         if links:
             return Verdict(
@@ -505,7 +519,7 @@ class WorktreeIsolation(Isolation):
                 self.pool.keep(a.path)
                 self._kept.append(a.path)
         elif not a.released:
-            self.pool.release(a.path, clean=a.head is not None)
+            self.pool.release(a.path, clean=a.head is not None, after_move=a.own_repos)
 
     async def close(self, *, success: bool) -> str | None:
         await self.queue.close()

@@ -100,11 +100,17 @@ class WorktreePool:
                 raise
         return path
 
-    def release(self, path: Path, *, clean: bool) -> None:
+    def release(self, path: Path, *, clean: bool, after_move: bool = False) -> None:
         """Give a worktree back; its untracked and ignored files are removed in the
-        background, then it is handed out again."""
+        background, then it is handed out again. `after_move`: removed only once it is
+        moved to the next task's commit (a repository the task made inside, which its HEAD
+        records as a submodule, becomes an untracked directory only then)."""
         with self._lock:
             if path not in self._all or path in self._idle or path in self._cleaning:
+                return
+            if after_move:
+                self._idle[path] = (clean, False)
+                self._lock.notify_all()
                 return
             self._cleaning.add(path)
         self._cleaner.submit(self._clean, path, clean)

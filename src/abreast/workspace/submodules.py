@@ -16,10 +16,18 @@ under `refs/abreast/kept/`, so that the merge checks, and the user after
 bringing the result in, can check it out. Files changed inside a submodule
 without a commit there cannot be landed by the superproject's commit: the
 attempt is sent back, naming them (see `uncommitted`).
+
+A repository a task makes of its own inside its worktree (`git init` or `git clone`
+into a subdirectory, a scaffolding tool that runs `git init`) is not a submodule:
+git would record it as a link to a commit that only that repository holds, which
+goes with the worktree, and its files would be lost (or, without a commit in it,
+`git add` refuses it). Such an attempt is sent back, naming it (see `own_repos`).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,20 +76,23 @@ def _entries(out: str) -> list[tuple[str, str]]:
 
 def _paths(repo: Repo, path: Path, subs: list[Submodule]) -> dict[str, Submodule]:
     """Where the worktree at `path` (at its own commit) puts each populated submodule."""
-    gitmodules = path / ".gitmodules"
-    if not gitmodules.is_file():
-        return {}
+    by_name = {s.name: s for s in subs}
+    return {where: by_name[name] for name, where in _declared(repo, path) if name in by_name}
+
+
+def _declared(repo: Repo, path: Path) -> list[tuple[str, str]]:
+    """(name, path) of each submodule the .gitmodules of the worktree at `path` declares."""
+    if not (path / ".gitmodules").is_file():
+        return []
     proc = repo.git(
-        "config", "-z", "--file", str(gitmodules), "--get-regexp", r"^submodule\..*\.path$",
+        "config", "-z", "--file", ".gitmodules", "--get-regexp", r"^submodule\..*\.path$",
         cwd=path, check=False,
     )  # fmt: skip
-    by_name = {s.name: s for s in subs}
-    out = {}
+    found = []
     for key, where in _entries(proc.stdout):
-        sub = by_name.get(key[len("submodule.") : -len(".path")])
-        if sub is not None and where:
-            out[where] = sub
-    return out
+        if where:
+            found.append((key[len("submodule.") : -len(".path")], where))
+    return found
 
 
 def sync(repo: Repo, path: Path, subs: list[Submodule]) -> None:
@@ -198,3 +209,38 @@ def keep_commits(repo: Repo, path: Path, subs: list[Submodule], changed: list[st
             f"+HEAD:refs/abreast/kept/{head}",
             cwd=sub.store,
         )  # fmt: skip
+
+
+def own_repos(repo: Repo, path: Path, changed: Iterable[str] | None = None) -> list[str]:
+    """Repositories the task made of its own in the worktree at `path` (not submodules its
+    .gitmodules registers). Among the `changed` paths of its commit (git records each as a
+    link to a commit: a stat a path); or, given None, among its untracked files (those
+    without a commit, which `git add` refuses: failures only)."""
+    if changed is None:
+        out = repo.git(
+            "ls-files", "--others", "--exclude-standard", "-z", cwd=path, check=False
+        ).stdout
+        # A repository inside is listed as its directory, with a slash; files as files.
+        changed = [p.rstrip("/") for p in out.split("\0") if p.endswith("/")]
+    nested = [p for p in changed if os.path.lexists(path / p / ".git")]
+    if not nested:
+        return []
+    registered = {where for _, where in _declared(repo, path)}
+    return [p for p in nested if p not in registered]
+
+
+def own_repos_text(found: list[str]) -> str:
+    """Why an attempt that made repositories of its own is sent back, and what to do."""
+    where = ", ".join(f"{p}/" for p in found[:10]) + (
+        f" and {len(found) - 10} more" if len(found) > 10 else ""
+    )
+    many = len(found) > 1
+    first = found[0]
+    return (
+        f"made {'git repositories' if many else 'a git repository'} of its own inside its "
+        f"worktree: {where} (a .git there); git records such a directory only as a link to "
+        f"a commit that {'those repositories hold' if many else 'repository holds'}, so its "
+        f"files would not land. Remove the .git (`rm -rf {first}/.git`) to keep the files "
+        "in this repository, or leave out the `git init`/`git clone` (scaffolding tools "
+        "have an option to skip git); for a real submodule, `git submodule add URL PATH`"
+    )
