@@ -200,3 +200,27 @@ def test_the_schema_and_the_validator_refuse_the_same_values(top: dict[str, Any]
     assert list(jsonschema.Draft202012Validator(json_schema()).iter_errors(doc))
     with pytest.raises(SpecError):
         parse_workflow(Document("w.json", doc))
+
+
+@pytest.mark.parametrize(
+    ("value", "expanded", "wrong"),
+    [
+        ("$A/${A}", "a/a", None),
+        ("${B:-d}|${E:-d}|${B-d}|${E-d}", "d|d|d|", None),  # `-`: unset only; `:-`: or empty
+        ("${A:?why}|${E?why}", "a|", None),
+        ("5$$ $1 x$", "5$ $1 x$", None),
+        ("${B:?give B}", "", "$B is not set in abreast's environment (give B)"),
+        ("${E:?}", "", "$E is empty in abreast's environment"),
+        ("${A/a/b}", "", "${A/a/b} is not a form abreast expands"),
+        ("${#A}", "", "${#A} is not a form abreast expands"),
+    ],
+)
+def test_env_values_expand_as_the_shell_would_or_say_why_not(
+    value: str, expanded: str, wrong: str | None
+) -> None:
+    from abreast.spec.envsubst import expand
+
+    said: list[str] = []
+    assert expand(value, {"A": "a", "E": ""}, said) == expanded
+    assert len(said) == (1 if wrong else 0)
+    assert not wrong or said[0].startswith(wrong)

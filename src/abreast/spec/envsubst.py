@@ -3,12 +3,16 @@
     env: {PATH: "$HOME/.local/bin:$PATH", CACHE: "${XDG_CACHE_HOME:-/tmp}/app"}
 
 `$NAME` and `${NAME}` are replaced by the variable's value in the environment
-that `abreast run` (or `resume`) was started in, `${NAME:-default}` by the default
-when it is unset or empty, and `$$` by one `$`. Any other `$` (`$1`, a `$` at
-the end) stays as it is. A reference to a variable that is not set is an error
-before the run: the task would otherwise get `$PATH` as four characters (and no
-/usr/bin), or an empty value, without a word. Done when a run starts, not when a
-file is validated or analysed, which need no environment.
+that `abreast run` (or `resume`) was started in; as in the shell,
+`${NAME:-default}` by the default when it is unset or empty, `${NAME-default}`
+when it is unset, and `${NAME:?message}` (`${NAME?message}`) is an error saying
+the message when it is unset or empty (unset); `$$` is one `$`. Any other `$`
+(`$1`, a `$` at the end) stays as it is; a `${...}` of another form (`${NAME/a/b}`,
+`${#NAME}`) is an error, as it would reach the task as those characters. A
+reference to a variable that is not set is an error before the run: the task
+would otherwise get `$PATH` as four characters (and no /usr/bin), or an empty
+value, without a word. Done when a run starts, not when a file is validated or
+analysed, which need no environment.
 """
 
 from __future__ import annotations
@@ -20,26 +24,37 @@ from collections.abc import Mapping
 from abreast.errors import UsageError
 from abreast.spec.model import Workflow
 
-_REF = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+_REF = re.compile(
+    r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*)|\{[^}]*\}?)"
+)
 
 
 def expand(value: str, environ: Mapping[str, str], unset: list[str]) -> str:
-    """`value` with its references replaced; names not set in `environ` are added to
-    `unset` (and replaced by nothing)."""
+    """`value` with its references replaced; what is wrong (names not set in `environ`,
+    a form not understood) is added to `unset` (and the reference replaced by nothing)."""
     if "$" not in value:
         return value
 
     def one(m: re.Match[str]) -> str:
         if m[0] == "$$":
             return "$"
-        name = m[1] or m[3]
-        got = environ.get(name)
-        if m[2] is not None:  # ${NAME:-default}
-            return got if got else m[2]
-        if got is None:
-            unset.append(name)
+        name = m[1] or m[4]
+        if name is None:
+            unset.append(
+                f"{m[0]} is not a form abreast expands: `$NAME`, `${{NAME}}`, "
+                "`${NAME:-default}`, `${NAME-default}`, `${NAME:?message}`"
+            )
             return ""
-        return got
+        got = environ.get(name)
+        missing = got is None or (not got and m[2] is not None and m[2].startswith(":"))
+        if m[2] is not None and m[2].endswith("-"):  # ${NAME:-default}, ${NAME-default}
+            return m[3] if missing else str(got)
+        if missing:
+            said = f" ({m[3]})" if m[2] is not None and m[3] else ""
+            empty = "empty" if got == "" else "not set"
+            unset.append(f"${name} is {empty} in abreast's environment{said}")
+            return ""
+        return str(got)
 
     return _REF.sub(one, value)
 
@@ -54,10 +69,7 @@ def expand_env(wf: Workflow, environ: Mapping[str, str]) -> Workflow:
         for key, value in env.items():
             unset: list[str] = []
             out[key] = expand(value, environ, unset)
-            problems.extend(
-                f"{where}.env.{key}: ${name} is not set in abreast's environment"
-                for name in dict.fromkeys(unset)
-            )
+            problems.extend(f"{where}.env.{key}: {why}" for why in dict.fromkeys(unset))
         return out
 
     envs = [t.env for t in wf.tasks.values()] + [a.env for a in wf.agents.values()]
