@@ -1471,6 +1471,64 @@ def test_env_values_expand_the_variables_of_abreasts_environment(tmp_path: Path)
     assert len(query(tmp_path / ".abreast" / "state.db", "SELECT id FROM runs")) == 1
 
 
+def on_a_closed_terminal(argv: list[str], cwd: Path, started: Path) -> int:
+    """Run `argv` as the session leader of a pty (a terminal window, an ssh session), close
+    the terminal once `started` exists, and return how it ended (a waitpid status)."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(cwd)
+        os.execvp(argv[0], argv)
+    status: list[int] = []
+
+    def ended() -> bool:
+        done, code = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status.append(code)
+        return bool(done)
+
+    try:
+        wait_for(lambda: started.exists(), what="the run's task to start")
+        os.close(fd)  # the window shut, the connection dropped: SIGHUP to the session
+        fd = -1
+        wait_for(ended, timeout=30, what="abreast to end")
+    finally:
+        if not status:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if fd >= 0:
+            os.close(fd)
+    return status[-1]
+
+
+def test_the_terminal_closing_cancels_the_run_unless_it_runs_under_nohup(tmp_path: Path) -> None:
+    # abreast died of the SIGHUP, its tasks (each in a session of its own) ran on without
+    # anyone to stop them, an agent spending tokens, and the run said "interrupted".
+    wf = write_workflow(tmp_path, "hup", {"a": {"run": "echo $$ > started; sleep 60"}})
+    argv = [PY, "-m", "abreast", "run", "--plain", "--no-monitor", str(wf)]
+    status = on_a_closed_terminal(argv, tmp_path, tmp_path / "started")
+    task = int((tmp_path / "started").read_text())
+    if pid_alive(task):
+        os.kill(task, signal.SIGKILL)
+        raise AssertionError("the task outlived its run")
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGHUP
+    db = tmp_path / ".abreast" / "state.db"
+    assert query(db, "SELECT state FROM runs") == [("cancelled",)]
+    why = "SELECT json_extract(data, '$.reason') FROM events WHERE type = 'run.cancelling'"
+    assert query(db, why) == [("hangup",)]
+    # Under nohup (SIGHUP ignored, as asked) the run goes on without its terminal.
+    (tmp_path / "started").unlink()
+    wf = write_workflow(tmp_path, "nohup", {"a": {"run": "touch started; sleep 0.5; touch ok"}})
+    status = on_a_closed_terminal(["nohup", *argv[:-1], str(wf)], tmp_path, tmp_path / "started")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert (tmp_path / "ok").exists()
+    assert query(db, "SELECT workflow, state FROM runs ORDER BY started_at") == [
+        ("hup", "cancelled"),
+        ("nohup", "succeeded"),
+    ]
+
+
 def test_a_script_saved_with_windows_line_endings_is_named_as_such(tmp_path: Path) -> None:
     # Its #! line names `/bin/sh\r`: the shell said `./agent.sh: not found` (exit 127)
     # of a file that is plainly there.

@@ -25,6 +25,7 @@ DEFAULT_FILE = "abreast.yaml"
 # could not be brought into `base` (the summary says why; the result branch is kept).
 EXIT_NOT_LANDED = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
+EXIT_HANGUP = 129  # 128 + SIGHUP: the run's terminal closed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -370,8 +371,8 @@ def _finish(outcome: RunOutcome) -> int:
 
         with Journal(journal_path) as journal:
             print(report.closing(journal, outcome.run_id))
-    if outcome.interrupted:
-        return EXIT_INTERRUPTED
+    if outcome.interrupted:  # Ctrl-C, or the terminal closed
+        return 128 + outcome.interrupted
     if outcome.state != "succeeded":
         return 1
     return EXIT_NOT_LANDED if outcome.unlanded else 0
@@ -762,8 +763,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     guard_standard_streams()  # a reader that goes away (`| head`) must not end a run
     code = _main(parser, argv, command)
-    if code == EXIT_INTERRUPTED and as_process and command == []:
-        _die_of_sigint()
+    if code in (EXIT_INTERRUPTED, EXIT_HANGUP) and as_process and command == []:
+        _die_of(code - 128)
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()  # what is still buffered, so that a failure to write it shows
     failed = getattr(sys.stdout, "failed", None)
@@ -773,18 +774,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _die_of_sigint() -> None:
-    """End as Ctrl-C ended us: killed by SIGINT, as shells expect of a command that was
-    interrupted. A shell running `for f in *.yaml; do abreast run "$f"; done` stops the loop
-    only if its command died of the signal; one that exits (even with 130) is taken to
-    have dealt with it, and the loop goes on to the next run."""
+def _die_of(signum: int) -> None:
+    """End as the signal that cancelled the run ended us: killed by SIGINT (Ctrl-C) or
+    SIGHUP (the terminal closed), as shells expect of a command that was interrupted. A
+    shell running `for f in *.yaml; do abreast run "$f"; done` stops the loop only if its
+    command died of the signal; one that exits (even with 130) is taken to have dealt with
+    it, and the loop goes on to the next run."""
     import signal
 
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()
         sys.stderr.flush()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGINT)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def _main(parser: argparse.ArgumentParser, argv: list[str], command: list[str]) -> int:

@@ -60,15 +60,24 @@ if TYPE_CHECKING:
     from abreast.observe.events import Sink
 
 JITTER = 0.25  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
-_stop_asked: list[int] = []  # SIGTERMs that came before the engine listened for them
+_stop_asked: list[int] = []  # SIGTERMs (SIGHUPs) that came before the engine listened for them
+# Why a run is cancelled, by the signal that asked: SIGINT is Ctrl-C, SIGHUP the terminal
+# closing (an ssh session dropped, its window shut), SIGTERM `abreast cancel`.
+CANCELLED_BY = {signal.SIGINT: "interrupted", signal.SIGHUP: "hangup"}
 
 
 def _deferred(signum: int, frame: object) -> None:
-    if signum != signal.SIGTERM:
+    if signum not in (signal.SIGTERM, signal.SIGHUP):
         return
     if _stop_asked:  # asked twice: whatever holds the start up, stop now (as a second ^C)
         raise KeyboardInterrupt
     _stop_asked.append(signum)
+
+
+def hangup_heard() -> bool:
+    """Whether the terminal closing (SIGHUP) cancels the run: unless it was ignored when
+    abreast started (`nohup abreast run ...`, which asks for the run to go on)."""
+    return signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN
 
 
 def defer_stop_signals() -> None:
@@ -77,11 +86,13 @@ def defer_stop_signals() -> None:
     either would kill it before the engine installs its handlers. Until then a SIGTERM
     is recorded, and acted on as a cancel when the engine starts (so is a cancel request
     in the journal); a SIGUSR1 is dropped (the engine reads journaled signals when it
-    starts); a second SIGTERM stops the process at once, as before. A handler, not
-    SIG_IGN: processes started meanwhile (git) do not inherit it."""
+    starts); a second SIGTERM stops the process at once, as before. A SIGHUP (the
+    terminal closed) likewise, unless it is ignored (nohup). A handler, not SIG_IGN:
+    processes started meanwhile (git) do not inherit it."""
     _stop_asked.clear()
+    signals = [signal.SIGTERM, signal.SIGUSR1] + ([signal.SIGHUP] if hangup_heard() else [])
     with contextlib.suppress(ValueError):  # not the main thread: no signals come here
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in signals:
             signal.signal(sig, _deferred)
 
 
@@ -192,7 +203,9 @@ class RunOutcome:
     journal_path: Path | None = None
     changes: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> files, +, -
     unlanded: bool = False  # --land was asked and could not be done (`landing` says why)
-    interrupted: bool = False  # cancelled by SIGINT (Ctrl-C), not by `abreast cancel`
+    # The signal that cancelled the run where it ends the process too: SIGINT (Ctrl-C) or
+    # SIGHUP (its terminal closed); 0 for `abreast cancel` and runs not cancelled.
+    interrupted: int = 0
 
     @property
     def saved_s(self) -> float:
@@ -252,7 +265,7 @@ class Engine:
         self._parked = False  # the loop waits for `_wake` with nothing left to do
         self._inline_error: BaseException | None = None
         self._cancelling = False
-        self._interrupted = False  # the cancel came from SIGINT
+        self._interrupted = 0  # the signal the cancel came from (SIGINT, SIGHUP), if one
         self._force_kill = False
         self._killing: set[asyncio.Task[None]] = set()
         self._ending_groups: set[int] = set()  # process groups being killed
@@ -402,8 +415,9 @@ class Engine:
                 f"{tr.id}: its attempt {tr.attempts} was on the merge queue; queueing it again"
             )
             self._spawn_background(self._integrate(tr, tr.attempts))
-        if self._cancel_asked():  # `abreast cancel` before we listened
-            self._on_cancel("abreast cancel")
+        asked = self._cancel_asked()
+        if asked:  # `abreast cancel` (the terminal closed) before we listened
+            self._on_cancel(asked)
         try:
             while True:
                 self._pass()
@@ -1077,7 +1091,7 @@ class Engine:
             self.isolation.abort(0.0)
             return
         self._cancelling = True
-        self._interrupted = why == "interrupted"
+        self._interrupted = next((sig for sig, w in CANCELLED_BY.items() if w == why), 0)
         # Nothing waits on a lock held elsewhere, nor on a check, until it is done.
         self.sup.stop_waiting()
         self.isolation.abort(self.options.kill_grace_s)
@@ -1121,19 +1135,22 @@ class Engine:
                     + " may start"
                 )
 
-    def _cancel_asked(self) -> bool:
-        """`abreast cancel` journaled a request (typed on another machine, or before this
-        process listened for SIGTERM), or a SIGTERM came before it listened."""
+    def _cancel_asked(self) -> str | None:
+        """Why the run is to be cancelled, if it is: `abreast cancel` journaled a request
+        (typed on another machine, or before this process listened for SIGTERM), or a
+        SIGTERM (SIGHUP) came before it listened."""
         if _stop_asked:
+            hangup = signal.SIGHUP in _stop_asked
             _stop_asked.clear()
-            return True
-        return self.journal.cancel_requested(self.run_id)
+            return CANCELLED_BY[signal.SIGHUP] if hangup else "abreast cancel"
+        return "abreast cancel" if self.journal.cancel_requested(self.run_id) else None
 
     def _on_tick(self) -> None:
         self._check_anchor(first_only=False)
         self._on_signals()  # from tasks on other machines, which cannot send SIGUSR1 here
-        if not self._cancelling and self._cancel_asked():
-            self._on_cancel("abreast cancel")
+        asked = None if self._cancelling else self._cancel_asked()
+        if asked:
+            self._on_cancel(asked)
         if self._executor:
             self._executor.sweep()
             reap_orphans(self._executor.running)
@@ -1167,10 +1184,12 @@ class Engine:
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         installed = []
         handlers: dict[int, Callable[[], None]] = {
-            signal.SIGINT: lambda: self._post("cancel", "interrupted"),
+            signal.SIGINT: lambda: self._post("cancel", CANCELLED_BY[signal.SIGINT]),
             signal.SIGTERM: lambda: self._post("cancel", "abreast cancel"),
             signal.SIGUSR1: lambda: self._post("signals"),
         }
+        if hangup_heard():  # else nohup asked for the run to go on
+            handlers[signal.SIGHUP] = lambda: self._post("cancel", CANCELLED_BY[signal.SIGHUP])
         for sig, handler in handlers.items():
             try:
                 loop.add_signal_handler(sig, handler)
@@ -1322,7 +1341,7 @@ class Engine:
             self.journal.path,
             changes,
             unlanded=self.isolation.unlanded,
-            interrupted=self._interrupted and state == "cancelled",
+            interrupted=self._interrupted if state == "cancelled" else 0,
         )
 
     # -- resume ------------------------------------------------------------------------------
