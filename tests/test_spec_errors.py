@@ -49,6 +49,14 @@ CASES = {
         "version: 1\nchange\ntasks:\n  a: {run: x}\n",
         [":2: invalid YAML", "write `key: value`"],
     ),
+    "markdown_fences_around_the_yaml": (  # a chat's answer pasted whole
+        "Here is your workflow:\n\n```yaml\nversion: 1\ntasks:\n  a: {run: x}\n```\n",
+        [":3: invalid YAML: this line is a Markdown code fence", "keep only the lines between"],
+    ),
+    "a_fence_inside_a_prompt_is_text": (  # the error is elsewhere; the fence is not blamed
+        "version: 1\ntasks:\n  a:\n    prompt: |\n      ```py\n      x\n      ```\n  b: {run: [x\n",
+        [":8: invalid YAML", "close the quote or bracket"],
+    ),
     "tab_indentation": (
         "version: 1\ntasks:\n\ta:\n\t\trun: x\n",
         [":3: invalid YAML", "YAML indents with spaces only: replace the tab"],

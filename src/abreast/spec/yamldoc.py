@@ -124,6 +124,14 @@ def _yaml_problem(e: yaml.MarkedYAMLError, text: str) -> SpecProblem:
     """Where and what: a construct left open when the file ends (an unclosed quote or
     bracket), or a line that is not `key: value`, is reported on the line where it
     starts, not on the line where the parser gave up (the next one, or past the end)."""
+    fence = _fence_line(text)
+    if fence is not None:
+        return SpecProblem(
+            "invalid YAML: this line is a Markdown code fence (```), not YAML",
+            line=fence,
+            hint="the file holds the text around the YAML too (copied from a page or a "
+            "chat's answer): keep only the lines between the ``` fences",
+        )
     mark = e.problem_mark or e.context_mark
     context = e.context or ""
     hint = "check the indentation and quoting around this line"
@@ -151,6 +159,12 @@ def _yaml_problem(e: yaml.MarkedYAMLError, text: str) -> SpecProblem:
         line=line,
         hint=hint,
     )
+
+
+def _fence_line(text: str) -> int | None:
+    """The line number of the first Markdown code fence (```) at the start of a line: YAML
+    cannot hold one there (one inside an indented block, `prompt: |`, is text)."""
+    return next((n for n, line in enumerate(text.splitlines(), 1) if line[:3] == "```"), None)
 
 
 def _tab_at(text: str, index: int) -> bool:
