@@ -286,6 +286,26 @@ def test_a_failed_tasks_log_cannot_restyle_or_wipe_the_summary(tmp_path: Path, c
     assert log.read_bytes().startswith(b"\x1b[2J")
 
 
+def test_a_progress_bar_in_a_failed_tasks_log_is_shown_as_the_terminal_left_it(
+    tmp_path: Path,
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    # Redrawn after carriage returns, each drawing took a line of the tail ("last lines of
+    # its log" of a download that failed: ten times the bar, and the error hardly seen).
+    bar = "".join(f"\\rfetching {i}%%" for i in range(0, 101, 5))
+    run = f"echo before; printf '{bar}\\n'; printf 'crlf line\\r\\n'; echo 'error: boom'; exit 1"
+    path = workflow(tmp_path, {"get": {"run": run}})
+    result = cli("run", str(path), "--no-monitor", "--plain")
+    assert result.code == 1
+    tail = result.out.split("last lines of the task's log:\n", 1)[1].split("    task log:")[0]
+    assert tail.splitlines() == [
+        "    | before",
+        "    | fetching 100%",
+        "    | crlf line",
+        "    | error: boom",
+    ]
+
+
 def test_when_skips_and_dependents_still_run(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     path = workflow(
         tmp_path,

@@ -124,7 +124,9 @@ class KeyMasker:
 
 def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 8192) -> list[str]:
     """The last `lines` non-blank lines of a log (from its last `max_bytes`), made
-    `visible`; bytes that are not UTF-8 become U+FFFD. [] if it cannot be read."""
+    `visible`; bytes that are not UTF-8 become U+FFFD. [] if it cannot be read. A line
+    is as a terminal left it: a progress bar redrawn after carriage returns is its last
+    drawing, not one line a redraw."""
     if path is None:
         return []
     try:
@@ -135,7 +137,8 @@ def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 819
             data = f.read().decode("utf-8", "replace")
     except OSError:
         return []
-    return [visible(line) for line in data.splitlines() if line.strip()][-lines:]
+    shown = (visible(line.rstrip("\r").rpartition("\r")[2]) for line in data.split("\n"))
+    return [line for line in shown if line.strip()][-lines:]
 
 
 def scrub_secrets(path: str, secrets: list[tuple[str, str]], chunk: int = 1 << 22) -> int:
