@@ -292,7 +292,8 @@ def test_a_progress_bar_in_a_failed_tasks_log_is_shown_as_the_terminal_left_it(
 ) -> None:
     # Redrawn after carriage returns, each drawing took a line of the tail ("last lines of
     # its log" of a download that failed: ten times the bar, and the error hardly seen).
-    bar = "".join(f"\\rfetching {i}%%" for i in range(0, 101, 5))
+    # 30 KB of drawings: more than the 8 KiB the tail is read from at first.
+    bar = "".join(f"\\rfetching {i / 20:.2f}%%" for i in range(2001))
     run = f"echo before; printf '{bar}\\n'; printf 'crlf line\\r\\n'; echo 'error: boom'; exit 1"
     path = workflow(tmp_path, {"get": {"run": run}})
     result = cli("run", str(path), "--no-monitor", "--plain")
@@ -300,7 +301,7 @@ def test_a_progress_bar_in_a_failed_tasks_log_is_shown_as_the_terminal_left_it(
     tail = result.out.split("last lines of the task's log:\n", 1)[1].split("    task log:")[0]
     assert tail.splitlines() == [
         "    | before",
-        "    | fetching 100%",
+        "    | fetching 100.00%",
         "    | crlf line",
         "    | error: boom",
     ]

@@ -123,22 +123,27 @@ class KeyMasker:
 
 
 def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 8192) -> list[str]:
-    """The last `lines` non-blank lines of a log (from its last `max_bytes`), made
-    `visible`; bytes that are not UTF-8 become U+FFFD. [] if it cannot be read. A line
-    is as a terminal left it: a progress bar redrawn after carriage returns is its last
-    drawing, not one line a redraw."""
+    """The last `lines` non-blank lines of a log (from its last `max_bytes`, or up to 32
+    times that where those hold fewer lines), made `visible`; bytes that are not UTF-8
+    become U+FFFD. [] if it cannot be read. A line is as a terminal left it: a progress
+    bar redrawn after carriage returns is its last drawing, not one line a redraw."""
     if path is None:
         return []
     try:
         with os.fdopen(open_regular(path), "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read().decode("utf-8", "replace")
+            size = f.seek(0, 2)
+            window = max_bytes
+            while True:
+                f.seek(max(0, size - window))
+                data = f.read(window).decode("utf-8", "replace")
+                shown = (visible(x.rstrip("\r").rpartition("\r")[2]) for x in data.split("\n"))
+                found = [line for line in shown if line.strip()]
+                # A line cut by the window's start is one more than the file's last ones.
+                if len(found) > lines or window >= size or window >= 32 * max_bytes:
+                    return found[-lines:]
+                window *= 4
     except OSError:
         return []
-    shown = (visible(line.rstrip("\r").rpartition("\r")[2]) for line in data.split("\n"))
-    return [line for line in shown if line.strip()][-lines:]
 
 
 def scrub_secrets(path: str, secrets: list[tuple[str, str]], chunk: int = 1 << 22) -> int:
