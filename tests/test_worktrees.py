@@ -1463,6 +1463,60 @@ def test_with_containment_warn_a_dropped_stash_entry_is_only_warned_about(repo: 
     assert "my wip" not in git(repo, "stash", "list")  # your own pop is left as you did it
 
 
+def test_an_agent_that_deletes_your_branches_is_sent_back_and_a_move_is_said(
+    repo: Path,
+) -> None:
+    # Branches and tags are one set for the repository, shared by every worktree: a task's
+    # `git branch -D` deleted yours for good, its `git branch -f` moved yours, unnoticed.
+    git(repo, "branch", "keep")
+    git(repo, "tag", "v1")
+    git(repo, "branch", "develop")
+    commit = "git -c user.name=A -c user.email=a@e commit -q --allow-empty -m agent"
+    path = workflow(
+        repo,
+        {
+            # Its own branch and tag (an agent told to work on a branch): left alone.
+            "own": {"run": f"git checkout -q -b feature-x && {commit} && git tag mine"},
+            "prune": {"needs": ["own"], "run": "git branch -D keep && git tag -d v1"},
+            "force": {"needs": ["own"], "run": f"{commit} && git branch -f develop HEAD"},
+        },
+        defaults={"retries": 0},
+    )
+    before = git(repo, "rev-parse", "keep").strip()
+    code, out, run_id = run(repo, path, "--sequential")
+    assert code == 1, out
+    said = f"your branch keep: deleted (put back at {before[:12]})"
+    assert said in out and f"your tag v1: deleted (put back at {before[:12]})" in out
+    assert git(repo, "rev-parse", "keep", "v1").split() == [before, before]
+    # A move is said, not blamed nor undone: as likely your own commit or pull.
+    moved = git(repo, "rev-parse", "develop").strip()
+    assert moved != before
+    assert (
+        f"warning: your branch develop was moved from {before[:12]} to {moved[:12]} "
+        f"(`git update-ref refs/heads/develop {before[:12]}` puts it back) while force ran"
+    ) in out
+    states = dict(re.findall(r"(?m)^  ([a-z]+) +(succeeded|failed)\b", out))
+    assert [states[t] for t in ("own", "prune", "force")] == ["succeeded", "failed", "succeeded"]
+    assert show(repo, integration(run_id), "README.md") == "# project\n"
+
+
+def test_with_containment_warn_a_deleted_branch_is_only_warned_about(repo: Path) -> None:
+    git(repo, "branch", "old-work")
+    was = git(repo, "rev-parse", "old-work").strip()[:12]
+    path = workflow(
+        repo,
+        {"tidy": {"run": "git branch -D old-work"}},
+        containment={"main_checkout": "warn"},
+    )
+    code, out, _ = run(repo, path)
+    assert code == 0, out
+    assert (
+        f"warning: your branch old-work was deleted (`git update-ref refs/heads/old-work {was}`"
+        " puts it back) while tidy ran"
+    ) in out
+    assert git(repo, "branch", "--list", "old-work") == ""  # your own deletion stays done
+
+
 def test_an_older_stash_entry_dropped_is_put_back_once_and_alone_named(repo: Path) -> None:
     for wip in ("first wip", "second wip"):
         (repo / "README.md").write_text(f"# {wip}\n")

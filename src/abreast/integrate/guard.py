@@ -11,6 +11,12 @@ What is watched (snapshots at the start of the run, compared after each attempt)
   and undone at once, so a planted hook never runs;
 - the entries of the user's stash at the start (one list for the repository, shared by
   every worktree): one that disappears is reported and put back;
+- the user's branches and tags at the start (refs are shared by every worktree too;
+  abreast's own `abreast/...` branches aside): one deleted (`git branch -D`) is
+  reported and put back; one moved (`git branch -f`, `git update-ref`) is warned
+  about with how to put it back, not blamed, since a move is as likely the user's own
+  commit or pull in their checkout. New branches and tags are not watched (an agent
+  told to work on a branch of its own);
 - symlinks an attempt leaves that point outside its worktree.
 
 What cannot be seen: a write into another *running* task's worktree looks like
@@ -33,9 +39,11 @@ SLACK_S = 1.0  # mtimes are compared with attempt windows this generously
 
 @dataclass(frozen=True)
 class Change:
-    what: str  # "main checkout" | "hook" | "git config"
-    path: str
+    what: str  # "main checkout" | "hook" | "git config" | "stash" | "branch" | "tag"
+    path: str  # a file; a stash entry's message; a branch's or tag's name
     mtime: float
+    detail: str = ""  # what became of a branch or tag, and how to undo it
+    blame: bool = True  # False: said as a warning only (a move that may be the user's own)
 
 
 class Guard:
@@ -55,6 +63,54 @@ class Guard:
         # one list for the repository, shared by every worktree.
         self._stash_log = repo.common_dir / "logs" / "refs" / "stash"
         self._stash = self._stash_entries()
+        self._refs_seen: tuple[int, ...] = ()
+        self._refs = self._user_refs()
+
+    # -- your branches and tags ---------------------------------------------------------------
+
+    def _refs_stamp(self) -> tuple[int, ...]:
+        """The modification times of where refs are kept (packed-refs; the directories
+        of loose branch and tags, which git's lock-and-rename of a ref update touches;
+        a reftable's directory): equal stamps, no ref was written in between."""
+        common = self.repo.common_dir
+        places = [common / "packed-refs", common / "reftable"]
+        for top in (common / "refs" / "heads", common / "refs" / "tags"):
+            for d, subdirs, _ in os.walk(top):
+                if d == str(common / "refs" / "heads"):
+                    subdirs[:] = [x for x in subdirs if x != "abreast"]  # the runs' own
+                places.append(Path(d))
+        return tuple(_mtime_ns(p) for p in places)
+
+    def _user_refs(self) -> dict[str, str]:
+        self._refs_seen = self._refs_stamp()
+        found = self.repo.refs("refs/heads/", "refs/tags/")
+        return {k: v for k, v in found.items() if not k.startswith("refs/heads/abreast/")}
+
+    def check_refs(self, restore: bool = True) -> list[Change]:
+        """Your branches and tags that were there at the start and were deleted or moved
+        since the last look: each reported once; a deleted one (`restore`) put back where
+        it was; a moved one not blamed (a warning). One look costs a few stats unless a
+        ref was written."""
+        if not self._refs or self._refs_stamp() == self._refs_seen:
+            return []
+        now = self._user_refs()
+        changes = []
+        for ref, was in list(self._refs.items()):
+            kind, name = ("tag", ref[10:]) if ref.startswith("refs/tags/") else ("branch", ref[11:])
+            put_back = f"git update-ref {ref} {was[:12]}"
+            when = _ref_mtime(self.repo.common_dir, ref)
+            if ref not in now:
+                if restore and self.repo.update_ref(ref, was, None):
+                    detail = f"deleted (put back at {was[:12]})"
+                else:
+                    detail = f"deleted (`{put_back}` puts it back)"
+                    del self._refs[ref]  # said once
+                changes.append(Change(kind, name, when, detail))
+            elif now[ref] != was:
+                detail = f"moved from {was[:12]} to {now[ref][:12]} (`{put_back}` puts it back)"
+                changes.append(Change(kind, name, when, detail, blame=False))
+                self._refs[ref] = now[ref]  # said once
+        return changes
 
     # -- your stash ---------------------------------------------------------------------------
 
@@ -212,6 +268,20 @@ def _stash_message(entry: bytes) -> str:
 
 def _kind(path: Path) -> str:
     return "hook" if "hooks" in path.parts else "git config"
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.lstat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _ref_mtime(common: Path, ref: str) -> float:
+    """When `ref` was last written, as near as can be told: its loose file, else the
+    directory it was deleted from or packed-refs (whichever is newer)."""
+    loose = common / ref
+    return _mtime(loose) or max(_mtime(loose.parent), _mtime(common / "packed-refs"))
 
 
 def _mtime(path: Path) -> float:

@@ -454,6 +454,7 @@ class WorktreeIsolation(Isolation):
         changes: list[Change] = await asyncio.to_thread(self.guard.check_repo_files)
         changes += await asyncio.to_thread(self.guard.check_main_checkout)
         changes += await asyncio.to_thread(self.guard.check_stash, not warn_only)
+        changes += await asyncio.to_thread(self.guard.check_refs, not warn_only)
         now = time.time()
         for c in changes:
             suspects = [
@@ -461,7 +462,7 @@ class WorktreeIsolation(Isolation):
                 for x in self._attempts.values()
                 if x.started - SLACK_S <= c.mtime <= (x.ended or now) + SLACK_S
             ]
-            blamed = not (warn_only and c.what in YOURS)
+            blamed = c.blame and not (warn_only and c.what in YOURS)
             self.journal.stage_event(
                 self.run_id,
                 "containment.violation",
@@ -473,14 +474,15 @@ class WorktreeIsolation(Isolation):
             )
             if not blamed:
                 who = ", ".join(x.task_id for x in suspects) or "no task"
-                what = (
-                    f"your stash entry {c.path!r} was dropped"
-                    if c.what == "stash"
-                    else f"{c.path} changed in your checkout"
-                )
+                if c.what == "stash":
+                    what = f"your stash entry {c.path!r} was dropped"
+                elif c.detail:
+                    what = f"your {c.what} {c.path} was {c.detail}"
+                else:
+                    what = f"{c.path} changed in your checkout"
                 self.note(
-                    f"warning: {what} while {who} ran; "
-                    "if a task did it, check its work (containment: main_checkout: warn)"
+                    f"warning: {what} while {who} ran; if a task did it, check its work"
+                    + (" (containment: main_checkout: warn)" if c.blame else "")
                 )
                 continue
             for x in suspects:
@@ -488,12 +490,7 @@ class WorktreeIsolation(Isolation):
         mine = self._blamed.pop((a.task_id, a.attempt), [])
         if not mine:
             return ""
-        lines = [
-            f"your stash: entry {c.path!r} dropped (put back)"
-            if c.what == "stash"
-            else f"{c.what}: {c.path}" + (" (undone)" if c.what != "main checkout" else "")
-            for c in mine
-        ]
+        lines = [_said(c) for c in mine]
         hint = ""
         if any(c.what in YOURS for c in mine):
             hint = (
@@ -595,9 +592,19 @@ class WorktreeIsolation(Isolation):
         return f"landed: {self.base_name} fast-forwarded to {head[:12]}"
 
 
-# What containment watches that is the user's own (their checkout, their stash): with
-# `containment: {main_checkout: warn}` changes to these are warned about, not blamed.
-YOURS = ("main checkout", "stash")
+# What containment watches that is the user's own (their checkout, stash, branches and
+# tags): with `containment: {main_checkout: warn}` changes to these are warned about, not
+# blamed.
+YOURS = ("main checkout", "stash", "branch", "tag")
+
+
+def _said(c: Change) -> str:
+    """One line of what an attempt is blamed for writing outside its worktree."""
+    if c.what == "stash":
+        return f"your stash: entry {c.path!r} dropped (put back)"
+    if c.detail:  # a branch or tag
+        return f"your {c.what} {c.path}: {c.detail}"
+    return f"{c.what}: {c.path}" + (" (undone)" if c.what != "main checkout" else "")
 
 
 def _listed(items: list[str], limit: int = 30) -> tuple[str, str]:

@@ -103,8 +103,8 @@ class Repo:
     def delete_ref(self, ref: str) -> None:
         self.git("update-ref", "-d", ref, check=False)
 
-    def refs(self, prefix: str) -> dict[str, str]:
-        out = self.git("for-each-ref", "--format=%(refname) %(objectname)", prefix).stdout
+    def refs(self, *prefixes: str) -> dict[str, str]:
+        out = self.git("for-each-ref", "--format=%(refname) %(objectname)", *prefixes).stdout
         return dict(line.split(" ", 1) for line in out.splitlines() if line)
 
     def is_ancestor(self, a: str, b: str) -> bool:
