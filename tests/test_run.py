@@ -913,6 +913,24 @@ def test_bad_input_to_commands_gets_a_clear_message(
     assert "Traceback" not in result.err
 
 
+def test_a_run_is_named_by_the_start_of_its_id_when_that_names_one(
+    tmp_path: Path,
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    path = workflow(tmp_path, {"a": {"run": "echo said-$ABREAST_RUN_ID"}})
+    state = ["--state", f"sqlite://{tmp_path}/.abreast/state.db"]
+    first = run_id_of(cli("run", str(path), "--no-monitor", "--run-id", "nightly-1").out)
+    run_id_of(cli("run", str(path), "--no-monitor", "--run-id", "nightly-20").out)
+    shown = cli("logs", "nightly-2", "a", *state)  # as git takes the start of a commit's id
+    assert shown.code == 0, shown.err
+    assert shown.out == "said-nightly-20\n"
+    assert cli("report", first, *state).code == 0  # a whole id that starts another: itself
+    assert "run nightly-1 " in cli("status", first, *state).out
+    both = cli("status", "nightly", *state)
+    assert both.code == 2
+    assert "'nightly' is the start of several runs' ids: nightly-20, nightly-1" in both.err
+
+
 def test_no_journal_yet_is_a_clear_message(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("status", "--state", f"sqlite://{tmp_path}/none/state.db")
     assert result.code == 2

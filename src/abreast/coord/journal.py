@@ -600,6 +600,14 @@ class Journal:
         ).fetchall()
         return [_run_row(r) for r in rows]
 
+    def run_ids_starting(self, prefix: str, limit: int = 6) -> list[str]:
+        """Ids of runs that start with `prefix`, the newest first (at most `limit`)."""
+        rows = self._db.execute(
+            "SELECT id FROM runs WHERE substr(id, 1, ?) = ? ORDER BY started_at DESC LIMIT ?",
+            (len(prefix), prefix, limit),
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def latest_run(self) -> RunRow | None:
         runs = self.runs(1)
         return runs[0] if runs else None

@@ -31,12 +31,23 @@ def open_journal(file: Path | None, state: str | None) -> tuple[StateLocation, J
 
 
 def find_run(journal: Journal, run_id: str | None) -> RunRow:
+    """The run `run_id` names: its whole id, or the start of the id of one run only (as git
+    takes a commit's), None for the latest; a UsageError saying what it names otherwise."""
     if run_id is None:
         row = journal.latest_run()
         if row is None:
             raise UsageError("no runs in this project yet", hint="start one with `abreast run`")
         return row
     row = journal.run(run_id)
+    if row is None and run_id:
+        starting = journal.run_ids_starting(run_id)
+        if len(starting) > 1:
+            more = " and more" if len(starting) > 5 else ""
+            raise UsageError(
+                f"{run_id!r} is the start of several runs' ids: {', '.join(starting[:5])}{more}",
+                hint="give more of the id (see `abreast status`)",
+            )
+        row = journal.run(starting[0]) if starting else None
     if row is None:
         recent = [r.id for r in journal.runs(5)]
         import difflib
