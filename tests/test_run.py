@@ -931,6 +931,33 @@ def test_a_run_is_named_by_the_start_of_its_id_when_that_names_one(
     assert "'nightly' is the start of several runs' ids: nightly-20, nightly-1" in both.err
 
 
+def test_a_second_run_of_a_workflow_still_running_says_so(tmp_path: Path) -> None:
+    # Started again from another terminal (or thought dead): both did the same work, and
+    # without worktrees over the same files, with no word of it.
+    wf = write_workflow(
+        tmp_path,
+        "twice",
+        {"a": {"run": "if [ -e first ]; then true; else touch first; sleep 30; fi"}},
+    )
+    first, first_id = start_run(wf, cwd=tmp_path)
+    try:
+        wait_for(lambda: (tmp_path / "first").exists(), what="the first run's task")
+        second = run_abreast("run", str(wf), "--plain", "--no-monitor", cwd=tmp_path)
+        assert second.code == 0, second.err
+        assert (
+            f"note: run {first_id} of this workflow file is running too (pid {first.pid}, started "
+        ) in second.err
+        assert (
+            "both work in the project directory itself (isolation: none), over each other's "
+            f"files; `abreast cancel {first_id}` stops it"
+        ) in second.err
+    finally:
+        first.terminate()
+        first.communicate(timeout=30)
+    third = run_abreast("run", str(wf), "--plain", "--no-monitor", cwd=tmp_path)
+    assert third.code == 0 and "is running too" not in third.err  # the first one ended
+
+
 def test_no_journal_yet_is_a_clear_message(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("status", "--state", f"sqlite://{tmp_path}/none/state.db")
     assert result.code == 2

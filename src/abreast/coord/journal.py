@@ -600,6 +600,14 @@ class Journal:
         ).fetchall()
         return [_run_row(r) for r in rows]
 
+    def running_ids(self, file: str) -> list[str]:
+        """Ids of the runs of workflow file `file` journaled as running (one query, no
+        options parsed: asked at every start)."""
+        rows = self._db.execute(
+            "SELECT id FROM runs WHERE state = 'running' AND file = ?", (file,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
     def run_ids_starting(self, prefix: str, limit: int = 6) -> list[str]:
         """Ids of runs that start with `prefix`, the newest first (at most `limit`)."""
         rows = self._db.execute(

@@ -483,6 +483,36 @@ def _base_commit(
     return commit
 
 
+def _running_beside(journal: Journal, file: str | None) -> list[str]:
+    """Notes on runs of the same workflow file running now: started twice (two terminals,
+    a run thought dead), the same work is done twice, and without worktrees both runs
+    write the same files at once."""
+    if not file:
+        return []
+    from abreast.engine.cleanup import ORPHAN_AFTER_S
+    from abreast.spec.durations import format_duration
+
+    notes = []
+    for run_id in journal.running_ids(file):
+        row = journal.run(run_id)
+        if row is None or not orchestrator_alive(row):
+            continue
+        if not on_this_host(row) and time.time() - (row.heartbeat_at or 0) > ORPHAN_AFTER_S:
+            continue  # elsewhere and silent: dead, as far as anyone here can tell
+        where = f"pid {row.pid}" + ("" if on_this_host(row) else f" on {row.host}")
+        ago = format_duration(max(0.0, time.time() - row.started_at))
+        both = (
+            "both work in the project directory itself (isolation: none), over each other's files"
+            if row.options.get("isolation") == "none"
+            else "both do the same tasks' work, each in worktrees of its own"
+        )
+        notes.append(
+            f"note: run {row.id} of this workflow file is running too ({where}, started "
+            f"{ago} ago): {both}; `abreast cancel {row.id}` stops it"
+        )
+    return notes
+
+
 def _note(text: str) -> None:
     """Something to know before the run starts, on stderr."""
     print(text, file=sys.stderr)
@@ -532,6 +562,8 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 "ray_address": cluster.address if cluster and not cluster.started_here else None,
                 "tag": tag,
             }
+            for line in _running_beside(journal, p.wf.source):
+                _note(line)
             defer_stop_signals()
             journal.create_run(
                 run_id,
