@@ -1517,6 +1517,30 @@ def test_with_containment_warn_a_deleted_branch_is_only_warned_about(repo: Path)
     assert git(repo, "branch", "--list", "old-work") == ""  # your own deletion stays done
 
 
+def test_a_run_started_from_a_git_hook_works_in_its_worktrees_not_the_hooks_repo(
+    repo: Path,
+) -> None:
+    # A hook's environment names the repository (GIT_DIR, GIT_WORK_TREE, GIT_INDEX_FILE):
+    # abreast's own git and the tasks' went by it instead of by each worktree, so a task's
+    # `git add` staged into your index and its work was lost ("0 files"), the run green.
+    task = "echo b > b.txt && git add b.txt && env | grep '^GIT_[DIW]' > seen.txt; true"
+    path = workflow(repo, {"a": {"run": task}})
+    before = user_state(repo)
+    hook_env = {"GIT_DIR": str(repo / ".git"), "GIT_WORK_TREE": str(repo)}
+    hook_env["GIT_INDEX_FILE"] = str(repo / ".git" / "index")
+    result = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", cwd=repo, env={**os.environ, **hook_env}
+    )
+    assert result.code == 0, result.out + result.err
+    assert "note: GIT_DIR, GIT_INDEX_FILE, GIT_WORK_TREE are set here (as in a git hook)" in (
+        result.err
+    )
+    run_id = result.out.splitlines()[0][5:]
+    assert show(repo, integration(run_id), "b.txt") == "b\n"
+    assert show(repo, integration(run_id), "seen.txt") == ""  # none reached the task
+    assert user_state(repo) == before  # your index and files as they were
+
+
 def test_an_older_stash_entry_dropped_is_put_back_once_and_alone_named(repo: Path) -> None:
     for wip in ("first wip", "second wip"):
         (repo / "README.md").write_text(f"# {wip}\n")

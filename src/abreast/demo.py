@@ -161,9 +161,13 @@ def describe_result(root: Path, run_id: str) -> str:
 
 
 def _base_env() -> dict[str, str]:
+    """This environment, less what would point git at another repository than the demo's
+    (GIT_DIR, ... as in a git hook)."""
     import os
 
-    return dict(os.environ)
+    from abreast.workspace.git import without_repo_vars
+
+    return without_repo_vars(os.environ)
 
 
 def throwaway_dir(keep: bool) -> tuple[Path, bool]:

@@ -168,12 +168,19 @@ def task_env(
     keys: KeyBroker | None,
     cluster: RayCluster | None = None,
     tag: str | None = None,
+    *,
+    worktrees: bool = False,
 ) -> dict[str, str]:
     """The environment tasks and checks start from: this one, less the keys' real values
     (a task gets only its leased key) and what connecting to Ray added, with `abreast` on
     PATH as this very abreast, and the run's tag (none for a run journaled before tags:
-    not the tag of a run this one is a task of)."""
+    not the tag of a run this one is a task of). In `worktrees`, less what would point
+    git at another repository or index than the task's worktree (GIT_DIR, ...)."""
     env = keys.scrub(dict(os.environ)) if keys else dict(os.environ)
+    if worktrees:
+        from abreast.workspace.git import without_repo_vars
+
+        env = without_repo_vars(env)
     for name in cluster.added_env if cluster else ():
         env.pop(name, None)
     env.pop(RUN_TAG_ENV, None)
@@ -469,6 +476,15 @@ def _base_commit(
     bad = problems(repo, list(p.wf.worktrees.copy), list(p.wf.worktrees.keep))
     if bad:
         raise UsageError("\n  ".join(bad), hint="fix `worktrees:` in the workflow file")
+    from abreast.workspace.git import REPO_VARS
+
+    steering = sorted(REPO_VARS.intersection(os.environ))
+    if steering:
+        announce_note(
+            f"note: {', '.join(steering)} {'is' if len(steering) == 1 else 'are'} set here "
+            "(as in a git hook): left out of abreast's git and of the tasks' environment, "
+            "where each worktree is its own repository's checkout"
+        )
     # The workflow file is the orchestrator's, not the tasks': it is not counted.
     own = os.path.relpath(p.wf.source, repo.root) if p.wf.source else None
     for line in preflight.command_notes(repo.root, p.wf, (repo, commit, own)):
@@ -587,7 +603,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 **options,
             )
             announce(run_id)
-            env = task_env(p.location, keys, cluster, tag)
+            env = task_env(p.location, keys, cluster, tag, worktrees=kind == "worktree")
             isolation = _isolation(
                 req, p, run_id, journal, kind, base_commit, env, supervisor, keys
             )
@@ -975,7 +991,9 @@ async def _resume(
         keys = _keys(p, supervisor, journal, row.id)
         if keys is not None:
             keys.start()
-        env = task_env(location, keys, cluster, row.options.get("tag"))
+        env = task_env(
+            location, keys, cluster, row.options.get("tag"), worktrees=kind == "worktree"
+        )
         engine = Engine(
             wf,
             row.id,

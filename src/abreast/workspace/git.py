@@ -6,6 +6,7 @@ import functools
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from abreast.errors import UsageError
@@ -23,6 +24,33 @@ GIT_ENV = {
 # start an automatic `git gc` in the middle of a run (repacking under running tasks, and
 # expiring old reflog entries, your stash's among them, while they are watched).
 OWN_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "gc.auto=0")
+
+
+# What tells git which repository, index and working tree to use, over the directory it
+# runs in (`git rev-parse --local-env-vars`): set in a git hook's environment (GIT_DIR,
+# GIT_INDEX_FILE), or exported by hand. Each of abreast's worktrees is found by its own
+# directory: abreast's git leaves these out, and so do tasks in worktrees.
+REPO_VARS = frozenset(
+    {
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_COMMON_DIR",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_IMPLICIT_WORK_TREE",
+        "GIT_PREFIX",
+        "GIT_SHALLOW_FILE",
+        "GIT_GRAFT_FILE",
+        "GIT_NO_REPLACE_OBJECTS",
+        "GIT_REPLACE_REF_BASE",
+        "GIT_INTERNAL_SUPER_PREFIX",
+    }
+)
+
+
+def without_repo_vars(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k not in REPO_VARS}
 
 
 # The oldest git worktree isolation works with: the merge queue merges with
@@ -60,7 +88,7 @@ def git(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     argv = ["git", *OWN_CONFIG, *args]
-    full_env = {**os.environ, **GIT_ENV, **(env or {})}
+    full_env = {**without_repo_vars(os.environ), **GIT_ENV, **(env or {})}
     try:
         proc = subprocess.run(
             argv, cwd=cwd, capture_output=True, text=True, input=input_, env=full_env, check=False
