@@ -341,6 +341,25 @@ def test_missing_file_and_directory(tmp_path, cli) -> None:  # type: ignore[no-u
 
 
 @pytest.mark.parametrize(
+    ("encoding", "said"),
+    [
+        ("utf-16", ": is UTF-16 text, not UTF-8 (as Windows PowerShell's `>`"),
+        ("utf-16-le", ": is UTF-16 text, not UTF-8"),  # no byte-order mark: reads as UTF-8
+        ("cp1252", ":3: is not UTF-8 text: byte 0xe9 on this line"),
+    ],
+)
+def test_a_file_not_saved_as_utf8_says_in_what_it_was_saved(  # type: ignore[no-untyped-def]
+    encoding: str, said: str, tmp_path, cli
+) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_bytes("version: 1\ntasks:\n  a: {run: echo café}\n".encode(encoding))
+    result = cli("validate", str(path))
+    assert result.code == 2
+    assert f"{path}{said}" in result.err
+    assert "iconv" in result.err and "<unicode string>" not in result.err
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["analyse"], "did you mean 'analyze'?"),

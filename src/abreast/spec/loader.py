@@ -46,6 +46,28 @@ class Document:
             path = path[:-1]
 
 
+def _not_utf8(data: bytes, at: int, why: str) -> SpecProblem:
+    """Where a file stops being UTF-8 text (byte `at`), and in what it was likely saved."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\0" in data[:2]:
+        return SpecProblem(
+            "is UTF-16 text, not UTF-8 (as Windows PowerShell's `>` and some editors save it)",
+            hint="save it as UTF-8, e.g. `iconv -f UTF-16 -t UTF-8 FILE > FILE.new`",
+        )
+    line = data.count(b"\n", 0, at) + 1
+    if data[at] == 0:
+        return SpecProblem(
+            "is not text: it holds a NUL byte on this line",
+            line=line,
+            hint="give the path of a workflow file (YAML or JSON, saved as UTF-8)",
+        )
+    return SpecProblem(
+        f"is not UTF-8 text: byte 0x{data[at]:02x} on this line ({why}), as in a file "
+        "saved as Latin-1 or Windows-1252",
+        line=line,
+        hint="save it as UTF-8, e.g. `iconv -f WINDOWS-1252 -t UTF-8 FILE > FILE.new`",
+    )
+
+
 def load_document(path: str | Path) -> Document:
     """Read `path` (YAML, or JSON by its `.json` suffix) into a `Document`."""
     file = str(path)
@@ -65,9 +87,11 @@ def load_document(path: str | Path) -> Document:
     except IsADirectoryError:
         raise SpecError(file, [SpecProblem("is a directory, not a workflow file")]) from None
     except UnicodeDecodeError as e:
-        raise SpecError(file, [SpecProblem(f"is not UTF-8 text ({e.reason})")]) from None
+        raise SpecError(file, [_not_utf8(e.object, e.start, e.reason)]) from None
     except OSError as e:
         raise SpecError(file, [SpecProblem(f"cannot be read: {e.strerror}")]) from None
+    if "\0" in text:  # valid UTF-8, and no text: UTF-16 without its mark, or not text at all
+        raise SpecError(file, [_not_utf8(text.encode(), text.index("\0"), "a NUL byte")])
     if file.endswith(".json"):
         return parse_json(text, file)
     return parse_yaml(text, file)
