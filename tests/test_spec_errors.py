@@ -49,6 +49,10 @@ CASES = {
         "version: 1\nchange\ntasks:\n  a: {run: x}\n",
         [":2: invalid YAML", "write `key: value`"],
     ),
+    "a_terminals_colour_codes_pasted_in": (  # said with its line, not "<unicode string>"
+        'version: 1\ntasks:\n  a: {run: "echo \x1b[31mred"}\n',
+        [":3: invalid YAML: character U+001B on this line", "terminal's colour codes", "\\e"],
+    ),
     "markdown_fences_around_the_yaml": (  # a chat's answer pasted whole
         "Here is your workflow:\n\n```yaml\nversion: 1\ntasks:\n  a: {run: x}\n```\n",
         [":3: invalid YAML: this line is a Markdown code fence", "keep only the lines between"],

@@ -32,6 +32,8 @@ def parse_yaml(text: str, file: str) -> Document:
             node = loader.get_single_node()
         except yaml.MarkedYAMLError as e:
             raise SpecError(file, [_yaml_problem(e, text)]) from None
+        except yaml.reader.ReaderError as e:  # a character YAML does not allow
+            raise SpecError(file, [_reader_problem(e, text)]) from None
         except yaml.YAMLError as e:
             raise SpecError(file, [SpecProblem(f"invalid YAML: {e}")]) from None
         if node is None:
@@ -158,6 +160,20 @@ def _yaml_problem(e: yaml.MarkedYAMLError, text: str) -> SpecProblem:
         f"invalid YAML: {e.problem or 'invalid YAML'}" + (f" ({context})" if context else ""),
         line=line,
         hint=hint,
+    )
+
+
+def _reader_problem(e: yaml.reader.ReaderError, text: str) -> SpecProblem:
+    """A character YAML does not allow (a control character: a terminal's colour codes
+    pasted in), said with its line rather than its offset in "<unicode string>"."""
+    at = min(max(e.position, 0), len(text))
+    char = e.character if isinstance(e.character, str) else chr(e.character)
+    what = "an escape character (a terminal's colour codes?)" if char == "\x1b" else None
+    return SpecProblem(
+        f"invalid YAML: character U+{ord(char):04X} on this line is not allowed in YAML"
+        + (f": {what}" if what else ""),
+        line=text.count("\n", 0, at) + 1,
+        hint="remove it; in a double-quoted value write it as an escape (\\e, \\t, \\x07)",
     )
 
 
