@@ -255,6 +255,24 @@ def test_misbehaving_agents_fail_and_land_nothing(
         assert (repo / "README.md").read_text() == before_readme
 
 
+def test_a_file_an_agent_deletes_in_a_directory_of_your_checkout_is_noticed(repo: Path) -> None:
+    # A deletion was dated by the mtime of the repository's root, which removing a file
+    # deeper down does not touch: blamed on no attempt, the run green, your file gone.
+    (repo / "src" / "deep").mkdir()
+    (repo / "src" / "deep" / "keep.py").write_text("x = 1\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "deep")
+    path = workflow(repo, {"a": {"run": f"sleep 0.2; rm {repo}/src/deep/keep.py", "retries": 0}})
+    (repo / ".abreast").mkdir()
+    past = time.time() - 100  # nothing written at the top or in src/ during the run
+    for d in (repo, repo / "src"):
+        os.utime(d, (past, past))
+    code, out, _ = run(repo, path)
+    assert code == 1, out
+    assert "wrote outside its worktree while it ran, so nothing of it was merged:\n" in out
+    assert "      main checkout: src/deep/keep.py\n" in out
+
+
 def test_the_runs_own_output_redirected_into_the_checkout_is_not_blamed_on_tasks(
     repo: Path,
 ) -> None:

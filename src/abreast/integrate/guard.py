@@ -231,12 +231,23 @@ class Guard:
         changes = []
         for rel, state in now.items():
             if self._main.get(rel) != state:
-                changes.append(Change("main checkout", rel, state[0] or _mtime(self.repo.root)))
+                changes.append(Change("main checkout", rel, state[0] or self._gone_at(rel)))
         for rel in self._main:
             if rel not in now:
-                changes.append(Change("main checkout", rel, _mtime(self.repo.root)))
+                when = _mtime(self.repo.root / rel) or self._gone_at(rel)
+                changes.append(Change("main checkout", rel, when))
         self._main = now
         return changes
+
+    def _gone_at(self, rel: str) -> float:
+        """When a path that is no longer there went, as near as can be told: the mtime of
+        the nearest directory above it that is (removing an entry touches its directory;
+        the repository's root only for a path at the top)."""
+        for parent in (self.repo.root / rel).parents:
+            when = _mtime(parent)
+            if when or parent == self.repo.root:
+                return when
+        return 0.0
 
 
 _ABSENT = object()
