@@ -53,6 +53,10 @@ CASES = {
         'version: 1\ntasks:\n  a: {run: "echo \x1b[31mred"}\n',
         [":3: invalid YAML: character U+001B on this line", "terminal's colour codes", "\\e"],
     ),
+    "a_blank_command": (  # the shell runs nothing, and the task "succeeds"
+        'version: 1\ntasks:\n  a:\n    run: "  "\n',
+        [":4: tasks.a.run is blank: a command of only spaces runs nothing, and succeeds"],
+    ),
     "markdown_fences_around_the_yaml": (  # a chat's answer pasted whole
         "Here is your workflow:\n\n```yaml\nversion: 1\ntasks:\n  a: {run: x}\n```\n",
         [":3: invalid YAML: this line is a Markdown code fence", "keep only the lines between"],

@@ -290,11 +290,14 @@ class _Validator:
             self._ref(("agents", name, "keys"), agent.keys, wf.keys, "key pool")
             self._env(("agents", name, "env"), agent.env)
             self._placeholder(("agents", name, "run"), agent.run, agent.env)
+            self._blank(("agents", name, "run"), agent.run)
         for tid, task in wf.tasks.items():
             if task.prompt is not None and task.run is not None:
                 self._placeholder(("tasks", tid, "run"), task.run, task.env)
+            self._blank(("tasks", tid, "run"), task.run)
         for i, check in enumerate(wf.checks):
             self._ref(("checks", i, "lock"), check.lock, wf.locks, "lock")
+            self._blank(("checks", i, "run"), check.run)
         self._ref(("defaults", "agent"), wf.defaults.agent, wf.agents, "agent")
 
         ids = list(wf.tasks)
@@ -459,6 +462,16 @@ class _Validator:
                     f"check the flags against your version's `{name} --help`)"
                 )
             self.problem(path, f"unknown {kind} {name!r}" + did_you_mean(name, known), hint=hint)
+
+    def _blank(self, path: tuple[str | int, ...], command: str | None) -> None:
+        """A command of only spaces: the shell runs nothing and it succeeds, unnoticed."""
+        if command and not command.strip():
+            self.problem(
+                path,
+                f"{describe_path(path)} is blank: a command of only spaces runs nothing, "
+                "and succeeds",
+                hint="write the command it is to run",
+            )
 
     def _placeholder(
         self, path: tuple[str | int, ...], run: str, env: typing.Mapping[str, str]
