@@ -1084,6 +1084,26 @@ def test_a_repository_a_task_makes_inside_its_worktree_is_sent_back_not_lost(
     assert "160000" not in tree and "w/x" not in tree
 
 
+def test_a_signal_from_a_worktree_holding_a_repository_of_its_own_says_why_it_failed(
+    repo: Path,
+) -> None:
+    run_a = "mkdir n && cd n && git init -q && echo 1 > f && cd .. && abreast signal ready"
+    path = workflow(
+        repo,
+        {
+            "a": {"signals": ["ready"], "run": run_a, "retries": 0},
+            "b": {"needs": ["a:ready"], "run": "true"},
+        },
+    )
+    code, out, _ = run(repo, path)
+    assert code == 1, out
+    assert "Traceback" not in out
+    assert (
+        "| abreast: error: could not take a snapshot of the worktree's files for the signal "
+        "'ready': made a git repository of its own inside its worktree: n/"
+    ) in out
+
+
 # -- Python packages installed in editable mode from the checkout ---------------------------
 
 

@@ -159,13 +159,23 @@ def signal_run(name: str) -> str:
             )
         worktree = os.environ.get("ABREAST_WORKTREE")
         if worktree:  # before the signal is journaled: the waiting tasks start with it
-            from abreast.workspace.repo import signal_ref, snapshot
+            from abreast.workspace.git import GitError
+            from abreast.workspace.repo import Repo, signal_ref, snapshot
 
-            snapshot(
-                Path(worktree),
-                signal_ref(run_id, task_id, name),
-                f"abreast: {task_id} signalled {name!r} (run {run_id}): its files then",
-            )
+            try:
+                snapshot(
+                    Path(worktree),
+                    signal_ref(run_id, task_id, name),
+                    f"abreast: {task_id} signalled {name!r} (run {run_id}): its files then",
+                )
+            except GitError as e:
+                from abreast.workspace.submodules import own_repos, own_repos_text
+
+                found = own_repos(Repo(Path(worktree)), Path(worktree))
+                raise UsageError(
+                    f"could not take a snapshot of the worktree's files for the signal {name!r}: "
+                    + (own_repos_text(found) if found else str(e))
+                ) from None
         fresh = journal.add_signal(run_id, task_id, name)
         # SIGUSR1 wakes the orchestrator to read it at once, when it runs on this machine;
         # one elsewhere (this task runs on a Ray node) reads new signals every tick. The
