@@ -573,6 +573,33 @@ def test_what_a_merge_check_leaves_running_is_ended_with_the_run(
     assert [p for p in pids.read_text().split() if pid_alive(int(p))] == []
 
 
+def test_a_repository_git_will_not_use_is_an_error_not_a_run_in_place(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Taken for no repository at all: the run went ahead with isolation none, its tasks
+    # working side by side in the checkout itself, with a note that it is not git.
+    path = workflow(repo, {"a": {"run": "echo a > a.txt"}})
+    with (repo / ".git" / "config").open("a") as f:
+        f.write("[core\n")
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=repo)
+    assert result.code == 2, result.out + result.err
+    assert f"git cannot use the repository holding {repo}: bad config line" in result.err
+    assert not (repo / "a.txt").exists() and not (repo / ".abreast" / "state.db").exists()
+    if os.geteuid() != 0:
+        return  # the rest needs to give the repository to another user
+    fixed = (repo / ".git" / "config").read_text().replace("[core\n", "")
+    (repo / ".git" / "config").write_text(fixed)
+    shutil.copytree(repo, tmp_path / "theirs")
+    theirs = tmp_path / "theirs"
+    for where, _, files in os.walk(theirs):
+        for name in [".", *files]:
+            os.chown(os.path.join(where, name), 4321, 4321)
+    result = run_abreast("run", str(theirs / "abreast.yaml"), "--no-monitor", cwd=theirs)
+    assert result.code == 2, result.out + result.err
+    assert f"detected dubious ownership in repository at '{theirs}'" in result.err
+    assert f"git config --global --add safe.directory {theirs} (if you trust it)" in result.err
+
+
 def test_worktree_isolation_outside_git_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "w.json"
     path.write_text(

@@ -806,6 +806,15 @@ def _main(parser: argparse.ArgumentParser, argv: list[str], command: list[str]) 
     except AbreastError as e:
         print(f"abreast: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:
+        from abreast.workspace.git import GitError
+
+        if not isinstance(e, GitError):
+            raise
+        # The repository refused something (permissions, a full disk, a corrupt object):
+        # what git said, not a traceback.
+        print(f"abreast: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("abreast: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

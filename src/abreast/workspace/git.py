@@ -114,8 +114,28 @@ def toplevel(path: str | Path) -> Path | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     if proc.returncode != 0:
-        return None
+        said = [line for line in proc.stderr.splitlines() if line.strip()]
+        nowhere = "not a git repository (or any" in proc.stderr
+        if nowhere or not any((p / ".git").exists() for p in (start, *start.parents)):
+            return None
+        # A repository git will not use (its config broken, owned by another user, ...):
+        # taken for no repository, its tasks would run in place, without worktrees.
+        dubious = "dubious ownership" in proc.stderr
+        raise UsageError(
+            f"git cannot use the repository holding {start}: "
+            + (said[0].removeprefix("fatal: ") if said else f"exit {proc.returncode}"),
+            hint=f"git config --global --add safe.directory {_owner_dir(proc.stderr, start)}"
+            " (if you trust it)"
+            if dubious
+            else "`git status` there says the same: put the repository right",
+        )
     return Path(proc.stdout.strip())
+
+
+def _owner_dir(stderr: str, start: Path) -> str:
+    """The directory git's "dubious ownership" message names (its safe.directory)."""
+    m = re.search(r"dubious ownership in repository at '([^']+)'", stderr)
+    return m[1] if m else str(start)
 
 
 def exclude_locally(repo: Path, pattern: str) -> None:
