@@ -1575,10 +1575,12 @@ def test_with_containment_warn_a_deleted_branch_is_only_warned_about(repo: Path)
     )
     code, out, _ = run(repo, path)
     assert code == 0, out
-    assert (
+    said = (
         f"warning: your branch old-work was deleted (`git update-ref refs/heads/old-work {was}`"
         " puts it back) while tidy ran"
-    ) in out
+    )
+    assert f"] {said}" in out  # as it happened
+    assert f"\n  {said}" in out.split("\nrun wt-", 1)[1]  # and again in the summary
     assert git(repo, "branch", "--list", "old-work") == ""  # your own deletion stays done
 
 

@@ -1337,7 +1337,7 @@ class Engine:
             failures,
             self.tasks,
             landing,
-            list(self.sup.warnings),
+            list(self.sup.warnings) + self.isolation.warnings,
             self.journal.path,
             changes,
             unlanded=self.isolation.unlanded,

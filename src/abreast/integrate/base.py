@@ -41,6 +41,11 @@ class Isolation:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.note: Callable[[str], None] = lambda _text: None  # a line for the user
+        self.warnings: list[str] = []  # said as they come, and again in the summary
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+        self.note(f"warning: {text}")
 
     async def prepare(self, task_id: str, attempt: int) -> Path:
         return self.root

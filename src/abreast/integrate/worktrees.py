@@ -480,8 +480,8 @@ class WorktreeIsolation(Isolation):
                     what = f"your {c.what} {c.path} was {c.detail}"
                 else:
                     what = f"{c.path} changed in your checkout"
-                self.note(
-                    f"warning: {what} while {who} ran; if a task did it, check its work"
+                self.warn(
+                    f"{what} while {who} ran; if a task did it, check its work"
                     + (" (containment: main_checkout: warn)" if c.blame else "")
                 )
                 continue
