@@ -958,6 +958,37 @@ def test_a_second_run_of_a_workflow_still_running_says_so(tmp_path: Path) -> Non
     assert third.code == 0 and "is running too" not in third.err  # the first one ended
 
 
+SERVE_ON_ITS_PORTS = (
+    "import os, socket, time\n"
+    "ports = [int(p) for p in os.environ['ABREAST_PORTS'].split()]\n"
+    "assert int(os.environ['ABREAST_PORT']) == ports[0]\n"
+    "socks = []\n"
+    "for p in ports:\n"
+    "    s = socket.socket()\n"
+    "    s.bind(('', p))\n"  # EADDRINUSE (the attempt fails) if a neighbour has it
+    "    s.listen()\n"
+    "    socks.append(s)\n"
+    "print(*ports)\n"
+    "time.sleep(0.4)\n"  # side by side with the others, each holding its ports
+)
+
+
+def test_tasks_that_ask_for_ports_get_free_ones_no_two_alike(tmp_path: Path) -> None:
+    # Servers started side by side by tasks (a dev server, a test suite's own) all
+    # wanted port 3000: `ports: N` gives each attempt N free ports of its own.
+    (tmp_path / "serve.py").write_text(SERVE_ON_ITS_PORTS)
+    serve = f"{sys.executable} serve.py"
+    tasks: dict[str, Any] = {f"s{i}": {"run": serve} for i in range(4)}
+    tasks["plain"] = {"run": 'echo "[${ABREAST_PORT-none}]"', "ports": 0}
+    wf = write_workflow(tmp_path, "ports", tasks, max_parallel=5, defaults={"ports": 2})
+    result = run_abreast("run", str(wf), "--plain", "--no-monitor", cwd=tmp_path)
+    assert result.code == 0, result.out + result.err
+    logs = next((tmp_path / ".abreast" / "runs").glob("*/logs"))
+    held = [int(p) for i in range(4) for p in (logs / f"s{i}.1.log").read_text().split()]
+    assert len(held) == 8 and len(set(held)) == 8
+    assert (logs / "plain.1.log").read_text() == "[none]\n"
+
+
 def test_no_journal_yet_is_a_clear_message(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("status", "--state", f"sqlite://{tmp_path}/none/state.db")
     assert result.code == 2

@@ -36,6 +36,7 @@ from abreast.coord.backend import Lease
 from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
 from abreast.engine.monitor import ResourceMonitor
+from abreast.engine.ports import PortBook
 from abreast.engine.states import FAILED_STATES, TaskState, check_transition
 from abreast.engine.supervise import Supervisor
 from abreast.executor.local import Executor, Exit, Launch, LocalExecutor, Running
@@ -272,6 +273,7 @@ class Engine:
         self._adoptions: Adoptions | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._scrubs: set[asyncio.Future[int]] = set()  # logs being rid of key values
+        self._ports = PortBook()  # held by running attempts of tasks with `ports:`
         self._tick_handle: asyncio.TimerHandle | None = None
         self._last_heartbeat = 0.0
         self._last_cap = 0  # as last journaled (run.cap)
@@ -622,6 +624,10 @@ class Engine:
         )
         if not self.isolation.instant:
             env["ABREAST_WORKTREE"] = cwd  # where `abreast signal` snapshots its files from
+        if task.ports:
+            ports = self._ports.take(tr.id, task.ports)
+            env["ABREAST_PORT"] = str(ports[0])
+            env["ABREAST_PORTS"] = " ".join(map(str, ports))
         inputs = self._inputs(tr)
         if inputs:
             path = output.removesuffix(".json") + ".inputs.json"
@@ -744,6 +750,8 @@ class Engine:
             tr.timer.cancel()
             tr.timer = None
         tr.running = None
+        if tr.task.ports:
+            self._ports.give_back(tr.id)
         if running is not None and self._executor and self._executor.leftovers(running):
             self._kill(running)  # it left processes behind in its group: end them too
         if running is not None:

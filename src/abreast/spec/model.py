@@ -368,6 +368,9 @@ class TaskFields:
     backoff: Backoff = Backoff()
     estimate: Duration | None = None
     max_iterations: Annotated[int, Ge(1), Le(100)] = 3
+    ports: Annotated[
+        int, Ge(0), Le(64), Doc("free TCP ports each attempt gets, in $ABREAST_PORT(S)")
+    ] = 0
     pools: list[str] = field(default_factory=list)
     locks: list[str] = field(default_factory=list)
     env: dict[str, EnvValue] = field(default_factory=dict)
