@@ -9,6 +9,7 @@ max_parallel: 4
 defaults:
   timeout: 30m
   retries: 1                 # extra attempts after a failure, a conflict or a red check
+#   ports: 1                 # a free TCP port per attempt in $ABREAST_PORT (for servers)
 
 # agents:
 #   claude:
