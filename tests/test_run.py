@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -987,6 +988,30 @@ def test_tasks_that_ask_for_ports_get_free_ones_no_two_alike(tmp_path: Path) -> 
     held = [int(p) for i in range(4) for p in (logs / f"s{i}.1.log").read_text().split()]
     assert len(held) == 8 and len(set(held)) == 8
     assert (logs / "plain.1.log").read_text() == "[none]\n"
+
+
+def test_an_attempt_over_its_max_memory_is_killed_saying_so(tmp_path: Path) -> None:
+    # A runaway agent or test suite took the machine's memory from its neighbours (and
+    # the OOM killer picks its own victim): `max_memory` ends the attempt first.
+    hog = (
+        f"{sys.executable} -c 'import time\nb = []\n"
+        "while True: b.append(bytearray(16 << 20)); time.sleep(0.02)'"
+    )
+    wf = write_workflow(
+        tmp_path,
+        "mem",
+        {"hog": {"run": hog}, "calm": {"run": "sleep 0.2"}},
+        defaults={"max_memory": "150MB", "timeout": 60},
+    )
+    result = run_abreast("run", str(wf), "--plain", "--no-monitor", cwd=tmp_path)
+    assert result.code == 1, result.out + result.err
+    said = re.search(
+        r"hog \(failed\): its process tree used ([\d.]+) MB of memory, over its max_memory "
+        r"of 150.0 MB; it was killed",
+        result.out,
+    )
+    assert said and float(said[1]) > 150, result.out
+    assert re.search(r"(?m)^  calm +succeeded", result.out)
 
 
 def test_no_journal_yet_is_a_clear_message(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

@@ -680,6 +680,7 @@ class Engine:
             leases or [],
             lambda: executor.stats(running),
             None if keys is None else lambda: keys.waiting_on_provider(tr.id, n),
+            max_rss=tr.task.max_memory,
         )
         self.journal.stage_attempt(
             self.run_id,

@@ -40,6 +40,7 @@ from abreast.executor.locked import describe
 from abreast.executor.logs import log_limit_passed, log_size
 from abreast.executor.process import end_lease_holders, fence, tree_stats
 from abreast.integrate.checks import Held
+from abreast.spec.durations import format_size
 from abreast.spec.model import Workflow
 
 _FAILED = object()  # a backend call that raised (as opposed to answering None)
@@ -64,6 +65,7 @@ class Watch:
     last_sign: tuple[float, int, int] = (0.0, 0, 0)
     last_beat: float = 0.0
     peak_rss: int = 0
+    max_rss: int | None = None  # the task's `max_memory`
 
 
 @dataclass
@@ -246,9 +248,10 @@ class Supervisor:
         leases: list[Lease],
         stats: Callable[[], tuple[int, float, int] | None] | None = None,
         waiting: Callable[[], bool] | None = None,
+        max_rss: int | None = None,
     ) -> None:
         key = self._attempt_key(task_id, attempt)
-        self.watches[task_id] = Watch(key, pid, log, leases, stats, waiting)
+        self.watches[task_id] = Watch(key, pid, log, leases, stats, waiting, max_rss=max_rss)
 
     def _attempt_key(self, task_id: str, attempt: int) -> str:
         """The coordinator key an attempt's heartbeat is kept under."""
@@ -305,6 +308,13 @@ class Supervisor:
                 sampled = (0, 0.0, 0)
             rss, cpu, io = sampled
             w.peak_rss = max(w.peak_rss, rss)
+            if w.max_rss is not None and rss > w.max_rss:
+                why = (
+                    f"its process tree used {format_size(rss)} of memory, over its "
+                    f"max_memory of {format_size(w.max_rss)}; it was killed"
+                )
+                trouble.append(Trouble(task_id, why, "memory_limit"))
+                continue
             size = log_size(w.log)
             limit = self.wf.logs.max_size
             if limit and size > limit:

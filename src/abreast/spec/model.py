@@ -371,6 +371,11 @@ class TaskFields:
     ports: Annotated[
         int, Ge(0), Le(64), Doc("free TCP ports each attempt gets, in $ABREAST_PORT(S)")
     ] = 0
+    max_memory: Annotated[
+        Size | None,
+        Ge(1 << 20),
+        Doc("an attempt whose process tree uses more memory (RSS) than this is killed"),
+    ] = None
     pools: list[str] = field(default_factory=list)
     locks: list[str] = field(default_factory=list)
     env: dict[str, EnvValue] = field(default_factory=dict)
