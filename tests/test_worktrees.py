@@ -1573,7 +1573,7 @@ def test_with_containment_warn_a_deleted_branch_is_only_warned_about(repo: Path)
         {"tidy": {"run": "git branch -D old-work"}},
         containment={"main_checkout": "warn"},
     )
-    code, out, _ = run(repo, path)
+    code, out, run_id = run(repo, path)
     assert code == 0, out
     said = (
         f"warning: your branch old-work was deleted (`git update-ref refs/heads/old-work {was}`"
@@ -1581,6 +1581,8 @@ def test_with_containment_warn_a_deleted_branch_is_only_warned_about(repo: Path)
     )
     assert f"] {said}" in out  # as it happened
     assert f"\n  {said}" in out.split("\nrun wt-", 1)[1]  # and again in the summary
+    report = run_abreast("report", run_id, cwd=repo)  # and in the report, from the journal
+    assert f"\n  {said}; if a task did it, check its work" in report.out
     assert git(repo, "branch", "--list", "old-work") == ""  # your own deletion stays done
 
 

@@ -421,6 +421,7 @@ class Supervisor:
                     limit_bytes=limit,
                     baseline_bytes=base,
                     now_bytes=value,
+                    warning=text,
                 )
 
     def close(self) -> None:

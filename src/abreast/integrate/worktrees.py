@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
@@ -463,6 +464,10 @@ class WorktreeIsolation(Isolation):
                 if x.started - SLACK_S <= c.mtime <= (x.ended or now) + SLACK_S
             ]
             blamed = c.blame and not (warn_only and c.what in YOURS)
+            warning = None if blamed else _warning(c, suspects)
+            said: dict[str, Any] = {"detail": c.detail} if c.detail else {}
+            if warning:
+                said["warning"] = warning
             self.journal.stage_event(
                 self.run_id,
                 "containment.violation",
@@ -471,19 +476,10 @@ class WorktreeIsolation(Isolation):
                 path=c.path,
                 suspects=[f"{x.task_id}.{x.attempt}" for x in suspects],
                 blamed=blamed,
+                **said,
             )
-            if not blamed:
-                who = ", ".join(x.task_id for x in suspects) or "no task"
-                if c.what == "stash":
-                    what = f"your stash entry {c.path!r} was dropped"
-                elif c.detail:
-                    what = f"your {c.what} {c.path} was {c.detail}"
-                else:
-                    what = f"{c.path} changed in your checkout"
-                self.warn(
-                    f"{what} while {who} ran; if a task did it, check its work"
-                    + (" (containment: main_checkout: warn)" if c.blame else "")
-                )
+            if warning:
+                self.warn(warning)
                 continue
             for x in suspects:
                 self._blamed.setdefault((x.task_id, x.attempt), []).append(c)
@@ -596,6 +592,21 @@ class WorktreeIsolation(Isolation):
 # tags): with `containment: {main_checkout: warn}` changes to these are warned about, not
 # blamed.
 YOURS = ("main checkout", "stash", "branch", "tag")
+
+
+def _warning(c: Change, suspects: list[_Attempt]) -> str:
+    """What is said of a change containment does not blame (`main_checkout: warn`, a moved
+    branch): as it happens, in the summary and in `abreast report`."""
+    who = ", ".join(x.task_id for x in suspects) or "no task"
+    if c.what == "stash":
+        what = f"your stash entry {c.path!r} was dropped"
+    elif c.detail:
+        what = f"your {c.what} {c.path} was {c.detail}"
+    else:
+        what = f"{c.path} changed in your checkout"
+    return f"{what} while {who} ran; if a task did it, check its work" + (
+        " (containment: main_checkout: warn)" if c.blame else ""
+    )
 
 
 def _said(c: Change) -> str:

@@ -20,6 +20,9 @@ from abreast.executor.logs import log_tail
 from abreast.observe import rundata
 from abreast.spec.durations import format_duration as fmt
 
+# Events that carry a warning the run said (and its summary repeated).
+WARNING_EVENTS = ("containment.violation", "memory.leak_suspected")
+
 
 def build(journal: Journal, run_id: str) -> dict[str, Any]:
     data = rundata.load(journal, run_id)
@@ -103,6 +106,11 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
             if a.started_at is not None
         ],
         "failures": failures,
+        "warnings": [
+            str(e.data["warning"])
+            for e in journal.events(run_id, types=WARNING_EVENTS)
+            if e.data.get("warning")
+        ],
         "landing": (run.summary or {}).get("landing"),
         "merges": _merges(journal, run_id),
     }
@@ -243,6 +251,9 @@ def text(rep: dict[str, Any]) -> str:
     if retried:  # what sent attempts back, the ones that failed the task aside
         out.append("\n  attempts sent back or retried:")
         out += [f"    {x['task']} attempt {x['attempt']}: {x['reason']}" for x in retried]
+    if rep["warnings"]:
+        out.append("")
+        out += [f"  warning: {w}" for w in rep["warnings"]]
     for f in rep["failures"]:
         out.append("")
         out += rundata.failure_lines(
@@ -338,6 +349,9 @@ def html_page(rep: dict[str, Any]) -> str:
     )
     if retried:
         fail_part = f"<h2>attempts sent back or retried</h2><ul>{retried}</ul>" + fail_part
+    warned = "".join(f"<li>{e(w)}</li>" for w in rep["warnings"])
+    if warned:
+        fail_part = f"<h2>warnings</h2><ul>{warned}</ul>" + fail_part
     landing = "<p>" + e(rep["landing"]) + "</p>" if rep["landing"] else ""
     queue = _merge_line(rep["merges"])
     if queue:
