@@ -503,13 +503,14 @@ def _running_beside(journal: Journal, file: str | None) -> list[str]:
     """Notes on runs of the same workflow file running now: started twice (two terminals,
     a run thought dead), the same work is done twice, and without worktrees both runs
     write the same files at once."""
-    if not file:
-        return []
+    running = journal.running_ids(file) if file else []
+    if not running:
+        return []  # (most starts: no imports)
     from abreast.engine.cleanup import ORPHAN_AFTER_S
     from abreast.spec.durations import format_duration
 
     notes = []
-    for run_id in journal.running_ids(file):
+    for run_id in running:
         row = journal.run(run_id)
         if row is None or not orchestrator_alive(row):
             continue
