@@ -509,10 +509,20 @@ def test_tasks_start_with_default_signal_dispositions(tmp_path: Path) -> None:
 
 
 def test_invalid_output_fails_the_attempt(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    path = workflow(tmp_path, {"t": {"run": 'echo "not json" > "$ABREAST_OUTPUT"'}})
+    path = workflow(
+        tmp_path,
+        {
+            "t": {"run": 'echo "not json" > "$ABREAST_OUTPUT"'},
+            # What Python's json.dump writes for float("nan"): no JSON, and a dependent's
+            # reader of $ABREAST_INPUTS (jq, JSON.parse) would choke on it.
+            "n": {"run": 'echo \'{"score": NaN, "x": -Infinity}\' > "$ABREAST_OUTPUT"'},
+        },
+    )
     result = cli("run", str(path), "--no-monitor")
     assert result.code == 1
-    assert "wrote invalid JSON to $ABREAST_OUTPUT" in result.out
+    assert "t (failed): wrote invalid JSON to $ABREAST_OUTPUT" in result.out
+    said = "n (failed): wrote invalid JSON to $ABREAST_OUTPUT: NaN is not a JSON value"
+    assert said in result.out
 
 
 def test_an_output_nested_too_deep_fails_the_attempt_not_the_run(tmp_path: Path) -> None:

@@ -81,6 +81,12 @@ def hangup_heard() -> bool:
     return signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN
 
 
+def _not_json(word: str) -> Any:
+    """NaN and Infinity, which Python's JSON reader takes and JSON has not: passed on to a
+    dependent (`$ABREAST_INPUTS`), they would break its JSON reader (jq, JSON.parse)."""
+    raise ValueError(f"{word} is not a JSON value (write null, or a number)")
+
+
 def defer_stop_signals() -> None:
     """From the moment the journal names this process a run's orchestrator, `abreast
     cancel` (SIGTERM) and `abreast signal` (SIGUSR1) are sent to it, and by default
@@ -964,7 +970,7 @@ class Engine:
             text = redacted  # journaled, shown and passed on without it
             scrub_secrets(path, keys.secrets())  # nor kept on disk
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_not_json)
             too_deep = json_depth(data) > MAX_OUTPUT_DEPTH
         except ValueError as e:  # not JSON; or a number of over 4300 digits
             return {}, f"wrote invalid JSON to $ABREAST_OUTPUT: {e}"
