@@ -87,6 +87,20 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def reaper(pid: int) -> tuple[Callable[[], bool], list[int]]:
+    """For `wait_for`: a predicate that is true once child `pid` has ended, and the list
+    its waitpid status is appended to then."""
+    status: list[int] = []
+
+    def ended() -> bool:
+        done, code = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status.append(code)
+        return bool(done)
+
+    return ended, status
+
+
 def ignored_signals(sigign_line: str) -> set[str]:
     """The names of the signals a `grep SigIgn /proc/$$/status` line says are ignored."""
     mask = int(sigign_line.split()[1], 16)

@@ -28,6 +28,7 @@ from tests.helpers import (
     pairs_overlapping,
     pid_alive,
     query,
+    reaper,
     start_run,
     wait_for,
     write_recorder,
@@ -1504,14 +1505,7 @@ def test_ctrl_c_in_a_shell_loop_stops_the_loop_not_just_the_run(tmp_path: Path) 
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    status: list[int] = []
-
-    def ended() -> bool:
-        done, code = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status.append(code)
-        return bool(done)
-
+    ended, status = reaper(pid)
     try:
         wait_for(lambda: (tmp_path / "started").exists(), what="the first run's task")
         os.write(fd, b"\x03")  # Ctrl-C, as typed
@@ -1612,14 +1606,7 @@ def on_a_closed_terminal(argv: list[str], cwd: Path, started: Path) -> int:
     if pid == 0:
         os.chdir(cwd)
         os.execvp(argv[0], argv)
-    status: list[int] = []
-
-    def ended() -> bool:
-        done, code = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status.append(code)
-        return bool(done)
-
+    ended, status = reaper(pid)
     try:
         wait_for(lambda: started.exists(), what="the run's task to start")
         os.close(fd)  # the window shut, the connection dropped: SIGHUP to the session

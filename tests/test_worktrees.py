@@ -1514,16 +1514,19 @@ def test_an_agent_that_pops_your_stash_is_sent_back_and_the_entry_put_back(repo:
     assert show(repo, result, "README.md") == "# project\n"  # your work did not
 
 
+def run_warned(repo: Path, task_id: str, command: str) -> tuple[str, str]:
+    """Run one task under `containment: {main_checkout: warn}`; (its output, the run id)
+    of a run that succeeded."""
+    path = workflow(repo, {task_id: {"run": command}}, containment={"main_checkout": "warn"})
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    return out, run_id
+
+
 def test_with_containment_warn_a_dropped_stash_entry_is_only_warned_about(repo: Path) -> None:
     (repo / "README.md").write_text("# my unfinished work\n")
     git(repo, "stash", "push", "-q", "-m", "my wip")
-    path = workflow(
-        repo,
-        {"careless": {"run": "git stash -q; git stash pop -q; true"}},
-        containment={"main_checkout": "warn"},
-    )
-    code, out, _ = run(repo, path)
-    assert code == 0, out
+    out, _ = run_warned(repo, "careless", "git stash -q; git stash pop -q; true")
     assert "warning: your stash entry 'On main: my wip' was dropped while careless ran" in out
     assert "my wip" not in git(repo, "stash", "list")  # your own pop is left as you did it
 
@@ -1568,13 +1571,7 @@ def test_an_agent_that_deletes_your_branches_is_sent_back_and_a_move_is_said(
 def test_with_containment_warn_a_deleted_branch_is_only_warned_about(repo: Path) -> None:
     git(repo, "branch", "old-work")
     was = git(repo, "rev-parse", "old-work").strip()[:12]
-    path = workflow(
-        repo,
-        {"tidy": {"run": "git branch -D old-work"}},
-        containment={"main_checkout": "warn"},
-    )
-    code, out, run_id = run(repo, path)
-    assert code == 0, out
+    out, run_id = run_warned(repo, "tidy", "git branch -D old-work")
     said = (
         f"warning: your branch old-work was deleted (`git update-ref refs/heads/old-work {was}`"
         " puts it back) while tidy ran"
