@@ -806,7 +806,12 @@ def _main(parser: argparse.ArgumentParser, argv: list[str], command: list[str]) 
     except AbreastError as e:
         print(f"abreast: error: {e}", file=sys.stderr)
         return e.exit_code
-    except Exception as e:
+    except KeyboardInterrupt:
+        print("abreast: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # last: a GitError only (imported when one may be it)
         from abreast.workspace.git import GitError
 
         if not isinstance(e, GitError):
@@ -815,8 +820,3 @@ def _main(parser: argparse.ArgumentParser, argv: list[str], command: list[str]) 
         # what git said, not a traceback.
         print(f"abreast: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("abreast: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return 0
