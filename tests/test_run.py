@@ -1006,7 +1006,9 @@ def test_an_attempt_over_its_max_memory_is_killed_saying_so(tmp_path: Path) -> N
     # the OOM killer picks its own victim): `max_memory` ends the attempt first.
     hog = (
         f"{sys.executable} -c 'import time\nb = []\n"
-        "while True: b.append(bytearray(16 << 20)); time.sleep(0.02)'"
+        # 400 MB at most, whatever happens: a test machine's memory is not to be spent.
+        "for _ in range(25): b.append(bytearray(16 << 20)); time.sleep(0.05)\n"
+        "time.sleep(60)'"
     )
     wf = write_workflow(
         tmp_path,
