@@ -44,18 +44,19 @@ def command_notes(
     """The notes for `wf`'s commands, run at `root`. With worktrees, `committed` is the
     repository, the commit tasks start from and the workflow file's path in it."""
     misplaced = wf.source is not None and Path(wf.source).parent.resolve() != root.resolve()
-    users = _command_users(wf) if committed is not None or misplaced else {}
+    commands = _commands(wf)
+    users = _command_users(commands) if committed is not None or misplaced else {}
     out = [] if committed is None else _unseen(users, wf, *committed)
     if misplaced:
         out += _misplaced(root, wf, users)
-    return out + _not_on_path(wf) + _crlf(root, wf)
+    return out + _not_on_path(wf) + _crlf(root, commands)
 
 
-def _command_users(wf: Workflow) -> dict[str, list[str]]:
-    """The words of tasks' and checks' commands (and agents' `run`) that may be paths
+def _command_users(commands: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The words of the workflow's distinct `commands` that may be paths
     (`spec.commands.command_paths`), each with the tasks and checks whose command names it."""
     users: dict[str, list[str]] = {}
-    for command, who in _commands(wf).items():
+    for command, who in commands.items():
         for path in command_paths(command):
             users.setdefault(path, []).extend(who)
     return users
@@ -141,11 +142,11 @@ def _not_on_path(wf: Workflow) -> list[str]:
     ]
 
 
-def _crlf(root: Path, wf: Workflow) -> list[str]:
+def _crlf(root: Path, commands: dict[str, list[str]]) -> list[str]:
     """Scripts commands run directly that were saved with Windows line endings."""
     return [
         f"note: {crlf_text(script)}{_named_by(who)}"
-        for command, who in _commands(wf).items()
+        for command, who in commands.items()
         if (script := crlf_script(root, command)) is not None
     ]
 

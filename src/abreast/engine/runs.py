@@ -499,14 +499,13 @@ def _base_commit(
     return commit
 
 
-def _running_beside(journal: Journal, file: str | None) -> list[str]:
+def _running_beside(journal: Journal, wf: Workflow) -> list[str]:
     """Notes on runs of the same workflow file running now: started twice (two terminals,
     a run thought dead), the same work is done twice, and without worktrees both runs
     write the same files at once."""
-    running = journal.running_ids(file) if file else []
+    running = journal.running_ids(wf.source) if wf.source else []
     if not running:
         return []  # (most starts: no imports)
-    from abreast.engine.cleanup import ORPHAN_AFTER_S
     from abreast.spec.durations import format_duration
 
     notes = []
@@ -514,7 +513,8 @@ def _running_beside(journal: Journal, file: str | None) -> list[str]:
         row = journal.run(run_id)
         if row is None or not orchestrator_alive(row):
             continue
-        if not on_this_host(row) and time.time() - (row.heartbeat_at or 0) > ORPHAN_AFTER_S:
+        silent = time.time() - (row.heartbeat_at or 0) > wf.heartbeat.orphan_after
+        if not on_this_host(row) and silent:
             continue  # elsewhere and silent: dead, as far as anyone here can tell
         where = f"pid {row.pid}" + ("" if on_this_host(row) else f" on {row.host}")
         ago = format_duration(max(0.0, time.time() - row.started_at))
@@ -579,7 +579,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 "ray_address": cluster.address if cluster and not cluster.started_here else None,
                 "tag": tag,
             }
-            for line in _running_beside(journal, p.wf.source):
+            for line in _running_beside(journal, p.wf):
                 _note(line)
             defer_stop_signals()
             journal.create_run(

@@ -29,9 +29,9 @@ _REF = re.compile(
 )
 
 
-def expand(value: str, environ: Mapping[str, str], unset: list[str]) -> str:
+def expand(value: str, environ: Mapping[str, str], wrong: list[str]) -> str:
     """`value` with its references replaced; what is wrong (names not set in `environ`,
-    a form not understood) is added to `unset` (and the reference replaced by nothing)."""
+    a form not understood) is added to `wrong` (and the reference replaced by nothing)."""
     if "$" not in value:
         return value
 
@@ -40,7 +40,7 @@ def expand(value: str, environ: Mapping[str, str], unset: list[str]) -> str:
             return "$"
         name = m[1] or m[4]
         if name is None:
-            unset.append(
+            wrong.append(
                 f"{m[0]} is not a form abreast expands: `$NAME`, `${{NAME}}`, "
                 "`${NAME:-default}`, `${NAME-default}`, `${NAME:?message}`"
             )
@@ -52,7 +52,7 @@ def expand(value: str, environ: Mapping[str, str], unset: list[str]) -> str:
         if missing:
             said = f" ({m[3]})" if m[2] is not None and m[3] else ""
             empty = "empty" if got == "" else "not set"
-            unset.append(f"${name} is {empty} in abreast's environment{said}")
+            wrong.append(f"${name} is {empty} in abreast's environment{said}")
             return ""
         return str(got)
 
@@ -67,9 +67,9 @@ def expand_env(wf: Workflow, environ: Mapping[str, str]) -> Workflow:
     def each(where: str, env: Mapping[str, str]) -> dict[str, str]:
         out = {}
         for key, value in env.items():
-            unset: list[str] = []
-            out[key] = expand(value, environ, unset)
-            problems.extend(f"{where}.env.{key}: {why}" for why in dict.fromkeys(unset))
+            wrong: list[str] = []
+            out[key] = expand(value, environ, wrong)
+            problems.extend(f"{where}.env.{key}: {why}" for why in dict.fromkeys(wrong))
         return out
 
     envs = [t.env for t in wf.tasks.values()] + [a.env for a in wf.agents.values()]
