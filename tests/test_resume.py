@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -629,3 +630,41 @@ def test_the_time_between_a_cancel_and_its_resume_is_not_the_runs(tmp_path: Path
     timeline = json.loads(run_abreast("report", run_id, "--json", "--state", state).out)
     ends = [bar["end_s"] for bar in timeline["timeline"]]
     assert len(ends) == 3 and max(ends) < 60, ends  # a's two attempts and b, no 3-day gap
+
+
+def test_retry_failed_with_force_goes_by_the_fixed_file(tmp_path: Path) -> None:
+    # The usual fix for a failed task is in the workflow file itself (a wrong command, a
+    # task that should not be there). `resume --retry-failed --force` goes by the file
+    # as it is now: the fixed task runs again, one removed is skipped (not left failed
+    # in a run that succeeded), the task it blocked runs, and succeeded ones do not.
+    ran = tmp_path / "ran"
+    tasks: dict[str, Any] = {
+        "a": {"run": f"echo a >> {ran}"},
+        "b": {"run": "exit 7"},
+        "gone": {"run": "exit 1"},
+        "d": {"needs": ["a", "b", "gone"], "run": f"echo d >> {ran}"},
+    }
+    path = write_workflow(tmp_path, "fix", tasks)
+    first = run_abreast("run", str(path), "--plain", "--no-monitor", cwd=tmp_path)
+    assert first.code == 1
+    run_id = first.out.splitlines()[0][5:]
+    tasks["b"]["run"] = f"echo b >> {ran}"
+    del tasks["gone"]
+    tasks["d"]["needs"] = ["a", "b"]
+    write_workflow(tmp_path, "fix", tasks)
+    refused = run_abreast("resume", run_id, "--retry-failed", cwd=tmp_path)
+    assert refused.code == 2 and "changed since run" in refused.err
+    again = run_abreast(
+        "resume", run_id, "--retry-failed", "--force", "--plain", "--no-monitor", cwd=tmp_path
+    )
+    assert again.code == 0, again.out + again.err
+    assert sorted(ran.read_text().split()) == ["a", "b", "d"]
+    status = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
+    states = {t["id"]: (t["state"], t["attempts"], t["reason"]) for t in status["tasks"]}
+    assert states == {
+        "a": ("succeeded", 1, None),
+        "b": ("succeeded", 2, None),
+        "gone": ("skipped", 1, "removed from the workflow file (resumed with --force)"),
+        "d": ("succeeded", 1, None),
+    }
+    assert status["state"] == "succeeded"

@@ -1770,3 +1770,100 @@ def test_a_check_whose_log_runs_away_is_ended_by_logs_max_size(repo: Path) -> No
     assert sizes and all(1_000_000 < size < 100_000_000 for size in sizes), sizes
     for log in logs:
         log.unlink()  # not kept with the test's files
+
+
+def test_resume_retry_failed_runs_the_failed_task_and_those_it_blocked_and_lands(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Five tasks' worth of agent work succeeded, one failed for a cause outside the
+    # repository (fixed now): running them all again was the only way on. With
+    # --retry-failed the failed task runs again as attempt 2, told why attempt 1 failed,
+    # the task it blocked runs after it, what succeeded is not run again, and the run's
+    # --land brings the whole result into main.
+    fixed, ran_a = tmp_path / "fixed", tmp_path / "ran_a"
+    path = workflow(
+        repo,
+        {
+            "a": {"run": f"echo x >> {ran_a}; echo A > a.txt"},
+            "b": {
+                "run": f'printf %s "$ABREAST_FEEDBACK" > {tmp_path}/feedback.$ABREAST_ATTEMPT; '
+                f'test -e {fixed} || {{ echo "the service is down"; exit 3; }}; echo B > b.txt'
+            },
+            "c": {"needs": ["a", "b"], "run": "cat a.txt b.txt > c.txt"},
+        },
+    )
+    code, out, run_id = run(repo, path, "--land")
+    assert code == 1 and "blocked: c" in out, out
+    assert f"run again once fixed: abreast resume {run_id} --retry-failed" in out
+    refused = run_abreast("resume", run_id, cwd=repo)
+    assert refused.code == 2 and "already finished (failed)" in refused.err
+    assert f"`abreast resume {run_id} --retry-failed` runs its failed task(s) (b)" in refused.err
+    fixed.touch()
+    again = run_abreast("resume", "--retry-failed", "--plain", "--no-monitor", cwd=repo)
+    assert again.code == 0, again.out + again.err
+    assert "b: failed; run again (--retry-failed)" in again.out
+    assert ran_a.read_text() == "x\n"  # a is not run again
+    feedback = (tmp_path / "feedback.2").read_text()
+    assert feedback.startswith("exit 3") and "the service is down" in feedback
+    assert show(repo, "main", "c.txt") == "A\nB\n"  # landed: the run's --land holds
+    status = json.loads(run_abreast("status", run_id, "--json", cwd=repo).out)
+    assert status["state"] == "succeeded"
+    tries = {t["id"]: (t["state"], t["attempts"]) for t in status["tasks"]}
+    assert tries == {"a": ("succeeded", 1), "b": ("succeeded", 2), "c": ("succeeded", 1)}
+    nothing = run_abreast("resume", run_id, "--retry-failed", cwd=repo)
+    assert nothing.code == 2 and "has no failed task to run again" in nothing.err
+
+
+def test_a_file_committed_after_the_run_started_is_named_as_such_when_a_task_misses_it(
+    repo: Path,
+) -> None:
+    # A retried task's run starts from the run's base, not the checkout's newer commits:
+    # the failure said "fix.sh is in your checkout but not committed" of a committed file.
+    path = workflow(repo, {"b": {"run": "sh fix.sh"}})
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    (repo / "fix.sh").write_text("echo fixed\n")
+    git(repo, "add", "fix.sh")
+    git(repo, "commit", "-q", "-m", "fix")
+    again = run_abreast("resume", run_id, "--retry-failed", "--plain", "--no-monitor", cwd=repo)
+    assert again.code == 1
+    assert "fix.sh was committed in your checkout after the run started from" in again.out
+    assert "not committed" not in again.out
+
+
+def test_a_resumed_run_whose_result_branch_was_deleted_keeps_the_work_that_landed(
+    repo: Path, tmp_path: Path
+) -> None:
+    # `abreast cleanup --results` (or `git branch -D`) took the result branch of a run
+    # that was to be carried on: resume made it again at the run's base, and the work
+    # that had landed on it was gone from the result of a run that then "succeeded".
+    fixed = tmp_path / "fixed"
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "echo A > a.txt"},
+            "b": {"run": f"test -e {fixed} && echo B > b.txt"},
+        },
+    )
+    code, _, run_id = run(repo, path)
+    assert code == 1
+    assert run_abreast("cleanup", "--results", cwd=repo).code == 0
+    assert integration(run_id) not in git(repo, "branch", "--list", "abreast/*")
+    fixed.touch()
+    again = run_abreast("resume", run_id, "--retry-failed", "--plain", "--no-monitor", cwd=repo)
+    assert again.code == 0, again.out + again.err
+    assert f"the result branch {integration(run_id)} was gone" in again.err
+    assert show(repo, integration(run_id), "a.txt") == "A\n"
+    assert show(repo, integration(run_id), "b.txt") == "B\n"
+    # When the commits went too (garbage-collected), the resume is refused before it takes
+    # the run up: the run stays as it was.
+    fixed.unlink()
+    code, _, second = run(repo, path)
+    assert code == 1
+    assert run_abreast("cleanup", "--results", cwd=repo).code == 0
+    git(repo, "reflog", "expire", "--expire=now", "--all")
+    git(repo, "gc", "-q", "--prune=now")
+    refused = run_abreast("resume", second, "--retry-failed", cwd=repo)
+    assert refused.code == 2 and "is gone, and so is the commit" in refused.err, refused.err
+    status = json.loads(run_abreast("status", second, "--json", cwd=repo).out)
+    assert status["state"] == "failed"

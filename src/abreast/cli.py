@@ -168,6 +168,12 @@ def _args_resume(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force", action="store_true", help="resume even though the workflow file changed"
     )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run the failed tasks again (and those they blocked), keeping what succeeded; "
+        "also for a run that ended failed (default RUN: the latest run)",
+    )
     _state_arg(p)
     p.add_argument("--no-monitor", action="store_true")
     p.add_argument("--plain", action="store_true")
@@ -423,7 +429,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    if args.run_id is None:  # the run whose orchestrator is gone, if one is
+    if args.run_id is None and args.retry_failed:  # the latest run's failures
+        from abreast.engine.lookup import find_run, open_journal
+
+        _, journal = open_journal(None, args.state)
+        with journal:
+            args.run_id = find_run(journal, None).id
+    elif args.run_id is None:  # the run whose orchestrator is gone, if one is
         from abreast.engine.lookup import only_run, open_journal, orchestrator_alive
 
         _, journal = open_journal(None, args.state)
@@ -447,6 +459,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             monitor=not args.no_monitor,
             observer=observer,
             ray_address=args.ray_address,
+            retry_failed=args.retry_failed,
         )
     return _finish(outcome)
 

@@ -1362,10 +1362,15 @@ class Engine:
     # -- resume ------------------------------------------------------------------------------
 
     def restore(
-        self, rows: dict[str, dict[str, Any]], interrupted: dict[str, tuple[int, Exit | None]]
+        self,
+        rows: dict[str, dict[str, Any]],
+        interrupted: dict[str, tuple[int, Exit | None]],
+        retry: frozenset[str] = frozenset(),
     ) -> None:
         """Load task states from the journal. `interrupted`: task -> (attempt, how it ended
-        if a status file says so, else None: it is re-run as a new attempt)."""
+        if a status file says so, else None: it is re-run as a new attempt). `retry`: failed
+        tasks to run again (`resume --retry-failed`), with their retries and iterations
+        anew and why they failed as feedback; the tasks they blocked wait for them again."""
         order, _, _ = self.graph.levels()
         for v in order:
             tr = self.tasks[v]
@@ -1389,6 +1394,8 @@ class Engine:
                 tr.finished_at = row["finished_at"]
                 self._d.complete(v)
                 self._wave_left[self._wave[v]] -= 1
+            elif state in FAILED_STATES and tr.id in retry:
+                self._retry_failed(tr, row["reason"] or f"it {state}")
             elif state in FAILED_STATES:
                 tr.state = state
                 tr.finished_at = row["finished_at"]
@@ -1397,7 +1404,10 @@ class Engine:
                 for b in self._d.fail(v):
                     self.tasks[b].state = TaskState.BLOCKED
             elif state is TaskState.BLOCKED:
-                pass  # set again by its failed dependency above
+                if tr.state is not TaskState.BLOCKED:  # what blocked it runs again
+                    self.journal.stage_task(
+                        self.run_id, tr.id, state="pending", reason=None, finished_at=None
+                    )
             elif state is TaskState.INTEGRATING and self.isolation.can_resume_integration(
                 tr.id, tr.attempts
             ):
@@ -1424,6 +1434,25 @@ class Engine:
                 self._wave_left[self._wave[tr.v]] -= 1
             if tr.state.terminal:
                 self._terminal_count += 1
+
+    def _retry_failed(self, tr: TaskRun, reason: str) -> None:
+        """A failed task runs again (`resume --retry-failed`): as a new attempt, with its
+        retries and iterations anew, told why the last one failed."""
+        tail = self._log_tail(tr) if tr.last_log else []
+        detail = reason + ("\nlast lines of its log:\n" + "\n".join(tail) if tail else "")
+        tr.feedback = bounded_feedback(detail)
+        tr.failures = tr.iterations = 0
+        tr.state = TaskState.PENDING
+        self.journal.stage_task(
+            self.run_id,
+            tr.id,
+            state="pending",
+            reason=None,
+            finished_at=None,
+            failures=0,
+            iterations=0,
+            feedback=tr.feedback,
+        )
 
 
 def _priorities(graph: TaskGraph, order: list[int]) -> list[float]:

@@ -31,7 +31,7 @@ from abreast.engine.lookup import (
     waiting_note,
 )
 from abreast.engine.monitor import ResourceMonitor
-from abreast.engine.states import TERMINAL, TaskState
+from abreast.engine.states import FAILED_STATES, TERMINAL, TaskState
 from abreast.engine.supervise import Supervisor
 from abreast.errors import StateError, UsageError
 from abreast.executor.local import Exit
@@ -762,10 +762,12 @@ def resume_run(
     isolation: IsolationFactory | None = None,
     observer: Observer | None = None,
     ray_address: str | None = None,
+    retry_failed: bool = False,
 ) -> RunOutcome:
     """Carry on a run whose orchestrator died (`observer`: one spawned for --dashboard /
     --metrics-port, told the run once it is found; `ray_address`: the Ray cluster to use
-    now, for a run started with `--executor ray`)."""
+    now, for a run started with `--executor ray`; `retry_failed`: its failed tasks run
+    again too, and a run that ended failed is carried on)."""
     found_at, journal = open_journal(None, state)
     with journal:  # closed however this ends, a refusal included
         return _resume_found(
@@ -779,6 +781,7 @@ def resume_run(
             isolation,
             observer,
             ray_address,
+            retry_failed,
         )
 
 
@@ -793,14 +796,27 @@ def _resume_found(
     isolation: IsolationFactory | None,
     observer: Observer | None,
     ray_address: str | None = None,
+    retry_failed: bool = False,
 ) -> RunOutcome:
     row = find_run(journal, run_id)
     # The run's own project, wherever resume is typed; the journal stays where it was found.
     location = dataclasses.replace(found_at, root=Path(row.root))
-    if row.state in ("succeeded", "failed"):
+    failed = [t.task_id for t in journal.tasks(row.id) if TaskState(t.state) in FAILED_STATES]
+    if retry_failed and not failed:
+        raise UsageError(
+            f"run {row.id} has no failed task to run again (it is {row.state})",
+            hint="leave out --retry-failed"
+            if row.state not in ("succeeded", "failed")
+            else "start a new run with `abreast run`",
+        )
+    if row.state in ("succeeded", "failed") and not retry_failed:
         raise UsageError(
             f"run {row.id} already finished ({row.state}); nothing to resume",
-            hint="start a new run with `abreast run`",
+            hint=f"`abreast resume {row.id} --retry-failed` runs its failed task(s) "
+            f"({', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''}) again, and "
+            "those they blocked, keeping what succeeded; `abreast run` starts over"
+            if failed
+            else "start a new run with `abreast run`",
         )
     if orchestrator_alive(row) and not on_this_host(row):
         beat = row.heartbeat_at
@@ -829,6 +845,12 @@ def _resume_found(
             hint="resuming could run a different workflow; pass --force to "
             "resume anyway with the file as it is now",
         )
+    if row.options.get("isolation") == "worktree":
+        from abreast.integrate.worktrees import recover_result
+
+        restored = recover_result(location.root, journal, row.id)
+        if restored:
+            _note(f"note: {restored}")
     cluster = None
     if row.options.get("executor") == "ray":
         cap = int(row.options.get("max_parallel") or wf.max_parallel)
@@ -845,8 +867,9 @@ def _resume_found(
         announce(row.id)
         if observer is not None:
             _observe(observer, location, row.id)
+        retry = frozenset(failed) if retry_failed else frozenset()
         return asyncio.run(
-            _resume(wf, row, journal, location, force, view, monitor, isolation, cluster)
+            _resume(wf, row, journal, location, force, view, monitor, isolation, cluster, retry)
         )
     finally:
         if cluster is not None:
@@ -896,6 +919,7 @@ async def _resume(
     monitor_on: bool,
     isolation: IsolationFactory | None,
     cluster: RayCluster | None = None,
+    retry: frozenset[str] = frozenset(),
 ) -> RunOutcome:
     if cluster is not None:  # the dead orchestrator's attempts on every node
         swept = await asyncio.to_thread(cluster.sweep, row.id, row.options.get("tag"))
@@ -962,7 +986,7 @@ async def _resume(
         finished_at=None,
         options=options,
     )
-    added, removed = _adopt_changed_file(journal, row, p, options) if force else ([], [])
+    added, removed = _adopt_changed_file(journal, row, p, options, retry) if force else ([], [])
     journal.stage_event(
         row.id,
         "run.resumed",
@@ -971,10 +995,13 @@ async def _resume(
         interrupted=sorted(interrupted),
         added=added,
         removed=removed,
+        retried=sorted(retry - set(removed)),
     )
     for what, ids in (("added to", added), ("removed from", removed)):
         if ids:
             view.note(f"{', '.join(ids)}: {what} {row.file} since the run started")
+    if retry - set(removed):
+        view.note(f"{', '.join(sorted(retry - set(removed)))}: failed; run again (--retry-failed)")
     req = RunRequest(
         file=Path(row.file), monitor=monitor_on, isolation=isolation, land=bool(options.get("land"))
     )
@@ -1013,7 +1040,7 @@ async def _resume(
         for a in journal.attempts(row.id):  # what the attempts so far took, for the summary
             if a.task_id in rows and a.wall_s:
                 rows[a.task_id]["busy_s"] += a.wall_s
-        engine.restore(rows, interrupted)
+        engine.restore(rows, interrupted, retry)
         journal.commit()
         return await engine.run()
     finally:
@@ -1046,14 +1073,19 @@ def _release_dead_leases(supervisor: Supervisor, journal: Journal, run_id: str, 
 
 
 def _adopt_changed_file(
-    journal: Journal, row: RunRow, p: Prepared, options: dict[str, Any]
+    journal: Journal,
+    row: RunRow,
+    p: Prepared,
+    options: dict[str, Any],
+    retry: frozenset[str] = frozenset(),
 ) -> tuple[list[str], list[str]]:
     """`resume --force` of a run whose workflow file changed: the run goes on as the file
     now says. Tasks added to it are journaled (pending); tasks removed from it that had
-    not ended are journaled as skipped, with why (they will not run, and the run is not
-    waiting for them); the file's checksum and plan become the new file's, so that
-    another resume needs no --force. `options`: the run's, as this resume stages them.
-    (added, removed) task ids."""
+    not ended (or had failed, and were to be run again: `retry`) are journaled as
+    skipped, with why (they will not run, and the run is not waiting for them); the
+    file's checksum and plan become the new file's, so that another resume needs no
+    --force. `options`: the run's, as this resume stages them. (added, removed) task
+    ids."""
     if p.wf.source_sha256 == row.file_sha256:
         return [], []
     known = {t.task_id: t for t in journal.tasks(row.id)}
@@ -1061,7 +1093,9 @@ def _adopt_changed_file(
     removed = [tid for tid in known if tid not in p.wf.tasks]
     journal.stage_new_tasks(row.id, added, first_position=len(known))
     for tid in removed:
-        if known[tid].state not in TERMINAL or known[tid].state == TaskState.CANCELLED:
+        state = known[tid].state
+        again = retry and (tid in retry or state == TaskState.BLOCKED)  # runs no more
+        if state not in TERMINAL or state == TaskState.CANCELLED or again:
             journal.stage_task(
                 row.id,
                 tid,

@@ -47,6 +47,39 @@ def integration_branch(run_id: str) -> str:
     return f"abreast/{run_id}/_integration"
 
 
+def recover_result(root: Path, journal: Journal, run_id: str) -> str | None:
+    """Before a run is resumed: its result branch, if it is gone (`abreast cleanup
+    --results`, `git branch -D`) after tasks' work landed on it, put back (journaled
+    first) at the last landing the journal holds, so that the run does not go on from its
+    base without that work, and say so; None when nothing was missing. A UsageError when
+    that commit is gone too."""
+    repo = Repo(root)
+    ref = integration_ref(run_id)
+    if repo.rev_parse(ref) is not None:
+        return None
+    landed = journal.events(run_id, types=("merge.landed",))
+    if not landed:
+        return None  # nothing landed: the branch is made again at the run's base
+    commit = str(landed[-1].data.get("commit") or "")
+    tasks = ", ".join(sorted({e.task_id for e in landed if e.task_id}))
+    branch = integration_branch(run_id)
+    if not commit or repo.rev_parse(commit) is None:
+        raise UsageError(
+            f"the result branch {branch} of run {run_id} is gone, and so is the commit the "
+            f"work of its tasks ({tasks}) last landed on ({commit[:12] or 'unknown'})",
+            hint="going on from the run's base would lose that work; start a new run with "
+            "`abreast run`",
+        )
+    journal.stage_event(run_id, "result.restored", commit=commit, branch=branch)
+    journal.commit()
+    if not repo.update_ref(ref, commit, None):
+        raise UsageError(f"could not put back {branch} at {commit[:12]}")
+    return (
+        f"the result branch {branch} was gone (`abreast cleanup --results`, or deleted by "
+        f"hand); put back at {commit[:12]}, where the work of {tasks} last landed"
+    )
+
+
 def task_branch(run_id: str, task_id: str) -> str:
     return f"abreast/{run_id}/{task_id}"
 
@@ -187,9 +220,17 @@ class WorktreeIsolation(Isolation):
         return pyenv.env_for(Path(workdir), self.python_sources, self._env)
 
     def why_failed(self, workdir: str, command: str) -> list[str]:
-        found = provision.missing_in_worktree(command, self.repo.root, Path(workdir))
+        found = provision.missing_in_worktree(command, self.repo.root, Path(workdir))[:3]
         skip = provision.ignored(self.repo, [p for p, kind in found if kind == "absent"])
-        return [provision.unseen_text(p, "ignored" if p in skip else k) for p, k in found[:3]]
+        out = []
+        for path, kind in found:
+            said = kind
+            if path in skip:
+                said = "ignored"
+            elif kind == "absent" and self.repo.has_path("HEAD", path):
+                said = "later"  # committed in the checkout since the run started
+            out.append(provision.unseen_text(path, said, self.base_commit))
+        return out
 
     async def prepare(self, task_id: str, attempt: int) -> Path:
         base = await asyncio.to_thread(self.repo.rev_parse, self.ref)

@@ -58,3 +58,13 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
     blocked = [t for t in outcome.tasks if t.state is TaskState.BLOCKED]
     if blocked:
         w("\n  blocked: " + ", ".join(f"{t.id} ({t.reason})" for t in blocked) + "\n")
+    if n and outcome.state == "failed":
+        w(
+            f"\n  run again once fixed: abreast resume {outcome.run_id} --retry-failed "
+            "(what failed and what it blocked; what succeeded stays)\n"
+        )
+    elif n:  # cancelled: a resume carries it on, and can take the failures up too
+        w(
+            f"\n  carry on: abreast resume {outcome.run_id} (with --retry-failed, what "
+            "failed runs again too)\n"
+        )

@@ -156,8 +156,15 @@ def not_committed(repo: Repo, commit: str, paths: list[str]) -> list[tuple[str, 
     return out
 
 
-def unseen_text(path: str, kind: str) -> str:
-    """Why a task cannot see `path` of the user's checkout, and the fix, in a line."""
+def unseen_text(path: str, kind: str, base: str = "") -> str:
+    """Why a task cannot see `path` of the user's checkout, and the fix, in a line
+    (`base`: the commit the run started from, for a path committed since: "later")."""
+    if kind == "later":
+        return (
+            f"{path} was committed in your checkout after the run started from "
+            f"{base[:12]}: its tasks start from that commit and what the run landed since, "
+            "so they do not see it; a new run (`abreast run`) does"
+        )
     if kind == "mode":
         return (
             f"{path} is executable in your checkout but not as committed: commit the mode "
