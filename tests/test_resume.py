@@ -668,3 +668,24 @@ def test_retry_failed_with_force_goes_by_the_fixed_file(tmp_path: Path) -> None:
         "d": ("succeeded", 1, None),
     }
     assert status["state"] == "succeeded"
+
+
+def test_a_run_whose_env_names_variables_can_be_resumed_after_a_crash(tmp_path: Path) -> None:
+    # `env: {X: "${HOME}"}`: expanding it made a copy of the workflow that had forgotten
+    # its file, so the run was journaled with no file and no checksum; after a crash
+    # `abreast resume` said ".: is a directory, not a workflow file", and never that the
+    # file changed.
+    started, pid_file, out = tmp_path / "started", tmp_path / "a.pid", tmp_path / "out"
+    first = f"[ -e {started} ] || {{ touch {started}; echo $$ > {pid_file}; sleep 60; }}"
+    first += f'; echo "$X" > {out}'
+    path = write_workflow(tmp_path, "env", {"a": {"run": first, "env": {"X": "${HOME}"}}})
+    proc, run_id = start_run(path, cwd=tmp_path)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="a")
+    proc.kill()
+    proc.communicate()
+    db = tmp_path / ".abreast" / "state.db"
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert query(db, "SELECT file, file_sha256 FROM runs") == [(str(path), sha)]
+    resumed = run_abreast("resume", run_id, "--plain", "--no-monitor", cwd=tmp_path)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert out.read_text() == os.environ["HOME"] + "\n"

@@ -831,6 +831,11 @@ def _resume_found(
             f"run {row.id} is still running (orchestrator pid {row.pid})",
             hint=f"`abreast cancel {row.id}` stops it",
         )
+    if not row.file:  # journaled so by earlier builds when `env:` named variables
+        raise UsageError(
+            f"the journal does not say which workflow file run {row.id} ran",
+            hint=f"`abreast cancel {row.id}` ends it; start a new run with `abreast run`",
+        )
     file = Path(row.file)
     if not file.exists():
         raise UsageError(

@@ -90,4 +90,4 @@ def expand_env(wf: Workflow, environ: Mapping[str, str]) -> Workflow:
             hint="set it before running abreast, give a default (`${NAME:-value}`), "
             "or write `$$` for a `$` that is meant as it is",
         )
-    return dataclasses.replace(wf, tasks=tasks, agents=agents)
+    return wf.evolve(same_needs=True, tasks=tasks, agents=agents)

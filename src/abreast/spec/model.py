@@ -13,6 +13,7 @@ Nothing here imports pydantic: `abreast run` starts without pydantic's model mac
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -435,6 +436,18 @@ class Workflow:
 
     def task_list(self) -> list[Task]:
         return list(self.tasks.values())
+
+    def evolve(self, *, same_needs: bool, **changes: Any) -> Workflow:
+        """A copy with `changes` that still knows which file it was read from (and its
+        checksum), which `dataclasses.replace` forgets: a resume, a report and the note
+        on a run of the same file go by them. `same_needs`: the tasks' dependencies are
+        unchanged, so the validator's dependency levels still hold."""
+        new = dataclasses.replace(self, **changes)
+        object.__setattr__(new, "source", self.source)
+        object.__setattr__(new, "source_sha256", self.source_sha256)
+        if same_needs:
+            object.__setattr__(new, "_dependency_levels", self._dependency_levels)
+        return new
 
 
 # Fields of a class that the file does not set (schema.py leaves them out).
