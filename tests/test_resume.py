@@ -689,3 +689,34 @@ def test_a_run_whose_env_names_variables_can_be_resumed_after_a_crash(tmp_path: 
     resumed = run_abreast("resume", run_id, "--plain", "--no-monitor", cwd=tmp_path)
     assert resumed.code == 0, resumed.out + resumed.err
     assert out.read_text() == os.environ["HOME"] + "\n"
+
+
+def test_run_only_runs_the_tasks_named_and_what_they_need_and_resume_keeps_to_them(
+    tmp_path: Path,
+) -> None:
+    # `abreast run --only api` while working on one part of a workflow: `api`, what it
+    # needs (`schema`, and `auth` for its signal), nothing else — after a crash too.
+    ran, pid_file, started = tmp_path / "ran", tmp_path / "api.pid", tmp_path / "started"
+    api = f"[ -e {started} ] || {{ touch {started}; echo $$ > {pid_file}; sleep 60; }}"
+    tasks = {
+        "schema": {"run": f"echo schema >> {ran}"},
+        "auth": {"run": f"abreast signal ready; echo auth >> {ran}", "signals": ["ready"]},
+        "api": {"needs": ["schema", "auth:ready"], "run": f"{api}; echo api >> {ran}"},
+        "ui": {"needs": ["api"], "run": f"echo ui >> {ran}"},
+        "docs": {"run": f"echo docs >> {ran}"},
+    }
+    path = write_workflow(tmp_path, "only", tasks)
+    wrong = run_abreast("run", str(path), "--only", "apl", cwd=tmp_path)
+    assert wrong.code == 2 and "has no task 'apl'; did you mean 'api'?" in wrong.err
+    assert not (tmp_path / ".abreast" / "state.db").exists()  # nothing journaled
+    proc, run_id = start_run(path, "--only", "api", cwd=tmp_path)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="api")
+    proc.kill()
+    _, err = proc.communicate()
+    assert "running 3 of 5 tasks (schema, auth, api: those named and what they need)" in err
+    resumed = run_abreast("resume", run_id, "--plain", "--no-monitor", cwd=tmp_path)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert sorted(ran.read_text().split()) == ["api", "auth", "schema"]
+    status = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
+    assert [t["id"] for t in status["tasks"]] == ["schema", "auth", "api"]
+    assert status["state"] == "succeeded"

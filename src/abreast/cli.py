@@ -128,6 +128,13 @@ def _args_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-parallel", type=int, metavar="N", help="tasks at once")
     p.add_argument("--sequential", action="store_true", help="one task at a time")
     _flag_arg(p)
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TASK[,TASK]",
+        help="run only these tasks and those they need (repeatable)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the start order and exit")
     _state_arg(p)
     p.add_argument(
@@ -418,6 +425,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             observer=observer,
             executor=args.executor,
             ray_address=args.ray_address,
+            only=args.only,
         )
         if args.ray_address and args.executor != "ray":
             raise UsageError(

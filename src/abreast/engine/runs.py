@@ -52,7 +52,7 @@ from abreast.plan.ownership import nesting_hint
 from abreast.spec import load_workflow
 from abreast.spec.envsubst import expand_env
 from abreast.spec.model import TASK_ID_PATTERN, Scalar, Workflow
-from abreast.spec.overrides import flag_overrides, parallel_cap
+from abreast.spec.overrides import flag_overrides, only_tasks, parallel_cap
 
 if TYPE_CHECKING:
     from abreast.executor.ray_exec import RayCluster
@@ -78,6 +78,7 @@ class RunRequest:
     observer: Observer | None = None  # serves --dashboard / --metrics-port (the caller's)
     executor: str = "local"  # or "ray"
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local cluster for the run
+    only: list[str] = field(default_factory=list)  # --only: these tasks and what they need
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Prepared:
     cap: int
     analysis: Analysis
     graph: TaskGraph
+    left_out: int = 0  # tasks of the file --only left out
 
 
 def new_run_id(name: str) -> str:
@@ -103,17 +105,30 @@ def prepare(req: RunRequest) -> Prepared:
             f"--run-id {req.run_id!r} is not allowed",
             hint="use a-z, 0-9, '_' and '-', starting with a letter or digit",
         )
-    wf = expand_env(load_workflow(req.file), os.environ)
+    whole = expand_env(load_workflow(req.file), os.environ)
+    wf = only_tasks(whole, req.only) if req.only else whole
     location = locate(req.file, req.state)
     flags = {**wf.flags, **flag_overrides(wf, req.flags)}
     cap = parallel_cap(wf, req.max_parallel, req.sequential)
     graph = TaskGraph.from_workflow(wf)
     analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph)
-    return Prepared(wf, location, flags, cap, analysis, graph)
+    return Prepared(wf, location, flags, cap, analysis, graph, len(whole.tasks) - len(wf.tasks))
+
+
+def _only_note(p: Prepared) -> str:
+    """What --only leaves of the workflow, said before a run (or a dry run)."""
+    n = len(p.wf.tasks)
+    shown = ", ".join(list(p.wf.tasks)[:10]) + (", ..." if n > 10 else "")
+    return (
+        f"note: --only: running {n} of {n + p.left_out} tasks ({shown}: those named and "
+        f"what they need); {p.left_out} left out"
+    )
 
 
 def dry_run(req: RunRequest, out: Any) -> int:
     p = prepare(req)
+    if p.left_out:
+        _note(_only_note(p))
     out.write(f"dry run of {p.wf.name}: {len(p.wf.tasks)} tasks, up to {p.cap} at once\n")
     out.write("would start, in this order (times by the estimates):\n")
     by_id = {t.id: t for t in p.analysis.tasks}
@@ -539,6 +554,8 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
     """Journal a new run, announce its id, and run it to the end."""
     p = prepare(req)
     run_id = new_run_id(p.wf.name) if req.run_id is None else req.run_id
+    if p.left_out:
+        _note(_only_note(p))
     kind = "none" if req.isolation is not None else isolation_kind(p.wf, p.location)
     if kind == "none" and req.isolation is None and p.wf.isolation is None:
         _note(
@@ -578,6 +595,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 # for a local one started for the run (resume starts another).
                 "ray_address": cluster.address if cluster and not cluster.started_here else None,
                 "tag": tag,
+                "only": list(p.wf.tasks) if req.only else None,  # what resume runs again
             }
             for line in _running_beside(journal, p.wf):
                 _note(line)
@@ -844,6 +862,16 @@ def _resume_found(
             "with a changed file, add --force",
         )
     wf = expand_env(load_workflow(file), os.environ)  # as this resume's environment has it
+    only = row.options.get("only")
+    if only:  # `run --only`: the tasks it ran, of those the file still has
+        kept = [tid for tid in only if tid in wf.tasks]
+        if not kept:
+            raise UsageError(
+                f"{file} no longer has any of the tasks run {row.id} ran (--only): "
+                + ", ".join(only),
+                hint="start a new run with `abreast run`",
+            )
+        wf = only_tasks(wf, kept)
     if wf.source_sha256 != row.file_sha256 and not force:
         raise UsageError(
             f"{file} changed since run {row.id} started",

@@ -101,3 +101,31 @@ def parallel_cap(
             )
         return value
     return wf.max_parallel
+
+
+def only_tasks(wf: Workflow, names: Sequence[str]) -> Workflow:
+    """`--only NAME[,NAME...]` (repeatable): the workflow cut down to the tasks named and
+    every task they need, transitively (a signal's task too), in the file's order; the
+    others are left out of the run. A clear error for a name that is not a task."""
+    wanted = [n.strip() for arg in names for n in arg.split(",") if n.strip()]
+    if not wanted:
+        raise UsageError("--only names no task", hint="--only TASK[,TASK...] (repeatable)")
+    for name in wanted:
+        if name not in wf.tasks:
+            shown = ", ".join(list(wf.tasks)[:20]) + (", ..." if len(wf.tasks) > 20 else "")
+            raise UsageError(
+                f"--only {name}: {wf.source or 'the workflow'} has no task {name!r}"
+                + did_you_mean(name, wf.tasks),
+                hint=f"tasks: {shown}",
+            )
+    keep: set[str] = set()
+    stack = list(wanted)
+    while stack:
+        tid = stack.pop()
+        if tid not in keep:
+            keep.add(tid)
+            stack += [need.partition(":")[0] for need in wf.tasks[tid].needs]
+    if len(keep) == len(wf.tasks):
+        return wf
+    tasks = {tid: task for tid, task in wf.tasks.items() if tid in keep}
+    return wf.evolve(same_needs=False, tasks=tasks)
