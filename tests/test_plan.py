@@ -406,3 +406,17 @@ def test_an_anomaly_makes_the_run_follow_waves() -> None:
     assert found is not None, "no anomaly in 2000 random DAGs: the fallback is untested"
     e = analyze(found).estimates
     assert e.scheduled_s == e.groups_s
+
+
+def test_analyze_only_keeps_the_tasks_named_and_what_they_need(cli) -> None:  # type: ignore[no-untyped-def]
+    data = cli(
+        "analyze", "examples/cfn-epic.yaml", "--format", "json", "--only", "coordination-engine"
+    ).json()
+    assert [t["id"] for t in data["tasks"]] == [
+        "dependency-analysis",
+        "test-coordination",
+        "memory-safety",
+        "coordination-engine",
+    ]
+    wrong = cli("analyze", "examples/cfn-epic.yaml", "--only", "coordination")
+    assert wrong.code == 2 and "has no task 'coordination'" in wrong.err

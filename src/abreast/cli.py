@@ -112,6 +112,11 @@ def _args_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json", "mermaid", "dot"), default="table")
     p.add_argument("--max-parallel", type=int, metavar="N")
     _flag_arg(p)
+    _only_arg(p, "analyze only these tasks and those they need (repeatable)")
+
+
+def _only_arg(p: argparse.ArgumentParser, help_line: str) -> None:
+    p.add_argument("--only", action="append", default=[], metavar="TASK[,TASK]", help=help_line)
 
 
 def _args_schema(p: argparse.ArgumentParser) -> None:
@@ -128,13 +133,7 @@ def _args_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-parallel", type=int, metavar="N", help="tasks at once")
     p.add_argument("--sequential", action="store_true", help="one task at a time")
     _flag_arg(p)
-    p.add_argument(
-        "--only",
-        action="append",
-        default=[],
-        metavar="TASK[,TASK]",
-        help="run only these tasks and those they need (repeatable)",
-    )
+    _only_arg(p, "run only these tasks and those they need (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the start order and exit")
     _state_arg(p)
     p.add_argument(
@@ -326,9 +325,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from abreast.plan import analyze
     from abreast.plan.render import render
     from abreast.spec import load_workflow
-    from abreast.spec.overrides import flag_overrides, parallel_cap
+    from abreast.spec.overrides import flag_overrides, only_tasks, parallel_cap
 
     wf = load_workflow(args.file)
+    if args.only:
+        wf = only_tasks(wf, args.only)
     analysis = analyze(
         wf, flags=flag_overrides(wf, args.flag), max_parallel=parallel_cap(wf, args.max_parallel)
     )
