@@ -1867,3 +1867,20 @@ def test_a_resumed_run_whose_result_branch_was_deleted_keeps_the_work_that_lande
     assert refused.code == 2 and "is gone, and so is the commit" in refused.err, refused.err
     status = json.loads(run_abreast("status", second, "--json", cwd=repo).out)
     assert status["state"] == "failed"
+
+
+def test_a_bare_repository_or_a_git_directory_is_refused_not_run_in_place(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Taken for "no repository", a bare repository got its tasks run in place, writing
+    # files and .abreast/ among git's own (with advice to `git init` it); inside .git the
+    # same, in the user's repository's git directory.
+    bare = tmp_path / "bare.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(bare))
+    (bare / "abreast.yaml").write_text("version: 1\ntasks:\n  a:\n    run: echo a > a.txt\n")
+    result = run_abreast("run", "--plain", cwd=bare)
+    assert result.code == 2 and f"{bare} is a bare git repository" in result.err
+    assert f"git clone {bare} DIR" in result.err
+    assert not (bare / "a.txt").exists() and not (bare / ".abreast").exists()
+    inside = run_abreast("status", cwd=repo / ".git" / "refs")
+    assert inside.code == 2 and "inside a repository's .git directory" in inside.err

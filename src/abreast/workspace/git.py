@@ -114,6 +114,18 @@ def toplevel(path: str | Path) -> Path | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     if proc.returncode != 0:
+        if "must be run in a work tree" in proc.stderr:  # a bare repository, or in .git
+            bare = git("rev-parse", "--is-bare-repository", cwd=start, check=False)
+            if bare.stdout.strip() == "true":
+                raise UsageError(
+                    f"{start} is a bare git repository: it has no working tree for tasks "
+                    "to work in and for their work to land in",
+                    hint=f"clone it (`git clone {start} DIR`) and run abreast in the clone",
+                )
+            raise UsageError(
+                f"{start} is inside a repository's .git directory, not its working tree",
+                hint="run abreast from the checkout (the directory that holds .git)",
+            )
         said = [line for line in proc.stderr.splitlines() if line.strip()]
         nowhere = "not a git repository (or any" in proc.stderr
         if nowhere or not any((p / ".git").exists() for p in (start, *start.parents)):
