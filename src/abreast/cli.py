@@ -346,9 +346,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from abreast.spec import load_workflow
+    from abreast.spec.durations import counted
 
     wf = load_workflow(args.file)
-    print(f"{args.file}: ok ({len(wf.tasks)} tasks)")
+    print(f"{args.file}: ok ({counted(len(wf.tasks), 'task')})")
     return 0
 
 

@@ -126,14 +126,16 @@ def _only_note(p: Prepared) -> str:
 
 
 def dry_run(req: RunRequest, out: Any) -> int:
+    from abreast.spec.durations import counted, format_duration
+
     p = prepare(req)
     if p.left_out:
         _note(_only_note(p))
-    out.write(f"dry run of {p.wf.name}: {len(p.wf.tasks)} tasks, up to {p.cap} at once\n")
+    out.write(
+        f"dry run of {p.wf.name}: {counted(len(p.wf.tasks), 'task')}, up to {p.cap} at once\n"
+    )
     out.write("would start, in this order (times by the estimates):\n")
     by_id = {t.id: t for t in p.analysis.tasks}
-    from abreast.spec.durations import format_duration
-
     for i, tid in enumerate(p.analysis.start_order(), 1):
         t = by_id[tid]
         note = "  (when: decided at run time)" if t.conditional else ""

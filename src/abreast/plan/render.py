@@ -10,6 +10,7 @@ from abreast.plan.analysis import Analysis
 from abreast.plan.dispatch import Policy
 from abreast.plan.graph import DEFAULT_ESTIMATE_S
 from abreast.plan.ownership import nesting_hint
+from abreast.spec.durations import counted
 from abreast.spec.durations import format_duration as fmt
 
 FORMATS = ("table", "json", "mermaid", "dot")
@@ -80,7 +81,7 @@ def table(a: Analysis) -> str:
         rows.append((str(t.wave), t.id, est, start, slack, ", ".join(notes)))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     out = [
-        f"{a.workflow}: {len(a.tasks)} tasks in {len(a.waves)} waves, "
+        f"{a.workflow}: {counted(len(a.tasks), 'task')} in {counted(len(a.waves), 'wave')}, "
         f"max_parallel {a.max_parallel}{_flag_text(a)}",
         "",
     ]

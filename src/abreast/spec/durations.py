@@ -134,3 +134,8 @@ def format_size(size: int) -> str:
     if size >= 10**9:
         return f"{size / 1e9:.1f} GB"
     return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
+
+
+def counted(n: int, noun: str) -> str:
+    """`1 task`, `2 tasks`: a count with its noun (a regular plural)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
