@@ -997,11 +997,7 @@ class Engine:
 
     def _attempt_failed(self, tr: TaskRun, reason: str, *, timed_out: bool, with_log: bool) -> None:
         tr.failures += 1
-        detail = reason
-        if with_log:
-            tail = self._log_tail(tr)
-            if tail:
-                detail += "\nlast lines of its log:\n" + "\n".join(tail)
+        detail = self._with_log_tail(tr, reason) if with_log else reason
         self.journal.stage_task(self.run_id, tr.id, failures=tr.failures)
         if tr.failures <= tr.task.retries:
             nominal = tr.task.backoff.delay_s(tr.failures)
@@ -1286,6 +1282,11 @@ class Engine:
                 tasks=[t.id for t in members],
             )
 
+    def _with_log_tail(self, tr: TaskRun, reason: str) -> str:
+        """Why an attempt failed, with the last lines of its log: feedback for the next."""
+        tail = self._log_tail(tr)
+        return reason + ("\nlast lines of its log:\n" + "\n".join(tail) if tail else "")
+
     def _log_tail(self, tr: TaskRun) -> list[str]:
         """The last lines of the attempt's log, as abreast records and shows them: a key
         the task was leased, printed there, becomes its fingerprint."""
@@ -1438,9 +1439,7 @@ class Engine:
     def _retry_failed(self, tr: TaskRun, reason: str) -> None:
         """A failed task runs again (`resume --retry-failed`): as a new attempt, with its
         retries and iterations anew, told why the last one failed."""
-        tail = self._log_tail(tr) if tr.last_log else []
-        detail = reason + ("\nlast lines of its log:\n" + "\n".join(tail) if tail else "")
-        tr.feedback = bounded_feedback(detail)
+        tr.feedback = bounded_feedback(self._with_log_tail(tr, reason) if tr.last_log else reason)
         tr.failures = tr.iterations = 0
         tr.state = TaskState.PENDING
         self.journal.stage_task(
