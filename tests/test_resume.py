@@ -720,3 +720,22 @@ def test_run_only_runs_the_tasks_named_and_what_they_need_and_resume_keeps_to_th
     status = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
     assert [t["id"] for t in status["tasks"]] == ["schema", "auth", "api"]
     assert status["state"] == "succeeded"
+
+
+def test_tasks_blocked_before_a_crash_say_why_in_the_resumed_runs_summary(
+    tmp_path: Path,
+) -> None:
+    # The summary of the resumed run said "blocked: after (None)".
+    pid_file, started = tmp_path / "slow.pid", tmp_path / "started"
+    slow = f"[ -e {started} ] || {{ touch {started}; echo $$ > {pid_file}; sleep 60; }}"
+    tasks = {"bad": {"run": "exit 1"}, "after": {"needs": ["bad"], "run": "true"}}
+    path = write_workflow(tmp_path, "why", {**tasks, "slow": {"run": slow}})
+    proc, run_id = start_run(path, cwd=tmp_path)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="slow")
+    db = tmp_path / ".abreast" / "state.db"
+    wait_for(lambda: query(db, "SELECT state FROM tasks WHERE task_id = 'after'") == [("blocked",)])
+    proc.kill()
+    proc.communicate()
+    resumed = run_abreast("resume", run_id, "--plain", "--no-monitor", cwd=tmp_path)
+    assert resumed.code == 1
+    assert "blocked: after (upstream bad failed)" in resumed.out, resumed.out

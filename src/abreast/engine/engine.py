@@ -1404,6 +1404,7 @@ class Engine:
                 self._wave_left[self._wave[v]] -= 1
                 for b in self._d.fail(v):
                     self.tasks[b].state = TaskState.BLOCKED
+                    self.tasks[b].reason = f"upstream {tr.id} {state}"
             elif state is TaskState.BLOCKED:
                 if tr.state is not TaskState.BLOCKED:  # what blocked it runs again
                     self.journal.stage_task(
