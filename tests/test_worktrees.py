@@ -1795,6 +1795,8 @@ def test_resume_retry_failed_runs_the_failed_task_and_those_it_blocked_and_lands
     code, out, run_id = run(repo, path, "--land")
     assert code == 1 and "blocked: c" in out, out
     assert f"run again once fixed: abreast resume {run_id} --retry-failed" in out
+    later = run_abreast("status", run_id, cwd=repo).out  # said again when you come back
+    assert f"run again once fixed: abreast resume {run_id} --retry-failed" in later
     refused = run_abreast("resume", run_id, cwd=repo)
     assert refused.code == 2 and "already finished (failed)" in refused.err
     assert f"`abreast resume {run_id} --retry-failed` runs its failed task(s) (b)" in refused.err

@@ -181,3 +181,11 @@ def saved_phrase(saved_s: float, pct: float, fmt: Callable[[float], str], digits
         f"saved nothing: {fmt(-saved_s)} longer than one at a time (setting tasks up, "
         "landing their work and waiting outweighed running them side by side)"
     )
+
+
+def retry_hint(run_id: str) -> str:
+    """The line that says how to run a failed run's failures again."""
+    return (
+        f"run again once fixed: abreast resume {run_id} --retry-failed (what failed and what "
+        "it blocked; what succeeded stays)"
+    )

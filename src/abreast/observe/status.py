@@ -123,6 +123,8 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         )
     if row.summary and row.summary.get("landing"):
         out.write(f"  {row.summary['landing']}\n")
+    if state == "failed" and any(t.state in ("failed", "timed_out") for t in tasks):
+        out.write(f"  {rundata.retry_hint(row.id)}\n")
 
 
 def _merge_waits(journal: Journal, run_id: str) -> dict[str, list[str]]:

@@ -6,7 +6,7 @@ from typing import TextIO
 
 from abreast.engine.engine import RunOutcome
 from abreast.engine.states import TaskState
-from abreast.observe.rundata import changed, failure_lines, saved_phrase
+from abreast.observe.rundata import changed, failure_lines, retry_hint, saved_phrase
 from abreast.spec.durations import format_duration
 
 TABLE_LIMIT = 40  # above this many tasks, states are counted instead of listed
@@ -59,10 +59,7 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
     if blocked:
         w("\n  blocked: " + ", ".join(f"{t.id} ({t.reason})" for t in blocked) + "\n")
     if n and outcome.state == "failed":
-        w(
-            f"\n  run again once fixed: abreast resume {outcome.run_id} --retry-failed "
-            "(what failed and what it blocked; what succeeded stays)\n"
-        )
+        w(f"\n  {retry_hint(outcome.run_id)}\n")
     elif n:  # cancelled: a resume carries it on, and can take the failures up too
         w(
             f"\n  carry on: abreast resume {outcome.run_id} (with --retry-failed, what "
