@@ -25,7 +25,8 @@ def open_journal(file: Path | None, state: str | None) -> tuple[StateLocation, J
     if not location.journal.exists():
         raise UsageError(
             f"no runs yet: there is no journal at {location.journal}",
-            hint="start one with `abreast run FILE`",
+            hint="start one with `abreast run FILE`; a run started with --state or "
+            "ABREAST_STATE is found with the same",
         )
     return location, Journal(location.journal)
 
@@ -56,7 +57,10 @@ def find_run(journal: Journal, run_id: str | None) -> RunRow:
         raise UsageError(
             f"no run {run_id!r} in {journal.path}"
             + (f"; did you mean {close[0]!r}?" if close else ""),
-            hint="recent runs: " + (", ".join(recent) or "none") + " (see `abreast status`)",
+            hint="recent runs: "
+            + (", ".join(recent) or "none")
+            + " (see `abreast status`); a run started with --state or ABREAST_STATE is found "
+            "with the same",
         )
     return row
 
