@@ -105,6 +105,34 @@ def test_an_expired_lease_goes_to_the_next_waiter_and_fencing_refuses_the_old(
     assert taken is not None and taken.lapsed is None
 
 
+def test_a_lease_that_ran_out_unclaimed_is_still_its_holders_to_renew(
+    coord: Coordinator,
+) -> None:
+    # The laptop slept past the ttl with a task holding `tests`: on waking, its renewal
+    # was refused and the task killed ("taken over or force-released"), though nobody had
+    # been granted the lock meanwhile. Renewing is safe then: no one else held it.
+    holder = Holder.here(run="r", task="qa")
+    lease = coord.acquire("tests", holder, ttl_s=0.2)
+    assert lease is not None
+    while coord.now() < lease.expires_at + 0.05:
+        time.sleep(0.05)  # the backend's clock must pass the expiry; nothing to wait on
+    assert not coord.validate("tests", lease.token)
+    back = coord.renew("tests", lease.token, ttl_s=5)
+    assert back is not None and (back.token, back.holder) == (lease.token, holder)
+    assert back.since == lease.since and coord.validate("tests", lease.token)
+    assert coord.acquire("tests", Holder.here(), ttl_s=5, timeout_s=0.2) is None  # held again
+    # Once it went to someone else (and even once they gave it back), it is not.
+    short = coord.renew("tests", lease.token, ttl_s=0.2)
+    assert short is not None
+    while coord.now() < short.expires_at + 0.05:
+        time.sleep(0.05)
+    other = coord.acquire("tests", Holder.here(suffix="other"), ttl_s=5, timeout_s=5)
+    assert other is not None and other.token > lease.token
+    assert coord.renew("tests", lease.token, ttl_s=5) is None
+    assert coord.release("tests", other.token)
+    assert coord.renew("tests", lease.token, ttl_s=5) is None
+
+
 def test_fifty_waiters_are_served_in_the_order_they_came(
     coord: Coordinator, coord_url: str
 ) -> None:

@@ -857,3 +857,60 @@ def test_a_run_says_whom_its_tasks_and_checks_wait_for(tmp_path: Path) -> None:
         if holder.poll() is None:
             holder.terminate()
             holder.wait(timeout=10)
+
+
+def test_a_holder_stopped_past_its_ttl_with_nobody_waiting_keeps_the_lock(
+    tmp_path: Path, coord_url: str
+) -> None:
+    # A laptop that slept, an orchestrator stopped (Ctrl-Z, a debugger) for longer than a
+    # lock's ttl, while its task held the lock for its whole attempt: on waking, the task
+    # was killed ("not renewed within the ttl") though nobody had been granted the lock
+    # meanwhile, and `abreast lock`'s command the same. Both keep it now.
+    go, started, lock_started = tmp_path / "go", tmp_path / "started", tmp_path / "lock-started"
+    wait_go = f"while [ ! -e {go} ]; do sleep 0.05; done"
+    proc = run_json(
+        tmp_path,
+        {
+            "name": "sleepy",
+            "locks": {"tests": {"ttl": "1s"}},
+            "tasks": {"qa": {"locks": ["tests"], "run": f"touch {started}; {wait_go}"}},
+        },
+        "--state",
+        coord_url,
+    )
+    abreast_lock = [sys.executable, "-m", "abreast", "lock", "db", "--state", coord_url]
+    locker = subprocess.Popen(
+        [*abreast_lock, "--ttl", "1", "--", "sh", "-c", f"touch {lock_started}; {wait_go}"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    coord = open_coordinator(coord_url)
+    try:
+        wait_for(lambda: started.exists() and lock_started.exists(), what="both holders")
+        leases = [coord.holder("tests"), coord.holder("db")]
+        assert leases[0] is not None and leases[1] is not None
+        os.kill(proc.pid, signal.SIGSTOP)
+        os.kill(locker.pid, signal.SIGSTOP)
+        lapsed = max(lease.expires_at for lease in leases if lease) + 0.3
+        while coord.now() < lapsed:
+            time.sleep(0.05)  # the ttl must pass while they are stopped: there is no event
+        assert not coord.validate("tests", leases[0].token)
+        os.kill(proc.pid, signal.SIGCONT)
+        os.kill(locker.pid, signal.SIGCONT)
+        # Each renews the lease it never lost: valid again, under the same token.
+        wait_for(
+            lambda: all(coord.validate(x.name, x.token) for x in leases if x),
+            what="the leases renewed",
+        )
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out + err
+        _, lock_err = locker.communicate(timeout=30)
+        assert locker.returncode == 0, lock_err
+    finally:
+        for p in (proc, locker):
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+                p.kill()
+                p.communicate()
+        coord.close()

@@ -99,7 +99,14 @@ return {ticket, token, now, now + ttl, lapsed[1] or '', lapsed[2] or '', lapsed[
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return false end
+local current = redis.call('HGET', KEYS[1], 'token')
+if current ~= ARGV[1] then
+  -- Ran out (the machine slept, the orchestrator was stopped) and granted to nobody
+  -- since: a grant rewrites `held`, a release deletes it. Then it is still ours.
+  if current or redis.call('HGET', KEYS[2], 'token') ~= ARGV[1] then return false end
+  local was = redis.call('HMGET', KEYS[2], 'holder', 'since')
+  redis.call('HSET', KEYS[1], 'token', ARGV[1], 'holder', was[1], 'since', was[2])
+end
 local ttl = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'expires', now + ttl)
 redis.call('PEXPIRE', KEYS[1], ttl)
@@ -109,8 +116,13 @@ return {redis.call('HGET', KEYS[1], 'holder'), redis.call('HGET', KEYS[1], 'sinc
 
 # KEYS: lease, wake channel, held; ARGV: token
 _RELEASE = """
-if redis.call('HGET', KEYS[3], 'token') == ARGV[1] then redis.call('DEL', KEYS[3]) end
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+local held = redis.call('HGET', KEYS[3], 'token') == ARGV[1]
+if held then redis.call('DEL', KEYS[3]) end
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+  -- Ran out and granted to nobody since (a grant rewrites `held`): it was ours to the end.
+  if held then return 1 end
+  return 0
+end
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', KEYS[2], 'released')
 return 1

@@ -215,7 +215,9 @@ class SqliteCoordinator(Coordinator):
             row = db.execute(
                 "SELECT token, holder, since, expires_at FROM leases WHERE name = ?", (name,)
             ).fetchone()
-            if row is None or row[0] != token or row[3] <= now:
+            # Ours, even if it ran out (the machine slept, the orchestrator was stopped):
+            # a grant to anyone else would have replaced the row, a release deleted it.
+            if row is None or row[0] != token:
                 return None
             db.execute("UPDATE leases SET expires_at = ? WHERE name = ?", (now + ttl_s, name))
             return Lease(name, token, _holder(row[1]), row[2], now + ttl_s)

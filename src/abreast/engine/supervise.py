@@ -356,13 +356,11 @@ class Supervisor:
         if not w.leases or self.coord is None:
             return ""
         ttl = min(lease.expires_at - lease.since for lease in w.leases)
-        if now - w.last_renew >= ttl:
-            return (
-                f"lost its lock(s) {', '.join(le.name for le in w.leases)}: not renewed "
-                f"within the ttl ({ttl:g}s); its process tree was killed"
-            )
         if now - w.last_renew < ttl / 3:
             return ""
+        # Renewed even when late (the orchestrator was stopped past the ttl): the backend
+        # renews a lease that ran out only if nobody was granted it since, so no one else
+        # held it meanwhile.
         renewed_all = True
         for lease in w.leases:
             lease_ttl = lease.expires_at - lease.since
@@ -376,6 +374,12 @@ class Supervisor:
                 )
         if renewed_all:
             w.last_renew = now
+        elif now - w.last_renew >= ttl:
+            return (
+                f"lost its lock(s) {', '.join(le.name for le in w.leases)}: not renewed "
+                f"within the ttl ({ttl:g}s), the coordination backend unreachable; its "
+                "process tree was killed"
+            )
         return ""
 
     def _coord(self, call: Callable[..., Any], *args: Any) -> Any:

@@ -123,15 +123,17 @@ def run_locked(
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if time.monotonic() - last_ok >= ttl_s:
-                lost = f"not renewed for {time.monotonic() - last_ok:.1f}s (ttl {ttl_s:g}s)"
-            else:
-                try:
-                    if coord.renew(name, lease.token, ttl_s) is None:
-                        lost = "it expired and was taken, or was force-released"
-                    else:
-                        last_ok = time.monotonic()
-                except CoordError as e:  # keep trying until the deadline, then give up
+            # Renewed even when late (this process was stopped past the ttl): the backend
+            # renews a lease that ran out only if nobody was granted it since.
+            try:
+                if coord.renew(name, lease.token, ttl_s) is None:
+                    lost = "it expired and was taken, or was force-released"
+                else:
+                    last_ok = time.monotonic()
+            except CoordError as e:  # keep trying until the deadline, then give up
+                if time.monotonic() - last_ok >= ttl_s:
+                    lost = f"not renewed for {time.monotonic() - last_ok:.1f}s (ttl {ttl_s:g}s)"
+                else:
                     err.write(f"abreast lock: cannot renew {name!r} yet: {e}\n")
             if lost:
                 _kill_tree(proc)
