@@ -739,3 +739,30 @@ def test_tasks_blocked_before_a_crash_say_why_in_the_resumed_runs_summary(
     resumed = run_abreast("resume", run_id, "--plain", "--no-monitor", cwd=tmp_path)
     assert resumed.code == 1
     assert "blocked: after (upstream bad failed)" in resumed.out, resumed.out
+
+
+def test_a_run_killed_before_its_first_heartbeat_did_not_take_0s(tmp_path: Path) -> None:
+    # `status` counted an interrupted run to its last heartbeat, which for one killed in
+    # its first seconds is its start: "interrupted, 0s" beside a task that took 0.5s.
+    from abreast.spec.durations import parse_duration
+
+    pid_file = tmp_path / "slow.pid"
+    slow = f"echo $$ > {pid_file}; exec sleep 60"
+    tasks = {"quick": {"run": "sleep 0.5"}, "slow": {"run": slow}}
+    path = write_workflow(tmp_path, "early", tasks, heartbeat={"interval": "1h"})
+    proc, run_id = start_run(path, cwd=tmp_path)
+    db = tmp_path / ".abreast" / "state.db"
+    done = [("succeeded",)]
+    try:
+        wait_for(lambda: query(db, "SELECT state FROM tasks WHERE task_id = 'quick'") == done)
+        proc.kill()
+        proc.communicate()
+        shown = run_abreast("status", run_id, cwd=tmp_path).out.splitlines()[0]
+        took = parse_duration(shown.rsplit(", ", 1)[1])
+        assert shown.startswith(f"run {run_id} (early): interrupted, ") and took >= 0.5, shown
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)  # the task it left running

@@ -669,6 +669,15 @@ class Journal:
             (run_id, after_seq, limit),
         ).fetchall()
 
+    def last_alive(self, row: RunRow) -> float:
+        """When the run's orchestrator was last seen at work: its last heartbeat, or the
+        last event it journaled if later (one killed before its first heartbeat did work
+        all the same)."""
+        last = self._db.execute(
+            "SELECT ts FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", (row.id,)
+        ).fetchone()
+        return max(row.heartbeat_at or row.started_at, float(last[0]) if last else 0.0)
+
     def last_seq(self, run_id: str) -> int:
         row = self._db.execute("SELECT max(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()
         return int(row[0] or 0)

@@ -1008,7 +1008,7 @@ async def _resume(
     p = Prepared(wf, location, flags, cap, analysis, graph)
     # The time no orchestrator ran it (from the last one's end, or its last heartbeat if it
     # died, to now) is not the run's: its wall time and the summary's savings leave it out.
-    last_alive = row.finished_at or row.heartbeat_at or now
+    last_alive = row.finished_at or min(now, journal.last_alive(row))
     pauses = [list(span) for span in row.pauses] + ([[last_alive, now]] if now > last_alive else [])
     options = {**row.options, "pauses": pauses}
     journal.stage_run(

@@ -84,23 +84,24 @@ def print_runs(journal: Journal, out: TextIO, limit: int | None = 30) -> None:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at))
         out.write(
             f"{r.id:<{width}}  {state:<11}  {started}  "
-            f"{format_duration(_took(r, state)):>7}  "
+            f"{format_duration(_took(journal, r, state)):>7}  "
             f"{done}/{sum(counts.values())} done\n"
         )
 
 
-def _took(row: RunRow, state: str) -> float:
+def _took(journal: Journal, row: RunRow, state: str) -> float:
     """How long the run has been orchestrated: to its end, to now while it runs, or to
-    its last heartbeat when its orchestrator died (not the time since)."""
+    when its orchestrator was last seen at work when it died (not the time since)."""
     end = row.finished_at or time.time()
-    if state == "interrupted" and row.heartbeat_at:
-        end = row.heartbeat_at
+    if state == "interrupted":
+        end = journal.last_alive(row)
     return row.active_s(row.started_at, end)
 
 
 def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     state = run_state(row)
-    out.write(f"run {row.id} ({row.workflow}): {state}, {format_duration(_took(row, state))}\n")
+    took = format_duration(_took(journal, row, state))
+    out.write(f"run {row.id} ({row.workflow}): {state}, {took}\n")
     if state == "interrupted":
         out.write(f"  its orchestrator is gone; `abreast resume {row.id}` carries on\n")
     tasks = journal.tasks(row.id)
