@@ -1006,8 +1006,8 @@ async def _resume(
     graph = TaskGraph.from_workflow(wf)
     analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph)
     p = Prepared(wf, location, flags, cap, analysis, graph)
-    # The time no orchestrator ran it (from the last one's end, or its last heartbeat if it
-    # died, to now) is not the run's: its wall time and the summary's savings leave it out.
+    # The time no orchestrator ran it (from the last one's end, or when it was last seen at
+    # work if it died, to now) is not the run's: its wall time and savings leave it out.
     last_alive = row.finished_at or min(now, journal.last_alive(row))
     pauses = [list(span) for span in row.pauses] + ([[last_alive, now]] if now > last_alive else [])
     options = {**row.options, "pauses": pauses}

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from abreast.coord.journal import AttemptRow, Journal, RunRow, TaskRow
 from abreast.engine.lookup import orchestrator_alive
-from abreast.engine.states import TERMINAL
+from abreast.engine.states import FAILED_STATES, TERMINAL, TaskState
 from abreast.errors import UsageError
 from abreast.executor.logs import KeyMasker, open_regular
 from abreast.observe import rundata
@@ -124,7 +124,7 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         )
     if row.summary and row.summary.get("landing"):
         out.write(f"  {row.summary['landing']}\n")
-    if state == "failed" and any(t.state in ("failed", "timed_out") for t in tasks):
+    if state == "failed" and any(TaskState(t.state) in FAILED_STATES for t in tasks):
         out.write(f"  {rundata.retry_hint(row.id)}\n")
 
 
