@@ -1886,3 +1886,19 @@ def test_a_bare_repository_or_a_git_directory_is_refused_not_run_in_place(
     assert not (bare / "a.txt").exists() and not (bare / ".abreast").exists()
     inside = run_abreast("status", cwd=repo / ".git" / "refs")
     assert inside.code == 2 and "inside a repository's .git directory" in inside.err
+
+
+def test_a_git_command_that_fails_unexpectedly_is_an_error_line_not_a_traceback(
+    repo: Path,
+) -> None:
+    # A repository whose own git commands fail (here a required clean filter with no
+    # command: `git status` fails in it too): the command line's last net says what git
+    # said, exit 1, instead of a traceback.
+    (repo / ".gitattributes").write_text("*.bin filter=weird\n")
+    (repo / "x.bin").write_text("data\n")
+    path = workflow(repo, {"a": {"run": "cat x.bin > y.txt"}})
+    git(repo, "config", "filter.weird.required", "true")
+    code, out, _ = run(repo, path)
+    assert code == 1, out
+    assert "abreast: error: git " in out and "filter 'weird' failed" in out
+    assert "Traceback" not in out
