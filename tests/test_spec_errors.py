@@ -307,6 +307,19 @@ def test_all_problems_are_reported_together(write, cli) -> None:  # type: ignore
     assert "(2 problems in" in result.err
 
 
+def test_a_cycle_is_reported_beside_an_unknown_dependency(write, cli) -> None:  # type: ignore[no-untyped-def]
+    # The unknown dependency hid the cycle until it was fixed.
+    path = write(
+        "version: 1\ntasks:\n  a: {run: x, needs: [b]}\n  b: {run: x, needs: [a]}\n"
+        "  c: {run: x, needs: [nope]}\n"
+    )
+    result = cli("validate", str(path))
+    assert result.code == 2
+    assert ":3: dependency cycle: a -> b -> a" in result.err
+    assert ":5: task 'c' needs 'nope', which is not a task" in result.err
+    assert "(2 problems in" in result.err
+
+
 def test_defaults_errors_point_at_defaults(write, cli) -> None:  # type: ignore[no-untyped-def]
     path = write("version: 1\ndefaults:\n  timeout: soon\ntasks:\n" + GOOD_TASK)
     result = cli("analyze", str(path))

@@ -305,10 +305,11 @@ class _Validator:
         preds: list[list[int]] = [[] for _ in ids]
         for tid, task in wf.tasks.items():
             self._task_refs(wf, task, ("tasks", tid), index, preds[index[tid]])
-        if self.problems:
-            return
+        # Cycles among the needs that name tasks, even beside needs that do not: every
+        # problem of a file is said at once.
+        wrong_refs = bool(self.problems)
         waves, level = dag.generations(preds)
-        if min(level, default=0) >= 0:
+        if not wrong_refs and min(level, default=0) >= 0:
             object.__setattr__(wf, "_dependency_levels", (preds, waves, level))
         for cycle in dag.find_cycles(preds):
             cycle_ids = [ids[v] for v in cycle]
