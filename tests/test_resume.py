@@ -766,3 +766,20 @@ def test_a_run_killed_before_its_first_heartbeat_did_not_take_0s(tmp_path: Path)
             proc.communicate()
         with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)  # the task it left running
+
+
+def test_retry_failed_after_a_crash_with_nothing_failed_is_a_plain_resume(
+    tmp_path: Path,
+) -> None:
+    # `abreast resume --retry-failed` typed after any stop: a crashed run with no failed
+    # task was refused ("has no failed task to run again ... leave out --retry-failed").
+    started, pid_file = tmp_path / "started", tmp_path / "a.pid"
+    first = f"[ -e {started} ] && exit 0; touch {started}; echo $$ > {pid_file}; sleep 60"
+    path = write_workflow(tmp_path, "crash", {"a": {"run": first}})
+    proc, run_id = start_run(path, cwd=tmp_path)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="a")
+    proc.kill()
+    proc.communicate()
+    resumed = run_abreast("resume", "--retry-failed", "--plain", "--no-monitor", cwd=tmp_path)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert resumed.out.startswith(f"run: {run_id}\n")

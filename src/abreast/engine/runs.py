@@ -822,12 +822,11 @@ def _resume_found(
     # The run's own project, wherever resume is typed; the journal stays where it was found.
     location = dataclasses.replace(found_at, root=Path(row.root))
     failed = [t.task_id for t in journal.tasks(row.id) if TaskState(t.state) in FAILED_STATES]
-    if retry_failed and not failed:
+    if retry_failed and not failed and row.state in ("succeeded", "failed"):
+        # (A run that did not end is carried on all the same: --retry-failed only adds.)
         raise UsageError(
-            f"run {row.id} has no failed task to run again (it is {row.state})",
-            hint="leave out --retry-failed"
-            if row.state not in ("succeeded", "failed")
-            else "start a new run with `abreast run`",
+            f"run {row.id} has no failed task to run again (it {row.state})",
+            hint="start a new run with `abreast run`",
         )
     if row.state in ("succeeded", "failed") and not retry_failed:
         raise UsageError(
