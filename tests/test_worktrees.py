@@ -1799,6 +1799,9 @@ def test_resume_retry_failed_runs_the_failed_task_and_those_it_blocked_and_lands
     assert f"run again once fixed: abreast resume {run_id} --retry-failed" in later
     refused = run_abreast("resume", run_id, cwd=repo)
     assert refused.code == 2 and "already finished (failed)" in refused.err
+    bare = run_abreast("resume", cwd=repo)  # typed after the failure, without RUN
+    assert bare.code == 2 and f"no run was interrupted; the latest, {run_id}, failed" in bare.err
+    assert f"`abreast resume {run_id} --retry-failed` runs what failed again" in bare.err
     assert f"`abreast resume {run_id} --retry-failed` runs its failed task(s) (b)" in refused.err
     fixed.touch()
     again = run_abreast("resume", "--retry-failed", "--plain", "--no-monitor", cwd=repo)

@@ -450,12 +450,22 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
         _, journal = open_journal(None, args.state)
         with journal:
-            gone = only_run(
-                journal,
-                lambda r: r.state == "running" and not orchestrator_alive(r),
-                "was interrupted",
-                "were interrupted",
-            )
+            latest = journal.latest_run()
+            try:
+                gone = only_run(
+                    journal,
+                    lambda r: r.state == "running" and not orchestrator_alive(r),
+                    "was interrupted",
+                    "were interrupted",
+                )
+            except UsageError as e:
+                if latest is None or latest.state != "failed" or not e.message.startswith("no "):
+                    raise
+                raise UsageError(  # `abreast resume` typed after a run failed
+                    f"{e.message}; the latest, {latest.id}, failed",
+                    hint=f"`abreast resume {latest.id} --retry-failed` runs what failed again, "
+                    "keeping what succeeded",
+                ) from None
         args.run_id = gone.id
     with _observing(args) as observer:
         from abreast.engine.runs import resume_run
