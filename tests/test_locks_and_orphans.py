@@ -39,6 +39,14 @@ with open(out, "w") as f:
 """
 
 
+def end_stopped(proc: subprocess.Popen[str]) -> None:
+    """End a process this test started, SIGSTOPped or not, and reap it (its pipes read)."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+    proc.communicate()
+
+
 def lock_argv(state: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "abreast", "lock", "tests", "--state", state, *extra, "--"]
 
@@ -194,10 +202,7 @@ def test_a_stopped_holder_loses_the_lock_and_the_next_holder_ends_its_command_fi
         assert first.returncode == 75
         assert "lost the lock 'tests'" in err
     finally:
-        if first.poll() is None:
-            os.kill(first.pid, signal.SIGCONT)
-            first.kill()
-            first.communicate()
+        end_stopped(first)
         coord.close()
 
 
@@ -242,10 +247,7 @@ def test_fencing_a_lapsed_lease_spares_the_same_lock_and_token_of_another_store(
             if pid_file.exists() and pid_alive(int(pid_file.read_text())):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
         for proc in (first, other):
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-                proc.kill()
-            proc.communicate()
+            end_stopped(proc)
         coord.close()
         theirs.close()
 
@@ -909,8 +911,5 @@ def test_a_holder_stopped_past_its_ttl_with_nobody_waiting_keeps_the_lock(
         assert locker.returncode == 0, lock_err
     finally:
         for p in (proc, locker):
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGCONT)
-                p.kill()
-                p.communicate()
+            end_stopped(p)
         coord.close()

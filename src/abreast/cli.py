@@ -16,7 +16,7 @@ from abreast import __version__
 from abreast.errors import AbreastError, UsageError, did_you_mean
 
 if TYPE_CHECKING:
-    from abreast.coord.journal import Journal
+    from abreast.coord.journal import Journal, RunRow
     from abreast.engine.engine import RunOutcome, View
     from abreast.observe.dashboard_process import Observer
 
@@ -448,25 +448,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
     elif args.run_id is None:  # the run whose orchestrator is gone, if one is
         from abreast.engine.lookup import only_run, open_journal, orchestrator_alive
 
+        def gone(r: RunRow) -> bool:
+            return r.state == "running" and not orchestrator_alive(r)
+
         _, journal = open_journal(None, args.state)
         with journal:
-            latest = journal.latest_run()
-            try:
-                gone = only_run(
-                    journal,
-                    lambda r: r.state == "running" and not orchestrator_alive(r),
-                    "was interrupted",
-                    "were interrupted",
-                )
-            except UsageError as e:
-                if latest is None or latest.state != "failed" or not e.message.startswith("no "):
-                    raise
-                raise UsageError(  # `abreast resume` typed after a run failed
-                    f"{e.message}; the latest, {latest.id}, failed",
+            latest = journal.latest_run()  # typed after it failed: say what will help
+            if (
+                latest is not None
+                and latest.state == "failed"
+                and not any(gone(r) for r in journal.runs(200))
+            ):
+                raise UsageError(
+                    f"no run was interrupted; the latest, {latest.id}, failed",
                     hint=f"`abreast resume {latest.id} --retry-failed` runs what failed again, "
                     "keeping what succeeded",
-                ) from None
-        args.run_id = gone.id
+                )
+            args.run_id = only_run(journal, gone, "was interrupted", "were interrupted").id
     with _observing(args) as observer:
         from abreast.engine.runs import resume_run
 
