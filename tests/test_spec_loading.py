@@ -115,8 +115,19 @@ def test_alias_bomb_is_refused() -> None:
     lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
     for i in range(1, 9):
         lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 10) + "]")
-    with pytest.raises(SpecError, match="too large or too deeply nested"):
+    # Refused where the expansion grows too large (g: a few lines of anchors make ten
+    # million values), sized without expanding it (walking the expansion took 5 s).
+    with pytest.raises(SpecError, match=r"^bomb\.yaml:7: the document is too large or too deeply"):
         parse_yaml("\n".join(lines), "bomb.yaml")
+    # An alias inside what it names is unbounded too; anchors used sanely are fine.
+    with pytest.raises(SpecError, match=r"^loop\.yaml:2: the document is too large"):
+        parse_yaml("x: 1\na: &a [1, {b: [*a]}]\n", "loop.yaml")
+    shared = parse_yaml("d: &d {x: [1, 2]}\ne: [*d, *d]\nf: {<<: *d, y: 3}\n", "ok.yaml")
+    assert shared.data == {
+        "d": {"x": [1, 2]},
+        "e": [{"x": [1, 2]}, {"x": [1, 2]}],
+        "f": {"x": [1, 2], "y": 3},
+    }
 
 
 def test_workflow_merges_defaults_and_records_its_source(write) -> None:  # type: ignore[no-untyped-def]

@@ -18,6 +18,7 @@ from abreast.spec.loader import MAX_DEPTH, Document, Path_
 
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MAX_NODES = 2_000_000  # guards against alias bombs ("billion laughs")
+_TOO_LARGE = "the document is too large or too deeply nested (aliases expanding without bound?)"
 _STD_TAGS = frozenset(
     "tag:yaml.org,2002:" + t
     for t in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp", "merge")
@@ -47,6 +48,9 @@ def parse_yaml(text: str, file: str) -> Document:
                 ],
             )
         walker = _Walker(loader, file)
+        bomb = _expanding_node(node, text)
+        if bomb is not None:
+            raise walker.fail(bomb, _TOO_LARGE)
         data = walker.value(node, (), 0)
         return Document(file, data, _lines=walker.lines)
     finally:
@@ -68,10 +72,7 @@ class _Walker:
     def value(self, node: yaml.Node, path: Path_, depth: int) -> Any:
         self.count += 1
         if self.count > _MAX_NODES or depth > MAX_DEPTH:
-            raise self.fail(
-                node,
-                "the document is too large or too deeply nested (aliases expanding without bound?)",
-            )
+            raise self.fail(node, _TOO_LARGE)
         if node.tag not in _STD_TAGS:
             raise self.fail(
                 node,
@@ -120,6 +121,60 @@ class _Walker:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, "a mapping key must be a plain value, not a list or mapping")
         return str(node.value)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+# An alias (`*name`) where a value starts; only a document with one can expand.
+_ALIAS = re.compile(r"(?:^|[\s\[{,:-])\*[^\s\[\]{},]")
+
+
+def _expanding_node(root: yaml.Node, text: str) -> yaml.Node | None:
+    """The node where aliases make the document expand past `_MAX_NODES` values (an
+    alias bomb: ten lines, a billion values), or None. An alias is the node it names,
+    so each distinct collection is sized once: time in the file's size, not in what it
+    expands to (walking the expansion took 5 s to refuse ten lines). A node that
+    contains itself (`&a [*a]`) is unbounded too."""
+    if not _ALIAS.search(text):
+        return None
+    over = _MAX_NODES + 1
+    sizes: dict[int, int] = {}
+    sizing: set[int] = set()  # the collections whose parts are being sized: the path down
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    scalar = yaml.ScalarNode
+    while stack:
+        node, parts_sized = stack.pop()
+        key = id(node)
+        if parts_sized:
+            sizing.discard(key)
+            total = 1
+            for part in _children(node):
+                total += 1 if part.__class__ is scalar else sizes.get(id(part), over)
+            sizes[key] = min(over, total)
+        elif key not in sizes:
+            if key in sizing:  # it contains itself
+                sizes[key] = over
+                continue
+            sizing.add(key)
+            stack.append((node, True))
+            for part in _children(node):
+                if part.__class__ is not scalar and id(part) not in sizes:
+                    stack.append((part, False))
+    if sizes.get(id(root), 1) < over:
+        return None
+    node, seen = root, {id(root)}
+    while True:  # down to the node whose own expansion is too large, for its line
+        inner = next((k for k in _children(node) if sizes.get(id(k), 0) >= over), None)
+        if inner is None or id(inner) in seen:
+            return node
+        node = inner
+        seen.add(id(node))
 
 
 def _yaml_problem(e: yaml.MarkedYAMLError, text: str) -> SpecProblem:
