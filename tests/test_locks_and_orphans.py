@@ -7,7 +7,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -755,17 +754,65 @@ def test_unreachable_state_is_a_clear_error(tmp_path: Path) -> None:
     path.write_text(
         json.dumps({"version": 1, "isolation": "none", "tasks": {"a": {"run": "true"}}})
     )
-    result = run_abreast(
-        "run", str(path), "--state", f"redis://127.0.0.1:{port}/0", cwd=tmp_path, timeout=120
-    )
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def run(wait: str) -> tuple[float, object]:
+        env = {**os.environ, "ABREAST_REDIS_WAIT": wait}
+        began = time.monotonic()
+        result = run_abreast("run", str(path), "--state", url, cwd=tmp_path, env=env, timeout=120)
+        return time.monotonic() - began, result
+
+    took, result = run("1.5s")
     assert result.code == 2
     assert "Traceback" not in result.err
-    # Said at once (the retries that follow take seconds), then given up.
+    # Said at once (the tries that follow take the wait), then given up.
     note, error = result.err.splitlines()[:2]
-    assert note.startswith(f"abreast: cannot reach Redis at redis://127.0.0.1:{port}/0 yet (")
-    assert note.endswith("); trying again for up to 15s")
+    assert note.startswith(f"abreast: cannot reach Redis at {url} yet (")
+    assert note.endswith("); trying again for up to 1.5s (ABREAST_REDIS_WAIT sets how long)")
     assert error.startswith("abreast: error: cannot reach Redis")
-    _ = socket  # (kept for the port helper's use above)
+    assert took >= 1.5  # it did try for the wait given
+    # 0: no wait, no note.
+    _, result = run("0")
+    assert result.code == 2
+    assert result.err.startswith(f"abreast: error: cannot reach Redis at {url}: ")
+    # A wait that is not a duration is refused, saying what to write.
+    _, result = run("soon")
+    assert result.code == 2
+    assert result.err.startswith("abreast: error: ABREAST_REDIS_WAIT='soon': ")
+    assert "like 90s" in result.err and "hint:" in result.err
+    assert "Traceback" not in result.err
+    assert not (tmp_path / ".abreast").exists() or not list((tmp_path / ".abreast").glob("*.db"))
+
+
+def test_a_run_waits_for_a_redis_that_starts_after_it(tmp_path: Path) -> None:
+    # A CI service coming up beside the run: the run says it is waiting, keeps trying,
+    # and runs once Redis answers.
+    server = RedisServer(redis_server_binary(), tmp_path)
+    path = tmp_path / "w.json"
+    path.write_text(
+        json.dumps({"version": 1, "isolation": "none", "tasks": {"a": {"run": "echo ran > a"}}})
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "run", str(path), "--plain", "--state", server.url],
+        cwd=tmp_path,
+        env={**os.environ, "ABREAST_REDIS_WAIT": "60s"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        note = proc.stderr.readline()  # said before the first retry
+        assert "yet (" in note and "trying again for up to 1m" in note, note
+        server.start()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out + err
+        assert (tmp_path / "a").read_text() == "ran\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.stop()
 
 
 def test_a_check_that_loses_its_lock_is_ended_and_run_again(tmp_path: Path) -> None:

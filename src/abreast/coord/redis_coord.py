@@ -8,9 +8,10 @@ connections are retried with exponential backoff (redis-py's Retry).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from abreast.coord.backend import (
@@ -23,6 +24,7 @@ from abreast.coord.backend import (
     new_store_id,
 )
 from abreast.coord.location import redact_url
+from abreast.spec.durations import format_duration, parse_duration
 
 PREFIX = "abreast:"
 
@@ -188,6 +190,39 @@ def _granted(name: str, holder: Holder, got: list[Any]) -> Lease:
     return Lease(name, token, holder, since / 1000, expires / 1000, lapsed)
 
 
+# How long abreast keeps trying to reach a Redis that does not answer: at the first
+# contact (a CI service starting beside the run), and on each call after it (a restart
+# during a run). Pauses between tries grow from 0.1 s to 2 s.
+WAIT_VARIABLE = "ABREAST_REDIS_WAIT"
+DEFAULT_WAIT_S = 15.0
+_BACKOFF_BASE_S = 0.05
+_BACKOFF_CAP_S = 2.0
+
+
+def redis_wait(env: Mapping[str, str] | None = None) -> float:
+    """Seconds to keep trying an unreachable Redis: `ABREAST_REDIS_WAIT`, else 15."""
+    raw = (os.environ if env is None else env).get(WAIT_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_WAIT_S
+    try:
+        return parse_duration(raw)
+    except ValueError as e:
+        raise CoordError(
+            f"{WAIT_VARIABLE}={raw!r}: {e}",
+            hint="how long to keep trying to reach Redis; 0 gives up at once",
+        ) from None
+
+
+def _tries(wait_s: float) -> int:
+    """How many retries of a call, with the pauses redis-py's backoff makes between
+    them (0.1 s, 0.2 s, ... up to 2 s), add up to at least `wait_s`."""
+    tries, waited = 0, 0.0
+    while waited < wait_s:
+        tries += 1
+        waited += min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**tries)
+    return tries
+
+
 class RedisCoordinator(Coordinator):
     def __init__(self, url: str) -> None:
         try:
@@ -200,6 +235,7 @@ class RedisCoordinator(Coordinator):
             ) from None
         self.url = url
         self._redis_mod = redis
+        wait = redis_wait()
         self._r = redis.Redis.from_url(
             url,
             decode_responses=True,
@@ -217,29 +253,51 @@ class RedisCoordinator(Coordinator):
         self._rate_take_any = self._r.register_script(_RATE_TAKE_ANY)
         self._pubsub: Any = None
         self._counter = 0
-        # Retried, as every call after it, unless Redis answered: a wrong or missing
-        # password is refused at once, not after ten tries (redis-py takes
-        # AuthenticationError for a ConnectionError, which its retries cover).
-        retrying = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=10)
+        # Tried again until `wait` has passed, as every call after it, unless Redis
+        # answered: a wrong or missing password is refused at once, not after ten tries
+        # (redis-py takes AuthenticationError for a ConnectionError, which its retries
+        # cover).
         try:
             try:
                 self.store_id = self._store_id()
             except (redis.AuthenticationError, redis.ResponseError):
                 raise
             except redis.RedisError as e:
+                if wait <= 0:
+                    raise
                 # Redis starting beside us (a CI service) is worth the wait; a mistyped
                 # address is not, so the wait is said at once rather than kept silent.
                 sys.stderr.write(
                     f"abreast: cannot reach Redis at {redact_url(url)} yet ({e}); "
-                    "trying again for up to 15s\n"
+                    f"trying again for up to {format_duration(wait)} "
+                    f"({WAIT_VARIABLE} sets how long)\n"
                 )
                 sys.stderr.flush()
-                self._r.set_retry(retrying)
-                self.store_id = self._store_id()
+                self.store_id = self._first_contact(time.monotonic() + wait)
         except redis.RedisError as e:
             self._r.close()
             raise CoordError(f"cannot reach Redis at {redact_url(url)}: {e}") from e
-        self._r.set_retry(retrying)
+        self._r.set_retry(
+            Retry(ExponentialBackoff(cap=_BACKOFF_CAP_S, base=_BACKOFF_BASE_S), _tries(wait))
+        )
+
+    def _first_contact(self, deadline: float) -> str:
+        """The store id, asked again (with a growing pause) until it answers or the
+        deadline passes; the last error is raised then."""
+        pause = _BACKOFF_BASE_S
+        while True:
+            pause = min(_BACKOFF_CAP_S, pause * 2)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self._store_id()  # a last try: its error is the one to say
+            time.sleep(min(pause, left))
+            try:
+                return self._store_id()
+            except (self._redis_mod.AuthenticationError, self._redis_mod.ResponseError):
+                raise
+            except self._redis_mod.RedisError:
+                if time.monotonic() >= deadline:
+                    raise
 
     def _store_id(self) -> str:
         self._r.set(f"{PREFIX}store_id", new_store_id(), nx=True)
