@@ -509,6 +509,42 @@ def test_tasks_start_with_default_signal_dispositions(tmp_path: Path) -> None:
     assert "Broken pipe" not in log.out + log.err
 
 
+def test_tasks_get_no_descriptor_abreast_was_started_with(tmp_path: Path) -> None:
+    # What started abreast may hold more than stdin, stdout and stderr open in it (an
+    # IDE's socket, a CI runner's pipe, `3< secrets`): a task, an agent among them, got
+    # them all, as subprocess's close_fds would not have let it.
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    read_end, write_end = os.pipe()
+    with open(secret, "rb") as held:
+        fd = held.fileno()
+        path = workflow(
+            tmp_path,
+            {
+                "t": {
+                    # What the programs a task starts hold (ls: its own listing's too).
+                    "run": f"ls /proc/self/fd > open; cat /proc/self/fd/{fd} > read"
+                    " 2>/dev/null || true"
+                }
+            },
+        )
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                pass_fds=(fd, write_end),
+            )
+        finally:
+            os.close(write_end)
+            os.close(read_end)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted((tmp_path / "open").read_text().split(), key=int) == ["0", "1", "2", "3"]
+    assert (tmp_path / "read").read_text() == ""
+
+
 def test_invalid_output_fails_the_attempt(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     path = workflow(
         tmp_path,

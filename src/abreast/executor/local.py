@@ -235,8 +235,36 @@ class LocalExecutor:
         self._on_exit(running, exit_)
 
 
+# Whether the descriptors this process was started with are kept from tasks (see below).
+_INHERITED_CLOSED = False
+
+
+def keep_inherited_fds_from_tasks() -> None:
+    """Mark every descriptor above stderr close-on-exec, once per process: a task gets
+    stdin, stdout and stderr only, as `subprocess` gives its children. Python opens its
+    own descriptors close-on-exec; those abreast was *started* with are not, and passed
+    on they are open in every program a task starts (an IDE's socket, a CI runner's
+    pipe, a file opened with `3< secrets`), and a daemon a task leaves behind keeps such
+    a pipe open after the run, so that whatever reads it never sees its end."""
+    global _INHERITED_CLOSED
+    if _INHERITED_CLOSED:
+        return
+    _INHERITED_CLOSED = True
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except (OSError, ValueError):  # no /proc: the descriptors up to the soft limit
+        fds = list(range(3, min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 4096)))
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:  # closed (the listing's own), or not a descriptor at all
+                pass
+
+
 def spawn(launch: Launch) -> tuple[int, int | None]:
     """Start the attempt's wrapper in a session of its own: (pid, start ticks)."""
+    keep_inherited_fds_from_tasks()
     before = boot_ticks()
     pid = os.posix_spawn(
         SHELL,
