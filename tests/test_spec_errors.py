@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import run_abreast
@@ -359,6 +362,47 @@ def test_a_long_condition_is_not_repeated_whole_in_its_error(write, cli) -> None
 def test_missing_file_and_directory(tmp_path, cli) -> None:  # type: ignore[no-untyped-def]
     assert "no such file" in cli("analyze", str(tmp_path / "nope.yaml")).err
     assert "is a directory" in cli("analyze", str(tmp_path)).err
+
+
+def test_without_a_file_the_nearest_abreast_yaml_up_to_the_repository_top_is_read(
+    tmp_path: Path,
+) -> None:
+    # Typed in src/ of a project, `abreast run` looked for ./abreast.yaml only.
+    outer = tmp_path / "outer"
+    repo = outer / "repo"
+    deep = repo / "src" / "pkg"
+    deep.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    # Above the repository: never read (another project's, or none of this one's).
+    (outer / "abreast.yaml").write_text("version: 1\ntasks:\n  outside: {run: 'true'}\n")
+    missing = run_abreast("validate", cwd=deep)
+    assert missing.code == 2
+    assert missing.err.startswith(
+        f"abreast: error: abreast.yaml: no such file in {deep} nor above it up to the "
+        f"repository's top, {repo}\n"
+    )
+    (repo / "abreast.yaml").write_text("version: 1\ntasks:\n  a: {run: 'true'}\n")
+    for command in ("validate", "analyze"):
+        found = run_abreast(command, cwd=deep)
+        assert found.code == 0, found.err
+        assert found.err == "note: using ../../abreast.yaml (none in this directory)\n"
+    assert run_abreast("validate", cwd=deep).out == "../../abreast.yaml: ok (1 task)\n"
+    ran = run_abreast("run", "--plain", "--no-monitor", "--dry-run", cwd=deep)
+    assert ran.code == 0 and "1. a " in ran.out, ran.out + ran.err
+    # abreast.yml is read too; beside abreast.yaml it is said not to be.
+    (deep / "abreast.yml").write_text("version: 1\ntasks:\n  b: {run: 'true'}\n")
+    assert run_abreast("validate", cwd=deep).out == "abreast.yml: ok (1 task)\n"
+    (deep / "abreast.yaml").write_text("version: 1\ntasks:\n  c: {run: 'true'}\n")
+    both = run_abreast("validate", cwd=deep)
+    assert (both.out, both.err) == (
+        "abreast.yaml: ok (1 task)\n",
+        "note: using abreast.yaml; abreast.yml is not read\n",
+    )
+    # Outside any repository only the current directory counts.
+    lone = tmp_path / "lone" / "sub"
+    lone.mkdir(parents=True)
+    (lone.parent / "abreast.yaml").write_text("version: 1\ntasks:\n  a: {run: 'true'}\n")
+    assert f"no such file in {lone}\n" in run_abreast("validate", cwd=lone).err
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,53 @@ class _Parser(argparse.ArgumentParser):
 
 def _workflow_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "file", nargs="?", default=DEFAULT_FILE, help=f"workflow file (default: {DEFAULT_FILE})"
+        "file",
+        nargs="?",
+        help=f"workflow file (default: {DEFAULT_FILE} here, else the nearest one above, "
+        "up to the repository's top)",
+    )
+
+
+DEFAULT_NAMES = (DEFAULT_FILE, "abreast.yml")
+
+
+def workflow_file(given: str | None, cwd: Path | None = None) -> str:
+    """The workflow file a command reads: the one given, else `abreast.yaml` (or
+    `abreast.yml`) in the current directory, else, inside a git repository, in the
+    nearest directory above it that has one, up to the repository's top (as git finds
+    its repository, so that a command typed in `src/` finds the project's workflow).
+    One found above is said on stderr. None found: an error saying where it looked."""
+    if given is not None:
+        return given
+    here = Path.cwd() if cwd is None else cwd
+    top = next((d for d in (here, *here.parents) if (d / ".git").exists()), here)
+    folder = here
+    while True:
+        found = [folder / name for name in DEFAULT_NAMES if (folder / name).is_file()]
+        if found:
+            chosen = os.path.relpath(found[0], here)
+            if folder != here:
+                sys.stderr.write(f"note: using {chosen} (none in this directory)\n")
+            elif len(found) > 1:
+                sys.stderr.write(f"note: using {DEFAULT_FILE}; {found[1].name} is not read\n")
+            return chosen
+        if folder == top or folder == folder.parent:
+            break
+        folder = folder.parent
+    from abreast.errors import SpecError, SpecProblem
+
+    where = f"in {here}"
+    if top != here:
+        where += f" nor above it up to the repository's top, {top}"
+    raise SpecError(
+        DEFAULT_FILE,
+        [
+            SpecProblem(
+                f"no such file {where}",
+                hint="give the path of a workflow file (`abreast run path/to/flow.yaml`), "
+                "or write a starter one with `abreast init`",
+            )
+        ],
     )
 
 
@@ -327,7 +373,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from abreast.spec import load_workflow
     from abreast.spec.overrides import flag_overrides, only_tasks, parallel_cap
 
-    wf = load_workflow(args.file)
+    wf = load_workflow(workflow_file(args.file))
     if args.only:
         wf = only_tasks(wf, args.only)
     analysis = analyze(
@@ -348,8 +394,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from abreast.spec import load_workflow
     from abreast.spec.durations import counted
 
-    wf = load_workflow(args.file)
-    print(f"{args.file}: ok ({counted(len(wf.tasks), 'task')})")
+    file = workflow_file(args.file)
+    wf = load_workflow(file)
+    print(f"{file}: ok ({counted(len(wf.tasks), 'task')})")
     return 0
 
 
@@ -416,7 +463,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from abreast.engine.runs import RunRequest, dry_run, start_run
 
         req = RunRequest(
-            file=Path(args.file),
+            file=Path(workflow_file(args.file)),
             run_id=args.run_id,
             max_parallel=args.max_parallel,
             sequential=args.sequential,
