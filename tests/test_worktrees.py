@@ -1905,3 +1905,77 @@ def test_a_git_command_that_fails_unexpectedly_is_an_error_line_not_a_traceback(
     assert code == 1, out
     assert "abreast: error: git " in out and "filter 'weird' failed" in out
     assert "Traceback" not in out
+
+
+def test_a_drained_run_lets_what_runs_land_starts_nothing_and_is_carried_on(
+    repo: Path, tmp_path: Path
+) -> None:
+    # `abreast cancel --drain`: stop starting work (end of the day), without killing the
+    # agents that are half-way through theirs; `abreast resume` does the rest later.
+    started, go = tmp_path / "long-started", tmp_path / "go"
+    path = workflow(
+        repo,
+        {
+            "long": {
+                "run": f"touch {started}; while [ ! -e {go} ]; do sleep 0.05; done; "
+                "echo L > long.txt"
+            },
+            "after": {"needs": ["long"], "run": "echo A > after.txt"},
+            # Fails once, then waits a minute to try again: that retry is not started.
+            "flaky": {
+                "run": f'echo "$ABREAST_FEEDBACK" > {tmp_path}/feedback.$ABREAST_ATTEMPT; '
+                '[ "$ABREAST_ATTEMPT" -ge 2 ] && echo F > flaky.txt',
+                "retries": 2,
+                "backoff": {"initial": "60s"},
+            },
+        },
+    )
+    proc, run_id = start_run(path, cwd=repo)
+    db = repo / ".abreast" / "state.db"
+    try:
+        wait_for(lambda: started.exists(), what="long to start")
+        wait_for(
+            lambda: query(db, "SELECT 1 FROM events WHERE type = 'task.retrying'") != [],
+            what="flaky to wait for its retry",
+        )
+        drain = run_abreast("cancel", "--drain", cwd=repo)
+        assert drain.code == 0, drain.err
+        assert drain.out.startswith(f"asked the orchestrator of {run_id} (pid {proc.pid}) to drain")
+        assert run_abreast("cancel", run_id, "--drain", cwd=repo).out == (
+            f"run {run_id} is already draining\n"
+        )
+        wait_for(
+            lambda: query(db, "SELECT 1 FROM events WHERE type = 'run.draining'") != [],
+            what="the orchestrator to drain",
+        )
+        assert proc.poll() is None  # long is still at work: it is not killed
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out + err
+    assert "draining (abreast cancel --drain): no new tasks; waiting for long to finish" in out
+    assert f"carry on: abreast resume {run_id}" in out
+    states = dict(query(db, "SELECT task_id, state FROM tasks"))
+    assert states == {"long": "succeeded", "after": "cancelled", "flaky": "cancelled"}
+    attempts = dict(query(db, "SELECT task_id, attempts FROM tasks"))
+    assert attempts == {"long": 1, "after": 0, "flaky": 1}  # nothing new was started
+    assert git(repo, "show", f"{integration(run_id)}:long.txt") == "L\n"  # it landed
+    # A bare resume carries the drained (cancelled) run on: the rest runs, told why the
+    # retry waited; what landed stays.
+    resumed = run_abreast("resume", "--no-monitor", "--plain", cwd=repo)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert dict(query(db, "SELECT task_id, state FROM tasks")) == {
+        "long": "succeeded",
+        "after": "succeeded",
+        "flaky": "succeeded",
+    }
+    assert dict(query(db, "SELECT task_id, attempts FROM tasks"))["long"] == 1
+    assert "exit 1" in (tmp_path / "feedback.2").read_text()
+    for name, text in (("long.txt", "L\n"), ("after.txt", "A\n"), ("flaky.txt", "F\n")):
+        assert git(repo, "show", f"{integration(run_id)}:{name}") == text
+    # Only a run that is running can be drained.
+    late = run_abreast("cancel", run_id, "--drain", cwd=repo)
+    assert late.code == 2 and f"run {run_id} is not running (it succeeded)" in late.err

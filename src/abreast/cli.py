@@ -253,6 +253,12 @@ def _args_logs(p: argparse.ArgumentParser) -> None:
 
 def _args_cancel(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", metavar="RUN", nargs="?", help="default: the one run running")
+    p.add_argument(
+        "--drain",
+        action="store_true",
+        help="start nothing new; let the tasks running finish and land, then stop "
+        "(`abreast resume RUN` runs the rest)",
+    )
     _state_arg(p)
 
 
@@ -501,17 +507,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
         _, journal = open_journal(None, args.state)
         with journal:
             latest = journal.latest_run()  # typed after it failed: say what will help
-            if (
-                latest is not None
-                and latest.state == "failed"
-                and not any(gone(r) for r in journal.runs(200))
-            ):
+            nothing_gone = latest is not None and not any(gone(r) for r in journal.runs(200))
+            if nothing_gone and latest is not None and latest.state == "failed":
                 raise UsageError(
                     f"no run was interrupted; the latest, {latest.id}, failed",
                     hint=f"`abreast resume {latest.id} --retry-failed` runs what failed again, "
                     "keeping what succeeded",
                 )
-            args.run_id = only_run(journal, gone, "was interrupted", "were interrupted").id
+            if nothing_gone and latest is not None and latest.state == "cancelled":
+                args.run_id = latest.id  # Ctrl-C, `abreast cancel [--drain]`: carried on
+            else:
+                args.run_id = only_run(journal, gone, "was interrupted", "were interrupted").id
     with _observing(args) as observer:
         from abreast.engine.runs import resume_run
 
@@ -622,7 +628,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             row = find_run(journal, args.run_id)
         else:
             row = only_run(journal, lambda r: r.state == "running", "is running", "are running")
-        print(cancel_run(journal, row))
+        print(cancel_run(journal, row, drain=args.drain))
     return 0
 
 

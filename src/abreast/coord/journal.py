@@ -109,6 +109,10 @@ CREATE TABLE IF NOT EXISTS signals (
 );
 """
 
+# runs.cancel_requested: what `abreast cancel` asked of a running run.
+CANCEL_REQUESTED = 1
+DRAIN_REQUESTED = 2  # `abreast cancel --drain`: start nothing new, let what runs finish
+
 
 @dataclass(frozen=True)
 class RunRow:
@@ -579,12 +583,13 @@ class Journal:
         ).fetchone()
         return _run_row(row) if row else None
 
-    def cancel_requested(self, run_id: str) -> bool:
-        """Whether `abreast cancel` asked the run to stop (one column: read every tick)."""
+    def cancel_requested(self, run_id: str) -> int:
+        """What `abreast cancel` asked of the run (one column: read every tick): 0 nothing,
+        CANCEL_REQUESTED (stop), DRAIN_REQUESTED (`--drain`: start nothing new)."""
         row = self._db.execute(
             "SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)
         ).fetchone()
-        return bool(row and row[0])
+        return int(row[0]) if row and row[0] else 0
 
     def finished_at(self, run_id: str) -> float | None:
         """When the run finished (None while it runs, or if there is no such run): without

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from abreast.coord.anchor import StateAnchor, with_side_files
 from abreast.coord.backend import Lease
-from abreast.coord.journal import Journal
+from abreast.coord.journal import DRAIN_REQUESTED, Journal
 from abreast.coord.location import StateLocation
 from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.ports import PortBook
@@ -60,7 +60,12 @@ if TYPE_CHECKING:
     from abreast.keys.broker import KeyBroker
     from abreast.observe.events import Sink
 
-JITTER = 0.25  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
+JITTER = 0.25
+_DRAINED = "not started: the run was drained (abreast cancel --drain); abreast resume runs it"
+_DRAINED_AGAIN = (
+    "its next attempt was not started: the run was drained (abreast cancel --drain); "
+    "abreast resume runs it"
+)  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
 _stop_asked: list[int] = []  # SIGTERMs (SIGHUPs) that came before the engine listened for them
 # Why a run is cancelled, by the signal that asked: SIGINT is Ctrl-C, SIGHUP the terminal
 # closing (an ssh session dropped, its window shut), SIGTERM `abreast cancel`.
@@ -272,6 +277,7 @@ class Engine:
         self._parked = False  # the loop waits for `_wake` with nothing left to do
         self._inline_error: BaseException | None = None
         self._cancelling = False
+        self._draining = False  # `abreast cancel --drain`: nothing new starts
         self._interrupted = 0  # the signal the cancel came from (SIGINT, SIGHUP), if one
         self._force_kill = False
         self._killing: set[asyncio.Task[None]] = set()
@@ -423,9 +429,7 @@ class Engine:
                 f"{tr.id}: its attempt {tr.attempts} was on the merge queue; queueing it again"
             )
             self._spawn_background(self._integrate(tr, tr.attempts))
-        asked = self._cancel_asked()
-        if asked:  # `abreast cancel` (the terminal closed) before we listened
-            self._on_cancel(asked)
+        self._on_stop_requests()  # `abreast cancel` (the terminal closed) before we listened
         try:
             while True:
                 self._pass()
@@ -503,12 +507,12 @@ class Engine:
     def _finished(self) -> bool:
         if self._active or (self._executor and self._executor.running):
             return False
-        return self._cancelling or self._terminal_count == len(self.tasks)
+        return self._cancelling or self._draining or self._terminal_count == len(self.tasks)
 
     # -- deciding ----------------------------------------------------------------------------
 
     def _decide(self) -> list[tuple[TaskRun, Launch | None]]:
-        if self._cancelling:
+        if self._cancelling or self._draining:
             return []
         self._admit_ready()
         return [
@@ -1008,11 +1012,16 @@ class Engine:
         self._fail(tr, final, reason)
 
     def _send_back(self, tr: TaskRun, feedback: str, *, kind: str, delay_s: float) -> None:
-        """Run the task again after `delay_s`, telling it why in ABREAST_FEEDBACK."""
+        """Run the task again after `delay_s`, telling it why in ABREAST_FEEDBACK. While
+        the run drains, its next attempt is left to `abreast resume`, told the same."""
         self._d.release(tr.v)  # no slot is held while it waits
         self._release(tr, keep=False)
         feedback = bounded_feedback(feedback)
         tr.feedback = feedback
+        if self._draining:
+            self._set(tr, TaskState.CANCELLED, feedback=feedback, reason=_DRAINED_AGAIN)
+            self._terminal(tr)
+            return
         tr.retry_at = time.time() + delay_s
         self._set(tr, TaskState.PENDING, feedback=feedback)
         self.journal.stage_event(
@@ -1093,6 +1102,29 @@ class Engine:
             elif task_id in self.by_id:
                 self.sup.orphan_cleaned(task_id, attempt, "left_running")
 
+    def _on_drain(self, why: str) -> None:
+        """`abreast cancel --drain`: start nothing new (no task, no retry, no send-back);
+        what runs (and what is on the merge queue) finishes and lands; the run then ends
+        cancelled, for `abreast resume` to carry on. A cancel meanwhile stops it all."""
+        if self._cancelling or self._draining:
+            return
+        self._draining = True
+        going = [tr.id for tr in self.tasks if tr in self._active]
+        self.journal.stage_event(self.run_id, "run.draining", reason=why, running=going)
+        self.view.note(
+            f"draining ({why}): no new tasks; "
+            + (f"waiting for {', '.join(going)} to finish" if going else "nothing is running")
+            + f"; `abreast resume {self.run_id}` runs the rest (Ctrl-C stops them now)"
+        )
+        for tr in self.tasks:
+            if tr.state in (TaskState.PENDING, TaskState.READY):
+                if tr.timer:  # a retry waiting out its backoff
+                    tr.timer.cancel()
+                    tr.timer = None
+                why_not = _DRAINED_AGAIN if tr.attempts else _DRAINED
+                self._set(tr, TaskState.CANCELLED, reason=why_not)
+                self._terminal(tr)
+
     def _on_cancel(self, why: str) -> None:
         if self._cancelling:
             self._force_kill = True
@@ -1146,22 +1178,33 @@ class Engine:
                     + " may start"
                 )
 
-    def _cancel_asked(self) -> str | None:
-        """Why the run is to be cancelled, if it is: `abreast cancel` journaled a request
-        (typed on another machine, or before this process listened for SIGTERM), or a
-        SIGTERM (SIGHUP) came before it listened."""
+    def _on_stop_requests(self) -> None:
+        """Act on a request to stop: `abreast cancel` (`--drain`) journaled one (typed on
+        another machine, or before this process listened for SIGTERM), or a SIGTERM
+        (SIGHUP) came before it listened."""
+        if self._cancelling:
+            return
         if _stop_asked:
             hangup = signal.SIGHUP in _stop_asked
             _stop_asked.clear()
-            return CANCELLED_BY[signal.SIGHUP] if hangup else "abreast cancel"
-        return "abreast cancel" if self.journal.cancel_requested(self.run_id) else None
+            self._on_cancel(CANCELLED_BY[signal.SIGHUP] if hangup else "abreast cancel")
+            return
+        asked = self.journal.cancel_requested(self.run_id)
+        if asked == DRAIN_REQUESTED:
+            self._on_drain("abreast cancel --drain")
+        elif asked:
+            self._on_cancel("abreast cancel")
+
+    def _on_wake(self) -> None:
+        """SIGUSR1: something was journaled for this run (`abreast signal`, `abreast
+        cancel --drain`)."""
+        self._on_signals()
+        self._on_stop_requests()
 
     def _on_tick(self) -> None:
         self._check_anchor(first_only=False)
         self._on_signals()  # from tasks on other machines, which cannot send SIGUSR1 here
-        asked = None if self._cancelling else self._cancel_asked()
-        if asked:
-            self._on_cancel(asked)
+        self._on_stop_requests()
         if self._executor:
             self._executor.sweep()
             reap_orphans(self._executor.running)
@@ -1197,7 +1240,7 @@ class Engine:
         handlers: dict[int, Callable[[], None]] = {
             signal.SIGINT: lambda: self._post("cancel", CANCELLED_BY[signal.SIGINT]),
             signal.SIGTERM: lambda: self._post("cancel", "abreast cancel"),
-            signal.SIGUSR1: lambda: self._post("signals"),
+            signal.SIGUSR1: lambda: self._post("wake"),
         }
         if hangup_heard():  # else nohup asked for the run to go on
             handlers[signal.SIGHUP] = lambda: self._post("cancel", CANCELLED_BY[signal.SIGHUP])
@@ -1302,7 +1345,12 @@ class Engine:
         if self._scrubs:
             await asyncio.gather(*self._scrubs, return_exceptions=True)
         busy = sum(tr.busy_s for tr in self.tasks)
-        if self._cancelling:
+        if self._draining and not self._cancelling:
+            for tr in self.tasks:
+                if not tr.state.terminal:  # ready since the drain began: not started
+                    self._set(tr, TaskState.CANCELLED, reason=_DRAINED)
+                    self._terminal(tr)
+        if self._cancelling or any(tr.state is TaskState.CANCELLED for tr in self.tasks):
             state = "cancelled"
         elif all(tr.state in (TaskState.SUCCEEDED, TaskState.SKIPPED) for tr in self.tasks):
             state = "succeeded"

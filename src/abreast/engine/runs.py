@@ -9,6 +9,7 @@ import functools
 import os
 import random
 import re
+import signal
 import socket
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from abreast.coord.backend import CoordError, open_coordinator
-from abreast.coord.journal import Journal, RunRow
+from abreast.coord.journal import CANCEL_REQUESTED, DRAIN_REQUESTED, Journal, RunRow
 from abreast.coord.location import StateLocation, locate, redact_url
 from abreast.engine import preflight
 from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View, defer_stop_signals
@@ -686,13 +687,15 @@ def plan_summary(a: Analysis) -> dict[str, Any] | None:
 # -- cancel ------------------------------------------------------------------------------------
 
 
-def cancel_run(journal: Journal, row: RunRow) -> str:
+def cancel_run(journal: Journal, row: RunRow, *, drain: bool = False) -> str:
     if row.state not in ("running",):
         raise UsageError(
             f"run {row.id} is not running (it {row.state})",
             hint="`abreast status` lists runs and their states",
         )
-    journal.write("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (row.id,))
+    if drain:
+        return _drain(journal, row)
+    journal.write("UPDATE runs SET cancel_requested = ? WHERE id = ?", (CANCEL_REQUESTED, row.id))
     if orchestrator_alive(row):
         return _ask_to_cancel(row)
     # No orchestrator: this process ends the run, with resume and cleanup kept out (a
@@ -705,6 +708,39 @@ def cancel_run(journal: Journal, row: RunRow) -> str:
         if orchestrator_alive(now):
             return _ask_to_cancel(now)
         return _cancel_dead(journal, now)
+
+
+def _drain(journal: Journal, row: RunRow) -> str:
+    """`abreast cancel --drain`: the orchestrator starts nothing new and lets what runs
+    finish (and land); a request journaled, and the orchestrator woken to read it."""
+    if not orchestrator_alive(row):
+        raise UsageError(
+            f"run {row.id} has no live orchestrator: nothing of it is running to finish",
+            hint=f"`abreast resume {row.id}` carries it on; `abreast cancel {row.id}` "
+            "stops what it left running",
+        )
+    asked = journal.cancel_requested(row.id)
+    if asked == CANCEL_REQUESTED:
+        return f"run {row.id} is already being cancelled"
+    if asked == DRAIN_REQUESTED:
+        return f"run {row.id} is already draining"
+    journal.write(
+        "UPDATE runs SET cancel_requested = ? WHERE id = ? AND cancel_requested = 0",
+        (DRAIN_REQUESTED, row.id),
+    )
+    said = (
+        "no task starts any more; those running finish and land, then the run ends "
+        f"(cancelled) and `abreast resume {row.id}` runs the rest"
+    )
+    assert row.pid is not None
+    if not on_this_host(row):
+        return (
+            f"asked the orchestrator of {row.id} (pid {row.pid} on {row.host}) to drain: "
+            f"{said}; it reads the request within a second"
+        )
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.kill(row.pid, signal.SIGUSR1)  # read the journal now, not at the next tick
+    return f"asked the orchestrator of {row.id} (pid {row.pid}) to drain: {said}"
 
 
 def _ask_to_cancel(row: RunRow) -> str:

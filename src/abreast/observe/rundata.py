@@ -183,6 +183,11 @@ def saved_phrase(saved_s: float, pct: float, fmt: Callable[[float], str], digits
     )
 
 
+def carry_on_hint(run_id: str) -> str:
+    """The line that says how to carry on a cancelled run (Ctrl-C, `abreast cancel`)."""
+    return f"carry on: abreast resume {run_id} (what succeeded stays; the rest runs)"
+
+
 def retry_hint(run_id: str) -> str:
     """The line that says how to run a failed run's failures again."""
     return (

@@ -126,6 +126,8 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         out.write(f"  {row.summary['landing']}\n")
     if state == "failed" and any(TaskState(t.state) in FAILED_STATES for t in tasks):
         out.write(f"  {rundata.retry_hint(row.id)}\n")
+    elif state == "cancelled":
+        out.write(f"  {rundata.carry_on_hint(row.id)}\n")
 
 
 def _merge_waits(journal: Journal, run_id: str) -> dict[str, list[str]]:

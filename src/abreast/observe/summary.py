@@ -6,7 +6,13 @@ from typing import TextIO
 
 from abreast.engine.engine import RunOutcome
 from abreast.engine.states import TaskState
-from abreast.observe.rundata import changed, failure_lines, retry_hint, saved_phrase
+from abreast.observe.rundata import (
+    carry_on_hint,
+    changed,
+    failure_lines,
+    retry_hint,
+    saved_phrase,
+)
 from abreast.spec.durations import format_duration
 
 TABLE_LIMIT = 40  # above this many tasks, states are counted instead of listed
@@ -41,6 +47,8 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
     for warning in outcome.warnings:
         w(f"  warning: {warning}\n")
     report_failures(outcome, out)
+    if outcome.state == "cancelled" and not outcome.failures:
+        w(f"\n  {carry_on_hint(outcome.run_id)}\n")
 
 
 def report_failures(outcome: RunOutcome, out: TextIO) -> None:
