@@ -1963,6 +1963,10 @@ def test_a_drained_run_lets_what_runs_land_starts_nothing_and_is_carried_on(
     attempts = dict(query(db, "SELECT task_id, attempts FROM tasks"))
     assert attempts == {"long": 1, "after": 0, "flaky": 1}  # nothing new was started
     assert git(repo, "show", f"{integration(run_id)}:long.txt") == "L\n"  # it landed
+    status = run_abreast("status", run_id, cwd=repo).out
+    assert status.endswith(
+        f"carry on: abreast resume {run_id} (what succeeded stays; the rest runs)\n"
+    )
     # A bare resume carries the drained (cancelled) run on: the rest runs, told why the
     # retry waited; what landed stays.
     resumed = run_abreast("resume", "--no-monitor", "--plain", cwd=repo)
