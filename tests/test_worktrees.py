@@ -1949,6 +1949,10 @@ def test_a_drained_run_lets_what_runs_land_starts_nothing_and_is_carried_on(
             what="the orchestrator to drain",
         )
         assert proc.poll() is None  # long is still at work: it is not killed
+        said = run_abreast("status", run_id, cwd=repo).out.splitlines()
+        assert (
+            said[1] == "  draining (abreast cancel --drain): nothing new starts; what runs finishes"
+        )
         go.touch()
         out, err = proc.communicate(timeout=60)
     finally:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from abreast.coord.journal import AttemptRow, Journal, RunRow, TaskRow
+from abreast.coord.journal import DRAIN_REQUESTED, AttemptRow, Journal, RunRow, TaskRow
 from abreast.engine.lookup import orchestrator_alive
 from abreast.engine.states import FAILED_STATES, TERMINAL, TaskState
 from abreast.errors import UsageError
@@ -104,6 +104,10 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     out.write(f"run {row.id} ({row.workflow}): {state}, {took}\n")
     if state == "interrupted":
         out.write(f"  its orchestrator is gone; `abreast resume {row.id}` carries on\n")
+    elif state == "running" and row.cancel_requested == DRAIN_REQUESTED:
+        out.write("  draining (abreast cancel --drain): nothing new starts; what runs finishes\n")
+    elif state == "running" and row.cancel_requested:
+        out.write("  cancelling: what runs is being stopped\n")
     tasks = journal.tasks(row.id)
     width = max([len(t.task_id) for t in tasks] + [4])
     out.write(
