@@ -1703,3 +1703,54 @@ def test_a_script_saved_with_windows_line_endings_is_named_as_such(tmp_path: Pat
     assert f"note: {said}" in result.err and "it is named by task a" in result.err
     assert f"  a (failed): exit 127 (command not found)\n    {said}" in result.out
     assert "fine.sh has" not in result.out + result.err
+
+
+def test_fail_fast_starts_nothing_after_a_failure_and_lets_what_runs_finish(
+    tmp_path: Path,
+) -> None:
+    # As make without -k: once a task has failed, nothing new starts (an agent run of
+    # many tasks need not spend on the rest); what runs finishes. Resume keeps to it.
+    go, fixed = tmp_path / "go", tmp_path / "fixed"
+    path = workflow(
+        tmp_path,
+        {
+            "slow": {"run": f"while [ ! -e {go} ]; do sleep 0.05; done; echo s > slow.txt"},
+            "bad": {"run": f"test -e {fixed}"},
+            "after": {"needs": ["slow"], "run": "echo a > after.txt"},
+        },
+    )
+    proc, run_id = start_run(path, "--fail-fast", cwd=tmp_path)
+    try:
+        wait_for(
+            lambda: (
+                journal(tmp_path, "SELECT state FROM tasks WHERE task_id = 'bad'") == [("failed",)]
+            ),
+            what="bad to fail",
+        )
+        assert proc.poll() is None  # slow runs on
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, out + err
+    assert "stopping: bad failed and the run stops at its first failure (--fail-fast)" in out
+    states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
+    assert states == {"slow": "succeeded", "bad": "failed", "after": "cancelled"}
+    reason = journal(tmp_path, "SELECT reason FROM tasks WHERE task_id = 'after'")[0][0]
+    assert reason.startswith("not started: bad failed and the run stops at its first failure")
+    assert journal(tmp_path, "SELECT state FROM runs") == [("failed",)]
+    assert not (tmp_path / "after.txt").exists() and (tmp_path / "slow.txt").exists()
+    # Resumed, it still stops at the first failure (after, ready at once, started beside
+    # bad and may have run); fixed, the rest runs.
+    again = run_abreast("resume", run_id, "--retry-failed", "--plain", cwd=tmp_path)
+    assert again.code == 1, again.out + again.err
+    assert "stopping: bad failed and the run stops at its first failure" in again.out
+    fixed.touch()
+    done = run_abreast("resume", run_id, "--retry-failed", "--plain", cwd=tmp_path)
+    assert done.code == 0, done.out + done.err
+    assert set(dict(journal(tmp_path, "SELECT task_id, state FROM tasks")).values()) == {
+        "succeeded"
+    }
+    assert (tmp_path / "after.txt").read_text() == "a\n"

@@ -192,6 +192,12 @@ def _args_run(p: argparse.ArgumentParser) -> None:
         help="fast-forward `base` to the result when the run succeeds",
     )
     p.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="after the first task fails, start nothing new; what runs finishes (as make "
+        "without -k)",
+    )
+    p.add_argument(
         "--executor",
         choices=["local", "ray"],
         default="local",
@@ -481,6 +487,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             executor=args.executor,
             ray_address=args.ray_address,
             only=args.only,
+            fail_fast=args.fail_fast,
         )
         if args.ray_address and args.executor != "ray":
             raise UsageError(

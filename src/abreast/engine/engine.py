@@ -61,10 +61,12 @@ if TYPE_CHECKING:
     from abreast.observe.events import Sink
 
 JITTER = 0.25
-_DRAINED = "not started: the run was drained (abreast cancel --drain); abreast resume runs it"
-_DRAINED_AGAIN = (
+# Why a task did not start (again) once the run drained: (not started at all, its next
+# attempt not started).
+_DRAINED = (
+    "not started: the run was drained (abreast cancel --drain); abreast resume runs it",
     "its next attempt was not started: the run was drained (abreast cancel --drain); "
-    "abreast resume runs it"
+    "abreast resume runs it",
 )  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
 _stop_asked: list[int] = []  # SIGTERMs (SIGHUPs) that came before the engine listened for them
 # Why a run is cancelled, by the signal that asked: SIGINT is Ctrl-C, SIGHUP the terminal
@@ -128,6 +130,7 @@ class EngineOptions:
     base_env: dict[str, str] = field(default_factory=dict)
     supervisor: Supervisor | None = None
     sinks: list[Sink] = field(default_factory=list)  # hear every committed event
+    fail_fast: bool = False  # the first task to fail stops the run as a drain does
     keys: KeyBroker | None = None  # API keys or proxy tokens for attempts
     # Makes the executor on the loop (given the exit callback); None: LocalExecutor.
     executor: Callable[[Callable[[Running, Exit], None]], Executor] | None = None
@@ -277,7 +280,9 @@ class Engine:
         self._parked = False  # the loop waits for `_wake` with nothing left to do
         self._inline_error: BaseException | None = None
         self._cancelling = False
-        self._draining = False  # `abreast cancel --drain`: nothing new starts
+        self._draining = False  # `abreast cancel --drain`, --fail-fast: nothing new starts
+        self._drained = _DRAINED  # why tasks were not started (again), once draining
+        self._failed_fast: TaskRun | None = None  # the failure that stopped the run
         self._interrupted = 0  # the signal the cancel came from (SIGINT, SIGHUP), if one
         self._force_kill = False
         self._killing: set[asyncio.Task[None]] = set()
@@ -1019,7 +1024,7 @@ class Engine:
         feedback = bounded_feedback(feedback)
         tr.feedback = feedback
         if self._draining:
-            self._set(tr, TaskState.CANCELLED, feedback=feedback, reason=_DRAINED_AGAIN)
+            self._set(tr, TaskState.CANCELLED, feedback=feedback, reason=self._drained[1])
             self._terminal(tr)
             return
         tr.retry_at = time.time() + delay_s
@@ -1102,26 +1107,37 @@ class Engine:
             elif task_id in self.by_id:
                 self.sup.orphan_cleaned(task_id, attempt, "left_running")
 
-    def _on_drain(self, why: str) -> None:
+    def _on_drain(self, why: str, failed: TaskRun | None = None) -> None:
         """`abreast cancel --drain`: start nothing new (no task, no retry, no send-back);
         what runs (and what is on the merge queue) finishes and lands; the run then ends
-        cancelled, for `abreast resume` to carry on. A cancel meanwhile stops it all."""
+        cancelled, for `abreast resume` to carry on. A cancel meanwhile stops it all.
+        `failed`: the task whose failure stops the run (`--fail-fast`), which then ends
+        failed, for `abreast resume --retry-failed`."""
         if self._cancelling or self._draining:
             return
         self._draining = True
         going = [tr.id for tr in self.tasks if tr in self._active]
         self.journal.stage_event(self.run_id, "run.draining", reason=why, running=going)
-        self.view.note(
-            f"draining ({why}): no new tasks; "
-            + (f"waiting for {', '.join(going)} to finish" if going else "nothing is running")
-            + f"; `abreast resume {self.run_id}` runs the rest (Ctrl-C stops them now)"
-        )
+        waiting = f"waiting for {', '.join(going)} to finish" if going else "nothing is running"
+        if failed is None:
+            self.view.note(
+                f"draining ({why}): no new tasks; {waiting}; `abreast resume {self.run_id}` "
+                "runs the rest (Ctrl-C stops them now)"
+            )
+        else:
+            self._failed_fast = failed
+            said = f"{failed.id} {failed.state.value} and the run stops at its first failure"
+            self._drained = (
+                f"not started: {said} (--fail-fast)",
+                f"its next attempt was not started: {said} (--fail-fast)",
+            )
+            self.view.note(f"stopping: {said} (--fail-fast); no new tasks; {waiting}")
         for tr in self.tasks:
             if tr.state in (TaskState.PENDING, TaskState.READY):
                 if tr.timer:  # a retry waiting out its backoff
                     tr.timer.cancel()
                     tr.timer = None
-                why_not = _DRAINED_AGAIN if tr.attempts else _DRAINED
+                why_not = self._drained[1] if tr.attempts else self._drained[0]
                 self._set(tr, TaskState.CANCELLED, reason=why_not)
                 self._terminal(tr)
 
@@ -1287,6 +1303,8 @@ class Engine:
             if blocked.state in (TaskState.PENDING, TaskState.READY):
                 self._set(blocked, TaskState.BLOCKED, reason=f"upstream {tr.id} {state}")
                 self._terminal(blocked)
+        if self.options.fail_fast:  # as make without -k: no new work after a failure
+            self._on_drain(f"--fail-fast: {tr.id} {state.value}", failed=tr)
 
     def _terminal(self, tr: TaskRun) -> None:
         self._terminal_count += 1
@@ -1348,9 +1366,13 @@ class Engine:
         if self._draining and not self._cancelling:
             for tr in self.tasks:
                 if not tr.state.terminal:  # ready since the drain began: not started
-                    self._set(tr, TaskState.CANCELLED, reason=_DRAINED)
+                    self._set(tr, TaskState.CANCELLED, reason=self._drained[0])
                     self._terminal(tr)
-        if self._cancelling or any(tr.state is TaskState.CANCELLED for tr in self.tasks):
+        if self._cancelling:
+            state = "cancelled"
+        elif self._failed_fast is not None:
+            state = "failed"
+        elif any(tr.state is TaskState.CANCELLED for tr in self.tasks):
             state = "cancelled"
         elif all(tr.state in (TaskState.SUCCEEDED, TaskState.SKIPPED) for tr in self.tasks):
             state = "succeeded"

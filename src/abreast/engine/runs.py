@@ -80,6 +80,7 @@ class RunRequest:
     executor: str = "local"  # or "ray"
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local cluster for the run
     only: list[str] = field(default_factory=list)  # --only: these tasks and what they need
+    fail_fast: bool = False  # --fail-fast: the first failure stops the run (as a drain)
 
 
 @dataclass
@@ -258,6 +259,7 @@ def _options(
     sinks: list[Sink] | None = None,
     keys: KeyBroker | None = None,
     cluster: RayCluster | None = None,
+    fail_fast: bool = False,
 ) -> EngineOptions:
     monitor = None
     if monitor_on and p.wf.resources.monitor:
@@ -275,6 +277,7 @@ def _options(
         sinks=sinks or [],
         # Ticks often enough to notice an orphan within a quarter of its threshold.
         tick_s=min(1.0, hb.interval, hb.orphan_after / 4),
+        fail_fast=fail_fast,
     )
     if cluster is not None:  # its nodes end a task with the run's grace period
         from abreast.executor.ray_exec import RayExecutor
@@ -599,6 +602,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 "ray_address": cluster.address if cluster and not cluster.started_here else None,
                 "tag": tag,
                 "only": list(p.wf.tasks) if req.only else None,  # what resume runs again
+                "fail_fast": req.fail_fast,
             }
             for line in _running_beside(journal, p.wf):
                 _note(line)
@@ -642,7 +646,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 p.location,
                 journal,
                 p.graph,
-                _options(p, req.monitor, supervisor, env, sinks, keys, cluster),
+                _options(p, req.monitor, supervisor, env, sinks, keys, cluster, req.fail_fast),
                 view=view,
                 isolation=isolation,
                 started_at=started,
@@ -1098,7 +1102,15 @@ async def _resume(
             location,
             journal,
             graph,
-            _options(p, monitor_on, supervisor, env, keys=keys, cluster=cluster),
+            _options(
+                p,
+                monitor_on,
+                supervisor,
+                env,
+                keys=keys,
+                cluster=cluster,
+                fail_fast=bool(options.get("fail_fast")),
+            ),
             view=view,
             isolation=_isolation(
                 req, p, row.id, journal, kind, options.get("base_commit"), env, supervisor, keys

@@ -191,6 +191,6 @@ def carry_on_hint(run_id: str) -> str:
 def retry_hint(run_id: str) -> str:
     """The line that says how to run a failed run's failures again."""
     return (
-        f"run again once fixed: abreast resume {run_id} --retry-failed (what failed and what "
-        "it blocked; what succeeded stays)"
+        f"run again once fixed: abreast resume {run_id} --retry-failed (what failed, and what "
+        "did not run for it; what succeeded stays)"
     )
