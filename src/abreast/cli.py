@@ -87,8 +87,8 @@ def workflow_file(given: str | None, cwd: Path | None = None) -> str:
         [
             SpecProblem(
                 f"no such file {where}",
-                hint="give the path of a workflow file (`abreast run path/to/flow.yaml`), "
-                "or write a starter one with `abreast init`",
+                hint="name the workflow file after the command (`... path/to/flow.yaml`), "
+                "or write a starter abreast.yaml with `abreast init`",
             )
         ],
     )
