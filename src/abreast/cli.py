@@ -54,7 +54,7 @@ def _workflow_arg(p: argparse.ArgumentParser) -> None:
 DEFAULT_NAMES = (DEFAULT_FILE, "abreast.yml")
 
 
-def workflow_file(given: str | None, cwd: Path | None = None) -> str:
+def workflow_file(given: str | None, command: str, cwd: Path | None = None) -> str:
     """The workflow file a command reads: the one given, else `abreast.yaml` (or
     `abreast.yml`) in the current directory, else, inside a git repository, in the
     nearest directory above it that has one, up to the repository's top (as git finds
@@ -87,8 +87,8 @@ def workflow_file(given: str | None, cwd: Path | None = None) -> str:
         [
             SpecProblem(
                 f"no such file {where}",
-                hint="name the workflow file after the command (`... path/to/flow.yaml`), "
-                "or write a starter abreast.yaml with `abreast init`",
+                hint=f"give its path (`abreast {command} path/to/flow.yaml`), or write a "
+                "starter abreast.yaml with `abreast init`",
             )
         ],
     )
@@ -385,7 +385,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from abreast.spec import load_workflow
     from abreast.spec.overrides import flag_overrides, only_tasks, parallel_cap
 
-    wf = load_workflow(workflow_file(args.file))
+    wf = load_workflow(workflow_file(args.file, "analyze"))
     if args.only:
         wf = only_tasks(wf, args.only)
     analysis = analyze(
@@ -406,7 +406,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from abreast.spec import load_workflow
     from abreast.spec.durations import counted
 
-    file = workflow_file(args.file)
+    file = workflow_file(args.file, "validate")
     wf = load_workflow(file)
     print(f"{file}: ok ({counted(len(wf.tasks), 'task')})")
     return 0
@@ -475,7 +475,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from abreast.engine.runs import RunRequest, dry_run, start_run
 
         req = RunRequest(
-            file=Path(workflow_file(args.file)),
+            file=Path(workflow_file(args.file, "run")),
             run_id=args.run_id,
             max_parallel=args.max_parallel,
             sequential=args.sequential,
