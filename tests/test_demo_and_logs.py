@@ -154,6 +154,60 @@ def test_logs_follow_goes_on_into_the_tasks_next_attempts(tmp_path: Path) -> Non
     assert first_only.out.splitlines() == ["one of 1", "two of 1"]
 
 
+def test_logs_of_every_task_at_once_each_line_under_its_tasks_name(tmp_path: Path) -> None:
+    # Watching four agents meant four terminals of `abreast logs RUN TASK -f`.
+    go = tmp_path / "go"
+    wf = write_workflow(
+        tmp_path,
+        "all",
+        {
+            "api": {"run": f"echo a1; while [ ! -e {go} ]; do sleep 0.05; done; printf a2"},
+            "b": {
+                "run": f'echo "b of $ABREAST_ATTEMPT"; while [ ! -e {go} ]; do sleep 0.05; done; '
+                'test "$ABREAST_ATTEMPT" = 2',
+                "retries": 1,
+                "backoff": {"initial": 0.1},
+            },
+        },
+    )
+    run, run_id = start_run(wf, cwd=tmp_path)
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "logs", "-f"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follow.stdout is not None
+        seen = []
+        while not {"api | a1\n", "b   | b of 1\n"} <= set(seen):  # as they were written
+            line = follow.stdout.readline()
+            assert line, seen
+            seen.append(line)
+        go.touch()
+        rest, err = follow.communicate(timeout=60)
+        run.communicate(timeout=60)
+    finally:
+        for proc in (follow, run):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert follow.returncode == 0, err
+    lines = "".join(seen).splitlines() + rest.splitlines()
+    # Each task's lines in its order; a last line without a newline is a line too.
+    assert [x for x in lines if x.startswith("api | ")] == ["api | a1", "api | a2"]
+    assert [x for x in lines if x.startswith("b   | ")] == ["b   | b of 1", "b   | b of 2"]
+    assert len(lines) == 4
+    assert err == "-- b: attempt 1 ended (exit 1); attempt 2\n"
+    # Without -f: the latest attempt of each task, task after task; RUN may be named.
+    shown = run_abreast("logs", run_id, "--all", cwd=tmp_path)
+    assert shown.out == "api | a1\napi | a2\nb   | b of 2\n"
+    assert run_abreast("logs", cwd=tmp_path).out == shown.out
+    wrong = run_abreast("logs", "--all", "--attempt", "1", cwd=tmp_path)
+    assert wrong.code == 2 and "--attempt is for one task's log" in wrong.err
+
+
 def test_commands_that_only_read_the_journal_load_neither_engine_nor_models(
     tmp_path: Path,
 ) -> None:
@@ -166,7 +220,7 @@ def test_commands_that_only_read_the_journal_load_neither_engine_nor_models(
         "import sys\n"
         "from abreast.cli import main\n"
         "codes = [main(a) for a in (['status'], ['status', sys.argv[1]], "
-        "['logs', sys.argv[1], 't'], ['report', sys.argv[1]])]\n"
+        "['logs', sys.argv[1], 't'], ['logs', sys.argv[1], '--all'], ['report', sys.argv[1]])]\n"
         "heavy = sorted(m for m in ('pydantic', 'asyncio', 'abreast.engine.engine', "
         "'abreast.spec.model') if m in sys.modules)\n"
         "print('codes', codes, 'heavy', heavy)\n"
@@ -179,7 +233,7 @@ def test_commands_that_only_read_the_journal_load_neither_engine_nor_models(
         check=True,
     ).stdout
     assert "hi" in out  # the log was printed
-    assert out.strip().endswith("codes [0, 0, 0, 0] heavy []")
+    assert out.strip().endswith("codes [0, 0, 0, 0, 0] heavy []")
 
 
 def test_a_run_whose_reader_goes_away_carries_on(tmp_path: Path) -> None:

@@ -250,8 +250,18 @@ def _args_status(p: argparse.ArgumentParser) -> None:
 
 
 def _args_logs(p: argparse.ArgumentParser) -> None:
-    p.usage = "%(prog)s [-h] [--attempt N] [-f] [--state URL] [RUN] TASK"
-    p.add_argument("ids", nargs="+", metavar="[RUN] TASK", help="RUN defaults to the latest run")
+    p.usage = "%(prog)s [-h] [--attempt N] [-f] [--all] [--state URL] [RUN] [TASK]"
+    p.add_argument(
+        "ids",
+        nargs="*",
+        metavar="[RUN] [TASK]",
+        help="RUN defaults to the latest run; no TASK: every task's log (as --all)",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="every task's log, each line under its task's name (with -f: as they grow)",
+    )
     p.add_argument("--attempt", type=int, metavar="N", help="default: the latest")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
     _state_arg(p)
@@ -603,6 +613,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from abreast.engine.lookup import find_run, open_journal
     from abreast.observe import status
 
+    if args.all or not args.ids:
+        return _all_logs(args)
     if len(args.ids) > 2:
         raise UsageError(
             f"abreast logs takes a run and a task, not {len(args.ids)} names",
@@ -622,6 +634,28 @@ def cmd_logs(args: argparse.Namespace) -> int:
             next_attempts=args.attempt is None,  # a named attempt is followed alone
             note=sys.stderr,
         )
+    return 0
+
+
+def _all_logs(args: argparse.Namespace) -> int:
+    """`abreast logs [RUN] --all [-f]` (or no TASK): every task's log, line by line
+    under its name."""
+    from abreast.engine.lookup import find_run, open_journal
+    from abreast.observe.alllogs import show_all_logs
+
+    if len(args.ids) > 1:
+        raise UsageError(
+            f"abreast logs --all takes a run at most, not {len(args.ids)} names",
+            hint="abreast logs [RUN] --all [-f]; one task's log: abreast logs [RUN] TASK",
+        )
+    if args.attempt is not None:
+        raise UsageError(
+            "--attempt is for one task's log", hint="abreast logs [RUN] TASK --attempt N"
+        )
+    _, journal = open_journal(None, args.state)
+    with journal:
+        row = find_run(journal, args.ids[0] if args.ids else None)
+        show_all_logs(journal, row.id, sys.stdout, args.follow, sys.stderr)
     return 0
 
 
