@@ -138,6 +138,19 @@ def start_run(path: Path, *args: str, cwd: Path | None = None) -> tuple[subproce
     return proc, line[5:].strip()
 
 
+@contextlib.contextmanager
+def ended_after(*procs: subprocess.Popen[str]) -> Iterator[None]:
+    """Whatever the test asserts, these processes it started are gone when it leaves:
+    killed (by their pid) if they are still running."""
+    try:
+        yield
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def write_workflow(root: Path, name: str, tasks: dict[str, Any], **top: Any) -> Path:
     """ROOT/w.json: a workflow of `tasks` with `isolation: none` (unless `top` says)."""
     path = root / "w.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_abreast
-from tests.helpers import start_run, wait_for, write_workflow
+from tests.helpers import ended_after, start_run, wait_for, write_workflow
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
@@ -178,7 +178,7 @@ def test_logs_of_every_task_at_once_each_line_under_its_tasks_name(tmp_path: Pat
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
+    with ended_after(follow, run):
         assert follow.stdout is not None
         seen = []
         while not {"api | a1\n", "b   | b of 1\n"} <= set(seen):  # as they were written
@@ -188,11 +188,6 @@ def test_logs_of_every_task_at_once_each_line_under_its_tasks_name(tmp_path: Pat
         go.touch()
         rest, err = follow.communicate(timeout=60)
         run.communicate(timeout=60)
-    finally:
-        for proc in (follow, run):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
     assert follow.returncode == 0, err
     lines = "".join(seen).splitlines() + rest.splitlines()
     # Each task's lines in its order; a last line without a newline is a line too.

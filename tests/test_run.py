@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import run_abreast
 from tests.helpers import (
     PY,
+    ended_after,
     engine_for,
     ignored_signals,
     intervals,
@@ -1720,7 +1721,7 @@ def test_fail_fast_starts_nothing_after_a_failure_and_lets_what_runs_finish(
         },
     )
     proc, run_id = start_run(path, "--fail-fast", cwd=tmp_path)
-    try:
+    with ended_after(proc):
         wait_for(
             lambda: (
                 journal(tmp_path, "SELECT state FROM tasks WHERE task_id = 'bad'") == [("failed",)]
@@ -1730,10 +1731,6 @@ def test_fail_fast_starts_nothing_after_a_failure_and_lets_what_runs_finish(
         assert proc.poll() is None  # slow runs on
         go.touch()
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 1, out + err
     assert "stopping: bad failed and the run stops at its first failure (--fail-fast)" in out
     states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))

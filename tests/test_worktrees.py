@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_abreast
-from tests.helpers import PY, pid_alive, query, start_run, wait_for
+from tests.helpers import PY, ended_after, pid_alive, query, start_run, wait_for
 
 
 def git(repo: Path, *args: str) -> str:
@@ -1932,7 +1932,7 @@ def test_a_drained_run_lets_what_runs_land_starts_nothing_and_is_carried_on(
     )
     proc, run_id = start_run(path, cwd=repo)
     db = repo / ".abreast" / "state.db"
-    try:
+    with ended_after(proc):
         wait_for(lambda: started.exists(), what="long to start")
         wait_for(
             lambda: query(db, "SELECT 1 FROM events WHERE type = 'task.retrying'") != [],
@@ -1955,10 +1955,6 @@ def test_a_drained_run_lets_what_runs_land_starts_nothing_and_is_carried_on(
         )
         go.touch()
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 1, out + err
     assert "draining (abreast cancel --drain): no new tasks; waiting for long to finish" in out
     assert f"carry on: abreast resume {run_id}" in out
