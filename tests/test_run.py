@@ -1751,3 +1751,30 @@ def test_fail_fast_starts_nothing_after_a_failure_and_lets_what_runs_finish(
         "succeeded"
     }
     assert (tmp_path / "after.txt").read_text() == "a\n"
+
+
+def test_fail_fast_when_a_condition_cannot_be_evaluated_starts_none_of_its_siblings(
+    tmp_path: Path,
+) -> None:
+    # The failure came while tasks were being made ready (a `when:` over an output field
+    # that is not there): the siblings made ready beside it were started anyway, from
+    # `cancelled` — a traceback.
+    path = workflow(
+        tmp_path,
+        {
+            "up": {"run": "echo '{}' > \"$ABREAST_OUTPUT\""},
+            "other": {"run": "echo o > o.txt", "needs": ["up"]},
+            "odd": {"run": "echo d > d.txt", "needs": ["up"], "when": "outputs.up.n > 1"},
+            "zlast": {"run": "echo z > z.txt", "needs": ["up"]},
+        },
+    )
+    done = run_abreast("run", str(path), "--plain", "--no-monitor", "--fail-fast", cwd=tmp_path)
+    assert done.code == 1, done.out + done.err
+    assert "Traceback" not in done.err
+    assert dict(journal(tmp_path, "SELECT task_id, state FROM tasks")) == {
+        "up": "succeeded",
+        "other": "cancelled",
+        "odd": "failed",
+        "zlast": "cancelled",
+    }
+    assert not list(tmp_path.glob("*.txt"))

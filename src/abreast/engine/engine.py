@@ -60,14 +60,14 @@ if TYPE_CHECKING:
     from abreast.keys.broker import KeyBroker
     from abreast.observe.events import Sink
 
-JITTER = 0.25
+JITTER = 0.25  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
 # Why a task did not start (again) once the run drained: (not started at all, its next
 # attempt not started).
 _DRAINED = (
     "not started: the run was drained (abreast cancel --drain); abreast resume runs it",
     "its next attempt was not started: the run was drained (abreast cancel --drain); "
     "abreast resume runs it",
-)  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
+)
 _stop_asked: list[int] = []  # SIGTERMs (SIGHUPs) that came before the engine listened for them
 # Why a run is cancelled, by the signal that asked: SIGINT is Ctrl-C, SIGHUP the terminal
 # closing (an ssh session dropped, its window shut), SIGTERM `abreast cancel`.
@@ -520,6 +520,8 @@ class Engine:
         if self._cancelling or self._draining:
             return []
         self._admit_ready()
+        if self._draining:  # a `when:` that could not be evaluated failed a task (--fail-fast)
+            return []
         return [
             (self.tasks[v], self._new_attempt(self.tasks[v])) for v in self._d.start(self.cap())
         ]
@@ -1372,7 +1374,7 @@ class Engine:
             state = "cancelled"
         elif self._failed_fast is not None:
             state = "failed"
-        elif any(tr.state is TaskState.CANCELLED for tr in self.tasks):
+        elif self._draining and any(tr.state is TaskState.CANCELLED for tr in self.tasks):
             state = "cancelled"
         elif all(tr.state in (TaskState.SUCCEEDED, TaskState.SKIPPED) for tr in self.tasks):
             state = "succeeded"
