@@ -1729,6 +1729,8 @@ def test_fail_fast_starts_nothing_after_a_failure_and_lets_what_runs_finish(
             what="bad to fail",
         )
         assert proc.poll() is None  # slow runs on
+        seen = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
+        assert (seen["state"], seen["stopping"]) == ("running", "draining")
         go.touch()
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, out + err

@@ -1953,9 +1953,12 @@ def test_a_drained_run_lets_what_runs_land_starts_nothing_and_is_carried_on(
         assert (
             said[1] == "  draining (abreast cancel --drain): nothing new starts; what runs finishes"
         )
+        seen = json.loads(run_abreast("status", run_id, "--json", cwd=repo).out)
+        assert (seen["state"], seen["stopping"]) == ("running", "draining")
         go.touch()
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, out + err
+    assert json.loads(run_abreast("status", run_id, "--json", cwd=repo).out)["stopping"] is None
     assert "draining (abreast cancel --drain): no new tasks; waiting for long to finish" in out
     assert f"carry on: abreast resume {run_id}" in out
     states = dict(query(db, "SELECT task_id, state FROM tasks"))

@@ -1119,6 +1119,7 @@ class Engine:
             return
         self._draining = True
         going = [tr.id for tr in self.tasks if tr in self._active]
+        self.journal.stage_run(self.run_id, cancel_requested=DRAIN_REQUESTED)  # for `status`
         self.journal.stage_event(self.run_id, "run.draining", reason=why, running=going)
         waiting = f"waiting for {', '.join(going)} to finish" if going else "nothing is running"
         if failed is None:

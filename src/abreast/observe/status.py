@@ -28,11 +28,21 @@ def run_state(row: RunRow) -> str:
     return row.state
 
 
+def stopping(row: RunRow, state: str) -> str | None:
+    """What a running run was asked to do: "draining" (`abreast cancel --drain`),
+    "cancelling", or None."""
+    if state != "running" or not row.cancel_requested:
+        return None
+    return "draining" if row.cancel_requested == DRAIN_REQUESTED else "cancelling"
+
+
 def status_json(journal: Journal, row: RunRow) -> dict[str, Any]:
+    state = run_state(row)
     return {
         "run_id": row.id,
         "workflow": row.workflow,
-        "state": run_state(row),
+        "state": state,
+        "stopping": stopping(row, state),
         "started_at": row.started_at,
         "finished_at": row.finished_at,
         "tasks": [
@@ -104,9 +114,9 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     out.write(f"run {row.id} ({row.workflow}): {state}, {took}\n")
     if state == "interrupted":
         out.write(f"  its orchestrator is gone; `abreast resume {row.id}` carries on\n")
-    elif state == "running" and row.cancel_requested == DRAIN_REQUESTED:
+    elif stopping(row, state) == "draining":
         out.write("  draining (abreast cancel --drain): nothing new starts; what runs finishes\n")
-    elif state == "running" and row.cancel_requested:
+    elif stopping(row, state) == "cancelling":
         out.write("  cancelling: what runs is being stopped\n")
     tasks = journal.tasks(row.id)
     width = max([len(t.task_id) for t in tasks] + [4])
