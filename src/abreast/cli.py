@@ -64,8 +64,7 @@ def workflow_file(given: str | None, command: str, cwd: Path | None = None) -> s
         return given
     here = Path.cwd() if cwd is None else cwd
     top = next((d for d in (here, *here.parents) if (d / ".git").exists()), here)
-    folder = here
-    while True:
+    for folder in (here, *here.parents):
         found = [folder / name for name in DEFAULT_NAMES if (folder / name).is_file()]
         if found:
             chosen = os.path.relpath(found[0], here)
@@ -74,9 +73,8 @@ def workflow_file(given: str | None, command: str, cwd: Path | None = None) -> s
             elif len(found) > 1:
                 sys.stderr.write(f"note: using {DEFAULT_FILE}; {found[1].name} is not read\n")
             return chosen
-        if folder == top or folder == folder.parent:
+        if folder == top:
             break
-        folder = folder.parent
     from abreast.errors import SpecError, SpecProblem
 
     where = f"in {here}"
@@ -523,17 +521,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
         _, journal = open_journal(None, args.state)
         with journal:
-            latest = journal.latest_run()  # typed after it failed: say what will help
-            nothing_gone = latest is not None and not any(gone(r) for r in journal.runs(200))
-            if nothing_gone and latest is not None and latest.state == "failed":
-                raise UsageError(
-                    f"no run was interrupted; the latest, {latest.id}, failed",
-                    hint=f"`abreast resume {latest.id} --retry-failed` runs what failed again, "
-                    "keeping what succeeded",
-                )
-            if nothing_gone and latest is not None and latest.state == "cancelled":
-                args.run_id = latest.id  # Ctrl-C, `abreast cancel [--drain]`: carried on
-            else:
+            latest = journal.latest_run()
+            if latest is not None and not any(gone(r) for r in journal.runs(200)):
+                if latest.state == "failed":  # typed after it failed: say what will help
+                    raise UsageError(
+                        f"no run was interrupted; the latest, {latest.id}, failed",
+                        hint=f"`abreast resume {latest.id} --retry-failed` runs what failed "
+                        "again, keeping what succeeded",
+                    )
+                if latest.state == "cancelled":  # Ctrl-C, `abreast cancel [--drain]`
+                    args.run_id = latest.id
+            if args.run_id is None:
                 args.run_id = only_run(journal, gone, "was interrupted", "were interrupted").id
     with _observing(args) as observer:
         from abreast.engine.runs import resume_run

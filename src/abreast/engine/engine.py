@@ -61,13 +61,6 @@ if TYPE_CHECKING:
     from abreast.observe.events import Sink
 
 JITTER = 0.25  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
-# Why a task did not start (again) once the run drained: (not started at all, its next
-# attempt not started).
-_DRAINED = (
-    "not started: the run was drained (abreast cancel --drain); abreast resume runs it",
-    "its next attempt was not started: the run was drained (abreast cancel --drain); "
-    "abreast resume runs it",
-)
 _stop_asked: list[int] = []  # SIGTERMs (SIGHUPs) that came before the engine listened for them
 # Why a run is cancelled, by the signal that asked: SIGINT is Ctrl-C, SIGHUP the terminal
 # closing (an ssh session dropped, its window shut), SIGTERM `abreast cancel`.
@@ -281,7 +274,6 @@ class Engine:
         self._inline_error: BaseException | None = None
         self._cancelling = False
         self._draining = False  # `abreast cancel --drain`, --fail-fast: nothing new starts
-        self._drained = _DRAINED  # why tasks were not started (again), once draining
         self._failed_fast: TaskRun | None = None  # the failure that stopped the run
         self._interrupted = 0  # the signal the cancel came from (SIGINT, SIGHUP), if one
         self._force_kill = False
@@ -1026,7 +1018,8 @@ class Engine:
         feedback = bounded_feedback(feedback)
         tr.feedback = feedback
         if self._draining:
-            self._set(tr, TaskState.CANCELLED, feedback=feedback, reason=self._drained[1])
+            why = self._not_started(again=True)
+            self._set(tr, TaskState.CANCELLED, feedback=feedback, reason=why)
             self._terminal(tr)
             return
         tr.retry_at = time.time() + delay_s
@@ -1129,20 +1122,27 @@ class Engine:
             )
         else:
             self._failed_fast = failed
-            said = f"{failed.id} {failed.state.value} and the run stops at its first failure"
-            self._drained = (
-                f"not started: {said} (--fail-fast)",
-                f"its next attempt was not started: {said} (--fail-fast)",
-            )
+            said = self._stopped_by(failed)
             self.view.note(f"stopping: {said} (--fail-fast); no new tasks; {waiting}")
         for tr in self.tasks:
             if tr.state in (TaskState.PENDING, TaskState.READY):
                 if tr.timer:  # a retry waiting out its backoff
                     tr.timer.cancel()
                     tr.timer = None
-                why_not = self._drained[1] if tr.attempts else self._drained[0]
-                self._set(tr, TaskState.CANCELLED, reason=why_not)
+                self._set(tr, TaskState.CANCELLED, reason=self._not_started(bool(tr.attempts)))
                 self._terminal(tr)
+
+    @staticmethod
+    def _stopped_by(failed: TaskRun) -> str:
+        return f"{failed.id} {failed.state.value} and the run stops at its first failure"
+
+    def _not_started(self, again: bool) -> str:
+        """Why a task did not start (`again`: its next attempt did not) once the run
+        drained: asked to, or stopped at its first failure (--fail-fast)."""
+        what = "its next attempt was not started" if again else "not started"
+        if self._failed_fast is not None:
+            return f"{what}: {self._stopped_by(self._failed_fast)} (--fail-fast)"
+        return f"{what}: the run was drained (abreast cancel --drain); abreast resume runs it"
 
     def _on_cancel(self, why: str) -> None:
         if self._cancelling:
@@ -1369,7 +1369,7 @@ class Engine:
         if self._draining and not self._cancelling:
             for tr in self.tasks:
                 if not tr.state.terminal:  # ready since the drain began: not started
-                    self._set(tr, TaskState.CANCELLED, reason=self._drained[0])
+                    self._set(tr, TaskState.CANCELLED, reason=self._not_started(again=False))
                     self._terminal(tr)
         if self._cancelling:
             state = "cancelled"

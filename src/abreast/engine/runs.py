@@ -736,28 +736,28 @@ def _drain(journal: Journal, row: RunRow) -> str:
         "no task starts any more; those running finish and land, then the run ends "
         f"(cancelled) and `abreast resume {row.id}` runs the rest"
     )
-    assert row.pid is not None
-    if not on_this_host(row):
-        return (
-            f"asked the orchestrator of {row.id} (pid {row.pid} on {row.host}) to drain: "
-            f"{said}; it reads the request within a second"
-        )
-    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-        os.kill(row.pid, signal.SIGUSR1)  # read the journal now, not at the next tick
-    return f"asked the orchestrator of {row.id} (pid {row.pid}) to drain: {said}"
+    # SIGUSR1: read the journal now, not at the next tick.
+    return _ask(row, signal.SIGUSR1, f"drain: {said}")
 
 
 def _ask_to_cancel(row: RunRow) -> str:
-    """SIGTERM, as Ctrl-C; an orchestrator on another machine reads the journaled request
-    at its next tick instead (its pid means nothing here)."""
+    """SIGTERM, as Ctrl-C."""
+    return _ask(row, signal.SIGTERM, "cancel")
+
+
+def _ask(row: RunRow, sig: int, what: str) -> str:
+    """Send the orchestrator `sig` for the request just journaled, and say so; one on
+    another machine reads the request at its next tick instead (its pid means nothing
+    here)."""
     assert row.pid is not None
     if not on_this_host(row):
         return (
-            f"asked the orchestrator of {row.id} (pid {row.pid} on {row.host}) to cancel; "
+            f"asked the orchestrator of {row.id} (pid {row.pid} on {row.host}) to {what}; "
             "it reads the request within a second"
         )
-    os.kill(row.pid, 15)
-    return f"asked the orchestrator of {row.id} (pid {row.pid}) to cancel"
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.kill(row.pid, sig)
+    return f"asked the orchestrator of {row.id} (pid {row.pid}) to {what}"
 
 
 def _cancel_dead(journal: Journal, row: RunRow) -> str:

@@ -114,9 +114,9 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     out.write(f"run {row.id} ({row.workflow}): {state}, {took}\n")
     if state == "interrupted":
         out.write(f"  its orchestrator is gone; `abreast resume {row.id}` carries on\n")
-    elif stopping(row, state) == "draining":
+    elif (asked := stopping(row, state)) == "draining":
         out.write("  draining (abreast cancel --drain): nothing new starts; what runs finishes\n")
-    elif stopping(row, state) == "cancelling":
+    elif asked == "cancelling":
         out.write("  cancelling: what runs is being stopped\n")
     tasks = journal.tasks(row.id)
     width = max([len(t.task_id) for t in tasks] + [4])
