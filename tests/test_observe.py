@@ -638,7 +638,7 @@ def chromium(profile: Path) -> Any:
 
 @pytest.mark.browser
 def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
-    gate = tmp_path / "go"
+    gate, late_gate = tmp_path / "go", tmp_path / "late-go"
     html_text = "<img src=x onerror=document.title=/pwned/.source>"
     path = write(
         tmp_path,
@@ -652,6 +652,7 @@ def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
                     "gate": "output.note == 'fine'",
                     "max_iterations": 1,
                 },
+                "late": {"run": f"while [ ! -e {late_gate} ]; do sleep 0.05; done"},
             },
         },
     )
@@ -711,9 +712,22 @@ def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
         shot = tmp_path / "dashboard.png"
         driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
+        # A drained run says so, live, while what runs finishes.
+        assert run_abreast("cancel", run_id, "--drain", cwd=tmp_path).code == 0
+        summary = driver.find_element("id", "summary")
+        wait_for(
+            lambda: summary.get_attribute("data-stopping") == "draining",
+            what="the page to say the run drains",
+        )
+        assert summary.text.startswith("live: running (draining), ")
+        listed = get(f"http://127.0.0.1:{port}/api/runs")[1]
+        assert [(r["state"], r["stopping"]) for r in json.loads(listed)] == [
+            ("running", "draining")
+        ]
     finally:
         driver.quit()
         gate.touch()
+        late_gate.touch()
         proc.communicate(timeout=60)
         dashboard.terminate()
         dashboard.wait(timeout=10)

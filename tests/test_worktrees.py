@@ -1986,3 +1986,72 @@ def test_a_drained_run_lets_what_runs_land_starts_nothing_and_is_carried_on(
     # Only a run that is running can be drained.
     late = run_abreast("cancel", run_id, "--drain", cwd=repo)
     assert late.code == 2 and f"run {run_id} is not running (it succeeded)" in late.err
+
+
+def test_a_task_waiting_for_a_lock_when_the_run_drains_is_not_started(
+    repo: Path, tmp_path: Path
+) -> None:
+    # A task whose attempt waits for a lock held elsewhere (another run's tests, an
+    # `abreast lock` in a terminal) has started nothing yet: a drain does not wait for the
+    # lock to start it, it leaves it to `abreast resume` (its retries untouched), while what
+    # runs still finishes and lands.
+    held, release = tmp_path / "held", tmp_path / "release"
+    started, go = tmp_path / "long-started", tmp_path / "go"
+    holder = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "abreast",
+            "lock",
+            "tests",
+            "--",
+            "sh",
+            "-c",
+            f"touch {held}; while [ ! -e {release} ]; do sleep 0.05; done",
+        ],
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with ended_after(holder):
+        wait_for(held.exists, what="the lock to be held")
+        path = workflow(
+            repo,
+            {
+                "long": {
+                    "run": f"touch {started}; while [ ! -e {go} ]; do sleep 0.05; done; "
+                    "echo L > long.txt"
+                },
+                "locked": {"locks": ["tests"], "run": f"touch {tmp_path}/ran; echo W > w.txt"},
+            },
+            locks={"tests": {"ttl": "15m"}},
+        )
+        proc, run_id = start_run(path, cwd=repo)
+        db, coord = repo / ".abreast" / "state.db", repo / ".abreast" / "coord.db"
+        waiters = "SELECT holder FROM waiters WHERE name = 'tests'"
+        with ended_after(proc):
+            wait_for(started.exists, what="long to start")
+            wait_for(lambda: query(coord, waiters) != [], what="locked to wait for the lock")
+            assert run_abreast("cancel", "--drain", cwd=repo).code == 0
+            wait_for(lambda: query(coord, waiters) == [], what="locked to stop waiting")
+            assert proc.poll() is None  # long is still at work
+            go.touch()
+            out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, out + err
+        assert holder.poll() is None  # the drain did not wait for the lock
+        states = dict(query(db, "SELECT task_id, state FROM tasks"))
+        assert states == {"long": "succeeded", "locked": "cancelled"}, out
+        assert not (tmp_path / "ran").exists()
+        task = "SELECT reason, failures FROM tasks WHERE task_id = 'locked'"
+        [(reason, failures)] = query(db, task)
+        assert reason.startswith("not started: the run was drained"), reason
+        assert failures == 0  # not a failure: its retries are all there for resume
+        [(state, why)] = query(db, "SELECT state, reason FROM attempts WHERE task_id = 'locked'")
+        assert (state, why.split(" (")[0]) == ("interrupted", "not started: the run was drained")
+        assert git(repo, "worktree", "list").count("\n") == 1  # no worktree left behind
+        release.touch()
+        holder.communicate(timeout=30)
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=repo)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert git(repo, "show", f"{integration(run_id)}:w.txt") == "W\n"

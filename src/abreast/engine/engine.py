@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from abreast.coord.anchor import StateAnchor, with_side_files
-from abreast.coord.backend import Lease
+from abreast.coord.backend import Lease, WaitStopped
 from abreast.coord.journal import DRAIN_REQUESTED, Journal
 from abreast.coord.location import StateLocation
 from abreast.engine.monitor import ResourceMonitor
@@ -707,10 +707,16 @@ class Engine:
         self.view.started(tr)
 
     async def _prepare_and_launch(self, tr: TaskRun, n: int) -> None:
-        leases = []
+        leases: list[Lease] = []
         keys = self.options.keys
         pool = keys.pool_of(tr.task) if keys else None
         key_env: dict[str, str] = {}
+
+        def give_back() -> None:
+            self.sup.release_unused(leases)
+            if keys is not None:
+                keys.release(tr.id, n)
+
         try:
             if tr.task.locks and self.sup.coord is not None:
                 leases = await self.sup.acquire_locks(tr.id, n, tr.task.locks)
@@ -721,16 +727,19 @@ class Engine:
             else:
                 cwd = await self.isolation.prepare(tr.id, n)
         except Exception as e:  # the attempt fails with the reason; the run goes on
-            self.sup.release_unused(leases)
-            if keys is not None:
-                keys.release(tr.id, n)
-            self._post("exit", None, tr, Exit(None, None, 0.0, 0), f"could not prepare: {e}")
+            give_back()
+            if isinstance(e, WaitStopped) and self._draining:
+                self._post("not_started", tr, n)
+            else:
+                self._post("exit", None, tr, Exit(None, None, 0.0, 0), f"could not prepare: {e}")
             return
         if self._cancelling or tr.attempts != n:
-            self.sup.release_unused(leases)
-            if keys is not None:
-                keys.release(tr.id, n)
+            give_back()
             self._post("exit", None, tr, Exit(None, None, 0.0, 0), "cancelled before start")
+            return
+        if self._draining:  # it waited (a lock, a key, its worktree) and has started nothing
+            give_back()
+            self._post("not_started", tr, n)
             return
         if leases:  # by which a task still running when its leases run out is fenced off
             assert self.sup.coord is not None  # it granted them
@@ -739,6 +748,28 @@ class Engine:
         self.journal.commit()  # where it runs, and from which commit, before it runs
         self._launch(tr, launch, leases)
         self._wake.set()  # the pid is staged; let the loop commit it
+
+    def _on_not_started(self, tr: TaskRun, n: int) -> None:
+        """Attempt `n` was still being prepared (waiting for a lock or a key, its worktree
+        being made) when the run drained: it started nothing, so it is not a failure and
+        spends no retry; the task is cancelled, for `abreast resume` to run."""
+        if tr.attempts != n or tr.state is not TaskState.RUNNING:
+            return
+        if self._cancelling:
+            self._on_exit(None, tr, Exit(None, None, 0.0, 0), "cancelled before start")
+            return
+        self.journal.stage_attempt(
+            self.run_id,
+            tr.id,
+            n,
+            state="interrupted",
+            ended_at=time.time(),
+            reason=self._not_started(again=False),
+        )
+        self._d.release(tr.v)
+        self._release(tr, keep=False)
+        self._set(tr, TaskState.CANCELLED, reason=self._not_started(again=n > 1))
+        self._terminal(tr)
 
     def _spawn_background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -1111,7 +1142,8 @@ class Engine:
         if self._cancelling or self._draining:
             return
         self._draining = True
-        going = [tr.id for tr in self.tasks if tr in self._active]
+        self.sup.stop_attempt_waits()  # an attempt waiting for a lock has started nothing
+        going = [tr.id for tr in self.tasks if tr in self._active and not self._preparing(tr)]
         self.journal.stage_run(self.run_id, cancel_requested=DRAIN_REQUESTED)  # for `status`
         self.journal.stage_event(self.run_id, "run.draining", reason=why, running=going)
         waiting = f"waiting for {', '.join(going)} to finish" if going else "nothing is running"
@@ -1131,6 +1163,11 @@ class Engine:
                     tr.timer = None
                 self._set(tr, TaskState.CANCELLED, reason=self._not_started(bool(tr.attempts)))
                 self._terminal(tr)
+
+    @staticmethod
+    def _preparing(tr: TaskRun) -> bool:
+        """Whether its attempt is still being prepared: nothing of it runs yet."""
+        return tr.state is TaskState.RUNNING and tr.running is None
 
     @staticmethod
     def _stopped_by(failed: TaskRun) -> str:

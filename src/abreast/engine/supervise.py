@@ -98,6 +98,7 @@ class Supervisor:
         self._last_run_beat = 0.0
         self._coord_down_noted = False
         self._stop_waits = threading.Event()  # set when the run cancels: see stop_waiting
+        self._stop_attempt_waits = threading.Event()  # ... or drains: see stop_attempt_waits
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -109,7 +110,12 @@ class Supervisor:
             holder = Holder.here(run=self.run_id, task=task_id, suffix=f":{attempt}")
             t0 = time.monotonic()
             lease, fenced = await asyncio.to_thread(
-                self._acquire_blocking, name, holder, ttl, self._say(f"{task_id}: waits for")
+                self._acquire_blocking,
+                name,
+                holder,
+                ttl,
+                self._stop_attempt_waits,
+                self._say(f"{task_id}: waits for"),
             )
             waited = time.monotonic() - t0
             self.lock_wait_s[name] = self.lock_wait_s.get(name, 0.0) + waited
@@ -121,6 +127,12 @@ class Supervisor:
         """The run is cancelling: every wait for a lock, now or later, gives up at once
         (raising WaitStopped) instead of holding the run until the lock is free."""
         self._stop_waits.set()
+        self._stop_attempt_waits.set()
+
+    def stop_attempt_waits(self) -> None:
+        """The run is draining: attempts waiting for their locks give up (WaitStopped), as
+        they have started nothing yet; merge checks still wait, for what ran to land."""
+        self._stop_attempt_waits.set()
 
     def _say(self, what: str) -> Callable[[str], None]:
         """A note for the view, callable from a worker thread: `what` + the rest."""
@@ -132,11 +144,16 @@ class Supervisor:
         return say
 
     def _acquire_blocking(
-        self, name: str, holder: Holder, ttl_s: float, say: Callable[[str], None] | None = None
+        self,
+        name: str,
+        holder: Holder,
+        ttl_s: float,
+        stop: threading.Event,
+        say: Callable[[str], None] | None = None,
     ) -> tuple[Lease, int]:
         """(the lease, how many processes still holding the lease before it were ended: that
         lease ran out without being given back, and they must not work beside ours). If it
-        has to wait, `say` hears once whom for."""
+        has to wait, `say` hears once whom for; once `stop` is set it gives up."""
         # A connection of its own: this waits in a worker thread.
         coord = open_coordinator(self._url())
         said = False
@@ -150,11 +167,11 @@ class Supervisor:
             say(f"the lock {name!r}, held by {describe(current) if current else 'another'}")
 
         try:
-            lease = coord.acquire(name, holder, ttl_s, on_wait=waiting, stop=self._stop_waits)
+            lease = coord.acquire(name, holder, ttl_s, on_wait=waiting, stop=stop)
         finally:
             coord.close()
         if lease is None:
-            raise WaitStopped(f"stopped waiting for the lock {name!r}: the run is cancelling")
+            raise WaitStopped(f"stopped waiting for the lock {name!r}: the run is stopping")
         lapsed = lease.lapsed
         fenced = (
             fence(lapsed.name, lapsed.token, lapsed.holder.host, coord.store_id) if lapsed else 0
@@ -195,6 +212,7 @@ class Supervisor:
             name,
             holder,
             ttl,
+            self._stop_waits,
             self._say(f"{task or holder_id}: its checks wait for"),
         )
         self._journal_grant(lease, fenced, None, holder=holder_id)

@@ -153,11 +153,12 @@ class Dashboard:
         if journal is not None:
             try:
                 for r in journal.runs(100):
-                    state = _run_state(r)
+                    state, asked = _run_state(r)
+                    shown = f"{state} ({asked})" if asked else state
                     rows.append(
                         f'<tr data-run="{html.escape(r.id)}"><td><a href="/runs/'
                         f'{html.escape(r.id)}">{html.escape(r.id)}</a></td>'
-                        f'<td class="state {html.escape(state)}">{html.escape(state)}</td>'
+                        f'<td class="state {html.escape(state)}">{html.escape(shown)}</td>'
                         f"<td>{html.escape(r.workflow)}</td>"
                         f"<td>{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.started_at))}"
                         "</td></tr>"
@@ -217,11 +218,13 @@ class Dashboard:
                     {
                         "id": r.id,
                         "workflow": r.workflow,
-                        "state": _run_state(r),
+                        "state": state,
+                        "stopping": asked,
                         "started_at": r.started_at,
                         "finished_at": r.finished_at,
                     }
                     for r in journal.runs(100)
+                    for state, asked in [_run_state(r)]
                 ]
             )
         finally:
@@ -289,11 +292,13 @@ class Dashboard:
             }
             for e in rundata.merge_log(journal, run.id)
         ]
+        state, asked = _run_state(run)
         return {
             "run": {
                 "id": run.id,
                 "workflow": run.workflow,
-                "state": _run_state(run),
+                "state": state,
+                "stopping": asked,  # "draining", "cancelling" or null, as in `status --json`
                 "started_at": run.started_at,
                 "finished_at": run.finished_at,
                 "wall_s": data.wall_s(),
@@ -703,10 +708,12 @@ def _sse(event: tuple[int, str, str | None, float]) -> str:
 _PLAIN = re.compile(r"[A-Za-z0-9_.\-]*")
 
 
-def _run_state(row: Any) -> str:
-    from abreast.observe.status import run_state
+def _run_state(row: Any) -> tuple[str, str | None]:
+    """The run's state, and what a running run was asked to do ("draining", "cancelling")."""
+    from abreast.observe.status import run_state, stopping
 
-    return str(run_state(row))
+    state = str(run_state(row))
+    return state, stopping(row, state)
 
 
 def _merge_detail(data: dict[str, Any]) -> str:

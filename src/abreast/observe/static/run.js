@@ -111,9 +111,10 @@ function render(snap) {
   const r = snap.run;
   const saved = r.busy_s - r.wall_s;
   document.getElementById("summary").textContent =
-    `${r.workflow}: ${r.state}, ${fmt(r.wall_s)} wall, ${fmt(r.busy_s)} of work` +
-    (saved > 0 ? `, ${fmt(saved)} saved` : "");
+    `${r.workflow}: ${r.state}${r.stopping ? ` (${r.stopping})` : ""}, ` +
+    `${fmt(r.wall_s)} wall, ${fmt(r.busy_s)} of work` + (saved > 0 ? `, ${fmt(saved)} saved` : "");
   document.getElementById("summary").setAttribute("data-state", r.state);
+  document.getElementById("summary").setAttribute("data-stopping", r.stopping || "");
   drawDag(snap);
   drawTimeline(snap);
   list("merges", snap.merges.slice().reverse(),
