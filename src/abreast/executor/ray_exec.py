@@ -411,10 +411,14 @@ class RayExecutor:
     def kill(self, running: Running, grace_s: float) -> Coroutine[Any, Any, None]:
         """Ask its node to TERM the tree and KILL it after the grace period (at once when
         `grace_s` is 0), through the attempt's kill file; Ray's cancel takes it off Ray's
-        queue if it has not started."""
+        queue if it has not started. The file is written now, not in a worker thread: a
+        cancel asks for every kill before any node acts on one, so a task that Ray starts
+        on a CPU a killed one freed finds its own kill file and never runs."""
         import ray
 
-        return asyncio.to_thread(_kill, ray, running, KILL if grace_s <= 0 else TERM)
+        with contextlib.suppress(OSError):  # (unwritable: Ray's cancel is all there is)
+            request_kill(running.launch, KILL if grace_s <= 0 else TERM)
+        return asyncio.to_thread(_cancel, ray, running)
 
     def stats(self, running: Running) -> tuple[int, float, int] | None:
         return read_stats(running.launch)  # None while it waits in Ray's queue
@@ -429,8 +433,6 @@ class RayExecutor:
         pass  # the cluster is the caller's to close
 
 
-def _kill(ray: Any, running: Running, level: int) -> None:
-    with contextlib.suppress(OSError):  # (unwritable: Ray's cancel is all there is)
-        request_kill(running.launch, level)
+def _cancel(ray: Any, running: Running) -> None:
     with contextlib.suppress(Exception):
         ray.cancel(running.handle, force=False)
