@@ -2,8 +2,9 @@
 
 - POST /v1/messages: counts per key (x-api-key or Authorization: Bearer) in a sliding
   window; over the limit (or when told every key is limited) it answers 429 with
-  Retry-After; otherwise 200 with which key (fingerprint) served it.
-- GET /v1/stream: a response in `chunks` parts, `gap_s` apart.
+  Retry-After; otherwise 200 with which key (fingerprint) served it, and a `usage`.
+- GET /v1/stream: a response in `chunks` parts, `gap_s` apart, between events that say
+  the tokens used, as Anthropic's stream does.
 - POST /v1/slow: answers after `slow_s` of silence (a model thinking, unstreamed).
 Every request is recorded: key, time, status.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import socket
 import threading
 import time
@@ -67,6 +69,8 @@ class Provider:
                 "key": hashlib.sha256(key.encode()).hexdigest()[:8],
                 "bytes": len(body),
                 "query": request.url.query,
+                # as Anthropic counts: here 10 + the body's bytes in, 5 out
+                "usage": {"input_tokens": 10 + len(body), "output_tokens": 5},
             }
         )
 
@@ -74,9 +78,17 @@ class Provider:
         self.seen_headers.append(dict(request.headers))
 
         async def parts():  # type: ignore[no-untyped-def]
+            # Anthropic's shape: the input counted as the message starts, the output as
+            # a count that grows, the last one whole, as it ends.
+            usage = {"input_tokens": 7, "cache_read_input_tokens": 100, "output_tokens": 1}
+            start = json.dumps({"type": "message_start", "message": {"usage": usage}})
+            yield f"event: message_start\ndata: {start}\n\n".encode()
             for i in range(self.chunks):
                 yield f"data: chunk {i} {time.time():.4f}\n\n".encode()
                 await asyncio.sleep(self.gap_s)
+            for n in (self.chunks, 3 * self.chunks):
+                delta = {"type": "message_delta", "usage": {"output_tokens": n}}
+                yield f"event: message_delta\ndata: {json.dumps(delta)}\n\n".encode()
 
         return StreamingResponse(parts(), media_type="text/event-stream")
 

@@ -4,6 +4,7 @@ streaming, and a canary sweep for leaked keys."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import shutil
@@ -21,8 +22,9 @@ import pytest
 
 from abreast.coord.backend import open_coordinator
 from abreast.keys import KeyPool, fingerprint
+from abreast.keys.tokens import MAX_LINE_BYTES, Tokens, UsageReader
 from tests.conftest import free_port, run_abreast
-from tests.helpers import query
+from tests.helpers import query, wait_for
 from tests.provider import Provider
 
 KEYS = ["sk-test-alpha-0001", "sk-test-bravo-0002", "sk-test-charlie-0003"]
@@ -235,6 +237,12 @@ def test_proxy_serves_six_tasks_under_the_limits_and_agents_hold_no_key(
     rows = [line.split() for line in keys.out.splitlines() if line.startswith("anthropic")]
     assert sum(int(r[4]) for r in rows) == 300  # OK column: every request succeeded once
     assert sum(int(r[3]) for r in rows) >= 300  # REQUESTS: plus any 429 retried
+    # The tokens the provider's answers said each task used (10 + 2 bytes in, 5 out each).
+    assert "tokens: 3.6k in, 1.5k out, as the provider counted" in result.out
+    report = json.loads(run_abreast("report", run_id, "--json", cwd=tmp_path).out)
+    each = {"input": 50 * 12, "output": 50 * 5, "cache_read": 0, "cache_write": 0}
+    assert [t["tokens"] for t in report["tasks"]] == [each] * 6
+    assert report["tokens"] == {k: 6 * n for k, n in each.items()}
     usage = json.loads(run_abreast("keys", run_id, "--json", cwd=tmp_path).out)["keys"]
     assert {u["fingerprint"] for u in usage} == {fingerprint(k) for k in KEYS}
     assert all(u["limit"] == "100/2s" for u in usage)
@@ -260,6 +268,15 @@ def test_proxy_serves_six_tasks_under_the_limits_and_agents_hold_no_key(
             if line.startswith(f'api_key_requests_total{{fingerprint="{u["fingerprint"]}"')
         )
         assert served == u["requests"]
+    tokens = {
+        line.split('kind="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("api_tokens_total{") and 'pool="anthropic"' in line
+    }
+    assert tokens == {"input": 3600.0, "output": 1500.0}
+    page = tmp_path / "report.html"
+    assert run_abreast("report", run_id, "--html", str(page), cwd=tmp_path).code == 0
+    assert "<td>600/250</td>" in page.read_text()
 
 
 def test_the_agent_finally_sees_the_providers_429_through_the_proxy(
@@ -352,7 +369,7 @@ def test_an_agent_reading_a_slow_stream_is_not_an_orphan(
     (tmp_path / "read.py").write_text(
         "import sys, urllib.request\n"
         "with urllib.request.urlopen(sys.argv[1], timeout=60) as r:\n"
-        "    parts = [line for line in r if line.strip()]\n"
+        "    parts = [line for line in r if line.startswith(b'data: chunk')]\n"
         "print(len(parts), 'parts')\n"
     )
     path = quick_orphans(
@@ -462,8 +479,12 @@ def test_a_streamed_response_arrives_intact_and_incrementally(
                     break
                 body += chunk
                 arrivals.append(time.monotonic())
-        lines = [x for x in body.decode().split("\n\n") if x]
+        lines = [x for x in body.decode().split("\n\n") if x.startswith("data: chunk")]
         assert [x.split()[2] for x in lines] == ["0", "1", "2", "3", "4"]
+        # What the answer said it used, read on its way through: the largest count of each
+        # kind (the output count grows as the stream goes).
+        wait_for(lambda: bool(proxy.used(token)), what="the answer's usage to be counted")
+        assert proxy.used(token) == Tokens(input=7, output=15, cache_read=100)
         assert arrivals[-1] - arrivals[0] >= 3 * provider.gap_s  # not buffered to the end
         assert provider.seen_headers[-1]["authorization"] in {f"Bearer {k}" for k in KEYS}
         bad = urllib.request.Request(
@@ -898,3 +919,50 @@ def test_a_live_log_is_masked_of_leased_keys_however_it_is_read(chunk: int) -> N
     masker = KeyMasker({fp})
     shown = "".join(masker.feed(text[i : i + chunk]) for i in range(0, len(text), chunk))
     assert shown + masker.flush() == want
+
+
+def _read_usage(headers: dict[str, str], body: bytes, cut: int) -> Tokens:
+    reader = UsageReader(headers)
+    for i in range(0, len(body), cut):
+        reader.feed(body[i : i + cut])
+    return reader.tokens()
+
+
+@pytest.mark.parametrize("cut", [1, 7, 4096])
+def test_the_tokens_an_answer_says_it_used_are_read_however_it_is_cut(cut: int) -> None:
+    def sse(*events: object) -> bytes:
+        return b"".join(b"event: e\ndata: " + json.dumps(e).encode() + b"\n\n" for e in events)
+
+    stream = {"content-type": "text/event-stream; charset=utf-8"}
+    anthropic = sse(
+        {"type": "message_start", "message": {"usage": {"input_tokens": 25, "output_tokens": 1}}},
+        {"type": "content_block_delta", "delta": {"text": 'a "usage" in the text'}},
+        {"type": "message_delta", "usage": {"output_tokens": 40, "cache_creation_input_tokens": 9}},
+    )
+    assert _read_usage(stream, anthropic, cut) == Tokens(input=25, output=40, cache_write=9)
+    # OpenAI: a stream asked with include_usage (null until the last chunk); the Responses
+    # API's completed event; a whole answer, gzipped.
+    openai = sse(
+        {"choices": [], "usage": None}, {"usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+    )
+    assert _read_usage(stream, openai, cut) == Tokens(input=3, output=4)
+    responses = sse({"type": "response.completed", "response": {"usage": {"input_tokens": 6}}})
+    assert _read_usage(stream, responses, cut) == Tokens(input=6)
+    whole = gzip.compress(
+        json.dumps({"usage": {"prompt_tokens": 8, "completion_tokens": 2}}).encode()
+    )
+    gzipped = {"content-type": "application/json", "content-encoding": "gzip"}
+    assert _read_usage(gzipped, whole, cut) == Tokens(input=8, output=2)
+    # An event line too long to hold is passed over, and what follows is still read.
+    long_line = b"data: " + b"x" * (MAX_LINE_BYTES + 10) + b"\n\n"
+    later = sse({"type": "message_delta", "usage": {"output_tokens": 2}})
+    assert _read_usage(stream, long_line + later, max(cut, 65536)) == Tokens(output=2)
+    # Nothing is made up: not a count (true, -1, "5"), an answer compressed otherwise, an
+    # answer of another type.
+    odd = sse(
+        {"usage": {"input_tokens": True, "output_tokens": -1, "cache_read_input_tokens": "5"}}
+    )
+    assert not _read_usage(stream, odd, cut)
+    brotli = {"content-type": "application/json", "content-encoding": "br"}
+    assert not _read_usage(brotli, b'{"usage": {"input_tokens": 1}}', cut)
+    assert not _read_usage({"content-type": "text/plain"}, b'{"usage": {"input_tokens": 1}}', cut)

@@ -24,6 +24,7 @@ from abreast.coord.journal import Journal
 from abreast.executor.logs import KEY_SHOWN
 from abreast.keys.pool import KeyPool
 from abreast.keys.proxy import BASE_URL_ENV, KeyProxy, Route
+from abreast.keys.tokens import Tokens
 from abreast.spec.model import Task, Workflow
 
 NEAR_LIMIT = 0.8
@@ -57,6 +58,10 @@ class KeyBroker:
         self._leases: dict[tuple[str, int], tuple[str, str, bool]] = {}  # -> pool, fp/token, proxy
         self._freed = asyncio.Event()
         self._reported: dict[tuple[str, str, int], int] = {}
+        # proxy token -> (task, attempt, pool, whether the attempt ended), and the tokens
+        # its answers said they used that are journaled (api.usage)
+        self._proxied: dict[str, tuple[str, int, str, bool]] = {}
+        self._used_reported: dict[str, Tokens] = {}
         self._limited_reported: dict[tuple[str, str], int] = {}
 
     def start(self) -> None:
@@ -100,6 +105,7 @@ class KeyBroker:
             assert self.proxy is not None
             token = self.proxy.issue(pool_name)
             self._leases[(task_id, attempt)] = (pool_name, token, True)
+            self._proxied[token] = (task_id, attempt, pool_name, False)
             return {spec.key_env: token, BASE_URL_ENV[spec.style]: self.proxy.url}
         while True:
             ranked = sorted(
@@ -140,6 +146,9 @@ class KeyBroker:
         if proxied:
             assert self.proxy is not None
             self.proxy.revoke(handle)
+            if handle in self._proxied:  # its use is journaled once more, then forgotten
+                task, n, pool, _ = self._proxied[handle]
+                self._proxied[handle] = (task, n, pool, True)
             return
         slot = (pool_name, handle)
         self._holders[slot] = max(0, self._holders.get(slot, 0) - 1)
@@ -175,6 +184,30 @@ class KeyBroker:
                         limited=limited,
                         limited_s=s["limited_s"],
                     )
+
+        self._journal_tokens()
+
+    def _journal_tokens(self) -> None:
+        """Journal what the provider's answers to each attempt said they used since the
+        last tick (`api.usage`, per task and attempt: `abreast report` sums them)."""
+        if self.proxy is None:
+            return
+        for token, (task_id, attempt, pool_name, ended) in list(self._proxied.items()):
+            total = self.proxy.used(token)
+            delta = total.minus(self._used_reported.get(token, Tokens()))
+            if delta:
+                self._used_reported[token] = total
+                self.journal.stage_event(
+                    self.run_id,
+                    "api.usage",
+                    task_id,
+                    attempt=attempt,
+                    pool=pool_name,
+                    **delta.as_dict(),
+                )
+            if ended:
+                del self._proxied[token]
+                self._used_reported.pop(token, None)
 
     def usage(self) -> dict[str, Any]:
         return {name: pool.stats() for name, pool in self.pools.items()}

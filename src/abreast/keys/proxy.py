@@ -4,6 +4,7 @@ real key, picked per request, rotated on 429, backed off when all are spent.
     agent ── ANTHROPIC_BASE_URL=http://127.0.0.1:P, x-api-key: abreast-<token> ──▶ proxy
     proxy ── token known? which pool? ──▶ KeyPool.send ── x-api-key: <real key> ──▶ upstream
     upstream response ── status not 429 ──▶ streamed back chunk by chunk, as it comes
+                     └── read on the way for the tokens it says it used (`tokens.py`)
 
 It listens on 127.0.0.1 only, for the length of a run; tokens are issued per
 attempt and revoked when the attempt ends, so they are worthless outside it.
@@ -25,6 +26,7 @@ from collections.abc import Iterable
 import h11
 
 from abreast.keys.pool import KeyPool, retry_after
+from abreast.keys.tokens import Tokens, UsageReader
 from abreast.keys.upstream import READ_CHUNK, Upstream, UpstreamResponse
 
 HOP_BY_HOP = {
@@ -71,6 +73,7 @@ class KeyProxy:
         # token -> requests of its attempt under way (read, waiting on the provider or on a
         # key, or streaming the answer back): the attempt is waiting, not hung
         self._in_flight: dict[str, int] = {}
+        self._used: dict[str, Tokens] = {}  # token -> what its answers said they used
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,6 +106,17 @@ class KeyProxy:
                 self._in_flight[token] = left
             else:
                 self._in_flight.pop(token, None)
+
+    def used(self, token: str) -> Tokens:
+        """The tokens the provider's answers to `token`'s requests said they used, so far
+        (kept after the token is revoked)."""
+        with self._lock:
+            return self._used.get(token, Tokens()).minus(Tokens())
+
+    def _add_use(self, token: str, used: Tokens) -> None:
+        if used:
+            with self._lock:
+                self._used.setdefault(token, Tokens()).add(used)
 
     @property
     def url(self) -> str:
@@ -198,6 +212,7 @@ class KeyProxy:
         conn: h11.Connection,
         writer: asyncio.StreamWriter,
         answer: tuple[int, list[tuple[str, str]], bytes] | UpstreamResponse,
+        token: str = "",
     ) -> None:
         if isinstance(answer, tuple):
             status, headers, body = answer
@@ -212,17 +227,20 @@ class KeyProxy:
         length = up.headers.get("content-length")
         if length is not None:  # framing as the provider chose; otherwise chunked
             headers.append(("content-length", length))
+        usage = UsageReader(up.headers)
         try:
             writer.write(
                 conn.send(h11.Response(status_code=up.status_code, headers=headers)) or b""
             )
             async for chunk in up.aiter_bytes():
                 writer.write(conn.send(h11.Data(data=chunk)) or b"")
+                usage.feed(chunk)
                 await writer.drain()  # each part reaches the agent as it comes
             writer.write(conn.send(h11.EndOfMessage()) or b"")
             await writer.drain()
         finally:
             await up.aclose()
+            self._add_use(token, usage.tokens())  # what it said, whether the agent stayed
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -243,7 +261,8 @@ class KeyProxy:
                 token = self._token_of(head.headers)
                 self._counting(token, 1)
                 try:
-                    await self._respond(conn, writer, await self._forward(head, body, token))
+                    answer = await self._forward(head, body, token)
+                    await self._respond(conn, writer, answer, token)
                 finally:
                     self._counting(token, -1)
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

@@ -86,6 +86,12 @@ class Metrics:
         self.api_limited = Counter(
             "api_key_limited", "Times each API key was rate limited", ["fingerprint"], registry=r
         )
+        self.api_tokens = Counter(
+            "api_tokens",
+            "Tokens the provider's answers said they used, through the key proxy",
+            ["pool", "kind"],
+            registry=r,
+        )
         self.last_seq = 0
         self._pending: dict[str, set[str]] = {}  # task -> send-back kinds awaiting landing
 
@@ -124,6 +130,10 @@ class Metrics:
                 self.api_requests.labels(str(d.get("fingerprint")), str(d.get("status"))).inc(
                     float(d.get("count", 1))
                 )
+            elif e.type == "api.usage":
+                for kind in ("input", "output", "cache_read", "cache_write"):
+                    if d.get(kind):
+                        self.api_tokens.labels(str(d.get("pool")), kind).inc(float(d[kind]))
             elif e.type == "api.limited":
                 self.api_limited.labels(str(d.get("fingerprint"))).inc()
             elif e.type == "run.cap":

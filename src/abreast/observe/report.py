@@ -44,6 +44,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
         latest[a.task_id] = a
     # What each task's work changed: its latest committed attempt (worktree isolation).
     changes = rundata.work_changes(journal, run_id)
+    tokens = rundata.token_use(journal, run_id)
     failures = []
     for t in data.tasks:
         if t.state in ("failed", "timed_out"):
@@ -88,9 +89,11 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
                 "peak_rss_bytes": t.peak_rss_bytes,
                 "reason": t.reason,
                 "changes": changes.get(t.task_id),
+                "tokens": tokens.get(t.task_id),  # through the key proxy; else null
             }
             for t in data.tasks
         ],
+        "tokens": _total(tokens),
         "timeline": [
             {
                 "task": a.task_id,
@@ -187,7 +190,15 @@ def closing(journal: Journal, run_id: str) -> str:
     data = rundata.load(journal, run_id, attempts=False)
     if data is None:
         raise UsageError(f"no run {run_id!r}")
-    return short({"run_id": run_id, "critical_path": _critical_path(data)})
+    tokens = _total(rundata.token_use(journal, run_id))
+    return short({"run_id": run_id, "critical_path": _critical_path(data), "tokens": tokens})
+
+
+def _total(tokens: dict[str, dict[str, int]]) -> dict[str, int] | None:
+    """Every task's tokens together (None when none were counted)."""
+    if not tokens:
+        return None
+    return {k: sum(t[k] for t in tokens.values()) for k in rundata.TOKEN_KINDS}
 
 
 def _state(run: Any) -> str:
@@ -210,6 +221,8 @@ def short(rep: dict[str, Any]) -> str:
                 else ""
             )
         )
+    if rep["tokens"]:
+        lines.append(f"tokens: {rundata.tokens_line(rep['tokens'])}, as the provider counted")
     lines.append(f"report: abreast report {rep['run_id']} (--html FILE for a page)")
     return "\n".join(f"  {line}" for line in lines)
 
@@ -236,8 +249,10 @@ def text(rep: dict[str, Any]) -> str:
         )
     out.append(short(rep).splitlines()[0] if rep["critical_path"]["actual"]["tasks"] else "")
     width = max([len(t["id"]) for t in rep["tasks"]] + [4])
+    counted = rep["tokens"] is not None
     out.append(
         f"\n  {'TASK':<{width}}  {'STATE':<11} {'TRIES':>5} {'TIME':>8} {'WORK':>8} {'ESTIMATE':>8}"
+        + (f" {'TOKENS IN/OUT':>13}" if counted else "")
         + ("  CHANGED" if any(t["changes"] for t in rep["tasks"]) else "")
     )
     for t in rep["tasks"]:
@@ -245,7 +260,13 @@ def text(rep: dict[str, Any]) -> str:
         out.append(
             f"  {t['id']:<{width}}  {t['state']:<11} {t['attempts']:>5} "
             f"{fmt(t['elapsed_s']):>8} {fmt(t['busy_s']):>8} {est:>8}"
+            + (f" {_in_out(t['tokens']):>13}" if counted else "")
             + (f"  {rundata.changed(t['changes'])}" if t["changes"] else "")
+        )
+    if counted:
+        out.append(
+            f"\n  tokens: {rundata.tokens_line(rep['tokens'])}, as the provider's answers "
+            "said through the key proxy"
         )
     retried = _sent_back(rep)
     if retried:  # what sent attempts back, the ones that failed the task aside
@@ -268,6 +289,12 @@ def text(rep: dict[str, Any]) -> str:
     if rep["landing"]:
         out.append(f"\n  {rep['landing']}")
     return "\n".join(line for line in out if line is not None)
+
+
+def _in_out(tokens: dict[str, int] | None) -> str:
+    if not tokens:
+        return "-"
+    return f"{rundata.count(tokens['input'])}/{rundata.count(tokens['output'])}"
 
 
 def _sent_back(rep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -303,7 +330,8 @@ def html_page(rep: dict[str, Any]) -> str:
         f"<td>{e(fmt(t['busy_s']))}</td>"
         f"<td>{e(fmt(t['estimate_s'])) if t['estimate_s'] is not None else '-'}</td>"
         f"<td>{e(rundata.changed(t['changes'])) if t['changes'] else '-'}</td>"
-        f"<td>{e((t['reason'] or '').splitlines()[0] if t['reason'] else '')}</td></tr>"
+        + (f"<td>{e(_in_out(t['tokens']))}</td>" if rep["tokens"] else "")
+        + f"<td>{e((t['reason'] or '').splitlines()[0] if t['reason'] else '')}</td></tr>"
         for t in rep["tasks"]
     )
     span = max([x["end_s"] for x in rep["timeline"]] + [rep["wall_s"], 0.001])
@@ -359,6 +387,12 @@ def html_page(rep: dict[str, Any]) -> str:
     ray = _hosts_line(rep["timeline"])
     if ray:
         landing = f"<p>{e(ray)}</p>" + landing
+    tokens_th, tokens_p = "", ""
+    if rep["tokens"]:
+        tokens_th = "<th>tokens in/out</th>"
+        tokens_p = (
+            f"<p>tokens: {e(rundata.tokens_line(rep['tokens']))}, as the provider counted</p>"
+        )
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>abreast report {e(rep['run_id'])}</title><style>{_CSS}</style></head><body>"
@@ -366,7 +400,8 @@ def html_page(rep: dict[str, Any]) -> str:
         f"<p>critical path, actual: {actual}; estimated: {estimated}</p>"
         f"<h2>timeline</h2>{svg}"
         "<h2>tasks</h2><table><tr><th>task</th><th>state</th><th>tries</th><th>time</th>"
-        f"<th>work</th><th>estimate</th><th>changed</th><th>note</th></tr>{rows}</table>"
+        f"<th>work</th><th>estimate</th><th>changed</th>{tokens_th}<th>note</th></tr>"
+        f"{rows}</table>{tokens_p}"
         f"{fail_part}{landing}</body></html>"
     )
 

@@ -123,6 +123,41 @@ def work_changes(journal: Journal, run_id: str) -> dict[str, dict[str, int]]:
     return out
 
 
+TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
+
+
+def token_use(journal: Journal, run_id: str) -> dict[str, dict[str, int]]:
+    """The tokens each task's attempts used, as the provider's answers said through the key
+    proxy (api.usage events), by task; a task with none is absent."""
+    out: dict[str, dict[str, int]] = {}
+    for ev in journal.events(run_id, types=("api.usage",)):
+        if ev.task_id is None:
+            continue
+        sums = out.setdefault(ev.task_id, dict.fromkeys(TOKEN_KINDS, 0))
+        for kind in TOKEN_KINDS:
+            sums[kind] += int(ev.data.get(kind, 0))
+    return out
+
+
+def count(n: int) -> str:
+    """A token count, short: 950, 12.3k, 4.56M."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= size * 0.9995:  # (999,600 is 1M, not 1e+03k)
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
+def tokens_line(use: dict[str, int]) -> str:
+    """`12.3k in, 4.1k out` (and what was read from or written to the provider's cache)."""
+    text = f"{count(use['input'])} in, {count(use['output'])} out"
+    cached = [
+        f"{count(use[kind])} {what}"
+        for kind, what in (("cache_read", "read from cache"), ("cache_write", "cached"))
+        if use.get(kind)
+    ]
+    return text + (f" ({', '.join(cached)})" if cached else "")
+
+
 def attempt_hosts(journal: Journal, run_id: str) -> dict[tuple[str, int], str]:
     """Where each attempt that ran on a Ray node ran (its host), by (task, attempt)."""
     return {
