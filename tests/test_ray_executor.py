@@ -374,6 +374,10 @@ def test_sigkill_the_orchestrator_then_resume_on_ray(
     assert sorted(counts) == ["t0", "t1", "t2", "t3"]
     assert all(len(lines) == 1 for lines in counts.values()), counts  # each once
     assert marked_processes(run_id) == []
+    # The resume asked every attempt the dead orchestrator left unfinished to die, where
+    # its node looks before starting it: one Ray had not yet started then never starts.
+    logs = tmp_path / ".abreast" / "runs" / run_id / "logs"
+    assert (logs / "t2.1.log.kill").read_text() == "KILL\n"
 
 
 def test_a_task_waiting_in_rays_queue_is_not_taken_for_an_orphan(

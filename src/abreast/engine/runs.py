@@ -996,6 +996,15 @@ async def _resume(
     retry: frozenset[str] = frozenset(),
 ) -> RunOutcome:
     if cluster is not None:  # the dead orchestrator's attempts on every node
+        # Each asked to die first, through the kill file its node reads before it starts
+        # the attempt: one Ray had handed to a worker but not yet started when the
+        # orchestrator died starts after the sweep, and would run beside its next attempt.
+        from abreast.executor.remote import KILL, request_kill_at
+
+        for a in journal.attempts(row.id):
+            if a.ended_at is None and a.log:
+                with contextlib.suppress(OSError):
+                    request_kill_at(f"{a.log}.kill", KILL)
         swept = await asyncio.to_thread(cluster.sweep, row.id, row.options.get("tag"))
         if swept:
             view.note(f"killed {len(swept)} stray process(es) of the dead orchestrator on Ray")

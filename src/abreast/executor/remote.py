@@ -60,9 +60,13 @@ TERM, KILL = 1, 2  # what a kill file asks for
 def request_kill(launch: Launch, level: int) -> None:
     """Ask the node running `launch` to TERM its tree (KILL after the grace period), or to
     KILL it at once: the kill file, written whole (never asking for less than it did)."""
-    if level <= _kill_requested(launch):
+    request_kill_at(kill_path(launch), level)
+
+
+def request_kill_at(path: str, level: int) -> None:
+    """`request_kill` by the kill file's path (an attempt's log + ".kill")."""
+    if level <= _kill_level(path):
         return
-    path = kill_path(launch)
     tmp = f"{path}.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("KILL\n" if level >= KILL else "TERM\n")
@@ -70,9 +74,13 @@ def request_kill(launch: Launch, level: int) -> None:
 
 
 def _kill_requested(launch: Launch) -> int:
+    return _kill_level(kill_path(launch))
+
+
+def _kill_level(path: str) -> int:
     """What the kill file asks for: 0 (no file), TERM or KILL."""
     try:
-        with open(kill_path(launch), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             return KILL if f.read().startswith("KILL") else TERM
     except FileNotFoundError:
         return 0
