@@ -455,9 +455,14 @@ def fence(name: str, token: int, host: str, store_id: str, grace_s: float = 2.0)
 
 def end_lease_holders(name: str, token: int, store_id: str, grace_s: float = 2.0) -> int:
     """End the processes here that run under lease `token` of `name` in store `store_id`:
-    the lease was lost while they ran. Returns how many."""
+    the lease was lost while they ran. Returns how many. All are stopped before any is
+    signalled: a shell whose child died first would otherwise run its next command (`sleep
+    20; echo done`: the echo) before its own signal came, unprotected by the lease."""
     pids = [p.pid for p in lease_holders(name, token, store_id)]
-    return kill_pids(pids, grace_s) if pids else 0
+    if not pids:
+        return 0
+    freeze(pids)
+    return kill_pids(pids, grace_s)
 
 
 def _processes_by_env(match: Callable[[dict[str, str]], bool]) -> list[psutil.Process]:
