@@ -151,6 +151,18 @@ def ended_after(*procs: subprocess.Popen[str]) -> Iterator[None]:
                 proc.wait()
 
 
+@contextlib.contextmanager
+def touched_after(*paths: Path) -> Iterator[None]:
+    """Whatever the test asserts, these files exist when it leaves: the processes it
+    started that wait for them (a task, a lock holder's command, in sessions of their
+    own that killing their parent would not reach) end by themselves."""
+    try:
+        yield
+    finally:
+        for path in paths:
+            path.touch()
+
+
 def write_workflow(root: Path, name: str, tasks: dict[str, Any], **top: Any) -> Path:
     """ROOT/w.json: a workflow of `tasks` with `isolation: none` (unless `top` says)."""
     path = root / "w.json"

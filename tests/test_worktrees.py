@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_abreast
-from tests.helpers import PY, ended_after, pid_alive, query, start_run, wait_for
+from tests.helpers import PY, ended_after, pid_alive, query, start_run, touched_after, wait_for
 
 
 def git(repo: Path, *args: str) -> str:
@@ -2014,7 +2014,7 @@ def test_a_task_waiting_for_a_lock_when_the_run_drains_is_not_started(
         stderr=subprocess.PIPE,
         text=True,
     )
-    with ended_after(holder):
+    with ended_after(holder), touched_after(release, go):
         wait_for(held.exists, what="the lock to be held")
         path = workflow(
             repo,
