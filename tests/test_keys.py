@@ -261,6 +261,12 @@ def test_proxy_serves_six_tasks_under_the_limits_and_agents_hold_no_key(
         board.stop()
 
     assert snap["keys"] == usage_without_limits(usage)
+    assert [(t["tokens"], t["tokens_text"]) for t in snap["tasks"]] == [
+        (each, "600 in, 250 out")
+    ] * 6
+    assert "tokens through anthropic: 3.6k in, 1.5k out, as the provider counted" in keys.out
+    listed = json.loads(run_abreast("keys", run_id, "--json", cwd=tmp_path).out)["tokens"]
+    assert listed == {"anthropic": report["tokens"]}
     for u in usage:
         served = sum(
             float(line.rsplit(" ", 1)[1])

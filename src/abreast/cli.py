@@ -682,12 +682,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from abreast.engine.lookup import find_run, open_journal
-    from abreast.keys.usage import print_usage, usage
+    from abreast.keys.usage import print_tokens, print_usage, tokens_by_pool, usage
 
     _, journal = open_journal(None, args.state)
     try:
         row = find_run(journal, args.run_id)
         rows = usage(journal, row.id)
+        tokens = tokens_by_pool(journal, row.id)
     finally:
         journal.close()
     limits: dict[str, str] = {}
@@ -704,10 +705,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.json:
         for r in rows:
             r["limit"] = limits.get(r["pool"])
-        print(json.dumps({"run": row.id, "keys": rows}, indent=2))
+        print(json.dumps({"run": row.id, "keys": rows, "tokens": tokens}, indent=2))
         return 0
     print(f"run {row.id}")
     print_usage(rows, limits, sys.stdout)
+    print_tokens(tokens, sys.stdout)
     return 0
 
 

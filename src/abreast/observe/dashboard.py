@@ -251,6 +251,7 @@ class Dashboard:
         critical = set(plan.get("critical_path", []))
         estimates = plan.get("estimates", {})
         changes = rundata.work_changes(journal, run.id)
+        tokens = rundata.token_use(journal, run.id)
         hosts = rundata.attempt_hosts(journal, run.id)
         tasks = [
             {
@@ -266,6 +267,8 @@ class Dashboard:
                 "critical": t.task_id in critical,
                 "estimate_s": estimates.get(t.task_id),
                 "changes": changes.get(t.task_id),
+                "tokens": (use := tokens.get(t.task_id)),  # through the key proxy; else null
+                "tokens_text": rundata.tokens_line(use) if use else None,
             }
             for t in data.tasks
         ]

@@ -67,7 +67,8 @@ function drawDag(snap) {
                 (t.attempts > 1 ? ` ×${t.attempts}` : "")));
     const c = t.changes;  // what its work changed (worktrees)
     const title = el("svg:title", {}, (t.reason || t.state) +
-                     (c ? `\n${c.files} file${c.files === 1 ? "" : "s"} +${c.added} -${c.deleted}` : ""));
+                     (c ? `\n${c.files} file${c.files === 1 ? "" : "s"} +${c.added} -${c.deleted}` : "") +
+                     (t.tokens_text ? `\ntokens: ${t.tokens_text}` : ""));
     g.append(title);
     g.addEventListener("click", () => showLog(t.id));
     svg.append(g);
