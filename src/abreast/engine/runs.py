@@ -39,12 +39,13 @@ from abreast.executor.local import Exit
 from abreast.executor.logs import open_regular
 from abreast.executor.process import (
     RUN_TAG_ENV,
-    freeze,
+    freeze_all,
     group_members,
     is_same_process,
     kill_pids,
     marked_processes,
     start_ticks,
+    stop_then_kill,
 )
 from abreast.integrate.base import Isolation
 from abreast.plan import TaskGraph, analyze
@@ -796,16 +797,12 @@ def _stray_pids(journal: Journal, run_id: str) -> set[int]:
 def _freeze_strays(journal: Journal, run_id: str) -> set[int]:
     """Stop (SIGSTOP) every live process of `run_id`, until no new one appears (one may fork
     while we look); the stopped pids."""
-    frozen: set[int] = set()
-    while found := _stray_pids(journal, run_id) - frozen:
-        freeze(found)
-        frozen |= found
-    return frozen
+    return freeze_all(lambda: _stray_pids(journal, run_id))
 
 
 async def _kill_strays(journal: Journal, run_id: str, grace_s: float = 2.0) -> int:
-    """Kill every live process of `run_id`. Returns how many there were."""
-    return await asyncio.to_thread(kill_pids, _stray_pids(journal, run_id), grace_s)
+    """Kill every live process of `run_id`, all stopped first. Returns how many there were."""
+    return await asyncio.to_thread(stop_then_kill, lambda: _stray_pids(journal, run_id), grace_s)
 
 
 # -- resume ------------------------------------------------------------------------------------

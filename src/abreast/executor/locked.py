@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from abreast.coord.backend import CoordError, Coordinator, Holder, Lease
-from abreast.executor.process import LOCK_ENV, fence, kill_pids, members_of_group_or_session
+from abreast.executor.process import LOCK_ENV, fence, members_of_group_or_session, stop_then_kill
 
 LOST_EXIT = 75  # EX_TEMPFAIL: the lock was lost and the command killed
 TIMEOUT_EXIT = 75
@@ -189,7 +189,7 @@ def _at_terminal() -> bool:
 
 
 def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    kill_pids(members_of_group_or_session(proc.pid) or [proc.pid], grace_s=2.0)
+    stop_then_kill(lambda: members_of_group_or_session(proc.pid) or [proc.pid], grace_s=2.0)
 
 
 def describe(lease: Lease) -> str:

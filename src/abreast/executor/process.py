@@ -458,11 +458,7 @@ def end_lease_holders(name: str, token: int, store_id: str, grace_s: float = 2.0
     the lease was lost while they ran. Returns how many. All are stopped before any is
     signalled: a shell whose child died first would otherwise run its next command (`sleep
     20; echo done`: the echo) before its own signal came, unprotected by the lease."""
-    pids = [p.pid for p in lease_holders(name, token, store_id)]
-    if not pids:
-        return 0
-    freeze(pids)
-    return kill_pids(pids, grace_s)
+    return stop_then_kill(lambda: [p.pid for p in lease_holders(name, token, store_id)], grace_s)
 
 
 def _processes_by_env(match: Callable[[dict[str, str]], bool]) -> list[psutil.Process]:
@@ -491,6 +487,23 @@ def pid_alive(pid: int) -> bool:
 def freeze(pids: Iterable[int]) -> None:
     """SIGSTOP each: a stopped process does nothing more until it is killed or continued."""
     _signal_each(pids, signal.SIGSTOP)
+
+
+def freeze_all(find: Callable[[], Iterable[int]]) -> set[int]:
+    """SIGSTOP every process `find` names, looking again until no new one appears (one may
+    fork while we look): the stopped pids."""
+    frozen: set[int] = set()
+    while found := set(find()) - frozen:
+        freeze(found)
+        frozen |= found
+    return frozen
+
+
+def stop_then_kill(find: Callable[[], Iterable[int]], grace_s: float = 2.0) -> int:
+    """Kill every process `find` names (`kill_pids`), all of them stopped first: signalled
+    one by one, a shell whose child died first would run its next command (`sleep 20;
+    echo done`: the echo) before its own signal came. Returns how many were alive."""
+    return kill_pids(freeze_all(find), grace_s)
 
 
 def kill_pids(pids: Iterable[int], grace_s: float = 2.0) -> int:
