@@ -243,6 +243,8 @@ def test_proxy_serves_six_tasks_under_the_limits_and_agents_hold_no_key(
     each = {"input": 50 * 12, "output": 50 * 5, "cache_read": 0, "cache_write": 0}
     assert [t["tokens"] for t in report["tasks"]] == [each] * 6
     assert report["tokens"] == {k: 6 * n for k, n in each.items()}
+    seen = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
+    assert [t["tokens"] for t in seen["tasks"]] == [each] * 6
     usage = json.loads(run_abreast("keys", run_id, "--json", cwd=tmp_path).out)["keys"]
     assert {u["fingerprint"] for u in usage} == {fingerprint(k) for k in KEYS}
     assert all(u["limit"] == "100/2s" for u in usage)

@@ -38,6 +38,7 @@ def stopping(row: RunRow, state: str) -> str | None:
 
 def status_json(journal: Journal, row: RunRow) -> dict[str, Any]:
     state = run_state(row)
+    tokens = rundata.token_use(journal, row.id)
     return {
         "run_id": row.id,
         "workflow": row.workflow,
@@ -55,6 +56,7 @@ def status_json(journal: Journal, row: RunRow) -> dict[str, Any]:
                 "exit_code": t.exit_code,
                 "peak_rss_bytes": t.peak_rss_bytes,
                 "reason": t.reason,
+                "tokens": tokens.get(t.task_id),  # through the key proxy; else null
             }
             for t in journal.tasks(row.id)
         ],
