@@ -512,6 +512,96 @@ def test_a_streamed_response_arrives_intact_and_incrementally(
         proxy.stop()
 
 
+SPENDER = """
+import os, sys, time, urllib.request, urllib.error
+base, key = os.environ["ANTHROPIC_BASE_URL"], os.environ["ANTHROPIC_API_KEY"]
+out = open(sys.argv[1], "a")
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:  # an agent that keeps asking, whatever it is told
+    req = urllib.request.Request(base + "/v1/messages", data=b"{}", method="POST",
+                                 headers={"x-api-key": key, "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            code = r.status
+    except urllib.error.HTTPError as e:
+        code = e.code
+        e.read()
+    out.write(f"{code}\\n")
+    out.flush()
+    if code != 200:
+        time.sleep(0.05)
+"""
+
+
+def test_an_attempt_over_its_max_tokens_is_refused_then_killed(
+    tmp_path: Path, provider: Provider
+) -> None:
+    # A runaway agent: each answer says 17 tokens (12 in, 5 out); with max_tokens 100 the
+    # proxy refuses it once its answers have said 100 (403, which clients do not retry as
+    # a rate limit), and the attempt is killed and fails, saying why.
+    (tmp_path / "spend.py").write_text(SPENDER)
+    codes = tmp_path / "codes"
+    path = write(
+        tmp_path,
+        {
+            "name": "budget",
+            "keys": {"anthropic": {"from": list(ENV)[:1], "upstream": provider.url}},
+            "tasks": {
+                "spender": {
+                    "run": f"{sys.executable} {tmp_path}/spend.py {codes}",
+                    "keys": "anthropic",
+                    "max_tokens": 100,
+                }
+            },
+        },
+    )
+    result = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
+    )
+    assert result.code == 1, result.out + result.err
+    assert "over its max_tokens of 100; it was killed" in result.out
+    seen = codes.read_text().split()
+    served = seen.count("200")
+    # Refused once 100 were said: after the 6th answer (102), or the 7th when that one was
+    # asked before the 6th's count came in.
+    assert 6 <= served <= 7 and seen[:served] == ["200"] * served, seen
+    assert set(seen[served:]) == {"403"}
+    assert sum(1 for _, _, status in provider.log if status == 200) == served
+    run_id = result.out.splitlines()[0][5:]
+    spent = json.loads(run_abreast("report", run_id, "--json", cwd=tmp_path).out)["tokens"]
+    assert (spent["input"], spent["output"]) == (12 * served, 5 * served)
+
+
+def test_max_tokens_needs_the_key_proxy(tmp_path: Path) -> None:
+    direct = {"from": list(ENV)[:1]}
+    path = write(
+        tmp_path,
+        {
+            "keys": {"direct": direct},
+            "tasks": {
+                "plain": {"run": "true", "max_tokens": 1000},
+                "held": {"run": "true", "keys": "direct", "max_tokens": 1000},
+            },
+        },
+    )
+    result = run_abreast("validate", str(path), cwd=tmp_path)
+    assert result.code == 2
+    assert "task 'plain' has max_tokens but no key pool: its tokens are not counted" in result.err
+    assert "task 'held' has max_tokens but its key pool 'direct' is in direct mode" in result.err
+    assert "give pool 'direct' an `upstream:` (proxy mode)" in result.err
+    # In `defaults` it applies to the tasks whose calls go through the proxy, and is no
+    # error for the others.
+    path = write(
+        tmp_path,
+        {
+            "defaults": {"max_tokens": 1000},
+            "keys": {"direct": direct},
+            "tasks": {"plain": {"run": "true"}, "held": {"run": "true", "keys": "direct"}},
+        },
+    )
+    assert run_abreast("validate", str(path), cwd=tmp_path).code == 0
+
+
 def test_a_missing_key_variable_stops_the_run_before_it_starts(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -38,7 +38,7 @@ from abreast.coord.location import StateLocation
 from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.ports import PortBook
 from abreast.engine.states import FAILED_STATES, TaskState, check_transition
-from abreast.engine.supervise import Supervisor
+from abreast.engine.supervise import Supervisor, Trouble
 from abreast.executor.local import Executor, Exit, Launch, LocalExecutor, Running
 from abreast.executor.logs import log_tail, open_regular, scrub_secrets
 from abreast.executor.process import (
@@ -721,7 +721,7 @@ class Engine:
             if tr.task.locks and self.sup.coord is not None:
                 leases = await self.sup.acquire_locks(tr.id, n, tr.task.locks)
             if keys is not None and pool is not None:
-                key_env = await keys.lease(tr.id, n, pool)
+                key_env = await keys.lease(tr.id, n, pool, tr.task.max_tokens)
             if self.isolation.instant:
                 cwd = self.isolation.root
             else:
@@ -1268,9 +1268,15 @@ class Engine:
         monitor = self.options.monitor
         if monitor:
             monitor.update()
+        troubles = self.sup.tick()
         if self.options.keys is not None:
             self.options.keys.tick()
-        for trouble in self.sup.tick():
+            troubles += [
+                Trouble(task_id, why, "token_limit")
+                for task_id, n, why in self.options.keys.over_budget()
+                if self.by_id[task_id].attempts == n
+            ]
+        for trouble in troubles:
             tr = self.by_id[trouble.task_id]
             if tr.running is None or tr.killed_for:
                 continue

@@ -62,6 +62,7 @@ class KeyBroker:
         # its answers said they used that are journaled (api.usage)
         self._proxied: dict[str, tuple[str, int, str, bool]] = {}
         self._used_reported: dict[str, Tokens] = {}
+        self._budgets: dict[str, int] = {}  # proxy token -> its attempt's max_tokens
         self._limited_reported: dict[tuple[str, str], int] = {}
 
     def start(self) -> None:
@@ -98,12 +99,16 @@ class KeyBroker:
             return self.wf.agents[task.agent].keys
         return None
 
-    async def lease(self, task_id: str, attempt: int, pool_name: str) -> dict[str, str]:
+    async def lease(
+        self, task_id: str, attempt: int, pool_name: str, max_tokens: int | None = None
+    ) -> dict[str, str]:
         spec = self.wf.keys[pool_name]
         pool = self.pools[pool_name]
         if spec.upstream:
             assert self.proxy is not None
-            token = self.proxy.issue(pool_name)
+            token = self.proxy.issue(pool_name, max_tokens)
+            if max_tokens is not None:
+                self._budgets[token] = max_tokens
             self._leases[(task_id, attempt)] = (pool_name, token, True)
             self._proxied[token] = (task_id, attempt, pool_name, False)
             return {spec.key_env: token, BASE_URL_ENV[spec.style]: self.proxy.url}
@@ -208,6 +213,24 @@ class KeyBroker:
             if ended:
                 del self._proxied[token]
                 self._used_reported.pop(token, None)
+                self._budgets.pop(token, None)
+
+    def over_budget(self) -> list[tuple[str, int, str]]:
+        """(task, attempt, why) of each running attempt whose answers said they used more
+        tokens than its max_tokens: to be killed."""
+        out: list[tuple[str, int, str]] = []
+        if self.proxy is None:
+            return out
+        for token, budget in self._budgets.items():
+            task_id, attempt, _pool, ended = self._proxied[token]
+            spent = self.proxy.used(token).spent
+            if not ended and spent > budget:
+                why = (
+                    f"its answers through the key proxy said it used {spent:,} tokens "
+                    f"(input + output), over its max_tokens of {budget:,}; it was killed"
+                )
+                out.append((task_id, attempt, why))
+        return out
 
     def usage(self) -> dict[str, Any]:
         return {name: pool.stats() for name, pool in self.pools.items()}

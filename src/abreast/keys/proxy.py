@@ -74,6 +74,7 @@ class KeyProxy:
         # key, or streaming the answer back): the attempt is waiting, not hung
         self._in_flight: dict[str, int] = {}
         self._used: dict[str, Tokens] = {}  # token -> what its answers said they used
+        self._budgets: dict[str, int] = {}  # token -> its attempt's max_tokens
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,10 +86,14 @@ class KeyProxy:
 
     # -- tokens ------------------------------------------------------------------------------
 
-    def issue(self, pool: str) -> str:
+    def issue(self, pool: str, max_tokens: int | None = None) -> str:
+        """A token for one attempt; with `max_tokens`, refused once its answers said they
+        used that many (input + output)."""
         token = "abreast-" + secrets.token_urlsafe(24)
         with self._lock:
             self._tokens[token] = pool
+            if max_tokens is not None:
+                self._budgets[token] = max_tokens
         return token
 
     def revoke(self, token: str) -> None:
@@ -147,6 +152,14 @@ class KeyProxy:
                 401,
                 "authentication_error",
                 "unknown or expired token (each task attempt gets its own)",
+            )
+        budget = self._budgets.get(token)
+        if budget is not None and (spent := self.used(token).spent) >= budget:
+            return _error(  # 403: not a limit that waiting lifts, so clients do not retry
+                403,
+                "permission_error",
+                f"this attempt's token budget is spent: {spent:,} tokens used, "
+                f"max_tokens is {budget:,}",
             )
         headers = [
             (k.decode("latin-1"), v.decode("latin-1"))

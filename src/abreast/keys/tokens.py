@@ -50,6 +50,11 @@ class Tokens:
     def minus(self, other: Tokens) -> Tokens:
         return Tokens(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
 
+    @property
+    def spent(self) -> int:
+        """What `max_tokens` counts: input + output, as the provider counts them."""
+        return self.input + self.output
+
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 

@@ -377,6 +377,14 @@ class TaskFields:
         Ge(1 << 20),
         Doc("an attempt whose process tree uses more memory (RSS) than this is killed"),
     ] = None
+    max_tokens: Annotated[
+        int | None,
+        Ge(1),
+        Doc(
+            "an attempt whose answers through the key proxy say they used more tokens "
+            "(input + output) than this is refused further requests and killed"
+        ),
+    ] = None
     pools: list[str] = field(default_factory=list)
     locks: list[str] = field(default_factory=list)
     env: dict[str, EnvValue] = field(default_factory=dict)

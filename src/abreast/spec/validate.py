@@ -383,6 +383,8 @@ class _Validator:
             )
         self._ref((*base, "agent"), task.agent if task.run is None else None, wf.agents, "agent")
         self._ref((*base, "keys"), task.keys, wf.keys, "key pool")
+        if task.max_tokens is not None and "max_tokens" in (self._tasks_raw.get(tid) or {}):
+            self._max_tokens(wf, tid, task, base)
         for j, pool in enumerate(task.pools):
             self._ref((*base, "pools", j), pool, wf.pools, "pool")
         for j, lock in enumerate(task.locks):
@@ -491,6 +493,27 @@ class _Validator:
             hint=f'write "$ABREAST_PROMPT" where {m[0]} is (in double quotes)',
         )
 
+    def _max_tokens(self, wf: Workflow, tid: str, task: Task, base: tuple[str | int, ...]) -> None:
+        """`max_tokens` needs the task's API calls to go through the key proxy, where its
+        tokens are counted (one in `defaults` applies to the tasks where they are)."""
+        agent = wf.agents.get(task.agent) if task.run is None and task.agent else None
+        pool = task.keys or (agent.keys if agent else None)
+        if pool is None:
+            self.problem(
+                (*base, "max_tokens"),
+                f"task {tid!r} has max_tokens but no key pool: its tokens are not counted",
+                hint="give it (or its agent) `keys:` a pool with `upstream:` (proxy mode)",
+            )
+            return
+        if pool not in wf.keys or wf.keys[pool].upstream:
+            return  # fine (or an unknown pool, reported on its own)
+        self.problem(
+            (*base, "max_tokens"),
+            f"task {tid!r} has max_tokens but its key pool {pool!r} is in direct mode: the "
+            "agent holds the key, and abreast sees none of its requests",
+            hint=f"give pool {pool!r} an `upstream:` (proxy mode) to count its tokens",
+        )
+
     def _env(self, path: tuple[str | int, ...], env: typing.Mapping[str, str]) -> None:
         for key in env:
             if not _ENV.fullmatch(key):
@@ -514,6 +537,8 @@ def _value_at(data: Any, path: tuple[str | int, ...], default: Any) -> Any:
 def _plain(task: Task, index: dict[str, int], wf: Workflow) -> bool:
     """A task with known needs (no signals), something to run, and no other references."""
     if task.pools or task.locks or task.env or task.owns or task.signals or task.keys:
+        return False
+    if task.max_tokens is not None:
         return False
     if task.run is None and (task.agent is None or task.agent not in wf.agents):
         return False
