@@ -559,7 +559,7 @@ def test_an_attempt_over_its_max_tokens_is_refused_then_killed(
         "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
     )
     assert result.code == 1, result.out + result.err
-    assert "over its max_tokens of 100; it was killed" in result.out
+    assert "(input + output), reaching its max_tokens of 100; it was killed" in result.out
     seen = codes.read_text().split()
     served = seen.count("200")
     # Refused once 100 were said: after the 6th answer (102), or the 7th when that one was

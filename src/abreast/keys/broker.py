@@ -93,11 +93,7 @@ class KeyBroker:
         return text
 
     def pool_of(self, task: Task) -> str | None:
-        if task.keys:
-            return task.keys
-        if task.run is None and task.agent is not None:
-            return self.wf.agents[task.agent].keys
-        return None
+        return self.wf.key_pool_of(task)
 
     async def lease(
         self, task_id: str, attempt: int, pool_name: str, max_tokens: int | None = None
@@ -216,18 +212,18 @@ class KeyBroker:
                 self._budgets.pop(token, None)
 
     def over_budget(self) -> list[tuple[str, int, str]]:
-        """(task, attempt, why) of each running attempt whose answers said they used more
-        tokens than its max_tokens: to be killed."""
+        """(task, attempt, why) of each running attempt whose answers have said they used
+        its max_tokens (the proxy refuses it from then on): to be killed."""
         out: list[tuple[str, int, str]] = []
         if self.proxy is None:
             return out
         for token, budget in self._budgets.items():
             task_id, attempt, _pool, ended = self._proxied[token]
             spent = self.proxy.used(token).spent
-            if not ended and spent > budget:
+            if not ended and spent >= budget:
                 why = (
                     f"its answers through the key proxy said it used {spent:,} tokens "
-                    f"(input + output), over its max_tokens of {budget:,}; it was killed"
+                    f"(input + output), reaching its max_tokens of {budget:,}; it was killed"
                 )
                 out.append((task_id, attempt, why))
         return out

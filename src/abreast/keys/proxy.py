@@ -18,6 +18,7 @@ request on the reference machine, half the proxy's budget of 1 ms added per requ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import threading
@@ -116,7 +117,7 @@ class KeyProxy:
         """The tokens the provider's answers to `token`'s requests said they used, so far
         (kept after the token is revoked)."""
         with self._lock:
-            return self._used.get(token, Tokens()).minus(Tokens())
+            return dataclasses.replace(self._used.get(token, Tokens()))  # a copy
 
     def _add_use(self, token: str, used: Tokens) -> None:
         if used:

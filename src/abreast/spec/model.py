@@ -445,6 +445,14 @@ class Workflow:
     def task_list(self) -> list[Task]:
         return list(self.tasks.values())
 
+    def key_pool_of(self, task: Task) -> str | None:
+        """The key pool `task`'s attempts draw on: its own `keys`, else its agent's (a task
+        with `run:` does not take its agent's)."""
+        if task.keys:
+            return task.keys
+        agent = self.agents.get(task.agent) if task.run is None and task.agent else None
+        return agent.keys if agent else None
+
     def evolve(self, *, same_needs: bool, **changes: Any) -> Workflow:
         """A copy with `changes` that still knows which file it was read from (and its
         checksum), which `dataclasses.replace` forgets: a resume, a report and the note

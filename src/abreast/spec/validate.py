@@ -496,8 +496,7 @@ class _Validator:
     def _max_tokens(self, wf: Workflow, tid: str, task: Task, base: tuple[str | int, ...]) -> None:
         """`max_tokens` needs the task's API calls to go through the key proxy, where its
         tokens are counted (one in `defaults` applies to the tasks where they are)."""
-        agent = wf.agents.get(task.agent) if task.run is None and task.agent else None
-        pool = task.keys or (agent.keys if agent else None)
+        pool = wf.key_pool_of(task)
         if pool is None:
             self.problem(
                 (*base, "max_tokens"),
