@@ -100,22 +100,20 @@ class UsageReader:
                 return
             self._buffer += chunk
             return
-        self._buffer += chunk
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > MAX_LINE_BYTES:
-                    self._buffer.clear()
-                    self._skipping = True
-                return
-            line = bytes(self._buffer[:end])
-            del self._buffer[: end + 1]
+        buffer = self._buffer
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
             if self._skipping:
                 self._skipping = False
-                continue
             # Most events are text deltas: only one that names usage is parsed.
-            if line.startswith(b"data:") and b'"usage"' in line:
-                self._take(line[5:])
+            elif buffer.startswith(b"data:", start) and buffer.find(b'"usage"', start, end) >= 0:
+                self._take(bytes(buffer[start + 5 : end]))
+            start = end + 1
+        del buffer[:start]  # what is left: the start of a line
+        if len(buffer) > MAX_LINE_BYTES:
+            buffer.clear()
+            self._skipping = True
 
     def tokens(self) -> Tokens:
         if self._json and self._buffer:
