@@ -682,13 +682,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from abreast.engine.lookup import find_run, open_journal
-    from abreast.keys.usage import print_tokens, print_usage, tokens_by_pool, usage
+    from abreast.keys.usage import print_tokens, print_usage, usage
+    from abreast.observe.rundata import token_use
 
     _, journal = open_journal(None, args.state)
     try:
         row = find_run(journal, args.run_id)
         rows = usage(journal, row.id)
-        tokens = tokens_by_pool(journal, row.id)
+        tokens = token_use(journal, row.id, per="pool")
     finally:
         journal.close()
     limits: dict[str, str] = {}

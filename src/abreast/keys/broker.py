@@ -62,7 +62,6 @@ class KeyBroker:
         # its answers said they used that are journaled (api.usage)
         self._proxied: dict[str, tuple[str, int, str, bool]] = {}
         self._used_reported: dict[str, Tokens] = {}
-        self._budgets: dict[str, int] = {}  # proxy token -> its attempt's max_tokens
         self._limited_reported: dict[tuple[str, str], int] = {}
 
     def start(self) -> None:
@@ -103,8 +102,6 @@ class KeyBroker:
         if spec.upstream:
             assert self.proxy is not None
             token = self.proxy.issue(pool_name, max_tokens)
-            if max_tokens is not None:
-                self._budgets[token] = max_tokens
             self._leases[(task_id, attempt)] = (pool_name, token, True)
             self._proxied[token] = (task_id, attempt, pool_name, False)
             return {spec.key_env: token, BASE_URL_ENV[spec.style]: self.proxy.url}
@@ -209,7 +206,7 @@ class KeyBroker:
             if ended:
                 del self._proxied[token]
                 self._used_reported.pop(token, None)
-                self._budgets.pop(token, None)
+                self.proxy.forget(token)
 
     def over_budget(self) -> list[tuple[str, int, str]]:
         """(task, attempt, why) of each running attempt whose answers have said they used
@@ -217,10 +214,9 @@ class KeyBroker:
         out: list[tuple[str, int, str]] = []
         if self.proxy is None:
             return out
-        for token, budget in self._budgets.items():
-            task_id, attempt, _pool, ended = self._proxied[token]
-            spent = self.proxy.used(token).spent
-            if not ended and spent >= budget:
+        for token, (task_id, attempt, _pool, ended) in self._proxied.items():
+            if not ended and (spent_of := self.proxy.budget_spent(token)) is not None:
+                spent, budget = spent_of
                 why = (
                     f"its answers through the key proxy said it used {spent:,} tokens "
                     f"(input + output), reaching its max_tokens of {budget:,}; it was killed"

@@ -100,6 +100,12 @@ class KeyProxy:
     def revoke(self, token: str) -> None:
         with self._lock:
             self._tokens.pop(token, None)
+            self._budgets.pop(token, None)
+
+    def forget(self, token: str) -> None:
+        """Drop what `token`'s answers used, once it is revoked and its use journaled."""
+        with self._lock:
+            self._used.pop(token, None)
 
     def in_flight(self, token: str) -> bool:
         """Whether a request of the attempt holding `token` is under way."""
@@ -118,6 +124,14 @@ class KeyProxy:
         (kept after the token is revoked)."""
         with self._lock:
             return dataclasses.replace(self._used.get(token, Tokens()))  # a copy
+
+    def budget_spent(self, token: str) -> tuple[int, int] | None:
+        """(tokens spent, max_tokens) once `token`'s answers have said they used its whole
+        budget; None while they have not, or when it has none."""
+        budget = self._budgets.get(token)
+        if budget is None or (spent := self.used(token).spent) < budget:
+            return None
+        return spent, budget
 
     def _add_use(self, token: str, used: Tokens) -> None:
         if used:
@@ -154,8 +168,8 @@ class KeyProxy:
                 "authentication_error",
                 "unknown or expired token (each task attempt gets its own)",
             )
-        budget = self._budgets.get(token)
-        if budget is not None and (spent := self.used(token).spent) >= budget:
+        if (spent_of := self.budget_spent(token)) is not None:
+            spent, budget = spent_of
             return _error(  # 403: not a limit that waiting lifts, so clients do not retry
                 403,
                 "permission_error",

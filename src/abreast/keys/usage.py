@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from abreast.coord.journal import Journal
-from abreast.observe.rundata import TOKEN_KINDS, tokens_line
+from abreast.observe.rundata import tokens_line
 
 
 def usage(journal: Journal, run_id: str) -> list[dict[str, Any]]:
@@ -35,16 +35,6 @@ def usage(journal: Journal, run_id: str) -> list[dict[str, Any]]:
         else:
             row["leases"] += 1
     return sorted(rows.values(), key=lambda r: (r["pool"], r["fingerprint"]))
-
-
-def tokens_by_pool(journal: Journal, run_id: str) -> dict[str, dict[str, int]]:
-    """The tokens the provider's answers said they used, through the key proxy, by pool."""
-    out: dict[str, dict[str, int]] = {}
-    for e in journal.events(run_id, types=("api.usage",)):
-        sums = out.setdefault(str(e.data.get("pool")), dict.fromkeys(TOKEN_KINDS, 0))
-        for kind in TOKEN_KINDS:
-            sums[kind] += int(e.data.get(kind, 0))
-    return out
 
 
 def print_tokens(tokens: dict[str, dict[str, int]], out: TextIO) -> None:

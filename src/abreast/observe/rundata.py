@@ -126,14 +126,15 @@ def work_changes(journal: Journal, run_id: str) -> dict[str, dict[str, int]]:
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_write")
 
 
-def token_use(journal: Journal, run_id: str) -> dict[str, dict[str, int]]:
-    """The tokens each task's attempts used, as the provider's answers said through the key
-    proxy (api.usage events), by task; a task with none is absent."""
+def token_use(journal: Journal, run_id: str, per: str = "task") -> dict[str, dict[str, int]]:
+    """The tokens the run's attempts used, as the provider's answers said through the key
+    proxy (api.usage events), by task (`per="pool"`: by key pool); one with none is absent."""
     out: dict[str, dict[str, int]] = {}
     for ev in journal.events(run_id, types=("api.usage",)):
-        if ev.task_id is None:
+        by = ev.task_id if per == "task" else ev.data.get(per)
+        if by is None:
             continue
-        sums = out.setdefault(ev.task_id, dict.fromkeys(TOKEN_KINDS, 0))
+        sums = out.setdefault(str(by), dict.fromkeys(TOKEN_KINDS, 0))
         for kind in TOKEN_KINDS:
             sums[kind] += int(ev.data.get(kind, 0))
     return out
