@@ -783,3 +783,56 @@ def test_retry_failed_after_a_crash_with_nothing_failed_is_a_plain_resume(
     resumed = run_abreast("resume", "--retry-failed", "--plain", "--no-monitor", cwd=tmp_path)
     assert resumed.code == 0, resumed.out + resumed.err
     assert resumed.out.startswith(f"run: {run_id}\n")
+
+
+def test_resume_retry_runs_again_only_the_failed_tasks_it_names(tmp_path: Path) -> None:
+    # Two of a run's tasks failed: one for a cause now fixed, one still broken (or left
+    # for later). `--retry-failed` ran both again; `--retry a` runs a (and what it
+    # blocked), leaves b failed and not run, and refuses a name that did not fail.
+    fixed = tmp_path / "fixed"
+    tally = f"echo $ABREAST_TASK_ID >> {tmp_path}/ran; "
+    path = write_workflow(
+        tmp_path,
+        "pick",
+        {
+            "ok": {"run": tally + "true"},
+            "a": {"run": tally + f"test -e {fixed}"},
+            "b": {"run": tally + "exit 4"},
+            "after_a": {"run": tally + "true", "needs": ["a"]},
+            "after_b": {"run": tally + "true", "needs": ["b"]},
+        },
+    )
+    first = run_abreast("run", str(path), "--plain", "--no-monitor", cwd=tmp_path)
+    assert first.code == 1, first.out + first.err
+    run_id = re.search(r"^run: (\S+)$", first.out, re.M)[1]  # type: ignore[index]
+    fixed.touch()
+    for args, message in (
+        (["--retry", "after_a"], "--retry after_a: after_a did not fail, it is blocked"),
+        (["--retry", "ok"], "--retry ok: ok succeeded, so there is nothing to run again"),
+        (["--retry", "aa"], f"--retry aa: run {run_id} has no task 'aa'"),
+        (["--retry", "a", "--retry-failed"], "--retry and --retry-failed together"),
+        (["--retry", ","], "--retry names no task"),
+    ):
+        refused = run_abreast("resume", run_id, *args, cwd=tmp_path)
+        assert refused.code == 2 and message in refused.err, (args, refused.err)
+        assert "Traceback" not in refused.err
+        assert "its failed task(s): a, b" in refused.err or "together" in message or "," in args
+    assert "did you mean 'a'?" in run_abreast("resume", run_id, "--retry", "aa", cwd=tmp_path).err
+    ran = (tmp_path / "ran").read_text().split()
+    assert sorted(ran) == ["a", "b", "ok"]  # nothing ran for a refusal
+    again = run_abreast("resume", "--retry", "a", "--plain", "--no-monitor", cwd=tmp_path)
+    assert again.code == 1, again.out + again.err  # b is still failed
+    assert again.out.startswith(f"run: {run_id}\n") and "a: failed; run again\n" in again.out
+    assert (tmp_path / "ran").read_text().split()[3:] == ["a", "after_a"]
+    status = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
+    tasks = {t["id"]: (t["state"], t["attempts"]) for t in status["tasks"]}
+    assert tasks == {
+        "ok": ("succeeded", 1),
+        "a": ("succeeded", 2),
+        "b": ("failed", 1),
+        "after_a": ("succeeded", 1),
+        "after_b": ("blocked", 0),
+    }
+    assert status["state"] == "failed"
+    done = run_abreast("resume", run_id, "--retry", "b", "--plain", "--no-monitor", cwd=tmp_path)
+    assert done.code == 1 and "b (failed after 2 attempts): exit 4" in done.out, done.out + done.err

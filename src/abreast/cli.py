@@ -230,6 +230,13 @@ def _args_resume(p: argparse.ArgumentParser) -> None:
         help="run the failed tasks again (and those they blocked), keeping what succeeded; "
         "also for a run that ended failed (default RUN: the latest run)",
     )
+    p.add_argument(
+        "--retry",
+        action="append",
+        default=[],
+        metavar="TASK[,TASK]",
+        help="as --retry-failed, but only these failed tasks (repeatable); the others stay failed",
+    )
     _state_arg(p)
     p.add_argument("--no-monitor", action="store_true")
     p.add_argument("--plain", action="store_true")
@@ -507,7 +514,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    if args.run_id is None and args.retry_failed:  # the latest run's failures
+    if args.retry and args.retry_failed:
+        raise UsageError(
+            "--retry and --retry-failed together",
+            hint="--retry-failed runs every failed task again; --retry TASK only those named",
+        )
+    if args.run_id is None and (args.retry_failed or args.retry):  # the latest run's failures
         from abreast.engine.lookup import find_run, open_journal
 
         _, journal = open_journal(None, args.state)
@@ -546,6 +558,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             observer=observer,
             ray_address=args.ray_address,
             retry_failed=args.retry_failed,
+            retry=args.retry,
         )
     return _finish(outcome)
 

@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +34,7 @@ from abreast.engine.lookup import (
 from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.states import FAILED_STATES, TERMINAL, TaskState
 from abreast.engine.supervise import Supervisor
-from abreast.errors import StateError, UsageError
+from abreast.errors import StateError, UsageError, did_you_mean
 from abreast.executor.local import Exit
 from abreast.executor.logs import open_regular
 from abreast.executor.process import (
@@ -820,11 +820,13 @@ def resume_run(
     observer: Observer | None = None,
     ray_address: str | None = None,
     retry_failed: bool = False,
+    retry: Sequence[str] = (),
 ) -> RunOutcome:
     """Carry on a run whose orchestrator died (`observer`: one spawned for --dashboard /
     --metrics-port, told the run once it is found; `ray_address`: the Ray cluster to use
     now, for a run started with `--executor ray`; `retry_failed`: its failed tasks run
-    again too, and a run that ended failed is carried on)."""
+    again too, and a run that ended failed is carried on; `retry`: as `retry_failed`,
+    only these of its failed tasks, as `--retry TASK[,TASK]` gives them)."""
     found_at, journal = open_journal(None, state)
     with journal:  # closed however this ends, a refusal included
         return _resume_found(
@@ -839,6 +841,7 @@ def resume_run(
             observer,
             ray_address,
             retry_failed,
+            retry,
         )
 
 
@@ -854,11 +857,15 @@ def _resume_found(
     observer: Observer | None,
     ray_address: str | None = None,
     retry_failed: bool = False,
+    named: Sequence[str] = (),
 ) -> RunOutcome:
     row = find_run(journal, run_id)
     # The run's own project, wherever resume is typed; the journal stays where it was found.
     location = dataclasses.replace(found_at, root=Path(row.root))
     failed = [t.task_id for t in journal.tasks(row.id) if TaskState(t.state) in FAILED_STATES]
+    if named:  # `--retry TASK`: those (each one that failed), and only those
+        failed = _named_failures(journal, row, named)
+        retry_failed = True
     if retry_failed and not failed and row.state in ("succeeded", "failed"):
         # (A run that did not end is carried on all the same: --retry-failed only adds.)
         raise UsageError(
@@ -945,6 +952,44 @@ def _resume_found(
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _named_failures(journal: Journal, row: RunRow, names: Sequence[str]) -> list[str]:
+    """The tasks `--retry TASK[,TASK]` names, each checked to be one of the run's tasks
+    that failed (or timed out): a clear error for any other, saying what to name."""
+    wanted = list(dict.fromkeys(n.strip() for arg in names for n in arg.split(",") if n.strip()))
+    if not wanted:
+        raise UsageError("--retry names no task", hint="--retry TASK[,TASK...] (repeatable)")
+    tasks = {t.task_id: t for t in journal.tasks(row.id)}
+    failed = [tid for tid, t in tasks.items() if TaskState(t.state) in FAILED_STATES]
+    listed = ", ".join(failed[:10]) + (", ..." if len(failed) > 10 else "")
+    can = f"its failed task(s): {listed}" if failed else "it has no failed task"
+    for name in wanted:
+        task = tasks.get(name)
+        if task is None:
+            raise UsageError(
+                f"--retry {name}: run {row.id} has no task {name!r}" + did_you_mean(name, tasks),
+                hint=f"name one of {can}",
+            )
+        state = TaskState(task.state)
+        if state in FAILED_STATES:
+            continue
+        if state is TaskState.BLOCKED:
+            why = task.reason or "a task it needs did not succeed"
+            raise UsageError(
+                f"--retry {name}: {name} did not fail, it is blocked ({why})",
+                hint=f"retry what blocked it, and {name} runs after it; {can}",
+            )
+        if state in (TaskState.SUCCEEDED, TaskState.SKIPPED):
+            raise UsageError(
+                f"--retry {name}: {name} {state}, so there is nothing to run again",
+                hint=f"a resume never runs again what succeeded; {can}",
+            )
+        raise UsageError(  # pending, cancelled, running: a resume runs it anyway
+            f"--retry {name}: {name} did not fail (it is {state})",
+            hint=f"a plain `abreast resume {row.id}` runs it; {can}",
+        )
+    return wanted
 
 
 def _take_up(journal: Journal, row: RunRow) -> None:
@@ -1081,7 +1126,7 @@ async def _resume(
         if ids:
             view.note(f"{', '.join(ids)}: {what} {row.file} since the run started")
     if retry - set(removed):
-        view.note(f"{', '.join(sorted(retry - set(removed)))}: failed; run again (--retry-failed)")
+        view.note(f"{', '.join(sorted(retry - set(removed)))}: failed; run again")
     req = RunRequest(
         file=Path(row.file), monitor=monitor_on, isolation=isolation, land=bool(options.get("land"))
     )
