@@ -805,6 +805,7 @@ def test_resume_retry_runs_again_only_the_failed_tasks_it_names(tmp_path: Path) 
     first = run_abreast("run", str(path), "--plain", "--no-monitor", cwd=tmp_path)
     assert first.code == 1, first.out + first.err
     run_id = re.search(r"^run: (\S+)$", first.out, re.M)[1]  # type: ignore[index]
+    assert "what succeeded stays; --retry TASK for some of them)" in first.out  # 2 failed
     fixed.touch()
     for args, message in (
         (["--retry", "after_a"], "--retry after_a: after_a did not fail, it is blocked"),
@@ -834,5 +835,8 @@ def test_resume_retry_runs_again_only_the_failed_tasks_it_names(tmp_path: Path) 
         "after_b": ("blocked", 0),
     }
     assert status["state"] == "failed"
+    later = run_abreast("status", run_id, cwd=tmp_path).out  # one left: no "some of them"
+    assert f"abreast resume {run_id} --retry-failed (what failed" in later
+    assert "what succeeded stays)" in later and "for some of them" not in later
     done = run_abreast("resume", run_id, "--retry", "b", "--plain", "--no-monitor", cwd=tmp_path)
     assert done.code == 1 and "b (failed after 2 attempts): exit 4" in done.out, done.out + done.err

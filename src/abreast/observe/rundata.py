@@ -224,9 +224,10 @@ def carry_on_hint(run_id: str) -> str:
     return f"carry on: abreast resume {run_id} (what succeeded stays; the rest runs)"
 
 
-def retry_hint(run_id: str) -> str:
-    """The line that says how to run a failed run's failures again."""
+def retry_hint(run_id: str, failed: int = 1) -> str:
+    """The line that says how to run a failed run's `failed` failures again."""
+    some = "; --retry TASK for some of them" if failed > 1 else ""
     return (
         f"run again once fixed: abreast resume {run_id} --retry-failed (what failed, and what "
-        "did not run for it; what succeeded stays)"
+        f"did not run for it; what succeeded stays{some})"
     )

@@ -140,8 +140,9 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         )
     if row.summary and row.summary.get("landing"):
         out.write(f"  {row.summary['landing']}\n")
-    if state == "failed" and any(TaskState(t.state) in FAILED_STATES for t in tasks):
-        out.write(f"  {rundata.retry_hint(row.id)}\n")
+    failed = sum(TaskState(t.state) in FAILED_STATES for t in tasks)
+    if state == "failed" and failed:
+        out.write(f"  {rundata.retry_hint(row.id, failed)}\n")
     elif state == "cancelled":
         out.write(f"  {rundata.carry_on_hint(row.id)}\n")
 

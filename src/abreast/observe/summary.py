@@ -67,7 +67,7 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
     if blocked:
         w("\n  blocked: " + ", ".join(f"{t.id} ({t.reason})" for t in blocked) + "\n")
     if n and outcome.state == "failed":
-        w(f"\n  {retry_hint(outcome.run_id)}\n")
+        w(f"\n  {retry_hint(outcome.run_id, n)}\n")
     elif n:  # cancelled: a resume carries it on, and can take the failures up too
         w(
             f"\n  carry on: abreast resume {outcome.run_id} (with --retry-failed, what "
