@@ -2055,3 +2055,57 @@ def test_a_task_waiting_for_a_lock_when_the_run_drains_is_not_started(
     resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=repo)
     assert resumed.code == 0, resumed.out + resumed.err
     assert git(repo, "show", f"{integration(run_id)}:w.txt") == "W\n"
+
+
+def test_an_agent_that_rewrites_history_below_its_start_lands_what_its_files_say(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Agents run `git reset --hard HEAD~1`, `commit --amend`, `checkout --orphan`. The
+    # checks (ownership, the change count) went by the files the attempt left, but the
+    # merge went by its history: a reset's undo was dropped, an amend below the start
+    # could conflict with itself, and an orphan failed with "merge queue error: git
+    # merge-tree ... refusing to merge unrelated histories". Now what lands is the tree
+    # it left, on the commit it started from, as for work it left uncommitted.
+    gate = tmp_path / "started"
+    gate.mkdir()
+    # All four start from the same commit (not one after another's work landed): each
+    # waits (up to 30 s) until all have started.
+    wait = (
+        f"touch {gate}/$ABREAST_TASK_ID; n=0; while set -- {gate}/*; [ $# -lt 4 ] && "
+        "[ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done; "
+    )
+    path = workflow(
+        repo,
+        {
+            "undo": {
+                "run": wait + "git reset -q --hard HEAD~1 && echo r > r.txt",
+                "owns": ["/r.txt", "/notes.txt"],
+            },
+            "amend": {
+                "run": wait + "echo a > a.txt && echo amended > README.md && git add -A && "
+                "git commit -q --amend -m amended"
+            },
+            "orphan": {"run": wait + "git checkout -q --orphan mine && echo o > o.txt"},
+            "guarded": {
+                "run": wait + "git reset -q --hard HEAD~1 && echo g > g.txt",
+                "owns": ["/g.txt"],
+            },
+        },
+    )
+    (repo / "notes.txt").write_text("to be undone\n")
+    git(repo, "add", "notes.txt")
+    git(repo, "commit", "-q", "-m", "notes")  # the commit every task starts from
+    code, out, run_id = run(repo, path, "--max-parallel", "4")
+    assert code == 1, out  # guarded only
+    assert "merge queue error" not in out
+    assert "guarded (failed): changed files it does not own: notes.txt (not in owns" in out
+    assert "(its HEAD left the commit it started from — a `git reset`" in out
+    result = integration(run_id)
+    files = set(git(repo, "ls-tree", "--name-only", result).split())
+    assert files == {"README.md", "a.txt", "abreast.yaml", "o.txt", "r.txt", "src"}, files
+    assert show(repo, result, "README.md") == "amended\n"
+    assert show(repo, result, "abreast.yaml") == path.read_text()
+    report = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)
+    changes = {t["id"]: t["changes"] for t in report["tasks"]}
+    assert changes["undo"] == {"files": 2, "added": 1, "deleted": 1}, changes
+    assert changes["orphan"] == {"files": 1, "added": 1, "deleted": 0}, changes

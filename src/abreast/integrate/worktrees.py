@@ -312,6 +312,15 @@ class WorktreeIsolation(Isolation):
                 text = submodules.own_repos_text(found)
                 return Verdict(Outcome.SEND_BACK, text, kind="submodule")
             raise
+        rewritten = not await asyncio.to_thread(self.repo.is_ancestor, a.base, head)
+        if rewritten:
+            # Its agent reset, rebased, amended or orphaned below the commit it started
+            # from. Its work is what its files say, as for what it left uncommitted: the
+            # tree it left, on that commit. (Merging its history instead dropped what a
+            # reset undid, and one with no history in common could not be merged at all.)
+            head = await asyncio.to_thread(
+                self.repo.commit_tree, f"{head}^{{tree}}", [a.base], message
+            )
         a.head = head
         if a.onto is None:
             self.journal.stage_attempt(self.run_id, task_id, attempt, head_commit=head)
@@ -352,9 +361,15 @@ class WorktreeIsolation(Isolation):
         if bad:
             # The first line says it whole (the live view and plain lines show only it).
             first, shown = _listed(bad)
+            why = (
+                "\n  (its HEAD left the commit it started from — a `git reset`, rebase or "
+                "amend below it — so its files undo what that history held)"
+                if rewritten
+                else ""
+            )
             return Verdict(
                 Outcome.SEND_BACK,
-                f"changed files it does not own: {first}\n  {shown}",
+                f"changed files it does not own: {first}\n  {shown}{why}",
                 kind="ownership",
             )
         if self.subs:  # commits it moved submodules to: where the checks can check them out
