@@ -2109,3 +2109,50 @@ def test_an_agent_that_rewrites_history_below_its_start_lands_what_its_files_say
     changes = {t["id"]: t["changes"] for t in report["tasks"]}
     assert changes["undo"] == {"files": 2, "added": 1, "deleted": 1}, changes
     assert changes["orphan"] == {"files": 1, "added": 1, "deleted": 0}, changes
+
+
+def test_an_attempt_that_leaves_a_rebase_or_conflicts_half_done_is_sent_back(
+    repo: Path,
+) -> None:
+    # An agent whose `git rebase` (or `git stash pop`) stopped on a conflict and that then
+    # exited: abreast's `git add -A` took git's conflict markers as the task's work and
+    # landed them. And the worktree went to the next attempt still mid-rebase.
+    conflicting = (
+        "git checkout -q -b side-$ABREAST_ATTEMPT && echo side > src/shared.txt && "
+        "git commit -qam side && git checkout -q - && echo other > src/shared.txt && "
+        "git commit -qam other && "
+    )
+    path = workflow(
+        repo,
+        {
+            "rebase": {
+                "run": 'if [ "$ABREAST_ATTEMPT" = 1 ]; then '
+                + conflicting
+                + "git rebase side-1; fi; git status > status.txt; true",
+                "retries": 1,
+                "backoff": {"initial": "0s"},
+            },
+            "pop": {
+                "run": "echo mine > README.md && git stash -q && echo theirs > README.md && "
+                "git commit -qam theirs && git stash pop; true"
+            },
+        },
+        max_parallel=1,
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1, out  # pop only
+    assert (
+        "retry   rebase now: left a rebase unfinished in its worktree, with conflicts in: "
+        "src/shared.txt; nothing of it was merged; end it (`git rebase --continue` or "
+        "`--abort`) before the task exits" in out
+    ), out
+    assert (
+        "pop (failed): left unresolved conflicts in: README.md (a `git stash pop` or "
+        "`checkout -m` that conflicted?); nothing of it was merged" in out
+    ), out
+    result = integration(run_id)
+    status = show(repo, result, "status.txt")  # attempt 2's worktree: no rebase under way
+    assert status.startswith(f"On branch abreast/{run_id}/rebase\n"), status
+    assert "rebase" not in status.split("\n", 1)[1] and "conflict" not in status, status
+    assert show(repo, result, "src/shared.txt").startswith("line 1\n")
+    assert show(repo, result, "README.md") == "# project\n"

@@ -36,7 +36,7 @@ from abreast.workspace import provision, pyenv, submodules
 from abreast.workspace.git import GitError
 from abreast.workspace.pool import WorktreePool
 from abreast.workspace.provision import Provision
-from abreast.workspace.repo import Repo, base_name, commit_all, signal_ref
+from abreast.workspace.repo import Repo, base_name, commit_all, signal_ref, unfinished
 
 
 def integration_ref(run_id: str) -> str:
@@ -302,6 +302,9 @@ class WorktreeIsolation(Isolation):
             inside = await asyncio.to_thread(submodules.uncommitted, self.repo, a.path, self.subs)
             if inside:
                 return Verdict(Outcome.SEND_BACK, _uncommitted_inside(inside), kind="submodule")
+        half_done = await asyncio.to_thread(unfinished, self.repo, a.path)
+        if half_done:
+            return Verdict(Outcome.SEND_BACK, half_done, kind="unfinished")
         message = f"abreast: {task_id} (run {self.run_id}, attempt {attempt})"
         try:
             head = await asyncio.to_thread(commit_all, self.repo, a.path, message)

@@ -9,6 +9,7 @@ on `.git/config.lock`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import subprocess
@@ -291,11 +292,43 @@ def move_worktree(
         repo.git(*FAST, "read-tree", "--reset", "-u", commit, cwd=path)
     if remove_untracked:
         repo.git(*FAST, "clean", "-q", "-f", "-f", "-d", "-x", *spare, cwd=path)
+    forget_operations(path)
     if branch is None:
         repo.git("update-ref", "--no-deref", "HEAD", commit, cwd=path)
         return
     repo.git("update-ref", "--no-deref", f"refs/heads/{branch}", commit, cwd=path)
     point_head(path, branch)
+
+
+def worktree_git_dir(path: Path) -> Path:
+    """The git dir of the linked worktree at `path`: its `.git` file says `gitdir: DIR`
+    (a path relative to the worktree with `worktree.useRelativePaths`)."""
+    return path / (path / ".git").read_text().split(":", 1)[1].strip()
+
+
+# What git keeps, in a worktree's own git dir, while an operation is under way there: a
+# worktree handed to the next attempt must not be in the middle of the last one's rebase.
+_OPERATION_FILES = (
+    "MERGE_HEAD", "MERGE_MSG", "MERGE_MODE", "MERGE_RR", "AUTO_MERGE", "CHERRY_PICK_HEAD",
+    "REVERT_HEAD", "BISECT_START", "BISECT_LOG", "BISECT_TERMS", "BISECT_NAMES",
+    "BISECT_EXPECTED_REV", "BISECT_ANCESTORS_OK", "BISECT_HEAD",
+)  # fmt: skip
+_OPERATION_DIRS = ("rebase-merge", "rebase-apply", "sequencer", "refs/bisect")
+
+
+def forget_operations(path: Path) -> None:
+    """End whatever rebase, merge, cherry-pick, revert or bisect the worktree at `path`
+    was left in, as `git rebase --quit` and its kind do: its HEAD, index and files are
+    set by the caller."""
+    import shutil
+
+    git_dir = worktree_git_dir(path)
+    for name in _OPERATION_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (git_dir / name).unlink()
+    for name in _OPERATION_DIRS:
+        if (git_dir / name).is_dir():
+            shutil.rmtree(git_dir / name, ignore_errors=True)
 
 
 def point_head(path: Path, branch: str) -> None:
@@ -304,7 +337,7 @@ def point_head(path: Path, branch: str) -> None:
     What `git symbolic-ref HEAD refs/heads/BRANCH` does, without a process: a worktree's
     HEAD is the one-line file `ref: refs/heads/BRANCH` in its git dir (gitrepository-layout).
     """
-    gitdir = Path((path / ".git").read_text().split(":", 1)[1].strip())
+    gitdir = worktree_git_dir(path)
     tmp = gitdir / "HEAD.abreast-tmp"
     tmp.write_text(f"ref: refs/heads/{branch}\n")
     os.replace(tmp, gitdir / "HEAD")
@@ -325,6 +358,45 @@ def commit_all(repo: Repo, path: Path, message: str) -> str:
             env=repo.identity_env(),
         )
     return repo.git("rev-parse", "HEAD", cwd=path).stdout.strip()
+
+
+# What an attempt may leave half done in its worktree: the file git keeps while it lasts,
+# what it is, and how it is ended.
+_UNFINISHED = (
+    ("rebase-merge", "a rebase", "`git rebase --continue` or `--abort`"),
+    ("rebase-apply", "a rebase or `git am`", "`git rebase --continue` or `--abort`"),
+    ("MERGE_HEAD", "a merge", "commit it or `git merge --abort`"),
+    ("CHERRY_PICK_HEAD", "a cherry-pick", "`git cherry-pick --continue` or `--abort`"),
+    ("REVERT_HEAD", "a revert", "`git revert --continue` or `--abort`"),
+)
+
+
+def unfinished(repo: Repo, path: Path) -> str:
+    """What the worktree at `path` was left in the middle of — a rebase, merge,
+    cherry-pick or revert, or unresolved conflicts (a `git stash pop` that conflicted) —
+    said for its task; "" when nothing. Committing it as it is would land git's conflict
+    markers, or a merge the agent had not decided on."""
+    try:
+        git_dir = worktree_git_dir(path)
+    except (OSError, IndexError):  # no worktree's `.git` file (the agent removed it?)
+        git_dir = path / ".git"
+    doing = next(
+        ((what, how) for name, what, how in _UNFINISHED if (git_dir / name).exists()), None
+    )
+    out = repo.git("ls-files", "--unmerged", "-z", cwd=path, check=False).stdout
+    conflicts = sorted({e.partition("\t")[2] for e in out.split("\0") if "\t" in e})
+    if doing is None and not conflicts:
+        return ""
+    shown = ", ".join(conflicts[:20]) + (
+        f" and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""
+    )
+    said = f"left {doing[0]} unfinished in its worktree" if doing else "left unresolved conflicts"
+    if doing and conflicts:
+        said += f", with conflicts in: {shown}"
+    elif conflicts:
+        said += f" in: {shown} (a `git stash pop` or `checkout -m` that conflicted?)"
+    end = f"; end it ({doing[1]})" if doing else "; resolve them"
+    return f"{said}; nothing of it was merged{end} before the task exits"
 
 
 SNAPSHOT_INDEX = "index-"  # temporary index directories of snapshots, in Repo.abreast_dir
