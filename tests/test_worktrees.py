@@ -1514,6 +1514,38 @@ def test_an_agent_that_pops_your_stash_is_sent_back_and_the_entry_put_back(repo:
     assert show(repo, result, "README.md") == "# project\n"  # your work did not
 
 
+def test_stash_entries_an_agent_leaves_are_taken_off_your_stash(repo: Path) -> None:
+    # The stash is one list for the repository: an agent's `git stash` in its worktree
+    # stayed on top of yours after the run, and your next `git stash pop` popped the
+    # agent's half-work into your checkout.
+    (repo / "README.md").write_text("# my unfinished work\n")
+    git(repo, "stash", "push", "-q", "-m", "my wip")
+    path = workflow(
+        repo,
+        {
+            "hoard": {"run": "echo a > README.md && git stash -q && echo b > b.txt"},
+            "named": {"run": "echo c > README.md && git stash push -q -m keep-this; true"},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    listed = git(repo, "stash", "list").splitlines()
+    assert len(listed) == 1 and listed[0].endswith("On main: my wip"), listed
+    said = re.search(r"taken off your stash: 2 entries the run's tasks left there \((.*)\)", out)
+    assert said, out
+    assert f"WIP on abreast/{run_id}/hoard: " in said[1] and "keep-this" in said[1], said[1]
+    events = query(
+        repo / ".abreast" / "state.db",
+        "SELECT data FROM events WHERE run_id = ? AND type = 'stash.taken'",
+        run_id,
+    )
+    taken = [json.loads(data) for (data,) in events]
+    named = next(e for e in taken if e["message"].endswith(": keep-this"))
+    git(repo, "stash", "store", "-m", "back", named["commit"])  # as the line says
+    assert git(repo, "show", "stash@{0}:README.md") == "c\n"
+    assert git(repo, "show", "stash@{1}:README.md") == "# my unfinished work\n"
+
+
 def run_warned(repo: Path, task_id: str, command: str) -> tuple[str, str]:
     """Run one task under `containment: {main_checkout: warn}`; (its output, the run id)
     of a run that succeeded."""

@@ -152,6 +152,30 @@ class Guard:
             self._stash = [e for e in self._stash if _stash_commit(e) in present]  # said once
         return changes
 
+    def take_run_stashes(self, run_id: str) -> list[tuple[str, str]]:
+        """Take off your stash the entries the run's tasks pushed onto it (an agent's `git
+        stash` in its worktree: the stash is the repository's one list, so your next `git
+        stash pop` would have popped the agent's work). Known by the branch they were made
+        on, `abreast/RUN/TASK`; one made on a detached HEAD is not told from yours and
+        stays. (stash commit, message) of each, newest last: `git stash store COMMIT`
+        puts one back."""
+        entries = self._stash_entries()
+        theirs = [e for e in entries if _made_on_run_branch(e, run_id)]
+        if not theirs:
+            return []
+        kept = [e for e in entries if not _made_on_run_branch(e, run_id)]
+        ref = self.repo.common_dir / "refs" / "stash"
+        try:
+            if kept:
+                self._stash_log.write_bytes(b"".join(kept))
+                ref.write_text(kept[-1].split(b" ", 2)[1].decode() + "\n")
+            else:  # the stash is empty again, as git leaves it after dropping the last one
+                self.repo.delete_ref("refs/stash")
+                self._stash_log.unlink(missing_ok=True)
+        except OSError:
+            return []
+        return [(_stash_commit(e).decode(), _stash_message(e)) for e in theirs]
+
     # -- repository files (hooks, config) ---------------------------------------------------
 
     def _protected_paths(self) -> list[Path]:
@@ -270,6 +294,13 @@ def _stash_commit(entry: bytes) -> bytes:
     """A stash reflog line's stash commit (`OLD NEW who when\tmessage`)."""
     parts = entry.split(b" ", 2)
     return parts[1] if len(parts) > 1 else entry
+
+
+def _made_on_run_branch(entry: bytes, run_id: str) -> bool:
+    """Whether a stash entry was made on one of the run's task branches (its message
+    `WIP on abreast/RUN/TASK: ...`, or `On abreast/RUN/TASK: ...` with a message)."""
+    message = _stash_message(entry)
+    return message.startswith((f"WIP on abreast/{run_id}/", f"On abreast/{run_id}/"))
 
 
 def _stash_message(entry: bytes) -> str:

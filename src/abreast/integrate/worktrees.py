@@ -601,6 +601,19 @@ class WorktreeIsolation(Isolation):
                 "kept for inspection (until `abreast cleanup`): "
                 + ", ".join(str(p) for p in self._kept)
             )
+        stashed = await asyncio.to_thread(self.guard.take_run_stashes, self.run_id)
+        if stashed:
+            for commit, message in stashed:
+                self.journal.stage_event(
+                    self.run_id, "stash.taken", commit=commit, message=message[:500]
+                )
+            lines.append(
+                f"taken off your stash: {len(stashed)} entr{'ies' if len(stashed) > 1 else 'y'} "
+                "the run's tasks left there ("
+                + "; ".join(f"{m[:80]}: `git stash store {c[:12]}`" for c, m in stashed[:5])
+                + (", ..." if len(stashed) > 5 else "")
+                + " puts one back)"
+            )
         if not success:
             lines.append("not landed: the run did not succeed")
         elif self.land:
