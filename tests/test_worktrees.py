@@ -1752,6 +1752,7 @@ def test_command_paths_are_the_words_a_command_may_need_from_its_directory() -> 
     ]  # fmt: skip
     assert command_paths('echo "unclosed') == []
     assert command_paths("./a.sh && cd ci && ./build.sh") == ["a.sh"]  # then elsewhere
+    assert command_paths("rm .git; cat ./.git/config x") == ["rm", "cat", "x"]  # git's own
 
 
 @pytest.mark.parametrize("isolation", ["worktree", "none"])
@@ -2188,3 +2189,30 @@ def test_an_attempt_that_leaves_a_rebase_or_conflicts_half_done_is_sent_back(
     assert "rebase" not in status.split("\n", 1)[1] and "conflict" not in status, status
     assert show(repo, result, "src/shared.txt").startswith("line 1\n")
     assert show(repo, result, "README.md") == "# project\n"
+
+
+def test_an_agent_that_removes_or_replaces_its_worktrees_git_file(repo: Path) -> None:
+    # `rm .git` failed the task with a raw "git ... add -A exited with 128: fatal: this
+    # operation must be run in a work tree" (and a note to commit `.git`); a `git init`
+    # in its place had abreast commit into the agent's own repository.
+    path = workflow(
+        repo,
+        {
+            "removed": {"run": "rm .git && echo n > n.txt"},
+            "replaced": {
+                "run": 'if [ "$ABREAST_ATTEMPT" = 1 ]; then rm .git && git init -q && '
+                "git add -A && git commit -qm mine; fi; echo o > o.txt",
+                "retries": 1,
+                "backoff": {"initial": "0s"},
+            },
+            "after": {"needs": ["removed", "replaced"], "run": "cat n.txt o.txt > both.txt"},
+        },
+        max_parallel=1,
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert "retry   replaced now: replaced its worktree's `.git` file (with a repository" in out
+    assert "`.git` is in your checkout" not in out and "git add .git" not in out
+    assert show(repo, integration(run_id), "both.txt") == "n\no\n"
+    kept = re.search(r"kept for inspection \(until `abreast cleanup`\): (\S+)", out)
+    assert kept and (Path(kept[1]) / ".git").is_dir(), out  # the agent's, never reused

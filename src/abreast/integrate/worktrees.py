@@ -36,7 +36,14 @@ from abreast.workspace import provision, pyenv, submodules
 from abreast.workspace.git import GitError
 from abreast.workspace.pool import WorktreePool
 from abreast.workspace.provision import Provision
-from abreast.workspace.repo import Repo, base_name, commit_all, signal_ref, unfinished
+from abreast.workspace.repo import (
+    Repo,
+    base_name,
+    commit_all,
+    signal_ref,
+    unfinished,
+    worktree_git_dir,
+)
 
 
 def integration_ref(run_id: str) -> str:
@@ -94,6 +101,7 @@ class _Attempt:
     ended: float | None = None
     head: str | None = None
     own_repos: bool = False  # made git repositories inside its worktree (sent back for it)
+    broken: bool = False  # its `.git` replaced by something git cannot repair: never reused
     released: bool = False  # given back to the pool once its work was committed
     # When `base` is a start made for it (the integration head with the signal snapshots of
     # tasks it waited for merged in): that integration head, which its work is replayed onto,
@@ -302,6 +310,15 @@ class WorktreeIsolation(Isolation):
             inside = await asyncio.to_thread(submodules.uncommitted, self.repo, a.path, self.subs)
             if inside:
                 return Verdict(Outcome.SEND_BACK, _uncommitted_inside(inside), kind="submodule")
+        if not await asyncio.to_thread(self._git_file_sound, a.path):
+            a.broken = True
+            return Verdict(
+                Outcome.SEND_BACK,
+                "replaced its worktree's `.git` file (with a repository of its own: `git "
+                "init`?), so git cannot read its work there; nothing of it was merged. Leave "
+                "`.git` at the worktree's root as it is: it points git at the repository",
+                kind="containment",
+            )
         half_done = await asyncio.to_thread(unfinished, self.repo, a.path)
         if half_done:
             return Verdict(Outcome.SEND_BACK, half_done, kind="unfinished")
@@ -395,6 +412,18 @@ class WorktreeIsolation(Isolation):
         self.pool.release(a.path, clean=True)
         a.released = True
         return None
+
+    def _git_file_sound(self, path: Path) -> bool:
+        """Whether the worktree's `.git` file points at its git dir, put back first when
+        the attempt deleted it (`git worktree repair`, which knows the way from the git dir
+        back to the worktree): its work is still all in its files."""
+        gitfile = path / ".git"
+        if not os.path.lexists(gitfile):
+            self.repo.git("worktree", "repair", str(path), check=False)
+        try:
+            return gitfile.is_file() and (worktree_git_dir(path) / "HEAD").is_file()
+        except (OSError, IndexError):
+            return False
 
     def _recover(self, task_id: str, attempt: int) -> _Attempt | None:
         """An attempt that ended while no orchestrator watched: its work is still in its
@@ -564,9 +593,10 @@ class WorktreeIsolation(Isolation):
         a = self._attempts.pop((task_id, attempt), None)
         if a is None:
             return
-        if keep:
+        if keep or a.broken:
             # Evidence: the worktree if it is still ours (or idle in the pool), and always
-            # the task's branch with its last commit.
+            # the task's branch with its last commit. One whose `.git` its agent replaced
+            # is never handed out again either (git would work on the agent's repository).
             if not a.released or self.pool.take_back(a.path):
                 self.pool.keep(a.path)
                 self._kept.append(a.path)

@@ -59,7 +59,7 @@ def command_paths(command: str, limit: int = 64) -> list[str]:
             if set(word) <= set("();<>|&"):
                 continue  # an operator
             parts = [p for p in word.split("/") if p not in ("", ".")]
-            if parts and ".." not in parts:
+            if parts and ".." not in parts and parts[0] != ".git":  # git's own, never a file
                 path = "/".join(parts)
                 if path not in out:
                     out.append(path)
