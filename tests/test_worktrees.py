@@ -2216,3 +2216,22 @@ def test_an_agent_that_removes_or_replaces_its_worktrees_git_file(repo: Path) ->
     assert show(repo, integration(run_id), "both.txt") == "n\no\n"
     kept = re.search(r"kept for inspection \(until `abreast cleanup`\): (\S+)", out)
     assert kept and (Path(kept[1]) / ".git").is_dir(), out  # the agent's, never reused
+
+
+def test_git_locks_an_attempt_left_behind_do_not_fail_its_work(repo: Path) -> None:
+    # A git process of the agent killed mid-write (its tree is ended when the attempt
+    # ends) leaves `index.lock`: taking the work in failed with "could not take in its
+    # work: git ... add -A exited with 128: fatal: Unable to create '.../index.lock'".
+    path = workflow(
+        repo,
+        {
+            "killed_mid_git": {
+                "run": 'echo l > l.txt && touch "$(git rev-parse --git-dir)/index.lock" && '
+                'touch "$(git rev-parse --git-common-dir)/refs/heads/'
+                '$(git symbolic-ref --short HEAD).lock"'
+            }
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert show(repo, integration(run_id), "l.txt") == "l\n"

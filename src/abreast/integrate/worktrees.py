@@ -14,6 +14,7 @@ start with `_`, so this name never clashes with a task's branch).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -319,6 +320,7 @@ class WorktreeIsolation(Isolation):
                 "`.git` at the worktree's root as it is: it points git at the repository",
                 kind="containment",
             )
+        await asyncio.to_thread(self._drop_stale_locks, a)
         half_done = await asyncio.to_thread(unfinished, self.repo, a.path)
         if half_done:
             return Verdict(Outcome.SEND_BACK, half_done, kind="unfinished")
@@ -424,6 +426,20 @@ class WorktreeIsolation(Isolation):
             return gitfile.is_file() and (worktree_git_dir(path) / "HEAD").is_file()
         except (OSError, IndexError):
             return False
+
+    def _drop_stale_locks(self, a: _Attempt) -> None:
+        """Remove the `*.lock` files a git process of the attempt left in its worktree's git
+        dir and on its branch (`index.lock`: one killed mid-write, when its tree was ended)
+        that no process holds open: else taking its work in fails with git's "Unable to
+        create index.lock: File exists"."""
+        from abreast.workspace.repair import held_open
+
+        refs = self.repo.common_dir / "refs" / "heads" / task_branch(self.run_id, a.task_id)
+        found = [*worktree_git_dir(a.path).glob("*.lock"), refs.with_name(refs.name + ".lock")]
+        for lock in found:
+            if os.path.lexists(lock) and not held_open(lock):
+                with contextlib.suppress(OSError):
+                    lock.unlink()
 
     def _recover(self, task_id: str, attempt: int) -> _Attempt | None:
         """An attempt that ended while no orchestrator watched: its work is still in its
