@@ -2235,3 +2235,43 @@ def test_git_locks_an_attempt_left_behind_do_not_fail_its_work(repo: Path) -> No
     code, out, run_id = run(repo, path)
     assert code == 0, out
     assert show(repo, integration(run_id), "l.txt") == "l\n"
+
+
+def test_an_integration_branch_deleted_during_the_run_is_put_back(
+    repo: Path, tmp_path: Path
+) -> None:
+    # `git branch -D abreast/RUN/_integration` (or a cleanup by mistake) while a run went
+    # on: every later task failed with "the integration branch ... is gone", the work that
+    # had landed was lost, and the summary said "result: branch ... at None".
+    started, go = tmp_path / "started", tmp_path / "go"
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "echo a > a.txt"},
+            "b": {
+                "needs": ["a"],
+                "run": f"touch {started}; while [ ! -e {go} ]; do sleep 0.05; done; "
+                "echo b > b.txt",
+            },
+            "c": {"needs": ["b"], "run": "cat a.txt b.txt > c.txt"},
+        },
+    )
+    proc, run_id = start_run(path, cwd=repo)
+    with ended_after(proc):
+        wait_for(started.exists, what="b to start")
+        landed_a = git(repo, "rev-parse", integration(run_id)).strip()
+        git(repo, "branch", "-D", integration(run_id))
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert (
+        f"warning: the run's integration branch {integration(run_id)} was deleted while it "
+        f"ran; put back at {landed_a[:12]}, where it was last seen" in out
+    ), out
+    assert show(repo, integration(run_id), "c.txt") == "a\nb\n"
+    restored = query(
+        repo / ".abreast" / "state.db",
+        "SELECT data FROM events WHERE run_id = ? AND type = 'result.restored'",
+        run_id,
+    )
+    assert [json.loads(d)["commit"] for (d,) in restored] == [landed_a]

@@ -74,8 +74,13 @@ class MergeQueue:
         path_env: Callable[[Path], dict[str, str]] | None = None,
         batch: int = 1,
         max_log: int = 0,
+        put_back: Callable[[str], None] | None = None,
     ) -> None:
         self.repo = repo
+        # Where the integration ref was last seen (or moved to by this queue), and what
+        # puts it back there (journaled, said) when it is found deleted during the run.
+        self.last_head: str | None = None
+        self.put_back = put_back
         self.batch = batch  # at most this many queued merges checked together
         self.path_env = path_env or (lambda _path: {})  # what a check in that worktree needs
         self.ref = ref
@@ -164,7 +169,7 @@ class MergeQueue:
         add nothing, so that their messages are the usual ones, and all of them when no
         batch could be made or the ref moved meanwhile)."""
         repo = self.repo
-        found = await asyncio.to_thread(repo.commit_and_tree, self.ref)
+        found = await self.head()
         if found is None or self._checks.stopped:
             return [], jobs
         old, tree = found
@@ -217,7 +222,7 @@ class MergeQueue:
         for _ in range(MAX_CAS_RETRIES):
             if self._checks.stopped:
                 return Verdict(Outcome.FAILED, "cancelled before it landed", kind="cancelled")
-            found = await asyncio.to_thread(repo.commit_and_tree, self.ref)
+            found = await self.head()
             if found is None:
                 return Verdict(
                     Outcome.FAILED, f"the integration branch {self.ref} is gone", kind="error"
@@ -255,6 +260,18 @@ class MergeQueue:
             kind="error",
         )
 
+    async def head(self) -> tuple[str, str] | None:
+        """(commit, tree) of the integration head; if the branch was deleted during the run
+        (`git branch -D`, a cleanup by mistake), put back first where it was last seen, so
+        that what landed is not lost and the run goes on. None when it cannot be."""
+        found = await asyncio.to_thread(self.repo.commit_and_tree, self.ref)
+        if found is None and self.last_head is not None and self.put_back is not None:
+            self.put_back(self.last_head)
+            found = await asyncio.to_thread(self.repo.commit_and_tree, self.ref)
+        if found is not None:
+            self.last_head = found[0]
+        return found
+
     def _set_phase(self, jobs: Sequence[MergeJob], phase: str) -> None:
         """Say where these jobs are (for the live view), those still waiting a verdict."""
         for job in jobs:
@@ -280,6 +297,7 @@ class MergeQueue:
         """The integration ref moved from `old` to (a descendant of) `commit`, the merge of
         `job`: journal and count it."""
         self.stats.landed += 1
+        self.last_head = extra.get("moved_to") or commit
         self.journal.stage_event(
             self.run_id,
             "merge.landed",

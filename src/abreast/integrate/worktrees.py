@@ -221,7 +221,9 @@ class WorktreeIsolation(Isolation):
             path_env=lambda path: self.env_for(str(path)),
             batch=wf.merge.batch,
             max_log=wf.logs.max_size,
+            put_back=self._put_back,
         )
+        self.queue.last_head = self.repo.rev_parse(self.ref)
 
     # -- before an attempt -------------------------------------------------------------------
 
@@ -241,10 +243,28 @@ class WorktreeIsolation(Isolation):
             out.append(provision.unseen_text(path, said, self.base_commit))
         return out
 
+    def _put_back(self, commit: str) -> None:
+        """The integration branch was found deleted during the run: put it back (journaled
+        first, as `resume` does) at `commit`, where it was last seen, and say so."""
+        if self.repo.rev_parse(commit) is None:
+            return
+        branch = integration_branch(self.run_id)
+        self.journal.stage_event(
+            self.run_id, "result.restored", commit=commit, branch=branch, during_run=True
+        )
+        self.journal.commit()
+        if self.repo.update_ref(self.ref, commit, None):
+            self.warn(
+                f"the run's integration branch {branch} was deleted while it ran; put back at "
+                f"{commit[:12]}, where it was last seen (delete it after the run, or "
+                "`abreast cleanup --results`)"
+            )
+
     async def prepare(self, task_id: str, attempt: int) -> Path:
-        base = await asyncio.to_thread(self.repo.rev_parse, self.ref)
-        if base is None:
+        found = await self.queue.head()
+        if found is None:
             raise RuntimeError(f"the integration branch {self.ref} is gone")
+        base = found[0]
         start, onto = base, None
         waits = [
             (dep, signal)
@@ -633,15 +653,22 @@ class WorktreeIsolation(Isolation):
         if self._signal_waits:
             for ref in await asyncio.to_thread(self.repo.refs, f"refs/abreast/{self.run_id}/"):
                 await asyncio.to_thread(self.repo.delete_ref, ref)
-        head = await asyncio.to_thread(self.repo.rev_parse, self.ref)
+        found = await self.queue.head()
         branch = integration_branch(self.run_id)
-        ahead = len(
-            await asyncio.to_thread(self.repo.log_oneline, f"{self.base_commit}..{head}", 100000)
-        )
-        lines = [
-            f"result: branch {branch} at {str(head)[:12]}: {len(landed)} task(s) landed,"
-            f" {ahead} commit{'s' if ahead != 1 else ''} on top of {self.base_name}"
-        ]
+        if found is None:  # deleted, and where it was is gone too
+            head, ahead = "", 0
+            lines = [f"result: none: the integration branch {branch} is gone"]
+        else:
+            head = found[0]
+            ahead = len(
+                await asyncio.to_thread(
+                    self.repo.log_oneline, f"{self.base_commit}..{head}", 100000
+                )
+            )
+            lines = [
+                f"result: branch {branch} at {head[:12]}: {len(landed)} task(s) landed,"
+                f" {ahead} commit{'s' if ahead != 1 else ''} on top of {self.base_name}"
+            ]
         if self._kept:
             lines.append(
                 "kept for inspection (until `abreast cleanup`): "
@@ -662,6 +689,8 @@ class WorktreeIsolation(Isolation):
             )
         if not success:
             lines.append("not landed: the run did not succeed")
+        elif not head:
+            self.unlanded = self.land
         elif self.land:
             said = await asyncio.to_thread(self._land, str(head))
             self.unlanded = said.startswith("not landed")
