@@ -41,6 +41,8 @@ from abreast.workspace.repo import (
     Repo,
     base_name,
     commit_all,
+    head_commit,
+    index_identity,
     signal_ref,
     unfinished,
     worktree_git_dir,
@@ -103,6 +105,7 @@ class _Attempt:
     head: str | None = None
     own_repos: bool = False  # made git repositories inside its worktree (sent back for it)
     broken: bool = False  # its `.git` replaced by something git cannot repair: never reused
+    index: tuple[int, int, int] | None = None  # its index file as handed to the attempt
     released: bool = False  # given back to the pool once its work was committed
     # When `base` is a start made for it (the integration head with the signal snapshots of
     # tasks it waited for merged in): that integration head, which its work is replayed onto,
@@ -280,7 +283,7 @@ class WorktreeIsolation(Isolation):
         if fresh:
             self.guard.note_new_worktree_config()
         self._attempts[(task_id, attempt)] = _Attempt(
-            task_id, attempt, start, path, onto=onto, took=took
+            task_id, attempt, start, path, onto=onto, took=took, index=index_identity(path)
         )
         self.journal.stage_attempt(
             self.run_id, task_id, attempt, base_commit=start, workdir=str(path)
@@ -341,10 +344,13 @@ class WorktreeIsolation(Isolation):
                 kind="containment",
             )
         await asyncio.to_thread(self._drop_stale_locks, a)
-        half_done = await asyncio.to_thread(unfinished, self.repo, a.path)
+        half_done = await asyncio.to_thread(unfinished, self.repo, a.path, a.index)
         if half_done:
             return Verdict(Outcome.SEND_BACK, half_done, kind="unfinished")
         message = f"abreast: {task_id} (run {self.run_id}, attempt {attempt})"
+        # Its HEAD where it started (no commit of its own): what is committed now descends
+        # from its start, and git need not be asked.
+        untouched = await asyncio.to_thread(head_commit, self.repo, a.path) == a.base
         try:
             head = await asyncio.to_thread(commit_all, self.repo, a.path, message)
         except GitError:  # `git add` refuses a repository without a commit inside
@@ -354,7 +360,9 @@ class WorktreeIsolation(Isolation):
                 text = submodules.own_repos_text(found)
                 return Verdict(Outcome.SEND_BACK, text, kind="submodule")
             raise
-        rewritten = not await asyncio.to_thread(self.repo.is_ancestor, a.base, head)
+        rewritten = not untouched and not await asyncio.to_thread(
+            self.repo.is_ancestor, a.base, head
+        )
         if rewritten:
             # Its agent reset, rebased, amended or orphaned below the commit it started
             # from. Its work is what its files say, as for what it left uncommitted: the
@@ -647,12 +655,10 @@ class WorktreeIsolation(Isolation):
         # process knows only its own.
         events = self.journal.events(self.run_id, types=("merge.landed",))
         landed = {e.task_id for e in events if e.task_id is not None} | set(self._landed)
-        for task_id in sorted(landed):
-            branch = f"refs/heads/{task_branch(self.run_id, task_id)}"
-            await asyncio.to_thread(self.repo.delete_ref, branch)
+        gone = [f"refs/heads/{task_branch(self.run_id, task_id)}" for task_id in sorted(landed)]
         if self._signal_waits:
-            for ref in await asyncio.to_thread(self.repo.refs, f"refs/abreast/{self.run_id}/"):
-                await asyncio.to_thread(self.repo.delete_ref, ref)
+            gone += await asyncio.to_thread(self.repo.refs, f"refs/abreast/{self.run_id}/")
+        await asyncio.to_thread(self.repo.delete_refs, gone)
         found = await self.queue.head()
         branch = integration_branch(self.run_id)
         if found is None:  # deleted, and where it was is gone too

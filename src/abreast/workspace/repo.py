@@ -104,6 +104,16 @@ class Repo:
     def delete_ref(self, ref: str) -> None:
         self.git("update-ref", "-d", ref, check=False)
 
+    def delete_refs(self, refs: list[str]) -> None:
+        """Delete these refs (missing ones are no matter) in one git process; one by one
+        if that transaction fails."""
+        if not refs:
+            return
+        lines = "".join(f"delete {ref}\n" for ref in refs)
+        if self.git("update-ref", "--stdin", input_=lines, check=False).returncode != 0:
+            for ref in refs:
+                self.delete_ref(ref)
+
     def refs(self, *prefixes: str) -> dict[str, str]:
         out = self.git("for-each-ref", "--format=%(refname) %(objectname)", *prefixes).stdout
         return dict(line.split(" ", 1) for line in out.splitlines() if line)
@@ -300,6 +310,19 @@ def move_worktree(
     point_head(path, branch)
 
 
+def head_commit(repo: Repo, path: Path) -> str | None:
+    """The commit the worktree at `path` has checked out, read from its files without a
+    process (its HEAD, and the loose ref HEAD names); None when that cannot be done so
+    (refs packed, another ref storage): ask git then."""
+    try:
+        head = (worktree_git_dir(path) / "HEAD").read_text().strip()
+        if head.startswith("ref: refs/"):
+            head = (repo.common_dir / head[5:]).read_text().strip()
+    except (OSError, IndexError):
+        return None
+    return head if len(head) in (40, 64) else None
+
+
 def worktree_git_dir(path: Path) -> Path:
     """The git dir of the linked worktree at `path`: its `.git` file says `gitdir: DIR`
     (a path relative to the worktree with `worktree.useRelativePaths`)."""
@@ -346,18 +369,17 @@ def point_head(path: Path, branch: str) -> None:
 def commit_all(repo: Repo, path: Path, message: str) -> str:
     """Commit whatever the task left in its worktree (it may have committed itself)."""
     repo.git(*FAST, "add", "-A", cwd=path)
-    if repo.git("diff", "--cached", "--quiet", cwd=path, check=False).returncode != 0:
-        repo.git(
-            "commit",
-            "-q",
-            "--no-verify",
-            "--allow-empty-message",
-            "-m",
-            message,
-            cwd=path,
-            env=repo.identity_env(),
-        )
-    return repo.git("rev-parse", "HEAD", cwd=path).stdout.strip()
+    # No automatic maintenance after it (a `git maintenance run --auto` process per task):
+    # your own next commit does that. Nothing staged: git says so with exit status 1.
+    argv = ["-c", "maintenance.auto=false", "-c", "gc.auto=0", "commit", "-q", "--no-verify"]
+    argv += ["--allow-empty-message", "-m", message]
+    made = repo.git(*argv, cwd=path, env=repo.identity_env(), check=False)
+    if made.returncode != 0 and (
+        made.returncode != 1
+        or repo.git("diff", "--cached", "--quiet", cwd=path, check=False).returncode != 0
+    ):
+        raise GitError(argv, made.returncode, made.stderr)
+    return head_commit(repo, path) or repo.git("rev-parse", "HEAD", cwd=path).stdout.strip()
 
 
 # What an attempt may leave half done in its worktree: the file git keeps while it lasts,
@@ -371,11 +393,22 @@ _UNFINISHED = (
 )
 
 
-def unfinished(repo: Repo, path: Path) -> str:
+def index_identity(path: Path) -> tuple[int, int, int] | None:
+    """The worktree's index file as it is now (inode, mtime, size): git writes an index
+    whole, to a new file renamed over the old, so any write by anyone changes it."""
+    try:
+        st = (worktree_git_dir(path) / "index").stat()
+    except (OSError, IndexError):
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def unfinished(repo: Repo, path: Path, index_was: tuple[int, int, int] | None = None) -> str:
     """What the worktree at `path` was left in the middle of — a rebase, merge,
     cherry-pick or revert, or unresolved conflicts (a `git stash pop` that conflicted) —
     said for its task; "" when nothing. Committing it as it is would land git's conflict
-    markers, or a merge the agent had not decided on."""
+    markers, or a merge the agent had not decided on. `index_was`: the index's identity
+    when the attempt started; one not written since holds no conflict (git not asked)."""
     try:
         git_dir = worktree_git_dir(path)
     except (OSError, IndexError):  # no worktree's `.git` file (the agent removed it?)
@@ -383,6 +416,8 @@ def unfinished(repo: Repo, path: Path) -> str:
     doing = next(
         ((what, how) for name, what, how in _UNFINISHED if (git_dir / name).exists()), None
     )
+    if doing is None and index_was is not None and index_identity(path) == index_was:
+        return ""
     out = repo.git("ls-files", "--unmerged", "-z", cwd=path, check=False).stdout
     conflicts = sorted({e.partition("\t")[2] for e in out.split("\0") if "\t" in e})
     if doing is None and not conflicts:
