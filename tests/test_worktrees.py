@@ -2250,8 +2250,7 @@ def test_an_integration_branch_deleted_during_the_run_is_put_back(
             "a": {"run": "echo a > a.txt"},
             "b": {
                 "needs": ["a"],
-                "run": f"touch {started}; while [ ! -e {go} ]; do sleep 0.05; done; "
-                "echo b > b.txt",
+                "run": f"touch {started}; while [ ! -e {go} ]; do sleep 0.05; done; echo b > b.txt",
             },
             "c": {"needs": ["b"], "run": "cat a.txt b.txt > c.txt"},
         },
@@ -2275,3 +2274,27 @@ def test_an_integration_branch_deleted_during_the_run_is_put_back(
         run_id,
     )
     assert [json.loads(d)["commit"] for (d,) in restored] == [landed_a]
+
+
+def test_file_names_that_are_not_utf8_do_not_stop_the_run(repo: Path) -> None:
+    # A task wrote `bad\xffname.txt`: taking its work in failed with "could not take in
+    # its work: 'utf-8' codec can't decode byte 0xff".
+    write = "printf x > \"$(printf 'bad\\377name.txt')\"; printf y > \"$(printf 'new\\nline.txt')\""
+    path = workflow(
+        repo,
+        {
+            "weird": {"run": write, "owns": ["*.txt"]},
+            "strict": {"run": "printf z > \"$(printf 'odd\\377.md')\"", "owns": ["/x.md"]},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1, out  # strict only
+    assert "codec can't decode" not in out
+    assert "strict (failed): changed files it does not own: odd\ufffd.md" in out, out
+    listed = subprocess.run(
+        ["git", "ls-tree", "-r", "-z", "--name-only", integration(run_id)],
+        cwd=repo,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    assert b"bad\xffname.txt" in listed and b"new\nline.txt" in listed, listed

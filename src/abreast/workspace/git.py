@@ -91,7 +91,16 @@ def git(
     full_env = {**without_repo_vars(os.environ), **GIT_ENV, **(env or {})}
     try:
         proc = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, input=input_, env=full_env, check=False
+            argv,
+            cwd=cwd,
+            capture_output=True,
+            # A file name that is not UTF-8 (`bad\xffname`) is read with U+FFFD in it: it
+            # must not stop the run, nor make the journal or the terminal refuse it.
+            encoding="utf-8",
+            errors="replace",
+            input=input_,
+            env=full_env,
+            check=False,
         )
     except FileNotFoundError as e:
         if e.filename == "git":
