@@ -2298,3 +2298,32 @@ def test_file_names_that_are_not_utf8_do_not_stop_the_run(repo: Path) -> None:
         check=True,
     ).stdout.split(b"\0")
     assert b"bad\xffname.txt" in listed and b"new\nline.txt" in listed, listed
+
+
+def test_a_process_an_attempt_left_running_never_writes_into_the_next_tasks_worktree(
+    repo: Path, tmp_path: Path
+) -> None:
+    # A process a task left running in a session of its own (ignoring TERM, so it lives
+    # until KILL 5 s later) went on writing into the task's worktree, which the pool had
+    # meanwhile handed to the next task: its files landed as that task's work.
+    ready, written = tmp_path / "ready", tmp_path / "written"
+    straggler = (
+        f'setsid sh -c \'trap "" TERM; touch {ready}; sleep 0.3; echo leak > leak.txt; '
+        f"touch {written}; sleep 30' > /dev/null 2>&1 < /dev/null & "
+        f"while [ ! -e {ready} ]; do sleep 0.01; done; echo own > own.txt"
+    )
+    wait = f"n=0; while [ ! -e {written} ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done"
+    path = workflow(
+        repo,
+        {
+            "leaker": {"run": straggler},
+            "next": {"needs": ["leaker"], "run": f"{wait}; ls > seen.txt"},
+        },
+        max_parallel=1,
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert "leaker: ending 1 process(es) its attempt 1 left running" in out
+    seen = show(repo, integration(run_id), "seen.txt").split()
+    assert "leak.txt" not in seen and "own.txt" in seen, seen
+    assert "leak.txt" not in git(repo, "ls-tree", "--name-only", integration(run_id)).split()

@@ -680,6 +680,12 @@ class WorktreeIsolation(Isolation):
                 "kept for inspection (until `abreast cleanup`): "
                 + ", ".join(str(p) for p in self._kept)
             )
+        given_up = self.pool.given_up + self.check_pool.given_up
+        if given_up:
+            lines.append(
+                "left aside, a process still working in it that abreast did not start or "
+                "could not end (until `abreast cleanup`): " + ", ".join(map(str, given_up))
+            )
         stashed = await asyncio.to_thread(self.guard.take_run_stashes, self.run_id)
         if stashed:
             for commit, message in stashed:

@@ -9,13 +9,39 @@ background as soon as a worktree is given back, off the next task's path.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from abreast.workspace import provision
 from abreast.workspace.provision import Provision
 from abreast.workspace.repo import FAST, Repo, move_worktree, point_head
+
+# How long a worktree given back waits for processes still working in it (a task's
+# process left running in a session of its own, being ended by the engine: TERM, then
+# KILL after 5 s) before it is given up rather than handed to another task.
+LEFT_RUNNING_WAIT_S = 15.0
+
+
+def working_in(path: Path) -> list[int]:
+    """Processes whose current directory is `path` or under it (read from /proc/*/cwd; a
+    process this user may not look at is not seen)."""
+    top = str(path)
+    inside = top.rstrip("/") + "/"
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:
+            continue
+        if cwd == top or cwd.startswith(inside):
+            found.append(int(entry))
+    return found
 
 
 class WorktreePool:
@@ -35,6 +61,11 @@ class WorktreePool:
         # path -> (no uncommitted change to tracked files, untracked files already removed)
         self._idle: dict[Path, tuple[bool, bool]] = {}
         self._cleaning: set[Path] = set()
+        # Being cleaned, but waiting first for processes still working in it: not a
+        # worktree ready in milliseconds, so a task needing one does not wait for it.
+        self._waiting_out: set[Path] = set()
+        self.given_up: list[Path] = []  # never handed out again: processes stayed in it
+        self._waiters: list[threading.Thread] = []
         self._cleaner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abreast-clean")
         self._all: set[Path] = set()
         # An earlier orchestrator's worktrees kept for work still to be taken in: removed
@@ -64,7 +95,7 @@ class WorktreePool:
         """A worktree on `branch` (None: detached) at `commit`, reused when one is idle."""
         with self._lock:
             # A worktree being cleaned is ready in milliseconds; a new one takes a checkout.
-            while not self._idle and self._cleaning:
+            while not self._idle and self._cleaning - self._waiting_out:
                 self._lock.wait(timeout=5)
             state: tuple[bool, bool] | None
             if self._idle:
@@ -116,6 +147,38 @@ class WorktreePool:
         self._cleaner.submit(self._clean, path, clean)
 
     def _clean(self, path: Path, committed: bool) -> None:
+        if working_in(path):  # waited out on a thread of its own: the others go on
+            with self._lock:
+                self._waiting_out.add(path)
+                self._lock.notify_all()
+            waiter = threading.Thread(
+                target=self._wait_then_clean, args=(path, committed), daemon=True
+            )
+            self._waiters.append(waiter)
+            waiter.start()
+            return
+        self._clean_now(path, committed)
+
+    def _wait_then_clean(self, path: Path, committed: bool) -> None:
+        """Wait until no process works in the worktree (what the last attempt left running
+        would write into the next task's files, and land as its work), then clean it; give
+        it up if one still does after LEFT_RUNNING_WAIT_S."""
+        deadline = time.monotonic() + LEFT_RUNNING_WAIT_S
+        while working_in(path):
+            if time.monotonic() > deadline:
+                with self._lock:  # out of the pool, and of its removal at close
+                    self._cleaning.discard(path)
+                    self._waiting_out.discard(path)
+                    self._all.discard(path)
+                    self.given_up.append(path)
+                    self._lock.notify_all()
+                return
+            time.sleep(0.05)  # processes of other sessions: nothing to be woken by
+        with self._lock:
+            self._waiting_out.discard(path)
+        self._clean_now(path, committed)
+
+    def _clean_now(self, path: Path, committed: bool) -> None:
         cleaned = (
             self.repo.git(
                 *FAST, "clean", "-q", "-f", "-f", "-d", "-x", *self._spare, cwd=path, check=False
@@ -152,6 +215,8 @@ class WorktreePool:
         """Remove the idle worktrees, and reserved ones nobody claimed (kept ones stay
         until `abreast cleanup`)."""
         self._cleaner.shutdown(wait=True)
+        for waiter in self._waiters:
+            waiter.join()
         with self._lock:
             idle, self._idle = [*self._idle, *self._reserved], {}
             self._reserved = set()
