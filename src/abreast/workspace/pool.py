@@ -192,10 +192,13 @@ class WorktreePool:
             self._lock.notify_all()
 
     def take_back(self, path: Path) -> bool:
-        """Claim an idle worktree back (False if another task already has it)."""
+        """Claim an idle worktree back (False if another task already has it, or if it
+        waits for a process still working in it: not waited for here)."""
         with self._lock:
-            while path in self._cleaning:
+            while path in self._cleaning and path not in self._waiting_out:
                 self._lock.wait(timeout=5)
+            if path in self._waiting_out:
+                return False
             self._reserved.discard(path)
             return self._idle.pop(path, None) is not None
 
