@@ -507,6 +507,48 @@ def test_init_writes_a_file_that_validates_with_its_examples_uncommented(  # typ
     assert result.code == 0, result.err
 
 
+@pytest.mark.parametrize(
+    ("files", "command"),
+    [
+        ({"Makefile": "all:\n\ttrue\ntest: all\n\tpytest\n", "go.mod": "module x\n"}, "make test"),
+        (
+            {"package.json": '{"scripts": {"test": "vitest run"}}', "pnpm-lock.yaml": ""},
+            "pnpm test",
+        ),
+        ({"package.json": '{"scripts": {"test": "echo \\"Error: no test specified\\""}}'}, None),
+        ({"Cargo.toml": "[package]\n"}, "cargo test"),
+        ({"go.mod": "module x\n"}, "go test ./..."),
+        ({"pyproject.toml": "[tool.pytest.ini_options]\n"}, "python -m pytest -q"),
+        ({"setup.cfg": "[metadata]\n", "tests/test_x.py": ""}, "python -m pytest -q"),
+        ({"README.md": "# x\n"}, None),
+    ],
+)
+def test_init_fills_in_the_projects_own_test_command_as_the_check(  # type: ignore[no-untyped-def]
+    tmp_path, cli, monkeypatch, files: dict[str, str], command: str | None
+) -> None:
+    # `abreast init` always suggested `make test` as the merge check, whatever the project
+    # ran its tests with.
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "ci").mkdir()
+    monkeypatch.chdir(tmp_path / "ci")  # the repository's root is where commands run
+    made = cli("init")
+    assert made.code == 0, made.err
+    text = (tmp_path / "ci" / "abreast.yaml").read_text()
+    if command is None:
+        assert "#   - run: make test\n" in text and "found the project's tests" not in made.out
+        return
+    assert f"#   - run: {command}           # found in " in text, text
+    assert f"found the project's tests: `{command}`" in made.out
+    checks = text.replace("# checks:", "checks:").replace(
+        f"#   - run: {command}", f"  - run: {command}"
+    )
+    (tmp_path / "ci" / "abreast.yaml").write_text(checks)
+    assert cli("validate", "abreast.yaml").code == 0
+
+
 def test_the_event_table_names_every_event_type_abreast_emits() -> None:
     import ast
     import re

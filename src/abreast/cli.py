@@ -428,13 +428,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from abreast.starter import STARTER
+    from abreast.starter import starter_for
+    from abreast.workspace.git import toplevel
 
     path = Path(args.file)
     if path.exists() and not args.force:
         raise UsageError(f"{path} already exists", hint="pass --force to overwrite it")
-    _write_file(path, STARTER)
+    where = path.parent if path.parent.is_dir() else Path(".")
+    try:  # commands run at the repository's root: its files say what its tests are
+        root = toplevel(where) or where
+    except UsageError:  # a bare repository, git not installed: nothing to read there
+        root = where
+    text, found = starter_for(root)
+    _write_file(path, text)
     print(f"wrote {path}; try `abreast analyze {path}`")
+    if found:
+        print(found)
     return 0
 
 

@@ -1,5 +1,11 @@
 """The workflow `abreast init` writes: small, valid, and commented."""
 
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
 STARTER = """\
 version: 1
 name: my-workflow
@@ -43,3 +49,64 @@ tasks:
     run: echo "docs" > DOCS.md
     estimate: 10m
 """
+
+
+# npm's placeholder for a package without tests.
+_NPM_PLACEHOLDER = "no test specified"
+
+
+def test_command(root: Path) -> tuple[str, str] | None:
+    """The project's own test command, as found in `root`, and where it was found: a
+    Makefile's `test` target first (the project's own entry point), then what its
+    language's files say. None when nothing says."""
+
+    def text(name: str) -> str:
+        try:
+            return (root / name).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    makefile = next(
+        (n for n in ("GNUmakefile", "makefile", "Makefile") if (root / n).is_file()), None
+    )
+    if makefile and re.search(r"^test\s*:", text(makefile), re.M):
+        return "make test", f"{makefile}'s test target"
+    if (root / "package.json").is_file():
+        try:
+            scripts = json.loads(text("package.json")).get("scripts") or {}
+        except (ValueError, AttributeError):
+            scripts = {}
+        script = scripts.get("test") if isinstance(scripts, dict) else None
+        if isinstance(script, str) and _NPM_PLACEHOLDER not in script:
+            runner = next(
+                (r for r, lock in (("pnpm", "pnpm-lock.yaml"), ("yarn", "yarn.lock"))
+                 if (root / lock).is_file()),
+                "npm",
+            )  # fmt: skip
+            return f"{runner} test", "package.json's test script"
+    if (root / "Cargo.toml").is_file():
+        return "cargo test", "Cargo.toml"
+    if (root / "go.mod").is_file():
+        return "go test ./...", "go.mod"
+    python = [n for n in ("pyproject.toml", "setup.cfg", "pytest.ini", "tox.ini", "setup.py")
+              if (root / n).is_file()]  # fmt: skip
+    if python and ((root / "tests").is_dir() or (root / "test").is_dir() or
+                   any("pytest" in text(n) for n in python)):  # fmt: skip
+        return "python -m pytest -q", python[0]
+    return None
+
+
+def starter_for(root: Path) -> tuple[str, str | None]:
+    """The starter workflow for the project at `root`, its merge check filled in with the
+    project's own test command when one is found; and a line saying so (or None)."""
+    found = test_command(root)
+    if found is None:
+        return STARTER, None
+    command, where = found
+    text = STARTER.replace(
+        "#   - run: make test\n", f"#   - run: {command}           # found in {where}\n", 1
+    )
+    return text, (
+        f"found the project's tests: `{command}` ({where}); uncomment `checks:` in the file "
+        "to run them on every merge before a task's work lands"
+    )
