@@ -152,18 +152,25 @@ class Guard:
             self._stash = [e for e in self._stash if _stash_commit(e) in present]  # said once
         return changes
 
-    def take_run_stashes(self, run_id: str) -> list[tuple[str, str]]:
-        """Take off your stash the entries the run's tasks pushed onto it (an agent's `git
-        stash` in its worktree: the stash is the repository's one list, so your next `git
-        stash pop` would have popped the agent's work). Known by the branch they were made
-        on, `abreast/RUN/TASK`; one made on a detached HEAD is not told from yours and
-        stays. (stash commit, message) of each, newest last: `git stash store COMMIT`
-        puts one back."""
+    def run_stashes(self, run_id: str) -> list[tuple[str, str]]:
+        """The entries the run's tasks pushed onto your stash (an agent's `git stash` in its
+        worktree: the stash is the repository's one list, so your next `git stash pop`
+        would pop the agent's work), known by the branch they were made on,
+        `abreast/RUN/TASK` (one made on a detached HEAD is not told from yours): (stash
+        commit, message) of each, newest last. `git stash store COMMIT` puts one back."""
         entries = self._stash_entries()
-        theirs = [e for e in entries if _made_on_run_branch(e, run_id)]
-        if not theirs:
-            return []
+        return [
+            (_stash_commit(e).decode(), _stash_message(e))
+            for e in entries
+            if _made_on_run_branch(e, run_id)
+        ]
+
+    def drop_run_stashes(self, run_id: str) -> bool:
+        """Take the run's entries (`run_stashes`) off your stash; False if it could not."""
+        entries = self._stash_entries()
         kept = [e for e in entries if not _made_on_run_branch(e, run_id)]
+        if len(kept) == len(entries):
+            return True
         ref = self.repo.common_dir / "refs" / "stash"
         try:
             if kept:
@@ -173,8 +180,8 @@ class Guard:
                 self.repo.delete_ref("refs/stash")
                 self._stash_log.unlink(missing_ok=True)
         except OSError:
-            return []
-        return [(_stash_commit(e).decode(), _stash_message(e)) for e in theirs]
+            return False
+        return True
 
     # -- repository files (hooks, config) ---------------------------------------------------
 

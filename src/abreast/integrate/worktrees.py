@@ -686,12 +686,16 @@ class WorktreeIsolation(Isolation):
                 "left aside, a process still working in it that abreast did not start or "
                 "could not end (until `abreast cleanup`): " + ", ".join(map(str, given_up))
             )
-        stashed = await asyncio.to_thread(self.guard.take_run_stashes, self.run_id)
+        stashed = await asyncio.to_thread(self.guard.run_stashes, self.run_id)
         if stashed:
-            for commit, message in stashed:
+            for commit, message in stashed:  # journaled before they are taken off
                 self.journal.stage_event(
                     self.run_id, "stash.taken", commit=commit, message=message[:500]
                 )
+            self.journal.commit()
+            if not await asyncio.to_thread(self.guard.drop_run_stashes, self.run_id):
+                stashed = []
+        if stashed:
             lines.append(
                 f"taken off your stash: {len(stashed)} entr{'ies' if len(stashed) > 1 else 'y'} "
                 "the run's tasks left there ("
