@@ -345,7 +345,10 @@ def forget_operations(path: Path) -> None:
     set by the caller."""
     import shutil
 
-    git_dir = worktree_git_dir(path)
+    try:
+        git_dir = worktree_git_dir(path)
+    except (OSError, IndexError):  # not a linked worktree's `.git` file: git says so later
+        return
     for name in _OPERATION_FILES:
         with contextlib.suppress(FileNotFoundError):
             (git_dir / name).unlink()
