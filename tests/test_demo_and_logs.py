@@ -360,3 +360,20 @@ def test_logs_keep_a_character_split_across_reads_whole(tmp_path: Path) -> None:
     shown = run_abreast("logs", run_id, "t", cwd=tmp_path)
     assert shown.code == 0, shown.err
     assert shown.out.endswith("aé\n") and "\ufffd" not in shown.out
+
+
+def test_logs_shows_a_tasks_bytes_as_they_are(tmp_path: Path) -> None:
+    # A task printing bytes that are not UTF-8 (a tool's Latin-1, a binary dump): `abreast
+    # logs` printed U+FFFD for each, so `abreast logs RUN TASK > file` was not its output.
+    path = write_workflow(
+        tmp_path, "bytes", {"bin": {"run": r"printf 'caf\351 \377\376 ok\n\342\202\254\n'"}}
+    )
+    ran = run_abreast("run", str(path), "--plain", "--no-monitor", cwd=tmp_path)
+    assert ran.code == 0, ran.out + ran.err
+    shown = subprocess.run(
+        [sys.executable, "-m", "abreast", "logs", "bin"],
+        cwd=tmp_path,
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert shown == b"caf\xe9 \xff\xfe ok\n\xe2\x82\xac\n", shown

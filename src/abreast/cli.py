@@ -632,6 +632,7 @@ def _status(args: argparse.Namespace, journal: Journal) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from abreast.engine.lookup import find_run, open_journal
     from abreast.observe import status
+    from abreast.observe.output import keep_bytes
 
     if args.all or not args.ids:
         return _all_logs(args)
@@ -646,6 +647,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         row = find_run(journal, run_id)
         wait = sys.stderr if args.follow else None
         attempt = status.find_attempt(journal, row.id, task_id, args.attempt, wait)
+        keep_bytes(sys.stdout)
         status.show_log(
             journal,
             attempt,

@@ -72,6 +72,15 @@ def redirect_fd(fd: int, path: str) -> None:
         os.close(target)
 
 
+def keep_bytes(stream: object) -> None:
+    """Let text decoded with `surrogateescape` (bytes that are not UTF-8) be written to
+    `stream` (a PipeSafe, or a standard stream) as the bytes it was read from, as `cat`
+    would: a task's log shown by `abreast logs` is its bytes, not U+FFFD."""
+    inner = getattr(stream, "_stream", stream)
+    with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+        inner.reconfigure(errors="surrogateescape")  # type: ignore[attr-defined]
+
+
 def reader_gone(stream: object) -> bool:
     """Whether a PipeSafe stream's reader went away: a command that only follows
     something (`logs -f`, `status --watch`) then stops; a run carries on."""

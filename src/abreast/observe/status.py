@@ -292,8 +292,9 @@ def _show_one(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> Non
     if not path.exists():
         raise UsageError(f"the log of {a.task_id} attempt {a.attempt} is gone: {path}")
     # Incremental: a character split across two reads (a 64 KiB boundary, or a task
-    # still writing it) is decoded whole, not as two replacement characters.
-    text = codecs.getincrementaldecoder("utf-8")("replace")
+    # still writing it) is decoded whole, not as two replacement characters. Bytes that
+    # are not UTF-8 are kept as they were (see output.keep_bytes), as `cat` shows them.
+    text = codecs.getincrementaldecoder("utf-8")("surrogateescape")
     # A key a direct-mode task printed stays in its log until the attempt ends.
     masker = KeyMasker(rundata.leased_fingerprints(journal, a.run_id))
     try:
