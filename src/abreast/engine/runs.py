@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from abreast.coord.backend import CoordError, open_coordinator
-from abreast.coord.journal import CANCEL_REQUESTED, DRAIN_REQUESTED, Journal, RunRow
+from abreast.coord.journal import CANCEL_REQUESTED, DRAIN_REQUESTED, Journal, RunRow, TaskRow
 from abreast.coord.location import StateLocation, locate, redact_url
 from abreast.engine import preflight
 from abreast.engine.engine import Engine, EngineOptions, RunOutcome, View, defer_stop_signals
@@ -54,7 +54,7 @@ from abreast.plan.ownership import nesting_hint
 from abreast.spec import load_workflow
 from abreast.spec.envsubst import expand_env
 from abreast.spec.model import TASK_ID_PATTERN, Scalar, Workflow
-from abreast.spec.overrides import flag_overrides, only_tasks, parallel_cap
+from abreast.spec.overrides import flag_overrides, listed_names, only_tasks, parallel_cap
 
 if TYPE_CHECKING:
     from abreast.executor.ray_exec import RayCluster
@@ -862,9 +862,10 @@ def _resume_found(
     row = find_run(journal, run_id)
     # The run's own project, wherever resume is typed; the journal stays where it was found.
     location = dataclasses.replace(found_at, root=Path(row.root))
-    failed = [t.task_id for t in journal.tasks(row.id) if TaskState(t.state) in FAILED_STATES]
+    tasks = {t.task_id: t for t in journal.tasks(row.id)}
+    failed = [tid for tid, t in tasks.items() if TaskState(t.state) in FAILED_STATES]
     if named:  # `--retry TASK`: those (each one that failed), and only those
-        failed = _named_failures(journal, row, named)
+        failed = _named_failures(row, tasks, failed, named)
         retry_failed = True
     if retry_failed and not failed and row.state in ("succeeded", "failed"):
         # (A run that did not end is carried on all the same: --retry-failed only adds.)
@@ -954,14 +955,14 @@ def _resume_found(
             cluster.close()
 
 
-def _named_failures(journal: Journal, row: RunRow, names: Sequence[str]) -> list[str]:
-    """The tasks `--retry TASK[,TASK]` names, each checked to be one of the run's tasks
-    that failed (or timed out): a clear error for any other, saying what to name."""
-    wanted = list(dict.fromkeys(n.strip() for arg in names for n in arg.split(",") if n.strip()))
+def _named_failures(
+    row: RunRow, tasks: dict[str, TaskRow], failed: list[str], names: Sequence[str]
+) -> list[str]:
+    """The tasks `--retry TASK[,TASK]` names, each checked to be one of the run's `tasks`
+    that `failed` (or timed out): a clear error for any other, saying what to name."""
+    wanted = listed_names(names)
     if not wanted:
         raise UsageError("--retry names no task", hint="--retry TASK[,TASK...] (repeatable)")
-    tasks = {t.task_id: t for t in journal.tasks(row.id)}
-    failed = [tid for tid, t in tasks.items() if TaskState(t.state) in FAILED_STATES]
     listed = ", ".join(failed[:10]) + (", ..." if len(failed) > 10 else "")
     can = f"its failed task(s): {listed}" if failed else "it has no failed task"
     for name in wanted:

@@ -138,16 +138,7 @@ class Guard:
         changes = [Change("stash", _stash_message(e), when) for e in lost]
         if restore:
             ours = {_stash_commit(e) for e in self._stash}
-            entries = self._stash + [e for e in now if _stash_commit(e) not in ours]
-            top = entries[-1].split(b" ", 2)[1].decode()
-            try:
-                self._stash_log.parent.mkdir(parents=True, exist_ok=True)
-                self._stash_log.write_bytes(b"".join(entries))
-                ref = self.repo.common_dir / "refs" / "stash"
-                ref.parent.mkdir(parents=True, exist_ok=True)
-                ref.write_text(top + "\n")
-            except OSError:
-                pass
+            self._write_stash(self._stash + [e for e in now if _stash_commit(e) not in ours])
         else:
             self._stash = [e for e in self._stash if _stash_commit(e) in present]  # said once
         return changes
@@ -169,16 +160,22 @@ class Guard:
         """Take the run's entries (`run_stashes`) off your stash; False if it could not."""
         entries = self._stash_entries()
         kept = [e for e in entries if not _made_on_run_branch(e, run_id)]
-        if len(kept) == len(entries):
-            return True
+        return len(kept) == len(entries) or self._write_stash(kept)
+
+    def _write_stash(self, entries: list[bytes]) -> bool:
+        """Make your stash these reflog lines (stash@{0} last), as git keeps it: the reflog,
+        and `refs/stash` at the newest; none at all when there are none. False if that
+        could not be written."""
         ref = self.repo.common_dir / "refs" / "stash"
         try:
-            if kept:
-                self._stash_log.write_bytes(b"".join(kept))
-                ref.write_text(kept[-1].split(b" ", 2)[1].decode() + "\n")
-            else:  # the stash is empty again, as git leaves it after dropping the last one
+            if not entries:  # empty, as git leaves it after dropping the last one
                 self.repo.delete_ref("refs/stash")
                 self._stash_log.unlink(missing_ok=True)
+                return True
+            self._stash_log.parent.mkdir(parents=True, exist_ok=True)
+            self._stash_log.write_bytes(b"".join(entries))
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            ref.write_text(_stash_commit(entries[-1]).decode() + "\n")
         except OSError:
             return False
         return True

@@ -151,7 +151,7 @@ class WorktreeIsolation(Isolation):
                 )
             if not self.repo.update_ref(self.ref, start, None):
                 raise UsageError(f"could not create {self.ref}")
-            self.base_commit = start
+            self.base_commit = existing = start
         else:
             self.base_commit = base_commit or existing
         # After a crash: worktrees of attempts that may have ended with work to take in are
@@ -226,7 +226,7 @@ class WorktreeIsolation(Isolation):
             max_log=wf.logs.max_size,
             put_back=self._put_back,
         )
-        self.queue.last_head = self.repo.rev_parse(self.ref)
+        self.queue.last_head = existing  # where the integration head is at the start
 
     # -- before an attempt -------------------------------------------------------------------
 
@@ -460,14 +460,13 @@ class WorktreeIsolation(Isolation):
         dir and on its branch (`index.lock`: one killed mid-write, when its tree was ended)
         that no process holds open: else taking its work in fails with git's "Unable to
         create index.lock: File exists"."""
-        from abreast.workspace.repair import held_open
+        from abreast.workspace.repair import unheld
 
         refs = self.repo.common_dir / "refs" / "heads" / task_branch(self.run_id, a.task_id)
         found = [*worktree_git_dir(a.path).glob("*.lock"), refs.with_name(refs.name + ".lock")]
-        for lock in found:
-            if os.path.lexists(lock) and not held_open(lock):
-                with contextlib.suppress(OSError):
-                    lock.unlink()
+        for lock in unheld(found):
+            with contextlib.suppress(OSError):
+                lock.unlink()
 
     def _recover(self, task_id: str, attempt: int) -> _Attempt | None:
         """An attempt that ended while no orchestrator watched: its work is still in its

@@ -103,11 +103,16 @@ def parallel_cap(
     return wf.max_parallel
 
 
+def listed_names(args: Sequence[str]) -> list[str]:
+    """The names a repeatable `--flag NAME[,NAME...]` gives, in order, each once."""
+    return list(dict.fromkeys(n.strip() for arg in args for n in arg.split(",") if n.strip()))
+
+
 def only_tasks(wf: Workflow, names: Sequence[str]) -> Workflow:
     """`--only NAME[,NAME...]` (repeatable): the workflow cut down to the tasks named and
     every task they need, transitively (a signal's task too), in the file's order; the
     others are left out of the run. A clear error for a name that is not a task."""
-    wanted = [n.strip() for arg in names for n in arg.split(",") if n.strip()]
+    wanted = listed_names(names)
     if not wanted:
         raise UsageError("--only names no task", hint="--only TASK[,TASK...] (repeatable)")
     for name in wanted:

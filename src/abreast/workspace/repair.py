@@ -28,6 +28,11 @@ def held_open(path: Path) -> bool:
     return False
 
 
+def unheld(locks: list[Path]) -> list[Path]:
+    """Of these lock files, those that exist and no process holds open: stale."""
+    return [p for p in locks if os.path.lexists(p) and not held_open(p)]
+
+
 def stale_locks(repo: Repo, run_id: str) -> list[Path]:
     """`*.lock` files a dead run left: in its worktrees' git dirs and under its refs."""
     candidates: list[Path] = []
@@ -42,7 +47,7 @@ def stale_locks(repo: Repo, run_id: str) -> list[Path]:
     refs = repo.common_dir / "refs" / "heads" / "abreast" / run_id
     if refs.is_dir():
         candidates += list(refs.rglob("*.lock"))
-    return [p for p in candidates if not held_open(p)]
+    return unheld(candidates)
 
 
 def repair(root: Path, run_id: str) -> list[str]:

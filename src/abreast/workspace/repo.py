@@ -329,14 +329,14 @@ def worktree_git_dir(path: Path) -> Path:
     return path / (path / ".git").read_text().split(":", 1)[1].strip()
 
 
-# What git keeps, in a worktree's own git dir, while an operation is under way there: a
-# worktree handed to the next attempt must not be in the middle of the last one's rebase.
-_OPERATION_FILES = (
-    "MERGE_HEAD", "MERGE_MSG", "MERGE_MODE", "MERGE_RR", "AUTO_MERGE", "CHERRY_PICK_HEAD",
-    "REVERT_HEAD", "BISECT_START", "BISECT_LOG", "BISECT_TERMS", "BISECT_NAMES",
-    "BISECT_EXPECTED_REV", "BISECT_ANCESTORS_OK", "BISECT_HEAD",
+# What git keeps, in a worktree's own git dir, while an operation is under way there
+# beyond the files that say which (`_UNFINISHED`): a worktree handed to the next attempt
+# must not be in the middle of the last one's rebase, merge or bisect.
+_OPERATION_EXTRAS = (
+    "MERGE_MSG", "MERGE_MODE", "MERGE_RR", "AUTO_MERGE", "sequencer", "BISECT_START",
+    "BISECT_LOG", "BISECT_TERMS", "BISECT_NAMES", "BISECT_EXPECTED_REV",
+    "BISECT_ANCESTORS_OK", "BISECT_HEAD", "refs/bisect",
 )  # fmt: skip
-_OPERATION_DIRS = ("rebase-merge", "rebase-apply", "sequencer", "refs/bisect")
 
 
 def forget_operations(path: Path) -> None:
@@ -349,12 +349,13 @@ def forget_operations(path: Path) -> None:
         git_dir = worktree_git_dir(path)
     except (OSError, IndexError):  # not a linked worktree's `.git` file: git says so later
         return
-    for name in _OPERATION_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            (git_dir / name).unlink()
-    for name in _OPERATION_DIRS:
-        if (git_dir / name).is_dir():
-            shutil.rmtree(git_dir / name, ignore_errors=True)
+    for name in (*(name for name, _, _ in _UNFINISHED), *_OPERATION_EXTRAS):
+        where = git_dir / name
+        if where.is_dir():
+            shutil.rmtree(where, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                where.unlink()
 
 
 def point_head(path: Path, branch: str) -> None:
