@@ -352,6 +352,41 @@ def test_land_refuses_over_uncommitted_changes(repo: Path) -> None:
     assert show(repo, integration(run_id), "a.txt") == "A\n"  # the result is kept
 
 
+def test_land_refuses_to_write_over_files_git_does_not_track(repo: Path) -> None:
+    # An untracked a.txt made git's merge fail with its own message over five lines
+    # ("error: The following untracked working tree files would be overwritten ...
+    # Aborting"), and an ignored one would have been overwritten without a word.
+    (repo / ".gitignore").write_text("*.log\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore logs")
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "echo A > a.txt && echo B > b.log && git add -f b.log"},
+            # A file that becomes a directory: the file is tracked, so not in the way.
+            "c": {"run": "git rm -q README.md && mkdir README.md && echo C > README.md/c"},
+        },
+    )
+    (repo / "a.txt").write_text("my notes\n")
+    (repo / "b.log").write_text("my log\n")
+    code, out, run_id = run(repo, path, "--land")
+    assert code == 3, out
+    assert (
+        "not landed: the result would write over a.txt, b.log in your checkout, which git "
+        f"does not track; move or remove them, then git merge --ff-only {integration(run_id)}"
+    ) in out
+    assert "Aborting" not in out
+    assert (repo / "a.txt").read_text() == "my notes\n"
+    assert (repo / "b.log").read_text() == "my log\n"
+    assert git(repo, "log", "-1", "--format=%s", "main").strip() == "workflow"
+    # Once they are moved, the command it gives brings the result in.
+    (repo / "a.txt").unlink()
+    (repo / "b.log").unlink()
+    git(repo, "merge", "--ff-only", "-q", integration(run_id))
+    assert (repo / "README.md" / "c").read_text() == "C\n"
+    assert (repo / "b.log").read_text() == "B\n"
+
+
 def test_land_moves_the_files_of_the_worktree_where_base_is_checked_out(
     repo: Path, tmp_path: Path
 ) -> None:

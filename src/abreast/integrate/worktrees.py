@@ -741,9 +741,24 @@ class WorktreeIsolation(Isolation):
                     "changes; commit or stash them, then git merge --ff-only "
                     f"{integration_branch(self.run_id)}"
                 )
+            merge = f"git merge --ff-only {integration_branch(self.run_id)}"
+            # Files git does not track that the result would write over: git refuses
+            # untracked ones (with a message of several lines) and silently overwrites
+            # ignored ones; neither is abreast's to lose.
+            blocking = _in_the_way(where, *self.repo.added_and_removed(current, head))
+            if blocking:
+                named = ", ".join(blocking[:5]) + (
+                    f" and {len(blocking) - 5} more" if len(blocking) > 5 else ""
+                )
+                return (
+                    f"not landed: the result would write over {named} in your checkout"
+                    f"{there}, which git does not track; move or remove "
+                    f"{'it' if len(blocking) == 1 else 'them'}, then {merge}"
+                )
             proc = self.repo.git("merge", "--ff-only", "-q", head, cwd=where, check=False)
             if proc.returncode != 0:
-                return f"not landed: git merge --ff-only failed{there}: {proc.stderr.strip()}"
+                said = "; ".join(x.strip() for x in proc.stderr.splitlines() if x.strip())
+                return f"not landed: git merge --ff-only failed{there}: {said}; once fixed, {merge}"
             return f"landed: {self.base_name} fast-forwarded to {head[:12]}{there}"
         if not self.repo.update_ref(ref, head, current):
             return f"not landed: {self.base_name} moved while landing"
@@ -778,6 +793,24 @@ def _said(c: Change) -> str:
     if c.detail:  # a branch or tag
         return f"your {c.what} {c.path}: {c.detail}"
     return f"{c.what}: {c.path}" + (" (undone)" if c.what != "main checkout" else "")
+
+
+def _in_the_way(where: Path, added: list[str], removed: set[str]) -> list[str]:
+    """Paths (or their parent directories) that exist in `where` where `added` would go and
+    that the merge does not remove: untracked or ignored, since `where` has no uncommitted
+    changes to tracked files."""
+    found: set[str] = set()
+    for path in added:
+        parts = path.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            at = where / sub
+            if i < len(parts) and at.is_dir() and not at.is_symlink():
+                continue
+            if (at.exists() or at.is_symlink()) and sub not in removed:
+                found.add(sub)
+            break
+    return sorted(found)
 
 
 def _listed(items: list[str], limit: int = 30) -> tuple[str, str]:

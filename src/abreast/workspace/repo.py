@@ -222,6 +222,19 @@ class Repo:
         """Paths changed between two commits (both sides of renames)."""
         return self.diff_numstat(base, head)[0]
 
+    def added_and_removed(self, base: str, head: str) -> tuple[list[str], set[str]]:
+        """(paths `head` has that `base` has not, paths `base` has that `head` has not)."""
+        out = self.git("diff", "--name-status", "-z", "--no-renames", base, head).stdout
+        fields = out.split("\0")
+        added: list[str] = []
+        removed: set[str] = set()
+        for status, path in zip(fields[0::2], fields[1::2], strict=False):
+            if status == "A":
+                added.append(path)
+            elif status == "D":
+                removed.add(path)
+        return added, removed
+
     # -- worktrees ---------------------------------------------------------------------------
 
     def worktree_add(self, path: Path, commit: str) -> None:
