@@ -833,11 +833,48 @@ def test_report_lists_the_attempts_sent_back_and_why(tmp_path: Path) -> None:
     assert run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path).code == 0
     out = run_abreast("report", cwd=tmp_path).out
     assert "attempts sent back or retried:" in out
+    # The timeline draws both of flaky's attempts on its row: the first failed (x), the
+    # second succeeded (=).
+    row = next(line for line in out.splitlines() if line.startswith("    flaky "))
+    bar = row.split("|")[1]
+    assert len(bar) == 50 and bar.index("x") < bar.index("=")
+    assert row.endswith("(2 attempts)")
+    assert "    = succeeded  x failed or sent back" in out
     assert "    flaky attempt 1: exit 3" in out
     assert "    judged attempt 1: gate not met: output.ok is false" in out
     page = tmp_path / "r.html"
     assert run_abreast("report", "--html", str(page), cwd=tmp_path).code == 0
     assert "<li>flaky attempt 1: exit 3</li>" in page.read_text()
+
+
+def test_the_text_timeline_draws_each_tasks_attempts_over_the_runs_span() -> None:
+    # `abreast report` had the timeline in --json and --html only, not in the terminal.
+    from abreast.observe.report import timeline_lines
+
+    def attempt(task: str, n: int, state: str, start: float, end: float) -> dict[str, Any]:
+        return {"task": task, "attempt": n, "state": state, "start_s": start, "end_s": end}
+
+    rep = {
+        "wall_s": 10.0,
+        "timeline": [
+            attempt("build", 1, "succeeded", 0.0, 5.0),
+            attempt("test", 1, "failed", 5.0, 6.0),
+            attempt("test", 2, "succeeded", 7.0, 10.0),
+            attempt("lint", 1, "interrupted", 0.0, 0.01),  # shorter than a column: one
+        ],
+    }
+    assert timeline_lines(rep, columns=10) == [
+        "\n  timeline (10s; a column is 1s):",
+        "    build  |=====     |  0s to 5s",
+        "    lint   |~         |  0s to 10ms",
+        "    test   |     x ===|  5s to 10s (2 attempts)",
+        "    = succeeded  x failed or sent back  ~ interrupted",
+    ]
+    many = {"wall_s": 1.0, "timeline": [attempt(f"t{i}", 1, "succeeded", 0, 1) for i in range(5)]}
+    assert timeline_lines(many, columns=4, rows=3)[-2:] == [
+        "    (+2 more tasks: --html FILE draws them all)",
+        "    = succeeded",
+    ]
 
 
 def test_a_run_slower_than_its_tasks_one_at_a_time_says_so_not_saved_0s() -> None:

@@ -268,6 +268,7 @@ def text(rep: dict[str, Any]) -> str:
             f"\n  tokens: {rundata.tokens_line(rep['tokens'])}, as the provider's answers "
             "said through the key proxy"
         )
+    out += timeline_lines(rep)
     retried = _sent_back(rep)
     if retried:  # what sent attempts back, the ones that failed the task aside
         out.append("\n  attempts sent back or retried:")
@@ -289,6 +290,44 @@ def text(rep: dict[str, Any]) -> str:
     if rep["landing"]:
         out.append(f"\n  {rep['landing']}")
     return "\n".join(line for line in out if line is not None)
+
+
+# How an attempt is drawn in the text timeline, by its state (others: "-").
+_MARKS = {"succeeded": "=", "failed": "x", "interrupted": "~", "running": ">"}
+_SAID = {"failed": "failed or sent back"}
+
+
+def timeline_lines(rep: dict[str, Any], columns: int = 50, rows: int = 40) -> list[str]:
+    """The timeline for a terminal: a row per task (by first start), its attempts drawn
+    over the run's span, each at least one column; up to `rows` tasks."""
+    timeline = sorted(rep["timeline"], key=lambda x: (x["start_s"], x["attempt"]))
+    if not timeline:
+        return []
+    span = max([x["end_s"] for x in timeline] + [rep["wall_s"], 0.001])
+    per_task: dict[str, list[dict[str, Any]]] = {}
+    for x in timeline:
+        per_task.setdefault(x["task"], []).append(x)
+    shown = list(per_task.items())[:rows]
+    width = max(len(task) for task, _ in shown)
+    out = [f"\n  timeline ({fmt(span)}; a column is {fmt(span / columns)}):"]
+    for task, attempts in shown:
+        bar = [" "] * columns
+        for x in attempts:
+            first = min(columns - 1, int(x["start_s"] / span * columns))
+            last = max(first, min(columns - 1, int(x["end_s"] / span * columns - 1e-9)))
+            bar[first : last + 1] = _MARKS.get(x["state"], "-") * (last - first + 1)
+        begin, end = attempts[0]["start_s"], attempts[-1]["end_s"]
+        tries = f" ({len(attempts)} attempts)" if len(attempts) > 1 else ""
+        out.append(f"    {task:<{width}}  |{''.join(bar)}|  {fmt(begin)} to {fmt(end)}{tries}")
+    if len(per_task) > rows:
+        out.append(f"    (+{len(per_task) - rows} more tasks: --html FILE draws them all)")
+    states = {x["state"] for x in timeline}
+    legend = [
+        f"{mark} {_SAID.get(state, state)}" for state, mark in _MARKS.items() if state in states
+    ]
+    others = sorted(states - set(_MARKS))
+    out.append("    " + "  ".join(legend + ([f"- {', '.join(others)}"] if others else [])))
+    return out
 
 
 def _in_out(tokens: dict[str, int] | None) -> str:
