@@ -2362,3 +2362,102 @@ def test_a_process_an_attempt_left_running_never_writes_into_the_next_tasks_work
     seen = show(repo, integration(run_id), "seen.txt").split()
     assert "leak.txt" not in seen and "own.txt" in seen, seen
     assert "leak.txt" not in git(repo, "ls-tree", "--name-only", integration(run_id)).split()
+
+
+# -- files tools generate -------------------------------------------------------------------
+
+GENERATE = (
+    "mkdir -p node_modules/left-pad src/__pycache__ env/lib && "
+    "echo 'module.exports = 1' > node_modules/left-pad/index.js && "
+    "echo '{}' > node_modules/left-pad/package.json && "
+    "echo pyc > src/__pycache__/shared.cpython-311.pyc && "
+    "echo 'home = /usr/bin' > env/pyvenv.cfg && echo x > env/lib/site.py && "
+    "echo finder > .DS_Store && "
+)
+
+
+def tree(repo: Path, rev: str) -> list[str]:
+    return git(repo, "ls-tree", "-r", "--name-only", rev).split()
+
+
+def test_files_tools_generate_are_left_out_of_a_tasks_work_and_said(repo: Path) -> None:
+    # `npm install`, a test run or a virtual environment in a project whose .gitignore
+    # lacks them: 20 000 files of node_modules landed as the task's work (and broke its
+    # owns: here app.js only).
+    path = workflow(
+        repo,
+        {
+            "build": {"run": GENERATE + "echo app > app.js", "owns": ["app.js"]},
+            # An agent that commits everything itself: taken out by a commit on top.
+            "agent": {
+                "run": GENERATE.replace("src/", "lib/") + "echo doc > doc.md && "
+                "git add -A && git commit -q -m 'all of it'",
+            },
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    landed = tree(repo, integration(run_id))
+    assert sorted(set(landed) - set(tree(repo, "main"))) == ["app.js", "doc.md"]
+    assert (
+        "warning: left out of build's work: .DS_Store, env/ (2 files), node_modules/ "
+        "(2 files), src/__pycache__/ (1 file), which tools generate and the "
+        "project's .gitignore does not exclude; add them to .gitignore (or name them in "
+        "the task's owns to land them)"
+    ) in out
+    assert "left out of agent's work: .DS_Store, env/ (2 files), lib/__pycache__/ (1" in out
+    assert re.search(r"build +succeeded .* 1 file \+1 -0", out), out  # what landed
+    db = repo / ".abreast" / "state.db"
+    rows = query(db, "SELECT task_id, data FROM events WHERE type = 'work.left_out'")
+    left = {task: json.loads(data)["paths"] for task, data in rows}
+    assert left["build"] == {".DS_Store": 1, "env": 2, "node_modules": 2, "src/__pycache__": 1}
+    # The agent's own commit stays in the history; what lands takes them out on top.
+    log = git(repo, "log", "--format=%s", f"main..{integration(run_id)}").splitlines()
+    assert "all of it" in log
+    report = run_abreast("report", run_id, cwd=repo).out
+    assert "warning: left out of build's work: .DS_Store, env/ (2 files)" in report
+
+
+def test_generated_files_a_task_owns_or_the_project_tracks_are_its_work(repo: Path) -> None:
+    (repo / "vendor" / "node_modules" / "dep").mkdir(parents=True)
+    (repo / "vendor" / "node_modules" / "dep" / "index.js").write_text("1\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "vendored")
+    path = workflow(
+        repo,
+        {
+            # The project vendors vendor/node_modules: a new package there is work.
+            "vendored": {
+                "run": "mkdir vendor/node_modules/new && echo 2 > vendor/node_modules/new/i.js"
+            },
+            # Named by owns: meant to land.
+            "owned": {
+                "run": "mkdir -p web/node_modules/x && echo 3 > web/node_modules/x/i.js",
+                "owns": ["web/node_modules/**"],
+            },
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    landed = tree(repo, integration(run_id))
+    assert "vendor/node_modules/new/i.js" in landed and "web/node_modules/x/i.js" in landed
+    assert "left out" not in out
+
+
+def test_generated_roots_are_the_outermost_directory_tools_make() -> None:
+    from abreast.integrate.generated import owned, roots
+
+    assert roots(
+        [
+            "web/node_modules/a/node_modules/b/i.js",  # nested: counted in the outer one
+            "web/node_modules/c.js",
+            "pyvenv.cfg",  # at the top it marks the project itself: not generated
+            "src/app.py",
+            "target/CACHEDIR.TAG",
+            "target/debug/app",
+            "docs/.DS_Store",
+            "notes/node_modules",  # a file of that name is not a directory tools make
+        ]
+    ) == {"web/node_modules": 2, "target": 2, "docs/.DS_Store": 1}
+    assert owned("web/node_modules", ["web/node_modules/**"])
+    assert not owned("web/node_modules", ["web/**"])

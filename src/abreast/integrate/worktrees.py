@@ -26,6 +26,7 @@ from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
 from abreast.engine.states import TERMINAL, TaskState
 from abreast.errors import UsageError
+from abreast.integrate import generated
 from abreast.integrate.base import Isolation, Outcome, Verdict
 from abreast.integrate.checks import LocalLocks, LockHolder
 from abreast.integrate.guard import SLACK_S, Change, Guard, symlinks_out
@@ -350,7 +351,8 @@ class WorktreeIsolation(Isolation):
         message = f"abreast: {task_id} (run {self.run_id}, attempt {attempt})"
         # Its HEAD where it started (no commit of its own): what is committed now descends
         # from its start, and git need not be asked.
-        untouched = await asyncio.to_thread(head_commit, self.repo, a.path) == a.base
+        before = await asyncio.to_thread(head_commit, self.repo, a.path)
+        untouched = before == a.base
         try:
             head = await asyncio.to_thread(commit_all, self.repo, a.path, message)
         except GitError:  # `git add` refuses a repository without a commit inside
@@ -371,6 +373,25 @@ class WorktreeIsolation(Isolation):
             head = await asyncio.to_thread(
                 self.repo.commit_tree, f"{head}^{{tree}}", [a.base], message
             )
+        changed, added, deleted = await asyncio.to_thread(self.repo.diff_numstat, a.base, head)
+        left = await asyncio.to_thread(self._generated, task_id, a.base, changed)
+        if left:
+            # Made by abreast (its commit of what was left, or the one above): made again
+            # without them; the agent's own commit: one on top that takes them out.
+            parents = [a.base] if rewritten else [before] if before and head != before else [head]
+            tree = await asyncio.to_thread(self.repo.tree_without, head, list(left))
+            head = await asyncio.to_thread(self.repo.commit_tree, tree, parents, message)
+            warning = generated.said(task_id, left)
+            self.journal.stage_event(
+                self.run_id,
+                "work.left_out",
+                task_id,
+                attempt=attempt,
+                paths=dict(list(left.items())[:100]),
+                warning=warning,
+            )
+            self.warn(warning)
+            changed, added, deleted = await asyncio.to_thread(self.repo.diff_numstat, a.base, head)
         a.head = head
         if a.onto is None:
             self.journal.stage_attempt(self.run_id, task_id, attempt, head_commit=head)
@@ -384,7 +405,6 @@ class WorktreeIsolation(Isolation):
                     "merged. Keep keys out of files: read them from the environment",
                     kind="secret",
                 )
-        changed, added, deleted = await asyncio.to_thread(self.repo.diff_numstat, a.base, head)
         self.journal.stage_event(  # what the attempt changed, for the report
             self.run_id,
             "work.committed",
@@ -442,6 +462,17 @@ class WorktreeIsolation(Isolation):
         self.pool.release(a.path, clean=True)
         a.released = True
         return None
+
+    def _generated(self, task_id: str, base: str, changed: list[str]) -> dict[str, int]:
+        """What of `changed` tools generated and the task's work should not land (see
+        `generated`): neither named by its owns nor already in `base`."""
+        found = generated.roots(changed)
+        owns = self.wf.tasks[task_id].owns
+        found = {root: n for root, n in found.items() if not generated.owned(root, owns)}
+        if found:
+            there = self.repo.existing(base, list(found))
+            found = {root: n for root, n in found.items() if root not in there}
+        return found
 
     def _git_file_sound(self, path: Path) -> bool:
         """Whether the worktree's `.git` file points at its git dir, put back first when

@@ -21,7 +21,7 @@ from abreast.observe import rundata
 from abreast.spec.durations import format_duration as fmt
 
 # Events that carry a warning the run said (and its summary repeated).
-WARNING_EVENTS = ("containment.violation", "memory.leak_suspected")
+WARNING_EVENTS = ("containment.violation", "memory.leak_suspected", "work.left_out")
 
 
 def build(journal: Journal, run_id: str) -> dict[str, Any]:

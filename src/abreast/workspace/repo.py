@@ -152,6 +152,26 @@ class Repo:
             args += ["-p", p]
         return self.git(*args, "-m", message, env=self.identity_env()).stdout.strip()
 
+    def tree_without(self, commit: str, paths: list[str]) -> str:
+        """The tree of `commit` with `paths` (files or directories, taken literally) taken
+        out, made in an index of its own: no checkout is touched."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="tree-", dir=self.abreast_dir) as d:
+            env = {"GIT_INDEX_FILE": os.path.join(d, "index"), "GIT_LITERAL_PATHSPECS": "1"}
+            self.git("read-tree", commit, env=env)
+            self.git(
+                "rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch",
+                "--pathspec-from-file=-", "--pathspec-file-nul",
+                env=env, input_="\0".join(paths),
+            )  # fmt: skip
+            return self.git("write-tree", env=env).stdout.strip()
+
+    def existing(self, commit: str, paths: list[str]) -> set[str]:
+        """Those of `paths` that `commit` has (files or directories)."""
+        out = self.git("ls-tree", "-z", "--name-only", commit, "--", *paths).stdout
+        return set(out.split("\0")) - {""}
+
     def replay(self, onto: str, base: str, head: str, message: str) -> tuple[str | None, list[str]]:
         """`head`'s changes since `base`, as one commit on `onto` (`base` descends from it):
         what a task did, without what it was started with beyond `onto`. Computed as the
