@@ -420,3 +420,52 @@ def test_analyze_only_keeps_the_tasks_named_and_what_they_need(cli) -> None:  # 
     ]
     wrong = cli("analyze", "examples/cfn-epic.yaml", "--only", "coordination")
     assert wrong.code == 2 and "has no task 'coordination'" in wrong.err
+
+
+def test_measured_estimates_are_the_median_of_the_latest_five_succeeded_runs(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from abreast.coord.journal import _SCHEMA
+    from abreast.plan.history import measured
+
+    db_path = tmp_path / "state.db"
+    db = sqlite3.connect(db_path)
+    db.executescript(_SCHEMA)
+
+    def add(run: str, started: float, wall: float, state: str = "succeeded", **over: str) -> None:
+        row = {"workflow": "w", "root": "/p", **over}
+        db.execute(
+            "INSERT INTO runs (id, workflow, file, file_sha256, root, state, started_at,"
+            " finished_at) VALUES (?, ?, 'w.yaml', '', ?, 'succeeded', ?, ?)",
+            (run, row["workflow"], row["root"], started, None if over.get("live") else started + 1),
+        )
+        db.execute(
+            "INSERT INTO tasks (run_id, task_id, position, state, attempts)"
+            " VALUES (?, 'a', 0, ?, 2)",
+            (run, state),
+        )
+        db.execute(  # the first attempt failed: only the last one counts
+            "INSERT INTO attempts (run_id, task_id, attempt, state, wall_s) VALUES (?, 'a', 1, "
+            "'failed', 999)",
+            (run,),
+        )
+        db.execute(
+            "INSERT INTO attempts (run_id, task_id, attempt, state, wall_s) VALUES (?, 'a', 2, "
+            "'succeeded', ?)",
+            (run, wall),
+        )
+
+    add("old", 1, 100.0)  # the sixth latest succeeded: left out
+    for i, wall in enumerate([1.0, 2.0, 30.0, 4.0, 5.0]):
+        add(f"r{i}", 10 + i, wall)
+    add("failed", 20, 500.0, state="failed")
+    add("running", 21, 600.0, live="1")
+    add("elsewhere", 22, 700.0, root="/other")
+    add("renamed", 23, 800.0, workflow="other")
+    db.commit()
+    db.close()
+    assert measured(db_path, "w", "/p", ["a", "b"]) == {"a": (4.0, 5)}
+    assert measured(tmp_path / "none.db", "w", "/p", ["a"]) == {}
+    assert not (tmp_path / "none.db").exists()  # read, never made

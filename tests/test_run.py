@@ -1780,3 +1780,59 @@ def test_fail_fast_when_a_condition_cannot_be_evaluated_starts_none_of_its_sibli
         "zlast": "cancelled",
     }
     assert not list(tmp_path.glob("*.txt"))
+
+
+def test_a_task_without_an_estimate_counts_as_its_time_in_earlier_runs(
+    tmp_path: Path,
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    # Every task without `estimate:` counted as 1m however long it had taken before: the
+    # run's priorities and `analyze` went by a guess the journal could correct. Here the
+    # longer task, second in the file, starts first once it has been measured.
+    path = workflow(
+        tmp_path,
+        {
+            "short": {"run": "true"},
+            "long": {"run": "sleep 0.4"},
+            "given": {"run": "true", "estimate": "10m"},
+        },
+        max_parallel=1,
+    )
+
+    def order() -> list[str]:
+        out = cli("run", str(path), "--dry-run").out
+        listed = [line.strip() for line in out.splitlines()]
+        return [line.split()[1] for line in listed if re.match(r"\d+\. ", line)]
+
+    def plan() -> dict[str, dict[str, Any]]:
+        out = cli("analyze", str(path), "--format", "json").out
+        return {t["id"]: t for t in json.loads(out)["tasks"]}
+
+    assert order() == ["given", "short", "long"]  # nothing measured: file order after given
+    assert plan()["long"]["estimate_source"] == "assumed"
+    assert cli("run", str(path), "--plain", "--no-monitor").code == 0
+    db = tmp_path / ".abreast" / "state.db"
+    walls = dict(query(db, "SELECT task_id, wall_s FROM attempts"))
+    tasks = plan()
+    assert tasks["long"]["estimate_s"] == pytest.approx(walls["long"])
+    assert (tasks["long"]["estimate_source"], tasks["long"]["measured_runs"]) == ("measured", 1)
+    assert tasks["short"]["estimate_s"] == pytest.approx(walls["short"])
+    assert tasks["given"]["estimate_source"] == "given"  # the file's estimate wins
+    assert tasks["given"]["estimate_s"] == 600
+    assert order() == ["given", "long", "short"]
+    table = cli("analyze", str(path)).out
+    assert re.search(r"long +\d+ms~", table), table
+    assert "~ no estimate given: the median of its time in the latest runs it succeeded" in table
+    # A second run: the median of the two.
+    assert cli("run", str(path), "--plain", "--no-monitor").code == 0
+    walls2 = [w for (w,) in query(db, "SELECT wall_s FROM attempts WHERE task_id = 'long'")]
+    assert plan()["long"]["estimate_s"] == pytest.approx(sum(walls2) / 2)
+    assert plan()["long"]["measured_runs"] == 2
+    # --no-history: as the file alone says.
+    out = cli("analyze", str(path), "--format", "json", "--no-history").out
+    assert {t["id"]: t["estimate_source"] for t in json.loads(out)["tasks"]}["long"] == "assumed"
+    # Another workflow of the same project (its own name) has no history of these.
+    other = tmp_path / "other.yaml"
+    other.write_text(path.read_text().replace('"name": "', '"name": "other-'))
+    out = cli("analyze", str(other), "--format", "json").out
+    assert {t["id"]: t["estimate_source"] for t in json.loads(out)["tasks"]}["long"] == "assumed"

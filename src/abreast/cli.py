@@ -157,6 +157,12 @@ def _args_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-parallel", type=int, metavar="N")
     _flag_arg(p)
     _only_arg(p, "analyze only these tasks and those they need (repeatable)")
+    p.add_argument(
+        "--no-history",
+        action="store_true",
+        help="count a task without `estimate:` as 1m, not as its time in earlier runs",
+    )
+    _state_arg(p)
 
 
 def _only_arg(p: argparse.ArgumentParser, help_line: str) -> None:
@@ -400,12 +406,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from abreast.spec import load_workflow
     from abreast.spec.overrides import flag_overrides, only_tasks, parallel_cap
 
-    wf = load_workflow(workflow_file(args.file, "analyze"))
+    file = workflow_file(args.file, "analyze")
+    wf = load_workflow(file)
     if args.only:
         wf = only_tasks(wf, args.only)
-    analysis = analyze(
-        wf, flags=flag_overrides(wf, args.flag), max_parallel=parallel_cap(wf, args.max_parallel)
-    )
+    flags, cap = flag_overrides(wf, args.flag), parallel_cap(wf, args.max_parallel)
+    graph = None
+    if not args.no_history:
+        from abreast.coord.location import locate
+        from abreast.plan import TaskGraph, history
+
+        location = locate(Path(file), args.state)
+        graph = TaskGraph.from_workflow(wf, history.for_workflow(wf, location))
+    analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph)
     print(render(analysis, args.format))
     return 0
 

@@ -48,7 +48,7 @@ from abreast.executor.process import (
     stop_then_kill,
 )
 from abreast.integrate.base import Isolation
-from abreast.plan import TaskGraph, analyze
+from abreast.plan import TaskGraph, analyze, history
 from abreast.plan.analysis import Analysis
 from abreast.plan.ownership import nesting_hint
 from abreast.spec import load_workflow
@@ -113,7 +113,7 @@ def prepare(req: RunRequest) -> Prepared:
     location = locate(req.file, req.state)
     flags = {**wf.flags, **flag_overrides(wf, req.flags)}
     cap = parallel_cap(wf, req.max_parallel, req.sequential)
-    graph = TaskGraph.from_workflow(wf)
+    graph = TaskGraph.from_workflow(wf, history.for_workflow(wf, location))
     analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph)
     return Prepared(wf, location, flags, cap, analysis, graph, len(whole.tasks) - len(wf.tasks))
 
@@ -1094,7 +1094,7 @@ async def _resume(
     options = row.options
     flags = {**wf.flags, **{k: v for k, v in options.get("flags", {}).items() if k in wf.flags}}
     cap = int(options.get("max_parallel") or wf.max_parallel)
-    graph = TaskGraph.from_workflow(wf)
+    graph = TaskGraph.from_workflow(wf, history.for_workflow(wf, location))
     analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph)
     p = Prepared(wf, location, flags, cap, analysis, graph)
     # The time no orchestrator ran it (from the last one's end, or when it was last seen at

@@ -29,6 +29,10 @@ class TaskPlan(NamedTuple):
     conditional: bool  # its `when:` reads outputs, so only the run can tell
     start_s: float  # in abreast's simulated schedule
     finish_s: float
+    # The estimate's source: "given" (in the file), "measured" (the median of its time in
+    # the latest runs it succeeded in: `measured_runs` of them) or "assumed" (the default).
+    estimate_source: str
+    measured_runs: int
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,11 @@ def _analyze(
     critical = [False] * n
     for v in on_path:
         critical[v] = not skipped[v]
+    runs = [graph.measured.get(v, 0) for v in range(n)]
+    est_from = [
+        "measured" if r else "given" if e else "assumed"
+        for r, e in zip(runs, graph.estimated, strict=True)
+    ]
     tasks = list(
         map(
             TaskPlan,
@@ -225,6 +234,8 @@ def _analyze(
             conditional,
             start,
             finish,
+            est_from,
+            runs,
         )
     )
     shared = dict(zip(graph.resource_names, graph.capacity, strict=True))

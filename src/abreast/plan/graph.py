@@ -7,7 +7,7 @@ resources here. Ownership overlaps are pairwise exclusions (see ownership.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from abreast import dag
@@ -42,6 +42,8 @@ class TaskGraph:
     # (dep, task) -> signal, where task waits only for dep's signal, not its end.
     signal_waits: dict[tuple[int, int], str]
     succs: list[list[int]] = field(default_factory=list)
+    # Tasks without `estimate:` whose estimate was measured in earlier runs: how many.
+    measured: dict[int, int] = field(default_factory=dict)
 
     _levels: tuple[list[list[int]], list[int]] | None = field(default=None, repr=False)
 
@@ -76,12 +78,16 @@ class TaskGraph:
         return {v: tuple(c) for v, c in out.items()}
 
     @classmethod
-    def from_workflow(cls, wf: Workflow) -> TaskGraph:
+    def from_workflow(
+        cls, wf: Workflow, measured: Mapping[str, tuple[float, int]] | None = None
+    ) -> TaskGraph:
+        """`measured`: (seconds, runs) of tasks without `estimate:`, from earlier runs
+        (plan/history.py); such a task counts as that, not as the default."""
         with paused_gc():
-            return cls._build(wf)
+            return cls._build(wf, measured or {})
 
     @classmethod
-    def _build(cls, wf: Workflow) -> TaskGraph:
+    def _build(cls, wf: Workflow, measured: Mapping[str, tuple[float, int]]) -> TaskGraph:
         tasks = list(wf.tasks.values())
         ids = list(wf.tasks)
         index = {tid: i for i, tid in enumerate(ids)}
@@ -106,6 +112,11 @@ class TaskGraph:
                 preds.append(p)
                 full.append(f)
         estimates = [t.estimate for t in tasks]
+        found: dict[int, int] = {}
+        if measured:
+            for v, tid in enumerate(ids):
+                if estimates[v] is None and tid in measured:
+                    estimates[v], found[v] = measured[tid]
         estimated = [e is not None for e in estimates]
         estimate = [DEFAULT_ESTIMATE_S if e is None else e for e in estimates]
 
@@ -135,6 +146,7 @@ class TaskGraph:
         graph = cls(
             ids, preds, full, estimate, estimated, list(res_index), capacity, uses, [], signal_waits
         )
+        graph.measured = found
         if cached:
             graph._levels = (cached[1], cached[2])
         owns = [t.owns for t in tasks]

@@ -9,6 +9,7 @@ from abreast.gcpause import paused_gc
 from abreast.plan.analysis import Analysis
 from abreast.plan.dispatch import Policy
 from abreast.plan.graph import DEFAULT_ESTIMATE_S
+from abreast.plan.history import RUNS
 from abreast.plan.ownership import nesting_hint
 from abreast.spec.durations import counted
 from abreast.spec.durations import format_duration as fmt
@@ -58,6 +59,10 @@ def _flag_text(a: Analysis) -> str:
     return f", flags: {shown}"
 
 
+# After an estimate in the table, by where it came from.
+_MARK = {"given": "", "measured": "~", "assumed": "?"}
+
+
 def table(a: Analysis) -> str:
     e = a.estimates
     crit = set(a.critical_path)
@@ -75,7 +80,7 @@ def table(a: Analysis) -> str:
         if t.conditional:
             notes.append("when: reads outputs (decided at run time)")
         notes += notes_by_task[t.id]
-        est = fmt(t.estimate_s) + ("" if t.estimated else "?")
+        est = fmt(t.estimate_s) + _MARK[t.estimate_source]
         start = "-" if t.skipped else fmt(t.start_s)
         slack = "-" if t.skipped else fmt(t.slack_s)
         rows.append((str(t.wave), t.id, est, start, slack, ", ".join(notes)))
@@ -126,6 +131,11 @@ def table(a: Analysis) -> str:
         out.append("skipped under these flags: " + ", ".join(a.skipped))
     if a.conditional:
         out.append("decided at run time (when: reads outputs): " + ", ".join(a.conditional))
+    if any(t.estimate_source == "measured" for t in a.tasks):
+        out.append(
+            "~ no estimate given: the median of its time in the latest runs it succeeded in "
+            f"(up to {RUNS})"
+        )
     if any(not t.estimated for t in a.tasks):
         out.append(f"? no estimate given: counted as {fmt(DEFAULT_ESTIMATE_S)}")
     return "\n".join(out)

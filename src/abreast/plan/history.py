@@ -1,0 +1,68 @@
+"""Estimates measured in earlier runs: for a task without `estimate:`, how long it took.
+
+A task without an estimate counted as one minute, however long it had taken every time
+before: the run's priorities (longest remaining work first) and `analyze` went by a
+guess the journal could correct. Now such a task counts as the median time of its
+succeeded attempt in the most recent runs of the same workflow (its `name:`) in the same
+project where it succeeded, up to `RUNS` of them. The journal is read, never written:
+nothing is created where there is none.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from abreast.coord.location import StateLocation
+    from abreast.spec.model import Workflow
+
+RUNS = 5  # the most recent runs a task succeeded in that its estimate is the median of
+_LOOK_BACK = 20  # runs of the workflow read for them
+
+
+def measured(
+    journal: Path, workflow: str, root: str, tasks: Iterable[str]
+) -> dict[str, tuple[float, int]]:
+    """task id -> (median seconds, how many runs), for each of `tasks` that succeeded in
+    one of the latest runs of `workflow` in project `root`; {} without a journal."""
+    if not journal.is_file():
+        return {}
+    wanted = set(tasks)
+    try:
+        db = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True, timeout=2)
+    except sqlite3.Error:
+        return {}
+    try:
+        rows = db.execute(
+            "SELECT r.started_at, t.task_id, a.wall_s FROM runs r JOIN tasks t ON t.run_id = r.id"
+            " JOIN attempts a ON a.run_id = t.run_id AND a.task_id = t.task_id"
+            " AND a.attempt = t.attempts WHERE t.state = 'succeeded' AND a.wall_s IS NOT NULL"
+            " AND r.id IN (SELECT id FROM runs WHERE workflow = ? AND root = ?"
+            " AND finished_at IS NOT NULL ORDER BY started_at DESC LIMIT ?)",
+            (workflow, root, _LOOK_BACK),
+        ).fetchall()
+    except sqlite3.Error:  # a journal of an older schema, or one being written: no history
+        return {}
+    finally:
+        db.close()
+    times: dict[str, list[tuple[float, float]]] = {}
+    for started_at, task_id, wall_s in rows:
+        if task_id in wanted:
+            times.setdefault(task_id, []).append((-started_at, float(wall_s)))
+    out = {}
+    for task_id, found in times.items():
+        latest = sorted(s for _, s in sorted(found)[:RUNS])
+        n = len(latest)
+        out[task_id] = ((latest[(n - 1) // 2] + latest[n // 2]) / 2, n)
+    return out
+
+
+def for_workflow(wf: Workflow, location: StateLocation) -> dict[str, tuple[float, int]]:
+    """`measured` for the tasks of `wf` that give no estimate, from the project's journal."""
+    tasks = [tid for tid, t in wf.tasks.items() if t.estimate is None]
+    if not tasks:
+        return {}
+    return measured(location.journal, wf.name, str(location.root), tasks)
