@@ -2461,3 +2461,44 @@ def test_generated_roots_are_the_outermost_directory_tools_make() -> None:
     ) == {"web/node_modules": 2, "target": 2, "docs/.DS_Store": 1}
     assert owned("web/node_modules", ["web/node_modules/**"])
     assert not owned("web/node_modules", ["web/**"])
+
+
+def test_abreast_diff_shows_what_a_tasks_attempt_changed(repo: Path) -> None:
+    # Landed tasks' branches are deleted at the run's end: what each one did was found
+    # by hand among the integration branch's merge commits.
+    path = workflow(
+        repo,
+        {
+            "api": {"run": "echo A > a.txt && echo more >> src/shared.txt"},
+            "wild": {"run": "echo W > w.txt && echo X > x.txt", "owns": ["w.txt"]},
+            "broken": {"run": "exit 4"},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    shown = run_abreast("diff", "api", cwd=repo)
+    assert shown.code == 0, shown.err
+    assert "+++ b/a.txt" in shown.out and "+A" in shown.out and "+more" in shown.out
+    assert shown.err.startswith("api, attempt 1 (succeeded): git diff ")
+    # Exactly what landed for it: the diff of its merge commit against the one before.
+    landed = git(repo, "log", "--format=%H", "--grep=land api", integration(run_id)).split()[0]
+    assert git(repo, "diff", "--stat", f"{landed}^1", landed) == (
+        run_abreast("diff", run_id, "api", "--stat", cwd=repo).out
+    )
+    # Sent back for its owns (and failed): its work is still there to see.
+    wild = run_abreast("diff", run_id, "wild", "--name-only", cwd=repo)
+    assert wild.out.split() == ["w.txt", "x.txt"], wild.err
+    assert "changed files it does not own" in wild.err
+    # No work taken in, or no such task: said, with what to do.
+    broken = run_abreast("diff", "broken", cwd=repo)
+    assert broken.code == 2
+    assert "attempt 1 of 'broken' has no work taken in: it ended failed (exit 4)" in broken.err
+    assert f"abreast logs {run_id} broken --attempt 1" in broken.err
+    nope = run_abreast("diff", "apu", cwd=repo)
+    assert "has no task 'apu'; did you mean 'api'?" in nope.err
+    # isolation: none: nothing kept apart.
+    none = workflow(repo, {"a": {"run": "echo A > a.txt"}}, isolation="none")
+    assert run(repo, none)[0] == 0
+    inplace = run_abreast("diff", "a", cwd=repo)
+    assert inplace.code == 2
+    assert "ran in the project directory (isolation: none)" in inplace.err

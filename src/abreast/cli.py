@@ -359,6 +359,21 @@ def _args_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plain", action="store_true")
 
 
+def _args_diff(p: argparse.ArgumentParser) -> None:
+    p.usage = "%(prog)s [-h] [--attempt N] [--stat | --name-only] [--state URL] [RUN] TASK"
+    p.add_argument("ids", nargs="+", metavar="[RUN] TASK", help="RUN defaults to the latest run")
+    p.add_argument(
+        "--attempt",
+        type=int,
+        metavar="N",
+        help="this attempt (default: the latest whose work was taken in)",
+    )
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--stat", action="store_true", help="files changed and lines, not lines")
+    shape.add_argument("--name-only", action="store_true", help="the paths changed only")
+    _state_arg(p)
+
+
 def _args_init(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", nargs="?", default=DEFAULT_FILE)
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -373,6 +388,7 @@ _COMMAND_ARGS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] 
     "resume": ("carry on a run whose orchestrator died", _args_resume),
     "status": ("list runs, or show one run's tasks", _args_status),
     "logs": ("print a task's log", _args_logs),
+    "diff": ("show what a task changed (its attempt's commits, as git diff)", _args_diff),
     "cancel": ("stop a running run", _args_cancel),
     "dashboard": ("serve a live, read-only web view of the runs", _args_dashboard),
     "keys": ("API key use per key, by fingerprint", _args_keys),
@@ -672,6 +688,23 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from abreast.engine.lookup import find_run, open_journal
+    from abreast.observe import diff
+
+    if len(args.ids) > 2:
+        raise UsageError(
+            f"abreast diff takes a run and a task, not {len(args.ids)} names",
+            hint="abreast diff [RUN] TASK",
+        )
+    run_id, task_id = args.ids if len(args.ids) == 2 else (None, args.ids[0])
+    shape = ["--stat"] if args.stat else ["--name-only"] if args.name_only else []
+    _, journal = open_journal(None, args.state)
+    with journal:
+        row = find_run(journal, run_id)
+        return diff.show(journal, row, task_id, args.attempt, shape, sys.stderr)
+
+
 def _all_logs(args: argparse.Namespace) -> int:
     """`abreast logs [RUN] --all [-f]` (or no TASK): every task's log, line by line
     under its name."""
@@ -898,6 +931,7 @@ COMMANDS = {
     "resume": cmd_resume,
     "status": cmd_status,
     "logs": cmd_logs,
+    "diff": cmd_diff,
     "cancel": cmd_cancel,
     "signal": cmd_signal,
     "cleanup": cmd_cleanup,
@@ -963,7 +997,7 @@ def _main(parser: argparse.ArgumentParser, argv: list[str], command: list[str]) 
             raise UsageError(
                 f"abreast {args.command} runs on Linux only (it supervises processes through"
                 f" /proc and Linux clocks); this is {sys.platform}",
-                hint="analyze, validate, schema, init, status, logs and report work here",
+                hint="analyze, validate, schema, init, status, logs, diff and report work here",
             )
         return COMMANDS[args.command](args)
     except AbreastError as e:

@@ -1,0 +1,78 @@
+"""`abreast diff [RUN] TASK`: what a task's attempt changed, as git shows it.
+
+With worktree isolation every attempt that got as far as having its work taken in has
+two commits journaled: the one it started from and the one its work was committed as.
+The diff between them is what the task did (what the owns check read and the merge
+queue merged), whatever it was: landed, sent back, failed as evidence. Landed tasks'
+branches are deleted at a run's end, so this was found by hand among the integration
+branch's merge commits.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from abreast.coord.journal import AttemptRow, Journal, RunRow
+from abreast.errors import UsageError
+from abreast.observe.status import find_attempt
+
+
+def pick(journal: Journal, row: RunRow, task_id: str, attempt: int | None) -> AttemptRow:
+    """The attempt to show: the one named, else the task's latest whose work was taken in."""
+    latest = find_attempt(journal, row.id, task_id, attempt)
+    if attempt is not None or latest.head_commit:
+        return latest
+    committed = [a for a in journal.attempts(row.id, task_id) if a.head_commit]
+    return max(committed, key=lambda a: a.attempt) if committed else latest
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+
+
+def endpoints(root: Path, a: AttemptRow) -> tuple[str, str]:
+    """(from, to) of attempt `a`'s work in the repository at `root`; a UsageError saying
+    why there is none."""
+    what = f"attempt {a.attempt} of {a.task_id!r}"
+    if not a.base_commit:
+        raise UsageError(
+            f"{what} ran in the project directory (isolation: none): its changes were not "
+            "kept apart from the others'",
+            hint="`git status` and `git diff` in the project show what the run left",
+        )
+    if not a.head_commit:
+        why = f" ({a.reason.splitlines()[0]})" if a.reason else ""
+        raise UsageError(
+            f"{what} has no work taken in: it ended {a.state}{why} before its work was committed",
+            hint=f"abreast logs {a.run_id} {a.task_id} --attempt {a.attempt} shows what it did",
+        )
+    for commit in (a.base_commit, a.head_commit):
+        if _git(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+            raise UsageError(
+                f"the commit of {what}'s work ({commit[:12]}) is no longer in {root}: its "
+                "branch was deleted (`abreast cleanup`) and git has since collected it"
+            )
+    base = a.base_commit
+    if _git(root, "merge-base", "--is-ancestor", base, a.head_commit).returncode != 0:
+        # Started on another task's signal: its work was replayed as one commit onto the
+        # integration head, without the files it started with.
+        base = _git(root, "rev-parse", f"{a.head_commit}^").stdout.strip()
+    return base, a.head_commit
+
+
+def show(
+    journal: Journal, row: RunRow, task_id: str, attempt: int | None, git_args: list[str],
+    note: TextIO,
+) -> int:  # fmt: skip
+    a = pick(journal, row, task_id, attempt)
+    root = Path(row.root)
+    base, head = endpoints(root, a)
+    state = a.state + (f": {a.reason.splitlines()[0]}" if a.reason else "")
+    note.write(f"{task_id}, attempt {a.attempt} ({state}): git diff {base[:12]} {head[:12]}\n")
+    note.flush()
+    sys.stdout.flush()
+    # The user's own git, configuration and pager: as `git diff` in their checkout.
+    return subprocess.run(["git", "diff", *git_args, base, head], cwd=root, check=False).returncode
