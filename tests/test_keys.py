@@ -860,6 +860,28 @@ def test_a_key_a_direct_mode_task_writes_into_its_work_is_not_merged(tmp_path: P
         check=True,
     ).stdout.split()
     assert "README.md" in tree and "config.env" not in tree  # careful landed, careless did not
+    # `abreast diff` does not print the key either; which files, it says.
+    shown = subprocess.run(
+        [sys.executable, "-m", "abreast", "diff", "careless"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 2 and key not in shown.stdout + shown.stderr
+    assert "was sent back because its changes hold the value of an API key" in shown.stderr
+    names = subprocess.run(
+        [sys.executable, "-m", "abreast", "diff", "careless", "--name-only"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert names.stdout.split() == ["config.env"], names.stderr
 
 
 def test_canary_key_never_leaks(tmp_path: Path, provider: Provider, redis_url: str) -> None:

@@ -29,6 +29,11 @@ class Verdict:
     kind: str = ""  # e.g. "conflict", "check", "ownership": counted in metrics
 
 
+# How the reason of an attempt sent back for writing a key's value into its work begins
+# (`abreast diff` does not print such an attempt's lines).
+KEY_IN_WORK = "its changes hold the value of an API key"
+
+
 class Isolation:
     """No isolation: every attempt runs in the project directory."""
 

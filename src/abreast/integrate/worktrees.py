@@ -27,7 +27,7 @@ from abreast.coord.location import StateLocation
 from abreast.engine.states import TERMINAL, TaskState
 from abreast.errors import UsageError
 from abreast.integrate import generated
-from abreast.integrate.base import Isolation, Outcome, Verdict
+from abreast.integrate.base import KEY_IN_WORK, Isolation, Outcome, Verdict
 from abreast.integrate.checks import LocalLocks, LockHolder
 from abreast.integrate.guard import SLACK_S, Change, Guard, symlinks_out
 from abreast.integrate.ownership import violations
@@ -401,7 +401,7 @@ class WorktreeIsolation(Isolation):
                 shown = ", ".join(f"{path} (key {fp})" for path, fp in leaked[:10])
                 return Verdict(
                     Outcome.SEND_BACK,
-                    f"its changes hold the value of an API key: {shown}; nothing of it was "
+                    f"{KEY_IN_WORK}: {shown}; nothing of it was "
                     "merged. Keep keys out of files: read them from the environment",
                     kind="secret",
                 )

@@ -17,6 +17,7 @@ from typing import TextIO
 
 from abreast.coord.journal import AttemptRow, Journal, RunRow
 from abreast.errors import UsageError
+from abreast.integrate.base import KEY_IN_WORK
 from abreast.observe.status import find_attempt
 
 
@@ -70,6 +71,14 @@ def show(
     a = pick(journal, row, task_id, attempt)
     root = Path(row.root)
     base, head = endpoints(root, a)
+    if a.reason and a.reason.startswith(KEY_IN_WORK) and not git_args:
+        # Printed, a key would be in a terminal's scrollback, a CI log, a pasted review.
+        raise UsageError(
+            f"attempt {a.attempt} of {task_id!r} was sent back because {a.reason.splitlines()[0]}"
+            ": its lines are not shown",
+            hint=f"--stat or --name-only show which files; `git diff {base[:12]} {head[:12]}` "
+            "shows them, key and all",
+        )
     state = a.state + (f": {a.reason.splitlines()[0]}" if a.reason else "")
     note.write(f"{task_id}, attempt {a.attempt} ({state}): git diff {base[:12]} {head[:12]}\n")
     note.flush()
