@@ -469,3 +469,18 @@ def test_measured_estimates_are_the_median_of_the_latest_five_succeeded_runs(
     assert measured(db_path, "w", "/p", ["a", "b"]) == {"a": (4.0, 5)}
     assert measured(tmp_path / "none.db", "w", "/p", ["a"]) == {}
     assert not (tmp_path / "none.db").exists()  # read, never made
+
+
+def test_analyze_writes_nothing_in_the_project(tmp_path: Path) -> None:
+    # Reading earlier runs' times must not make a journal, nor touch .git/info/exclude.
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    exclude = tmp_path / ".git" / "info" / "exclude"
+    before = exclude.read_bytes() if exclude.exists() else None
+    (tmp_path / "w.yaml").write_text("version: 1\nname: w\ntasks:\n  a: {run: 'true'}\n")
+    result = run_abreast("analyze", "w.yaml", cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert "1m?" in result.out
+    assert not (tmp_path / ".abreast").exists()
+    assert (exclude.read_bytes() if exclude.exists() else None) == before

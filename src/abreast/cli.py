@@ -432,7 +432,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from abreast.coord.location import locate
         from abreast.plan import TaskGraph, history
 
-        location = locate(Path(file), args.state)
+        location = locate(Path(file), args.state, look_only=True)
         graph = TaskGraph.from_workflow(wf, history.for_workflow(wf, location))
     analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph)
     print(render(analysis, args.format))

@@ -81,13 +81,18 @@ def env_state() -> str:
     return os.environ.get("ABREAST_STATE") or ""
 
 
-def locate(workflow_file: Path | None, state: str | None = None) -> StateLocation:
-    """The state location: `state` (from --state) or ABREAST_STATE, else `.abreast/` at the root."""
+def locate(
+    workflow_file: Path | None, state: str | None = None, *, look_only: bool = False
+) -> StateLocation:
+    """The state location: `state` (from --state) or ABREAST_STATE, else `.abreast/` at the
+    root. Unless `look_only`, state kept inside the repository is excluded from git's view
+    (`.git/info/exclude`), before anything is written there."""
     root, in_git = project_root(workflow_file)
+    in_git_to_exclude = in_git and not look_only
     url = state or env_state()
     default_journal = root / STATE_DIR / "state.db"
     if not url:
-        if in_git:
+        if in_git_to_exclude:
             exclude_locally(root, f"/{STATE_DIR}/")
         return StateLocation(
             root, default_journal, root / STATE_DIR / "runs", f"sqlite://{default_journal}", in_git
@@ -100,12 +105,12 @@ def locate(workflow_file: Path | None, state: str | None = None) -> StateLocatio
                 hint="write sqlite:///absolute/path/state.db",
             )
         path = path if path.is_absolute() else Path.cwd() / path
-        if in_git and root in path.parents:
+        if in_git_to_exclude and root in path.parents:
             # State kept inside the repository stays out of the user's git status.
             exclude_locally(root, "/" + str(path.parent.relative_to(root)) + "/")
         return StateLocation(root, path, path.parent / "runs", f"sqlite://{path}", in_git)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        if in_git:
+        if in_git_to_exclude:
             exclude_locally(root, f"/{STATE_DIR}/")
         return StateLocation(root, default_journal, root / STATE_DIR / "runs", url, in_git)
     raise UsageError(
