@@ -1836,3 +1836,48 @@ def test_a_task_without_an_estimate_counts_as_its_time_in_earlier_runs(
     other.write_text(path.read_text().replace('"name": "', '"name": "other-'))
     out = cli("analyze", str(other), "--format", "json").out
     assert {t["id"]: t["estimate_source"] for t in json.loads(out)["tasks"]}["long"] == "assumed"
+
+
+def test_the_live_view_says_about_how_long_the_run_has_left(tmp_path: Path) -> None:
+    # By the estimates (given, or measured in earlier runs): the longer of the longest
+    # chain of unfinished tasks and their work over the cap; nothing when one is a guess.
+    import io
+    import types
+
+    from rich.console import Console
+
+    from abreast.engine.engine import EngineOptions
+    from abreast.engine.states import TaskState
+    from abreast.observe.live import LiveView
+
+    wf = workflow(
+        tmp_path,
+        {
+            "a": {"run": "true", "estimate": "10m"},
+            "b": {"run": "true", "needs": ["a"], "estimate": "5m"},
+            "c": {"run": "true", "estimate": "1m"},
+            "d": {"run": "true", "estimate": "1m"},
+        },
+    )
+    with engine_for(wf, tmp_path / "state.db", EngineOptions(cap=2, flags={})) as engine:
+        assert engine.time_left() == 900  # a -> b: 15m, against 17m of work over 2 slots
+        engine.by_id["a"].state = TaskState.SUCCEEDED
+        assert engine.time_left() == 300  # b alone
+        engine.by_id["b"].state = TaskState.RUNNING
+        engine.by_id["b"].running = types.SimpleNamespace(started_mono=time.monotonic() - 240)
+        assert engine.time_left() == pytest.approx(90, abs=1)  # b 1m left, c, d: 3m over 2
+        engine.options.cap = 1
+        assert engine.time_left() == pytest.approx(180, abs=1)  # one slot: 3m of work
+        out = io.StringIO()
+        view = LiveView(Console(file=out, width=120, force_terminal=False))
+        view.engine = engine
+        view.console.print(view._render())
+        assert "1/4 done" in out.getvalue() and "about 3m left" in out.getvalue()
+    wf.write_text(wf.read_text().replace(', "estimate": "1m"}', "}", 1))  # c: a guess
+    with engine_for(wf, tmp_path / "state2.db", EngineOptions(cap=2, flags={})) as engine:
+        assert engine.time_left() is None
+        out = io.StringIO()
+        view = LiveView(Console(file=out, width=120, force_terminal=False))
+        view.engine = engine
+        view.console.print(view._render())
+        assert "left" not in out.getvalue()

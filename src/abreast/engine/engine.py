@@ -344,6 +344,28 @@ class Engine:
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
 
+    def time_left(self) -> float | None:
+        """About how long the run has left, by its tasks' estimates (given in the file or
+        measured in earlier runs): the longer of its longest chain of unfinished tasks and
+        their work spread over the cap, a running attempt counting what its estimate has
+        left. None when an unfinished task's estimate is only the default's guess."""
+        g, now = self.graph, time.monotonic()
+        left = [0.0] * len(self.tasks)
+        for tr in self.tasks:
+            if tr.state.terminal or tr.state is TaskState.INTEGRATING:
+                continue
+            if not g.estimated[tr.v]:
+                return None
+            est = g.estimate_s[tr.v]
+            if tr.state is TaskState.RUNNING and tr.running is not None:
+                est = max(0.0, est - (now - tr.running.started_mono))
+            left[tr.v] = est
+        order, _, _ = g.levels()
+        chain = [0.0] * len(left)
+        for v in reversed(order):
+            chain[v] = left[v] + max((chain[s] for s in g.succs[v]), default=0.0)
+        return max(max(chain, default=0.0), sum(left) / max(1, self.cap()))
+
     def _note_cap(self) -> None:
         """Journal the cap when it changes (the resource monitor moves it), for watchers."""
         cap = self.cap()

@@ -35,6 +35,8 @@ class LiveView(View):
         self.engine: Engine | None = None
         self._live: Live | None = None
         self._notes: list[str] = []
+        self._left: float | None = None
+        self._left_at = float("-inf")
 
     def begin(self, engine: Engine) -> None:
         self.engine = engine
@@ -51,6 +53,9 @@ class LiveView(View):
         total = len(e.tasks)
         done = sum(counts[s] for s in TaskState if s.terminal)
         progress = f"{done}/{total} done  {clock(e.elapsed())}  cap {e.cap()}"
+        left = self._time_left(e) if done < total else None
+        if left is not None:
+            progress += f"  about {format_duration(left)} left" if left >= 1 else "  <1s left"
         states = " ".join(
             f"{s.value} {c}" for s, c in counts.items() if c and s is not TaskState.PENDING
         )
@@ -96,6 +101,13 @@ class LiveView(View):
                 )
         notes = [Text(n, style="dim") for n in self._notes[-4:]]
         return Group(head, rows, *notes)
+
+    def _time_left(self, e: Engine) -> float | None:
+        """`e.time_left()`, worked out once a second (the view redraws four times)."""
+        now = time.monotonic()
+        if now - self._left_at >= 1.0:
+            self._left, self._left_at = e.time_left(), now
+        return self._left
 
     def started(self, tr: TaskRun) -> None:
         pass
