@@ -27,6 +27,15 @@ _STATE_STYLE = {
 }
 
 
+def _about(seconds: float) -> str:
+    """A time left, as precise as an estimate is: seconds under a minute, then minutes."""
+    if seconds < 1:
+        return "<1s"
+    if seconds < 60:
+        return f"about {round(seconds)}s"
+    return f"about {format_duration(60 * round(seconds / 60))}"
+
+
 class LiveView(View):
     """A progress bar and one line per running or waiting task, redrawn in place."""
 
@@ -55,7 +64,7 @@ class LiveView(View):
         progress = f"{done}/{total} done  {clock(e.elapsed())}  cap {e.cap()}"
         left = self._time_left(e) if done < total else None
         if left is not None:
-            progress += f"  about {format_duration(left)} left" if left >= 1 else "  <1s left"
+            progress += f"  {_about(left)} left"
         states = " ".join(
             f"{s.value} {c}" for s, c in counts.items() if c and s is not TaskState.PENDING
         )
