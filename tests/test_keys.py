@@ -851,6 +851,7 @@ def test_a_key_a_direct_mode_task_writes_into_its_work_is_not_merged(tmp_path: P
     )
     assert key not in ran.stdout + ran.stderr
     run_id = ran.stdout.splitlines()[0][5:]
+    assert f"its work: abreast diff {run_id} careless --name-only" in ran.stdout
     result = f"abreast/{run_id}/_integration"
     tree = subprocess.run(
         ["git", "ls-tree", "-r", "--name-only", result],

@@ -210,7 +210,8 @@ def test_red_check_sends_back_and_exhausted_retries_keep_the_branch(repo: Path) 
         assert lines[1] == "    README is broken"
         assert re.fullmatch(r"    check log: \S+/checks/breaker\.2\.1\.log", lines[2])
         assert lines[3:5] == ["    last lines of the task's log:", "    | breaker did its work"]
-        assert re.fullmatch(r"    task log: \S+/logs/breaker\.2\.log", lines[5])
+        assert lines[5] == f"    its work: abreast diff {run_id} breaker"
+        assert re.fullmatch(r"    task log: \S+/logs/breaker\.2\.log", lines[6])
 
 
 @pytest.mark.parametrize(
@@ -2476,6 +2477,10 @@ def test_abreast_diff_shows_what_a_tasks_attempt_changed(repo: Path) -> None:
     )
     code, out, run_id = run(repo, path)
     assert code == 1, out
+    # The failures say how to see the work of those that committed some.
+    assert f"    its work: abreast diff {run_id} wild\n" in out
+    assert f"abreast diff {run_id} broken" not in out
+    assert f"its work: abreast diff {run_id} wild" in run_abreast("report", cwd=repo).out
     shown = run_abreast("diff", "api", cwd=repo)
     assert shown.code == 0, shown.err
     assert "+++ b/a.txt" in shown.out and "+A" in shown.out and "+more" in shown.out

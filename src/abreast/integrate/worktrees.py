@@ -395,16 +395,6 @@ class WorktreeIsolation(Isolation):
         a.head = head
         if a.onto is None:
             self.journal.stage_attempt(self.run_id, task_id, attempt, head_commit=head)
-        if self.secrets is not None:
-            leaked = await asyncio.to_thread(self.repo.added_secrets, a.base, head, self.secrets())
-            if leaked:
-                shown = ", ".join(f"{path} (key {fp})" for path, fp in leaked[:10])
-                return Verdict(
-                    Outcome.SEND_BACK,
-                    f"{KEY_IN_WORK}: {shown}; nothing of it was "
-                    "merged. Keep keys out of files: read them from the environment",
-                    kind="secret",
-                )
         self.journal.stage_event(  # what the attempt changed, for the report
             self.run_id,
             "work.committed",
@@ -415,6 +405,16 @@ class WorktreeIsolation(Isolation):
             added=added,
             deleted=deleted,
         )
+        if self.secrets is not None:
+            leaked = await asyncio.to_thread(self.repo.added_secrets, a.base, head, self.secrets())
+            if leaked:
+                shown = ", ".join(f"{path} (key {fp})" for path, fp in leaked[:10])
+                return Verdict(
+                    Outcome.SEND_BACK,
+                    f"{KEY_IN_WORK}: {shown}; nothing of it was "
+                    "merged. Keep keys out of files: read them from the environment",
+                    kind="secret",
+                )
         found = await asyncio.to_thread(submodules.own_repos, self.repo, a.path, changed)
         if found:
             a.own_repos = True

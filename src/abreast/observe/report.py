@@ -278,8 +278,13 @@ def text(rep: dict[str, Any]) -> str:
         out += [f"  warning: {w}" for w in rep["warnings"]]
     for f in rep["failures"]:
         out.append("")
+        diff = (
+            rundata.diff_command(rep["run_id"], f["task"], f["reason"])
+            if any(t["id"] == f["task"] and t["changes"] for t in rep["tasks"])
+            else None
+        )
         out += rundata.failure_lines(
-            f["task"], f["state"], f["attempt"], f["reason"], f["log_tail"], f["log"]
+            f["task"], f["state"], f["attempt"], f["reason"], f["log_tail"], f["log"], diff
         )
     queue = _merge_line(rep["merges"])
     if queue:

@@ -177,11 +177,27 @@ def leased_fingerprints(journal: Journal, run_id: str) -> set[str]:
     }
 
 
+def diff_command(run_id: str, task: str, reason: str | None) -> str:
+    """The `abreast diff` that shows a failed task's committed work (only which files, for
+    one sent back for writing a key's value into it)."""
+    from abreast.integrate.base import KEY_IN_WORK
+
+    names = " --name-only" if reason and reason.startswith(KEY_IN_WORK) else ""
+    return f"abreast diff {run_id} {task}{names}"
+
+
 def failure_lines(
-    task: str, state: str, attempt: int, reason: str | None, tail: list[str], log: str | None
+    task: str,
+    state: str,
+    attempt: int,
+    reason: str | None,
+    tail: list[str],
+    log: str | None,
+    diff: str | None = None,
 ) -> list[str]:
     """One failed task, as the run's summary and `abreast report` show it: the reason
-    (a check's output and log included), the end of the task's own log, where that is."""
+    (a check's output and log included), the end of the task's own log, where that is,
+    and (`diff`) the command that shows the work it committed."""
     after = f" after {attempt} attempts" if attempt > 1 else ""
     lines = (reason or "").splitlines() or [""]
     out = [f"  {task} ({state}{after}): {lines[0]}"]
@@ -192,6 +208,8 @@ def failure_lines(
     if tail:
         out.append("    last lines of the task's log:")
         out += [f"    | {line}" for line in tail]
+    if diff:
+        out.append(f"    its work: {diff}")
     if log:
         out.append(f"    task log: {log}")
     return out

@@ -9,6 +9,7 @@ from abreast.engine.states import TaskState
 from abreast.observe.rundata import (
     carry_on_hint,
     changed,
+    diff_command,
     failure_lines,
     retry_hint,
     saved_phrase,
@@ -61,7 +62,14 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
     if n:
         w(f"\n{n} task{'s' if n != 1 else ''} failed:\n")
     for f in outcome.failures:
-        lines = failure_lines(f.task_id, f.state.value, f.attempt, f.reason, f.log_tail, f.log)
+        diff = (
+            diff_command(outcome.run_id, f.task_id, f.reason)
+            if f.task_id in outcome.changes
+            else None
+        )
+        lines = failure_lines(
+            f.task_id, f.state.value, f.attempt, f.reason, f.log_tail, f.log, diff
+        )
         w("\n" + "\n".join(lines) + "\n")
     blocked = [t for t in outcome.tasks if t.state is TaskState.BLOCKED]
     if blocked:
