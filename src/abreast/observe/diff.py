@@ -34,17 +34,17 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
 
 
-def endpoints(root: Path, a: AttemptRow) -> tuple[str, str]:
+def endpoints(root: Path, a: AttemptRow, isolation: str | None = None) -> tuple[str, str]:
     """(from, to) of attempt `a`'s work in the repository at `root`; a UsageError saying
-    why there is none."""
+    why there is none. `isolation`: the run's, as journaled."""
     what = f"attempt {a.attempt} of {a.task_id!r}"
-    if not a.base_commit:
+    if isolation != "worktree" and not a.base_commit:
         raise UsageError(
             f"{what} ran in the project directory (isolation: none): its changes were not "
             "kept apart from the others'",
             hint="`git status` and `git diff` in the project show what the run left",
         )
-    if not a.head_commit:
+    if not a.base_commit or not a.head_commit:
         why = f" ({a.reason.splitlines()[0]})" if a.reason else ""
         raise UsageError(
             f"{what} has no work taken in: it ended {a.state}{why} before its work was committed",
@@ -70,7 +70,7 @@ def show(
 ) -> int:  # fmt: skip
     a = pick(journal, row, task_id, attempt)
     root = Path(row.root)
-    base, head = endpoints(root, a)
+    base, head = endpoints(root, a, row.options.get("isolation"))
     if a.reason and a.reason.startswith(KEY_IN_WORK) and not git_args:
         # Printed, a key would be in a terminal's scrollback, a CI log, a pasted review.
         raise UsageError(
