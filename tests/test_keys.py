@@ -835,23 +835,14 @@ def test_a_key_a_direct_mode_task_writes_into_its_work_is_not_merged(tmp_path: P
     env = {**os.environ, **ident, "WRITTEN_KEY": key}
     subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "wf"], cwd=tmp_path, check=True, env=env)
-    ran = subprocess.run(
-        [sys.executable, "-m", "abreast", "run", str(path), "--plain", "--no-monitor"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert ran.returncode == 1, ran.stdout + ran.stderr
+    ran = run_abreast("run", str(path), "--plain", "--no-monitor", cwd=tmp_path, env=env)
+    assert ran.code == 1, ran.out + ran.err
     assert (
-        f"its changes hold the value of an API key: config.env (key {fingerprint(key)})"
-        in ran.stdout
+        f"its changes hold the value of an API key: config.env (key {fingerprint(key)})" in ran.out
     )
-    assert key not in ran.stdout + ran.stderr
-    run_id = ran.stdout.splitlines()[0][5:]
-    assert f"its work: abreast diff {run_id} careless --name-only" in ran.stdout
+    assert key not in ran.out + ran.err
+    run_id = ran.out.splitlines()[0][5:]
+    assert f"its work: abreast diff {run_id} careless --name-only" in ran.out
     result = f"abreast/{run_id}/_integration"
     tree = subprocess.run(
         ["git", "ls-tree", "-r", "--name-only", result],
@@ -862,27 +853,11 @@ def test_a_key_a_direct_mode_task_writes_into_its_work_is_not_merged(tmp_path: P
     ).stdout.split()
     assert "README.md" in tree and "config.env" not in tree  # careful landed, careless did not
     # `abreast diff` does not print the key either; which files, it says.
-    shown = subprocess.run(
-        [sys.executable, "-m", "abreast", "diff", "careless"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert shown.returncode == 2 and key not in shown.stdout + shown.stderr
-    assert "was sent back because its changes hold the value of an API key" in shown.stderr
-    names = subprocess.run(
-        [sys.executable, "-m", "abreast", "diff", "careless", "--name-only"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert names.stdout.split() == ["config.env"], names.stderr
+    shown = run_abreast("diff", "careless", cwd=tmp_path, env=env)
+    assert shown.code == 2 and key not in shown.out + shown.err
+    assert "was sent back because its changes hold the value of an API key" in shown.err
+    names = run_abreast("diff", "careless", "--name-only", cwd=tmp_path, env=env)
+    assert names.out.split() == ["config.env"], names.err
 
 
 def test_canary_key_never_leaks(tmp_path: Path, provider: Provider, redis_url: str) -> None:
