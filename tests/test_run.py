@@ -1823,8 +1823,12 @@ def test_a_task_without_an_estimate_counts_as_its_time_in_earlier_runs(
     table = cli("analyze", str(path)).out
     assert re.search(r"long +\d+ms~", table), table
     assert "~ no estimate given: the median of its time in the latest runs it succeeded" in table
-    # A second run: the median of the two.
+    # A second run: the median of the two. Its report marks the measured estimates.
     assert cli("run", str(path), "--plain", "--no-monitor").code == 0
+    report = cli("report", "--state", f"sqlite://{db}").out
+    assert re.search(r"\n  long +succeeded .* \d+ms~\n", report), report
+    assert re.search(r"\n  given +succeeded .* 10m\n", report), report
+    assert "(~: an estimate measured in earlier runs: the task gives none)" in report
     walls2 = [w for (w,) in query(db, "SELECT wall_s FROM attempts WHERE task_id = 'long'")]
     assert plan()["long"]["estimate_s"] == pytest.approx(sum(walls2) / 2)
     assert plan()["long"]["measured_runs"] == 2

@@ -36,6 +36,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
     for a in data.attempts:
         busy[a.task_id] = busy.get(a.task_id, 0.0) + (a.wall_s or 0.0)
     estimates = (data.plan or {}).get("estimates", {})
+    measured = set((data.plan or {}).get("measured", []))
     wall = data.wall_s()
     sequential = sum(busy.values())
     saved = sequential - wall
@@ -85,6 +86,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
                 "elapsed_s": elapsed.get(t.task_id, 0.0),
                 "busy_s": busy.get(t.task_id, 0.0),
                 "estimate_s": estimates.get(t.task_id),
+                "estimate_measured": t.task_id in measured,  # in earlier runs, not given
                 "exit_code": t.exit_code,
                 "peak_rss_bytes": t.peak_rss_bytes,
                 "reason": t.reason,
@@ -256,13 +258,19 @@ def text(rep: dict[str, Any]) -> str:
         + ("  CHANGED" if any(t["changes"] for t in rep["tasks"]) else "")
     )
     for t in rep["tasks"]:
-        est = fmt(t["estimate_s"]) if t["estimate_s"] is not None else "-"
+        est = (
+            fmt(t["estimate_s"]) + "~" * t["estimate_measured"]
+            if t["estimate_s"] is not None
+            else "-"
+        )
         out.append(
             f"  {t['id']:<{width}}  {t['state']:<11} {t['attempts']:>5} "
             f"{fmt(t['elapsed_s']):>8} {fmt(t['busy_s']):>8} {est:>8}"
             + (f" {_in_out(t['tokens']):>13}" if counted else "")
             + (f"  {rundata.changed(t['changes'])}" if t["changes"] else "")
         )
+    if any(t["estimate_measured"] for t in rep["tasks"]):
+        out.append("  (~: an estimate measured in earlier runs: the task gives none)")
     if counted:
         out.append(
             f"\n  tokens: {rundata.tokens_line(rep['tokens'])}, as the provider's answers "
