@@ -1885,3 +1885,37 @@ def test_the_live_view_says_about_how_long_the_run_has_left(tmp_path: Path) -> N
         view.engine = engine
         view.console.print(view._render())
         assert "left" not in out.getvalue()
+
+
+def test_status_of_a_running_run_says_about_how_long_it_has_left(tmp_path: Path) -> None:
+    # What the live view says, for whoever looks from another terminal.
+    go = tmp_path / "go"
+    wait = f"while [ ! -e {go} ]; do sleep 0.05; done"
+    path = workflow(
+        tmp_path,
+        {
+            "a": {"run": wait, "estimate": "10m"},
+            "b": {"run": "true", "needs": ["a"], "estimate": "5m"},
+            "c": {"run": "true", "needs": ["a"]},  # no estimate: counted once measured
+        },
+        max_parallel=2,
+    )
+    for runs in range(2):
+        proc, run_id = start_run(path, cwd=tmp_path)
+        with ended_after(proc):
+            wait_for(
+                lambda r=run_id: bool(
+                    re.search(r"\n  a +running", run_abreast("status", r, cwd=tmp_path).out)
+                ),
+                what="a to run",
+            )
+            out = run_abreast("status", run_id, cwd=tmp_path).out
+            if runs == 0:  # c's estimate is a guess: nothing said
+                assert " left" not in out, out
+            else:  # c measured in the first run: a's 10m (less what it ran) and b's 5m
+                assert "  about 15m left, by the estimates\n" in out, out
+            go.touch()
+            proc.communicate(timeout=30)
+            assert proc.returncode == 0
+            go.unlink()
+        assert " left" not in run_abreast("status", run_id, cwd=tmp_path).out  # ended

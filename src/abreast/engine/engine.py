@@ -360,11 +360,9 @@ class Engine:
             if tr.state is TaskState.RUNNING and tr.running is not None:
                 est = max(0.0, est - (now - tr.running.started_mono))
             left[tr.v] = est
-        order, _, _ = g.levels()
-        chain = [0.0] * len(left)
-        for v in reversed(order):
-            chain[v] = left[v] + max((chain[s] for s in g.succs[v]), default=0.0)
-        return max(max(chain, default=0.0), sum(left) / max(1, self.cap()))
+        from abreast.eta import time_left
+
+        return time_left(left, g.succs, g.levels()[0], self.cap())
 
     def _note_cap(self) -> None:
         """Journal the cap when it changes (the resource monitor moves it), for watchers."""

@@ -680,8 +680,11 @@ def plan_summary(a: Analysis) -> dict[str, Any] | None:
         "critical_path": a.critical_path,
         "estimates": {t.id: t.estimate_s for t in a.tasks},
         "estimates_given": any(t.estimated for t in a.tasks),
-        # Those measured in earlier runs (plan/history.py), not given in the file.
+        # Those measured in earlier runs (plan/history.py), not given in the file; and
+        # those with neither (counted as the default).
         "measured": [t.id for t in a.tasks if t.estimate_source == "measured"],
+        "assumed": [t.id for t in a.tasks if t.estimate_source == "assumed"],
+        "max_parallel": a.max_parallel,
         "scheduled_s": a.estimates.scheduled_s,
         "sequential_s": a.estimates.sequential_s,
         "critical_path_s": a.estimates.critical_path_s,

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from abreast.engine.engine import Engine, TaskRun, View
 from abreast.engine.states import TaskState
+from abreast.eta import about
 from abreast.observe.plain import clock, retry_when
 from abreast.spec.durations import format_duration
 
@@ -25,15 +26,6 @@ _STATE_STYLE = {
     TaskState.RUNNING: "cyan",
     TaskState.INTEGRATING: "magenta",
 }
-
-
-def _about(seconds: float) -> str:
-    """A time left, as precise as an estimate is: seconds under a minute, then minutes."""
-    if seconds < 1:
-        return "<1s"
-    if seconds < 60:
-        return f"about {round(seconds)}s"
-    return f"about {format_duration(60 * round(seconds / 60))}"
 
 
 class LiveView(View):
@@ -64,7 +56,7 @@ class LiveView(View):
         progress = f"{done}/{total} done  {clock(e.elapsed())}  cap {e.cap()}"
         left = self._time_left(e) if done < total else None
         if left is not None:
-            progress += f"  {_about(left)} left"
+            progress += f"  {about(left)} left"
         states = " ".join(
             f"{s.value} {c}" for s, c in counts.items() if c and s is not TaskState.PENDING
         )
