@@ -645,14 +645,18 @@ def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
         {
             "name": "live",
             "tasks": {
-                "first": {"run": f"while [ ! -e {gate} ]; do sleep 0.05; done"},
-                "second": {"run": "true", "needs": ["first"]},
+                "first": {"run": f"while [ ! -e {gate} ]; do sleep 0.05; done", "estimate": "1h"},
+                "second": {"run": "true", "needs": ["first"], "estimate": "20m"},
                 "judge": {
                     "run": f'echo \'{{"note": "{html_text}"}}\' > "$ABREAST_OUTPUT"',
                     "gate": "output.note == 'fine'",
                     "max_iterations": 1,
+                    "estimate": "1m",
                 },
-                "late": {"run": f"while [ ! -e {late_gate} ]; do sleep 0.05; done"},
+                "late": {
+                    "run": f"while [ ! -e {late_gate} ]; do sleep 0.05; done",
+                    "estimate": "10m",
+                },
             },
         },
     )
@@ -681,6 +685,9 @@ def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
 
         wait_for(lambda: state_of("first") == "running", what="first to show as running")
         assert state_of("second") == "pending"
+        # By the estimates: first's hour (less what it ran) and second's 20m.
+        summary = driver.find_element("id", "summary")
+        wait_for(lambda: "about 1h20m left" in summary.text, what="the time left")
         loaded_at = driver.execute_script("return performance.timeOrigin")
         gate.touch()
         wait_for(
@@ -714,7 +721,6 @@ def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
         assert shot.stat().st_size > 10_000
         # A drained run says so, live, while what runs finishes.
         assert run_abreast("cancel", run_id, "--drain", cwd=tmp_path).code == 0
-        summary = driver.find_element("id", "summary")
         wait_for(
             lambda: summary.get_attribute("data-stopping") == "draining",
             what="the page to say the run drains",

@@ -307,6 +307,11 @@ class Dashboard:
                 "wall_s": data.wall_s(),
                 "busy_s": data.busy_s(),
                 "pauses": run.pauses,  # before each resume: the timeline leaves them out
+                # About how long it has left, by the estimates (null: not running, or
+                # an unfinished task's estimate is only the default's guess).
+                "time_left_s": rundata.time_left(data.plan, data.tasks, data.attempts)
+                if state == "running"
+                else None,
                 "summary": run.summary,
             },
             "tasks": tasks,

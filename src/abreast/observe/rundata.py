@@ -21,6 +21,45 @@ MERGE_EVENTS = (
 )
 
 
+def time_left(
+    plan: dict[str, Any] | None, tasks: list[TaskRow], attempts: list[AttemptRow]
+) -> float | None:
+    """What the live view says of a running run's time left (`eta`), from the plan kept
+    with it: None where an unfinished task's estimate is the default's guess, or the run
+    is of an abreast that kept no such plan."""
+    from abreast import dag
+    from abreast.engine.states import TERMINAL, TaskState
+    from abreast.eta import time_left as eta
+
+    if not plan or "assumed" not in plan:
+        return None
+    estimates, assumed = plan["estimates"], set(plan["assumed"])
+    started: dict[str, float] = {}
+    for a in attempts:  # the latest attempt's start, per task
+        if a.started_at is not None:
+            started[a.task_id] = max(started.get(a.task_id, 0.0), a.started_at)
+    index = {t.task_id: v for v, t in enumerate(tasks)}
+    left = [0.0] * len(tasks)
+    now = time.time()
+    for v, t in enumerate(tasks):
+        if TaskState(t.state) in TERMINAL or t.state == "integrating":
+            continue
+        if t.task_id in assumed or t.task_id not in estimates:
+            return None
+        est = float(estimates[t.task_id])
+        if t.state == "running" and t.task_id in started:
+            est = max(0.0, est - (now - started[t.task_id]))
+        left[v] = est
+    preds: list[list[int]] = [[] for _ in tasks]
+    succs: list[list[int]] = [[] for _ in tasks]
+    for x, y in plan.get("edges", []):
+        if x in index and y in index:
+            preds[index[y]].append(index[x])
+            succs[index[x]].append(index[y])
+    order = [v for wave in dag.generations(preds)[0] for v in wave]
+    return eta(left, succs, order, int(plan.get("max_parallel") or 1))
+
+
 def first_line(reason: str | None, limit: int = 300) -> str | None:
     """Why an attempt or task ended as it did, in one line (for tooltips and tables)."""
     if not reason:

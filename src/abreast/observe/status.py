@@ -15,7 +15,7 @@ from abreast.coord.journal import DRAIN_REQUESTED, AttemptRow, Journal, RunRow, 
 from abreast.engine.lookup import orchestrator_alive
 from abreast.engine.states import FAILED_STATES, TERMINAL, TaskState
 from abreast.errors import UsageError
-from abreast.eta import about, time_left
+from abreast.eta import about
 from abreast.executor.logs import KeyMasker, open_regular
 from abreast.observe import rundata
 from abreast.observe.output import reader_gone
@@ -122,7 +122,11 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     elif asked == "cancelling":
         out.write("  cancelling: what runs is being stopped\n")
     tasks = journal.tasks(row.id)
-    left = _time_left(journal, row, tasks) if state == "running" else None
+    left = (
+        rundata.time_left(row.options.get("plan"), tasks, journal.attempts(row.id))
+        if state == "running"
+        else None
+    )
     if left is not None:
         out.write(f"  {about(left)} left, by the estimates\n")
     width = max([len(t.task_id) for t in tasks] + [4])
@@ -149,40 +153,6 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         out.write(f"  {rundata.retry_hint(row.id, failed)}\n")
     elif state == "cancelled":
         out.write(f"  {rundata.carry_on_hint(row.id)}\n")
-
-
-def _time_left(journal: Journal, row: RunRow, tasks: list[TaskRow]) -> float | None:
-    """What the live view says of a running run's time left, from the plan kept with it;
-    None where an unfinished task's estimate is the default's guess (or the run is of an
-    abreast that kept no such plan)."""
-    from abreast import dag
-
-    plan = row.options.get("plan") or {}
-    if "assumed" not in plan:
-        return None
-    estimates, assumed = plan["estimates"], set(plan["assumed"])
-    index = {t.task_id: v for v, t in enumerate(tasks)}
-    left = [0.0] * len(tasks)
-    now = time.time()
-    for v, t in enumerate(tasks):
-        if TaskState(t.state) in TERMINAL or t.state == "integrating":
-            continue
-        if t.task_id in assumed or t.task_id not in estimates:
-            return None
-        est = float(estimates[t.task_id])
-        if t.state == "running":
-            started = [a.started_at for a in journal.attempts(row.id, t.task_id) if a.started_at]
-            est = max(0.0, est - (now - max(started))) if started else est
-        left[v] = est
-    preds: list[list[int]] = [[] for _ in tasks]
-    succs: list[list[int]] = [[] for _ in tasks]
-    for x, y in plan.get("edges", []):
-        if x in index and y in index:
-            preds[index[y]].append(index[x])
-            succs[index[x]].append(index[y])
-    waves, _ = dag.generations(preds)
-    order = [v for wave in waves for v in wave]
-    return time_left(left, succs, order, int(plan.get("max_parallel") or 1))
 
 
 def _merge_waits(journal: Journal, run_id: str) -> dict[str, list[str]]:

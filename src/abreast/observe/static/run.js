@@ -24,6 +24,14 @@ function fmt(seconds) {
   return m < 60 ? `${m}m${s}s` : `${Math.floor(m / 60)}h${m % 60}m`;
 }
 
+// A time left, as precise as an estimate is (as `abreast status` says it: eta.py).
+function about(seconds) {
+  if (seconds < 1) return "<1s";
+  if (seconds < 60) return `about ${Math.round(seconds)}s`;
+  const m = Math.round(seconds / 60);
+  return m < 60 ? `about ${m}m` : `about ${Math.floor(m / 60)}h${m % 60 ? `${m % 60}m` : ""}`;
+}
+
 function drawDag(snap) {
   const box = document.getElementById("dag");
   box.replaceChildren();
@@ -113,7 +121,8 @@ function render(snap) {
   const saved = r.busy_s - r.wall_s;
   document.getElementById("summary").textContent =
     `${r.workflow}: ${r.state}${r.stopping ? ` (${r.stopping})` : ""}, ` +
-    `${fmt(r.wall_s)} wall, ${fmt(r.busy_s)} of work` + (saved > 0 ? `, ${fmt(saved)} saved` : "");
+    `${fmt(r.wall_s)} wall, ${fmt(r.busy_s)} of work` + (saved > 0 ? `, ${fmt(saved)} saved` : "") +
+    (r.time_left_s != null ? `, ${about(r.time_left_s)} left` : "");
   document.getElementById("summary").setAttribute("data-state", r.state);
   document.getElementById("summary").setAttribute("data-stopping", r.stopping || "");
   drawDag(snap);
