@@ -1820,6 +1820,10 @@ def test_a_task_without_an_estimate_counts_as_its_time_in_earlier_runs(
     assert tasks["given"]["estimate_source"] == "given"  # the file's estimate wins
     assert tasks["given"]["estimate_s"] == 600
     assert order() == ["given", "long", "short"]
+    said = cli("run", str(path), "--dry-run").out
+    assert re.search(
+        r"\(without an `estimate:`, as measured in earlier runs: short \S+, long \d+ms\)", said
+    ), said
     table = cli("analyze", str(path)).out
     assert re.search(r"long +\d+ms~", table), table
     assert "~ no estimate given: the median of its time in the latest runs it succeeded" in table

@@ -149,6 +149,11 @@ def dry_run(req: RunRequest, out: Any) -> int:
         f"estimated {format_duration(p.analysis.estimates.scheduled_s)} "
         f"(one at a time: {format_duration(p.analysis.estimates.sequential_s)})\n"
     )
+    measured = [t for t in p.analysis.tasks if t.estimate_source == "measured"]
+    if measured:
+        names = ", ".join(f"{t.id} {format_duration(t.estimate_s)}" for t in measured[:8])
+        more = ", ..." if len(measured) > 8 else ""
+        out.write(f"(without an `estimate:`, as measured in earlier runs: {names}{more})\n")
     assumed = [t.id for t in p.analysis.tasks if not t.estimated]
     if assumed:
         from abreast.plan import DEFAULT_ESTIMATE_S
