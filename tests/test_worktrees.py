@@ -2507,3 +2507,10 @@ def test_abreast_diff_shows_what_a_tasks_attempt_changed(repo: Path) -> None:
     inplace = run_abreast("diff", "a", cwd=repo)
     assert inplace.code == 2
     assert "ran in the project directory (isolation: none)" in inplace.err
+    # The project moved since: said, not a traceback.
+    moved = repo.parent / "moved"
+    repo.rename(moved)
+    gone = run_abreast("diff", run_id, "api", cwd=moved)
+    assert gone.code == 2, gone.err
+    assert f"ran in {repo}, where there is no git repository now" in gone.err
+    assert "where the repository is now, `git diff " in gone.err

@@ -70,6 +70,16 @@ def show(
 ) -> int:  # fmt: skip
     a = pick(journal, row, task_id, attempt)
     root = Path(row.root)
+    if not (root / ".git").exists():  # the project moved or was removed since the run
+        commits = (
+            f"git diff {a.base_commit[:12]} {a.head_commit[:12]}"
+            if (a.base_commit and a.head_commit)
+            else None
+        )
+        raise UsageError(
+            f"run {row.id} ran in {root}, where there is no git repository now",
+            hint=f"where the repository is now, `{commits}` shows it" if commits else None,
+        )
     base, head = endpoints(root, a, row.options.get("isolation"))
     if a.reason and a.reason.startswith(KEY_IN_WORK) and not git_args:
         # Printed, a key would be in a terminal's scrollback, a CI log, a pasted review.
