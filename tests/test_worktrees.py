@@ -2470,7 +2470,7 @@ def test_abreast_diff_shows_what_a_tasks_attempt_changed(repo: Path) -> None:
     path = workflow(
         repo,
         {
-            "api": {"run": "echo A > a.txt && echo more >> src/shared.txt"},
+            "api": {"run": "echo building api && echo A > a.txt && echo more >> src/shared.txt"},
             "wild": {"run": "echo W > w.txt && echo X > x.txt", "owns": ["w.txt"]},
             "broken": {"run": "exit 4"},
         },
@@ -2507,10 +2507,20 @@ def test_abreast_diff_shows_what_a_tasks_attempt_changed(repo: Path) -> None:
     inplace = run_abreast("diff", "a", cwd=repo)
     assert inplace.code == 2
     assert "ran in the project directory (isolation: none)" in inplace.err
-    # The project moved since: said, not a traceback.
+    # The project moved since (its journal with it): found where it is now, as the logs
+    # are ("the log of api attempt 1 is gone" named the old path).
     moved = repo.parent / "moved"
     repo.rename(moved)
-    gone = run_abreast("diff", run_id, "api", cwd=moved)
+    there = run_abreast("diff", run_id, "api", cwd=moved)
+    assert there.code == 0 and "+A" in there.out, there.err
+    assert run_abreast("logs", run_id, "api", cwd=moved).out == "building api\n"
+    assert "api    | building api\n" in run_abreast("logs", run_id, "--all", cwd=moved).out
+    # Removed, the journal kept elsewhere: said, not a traceback.
+    kept = repo.parent / "kept"
+    kept.mkdir()
+    shutil.copy(moved / ".abreast" / "state.db", kept / "state.db")
+    shutil.rmtree(moved)
+    gone = run_abreast("diff", "--state", f"sqlite://{kept}/state.db", run_id, "api", cwd=kept)
     assert gone.code == 2, gone.err
     assert f"ran in {repo}, where there is no git repository now" in gone.err
     assert "where the repository is now, `git diff " in gone.err

@@ -699,10 +699,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
         )
     run_id, task_id = args.ids if len(args.ids) == 2 else (None, args.ids[0])
     shape = ["--stat"] if args.stat else ["--name-only"] if args.name_only else []
-    _, journal = open_journal(None, args.state)
+    location, journal = open_journal(None, args.state)
     with journal:
         row = find_run(journal, run_id)
-        return diff.show(journal, row, task_id, args.attempt, shape, sys.stderr)
+        return diff.show(journal, row, task_id, args.attempt, shape, sys.stderr, location.root)
 
 
 def _all_logs(args: argparse.Namespace) -> int:

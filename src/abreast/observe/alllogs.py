@@ -14,7 +14,7 @@ from __future__ import annotations
 import codecs
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO, TextIO
 
 from abreast.coord.journal import AttemptRow, Journal
@@ -96,7 +96,11 @@ def _latest(journal: Journal, run_id: str) -> dict[str, AttemptRow]:
     for a in journal.attempts(run_id):
         if a.task_id not in latest or a.attempt > latest[a.task_id].attempt:
             latest[a.task_id] = a
-    return latest
+    # Where their logs are now (a project moved since the run has them under its journal).
+    return {
+        t: a if (log := rundata.log_of(journal, a)) == a.log else replace(a, log=log)
+        for t, a in latest.items()
+    }
 
 
 def show_all_logs(journal: Journal, run_id: str, out: TextIO, follow: bool, note: TextIO) -> None:

@@ -421,7 +421,7 @@ class Dashboard:
             journal.close()
         if not attempts:
             return PlainTextResponse("(not started)")
-        log = max(attempts, key=lambda a: a.attempt).log or ""
+        log = rundata.log_of(journal, max(attempts, key=lambda a: a.attempt)) or ""
         try:
             with os.fdopen(open_regular(log), "rb") as f:  # a task may put a FIFO there
                 f.seek(0, 2)

@@ -66,18 +66,21 @@ def endpoints(root: Path, a: AttemptRow, isolation: str | None = None) -> tuple[
 
 def show(
     journal: Journal, row: RunRow, task_id: str, attempt: int | None, git_args: list[str],
-    note: TextIO,
+    note: TextIO, here: Path,
 ) -> int:  # fmt: skip
+    """Show the attempt's diff; `here`: the project the journal was found for now."""
     a = pick(journal, row, task_id, attempt)
     root = Path(row.root)
-    if not (root / ".git").exists():  # the project moved or was removed since the run
+    if not (root / ".git").exists() and (here / ".git").exists():
+        root = here  # the project was moved or renamed since the run, its journal with it
+    if not (root / ".git").exists():  # removed since the run, or moved without its journal
         commits = (
             f"git diff {a.base_commit[:12]} {a.head_commit[:12]}"
             if (a.base_commit and a.head_commit)
             else None
         )
         raise UsageError(
-            f"run {row.id} ran in {root}, where there is no git repository now",
+            f"run {row.id} ran in {row.root}, where there is no git repository now",
             hint=f"where the repository is now, `{commits}` shows it" if commits else None,
         )
     base, head = endpoints(root, a, row.options.get("isolation"))

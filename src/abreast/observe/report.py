@@ -50,7 +50,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
     for t in data.tasks:
         if t.state in ("failed", "timed_out"):
             last = latest.get(t.task_id)
-            log = last.log if last else None
+            log = rundata.log_of(journal, last) if last else None
             failures.append(
                 {
                     "task": t.task_id,

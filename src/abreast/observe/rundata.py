@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,18 @@ def time_left(
             succs[index[x]].append(index[y])
     order = [v for wave in dag.generations(preds)[0] for v in wave]
     return eta(left, succs, order, int(plan.get("max_parallel") or 1))
+
+
+def log_of(journal: Journal, a: AttemptRow) -> str | None:
+    """Where attempt `a`'s log is: where it was written, or, when the project (its
+    `.abreast/` with it) was moved or renamed since, the same file under the journal's
+    directory now."""
+    if not a.log or os.path.isdir(os.path.dirname(a.log)):
+        return a.log
+    moved = os.path.join(
+        os.path.dirname(journal.path), "runs", a.run_id, "logs", os.path.basename(a.log)
+    )
+    return moved if os.path.exists(moved) else a.log
 
 
 def first_line(reason: str | None, limit: int = 300) -> str | None:

@@ -292,7 +292,7 @@ def _next_attempt(journal: Journal, a: AttemptRow) -> tuple[AttemptRow, AttemptR
 
 
 def _show_one(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> None:
-    path = Path(a.log or "")
+    path = Path(rundata.log_of(journal, a) or "")
     # An attempt is journaled before its process starts (and makes its log): a follower
     # waits for the log while the attempt is still to run.
     while follow and not path.exists() and _still_running(journal, a):
