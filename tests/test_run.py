@@ -1918,6 +1918,8 @@ def test_status_of_a_running_run_says_about_how_long_it_has_left(tmp_path: Path)
                 assert " left" not in out, out
             else:  # c measured in the first run: a's 10m (less what it ran) and b's 5m
                 assert "  about 15m left, by the estimates\n" in out, out
+                said = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
+                assert 14 * 60 < said["time_left_s"] <= 15 * 60
             go.touch()
             proc.communicate(timeout=30)
             assert proc.returncode == 0

@@ -40,6 +40,7 @@ def stopping(row: RunRow, state: str) -> str | None:
 def status_json(journal: Journal, row: RunRow) -> dict[str, Any]:
     state = run_state(row)
     tokens = rundata.token_use(journal, row.id)
+    tasks = journal.tasks(row.id)
     return {
         "run_id": row.id,
         "workflow": row.workflow,
@@ -47,6 +48,7 @@ def status_json(journal: Journal, row: RunRow) -> dict[str, Any]:
         "stopping": stopping(row, state),
         "started_at": row.started_at,
         "finished_at": row.finished_at,
+        "time_left_s": _time_left(journal, row, tasks) if state == "running" else None,
         "tasks": [
             {
                 "id": t.task_id,
@@ -59,9 +61,13 @@ def status_json(journal: Journal, row: RunRow) -> dict[str, Any]:
                 "reason": t.reason,
                 "tokens": tokens.get(t.task_id),  # through the key proxy; else null
             }
-            for t in journal.tasks(row.id)
+            for t in tasks
         ],
     }
+
+
+def _time_left(journal: Journal, row: RunRow, tasks: list[TaskRow]) -> float | None:
+    return rundata.time_left(row.options.get("plan"), tasks, journal.attempts(row.id))
 
 
 def runs_json(journal: Journal) -> list[dict[str, Any]]:
@@ -122,11 +128,7 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     elif asked == "cancelling":
         out.write("  cancelling: what runs is being stopped\n")
     tasks = journal.tasks(row.id)
-    left = (
-        rundata.time_left(row.options.get("plan"), tasks, journal.attempts(row.id))
-        if state == "running"
-        else None
-    )
+    left = _time_left(journal, row, tasks) if state == "running" else None
     if left is not None:
         out.write(f"  {about(left)} left, by the estimates\n")
     width = max([len(t.task_id) for t in tasks] + [4])
