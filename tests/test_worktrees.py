@@ -2501,6 +2501,15 @@ def test_abreast_diff_shows_what_a_tasks_attempt_changed(repo: Path) -> None:
     assert f"abreast logs {run_id} broken --attempt 1" in broken.err
     nope = run_abreast("diff", "apu", cwd=repo)
     assert "has no task 'apu'; did you mean 'api'?" in nope.err
+    # --all: the run's whole result against where it started, what bringing it in changes
+    # (wild and broken did not land); with its branch deleted, from where work last landed.
+    whole = run_abreast("diff", "--all", "--name-only", cwd=repo)
+    assert whole.out.split() == ["a.txt", "src/shared.txt"], whole.err
+    assert f"run {run_id}, its result (1 task(s) landed): git diff " in whole.err
+    git(repo, "branch", "-D", "-q", integration(run_id))
+    assert run_abreast("diff", run_id, "--all", "--name-only", cwd=repo).out == whole.out
+    both = run_abreast("diff", "--all", "api", "x", cwd=repo)
+    assert both.code == 2 and "takes a run at most" in both.err
     # isolation: none: nothing kept apart.
     none = workflow(repo, {"a": {"run": "echo A > a.txt"}}, isolation="none")
     assert run(repo, none)[0] == 0

@@ -360,8 +360,16 @@ def _args_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _args_diff(p: argparse.ArgumentParser) -> None:
-    p.usage = "%(prog)s [-h] [--attempt N] [--stat | --name-only] [--state URL] [RUN] TASK"
-    p.add_argument("ids", nargs="+", metavar="[RUN] TASK", help="RUN defaults to the latest run")
+    p.usage = (
+        "%(prog)s [-h] [--attempt N] [--stat | --name-only] [--state URL] [RUN] TASK\n"
+        "       abreast diff [-h] --all [--stat | --name-only] [--state URL] [RUN]"
+    )
+    p.add_argument("ids", nargs="*", metavar="[RUN] TASK", help="RUN defaults to the latest run")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="the run's whole result against where it started (what bringing it in changes)",
+    )
     p.add_argument(
         "--attempt",
         type=int,
@@ -692,13 +700,23 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from abreast.engine.lookup import find_run, open_journal
     from abreast.observe import diff
 
-    if len(args.ids) > 2:
+    shape = ["--stat"] if args.stat else ["--name-only"] if args.name_only else []
+    if args.all:
+        if len(args.ids) > 1 or args.attempt is not None:
+            raise UsageError(
+                "abreast diff --all takes a run at most (no task, no --attempt)",
+                hint="abreast diff [RUN] --all; one task's: abreast diff [RUN] TASK",
+            )
+        location, journal = open_journal(None, args.state)
+        with journal:
+            row = find_run(journal, args.ids[0] if args.ids else None)
+            return diff.show_result(journal, row, shape, sys.stderr, location.root)
+    if not args.ids or len(args.ids) > 2:
         raise UsageError(
             f"abreast diff takes a run and a task, not {len(args.ids)} names",
-            hint="abreast diff [RUN] TASK",
+            hint="abreast diff [RUN] TASK; the whole result: abreast diff [RUN] --all",
         )
     run_id, task_id = args.ids if len(args.ids) == 2 else (None, args.ids[0])
-    shape = ["--stat"] if args.stat else ["--name-only"] if args.name_only else []
     location, journal = open_journal(None, args.state)
     with journal:
         row = find_run(journal, run_id)

@@ -30,6 +30,18 @@ def pick(journal: Journal, row: RunRow, task_id: str, attempt: int | None) -> At
     return max(committed, key=lambda a: a.attempt) if committed else latest
 
 
+def _repository(row: RunRow, here: Path, commits: str | None = None) -> Path:
+    """The repository the run's commits are in: where it ran, or `here` (where its journal
+    was found) for a project moved or renamed since, its journal with it."""
+    for root in (Path(row.root), here):
+        if (root / ".git").exists():
+            return root
+    raise UsageError(  # removed since the run, or moved without its journal
+        f"run {row.id} ran in {row.root}, where there is no git repository now",
+        hint=f"where the repository is now, `{commits}` shows it" if commits else None,
+    )
+
+
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
 
@@ -70,19 +82,12 @@ def show(
 ) -> int:  # fmt: skip
     """Show the attempt's diff; `here`: the project the journal was found for now."""
     a = pick(journal, row, task_id, attempt)
-    root = Path(row.root)
-    if not (root / ".git").exists() and (here / ".git").exists():
-        root = here  # the project was moved or renamed since the run, its journal with it
-    if not (root / ".git").exists():  # removed since the run, or moved without its journal
-        commits = (
-            f"git diff {a.base_commit[:12]} {a.head_commit[:12]}"
-            if (a.base_commit and a.head_commit)
-            else None
-        )
-        raise UsageError(
-            f"run {row.id} ran in {row.root}, where there is no git repository now",
-            hint=f"where the repository is now, `{commits}` shows it" if commits else None,
-        )
+    commits = (
+        f"git diff {a.base_commit[:12]} {a.head_commit[:12]}"
+        if a.base_commit and a.head_commit
+        else None
+    )
+    root = _repository(row, here, commits)
     base, head = endpoints(root, a, row.options.get("isolation"))
     if a.reason and a.reason.startswith(KEY_IN_WORK) and not git_args:
         # Printed, a key would be in a terminal's scrollback, a CI log, a pasted review.
@@ -97,4 +102,37 @@ def show(
     note.flush()
     sys.stdout.flush()
     # The user's own git, configuration and pager: as `git diff` in their checkout.
+    return subprocess.run(["git", "diff", *git_args, base, head], cwd=root, check=False).returncode
+
+
+def show_result(
+    journal: Journal, row: RunRow, git_args: list[str], note: TextIO, here: Path
+) -> int:
+    """What the run's result changes against where it started: what bringing it in would
+    change (`abreast diff --all`)."""
+    root = _repository(row, here)
+    base = row.options.get("base_commit")
+    if not base:
+        raise UsageError(
+            f"run {row.id} ran in the project directory (isolation: none): there is no "
+            "result apart from your checkout",
+            hint="`git status` and `git diff` in the project show what the run left",
+        )
+    branch = f"abreast/{row.id}/_integration"
+    head = _git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}").stdout.strip()
+    landed = journal.events(row.id, types=("merge.landed",))
+    if not head:  # deleted (`abreast cleanup --results`, or by hand): where work last landed
+        last = landed[-1].data if landed else {}
+        head = str(last.get("moved_to") or last.get("commit") or "")
+        if not head or _git(root, "cat-file", "-e", f"{head}^{{commit}}").returncode != 0:
+            raise UsageError(
+                f"run {row.id}'s result branch {branch} is gone"
+                + (", and so are its commits" if head else ", and nothing of it landed")
+            )
+    tasks = len({e.task_id for e in landed})
+    note.write(
+        f"run {row.id}, its result ({tasks} task(s) landed): git diff {base[:12]} {head[:12]}\n"
+    )
+    note.flush()
+    sys.stdout.flush()
     return subprocess.run(["git", "diff", *git_args, base, head], cwd=root, check=False).returncode
