@@ -673,12 +673,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     if args.all or not args.ids:
         return _all_logs(args)
-    if len(args.ids) > 2:
-        raise UsageError(
-            f"abreast logs takes a run and a task, not {len(args.ids)} names",
-            hint="abreast logs [RUN] TASK",
-        )
-    run_id, task_id = args.ids if len(args.ids) == 2 else (None, args.ids[0])
+    run_id, task_id = _run_and_task(args.ids, "logs")
     _, journal = open_journal(None, args.state)
     with journal:
         row = find_run(journal, run_id)
@@ -696,6 +691,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_and_task(ids: list[str], command: str, more: str = "") -> tuple[str | None, str]:
+    """`[RUN] TASK` of `abreast logs` and `abreast diff`: RUN None for the latest run."""
+    if not ids or len(ids) > 2:
+        raise UsageError(
+            f"abreast {command} takes a run and a task, not {len(ids)} names",
+            hint=f"abreast {command} [RUN] TASK{more}",
+        )
+    return (ids[0], ids[1]) if len(ids) == 2 else (None, ids[0])
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from abreast.engine.lookup import find_run, open_journal
     from abreast.observe import diff
@@ -711,12 +716,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         with journal:
             row = find_run(journal, args.ids[0] if args.ids else None)
             return diff.show_result(journal, row, shape, sys.stderr, location.root)
-    if not args.ids or len(args.ids) > 2:
-        raise UsageError(
-            f"abreast diff takes a run and a task, not {len(args.ids)} names",
-            hint="abreast diff [RUN] TASK; the whole result: abreast diff [RUN] --all",
-        )
-    run_id, task_id = args.ids if len(args.ids) == 2 else (None, args.ids[0])
+    run_id, task_id = _run_and_task(
+        args.ids, "diff", "; the whole result: abreast diff [RUN] --all"
+    )
     location, journal = open_journal(None, args.state)
     with journal:
         row = find_run(journal, run_id)
