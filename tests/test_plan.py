@@ -471,7 +471,7 @@ def test_measured_estimates_are_the_median_of_the_latest_five_succeeded_runs(
     assert not (tmp_path / "none.db").exists()  # read, never made
 
 
-def test_analyze_writes_nothing_in_the_project(tmp_path: Path) -> None:
+def test_analyze_and_a_dry_run_write_nothing_in_the_project(tmp_path: Path) -> None:
     # Reading earlier runs' times must not make a journal, nor touch .git/info/exclude.
     import subprocess
 
@@ -482,5 +482,7 @@ def test_analyze_writes_nothing_in_the_project(tmp_path: Path) -> None:
     result = run_abreast("analyze", "w.yaml", cwd=tmp_path)
     assert result.code == 0, result.err
     assert "1m?" in result.out
+    # Nor does `run --dry-run` ("runs nothing, writes nothing"): it added the line.
+    assert run_abreast("run", "w.yaml", "--dry-run", cwd=tmp_path).code == 0
     assert not (tmp_path / ".abreast").exists()
     assert (exclude.read_bytes() if exclude.exists() else None) == before

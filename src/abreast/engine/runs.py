@@ -100,7 +100,8 @@ def new_run_id(name: str) -> str:
     return f"{name}-{stamp}-{os.urandom(2).hex()}"
 
 
-def prepare(req: RunRequest) -> Prepared:
+def prepare(req: RunRequest, *, look_only: bool = False) -> Prepared:
+    """The run `req` asks for, planned; `look_only` (a dry run): nothing written."""
     # An empty --run-id (`--run-id "$RUN"` with RUN unset) is a mistake, not a request
     # for a new id; a dry run says so too.
     if req.run_id is not None and not _RUN_ID.fullmatch(req.run_id):
@@ -110,7 +111,7 @@ def prepare(req: RunRequest) -> Prepared:
         )
     whole = expand_env(load_workflow(req.file), os.environ)
     wf = only_tasks(whole, req.only) if req.only else whole
-    location = locate(req.file, req.state)
+    location = locate(req.file, req.state, look_only=look_only)
     flags = {**wf.flags, **flag_overrides(wf, req.flags)}
     cap = parallel_cap(wf, req.max_parallel, req.sequential)
     graph = TaskGraph.from_workflow(wf, history.for_workflow(wf, location))
@@ -131,7 +132,7 @@ def _only_note(p: Prepared) -> str:
 def dry_run(req: RunRequest, out: Any) -> int:
     from abreast.spec.durations import counted, format_duration
 
-    p = prepare(req)
+    p = prepare(req, look_only=True)
     if p.left_out:
         _note(_only_note(p))
     out.write(
