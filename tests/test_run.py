@@ -1891,6 +1891,16 @@ def test_the_live_view_says_about_how_long_the_run_has_left(tmp_path: Path) -> N
         assert "left" not in out.getvalue()
 
 
+@contextlib.contextmanager
+def _touched_at_exit(gate: Path) -> Iterator[None]:
+    """The gate a task waits on is opened whatever happens, so that a failed test leaves
+    no task shell waiting for it."""
+    try:
+        yield
+    finally:
+        gate.touch()
+
+
 def test_status_of_a_running_run_says_about_how_long_it_has_left(tmp_path: Path) -> None:
     # What the live view says, for whoever looks from another terminal.
     go = tmp_path / "go"
@@ -1906,7 +1916,7 @@ def test_status_of_a_running_run_says_about_how_long_it_has_left(tmp_path: Path)
     )
     for runs in range(2):
         proc, run_id = start_run(path, cwd=tmp_path)
-        with ended_after(proc):
+        with ended_after(proc), _touched_at_exit(go):
             wait_for(
                 lambda r=run_id: bool(
                     re.search(r"\n  a +running", run_abreast("status", r, cwd=tmp_path).out)
@@ -1923,5 +1933,56 @@ def test_status_of_a_running_run_says_about_how_long_it_has_left(tmp_path: Path)
             go.touch()
             proc.communicate(timeout=30)
             assert proc.returncode == 0
-            go.unlink()
+        go.unlink()
         assert " left" not in run_abreast("status", run_id, cwd=tmp_path).out  # ended
+
+
+def test_a_cancel_sends_a_task_one_term_not_one_more_when_its_shell_dies_first(
+    tmp_path: Path,
+) -> None:
+    # A cancel TERMed the task's group; its shell died at once, the engine saw the group
+    # outlive it and TERMed it again within milliseconds. `abreast lock` takes a second
+    # signal as a second Ctrl-C and KILLs its command: a Ctrl-C on a run KILLed the tests
+    # a task ran under the test lock, with no time to end cleanly (and a test of that
+    # failed about one run in twenty). And a second Ctrl-C while the run waited out the
+    # grace ended abreast ("abreast: interrupted") and left that process running on.
+    counts, ready = tmp_path / "terms", tmp_path / "ready"
+    counter = tmp_path / "counter.py"
+    counter.write_text(
+        "import signal, sys, time\n"
+        "n = 0\n"
+        "def term(*_):\n"
+        "    global n\n"
+        "    n += 1\n"
+        "    open(sys.argv[1], 'w').write(str(n))\n"
+        "signal.signal(signal.SIGTERM, term)\n"
+        # A real-time signal is delivered after any standard one pending: when it is
+        # handled, every TERM sent before it has been counted.
+        "signal.signal(signal.SIGRTMIN, lambda *_: open(sys.argv[1] + '.rt', 'w').write(str(n)))\n"
+        "import os\n"
+        "open(sys.argv[2], 'w').write(str(os.getpid()))\n"
+        "while True:\n"
+        "    time.sleep(1)\n"
+    )
+    path = workflow(tmp_path, {"a": {"run": f"{PY} {counter} {counts} {ready}; echo after"}})
+    proc, _ = start_run(path, cwd=tmp_path)
+    counter_pid = 0
+    try:
+        with ended_after(proc):
+            wait_for(lambda: ready.exists() and ready.read_text() != "", what="the counter")
+            counter_pid = int(ready.read_text())
+            proc.send_signal(signal.SIGINT)
+            wait_for(
+                lambda: journal(tmp_path, "SELECT state FROM tasks")[0][0] == "cancelled",
+                what="the task's shell to end",
+            )
+            os.kill(counter_pid, signal.SIGRTMIN)
+            rt = Path(f"{counts}.rt")
+            wait_for(rt.exists, what="the counter to say how many TERMs it got")
+            assert rt.read_text() == "1"
+            proc.send_signal(signal.SIGINT)  # the second: no more grace
+            proc.communicate(timeout=30)
+        wait_for(lambda: not pid_alive(counter_pid), what="the counter to be gone")
+    finally:
+        if counter_pid and pid_alive(counter_pid):
+            os.kill(counter_pid, signal.SIGKILL)

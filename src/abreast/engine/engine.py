@@ -48,6 +48,7 @@ from abreast.executor.process import (
     kill_tree,
     leases_env,
     reap_orphans,
+    signal_tree,
 )
 from abreast.integrate.base import Isolation, Outcome, Verdict
 from abreast.plan.dispatch import Dispatcher, Policy
@@ -1103,9 +1104,22 @@ class Engine:
         self._kill(running)
 
     def _kill(self, running: Running) -> None:
+        if running.pgid in self._ending_groups and not self._force_kill:
+            # Already being ended (a cancel, a timeout): its TERM was sent and its KILL
+            # follows the grace. A second TERM (its first process exited, leaving the rest
+            # of the group) is a second Ctrl-C to those that count them: `abreast lock`
+            # KILLed its command at once, with no time to end cleanly.
+            return
         grace = 0.0 if self._force_kill else self.options.kill_grace_s
         assert self._executor is not None
         self._killing_group(running.pgid, self._executor.kill(running, grace))
+
+    def _kill_ending_groups(self) -> None:
+        """KILL now the groups being ended with a grace (an attempt whose shell died at the
+        first TERM, leaving a process that ignores it): their `kill_tree` then sees them
+        gone and ends."""
+        for pgid in list(self._ending_groups):
+            signal_tree(pgid, signal.SIGKILL)
 
     def _killing_group(self, pgid: int, kill: Coroutine[Any, Any, None]) -> None:
         """Run `kill` (of process group `pgid`) to its end; the run's end waits for it."""
@@ -1205,6 +1219,7 @@ class Engine:
         if self._cancelling:
             self._force_kill = True
             self.view.note("killing everything now")
+            self._kill_ending_groups()
             for running in list(self._executor.running.values() if self._executor else []):
                 self._kill(running)
             self.isolation.abort(0.0)
@@ -1414,6 +1429,30 @@ class Engine:
         tail = self._log_tail(tr)
         return reason + ("\nlast lines of its log:\n" + "\n".join(tail) if tail else "")
 
+    async def _wait_for_kills(self) -> None:
+        """Wait for the groups being ended (up to their grace). A Ctrl-C (or TERM, or the
+        terminal closing) meanwhile is "kill at once", as it is while the run goes: it
+        ended abreast then, and the processes waited for ran on after it."""
+        loop = asyncio.get_running_loop()
+        installed = []
+
+        def now() -> None:
+            self.view.note("killing everything now")
+            self._kill_ending_groups()
+
+        heard = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hangup_heard() else ())
+        for sig in heard:
+            try:
+                loop.add_signal_handler(sig, now)
+                installed.append(sig)
+            except (ValueError, RuntimeError):
+                pass  # not the main thread (tests driving the engine)
+        try:
+            await asyncio.gather(*self._killing, return_exceptions=True)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
     def _log_tail(self, tr: TaskRun) -> list[str]:
         """The last lines of the attempt's log, as abreast records and shows them: a key
         the task was leased, printed there, becomes its fingerprint."""
@@ -1425,7 +1464,7 @@ class Engine:
 
     async def _finish_run(self) -> RunOutcome:
         if self._killing:
-            await asyncio.gather(*self._killing, return_exceptions=True)
+            await self._wait_for_kills()
         if self._scrubs:
             await asyncio.gather(*self._scrubs, return_exceptions=True)
         busy = sum(tr.busy_s for tr in self.tasks)
