@@ -1104,7 +1104,7 @@ class Engine:
         self._kill(running)
 
     def _kill(self, running: Running) -> None:
-        if running.pgid in self._ending_groups and not self._force_kill:
+        if running.pgid > 1 and running.pgid in self._ending_groups and not self._force_kill:
             # Already being ended (a cancel, a timeout): its TERM was sent and its KILL
             # follows the grace. A second TERM (its first process exited, leaving the rest
             # of the group) is a second Ctrl-C to those that count them: `abreast lock`
@@ -1119,7 +1119,8 @@ class Engine:
         first TERM, leaving a process that ignores it): their `kill_tree` then sees them
         gone and ends."""
         for pgid in list(self._ending_groups):
-            signal_tree(pgid, signal.SIGKILL)
+            if pgid > 1:  # a local process group (a Ray attempt has none here: 0)
+                signal_tree(pgid, signal.SIGKILL)
 
     def _killing_group(self, pgid: int, kill: Coroutine[Any, Any, None]) -> None:
         """Run `kill` (of process group `pgid`) to its end; the run's end waits for it."""
