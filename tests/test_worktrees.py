@@ -2445,6 +2445,32 @@ def test_generated_files_a_task_owns_or_the_project_tracks_are_its_work(repo: Pa
     assert "left out" not in out
 
 
+def test_a_signal_snapshot_leaves_out_what_tools_generated(repo: Path) -> None:
+    # api ran `npm install` before signalling: its waiting task started with node_modules
+    # checked out (thousands of files), though none of it would ever land.
+    path = workflow(
+        repo,
+        {
+            "api": {
+                "signals": ["ready"],
+                "run": "mkdir -p node_modules/dep && echo 1 > node_modules/dep/i.js && "
+                f"echo v1 > api.txt && {PY} -m abreast signal ready",
+            },
+            "client": {
+                "needs": ["api:ready"],
+                "run": "cat api.txt > client.txt && "
+                "if [ -e node_modules ]; then echo yes; else echo no; fi > seen.txt",
+            },
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    result = integration(run_id)
+    assert show(repo, result, "client.txt") == "v1\n"  # the snapshot had api's work
+    assert show(repo, result, "seen.txt") == "no\n"  # and not what npm made
+    assert "node_modules/dep/i.js" not in tree(repo, result)
+
+
 def test_generated_roots_are_the_outermost_directory_tools_make() -> None:
     from abreast.integrate.generated import owned, roots
 

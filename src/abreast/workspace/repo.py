@@ -493,6 +493,7 @@ def snapshot(path: Path, ref: str, message: str) -> str:
         env = {"GIT_INDEX_FILE": os.path.join(d, "index")}
         repo.git("read-tree", "HEAD", cwd=path, env=env)
         repo.git("add", "-A", cwd=path, env=env)
+        _leave_out_generated(repo, path, env)
         tree = repo.git("write-tree", cwd=path, env=env).stdout.strip()
     head = repo.git("rev-parse", "HEAD", cwd=path).stdout.strip()
     commit = repo.commit_tree(tree, [head], message)
@@ -503,6 +504,28 @@ def snapshot(path: Path, ref: str, message: str) -> str:
         submodules.keep_commits(repo, path, subs, repo.changed_paths(head, commit))
     repo.git("update-ref", ref, commit)
     return commit
+
+
+def _leave_out_generated(repo: Repo, path: Path, env: dict[str, str]) -> None:
+    """Take out of the index `env` names what tools generated that HEAD does not have
+    (integrate/generated.py): a task's `npm install` is no part of the snapshot its
+    waiting tasks start with, as it is no part of its work."""
+    from abreast.integrate import generated
+
+    added = repo.git(
+        "diff", "--cached", "--name-only", "-z", "--no-renames", "--diff-filter=A",
+        cwd=path, env=env,
+    ).stdout.split("\0")  # fmt: skip
+    roots = list(generated.roots(p for p in added if p))
+    if roots:  # not those HEAD has (a project that vendors its dependencies)
+        had = repo.git("ls-tree", "-z", "--name-only", "HEAD", "--", *roots, cwd=path).stdout
+        roots = [r for r in roots if r not in set(had.split("\0"))]
+    if roots:
+        repo.git(
+            "rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch",
+            "--pathspec-from-file=-", "--pathspec-file-nul",
+            cwd=path, env={**env, "GIT_LITERAL_PATHSPECS": "1"}, input_="\0".join(roots),
+        )  # fmt: skip
 
 
 def dirty_paths(repo: Repo, path: Path) -> list[str]:
