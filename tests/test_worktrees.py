@@ -2445,6 +2445,29 @@ def test_generated_files_a_task_owns_or_the_project_tracks_are_its_work(repo: Pa
     assert "left out" not in out
 
 
+def test_abreast_diff_of_an_attempt_still_running_says_so(repo: Path, tmp_path: Path) -> None:
+    # It said "it ended running before its work was committed".
+    go = tmp_path / "go"
+    path = workflow(repo, {"a": {"run": f"while [ ! -e {go} ]; do sleep 0.05; done"}})
+    proc, run_id = start_run(path, cwd=repo)
+    try:
+        with ended_after(proc):
+            wait_for(
+                lambda: (
+                    query(repo / ".abreast" / "state.db", "SELECT count(*) FROM attempts") == [(1,)]
+                ),
+                what="a to start",
+            )
+            said = run_abreast("diff", "a", cwd=repo)
+            assert said.code == 2
+            assert "attempt 1 of 'a' has not ended, so its work is not taken in yet" in said.err
+            assert f"`abreast status {run_id}` says whether it runs" in said.err
+            go.touch()
+            proc.communicate(timeout=30)
+    finally:
+        go.touch()
+
+
 def test_a_signal_snapshot_leaves_out_what_tools_generated(repo: Path) -> None:
     # api ran `npm install` before signalling: its waiting task started with node_modules
     # checked out (thousands of files), though none of it would ever land.

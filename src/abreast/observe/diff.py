@@ -56,6 +56,12 @@ def endpoints(root: Path, a: AttemptRow, isolation: str | None = None) -> tuple[
             "kept apart from the others'",
             hint="`git status` and `git diff` in the project show what the run left",
         )
+    if a.ended_at is None and not a.head_commit:
+        raise UsageError(
+            f"{what} has not ended, so its work is not taken in yet",
+            hint=f"`abreast status {a.run_id}` says whether it runs; its run interrupted, "
+            f"`abreast resume {a.run_id}` carries it on",
+        )
     if not a.base_commit or not a.head_commit:
         why = f" ({a.reason.splitlines()[0]})" if a.reason else ""
         raise UsageError(
