@@ -2495,7 +2495,7 @@ def test_a_signal_snapshot_leaves_out_what_tools_generated(repo: Path) -> None:
 
 
 def test_generated_roots_are_the_outermost_directory_tools_make() -> None:
-    from abreast.integrate.generated import owned, roots
+    from abreast.workspace.generated import owned, roots
 
     assert roots(
         [

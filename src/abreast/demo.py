@@ -142,7 +142,7 @@ def make_project(root: Path, isolation: str = "none") -> Path:
 
 def describe_result(root: Path, run_id: str) -> str:
     """What landed on the run's integration branch, file by file; and that main is as it was."""
-    from abreast.integrate.worktrees import integration_branch
+    from abreast.integrate.base import integration_branch
     from abreast.workspace.repo import Repo, dirty_paths
 
     repo = Repo(root)

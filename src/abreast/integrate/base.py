@@ -29,6 +29,13 @@ class Verdict:
     kind: str = ""  # e.g. "conflict", "check", "ownership": counted in metrics
 
 
+def integration_branch(run_id: str) -> str:
+    """Where a run's work lands (worktree isolation): git cannot hold a branch
+    `abreast/<run>` beside the task branches `abreast/<run>/<task>`, and task ids cannot
+    start with `_`."""
+    return f"abreast/{run_id}/_integration"
+
+
 # How the reason of an attempt sent back for writing a key's value into its work begins
 # (`abreast diff` does not print such an attempt's lines).
 KEY_IN_WORK = "its changes hold the value of an API key"

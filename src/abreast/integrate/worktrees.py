@@ -26,15 +26,14 @@ from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
 from abreast.engine.states import TERMINAL, TaskState
 from abreast.errors import UsageError
-from abreast.integrate import generated
-from abreast.integrate.base import KEY_IN_WORK, Isolation, Outcome, Verdict
+from abreast.integrate.base import KEY_IN_WORK, Isolation, Outcome, Verdict, integration_branch
 from abreast.integrate.checks import LocalLocks, LockHolder
 from abreast.integrate.guard import SLACK_S, Change, Guard, symlinks_out
 from abreast.integrate.ownership import violations
 from abreast.integrate.queue import MergeJob, MergeQueue, check_env
 from abreast.plan.graph import TaskGraph
 from abreast.spec.model import Workflow
-from abreast.workspace import provision, pyenv, submodules
+from abreast.workspace import generated, provision, pyenv, submodules
 from abreast.workspace.git import GitError
 from abreast.workspace.pool import WorktreePool
 from abreast.workspace.provision import Provision
@@ -52,10 +51,6 @@ from abreast.workspace.repo import (
 
 def integration_ref(run_id: str) -> str:
     return f"refs/heads/{integration_branch(run_id)}"
-
-
-def integration_branch(run_id: str) -> str:
-    return f"abreast/{run_id}/_integration"
 
 
 def recover_result(root: Path, journal: Journal, run_id: str) -> str | None:

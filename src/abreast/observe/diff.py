@@ -17,8 +17,9 @@ from typing import TextIO
 
 from abreast.coord.journal import AttemptRow, Journal, RunRow
 from abreast.errors import UsageError
-from abreast.integrate.base import KEY_IN_WORK
+from abreast.integrate.base import KEY_IN_WORK, integration_branch
 from abreast.observe.status import find_attempt
+from abreast.workspace.git import git
 
 
 def pick(journal: Journal, row: RunRow, task_id: str, attempt: int | None) -> AttemptRow:
@@ -43,7 +44,9 @@ def _repository(row: RunRow, here: Path, commits: str | None = None) -> Path:
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+    """A question to git in the repository at `root` (through abreast's own runner: the
+    user's hooks off, a clear error when git is missing)."""
+    return git(*args, cwd=root, check=False)
 
 
 def endpoints(root: Path, a: AttemptRow, isolation: str | None = None) -> tuple[str, str]:
@@ -104,11 +107,7 @@ def show(
             "shows them, key and all",
         )
     state = a.state + (f": {a.reason.splitlines()[0]}" if a.reason else "")
-    note.write(f"{task_id}, attempt {a.attempt} ({state}): git diff {base[:12]} {head[:12]}\n")
-    note.flush()
-    sys.stdout.flush()
-    # The user's own git, configuration and pager: as `git diff` in their checkout.
-    return subprocess.run(["git", "diff", *git_args, base, head], cwd=root, check=False).returncode
+    return _diff(root, git_args, base, head, f"{task_id}, attempt {a.attempt} ({state})", note)
 
 
 def show_result(
@@ -124,7 +123,7 @@ def show_result(
             "result apart from your checkout",
             hint="`git status` and `git diff` in the project show what the run left",
         )
-    branch = f"abreast/{row.id}/_integration"
+    branch = integration_branch(row.id)
     head = _git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}").stdout.strip()
     landed = journal.events(row.id, types=("merge.landed",))
     if not head:  # deleted (`abreast cleanup --results`, or by hand): where work last landed
@@ -136,9 +135,15 @@ def show_result(
                 + (", and so are its commits" if head else ", and nothing of it landed")
             )
     tasks = len({e.task_id for e in landed})
-    note.write(
-        f"run {row.id}, its result ({tasks} task(s) landed): git diff {base[:12]} {head[:12]}\n"
+    return _diff(
+        root, git_args, base, head, f"run {row.id}, its result ({tasks} task(s) landed)", note
     )
+
+
+def _diff(root: Path, git_args: list[str], base: str, head: str, what: str, note: TextIO) -> int:
+    """Say on `note` (stderr) what is shown, so that stdout is the diff alone; then show it
+    with the user's own git, configuration and pager, as `git diff` in their checkout."""
+    note.write(f"{what}: git diff {base[:12]} {head[:12]}\n")
     note.flush()
     sys.stdout.flush()
     return subprocess.run(["git", "diff", *git_args, base, head], cwd=root, check=False).returncode

@@ -284,11 +284,12 @@ def text(rep: dict[str, Any]) -> str:
     if rep["warnings"]:
         out.append("")
         out += [f"  warning: {w}" for w in rep["warnings"]]
+    committed = {t["id"] for t in rep["tasks"] if t["changes"]}
     for f in rep["failures"]:
         out.append("")
         diff = (
             rundata.diff_command(rep["run_id"], f["task"], f["reason"])
-            if any(t["id"] == f["task"] and t["changes"] for t in rep["tasks"])
+            if f["task"] in committed
             else None
         )
         out += rundata.failure_lines(

@@ -28,7 +28,6 @@ def time_left(
     """What the live view says of a running run's time left (`eta`), from the plan kept
     with it: None where an unfinished task's estimate is the default's guess, or the run
     is of an abreast that kept no such plan."""
-    from abreast import dag
     from abreast.engine.states import TERMINAL, TaskState
     from abreast.eta import time_left as eta
 
@@ -51,13 +50,12 @@ def time_left(
         if t.state == "running" and t.task_id in started:
             est = max(0.0, est - (now - started[t.task_id]))
         left[v] = est
-    preds: list[list[int]] = [[] for _ in tasks]
     succs: list[list[int]] = [[] for _ in tasks]
     for x, y in plan.get("edges", []):
         if x in index and y in index:
-            preds[index[y]].append(index[x])
             succs[index[x]].append(index[y])
-    order = [v for wave in dag.generations(preds)[0] for v in wave]
+    # The plan's waves are a topological order already.
+    order = [index[t] for wave in plan.get("waves", []) for t in wave if t in index]
     return eta(left, succs, order, int(plan.get("max_parallel") or 1))
 
 

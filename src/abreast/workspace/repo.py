@@ -158,14 +158,21 @@ class Repo:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="tree-", dir=self.abreast_dir) as d:
-            env = {"GIT_INDEX_FILE": os.path.join(d, "index"), "GIT_LITERAL_PATHSPECS": "1"}
+            env = {"GIT_INDEX_FILE": os.path.join(d, "index")}
             self.git("read-tree", commit, env=env)
-            self.git(
-                "rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch",
-                "--pathspec-from-file=-", "--pathspec-file-nul",
-                env=env, input_="\0".join(paths),
-            )  # fmt: skip
+            self.unindex(paths, env)
             return self.git("write-tree", env=env).stdout.strip()
+
+    def unindex(self, paths: list[str], env: dict[str, str]) -> None:
+        """Take `paths` (files or directories, taken literally) out of the index `env`
+        names (GIT_INDEX_FILE), leaving every file alone."""
+        if not paths:
+            return
+        self.git(
+            "rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch",
+            "--pathspec-from-file=-", "--pathspec-file-nul",
+            env={**env, "GIT_LITERAL_PATHSPECS": "1"}, input_="\0".join(paths),
+        )  # fmt: skip
 
     def existing(self, commit: str, paths: list[str]) -> set[str]:
         """Those of `paths` that `commit` has (files or directories)."""
@@ -508,9 +515,9 @@ def snapshot(path: Path, ref: str, message: str) -> str:
 
 def _leave_out_generated(repo: Repo, path: Path, env: dict[str, str]) -> None:
     """Take out of the index `env` names what tools generated that HEAD does not have
-    (integrate/generated.py): a task's `npm install` is no part of the snapshot its
+    (workspace/generated.py): a task's `npm install` is no part of the snapshot its
     waiting tasks start with, as it is no part of its work."""
-    from abreast.integrate import generated
+    from abreast.workspace import generated
 
     added = repo.git(
         "diff", "--cached", "--name-only", "-z", "--no-renames", "--diff-filter=A",
@@ -518,14 +525,8 @@ def _leave_out_generated(repo: Repo, path: Path, env: dict[str, str]) -> None:
     ).stdout.split("\0")  # fmt: skip
     roots = list(generated.roots(p for p in added if p))
     if roots:  # not those HEAD has (a project that vendors its dependencies)
-        had = repo.git("ls-tree", "-z", "--name-only", "HEAD", "--", *roots, cwd=path).stdout
-        roots = [r for r in roots if r not in set(had.split("\0"))]
-    if roots:
-        repo.git(
-            "rm", "-r", "-q", "-f", "--cached", "--ignore-unmatch",
-            "--pathspec-from-file=-", "--pathspec-file-nul",
-            cwd=path, env={**env, "GIT_LITERAL_PATHSPECS": "1"}, input_="\0".join(roots),
-        )  # fmt: skip
+        there = repo.existing("HEAD", roots)  # `repo` is the worktree's own
+        repo.unindex([r for r in roots if r not in there], env)
 
 
 def dirty_paths(repo: Repo, path: Path) -> list[str]:
