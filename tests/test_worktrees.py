@@ -301,6 +301,77 @@ def test_the_runs_own_output_redirected_into_the_checkout_is_not_blamed_on_tasks
     assert show(repo, integration(run_id), "b.txt") == "b\n"
 
 
+def test_files_written_by_processes_the_run_did_not_start_are_not_blamed_on_tasks(
+    repo: Path,
+) -> None:
+    # `abreast run | tee run.log` in the repository, with a dev server of the user's
+    # writing its log into the checkout all along: neither is the tasks' doing (both
+    # failed every task that ran beside them).
+    (repo / ".abreast").mkdir()
+    server = subprocess.Popen(
+        [
+            PY,
+            "-c",
+            "import sys, time\n"
+            "with open(sys.argv[1], 'w') as f:\n"
+            "    while True:\n"
+            "        f.write('GET /\\n'); f.flush(); time.sleep(0.02)\n",
+            str(repo / "dev.log"),
+        ],
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: (repo / "dev.log").exists() and (repo / "dev.log").stat().st_size > 0)
+        path = workflow(
+            repo,
+            {
+                "a": {"run": "sleep 0.3; echo a > a.txt"},
+                "b": {"run": "sleep 0.3; echo b > b.txt", "needs": ["a"]},
+                "c": {"run": "sleep 0.3; echo c > c.txt", "needs": ["b"]},
+            },
+        )
+        result = subprocess.run(
+            f"{PY} -m abreast run {path} --no-monitor --plain 2>&1 | tee run.log",
+            shell=True,
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        grew = (repo / "dev.log").stat().st_size
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    out = result.stdout
+    assert "wrote outside its worktree" not in out, out
+    run_id = out.split("run: ", 1)[1].split()[0]
+    assert show(repo, integration(run_id), "c.txt") == "c\n", out
+    assert (repo / "run.log").read_text() == out and grew > 0
+
+
+def test_a_file_written_again_and_again_is_named_once_in_the_blame(repo: Path) -> None:
+    # The checks made as a, b and c end each see leak.txt changed again and blame the
+    # leaking task again: it was listed three times.
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "sleep 0.3"},
+            "b": {"run": "sleep 0.3", "needs": ["a"]},
+            "c": {"run": "sleep 0.3", "needs": ["b"]},
+            "leak": {
+                "run": f"for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo $i >> {repo}/leak.txt;"
+                " sleep 0.1; done",
+                "retries": 0,
+            },
+        },
+        defaults={"retries": 0},
+    )
+    code, out, _ = run(repo, path)
+    assert code == 1, out
+    block = out.split("  leak (failed): wrote outside its worktree", 1)[1].split("task log:")[0]
+    assert block.count("main checkout: leak.txt") == 1, block
+
+
 def test_a_dependent_sees_its_dependencies_work(repo: Path) -> None:
     path = workflow(
         repo,

@@ -220,10 +220,8 @@ class Adoptions:
         return out
 
     def _mark(self, pid: int) -> tuple[str, int, bool] | None:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-        except OSError:
+        env = _environ(pid)
+        if env is None:
             return None
         task, attempt = env.get(b"ABREAST_TASK_ID"), env.get(b"ABREAST_ATTEMPT", b"")
         if env.get(MARKER_ENV.encode()) != self.run_id.encode() or not task:
@@ -233,6 +231,64 @@ class Adoptions:
             return None
         check = b"ABREAST_CHECK_COMMIT" in env  # a merge check's, of that attempt
         return task.decode(errors="replace"), int(first), check
+
+
+def _environ(pid: int) -> dict[bytes, bytes] | None:
+    """The environment `pid` started with (None if it is gone or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    except OSError:
+        return None
+
+
+def writers_of(files: Container[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
+    """The live processes holding each of `files` ((device, inode)) open for writing,
+    among those /proc lets us look into (our user's). One pass over every process's
+    descriptors: some milliseconds, for a question asked rarely."""
+    out: dict[tuple[int, int], list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{name}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{name}/fd/{fd}")
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in files and _open_for_writing(int(name), fd):
+                out.setdefault(key, []).append(int(name))
+    return out
+
+
+def _open_for_writing(pid: int, fd: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as f:
+            for line in f:
+                if line.startswith(b"flags:"):
+                    return (int(line.split()[1], 8) & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def started_by(pid: int, ancestor: int, run_id: str) -> bool:
+    """Whether `pid` descends from `ancestor` (orphans of its descendants come back to
+    it as a subreaper), or carries the run's marker (an attempt's on a Ray worker)."""
+    p = pid
+    for _ in range(256):
+        if p == ancestor:
+            return True
+        fields = _stat_fields(p)
+        if fields is None or p <= 1:
+            break
+        p = int(fields[1])
+    env = _environ(pid)
+    return env is not None and env.get(MARKER_ENV.encode()) == run_id.encode()
 
 
 def _comm(pid: int) -> str:

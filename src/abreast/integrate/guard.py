@@ -3,8 +3,11 @@
 What is watched (snapshots at the start of the run, compared after each attempt):
 - the main checkout: `git status` of the user's working tree (abreast's own
   `.abreast/` is excluded, and so is the file abreast's own output goes to, as in
-  `abreast run ... > run.log` inside the repository); a new change is attributed,
-  by its file's mtime, to the attempts that were running when it was written;
+  `abreast run ... > run.log` inside the repository, and a file that a process abreast
+  did not start holds open for writing when its change is seen: `abreast run | tee
+  run.log`, another run's `> out.log`, a dev server's log); a new change is
+  attributed, by its file's mtime, to the attempts that were running when it was
+  written;
 - the repository's hooks and config (`.git/hooks/**`, `.git/config`, worktree
   config, and those of the submodules the checkout has populated,
   `.git/modules/NAME/{hooks/**,config}`): any change is attributed the same way
@@ -32,6 +35,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from abreast.executor.process import started_by, writers_of
 from abreast.workspace.repo import Repo, dirty_paths
 
 SLACK_S = 1.0  # mtimes are compared with attempt windows this generously
@@ -48,9 +52,14 @@ class Change:
 
 class Guard:
     def __init__(
-        self, repo: Repo, state_dir: Path | None = None, submodule_dirs: list[Path] | None = None
+        self,
+        repo: Repo,
+        state_dir: Path | None = None,
+        submodule_dirs: list[Path] | None = None,
+        run_id: str = "",
     ) -> None:
         self.repo = repo
+        self.run_id = run_id
         self._submodule_dirs = submodule_dirs or []  # the checkout's copies of its submodules
         # abreast's own files (journal, logs, outputs) are not the user's checkout.
         self._ignore = ""
@@ -256,6 +265,10 @@ class Guard:
     def check_main_checkout(self) -> list[Change]:
         """Changes in the user's working tree since the last look (each reported once)."""
         now = self._main_state()
+        changed = [rel for rel, state in now.items() if self._main.get(rel) != state]
+        for rel in self._written_from_outside(changed):
+            del now[rel]  # and left out from now on
+            self._main.pop(rel, None)
         changes = []
         for rel, state in now.items():
             if self._main.get(rel) != state:
@@ -266,6 +279,30 @@ class Guard:
                 changes.append(Change("main checkout", rel, when))
         self._main = now
         return changes
+
+    def _written_from_outside(self, rels: list[str]) -> list[str]:
+        """Those of `rels` that a process this run did not start holds open for writing
+        (`| tee run.log`, another run's output, a dev server's log): not the tasks' doing.
+        Their files are left out of the checkout's state from then on."""
+        if not rels:
+            return []
+        ids: dict[tuple[int, int], str] = {}
+        for rel in rels:
+            try:
+                st = (self.repo.root / rel).lstat()
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                ids[(st.st_dev, st.st_ino)] = rel
+        if not ids:
+            return []
+        me = os.getpid()
+        out = []
+        for key, pids in writers_of(ids.keys()).items():
+            if any(not started_by(pid, me, self.run_id) for pid in pids):
+                self._own_output.add(key)
+                out.append(ids[key])
+        return out
 
     def _gone_at(self, rel: str) -> float:
         """When a path that is no longer there went, as near as can be told: the mtime of

@@ -177,7 +177,9 @@ class WorktreeIsolation(Isolation):
             )
         self.pool = WorktreePool(self.repo, run_id, "tasks", reserved, provided)
         self.check_pool = WorktreePool(self.repo, run_id, "checks", provided=provided)
-        self.guard = Guard(self.repo, location.journal.parent, [s.store for s in self.subs])
+        self.guard = Guard(
+            self.repo, location.journal.parent, [s.store for s in self.subs], self.run_id
+        )
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._blamed: dict[tuple[str, int], list[Change]] = {}
         self._landed: list[str] = []
@@ -643,7 +645,7 @@ class WorktreeIsolation(Isolation):
         mine = self._blamed.pop((a.task_id, a.attempt), [])
         if not mine:
             return ""
-        lines = [_said(c) for c in mine]
+        lines = list(dict.fromkeys(_said(c) for c in mine))  # a file changed again: once
         hint = ""
         if any(c.what in YOURS for c in mine):
             hint = (
