@@ -571,6 +571,21 @@ def test_cleanup_lists_then_removes_what_failed_runs_kept(repo: Path) -> None:
     assert run_abreast("cleanup", cwd=repo).out.strip() == "nothing to clean up"
 
 
+def test_cleanup_works_when_the_disk_has_no_room_for_the_lock_files_note(repo: Path) -> None:
+    # `abreast cleanup` is how room is made on a full disk, and `resume` is what the
+    # full-disk error says to run after: both write their pid into the journal's lock
+    # file for a waiter to be told, and a failed write was a traceback. /dev/full as
+    # that file fails the write as a full disk does.
+    path = workflow(repo, {"bad": {"run": "echo x > y.txt; exit 1"}})
+    code, _, run_id = run(repo, path)
+    assert code == 1
+    (repo / ".abreast" / "state.db.lock").symlink_to("/dev/full")
+    done = run_abreast("cleanup", cwd=repo)
+    assert done.code == 0, done.err
+    assert f"delete branch abreast/{run_id}/bad" in done.out
+    assert git(repo, "branch", "--list", f"abreast/{run_id}/bad") == ""
+
+
 def test_cleanup_leaves_the_worktrees_of_a_run_of_another_journal_that_still_runs(
     repo: Path,
 ) -> None:

@@ -13,6 +13,7 @@ cut. `busy_timeout` lets many processes (tasks calling `abreast signal`,
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
@@ -516,8 +517,9 @@ class Journal:
                     holder = os.pread(fd, 32, 0).split(b"\n")[0]
                     waiting(int(holder) if holder.isdigit() else None)
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            with contextlib.suppress(OSError):  # only for a waiter to be told (a full disk)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
             os.close(fd)  # lets go of the lock
