@@ -1891,6 +1891,36 @@ def test_the_live_view_says_about_how_long_the_run_has_left(tmp_path: Path) -> N
         assert "left" not in out.getvalue()
 
 
+def test_the_live_view_cuts_long_ids_in_the_middle_to_keep_them_apart(tmp_path: Path) -> None:
+    # In 40 columns, six ids alike but for their end were all shown as `a-very-long…`.
+    import io
+    import types
+
+    from rich.console import Console
+
+    from abreast.engine.engine import EngineOptions
+    from abreast.engine.states import TaskState
+    from abreast.observe.live import LiveView
+
+    ids = [f"a-very-long-task-name-for-the-terminal-view-number-{i}" for i in range(6)]
+    wf = workflow(tmp_path, {tid: {"run": "true"} for tid in ids})
+    with engine_for(wf, tmp_path / "state.db", EngineOptions(cap=4, flags={})) as engine:
+        for tid in ids[:4]:
+            engine.by_id[tid].state = TaskState.RUNNING
+            engine.by_id[tid].attempts = 1
+            engine.by_id[tid].running = types.SimpleNamespace(started_mono=time.monotonic())
+        out = io.StringIO()
+        view = LiveView(Console(file=out, width=40, force_terminal=False))
+        view.engine = engine
+        view.console.print(view._render())
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 40 for line in lines), lines
+    for i in range(4):
+        assert any(re.match(rf"a-very-long-\S*\u2026\S*r-{i}\s+attempt 1\s", x) for x in lines), (
+            lines
+        )
+
+
 @contextlib.contextmanager
 def _touched_at_exit(gate: Path) -> Iterator[None]:
     """The gate a task waits on is opened whatever happens, so that a failed test leaves

@@ -28,6 +28,15 @@ _STATE_STYLE = {
 }
 
 
+def shortened(text: str, width: int) -> str:
+    """`text` in at most `width` characters, cut in the middle (its end kept, where ids
+    of one family differ)."""
+    if len(text) <= width:
+        return text
+    tail = max(1, (width - 1) // 3)
+    return text[: width - 1 - tail] + "\u2026" + text[-tail:]
+
+
 class LiveView(View):
     """A progress bar and one line per running or waiting task, redrawn in place."""
 
@@ -71,7 +80,7 @@ class LiveView(View):
             Text(progress),
             Text(states, style="dim"),
         )
-        rows = Table.grid(padding=(0, 2))
+        lines: list[tuple[str, str, str, str, str]] = []  # id, its style, what, how long, style
         now = time.monotonic()
         shown = 0
         for tr in e.tasks:
@@ -85,21 +94,31 @@ class LiveView(View):
                 else:
                     took = now - tr.running.started_mono if tr.running else 0.0
                     what = f"attempt {tr.attempts}"
-                rows.add_row(
-                    Text(tr.id, style=_STATE_STYLE[tr.state]),
-                    Text(what),
-                    Text(f"{took:.1f}s" if took < 60 else format_duration(took)),
-                )
+                how_long = f"{took:.1f}s" if took < 60 else format_duration(took)
+                lines.append((tr.id, _STATE_STYLE[tr.state], what, how_long, ""))
                 shown += 1
         for task_id, why in list(e.waiting_reasons().items())[:8]:
-            rows.add_row(Text(task_id, style="dim"), Text("waiting"), Text(why, style="dim"))
+            lines.append((task_id, "dim", "waiting", why, "dim"))
         for tr in e.tasks:
             if tr.state is TaskState.PENDING and tr.retry_at:
-                rows.add_row(
-                    Text(tr.id, style="yellow"),
-                    Text("retry"),
-                    Text(f"in {max(0.0, tr.retry_at - time.time()):.1f}s"),
-                )
+                due = f"in {max(0.0, tr.retry_at - time.time()):.1f}s"
+                lines.append((tr.id, "yellow", "retry", due, ""))
+        # Ids cut in the middle (`api-client-for-region-eu` and `...-us` stay told apart)
+        # to half the width at most; the first two columns are never squeezed further:
+        # the last (a waiting task's reason) gives way.
+        width = max(10, self.console.width // 2 - 2)
+        rows = Table.grid(padding=(0, 2))
+        rows.add_column(
+            no_wrap=True, min_width=min(width, max((len(x[0]) for x in lines), default=1))
+        )
+        rows.add_column(no_wrap=True, min_width=max((len(x[2]) for x in lines), default=1))
+        rows.add_column(no_wrap=True, overflow="ellipsis")
+        for task_id, style, what, more, more_style in lines:
+            rows.add_row(
+                Text(shortened(task_id, width), style=style),
+                Text(what),
+                Text(more, style=more_style),
+            )
         notes = [Text(n, style="dim") for n in self._notes[-4:]]
         return Group(head, rows, *notes)
 
