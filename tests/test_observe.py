@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -739,6 +740,58 @@ def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
         dashboard.wait(timeout=10)
 
 
+def test_dashboard_orders_a_waves_tasks_to_cross_few_edges_and_marks_times(
+    tmp_path: Path,
+) -> None:
+    # Rows were in id order in each wave: x (needs b) above y (needs a) crossed their
+    # edges; and the timeline had no time on it.
+    path = write(
+        tmp_path,
+        {
+            "name": "order",
+            "tasks": {
+                "a": {"run": "true"},
+                "b": {"run": "true"},
+                "x": {"run": "true", "needs": ["b"]},
+                "y": {"run": "true", "needs": ["a"]},
+            },
+        },
+    )
+    ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert ran.code == 0, ran.out
+    run_id = ran.out.splitlines()[0][5:]
+    port = free_port()
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "dashboard", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    driver = chromium(tmp_path / "chromium-profile")
+    try:
+        wait_for(lambda: get(f"http://127.0.0.1:{port}/api/runs")[0] == 200, what="dashboard")
+        driver.get(f"http://127.0.0.1:{port}/runs/{run_id}")
+        rows = (
+            'const y = id => document.querySelector(`g[data-task="${id}"]`)'
+            ".transform.baseVal[0].matrix.f;"
+            "return ['a', 'b', 'x', 'y'].map(y);"
+        )
+        wait_for(
+            lambda: driver.execute_script("return document.querySelectorAll('g.node').length") == 4,
+            what="the DAG",
+        )
+        ya, yb, yx, yy = driver.execute_script(rows)
+        assert ya < yb and yy < yx, (ya, yb, yx, yy)  # y beside a, x beside b
+        marks = driver.execute_script(
+            "return [...document.querySelectorAll('#timeline text.tick')].map(t => t.textContent)"
+        )
+        assert marks[0] == "0s" and len(marks) >= 2, marks
+    finally:
+        driver.quit()
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
+
+
 def test_event_stream_lines_are_json_whatever_the_names() -> None:
     from abreast.observe.dashboard import _sse
 
@@ -851,6 +904,29 @@ def test_report_lists_the_attempts_sent_back_and_why(tmp_path: Path) -> None:
     page = tmp_path / "r.html"
     assert run_abreast("report", "--html", str(page), cwd=tmp_path).code == 0
     assert "<li>flaky attempt 1: exit 3</li>" in page.read_text()
+
+
+def test_a_time_axis_is_marked_at_round_steps_from_zero_to_the_span() -> None:
+    # The report's and the dashboard's timelines had no time on them at all.
+    from abreast.observe.report import ticks
+
+    assert ticks(1.87) == [0, 0.5, 1.0, 1.5]
+    assert ticks(45) == [0, 10, 20, 30, 40]
+    assert ticks(600) == [0, 120, 240, 360, 480, 600]
+    assert ticks(3 * 3600 + 100) == [i * 1800 for i in range(7)]
+    for span in (0.003, 0.7, 7, 70, 700, 7000, 70000):
+        marks = ticks(span)
+        assert marks[0] == 0 and 2 <= len(marks) <= 8 and marks[-1] <= span * (1 + 1e-9)
+
+
+def test_the_report_page_marks_its_timeline_with_times(tmp_path: Path) -> None:
+    path = write(tmp_path, {"name": "axis", "tasks": {"a": {"run": "sleep 0.3"}}})
+    assert run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path).code == 0
+    page = tmp_path / "r.html"
+    assert run_abreast("report", "--html", str(page), cwd=tmp_path).code == 0
+    marks = re.findall(r"text-anchor='middle' fill='#666'>([^<]*)</text>", page.read_text())
+    assert marks[0] == "0s" and 2 <= len(marks) <= 8, marks  # 0s, 50ms, 100ms, ...
+    assert all(re.fullmatch(r"\d+(\.\d+)?(ms|s)", m) for m in marks), marks
 
 
 def test_the_text_timeline_draws_each_tasks_attempts_over_the_runs_span() -> None:

@@ -390,8 +390,9 @@ def html_page(rep: dict[str, Any]) -> str:
     span = max([x["end_s"] for x in rep["timeline"]] + [rep["wall_s"], 0.001])
     ids = list(dict.fromkeys(x["task"] for x in rep["timeline"]))
     bars = []
+    top = 24  # the time axis's marks above the rows
     for x in rep["timeline"]:
-        y = 8 + ids.index(x["task"]) * 20
+        y = top + ids.index(x["task"]) * 20
         left = 160 + x["start_s"] / span * 760
         width = max(2.0, (x["end_s"] - x["start_s"]) / span * 760)
         colour = _COLOURS.get(x["state"], "#9e9e9e")
@@ -400,10 +401,19 @@ def html_page(rep: dict[str, Any]) -> str:
             f"fill='{colour}'><title>{e(x['task'])} attempt {x['attempt']}: "
             f"{e(x['state'])}{e(f' ({why})' if (why := x['reason']) else '')}</title></rect>"
         )
-    labels = "".join(f"<text x='0' y='{8 + i * 20 + 11}'>{e(t)}</text>" for i, t in enumerate(ids))
+    labels = "".join(
+        f"<text x='0' y='{top + i * 20 + 11}'>{e(t)}</text>" for i, t in enumerate(ids)
+    )
+    bottom = top + 20 * len(ids)
+    axis = "".join(
+        f"<text x='{(x := 160 + t / span * 760):.1f}' y='{top - 10}' text-anchor='middle'"
+        f" fill='#666'>{e(fmt(t))}</text><line x1='{x:.1f}' y1='{top - 4}' x2='{x:.1f}'"
+        f" y2='{bottom}' stroke='#e0e0e0'/>"
+        for t in ticks(span)
+    )
     svg = (
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='940' height='{16 + 20 * len(ids)}'"
-        f" font-size='12'>{labels}{''.join(bars)}</svg>"
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='940' height='{bottom + 8}'"
+        f" font-size='12'>{axis}{labels}{''.join(bars)}</svg>"
     )
     failures = "".join(
         f"<h3>{e(f['task'])} ({e(f['state'])}"
@@ -457,6 +467,19 @@ def html_page(rep: dict[str, Any]) -> str:
         f"{rows}</table>{tokens_p}"
         f"{fail_part}{landing}</body></html>"
     )
+
+
+# Steps a time axis is marked in: 1, 2, 5 times a power of ten below a minute, then
+# what a clock is read in (as run.js's STEPS).
+_STEPS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60]
+_STEPS += [120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400]
+
+
+def ticks(span: float, most: int = 8) -> list[float]:
+    """Where a time axis over `span` seconds is marked: from 0, at the smallest step
+    that needs no more than `most` marks."""
+    step = next((x for x in _STEPS if span / x <= most), span)
+    return [i * step for i in range(int(span / step + 1e-9) + 1)]
 
 
 _CSS = (

@@ -24,12 +24,61 @@ function fmt(seconds) {
   return m < 60 ? `${m}m${s}s` : `${Math.floor(m / 60)}h${m % 60}m`;
 }
 
+// Where a time axis over `span` seconds is marked: from 0, at the smallest step that needs
+// no more than `most` marks (as report.ticks).
+const STEPS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60,
+               120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+function ticks(span, most = 8) {
+  const step = STEPS.find(x => span / x <= most) || span;
+  return Array.from({length: Math.floor(span / step + 1e-9) + 1}, (_, i) => i * step);
+}
+
+// An axis mark's time, as the report writes it (format_duration): 500ms, 1.5s, 1m30s, 2h.
+function mark(t) {
+  if (t < 1) return t ? `${Math.round(t * 1000)}ms` : "0s";
+  if (t < 60) return `${+t.toFixed(3)}s`;
+  const h = Math.floor(t / 3600), m = Math.floor(t % 3600 / 60), s = Math.round(t % 60);
+  return (h ? `${h}h` : "") + (m ? `${m}m` : "") + (s ? `${s}s` : "");
+}
+
 // A time left, as precise as an estimate is (as `abreast status` says it: eta.py).
 function about(seconds) {
   if (seconds < 1) return "<1s";
   if (seconds < 60) return `about ${Math.round(seconds)}s`;
   const m = Math.round(seconds / 60);
   return m < 60 ? `about ${m}m` : `about ${Math.floor(m / 60)}h${m % 60 ? `${m % 60}m` : ""}`;
+}
+
+// The rows of each wave put in an order that crosses few edges (the barycentre heuristic of
+// layered drawing): a task moves near the mean row of the tasks it needs, then of those
+// that need it, sweeping down and up the waves a few times. Ties keep the id order.
+function orderWaves(byWave, edges) {
+  const waves = [...byWave.keys()].sort((a, b) => a - b);
+  const needs = new Map(), neededBy = new Map();
+  for (const [a, b] of edges) {
+    if (!needs.has(b)) needs.set(b, []);
+    if (!neededBy.has(a)) neededBy.set(a, []);
+    needs.get(b).push(a);
+    neededBy.get(a).push(b);
+  }
+  const row = new Map();
+  const place = w => byWave.get(w).forEach((t, i) => row.set(t.id, i));
+  waves.forEach(place);
+  const sweep = (order, near) => {
+    for (const w of order) {
+      const key = new Map(byWave.get(w).map((t, i) => {
+        const rows = (near.get(t.id) || []).map(n => row.get(n)).filter(r => r !== undefined);
+        return [t.id, rows.length ? rows.reduce((sum, r) => sum + r, 0) / rows.length : i];
+      }));
+      byWave.get(w).sort((p, q) => key.get(p.id) - key.get(q.id));
+      place(w);
+    }
+  };
+  for (let i = 0; i < 4; i++) {
+    sweep(waves.slice(1), needs);
+    sweep(waves.slice(0, -1).reverse(), neededBy);
+  }
+  sweep(waves.slice(1), needs);
 }
 
 function drawDag(snap) {
@@ -51,6 +100,7 @@ function drawDag(snap) {
     if (!byWave.has(t.wave)) byWave.set(t.wave, []);
     byWave.get(t.wave).push(t);
   }
+  orderWaves(byWave, snap.edges);
   const pos = new Map();
   let rows = 0;
   for (const [wave, tasks] of byWave) {
@@ -93,14 +143,20 @@ function drawTimeline(snap) {
     (sum, [a, b]) => sum + Math.max(0, Math.min(t, b) - Math.max(start, a)), 0);
   const span = Math.max(1, at(end)), width = 900, row = 18;
   const ids = [...new Set(snap.attempts.map(a => a.task))];
-  const vw = width + 160, vh = 20 + ids.length * row;  // scales down to a narrow window
+  const top = 24, bottom = top + ids.length * row;  // the time axis's marks above the rows
+  const vw = width + 170, vh = bottom + 10;  // scales down to a narrow window
   const svg = el("svg:svg", {width: vw, height: vh, viewBox: `0 0 ${vw} ${vh}`, class: "fit"});
-  ids.forEach((id, i) => svg.append(el("svg:text", {x: 0, y: 10 + i * row + row / 2}, id)));
+  for (const t of ticks(span)) {  // as the report's (report.ticks)
+    const x = 150 + t / span * width;
+    svg.append(el("svg:text", {class: "tick", x, y: top - 12, "text-anchor": "middle"}, mark(t)));
+    svg.append(el("svg:line", {class: "tick", x1: x, y1: top - 4, x2: x, y2: bottom}));
+  }
+  ids.forEach((id, i) => svg.append(el("svg:text", {x: 0, y: top + i * row + row / 2}, id)));
   for (const a of snap.attempts) {
     if (!a.started_at) continue;
     const x = 150 + at(a.started_at) / span * width;
     const w = Math.max(2, (at(a.ended_at || snap.now) - at(a.started_at)) / span * width);
-    const bar = el("svg:rect", {class: "bar " + a.state, x, y: 10 + ids.indexOf(a.task) * row,
+    const bar = el("svg:rect", {class: "bar " + a.state, x, y: top + ids.indexOf(a.task) * row,
                                 width: w, height: row - 4, "data-attempt": `${a.task}.${a.attempt}`});
     const why = a.reason ? ` (${a.reason})` : "";
     const where = a.host ? `, on ${a.host}` : "";  // a Ray node's host
