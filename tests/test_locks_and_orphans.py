@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -746,6 +747,109 @@ def test_redis_restart_during_a_run(tmp_path: Path) -> None:
         coord.close()
     finally:
         server.stop()
+
+
+def test_a_redis_outage_longer_than_the_wait_is_waited_out_not_failed(tmp_path: Path) -> None:
+    # Redis gone for longer than ABREAST_REDIS_WAIT: a task waiting for its lock failed
+    # ("could not prepare: ... Connection refused"), and every later call to Redis held
+    # the orchestrator for the whole wait again (with the default 15 s: a run frozen,
+    # deaf to Ctrl-C, until Redis came back). Now the lock's wait waits the outage out,
+    # and the run carries on with what needs no Redis.
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    first_in, first_go, free_go = tmp_path / "first-in", tmp_path / "first-go", tmp_path / "free-go"
+
+    def gated(gate: Path, mark: Path | None = None) -> str:
+        touch = f"touch {mark}; " if mark else ""
+        return f"{touch}while [ ! -e {gate} ]; do sleep 0.05; done"
+
+    tasks = {
+        "first": {"run": gated(first_go, first_in), "locks": ["tests"]},
+        "second": {"run": "true", "locks": ["tests"], "needs": ["free"]},  # asks while gone
+        "free": {"run": gated(free_go)},
+    }
+    spec = {"name": "outage", "max_parallel": 3, "locks": {"tests": {"ttl": "1m"}}}
+    env = {**os.environ, "ABREAST_REDIS_WAIT": "1s"}
+    proc = run_json(tmp_path, {**spec, "tasks": tasks}, "--state", server.url, env=env)
+    journal = tmp_path / ".abreast" / "state.db"
+    try:
+        wait_for(first_in.exists, what="first to hold the lock")
+        wait_for(
+            lambda: (
+                query(journal, "SELECT count(*) FROM events WHERE type = 'task.started'") == [(2,)]
+            ),
+            what="first and free to start",
+        )
+        server.stop()
+        free_go.touch()  # a task that needs no Redis ends, and is seen to, meanwhile
+        wait_for(
+            lambda: (
+                query(journal, "SELECT state FROM tasks WHERE task_id = 'free'") == [("succeeded",)]
+            ),
+            timeout=30,
+            what="free's end to be taken in while Redis is gone",
+        )
+        first_go.touch()
+        time.sleep(2)  # Redis stays gone for twice the wait, second waiting for its lock
+        assert query(journal, "SELECT state FROM tasks WHERE task_id = 'second'") != [("failed",)]
+        server.start()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        first_go.touch()
+        free_go.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        server.stop()
+    assert proc.returncode == 0, out + err
+    assert "second: waits for the coordination backend, to take the lock 'tests'" in out, out
+
+
+def test_a_redis_found_gone_fails_calls_at_once_until_it_answers_again(tmp_path: Path) -> None:
+    # Each call to a Redis gone tried again for the whole wait: an orchestrator making a
+    # few calls a second was held for minutes by a 15 s wait. The first call that finds
+    # it gone waits; the next ones fail at once, until a look (a PING, once a second)
+    # finds it back.
+    from abreast.coord.backend import CoordUnreachable
+    from abreast.coord.redis_coord import RedisCoordinator
+
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    coord = RedisCoordinator(server.url, wait_s=3.0)
+    try:
+        coord.heartbeat("k")
+        server.stop()
+        t0 = time.monotonic()
+        with pytest.raises(CoordUnreachable):
+            coord.heartbeat("k")
+        assert time.monotonic() - t0 >= 2.5  # tried again for the wait (a restart)
+        t0 = time.monotonic()
+        for _ in range(5):
+            with pytest.raises(CoordUnreachable, match="Connection refused"):
+                coord.heartbeat("k")
+        assert time.monotonic() - t0 < 1.5  # not the wait again, five times over
+        server.start()
+        wait_for(lambda: _answers(coord), timeout=10, what="a call to succeed again")
+        assert [h.key for h in coord.heartbeats()] == ["k"]
+    finally:
+        coord.close()
+        server.stop()
+
+
+def _answers(coord: Any) -> bool:
+    from abreast.coord.backend import CoordUnreachable
+
+    try:
+        coord.heartbeat("k")
+    except CoordUnreachable:
+        return False
+    return True
 
 
 def test_unreachable_state_is_a_clear_error(tmp_path: Path) -> None:

@@ -80,6 +80,11 @@ class CoordError(StateError):
     """The coordination backend could not be reached or answered nonsense."""
 
 
+class CoordUnreachable(CoordError):
+    """The backend did not answer (a network backend gone, or restarting): worth waiting
+    out, unlike a refusal."""
+
+
 class WaitStopped(CoordError):
     """A wait for a lock was given up because the waiter is stopping (a cancelled run)."""
 
@@ -246,8 +251,20 @@ class Coordinator(ABC):
     def close(self) -> None: ...
 
 
-def open_coordinator(url: str) -> Coordinator:
-    """The backend for `url`: sqlite:///path or redis://host:port/db."""
+# How long a call that may fail (a heartbeat, a renewal before the ttl, an event) tries a
+# network backend that does not answer, whatever ABREAST_REDIS_WAIT says.
+BEST_EFFORT_WAIT_S = 1.0
+# How often what must wait for a backend found unreachable (a lock, a key's window) asks
+# again; the backend itself looks no more often than this (a PING).
+BACKEND_RETRY_S = 1.0
+
+
+def open_coordinator(
+    url: str, wait_s: float | None = None, calls_wait_s: float | None = None
+) -> Coordinator:
+    """The backend for `url`: sqlite:///path or redis://host:port/db. A network backend
+    that does not answer is tried again for `wait_s` (default: `ABREAST_REDIS_WAIT`),
+    and so is each call later, or for `calls_wait_s`."""
     if url.startswith("sqlite://"):
         from abreast.coord.sqlite_coord import SqliteCoordinator
 
@@ -255,7 +272,7 @@ def open_coordinator(url: str) -> Coordinator:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from abreast.coord.redis_coord import RedisCoordinator
 
-        return RedisCoordinator(url)
+        return RedisCoordinator(url, wait_s, calls_wait_s)
     from abreast.coord.location import redact_url
 
     raise CoordError(f"no coordination backend for {redact_url(url)!r}")

@@ -15,9 +15,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from abreast.coord.backend import (
+    BACKEND_RETRY_S,
     WAITER_TTL_S,
     CoordError,
     Coordinator,
+    CoordUnreachable,
     Heartbeat,
     Holder,
     Lease,
@@ -223,8 +225,23 @@ def _tries(wait_s: float) -> int:
     return tries
 
 
+PROBE_TIMEOUT_S = 0.5  # how long a look whether Redis is back may take
+
+
 class RedisCoordinator(Coordinator):
-    def __init__(self, url: str) -> None:
+    """Redis as the coordination backend.
+
+    A call that finds Redis gone is tried again for `ABREAST_REDIS_WAIT` (a restart;
+    `calls_wait_s` for a caller whose calls may fail: a run's supervisor, its event
+    sink); if it still does not answer, it is *down*: from then on a call fails at once
+    (CoordUnreachable), but for one quick PING a second, which ends it when Redis
+    answers. So an orchestrator waits out one outage once, not once per call: what it
+    does without Redis (attempts ending, timeouts, merges) goes on meanwhile.
+    """
+
+    def __init__(
+        self, url: str, wait_s: float | None = None, calls_wait_s: float | None = None
+    ) -> None:
         try:
             import redis
             from redis.backoff import ExponentialBackoff, NoBackoff
@@ -235,7 +252,10 @@ class RedisCoordinator(Coordinator):
             ) from None
         self.url = url
         self._redis_mod = redis
-        wait = redis_wait()
+        wait = redis_wait() if wait_s is None else wait_s
+        self._down: str | None = None  # why the last call found Redis gone, while it is
+        self._looked_at = 0.0  # when a call last looked whether it is back
+        self._prober: Any = None
         self._r = redis.Redis.from_url(
             url,
             decode_responses=True,
@@ -276,9 +296,15 @@ class RedisCoordinator(Coordinator):
                 self.store_id = self._first_contact(time.monotonic() + wait)
         except redis.RedisError as e:
             self._r.close()
-            raise CoordError(f"cannot reach Redis at {redact_url(url)}: {e}") from e
+            gone = isinstance(e, redis.ConnectionError | redis.TimeoutError) and not isinstance(
+                e, redis.AuthenticationError
+            )
+            raise (CoordUnreachable if gone else CoordError)(
+                f"cannot reach Redis at {redact_url(url)}: {e}"
+            ) from e
+        calls_wait = wait if calls_wait_s is None else calls_wait_s
         self._r.set_retry(
-            Retry(ExponentialBackoff(cap=_BACKOFF_CAP_S, base=_BACKOFF_BASE_S), _tries(wait))
+            Retry(ExponentialBackoff(cap=_BACKOFF_CAP_S, base=_BACKOFF_BASE_S), _tries(calls_wait))
         )
 
     def _first_contact(self, deadline: float) -> str:
@@ -304,10 +330,44 @@ class RedisCoordinator(Coordinator):
         return str(self._r.get(f"{PREFIX}store_id"))
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._down is not None and not self._back():
+            raise CoordUnreachable(f"Redis at {redact_url(self.url)}: {self._down}")
+        redis = self._redis_mod
         try:
             return fn(*args, **kwargs)
-        except self._redis_mod.RedisError as e:
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            if isinstance(e, redis.AuthenticationError):
+                raise CoordError(f"Redis at {redact_url(self.url)}: {e}") from e
+            self._down = str(e)  # tried for the whole wait: calls fail at once from now
+            raise CoordUnreachable(f"Redis at {redact_url(self.url)}: {e}") from e
+        except redis.RedisError as e:
             raise CoordError(f"Redis at {redact_url(self.url)}: {e}") from e
+
+    def _back(self) -> bool:
+        """Whether Redis, found gone, answers again: one quick PING, once a second at
+        most (a call between two looks fails at once)."""
+        now = time.monotonic()
+        if now - self._looked_at < BACKEND_RETRY_S:
+            return False
+        self._looked_at = now
+        redis = self._redis_mod
+        if self._prober is None:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            self._prober = redis.Redis.from_url(
+                self.url,
+                socket_timeout=PROBE_TIMEOUT_S,
+                socket_connect_timeout=PROBE_TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0),
+            )
+        try:
+            self._prober.ping()
+        except redis.RedisError as e:
+            self._down = str(e)
+            return False
+        self._down = None
+        return True
 
     def now(self) -> float:
         sec, usec = self._call(self._r.time)
@@ -529,4 +589,6 @@ class RedisCoordinator(Coordinator):
     def close(self) -> None:
         if self._pubsub is not None:
             self._pubsub.close()
+        if self._prober is not None:
+            self._prober.close()
         self._r.close()

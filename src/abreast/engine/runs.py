@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from abreast.coord.backend import CoordError, open_coordinator
+from abreast.coord.backend import BEST_EFFORT_WAIT_S, CoordError, open_coordinator
 from abreast.coord.journal import CANCEL_REQUESTED, DRAIN_REQUESTED, Journal, RunRow, TaskRow
 from abreast.coord.location import StateLocation, locate, redact_url
 from abreast.engine import preflight
@@ -385,7 +385,10 @@ def _keys(p: Prepared, supervisor: Supervisor, journal: Journal, run_id: str) ->
 
 def _supervisor(p: Prepared, run_id: str, journal: Journal) -> Supervisor:
     try:
-        coord = open_coordinator(p.location.coord_url)
+        # Its calls renew, beat and measure (each may fail until a ttl runs out), on the
+        # orchestrator's own thread: one that finds Redis gone holds it a moment, not for
+        # the whole wait (which the first contact still gets: a CI service starting).
+        coord = open_coordinator(p.location.coord_url, calls_wait_s=BEST_EFFORT_WAIT_S)
     except CoordError as e:
         raise StateError(str(e), hint="check --state / ABREAST_STATE") from e
     return Supervisor(p.wf, run_id, coord, journal, lambda _text: None)

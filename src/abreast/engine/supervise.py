@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from abreast.coord.backend import (
+    BACKEND_RETRY_S,
     CoordError,
     Coordinator,
+    CoordUnreachable,
     Holder,
     Lease,
     WaitStopped,
@@ -154,29 +156,50 @@ class Supervisor:
         """(the lease, how many processes still holding the lease before it were ended: that
         lease ran out without being given back, and they must not work beside ours). If it
         has to wait, `say` hears once whom for; once `stop` is set it gives up."""
-        # A connection of its own: this waits in a worker thread.
-        coord = open_coordinator(self._url())
-        said = False
+        said: set[str] = set()  # what `say` heard already: each once
+        while True:
+            # A backend gone (Redis restarting, or down) is waited out here, said once, for
+            # as long as it takes: the attempt or the merge is not failed for it.
+            try:
+                lease, store_id = self._acquire_once(name, holder, ttl_s, stop, said, say)
+                break
+            except CoordUnreachable as e:
+                if "backend" not in said and say is not None:
+                    said.add("backend")
+                    say(f"the coordination backend, to take the lock {name!r} ({e})")
+                if stop.wait(BACKEND_RETRY_S):
+                    lease = None
+                    break
+        if lease is None:
+            raise WaitStopped(f"stopped waiting for the lock {name!r}: the run is stopping")
+        lapsed = lease.lapsed
+        fenced = fence(lapsed.name, lapsed.token, lapsed.holder.host, store_id) if lapsed else 0
+        return lease, fenced
+
+    def _acquire_once(
+        self,
+        name: str,
+        holder: Holder,
+        ttl_s: float,
+        stop: threading.Event,
+        said: set[str],
+        say: Callable[[str], None] | None,
+    ) -> tuple[Lease | None, str]:
+        """One wait in line for `name` (None if `stop` ended it), and the store's id; a
+        connection of its own, as this waits in a worker thread."""
+        coord = open_coordinator(self._url(), wait_s=0)
 
         def waiting() -> None:
-            nonlocal said
-            if said or say is None:
+            if "holder" in said or say is None:
                 return
-            said = True
+            said.add("holder")
             current = coord.holder(name)
             say(f"the lock {name!r}, held by {describe(current) if current else 'another'}")
 
         try:
-            lease = coord.acquire(name, holder, ttl_s, on_wait=waiting, stop=stop)
+            return coord.acquire(name, holder, ttl_s, on_wait=waiting, stop=stop), coord.store_id
         finally:
             coord.close()
-        if lease is None:
-            raise WaitStopped(f"stopped waiting for the lock {name!r}: the run is stopping")
-        lapsed = lease.lapsed
-        fenced = (
-            fence(lapsed.name, lapsed.token, lapsed.holder.host, coord.store_id) if lapsed else 0
-        )
-        return lease, fenced
 
     def _journal_grant(self, lease: Lease, fenced: int, task_id: str | None, **data: Any) -> None:
         self.journal.stage_event(

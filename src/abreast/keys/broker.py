@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from abreast.coord.backend import Coordinator
+from abreast.coord.backend import BACKEND_RETRY_S, Coordinator, CoordUnreachable
 from abreast.coord.journal import Journal
 from abreast.executor.logs import KEY_SHOWN
 from abreast.keys.pool import KeyPool
@@ -106,10 +106,14 @@ class KeyBroker:
             self._proxied[token] = (task_id, attempt, pool_name, False)
             return {spec.key_env: token, BASE_URL_ENV[spec.style]: self.proxy.url}
         while True:
-            ranked = sorted(
-                pool.ranked() or pool._keys,
-                key=lambda k: (self._holders.get((pool_name, k.fp), 0), pool.used(k)),
-            )
+            try:
+                ranked = sorted(
+                    pool.ranked() or pool._keys,
+                    key=lambda k: (self._holders.get((pool_name, k.fp), 0), pool.used(k)),
+                )
+            except CoordUnreachable:  # the keys' windows are kept there: wait for it
+                await asyncio.sleep(BACKEND_RETRY_S)
+                continue
             cap = spec.max_concurrent_per_key
             free = [
                 k for k in ranked if cap is None or self._holders.get((pool_name, k.fp), 0) < cap
@@ -119,7 +123,7 @@ class KeyBroker:
             self._freed.clear()
             await self._freed.wait()  # a key is given back when an attempt ends
         key = free[0]
-        if pool.limit is not None and pool.used(key) >= NEAR_LIMIT * pool.limit[0]:
+        if pool.limit is not None and _near_limit(pool, key):
             await asyncio.sleep(pool.limit[1] / pool.limit[0])  # stagger near the limit
         self._holders[(pool_name, key.fp)] = self._holders.get((pool_name, key.fp), 0) + 1
         self._leases[(task_id, attempt)] = (pool_name, key.fp, False)
@@ -226,3 +230,12 @@ class KeyBroker:
 
     def usage(self) -> dict[str, Any]:
         return {name: pool.stats() for name, pool in self.pools.items()}
+
+
+def _near_limit(pool: KeyPool, key: Any) -> bool:
+    """Whether the key's window is nearly full (not known, with the backend gone: no)."""
+    assert pool.limit is not None
+    try:
+        return pool.used(key) >= NEAR_LIMIT * pool.limit[0]
+    except CoordUnreachable:
+        return False

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from abreast.coord.backend import Coordinator
+from abreast.coord.backend import BACKEND_RETRY_S, Coordinator, CoordUnreachable
 from abreast.errors import UsageError
 from abreast.spec.model import KeyPool as KeyPoolSpec
 
@@ -234,7 +234,11 @@ class KeyPool:
                 free = [k for k in self._keys if k.stats.limited_until <= now and k.fp not in tried]
                 if not free:
                     break
-                key = self._take_best(sorted(free, key=lambda k: k.stats.requests))
+                try:
+                    key = self._take_best(sorted(free, key=lambda k: k.stats.requests))
+                except CoordUnreachable:  # the windows are kept there: the request waits
+                    await self._sleep(BACKEND_RETRY_S)
+                    continue
                 if key is None:
                     break  # every window is full
                 tried.add(key.fp)

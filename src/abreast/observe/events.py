@@ -59,10 +59,13 @@ class Sink:
 
 class RedisSink(Sink):
     def __init__(self, url: str, channel: str) -> None:
+        from abreast.coord.backend import BEST_EFFORT_WAIT_S
         from abreast.coord.redis_coord import RedisCoordinator
 
         self.channel = channel
-        self._coord = RedisCoordinator(url)
+        # Events are journaled first: one not published while Redis is gone is counted
+        # and dropped, and never holds the run (nor its end) for the whole wait.
+        self._coord = RedisCoordinator(url, calls_wait_s=BEST_EFFORT_WAIT_S)
         self._queue: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="abreast-events-redis", daemon=True)
         self.errors = 0
