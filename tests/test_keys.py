@@ -44,6 +44,42 @@ def assert_under_limits(provider: Provider) -> None:
         assert provider.max_in_any_window(key) <= provider.limit, fingerprint(key)
 
 
+def test_a_request_waits_out_a_redis_outage_for_its_keys_window(tmp_path: Path) -> None:
+    # The keys' windows are in Redis: a request through a pool while Redis was gone
+    # failed (a 502 from the key proxy to the agent). It waits for Redis now, then is
+    # sent with a key as usual.
+    from abreast.coord.redis_coord import RedisCoordinator
+    from tests.conftest import RedisServer, redis_server_binary
+
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    coord = RedisCoordinator(server.url, calls_wait_s=0.2)
+    pool = KeyPool("p", KEYS, limit=(100, 60.0), coord=coord)
+    sent: list[str] = []
+
+    async def do(value: str, _fp: str) -> int:
+        sent.append(value)
+        return 200
+
+    async def request_while_gone() -> int:
+        server.stop()
+        asking = asyncio.create_task(pool.send(do, lambda status: status, lambda _r: None))
+        await asyncio.sleep(1.5)  # Redis stays gone a while; the request waits meanwhile
+        assert not asking.done() and sent == []
+        await asyncio.to_thread(server.start)
+        return await asyncio.wait_for(asking, timeout=20)
+
+    try:
+        assert asyncio.run(request_while_gone()) == 200
+        assert len(sent) == 1 and sent[0] in KEYS
+    finally:
+        coord.close()
+        server.stop()
+
+
 def test_300_requests_with_3_keys_at_100_per_window_all_succeed(
     provider: Provider, coord_url: str
 ) -> None:
