@@ -808,6 +808,47 @@ def test_a_redis_outage_longer_than_the_wait_is_waited_out_not_failed(tmp_path: 
     assert "second: waits for the coordination backend, to take the lock 'tests'" in out, out
 
 
+def test_abreast_lock_waits_out_a_redis_outage_while_it_waits_for_its_lock(
+    tmp_path: Path,
+) -> None:
+    # `abreast lock tests -- pytest` inside a task, waiting in line, with Redis gone
+    # longer than ABREAST_REDIS_WAIT: it ended with an error (exit 2), failing the task.
+    from abreast.coord.backend import Holder
+
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    coord = open_coordinator(server.url)
+    held = coord.acquire("tests", Holder.here(), ttl_s=300)
+    assert held is not None
+    coord.close()
+    waiter = subprocess.Popen(
+        [PY, "-m", "abreast", "lock", "tests", "--state", server.url, "--", "true"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ABREAST_REDIS_WAIT": "0.5s"},
+    )
+    try:
+        assert waiter.stderr is not None
+        assert waiter.stderr.readline().startswith("abreast lock: waiting for 'tests'")
+        server.stop()
+        said = waiter.stderr.readline()
+        assert said.startswith("abreast lock: waiting for the coordination backend ("), said
+        assert waiter.poll() is None  # still waiting, Redis gone for longer than its wait
+        server.start()  # empty: the lock is free
+        _out, err = waiter.communicate(timeout=30)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+        server.stop()
+    assert waiter.returncode == 0, err
+
+
 def test_a_redis_found_gone_fails_calls_at_once_until_it_answers_again(tmp_path: Path) -> None:
     # Each call to a Redis gone tried again for the whole wait: an orchestrator making a
     # few calls a second was held for minutes by a 15 s wait. The first call that finds

@@ -18,11 +18,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from abreast.coord.backend import CoordError, Coordinator, Holder, Lease
+from abreast.coord.backend import (
+    BACKEND_RETRY_S,
+    CoordError,
+    Coordinator,
+    CoordUnreachable,
+    Holder,
+    Lease,
+)
 from abreast.executor.process import LOCK_ENV, fence, members_of_group_or_session, stop_then_kill
 
 LOST_EXIT = 75  # EX_TEMPFAIL: the lock was lost and the command killed
@@ -35,6 +42,33 @@ class LockOutcome:
     waited_s: float
     lost: bool
     lease: Lease | None
+
+
+def _acquire(
+    coord: Coordinator,
+    name: str,
+    holder: Holder,
+    ttl_s: float,
+    timeout_s: float | None,
+    waiting: Callable[[], None],
+    err: TextIO,
+) -> Lease | None:
+    """`coord.acquire`, waiting out a backend gone meanwhile (said once), within the
+    timeout: the wait for the lock goes on once it answers again."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    said = False
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return coord.acquire(name, holder, ttl_s, left, on_wait=waiting)
+        except CoordUnreachable as e:
+            if not said:
+                err.write(f"abreast lock: waiting for the coordination backend ({e})\n")
+                err.flush()
+                said = True
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(BACKEND_RETRY_S)
 
 
 def run_locked(
@@ -60,7 +94,7 @@ def run_locked(
             err.flush()
             told = True
 
-    lease = coord.acquire(name, holder, ttl_s, timeout_s, on_wait=waiting)
+    lease = _acquire(coord, name, holder, ttl_s, timeout_s, waiting, err)
     waited = time.monotonic() - t0
     if lease is None:
         current = coord.holder(name)
