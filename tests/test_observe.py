@@ -483,6 +483,60 @@ def test_report_numbers_equal_the_journal(tmp_path: Path) -> None:
     assert "<script" not in text and "src=" not in text  # one self-contained file
 
 
+def test_report_writes_junit_xml_a_test_case_per_task_for_ci(tmp_path: Path) -> None:
+    # CI systems show test results from JUnit XML; a run's tasks had no way there.
+    import xml.etree.ElementTree as ET
+
+    path = write(
+        tmp_path,
+        {
+            "name": "ci",
+            "flags": {"deploy": False},
+            "tasks": {
+                "build": {"run": "true"},
+                "test": {
+                    "run": "printf '\\033[31m<FAIL>\\033[0m 3 & 4\\n'; exit 3",
+                    "needs": ["build"],
+                },
+                "slow": {"run": "sleep 5", "timeout": "0.3s"},
+                "package": {"run": "true", "needs": ["test"]},
+                "deploy": {"run": "true", "when": "deploy"},
+            },
+        },
+    )
+    ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert ran.code == 1, ran.out
+    xml_file = tmp_path / "junit.xml"
+    done = run_abreast("report", "--junit", str(xml_file), cwd=tmp_path)
+    assert done.code == 0 and done.out.strip() == f"wrote {xml_file}", done.err
+    root = ET.parse(xml_file).getroot()  # well-formed: the log's ESC is not in it
+    assert root.tag == "testsuites"
+    (suite,) = root
+    assert suite.get("name") == "ci"
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("5", "2", "2")
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props == {"run": ran.out.splitlines()[0][5:], "state": "failed"}
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert set(cases) == {"build", "test", "slow", "package", "deploy"}
+    assert all(c.get("classname") == "ci" for c in cases.values())
+    assert list(cases["build"]) == []  # passed
+    failure = cases["test"].find("failure")
+    assert failure is not None and failure.get("type") == "failed"
+    assert failure.get("message") == "exit 3"
+    assert "<FAIL> 3 & 4" in (failure.text or "") and "\x1b" not in (failure.text or "")
+    timed_out = cases["slow"].find("failure")
+    assert timed_out is not None and timed_out.get("type") == "timed_out"
+    blocked = cases["package"].find("skipped")
+    assert blocked is not None and blocked.get("message", "").startswith("blocked: "), blocked
+    skipped = cases["deploy"].find("skipped")
+    assert skipped is not None and "deploy" in skipped.get("message", "")
+    assert float(cases["slow"].get("time", "0")) >= 0.3
+    # What XML 1.0 has no place for never reaches the file (a parser refuses it whole).
+    from abreast.observe.report import _xml_text
+
+    assert _xml_text("a\x01b\x1bc\td\ufffee") == "a\ufffdb\ufffdc\td\ufffde"
+
+
 def test_report_page_says_a_failed_tasks_log_is_empty(tmp_path: Path) -> None:
     path = write(tmp_path, {"name": "quiet", "tasks": {"q": {"run": "exit 4"}}})
     run = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)

@@ -313,6 +313,9 @@ def _args_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", nargs="?", metavar="RUN", help="default: the latest run")
     p.add_argument("--json", action="store_true", help="machine-readable")
     p.add_argument("--html", metavar="FILE", help="write a self-contained page")
+    p.add_argument(
+        "--junit", metavar="FILE", help="write a JUnit XML report (a test case per task), for CI"
+    )
     _state_arg(p)
 
 
@@ -816,9 +819,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.html:
         _write_file(Path(args.html), report.html_page(rep))
         print(f"wrote {args.html}")
+    if args.junit:
+        _write_file(Path(args.junit), report.junit_xml(rep))
+        print(f"wrote {args.junit}")
     if args.json:
         print(report.as_json(rep))
-    elif not args.html:
+    elif not args.html and not args.junit:
         print(report.text(rep))
     return 0
 

@@ -12,6 +12,7 @@ fetched).
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from abreast.coord.journal import Journal
@@ -490,3 +491,78 @@ _CSS = (
     ".blocked,.cancelled{color:#ef6c00}"
     "pre{background:#111;color:#ddd;padding:.8em;overflow:auto}"
 )
+
+
+# -- JUnit XML, for CI ------------------------------------------------------------------------
+
+# What a task that did not succeed is in JUnit's terms: a failure, or skipped (it did not
+# run to an end of its own: blocked by a failed dependency, skipped by `when:`, cancelled,
+# or still to run).
+_JUNIT_FAILED = ("failed", "timed_out")
+
+
+def junit_xml(rep: dict[str, Any]) -> str:
+    """The run as a JUnit XML report (one test suite, a test case per task), the format CI
+    systems (GitHub Actions, GitLab, Jenkins, ...) show results of: a test case's class is
+    the workflow's name, so that a task keeps its history from run to run."""
+    import xml.etree.ElementTree as ET
+
+    tasks = rep["tasks"]
+    failed = sum(t["state"] in _JUNIT_FAILED for t in tasks)
+    skipped = sum(t["state"] not in (*_JUNIT_FAILED, "succeeded") for t in tasks)
+    started = datetime.fromtimestamp(rep["started_at"], UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    suites = ET.Element(
+        "testsuites",
+        name="abreast",
+        tests=str(len(tasks)),
+        failures=str(failed),
+        errors="0",
+        skipped=str(skipped),
+        time=f"{rep['wall_s']:.3f}",
+    )
+    workflow = rep["workflow"] or "workflow"
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name=workflow,
+        tests=str(len(tasks)),
+        failures=str(failed),
+        errors="0",
+        skipped=str(skipped),
+        time=f"{rep['wall_s']:.3f}",
+        timestamp=started,
+    )
+    props = ET.SubElement(suite, "properties")
+    ET.SubElement(props, "property", name="run", value=rep["run_id"])
+    ET.SubElement(props, "property", name="state", value=rep["state"])
+    failures = {f["task"]: f for f in rep["failures"]}
+    for t in tasks:
+        case = ET.SubElement(
+            suite, "testcase", classname=workflow, name=t["id"], time=f"{t['elapsed_s']:.3f}"
+        )
+        reason = _xml_text(t["reason"] or "")
+        first = reason.splitlines()[0] if reason else t["state"]
+        if t["state"] in _JUNIT_FAILED:
+            tail = failures.get(t["id"], {}).get("log_tail") or []
+            body = reason + (
+                "\n\nlast lines of its log:\n" + "\n".join(_xml_text(x) for x in tail)
+                if tail
+                else ""
+            )
+            attempts = f" after {n} attempts" if (n := t["attempts"]) > 1 else ""
+            failure = ET.SubElement(case, "failure", message=first + attempts, type=t["state"])
+            failure.text = body
+        elif t["state"] != "succeeded":
+            message = first if t["state"] in first else f"{t['state']}: {first}"
+            ET.SubElement(case, "skipped", message=message)
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"
+
+
+def _xml_text(text: str) -> str:
+    """`text` without the characters XML 1.0 has no place for (a log's escape sequences'
+    ESC, NUL, ...): a parser refuses the whole file over one of them."""
+    return "".join(
+        c if c in "\t\n\r" or 0x20 <= ord(c) < 0xD800 or 0xE000 <= ord(c) < 0xFFFE else "\ufffd"
+        for c in text
+    )
