@@ -1846,6 +1846,31 @@ def test_a_task_without_an_estimate_counts_as_its_time_in_earlier_runs(
     assert {t["id"]: t["estimate_source"] for t in json.loads(out)["tasks"]}["long"] == "assumed"
 
 
+def test_a_measured_estimate_replaces_the_blanket_one_of_defaults(
+    tmp_path: Path,
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    # `defaults: {estimate: 10m}` (for analyze's figures before any run) stood for every
+    # task ever after, however long each took: only a task's own estimate does now.
+    path = workflow(
+        tmp_path,
+        {"a": {"run": "sleep 0.2"}, "b": {"run": "true", "estimate": "20m"}},
+        defaults={"estimate": "10m"},
+    )
+
+    def plan() -> dict[str, tuple[str, float]]:
+        out = cli("analyze", str(path), "--format", "json").out
+        return {t["id"]: (t["estimate_source"], t["estimate_s"]) for t in json.loads(out)["tasks"]}
+
+    assert plan() == {"a": ("given", 600), "b": ("given", 1200)}  # nothing measured yet
+    assert cli("run", str(path), "--plain", "--no-monitor").code == 0
+    db = tmp_path / ".abreast" / "state.db"
+    walls = dict(query(db, "SELECT task_id, wall_s FROM attempts"))
+    after = plan()
+    assert after["a"][0] == "measured" and after["a"][1] == pytest.approx(walls["a"])
+    assert after["b"] == ("given", 1200)  # its own: it wins
+
+
 def test_the_live_view_says_about_how_long_the_run_has_left(tmp_path: Path) -> None:
     # By the estimates (given, or measured in earlier runs): the longer of the longest
     # chain of unfinished tasks and their work over the cap; nothing when one is a guess.

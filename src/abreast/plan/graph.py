@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from abreast import dag
 from abreast.gcpause import paused_gc
+from abreast.plan.history import own_estimate
 from abreast.plan.ownership import overlapping_pairs
 from abreast.spec.model import Workflow
 
@@ -115,7 +116,7 @@ class TaskGraph:
         found: dict[int, int] = {}
         if measured:
             for v, tid in enumerate(ids):
-                if estimates[v] is None and tid in measured:
+                if tid in measured and not own_estimate(wf, tasks[v]):
                     estimates[v], found[v] = measured[tid]
         estimated = [e is not None for e in estimates]
         estimate = [DEFAULT_ESTIMATE_S if e is None else e for e in estimates]

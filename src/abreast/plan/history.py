@@ -4,8 +4,9 @@ A task without an estimate counted as one minute, however long it had taken ever
 before: the run's priorities (longest remaining work first) and `analyze` went by a
 guess the journal could correct. Now such a task counts as the median time of its
 succeeded attempt in the most recent runs of the same workflow (its `name:`) in the same
-project where it succeeded, up to `RUNS` of them. The journal is read, never written:
-nothing is created where there is none.
+project where it succeeded, up to `RUNS` of them; so does one whose estimate is the
+blanket one of `defaults:`. The journal is read, never written: nothing is created
+where there is none.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from abreast.coord.location import StateLocation
-    from abreast.spec.model import Workflow
+    from abreast.spec.model import Task, Workflow
 
 RUNS = 5  # the most recent runs a task succeeded in that its estimate is the median of
 _LOOK_BACK = 20  # runs of the workflow read for them
@@ -61,8 +62,16 @@ def measured(
 
 
 def for_workflow(wf: Workflow, location: StateLocation) -> dict[str, tuple[float, int]]:
-    """`measured` for the tasks of `wf` that give no estimate, from the project's journal."""
-    tasks = [tid for tid, t in wf.tasks.items() if t.estimate is None]
+    """`measured` for the tasks of `wf` that give no estimate of their own (none, or the
+    one of `defaults`), from the project's journal."""
+    tasks = [tid for tid, t in wf.tasks.items() if not own_estimate(wf, t)]
     if not tasks:
         return {}
     return measured(location.journal, wf.name, str(location.root), tasks)
+
+
+def own_estimate(wf: Workflow, task: Task) -> bool:
+    """Whether `task` gives an estimate of its own, which a measured one never replaces.
+    One equal to `defaults`' is taken for that one, a blanket guess (the merged file
+    cannot tell them apart)."""
+    return task.estimate is not None and task.estimate != wf.defaults.estimate
