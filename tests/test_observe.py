@@ -531,6 +531,18 @@ def test_report_writes_junit_xml_a_test_case_per_task_for_ci(tmp_path: Path) -> 
     skipped = cases["deploy"].find("skipped")
     assert skipped is not None and "deploy" in skipped.get("message", "")
     assert float(cases["slow"].get("time", "0")) >= 0.3
+    # `run --junit FILE` writes the same at the run's end, its exit status untouched; a
+    # place it cannot write to is said before anything runs.
+    again = tmp_path / "again.xml"
+    ran = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", "--junit", str(again), cwd=tmp_path
+    )
+    assert ran.code == 1 and f"  junit: wrote {again}" in ran.out, ran.out + ran.err
+    assert ET.parse(again).getroot()[0].get("failures") == "2"
+    runs = len(query(tmp_path / ".abreast" / "state.db", "SELECT id FROM runs"))
+    bad = run_abreast("run", str(path), "--junit", str(tmp_path / "no" / "x.xml"), cwd=tmp_path)
+    assert bad.code == 2 and "--junit " in bad.err and "cannot write a file there" in bad.err
+    assert len(query(tmp_path / ".abreast" / "state.db", "SELECT id FROM runs")) == runs
     # What XML 1.0 has no place for never reaches the file (a parser refuses it whole).
     from abreast.observe.report import _xml_text
 

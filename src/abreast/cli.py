@@ -149,6 +149,11 @@ def _observe_args(p: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="serve the dashboard on 127.0.0.1 during the run (PORT, or a free one)",
     )
+    p.add_argument(
+        "--junit",
+        metavar="FILE",
+        help="at the end, write the run as JUnit XML (a test case per task), for CI",
+    )
 
 
 def _args_analyze(p: argparse.ArgumentParser) -> None:
@@ -498,7 +503,23 @@ def _announce(run_id: str) -> None:
     print(f"run: {run_id}", flush=True)
 
 
-def _finish(outcome: RunOutcome) -> int:
+def _junit_target(args: argparse.Namespace) -> Path | None:
+    """Where `--junit` writes at the run's end, checked now: a directory that is not there
+    (or not writable) is said before the run, not after it."""
+    if getattr(args, "junit", None) is None:
+        return None
+    if getattr(args, "dry_run", False):
+        raise UsageError("--junit writes what a run did; a dry run does nothing")
+    path = Path(args.junit).absolute()
+    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UsageError(
+            f"--junit {args.junit}: cannot write a file there",
+            hint="give a file's path in a directory that exists and that you can write to",
+        )
+    return path
+
+
+def _finish(outcome: RunOutcome, junit: Path | None = None) -> int:
     from abreast.observe.summary import summarize
 
     summarize(outcome, sys.stdout)
@@ -509,6 +530,14 @@ def _finish(outcome: RunOutcome) -> int:
 
         with Journal(journal_path) as journal:
             print(report.closing(journal, outcome.run_id))
+            if junit is not None:  # the run's own exit status stays whatever happens here
+                try:
+                    junit.write_text(
+                        report.junit_xml(report.build(journal, outcome.run_id)), encoding="utf-8"
+                    )
+                    print(f"  junit: wrote {junit}")
+                except OSError as e:
+                    print(f"abreast: cannot write {junit}: {e.strerror or e}", file=sys.stderr)
     if outcome.interrupted:  # Ctrl-C, or the terminal closed
         return 128 + outcome.interrupted
     if outcome.state != "succeeded":
@@ -535,6 +564,7 @@ def _observing(args: argparse.Namespace, wanted: bool = True) -> Iterator[Observ
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    junit = _junit_target(args)
     with _observing(args, wanted=not args.dry_run) as observer:
         from abreast.engine.runs import RunRequest, dry_run, start_run
 
@@ -559,7 +589,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         if args.dry_run:
             return dry_run(req, sys.stdout)
-        return _finish(start_run(req, _view(args.plain), _announce))
+        return _finish(start_run(req, _view(args.plain), _announce), junit)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -594,6 +624,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
                     args.run_id = latest.id
             if args.run_id is None:
                 args.run_id = only_run(journal, gone, "was interrupted", "were interrupted").id
+    junit = _junit_target(args)
     with _observing(args) as observer:
         from abreast.engine.runs import resume_run
 
@@ -609,7 +640,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             retry=args.retry,
         )
-    return _finish(outcome)
+    return _finish(outcome, junit)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
