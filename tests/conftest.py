@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # (ABREAST_MAX_PARALLEL, ABREAST_PARALLEL).
 for _name in [n for n in os.environ if n.startswith("ABREAST_")]:
     del os.environ[_name]
+# Nor do the runs it starts write GitHub Actions annotations when CI is GitHub's: a test
+# that wants them sets GITHUB_ACTIONS itself.
+os.environ.pop("GITHUB_ACTIONS", None)
 
 
 @dataclass

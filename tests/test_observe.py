@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -547,6 +548,35 @@ def test_report_writes_junit_xml_a_test_case_per_task_for_ci(tmp_path: Path) -> 
     from abreast.observe.report import _xml_text
 
     assert _xml_text("a\x01b\x1bc\td\ufffee") == "a\ufffdb\ufffdc\td\ufffde"
+
+
+def test_failed_tasks_are_annotations_on_github_actions(tmp_path: Path) -> None:
+    # On GitHub Actions a failed task was a line in a long log; it is an error annotation
+    # on the job and the pull request now (a workflow command on stdout).
+    path = write(
+        tmp_path,
+        {
+            "name": "gh",
+            "tasks": {
+                "lint": {"run": "true"},
+                "test": {"run": "exit 3", "retries": 1, "backoff": {"initial": 0.01}},
+            },
+        },
+    )
+    env = {**os.environ, "GITHUB_ACTIONS": "true"}
+    ran = subprocess.run(
+        [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert ran.returncode == 1
+    annotations = [x for x in ran.stdout.splitlines() if x.startswith("::")]
+    assert annotations == ["::error title=abreast%3A test failed::exit 3 (after 2 attempts)"]
+    elsewhere = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert elsewhere.code == 1 and "::error" not in elsewhere.out
 
 
 def test_report_page_says_a_failed_tasks_log_is_empty(tmp_path: Path) -> None:

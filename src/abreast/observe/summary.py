@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TextIO
 
 from abreast.engine.engine import RunOutcome
@@ -71,6 +72,8 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
             f.task_id, f.state.value, f.attempt, f.reason, f.log_tail, f.log, diff
         )
         w("\n" + "\n".join(lines) + "\n")
+        if os.environ.get("GITHUB_ACTIONS") == "true":  # an annotation on the job and PR
+            w(github_error(f.task_id, f.state.value, f.attempt, f.reason))
     blocked = [t for t in outcome.tasks if t.state is TaskState.BLOCKED]
     if blocked:
         w("\n  blocked: " + ", ".join(f"{t.id} ({t.reason})" for t in blocked) + "\n")
@@ -81,3 +84,20 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
             f"\n  carry on: abreast resume {outcome.run_id} (with --retry-failed, what "
             "failed runs again too)\n"
         )
+
+
+def github_error(task_id: str, state: str, attempt: int, reason: str | None) -> str:
+    """A GitHub Actions workflow command that shows a failed task as an error annotation
+    (on the job's summary and the pull request), its reason's first line as the message."""
+    first = next(iter((reason or "").splitlines()), "") or state
+    after = f" (after {attempt} attempts)" if attempt > 1 else ""
+    title = f"abreast: {task_id} {state}"
+    return f"::error title={_gh_property(title)}::{_gh_data(first + after)}\n"
+
+
+def _gh_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_property(text: str) -> str:
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
