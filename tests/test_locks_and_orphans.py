@@ -714,52 +714,41 @@ def test_cleanup_leaves_the_lease_of_a_live_run_of_another_project_with_the_same
         coord.close()
 
 
-def test_redis_restart_during_a_run(tmp_path: Path) -> None:
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server")
-    server = RedisServer(binary, tmp_path)
+def test_redis_restart_during_a_run(tmp_path: Path, own_redis: RedisServer) -> None:
+    server = own_redis
+    inner = f"{PY} -m abreast lock tests -- sleep 0.3"
+    tasks = {f"t{i}": {"run": inner, "retries": 2, "backoff": {"initial": 0.2}} for i in range(8)}
+    proc = run_json(
+        tmp_path, {"name": "restart", "max_parallel": 2, "tasks": tasks}, "--state", server.url
+    )
+    time.sleep(0.8)  # let some tasks take and release the lock first
+    server.stop()
+    time.sleep(0.5)  # the backend is really gone for a while
     server.start()
-    try:
-        inner = f"{PY} -m abreast lock tests -- sleep 0.3"
-        tasks = {
-            f"t{i}": {"run": inner, "retries": 2, "backoff": {"initial": 0.2}} for i in range(8)
-        }
-        proc = run_json(
-            tmp_path, {"name": "restart", "max_parallel": 2, "tasks": tasks}, "--state", server.url
-        )
-        time.sleep(0.8)  # let some tasks take and release the lock first
-        server.stop()
-        time.sleep(0.5)  # the backend is really gone for a while
-        server.start()
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, out + err
-        coord = open_coordinator(server.url)
-        after = coord.acquire(
-            "tests",
-            __import__("abreast.coord.backend", fromlist=["Holder"]).Holder.here(),
-            ttl_s=5,
-            timeout_s=5,
-        )
-        assert after is not None
-        assert after.token > 10**12  # seeded from the clock: never a token seen before
-        assert coord.leases() == [after]
-        coord.close()
-    finally:
-        server.stop()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    coord = open_coordinator(server.url)
+    after = coord.acquire(
+        "tests",
+        __import__("abreast.coord.backend", fromlist=["Holder"]).Holder.here(),
+        ttl_s=5,
+        timeout_s=5,
+    )
+    assert after is not None
+    assert after.token > 10**12  # seeded from the clock: never a token seen before
+    assert coord.leases() == [after]
+    coord.close()
 
 
-def test_a_redis_outage_longer_than_the_wait_is_waited_out_not_failed(tmp_path: Path) -> None:
+def test_a_redis_outage_longer_than_the_wait_is_waited_out_not_failed(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
     # Redis gone for longer than ABREAST_REDIS_WAIT: a task waiting for its lock failed
     # ("could not prepare: ... Connection refused"), and every later call to Redis held
     # the orchestrator for the whole wait again (with the default 15 s: a run frozen,
     # deaf to Ctrl-C, until Redis came back). Now the lock's wait waits the outage out,
     # and the run carries on with what needs no Redis.
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server")
-    server = RedisServer(binary, tmp_path)
-    server.start()
+    server = own_redis
     first_in, first_go, free_go = tmp_path / "first-in", tmp_path / "first-go", tmp_path / "free-go"
 
     def gated(gate: Path, mark: Path | None = None) -> str:
@@ -803,23 +792,19 @@ def test_a_redis_outage_longer_than_the_wait_is_waited_out_not_failed(tmp_path: 
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-        server.stop()
     assert proc.returncode == 0, out + err
     assert "second: waits for the coordination backend, to take the lock 'tests'" in out, out
 
 
 def test_abreast_lock_waits_out_a_redis_outage_while_it_waits_for_its_lock(
     tmp_path: Path,
+    own_redis: RedisServer,
 ) -> None:
     # `abreast lock tests -- pytest` inside a task, waiting in line, with Redis gone
     # longer than ABREAST_REDIS_WAIT: it ended with an error (exit 2), failing the task.
     from abreast.coord.backend import Holder
 
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server")
-    server = RedisServer(binary, tmp_path)
-    server.start()
+    server = own_redis
     coord = open_coordinator(server.url)
     held = coord.acquire("tests", Holder.here(), ttl_s=300)
     assert held is not None
@@ -845,11 +830,12 @@ def test_abreast_lock_waits_out_a_redis_outage_while_it_waits_for_its_lock(
         if waiter.poll() is None:
             waiter.kill()
             waiter.communicate()
-        server.stop()
     assert waiter.returncode == 0, err
 
 
-def test_a_redis_found_gone_fails_calls_at_once_until_it_answers_again(tmp_path: Path) -> None:
+def test_a_redis_found_gone_fails_calls_at_once_until_it_answers_again(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
     # Each call to a Redis gone tried again for the whole wait: an orchestrator making a
     # few calls a second was held for minutes by a 15 s wait. The first call that finds
     # it gone waits; the next ones fail at once, until a look (a PING, once a second)
@@ -857,11 +843,7 @@ def test_a_redis_found_gone_fails_calls_at_once_until_it_answers_again(tmp_path:
     from abreast.coord.backend import CoordUnreachable
     from abreast.coord.redis_coord import RedisCoordinator
 
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server")
-    server = RedisServer(binary, tmp_path)
-    server.start()
+    server = own_redis
     coord = RedisCoordinator(server.url, wait_s=3.0)
     try:
         coord.heartbeat("k")
@@ -880,7 +862,6 @@ def test_a_redis_found_gone_fails_calls_at_once_until_it_answers_again(tmp_path:
         assert [h.key for h in coord.heartbeats()] == ["k"]
     finally:
         coord.close()
-        server.stop()
 
 
 def _answers(coord: Any) -> bool:

@@ -704,6 +704,25 @@ def test_dashboard_refuses_foreign_hosts_origins_and_missing_tokens(tmp_path: Pa
         server.stop()
 
 
+def serve_dashboard(root: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """`abreast dashboard` of the project at `root` on a free port, answering; the caller
+    terminates it."""
+    port = free_port()
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "dashboard", "--port", str(port)],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: get(f"http://127.0.0.1:{port}/api/runs")[0] == 200, what="dashboard")
+    except BaseException:
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
+        raise
+    return dashboard, port
+
+
 def chromium(profile: Path) -> Any:
     """A headless Chromium whose profile lives in `profile` (the test's tmp_path, not /tmp)."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -757,19 +776,12 @@ def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
             },
         },
     )
-    port = free_port()
     proc = start(path)
-    dashboard = subprocess.Popen(
-        [sys.executable, "-m", "abreast", "dashboard", "--port", str(port)],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    dashboard, port = serve_dashboard(tmp_path)
     driver = chromium(tmp_path / "chromium-profile")
     try:
         assert proc.stdout is not None
         run_id = proc.stdout.readline()[5:].strip()
-        wait_for(lambda: get(f"http://127.0.0.1:{port}/api/runs")[0] == 200, what="dashboard")
         driver.get(f"http://127.0.0.1:{port}/runs/{run_id}")
         node = '[data-task="first"]'
 
@@ -856,16 +868,9 @@ def test_dashboard_orders_a_waves_tasks_to_cross_few_edges_and_marks_times(
     ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
     assert ran.code == 0, ran.out
     run_id = ran.out.splitlines()[0][5:]
-    port = free_port()
-    dashboard = subprocess.Popen(
-        [sys.executable, "-m", "abreast", "dashboard", "--port", str(port)],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    dashboard, port = serve_dashboard(tmp_path)
     driver = chromium(tmp_path / "chromium-profile")
     try:
-        wait_for(lambda: get(f"http://127.0.0.1:{port}/api/runs")[0] == 200, what="dashboard")
         driver.get(f"http://127.0.0.1:{port}/runs/{run_id}")
         rows = (
             'const y = id => document.querySelector(`g[data-task="${id}"]`)'
