@@ -2580,6 +2580,34 @@ def test_a_signal_snapshot_leaves_out_what_tools_generated(repo: Path) -> None:
     assert "node_modules/dep/i.js" not in tree(repo, result)
 
 
+def test_parallel_aider_tasks_land_without_their_session_files(repo: Path) -> None:
+    # Aider keeps its chat history and repo-map cache at the root of the repository it
+    # works in: two Aider tasks side by side each committed their own history, and the
+    # second one's merge conflicted on it (add/add), every attempt.
+    aider_like = (
+        "echo '# aider chat started for {t}' > .aider.chat.history.md; "
+        "echo {t} > .aider.input.history; "
+        "mkdir -p .aider.tags.cache.v4 && echo {t} > .aider.tags.cache.v4/cache.db; "
+        "echo {t} > {t}.py"
+    )
+    path = workflow(
+        repo,
+        {
+            "one": {"run": aider_like.format(t="one"), "owns": ["one.py"], "retries": 0},
+            "two": {"run": aider_like.format(t="two"), "owns": ["two.py"], "retries": 0},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    landed = git(repo, "ls-tree", "-r", "--name-only", integration(run_id)).split()
+    assert "one.py" in landed and "two.py" in landed
+    assert not [p for p in landed if p.startswith(".aider")], landed
+    assert (
+        "left out of one's work: .aider.chat.history.md, .aider.input.history, "
+        ".aider.tags.cache.v4/ (1 file)" in out
+    ), out
+
+
 def test_generated_roots_are_the_outermost_directory_tools_make() -> None:
     from abreast.workspace.generated import owned, roots
 
@@ -2593,8 +2621,17 @@ def test_generated_roots_are_the_outermost_directory_tools_make() -> None:
             "target/debug/app",
             "docs/.DS_Store",
             "notes/node_modules",  # a file of that name is not a directory tools make
+            ".aider.chat.history.md",
+            ".aider.tags.cache.v4/cache.db",
+            ".aider.conf.yml",  # Aider's configuration: the project's
         ]
-    ) == {"web/node_modules": 2, "target": 2, "docs/.DS_Store": 1}
+    ) == {
+        "web/node_modules": 2,
+        "target": 2,
+        "docs/.DS_Store": 1,
+        ".aider.chat.history.md": 1,
+        ".aider.tags.cache.v4": 1,
+    }
     assert owned("web/node_modules", ["web/node_modules/**"])
     assert not owned("web/node_modules", ["web/**"])
 

@@ -9,7 +9,9 @@ What counts, by its path alone (the changed paths are all there is to read):
 - a directory with one of the names below (`node_modules`, `__pycache__`, ...);
 - a directory holding `pyvenv.cfg` (a Python virtual environment, whatever its name) or
   `CACHEDIR.TAG` (the Cache Directory Tagging convention: Cargo's `target/`, ...);
-- a `.DS_Store` file.
+- a `.DS_Store` file;
+- what an agent keeps for itself beside your files: Aider's `.aider.chat.history.md`,
+  `.aider.input.history`, `.aider.llm.history` and `.aider.tags.cache.*/`.
 
 One the task's `owns` names (`vendor/node_modules/**`) is its work, as is one the commit
 it started from already has (a project that vendors its dependencies).
@@ -40,7 +42,15 @@ NAMES = frozenset(
         ".parcel-cache",
     }
 )
-FILES = frozenset({".DS_Store"})
+# Files and directory-name prefixes agents keep for themselves at the root of the
+# repository they work in: Aider's chat and input histories, its LLM log and its repo-map
+# cache (`.aider.tags.cache.v3`, `.v4`, ...). Each parallel attempt writes its own, so
+# taken as work they conflict at every merge but the first. Aider's configuration
+# (`.aider.conf.yml`, `.aider.model.settings.yml`) is not among them.
+FILES = frozenset(
+    {".DS_Store", ".aider.chat.history.md", ".aider.input.history", ".aider.llm.history"}
+)
+PREFIXES = (".aider.tags.cache",)
 # A file that marks the directory holding it as generated.
 MARKERS = frozenset({"pyvenv.cfg", "CACHEDIR.TAG"})
 
@@ -56,7 +66,11 @@ def roots(paths: Iterable[str]) -> dict[str, int]:
         parts = p.split("/")
         last = len(parts) - 1
         for i, part in enumerate(parts):
-            if i < last and (part in NAMES or (marked and "/".join(parts[: i + 1]) in marked)):
+            if i < last and (
+                part in NAMES
+                or part.startswith(PREFIXES)
+                or (marked and "/".join(parts[: i + 1]) in marked)
+            ):
                 root = "/".join(parts[: i + 1])
             elif i == last and part in FILES:
                 root = p
