@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, run_abreast
+from tests.conftest import RedisServer, free_port, run_abreast
 from tests.helpers import PY, query, wait_for
 
 SEED_METRICS = (
@@ -891,6 +891,42 @@ def test_dashboard_orders_a_waves_tasks_to_cross_few_edges_and_marks_times(
         driver.quit()
         dashboard.terminate()
         dashboard.wait(timeout=10)
+
+
+def test_the_dashboard_answers_at_once_with_its_redis_gone(
+    tmp_path: Path, own_redis: RedisServer
+) -> None:
+    # The page's locks are asked of Redis: with Redis gone, every refresh of a run's page
+    # waited ABREAST_REDIS_WAIT (15 s by default) before answering, the whole dashboard
+    # with it. Locks are shown, not relied on: the page answers without them.
+    path = write(tmp_path, {"name": "gone", "tasks": {"a": {"run": "true"}}})
+    ran = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", "--state", own_redis.url, cwd=tmp_path
+    )
+    assert ran.code == 0, ran.out + ran.err
+    run_id = ran.out.splitlines()[0][5:]
+    own_redis.stop()
+    port = free_port()
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "abreast", "dashboard", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "ABREAST_STATE": own_redis.url, "ABREAST_REDIS_WAIT": "30s"},
+    )
+    try:
+        wait_for(lambda: get(f"http://127.0.0.1:{port}/api/runs")[0] == 200, what="dashboard")
+        for _ in range(3):  # each refresh, not only the first
+            status, body = get(f"http://127.0.0.1:{port}/api/runs/{run_id}")  # 10 s timeout
+            assert status == 200, body
+            assert json.loads(body)["locks"] == []
+    finally:
+        dashboard.terminate()
+        try:
+            dashboard.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # held in a call to Redis: it cannot hear TERM
+            dashboard.kill()
+            dashboard.wait()
 
 
 def test_event_stream_lines_are_json_whatever_the_names() -> None:

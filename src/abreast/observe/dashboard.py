@@ -344,9 +344,12 @@ class Dashboard:
     def locks(self, run_id: str) -> list[dict[str, Any]]:
         try:
             if self._coord is None:
-                from abreast.coord.backend import open_coordinator
+                from abreast.coord.backend import BEST_EFFORT_WAIT_S, open_coordinator
 
-                self._coord = open_coordinator(self.location.coord_url)
+                # Shown, not relied on: a Redis gone does not hold the page for the wait.
+                self._coord = open_coordinator(
+                    self.location.coord_url, wait_s=0, calls_wait_s=BEST_EFFORT_WAIT_S
+                )
             out = []
             for lease in self._coord.leases():
                 out.append(
