@@ -296,10 +296,7 @@ class RedisCoordinator(Coordinator):
                 self.store_id = self._first_contact(time.monotonic() + wait)
         except redis.RedisError as e:
             self._r.close()
-            gone = isinstance(e, redis.ConnectionError | redis.TimeoutError) and not isinstance(
-                e, redis.AuthenticationError
-            )
-            raise (CoordUnreachable if gone else CoordError)(
+            raise (CoordUnreachable if self._gone(e) else CoordError)(
                 f"cannot reach Redis at {redact_url(url)}: {e}"
             ) from e
         calls_wait = wait if calls_wait_s is None else calls_wait_s
@@ -332,16 +329,20 @@ class RedisCoordinator(Coordinator):
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._down is not None and not self._back():
             raise CoordUnreachable(f"Redis at {redact_url(self.url)}: {self._down}")
-        redis = self._redis_mod
         try:
             return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            if isinstance(e, redis.AuthenticationError):
+        except self._redis_mod.RedisError as e:
+            if not self._gone(e):
                 raise CoordError(f"Redis at {redact_url(self.url)}: {e}") from e
             self._down = str(e)  # tried for the whole wait: calls fail at once from now
             raise CoordUnreachable(f"Redis at {redact_url(self.url)}: {e}") from e
-        except redis.RedisError as e:
-            raise CoordError(f"Redis at {redact_url(self.url)}: {e}") from e
+
+    def _gone(self, e: Exception) -> bool:
+        """Whether `e` says Redis did not answer (as opposed to refusing: a password)."""
+        redis = self._redis_mod
+        return isinstance(e, redis.ConnectionError | redis.TimeoutError) and not isinstance(
+            e, redis.AuthenticationError
+        )
 
     def _back(self) -> bool:
         """Whether Redis, found gone, answers again: one quick PING, once a second at
