@@ -363,33 +363,49 @@ def test_a_redis_password_in_the_state_url_is_never_journaled_published_or_shown
         client.close()
 
 
+class NatsServer:
+    """A nats-server this test started (and alone stops), on 127.0.0.1."""
+
+    def __init__(self, binary: str) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [binary, "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import socket
+
+        def up() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(up, what="nats-server to listen")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[str]:
+def nats_server() -> Iterator[NatsServer]:
     binary = shutil.which("nats-server")
     if binary is None:
         pytest.skip("nats-server (Debian package) is not installed; .ci/run installs it")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "-a", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import socket
-
-    def up() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    wait_for(up, what="nats-server to listen")
-    yield f"nats://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    server = NatsServer(binary)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
-def test_every_event_reaches_a_nats_subscriber_in_order(tmp_path: Path, nats_server: str) -> None:
+def test_every_event_reaches_a_nats_subscriber_in_order(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
     import nats
 
     got: list[dict[str, Any]] = []
@@ -401,7 +417,7 @@ def test_every_event_reaches_a_nats_subscriber_in_order(tmp_path: Path, nats_ser
             got.append(json.loads(msg.data))
 
         async def main() -> None:
-            nc = await nats.connect(nats_server)
+            nc = await nats.connect(nats_server.url)
             await nc.subscribe("abreast.events", cb=on_message)
             await nc.flush()
             ready.set()
@@ -414,7 +430,9 @@ def test_every_event_reaches_a_nats_subscriber_in_order(tmp_path: Path, nats_ser
     t = threading.Thread(target=listen)
     t.start()
     ready.wait(10)
-    path = write(tmp_path, {"name": "nats", "events": {"nats": nats_server}, "tasks": EVENT_TASKS})
+    path = write(
+        tmp_path, {"name": "nats", "events": {"nats": nats_server.url}, "tasks": EVENT_TASKS}
+    )
     result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
     assert result.code == 1
     journaled = journal_events(tmp_path)
@@ -422,6 +440,34 @@ def test_every_event_reaches_a_nats_subscriber_in_order(tmp_path: Path, nats_ser
     done.set()
     t.join()
     assert [(e["seq"], e["type"], e["task_id"]) for e in got] == journaled
+
+
+def test_nats_gone_during_a_run_neither_fails_it_nor_garbles_its_output(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    # NATS stopped mid-run: nats-py printed a traceback for each try to reconnect over
+    # the run's output, and the run's end crashed closing the sink (ConnectionResetError:
+    # a traceback instead of the summary, exit 1 for a run whose tasks all succeeded).
+    gate, started = tmp_path / "go", tmp_path / "started"
+    tasks = {
+        "first": {"run": f"touch {started}; while [ ! -e {gate} ]; do sleep 0.05; done"},
+        "second": {"run": "true", "needs": ["first"]},
+    }
+    path = write(tmp_path, {"name": "gone", "events": {"nats": nats_server.url}, "tasks": tasks})
+    proc = start(path)
+    try:
+        wait_for(started.exists, what="first to start")
+        nats_server.stop()
+        gate.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        gate.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out + err
+    assert "Traceback" not in out + err and "nats: " not in out + err, out + err
+    assert "succeeded in" in out
 
 
 def test_unreachable_nats_stops_the_run_before_it_starts(tmp_path: Path) -> None:

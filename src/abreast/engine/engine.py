@@ -477,7 +477,8 @@ class Engine:
             self._adoptions.close()
         outcome = await self._finish_run()
         for sink in self.options.sinks:
-            await sink.close()
+            with contextlib.suppress(Exception):  # after the journal, best effort: a
+                await sink.close()  # sink's failure is never the run's end
         self.view.end()
         return outcome
 

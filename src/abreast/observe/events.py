@@ -115,6 +115,12 @@ class NatsSink(Sink):
         self._queue: asyncio.Queue[list[bytes] | None] = asyncio.Queue()
         self._nc: Any = None
         self._task: asyncio.Task[None] | None = None
+        self.errors = 0
+
+    async def _error(self, _e: Exception) -> None:
+        """NATS gone or refusing: counted, not said (nats-py's own would print a traceback
+        for each try to reconnect, over the run's output). Events are journaled first."""
+        self.errors += 1
 
     async def start(self) -> None:
         try:
@@ -123,7 +129,11 @@ class NatsSink(Sink):
             raise StateError("events.nats needs nats-py: pip install 'abreast[nats]'") from None
         try:
             self._nc = await nats.connect(
-                self.url, connect_timeout=5, max_reconnect_attempts=-1, allow_reconnect=True
+                self.url,
+                connect_timeout=5,
+                max_reconnect_attempts=-1,
+                allow_reconnect=True,
+                error_cb=self._error,
             )
         except Exception as e:
             raise StateError(
@@ -141,13 +151,20 @@ class NatsSink(Sink):
             if batch is None:
                 return
             for payload in batch:
-                await self._nc.publish(self.subject, payload)
+                try:  # buffered while NATS reconnects; refused once the buffer is full
+                    await self._nc.publish(self.subject, payload)
+                except Exception:
+                    self.errors += 1
 
     async def close(self) -> None:
+        """Send what is buffered (NATS there) and close; a NATS gone holds nothing up and
+        fails nothing: the run's end is the same with it or without."""
         if self._task is None:
             return
         self._queue.put_nowait(None)
         await self._task
+        if self._nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self._nc.flush(timeout=10)
         with contextlib.suppress(Exception):
-            await self._nc.flush(timeout=10)
-        await self._nc.close()
+            await self._nc.close()
