@@ -2608,6 +2608,22 @@ def test_parallel_aider_tasks_land_without_their_session_files(repo: Path) -> No
     ), out
 
 
+def test_an_agent_that_deletes_its_worktree_is_told_so_and_git_forgets_it(repo: Path) -> None:
+    # `rm -rf "$PWD"`: the failure said it had replaced its `.git` file (`git init`?),
+    # the summary listed the vanished directory as kept for inspection, and git's list
+    # of worktrees kept it as prunable.
+    path = workflow(
+        repo,
+        {"gone": {"run": 'rm -rf "$PWD"', "retries": 0}, "fine": {"run": "echo ok > ok.txt"}},
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    assert "gone (failed): deleted its worktree: the directory it ran in (" in out, out
+    assert "kept for inspection" not in out, out
+    assert "prunable" not in git(repo, "worktree", "list"), git(repo, "worktree", "list")
+    assert show(repo, integration(run_id), "ok.txt") == "ok\n"
+
+
 def test_generated_roots_are_the_outermost_directory_tools_make() -> None:
     from abreast.workspace.generated import owned, roots
 

@@ -332,6 +332,15 @@ class WorktreeIsolation(Isolation):
             inside = await asyncio.to_thread(submodules.uncommitted, self.repo, a.path, self.subs)
             if inside:
                 return Verdict(Outcome.SEND_BACK, _uncommitted_inside(inside), kind="submodule")
+        if not a.path.is_dir():
+            a.broken = True
+            return Verdict(
+                Outcome.SEND_BACK,
+                f"deleted its worktree: the directory it ran in ({a.path}) is gone, and its "
+                "work with it (`rm -rf` of its working directory?); nothing of it was merged. "
+                "An agent must leave the directory it runs in in place",
+                kind="containment",
+            )
         if not await asyncio.to_thread(self._git_file_sound, a.path):
             a.broken = True
             return Verdict(
@@ -667,10 +676,14 @@ class WorktreeIsolation(Isolation):
         if keep or a.broken:
             # Evidence: the worktree if it is still ours (or idle in the pool), and always
             # the task's branch with its last commit. One whose `.git` its agent replaced
-            # is never handed out again either (git would work on the agent's repository).
+            # is never handed out again either (git would work on the agent's repository);
+            # nor is one its agent deleted, and git forgets it (nothing is left to keep).
             if not a.released or self.pool.take_back(a.path):
                 self.pool.keep(a.path)
-                self._kept.append(a.path)
+                if a.path.is_dir():
+                    self._kept.append(a.path)
+                else:
+                    self.repo.git("worktree", "prune", check=False)
         elif not a.released:
             self.pool.release(a.path, clean=a.head is not None, after_move=a.own_repos)
 
