@@ -174,6 +174,36 @@ def test_conflict_is_sent_back_and_resolved_on_attempt_2(repo: Path) -> None:
     assert second[1][:2] == (2, "succeeded")
 
 
+def test_a_flaky_check_is_run_again_not_the_agent_and_said(repo: Path, tmp_path: Path) -> None:
+    # A red check sent the task back to its agent (minutes and tokens) even when the
+    # suite was only flaky. A check's `retries` runs it again first; a later green lands
+    # the work and is said, as the suite may be flaky.
+    seen = tmp_path / "seen"
+    flaky = f"if [ -e {seen} ]; then exit 0; fi; touch {seen}; echo 'test_x FAILED'; exit 1"
+    path = workflow(
+        repo,
+        {"a": {"run": "echo A > a.txt", "retries": 0}},
+        checks=[{"name": "tests", "run": flaky, "retries": 2}],
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert show(repo, integration(run_id), "a.txt") == "A\n"
+    said = "check `tests` was red (exit 1; log: "
+    assert said in out and ") and green when run again (run 2 of 3): flaky? (checking a)" in out
+    report = run_abreast("report", run_id, "--json", cwd=repo)
+    assert any(said in w for w in json.loads(report.out)["warnings"]), report.out
+    # Red on every run: the merge is red, as before, and says how often it was tried.
+    always = workflow(
+        repo,
+        {"b": {"run": "echo B > b.txt", "retries": 0}},
+        checks=[{"name": "tests", "run": "echo 'test_y FAILED'; exit 1", "retries": 1}],
+    )
+    code, out, _ = run(repo, always)
+    assert code == 1, out
+    assert "check `tests` failed (exit 1), on each of its 2 runs; the end of its output:" in out
+    assert "flaky?" not in out
+
+
 def test_red_check_sends_back_and_exhausted_retries_keep_the_branch(repo: Path) -> None:
     path = workflow(
         repo,

@@ -53,6 +53,8 @@ class CheckResult:
     detail: str  # what failed and the tail of its output
     log: str
     wait_s: float  # time spent waiting for the check's lock
+    # Checks that were red and then green when run again (their `retries`): flaky, said.
+    flaky: tuple[str, ...] = ()
 
 
 class LocalLocks:
@@ -80,38 +82,82 @@ async def run_checks(
     control: CheckControl | None = None,
 ) -> CheckResult:
     """Run each check in order; stop at the first red one (or when `control` is stopped).
-    A check whose lock was lost while it ran (taken over, force-released, not renewable)
-    was ended by the lock's keeper and is run again, up to LOST_LOCK_TRIES times."""
+    A red check is run again up to its `retries` times; one green on a later run is
+    flaky, and said in the result. A check whose lock was lost while it ran (taken over,
+    force-released, not renewable) was ended by the lock's keeper and is run again, up
+    to LOST_LOCK_TRIES times."""
     control = control or CheckControl()
     waited = 0.0
+    flaky: list[str] = []
     for i, check in enumerate(checks):
         name = check.name or check.run
-        log = f"{log_prefix}.{i + 1}.log"
-        for _ in range(LOST_LOCK_TRIES):
+        runs = check.retries + 1
+        first_red = ""
+        for n in range(1, runs + 1):
+            log = f"{log_prefix}.{i + 1}.log" if n == 1 else f"{log_prefix}.{i + 1}.run{n}.log"
             if control.stopped:
                 return CheckResult(False, name, f"check `{name}` not run: cancelled", "", waited)
-            t0 = time.monotonic()
-            ctx = hold(check.lock, holder) if check.lock else contextlib.nullcontext()
-            async with ctx as held:
-                waited += time.monotonic() - t0
-                run_env = env
-                if held is not None:  # what runs under the lease can be fenced off
-                    run_env = {**env, **leases_env([held.lease], held.store_id)}
-                code, sig, stopped = await _run_one(check, cwd, run_env, log, grace_s, control)
-            lost = held.lost if held is not None else None
-            if lost is None:
+            ran = await _run_held(check, cwd, env, log, hold, holder, grace_s, control)
+            waited += ran.waited
+            if ran.lost is not None:
+                detail = f"check `{name}` {ran.lost}, {LOST_LOCK_TRIES} times: it has no result"
+                return CheckResult(False, name, detail, log, waited, tuple(flaky))
+            if ran.why is None:
+                if n > 1:
+                    flaky.append(
+                        f"check `{name}` was red ({first_red}) and green when run again "
+                        f"(run {n} of {runs}): flaky?"
+                    )
                 break
-        else:
-            detail = f"check `{name}` {lost}, {LOST_LOCK_TRIES} times: it has no result"
-            return CheckResult(False, name, detail, log, waited)
-        if stopped or code != 0 or sig:
-            why = stopped or describe_status(code, sig)
+            first_red = first_red or f"{ran.why}; log: {log}"
+            if n < runs and not control.stopped:
+                continue
             tail = log_tail(log, tail_lines, max_bytes=16384)
-            detail = f"check `{name}` failed ({why})"
+            detail = f"check `{name}` failed ({ran.why})"
+            if runs > 1:
+                detail += f", on each of its {runs} runs"
             if tail:
                 detail += "; the end of its output:\n" + "\n".join(tail)
-            return CheckResult(False, name, detail, log, waited)
-    return CheckResult(True, "", "", "", waited)
+            return CheckResult(False, name, detail, log, waited, tuple(flaky))
+    return CheckResult(True, "", "", "", waited, tuple(flaky))
+
+
+@dataclass(frozen=True)
+class _Ran:
+    why: str | None  # why it was red (an exit status, a signal, why it was ended); None: green
+    lost: str | None  # why its lock was lost, each of LOST_LOCK_TRIES times (no result)
+    waited: float  # for its lock
+
+
+async def _run_held(
+    check: Check,
+    cwd: Path,
+    env: Mapping[str, str],
+    log: str,
+    hold: LockHolder,
+    holder: str,
+    grace_s: float,
+    control: CheckControl,
+) -> _Ran:
+    """One run of a check, holding its lock; run again if the lock was lost meanwhile."""
+    waited = 0.0
+    lost: str | None = None
+    for _ in range(LOST_LOCK_TRIES):
+        if control.stopped:
+            return _Ran("not run: cancelled", None, waited)
+        t0 = time.monotonic()
+        ctx = hold(check.lock, holder) if check.lock else contextlib.nullcontext()
+        async with ctx as held:
+            waited += time.monotonic() - t0
+            run_env = env
+            if held is not None:  # what runs under the lease can be fenced off
+                run_env = {**env, **leases_env([held.lease], held.store_id)}
+            code, sig, stopped = await _run_one(check, cwd, run_env, log, grace_s, control)
+        lost = held.lost if held is not None else None
+        if lost is None:
+            red = stopped or code != 0 or sig
+            return _Ran(stopped or describe_status(code, sig) if red else None, None, waited)
+    return _Ran(None, lost, waited)
 
 
 async def _run_one(

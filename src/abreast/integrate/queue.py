@@ -75,8 +75,10 @@ class MergeQueue:
         batch: int = 1,
         max_log: int = 0,
         put_back: Callable[[str], None] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.repo = repo
+        self.warn = warn or (lambda _text: None)  # said at once and in the run's summary
         # Where the integration ref was last seen (or moved to by this queue), and what
         # puts it back there (journaled, said) when it is found deleted during the run.
         self.last_head: str | None = None
@@ -367,6 +369,10 @@ class MergeQueue:
         if result is None or self._checks.stopped:  # not a verdict on the work
             return None
         self.stats.lock_wait_s += result.wait_s
+        for text in result.flaky:  # green in the end: said, as the suite may be flaky
+            said = f"{text} (checking {', '.join(job.task_id for job in jobs)})"
+            self.journal.stage_event(self.run_id, "check.flaky", first.task_id, warning=said)
+            self.warn(said)
         for job in jobs:
             self.on_event(
                 "checks.finished",

@@ -223,6 +223,7 @@ class WorktreeIsolation(Isolation):
             batch=wf.merge.batch,
             max_log=wf.logs.max_size,
             put_back=self._put_back,
+            warn=self.warn,
         )
         self.queue.last_head = existing  # where the integration head is at the start
 

@@ -22,7 +22,12 @@ from abreast.observe import rundata
 from abreast.spec.durations import format_duration as fmt
 
 # Events that carry a warning the run said (and its summary repeated).
-WARNING_EVENTS = ("containment.violation", "memory.leak_suspected", "work.left_out")
+WARNING_EVENTS = (
+    "containment.violation",
+    "memory.leak_suspected",
+    "work.left_out",
+    "check.flaky",
+)
 
 
 def build(journal: Journal, run_id: str) -> dict[str, Any]:

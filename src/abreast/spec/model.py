@@ -272,6 +272,15 @@ class Check:
     name: str | None = None
     lock: str | None = None
     timeout: Duration | None = None
+    retries: Annotated[
+        int,
+        Ge(0),
+        Le(10),
+        Doc(
+            "a red run is run again up to this many times before the merge counts as red "
+            "(a flaky test suite), instead of sending the task back; a later green is said"
+        ),
+    ] = 0
 
 
 @dataclass(frozen=True)
