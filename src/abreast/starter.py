@@ -24,6 +24,7 @@ defaults:
 
 # checks:                    # run on the merge result before a task's work lands
 #   - run: make test
+#     retries: 1             # a red run is run again once first (a flaky suite)
 # merge: {batch: 4}          # slow checks: check up to 4 queued merges together
 
 # worktrees:                 # each task runs in a git worktree of its own, which has only
