@@ -339,7 +339,7 @@ class WorktreeIsolation(Isolation):
                 Outcome.SEND_BACK,
                 f"deleted its worktree: the directory it ran in ({a.path}) is gone, and its "
                 "work with it (`rm -rf` of its working directory?); nothing of it was merged. "
-                "An agent must leave the directory it runs in in place",
+                "An agent must not remove the directory it runs in",
                 kind="containment",
             )
         if not await asyncio.to_thread(self._git_file_sound, a.path):

@@ -491,7 +491,8 @@ def ticks(span: float, most: int = 8) -> list[float]:
 _CSS = (
     "body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
     "table{border-collapse:collapse}"
-    "td,th{padding:.2em .7em;border-bottom:1px solid #ddd;text-align:left}"
+    "td,th{padding:.2em .7em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}"
+    "td:not(:last-child){white-space:nowrap}"
     ".succeeded{color:#2e7d32}.failed,.timed_out{color:#c62828}"
     ".blocked,.cancelled{color:#ef6c00}"
     "pre{background:#111;color:#ddd;padding:.8em;overflow:auto}"
