@@ -750,7 +750,9 @@ def test_dashboard_refuses_foreign_hosts_origins_and_missing_tokens(tmp_path: Pa
         server.stop()
 
 
-def serve_dashboard(root: Path) -> tuple[subprocess.Popen[bytes], int]:
+def serve_dashboard(
+    root: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     """`abreast dashboard` of the project at `root` on a free port, answering; the caller
     terminates it."""
     port = free_port()
@@ -759,6 +761,7 @@ def serve_dashboard(root: Path) -> tuple[subprocess.Popen[bytes], int]:
         cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     try:
         wait_for(lambda: get(f"http://127.0.0.1:{port}/api/runs")[0] == 200, what="dashboard")
@@ -952,16 +955,9 @@ def test_the_dashboard_answers_at_once_with_its_redis_gone(
     assert ran.code == 0, ran.out + ran.err
     run_id = ran.out.splitlines()[0][5:]
     own_redis.stop()
-    port = free_port()
-    dashboard = subprocess.Popen(
-        [sys.executable, "-m", "abreast", "dashboard", "--port", str(port)],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "ABREAST_STATE": own_redis.url, "ABREAST_REDIS_WAIT": "30s"},
-    )
+    env = {**os.environ, "ABREAST_STATE": own_redis.url, "ABREAST_REDIS_WAIT": "30s"}
+    dashboard, port = serve_dashboard(tmp_path, env)
     try:
-        wait_for(lambda: get(f"http://127.0.0.1:{port}/api/runs")[0] == 200, what="dashboard")
         for _ in range(3):  # each refresh, not only the first
             status, body = get(f"http://127.0.0.1:{port}/api/runs/{run_id}")  # 10 s timeout
             assert status == 200, body
