@@ -374,6 +374,8 @@ def test_files_written_by_processes_the_run_did_not_start_are_not_blamed_on_task
         server.wait()
     out = result.stdout
     assert "wrote outside its worktree" not in out, out
+    # Nor are the two logs, being written, noted at the start as uncommitted changes.
+    assert "uncommitted change" not in out, out
     run_id = out.split("run: ", 1)[1].split()[0]
     assert show(repo, integration(run_id), "c.txt") == "c\n", out
     assert (repo / "run.log").read_text() == out and grew > 0

@@ -521,6 +521,11 @@ def _base_commit(
     for line in preflight.command_notes(repo.root, p.wf, (repo, commit, own)):
         announce_note(line)
     dirty = [d for d in dirty_paths(repo, repo.root) if not d.startswith(".abreast/") and d != own]
+    if dirty:  # the run's own output (`> run.log`, `| tee run.log`) is not worth a note
+        from abreast.integrate.guard import being_written
+
+        logs = being_written(repo.root, dirty)
+        dirty = [d for d in dirty if d not in logs]
     if dirty:
         named = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
         announce_note(

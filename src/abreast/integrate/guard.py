@@ -284,16 +284,7 @@ class Guard:
         """Those of `rels` that a process this run did not start holds open for writing
         (`| tee run.log`, another run's output, a dev server's log): not the tasks' doing.
         Their files are left out of the checkout's state from then on."""
-        if not rels:
-            return []
-        ids: dict[tuple[int, int], str] = {}
-        for rel in rels:
-            try:
-                st = (self.repo.root / rel).lstat()
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                ids[(st.st_dev, st.st_ino)] = rel
+        ids = _regular_files(self.repo.root, rels)
         if not ids:
             return []
         me = os.getpid()
@@ -316,6 +307,30 @@ class Guard:
 
 
 _ABSENT = object()
+
+
+def being_written(root: Path, rels: list[str]) -> set[str]:
+    """Those of `rels` (paths under `root`) that this process's output goes to, or that a
+    process holds open for writing now: a log being written (`abreast run | tee run.log`,
+    a dev server's), not a change of the project's."""
+    ids = _regular_files(root, rels)
+    if not ids:
+        return set()
+    held = _own_output_files() | set(writers_of(ids.keys()))
+    return {rel for key, rel in ids.items() if key in held}
+
+
+def _regular_files(root: Path, rels: list[str]) -> dict[tuple[int, int], str]:
+    """(device, inode) of each of `rels` that is a regular file."""
+    ids: dict[tuple[int, int], str] = {}
+    for rel in rels:
+        try:
+            st = (root / rel).lstat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            ids[(st.st_dev, st.st_ino)] = rel
+    return ids
 
 
 def _own_output_files() -> set[tuple[int, int]]:
