@@ -117,6 +117,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        self.stop()  # one server at a time: a second start never orphans the first
         self.proc = subprocess.Popen(
             [
                 self.binary,
