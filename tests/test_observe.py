@@ -548,6 +548,11 @@ def test_report_writes_junit_xml_a_test_case_per_task_for_ci(tmp_path: Path) -> 
                 "slow": {"run": "sleep 5", "timeout": "0.3s"},
                 "package": {"run": "true", "needs": ["test"]},
                 "deploy": {"run": "true", "when": "deploy"},
+                "flaky": {
+                    "run": f"test -e {tmp_path}/once || {{ touch {tmp_path}/once; exit 3; }}",
+                    "retries": 1,
+                    "backoff": {"initial": 0.01},
+                },
             },
         },
     )
@@ -560,11 +565,15 @@ def test_report_writes_junit_xml_a_test_case_per_task_for_ci(tmp_path: Path) -> 
     assert root.tag == "testsuites"
     (suite,) = root
     assert suite.get("name") == "ci"
-    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("5", "2", "2")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("6", "2", "2")
     props = {p.get("name"): p.get("value") for p in suite.iter("property")}
     assert props == {"run": ran.out.splitlines()[0][5:], "state": "failed"}
     cases = {c.get("name"): c for c in suite.iter("testcase")}
-    assert set(cases) == {"build", "test", "slow", "package", "deploy"}
+    assert set(cases) == {"build", "test", "slow", "package", "deploy", "flaky"}
+    # Green in the end, after an attempt that was not: a pass that says so.
+    said = cases["flaky"].find("system-out")
+    assert said is not None and cases["flaky"].find("failure") is None
+    assert said.text == "succeeded on attempt 2; before it:\nattempt 1: failed (exit 3)", said.text
     assert all(c.get("classname") == "ci" for c in cases.values())
     assert list(cases["build"]) == []  # passed
     failure = cases["test"].find("failure")
