@@ -630,6 +630,32 @@ def test_failed_tasks_are_annotations_on_github_actions(tmp_path: Path) -> None:
     assert ran.returncode == 1
     annotations = [x for x in ran.stdout.splitlines() if x.startswith("::")]
     assert annotations == ["::error title=abreast%3A test failed::exit 3 (after 2 attempts)"]
+    # A run's warnings too (here: a file generated that .gitignore does not exclude).
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "abreast.yaml").write_text(
+        "version: 1\nname: gw\ntasks:\n  w: {run: mkdir __pycache__ && touch __pycache__/x.pyc}\n"
+    )
+    subprocess.run(
+        "git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm wf",
+        shell=True,
+        cwd=repo,
+        check=True,
+    )
+    repo_wf = repo / "abreast.yaml"
+    warned = subprocess.run(
+        [sys.executable, "-m", "abreast", "run", str(repo_wf), "--no-monitor", "--plain"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert warned.returncode == 0, warned.stdout + warned.stderr
+    assert any(
+        x.startswith("::warning title=abreast::left out of w's work: __pycache__/")
+        for x in warned.stdout.splitlines()
+    ), warned.stdout
     elsewhere = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
     assert elsewhere.code == 1 and "::error" not in elsewhere.out
 

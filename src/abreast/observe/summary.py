@@ -48,6 +48,9 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
         w(f"  {outcome.landing}\n")
     for warning in outcome.warnings:
         w(f"  warning: {warning}\n")
+    if outcome.warnings and os.environ.get("GITHUB_ACTIONS") == "true":
+        for warning in outcome.warnings:  # annotations on the job and the pull request
+            w(f"::warning title=abreast::{_gh_data(warning)}\n")
     report_failures(outcome, out)
     if outcome.state == "cancelled" and not outcome.failures:
         w(f"\n  {carry_on_hint(outcome.run_id)}\n")
