@@ -619,16 +619,9 @@ def test_failed_tasks_are_annotations_on_github_actions(tmp_path: Path) -> None:
         },
     )
     env = {**os.environ, "GITHUB_ACTIONS": "true"}
-    ran = subprocess.run(
-        [sys.executable, "-m", "abreast", "run", str(path), "--no-monitor", "--plain"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert ran.returncode == 1
-    annotations = [x for x in ran.stdout.splitlines() if x.startswith("::")]
+    ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env=env)
+    assert ran.code == 1
+    annotations = [x for x in ran.out.splitlines() if x.startswith("::")]
     assert annotations == ["::error title=abreast%3A test failed::exit 3 (after 2 attempts)"]
     # A run's warnings too (here: a file generated that .gitignore does not exclude).
     repo = tmp_path / "repo"
@@ -642,20 +635,12 @@ def test_failed_tasks_are_annotations_on_github_actions(tmp_path: Path) -> None:
         cwd=repo,
         check=True,
     )
-    repo_wf = repo / "abreast.yaml"
-    warned = subprocess.run(
-        [sys.executable, "-m", "abreast", "run", str(repo_wf), "--no-monitor", "--plain"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    assert warned.returncode == 0, warned.stdout + warned.stderr
+    warned = run_abreast("run", "--no-monitor", "--plain", cwd=repo, env=env)
+    assert warned.code == 0, warned.out + warned.err
     assert any(
         x.startswith("::warning title=abreast::left out of w's work: __pycache__/")
-        for x in warned.stdout.splitlines()
-    ), warned.stdout
+        for x in warned.out.splitlines()
+    ), warned.out
     elsewhere = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
     assert elsewhere.code == 1 and "::error" not in elsewhere.out
 

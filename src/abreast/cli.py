@@ -532,12 +532,10 @@ def _finish(outcome: RunOutcome, junit: Path | None = None) -> int:
             print(report.closing(journal, outcome.run_id))
             if junit is not None:  # the run's own exit status stays whatever happens here
                 try:
-                    junit.write_text(
-                        report.junit_xml(report.build(journal, outcome.run_id)), encoding="utf-8"
-                    )
+                    _write_file(junit, report.junit_xml(report.build(journal, outcome.run_id)))
                     print(f"  junit: wrote {junit}")
-                except OSError as e:
-                    print(f"abreast: cannot write {junit}: {e.strerror or e}", file=sys.stderr)
+                except UsageError as e:
+                    print(f"abreast: {e}", file=sys.stderr)
     if outcome.interrupted:  # Ctrl-C, or the terminal closed
         return 128 + outcome.interrupted
     if outcome.state != "succeeded":

@@ -524,7 +524,7 @@ def _base_commit(
     if dirty:  # the run's own output (`> run.log`, `| tee run.log`) is not worth a note
         from abreast.integrate.guard import being_written
 
-        logs = being_written(repo.root, dirty)
+        logs = being_written(repo.root, dirty).values()
         dirty = [d for d in dirty if d not in logs]
     if dirty:
         named = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")

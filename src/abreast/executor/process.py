@@ -278,7 +278,8 @@ def _open_for_writing(pid: int, fd: str) -> bool:
 
 def started_by(pid: int, ancestor: int, run_id: str) -> bool:
     """Whether `pid` descends from `ancestor` (orphans of its descendants come back to
-    it as a subreaper), or carries the run's marker (an attempt's on a Ray worker)."""
+    it as a subreaper), or carries the marker of run `run_id` (an attempt's on a Ray
+    worker; "": no run yet)."""
     p = pid
     for _ in range(256):
         if p == ancestor:
@@ -287,7 +288,7 @@ def started_by(pid: int, ancestor: int, run_id: str) -> bool:
         if fields is None or p <= 1:
             break
         p = int(fields[1])
-    env = _environ(pid)
+    env = _environ(pid) if run_id else None
     return env is not None and env.get(MARKER_ENV.encode()) == run_id.encode()
 
 

@@ -284,16 +284,9 @@ class Guard:
         """Those of `rels` that a process this run did not start holds open for writing
         (`| tee run.log`, another run's output, a dev server's log): not the tasks' doing.
         Their files are left out of the checkout's state from then on."""
-        ids = _regular_files(self.repo.root, rels)
-        if not ids:
-            return []
-        me = os.getpid()
-        out = []
-        for key, pids in writers_of(ids.keys()).items():
-            if any(not started_by(pid, me, self.run_id) for pid in pids):
-                self._own_output.add(key)
-                out.append(ids[key])
-        return out
+        found = being_written(self.repo.root, rels, self.run_id)
+        self._own_output.update(found)
+        return list(found.values())
 
     def _gone_at(self, rel: str) -> float:
         """When a path that is no longer there went, as near as can be told: the mtime of
@@ -309,15 +302,21 @@ class Guard:
 _ABSENT = object()
 
 
-def being_written(root: Path, rels: list[str]) -> set[str]:
-    """Those of `rels` (paths under `root`) that this process's output goes to, or that a
-    process holds open for writing now: a log being written (`abreast run | tee run.log`,
-    a dev server's), not a change of the project's."""
+def being_written(root: Path, rels: list[str], run_id: str = "") -> dict[tuple[int, int], str]:
+    """Those of `rels` (paths under `root`, by (device, inode)) that this process's output
+    goes to, or that a process it did not start (nor run `run_id`'s attempts) holds open
+    for writing now: a log being written (`abreast run | tee run.log`, another run's
+    output, a dev server's), not a change of the project's, nor the tasks' doing."""
     ids = _regular_files(root, rels)
     if not ids:
-        return set()
-    held = _own_output_files() | set(writers_of(ids.keys()))
-    return {rel for key, rel in ids.items() if key in held}
+        return {}
+    me = os.getpid()
+    held = _own_output_files() | {
+        key
+        for key, pids in writers_of(ids.keys()).items()
+        if any(not started_by(pid, me, run_id) for pid in pids)
+    }
+    return {key: rel for key, rel in ids.items() if key in held}
 
 
 def _regular_files(root: Path, rels: list[str]) -> dict[tuple[int, int], str]:

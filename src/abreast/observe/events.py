@@ -115,12 +115,10 @@ class NatsSink(Sink):
         self._queue: asyncio.Queue[list[bytes] | None] = asyncio.Queue()
         self._nc: Any = None
         self._task: asyncio.Task[None] | None = None
-        self.errors = 0
 
     async def _error(self, _e: Exception) -> None:
-        """NATS gone or refusing: counted, not said (nats-py's own would print a traceback
-        for each try to reconnect, over the run's output). Events are journaled first."""
-        self.errors += 1
+        """NATS gone or refusing: not said (nats-py's own would print a traceback for each
+        try to reconnect, over the run's output). Events are journaled first."""
 
     async def start(self) -> None:
         try:
@@ -151,10 +149,9 @@ class NatsSink(Sink):
             if batch is None:
                 return
             for payload in batch:
-                try:  # buffered while NATS reconnects; refused once the buffer is full
+                # Buffered while NATS reconnects; refused (and dropped) once the buffer is full.
+                with contextlib.suppress(Exception):
                     await self._nc.publish(self.subject, payload)
-                except Exception:
-                    self.errors += 1
 
     async def close(self) -> None:
         """Send what is buffered (NATS there) and close; a NATS gone holds nothing up and

@@ -517,27 +517,16 @@ def junit_xml(rep: dict[str, Any]) -> str:
     failed = sum(t["state"] in _JUNIT_FAILED for t in tasks)
     skipped = sum(t["state"] not in (*_JUNIT_FAILED, "succeeded") for t in tasks)
     started = datetime.fromtimestamp(rep["started_at"], UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    suites = ET.Element(
-        "testsuites",
-        name="abreast",
-        tests=str(len(tasks)),
-        failures=str(failed),
-        errors="0",
-        skipped=str(skipped),
-        time=f"{rep['wall_s']:.3f}",
-    )
+    counts = {
+        "tests": str(len(tasks)),
+        "failures": str(failed),
+        "errors": "0",
+        "skipped": str(skipped),
+        "time": f"{rep['wall_s']:.3f}",
+    }
+    suites = ET.Element("testsuites", {"name": "abreast", **counts})
     workflow = rep["workflow"] or "workflow"
-    suite = ET.SubElement(
-        suites,
-        "testsuite",
-        name=workflow,
-        tests=str(len(tasks)),
-        failures=str(failed),
-        errors="0",
-        skipped=str(skipped),
-        time=f"{rep['wall_s']:.3f}",
-        timestamp=started,
-    )
+    suite = ET.SubElement(suites, "testsuite", {"name": workflow, **counts, "timestamp": started})
     props = ET.SubElement(suite, "properties")
     ET.SubElement(props, "property", name="run", value=rep["run_id"])
     ET.SubElement(props, "property", name="state", value=rep["state"])

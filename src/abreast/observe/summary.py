@@ -48,7 +48,7 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
         w(f"  {outcome.landing}\n")
     for warning in outcome.warnings:
         w(f"  warning: {warning}\n")
-    if outcome.warnings and os.environ.get("GITHUB_ACTIONS") == "true":
+    if on_github_actions():
         for warning in outcome.warnings:  # annotations on the job and the pull request
             w(f"::warning title=abreast::{_gh_data(warning)}\n")
     report_failures(outcome, out)
@@ -75,7 +75,7 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
             f.task_id, f.state.value, f.attempt, f.reason, f.log_tail, f.log, diff
         )
         w("\n" + "\n".join(lines) + "\n")
-        if os.environ.get("GITHUB_ACTIONS") == "true":  # an annotation on the job and PR
+        if on_github_actions():
             w(github_error(f.task_id, f.state.value, f.attempt, f.reason))
     blocked = [t for t in outcome.tasks if t.state is TaskState.BLOCKED]
     if blocked:
@@ -87,6 +87,11 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
             f"\n  carry on: abreast resume {outcome.run_id} (with --retry-failed, what "
             "failed runs again too)\n"
         )
+
+
+def on_github_actions() -> bool:
+    """Whether this runs in a GitHub Actions job, whose log reads workflow commands."""
+    return os.environ.get("GITHUB_ACTIONS") == "true"
 
 
 def github_error(task_id: str, state: str, attempt: int, reason: str | None) -> str:
