@@ -149,6 +149,34 @@ def test_workflow_merges_defaults_and_records_its_source(write) -> None:  # type
     assert wf.source == str(path.resolve())
 
 
+def test_top_level_x_keys_hold_anchors_and_are_ignored(write) -> None:  # type: ignore[no-untyped-def]
+    # As in Docker Compose: a place for what tasks merge with `<<:`, in the file and the schema.
+    import jsonschema
+
+    from abreast.spec.schema import json_schema
+
+    path = write("""
+        version: 1
+        x-quick: &quick {timeout: 5m, retries: 0}
+        x-echo: &echo
+          <<: *quick
+          run: echo hi
+        tasks:
+          a: {<<: *echo}
+          b: {<<: *quick, needs: [a], run: make}
+    """)
+    wf = load_workflow(path)
+    assert (wf.tasks["a"].run, wf.tasks["a"].timeout, wf.tasks["a"].retries) == ("echo hi", 300, 0)
+    assert (wf.tasks["b"].run, wf.tasks["b"].timeout) == ("make", 300)
+    validator = jsonschema.Draft202012Validator(json_schema())
+    doc = {"version": 1, "x-quick": {"anything": 1}, "tasks": {"a": {"run": "true"}}}
+    assert not list(validator.iter_errors(doc))
+    # Only `x-` keys, and only at the top: a typo elsewhere is still an error.
+    assert list(validator.iter_errors({**doc, "xquick": 1}))
+    with pytest.raises(SpecError, match=r"unknown key 'x-note' in tasks\.a"):
+        load_workflow(write("version: 1\ntasks:\n  a: {run: 'true', x-note: hi}\n"))
+
+
 def test_json_workflow_loads(write) -> None:  # type: ignore[no-untyped-def]
     path = write('{"version": 1, "tasks": {"a": {"run": "true"}}}', "w.json")
     assert list(load_workflow(path).tasks) == ["a"]

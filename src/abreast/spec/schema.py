@@ -151,6 +151,7 @@ def json_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "abreast workflow file (version 1)",
         **top,
+        "patternProperties": {"^x-": {}},  # the user's own keys, ignored (YAML anchors)
         "$defs": defs,
     }
 

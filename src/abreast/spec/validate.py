@@ -85,6 +85,12 @@ AGENT_EXAMPLES = {
 _PLACEHOLDER = re.compile(r"\{\{\s*prompt\s*\}\}|\{prompt\}|\$\{?PROMPT\b\}?", re.IGNORECASE)
 
 
+def _extension(key: object) -> bool:
+    """A top-level `x-…` key: the user's own, ignored (a place for YAML anchors that tasks
+    merge with `<<: *name`, as in Docker Compose files)."""
+    return isinstance(key, str) and key.startswith("x-")
+
+
 class _Validator:
     def __init__(self, doc: Document) -> None:
         self.doc = doc
@@ -158,7 +164,7 @@ class _Validator:
             else:
                 merged[tid] = {**body, "id": tid}
         self._tasks_raw = tasks_raw or {}
-        top = {k: v for k, v in data.items() if k != "tasks"}
+        top = {k: v for k, v in data.items() if k != "tasks" and not _extension(k)}
         if "defaults" in top:
             top["defaults"] = defaults_raw
         if tasks_raw is not None:
