@@ -580,7 +580,7 @@ def test_resume_force_goes_on_with_the_file_as_it_is_now(tmp_path: Path) -> None
     tasks = {t["id"]: (t["state"], t["reason"]) for t in status["tasks"]}
     assert tasks == {
         "a": ("succeeded", None),
-        "gone": ("skipped", "removed from the workflow file (resumed with --force)"),
+        "gone": ("skipped", "removed from the workflow file before the run was resumed"),
         "b": ("succeeded", None),
     }
     assert run_abreast("logs", run_id, "b", cwd=tmp_path).out == "b\n"
@@ -632,11 +632,12 @@ def test_the_time_between_a_cancel_and_its_resume_is_not_the_runs(tmp_path: Path
     assert len(ends) == 3 and max(ends) < 60, ends  # a's two attempts and b, no 3-day gap
 
 
-def test_retry_failed_with_force_goes_by_the_fixed_file(tmp_path: Path) -> None:
+def test_retry_failed_goes_by_the_fixed_file(tmp_path: Path) -> None:
     # The usual fix for a failed task is in the workflow file itself (a wrong command, a
-    # task that should not be there). `resume --retry-failed --force` goes by the file
-    # as it is now: the fixed task runs again, one removed is skipped (not left failed
-    # in a run that succeeded), the task it blocked runs, and succeeded ones do not.
+    # task that should not be there). `resume --retry-failed` goes by the file as it is
+    # now (said; no --force needed: the run's end told the user to run it once fixed):
+    # the fixed task runs again, one removed is skipped (not left failed in a run that
+    # succeeded), the task it blocked runs, and succeeded ones do not.
     ran = tmp_path / "ran"
     tasks: dict[str, Any] = {
         "a": {"run": f"echo a >> {ran}"},
@@ -652,19 +653,17 @@ def test_retry_failed_with_force_goes_by_the_fixed_file(tmp_path: Path) -> None:
     del tasks["gone"]
     tasks["d"]["needs"] = ["a", "b"]
     write_workflow(tmp_path, "fix", tasks)
-    refused = run_abreast("resume", run_id, "--retry-failed", cwd=tmp_path)
-    assert refused.code == 2 and "changed since run" in refused.err
-    again = run_abreast(
-        "resume", run_id, "--retry-failed", "--force", "--plain", "--no-monitor", cwd=tmp_path
-    )
+    again = run_abreast("resume", run_id, "--retry-failed", "--plain", "--no-monitor", cwd=tmp_path)
     assert again.code == 0, again.out + again.err
+    assert f"note: w.json changed since run {run_id} started; going by it" in again.err
+    assert "gone: removed from" in again.out
     assert sorted(ran.read_text().split()) == ["a", "b", "d"]
     status = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
     states = {t["id"]: (t["state"], t["attempts"], t["reason"]) for t in status["tasks"]}
     assert states == {
         "a": ("succeeded", 1, None),
         "b": ("succeeded", 2, None),
-        "gone": ("skipped", 1, "removed from the workflow file (resumed with --force)"),
+        "gone": ("skipped", 1, "removed from the workflow file before the run was resumed"),
         "d": ("succeeded", 1, None),
     }
     assert status["state"] == "succeeded"

@@ -238,8 +238,9 @@ def _args_resume(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--retry-failed",
         action="store_true",
-        help="run the failed tasks again (and those they blocked), keeping what succeeded; "
-        "also for a run that ended failed (default RUN: the latest run)",
+        help="run the failed tasks again (and those they blocked), keeping what succeeded, "
+        "going by the workflow file as it is now; also for a run that ended failed "
+        "(default RUN: the latest run)",
     )
     p.add_argument(
         "--retry",

@@ -937,6 +937,11 @@ def _resume_found(
                 hint="start a new run with `abreast run`",
             )
         wf = only_tasks(wf, kept)
+    if wf.source_sha256 != row.file_sha256 and retry_failed and not force:
+        # Running failed tasks again is what one does once they are fixed, and the fix is
+        # often in the file itself (a wrong command): it is taken as it is now, and said.
+        _note(f"note: {file.name} changed since run {row.id} started; going by it as it is now")
+        force = True
     if wf.source_sha256 != row.file_sha256 and not force:
         raise UsageError(
             f"{file} changed since run {row.id} started",
@@ -1253,7 +1258,7 @@ def _adopt_changed_file(
                 row.id,
                 tid,
                 state="skipped",
-                reason="removed from the workflow file (resumed with --force)",
+                reason="removed from the workflow file before the run was resumed",
             )
     options = {**options, "plan": plan_summary(p.analysis)}
     journal.stage_run(row.id, file_sha256=p.wf.source_sha256, options=options)
