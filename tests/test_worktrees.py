@@ -2640,6 +2640,35 @@ def test_parallel_aider_tasks_land_without_their_session_files(repo: Path) -> No
     ), out
 
 
+def test_parallel_tasks_that_install_and_test_land_without_what_that_made(repo: Path) -> None:
+    # Two agents that each ran `pip install -e .` and `pytest --cov` in a project whose
+    # .gitignore lacks them: each committed its own `*.egg-info/` (its SOURCES.txt
+    # listing the files it had added) and its binary `.coverage`, and the second merge
+    # conflicted on both (add/add), every attempt.
+    made = (
+        "mkdir -p src/app.egg-info .hypothesis/examples && "
+        "echo {t}.py > src/app.egg-info/SOURCES.txt && "
+        "printf '{t}\\000' > .coverage && echo {t} > .coverage.host.42.x && "
+        "echo {t} > .hypothesis/examples/db && echo {t} > tsconfig.tsbuildinfo && "
+        "echo {t} > {t}.py"
+    )
+    path = workflow(
+        repo,
+        {
+            "one": {"run": made.format(t="one"), "owns": ["one.py"], "retries": 0},
+            "two": {"run": made.format(t="two"), "owns": ["two.py"], "retries": 0},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    landed = git(repo, "ls-tree", "-r", "--name-only", integration(run_id)).split()
+    assert sorted(set(landed) - set(tree(repo, "main"))) == ["one.py", "two.py"]
+    assert (
+        "left out of one's work: .coverage, .coverage.host.42.x, .hypothesis/ (1 file), "
+        "src/app.egg-info/ (1 file), tsconfig.tsbuildinfo, which tools generate" in out
+    ), out
+
+
 def test_an_agent_that_deletes_its_worktree_is_told_so_and_git_forgets_it(repo: Path) -> None:
     # `rm -rf "$PWD"`: the failure said it had replaced its `.git` file (`git init`?),
     # the summary listed the vanished directory as kept for inspection, and git's list
@@ -2672,6 +2701,13 @@ def test_generated_roots_are_the_outermost_directory_tools_make() -> None:
             ".aider.chat.history.md",
             ".aider.tags.cache.v4/cache.db",
             ".aider.conf.yml",  # Aider's configuration: the project's
+            "src/app.egg-info/PKG-INFO",
+            "src/app.egg-info/SOURCES.txt",
+            "pkg/.coverage",
+            ".coverage.host.1.x",
+            "coverage.py",  # a source file
+            "web/tsconfig.tsbuildinfo",
+            "htmlcov/index.html",
         ]
     ) == {
         "web/node_modules": 2,
@@ -2679,6 +2715,11 @@ def test_generated_roots_are_the_outermost_directory_tools_make() -> None:
         "docs/.DS_Store": 1,
         ".aider.chat.history.md": 1,
         ".aider.tags.cache.v4": 1,
+        "src/app.egg-info": 2,
+        "pkg/.coverage": 1,
+        ".coverage.host.1.x": 1,
+        "web/tsconfig.tsbuildinfo": 1,
+        "htmlcov": 1,
     }
     assert owned("web/node_modules", ["web/node_modules/**"])
     assert not owned("web/node_modules", ["web/**"])

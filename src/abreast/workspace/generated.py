@@ -6,10 +6,12 @@ An agent that runs `npm install` or the tests in a project whose `.gitignore` la
 as its work (`git add -A`, or its own commit), they landed on the integration branch.
 What counts, by its path alone (the changed paths are all there is to read):
 
-- a directory with one of the names below (`node_modules`, `__pycache__`, ...);
+- a directory with one of the names below (`node_modules`, `__pycache__`, ...), or
+  whose name ends in `.egg-info` (what `pip install -e .` makes of a setuptools project);
 - a directory holding `pyvenv.cfg` (a Python virtual environment, whatever its name) or
   `CACHEDIR.TAG` (the Cache Directory Tagging convention: Cargo's `target/`, ...);
-- a `.DS_Store` file;
+- a `.DS_Store` file, a coverage data file (`.coverage`, `.coverage.HOST.PID.X` of
+  parallel runs), ESLint's `.eslintcache`, TypeScript's `*.tsbuildinfo`;
 - what an agent keeps for itself beside your files: Aider's `.aider.chat.history.md`,
   `.aider.input.history`, `.aider.llm.history` and `.aider.tags.cache.*/`.
 
@@ -40,16 +42,34 @@ NAMES = frozenset(
         ".nuxt",
         ".turbo",
         ".parcel-cache",
+        ".svelte-kit",
+        ".angular",
+        ".dart_tool",
+        ".terraform",
+        ".hypothesis",
+        "htmlcov",
+        ".ipynb_checkpoints",
+        ".sass-cache",
     }
 )
+DIR_SUFFIXES = (".egg-info",)
 # Files and directory-name prefixes agents keep for themselves at the root of the
 # repository they work in: Aider's chat and input histories, its LLM log and its repo-map
 # cache (`.aider.tags.cache.v3`, `.v4`, ...). Each parallel attempt writes its own, so
 # taken as work they conflict at every merge but the first. Aider's configuration
 # (`.aider.conf.yml`, `.aider.model.settings.yml`) is not among them.
 FILES = frozenset(
-    {".DS_Store", ".aider.chat.history.md", ".aider.input.history", ".aider.llm.history"}
+    {
+        ".DS_Store",
+        ".coverage",
+        ".eslintcache",
+        ".aider.chat.history.md",
+        ".aider.input.history",
+        ".aider.llm.history",
+    }
 )
+FILE_PREFIXES = (".coverage.",)  # coverage.py's parallel data files, one per process
+FILE_SUFFIXES = (".tsbuildinfo",)  # `tsc --incremental`'s state
 PREFIXES = (".aider.tags.cache",)
 # A file that marks the directory holding it as generated.
 MARKERS = frozenset({"pyvenv.cfg", "CACHEDIR.TAG"})
@@ -69,16 +89,21 @@ def roots(paths: Iterable[str]) -> dict[str, int]:
             if i < last and (
                 part in NAMES
                 or part.startswith(PREFIXES)
+                or part.endswith(DIR_SUFFIXES)
                 or (marked and "/".join(parts[: i + 1]) in marked)
             ):
                 root = "/".join(parts[: i + 1])
-            elif i == last and part in FILES:
+            elif i == last and _generated_file(part):
                 root = p
             else:
                 continue
             found[root] = found.get(root, 0) + 1
             break
     return found
+
+
+def _generated_file(name: str) -> bool:
+    return name in FILES or name.startswith(FILE_PREFIXES) or name.endswith(FILE_SUFFIXES)
 
 
 def owned(root: str, owns: Sequence[str]) -> bool:
@@ -91,7 +116,9 @@ def owned(root: str, owns: Sequence[str]) -> bool:
 def said(task_id: str, left: dict[str, int]) -> str:
     """The warning for what was left out of a task's work."""
     shown = [
-        root if root.rpartition("/")[2] in FILES else f"{root}/ ({n} file{'s' * (n != 1)})"
+        root
+        if _generated_file(root.rpartition("/")[2]) and n == 1
+        else f"{root}/ ({n} file{'s' * (n != 1)})"
         for root, n in list(left.items())[:5]
     ]
     more = f" and {len(left) - 5} more" if len(left) > 5 else ""
