@@ -421,6 +421,26 @@ def test_a_dependent_sees_its_dependencies_work(repo: Path) -> None:
     assert show(repo, integration(run_id), "client.txt") == "uses v1\n"
 
 
+def test_a_base_that_is_not_a_commit_is_refused_saying_what_was_meant(
+    repo: Path, tmp_path: Path
+) -> None:
+    # `base: master` in a repository whose branch is `main` said only that it "is not a
+    # commit", and in a repository with no commits yet that HEAD was not one.
+    path = workflow(repo, {"a": {"run": "true"}}, base="master")
+    code, out, _ = run(repo, path)
+    assert code == 2 and f"base 'master' is not a commit in {repo}; did you mean 'main'?" in out
+    git(repo, "tag", "v1.0")
+    path = workflow(repo, {"a": {"run": "true"}}, base="v1.1")
+    assert "did you mean 'v1.0'?" in run(repo, path)[1]
+    fresh = tmp_path / "fresh"
+    git(tmp_path, "init", "-q", str(fresh))
+    (fresh / "abreast.yaml").write_text('{"version": 1, "tasks": {"a": {"run": "true"}}}')
+    code, out, _ = run(fresh, fresh / "abreast.yaml")
+    assert code == 2 and f"{fresh} has no commits yet" in out
+    assert "git commit --allow-empty -m start" in out
+    assert "no runs yet" in run_abreast("status", cwd=fresh).err  # nothing journaled
+
+
 def test_land_fast_forwards_the_base_branch(repo: Path) -> None:
     path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
     code, out, _run_id = run(repo, path, "--land")

@@ -475,16 +475,12 @@ def _base_commit(
         for line in preflight.command_notes(p.location.root, p.wf):
             announce_note(line)
         return None
-    from abreast.workspace.repo import Repo, base_name, dirty_paths
+    from abreast.workspace.repo import Repo, base_name, dirty_paths, unknown_base
 
     repo = Repo(p.location.root)
     commit = repo.rev_parse(p.wf.base)
     if commit is None:
-        raise UsageError(
-            f"base {p.wf.base!r} is not a commit in {repo.root}",
-            hint="set `base:` to a branch, tag or commit that exists "
-            "(a new repository needs a first commit)",
-        )
+        raise unknown_base(repo, p.wf.base)
     # Git keeps a branch as a file named by it: a branch `abreast` leaves no room for the
     # run's `abreast/<run>/...` branches (found here, before anything is journaled).
     if repo.rev_parse("refs/heads/abreast") is not None:

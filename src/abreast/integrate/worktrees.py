@@ -45,6 +45,7 @@ from abreast.workspace.repo import (
     index_identity,
     signal_ref,
     unfinished,
+    unknown_base,
     worktree_git_dir,
 )
 
@@ -141,10 +142,7 @@ class WorktreeIsolation(Isolation):
         if existing is None:
             start = base_commit or self.repo.rev_parse(wf.base)
             if start is None:
-                raise UsageError(
-                    f"base {wf.base!r} is not a commit in {self.repo.root}",
-                    hint="set `base:` to a branch, tag or commit that exists",
-                )
+                raise unknown_base(self.repo, wf.base)
             if not self.repo.update_ref(self.ref, start, None):
                 raise UsageError(f"could not create {self.ref}")
             self.base_commit = existing = start

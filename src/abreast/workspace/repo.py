@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from abreast.errors import UsageError
 from abreast.workspace.git import GitError, git
 
 ZERO = "0" * 40
@@ -557,3 +558,28 @@ def base_name(repo: Repo, base: str) -> str:
         return base.removeprefix("refs/heads/")
     current = repo.current_branch()
     return current.removeprefix("refs/heads/") if current else "HEAD"
+
+
+def unknown_base(repo: Repo, base: str) -> UsageError:
+    """The error a run refuses with when `base` names no commit of `repo`, saying what it
+    may have meant (`main` in a repository whose branch is `master` is the usual one)."""
+    if repo.rev_parse("HEAD") is None and not repo.refs("refs/heads/"):
+        return UsageError(
+            f"{repo.root} has no commits yet, so there is nothing for tasks to start from",
+            hint="make a first commit (`git add -A && git commit -m start`, or "
+            "`git commit --allow-empty -m start`)",
+        )
+    names = [
+        ref.removeprefix("refs/heads/").removeprefix("refs/remotes/").removeprefix("refs/tags/")
+        for ref in repo.refs("refs/heads/", "refs/remotes/", "refs/tags/")
+        if not ref.startswith("refs/heads/abreast/") and not ref.endswith("/HEAD")
+    ]
+    usual = [n for n in names if n in ("main", "master", "trunk", "develop")]
+    import difflib
+
+    close = difflib.get_close_matches(base, names, n=1, cutoff=0.6) or usual[:1]
+    return UsageError(
+        f"base {base!r} is not a commit in {repo.root}"
+        + (f"; did you mean {close[0]!r}?" if close else ""),
+        hint="set `base:` to a branch, tag or commit that exists",
+    )
