@@ -843,6 +843,67 @@ def test_a_key_a_direct_mode_task_prints_is_masked_while_its_attempt_runs(
     assert proc.returncode == 0, out + err
 
 
+def test_secrets_of_the_tasks_environment_are_masked_as_keys_are(tmp_path: Path) -> None:
+    # A token abreast's environment has (GITHUB_TOKEN) or a task's `env:` gives it
+    # (`GH: ${MY_TOKEN}`), printed by the task (`curl -v`, a stack trace), was copied into
+    # the journal, the summary, the next attempt's feedback, its dependents' inputs and the
+    # JUnit file CI keeps. Masked now by their variables' names, as the pools' keys are;
+    # a short value (`DB_PASSWORD=postgres`) and one of another name are left alone.
+    inherited, given = f"ghs_{uuid.uuid4().hex}", f"ghp_{uuid.uuid4().hex}"
+    release, feedback = tmp_path / "release", tmp_path / "feedback"
+    first = (
+        'echo "Authorization: token $GITHUB_TOKEN"; echo "GH=$GH db=$DB_PASSWORD $BUILD_ID"; '
+        'printf \'{"debug": "%s"}\' "$GH" > "$ABREAST_OUTPUT"; '
+        f"while [ ! -e {release} ]; do sleep 0.05; done; exit 1"
+    )
+    again = f'echo "$ABREAST_FEEDBACK" | tee {feedback}; exit 1'
+    path = write(
+        tmp_path,
+        {
+            "name": "envsecrets",
+            "tasks": {
+                "t": {
+                    "run": f'if [ "$ABREAST_ATTEMPT" = 1 ]; then {first}; else {again}; fi',
+                    "env": {"GH": "${MY_TOKEN}"},
+                    "retries": 1,
+                    "backoff": {"initial": 0.01, "max": 0.01},
+                }
+            },
+        },
+    )
+    env = {**os.environ, "GITHUB_TOKEN": inherited, "MY_TOKEN": given}
+    env |= {"DB_PASSWORD": "postgres", "BUILD_ID": "build-1234567890abcdef"}
+    junit = tmp_path / "junit.xml"
+    args = ["run", str(path), "--plain", "--no-monitor", "--junit", str(junit)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abreast", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        run_id = proc.stdout.readline().removeprefix("run: ").strip()
+        log = tmp_path / ".abreast" / "runs" / run_id / "logs" / "t.1.log"
+        wait_for(lambda: log.exists() and "GH=" in log.read_text(), what="t to print")
+        live = run_abreast("logs", run_id, "t", cwd=tmp_path).out  # while it runs
+    finally:
+        release.touch()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    a, b = f"[key {fingerprint(inherited)}]", f"[key {fingerprint(given)}]"
+    assert live == f"Authorization: token {a}\nGH={b} db=postgres build-1234567890abcdef\n"
+    assert f"| GH={b} db=postgres build-1234567890abcdef" in out  # attempt 2's log lines
+    assert f"Authorization: token {a}" in feedback.read_text()  # what attempt 2 was told
+    kept = b"".join(p.read_bytes() for p in (tmp_path / ".abreast").rglob("*") if p.is_file())
+    told = out + err + feedback.read_text() + junit.read_text()
+    for secret in (inherited, given):
+        assert secret not in told and secret.encode() not in kept  # journal, logs, output
+    assert b"postgres" in kept  # too short to be masked
+
+
 def test_a_key_a_direct_mode_task_writes_into_its_work_is_not_merged(tmp_path: Path) -> None:
     key = f"sk-written-{uuid.uuid4().hex}"
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, check=True)
@@ -1027,6 +1088,46 @@ def test_a_log_is_scrubbed_of_keys_however_they_fall_across_reads(
     before = untouched.stat().st_ino
     assert scrub_secrets(str(untouched), [("abcd1234", key)], chunk=chunk) == 0
     assert untouched.stat().st_ino == before  # not rewritten
+
+
+def test_scrubbing_never_writes_through_a_link_a_task_put_beside_its_file(
+    tmp_path: Path,
+) -> None:
+    # The output file's name is the task's to know ($ABREAST_OUTPUT): a symlink at the
+    # scrub's temporary name (`t.1.json.scrub`) made abreast write over what it named.
+    from abreast.executor.logs import scrub_secrets
+
+    key = "sk-0123456789abcdef"
+    output, victim = tmp_path / "t.1.json", tmp_path / "victim"
+    output.write_text(f'{{"k": "{key}"}}')
+    victim.write_text("mine\n")
+    (tmp_path / "t.1.json.scrub").symlink_to(victim)
+    assert scrub_secrets(str(output), [("abcd1234", key)]) == 1
+    assert victim.read_text() == "mine\n"
+    assert output.read_text() == '{"k": "[key abcd1234]"}'
+
+
+def test_which_variables_hold_secrets_by_their_names() -> None:
+    from abreast.keys.envsecrets import env_secrets, secret_name
+
+    secret = [
+        "GITHUB_TOKEN", "NPM_CONFIG__AUTH", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD",
+        "OPENAI_API_KEY", "STRIPE_KEY", "gpg_passphrase", "GOOGLE_CREDENTIALS", "apikey",
+    ]  # fmt: skip
+    plain = [
+        "GIT_AUTHOR_NAME", "KEYBOARD", "SSH_AUTH_SOCK", "TOKEN_FILE", "SECRETS_DIR",
+        "MONKEY", "PATH", "HOME",
+    ]  # fmt: skip
+    assert [n for n in secret if not secret_name(n)] == []
+    assert [n for n in plain if secret_name(n)] == []
+    long, inner = "tok-0123456789abcdef", "0123456789abcdef"
+    found = env_secrets(
+        [
+            {"GITHUB_TOKEN": inner, "DB_PASSWORD": "postgres", "HOME": "/home/someone-long"},
+            {"OTHER_TOKEN": long, "ABREAST_PROMPT_TOKEN": "x" * 20, "SAME_SECRET": long},
+        ]
+    )
+    assert found == [(fingerprint(long), long), (fingerprint(inner), inner)]  # longest first
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 19, 4096])

@@ -441,6 +441,26 @@ def test_a_base_that_is_not_a_commit_is_refused_saying_what_was_meant(
     assert "no runs yet" in run_abreast("status", cwd=fresh).err  # nothing journaled
 
 
+def test_a_secret_a_merge_check_prints_is_not_kept_nor_passed_on(repo: Path) -> None:
+    # A red check that printed a token of abreast's environment (a deploy step's `curl
+    # -v`) had it copied into the task's feedback, the journal and the summary, and kept
+    # in its log.
+    token = "ghs_0123456789abcdefABCDEF"
+    path = workflow(
+        repo,
+        {"a": {"run": "echo a > a.txt", "retries": 0}},
+        checks=[{"run": 'echo "POST /deploy Authorization: Bearer $DEPLOY_TOKEN"; exit 1'}],
+    )
+    env = {**os.environ, "DEPLOY_TOKEN": token}
+    ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=repo, env=env)
+    assert ran.code == 1, ran.out + ran.err
+    assert "Authorization: Bearer [key " in ran.out, ran.out
+    state = repo / ".abreast"
+    assert list(state.rglob("checks/*.log"))
+    kept = b"".join(p.read_bytes() for p in state.rglob("*") if p.is_file())
+    assert token not in ran.out + ran.err and token.encode() not in kept
+
+
 def test_land_fast_forwards_the_base_branch(repo: Path) -> None:
     path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
     code, out, _run_id = run(repo, path, "--land")

@@ -40,7 +40,7 @@ from abreast.engine.ports import PortBook
 from abreast.engine.states import FAILED_STATES, TaskState, check_transition
 from abreast.engine.supervise import Supervisor, Trouble
 from abreast.executor.local import Executor, Exit, Launch, LocalExecutor, Running
-from abreast.executor.logs import log_tail, open_regular, scrub_secrets
+from abreast.executor.logs import log_size, log_tail, open_regular, redact, scrub_files
 from abreast.executor.process import (
     Adoptions,
     become_subreaper,
@@ -126,6 +126,9 @@ class EngineOptions:
     sinks: list[Sink] = field(default_factory=list)  # hear every committed event
     fail_fast: bool = False  # the first task to fail stops the run as a drain does
     keys: KeyBroker | None = None  # API keys or proxy tokens for attempts
+    # (fingerprint, value) of the secrets in the tasks' environments (keys/envsecrets.py):
+    # masked, with the keys, in what abreast records of their output.
+    masked: list[tuple[str, str]] = field(default_factory=list)
     # Makes the executor on the loop (given the exit callback); None: LocalExecutor.
     executor: Callable[[Callable[[Running, Exit], None]], Executor] | None = None
 
@@ -282,7 +285,7 @@ class Engine:
         self._ending_groups: set[int] = set()  # process groups being killed
         self._adoptions: Adoptions | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._scrubs: set[asyncio.Future[int]] = set()  # logs being rid of key values
+        self._scrubs: set[asyncio.Future[None]] = set()  # files being rid of key values
         self._ports = PortBook()  # held by running attempts of tasks with `ports:`
         self._tick_handle: asyncio.TimerHandle | None = None
         self._last_heartbeat = 0.0
@@ -823,11 +826,16 @@ class Engine:
         sampled = self.sup.ended(tr.id)
         if self.options.keys is not None:
             self.options.keys.release(tr.id, n)
-            if tr.last_log:  # a key a direct-mode task printed does not stay in its log
-                scrub = asyncio.to_thread(scrub_secrets, tr.last_log, self.options.keys.secrets())
-                future = asyncio.ensure_future(scrub)
-                self._scrubs.add(future)
-                future.add_done_callback(self._scrubs.discard)
+        secrets = self._secrets()
+        files = [tr.last_log, self._paths(tr.id, n)[1]] if tr.last_log and secrets else []
+        if files:  # one too short to hold any (most: nothing printed) needs no thread
+            shortest = min(len(value.encode()) for _, value in secrets)
+            files = [f for f in files if log_size(f) >= shortest]
+        if files:  # a key or secret it printed stays in no file of it
+            scrub = asyncio.to_thread(scrub_files, files, secrets)
+            future = asyncio.ensure_future(scrub)
+            self._scrubs.add(future)
+            future.add_done_callback(self._scrubs.discard)
         peak = max(exit_.maxrss_bytes, running.peak_rss_bytes if running else 0, sampled)
         tr.peak_rss_bytes = max(tr.peak_rss_bytes, peak)
         tr.busy_s += exit_.wall_s
@@ -1008,8 +1016,6 @@ class Engine:
                 raw = f.read(MAX_OUTPUT_BYTES + 1)  # no more, whatever fstat said before
             if len(raw) > MAX_OUTPUT_BYTES:
                 size = max(os.stat(path).st_size, len(raw))
-                if self.options.keys is not None:  # kept as evidence, without a key
-                    scrub_secrets(path, self.options.keys.secrets())
                 return {}, (
                     f"wrote {size:,} bytes to $ABREAST_OUTPUT; an output may be at most "
                     f"{MAX_OUTPUT_BYTES:,} bytes (1 MiB): write large results to files "
@@ -1020,11 +1026,9 @@ class Engine:
             return {}, f"could not read $ABREAST_OUTPUT: {e}"
         if not text.strip():
             return {}, None
-        keys = self.options.keys
-        redacted = keys.redact(text) if keys is not None else text
-        if keys is not None and redacted != text:  # a direct-mode key it wrote
-            text = redacted  # journaled, shown and passed on without it
-            scrub_secrets(path, keys.secrets())  # nor kept on disk
+        # A direct-mode key or a secret of its environment it wrote: journaled, shown and
+        # passed on without it (and the file rid of it with its log, as the attempt ended).
+        text = redact(text, self._secrets())
         try:
             data = json.loads(text, parse_constant=_not_json)
             too_deep = json_depth(data) > MAX_OUTPUT_DEPTH
@@ -1457,10 +1461,17 @@ class Engine:
 
     def _log_tail(self, tr: TaskRun) -> list[str]:
         """The last lines of the attempt's log, as abreast records and shows them: a key
-        the task was leased, printed there, becomes its fingerprint."""
+        the task was leased, or a secret of its environment, printed there, becomes its
+        fingerprint."""
         tail = log_tail(tr.last_log)
+        secrets = self._secrets()
+        return [redact(line, secrets) for line in tail] if secrets else tail
+
+    def _secrets(self) -> list[tuple[str, str]]:
+        """(fingerprint, value) of what no record of a task's output may hold: the keys of
+        the run's pools and the secrets of the tasks' environments."""
         keys = self.options.keys
-        return [keys.redact(line) for line in tail] if keys is not None else tail
+        return self.options.masked + keys.secrets() if keys is not None else self.options.masked
 
     # -- the end -----------------------------------------------------------------------------
 

@@ -267,6 +267,7 @@ def _options(
     keys: KeyBroker | None = None,
     cluster: RayCluster | None = None,
     fail_fast: bool = False,
+    masked: list[tuple[str, str]] | None = None,
 ) -> EngineOptions:
     monitor = None
     if monitor_on and p.wf.resources.monitor:
@@ -285,6 +286,7 @@ def _options(
         # Ticks often enough to notice an orphan within a quarter of its threshold.
         tick_s=min(1.0, hb.interval, hb.orphan_after / 4),
         fail_fast=fail_fast,
+        masked=masked or [],
     )
     if cluster is not None:  # its nodes end a task with the run's grace period
         from abreast.executor.ray_exec import RayExecutor
@@ -427,6 +429,7 @@ def _isolation(
     base_env: dict[str, str],
     supervisor: Supervisor | None = None,
     keys: KeyBroker | None = None,
+    masked: list[tuple[str, str]] | None = None,
 ) -> Isolation:
     if req.isolation is not None:
         return req.isolation(p.wf, p.location, run_id, journal)
@@ -443,6 +446,7 @@ def _isolation(
         base_commit=base_commit,
         base_env=base_env,
         secrets=keys.secrets if keys is not None else None,
+        masked=masked or [],
         land=req.land,
         hold=supervisor.hold if supervisor and supervisor.coord else None,
     )
@@ -562,6 +566,15 @@ def _running_beside(journal: Journal, wf: Workflow) -> list[str]:
     return notes
 
 
+def _masked(wf: Workflow) -> list[tuple[str, str]]:
+    """The secrets of the environments the run's tasks and checks get (abreast's own, and
+    the tasks' and agents' `env:`), by their variables' names (keys/envsecrets.py)."""
+    from abreast.keys.envsecrets import env_secrets
+
+    tasks = [t.env for t in wf.tasks.values()]
+    return env_secrets([os.environ, *tasks, *(a.env for a in wf.agents.values())])
+
+
 def _note(text: str) -> None:
     """Something to know before the run starts, on stderr."""
     print(text, file=sys.stderr)
@@ -597,6 +610,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
             started = time.time()
             me = os.getpid()
             tag = os.urandom(8).hex()  # what tells this run's processes from another run's
+            masked = _masked(p.wf)
             options: dict[str, Any] = {
                 "flags": p.flags,
                 "max_parallel": p.cap,
@@ -614,6 +628,8 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 "tag": tag,
                 "only": list(p.wf.tasks) if req.only else None,  # what resume runs again
                 "fail_fast": req.fail_fast,
+                # What a live log is masked of (their values are nowhere in the journal).
+                "masked": [fp for fp, _ in masked],
             }
             for line in _running_beside(journal, p.wf):
                 _note(line)
@@ -642,7 +658,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
             announce(run_id)
             env = task_env(p.location, keys, cluster, tag, worktrees=kind == "worktree")
             isolation = _isolation(
-                req, p, run_id, journal, kind, base_commit, env, supervisor, keys
+                req, p, run_id, journal, kind, base_commit, env, supervisor, keys, masked
             )
             sources = getattr(isolation, "python_sources", None)
             if sources:
@@ -657,7 +673,9 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 p.location,
                 journal,
                 p.graph,
-                _options(p, req.monitor, supervisor, env, sinks, keys, cluster, req.fail_fast),
+                _options(
+                    p, req.monitor, supervisor, env, sinks, keys, cluster, req.fail_fast, masked
+                ),
                 view=view,
                 isolation=isolation,
                 started_at=started,
@@ -1121,7 +1139,9 @@ async def _resume(
     # work if it died, to now) is not the run's: its wall time and savings leave it out.
     last_alive = row.finished_at or min(now, journal.last_alive(row))
     pauses = [list(span) for span in row.pauses] + ([[last_alive, now]] if now > last_alive else [])
-    options = {**row.options, "pauses": pauses}
+    masked = _masked(wf)  # this resume's environment's, and those the run had
+    known = list(dict.fromkeys([*row.options.get("masked", []), *(fp for fp, _ in masked)]))
+    options = {**row.options, "pauses": pauses, "masked": known}
     journal.stage_run(
         row.id,
         state="running",
@@ -1182,10 +1202,20 @@ async def _resume(
                 keys=keys,
                 cluster=cluster,
                 fail_fast=bool(options.get("fail_fast")),
+                masked=masked,
             ),
             view=view,
             isolation=_isolation(
-                req, p, row.id, journal, kind, options.get("base_commit"), env, supervisor, keys
+                req,
+                p,
+                row.id,
+                journal,
+                kind,
+                options.get("base_commit"),
+                env,
+                supervisor,
+                keys,
+                masked,
             ),
             started_at=row.started_at,
             paused_s=sum(b - a for a, b in pauses),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import re
 import stat
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 LOG_TAIL_LINES = 12
 KEY_SHOWN = "[key {}]"  # what stands for a key's value, by its fingerprint
@@ -146,17 +147,31 @@ def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 819
         return []
 
 
+def redact(text: str, secrets: list[tuple[str, str]]) -> str:
+    """`text` with each secret's value (fingerprint, value) replaced by `[key FP]`: for
+    what abreast records or passes on from a task's output (its log's last lines in the
+    journal, the feedback to its next attempt, the summary, its output)."""
+    for fp, value in secrets:
+        if value and value in text:
+            text = text.replace(value, KEY_SHOWN.format(fp))
+    return text
+
+
 def scrub_secrets(path: str, secrets: list[tuple[str, str]], chunk: int = 1 << 22) -> int:
     """Replace each secret value in the file at `path` by `[key FINGERPRINT]` (a key a
     direct-mode task printed); returns how many were replaced. Read in chunks (a log may
     be larger than memory); the file is rewritten, by rename, only when it holds one."""
-    pairs = [(value.encode(), KEY_SHOWN.format(fp).encode()) for fp, value in secrets if value]
+    ordered = sorted(secrets, key=lambda pair: -len(pair[1]))  # one inside another: after it
+    pairs = [(value.encode(), KEY_SHOWN.format(fp).encode()) for fp, value in ordered if value]
     if not pairs or not _holds_any(path, [raw for raw, _ in pairs], chunk):
         return 0
     keep = max(len(raw) for raw, _ in pairs) - 1  # a value may straddle two chunks
     found = 0
     tmp = f"{path}.scrub"
-    with os.fdopen(open_regular(path), "rb") as src, open(tmp, "wb") as dst:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # never written through: a task may have put a symlink there
+    made = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(open_regular(path), "rb") as src, os.fdopen(made, "wb") as dst:
         carry = b""
         while True:
             data = src.read(chunk)
@@ -172,6 +187,14 @@ def scrub_secrets(path: str, secrets: list[tuple[str, str]], chunk: int = 1 << 2
             carry = buf[cut:]
     os.replace(tmp, path)
     return found
+
+
+def scrub_files(paths: Iterable[str], secrets: list[tuple[str, str]]) -> None:
+    """`scrub_secrets` of each of `paths` (an attempt's log and output) that can be read
+    and rewritten; one that cannot is left as it is."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            scrub_secrets(path, secrets)
 
 
 def _holds_any(path: str, raws: list[bytes], chunk: int) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from abreast.coord.backend import Lease
-from abreast.executor.logs import log_limit_passed, log_size, log_tail
+from abreast.executor.logs import log_limit_passed, log_size, log_tail, scrub_secrets
 from abreast.executor.process import describe_status, kill_tree, leases_env
 from abreast.spec.model import Check
 
@@ -40,6 +40,8 @@ class CheckControl:
     stopped: bool = False
     running: set[int] = field(default_factory=set)
     max_log: int = 0  # `logs.max_size`: a check whose log passes it is ended (0: no limit)
+    # (fingerprint, value) of the secrets of the checks' environment: not kept in their logs
+    masked: list[tuple[str, str]] = field(default_factory=list)
 
     def stop(self, grace_s: float) -> list[asyncio.Task[None]]:
         self.stopped = True
@@ -153,6 +155,9 @@ async def _run_held(
             if held is not None:  # what runs under the lease can be fenced off
                 run_env = {**env, **leases_env([held.lease], held.store_id)}
             code, sig, stopped = await _run_one(check, cwd, run_env, log, grace_s, control)
+        if control.masked:  # a secret it printed is not kept, nor read back as its tail
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(scrub_secrets, log, control.masked)
         lost = held.lost if held is not None else None
         if lost is None:
             red = stopped or code != 0 or sig

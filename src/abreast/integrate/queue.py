@@ -74,6 +74,7 @@ class MergeQueue:
         path_env: Callable[[Path], dict[str, str]] | None = None,
         batch: int = 1,
         max_log: int = 0,
+        masked: list[tuple[str, str]] | None = None,
         put_back: Callable[[str], None] | None = None,
         warn: Callable[[str], None] | None = None,
     ) -> None:
@@ -98,7 +99,7 @@ class MergeQueue:
         self.phase: dict[str, str] = {}  # task -> where its job is: queued, checking, ...
         self._jobs: asyncio.Queue[MergeJob] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self._checks = CheckControl(max_log=max_log)
+        self._checks = CheckControl(max_log=max_log, masked=masked or [])
         self._stopping: list[asyncio.Task[None]] = []
 
     @property

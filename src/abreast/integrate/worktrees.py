@@ -127,6 +127,7 @@ class WorktreeIsolation(Isolation):
         hold: LockHolder | None = None,
         base_env: dict[str, str] | None = None,
         secrets: Callable[[], list[tuple[str, str]]] | None = None,
+        masked: list[tuple[str, str]] | None = None,
     ) -> None:
         super().__init__(location.root)
         self.wf = wf
@@ -220,6 +221,7 @@ class WorktreeIsolation(Isolation):
             path_env=lambda path: self.env_for(str(path)),
             batch=wf.merge.batch,
             max_log=wf.logs.max_size,
+            masked=masked,
             put_back=self._put_back,
             warn=self.warn,
         )

@@ -21,14 +21,12 @@ from typing import Any
 
 from abreast.coord.backend import BACKEND_RETRY_S, Coordinator, CoordUnreachable
 from abreast.coord.journal import Journal
-from abreast.executor.logs import KEY_SHOWN
 from abreast.keys.pool import KeyPool
 from abreast.keys.proxy import BASE_URL_ENV, KeyProxy, Route
 from abreast.keys.tokens import Tokens
 from abreast.spec.model import Task, Workflow
 
 NEAR_LIMIT = 0.8
-shown_key = KEY_SHOWN.format  # fingerprint -> how a key's value is shown in its place
 
 
 class KeyBroker:
@@ -80,16 +78,6 @@ class KeyBroker:
         """(fingerprint, value) of every key of every pool: what must not reach a log
         or a commit."""
         return [(key.fp, key.value) for pool in self.pools.values() for key in pool._keys]
-
-    def redact(self, text: str) -> str:
-        """`text` with every key value replaced by `[key FP]`: for what abreast records
-        from a task's output (the last lines of its log in the journal, the feedback to
-        its next attempt, the summary), where a direct-mode agent may have printed the
-        key it was given."""
-        for fp, value in self.secrets():
-            if value in text:
-                text = text.replace(value, shown_key(fp))
-        return text
 
     def pool_of(self, task: Task) -> str | None:
         return self.wf.key_pool_of(task)

@@ -17,7 +17,7 @@ from typing import Any
 
 from abreast.coord.journal import Journal
 from abreast.errors import UsageError
-from abreast.executor.logs import log_tail
+from abreast.executor.logs import log_tail, mask_keys
 from abreast.observe import rundata
 from abreast.spec.durations import format_duration as fmt
 
@@ -53,6 +53,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
     changes = rundata.work_changes(journal, run_id)
     tokens = rundata.token_use(journal, run_id)
     failures = []
+    masked = rundata.leased_fingerprints(journal, run_id)  # a log a crash left unscrubbed
     for t in data.tasks:
         if t.state in ("failed", "timed_out"):
             last = latest.get(t.task_id)
@@ -64,7 +65,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
                     "attempt": t.attempts,
                     "reason": t.reason,
                     "log": log,
-                    "log_tail": log_tail(log),
+                    "log_tail": [mask_keys(line, masked) for line in log_tail(log)],
                 }
             )
     return {

@@ -218,13 +218,15 @@ def attempt_hosts(journal: Journal, run_id: str) -> dict[tuple[str, int], str]:
 
 
 def leased_fingerprints(journal: Journal, run_id: str) -> set[str]:
-    """The fingerprints of the keys a run's attempts were leased (direct mode): what a live
-    log is masked of (`executor.logs.mask_keys`)."""
+    """The fingerprints of the keys a run's attempts were leased (direct mode), and of the
+    secrets of its tasks' environments (keys/envsecrets.py): what a live log is masked of
+    (`executor.logs.mask_keys`)."""
+    row = journal.run(run_id)
     return {
         str(e.data["fingerprint"])
         for e in journal.events(run_id, types=("key.leased",))
         if e.data.get("fingerprint")
-    }
+    } | {str(fp) for fp in (row.options.get("masked") or [] if row is not None else [])}
 
 
 def diff_command(run_id: str, task: str, reason: str | None) -> str:
