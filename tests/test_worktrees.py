@@ -461,6 +461,44 @@ def test_a_secret_a_merge_check_prints_is_not_kept_nor_passed_on(repo: Path) -> 
     assert token not in ran.out + ran.err and token.encode() not in kept
 
 
+def test_work_that_adds_a_file_too_large_for_git_hosts_is_sent_back(repo: Path) -> None:
+    # An agent that downloaded a model or a dataset into its worktree had it land in the
+    # integration branch's history, which GitHub then refused to take (over 100 MiB),
+    # even after a later commit removed it. Here with a limit of 1 MiB.
+    path = workflow(
+        repo,
+        {
+            "download": {"run": "head -c 1500000 /dev/zero > model.bin", "retries": 0},
+            "agent": {
+                "run": "head -c 2200000 /dev/zero > data.bin && git add data.bin && "
+                "git commit -qm data && git rm -q data.bin && git commit -qm gone",
+                "retries": 0,
+            },
+            "small": {"run": "head -c 900000 /dev/zero > small.bin"},
+        },
+        merge={"max_file_size": "1MiB"},
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    assert (
+        "download (failed): its commits add a file of merge.max_file_size (1 MiB) or more: "
+        "model.bin (1.4 MiB); nothing of it was merged" in out
+    ), out
+    assert (
+        "agent (failed): its commits add a file of merge.max_file_size (1 MiB) or more: "
+        "data.bin (2.1 MiB)" in out
+    ), out
+    assert "or raise merge.max_file_size" in out
+    history = git(repo, "rev-list", "--objects", f"main..{integration(run_id)}")
+    assert "small.bin" in history and "model.bin" not in history and "data.bin" not in history
+    # 0: no limit.
+    again = {"download": {"run": "head -c 1500000 /dev/zero > model.bin"}}
+    path = workflow(repo, again, merge={"max_file_size": 0})
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert "model.bin" in tree(repo, integration(run_id))
+
+
 def test_land_fast_forwards_the_base_branch(repo: Path) -> None:
     path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
     code, out, _run_id = run(repo, path, "--land")

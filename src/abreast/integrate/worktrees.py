@@ -50,6 +50,23 @@ from abreast.workspace.repo import (
 )
 
 
+def _too_large(large: list[tuple[str, int]], limit: int) -> str:
+    """Why work that adds files of `merge.max_file_size` or more is sent back."""
+
+    def mib(n: int) -> str:  # as the limit is written, and GitHub says its own
+        return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n / (1 << 20):.1f} MiB"
+
+    shown = ", ".join(f"{path} ({mib(size)})" for path, size in large[:5])
+    more = f" and {len(large) - 5} more" if len(large) > 5 else ""
+    return (
+        f"its commits add a file of merge.max_file_size ({mib(limit)}) or more: "
+        f"{shown}{more}; nothing of it was merged (git hosts refuse such files in a push: "
+        "GitHub above 100 MiB, and a file removed by a later commit is still in the "
+        "history). Leave it out of the work (.gitignore, or a path outside the "
+        "repository), track it with Git LFS, or raise merge.max_file_size"
+    )
+
+
 def integration_ref(run_id: str) -> str:
     return f"refs/heads/{integration_branch(run_id)}"
 
@@ -412,6 +429,10 @@ class WorktreeIsolation(Isolation):
             added=added,
             deleted=deleted,
         )
+        limit = self.wf.merge.max_file_size
+        large = await asyncio.to_thread(self.repo.large_files, a.base, head, limit) if limit else []
+        if large:
+            return Verdict(Outcome.SEND_BACK, _too_large(large, limit), kind="large_file")
         if self.secrets is not None:
             leaked = await asyncio.to_thread(self.repo.added_secrets, a.base, head, self.secrets())
             if leaked:

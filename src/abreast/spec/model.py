@@ -366,6 +366,13 @@ class Merge:
         Le(100),
         Doc("at most this many queued merges checked together; a red batch is split"),
     ] = 1
+    max_file_size: Annotated[
+        Size,
+        Doc(
+            "a task whose commits add a file this large or larger is sent back, nothing of "
+            "it merged (git hosts refuse such files: GitHub at 100 MiB); 0: no limit"
+        ),
+    ] = 100 << 20
 
 
 @dataclass(frozen=True)

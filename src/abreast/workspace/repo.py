@@ -226,6 +226,32 @@ class Repo:
         """Whether `path` (a file or directory) is in `commit`'s tree."""
         return self.git("cat-file", "-e", f"{commit}:{path}", check=False).returncode == 0
 
+    def large_files(self, base: str, head: str, limit: int) -> list[tuple[str, int]]:
+        """(path, size) of each file of `limit` bytes or more that the commits base..head
+        add, at any of them (one added and removed again is still in the history that
+        lands), largest first. One `git rev-list` when there is none."""
+        listed = self.git(
+            "rev-list",
+            "--objects",
+            f"--filter=blob:limit={limit}",
+            "--filter-print-omitted",
+            f"{base}..{head}",
+        ).stdout
+        large = [line[1:].strip() for line in listed.splitlines() if line.startswith("~")]
+        if not large:
+            return []
+        sizes = self.git(
+            "cat-file", "--batch-check=%(objectname) %(objectsize)", input_="\n".join(large)
+        ).stdout
+        size_of = dict(line.split(" ", 1) for line in sizes.splitlines() if " " in line)
+        named: dict[str, str] = {}
+        for line in self.git("rev-list", "--objects", f"{base}..{head}").stdout.splitlines():
+            sha, _, path = line.partition(" ")
+            if sha in size_of and path:
+                named.setdefault(sha, path)
+        found = [(named.get(sha, sha), int(size_of.get(sha, limit))) for sha in large]
+        return sorted(found, key=lambda item: -item[1])
+
     def log_oneline(self, rev_range: str, limit: int = 20) -> list[str]:
         proc = self.git(
             "log", "--oneline", "--no-decorate", f"-{limit}", rev_range, "--", check=False
