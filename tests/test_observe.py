@@ -122,6 +122,40 @@ def test_metrics_follow_a_scripted_run_and_pass_promtool(tmp_path: Path) -> None
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+def test_the_example_alerting_rules_pass_promtool_and_name_abreasts_metrics() -> None:
+    # examples/prometheus: rules for Alertmanager to tell a team (seed 000: "Notify team
+    # via alert-manager"), unit-tested on synthetic series by promtool; every metric they
+    # read is one abreast serves (a renamed metric would leave an alert that never fires).
+    import re
+
+    import yaml
+    from prometheus_client import generate_latest
+
+    from abreast.observe.metrics import Metrics
+
+    here = Path(__file__).parent.parent / "examples" / "prometheus"
+    rules = yaml.safe_load((here / "abreast-alerts.yml").read_text())["groups"][0]["rules"]
+    exposed = set(
+        re.findall(r"^# TYPE (\w+) (\w+)", generate_latest(Metrics().registry).decode(), re.M)
+    )
+    names = {n for n, kind in exposed} | {f"{n}_total" for n, kind in exposed if kind == "counter"}
+    names |= {f"{n}_bucket" for n, kind in exposed if kind == "histogram"}
+    for rule in rules:
+        used = set(re.findall(r"\b([a-z_]+_(?:total|bucket|tasks|seconds|bytes))\b", rule["expr"]))
+        assert used and used <= names, (rule["alert"], used - names)
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed; .ci/run installs it")
+    for args in (
+        ["check", "rules", "abreast-alerts.yml"],
+        ["test", "rules", "abreast-alerts.test.yml"],
+    ):
+        done = subprocess.run(
+            [promtool, *args], cwd=here, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("option", ["--metrics-port", "--dashboard"])
 def test_a_busy_port_stops_the_run_before_anything_is_journaled(
     tmp_path: Path, option: str
