@@ -273,6 +273,42 @@ def test_exhausted_retries_fail_with_one_report_and_block_dependents(tmp_path: P
     }
 
 
+def test_many_failures_are_grouped_and_cut_short_in_the_summary_and_report(
+    tmp_path: Path,
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    # Forty agents without their API key each failed alike: the summary repeated the same
+    # reason and last lines forty times (a thousand lines, the run's first cause far out
+    # of sight). Alike failures are now one block naming them all; after ten blocks, the
+    # rest take a line each.
+    alike = {f"agent{i:02}": {"run": "echo 'error: ANTHROPIC_API_KEY is not set'; exit 2"}
+             for i in range(40)}  # fmt: skip
+    apart = {f"own{i:02}": {"run": "echo I am $ABREAST_TASK_ID; exit 1"} for i in range(12)}
+    path = workflow(tmp_path, {**alike, **apart})
+    result = cli("run", str(path), "--no-monitor", "--plain")
+    assert result.code == 1
+    run_id = run_id_of(result.out)
+    logs = tmp_path / ".abreast" / "runs" / run_id / "logs"
+    block = (
+        "  agent00, agent01, agent02, agent03, agent04 and 35 more (failed): exit 2\n"
+        "    (the same for these 40 tasks)\n"
+        "    last lines of each one's log:\n"
+        "    | error: ANTHROPIC_API_KEY is not set\n"
+        f"    task logs: {logs}/agent00.1.log and 39 more beside it "
+        f"(`abreast logs {run_id} TASK`)\n"
+    )
+    assert "52 tasks failed:\n\n" + block in result.out, result.out
+    assert result.out.count("ANTHROPIC_API_KEY is not set") == 1
+    for i in range(9):  # ten blocks whole: the alike one and nine others
+        assert f"  own{i:02} (failed): exit 1\n    last lines of the task's log:\n" in result.out
+    brief = "".join(f"  own{i:02} (failed): exit 1\n" for i in range(9, 12))
+    assert f"  and 3 more, a line each (`abreast logs {run_id} TASK`):\n{brief}" in result.out
+    assert "I am own11" not in result.out
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    report = cli("report", run_id, "--state", state).out
+    assert block in report and report.count("ANTHROPIC_API_KEY is not set") == 1
+
+
 def test_a_failed_tasks_log_cannot_restyle_or_wipe_the_summary(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     # Clear the screen, set the window title, colour, ring the bell, backspace.
     noise = r"\033[2J\033[H\033]0;owned\007\033[31mred\033[0m \007bell \010back"
@@ -586,11 +622,11 @@ def test_an_output_nested_too_deep_fails_the_attempt_not_the_run(tmp_path: Path)
     result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
     assert result.code == 1, result.out + result.err
     assert "Traceback" not in result.err
-    for task in ("deep", "deep65"):  # the object, then the lists: 65 levels and more
-        assert (
-            f"{task} (failed): wrote JSON nested over 64 levels deep to $ABREAST_OUTPUT"
-            in result.out
-        ), result.out
+    # The object, then the lists, 65 levels and more: failed alike, named together.
+    assert (
+        "deep, deep65 (failed): wrote JSON nested over 64 levels deep to $ABREAST_OUTPUT"
+        in result.out
+    ), result.out
     db = tmp_path / ".abreast" / "state.db"
     states = dict(query(db, "SELECT task_id, state FROM tasks"))
     assert "long (failed): wrote invalid JSON to $ABREAST_OUTPUT: Exceeds the limit" in result.out
@@ -646,8 +682,7 @@ def test_a_fifo_or_device_put_for_an_output_or_a_log_does_not_hang_the_orchestra
     assert result.code == 1, result.out + result.err
     assert "out_fifo (failed): $ABREAST_OUTPUT is a FIFO or a device, not a file" in result.out
     assert "out_zero (failed): $ABREAST_OUTPUT is a symlink, not a file" in result.out
-    assert "log_fifo (failed): exit 3" in result.out
-    assert "log_zero (failed): exit 3" in result.out
+    assert "log_fifo, log_zero (failed): exit 3" in result.out  # alike: named together
     for task in ("log_fifo", "log_zero"):  # nor does `abreast logs` wait on them
         shown = run_abreast("logs", task, cwd=tmp_path, timeout=30)
         assert shown.code == 2, shown.err

@@ -292,16 +292,21 @@ def text(rep: dict[str, Any]) -> str:
         out.append("")
         out += [f"  warning: {w}" for w in rep["warnings"]]
     committed = {t["id"] for t in rep["tasks"] if t["changes"]}
-    for f in rep["failures"]:
-        out.append("")
-        diff = (
+    views = [
+        rundata.FailureView(
+            f["task"],
+            f["state"],
+            f["attempt"],
+            f["reason"],
+            tuple(f["log_tail"]),
+            f["log"],
             rundata.diff_command(rep["run_id"], f["task"], f["reason"])
             if f["task"] in committed
-            else None
+            else None,
         )
-        out += rundata.failure_lines(
-            f["task"], f["state"], f["attempt"], f["reason"], f["log_tail"], f["log"], diff
-        )
+        for f in rep["failures"]
+    ]
+    out += rundata.failures_text(views, rep["run_id"])
     queue = _merge_line(rep["merges"])
     if queue:
         out.append(f"\n  {queue}")

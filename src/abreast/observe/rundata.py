@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,6 +265,69 @@ def failure_lines(
     if log:
         out.append(f"    task log: {log}")
     return out
+
+
+@dataclass(frozen=True)
+class FailureView:
+    """A failed task as the summary and the report show it (`failure_lines`' arguments)."""
+
+    task: str
+    state: str
+    attempt: int
+    reason: str | None
+    tail: tuple[str, ...]
+    log: str | None
+    diff: str | None = None
+
+
+FULL_FAILURES = 10  # failures shown whole; those after them, a line each
+
+
+def failures_text(failures: Sequence[FailureView], run_id: str) -> list[str]:
+    """Every failure, as the run's summary and `abreast report` end: tasks that failed
+    alike (the same reason and the same last lines of their logs: sixty agents without
+    their API key) as one block naming them all; the first FULL_FAILURES blocks whole,
+    the rest a line each (their logs say more), so that a run where everything failed
+    does not bury its summary under a thousand lines. A blank line before each block."""
+    groups: dict[tuple[object, ...], list[FailureView]] = {}
+    for f in failures:
+        key = (f.state, f.attempt, f.reason, f.tail) if f.diff is None else (f.task,)
+        groups.setdefault(key, []).append(f)
+    blocks = list(groups.values())
+    out: list[str] = []
+    for alike in blocks[:FULL_FAILURES]:
+        f = alike[0]
+        lines = failure_lines(f.task, f.state, f.attempt, f.reason, list(f.tail), f.log, f.diff)
+        if len(alike) > 1:
+            lines[0] = "  " + _named(alike) + lines[0][2 + len(f.task) :]
+            lines.insert(1, f"    (the same for these {len(alike)} tasks)")
+            lines = [
+                "    last lines of each one's log:"
+                if x == "    last lines of the task's log:"
+                else x
+                for x in lines
+            ]
+            lines = [line for line in lines if not line.startswith("    task log: ")]
+            if f.log:
+                beside = f"{len(alike) - 1} more beside it"
+                how = f"`abreast logs {run_id} TASK`"
+                lines.append(f"    task logs: {f.log} and {beside} ({how})")
+        out += ["", *lines]
+    rest = blocks[FULL_FAILURES:]
+    if rest:
+        many = sum(map(len, rest))
+        out += ["", f"  and {many} more, a line each (`abreast logs {run_id} TASK`):"]
+    for alike in rest:
+        f = alike[0]
+        first = next(iter((f.reason or "").splitlines()), "")
+        after = f" after {f.attempt} attempts" if f.attempt > 1 else ""
+        out.append(f"  {_named(alike)} ({f.state}{after}): {first}")
+    return out
+
+
+def _named(alike: Sequence[FailureView]) -> str:
+    names = [f.task for f in alike]
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def changed(c: dict[str, int]) -> str:

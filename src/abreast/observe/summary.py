@@ -8,10 +8,11 @@ from typing import TextIO
 from abreast.engine.engine import RunOutcome
 from abreast.engine.states import TaskState
 from abreast.observe.rundata import (
+    FailureView,
     carry_on_hint,
     changed,
     diff_command,
-    failure_lines,
+    failures_text,
     retry_hint,
     saved_phrase,
 )
@@ -65,17 +66,25 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
     n = len(outcome.failures)
     if n:
         w(f"\n{n} task{'s' if n != 1 else ''} failed:\n")
-    for f in outcome.failures:
-        diff = (
+    views = [
+        FailureView(
+            f.task_id,
+            f.state.value,
+            f.attempt,
+            f.reason,
+            tuple(f.log_tail),
+            f.log,
             diff_command(outcome.run_id, f.task_id, f.reason)
             if f.task_id in outcome.changes
-            else None
+            else None,
         )
-        lines = failure_lines(
-            f.task_id, f.state.value, f.attempt, f.reason, f.log_tail, f.log, diff
-        )
-        w("\n" + "\n".join(lines) + "\n")
-        if on_github_actions():
+        for f in outcome.failures
+    ]
+    text = failures_text(views, outcome.run_id)
+    if text:
+        w("\n".join(text) + "\n")
+    if on_github_actions():
+        for f in outcome.failures:
             w(github_error(f.task_id, f.state.value, f.attempt, f.reason))
     blocked = [t for t in outcome.tasks if t.state is TaskState.BLOCKED]
     if blocked:
