@@ -649,6 +649,9 @@ def test_failed_tasks_are_annotations_on_github_actions(tmp_path: Path) -> None:
             "tasks": {
                 "lint": {"run": "true"},
                 "test": {"run": "exit 3", "retries": 1, "backoff": {"initial": 0.01}},
+                # Failed alike: one annotation (GitHub shows ten errors of a step).
+                "e2e": {"run": "echo no browser; exit 4"},
+                "smoke": {"run": "echo no browser; exit 4"},
             },
         },
     )
@@ -656,7 +659,10 @@ def test_failed_tasks_are_annotations_on_github_actions(tmp_path: Path) -> None:
     ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env=env)
     assert ran.code == 1
     annotations = [x for x in ran.out.splitlines() if x.startswith("::")]
-    assert annotations == ["::error title=abreast%3A test failed::exit 3 (after 2 attempts)"]
+    assert annotations == [
+        "::error title=abreast%3A test failed::exit 3 (after 2 attempts)",
+        "::error title=abreast%3A e2e%2C smoke failed::exit 4",
+    ]
     # A run's warnings too (here: a file generated that .gitignore does not exclude).
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -283,23 +283,29 @@ class FailureView:
 FULL_FAILURES = 10  # failures shown whole; those after them, a line each
 
 
+def failure_groups(failures: Sequence[FailureView]) -> list[list[FailureView]]:
+    """The failures, those alike together (the same state, attempts, reason and last lines
+    of their logs; one with committed work to show stands alone), in order of the first."""
+    groups: dict[tuple[object, ...], list[FailureView]] = {}
+    for f in failures:
+        key = (f.state, f.attempt, f.reason, f.tail) if f.diff is None else (f.task,)
+        groups.setdefault(key, []).append(f)
+    return list(groups.values())
+
+
 def failures_text(failures: Sequence[FailureView], run_id: str) -> list[str]:
     """Every failure, as the run's summary and `abreast report` end: tasks that failed
     alike (the same reason and the same last lines of their logs: sixty agents without
     their API key) as one block naming them all; the first FULL_FAILURES blocks whole,
     the rest a line each (their logs say more), so that a run where everything failed
     does not bury its summary under a thousand lines. A blank line before each block."""
-    groups: dict[tuple[object, ...], list[FailureView]] = {}
-    for f in failures:
-        key = (f.state, f.attempt, f.reason, f.tail) if f.diff is None else (f.task,)
-        groups.setdefault(key, []).append(f)
-    blocks = list(groups.values())
+    blocks = failure_groups(failures)
     out: list[str] = []
     for alike in blocks[:FULL_FAILURES]:
         f = alike[0]
         lines = failure_lines(f.task, f.state, f.attempt, f.reason, list(f.tail), f.log, f.diff)
         if len(alike) > 1:
-            lines[0] = "  " + _named(alike) + lines[0][2 + len(f.task) :]
+            lines[0] = "  " + named(alike) + lines[0][2 + len(f.task) :]
             lines.insert(1, f"    (the same for these {len(alike)} tasks)")
             lines = [
                 "    last lines of each one's log:"
@@ -321,11 +327,12 @@ def failures_text(failures: Sequence[FailureView], run_id: str) -> list[str]:
         f = alike[0]
         first = next(iter((f.reason or "").splitlines()), "")
         after = f" after {f.attempt} attempts" if f.attempt > 1 else ""
-        out.append(f"  {_named(alike)} ({f.state}{after}): {first}")
+        out.append(f"  {named(alike)} ({f.state}{after}): {first}")
     return out
 
 
-def _named(alike: Sequence[FailureView]) -> str:
+def named(alike: Sequence[FailureView]) -> str:
+    """`a, b, c, d, e and 3 more`: the tasks of a group of failures."""
     names = [f.task for f in alike]
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 

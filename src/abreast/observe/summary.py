@@ -12,7 +12,9 @@ from abreast.observe.rundata import (
     carry_on_hint,
     changed,
     diff_command,
+    failure_groups,
     failures_text,
+    named,
     retry_hint,
     saved_phrase,
 )
@@ -83,9 +85,10 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
     text = failures_text(views, outcome.run_id)
     if text:
         w("\n".join(text) + "\n")
-    if on_github_actions():
-        for f in outcome.failures:
-            w(github_error(f.task_id, f.state.value, f.attempt, f.reason))
+    if on_github_actions():  # a group alike as one (GitHub shows 10 errors of a step)
+        for alike in failure_groups(views):
+            f = alike[0]
+            w(github_error(named(alike), f.state, f.attempt, f.reason))
     blocked = [t for t in outcome.tasks if t.state is TaskState.BLOCKED]
     if blocked:
         w("\n  blocked: " + ", ".join(f"{t.id} ({t.reason})" for t in blocked) + "\n")
@@ -103,12 +106,13 @@ def on_github_actions() -> bool:
     return os.environ.get("GITHUB_ACTIONS") == "true"
 
 
-def github_error(task_id: str, state: str, attempt: int, reason: str | None) -> str:
-    """A GitHub Actions workflow command that shows a failed task as an error annotation
-    (on the job's summary and the pull request), its reason's first line as the message."""
+def github_error(tasks: str, state: str, attempt: int, reason: str | None) -> str:
+    """A GitHub Actions workflow command that shows failed tasks (their names) as an error
+    annotation (on the job's summary and the pull request), the reason's first line as the
+    message."""
     first = next(iter((reason or "").splitlines()), "") or state
     after = f" (after {attempt} attempts)" if attempt > 1 else ""
-    title = f"abreast: {task_id} {state}"
+    title = f"abreast: {tasks} {state}"
     return f"::error title={_gh_property(title)}::{_gh_data(first + after)}\n"
 
 
