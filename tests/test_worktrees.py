@@ -400,7 +400,7 @@ def test_a_file_written_again_and_again_is_named_once_in_the_blame(repo: Path) -
     )
     code, out, _ = run(repo, path)
     assert code == 1, out
-    block = out.split("  leak (failed): wrote outside its worktree", 1)[1].split("task log:")[0]
+    block = out.split("leak (failed): wrote outside its worktree", 1)[1].split("task log")[0]
     assert block.count("main checkout: leak.txt") == 1, block
 
 
