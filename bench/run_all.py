@@ -28,6 +28,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "keys": ([], ["--requests", "200", "--rounds", "1"]),
     "merge": ([], ["--tasks", "4", "--check", "0.2", "--batches", "1,4", "--repeat", "1"]),
     "ray": ([], ["--tasks", "20", "--repeat", "1"]),
+    "scale": ([], ["--sizes", "100", "--repeat", "1"]),
 }
 
 

@@ -157,6 +157,96 @@ def test_many_exits_at_once_neither_flood_the_loop_nor_drop_a_signal(tmp_path: P
     assert most <= 4, f"{most} exits handled in one loop iteration"
 
 
+def test_every_running_trees_facts_come_from_one_pass_over_proc(tmp_path: Path) -> None:
+    # The supervisor asked psutil for each attempt's tree, and each ask read every
+    # process's /proc/PID/stat to find the children: with 1500 attempts its tick read
+    # millions of files on the event loop, and exits were noticed seconds late.
+    import psutil
+
+    from abreast.executor.process import tree_stats, trees_stats
+
+    busy = tmp_path / "busy"
+    trees = [
+        subprocess.Popen(["/bin/sh", "-c", f"sleep 60 & sleep 60 & echo $$ > {busy}.{i}; wait"])
+        for i in range(3)
+    ]
+    worker = subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"])
+    try:
+        wait_for(lambda: all(Path(f"{busy}.{i}").exists() for i in range(3)), what="trees")
+        wait_for(lambda: len(psutil.Process(trees[2].pid).children()) == 2, what="children")
+        roots = [t.pid for t in trees] + [worker.pid, 999_999_999]
+        got = trees_stats(roots)
+        assert sorted(got) == sorted(roots[:4])  # a pid that is not there is left out
+        for t in trees:
+            rss, _, activity = got[t.pid]
+            shell = psutil.Process(t.pid).memory_info().rss
+            assert rss > shell  # the shell and its two sleeping children
+            assert activity > 0
+        wait_for(lambda: tree_stats(worker.pid)[1] > 0.05, what="the busy loop's CPU")
+        before = trees_stats([worker.pid])[worker.pid][1]
+        wait_for(lambda: tree_stats(worker.pid)[1] > before, what="more CPU")
+
+        # Answered from one pass per loop iteration by the executor too.
+        async def both() -> tuple[object, object]:
+            executor = LocalExecutor(lambda running, exit_: None)
+            try:
+                a = executor.start(_launch(tmp_path, "a", "sleep 60"))
+                b = executor.start(_launch(tmp_path, "b", "sleep 60"))
+                wait_for(lambda: bool(psutil.Process(a.pid).children()), what="a's sleep")
+                first = executor.stats(a), executor.stats(b)
+                for r in (a, b):
+                    os.killpg(r.pgid, signal.SIGKILL)
+                return first
+            finally:
+                executor.close()
+
+        sa, sb = asyncio.run(both())
+        assert sa[0] > 0 and sb[0] > 0  # type: ignore[index]
+    finally:
+        for proc in [*trees, worker]:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
+
+
+def test_more_signals_than_the_loop_holds_print_no_traceback() -> None:
+    # 1500 attempts ending in the same instant are more SIGCHLDs than the loop's self-pipe
+    # holds (about 300), and Python printed "Exception ignored when trying to write to the
+    # signal wakeup fd" and a traceback for each one left out, over the run's output.
+    # The executor, and the engine after its own handlers, turn that warning off.
+    import sys
+
+    from abreast.executor.local import quiet_signal_wakeup
+
+    def flood(quiet: bool) -> list[str]:
+        said: list[str] = []  # each of what Python printed "Exception ignored ..." for
+
+        async def scenario() -> None:
+            loop = asyncio.get_running_loop()
+            executor = LocalExecutor(lambda running, exit_: None)
+            loop.add_signal_handler(signal.SIGUSR1, lambda: None)  # as the engine does after
+            if quiet:
+                quiet_signal_wakeup(loop)
+            try:
+                for _ in range(2000):  # delivered at once, the loop never getting to read
+                    os.kill(os.getpid(), signal.SIGCHLD)
+            finally:
+                loop.remove_signal_handler(signal.SIGUSR1)
+                executor.close()
+
+        hook = sys.unraisablehook
+        sys.unraisablehook = lambda u: said.append(u.exc_type.__name__)
+        try:
+            asyncio.run(scenario())
+        finally:
+            sys.unraisablehook = hook
+        return said
+
+    assert "BlockingIOError" in flood(False)  # the self-pipe full: what was printed
+    assert flood(True) == []
+
+
 def test_off_the_main_thread_the_executor_watches_each_process_instead(tmp_path: Path) -> None:
     result: dict[str, dict[str, Exit]] = {}
 

@@ -39,7 +39,14 @@ from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.ports import PortBook
 from abreast.engine.states import FAILED_STATES, TaskState, check_transition
 from abreast.engine.supervise import Supervisor, Trouble
-from abreast.executor.local import Executor, Exit, Launch, LocalExecutor, Running
+from abreast.executor.local import (
+    Executor,
+    Exit,
+    Launch,
+    LocalExecutor,
+    Running,
+    quiet_signal_wakeup,
+)
 from abreast.executor.logs import log_size, log_tail, open_regular, redact, scrub_files
 from abreast.executor.process import (
     Adoptions,
@@ -1353,6 +1360,7 @@ class Engine:
                 installed.append(sig)
             except (ValueError, RuntimeError):
                 pass  # not the main thread (tests driving the engine): no signal handling
+        quiet_signal_wakeup(loop)
         return installed
 
     # -- transitions -------------------------------------------------------------------------
@@ -1453,6 +1461,7 @@ class Engine:
                 installed.append(sig)
             except (ValueError, RuntimeError):
                 pass  # not the main thread (tests driving the engine)
+        quiet_signal_wakeup(loop)
         try:
             await asyncio.gather(*self._killing, return_exceptions=True)
         finally:

@@ -22,6 +22,7 @@ instead, or on a kernel without pidfds a thread that waits for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import signal
@@ -35,7 +36,7 @@ from abreast.executor.process import (
     group_alive,
     kill_tree,
     start_ticks_between,
-    tree_stats,
+    trees_stats,
 )
 from abreast.executor.wrapper import SHELL, WRAPPER
 
@@ -102,6 +103,19 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+def quiet_signal_wakeup(loop: asyncio.AbstractEventLoop) -> None:
+    """Call after `loop.add_signal_handler` (each call sets it back): when more signals
+    come at once than the loop's self-pipe holds (1500 attempts ending in the same
+    instant, each a SIGCHLD), Python printed a traceback for each one it could not write
+    there ("Exception ignored when trying to write to the signal wakeup fd"), over the
+    run's output. The signals left out are SIGCHLDs an exit sweep covers."""
+    sock = getattr(loop, "_csock", None)  # the selector loop's self-pipe (CPython's)
+    if sock is None:
+        return
+    with contextlib.suppress(ValueError, OSError):  # not the main thread
+        signal.set_wakeup_fd(sock.fileno(), warn_on_full_buffer=False)
+
+
 class LocalExecutor:
     """Starts attempts and calls `on_exit(running, exit)` from the event loop when one ends."""
 
@@ -110,8 +124,11 @@ class LocalExecutor:
         self._loop = asyncio.get_running_loop()
         self.running: dict[int, Running] = {}
         self._swept = False  # this loop iteration's SIGCHLD sweep is done
+        # Every running attempt's (RSS, CPU s, activity), read in this loop iteration
+        self._stats: dict[int, tuple[int, float, int]] | None = None
         try:
             self._loop.add_signal_handler(signal.SIGCHLD, self._reap_ended)
+            quiet_signal_wakeup(self._loop)
             self._on_sigchld = True
         except (RuntimeError, ValueError):  # not the main thread: a pidfd per process
             self._on_sigchld = False
@@ -151,8 +168,17 @@ class LocalExecutor:
 
     def stats(self, running: Running) -> tuple[int, float, int] | None:
         """(RSS, CPU seconds, I/O bytes) of the attempt's process tree, for the supervisor;
-        None while it has not started anywhere yet (a remote executor's queue)."""
-        return tree_stats(running.pid)
+        None while it has not started anywhere yet (a remote executor's queue). The
+        supervisor asks for every attempt in one go: the first call of a loop iteration
+        reads every running attempt's tree in one pass over /proc, and the others are
+        answered from it."""
+        if self._stats is None:
+            self._stats = trees_stats(r.pid for r in self.running.values())
+            self._loop.call_soon(self._forget_stats)
+        return self._stats.get(running.pid, (0, 0.0, 0))
+
+    def _forget_stats(self) -> None:
+        self._stats = None
 
     def leftovers(self, running: Running) -> bool:
         """Whether the attempt's process group outlived its first process."""

@@ -386,6 +386,74 @@ def _running(p: psutil.Process) -> bool:
         return False
 
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def trees_stats(pids: Iterable[int]) -> dict[int, tuple[int, float, int]]:
+    """`tree_stats` of each of `pids` (those still there), from one pass over /proc: every
+    process's parent, CPU time and memory read once (its `stat`), then the I/O and wake-ups
+    of the processes in these trees. Asking each tree alone read every process's `stat`
+    once per tree (to find its children): with 1500 attempts running, the supervisor's
+    tick read 4.5 million files, held the event loop for seconds, and exits were noticed
+    that much late."""
+    wanted = set(pids)
+    if not wanted:
+        return {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:  # no /proc: each tree on its own
+        return {pid: _tree_stats_psutil(pid) for pid in wanted}
+    facts: dict[int, tuple[int, int, float]] = {}  # pid -> (ppid, rss bytes, CPU s)
+    children: dict[int, list[int]] = {}
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+            rest = data[data.rfind(b")") + 2 :].split()
+            ppid = int(rest[1])
+            ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
+            facts[int(name)] = (ppid, int(rest[21]) * _PAGE_SIZE, ticks / _CLK_TCK)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(name))
+    out: dict[int, tuple[int, float, int]] = {}
+    for root in wanted:
+        if root not in facts:
+            continue
+        rss, cpu, io = 0, 0.0, 0
+        tree, seen = [root], {root}
+        for pid in tree:  # grows as it is walked: the whole tree, parents first
+            new = [c for c in children.get(pid, ()) if c not in seen]
+            seen.update(new)
+            tree += new
+            _, mem, used = facts[pid]
+            rss += mem
+            cpu += used
+            io += _activity(pid)
+        out[root] = (rss, cpu, io)
+    return out
+
+
+def _activity(pid: int) -> int:
+    """Bytes `pid` read and wrote through read/write calls, and the times it woke from a
+    wait (0 for what cannot be read: gone, or not ours)."""
+    total = 0
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/io", "rb") as f:
+        for line in f.read().splitlines()[:2]:  # rchar, wchar
+            total += int(line.split()[1])
+    with (
+        contextlib.suppress(OSError, ValueError, IndexError),
+        open(f"/proc/{pid}/status", "rb") as f,
+    ):
+        for line in f:
+            if line.startswith(b"voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+                break
+    return total
+
+
 def tree_stats(pid: int) -> tuple[int, float, int]:
     """(resident bytes, CPU seconds, activity) of `pid`'s whole tree; activity counts the
     bytes read and written through read/write calls and the times a process woke from a
@@ -394,8 +462,12 @@ def tree_stats(pid: int) -> tuple[int, float, int]:
     The last two only grow while the tree does something: computes, reads or writes, or
     wakes for a packet (`recv` on a socket is not counted in bytes, and a quiet reader of
     a slow stream uses too little CPU to show). A supervisor compares them over time to
-    tell a hung task from a busy one.
+    tell a hung task from a busy one. (0, 0.0, 0) when `pid` is gone.
     """
+    return trees_stats([pid]).get(pid, (0, 0.0, 0))
+
+
+def _tree_stats_psutil(pid: int) -> tuple[int, float, int]:
     import psutil
 
     try:
@@ -415,22 +487,6 @@ def tree_stats(pid: int) -> tuple[int, float, int]:
         except (psutil.Error, AttributeError):
             continue
     return rss, cpu, io
-
-
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of `pid` and all its descendants, now."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total
 
 
 def marked_processes(
