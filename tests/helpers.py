@@ -122,12 +122,15 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def start_run(path: Path, *args: str, cwd: Path | None = None) -> tuple[subprocess.Popen[str], str]:
+def start_run(
+    path: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     """`abreast run PATH --no-monitor --plain ARGS` in the background, with its run id
     (read from its first line). Returns (the Popen, the run id)."""
     proc = subprocess.Popen(
         [PY, "-m", "abreast", "run", str(path), "--no-monitor", "--plain", *args],
         cwd=cwd,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

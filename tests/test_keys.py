@@ -24,7 +24,7 @@ from abreast.coord.backend import open_coordinator
 from abreast.keys import KeyPool, fingerprint
 from abreast.keys.tokens import MAX_LINE_BYTES, Tokens, UsageReader
 from tests.conftest import RedisServer, free_port, run_abreast
-from tests.helpers import query, wait_for
+from tests.helpers import query, start_run, wait_for
 from tests.provider import Provider
 
 KEYS = ["sk-test-alpha-0001", "sk-test-bravo-0002", "sk-test-charlie-0003"]
@@ -809,17 +809,8 @@ def test_a_key_a_direct_mode_task_prints_is_masked_while_its_attempt_runs(
             },
         },
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "abreast", "run", str(path), "--plain", "--no-monitor"],
-        cwd=tmp_path,
-        env={**os.environ, "LIVE_KEY": key},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, run_id = start_run(path, cwd=tmp_path, env={**os.environ, "LIVE_KEY": key})
     try:
-        assert proc.stdout is not None
-        run_id = proc.stdout.readline().removeprefix("run: ").strip()
         logs = list((tmp_path / ".abreast" / "runs" / run_id / "logs").glob("t.1.log"))
         deadline = time.monotonic() + 30
         while not (logs and "API_KEY=" in logs[0].read_text()) and time.monotonic() < deadline:
@@ -874,18 +865,8 @@ def test_secrets_of_the_tasks_environment_are_masked_as_keys_are(tmp_path: Path)
     env = {**os.environ, "GITHUB_TOKEN": inherited, "MY_TOKEN": given}
     env |= {"DB_PASSWORD": "postgres", "BUILD_ID": "build-1234567890abcdef"}
     junit = tmp_path / "junit.xml"
-    args = ["run", str(path), "--plain", "--no-monitor", "--junit", str(junit)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "abreast", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc, run_id = start_run(path, "--junit", str(junit), cwd=tmp_path, env=env)
     try:
-        assert proc.stdout is not None
-        run_id = proc.stdout.readline().removeprefix("run: ").strip()
         log = tmp_path / ".abreast" / "runs" / run_id / "logs" / "t.1.log"
         wait_for(lambda: log.exists() and "GH=" in log.read_text(), what="t to print")
         live = run_abreast("logs", run_id, "t", cwd=tmp_path).out  # while it runs

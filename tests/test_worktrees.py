@@ -2690,61 +2690,46 @@ def test_a_signal_snapshot_leaves_out_what_tools_generated(repo: Path) -> None:
     assert "node_modules/dep/i.js" not in tree(repo, result)
 
 
-def test_parallel_aider_tasks_land_without_their_session_files(repo: Path) -> None:
-    # Aider keeps its chat history and repo-map cache at the root of the repository it
-    # works in: two Aider tasks side by side each committed their own history, and the
-    # second one's merge conflicted on it (add/add), every attempt.
-    aider_like = (
-        "echo '# aider chat started for {t}' > .aider.chat.history.md; "
-        "echo {t} > .aider.input.history; "
-        "mkdir -p .aider.tags.cache.v4 && echo {t} > .aider.tags.cache.v4/cache.db; "
-        "echo {t} > {t}.py"
-    )
-    path = workflow(
-        repo,
-        {
-            "one": {"run": aider_like.format(t="one"), "owns": ["one.py"], "retries": 0},
-            "two": {"run": aider_like.format(t="two"), "owns": ["two.py"], "retries": 0},
-        },
-    )
-    code, out, run_id = run(repo, path)
-    assert code == 0, out
-    landed = git(repo, "ls-tree", "-r", "--name-only", integration(run_id)).split()
-    assert "one.py" in landed and "two.py" in landed
-    assert not [p for p in landed if p.startswith(".aider")], landed
-    assert (
-        "left out of one's work: .aider.chat.history.md, .aider.input.history, "
-        ".aider.tags.cache.v4/ (1 file)" in out
-    ), out
-
-
-def test_parallel_tasks_that_install_and_test_land_without_what_that_made(repo: Path) -> None:
-    # Two agents that each ran `pip install -e .` and `pytest --cov` in a project whose
-    # .gitignore lacks them: each committed its own `*.egg-info/` (its SOURCES.txt
-    # listing the files it had added) and its binary `.coverage`, and the second merge
-    # conflicted on both (add/add), every attempt.
-    made = (
-        "mkdir -p src/app.egg-info .hypothesis/examples && "
-        "echo {t}.py > src/app.egg-info/SOURCES.txt && "
-        "printf '{t}\\000' > .coverage && echo {t} > .coverage.host.42.x && "
-        "echo {t} > .hypothesis/examples/db && echo {t} > tsconfig.tsbuildinfo && "
-        "echo {t} > {t}.py"
-    )
-    path = workflow(
-        repo,
-        {
-            "one": {"run": made.format(t="one"), "owns": ["one.py"], "retries": 0},
-            "two": {"run": made.format(t="two"), "owns": ["two.py"], "retries": 0},
-        },
-    )
+@pytest.mark.parametrize(
+    ("made", "said"),
+    [
+        # Aider keeps its chat history and repo-map cache at the root of the repository
+        # it works in: two Aider tasks side by side each committed their own history,
+        # and the second one's merge conflicted on it (add/add), every attempt.
+        (
+            "echo '# aider chat started for {t}' > .aider.chat.history.md; "
+            "echo {t} > .aider.input.history; "
+            "mkdir -p .aider.tags.cache.v4 && echo {t} > .aider.tags.cache.v4/cache.db",
+            ".aider.chat.history.md, .aider.input.history, .aider.tags.cache.v4/ (1 file)",
+        ),
+        # Two agents that each ran `pip install -e .` and `pytest --cov` in a project
+        # whose .gitignore lacks them: each committed its own `*.egg-info/` (its
+        # SOURCES.txt listing the files it had added) and its binary `.coverage`, and
+        # the second merge conflicted on both (add/add), every attempt.
+        (
+            "mkdir -p src/app.egg-info .hypothesis/examples && "
+            "echo {t}.py > src/app.egg-info/SOURCES.txt && "
+            "printf '{t}\\000' > .coverage && echo {t} > .coverage.host.42.x && "
+            "echo {t} > .hypothesis/examples/db && echo {t} > tsconfig.tsbuildinfo",
+            ".coverage, .coverage.host.42.x, .hypothesis/ (1 file), src/app.egg-info/ "
+            "(1 file), tsconfig.tsbuildinfo",
+        ),
+    ],
+    ids=["aider", "install-and-test"],
+)
+def test_parallel_tasks_land_without_what_their_tools_made(
+    repo: Path, made: str, said: str
+) -> None:
+    both = {
+        t: {"run": made.format(t=t) + f"; echo {t} > {t}.py", "owns": [f"{t}.py"], "retries": 0}
+        for t in ("one", "two")
+    }
+    path = workflow(repo, both)
     code, out, run_id = run(repo, path)
     assert code == 0, out
     landed = git(repo, "ls-tree", "-r", "--name-only", integration(run_id)).split()
     assert sorted(set(landed) - set(tree(repo, "main"))) == ["one.py", "two.py"]
-    assert (
-        "left out of one's work: .coverage, .coverage.host.42.x, .hypothesis/ (1 file), "
-        "src/app.egg-info/ (1 file), tsconfig.tsbuildinfo, which tools generate" in out
-    ), out
+    assert f"left out of one's work: {said}, which tools generate" in out, out
 
 
 def test_an_agent_that_deletes_its_worktree_is_told_so_and_git_forgets_it(repo: Path) -> None:
