@@ -1981,6 +1981,37 @@ def test_the_live_view_cuts_long_ids_in_the_middle_to_keep_them_apart(tmp_path: 
         )
 
 
+def test_the_live_view_says_how_many_more_run_and_wait_to_retry_than_it_lists(
+    tmp_path: Path,
+) -> None:
+    # Twenty running tasks were listed and the other 480 not mentioned; every task waiting
+    # to retry was listed, however many.
+    import io
+    import types
+
+    from rich.console import Console
+
+    from abreast.engine.engine import EngineOptions
+    from abreast.engine.states import TaskState
+    from abreast.observe.live import LiveView
+
+    wf = workflow(tmp_path, {f"t{i:03}": {"run": "true"} for i in range(60)})
+    with engine_for(wf, tmp_path / "state.db", EngineOptions(cap=50, flags={})) as engine:
+        for i in range(50):
+            tr = engine.by_id[f"t{i:03}"]
+            tr.state, tr.attempts = TaskState.RUNNING, 1
+            tr.running = types.SimpleNamespace(started_mono=time.monotonic())
+        for i in range(50, 60):
+            engine.by_id[f"t{i:03}"].retry_at = time.time() + 30
+        out = io.StringIO()
+        view = LiveView(Console(file=out, width=80, force_terminal=False))
+        view.engine = engine
+        view.console.print(view._render())
+    text = out.getvalue()
+    assert len(re.findall(r"attempt 1", text)) == 20 and "and 30 more running" in text, text
+    assert len(re.findall(r"t\d{3}  retry ", text)) == 8 and "and 2 more to retry" in text, text
+
+
 @contextlib.contextmanager
 def _touched_at_exit(gate: Path) -> Iterator[None]:
     """The gate a task waits on is opened whatever happens, so that a failed test leaves

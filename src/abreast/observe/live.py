@@ -97,12 +97,17 @@ class LiveView(View):
                 how_long = f"{took:.1f}s" if took < 60 else format_duration(took)
                 lines.append((tr.id, _STATE_STYLE[tr.state], what, how_long, ""))
                 shown += 1
+        running = sum(tr.state in (TaskState.RUNNING, TaskState.INTEGRATING) for tr in e.tasks)
+        if running > shown:
+            lines.append(("", "dim", f"and {running - shown} more running", "", "dim"))
         for task_id, why in list(e.waiting_reasons().items())[:8]:
             lines.append((task_id, "dim", "waiting", why, "dim"))
-        for tr in e.tasks:
-            if tr.state is TaskState.PENDING and tr.retry_at:
-                due = f"in {max(0.0, tr.retry_at - time.time()):.1f}s"
-                lines.append((tr.id, "yellow", "retry", due, ""))
+        retrying = [tr for tr in e.tasks if tr.state is TaskState.PENDING and tr.retry_at]
+        for tr in retrying[:8]:
+            due = f"in {max(0.0, (tr.retry_at or 0.0) - time.time()):.1f}s"
+            lines.append((tr.id, "yellow", "retry", due, ""))
+        if len(retrying) > 8:
+            lines.append(("", "dim", f"and {len(retrying) - 8} more to retry", "", "dim"))
         # Ids cut in the middle (`api-client-for-region-eu` and `...-us` stay told apart)
         # to half the width at most; the first two columns are never squeezed further:
         # the last (a waiting task's reason) gives way.
