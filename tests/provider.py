@@ -6,6 +6,9 @@
 - GET /v1/stream: a response in `chunks` parts, `gap_s` apart, between events that say
   the tokens used, as Anthropic's stream does.
 - POST /v1/slow: answers after `slow_s` of silence (a model thinking, unstreamed).
+- POST /v1beta/models/MODEL:generateContent and :streamGenerateContent?alt=sse: the
+  Gemini API's shape (its key in `x-goog-api-key` or `?key=`, limited as above, and a
+  `usageMetadata`; streamed, one growing in each chunk).
 Every request is recorded: key, time, status.
 """
 
@@ -41,13 +44,15 @@ class Provider:
     _served: dict[str, deque[float]] = field(default_factory=dict)  # 200s in the window
 
     def _key(self, request: Request) -> str:
-        key = request.headers.get("x-api-key")
+        key = request.headers.get("x-api-key") or request.headers.get("x-goog-api-key")
         if key:
             return key
-        return request.headers.get("authorization", "").removeprefix("Bearer ")
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        return bearer or request.query_params.get("key", "")
 
-    async def messages(self, request: Request) -> Response:
-        key = self._key(request)
+    def _limited(self, request: Request, key: str) -> Response | None:
+        """A 429 when `key` is over its limit (or every key is said to be); None (and the
+        request counted) otherwise."""
         self.seen_headers.append(dict(request.headers))
         now = time.monotonic()
         recent = self._served.setdefault(key, deque())
@@ -62,6 +67,31 @@ class Provider:
             )
         self.log.append((key, now, 200))
         recent.append(now)
+        return None
+
+    async def gemini(self, request: Request) -> Response:
+        key = self._key(request)
+        limited = self._limited(request, key)
+        if limited is not None:
+            return limited
+        body = await request.body()
+        seen = {"key": hashlib.sha256(key.encode()).hexdigest()[:8], "query": request.url.query}
+        usage = {"promptTokenCount": 10 + len(body), "candidatesTokenCount": 5}
+        if not request.url.path.endswith(":streamGenerateContent"):
+            return JSONResponse({**seen, "usageMetadata": {**usage, "thoughtsTokenCount": 2}})
+
+        async def parts():  # type: ignore[no-untyped-def]
+            for n in range(1, 4):  # each chunk's usage counts the output so far
+                chunk = {**seen, "usageMetadata": {**usage, "candidatesTokenCount": 5 * n}}
+                yield f"data: {json.dumps(chunk)}\r\n\r\n".encode()
+
+        return StreamingResponse(parts(), media_type="text/event-stream")
+
+    async def messages(self, request: Request) -> Response:
+        key = self._key(request)
+        limited = self._limited(request, key)
+        if limited is not None:
+            return limited
         body = await request.body()
         return JSONResponse(
             {
@@ -108,6 +138,7 @@ class Provider:
                 Route("/v1/messages", self.messages, methods=["POST"]),
                 Route("/v1/stream", self.stream),
                 Route("/v1/slow", self.slow, methods=["POST"]),
+                Route("/v1beta/models/{call}", self.gemini, methods=["POST"]),
             ]
         )
         self._server = uvicorn.Server(

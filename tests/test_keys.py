@@ -317,6 +317,67 @@ def test_proxy_serves_six_tasks_under_the_limits_and_agents_hold_no_key(
     assert "<td>600/250</td>" in page.read_text()
 
 
+GEMINI_CLIENT = """
+import json, os, urllib.request
+base, key = os.environ["GOOGLE_GEMINI_BASE_URL"], os.environ["GEMINI_API_KEY"]
+seen = []
+for i in range(3):  # the key in its header, as Google's SDK sends it
+    req = urllib.request.Request(base + "/v1beta/models/m:generateContent", data=b"{}",
+                                 method="POST", headers={"x-goog-api-key": key})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        seen.append(json.load(r))
+# and in the URL, as the API also takes it; streamed
+req = urllib.request.Request(base + "/v1beta/models/m:streamGenerateContent?alt=sse&key=" + key,
+                             data=b"{}", method="POST")
+with urllib.request.urlopen(req, timeout=60) as r:
+    seen.append(r.read().decode())
+json.dump({"seen": seen, "env": dict(os.environ)},
+          open(os.environ["ABREAST_OUTPUT"].replace(".json", ".client.json"), "w"))
+"""
+
+
+def test_gemini_agents_use_the_proxy_too_and_hold_no_key(
+    tmp_path: Path, provider: Provider
+) -> None:
+    # `style: gemini` (Gemini CLI, Google's Gen AI SDK): its base URL in
+    # GOOGLE_GEMINI_BASE_URL, a token in GEMINI_API_KEY, sent in `x-goog-api-key` or in
+    # the URL's `key=`; the real key goes in the header only, and `usageMetadata` counts.
+    (tmp_path / "gemini.py").write_text(GEMINI_CLIENT)
+    path = write(
+        tmp_path,
+        {
+            "name": "gemini",
+            "keys": {"g": {"from": list(ENV), "upstream": provider.url, "style": "gemini"}},
+            "tasks": {
+                f"t{i}": {"run": f"{sys.executable} {tmp_path}/gemini.py", "keys": "g"}
+                for i in range(2)
+            },
+        },
+    )
+    result = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
+    )
+    assert result.code == 0, result.out + result.err
+    outs = list((tmp_path / ".abreast" / "runs").glob("*/outputs/*.client.json"))
+    assert len(outs) == 2
+    for f in outs:
+        data = json.loads(f.read_text())
+        env = data["env"]
+        assert env["GEMINI_API_KEY"].startswith("abreast-")
+        assert env["GOOGLE_GEMINI_BASE_URL"].startswith("http://127.0.0.1:")
+        assert not any(k in json.dumps(env) for k in KEYS)
+        fps = {fingerprint(k) for k in KEYS}
+        assert all(x["key"] in fps and x["query"] == "" for x in data["seen"][:3])
+        streamed = [json.loads(x[6:]) for x in data["seen"][3].split("\r\n\r\n") if x]
+        assert [(x["key"] in fps, x["query"]) for x in streamed] == [(True, "alt=sse")] * 3
+    assert {k for k, _, status in provider.log} <= set(KEYS)  # never a token
+    run_id = result.out.splitlines()[0][5:]
+    report = json.loads(run_abreast("report", run_id, "--json", cwd=tmp_path).out)
+    # 3 answers of 12 in, 5 + 2 thinking out; a stream of 12 in, 15 out by its last chunk
+    each = {"input": 4 * 12, "output": 3 * 7 + 15, "cache_read": 0, "cache_write": 0}
+    assert [t["tokens"] for t in report["tasks"]] == [each] * 2
+
+
 def test_the_agent_finally_sees_the_providers_429_through_the_proxy(
     tmp_path: Path, provider: Provider
 ) -> None:
@@ -1161,6 +1222,16 @@ def test_the_tokens_an_answer_says_it_used_are_read_however_it_is_cut(cut: int) 
     )
     gzipped = {"content-type": "application/json", "content-encoding": "gzip"}
     assert _read_usage(gzipped, whole, cut) == Tokens(input=8, output=2)
+
+    # Gemini: `usageMetadata` in each chunk, the last counting all (thinking is output, the
+    # prompt's count includes what was cached); streamed without SSE, a JSON array.
+    def meta(prompt: int, out: int, **more: int) -> dict[str, object]:
+        return {"usageMetadata": {"promptTokenCount": prompt, "candidatesTokenCount": out, **more}}
+
+    gemini = sse(meta(30, 2), meta(30, 9, thoughtsTokenCount=4, cachedContentTokenCount=20))
+    assert _read_usage(stream, gemini, cut) == Tokens(input=30, output=13, cache_read=20)
+    array = json.dumps([meta(5, 1), meta(5, 6)]).encode()
+    assert _read_usage({"content-type": "application/json"}, array, cut) == Tokens(5, 6)
     # An event line too long to hold is passed over, and what follows is still read.
     long_line = b"data: " + b"x" * (MAX_LINE_BYTES + 10) + b"\n\n"
     later = sse({"type": "message_delta", "usage": {"output_tokens": 2}})

@@ -218,7 +218,7 @@ def test_schema_accepts_the_examples_and_rejects_unknown_keys() -> None:
         {"pools": {"p": 0}},
         {"keys": {"k": {"from": []}}},
         {"keys": {"k": {"from": ["1A"]}}},
-        {"keys": {"k": {"from": ["A"], "style": "gemini"}}},
+        {"keys": {"k": {"from": ["A"], "style": "mistral"}}},
         {"keys": {"k": {"from": ["A"], "upstream": "ftp://x"}}},
         {"agents": {"x": {"run": "a", "max_instances": 0}}},
         {"events": {"nats": "http://x"}},

@@ -43,8 +43,17 @@ HOP_BY_HOP = {
     "content-length",
     "x-api-key",
     "authorization",
+    "x-goog-api-key",
 }
-BASE_URL_ENV = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
+# Where each style's clients read the provider's address: Anthropic's and OpenAI's SDKs
+# (Claude Code, Codex, Aider), and Google's Gen AI SDK (Gemini CLI).
+BASE_URL_ENV = {
+    "anthropic": "ANTHROPIC_BASE_URL",
+    "openai": "OPENAI_BASE_URL",
+    "gemini": "GOOGLE_GEMINI_BASE_URL",
+}
+# The header each style's requests carry their key in (OpenAI's as `Bearer KEY`).
+AUTH_HEADER = {"anthropic": "x-api-key", "openai": "authorization", "gemini": "x-goog-api-key"}
 # A request body is held whole (a 429 is retried with the next key); providers refuse far
 # less (Anthropic's Messages API: 32 MB), so a bigger one is refused here, unread (413).
 MAX_REQUEST_BYTES = 64 << 20
@@ -145,13 +154,15 @@ class KeyProxy:
     # -- one request -------------------------------------------------------------------------
 
     @staticmethod
-    def _token_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    def _token_of(headers: Iterable[tuple[bytes, bytes]], target: bytes = b"") -> str:
+        """The attempt's token, from whichever header its client puts a key in, or from
+        the `key` query parameter (the Gemini API's other way)."""
         for name, value in headers:
-            if name == b"x-api-key":
+            if name in (b"x-api-key", b"x-goog-api-key"):
                 return value.decode("latin-1")
             if name == b"authorization" and value[:7].lower() == b"bearer ":
                 return value[7:].decode("latin-1")
-        return ""
+        return _query_key(target.decode("latin-1"))[1] or ""
 
     def _route_of(self, token: str) -> Route | None:
         with self._lock:
@@ -181,9 +192,9 @@ class KeyProxy:
             for k, v in request.headers
             if k.decode("latin-1") not in HOP_BY_HOP
         ]
-        auth = "authorization" if route.style == "openai" else "x-api-key"
+        auth = AUTH_HEADER[route.style]
         method = request.method.decode("ascii")
-        target = request.target.decode("latin-1")
+        target = _query_key(request.target.decode("latin-1"))[0]  # its key: in the header
 
         async def do(value: str, _fp: str) -> UpstreamResponse:
             secret = f"Bearer {value}" if route.style == "openai" else value
@@ -286,7 +297,7 @@ class KeyProxy:
                     too_big = f"request body over {MAX_REQUEST_BYTES:,} bytes"
                     await self._respond(conn, writer, _error(413, "request_too_large", too_big))
                     return
-                token = self._token_of(head.headers)
+                token = self._token_of(head.headers, head.target)
                 self._counting(token, 1)
                 try:
                     answer = await self._forward(head, body, token)
@@ -340,3 +351,21 @@ class KeyProxy:
                 pass  # the loop already ended
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def _query_key(target: str) -> tuple[str, str | None]:
+    """`target` without its `key=` query parameter, and that parameter's value (None when
+    it has none): a Gemini client may send its key so (`?key=KEY`); the proxy puts the
+    real one in the header instead, so that no key is in a URL a log may keep."""
+    path, sep, query = target.partition("?")
+    if not sep or "key=" not in query:
+        return target, None
+    from urllib.parse import unquote
+
+    kept, found = [], None
+    for part in query.split("&"):
+        if part.startswith("key=") and found is None:
+            found = unquote(part[4:])
+        else:
+            kept.append(part)
+    return (f"{path}?{'&'.join(kept)}" if kept else path), found

@@ -1,10 +1,12 @@
 """What a provider's answers say they used, read as they stream through the key proxy.
 
-Anthropic and OpenAI answers carry a `usage` object: whole in a JSON answer; in a
-streamed one (server-sent events) in the events that open and close the message
-(Anthropic's `message_start` and `message_delta`, OpenAI's last chunk or its Responses
-API's `response.completed`), where a later figure of a kind repeats and grows an earlier
-one. Each answer's figure of each kind is therefore the largest seen in it.
+Anthropic and OpenAI answers carry a `usage` object, Gemini's a `usageMetadata`: whole
+in a JSON answer; in a streamed one (server-sent events) in the events that open and
+close the message (Anthropic's `message_start` and `message_delta`, OpenAI's last chunk
+or its Responses API's `response.completed`, every Gemini chunk), where a later figure
+of a kind repeats and grows an earlier one. Each answer's figure of each kind is
+therefore the largest seen in it. Gemini's `promptTokenCount` includes cached content
+(as OpenAI's input does), and its output is the candidates' tokens and the thinking's.
 
 Only what the answer says is counted, never estimated: an answer that says nothing (an
 OpenAI stream asked without `stream_options.include_usage`, an error) counts nothing,
@@ -106,8 +108,9 @@ class UsageReader:
         while (end := buffer.find(b"\n", start)) >= 0:
             if self._skipping:
                 self._skipping = False
-            # Most events are text deltas: only one that names usage is parsed.
-            elif buffer.startswith(b"data:", start) and buffer.find(b'"usage"', start, end) >= 0:
+            # Most events are text deltas: only one that names usage (`"usage"`, or
+            # Gemini's `"usageMetadata"`) is parsed.
+            elif buffer.startswith(b"data:", start) and buffer.find(b'"usage', start, end) >= 0:
                 self._take(bytes(buffer[start + 5 : end]))
             start = end + 1
         del buffer[:start]  # what is left: the start of a line
@@ -126,8 +129,27 @@ class UsageReader:
             data = json.loads(text)
         except ValueError:
             return
-        if not isinstance(data, dict):
-            return
+        for item in data if isinstance(data, list) else [data]:  # a Gemini stream not as SSE
+            if isinstance(item, dict):
+                self._take_one(item)
+
+    def _take_one(self, data: dict[str, Any]) -> None:
+        gemini = data.get("usageMetadata")
+        if isinstance(gemini, dict):
+            counts = {
+                name: value
+                for name, value in gemini.items()
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            }
+            seen = {
+                "input": counts.get("promptTokenCount", 0),  # cached content included
+                # thinking is output too, billed as such
+                "output": counts.get("candidatesTokenCount", 0)
+                + counts.get("thoughtsTokenCount", 0),
+                "cache_read": counts.get("cachedContentTokenCount", 0),
+            }
+            for kind, count in seen.items():
+                self._seen[kind] = max(self._seen.get(kind, 0), count)
         for holder in (data, data.get("message"), data.get("response")):
             usage = holder.get("usage") if isinstance(holder, dict) else None
             if not isinstance(usage, dict):

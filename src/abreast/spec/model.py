@@ -246,7 +246,10 @@ class KeyPool:
     upstream: Annotated[
         str | None, Pattern(r"^https?://"), Doc("provider base URL; turns on proxy mode")
     ] = None
-    style: Literal["anthropic", "openai"] = "anthropic"
+    style: Annotated[
+        Literal["anthropic", "openai", "gemini"],
+        Doc("the provider's API: its base-URL variable, key variable and auth header"),
+    ] = "anthropic"
     max_concurrent_per_key: Annotated[int | None, Ge(1)] = None
     backoff: Backoff = Backoff()
     max_retries: Annotated[int, Ge(0), Doc("backoff rounds when every key is limited")] = 4
@@ -256,7 +259,9 @@ class KeyPool:
         """The variable a task receives its key or token in."""
         if self.env:
             return self.env
-        return "ANTHROPIC_API_KEY" if self.style == "anthropic" else "OPENAI_API_KEY"
+        return {"anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY"}.get(
+            self.style, "OPENAI_API_KEY"
+        )
 
 
 @dataclass(frozen=True)
