@@ -378,6 +378,33 @@ def test_gemini_agents_use_the_proxy_too_and_hold_no_key(
     assert [t["tokens"] for t in report["tasks"]] == [each] * 2
 
 
+def test_an_openai_style_agent_finds_the_proxy_by_either_name(
+    tmp_path: Path, provider: Provider
+) -> None:
+    # Aider (LiteLLM) reads OPENAI_API_BASE, not OPENAI_BASE_URL: one exported in the
+    # user's shell, pointing at the provider, had it send its worthless token there.
+    seen = tmp_path / "seen"
+    path = write(
+        tmp_path,
+        {
+            "name": "openai",
+            "keys": {"o": {"from": list(ENV), "upstream": provider.url, "style": "openai"}},
+            "tasks": {
+                "aider": {
+                    "run": f'echo "$OPENAI_BASE_URL $OPENAI_API_BASE $OPENAI_API_KEY" > {seen}',
+                    "keys": "o",
+                }
+            },
+        },
+    )
+    env = {**os.environ, **ENV, "OPENAI_API_BASE": "https://api.openai.com/v1"}
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env=env)
+    assert result.code == 0, result.out + result.err
+    base, api_base, key = seen.read_text().split()
+    assert base == api_base and base.startswith("http://127.0.0.1:")
+    assert key.startswith("abreast-")
+
+
 def test_the_agent_finally_sees_the_providers_429_through_the_proxy(
     tmp_path: Path, provider: Provider
 ) -> None:

@@ -92,7 +92,7 @@ class KeyBroker:
             token = self.proxy.issue(pool_name, max_tokens)
             self._leases[(task_id, attempt)] = (pool_name, token, True)
             self._proxied[token] = (task_id, attempt, pool_name, False)
-            return {spec.key_env: token, BASE_URL_ENV[spec.style]: self.proxy.url}
+            return {spec.key_env: token} | dict.fromkeys(BASE_URL_ENV[spec.style], self.proxy.url)
         while True:
             try:
                 ranked = sorted(

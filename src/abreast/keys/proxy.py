@@ -46,11 +46,13 @@ HOP_BY_HOP = {
     "x-goog-api-key",
 }
 # Where each style's clients read the provider's address: Anthropic's and OpenAI's SDKs
-# (Claude Code, Codex, Aider), and Google's Gen AI SDK (Gemini CLI).
+# (Claude Code, Codex), Aider's OPENAI_API_BASE (LiteLLM's name, and the OpenAI SDK's
+# before 1.0), and Google's Gen AI SDK (Gemini CLI). Each is set: one left pointing at the
+# provider would have a client send its worthless token there.
 BASE_URL_ENV = {
-    "anthropic": "ANTHROPIC_BASE_URL",
-    "openai": "OPENAI_BASE_URL",
-    "gemini": "GOOGLE_GEMINI_BASE_URL",
+    "anthropic": ("ANTHROPIC_BASE_URL",),
+    "openai": ("OPENAI_BASE_URL", "OPENAI_API_BASE"),
+    "gemini": ("GOOGLE_GEMINI_BASE_URL",),
 }
 # The header each style's requests carry their key in (OpenAI's as `Bearer KEY`).
 AUTH_HEADER = {"anthropic": "x-api-key", "openai": "authorization", "gemini": "x-goog-api-key"}
