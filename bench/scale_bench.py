@@ -11,9 +11,10 @@ run's whole wall time minus those seconds ("overhead"), and the lag between a ta
 processes ending and abreast noticing (its recorded wall time minus the seconds, the
 median over tasks). The supervisor looks at every running attempt's process tree
 each tick (heartbeats, orphans, memory): this is what shows whether that, and the
-reaping of N exits that come together, stay cheap as N grows. Medians of `--repeat`
-runs. The open-files limit is raised to what N needs, as a user running that many
-would.
+reaping of N exits that come together, stay cheap as N grows. Then the same N
+tasks as `sleep 60`, cancelled once all have started (`abreast cancel`): the time
+until the run has ended them all and ended itself. Medians of `--repeat` runs. The
+open-files limit is raised to what N needs, as a user running that many would.
 """
 
 from __future__ import annotations
@@ -69,6 +70,43 @@ def one(n: int, seconds: float, children: int) -> tuple[float, float, bool]:
         return wall, lag, clean
 
 
+def cancel(n: int) -> float:
+    """Seconds from `abreast cancel` to the end of a run of `n` running `sleep 60` tasks."""
+    with tempfile.TemporaryDirectory() as d:
+        wf = Path(d) / "w.json"
+        spec = {
+            "version": 1,
+            "name": "cancel",
+            "isolation": "none",
+            "max_parallel": n,
+            "resources": {"monitor": False},
+            "tasks": {f"t{i}": {"run": "sleep 60"} for i in range(n)},
+        }
+        wf.write_text(json.dumps(spec))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        abreast = [sys.executable, "-m", "abreast"]
+        proc = subprocess.Popen(
+            [*abreast, "run", str(wf), "--plain", "--no-monitor"],
+            cwd=d,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.stdout is not None
+        started = 0
+        while started < n:  # every attempt has started: its line is out
+            line = proc.stdout.readline()
+            if not line:
+                raise SystemExit("the run ended before its tasks all started")
+            started += " start " in line
+        t0 = time.perf_counter()
+        subprocess.run([*abreast, "cancel"], cwd=d, env=env, capture_output=True, check=True)
+        proc.stdout.read()
+        proc.wait()
+        return time.perf_counter() - t0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="100,500,1500")
@@ -84,15 +122,20 @@ def main() -> int:
         f"{args.children + 2} processes per task (shell, {args.children} children, its own "
         f"sleep), each living {args.seconds:g}s; medians of {args.repeat}"
     )
-    print("| tasks at once | wall | overhead (wall - task time) | task lag (median) | stderr |")
-    print("| ---: | ---: | ---: | ---: | --- |")
+    print(
+        "| tasks at once | wall | overhead (wall - task time) | task lag (median) | stderr "
+        "| cancel (to the run's end) |"
+    )
+    print("| ---: | ---: | ---: | ---: | --- | ---: |")
     for n in sizes:
         runs = [one(n, args.seconds, args.children) for _ in range(args.repeat)]
         wall = statistics.median(r[0] for r in runs)
         lag = statistics.median(r[1] for r in runs)
         clean = "clean" if all(r[2] for r in runs) else "tracebacks"
+        stop = statistics.median(cancel(n) for _ in range(args.repeat))
         print(
-            f"| {n} | {wall:.2f} s | {wall - args.seconds:.2f} s | {lag * 1000:.0f} ms | {clean} |",
+            f"| {n} | {wall:.2f} s | {wall - args.seconds:.2f} s | {lag * 1000:.0f} ms | {clean} "
+            f"| {stop:.2f} s |",
             flush=True,
         )
     return 0

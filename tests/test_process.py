@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from abreast.executor.local import Exit, Launch, LocalExecutor, Running
@@ -206,6 +207,31 @@ def test_every_running_trees_facts_come_from_one_pass_over_proc(tmp_path: Path) 
         for proc in [*trees, worker]:
             for child in psutil.Process(proc.pid).children(recursive=True):
                 child.kill()
+            proc.kill()
+            proc.wait()
+
+
+def test_a_reading_of_proc_is_shared_only_when_taken_after_the_kill_began() -> None:
+    # Cancelling 500 attempts polled each one's group by reading all of /proc (7 s, and a
+    # minute for 1500); polls now share a reading, but only one taken after they began:
+    # an older one may not hold a process that is there now.
+    from abreast.executor.process import KILL_POLL_AGE, group_alive, group_members
+
+    group_members(1)  # a reading, now
+    before = time.monotonic()
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert group_members(proc.pid, since=before - 1) == []  # the older reading, shared
+        began = time.monotonic()
+        assert group_members(proc.pid, since=began) == [proc.pid]  # read again
+        assert group_alive(proc.pid, since=began)
+        proc.kill()
+        proc.wait()
+        assert not group_alive(proc.pid, since=time.monotonic())
+        time.sleep(KILL_POLL_AGE * 2)
+        assert group_members(proc.pid, since=began) == []  # too old to share: read again
+    finally:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
 

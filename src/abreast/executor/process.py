@@ -79,7 +79,7 @@ def is_live_process(pid: int, ticks: int | None) -> bool:
     )
 
 
-def group_alive(pgid: int) -> bool:
+def group_alive(pgid: int, since: float | None = None) -> bool:
     """Whether any live (non-zombie) process is in the group.
 
     `killpg(pgid, 0)` answers fast when the group is empty (the usual case); when it
@@ -92,7 +92,7 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return bool(group_members(pgid))
+    return bool(group_members(pgid, since))
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:
@@ -112,16 +112,40 @@ def _stat_fields(pid: int) -> list[bytes] | None:
     return data[data.rindex(b")") + 2 :].split()
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) pids in process group `pgid`, read from /proc."""
-    out = []
+# The live processes' groups and sessions, as last read from /proc: (when, pid -> (process
+# group, session)). Killing many attempts at once (a cancelled run of 500) polls each
+# one's group and session until they are empty; each poll reading all of /proc made that
+# quadratic (7 s to cancel 500 `sleep`s), so polls share a reading at most KILL_POLL_AGE
+# old and taken after their kill began: one that shows a group and its session empty
+# then shows them empty for good (nothing is left in them to start another).
+_LIVE: tuple[float, dict[int, tuple[int, int]]] = (float("-inf"), {})
+KILL_POLL_AGE = 0.05
+
+
+def _live_processes(since: float | None = None) -> dict[int, tuple[int, int]]:
+    """pid -> (process group, session) of every live (non-zombie) process, read from /proc
+    now, or (`since`: a time.monotonic()) as read after `since` and at most
+    KILL_POLL_AGE ago."""
+    global _LIVE
+    taken, table = _LIVE
+    now = time.monotonic()
+    if since is not None and taken >= since and now - taken <= KILL_POLL_AGE:
+        return table
+    table = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
             fields = _stat_fields(int(name))
             # fields: state, ppid, pgrp, session, ...
-            if fields and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                out.append(int(name))
-    return out
+            if fields and fields[0] not in (b"Z", b"X"):
+                table[int(name)] = (int(fields[2]), int(fields[3]))
+    _LIVE = (now, table)
+    return table
+
+
+def group_members(pgid: int, since: float | None = None) -> list[int]:
+    """Live (non-zombie) pids in process group `pgid`, read from /proc (`since`: see
+    `_live_processes`)."""
+    return [pid for pid, (group, _) in _live_processes(since).items() if group == pgid]
 
 
 def members_of_group_or_session(pgid: int) -> list[int]:
@@ -338,37 +362,34 @@ async def kill_tree(pgid: int, grace_s: float) -> None:
     """
     import asyncio  # here: the commands that only read the journal import this module
 
-    signal_tree(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
+    began = time.monotonic()
+    # Strays that left the group in the last moment are TERMed by the next round, KILL.
+    signal_tree(pgid, signal.SIGTERM, since=began - KILL_POLL_AGE)
+    deadline = began + grace_s
     delay = 0.005
     while time.monotonic() < deadline:
-        if not group_alive(pgid) and not _session_strays(pgid):
-            return
         await asyncio.sleep(delay)  # bounded wait for processes outside our control to exit
+        if not group_alive(pgid, began) and not _session_strays(pgid, began):
+            return
         delay = min(delay * 2, 0.1)
     signal_tree(pgid, signal.SIGKILL)
 
 
-def signal_tree(pgid: int, sig: int) -> None:
-    """Send `sig` to the process group and to the members of its session that left it."""
+def signal_tree(pgid: int, sig: int, since: float | None = None) -> None:
+    """Send `sig` to the process group and to the members of its session that left it
+    (`since`: see `_live_processes`)."""
     signal_group(pgid, sig)
-    _signal_each(_session_strays(pgid), sig)
+    _signal_each(_session_strays(pgid, since), sig)
 
 
-def _session_strays(sid: int) -> list[int]:
-    """Live processes of session `sid` that moved to another process group."""
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            fields = _stat_fields(int(name))
-            if (
-                fields
-                and int(fields[3]) == sid
-                and int(fields[2]) != sid
-                and fields[0] not in (b"Z", b"X")
-            ):
-                out.append(int(name))
-    return out
+def _session_strays(sid: int, since: float | None = None) -> list[int]:
+    """Live processes of session `sid` that moved to another process group (`since`: see
+    `_live_processes`)."""
+    return [
+        pid
+        for pid, (group, session) in _live_processes(since).items()
+        if session == sid and group != sid
+    ]
 
 
 def _signal_each(pids: Iterable[int], sig: int) -> None:

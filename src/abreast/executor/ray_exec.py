@@ -423,7 +423,7 @@ class RayExecutor:
     def stats(self, running: Running) -> tuple[int, float, int] | None:
         return read_stats(running.launch)  # None while it waits in Ray's queue
 
-    def leftovers(self, running: Running) -> bool:
+    def leftovers(self, running: Running, since: float | None = None) -> bool:
         return False  # its node ended them
 
     def sweep(self) -> None:
