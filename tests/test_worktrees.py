@@ -192,6 +192,15 @@ def test_a_flaky_check_is_run_again_not_the_agent_and_said(repo: Path, tmp_path:
     assert said in out and ") and green when run again (run 2 of 3): flaky? (checking a)" in out
     report = run_abreast("report", run_id, "--json", cwd=repo)
     assert any(said in w for w in json.loads(report.out)["warnings"]), report.out
+    # CI's JUnit report says it too, where the task's test case is (a pass, to look at).
+    junit = repo.parent / "junit.xml"
+    assert run_abreast("report", run_id, "--junit", str(junit), cwd=repo).code == 0
+    import xml.etree.ElementTree as ET
+
+    case = ET.parse(junit).getroot().find(".//testcase[@name='a']")
+    assert case is not None and case.find("failure") is None
+    out_text = case.findtext("system-out") or ""
+    assert said in out_text and "flaky?" in out_text, ET.tostring(case)
     # Red on every run: the merge is red, as before, and says how often it was tried.
     always = workflow(
         repo,

@@ -123,6 +123,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
             for e in journal.events(run_id, types=WARNING_EVENTS)
             if e.data.get("warning")
         ],
+        "flaky": _flaky(journal, run_id),
         "landing": (run.summary or {}).get("landing"),
         "merges": _merges(journal, run_id),
     }
@@ -513,6 +514,15 @@ _CSS = (
 _JUNIT_FAILED = ("failed", "timed_out")
 
 
+def _flaky(journal: Journal, run_id: str) -> dict[str, list[str]]:
+    """Task -> the checks of its merge that were red, then green when run again."""
+    out: dict[str, list[str]] = {}
+    for e in journal.events(run_id, types=("check.flaky",)):
+        if e.task_id and e.data.get("warning"):
+            out.setdefault(e.task_id, []).append(str(e.data["warning"]))
+    return out
+
+
 def junit_xml(rep: dict[str, Any]) -> str:
     """The run as a JUnit XML report (one test suite, a test case per task), the format CI
     systems (GitHub Actions, GitLab, Jenkins, ...) show results of: a test case's class is
@@ -556,12 +566,18 @@ def junit_xml(rep: dict[str, Any]) -> str:
         elif t["state"] != "succeeded":
             message = first if t["state"] in first else f"{t['state']}: {first}"
             ET.SubElement(case, "skipped", message=message)
-        elif earlier := [x for x in rep["timeline"] if x["task"] == t["id"] and x["reason"]]:
-            # Green in the end after attempts that were not: worth a look (flaky?).
-            out = ET.SubElement(case, "system-out")
-            out.text = f"succeeded on attempt {t['attempts']}; before it:\n" + "\n".join(
-                _xml_text(f"attempt {x['attempt']}: {x['state']} ({x['reason']})") for x in earlier
-            )
+        else:
+            # Green in the end after attempts that were not, or with a check that was red
+            # before it was green: worth a look (flaky?).
+            earlier = [x for x in rep["timeline"] if x["task"] == t["id"] and x["reason"]]
+            said = []
+            if earlier:
+                said.append(f"succeeded on attempt {t['attempts']}; before it:")
+                said += [f"attempt {x['attempt']}: {x['state']} ({x['reason']})" for x in earlier]
+            said += (rep.get("flaky") or {}).get(t["id"], [])
+            if said:
+                out = ET.SubElement(case, "system-out")
+                out.text = _xml_text("\n".join(said))
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"
 
