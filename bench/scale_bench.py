@@ -33,21 +33,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# As a user's shell has it (output to a pipe buffered)
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
+def workflow(d: str, n: int, command: str) -> Path:
+    """D/w.json: `n` tasks of `command`, all at once, `isolation: none`, the monitor off."""
+    wf = Path(d) / "w.json"
+    spec = {
+        "version": 1,
+        "name": "scale",
+        "isolation": "none",
+        "max_parallel": n,
+        "resources": {"monitor": False},
+        "tasks": {f"t{i}": {"run": command} for i in range(n)},
+    }
+    wf.write_text(json.dumps(spec))
+    return wf
+
+
 def one(n: int, seconds: float, children: int) -> tuple[float, float, bool]:
     """(wall s, median task lag s, whether stderr was clean) of one run."""
     kids = " ".join([f"sleep {seconds} &"] * children)
     with tempfile.TemporaryDirectory() as d:
-        wf = Path(d) / "w.json"
-        spec = {
-            "version": 1,
-            "name": "scale",
-            "isolation": "none",
-            "max_parallel": n,
-            "resources": {"monitor": False},
-            "tasks": {f"t{i}": {"run": f"{kids} sleep {seconds}; wait"} for i in range(n)},
-        }
-        wf.write_text(json.dumps(spec))
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        wf = workflow(d, n, f"{kids} sleep {seconds}; wait")
+        env = ENV
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "abreast", "run", str(wf), "--plain", "--no-monitor"],
@@ -73,17 +83,8 @@ def one(n: int, seconds: float, children: int) -> tuple[float, float, bool]:
 def cancel(n: int) -> float:
     """Seconds from `abreast cancel` to the end of a run of `n` running `sleep 60` tasks."""
     with tempfile.TemporaryDirectory() as d:
-        wf = Path(d) / "w.json"
-        spec = {
-            "version": 1,
-            "name": "cancel",
-            "isolation": "none",
-            "max_parallel": n,
-            "resources": {"monitor": False},
-            "tasks": {f"t{i}": {"run": "sleep 60"} for i in range(n)},
-        }
-        wf.write_text(json.dumps(spec))
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        wf = workflow(d, n, "sleep 60")
+        env = ENV
         abreast = [sys.executable, "-m", "abreast"]
         proc = subprocess.Popen(
             [*abreast, "run", str(wf), "--plain", "--no-monitor"],
