@@ -291,9 +291,9 @@ def test_many_failures_are_grouped_and_cut_short_in_the_summary_and_report(
     logs = tmp_path / ".abreast" / "runs" / run_id / "logs"
     block = (
         "  agent00, agent01, agent02, agent03, agent04 and 35 more (failed): exit 2\n"
-        "    (the same for these 40 tasks)\n"
         "    last lines of each one's log:\n"
         "    | error: ANTHROPIC_API_KEY is not set\n"
+        "    (the same for these 40 tasks)\n"
         f"    task logs: {logs}/agent00.1.log and 39 more beside it "
         f"(`abreast logs {run_id} TASK`)\n"
     )

@@ -411,6 +411,9 @@ def test_a_file_written_again_and_again_is_named_once_in_the_blame(repo: Path) -
     assert code == 1, out
     block = out.split("leak (failed): wrote outside its worktree", 1)[1].split("task log")[0]
     assert block.count("main checkout: leak.txt") == 1, block
+    # The reason goes on under its first line, whether leak failed alone or alike with
+    # another task blamed with it (`a, leak (failed): …`, said after the reason).
+    assert "so nothing of it was merged:\n      main checkout: leak.txt\n" in block, block
 
 
 def test_a_dependent_sees_its_dependencies_work(repo: Path) -> None:

@@ -306,14 +306,16 @@ def failures_text(failures: Sequence[FailureView], run_id: str) -> list[str]:
         lines = failure_lines(f.task, f.state, f.attempt, f.reason, list(f.tail), f.log, f.diff)
         if len(alike) > 1:
             lines[0] = "  " + named(alike) + lines[0][2 + len(f.task) :]
-            lines.insert(1, f"    (the same for these {len(alike)} tasks)")
             lines = [
                 "    last lines of each one's log:"
                 if x == "    last lines of the task's log:"
                 else x
                 for x in lines
+                if not x.startswith("    task log: ")
             ]
-            lines = [line for line in lines if not line.startswith("    task log: ")]
+            # After the reason (it may go on for lines: `…, so nothing of it was merged:`
+            # and the files) and the log's lines, not inside them.
+            lines.append(f"    (the same for these {len(alike)} tasks)")
             if f.log:
                 beside = f"{len(alike) - 1} more beside it"
                 how = f"`abreast logs {run_id} TASK`"
