@@ -69,12 +69,17 @@ class Provider:
         recent.append(now)
         return None
 
-    async def gemini(self, request: Request) -> Response:
+    async def _admit(self, request: Request) -> tuple[str, bytes] | Response:
+        """(the request's key, its body), or the 429 it gets over the key's limit."""
         key = self._key(request)
         limited = self._limited(request, key)
-        if limited is not None:
-            return limited
-        body = await request.body()
+        return limited if limited is not None else (key, await request.body())
+
+    async def gemini(self, request: Request) -> Response:
+        admitted = await self._admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        key, body = admitted
         seen = {"key": hashlib.sha256(key.encode()).hexdigest()[:8], "query": request.url.query}
         usage = {"promptTokenCount": 10 + len(body), "candidatesTokenCount": 5}
         if not request.url.path.endswith(":streamGenerateContent"):
@@ -88,11 +93,10 @@ class Provider:
         return StreamingResponse(parts(), media_type="text/event-stream")
 
     async def messages(self, request: Request) -> Response:
-        key = self._key(request)
-        limited = self._limited(request, key)
-        if limited is not None:
-            return limited
-        body = await request.body()
+        admitted = await self._admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        key, body = admitted
         return JSONResponse(
             {
                 "ok": True,

@@ -151,17 +151,22 @@ def redact(text: str, secrets: list[tuple[str, str]]) -> str:
     """`text` with each secret's value (fingerprint, value) replaced by `[key FP]`: for
     what abreast records or passes on from a task's output (its log's last lines in the
     journal, the feedback to its next attempt, the summary, its output)."""
-    for fp, value in secrets:
+    for fp, value in _longest_first(secrets):
         if value and value in text:
             text = text.replace(value, KEY_SHOWN.format(fp))
     return text
+
+
+def _longest_first(secrets: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Secrets in the order they are replaced: one inside another after it."""
+    return sorted(secrets, key=lambda pair: -len(pair[1]))
 
 
 def scrub_secrets(path: str, secrets: list[tuple[str, str]], chunk: int = 1 << 22) -> int:
     """Replace each secret value in the file at `path` by `[key FINGERPRINT]` (a key a
     direct-mode task printed); returns how many were replaced. Read in chunks (a log may
     be larger than memory); the file is rewritten, by rename, only when it holds one."""
-    ordered = sorted(secrets, key=lambda pair: -len(pair[1]))  # one inside another: after it
+    ordered = _longest_first(secrets)
     pairs = [(value.encode(), KEY_SHOWN.format(fp).encode()) for fp, value in ordered if value]
     if not pairs or not _holds_any(path, [raw for raw, _ in pairs], chunk):
         return 0

@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -112,6 +112,17 @@ def _stat_fields(pid: int) -> list[bytes] | None:
     return data[data.rindex(b")") + 2 :].split()
 
 
+def _every_stat() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, `_stat_fields`) of every process, in one pass over /proc (none without it)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return
+    for name in names:
+        if name.isdigit() and (fields := _stat_fields(int(name))) is not None:
+            yield int(name), fields
+
+
 # The live processes' groups and sessions, as last read from /proc: (when, pid -> (process
 # group, session)). Killing many attempts at once (a cancelled run of 500) polls each
 # one's group and session until they are empty; each poll reading all of /proc made that
@@ -131,13 +142,11 @@ def _live_processes(since: float | None = None) -> dict[int, tuple[int, int]]:
     now = time.monotonic()
     if since is not None and taken >= since and now - taken <= KILL_POLL_AGE:
         return table
-    table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            fields = _stat_fields(int(name))
-            # fields: state, ppid, pgrp, session, ...
-            if fields and fields[0] not in (b"Z", b"X"):
-                table[int(name)] = (int(fields[2]), int(fields[3]))
+    table = {
+        pid: (int(fields[2]), int(fields[3]))  # fields: state, ppid, pgrp, session, ...
+        for pid, fields in _every_stat()
+        if fields[0] not in (b"Z", b"X")
+    }
     _LIVE = (now, table)
     return table
 
@@ -155,13 +164,11 @@ def members_of_group_or_session(pgid: int) -> list[int]:
 
 def children_zombies(parent: int) -> list[tuple[int, int]]:
     """(pid, session id) of the zombie children of `parent` (to reap as a subreaper)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            fields = _stat_fields(int(name))
-            if fields and fields[0] == b"Z" and int(fields[1]) == parent:
-                out.append((int(name), int(fields[3])))
-    return out
+    return [
+        (pid, int(fields[3]))
+        for pid, fields in _every_stat()
+        if fields[0] == b"Z" and int(fields[1]) == parent
+    ]
 
 
 def become_subreaper() -> bool:
@@ -420,25 +427,14 @@ def trees_stats(pids: Iterable[int]) -> dict[int, tuple[int, float, int]]:
     wanted = set(pids)
     if not wanted:
         return {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:  # no /proc: each tree on its own
-        return {pid: _tree_stats_psutil(pid) for pid in wanted}
     facts: dict[int, tuple[int, int, float]] = {}  # pid -> (ppid, rss bytes, CPU s)
     children: dict[int, list[int]] = {}
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-            rest = data[data.rfind(b")") + 2 :].split()
-            ppid = int(rest[1])
-            ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
-            facts[int(name)] = (ppid, int(rest[21]) * _PAGE_SIZE, ticks / _CLK_TCK)
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile
-        children.setdefault(ppid, []).append(int(name))
+    for pid, fields in _every_stat():
+        # fields: state, ppid, ...; utime, stime, cutime, cstime at 11-14; rss at 21
+        ppid = int(fields[1])
+        ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+        facts[pid] = (ppid, int(fields[21]) * _PAGE_SIZE, ticks / _CLK_TCK)
+        children.setdefault(ppid, []).append(pid)
     out: dict[int, tuple[int, float, int]] = {}
     for root in wanted:
         if root not in facts:
@@ -486,28 +482,6 @@ def tree_stats(pid: int) -> tuple[int, float, int]:
     tell a hung task from a busy one. (0, 0.0, 0) when `pid` is gone.
     """
     return trees_stats([pid]).get(pid, (0, 0.0, 0))
-
-
-def _tree_stats_psutil(pid: int) -> tuple[int, float, int]:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0, 0.0, 0
-    rss, cpu, io = 0, 0.0, 0
-    for p in procs:
-        try:
-            with p.oneshot():
-                rss += p.memory_info().rss
-                t = p.cpu_times()
-                cpu += t.user + t.system + t.children_user + t.children_system
-                c = p.io_counters()
-                io += c.read_chars + c.write_chars + p.num_ctx_switches().voluntary
-        except (psutil.Error, AttributeError):
-            continue
-    return rss, cpu, io
 
 
 def marked_processes(

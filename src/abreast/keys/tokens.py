@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeGuard
 
 MAX_JSON_BYTES = 8 << 20  # a whole JSON answer is read for its usage up to this size
 MAX_LINE_BYTES = 1 << 20  # an event line longer than this is passed on unread
@@ -136,11 +136,7 @@ class UsageReader:
     def _take_one(self, data: dict[str, Any]) -> None:
         gemini = data.get("usageMetadata")
         if isinstance(gemini, dict):
-            counts = {
-                name: value
-                for name, value in gemini.items()
-                if isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            }
+            counts = {name: value for name, value in gemini.items() if _count(value)}
             seen = {
                 "input": counts.get("promptTokenCount", 0),  # cached content included
                 # thinking is output too, billed as such
@@ -156,5 +152,10 @@ class UsageReader:
                 continue
             for name, kind in _KINDS.items():
                 value = usage.get(name)
-                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                if _count(value):
                     self._seen[kind] = max(self._seen.get(kind, 0), value)
+
+
+def _count(value: object) -> TypeGuard[int]:
+    """Whether an answer's figure is a count (not `true`, `-1` or `"5"`)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

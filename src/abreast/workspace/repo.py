@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from abreast.errors import UsageError
+from abreast.errors import UsageError, did_you_mean
 from abreast.workspace.git import GitError, git
 
 ZERO = "0" * 40
@@ -601,11 +601,9 @@ def unknown_base(repo: Repo, base: str) -> UsageError:
         if not ref.startswith("refs/heads/abreast/") and not ref.endswith("/HEAD")
     ]
     usual = [n for n in names if n in ("main", "master", "trunk", "develop")]
-    import difflib
-
-    close = difflib.get_close_matches(base, names, n=1, cutoff=0.6) or usual[:1]
+    # `main` for `master` is too far apart for did_you_mean: the usual names then
+    meant = did_you_mean(base, names) or (f"; did you mean {usual[0]!r}?" if usual else "")
     return UsageError(
-        f"base {base!r} is not a commit in {repo.root}"
-        + (f"; did you mean {close[0]!r}?" if close else ""),
+        f"base {base!r} is not a commit in {repo.root}{meant}",
         hint="set `base:` to a branch, tag or commit that exists",
     )
