@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from abreast.spec.conditions import ConditionError, OutputsUnknown, parse
+from abreast.spec.conditions import ConditionError, OutputsUnknown, parse, template
 
 
 def test_when_reads_flags_and_upstream_outputs() -> None:
@@ -83,3 +85,57 @@ def test_type_errors_become_condition_errors() -> None:
     expr = parse("outputs.a.n > 1", allow_output=False)
     with pytest.raises(ConditionError, match="TypeError"):
         expr.evaluate({}, {"a": {"n": "text"}})
+
+
+def test_a_prompt_template_puts_in_text_as_it_is_and_other_values_as_json() -> None:
+    t = template(
+        "Do ${{ outputs.r.summary }}; strict=${{ strict }} score=${{outputs.r.score}} "
+        "none=${{ outputs.r.none }}\nrisks: ${{ outputs.r.risks }}\nall: ${{ outputs.r }}"
+    )
+    assert t is not None
+    assert {x.source for x in t.expressions} == {
+        "outputs.r.summary",
+        "strict",
+        "outputs.r.score",
+        "outputs.r.none",
+        "outputs.r.risks",
+        "outputs.r",
+    }
+    out = {"r": {"summary": "use JWT ${{ x }}", "score": 0.5, "none": None, "risks": ["ü"]}}
+    text = t.render({"strict": True}, out)
+    assert text == (
+        "Do use JWT ${{ x }}; strict=true score=0.5 none=null\n"  # a value is not read again
+        'risks: [\n  "ü"\n]\n'
+        'all: {\n  "summary": "use JWT ${{ x }}",\n  "score": 0.5,\n  "none": null,\n'
+        '  "risks": [\n    "ü"\n  ]\n}'
+    )
+
+
+def test_a_prompt_keeps_escaped_and_other_braces() -> None:
+    assert template("no places {{ prompt }} {x}") is None  # other tools' braces: text
+    t = template("$${{ secrets.X }} and $${{ unclosed, then ${{ flags.a }}")
+    assert t is not None
+    assert t.render({"a": 1}, {}) == "${{ secrets.X }} and ${{ unclosed, then 1"
+
+
+def test_a_prompt_value_that_cannot_be_had_says_which_place() -> None:
+    t = template("a ${{ outputs.r.x }}")
+    assert t is not None
+    with pytest.raises(ConditionError, match=r"^\$\{\{ outputs.r.x \}\}: outputs.r has no field"):
+        t.render({}, {"r": {"y": 1}})
+
+
+@pytest.mark.parametrize(
+    ("source", "wrong"),
+    [
+        ("a ${{ b", "has `${{` with no `}}` after it: '${{ b'"),
+        ("${{ a }} ${{ b", "has `${{` with no `}}` after it: '${{ b'"),
+        ("${{   }}", "'${{   }}' is empty"),
+        ("${{ a === b }}", "'${{ a === b }}' is not a valid expression"),
+        ("${{ output.x }}", "reads `output`, which only a gate has"),
+        ("${{ __import__('os') }}", "may only call"),
+    ],
+)
+def test_a_wrong_prompt_place_is_refused(source: str, wrong: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(wrong)):
+        template(source)

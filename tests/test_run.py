@@ -1414,6 +1414,73 @@ def test_a_task_reads_the_outputs_of_the_tasks_it_needs(tmp_path: Path, cli) -> 
     assert cli("logs", "alone", *state).out == "[unset]\n"  # nothing upstream: not set
 
 
+def test_a_prompt_holds_the_values_of_upstream_outputs_and_flags(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # An agent run as `claude -p "$ABREAST_PROMPT"` reads nothing but its prompt: the
+    # research's findings reach it there, on every attempt (the retry's feedback after them).
+    research = {"summary": "use JWT", "risks": ["clock skew"], "score": 0.8}
+    path = workflow(
+        tmp_path,
+        {
+            "research": {"run": f"echo '{json.dumps(research)}' > \"$ABREAST_OUTPUT\""},
+            "off": {"run": "true", "when": False},  # YAML's false: the task is turned off
+            "backend": {
+                "needs": ["research", "off"],
+                "prompt": "Implement: ${{ outputs.research.summary }} (strict: ${{ strict }})\n"
+                "Risks: ${{ outputs.research.risks }}\n"
+                "Audit: ${{ outputs.off.x if 'off' in outputs else 'none' }}\n"
+                "Keep $${{ secrets.TOKEN }} in the CI file.",
+                "run": 'printf "%s" "$ABREAST_PROMPT" > "prompt.$ABREAST_ATTEMPT"; '
+                '[ "$ABREAST_ATTEMPT" = 2 ] || exit 3',
+                "retries": 1,
+                "backoff": {"initial": 0.01, "max": 0.01},
+            },
+        },
+        flags={"strict": True},
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out
+    first = (
+        'Implement: use JWT (strict: true)\nRisks: [\n  "clock skew"\n]\nAudit: none\n'
+        "Keep ${{ secrets.TOKEN }} in the CI file."
+    )
+    assert (tmp_path / "prompt.1").read_text() == first
+    second = (tmp_path / "prompt.2").read_text()
+    assert second.startswith(first + "\n\n---\nThis is attempt 2.")
+    assert dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))["off"] == "skipped"
+
+
+def test_a_prompt_value_that_is_not_there_fails_the_task_saying_why(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(
+        tmp_path,
+        {
+            "research": {"run": 'echo \'{"sumary": "x"}\' > "$ABREAST_OUTPUT"'},
+            "security": {"run": "true", "when": "false"},
+            "backend": {
+                "needs": ["research"],
+                "prompt": "Do ${{ outputs.research.summary }}",
+                "run": "touch ran.backend",
+            },
+            "audit": {
+                "needs": ["security"],
+                "prompt": "Fix ${{ outputs.security.findings }}",
+                "run": "touch ran.audit",
+            },
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 1
+    assert (
+        "backend (failed): prompt: ${{ outputs.research.summary }}: outputs.research has no "
+        "field 'summary' (it has: sumary)" in result.out
+    )
+    assert (
+        "audit (failed): prompt: ${{ outputs.security.findings }}: outputs has no field "
+        "'security' (it has: none); security was skipped (its `when:` was false), so there is "
+        "no output to read: test `'security' in outputs` first" in result.out
+    )
+    assert not list(tmp_path.glob("ran.*"))  # neither started
+
+
 def test_checks_and_land_without_a_merge_queue_are_said_to_do_nothing(tmp_path: Path) -> None:
     path = workflow(
         tmp_path,

@@ -200,6 +200,45 @@ CASES = {
         "version: 1\ntasks:\n  a: {run: x, when: 'output.x > 1'}\n",
         ["only a gate has"],
     ),
+    "when_reads_a_task_it_waits_for_only_a_signal_of": (
+        "version: 1\ntasks:\n  a: {run: x, signals: [up]}\n"
+        "  b: {run: x, needs: ['a:up'], when: 'outputs.a.ok'}\n",
+        [
+            ":4: when: 'outputs.a.ok' reads outputs of 'a', which 'b' waits for only a signal"
+            " of: 'a' writes its output when it ends, and 'b' starts before that",
+            "add 'a' itself to the `needs` of 'b'",
+        ],
+    ),
+    "prompt_unknown_name": (  # GitHub's ${{ secrets.X }} in a prompt about a workflow
+        "version: 1\ntasks:\n  a:\n    run: x\n    prompt: 'use ${{ secrets.TOKEN }}'\n",
+        [
+            ":5: prompt: '${{ secrets.TOKEN }}' reads 'secrets', which is not a flag",
+            "to keep the characters `${{` in a prompt, write `$${{`",
+        ],
+    ),
+    "prompt_not_upstream": (
+        "version: 1\ntasks:\n  a: {run: x}\n  b: {run: x, prompt: 'fix ${{ outputs.a.bug }}'}\n",
+        [
+            ":4: prompt: '${{ outputs.a.bug }}' reads outputs of 'a', which 'b' does not depend on",
+        ],
+    ),
+    "prompt_signal_only": (
+        "version: 1\ntasks:\n  a: {run: x, signals: [up]}\n"
+        "  b: {run: x, needs: ['a:up'], prompt: '${{ outputs.a.url }}'}\n",
+        ["reads outputs of 'a', which 'b' waits for only a signal of"],
+    ),
+    "prompt_unclosed": (
+        "version: 1\ntasks:\n  a: {run: x, prompt: 'see ${{ flags.x and $${{ y'}\n",
+        [":3: prompt has `${{` with no `}}` after it: '${{ flags.x and $${{ y'"],
+    ),
+    "prompt_bad_expression": (
+        "version: 1\ntasks:\n  a: {run: x, prompt: 'a ${{ x === 1 }} b ${{ }}'}\n",
+        [":3: prompt '${{ x === 1 }}' is not a valid expression"],
+    ),
+    "prompt_calls": (
+        "version: 1\ntasks:\n  a: {run: x, prompt: '${{ open(\"/etc/passwd\") }}'}\n",
+        [":3: prompt '${{ open(\"/etc/passwd\") }}' may only call"],
+    ),
     "signal_not_declared": (
         "version: 1\ntasks:\n  a: {run: x}\n  b: {run: x, needs: ['a:ready']}\n",
         ["waits for signal 'ready' of 'a', which 'a' does not declare"],

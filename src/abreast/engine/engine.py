@@ -62,7 +62,7 @@ from abreast.plan.dispatch import Dispatcher, Policy
 from abreast.plan.graph import TaskGraph
 from abreast.spec import conditions
 from abreast.spec.loader import MAX_DEPTH, json_depth
-from abreast.spec.model import FEEDBACK_MAX_CHARS, Scalar, Task, Workflow
+from abreast.spec.model import FEEDBACK_MAX_CHARS, PROMPT_MAX, Scalar, Task, Workflow
 
 if TYPE_CHECKING:
     from abreast.keys.broker import KeyBroker
@@ -177,6 +177,7 @@ class TaskRun:
     feedback: str | None = None
     reason: str | None = None
     output: dict[str, Any] | None = None
+    prompt: str | None = None  # its prompt with the `${{ }}` values put in, if it has any
     running: Running | None = None
     timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
@@ -559,6 +560,8 @@ class Engine:
                 if tr.state is not TaskState.PENDING:
                     continue  # restored from the journal, or already decided
                 run, why = self._evaluate_when(tr)
+                if run and why is None:
+                    why = self._render_prompt(tr)
                 if why is not None:
                     self._fail(tr, TaskState.FAILED, why)
                 elif not run:
@@ -577,7 +580,47 @@ class Engine:
         try:
             return expr.evaluate(self.options.flags, self._outputs(expr)), None
         except conditions.ConditionError as e:
-            return False, f"when: {tr.task.when!r} could not be evaluated: {e}"
+            return False, f"when: {tr.task.when!r} could not be evaluated: {e}" + self._no_output(
+                expr.tasks
+            )
+
+    def _render_prompt(self, tr: TaskRun) -> str | None:
+        """Put the values of the `${{ }}` in `tr`'s prompt in (`tr.prompt`), now that what
+        they read is known; why not, if it cannot be."""
+        source = tr.task.prompt
+        if source is None or "${{" not in source:
+            return None
+        template = conditions.template(source)  # checked when the file was loaded
+        assert template is not None
+        reads = any(x.reads_outputs for x in template.expressions)
+        outputs = self._succeeded_outputs() if reads else {}
+        try:
+            text = template.render(self.options.flags, outputs)
+        except conditions.ConditionError as e:
+            return f"prompt: {e}" + self._no_output(
+                frozenset().union(*(x.tasks for x in template.expressions))
+            )
+        if (size := len(text.encode())) > PROMPT_MAX:
+            return (
+                f"prompt: with the values of its ${{{{ }}}} put in it is {size:,} bytes, more "
+                f"than a prompt may hold ({PROMPT_MAX // 1024} KiB): put less of the outputs "
+                "in it (a task can write a large result to a file and name the file in its "
+                "output)"
+            )
+        tr.prompt = text
+        return None
+
+    def _no_output(self, read: frozenset[str]) -> str:
+        """Why tasks an expression reads have no output, when that is because they were
+        skipped (their dependents run, and `outputs` has nothing of theirs)."""
+        skipped = [t for t in sorted(read) if self.by_id[t].state is TaskState.SKIPPED]
+        if not skipped:
+            return ""
+        return (
+            f"; {', '.join(skipped)} {'was' if len(skipped) == 1 else 'were'} skipped (its "
+            f"`when:` was false), so there is no output to read: test "
+            f"`'{skipped[0]}' in outputs` first"
+        )
 
     def _condition(self, source: str, *, allow_output: bool) -> conditions.Expression:
         expr = self._conditions.get(source)
@@ -588,8 +631,9 @@ class Engine:
     def _outputs(self, expr: conditions.Expression) -> dict[str, Any]:
         """Succeeded tasks' outputs, for `expr`: none when it reads none (a flag test),
         so that a workflow of many conditional tasks does not cost O(tasks) each."""
-        if not expr.reads_outputs:
-            return {}
+        return self._succeeded_outputs() if expr.reads_outputs else {}
+
+    def _succeeded_outputs(self) -> dict[str, Any]:
         return {tr.id: tr.output or {} for tr in self.tasks if tr.state is TaskState.SUCCEEDED}
 
     def _new_attempt(self, tr: TaskRun) -> Launch | None:
@@ -660,7 +704,9 @@ class Engine:
                 "ABREAST_ATTEMPT": str(n),
                 "ABREAST_OUTPUT": output,
                 "ABREAST_STATE": self.location.coord_url,
-                "ABREAST_PROMPT": prompt_for(task.prompt, n, tr.feedback),
+                "ABREAST_PROMPT": prompt_for(
+                    task.prompt if tr.prompt is None else tr.prompt, n, tr.feedback
+                ),
                 "ABREAST_FEEDBACK": tr.feedback or "",
             }
         )

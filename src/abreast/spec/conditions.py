@@ -6,11 +6,17 @@ Names it may use: the workflow's flags (bare, or as `flags.NAME`), `outputs.TASK
 for tasks upstream of it, `output.FIELD` in a gate (the task's own output), the
 literals `true`, `false`, `null`, and the functions len, min, max, abs, round, int,
 float, str, bool.
+
+A prompt may hold such expressions as `${{ outputs.research.summary }}`: `template` parses
+it, and `Template.render` puts in each value (text as it is, anything else as JSON) when
+the task is about to run. `$${{` is the two characters `${{` themselves.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +137,16 @@ class Expression:
 
         `outputs`/`output` as None mean "not known yet": reading them raises OutputsUnknown.
         """
+        return bool(self.value(flags, outputs, output))
+
+    def value(
+        self,
+        flags: Mapping[str, Any],
+        outputs: Mapping[str, Any] | None,
+        output: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """The expression's value (a task's output or part of one as a `Record`), as
+        `evaluate`."""
         import simpleeval  # only runs that evaluate conditions pay for the import
 
         names: dict[str, Any] = dict(LITERALS)
@@ -145,7 +161,7 @@ class Expression:
         evaluator = simpleeval.SimpleEval(functions=FUNCTIONS, names=names)
         evaluator.ATTR_INDEX_FALLBACK = False
         try:
-            return bool(evaluator.eval(self.source))
+            return evaluator.eval(self.source)
         except (OutputsUnknown, ConditionError):
             raise
         except simpleeval.NameNotDefined as e:
@@ -223,3 +239,83 @@ def parse(source: str, *, allow_output: bool) -> Expression:
             elif node.value.id == "flags":
                 flags.add(node.slice.value)
     return Expression(source.strip(), frozenset(flags), frozenset(tasks), own, reads_outputs)
+
+
+# `$${{` (the characters themselves), or `${{ EXPRESSION }}`.
+_PLACE = re.compile(r"\$\$\{\{|\$\{\{(.*?)\}\}", re.DOTALL)
+TEMPLATE_ESCAPE_HINT = "to keep the characters `${{` in a prompt, write `$${{`"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt with `${{ EXPRESSION }}` places: text and expressions, in order."""
+
+    parts: tuple[str | Expression, ...]
+
+    @property
+    def expressions(self) -> list[Expression]:
+        return [p for p in self.parts if isinstance(p, Expression)]
+
+    def render(self, flags: Mapping[str, Any], outputs: Mapping[str, Any]) -> str:
+        """The text with each expression's value put in; ConditionError as `evaluate`."""
+        out: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            try:
+                out.append(as_text(part.value(flags, outputs)))
+            except ConditionError as e:
+                raise ConditionError(f"${{{{ {part.source} }}}}: {e}") from None
+        return "".join(out)
+
+
+def as_text(value: Any) -> str:
+    """A value put into a prompt: text as it is; anything else as JSON (`true`, `null`,
+    `0.75`; an object or a list indented, as a model reads it best)."""
+    if isinstance(value, Record):
+        value = value._data
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping | list):
+        return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    return json.dumps(value, default=str)
+
+
+def template(source: str) -> Template | None:
+    """The template of a prompt, or None when it has no `${{` (nor `$${{`); ValueError
+    saying which place is wrong."""
+    if "${{" not in source:
+        return None
+    parts: list[str | Expression] = []
+    text: list[str] = []
+    at = 0
+    for m in [*_PLACE.finditer(source), None]:
+        between = source[at : len(source) if m is None else m.start()]
+        if "${{" in between:
+            start = at + between.index("${{")
+            raise ValueError(
+                f"has `${{{{` with no `}}}}` after it: {source[start : start + 40]!r}; "
+                + TEMPLATE_ESCAPE_HINT
+            )
+        text.append(between)
+        if m is None:
+            break
+        at = m.end()
+        if m[1] is None:
+            text.append("${{")
+            continue
+        inner = m[1].strip()
+        if not inner:
+            raise ValueError(f"{m[0]!r} is empty; {TEMPLATE_ESCAPE_HINT}")
+        try:
+            expr = parse(inner, allow_output=False)
+        except ValueError as e:
+            raise ValueError(f"{m[0]!r} {e}") from None
+        if text:
+            parts.append("".join(text))
+            text = []
+        parts.append(expr)
+    if "".join(text):
+        parts.append("".join(text))
+    return Template(tuple(parts))

@@ -126,6 +126,14 @@ Size = Annotated[
 ]
 
 
+def _condition_value(v: object) -> object:
+    # `when: false` (YAML's boolean) to turn a task off for a while: the expression `false`.
+    return ("true" if v else "false") if isinstance(v, bool) else v
+
+
+Condition = Annotated[str, Parse(_condition_value, {"type": ["string", "boolean"]}), MinLen(1)]
+
+
 def _env_value(v: object) -> object:
     if isinstance(v, bool):
         return "1" if v else "0"
@@ -423,8 +431,8 @@ class Task(TaskFields):
     owns: list[str] = field(default_factory=list)
     keys: str | None = None
     signals: list[str] = field(default_factory=list)
-    when: str | None = None
-    gate: str | None = None
+    when: Condition | None = None
+    gate: Condition | None = None
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ class _Validator:
     def __init__(self, doc: Document) -> None:
         self.doc = doc
         self.problems: list[SpecProblem] = []
+        self._finished: dict[str, frozenset[str]] = {}  # _finished_before's
 
     def problem(self, path: tuple[str | int, ...], message: str, hint: str | None = None) -> None:
         self.problems.append(SpecProblem(message, path=path, line=self.doc.line(path), hint=hint))
@@ -416,6 +417,7 @@ class _Validator:
     ) -> None:
         base = ("tasks", task.id)
         upstream: set[str] | None = None
+        exprs: list[tuple[str, str, conditions.Expression]] = []
         for field in ("when", "gate"):
             source = getattr(task, field)
             if source is None:
@@ -424,13 +426,26 @@ class _Validator:
                 expr = conditions.parse(source, allow_output=field == "gate")
             except ValueError as e:
                 self.problem((*base, field), f"{field}: {_clipped(source)} {e}")
-                continue
+            else:
+                exprs.append((field, source, expr))
+        if task.prompt is not None:
+            try:
+                template = conditions.template(task.prompt)
+            except ValueError as e:
+                self.problem((*base, "prompt"), f"prompt {e}")
+                template = None
+            if template is not None:
+                exprs += [("prompt", f"${{{{ {x.source} }}}}", x) for x in template.expressions]
+        for field, source, expr in exprs:
             for flag in sorted(expr.flags - set(wf.flags)):
+                hint = "declare it under `flags:` (with a default value)"
+                if field == "prompt":
+                    hint += "; " + conditions.TEMPLATE_ESCAPE_HINT
                 self.problem(
                     (*base, field),
                     f"{field}: {_clipped(source)} reads {flag!r}, which is "
                     "not a flag" + did_you_mean(flag, [*wf.flags, "outputs"]),
-                    hint="declare it under `flags:` (with a default value)",
+                    hint=hint,
                 )
             for ref in sorted(expr.tasks):
                 if ref not in index:
@@ -439,6 +454,8 @@ class _Validator:
                         f"{field}: {_clipped(source)} reads outputs of "
                         f"{ref!r}, which is not a task" + did_you_mean(ref, ids),
                     )
+                    continue
+                if ref in self._finished_before(wf, task.id):
                     continue
                 if upstream is None:
                     upstream = {ids[v] for v in dag.ancestors(index[task.id], preds)}
@@ -449,6 +466,39 @@ class _Validator:
                         f"{ref!r}, which {task.id!r} does not depend on",
                         hint=f"add {ref!r} to the `needs` of {task.id!r}",
                     )
+                else:
+                    self.problem(
+                        (*base, field),
+                        f"{field}: {_clipped(source)} reads outputs of {ref!r}, which "
+                        f"{task.id!r} waits for only a signal of: {ref!r} writes its output "
+                        f"when it ends, and {task.id!r} starts before that",
+                        hint=f"add {ref!r} itself to the `needs` of {task.id!r}, or "
+                        "read the output in a task that needs it",
+                    )
+
+    def _finished_before(self, wf: Workflow, tid: str) -> frozenset[str]:
+        """The tasks sure to have finished when `tid` starts: those it needs whole, and
+        those sure to have finished when each task it needs (whole or a signal of) began."""
+        memo = self._finished
+        stack = [tid]
+        while stack:
+            t = stack[-1]
+            if t in memo:
+                stack.pop()
+                continue
+            needs = [n.partition(":") for n in wf.tasks[t].needs]
+            todo = [dep for dep, _, _ in needs if dep not in memo]
+            if todo:
+                stack.extend(todo)
+                continue
+            done: set[str] = set()
+            for dep, _, signal in needs:
+                done |= memo[dep]
+                if not signal:
+                    done.add(dep)
+            memo[t] = frozenset(done)
+            stack.pop()
+        return memo[tid]
 
     def _ref(
         self,
