@@ -487,22 +487,24 @@ def test_work_that_adds_a_file_too_large_for_git_hosts_is_sent_back(repo: Path) 
                 "retries": 0,
             },
             "small": {"run": "head -c 900000 /dev/zero > small.bin"},
+            "exact": {"run": "head -c 1048576 /dev/zero > exact.bin"},  # as GitHub: not above
         },
         merge={"max_file_size": "1MiB"},
     )
     code, out, run_id = run(repo, path)
     assert code == 1, out
     assert (
-        "download (failed): its commits add a file of merge.max_file_size (1 MiB) or more: "
+        "download (failed): its commits add a file larger than merge.max_file_size (1 MiB): "
         "model.bin (1.4 MiB); nothing of it was merged" in out
     ), out
     assert (
-        "agent (failed): its commits add a file of merge.max_file_size (1 MiB) or more: "
+        "agent (failed): its commits add a file larger than merge.max_file_size (1 MiB): "
         "data.bin (2.1 MiB)" in out
     ), out
     assert "or raise merge.max_file_size" in out
     history = git(repo, "rev-list", "--objects", f"main..{integration(run_id)}")
-    assert "small.bin" in history and "model.bin" not in history and "data.bin" not in history
+    assert "small.bin" in history and "exact.bin" in history
+    assert "model.bin" not in history and "data.bin" not in history
     # 0: no limit.
     again = {"download": {"run": "head -c 1500000 /dev/zero > model.bin"}}
     path = workflow(repo, again, merge={"max_file_size": 0})

@@ -51,7 +51,7 @@ from abreast.workspace.repo import (
 
 
 def _too_large(large: list[tuple[str, int]], limit: int) -> str:
-    """Why work that adds files of `merge.max_file_size` or more is sent back."""
+    """Why work that adds files larger than `merge.max_file_size` is sent back."""
 
     def mib(n: int) -> str:  # as the limit is written, and GitHub says its own
         return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n / (1 << 20):.1f} MiB"
@@ -59,7 +59,7 @@ def _too_large(large: list[tuple[str, int]], limit: int) -> str:
     shown = ", ".join(f"{path} ({mib(size)})" for path, size in large[:5])
     more = f" and {len(large) - 5} more" if len(large) > 5 else ""
     return (
-        f"its commits add a file of merge.max_file_size ({mib(limit)}) or more: "
+        f"its commits add a file larger than merge.max_file_size ({mib(limit)}): "
         f"{shown}{more}; nothing of it was merged (git hosts refuse such files in a push: "
         "GitHub above 100 MiB, and a file removed by a later commit is still in the "
         "history). Leave it out of the work (.gitignore, or a path outside the "

@@ -382,8 +382,8 @@ class Merge:
     max_file_size: Annotated[
         Size,
         Doc(
-            "a task whose commits add a file this large or larger is sent back, nothing of "
-            "it merged (git hosts refuse such files: GitHub at 100 MiB); 0: no limit"
+            "a task whose commits add a file larger than this is sent back, nothing of "
+            "it merged (git hosts refuse such files: GitHub above 100 MiB); 0: no limit"
         ),
     ] = 100 << 20
 

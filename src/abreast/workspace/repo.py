@@ -227,13 +227,13 @@ class Repo:
         return self.git("cat-file", "-e", f"{commit}:{path}", check=False).returncode == 0
 
     def large_files(self, base: str, head: str, limit: int) -> list[tuple[str, int]]:
-        """(path, size) of each file of `limit` bytes or more that the commits base..head
+        """(path, size) of each file larger than `limit` bytes that the commits base..head
         add, at any of them (one added and removed again is still in the history that
         lands), largest first. One `git rev-list` when there is none."""
         listed = self.git(
             "rev-list",
             "--objects",
-            f"--filter=blob:limit={limit}",
+            f"--filter=blob:limit={limit + 1}",  # omits blobs of limit + 1 bytes or more
             "--filter-print-omitted",
             f"{base}..{head}",
         ).stdout
