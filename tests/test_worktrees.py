@@ -513,6 +513,45 @@ def test_work_that_adds_a_file_too_large_for_git_hosts_is_sent_back(repo: Path) 
     assert "model.bin" in tree(repo, integration(run_id))
 
 
+def test_a_run_landing_while_another_runs_is_not_taken_for_a_task_moving_the_branch(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Two runs at once in one repository, both with --land. The first one's landing moved
+    # main while the second's task ran: that was warned about as a branch a task may have
+    # moved, with the command that "puts it back" (undoing the other run's landing), and
+    # the second could not land without saying why main had moved.
+    go = tmp_path / "go"
+    second = repo / "second.yaml"
+    second.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "second",
+                "tasks": {
+                    "b": {"run": f"while [ ! -e {go} ]; do sleep 0.02; done; echo b > b.txt"}
+                },
+            }
+        )
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "second workflow")
+    proc, second_id = start_run(second, "--land", cwd=repo)
+    with ended_after(proc):
+        wait_for(lambda: bool(git(repo, "worktree", "list").count("second-")), what="b to start")
+        code, out, first_id = run(repo, workflow(repo, {"a": {"run": "echo a > a.txt"}}), "--land")
+        assert code == 0, out
+        assert "landed: main fast-forwarded to" in out
+        go.touch()
+        said, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, said + err  # succeeded, not landed
+    assert "moved from" not in said + err and "puts it back" not in said + err
+    assert (
+        f"not landed: main moved since the run started (run {first_id} landed its result "
+        f"there) and is not an ancestor of the result; bring both in: git merge "
+        f"{integration(second_id)}" in said
+    )
+
+
 def test_land_fast_forwards_the_base_branch(repo: Path) -> None:
     path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
     code, out, _run_id = run(repo, path, "--land")

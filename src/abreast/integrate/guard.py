@@ -18,7 +18,8 @@ What is watched (snapshots at the start of the run, compared after each attempt)
   abreast's own `abreast/...` branches aside): one deleted (`git branch -D`) is
   reported and put back; one moved (`git branch -f`, `git update-ref`) is warned
   about with how to put it back, not blamed, since a move is as likely the user's own
-  commit or pull in their checkout. New branches and tags are not watched (an agent
+  commit or pull in their checkout; one fast-forwarded to another run's result (that
+  run's `--land`) is not said at all. New branches and tags are not watched (an agent
   told to work on a branch of its own);
 - symlinks an attempt leaves that point outside its worktree.
 
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from abreast.executor.process import started_by, writers_of
+from abreast.integrate.base import integration_branch
 from abreast.workspace.repo import Repo, dirty_paths
 
 SLACK_S = 1.0  # mtimes are compared with attempt windows this generously
@@ -48,6 +50,18 @@ class Change:
     mtime: float
     detail: str = ""  # what became of a branch or tag, and how to undo it
     blame: bool = True  # False: said as a warning only (a move that may be the user's own)
+
+
+def landed_by(repo: Repo, commit: str, run_id: str = "") -> str | None:
+    """The run (not `run_id`) whose result `commit` is, the head of its integration
+    branch: a branch found there was landed by that run (`--land`)."""
+    for ref, sha in repo.refs("refs/heads/abreast/").items():
+        name = ref.removeprefix("refs/heads/")
+        if sha == commit and name.endswith("/_integration"):
+            other = name.removeprefix("abreast/").removesuffix("/_integration")
+            if other != run_id and integration_branch(other) == name:
+                return other
+    return None
 
 
 class Guard:
@@ -115,11 +129,20 @@ class Guard:
                     detail = f"deleted (`{put_back}` puts it back)"
                     del self._refs[ref]  # said once
                 changes.append(Change(kind, name, when, detail))
+            elif now[ref] != was and self._landed_here(was, now[ref]):
+                self._refs[ref] = now[ref]  # another run's --land: abreast's own doing
             elif now[ref] != was:
                 detail = f"moved from {was[:12]} to {now[ref][:12]} (`{put_back}` puts it back)"
                 changes.append(Change(kind, name, when, detail, blame=False))
                 self._refs[ref] = now[ref]  # said once
         return changes
+
+    def _landed_here(self, was: str, now: str) -> bool:
+        """A branch moved from `was` to `now` by another abreast run's `--land`: `now` is
+        that run's result, a fast-forward from `was`."""
+        return landed_by(self.repo, now, self.run_id) is not None and self.repo.is_ancestor(
+            was, now
+        )
 
     # -- your stash ---------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from abreast.engine.states import TERMINAL, TaskState
 from abreast.errors import UsageError
 from abreast.integrate.base import KEY_IN_WORK, Isolation, Outcome, Verdict, integration_branch
 from abreast.integrate.checks import LocalLocks, LockHolder
-from abreast.integrate.guard import SLACK_S, Change, Guard, symlinks_out
+from abreast.integrate.guard import SLACK_S, Change, Guard, landed_by, symlinks_out
 from abreast.integrate.ownership import violations
 from abreast.integrate.queue import MergeJob, MergeQueue, check_env
 from abreast.plan.graph import TaskGraph
@@ -784,10 +784,12 @@ class WorktreeIsolation(Isolation):
         if current is None:
             return f"not landed: base {self.base_name!r} is not a branch"
         if not self.repo.is_ancestor(current, head):
+            other = landed_by(self.repo, current, self.run_id)
+            by = f" (run {other} landed its result there)" if other else ""
             return (
-                f"not landed: {self.base_name} moved since the run started and is not "
-                f"an ancestor of the result; merge {integration_branch(self.run_id)} "
-                "by hand"
+                f"not landed: {self.base_name} moved since the run started{by} and is not "
+                f"an ancestor of the result; bring both in: git merge "
+                f"{integration_branch(self.run_id)}"
             )
         if current == head:
             return f"{self.base_name} already has the result"
