@@ -1447,6 +1447,16 @@ def test_a_prompt_holds_the_values_of_upstream_outputs_and_flags(tmp_path: Path,
     second = (tmp_path / "prompt.2").read_text()
     assert second.startswith(first + "\n\n---\nThis is attempt 2.")
     assert dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))["off"] == "skipped"
+    # What each attempt was told, afterwards.
+    state = ["--state", f"sqlite://{tmp_path}/.abreast/state.db"]
+    assert cli("logs", "backend", "--prompt", *state).out == second
+    assert cli("logs", "backend", "--prompt", "--attempt", "1", *state).out == first
+    none = cli("logs", "research", "--prompt", *state)
+    assert none.code == 2
+    assert "attempt 1 of 'research' was given no prompt (its task has none)" in none.err
+    wrong = cli("logs", "backend", "--prompt", "-f", *state)
+    assert wrong.code == 2
+    assert "--prompt is for one task's attempt, without --all or -f" in wrong.err
 
 
 def test_a_prompt_value_that_is_not_there_fails_the_task_saying_why(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

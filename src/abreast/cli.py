@@ -281,6 +281,12 @@ def _args_logs(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--attempt", type=int, metavar="N", help="default: the latest")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
+    p.add_argument(
+        "--prompt",
+        action="store_true",
+        help="the prompt the attempt was given ($ABREAST_PROMPT: its `${{ }}` values in, "
+        "and why the attempt before was sent back), not its log",
+    )
     _state_arg(p)
 
 
@@ -704,6 +710,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from abreast.observe import status
     from abreast.observe.output import keep_bytes
 
+    if args.prompt and (args.all or args.follow or not args.ids):
+        raise UsageError(
+            "--prompt is for one task's attempt, without --all or -f",
+            hint="abreast logs [RUN] TASK --prompt [--attempt N]",
+        )
     if args.all or not args.ids:
         return _all_logs(args)
     run_id, task_id = _run_and_task(args.ids, "logs")
@@ -712,6 +723,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
         row = find_run(journal, run_id)
         wait = sys.stderr if args.follow else None
         attempt = status.find_attempt(journal, row.id, task_id, args.attempt, wait)
+        if args.prompt:
+            sys.stdout.write(status.attempt_prompt(attempt))
+            return 0
         keep_bytes(sys.stdout)
         status.show_log(
             journal,

@@ -47,7 +47,14 @@ from abreast.executor.local import (
     Running,
     quiet_signal_wakeup,
 )
-from abreast.executor.logs import log_size, log_tail, open_regular, redact, scrub_files
+from abreast.executor.logs import (
+    log_size,
+    log_tail,
+    open_regular,
+    prompt_file,
+    redact,
+    scrub_files,
+)
 from abreast.executor.process import (
     Adoptions,
     become_subreaper,
@@ -697,6 +704,7 @@ class Engine:
             env["PATH"] = self._shim_first(env["PATH"])
         if extra_env:
             env.update(extra_env)  # the leased key, or the proxy's address and token
+        prompt = prompt_for(task.prompt if tr.prompt is None else tr.prompt, n, tr.feedback)
         env.update(
             {
                 "ABREAST_RUN_ID": self.run_id,
@@ -704,12 +712,13 @@ class Engine:
                 "ABREAST_ATTEMPT": str(n),
                 "ABREAST_OUTPUT": output,
                 "ABREAST_STATE": self.location.coord_url,
-                "ABREAST_PROMPT": prompt_for(
-                    task.prompt if tr.prompt is None else tr.prompt, n, tr.feedback
-                ),
+                "ABREAST_PROMPT": prompt,
                 "ABREAST_FEEDBACK": tr.feedback or "",
             }
         )
+        if prompt:  # what the attempt was told, for `abreast logs TASK --prompt`
+            with open(prompt_file(output), "w", encoding="utf-8") as f:
+                f.write(prompt)
         if not self.isolation.instant:
             env["ABREAST_WORKTREE"] = cwd  # where `abreast signal` snapshots its files from
         if task.ports:

@@ -215,3 +215,8 @@ def _holds_any(path: str, raws: list[bytes], chunk: int) -> bool:
     except OSError:
         return False
     return False
+
+
+def prompt_file(output: str) -> str:
+    """Where the prompt an attempt was given is kept: beside its output file."""
+    return output.removesuffix(".json") + ".prompt.txt"
