@@ -552,6 +552,40 @@ def test_a_run_landing_while_another_runs_is_not_taken_for_a_task_moving_the_bra
     )
 
 
+def test_commits_say_what_the_task_is_for(repo: Path) -> None:
+    # What lands is read in `git log --oneline` (and in a pull request): "abreast: backend
+    # (run wt-20261207-..., attempt 1)" said nothing of what the work was.
+    long = "Implement the token endpoint and its refresh flow, with tests for expiry"
+    path = workflow(
+        repo,
+        {
+            "backend": {"description": long, "run": "echo b > b.txt"},
+            "frontend": {"prompt": "\n  Build the login page.\nSee docs.", "run": "echo f > f.txt"},
+            "later": {
+                "needs": ["frontend"],
+                "prompt": "Fix ${{ outputs.frontend }}",
+                "run": "echo l > l.txt",
+            },
+        },
+    )
+    code, out, run_id = run(repo, path, "--max-parallel", "1")
+    assert code == 0, out
+    subjects = git(repo, "log", "--format=%s", f"main..{integration(run_id)}").splitlines()
+    assert sorted(subjects) == sorted(
+        [
+            "abreast: backend — Implement the token endpoint and its refresh flow, w…",
+            "abreast: land backend — Implement the token endpoint and its refresh fl…",
+            "abreast: frontend — Build the login page.",
+            "abreast: land frontend — Build the login page.",
+            "abreast: later",  # its prompt's line is filled in only when it runs
+            "abreast: land later",
+        ]
+    )
+    assert all(len(s) <= 72 for s in subjects)
+    bodies = git(repo, "log", "--format=%b", f"main..{integration(run_id)}").split()
+    assert " ".join(bodies).count(f"run {run_id}, attempt 1") == 6
+
+
 def test_land_fast_forwards_the_base_branch(repo: Path) -> None:
     path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
     code, out, _run_id = run(repo, path, "--land")

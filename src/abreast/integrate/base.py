@@ -36,6 +36,33 @@ def integration_branch(run_id: str) -> str:
     return f"abreast/{run_id}/_integration"
 
 
+# git's convention for a subject line (what `git log --oneline` and hosts show whole).
+SUBJECT_MAX = 72
+
+
+def commit_message(head: str, summary: str | None, run_id: str, attempt: int) -> str:
+    """The message of a commit abreast makes of a task's work: `head` ("abreast: TASK",
+    "abreast: land TASK") with what the task is for on the subject line, as much as fits
+    in 72 columns, and the run and attempt on the line below it."""
+    subject = head
+    room = SUBJECT_MAX - len(head) - 3
+    if summary and room >= 12:
+        if len(summary) > room:
+            summary = summary[: room - 1].rstrip() + "…"
+        subject = f"{head} — {summary}"
+    return f"{subject}\n\nrun {run_id}, attempt {attempt}"
+
+
+def task_summary(description: str | None, prompt: str | None) -> str | None:
+    """What a task is for, in a line: its description's first line, else its prompt's
+    (unless that line has `${{ }}` places, filled in only when the task runs)."""
+    for text in (description, prompt):
+        line = next((x.strip() for x in (text or "").splitlines() if x.strip()), "")
+        if line and (text is description or "${{" not in line):
+            return " ".join(line.split())
+    return None
+
+
 # How the reason of an attempt sent back for writing a key's value into its work begins
 # (`abreast diff` does not print such an attempt's lines).
 KEY_IN_WORK = "its changes hold the value of an API key"

@@ -31,7 +31,7 @@ from typing import Any
 
 from abreast.coord.backend import WaitStopped
 from abreast.coord.journal import Journal
-from abreast.integrate.base import Outcome, Verdict
+from abreast.integrate.base import Outcome, Verdict, commit_message
 from abreast.integrate.checks import CheckControl, CheckResult, LockHolder, run_checks
 from abreast.spec.model import Check
 from abreast.workspace.pool import WorktreePool
@@ -47,6 +47,7 @@ class MergeJob:
     attempt: int
     base: str  # the integration head the attempt started from
     head: str  # the attempt's final commit
+    summary: str | None = None  # what the task is for, for the landing's commit message
     done: asyncio.Future[Verdict] | None = field(repr=False, default=None)
 
 
@@ -287,7 +288,7 @@ class MergeQueue:
             self.repo.commit_tree,
             tree,
             [onto, job.head],
-            f"abreast: land {job.task_id} (run {self.run_id}, attempt {job.attempt})",
+            commit_message(f"abreast: land {job.task_id}", job.summary, self.run_id, job.attempt),
         )
 
     def _stage_landing(self, job: MergeJob, commit: str, old: str) -> None:

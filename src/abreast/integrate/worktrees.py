@@ -26,7 +26,15 @@ from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
 from abreast.engine.states import TERMINAL, TaskState
 from abreast.errors import UsageError
-from abreast.integrate.base import KEY_IN_WORK, Isolation, Outcome, Verdict, integration_branch
+from abreast.integrate.base import (
+    KEY_IN_WORK,
+    Isolation,
+    Outcome,
+    Verdict,
+    commit_message,
+    integration_branch,
+    task_summary,
+)
 from abreast.integrate.checks import LocalLocks, LockHolder
 from abreast.integrate.guard import SLACK_S, Change, Guard, landed_by, symlinks_out
 from abreast.integrate.ownership import violations
@@ -372,7 +380,8 @@ class WorktreeIsolation(Isolation):
         half_done = await asyncio.to_thread(unfinished, self.repo, a.path, a.index)
         if half_done:
             return Verdict(Outcome.SEND_BACK, half_done, kind="unfinished")
-        message = f"abreast: {task_id} (run {self.run_id}, attempt {attempt})"
+        summary = self._summary(task_id)
+        message = commit_message(f"abreast: {task_id}", summary, self.run_id, attempt)
         # Its HEAD where it started (no commit of its own): what is committed now descends
         # from its start, and git need not be asked.
         before = await asyncio.to_thread(head_commit, self.repo, a.path)
@@ -561,7 +570,8 @@ class WorktreeIsolation(Isolation):
         refused = await self._after(task_id, a.took)
         if refused is not None:
             return refused
-        verdict = await self.queue.submit(MergeJob(task_id, attempt, a.base, a.head))
+        job = MergeJob(task_id, attempt, a.base, a.head, self._summary(task_id))
+        verdict = await self.queue.submit(job)
         if verdict.outcome is Outcome.LANDED:
             self._landed.append(task_id)
         return verdict
@@ -577,7 +587,7 @@ class WorktreeIsolation(Isolation):
             if refused is not None:
                 return refused
         verdict = await self.queue.submit(
-            MergeJob(task_id, attempt, row.base_commit, row.head_commit)
+            MergeJob(task_id, attempt, row.base_commit, row.head_commit, self._summary(task_id))
         )
         if verdict.outcome is Outcome.LANDED:
             self._landed.append(task_id)
@@ -634,6 +644,10 @@ class WorktreeIsolation(Isolation):
         return bool(
             row and row.head_commit and row.base_commit and self.repo.rev_parse(row.head_commit)
         )
+
+    def _summary(self, task_id: str) -> str | None:
+        task = self.wf.tasks.get(task_id)
+        return task_summary(task.description, task.prompt) if task is not None else None
 
     async def _containment(self, a: _Attempt) -> str:
         """What this attempt is blamed for writing outside its worktree ("" if nothing).
