@@ -1002,6 +1002,61 @@ def test_dashboard_orders_a_waves_tasks_to_cross_few_edges_and_marks_times(
         dashboard.wait(timeout=10)
 
 
+def test_the_dashboard_shows_the_prompt_a_task_was_given(tmp_path: Path) -> None:
+    # What an agent was told (its `${{ }}` values in) is what one asks first of an agent
+    # that did the wrong thing; the page showed only its log.
+    told = "Build <b>the</b> ${{ flags.part }} page"
+    path = write(
+        tmp_path,
+        {
+            "name": "told",
+            "flags": {"part": "login"},
+            "tasks": {"agent": {"run": "echo done", "prompt": told}, "step": {"run": "true"}},
+        },
+    )
+    ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert ran.code == 0, ran.out
+    run_id = ran.out.splitlines()[0][5:]
+    dashboard, port = serve_dashboard(tmp_path)
+    driver = chromium(tmp_path / "chromium-profile")
+    try:
+        api = f"http://127.0.0.1:{port}/api/runs/{run_id}/tasks"
+        assert get(f"{api}/agent/prompt") == (200, "Build <b>the</b> login page")
+        assert get(f"{api}/step/prompt") == (404, "(no prompt)")
+        driver.get(f"http://127.0.0.1:{port}/runs/{run_id}")
+
+        def click(task: str) -> None:
+            driver.execute_script(
+                "document.querySelector(arguments[0])"
+                ".dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+                f'[data-task="{task}"]',
+            )
+
+        shown = (
+            "const b = document.getElementById('prompt-box');"
+            "return [document.getElementById('log-task').textContent, b.hidden,"
+            " document.getElementById('prompt').textContent, b.querySelector('b') !== null]"
+        )
+        wait_for(
+            lambda: driver.execute_script("return document.querySelectorAll('g.node').length") == 2,
+            what="the DAG",
+        )
+        click("agent")
+        wait_for(lambda: driver.execute_script(shown)[1] is False, what="the prompt")
+        assert driver.execute_script(shown) == [
+            "agent",
+            False,
+            "Build <b>the</b> login page",
+            False,  # text, not HTML
+        ]
+        click("step")
+        wait_for(lambda: driver.execute_script(shown)[:2] == ["step", True], what="no prompt")
+    finally:
+        driver.quit()
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
+
+
 def test_the_dashboard_answers_at_once_with_its_redis_gone(
     tmp_path: Path, own_redis: RedisServer
 ) -> None:

@@ -724,7 +724,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         wait = sys.stderr if args.follow else None
         attempt = status.find_attempt(journal, row.id, task_id, args.attempt, wait)
         if args.prompt:
-            sys.stdout.write(status.attempt_prompt(attempt))
+            sys.stdout.write(status.attempt_prompt(journal, attempt))
             return 0
         keep_bytes(sys.stdout)
         status.show_log(

@@ -140,6 +140,7 @@ class Dashboard:
             Route("/api/runs/{run_id}", self.api_run),
             Route("/api/runs/{run_id}/events", self.api_events),
             Route("/api/runs/{run_id}/tasks/{task_id}/log", self.api_log),
+            Route("/api/runs/{run_id}/tasks/{task_id}/prompt", self.api_prompt),
             Route("/metrics", self.metrics),
             Route("/static/{name}", self.static),
         ]
@@ -195,7 +196,9 @@ class Dashboard:
 <section><h2>keys</h2><ul id=keys></ul></section>
 <section><h2>resources</h2><p id=resources></p></section>
 </div>
-<section id=log-box hidden><h2>log: <span id=log-task></span></h2><pre id=log></pre></section>
+<section id=log-box hidden><h2>log: <span id=log-task></span></h2><pre id=log></pre>
+<details id=prompt-box hidden><summary>the prompt it was given</summary><pre id=prompt></pre>
+</details></section>
 <script src="/static/run.js"></script>"""
         return HTMLResponse(_page(f"abreast: {run_id}", body, data_run=run_id))
 
@@ -436,6 +439,28 @@ class Dashboard:
         text = mask_keys(text, leased)
         # Shown as text on the page: escape sequences (colours, clearing) would be noise.
         return PlainTextResponse("\n".join(visible(line) for line in text.splitlines()))
+
+    async def api_prompt(self, request: Request) -> Response:
+        """The prompt the task's latest attempt was given (`abreast logs TASK --prompt`);
+        404 when it had none."""
+        run_id, task_id = request.path_params["run_id"], request.path_params["task_id"]
+        journal = self.journal()
+        if journal is None:
+            return PlainTextResponse("no journal", status_code=404)
+        try:
+            attempts = journal.attempts(run_id, task_id)
+            latest = max(attempts, key=lambda a: a.attempt) if attempts else None
+            path = rundata.prompt_of(journal, latest) if latest else None
+        finally:
+            journal.close()
+        try:
+            if not path:
+                raise FileNotFoundError
+            with os.fdopen(open_regular(path), "rb") as f:  # at most 128 KiB, as written
+                text = f.read(1 << 20).decode("utf-8", "replace")
+        except OSError:
+            return PlainTextResponse("(no prompt)", status_code=404)
+        return PlainTextResponse(text)
 
     async def metrics(self, request: Request) -> Response:
         # An exposition costs in proportion to the tasks (two per-task series, as the

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from abreast.coord.journal import AttemptRow, EventRow, Journal, RunRow, TaskRow
+from abreast.executor.logs import prompt_file
 
 MERGE_EVENTS = (
     "merge.queued",
@@ -63,12 +64,21 @@ def log_of(journal: Journal, a: AttemptRow) -> str | None:
     """Where attempt `a`'s log is: where it was written, or, when the project (its
     `.abreast/` with it) was moved or renamed since, the same file under the journal's
     directory now."""
-    if not a.log or os.path.isdir(os.path.dirname(a.log)):
-        return a.log
+    return _found(journal, a, a.log, "logs")
+
+
+def prompt_of(journal: Journal, a: AttemptRow) -> str | None:
+    """Where the prompt attempt `a` was given is kept (beside its output), as `log_of`."""
+    return _found(journal, a, a.output_file and prompt_file(a.output_file), "outputs")
+
+
+def _found(journal: Journal, a: AttemptRow, path: str | None, folder: str) -> str | None:
+    if not path or os.path.isdir(os.path.dirname(path)):
+        return path
     moved = os.path.join(
-        os.path.dirname(journal.path), "runs", a.run_id, "logs", os.path.basename(a.log)
+        os.path.dirname(journal.path), "runs", a.run_id, folder, os.path.basename(path)
     )
-    return moved if os.path.exists(moved) else a.log
+    return moved if os.path.exists(moved) else path
 
 
 def first_line(reason: str | None, limit: int = 300) -> str | None:

@@ -16,7 +16,7 @@ from abreast.engine.lookup import orchestrator_alive
 from abreast.engine.states import FAILED_STATES, TERMINAL, TaskState
 from abreast.errors import UsageError
 from abreast.eta import about
-from abreast.executor.logs import KeyMasker, open_regular, prompt_file
+from abreast.executor.logs import KeyMasker, open_regular
 from abreast.observe import rundata
 from abreast.observe.output import reader_gone
 from abreast.spec.durations import format_duration
@@ -186,14 +186,15 @@ def watch_plain(
         return
 
 
-def attempt_prompt(a: AttemptRow) -> str:
+def attempt_prompt(journal: Journal, a: AttemptRow) -> str:
     """The prompt attempt `a` was given, as kept beside its output; a UsageError saying
     why there is none."""
     name = f"attempt {a.attempt} of {a.task_id!r}"
-    if not a.output_file:
+    path = rundata.prompt_of(journal, a)
+    if not path:
         raise UsageError(f"{name} has no files of its own to read a prompt from")
     try:
-        with open(prompt_file(a.output_file), encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             return f.read()
     except FileNotFoundError:
         raise UsageError(

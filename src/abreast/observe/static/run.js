@@ -211,6 +211,12 @@ async function showLog(task) {
   document.getElementById("log-task").textContent = task;
   document.getElementById("log").textContent = await res.text();
   document.getElementById("log-box").hidden = false;
+  const told = await fetch(`${api}/tasks/${encodeURIComponent(task)}/prompt`,
+                           {credentials: "same-origin"});
+  const box = document.getElementById("prompt-box");
+  if (document.getElementById("log-task").textContent !== task) return;  // another click
+  document.getElementById("prompt").textContent = told.ok ? await told.text() : "";
+  box.hidden = !told.ok;
 }
 
 refresh().then(() => {
