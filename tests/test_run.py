@@ -2002,9 +2002,13 @@ def test_the_live_view_says_about_how_long_the_run_has_left(tmp_path: Path) -> N
             "b": {"run": "true", "needs": ["a"], "estimate": "5m"},
             "c": {"run": "true", "estimate": "1m"},
             "d": {"run": "true", "estimate": "1m"},
+            # Skipped once a is done, by a flag: it will take no time (it counted 2h).
+            "e": {"run": "true", "needs": ["a"], "when": "deep", "estimate": "2h"},
         },
+        flags={"deep": False},
     )
-    with engine_for(wf, tmp_path / "state.db", EngineOptions(cap=2, flags={})) as engine:
+    options = EngineOptions(cap=2, flags={"deep": False})
+    with engine_for(wf, tmp_path / "state.db", options) as engine:
         assert engine.time_left() == 900  # a -> b: 15m, against 17m of work over 2 slots
         engine.by_id["a"].state = TaskState.SUCCEEDED
         assert engine.time_left() == 300  # b alone
@@ -2017,9 +2021,9 @@ def test_the_live_view_says_about_how_long_the_run_has_left(tmp_path: Path) -> N
         view = LiveView(Console(file=out, width=120, force_terminal=False))
         view.engine = engine
         view.console.print(view._render())
-        assert "1/4 done" in out.getvalue() and "about 3m left" in out.getvalue()
+        assert "1/5 done" in out.getvalue() and "about 3m left" in out.getvalue()
     wf.write_text(wf.read_text().replace(', "estimate": "1m"}', "}", 1))  # c: a guess
-    with engine_for(wf, tmp_path / "state2.db", EngineOptions(cap=2, flags={})) as engine:
+    with engine_for(wf, tmp_path / "state2.db", options) as engine:
         assert engine.time_left() is None
         out = io.StringIO()
         view = LiveView(Console(file=out, width=120, force_terminal=False))
@@ -2109,8 +2113,10 @@ def test_status_of_a_running_run_says_about_how_long_it_has_left(tmp_path: Path)
             "a": {"run": wait, "estimate": "10m"},
             "b": {"run": "true", "needs": ["a"], "estimate": "5m"},
             "c": {"run": "true", "needs": ["a"]},  # no estimate: counted once measured
+            "extra": {"run": "true", "needs": ["a"], "when": "extra", "estimate": "2h"},
         },
         max_parallel=2,
+        flags={"extra": False},  # so `extra` takes no time
     )
     for runs in range(2):
         proc, run_id = start_run(path, cwd=tmp_path)

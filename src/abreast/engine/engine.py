@@ -316,6 +316,7 @@ class Engine:
         self._active: set[TaskRun] = set()  # RUNNING or INTEGRATING
         self._terminal_count = 0
         self._conditions: dict[str, conditions.Expression] = {}
+        self._skips: frozenset[int] | None = None  # _skipped_by_flags, once asked
         self._anchor: StateAnchor | None = None
         for name in ("logs", "outputs"):
             (self.run_dir / name).mkdir(parents=True, exist_ok=True)
@@ -364,15 +365,32 @@ class Engine:
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
 
+    def _skipped_by_flags(self) -> frozenset[int]:
+        """The tasks whose `when:` reads only flags and is false: sure to be skipped."""
+        out = set()
+        for tr in self.tasks:
+            if tr.task.when is None:
+                continue
+            expr = self._condition(tr.task.when, allow_output=False)
+            if expr.reads_outputs:
+                continue
+            with contextlib.suppress(conditions.ConditionError):
+                if not expr.evaluate(self.options.flags, {}):
+                    out.add(tr.v)
+        return frozenset(out)
+
     def time_left(self) -> float | None:
         """About how long the run has left, by its tasks' estimates (given in the file or
         measured in earlier runs): the longer of its longest chain of unfinished tasks and
         their work spread over the cap, a running attempt counting what its estimate has
-        left. None when an unfinished task's estimate is only the default's guess."""
+        left; a task its `when:` will skip by the flags alone counts nothing. None when an
+        unfinished task's estimate is only the default's guess."""
         g, now = self.graph, time.monotonic()
         left = [0.0] * len(self.tasks)
+        if self._skips is None:
+            self._skips = self._skipped_by_flags()
         for tr in self.tasks:
-            if tr.state.terminal or tr.state is TaskState.INTEGRATING:
+            if tr.state.terminal or tr.state is TaskState.INTEGRATING or tr.v in self._skips:
                 continue
             if not g.estimated[tr.v]:
                 return None

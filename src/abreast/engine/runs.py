@@ -705,6 +705,7 @@ def plan_summary(a: Analysis) -> dict[str, Any] | None:
         # Where y waits only for x's signal, not its end: [x, y, signal].
         "signal_edges": [[x, y, s] for x, y, s in a.edges if s],
         "waves": a.waves,
+        "skipped": a.skipped,  # by `when:` over the flags alone: they count no time
         "critical_path": a.critical_path,
         "estimates": {t.id: t.estimate_s for t in a.tasks},
         "estimates_given": any(t.estimated for t in a.tasks),

@@ -35,6 +35,7 @@ def time_left(
     if not plan or "assumed" not in plan:
         return None
     estimates, assumed = plan["estimates"], set(plan["assumed"])
+    skipped = set(plan.get("skipped", ()))  # by the flags alone: they will take no time
     started: dict[str, float] = {}
     for a in attempts:  # the latest attempt's start, per task
         if a.started_at is not None:
@@ -43,7 +44,7 @@ def time_left(
     left = [0.0] * len(tasks)
     now = time.time()
     for v, t in enumerate(tasks):
-        if TaskState(t.state) in TERMINAL or t.state == "integrating":
+        if TaskState(t.state) in TERMINAL or t.state == "integrating" or t.task_id in skipped:
             continue
         if t.task_id in assumed or t.task_id not in estimates:
             return None
