@@ -586,6 +586,46 @@ def test_commits_say_what_the_task_is_for(repo: Path) -> None:
     assert " ".join(bodies).count(f"run {run_id}, attempt 1") == 6
 
 
+def test_branches_and_tags_tasks_made_on_their_landed_work_are_removed(repo: Path) -> None:
+    # Refs are one set for every worktree: an agent's `git checkout -b feature` or `git tag`
+    # stayed in your repository after the run, its work landed in the result anyway.
+    path = workflow(
+        repo,
+        {
+            "a": {
+                "run": "git checkout -q -b feat/login && echo a > a.txt && git add a.txt && "
+                "git commit -qm 'login page' && git tag -a v-login -m login && git tag light"
+            },
+            "b": {"run": "git tag at-base && echo b > b.txt"},  # on your commit: kept
+            "c": {  # its work is not in the result: kept
+                "run": "git checkout -q -b feat/broken && echo c > c.txt && git add c.txt && "
+                "git commit -qm broken && exit 1",
+                "retries": 0,
+            },
+        },
+    )
+    git(repo, "branch", "mine")  # yours, from before the run
+    code, out, _run_id = run(repo, path)
+    assert code == 1, out
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/", "refs/tags/").split()
+    assert "refs/heads/feat/login" not in refs and "refs/tags/v-login" not in refs
+    assert "refs/tags/light" not in refs
+    assert {"refs/heads/feat/broken", "refs/tags/at-base", "refs/heads/mine"} <= set(refs)
+    said = next(line for line in out.splitlines() if "removed what the run's tasks" in line)
+    assert "branch feat/login, tag light, tag v-login (" in said, said
+    taken = query(
+        repo / ".abreast" / "state.db", "SELECT data FROM events WHERE type = 'ref.taken'"
+    )
+    kept = {json.loads(d)["ref"]: json.loads(d)["commit"] for (d,) in taken}
+    assert set(kept) == {"refs/heads/feat/login", "refs/tags/v-login", "refs/tags/light"}
+    # What it says puts them back does.
+    for ref, sha in kept.items():
+        assert f"`git update-ref {ref} {sha[:12]}`" in said
+        git(repo, "update-ref", ref, sha[:12])
+    assert git(repo, "log", "-1", "--format=%s", "feat/login").strip() == "login page"
+    assert git(repo, "cat-file", "-t", "v-login").strip() == "tag"  # annotated, as it was
+
+
 def test_land_fast_forwards_the_base_branch(repo: Path) -> None:
     path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
     code, out, _run_id = run(repo, path, "--land")

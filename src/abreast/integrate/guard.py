@@ -19,8 +19,9 @@ What is watched (snapshots at the start of the run, compared after each attempt)
   reported and put back; one moved (`git branch -f`, `git update-ref`) is warned
   about with how to put it back, not blamed, since a move is as likely the user's own
   commit or pull in their checkout; one fast-forwarded to another run's result (that
-  run's `--land`) is not said at all. New branches and tags are not watched (an agent
-  told to work on a branch of its own);
+  run's `--land`) is not said at all. New branches and tags are not watched while
+  the run runs (an agent told to work on a branch of its own); when it ends, those made
+  on its work that the result holds are removed (`refs_of_the_work`);
 - symlinks an attempt leaves that point outside its worktree.
 
 What cannot be seen: a write into another *running* task's worktree looks like
@@ -88,6 +89,7 @@ class Guard:
         self._stash = self._stash_entries()
         self._refs_seen: tuple[int, ...] = ()
         self._refs = self._user_refs()
+        self._refs_at_start = frozenset(self._refs)
 
     # -- your branches and tags ---------------------------------------------------------------
 
@@ -136,6 +138,25 @@ class Guard:
                 changes.append(Change(kind, name, when, detail, blame=False))
                 self._refs[ref] = now[ref]  # said once
         return changes
+
+    def refs_of_the_work(self, base: str, result: str) -> list[tuple[str, str]]:
+        """(ref, object) of the branches and tags made since the run started that point at
+        the run's own work in its result: new commits (not in `base`) that `result` holds.
+        An agent's `git checkout -b feature` or `git tag`, left in your repository (refs
+        are one set for every worktree); removing them loses nothing. A branch checked
+        out somewhere is not among them, nor a tag on a commit of yours."""
+        made = [
+            (ref, sha)
+            for ref, sha in self.repo.refs("refs/heads/", "refs/tags/").items()
+            if ref not in self._refs_at_start and not ref.startswith("refs/heads/abreast/")
+        ]
+        return [
+            (ref, sha)
+            for ref, sha in made
+            if not self.repo.is_ancestor(ref, base)
+            and self.repo.is_ancestor(ref, result)
+            and (not ref.startswith("refs/heads/") or self.repo.checked_out_at(ref) is None)
+        ]
 
     def _landed_here(self, was: str, now: str) -> bool:
         """A branch moved from `was` to `now` by another abreast run's `--land`: `now` is

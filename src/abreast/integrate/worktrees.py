@@ -779,6 +779,10 @@ class WorktreeIsolation(Isolation):
                 + (", ..." if len(stashed) > 5 else "")
                 + " puts one back)"
             )
+        if head:
+            taken = await self._take_refs_of_the_work(head)
+            if taken:
+                lines.append(taken)
         if not success:
             lines.append("not landed: the run did not succeed")
         elif not head:
@@ -790,6 +794,35 @@ class WorktreeIsolation(Isolation):
         elif ahead:
             lines.append(f"bring it in: git merge --ff-only {branch}   (or run with --land)")
         return "\n  ".join(lines)
+
+    async def _take_refs_of_the_work(self, head: str) -> str:
+        """Remove the branches and tags the run's tasks made on their work, which the
+        result holds (journaled first, each with how to put it back); what to say."""
+        found = await asyncio.to_thread(self.guard.refs_of_the_work, self.base_commit, head)
+        if not found:
+            return ""
+        for ref, sha in found:
+            self.journal.stage_event(self.run_id, "ref.taken", ref=ref, commit=sha)
+        self.journal.commit()
+        taken = []
+        for ref, sha in found:
+            gone = await asyncio.to_thread(self.repo.git, "update-ref", "-d", ref, sha, check=False)
+            if gone.returncode == 0:
+                taken.append((ref, sha))
+        if not taken:
+            return ""
+
+        def name(ref: str) -> str:
+            kind, _, short = ref.removeprefix("refs/").partition("/")
+            return f"{'branch' if kind == 'heads' else 'tag'} {short}"
+
+        more = f" and {len(taken) - 5} more" if len(taken) > 5 else ""
+        back = ", ".join(f"`git update-ref {ref} {sha[:12]}`" for ref, sha in taken[:5])
+        return (
+            f"removed what the run's tasks made on their work, which the result holds: "
+            f"{', '.join(name(ref) for ref, _ in taken[:5])}{more} ({back} put"
+            f"{'s it' if len(taken) == 1 else ' them'} back)"
+        )
 
     def _land(self, head: str) -> str:
         """Fast-forward `base` to the result, when that is possible; say why not otherwise."""
