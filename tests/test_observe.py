@@ -4,6 +4,7 @@ real headless Chromium, and the report — against numbers computed from the jou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -862,6 +863,26 @@ def chromium(profile: Path) -> Any:
 
 
 @pytest.mark.browser
+@contextlib.contextmanager
+def run_shown(root: Path, path: Path) -> Iterator[tuple[str, Any]]:
+    """Run the workflow at `path` to its end, and show it in Chromium through `abreast
+    dashboard`: (the run's API address, the driver on its page). Both ended after."""
+    ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=root)
+    assert ran.code == 0, ran.out
+    run_id = ran.out.splitlines()[0][5:]
+    dashboard, port = serve_dashboard(root)
+    try:
+        driver = chromium(root / "chromium-profile")
+        try:
+            driver.get(f"http://127.0.0.1:{port}/runs/{run_id}")
+            yield f"http://127.0.0.1:{port}/api/runs/{run_id}", driver
+        finally:
+            driver.quit()
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
+
+
 def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
     gate, late_gate = tmp_path / "go", tmp_path / "late-go"
     html_text = "<img src=x onerror=document.title=/pwned/.source>"
@@ -974,13 +995,7 @@ def test_dashboard_orders_a_waves_tasks_to_cross_few_edges_and_marks_times(
             },
         },
     )
-    ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
-    assert ran.code == 0, ran.out
-    run_id = ran.out.splitlines()[0][5:]
-    dashboard, port = serve_dashboard(tmp_path)
-    driver = chromium(tmp_path / "chromium-profile")
-    try:
-        driver.get(f"http://127.0.0.1:{port}/runs/{run_id}")
+    with run_shown(tmp_path, path) as (_, driver):
         rows = (
             'const y = id => document.querySelector(`g[data-task="${id}"]`)'
             ".transform.baseVal[0].matrix.f;"
@@ -996,10 +1011,6 @@ def test_dashboard_orders_a_waves_tasks_to_cross_few_edges_and_marks_times(
             "return [...document.querySelectorAll('#timeline text.tick')].map(t => t.textContent)"
         )
         assert marks[0] == "0s" and len(marks) >= 2, marks
-    finally:
-        driver.quit()
-        dashboard.terminate()
-        dashboard.wait(timeout=10)
 
 
 def test_the_dashboard_shows_the_prompt_a_task_was_given(tmp_path: Path) -> None:
@@ -1014,16 +1025,9 @@ def test_the_dashboard_shows_the_prompt_a_task_was_given(tmp_path: Path) -> None
             "tasks": {"agent": {"run": "echo done", "prompt": told}, "step": {"run": "true"}},
         },
     )
-    ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
-    assert ran.code == 0, ran.out
-    run_id = ran.out.splitlines()[0][5:]
-    dashboard, port = serve_dashboard(tmp_path)
-    driver = chromium(tmp_path / "chromium-profile")
-    try:
-        api = f"http://127.0.0.1:{port}/api/runs/{run_id}/tasks"
-        assert get(f"{api}/agent/prompt") == (200, "Build <b>the</b> login page")
-        assert get(f"{api}/step/prompt") == (404, "(no prompt)")
-        driver.get(f"http://127.0.0.1:{port}/runs/{run_id}")
+    with run_shown(tmp_path, path) as (api, driver):
+        assert get(f"{api}/tasks/agent/prompt") == (200, "Build <b>the</b> login page")
+        assert get(f"{api}/tasks/step/prompt") == (404, "(no prompt)")
 
         def click(task: str) -> None:
             driver.execute_script(
@@ -1051,10 +1055,6 @@ def test_the_dashboard_shows_the_prompt_a_task_was_given(tmp_path: Path) -> None
         ]
         click("step")
         wait_for(lambda: driver.execute_script(shown)[:2] == ["step", True], what="no prompt")
-    finally:
-        driver.quit()
-        dashboard.terminate()
-        dashboard.wait(timeout=10)
 
 
 def test_the_dashboard_answers_at_once_with_its_redis_gone(

@@ -42,7 +42,7 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from abreast.coord.journal import Journal
+from abreast.coord.journal import AttemptRow, Journal
 from abreast.coord.location import StateLocation
 from abreast.errors import UsageError
 from abreast.executor.logs import mask_keys, open_regular, visible
@@ -415,19 +415,30 @@ class Dashboard:
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
-    async def api_log(self, request: Request) -> Response:
+    def _latest_attempt(
+        self, request: Request
+    ) -> tuple[Journal, AttemptRow | None, set[str]] | None:
+        """The journal (closed again), the latest attempt of the task the request names,
+        and the fingerprints of the keys its run leased; None when there is no journal."""
         run_id, task_id = request.path_params["run_id"], request.path_params["task_id"]
         journal = self.journal()
         if journal is None:
-            return PlainTextResponse("no journal", status_code=404)
+            return None
         try:
             attempts = journal.attempts(run_id, task_id)
             leased = rundata.leased_fingerprints(journal, run_id)
         finally:
             journal.close()
-        if not attempts:
+        return journal, max(attempts, key=lambda a: a.attempt) if attempts else None, leased
+
+    async def api_log(self, request: Request) -> Response:
+        found = self._latest_attempt(request)
+        if found is None:
+            return PlainTextResponse("no journal", status_code=404)
+        journal, latest, leased = found
+        if latest is None:
             return PlainTextResponse("(not started)")
-        log = rundata.log_of(journal, max(attempts, key=lambda a: a.attempt)) or ""
+        log = rundata.log_of(journal, latest) or ""
         try:
             with os.fdopen(open_regular(log), "rb") as f:  # a task may put a FIFO there
                 f.seek(0, 2)
@@ -443,16 +454,11 @@ class Dashboard:
     async def api_prompt(self, request: Request) -> Response:
         """The prompt the task's latest attempt was given (`abreast logs TASK --prompt`);
         404 when it had none."""
-        run_id, task_id = request.path_params["run_id"], request.path_params["task_id"]
-        journal = self.journal()
-        if journal is None:
+        found = self._latest_attempt(request)
+        if found is None:
             return PlainTextResponse("no journal", status_code=404)
-        try:
-            attempts = journal.attempts(run_id, task_id)
-            latest = max(attempts, key=lambda a: a.attempt) if attempts else None
-            path = rundata.prompt_of(journal, latest) if latest else None
-        finally:
-            journal.close()
+        journal, latest, leased = found
+        path = rundata.prompt_of(journal, latest) if latest else None
         try:
             if not path:
                 raise FileNotFoundError
@@ -460,7 +466,7 @@ class Dashboard:
                 text = f.read(1 << 20).decode("utf-8", "replace")
         except OSError:
             return PlainTextResponse("(no prompt)", status_code=404)
-        return PlainTextResponse(text)
+        return PlainTextResponse(mask_keys(text, leased))
 
     async def metrics(self, request: Request) -> Response:
         # An exposition costs in proportion to the tasks (two per-task series, as the
