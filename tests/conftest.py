@@ -50,13 +50,18 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
 
 
 def run_abreast(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    stdin: str | None = None,
 ) -> Result:
-    """Run `abreast ARGS` as a real process."""
+    """Run `abreast ARGS` as a real process (`stdin`: what it reads there)."""
     proc = subprocess.run(
         [sys.executable, "-m", "abreast", *args],
         cwd=cwd,
         env=env,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

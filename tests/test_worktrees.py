@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -624,6 +625,53 @@ def test_branches_and_tags_tasks_made_on_their_landed_work_are_removed(repo: Pat
         git(repo, "update-ref", ref, sha[:12])
     assert git(repo, "log", "-1", "--format=%s", "feat/login").strip() == "login page"
     assert git(repo, "cat-file", "-t", "v-login").strip() == "tag"  # annotated, as it was
+
+
+def test_a_workflow_piped_in_runs_and_resumes_from_its_kept_copy(repo: Path) -> None:
+    # A workflow made by a script (`./gen.py | abreast run -`): `-` was "no such file",
+    # and `<(./gen.py)` put the journal under /proc/PID/fd.
+    fixed = repo.parent / "fixed"
+    generated = json.dumps(
+        {
+            "version": 1,
+            "name": "gen",
+            "tasks": {
+                f"port-{m}": {"run": f"[ -e {fixed} ] && echo {m} > {m}.txt"}
+                for m in ("auth", "billing")
+            },
+        }
+    )
+    ran = run_abreast("run", "-", "--no-monitor", "--plain", cwd=repo / "src", stdin=generated)
+    assert ran.code == 1, ran.out + ran.err
+    kept = next((repo / ".abreast" / "workflows").iterdir())
+    assert kept.read_text() == generated and kept.suffix == ".json"
+    assert (
+        f"note: the workflow read from standard input is kept as "
+        f"{os.path.relpath(kept, repo / 'src')} (`abreast resume` reads it there)" in ran.err
+    )
+    assert git(repo, "status", "--porcelain") == ""  # .abreast/ is not yours to see
+    run_id = ran.out.splitlines()[0][5:]
+    fixed.touch()
+    again = run_abreast("resume", run_id, "--retry-failed", "--plain", cwd=repo)
+    assert again.code == 0, again.out + again.err
+    assert "auth.txt" in tree(repo, integration(run_id))
+    # Its mistakes are named as `-`; analyze and validate read it too, keeping nothing.
+    wrong = run_abreast("validate", "-", cwd=repo, stdin="version: 1\ntasks:\n  a: {rn: x}\n")
+    assert wrong.code == 2
+    assert wrong.err.startswith("abreast: error: -:3: unknown key 'rn' in tasks.a")
+    shown = run_abreast("analyze", "-", cwd=repo, stdin=generated)
+    assert shown.code == 0 and "port-auth" in shown.out
+    assert len(list((repo / ".abreast" / "workflows").iterdir())) == 1
+    empty = run_abreast("run", "-", cwd=repo, stdin="")
+    assert empty.code == 2 and "abreast: error: -: the file is empty" in empty.err
+    # A pipe given as a path, as the shell's `<(./gen.py)` gives it: read as `-` is.
+    fifo = repo.parent / "gen.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=(generated,))
+    writer.start()
+    checked = run_abreast("validate", str(fifo), cwd=repo)
+    writer.join(timeout=10)
+    assert (checked.code, checked.out) == (0, "-: ok (2 tasks)\n"), checked.err
 
 
 def test_land_fast_forwards_the_base_branch(repo: Path) -> None:

@@ -59,9 +59,11 @@ def workflow_file(given: str | None, command: str, cwd: Path | None = None) -> s
     `abreast.yml`) in the current directory, else, inside a git repository, in the
     nearest directory above it that has one, up to the repository's top (as git finds
     its repository, so that a command typed in `src/` finds the project's workflow).
-    One found above is said on stderr. None found: an error saying where it looked."""
+    One found above is said on stderr. None found: an error saying where it looked.
+    `-`, or a pipe given as a path (`<(./gen.py)`, `/dev/stdin`), is read now: the
+    workflow named `-` (`spec.loader.give`)."""
     if given is not None:
-        return given
+        return _read_given(given)
     here = Path.cwd() if cwd is None else cwd
     top = next((d for d in (here, *here.parents) if (d / ".git").exists()), here)
     for folder in (here, *here.parents):
@@ -90,6 +92,68 @@ def workflow_file(given: str | None, command: str, cwd: Path | None = None) -> s
             )
         ],
     )
+
+
+def _read_given(given: str) -> str:
+    """`given`, unless it is standard input or a pipe: then `-`, its bytes read."""
+    import stat
+
+    from abreast.spec import loader
+
+    if given == loader.STDIN:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError(
+                "`-` reads the workflow from standard input, which is a terminal here",
+                hint="pipe one in: ./make-workflow.py | abreast run -",
+            )
+        loader.give(sys.stdin.buffer.read())
+        return given
+    try:
+        mode = os.stat(given).st_mode
+    except OSError:
+        return given  # said by the loader
+    if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+        return given
+    with open(given, "rb") as f:  # read once: a pipe cannot be read again
+        loader.give(f.read())
+    return loader.STDIN
+
+
+def _kept_workflow(file: str) -> str:
+    """The file a run reads its workflow from: `file`, or, for one read from standard
+    input, a copy kept under the project's `.abreast/workflows/` (checked first, so that
+    its mistakes are named as `-`), which `abreast resume` reads again."""
+    import hashlib
+
+    from abreast.coord.location import STATE_DIR, project_root
+    from abreast.spec import load_workflow, loader
+    from abreast.workspace.git import exclude_locally
+
+    if file != loader.STDIN:
+        return file
+    load_workflow(file)
+    data = loader.read_bytes(file)
+    root, in_git = project_root(Path(file))
+    suffix = ".json" if data.lstrip().startswith(b"{") else ".yaml"
+    kept = root / STATE_DIR / "workflows" / f"stdin-{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+    if in_git:
+        exclude_locally(root, f"/{STATE_DIR}/")
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        if not kept.exists():
+            tmp = kept.with_name(f".{kept.name}.{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, kept)
+    except OSError as e:
+        raise UsageError(
+            f"cannot keep the workflow read from standard input at {kept}: {e.strerror}",
+            hint="write it to a file and give its path",
+        ) from None
+    sys.stderr.write(
+        f"note: the workflow read from standard input is kept as {os.path.relpath(kept)} "
+        "(`abreast resume` reads it there)\n"
+    )
+    return str(kept)
 
 
 def _state_arg(p: argparse.ArgumentParser) -> None:
@@ -574,7 +638,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         from abreast.engine.runs import RunRequest, dry_run, start_run
 
         req = RunRequest(
-            file=Path(workflow_file(args.file, "run")),
+            file=Path(
+                workflow_file(args.file, "run")
+                if args.dry_run
+                else _kept_workflow(workflow_file(args.file, "run"))
+            ),
             run_id=args.run_id,
             max_parallel=args.max_parallel,
             sequential=args.sequential,

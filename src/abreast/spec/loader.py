@@ -24,6 +24,22 @@ MAX_DEPTH = 64
 
 Path_ = tuple[str | int, ...]
 
+# A workflow read from standard input (`abreast analyze -`): its bytes, by the name the
+# command was given ("-"), which messages name it by.
+STDIN = "-"
+_given: dict[str, bytes] = {}
+
+
+def give(data: bytes) -> None:
+    """Make `data` what the workflow file named `-` holds."""
+    _given[STDIN] = data
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of the workflow file at `path` (or of standard input's, `-`)."""
+    given = _given.get(str(path))
+    return Path(path).read_bytes() if given is None else given
+
 
 @dataclass
 class Document:
@@ -72,7 +88,10 @@ def load_document(path: str | Path) -> Document:
     """Read `path` (YAML, or JSON by its `.json` suffix) into a `Document`."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        if file in _given:  # read as a file is: universal newlines
+            text = _given[file].decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(
             file,
@@ -92,7 +111,7 @@ def load_document(path: str | Path) -> Document:
         raise SpecError(file, [SpecProblem(f"cannot be read: {e.strerror}")]) from None
     if "\0" in text:  # valid UTF-8, and no text: UTF-16 without its mark, or not text at all
         raise SpecError(file, [_not_utf8(text.encode(), text.index("\0"), "a NUL byte")])
-    if file.endswith(".json"):
+    if file.endswith(".json") or (file in _given and text.lstrip().startswith("{")):
         return parse_json(text, file)
     return parse_yaml(text, file)
 

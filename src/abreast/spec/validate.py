@@ -20,7 +20,7 @@ from abreast import dag
 from abreast.errors import SpecError, SpecProblem, did_you_mean
 from abreast.gcpause import paused_gc
 from abreast.spec import conditions, schema
-from abreast.spec.loader import Document, load_document
+from abreast.spec.loader import Document, load_document, read_bytes
 from abreast.spec.model import (
     ENV_PATTERN,
     FLAG_PATTERN,
@@ -44,7 +44,7 @@ def load_workflow(path: str | Path) -> Workflow:
     """Read and validate the workflow file at `path`."""
     doc = load_document(path)
     workflow = parse_workflow(doc)
-    raw = Path(path).read_bytes()
+    raw = read_bytes(path)
     object.__setattr__(workflow, "source", str(Path(path).resolve()))
     object.__setattr__(workflow, "source_sha256", hashlib.sha256(raw).hexdigest())
     return workflow
