@@ -1459,6 +1459,40 @@ def test_a_prompt_holds_the_values_of_upstream_outputs_and_flags(tmp_path: Path,
     assert "--prompt is for one task's attempt, without --all or -f" in wrong.err
 
 
+def test_an_env_value_holds_upstream_outputs(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # What a command reads of an upstream task's output, without jq: `env: {TAG: ${{ }}}`,
+    # never put into the command line itself (an output would run as shell).
+    path = workflow(
+        tmp_path,
+        {
+            "build": {"run": 'echo \'{"tag": "v1.2; rm -rf /", "n": 2}\' > "$ABREAST_OUTPUT"'},
+            "deploy": {
+                "needs": ["build"],
+                "env": {
+                    "TAG": "${{ outputs.build.tag }}",
+                    "N": "${{ outputs.build.n + 1 }}",
+                    "AT": "$HOME/${{ outputs.build.n }}",
+                    "KEEP": "$${{ github.ref }}",
+                },
+                "run": 'printf "%s|%s|%s|%s" "$TAG" "$N" "$AT" "$KEEP" > deployed',
+            },
+            "missing": {
+                "needs": ["build"],
+                "env": {"X": "${{ outputs.build.nope }}"},
+                "run": "true",
+            },
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 1, result.out
+    home = os.environ["HOME"]
+    assert (tmp_path / "deployed").read_text() == f"v1.2; rm -rf /|3|{home}/2|${{{{ github.ref }}}}"
+    assert (
+        "missing (failed): env.X: ${{ outputs.build.nope }}: outputs.build has no field 'nope' "
+        "(it has: n, tag)" in result.out
+    )
+
+
 def test_a_prompt_value_that_is_not_there_fails_the_task_saying_why(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     path = workflow(
         tmp_path,

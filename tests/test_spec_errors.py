@@ -227,6 +227,20 @@ CASES = {
         "  b: {run: x, needs: ['a:up'], prompt: '${{ outputs.a.url }}'}\n",
         ["reads outputs of 'a', which 'b' waits for only a signal of"],
     ),
+    "env_place_not_upstream": (
+        "version: 1\ntasks:\n  a: {run: x}\n"
+        "  b:\n    run: x\n    env: {TAG: '${{ outputs.a.tag }}'}\n",
+        [":6: env.TAG: '${{ outputs.a.tag }}' reads outputs of 'a', which 'b' does not depend on"],
+    ),
+    "agent_env_place": (
+        "version: 1\nagents:\n  c:\n    run: x\n    env: {TAG: 'v${{ outputs.a.tag }}'}\n"
+        "tasks:\n  a: {agent: c}\n",
+        [
+            ":5: agents.c.env.TAG: a `${{ }}` place is filled in from the outputs a task reads, "
+            "so it belongs in a task's env, not an agent's",
+            "move the variable to the `env` of the tasks (or `defaults.env`)",
+        ],
+    ),
     "prompt_unclosed": (
         "version: 1\ntasks:\n  a: {run: x, prompt: 'see ${{ flags.x and $${{ y'}\n",
         [":3: prompt has `${{` with no `}}` after it: '${{ flags.x and $${{ y'"],

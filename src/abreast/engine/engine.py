@@ -69,7 +69,14 @@ from abreast.plan.dispatch import Dispatcher, Policy
 from abreast.plan.graph import TaskGraph
 from abreast.spec import conditions
 from abreast.spec.loader import MAX_DEPTH, json_depth
-from abreast.spec.model import FEEDBACK_MAX_CHARS, PROMPT_MAX, Scalar, Task, Workflow
+from abreast.spec.model import (
+    ENV_VALUE_MAX,
+    FEEDBACK_MAX_CHARS,
+    PROMPT_MAX,
+    Scalar,
+    Task,
+    Workflow,
+)
 
 if TYPE_CHECKING:
     from abreast.keys.broker import KeyBroker
@@ -185,6 +192,7 @@ class TaskRun:
     reason: str | None = None
     output: dict[str, Any] | None = None
     prompt: str | None = None  # its prompt with the `${{ }}` values put in, if it has any
+    env: dict[str, str] | None = None  # its env's values that had `${{ }}` places, put in
     running: Running | None = None
     timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
@@ -586,7 +594,7 @@ class Engine:
                     continue  # restored from the journal, or already decided
                 run, why = self._evaluate_when(tr)
                 if run and why is None:
-                    why = self._render_prompt(tr)
+                    why = self._render_places(tr)
                 if why is not None:
                     self._fail(tr, TaskState.FAILED, why)
                 elif not run:
@@ -609,30 +617,40 @@ class Engine:
                 expr.tasks
             )
 
-    def _render_prompt(self, tr: TaskRun) -> str | None:
-        """Put the values of the `${{ }}` in `tr`'s prompt in (`tr.prompt`), now that what
-        they read is known; why not, if it cannot be."""
-        source = tr.task.prompt
-        if source is None or "${{" not in source:
-            return None
-        template = conditions.template(source)  # checked when the file was loaded
-        assert template is not None
-        reads = any(x.reads_outputs for x in template.expressions)
-        outputs = self._succeeded_outputs() if reads else {}
-        try:
-            text = template.render(self.options.flags, outputs)
-        except conditions.ConditionError as e:
-            return f"prompt: {e}" + self._no_output(
-                frozenset().union(*(x.tasks for x in template.expressions))
-            )
-        if (size := len(text.encode())) > PROMPT_MAX:
-            return (
-                f"prompt: with the values of its ${{{{ }}}} put in it is {size:,} bytes, more "
-                f"than a prompt may hold ({PROMPT_MAX // 1024} KiB): put less of the outputs "
-                "in it (a task can write a large result to a file and name the file in its "
-                "output)"
-            )
-        tr.prompt = text
+    def _render_places(self, tr: TaskRun) -> str | None:
+        """Put the values of the `${{ }}` places of `tr`'s prompt and env in (`tr.prompt`,
+        `tr.env`), now that what they read is known; why not, if one cannot be had."""
+        texts = [("prompt", tr.task.prompt, PROMPT_MAX, "a prompt")]
+        texts += [
+            (f"env.{key}", value, ENV_VALUE_MAX, "an environment variable")
+            for key, value in tr.task.env.items()
+        ]
+        env: dict[str, str] = {}
+        for name, source, limit, what in texts:
+            if source is None or "${{" not in source:
+                continue
+            template = conditions.template(source)  # checked when the file was loaded
+            assert template is not None
+            reads = any(x.reads_outputs for x in template.expressions)
+            outputs = self._succeeded_outputs() if reads else {}
+            try:
+                text = template.render(self.options.flags, outputs)
+            except conditions.ConditionError as e:
+                return f"{name}: {e}" + self._no_output(
+                    frozenset().union(*(x.tasks for x in template.expressions))
+                )
+            if (size := len(text.encode())) > limit:
+                return (
+                    f"{name}: with the values of its ${{{{ }}}} put in it is {size:,} bytes, "
+                    f"more than {what} may hold ({limit // 1024} KiB): put less of the "
+                    "outputs in it (a task can write a large result to a file and name the "
+                    "file in its output)"
+                )
+            if name == "prompt":
+                tr.prompt = text
+            else:
+                env[name[4:]] = text
+        tr.env = env or None
         return None
 
     def _no_output(self, read: frozenset[str]) -> str:
@@ -718,6 +736,8 @@ class Engine:
         if task.run is None and task.agent is not None:
             env.update(self.wf.agents[task.agent].env)
         env.update(task.env)
+        if tr.env:
+            env.update(tr.env)  # values read from upstream outputs
         if env.get("PATH") is not base_path:  # an `env:` set its own: `abreast` stays found
             env["PATH"] = self._shim_first(env["PATH"])
         if extra_env:

@@ -6,7 +6,9 @@
 that `abreast run` (or `resume`) was started in; as in the shell,
 `${NAME:-default}` by the default when it is unset or empty, `${NAME-default}`
 when it is unset, and `${NAME:?message}` (`${NAME?message}`) is an error saying
-the message when it is unset or empty (unset); `$$` is one `$`. Any other `$`
+the message when it is unset or empty (unset); `$$` is one `$`. A `${{ EXPRESSION }}`
+place (and `$${{`) is left for the engine, which fills it in from upstream outputs when
+the task is about to start (`spec.conditions.template`). Any other `$`
 (`$1`, a `$` at the end) stays as it is; a `${...}` of another form (`${NAME/a/b}`,
 `${#NAME}`) is an error, as it would reach the task as those characters. A
 reference to a variable that is not set is an error before the run: the task
@@ -25,19 +27,27 @@ from abreast.errors import UsageError
 from abreast.spec.model import Workflow
 
 _REF = re.compile(
-    r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*)|\{[^}]*\}?)"
+    r"\$\$\{\{|\$\{\{.*?\}\}"  # a `${{ }}` place (or `$${{`): the task's, filled in later
+    r"|\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*)|\{[^}]*\}?)",
+    re.DOTALL,
 )
 
 
-def expand(value: str, environ: Mapping[str, str], wrong: list[str]) -> str:
+def expand(value: str, environ: Mapping[str, str], wrong: list[str], *, places: bool = True) -> str:
     """`value` with its references replaced; what is wrong (names not set in `environ`,
-    a form not understood) is added to `wrong` (and the reference replaced by nothing)."""
+    a form not understood) is added to `wrong` (and the reference replaced by nothing).
+    `places`: its `${{ }}` places (and `$${{`) are left for the engine (a task's env);
+    else `$${{` is `${{` now (an agent's, which has no places)."""
     if "$" not in value:
         return value
 
     def one(m: re.Match[str]) -> str:
         if m[0] == "$$":
             return "$"
+        if m[0].startswith(("${{", "$${{")):
+            if not places and m[0] == "$${{":
+                return "${{"
+            return m[0]  # upstream outputs, put in when the task is about to start
         name = m[1] or m[4]
         if name is None:
             wrong.append(
@@ -64,11 +74,11 @@ def expand_env(wf: Workflow, environ: Mapping[str, str]) -> Workflow:
     a UsageError naming every reference to an unset variable."""
     problems: list[str] = []
 
-    def each(where: str, env: Mapping[str, str]) -> dict[str, str]:
+    def each(where: str, env: Mapping[str, str], places: bool = True) -> dict[str, str]:
         out = {}
         for key, value in env.items():
             wrong: list[str] = []
-            out[key] = expand(value, environ, wrong)
+            out[key] = expand(value, environ, wrong, places=places)
             problems.extend(f"{where}.env.{key}: {why}" for why in dict.fromkeys(wrong))
         return out
 
@@ -80,7 +90,7 @@ def expand_env(wf: Workflow, environ: Mapping[str, str]) -> Workflow:
         for tid, t in wf.tasks.items()
     }
     agents = {
-        name: dataclasses.replace(a, env=each(f"agents.{name}", a.env)) if a.env else a
+        name: dataclasses.replace(a, env=each(f"agents.{name}", a.env, False)) if a.env else a
         for name, a in wf.agents.items()
     }
     if problems:

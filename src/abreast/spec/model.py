@@ -188,12 +188,13 @@ PromptText = Annotated[
         )
     ),
 ]
+ENV_VALUE_MAX = ARG_STRING_MAX - 256  # room for the variable's name
 EnvValue = Annotated[
     str,
     Parse(_env_value, {"type": ["string", "number", "boolean"]}),
     After(
         _fits(
-            ARG_STRING_MAX - 256,
+            ENV_VALUE_MAX,
             "an environment variable may hold",
             "put it in a file and pass the file's path",
         )

@@ -296,6 +296,15 @@ class _Validator:
         for name, agent in wf.agents.items():
             self._ref(("agents", name, "keys"), agent.keys, wf.keys, "key pool")
             self._env(("agents", name, "env"), agent.env)
+            for key, value in agent.env.items():
+                if "${{" in value.replace("$${{", ""):
+                    self.problem(
+                        ("agents", name, "env", key),
+                        f"agents.{name}.env.{key}: a `${{{{ }}}}` place is filled in from the "
+                        "outputs a task reads, so it belongs in a task's env, not an agent's",
+                        hint="move the variable to the `env` of the tasks (or `defaults.env`); "
+                        + conditions.TEMPLATE_ESCAPE_HINT.replace("a prompt", "a value"),
+                    )
             self._placeholder(("agents", name, "run"), agent.run, agent.env)
             self._blank(("agents", name, "run"), agent.run)
         for tid, task in wf.tasks.items():
@@ -428,21 +437,30 @@ class _Validator:
                 self.problem((*base, field), f"{field}: {_clipped(source)} {e}")
             else:
                 exprs.append((field, source, expr))
-        if task.prompt is not None:
+        texts: list[tuple[str, tuple[str, ...], str | None]] = [
+            ("prompt", ("prompt",), task.prompt)
+        ]
+        texts += [(f"env.{key}", ("env", key), value) for key, value in task.env.items()]
+        places: dict[str, tuple[str | int, ...]] = {}
+        for field, where, text in texts:
+            if text is None or "${{" not in text:
+                continue
+            places[field] = where
             try:
-                template = conditions.template(task.prompt)
+                template = conditions.template(text)
             except ValueError as e:
-                self.problem((*base, "prompt"), f"prompt {e}")
-                template = None
-            if template is not None:
-                exprs += [("prompt", f"${{{{ {x.source} }}}}", x) for x in template.expressions]
+                self.problem((*base, *where), f"{field} {e}")
+                continue
+            assert template is not None
+            exprs += [(field, f"${{{{ {x.source} }}}}", x) for x in template.expressions]
         for field, source, expr in exprs:
+            at = (*base, *places.get(field, (field,)))
             for flag in sorted(expr.flags - set(wf.flags)):
                 hint = "declare it under `flags:` (with a default value)"
-                if field == "prompt":
+                if field in places:
                     hint += "; " + conditions.TEMPLATE_ESCAPE_HINT
                 self.problem(
-                    (*base, field),
+                    at,
                     f"{field}: {_clipped(source)} reads {flag!r}, which is "
                     "not a flag" + did_you_mean(flag, [*wf.flags, "outputs"]),
                     hint=hint,
@@ -450,7 +468,7 @@ class _Validator:
             for ref in sorted(expr.tasks):
                 if ref not in index:
                     self.problem(
-                        (*base, field),
+                        at,
                         f"{field}: {_clipped(source)} reads outputs of "
                         f"{ref!r}, which is not a task" + did_you_mean(ref, ids),
                     )
@@ -461,14 +479,14 @@ class _Validator:
                     upstream = {ids[v] for v in dag.ancestors(index[task.id], preds)}
                 if ref not in upstream:
                     self.problem(
-                        (*base, field),
+                        at,
                         f"{field}: {_clipped(source)} reads outputs of "
                         f"{ref!r}, which {task.id!r} does not depend on",
                         hint=f"add {ref!r} to the `needs` of {task.id!r}",
                     )
                 else:
                     self.problem(
-                        (*base, field),
+                        at,
                         f"{field}: {_clipped(source)} reads outputs of {ref!r}, which "
                         f"{task.id!r} waits for only a signal of: {ref!r} writes its output "
                         f"when it ends, and {task.id!r} starts before that",
