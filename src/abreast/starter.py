@@ -49,6 +49,10 @@ tasks:
     needs: [backend, frontend]
     run: echo "docs" > DOCS.md
     estimate: 10m
+#   review:                  # an agent's task (see agents: above); its prompt may hold
+#     agent: claude          #   what a task it needs wrote to $ABREAST_OUTPUT (JSON)
+#     needs: [backend]
+#     prompt: "Review the backend. Its notes: ${{ outputs.backend.notes }}"
 """
 
 
