@@ -232,6 +232,15 @@ CASES = {
         "  b:\n    run: x\n    env: {TAG: '${{ outputs.a.tag }}'}\n",
         [":6: env.TAG: '${{ outputs.a.tag }}' reads outputs of 'a', which 'b' does not depend on"],
     ),
+    "env_place_from_defaults_reads_itself": (
+        "version: 1\ndefaults:\n  env: {TAG: '${{ outputs.build.tag }}'}\n"
+        "tasks:\n  build: {run: x}\n  deploy: {run: x, needs: [build]}\n",
+        [
+            ":5: env.TAG: '${{ outputs.build.tag }}' reads the outputs of 'build' itself, "
+            "which are not there before it ends (the value is from `defaults.env`",
+            "read them in a task that needs it, in that task's own `env`",
+        ],
+    ),
     "agent_env_place": (
         "version: 1\nagents:\n  c:\n    run: x\n    env: {TAG: 'v${{ outputs.a.tag }}'}\n"
         "tasks:\n  a: {agent: c}\n",

@@ -477,7 +477,26 @@ class _Validator:
                     continue
                 if upstream is None:
                     upstream = {ids[v] for v in dag.ancestors(index[task.id], preds)}
-                if ref not in upstream:
+                if ref == task.id:
+                    shared = field.startswith("env.") and wf.defaults.env.get(field[4:])
+                    self.problem(
+                        at,
+                        f"{field}: {_clipped(source)} reads the outputs of {ref!r} itself, "
+                        "which are not there before it ends"
+                        + (
+                            " (the value is from `defaults.env`, given to every task)"
+                            if shared
+                            else ""
+                        ),
+                        hint="read them in a task that needs it"
+                        + (", in that task's own `env`" if shared else "")
+                        + (
+                            "; a gate reads the task's own: output.FIELD"
+                            if field in ("when",)
+                            else ""
+                        ),
+                    )
+                elif ref not in upstream:
                     self.problem(
                         at,
                         f"{field}: {_clipped(source)} reads outputs of "
