@@ -115,6 +115,11 @@ def _read_given(given: str) -> str:
     if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
         return given
     with open(given, "rb") as f:  # read once: a pipe cannot be read again
+        if f.isatty():
+            raise UsageError(
+                f"{given} is a terminal: a workflow is read from a file or a pipe",
+                hint="pipe one in: ./make-workflow.py | abreast run -",
+            )
         loader.give(f.read())
     return loader.STDIN
 
