@@ -672,6 +672,25 @@ def test_a_workflow_piped_in_runs_and_resumes_from_its_kept_copy(repo: Path) -> 
     checked = run_abreast("validate", str(fifo), cwd=repo)
     writer.join(timeout=10)
     assert (checked.code, checked.out) == (0, "-: ok (2 tasks)\n"), checked.err
+    # A terminal is refused, not waited on (`abreast run -` typed at a prompt).
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        for given in ("-", os.ttyname(slave)):
+            typed = subprocess.run(
+                [PY, "-m", "abreast", "validate", given],
+                cwd=repo,
+                stdin=slave,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert typed.returncode == 2 and "terminal" in typed.stderr, typed.stderr
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_land_fast_forwards_the_base_branch(repo: Path) -> None:
