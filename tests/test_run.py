@@ -1459,7 +1459,7 @@ def test_a_prompt_holds_the_values_of_upstream_outputs_and_flags(tmp_path: Path,
     assert "--prompt is for one task's attempt, without --all or -f" in wrong.err
 
 
-def test_an_env_value_holds_upstream_outputs(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_an_env_value_holds_upstream_outputs(tmp_path: Path, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # What a command reads of an upstream task's output, without jq: `env: {TAG: ${{ }}}`,
     # never put into the command line itself (an output would run as shell).
     path = workflow(
@@ -1473,8 +1473,9 @@ def test_an_env_value_holds_upstream_outputs(tmp_path: Path, cli) -> None:  # ty
                     "N": "${{ outputs.build.n + 1 }}",
                     "AT": "$HOME/${{ outputs.build.n }}",
                     "KEEP": "$${{ github.ref }}",
+                    "RAW": "$RAW_TEXT",  # a `${{` in abreast's environment is text
                 },
-                "run": 'printf "%s|%s|%s|%s" "$TAG" "$N" "$AT" "$KEEP" > deployed',
+                "run": 'printf "%s|%s|%s|%s|%s" "$TAG" "$N" "$AT" "$KEEP" "$RAW" > deployed',
             },
             "missing": {
                 "needs": ["build"],
@@ -1483,10 +1484,13 @@ def test_an_env_value_holds_upstream_outputs(tmp_path: Path, cli) -> None:  # ty
             },
         },
     )
+    monkeypatch.setenv("RAW_TEXT", "${{ outputs.build.tag }}")
     result = cli("run", str(path), "--no-monitor")
     assert result.code == 1, result.out
     home = os.environ["HOME"]
-    assert (tmp_path / "deployed").read_text() == f"v1.2; rm -rf /|3|{home}/2|${{{{ github.ref }}}}"
+    assert (tmp_path / "deployed").read_text() == (
+        f"v1.2; rm -rf /|3|{home}/2|${{{{ github.ref }}}}|${{{{ outputs.build.tag }}}}"
+    )
     assert (
         "missing (failed): env.X: ${{ outputs.build.nope }}: outputs.build has no field 'nope' "
         "(it has: n, tag)" in result.out

@@ -629,7 +629,10 @@ class Engine:
         for name, source, limit, what in texts:
             if source is None or "${{" not in source:
                 continue
-            template = conditions.template(source)  # checked when the file was loaded
+            try:
+                template = conditions.template(source)  # checked when the file was loaded
+            except ValueError as e:  # as it was resumed with --force, say
+                return f"{name} {e}"
             assert template is not None
             reads = any(x.reads_outputs for x in template.expressions)
             outputs = self._succeeded_outputs() if reads else {}

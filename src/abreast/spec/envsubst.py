@@ -41,6 +41,10 @@ def expand(value: str, environ: Mapping[str, str], wrong: list[str], *, places: 
     if "$" not in value:
         return value
 
+    def literal(text: str) -> str:
+        # A variable's value is text: a `${{` in it is not a place for the engine to fill.
+        return text.replace("${{", "$${{") if places else text
+
     def one(m: re.Match[str]) -> str:
         if m[0] == "$$":
             return "$"
@@ -58,13 +62,13 @@ def expand(value: str, environ: Mapping[str, str], wrong: list[str], *, places: 
         got = environ.get(name)
         missing = got is None or (not got and m[2] is not None and m[2].startswith(":"))
         if m[2] is not None and m[2].endswith("-"):  # ${NAME:-default}, ${NAME-default}
-            return m[3] if missing else str(got)
+            return literal(m[3] if missing else str(got))
         if missing:
             said = f" ({m[3]})" if m[2] is not None and m[3] else ""
             empty = "empty" if got == "" else "not set"
             wrong.append(f"${name} is {empty} in abreast's environment{said}")
             return ""
-        return str(got)
+        return literal(str(got))
 
     return _REF.sub(one, value)
 
