@@ -241,6 +241,17 @@ CASES = {
             "read them in a task that needs it, in that task's own `env`",
         ],
     ),
+    "place_in_a_command": (  # as GitHub Actions has it; the shell said "Bad substitution"
+        "version: 1\nflags: {tag: v1}\ntasks:\n  build: {run: x}\n"
+        "  deploy: {run: './deploy.sh ${{ outputs.build.tag }}', needs: [build]}\n"
+        "  gh: {run: 'echo \"${{ github.ref }} $${{ tag }}\" > ci.yml'}\n",
+        [
+            ":5: tasks.deploy.run: '${{ outputs.build.tag }}': abreast fills in no `${{ }}` "
+            "place in a command (an output would run as shell code)",
+            'put it in the task\'s env (`env: {VALUE: "${{ outputs.build.tag }}"}`) and write '
+            '"$VALUE" in the command',
+        ],
+    ),
     "agent_env_place": (
         "version: 1\nagents:\n  c:\n    run: x\n    env: {TAG: 'v${{ outputs.a.tag }}'}\n"
         "tasks:\n  a: {agent: c}\n",

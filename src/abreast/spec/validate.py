@@ -81,6 +81,8 @@ AGENT_EXAMPLES = {
 }
 
 
+# A `${{ EXPRESSION }}` place (`spec.conditions`), as written in a command by mistake.
+_PLACE = re.compile(r"(?<!\$)\$\{\{(.*?)\}\}", re.DOTALL)
 # How other tools' command templates name the prompt; abreast's is an environment variable.
 _PLACEHOLDER = re.compile(r"\{\{\s*prompt\s*\}\}|\{prompt\}|\$\{?PROMPT\b\}?", re.IGNORECASE)
 
@@ -306,10 +308,13 @@ class _Validator:
                         + conditions.TEMPLATE_ESCAPE_HINT.replace("a prompt", "a value"),
                     )
             self._placeholder(("agents", name, "run"), agent.run, agent.env)
+            self._place_in_command(("agents", name, "run"), agent.run, wf)
             self._blank(("agents", name, "run"), agent.run)
         for tid, task in wf.tasks.items():
             if task.prompt is not None and task.run is not None:
                 self._placeholder(("tasks", tid, "run"), task.run, task.env)
+            if task.run is not None:
+                self._place_in_command(("tasks", tid, "run"), task.run, wf)
             self._blank(("tasks", tid, "run"), task.run)
         for i, check in enumerate(wf.checks):
             self._ref(("checks", i, "lock"), check.lock, wf.locks, "lock")
@@ -585,6 +590,28 @@ class _Validator:
             "$ABREAST_PROMPT, never in its text",
             hint=f'write "$ABREAST_PROMPT" where {m[0]} is (in double quotes)',
         )
+
+    def _place_in_command(self, path: tuple[str | int, ...], run: str, wf: Workflow) -> None:
+        """`${{ outputs.build.tag }}` (or a flag) in a command, as GitHub Actions has it:
+        abreast never fills in a command (an output would run as shell), and the shell
+        fails on it ("Bad substitution"). Other `${{ }}` text (a workflow file a command
+        writes, `${{ github.ref }}`) is the command's own."""
+        if "${{" not in run:
+            return
+        for m in _PLACE.finditer(run):
+            inner = m[1].strip()
+            head = re.match(r"[A-Za-z_][A-Za-z0-9_]*", inner)
+            if head is None or not (head[0] in ("outputs", "flags") or head[0] in wf.flags):
+                continue
+            self.problem(
+                path,
+                f"{describe_path(path)}: {m[0]!r}: abreast fills in no `${{{{ }}}}` place in a "
+                "command (an output would run as shell code), and the shell fails on it; "
+                "a task's `env` or prompt can hold one",
+                hint=f'put it in the task\'s env (`env: {{VALUE: "{m[0]}"}}`) and write '
+                '"$VALUE" in the command',
+            )
+            return
 
     def _max_tokens(self, wf: Workflow, tid: str, task: Task, base: tuple[str | int, ...]) -> None:
         """`max_tokens` needs the task's API calls to go through the key proxy, where its
