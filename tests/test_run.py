@@ -1497,6 +1497,42 @@ def test_an_env_value_holds_upstream_outputs(tmp_path: Path, cli, monkeypatch) -
     )
 
 
+def test_files_abreast_writes_beside_an_output_are_never_written_through_a_link(
+    tmp_path: Path, cli
+) -> None:
+    # The prompt and inputs of an attempt are written beside its $ABREAST_OUTPUT, where the
+    # attempt before could leave a symlink (or a directory): abreast wrote through it.
+    victim = tmp_path / "victim"
+    victim.write_text("mine\n")
+    plant = (
+        'd=$(dirname "$ABREAST_OUTPUT"); '
+        f'ln -s {victim} "$d/b.2.prompt.txt"; ln -s {victim} "$d/b.2.inputs.json"; '
+        'mkdir -p "$d/b.3.prompt.txt/x"'
+    )
+    path = workflow(
+        tmp_path,
+        {
+            "a": {"run": 'echo \'{"x": 1}\' > "$ABREAST_OUTPUT"'},
+            "b": {
+                "needs": ["a"],
+                "prompt": "do it",
+                "run": f'if [ "$ABREAST_ATTEMPT" = 1 ]; then {plant}; exit 1; fi; '
+                '[ "$ABREAST_ATTEMPT" = 3 ] || exit 1; cat "$ABREAST_INPUTS"',
+                "retries": 2,
+                "backoff": {"initial": 0.01, "max": 0.01},
+            },
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 0, result.out
+    assert victim.read_text() == "mine\n"
+    state = ["--state", f"sqlite://{tmp_path}/.abreast/state.db"]
+    told = cli("logs", "b", "--prompt", "--attempt", "2", *state).out
+    assert told.startswith("do it\n\n---\nThis is attempt 2.")
+    assert cli("logs", "b", "--prompt", *state).out.startswith("do it\n\n---\nThis is attempt 3.")
+    assert json.loads(cli("logs", "b", *state).out) == {"a": {"x": 1}}
+
+
 def test_a_prompt_value_that_is_not_there_fails_the_task_saying_why(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     path = workflow(
         tmp_path,

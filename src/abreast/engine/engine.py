@@ -48,6 +48,7 @@ from abreast.executor.local import (
     quiet_signal_wakeup,
 )
 from abreast.executor.logs import (
+    create_new,
     log_size,
     log_tail,
     open_regular,
@@ -758,7 +759,7 @@ class Engine:
             }
         )
         if prompt:  # what the attempt was told, for `abreast logs TASK --prompt`
-            with open(prompt_file(output), "w", encoding="utf-8") as f:
+            with os.fdopen(create_new(prompt_file(output)), "w", encoding="utf-8") as f:
                 f.write(prompt)
         if not self.isolation.instant:
             env["ABREAST_WORKTREE"] = cwd  # where `abreast signal` snapshots its files from
@@ -769,7 +770,7 @@ class Engine:
         inputs = self._inputs(tr)
         if inputs:
             path = output.removesuffix(".json") + ".inputs.json"
-            with open(path, "w", encoding="utf-8") as f:
+            with os.fdopen(create_new(path), "w", encoding="utf-8") as f:
                 json.dump(inputs, f)
             env["ABREAST_INPUTS"] = path
         return Launch(self.run_id, tr.id, n, command, cwd, env, log, self._exits)

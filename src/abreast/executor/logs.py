@@ -162,6 +162,21 @@ def _longest_first(secrets: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return sorted(secrets, key=lambda pair: -len(pair[1]))
 
 
+def create_new(path: str) -> int:
+    """A file descriptor to write `path` afresh: whatever was there removed first, never
+    written through (a task may have put a symlink where abreast writes next to its output:
+    writing through it would write wherever it points)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:  # abreast's own place: what a task made there goes
+        import shutil
+
+        shutil.rmtree(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
 def scrub_secrets(path: str, secrets: list[tuple[str, str]], chunk: int = 1 << 22) -> int:
     """Replace each secret value in the file at `path` by `[key FINGERPRINT]` (a key a
     direct-mode task printed); returns how many were replaced. Read in chunks (a log may
@@ -173,10 +188,7 @@ def scrub_secrets(path: str, secrets: list[tuple[str, str]], chunk: int = 1 << 2
     keep = max(len(raw) for raw, _ in pairs) - 1  # a value may straddle two chunks
     found = 0
     tmp = f"{path}.scrub"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # never written through: a task may have put a symlink there
-    made = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    with os.fdopen(open_regular(path), "rb") as src, os.fdopen(made, "wb") as dst:
+    with os.fdopen(open_regular(path), "rb") as src, os.fdopen(create_new(tmp), "wb") as dst:
         carry = b""
         while True:
             data = src.read(chunk)
