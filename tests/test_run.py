@@ -1447,6 +1447,7 @@ def test_a_prompt_holds_the_values_of_upstream_outputs_and_flags(tmp_path: Path,
     second = (tmp_path / "prompt.2").read_text()
     assert second.startswith(first + "\n\n---\nThis is attempt 2.")
     assert dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))["off"] == "skipped"
+    assert "skipped   off: turned off (when: false)" in result.out
     # What each attempt was told, afterwards.
     state = ["--state", f"sqlite://{tmp_path}/.abreast/state.db"]
     assert cli("logs", "backend", "--prompt", *state).out == second

@@ -599,7 +599,11 @@ class Engine:
                 if why is not None:
                     self._fail(tr, TaskState.FAILED, why)
                 elif not run:
-                    self._set(tr, TaskState.SKIPPED, reason=f"when: {tr.task.when} is false")
+                    when = tr.task.when
+                    said = (
+                        "turned off (when: false)" if when == "false" else f"when: {when} is false"
+                    )
+                    self._set(tr, TaskState.SKIPPED, reason=said)
                     self._d.complete(v)
                     self._terminal(tr)
                 else:
