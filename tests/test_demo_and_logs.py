@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,15 @@ from tests.helpers import ended_after, start_run, wait_for, write_workflow
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = run_abreast("demo", "--plain", timeout=120)
+    result = run_abreast("demo", "--plain", "--keep", timeout=120)
+    kept = re.search(r"--state sqlite://(\S+)/\.abreast/state\.db", result.out)
+    assert kept is not None, result.out
+    try:
+        state = ["--state", f"sqlite://{kept[1]}/.abreast/state.db"]
+        told = run_abreast("logs", "backend", "--prompt", *state)  # critique's output in it
+        assert told.out == "Implement the backend (the review said APPROVED)", told.err
+    finally:
+        shutil.rmtree(kept[1])
     assert result.code == 0, result.out + result.err
     out = result.out
     assert out.splitlines()[1].startswith("run: demo-")

@@ -4,7 +4,8 @@ Nine scripted "agents" (small Python scripts that take a few seconds and write
 files) form the seeds' workflow: research, critique, backend and frontend side
 by side, their QA, a conditional security review, a performance test skipped
 by a flag, and docs. The frontend agent fails its first attempt and succeeds
-on the retry; the backend QA agent is sent back once by its gate.
+on the retry; the backend QA agent is sent back once by its gate; the backend's
+prompt holds the critique's decision (`${{ outputs.critique.decision }}`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ tasks:
     estimate: 2s
   backend:
     needs: [critique]
+    prompt: "Implement the backend (the review said ${{{{ outputs.critique.decision }}}})"
     run: {python} agents/agent.py 4 backend/api.py
     owns: ["backend/**"]
     estimate: 4s
