@@ -578,8 +578,8 @@ def test_commits_say_what_the_task_is_for(repo: Path) -> None:
             "abreast: land backend — Implement the token endpoint and its refresh fl…",
             "abreast: frontend — Build the login page.",
             "abreast: land frontend — Build the login page.",
-            "abreast: later",  # its prompt's line is filled in only when it runs
-            "abreast: land later",
+            "abreast: later — Fix …",  # its prompt's places are filled in as it runs
+            "abreast: land later — Fix …",
         ]
     )
     assert all(len(s) <= 72 for s in subjects)

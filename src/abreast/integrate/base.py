@@ -10,6 +10,7 @@ queue.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -55,12 +56,17 @@ def commit_message(head: str, summary: str | None, run_id: str, attempt: int) ->
 
 def task_summary(description: str | None, prompt: str | None) -> str | None:
     """What a task is for, in a line: its description's first line, else its prompt's
-    (unless that line has `${{ }}` places, filled in only when the task runs)."""
+    (its `${{ }}` places, filled in only as the task runs, shown as `…`)."""
     for text in (description, prompt):
         line = next((x.strip() for x in (text or "").splitlines() if x.strip()), "")
-        if line and (text is description or "${{" not in line):
+        if text is prompt:
+            line = _PLACE.sub("…", line).replace("$${{", "${{")
+        if line:
             return " ".join(line.split())
     return None
+
+
+_PLACE = re.compile(r"(?<!\$)\$\{\{.*?\}\}")
 
 
 # How the reason of an attempt sent back for writing a key's value into its work begins
