@@ -553,6 +553,44 @@ def test_a_run_landing_while_another_runs_is_not_taken_for_a_task_moving_the_bra
     )
 
 
+def test_another_runs_output_file_in_the_checkout_is_not_blamed_on_this_runs_task(
+    repo: Path, tmp_path: Path
+) -> None:
+    # `abreast run a.yaml > a.log` beside a running `abreast run b.yaml`, in the project:
+    # a.log changed while b's task ran, and once the first run had ended nobody held it
+    # open, so b was failed for "writing outside its worktree: main checkout: a.log".
+    go = tmp_path / "go"
+    second = repo / "second.yaml"
+    second.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "name": "second",
+                "tasks": {"b": {"run": f"while [ ! -e {go} ]; do sleep 0.02; done; echo b > b"}},
+            }
+        )
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "second workflow")
+    proc, _ = start_run(second, cwd=repo)
+    with ended_after(proc):
+        wait_for(lambda: "second-" in git(repo, "worktree", "list"), what="b to start")
+        first = workflow(repo, {"a": {"run": "echo a > a.txt"}})
+        with (repo / "a.log").open("w") as log:  # as the shell's `> a.log` gives it
+            ran = subprocess.run(
+                [PY, "-m", "abreast", "run", str(first), "--no-monitor", "--plain"],
+                cwd=repo,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        assert ran.returncode == 0, (repo / "a.log").read_text()
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert "a.log" not in out + err
+
+
 def test_commits_say_what_the_task_is_for(repo: Path) -> None:
     # What lands is read in `git log --oneline` (and in a pull request): "abreast: backend
     # (run wt-20261207-..., attempt 1)" said nothing of what the work was.

@@ -44,6 +44,7 @@ from abreast.executor.process import (
     is_same_process,
     kill_pids,
     marked_processes,
+    own_output_files,
     start_ticks,
     stop_then_kill,
 )
@@ -630,6 +631,9 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 "fail_fast": req.fail_fast,
                 # What a live log is masked of (their values are nowhere in the journal).
                 "masked": [fp for fp, _ in masked],
+                # Where this run's output goes, if to files: another run beside it does
+                # not blame its tasks for them (integrate/guard.py).
+                "output_files": sorted(own_output_files()),
             }
             for line in _running_beside(journal, p.wf):
                 _note(line)
@@ -1142,7 +1146,13 @@ async def _resume(
     pauses = [list(span) for span in row.pauses] + ([[last_alive, now]] if now > last_alive else [])
     masked = _masked(wf)  # this resume's environment's, and those the run had
     known = list(dict.fromkeys([*row.options.get("masked", []), *(fp for fp, _ in masked)]))
-    options = {**row.options, "pauses": pauses, "masked": known}
+    outputs = {tuple(x) for x in row.options.get("output_files", [])} | own_output_files()
+    options = {
+        **row.options,
+        "pauses": pauses,
+        "masked": known,
+        "output_files": sorted(outputs),
+    }
     journal.stage_run(
         row.id,
         state="running",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -169,6 +170,19 @@ def children_zombies(parent: int) -> list[tuple[int, int]]:
         for pid, fields in _every_stat()
         if fields[0] == b"Z" and int(fields[1]) == parent
     ]
+
+
+def own_output_files() -> set[tuple[int, int]]:
+    """(device, inode) of the regular files this process's stdout and stderr write to."""
+    out = set()
+    for fd in (1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.add((st.st_dev, st.st_ino))
+    return out
 
 
 def become_subreaper() -> bool:

@@ -3,9 +3,10 @@
 What is watched (snapshots at the start of the run, compared after each attempt):
 - the main checkout: `git status` of the user's working tree (abreast's own
   `.abreast/` is excluded, and so is the file abreast's own output goes to, as in
-  `abreast run ... > run.log` inside the repository, and a file that a process abreast
-  did not start holds open for writing when its change is seen: `abreast run | tee
-  run.log`, another run's `> out.log`, a dev server's log); a new change is
+  `abreast run ... > run.log` inside the repository, the files other runs' output went
+  to (journaled with each run), and a file that a process abreast did not start holds
+  open for writing when its change is seen: `abreast run | tee run.log`, another run's
+  `> out.log`, a dev server's log); a new change is
   attributed, by its file's mtime, to the attempts that were running when it was
   written;
 - the repository's hooks and config (`.git/hooks/**`, `.git/config`, worktree
@@ -37,7 +38,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from abreast.executor.process import started_by, writers_of
+from abreast.executor.process import own_output_files, started_by, writers_of
 from abreast.integrate.base import integration_branch
 from abreast.workspace.repo import Repo, dirty_paths
 
@@ -80,7 +81,7 @@ class Guard:
         self._ignore = ""
         if state_dir is not None and repo.root in state_dir.parents:
             self._ignore = str(state_dir.relative_to(repo.root)) + "/"
-        self._own_output = _own_output_files()
+        self._own_output = own_output_files()
         self._protected = self._protected_files()
         self._main = self._main_state()
         # Your stash entries at the start (its reflog's lines; stash@{0} last): the stash is
@@ -306,11 +307,12 @@ class Guard:
                 out[rel] = (0.0, -1, "")
         return out
 
-    def check_main_checkout(self) -> list[Change]:
-        """Changes in the user's working tree since the last look (each reported once)."""
+    def check_main_checkout(self, others: set[tuple[int, int]] | None = None) -> list[Change]:
+        """Changes in the user's working tree since the last look (each reported once);
+        `others`: (device, inode) of the files other runs' output went to."""
         now = self._main_state()
         changed = [rel for rel, state in now.items() if self._main.get(rel) != state]
-        for rel in self._written_from_outside(changed):
+        for rel in self._written_from_outside(changed, others or set()):
             del now[rel]  # and left out from now on
             self._main.pop(rel, None)
         changes = []
@@ -324,11 +326,12 @@ class Guard:
         self._main = now
         return changes
 
-    def _written_from_outside(self, rels: list[str]) -> list[str]:
+    def _written_from_outside(self, rels: list[str], others: set[tuple[int, int]]) -> list[str]:
         """Those of `rels` that a process this run did not start holds open for writing
-        (`| tee run.log`, another run's output, a dev server's log): not the tasks' doing.
-        Their files are left out of the checkout's state from then on."""
-        found = being_written(self.repo.root, rels, self.run_id)
+        (`| tee run.log`, another run's output, a dev server's log), or that another run's
+        output went to (`abreast run b.yaml > b.log`, ended meanwhile): not the tasks'
+        doing. Their files are left out of the checkout's state from then on."""
+        found = being_written(self.repo.root, rels, self.run_id, others)
         self._own_output.update(found)
         return list(found.values())
 
@@ -346,20 +349,27 @@ class Guard:
 _ABSENT = object()
 
 
-def being_written(root: Path, rels: list[str], run_id: str = "") -> dict[tuple[int, int], str]:
+def being_written(
+    root: Path, rels: list[str], run_id: str = "", others: set[tuple[int, int]] | None = None
+) -> dict[tuple[int, int], str]:
     """Those of `rels` (paths under `root`, by (device, inode)) that this process's output
-    goes to, or that a process it did not start (nor run `run_id`'s attempts) holds open
-    for writing now: a log being written (`abreast run | tee run.log`, another run's
-    output, a dev server's), not a change of the project's, nor the tasks' doing."""
+    goes to, or `others` (other runs' output), or that a process it did not start (nor run
+    `run_id`'s attempts) holds open for writing now: a log being written (`abreast run |
+    tee run.log`, another run's output, a dev server's), not a change of the project's,
+    nor the tasks' doing."""
     ids = _regular_files(root, rels)
     if not ids:
         return {}
     me = os.getpid()
-    held = _own_output_files() | {
-        key
-        for key, pids in writers_of(ids.keys()).items()
-        if any(not started_by(pid, me, run_id) for pid in pids)
-    }
+    held = (
+        own_output_files()
+        | (others or set())
+        | {
+            key
+            for key, pids in writers_of(ids.keys()).items()
+            if any(not started_by(pid, me, run_id) for pid in pids)
+        }
+    )
     return {key: rel for key, rel in ids.items() if key in held}
 
 
@@ -374,19 +384,6 @@ def _regular_files(root: Path, rels: list[str]) -> dict[tuple[int, int], str]:
         if stat.S_ISREG(st.st_mode):
             ids[(st.st_dev, st.st_ino)] = rel
     return ids
-
-
-def _own_output_files() -> set[tuple[int, int]]:
-    """(device, inode) of the regular files this process's stdout and stderr write to."""
-    out = set()
-    for fd in (1, 2):
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            out.add((st.st_dev, st.st_ino))
-    return out
 
 
 def _stash_commit(entry: bytes) -> bytes:

@@ -204,6 +204,7 @@ class WorktreeIsolation(Isolation):
         self.guard = Guard(
             self.repo, location.journal.parent, [s.store for s in self.subs], self.run_id
         )
+        self._began = time.time()
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._blamed: dict[tuple[str, int], list[Change]] = {}
         self._landed: list[str] = []
@@ -645,6 +646,19 @@ class WorktreeIsolation(Isolation):
             row and row.head_commit and row.base_commit and self.repo.rev_parse(row.head_commit)
         )
 
+    def _other_runs_output(self) -> set[tuple[int, int]]:
+        """(device, inode) of the files the output of other runs of this journal went to,
+        those running or ended since this one began (`abreast run a.yaml > a.log` beside
+        this run, in the repository: written by nobody this run started, and closed once
+        that run ended, so not seen held open)."""
+        out: set[tuple[int, int]] = set()
+        for row in self.journal.runs(50):
+            if row.id == self.run_id or not row.options.get("output_files"):
+                continue
+            if row.state == "running" or (row.finished_at or 0) >= self._began - SLACK_S:
+                out.update((int(dev), int(ino)) for dev, ino in row.options["output_files"])
+        return out
+
     def _summary(self, task_id: str) -> str | None:
         task = self.wf.tasks.get(task_id)
         return task_summary(task.description, task.prompt) if task is not None else None
@@ -657,7 +671,8 @@ class WorktreeIsolation(Isolation):
         """
         warn_only = self.wf.containment.main_checkout == "warn"
         changes: list[Change] = await asyncio.to_thread(self.guard.check_repo_files)
-        changes += await asyncio.to_thread(self.guard.check_main_checkout)
+        others = self._other_runs_output()
+        changes += await asyncio.to_thread(self.guard.check_main_checkout, others)
         changes += await asyncio.to_thread(self.guard.check_stash, not warn_only)
         changes += await asyncio.to_thread(self.guard.check_refs, not warn_only)
         now = time.time()
