@@ -693,13 +693,20 @@ def test_a_workflow_piped_in_runs_and_resumes_from_its_kept_copy(repo: Path) -> 
     again = run_abreast("resume", run_id, "--retry-failed", "--plain", cwd=repo)
     assert again.code == 0, again.out + again.err
     assert "auth.txt" in tree(repo, integration(run_id))
+    # The copy goes with the last run that reads it.
+    gone = run_abreast("cleanup", "--older-than", "0", cwd=repo)
+    assert (
+        f"remove .abreast/workflows/{kept.name}, the workflow it read from standard input "
+        "(no other run reads it)" in gone.out
+    ), gone.out
+    assert not kept.exists()
     # Its mistakes are named as `-`; analyze and validate read it too, keeping nothing.
     wrong = run_abreast("validate", "-", cwd=repo, stdin="version: 1\ntasks:\n  a: {rn: x}\n")
     assert wrong.code == 2
     assert wrong.err.startswith("abreast: error: -:3: unknown key 'rn' in tasks.a")
     shown = run_abreast("analyze", "-", cwd=repo, stdin=generated)
     assert shown.code == 0 and "port-auth" in shown.out
-    assert len(list((repo / ".abreast" / "workflows").iterdir())) == 1
+    assert not list((repo / ".abreast" / "workflows").iterdir())
     empty = run_abreast("run", "-", cwd=repo, stdin="")
     assert empty.code == 2 and "abreast: error: -: the file is empty" in empty.err
     # A pipe given as a path, as the shell's `<(./gen.py)` gives it: read as `-` is.

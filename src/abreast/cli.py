@@ -145,7 +145,9 @@ def _kept_workflow(file: str) -> str:
         exclude_locally(root, f"/{STATE_DIR}/")
     try:
         kept.parent.mkdir(parents=True, exist_ok=True)
-        if not kept.exists():
+        if kept.exists():
+            os.utime(kept)  # read again now: `cleanup --older-than` leaves it
+        else:
             tmp = kept.with_name(f".{kept.name}.{os.getpid()}")
             tmp.write_bytes(data)
             os.replace(tmp, kept)

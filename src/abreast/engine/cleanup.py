@@ -27,6 +27,7 @@ import psutil
 from abreast.coord.anchor import anchors_dir, remove_anchor, still_linked
 from abreast.coord.backend import Coordinator
 from abreast.coord.journal import Journal, RunRow
+from abreast.coord.location import STATE_DIR
 from abreast.engine.lookup import on_this_host, orchestrator_alive
 from abreast.engine.runs import _kill_strays, _stray_pids
 from abreast.executor.process import kill_pids, marked_processes
@@ -44,6 +45,7 @@ class Plan:
     orchestrator: int | None = None
     actions: list[str] = field(default_factory=list)
     forget: bool = False  # its journal entries and its directory of logs and outputs go
+    kept_workflow: str | None = None  # the copy of a workflow read from stdin, gone with it
     leases: list[str] = field(default_factory=list)  # what it does in the coordinator
 
 
@@ -114,6 +116,20 @@ def cleanup(
             plan.forget = True
             where = f" and {_described(runs_dir / row.id)}" if runs_dir else ""
             plan.actions.append(f"forget it: its journal entries{where}")
+    # A workflow read from standard input is kept for its run (cli._kept_workflow): it
+    # goes with the last run that reads it.
+    read_on = {r.file for r in rows if not (r.id in plans and plans[r.id].forget)}
+    for row in rows:
+        going = plans.get(row.id)
+        if going is None or not going.forget or row.file in read_on or not _kept(row.file, root):
+            continue
+        if forget_before is not None and _mtime(row.file) >= forget_before:
+            continue  # read again since by a run not journaled yet (`abreast run -` now)
+        going.kept_workflow = row.file
+        going.actions.append(
+            f"remove {os.path.relpath(row.file, root)}, the workflow it read from standard "
+            "input (no other run reads it)"
+        )
     known = {r.id for r in rows}
     active = {r.id for r in rows if r.id not in plans}
     if repo is not None:
@@ -195,6 +211,22 @@ def _forget(journal: Journal, plan: Plan, before: float, runs_dir: Path | None) 
             plan.actions.append(f"(not forgotten: {runs_dir / plan.run_id} could not be removed)")
             return
     journal.forget_run(plan.run_id, before)
+    if plan.kept_workflow:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(plan.kept_workflow)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _kept(file: str, root: Path) -> bool:
+    """Whether `file` is a copy abreast kept of a workflow read from standard input."""
+    path = Path(file)
+    return path.parent == root / STATE_DIR / "workflows" and path.name.startswith("stdin-")
 
 
 def _described(run_dir: Path) -> str:
