@@ -514,6 +514,24 @@ def test_work_that_adds_a_file_too_large_for_git_hosts_is_sent_back(repo: Path) 
     assert "model.bin" in tree(repo, integration(run_id))
 
 
+def second_run_waiting(repo: Path, go: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """A second workflow's run started in the background, its one task `b` running until
+    `go` exists (then writing b.txt): (the process, the run id)."""
+    second = repo / "second.yaml"
+    wait = f"while [ ! -e {go} ]; do sleep 0.02; done; echo b > b.txt"
+    second.write_text(json.dumps({"version": 1, "name": "second", "tasks": {"b": {"run": wait}}}))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "second workflow")
+    proc, run_id = start_run(second, *args, cwd=repo)
+    try:
+        wait_for(lambda: "second-" in git(repo, "worktree", "list"), what="b to start")
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc, run_id
+
+
 def test_a_run_landing_while_another_runs_is_not_taken_for_a_task_moving_the_branch(
     repo: Path, tmp_path: Path
 ) -> None:
@@ -522,23 +540,8 @@ def test_a_run_landing_while_another_runs_is_not_taken_for_a_task_moving_the_bra
     # moved, with the command that "puts it back" (undoing the other run's landing), and
     # the second could not land without saying why main had moved.
     go = tmp_path / "go"
-    second = repo / "second.yaml"
-    second.write_text(
-        json.dumps(
-            {
-                "version": 1,
-                "name": "second",
-                "tasks": {
-                    "b": {"run": f"while [ ! -e {go} ]; do sleep 0.02; done; echo b > b.txt"}
-                },
-            }
-        )
-    )
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "second workflow")
-    proc, second_id = start_run(second, "--land", cwd=repo)
+    proc, second_id = second_run_waiting(repo, go, "--land")
     with ended_after(proc):
-        wait_for(lambda: bool(git(repo, "worktree", "list").count("second-")), what="b to start")
         code, out, first_id = run(repo, workflow(repo, {"a": {"run": "echo a > a.txt"}}), "--land")
         assert code == 0, out
         assert "landed: main fast-forwarded to" in out
@@ -560,21 +563,8 @@ def test_another_runs_output_file_in_the_checkout_is_not_blamed_on_this_runs_tas
     # a.log changed while b's task ran, and once the first run had ended nobody held it
     # open, so b was failed for "writing outside its worktree: main checkout: a.log".
     go = tmp_path / "go"
-    second = repo / "second.yaml"
-    second.write_text(
-        json.dumps(
-            {
-                "version": 1,
-                "name": "second",
-                "tasks": {"b": {"run": f"while [ ! -e {go} ]; do sleep 0.02; done; echo b > b"}},
-            }
-        )
-    )
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "second workflow")
-    proc, _ = start_run(second, cwd=repo)
+    proc, _ = second_run_waiting(repo, go)
     with ended_after(proc):
-        wait_for(lambda: "second-" in git(repo, "worktree", "list"), what="b to start")
         first = workflow(repo, {"a": {"run": "echo a > a.txt"}})
         with (repo / "a.log").open("w") as log:  # as the shell's `> a.log` gives it
             ran = subprocess.run(
