@@ -139,3 +139,25 @@ def test_a_prompt_value_that_cannot_be_had_says_which_place() -> None:
 def test_a_wrong_prompt_place_is_refused(source: str, wrong: str) -> None:
     with pytest.raises(ValueError, match=re.escape(wrong)):
         template(source)
+
+
+@pytest.mark.parametrize(
+    ("source", "by_name", "probed"),
+    [
+        ("outputs.a.ok and outputs['b'].n > 1", True, set()),
+        ("'c' in outputs and outputs.c.ok", True, {"c"}),
+        ("'d' not in outputs", True, {"d"}),
+        ("len(outputs) > 2", False, set()),  # every task's outputs
+        ("outputs[flags.which].ok", False, set()),
+        ("'e' in outputs.a.tags", True, set()),  # a field's list, not outputs
+        ("outputs", False, set()),
+        ("fast", False, set()),  # reads no outputs at all
+    ],
+)
+def test_an_expression_knows_whether_it_reads_outputs_by_task_name_only(
+    source: str, by_name: bool, probed: set[str]
+) -> None:
+    # So the engine hands it those tasks' outputs, not every task's (a chain of 3000 tasks
+    # each reading the one before took O(tasks) each: 11.1 s against 5.6 s without).
+    expr = parse(source, allow_output=False)
+    assert (expr.by_name, set(expr.probed)) == (by_name, probed)

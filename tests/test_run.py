@@ -262,7 +262,7 @@ def test_exhausted_retries_fail_with_one_report_and_block_dependents(tmp_path: P
     assert "bad (failed after 2 attempts): exit 7" in out
     assert "| it broke" in out
     assert "worse (failed): killed by SIGKILL" in out
-    assert "blocked: after (upstream bad failed), later (upstream bad failed)" in out
+    assert "blocked: after, later (upstream bad failed)\n" in out  # one line a reason
     states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
     assert states == {
         "bad": "failed",
@@ -1475,8 +1475,10 @@ def test_an_env_value_holds_upstream_outputs(tmp_path: Path, cli, monkeypatch) -
                     "AT": "$HOME/${{ outputs.build.n }}",
                     "KEEP": "$${{ github.ref }}",
                     "RAW": "$RAW_TEXT",  # a `${{` in abreast's environment is text
+                    "HAS": "${{ 'build' in outputs }},${{ len(outputs) }}",
                 },
-                "run": 'printf "%s|%s|%s|%s|%s" "$TAG" "$N" "$AT" "$KEEP" "$RAW" > deployed',
+                "run": 'printf "%s|%s|%s|%s|%s|%s" "$TAG" "$N" "$AT" "$KEEP" "$RAW" "$HAS" '
+                "> deployed",
             },
             "missing": {
                 "needs": ["build"],
@@ -1490,7 +1492,7 @@ def test_an_env_value_holds_upstream_outputs(tmp_path: Path, cli, monkeypatch) -
     assert result.code == 1, result.out
     home = os.environ["HOME"]
     assert (tmp_path / "deployed").read_text() == (
-        f"v1.2; rm -rf /|3|{home}/2|${{{{ github.ref }}}}|${{{{ outputs.build.tag }}}}"
+        f"v1.2; rm -rf /|3|{home}/2|${{{{ github.ref }}}}|${{{{ outputs.build.tag }}}}|true,1"
     )
     assert (
         "missing (failed): env.X: ${{ outputs.build.nope }}: outputs.build has no field 'nope' "
@@ -1532,6 +1534,27 @@ def test_files_abreast_writes_beside_an_output_are_never_written_through_a_link(
     assert told.startswith("do it\n\n---\nThis is attempt 2.")
     assert cli("logs", "b", "--prompt", *state).out.startswith("do it\n\n---\nThis is attempt 3.")
     assert json.loads(cli("logs", "b", *state).out) == {"a": {"x": 1}}
+
+
+def test_many_tasks_blocked_by_one_failure_are_said_in_one_line(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # A failure early in a run of thousands printed a line for each task it blocked, and
+    # the summary a line naming all of them ("t1 (upstream t0 failed), t2 (upstream ...").
+    tasks: dict[str, Any] = {"t0": {"run": "exit 1"}, "other": {"run": "exit 2"}}
+    tasks |= {f"t{i}": {"run": "true", "needs": ["t0"]} for i in range(1, 13)}
+    tasks["o2"] = {"run": "true", "needs": ["other"]}
+    result = cli("run", str(workflow(tmp_path, tasks)), "--no-monitor", "--plain")
+    assert result.code == 1
+    lines = result.out.splitlines()
+    said = [line[10:] for line in lines if line.startswith("[") and " blocked " in line]
+    assert sorted(said) == [
+        "blocked   12 tasks: upstream t0 failed (t1, t2, t3, t4, t5 and 7 more)",
+        "blocked   o2: upstream other failed",
+    ]
+    assert (
+        "  blocked: t1, t2, t3, t4, t5, t6, t7, t8, t9, t10 and 2 more (upstream t0 failed)"
+        in lines
+    )
+    assert "  blocked: o2 (upstream other failed)" in lines
 
 
 def test_a_prompt_value_that_is_not_there_fails_the_task_saying_why(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

@@ -26,7 +26,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -639,8 +639,7 @@ class Engine:
             except ValueError as e:  # as it was resumed with --force, say
                 return f"{name} {e}"
             assert template is not None
-            reads = any(x.reads_outputs for x in template.expressions)
-            outputs = self._succeeded_outputs() if reads else {}
+            outputs = self._template_outputs(template)
             try:
                 text = template.render(self.options.flags, outputs)
             except conditions.ConditionError as e:
@@ -660,6 +659,15 @@ class Engine:
                 env[name[4:]] = text
         tr.env = env or None
         return None
+
+    def _template_outputs(self, template: conditions.Template) -> dict[str, Any]:
+        """What a template's places read of the outputs (as `_outputs`, for them all)."""
+        exprs = template.expressions
+        if not any(x.reads_outputs for x in exprs):
+            return {}
+        if all(x.by_name or not x.reads_outputs for x in exprs):
+            return self._succeeded_outputs(frozenset().union(*(x.tasks | x.probed for x in exprs)))
+        return self._succeeded_outputs()
 
     def _no_output(self, read: frozenset[str]) -> str:
         """Why tasks an expression reads have no output, when that is because they were
@@ -682,10 +690,19 @@ class Engine:
     def _outputs(self, expr: conditions.Expression) -> dict[str, Any]:
         """Succeeded tasks' outputs, for `expr`: none when it reads none (a flag test),
         so that a workflow of many conditional tasks does not cost O(tasks) each."""
-        return self._succeeded_outputs() if expr.reads_outputs else {}
+        if not expr.reads_outputs:
+            return {}
+        if expr.by_name:
+            return self._succeeded_outputs(expr.tasks | expr.probed)
+        return self._succeeded_outputs()
 
-    def _succeeded_outputs(self) -> dict[str, Any]:
-        return {tr.id: tr.output or {} for tr in self.tasks if tr.state is TaskState.SUCCEEDED}
+    def _succeeded_outputs(self, only: frozenset[str] | None = None) -> dict[str, Any]:
+        """The outputs of the tasks that succeeded (`only`: of those of these names)."""
+        if only is None:
+            runs: Iterable[TaskRun] = self.tasks
+        else:
+            runs = [tr for name in only if (tr := self.by_id.get(name)) is not None]
+        return {tr.id: tr.output or {} for tr in runs if tr.state is TaskState.SUCCEEDED}
 
     def _new_attempt(self, tr: TaskRun) -> Launch | None:
         tr.attempts += 1

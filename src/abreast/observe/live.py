@@ -13,7 +13,7 @@ from rich.text import Text
 from abreast.engine.engine import Engine, TaskRun, View
 from abreast.engine.states import TaskState
 from abreast.eta import about
-from abreast.observe.plain import clock, retry_when
+from abreast.observe.plain import blocked_said, clock, retry_when
 from abreast.spec.durations import format_duration
 
 _STATE_STYLE = {
@@ -47,6 +47,7 @@ class LiveView(View):
         self._notes: list[str] = []
         self._left: float | None = None
         self._left_at = float("-inf")
+        self._blocked: list[TaskRun] = []  # said together (observe.plain.blocked_said)
 
     def begin(self, engine: Engine) -> None:
         self.engine = engine
@@ -138,6 +139,10 @@ class LiveView(View):
         pass
 
     def finished(self, tr: TaskRun) -> None:
+        if tr.state is TaskState.BLOCKED:
+            self._blocked.append(tr)  # said with the others this wake-up blocks
+            return
+        self._say_blocked()
         if tr.state is not TaskState.SUCCEEDED:
             style = _STATE_STYLE.get(tr.state, "")
             reason = (tr.reason or "").splitlines()[0] if tr.reason else ""
@@ -150,7 +155,17 @@ class LiveView(View):
     def note(self, text: str) -> None:
         self._notes.append(text)
 
+    def _say_blocked(self) -> None:
+        style = _STATE_STYLE.get(TaskState.BLOCKED, "")
+        for line in blocked_said(self._blocked):
+            self.console.print(Text(f"blocked: {line}", style=style))
+        self._blocked = []
+
+    def idle(self) -> None:
+        self._say_blocked()
+
     def end(self) -> None:
+        self._say_blocked()
         if self._live:
             self._live.refresh()
             self._live.stop()

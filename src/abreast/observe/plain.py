@@ -9,6 +9,26 @@ from abreast.engine.engine import Engine, TaskRun, View
 from abreast.engine.states import TaskState
 from abreast.spec.durations import format_duration
 
+# Blocked tasks named a line each up to this many for one reason; more share one line.
+BLOCKED_EACH = 5
+
+
+def blocked_said(blocked: list[TaskRun]) -> list[str]:
+    """What to say of tasks just blocked: a line each (`api: upstream db failed`), or,
+    when many share a reason (a failure early in a run of thousands), one line for them
+    all (`2999 tasks: upstream t0 failed (t1, t2, t3, t4, t5 and 2994 more)`)."""
+    by_reason: dict[str, list[str]] = {}
+    for tr in sorted(blocked, key=lambda tr: tr.v):  # in the file's order
+        by_reason.setdefault(tr.reason or "", []).append(tr.id)
+    lines = []
+    for reason, ids in by_reason.items():
+        if len(ids) <= BLOCKED_EACH:
+            lines += [f"{tid}: {reason}" if reason else tid for tid in ids]
+            continue
+        named = ", ".join(ids[:BLOCKED_EACH]) + f" and {len(ids) - BLOCKED_EACH} more"
+        lines.append(f"{len(ids)} tasks: {reason} ({named})")
+    return lines
+
 
 def retry_when(delay_s: float) -> str:
     """`now` (a gate or conflict sends a task straight back) or `in 1.5s`."""
@@ -25,18 +45,32 @@ class PlainView(View):
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out or sys.stdout
         self.engine: Engine | None = None
+        self._blocked: list[TaskRun] = []  # said together, by reason (see _say_blocked)
 
     def begin(self, engine: Engine) -> None:
         self.engine = engine
 
     def _line(self, text: str) -> None:
+        if self._blocked:
+            self._say_blocked()
+        self._write(text)
+
+    def _write(self, text: str) -> None:
         t = self.engine.elapsed() if self.engine else 0.0
         self.out.write(f"[{clock(t)}] {text}\n")
+
+    def _say_blocked(self) -> None:
+        for line in blocked_said(self._blocked):
+            self._write(f"blocked   {line}")
+        self._blocked = []
 
     def started(self, tr: TaskRun) -> None:
         self._line(f"start   {tr.id} (attempt {tr.attempts})")
 
     def finished(self, tr: TaskRun) -> None:
+        if tr.state is TaskState.BLOCKED:
+            self._blocked.append(tr)  # said once this wake-up's others are known
+            return
         detail = ""
         if tr.state is not TaskState.SUCCEEDED and tr.reason:
             detail = ": " + tr.reason.splitlines()[0]
@@ -53,7 +87,11 @@ class PlainView(View):
     def idle(self) -> None:
         # Once per wake-up, not per line: a pipe (CI's log, `| tee`) is block-buffered,
         # and would otherwise show nothing until the run ends.
+        if self._blocked:
+            self._say_blocked()
         self.out.flush()
 
     def end(self) -> None:
+        if self._blocked:
+            self._say_blocked()
         self.out.flush()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import TextIO
+from collections.abc import Sequence
+from typing import Any, TextIO
 
 from abreast.engine.engine import RunOutcome
 from abreast.engine.states import TaskState
@@ -91,7 +92,7 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
             w(github_error(named(alike), f.state, f.attempt, f.reason))
     blocked = [t for t in outcome.tasks if t.state is TaskState.BLOCKED]
     if blocked:
-        w("\n  blocked: " + ", ".join(f"{t.id} ({t.reason})" for t in blocked) + "\n")
+        w("\n" + "".join(f"  blocked: {line}\n" for line in blocked_lines(blocked)))
     if n and outcome.state == "failed":
         w(f"\n  {retry_hint(outcome.run_id, n)}\n")
     elif n:  # cancelled: a resume carries it on, and can take the failures up too
@@ -99,6 +100,19 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
             f"\n  carry on: abreast resume {outcome.run_id} (with --retry-failed, what "
             "failed runs again too)\n"
         )
+
+
+def blocked_lines(blocked: Sequence[Any], most: int = 10) -> list[str]:
+    """The blocked tasks, a line for each reason (`upstream t0 failed`) naming at most
+    `most` of them: a failure early in a run of thousands blocks thousands."""
+    by_reason: dict[str, list[str]] = {}
+    for t in blocked:
+        by_reason.setdefault(t.reason or "", []).append(t.id)
+    lines = []
+    for reason, ids in by_reason.items():
+        named = ", ".join(ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
+        lines.append(f"{named} ({reason})" if reason else named)
+    return lines
 
 
 def on_github_actions() -> bool:

@@ -126,6 +126,11 @@ class Expression:
     tasks: frozenset[str]  # tasks whose outputs it reads by name
     reads_own_output: bool
     reads_outputs: bool = True  # False: `outputs` appears nowhere, any outputs will do
+    # True: `outputs` is read only by task name (`outputs.a`, `outputs["a"]`, `"a" in
+    # outputs`), so the outputs of `tasks` and `probed` are all it needs (not every task's:
+    # a long chain of tasks each reading the one before cost O(tasks) each).
+    by_name: bool = False
+    probed: frozenset[str] = frozenset()  # names tested with `in outputs`
 
     def evaluate(
         self,
@@ -222,6 +227,7 @@ def parse(source: str, *, allow_output: bool) -> Expression:
             continue
         if node.id != "flags":
             flags.add(node.id)
+    by_name, probed = _named_reads(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             if node.value.id == "outputs":
@@ -238,7 +244,50 @@ def parse(source: str, *, allow_output: bool) -> Expression:
                 tasks.add(node.slice.value)
             elif node.value.id == "flags":
                 flags.add(node.slice.value)
-    return Expression(source.strip(), frozenset(flags), frozenset(tasks), own, reads_outputs)
+    return Expression(
+        source.strip(),
+        frozenset(flags),
+        frozenset(tasks),
+        own,
+        reads_outputs,
+        by_name and reads_outputs,
+        frozenset(probed),
+    )
+
+
+def _named_reads(tree: ast.AST) -> tuple[bool, set[str]]:
+    """Whether every read of `outputs` in `tree` names its task (an attribute, a string
+    subscript, or a string tested `in` it), and the names so tested."""
+    parent: dict[ast.AST, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parent[child] = node
+    probed: set[str] = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Name) and node.id == "outputs"):
+            continue
+        up = parent.get(node)
+        if isinstance(up, ast.Attribute) and up.value is node:
+            continue
+        if (
+            isinstance(up, ast.Subscript)
+            and up.value is node
+            and isinstance(up.slice, ast.Constant)
+            and isinstance(up.slice.value, str)
+        ):
+            continue
+        if (
+            isinstance(up, ast.Compare)
+            and len(up.ops) == 1
+            and isinstance(up.ops[0], ast.In | ast.NotIn)
+            and up.comparators[0] is node
+            and isinstance(up.left, ast.Constant)
+            and isinstance(up.left.value, str)
+        ):
+            probed.add(up.left.value)
+            continue
+        return False, set()
+    return True, probed
 
 
 # `$${{` (the characters themselves), or `${{ EXPRESSION }}`.
