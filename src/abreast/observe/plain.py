@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 from abreast.engine.engine import Engine, TaskRun, View
 from abreast.engine.states import TaskState
@@ -13,15 +14,20 @@ from abreast.spec.durations import format_duration
 BLOCKED_EACH = 5
 
 
+def by_reason(tasks: Iterable[Any]) -> dict[str, list[str]]:
+    """The ids of `tasks` (anything with `id` and `reason`), by reason, in their order."""
+    out: dict[str, list[str]] = {}
+    for t in tasks:
+        out.setdefault(t.reason or "", []).append(t.id)
+    return out
+
+
 def blocked_said(blocked: list[TaskRun]) -> list[str]:
     """What to say of tasks just blocked: a line each (`api: upstream db failed`), or,
     when many share a reason (a failure early in a run of thousands), one line for them
     all (`2999 tasks: upstream t0 failed (t1, t2, t3, t4, t5 and 2994 more)`)."""
-    by_reason: dict[str, list[str]] = {}
-    for tr in sorted(blocked, key=lambda tr: tr.v):  # in the file's order
-        by_reason.setdefault(tr.reason or "", []).append(tr.id)
     lines = []
-    for reason, ids in by_reason.items():
+    for reason, ids in by_reason(sorted(blocked, key=lambda tr: tr.v)).items():
         if len(ids) <= BLOCKED_EACH:
             lines += [f"{tid}: {reason}" if reason else tid for tid in ids]
             continue

@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from abreast.engine.engine import RunOutcome
 from abreast.engine.states import TaskState
+from abreast.observe.plain import by_reason
 from abreast.observe.rundata import (
     FailureView,
     carry_on_hint,
@@ -105,11 +106,8 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
 def blocked_lines(blocked: Sequence[Any], most: int = 10) -> list[str]:
     """The blocked tasks, a line for each reason (`upstream t0 failed`) naming at most
     `most` of them: a failure early in a run of thousands blocks thousands."""
-    by_reason: dict[str, list[str]] = {}
-    for t in blocked:
-        by_reason.setdefault(t.reason or "", []).append(t.id)
     lines = []
-    for reason, ids in by_reason.items():
+    for reason, ids in by_reason(blocked).items():
         named = ", ".join(ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
         lines.append(f"{named} ({reason})" if reason else named)
     return lines
