@@ -375,18 +375,16 @@ class Engine:
         return time.monotonic() - self._t0
 
     def _skipped_by_flags(self) -> frozenset[int]:
-        """The tasks whose `when:` reads only flags and is false: sure to be skipped."""
-        out = set()
-        for tr in self.tasks:
-            if tr.task.when is None:
-                continue
-            expr = self._condition(tr.task.when, allow_output=False)
-            if expr.reads_outputs:
-                continue
-            with contextlib.suppress(conditions.ConditionError):
-                if not expr.evaluate(self.options.flags, {}):
-                    out.add(tr.v)
-        return frozenset(out)
+        """The tasks whose `when:` reads only flags and is false: sure to be skipped (as
+        the planner decides them)."""
+        from abreast.errors import SpecError
+        from abreast.plan.analysis import skip_decisions
+
+        try:
+            skipped, _ = skip_decisions(self.wf, self.options.flags)
+        except SpecError:  # a `when:` that fails under the flags: the run says so itself
+            return frozenset()
+        return frozenset(v for v, skip in enumerate(skipped) if skip)
 
     def time_left(self) -> float | None:
         """About how long the run has left, by its tasks' estimates (given in the file or
@@ -639,7 +637,7 @@ class Engine:
             except ValueError as e:  # as it was resumed with --force, say
                 return f"{name} {e}"
             assert template is not None
-            outputs = self._template_outputs(template)
+            outputs = self._outputs_read(template.expressions)
             try:
                 text = template.render(self.options.flags, outputs)
             except conditions.ConditionError as e:
@@ -659,15 +657,6 @@ class Engine:
                 env[name[4:]] = text
         tr.env = env or None
         return None
-
-    def _template_outputs(self, template: conditions.Template) -> dict[str, Any]:
-        """What a template's places read of the outputs (as `_outputs`, for them all)."""
-        exprs = template.expressions
-        if not any(x.reads_outputs for x in exprs):
-            return {}
-        if all(x.by_name or not x.reads_outputs for x in exprs):
-            return self._succeeded_outputs(frozenset().union(*(x.tasks | x.probed for x in exprs)))
-        return self._succeeded_outputs()
 
     def _no_output(self, read: frozenset[str]) -> str:
         """Why tasks an expression reads have no output, when that is because they were
@@ -690,10 +679,18 @@ class Engine:
     def _outputs(self, expr: conditions.Expression) -> dict[str, Any]:
         """Succeeded tasks' outputs, for `expr`: none when it reads none (a flag test),
         so that a workflow of many conditional tasks does not cost O(tasks) each."""
-        if not expr.reads_outputs:
+        return self._outputs_read([expr])
+
+    def _outputs_read(self, exprs: list[conditions.Expression]) -> dict[str, Any]:
+        """The succeeded tasks' outputs that `exprs` read: none when none reads outputs,
+        only the named tasks' when each reads them by name, else every task's."""
+        reading = [x for x in exprs if x.reads_outputs]
+        if not reading:
             return {}
-        if expr.by_name:
-            return self._succeeded_outputs(expr.tasks | expr.probed)
+        if all(x.by_name for x in reading):
+            return self._succeeded_outputs(
+                frozenset().union(*(x.tasks | x.probed for x in reading))
+            )
         return self._succeeded_outputs()
 
     def _succeeded_outputs(self, only: frozenset[str] | None = None) -> dict[str, Any]:

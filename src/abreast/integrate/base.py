@@ -10,11 +10,12 @@ queue.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+
+from abreast.spec.conditions import PLACE
 
 
 class Outcome(StrEnum):
@@ -60,13 +61,10 @@ def task_summary(description: str | None, prompt: str | None) -> str | None:
     for text in (description, prompt):
         line = next((x.strip() for x in (text or "").splitlines() if x.strip()), "")
         if text is prompt:
-            line = _PLACE.sub("…", line).replace("$${{", "${{")
+            line = PLACE.sub(lambda m: "${{" if m[1] is None else "…", line)
         if line:
             return " ".join(line.split())
     return None
-
-
-_PLACE = re.compile(r"(?<!\$)\$\{\{.*?\}\}")
 
 
 # How the reason of an attempt sent back for writing a key's value into its work begins

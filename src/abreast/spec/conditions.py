@@ -291,7 +291,7 @@ def _named_reads(tree: ast.AST) -> tuple[bool, set[str]]:
 
 
 # `$${{` (the characters themselves), or `${{ EXPRESSION }}`.
-_PLACE = re.compile(r"\$\$\{\{|\$\{\{(.*?)\}\}", re.DOTALL)
+PLACE = re.compile(r"\$\$\{\{|\$\{\{(.*?)\}\}", re.DOTALL)
 TEMPLATE_ESCAPE_HINT = "to keep the characters `${{` in a prompt, write `$${{`"
 
 
@@ -339,7 +339,7 @@ def template(source: str) -> Template | None:
     parts: list[str | Expression] = []
     text: list[str] = []
     at = 0
-    for m in [*_PLACE.finditer(source), None]:
+    for m in [*PLACE.finditer(source), None]:
         between = source[at : len(source) if m is None else m.start()]
         if "${{" in between:
             start = at + between.index("${{")

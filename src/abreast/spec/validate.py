@@ -81,8 +81,6 @@ AGENT_EXAMPLES = {
 }
 
 
-# A `${{ EXPRESSION }}` place (`spec.conditions`), as written in a command by mistake.
-_PLACE = re.compile(r"(?<!\$)\$\{\{(.*?)\}\}", re.DOTALL)
 # How other tools' command templates name the prompt; abreast's is an environment variable.
 _PLACEHOLDER = re.compile(r"\{\{\s*prompt\s*\}\}|\{prompt\}|\$\{?PROMPT\b\}?", re.IGNORECASE)
 
@@ -598,7 +596,9 @@ class _Validator:
         writes, `${{ github.ref }}`) is the command's own."""
         if "${{" not in run:
             return
-        for m in _PLACE.finditer(run):
+        for m in conditions.PLACE.finditer(run):
+            if m[1] is None:  # `$${{`: the characters themselves
+                continue
             inner = m[1].strip()
             head = re.match(r"[A-Za-z_][A-Za-z0-9_]*", inner)
             if head is None or not (head[0] in ("outputs", "flags") or head[0] in wf.flags):
