@@ -19,7 +19,7 @@ from abreast.executor.remote import KILL, TERM, request_kill, run_attempt, write
 from tests.helpers import wait_for
 
 # A task that outlives TERM: its shell notes each TERM and goes on; its sleeps die of it.
-STUBBORN = "trap 'echo term >> terms' TERM; touch started; while :; do sleep 0.2; done"
+STUBBORN = "trap 'echo term >> terms' TERM; touch started; while :; do sleep 0.2 || :; done"
 
 
 def _launch(d: Path, run_id: str, command: str) -> Launch:

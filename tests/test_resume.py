@@ -233,7 +233,7 @@ def slow_to_stop_after_a_crash(t: Path) -> tuple[str, str, list[str]]:
             "slow": {
                 "run": f'echo x >> {t}/runs; [ "$ABREAST_ATTEMPT" = 1 ] || exit 0; '
                 f"trap 'touch {t}/termed' TERM; touch {t}/started; "
-                "while :; do sleep 0.05; done"
+                "while :; do sleep 0.05 || :; done"
             }
         },
     )

@@ -240,6 +240,26 @@ def test_a_command_not_found_is_said_so(tmp_path: Path, cli) -> None:  # type: i
     assert "claude-not-installed: not found" in result.out  # the shell's own words, from the log
 
 
+def test_a_command_of_several_lines_stops_at_the_first_that_fails(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """As a CI step's script: `pytest` then `echo done` is a failure when the tests fail,
+    not a success because the last line was; a line allowed to fail says so (`|| true`)."""
+    path = workflow(
+        tmp_path,
+        {
+            "tests": {"run": "echo collecting\nexit_3() { return 3; }\nexit_3\ntouch after.txt"},
+            "lenient": {"run": "grep -q absent /dev/null || true\ntouch lenient.txt"},
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 1, result.out
+    assert "tests (failed): exit 3" in result.out
+    assert "| collecting" in result.out
+    assert not (tmp_path / "after.txt").exists()
+    assert (tmp_path / "lenient.txt").exists()
+    states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
+    assert states == {"tests": "failed", "lenient": "succeeded"}
+
+
 def test_exhausted_retries_fail_with_one_report_and_block_dependents(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     path = workflow(
         tmp_path,
@@ -1241,8 +1261,8 @@ def test_a_signal_the_task_does_not_declare_is_refused(tmp_path: Path) -> None:
     path = workflow(
         tmp_path,
         {
-            "auth": {"run": "abreast signal raedy; echo status $?", "signals": ["ready"]},
-            "other": {"run": "abreast signal ready; echo status $?"},
+            "auth": {"run": "abreast signal raedy || echo status $?", "signals": ["ready"]},
+            "other": {"run": "abreast signal ready || echo status $?"},
         },
     )
     result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)

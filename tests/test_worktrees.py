@@ -206,7 +206,7 @@ def test_a_flaky_check_is_run_again_not_the_agent_and_said(repo: Path, tmp_path:
     always = workflow(
         repo,
         {"b": {"run": "echo B > b.txt", "retries": 0}},
-        checks=[{"name": "tests", "run": "echo 'test_y FAILED'; exit 1", "retries": 1}],
+        checks=[{"name": "tests", "run": "echo 'test_y FAILED'\nfalse\necho ok", "retries": 1}],
     )
     code, out, _ = run(repo, always)
     assert code == 1, out
@@ -2082,7 +2082,7 @@ def test_a_run_started_from_a_git_hook_works_in_its_worktrees_not_the_hooks_repo
     # A hook's environment names the repository (GIT_DIR, GIT_WORK_TREE, GIT_INDEX_FILE):
     # abreast's own git and the tasks' went by it instead of by each worktree, so a task's
     # `git add` staged into your index and its work was lost ("0 files"), the run green.
-    task = "echo b > b.txt && git add b.txt && env | grep '^GIT_[DIW]' > seen.txt; true"
+    task = "echo b > b.txt && git add b.txt && env | grep '^GIT_[DIW]' > seen.txt || true"
     path = workflow(repo, {"a": {"run": task}})
     before = user_state(repo)
     hook_env = {"GIT_DIR": str(repo / ".git"), "GIT_WORK_TREE": str(repo)}
@@ -2622,13 +2622,13 @@ def test_an_attempt_that_leaves_a_rebase_or_conflicts_half_done_is_sent_back(
             "rebase": {
                 "run": 'if [ "$ABREAST_ATTEMPT" = 1 ]; then '
                 + conflicting
-                + "git rebase side-1; fi; git status > status.txt; true",
+                + "git rebase side-1 || :; fi; git status > status.txt",
                 "retries": 1,
                 "backoff": {"initial": "0s"},
             },
             "pop": {
                 "run": "echo mine > README.md && git stash -q && echo theirs > README.md && "
-                "git commit -qam theirs && git stash pop; true"
+                "git commit -qam theirs && git stash pop || true"
             },
         },
         max_parallel=1,

@@ -4,9 +4,13 @@
 SHELL = "/bin/sh"
 # $1 workdir, $2 exits file, $3 command, $4 log, $5 TASK.ATTEMPT. Names start with
 # __abreast_ to stay out of the way. 126: the log could not be opened; 127: no directory.
+# The command runs with `set -e`: one of several lines that fails ends it with its status,
+# as a CI step's script does (`false` then `echo ok` is a failure, not a success). The
+# trap's `|| :`: an exits file it cannot write (a task removed .abreast) must not turn
+# the status into 2 under -e; the run reads the status from the process then.
 WRAPPER = (
     'exec >"$4" 2>&1 </dev/null || exit 126; cd -- "$1" || exit 127; '
     "__abreast_exits=$2; __abreast_cmd=$3; __abreast_key=$5; shift 5; "
-    'trap \'echo "$__abreast_key $?" >> "$__abreast_exits"\' EXIT; '
-    'eval "$__abreast_cmd"'
+    'trap \'echo "$__abreast_key $?" >> "$__abreast_exits" || :\' EXIT; '
+    'set -e; eval "$__abreast_cmd"'
 )

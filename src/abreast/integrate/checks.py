@@ -178,7 +178,7 @@ async def _run_one(
     with open(log, "wb") as out:
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh",
-            "-c",
+            "-ec",  # as a task's command: the first line that fails ends it
             check.run,
             cwd=cwd,
             env=dict(env),
