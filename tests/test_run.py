@@ -260,6 +260,78 @@ def test_a_command_of_several_lines_stops_at_the_first_that_fails(tmp_path: Path
     assert states == {"tests": "failed", "lenient": "succeeded"}
 
 
+def test_tasks_given_to_bash_have_its_words_and_a_pipeline_fails_with_any_command(
+    tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "env.sh").write_text("X=from-env\n")
+    path = workflow(
+        tmp_path,
+        {
+            "words": {
+                "run": 'arr=(a b); [[ ${#arr[@]} == 2 ]] && source ./env.sh && echo "$X" > x.txt'
+            },
+            "piped": {"run": "false | cat"},
+            "sh": {"run": "false | cat; touch sh.txt", "shell": "sh"},  # a pipeline: cat's status
+        },
+        defaults={"shell": "bash"},
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert (tmp_path / "x.txt").read_text() == "from-env\n", result.out
+    assert (tmp_path / "sh.txt").exists()
+    states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
+    assert states == {"words": "succeeded", "piped": "failed", "sh": "succeeded"}
+
+
+def test_bash_words_given_to_sh_are_noted_before_the_run_and_said_with_the_failure(
+    tmp_path: Path,
+) -> None:
+    probe = subprocess.run(["/bin/sh", "-c", "[[ 1 ]]"], capture_output=True, check=False)
+    if probe.returncode == 0:
+        pytest.skip("/bin/sh here is bash, which has them")
+    # In dash `if [[ ... ]]` is quietly false ("[[: not found", and the task succeeds
+    # having done nothing); `source` fails as a command not found.
+    (tmp_path / "env.sh").write_text("X=1\n")
+    path = workflow(
+        tmp_path,
+        {
+            "cond": {"run": "if [[ -e env.sh ]]; then touch seen.txt; fi"},
+            "env": {"run": "echo start\nsource ./env.sh"},
+            "fine": {"run": "echo '[[ source' # source", "shell": "sh"},
+        },
+    )
+    said = "note: /bin/sh here has no `[[` (a word of bash), and task cond uses it: write `[ ... ]`"
+    dry = run_abreast("run", str(path), "--dry-run", cwd=tmp_path)
+    assert said in dry.err, dry.err
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 1
+    assert said in result.err and "instead, or give it to bash (`shell: bash` on it" in result.err
+    assert "no `source` (a word of bash), and task env uses it: write `. FILE`" in result.err
+    assert result.err.count("note: /bin/sh here") == 2  # nothing of `fine`'s quoted words
+    assert "is not on PATH" not in result.err  # not a program to install
+    failure = result.out[result.out.index("env (failed): exit 127") :]
+    assert failure.splitlines()[1] == (
+        "    /bin/sh here has no `source` (a word of bash): write `. FILE` instead, or give "
+        "the command to bash (`shell: bash` on it, or in `defaults` for every task and check)"
+    )
+
+
+def test_a_run_given_to_a_shell_that_is_not_installed_is_refused_before_it_starts(
+    tmp_path: Path,
+) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    path = workflow(tmp_path, {"a": {"run": "true"}, "b": {"run": "true", "shell": "bash"}})
+    result = run_abreast("run", str(path), cwd=tmp_path, env={**os.environ, "PATH": str(empty)})
+    assert result.code == 2, result.out + result.err
+    assert "error: task b is given to bash (`shell: bash`), and there is no bash on PATH" in (
+        result.err
+    )
+    assert "hint: install it, or leave out `shell:` for /bin/sh" in result.err
+    assert "run: " not in result.out
+    db = tmp_path / ".abreast" / "state.db"
+    assert not db.exists() or journal(tmp_path, "SELECT count(*) FROM runs") == [(0,)]
+
+
 def test_exhausted_retries_fail_with_one_report_and_block_dependents(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     path = workflow(
         tmp_path,

@@ -214,6 +214,24 @@ def test_a_flaky_check_is_run_again_not_the_agent_and_said(repo: Path, tmp_path:
     assert "flaky?" not in out
 
 
+def test_checks_are_given_to_the_shell_of_defaults_unless_they_name_their_own(
+    repo: Path,
+) -> None:
+    path = workflow(
+        repo,
+        {"a": {"run": "echo A > a.txt", "shell": "sh"}},
+        defaults={"shell": "bash"},
+        checks=[
+            {"name": "sh", "run": "false | cat", "shell": "sh"},  # green: cat's status
+            {"name": "bash", "run": "[[ -f a.txt ]] && false | cat"},  # red: pipefail
+        ],
+    )
+    code, out, _ = run(repo, path)
+    assert code == 1, out
+    assert "check `bash` failed (exit 1)" in out
+    assert "check `sh` failed" not in out
+
+
 def test_red_check_sends_back_and_exhausted_retries_keep_the_branch(repo: Path) -> None:
     path = workflow(
         repo,
@@ -2199,6 +2217,23 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
         repo / ".abreast" / "state.db", "SELECT reason FROM attempts WHERE task_id = 'a'"
     )
     assert "agents/a.sh is in your checkout but not committed" in journaled[0][0]
+
+
+def test_bash_words_are_those_a_command_starts_with() -> None:
+    from abreast.spec.commands import bash_words
+
+    assert bash_words('if [[ -n "$X" ]]; then source a.sh; fi') == {"[[", "source"}
+    assert bash_words("echo a # c\n  X=1 pushd d || popd") == {"pushd", "popd"}
+    assert bash_words("f() { declare x=1; }\nfunction g { let y=2; }") == {
+        "declare",
+        "function",
+        "let",
+    }
+    # Words that are not commands: arguments, quoted, commented, a here-document's lines.
+    assert bash_words("echo source '[[' \"a; source b\" # source c") == set()
+    assert bash_words("cat <<-'EOF' > f\n\tsource this\n\tEOF\nls") == set()
+    assert bash_words("cat <<EOF\nsource x\nEOF\nsource y") == {"source"}
+    assert bash_words("echo 'unclosed; source x") == set()
 
 
 def test_command_paths_are_the_words_a_command_may_need_from_its_directory() -> None:

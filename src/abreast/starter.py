@@ -16,6 +16,7 @@ defaults:
   timeout: 30m
   retries: 1                 # extra attempts after a failure, a conflict or a red check
 #   ports: 1                 # a free TCP port per attempt in $ABREAST_PORT (for servers)
+#   shell: bash              # run commands with bash -e -o pipefail (default: /bin/sh -e)
 
 # agents:
 #   claude:

@@ -791,7 +791,7 @@ class Engine:
             with os.fdopen(create_new(path), "w", encoding="utf-8") as f:
                 json.dump(inputs, f)
             env["ABREAST_INPUTS"] = path
-        return Launch(self.run_id, tr.id, n, command, cwd, env, log, self._exits)
+        return Launch(self.run_id, tr.id, n, command, cwd, env, log, self._exits, task.shell)
 
     def _shim_first(self, path: str) -> str:
         """PATH with the directory of the `abreast` tasks call first, when the run's
@@ -1012,6 +1012,7 @@ class Engine:
         that is beside the workflow file rather than at the root, where commands run; a
         script it runs saved with Windows line endings."""
         from abreast.spec.commands import (
+            bash_words,
             beside_text,
             beside_workflow,
             command_paths,
@@ -1025,6 +1026,14 @@ class Engine:
         script = crlf_script(Path(launch.cwd), launch.command)
         if script is not None:
             hints.append(crlf_text(script))
+        if launch.shell == "sh":  # `source` "not found", `[[` quietly false in an `if`
+            from abreast.engine.preflight import bash_word_fix, lacking
+
+            for word in lacking(tuple(sorted(bash_words(launch.command)))):
+                hints.append(
+                    f"/bin/sh here has no `{word}` (a word of bash): "
+                    + bash_word_fix(word, "the command")
+                )
         if self.wf.source is not None:
             paths = command_paths(launch.command)
             found = beside_workflow(Path(self._root), Path(self.wf.source).parent, paths)

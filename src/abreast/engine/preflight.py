@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from abreast.spec.commands import (
+    BASH_WORDS,
+    bash_words,
     beside_text,
     beside_workflow,
     command_paths,
@@ -49,7 +51,7 @@ def command_notes(
     out = [] if committed is None else _unseen(users, wf, *committed)
     if misplaced:
         out += _misplaced(root, wf, users)
-    return out + _not_on_path(wf) + _crlf(root, commands)
+    return out + _not_on_path(wf) + _not_in_sh(wf) + _crlf(root, commands)
 
 
 def _command_users(commands: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -128,7 +130,7 @@ def _not_on_path(wf: Workflow) -> list[str]:
         if command not in firsts:
             firsts[command] = first_word(command)
         word = firsts[command]
-        if not word or word in SHELL_OWN or "/" in word:
+        if not word or word in SHELL_OWN or word in BASH_WORDS or "/" in word:
             continue
         if (word, path) not in found:
             found[word, path] = shutil.which(word, path=path) is not None
@@ -140,6 +142,80 @@ def _not_on_path(wf: Workflow) -> list[str]:
         " (a task's `env:`), unless a task installs it first"
         for word, who in missing.items()
     ]
+
+
+def _shells(wf: Workflow) -> list[tuple[str, str, str]]:
+    """(command, shell, who) of each task and check."""
+    runs: list[tuple[str, str, str]] = [
+        (_task_run(wf, t)[0], t.shell, f"task {tid}") for tid, t in wf.tasks.items()
+    ]
+    return runs + [(c.run, c.shell or "sh", f"check `{c.name or c.run}`") for c in wf.checks]
+
+
+def _not_in_sh(wf: Workflow) -> list[str]:
+    """bash's words (`[[`, `source`, ...) that commands given to /bin/sh start a command
+    with and that /bin/sh here does not have (Debian's dash): each fails as "not found",
+    and in an `if` quietly counts as false."""
+    users: dict[str, list[str]] = {}
+    for command, shell, name in _shells(wf):
+        if shell == "sh":
+            for word in bash_words(command):
+                users.setdefault(word, []).append(name)
+    if not users:
+        return []
+    notes = []
+    for word in lacking(tuple(sorted(users))):
+        who = users[word]
+        notes.append(
+            f"note: /bin/sh here has no `{word}` (a word of bash), and {_listed(who)} "
+            f"use{'s' if len(who) == 1 else ''} it: "
+            + bash_word_fix(word, "it" if len(who) == 1 else "them")
+        )
+    return notes
+
+
+def bash_word_fix(word: str, them: str) -> str:
+    """What to do about `word` of BASH_WORDS in a command given to a /bin/sh without it."""
+    instead = f"write {BASH_WORDS[word]} instead, or give" if BASH_WORDS[word] else "give"
+    return (
+        f"{instead} {them} to bash (`shell: bash` on it, or in `defaults` for every task and check)"
+    )
+
+
+def lacking(words: tuple[str, ...]) -> list[str]:
+    """Those of `words` that /bin/sh here neither has nor finds on PATH."""
+    import subprocess
+
+    script = 'for w do type "$w" >/dev/null 2>&1 || echo "$w"; done'
+    try:
+        found = subprocess.run(
+            ["/bin/sh", "-c", script, "sh", *words],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [w for w in found.stdout.split() if w in words]
+
+
+def missing_shell(wf: Workflow) -> str | None:
+    """Why the run cannot start when a task or check is given to a shell not installed
+    here (`shell: bash` where there is no bash); None when each is."""
+    from abreast.executor.local import shell_path
+
+    wanted: dict[str, list[str]] = {}
+    for _command, shell, name in _shells(wf):
+        wanted.setdefault(shell, []).append(name)
+    for shell, who in wanted.items():
+        if shell_path(shell) is None:
+            return (
+                f"{_listed(who)} {'is' if len(who) == 1 else 'are'} given to {shell} "
+                f"(`shell: {shell}`), and there is no {shell} on PATH here"
+            )
+    return None
 
 
 def _crlf(root: Path, commands: dict[str, list[str]]) -> list[str]:

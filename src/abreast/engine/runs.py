@@ -168,6 +168,9 @@ def dry_run(req: RunRequest, out: Any) -> int:
             out.write(f"(without an `estimate:`, {each}: {names})\n")
     for line in _dry_run_notes(p):
         _note(line)
+    no_shell = preflight.missing_shell(p.wf)
+    if no_shell:
+        _note(f"note: a run would be refused: {no_shell}")
     return 0
 
 
@@ -594,6 +597,9 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
             "directly, side by side (isolation: none); `git init` there gives each task "
             "a worktree of its own, or set `isolation: none` to say this is meant"
         )
+    no_shell = preflight.missing_shell(p.wf)
+    if no_shell:
+        raise UsageError(no_shell, hint="install it, or leave out `shell:` for /bin/sh")
     base_commit = _base_commit(p, kind, _note, land=req.land)
     for (x, y), via in p.analysis.overlap_via.items():
         _note(f"note: {x} and {y} never run side by side: {nesting_hint(via)}")

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import resource
+import shutil
 import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -38,7 +40,7 @@ from abreast.executor.process import (
     start_ticks_between,
     trees_stats,
 )
-from abreast.executor.wrapper import SHELL, WRAPPER
+from abreast.executor.wrapper import SHELLS, WRAPPERS
 
 _HAS_PIDFD = hasattr(os, "pidfd_open")
 # Ignored signals are inherited through exec, and a shell cannot undo an ignore it inherits:
@@ -59,6 +61,7 @@ class Launch:
     env: Mapping[str, str]
     log: str
     exits_file: str  # the run's append-only record of how attempts ended
+    shell: str = "sh"  # the task's `shell:`, a key of wrapper.SHELLS
 
 
 @dataclass(frozen=True)
@@ -289,16 +292,31 @@ def keep_inherited_fds_from_tasks() -> None:
                 pass
 
 
+@functools.cache
+def shell_path(shell: str) -> str | None:
+    """Where the program of `shell:` (a key of wrapper.SHELLS) is here; None when it is
+    not installed."""
+    program = SHELLS[shell][0]
+    return program if "/" in program else shutil.which(program)
+
+
+def shell_program(shell: str) -> str:
+    """The program to start for `shell:`; its bare name when it is not found (starting it
+    then fails as a command that cannot run: a run checks before it starts)."""
+    return shell_path(shell) or SHELLS[shell][0]
+
+
 def spawn(launch: Launch) -> tuple[int, int | None]:
     """Start the attempt's wrapper in a session of its own: (pid, start ticks)."""
     keep_inherited_fds_from_tasks()
+    program = shell_program(launch.shell)
     before = boot_ticks()
     pid = os.posix_spawn(
-        SHELL,
+        program,
         [
-            SHELL,
+            program,
             "-c",
-            WRAPPER,
+            WRAPPERS[launch.shell],
             "abreast-task",
             launch.cwd,
             launch.exits_file,

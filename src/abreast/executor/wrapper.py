@@ -14,3 +14,10 @@ WRAPPER = (
     'trap \'echo "$__abreast_key $?" >> "$__abreast_exits" || :\' EXIT; '
     'set -e; eval "$__abreast_cmd"'
 )
+
+# What each `shell:` of the workflow runs a command with: the program (a bare name is
+# looked up on PATH where the command starts), the options a check's command is given,
+# and the wrapper an attempt starts as. bash's pipefail: `pytest | tee log` fails when
+# pytest does (dash, Debian's /bin/sh, has no pipefail).
+SHELLS = {"sh": (SHELL, ("-e",)), "bash": ("bash", ("-e", "-o", "pipefail"))}
+WRAPPERS = {"sh": WRAPPER, "bash": WRAPPER.replace("set -e;", "set -eo pipefail;")}

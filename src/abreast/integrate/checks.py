@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from abreast.coord.backend import Lease
+from abreast.executor.local import shell_program
 from abreast.executor.logs import log_limit_passed, log_size, log_tail, scrub_secrets
 from abreast.executor.process import describe_status, kill_tree, leases_env
+from abreast.executor.wrapper import SHELLS
 from abreast.spec.model import Check
 
 
@@ -176,9 +178,11 @@ async def _run_one(
     """Run one check to its end: (exit code, signal, why abreast ended it or None)."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
+        shell = check.shell or "sh"
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-ec",  # as a task's command: the first line that fails ends it
+            shell_program(shell),
+            *SHELLS[shell][1],  # as a task's command: the first line that fails ends it
+            "-c",
             check.run,
             cwd=cwd,
             env=dict(env),

@@ -42,6 +42,68 @@ def _words(command: str) -> Iterable[str]:
     return lex
 
 
+# Words of bash (and ksh) that a POSIX /bin/sh need not have (Debian's dash has none of
+# them), each with what to write in sh instead, if anything.
+BASH_WORDS = {
+    "[[": "`[ ... ]`",
+    "source": "`. FILE`",
+    "function": "`NAME() { ...; }`",
+    "pushd": "`cd` (in a subshell: `(cd DIR && ...)`)",
+    "popd": "`cd` (in a subshell: `(cd DIR && ...)`)",
+    "let": "`VAR=$((...))`",
+    "declare": "a plain `VAR=value`",
+    "typeset": "a plain `VAR=value`",
+    "shopt": "",
+    "select": "",
+    "mapfile": "",
+    "readarray": "",
+}
+# After these a shell command starts (operators, newlines, reserved words).
+_OPERATORS = (";", "&", "&&", "||", "|", "|&", "(", "()", ")", "{", "!", "\n")
+_COMMAND_BEFORE = frozenset(_OPERATORS) | {"if", "then", "elif", "else", "do", "while", "until"}
+
+
+def bash_words(command: str) -> set[str]:
+    """The words of BASH_WORDS a shell command starts a command with (its first word, or
+    one after an operator, a newline or a reserved word such as `if`); none where it
+    cannot tell (an unclosed quote). A here-document's lines are not commands."""
+    if not any(w in command for w in BASH_WORDS):
+        return set()
+    import shlex
+
+    lex = shlex.shlex(command, posix=True, punctuation_chars=";&|()<>\n")
+    lex.whitespace = " \t\r"
+    lex.whitespace_split = True
+    lex.commenters = ""  # a comment's newline still ends a command: seen below
+    found: set[str] = set()
+    at_start, comment, heredoc, delimiter = True, False, "", ""
+    try:
+        for word in lex:
+            if word == "\n":
+                at_start, comment = True, False
+                if delimiter:
+                    heredoc, delimiter = delimiter, ""
+                continue
+            if heredoc:  # its lines, up to one that is its delimiter
+                heredoc = "" if at_start and word == heredoc else heredoc
+                at_start = False
+                continue
+            if comment or word.startswith("#"):
+                comment = True  # to the end of the line (a quoted `#x` word too: missed)
+                continue
+            if word in ("<<", "<<-"):
+                delimiter = "\0"  # the next word
+            elif delimiter == "\0":
+                delimiter = word
+            elif at_start and word in BASH_WORDS:
+                found.add(word)
+            assignment = "=" in word and word.split("=", 1)[0].isidentifier()
+            at_start = word in _COMMAND_BEFORE or (at_start and assignment)
+    except ValueError:  # an unclosed quote: /bin/sh will say so
+        return set()
+    return found
+
+
 def command_paths(command: str, limit: int = 64) -> list[str]:
     """The words of a shell command that may be paths relative to where it runs (no
     options, variables, globs, assignments or shell operators), `./` dropped; at most

@@ -278,12 +278,19 @@ class LockSpec:
     ttl: Annotated[Duration, Gt(0), Doc("a dead holder loses the lock after this")] = 900.0
 
 
+# The shells a command may be given to (executor/wrapper.py `shell_argv`).
+Shell = Literal["sh", "bash"]
+
+
 @dataclass(frozen=True)
 class Check:
     """A command run on the merge result before a task's work lands."""
 
     run: Command
     name: str | None = None
+    shell: Annotated[
+        Shell | None, Doc("the shell `run` is given to; default: `defaults.shell`")
+    ] = None
     lock: str | None = None
     timeout: Duration | None = None
     retries: Annotated[
@@ -394,6 +401,13 @@ class TaskFields:
     """What `defaults` may set for every task."""
 
     agent: str | None = None
+    shell: Annotated[
+        Shell,
+        Doc(
+            "the shell `run` is given to: sh (/bin/sh -e) or bash (bash -e -o pipefail: "
+            "a pipeline fails when a command in it fails)"
+        ),
+    ] = "sh"
     timeout: Annotated[Duration | None, Gt(0)] = None
     retries: Annotated[int, Ge(0), Le(100)] = 0
     backoff: Backoff = Backoff()

@@ -6,6 +6,7 @@ together in one `SpecError`, so a user fixes a file in one pass.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -176,6 +177,12 @@ class _Validator:
         self._references(workflow)
         if self.problems:
             raise self.fail()
+        if any(c.shell is None for c in workflow.checks):  # a check's shell is the tasks'
+            shell = workflow.defaults.shell
+            checks = [
+                c if c.shell else dataclasses.replace(c, shell=shell) for c in workflow.checks
+            ]
+            object.__setattr__(workflow, "checks", checks)
         if not workflow.name:
             stem = Path(self.doc.file).stem.lower()
             name = re.sub(r"[^a-z0-9_-]+", "-", stem).strip("-_")[:63] or "workflow"
