@@ -100,6 +100,15 @@ CASES = {
             "YAML reads a value that starts with `[` as a list (a shell test `[ -f x ]` too)",
         ],
     ),
+    "commands_as_a_list_as_in_gitlab": (
+        "version: 1\nchecks:\n  - run:\n    - make\n    - make test\n"
+        "tasks:\n  a:\n    run:\n      - npm ci\n      - npm test\n",
+        [
+            ":3: checks[0].run: should be text, not a list of commands",
+            ":8: tasks.a.run: should be text, not a list of commands",
+            "hint: write them as a block, `run: |` and one command a line below it",
+        ],
+    ),
     "prompt_placeholder_of_other_tools": (  # the agent would be given "{prompt}" to do
         "version: 1\nagents:\n  c: {run: 'claude -p \"{prompt}\"'}\n"
         "  d: {run: 'tool --message \"{{ prompt }}\"'}\n"

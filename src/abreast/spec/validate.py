@@ -246,6 +246,13 @@ class _Validator:
             shown = _value_at(self.doc.data, path, err.get("input"))
             hint = _allowed_keys(model, loc)[1]
             self.problem(path, f"{where} must be a mapping of keys, not {_kind(shown)}", hint=hint)
+        elif kind == "string_type" and self._commands_listed(path, err.get("input")):
+            self.problem(
+                path,
+                f"{where}: should be text, not a list of commands",
+                hint=f"write them as a block, `{path[-1]}: |` and one command a line below it, "
+                "indented further: as in a CI step's script, one that fails ends the command",
+            )
         elif kind == "string_type" and isinstance(err.get("input"), dict | list):
             shown = err["input"]
             opener = "[" if isinstance(shown, list) else "{"
@@ -265,6 +272,15 @@ class _Validator:
             shown = _value_at(self.doc.data, path, err.get("input"))
             got = f" (got {shown!r})" if not isinstance(shown, dict | list) else ""
             self.problem(path, f"{where}: {err['msg'][0].lower()}{err['msg'][1:]}{got}")
+
+    def _commands_listed(self, path: tuple[str | int, ...], value: Any) -> bool:
+        """Whether `value` at `path` is a `run:` written as YAML's block list of commands
+        (`- npm ci` a line), as GitLab's `script:` is: not `run: [ -f x ]` (flow, one line)."""
+        if path[-1:] != ("run",) or not isinstance(value, list) or not value:
+            return False
+        return all(isinstance(v, str) for v in value) and (
+            (self.doc.line((*path, 0)) or 0) > (self.doc.line(path) or 0)
+        )
 
     # -- references between sections ---------------------------------------------------------
 
