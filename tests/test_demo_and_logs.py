@@ -36,7 +36,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "succeeded docs" in out
     assert "saved" in out
     assert "the agents' work, merged and checked: backend/api.py" in out
-    assert "8 task(s) landed" in out
+    assert "8 tasks landed" in out
     assert "git status there is clean" in out
 
 
@@ -58,7 +58,7 @@ def test_the_examples_run_to_the_end_in_a_repository_of_their_own(
         "run", f"{example}.yaml", "--plain", "--no-monitor", cwd=repo, env=env, timeout=120
     )
     assert result.code == 0, result.out + result.err
-    assert f"{landed} task(s) landed" in result.out
+    assert f"{landed} task{'s' if landed != 1 else ''} landed" in result.out
 
 
 def test_logs_follow_prints_until_the_attempt_ends(tmp_path: Path) -> None:

@@ -816,7 +816,7 @@ def test_resume_retry_runs_again_only_the_failed_tasks_it_names(tmp_path: Path) 
         refused = run_abreast("resume", run_id, *args, cwd=tmp_path)
         assert refused.code == 2 and message in refused.err, (args, refused.err)
         assert "Traceback" not in refused.err
-        assert "its failed task(s): a, b" in refused.err or "together" in message or "," in args
+        assert "its failed tasks: a, b" in refused.err or "together" in message or "," in args
     assert "did you mean 'a'?" in run_abreast("resume", run_id, "--retry", "aa", cwd=tmp_path).err
     ran = (tmp_path / "ran").read_text().split()
     assert sorted(ran) == ["a", "b", "ok"]  # nothing ran for a refusal

@@ -91,7 +91,7 @@ def test_three_parallel_tasks_land_and_the_user_checkout_is_untouched(repo: Path
     assert user_state(repo) == before
     assert not (repo / "a").exists()
     assert f"result: branch {ref}" in out
-    assert "3 task(s) landed" in out
+    assert "3 tasks landed" in out
     # The landed tasks' branches are gone; the pool's worktrees were removed.
     assert git(repo, "branch", "--list", f"abreast/{run_id}/*").split() == [ref]
     assert git(repo, "worktree", "list").count("\n") == 1
@@ -1170,7 +1170,7 @@ def test_a_resumed_runs_summary_counts_what_landed_before_the_crash(repo: Path) 
     go.touch()
     resumed = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain", cwd=repo)
     assert resumed.code == 0, resumed.out + resumed.err
-    assert "2 task(s) landed" in resumed.out  # quick landed before the crash
+    assert "2 tasks landed" in resumed.out  # quick landed before the crash
     quick = next(line for line in resumed.out.splitlines() if line.startswith("  quick "))
     assert " - " not in quick.split("succeeded")[1][:12]  # its time, from the first session
     assert git(repo, "branch", "--list", f"abreast/{run_id}/quick") == ""  # its branch is gone
@@ -1193,7 +1193,7 @@ def test_ctrl_c_during_a_check_ends_it_and_lands_nothing(repo: Path) -> None:
         out, err = proc.communicate(timeout=30)  # not the check's 60 s
         assert proc.returncode == -signal.SIGINT, out + err
         assert "one  cancelled" in out
-        assert "0 task(s) landed" in out
+        assert "0 tasks landed" in out
         wait_for(lambda: not pid_alive(check), what="the check to be ended")
         assert git(repo, "log", "--format=%s", integration(run_id)).splitlines()[0] == "workflow"
     finally:
@@ -2331,7 +2331,7 @@ def test_resume_retry_failed_runs_the_failed_task_and_those_it_blocked_and_lands
     bare = run_abreast("resume", cwd=repo)  # typed after the failure, without RUN
     assert bare.code == 2 and f"no run was interrupted; the latest, {run_id}, failed" in bare.err
     assert f"`abreast resume {run_id} --retry-failed` runs what failed again" in bare.err
-    assert f"`abreast resume {run_id} --retry-failed` runs its failed task(s) (b)" in refused.err
+    assert f"`abreast resume {run_id} --retry-failed` runs its failed task (b)" in refused.err
     fixed.touch()
     again = run_abreast("resume", "--retry-failed", "--plain", "--no-monitor", cwd=repo)
     assert again.code == 0, again.out + again.err
@@ -3093,7 +3093,7 @@ def test_abreast_diff_shows_what_a_tasks_attempt_changed(repo: Path) -> None:
     # (wild and broken did not land); with its branch deleted, from where work last landed.
     whole = run_abreast("diff", "--all", "--name-only", cwd=repo)
     assert whole.out.split() == ["a.txt", "src/shared.txt"], whole.err
-    assert f"run {run_id}, its result (1 task(s) landed): git diff " in whole.err
+    assert f"run {run_id}, its result (1 task landed): git diff " in whole.err
     git(repo, "branch", "-D", "-q", integration(run_id))
     assert run_abreast("diff", run_id, "--all", "--name-only", cwd=repo).out == whole.out
     both = run_abreast("diff", "--all", "api", "x", cwd=repo)

@@ -920,7 +920,8 @@ def _resume_found(
     if row.state in ("succeeded", "failed") and not retry_failed:
         raise UsageError(
             f"run {row.id} already finished ({row.state}); nothing to resume",
-            hint=f"`abreast resume {row.id} --retry-failed` runs its failed task(s) "
+            hint=f"`abreast resume {row.id} --retry-failed` runs its failed "
+            f"task{'s' if len(failed) > 1 else ''} "
             f"({', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''}) again, and "
             "those they blocked, keeping what succeeded; `abreast run` starts over"
             if failed
@@ -1013,7 +1014,11 @@ def _named_failures(
     if not wanted:
         raise UsageError("--retry names no task", hint="--retry TASK[,TASK...] (repeatable)")
     listed = ", ".join(failed[:10]) + (", ..." if len(failed) > 10 else "")
-    can = f"its failed task(s): {listed}" if failed else "it has no failed task"
+    can = (
+        f"its failed task{'s' if len(failed) > 1 else ''}: {listed}"
+        if failed
+        else "it has no failed task"
+    )
     for name in wanted:
         task = tasks.get(name)
         if task is None:

@@ -40,6 +40,7 @@ from abreast.integrate.guard import SLACK_S, Change, Guard, landed_by, symlinks_
 from abreast.integrate.ownership import violations
 from abreast.integrate.queue import MergeJob, MergeQueue, check_env
 from abreast.plan.graph import TaskGraph
+from abreast.spec.durations import counted
 from abreast.spec.model import Workflow
 from abreast.workspace import generated, provision, pyenv, submodules
 from abreast.workspace.git import GitError
@@ -763,7 +764,7 @@ class WorktreeIsolation(Isolation):
                 )
             )
             lines = [
-                f"result: branch {branch} at {head[:12]}: {len(landed)} task(s) landed,"
+                f"result: branch {branch} at {head[:12]}: {counted(len(landed), 'task')} landed,"
                 f" {ahead} commit{'s' if ahead != 1 else ''} on top of {self.base_name}"
             ]
         if self._kept:

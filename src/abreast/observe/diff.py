@@ -19,6 +19,7 @@ from abreast.coord.journal import AttemptRow, Journal, RunRow
 from abreast.errors import UsageError
 from abreast.integrate.base import KEY_IN_WORK, integration_branch
 from abreast.observe.status import find_attempt
+from abreast.spec.durations import counted
 from abreast.workspace.git import git
 
 
@@ -136,7 +137,12 @@ def show_result(
             )
     tasks = len({e.task_id for e in landed})
     return _diff(
-        root, git_args, base, head, f"run {row.id}, its result ({tasks} task(s) landed)", note
+        root,
+        git_args,
+        base,
+        head,
+        f"run {row.id}, its result ({counted(tasks, 'task')} landed)",
+        note,
     )
 
 
