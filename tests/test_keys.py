@@ -973,6 +973,55 @@ def test_secrets_of_the_tasks_environment_are_masked_as_keys_are(tmp_path: Path)
     assert b"postgres" in kept  # too short to be masked
 
 
+def test_a_secret_a_task_made_given_to_another_in_a_secret_variable_is_masked(
+    tmp_path: Path,
+) -> None:
+    # `auth` makes a token and hands it on in its output; `deploy` gets it as
+    # DEPLOY_TOKEN (`${{ outputs.auth.token }}`) and prints it (`curl -v`). It was
+    # copied as it is into deploy's log, the summary and `abreast logs`: the value was
+    # unknown when the run started, so not among the environment's secrets.
+    token, name = f"tok_{uuid.uuid4().hex}", f"release-{uuid.uuid4().hex}"
+    release, made = tmp_path / "release", json.dumps({"token": token, "name": name})
+    path = write(
+        tmp_path,
+        {
+            "name": "made",
+            "tasks": {
+                "auth": {"run": f"printf '%s' '{made}' > \"$ABREAST_OUTPUT\""},
+                "deploy": {
+                    "needs": ["auth"],
+                    "env": {
+                        "DEPLOY_TOKEN": "${{ outputs.auth.token }}",
+                        "RELEASE": "${{ outputs.auth.name }}",  # not a secret by its name
+                    },
+                    "run": 'echo "Authorization: Bearer $DEPLOY_TOKEN for $RELEASE"; '
+                    f"while [ ! -e {release} ]; do sleep 0.05; done; exit 1",
+                },
+            },
+        },
+    )
+    proc, run_id = start_run(path, cwd=tmp_path)
+    try:
+        log = tmp_path / ".abreast" / "runs" / run_id / "logs" / "deploy.1.log"
+        wait_for(lambda: log.exists() and "Bearer" in log.read_text(), what="deploy to print")
+        live = run_abreast("logs", run_id, "deploy", cwd=tmp_path).out  # while it runs
+    finally:
+        release.touch()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    shown = f"Authorization: Bearer [key {fingerprint(token)}] for {name}"
+    assert live == shown + "\n"
+    assert f"| {shown}" in out  # the failure's last lines
+    assert log.read_text() == shown + "\n"  # rewritten when the attempt ended
+    events = query(
+        tmp_path / ".abreast" / "state.db",
+        "SELECT task_id, data FROM events WHERE type = 'secret.masked'",
+    )
+    assert [(t, json.loads(d)) for t, d in events] == [
+        ("deploy", {"variable": "DEPLOY_TOKEN", "fingerprint": fingerprint(token)})
+    ]
+
+
 def test_a_key_a_direct_mode_task_writes_into_its_work_is_not_merged(tmp_path: Path) -> None:
     key = f"sk-written-{uuid.uuid4().hex}"
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=tmp_path, check=True)

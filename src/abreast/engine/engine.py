@@ -655,8 +655,25 @@ class Engine:
                 tr.prompt = text
             else:
                 env[name[4:]] = text
+                self._mask_if_secret(tr, name[4:], text)
         tr.env = env or None
         return None
+
+    def _mask_if_secret(self, tr: TaskRun, name: str, value: str) -> None:
+        """An upstream output put in a variable whose name says it is secret (a token a
+        task made, `DEPLOY_TOKEN: ${{ outputs.auth.token }}`) is masked as the environment's
+        secrets are (keys/envsecrets.py): in what abreast keeps of the task's log, and, by
+        its fingerprint journaled before the attempt starts, where a live log is shown."""
+        from abreast.keys.envsecrets import MIN_CHARS, secret_name
+        from abreast.keys.pool import fingerprint
+
+        masked = self.options.masked
+        if len(value) < MIN_CHARS or not secret_name(name) or any(v == value for _, v in masked):
+            return
+        fp = fingerprint(value)
+        masked.append((fp, value))
+        masked.sort(key=lambda s: (-len(s[1]), s[1]))  # a value inside another after it
+        self.journal.stage_event(self.run_id, "secret.masked", tr.id, variable=name, fingerprint=fp)
 
     def _no_output(self, read: frozenset[str]) -> str:
         """Why tasks an expression reads have no output, when that is because they were

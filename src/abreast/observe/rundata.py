@@ -230,12 +230,13 @@ def attempt_hosts(journal: Journal, run_id: str) -> dict[tuple[str, int], str]:
 
 def leased_fingerprints(journal: Journal, run_id: str) -> set[str]:
     """The fingerprints of the keys a run's attempts were leased (direct mode), and of the
-    secrets of its tasks' environments (keys/envsecrets.py): what a live log is masked of
+    secrets of its tasks' environments (keys/envsecrets.py; those filled in from upstream
+    outputs, `secret.masked`): what a live log is masked of
     (`executor.logs.mask_keys`)."""
     row = journal.run(run_id)
     return {
         str(e.data["fingerprint"])
-        for e in journal.events(run_id, types=("key.leased",))
+        for e in journal.events(run_id, types=("key.leased", "secret.masked"))
         if e.data.get("fingerprint")
     } | {str(fp) for fp in (row.options.get("masked") or [] if row is not None else [])}
 
