@@ -435,6 +435,41 @@ def test_a_file_written_again_and_again_is_named_once_in_the_blame(repo: Path) -
     assert "so nothing of it was merged:\n      main checkout: leak.txt\n" in block, block
 
 
+@pytest.mark.parametrize("how", ["merge", "rebase"])
+def test_an_agent_that_brings_in_landed_work_is_judged_on_its_own_changes(
+    repo: Path, how: str
+) -> None:
+    # An agent told to work on the latest merges (or rebases onto) the integration branch
+    # once another task's work has landed there: that task's files were counted as its
+    # own, and it was failed for changing files it does not own.
+    latest = "abreast/$ABREAST_RUN_ID/_integration"
+    wait = (  # until `a` has landed (30 s at most)
+        f'for i in $(seq 600); do git cat-file -e "{latest}:a/x.txt" 2>/dev/null && break; '
+        "sleep 0.05; done\n"
+    )
+    commit = "git add -A && git commit -qm b-work\n"
+    steps = {
+        "merge": f'git merge -q --no-ff --no-edit "{latest}"\necho b > b/y.txt\n{commit}',
+        "rebase": f'echo b > b/y.txt\n{commit}git rebase -q "{latest}"\n',
+    }
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "mkdir -p a && echo a > a/x.txt", "owns": ["a/**"]},
+            "b": {"run": "mkdir -p b\n" + wait + steps[how], "owns": ["b/**"]},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert show(repo, integration(run_id), "b/y.txt") == "b\n"
+    assert show(repo, integration(run_id), "a/x.txt") == "a\n"
+    report = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)
+    b = next(t for t in report["tasks"] if t["id"] == "b")
+    assert b["changes"] == {"files": 1, "added": 1, "deleted": 0}, b
+    diff = run_abreast("diff", run_id, "b", "--name-only", cwd=repo)
+    assert diff.out.split() == ["b/y.txt"], diff.out + diff.err
+
+
 def test_a_dependent_sees_its_dependencies_work(repo: Path) -> None:
     path = workflow(
         repo,

@@ -408,8 +408,14 @@ class WorktreeIsolation(Isolation):
             head = await asyncio.to_thread(
                 self.repo.commit_tree, f"{head}^{{tree}}", [a.base], message
             )
-        changed, added, deleted = await asyncio.to_thread(self.repo.diff_numstat, a.base, head)
-        left = await asyncio.to_thread(self._generated, task_id, a.base, changed)
+        # Its work is what it changed since the newest of the run's landed work it holds: an
+        # agent that merged (or rebased onto) the integration branch to work on the latest
+        # brought other tasks' files, which are not its own.
+        since = a.base
+        if not untouched and not rewritten and a.onto is None:
+            since = await asyncio.to_thread(self._landed_in, a.base, head)
+        changed, added, deleted = await asyncio.to_thread(self.repo.diff_numstat, since, head)
+        left = await asyncio.to_thread(self._generated, task_id, since, changed)
         if left:
             # Made by abreast (its commit of what was left, or the one above): made again
             # without them; the agent's own commit: one on top that takes them out.
@@ -426,7 +432,7 @@ class WorktreeIsolation(Isolation):
                 warning=warning,
             )
             self.warn(warning)
-            changed, added, deleted = await asyncio.to_thread(self.repo.diff_numstat, a.base, head)
+            changed, added, deleted = await asyncio.to_thread(self.repo.diff_numstat, since, head)
         a.head = head
         if a.onto is None:
             self.journal.stage_attempt(self.run_id, task_id, attempt, head_commit=head)
@@ -439,13 +445,14 @@ class WorktreeIsolation(Isolation):
             files=len(changed),
             added=added,
             deleted=deleted,
+            since=since if since != a.base else None,
         )
         limit = self.wf.merge.max_file_size
-        large = await asyncio.to_thread(self.repo.large_files, a.base, head, limit) if limit else []
+        large = await asyncio.to_thread(self.repo.large_files, since, head, limit) if limit else []
         if large:
             return Verdict(Outcome.SEND_BACK, _too_large(large, limit), kind="large_file")
         if self.secrets is not None:
-            leaked = await asyncio.to_thread(self.repo.added_secrets, a.base, head, self.secrets())
+            leaked = await asyncio.to_thread(self.repo.added_secrets, since, head, self.secrets())
             if leaked:
                 shown = ", ".join(f"{path} (key {fp})" for path, fp in leaked[:10])
                 return Verdict(
@@ -501,6 +508,14 @@ class WorktreeIsolation(Isolation):
         self.pool.release(a.path, clean=True)
         a.released = True
         return None
+
+    def _landed_in(self, base: str, head: str) -> str:
+        """The newest commit of the integration branch that `head` (a descendant of `base`,
+        where the attempt started) holds: `base`, unless its agent merged or rebased onto
+        work that landed after it started."""
+        now = self.repo.rev_parse(self.ref)
+        found = self.repo.merge_base(head, now) if now and now != base else None
+        return found if found and found != base and self.repo.is_ancestor(base, found) else base
 
     def _generated(self, task_id: str, base: str, changed: list[str]) -> dict[str, int]:
         """What of `changed` tools generated and the task's work should not land (see

@@ -50,7 +50,9 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return git(*args, cwd=root, check=False)
 
 
-def endpoints(root: Path, a: AttemptRow, isolation: str | None = None) -> tuple[str, str]:
+def endpoints(
+    root: Path, a: AttemptRow, isolation: str | None = None, since: str | None = None
+) -> tuple[str, str]:
     """(from, to) of attempt `a`'s work in the repository at `root`; a UsageError saying
     why there is none. `isolation`: the run's, as journaled."""
     what = f"attempt {a.attempt} of {a.task_id!r}"
@@ -78,6 +80,8 @@ def endpoints(root: Path, a: AttemptRow, isolation: str | None = None) -> tuple[
                 f"the commit of {what}'s work ({commit[:12]}) is no longer in {root}: its "
                 "branch was deleted (`abreast cleanup`) and git has since collected it"
             )
+    if since and _git(root, "cat-file", "-e", f"{since}^{{commit}}").returncode == 0:
+        return since, a.head_commit  # it merged work landed after it started: not its own
     base = a.base_commit
     if _git(root, "merge-base", "--is-ancestor", base, a.head_commit).returncode != 0:
         # Started on another task's signal: its work was replayed as one commit onto the
@@ -98,7 +102,13 @@ def show(
         else None
     )
     root = _repository(row, here, commits)
-    base, head = endpoints(root, a, row.options.get("isolation"))
+    committed = [
+        e.data.get("since")
+        for e in journal.events(row.id, types=("work.committed",))
+        if e.task_id == task_id and e.data.get("attempt") == a.attempt
+    ]
+    since = str(committed[-1]) if committed and committed[-1] else None
+    base, head = endpoints(root, a, row.options.get("isolation"), since)
     if a.reason and a.reason.startswith(KEY_IN_WORK) and not git_args:
         # Printed, a key would be in a terminal's scrollback, a CI log, a pasted review.
         raise UsageError(

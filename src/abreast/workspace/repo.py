@@ -119,6 +119,11 @@ class Repo:
         out = self.git("for-each-ref", "--format=%(refname) %(objectname)", *prefixes).stdout
         return dict(line.split(" ", 1) for line in out.splitlines() if line)
 
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of two commits; None when they have none."""
+        out = self.git("merge-base", a, b, check=False)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+
     def is_ancestor(self, a: str, b: str) -> bool:
         return self.git("merge-base", "--is-ancestor", a, b, check=False).returncode == 0
 
