@@ -144,7 +144,13 @@ def test_an_attempt_killed_by_resume_is_rerun_not_failed_by_its_exit_status(
     assert status["tasks"][0]["attempts"] == 2
 
 
-def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(tmp_path: Path) -> None:
+@pytest.mark.parametrize("own_trap", [False, True])
+def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(
+    tmp_path: Path, own_trap: bool
+) -> None:
+    # A script that cleans up in an EXIT trap of its own replaced the one that records
+    # its status: run again on resume, though it had finished.
+    trap = f"trap 'echo x >> {tmp_path}/cleaned' EXIT; " if own_trap else ""
     path = tmp_path / "w.json"
     path.write_text(
         json.dumps(
@@ -153,7 +159,7 @@ def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(tmp_path: Pat
                 "name": "adopt",
                 "isolation": "none",
                 "tasks": {
-                    "a": {"run": f"echo x >> {tmp_path}/a; sleep 0.5"},
+                    "a": {"run": f"{trap}echo x >> {tmp_path}/a; sleep 0.5"},
                     "b": {"run": f"echo x >> {tmp_path}/b", "needs": ["a"]},
                 },
             }
@@ -170,6 +176,8 @@ def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(tmp_path: Pat
     assert "ended while abreast was down" in resumed.out
     assert (tmp_path / "a").read_text().split() == ["x"]
     assert (tmp_path / "b").read_text().split() == ["x"]
+    if own_trap:
+        assert (tmp_path / "cleaned").read_text().split() == ["x"]  # its trap still ran
 
 
 def test_a_signal_nobody_read_before_the_crash_releases_its_waiters_on_resume(

@@ -7,12 +7,17 @@ SHELL = "/bin/sh"
 # The command runs with `set -e`: one of several lines that fails ends it with its status,
 # as a CI step's script does (`false` then `echo ok` is a failure, not a success). The
 # trap's `|| :`: an exits file it cannot write (a task removed .abreast) must not turn
-# the status into 2 under -e; the run reads the status from the process then.
+# the status into 2 under -e; the run reads the status from the process then. A command
+# that sets its own EXIT trap (`trap cleanup EXIT`) replaces the wrapper's, so the status
+# of one that comes to its end is also written after it: one that ended while abreast was
+# down is then taken, not run again (one that calls `exit` itself is still not recorded).
+# Written twice when the trap is the wrapper's: the last line of a key counts.
 WRAPPER = (
     'exec >"$4" 2>&1 </dev/null || exit 126; cd -- "$1" || exit 127; '
     "__abreast_exits=$2; __abreast_cmd=$3; __abreast_key=$5; shift 5; "
     'trap \'echo "$__abreast_key $?" >> "$__abreast_exits" || :\' EXIT; '
-    'set -e; eval "$__abreast_cmd"'
+    'set -e; eval "$__abreast_cmd"; __abreast_st=$?; '
+    'echo "$__abreast_key $__abreast_st" >> "$__abreast_exits" || :; exit "$__abreast_st"'
 )
 
 # What each `shell:` of the workflow runs a command with: the program (a bare name is
