@@ -922,6 +922,22 @@ def test_a_key_a_direct_mode_task_prints_is_masked_while_its_attempt_runs(
     assert proc.returncode == 0, out + err
 
 
+def live_log_then_end(
+    proc: subprocess.Popen[str], run_id: str, root: Path, task: str, marker: str, release: Path
+) -> tuple[str, str, str, Path]:
+    """`abreast logs RUN TASK` once attempt 1 of `task` has printed `marker`, while it
+    runs (it waits for `release`); then the run let end: (that log, the run's stdout and
+    stderr, the log file)."""
+    try:
+        log = root / ".abreast" / "runs" / run_id / "logs" / f"{task}.1.log"
+        wait_for(lambda: log.exists() and marker in log.read_text(), what=f"{task} to print")
+        live = run_abreast("logs", run_id, task, cwd=root).out
+    finally:
+        release.touch()
+        out, err = proc.communicate(timeout=60)
+    return live, out, err, log
+
+
 def test_secrets_of_the_tasks_environment_are_masked_as_keys_are(tmp_path: Path) -> None:
     # A token abreast's environment has (GITHUB_TOKEN) or a task's `env:` gives it
     # (`GH: ${MY_TOKEN}`), printed by the task (`curl -v`, a stack trace), was copied into
@@ -954,13 +970,7 @@ def test_secrets_of_the_tasks_environment_are_masked_as_keys_are(tmp_path: Path)
     env |= {"DB_PASSWORD": "postgres", "BUILD_ID": "build-1234567890abcdef"}
     junit = tmp_path / "junit.xml"
     proc, run_id = start_run(path, "--junit", str(junit), cwd=tmp_path, env=env)
-    try:
-        log = tmp_path / ".abreast" / "runs" / run_id / "logs" / "t.1.log"
-        wait_for(lambda: log.exists() and "GH=" in log.read_text(), what="t to print")
-        live = run_abreast("logs", run_id, "t", cwd=tmp_path).out  # while it runs
-    finally:
-        release.touch()
-        out, err = proc.communicate(timeout=60)
+    live, out, err, _log = live_log_then_end(proc, run_id, tmp_path, "t", "GH=", release)
     assert proc.returncode == 1, out + err
     a, b = f"[key {fingerprint(inherited)}]", f"[key {fingerprint(given)}]"
     assert live == f"Authorization: token {a}\nGH={b} db=postgres build-1234567890abcdef\n"
@@ -1001,13 +1011,7 @@ def test_a_secret_a_task_made_given_to_another_in_a_secret_variable_is_masked(
         },
     )
     proc, run_id = start_run(path, cwd=tmp_path)
-    try:
-        log = tmp_path / ".abreast" / "runs" / run_id / "logs" / "deploy.1.log"
-        wait_for(lambda: log.exists() and "Bearer" in log.read_text(), what="deploy to print")
-        live = run_abreast("logs", run_id, "deploy", cwd=tmp_path).out  # while it runs
-    finally:
-        release.touch()
-        out, err = proc.communicate(timeout=60)
+    live, out, err, log = live_log_then_end(proc, run_id, tmp_path, "deploy", "Bearer", release)
     assert proc.returncode == 1, out + err
     shown = f"Authorization: Bearer [key {fingerprint(token)}] for {name}"
     assert live == shown + "\n"
