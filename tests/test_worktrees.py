@@ -276,6 +276,11 @@ def test_red_check_sends_back_and_exhausted_retries_keep_the_branch(repo: Path) 
     ("case", "command", "message"),
     [
         ("ownership", "echo x > README.md", "README.md (not in owns: src/**)"),
+        (  # a name that would break the summary's lines (or clear the terminal) as it is
+            "ownership",
+            "printf x > \"$(printf 'a\\nb\\033[2J\\tc.txt')\"",
+            "a\\nb\\x1b[2J\\tc.txt (not in owns: src/**)",
+        ),
         (
             "main checkout",
             "echo oops > {root}/README.md",

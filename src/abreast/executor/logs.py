@@ -61,6 +61,14 @@ def visible(line: str) -> str:
     return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
 
 
+def visible_name(name: str) -> str:
+    """A file's name as a message shows it: a newline or tab in it as \\n or \\t, other
+    control characters (an escape sequence's ESC too) as \\xNN: a name must not break the
+    lines of a summary, fake new ones or restyle the terminal."""
+    name = name.replace("\n", "\\n").replace("\t", "\\t")
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", name)
+
+
 # A run of characters a key could be made of (and that an assignment or header joins it
 # with: `KEY=sk-...`, `x-api-key:sk-...`); one at the end of a chunk may go on.
 _KEYISH = r"[A-Za-z0-9_\-.+/=:~]"

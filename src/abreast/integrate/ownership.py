@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from abreast.executor.logs import visible_name
 from abreast.plan.ownership import owns_match
 
 
@@ -14,7 +15,7 @@ def violations(
     could run beside it (`neighbours`: (task id, its owns)). Each names why."""
     if owns:
         return [
-            f"{p} (not in owns: {', '.join(owns)})"
+            f"{visible_name(p)} (not in owns: {', '.join(owns)})"
             for p in changed
             if not any(owns_match(g, p) for g in owns)
         ]
@@ -22,5 +23,5 @@ def violations(
     for p in changed:
         owner = next((tid for tid, pats in neighbours if any(owns_match(g, p) for g in pats)), None)
         if owner:
-            bad.append(f"{p} (owned by {owner}, which may run beside it)")
+            bad.append(f"{visible_name(p)} (owned by {owner}, which may run beside it)")
     return bad

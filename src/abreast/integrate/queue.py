@@ -31,6 +31,7 @@ from typing import Any
 
 from abreast.coord.backend import WaitStopped
 from abreast.coord.journal import Journal
+from abreast.executor.logs import visible_name
 from abreast.integrate.base import Outcome, Verdict, commit_message
 from abreast.integrate.checks import CheckControl, CheckResult, LockHolder, run_checks
 from abreast.spec.model import Check
@@ -316,7 +317,8 @@ class MergeQueue:
 
     async def _conflict(self, job: MergeJob, old: str, files: list[str]) -> Verdict:
         theirs = await asyncio.to_thread(self.repo.log_oneline, f"{job.base}..{old}")
-        shown = ", ".join(files[:20]) + (f" (+{len(files) - 20} more)" if len(files) > 20 else "")
+        shown = ", ".join(map(visible_name, files[:20]))
+        shown += f" (+{len(files) - 20} more)" if len(files) > 20 else ""
         landed = f"{len(theirs)} commit{'s' if len(theirs) != 1 else ''}"
         detail = (
             f"merge conflict with the integration branch in: {shown} "

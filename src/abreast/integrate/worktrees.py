@@ -26,6 +26,7 @@ from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
 from abreast.engine.states import TERMINAL, TaskState
 from abreast.errors import UsageError
+from abreast.executor.logs import visible_name
 from abreast.integrate.base import (
     KEY_IN_WORK,
     Isolation,
@@ -65,7 +66,7 @@ def _too_large(large: list[tuple[str, int]], limit: int) -> str:
     def mib(n: int) -> str:  # as the limit is written, and GitHub says its own
         return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n / (1 << 20):.1f} MiB"
 
-    shown = ", ".join(f"{path} ({mib(size)})" for path, size in large[:5])
+    shown = ", ".join(f"{visible_name(path)} ({mib(size)})" for path, size in large[:5])
     more = f" and {len(large) - 5} more" if len(large) > 5 else ""
     return (
         f"its commits add a file larger than merge.max_file_size ({mib(limit)}): "
@@ -454,7 +455,7 @@ class WorktreeIsolation(Isolation):
         if self.secrets is not None:
             leaked = await asyncio.to_thread(self.repo.added_secrets, since, head, self.secrets())
             if leaked:
-                shown = ", ".join(f"{path} (key {fp})" for path, fp in leaked[:10])
+                shown = ", ".join(f"{visible_name(path)} (key {fp})" for path, fp in leaked[:10])
                 return Verdict(
                     Outcome.SEND_BACK,
                     f"{KEY_IN_WORK}: {shown}; nothing of it was "
@@ -469,7 +470,8 @@ class WorktreeIsolation(Isolation):
         if links:
             return Verdict(
                 Outcome.SEND_BACK,
-                "left symlinks pointing outside its worktree: " + ", ".join(links),
+                "left symlinks pointing outside its worktree: "
+                + ", ".join(map(visible_name, links)),
                 kind="containment",
             )
         task = self.wf.tasks[task_id]
@@ -498,7 +500,7 @@ class WorktreeIsolation(Isolation):
                 return Verdict(
                     Outcome.SEND_BACK,
                     "changed files it was started with from a signal of a task it waits for: "
-                    + ", ".join(conflicts[:20])
+                    + ", ".join(map(visible_name, conflicts[:20]))
                     + "\nthose land with that task; leave them to it",
                     kind="ownership",
                 )
@@ -890,7 +892,7 @@ class WorktreeIsolation(Isolation):
             # ignored ones; neither is abreast's to lose.
             blocking = _in_the_way(where, *self.repo.added_and_removed(current, head))
             if blocking:
-                named = ", ".join(blocking[:5]) + (
+                named = ", ".join(map(visible_name, blocking[:5])) + (
                     f" and {len(blocking) - 5} more" if len(blocking) > 5 else ""
                 )
                 return (
@@ -935,7 +937,7 @@ def _said(c: Change) -> str:
         return f"your stash: entry {c.path!r} dropped (put back)"
     if c.detail:  # a branch or tag
         return f"your {c.what} {c.path}: {c.detail}"
-    return f"{c.what}: {c.path}" + (" (undone)" if c.what != "main checkout" else "")
+    return f"{c.what}: {visible_name(c.path)}" + (" (undone)" if c.what != "main checkout" else "")
 
 
 def _in_the_way(where: Path, added: list[str], removed: set[str]) -> list[str]:
@@ -965,7 +967,7 @@ def _listed(items: list[str], limit: int = 30) -> tuple[str, str]:
 
 
 def _uncommitted_inside(inside: dict[str, list[str]]) -> str:
-    files = [f"{sub}/{f}" for sub, fs in inside.items() for f in fs]
+    files = [visible_name(f"{sub}/{f}") for sub, fs in inside.items() for f in fs]
     where = ", ".join(inside)
     first, shown = _listed(files)
     return (

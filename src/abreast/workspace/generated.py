@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from abreast.executor.logs import visible_name
+
 # Directory names tools generate and no project's sources use (github/gitignore's
 # templates ignore each of them).
 NAMES = frozenset(
@@ -116,9 +118,9 @@ def owned(root: str, owns: Sequence[str]) -> bool:
 def said(task_id: str, left: dict[str, int]) -> str:
     """The warning for what was left out of a task's work."""
     shown = [
-        root
+        visible_name(root)
         if _generated_file(root.rpartition("/")[2]) and n == 1
-        else f"{root}/ ({n} file{'s' * (n != 1)})"
+        else f"{visible_name(root)}/ ({n} file{'s' * (n != 1)})"
         for root, n in list(left.items())[:5]
     ]
     more = f" and {len(left) - 5} more" if len(left) > 5 else ""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from abreast.errors import UsageError, did_you_mean
+from abreast.executor.logs import visible_name
 from abreast.workspace.git import GitError, git
 
 ZERO = "0" * 40
@@ -498,7 +499,7 @@ def unfinished(repo: Repo, path: Path, index_was: tuple[int, int, int] | None = 
     conflicts = sorted({e.partition("\t")[2] for e in out.split("\0") if "\t" in e})
     if doing is None and not conflicts:
         return ""
-    shown = ", ".join(conflicts[:20]) + (
+    shown = ", ".join(map(visible_name, conflicts[:20])) + (
         f" and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""
     )
     said = f"left {doing[0]} unfinished in its worktree" if doing else "left unresolved conflicts"
