@@ -238,6 +238,11 @@ def test_a_command_not_found_is_said_so(tmp_path: Path, cli) -> None:  # type: i
     assert result.code == 1
     assert "agent (failed): exit 127 (command not found)" in result.out
     assert "claude-not-installed: not found" in result.out  # the shell's own words, from the log
+    # One task: nothing could have run beside it, so no "saved nothing: ... longer".
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    report = cli("report", run_id_of(result.out), "--state", state).out
+    for said in (result.out, report):
+        assert re.search(r"\n  wall \S+ \(one task ran\)\n", said), said
 
 
 def test_a_command_of_several_lines_stops_at_the_first_that_fails(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

@@ -246,12 +246,19 @@ def _path(tasks: list[str], keep: int = 3) -> str:
     )
 
 
+def _wall(rep: dict[str, Any]) -> str:
+    """The run's wall time, and what running side by side saved (when more than one task
+    ran: with one, nothing could have run beside it)."""
+    if sum(1 for t in rep["tasks"] if t["attempts"]) == 1:
+        return f"wall {fmt(rep['wall_s'])} (one task ran)"
+    return (
+        f"wall {fmt(rep['wall_s'])}; one task at a time {fmt(rep['sequential_s'])}; "
+        + rundata.saved_phrase(rep["saved_s"], rep["saved_pct"], fmt, digits=1)
+    )
+
+
 def text(rep: dict[str, Any]) -> str:
-    out = [
-        f"run {rep['run_id']} ({rep['workflow']}): {rep['state']}",
-        f"  wall {fmt(rep['wall_s'])}; one task at a time {fmt(rep['sequential_s'])}; "
-        + rundata.saved_phrase(rep["saved_s"], rep["saved_pct"], fmt, digits=1),
-    ]
+    out = [f"run {rep['run_id']} ({rep['workflow']}): {rep['state']}", f"  {_wall(rep)}"]
     if rep["estimated"]["scheduled_s"] is not None:
         out.append(
             f"  estimated beforehand: {fmt(rep['estimated']['scheduled_s'])} "
@@ -441,10 +448,7 @@ def html_page(rep: dict[str, Any]) -> str:
     )
     cp = rep["critical_path"]
     title = e(f"run {rep['run_id']} ({rep['workflow']}): {rep['state']}")
-    saved = e(
-        f"wall {fmt(rep['wall_s'])}; one task at a time {fmt(rep['sequential_s'])}; "
-        + rundata.saved_phrase(rep["saved_s"], rep["saved_pct"], fmt, digits=1)
-    )
+    saved = e(_wall(rep))
     actual = e(f"{' → '.join(cp['actual']['tasks'])} ({fmt(cp['actual']['seconds'])})")
     estimated = e(f"{' → '.join(cp['estimated']['tasks'])} ({fmt(cp['estimated']['seconds'])})")
     fail_part = "<h2>failures</h2>" + failures if failures else ""

@@ -42,7 +42,9 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
         for t in tasks:
             counts[t.state.value] = counts.get(t.state.value, 0) + 1
         w("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "\n")
-    if outcome.busy_s > 0:
+    if sum(1 for t in tasks if t.attempts) == 1:  # nothing could have run beside it
+        w(f"  wall {format_duration(outcome.wall_s)} (one task ran)\n")
+    elif outcome.busy_s > 0:
         pct = 100 * outcome.saved_s / outcome.busy_s
         w(
             f"  wall {format_duration(outcome.wall_s)}; one task at a time it would take "
