@@ -2218,9 +2218,14 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
             "a": {"run": "./agents/a.sh"},
             "b": {"run": "sh tools/b.sh"},
             "c": {"run": "./c.sh > out.log"},  # out.log is written, not needed
+            "d": {"run": ".venv/bin/pytest -q"},  # a virtual environment's: not to be copied
         },
         checks=[{"run": "./ci.sh", "name": "ci"}],
     )
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (repo / ".venv" / "bin" / "pytest").write_text("#!/bin/sh\n")
+    (repo / ".venv" / "bin" / "pytest").chmod(0o755)
     (repo / "agents").mkdir()
     (repo / "agents" / "a.sh").write_text("#!/bin/sh\necho A > a.txt\n")
     (repo / "agents" / "a.sh").chmod(0o755)
@@ -2230,7 +2235,7 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
     git(repo, "add", "tools/b.sh", "c.sh")  # committed, c.sh without its x bit
     git(repo, "commit", "-q", "-m", "scripts")
     (repo / "c.sh").chmod(0o755)
-    (repo / ".gitignore").write_text("ci.sh\nout.log\n")
+    (repo / ".gitignore").write_text("ci.sh\nout.log\n.venv/\n")
     (repo / "ci.sh").write_text("#!/bin/sh\ntrue\n")
     (repo / "ci.sh").chmod(0o755)
     (repo / "out.log").write_text("")
@@ -2240,6 +2245,12 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
     assert dry.code == 0 and "would start" in dry.out
     assert "note: agents/a.sh is in your checkout but not committed" in dry.err
     assert "note: c.sh is executable in your checkout" in dry.err
+    venv = (
+        "note: .venv/bin/pytest is in .venv, a virtual environment of your checkout that git "
+        "ignores, so a worktree has none: activate it before `abreast run` and call `pytest` "
+        f"by name, or write its absolute path ({repo}/.venv/bin/pytest)"
+    )
+    assert venv in dry.err and ".venv/bin/pytest is in your checkout" not in dry.err
     code, out, _run_id = run(repo, path)
     assert code == 1, out
     # The notes come before the run (on stderr), the failures after it.
@@ -2252,6 +2263,7 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
     failed_a = "  a (failed): exit 127 (command not found)\n    agents/a.sh is in your checkout"
     assert failed_a in out
     assert "  c (failed): exit 126 (found but not executable)\n    c.sh is executable" in out
+    assert "  d (failed): exit 127 (command not found)\n    " + venv[6:] in out
     assert "check `ci` failed (exit 127 (command not found))" in out  # b ran: committed
     journaled = query(
         repo / ".abreast" / "state.db", "SELECT reason FROM attempts WHERE task_id = 'a'"

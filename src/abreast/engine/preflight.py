@@ -109,7 +109,7 @@ def _unseen(
         if path != own and not any(path == c or path.startswith(c + "/") for c in copied)
     ]
     return [
-        f"note: {unseen_text(path, kind)}{_named_by(users[path])}"
+        f"note: {unseen_text(path, kind, root=repo.root)}{_named_by(users[path])}"
         for path, kind in not_committed(repo, commit, wanted)
     ]
 

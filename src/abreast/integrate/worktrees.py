@@ -270,7 +270,7 @@ class WorktreeIsolation(Isolation):
                 said = "ignored"
             elif kind == "absent" and self.repo.has_path("HEAD", path):
                 said = "later"  # committed in the checkout since the run started
-            out.append(provision.unseen_text(path, said, self.base_commit))
+            out.append(provision.unseen_text(path, said, self.base_commit, self.repo.root))
         return out
 
     def _put_back(self, commit: str) -> None:

@@ -156,9 +156,27 @@ def not_committed(repo: Repo, commit: str, paths: list[str]) -> list[tuple[str, 
     return out
 
 
-def unseen_text(path: str, kind: str, base: str = "") -> str:
+def unseen_text(path: str, kind: str, base: str = "", root: Path | None = None) -> str:
     """Why a task cannot see `path` of the user's checkout, and the fix, in a line
-    (`base`: the commit the run started from, for a path committed since: "later")."""
+    (`base`: the commit the run started from, for a path committed since: "later";
+    `root`: the checkout, where a virtual environment holding it is looked for)."""
+    venv = _venv_holding(root, path) if root is not None and kind == "ignored" else None
+    if venv is not None:
+        # Copied, a virtual environment still runs its checkout's Python and packages (its
+        # scripts' #! lines name them), and copying one into each worktree is slow.
+        tool = path.rpartition("/")[2]
+        use = (
+            "activate it before `abreast run` rather than in the command (PATH then finds "
+            "its tools)"
+            if tool.startswith("activate")
+            else f"activate it before `abreast run` and call `{tool}` by name, or write its "
+            f"absolute path ({root / path if root else path})"
+        )
+        return (
+            f"{path} is in {venv}, a virtual environment of your checkout that git ignores, "
+            f"so a worktree has none: {use}; abreast points its editable installs at each "
+            "task's worktree"
+        )
     if kind == "later":
         return (
             f"{path} was committed in your checkout after the run started from "
@@ -179,6 +197,16 @@ def unseen_text(path: str, kind: str, base: str = "") -> str:
         f"{path} is in your checkout but not committed, and tasks see only committed files: "
         f"commit it (`git add {shlex.quote(path)}` and commit)"
     )
+
+
+def _venv_holding(root: Path, path: str) -> str | None:
+    """The directory of the checkout at `root` holding `path` that is a virtual
+    environment (has a pyvenv.cfg), if one does."""
+    parts = path.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        if (root.joinpath(*parts[:i]) / "pyvenv.cfg").is_file():
+            return "/".join(parts[:i])
+    return None
 
 
 def _empty_dir(path: Path) -> bool:
