@@ -2219,6 +2219,7 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
             "b": {"run": "sh tools/b.sh"},
             "c": {"run": "./c.sh > out.log"},  # out.log is written, not needed
             "d": {"run": ".venv/bin/pytest -q"},  # a virtual environment's: not to be copied
+            "e": {"run": "web/node_modules/.bin/jest"},  # installed packages: installed again
         },
         checks=[{"run": "./ci.sh", "name": "ci"}],
     )
@@ -2226,6 +2227,8 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
     (repo / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
     (repo / ".venv" / "bin" / "pytest").write_text("#!/bin/sh\n")
     (repo / ".venv" / "bin" / "pytest").chmod(0o755)
+    (repo / "web" / "node_modules" / ".bin").mkdir(parents=True)
+    (repo / "web" / "node_modules" / ".bin" / "jest").write_text("#!/bin/sh\n")
     (repo / "agents").mkdir()
     (repo / "agents" / "a.sh").write_text("#!/bin/sh\necho A > a.txt\n")
     (repo / "agents" / "a.sh").chmod(0o755)
@@ -2235,7 +2238,7 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
     git(repo, "add", "tools/b.sh", "c.sh")  # committed, c.sh without its x bit
     git(repo, "commit", "-q", "-m", "scripts")
     (repo / "c.sh").chmod(0o755)
-    (repo / ".gitignore").write_text("ci.sh\nout.log\n.venv/\n")
+    (repo / ".gitignore").write_text("ci.sh\nout.log\n.venv/\nnode_modules/\n")
     (repo / "ci.sh").write_text("#!/bin/sh\ntrue\n")
     (repo / "ci.sh").chmod(0o755)
     (repo / "out.log").write_text("")
@@ -2251,6 +2254,11 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
         f"by name, or write its absolute path ({repo}/.venv/bin/pytest)"
     )
     assert venv in dry.err and ".venv/bin/pytest is in your checkout" not in dry.err
+    assert (
+        "note: web/node_modules/.bin/jest is in web/node_modules, your checkout's installed "
+        "packages, which git ignores, so a worktree has none: install them in the command "
+        "(`npm ci && ...`), with `worktrees: keep: [web/node_modules]`"
+    ) in dry.err
     code, out, _run_id = run(repo, path)
     assert code == 1, out
     # The notes come before the run (on stderr), the failures after it.

@@ -160,6 +160,14 @@ def unseen_text(path: str, kind: str, base: str = "", root: Path | None = None) 
     """Why a task cannot see `path` of the user's checkout, and the fix, in a line
     (`base`: the commit the run started from, for a path committed since: "later";
     `root`: the checkout, where a virtual environment holding it is looked for)."""
+    parts = path.split("/")
+    if kind == "ignored" and "node_modules" in parts[:-1]:
+        packages = "/".join(parts[: parts.index("node_modules") + 1])
+        return (
+            f"{path} is in {packages}, your checkout's installed packages, which git ignores, "
+            f"so a worktree has none: install them in the command (`npm ci && ...`), with "
+            f"`worktrees: keep: [{packages}]` so that a reused worktree installs them once"
+        )
     venv = _venv_holding(root, path) if root is not None and kind == "ignored" else None
     if venv is not None:
         # Copied, a virtual environment still runs its checkout's Python and packages (its
