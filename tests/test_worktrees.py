@@ -2206,6 +2206,44 @@ def test_a_submodules_own_submodules_are_populated_and_cleaned_between_tasks(
     assert show(repo, integration(run_id), "b.txt") == "b\n"
 
 
+def test_workspace_packages_node_modules_links_are_each_worktrees_own(repo: Path) -> None:
+    # npm/yarn/pnpm workspaces link node_modules/@org/pkg to packages/pkg. A worktree lies
+    # inside the checkout, and Node looks in every parent's node_modules: a task without
+    # its own imported the checkout's packages/pkg, not the one it changed, and a check
+    # tested the checkout's, not the merge's.
+    (repo / "packages" / "pkg").mkdir(parents=True)
+    (repo / "packages" / "pkg" / "index.js").write_text("old\n")
+    (repo / ".gitignore").write_text("node_modules/\n")
+    modules = repo / "node_modules"
+    (modules / "@org").mkdir(parents=True)
+    (modules / "@org" / "pkg").symlink_to("../../packages/pkg")
+    (modules / "left-pad").mkdir()  # an installed package: found in the checkout, as before
+    (modules / "outside").symlink_to("/tmp")  # not the repository's: not linked
+    sees = 'test "$(cat node_modules/@org/pkg/index.js)" = {} && test ! -e node_modules/outside'
+    path = workflow(
+        repo,
+        {
+            "change": {"run": "echo new > packages/pkg/index.js\n" + sees.format("new")},
+            "after": {"needs": ["change"], "run": sees.format("new")},
+        },
+        checks=[{"name": "merge", "run": sees.format("new")}],
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert (
+        "note: the workspace packages your node_modules links (packages/pkg) are linked in "
+        "each task's worktree to its own copy"
+    ) in out
+    assert "node_modules/@org/pkg" not in out  # not noted as missing from worktrees
+    assert "node_modules" not in git(repo, "ls-tree", "-r", "--name-only", integration(run_id))
+    assert (modules / "@org" / "pkg" / "index.js").read_text() == "old\n"  # yours untouched
+    # Turned off: none made (Node finds the checkout's copy, in a parent directory).
+    off = workflow(repo, {"t": {"run": "test ! -e node_modules"}}, worktrees={"node_links": False})
+    code, out, _ = run(repo, off)
+    assert code == 0, out
+    assert "workspace packages" not in out
+
+
 def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
     repo: Path,
 ) -> None:

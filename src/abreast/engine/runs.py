@@ -677,6 +677,18 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                     f"({', '.join(sources)}) are imported from each task's own worktree "
                     "(its copy first on PYTHONPATH)"
                 )
+            links = getattr(isolation, "node_links", None)
+            if links:
+                named = ", ".join(
+                    os.path.normpath(os.path.join(os.path.dirname(rel), text))
+                    for rel, text in links[:5]
+                )
+                more = f" and {len(links) - 5} more" if len(links) > 5 else ""
+                _note(
+                    f"note: the workspace packages your node_modules links ({named}{more}) "
+                    "are linked in each task's worktree to its own copy (Node would find "
+                    "your checkout's, worktrees being inside it)"
+                )
             engine = Engine(
                 p.wf,
                 run_id,

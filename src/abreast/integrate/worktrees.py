@@ -196,10 +196,16 @@ class WorktreeIsolation(Isolation):
             if wf.worktrees.pythonpath
             else []
         )
+        # Workspace packages the checkout's node_modules links: each worktree its own.
+        self.node_links = provision.workspace_links(self.repo) if wf.worktrees.node_links else []
         provided = None
-        if self.subs or wf.worktrees.copy or wf.worktrees.keep:
+        if self.subs or wf.worktrees.copy or wf.worktrees.keep or self.node_links:
             provided = Provision(
-                self.repo.root, self.subs, list(wf.worktrees.copy), list(wf.worktrees.keep)
+                self.repo.root,
+                self.subs,
+                list(wf.worktrees.copy),
+                list(wf.worktrees.keep),
+                self.node_links,
             )
         self.pool = WorktreePool(self.repo, run_id, "tasks", reserved, provided)
         self.check_pool = WorktreePool(self.repo, run_id, "checks", provided=provided)

@@ -375,6 +375,13 @@ class Worktrees:
     pythonpath: Annotated[
         bool, Doc("put the worktree's copy of editable-installed sources first on PYTHONPATH")
     ] = True
+    node_links: Annotated[
+        bool,
+        Doc(
+            "link the checkout's workspace packages (node_modules links into the repository) "
+            "to the worktree's own copies, in its node_modules"
+        ),
+    ] = True
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ class Provision:
     subs: list[submodules.Submodule] = field(default_factory=list)
     copy: list[str] = field(default_factory=list)  # paths copied from the checkout
     keep: list[str] = field(default_factory=list)  # ignored paths kept between tasks
+    links: list[tuple[str, str]] = field(default_factory=list)  # (path, link text) to make
 
 
 def provide(repo: Repo, worktree: Path, p: Provision) -> None:
@@ -39,6 +40,52 @@ def provide(repo: Repo, worktree: Path, p: Provision) -> None:
         submodules.sync(repo, worktree, p.subs)
     if p.copy:
         copy_into(p.source, worktree, p.copy)
+    for rel, text in p.links:  # those the worktree has none of (a task's own install wins)
+        link = worktree / rel
+        if not os.path.lexists(link):
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(text, link)
+
+
+def workspace_links(repo: Repo) -> list[tuple[str, str]]:
+    """The links of the checkout's `node_modules` to its own packages (npm and yarn
+    workspaces: `node_modules/@org/pkg -> ../../packages/pkg`), each as (its path, the
+    link text that points at the same package of a worktree).
+
+    A worktree lies inside the checkout (`.git/abreast/worktrees/...`), and Node looks for
+    a package in every parent directory's node_modules: a task or check without its own
+    would import the checkout's copy of the workspace's packages, not the worktree's (an
+    agent's change would seem to do nothing; a check would test other code than the
+    merge). Made in each worktree's node_modules, they point at its own. None when
+    node_modules is not ignored by git (they would be committed with a task's work)."""
+    root = repo.root
+    top = root / "node_modules"
+    if not top.is_dir() or top.is_symlink():
+        return []
+    entries = []
+    with os.scandir(top) as it:
+        for e in it:
+            if e.name.startswith("@") and e.is_dir(follow_symlinks=False):
+                with os.scandir(e.path) as scoped:
+                    entries += [s for s in scoped if s.is_symlink()]
+            elif e.is_symlink():
+                entries.append(e)
+    links = []
+    real_root = root.resolve()
+    for e in entries:
+        try:
+            target = Path(e.path).resolve(strict=True).relative_to(real_root)
+        except (OSError, ValueError):  # dangling, or outside the repository
+            continue
+        if target.parts[:1] in ((".git",), ("node_modules",)) or "node_modules" in target.parts:
+            continue  # an installed package, not one of the workspace's
+        rel = Path(e.path).relative_to(root)
+        links.append((rel.as_posix(), os.path.relpath(target, rel.parent)))
+    if not links:
+        return []
+    ignored = repo.git("check-ignore", "-q", "--no-index", "node_modules/", check=False)
+    tracked = repo.git("ls-files", "-z", "--", "node_modules", check=False).stdout
+    return sorted(links) if ignored.returncode == 0 and not tracked else []
 
 
 def problems(repo: Repo, copy: list[str], keep: list[str]) -> list[str]:
