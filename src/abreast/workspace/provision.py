@@ -77,7 +77,7 @@ def workspace_links(repo: Repo) -> list[tuple[str, str]]:
             target = Path(e.path).resolve(strict=True).relative_to(real_root)
         except (OSError, ValueError):  # dangling, or outside the repository
             continue
-        if target.parts[:1] in ((".git",), ("node_modules",)) or "node_modules" in target.parts:
+        if target.parts[:1] == (".git",) or "node_modules" in target.parts:
             continue  # an installed package, not one of the workspace's
         rel = Path(e.path).relative_to(root)
         links.append((rel.as_posix(), os.path.relpath(target, rel.parent)))
