@@ -193,7 +193,10 @@ def test_every_running_trees_facts_come_from_one_pass_over_proc(tmp_path: Path) 
             try:
                 a = executor.start(_launch(tmp_path, "a", "sleep 60"))
                 b = executor.start(_launch(tmp_path, "b", "sleep 60"))
-                wait_for(lambda: bool(psutil.Process(a.pid).children()), what="a's sleep")
+                wait_for(  # both past their exec (a tree mid-exec can read an RSS of 0)
+                    lambda: all(psutil.Process(r.pid).children() for r in (a, b)),
+                    what="a's and b's sleep",
+                )
                 first = executor.stats(a), executor.stats(b)
                 for r in (a, b):
                     os.killpg(r.pgid, signal.SIGKILL)
