@@ -232,6 +232,24 @@ def test_checks_are_given_to_the_shell_of_defaults_unless_they_name_their_own(
     assert "check `sh` failed" not in out
 
 
+def test_a_check_that_fails_on_a_word_of_bash_says_so(repo: Path) -> None:
+    probe = subprocess.run(["/bin/sh", "-c", "source /dev/null"], capture_output=True, check=False)
+    if probe.returncode == 0:
+        pytest.skip("/bin/sh here is bash, which has `source`")
+    path = workflow(
+        repo,
+        {"a": {"run": "echo A > a.txt", "retries": 0}},
+        checks=[{"name": "env", "run": "source ./env.sh && make test"}],
+    )
+    code, out, _ = run(repo, path)
+    assert code == 1, out
+    assert "check `env` failed (exit 127 (command not found)); the end of its output:" in out
+    assert (
+        "    /bin/sh here has no `source` (a word of bash): write `. FILE` instead, or give the "
+        "command to bash"
+    ) in out
+
+
 def test_red_check_sends_back_and_exhausted_retries_keep_the_branch(repo: Path) -> None:
     path = workflow(
         repo,

@@ -1029,7 +1029,7 @@ class Engine:
         that is beside the workflow file rather than at the root, where commands run; a
         script it runs saved with Windows line endings."""
         from abreast.spec.commands import (
-            bash_words,
+            bash_word_hints,
             beside_text,
             beside_workflow,
             command_paths,
@@ -1044,13 +1044,7 @@ class Engine:
         if script is not None:
             hints.append(crlf_text(script))
         if launch.shell == "sh":  # `source` "not found", `[[` quietly false in an `if`
-            from abreast.engine.preflight import bash_word_fix, lacking
-
-            for word in lacking(tuple(sorted(bash_words(launch.command)))):
-                hints.append(
-                    f"/bin/sh here has no `{word}` (a word of bash): "
-                    + bash_word_fix(word, "the command")
-                )
+            hints += bash_word_hints(launch.command)
         if self.wf.source is not None:
             paths = command_paths(launch.command)
             found = beside_workflow(Path(self._root), Path(self.wf.source).parent, paths)

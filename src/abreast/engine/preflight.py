@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from abreast.spec.commands import (
     BASH_WORDS,
+    bash_word_fix,
     bash_words,
     beside_text,
     beside_workflow,
@@ -23,6 +24,7 @@ from abreast.spec.commands import (
     crlf_script,
     crlf_text,
     first_word,
+    sh_lacks,
 )
 from abreast.spec.model import Task, Workflow
 
@@ -164,7 +166,7 @@ def _not_in_sh(wf: Workflow) -> list[str]:
     if not users:
         return []
     notes = []
-    for word in lacking(tuple(sorted(users))):
+    for word in sh_lacks(tuple(sorted(users))):
         who = users[word]
         notes.append(
             f"note: /bin/sh here has no `{word}` (a word of bash), and {_listed(who)} "
@@ -172,33 +174,6 @@ def _not_in_sh(wf: Workflow) -> list[str]:
             + bash_word_fix(word, "it" if len(who) == 1 else "them")
         )
     return notes
-
-
-def bash_word_fix(word: str, them: str) -> str:
-    """What to do about `word` of BASH_WORDS in a command given to a /bin/sh without it."""
-    instead = f"write {BASH_WORDS[word]} instead, or give" if BASH_WORDS[word] else "give"
-    return (
-        f"{instead} {them} to bash (`shell: bash` on it, or in `defaults` for every task and check)"
-    )
-
-
-def lacking(words: tuple[str, ...]) -> list[str]:
-    """Those of `words` that /bin/sh here neither has nor finds on PATH."""
-    import subprocess
-
-    script = 'for w do type "$w" >/dev/null 2>&1 || echo "$w"; done'
-    try:
-        found = subprocess.run(
-            ["/bin/sh", "-c", script, "sh", *words],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [w for w in found.stdout.split() if w in words]
 
 
 def missing_shell(wf: Workflow) -> str | None:

@@ -15,6 +15,7 @@ from abreast.executor.local import shell_program
 from abreast.executor.logs import log_limit_passed, log_size, log_tail, scrub_secrets
 from abreast.executor.process import describe_status, kill_tree, leases_env
 from abreast.executor.wrapper import SHELLS
+from abreast.spec.commands import bash_word_hints
 from abreast.spec.model import Check
 
 
@@ -122,6 +123,8 @@ async def run_checks(
                 detail += f", on each of its {runs} runs"
             if tail:
                 detail += "; the end of its output:\n" + "\n".join(tail)
+            if check.shell in (None, "sh") and ran.why.startswith("exit 127"):
+                detail += "".join(f"\n{hint}" for hint in bash_word_hints(check.run))
             return CheckResult(False, name, detail, log, waited, tuple(flaky))
     return CheckResult(True, "", "", "", waited, tuple(flaky))
 

@@ -104,6 +104,42 @@ def bash_words(command: str) -> set[str]:
     return found
 
 
+def bash_word_fix(word: str, them: str) -> str:
+    """What to do about `word` of BASH_WORDS in a command given to a /bin/sh without it."""
+    instead = f"write {BASH_WORDS[word]} instead, or give" if BASH_WORDS[word] else "give"
+    return (
+        f"{instead} {them} to bash (`shell: bash` on it, or in `defaults` for every task and check)"
+    )
+
+
+def bash_word_hints(command: str) -> list[str]:
+    """For a failure of `command` given to /bin/sh: a line for each word of bash it starts
+    a command with that /bin/sh here lacks (`source` "not found")."""
+    return [
+        f"/bin/sh here has no `{word}` (a word of bash): " + bash_word_fix(word, "the command")
+        for word in sh_lacks(tuple(sorted(bash_words(command))))
+    ]
+
+
+def sh_lacks(words: tuple[str, ...]) -> list[str]:
+    """Those of `words` that /bin/sh here neither has nor finds on PATH."""
+    import subprocess
+
+    script = 'for w do type "$w" >/dev/null 2>&1 || echo "$w"; done'
+    try:
+        found = subprocess.run(
+            ["/bin/sh", "-c", script, "sh", *words],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [w for w in found.stdout.split() if w in words]
+
+
 def command_paths(command: str, limit: int = 64) -> list[str]:
     """The words of a shell command that may be paths relative to where it runs (no
     options, variables, globs, assignments or shell operators), `./` dropped; at most
