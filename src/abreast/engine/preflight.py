@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from abreast.spec.commands import (
     BASH_WORDS,
@@ -69,11 +69,24 @@ def _command_users(commands: dict[str, list[str]]) -> dict[str, list[str]]:
 def _commands(wf: Workflow) -> dict[str, list[str]]:
     """Each distinct command of the workflow, with the tasks and checks that run it."""
     commands: dict[str, list[str]] = {}
-    for tid, task in wf.tasks.items():
-        commands.setdefault(_task_run(wf, task)[0], []).append(f"task {tid}")
-    for check in wf.checks:
-        commands.setdefault(check.run, []).append(f"check `{check.name or check.run}`")
+    for run in _runs(wf):
+        commands.setdefault(run.command, []).append(run.who)
     return commands
+
+
+class _Run(NamedTuple):
+    command: str
+    path: str | None  # the PATH it runs with, when its `env` sets one
+    shell: str
+    who: str  # `task ID` or check `NAME`
+
+
+def _runs(wf: Workflow) -> list[_Run]:
+    """What each task and check runs, and with what."""
+    runs = [_Run(*_task_run(wf, t), t.shell, f"task {tid}") for tid, t in wf.tasks.items()]
+    return runs + [
+        _Run(c.run, None, c.shell or "sh", f"check `{c.name or c.run}`") for c in wf.checks
+    ]
 
 
 def _task_run(wf: Workflow, task: Task) -> tuple[str, str | None]:
@@ -120,15 +133,11 @@ def _not_on_path(wf: Workflow) -> list[str]:
     """Programs commands start (their first word) that are not on the PATH they will run
     with: an agent's CLI not installed here."""
     base = os.environ.get("PATH", os.defpath)
-    runs: list[tuple[str, str, str]] = []  # command, PATH, who
-    for tid, task in wf.tasks.items():
-        command, path = _task_run(wf, task)
-        runs.append((command, path or base, f"task {tid}"))
-    runs += [(c.run, base, f"check `{c.name or c.run}`") for c in wf.checks]
     missing: dict[str, list[str]] = {}
     firsts: dict[str, str | None] = {}
     found: dict[tuple[str, str], bool] = {}
-    for command, path, who in runs:
+    for command, given, _shell, who in _runs(wf):
+        path = given or base
         if command not in firsts:
             firsts[command] = first_word(command)
         word = firsts[command]
@@ -146,23 +155,15 @@ def _not_on_path(wf: Workflow) -> list[str]:
     ]
 
 
-def _shells(wf: Workflow) -> list[tuple[str, str, str]]:
-    """(command, shell, who) of each task and check."""
-    runs: list[tuple[str, str, str]] = [
-        (_task_run(wf, t)[0], t.shell, f"task {tid}") for tid, t in wf.tasks.items()
-    ]
-    return runs + [(c.run, c.shell or "sh", f"check `{c.name or c.run}`") for c in wf.checks]
-
-
 def _not_in_sh(wf: Workflow) -> list[str]:
     """bash's words (`[[`, `source`, ...) that commands given to /bin/sh start a command
     with and that /bin/sh here does not have (Debian's dash): each fails as "not found",
     and in an `if` quietly counts as false."""
     users: dict[str, list[str]] = {}
-    for command, shell, name in _shells(wf):
-        if shell == "sh":
-            for word in bash_words(command):
-                users.setdefault(word, []).append(name)
+    for run in _runs(wf):
+        if run.shell == "sh":
+            for word in bash_words(run.command):
+                users.setdefault(word, []).append(run.who)
     if not users:
         return []
     notes = []
@@ -182,8 +183,8 @@ def missing_shell(wf: Workflow) -> str | None:
     from abreast.executor.local import shell_path
 
     wanted: dict[str, list[str]] = {}
-    for _command, shell, name in _shells(wf):
-        wanted.setdefault(shell, []).append(name)
+    for run in _runs(wf):
+        wanted.setdefault(run.shell, []).append(run.who)
     for shell, who in wanted.items():
         if shell_path(shell) is None:
             return (

@@ -52,13 +52,17 @@ def log_limit_passed(limit: int, size: int, done: str, who: str) -> str:
     )
 
 
+def _as_hex(m: re.Match[str]) -> str:
+    return f"\\x{ord(m.group()):02x}"
+
+
 def visible(line: str) -> str:
     """`line` safe to print on a terminal, in a summary or a page: escape sequences
     removed (a task's colours, or a `clear`, must not restyle or wipe what abreast
     prints around them), other control characters shown as \\xNN."""
     if "\x1b" in line:
         line = _ESCAPES.sub("", line)
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
+    return _CONTROLS.sub(_as_hex, line)
 
 
 def visible_name(name: str) -> str:
@@ -66,7 +70,7 @@ def visible_name(name: str) -> str:
     control characters (an escape sequence's ESC too) as \\xNN: a name must not break the
     lines of a summary, fake new ones or restyle the terminal."""
     name = name.replace("\n", "\\n").replace("\t", "\\t")
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", name)
+    return _CONTROLS.sub(_as_hex, name)
 
 
 # A run of characters a key could be made of (and that an assignment or header joins it
