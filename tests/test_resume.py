@@ -144,12 +144,22 @@ def test_an_attempt_killed_by_resume_is_rerun_not_failed_by_its_exit_status(
     assert status["tasks"][0]["attempts"] == 2
 
 
-@pytest.mark.parametrize("own_trap", [False, True])
+@pytest.mark.parametrize(
+    ("own_trap", "end", "status"),
+    [
+        (False, "", 0),
+        (True, "", 0),
+        (True, "; exit 0", 0),  # its own trap, then an exit of its own
+        (True, "; false", 1),  # ... or a line that fails (set -e)
+        (False, "; exec true", 0),  # the shell replaced: no trap of any kind runs
+    ],
+)
 def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(
-    tmp_path: Path, own_trap: bool
+    tmp_path: Path, own_trap: bool, end: str, status: int
 ) -> None:
     # A script that cleans up in an EXIT trap of its own replaced the one that records
-    # its status: run again on resume, though it had finished.
+    # its status: run again on resume, though it had finished (and so was one that ends
+    # in `exec`, or exits itself under its own trap).
     trap = f"trap 'echo x >> {tmp_path}/cleaned' EXIT; " if own_trap else ""
     path = tmp_path / "w.json"
     path.write_text(
@@ -159,7 +169,7 @@ def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(
                 "name": "adopt",
                 "isolation": "none",
                 "tasks": {
-                    "a": {"run": f"{trap}echo x >> {tmp_path}/a; sleep 0.5"},
+                    "a": {"run": f"{trap}echo x >> {tmp_path}/a; sleep 0.5{end}"},
                     "b": {"run": f"echo x >> {tmp_path}/b", "needs": ["a"]},
                 },
             }
@@ -169,13 +179,15 @@ def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(
     wait_for(lambda: (tmp_path / "a").exists(), what="a to start")
     kill9(proc)
     exits = tmp_path / ".abreast" / "runs" / run_id / "exits"
-    wait_for(lambda: "a.1 0" in exits.read_text(), what="a to finish on its own")
+    wait_for(lambda: f"a.1 {status}" in exits.read_text(), what="a to finish on its own")
     state = f"sqlite://{tmp_path}/.abreast/state.db"
     resumed = run_abreast("resume", run_id, "--state", state, "--no-monitor", "--plain")
-    assert resumed.code == 0, resumed.err
+    assert resumed.code == status, resumed.out + resumed.err
     assert "ended while abreast was down" in resumed.out
     assert (tmp_path / "a").read_text().split() == ["x"]
-    assert (tmp_path / "b").read_text().split() == ["x"]
+    assert (tmp_path / "b").exists() == (status == 0)
+    if status == 0:
+        assert (tmp_path / "b").read_text().split() == ["x"]
     if own_trap:
         assert (tmp_path / "cleaned").read_text().split() == ["x"]  # its trap still ran
 

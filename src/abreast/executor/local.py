@@ -8,7 +8,8 @@ directory, appends "TASK.ATTEMPT STATUS" to the run's `exits` file when it ends
 (so that `abreast resume` learns how an attempt ended while no orchestrator was
 watching; an O_APPEND write this small is atomic), and runs the command
 with `eval` in the same shell: one process, no interpolation of anything but
-the user's own command. Files are created by the child, after posix_spawn has
+the user's own command (in a subshell when the command could end the shell
+without the wrapper: `wrapper_for`). Files are created by the child, after posix_spawn has
 returned, so the orchestrator never waits on the disk for them.
 
 Exits are noticed through SIGCHLD on the event loop: on each, the executor reaps
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import re
 import resource
 import shutil
 import signal
@@ -40,7 +42,7 @@ from abreast.executor.process import (
     start_ticks_between,
     trees_stats,
 )
-from abreast.executor.wrapper import SHELLS, WRAPPERS
+from abreast.executor.wrapper import SHELLS, SUBSHELL_WRAPPERS, WRAPPERS
 
 _HAS_PIDFD = hasattr(os, "pidfd_open")
 # Ignored signals are inherited through exec, and a shell cannot undo an ignore it inherits:
@@ -306,6 +308,17 @@ def shell_program(shell: str) -> str:
     return shell_path(shell) or SHELLS[shell][0]
 
 
+# `trap`, `exec`, `.` or `source` as a word (a false match costs one fork, no more).
+_OWN_END = re.compile(r"(?:^|[\s;&|(){}`])(?:trap|exec|\.|source)(?=\s)")
+
+
+@functools.lru_cache(maxsize=256)
+def wrapper_for(shell: str, command: str) -> str:
+    """The wrapper line an attempt of `command` starts as: in a subshell when it may end
+    the shell in a way the wrapper would not see (wrapper.SUBSHELL_WRAPPER)."""
+    return (SUBSHELL_WRAPPERS if _OWN_END.search(command) else WRAPPERS)[shell]
+
+
 def spawn(launch: Launch) -> tuple[int, int | None]:
     """Start the attempt's wrapper in a session of its own: (pid, start ticks)."""
     keep_inherited_fds_from_tasks()
@@ -316,7 +329,7 @@ def spawn(launch: Launch) -> tuple[int, int | None]:
         [
             program,
             "-c",
-            WRAPPERS[launch.shell],
+            wrapper_for(launch.shell, launch.command),
             "abreast-task",
             launch.cwd,
             launch.exits_file,
