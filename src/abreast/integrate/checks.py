@@ -121,8 +121,11 @@ async def run_checks(
             detail = f"check `{name}` failed ({ran.why})"
             if runs > 1:
                 detail += f", on each of its {runs} runs"
-            if tail:
-                detail += "; the end of its output:\n" + "\n".join(tail)
+            said = [line.strip() for line in tail if line.strip()]
+            if said:  # its last line first (pytest's "1 failed, 2 passed"), for one-line views
+                detail += f": {said[-1][:200]}"
+                if len(said) > 1 or len(said[0]) > 200:
+                    detail += "\nthe end of its output:\n" + "\n".join(tail)
             if check.shell in (None, "sh") and ran.why.startswith("exit 127"):
                 detail += "".join(f"\n{hint}" for hint in bash_word_hints(check.run))
             return CheckResult(False, name, detail, log, waited, tuple(flaky))

@@ -131,7 +131,7 @@ def show_all_logs(journal: Journal, run_id: str, out: TextIO, follow: bool, note
                     (x for x in journal.attempts(run_id, t) if x.attempt == s.attempt.attempt),
                     s.attempt,
                 )
-                why = f" ({ended.reason.splitlines()[0]})" if ended.reason else ""
+                why = f" ({rundata.headline(ended.reason)})" if ended.reason else ""
                 note.write(f"-- {t}: attempt {ended.attempt} ended{why}; attempt {a.attempt}\n")
                 note.flush()
                 s.open(a, note)

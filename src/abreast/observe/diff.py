@@ -18,6 +18,7 @@ from typing import TextIO
 from abreast.coord.journal import AttemptRow, Journal, RunRow
 from abreast.errors import UsageError
 from abreast.integrate.base import KEY_IN_WORK, integration_branch
+from abreast.observe.rundata import headline
 from abreast.observe.status import find_attempt
 from abreast.spec.durations import counted
 from abreast.workspace.git import git
@@ -69,7 +70,7 @@ def endpoints(
             f"`abreast resume {a.run_id}` carries it on",
         )
     if not a.base_commit or not a.head_commit:
-        why = f" ({a.reason.splitlines()[0]})" if a.reason else ""
+        why = f" ({headline(a.reason)})" if a.reason else ""
         raise UsageError(
             f"{what} has no work taken in: it ended {a.state}{why} before its work was committed",
             hint=f"abreast logs {a.run_id} {a.task_id} --attempt {a.attempt} shows what it did",
@@ -112,12 +113,12 @@ def show(
     if a.reason and a.reason.startswith(KEY_IN_WORK) and not git_args:
         # Printed, a key would be in a terminal's scrollback, a CI log, a pasted review.
         raise UsageError(
-            f"attempt {a.attempt} of {task_id!r} was sent back because {a.reason.splitlines()[0]}"
+            f"attempt {a.attempt} of {task_id!r} was sent back because {headline(a.reason)}"
             ": its lines are not shown",
             hint=f"--stat or --name-only show which files; `git diff {base[:12]} {head[:12]}` "
             "shows them, key and all",
         )
-    state = a.state + (f": {a.reason.splitlines()[0]}" if a.reason else "")
+    state = a.state + (f": {headline(a.reason)}" if a.reason else "")
     return _diff(root, git_args, base, head, f"{task_id}, attempt {a.attempt} ({state})", note)
 
 

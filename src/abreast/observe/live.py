@@ -14,6 +14,7 @@ from abreast.engine.engine import Engine, TaskRun, View
 from abreast.engine.states import TaskState
 from abreast.eta import about
 from abreast.observe.plain import blocked_said, clock, retry_when
+from abreast.observe.rundata import headline
 from abreast.spec.durations import format_duration
 
 _STATE_STYLE = {
@@ -145,11 +146,11 @@ class LiveView(View):
         self._say_blocked()
         if tr.state is not TaskState.SUCCEEDED:
             style = _STATE_STYLE.get(tr.state, "")
-            reason = (tr.reason or "").splitlines()[0] if tr.reason else ""
+            reason = headline(tr.reason)
             self.console.print(Text(f"{tr.state.value}: {tr.id} {reason}", style=style))
 
     def retrying(self, tr: TaskRun, delay_s: float) -> None:
-        first = (tr.feedback or "").splitlines()[0] if tr.feedback else ""
+        first = headline(tr.feedback)
         self.console.print(Text(f"retrying {tr.id} {retry_when(delay_s)}: {first}", style="yellow"))
 
     def note(self, text: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from abreast.engine.engine import Engine, TaskRun, View
 from abreast.engine.states import TaskState
+from abreast.observe.rundata import headline
 from abreast.spec.durations import format_duration
 
 # Blocked tasks named a line each up to this many for one reason; more share one line.
@@ -79,13 +80,12 @@ class PlainView(View):
             return
         detail = ""
         if tr.state is not TaskState.SUCCEEDED and tr.reason:
-            detail = ": " + tr.reason.splitlines()[0]
+            detail = ": " + headline(tr.reason)
         took = f" in {format_duration(tr.busy_s)}" if tr.busy_s else ""
         self._line(f"{tr.state.value:<9} {tr.id}{took}{detail}")
 
     def retrying(self, tr: TaskRun, delay_s: float) -> None:
-        first = (tr.feedback or "").splitlines()[0] if tr.feedback else ""
-        self._line(f"retry   {tr.id} {retry_when(delay_s)}: {first}")
+        self._line(f"retry   {tr.id} {retry_when(delay_s)}: {headline(tr.feedback)}")
 
     def note(self, text: str) -> None:
         self._line(text)

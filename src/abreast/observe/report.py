@@ -404,7 +404,7 @@ def html_page(rep: dict[str, Any]) -> str:
         f"<td>{e(fmt(t['estimate_s'])) if t['estimate_s'] is not None else '-'}</td>"
         f"<td>{e(rundata.changed(t['changes'])) if t['changes'] else '-'}</td>"
         + (f"<td>{e(_in_out(t['tokens']))}</td>" if rep["tokens"] else "")
-        + f"<td>{e((t['reason'] or '').splitlines()[0] if t['reason'] else '')}</td></tr>"
+        + f"<td>{e(rundata.headline(t['reason']))}</td></tr>"
         for t in rep["tasks"]
     )
     span = max([x["end_s"] for x in rep["timeline"]] + [rep["wall_s"], 0.001])
@@ -556,7 +556,7 @@ def junit_xml(rep: dict[str, Any]) -> str:
             suite, "testcase", classname=workflow, name=t["id"], time=f"{t['elapsed_s']:.3f}"
         )
         reason = _xml_text(t["reason"] or "")
-        first = reason.splitlines()[0] if reason else t["state"]
+        first = rundata.headline(reason) or t["state"]
         if t["state"] in _JUNIT_FAILED:
             tail = failures.get(t["id"], {}).get("log_tail") or []
             body = reason + (

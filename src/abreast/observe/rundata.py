@@ -82,11 +82,28 @@ def _found(journal: Journal, a: AttemptRow, path: str | None, folder: str) -> st
     return moved if os.path.exists(moved) else path
 
 
+def headline(reason: str | None) -> str:
+    """The first line of a reason or feedback, for views of one line per task. A first line
+    that ends in ":" (a list follows: the files a task wrote outside its worktree, ...)
+    takes the list's first item, so that it says something."""
+    if not reason:
+        return ""
+    lines = reason.splitlines()
+    line = lines[0]
+    if line.endswith(":") and len(lines) > 1 and lines[1].strip():
+        items = 1  # the list: its lines indented as the first is (a note may follow)
+        indent = lines[1][: len(lines[1]) - len(lines[1].lstrip())]
+        while indent and items < len(lines) - 1 and lines[items + 1].startswith(indent):
+            items += 1
+        line += " " + lines[1].strip() + (f" (+{items - 1} more)" if items > 1 else "")
+    return line
+
+
 def first_line(reason: str | None, limit: int = 300) -> str | None:
     """Why an attempt or task ended as it did, in one line (for tooltips and tables)."""
     if not reason:
         return None
-    line = reason.splitlines()[0]
+    line = headline(reason)
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

@@ -142,7 +142,7 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         if t.started_at:
             took = format_duration(row.active_s(t.started_at, t.finished_at or now))
         rss = f"{t.peak_rss_bytes / 1e6:.1f}MB" if t.peak_rss_bytes else "-"
-        note = (t.reason or "").splitlines()[0][:80] if t.reason else ""
+        note = rundata.headline(t.reason)[:80]
         if t.state == "integrating" and t.task_id in waits:
             note = f"lands after {', '.join(waits[t.task_id])}"
         out.write(
@@ -231,7 +231,7 @@ def find_attempt(
     if not attempts:
         task = _task_row(journal, run_id, task_id)
         if task is not None and task.state in TERMINAL:
-            why = f" ({task.reason.splitlines()[0]})" if task.reason else ""
+            why = f" ({rundata.headline(task.reason)})" if task.reason else ""
             raise UsageError(f"task {task_id!r} of run {run_id} never ran: {task.state}{why}")
         raise UsageError(
             f"task {task_id!r} of run {run_id} has not started yet",
@@ -291,7 +291,7 @@ def show_log(
         if later is None:
             return
         if note is not None:
-            why = f" ({ended.reason.splitlines()[0]})" if ended.reason else ""
+            why = f" ({rundata.headline(ended.reason)})" if ended.reason else ""
             note.write(f"-- {a.task_id}: attempt {a.attempt} ended{why}; attempt {later.attempt}\n")
             note.flush()
         a = later
