@@ -837,7 +837,7 @@ def test_land_refuses_over_uncommitted_changes(repo: Path) -> None:
     # `abreast run --land && git push` must not push a main that lacks the work.
     assert code == 3, out
     assert "not landed: main is checked out with uncommitted changes" in out
-    assert "1 uncommitted change(s) in" in out and "(README.md)" in out
+    assert "1 uncommitted change in" in out and "is not seen by tasks (README.md)" in out
     assert query(repo / ".abreast" / "state.db", "SELECT state FROM runs") == [("succeeded",)]
     assert show(repo, integration(run_id), "a.txt") == "A\n"  # the result is kept
 
@@ -946,7 +946,7 @@ def test_the_start_note_names_uncommitted_files_but_not_the_workflow_file(repo: 
     for i in range(5):
         (repo / f"new{i}.txt").write_text("x")
     code, out, _ = run(repo, path)
-    assert "note: 5 uncommitted change(s) in" in out
+    assert "note: 5 uncommitted changes in" in out
     assert "(new0.txt, new1.txt, new2.txt and 2 more)" in out
 
 
@@ -2021,7 +2021,7 @@ def test_a_green_batch_lands_every_task_with_its_own_merge_commit(
     events = query(journal, "SELECT data FROM events WHERE type = 'merge.landed'")
     assert sorted(json.loads(d).get("batch", 1) for (d,) in events) == [1, 2, 2]
     report = run_abreast("report", run_id, cwd=repo).out
-    assert "merge queue: 3 landed, 2 of them in 1 batch; 0 conflict(s), 0 red check(s)" in report
+    assert "merge queue: 3 landed, 2 of them in 1 batch; 0 conflicts, 0 red checks" in report
 
 
 def test_a_submodule_whose_path_has_a_space_is_populated(repo: Path, tmp_path: Path) -> None:

@@ -53,6 +53,7 @@ from abreast.plan import TaskGraph, analyze, history
 from abreast.plan.analysis import Analysis
 from abreast.plan.ownership import nesting_hint
 from abreast.spec import load_workflow
+from abreast.spec.durations import counted
 from abreast.spec.envsubst import expand_env
 from abreast.spec.model import TASK_ID_PATTERN, Scalar, Workflow
 from abreast.spec.overrides import flag_overrides, listed_names, only_tasks, parallel_cap
@@ -533,7 +534,8 @@ def _base_commit(
     if dirty:
         named = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
         announce_note(
-            f"note: {len(dirty)} uncommitted change(s) in {repo.root} are not seen by tasks"
+            f"note: {counted(len(dirty), 'uncommitted change')} in {repo.root} "
+            f"{'is' if len(dirty) == 1 else 'are'} not seen by tasks"
             f" ({named}); they start from {p.wf.base} ({commit[:12]})"
         )
     return commit

@@ -417,7 +417,8 @@ class Supervisor:
             w.last_renew = now
         elif now - w.last_renew >= ttl:
             return (
-                f"lost its lock(s) {', '.join(le.name for le in w.leases)}: not renewed "
+                f"lost its lock{'s' if len(w.leases) != 1 else ''} "
+                f"{', '.join(le.name for le in w.leases)}: not renewed "
                 f"within the ttl ({ttl:g}s), the coordination backend unreachable; its "
                 "process tree was killed"
             )

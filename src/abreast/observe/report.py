@@ -19,6 +19,7 @@ from abreast.coord.journal import Journal
 from abreast.errors import UsageError
 from abreast.executor.logs import log_tail, mask_keys
 from abreast.observe import rundata
+from abreast.spec.durations import counted
 from abreast.spec.durations import format_duration as fmt
 
 # Events that carry a warning the run said (and its summary repeated).
@@ -173,10 +174,11 @@ def _merge_line(m: dict[str, int]) -> str | None:
         return None
     batches = f"{m['batches']} batch{'es' if m['batches'] != 1 else ''}"
     batched = f", {m['in_batches']} of them in {batches}" if m["in_batches"] else ""
-    red = f"; {m['red_batches']} red batch(es) split" if m["red_batches"] else ""
+    reds = f"{m['red_batches']} red batch{'es' if m['red_batches'] != 1 else ''}"
+    red = f"; {reds} split" if m["red_batches"] else ""
     return (
         f"merge queue: {m['landed']} landed{batched}{red}; "
-        f"{m['conflicts']} conflict(s), {m['red_checks']} red check(s)"
+        f"{counted(m['conflicts'], 'conflict')}, {counted(m['red_checks'], 'red check')}"
     )
 
 
@@ -266,10 +268,10 @@ def text(rep: dict[str, Any]) -> str:
         )
     out.append(short(rep).splitlines()[0] if rep["critical_path"]["actual"]["tasks"] else "")
     width = max([len(t["id"]) for t in rep["tasks"]] + [4])
-    counted = rep["tokens"] is not None
+    has_tokens = rep["tokens"] is not None
     out.append(
         f"\n  {'TASK':<{width}}  {'STATE':<11} {'TRIES':>5} {'TIME':>8} {'WORK':>8} {'ESTIMATE':>8}"
-        + (f" {'TOKENS IN/OUT':>13}" if counted else "")
+        + (f" {'TOKENS IN/OUT':>13}" if has_tokens else "")
         + ("  CHANGED" if any(t["changes"] for t in rep["tasks"]) else "")
     )
     for t in rep["tasks"]:
@@ -281,12 +283,12 @@ def text(rep: dict[str, Any]) -> str:
         out.append(
             f"  {t['id']:<{width}}  {t['state']:<11} {t['attempts']:>5} "
             f"{fmt(t['elapsed_s']):>8} {fmt(t['busy_s']):>8} {est:>8}"
-            + (f" {_in_out(t['tokens']):>13}" if counted else "")
+            + (f" {_in_out(t['tokens']):>13}" if has_tokens else "")
             + (f"  {rundata.changed(t['changes'])}" if t["changes"] else "")
         )
     if any(t["estimate_measured"] for t in rep["tasks"]):
         out.append("  (~: an estimate measured in earlier runs: the task gives none)")
-    if counted:
+    if has_tokens:
         out.append(
             f"\n  tokens: {rundata.tokens_line(rep['tokens'])}, as the provider's answers "
             "said through the key proxy"

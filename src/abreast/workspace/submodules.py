@@ -118,7 +118,8 @@ def sync(repo: Repo, path: Path, subs: list[Submodule]) -> None:
     if proc.returncode != 0:
         said = [line for line in proc.stderr.splitlines() if line.strip()]
         raise SubmoduleError(
-            f"could not check out the submodule(s) {', '.join(where)}: "
+            f"could not check out the submodule{'s' if len(where) != 1 else ''} "
+            f"{', '.join(where)}: "
             + (said[-1].strip() if said else f"git exited with {proc.returncode}")
             + "; the commit the work records is neither in your checkout's copy of the "
             "submodule nor at its URL (`git submodule update` in your checkout says why)"
