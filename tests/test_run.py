@@ -287,6 +287,46 @@ def test_tasks_given_to_bash_have_its_words_and_a_pipeline_fails_with_any_comman
     assert states == {"words": "succeeded", "piped": "failed", "sh": "succeeded"}
 
 
+def test_an_agents_shell_is_its_tasks_unless_a_task_sets_its_own(
+    tmp_path: Path,
+) -> None:
+    # An agent's command written for bash (`source ~/.nvm/nvm.sh && ...`): said once, on
+    # the agent, over `defaults.shell`; a task of it that says `shell:` keeps its own.
+    path = workflow(
+        tmp_path,
+        {
+            "a": {"agent": "bashy", "prompt": "p"},
+            "b": {"agent": "bashy", "prompt": "p", "shell": "sh"},
+            "c": {"agent": "plain", "prompt": "p"},
+            "d": {"run": "false | cat; touch d.txt"},  # sh: the pipeline is cat's
+        },
+        defaults={"shell": "sh"},
+        agents={
+            "bashy": {
+                "run": 'false | cat; [[ -n "$ABREAST_PROMPT" ]] && touch "$ABREAST_TASK_ID.txt"',
+                "shell": "bash",
+            },
+            "plain": {"run": 'false | cat; touch "$ABREAST_TASK_ID.txt"'},
+        },
+    )
+    dry = run_abreast("run", str(path), "--dry-run", cwd=tmp_path)
+    assert dry.code == 0, dry.err
+    assert "task a uses it" not in dry.err  # given to bash, which has `[[`
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
+    assert states["a"] == "failed", result.out  # bash: the pipeline fails (pipefail)
+    assert not (tmp_path / "a.txt").exists()
+    assert states["c"] == states["d"] == "succeeded", result.out
+    assert (tmp_path / "c.txt").exists() and (tmp_path / "d.txt").exists()
+    probe = subprocess.run(["/bin/sh", "-c", "[[ 1 ]]"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        assert states["b"] == "failed"  # sh: `[[` not found (exit 127)
+        assert not (tmp_path / "b.txt").exists()
+        assert "task b uses it" in dry.err
+    check = run_abreast("schema", cwd=tmp_path)
+    assert '"shell"' in json.dumps(json.loads(check.out)["$defs"]["Agent"]), check.out[:400]
+
+
 def test_bash_words_given_to_sh_are_noted_before_the_run_and_said_with_the_failure(
     tmp_path: Path,
 ) -> None:

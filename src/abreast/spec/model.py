@@ -229,11 +229,19 @@ class Backoff:
             return float(self.max)
 
 
+# The shells a command may be given to (executor/wrapper.py `SHELLS`).
+Shell = Literal["sh", "bash"]
+
+
 @dataclass(frozen=True)
 class Agent:
     """A reusable command profile for coding agents."""
 
     run: Annotated[Command, Doc("shell command; the prompt arrives in $ABREAST_PROMPT")]
+    shell: Annotated[
+        Shell | None,
+        Doc("the shell `run` is given to, for its tasks; default: the task's (`defaults.shell`)"),
+    ] = None
     keys: Annotated[str | None, Doc("key pool this agent draws from")] = None
     max_instances: Annotated[int | None, Ge(1), Doc("1 makes the agent a singleton")] = None
     env: dict[str, EnvValue] = field(default_factory=dict)
@@ -276,10 +284,6 @@ class KeyPool:
 @dataclass(frozen=True)
 class LockSpec:
     ttl: Annotated[Duration, Gt(0), Doc("a dead holder loses the lock after this")] = 900.0
-
-
-# The shells a command may be given to (executor/wrapper.py `shell_argv`).
-Shell = Literal["sh", "bash"]
 
 
 @dataclass(frozen=True)

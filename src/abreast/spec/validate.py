@@ -145,6 +145,7 @@ class _Validator:
             defaults_raw = {k: v for k, v in defaults_raw.items() if (k,) not in at_fault}
 
         merged: dict[str, Any] = {}
+        own_shell: set[str] = set()  # tasks that set `shell` themselves
         for tid, raw_body in (tasks_raw or {}).items():
             body = {} if raw_body is None else raw_body
             if not isinstance(body, dict):
@@ -158,6 +159,8 @@ class _Validator:
                 self.problem(("tasks", tid), f"task id {tid!r} is not allowed", hint=_TASK_ID_RULE)
             if "id" in body:
                 self.problem(("tasks", tid, "id"), "a task's id is its key; remove `id:`")
+            if "shell" in body:
+                own_shell.add(tid)
             if defaults_raw:
                 inherited = {k: v for k, v in defaults_raw.items() if k not in body}
                 if "run" in body:
@@ -177,6 +180,7 @@ class _Validator:
         self._references(workflow)
         if self.problems:
             raise self.fail()
+        self._agent_shells(workflow, own_shell)
         if any(c.shell is None for c in workflow.checks):  # a check's shell is the tasks'
             shell = workflow.defaults.shell
             checks = [
@@ -188,6 +192,15 @@ class _Validator:
             name = re.sub(r"[^a-z0-9_-]+", "-", stem).strip("-_")[:63] or "workflow"
             object.__setattr__(workflow, "name", name)
         return workflow
+
+    @staticmethod
+    def _agent_shells(workflow: Workflow, own_shell: set[str]) -> None:
+        """An agent's `shell` is its tasks' (those that run its command) unless a task sets
+        its own: the agent's command is written for it, over `defaults.shell`."""
+        for tid, task in workflow.tasks.items():
+            agent = workflow.agents.get(task.agent) if task.agent and task.run is None else None
+            if agent and agent.shell and tid not in own_shell and task.shell != agent.shell:
+                workflow.tasks[tid] = dataclasses.replace(task, shell=agent.shell)
 
     # -- shapes and values (schema.py), errors in the user's terms ----------------------------
 
