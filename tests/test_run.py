@@ -157,6 +157,43 @@ def test_timeout_kills_the_whole_tree_within_the_grace_period(tmp_path: Path, cl
     assert took < 1 + 5 + 3  # timeout + grace + start-up, generously
 
 
+def test_a_command_given_a_shell_of_its_own_ends_and_says_as_one_in_the_wrappers_shell(
+    tmp_path: Path,
+) -> None:
+    # A command with `trap`, `exec`, `.` or `source` runs in a shell of its own, which the
+    # attempt's shell waits for (so that its status is recorded whatever it does): TERMed
+    # by a timeout it still cleans up in its trap, its log says no more than before, `$$`
+    # is its own shell, and its errors reach its log.
+    (tmp_path / "env.sh").write_text("X=1\n")
+    path = workflow(
+        tmp_path,
+        {
+            "cleans": {
+                "run": "trap 'echo cleaned > cleaned.txt; exit 0' TERM; sleep 300 & wait",
+                "timeout": 1,
+            },
+            "sourced": {"run": ". ./env.sh && sleep 300", "timeout": 1},
+            "itself": {"run": ". ./env.sh; kill -TERM $$; touch survived.txt"},
+            "missing": {"run": ". ./env.sh; no-such-program-here"},
+        },
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 1
+    assert (tmp_path / "cleaned.txt").read_text() == "cleaned\n"
+    assert not (tmp_path / "survived.txt").exists()
+    assert "itself (failed): killed by SIGTERM" in result.out, result.out
+    states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
+    assert states == {
+        "cleans": "timed_out",
+        "sourced": "timed_out",
+        "itself": "failed",
+        "missing": "failed",
+    }
+    logs = tmp_path / ".abreast" / "runs" / run_id_of(result.out) / "logs"
+    assert (logs / "sourced.1.log").read_text() == ""  # no "Terminated" of the waiting shell
+    assert "no-such-program-here: not found" in (logs / "missing.1.log").read_text()
+
+
 def test_processes_a_task_leaves_in_a_session_of_their_own_are_ended_with_it(
     tmp_path: Path,
 ) -> None:

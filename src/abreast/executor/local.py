@@ -8,9 +8,9 @@ directory, appends "TASK.ATTEMPT STATUS" to the run's `exits` file when it ends
 (so that `abreast resume` learns how an attempt ended while no orchestrator was
 watching; an O_APPEND write this small is atomic), and runs the command
 with `eval` in the same shell: one process, no interpolation of anything but
-the user's own command (in a subshell when the command could end the shell
-without the wrapper: `wrapper_for`). Files are created by the child, after posix_spawn has
-returned, so the orchestrator never waits on the disk for them.
+the user's own command (in a shell of its own when the command could end the
+shell without the wrapper: `own_shell`). Files are created by the child, after
+posix_spawn has returned, so the orchestrator never waits on the disk for them.
 
 Exits are noticed through SIGCHLD on the event loop: on each, the executor reaps
 whichever of its own processes have ended (it never waits on a pid it did not
@@ -42,7 +42,7 @@ from abreast.executor.process import (
     start_ticks_between,
     trees_stats,
 )
-from abreast.executor.wrapper import SHELLS, SUBSHELL_WRAPPERS, WRAPPERS
+from abreast.executor.wrapper import OWN_SHELL_WRAPPERS, SHELLS, WRAPPERS
 
 _HAS_PIDFD = hasattr(os, "pidfd_open")
 # Ignored signals are inherited through exec, and a shell cannot undo an ignore it inherits:
@@ -308,34 +308,36 @@ def shell_program(shell: str) -> str:
     return shell_path(shell) or SHELLS[shell][0]
 
 
-# `trap`, `exec`, `.` or `source` as a word (a false match costs one fork, no more).
+# `trap`, `exec`, `.` or `source` as a word (a false match costs one exec, no more).
 _OWN_END = re.compile(r"(?:^|[\s;&|(){}`])(?:trap|exec|\.|source)(?=\s)")
 
 
 @functools.lru_cache(maxsize=256)
-def wrapper_for(shell: str, command: str) -> str:
-    """The wrapper line an attempt of `command` starts as: in a subshell when it may end
-    the shell in a way the wrapper would not see (wrapper.SUBSHELL_WRAPPER)."""
-    return (SUBSHELL_WRAPPERS if _OWN_END.search(command) else WRAPPERS)[shell]
+def own_shell(command: str) -> bool:
+    """Whether `command` is given to a shell of its own, which the wrapper waits for: it
+    may end its shell in a way the wrapper would not see (wrapper.OWN_SHELL_WRAPPER)."""
+    return _OWN_END.search(command) is not None
 
 
 def spawn(launch: Launch) -> tuple[int, int | None]:
     """Start the attempt's wrapper in a session of its own: (pid, start ticks)."""
     keep_inherited_fds_from_tasks()
     program = shell_program(launch.shell)
+    own = own_shell(launch.command)
     before = boot_ticks()
     pid = os.posix_spawn(
         program,
         [
             program,
             "-c",
-            wrapper_for(launch.shell, launch.command),
+            (OWN_SHELL_WRAPPERS if own else WRAPPERS)[launch.shell],
             "abreast-task",
             launch.cwd,
             launch.exits_file,
             launch.command,
             launch.log,
             f"{launch.task_id}.{launch.attempt}",
+            *([program] if own else []),  # the command's own shell
         ],
         launch.env,
         setsid=True,

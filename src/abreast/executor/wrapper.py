@@ -10,7 +10,7 @@ SHELL = "/bin/sh"
 # the status into 2 under -e; the run reads the status from the process then. A command
 # that sets its own EXIT trap (`trap cleanup EXIT`) replaces the wrapper's, so the status
 # of one that comes to its end is also written after it: one that ended while abreast was
-# down is then taken, not run again (one that calls `exit` itself: see SUBSHELL_WRAPPER).
+# down is then taken, not run again (one that calls `exit` itself: OWN_SHELL_WRAPPER).
 # Written twice when the trap is the wrapper's: the last line of a key counts.
 WRAPPER = (
     'exec >"$4" 2>&1 </dev/null || exit 126; cd -- "$1" || exit 127; '
@@ -22,12 +22,22 @@ WRAPPER = (
 
 # A command that may take the shell's end out of the wrapper's hands (`trap ... EXIT`
 # replaces its trap; `exec` replaces the shell; `exit` in a script under its own trap;
-# a sourced file may do any of these) runs in a subshell instead: the wrapper outlives
-# it and records its status whatever it does. Only those: the subshell is one more fork
-# per attempt (`local.wrapper_for` chooses).
-SUBSHELL_WRAPPER = WRAPPER.replace(
-    'set -e; eval "$__abreast_cmd"; __abreast_st=$?; ',
-    '(set -e; eval "$__abreast_cmd"); __abreast_st=$?; ',
+# a sourced file may do any of these) is given to a shell of its own ($6, the wrapper's
+# program, with the options of SHELLS, `eval`ing it as WRAPPER does), which the wrapper
+# waits for and records whatever it does. Only those: one more exec per attempt
+# (`local.own_shell` chooses). A shell of its own, not a subshell: `$$` stays the
+# command's shell (`kill $$`). The wrapper waits out a TERM sent to the group (the
+# command's shell takes its own, trapped or not), so the attempt ends when the command
+# does, as with WRAPPER, and then dies of the TERM the command died of (143), as a TERMed
+# shell does, recording nothing. Its own stderr is /dev/null (it would say "Terminated"
+# of the command); the command's shell puts its stderr back on the log first thing.
+OWN_SHELL_WRAPPER = (
+    'exec >"$4" 2>&1 </dev/null || exit 126; cd -- "$1" || exit 127; exec 2>/dev/null; '
+    "__abreast_exits=$2; __abreast_key=$5; trap : TERM; "
+    '"$6" OPTIONS -c \'exec 2>&1; __abreast_cmd=$1; shift; eval "$__abreast_cmd"\' '
+    'abreast-task "$3"; __abreast_st=$?; '
+    'if [ "$__abreast_st" = 143 ]; then trap - TERM; kill -TERM $$; fi; '
+    'echo "$__abreast_key $__abreast_st" >> "$__abreast_exits" || :; exit "$__abreast_st"'
 )
 
 # What each `shell:` of the workflow runs a command with: the program (a bare name is
@@ -36,7 +46,7 @@ SUBSHELL_WRAPPER = WRAPPER.replace(
 # pytest does (dash, Debian's /bin/sh, has no pipefail).
 SHELLS = {"sh": (SHELL, ("-e",)), "bash": ("bash", ("-e", "-o", "pipefail"))}
 WRAPPERS = {"sh": WRAPPER, "bash": WRAPPER.replace("set -e;", "set -eo pipefail;")}
-SUBSHELL_WRAPPERS = {
-    "sh": SUBSHELL_WRAPPER,
-    "bash": SUBSHELL_WRAPPER.replace("set -e;", "set -eo pipefail;"),
+OWN_SHELL_WRAPPERS = {
+    name: OWN_SHELL_WRAPPER.replace("OPTIONS", " ".join(options))
+    for name, (_program, options) in SHELLS.items()
 }
