@@ -408,7 +408,9 @@ def test_a_lost_worker_fails_the_attempt_its_leftovers_are_ended_and_the_retry_r
     worker, straggler = tmp_path / "worker.pid", tmp_path / "straggler.pid"
     run = (
         'if [ "$ABREAST_ATTEMPT" = 1 ]; then '
-        f"sh -c 'echo $$ > {straggler}; exec sleep 60' & echo $PPID > {worker}; sleep 60; "
+        # (no `exec`: a command with one is given a shell of its own, whose $PPID is the
+        # attempt's shell, not the worker)
+        f"sh -c 'echo $$ > {straggler}; sleep 60' & echo $PPID > {worker}; sleep 60; "
         "fi; echo done"
     )
     path = git_project(
