@@ -616,7 +616,7 @@ def test_cleanup_force_after_sigkill_leaves_nothing(tmp_path: Path, coord_url: s
     assert (links / "2-state.db").is_file()
     dry = run_abreast("cleanup", "--dry-run", "--state", coord_url, cwd=tmp_path)
     assert "release lock 'tests'" in dry.out
-    assert "kill 4 process(es)" in dry.out  # each task's shell and its sleep
+    assert "kill 4 processes still running" in dry.out  # each task's shell and its sleep
     assert f"remove the links to its state files in {links}" in dry.out
     done = run_abreast("cleanup", "--force", "--state", coord_url, cwd=tmp_path)
     assert done.code == 0, done.err

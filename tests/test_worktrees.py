@@ -986,6 +986,15 @@ def test_cleanup_lists_then_removes_what_failed_runs_kept(repo: Path) -> None:
     assert git(repo, "branch", "--list", f"abreast/{run_id}/bad") == ""
     assert git(repo, "for-each-ref", "refs/abreast/") == ""
     assert git(repo, "branch", "--list", integration(run_id)).strip()  # results stay
+    kept = (
+        f"kept 1 result branch: {integration(run_id)} (merge what you "
+        "want from them; `abreast cleanup --results` deletes them)"
+    )
+    assert done.out.splitlines()[-1] == kept, done.out  # said, as they pile up run by run
+    again = run_abreast("cleanup", cwd=repo).out
+    assert again.splitlines() == ["nothing to clean up", kept]
+    assert run_abreast("cleanup", "--results", cwd=repo).code == 0
+    assert git(repo, "branch", "--list", integration(run_id)) == ""
     assert run_abreast("cleanup", cwd=repo).out.strip() == "nothing to clean up"
 
 

@@ -973,6 +973,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         print(f"abreast: note: leases not checked: {e}", file=sys.stderr)
         coord = None
     # Resume and cancel wait while this takes runs down (it reads each run's state once).
+    kept: list[str] = []  # result branches left as they are (no --results)
     hold = (
         journal.exclusive(waiting_note("cleaning up"))
         if journal is not None and not args.dry_run
@@ -989,6 +990,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
                 release_leases=lease_releaser(coord) if coord else None,
                 forget_before=forget_before,
                 runs_dir=location.runs_dir,
+                kept_results=kept,
             )
             compacted = (
                 _compact(journal)
@@ -1002,6 +1004,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             coord.close()
     if not plans:
         print("nothing to clean up")
+        _say_kept_results(kept)
         return 0
     for plan in plans:
         verb = "would" if args.dry_run else "did"
@@ -1010,7 +1013,20 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             print(f"  {action}")
     if compacted:
         print(compacted)
+    _say_kept_results(kept)
     return 0
+
+
+def _say_kept_results(kept: list[str]) -> None:
+    """Result branches pile up run after run, and `cleanup` alone never deletes them."""
+    if not kept:
+        return
+    n = len(kept)
+    shown = ", ".join(kept[:3]) + (f" and {n - 3} more" if n > 3 else "")
+    print(
+        f"kept {n} result branch{'es' if n != 1 else ''}: {shown} "
+        "(merge what you want from them; `abreast cleanup --results` deletes them)"
+    )
 
 
 def _compact(journal: Journal) -> str:

@@ -72,10 +72,12 @@ def cleanup(
     release_leases: Callable[[str, bool], list[str]] | None = None,
     forget_before: float | None = None,
     runs_dir: Path | None = None,
+    kept_results: list[str] | None = None,
 ) -> list[Plan]:
     """What to clean up, done unless `dry_run`. With `forget_before` (a time), runs that
     ended before it are forgotten too: their directory in `runs_dir` (logs, outputs),
-    then their journal entries."""
+    then their journal entries. The result branches left as they are (without `results`)
+    are added to `kept_results`."""
     from abreast.workspace.cleanup import (
         leftovers,
         remove,
@@ -108,7 +110,7 @@ def cleanup(
         live = len(_stray_pids(journal, row.id)) if journal else 0
         if live:
             plan.processes = live
-            plan.actions.append(f"kill {live} process(es) still running")
+            plan.actions.append(f"kill {live} process{'es' if live != 1 else ''} still running")
         if release_leases:  # listed now, done once its processes are gone
             plan.leases = release_leases(row.id, True)
             plan.actions += plan.leases
@@ -147,6 +149,8 @@ def cleanup(
                 plan.actions.append(
                     f"delete result branch {left.integration_branch.removeprefix('refs/heads/')}"
                 )
+            elif left.integration_branch and kept_results is not None:
+                kept_results.append(left.integration_branch.removeprefix("refs/heads/"))
     anchors = anchors_dir(root)
     for links in sorted(anchors.iterdir()) if anchors.is_dir() else ():
         # A run this journal does not know may be live in another journal (--state): its
