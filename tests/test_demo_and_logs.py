@@ -30,7 +30,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.code == 0, result.out + result.err
     out = result.out
     assert out.splitlines()[1].startswith("run: demo-")
-    assert "retry   frontend" in out  # fails once, succeeds on the retry
+    assert "retry   frontend" in out  # fails once, succeeds on the retry, and says why:
+    assert ": exit 1: frontend: the build broke (a flaky dependency)\n" in out  # (its log)
     assert "gate not met: output.confidence >= 0.75" in out
     assert "skipped   performance" in out
     assert "succeeded docs" in out

@@ -48,6 +48,7 @@ from abreast.executor.local import (
     quiet_signal_wakeup,
 )
 from abreast.executor.logs import (
+    TAIL_HEADING,
     create_new,
     log_size,
     log_tail,
@@ -1593,7 +1594,7 @@ class Engine:
     def _with_log_tail(self, tr: TaskRun, reason: str) -> str:
         """Why an attempt failed, with the last lines of its log: feedback for the next."""
         tail = self._log_tail(tr)
-        return reason + ("\nlast lines of its log:\n" + "\n".join(tail) if tail else "")
+        return reason + (f"\n{TAIL_HEADING}\n" + "\n".join(tail) if tail else "")
 
     async def _wait_for_kills(self) -> None:
         """Wait for the groups being ended (up to their grace). A Ctrl-C (or TERM, or the

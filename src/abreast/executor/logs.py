@@ -135,6 +135,10 @@ class KeyMasker:
         return out
 
 
+# What comes before the end of an attempt's log in the feedback of its next attempt.
+TAIL_HEADING = "last lines of its log:"
+
+
 def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 8192) -> list[str]:
     """The last `lines` non-blank lines of a log (from its last `max_bytes`, or up to 32
     times that where those hold fewer lines), made `visible`; bytes that are not UTF-8

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from abreast.coord.journal import AttemptRow, EventRow, Journal, RunRow, TaskRow
-from abreast.executor.logs import prompt_file
+from abreast.executor.logs import TAIL_HEADING, prompt_file
 
 MERGE_EVENTS = (
     "merge.queued",
@@ -85,7 +85,8 @@ def _found(journal: Journal, a: AttemptRow, path: str | None, folder: str) -> st
 def headline(reason: str | None) -> str:
     """The first line of a reason or feedback, for views of one line per task. A first line
     that ends in ":" (a list follows: the files a task wrote outside its worktree, ...)
-    takes the list's first item, so that it says something."""
+    takes the list's first item, so that it says something; feedback with the end of the
+    attempt's log (`exit 1`, then its last lines) takes the log's last line."""
     if not reason:
         return ""
     lines = reason.splitlines()
@@ -96,6 +97,10 @@ def headline(reason: str | None) -> str:
         while indent and items < len(lines) - 1 and lines[items + 1].startswith(indent):
             items += 1
         line += " " + lines[1].strip() + (f" (+{items - 1} more)" if items > 1 else "")
+    elif TAIL_HEADING in lines[1:]:
+        said = [x.strip() for x in lines[lines.index(TAIL_HEADING) + 1 :] if x.strip()]
+        if said:
+            line += f": {said[-1][:200]}"
     return line
 
 
@@ -283,7 +288,7 @@ def failure_lines(
     lines = (reason or "").splitlines() or [""]
     out = [f"  {task} ({state}{after}): {lines[0]}"]
     for line in lines[1:]:
-        if line.startswith("last lines of its log"):
+        if line == TAIL_HEADING:
             break  # the engine's copy of the tail below, as it was then
         out.append(f"    {line}")
     if tail:
