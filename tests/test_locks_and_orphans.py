@@ -195,7 +195,7 @@ def test_a_stopped_holder_loses_the_lock_and_the_next_holder_ends_its_command_fi
         # The old command never ran beside the new one: the new holder ended it first.
         assert not pid_alive(int(marker.read_text()))
         assert (
-            "ran out while its command still ran; ended 2 process(es)" in second.stderr
+            "ran out while its command still ran; ended 2 processes" in second.stderr
         )  # sh, sleep
         os.kill(first.pid, signal.SIGCONT)
         _, err = first.communicate(timeout=30)
@@ -237,7 +237,7 @@ def test_fencing_a_lapsed_lease_spares_the_same_lock_and_token_of_another_store(
             [*lock_argv(coord_url), "true"], capture_output=True, text=True, timeout=30, check=False
         )
         assert second.returncode == 0, second.stderr
-        assert "ended 1 process(es) of it first" in second.stderr  # the sleep: exec'd sh
+        assert "ended 1 process of it first" in second.stderr  # the sleep: exec'd sh
         assert not pid_alive(int(marker.read_text()))
         assert pid_alive(int(other_pid.read_text()))  # the other project's holder runs on
         assert theirs.holder("tests") == other_held

@@ -558,10 +558,11 @@ def test_another_projects_run_of_the_same_id_is_not_this_runs_strays(tmp_path: P
         theirs, mine = int(pid_file.read_text()), int((tmp_path / "one.pid").read_text())
         assert {p.pid for p in marked_processes("ci-42")} >= {theirs, mine}  # same marker
         listed = run_abreast("cleanup", "--dry-run", cwd=one)
-        assert "kill 2 process(es)" in listed.out, listed.out  # its task's shell and sleep
+        # its task's shell and sleep
+        assert "kill 2 processes still running" in listed.out, listed.out
         cancelled = run_abreast("cancel", "ci-42", cwd=one)
         assert cancelled.code == 0, cancelled.err
-        assert "2 stray process(es) killed" in cancelled.out
+        assert "2 stray processes killed" in cancelled.out
         assert not pid_alive(mine)
         assert pid_alive(theirs)  # project two's run goes on
     finally:

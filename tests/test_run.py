@@ -228,7 +228,7 @@ def test_processes_a_task_leaves_in_a_session_of_their_own_are_ended_with_it(
     assert "slow (timed_out)" in result.out
     for task in ("done", "slow", "after"):
         assert (
-            f"{task}: ending 1 process(es) its attempt 1 left running in a session or process"
+            f"{task}: ending 1 process its attempt 1 left running in a session or process"
             " group of its own (" in result.out
         ), result.out
     recorded = dict(line.split() for line in pids.read_text().splitlines())

@@ -1116,7 +1116,7 @@ def test_what_a_merge_check_leaves_running_is_ended_with_the_run(
     assert code == 0, out
     assert git(repo, "show", f"{integration(run_id)}:a.txt") == "A\n"  # the check passed
     assert (
-        "a: ending 1 process(es) the merge check of a left running in a session or process"
+        "a: ending 1 process the merge check of a left running in a session or process"
         " group of its own" in out
     ), out
     assert [p for p in pids.read_text().split() if pid_alive(int(p))] == []
@@ -2947,7 +2947,7 @@ def test_a_process_an_attempt_left_running_never_writes_into_the_next_tasks_work
     )
     code, out, run_id = run(repo, path)
     assert code == 0, out
-    assert "leaker: ending 1 process(es) its attempt 1 left running" in out
+    assert "leaker: ending 1 process its attempt 1 left running" in out
     seen = show(repo, integration(run_id), "seen.txt").split()
     assert "leak.txt" not in seen and "own.txt" in seen, seen
     assert "leak.txt" not in git(repo, "ls-tree", "--name-only", integration(run_id)).split()

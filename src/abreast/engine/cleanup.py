@@ -31,7 +31,7 @@ from abreast.coord.location import STATE_DIR
 from abreast.engine.lookup import on_this_host, orchestrator_alive
 from abreast.engine.runs import _kill_strays, _stray_pids
 from abreast.executor.process import kill_pids, marked_processes
-from abreast.spec.durations import format_size
+from abreast.spec.durations import counted, format_size
 
 ORPHAN_AFTER_S = 120.0
 FINISHED = ("succeeded", "failed", "cancelled")  # the states of a run that ended
@@ -110,7 +110,7 @@ def cleanup(
         live = len(_stray_pids(journal, row.id)) if journal else 0
         if live:
             plan.processes = live
-            plan.actions.append(f"kill {live} process{'es' if live != 1 else ''} still running")
+            plan.actions.append(f"kill {counted(live, 'process', 'processes')} still running")
         if release_leases:  # listed now, done once its processes are gone
             plan.leases = release_leases(row.id, True)
             plan.actions += plan.leases

@@ -70,6 +70,7 @@ from abreast.integrate.base import Isolation, Outcome, Verdict
 from abreast.plan.dispatch import Dispatcher, Policy
 from abreast.plan.graph import TaskGraph
 from abreast.spec import conditions
+from abreast.spec.durations import counted
 from abreast.spec.loader import MAX_DEPTH, json_depth
 from abreast.spec.model import (
     ENV_VALUE_MAX,
@@ -1323,7 +1324,8 @@ class Engine:
             listed = ", ".join(sorted(set(names)))
             whose = f"the merge check of {task_id}" if check else f"its attempt {attempt}"
             self.view.note(
-                f"{task_id}: ending {len(names)} process(es) {whose} left running in a "
+                f"{task_id}: ending {counted(len(names), 'process', 'processes')} {whose} "
+                "left running in a "
                 f"session or process group of its own ({listed})"
             )
             if check:

@@ -835,7 +835,7 @@ def _cancel_dead(journal: Journal, row: RunRow) -> str:
     journal.commit()
     return (
         f"run {row.id} had no live orchestrator; marked cancelled, "
-        f"{killed} stray process(es) killed"
+        f"{counted(killed, 'stray process', 'stray processes')} killed"
     )
 
 
@@ -1118,7 +1118,8 @@ async def _resume(
                     request_kill_at(f"{a.log}.kill", KILL)
         swept = await asyncio.to_thread(cluster.sweep, row.id, row.options.get("tag"))
         if swept:
-            view.note(f"killed {len(swept)} stray process(es) of the dead orchestrator on Ray")
+            swept_said = counted(len(swept), "stray process", "stray processes")
+            view.note(f"killed {swept_said} of the dead orchestrator on Ray")
         # An environment left for a node that never took it (it may hold a leased key).
         for stale in (location.run_dir(row.id) / "logs").glob("*.env"):
             stale.unlink(missing_ok=True)
@@ -1131,7 +1132,9 @@ async def _resume(
     ended = recorded_exits(exits_file)
     killed = await asyncio.to_thread(kill_pids, strays)
     if killed:
-        view.note(f"killed {killed} stray process(es) of the dead orchestrator")
+        view.note(
+            f"killed {counted(killed, 'stray process', 'stray processes')} of the dead orchestrator"
+        )
     interrupted: dict[str, tuple[int, Exit | None]] = {}
     now = time.time()
     for a in journal.attempts(row.id):

@@ -210,7 +210,8 @@ def _fence(lapsed: Lease, store_id: str, err: TextIO) -> None:
     if ended:
         err.write(
             f"abreast lock: the last lease of {lapsed.name!r} ({describe(lapsed)}) ran out "
-            f"while its command still ran; ended {ended} process(es) of it first\n"
+            f"while its command still ran; ended {ended} process{'es' if ended != 1 else ''} "
+            "of it first\n"
         )
         err.flush()
 

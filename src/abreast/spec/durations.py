@@ -136,6 +136,6 @@ def format_size(size: int) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
 
 
-def counted(n: int, noun: str) -> str:
-    """`1 task`, `2 tasks`: a count with its noun (a regular plural)."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`1 task`, `2 tasks`: a count with its noun (`plural`, else a regular plural)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
