@@ -24,7 +24,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     try:
         state = ["--state", f"sqlite://{kept[1]}/.abreast/state.db"]
         told = run_abreast("logs", "backend", "--prompt", *state)  # critique's output in it
-        assert told.out == "Implement the backend (the review said APPROVED)", told.err
+        # The prompt as written, then what its work may change (its `owns`).
+        assert told.out == (
+            "Implement the backend (the review said APPROVED)\n\n---\nChange only files "
+            "matching `backend/**`: other tasks run beside this one, and an attempt that "
+            "changes any other file is sent back."
+        ), told.out + told.err
     finally:
         shutil.rmtree(kept[1])
     assert result.code == 0, result.out + result.err

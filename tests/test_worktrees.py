@@ -291,6 +291,64 @@ def test_red_check_sends_back_and_exhausted_retries_keep_the_branch(repo: Path) 
         assert re.fullmatch(r"    task log: \S+/logs/breaker\.2\.log", lines[5])
 
 
+def test_an_agent_is_told_in_its_prompt_which_files_its_work_may_change(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Told only by the send-back, an agent that touched a file outside its `owns` spent an
+    # attempt (minutes, and tokens) to learn it. Its prompt now says so up front.
+    told = tmp_path / "told"
+    told.mkdir()
+    agent = f'printf %s "$ABREAST_PROMPT" > {told}/$ABREAST_TASK_ID.$ABREAST_ATTEMPT'
+    path = workflow(
+        repo,
+        {
+            "api": {"agent": "a", "prompt": "Build it", "owns": ["src/**", "docs/api.md"]},
+            # a first attempt that strays, then keeps to its own
+            "web": {
+                "prompt": "Style it",
+                "owns": ["web/**"],
+                "run": f"{agent}; mkdir -p web; echo x > web/x.css; "
+                'if [ "$ABREAST_ATTEMPT" = 1 ]; then echo x > README.md; fi',
+                "retries": 1,
+                "backoff": {"initial": 0.05},
+            },
+            "tidy": {"agent": "a", "prompt": "Tidy up"},  # owns nothing: told what others do
+            "after": {"agent": "a", "prompt": "Then", "needs": ["api", "web"]},  # not beside
+        },
+        agents={"a": {"run": agent}},
+    )
+    code, out, _ = run(repo, path)
+    assert code == 0, out
+    sent_back = "other tasks run beside this one, and an attempt that changes any other file"
+    assert (told / "api.1").read_text() == (
+        f"Build it\n\n---\nChange only files matching `src/**` or `docs/api.md`: {sent_back} "
+        "is sent back."
+    )
+    assert (told / "tidy.1").read_text() == (
+        "Tidy up\n\n---\nDo not change files matching `src/**` or `docs/api.md` (task api's); "
+        "`web/**` (task web's): tasks that run beside this one own them, and an attempt that "
+        "changes them is sent back."
+    )
+    assert (told / "after.1").read_text() == "Then"  # nothing runs beside it
+    second = (told / "web.2").read_text()  # what it may change, then why it was sent back
+    assert second.startswith(
+        f"Style it\n\n---\nChange only files matching `web/**`: {sent_back} is sent back.\n\n"
+        "---\nThis is attempt 2. abreast sent the previous attempt back:\nchanged files it "
+        "does not own: README.md (not in owns: web/**)"
+    ), second
+    # Without worktrees nothing checks what a task changes, and nothing is said.
+    (told / "api.1").unlink()
+    loose = workflow(
+        repo,
+        {"api": {"agent": "a", "prompt": "Build it", "owns": ["src/**"]}},
+        agents={"a": {"run": agent}},
+        isolation="none",
+    )
+    code, out, _ = run(repo, loose)
+    assert code == 0, out
+    assert (told / "api.1").read_text() == "Build it"
+
+
 @pytest.mark.parametrize(
     ("case", "command", "message"),
     [

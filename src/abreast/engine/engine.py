@@ -157,11 +157,14 @@ class EngineOptions:
     executor: Callable[[Callable[[Running, Exit], None]], Executor] | None = None
 
 
-def prompt_for(prompt: str | None, attempt: int, feedback: str | None) -> str:
-    """$ABREAST_PROMPT: the task's prompt, and on an attempt after one that was sent back,
-    why (an agent run as `claude -p "$ABREAST_PROMPT"` reads nothing else)."""
+def prompt_for(prompt: str | None, attempt: int, feedback: str | None, bounds: str = "") -> str:
+    """$ABREAST_PROMPT: the task's prompt, what its work may change (`bounds`, with
+    worktrees: its `owns`), and on an attempt after one that was sent back, why (an agent
+    run as `claude -p "$ABREAST_PROMPT"` reads nothing else)."""
     if not prompt:
         return ""
+    if bounds:
+        prompt = f"{prompt}\n\n---\n{bounds}"
     if not feedback:
         return prompt
     return (
@@ -783,7 +786,9 @@ class Engine:
             env["PATH"] = self._shim_first(env["PATH"])
         if extra_env:
             env.update(extra_env)  # the leased key, or the proxy's address and token
-        prompt = prompt_for(task.prompt if tr.prompt is None else tr.prompt, n, tr.feedback)
+        told = task.prompt if tr.prompt is None else tr.prompt
+        bounds = self.isolation.bounds(tr.id) if told else ""
+        prompt = prompt_for(told, n, tr.feedback, bounds)
         env.update(
             {
                 "ABREAST_RUN_ID": self.run_id,

@@ -103,6 +103,11 @@ class Isolation:
         (the worktree's own Python sources first on PYTHONPATH)."""
         return {}
 
+    def bounds(self, task_id: str) -> str:
+        """What an agent is told, after its prompt, of the files its work may change (with
+        worktrees: its `owns`, else what tasks beside it own); "" when nothing bounds it."""
+        return ""
+
     def why_failed(self, workdir: str, command: str) -> list[str]:
         """Lines that may explain why a command failed in `workdir`, beyond its exit
         status: files of the user's checkout it names that `workdir` lacks."""

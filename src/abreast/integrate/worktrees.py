@@ -241,6 +241,7 @@ class WorktreeIsolation(Isolation):
                 self._neighbours[task.id] = [
                     (ids[u], list(o.owns)) for u, o in owners if u != v and not graph.ordered(u, v)
                 ]
+        self._owns = {t.id: list(t.owns) for t in wf.tasks.values() if t.owns}
         run_dir = location.run_dir(run_id)
         self.queue = MergeQueue(
             self.repo,
@@ -265,6 +266,24 @@ class WorktreeIsolation(Isolation):
 
     def env_for(self, workdir: str) -> dict[str, str]:
         return pyenv.env_for(Path(workdir), self.python_sources, self._env)
+
+    def bounds(self, task_id: str) -> str:
+        own = self._owns.get(task_id)
+        if own:
+            return (
+                f"Change only files matching {_patterns(own)}: other tasks run beside this "
+                "one, and an attempt that changes any other file is sent back."
+            )
+        neighbours = self._neighbours.get(task_id, [])
+        if not neighbours:
+            return ""
+        theirs = "; ".join(f"{_patterns(pats)} (task {tid}'s)" for tid, pats in neighbours[:20])
+        if len(neighbours) > 20:
+            theirs += f"; and what {len(neighbours) - 20} more tasks own"
+        return (
+            f"Do not change files matching {theirs}: tasks that run beside this one own them, "
+            "and an attempt that changes them is sent back."
+        )
 
     def why_failed(self, workdir: str, command: str) -> list[str]:
         found = provision.missing_in_worktree(command, self.repo.root, Path(workdir))[:3]
@@ -983,3 +1002,11 @@ def _uncommitted_inside(inside: dict[str, list[str]]) -> str:
         "the change inside the submodule (its new commit is then part of the work), or leave "
         "the submodule alone"
     )
+
+
+def _patterns(patterns: list[str], most: int = 20) -> str:
+    """`a`, `b` or `c` (for a prompt); past `most`, `... or 12 more`."""
+    items = [f"`{p}`" for p in patterns[:most]]
+    if len(patterns) > most:
+        items.append(f"{len(patterns) - most} more")
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
