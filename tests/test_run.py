@@ -1153,6 +1153,12 @@ def test_peak_rss_is_the_tasks_own_not_the_orchestrators(tmp_path: Path, cli) ->
         (["dashboard", "--port", "-1"], "-1 is not a port"),
         (["run", "W", "--metrics-port", "70000"], "70000 is not a port"),
         (["run", "W", "--dashboard", "65536"], "65536 is not a port"),
+        (  # a misspelt option: the closest of the command's own, and its own --help
+            ["run", "W", "--max-paralel", "2"],
+            "unrecognized arguments: --max-paralel 2; did you mean '--max-parallel'?\n"
+            "  hint: see `abreast run --help`",
+        ),
+        (["status", "--jsn"], "did you mean '--json'?\n  hint: see `abreast status --help`"),
     ],
 )
 def test_bad_input_to_commands_gets_a_clear_message(

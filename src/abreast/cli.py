@@ -1147,9 +1147,31 @@ def _die_of(signum: int) -> None:
     os.kill(os.getpid(), signum)
 
 
+def _unrecognized(parser: argparse.ArgumentParser, command: str | None, extra: list[str]) -> None:
+    """argparse's "unrecognized arguments", but with the command's own --help, and the
+    closest option of that command to a misspelt one (`--max-paralel`)."""
+    sub = next(
+        (
+            a.choices[command]
+            for a in parser._subparsers._group_actions  # type: ignore[union-attr]
+            if command and isinstance(a.choices, dict) and command in a.choices
+        ),
+        None,
+    )
+    options = list(sub._option_string_actions) if sub is not None else []
+    first = next((x.split("=", 1)[0] for x in extra if x.startswith("--")), None)
+    said = did_you_mean(first, options) if first else ""
+    where = f"abreast {command}" if sub is not None else "abreast"
+    raise UsageError(
+        f"unrecognized arguments: {' '.join(extra)}{said}", hint=f"see `{where} --help`"
+    )
+
+
 def _main(parser: argparse.ArgumentParser, argv: list[str], command: list[str]) -> int:
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            _unrecognized(parser, args.command, extra)
         args.cmd = command
         if not args.command:
             parser.print_help()
