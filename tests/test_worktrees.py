@@ -214,6 +214,23 @@ def test_a_flaky_check_is_run_again_not_the_agent_and_said(repo: Path, tmp_path:
     assert "flaky?" not in out
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_a_red_check_run_by_make_says_its_suites_last_line_not_makes(repo: Path) -> None:
+    # `make test` ends with make's own `make: *** [Makefile:2: test] Error 1`, which says
+    # nothing of why; the line before it does.
+    (repo / "Makefile").write_text("test:\n\t@echo '3 failed, 9 passed in 1.2s'; exit 1\n")
+    git(repo, "add", "Makefile")
+    git(repo, "commit", "-q", "-m", "make")
+    path = workflow(
+        repo, {"a": {"run": "echo A > a.txt", "retries": 0}}, checks=[{"run": "make test"}]
+    )
+    code, out, _ = run(repo, path)
+    assert code == 1, out
+    said = "check `make test` failed (exit 2): 3 failed, 9 passed in 1.2s\n"
+    assert "failed    a in " in out and said in out, out  # the line said as it happened
+    assert "\n    make: *** [Makefile:2: test] Error 1\n" in out, out  # its end, as it was
+
+
 def test_checks_are_given_to_the_shell_of_defaults_unless_they_name_their_own(
     repo: Path,
 ) -> None:

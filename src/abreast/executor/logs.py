@@ -138,6 +138,18 @@ class KeyMasker:
 # What comes before the end of an attempt's log in the feedback of its next attempt.
 TAIL_HEADING = "last lines of its log:"
 
+# make's own last words about a recipe that failed, which say nothing of why.
+_MAKE_SAID = re.compile(r"make(\[\d+\])?: \*\*\* |\S*[Mm]akefile:\d+: recipe for target ")
+
+
+def telling_line(lines: Iterable[str], most: int = 200) -> str:
+    """The line of a log's end that says most in one: its last that is not blank or make's
+    `make: *** [Makefile:3: test] Error 1` (pytest's `1 failed, 2 passed in 0.5s`); ""
+    when all are blank."""
+    said = [line.strip() for line in lines if line.strip()]
+    told = [line for line in said if not _MAKE_SAID.match(line)] or said
+    return told[-1][:most] if told else ""
+
 
 def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 8192) -> list[str]:
     """The last `lines` non-blank lines of a log (from its last `max_bytes`, or up to 32

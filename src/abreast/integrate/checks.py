@@ -12,7 +12,13 @@ from pathlib import Path
 
 from abreast.coord.backend import Lease
 from abreast.executor.local import shell_program
-from abreast.executor.logs import log_limit_passed, log_size, log_tail, scrub_secrets
+from abreast.executor.logs import (
+    log_limit_passed,
+    log_size,
+    log_tail,
+    scrub_secrets,
+    telling_line,
+)
 from abreast.executor.process import describe_status, kill_tree, leases_env
 from abreast.executor.wrapper import SHELLS
 from abreast.spec.commands import bash_word_hints
@@ -121,10 +127,10 @@ async def run_checks(
             detail = f"check `{name}` failed ({ran.why})"
             if runs > 1:
                 detail += f", on each of its {runs} runs"
-            said = [line.strip() for line in tail if line.strip()]
-            if said:  # its last line first (pytest's "1 failed, 2 passed"), for one-line views
-                detail += f": {said[-1][:200]}"
-                if len(said) > 1 or len(said[0]) > 200:
+            told = telling_line(tail)
+            if told:  # its last line first (pytest's "1 failed, 2 passed"), for one-line views
+                detail += f": {told}"
+                if [line.strip() for line in tail if line.strip()] != [told]:
                     detail += "\nthe end of its output:\n" + "\n".join(tail)
             if check.shell in (None, "sh") and ran.why.startswith("exit 127"):
                 detail += "".join(f"\n{hint}" for hint in bash_word_hints(check.run))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from abreast.coord.journal import AttemptRow, EventRow, Journal, RunRow, TaskRow
-from abreast.executor.logs import TAIL_HEADING, prompt_file
+from abreast.executor.logs import TAIL_HEADING, prompt_file, telling_line
 
 MERGE_EVENTS = (
     "merge.queued",
@@ -98,9 +98,9 @@ def headline(reason: str | None) -> str:
             items += 1
         line += " " + lines[1].strip() + (f" (+{items - 1} more)" if items > 1 else "")
     elif TAIL_HEADING in lines[1:]:
-        said = [x.strip() for x in lines[lines.index(TAIL_HEADING) + 1 :] if x.strip()]
-        if said:
-            line += f": {said[-1][:200]}"
+        told = telling_line(lines[lines.index(TAIL_HEADING) + 1 :])
+        if told:
+            line += f": {told}"
     return line
 
 
