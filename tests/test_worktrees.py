@@ -2311,6 +2311,39 @@ def test_a_submodules_own_submodules_are_populated_and_cleaned_between_tasks(
     assert show(repo, integration(run_id), "b.txt") == "b\n"
 
 
+def test_a_go_work_worktrees_would_find_in_the_checkout_is_said(repo: Path) -> None:
+    # Go keeps go.work out of version control, as its docs advise; `go` run in a worktree
+    # (inside the checkout) walks up to the checkout's, whose `use ./api` names the
+    # checkout's module: a task's change would be built and tested as the checkout's code.
+    path = workflow(repo, {"a": {"run": "test ! -e go.work"}})
+    (repo / "go.work").write_text("go 1.22\n\nuse ./api\n")  # not committed
+    said = (
+        "note: go.work in your checkout is not committed, and `go` in a task's worktree finds "
+        "it (worktrees lie inside your checkout; go looks in parent directories), so its "
+        "`use` lines would name your checkout's modules, not the worktree's: "
+    )
+    result = run_abreast("run", str(path), "--plain", "--no-monitor", cwd=repo)
+    assert result.code == 0, result.err
+    assert (
+        said + "ignore go.work (.gitignore) and list go.work under `worktrees: copy` (its "
+        "paths are relative: each worktree's copy names that worktree's modules)\n"
+    ) in result.err, result.err
+    (repo / ".gitignore").write_text("go.work*\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "ignore it")
+    (repo / "go.work.sum").write_text("")
+    result = run_abreast("run", str(path), "--plain", "--no-monitor", cwd=repo)
+    assert said + "list go.work and go.work.sum under `worktrees: copy`" in result.err
+    # Copied in as it says, each worktree has its own: nothing to say.
+    copied = workflow(
+        repo, {"a": {"run": "grep -q 'use ./api' go.work"}}, worktrees={"copy": ["go.work"]}
+    )
+    assert "go.work" not in git(repo, "ls-files")
+    result = run_abreast("run", str(copied), "--plain", "--no-monitor", cwd=repo)
+    assert result.code == 0, result.out + result.err
+    assert "go.work" not in result.err
+
+
 def test_workspace_packages_node_modules_links_are_each_worktrees_own(repo: Path) -> None:
     # npm/yarn/pnpm workspaces link node_modules/@org/pkg to packages/pkg. A worktree lies
     # inside the checkout, and Node looks in every parent's node_modules: a task without

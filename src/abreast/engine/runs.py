@@ -679,6 +679,9 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                     f"({', '.join(sources)}) are imported from each task's own worktree "
                     "(its copy first on PYTHONPATH)"
                 )
+            go_work = getattr(isolation, "go_work", "")
+            if go_work:
+                _note(f"note: {go_work}")
             links = getattr(isolation, "node_links", None)
             if links:
                 named = ", ".join(

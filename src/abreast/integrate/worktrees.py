@@ -198,6 +198,8 @@ class WorktreeIsolation(Isolation):
         )
         # Workspace packages the checkout's node_modules links: each worktree its own.
         self.node_links = provision.workspace_links(self.repo) if wf.worktrees.node_links else []
+        # A go.work of the checkout's own, which `go` in a worktree would find: said.
+        self.go_work = provision.go_work_unseen(self.repo, list(wf.worktrees.copy))
         provided = None
         if self.subs or wf.worktrees.copy or wf.worktrees.keep or self.node_links:
             provided = Provision(

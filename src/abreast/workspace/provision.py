@@ -88,6 +88,30 @@ def workspace_links(repo: Repo) -> list[tuple[str, str]]:
     return sorted(links) if ignored.returncode == 0 and not tracked else []
 
 
+def go_work_unseen(repo: Repo, copy: list[str]) -> str:
+    """What to say of a `go.work` at the checkout's root that worktrees do not have (not
+    committed, not copied), or "". `go` looks for one in every parent directory of where
+    it runs, and a worktree lies inside the checkout (`.git/abreast/worktrees/...`): a task
+    would find the checkout's, whose `use ./mod` lines name the checkout's modules, and
+    build and test them instead of the worktree's (Node's node_modules is the same kind
+    of problem: `workspace_links`)."""
+    if "go.work" in copy or not (repo.root / "go.work").is_file():
+        return ""
+    if repo.git("ls-files", "--", "go.work", check=False).stdout.strip():
+        return ""  # committed: each worktree has its own
+    ignored = repo.git("check-ignore", "-q", "--no-index", "go.work", check=False).returncode
+    sums = " and go.work.sum" if (repo.root / "go.work.sum").is_file() else ""
+    fix = f"list go.work{sums} under `worktrees: copy`"
+    if ignored != 0:  # copied, it would be committed with a task's work
+        fix = f"ignore go.work{sums} (.gitignore) and {fix}"
+    fix += " (its paths are relative: each worktree's copy names that worktree's modules)"
+    return (
+        "go.work in your checkout is not committed, and `go` in a task's worktree finds it "
+        "(worktrees lie inside your checkout; go looks in parent directories), so its `use` "
+        f"lines would name your checkout's modules, not the worktree's: {fix}"
+    )
+
+
 def problems(repo: Repo, copy: list[str], keep: list[str]) -> list[str]:
     """What is wrong with the workflow's `worktrees:` in this repository, one line each."""
     out = []
