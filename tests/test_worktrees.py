@@ -788,7 +788,7 @@ def test_branches_and_tags_tasks_made_on_their_landed_work_are_removed(repo: Pat
         },
     )
     git(repo, "branch", "mine")  # yours, from before the run
-    code, out, _run_id = run(repo, path)
+    code, out, run_id = run(repo, path)
     assert code == 1, out
     refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/", "refs/tags/").split()
     assert "refs/heads/feat/login" not in refs and "refs/tags/v-login" not in refs
@@ -807,6 +807,16 @@ def test_branches_and_tags_tasks_made_on_their_landed_work_are_removed(repo: Pat
         git(repo, "update-ref", ref, sha[:12])
     assert git(repo, "log", "-1", "--format=%s", "feat/login").strip() == "login page"
     assert git(repo, "cat-file", "-t", "v-login").strip() == "tag"  # annotated, as it was
+    # The tag b made on your commit, without its work (made before its work was committed:
+    # the release's tag on the commit before the release), is left as it is, but said.
+    told = next(line for line in out.splitlines() if "made while the run ran" in line)
+    at_base = git(repo, "rev-parse", "at-base").strip()
+    assert told.strip() == (
+        f"made while the run ran, on a commit of yours without the run's work: tag at-base at "
+        f"{at_base[:12]}; left as it is (if a task made it before its work was committed, "
+        f"`git tag -f NAME {integration(run_id)}` moves it onto the result, `git tag -d NAME` "
+        "removes it)"
+    ), told
 
 
 def test_a_workflow_piped_in_runs_and_resumes_from_its_kept_copy(repo: Path) -> None:

@@ -159,6 +159,16 @@ class Guard:
             and (not ref.startswith("refs/heads/") or self.repo.checked_out_at(ref) is None)
         ]
 
+    def tags_on_yours(self, base: str) -> list[tuple[str, str]]:
+        """(tag, object) of the tags made since the run started on a commit of yours (one
+        `base` holds): an agent's `git tag v1.2` before its work was committed marks the
+        commit it started from, without its work. Left alone (they may be yours): said."""
+        return [
+            (ref, sha)
+            for ref, sha in self.repo.refs("refs/tags/").items()
+            if ref not in self._refs_at_start and self.repo.is_ancestor(ref, base)
+        ]
+
     def _landed_here(self, was: str, now: str) -> bool:
         """A branch moved from `was` to `now` by another abreast run's `--land`: `now` is
         that run's result, a fast-forward from `was`."""

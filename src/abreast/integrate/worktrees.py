@@ -843,6 +843,16 @@ class WorktreeIsolation(Isolation):
             taken = await self._take_refs_of_the_work(head)
             if taken:
                 lines.append(taken)
+        tags = await asyncio.to_thread(self.guard.tags_on_yours, self.base_commit)
+        if tags:
+            named = ", ".join(f"{r.removeprefix('refs/tags/')} at {o[:12]}" for r, o in tags[:5])
+            more = f" and {len(tags) - 5} more" if len(tags) > 5 else ""
+            onto = f"`git tag -f NAME {branch}` moves it onto the result, " if head else ""
+            lines.append(
+                f"made while the run ran, on a commit of yours without the run's work: tag "
+                f"{named}{more}; left as it is (if a task made it before its work was "
+                f"committed, {onto}`git tag -d NAME` removes it)"
+            )
         if not success:
             lines.append("not landed: the run did not succeed")
         elif not head:
