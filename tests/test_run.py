@@ -2381,6 +2381,34 @@ def _touched_at_exit(gate: Path) -> Iterator[None]:
         gate.touch()
 
 
+def test_status_of_a_task_waiting_to_retry_says_when_and_why(tmp_path: Path) -> None:
+    # It said `pending` and nothing more, as for a task that has not run yet.
+    path = workflow(
+        tmp_path,
+        {
+            "flaky": {
+                "run": "echo 'connection refused'; exit 1",
+                "retries": 1,
+                "backoff": {"initial": 300, "max": 600},
+            }
+        },
+    )
+    proc, run_id = start_run(path, cwd=tmp_path)
+    with ended_after(proc):
+        wait_for(
+            lambda: "retry in " in run_abreast("status", run_id, cwd=tmp_path).out,
+            what="flaky to wait for its retry",
+        )
+        row = run_abreast("status", run_id, cwd=tmp_path).out.splitlines()[-1]
+        assert re.fullmatch(
+            r"  flaky +pending +1 +\S+ +\S+  retry in \d+m(\d+s)?: exit 1: "
+            r"connection refused",
+            row,
+        ), row
+        assert run_abreast("cancel", run_id, cwd=tmp_path).code == 0
+        proc.communicate(timeout=30)
+
+
 def test_status_of_a_running_run_says_about_how_long_it_has_left(tmp_path: Path) -> None:
     # What the live view says, for whoever looks from another terminal.
     go = tmp_path / "go"

@@ -137,6 +137,8 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     )
     now = time.time()
     waits = _merge_waits(journal, row.id) if any(t.state == "integrating" for t in tasks) else {}
+    sent_back = any(t.state == "pending" and t.attempts for t in tasks)
+    retries = _retries_due(journal, row.id) if sent_back and state == "running" else {}
     for t in tasks:
         took = "-"
         if t.started_at:
@@ -145,6 +147,10 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         note = rundata.headline(t.reason)[:80]
         if t.state == "integrating" and t.task_id in waits:
             note = f"lands after {', '.join(waits[t.task_id])}"
+        elif t.state == "pending" and t.attempts and t.feedback:  # sent back, to run again
+            due = retries.get(t.task_id)
+            when = f"in {format_duration(due - now)}" if due and due > now else "soon"
+            note = f"retry {when}: {rundata.headline(t.feedback)}"[:80]
         out.write(
             f"  {t.task_id:<{width}}  {t.state:<11}  {t.attempts:>5}  {took:>7}  {rss:>9}  {note}\n"
         )
@@ -155,6 +161,12 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         out.write(f"  {rundata.retry_hint(row.id, failed)}\n")
     elif state == "cancelled":
         out.write(f"  {rundata.carry_on_hint(row.id)}\n")
+
+
+def _retries_due(journal: Journal, run_id: str) -> dict[str, float]:
+    """Task -> when its next attempt is due (its last `task.retrying`: when, and the wait)."""
+    events = journal.events(run_id, types=("task.retrying",))
+    return {e.task_id: e.ts + float(e.data.get("delay_s", 0)) for e in events if e.task_id}
 
 
 def _merge_waits(journal: Journal, run_id: str) -> dict[str, list[str]]:
