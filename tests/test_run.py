@@ -2390,6 +2390,7 @@ def test_status_of_a_task_waiting_to_retry_says_when_and_why(tmp_path: Path) -> 
                 "run": "echo 'connection refused'; exit 1",
                 "retries": 1,
                 "backoff": {"initial": 300, "max": 600},
+                "estimate": "1s",
             }
         },
     )
@@ -2405,6 +2406,9 @@ def test_status_of_a_task_waiting_to_retry_says_when_and_why(tmp_path: Path) -> 
             r"connection refused",
             row,
         ), row
+        # Its time left counts the wait (it said "<1s left", a retry 5 minutes away).
+        said = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
+        assert 200 < said["time_left_s"] <= 601, said
         assert run_abreast("cancel", run_id, cwd=tmp_path).code == 0
         proc.communicate(timeout=30)
 

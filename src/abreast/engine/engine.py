@@ -409,6 +409,8 @@ class Engine:
             est = g.estimate_s[tr.v]
             if tr.state is TaskState.RUNNING and tr.running is not None:
                 est = max(0.0, est - (now - tr.running.started_mono))
+            elif tr.retry_at is not None:  # sent back: its wait for the next attempt too
+                est += max(0.0, tr.retry_at - time.time())
             left[tr.v] = est
         from abreast.eta import time_left
 

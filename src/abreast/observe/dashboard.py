@@ -312,7 +312,9 @@ class Dashboard:
                 "pauses": run.pauses,  # before each resume: the timeline leaves them out
                 # About how long it has left, by the estimates (null: not running, or
                 # an unfinished task's estimate is only the default's guess).
-                "time_left_s": rundata.time_left(data.plan, data.tasks, data.attempts)
+                "time_left_s": rundata.time_left(
+                    data.plan, data.tasks, data.attempts, rundata.retries_due(journal, run.id)
+                )
                 if state == "running"
                 else None,
                 "summary": run.summary,

@@ -23,12 +23,23 @@ MERGE_EVENTS = (
 )
 
 
+def retries_due(journal: Journal, run_id: str) -> dict[str, float]:
+    """Task -> when its next attempt is due, by its last `task.retrying` (when, and the
+    wait): of a task sent back, while it waits."""
+    events = journal.events(run_id, types=("task.retrying",))
+    return {e.task_id: e.ts + float(e.data.get("delay_s", 0)) for e in events if e.task_id}
+
+
 def time_left(
-    plan: dict[str, Any] | None, tasks: list[TaskRow], attempts: list[AttemptRow]
+    plan: dict[str, Any] | None,
+    tasks: list[TaskRow],
+    attempts: list[AttemptRow],
+    retries: dict[str, float] | None = None,
 ) -> float | None:
     """What the live view says of a running run's time left (`eta`), from the plan kept
     with it: None where an unfinished task's estimate is the default's guess, or the run
-    is of an abreast that kept no such plan."""
+    is of an abreast that kept no such plan. `retries` (`retries_due`): a task waiting for
+    its next attempt counts the wait too."""
     from abreast.engine.states import TERMINAL, TaskState
     from abreast.eta import time_left as eta
 
@@ -51,6 +62,8 @@ def time_left(
         est = float(estimates[t.task_id])
         if t.state == "running" and t.task_id in started:
             est = max(0.0, est - (now - started[t.task_id]))
+        elif t.state == "pending" and t.attempts and retries and t.task_id in retries:
+            est += max(0.0, retries[t.task_id] - now)
         left[v] = est
     succs: list[list[int]] = [[] for _ in tasks]
     for x, y in plan.get("edges", []):

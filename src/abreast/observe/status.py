@@ -67,7 +67,13 @@ def status_json(journal: Journal, row: RunRow) -> dict[str, Any]:
 
 
 def _time_left(journal: Journal, row: RunRow, tasks: list[TaskRow]) -> float | None:
-    return rundata.time_left(row.options.get("plan"), tasks, journal.attempts(row.id))
+    retries = rundata.retries_due(journal, row.id) if _sent_back(tasks) else None
+    return rundata.time_left(row.options.get("plan"), tasks, journal.attempts(row.id), retries)
+
+
+def _sent_back(tasks: list[TaskRow]) -> bool:
+    """Whether a task waits for its next attempt (and `task.retrying` is worth reading)."""
+    return any(t.state == "pending" and t.attempts for t in tasks)
 
 
 def runs_json(journal: Journal) -> list[dict[str, Any]]:
@@ -137,8 +143,7 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     )
     now = time.time()
     waits = _merge_waits(journal, row.id) if any(t.state == "integrating" for t in tasks) else {}
-    sent_back = any(t.state == "pending" and t.attempts for t in tasks)
-    retries = _retries_due(journal, row.id) if sent_back and state == "running" else {}
+    retries = rundata.retries_due(journal, row.id) if _sent_back(tasks) else {}
     for t in tasks:
         took = "-"
         if t.started_at:
@@ -148,9 +153,9 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         if t.state == "integrating" and t.task_id in waits:
             note = f"lands after {', '.join(waits[t.task_id])}"
         elif t.state == "pending" and t.attempts and t.feedback:  # sent back, to run again
-            due = retries.get(t.task_id)
-            when = f"in {format_duration(due - now)}" if due and due > now else "soon"
-            note = f"retry {when}: {rundata.headline(t.feedback)}"[:80]
+            due = retries.get(t.task_id) if state == "running" else None
+            when = f"retry in {format_duration(due - now)}" if due and due > now else "sent back"
+            note = f"{when}: {rundata.headline(t.feedback)}"[:80]
         out.write(
             f"  {t.task_id:<{width}}  {t.state:<11}  {t.attempts:>5}  {took:>7}  {rss:>9}  {note}\n"
         )
@@ -161,12 +166,6 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         out.write(f"  {rundata.retry_hint(row.id, failed)}\n")
     elif state == "cancelled":
         out.write(f"  {rundata.carry_on_hint(row.id)}\n")
-
-
-def _retries_due(journal: Journal, run_id: str) -> dict[str, float]:
-    """Task -> when its next attempt is due (its last `task.retrying`: when, and the wait)."""
-    events = journal.events(run_id, types=("task.retrying",))
-    return {e.task_id: e.ts + float(e.data.get("delay_s", 0)) for e in events if e.task_id}
 
 
 def _merge_waits(journal: Journal, run_id: str) -> dict[str, list[str]]:
