@@ -584,7 +584,8 @@ def test_report_writes_junit_xml_a_test_case_per_task_for_ci(tmp_path: Path) -> 
                 "package": {"run": "true", "needs": ["test"]},
                 "deploy": {"run": "true", "when": "deploy"},
                 "flaky": {
-                    "run": f"test -e {tmp_path}/once || {{ touch {tmp_path}/once; exit 3; }}",
+                    "run": f"test -e {tmp_path}/once || "
+                    f"{{ touch {tmp_path}/once; echo 'db not up'; exit 3; }}",
                     "retries": 1,
                     "backoff": {"initial": 0.01},
                 },
@@ -608,7 +609,9 @@ def test_report_writes_junit_xml_a_test_case_per_task_for_ci(tmp_path: Path) -> 
     # Green in the end, after an attempt that was not: a pass that says so.
     said = cases["flaky"].find("system-out")
     assert said is not None and cases["flaky"].find("failure") is None
-    assert said.text == "succeeded on attempt 2; before it:\nattempt 1: failed (exit 3)", said.text
+    assert said.text == (  # with its log's last line, as the run said it then
+        "succeeded on attempt 2; before it:\nattempt 1: failed (exit 3: db not up)"
+    ), said.text
     assert all(c.get("classname") == "ci" for c in cases.values())
     assert list(cases["build"]) == []  # passed
     failure = cases["test"].find("failure")
