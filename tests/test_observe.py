@@ -665,7 +665,7 @@ def test_failed_tasks_are_annotations_on_github_actions(tmp_path: Path) -> None:
     annotations = [x for x in ran.out.splitlines() if x.startswith("::")]
     assert annotations == [
         "::error title=abreast%3A test failed::exit 3 (after 2 attempts)",
-        "::error title=abreast%3A e2e%2C smoke failed::exit 4",
+        "::error title=abreast%3A e2e%2C smoke failed::exit 4: no browser",  # its log's end
     ]
     # A run's warnings too (here: a file generated that .gitignore does not exclude).
     repo = tmp_path / "repo"

@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from abreast.engine.engine import RunOutcome
 from abreast.engine.states import TaskState
+from abreast.executor.logs import telling_line
 from abreast.observe.plain import by_reason
 from abreast.observe.rundata import (
     FailureView,
@@ -16,6 +17,7 @@ from abreast.observe.rundata import (
     diff_command,
     failure_groups,
     failures_text,
+    headline,
     named,
     retry_hint,
     saved_phrase,
@@ -92,7 +94,7 @@ def report_failures(outcome: RunOutcome, out: TextIO) -> None:
     if on_github_actions():  # a group alike as one (GitHub shows 10 errors of a step)
         for alike in failure_groups(views):
             f = alike[0]
-            w(github_error(named(alike), f.state, f.attempt, f.reason))
+            w(github_error(named(alike), f.state, f.attempt, f.reason, f.tail))
     blocked = [t for t in outcome.tasks if t.state is TaskState.BLOCKED]
     if blocked:
         w("\n" + "".join(f"  blocked: {line}\n" for line in blocked_lines(blocked)))
@@ -120,11 +122,15 @@ def on_github_actions() -> bool:
     return os.environ.get("GITHUB_ACTIONS") == "true"
 
 
-def github_error(tasks: str, state: str, attempt: int, reason: str | None) -> str:
+def github_error(
+    tasks: str, state: str, attempt: int, reason: str | None, tail: Sequence[str] = ()
+) -> str:
     """A GitHub Actions workflow command that shows failed tasks (their names) as an error
     annotation (on the job's summary and the pull request), the reason's first line as the
-    message."""
-    first = next(iter((reason or "").splitlines()), "") or state
+    message (`exit 1`, with the telling last line of the task's log)."""
+    first = headline(reason) or state
+    told = telling_line(tail) if first.startswith("exit ") else ""
+    first += f": {told}" if told else ""
     after = f" (after {attempt} attempts)" if attempt > 1 else ""
     title = f"abreast: {tasks} {state}"
     return f"::error title={_gh_property(title)}::{_gh_data(first + after)}\n"
