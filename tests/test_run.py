@@ -435,6 +435,8 @@ def test_exhausted_retries_fail_with_one_report_and_block_dependents(tmp_path: P
     assert "2 tasks failed:" in out
     assert "bad (failed after 2 attempts): exit 7" in out
     assert "| it broke" in out
+    # ... and as it happened, its log's last line with its exit status.
+    assert re.search(r"\] failed    bad in \S+: exit 7: it broke\n", out), out
     assert "worse (failed): killed by SIGKILL" in out
     assert "blocked: after, later (upstream bad failed)\n" in out  # one line a reason
     states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))

@@ -56,6 +56,7 @@ from abreast.executor.logs import (
     prompt_file,
     redact,
     scrub_files,
+    telling_line,
 )
 from abreast.executor.process import (
     Adoptions,
@@ -209,6 +210,7 @@ class TaskRun:
     peak_rss_bytes: int = 0
     busy_s: float = 0.0  # wall time of all its attempts
     last_log: str | None = None
+    last_words: str = ""  # a failed task's: its log's telling last line (`telling_line`)
     retry_at: float | None = None
     killed_for: str | None = None  # why the orchestrator killed the running attempt
     integrating_since: float = 0.0  # when its work went to be integrated (time.monotonic)
@@ -1215,6 +1217,8 @@ class Engine:
             self._send_back(tr, detail, kind="retry", delay_s=delay)
             return
         final = TaskState.TIMED_OUT if timed_out else TaskState.FAILED
+        if with_log and reason.startswith("exit "):  # said with the failure as it happens
+            tr.last_words = telling_line(detail.partition(f"\n{TAIL_HEADING}\n")[2].splitlines())
         self._fail(tr, final, reason)
 
     def _send_back(self, tr: TaskRun, feedback: str, *, kind: str, delay_s: float) -> None:

@@ -146,7 +146,7 @@ class LiveView(View):
         self._say_blocked()
         if tr.state is not TaskState.SUCCEEDED:
             style = _STATE_STYLE.get(tr.state, "")
-            reason = headline(tr.reason)
+            reason = headline(tr.reason) + (f": {tr.last_words}" if tr.last_words else "")
             self.console.print(Text(f"{tr.state.value}: {tr.id} {reason}", style=style))
 
     def retrying(self, tr: TaskRun, delay_s: float) -> None:

@@ -80,7 +80,7 @@ class PlainView(View):
             return
         detail = ""
         if tr.state is not TaskState.SUCCEEDED and tr.reason:
-            detail = ": " + headline(tr.reason)
+            detail = ": " + headline(tr.reason) + (f": {tr.last_words}" if tr.last_words else "")
         took = f" in {format_duration(tr.busy_s)}" if tr.busy_s else ""
         self._line(f"{tr.state.value:<9} {tr.id}{took}{detail}")
 
