@@ -174,6 +174,11 @@ def prompt_for(prompt: str | None, attempt: int, feedback: str | None, bounds: s
     )
 
 
+def with_tail(reason: str, tail: list[str]) -> str:
+    """Why an attempt failed, with the last lines of its log: feedback for the next."""
+    return reason + (f"\n{TAIL_HEADING}\n" + "\n".join(tail) if tail else "")
+
+
 def bounded_feedback(text: str) -> str:
     """Feedback short enough for the environment (ABREAST_FEEDBACK, and ABREAST_PROMPT
     after the prompt): its head and its end, which says most (a check's last lines)."""
@@ -1209,7 +1214,8 @@ class Engine:
 
     def _attempt_failed(self, tr: TaskRun, reason: str, *, timed_out: bool, with_log: bool) -> None:
         tr.failures += 1
-        detail = self._with_log_tail(tr, reason) if with_log else reason
+        tail = self._log_tail(tr) if with_log else []
+        detail = with_tail(reason, tail)
         self.journal.stage_task(self.run_id, tr.id, failures=tr.failures)
         if tr.failures <= tr.task.retries:
             nominal = tr.task.backoff.delay_s(tr.failures)
@@ -1217,8 +1223,8 @@ class Engine:
             self._send_back(tr, detail, kind="retry", delay_s=delay)
             return
         final = TaskState.TIMED_OUT if timed_out else TaskState.FAILED
-        if with_log and reason.startswith("exit "):  # said with the failure as it happens
-            tr.last_words = telling_line(detail.partition(f"\n{TAIL_HEADING}\n")[2].splitlines())
+        if reason.startswith("exit "):  # said with the failure as it happens
+            tr.last_words = telling_line(tail)
         self._fail(tr, final, reason)
 
     def _send_back(self, tr: TaskRun, feedback: str, *, kind: str, delay_s: float) -> None:
@@ -1604,11 +1610,6 @@ class Engine:
                 tasks=[t.id for t in members],
             )
 
-    def _with_log_tail(self, tr: TaskRun, reason: str) -> str:
-        """Why an attempt failed, with the last lines of its log: feedback for the next."""
-        tail = self._log_tail(tr)
-        return reason + (f"\n{TAIL_HEADING}\n" + "\n".join(tail) if tail else "")
-
     async def _wait_for_kills(self) -> None:
         """Wait for the groups being ended (up to their grace). A Ctrl-C (or TERM, or the
         terminal closing) meanwhile is "kill at once", as it is while the run goes: it
@@ -1804,7 +1805,7 @@ class Engine:
     def _retry_failed(self, tr: TaskRun, reason: str) -> None:
         """A failed task runs again (`resume --retry-failed`): as a new attempt, with its
         retries and iterations anew, told why the last one failed."""
-        tr.feedback = bounded_feedback(self._with_log_tail(tr, reason) if tr.last_log else reason)
+        tr.feedback = bounded_feedback(with_tail(reason, self._log_tail(tr) if tr.last_log else []))
         tr.failures = tr.iterations = 0
         tr.state = TaskState.PENDING
         self.journal.stage_task(
