@@ -215,20 +215,30 @@ def test_a_flaky_check_is_run_again_not_the_agent_and_said(repo: Path, tmp_path:
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
-def test_a_red_check_run_by_make_says_its_suites_last_line_not_makes(repo: Path) -> None:
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_red_check_run_by_make_says_its_suites_last_line_not_makes(
+    repo: Path, nested: bool
+) -> None:
     # `make test` ends with make's own `make: *** [Makefile:2: test] Error 1`, which says
-    # nothing of why; the line before it does.
+    # nothing of why; the line before it does. Run under another make (abreast started by
+    # `make ci`), it says where it went in and out too: `make[1]: Leaving directory ...`.
     (repo / "Makefile").write_text("test:\n\t@echo '3 failed, 9 passed in 1.2s'; exit 1\n")
     git(repo, "add", "Makefile")
     git(repo, "commit", "-q", "-m", "make")
     path = workflow(
         repo, {"a": {"run": "echo A > a.txt", "retries": 0}}, checks=[{"run": "make test"}]
     )
-    code, out, _ = run(repo, path)
-    assert code == 1, out
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    if nested:
+        env["MAKELEVEL"] = "1"
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=repo, env=env)
+    out = result.out
+    assert result.code == 1, out
     said = "check `make test` failed (exit 2): 3 failed, 9 passed in 1.2s\n"
     assert "failed    a in " in out and said in out, out  # the line said as it happened
-    assert "\n    make: *** [Makefile:2: test] Error 1\n" in out, out  # its end, as it was
+    level = "[1]" if nested else ""
+    assert f"\n    make{level}: *** [Makefile:2: test] Error 1\n" in out, out  # its end, as it was
+    assert ("Leaving directory" in out) == nested
 
 
 def test_checks_are_given_to_the_shell_of_defaults_unless_they_name_their_own(

@@ -138,8 +138,12 @@ class KeyMasker:
 # What comes before the end of an attempt's log in the feedback of its next attempt.
 TAIL_HEADING = "last lines of its log:"
 
-# make's own last words about a recipe that failed, which say nothing of why.
-_MAKE_SAID = re.compile(r"make(\[\d+\])?: \*\*\* |\S*[Mm]akefile:\d+: recipe for target ")
+# make's own last words about a recipe that failed, which say nothing of why (and a make
+# run under another make's: where it went in and out).
+_MAKE_SAID = re.compile(
+    r"g?make(\[\d+\])?: (\*\*\* |(Entering|Leaving) directory )"
+    r"|\S*[Mm]akefile:\d+: recipe for target "
+)
 
 
 def telling_line(lines: Iterable[str], most: int = 200) -> str:
