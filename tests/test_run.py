@@ -438,6 +438,11 @@ def test_exhausted_retries_fail_with_one_report_and_block_dependents(tmp_path: P
     # ... and as it happened, its log's last line with its exit status.
     assert re.search(r"\] failed    bad in \S+: exit 7: it broke\n", out), out
     assert "worse (failed): killed by SIGKILL" in out
+    # `abreast status` says it the same way, from the journal and the kept log.
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    told = cli("status", run_id_of(out), "--state", state).out
+    assert re.search(r"\n  bad +failed +2 .*  exit 7: it broke\n", told), told
+    assert re.search(r"\n  worse +failed +1 .*  killed by SIGKILL\n", told), told
     assert "blocked: after, later (upstream bad failed)\n" in out  # one line a reason
     states = dict(journal(tmp_path, "SELECT task_id, state FROM tasks"))
     assert states == {

@@ -15,9 +15,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from abreast.coord.journal import AttemptRow, Journal
+from abreast.coord.journal import Journal
 from abreast.errors import UsageError
-from abreast.executor.logs import log_tail, mask_keys, telling_line
+from abreast.executor.logs import log_tail, mask_keys
 from abreast.observe import rundata
 from abreast.spec.durations import counted
 from abreast.spec.durations import format_duration as fmt
@@ -109,7 +109,10 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
                 "task": a.task_id,
                 "attempt": a.attempt,
                 "state": a.state,
-                "reason": _attempt_said(journal, a, latest[a.task_id], masked),
+                # (a task's last attempt has its log's end under failures)
+                "reason": rundata.with_last_words(journal, a, masked)
+                if a is not latest[a.task_id]
+                else rundata.first_line(a.reason),
                 # Seconds of the run's own time (a pause before a resume left out).
                 "start_s": run.active_s(start, a.started_at),
                 "end_s": run.active_s(start, a.ended_at or run.finished_at or a.started_at),
@@ -166,20 +169,6 @@ def _merges(journal: Journal, run_id: str) -> dict[str, int]:
             out["red_checks"] += 1
     out["batches"] = len(batch_ends)
     return out
-
-
-def _attempt_said(
-    journal: Journal, a: AttemptRow, last: AttemptRow, masked: set[str]
-) -> str | None:
-    """Why an attempt ended as it did, in a line: one that failed with an exit status and
-    was run again says its log's telling last line too (`exit 1: connection refused`),
-    as the run said it then; the task's last attempt has its log's end under failures."""
-    line = rundata.first_line(a.reason)
-    if line and a.state == "failed" and a is not last and line.startswith("exit "):
-        told = telling_line(log_tail(rundata.log_of(journal, a)))
-        if told:
-            line += f": {mask_keys(told, masked)}"
-    return line
 
 
 def _merge_line(m: dict[str, int]) -> str | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from abreast.coord.journal import AttemptRow, EventRow, Journal, RunRow, TaskRow
-from abreast.executor.logs import TAIL_HEADING, prompt_file, telling_line
+from abreast.executor.logs import TAIL_HEADING, log_tail, mask_keys, prompt_file, telling_line
 
 MERGE_EVENTS = (
     "merge.queued",
@@ -72,6 +72,18 @@ def time_left(
     # The plan's waves are a topological order already.
     order = [index[t] for wave in plan.get("waves", []) for t in wave if t in index]
     return eta(left, succs, order, int(plan.get("max_parallel") or 1))
+
+
+def with_last_words(journal: Journal, a: AttemptRow, masked: set[str]) -> str | None:
+    """Why attempt `a` ended, in a line: one that failed with an exit status says its
+    log's telling last line too (`exit 1: connection refused`), as the run said it then
+    (`masked`: `leased_fingerprints`, for a log a crash left unscrubbed)."""
+    line = first_line(a.reason)
+    if line and a.state == "failed" and line.startswith("exit "):
+        told = telling_line(log_tail(log_of(journal, a)))
+        if told:
+            line += f": {mask_keys(told, masked)}"
+    return line
 
 
 def log_of(journal: Journal, a: AttemptRow) -> str | None:

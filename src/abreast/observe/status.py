@@ -71,6 +71,21 @@ def _time_left(journal: Journal, row: RunRow, tasks: list[TaskRow]) -> float | N
     return rundata.time_left(row.options.get("plan"), tasks, journal.attempts(row.id), retries)
 
 
+def _last_words(journal: Journal, run_id: str, tasks: list[TaskRow]) -> dict[str, str]:
+    """Task -> why it failed with its log's telling last line (`exit 7: it broke`), of the
+    tasks that failed with an exit status, as the run said it then."""
+    failed = {t.task_id for t in tasks if t.state == "failed" and (t.reason or "")[:5] == "exit "}
+    if not failed:
+        return {}
+    last: dict[str, AttemptRow] = {}
+    for a in journal.attempts(run_id):
+        if a.task_id in failed:
+            last[a.task_id] = a
+    masked = rundata.leased_fingerprints(journal, run_id)
+    said = {tid: rundata.with_last_words(journal, a, masked) for tid, a in last.items()}
+    return {tid: line for tid, line in said.items() if line}
+
+
 def _sent_back(tasks: list[TaskRow]) -> bool:
     """Whether a task waits for its next attempt (and `task.retrying` is worth reading)."""
     return any(t.state == "pending" and t.attempts for t in tasks)
@@ -144,12 +159,13 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     now = time.time()
     waits = _merge_waits(journal, row.id) if any(t.state == "integrating" for t in tasks) else {}
     retries = rundata.retries_due(journal, row.id) if _sent_back(tasks) else {}
+    words = _last_words(journal, row.id, tasks)
     for t in tasks:
         took = "-"
         if t.started_at:
             took = format_duration(row.active_s(t.started_at, t.finished_at or now))
         rss = f"{t.peak_rss_bytes / 1e6:.1f}MB" if t.peak_rss_bytes else "-"
-        note = rundata.headline(t.reason)[:80]
+        note = (words.get(t.task_id) or rundata.headline(t.reason))[:80]
         if t.state == "integrating" and t.task_id in waits:
             note = f"lands after {', '.join(waits[t.task_id])}"
         elif t.state == "pending" and t.attempts and t.feedback:  # sent back, to run again
