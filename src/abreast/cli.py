@@ -1019,12 +1019,14 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def _say_kept_results(kept: list[str]) -> None:
     """Result branches pile up run after run, and `cleanup` alone never deletes them."""
+    from abreast.spec.durations import counted
+
     if not kept:
         return
     n = len(kept)
     shown = ", ".join(kept[:3]) + (f" and {n - 3} more" if n > 3 else "")
     print(
-        f"kept {n} result branch{'es' if n != 1 else ''}: {shown} "
+        f"kept {counted(n, 'result branch', 'result branches')}: {shown} "
         "(merge what you want from them; `abreast cleanup --results` deletes them)"
     )
 

@@ -31,6 +31,7 @@ from abreast.coord.backend import (
     Lease,
 )
 from abreast.executor.process import LOCK_ENV, fence, members_of_group_or_session, stop_then_kill
+from abreast.spec.durations import counted
 
 LOST_EXIT = 75  # EX_TEMPFAIL: the lock was lost and the command killed
 TIMEOUT_EXIT = 75
@@ -210,7 +211,7 @@ def _fence(lapsed: Lease, store_id: str, err: TextIO) -> None:
     if ended:
         err.write(
             f"abreast lock: the last lease of {lapsed.name!r} ({describe(lapsed)}) ran out "
-            f"while its command still ran; ended {ended} process{'es' if ended != 1 else ''} "
+            f"while its command still ran; ended {counted(ended, 'process', 'processes')} "
             "of it first\n"
         )
         err.flush()

@@ -155,6 +155,13 @@ def telling_line(lines: Iterable[str], most: int = 200) -> str:
     return told[-1][:most] if told else ""
 
 
+def with_last_line(reason: str, tail: Iterable[str]) -> str:
+    """An exit status with the telling last line of the log it ended (`exit 1: connection
+    refused`), as one-line views say a failure; any other reason as it is."""
+    told = telling_line(tail) if reason.startswith("exit ") else ""
+    return f"{reason}: {told}" if told else reason
+
+
 def log_tail(path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 8192) -> list[str]:
     """The last `lines` non-blank lines of a log (from its last `max_bytes`, or up to 32
     times that where those hold fewer lines), made `visible`; bytes that are not UTF-8

@@ -13,7 +13,7 @@ from rich.text import Text
 from abreast.engine.engine import Engine, TaskRun, View
 from abreast.engine.states import TaskState
 from abreast.eta import about
-from abreast.observe.plain import blocked_said, clock, retry_when
+from abreast.observe.plain import blocked_said, clock, failure_said, retry_when
 from abreast.observe.rundata import headline
 from abreast.spec.durations import format_duration
 
@@ -146,8 +146,7 @@ class LiveView(View):
         self._say_blocked()
         if tr.state is not TaskState.SUCCEEDED:
             style = _STATE_STYLE.get(tr.state, "")
-            reason = headline(tr.reason) + (f": {tr.last_words}" if tr.last_words else "")
-            self.console.print(Text(f"{tr.state.value}: {tr.id} {reason}", style=style))
+            self.console.print(Text(f"{tr.state.value}: {tr.id} {failure_said(tr)}", style=style))
 
     def retrying(self, tr: TaskRun, delay_s: float) -> None:
         first = headline(tr.feedback)

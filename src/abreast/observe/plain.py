@@ -37,6 +37,12 @@ def blocked_said(blocked: list[TaskRun]) -> list[str]:
     return lines
 
 
+def failure_said(tr: TaskRun) -> str:
+    """Why `tr` did not succeed, in a line: its reason's headline, and for an exit status
+    its log's telling last line (the engine's `last_words`)."""
+    return headline(tr.reason) + (f": {tr.last_words}" if tr.last_words else "")
+
+
 def retry_when(delay_s: float) -> str:
     """`now` (a gate or conflict sends a task straight back) or `in 1.5s`."""
     return "now" if delay_s <= 0 else f"in {delay_s:.1f}s"
@@ -80,7 +86,7 @@ class PlainView(View):
             return
         detail = ""
         if tr.state is not TaskState.SUCCEEDED and tr.reason:
-            detail = ": " + headline(tr.reason) + (f": {tr.last_words}" if tr.last_words else "")
+            detail = ": " + failure_said(tr)
         took = f" in {format_duration(tr.busy_s)}" if tr.busy_s else ""
         self._line(f"{tr.state.value:<9} {tr.id}{took}{detail}")
 

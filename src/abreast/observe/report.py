@@ -177,7 +177,7 @@ def _merge_line(m: dict[str, int]) -> str | None:
         return None
     batches = f"{m['batches']} batch{'es' if m['batches'] != 1 else ''}"
     batched = f", {m['in_batches']} of them in {batches}" if m["in_batches"] else ""
-    reds = f"{m['red_batches']} red batch{'es' if m['red_batches'] != 1 else ''}"
+    reds = counted(m["red_batches"], "red batch", "red batches")
     red = f"; {reds} split" if m["red_batches"] else ""
     return (
         f"merge queue: {m['landed']} landed{batched}{red}; "

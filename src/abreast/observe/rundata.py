@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from abreast.coord.journal import AttemptRow, EventRow, Journal, RunRow, TaskRow
-from abreast.executor.logs import TAIL_HEADING, log_tail, mask_keys, prompt_file, telling_line
+from abreast.executor.logs import (
+    TAIL_HEADING,
+    log_tail,
+    mask_keys,
+    prompt_file,
+    telling_line,
+    with_last_line,
+)
 
 MERGE_EVENTS = (
     "merge.queued",
@@ -79,10 +86,8 @@ def with_last_words(journal: Journal, a: AttemptRow, masked: set[str]) -> str | 
     log's telling last line too (`exit 1: connection refused`), as the run said it then
     (`masked`: `leased_fingerprints`, for a log a crash left unscrubbed)."""
     line = first_line(a.reason)
-    if line and a.state == "failed" and line.startswith("exit "):
-        told = telling_line(log_tail(log_of(journal, a)))
-        if told:
-            line += f": {mask_keys(told, masked)}"
+    if line and a.state == "failed" and line.startswith("exit "):  # (its log read only then)
+        return with_last_line(line, [mask_keys(x, masked) for x in log_tail(log_of(journal, a))])
     return line
 
 

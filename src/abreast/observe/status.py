@@ -66,15 +66,21 @@ def status_json(journal: Journal, row: RunRow) -> dict[str, Any]:
     }
 
 
-def _time_left(journal: Journal, row: RunRow, tasks: list[TaskRow]) -> float | None:
-    retries = rundata.retries_due(journal, row.id) if _sent_back(tasks) else None
+def _time_left(
+    journal: Journal, row: RunRow, tasks: list[TaskRow], retries: dict[str, float] | None = None
+) -> float | None:
+    """(`retries`: `rundata.retries_due`, when the caller has it already)"""
+    if retries is None and _sent_back(tasks):
+        retries = rundata.retries_due(journal, row.id)
     return rundata.time_left(row.options.get("plan"), tasks, journal.attempts(row.id), retries)
 
 
 def _last_words(journal: Journal, run_id: str, tasks: list[TaskRow]) -> dict[str, str]:
     """Task -> why it failed with its log's telling last line (`exit 7: it broke`), of the
     tasks that failed with an exit status, as the run said it then."""
-    failed = {t.task_id for t in tasks if t.state == "failed" and (t.reason or "")[:5] == "exit "}
+    failed = {
+        t.task_id for t in tasks if t.state == "failed" and (t.reason or "").startswith("exit ")
+    }
     if not failed:
         return {}
     last: dict[str, AttemptRow] = {}
@@ -149,7 +155,8 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     elif asked == "cancelling":
         out.write("  cancelling: what runs is being stopped\n")
     tasks = journal.tasks(row.id)
-    left = _time_left(journal, row, tasks) if state == "running" else None
+    retries = rundata.retries_due(journal, row.id) if _sent_back(tasks) else {}
+    left = _time_left(journal, row, tasks, retries) if state == "running" else None
     if left is not None:
         out.write(f"  {about(left)} left, by the estimates\n")
     width = max([len(t.task_id) for t in tasks] + [4])
@@ -158,7 +165,6 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     )
     now = time.time()
     waits = _merge_waits(journal, row.id) if any(t.state == "integrating" for t in tasks) else {}
-    retries = rundata.retries_due(journal, row.id) if _sent_back(tasks) else {}
     words = _last_words(journal, row.id, tasks)
     for t in tasks:
         took = "-"

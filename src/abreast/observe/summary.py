@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 from abreast.engine.engine import RunOutcome
 from abreast.engine.states import TaskState
-from abreast.executor.logs import telling_line
+from abreast.executor.logs import with_last_line
 from abreast.observe.plain import by_reason
 from abreast.observe.rundata import (
     FailureView,
@@ -128,9 +128,7 @@ def github_error(
     """A GitHub Actions workflow command that shows failed tasks (their names) as an error
     annotation (on the job's summary and the pull request), the reason's first line as the
     message (`exit 1`, with the telling last line of the task's log)."""
-    first = headline(reason) or state
-    told = telling_line(tail) if first.startswith("exit ") else ""
-    first += f": {told}" if told else ""
+    first = with_last_line(headline(reason) or state, tail)
     after = f" (after {attempt} attempts)" if attempt > 1 else ""
     title = f"abreast: {tasks} {state}"
     return f"::error title={_gh_property(title)}::{_gh_data(first + after)}\n"

@@ -99,10 +99,9 @@ def go_work_unseen(repo: Repo, copy: list[str]) -> str:
         return ""
     if repo.git("ls-files", "--", "go.work", check=False).stdout.strip():
         return ""  # committed: each worktree has its own
-    ignored = repo.git("check-ignore", "-q", "--no-index", "go.work", check=False).returncode
     sums = " and go.work.sum" if (repo.root / "go.work.sum").is_file() else ""
     fix = f"list go.work{sums} under `worktrees: copy`"
-    if ignored != 0:  # copied, it would be committed with a task's work
+    if not ignored(repo, ["go.work"]):  # copied, it would be committed with a task's work
         fix = f"ignore go.work{sums} (.gitignore) and {fix}"
     fix += " (its paths are relative: each worktree's copy names that worktree's modules)"
     return (
