@@ -1850,6 +1850,36 @@ def test_worktrees_pythonpath_false_leaves_the_environment_as_it_is(
     assert show(repo, integration(run_id), "seen.txt") == "1\n"  # the checkout's, as asked
 
 
+def test_git_in_a_task_opens_no_editor_unless_the_task_names_one(repo: Path) -> None:
+    # The user's editor is for a terminal a task does not have: here one that fails (as
+    # vim does with no terminal), set both in the config and in abreast's environment.
+    git(repo, "config", "core.editor", "false")
+    env = {**os.environ, "GIT_EDITOR": "false"}
+    path = workflow(
+        repo,
+        {
+            # What an agent does after fixing its last commit: git's message is kept.
+            "amend": {
+                "run": "echo a > a.txt && git add a.txt && git commit -qm 'add a' && "
+                "echo more >> a.txt && git commit -qa --amend && git log -1 --format=%s > msg"
+            },
+            "bare": {"run": "git commit --allow-empty", "retries": 0},
+            # An editor the task names itself is the one git runs.
+            "own": {
+                "env": {"GIT_EDITOR": "printf 'from env\\n' >"},
+                "run": "git commit -q --allow-empty && git log -1 --format=%s > own",
+            },
+        },
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=repo, env=env)
+    assert result.code == 1, result.out + result.err
+    run_id = result.out.splitlines()[0][5:]
+    assert show(repo, integration(run_id), "msg") == "add a\n"
+    assert show(repo, integration(run_id), "own") == "from env\n"
+    assert "failed    bare" in result.out
+    assert "exit 1: Aborting commit due to empty commit message." in result.out
+
+
 def test_editable_installs_are_found_in_every_form_setuptools_and_hatchling_write(
     tmp_path: Path,
 ) -> None:

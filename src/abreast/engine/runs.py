@@ -204,9 +204,10 @@ def task_env(
 ) -> dict[str, str]:
     """The environment tasks and checks start from: this one, less the keys' real values
     (a task gets only its leased key) and what connecting to Ray added, with `abreast` on
-    PATH as this very abreast, and the run's tag (none for a run journaled before tags:
-    not the tag of a run this one is a task of). In `worktrees`, less what would point
-    git at another repository or index than the task's worktree (GIT_DIR, ...)."""
+    PATH as this very abreast, the run's tag (none for a run journaled before tags:
+    not the tag of a run this one is a task of) and git's editor `true`. In `worktrees`,
+    less what would point git at another repository or index than the task's worktree
+    (GIT_DIR, ...)."""
     env = keys.scrub(dict(os.environ)) if keys else dict(os.environ)
     if worktrees:
         from abreast.workspace.git import without_repo_vars
@@ -217,6 +218,10 @@ def task_env(
     env.pop(RUN_TAG_ENV, None)
     if tag:
         env[RUN_TAG_ENV] = tag
+    # No terminal to edit in: git takes the message it proposes (`rebase --continue`,
+    # `commit --amend`) and a `git commit` with none fails at once, instead of starting
+    # vim blind or opening a `code --wait` window on the desktop that the task waits on.
+    env["GIT_EDITOR"] = "true"
     shim = _abreast_shim(location.bin_dir)
     if shim is not None:
         env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH') or os.defpath}"
