@@ -716,6 +716,48 @@ def test_a_long_critical_path_is_shortened_and_default_estimates_are_not_quoted(
     assert rep["critical_path"]["estimated"]["given"] is False
 
 
+def test_an_estimate_made_of_defaults_says_so_or_is_not_quoted(tmp_path: Path) -> None:
+    # Only a has an estimate: the path a -> b is 10s of the user's and 1m of the default's.
+    path = write(
+        tmp_path,
+        {
+            "name": "some",
+            "tasks": {
+                "a": {"run": "true", "estimate": "10s"},
+                "b": {"run": "true", "needs": ["a"]},
+                "c": {"run": "true"},
+            },
+        },
+    )
+    run = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert run.code == 0, run.err
+    assert (
+        "took" in run.out
+        and "(estimated 1m10s: a -> b; b without an estimate, counted as 1m)" in run.out
+    )
+    report = run_abreast("report", run.out.splitlines()[0][5:], cwd=tmp_path).out
+    assert (
+        "estimated beforehand: 1m10s (one at a time 2m10s; 2 of 3 tasks without an "
+        "estimate, counted as 1m each)" in report
+    )
+    # The estimated path is all defaults (2m of b2 -> c2 over a2's 10s): nothing to quote.
+    path = write(
+        tmp_path,
+        {
+            "name": "other",
+            "tasks": {
+                "a2": {"run": "true", "estimate": "10s"},
+                "b2": {"run": "true"},
+                "c2": {"run": "true", "needs": ["b2"]},
+            },
+        },
+    )
+    run = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert run.code == 0, run.err
+    line = next(x for x in run.out.splitlines() if "critical path:" in x)
+    assert "took" in line and "estimated" not in line
+
+
 # -- dashboard -------------------------------------------------------------------------------
 
 

@@ -82,6 +82,8 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
         "estimated": {
             "scheduled_s": (data.plan or {}).get("scheduled_s"),
             "sequential_s": (data.plan or {}).get("sequential_s"),
+            # tasks with no estimate, neither given nor measured: each the default's
+            "assumed": len((data.plan or {}).get("assumed", ())),
         },
         "critical_path": _critical_path(data),
         "tasks": [
@@ -188,12 +190,16 @@ def _merge_line(m: dict[str, int]) -> str | None:
 def _critical_path(data: rundata.RunData) -> dict[str, Any]:
     est_path, est_s = data.estimated_critical_path()
     act_path, act_s = data.actual_critical_path()
+    plan = data.plan or {}
+    assumed = set(plan.get("assumed", ()))
     return {
-        # given: False when no task has an estimate (each counted as the default)
+        # given: False when no task has an estimate (each counted as the default);
+        # assumed: the path's tasks that have none (neither given nor measured before)
         "estimated": {
             "tasks": est_path,
             "seconds": est_s,
-            "given": (data.plan or {}).get("estimates_given", True),
+            "given": plan.get("estimates_given", True),
+            "assumed": [t for t in est_path if t in assumed],
         },
         "actual": {"tasks": act_path, "seconds": act_s},
     }
@@ -228,18 +234,41 @@ def short(rep: dict[str, Any]) -> str:
     est, act = cp["estimated"], cp["actual"]
     lines = []
     if act["tasks"]:
-        lines.append(
-            f"critical path: {_path(act['tasks'])} took {fmt(act['seconds'])}"
-            + (
-                f" (estimated {fmt(est['seconds'])}: {_path(est['tasks'])})"
-                if est["tasks"] and est.get("given", True)
-                else ""
-            )
-        )
+        line = f"critical path: {_path(act['tasks'])} took {fmt(act['seconds'])}"
+        if _estimate_says(est):
+            line += f" (estimated {fmt(est['seconds'])}: {_path(est['tasks'])}{_assumed(est)})"
+        lines.append(line)
     if rep["tokens"]:
         lines.append(f"tokens: {rundata.tokens_line(rep['tokens'])}, as the provider counted")
     lines.append(f"report: abreast report {rep['run_id']} (--html FILE for a page)")
     return "\n".join(f"  {line}" for line in lines)
+
+
+def _estimate_says(est: dict[str, Any]) -> bool:
+    """Whether the estimated critical path is worth quoting: some task on it has an
+    estimate (given, or measured in earlier runs), not only the default each."""
+    return (
+        bool(est["tasks"])
+        and est.get("given", True)
+        and (len(est.get("assumed", ())) < len(est["tasks"]))
+    )
+
+
+def _assumed(est: dict[str, Any]) -> str:
+    """What of the estimated path is the default's, not the user's: `; left, after
+    without an estimate, counted as 1m each`."""
+    names = est.get("assumed", ())
+    if not names:
+        return ""
+    shown = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+    return _by_default(shown, len(names))
+
+
+def _by_default(who: str, n: int) -> str:
+    from abreast.plan import DEFAULT_ESTIMATE_S
+
+    each = " each" if n > 1 else ""
+    return f"; {who} without an estimate, counted as {fmt(DEFAULT_ESTIMATE_S)}{each}"
 
 
 def _path(tasks: list[str], keep: int = 3) -> str:
@@ -264,10 +293,13 @@ def _wall(rep: dict[str, Any]) -> str:
 
 def text(rep: dict[str, Any]) -> str:
     out = [f"run {rep['run_id']} ({rep['workflow']}): {rep['state']}", f"  {_wall(rep)}"]
-    if rep["estimated"]["scheduled_s"] is not None:
+    est = rep["estimated"]
+    if est["scheduled_s"] is not None and rep["critical_path"]["estimated"].get("given", True):
+        n = est.get("assumed", 0)
+        assumed = _by_default(f"{n} of {counted(len(rep['tasks']), 'task')}", n) if n else ""
         out.append(
-            f"  estimated beforehand: {fmt(rep['estimated']['scheduled_s'])} "
-            f"(one at a time {fmt(rep['estimated']['sequential_s'])})"
+            f"  estimated beforehand: {fmt(est['scheduled_s'])} "
+            f"(one at a time {fmt(est['sequential_s'])}{assumed})"
         )
     out.append(short(rep).splitlines()[0] if rep["critical_path"]["actual"]["tasks"] else "")
     width = max([len(t["id"]) for t in rep["tasks"]] + [4])
@@ -455,7 +487,8 @@ def html_page(rep: dict[str, Any]) -> str:
     title = e(f"run {rep['run_id']} ({rep['workflow']}): {rep['state']}")
     saved = e(_wall(rep))
     actual = e(f"{' → '.join(cp['actual']['tasks'])} ({fmt(cp['actual']['seconds'])})")
-    estimated = e(f"{' → '.join(cp['estimated']['tasks'])} ({fmt(cp['estimated']['seconds'])})")
+    est = cp["estimated"]
+    estimated = e(f"{' → '.join(est['tasks'])} ({fmt(est['seconds'])}{_assumed(est)})")
     fail_part = "<h2>failures</h2>" + failures if failures else ""
     retried = "".join(
         f"<li>{e(x['task'])} attempt {x['attempt']}: {e(x['reason'])}</li>" for x in _sent_back(rep)
