@@ -697,7 +697,7 @@ def test_report_page_says_a_failed_tasks_log_is_empty(tmp_path: Path) -> None:
     run_id = run.out.splitlines()[0][5:]
     assert run_abreast("report", run_id, "--html", str(page), cwd=tmp_path).code == 0
     text = page.read_text()
-    assert "its log is empty" in text and "<pre></pre>" not in text
+    assert "the task's log is empty" in text and "<pre></pre>" not in text
 
 
 def test_a_long_critical_path_is_shortened_and_default_estimates_are_not_quoted(
@@ -740,6 +740,9 @@ def test_an_estimate_made_of_defaults_says_so_or_is_not_quoted(tmp_path: Path) -
         "estimated beforehand: 1m10s (one at a time 2m10s; 2 of 3 tasks without an "
         "estimate, counted as 1m each)" in report
     )
+    # The table marks the defaults, as `abreast analyze` does.
+    assert re.search(r"\n  b +succeeded .* 1m\?\n", report) and re.search(r"\n  a .* 10s\n", report)
+    assert "  (?: no estimate given: counted as 1m)" in report
     # The estimated path is all defaults (2m of b2 -> c2 over a2's 10s): nothing to quote.
     path = write(
         tmp_path,

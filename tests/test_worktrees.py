@@ -110,6 +110,10 @@ def test_three_parallel_tasks_land_and_the_user_checkout_is_untouched(repo: Path
         "deleted": 0,
     }
     assert "CHANGED" in run_abreast("report", run_id, cwd=repo).out
+    # The page's closing lines are lines (they ran into one paragraph).
+    page = repo.parent / "r.html"
+    assert run_abreast("report", run_id, "--html", str(page), cwd=repo).code == 0
+    assert re.search(r"<p>result: branch [^<]*</p><p>bring it in: git merge", page.read_text())
     from abreast.coord.location import locate
     from abreast.observe.dashboard import DashboardServer
 

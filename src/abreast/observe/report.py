@@ -44,6 +44,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
         busy[a.task_id] = busy.get(a.task_id, 0.0) + (a.wall_s or 0.0)
     estimates = (data.plan or {}).get("estimates", {})
     measured = set((data.plan or {}).get("measured", []))
+    assumed = set((data.plan or {}).get("assumed", []))
     wall = data.wall_s()
     sequential = sum(busy.values())
     saved = sequential - wall
@@ -97,6 +98,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
                 "busy_s": busy.get(t.task_id, 0.0),
                 "estimate_s": estimates.get(t.task_id),
                 "estimate_measured": t.task_id in measured,  # in earlier runs, not given
+                "estimate_assumed": t.task_id in assumed,  # neither: the default's
                 "exit_code": t.exit_code,
                 "peak_rss_bytes": t.peak_rss_bytes,
                 "reason": t.reason,
@@ -264,6 +266,27 @@ def _assumed(est: dict[str, Any]) -> str:
     return _by_default(shown, len(names))
 
 
+def _estimate_cell(t: dict[str, Any]) -> str:
+    """A task's estimate in the report's table: `~` after one measured in earlier runs,
+    `?` after the default counted for want of any."""
+    if t["estimate_s"] is None:
+        return "-"
+    mark = "~" if t["estimate_measured"] else "?" if t.get("estimate_assumed") else ""
+    return fmt(t["estimate_s"]) + mark
+
+
+def _estimate_marks(rep: dict[str, Any]) -> list[str]:
+    """What the table's marks mean, for those it shows (as `abreast analyze` says it)."""
+    from abreast.plan import DEFAULT_ESTIMATE_S
+
+    out = []
+    if any(t["estimate_measured"] for t in rep["tasks"]):
+        out.append("~: an estimate measured in earlier runs: the task gives none")
+    if any(t.get("estimate_assumed") for t in rep["tasks"]):
+        out.append(f"?: no estimate given: counted as {fmt(DEFAULT_ESTIMATE_S)}")
+    return out
+
+
 def _by_default(who: str, n: int) -> str:
     from abreast.plan import DEFAULT_ESTIMATE_S
 
@@ -310,19 +333,14 @@ def text(rep: dict[str, Any]) -> str:
         + ("  CHANGED" if any(t["changes"] for t in rep["tasks"]) else "")
     )
     for t in rep["tasks"]:
-        est = (
-            fmt(t["estimate_s"]) + "~" * t["estimate_measured"]
-            if t["estimate_s"] is not None
-            else "-"
-        )
+        est = _estimate_cell(t)
         out.append(
             f"  {t['id']:<{width}}  {t['state']:<11} {t['attempts']:>5} "
             f"{fmt(t['elapsed_s']):>8} {fmt(t['busy_s']):>8} {est:>8}"
             + (f" {_in_out(t['tokens']):>13}" if has_tokens else "")
             + (f"  {rundata.changed(t['changes'])}" if t["changes"] else "")
         )
-    if any(t["estimate_measured"] for t in rep["tasks"]):
-        out.append("  (~: an estimate measured in earlier runs: the task gives none)")
+    out += [f"  ({line})" for line in _estimate_marks(rep)]
     if has_tokens:
         out.append(
             f"\n  tokens: {rundata.tokens_line(rep['tokens'])}, as the provider's answers "
@@ -438,7 +456,7 @@ def html_page(rep: dict[str, Any]) -> str:
         f"<tr><td>{e(t['id'])}</td><td class='{e(t['state'])}'>{e(t['state'])}</td>"
         f"<td>{t['attempts']}</td><td>{e(fmt(t['elapsed_s']))}</td>"
         f"<td>{e(fmt(t['busy_s']))}</td>"
-        f"<td>{e(fmt(t['estimate_s'])) if t['estimate_s'] is not None else '-'}</td>"
+        f"<td>{e(_estimate_cell(t))}</td>"
         f"<td>{e(rundata.changed(t['changes'])) if t['changes'] else '-'}</td>"
         + (f"<td>{e(_in_out(t['tokens']))}</td>" if rep["tokens"] else "")
         + f"<td>{e(rundata.headline(t['reason']))}</td></tr>"
@@ -477,9 +495,9 @@ def html_page(rep: dict[str, Any]) -> str:
         f"{f' after {n} attempts' if (n := f['attempt']) > 1 else ''})</h3>"
         f"<pre>{e(f['reason'] or '')}</pre>"
         + (
-            f"<pre>{e(chr(10).join(f['log_tail']))}</pre>"
+            f"<p>last lines of the task's log:</p><pre>{e(chr(10).join(f['log_tail']))}</pre>"
             if f["log_tail"]
-            else "<p><i>its log is empty</i></p>"
+            else "<p><i>the task's log is empty</i></p>"
         )
         for f in rep["failures"]
     )
@@ -498,7 +516,9 @@ def html_page(rep: dict[str, Any]) -> str:
     warned = "".join(f"<li>{e(w)}</li>" for w in rep["warnings"])
     if warned:
         fail_part = f"<h2>warnings</h2><ul>{warned}</ul>" + fail_part
-    landing = "<p>" + e(rep["landing"]) + "</p>" if rep["landing"] else ""
+    landing = "".join(
+        f"<p>{e(line.strip())}</p>" for line in (rep["landing"] or "").splitlines() if line.strip()
+    )
     queue = _merge_line(rep["merges"])
     if queue:
         landing = f"<p>{e(queue)}</p>" + landing
@@ -519,7 +539,8 @@ def html_page(rep: dict[str, Any]) -> str:
         f"<h2>timeline</h2>{svg}"
         "<h2>tasks</h2><table><tr><th>task</th><th>state</th><th>tries</th><th>time</th>"
         f"<th>work</th><th>estimate</th><th>changed</th>{tokens_th}<th>note</th></tr>"
-        f"{rows}</table>{tokens_p}"
+        f"{rows}</table>{''.join(f'<p><small>{e(x)}</small></p>' for x in _estimate_marks(rep))}"
+        f"{tokens_p}"
         f"{fail_part}{landing}</body></html>"
     )
 
