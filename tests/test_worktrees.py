@@ -145,6 +145,7 @@ def test_different_hunks_of_one_file_merge_cleanly(repo: Path) -> None:
 def test_conflict_is_sent_back_and_resolved_on_attempt_2(repo: Path) -> None:
     # "first" lands first (it is quick); "second" edits the same line, so its merge
     # conflicts; its second attempt starts from the integration head and reads why.
+    git(repo, "config", "color.ui", "always")  # the user's: not in what the agent reads
     script = repo / "second.sh"
     script.write_text(
         "#!/bin/sh\n"
@@ -169,6 +170,7 @@ def test_conflict_is_sent_back_and_resolved_on_attempt_2(repo: Path) -> None:
     log = run_abreast("logs", run_id, "second", cwd=repo).out
     assert "feedback: merge conflict with the integration branch in: src/shared.txt" in log
     assert "abreast: land first" in log  # the other side's commits are named
+    assert "\x1b" not in log
     # The first attempt's process succeeded, but its work was not taken: the timeline says so.
     report = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)
     second = [(x["attempt"], x["state"], x["reason"]) for x in report["timeline"]]

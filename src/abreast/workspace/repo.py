@@ -259,8 +259,11 @@ class Repo:
         return sorted(found, key=lambda item: -item[1])
 
     def log_oneline(self, rev_range: str, limit: int = 20) -> list[str]:
+        # Read as text, whatever the user's config says (color.ui = always, signatures).
         proc = self.git(
-            "log", "--oneline", "--no-decorate", f"-{limit}", rev_range, "--", check=False
+            *("log", "--oneline", "--no-decorate", "--no-color", "--no-show-signature"),
+            *(f"-{limit}", rev_range, "--"),
+            check=False,
         )
         return proc.stdout.splitlines()
 
