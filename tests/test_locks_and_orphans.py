@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -521,13 +522,42 @@ def test_a_silent_task_is_an_orphan_killed_and_retried(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, out + err
     assert "orphan: no sign of life" in out
-    assert "raise `heartbeat.orphan_after`" in out  # what to do if the quiet was rightful
+    # What to do if the quiet was rightful.
+    assert "give it `orphan_after: D` (or raise `heartbeat.orphan_after`, for every task)" in out
     first = int((tmp_path / "pids").read_text().split()[0])
     assert not pid_alive(first)
     db = tmp_path / ".abreast" / "state.db"
     events = query(db, "SELECT task_id, data FROM events WHERE type = 'orphan.cleaned'")
     assert len(events) == 1
     assert json.loads(events[0][1])["reason"] == "no_activity"
+
+
+def test_a_task_may_be_quiet_longer_or_shorter_than_the_others(tmp_path: Path) -> None:
+    # One step that rightly waits in silence (a deploy, a long sleep) made every task's
+    # hang detection slower: `heartbeat.orphan_after` was the only threshold.
+    proc = run_json(
+        tmp_path,
+        {
+            "name": "quiet",
+            "heartbeat": {"interval": "0.2s", "orphan_after": "1s"},
+            "tasks": {
+                "patient": {"run": "sleep 2.5; echo waited", "orphan_after": "1m"},
+                "hung": {"run": "sleep 60"},
+                # Stricter than the others: killed before the workflow's threshold.
+                "brisk": {"run": "sleep 60", "orphan_after": "0.3s"},
+            },
+        },
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    assert re.search(r"succeeded patient in 2\.\d+s", out), out
+    assert "failed    hung" in out and "give it `orphan_after: D`" in out
+    brisk = re.search(
+        r"failed    brisk in (\S+): orphan: .* \(if it may rightly be quiet that "
+        r"long, raise its `orphan_after`\)",
+        out,
+    )
+    assert brisk is not None and brisk.group(1).endswith("ms"), out  # well before 1s
 
 
 def test_memory_growth_over_the_limit_is_reported(tmp_path: Path) -> None:

@@ -283,6 +283,7 @@ def _options(
     if monitor_on and p.wf.resources.monitor:
         monitor = ResourceMonitor(p.wf.resources.thresholds)
     hb = p.wf.heartbeat
+    quiet = min([hb.orphan_after] + [t.orphan_after for t in p.wf.task_list() if t.orphan_after])
     options = EngineOptions(
         cap=p.cap,
         flags=p.flags,
@@ -294,7 +295,7 @@ def _options(
         keys=keys,
         sinks=sinks or [],
         # Ticks often enough to notice an orphan within a quarter of its threshold.
-        tick_s=min(1.0, hb.interval, hb.orphan_after / 4),
+        tick_s=min(1.0, hb.interval, quiet / 4),
         fail_fast=fail_fast,
         masked=masked or [],
     )

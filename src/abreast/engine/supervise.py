@@ -367,13 +367,21 @@ class Supervisor:
                 w.last_sign = sign
                 w.last_activity = now
             quiet = now - w.last_activity
-            if quiet >= orphan_after:
+            task = self.wf.tasks.get(task_id)
+            own = task.orphan_after if task is not None else None
+            if quiet >= (own or orphan_after):
+                cure = (
+                    "raise its `orphan_after`"
+                    if own
+                    else "give it `orphan_after: D` (or raise `heartbeat.orphan_after`, "
+                    "for every task)"
+                )
                 trouble.append(
                     Trouble(
                         task_id,
                         f"orphan: no sign of life (CPU, I/O, output or an API request) "
                         f"for {quiet:.0f}s; its process tree was killed (if it may rightly "
-                        "be quiet that long, raise `heartbeat.orphan_after`)",
+                        f"be quiet that long, {cure})",
                         "no_activity",
                     )
                 )

@@ -440,6 +440,14 @@ class TaskFields:
             "(input + output) than this is refused further requests and killed"
         ),
     ] = None
+    orphan_after: Annotated[
+        Duration | None,
+        Gt(0),
+        Doc(
+            "how long an attempt may show no sign of life before it is taken for hung and "
+            "killed; default: heartbeat.orphan_after"
+        ),
+    ] = None
     pools: list[str] = field(default_factory=list)
     locks: list[str] = field(default_factory=list)
     env: dict[str, EnvValue] = field(default_factory=dict)
