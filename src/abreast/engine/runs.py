@@ -49,7 +49,7 @@ from abreast.executor.process import (
     stop_then_kill,
 )
 from abreast.integrate.base import Isolation
-from abreast.plan import TaskGraph, analyze, history
+from abreast.plan import DEFAULT_ESTIMATE_S, TaskGraph, analyze, history
 from abreast.plan.analysis import Analysis
 from abreast.plan.ownership import nesting_hint
 from abreast.spec import load_workflow
@@ -159,8 +159,6 @@ def dry_run(req: RunRequest, out: Any) -> int:
         out.write(f"(without an `estimate:`, as measured in earlier runs: {names}{more})\n")
     assumed = [t.id for t in p.analysis.tasks if not t.estimated]
     if assumed:
-        from abreast.plan import DEFAULT_ESTIMATE_S
-
         each = f"counted as {format_duration(DEFAULT_ESTIMATE_S)}"
         if len(assumed) == len(p.analysis.tasks):
             out.write(f"(no task has an `estimate:`; each is {each})\n")
@@ -746,6 +744,7 @@ def plan_summary(a: Analysis) -> dict[str, Any] | None:
         # those with neither (counted as the default).
         "measured": [t.id for t in a.tasks if t.estimate_source == "measured"],
         "assumed": [t.id for t in a.tasks if t.estimate_source == "assumed"],
+        "default_estimate_s": DEFAULT_ESTIMATE_S,  # what each of those was counted as
         "max_parallel": a.max_parallel,
         "scheduled_s": a.estimates.scheduled_s,
         "sequential_s": a.estimates.sequential_s,

@@ -85,6 +85,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
             "sequential_s": (data.plan or {}).get("sequential_s"),
             # tasks with no estimate, neither given nor measured: each the default's
             "assumed": len((data.plan or {}).get("assumed", ())),
+            "default_s": _default_estimate(data.plan or {}),
         },
         "critical_path": _critical_path(data),
         "tasks": [
@@ -202,6 +203,7 @@ def _critical_path(data: rundata.RunData) -> dict[str, Any]:
             "seconds": est_s,
             "given": plan.get("estimates_given", True),
             "assumed": [t for t in est_path if t in assumed],
+            "default_s": _default_estimate(plan),
         },
         "actual": {"tasks": act_path, "seconds": act_s},
     }
@@ -263,7 +265,7 @@ def _assumed(est: dict[str, Any]) -> str:
     if not names:
         return ""
     shown = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
-    return _by_default(shown, len(names))
+    return _by_default(shown, len(names), est["default_s"])
 
 
 def _estimate_cell(t: dict[str, Any]) -> str:
@@ -277,21 +279,23 @@ def _estimate_cell(t: dict[str, Any]) -> str:
 
 def _estimate_marks(rep: dict[str, Any]) -> list[str]:
     """What the table's marks mean, for those it shows (as `abreast analyze` says it)."""
-    from abreast.plan import DEFAULT_ESTIMATE_S
-
     out = []
     if any(t["estimate_measured"] for t in rep["tasks"]):
         out.append("~: an estimate measured in earlier runs: the task gives none")
     if any(t.get("estimate_assumed") for t in rep["tasks"]):
-        out.append(f"?: no estimate given: counted as {fmt(DEFAULT_ESTIMATE_S)}")
+        out.append(f"?: no estimate given: counted as {fmt(rep['estimated']['default_s'])}")
     return out
 
 
-def _by_default(who: str, n: int) -> str:
-    from abreast.plan import DEFAULT_ESTIMATE_S
-
+def _by_default(who: str, n: int, default_s: float) -> str:
     each = " each" if n > 1 else ""
-    return f"; {who} without an estimate, counted as {fmt(DEFAULT_ESTIMATE_S)}{each}"
+    return f"; {who} without an estimate, counted as {fmt(default_s)}{each}"
+
+
+def _default_estimate(plan: dict[str, Any]) -> float:
+    """What the run counted a task without an estimate as (the plan says; runs journaled
+    before it did counted 1m)."""
+    return float(plan.get("default_estimate_s", 60.0))
 
 
 def _path(tasks: list[str], keep: int = 3) -> str:
@@ -319,7 +323,8 @@ def text(rep: dict[str, Any]) -> str:
     est = rep["estimated"]
     if est["scheduled_s"] is not None and rep["critical_path"]["estimated"].get("given", True):
         n = est.get("assumed", 0)
-        assumed = _by_default(f"{n} of {counted(len(rep['tasks']), 'task')}", n) if n else ""
+        of = f"{n} of {counted(len(rep['tasks']), 'task')}"
+        assumed = _by_default(of, n, est["default_s"]) if n else ""
         out.append(
             f"  estimated beforehand: {fmt(est['scheduled_s'])} "
             f"(one at a time {fmt(est['sequential_s'])}{assumed})"
