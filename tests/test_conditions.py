@@ -81,10 +81,19 @@ def test_dict_methods_are_not_reachable() -> None:
         expr.evaluate({}, {"a": {"x": 1}})
 
 
-def test_type_errors_become_condition_errors() -> None:
+def test_type_errors_become_condition_errors_in_jsons_terms() -> None:
     expr = parse("outputs.a.n > 1", allow_output=False)
-    with pytest.raises(ConditionError, match="TypeError"):
+    with pytest.raises(ConditionError, match=r"^'>' not supported between a string and a number$"):
         expr.evaluate({}, {"a": {"n": "text"}})
+    expr = parse("output.n + 1 > 2", allow_output=True)
+    with pytest.raises(ConditionError, match=r"for \+: null and a number$"):
+        expr.evaluate({}, {}, {"n": None})
+    # A gate reading an output the task never wrote says so.
+    expr = parse("output.confidence >= 0.75", allow_output=True)
+    with pytest.raises(
+        ConditionError, match=r"the task wrote nothing, or \{\}, to \$ABREAST_OUTPUT"
+    ):
+        expr.evaluate({}, {}, {})
 
 
 def test_a_prompt_template_puts_in_text_as_it_is_and_other_values_as_json() -> None:

@@ -600,6 +600,29 @@ def test_gate_never_met_fails_after_max_iterations(tmp_path: Path, cli) -> None:
     assert "gate still not met after 2 iterations" in result.out
 
 
+def test_a_gate_that_cannot_be_evaluated_says_why_in_the_outputs_terms(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    gate = {"gate": "output.confidence >= 0.75", "max_iterations": 1}
+    path = workflow(
+        tmp_path,
+        {
+            "silent": {"run": "echo hi", **gate},
+            "wordy": {"run": 'echo \'{"confidence": "high"}\' > "$ABREAST_OUTPUT"', **gate},
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 1
+    assert (
+        "silent (failed): gate not met (max_iterations: 1): output.confidence >= 0.75 could "
+        "not be evaluated: output has no field 'confidence' (it has: none: the task wrote "
+        "nothing, or {}, to $ABREAST_OUTPUT)" in result.out
+    )
+    assert (
+        "wordy (failed): gate not met (max_iterations: 1): output.confidence >= 0.75 could "
+        "not be evaluated: '>=' not supported between a string and a number; its output: "
+        '{"confidence": "high"}' in result.out
+    )
+
+
 def test_an_agent_sent_back_by_its_gate_is_told_why_in_its_prompt(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     # The usual agent template reads only the prompt: that is where a retry learns why.
     seen = tmp_path / "prompts"

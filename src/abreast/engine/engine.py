@@ -1094,7 +1094,9 @@ class Engine:
                     self._fail(
                         tr,
                         TaskState.FAILED,
-                        f"gate still not met after {tr.iterations} iterations: {why}",
+                        f"gate still not met after {tr.iterations} iterations: {why}"
+                        if tr.iterations > 1
+                        else f"gate not met (max_iterations: 1): {why}",
                     )
                 return
         if self.isolation.instant:
@@ -1208,7 +1210,8 @@ class Engine:
         try:
             ok = expr.evaluate(self.options.flags, self._outputs(expr), tr.output or {})
         except conditions.ConditionError as e:
-            return False, f"{gate} could not be evaluated: {e}"
+            seen = f"; its output: {json.dumps(tr.output)[:300]}" if tr.output else ""
+            return False, f"{gate} could not be evaluated: {e}{seen}"
         shown = json.dumps(tr.output)[:300]
         return ok, f"{gate} is false for output {shown}"
 

@@ -72,6 +72,8 @@ class Record:
             value = self._data[key]
         except KeyError:
             fields = ", ".join(sorted(map(str, self._data))) or "none"
+            if not self._data and self._name == "output":
+                fields = "none: the task wrote nothing, or {}, to $ABREAST_OUTPUT"
             raise ConditionError(f"{self._name} has no field {key!r} (it has: {fields})") from None
         return wrap(value, f"{self._name}.{key}")
 
@@ -173,8 +175,9 @@ class Expression:
             raise ConditionError(f"unknown name {e.name!r}") from None
         except simpleeval.InvalidExpression as e:
             raise ConditionError(str(e)) from None
+        except TypeError as e:  # `output.confidence >= 0.75` with "high" in it
+            raise ConditionError(_in_json_terms(e)) from None
         except (
-            TypeError,
             ValueError,
             ZeroDivisionError,
             KeyError,
@@ -182,6 +185,27 @@ class Expression:
             AttributeError,
         ) as e:
             raise ConditionError(f"{type(e).__name__}: {e}") from None
+
+
+# Python's names of the types a value read from JSON (or a literal) has, as JSON says them.
+_JSON_TYPES = {
+    "str": "a string",
+    "int": "a number",
+    "float": "a number",
+    "bool": "a boolean",
+    "NoneType": "null",
+    "list": "an array",
+    "tuple": "an array",
+    "dict": "an object",
+    "Record": "an object",
+}
+
+
+def _in_json_terms(e: TypeError) -> str:
+    """`'>=' not supported between a string and a number`, for Python's `... between
+    instances of 'str' and 'float'`: what an output's author wrote is JSON."""
+    text = str(e).replace("between instances of ", "between ")
+    return re.sub(r"'(\w+)'", lambda m: _JSON_TYPES.get(m.group(1), m.group(0)), text)
 
 
 def parse(source: str, *, allow_output: bool) -> Expression:
