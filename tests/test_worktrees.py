@@ -930,17 +930,40 @@ def test_a_branch_named_abreast_is_refused_before_the_run_is_journaled(repo: Pat
     assert "no runs yet" in run_abreast("status", cwd=repo).err  # nothing journaled
 
 
-def test_land_refuses_over_uncommitted_changes(repo: Path) -> None:
-    path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
+def test_land_refuses_over_uncommitted_changes_to_the_results_files_only(repo: Path) -> None:
+    path = workflow(
+        repo, {"a": {"run": "echo A > a.txt && sed -i 's/^line 3$/line 3 (a)/' src/shared.txt"}}
+    )
     (repo / "README.md").write_text("local edit\n")
+    (repo / "src" / "shared.txt").write_text("mine\n")
     code, out, run_id = run(repo, path, "--land")
     # Every task succeeded, but what --land was asked for was not done: a script's
     # `abreast run --land && git push` must not push a main that lacks the work.
     assert code == 3, out
-    assert "not landed: main is checked out with uncommitted changes" in out
-    assert "1 uncommitted change in" in out and "is not seen by tasks (README.md)" in out
+    assert (
+        "not landed: main is checked out with uncommitted changes to src/shared.txt, which "
+        "the result changes too; commit or stash it, then git merge --ff-only "
+        + integration(run_id)
+    ) in out
+    assert "2 uncommitted changes in" in out
     assert query(repo / ".abreast" / "state.db", "SELECT state FROM runs") == [("succeeded",)]
     assert show(repo, integration(run_id), "a.txt") == "A\n"  # the result is kept
+    assert (repo / "src" / "shared.txt").read_text() == "mine\n"
+    assert not (repo / "a.txt").exists()
+    # Changes only to files the result leaves alone go along, as with git's own
+    # fast-forward: they refused a landing that could not hurt them.
+    git(repo, "checkout", "-q", "src/shared.txt")
+    git(repo, "add", "README.md")  # staged, too
+    code, out, _ = run(repo, path, "--land", "--run-id", "second")
+    assert code == 0, out
+    assert re.search(
+        r"landed: main fast-forwarded to \w{12} \(kept as they were: your uncommitted "
+        r"changes to 1 file it leaves alone\)",
+        out,
+    ), out
+    assert (repo / "a.txt").read_text() == "A\n"
+    assert (repo / "README.md").read_text() == "local edit\n"
+    assert git(repo, "status", "--porcelain") == "M  README.md\n"
 
 
 def test_land_refuses_to_write_over_files_git_does_not_track(repo: Path) -> None:
@@ -994,14 +1017,16 @@ def test_land_moves_the_files_of_the_worktree_where_base_is_checked_out(
     assert (other / "a.txt").read_text() == "A\n"
     assert git(other, "status", "--porcelain") == ""
     assert not (repo / "a.txt").exists()  # the checkout, on dev, is left as it was
-    # With uncommitted changes there, it is not landed, and says where.
-    path.write_text(
-        json.dumps({"version": 1, "base": "main", "tasks": {"b": {"run": "echo B > b.txt"}}})
-    )
+    # With uncommitted changes there to a file the result changes, it is not landed, and
+    # says where.
+    b = {"run": "echo B > b.txt && echo B >> README.md"}
+    path.write_text(json.dumps({"version": 1, "base": "main", "tasks": {"b": b}}))
     (other / "README.md").write_text("edited in the other worktree\n")
     code, out, _ = run(repo, path, "--land", "--run-id", "second")
     assert code == 3, out
-    assert f"not landed: main is checked out in {other} with uncommitted changes" in out
+    assert (
+        f"not landed: main is checked out in {other} with uncommitted changes to README.md"
+    ) in out
     assert not (other / "b.txt").exists()
 
 

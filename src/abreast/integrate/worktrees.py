@@ -54,6 +54,7 @@ from abreast.workspace.repo import (
     head_commit,
     index_identity,
     signal_ref,
+    uncommitted_tracked,
     unfinished,
     unknown_base,
     worktree_git_dir,
@@ -916,14 +917,20 @@ class WorktreeIsolation(Isolation):
         where = self.repo.checked_out_at(ref)
         if where is not None:
             there = "" if where.resolve() == self.repo.root.resolve() else f" in {where}"
-            dirty = self.repo.git("status", "--porcelain", "--untracked-files=no", cwd=where).stdout
-            if dirty.strip():
+            merge = f"git merge --ff-only {integration_branch(self.run_id)}"
+            # Uncommitted changes to files the result leaves alone go along, as with git's
+            # own fast-forward; those to files it changes would be lost or refused.
+            dirty = uncommitted_tracked(self.repo, where)
+            clash = sorted(set(dirty) & set(self.repo.changed_paths(current, head)))
+            if clash:
+                named = ", ".join(map(visible_name, clash[:5])) + (
+                    f" and {len(clash) - 5} more" if len(clash) > 5 else ""
+                )
                 return (
                     f"not landed: {self.base_name} is checked out{there} with uncommitted "
-                    "changes; commit or stash them, then git merge --ff-only "
-                    f"{integration_branch(self.run_id)}"
+                    f"changes to {named}, which the result changes too; commit or stash "
+                    f"{'it' if len(clash) == 1 else 'them'}, then {merge}"
                 )
-            merge = f"git merge --ff-only {integration_branch(self.run_id)}"
             # Files git does not track that the result would write over: git refuses
             # untracked ones (with a message of several lines) and silently overwrites
             # ignored ones; neither is abreast's to lose.
@@ -941,7 +948,13 @@ class WorktreeIsolation(Isolation):
             if proc.returncode != 0:
                 said = "; ".join(x.strip() for x in proc.stderr.splitlines() if x.strip())
                 return f"not landed: git merge --ff-only failed{there}: {said}; once fixed, {merge}"
-            return f"landed: {self.base_name} fast-forwarded to {head[:12]}{there}"
+            kept = (
+                f" (kept as they were: your uncommitted changes to "
+                f"{counted(len(dirty), 'file')} it leaves alone)"
+                if dirty
+                else ""
+            )
+            return f"landed: {self.base_name} fast-forwarded to {head[:12]}{there}{kept}"
         if not self.repo.update_ref(ref, head, current):
             return f"not landed: {self.base_name} moved while landing"
         return f"landed: {self.base_name} fast-forwarded to {head[:12]}"
@@ -980,7 +993,7 @@ def _said(c: Change) -> str:
 def _in_the_way(where: Path, added: list[str], removed: set[str]) -> list[str]:
     """Paths (or their parent directories) that exist in `where` where `added` would go and
     that the merge does not remove: untracked or ignored, since `where` has no uncommitted
-    changes to tracked files."""
+    changes to files the merge changes (a file added to the index is one)."""
     found: set[str] = set()
     for path in added:
         parts = path.split("/")

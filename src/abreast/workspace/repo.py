@@ -586,6 +586,24 @@ def dirty_paths(repo: Repo, path: Path) -> list[str]:
     return paths
 
 
+def uncommitted_tracked(repo: Repo, path: Path) -> list[str]:
+    """Tracked paths with uncommitted changes, staged or not, in a checkout of the user's
+    (both sides of a staged rename; a file added to the index counts)."""
+    out = repo.git("status", "--porcelain=v1", "-z", "--untracked-files=no", cwd=path).stdout
+    entries = out.split("\0")
+    paths = []
+    i = 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if entry:
+            paths.append(entry[3:])
+            if entry[0] in ("R", "C") and i < len(entries):
+                paths.append(entries[i])  # the rename's source
+                i += 1
+    return paths
+
+
 def base_name(repo: Repo, base: str) -> str:
     """The name `base` goes by in the summary and for `--land`: the branch checked out for
     `HEAD` (or `HEAD` itself when detached), else `base` as written."""
