@@ -199,6 +199,8 @@ def test_a_flaky_check_is_run_again_not_the_agent_and_said(repo: Path, tmp_path:
     assert said in out and ") and green when run again (run 2 of 3): flaky? (checking a)" in out
     report = run_abreast("report", run_id, "--json", cwd=repo)
     assert any(said in w for w in json.loads(report.out)["warnings"]), report.out
+    green = run_abreast("logs", run_id, "a", "--check", cwd=repo)
+    assert green.code == 2 and "attempt 1 of 'a' has no red check to show" in green.err
     # CI's JUnit report says it too, where the task's test case is (a pass, to look at).
     junit = repo.parent / "junit.xml"
     assert run_abreast("report", run_id, "--junit", str(junit), cwd=repo).code == 0
@@ -322,6 +324,11 @@ def test_red_check_sends_back_and_exhausted_retries_keep_the_branch(repo: Path) 
         assert lines[2:4] == ["    last lines of the task's log:", "    | breaker did its work"]
         assert lines[4] == f"    its work: abreast diff {run_id} breaker"
         assert re.fullmatch(r"    task log: \S+/logs/breaker\.2\.log", lines[5])
+    # The check's output is one command away, as the task's log is, for each attempt.
+    for attempt in ("1", "2"):
+        shown = run_abreast("logs", run_id, "breaker", "--check", "--attempt", attempt, cwd=repo)
+        assert shown.code == 0 and shown.out == "README is broken\n", shown
+    assert run_abreast("logs", run_id, "breaker", cwd=repo).out == "breaker did its work\n"
 
 
 def test_an_agent_is_told_in_its_prompt_which_files_its_work_may_change(

@@ -338,7 +338,9 @@ def _args_status(p: argparse.ArgumentParser) -> None:
 
 
 def _args_logs(p: argparse.ArgumentParser) -> None:
-    p.usage = "%(prog)s [-h] [--attempt N] [-f] [--all] [--state URL] [RUN] [TASK]"
+    p.usage = (
+        "%(prog)s [-h] [--attempt N] [-f] [--all] [--prompt | --check] [--state URL] [RUN] [TASK]"
+    )
     p.add_argument(
         "ids",
         nargs="*",
@@ -357,6 +359,11 @@ def _args_logs(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the prompt the attempt was given ($ABREAST_PROMPT: its `${{ }}` values in, "
         "and why the attempt before was sent back), not its log",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="the output of the attempt's red merge check (what sent it back), not its log",
     )
     _state_arg(p)
 
@@ -785,10 +792,16 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from abreast.observe import status
     from abreast.observe.output import keep_bytes
 
-    if args.prompt and (args.all or args.follow or not args.ids):
+    for option in ("prompt", "check"):
+        if getattr(args, option) and (args.all or args.follow or not args.ids):
+            raise UsageError(
+                f"--{option} is for one task's attempt, without --all or -f",
+                hint=f"abreast logs [RUN] TASK --{option} [--attempt N]",
+            )
+    if args.prompt and args.check:
         raise UsageError(
-            "--prompt is for one task's attempt, without --all or -f",
-            hint="abreast logs [RUN] TASK --prompt [--attempt N]",
+            "--prompt and --check show different things: one at a time",
+            hint="abreast logs [RUN] TASK --prompt; abreast logs [RUN] TASK --check",
         )
     if args.all or not args.ids:
         return _all_logs(args)
@@ -802,6 +815,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
             sys.stdout.write(status.attempt_prompt(journal, attempt))
             return 0
         keep_bytes(sys.stdout)
+        if args.check:
+            status.show_check_log(journal, attempt, sys.stdout)
+            return 0
         status.show_log(
             journal,
             attempt,

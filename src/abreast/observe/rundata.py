@@ -103,6 +103,17 @@ def prompt_of(journal: Journal, a: AttemptRow) -> str | None:
     return _found(journal, a, a.output_file and prompt_file(a.output_file), "outputs")
 
 
+def check_log_of(journal: Journal, a: AttemptRow) -> str | None:
+    """Where the log of attempt `a`'s red merge check is (as `log_of`); None when none of
+    its checks was red."""
+    logs = [
+        str(e.data.get("log") or "")
+        for e in journal.events(a.run_id, types=("merge.checks_failed",))
+        if e.task_id == a.task_id and e.data.get("attempt") == a.attempt
+    ]
+    return _found(journal, a, logs[-1], "checks") if logs and logs[-1] else None
+
+
 def _found(journal: Journal, a: AttemptRow, path: str | None, folder: str) -> str | None:
     if not path or os.path.isdir(os.path.dirname(path)):
         return path

@@ -346,8 +346,25 @@ def _next_attempt(journal: Journal, a: AttemptRow) -> tuple[AttemptRow, AttemptR
         time.sleep(0.2)  # a viewer following the journal: nothing to be woken by
 
 
-def _show_one(journal: Journal, a: AttemptRow, out: TextIO, follow: bool) -> None:
-    path = Path(rundata.log_of(journal, a) or "")
+def show_check_log(journal: Journal, a: AttemptRow, out: TextIO) -> None:
+    """Print the log of attempt `a`'s red merge check: the check's own output, which the
+    task's log does not have."""
+    path = rundata.check_log_of(journal, a)
+    if path is None:
+        raise UsageError(
+            f"attempt {a.attempt} of {a.task_id!r} has no red check to show",
+            hint="its merge checks were green, or did not run (the attempt failed before "
+            "its merge, or the workflow has no `checks:`); `abreast logs "
+            f"{a.run_id} {a.task_id}` shows the task's own log",
+        )
+    _show_one(journal, a, out, False, path)
+
+
+def _show_one(
+    journal: Journal, a: AttemptRow, out: TextIO, follow: bool, log: str | None = None
+) -> None:
+    """Print attempt `a`'s log (or the file `log`, a log of its check)."""
+    path = Path(log or rundata.log_of(journal, a) or "")
     # An attempt is journaled before its process starts (and makes its log): a follower
     # waits for the log while the attempt is still to run.
     while follow and not path.exists() and _still_running(journal, a):
