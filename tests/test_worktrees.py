@@ -249,6 +249,34 @@ def test_a_red_check_run_by_make_says_its_suites_last_line_not_makes(
     assert ("Leaving directory" in out) == nested
 
 
+def test_a_check_that_hangs_is_ended_as_red_unless_it_may_be_quiet(repo: Path) -> None:
+    # A check with no `timeout` that hung (a test that deadlocks) held the merge queue,
+    # and every task after it, for good; tasks had hang detection, checks had none.
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "echo A > a.txt"},
+            "b": {"run": "echo B > b.txt && touch hang", "needs": ["a"]},
+        },
+        heartbeat={"interval": "0.2s", "orphan_after": "1s"},
+        checks=[
+            {"name": "quiet but fine", "run": "sleep 1.6", "orphan_after": "1m"},
+            {"name": "hangs when told", "run": "if [ -f hang ]; then sleep 60; fi"},
+        ],
+    )
+    started = time.monotonic()
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    assert time.monotonic() - started < 30, out
+    assert show(repo, integration(run_id), "a.txt") == "A\n"  # quiet 1.6s, as allowed
+    assert re.search(
+        r"failed    b in \S+: check `hangs when told` failed \(no sign of life \(CPU, I/O or "
+        r"output\) for \ds: hung\? it was ended \(if it may rightly be quiet that long, give "
+        r"the check `orphan_after:` longer\)\)",
+        out,
+    ), out
+
+
 def test_checks_are_given_to_the_shell_of_defaults_unless_they_name_their_own(
     repo: Path,
 ) -> None:

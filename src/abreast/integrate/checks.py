@@ -19,7 +19,7 @@ from abreast.executor.logs import (
     scrub_secrets,
     telling_line,
 )
-from abreast.executor.process import describe_status, kill_tree, leases_env
+from abreast.executor.process import describe_status, kill_tree, leases_env, tree_stats
 from abreast.executor.wrapper import SHELLS
 from abreast.spec.commands import bash_word_hints
 from abreast.spec.model import Check
@@ -39,6 +39,7 @@ class Held:
 LockHolder = Callable[[str, str], AbstractAsyncContextManager["Held | None"]]
 LOST_LOCK_TRIES = 3  # runs of a check that lost its lock before it counts as red
 LOG_LOOK_S = 0.25  # how often a running check's log size is looked at (a stat)
+LIFE_LOOK_S = 1.0  # how often its process tree is looked at for signs of life (as a task's)
 
 
 @dataclass
@@ -49,6 +50,9 @@ class CheckControl:
     stopped: bool = False
     running: set[int] = field(default_factory=set)
     max_log: int = 0  # `logs.max_size`: a check whose log passes it is ended (0: no limit)
+    # `heartbeat.orphan_after`: a check showing no sign of life that long is ended as hung,
+    # unless it has an `orphan_after` of its own (0: never)
+    quiet_s: float = 0.0
     # (fingerprint, value) of the secrets of the checks' environment: not kept in their logs
     masked: list[tuple[str, str]] = field(default_factory=list)
 
@@ -205,7 +209,7 @@ async def _run_one(
         )
     control.running.add(proc.pid)  # its own session: the group to end
     try:
-        stopped = await _watch(proc, check, log, control.max_log)
+        stopped = await _watch(proc, check, log, control)
         if stopped is not None:
             await kill_tree(proc.pid, grace_s)
             await proc.wait()
@@ -220,24 +224,42 @@ async def _run_one(
 
 
 async def _watch(
-    proc: asyncio.subprocess.Process, check: Check, log: str, max_log: int
+    proc: asyncio.subprocess.Process, check: Check, log: str, control: CheckControl
 ) -> str | None:
     """Wait for the check to end; None when it did, else why it must be ended: past its
-    `timeout`, or its log past `max_log` bytes (looked at every LOG_LOOK_S)."""
+    `timeout`, its log past `max_log` bytes (looked at every LOG_LOOK_S), or no sign of
+    life (CPU, I/O, wake-ups, output: looked at every LIFE_LOOK_S) for its `orphan_after`
+    (else the workflow's): a test that deadlocks held the merge queue, and every task
+    after it, for good."""
     loop = asyncio.get_running_loop()
     deadline = None if check.timeout is None else loop.time() + check.timeout
+    max_log, quiet_s = control.max_log, check.orphan_after or control.quiet_s
     ended = asyncio.ensure_future(proc.wait())
+    sign: tuple[float, int, int] | None = None
+    lively = looked = loop.time()
     try:
         while True:
             left = None if deadline is None else max(deadline - loop.time(), 0.0)
-            step = left if not max_log else min(LOG_LOOK_S, left if left is not None else 1.0)
+            step = left if not (max_log or quiet_s) else min(LOG_LOOK_S, left or LOG_LOOK_S)
             done, _ = await asyncio.wait({ended}, timeout=step)
             if done:
                 return None
-            if deadline is not None and loop.time() >= deadline:
+            now = loop.time()
+            if deadline is not None and now >= deadline:
                 return f"timed out after {check.timeout:g}s"
             size = log_size(log)
             if max_log and size > max_log:
                 return log_limit_passed(max_log, size, " and it was ended", "check")
+            if quiet_s and now - looked >= LIFE_LOOK_S:
+                looked = now
+                _, cpu, activity = tree_stats(proc.pid)
+                if (cpu, activity, size) != sign:
+                    sign, lively = (cpu, activity, size), now
+                elif now - lively >= quiet_s:
+                    return (
+                        f"no sign of life (CPU, I/O or output) for {now - lively:.0f}s: hung? "
+                        "it was ended (if it may rightly be quiet that long, give the check "
+                        "`orphan_after:` longer)"
+                    )
     finally:
         ended.cancel()

@@ -259,6 +259,7 @@ class WorktreeIsolation(Isolation):
             path_env=lambda path: self.env_for(str(path)),
             batch=wf.merge.batch,
             max_log=wf.logs.max_size,
+            quiet_s=wf.heartbeat.orphan_after,
             masked=masked,
             put_back=self._put_back,
             warn=self.warn,

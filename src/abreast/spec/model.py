@@ -297,6 +297,14 @@ class Check:
     ] = None
     lock: str | None = None
     timeout: Duration | None = None
+    orphan_after: Annotated[
+        Duration | None,
+        Gt(0),
+        Doc(
+            "how long a run of it may show no sign of life before it is taken for hung, "
+            "ended and counted red; default: heartbeat.orphan_after"
+        ),
+    ] = None
     retries: Annotated[
         int,
         Ge(0),
