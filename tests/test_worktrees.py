@@ -952,6 +952,26 @@ def test_land_fast_forwards_the_base_branch(repo: Path) -> None:
     assert git(repo, "status", "--porcelain") == ""
 
 
+def test_a_repository_git_cannot_read_is_said_with_what_to_do(repo: Path) -> None:
+    # Its files go through Git LFS, which is not installed: every git command that reads
+    # them fails, the user's own `git status` too. abreast said git's words and the `-c`
+    # settings of its own call, nothing more.
+    (repo / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
+    (repo / "model.bin").write_text("version https://git-lfs.github.com/spec/v1\n")
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
+    git(repo, "config", "filter.lfs.process", "/nonexistent/git-lfs filter-process")
+    git(repo, "config", "filter.lfs.required", "true")
+    code, out, _ = run(repo, path)
+    assert code == 1, out
+    assert "abreast: error: git status " in out and " -c " not in out
+    assert (
+        "hint: the repository's files go through Git LFS, which is not installed here "
+        "(`git status` fails the same way): install git-lfs, then `git lfs install`"
+    ) in out
+    assert "Traceback" not in out
+    assert "no runs yet" in run_abreast("status", cwd=repo).err  # nothing journaled
+
+
 def test_a_branch_named_abreast_is_refused_before_the_run_is_journaled(repo: Path) -> None:
     # Git cannot create abreast/<run>/... beside it: the run failed after it was announced,
     # "could not create refs/heads/abreast/<run>/_integration", and stayed interrupted.

@@ -1216,5 +1216,5 @@ def _main(parser: argparse.ArgumentParser, argv: list[str], command: list[str]) 
             raise
         # The repository refused something (permissions, a full disk, a corrupt object):
         # what git said, not a traceback.
-        print(f"abreast: error: {e}", file=sys.stderr)
+        print(f"abreast: error: {e}\n  hint: {e.hint}", file=sys.stderr)
         return 1

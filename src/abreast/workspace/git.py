@@ -77,7 +77,34 @@ class GitError(Exception):
         self.argv = argv
         self.code = code
         self.stderr = stderr
-        super().__init__(f"git {' '.join(argv)} exited with {code}: {stderr.strip()}")
+        super().__init__(f"git {' '.join(_shown(argv))} exited with {code}: {stderr.strip()}")
+
+    @property
+    def hint(self) -> str:
+        """What to do about it, where git's words suggest it (for the command line)."""
+        if "git-lfs" in self.stderr and "not found" in self.stderr:
+            return (
+                "the repository's files go through Git LFS, which is not installed here "
+                "(`git status` fails the same way): install git-lfs, then `git lfs install`"
+            )
+        return (
+            "that is git's own error: `git status` in the repository shows whether git "
+            "works there at all (permissions, a full disk, a corrupt object)"
+        )
+
+
+def _shown(argv: list[str]) -> list[str]:
+    """`argv` less the `-c NAME=VALUE` settings abreast gives its own git calls."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "-c":
+            skip = True
+        else:
+            out.append(arg)
+    return out
 
 
 def git(
