@@ -819,6 +819,43 @@ def test_dashboard_shows_a_log_as_text_without_escape_sequences(tmp_path: Path) 
     assert body == "red\nnext line"
 
 
+def test_dashboard_says_why_an_attempt_failed_as_the_run_did(tmp_path: Path) -> None:
+    # Its tooltips said only `exit 1`; the run's progress lines, status and the report
+    # say the log's telling last line with it.
+    from abreast.coord.location import locate
+    from abreast.observe.dashboard import DashboardServer
+
+    flaky = 'if [ "$ABREAST_ATTEMPT" = 1 ]; then echo "db not up"; exit 3; fi'
+    path = write(
+        tmp_path,
+        {
+            "tasks": {
+                "flaky": {"run": flaky, "retries": 1, "backoff": {"initial": 0.05}},
+                "bad": {"run": "echo 'it broke'; exit 7"},
+            }
+        },
+    )
+    ran = run_abreast("run", str(path), "--no-monitor", cwd=tmp_path)
+    run_id = ran.out.splitlines()[0][5:]
+    server = DashboardServer(locate(path, None))
+    server.start()
+    try:
+        for _ in range(2):  # the second from what the first read
+            status, body = get(f"{server.url}api/runs/{run_id}")
+            assert status == 200
+            snap = json.loads(body)
+            tasks = {t["id"]: t["reason"] for t in snap["tasks"]}
+            assert tasks == {"flaky": None, "bad": "exit 7: it broke"}
+            tried = {(a["task"], a["attempt"]): a["reason"] for a in snap["attempts"]}
+            assert tried == {
+                ("flaky", 1): "exit 3: db not up",
+                ("flaky", 2): None,
+                ("bad", 1): "exit 7: it broke",
+            }
+    finally:
+        server.stop()
+
+
 def test_dashboard_refuses_foreign_hosts_origins_and_missing_tokens(tmp_path: Path) -> None:
     from abreast.coord.location import locate
     from abreast.observe.dashboard import DashboardServer

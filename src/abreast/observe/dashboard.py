@@ -89,6 +89,9 @@ class Dashboard:
         self._sample: Callable[[], tuple[float, float]] | None = None
         self.open_streams = 0  # event streams being followed now
         self.last_request_at = 0.0  # monotonic
+        # (run, task, attempt) -> why that ended attempt failed, its log's last line in
+        # (`exit 1: connection refused`): read once, not at each refresh of the page
+        self._said: dict[tuple[str, str, int], str | None] = {}
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -246,6 +249,24 @@ class Dashboard:
         finally:
             journal.close()
 
+    def _last_words(
+        self, journal: Journal, data: rundata.RunData
+    ) -> dict[tuple[str, int], str | None]:
+        """(task, attempt) -> why each attempt that failed with an exit status failed, as
+        the run said it (`exit 7: it broke`): its log read once, at its first showing."""
+        out: dict[tuple[str, int], str | None] = {}
+        masked: set[str] | None = None
+        for a in data.attempts:
+            if a.state != "failed" or not (a.reason or "").startswith("exit "):
+                continue
+            key = (a.run_id, a.task_id, a.attempt)
+            if key not in self._said:
+                if masked is None:
+                    masked = rundata.leased_fingerprints(journal, a.run_id)
+                self._said[key] = rundata.with_last_words(journal, a, masked)
+            out[(a.task_id, a.attempt)] = self._said[key]
+        return out
+
     def snapshot(self, journal: Journal, data: rundata.RunData) -> dict[str, Any]:
         run = data.run
         plan = data.plan or {}
@@ -256,6 +277,8 @@ class Dashboard:
         changes = rundata.work_changes(journal, run.id)
         tokens = rundata.token_use(journal, run.id)
         hosts = rundata.attempt_hosts(journal, run.id)
+        said = self._last_words(journal, data)
+        last = {a.task_id: a.attempt for a in data.attempts}
         tasks = [
             {
                 "id": t.task_id,
@@ -265,7 +288,7 @@ class Dashboard:
                 "finished_at": t.finished_at,
                 "exit_code": t.exit_code,
                 "peak_rss_bytes": t.peak_rss_bytes,
-                "reason": t.reason,
+                "reason": said.get((t.task_id, last.get(t.task_id, 0))) or t.reason,
                 "wave": wave_of.get(t.task_id, 0),
                 "critical": t.task_id in critical,
                 "estimate_s": estimates.get(t.task_id),
@@ -283,7 +306,7 @@ class Dashboard:
                 "started_at": a.started_at,
                 "ended_at": a.ended_at,
                 "exit_code": a.exit_code,
-                "reason": rundata.first_line(a.reason),
+                "reason": said.get((a.task_id, a.attempt)) or rundata.first_line(a.reason),
                 "host": hosts.get((a.task_id, a.attempt)),  # a Ray node's, else null
             }
             for a in data.attempts
