@@ -1285,6 +1285,22 @@ def test_report_lists_the_attempts_sent_back_and_why(tmp_path: Path) -> None:
     assert "<li>flaky attempt 1: exit 3</li>" in page.read_text()
 
 
+def test_a_note_too_long_for_its_column_shortens_the_command_it_quotes_first() -> None:
+    # `abreast status` cut a red check's note at 80 characters: a long command in it left
+    # out what the check said (the suite's "2 failed, 3 passed").
+    from abreast.observe.rundata import fitted
+
+    said = "check `pytest tests/integration -x -p no:randomly --timeout 600` failed (exit 1)"
+    line = fitted(f"{said}: 2 failed, 3 passed in 9.1s", 80)
+    assert len(line) == 80 and line.endswith("\u2026` failed (exit 1): 2 failed, 3 passed in 9.1s")
+    assert line.startswith("check `pytest tests/integration")
+    assert fitted("a" * 100, 80) == "a" * 79 + "\u2026"  # nothing quoted: the end is cut
+    assert fitted("short `x` note", 80) == "short `x` note"
+    # A quoted command kept to 8 characters at least; the end cut after that.
+    tight = fitted("check `make integration-tests` failed (exit 2): " + "z" * 60, 60)
+    assert tight.startswith("check `make int\u2026` failed") and len(tight) == 60
+
+
 def test_a_time_axis_is_marked_at_round_steps_from_zero_to_the_span() -> None:
     # The report's and the dashboard's timelines had no time on them at all.
     from abreast.observe.report import ticks

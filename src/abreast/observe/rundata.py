@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,25 @@ def headline(reason: str | None) -> str:
         if told:
             line += f": {told}"
     return line
+
+
+_QUOTED = re.compile(r"`([^`]+)`")
+
+
+def fitted(line: str, width: int) -> str:
+    """`line` in at most `width` characters, for a table's column: a command quoted in it
+    (check `pytest tests/ -x ...` failed (exit 1): 2 failed) is shortened first, so that
+    what follows it, the telling part, stays; then the end is cut."""
+    if len(line) <= width:
+        return line
+    quoted = _QUOTED.search(line)
+    if quoted:
+        over = len(line) - width
+        text = quoted.group(1)
+        keep = max(8, len(text) - over - 1)
+        if keep < len(text):
+            line = f"{line[: quoted.start(1)]}{text[:keep]}\u2026{line[quoted.end(1) :]}"
+    return line if len(line) <= width else line[: width - 1] + "\u2026"
 
 
 def first_line(reason: str | None, limit: int = 300) -> str | None:

@@ -171,13 +171,13 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         if t.started_at:
             took = format_duration(row.active_s(t.started_at, t.finished_at or now))
         rss = f"{t.peak_rss_bytes / 1e6:.1f}MB" if t.peak_rss_bytes else "-"
-        note = (words.get(t.task_id) or rundata.headline(t.reason))[:80]
+        note = rundata.fitted(words.get(t.task_id) or rundata.headline(t.reason), 80)
         if t.state == "integrating" and t.task_id in waits:
             note = f"lands after {', '.join(waits[t.task_id])}"
         elif t.state == "pending" and t.attempts and t.feedback:  # sent back, to run again
             due = retries.get(t.task_id) if state == "running" else None
             when = f"retry in {format_duration(due - now)}" if due and due > now else "sent back"
-            note = f"{when}: {rundata.headline(t.feedback)}"[:80]
+            note = rundata.fitted(f"{when}: {rundata.headline(t.feedback)}", 80)
         out.write(
             f"  {t.task_id:<{width}}  {t.state:<11}  {t.attempts:>5}  {took:>7}  {rss:>9}  {note}\n"
         )
