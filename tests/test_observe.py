@@ -1142,6 +1142,49 @@ def test_the_dashboard_shows_the_prompt_a_task_was_given(tmp_path: Path) -> None
         wait_for(lambda: driver.execute_script(shown)[:2] == ["step", True], what="no prompt")
 
 
+def test_the_dashboard_shows_the_merge_queue_newest_first_in_words(tmp_path: Path) -> None:
+    # It read "1. conflict right conflict in shared.txt", "16. sent_back red": numbered
+    # from the newest, the event's name as journaled, the conflict said twice.
+    for args in (("init", "-q", "-b", "main"), ("config", "user.name", "T")):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True)
+    subprocess.run(["git", "config", "user.email", "t@e"], cwd=tmp_path, check=True)
+    (tmp_path / "shared.txt").write_text("one\n")
+    path = write(
+        tmp_path,
+        {
+            "name": "queue",
+            "isolation": "worktree",
+            "tasks": {
+                "first": {"run": "echo first > shared.txt"},
+                "second": {"run": "echo second > shared.txt", "needs": []},
+                "after": {"run": "echo done > done.txt", "needs": ["first"]},
+            },
+        },
+    )
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "commit", "-qm", "start"], cwd=tmp_path, check=True)
+    ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert ran.code == 1 and "merge conflict" in ran.out, ran.out  # one of the two lost
+    lost = "second" if "failed    second" in ran.out else "first"
+    dashboard, port = serve_dashboard(tmp_path)
+    try:
+        driver = chromium(tmp_path / "chromium-profile")
+        try:
+            driver.get(f"http://127.0.0.1:{port}/runs/{ran.out.splitlines()[0][5:]}")
+            items = "return [...document.querySelectorAll('#merges li')].map(x => x.textContent)"
+            wait_for(lambda: len(driver.execute_script(items)) > 3, what="the merge queue")
+            shown = driver.execute_script(items)
+        finally:
+            driver.quit()
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
+    assert f"{lost}: conflict in shared.txt" in shown, shown
+    assert f"{lost}: sent back" in shown, shown
+    assert shown[-1].endswith(": queued"), shown  # the oldest last
+    assert not any("_" in line for line in shown), shown
+
+
 def test_the_dashboard_answers_at_once_with_its_redis_gone(
     tmp_path: Path, own_redis: RedisServer
 ) -> None:

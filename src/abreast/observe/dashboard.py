@@ -194,7 +194,7 @@ class Dashboard:
 <section><h2>tasks</h2><div id=dag></div></section>
 <section><h2>timeline</h2><div id=timeline></div></section>
 <div class=cols>
-<section><h2>merge queue</h2><ol id=merges></ol></section>
+<section><h2>merge queue</h2><ul id=merges></ul></section>
 <section><h2>locks</h2><ul id=locks></ul></section>
 <section><h2>keys</h2><ul id=keys></ul></section>
 <section><h2>resources</h2><p id=resources></p></section>
@@ -787,9 +787,9 @@ def _merge_detail(data: dict[str, Any]) -> str:
     if "commit" in data:
         return str(data["commit"])[:12]
     if "files" in data:
-        return "conflict in " + ", ".join(map(str, data["files"]))[:200]
+        return "in " + ", ".join(map(str, data["files"]))[:200]
     if "check" in data:
-        return f"check {data['check']} failed"
+        return f"({str(data['check'])[:200]})"
     return ""
 
 

@@ -183,8 +183,10 @@ function render(snap) {
   document.getElementById("summary").setAttribute("data-stopping", r.stopping || "");
   drawDag(snap);
   drawTimeline(snap);
+  // Newest first (the latest 50): "api: landed 3f2c…", "web: conflict in src/app.ts".
   list("merges", snap.merges.slice().reverse(),
-       m => `${m.type.replace("merge.", "")} ${m.task || ""} ${m.detail}`);
+       m => `${m.task ? `${m.task}: ` : ""}${m.type.replace("merge.", "").replace(/_/g, " ")}` +
+            (m.detail ? ` ${m.detail}` : ""));
   list("locks", snap.locks, l => `${l.name}: token ${l.token}, held by ` +
        `${l.holder.task || l.holder.run || "abreast lock"} (pid ${l.holder.pid}); ` +
        `${l.waiters.length} waiting`);
