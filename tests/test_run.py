@@ -2341,6 +2341,32 @@ def test_the_live_view_says_about_how_long_the_run_has_left(tmp_path: Path) -> N
         assert "left" not in out.getvalue()
 
 
+def test_the_live_view_says_a_failure_as_task_then_why() -> None:
+    # "failed: red check `pytest` failed ..." read as a "red check"; the task was `red`.
+    import io
+    import types
+
+    from rich.console import Console
+
+    from abreast.engine.states import TaskState
+    from abreast.observe.live import LiveView
+
+    out = io.StringIO()
+    view = LiveView(Console(file=out, width=200, force_terminal=False))
+    red = types.SimpleNamespace(
+        id="red", state=TaskState.FAILED, reason="check `pytest` failed (exit 1)", last_words=""
+    )
+    view.finished(red)  # type: ignore[arg-type]
+    bad = types.SimpleNamespace(
+        id="bad", state=TaskState.FAILED, reason="exit 7", last_words="oops"
+    )
+    view.finished(bad)  # type: ignore[arg-type]
+    assert out.getvalue().splitlines() == [
+        "failed red: check `pytest` failed (exit 1)",
+        "failed bad: exit 7: oops",
+    ]
+
+
 def test_the_live_view_cuts_long_ids_in_the_middle_to_keep_them_apart(tmp_path: Path) -> None:
     # In 40 columns, six ids alike but for their end were all shown as `a-very-long…`.
     import io

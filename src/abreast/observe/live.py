@@ -146,7 +146,8 @@ class LiveView(View):
         self._say_blocked()
         if tr.state is not TaskState.SUCCEEDED:
             style = _STATE_STYLE.get(tr.state, "")
-            self.console.print(Text(f"{tr.state.value}: {tr.id} {failure_said(tr)}", style=style))
+            # as `retrying api in 1.0s: ...` reads: the task, then why
+            self.console.print(Text(f"{tr.state.value} {tr.id}: {failure_said(tr)}", style=style))
 
     def retrying(self, tr: TaskRun, delay_s: float) -> None:
         first = headline(tr.feedback)
