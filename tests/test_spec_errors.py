@@ -631,6 +631,27 @@ def test_init_fills_in_the_projects_own_test_command_as_the_check(  # type: igno
     assert cli("validate", "abreast.yaml").code == 0
 
 
+def test_init_says_python3_where_there_is_no_python(tmp_path, cli, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Debian and Ubuntu have no `python` without python-is-python3: the suggested check
+    # failed with "python: not found" on every merge once uncommented.
+    import shutil
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    git_path = shutil.which("git")
+    assert git_path is not None
+    (bin_dir / "git").symlink_to(git_path)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\n")
+    monkeypatch.chdir(tmp_path)
+    made = cli("init")
+    assert made.code == 0, made.err
+    assert "found the project's tests: `python3 -m pytest -q`" in made.out
+
+
 def test_the_event_table_names_every_event_type_abreast_emits() -> None:
     import ast
     import re

@@ -98,8 +98,16 @@ def test_command(root: Path) -> tuple[str, str] | None:
               if (root / n).is_file()]  # fmt: skip
     if python and ((root / "tests").is_dir() or (root / "test").is_dir() or
                    any("pytest" in text(n) for n in python)):  # fmt: skip
-        return "python -m pytest -q", python[0]
+        return f"{_python()} -m pytest -q", python[0]
     return None
+
+
+def _python() -> str:
+    """`python`, or `python3` where only that is on PATH (Debian and Ubuntu have no
+    `python` unless python-is-python3 is installed, or a virtual environment is active)."""
+    import shutil
+
+    return "python3" if not shutil.which("python") and shutil.which("python3") else "python"
 
 
 def starter_for(root: Path) -> tuple[str, str | None]:
