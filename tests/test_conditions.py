@@ -88,6 +88,10 @@ def test_type_errors_become_condition_errors_in_jsons_terms() -> None:
     expr = parse("output.n + 1 > 2", allow_output=True)
     with pytest.raises(ConditionError, match=r"for \+: null and a number$"):
         expr.evaluate({}, {}, {"n": None})
+    with pytest.raises(
+        ConditionError, match=r"^'\+' joins a string only to a string, not to a number$"
+    ):
+        expr.evaluate({}, {}, {"n": "1"})
     # A gate reading an output the task never wrote says so.
     expr = parse("output.confidence >= 0.75", allow_output=True)
     with pytest.raises(

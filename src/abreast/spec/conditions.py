@@ -205,6 +205,10 @@ def _in_json_terms(e: TypeError) -> str:
     """`'>=' not supported between a string and a number`, for Python's `... between
     instances of 'str' and 'float'`: what an output's author wrote is JSON."""
     text = str(e).replace("between instances of ", "between ")
+    joined = re.fullmatch(r'can only concatenate (\w+) \(not "(\w+)"\) to \1', text)
+    if joined:  # `output.name + 1`
+        one, other = (_JSON_TYPES.get(x, x) for x in joined.groups())
+        return f"'+' joins {one} only to {one}, not to {other}"
     return re.sub(r"'(\w+)'", lambda m: _JSON_TYPES.get(m.group(1), m.group(0)), text)
 
 
