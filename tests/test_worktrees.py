@@ -2585,6 +2585,9 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
     assert "  c (failed): exit 126 (found but not executable)\n    c.sh is executable" in out
     assert "  d (failed): exit 127 (command not found)\n    " + venv[6:] in out
     assert "check `ci` failed (exit 127 (command not found))" in out  # b ran: committed
+    # A red check says it too, where it fails, as a task does (the note may be far above).
+    said = out[out.index("  b (failed): check `ci` failed (exit 127") :].splitlines()
+    assert said[1].startswith("    ci.sh is in your checkout but git ignores it"), said[:3]
     journaled = query(
         repo / ".abreast" / "state.db", "SELECT reason FROM attempts WHERE task_id = 'a'"
     )

@@ -53,6 +53,9 @@ class CheckControl:
     # `heartbeat.orphan_after`: a check showing no sign of life that long is ended as hung,
     # unless it has an `orphan_after` of its own (0: never)
     quiet_s: float = 0.0
+    # (where it ran, its command) -> what may explain a red check beyond its exit status:
+    # files of the user's checkout it names that the scratch worktree has not (a `.venv`)
+    why_failed: Callable[[str, str], list[str]] | None = None
     # (fingerprint, value) of the secrets of the checks' environment: not kept in their logs
     masked: list[tuple[str, str]] = field(default_factory=list)
 
@@ -136,8 +139,12 @@ async def run_checks(
                 detail += f": {told}"
                 if [line.strip() for line in tail if line.strip()] != [told]:
                     detail += "\nthe end of its output:\n" + "\n".join(tail)
+            hints = []
+            if control.why_failed is not None and ran.why.startswith("exit "):
+                hints += await asyncio.to_thread(control.why_failed, str(cwd), check.run)
             if check.shell in (None, "sh") and ran.why.startswith("exit 127"):
-                detail += "".join(f"\n{hint}" for hint in bash_word_hints(check.run))
+                hints += bash_word_hints(check.run)
+            detail += "".join(f"\n{hint}" for hint in hints)
             return CheckResult(False, name, detail, log, waited, tuple(flaky))
     return CheckResult(True, "", "", "", waited, tuple(flaky))
 

@@ -77,6 +77,7 @@ class MergeQueue:
         batch: int = 1,
         max_log: int = 0,
         quiet_s: float = 0.0,
+        why_failed: Callable[[str, str], list[str]] | None = None,
         masked: list[tuple[str, str]] | None = None,
         put_back: Callable[[str], None] | None = None,
         warn: Callable[[str], None] | None = None,
@@ -102,7 +103,9 @@ class MergeQueue:
         self.phase: dict[str, str] = {}  # task -> where its job is: queued, checking, ...
         self._jobs: asyncio.Queue[MergeJob] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        self._checks = CheckControl(max_log=max_log, quiet_s=quiet_s, masked=masked or [])
+        self._checks = CheckControl(
+            max_log=max_log, quiet_s=quiet_s, why_failed=why_failed, masked=masked or []
+        )
         self._stopping: list[asyncio.Task[None]] = []
 
     @property

@@ -260,6 +260,7 @@ class WorktreeIsolation(Isolation):
             batch=wf.merge.batch,
             max_log=wf.logs.max_size,
             quiet_s=wf.heartbeat.orphan_after,
+            why_failed=self.why_failed,
             masked=masked,
             put_back=self._put_back,
             warn=self.warn,
