@@ -277,6 +277,37 @@ def test_a_check_that_hangs_is_ended_as_red_unless_it_may_be_quiet(repo: Path) -
     ), out
 
 
+def test_one_task_at_a_time_counts_the_merge_checks_a_sequential_run_runs_too(
+    repo: Path,
+) -> None:
+    # "one task at a time it would take" was the attempts alone: with a test suite as the
+    # check, every run of quick tasks "saved nothing", though a run one task at a time
+    # checks each task's work too.
+    path = workflow(
+        repo,
+        {"a": {"run": "echo A > a.txt"}, "b": {"run": "echo B > b.txt"}},
+        checks=[{"run": "sleep 0.4"}],
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    db = repo / ".abreast" / "state.db"
+    checked = [
+        json.loads(d)["check_s"]
+        for (d,) in query(db, "SELECT data FROM events WHERE type = 'merge.checked'")
+    ]
+    assert len(checked) == 2 and all(0.4 <= c < 5 for c in checked), checked
+    (busy,) = query(db, "SELECT sum(wall_s) FROM attempts")[0]
+    said = re.search(
+        r"one task at a time it would take (\S+) \(its merge checks (\S+) of it\)", out
+    )
+    assert said is not None, out
+    rep = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)
+    assert rep["checks_s"] == pytest.approx(sum(checked))
+    assert rep["sequential_s"] == pytest.approx(busy + sum(checked))
+    (perf,) = query(db, "SELECT data FROM events WHERE type = 'workflow.performance'")[0]
+    assert json.loads(perf)["sequentialTime"] == pytest.approx(busy + sum(checked), abs=0.002)
+
+
 def test_checks_are_given_to_the_shell_of_defaults_unless_they_name_their_own(
     repo: Path,
 ) -> None:

@@ -73,6 +73,9 @@ class CheckResult:
     wait_s: float  # time spent waiting for the check's lock
     # Checks that were red and then green when run again (their `retries`): flaky, said.
     flaky: tuple[str, ...] = ()
+    # Seconds the checks ran, their lock waits aside: what checking this merge took, which
+    # a run of the tasks one at a time would take too (set by the merge queue).
+    ran_s: float = 0.0
 
 
 class LocalLocks:

@@ -23,7 +23,9 @@ integration history counts as landed, never twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,11 +211,17 @@ class MergeQueue:
                 tasks=[job.task_id for job in together],
                 check=result.name,
                 log=result.log,
+                check_s=result.ran_s,
             )
             return together, alone
-        for job, commit in members:
+        for i, (job, commit) in enumerate(members):
             self.journal.stage_event(
-                self.run_id, "merge.checked", job.task_id, attempt=job.attempt, commit=chain
+                self.run_id,
+                "merge.checked",
+                job.task_id,
+                attempt=job.attempt,
+                commit=chain,
+                check_s=result.ran_s if i == 0 else 0.0,  # one run checked them all
             )
             self._stage_landing(job, commit, old)
         self.journal.commit()  # the decision is durable before the ref moves
@@ -360,6 +368,7 @@ class MergeQueue:
             name = f"{first.task_id}.{first.attempt}"
             if len(jobs) > 1:
                 name = f"batch-{name}+{len(jobs) - 1}"
+            started = time.monotonic()
             try:
                 result = await run_checks(
                     self.checks,
@@ -372,6 +381,9 @@ class MergeQueue:
                 )
             except WaitStopped:
                 result = None
+            if result is not None:
+                took = time.monotonic() - started - result.wait_s
+                result = dataclasses.replace(result, ran_s=round(max(0.0, took), 3))
         finally:
             self.check_pool.release(path, clean=False)
         if result is None or self._checks.stopped:  # not a verdict on the work
@@ -394,7 +406,12 @@ class MergeQueue:
             return CANCELLED_IN_CHECKS
         if result.ok:
             self.journal.stage_event(
-                self.run_id, "merge.checked", job.task_id, attempt=job.attempt, commit=commit
+                self.run_id,
+                "merge.checked",
+                job.task_id,
+                attempt=job.attempt,
+                commit=commit,
+                check_s=result.ran_s,
             )
             return None
         self.stats.red_checks += 1
@@ -405,6 +422,7 @@ class MergeQueue:
             attempt=job.attempt,
             check=result.name,
             log=result.log,
+            check_s=result.ran_s,
         )
         return Verdict(
             Outcome.SEND_BACK, result.detail + f"\ncheck log: {result.log}", kind="check"

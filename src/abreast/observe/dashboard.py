@@ -332,6 +332,7 @@ class Dashboard:
                 "finished_at": run.finished_at,
                 "wall_s": data.wall_s(),
                 "busy_s": data.busy_s(),
+                "checks_s": rundata.checks_s(journal, run.id),  # merge checks ran so long
                 "pauses": run.pauses,  # before each resume: the timeline leaves them out
                 # About how long it has left, by the estimates (null: not running, or
                 # an unfinished task's estimate is only the default's guess).

@@ -46,7 +46,8 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
     measured = set((data.plan or {}).get("measured", []))
     assumed = set((data.plan or {}).get("assumed", []))
     wall = data.wall_s()
-    sequential = sum(busy.values())
+    checks = rundata.checks_s(journal, run_id)  # a run one task at a time checks them too
+    sequential = sum(busy.values()) + checks
     saved = sequential - wall
     latest: dict[str, Any] = {}
     for a in data.attempts:
@@ -78,6 +79,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
         "finished_at": run.finished_at,
         "wall_s": wall,
         "sequential_s": sequential,
+        "checks_s": checks,
         "saved_s": saved,
         "saved_pct": round(100 * saved / sequential, 1) if sequential > 0 else 0.0,
         "estimated": {
@@ -312,8 +314,10 @@ def _wall(rep: dict[str, Any]) -> str:
     ran: with one, nothing could have run beside it)."""
     if sum(1 for t in rep["tasks"] if t["attempts"]) == 1:
         return f"wall {fmt(rep['wall_s'])} (one task ran)"
+    checks = rep.get("checks_s") or 0.0
+    checked = f" (its merge checks {fmt(checks)} of it)" if checks >= 0.0005 else ""
     return (
-        f"wall {fmt(rep['wall_s'])}; one task at a time {fmt(rep['sequential_s'])}; "
+        f"wall {fmt(rep['wall_s'])}; one task at a time {fmt(rep['sequential_s'])}{checked}; "
         + rundata.saved_phrase(rep["saved_s"], rep["saved_pct"], fmt, digits=1)
     )
 

@@ -246,6 +246,18 @@ class RunData:
         return list(plan.get("critical_path", [])), float(plan.get("critical_path_s", 0.0))
 
 
+# Where the merge queue journals how long checking a merge took (`check_s`).
+CHECK_EVENTS = ("merge.checked", "merge.checks_failed", "merge.batch_failed")
+
+
+def checks_s(journal: Journal, run_id: str) -> float:
+    """Seconds the run's merge checks ran (their lock waits aside): time a run of its tasks
+    one at a time would spend too, each task's work checked before the next."""
+    return sum(
+        float(e.data.get("check_s") or 0.0) for e in journal.events(run_id, types=CHECK_EVENTS)
+    )
+
+
 def load(journal: Journal, run_id: str, attempts: bool = True) -> RunData | None:
     """The run as journaled; `attempts=False` leaves its attempts out (an empty list)."""
     run = journal.run(run_id)

@@ -47,10 +47,15 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
     if sum(1 for t in tasks if t.attempts) == 1:  # nothing could have run beside it
         w(f"  wall {format_duration(outcome.wall_s)} (one task ran)\n")
     elif outcome.busy_s > 0:
-        pct = 100 * outcome.saved_s / outcome.busy_s
+        pct = 100 * outcome.saved_s / outcome.sequential_s
+        checked = (
+            f" (its merge checks {format_duration(outcome.checks_s)} of it)"
+            if outcome.checks_s >= 0.0005
+            else ""
+        )
         w(
             f"  wall {format_duration(outcome.wall_s)}; one task at a time it would take "
-            f"{format_duration(outcome.busy_s)}; "
+            f"{format_duration(outcome.sequential_s)}{checked}; "
             f"{saved_phrase(outcome.saved_s, pct, format_duration)}\n"
         )
     if outcome.landing:

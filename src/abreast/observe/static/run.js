@@ -174,10 +174,12 @@ function list(id, items, line) {
 
 function render(snap) {
   const r = snap.run;
-  const saved = r.busy_s - r.wall_s;
+  // One task at a time, each task's work would be checked before the next too.
+  const saved = r.busy_s + (r.checks_s || 0) - r.wall_s;
   document.getElementById("summary").textContent =
     `${r.workflow}: ${r.state}${r.stopping ? ` (${r.stopping})` : ""}, ` +
-    `${fmt(r.wall_s)} wall, ${fmt(r.busy_s)} of work` + (saved > 0 ? `, ${fmt(saved)} saved` : "") +
+    `${fmt(r.wall_s)} wall, ${fmt(r.busy_s)} of work` +
+    (r.checks_s ? `, ${fmt(r.checks_s)} of checks` : "") + (saved > 0 ? `, ${fmt(saved)} saved` : "") +
     (r.time_left_s != null ? `, ${about(r.time_left_s)} left` : "");
   document.getElementById("summary").setAttribute("data-state", r.state);
   document.getElementById("summary").setAttribute("data-stopping", r.stopping || "");
