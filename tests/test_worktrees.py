@@ -2589,6 +2589,7 @@ def test_a_script_never_committed_is_named_before_the_run_and_in_the_failure(
     git(repo, "commit", "-q", "-m", "ignore")
     dry = run_abreast("run", str(path), "--dry-run", cwd=repo)  # a dry run says as much
     assert dry.code == 0 and "would start" in dry.out
+    assert "each task's work lands once its merge passes `ci` (their time is not in" in dry.out
     assert "note: agents/a.sh is in your checkout but not committed" in dry.err
     assert "note: c.sh is executable in your checkout" in dry.err
     venv = (

@@ -165,6 +165,14 @@ def dry_run(req: RunRequest, out: Any) -> int:
         else:
             names = ", ".join(assumed[:8]) + (", ..." if len(assumed) > 8 else "")
             out.write(f"(without an `estimate:`, {each}: {names})\n")
+    if p.wf.checks and _in_worktrees(p):
+        names = ", ".join(f"`{c.name or c.run}`" for c in p.wf.checks[:3])
+        names += f" and {len(p.wf.checks) - 3} more" if len(p.wf.checks) > 3 else ""
+        batch = f", up to {p.wf.merge.batch} merges checked at once" if p.wf.merge.batch > 1 else ""
+        out.write(
+            f"each task's work lands once its merge passes {names}{batch} "
+            "(their time is not in the estimates)\n"
+        )
     for line in _dry_run_notes(p):
         _note(line)
     no_shell = preflight.missing_shell(p.wf)
@@ -173,12 +181,17 @@ def dry_run(req: RunRequest, out: Any) -> int:
     return 0
 
 
+def _in_worktrees(p: Prepared) -> bool:
+    """Whether a run of `p` would give tasks worktrees (as far as a dry run can tell)."""
+    return (p.wf.isolation or ("worktree" if p.location.in_git else "none")) == "worktree"
+
+
 def _dry_run_notes(p: Prepared) -> list[str]:
     """What a run would note about its commands (`preflight`), as far as a dry run can
     tell: with worktrees, against the commit tasks would start from."""
     root = p.location.root
     committed = None
-    if (p.wf.isolation or ("worktree" if p.location.in_git else "none")) == "worktree":
+    if _in_worktrees(p):
         from abreast.workspace.git import GitMissing
         from abreast.workspace.repo import NotARepository, Repo
 
