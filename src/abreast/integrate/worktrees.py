@@ -51,10 +51,10 @@ from abreast.workspace.repo import (
     Repo,
     base_name,
     commit_all,
+    dirty_paths,
     head_commit,
     index_identity,
     signal_ref,
-    uncommitted_tracked,
     unfinished,
     unknown_base,
     worktree_git_dir,
@@ -922,7 +922,7 @@ class WorktreeIsolation(Isolation):
             merge = f"git merge --ff-only {integration_branch(self.run_id)}"
             # Uncommitted changes to files the result leaves alone go along, as with git's
             # own fast-forward; those to files it changes would be lost or refused.
-            dirty = uncommitted_tracked(self.repo, where)
+            dirty = dirty_paths(self.repo, where, untracked=False)
             clash = sorted(set(dirty) & set(self.repo.changed_paths(current, head)))
             if clash:
                 named = ", ".join(map(visible_name, clash[:5])) + (

@@ -42,9 +42,10 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
     busy: dict[str, float] = {}
     for a in data.attempts:
         busy[a.task_id] = busy.get(a.task_id, 0.0) + (a.wall_s or 0.0)
-    estimates = (data.plan or {}).get("estimates", {})
-    measured = set((data.plan or {}).get("measured", []))
-    assumed = set((data.plan or {}).get("assumed", []))
+    plan = data.plan or {}
+    estimates = plan.get("estimates", {})
+    measured = set(plan.get("measured", []))
+    assumed = set(plan.get("assumed", []))
     wall = data.wall_s()
     checks = rundata.checks_s(journal, run_id)  # a run one task at a time checks them too
     sequential = sum(busy.values()) + checks
@@ -83,11 +84,11 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
         "saved_s": saved,
         "saved_pct": round(100 * saved / sequential, 1) if sequential > 0 else 0.0,
         "estimated": {
-            "scheduled_s": (data.plan or {}).get("scheduled_s"),
-            "sequential_s": (data.plan or {}).get("sequential_s"),
+            "scheduled_s": plan.get("scheduled_s"),
+            "sequential_s": plan.get("sequential_s"),
             # tasks with no estimate, neither given nor measured: each the default's
-            "assumed": len((data.plan or {}).get("assumed", ())),
-            "default_s": _default_estimate(data.plan or {}),
+            "assumed": len(assumed),
+            "default_s": _default_estimate(plan),
         },
         "critical_path": _critical_path(data),
         "tasks": [
@@ -182,7 +183,7 @@ def _merge_line(m: dict[str, int]) -> str | None:
     """The merge queue's work in a line (None when it did nothing: isolation none)."""
     if not (m["landed"] or m["conflicts"] or m["red_checks"]):
         return None
-    batches = f"{m['batches']} batch{'es' if m['batches'] != 1 else ''}"
+    batches = counted(m["batches"], "batch", "batches")
     batched = f", {m['in_batches']} of them in {batches}" if m["in_batches"] else ""
     reds = counted(m["red_batches"], "red batch", "red batches")
     red = f"; {reds} split" if m["red_batches"] else ""
@@ -314,8 +315,7 @@ def _wall(rep: dict[str, Any]) -> str:
     ran: with one, nothing could have run beside it)."""
     if sum(1 for t in rep["tasks"] if t["attempts"]) == 1:
         return f"wall {fmt(rep['wall_s'])} (one task ran)"
-    checks = rep.get("checks_s") or 0.0
-    checked = f" (its merge checks {fmt(checks)} of it)" if checks >= 0.0005 else ""
+    checked = rundata.checks_said(rep.get("checks_s") or 0.0, fmt)
     return (
         f"wall {fmt(rep['wall_s'])}; one task at a time {fmt(rep['sequential_s'])}{checked}; "
         + rundata.saved_phrase(rep["saved_s"], rep["saved_pct"], fmt, digits=1)

@@ -250,6 +250,12 @@ class RunData:
 CHECK_EVENTS = ("merge.checked", "merge.checks_failed", "merge.batch_failed")
 
 
+def checks_said(checks_s: float, fmt: Callable[[float], str]) -> str:
+    """` (its merge checks 40s of it)`, after what the tasks one at a time would take;
+    "" when there were no checks to count."""
+    return f" (its merge checks {fmt(checks_s)} of it)" if checks_s >= 0.0005 else ""
+
+
 def checks_s(journal: Journal, run_id: str) -> float:
     """Seconds the run's merge checks ran (their lock waits aside): time a run of its tasks
     one at a time would spend too, each task's work checked before the next."""

@@ -14,6 +14,7 @@ from abreast.observe.rundata import (
     FailureView,
     carry_on_hint,
     changed,
+    checks_said,
     diff_command,
     failure_groups,
     failures_text,
@@ -48,11 +49,7 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
         w(f"  wall {format_duration(outcome.wall_s)} (one task ran)\n")
     elif outcome.busy_s > 0:
         pct = 100 * outcome.saved_s / outcome.sequential_s
-        checked = (
-            f" (its merge checks {format_duration(outcome.checks_s)} of it)"
-            if outcome.checks_s >= 0.0005
-            else ""
-        )
+        checked = checks_said(outcome.checks_s, format_duration)
         w(
             f"  wall {format_duration(outcome.wall_s)}; one task at a time it would take "
             f"{format_duration(outcome.sequential_s)}{checked}; "

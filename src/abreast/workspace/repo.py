@@ -565,42 +565,27 @@ def _leave_out_generated(repo: Repo, path: Path, env: dict[str, str]) -> None:
         repo.unindex([r for r in roots if r not in there], env)
 
 
-def dirty_paths(repo: Repo, path: Path) -> list[str]:
-    """Changed and untracked (not ignored) paths in a worktree."""
+def dirty_paths(repo: Repo, path: Path, *, untracked: bool = True) -> list[str]:
+    """Changed and untracked (not ignored) paths in a worktree; with `untracked=False`,
+    tracked paths with uncommitted changes only, staged or not (a file added to the index
+    counts), both sides of a staged rename."""
+    shown = "all" if untracked else "no"
     out = repo.git(
-        *FAST, "status", "--porcelain=v1", "-z", "--untracked-files=all", cwd=path
+        *FAST, "status", "--porcelain=v1", "-z", f"--untracked-files={shown}", cwd=path
     ).stdout
     entries = out.split("\0")
     paths = []
     i = 0
     while i < len(entries):
         entry = entries[i]
+        i += 1
         if not entry:
-            i += 1
             continue
-        status, name = entry[:2], entry[3:]
-        paths.append(name)
-        if status[0] in ("R", "C"):
-            i += 1  # the rename's source follows
-        i += 1
-    return paths
-
-
-def uncommitted_tracked(repo: Repo, path: Path) -> list[str]:
-    """Tracked paths with uncommitted changes, staged or not, in a checkout of the user's
-    (both sides of a staged rename; a file added to the index counts)."""
-    out = repo.git("status", "--porcelain=v1", "-z", "--untracked-files=no", cwd=path).stdout
-    entries = out.split("\0")
-    paths = []
-    i = 0
-    while i < len(entries):
-        entry = entries[i]
-        i += 1
-        if entry:
-            paths.append(entry[3:])
-            if entry[0] in ("R", "C") and i < len(entries):
+        paths.append(entry[3:])
+        if entry[0] in ("R", "C") and i < len(entries):
+            if not untracked:
                 paths.append(entries[i])  # the rename's source
-                i += 1
+            i += 1
     return paths
 
 
