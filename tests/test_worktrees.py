@@ -344,6 +344,159 @@ def test_a_check_that_fails_on_a_word_of_bash_says_so(repo: Path) -> None:
     ) in out
 
 
+def test_a_check_that_cannot_start_stops_the_run_and_resume_checks_the_work_again(
+    repo: Path, tmp_path: Path
+) -> None:
+    # A check whose program is not installed here (a typo; pytest not in this environment)
+    # was red for every task's work: each task was sent back to its agent (a whole agent
+    # run, for nothing) up to its retries, and the tasks after them ran to the same end.
+    # Once the check was fixed, `resume --retry-failed` ran each agent again.
+    ran = tmp_path / "ran"
+    ran.mkdir()
+
+    def task(name: str, *before: str, **more: Any) -> dict[str, Any]:
+        steps = [*before, f"echo x >> {ran}/{name}", f"echo {name} > {name}.txt"]
+        return {"run": " && ".join(steps), "retries": 2, "estimate": "1m", **more}
+
+    path = workflow(
+        repo,
+        {
+            "a": task("a"),
+            "slow": task("slow", f"{PY} -c 'import time; time.sleep(1)'", pools=["one"]),
+            "later": task("later", pools=["one"], estimate="1s"),  # after slow: not started
+            "after": task("after", needs=["a"]),
+        },
+        pools={"one": 1},
+        checks=[{"run": "no-such-test-tool -q"}],
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    stop = (
+        "check `no-such-test-tool -q` cannot start (`no-such-test-tool` is not on the PATH it "
+        "runs with), so no work can land"
+    )
+    assert f"stopping: {stop}; no new tasks; waiting for slow to finish" in out
+    assert "  blocked: after (upstream a failed)" in out
+    later = query(
+        repo / ".abreast" / "state.db", "SELECT state, reason FROM tasks WHERE task_id = 'later'"
+    )
+    assert later == [("cancelled", f"not started: {stop}")]
+    assert (
+        "not sent back: check `no-such-test-tool -q` cannot start (`no-such-test-tool` is not "
+        "on the PATH it runs with), whatever the work; fix it (the check in the workflow file, "
+        f"or what it needs on this machine), then `abreast resume {run_id} --retry-failed`"
+    ) in out
+    # Neither agent was sent back, though each had retries left; nothing landed.
+    assert sorted(p.name for p in ran.iterdir()) == ["a", "slow"]
+    assert all(len((ran / t).read_text().split()) == 1 for t in ("a", "slow"))
+    assert git(repo, "rev-parse", integration(run_id)) == git(repo, "rev-parse", "main")
+    # Fixed in the file, as one would: resuming checks the work the agents did, kept on
+    # their branches, and runs only what had not run.
+    path.write_text(path.read_text().replace("no-such-test-tool -q", "test -f README.md"))
+    resumed = run_abreast("resume", run_id, "--retry-failed", "--plain", "--no-monitor", cwd=repo)
+    said = resumed.out + resumed.err
+    assert resumed.code == 0, said
+    for name in ("a", "slow"):
+        assert f"{name}: its attempt 1 succeeded, and its checks could not start then; " in said
+    assert "failed; run again" not in said
+    assert {p.name: len(p.read_text().split()) for p in ran.iterdir()} == {
+        "a": 1,
+        "slow": 1,
+        "later": 1,
+        "after": 1,
+    }
+    for name in ("a", "slow", "later", "after"):
+        assert show(repo, integration(run_id), f"{name}.txt") == f"{name}\n"
+    attempts = query(
+        repo / ".abreast" / "state.db",
+        f"SELECT task_id, attempt, state FROM attempts WHERE run_id = '{run_id}' ORDER BY 1",
+    )
+    assert attempts == [
+        ("a", 1, "succeeded"),
+        ("after", 1, "succeeded"),
+        ("later", 1, "succeeded"),
+        ("slow", 1, "succeeded"),
+    ]
+
+
+def test_why_a_check_cannot_start_whatever_the_work(repo: Path, tmp_path: Path) -> None:
+    from abreast.spec.commands import cannot_start
+
+    (repo / ".gitignore").write_text(".venv/\n")
+    (repo / "bin").mkdir()
+    (repo / "bin" / "tool").write_text("#!/bin/sh\n")
+    (repo / "bin" / "tool").chmod(0o755)
+    path = os.environ["PATH"]
+    assert cannot_start("nosuch-tool -q", repo, path, True) == (
+        "`nosuch-tool` is not on the PATH it runs with"
+    )
+    assert cannot_start("CI=1 nosuch-tool", repo, path, True).startswith("`nosuch-tool` is")
+    assert cannot_start(".venv/bin/pytest -q", repo, path, True) == (
+        ".venv/bin/pytest is a path git ignores, not in the merged work"
+    )
+    assert cannot_start("/nonexistent/pytest", repo, path, True) == (
+        "/nonexistent/pytest does not exist"
+    )
+    # What may yet start: a script the work was to add; a program on a PATH entry relative
+    # to where the check runs; a command that started (a later one was not found).
+    assert cannot_start("./run_tests.sh", repo, path, True) == ""
+    assert cannot_start("tool --all", repo, f"bin{os.pathsep}{path}", True) == ""
+    assert cannot_start("echo go; nosuch-tool", repo, path, True) == ""
+    assert cannot_start("cd src && nosuch-tool", repo, path, True) == ""
+    assert cannot_start(f"{PY} -m nosuchmodule", repo, path, True) == ""
+    no_source = subprocess.run(
+        ["/bin/sh", "-c", "source /dev/null"], capture_output=True, check=False
+    )
+    if no_source.returncode != 0:  # dash
+        assert cannot_start("source env.sh && make", repo, path, True) == (
+            "/bin/sh here has no `source`"
+        )
+    assert cannot_start("source env.sh && make", repo, path, False) == ""  # given to bash
+
+
+def test_a_batch_whose_check_cannot_start_is_not_split(repo: Path, tmp_path: Path) -> None:
+    # Splitting a red batch in halves finds the work that breaks the checks; a check that
+    # cannot start breaks on any half, so each half was checked again for nothing.
+    wait, _, record = batch_scripts(tmp_path, repo)
+    journal = repo / ".abreast" / "state.db"
+    check = tmp_path / "check-once"  # green for a's merge, then gone (uninstalled)
+    check.write_text(
+        f"#!{sys.executable}\n"
+        + WAIT_QUEUED
+        + "import os\n"
+        + "open(sys.argv[3], 'a').write(os.environ['ABREAST_TASK_ID'] + '\\n')\n"
+        + "os.unlink(sys.argv[0])\n"
+    )
+    check.chmod(0o755)
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "echo a > a.txt"},
+            "b": {"run": f"{wait} 1 && echo b > b.txt"},
+            "c": {"run": f"{wait} 1 && echo c > c.txt"},
+            "d": {"run": f"{wait} 1 && echo d > d.txt"},
+        },
+        max_parallel=4,
+        merge={"batch": 4},
+        checks=[{"run": f"{check} {journal} 4 {record}"}],
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    assert record.read_text().split() == ["a"]
+    assert show(repo, integration(run_id), "a.txt") == "a\n"
+    merges = [
+        (t, task, json.loads(data).get("tasks"))
+        for t, task, data in query(
+            journal, "SELECT type, task_id, data FROM events WHERE type LIKE 'merge.%' ORDER BY seq"
+        )
+        if t in ("merge.batch_failed", "merge.checks_failed", "merge.held_back")
+    ]
+    assert merges[0][0] == "merge.batch_failed" and sorted(merges[0][2]) == ["b", "c", "d"]
+    assert sorted(task for t, task, _ in merges[1:] if t == "merge.held_back") == ["b", "c", "d"]
+    assert len(merges) == 4, merges  # no half checked again
+    assert f"{check} does not exist" in out
+
+
 def test_red_check_sends_back_and_exhausted_retries_keep_the_branch(repo: Path) -> None:
     path = workflow(
         repo,

@@ -689,6 +689,18 @@ class Journal:
         row = self._db.execute("SELECT max(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()
         return int(row[0] or 0)
 
+    def held_back(self, run_id: str) -> set[str]:
+        """The failed tasks whose last attempt's work was held back, not judged: its checks
+        could not start (a program not installed), whatever the work."""
+        rows = self._db.execute(
+            "SELECT e.task_id FROM events e JOIN tasks t"
+            " ON t.run_id = e.run_id AND t.task_id = e.task_id"
+            " WHERE e.run_id = ? AND e.type = 'merge.held_back'"
+            " AND json_extract(e.data, '$.attempt') = t.attempts",
+            (run_id,),
+        )
+        return {task for (task,) in rows}
+
     def signal_times(self, run_id: str) -> dict[tuple[str, str], float]:
         """(task, signal) -> when it was first given."""
         rows = self._db.execute("SELECT task_id, name, ts FROM signals WHERE run_id = ?", (run_id,))

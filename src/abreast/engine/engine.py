@@ -322,7 +322,8 @@ class Engine:
         self._inline_error: BaseException | None = None
         self._cancelling = False
         self._draining = False  # `abreast cancel --drain`, --fail-fast: nothing new starts
-        self._failed_fast: TaskRun | None = None  # the failure that stopped the run
+        # Why a failure stopped the run (--fail-fast; a check that cannot start): "" if none
+        self._stopped: str = ""
         self._interrupted = 0  # the signal the cancel came from (SIGINT, SIGHUP), if one
         self._force_kill = False
         self._killing: set[asyncio.Task[None]] = set()
@@ -341,7 +342,8 @@ class Engine:
         self._t0 = time.monotonic()
         self._executor: Executor | None = None
         self._adopt: list[tuple[TaskRun, int, Exit]] = []
-        self._reintegrate: list[TaskRun] = []
+        # After a resume: tasks whose work goes to the merge queue again, with why
+        self._reintegrate: list[tuple[TaskRun, str]] = []
         self._active: set[TaskRun] = set()  # RUNNING or INTEGRATING
         self._terminal_count = 0
         self._conditions: dict[str, conditions.Expression] = {}
@@ -508,10 +510,8 @@ class Engine:
         self.view.begin(self)
         for tr, attempt, exit_ in self._adopt:
             self._post("adopt", tr, attempt, exit_)
-        for tr in self._reintegrate:
-            self.view.note(
-                f"{tr.id}: its attempt {tr.attempts} was on the merge queue; queueing it again"
-            )
+        for tr, why in self._reintegrate:
+            self.view.note(f"{tr.id}: its attempt {tr.attempts} {why}; queueing it again")
             self._spawn_background(self._integrate(tr, tr.attempts))
         self._on_stop_requests()  # `abreast cancel` (the terminal closed) before we listened
         try:
@@ -1158,6 +1158,11 @@ class Engine:
         else:
             self._reject(tr, verdict.detail)
             self._fail(tr, TaskState.FAILED, verdict.detail)
+            if verdict.stops_run:  # no other task's work could land either
+                self.journal.stage_event(
+                    self.run_id, "merge.held_back", tr.id, attempt=n, why=verdict.stops_run
+                )
+                self._on_drain(verdict.stops_run, f"{verdict.stops_run}, so no work can land")
 
     def _reject(self, tr: TaskRun, why: str) -> None:
         """The attempt's process succeeded but its work was not taken (bad output, gate not
@@ -1363,12 +1368,12 @@ class Engine:
             elif task_id in self.by_id:
                 self.sup.orphan_cleaned(task_id, attempt, "left_running")
 
-    def _on_drain(self, why: str, failed: TaskRun | None = None) -> None:
+    def _on_drain(self, why: str, stopped: str = "") -> None:
         """`abreast cancel --drain`: start nothing new (no task, no retry, no send-back);
         what runs (and what is on the merge queue) finishes and lands; the run then ends
         cancelled, for `abreast resume` to carry on. A cancel meanwhile stops it all.
-        `failed`: the task whose failure stops the run (`--fail-fast`), which then ends
-        failed, for `abreast resume --retry-failed`."""
+        `stopped`: why a failure stops the run (`--fail-fast`, a check that cannot start),
+        which then ends failed, for `abreast resume --retry-failed`."""
         if self._cancelling or self._draining:
             return
         self._draining = True
@@ -1377,15 +1382,14 @@ class Engine:
         self.journal.stage_run(self.run_id, cancel_requested=DRAIN_REQUESTED)  # for `status`
         self.journal.stage_event(self.run_id, "run.draining", reason=why, running=going)
         waiting = f"waiting for {', '.join(going)} to finish" if going else "nothing is running"
-        if failed is None:
+        if not stopped:
             self.view.note(
                 f"draining ({why}): no new tasks; {waiting}; `abreast resume {self.run_id}` "
                 "runs the rest (Ctrl-C stops them now)"
             )
         else:
-            self._failed_fast = failed
-            said = self._stopped_by(failed)
-            self.view.note(f"stopping: {said} (--fail-fast); no new tasks; {waiting}")
+            self._stopped = stopped
+            self.view.note(f"stopping: {stopped}; no new tasks; {waiting}")
         for tr in self.tasks:
             if tr.state in (TaskState.PENDING, TaskState.READY):
                 if tr.timer:  # a retry waiting out its backoff
@@ -1399,16 +1403,12 @@ class Engine:
         """Whether its attempt is still being prepared: nothing of it runs yet."""
         return tr.state is TaskState.RUNNING and tr.running is None
 
-    @staticmethod
-    def _stopped_by(failed: TaskRun) -> str:
-        return f"{failed.id} {failed.state.value} and the run stops at its first failure"
-
     def _not_started(self, again: bool) -> str:
         """Why a task did not start (`again`: its next attempt did not) once the run
-        drained: asked to, or stopped at its first failure (--fail-fast)."""
+        drained: asked to, or stopped by a failure (--fail-fast)."""
         what = "its next attempt was not started" if again else "not started"
-        if self._failed_fast is not None:
-            return f"{what}: {self._stopped_by(self._failed_fast)} (--fail-fast)"
+        if self._stopped:
+            return f"{what}: {self._stopped}"
         return f"{what}: the run was drained (abreast cancel --drain); abreast resume runs it"
 
     def _on_cancel(self, why: str) -> None:
@@ -1582,7 +1582,8 @@ class Engine:
                 self._set(blocked, TaskState.BLOCKED, reason=f"upstream {tr.id} {state}")
                 self._terminal(blocked)
         if self.options.fail_fast:  # as make without -k: no new work after a failure
-            self._on_drain(f"--fail-fast: {tr.id} {state.value}", failed=tr)
+            stopped = f"{tr.id} {state.value} and the run stops at its first failure (--fail-fast)"
+            self._on_drain(f"--fail-fast: {tr.id} {state.value}", stopped)
 
     def _terminal(self, tr: TaskRun) -> None:
         self._terminal_count += 1
@@ -1676,7 +1677,7 @@ class Engine:
                     self._terminal(tr)
         if self._cancelling:
             state = "cancelled"
-        elif self._failed_fast is not None:
+        elif self._stopped:
             state = "failed"
         elif self._draining and any(tr.state is TaskState.CANCELLED for tr in self.tasks):
             state = "cancelled"
@@ -1754,6 +1755,7 @@ class Engine:
         tasks to run again (`resume --retry-failed`), with their retries and iterations
         anew and why they failed as feedback; the tasks they blocked wait for them again."""
         order, _, _ = self.graph.levels()
+        held = self.journal.held_back(self.run_id) if retry else set()
         for v in order:
             tr = self.tasks[v]
             row = rows.get(tr.id)
@@ -1777,7 +1779,10 @@ class Engine:
                 self._d.complete(v)
                 self._wave_left[self._wave[v]] -= 1
             elif state in FAILED_STATES and tr.id in retry:
-                self._retry_failed(tr, row["reason"] or f"it {state}")
+                if tr.id in held and self.isolation.can_resume_integration(tr.id, tr.attempts):
+                    self._check_again(tr)
+                else:
+                    self._retry_failed(tr, row["reason"] or f"it {state}")
             elif state in FAILED_STATES:
                 tr.state = state
                 tr.finished_at = row["finished_at"]
@@ -1797,7 +1802,7 @@ class Engine:
                 tr.state = TaskState.INTEGRATING
                 tr.integrating_since = time.monotonic()  # its merge starts again now
                 self._active.add(tr)
-                self._reintegrate.append(tr)
+                self._reintegrate.append((tr, "was on the merge queue"))
             elif tr.id in interrupted:
                 attempt, exit_ = interrupted[tr.id]
                 if exit_ is not None and attempt == tr.attempts:
@@ -1817,6 +1822,25 @@ class Engine:
                 self._wave_left[self._wave[tr.v]] -= 1
             if tr.state.terminal:
                 self._terminal_count += 1
+
+    def _check_again(self, tr: TaskRun) -> None:
+        """`resume --retry-failed` of a task whose work was held back: the work, kept on
+        its branch, goes to the merge queue again (its checks now fixed), not redone."""
+        tr.failures = tr.iterations = 0
+        tr.state = TaskState.INTEGRATING
+        tr.integrating_since = time.monotonic()
+        self._active.add(tr)
+        self._reintegrate.append((tr, "succeeded, and its checks could not start then"))
+        self.journal.stage_attempt(self.run_id, tr.id, tr.attempts, state="succeeded", reason=None)
+        self.journal.stage_task(
+            self.run_id,
+            tr.id,
+            state="integrating",
+            reason=None,
+            finished_at=None,
+            failures=0,
+            iterations=0,
+        )
 
     def _retry_failed(self, tr: TaskRun, reason: str) -> None:
         """A failed task runs again (`resume --retry-failed`): as a new attempt, with its

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from abreast.spec.commands import (
     BASH_WORDS,
+    SHELL_OWN,
     bash_word_fix,
     bash_words,
     beside_text,
@@ -30,16 +31,6 @@ from abreast.spec.model import Task, Workflow
 
 if TYPE_CHECKING:
     from abreast.workspace.repo import Repo
-
-# What /bin/sh runs without looking on PATH (POSIX special and regular built-ins, the
-# reserved words), and abreast itself (`.abreast/bin` holds the one tasks call).
-_SHELL_OWN_WORDS = (
-    ". : [ [[ alias bg break cd command continue echo eval exec exit export false fc fg "
-    "getopts hash jobs kill local printf pwd read readonly return set shift test times "
-    "trap true type ulimit umask unalias unset wait ! { } case do done elif else esac fi "
-    "for function if in then until while time select abreast"
-)
-SHELL_OWN = frozenset(_SHELL_OWN_WORDS.split())
 
 
 def command_notes(

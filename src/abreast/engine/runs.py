@@ -1226,8 +1226,9 @@ async def _resume(
     for what, ids in (("added to", added), ("removed from", removed)):
         if ids:
             view.note(f"{', '.join(ids)}: {what} {row.file} since the run started")
-    if retry - set(removed):
-        view.note(f"{', '.join(sorted(retry - set(removed)))}: failed; run again")
+    again = retry - set(removed) - journal.held_back(row.id)  # the others' work is checked
+    if again:
+        view.note(f"{', '.join(sorted(again))}: failed; run again")
     req = RunRequest(
         file=Path(row.file), monitor=monitor_on, isolation=isolation, land=bool(options.get("land"))
     )

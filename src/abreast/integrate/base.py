@@ -29,6 +29,9 @@ class Verdict:
     outcome: Outcome
     detail: str = ""  # the feedback or failure reason, for the task and the report
     kind: str = ""  # e.g. "conflict", "check", "ownership": counted in metrics
+    # Why no task's work can land in this run (a check that cannot start): the run starts
+    # nothing new. "" for a verdict on this task's work alone.
+    stops_run: str = ""
 
 
 def integration_branch(run_id: str) -> str:

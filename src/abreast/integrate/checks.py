@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -21,7 +22,7 @@ from abreast.executor.logs import (
 )
 from abreast.executor.process import describe_status, kill_tree, leases_env, tree_stats
 from abreast.executor.wrapper import SHELLS
-from abreast.spec.commands import bash_word_hints
+from abreast.spec.commands import bash_word_hints, cannot_start
 from abreast.spec.model import Check
 
 
@@ -76,6 +77,9 @@ class CheckResult:
     # Seconds the checks ran, their lock waits aside: what checking this merge took, which
     # a run of the tasks one at a time would take too (set by the merge queue).
     ran_s: float = 0.0
+    # Why the red check could not start, whatever the work it checked (its program not on
+    # PATH, ...): no task's work can pass it. "" when it started, or may with other work.
+    cannot_start: str = ""
 
 
 class LocalLocks:
@@ -142,13 +146,16 @@ async def run_checks(
                 detail += f": {told}"
                 if [line.strip() for line in tail if line.strip()] != [told]:
                     detail += "\nthe end of its output:\n" + "\n".join(tail)
-            hints = []
+            hints, cause = [], ""
             if control.why_failed is not None and ran.why.startswith("exit "):
                 hints += await asyncio.to_thread(control.why_failed, str(cwd), check.run)
-            if check.shell in (None, "sh") and ran.why.startswith("exit 127"):
-                hints += bash_word_hints(check.run)
+            sh = check.shell in (None, "sh")
+            if ran.why.startswith("exit 127"):
+                hints += bash_word_hints(check.run) if sh else []
+                path = env.get("PATH", os.defpath)
+                cause = await asyncio.to_thread(cannot_start, check.run, cwd, path, sh)
             detail += "".join(f"\n{hint}" for hint in hints)
-            return CheckResult(False, name, detail, log, waited, tuple(flaky))
+            return CheckResult(False, name, detail, log, waited, tuple(flaky), cannot_start=cause)
     return CheckResult(True, "", "", "", waited, tuple(flaky))
 
 

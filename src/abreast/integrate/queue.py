@@ -213,6 +213,10 @@ class MergeQueue:
                 log=result.log,
                 check_s=result.ran_s,
             )
+            if result.cannot_start:  # no half of the batch would fare better
+                for job in together:
+                    _resolve(job, self._red(result))
+                return [], alone
             return together, alone
         for i, (job, commit) in enumerate(members):
             self.journal.stage_event(
@@ -424,9 +428,21 @@ class MergeQueue:
             log=result.log,
             check_s=result.ran_s,
         )
-        return Verdict(
-            Outcome.SEND_BACK, result.detail + f"\ncheck log: {result.log}", kind="check"
+        return self._red(result)
+
+    def _red(self, result: CheckResult) -> Verdict:
+        """The verdict on work whose checks were red: sent back, unless the check could
+        not start at all, which no work can change."""
+        detail = result.detail + f"\ncheck log: {result.log}"
+        if not result.cannot_start:
+            return Verdict(Outcome.SEND_BACK, detail, kind="check")
+        why = f"check `{result.name}` cannot start ({result.cannot_start})"
+        detail += (
+            f"\nnot sent back: {why}, whatever the work; fix it (the check in the workflow "
+            "file, or what it needs on this machine), then "
+            f"`abreast resume {self.run_id} --retry-failed`"
         )
+        return Verdict(Outcome.FAILED, detail, kind="check", stops_run=why)
 
 
 def _resolve(job: MergeJob, verdict: Verdict) -> None:

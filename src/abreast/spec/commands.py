@@ -31,6 +31,17 @@ def first_word(command: str) -> str | None:
     return None
 
 
+# What /bin/sh runs without looking on PATH (POSIX special and regular built-ins, the
+# reserved words), and abreast itself (`.abreast/bin` holds the one tasks call).
+_SHELL_OWN_WORDS = (
+    ". : [ [[ alias bg break cd command continue echo eval exec exit export false fc fg "
+    "getopts hash jobs kill local printf pwd read readonly return set shift test times "
+    "trap true type ulimit umask unalias unset wait ! { } case do done elif else esac fi "
+    "for function if in then until while time select abreast"
+)
+SHELL_OWN = frozenset(_SHELL_OWN_WORDS.split())
+
+
 def _words(command: str) -> Iterable[str]:
     if _PLAIN.fullmatch(command):  # nothing for shlex to do (a microsecond or two a character)
         return command.split()
@@ -138,6 +149,49 @@ def sh_lacks(words: tuple[str, ...]) -> list[str]:
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [w for w in found.stdout.split() if w in words]
+
+
+def cannot_start(command: str, cwd: Path, path: str, sh: bool) -> str:
+    """Why `command`, ended with exit 127 in `cwd` (a git worktree) with PATH `path`, could
+    not start whatever that worktree holds: the program it starts is not on PATH, an
+    absolute path that does not exist, a path git ignores there (no commit has it: a
+    virtual environment's), or a word of bash that /bin/sh (`sh`) lacks. "" when it may
+    start with other files there (a script the work was to add) or started (a later
+    command was not found)."""
+    import shutil
+    import subprocess
+
+    word = first_word(command)
+    if not word:
+        return ""
+    if word in BASH_WORDS:
+        return f"/bin/sh here has no `{word}`" if sh and sh_lacks((word,)) else ""
+    if word in SHELL_OWN:
+        return ""
+    if "/" not in word:
+        # Relative entries of PATH (an empty one is the working directory) are the check's.
+        dirs = [d if os.path.isabs(d) else str(cwd / d) for d in path.split(os.pathsep)]
+        if shutil.which(word, path=os.pathsep.join(dirs)) is not None:
+            return ""
+        return f"`{word}` is not on the PATH it runs with"
+    if os.path.isabs(word):
+        return "" if os.path.lexists(word) else f"{word} does not exist"
+    if os.path.lexists(cwd / word):
+        return ""
+    try:
+        ignored = subprocess.run(
+            ["git", "check-ignore", "-q", "--", word],
+            cwd=cwd,
+            capture_output=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    if ignored.returncode != 0:
+        return ""
+    return f"{word} is a path git ignores, not in the merged work"
 
 
 def command_paths(command: str, limit: int = 64) -> list[str]:
