@@ -1826,37 +1826,32 @@ class Engine:
     def _check_again(self, tr: TaskRun) -> None:
         """`resume --retry-failed` of a task whose work was held back: the work, kept on
         its branch, goes to the merge queue again (its checks now fixed), not redone."""
-        tr.failures = tr.iterations = 0
-        tr.state = TaskState.INTEGRATING
+        self._taken_again(tr, TaskState.INTEGRATING)
         tr.integrating_since = time.monotonic()
         self._active.add(tr)
         self._reintegrate.append((tr, "succeeded, and its checks could not start then"))
         self.journal.stage_attempt(self.run_id, tr.id, tr.attempts, state="succeeded", reason=None)
-        self.journal.stage_task(
-            self.run_id,
-            tr.id,
-            state="integrating",
-            reason=None,
-            finished_at=None,
-            failures=0,
-            iterations=0,
-        )
 
     def _retry_failed(self, tr: TaskRun, reason: str) -> None:
         """A failed task runs again (`resume --retry-failed`): as a new attempt, with its
         retries and iterations anew, told why the last one failed."""
         tr.feedback = bounded_feedback(with_tail(reason, self._log_tail(tr) if tr.last_log else []))
+        self._taken_again(tr, TaskState.PENDING, feedback=tr.feedback)
+
+    def _taken_again(self, tr: TaskRun, state: TaskState, **fields: Any) -> None:
+        """A failed task taken up again by a resume, in `state`, its retries and
+        iterations anew."""
         tr.failures = tr.iterations = 0
-        tr.state = TaskState.PENDING
+        tr.state = state
         self.journal.stage_task(
             self.run_id,
             tr.id,
-            state="pending",
+            state=state.value,
             reason=None,
             finished_at=None,
             failures=0,
             iterations=0,
-            feedback=tr.feedback,
+            **fields,
         )
 
 
