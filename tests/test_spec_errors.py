@@ -356,6 +356,30 @@ CASES = {
         "version: 1\nisolation: docker\ntasks:\n" + GOOD_TASK,
         [":2: isolation: input should be 'worktree' or 'none' (got 'docker')"],
     ),
+    # A command its shell cannot parse failed every attempt with exit 2 once the run had
+    # started (its siblings ran, its dependents were blocked): found before anything runs.
+    "unclosed_quote_in_a_command": (  # YAML takes it as text; the shell would not
+        'version: 1\ntasks:\n  a:\n    run: echo "done\n',
+        [
+            ":4: tasks.a.run: /bin/sh cannot parse it (line 1: ",
+            "Unterminated quoted string): 'echo \"done'",
+            "hint: fix its quoting or structure; `sh -n -c 'COMMAND'`",
+        ],
+    ),
+    "if_without_fi_in_a_check": (
+        "version: 1\nchecks:\n  - run: |\n      if [ -f x ]; then\n        make test\n"
+        "tasks:\n" + GOOD_TASK,
+        [":3: checks[0].run: /bin/sh cannot parse it (line ", '(expecting "fi")'],
+    ),
+    "an_agents_command_once_for_its_tasks": (
+        "version: 1\nagents:\n  bot: {run: 'bot -p \"$ABREAST_PROMPT'}\ntasks:\n"
+        "  a: {agent: bot, prompt: x}\n  b: {agent: bot, prompt: y}\n",
+        [":3: agents.bot.run: /bin/sh cannot parse it"],
+    ),
+    "given_to_bash": (
+        "version: 1\ndefaults: {shell: bash}\ntasks:\n  a: {run: 'echo $((1 + )'}\n",
+        [":4: tasks.a.run: bash cannot parse it (line 1: "],
+    ),
 }
 
 
@@ -675,3 +699,52 @@ def test_the_event_table_names_every_event_type_abreast_emits() -> None:
     assert len(emitted) > 30  # the scan finds them
     assert emitted - documented == set(), "emitted, not in the table"
     assert documented - emitted == set(), "in the table, never emitted"
+
+
+def test_commands_their_shell_parses_are_not_refused(write, cli) -> None:  # type: ignore[no-untyped-def]
+    # Structures, substitutions, here-documents, bash's extended globs under `shell: bash`
+    # (set before the command is read, as abreast's `eval` would see them).
+    path = write(
+        "version: 1\ntasks:\n"
+        '  a: {run: \'for f in *.txt; do wc -l "$f"; done && echo "$(date)" # ok\'}\n'
+        "  b:\n    run: |\n      cat > x <<EOF\n      it's\n      EOF\n"
+        "  c: {run: 'shopt -s nullglob; ls !(x)', shell: bash}\n"
+        "  d: {run: '[ -f x ] || { echo no; exit 1; }'}\n"
+    )
+    result = cli("validate", str(path))
+    assert result.code == 0, result.err
+
+
+def test_a_command_refused_for_its_syntax_leaves_no_run_behind(write, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = write("version: 1\ntasks:\n  a: {run: 'echo \"x'}\n  b: {run: 'true'}\n")
+    result = run_abreast("run", str(path), "--plain", cwd=path.parent)
+    assert result.code == 2 and "tasks.a.run: /bin/sh cannot parse it" in result.err
+    assert result.out == "" and not (path.parent / ".abreast").exists()
+
+
+def test_what_surely_parses_is_what_the_shells_parse() -> None:
+    # Commands of plain words joined by operators are not given to a shell to check (a
+    # fork each: a workflow of 5000 generated commands would wait seconds); what is taken
+    # so must parse in both shells. Random commands of the tokens that matter.
+    import random
+    import shutil
+
+    from abreast.spec.commands import parse_errors, surely_parses
+
+    assert surely_parses('claude -p "$ABREAST_PROMPT" > out.log 2>&1 && echo ${HOME}/x | tee a')
+    for unsure in ('echo "a', "a &&", "&& a", "a ; ; b", "a >", "echo $(date)", "if x", "b[1]"):
+        assert not surely_parses(unsure), unsure
+    tokens = [*"ab |;&<>*[]!=-'\"\\", "&&", "||", "2>&1", ">&", ">>", "<>", ">|", "$A", "${A}"]
+    tokens += ['"$A"', "'x'", "if", "echo", "x=1", "\t", ";;", "|&", "&>", "[ ", " ]", "$1"]
+    rng = random.Random(7)
+    sure = []
+    while len(sure) < 300:
+        command = "".join(rng.choice(tokens) for _ in range(rng.randint(1, 8)))
+        if surely_parses(command):
+            sure.append(command)
+    assert parse_errors(["echo ok", 'echo "a'], "/bin/sh") == {
+        1: "line 1: Syntax error: Unterminated quoted string"
+    }
+    assert parse_errors(sure, "/bin/sh") == {}
+    bash = shutil.which("bash")
+    assert bash is None or parse_errors(sure, bash, ("-O", "extglob")) == {}

@@ -194,6 +194,132 @@ def cannot_start(command: str, cwd: Path, path: str, sh: bool) -> str:
     return f"{word} is a path git ignores, not in the merged work"
 
 
+# Words that make a command's structure (reserved words of sh and bash).
+_STRUCTURE = frozenset(
+    {"if", "then", "else", "elif", "fi", "case", "esac", "for", "while", "until", "do"}
+    | {"done", "{", "}", "!", "in", "function", "select", "[[", "]]"}
+)
+# What `surely_parses` takes, a token at a time: a word's plain part, a quoted part, a
+# variable, a redirection, an operator joining commands, blanks; anything else (a
+# newline, parentheses, `$(`, a backquote, `#`, a here-document) is left to the shell.
+_VAR = r"\$(?:\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*|[0-9?#@*$!-])"
+_TOKEN = re.compile(  # the digits before a redirection are its descriptor (`2>&1`)
+    r"""(?P<redirect>[0-9]*(?:>>|>\||>&|<&|<>|>|<(?!<)))"""
+    r"""|(?P<plain>[A-Za-z0-9_\-./:=,+%@~^*?]+|[\[\]](?=[ \t;&|<>]|$))"""  # `[ -f x ]`
+    r"""|(?P<single>'[^']*')"""
+    rf"""|(?P<double>"(?:[^"\\`$]|\\[^\n]|{_VAR})*")"""
+    rf"""|(?P<var>{_VAR})"""
+    r"""|(?P<escaped>\\[^\n])"""
+    r"""|(?P<join>&&|\|\||\|(?!\|))"""
+    r"""|(?P<end>;(?!;)|&(?![&>]))"""  # bash's `&>` is a redirection: left to the shell
+    r"""|(?P<blank>[ \t]+)"""
+)
+
+
+def surely_parses(command: str) -> bool:
+    """Whether `command` is simple commands (words, quoted or not, with `$NAME`s, and
+    redirections to words) joined by `&&`, `||`, `|`, `;` and `&`: what no shell can
+    fail to parse. False for anything else (a structure, a subshell, a substitution, a
+    newline), which may well parse too: `unparsable` asks the shell."""
+    expect_command, need_word, in_word = True, False, False
+    at, end = 0, len(command)
+    while at < end:
+        m = _TOKEN.match(command, at)
+        if m is None:
+            return False
+        at, kind = m.end(), m.lastgroup
+        if kind in ("plain", "single", "double", "var", "escaped"):
+            if not in_word and kind == "plain" and m.group() in _STRUCTURE:
+                return False  # a reserved word (or an argument that reads as one)
+            if in_word and m.group() in ("[", "]"):
+                return False  # `a[`: bash reads an array's subscript
+            expect_command = need_word = False
+            in_word = True
+            continue
+        in_word = False
+        if kind == "blank":
+            continue
+        if need_word:
+            return False  # a redirection to nothing
+        if kind == "redirect":
+            need_word = True
+            if m.group().endswith("&"):  # `2>&1`, `>&2`: to a descriptor, said next
+                expect_command = False
+        elif expect_command:
+            return False  # an operator with no command before it
+        else:
+            expect_command = True
+            if kind == "end":
+                need_word = False
+    return not need_word and not (expect_command and at and _ends_in_join(command))
+
+
+def _ends_in_join(command: str) -> bool:
+    return command.rstrip().endswith(("&&", "||", "|"))
+
+
+_PARSE_BATCH_BYTES = 1 << 20  # of commands given to one shell run (ARG_MAX is 2 MiB)
+
+
+def unparsable(commands: list[str], program: str, options: tuple[str, ...] = ()) -> dict[int, str]:
+    """Which of `commands` the shell `program` cannot parse (`-n`: read, not run), by
+    index: what it says, as `line N: ...`. One shell runs a parse of each (a fork a
+    command); a command of plain words is not given to it."""
+    wanted = [(i, c) for i, c in enumerate(commands) if not surely_parses(c)]
+    found = parse_errors([c for _, c in wanted], program, options)
+    return {wanted[i][0]: said for i, said in found.items()}
+
+
+def parse_errors(
+    commands: list[str], program: str, options: tuple[str, ...] = ()
+) -> dict[int, str]:
+    """What the shell `program` says of each of `commands` it cannot parse, by index."""
+    import subprocess
+
+    wanted = list(enumerate(commands))[::-1]  # taken from the end
+    script = (  # $1 the shell, $2 its options (words without spaces), then the commands
+        "p=$1; o=$2; shift 2; i=0; for c do i=$((i+1)); "
+        '"$p" -n $o -c -- "$c" abreast </dev/null 2>&1; printf "\036%s %s\n" "$i" "$?"; done'
+    )
+    out: dict[int, str] = {}
+    while wanted:
+        batch: list[tuple[int, str]] = []
+        size = 0
+        while wanted and (not batch or size + len(wanted[-1][1]) < _PARSE_BATCH_BYTES):
+            batch.append(wanted.pop())
+            size += len(batch[-1][1])
+        argv = ["/bin/sh", "-c", script, "sh", program, " ".join(options)]
+        try:
+            ran = subprocess.run(
+                [*argv, *(c for _, c in batch)],
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return out
+        said, *parts = ran.stdout.split("\x1e")  # each command's output, then its mark
+        for part in parts:
+            head, _, rest = part.partition("\n")
+            number, _, status = head.partition(" ")
+            if number.isdigit() and status.strip() not in ("", "0"):
+                index = batch[int(number) - 1][0]
+                out[index] = _parse_error(said)
+            said = rest
+    return out
+
+
+def _parse_error(said: str) -> str:
+    """A shell's parse error as `line N: what` (dash: `abreast: 3: Syntax error: ...`;
+    bash: `abreast: -c: line 3: syntax error ...`, then the line itself)."""
+    first = next((line for line in said.splitlines() if line.strip()), "")
+    m = re.match(r"abreast: (?:-c: )?(?:line )?(\d+): (.*)", first)
+    return f"line {m.group(1)}: {m.group(2)}" if m else first.strip() or "cannot be parsed"
+
+
 def command_paths(command: str, limit: int = 64) -> list[str]:
     """The words of a shell command that may be paths relative to where it runs (no
     options, variables, globs, assignments or shell operators), `./` dropped; at most

@@ -187,11 +187,53 @@ class _Validator:
                 c if c.shell else dataclasses.replace(c, shell=shell) for c in workflow.checks
             ]
             object.__setattr__(workflow, "checks", checks)
+        self._syntax(workflow)
+        if self.problems:
+            raise self.fail()
         if not workflow.name:
             stem = Path(self.doc.file).stem.lower()
             name = re.sub(r"[^a-z0-9_-]+", "-", stem).strip("-_")[:63] or "workflow"
             object.__setattr__(workflow, "name", name)
         return workflow
+
+    def _syntax(self, workflow: Workflow) -> None:
+        """Commands their shell cannot parse (an unclosed quote, an `if` without `fi`):
+        each would fail every attempt with exit 2 once the run had started, found by the
+        shell itself (`sh -n`: read, not run), before anything runs."""
+        import shutil
+
+        from abreast.executor.wrapper import SHELLS
+        from abreast.spec.commands import unparsable
+
+        wanted: dict[str, dict[str, tuple[str | int, ...]]] = {}  # shell -> command -> where
+        for tid, task in workflow.tasks.items():
+            agent = task.agent if task.run is None else None
+            where: tuple[str | int, ...] = (
+                ("agents", agent, "run") if agent else ("tasks", tid, "run")
+            )
+            command = task.run if task.run is not None else workflow.agents[agent or ""].run
+            wanted.setdefault(task.shell, {}).setdefault(command, where)
+        for i, check in enumerate(workflow.checks):
+            wanted.setdefault(check.shell or "sh", {}).setdefault(check.run, ("checks", i, "run"))
+        for shell, commands in wanted.items():
+            program = SHELLS[shell][0]
+            found = program if "/" in program else shutil.which(program)
+            if found is None:
+                continue  # a run refuses for want of the shell itself
+            texts = list(commands)
+            options = ("-O", "extglob") if shell == "bash" else ()  # set before eval parses
+            for i, said in unparsable(texts, found, options).items():
+                name = "/bin/sh" if shell == "sh" else shell
+                number = re.match(r"line (\d+):", said)
+                lines = texts[i].splitlines()
+                at = int(number.group(1)) - 1 if number else -1
+                shown = f": {_clipped(lines[at].strip(), 80)}" if 0 <= at < len(lines) else ""
+                self.problem(
+                    commands[texts[i]],
+                    f"{describe_path(commands[texts[i]])}: {name} cannot parse it ({said}){shown}",
+                    hint="fix its quoting or structure; `sh -n -c 'COMMAND'` (`bash -n` for "
+                    "`shell: bash`) checks a command without running it",
+                )
 
     @staticmethod
     def _agent_shells(workflow: Workflow, own_shell: set[str]) -> None:
