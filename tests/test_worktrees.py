@@ -308,6 +308,62 @@ def test_one_task_at_a_time_counts_the_merge_checks_a_sequential_run_runs_too(
     assert json.loads(perf)["sequentialTime"] == pytest.approx(busy + sum(checked), abs=0.002)
 
 
+def test_analyze_says_what_the_merge_checks_take_as_measured_in_earlier_runs(
+    repo: Path,
+) -> None:
+    # The estimates count the tasks alone; a test suite run on each merge, one at a time,
+    # can take longer than all of them, and `analyze` said nothing of it.
+    from abreast.spec.durations import format_duration
+
+    check = f"{PY} -c 'import time; time.sleep(0.4)'"
+    tasks = {name: {"run": f"echo {name} > {name}.txt", "estimate": "1s"} for name in "abc"}
+    path = workflow(repo, tasks, checks=[{"run": check, "name": "suite"}])
+
+    def analysis(*args: str) -> tuple[str, dict[str, Any]]:
+        table = run_abreast("analyze", str(path), *args, cwd=repo)
+        data = run_abreast("analyze", str(path), "--format", "json", *args, cwd=repo)
+        assert table.code == 0 and data.code == 0, table.err + data.err
+        return table.out, json.loads(data.out)["merge_checks"]
+
+    table, data = analysis()
+    assert data == {
+        "checks": ["suite"],
+        "merges": 3,
+        "batch": 1,
+        "each_s": None,
+        "measured_runs": 0,
+        "total_s": None,
+    }
+    said = "merge checks: `suite`, on each task's merge before it lands, one merge at a time\n"
+    assert said + "  not in the estimates above: a run measures them" in table
+    code, out, _ = run(repo, path)
+    assert code == 0, out
+    table, data = analysis()
+    assert data["measured_runs"] == 1 and 0.4 <= data["each_s"] < 5
+    assert data["total_s"] == pytest.approx(3 * data["each_s"])
+    each, total = format_duration(data["each_s"]), format_duration(data["total_s"])
+    assert (
+        f"  {each} (the median in the latest run) a run: {total} for 3 merges if each task "
+        "changes files and passes at once, which the estimates above leave out\n"
+    ) in table
+    # Three merges of a 0.4 s check outlast three tasks of a second side by side.
+    assert "  the checks, not the tasks, set the pace: longer than abreast's schedule" in table
+    dry = run_abreast("run", str(path), "--dry-run", cwd=repo)
+    assert "passes `suite` (a run of them took " in dry.out
+    assert "(the median in the latest run); their time is not in the estimates)" in dry.out
+    # Batched, as few check runs as can be; other checks are not these: not measured.
+    _, batched = analysis("--max-parallel", "3")
+    assert batched["each_s"] == data["each_s"]
+    text = path.read_text()
+    path.write_text(text.replace('"checks"', '"merge": {"batch": 2}, "checks"'))
+    table, batched = analysis()
+    assert batched["total_s"] == pytest.approx(2 * data["each_s"])
+    assert "up to 2 merges at a time\n" in table and "for 3 merges (2 batches) if" in table
+    path.write_text(text.replace("0.4", "0.5"))
+    assert analysis()[1]["each_s"] is None
+    assert analysis("--no-history")[1]["each_s"] is None
+
+
 def test_checks_are_given_to_the_shell_of_defaults_unless_they_name_their_own(
     repo: Path,
 ) -> None:

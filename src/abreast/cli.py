@@ -528,14 +528,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.only:
         wf = only_tasks(wf, args.only)
     flags, cap = flag_overrides(wf, args.flag), parallel_cap(wf, args.max_parallel)
-    graph = None
+    graph, checked = None, None
     if not args.no_history:
         from abreast.coord.location import locate
         from abreast.plan import TaskGraph, history
 
         location = locate(Path(file), args.state, look_only=True)
         graph = TaskGraph.from_workflow(wf, history.for_workflow(wf, location))
-    analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph)
+        if wf.checks:
+            checked = history.check_time(location.journal, wf, str(location.root))
+    analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph, check_time=checked)
     print(render(analysis, args.format))
     return 0
 

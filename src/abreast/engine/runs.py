@@ -117,7 +117,8 @@ def prepare(req: RunRequest, *, look_only: bool = False) -> Prepared:
     flags = {**wf.flags, **flag_overrides(wf, req.flags)}
     cap = parallel_cap(wf, req.max_parallel, req.sequential)
     graph = TaskGraph.from_workflow(wf, history.for_workflow(wf, location))
-    analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph)
+    checked = history.check_time(location.journal, wf, str(location.root)) if wf.checks else None
+    analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph, check_time=checked)
     return Prepared(wf, location, flags, cap, analysis, graph, len(whole.tasks) - len(wf.tasks))
 
 
@@ -132,6 +133,7 @@ def _only_note(p: Prepared) -> str:
 
 
 def dry_run(req: RunRequest, out: Any) -> int:
+    from abreast.plan.render import checks_named, checks_took
     from abreast.spec.durations import counted, format_duration
 
     p = prepare(req, look_only=True)
@@ -165,13 +167,15 @@ def dry_run(req: RunRequest, out: Any) -> int:
         else:
             names = ", ".join(assumed[:8]) + (", ..." if len(assumed) > 8 else "")
             out.write(f"(without an `estimate:`, {each}: {names})\n")
-    if p.wf.checks and _in_worktrees(p):
-        names = ", ".join(f"`{c.name or c.run}`" for c in p.wf.checks[:3])
-        names += f" and {len(p.wf.checks) - 3} more" if len(p.wf.checks) > 3 else ""
-        batch = f", up to {p.wf.merge.batch} merges checked at once" if p.wf.merge.batch > 1 else ""
+    checks = p.analysis.merge_checks
+    if checks is not None and _in_worktrees(p):
+        batch = f", up to {checks.batch} merges checked at once" if checks.batch > 1 else ""
+        took = ""
+        if checks.each_s is not None:
+            took = f"a run of them took {checks_took(checks)}; "
         out.write(
-            f"each task's work lands once its merge passes {names}{batch} "
-            "(their time is not in the estimates)\n"
+            f"each task's work lands once its merge passes {checks_named(checks.names)}{batch} "
+            f"({took}their time is not in the estimates)\n"
         )
     for line in _dry_run_notes(p):
         _note(line)
@@ -659,6 +663,8 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 # Where this run's output goes, if to files: another run beside it does
                 # not blame its tasks for them (integrate/guard.py).
                 "output_files": sorted(own_output_files()),
+                # Which merge checks its check times are of (`analyze` reads them back).
+                "checks_sha": history.checks_sha(p.wf),
             }
             for line in _running_beside(journal, p.wf):
                 _note(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -45,6 +46,36 @@ class Estimates:
     saved_pct: float
 
 
+@dataclass(frozen=True)
+class MergeChecks:
+    """The checks each task's work passes on its merge before it lands, one merge (or
+    batch) at a time, and what they take: not in the estimates, which count the tasks."""
+
+    names: list[str]
+    merges: int  # tasks that run (not skipped): each one's work is checked on its merge
+    batch: int  # `merge.batch`: up to this many merges checked at once
+    each_s: float | None  # one run of the checks: the median of earlier runs'; None: unknown
+    measured_runs: int  # the runs `each_s` was measured in
+
+    @property
+    def total_s(self) -> float | None:
+        """The checks' time for all the merges, one after another (as few batches as can
+        be), when each task's work changes files and passes at once."""
+        if self.each_s is None:
+            return None
+        return math.ceil(self.merges / self.batch) * self.each_s
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checks": self.names,
+            "merges": self.merges,
+            "batch": self.batch,
+            "each_s": self.each_s,
+            "measured_runs": self.measured_runs,
+            "total_s": self.total_s,
+        }
+
+
 @dataclass
 class Analysis:
     workflow: str
@@ -63,6 +94,7 @@ class Analysis:
     # (a, b) -> a path like `b.txt/a.txt`, where two tasks' owns meet only through a
     # plain name taken as a directory (see ownership.nesting_example)
     overlap_via: dict[tuple[str, str], str] = field(default_factory=dict)
+    merge_checks: MergeChecks | None = None  # with `checks:`, unless `isolation: none`
 
     @property
     def edges(self) -> list[tuple[str, str, str | None]]:
@@ -110,6 +142,7 @@ class Analysis:
             "conditional": self.conditional,
             "edges": [dict(zip(("from", "to", "signal"), e, strict=True)) for e in self.edges],
             "limits": self.limits,
+            "merge_checks": self.merge_checks.to_json() if self.merge_checks else None,
         }
 
 
@@ -151,9 +184,18 @@ def analyze(
     flags: Mapping[str, Scalar] | None = None,
     max_parallel: int | None = None,
     graph: TaskGraph | None = None,
+    check_time: tuple[float, int] | None = None,
 ) -> Analysis:
+    """`check_time`: (seconds, runs) of one run of the merge checks, measured in earlier
+    runs (plan/history.py)."""
     with paused_gc():
-        return _analyze(wf, flags, max_parallel, graph)
+        analysis = _analyze(wf, flags, max_parallel, graph)
+    if wf.checks and wf.isolation != "none":
+        each, runs = check_time or (None, 0)
+        names = [c.name or c.run for c in wf.checks]
+        merges = len(analysis.tasks) - len(analysis.skipped)
+        analysis.merge_checks = MergeChecks(names, merges, wf.merge.batch, each, runs)
+    return analysis
 
 
 def _analyze(

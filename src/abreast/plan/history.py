@@ -11,6 +11,7 @@ where there is none.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,6 +60,52 @@ def measured(
         n = len(latest)
         out[task_id] = ((latest[(n - 1) // 2] + latest[n // 2]) / 2, n)
     return out
+
+
+def checks_sha(wf: Workflow) -> str | None:
+    """A fingerprint of the merge checks' commands (not the commands: they may hold a
+    secret), journaled with a run; None without checks."""
+    if not wf.checks:
+        return None
+    import hashlib
+
+    said = json.dumps([[c.run, c.shell, c.retries] for c in wf.checks])
+    return hashlib.sha256(said.encode()).hexdigest()[:16]
+
+
+def check_time(journal: Path, wf: Workflow, root: str) -> tuple[float, int] | None:
+    """(median seconds of one run of the merge checks, how many runs it is measured in):
+    the check runs in the latest `RUNS` runs of the workflow in project `root` that
+    checked merges with the same checks. None without any."""
+    sha = checks_sha(wf)
+    if sha is None or not journal.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True, timeout=2)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = db.execute(
+            "SELECT r.started_at, r.id, json_extract(e.data, '$.check_s') FROM runs r"
+            " JOIN events e ON e.run_id = r.id"
+            " WHERE e.type IN ('merge.checked', 'merge.checks_failed', 'merge.batch_failed')"
+            " AND json_extract(e.data, '$.check_s') > 0"
+            " AND r.id IN (SELECT id FROM runs WHERE workflow = ? AND root = ?"
+            " AND json_extract(options, '$.checks_sha') = ?"
+            " AND finished_at IS NOT NULL ORDER BY started_at DESC LIMIT ?)",
+            (wf.name, root, sha, _LOOK_BACK),
+        ).fetchall()
+    except sqlite3.Error:  # a journal of an older schema, or one being written
+        return None
+    finally:
+        db.close()
+    latest = sorted({(-started, run) for started, run, _ in rows})[:RUNS]
+    kept = {run for _, run in latest}
+    times = sorted(float(s) for _, run, s in rows if run in kept)
+    if not times:
+        return None
+    n = len(times)
+    return (times[(n - 1) // 2] + times[n // 2]) / 2, len(kept)
 
 
 def for_workflow(wf: Workflow, location: StateLocation) -> dict[str, tuple[float, int]]:

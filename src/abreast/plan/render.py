@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 
 from abreast.gcpause import paused_gc
-from abreast.plan.analysis import Analysis
+from abreast.plan.analysis import Analysis, MergeChecks
 from abreast.plan.dispatch import Policy
 from abreast.plan.graph import DEFAULT_ESTIMATE_S
 from abreast.plan.history import RUNS
@@ -114,6 +114,9 @@ def table(a: Analysis) -> str:
     ]
     if a.policy is Policy.WAVES:
         out.append("  (here wave-by-wave beats list scheduling, so the run goes wave by wave)")
+    if a.merge_checks is not None:
+        out.append("")
+        out += merge_checks_lines(a.merge_checks, e.scheduled_s)
     if a.limits:
         out.append("")
         out.append("limits: " + ", ".join(f"{k} {v}" for k, v in a.limits.items()))
@@ -139,6 +142,48 @@ def table(a: Analysis) -> str:
     if any(not t.estimated for t in a.tasks):
         out.append(f"? no estimate given: counted as {fmt(DEFAULT_ESTIMATE_S)}")
     return "\n".join(out)
+
+
+def checks_named(names: list[str]) -> str:
+    """`a`, `b`, `c` and 2 more: the merge checks, named."""
+    shown = ", ".join(f"`{n}`" for n in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def checks_took(m: MergeChecks) -> str:
+    """A run of the checks' time, measured: `4m12s (the median in the latest 3 runs)`."""
+    runs = "the latest run" if m.measured_runs == 1 else f"the latest {m.measured_runs} runs"
+    return f"{fmt(m.each_s or 0.0)} (the median in {runs})"
+
+
+def merge_checks_lines(m: MergeChecks, scheduled_s: float) -> list[str]:
+    """What `analyze` says of the merge checks: their time, which the estimates leave
+    out, measured in earlier runs where it can be."""
+    at_once = "one merge at a time" if m.batch == 1 else f"up to {m.batch} merges at a time"
+    out = [
+        f"merge checks: {checks_named(m.names)}, on each task's merge before it lands, {at_once}"
+    ]
+    total = m.total_s
+    if m.each_s is None or total is None:
+        out.append(
+            "  not in the estimates above: a run measures them, and `analyze` counts them "
+            "from then on"
+        )
+        return out
+    batches = -(-m.merges // m.batch)
+    of = f" ({counted(batches, 'batch', 'batches')})" if m.batch > 1 else ""
+    out.append(
+        f"  {checks_took(m)} a run: {fmt(total)} for "
+        f"{counted(m.merges, 'merge')}{of} if each task changes files and passes at once, "
+        "which the estimates above leave out"
+    )
+    if total > scheduled_s:
+        more = "`merge: {batch: N}` checks" if m.batch == 1 else "a larger `merge.batch` checks"
+        out.append(
+            "  the checks, not the tasks, set the pace: longer than abreast's schedule "
+            f"({more} more merges at once)"
+        )
+    return out
 
 
 def mermaid(a: Analysis) -> str:
