@@ -486,3 +486,18 @@ def test_analyze_and_a_dry_run_write_nothing_in_the_project(tmp_path: Path) -> N
     assert run_abreast("run", "w.yaml", "--dry-run", cwd=tmp_path).code == 0
     assert not (tmp_path / ".abreast").exists()
     assert (exclude.read_bytes() if exclude.exists() else None) == before
+
+
+def test_time_left_counts_the_merge_checks_of_the_work_still_to_land() -> None:
+    from abreast.eta import time_left
+
+    # a -> b, and c: a second each, on two slots; checks of 2s each, one at a time.
+    succs, order = [[1], [], []], [0, 2, 1]
+    assert time_left([1.0, 1.0, 1.0], succs, order, 2) == 2.0  # without checks
+    # a's chain: a, its checks, b, its checks.
+    assert time_left([1.0, 1.0, 1.0], succs, order, 2, [True] * 3, 2.0) == 6.0
+    # Three merges to check, one after another, though the tasks are done (landing).
+    assert time_left([0.0, 0.0, 0.0], [[], [], []], [0, 1, 2], 3, [True] * 3, 2.0) == 6.0
+    assert time_left([0.0, 0.0, 0.0], [[], [], []], [0, 1, 2], 3, [True] * 3, 2.0, 2) == 4.0
+    # Work that has landed counts nothing.
+    assert time_left([0.0, 0.0, 0.0], [[], [], []], [0, 1, 2], 3, [True, False, False], 2.0) == 2.0

@@ -351,6 +351,30 @@ def test_analyze_says_what_the_merge_checks_take_as_measured_in_earlier_runs(
     dry = run_abreast("run", str(path), "--dry-run", cwd=repo)
     assert "passes `suite` (a run of them took " in dry.out
     assert "(the median in the latest run); their time is not in the estimates)" in dry.out
+    # A run's time left counts them too: three tasks of a second, once they have run,
+    # still have three checks to pass, one after another.
+    go = repo.parent / "go"
+    waiting = {
+        name: {"run": f"until [ -e {go} ]; do sleep 0.05; done; echo {name} > {name}.txt"}
+        for name in "abc"
+    }
+    for task in waiting.values():
+        task["estimate"] = "1s"
+    path = workflow(repo, waiting, checks=[{"run": check, "name": "suite"}])
+    proc, run_id = start_run(path, cwd=repo)
+    try:
+
+        def running() -> dict[str, Any]:
+            return json.loads(run_abreast("status", run_id, "--json", cwd=repo).out)
+
+        wait_for(lambda: [t["state"] for t in running()["tasks"]] == ["running"] * 3)
+        assert running()["time_left_s"] >= 3 * data["each_s"] - 0.01
+    finally:
+        go.touch()
+        finished = proc.communicate(timeout=60)
+    assert proc.returncode == 0, finished
+    _, data = analysis()
+    assert data["measured_runs"] == 2  # that run's checks too
     # Batched, as few check runs as can be; other checks are not these: not measured.
     _, batched = analysis("--max-parallel", "3")
     assert batched["each_s"] == data["each_s"]

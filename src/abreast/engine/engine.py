@@ -150,6 +150,10 @@ class EngineOptions:
     supervisor: Supervisor | None = None
     sinks: list[Sink] = field(default_factory=list)  # hear every committed event
     fail_fast: bool = False  # the first task to fail stops the run as a drain does
+    # One run of the merge checks, measured in earlier runs (0: unknown), and how many
+    # merges they check at once: the time left counts them.
+    check_s: float = 0.0
+    merge_batch: int = 1
     keys: KeyBroker | None = None  # API keys or proxy tokens for attempts
     # (fingerprint, value) of the secrets in the tasks' environments (keys/envsecrets.py):
     # masked, with the keys, in what abreast records of their output.
@@ -412,14 +416,20 @@ class Engine:
         """About how long the run has left, by its tasks' estimates (given in the file or
         measured in earlier runs): the longer of its longest chain of unfinished tasks and
         their work spread over the cap, a running attempt counting what its estimate has
-        left; a task its `when:` will skip by the flags alone counts nothing. None when an
-        unfinished task's estimate is only the default's guess."""
+        left; a task its `when:` will skip by the flags alone counts nothing; with merge
+        checks measured in earlier runs, each task's work still to land counts their time
+        (eta.time_left). None when an unfinished task's estimate is only the default's
+        guess."""
         g, now = self.graph, time.monotonic()
         left = [0.0] * len(self.tasks)
+        landing = [False] * len(self.tasks)  # its work still to pass the merge checks
         if self._skips is None:
             self._skips = self._skipped_by_flags()
         for tr in self.tasks:
-            if tr.state.terminal or tr.state is TaskState.INTEGRATING or tr.v in self._skips:
+            if tr.state.terminal or tr.v in self._skips:
+                continue
+            landing[tr.v] = True
+            if tr.state is TaskState.INTEGRATING:
                 continue
             if not g.estimated[tr.v]:
                 return None
@@ -431,7 +441,9 @@ class Engine:
             left[tr.v] = est
         from abreast.eta import time_left
 
-        return time_left(left, g.succs, g.levels()[0], self.cap())
+        checks = 0.0 if self.isolation.instant else self.options.check_s
+        batch = self.options.merge_batch
+        return time_left(left, g.succs, g.levels()[0], self.cap(), landing, checks, batch)
 
     def _note_cap(self) -> None:
         """Journal the cap when it changes (the resource monitor moves it), for watchers."""

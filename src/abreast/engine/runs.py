@@ -313,6 +313,8 @@ def _options(
         tick_s=min(1.0, hb.interval, quiet / 4),
         fail_fast=fail_fast,
         masked=masked or [],
+        check_s=(p.analysis.merge_checks.each_s or 0.0) if p.analysis.merge_checks else 0.0,
+        merge_batch=p.wf.merge.batch,
     )
     if cluster is not None:  # its nodes end a task with the run's grace period
         from abreast.executor.ray_exec import RayExecutor
@@ -680,7 +682,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 host=socket.gethostname(),
                 started_at=started,
                 task_ids=list(p.wf.tasks),
-                options={**options, "plan": plan_summary(p.analysis)},
+                options={**options, "plan": plan_summary(p.analysis, kind == "worktree")},
             )
             journal.stage_event(
                 run_id,
@@ -746,10 +748,12 @@ PLAN_LIMIT = 20_000
 # tasks; above this the run keeps no plan for dashboards and reports
 
 
-def plan_summary(a: Analysis) -> dict[str, Any] | None:
-    """What dashboards and reports need of the plan, kept with the run."""
+def plan_summary(a: Analysis, merges: bool = False) -> dict[str, Any] | None:
+    """What dashboards and reports need of the plan, kept with the run (`merges`: whether
+    its tasks' work lands through the merge queue, checked)."""
     if len(a.tasks) > PLAN_LIMIT:
         return None
+    checks = a.merge_checks if merges else None
     return {
         "edges": [[x, y] for x, y, _ in a.edges],
         # Where y waits only for x's signal, not its end: [x, y, signal].
@@ -768,6 +772,9 @@ def plan_summary(a: Analysis) -> dict[str, Any] | None:
         "scheduled_s": a.estimates.scheduled_s,
         "sequential_s": a.estimates.sequential_s,
         "critical_path_s": a.estimates.critical_path_s,
+        # One run of the merge checks, measured in earlier runs (None: unknown, or none).
+        "check_s": checks.each_s if checks else None,
+        "merge_batch": checks.batch if checks else 1,
     }
 
 
@@ -1353,7 +1360,8 @@ def _adopt_changed_file(
                 state="skipped",
                 reason="removed from the workflow file before the run was resumed",
             )
-    options = {**options, "plan": plan_summary(p.analysis)}
+    plan = plan_summary(p.analysis, options.get("isolation") == "worktree")
+    options = {**options, "plan": plan}
     journal.stage_run(row.id, file_sha256=p.wf.source_sha256, options=options)
     return added, removed
 

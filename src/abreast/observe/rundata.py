@@ -61,9 +61,13 @@ def time_left(
             started[a.task_id] = max(started.get(a.task_id, 0.0), a.started_at)
     index = {t.task_id: v for v, t in enumerate(tasks)}
     left = [0.0] * len(tasks)
+    landing = [False] * len(tasks)  # its work still to pass the merge checks
     now = time.time()
     for v, t in enumerate(tasks):
-        if TaskState(t.state) in TERMINAL or t.state == "integrating" or t.task_id in skipped:
+        if TaskState(t.state) in TERMINAL or t.task_id in skipped:
+            continue
+        landing[v] = True
+        if t.state == "integrating":
             continue
         if t.task_id in assumed or t.task_id not in estimates:
             return None
@@ -79,7 +83,8 @@ def time_left(
             succs[index[x]].append(index[y])
     # The plan's waves are a topological order already.
     order = [index[t] for wave in plan.get("waves", []) for t in wave if t in index]
-    return eta(left, succs, order, int(plan.get("max_parallel") or 1))
+    checks, batch = float(plan.get("check_s") or 0.0), int(plan.get("merge_batch") or 1)
+    return eta(left, succs, order, int(plan.get("max_parallel") or 1), landing, checks, batch)
 
 
 def with_last_words(journal: Journal, a: AttemptRow, masked: set[str]) -> str | None:
