@@ -1165,7 +1165,7 @@ def test_peak_rss_is_the_tasks_own_not_the_orchestrators(tmp_path: Path, cli) ->
         (["resume", "nope"], "no run 'nope'"),
         (["logs", "RUN", "nosuch"], "has no task 'nosuch'"),
         (["logs", "RUN", "a", "--attempt", "9"], "has no attempt 9"),
-        (["run", "W", "--flag", "nope"], "'nope' is not a flag"),
+        (["run", "W", "--flag", "nope"], "--flag 'nope': w.json declares no flags"),
         (["run", "W", "--run-id", "../x"], "--run-id '../x' is not allowed"),
         (["run", "W", "--run-id", ""], "--run-id '' is not allowed"),
         (["cancel", "RUN"], "is not running (it succeeded)"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from abreast.errors import UsageError, did_you_mean
 from abreast.spec.model import MAX_PARALLEL, Scalar, Workflow
@@ -31,11 +32,17 @@ def flag_overrides(wf: Workflow, specs: Sequence[str]) -> dict[str, Scalar]:
         name, eq, raw = spec.partition("=")
         name = name.strip()
         if name not in wf.flags:
-            known = ", ".join(sorted(wf.flags)) or "none declared"
+            where = Path(wf.source).name if wf.source else f"workflow {wf.name}"
+            if not wf.flags:
+                raise UsageError(
+                    f"--flag {spec!r}: {where} declares no flags",
+                    hint="declare it under `flags:` in the file (`flags: {NAME: false}`), "
+                    "with its default",
+                )
             raise UsageError(
-                f"--flag {spec!r}: {name!r} is not a flag of {wf.name}"
+                f"--flag {spec!r}: {name!r} is not a flag of {where}"
                 + did_you_mean(name, wf.flags),
-                hint=f"flags: {known}",
+                hint=f"flags: {', '.join(sorted(wf.flags))}",
             )
         default = wf.flags[name]
         if not eq:
