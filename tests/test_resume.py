@@ -690,6 +690,47 @@ def test_retry_failed_goes_by_the_fixed_file(tmp_path: Path) -> None:
     assert status["state"] == "succeeded"
 
 
+def test_resume_takes_the_workflow_file_where_it_was_moved(tmp_path: Path) -> None:
+    # A workflow file renamed or moved since the run started (`git mv abreast.yaml
+    # ci/flow.yaml`) left its run unresumable: "the workflow file ... is gone: put it back".
+    ran = tmp_path / "ran"
+    path = write_workflow(
+        tmp_path, "moved", {"a": {"run": f"echo a >> {ran}"}, "b": {"run": "exit 7"}}
+    )
+    first = run_abreast("run", str(path), "--plain", "--no-monitor", cwd=tmp_path)
+    assert first.code == 1
+    run_id = first.out.splitlines()[0][5:]
+    (tmp_path / "ci").mkdir()
+    moved = tmp_path / "ci" / "flow.json"
+    path.rename(moved)
+    gone = run_abreast("resume", run_id, "--retry-failed", "--plain", cwd=tmp_path)
+    assert gone.code == 2
+    assert f"or give where it is now: `abreast resume {run_id} --file PATH`" in gone.err
+    for bad, said in (
+        ("ci/nosuch.json", "--file ci/nosuch.json: no such file"),
+        (str(Path(__file__)), f"not in the project of run {run_id} ({tmp_path.resolve()})"),
+    ):
+        refused = run_abreast("resume", run_id, "--retry-failed", "--file", bad, cwd=tmp_path)
+        assert refused.code == 2 and said in refused.err, refused.err
+    moved.write_text(moved.read_text().replace("exit 7", f"echo b >> {ran}"))
+    again = run_abreast(
+        "resume",
+        run_id,
+        "--retry-failed",
+        "--file",
+        "ci/flow.json",
+        "--plain",
+        "--no-monitor",
+        cwd=tmp_path,
+    )
+    assert again.code == 0, again.out + again.err
+    assert sorted(ran.read_text().split()) == ["a", "b"]
+    # The run's file is where it is now: a later resume (or status) finds it there.
+    assert query(tmp_path / ".abreast" / "state.db", "SELECT file FROM runs") == [
+        (str(moved.resolve()),)
+    ]
+
+
 def test_a_run_whose_env_names_variables_can_be_resumed_after_a_crash(tmp_path: Path) -> None:
     # `env: {X: "${HOME}"}`: expanding it made a copy of the workflow that had forgotten
     # its file, so the run was journaled with no file and no checksum; after a crash

@@ -320,6 +320,12 @@ def _args_resume(p: argparse.ArgumentParser) -> None:
         metavar="TASK[,TASK]",
         help="as --retry-failed, but only these failed tasks (repeatable); the others stay failed",
     )
+    p.add_argument(
+        "--file",
+        metavar="FILE",
+        help="the run's workflow file where it is now, renamed or moved in its project since "
+        "the run started (a changed one as with --force)",
+    )
     _state_arg(p)
     p.add_argument("--no-monitor", action="store_true")
     p.add_argument("--plain", action="store_true")
@@ -728,6 +734,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             ray_address=args.ray_address,
             retry_failed=args.retry_failed,
             retry=args.retry,
+            file=args.file,
         )
     return _finish(outcome, junit)
 

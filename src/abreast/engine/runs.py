@@ -913,12 +913,14 @@ def resume_run(
     ray_address: str | None = None,
     retry_failed: bool = False,
     retry: Sequence[str] = (),
+    file: str | None = None,
 ) -> RunOutcome:
     """Carry on a run whose orchestrator died (`observer`: one spawned for --dashboard /
     --metrics-port, told the run once it is found; `ray_address`: the Ray cluster to use
     now, for a run started with `--executor ray`; `retry_failed`: its failed tasks run
     again too, and a run that ended failed is carried on; `retry`: as `retry_failed`,
-    only these of its failed tasks, as `--retry TASK[,TASK]` gives them)."""
+    only these of its failed tasks, as `--retry TASK[,TASK]` gives them; `file`: the
+    workflow file where it is now, renamed or moved since the run started)."""
     found_at, journal = open_journal(None, state)
     with journal:  # closed however this ends, a refusal included
         return _resume_found(
@@ -934,6 +936,7 @@ def resume_run(
             ray_address,
             retry_failed,
             retry,
+            file,
         )
 
 
@@ -950,6 +953,7 @@ def _resume_found(
     ray_address: str | None = None,
     retry_failed: bool = False,
     named: Sequence[str] = (),
+    moved_to: str | None = None,
 ) -> RunOutcome:
     row = find_run(journal, run_id)
     # The run's own project, wherever resume is typed; the journal stays where it was found.
@@ -994,11 +998,15 @@ def _resume_found(
             hint=f"`abreast cancel {row.id}` ends it; start a new run with `abreast run`",
         )
     file = Path(row.file)
+    if moved_to is not None:
+        file = _moved_file(row, Path(moved_to))
+        row = dataclasses.replace(row, file=str(file))  # journaled as the run is taken up
     if not file.exists():
         raise UsageError(
             f"the workflow file of {row.id} is gone: {file}",
-            hint="put it back at that path (the project moved? resume from where it was); "
-            "with a changed file, add --force",
+            hint="put it back at that path (the project moved? resume from where it was), "
+            f"or give where it is now: `abreast resume {row.id} --file PATH` (with a "
+            "changed file, add --force)",
         )
     wf = expand_env(load_workflow(file), os.environ)  # as this resume's environment has it
     only = row.options.get("only")
@@ -1224,6 +1232,7 @@ async def _resume(
         heartbeat_at=now,
         finished_at=None,
         options=options,
+        file=row.file,  # where it is now (`--file`: renamed or moved since)
     )
     added, removed = _adopt_changed_file(journal, row, p, options, retry) if force else ([], [])
     journal.stage_event(
@@ -1364,6 +1373,21 @@ def _adopt_changed_file(
     options = {**options, "plan": plan}
     journal.stage_run(row.id, file_sha256=p.wf.source_sha256, options=options)
     return added, removed
+
+
+def _moved_file(row: RunRow, given: Path) -> Path:
+    """`resume --file`: the run's workflow file where it is now, which must be a file of
+    the run's project (its tasks run there)."""
+    file = given.resolve()
+    if not file.is_file():
+        raise UsageError(f"--file {given}: no such file", hint="give the workflow file's path")
+    root = Path(row.root).resolve()
+    if not file.is_relative_to(root):
+        raise UsageError(
+            f"--file {given}: not in the project of run {row.id} ({root})",
+            hint="give the run's workflow file where it is now, inside that project",
+        )
+    return file
 
 
 def recorded_exits(exits_file: str | None) -> dict[str, int]:
