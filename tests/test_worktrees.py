@@ -1840,10 +1840,87 @@ def test_edits_to_the_checkout_during_a_run_can_be_warned_about_instead_of_faili
     strict = workflow(repo, {"t": {"run": f"echo mine >> {repo}/README.md"}})
     code, out, _ = run(repo, strict)
     assert code == 1
-    assert "containment: {main_checkout: warn}" in out
+    assert "set `containment: {main_checkout: protect}` in the workflow file" in out
+    assert "or `warn`, to be told only)" in out
     bad = workflow(repo, {"t": {"run": "true"}}, containment={"main_checkout": "maybe"})
     result = run_abreast("run", str(bad), cwd=repo)
     assert result.code == 2 and "main_checkout" in result.err and "Traceback" not in result.err
+
+
+def _can_protect(repo: Path) -> bool:
+    from abreast.executor import protect
+
+    argv = protect.prefix(repo, [repo / ".git"])
+    return argv is not None and protect.probe(argv) is None
+
+
+def test_a_protected_checkout_is_read_only_to_tasks_and_your_edits_are_yours(
+    repo: Path, tmp_path: Path
+) -> None:
+    # With `warn`, the person's own edits during a run were only said; with `fail` (the
+    # default) they sent back every agent that ran meanwhile. `protect`: tasks cannot
+    # write in the checkout at all, so a change there is the person's, never blamed.
+    if not _can_protect(repo):
+        pytest.skip("unprivileged user namespaces are off here")
+    edited, go = tmp_path / "edited", tmp_path / "go"
+    path = workflow(
+        repo,
+        {
+            # Waits while the person edits their checkout; its git and output work.
+            "work": {
+                "run": f"until [ -e {go} ]; do sleep 0.05; done; echo work > work.txt && "
+                "git add work.txt && git commit -qm work && "
+                'echo \'{"done": true}\' > "$ABREAST_OUTPUT"'
+            },
+            "rogue": {"run": f"echo agent >> {repo}/README.md; echo x > x.txt", "retries": 0},
+            "after": {"needs": ["work"], "when": "outputs.work.done", "run": "echo a > a.txt"},
+        },
+        containment={"main_checkout": "protect"},
+    )
+    proc, run_id = start_run(path, cwd=repo)
+    try:
+        wait_for(lambda: (repo / ".abreast" / "runs" / run_id / "logs" / "work.1.log").exists())
+        (repo / "README.md").write_text("# mine\n")
+        (repo / "notes.txt").write_text("mine\n")
+        edited.touch()
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        go.touch()
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, out + err
+    assert "rogue in" in out and "Read-only file system" in out
+    assert (repo / "README.md").read_text() == "# mine\n"  # the person's, not the agent's
+    assert "work   succeeded" in out and "after  succeeded" in out
+    assert show(repo, integration(run_id), "work.txt") == "work\n"
+    assert "changed in your checkout" not in out + err  # nothing to warn about
+    db = repo / ".abreast" / "state.db"
+    rows = query(db, "SELECT data FROM events WHERE type = 'containment.violation'")
+    assert rows and not any(json.loads(r[0])["blamed"] for r in rows)
+
+
+def test_protect_where_it_cannot_works_as_fail_and_says_so(repo: Path, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"  # a PATH with git and no `unshare`
+    bin_dir.mkdir()
+    git_path = shutil.which("git")
+    assert git_path is not None
+    (bin_dir / "git").symlink_to(git_path)
+    path = workflow(
+        repo,
+        {"t": {"run": f"echo mine >> {repo}/README.md; echo w > w.txt"}},
+        containment={"main_checkout": "protect"},
+    )
+    env = {**os.environ, "PATH": str(bin_dir)}
+    result = run_abreast("run", str(path), "--plain", "--no-monitor", cwd=repo, env=env)
+    said = result.out + result.err
+    assert result.code == 1, said
+    assert (
+        "containment: main_checkout: protect cannot keep tasks from writing in your checkout "
+        "here (there is no `unshare` (util-linux) here: "
+    ) in said
+    assert "wrote outside its worktree while it ran, so nothing of it was merged" in said
 
 
 def test_work_started_on_a_signal_does_not_land_when_the_signalling_task_fails(

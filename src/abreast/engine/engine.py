@@ -844,7 +844,11 @@ class Engine:
             with os.fdopen(create_new(path), "w", encoding="utf-8") as f:
                 json.dump(inputs, f)
             env["ABREAST_INPUTS"] = path
-        return Launch(self.run_id, tr.id, n, command, cwd, env, log, self._exits, task.shell)
+        # Not on a Ray node: what protects this machine's checkout is not there.
+        sandbox = self.isolation.sandbox if self.options.executor is None else ()
+        return Launch(
+            self.run_id, tr.id, n, command, cwd, env, log, self._exits, task.shell, sandbox
+        )
 
     def _shim_first(self, path: str) -> str:
         """PATH with the directory of the `abreast` tasks call first, when the run's

@@ -64,6 +64,9 @@ class Launch:
     log: str
     exits_file: str  # the run's append-only record of how attempts ended
     shell: str = "sh"  # the task's `shell:`, a key of wrapper.SHELLS
+    # What the wrapper is started under, its argv first (executor/protect.py: the user's
+    # checkout read-only); () for nothing.
+    sandbox: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -326,8 +329,9 @@ def spawn(launch: Launch) -> tuple[int, int | None]:
     own = own_shell(launch.command)
     before = boot_ticks()
     pid = os.posix_spawn(
-        program,
+        launch.sandbox[0] if launch.sandbox else program,
         [
+            *launch.sandbox,
             program,
             "-c",
             (OWN_SHELL_WRAPPERS if own else WRAPPERS)[launch.shell],

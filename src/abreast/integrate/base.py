@@ -83,6 +83,8 @@ class Isolation:
     instant = True
     #: Set by `close` when the run succeeded and `--land` could not bring the result in.
     unlanded = False
+    #: What each attempt's wrapper is started under (executor/protect.py), argv first.
+    sandbox: tuple[str, ...] = ()
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -215,6 +215,8 @@ class WorktreeIsolation(Isolation):
         self.guard = Guard(
             self.repo, location.journal.parent, [s.store for s in self.subs], self.run_id
         )
+        if wf.containment.main_checkout == "protect":
+            self.sandbox = self._protection(location)
         self._began = time.time()
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._blamed: dict[tuple[str, int], list[Change]] = {}
@@ -266,6 +268,26 @@ class WorktreeIsolation(Isolation):
             warn=self.warn,
         )
         self.queue.last_head = existing  # where the integration head is at the start
+
+    def _protection(self, location: StateLocation) -> tuple[str, ...]:
+        """`containment: {main_checkout: protect}`: what starts each attempt with the
+        checkout read-only to it (its git directory and abreast's state writable), once a
+        probe shows it works here; else () and a warning (writes are found after each
+        attempt, as with `fail`)."""
+        from abreast.executor import protect
+
+        state = location.journal.parent
+        keep = [self.repo.root / ".git", self.repo.common_dir, state, location.run_dir(self.run_id)]
+        argv = protect.prefix(self.repo.root, keep)
+        why = "there is no `unshare` (util-linux) here" if argv is None else protect.probe(argv)
+        if argv is None or why is not None:
+            self.warn(
+                f"containment: main_checkout: protect cannot keep tasks from writing in your "
+                f"checkout here ({why}: unprivileged user namespaces may be off); what they "
+                "write there is found after each attempt instead, as with `fail`"
+            )
+            return ()
+        return argv
 
     # -- before an attempt -------------------------------------------------------------------
 
@@ -730,8 +752,10 @@ class WorktreeIsolation(Isolation):
                 for x in self._attempts.values()
                 if x.started - SLACK_S <= c.mtime <= (x.ended or now) + SLACK_S
             ]
-            blamed = c.blame and not (warn_only and c.what in YOURS)
-            warning = None if blamed else _warning(c, suspects)
+            # Protected, no task could write in the checkout: a change there is the user's.
+            theirs = bool(self.sandbox) and c.what == "main checkout"
+            blamed = c.blame and not (warn_only and c.what in YOURS) and not theirs
+            warning = None if blamed or theirs else _warning(c, suspects)
             said: dict[str, Any] = {"detail": c.detail} if c.detail else {}
             if warning:
                 said["warning"] = warning
@@ -747,6 +771,7 @@ class WorktreeIsolation(Isolation):
             )
             if warning:
                 self.warn(warning)
+            if not blamed:
                 continue
             for x in suspects:
                 self._blamed.setdefault((x.task_id, x.attempt), []).append(c)
@@ -758,7 +783,8 @@ class WorktreeIsolation(Isolation):
         if any(c.what in YOURS for c in mine):
             hint = (
                 "\n(if you changed these yourself during the run, set `containment:"
-                " {main_checkout: warn}` in the workflow file)"
+                " {main_checkout: protect}` in the workflow file: tasks then cannot write in"
+                " your checkout, so what changes there is yours; or `warn`, to be told only)"
             )
         return (
             "wrote outside its worktree while it ran, so nothing of it was merged:\n  "

@@ -353,9 +353,12 @@ class Containment:
     """What a change to the user's own checkout, written while tasks ran, does: `fail`
     sends back every attempt that was running when it was written (nothing of them is
     merged); `warn` says so and lets them land (for people who keep working in their
-    checkout during a run: abreast cannot tell their edits from an agent's)."""
+    checkout during a run: abreast cannot tell their edits from an agent's); `protect`
+    keeps tasks from writing there at all (the checkout read-only to them, in a mount
+    namespace of their own: executor/protect.py), so that a change there is the user's,
+    and falls back to `fail` where user namespaces are off."""
 
-    main_checkout: Literal["fail", "warn"] = "fail"
+    main_checkout: Literal["fail", "warn", "protect"] = "fail"
 
 
 def _inside(v: str) -> str:
