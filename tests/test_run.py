@@ -269,6 +269,28 @@ def test_retry_with_backoff_succeeds_on_attempt_2(tmp_path: Path, cli) -> None: 
     assert rows == [(1, "failed", 3), (2, "succeeded", 0)]
 
 
+def test_a_command_that_cannot_start_is_not_retried(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    # An agent's CLI not installed failed each of its attempts the same way, a backoff
+    # apart (1s, 2s, 4s ...), before the task failed. A command that started and then
+    # did not find a program (a later one, or one the task installs) is retried.
+    backoff = {"initial": 0.05, "factor": 1, "max": 0.05}
+    path = workflow(
+        tmp_path,
+        {
+            "agent": {"run": "claude-not-installed -p hi", "retries": 3, "backoff": backoff},
+            "later": {"run": "echo go; not-installed-either", "retries": 2, "backoff": backoff},
+        },
+    )
+    result = cli("run", str(path), "--no-monitor")
+    assert result.code == 1
+    assert (
+        "  agent (failed): exit 127 (command not found)\n    not retried, whatever its retries: "
+        "its command cannot start (`claude-not-installed` is not on the PATH it runs with)"
+    ) in result.out
+    rows = journal(tmp_path, "SELECT task_id, count(*) FROM attempts GROUP BY task_id ORDER BY 1")
+    assert rows == [("agent", 1), ("later", 3)]
+
+
 def test_a_command_not_found_is_said_so(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     path = workflow(tmp_path, {"agent": {"run": "claude-not-installed -p hi"}})
     result = cli("run", str(path), "--no-monitor")

@@ -132,6 +132,9 @@ def defer_stop_signals() -> None:
 # $ABREAST_OUTPUT is for small structured results (conditions, inputs of dependents): it is
 # read into memory, journaled and shown. A bigger one fails the attempt, unread.
 MAX_OUTPUT_BYTES = 1 << 20
+# Said of an attempt whose command cannot start at all: another would not either.
+NOT_RETRIED = "not retried, whatever its retries"
+
 # Nor may it nest deeper than a workflow file may: what reads it (the journal, conditions,
 # the dashboard) recurses, and Python's JSON parser gives up near 1000 levels.
 MAX_OUTPUT_DEPTH = MAX_DEPTH
@@ -1034,6 +1037,8 @@ class Engine:
             reason = describe_status(exit_.exit_code, exit_.signal)
             if running is not None:
                 reason = "\n".join([reason, *self._failure_hints(running.launch)])
+                if exit_.exit_code == 127 and tr.failures < tr.task.retries:
+                    reason += self._not_retried(running.launch)
         self.journal.stage_attempt(
             self.run_id,
             tr.id,
@@ -1059,9 +1064,22 @@ class Engine:
             self._terminal(tr)
             return
         if reason:
-            self._attempt_failed(tr, reason, timed_out=tr.timed_out, with_log=start_error is None)
+            again = NOT_RETRIED not in reason
+            self._attempt_failed(
+                tr, reason, timed_out=tr.timed_out, with_log=start_error is None, retry=again
+            )
             return
         self._attempt_succeeded(tr)
+
+    @staticmethod
+    def _not_retried(launch: Launch) -> str:
+        """For an attempt that ended with exit 127: why another would not start either (its
+        program not on PATH, ...), said as not retried; "" when it might."""
+        from abreast.spec.commands import cannot_start
+
+        path = launch.env.get("PATH", os.defpath)
+        cause = cannot_start(launch.command, Path(launch.cwd), path, launch.shell == "sh")
+        return f"\n{NOT_RETRIED}: its command cannot start ({cause})" if cause else ""
 
     def _failure_hints(self, launch: Launch) -> list[str]:
         """What may explain a failed attempt beyond its exit status: a file its command
@@ -1244,12 +1262,14 @@ class Engine:
         shown = json.dumps(tr.output)[:300]
         return ok, f"{gate} is false for output {shown}"
 
-    def _attempt_failed(self, tr: TaskRun, reason: str, *, timed_out: bool, with_log: bool) -> None:
+    def _attempt_failed(
+        self, tr: TaskRun, reason: str, *, timed_out: bool, with_log: bool, retry: bool = True
+    ) -> None:
         tr.failures += 1
         tail = self._log_tail(tr) if with_log else []
         detail = with_tail(reason, tail)
         self.journal.stage_task(self.run_id, tr.id, failures=tr.failures)
-        if tr.failures <= tr.task.retries:
+        if retry and tr.failures <= tr.task.retries:
             nominal = tr.task.backoff.delay_s(tr.failures)
             delay = nominal * self.options.rng.uniform(1 - JITTER, 1 + JITTER)
             self._send_back(tr, detail, kind="retry", delay_s=delay)
