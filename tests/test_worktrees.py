@@ -1892,6 +1892,10 @@ def test_a_protected_checkout_is_read_only_to_tasks_and_your_edits_are_yours(
             proc.communicate()
     assert proc.returncode == 1, out + err
     assert "rogue in" in out and "Read-only file system" in out
+    assert (
+        f"{repo.resolve()} (the project's checkout) is read-only to tasks (containment: "
+        "main_checkout: protect): write in the task's working directory, its own worktree"
+    ) in out  # and so is its next attempt told, in ABREAST_FEEDBACK
     assert (repo / "README.md").read_text() == "# mine\n"  # the person's, not the agent's
     assert "work   succeeded" in out and "after  succeeded" in out
     assert show(repo, integration(run_id), "work.txt") == "work\n"

@@ -1039,6 +1039,8 @@ class Engine:
                 reason = "\n".join([reason, *self._failure_hints(running.launch)])
                 if exit_.exit_code == 127 and tr.failures < tr.task.retries:
                     reason += self._not_retried(running.launch)
+                if running.launch.sandbox:
+                    reason += self._read_only_hint(tr)
         self.journal.stage_attempt(
             self.run_id,
             tr.id,
@@ -1070,6 +1072,20 @@ class Engine:
             )
             return
         self._attempt_succeeded(tr)
+
+    def _read_only_hint(self, tr: TaskRun) -> str:
+        """For a failed attempt of a protected checkout (`main_checkout: protect`) whose
+        log says it met the checkout's read-only mount: where to write instead (said to
+        the agent too, on its next attempt)."""
+        root = str(self.isolation.root.resolve())
+        tail = self._log_tail(tr)
+        if not any("Read-only file system" in line and root in line for line in tail):
+            return ""
+        return (
+            f"\n{root} (the project's checkout) is read-only to tasks (containment: "
+            "main_checkout: protect): write in the task's working directory, its own "
+            "worktree, by relative paths"
+        )
 
     @staticmethod
     def _not_retried(launch: Launch) -> str:
