@@ -1925,6 +1925,9 @@ def test_protect_where_it_cannot_works_as_fail_and_says_so(repo: Path, tmp_path:
         "here (there is no `unshare` (util-linux) here: "
     ) in said
     assert "wrote outside its worktree while it ran, so nothing of it was merged" in said
+    # Said as the run begins, not only in its summary at the end.
+    first = said.index("warning: containment: main_checkout: protect cannot keep")
+    assert first < said.index("start   t (attempt 1)"), said
 
 
 def test_work_started_on_a_signal_does_not_land_when_the_signalling_task_fails(

@@ -312,6 +312,9 @@ class Engine:
         self.options = options
         self.view = view or View()
         self.isolation = isolation or Isolation(location.root)
+        # What it warned of as it was made (protect not available here, ...), said once the
+        # view has begun; those after, as they come.
+        self._early_warnings = list(self.isolation.warnings)
         self.isolation.note = self.view.note
         self.run_dir = location.run_dir(run_id)
         self._root = str(location.root)
@@ -523,6 +526,8 @@ class Engine:
         self._note_cap()
         self._schedule_tick()
         self.view.begin(self)
+        for text in self._early_warnings:
+            self.view.note(f"warning: {text}")
         for tr, attempt, exit_ in self._adopt:
             self._post("adopt", tr, attempt, exit_)
         for tr, why in self._reintegrate:
