@@ -132,9 +132,6 @@ def defer_stop_signals() -> None:
 # $ABREAST_OUTPUT is for small structured results (conditions, inputs of dependents): it is
 # read into memory, journaled and shown. A bigger one fails the attempt, unread.
 MAX_OUTPUT_BYTES = 1 << 20
-# Said of an attempt whose command cannot start at all: another would not either.
-NOT_RETRIED = "not retried, whatever its retries"
-
 # Nor may it nest deeper than a workflow file may: what reads it (the journal, conditions,
 # the dashboard) recurses, and Python's JSON parser gives up near 1000 levels.
 MAX_OUTPUT_DEPTH = MAX_DEPTH
@@ -1028,6 +1025,7 @@ class Engine:
         if exit_.host is not None:
             self.journal.stage_event(self.run_id, "task.ran_on", tr.id, attempt=n, host=exit_.host)
         tr.exit_code, tr.signal = exit_.exit_code, exit_.signal
+        stuck = ""  # why another attempt would not start either
         if self.isolation.instant or not exit_.ok or start_error is not None:
             self._d.release(tr.v)  # else the slot is held until the work is settled
         if start_error is not None:
@@ -1043,7 +1041,8 @@ class Engine:
             if running is not None:
                 reason = "\n".join([reason, *self._failure_hints(running.launch)])
                 if exit_.exit_code == 127 and tr.failures < tr.task.retries:
-                    reason += self._not_retried(running.launch)
+                    stuck = self._not_retried(running.launch)
+                    reason += stuck
                 if running.launch.sandbox:
                     reason += self._read_only_hint(tr)
         self.journal.stage_attempt(
@@ -1071,9 +1070,8 @@ class Engine:
             self._terminal(tr)
             return
         if reason:
-            again = NOT_RETRIED not in reason
             self._attempt_failed(
-                tr, reason, timed_out=tr.timed_out, with_log=start_error is None, retry=again
+                tr, reason, timed_out=tr.timed_out, with_log=start_error is None, retry=not stuck
             )
             return
         self._attempt_succeeded(tr)
@@ -1100,7 +1098,11 @@ class Engine:
 
         path = launch.env.get("PATH", os.defpath)
         cause = cannot_start(launch.command, Path(launch.cwd), path, launch.shell == "sh")
-        return f"\n{NOT_RETRIED}: its command cannot start ({cause})" if cause else ""
+        return (
+            f"\nnot retried, whatever its retries: its command cannot start ({cause})"
+            if cause
+            else ""
+        )
 
     def _failure_hints(self, launch: Launch) -> list[str]:
         """What may explain a failed attempt beyond its exit status: a file its command

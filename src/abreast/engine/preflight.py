@@ -171,7 +171,7 @@ def _not_in_sh(wf: Workflow) -> list[str]:
 def missing_shell(wf: Workflow) -> str | None:
     """Why the run cannot start when a task or check is given to a shell not installed
     here (`shell: bash` where there is no bash); None when each is."""
-    from abreast.executor.local import shell_path
+    from abreast.executor.wrapper import shell_path
 
     wanted: dict[str, list[str]] = {}
     for run in _runs(wf):

@@ -28,7 +28,6 @@ import functools
 import os
 import re
 import resource
-import shutil
 import signal
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -42,7 +41,7 @@ from abreast.executor.process import (
     start_ticks_between,
     trees_stats,
 )
-from abreast.executor.wrapper import OWN_SHELL_WRAPPERS, SHELLS, WRAPPERS
+from abreast.executor.wrapper import OWN_SHELL_WRAPPERS, SHELLS, WRAPPERS, shell_path
 
 _HAS_PIDFD = hasattr(os, "pidfd_open")
 # Ignored signals are inherited through exec, and a shell cannot undo an ignore it inherits:
@@ -295,14 +294,6 @@ def keep_inherited_fds_from_tasks() -> None:
                 os.set_inheritable(fd, False)
             except OSError:  # closed (the listing's own), or not a descriptor at all
                 pass
-
-
-@functools.cache
-def shell_path(shell: str) -> str | None:
-    """Where the program of `shell:` (a key of wrapper.SHELLS) is here; None when it is
-    not installed."""
-    program = SHELLS[shell][0]
-    return program if "/" in program else shutil.which(program)
 
 
 def shell_program(shell: str) -> str:

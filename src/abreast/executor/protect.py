@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
+
+from abreast.spec.commands import run_quietly
 
 # $1 uid, $2 gid, $3 the checkout, $4 the mount's locked options (",nosuid,nodev"), then
 # the paths to keep writable, `--`, and the command. Each mount failing ends it with 125
@@ -50,18 +51,9 @@ def prefix(checkout: Path, writable: list[Path]) -> tuple[str, ...] | None:
 
 def probe(argv: tuple[str, ...]) -> str | None:
     """Why `argv` cannot start a command here (its last words); None when it can."""
-    try:
-        done = subprocess.run(
-            [*argv, "/bin/sh", "-c", "true"],
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=20,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return str(e)
+    done = run_quietly([*argv, "/bin/sh", "-c", "true"], 20)
+    if isinstance(done, str):
+        return done
     if done.returncode == 0:
         return None
     lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]

@@ -50,3 +50,16 @@ OWN_SHELL_WRAPPERS = {
     name: OWN_SHELL_WRAPPER.replace("OPTIONS", " ".join(options))
     for name, (_program, options) in SHELLS.items()
 }
+
+_FOUND: dict[str, str | None] = {}
+
+
+def shell_path(shell: str) -> str | None:
+    """Where the program of `shell:` (a key of SHELLS) is here; None when it is not
+    installed. (shutil imported here, on first use: this module has no imports.)"""
+    if shell not in _FOUND:
+        import shutil
+
+        program = SHELLS[shell][0]
+        _FOUND[shell] = program if "/" in program else shutil.which(program)
+    return _FOUND[shell]

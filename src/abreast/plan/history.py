@@ -15,7 +15,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from abreast.coord.location import StateLocation
@@ -30,35 +30,24 @@ def measured(
 ) -> dict[str, tuple[float, int]]:
     """task id -> (median seconds, how many runs), for each of `tasks` that succeeded in
     one of the latest runs of `workflow` in project `root`; {} without a journal."""
-    if not journal.is_file():
-        return {}
     wanted = set(tasks)
-    try:
-        db = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True, timeout=2)
-    except sqlite3.Error:
-        return {}
-    try:
-        rows = db.execute(
-            "SELECT r.started_at, t.task_id, a.wall_s FROM runs r JOIN tasks t ON t.run_id = r.id"
-            " JOIN attempts a ON a.run_id = t.run_id AND a.task_id = t.task_id"
-            " AND a.attempt = t.attempts WHERE t.state = 'succeeded' AND a.wall_s IS NOT NULL"
-            " AND r.id IN (SELECT id FROM runs WHERE workflow = ? AND root = ?"
-            " AND finished_at IS NOT NULL ORDER BY started_at DESC LIMIT ?)",
-            (workflow, root, _LOOK_BACK),
-        ).fetchall()
-    except sqlite3.Error:  # a journal of an older schema, or one being written: no history
-        return {}
-    finally:
-        db.close()
+    rows = _read(
+        journal,
+        "SELECT r.started_at, t.task_id, a.wall_s FROM runs r JOIN tasks t ON t.run_id = r.id"
+        " JOIN attempts a ON a.run_id = t.run_id AND a.task_id = t.task_id"
+        " AND a.attempt = t.attempts WHERE t.state = 'succeeded' AND a.wall_s IS NOT NULL"
+        " AND r.id IN (SELECT id FROM runs WHERE workflow = ? AND root = ?"
+        " AND finished_at IS NOT NULL ORDER BY started_at DESC LIMIT ?)",
+        (workflow, root, _LOOK_BACK),
+    )
     times: dict[str, list[tuple[float, float]]] = {}
     for started_at, task_id, wall_s in rows:
         if task_id in wanted:
             times.setdefault(task_id, []).append((-started_at, float(wall_s)))
     out = {}
     for task_id, found in times.items():
-        latest = sorted(s for _, s in sorted(found)[:RUNS])
-        n = len(latest)
-        out[task_id] = ((latest[(n - 1) // 2] + latest[n // 2]) / 2, n)
+        latest = [s for _, s in sorted(found)[:RUNS]]
+        out[task_id] = (_median(latest), len(latest))
     return out
 
 
@@ -78,34 +67,45 @@ def check_time(journal: Path, wf: Workflow, root: str) -> tuple[float, int] | No
     the check runs in the latest `RUNS` runs of the workflow in project `root` that
     checked merges with the same checks. None without any."""
     sha = checks_sha(wf)
-    if sha is None or not journal.is_file():
+    if sha is None:
         return None
+    rows = _read(
+        journal,
+        "SELECT r.started_at, r.id, json_extract(e.data, '$.check_s') FROM runs r"
+        " JOIN events e ON e.run_id = r.id"
+        " WHERE e.type IN ('merge.checked', 'merge.checks_failed', 'merge.batch_failed')"
+        " AND json_extract(e.data, '$.check_s') > 0"
+        " AND r.id IN (SELECT id FROM runs WHERE workflow = ? AND root = ?"
+        " AND json_extract(options, '$.checks_sha') = ?"
+        " AND finished_at IS NOT NULL ORDER BY started_at DESC LIMIT ?)",
+        (wf.name, root, sha, _LOOK_BACK),
+    )
+    latest = sorted({(-started, run) for started, run, _ in rows})[:RUNS]
+    kept = {run for _, run in latest}
+    times = [float(s) for _, run, s in rows if run in kept]
+    return (_median(times), len(kept)) if times else None
+
+
+def _median(values: list[float]) -> float:
+    ordered, n = sorted(values), len(values)
+    return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+
+
+def _read(journal: Path, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+    """The rows of `sql` on the journal, opened read-only; none without one, or from a
+    journal of an older schema, or one being written."""
+    if not journal.is_file():
+        return []
     try:
         db = sqlite3.connect(f"{journal.resolve().as_uri()}?mode=ro", uri=True, timeout=2)
     except sqlite3.Error:
-        return None
+        return []
     try:
-        rows = db.execute(
-            "SELECT r.started_at, r.id, json_extract(e.data, '$.check_s') FROM runs r"
-            " JOIN events e ON e.run_id = r.id"
-            " WHERE e.type IN ('merge.checked', 'merge.checks_failed', 'merge.batch_failed')"
-            " AND json_extract(e.data, '$.check_s') > 0"
-            " AND r.id IN (SELECT id FROM runs WHERE workflow = ? AND root = ?"
-            " AND json_extract(options, '$.checks_sha') = ?"
-            " AND finished_at IS NOT NULL ORDER BY started_at DESC LIMIT ?)",
-            (wf.name, root, sha, _LOOK_BACK),
-        ).fetchall()
-    except sqlite3.Error:  # a journal of an older schema, or one being written
-        return None
+        return db.execute(sql, params).fetchall()
+    except sqlite3.Error:
+        return []
     finally:
         db.close()
-    latest = sorted({(-started, run) for started, run, _ in rows})[:RUNS]
-    kept = {run for _, run in latest}
-    times = sorted(float(s) for _, run, s in rows if run in kept)
-    if not times:
-        return None
-    n = len(times)
-    return (times[(n - 1) // 2] + times[n // 2]) / 2, len(kept)
 
 
 def for_workflow(wf: Workflow, location: StateLocation) -> dict[str, tuple[float, int]]:

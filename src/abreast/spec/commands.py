@@ -13,6 +13,10 @@ import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
 
 _PLAIN = re.compile(r"[^'\"\\#;&|<>()`$]*")
 
@@ -132,21 +136,33 @@ def bash_word_hints(command: str) -> list[str]:
     ]
 
 
-def sh_lacks(words: tuple[str, ...]) -> list[str]:
-    """Those of `words` that /bin/sh here neither has nor finds on PATH."""
+def run_quietly(
+    argv: list[str], timeout: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str] | str:
+    """`argv` run to its end, reading nothing, its output kept as text; why it could not
+    be run (or took longer than `timeout` seconds) instead."""
     import subprocess
 
-    script = 'for w do type "$w" >/dev/null 2>&1 || echo "$w"; done'
     try:
-        found = subprocess.run(
-            ["/bin/sh", "-c", script, "sh", *words],
+        return subprocess.run(
+            argv,
+            cwd=cwd,
             capture_output=True,
             text=True,
-            timeout=10,
+            errors="replace",
+            timeout=timeout,
             stdin=subprocess.DEVNULL,
             check=False,
         )
-    except (OSError, subprocess.TimeoutExpired):
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+
+
+def sh_lacks(words: tuple[str, ...]) -> list[str]:
+    """Those of `words` that /bin/sh here neither has nor finds on PATH."""
+    script = 'for w do type "$w" >/dev/null 2>&1 || echo "$w"; done'
+    found = run_quietly(["/bin/sh", "-c", script, "sh", *words], 10)
+    if isinstance(found, str):
         return []
     return [w for w in found.stdout.split() if w in words]
 
@@ -159,7 +175,6 @@ def cannot_start(command: str, cwd: Path, path: str, sh: bool) -> str:
     start with other files there (a script the work was to add) or started (a later
     command was not found)."""
     import shutil
-    import subprocess
 
     word = first_word(command)
     if not word:
@@ -178,18 +193,8 @@ def cannot_start(command: str, cwd: Path, path: str, sh: bool) -> str:
         return "" if os.path.lexists(word) else f"{word} does not exist"
     if os.path.lexists(cwd / word):
         return ""
-    try:
-        ignored = subprocess.run(
-            ["git", "check-ignore", "-q", "--", word],
-            cwd=cwd,
-            capture_output=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    if ignored.returncode != 0:
+    ignored = run_quietly(["git", "check-ignore", "-q", "--", word], 30, cwd)
+    if isinstance(ignored, str) or ignored.returncode != 0:
         return ""
     return f"{word} is a path git ignores, not in the merged work"
 
@@ -221,7 +226,7 @@ def surely_parses(command: str) -> bool:
     redirections to words) joined by `&&`, `||`, `|`, `;` and `&`: what no shell can
     fail to parse. False for anything else (a structure, a subshell, a substitution, a
     newline), which may well parse too: `unparsable` asks the shell."""
-    expect_command, need_word, in_word = True, False, False
+    expect_command, need_word, in_word, joined = True, False, False, False
     at, end = 0, len(command)
     while at < end:
         m = _TOKEN.match(command, at)
@@ -233,7 +238,7 @@ def surely_parses(command: str) -> bool:
                 return False  # a reserved word (or an argument that reads as one)
             if in_word and m.group() in ("[", "]"):
                 return False  # `a[`: bash reads an array's subscript
-            expect_command = need_word = False
+            expect_command = need_word = joined = False
             in_word = True
             continue
         in_word = False
@@ -248,14 +253,8 @@ def surely_parses(command: str) -> bool:
         elif expect_command:
             return False  # an operator with no command before it
         else:
-            expect_command = True
-            if kind == "end":
-                need_word = False
-    return not need_word and not (expect_command and at and _ends_in_join(command))
-
-
-def _ends_in_join(command: str) -> bool:
-    return command.rstrip().endswith(("&&", "||", "|"))
+            expect_command, joined = True, kind == "join"
+    return not need_word and not joined  # `a &&` at the end: the shell wants more
 
 
 _PARSE_BATCH_BYTES = 1 << 20  # of commands given to one shell run (ARG_MAX is 2 MiB)
@@ -274,8 +273,6 @@ def parse_errors(
     commands: list[str], program: str, options: tuple[str, ...] = ()
 ) -> dict[int, str]:
     """What the shell `program` says of each of `commands` it cannot parse, by index."""
-    import subprocess
-
     wanted = list(enumerate(commands))[::-1]  # taken from the end
     script = (  # $1 the shell, $2 its options (words without spaces), then the commands
         "p=$1; o=$2; shift 2; i=0; for c do i=$((i+1)); "
@@ -289,17 +286,8 @@ def parse_errors(
             batch.append(wanted.pop())
             size += len(batch[-1][1])
         argv = ["/bin/sh", "-c", script, "sh", program, " ".join(options)]
-        try:
-            ran = subprocess.run(
-                [*argv, *(c for _, c in batch)],
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=60,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
+        ran = run_quietly([*argv, *(c for _, c in batch)], 60)
+        if isinstance(ran, str):
             return out
         said, *parts = ran.stdout.split("\x1e")  # each command's output, then its mark
         for part in parts:

@@ -200,9 +200,7 @@ class _Validator:
         """Commands their shell cannot parse (an unclosed quote, an `if` without `fi`):
         each would fail every attempt with exit 2 once the run had started, found by the
         shell itself (`sh -n`: read, not run), before anything runs."""
-        import shutil
-
-        from abreast.executor.wrapper import SHELLS
+        from abreast.executor.wrapper import shell_path
         from abreast.spec.commands import unparsable
 
         wanted: dict[str, dict[str, tuple[str | int, ...]]] = {}  # shell -> command -> where
@@ -216,8 +214,7 @@ class _Validator:
         for i, check in enumerate(workflow.checks):
             wanted.setdefault(check.shell or "sh", {}).setdefault(check.run, ("checks", i, "run"))
         for shell, commands in wanted.items():
-            program = SHELLS[shell][0]
-            found = program if "/" in program else shutil.which(program)
+            found = shell_path(shell)
             if found is None:
                 continue  # a run refuses for want of the shell itself
             texts = list(commands)
