@@ -949,11 +949,11 @@ def chromium(profile: Path) -> Any:
 
 @pytest.mark.browser
 @contextlib.contextmanager
-def run_shown(root: Path, path: Path) -> Iterator[tuple[str, Any]]:
-    """Run the workflow at `path` to its end, and show it in Chromium through `abreast
-    dashboard`: (the run's API address, the driver on its page). Both ended after."""
+def run_shown(root: Path, path: Path, code: int = 0) -> Iterator[tuple[str, Any]]:
+    """Run the workflow at `path` to its end (exit `code`), and show it in Chromium through
+    `abreast dashboard`: (the run's API address, the driver on its page). Both ended after."""
     ran = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=root)
-    assert ran.code == 0, ran.out
+    assert ran.code == code, ran.out
     run_id = ran.out.splitlines()[0][5:]
     dashboard, port = serve_dashboard(root)
     try:
@@ -1050,6 +1050,8 @@ def test_dashboard_shows_states_change_live_in_chromium(tmp_path: Path) -> None:
             what="the page to say the run drains",
         )
         assert summary.text.startswith("live: running (draining), ")
+        # The list of runs reloads itself while a run runs.
+        assert "http-equiv=refresh" in get(f"http://127.0.0.1:{port}/")[1]
         listed = get(f"http://127.0.0.1:{port}/api/runs")[1]
         assert [(r["state"], r["stopping"]) for r in json.loads(listed)] == [
             ("running", "draining")
@@ -1096,6 +1098,92 @@ def test_dashboard_orders_a_waves_tasks_to_cross_few_edges_and_marks_times(
             "return [...document.querySelectorAll('#timeline text.tick')].map(t => t.textContent)"
         )
         assert marks[0] == "0s" and len(marks) >= 2, marks
+
+
+def test_the_dashboard_says_what_did_not_finish_and_fits_long_task_ids(tmp_path: Path) -> None:
+    # Why a task failed was only in a tooltip (hover each red box); an id of 30 characters
+    # ran out of its box over the next one, and over the timeline's bars.
+    long_id = "migrate-the-billing-service-to-v2"
+    path = write(
+        tmp_path,
+        {
+            "name": "told",
+            "tasks": {
+                long_id: {"run": "true"},
+                "bad": {"run": "echo 'the schema is locked'; exit 3"},
+                "after": {"run": "true", "needs": ["bad"]},
+                "later": {"run": "true", "needs": ["after"]},
+                "plan": {"run": "true"},  # writes no output
+                "told": {"run": "true", "needs": ["plan"], "prompt": "${{ outputs.plan.steps }}"},
+            },
+        },
+    )
+    with run_shown(tmp_path, path, code=1) as (api, driver):
+        wait_for(
+            lambda: driver.execute_script("return document.querySelectorAll('g.node').length") == 6,
+            what="the DAG",
+        )
+        said = driver.execute_script(
+            "return [...document.querySelectorAll('#failures li')].map(li => ["
+            " li.dataset.tasks, li.dataset.state, li.querySelector('.why').textContent])"
+        )
+        assert said[0] == ["bad", "failed", "exit 3: the schema is locked"]
+        assert said[1][:2] == ["told", "failed"] and said[1][2].startswith("prompt: ")
+        assert said[2:] == [["after later", "blocked", "upstream bad failed"]]
+        assert (
+            driver.execute_script("return document.getElementById('failures-box').hidden") is False
+        )
+        overflow = driver.execute_script(  # what sticks out of each box, in pixels
+            "return [...document.querySelectorAll('g.node')].map(g => {"
+            " const w = g.querySelector('rect').width.baseVal.value;"
+            " return Math.max(...[...g.querySelectorAll('text')].map(t =>"
+            "   t.x.baseVal[0].value + t.getComputedTextLength() - w)); })"
+        )
+        assert max(overflow) < 0, overflow
+        clear = driver.execute_script(  # from the longest label's end to the axis's 0
+            "const labels = [...document.querySelectorAll('#timeline text:not(.tick)')];"
+            "const marks = [...document.querySelectorAll('#timeline line.tick')];"
+            "return Math.min(...marks.map(m => m.x1.baseVal.value))"
+            " - Math.max(...labels.map(t => t.x.baseVal[0].value + t.getComputedTextLength()));"
+        )
+        assert clear > 0, clear
+        driver.execute_script(
+            "document.querySelector('#failures li[data-tasks=\"bad\"] .who')"
+            ".dispatchEvent(new MouseEvent('click', {bubbles: true}))"
+        )
+        wait_for(
+            lambda: "the schema is locked" in driver.find_element("id", "log").text,
+            what="the failed task's log, from a click on it",
+        )
+        listed = driver.execute_script("return document.title")  # the page still stands
+        assert listed.startswith("abreast: told-")
+        home = api.split("/api/")[0]
+        status, page = get(home + "/")
+        assert status == 200
+        assert "<td class=done>2/6 done, 2 failed</td>" in page, page
+        assert "http-equiv=refresh" not in page  # no run runs: nothing to follow
+        (row,) = json.loads(get(home + "/api/runs")[1])
+        assert (row["tasks"], row["tasks_done"], row["task_states"]["blocked"]) == (
+            6,
+            "2/6 done, 2 failed",
+            2,
+        )
+        assert 0 < row["took_s"] < 60
+        assert get(home + "/static/runs.js")[0] == 404  # named, never shipped: was a 500
+        # The report's page: its timeline's labels as wide as the longest id, too.
+        report = tmp_path / "report.html"
+        assert run_abreast("report", "--html", str(report), cwd=tmp_path).code == 0
+        driver.get(report.as_uri())
+        clear = driver.execute_script(
+            "const svg = document.querySelector('svg');"
+            "const labels = [...svg.querySelectorAll('text:not([text-anchor])')];"
+            "const marks = [...svg.querySelectorAll('line')];"
+            "return Math.min(...marks.map(m => m.x1.baseVal.value))"
+            " - Math.max(...labels.map(t => t.x.baseVal[0].value + t.getComputedTextLength()));"
+        )
+        assert clear > 0, clear
+        said = driver.find_element("tag name", "body").text
+        assert "its command did not start: no log" in said  # told's, not "its log is empty"
 
 
 def test_the_dashboard_shows_the_prompt_a_task_was_given(tmp_path: Path) -> None:

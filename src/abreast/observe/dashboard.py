@@ -48,14 +48,16 @@ from abreast.errors import UsageError
 from abreast.executor.logs import mask_keys, open_regular, visible
 from abreast.observe import rundata
 from abreast.observe.metrics import CONTENT_TYPE, Metrics
+from abreast.spec.durations import format_duration
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 METRICS_FRESH_S = 1.0
 POLL_S = 0.25  # the dashboard tails the journal (another process writes it)
 LOG_TAIL_BYTES = 32_768
 DAG_LIMIT = 400  # above this many tasks the page lists tasks instead of drawing them
+_LIST_REFRESH_S = 3  # the list of runs reloads itself this often while one runs
 
-_STATIC = {"run.js": "text/javascript", "style.css": "text/css", "runs.js": "text/javascript"}
+_STATIC = {"run.js": "text/javascript", "style.css": "text/css"}
 
 
 class Dashboard:
@@ -154,28 +156,58 @@ class Dashboard:
     async def runs_page(self, request: Request) -> Response:
         journal = self.journal()
         rows = []
+        live = False  # a run is running: the page reloads itself to follow it
         if journal is not None:
             try:
-                for r in journal.runs(100):
-                    state, asked = _run_state(r)
-                    shown = f"{state} ({asked})" if asked else state
+                for r in self._listed(journal):
+                    shown = f"{r['state']} ({r['stopping']})" if r["stopping"] else r["state"]
+                    live = live or r["state"] == "running"
+                    link = html.escape(r["id"])
                     rows.append(
-                        f'<tr data-run="{html.escape(r.id)}"><td><a href="/runs/'
-                        f'{html.escape(r.id)}">{html.escape(r.id)}</a></td>'
-                        f'<td class="state {html.escape(state)}">{html.escape(shown)}</td>'
-                        f"<td>{html.escape(r.workflow)}</td>"
-                        f"<td>{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.started_at))}"
-                        "</td></tr>"
+                        f'<tr data-run="{link}"><td><a href="/runs/{link}">{link}</a></td>'
+                        f'<td class="state {html.escape(r["state"])}">{html.escape(shown)}</td>'
+                        f"<td>{html.escape(r['workflow'])}</td>"
+                        f"<td>{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r['started_at']))}"
+                        f"</td><td class=took>{format_duration(r['took_s'])}</td>"
+                        f"<td class=done>{html.escape(r['tasks_done'])}</td></tr>"
                     )
             finally:
                 journal.close()
         body = (
             "<table class=runs><thead><tr><th>run</th><th>state</th><th>workflow</th>"
-            "<th>started</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+            "<th>started</th><th>took</th><th>tasks</th></tr></thead><tbody>"
+            + "".join(rows)
+            + "</tbody></table>"
             if rows
             else "<p>No runs yet. Start one with <code>abreast run</code>.</p>"
         )
-        return HTMLResponse(_page("abreast: runs", body))
+        head = f'<meta http-equiv=refresh content="{_LIST_REFRESH_S}">' if live else ""
+        return HTMLResponse(_page("abreast: runs", body, head=head))
+
+    @staticmethod
+    def _listed(journal: Journal) -> list[dict[str, Any]]:
+        """The newest 100 runs as the list page and /api/runs show them."""
+        from abreast.observe.status import run_took, tasks_done
+
+        out = []
+        for r in journal.runs(100):
+            state, asked = _run_state(r)
+            counts = journal.task_states(r.id)
+            out.append(
+                {
+                    "id": r.id,
+                    "workflow": r.workflow,
+                    "state": state,
+                    "stopping": asked,
+                    "started_at": r.started_at,
+                    "finished_at": r.finished_at,
+                    "took_s": run_took(journal, r, state),  # pauses before resumes left out
+                    "tasks": sum(counts.values()),
+                    "task_states": counts,
+                    "tasks_done": tasks_done(counts),
+                }
+            )
+        return out
 
     async def run_page(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
@@ -191,6 +223,7 @@ class Dashboard:
         body = f"""
 <header><h1>run <span id=run-id>{html.escape(run_id)}</span></h1>
 <p id=summary></p></header>
+<section id=failures-box hidden><h2>what did not finish</h2><ul id=failures></ul></section>
 <section><h2>tasks</h2><div id=dag></div></section>
 <section><h2>timeline</h2><div id=timeline></div></section>
 <div class=cols>
@@ -219,20 +252,7 @@ class Dashboard:
         if journal is None:
             return JSONResponse([])
         try:
-            return JSONResponse(
-                [
-                    {
-                        "id": r.id,
-                        "workflow": r.workflow,
-                        "state": state,
-                        "stopping": asked,
-                        "started_at": r.started_at,
-                        "finished_at": r.finished_at,
-                    }
-                    for r in journal.runs(100)
-                    for state, asked in [_run_state(r)]
-                ]
-            )
+            return JSONResponse(self._listed(journal))
         finally:
             journal.close()
 
@@ -794,10 +814,10 @@ def _merge_detail(data: dict[str, Any]) -> str:
     return ""
 
 
-def _page(title: str, body: str, data_run: str | None = None) -> str:
+def _page(title: str, body: str, data_run: str | None = None, head: str = "") -> str:
     run_attr = f' data-run="{html.escape(data_run)}"' if data_run is not None else ""
     return (
-        f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>{head}"
         f"<title>{html.escape(title)}</title>"
         f'<link rel=stylesheet href="/static/style.css"></head>'
         f'<body{run_attr}><nav><a href="/">abreast</a></nav><main>{body}</main>'

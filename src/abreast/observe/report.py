@@ -475,9 +475,10 @@ def html_page(rep: dict[str, Any]) -> str:
     ids = list(dict.fromkeys(x["task"] for x in rep["timeline"]))
     bars = []
     top = 24  # the time axis's marks above the rows
+    at = max([60.0, *map(_label_px, ids)]) + 12  # the bars start right of the longest id
     for x in rep["timeline"]:
         y = top + ids.index(x["task"]) * 20
-        left = 160 + x["start_s"] / span * 760
+        left = at + x["start_s"] / span * 760
         width = max(2.0, (x["end_s"] - x["start_s"]) / span * 760)
         colour = _COLOURS.get(x["state"], "#9e9e9e")
         bars.append(
@@ -490,13 +491,13 @@ def html_page(rep: dict[str, Any]) -> str:
     )
     bottom = top + 20 * len(ids)
     axis = "".join(
-        f"<text x='{(x := 160 + t / span * 760):.1f}' y='{top - 10}' text-anchor='middle'"
+        f"<text x='{(x := at + t / span * 760):.1f}' y='{top - 10}' text-anchor='middle'"
         f" fill='#666'>{e(fmt(t))}</text><line x1='{x:.1f}' y1='{top - 4}' x2='{x:.1f}'"
         f" y2='{bottom}' stroke='#e0e0e0'/>"
         for t in ticks(span)
     )
     svg = (
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='940' height='{bottom + 8}'"
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{at + 780:.0f}' height='{bottom + 8}'"
         f" font-size='12'>{axis}{labels}{''.join(bars)}</svg>"
     )
     failures = "".join(
@@ -507,6 +508,8 @@ def html_page(rep: dict[str, Any]) -> str:
             f"<p>last lines of the task's log:</p><pre>{e(chr(10).join(f['log_tail']))}</pre>"
             if f["log_tail"]
             else "<p><i>the task's log is empty</i></p>"
+            if f["attempt"]
+            else "<p><i>its command did not start: no log</i></p>"
         )
         for f in rep["failures"]
     )
@@ -552,6 +555,12 @@ def html_page(rep: dict[str, Any]) -> str:
         f"{tokens_p}"
         f"{fail_part}{landing}</body></html>"
     )
+
+
+def _label_px(task_id: str) -> float:
+    """About how wide a task id is drawn at 12px in a sans-serif font (a page cannot be
+    asked before it is shown): by DejaVu Sans's advances, a wide font, so rarely short."""
+    return sum(11.7 if c in "mw" else 4.6 if c in "fijlrt-" else 7.6 for c in task_id)
 
 
 # Steps a time axis is marked in: 1, 2, 5 times a power of ten below a minute, then

@@ -124,18 +124,23 @@ def print_runs(journal: Journal, out: TextIO, limit: int | None = 30) -> None:
     width = max(len(r.id) for r in runs)
     out.write(f"{'RUN':<{width}}  {'STATE':<11}  {'STARTED':<19}  {'TOOK':>7}  TASKS\n")
     for r in runs:
-        counts = journal.task_states(r.id)  # one GROUP BY, not every task row
-        done = counts.get("succeeded", 0) + counts.get("skipped", 0)
         state = run_state(r)
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at))
         out.write(
             f"{r.id:<{width}}  {state:<11}  {started}  "
-            f"{format_duration(_took(journal, r, state)):>7}  "
-            f"{done}/{sum(counts.values())} done\n"
+            f"{format_duration(run_took(journal, r, state)):>7}  "
+            f"{tasks_done(journal.task_states(r.id))}\n"  # one GROUP BY, not every task row
         )
 
 
-def _took(journal: Journal, row: RunRow, state: str) -> float:
+def tasks_done(counts: dict[str, int]) -> str:
+    """`12/12 done`, `2/3 done, 1 failed`: a run's tasks, from `Journal.task_states`."""
+    done = counts.get("succeeded", 0) + counts.get("skipped", 0)
+    failed = counts.get("failed", 0) + counts.get("timed_out", 0)
+    return f"{done}/{sum(counts.values())} done" + (f", {failed} failed" if failed else "")
+
+
+def run_took(journal: Journal, row: RunRow, state: str) -> float:
     """How long the run has been orchestrated: to its end, to now while it runs, or to
     when its orchestrator was last seen at work when it died (not the time since)."""
     end = row.finished_at or time.time()
@@ -146,7 +151,7 @@ def _took(journal: Journal, row: RunRow, state: str) -> float:
 
 def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     state = run_state(row)
-    took = format_duration(_took(journal, row, state))
+    took = format_duration(run_took(journal, row, state))
     out.write(f"run {row.id} ({row.workflow}): {state}, {took}\n")
     if state == "interrupted":
         out.write(f"  its orchestrator is gone; `abreast resume {row.id}` carries on\n")

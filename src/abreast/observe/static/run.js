@@ -81,6 +81,14 @@ function orderWaves(byWave, edges) {
   sweep(waves.slice(1), needs);
 }
 
+// How wide `text` is drawn in the page's font at `px` pixels: boxes and label columns are
+// made to fit the longest task id (up to 63 characters) rather than cut it off.
+const measurer = document.createElement("canvas").getContext("2d");
+function textWidth(text, px) {
+  measurer.font = `${px}px ${getComputedStyle(document.body).fontFamily}`;
+  return measurer.measureText(text).width;
+}
+
 function drawDag(snap) {
   const box = document.getElementById("dag");
   box.replaceChildren();
@@ -94,7 +102,11 @@ function drawDag(snap) {
     box.append(table);
     return;
   }
-  const W = 150, H = 34, GX = 60, GY = 16;
+  // Two lines a box: the task's id, and its state.
+  const stateLine = t => t.state + (t.attempts > 1 ? ` ×${t.attempts}` : "");
+  const widest = Math.max(0, ...snap.tasks.map(t => Math.max(textWidth(t.id, 12),
+                                                              textWidth(stateLine(t), 11))));
+  const W = Math.max(110, Math.ceil(widest) + 18), H = 34, GX = 60, GY = 16;
   const byWave = new Map();
   for (const t of snap.tasks) {
     if (!byWave.has(t.wave)) byWave.set(t.wave, []);
@@ -121,8 +133,8 @@ function drawDag(snap) {
     const g = el("svg:g", {class: "node" + (t.critical ? " critical" : ""), "data-task": t.id,
                            "data-state": t.state, transform: `translate(${p.x},${p.y})`});
     g.append(el("svg:rect", {width: W, height: H}));
-    g.append(el("svg:text", {x: 8, y: H / 2}, t.id + "  " + t.state +
-                (t.attempts > 1 ? ` ×${t.attempts}` : "")));
+    g.append(el("svg:text", {x: 9, y: H / 2 - 7}, t.id));
+    g.append(el("svg:text", {x: 9, y: H / 2 + 8, class: "sub"}, stateLine(t)));
     const c = t.changes;  // what its work changed (worktrees)
     const title = el("svg:title", {}, (t.reason || t.state) +
                      (c ? `\n${c.files} file${c.files === 1 ? "" : "s"} +${c.added} -${c.deleted}` : "") +
@@ -144,17 +156,18 @@ function drawTimeline(snap) {
   const span = Math.max(1, at(end)), width = 900, row = 18;
   const ids = [...new Set(snap.attempts.map(a => a.task))];
   const top = 24, bottom = top + ids.length * row;  // the time axis's marks above the rows
-  const vw = width + 170, vh = bottom + 10;  // scales down to a narrow window
+  const left = Math.max(60, Math.ceil(Math.max(0, ...ids.map(id => textWidth(id, 12)))) + 12);
+  const vw = left + width + 20, vh = bottom + 10;  // scales down to a narrow window
   const svg = el("svg:svg", {width: vw, height: vh, viewBox: `0 0 ${vw} ${vh}`, class: "fit"});
   for (const t of ticks(span)) {  // as the report's (report.ticks)
-    const x = 150 + t / span * width;
+    const x = left + t / span * width;
     svg.append(el("svg:text", {class: "tick", x, y: top - 12, "text-anchor": "middle"}, mark(t)));
     svg.append(el("svg:line", {class: "tick", x1: x, y1: top - 4, x2: x, y2: bottom}));
   }
   ids.forEach((id, i) => svg.append(el("svg:text", {x: 0, y: top + i * row + row / 2}, id)));
   for (const a of snap.attempts) {
     if (!a.started_at) continue;
-    const x = 150 + at(a.started_at) / span * width;
+    const x = left + at(a.started_at) / span * width;
     const w = Math.max(2, (at(a.ended_at || snap.now) - at(a.started_at)) / span * width);
     const bar = el("svg:rect", {class: "bar " + a.state, x, y: top + ids.indexOf(a.task) * row,
                                 width: w, height: row - 4, "data-attempt": `${a.task}.${a.attempt}`});
@@ -164,6 +177,33 @@ function drawTimeline(snap) {
     svg.append(bar);
   }
   box.append(svg);
+}
+
+// What did not finish, in words, without hovering: each failed task with why (as the
+// run's summary says it), then those that did not run for it; a click shows a task's log.
+const DID_NOT_FINISH = ["failed", "timed_out", "blocked", "cancelled"];
+function drawFailures(snap) {
+  const box = document.getElementById("failures");
+  const shown = [];
+  for (const state of DID_NOT_FINISH) {
+    const byReason = new Map();
+    for (const t of snap.tasks.filter(t => t.state === state)) {
+      // One line for each failure; those blocked or cancelled for one reason together.
+      const key = state === "failed" || state === "timed_out" ? t.id : (t.reason || "");
+      if (!byReason.has(key)) byReason.set(key, []);
+      byReason.get(key).push(t);
+    }
+    for (const tasks of byReason.values()) {
+      const li = el("li", {"data-state": state, "data-tasks": tasks.map(t => t.id).join(" ")});
+      const who = el("span", {class: "who"}, tasks.map(t => t.id).join(", "));
+      if (tasks.length === 1) who.addEventListener("click", () => showLog(tasks[0].id));
+      li.append(who, el("span", {class: "state " + state}, ` (${state.replace("_", " ")})`));
+      if (tasks[0].reason) li.append(el("div", {class: "why"}, tasks[0].reason));
+      shown.push(li);
+    }
+  }
+  box.replaceChildren(...shown);
+  document.getElementById("failures-box").hidden = !shown.length;
 }
 
 function list(id, items, line) {
@@ -183,6 +223,7 @@ function render(snap) {
     (r.time_left_s != null ? `, ${about(r.time_left_s)} left` : "");
   document.getElementById("summary").setAttribute("data-state", r.state);
   document.getElementById("summary").setAttribute("data-stopping", r.stopping || "");
+  drawFailures(snap);
   drawDag(snap);
   drawTimeline(snap);
   // Newest first (the latest 50): "api: landed 3f2c…", "web: conflict in src/app.ts".
