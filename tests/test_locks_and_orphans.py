@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +290,96 @@ def test_two_tasks_calling_abreast_lock_inside_a_parallel_run_serialise(
     spans = intervals(tmp_path)
     assert set(spans) == {"a", "b"}
     assert max_concurrency(spans) == 1
+
+
+def test_time_a_task_waits_for_a_lock_is_shown_and_not_counted_as_its_work(
+    tmp_path: Path,
+) -> None:
+    # "One task at a time it would take" summed each attempt's time, waits for
+    # `abreast lock` included: one at a time, no task waits for another's lock, so the
+    # saving claimed was too large by every wait; and no view showed a task waiting.
+    from abreast.coord.location import locate
+    from abreast.observe.dashboard import DashboardServer
+    from tests.test_observe import chromium
+
+    hold = f"{PY} -m abreast lock tests -- sh -c 'touch held; sleep 1'"
+    wait = f"while [ ! -e held ]; do sleep 0.02; done; {PY} -m abreast lock tests -- true"
+    proc = run_json(
+        tmp_path,
+        {
+            "name": "waits",
+            "max_parallel": 2,
+            "tasks": {"hold": {"run": hold}, "wait": {"run": wait}},
+        },
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    db = tmp_path / ".abreast" / "state.db"
+    ((run_id, summary),) = query(db, "SELECT id, summary FROM runs")
+    granted = {
+        task: json.loads(d)
+        for task, d in query(db, "SELECT task_id, data FROM events WHERE type = 'lock.granted'")
+    }
+    waited = granted["wait"]
+    assert waited["attempt"] == 1 and waited["source"] == "abreast lock"
+    assert waited["wait_s"] > 0.5, waited  # hold held it a second
+    assert granted["hold"]["wait_s"] < 0.5
+    walls = sum(w for (w,) in query(db, "SELECT wall_s FROM attempts"))
+    total_wait = waited["wait_s"] + granted["hold"]["wait_s"]
+    summary = json.loads(summary)
+    assert summary["waited_s"] == pytest.approx(total_wait, abs=0.002)
+    assert summary["busy_s"] == pytest.approx(walls - total_wait, abs=0.002)
+    ((perf,),) = query(db, "SELECT data FROM events WHERE type = 'workflow.performance'")
+    assert json.loads(perf)["sequentialTime"] == pytest.approx(summary["busy_s"], abs=0.002)
+    assert "the tasks waited for locks left out" in out, out
+
+    report = json.loads(run_abreast("report", "--json", cwd=tmp_path).out)
+    (shown,) = [w for w in report["lock_waits"] if w["task"] == "wait"]  # hold's: ~0s
+    assert (shown["task"], shown["attempt"], shown["lock"], shown["granted"]) == (
+        "wait",
+        1,
+        "tests",
+        True,
+    )
+    assert shown["end_s"] - shown["start_s"] == pytest.approx(waited["wait_s"], abs=0.01)
+    busy = {t["id"]: t["busy_s"] for t in report["tasks"]}
+    (wall,) = query(db, "SELECT wall_s FROM attempts WHERE task_id = 'wait'")[0]
+    assert busy["wait"] == pytest.approx(wall - waited["wait_s"], abs=0.002)
+    assert report["sequential_s"] == pytest.approx(summary["busy_s"], abs=0.01)
+    lines = run_abreast("report", cwd=tmp_path).out.splitlines()
+    (row,) = [line for line in lines if line.startswith("    wait ")]
+    assert "......" in row, row  # the wait, drawn over its attempt
+    assert any(line.endswith("  . waiting for a lock") for line in lines), lines  # legend
+    page = tmp_path / "r.html"
+    assert run_abreast("report", "--html", str(page), cwd=tmp_path).code == 0
+    assert "class='waiting'><title>wait attempt 1: waited" in page.read_text()
+
+    server = DashboardServer(locate(tmp_path / "w.json", None))
+    server.start()
+    try:
+        with urllib.request.urlopen(f"{server.url}api/runs/{run_id}", timeout=10) as r:
+            snap = json.loads(r.read())
+        driver = chromium(tmp_path / "chromium-profile")
+        try:
+            driver.get(f"{server.url}runs/{run_id}")
+            drawn = "return document.querySelectorAll('#timeline rect.waiting').length"
+            wait_for(lambda: driver.execute_script(drawn) > 0, what="the wait on the timeline")
+            title, width = driver.execute_script(
+                "const r = document.querySelector('#timeline rect.waiting[data-wait=\"wait.1\"]');"
+                "return [r.textContent, r.width.baseVal.value]"
+            )
+            assert title.startswith("wait attempt 1: waited ") and "for the lock tests" in title
+            assert width > 100, width  # about a second of a run of about a second
+            summary_line = driver.find_element("id", "summary").text
+            assert "waiting for locks left out" in summary_line, summary_line
+        finally:
+            driver.quit()
+    finally:
+        server.stop()
+    (seen,) = [w for w in snap["waits"] if w["task"] == "wait"]
+    assert (seen["task"], seen["lock"]) == ("wait", "tests")
+    assert seen["until"] - seen["since"] == pytest.approx(waited["wait_s"], abs=0.01)
+    assert snap["run"]["busy_s"] == pytest.approx(summary["busy_s"], abs=0.01)
 
 
 def test_a_locked_command_inside_a_task_dies_with_the_task_even_if_abreast_lock_is_killed(

@@ -261,6 +261,9 @@ class RunOutcome:
     # Seconds its merge checks ran: a run of the tasks one at a time would check each
     # task's work too, so they count in what the run is compared with.
     checks_s: float = 0.0
+    # Seconds its tasks waited for locks inside their attempts (`abreast lock`), left out
+    # of `busy_s`: one at a time, they would not have waited for each other.
+    waited_s: float = 0.0
 
     @property
     def sequential_s(self) -> float:
@@ -1759,6 +1762,12 @@ class Engine:
             checks = checks_s(self.journal, self.run_id)
         if self.options.keys is not None:
             self.options.keys.tick()  # the last requests, before the run is marked finished
+        # What the tasks waited for locks (`abreast lock` in their commands) was no work:
+        # one at a time, they would not have waited for each other.
+        from abreast.observe.rundata import lock_waits
+
+        waited = sum(w.wait_s for w in lock_waits(self.journal, self.run_id))
+        busy -= waited
         now = time.time()
         # Landing included (the run's end is its finished_at); pauses before a resume not.
         wall = max(0.0, now - self.started_at - self.paused_s)
@@ -1769,6 +1778,7 @@ class Engine:
             "wall_s": round(wall, 3),
             "busy_s": round(busy, 3),
             "checks_s": round(checks, 3),
+            "waited_s": round(waited, 3),  # for locks, inside attempts: not in busy_s
             "saved_s": round(saved, 3),
             "landing": landing,
             "counts": {s.value: c for s, c in self.counts().items() if c},
@@ -1799,6 +1809,7 @@ class Engine:
             unlanded=self.isolation.unlanded,
             interrupted=self._interrupted if state == "cancelled" else 0,
             checks_s=checks,
+            waited_s=waited,
         )
 
     # -- resume ------------------------------------------------------------------------------

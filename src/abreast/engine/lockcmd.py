@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from abreast.coord.backend import CoordError, Holder, Lease, open_coordinator
 from abreast.coord.journal import Journal
@@ -54,29 +57,49 @@ def lock_command(
     run_id = os.environ.get("ABREAST_RUN_ID")
     task_id = os.environ.get("ABREAST_TASK_ID")
     holder = Holder.here(run=run_id, task=task_id)
+    since = time.time()
+    where = _inside(os.environ)
+
+    def journaled(kind: str, **data: Any) -> None:
+        """The wait, in the journal of the run this runs in (if any): as soon as the lock
+        is granted, so that the dashboard and metrics see it while CMD runs."""
+        if not (run_id and location.journal.exists()):
+            return
+        try:
+            journal = Journal(location.journal)
+            try:
+                journal.stage_event(
+                    run_id, kind, task_id, lock=name, source="abreast lock", **where, **data
+                )
+                journal.commit()
+            finally:
+                journal.close()
+        except sqlite3.Error as e:  # the lock and CMD matter more than the record
+            sys.stderr.write(f"abreast lock: could not journal {kind} ({e})\n")
+
+    def granted(lease: Lease, waited: float) -> None:
+        journaled("lock.granted", wait_s=round(waited, 6), since=round(since, 6), token=lease.token)
+
     try:
-        outcome = run_locked(coord, name, cmd, ttl_s=ttl_s, timeout_s=timeout_s, holder=holder)
+        outcome = run_locked(
+            coord, name, cmd, ttl_s=ttl_s, timeout_s=timeout_s, holder=holder, on_granted=granted
+        )
     finally:
         coord.close()
-    if run_id and location.journal.exists():
-        journal = Journal(location.journal)
-        try:
-            token = outcome.lease.token if outcome.lease else None
-            journal.stage_event(
-                run_id,
-                "lock.granted" if outcome.lease else "lock.timeout",
-                task_id,
-                lock=name,
-                wait_s=round(outcome.waited_s, 6),
-                token=token,
-                source="abreast lock",
-            )
-            if outcome.lost:
-                journal.stage_event(run_id, "lock.lost", task_id, lock=name, token=token)
-            journal.commit()
-        finally:
-            journal.close()
+    if outcome.lease is None:
+        journaled("lock.timeout", wait_s=round(outcome.waited_s, 6), since=round(since, 6))
+    elif outcome.lost:
+        journaled("lock.lost", token=outcome.lease.token)
     return outcome.code
+
+
+def _inside(env: Mapping[str, str]) -> dict[str, Any]:
+    """What of the run this runs in: a task's attempt (`{"attempt": 2}`), whose time
+    waiting is no work of its; a merge check's (`{"check": True}`); else nothing."""
+    if "ABREAST_CHECK_COMMIT" in env:
+        return {"check": True}
+    attempt = env.get("ABREAST_ATTEMPT", "")
+    return {"attempt": int(attempt)} if attempt.isdigit() else {}
 
 
 def _under_held_lease(

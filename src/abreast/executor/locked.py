@@ -80,8 +80,10 @@ def run_locked(
     ttl_s: float,
     timeout_s: float | None,
     holder: Holder,
-    say: object = None,
+    on_granted: Callable[[Lease, float], None] | None = None,
 ) -> LockOutcome:
+    """Wait for the lock `name` (up to `timeout_s`), then run CMD holding it, renewing it;
+    `on_granted(lease, seconds waited)` is called once it is held, before CMD starts."""
     err = sys.stderr
     t0 = time.monotonic()
     told = False
@@ -106,6 +108,8 @@ def run_locked(
         return LockOutcome(TIMEOUT_EXIT, waited, False, None)
     if lease.lapsed is not None:
         _fence(lease.lapsed, coord.store_id, err)
+    if on_granted is not None:
+        on_granted(lease, waited)
     env = command_env(name, lease.token, coord.store_id)
     # CMD gets a process group of its own, so that losing the lock ends its whole tree and
     # nothing else. At a terminal, a session of its own too (a background group reading

@@ -331,6 +331,17 @@ class Dashboard:
             }
             for a in data.attempts
         ]
+        waits = [  # for locks, inside attempts (`abreast lock NAME -- CMD`)
+            {
+                "task": w.task,
+                "attempt": w.attempt,
+                "lock": w.lock,
+                "since": w.since,
+                "until": w.since + w.wait_s,
+                "granted": w.granted,
+            }
+            for w in data.waits
+        ]
         merges = [
             {
                 "seq": e.seq,
@@ -351,7 +362,8 @@ class Dashboard:
                 "started_at": run.started_at,
                 "finished_at": run.finished_at,
                 "wall_s": data.wall_s(),
-                "busy_s": data.busy_s(),
+                "busy_s": data.busy_s(),  # its attempts, less their lock waits
+                "lock_waited_s": sum(w.wait_s for w in data.waits),
                 "checks_s": rundata.checks_s(journal, run.id),  # merge checks ran so long
                 "pauses": run.pauses,  # before each resume: the timeline leaves them out
                 # About how long it has left, by the estimates (null: not running, or
@@ -367,6 +379,7 @@ class Dashboard:
             "edges": data.edges if len(tasks) <= DAG_LIMIT else [],
             "draw": len(tasks) <= DAG_LIMIT,
             "attempts": attempts,
+            "waits": waits,
             "merges": merges,
             "locks": self.locks(run.id),
             "keys": self.keys(journal, run.id),

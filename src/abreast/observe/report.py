@@ -42,6 +42,9 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
     busy: dict[str, float] = {}
     for a in data.attempts:
         busy[a.task_id] = busy.get(a.task_id, 0.0) + (a.wall_s or 0.0)
+    waited = rundata.waited_s(data.waits)  # for locks, in attempts: no work
+    for task, seconds in waited.items():
+        busy[task] = max(0.0, busy.get(task, 0.0) - seconds)
     plan = data.plan or {}
     estimates = plan.get("estimates", {})
     measured = set(plan.get("measured", []))
@@ -81,6 +84,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
         "wall_s": wall,
         "sequential_s": sequential,
         "checks_s": checks,
+        "lock_waited_s": sum(waited.values()),
         "saved_s": saved,
         "saved_pct": round(100 * saved / sequential, 1) if sequential > 0 else 0.0,
         "estimated": {
@@ -99,7 +103,8 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
                 "started_at": t.started_at,
                 "finished_at": t.finished_at,
                 "elapsed_s": elapsed.get(t.task_id, 0.0),
-                "busy_s": busy.get(t.task_id, 0.0),
+                "busy_s": busy.get(t.task_id, 0.0),  # its attempts, less their lock waits
+                "lock_waited_s": waited.get(t.task_id, 0.0),
                 "estimate_s": estimates.get(t.task_id),
                 "estimate_measured": t.task_id in measured,  # in earlier runs, not given
                 "estimate_assumed": t.task_id in assumed,  # neither: the default's
@@ -128,6 +133,18 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
             }
             for a in data.attempts
             if a.started_at is not None
+        ],
+        # Waits for locks inside attempts (`abreast lock NAME -- CMD`), on the timeline.
+        "lock_waits": [
+            {
+                "task": w.task,
+                "attempt": w.attempt,
+                "lock": w.lock,
+                "start_s": run.active_s(start, w.since),
+                "end_s": run.active_s(start, w.since + w.wait_s),
+                "granted": w.granted,  # else it gave up (--timeout)
+            }
+            for w in data.waits
         ],
         "failures": failures,
         "warnings": [
@@ -315,7 +332,9 @@ def _wall(rep: dict[str, Any]) -> str:
     ran: with one, nothing could have run beside it)."""
     if sum(1 for t in rep["tasks"] if t["attempts"]) == 1:
         return f"wall {fmt(rep['wall_s'])} (one task ran)"
-    checked = rundata.checks_said(rep.get("checks_s") or 0.0, fmt)
+    checked = rundata.sequential_said(
+        rep.get("checks_s") or 0.0, rep.get("lock_waited_s") or 0.0, fmt
+    )
     return (
         f"wall {fmt(rep['wall_s'])}; one task at a time {fmt(rep['sequential_s'])}{checked}; "
         + rundata.saved_phrase(rep["saved_s"], rep["saved_pct"], fmt, digits=1)
@@ -393,6 +412,7 @@ def text(rep: dict[str, Any]) -> str:
 # How an attempt is drawn in the text timeline, by its state (others: "-").
 _MARKS = {"succeeded": "=", "failed": "x", "interrupted": "~", "running": ">"}
 _SAID = {"failed": "failed or sent back"}
+_WAIT = "."  # an attempt waiting for a lock (`abreast lock`)
 
 
 def timeline_lines(rep: dict[str, Any], columns: int = 50, rows: int = 40) -> list[str]:
@@ -406,6 +426,9 @@ def timeline_lines(rep: dict[str, Any], columns: int = 50, rows: int = 40) -> li
     for x in timeline:
         per_task.setdefault(x["task"], []).append(x)
     shown = list(per_task.items())[:rows]
+    waits: dict[str, list[dict[str, Any]]] = {}
+    for w in rep.get("lock_waits", []):
+        waits.setdefault(w["task"], []).append(w)
     width = max(len(task) for task, _ in shown)
     out = [f"\n  timeline ({fmt(span)}; a column is {fmt(span / columns)}):"]
     for task, attempts in shown:
@@ -414,6 +437,10 @@ def timeline_lines(rep: dict[str, Any], columns: int = 50, rows: int = 40) -> li
             first = min(columns - 1, int(x["start_s"] / span * columns))
             last = max(first, min(columns - 1, int(x["end_s"] / span * columns - 1e-9)))
             bar[first : last + 1] = _MARKS.get(x["state"], "-") * (last - first + 1)
+        for w in waits.get(task, []):  # a wait of a column or more, over its attempt
+            first = round(w["start_s"] / span * columns)
+            last = min(columns, round(w["end_s"] / span * columns))
+            bar[first:last] = _WAIT * max(0, last - first)
         begin, end = attempts[0]["start_s"], attempts[-1]["end_s"]
         tries = f" ({len(attempts)} attempts)" if len(attempts) > 1 else ""
         out.append(f"    {task:<{width}}  |{''.join(bar)}|  {fmt(begin)} to {fmt(end)}{tries}")
@@ -424,7 +451,10 @@ def timeline_lines(rep: dict[str, Any], columns: int = 50, rows: int = 40) -> li
         f"{mark} {_SAID.get(state, state)}" for state, mark in _MARKS.items() if state in states
     ]
     others = sorted(states - set(_MARKS))
-    out.append("    " + "  ".join(legend + ([f"- {', '.join(others)}"] if others else [])))
+    legend += [f"- {', '.join(others)}"] if others else []
+    if any(_WAIT in line for line in out[1:]):
+        legend.append(f"{_WAIT} waiting for a lock")
+    out.append("    " + "  ".join(legend))
     return out
 
 
@@ -486,6 +516,18 @@ def html_page(rep: dict[str, Any]) -> str:
             f"fill='{colour}'><title>{e(x['task'])} attempt {x['attempt']}: "
             f"{e(x['state'])}{e(f' ({why})' if (why := x['reason']) else '')}</title></rect>"
         )
+    for w in rep.get("lock_waits", []):  # over its attempt's bar: a paler, striped part
+        if w["task"] not in ids:
+            continue
+        left = at + w["start_s"] / span * 760
+        width = (w["end_s"] - w["start_s"]) / span * 760
+        how = "then got it" if w["granted"] else "and gave up"
+        bars.append(
+            f"<rect x='{left:.1f}' y='{top + ids.index(w['task']) * 20}' width='{width:.1f}'"
+            " height='15' fill='url(#waiting)' class='waiting'><title>"
+            f"{e(w['task'])} attempt {w['attempt']}: waited {e(fmt(w['end_s'] - w['start_s']))}"
+            f" for the lock {e(w['lock'])}, {how}</title></rect>"
+        )
     labels = "".join(
         f"<text x='0' y='{top + i * 20 + 11}'>{e(t)}</text>" for i, t in enumerate(ids)
     )
@@ -498,7 +540,7 @@ def html_page(rep: dict[str, Any]) -> str:
     )
     svg = (
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{at + 780:.0f}' height='{bottom + 8}'"
-        f" font-size='12'>{axis}{labels}{''.join(bars)}</svg>"
+        f" font-size='12'>{_STRIPES}{axis}{labels}{''.join(bars)}</svg>"
     )
     failures = "".join(
         f"<h3>{e(f['task'])} ({e(f['state'])}"
@@ -555,6 +597,14 @@ def html_page(rep: dict[str, Any]) -> str:
         f"{tokens_p}"
         f"{fail_part}{landing}</body></html>"
     )
+
+
+# How a wait for a lock is drawn over its attempt: pale, striped (as run.js draws it).
+_STRIPES = (
+    "<defs><pattern id='waiting' width='6' height='6' patternUnits='userSpaceOnUse'"
+    " patternTransform='rotate(45)'><rect width='6' height='6' fill='#e0e0e0'/>"
+    "<rect width='3' height='6' fill='#bdbdbd'/></pattern></defs>"
+)
 
 
 def _label_px(task_id: str) -> float:

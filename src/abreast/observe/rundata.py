@@ -178,6 +178,51 @@ def first_line(reason: str | None, limit: int = 300) -> str | None:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+@dataclass(frozen=True)
+class LockWait:
+    """A task's attempt waiting for a lock, with `abreast lock NAME -- CMD` in its
+    command: time it ran and did no work."""
+
+    task: str
+    attempt: int
+    lock: str
+    since: float  # Unix seconds
+    wait_s: float
+    granted: bool  # else it gave up (--timeout)
+
+
+def lock_waits(journal: Journal, run_id: str) -> list[LockWait]:
+    """The run's tasks' waits for locks inside their attempts (not a merge check's; not
+    before an attempt starts, as for `locks:`, which the scheduler plans for)."""
+    out = []
+    for e in journal.events(run_id, types=("lock.granted", "lock.timeout")):
+        d = e.data
+        if d.get("source") != "abreast lock" or e.task_id is None or "attempt" not in d:
+            continue  # journaled before waits said their attempt (or no task's)
+        wait = float(d.get("wait_s") or 0.0)
+        if wait > 0:
+            since = float(d.get("since", e.ts - wait))
+            out.append(
+                LockWait(
+                    e.task_id,
+                    int(d["attempt"]),
+                    str(d["lock"]),
+                    since,
+                    wait,
+                    e.type == "lock.granted",
+                )
+            )
+    return out
+
+
+def waited_s(waits: list[LockWait]) -> dict[str, float]:
+    """Each task's seconds waiting for locks in its attempts."""
+    out: dict[str, float] = {}
+    for w in waits:
+        out[w.task] = out.get(w.task, 0.0) + w.wait_s
+    return out
+
+
 @dataclass
 class RunData:
     run: RunRow
@@ -185,6 +230,7 @@ class RunData:
     attempts: list[AttemptRow]
     plan: dict[str, Any] | None
     signals: dict[tuple[str, str], float] = field(default_factory=dict)  # -> when given
+    waits: list[LockWait] = field(default_factory=list)  # for locks, inside attempts
 
     @property
     def edges(self) -> list[tuple[str, str]]:
@@ -194,7 +240,9 @@ class RunData:
         return self.run.active_s(self.run.started_at, self.run.finished_at or time.time())
 
     def busy_s(self) -> float:
-        return sum(a.wall_s or 0.0 for a in self.attempts)
+        """The seconds its tasks worked: their attempts' time, less what they waited for
+        locks (one at a time, they would not wait for each other)."""
+        return sum(a.wall_s or 0.0 for a in self.attempts) - sum(w.wait_s for w in self.waits)
 
     def task_elapsed(self) -> dict[str, float]:
         """Each task's actual time: from its first start to its end (retries and merging
@@ -255,10 +303,13 @@ class RunData:
 CHECK_EVENTS = ("merge.checked", "merge.checks_failed", "merge.batch_failed")
 
 
-def checks_said(checks_s: float, fmt: Callable[[float], str]) -> str:
-    """` (its merge checks 40s of it)`, after what the tasks one at a time would take;
-    "" when there were no checks to count."""
-    return f" (its merge checks {fmt(checks_s)} of it)" if checks_s >= 0.0005 else ""
+def sequential_said(checks_s: float, waited_s: float, fmt: Callable[[float], str]) -> str:
+    """` (its merge checks 40s of it; 12s the tasks waited for locks left out)`, after
+    what the tasks one at a time would take; "" when there was neither to count."""
+    parts = [f"its merge checks {fmt(checks_s)} of it"] if checks_s >= 0.0005 else []
+    if waited_s >= 0.0005:
+        parts.append(f"{fmt(waited_s)} the tasks waited for locks left out")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def checks_s(journal: Journal, run_id: str) -> float:
@@ -277,7 +328,8 @@ def load(journal: Journal, run_id: str, attempts: bool = True) -> RunData | None
     tries = journal.attempts(run_id) if attempts else []
     plan = run.options.get("plan")
     signals = journal.signal_times(run_id) if plan and plan.get("signal_edges") else {}
-    return RunData(run, journal.tasks(run_id), tries, plan, signals)
+    waits = lock_waits(journal, run_id) if attempts else []
+    return RunData(run, journal.tasks(run_id), tries, plan, signals, waits)
 
 
 def work_changes(journal: Journal, run_id: str) -> dict[str, dict[str, int]]:

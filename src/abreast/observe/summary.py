@@ -14,7 +14,6 @@ from abreast.observe.rundata import (
     FailureView,
     carry_on_hint,
     changed,
-    checks_said,
     diff_command,
     failure_groups,
     failures_text,
@@ -22,6 +21,7 @@ from abreast.observe.rundata import (
     named,
     retry_hint,
     saved_phrase,
+    sequential_said,
 )
 from abreast.spec.durations import format_duration
 
@@ -49,7 +49,7 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
         w(f"  wall {format_duration(outcome.wall_s)} (one task ran)\n")
     elif outcome.busy_s > 0:
         pct = 100 * outcome.saved_s / outcome.sequential_s
-        checked = checks_said(outcome.checks_s, format_duration)
+        checked = sequential_said(outcome.checks_s, outcome.waited_s, format_duration)
         w(
             f"  wall {format_duration(outcome.wall_s)}; one task at a time it would take "
             f"{format_duration(outcome.sequential_s)}{checked}; "

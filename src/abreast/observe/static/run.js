@@ -159,6 +159,7 @@ function drawTimeline(snap) {
   const left = Math.max(60, Math.ceil(Math.max(0, ...ids.map(id => textWidth(id, 12)))) + 12);
   const vw = left + width + 20, vh = bottom + 10;  // scales down to a narrow window
   const svg = el("svg:svg", {width: vw, height: vh, viewBox: `0 0 ${vw} ${vh}`, class: "fit"});
+  svg.append(stripes());
   for (const t of ticks(span)) {  // as the report's (report.ticks)
     const x = left + t / span * width;
     svg.append(el("svg:text", {class: "tick", x, y: top - 12, "text-anchor": "middle"}, mark(t)));
@@ -176,7 +177,31 @@ function drawTimeline(snap) {
     bar.append(el("svg:title", {}, `${a.task} attempt ${a.attempt}: ${a.state}${where}${why}`));
     svg.append(bar);
   }
+  for (const w of snap.waits || []) {  // waits for locks, over their attempts' bars
+    const i = ids.indexOf(w.task);
+    if (i < 0) continue;
+    const x = left + at(w.since) / span * width, w_px = (at(w.until) - at(w.since)) / span * width;
+    if (w_px < 1) continue;  // too short to see
+    const wait = el("svg:rect", {class: "bar waiting", x, y: top + i * row, height: row - 4,
+                                 width: w_px,
+                                 "data-wait": `${w.task}.${w.attempt}`});
+    wait.append(el("svg:title", {}, `${w.task} attempt ${w.attempt}: waited ` +
+                   `${fmt(w.until - w.since)} for the lock ${w.lock}, ` +
+                   (w.granted ? "then got it" : "and gave up")));
+    svg.append(wait);
+  }
   box.append(svg);
+}
+
+// The pattern a wait for a lock is filled with: pale stripes (as the report draws it).
+function stripes() {
+  const defs = el("svg:defs");
+  const p = el("svg:pattern", {id: "waiting", width: 6, height: 6,
+                               patternUnits: "userSpaceOnUse", patternTransform: "rotate(45)"});
+  p.append(el("svg:rect", {width: 6, height: 6, fill: "#e0e0e0"}),
+           el("svg:rect", {width: 3, height: 6, fill: "#bdbdbd"}));
+  defs.append(p);
+  return defs;
 }
 
 // What did not finish, in words, without hovering: each failed task with why (as the
@@ -219,6 +244,7 @@ function render(snap) {
   document.getElementById("summary").textContent =
     `${r.workflow}: ${r.state}${r.stopping ? ` (${r.stopping})` : ""}, ` +
     `${fmt(r.wall_s)} wall, ${fmt(r.busy_s)} of work` +
+    (r.lock_waited_s >= 0.05 ? ` (${fmt(r.lock_waited_s)} waiting for locks left out)` : "") +
     (r.checks_s ? `, ${fmt(r.checks_s)} of checks` : "") + (saved > 0 ? `, ${fmt(saved)} saved` : "") +
     (r.time_left_s != null ? `, ${about(r.time_left_s)} left` : "");
   document.getElementById("summary").setAttribute("data-state", r.state);
