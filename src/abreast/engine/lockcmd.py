@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from abreast.coord.backend import CoordError, Holder, Lease, open_coordinator
@@ -54,31 +56,20 @@ def lock_command(
         finally:
             coord.close()
         return _under_held_lease(name, held, current, coord.store_id, cmd)
-    run_id = os.environ.get("ABREAST_RUN_ID")
+    run_id = os.environ.get("ABREAST_RUN_ID", "")
     task_id = os.environ.get("ABREAST_TASK_ID")
-    holder = Holder.here(run=run_id, task=task_id)
+    holder = Holder.here(run=run_id or None, task=task_id)
+    said = {"source": "abreast lock", "lock": name, **_inside(os.environ)}
     since = time.time()
-    where = _inside(os.environ)
-
-    def journaled(kind: str, **data: Any) -> None:
-        """The wait, in the journal of the run this runs in (if any): as soon as the lock
-        is granted, so that the dashboard and metrics see it while CMD runs."""
-        if not (run_id and location.journal.exists()):
-            return
-        try:
-            journal = Journal(location.journal)
-            try:
-                journal.stage_event(
-                    run_id, kind, task_id, lock=name, source="abreast lock", **where, **data
-                )
-                journal.commit()
-            finally:
-                journal.close()
-        except sqlite3.Error as e:  # the lock and CMD matter more than the record
-            sys.stderr.write(f"abreast lock: could not journal {kind} ({e})\n")
 
     def granted(lease: Lease, waited: float) -> None:
-        journaled("lock.granted", wait_s=round(waited, 6), since=round(since, 6), token=lease.token)
+        # As soon as it is granted: the dashboard and metrics see the wait while CMD runs.
+        with _run_journal(run_id, location.journal) as journal:
+            if journal is not None:
+                wait = {"wait_s": round(waited, 6), "since": round(since, 6)}
+                journal.stage_event(
+                    run_id, "lock.granted", task_id, token=lease.token, **said, **wait
+                )
 
     try:
         outcome = run_locked(
@@ -86,11 +77,36 @@ def lock_command(
         )
     finally:
         coord.close()
-    if outcome.lease is None:
-        journaled("lock.timeout", wait_s=round(outcome.waited_s, 6), since=round(since, 6))
-    elif outcome.lost:
-        journaled("lock.lost", token=outcome.lease.token)
+    if outcome.lease is None or outcome.lost:
+        with _run_journal(run_id, location.journal) as journal:
+            if journal is not None and outcome.lease is None:
+                wait = {"wait_s": round(outcome.waited_s, 6), "since": round(since, 6)}
+                journal.stage_event(run_id, "lock.timeout", task_id, **said, **wait)
+            elif journal is not None and outcome.lease is not None:
+                journal.stage_event(run_id, "lock.lost", task_id, token=outcome.lease.token, **said)
     return outcome.code
+
+
+@contextlib.contextmanager
+def _run_journal(run_id: str, path: Path) -> Iterator[Journal | None]:
+    """The journal of the run this runs in (None outside one), committed after the block;
+    one it cannot write is said, not raised: the lock and CMD matter more than the record."""
+    journal = None
+    try:
+        if run_id and path.exists():
+            journal = Journal(path)
+    except sqlite3.Error as e:
+        sys.stderr.write(f"abreast lock: could not open the run's journal ({e})\n")
+    if journal is None:
+        yield None
+        return
+    try:
+        yield journal
+        journal.commit()
+    except sqlite3.Error as e:
+        sys.stderr.write(f"abreast lock: could not journal the lock's use ({e})\n")
+    finally:
+        journal.close()
 
 
 def _inside(env: Mapping[str, str]) -> dict[str, Any]:
