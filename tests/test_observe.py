@@ -1111,25 +1111,40 @@ def test_the_dashboard_says_what_did_not_finish_and_fits_long_task_ids(tmp_path:
             "tasks": {
                 long_id: {"run": "true"},
                 "bad": {"run": "echo 'the schema is locked'; exit 3"},
+                "twin1": {"run": "echo 'no API key'; exit 2"},
+                "twin2": {"run": "echo 'no API key'; exit 2"},
                 "after": {"run": "true", "needs": ["bad"]},
                 "later": {"run": "true", "needs": ["after"]},
                 "plan": {"run": "true"},  # writes no output
                 "told": {"run": "true", "needs": ["plan"], "prompt": "${{ outputs.plan.steps }}"},
+                **{f"b{i:02}": {"run": "true", "needs": ["bad"]} for i in range(10)},
             },
         },
     )
     with run_shown(tmp_path, path, code=1) as (api, driver):
         wait_for(
-            lambda: driver.execute_script("return document.querySelectorAll('g.node').length") == 6,
+            lambda: (
+                driver.execute_script("return document.querySelectorAll('g.node').length") == 18
+            ),
             what="the DAG",
         )
         said = driver.execute_script(
             "return [...document.querySelectorAll('#failures li')].map(li => ["
-            " li.dataset.tasks, li.dataset.state, li.querySelector('.why').textContent])"
+            " li.dataset.tasks, li.dataset.state, li.querySelector('.why').textContent,"
+            " li.querySelector('.who').textContent])"
         )
-        assert said[0] == ["bad", "failed", "exit 3: the schema is locked"]
-        assert said[1][:2] == ["told", "failed"] and said[1][2].startswith("prompt: ")
-        assert said[2:] == [["after later", "blocked", "upstream bad failed"]]
+        assert said[0] == ["bad", "failed", "exit 3: the schema is locked", "bad"]
+        assert said[1] == ["twin1 twin2", "failed", "exit 2: no API key", "twin1, twin2"]
+        assert said[2][:2] == ["told", "failed"] and said[2][2].startswith("prompt: ")
+        blocked = ["after", "later", *(f"b{i:02}" for i in range(10))]
+        assert said[3:] == [
+            [
+                " ".join(blocked),
+                "blocked",
+                "upstream bad failed",
+                ", ".join(blocked[:10]) + " and 2 more",  # as the run's summary names them
+            ]
+        ]
         assert (
             driver.execute_script("return document.getElementById('failures-box').hidden") is False
         )
@@ -1160,13 +1175,13 @@ def test_the_dashboard_says_what_did_not_finish_and_fits_long_task_ids(tmp_path:
         home = api.split("/api/")[0]
         status, page = get(home + "/")
         assert status == 200
-        assert "<td class=done>2/6 done, 2 failed</td>" in page, page
+        assert "<td class=done>2/18 done, 4 failed</td>" in page, page
         assert "http-equiv=refresh" not in page  # no run runs: nothing to follow
         (row,) = json.loads(get(home + "/api/runs")[1])
         assert (row["tasks"], row["tasks_done"], row["task_states"]["blocked"]) == (
-            6,
-            "2/6 done, 2 failed",
-            2,
+            18,
+            "2/18 done, 4 failed",
+            12,
         )
         assert 0 < row["took_s"] < 60
         assert get(home + "/static/runs.js")[0] == 404  # named, never shipped: was a 500

@@ -204,23 +204,27 @@ function stripes() {
   return defs;
 }
 
-// What did not finish, in words, without hovering: each failed task with why (as the
-// run's summary says it), then those that did not run for it; a click shows a task's log.
+// What did not finish, in words, without hovering: the failed tasks with why (as the
+// run's summary says it), then those that did not run for them, each reason once with the
+// tasks it is (as the summary groups forty agents that failed alike); a click on a task
+// that failed alone shows its log.
 const DID_NOT_FINISH = ["failed", "timed_out", "blocked", "cancelled"];
+const NAMED = 10;  // tasks named in one line, then "and N more"
 function drawFailures(snap) {
   const box = document.getElementById("failures");
   const shown = [];
   for (const state of DID_NOT_FINISH) {
     const byReason = new Map();
     for (const t of snap.tasks.filter(t => t.state === state)) {
-      // One line for each failure; those blocked or cancelled for one reason together.
-      const key = state === "failed" || state === "timed_out" ? t.id : (t.reason || "");
+      const key = t.reason || "";
       if (!byReason.has(key)) byReason.set(key, []);
       byReason.get(key).push(t);
     }
     for (const tasks of byReason.values()) {
-      const li = el("li", {"data-state": state, "data-tasks": tasks.map(t => t.id).join(" ")});
-      const who = el("span", {class: "who"}, tasks.map(t => t.id).join(", "));
+      const ids = tasks.map(t => t.id);
+      const li = el("li", {"data-state": state, "data-tasks": ids.join(" ")});
+      const who = el("span", {class: "who"}, ids.slice(0, NAMED).join(", ") +
+                     (ids.length > NAMED ? ` and ${ids.length - NAMED} more` : ""));
       if (tasks.length === 1) who.addEventListener("click", () => showLog(tasks[0].id));
       li.append(who, el("span", {class: "state " + state}, ` (${state.replace("_", " ")})`));
       if (tasks[0].reason) li.append(el("div", {class: "why"}, tasks[0].reason));
