@@ -267,6 +267,44 @@ def test_table_is_readable(cli) -> None:  # type: ignore[no-untyped-def]
     assert "groups, wave after wave" in out
 
 
+def test_analyze_names_locks_taken_inside_commands_that_it_cannot_plan_for(
+    tmp_path: Path,
+) -> None:
+    # Two tasks running `abreast lock tests -- pytest` wait for each other, running, for
+    # part of their time; the schedule (which plans `locks:`) said nothing of it.
+    inside = "make && abreast lock --timeout 10m tests -- pytest"
+    spec = {
+        "version": 1,
+        "name": "inside",
+        "locks": {"tests": {"ttl": "5m"}, "db": {"ttl": "5m"}},
+        "tasks": {
+            "unit": {"run": inside},
+            "e2e": {"run": f"{inside} -m e2e"},
+            "migrate": {"run": "true", "locks": ["db"]},
+            "seed": {"run": "abreast lock db -- ./seed.sh"},
+            "alone": {"run": "abreast lock --ttl=1m solo -- true"},
+            "said": {"run": "echo abreast lock is a command"},
+        },
+    }
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(spec))
+    out = run_abreast("analyze", str(path), cwd=tmp_path).out
+    start = out.index("locks taken inside commands")
+    said = out[start:].split("\n\n")[0].splitlines()
+    assert said == [
+        "locks taken inside commands (`abreast lock`), which the schedule leaves out:",
+        "  tests: unit, e2e",
+        "  db: seed; also held by migrate",
+        "  while one holds it, the others wait for it running, in their slots;",
+        "  `locks: [tests]` on a task plans for that (held for its whole attempt)",
+    ]  # `solo`, taken by one task only, waits for nobody of the workflow
+    data = json.loads(run_abreast("analyze", str(path), "--format", "json", cwd=tmp_path).out)
+    assert data["locks_inside"] == {"tests": ["unit", "e2e"], "db": ["seed"], "solo": ["alone"]}
+    del spec["tasks"]["e2e"], spec["tasks"]["migrate"]
+    path.write_text(json.dumps(spec))
+    assert "locks taken inside" not in run_abreast("analyze", str(path), cwd=tmp_path).out
+
+
 # -- properties on random workflows ------------------------------------------------------------
 
 

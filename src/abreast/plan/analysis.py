@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -95,6 +96,19 @@ class Analysis:
     # plain name taken as a directory (see ownership.nesting_example)
     overlap_via: dict[tuple[str, str], str] = field(default_factory=dict)
     merge_checks: MergeChecks | None = None  # with `checks:`, unless `isolation: none`
+    # lock -> the tasks whose commands take it with `abreast lock NAME` (not planned for)
+    locks_inside: dict[str, list[str]] = field(default_factory=dict)
+    # lock -> who else holds it for a while: tasks by `locks:`, "merge checks" by `lock:`
+    locks_held: dict[str, list[str]] = field(default_factory=dict)
+
+    def contended_inside(self) -> dict[str, list[str]]:
+        """The locks taken inside commands that someone else in the workflow takes too:
+        there a task waits, running, for part of its time, which the schedule leaves out."""
+        return {
+            name: tasks
+            for name, tasks in self.locks_inside.items()
+            if len(tasks) + len(self.locks_held.get(name, [])) > 1
+        }
 
     @property
     def edges(self) -> list[tuple[str, str, str | None]]:
@@ -143,6 +157,7 @@ class Analysis:
             "edges": [dict(zip(("from", "to", "signal"), e, strict=True)) for e in self.edges],
             "limits": self.limits,
             "merge_checks": self.merge_checks.to_json() if self.merge_checks else None,
+            "locks_inside": self.locks_inside,
         }
 
 
@@ -195,7 +210,35 @@ def analyze(
         names = [c.name or c.run for c in wf.checks]
         merges = len(analysis.tasks) - len(analysis.skipped)
         analysis.merge_checks = MergeChecks(names, merges, wf.merge.batch, each, runs)
+    for tid, task in wf.tasks.items():
+        if task.run and "abreast lock" in task.run:
+            for name in dict.fromkeys(locks_taken(task.run)):
+                analysis.locks_inside.setdefault(name, []).append(tid)
+        for name in task.locks:
+            analysis.locks_held.setdefault(name, []).append(tid)
+    if wf.isolation != "none":
+        for check in wf.checks:
+            if check.lock:
+                analysis.locks_held.setdefault(check.lock, []).append("merge checks")
     return analysis
+
+
+_LOCK_CALL = re.compile(r"\babreast\s+lock\s+((?:(?!\s--(?:\s|$)).)*)(?=\s--(?:\s|$))", re.S)
+_VALUED = {"--timeout", "--ttl", "--state"}  # `abreast lock`'s options that take a value
+
+
+def locks_taken(command: str) -> list[str]:
+    """The locks a command takes with `abreast lock [OPTIONS] NAME -- CMD`."""
+    names = []
+    for call in _LOCK_CALL.finditer(command):
+        words = iter(call.group(1).split())
+        for word in words:
+            if word in _VALUED:
+                next(words, None)
+            elif not word.startswith("-"):
+                names.append(word.strip("'\""))
+                break
+    return names
 
 
 def _analyze(

@@ -120,6 +120,17 @@ def table(a: Analysis) -> str:
     if a.limits:
         out.append("")
         out.append("limits: " + ", ".join(f"{k} {v}" for k, v in a.limits.items()))
+    contended = a.contended_inside()
+    if contended:
+        out.append("")
+        out.append("locks taken inside commands (`abreast lock`), which the schedule leaves out:")
+        for name, tasks in contended.items():
+            others = [x for x in a.locks_held.get(name, []) if x not in tasks]
+            also = f"; also held by {', '.join(others)}" if others else ""
+            out.append(f"  {name}: {', '.join(tasks)}{also}")
+        first = next(iter(contended))
+        out.append("  while one holds it, the others wait for it running, in their slots;")
+        out.append(f"  `locks: [{first}]` on a task plans for that (held for its whole attempt)")
     out.append("")
     if a.overlaps:
         out.append("ownership overlaps (abreast never runs these side by side):")
