@@ -1103,6 +1103,31 @@ def test_status_json_reports_every_task(tmp_path: Path, cli) -> None:  # type: i
     assert bad.code == 2 and "--all lists every run" in bad.err
 
 
+def test_status_of_a_run_of_many_tasks_counts_them_and_lists_those_worth_a_look(
+    tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    # A run of 100 tasks printed 100 rows, its one failure somewhere in the middle.
+    chain = {
+        f"t{i:03}": {"run": "true", "needs": [f"t{i - 1:03}"] if i % 10 else []} for i in range(100)
+    }
+    chain["t055"]["run"] = "echo boom; exit 4"
+    path = workflow(tmp_path, chain)
+    run_id = run_id_of(cli("run", str(path), "--no-monitor").out)
+    state = ("--state", f"sqlite://{tmp_path}/.abreast/state.db")
+    lines = cli("status", run_id, *state).out.splitlines()
+    assert lines[1] == "  100 tasks: 95 succeeded, 1 failed, 4 blocked"
+    rows = [line.split()[:2] for line in lines[3:8]]
+    assert rows == [["t055", "failed"]] + [[f"t{i:03}", "blocked"] for i in range(56, 60)]
+    assert lines[2].split()[:2] == ["TASK", "STATE"] and "exit 4: boom" in lines[3]
+    assert lines[8] == (
+        f"  (95 succeeded, skipped or not started; `abreast status {run_id} --json` has every task)"
+    )
+    assert len(json.loads(cli("status", run_id, "--json", *state).out)["tasks"]) == 100
+    short = workflow(tmp_path, {f"t{i}": {"run": "true"} for i in range(40)})
+    few = cli("status", run_id_of(cli("run", str(short), "--no-monitor").out), *state).out
+    assert len(few.splitlines()) == 42  # 40 tasks and fewer: every one, as before
+
+
 def test_status_watch_into_a_pipe_shows_each_change_and_ends_with_the_run(tmp_path: Path) -> None:
     go = tmp_path / "go"
     path = workflow(

@@ -21,6 +21,8 @@ from abreast.observe import rundata
 from abreast.observe.output import reader_gone
 from abreast.spec.durations import format_duration
 
+TASK_ROWS = 40  # a run of more tasks has its states counted and only some tasks listed
+
 
 def run_state(row: RunRow) -> str:
     """The run's state, saying so when a 'running' run has lost its orchestrator."""
@@ -164,14 +166,24 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     left = _time_left(journal, row, tasks, retries) if state == "running" else None
     if left is not None:
         out.write(f"  {about(left)} left, by the estimates\n")
-    width = max([len(t.task_id) for t in tasks] + [4])
-    out.write(
-        f"  {'TASK':<{width}}  {'STATE':<11}  {'TRIES':>5}  {'TIME':>7}  {'PEAK RSS':>9}  NOTE\n"
-    )
+    listed = tasks
+    if len(tasks) > TASK_ROWS:  # states counted; listed, only the tasks worth a look
+        counts: dict[str, int] = {}
+        for t in tasks:
+            counts[t.state] = counts.get(t.state, 0) + 1
+        out.write(f"  {len(tasks)} tasks: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        out.write("\n")
+        listed = sorted((t for t in tasks if not _at_rest(t)), key=_listed_first)
+    width = max([len(t.task_id) for t in listed[:TASK_ROWS]] + [4])
+    if listed:
+        out.write(
+            f"  {'TASK':<{width}}  {'STATE':<11}  {'TRIES':>5}  {'TIME':>7}  {'PEAK RSS':>9}  "
+            "NOTE\n"
+        )
     now = time.time()
     waits = _merge_waits(journal, row.id) if any(t.state == "integrating" for t in tasks) else {}
     words = _last_words(journal, row.id, tasks)
-    for t in tasks:
+    for t in listed[:TASK_ROWS]:
         took = "-"
         if t.started_at:
             took = format_duration(row.active_s(t.started_at, t.finished_at or now))
@@ -186,6 +198,12 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         out.write(
             f"  {t.task_id:<{width}}  {t.state:<11}  {t.attempts:>5}  {took:>7}  {rss:>9}  {note}\n"
         )
+    if len(listed) < len(tasks) or len(listed) > TASK_ROWS:
+        more = len(listed) - TASK_ROWS
+        rest = f"{more} more not listed; " if more > 0 else ""
+        if len(listed) < len(tasks):
+            rest += f"{len(tasks) - len(listed)} succeeded, skipped or not started; "
+        out.write(f"  ({rest}`abreast status {row.id} --json` has every task)\n")
     if row.summary and row.summary.get("landing"):
         out.write(f"  {row.summary['landing']}\n")
     failed = sum(TaskState(t.state) in FAILED_STATES for t in tasks)
@@ -193,6 +211,21 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         out.write(f"  {rundata.retry_hint(row.id, failed)}\n")
     elif state == "cancelled":
         out.write(f"  {rundata.carry_on_hint(row.id)}\n")
+
+
+def _at_rest(t: TaskRow) -> bool:
+    """Whether a task of a long table goes unlisted: done, skipped, or yet to run at all."""
+    return t.state in ("succeeded", "skipped") or (
+        t.state in ("pending", "ready") and not t.attempts
+    )
+
+
+# In a long table: what failed first, then what runs, then what waits on them.
+_RANK = {"failed": 0, "timed_out": 0, "running": 1, "integrating": 1}
+
+
+def _listed_first(t: TaskRow) -> int:
+    return _RANK.get(t.state, 2)
 
 
 def _merge_waits(journal: Journal, run_id: str) -> dict[str, list[str]]:
