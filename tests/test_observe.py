@@ -1201,6 +1201,45 @@ def test_the_dashboard_says_what_did_not_finish_and_fits_long_task_ids(tmp_path:
         assert "its command did not start: no log" in said  # told's, not "its log is empty"
 
 
+def test_a_run_too_big_to_draw_is_counted_and_lists_what_is_worth_a_look(tmp_path: Path) -> None:
+    # Above 400 tasks the page listed every task, the one that failed among 400 others.
+    chain = {
+        f"t{i:03}": {"run": "true", "needs": [f"t{i - 1:03}"] if i % 10 else []} for i in range(410)
+    }
+    chain["t055"]["run"] = "exit 4"
+    path = write(tmp_path, {"name": "big", "max_parallel": 4, "tasks": chain})
+    with run_shown(tmp_path, path, code=1) as (_, driver):
+        counts = "const c = document.getElementById('counts'); return c && c.textContent"
+        wait_for(lambda: driver.execute_script(counts), what="the tasks counted")
+        assert driver.execute_script(counts) == "410 tasks: 405 succeeded, 1 failed, 4 blocked"
+        listed = (
+            "return [...document.querySelectorAll('#dag > table tr')]"
+            ".map(r => [r.dataset.task, r.dataset.state])"
+        )
+        assert driver.execute_script(listed) == [["t055", "failed"]] + [
+            [f"t{i:03}", "blocked"] for i in range(56, 60)
+        ]
+        folded = (
+            "const d = document.querySelector('#dag details');"
+            "return [d.open, d.querySelector('summary').textContent,"
+            " d.querySelectorAll('tr').length]"
+        )
+        assert driver.execute_script(folded) == [
+            False,
+            "405 succeeded, skipped or not started",
+            405,
+        ]
+        # Opened, it stays open when the page redraws.
+        driver.execute_script("document.querySelector('#dag details').open = true")
+        before = driver.execute_script("return window.abreastRefreshes")
+        driver.execute_script("refresh()")
+        wait_for(
+            lambda: driver.execute_script("return window.abreastRefreshes") > before,
+            what="a redraw",
+        )
+        assert driver.execute_script(folded)[0] is True
+
+
 def test_the_dashboard_shows_the_prompt_a_task_was_given(tmp_path: Path) -> None:
     # What an agent was told (its `${{ }}` values in) is what one asks first of an agent
     # that did the wrong thing; the page showed only its log.

@@ -91,15 +91,33 @@ function textWidth(text, px) {
 
 function drawDag(snap) {
   const box = document.getElementById("dag");
+  const wasOpen = box.querySelector("details")?.open || false;  // kept across refreshes
   box.replaceChildren();
-  if (!snap.draw) {
-    const table = el("table", {class: "tasks"});
-    for (const t of snap.tasks) {
-      const row = el("tr", {"data-task": t.id, "data-state": t.state});
-      row.append(el("td", {}, t.id), el("td", {class: "state " + t.state}, t.state));
-      table.append(row);
+  if (!snap.draw) {  // too many to draw: counted, and listed, those at rest folded away
+    const counts = new Map();
+    for (const t of snap.tasks) counts.set(t.state, (counts.get(t.state) || 0) + 1);
+    box.append(el("p", {id: "counts"}, `${snap.tasks.length} tasks: ` +
+                  [...counts].map(([state, n]) => `${n} ${state}`).join(", ")));
+    const atRest = t => t.state === "succeeded" || t.state === "skipped" ||
+                        ((t.state === "pending" || t.state === "ready") && !t.attempts);
+    const table = tasks => {
+      const rows = el("table", {class: "tasks"});
+      for (const t of tasks) {
+        const row = el("tr", {"data-task": t.id, "data-state": t.state});
+        row.append(el("td", {}, t.id), el("td", {class: "state " + t.state}, t.state));
+        row.addEventListener("click", () => showLog(t.id));
+        rows.append(row);
+      }
+      return rows;
+    };
+    box.append(table(snap.tasks.filter(t => !atRest(t))));
+    const rest = snap.tasks.filter(atRest);
+    if (rest.length) {
+      const more = el("details", wasOpen ? {open: ""} : {});
+      more.append(el("summary", {}, `${rest.length} succeeded, skipped or not started`),
+                  table(rest));
+      box.append(more);
     }
-    box.append(table);
     return;
   }
   // Two lines a box: the task's id, and its state.
