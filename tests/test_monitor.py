@@ -153,12 +153,18 @@ def test_a_container_memory_limit_lowers_the_cap_though_the_host_has_room(
         "board = DashboardServer(locate(__import__('pathlib').Path(sys.argv[1])))\n"
         "board.start()\n"
         "with urllib.request.urlopen(board.url + 'api/runs/' + sys.argv[2]) as page:\n"
-        "    print(json.dumps(json.loads(page.read())['resources']))\n"
+        "    snap = json.loads(page.read())\n"
+        "    print(json.dumps([snap['resources'], snap['cap']]))\n"
         "board.stop()\n"
     )
     seen = in_group(memory_cgroup, tmp_path, "-c", look, str(path), run_id)
     assert seen.returncode == 0, seen.stderr
-    assert json.loads(seen.stdout)["memory_pct"] >= 70
+    resources, cap = json.loads(seen.stdout)
+    assert resources["memory_pct"] >= 70
+    # ...and it says what the monitor did to the cap: from 4, how low, and why.
+    assert (cap["first"], cap["now"]) == (4, caps[-1]["cap"])
+    assert cap["lowest"] == min(c["cap"] for c in caps) < 4
+    assert "memory" in cap["lowest_reason"] and cap["lowered"] >= 1
 
 
 def test_cgroup_v2_limits_are_read_at_every_level(tmp_path: Path) -> None:

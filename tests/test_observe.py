@@ -1162,6 +1162,23 @@ def test_the_dashboard_says_what_did_not_finish_and_fits_long_task_ids(tmp_path:
             " - Math.max(...labels.map(t => t.x.baseVal[0].value + t.getComputedTextLength()));"
         )
         assert clear > 0, clear
+        # What the monitor did to the cap, said of an ended run and of a running one.
+        said = driver.find_element("id", "resources").text
+        assert re.fullmatch(r"cap \d+, never lowered", said), said
+        told = driver.execute_script(
+            "const r = {cpu_pct: 91.4, memory_pct: 20};"
+            "const c = {first: 4, now: 2, reason: 'cpu 91% >= 80%', lowest: 1,"
+            " lowest_reason: 'cpu 97% >= 80%', lowered: 3};"
+            "return [resources({run: {state: 'running'}, resources: r, cap: c}),"
+            " resources({run: {state: 'failed'}, resources: r, cap: c}),"
+            " resources({run: {state: 'running'}, resources: r, cap: null})]"
+        )
+        assert told == [
+            "cpu 91%, memory 20%; cap 2 now (cpu 91% >= 80%); cap 4, lowered 3 times, to 1 at"
+            " the lowest (cpu 97% >= 80%)",
+            "cap 4, lowered 3 times, to 1 at the lowest (cpu 97% >= 80%)",
+            "cpu 91%, memory 20%",
+        ]
         driver.execute_script(
             "document.querySelector('#failures li[data-tasks=\"bad\"] .who')"
             ".dispatchEvent(new MouseEvent('click', {bubbles: true}))"

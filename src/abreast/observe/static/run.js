@@ -282,8 +282,24 @@ function render(snap) {
        `${l.holder.task || l.holder.run || "abreast lock"} (pid ${l.holder.pid}); ` +
        `${l.waiters.length} waiting`);
   list("keys", snap.keys, k => `${k.fingerprint}: ${k.requests} requests, ${k.limited} limited`);
-  document.getElementById("resources").textContent =
-    `cpu ${snap.resources.cpu_pct.toFixed(0)}%, memory ${snap.resources.memory_pct.toFixed(0)}%`;
+  document.getElementById("resources").textContent = resources(snap);
+}
+
+// The machine now, while the run runs, and what the resource monitor did to its cap
+// (cap 4, lowered to 2 by "memory 85% >= 80%"); of an ended run, only the latter.
+function resources(snap) {
+  const c = snap.cap, running = snap.run.state === "running";
+  const now = `cpu ${snap.resources.cpu_pct.toFixed(0)}%, ` +
+              `memory ${snap.resources.memory_pct.toFixed(0)}%`;
+  if (!c) return running ? now : "the run has ended";
+  const times = c.lowered === 1 ? "once" : `${c.lowered} times`;
+  const story = c.lowest < c.first
+    ? `cap ${c.first}, lowered ${times}, to ${c.lowest} at the lowest` +
+      (c.lowest_reason ? ` (${c.lowest_reason})` : "")
+    : `cap ${c.first}, never lowered`;
+  if (!running) return story;
+  return `${now}; cap ${c.now} now` + (c.now < c.first && c.reason ? ` (${c.reason})` : "") +
+         (c.lowest < c.first ? `; ${story}` : "");
 }
 
 async function refresh() {
