@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -17,6 +18,8 @@ import pytest
 from abreast.engine.cgroup import Cgroup
 from abreast.engine.engine import EngineOptions
 from abreast.engine.monitor import ResourceMonitor, adaptive_cap
+from abreast.observe.plain import PlainView
+from abreast.observe.summary import summarize
 from tests.helpers import engine_for, intervals, max_concurrency, query, wait_for, write_recorder
 
 
@@ -65,12 +68,23 @@ def test_engine_starts_no_more_than_the_monitor_allows(
     monitor.update()
     monitor.update()
     options = EngineOptions(cap=3, flags={}, monitor=monitor, tick_s=0.05)
-    with engine_for(wf, tmp_path / "state.db", options) as engine:
+    said = io.StringIO()
+    with engine_for(wf, tmp_path / "state.db", options, view=PlainView(said)) as engine:
         outcome = asyncio.run(engine.run())
         reasons = engine.waiting_reasons()
     assert outcome.state == "succeeded"
     assert max_concurrency(intervals(tmp_path)) == expected
     assert reasons == {}  # nothing waits once the run is over
+    # Why tasks waited with slots free, said as it happened and in the summary (a CI's
+    # log showed tasks not starting, and no reason).
+    why = f"resources over threshold (cpu {use:.0f}%, memory 20%): cap {expected} of 3"
+    assert outcome.lowest_cap == (expected, why)
+    lines = said.getvalue().splitlines()
+    assert sum("the resource monitor lowered the cap" in line for line in lines) == 1
+    assert lines[0].endswith(f"the resource monitor lowered the cap: {why}"), lines
+    summary = io.StringIO()
+    summarize(outcome, summary)
+    assert f"  the resource monitor lowered the cap; at its lowest: {why}\n" in summary.getvalue()
 
 
 # -- containers: the cgroup's own limits ------------------------------------------------------

@@ -264,6 +264,8 @@ class RunOutcome:
     # Seconds its tasks waited for locks inside their attempts (`abreast lock`), left out
     # of `busy_s`: one at a time, they would not have waited for each other.
     waited_s: float = 0.0
+    # The lowest the resource monitor took the cap to, and why (None: never lowered).
+    lowest_cap: tuple[int, str] | None = None
 
     @property
     def sequential_s(self) -> float:
@@ -346,6 +348,7 @@ class Engine:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._last_heartbeat = 0.0
         self._last_cap = 0  # as last journaled (run.cap)
+        self.lowest_cap: tuple[int, str] | None = None  # where the monitor lowered it, why
         self._seen_signals: set[tuple[str, str]] = set()
         self.started_at = started_at or time.time()
         self.paused_s = paused_s  # time no orchestrator ran the run (before resumes)
@@ -459,6 +462,11 @@ class Engine:
             monitor = self.options.monitor
             why = monitor.reason(self.options.cap) if monitor else None
             self.journal.stage_event(self.run_id, "run.cap", None, cap=cap, reason=why)
+            if why and (self.lowest_cap is None or cap < self.lowest_cap[0]):
+                # Said at each new low only: a reading that sways about a threshold
+                # would otherwise say so every second. Why tasks wait, in a CI's log too.
+                self.lowest_cap = (cap, why)
+                self.view.note(f"the resource monitor lowered the cap: {why}")
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -1810,6 +1818,7 @@ class Engine:
             interrupted=self._interrupted if state == "cancelled" else 0,
             checks_s=checks,
             waited_s=waited,
+            lowest_cap=self.lowest_cap,
         )
 
     # -- resume ------------------------------------------------------------------------------

@@ -55,6 +55,8 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
             f"{format_duration(outcome.sequential_s)}{checked}; "
             f"{saved_phrase(outcome.saved_s, pct, format_duration)}\n"
         )
+    if outcome.lowest_cap is not None:  # why tasks waited with slots seemingly free
+        w(f"  the resource monitor lowered the cap; at its lowest: {outcome.lowest_cap[1]}\n")
     if outcome.landing:
         w(f"  {outcome.landing}\n")
     for warning in outcome.warnings:
