@@ -15,9 +15,11 @@ from typing import Any
 import psutil
 import pytest
 
+from abreast.coord.journal import Journal
 from abreast.engine.cgroup import Cgroup
 from abreast.engine.engine import EngineOptions
 from abreast.engine.monitor import ResourceMonitor, adaptive_cap
+from abreast.observe import report
 from abreast.observe.plain import PlainView
 from abreast.observe.summary import summarize
 from tests.helpers import engine_for, intervals, max_concurrency, query, wait_for, write_recorder
@@ -85,6 +87,11 @@ def test_engine_starts_no_more_than_the_monitor_allows(
     summary = io.StringIO()
     summarize(outcome, summary)
     assert f"  the resource monitor lowered the cap; at its lowest: {why}\n" in summary.getvalue()
+    with Journal(tmp_path / "state.db") as journal:  # and the report, from the journal
+        rep = report.build(journal, "r1")
+    told = f"resource monitor: cap 3, lowered once, to {expected} at the lowest ({why})"
+    assert f"\n  {told}\n" in report.text(rep) + "\n"
+    assert f"<p>{told}</p>" in report.html_page(rep)
 
 
 # -- containers: the cgroup's own limits ------------------------------------------------------

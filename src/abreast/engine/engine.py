@@ -461,7 +461,9 @@ class Engine:
             self._last_cap = cap
             monitor = self.options.monitor
             why = monitor.reason(self.options.cap) if monitor else None
-            self.journal.stage_event(self.run_id, "run.cap", None, cap=cap, reason=why)
+            self.journal.stage_event(
+                self.run_id, "run.cap", None, cap=cap, of=self.options.cap, reason=why
+            )
             if why and (self.lowest_cap is None or cap < self.lowest_cap[0]):
                 # Said at each new low only: a reading that sways about a threshold
                 # would otherwise say so every second. Why tasks wait, in a CI's log too.

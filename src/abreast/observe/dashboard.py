@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from itertools import pairwise
 from typing import Any
 
 from starlette.applications import Starlette
@@ -385,7 +384,7 @@ class Dashboard:
             "locks": self.locks(run.id),
             "keys": self.keys(journal, run.id),
             "resources": dict(zip(("cpu_pct", "memory_pct"), self._resources(), strict=True)),
-            "cap": _cap_story(journal, run.id),
+            "cap": rundata.cap_story(journal, run.id),
             "last_seq": journal.last_seq(run.id),
             "now": time.time(),
         }
@@ -817,24 +816,6 @@ def _run_state(row: Any) -> tuple[str, str | None]:
 
     state = str(run_state(row))
     return state, stopping(row, state)
-
-
-def _cap_story(journal: Journal, run_id: str) -> dict[str, Any] | None:
-    """What the resource monitor did to the run's cap (`run.cap` events): where it
-    started, where it is, how low it went and why, how many times it lowered it."""
-    caps = journal.events(run_id, types=("run.cap",))
-    if not caps:
-        return None
-    values = [int(e.data.get("cap", 0)) for e in caps]
-    low = min(range(len(caps)), key=lambda i: (values[i], -i))  # the latest at the lowest
-    return {
-        "first": values[0],
-        "now": values[-1],
-        "reason": caps[-1].data.get("reason"),
-        "lowest": values[low],
-        "lowest_reason": caps[low].data.get("reason"),
-        "lowered": sum(b < a for a, b in pairwise(values)),
-    }
 
 
 def _merge_detail(data: dict[str, Any]) -> str:

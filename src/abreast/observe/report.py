@@ -153,6 +153,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
             if e.data.get("warning")
         ],
         "flaky": _flaky(journal, run_id),
+        "cap": rundata.cap_story(journal, run_id),  # what the resource monitor did to it
         "landing": (run.summary or {}).get("landing"),
         "merges": _merges(journal, run_id),
     }
@@ -401,6 +402,9 @@ def text(rep: dict[str, Any]) -> str:
     queue = _merge_line(rep["merges"])
     if queue:
         out.append(f"\n  {queue}")
+    capped = _cap_line(rep.get("cap"))
+    if capped:
+        out.append(f"  {capped}" if queue else f"\n  {capped}")
     ray = _hosts_line(rep["timeline"])
     if ray:
         out.append(f"  {ray}" if queue else f"\n  {ray}")
@@ -574,6 +578,9 @@ def html_page(rep: dict[str, Any]) -> str:
         f"<p>{e(line.strip())}</p>" for line in (rep["landing"] or "").splitlines() if line.strip()
     )
     queue = _merge_line(rep["merges"])
+    capped = _cap_line(rep.get("cap"))
+    if capped:
+        landing = f"<p>{e(capped)}</p>" + landing
     if queue:
         landing = f"<p>{e(queue)}</p>" + landing
     ray = _hosts_line(rep["timeline"])
@@ -605,6 +612,17 @@ _STRIPES = (
     " patternTransform='rotate(45)'><rect width='6' height='6' fill='#e0e0e0'/>"
     "<rect width='3' height='6' fill='#bdbdbd'/></pattern></defs>"
 )
+
+
+def _cap_line(cap: dict[str, Any] | None) -> str | None:
+    """`resource monitor: cap 4, lowered 3 times, to 1 at the lowest (...)`; None when
+    it never lowered the cap."""
+    if not cap or cap["lowest"] >= cap["first"]:
+        return None
+    times = "once" if cap["lowered"] == 1 else f"{cap['lowered']} times"
+    why = f" ({cap['lowest_reason']})" if cap.get("lowest_reason") else ""
+    lowest = f"to {cap['lowest']} at the lowest{why}"
+    return f"resource monitor: cap {cap['first']}, lowered {times}, {lowest}"
 
 
 def _label_px(task_id: str) -> float:

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from abreast.coord.journal import AttemptRow, EventRow, Journal, RunRow, TaskRow
@@ -330,6 +331,25 @@ def load(journal: Journal, run_id: str, attempts: bool = True) -> RunData | None
     signals = journal.signal_times(run_id) if plan and plan.get("signal_edges") else {}
     waits = lock_waits(journal, run_id) if attempts else []
     return RunData(run, journal.tasks(run_id), tries, plan, signals, waits)
+
+
+def cap_story(journal: Journal, run_id: str) -> dict[str, Any] | None:
+    """What the resource monitor did to the run's cap (`run.cap` events): where it
+    started, where it is, how low it went and why, how many times it lowered it."""
+    caps = journal.events(run_id, types=("run.cap",))
+    if not caps:
+        return None
+    values = [int(e.data.get("cap", 0)) for e in caps]
+    low = min(range(len(caps)), key=lambda i: (values[i], -i))  # the latest at the lowest
+    asked = int(caps[0].data.get("of", values[0]))  # the run's cap (lowered from the start?)
+    return {
+        "first": asked,
+        "now": values[-1],
+        "reason": caps[-1].data.get("reason"),
+        "lowest": values[low],
+        "lowest_reason": caps[low].data.get("reason"),
+        "lowered": sum(b < a for a, b in pairwise([asked, *values])),
+    }
 
 
 def work_changes(journal: Journal, run_id: str) -> dict[str, dict[str, int]]:
