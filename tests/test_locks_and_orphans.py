@@ -382,6 +382,69 @@ def test_time_a_task_waits_for_a_lock_is_shown_and_not_counted_as_its_work(
     assert snap["run"]["busy_s"] == pytest.approx(summary["busy_s"], abs=0.01)
 
 
+def test_a_task_waiting_for_a_lock_says_so_while_it_waits(tmp_path: Path) -> None:
+    # A task stuck in `abreast lock tests` showed only as running, its time going up.
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    go = tmp_path / "go"
+    holder = subprocess.Popen(
+        [*lock_argv(state), "sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done"]
+    )
+    coord = open_coordinator(f"sqlite://{tmp_path}/.abreast/coord.db")
+    run = None
+    try:
+        wait_for(lambda: coord.holder("tests") is not None, what="the holder outside the run")
+        inner = f"{PY} -m abreast lock tests -- true"
+        run = run_json(tmp_path, {"name": "waits", "tasks": {"t": {"run": inner}}})
+        wait_for(lambda: len(coord.waiters("tests")) == 1, what="the run's task to queue")
+        db = tmp_path / ".abreast" / "state.db"
+        wait_for(
+            lambda: query(db, "SELECT 1 FROM events WHERE type = 'lock.waiting'"),
+            what="the wait journaled",
+        )
+        (run_id,) = query(db, "SELECT id FROM runs")[0]
+        (row,) = [
+            line
+            for line in run_abreast("status", run_id, cwd=tmp_path).out.splitlines()
+            if line.startswith("  t ")
+        ]
+        assert "running" in row and "waits for the lock tests (" in row, row
+        assert f"held by pid {holder.pid}" in row, row
+        from abreast.coord.journal import Journal
+        from abreast.observe import rundata
+
+        with Journal(db) as journal:
+            data = rundata.load(journal, run_id)
+        assert data is not None and [(w.task, w.attempt, w.lock) for w in data.waiting] == [
+            ("t", 1, "tests")
+        ]
+        from abreast.coord.location import locate
+        from abreast.observe.dashboard import DashboardServer
+
+        server = DashboardServer(locate(tmp_path / "w.json", None))
+        server.start()
+        try:
+            with urllib.request.urlopen(f"{server.url}api/runs/{run_id}", timeout=10) as r:
+                (now,) = json.loads(r.read())["waits"]
+        finally:
+            server.stop()
+        assert (now["task"], now["lock"], now["until"]) == ("t", "tests", None)
+        assert f"pid {holder.pid}" in now["held_by"]
+        go.touch()
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, out + err
+        with Journal(db) as journal:
+            data = rundata.load(journal, run_id)
+        assert data is not None and data.waiting == []  # the grant ended it
+        assert [(w.task, w.granted) for w in data.waits] == [("t", True)]
+    finally:
+        go.touch()
+        if run is not None and run.poll() is None:
+            run.kill()
+            run.communicate()
+        coord.close()
+        holder.wait(timeout=10)
+
+
 def test_a_locked_command_inside_a_task_dies_with_the_task_even_if_abreast_lock_is_killed(
     tmp_path: Path,
 ) -> None:

@@ -71,9 +71,26 @@ def lock_command(
                     run_id, "lock.granted", task_id, token=lease.token, **said, **wait
                 )
 
+    def waiting(who: str) -> None:
+        # While it waits, `status` and the dashboard say what for (until a grant or a
+        # timeout with the same `since` ends it).
+        with _run_journal(run_id, location.journal) as journal:
+            if journal is not None:
+                since_ = round(since, 6)
+                journal.stage_event(
+                    run_id, "lock.waiting", task_id, held_by=who, since=since_, **said
+                )
+
     try:
         outcome = run_locked(
-            coord, name, cmd, ttl_s=ttl_s, timeout_s=timeout_s, holder=holder, on_granted=granted
+            coord,
+            name,
+            cmd,
+            ttl_s=ttl_s,
+            timeout_s=timeout_s,
+            holder=holder,
+            on_granted=granted,
+            on_waiting=waiting,
         )
     finally:
         coord.close()

@@ -81,9 +81,11 @@ def run_locked(
     timeout_s: float | None,
     holder: Holder,
     on_granted: Callable[[Lease, float], None] | None = None,
+    on_waiting: Callable[[str], None] | None = None,
 ) -> LockOutcome:
     """Wait for the lock `name` (up to `timeout_s`), then run CMD holding it, renewing it;
-    `on_granted(lease, seconds waited)` is called once it is held, before CMD starts."""
+    `on_waiting(who holds it)` is called if it must wait, and `on_granted(lease, seconds
+    waited)` once it is held, before CMD starts."""
     err = sys.stderr
     t0 = time.monotonic()
     told = False
@@ -96,6 +98,8 @@ def run_locked(
             err.write(f"abreast lock: waiting for {name!r} (held by {who})\n")
             err.flush()
             told = True
+            if on_waiting is not None:
+                on_waiting(who)
 
     lease = _acquire(coord, name, holder, ttl_s, timeout_s, waiting, err)
     waited = time.monotonic() - t0

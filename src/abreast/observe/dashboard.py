@@ -331,6 +331,7 @@ class Dashboard:
             }
             for a in data.attempts
         ]
+        running = {(a.task_id, a.attempt) for a in data.attempts if a.ended_at is None}
         waits = [  # for locks, inside attempts (`abreast lock NAME -- CMD`)
             {
                 "task": w.task,
@@ -341,6 +342,17 @@ class Dashboard:
                 "granted": w.granted,
             }
             for w in data.waits
+        ] + [  # ... and those going on now (`until` null), in attempts that run
+            {
+                "task": w.task,
+                "attempt": w.attempt,
+                "lock": w.lock,
+                "since": w.since,
+                "until": None,
+                "held_by": w.held_by,
+            }
+            for w in data.waiting
+            if (w.task, w.attempt) in running
         ]
         merges = [
             {

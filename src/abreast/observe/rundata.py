@@ -192,28 +192,47 @@ class LockWait:
     granted: bool  # else it gave up (--timeout)
 
 
+@dataclass(frozen=True)
+class OpenWait:
+    """A task's attempt waiting for a lock now (`lock.waiting` with no grant or timeout
+    after it), or until it was ended while it waited."""
+
+    task: str
+    attempt: int
+    lock: str
+    since: float  # Unix seconds
+    held_by: str  # who held the lock as the wait began
+
+
 def lock_waits(journal: Journal, run_id: str) -> list[LockWait]:
     """The run's tasks' waits for locks inside their attempts (not a merge check's; not
     before an attempt starts, as for `locks:`, which the scheduler plans for)."""
-    out = []
-    for e in journal.events(run_id, types=("lock.granted", "lock.timeout")):
+    return _lock_waits(journal, run_id)[0]
+
+
+def open_waits(journal: Journal, run_id: str) -> list[OpenWait]:
+    """Waits for locks inside attempts that no grant or timeout has ended (yet)."""
+    return _lock_waits(journal, run_id)[1]
+
+
+def _lock_waits(journal: Journal, run_id: str) -> tuple[list[LockWait], list[OpenWait]]:
+    """(the waits that ended, by a grant or a timeout; those that did not)."""
+    done, began = [], {}
+    types = ("lock.waiting", "lock.granted", "lock.timeout")
+    for e in journal.events(run_id, types=types):
         d = e.data
         if d.get("source") != "abreast lock" or e.task_id is None or "attempt" not in d:
             continue  # journaled before waits said their attempt (or no task's)
+        key = (e.task_id, int(d["attempt"]), str(d["lock"]), d.get("since"))
+        if e.type == "lock.waiting":
+            began[key] = OpenWait(*key[:3], float(d["since"]), str(d.get("held_by") or ""))
+            continue
+        began.pop(key, None)
         wait = float(d.get("wait_s") or 0.0)
         if wait > 0:
             since = float(d.get("since", e.ts - wait))
-            out.append(
-                LockWait(
-                    e.task_id,
-                    int(d["attempt"]),
-                    str(d["lock"]),
-                    since,
-                    wait,
-                    e.type == "lock.granted",
-                )
-            )
-    return out
+            done.append(LockWait(*key[:3], since, wait, e.type == "lock.granted"))
+    return done, list(began.values())
 
 
 def waited_s(waits: list[LockWait]) -> dict[str, float]:
@@ -232,6 +251,7 @@ class RunData:
     plan: dict[str, Any] | None
     signals: dict[tuple[str, str], float] = field(default_factory=dict)  # -> when given
     waits: list[LockWait] = field(default_factory=list)  # for locks, inside attempts
+    waiting: list[OpenWait] = field(default_factory=list)  # ... not ended (see OpenWait)
 
     @property
     def edges(self) -> list[tuple[str, str]]:
@@ -329,8 +349,8 @@ def load(journal: Journal, run_id: str, attempts: bool = True) -> RunData | None
     tries = journal.attempts(run_id) if attempts else []
     plan = run.options.get("plan")
     signals = journal.signal_times(run_id) if plan and plan.get("signal_edges") else {}
-    waits = lock_waits(journal, run_id) if attempts else []
-    return RunData(run, journal.tasks(run_id), tries, plan, signals, waits)
+    waits, waiting = _lock_waits(journal, run_id) if attempts else ([], [])
+    return RunData(run, journal.tasks(run_id), tries, plan, signals, waits, waiting)
 
 
 def cap_story(journal: Journal, run_id: str) -> dict[str, Any] | None:

@@ -182,6 +182,10 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         )
     now = time.time()
     waits = _merge_waits(journal, row.id) if any(t.state == "integrating" for t in tasks) else {}
+    locked = {  # a running attempt waiting for a lock (`abreast lock` in its command)
+        (w.task, w.attempt): w
+        for w in (rundata.open_waits(journal, row.id) if state == "running" else [])
+    }
     words = _last_words(journal, row.id, tasks)
     for t in listed[:TASK_ROWS]:
         took = "-"
@@ -191,6 +195,11 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         note = rundata.fitted(words.get(t.task_id) or rundata.headline(t.reason), 80)
         if t.state == "integrating" and t.task_id in waits:
             note = f"lands after {', '.join(waits[t.task_id])}"
+        elif t.state == "running" and (w := locked.get((t.task_id, t.attempts))):
+            took_w = format_duration(max(0.0, now - w.since))
+            note = rundata.fitted(
+                f"waits for the lock {w.lock} ({took_w}), held by {w.held_by}", 80
+            )
         elif t.state == "pending" and t.attempts and t.feedback:  # sent back, to run again
             due = retries.get(t.task_id) if state == "running" else None
             when = f"retry in {format_duration(due - now)}" if due and due > now else "sent back"

@@ -120,8 +120,11 @@ function drawDag(snap) {
     }
     return;
   }
-  // Two lines a box: the task's id, and its state.
-  const stateLine = t => t.state + (t.attempts > 1 ? ` ×${t.attempts}` : "");
+  // Two lines a box: the task's id, and its state (and the lock it waits for now).
+  const waitsFor = new Map((snap.waits || []).filter(w => w.until === null)
+                           .map(w => [w.task, w.lock]));
+  const stateLine = t => t.state + (t.attempts > 1 ? ` ×${t.attempts}` : "") +
+                         (waitsFor.has(t.id) ? `, waits for ${waitsFor.get(t.id)}` : "");
   const widest = Math.max(0, ...snap.tasks.map(t => Math.max(textWidth(t.id, 12),
                                                               textWidth(stateLine(t), 11))));
   const W = Math.max(110, Math.ceil(widest) + 18), H = 34, GX = 60, GY = 16;
@@ -196,16 +199,18 @@ function drawTimeline(snap) {
     svg.append(bar);
   }
   for (const w of snap.waits || []) {  // waits for locks, over their attempts' bars
-    const i = ids.indexOf(w.task);
+    const i = ids.indexOf(w.task), until = w.until ?? snap.now;  // null: it waits now
     if (i < 0) continue;
-    const x = left + at(w.since) / span * width, w_px = (at(w.until) - at(w.since)) / span * width;
+    const x = left + at(w.since) / span * width, w_px = (at(until) - at(w.since)) / span * width;
     if (w_px < 1) continue;  // too short to see
     const wait = el("svg:rect", {class: "bar waiting", x, y: top + i * row, height: row - 4,
                                  width: w_px,
                                  "data-wait": `${w.task}.${w.attempt}`});
-    wait.append(el("svg:title", {}, `${w.task} attempt ${w.attempt}: waited ` +
-                   `${fmt(w.until - w.since)} for the lock ${w.lock}, ` +
-                   (w.granted ? "then got it" : "and gave up")));
+    wait.append(el("svg:title", {}, w.until === null
+      ? `${w.task} attempt ${w.attempt}: waiting for the lock ${w.lock} (held by ` +
+        `${w.held_by}) for ${fmt(until - w.since)}`
+      : `${w.task} attempt ${w.attempt}: waited ${fmt(w.until - w.since)} for the lock ` +
+        `${w.lock}, ` + (w.granted ? "then got it" : "and gave up")));
     svg.append(wait);
   }
   box.append(svg);
