@@ -445,6 +445,62 @@ def test_a_task_waiting_for_a_lock_says_so_while_it_waits(tmp_path: Path) -> Non
         holder.wait(timeout=10)
 
 
+def test_status_and_the_dashboard_say_why_a_ready_task_does_not_start(tmp_path: Path) -> None:
+    # The live view at the terminal said "pool 'db' full"; `status` in another, and the
+    # dashboard, showed only "ready".
+    go = tmp_path / "go"
+    hold = f"while [ ! -e {go} ]; do sleep 0.05; done"
+    run = run_json(
+        tmp_path,
+        {
+            "name": "pooled",
+            "pools": {"db": 1},
+            "heartbeat": {"interval": 0.2},
+            "tasks": {
+                "migrate": {"run": hold, "pools": ["db"]},
+                "seed": {"run": "true", "pools": ["db"]},
+            },
+        },
+    )
+    try:
+        db = tmp_path / ".abreast" / "state.db"
+        assert run.stdout is not None
+        run_id = run.stdout.readline().removeprefix("run: ").strip()
+
+        def seed_row() -> str:
+            lines = run_abreast("status", run_id, cwd=tmp_path).out.splitlines()
+            return next((line for line in lines if line.startswith("  seed ")), "")
+
+        wait_for(lambda: "waits: pool 'db' full" in seed_row(), what="why seed waits")
+        assert seed_row().split()[1] == "ready"
+        from abreast.coord.location import locate
+        from abreast.observe.dashboard import DashboardServer
+
+        server = DashboardServer(locate(tmp_path / "w.json", None))
+        server.start()
+        try:
+            with urllib.request.urlopen(f"{server.url}api/runs/{run_id}", timeout=10) as r:
+                tasks = {t["id"]: t for t in json.loads(r.read())["tasks"]}
+        finally:
+            server.stop()
+        assert tasks["seed"]["waits_for"] == "pool 'db' full"
+        assert tasks["migrate"]["waits_for"] is None  # it runs
+        go.touch()
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, out + err
+        said = [
+            json.loads(d)
+            for (d,) in query(db, "SELECT data FROM events WHERE type = 'run.waiting'")
+        ]
+        assert said[0] == {"tasks": {"seed": "pool 'db' full"}, "more": 0}
+        assert "pool" not in seed_row()  # once it ran, nothing is said of its wait
+    finally:
+        go.touch()
+        if run.poll() is None:
+            run.kill()
+        run.communicate()
+
+
 def test_a_locked_command_inside_a_task_dies_with_the_task_even_if_abreast_lock_is_killed(
     tmp_path: Path,
 ) -> None:

@@ -87,6 +87,7 @@ if TYPE_CHECKING:
     from abreast.observe.events import Sink
 
 JITTER = 0.25  # a retry waits its nominal backoff times a factor in [0.75, 1.25]
+WAITING_SAID = 100  # ready tasks whose reason to wait a run.waiting event names, at most
 _stop_asked: list[int] = []  # SIGTERMs (SIGHUPs) that came before the engine listened for them
 # Why a run is cancelled, by the signal that asked: SIGINT is Ctrl-C, SIGHUP the terminal
 # closing (an ssh session dropped, its window shut), SIGTERM `abreast cancel`.
@@ -348,6 +349,7 @@ class Engine:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._last_heartbeat = 0.0
         self._last_cap = 0  # as last journaled (run.cap)
+        self._waiting_said: dict[str, str] = {}  # as last journaled (run.waiting)
         self.lowest_cap: tuple[int, str] | None = None  # where the monitor lowered it, why
         self._seen_signals: set[tuple[str, str]] = set()
         self.started_at = started_at or time.time()
@@ -453,6 +455,17 @@ class Engine:
         checks = 0.0 if self.isolation.instant else self.options.check_s
         batch = self.options.merge_batch
         return time_left(left, g.succs, g.levels()[0], self.cap(), landing, checks, batch)
+
+    def _note_waiting(self) -> None:
+        """Journal why ready tasks do not start (a pool full, the cap, files another task
+        owns), when that changed: `status` and the dashboard say it, as the live view does.
+        At the heartbeat only: a wait shorter than that is not worth a word."""
+        reasons = self.waiting_reasons()
+        if reasons != self._waiting_said:
+            self._waiting_said = reasons
+            shown = dict(list(reasons.items())[:WAITING_SAID])
+            more = len(reasons) - len(shown)
+            self.journal.stage_event(self.run_id, "run.waiting", None, tasks=shown, more=more)
 
     def _note_cap(self) -> None:
         """Journal the cap when it changes (the resource monitor moves it), for watchers."""
@@ -1592,6 +1605,7 @@ class Engine:
         if now - self._last_heartbeat >= self.wf.heartbeat.interval:
             self._last_heartbeat = now
             self.journal.stage_run(self.run_id, heartbeat_at=now)
+            self._note_waiting()
         self._note_cap()
         self._schedule_tick()
 

@@ -299,6 +299,7 @@ class Dashboard:
         hosts = rundata.attempt_hosts(journal, run.id)
         said = self._last_words(journal, data)
         last = {a.task_id: a.attempt for a in data.attempts}
+        ready = rundata.ready_waits(journal, run.id) if run.state == "running" else {}
         tasks = [
             {
                 "id": t.task_id,
@@ -315,6 +316,8 @@ class Dashboard:
                 "changes": changes.get(t.task_id),
                 "tokens": (use := tokens.get(t.task_id)),  # through the key proxy; else null
                 "tokens_text": rundata.tokens_line(use) if use else None,
+                # why a ready task does not start, as the run last said it (else null)
+                "waits_for": ready.get(t.task_id) if t.state == "ready" else None,
             }
             for t in data.tasks
         ]

@@ -186,6 +186,9 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         (w.task, w.attempt): w
         for w in (rundata.open_waits(journal, row.id) if state == "running" else [])
     }
+    ready = {}  # why ready tasks do not start, as the run last said it
+    if state == "running" and any(t.state == "ready" for t in tasks):
+        ready = rundata.ready_waits(journal, row.id)
     words = _last_words(journal, row.id, tasks)
     for t in listed[:TASK_ROWS]:
         took = "-"
@@ -195,6 +198,8 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         note = rundata.fitted(words.get(t.task_id) or rundata.headline(t.reason), 80)
         if t.state == "integrating" and t.task_id in waits:
             note = f"lands after {', '.join(waits[t.task_id])}"
+        elif t.state == "ready" and t.task_id in ready:
+            note = rundata.fitted(f"waits: {ready[t.task_id]}", 80)
         elif t.state == "running" and (w := locked.get((t.task_id, t.attempts))):
             took_w = format_duration(max(0.0, now - w.since))
             note = rundata.fitted(

@@ -89,6 +89,8 @@ function textWidth(text, px) {
   return measurer.measureText(text).width;
 }
 
+const clipped = (text, most) => text.length > most ? text.slice(0, most - 1) + "\u2026" : text;
+
 function drawDag(snap) {
   const box = document.getElementById("dag");
   const wasOpen = box.querySelector("details")?.open || false;  // kept across refreshes
@@ -124,7 +126,8 @@ function drawDag(snap) {
   const waitsFor = new Map((snap.waits || []).filter(w => w.until === null)
                            .map(w => [w.task, w.lock]));
   const stateLine = t => t.state + (t.attempts > 1 ? ` ×${t.attempts}` : "") +
-                         (waitsFor.has(t.id) ? `, waits for ${waitsFor.get(t.id)}` : "");
+                         (waitsFor.has(t.id) ? `, waits for ${waitsFor.get(t.id)}` : "") +
+                         (t.waits_for ? `: ${clipped(t.waits_for, 32)}` : "");
   const widest = Math.max(0, ...snap.tasks.map(t => Math.max(textWidth(t.id, 12),
                                                               textWidth(stateLine(t), 11))));
   const W = Math.max(110, Math.ceil(widest) + 18), H = 34, GX = 60, GY = 16;
@@ -157,7 +160,7 @@ function drawDag(snap) {
     g.append(el("svg:text", {x: 9, y: H / 2 - 7}, t.id));
     g.append(el("svg:text", {x: 9, y: H / 2 + 8, class: "sub"}, stateLine(t)));
     const c = t.changes;  // what its work changed (worktrees)
-    const title = el("svg:title", {}, (t.reason || t.state) +
+    const title = el("svg:title", {}, (t.reason || t.waits_for || t.state) +
                      (c ? `\n${c.files} file${c.files === 1 ? "" : "s"} +${c.added} -${c.deleted}` : "") +
                      (t.tokens_text ? `\ntokens: ${t.tokens_text}` : ""));
     g.append(title);
