@@ -127,6 +127,47 @@ def test_three_parallel_tasks_land_and_the_user_checkout_is_untouched(repo: Path
     assert {t["id"]: t["changes"]["files"] for t in snap["tasks"]} == {"a": 1, "b": 1, "c": 1}
 
 
+def test_the_dashboard_shows_the_merge_queue_as_it_stands(repo: Path, tmp_path: Path) -> None:
+    # The panel was a log of steps: which merge was being checked now, and which waited
+    # behind it, one had to work out from "queued" lines.
+    go = tmp_path / "go"
+    path = workflow(
+        repo,
+        {"a": {"run": "echo a > a.txt"}, "b": {"run": "echo b > b.txt"}},
+        checks=[{"run": f"while [ ! -e {go} ]; do sleep 0.05; done"}],
+    )
+    proc, run_id = start_run(path, cwd=repo)
+    from abreast.coord.location import locate
+    from abreast.observe.dashboard import DashboardServer
+
+    server = DashboardServer(locate(path, None))
+    server.start()
+    try:
+
+        def queue() -> list[tuple[str, str]]:
+            with urllib.request.urlopen(f"{server.url}api/runs/{run_id}", timeout=10) as r:
+                return [(q["task"], q["phase"]) for q in json.loads(r.read())["queue_now"]]
+
+        # Both on the queue, the one being checked first (what moves first).
+        wait_for(
+            lambda: [phase for _, phase in queue()] == ["checking", "queued"],
+            what="one merge checked, one queued behind it",
+        )
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out + err
+        assert queue() == []  # all landed
+        with urllib.request.urlopen(f"{server.url}api/runs/{run_id}", timeout=10) as r:
+            steps = [m["type"] for m in json.loads(r.read())["merges"]]
+        assert steps.count("merge.checking") == 2, steps
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        server.stop()
+
+
 def test_different_hunks_of_one_file_merge_cleanly(repo: Path) -> None:
     path = workflow(
         repo,

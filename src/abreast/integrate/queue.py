@@ -360,6 +360,14 @@ class MergeQueue:
         integration head; None if the run was cancelled meanwhile."""
         first = jobs[0]
         self._set_phase(jobs, "checking" if len(jobs) == 1 else f"checking, batch of {len(jobs)}")
+        self.journal.stage_event(  # for watchers: which merges are being checked now
+            self.run_id,
+            "merge.checking",
+            first.task_id,
+            attempt=first.attempt,
+            tasks=[job.task_id for job in jobs],
+            commit=commit,
+        )
         path = await asyncio.to_thread(self.check_pool.acquire, None, commit)
         try:
             env = {

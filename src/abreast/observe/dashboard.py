@@ -227,7 +227,7 @@ class Dashboard:
 <section><h2>tasks</h2><div id=dag></div></section>
 <section><h2>timeline</h2><div id=timeline></div></section>
 <div class=cols>
-<section><h2>merge queue</h2><ul id=merges></ul></section>
+<section><h2>merge queue</h2><ul id=queue-now></ul><ul id=merges></ul></section>
 <section><h2>locks</h2><ul id=locks></ul></section>
 <section><h2>keys</h2><ul id=keys></ul></section>
 <section><h2>resources</h2><p id=resources></p></section>
@@ -367,6 +367,8 @@ class Dashboard:
             }
             for e in rundata.merge_log(journal, run.id)
         ]
+        integrating = [t.task_id for t in data.tasks if t.state == "integrating"]
+        queue_now = rundata.merge_queue_now(journal, run.id, integrating) if integrating else []
         state, asked = _run_state(run)
         return {
             "run": {
@@ -396,6 +398,7 @@ class Dashboard:
             "attempts": attempts,
             "waits": waits,
             "merges": merges,
+            "queue_now": queue_now,  # the merges on the queue now, and what each is doing
             "locks": self.locks(run.id),
             "keys": self.keys(journal, run.id),
             "resources": dict(zip(("cpu_pct", "memory_pct"), self._resources(), strict=True)),

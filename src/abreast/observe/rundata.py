@@ -22,6 +22,7 @@ from abreast.executor.logs import (
 
 MERGE_EVENTS = (
     "merge.queued",
+    "merge.checking",
     "merge.waiting",
     "merge.landed",
     "merge.conflict",
@@ -564,6 +565,34 @@ def changed(c: dict[str, int]) -> str:
 def merge_log(journal: Journal, run_id: str, limit: int = 50) -> list[EventRow]:
     events = journal.events(run_id, types=MERGE_EVENTS)
     return events[-limit:]
+
+
+# What a merge on the queue is doing, by the latest of its events.
+_MERGE_PHASE = {
+    "merge.queued": "queued",
+    "merge.waiting": "waits for its dependencies to land",
+    "merge.checking": "checking",
+    "merge.checked": "checked, landing",
+    "merge.landing": "landing",
+}
+
+
+def merge_queue_now(
+    journal: Journal, run_id: str, integrating: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The queue as it stands: each task of `integrating` (its work on the merge queue)
+    with what its merge is doing and since when (`checking`, in a batch with others)."""
+    now: dict[str, tuple[str, float]] = {}
+    for e in journal.events(run_id, types=tuple(_MERGE_PHASE)):
+        phase = _MERGE_PHASE[e.type]
+        if e.type == "merge.waiting" and e.data.get("for_tasks"):
+            phase = f"waits for {', '.join(map(str, e.data['for_tasks']))} to land"
+        tasks = e.data.get("tasks") or [e.task_id]
+        if e.type == "merge.checking" and len(tasks) > 1:
+            phase = f"checking, in a batch of {len(tasks)}"
+        for task in tasks:
+            now[str(task)] = (phase, e.ts)
+    return [{"task": t, "phase": now[t][0], "since": now[t][1]} for t in integrating if t in now]
 
 
 def saved_phrase(saved_s: float, pct: float, fmt: Callable[[float], str], digits: int = 0) -> str:

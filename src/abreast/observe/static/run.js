@@ -282,6 +282,11 @@ function render(snap) {
   drawFailures(snap);
   drawDag(snap);
   drawTimeline(snap);
+  // The queue as it stands ("api: checking, 12s"), then its latest steps.
+  const queueNow = snap.queue_now || [];
+  document.getElementById("queue-now").replaceChildren(...queueNow.map(q =>
+    el("li", {"data-task": q.task}, `${q.task}: ${q.phase}, ${fmt(snap.now - q.since)}`)));
+  document.getElementById("queue-now").hidden = !queueNow.length;
   // Newest first (the latest 50): "api: landed 3f2c…", "web: conflict in src/app.ts".
   list("merges", snap.merges.slice().reverse(),
        m => `${m.task ? `${m.task}: ` : ""}${m.type.replace("merge.", "").replace(/_/g, " ")}` +
