@@ -153,6 +153,13 @@ def test_the_dashboard_shows_the_merge_queue_as_it_stands(repo: Path, tmp_path: 
             lambda: [phase for _, phase in queue()] == ["checking", "queued"],
             what="one merge checked, one queued behind it",
         )
+        (checked, _), (queued, _) = queue()
+        notes = {  # `status` says the same
+            line.split()[0]: line.split(None, 5)[-1]
+            for line in run_abreast("status", run_id, cwd=repo).out.splitlines()[2:]
+            if "integrating" in line
+        }
+        assert notes[queued] == "queued" and notes[checked].startswith("checking ("), notes
         go.touch()
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, out + err

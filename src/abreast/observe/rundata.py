@@ -586,13 +586,17 @@ def merge_queue_now(
     for e in journal.events(run_id, types=tuple(_MERGE_PHASE)):
         phase = _MERGE_PHASE[e.type]
         if e.type == "merge.waiting" and e.data.get("for_tasks"):
-            phase = f"waits for {', '.join(map(str, e.data['for_tasks']))} to land"
+            phase = f"lands after {', '.join(map(str, e.data['for_tasks']))}"
         tasks = e.data.get("tasks") or [e.task_id]
         if e.type == "merge.checking" and len(tasks) > 1:
             phase = f"checking, in a batch of {len(tasks)}"
         for task in tasks:
             now[str(task)] = (phase, e.ts)
-    return [{"task": t, "phase": now[t][0], "since": now[t][1]} for t in integrating if t in now]
+    shown = [{"task": t, "phase": now[t][0], "since": now[t][1]} for t in integrating if t in now]
+    # What moves first: being checked or landing, then what waits behind it.
+    return sorted(
+        shown, key=lambda q: (not q["phase"].startswith(("checking", "land")), q["since"])
+    )
 
 
 def saved_phrase(saved_s: float, pct: float, fmt: Callable[[float], str], digits: int = 0) -> str:

@@ -181,7 +181,14 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
             "NOTE\n"
         )
     now = time.time()
-    waits = _merge_waits(journal, row.id) if any(t.state == "integrating" for t in tasks) else {}
+    integrating = [t.task_id for t in tasks if t.state == "integrating"]
+    merging = (
+        {  # what each merge on the queue is doing: checking, queued, lands after ...
+            q["task"]: q for q in rundata.merge_queue_now(journal, row.id, integrating)
+        }
+        if integrating
+        else {}
+    )
     locked = {  # a running attempt waiting for a lock (`abreast lock` in its command)
         (w.task, w.attempt): w
         for w in (rundata.open_waits(journal, row.id) if state == "running" else [])
@@ -196,8 +203,10 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
             took = format_duration(row.active_s(t.started_at, t.finished_at or now))
         rss = f"{t.peak_rss_bytes / 1e6:.1f}MB" if t.peak_rss_bytes else "-"
         note = rundata.fitted(words.get(t.task_id) or rundata.headline(t.reason), 80)
-        if t.state == "integrating" and t.task_id in waits:
-            note = f"lands after {', '.join(waits[t.task_id])}"
+        if t.state == "integrating" and (q := merging.get(t.task_id)):
+            note = q["phase"]
+            if note.startswith("checking"):
+                note += f" ({format_duration(max(0.0, now - q['since']))})"
         elif t.state == "ready" and t.task_id in ready:
             note = rundata.fitted(f"waits: {ready[t.task_id]}", 80)
         elif t.state == "running" and (w := locked.get((t.task_id, t.attempts))):
@@ -240,12 +249,6 @@ _RANK = {"failed": 0, "timed_out": 0, "running": 1, "integrating": 1}
 
 def _listed_first(t: TaskRow) -> int:
     return _RANK.get(t.state, 2)
-
-
-def _merge_waits(journal: Journal, run_id: str) -> dict[str, list[str]]:
-    """Task -> the tasks whose landing its merge waits for (the last `merge.waiting`)."""
-    events = journal.events(run_id, types=("merge.waiting",))
-    return {e.task_id: list(e.data.get("for_tasks", [])) for e in events if e.task_id}
 
 
 def watch_plain(

@@ -125,9 +125,11 @@ function drawDag(snap) {
   // Two lines a box: the task's id, and its state (and the lock it waits for now).
   const waitsFor = new Map((snap.waits || []).filter(w => w.until === null)
                            .map(w => [w.task, w.lock]));
+  const merging = new Map((snap.queue_now || []).map(q => [q.task, q.phase]));
   const stateLine = t => t.state + (t.attempts > 1 ? ` ×${t.attempts}` : "") +
                          (waitsFor.has(t.id) ? `, waits for ${waitsFor.get(t.id)}` : "") +
-                         (t.waits_for ? `: ${clipped(t.waits_for, 32)}` : "");
+                         (t.waits_for ? `: ${clipped(t.waits_for, 32)}` : "") +
+                         (merging.has(t.id) ? `: ${clipped(merging.get(t.id), 32)}` : "");
   const widest = Math.max(0, ...snap.tasks.map(t => Math.max(textWidth(t.id, 12),
                                                               textWidth(stateLine(t), 11))));
   const W = Math.max(110, Math.ceil(widest) + 18), H = 34, GX = 60, GY = 16;
