@@ -2388,6 +2388,43 @@ def test_the_live_view_says_about_how_long_the_run_has_left(tmp_path: Path) -> N
         assert "left" not in out.getvalue()
 
 
+def test_the_live_view_says_a_task_waits_in_abreast_lock(tmp_path: Path) -> None:
+    # It showed "attempt 1" and a time going up while the task sat in `abreast lock`.
+    import io
+    import types
+
+    from rich.console import Console
+
+    from abreast.engine.engine import EngineOptions
+    from abreast.engine.states import TaskState
+    from abreast.observe.live import LiveView
+
+    inside = "abreast lock tests -- pytest"
+    wf = workflow(tmp_path, {"unit": {"run": inside}, "e2e": {"run": inside}})
+    with engine_for(wf, tmp_path / "state.db", EngineOptions(cap=2, flags={})) as engine:
+        for tid in ("unit", "e2e"):
+            engine.by_id[tid].state = TaskState.RUNNING
+            engine.by_id[tid].attempts = 1
+            engine.by_id[tid].running = types.SimpleNamespace(started_mono=time.monotonic())
+        # As `abreast lock` in e2e's attempt journals it, from its own process.
+        held = "run r1, task unit, pid 1 on h, token 1"
+        wait = {"lock": "tests", "source": "abreast lock", "attempt": 1, "since": 1.5}
+        engine.journal.stage_event("r1", "lock.waiting", "e2e", held_by=held, **wait)
+        engine.journal.commit()
+        engine._read_lock_waits()
+        out = io.StringIO()
+        view = LiveView(Console(file=out, width=120, force_terminal=False))
+        view.engine = engine
+        view.console.print(view._render())
+        rows = {line.split()[0]: line for line in out.getvalue().splitlines()[1:]}
+        assert "attempt 1, waits for lock tests" in rows["e2e"]
+        assert "waits" not in rows["unit"]
+        engine.journal.stage_event("r1", "lock.granted", "e2e", token=2, wait_s=3.0, **wait)
+        engine.journal.commit()
+        engine._read_lock_waits()
+        assert engine.lock_waits_now == {}  # granted: it works now
+
+
 def test_the_live_view_says_a_failure_as_task_then_why() -> None:
     # "failed: red check `pytest` failed ..." read as a "red check"; the task was `red`.
     import io

@@ -350,6 +350,10 @@ class Engine:
         self._last_heartbeat = 0.0
         self._last_cap = 0  # as last journaled (run.cap)
         self._waiting_said: dict[str, str] = {}  # as last journaled (run.waiting)
+        # Tasks whose commands may wait in `abreast lock` (another process journals the
+        # wait): task -> the lock its running attempt waits for now, read at each tick.
+        self._locks_inside = any("abreast lock" in (t.run or "") for t in wf.tasks.values())
+        self.lock_waits_now: dict[str, str] = {}
         self.lowest_cap: tuple[int, str] | None = None  # where the monitor lowered it, why
         self._seen_signals: set[tuple[str, str]] = set()
         self.started_at = started_at or time.time()
@@ -456,6 +460,19 @@ class Engine:
         batch = self.options.merge_batch
         return time_left(left, g.succs, g.levels()[0], self.cap(), landing, checks, batch)
 
+    def _read_lock_waits(self) -> None:
+        """Which running attempts wait in `abreast lock` now, for the live view (the
+        `abreast lock` process journals its wait: `lock.waiting`)."""
+        from abreast.observe.rundata import open_waits
+
+        self.lock_waits_now = {
+            w.task: w.lock
+            for w in open_waits(self.journal, self.run_id)
+            if (tr := self.by_id.get(w.task)) is not None
+            and tr.state is TaskState.RUNNING
+            and tr.attempts == w.attempt
+        }
+
     def _note_waiting(self) -> None:
         """Journal why ready tasks do not start (a pool full, the cap, files another task
         owns), when that changed: `status` and the dashboard say it, as the live view does.
@@ -547,6 +564,8 @@ class Engine:
         installed = self._install_signal_handlers(loop)
         self._on_signals(replay=True)  # a resumed run's, given while nobody listened
         self._note_cap()
+        if self._locks_inside:
+            self._read_lock_waits()
         self._schedule_tick()
         self.view.begin(self)
         for text in self._early_warnings:
@@ -1607,6 +1626,8 @@ class Engine:
             self.journal.stage_run(self.run_id, heartbeat_at=now)
             self._note_waiting()
         self._note_cap()
+        if self._locks_inside:
+            self._read_lock_waits()
         self._schedule_tick()
 
     def _schedule_tick(self) -> None:

@@ -96,6 +96,8 @@ class LiveView(View):
                 else:
                     took = now - tr.running.started_mono if tr.running else 0.0
                     what = f"attempt {tr.attempts}"
+                    if tr.id in e.lock_waits_now:  # in `abreast lock`, another holds it
+                        what += f", waits for lock {e.lock_waits_now[tr.id]}"
                 how_long = f"{took:.1f}s" if took < 60 else format_duration(took)
                 lines.append((tr.id, _STATE_STYLE[tr.state], what, how_long, ""))
                 shown += 1
