@@ -2398,10 +2398,13 @@ def test_the_live_view_says_a_task_waits_in_abreast_lock(tmp_path: Path) -> None
     from abreast.engine.engine import EngineOptions
     from abreast.engine.states import TaskState
     from abreast.observe.live import LiveView
+    from abreast.observe.plain import PlainView
 
     inside = "abreast lock tests -- pytest"
     wf = workflow(tmp_path, {"unit": {"run": inside}, "e2e": {"run": inside}})
-    with engine_for(wf, tmp_path / "state.db", EngineOptions(cap=2, flags={})) as engine:
+    said = io.StringIO()
+    options = EngineOptions(cap=2, flags={})
+    with engine_for(wf, tmp_path / "state.db", options, view=PlainView(said)) as engine:
         for tid in ("unit", "e2e"):
             engine.by_id[tid].state = TaskState.RUNNING
             engine.by_id[tid].attempts = 1
@@ -2412,6 +2415,10 @@ def test_the_live_view_says_a_task_waits_in_abreast_lock(tmp_path: Path) -> None
         engine.journal.stage_event("r1", "lock.waiting", "e2e", held_by=held, **wait)
         engine.journal.commit()
         engine._read_lock_waits()
+        engine._read_lock_waits()  # said once, however often it is read
+        assert said.getvalue().splitlines() == [
+            f"[00:00.0] e2e: waits for the lock tests, held by {held}"
+        ]  # in plain lines too: a CI's log
         out = io.StringIO()
         view = LiveView(Console(file=out, width=120, force_terminal=False))
         view.engine = engine

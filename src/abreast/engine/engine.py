@@ -354,6 +354,7 @@ class Engine:
         # wait): task -> the lock its running attempt waits for now, read at each tick.
         self._locks_inside = any("abreast lock" in (t.run or "") for t in wf.tasks.values())
         self.lock_waits_now: dict[str, str] = {}
+        self._lock_waits_said: set[tuple[str, int, float]] = set()
         self.lowest_cap: tuple[int, str] | None = None  # where the monitor lowered it, why
         self._seen_signals: set[tuple[str, str]] = set()
         self.started_at = started_at or time.time()
@@ -465,13 +466,18 @@ class Engine:
         `abreast lock` process journals its wait: `lock.waiting`)."""
         from abreast.observe.rundata import open_waits
 
-        self.lock_waits_now = {
-            w.task: w.lock
+        now = [
+            w
             for w in open_waits(self.journal, self.run_id)
             if (tr := self.by_id.get(w.task)) is not None
             and tr.state is TaskState.RUNNING
             and tr.attempts == w.attempt
-        }
+        ]
+        self.lock_waits_now = {w.task: w.lock for w in now}
+        for w in now:  # each wait said once as it is seen: a CI's log says it too
+            if (w.task, w.attempt, w.since) not in self._lock_waits_said:
+                self._lock_waits_said.add((w.task, w.attempt, w.since))
+                self.view.note(f"{w.task}: waits for the lock {w.lock}, held by {w.held_by}")
 
     def _note_waiting(self) -> None:
         """Journal why ready tasks do not start (a pool full, the cap, files another task
