@@ -1549,6 +1549,9 @@ def test_the_text_timeline_draws_each_tasks_attempts_over_the_runs_span() -> Non
         "    test   |     x ===|  5s to 10s (2 attempts)",
         "    = succeeded  x failed or sent back  ~ interrupted",
     ]
+    # A time with a fraction has a `.`: no wait for a lock in the legend for it.
+    short = {"wall_s": 1.5, "timeline": [attempt("a", 1, "succeeded", 0.0, 1.5)]}
+    assert timeline_lines(short, columns=4)[-2:] == ["    a  |====|  0s to 1.5s", "    = succeeded"]
     many = {"wall_s": 1.0, "timeline": [attempt(f"t{i}", 1, "succeeded", 0, 1) for i in range(5)]}
     assert timeline_lines(many, columns=4, rows=3)[-2:] == [
         "    (+2 more tasks: --html FILE draws them all)",

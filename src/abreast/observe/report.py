@@ -434,6 +434,7 @@ def timeline_lines(rep: dict[str, Any], columns: int = 50, rows: int = 40) -> li
     for w in rep.get("lock_waits", []):
         waits.setdefault(w["task"], []).append(w)
     width = max(len(task) for task, _ in shown)
+    drew_wait = False
     out = [f"\n  timeline ({fmt(span)}; a column is {fmt(span / columns)}):"]
     for task, attempts in shown:
         bar = [" "] * columns
@@ -445,6 +446,7 @@ def timeline_lines(rep: dict[str, Any], columns: int = 50, rows: int = 40) -> li
             first = round(w["start_s"] / span * columns)
             last = min(columns, round(w["end_s"] / span * columns))
             bar[first:last] = _WAIT * max(0, last - first)
+            drew_wait = drew_wait or last > first
         begin, end = attempts[0]["start_s"], attempts[-1]["end_s"]
         tries = f" ({len(attempts)} attempts)" if len(attempts) > 1 else ""
         out.append(f"    {task:<{width}}  |{''.join(bar)}|  {fmt(begin)} to {fmt(end)}{tries}")
@@ -456,7 +458,7 @@ def timeline_lines(rep: dict[str, Any], columns: int = 50, rows: int = 40) -> li
     ]
     others = sorted(states - set(_MARKS))
     legend += [f"- {', '.join(others)}"] if others else []
-    if any(_WAIT in line for line in out[1:]):
+    if drew_wait:  # (not a `.` in the lines: their times have them)
         legend.append(f"{_WAIT} waiting for a lock")
     out.append("    " + "  ".join(legend))
     return out
