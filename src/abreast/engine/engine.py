@@ -68,6 +68,7 @@ from abreast.executor.process import (
     signal_tree,
 )
 from abreast.integrate.base import Isolation, Outcome, Verdict
+from abreast.plan.analysis import locks_taken
 from abreast.plan.dispatch import Dispatcher, Policy
 from abreast.plan.graph import TaskGraph
 from abreast.spec import conditions
@@ -352,7 +353,7 @@ class Engine:
         self._waiting_said: dict[str, str] = {}  # as last journaled (run.waiting)
         # Tasks whose commands may wait in `abreast lock` (another process journals the
         # wait): task -> the lock its running attempt waits for now, read at each tick.
-        self._locks_inside = any("abreast lock" in (t.run or "") for t in wf.tasks.values())
+        self._locks_inside = any(locks_taken(t.run or "") for t in wf.tasks.values())
         self.lock_waits_now: dict[str, str] = {}
         self._lock_waits_said: set[tuple[str, int, float]] = set()
         self.lowest_cap: tuple[int, str] | None = None  # where the monitor lowered it, why

@@ -60,25 +60,23 @@ def lock_command(
     task_id = os.environ.get("ABREAST_TASK_ID")
     holder = Holder.here(run=run_id or None, task=task_id)
     said = {"source": "abreast lock", "lock": name, **_inside(os.environ)}
-    since = time.time()
+    since = round(time.time(), 6)  # the wait's key: its grant or timeout ends its waiting
 
     def granted(lease: Lease, waited: float) -> None:
         # As soon as it is granted: the dashboard and metrics see the wait while CMD runs.
         with _run_journal(run_id, location.journal) as journal:
             if journal is not None:
-                wait = {"wait_s": round(waited, 6), "since": round(since, 6)}
+                wait = {"wait_s": round(waited, 6), "since": since}
                 journal.stage_event(
                     run_id, "lock.granted", task_id, token=lease.token, **said, **wait
                 )
 
     def waiting(who: str) -> None:
-        # While it waits, `status` and the dashboard say what for (until a grant or a
-        # timeout with the same `since` ends it).
+        # While it waits, `status` and the dashboard say what for.
         with _run_journal(run_id, location.journal) as journal:
             if journal is not None:
-                since_ = round(since, 6)
                 journal.stage_event(
-                    run_id, "lock.waiting", task_id, held_by=who, since=since_, **said
+                    run_id, "lock.waiting", task_id, held_by=who, since=since, **said
                 )
 
     try:
@@ -94,12 +92,14 @@ def lock_command(
         )
     finally:
         coord.close()
-    if outcome.lease is None or outcome.lost:
+    if outcome.lease is None:
         with _run_journal(run_id, location.journal) as journal:
-            if journal is not None and outcome.lease is None:
-                wait = {"wait_s": round(outcome.waited_s, 6), "since": round(since, 6)}
+            if journal is not None:
+                wait = {"wait_s": round(outcome.waited_s, 6), "since": since}
                 journal.stage_event(run_id, "lock.timeout", task_id, **said, **wait)
-            elif journal is not None and outcome.lease is not None:
+    elif outcome.lost:
+        with _run_journal(run_id, location.journal) as journal:
+            if journal is not None:
                 journal.stage_event(run_id, "lock.lost", task_id, token=outcome.lease.token, **said)
     return outcome.code
 

@@ -211,13 +211,6 @@ def lock_waits(journal: Journal, run_id: str) -> list[LockWait]:
     return _lock_waits(journal, run_id)[0]
 
 
-def ready_waits(journal: Journal, run_id: str) -> dict[str, str]:
-    """Why each ready task did not start, as the run last journaled it (`run.waiting`,
-    at its heartbeat): `pool 'db' full`, `all 4 slots busy`."""
-    said = journal.events(run_id, types=("run.waiting",))
-    return {str(k): str(v) for k, v in (said[-1].data.get("tasks") or {}).items()} if said else {}
-
-
 def open_waits(journal: Journal, run_id: str) -> list[OpenWait]:
     """Waits for locks inside attempts that no grant or timeout has ended (yet)."""
     return _lock_waits(journal, run_id)[1]
@@ -241,6 +234,13 @@ def _lock_waits(journal: Journal, run_id: str) -> tuple[list[LockWait], list[Ope
             since = float(d.get("since", e.ts - wait))
             done.append(LockWait(*key[:3], since, wait, e.type == "lock.granted"))
     return done, list(began.values())
+
+
+def ready_waits(journal: Journal, run_id: str) -> dict[str, str]:
+    """Why each ready task did not start, as the run last journaled it (`run.waiting`,
+    at its heartbeat): `pool 'db' full`, `all 4 slots busy`."""
+    said = journal.events(run_id, types=("run.waiting",))
+    return {str(k): str(v) for k, v in (said[-1].data.get("tasks") or {}).items()} if said else {}
 
 
 def waited_s(waits: list[LockWait]) -> dict[str, float]:

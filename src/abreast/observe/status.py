@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -168,9 +169,7 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         out.write(f"  {about(left)} left, by the estimates\n")
     listed = tasks
     if len(tasks) > TASK_ROWS:  # states counted; listed, only the tasks worth a look
-        counts: dict[str, int] = {}
-        for t in tasks:
-            counts[t.state] = counts.get(t.state, 0) + 1
+        counts = Counter(t.state for t in tasks)
         out.write(f"  {len(tasks)} tasks: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
         out.write("\n")
         listed = sorted((t for t in tasks if not _at_rest(t)), key=_listed_first)

@@ -211,9 +211,8 @@ def analyze(
         merges = len(analysis.tasks) - len(analysis.skipped)
         analysis.merge_checks = MergeChecks(names, merges, wf.merge.batch, each, runs)
     for tid, task in wf.tasks.items():
-        if task.run and "abreast lock" in task.run:
-            for name in dict.fromkeys(locks_taken(task.run)):
-                analysis.locks_inside.setdefault(name, []).append(tid)
+        for name in dict.fromkeys(locks_taken(task.run or "")):
+            analysis.locks_inside.setdefault(name, []).append(tid)
         for name in task.locks:
             analysis.locks_held.setdefault(name, []).append(tid)
     if wf.isolation != "none":
@@ -229,6 +228,8 @@ _VALUED = {"--timeout", "--ttl", "--state"}  # `abreast lock`'s options that tak
 
 def locks_taken(command: str) -> list[str]:
     """The locks a command takes with `abreast lock [OPTIONS] NAME -- CMD`."""
+    if "abreast" not in command:  # the common case, without the regular expression
+        return []
     names = []
     for call in _LOCK_CALL.finditer(command):
         words = iter(call.group(1).split())
