@@ -445,6 +445,55 @@ def test_a_task_waiting_for_a_lock_says_so_while_it_waits(tmp_path: Path) -> Non
         holder.wait(timeout=10)
 
 
+def test_a_wait_for_a_lock_cut_short_by_its_attempts_end_is_a_wait_not_work(
+    tmp_path: Path,
+) -> None:
+    # A task killed (its timeout) while `abreast lock` waited journaled no grant and no
+    # timeout: its wait was counted as its work, and its `lock.waiting` stayed open.
+    hold = f"{PY} -m abreast lock tests -- sh -c 'touch held; sleep 4'"
+    wait = f"while [ ! -e held ]; do sleep 0.02; done; {PY} -m abreast lock tests -- true"
+    proc = run_json(
+        tmp_path,
+        {
+            "name": "cut",
+            "max_parallel": 2,
+            "tasks": {"hold": {"run": hold}, "wait": {"run": wait, "timeout": "1.5s"}},
+        },
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    db = tmp_path / ".abreast" / "state.db"
+    ((run_id, summary),) = query(db, "SELECT id, summary FROM runs")
+    ((ended,),) = query(db, "SELECT ended_at FROM attempts WHERE task_id = 'wait'")
+    assert query(db, "SELECT state FROM tasks WHERE task_id = 'wait'") == [("timed_out",)]
+    ((data,),) = query(db, "SELECT data FROM events WHERE type = 'lock.waiting'")
+    since = json.loads(data)["since"]
+    assert not query(
+        db,
+        "SELECT 1 FROM events WHERE task_id = 'wait' AND type != 'lock.waiting'"
+        " AND type LIKE 'lock.%'",
+    )  # killed: it journaled nothing more
+    ((hold_granted,),) = query(db, "SELECT data FROM events WHERE type = 'lock.granted'")
+    summary = json.loads(summary)
+    cut = ended - since
+    assert cut > 0.5, cut  # most of its 1.5 s
+    assert summary["waited_s"] == pytest.approx(cut + json.loads(hold_granted)["wait_s"], abs=0.01)
+    from abreast.coord.journal import Journal
+    from abreast.observe import rundata
+
+    with Journal(db) as journal:
+        run_data = rundata.load(journal, run_id)
+    assert run_data is not None and run_data.waiting == []  # no wait goes on in an ended attempt
+    (w,) = [w for w in run_data.waits if w.task == "wait"]
+    assert (w.attempt, w.lock, w.granted, w.cut_short) == (1, "tests", False, True)
+    report = json.loads(run_abreast("report", "--json", cwd=tmp_path).out)
+    (shown,) = [w for w in report["lock_waits"] if w["task"] == "wait"]
+    assert shown["attempt_ended"] is True and shown["granted"] is False
+    page = tmp_path / "r.html"
+    assert run_abreast("report", "--html", str(page), cwd=tmp_path).code == 0
+    assert "for the lock tests, until its attempt ended" in page.read_text()
+
+
 def test_status_and_the_dashboard_say_why_a_ready_task_does_not_start(tmp_path: Path) -> None:
     # The live view at the terminal said "pool 'db' full"; `status` in another, and the
     # dashboard, showed only "ready".

@@ -343,6 +343,7 @@ class Dashboard:
                 "since": w.since,
                 "until": w.since + w.wait_s,
                 "granted": w.granted,
+                "attempt_ended": w.cut_short,  # killed as it waited
             }
             for w in data.waits
         ] + [  # ... and those going on now (`until` null), in attempts that run

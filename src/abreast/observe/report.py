@@ -142,7 +142,8 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
                 "lock": w.lock,
                 "start_s": run.active_s(start, w.since),
                 "end_s": run.active_s(start, w.since + w.wait_s),
-                "granted": w.granted,  # else it gave up (--timeout)
+                "granted": w.granted,  # else it gave up (--timeout), or:
+                "attempt_ended": w.cut_short,  # its attempt ended as it waited (killed)
             }
             for w in data.waits
         ],
@@ -527,7 +528,13 @@ def html_page(rep: dict[str, Any]) -> str:
             continue
         left = at + w["start_s"] / span * 760
         width = (w["end_s"] - w["start_s"]) / span * 760
-        how = "then got it" if w["granted"] else "and gave up"
+        how = (
+            "then got it"
+            if w["granted"]
+            else "until its attempt ended"
+            if w.get("attempt_ended")
+            else "and gave up"
+        )
         bars.append(
             f"<rect x='{left:.1f}' y='{top + ids.index(w['task']) * 20}' width='{width:.1f}'"
             " height='15' fill='url(#waiting)' class='waiting'><title>"

@@ -190,13 +190,14 @@ class LockWait:
     lock: str
     since: float  # Unix seconds
     wait_s: float
-    granted: bool  # else it gave up (--timeout)
+    granted: bool  # else it gave up (--timeout), or its attempt ended as it waited:
+    cut_short: bool = False  # killed (its timeout, a cancel), or it died
 
 
 @dataclass(frozen=True)
 class OpenWait:
-    """A task's attempt waiting for a lock now (`lock.waiting` with no grant or timeout
-    after it), or until it was ended while it waited."""
+    """A task's attempt waiting for a lock now: `lock.waiting` with no grant or timeout
+    after it, in an attempt that has not ended."""
 
     task: str
     attempt: int
@@ -212,12 +213,15 @@ def lock_waits(journal: Journal, run_id: str) -> list[LockWait]:
 
 
 def open_waits(journal: Journal, run_id: str) -> list[OpenWait]:
-    """Waits for locks inside attempts that no grant or timeout has ended (yet)."""
+    """Waits for locks inside attempts that go on now (no grant or timeout, and the
+    attempt has not ended)."""
     return _lock_waits(journal, run_id)[1]
 
 
 def _lock_waits(journal: Journal, run_id: str) -> tuple[list[LockWait], list[OpenWait]]:
-    """(the waits that ended, by a grant or a timeout; those that did not)."""
+    """(the waits that ended: by a grant, a timeout, or their attempt's end; those that
+    go on). An attempt killed as it waits (its timeout, a cancel, SIGKILL) journals
+    neither grant nor timeout: its wait ends with it, and was no work either."""
     done, began = [], {}
     types = ("lock.waiting", "lock.granted", "lock.timeout")
     for e in journal.events(run_id, types=types):
@@ -233,6 +237,19 @@ def _lock_waits(journal: Journal, run_id: str) -> tuple[list[LockWait], list[Ope
         if wait > 0:
             since = float(d.get("since", e.ts - wait))
             done.append(LockWait(*key[:3], since, wait, e.type == "lock.granted"))
+    if began:
+        ended = {
+            (a.task_id, a.attempt): a.ended_at
+            for a in journal.attempts(run_id)
+            if a.ended_at is not None
+        }
+        for key, w in list(began.items()):
+            end = ended.get((w.task, w.attempt))
+            if end is not None:
+                del began[key]
+                if end > w.since:
+                    done.append(LockWait(*key[:3], w.since, end - w.since, False, True))
+        done.sort(key=lambda w: w.since)
     return done, list(began.values())
 
 

@@ -215,7 +215,8 @@ function drawTimeline(snap) {
       ? `${w.task} attempt ${w.attempt}: waiting for the lock ${w.lock} (held by ` +
         `${w.held_by}) for ${fmt(until - w.since)}`
       : `${w.task} attempt ${w.attempt}: waited ${fmt(w.until - w.since)} for the lock ` +
-        `${w.lock}, ` + (w.granted ? "then got it" : "and gave up")));
+        `${w.lock}, ` + (w.granted ? "then got it"
+                         : w.attempt_ended ? "until its attempt ended" : "and gave up")));
     svg.append(wait);
   }
   box.append(svg);
