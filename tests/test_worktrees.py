@@ -3412,6 +3412,41 @@ def test_an_agent_that_rewrites_history_below_its_start_lands_what_its_files_say
     assert changes["orphan"] == {"files": 1, "added": 1, "deleted": 0}, changes
 
 
+def test_an_agent_that_resets_below_its_start_is_sent_back_for_undoing_landed_work(
+    repo: Path, tmp_path: Path
+) -> None:
+    # `git reset --hard HEAD~1` to "undo my last commit" by an agent that had made none
+    # undid the work it started from: the task before it, landed. With no `owns:`
+    # nothing flagged it, and its tree landed, deleting that task's files.
+    told = tmp_path / "feedback.txt"
+    undo = (
+        'if [ -z "$ABREAST_FEEDBACK" ]; then git reset -q --hard HEAD~1; fi; '
+        f'printf %s "$ABREAST_FEEDBACK" > {told}; echo s > s.txt'
+    )
+    path = workflow(
+        repo,
+        {
+            "first": {"run": "echo f > first.txt"},
+            "second": {"needs": ["first"], "run": undo, "retries": 1},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    said = (
+        "its HEAD went back below the commit it started from (a `git reset` of commits "
+        "it did not make?), and so undid work it started with: first.txt"
+    )
+    assert re.search(r"retry   second in [\d.]+s: " + re.escape(said), out), out
+    assert told.read_text().startswith(said), told.read_text()  # the agent is told
+    assert "`git revert`" in told.read_text()
+    result = integration(run_id)
+    assert show(repo, result, "first.txt") == "f\n"
+    assert show(repo, result, "s.txt") == "s\n"
+    report = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)
+    (second,) = [t for t in report["tasks"] if t["id"] == "second"]
+    assert second["attempts"] == 2, second
+
+
 def test_an_attempt_that_leaves_a_rebase_or_conflicts_half_done_is_sent_back(
     repo: Path,
 ) -> None:

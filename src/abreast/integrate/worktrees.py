@@ -542,6 +542,10 @@ class WorktreeIsolation(Isolation):
                 f"changed files it does not own: {first}\n  {shown}{why}",
                 kind="ownership",
             )
+        if rewritten and not task.owns and before is not None:
+            undone = await asyncio.to_thread(self._undone, before, a.base, head)
+            if undone:
+                return Verdict(Outcome.SEND_BACK, _undid(undone, a.base), kind="ownership")
         if self.subs:  # commits it moved submodules to: where the checks can check them out
             await asyncio.to_thread(submodules.keep_commits, self.repo, a.path, self.subs, changed)
         if a.onto is not None:
@@ -562,6 +566,21 @@ class WorktreeIsolation(Isolation):
         self.pool.release(a.path, clean=True)
         a.released = True
         return None
+
+    def _undone(self, before: str, base: str, head: str) -> list[str]:
+        """Files of the work an attempt started with that its history rewound undid: its
+        HEAD (`before`, what it left committed) went back below `base`, the commit it
+        started from, and `head` (the tree it left) has them as they were there, not as
+        `base` has them. (With `owns:`, the ownership check says it instead; an orphan's
+        history shares none to go back to.)"""
+        back = self.repo.merge_base(before, base)
+        if back is None or back == base:
+            return []
+        rewound = set(self.repo.changed_paths(back, base))
+        if not rewound:
+            return []
+        kept = set(self.repo.changed_paths(back, head))  # changed since: its own doing
+        return sorted(p for p in set(self.repo.changed_paths(base, head)) & rewound - kept)
 
     def _landed_in(self, base: str, head: str) -> str:
         """The newest commit of the integration branch that `head` (a descendant of `base`,
@@ -1042,6 +1061,18 @@ def _listed(items: list[str], limit: int = 30) -> tuple[str, str]:
     first = items[0] + (f" and {len(items) - 1} more" if len(items) > 1 else "")
     rest = f"\n  (+{len(items) - limit} more)" if len(items) > limit else ""
     return first, "\n  ".join(items[:limit]) + rest
+
+
+def _undid(undone: list[str], base: str) -> str:
+    first, shown = _listed(undone)
+    return (
+        "its HEAD went back below the commit it started from (a `git reset` of commits it "
+        f"did not make?), and so undid work it started with: {first}\n  {shown}\n"
+        "nothing of it was merged. Undo only your own commits: reset no further back than "
+        f"{base[:12]}, where it started; to take back work that landed before, use `git "
+        "revert`, which lands as a change of its own (or name those files in the task's "
+        "`owns:`)"
+    )
 
 
 def _uncommitted_inside(inside: dict[str, list[str]]) -> str:
