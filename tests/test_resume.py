@@ -690,6 +690,36 @@ def test_retry_failed_goes_by_the_fixed_file(tmp_path: Path) -> None:
     assert status["state"] == "succeeded"
 
 
+def test_a_task_that_failed_before_it_started_is_not_told_a_previous_attempt_failed(
+    tmp_path: Path,
+) -> None:
+    # A prompt naming an output field that is not there fails the task before its agent
+    # runs. After the fix, `resume --retry-failed` gave the agent's first attempt "This is
+    # attempt 1. abreast sent the previous attempt back: prompt: ${{ ... }} has no field"
+    # (there was none; the error was the file's). A task whose attempt failed is still told.
+    agent = 'printf %s "$ABREAST_PROMPT" > "$ABREAST_TASK_ID.prompt"; [ -e fixed ]'
+    tasks: dict[str, Any] = {
+        "plan": {"run": 'echo \'{"notes": "use sqlite"}\' > "$ABREAST_OUTPUT"'},
+        "review": {"agent": "a", "needs": ["plan"], "prompt": "Notes: ${{ outputs.plan.note }}"},
+        "other": {"agent": "a", "prompt": "Other"},
+    }
+    spec = {"agents": {"a": {"run": agent}}}
+    path = write_workflow(tmp_path, "told", tasks, **spec)
+    first = run_abreast("run", str(path), "--plain", "--no-monitor", cwd=tmp_path)
+    assert first.code == 1
+    assert "outputs.plan has no field 'note'" in first.out, first.out
+    run_id = first.out.splitlines()[0][5:]
+    tasks["review"]["prompt"] = "Notes: ${{ outputs.plan.notes }}"
+    write_workflow(tmp_path, "told", tasks, **spec)
+    (tmp_path / "fixed").touch()
+    again = run_abreast("resume", run_id, "--retry-failed", "--plain", "--no-monitor", cwd=tmp_path)
+    assert again.code == 0, again.out + again.err
+    assert (tmp_path / "review.prompt").read_text() == "Notes: use sqlite"
+    told = (tmp_path / "other.prompt").read_text()
+    assert told.startswith("Other\n\n---\nThis is attempt 2. abreast sent the previous"), told
+    assert "exit 1" in told, told
+
+
 def test_resume_takes_the_workflow_file_where_it_was_moved(tmp_path: Path) -> None:
     # A workflow file renamed or moved since the run started (`git mv abreast.yaml
     # ci/flow.yaml`) left its run unresumable: "the workflow file ... is gone: put it back".

@@ -225,6 +225,7 @@ class TaskRun:
     retry_at: float | None = None
     killed_for: str | None = None  # why the orchestrator killed the running attempt
     integrating_since: float = 0.0  # when its work went to be integrated (time.monotonic)
+    unstarted: bool = False  # failed before an attempt started: its when: or ${{ }} places
 
     @property
     def id(self) -> str:
@@ -686,6 +687,7 @@ class Engine:
                 if run and why is None:
                     why = self._render_places(tr)
                 if why is not None:
+                    tr.unstarted = True  # the file's doing: nothing for its agent to be told
                     self._fail(tr, TaskState.FAILED, why)
                 elif not run:
                     when = tr.task.when
@@ -1718,6 +1720,7 @@ class Engine:
             duration_s=round(tr.busy_s, 6),
             peak_rss_bytes=tr.peak_rss_bytes,
             reason=(tr.reason or "")[:2000] or None,
+            **({"before_start": True} if tr.unstarted else {}),
         )
         self.view.finished(tr)
         w = self._wave[tr.v]
@@ -1879,6 +1882,7 @@ class Engine:
         anew and why they failed as feedback; the tasks they blocked wait for them again."""
         order, _, _ = self.graph.levels()
         held = self.journal.held_back(self.run_id) if retry else set()
+        unstarted = self._failed_before_start() if retry else set()
         for v in order:
             tr = self.tasks[v]
             row = rows.get(tr.id)
@@ -1905,7 +1909,8 @@ class Engine:
                 if tr.id in held and self.isolation.can_resume_integration(tr.id, tr.attempts):
                     self._check_again(tr)
                 else:
-                    self._retry_failed(tr, row["reason"] or f"it {state}")
+                    told = tr.id not in unstarted
+                    self._retry_failed(tr, row["reason"] or f"it {state}", told=told)
             elif state in FAILED_STATES:
                 tr.state = state
                 tr.finished_at = row["finished_at"]
@@ -1955,10 +1960,20 @@ class Engine:
         self._reintegrate.append((tr, "succeeded, and its checks could not start then"))
         self.journal.stage_attempt(self.run_id, tr.id, tr.attempts, state="succeeded", reason=None)
 
-    def _retry_failed(self, tr: TaskRun, reason: str) -> None:
+    def _failed_before_start(self) -> set[str]:
+        """The tasks that ended failed before an attempt of theirs started (a `when:` or a
+        prompt's `${{ }}` that could not be had): no attempt of theirs failed."""
+        ends = {
+            e.task_id: e.data for e in self.journal.events(self.run_id, types=("task.finished",))
+        }
+        return {task for task, d in ends.items() if task is not None and d.get("before_start")}
+
+    def _retry_failed(self, tr: TaskRun, reason: str, *, told: bool) -> None:
         """A failed task runs again (`resume --retry-failed`): as a new attempt, with its
-        retries and iterations anew, told why the last one failed."""
-        tr.feedback = bounded_feedback(with_tail(reason, self._log_tail(tr) if tr.last_log else []))
+        retries and iterations anew, told why the last one failed (`told`; not when the
+        task failed before it started, by its workflow file's doing)."""
+        tail = self._log_tail(tr) if tr.last_log else []
+        tr.feedback = bounded_feedback(with_tail(reason, tail)) if told else None
         self._taken_again(tr, TaskState.PENDING, feedback=tr.feedback)
 
     def _taken_again(self, tr: TaskRun, state: TaskState, **fields: Any) -> None:
