@@ -270,6 +270,44 @@ def test_a_flaky_check_is_run_again_not_the_agent_and_said(repo: Path, tmp_path:
     assert "flaky?" not in out
 
 
+def test_a_check_that_rewrites_the_work_is_said_as_what_it_wrote_does_not_land(
+    repo: Path,
+) -> None:
+    # A formatter as a check (`ruff format`, `prettier --write`): it rewrote the merge
+    # result, was green on what it wrote, and what landed was the work as its task left
+    # it; nothing said so. A check's own untracked output (a build, a cache) is no news.
+    upper = (
+        "touch build.out; for f in a.txt b.txt; do [ -e $f ] || continue; "
+        "tr a-z A-Z < $f > $f.tmp && mv $f.tmp $f; done"
+    )
+    path = workflow(
+        repo,
+        {"a": {"run": "echo hello > a.txt"}, "b": {"needs": ["a"], "run": "echo world > b.txt"}},
+        checks=[{"name": "format", "run": upper}],
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    said = (
+        "the merge checks changed files of the work they checked (a.txt; checking a), and "
+        "what a check writes does not land: the work lands as its task left it."
+    )
+    assert said in out, out
+    assert out.count("the merge checks changed files") == 2, out  # at once, and at the end
+    assert show(repo, integration(run_id), "a.txt") == "hello\n"
+    db = repo / ".abreast" / "state.db"
+    wrote = [
+        (task, json.loads(d)["files"])
+        for task, d in query(db, "SELECT task_id, data FROM events WHERE type = 'check.wrote'")
+    ]
+    assert wrote == [("a", ["a.txt"]), ("b", ["a.txt", "b.txt"])], wrote
+    report = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)
+    assert any(said in w for w in report["warnings"]), report["warnings"]
+    # Only untracked output: nothing said.
+    quiet = workflow(repo, {"c": {"run": "echo c > c.txt"}}, checks=[{"run": "touch build.out"}])
+    code, out, _ = run(repo, quiet)
+    assert code == 0 and "changed files" not in out, out
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 @pytest.mark.parametrize("nested", [False, True])
 def test_a_red_check_run_by_make_says_its_suites_last_line_not_makes(

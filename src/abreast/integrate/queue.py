@@ -38,7 +38,7 @@ from abreast.integrate.base import Outcome, Verdict, commit_message
 from abreast.integrate.checks import CheckControl, CheckResult, LockHolder, run_checks
 from abreast.spec.model import Check
 from abreast.workspace.pool import WorktreePool
-from abreast.workspace.repo import Repo
+from abreast.workspace.repo import Repo, dirty_paths
 
 MAX_CAS_RETRIES = 10
 CANCELLED_IN_CHECKS = Verdict(Outcome.FAILED, "cancelled while its checks ran", kind="cancelled")
@@ -109,6 +109,7 @@ class MergeQueue:
             max_log=max_log, quiet_s=quiet_s, why_failed=why_failed, masked=masked or []
         )
         self._stopping: list[asyncio.Task[None]] = []
+        self._wrote_said = False  # that checks rewrote the work they checked (once a run)
 
     @property
     def depth(self) -> int:
@@ -396,6 +397,8 @@ class MergeQueue:
             if result is not None:
                 took = time.monotonic() - started - result.wait_s
                 result = dataclasses.replace(result, ran_s=round(max(0.0, took), 3))
+                if result.ok:
+                    await self._wrote(jobs, path)
         finally:
             self.check_pool.release(path, clean=False)
         if result is None or self._checks.stopped:  # not a verdict on the work
@@ -411,6 +414,31 @@ class MergeQueue:
                 {"task": job.task_id, "ok": result.ok, "lock_wait_s": result.wait_s},
             )
         return result
+
+    async def _wrote(self, jobs: list[MergeJob], path: Path) -> None:
+        """Checks that changed files of the merge result they were green on (a formatter,
+        `ruff format`, `prettier --write`): what they wrote is not what lands. Journaled
+        each time, said once a run; a check's untracked output (a build) is no news."""
+        files = await asyncio.to_thread(dirty_paths, self.repo, path, untracked=False)
+        if not files:
+            return
+        said = None
+        if not self._wrote_said:
+            self._wrote_said = True
+            tasks = ", ".join(job.task_id for job in jobs)
+            first, more = ", ".join(map(visible_name, files[:5])), len(files) - 5
+            said = (
+                f"the merge checks changed files of the work they checked ({first}"
+                f"{f' and {more} more' if more > 0 else ''}; checking {tasks}), and what a "
+                "check writes does not land: the work lands as its task left it. A formatter "
+                "or fixer run as a check (`ruff format`, `prettier --write`, `eslint --fix`) "
+                "should only check (`--check`), or run in the tasks"
+            )
+        self.journal.stage_event(
+            self.run_id, "check.wrote", jobs[0].task_id, files=files[:50], warning=said
+        )
+        if said:
+            self.warn(said)
 
     async def _check(self, job: MergeJob, commit: str) -> Verdict | None:
         result = await self._checks_on([job], commit)

@@ -28,6 +28,7 @@ WARNING_EVENTS = (
     "memory.leak_suspected",
     "work.left_out",
     "check.flaky",
+    "check.wrote",
 )
 
 
