@@ -190,6 +190,45 @@ def test_different_hunks_of_one_file_merge_cleanly(repo: Path) -> None:
     assert "line 19 (bottom)\n" in merged
 
 
+def test_a_conflict_where_both_only_added_lines_says_git_can_keep_both(repo: Path) -> None:
+    # Agents each append to one list (exports in __init__.py, routes, a changelog): every
+    # merge after the first conflicted, and each agent was sent back in turn (4 tasks:
+    # 4 + 3 + 2 + 1 attempts), nothing saying that git's `merge=union` keeps both sides.
+    append = 'echo "export $ABREAST_TASK_ID" >> src/shared.txt'
+    path = workflow(
+        repo,
+        {
+            "first": {"run": append},
+            "second": {"run": f"sleep 0.5; {append}", "retries": 1, "backoff": {"initial": 0.1}},
+        },
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    said = (
+        "both sides only added lines to src/shared.txt, where git cannot tell which go "
+        "first; if both belong (a list: exports, routes, a changelog), a line "
+        "`src/shared.txt merge=union` in .gitattributes, committed, has git keep both"
+    )
+    assert said in out, out
+    assert out.count("merge=union") == 2, out  # once a run, and at its end
+    db = repo / ".abreast" / "state.db"
+    ((feedback,),) = query(
+        db, "SELECT feedback FROM attempts WHERE task_id = 'second' AND attempt = 2"
+    )
+    assert said in feedback, feedback  # the agent is told too
+    report = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)
+    assert any(said in w for w in report["warnings"]), report["warnings"]
+    # With it, both land at once.
+    (repo / ".gitattributes").write_text("src/shared.txt merge=union\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "union")
+    code, out, run_id = run(repo, path)
+    assert code == 0 and "retry" not in out, out
+    assert show(repo, integration(run_id), "src/shared.txt").endswith(
+        ("export first\nexport second\n", "export second\nexport first\n")
+    )
+
+
 def test_conflict_is_sent_back_and_resolved_on_attempt_2(repo: Path) -> None:
     # "first" lands first (it is quick); "second" edits the same line, so its merge
     # conflicts; its second attempt starts from the integration head and reads why.
@@ -219,6 +258,7 @@ def test_conflict_is_sent_back_and_resolved_on_attempt_2(repo: Path) -> None:
     assert "feedback: merge conflict with the integration branch in: src/shared.txt" in log
     assert "abreast: land first" in log  # the other side's commits are named
     assert "\x1b" not in log
+    assert "merge=union" not in out  # a line both changed: no list to keep both of
     # The first attempt's process succeeded, but its work was not taken: the timeline says so.
     report = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)
     second = [(x["attempt"], x["state"], x["reason"]) for x in report["timeline"]]

@@ -110,6 +110,7 @@ class MergeQueue:
         )
         self._stopping: list[asyncio.Task[None]] = []
         self._wrote_said = False  # that checks rewrote the work they checked (once a run)
+        self._union_said = False  # that merge=union would keep both sides' lines (once)
 
     @property
     def depth(self) -> int:
@@ -345,6 +346,14 @@ class MergeQueue:
             + f"\nThe next attempt starts from {old[:12]}, which includes them; "
             "redo the change on top of it."
         )
+        added = await asyncio.to_thread(self._added_only, old, job.head, files[:20])
+        said = None  # the first time in a run: the user can set merge=union, not the agent
+        if added:
+            hint = _union_hint(added)
+            detail += f"\n{hint}"
+            if not self._union_said:
+                self._union_said = True
+                said = f"{hint} (a conflict sent {job.task_id} back)"
         self.journal.stage_event(
             self.run_id,
             "merge.conflict",
@@ -352,9 +361,35 @@ class MergeQueue:
             attempt=job.attempt,
             files=files,
             theirs=theirs,
+            added_only=added,
+            warning=said,
         )
+        if said:
+            self.warn(said)
         self.on_event("merge.conflict", {"task": job.task_id, "files": files})
         return Verdict(Outcome.SEND_BACK, detail, kind="conflict")
+
+    def _added_only(self, ours: str, theirs: str, files: list[str]) -> list[str]:
+        """Of the conflicted `files`, those both sides only added lines to (git cannot
+        tell which go first), that their merge base has: a list both added to."""
+        base = self.repo.merge_base(ours, theirs)
+        if base is None or not files:
+            return []
+        had = self.repo.existing(base, files)  # not both creating one file
+
+        def adding(rev: str) -> set[str]:
+            spec = [f":(literal){f}" for f in files if f in had]
+            if not spec:
+                return set()
+            out = self.repo.git("diff", "--numstat", "-z", "--no-renames", base, rev, "--", *spec)
+            found = set()
+            for entry in out.stdout.split("\0"):
+                plus, minus, path = [*entry.split("\t", 2), "", ""][:3]
+                if plus.isdigit() and int(plus) > 0 and minus == "0":
+                    found.add(path)
+            return found
+
+        return sorted(adding(ours) & adding(theirs))
 
     async def _checks_on(self, jobs: list[MergeJob], commit: str) -> CheckResult | None:
         """Run the checks on `commit`, the merge of `jobs` (one, or a batch) onto the
@@ -479,6 +514,16 @@ class MergeQueue:
             f"`abreast resume {self.run_id} --retry-failed`"
         )
         return Verdict(Outcome.FAILED, detail, kind="check", stops_run=why)
+
+
+def _union_hint(files: list[str]) -> str:
+    shown = ", ".join(map(visible_name, files))
+    return (
+        f"both sides only added lines to {shown}, where git cannot tell which go first; if "
+        "both belong (a list: exports, routes, a changelog), a line "
+        f"`{visible_name(files[0])} merge=union` in .gitattributes, committed, has git keep "
+        "both"
+    )
 
 
 def _resolve(job: MergeJob, verdict: Verdict) -> None:

@@ -29,6 +29,7 @@ WARNING_EVENTS = (
     "work.left_out",
     "check.flaky",
     "check.wrote",
+    "merge.conflict",  # only the first with files both sides only added lines to
 )
 
 
