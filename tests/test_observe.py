@@ -1100,6 +1100,42 @@ def test_dashboard_orders_a_waves_tasks_to_cross_few_edges_and_marks_times(
         assert marks[0] == "0s" and len(marks) >= 2, marks
 
 
+def test_the_dashboard_shows_the_warnings_the_run_said(tmp_path: Path) -> None:
+    # A flaky check, a check that rewrote the work it checked, files tools generate left
+    # out: said at the terminal and by `report`, and nowhere on the dashboard.
+    (tmp_path / "abreast.yaml").write_text(
+        "version: 1\nname: warned\n"
+        "checks: [{name: fmt, run: 'echo A > a.txt'}]\n"
+        "tasks:\n  a: {run: echo a > a.txt}\n  b: {run: echo b > b.txt, needs: [a]}\n"
+    )
+    subprocess.run(
+        "git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm wf",
+        shell=True,
+        cwd=tmp_path,
+        check=True,
+    )
+    with run_shown(tmp_path, tmp_path / "abreast.yaml") as (api, driver):
+        shown = "return document.getElementById('warnings-box').hidden === false"
+        wait_for(lambda: driver.execute_script(shown), what="the warnings")
+        said = driver.execute_script(
+            "return [...document.querySelectorAll('#warnings li')]"
+            ".map(li => [li.dataset.task, li.textContent])"
+        )
+        (snap,) = [json.loads(get(api)[1])]
+    assert said == [
+        [
+            "a",
+            "the merge checks changed files of the work they checked (a.txt; checking a), and "
+            "what a check writes does not land: the work lands as its task left it. A "
+            "formatter or fixer run as a check (`ruff format`, `prettier --write`, "
+            "`eslint --fix`) should only check (`--check`), or run in the tasks",
+        ]
+    ], said
+    assert snap["warnings"] == [{"task": "a", "text": said[0][1]}]
+    report = json.loads(run_abreast("report", "--json", cwd=tmp_path).out)
+    assert report["warnings"] == [said[0][1]]  # the same, said once a run
+
+
 def test_the_dashboard_says_what_did_not_finish_and_fits_long_task_ids(tmp_path: Path) -> None:
     # Why a task failed was only in a tooltip (hover each red box); an id of 30 characters
     # ran out of its box over the next one, and over the timeline's bars.

@@ -281,11 +281,13 @@ class WorktreeIsolation(Isolation):
         argv = protect.prefix(self.repo.root, keep)
         why = "there is no `unshare` (util-linux) here" if argv is None else protect.probe(argv)
         if argv is None or why is not None:
-            self.warn(
+            said = (
                 f"containment: main_checkout: protect cannot keep tasks from writing in your "
                 f"checkout here ({why}: unprivileged user namespaces may be off); what they "
                 "write there is found after each attempt instead, as with `fail`"
             )
+            self.journal.stage_event(self.run_id, "run.warning", None, warning=said)
+            self.warn(said)
             return ()
         return argv
 
@@ -331,16 +333,22 @@ class WorktreeIsolation(Isolation):
         if self.repo.rev_parse(commit) is None:
             return
         branch = integration_branch(self.run_id)
+        said = (
+            f"the run's integration branch {branch} was deleted while it ran; put back at "
+            f"{commit[:12]}, where it was last seen (delete it after the run, or "
+            "`abreast cleanup --results`)"
+        )
         self.journal.stage_event(
-            self.run_id, "result.restored", commit=commit, branch=branch, during_run=True
+            self.run_id,
+            "result.restored",
+            commit=commit,
+            branch=branch,
+            during_run=True,
+            warning=said,
         )
         self.journal.commit()
         if self.repo.update_ref(self.ref, commit, None):
-            self.warn(
-                f"the run's integration branch {branch} was deleted while it ran; put back at "
-                f"{commit[:12]}, where it was last seen (delete it after the run, or "
-                "`abreast cleanup --results`)"
-            )
+            self.warn(said)
 
     async def prepare(self, task_id: str, attempt: int) -> Path:
         found = await self.queue.head()

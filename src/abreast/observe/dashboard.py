@@ -224,6 +224,7 @@ class Dashboard:
 <header><h1>run <span id=run-id>{html.escape(run_id)}</span></h1>
 <p id=summary></p></header>
 <section id=failures-box hidden><h2>what did not finish</h2><ul id=failures></ul></section>
+<section id=warnings-box hidden><h2>warnings</h2><ul id=warnings></ul></section>
 <section><h2>tasks</h2><div id=dag></div></section>
 <section><h2>timeline</h2><div id=timeline></div></section>
 <div class=cols>
@@ -400,6 +401,9 @@ class Dashboard:
             "waits": waits,
             "merges": merges,
             "queue_now": queue_now,  # the merges on the queue now, and what each is doing
+            "warnings": [  # what the run said as warnings, as `report` lists them
+                {"task": task, "text": text} for task, text in rundata.warnings(journal, run.id)
+            ],
             "locks": self.locks(run.id),
             "keys": self.keys(journal, run.id),
             "resources": dict(zip(("cpu_pct", "memory_pct"), self._resources(), strict=True)),

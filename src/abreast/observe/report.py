@@ -22,16 +22,6 @@ from abreast.observe import rundata
 from abreast.spec.durations import counted
 from abreast.spec.durations import format_duration as fmt
 
-# Events that carry a warning the run said (and its summary repeated).
-WARNING_EVENTS = (
-    "containment.violation",
-    "memory.leak_suspected",
-    "work.left_out",
-    "check.flaky",
-    "check.wrote",
-    "merge.conflict",  # only the first with files both sides only added lines to
-)
-
 
 def build(journal: Journal, run_id: str) -> dict[str, Any]:
     data = rundata.load(journal, run_id)
@@ -150,11 +140,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
             for w in data.waits
         ],
         "failures": failures,
-        "warnings": [
-            str(e.data["warning"])
-            for e in journal.events(run_id, types=WARNING_EVENTS)
-            if e.data.get("warning")
-        ],
+        "warnings": [text for _, text in rundata.warnings(journal, run_id)],
         "flaky": _flaky(journal, run_id),
         "cap": rundata.cap_story(journal, run_id),  # what the resource monitor did to it
         "landing": (run.summary or {}).get("landing"),

@@ -33,6 +33,28 @@ MERGE_EVENTS = (
 )
 
 
+# Events that carry a warning the run said (and its summary repeated), in `warning`.
+WARNING_EVENTS = (
+    "run.warning",
+    "containment.violation",
+    "memory.leak_suspected",
+    "work.left_out",
+    "check.flaky",
+    "check.wrote",
+    "merge.conflict",  # only the first with files both sides only added lines to
+    "result.restored",  # the integration branch put back while the run ran
+)
+
+
+def warnings(journal: Journal, run_id: str) -> list[tuple[str | None, str]]:
+    """(the task, or None, and what was said) of each warning the run said, in order."""
+    return [
+        (e.task_id, str(e.data["warning"]))
+        for e in journal.events(run_id, types=WARNING_EVENTS)
+        if e.data.get("warning")
+    ]
+
+
 def retries_due(journal: Journal, run_id: str) -> dict[str, float]:
     """Task -> when its next attempt is due, by its last `task.retrying` (when, and the
     wait): of a task sent back, while it waits."""

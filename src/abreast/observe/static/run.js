@@ -264,6 +264,15 @@ function drawFailures(snap) {
   document.getElementById("failures-box").hidden = !shown.length;
 }
 
+// What the run said as warnings (a flaky check, a check that rewrote the work it checked,
+// files tools generate left out, ...), as its summary and `abreast report` list them.
+function drawWarnings(snap) {
+  const warnings = snap.warnings || [];
+  document.getElementById("warnings").replaceChildren(...warnings.map(w =>
+    el("li", {"data-task": w.task || ""}, w.text)));
+  document.getElementById("warnings-box").hidden = !warnings.length;
+}
+
 function list(id, items, line) {
   const box = document.getElementById(id);
   box.replaceChildren(...items.map(x => el("li", {}, line(x))));
@@ -283,6 +292,7 @@ function render(snap) {
   document.getElementById("summary").setAttribute("data-state", r.state);
   document.getElementById("summary").setAttribute("data-stopping", r.stopping || "");
   drawFailures(snap);
+  drawWarnings(snap);
   drawDag(snap);
   drawTimeline(snap);
   // The queue as it stands ("api: checking, 12s"), then its latest steps.
