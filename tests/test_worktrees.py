@@ -211,6 +211,8 @@ def test_a_conflict_where_both_only_added_lines_says_git_can_keep_both(repo: Pat
     )
     assert said in out, out
     assert out.count("merge=union") == 2, out  # once a run, and at its end
+    # Whose work it conflicts with, by task (was: "2 commits landed there ...").
+    assert "in: src/shared.txt (first landed there since this attempt started)" in out, out
     db = repo / ".abreast" / "state.db"
     ((feedback,),) = query(
         db, "SELECT feedback FROM attempts WHERE task_id = 'second' AND attempt = 2"

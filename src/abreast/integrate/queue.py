@@ -337,7 +337,8 @@ class MergeQueue:
         theirs = await asyncio.to_thread(self.repo.log_oneline, f"{job.base}..{old}")
         shown = ", ".join(map(visible_name, files[:20]))
         shown += f" (+{len(files) - 20} more)" if len(files) > 20 else ""
-        landed = f"{len(theirs)} commit{'s' if len(theirs) != 1 else ''}"
+        landed = await asyncio.to_thread(self._landed_since, job.base, old)
+        landed = landed or f"{len(theirs)} commit{'s' if len(theirs) != 1 else ''}"
         detail = (
             f"merge conflict with the integration branch in: {shown} "
             f"({landed} landed there since this attempt started)\n"
@@ -368,6 +369,23 @@ class MergeQueue:
             self.warn(said)
         self.on_event("merge.conflict", {"task": job.task_id, "files": files})
         return Verdict(Outcome.SEND_BACK, detail, kind="conflict")
+
+    def _landed_since(self, base: str, head: str) -> str:
+        """Whose work landed on the integration branch between `base` and `head`, as
+        tasks (`api and web`); "" when not all of it was the run's tasks' landing."""
+        out = self.repo.git("rev-list", "--first-parent", "--reverse", f"{base}..{head}")
+        firsts = out.stdout.split()
+        by = {
+            str(e.data.get("commit")): e.task_id
+            for e in self.journal.events(self.run_id, types=("merge.landed",))
+        }
+        tasks = [by.get(c) for c in firsts]
+        if not tasks or None in tasks:
+            return ""
+        names = list(dict.fromkeys(t for t in tasks if t))
+        if len(names) > 5:
+            return f"{', '.join(names[:5])} and {len(names) - 5} more tasks"
+        return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
     def _added_only(self, ours: str, theirs: str, files: list[str]) -> list[str]:
         """Of the conflicted `files`, those both sides only added lines to (git cannot
