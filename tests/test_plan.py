@@ -189,6 +189,46 @@ def test_a_signal_read_after_its_task_ended_does_not_count_twice() -> None:
     assert d.take_ready() == [ui]
 
 
+def test_a_task_whose_work_is_landing_keeps_those_it_overlaps_waiting_not_its_slot() -> None:
+    # With worktrees a task's process ends before its work lands; a task whose `owns`
+    # overlaps its own must not start from work without it (it would conflict), while
+    # a task that overlaps nothing takes the slot at once.
+    from abreast.plan.dispatch import Dispatcher
+
+    wf = workflow(
+        {
+            "tasks": tasks(
+                a={"owns": ["/shared.txt"]},
+                b={"owns": ["/shared.txt"]},
+                c={"owns": ["/c.txt"]},
+                d={"owns": ["/shared.txt"]},
+            )
+        }
+    )
+    graph = TaskGraph.from_workflow(wf)
+    a, b, c, d_ = (graph.ids.index(t) for t in "abcd")
+    d = Dispatcher(graph, [4.0, 3.0, 2.0, 1.0])
+    for v in d.take_ready():
+        d.admit(v)
+    assert d.start(1) == [a]
+    d.hold(a)  # its process ended; its work is on the merge queue
+    assert d.start(1) == [c]  # the slot is free, but not for b or d
+    assert d.waiting()[b] == f"task:{a}"
+    d.complete(c)
+    assert d.start(2) == []
+    assert d.waiting() == {b: f"task:{a}", d_: f"task:{a}"}
+    d.complete(a)  # landed
+    assert d.start(2) == [b]
+    d.hold(b)
+    d.retry(b)  # sent back (a red check): it lets go, and runs again first
+    assert d.start(2) == [b]
+    d.hold(b)
+    d.fail(b)  # failed for good: it lets go too
+    assert d.start(2) == [d_]
+    d.hold(c)  # overlaps nothing: nothing to hold
+    assert d.running == frozenset({d_})
+
+
 def test_examples_compute_what_the_seeds_got_wrong(cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("analyze", "examples/stage-groups.yaml", "--format", "json")
     e = result.json()["estimates"]

@@ -3492,6 +3492,33 @@ def test_an_agent_that_rewrites_history_below_its_start_lands_what_its_files_say
     assert changes["orphan"] == {"files": 1, "added": 1, "deleted": 0}, changes
 
 
+def test_tasks_whose_owns_overlap_start_one_after_the_others_work_landed(repo: Path) -> None:
+    # Two tasks owning one file were kept from running side by side, but the second
+    # started as soon as the first's process ended, from a head without its work (still
+    # being checked): its merge conflicted with it, and its agent was sent back.
+    own = {"owns": ["/src/shared.txt"], "retries": 2}
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "echo a >> src/shared.txt", **own},
+            "b": {"run": "echo b >> src/shared.txt", **own},
+        },
+        checks=[{"run": "sleep 1"}],
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert "retry" not in out and "conflict" not in out, out
+    db = repo / ".abreast" / "state.db"
+    landed = dict(query(db, "SELECT task_id, ts FROM events WHERE type = 'merge.landed'"))
+    started = dict(query(db, "SELECT task_id, started_at FROM attempts"))
+    first, second = sorted(started, key=started.__getitem__)
+    assert started[second] >= landed[first], (started, landed)
+    lines = show(repo, integration(run_id), "src/shared.txt").splitlines()
+    assert lines[-2:] == [first, second], lines
+    status = run_abreast("status", run_id, cwd=repo)
+    assert status.code == 0
+
+
 def test_an_agent_that_resets_below_its_start_is_sent_back_for_undoing_landed_work(
     repo: Path, tmp_path: Path
 ) -> None:

@@ -399,7 +399,10 @@ class Engine:
             elif why == "wave":
                 text = "waiting for the previous wave (waves policy)"
             elif why.startswith("task:"):
-                text = f"owns files that {self.tasks[int(why[5:])].id} also owns"
+                other = self.tasks[int(why[5:])]
+                text = f"owns files that {other.id} also owns" + (
+                    ", until its work lands" if other.state is TaskState.INTEGRATING else ""
+                )
             elif why.startswith("lock:"):
                 text = f"waiting for lock {why[5:]!r}"
             elif why.startswith("pool:"):
@@ -1237,7 +1240,9 @@ class Engine:
             self._post("verdict", tr, n, verdict)
 
     def _on_settled(self, tr: TaskRun) -> None:
-        self._d.release(tr.v)  # its work is committed: the slot is free for the next task
+        # Its work is committed: the slot is free for the next task, but not for a task
+        # whose `owns` overlaps its own until that work lands (or does not).
+        self._d.hold(tr.v)
 
     async def _integrate(self, tr: TaskRun, n: int) -> None:
         try:
@@ -1930,6 +1935,7 @@ class Engine:
                 tr.state = TaskState.INTEGRATING
                 tr.integrating_since = time.monotonic()  # its merge starts again now
                 self._active.add(tr)
+                self._d.hold(v)  # a task whose owns overlaps its own waits for it to land
                 self._reintegrate.append((tr, "was on the merge queue"))
             elif tr.id in interrupted:
                 attempt, exit_ = interrupted[tr.id]
@@ -1957,6 +1963,7 @@ class Engine:
         self._taken_again(tr, TaskState.INTEGRATING)
         tr.integrating_since = time.monotonic()
         self._active.add(tr)
+        self._d.hold(tr.v)
         self._reintegrate.append((tr, "succeeded, and its checks could not start then"))
         self.journal.stage_attempt(self.run_id, tr.id, tr.attempts, state="succeeded", reason=None)
 

@@ -55,6 +55,8 @@ class Dispatcher:
         self._parked_on_resource: list[list[int]] = [[] for _ in graph.capacity]
         self._parked_on_task: dict[int, list[int]] = {}
         self._running: set[int] = set()
+        # Ended, their work still to land: they keep the tasks they conflict with waiting.
+        self._holding: set[int] = set()
         self._state = bytearray(n)
         self._newly_ready = [v for v in range(n) if self._unmet[v] == 0]
         for v in self._newly_ready:
@@ -142,7 +144,7 @@ class Dispatcher:
             if conflicts and v in conflicts:
                 clash = -1
                 for u in conflicts[v]:
-                    if u in running:
+                    if u in running or u in self._holding:
                         clash = u
                         break
                 if clash >= 0:
@@ -156,7 +158,9 @@ class Dispatcher:
         return out
 
     def release(self, v: int) -> None:
-        """`v`'s process has ended: give back its slot and resources."""
+        """`v`'s process has ended: give back its slot and resources (and, of one that
+        held its exclusions while its work landed, those)."""
+        self._unhold(v)
         if v not in self._running:
             return
         self._running.discard(v)
@@ -168,8 +172,26 @@ class Dispatcher:
             self._requeue(self._parked_on_task.pop(v, []))
         self._state[v] = _READY  # until completed, failed or retried
 
+    def hold(self, v: int) -> None:
+        """`v`'s process has ended and its work is to land: its slot and resources are
+        given back, but the tasks it conflicts with (their `owns` overlap) wait until it
+        lands or fails (complete, fail, retry or release): started now, they would start
+        from work without its own and conflict with it at their merge."""
+        if not (self._conflicts and v in self._conflicts):
+            self.release(v)
+            return
+        if v in self._running:
+            self.release(v)
+        self._holding.add(v)
+
+    def _unhold(self, v: int) -> None:
+        if self._holding and v in self._holding:
+            self._holding.discard(v)
+            self._requeue(self._parked_on_task.pop(v, []))
+
     def complete(self, v: int) -> None:
         """`v` succeeded (or was skipped): its dependents may go on."""
+        self._unhold(v)
         state = self._state
         if state[v] == _RUNNING:
             self.release(v)
@@ -206,6 +228,7 @@ class Dispatcher:
 
     def fail(self, v: int) -> list[int]:
         """`v` failed for good: every task downstream that has not started is blocked."""
+        self._unhold(v)
         if self._state[v] == _RUNNING:
             self.release(v)
         self._state[v] = _DONE
@@ -225,6 +248,7 @@ class Dispatcher:
 
     def retry(self, v: int) -> None:
         """`v` will run again (a retry or a route-back): queue it anew."""
+        self._unhold(v)
         if self._state[v] == _RUNNING:
             self.release(v)
         self._state[v] = _READY
