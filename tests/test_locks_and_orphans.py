@@ -292,6 +292,21 @@ def test_two_tasks_calling_abreast_lock_inside_a_parallel_run_serialise(
     assert max_concurrency(spans) == 1
 
 
+def holder_and_waiter(root: Path, name: str, hold_s: float, **wait: Any) -> subprocess.Popen:  # type: ignore[type-arg]
+    """A run of two tasks: `hold` holds the lock `tests` (`abreast lock`) for `hold_s`,
+    and `wait` (with `wait`'s settings) asks for it once `hold` has it."""
+    hold = f"{PY} -m abreast lock tests -- sh -c 'touch held; sleep {hold_s}'"
+    waits = f"while [ ! -e held ]; do sleep 0.02; done; {PY} -m abreast lock tests -- true"
+    return run_json(
+        root,
+        {
+            "name": name,
+            "max_parallel": 2,
+            "tasks": {"hold": {"run": hold}, "wait": {"run": waits, **wait}},
+        },
+    )
+
+
 def test_time_a_task_waits_for_a_lock_is_shown_and_not_counted_as_its_work(
     tmp_path: Path,
 ) -> None:
@@ -302,16 +317,7 @@ def test_time_a_task_waits_for_a_lock_is_shown_and_not_counted_as_its_work(
     from abreast.observe.dashboard import DashboardServer
     from tests.test_observe import chromium
 
-    hold = f"{PY} -m abreast lock tests -- sh -c 'touch held; sleep 1'"
-    wait = f"while [ ! -e held ]; do sleep 0.02; done; {PY} -m abreast lock tests -- true"
-    proc = run_json(
-        tmp_path,
-        {
-            "name": "waits",
-            "max_parallel": 2,
-            "tasks": {"hold": {"run": hold}, "wait": {"run": wait}},
-        },
-    )
+    proc = holder_and_waiter(tmp_path, "waits", hold_s=1)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     db = tmp_path / ".abreast" / "state.db"
@@ -450,16 +456,7 @@ def test_a_wait_for_a_lock_cut_short_by_its_attempts_end_is_a_wait_not_work(
 ) -> None:
     # A task killed (its timeout) while `abreast lock` waited journaled no grant and no
     # timeout: its wait was counted as its work, and its `lock.waiting` stayed open.
-    hold = f"{PY} -m abreast lock tests -- sh -c 'touch held; sleep 4'"
-    wait = f"while [ ! -e held ]; do sleep 0.02; done; {PY} -m abreast lock tests -- true"
-    proc = run_json(
-        tmp_path,
-        {
-            "name": "cut",
-            "max_parallel": 2,
-            "tasks": {"hold": {"run": hold}, "wait": {"run": wait, "timeout": "1.5s"}},
-        },
-    )
+    proc = holder_and_waiter(tmp_path, "cut", hold_s=4, timeout="1.5s")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, out + err
     db = tmp_path / ".abreast" / "state.db"
