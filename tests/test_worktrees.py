@@ -1767,6 +1767,33 @@ def test_sigkill_during_merge_or_checks_lands_each_task_once_and_only_checked(
         assert show(repo, ref, f"f{i}.txt") == f"{i}\n"
 
 
+def test_a_resumed_run_keeps_a_task_waiting_for_the_overlapping_work_it_merges_again(
+    repo: Path,
+) -> None:
+    # The orchestrator died while a's work was being checked, b (owning the same file)
+    # waiting for it to land: resumed, a's merge starts again, and b must wait for it
+    # still, not start from work without a's and conflict with it.
+    marker = repo.parent / "check-started"
+    own = {"owns": ["/src/shared.txt"], "retries": 0}
+    path = workflow(
+        repo,
+        {
+            "a": {"run": "echo a >> src/shared.txt", **own},
+            "b": {"run": "sleep 0.3; echo b >> src/shared.txt", **own},
+        },
+        checks=[{"run": f"touch {marker}; sleep 1.5"}],
+    )
+    proc, run_id = start_run(path, cwd=repo)
+    wait_for(marker.exists, timeout=30, what="a's check to start")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=repo)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "conflict" not in resumed.out, resumed.out
+    lines = show(repo, integration(run_id), "src/shared.txt").splitlines()
+    assert lines[-2:] == ["a", "b"], lines
+
+
 def test_resume_removes_the_worktrees_and_heartbeats_of_attempts_it_killed(repo: Path) -> None:
     started = repo.parent / "started"
     tasks = {
