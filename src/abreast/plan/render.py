@@ -133,7 +133,10 @@ def table(a: Analysis) -> str:
         out.append(f"  `locks: [{first}]` on a task plans for that (held for its whole attempt)")
     out.append("")
     if a.overlaps:
-        out.append("ownership overlaps (abreast never runs these side by side):")
+        out.append(
+            "ownership overlaps (abreast never runs these side by side, nor starts one while "
+            "the other's work is still to land):"
+        )
         for (x, y), pats in a.overlaps:
             out.append(f"  {x} <-> {y}: {', '.join(pats)}")
             via = a.overlap_via.get((x, y))
