@@ -217,7 +217,7 @@ def test_a_conflict_where_both_only_added_lines_says_git_can_keep_both(repo: Pat
     ((feedback,),) = query(
         db, "SELECT feedback FROM attempts WHERE task_id = 'second' AND attempt = 2"
     )
-    assert said in feedback, feedback  # the agent is told too
+    assert "merge=union" not in feedback, feedback  # the user's to decide, not the agent's
     report = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)
     assert any(said in w for w in report["warnings"]), report["warnings"]
     # With it, both land at once.

@@ -348,13 +348,12 @@ class MergeQueue:
             "redo the change on top of it."
         )
         added = await asyncio.to_thread(self._added_only, old, job.head, files[:20])
-        said = None  # the first time in a run: the user can set merge=union, not the agent
-        if added:
-            hint = _union_hint(added)
-            detail += f"\n{hint}"
-            if not self._union_said:
-                self._union_said = True
-                said = f"{hint} (a conflict sent {job.task_id} back)"
+        # Said to the user, once a run, not to the agent: whether both sides belong is the
+        # user's to say (a union of two definitions of one function is no merge).
+        said = None
+        if added and not self._union_said:
+            self._union_said = True
+            said = f"{_union_hint(added)} (a conflict sent {job.task_id} back)"
         self.journal.stage_event(
             self.run_id,
             "merge.conflict",
