@@ -1344,22 +1344,32 @@ def test_land_fast_forwards_the_base_branch(repo: Path) -> None:
     assert git(repo, "status", "--porcelain") == ""
 
 
-def test_a_repository_git_cannot_read_is_said_with_what_to_do(repo: Path) -> None:
+@pytest.mark.parametrize("index", ["racy", "fresh"])
+def test_a_repository_git_cannot_read_is_said_with_what_to_do(repo: Path, index: str) -> None:
     # Its files go through Git LFS, which is not installed: every git command that reads
-    # them fails, the user's own `git status` too. abreast said git's words and the `-c`
-    # settings of its own call, nothing more.
+    # them fails. abreast said git's words and the `-c` settings of its own call, nothing
+    # more; and where the user's `git status` did not read them (its index fresh, the
+    # files older: on a slower machine), the run started and each task failed "could not
+    # prepare: git read-tree ...": said now before anything runs, whatever the index.
     (repo / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
     (repo / "model.bin").write_text("version https://git-lfs.github.com/spec/v1\n")
     path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
+    if index == "fresh":  # files older than the index: `git status` need not read them
+        old = time.time() - 60
+        for f in repo.rglob("*"):
+            if ".git" not in f.parts:
+                os.utime(f, (old, old))
+        git(repo, "update-index", "--really-refresh", "-q")
     git(repo, "config", "filter.lfs.process", "/nonexistent/git-lfs filter-process")
     git(repo, "config", "filter.lfs.required", "true")
     code, out, _ = run(repo, path)
-    assert code == 1, out
-    assert "abreast: error: git status " in out and " -c " not in out
+    assert code == 2, out
     assert (
-        "hint: the repository's files go through Git LFS, which is not installed here "
-        "(`git status` fails the same way): install git-lfs, then `git lfs install`"
-    ) in out
+        "abreast: error: the repository's files go through Git LFS (`filter=lfs` in "
+        ".gitattributes), which git is set to require (filter.lfs.required), and "
+        "/nonexistent/git-lfs is not found here: a task's worktree could not be checked out\n"
+        "  hint: install git-lfs, then `git lfs install`"
+    ) in out, out
     assert "Traceback" not in out
     assert "no runs yet" in run_abreast("status", cwd=repo).err  # nothing journaled
 

@@ -434,9 +434,11 @@ def isolation_kind(wf: Workflow, location: StateLocation) -> str:
         )
     kind = wf.isolation or ("worktree" if in_git else "none")
     if kind == "worktree":
-        from abreast.workspace.git import MIN_TEXT, worktree_git_problem
+        from abreast.workspace.git import MIN_TEXT, missing_filter, worktree_git_problem
 
         problem = worktree_git_problem()
+        if problem is None and (filtered := missing_filter(location.root)) is not None:
+            raise filtered
         if problem:
             default = "" if wf.isolation else ", the default in a git repository,"
             raise UsageError(

@@ -227,6 +227,72 @@ def _version(_path: str) -> tuple[int, ...] | None:
     return tuple(int(x) for x in found.groups(default="0")) if found else ()
 
 
+_FILTER = re.compile(r"(?:^|\s)filter=([^\s]+)")
+
+
+def missing_filter(root: Path) -> UsageError | None:
+    """A filter that git is set to require (`filter.NAME.required`, as `git lfs install`
+    sets it for `lfs`), whose program is not here, and that the repository's
+    `.gitattributes` names for some files: checking out a task's worktree would fail on
+    it (the user's own `git status` may not, while the index is fresh). None when every
+    such filter can run, or none is required (one git call: the usual case)."""
+    found = git("config", "--get-regexp", r"^filter\..*\.required$", cwd=root, check=False)
+    broken: dict[str, str] = {}  # filter -> why it cannot run
+    for line in found.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        name = key[len("filter.") : -len(".required")]
+        if value.strip().lower() not in ("true", "yes", "on", "1"):
+            continue  # git goes on without it (the files as they are stored)
+        command = ""
+        for part in ("process", "smudge"):
+            got = git("config", "--get", f"filter.{name}.{part}", cwd=root, check=False)
+            command = command or got.stdout.strip()
+        program = command.split()[0] if command else ""
+        if not (program and _runnable(program, root)):
+            broken[name] = f"{program} is not found here" if program else "no program is set"
+    if not broken:
+        return None
+    listed = git("ls-files", "-z", "--", ":(glob)**/.gitattributes", cwd=root, check=False)
+    for path in filter(None, listed.stdout.split("\0")):
+        try:
+            text = (root / path).read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            for name in _FILTER.findall(line):
+                if name in broken:
+                    return _filter_error(name, path, broken[name])
+    return None
+
+
+def _filter_error(name: str, where: str, missing: str) -> UsageError:
+    lfs = name == "lfs"
+    what = (
+        "the repository's files go through Git LFS"
+        if lfs
+        else f"files of the repository go through the filter {name}"
+    )
+    return UsageError(
+        f"{what} (`filter={name}` in {where}), which git is set to require "
+        f"(filter.{name}.required), and {missing}: a task's worktree could not be "
+        "checked out",
+        hint="install git-lfs, then `git lfs install`"
+        if lfs
+        else f"install it, or see `git config --show-origin --get-regexp filter.{name}`",
+    )
+
+
+def _runnable(program: str, root: Path) -> bool:
+    import shutil
+
+    if "/" in program:
+        path = Path(program) if Path(program).is_absolute() else root / program
+        return path.is_file() and os.access(path, os.X_OK)
+    return shutil.which(program) is not None
+
+
 def worktree_git_problem() -> str | None:
     """Why the git on PATH cannot serve worktree isolation (there is none, or it is older
     than MIN_VERSION), or None: checked before a run, since the merge queue would
