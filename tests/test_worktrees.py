@@ -3312,16 +3312,31 @@ def test_a_bare_repository_or_a_git_directory_is_refused_not_run_in_place(
 def test_a_git_command_that_fails_unexpectedly_is_an_error_line_not_a_traceback(
     repo: Path,
 ) -> None:
-    # A repository whose own git commands fail (here a required clean filter with no
-    # command: `git status` fails in it too): the command line's last net says what git
-    # said, exit 1, instead of a traceback.
+    # A repository whose own git commands fail (here its index is corrupt: `git status`
+    # fails in it too): the command line's last net says what git said, exit 1, instead
+    # of a traceback.
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}})
+    (repo / ".git" / "index").write_bytes(b"DIRC\0\0\0\2garbage")
+    code, out, _ = run(repo, path)
+    assert code == 1, out
+    assert "abreast: error: git status " in out and "index file" in out, out
+    assert "hint: that is git's own error: `git status` in the repository shows" in out
+    assert "Traceback" not in out
+    # A required filter with no command, which every checkout of a task's worktree would
+    # fail on (and `git status` only when it reads such a file): said before the run.
+    git(repo, "read-tree", "HEAD")  # the index mended
     (repo / ".gitattributes").write_text("*.bin filter=weird\n")
     (repo / "x.bin").write_text("data\n")
     path = workflow(repo, {"a": {"run": "cat x.bin > y.txt"}})
     git(repo, "config", "filter.weird.required", "true")
     code, out, _ = run(repo, path)
-    assert code == 1, out
-    assert "abreast: error: git " in out and "filter 'weird' failed" in out
+    assert code == 2, out
+    assert (
+        "abreast: error: files of the repository go through the filter weird (`filter=weird` "
+        "in .gitattributes), which git is set to require (filter.weird.required), and no "
+        "program is set: a task's worktree could not be checked out\n"
+        "  hint: install it, or see `git config --show-origin --get-regexp filter.weird`"
+    ) in out, out
     assert "Traceback" not in out
 
 
