@@ -646,7 +646,11 @@ def test_init_fills_in_the_projects_own_test_command_as_the_check(  # type: igno
     if command is None:
         assert "#   - run: make test\n" in text and "found the project's tests" not in made.out
         return
-    assert f"#   - run: {command}           # found in " in text, text
+    (line,) = [x for x in text.splitlines() if x.startswith(f"#   - run: {command} ")]
+    # Its comment in the column of the others (`# checks:  ...  # run on the merge ...`).
+    (head,) = [x for x in text.splitlines() if x.startswith("# checks:")]
+    at = max(head.index(" # run on the merge"), len(f"#   - run: {command}"))  # or after it
+    assert line.index(" # found in ") == at, (line, head)
     assert f"found the project's tests: `{command}`" in made.out
     checks = text.replace("# checks:", "checks:").replace(
         f"#   - run: {command}", f"  - run: {command}"

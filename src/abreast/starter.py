@@ -110,6 +110,9 @@ def _python() -> str:
     return "python3" if not shutil.which("python") and shutil.which("python3") else "python"
 
 
+COMMENT_AT = 29  # the column of the starter's comments that follow a value
+
+
 def starter_for(root: Path) -> tuple[str, str | None]:
     """The starter workflow for the project at `root`, its merge check filled in with the
     project's own test command when one is found; and a line saying so (or None)."""
@@ -117,8 +120,10 @@ def starter_for(root: Path) -> tuple[str, str | None]:
     if found is None:
         return STARTER, None
     command, where = found
+    line = f"#   - run: {command}"
+    # Its comment in the column of the others (`# checks:  ...  # run on the merge ...`).
     text = STARTER.replace(
-        "#   - run: make test\n", f"#   - run: {command}           # found in {where}\n", 1
+        "#   - run: make test\n", f"{line.ljust(COMMENT_AT - 1)} # found in {where}\n", 1
     )
     return text, (
         f"found the project's tests: `{command}` ({where}); uncomment `checks:` in the file "
