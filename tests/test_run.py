@@ -2458,6 +2458,23 @@ def test_the_live_view_says_a_failure_as_task_then_why() -> None:
     ]
 
 
+def test_the_live_view_keeps_every_note_on_the_screen() -> None:
+    # Notes were kept in the live area, the last four of them: a fifth (a cap lowered, a
+    # lock waited for) took the first (a timeout, a warning) off the screen for good.
+    import io
+
+    from rich.console import Console
+
+    from abreast.observe.live import LiveView
+
+    out = io.StringIO()
+    view = LiveView(Console(file=out, width=200, force_terminal=False))
+    said = [f"note {i}" for i in range(6)]
+    for text in said:
+        view.note(text)
+    assert out.getvalue().splitlines() == said
+
+
 def test_the_live_view_cuts_long_ids_in_the_middle_to_keep_them_apart(tmp_path: Path) -> None:
     # In 40 columns, six ids alike but for their end were all shown as `a-very-long…`.
     import io

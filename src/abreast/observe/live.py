@@ -45,7 +45,6 @@ class LiveView(View):
         self.console = console or Console()
         self.engine: Engine | None = None
         self._live: Live | None = None
-        self._notes: list[str] = []
         self._left: float | None = None
         self._left_at = float("-inf")
         self._blocked: list[TaskRun] = []  # said together (observe.plain.blocked_said)
@@ -128,8 +127,7 @@ class LiveView(View):
                 Text(what),
                 Text(more, style=more_style),
             )
-        notes = [Text(n, style="dim") for n in self._notes[-4:]]
-        return Group(head, rows, *notes)
+        return Group(head, rows)
 
     def _time_left(self, e: Engine) -> float | None:
         """`e.time_left()`, worked out once a second (the view redraws four times)."""
@@ -156,7 +154,9 @@ class LiveView(View):
         self.console.print(Text(f"retrying {tr.id} {retry_when(delay_s)}: {first}", style="yellow"))
 
     def note(self, text: str) -> None:
-        self._notes.append(text)
+        # Above the live area, where it stays (kept in the area, only the last four were
+        # shown, and an earlier one, a timeout or a warning, left the screen for good).
+        self.console.print(Text(text, style="dim"))
 
     def _say_blocked(self) -> None:
         style = _STATE_STYLE.get(TaskState.BLOCKED, "")
