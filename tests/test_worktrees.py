@@ -344,6 +344,11 @@ def test_a_check_that_rewrites_the_work_is_said_as_what_it_wrote_does_not_land(
     assert wrote == [("a", ["a.txt"]), ("b", ["a.txt", "b.txt"])], wrote
     report = json.loads(run_abreast("report", run_id, "--json", cwd=repo).out)
     assert any(said in w for w in report["warnings"]), report["warnings"]
+    # `status` from another terminal, later, says it too (it said only the tasks).
+    status = run_abreast("status", run_id, cwd=repo).out
+    assert f"\n  warning: {said}" in status, status
+    listed = json.loads(run_abreast("status", run_id, "--json", cwd=repo).out)["warnings"]
+    assert [(w["task"], said in w["text"]) for w in listed] == [("a", True)], listed
     # Only untracked output: nothing said.
     quiet = workflow(repo, {"c": {"run": "echo c > c.txt"}}, checks=[{"run": "touch build.out"}])
     code, out, _ = run(repo, quiet)

@@ -25,6 +25,9 @@ from abreast.spec.durations import format_duration
 TASK_ROWS = 40  # a run of more tasks has its states counted and only some tasks listed
 
 
+WARNINGS_SHOWN = 5  # of a run's warnings, `status RUN` says this many (`report`: all)
+
+
 def run_state(row: RunRow) -> str:
     """The run's state, saying so when a 'running' run has lost its orchestrator."""
     if row.state == "running" and not orchestrator_alive(row):
@@ -65,6 +68,9 @@ def status_json(journal: Journal, row: RunRow) -> dict[str, Any]:
                 "tokens": tokens.get(t.task_id),  # through the key proxy; else null
             }
             for t in tasks
+        ],
+        "warnings": [  # what the run said as warnings, as its summary and `report` do
+            {"task": task, "text": text} for task, text in rundata.warnings(journal, row.id)
         ],
     }
 
@@ -228,6 +234,11 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         out.write(f"  ({rest}`abreast status {row.id} --json` has every task)\n")
     if row.summary and row.summary.get("landing"):
         out.write(f"  {row.summary['landing']}\n")
+    warned = [text for _, text in rundata.warnings(journal, row.id)]  # as its summary said
+    for text in warned[:WARNINGS_SHOWN]:
+        out.write(f"  warning: {text}\n")
+    if len(warned) > WARNINGS_SHOWN:
+        out.write(f"  ({len(warned) - WARNINGS_SHOWN} more warnings: `abreast report {row.id}`)\n")
     failed = sum(TaskState(t.state) in FAILED_STATES for t in tasks)
     if state == "failed" and failed:
         out.write(f"  {rundata.retry_hint(row.id, failed)}\n")
