@@ -349,6 +349,13 @@ def test_a_check_that_rewrites_the_work_is_said_as_what_it_wrote_does_not_land(
     assert f"\n  warning: {said}" in status, status
     listed = json.loads(run_abreast("status", run_id, "--json", cwd=repo).out)["warnings"]
     assert [(w["task"], said in w["text"]) for w in listed] == [("a", True)], listed
+    # And CI's JUnit report, on the task's test case (it said only flaky checks).
+    import xml.etree.ElementTree as ET
+
+    junit = repo.parent / "junit.xml"
+    assert run_abreast("report", run_id, "--junit", str(junit), cwd=repo).code == 0
+    case = ET.parse(junit).getroot().find(".//testcase[@name='a']")
+    assert case is not None and f"warning: {said}" in (case.findtext("system-out") or "")
     # Only untracked output: nothing said.
     quiet = workflow(repo, {"c": {"run": "echo c > c.txt"}}, checks=[{"run": "touch build.out"}])
     code, out, _ = run(repo, quiet)

@@ -141,7 +141,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
         ],
         "failures": failures,
         "warnings": [text for _, text in rundata.warnings(journal, run_id)],
-        "flaky": _flaky(journal, run_id),
+        "warned": _warned(journal, run_id),
         "cap": rundata.cap_story(journal, run_id),  # what the resource monitor did to it
         "landing": (run.summary or {}).get("landing"),
         "merges": _merges(journal, run_id),
@@ -660,12 +660,13 @@ _CSS = (
 _JUNIT_FAILED = ("failed", "timed_out")
 
 
-def _flaky(journal: Journal, run_id: str) -> dict[str, list[str]]:
-    """Task -> the checks of its merge that were red, then green when run again."""
+def _warned(journal: Journal, run_id: str) -> dict[str, list[str]]:
+    """Task -> the warnings the run said of it (a check of its merge red, then green when
+    run again; files tools generate left out of its work; ...)."""
     out: dict[str, list[str]] = {}
-    for e in journal.events(run_id, types=("check.flaky",)):
-        if e.task_id and e.data.get("warning"):
-            out.setdefault(e.task_id, []).append(str(e.data["warning"]))
+    for task, text in rundata.warnings(journal, run_id):
+        if task:
+            out.setdefault(task, []).append(text)
     return out
 
 
@@ -712,18 +713,19 @@ def junit_xml(rep: dict[str, Any]) -> str:
         elif t["state"] != "succeeded":
             message = first if t["state"] in first else f"{t['state']}: {first}"
             ET.SubElement(case, "skipped", message=message)
-        else:
-            # Green in the end after attempts that were not, or with a check that was red
-            # before it was green: worth a look (flaky?).
+        said = []
+        if t["state"] == "succeeded":
+            # Green in the end after attempts that were not: worth a look (flaky?).
             earlier = [x for x in rep["timeline"] if x["task"] == t["id"] and x["reason"]]
-            said = []
             if earlier:
                 said.append(f"succeeded on attempt {t['attempts']}; before it:")
                 said += [f"attempt {x['attempt']}: {x['state']} ({x['reason']})" for x in earlier]
-            said += (rep.get("flaky") or {}).get(t["id"], [])
-            if said:
-                out = ET.SubElement(case, "system-out")
-                out.text = _xml_text("\n".join(said))
+        # What the run warned of it (a check red, then green: flaky?; its work rewritten
+        # by a check; files left out of it), whatever its state.
+        said += [f"warning: {w}" for w in (rep.get("warned") or {}).get(t["id"], [])]
+        if said:
+            out = ET.SubElement(case, "system-out")
+            out.text = _xml_text("\n".join(said))
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"
 
