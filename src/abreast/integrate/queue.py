@@ -384,7 +384,7 @@ class MergeQueue:
         names = list(dict.fromkeys(t for t in tasks if t))
         if len(names) > 5:
             return f"{', '.join(names[:5])} and {len(names) - 5} more tasks"
-        return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+        return f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
 
     def _added_only(self, ours: str, theirs: str, files: list[str]) -> list[str]:
         """Of the conflicted `files`, those both sides only added lines to (git cannot

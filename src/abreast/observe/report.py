@@ -35,6 +35,7 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
     for a in data.attempts:
         busy[a.task_id] = busy.get(a.task_id, 0.0) + (a.wall_s or 0.0)
     waited = rundata.waited_s(data.waits)  # for locks, in attempts: no work
+    warned = rundata.warnings(journal, run_id)  # what the run said as warnings, of whom
     for task, seconds in waited.items():
         busy[task] = max(0.0, busy.get(task, 0.0) - seconds)
     plan = data.plan or {}
@@ -140,8 +141,8 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
             for w in data.waits
         ],
         "failures": failures,
-        "warnings": [text for _, text in rundata.warnings(journal, run_id)],
-        "warned": _warned(journal, run_id),
+        "warnings": [text for _, text in warned],
+        "warned": _by_task(warned),
         "cap": rundata.cap_story(journal, run_id),  # what the resource monitor did to it
         "landing": (run.summary or {}).get("landing"),
         "merges": _merges(journal, run_id),
@@ -660,11 +661,11 @@ _CSS = (
 _JUNIT_FAILED = ("failed", "timed_out")
 
 
-def _warned(journal: Journal, run_id: str) -> dict[str, list[str]]:
+def _by_task(warned: list[tuple[str | None, str]]) -> dict[str, list[str]]:
     """Task -> the warnings the run said of it (a check of its merge red, then green when
     run again; files tools generate left out of its work; ...)."""
     out: dict[str, list[str]] = {}
-    for task, text in rundata.warnings(journal, run_id):
+    for task, text in warned:
         if task:
             out.setdefault(task, []).append(text)
     return out

@@ -259,10 +259,11 @@ def _lock_waits(journal: Journal, run_id: str) -> tuple[list[LockWait], list[Ope
         if wait > 0:
             since = float(d.get("since", e.ts - wait))
             done.append(LockWait(*key[:3], since, wait, e.type == "lock.granted"))
-    if began:
+    if began:  # the attempts of the few tasks still waiting, not the run's every one
         ended = {
             (a.task_id, a.attempt): a.ended_at
-            for a in journal.attempts(run_id)
+            for task in {w.task for w in began.values()}
+            for a in journal.attempts(run_id, task)
             if a.ended_at is not None
         }
         for key, w in list(began.items()):

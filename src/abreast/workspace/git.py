@@ -236,17 +236,19 @@ def missing_filter(root: Path) -> UsageError | None:
     `.gitattributes` names for some files: checking out a task's worktree would fail on
     it (the user's own `git status` may not, while the index is fresh). None when every
     such filter can run, or none is required (one git call: the usual case)."""
-    found = git("config", "--get-regexp", r"^filter\..*\.required$", cwd=root, check=False)
-    broken: dict[str, str] = {}  # filter -> why it cannot run
+    found = git("config", "--get-regexp", r"^filter\.", cwd=root, check=False)
+    settings: dict[str, dict[str, str]] = {}  # filter -> its required, process, smudge
     for line in found.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        name = key[len("filter.") : -len(".required")]
-        if value.strip().lower() not in ("true", "yes", "on", "1"):
+        key, spaced, value = line.partition(" ")
+        name, _, part = key[len("filter.") :].rpartition(".")
+        # The last setting counts, as for git (a repository's over the user's); a key
+        # without a value is a true one.
+        settings.setdefault(name, {})[part] = value.strip() if spaced else "true"
+    broken: dict[str, str] = {}  # filter -> why it cannot run
+    for name, said in settings.items():
+        if said.get("required", "").lower() not in ("true", "yes", "on", "1"):
             continue  # git goes on without it (the files as they are stored)
-        command = ""
-        for part in ("process", "smudge"):
-            got = git("config", "--get", f"filter.{name}.{part}", cwd=root, check=False)
-            command = command or got.stdout.strip()
+        command = said.get("process") or said.get("smudge") or ""
         program = command.split()[0] if command else ""
         if not (program and _runnable(program, root)):
             broken[name] = f"{program} is not found here" if program else "no program is set"
@@ -285,12 +287,12 @@ def _filter_error(name: str, where: str, missing: str) -> UsageError:
 
 
 def _runnable(program: str, root: Path) -> bool:
+    """`program` (a name looked up on PATH, or a path, relative to the repository's root)
+    can be run here."""
     import shutil
 
-    if "/" in program:
-        path = Path(program) if Path(program).is_absolute() else root / program
-        return path.is_file() and os.access(path, os.X_OK)
-    return shutil.which(program) is not None
+    relative = "/" in program and not os.path.isabs(program)
+    return shutil.which(str(root / program) if relative else program) is not None
 
 
 def worktree_git_problem() -> str | None:
