@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -1147,7 +1148,8 @@ def test_a_run_landing_while_another_runs_is_not_taken_for_a_task_moving_the_bra
     # Two runs at once in one repository, both with --land. The first one's landing moved
     # main while the second's task ran: that was warned about as a branch a task may have
     # moved, with the command that "puts it back" (undoing the other run's landing), and
-    # the second could not land without saying why main had moved.
+    # the second could not land without saying why main had moved. It lands now, merged
+    # with the first one's result, saying so.
     go = tmp_path / "go"
     proc, second_id = second_run_waiting(repo, go, "--land")
     with ended_after(proc):
@@ -1156,12 +1158,15 @@ def test_a_run_landing_while_another_runs_is_not_taken_for_a_task_moving_the_bra
         assert "landed: main fast-forwarded to" in out
         go.touch()
         said, err = proc.communicate(timeout=60)
-    assert proc.returncode == 3, said + err  # succeeded, not landed
+    assert proc.returncode == 0, said + err
     assert "moved from" not in said + err and "puts it back" not in said + err
     assert (
-        f"not landed: main moved since the run started (run {first_id} landed its result "
-        f"there) and is not an ancestor of the result; bring both in: git merge "
-        f"{integration(second_id)}" in said
+        "(the result merged with main's 3 new commits; run "
+        f"{first_id} had landed its result there)" in said
+    ), said
+    assert (repo / "a.txt").read_text() == "a\n" and (repo / "b.txt").read_text() == "b\n"
+    assert git(repo, "rev-parse", "main").strip() == (
+        git(repo, "rev-parse", integration(second_id)).strip()
     )
 
 
@@ -1499,15 +1504,163 @@ def test_land_moves_the_files_of_the_worktree_where_base_is_checked_out(
     assert not (other / "b.txt").exists()
 
 
-def test_land_when_base_moved_during_the_run_leaves_the_merge_to_you(repo: Path) -> None:
-    # The task moves main itself (as a teammate's push to the checkout would), so main is
-    # no longer an ancestor of the result when the run ends.
-    moved = f"git -C {repo} commit -q --allow-empty -m meanwhile && echo A > a.txt"
+def run_while_main_moves(
+    repo: Path,
+    tmp_path: Path,
+    task: str,
+    files: dict[str, str],
+    *args: str,
+    then: Callable[[subprocess.Popen[str]], None] | None = None,
+    **top: Any,
+) -> tuple[int, str, str]:
+    """A run of one task `a` (`task`, run once the test has committed `files` to main in
+    the checkout, as your own commit or a teammate's pull would while agents work):
+    (exit status, its output, the run id). `then`: what the test does meanwhile."""
+    go = tmp_path / "go"
+    wait = f"while [ ! -e {go} ]; do sleep 0.02; done; "
+    path = workflow(repo, {"a": {"run": wait + task}}, **top)
+    proc, run_id = start_run(path, *args, cwd=repo)
+    with ended_after(proc), touched_after(go):
+        wait_for(lambda: run_id in git(repo, "worktree", "list"), what="a to start")
+        for name, text in files.items():
+            (repo / name).write_text(text)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", "meanwhile")
+        go.touch()
+        if then is not None:
+            then(proc)
+        out, err = proc.communicate(timeout=60)
+    return proc.returncode, out + err, run_id
+
+
+def test_land_when_base_moved_on_merges_it_into_the_result_and_checks_that(
+    repo: Path, tmp_path: Path
+) -> None:
+    # A commit on main while the agents worked (yours, a teammate's pulled in): --land
+    # refused at the end (exit 3) and left the merge to you, the checks never having seen
+    # the work and that commit together.
+    check = {"run": "ls"}
+    code, out, run_id = run_while_main_moves(
+        repo, tmp_path, "echo A > a.txt", {"m.txt": "M\n"}, "--land", checks=[check]
+    )
+    assert code == 0, out
+    assert (
+        "main moved on since the run started (1 commit): running the merge checks on the "
+        "result merged with main's 1 new commit" in out
+    ), out
+    assert "landed: main fast-forwarded to " in out
+    assert "(the result merged with main's 1 new commit, checked)" in out
+    meanwhile = git(repo, "rev-parse", "main^1").strip()
+    assert git(repo, "log", "-1", "--format=%s", meanwhile).strip() == "meanwhile"
+    assert (
+        git(repo, "rev-parse", "main").strip()
+        == git(repo, "rev-parse", integration(run_id)).strip()
+    )
+    assert (repo / "a.txt").read_text() == "A\n" and (repo / "m.txt").read_text() == "M\n"
+    assert git(repo, "status", "--porcelain") == ""
+    # The checks ran on the two together (and on the task's merge without m.txt first).
+    checks = repo / ".abreast" / "runs" / run_id / "checks"
+    assert "m.txt" in (checks / "_result.1.log").read_text()
+    assert "m.txt" not in (checks / "a.1.1.log").read_text()
+    (event,) = query(
+        repo / ".abreast" / "state.db",
+        "SELECT data FROM events WHERE run_id = ? AND type = 'result.caught_up'",
+        run_id,
+    )
+    assert json.loads(event[0])["commits"] == 1
+    # What the run brought: its work, not the commit it was merged with.
+    assert run_abreast("diff", run_id, "--all", "--name-only", cwd=repo).out == "a.txt\n"
+
+
+def test_land_when_base_moved_on_is_refused_when_the_two_fail_the_checks_or_conflict(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Red: the work passed its checks alone, not with main's new commit.
+    check = {"run": "! { test -e m.txt && test -e a.txt; }"}
+    code, out, run_id = run_while_main_moves(
+        repo, tmp_path, "echo A > a.txt", {"m.txt": "M\n"}, "--land", checks=[check]
+    )
+    assert code == 3, out
+    assert (
+        "not landed: main moved on since the run started (1 commit), and the result merged "
+        "with main's 1 new commit fails the merge checks: check `! { test -e m.txt && test "
+        "-e a.txt; }` failed (exit 1)" in out
+    ), out
+    assert f"bring both in (git merge {integration(run_id)}) and fix it" in out
+    assert git(repo, "log", "-1", "--format=%s", "main").strip() == "meanwhile"
+    assert not (repo / "a.txt").exists()
+    assert git(repo, "rev-parse", f"{integration(run_id)}^2").strip() != ""  # the task's
+    assert "m.txt" not in git(repo, "ls-tree", "--name-only", integration(run_id))
+    # Conflict: both changed README.md's line.
+    code, out, run_id = run_while_main_moves(
+        repo, tmp_path, "echo task > README.md", {"README.md": "yours\n"}, "--land",
+        "--run-id", "second",
+    )  # fmt: skip
+    assert code == 3, out
+    assert (
+        "not landed: main moved on since the run started (1 commit), and it conflicts with "
+        f"the result in README.md; bring both in: git merge {integration(run_id)}, and "
+        "resolve" in out
+    ), out
+    assert (repo / "README.md").read_text() == "yours\n"
+
+
+def test_a_cancel_while_the_checks_run_on_the_result_merged_with_base_ends_them(
+    repo: Path, tmp_path: Path
+) -> None:
+    # After the run's loop its signal handlers were gone: a Ctrl-C or `abreast cancel`
+    # (TERM) while the checks ran on the merged result would have killed abreast outright
+    # and left the checks running.
+    pid_file = tmp_path / "check.pid"
+    slow = f'if [ -z "$ABREAST_TASK_ID" ]; then echo $$ > {pid_file}; exec sleep 60; fi'
+
+    def cancel(proc: subprocess.Popen[str]) -> None:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="check")
+        proc.send_signal(signal.SIGTERM)
+
+    code, out, _ = run_while_main_moves(
+        repo, tmp_path, "echo A > a.txt", {"m.txt": "M\n"}, "--land",
+        then=cancel, checks=[{"run": slow}],
+    )  # fmt: skip
+    assert code == 3, out
+    assert "cancelling: the merge checks are ended, nothing more lands" in out
+    assert (
+        "not landed: cancelled while the merge checks ran on the result merged with main's 1 "
+        "new commit" in out
+    ), out
+    assert git(repo, "log", "-1", "--format=%s", "main").strip() == "meanwhile"
+    assert not pid_alive(int(pid_file.read_text()))
+
+
+def test_without_land_a_base_that_moved_on_is_said_with_a_merge_that_works(
+    repo: Path, tmp_path: Path
+) -> None:
+    # It said `git merge --ff-only`, which git refuses once main has moved on.
+    code, out, run_id = run_while_main_moves(repo, tmp_path, "echo A > a.txt", {"m.txt": "M\n"})
+    assert code == 0, out
+    assert (
+        f"bring it in: git merge {integration(run_id)}   (main moved on since the run started, "
+        "1 commit: not a fast-forward; or run with --land, which merges and checks them)" in out
+    ), out
+    assert "--ff-only" not in out
+
+
+def test_land_when_base_was_rewritten_leaves_the_merge_to_you(repo: Path) -> None:
+    # The commit the run started from is no longer on main (amended, as a teammate's force
+    # push would): merging would bring it back, so nothing is merged.
+    moved = f"git -C {repo} commit -q --amend --allow-empty -m rewritten && echo A > a.txt"
     path = workflow(repo, {"a": {"run": moved}})
+    base = git(repo, "rev-parse", "main").strip()
     code, out, run_id = run(repo, path, "--land")
     assert code == 3, out
-    assert "not landed: main moved since the run started" in out
-    assert git(repo, "log", "-1", "--format=%s", "main").strip() == "meanwhile"
+    assert (
+        "not landed: main was rewritten since the run started (the commit it started from, "
+        f"{base[:12]}, is no longer on it: an amend, a rebase, a forced push?), and merging "
+        f"would bring that commit back; bring both in, if you mean to: git merge "
+        f"{integration(run_id)}" in out
+    ), out
+    assert "running the merge checks" not in out
+    assert git(repo, "log", "-1", "--format=%s", "main").strip() == "rewritten"
     assert show(repo, integration(run_id), "a.txt") == "A\n"
 
 

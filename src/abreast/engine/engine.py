@@ -26,7 +26,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +107,28 @@ def hangup_heard() -> bool:
     """Whether the terminal closing (SIGHUP) cancels the run: unless it was ignored when
     abreast started (`nohup abreast run ...`, which asks for the run to go on)."""
     return signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN
+
+
+@contextlib.contextmanager
+def _on_stop_signals(handler: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, a Ctrl-C, a TERM (`abreast cancel`) or the terminal closing
+    (unless under nohup) calls `handler` (after the run's loop, whose own handlers are
+    gone). In a thread other than the main one (tests driving the engine), nothing."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    heard = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hangup_heard() else ())
+    for sig in heard:
+        try:
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+        except (ValueError, RuntimeError):
+            pass
+    quiet_signal_wakeup(loop)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 def _not_json(word: str) -> Any:
@@ -1748,26 +1770,39 @@ class Engine:
         """Wait for the groups being ended (up to their grace). A Ctrl-C (or TERM, or the
         terminal closing) meanwhile is "kill at once", as it is while the run goes: it
         ended abreast then, and the processes waited for ran on after it."""
-        loop = asyncio.get_running_loop()
-        installed = []
 
         def now() -> None:
             self.view.note("killing everything now")
             self._kill_ending_groups()
 
-        heard = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hangup_heard() else ())
-        for sig in heard:
-            try:
-                loop.add_signal_handler(sig, now)
-                installed.append(sig)
-            except (ValueError, RuntimeError):
-                pass  # not the main thread (tests driving the engine)
-        quiet_signal_wakeup(loop)
-        try:
+        with _on_stop_signals(now):
             await asyncio.gather(*self._killing, return_exceptions=True)
+
+    async def _close_isolation(self, success: bool) -> str | None:
+        """The isolation's end, which may take a while: with `--land`, the merge checks
+        run on the result merged with what base gained since the run started. A Ctrl-C or
+        TERM (`abreast cancel`) meanwhile ends those checks (nothing more is landed), and
+        the run's heartbeat goes on."""
+        if self.isolation.instant:
+            return await self.isolation.close(success=success)
+
+        def stop() -> None:
+            self.view.note("cancelling: the merge checks are ended, nothing more lands")
+            self.isolation.abort(self.options.kill_grace_s)
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.options.tick_s)
+                self.journal.stage_run(self.run_id, heartbeat_at=time.time())
+                self.journal.commit()
+
+        beating = asyncio.create_task(beat())
+        try:
+            with _on_stop_signals(stop):
+                return await self.isolation.close(success=success)
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
 
     def _log_tail(self, tr: TaskRun) -> list[str]:
         """The last lines of the attempt's log, as abreast records and shows them: a key
@@ -1812,7 +1847,7 @@ class Engine:
             for tr in self.tasks
             if tr.state in FAILED_STATES
         ]
-        landing = await self.isolation.close(success=state == "succeeded")
+        landing = await self._close_isolation(state == "succeeded")
         changes, checks = {}, 0.0
         if not self.isolation.instant:  # what each task's work changed, for the summary
             from abreast.observe.rundata import checks_s, work_changes

@@ -26,7 +26,7 @@ import asyncio
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -421,18 +421,60 @@ class MergeQueue:
             tasks=[job.task_id for job in jobs],
             commit=commit,
         )
+        name = f"{first.task_id}.{first.attempt}"
+        if len(jobs) > 1:
+            name = f"batch-{name}+{len(jobs) - 1}"
+        tasks = ", ".join(job.task_id for job in jobs)
+        result = await self._run_checks_at(
+            commit,
+            name,
+            f"{self.run_id}/{first.task_id}/check",
+            {
+                "ABREAST_TASK_ID": " ".join(job.task_id for job in jobs),
+                "ABREAST_ATTEMPT": " ".join(str(job.attempt) for job in jobs),
+            },
+            lambda path: self._wrote(jobs, path),
+            f"checking {tasks}",
+            first.task_id,
+        )
+        if result is None:
+            return None
+        for job in jobs:
+            self.on_event(
+                "checks.finished",
+                {"task": job.task_id, "ok": result.ok, "lock_wait_s": result.wait_s},
+            )
+        return result
+
+    async def check_result(self, commit: str, what: str) -> CheckResult | None:
+        """Run the checks on `commit`, the run's result merged with what `base` gained
+        since the run started (`--land`), as on a task's merge; None if cancelled
+        meanwhile (`abort`). `what`: that merge, in a few words, for a flaky check's
+        warning. No task is landed: `ABREAST_TASK_ID` and `ABREAST_ATTEMPT` are empty."""
+        env = {"ABREAST_TASK_ID": "", "ABREAST_ATTEMPT": ""}
+        holder = f"{self.run_id}/_result/check"
+        return await self._run_checks_at(commit, "_result", holder, env, None, what, None)
+
+    async def _run_checks_at(
+        self,
+        commit: str,
+        name: str,
+        holder: str,
+        env: dict[str, str],
+        on_green: Callable[[Path], Awaitable[None]] | None,
+        what: str,
+        task_id: str | None,
+    ) -> CheckResult | None:
+        """The checks run in a check worktree at `commit`, their logs `checks/<name>.*`;
+        `on_green` looks at the worktree they were green in. None when cancelled."""
         path = await asyncio.to_thread(self.check_pool.acquire, None, commit)
         try:
             env = {
                 **self.check_env,
                 **self.path_env(path),
-                "ABREAST_TASK_ID": " ".join(job.task_id for job in jobs),
-                "ABREAST_ATTEMPT": " ".join(str(job.attempt) for job in jobs),
+                **env,
                 "ABREAST_CHECK_COMMIT": commit,
             }
-            name = f"{first.task_id}.{first.attempt}"
-            if len(jobs) > 1:
-                name = f"batch-{name}+{len(jobs) - 1}"
             started = time.monotonic()
             try:
                 result = await run_checks(
@@ -441,7 +483,7 @@ class MergeQueue:
                     env,
                     str(self.check_logs / name),
                     self.hold,
-                    holder=f"{self.run_id}/{first.task_id}/check",
+                    holder=holder,
                     control=self._checks,
                 )
             except WaitStopped:
@@ -449,22 +491,17 @@ class MergeQueue:
             if result is not None:
                 took = time.monotonic() - started - result.wait_s
                 result = dataclasses.replace(result, ran_s=round(max(0.0, took), 3))
-                if result.ok:
-                    await self._wrote(jobs, path)
+                if result.ok and on_green is not None:
+                    await on_green(path)
         finally:
             self.check_pool.release(path, clean=False)
         if result is None or self._checks.stopped:  # not a verdict on the work
             return None
         self.stats.lock_wait_s += result.wait_s
         for text in result.flaky:  # green in the end: said, as the suite may be flaky
-            said = f"{text} (checking {', '.join(job.task_id for job in jobs)})"
-            self.journal.stage_event(self.run_id, "check.flaky", first.task_id, warning=said)
+            said = f"{text} ({what})"
+            self.journal.stage_event(self.run_id, "check.flaky", task_id, warning=said)
             self.warn(said)
-        for job in jobs:
-            self.on_event(
-                "checks.finished",
-                {"task": job.task_id, "ok": result.ok, "lock_wait_s": result.wait_s},
-            )
         return result
 
     async def _wrote(self, jobs: list[MergeJob], path: Path) -> None:

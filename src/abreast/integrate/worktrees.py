@@ -163,6 +163,9 @@ class WorktreeIsolation(Isolation):
         self.journal = journal
         self.repo = Repo(location.root)
         self.land = land
+        # Once the result was merged with what base gained since the run started: (where
+        # base was, how many commits it gained, the run that had landed its result there)
+        self.caught_up: tuple[str, int, str | None] | None = None
         self.secrets = secrets  # (fingerprint, value) of the run's API keys
         self.ref = integration_ref(run_id)
         self.base_name = base_name(self.repo, wf.base)
@@ -840,6 +843,9 @@ class WorktreeIsolation(Isolation):
             self.pool.release(a.path, clean=a.head is not None, after_move=a.own_repos)
 
     async def close(self, *, success: bool) -> str | None:
+        # With --land, what base gained since the run started is merged into the result
+        # and checked first (the checks' worktrees are still there).
+        refused = await self._catch_up() if success and self.land else None
         await self.queue.close()
         await asyncio.to_thread(self.pool.close)
         await asyncio.to_thread(self.check_pool.close)
@@ -858,11 +864,8 @@ class WorktreeIsolation(Isolation):
             lines = [f"result: none: the integration branch {branch} is gone"]
         else:
             head = found[0]
-            ahead = len(
-                await asyncio.to_thread(
-                    self.repo.log_oneline, f"{self.base_commit}..{head}", 100000
-                )
-            )
+            since = self.caught_up[0] if self.caught_up else self.base_commit
+            ahead = len(await asyncio.to_thread(self.repo.log_oneline, f"{since}..{head}", 100000))
             lines = [
                 f"result: branch {branch} at {head[:12]}: {counted(len(landed), 'task')} landed,"
                 f" {ahead} commit{'s' if ahead != 1 else ''} on top of {self.base_name}"
@@ -914,12 +917,101 @@ class WorktreeIsolation(Isolation):
         elif not head:
             self.unlanded = self.land
         elif self.land:
-            said = await asyncio.to_thread(self._land, str(head))
-            self.unlanded = said.startswith("not landed")
-            lines.append(said)
+            landing = refused if refused else await asyncio.to_thread(self._land, str(head))
+            self.unlanded = landing.startswith("not landed")
+            if self.caught_up and not self.unlanded:
+                _, n, other = self.caught_up
+                landing += (
+                    f" (the result merged with {self.base_name}'s {counted(n, 'new commit')}"
+                    f"{', checked' if self.wf.checks else ''}"
+                    f"{f'; run {other} had landed its result there' if other else ''})"
+                )
+            lines.append(landing)
         elif ahead:
-            lines.append(f"bring it in: git merge --ff-only {branch}   (or run with --land)")
+            moved = await asyncio.to_thread(self._moved_on)
+            if moved:
+                lines.append(
+                    f"bring it in: git merge {branch}   ({self.base_name} moved on since the "
+                    f"run started, {counted(moved, 'commit')}: not a fast-forward; or run "
+                    "with --land, which merges and checks them)"
+                )
+            else:
+                lines.append(f"bring it in: git merge --ff-only {branch}   (or run with --land)")
         return "\n  ".join(lines)
+
+    def _moved_on(self) -> int:
+        """How many commits `base` gained since the run started, when it only moved on
+        (the commit the run started from still on it) and the result lacks them; else 0."""
+        current = self.repo.rev_parse(f"refs/heads/{self.base_name}")
+        head = self.repo.rev_parse(self.ref)
+        if current is None or head is None or self.repo.is_ancestor(current, head):
+            return 0
+        if not self.repo.is_ancestor(self.base_commit, current):
+            return 0  # rewritten: `_land` says so
+        return len(self.repo.log_oneline(f"{head}..{current}", 100000))
+
+    async def _catch_up(self) -> str | None:
+        """`--land`, and `base` moved on since the run started (your commits, a
+        teammate's, another run's landing): merge them into the result and run the merge
+        checks on that, as on each task's merge, so that `base` can be fast-forwarded to
+        it. Journaled before the result branch moves. Returns why it is not landed (the
+        landing line), or None: done, or nothing to do (or nothing this can do: `_land`
+        says why)."""
+        found = await self.queue.head()
+        moved = await asyncio.to_thread(self._moved_on)
+        if found is None or not moved:
+            return None
+        head = found[0]
+        current = self.repo.rev_parse(f"refs/heads/{self.base_name}")
+        assert current is not None
+        branch = integration_branch(self.run_id)
+        other = landed_by(self.repo, current, self.run_id)
+        by = f"; run {other} landed its result there" if other else ""
+        them = f"{self.base_name}'s {counted(moved, 'new commit')}"
+        said = f"{self.base_name} moved on since the run started ({counted(moved, 'commit')}{by})"
+        merge = await asyncio.to_thread(self.repo.merge_tree, head, current)
+        if not merge.clean:
+            files = ", ".join(map(visible_name, merge.conflicts[:5])) + (
+                f" and {len(merge.conflicts) - 5} more" if len(merge.conflicts) > 5 else ""
+            )
+            return (
+                f"not landed: {said}, and {'it conflicts' if moved == 1 else 'they conflict'} "
+                f"with the result in {files}; bring both in: git merge {branch}, and resolve"
+            )
+        message = f"abreast: land run {self.run_id} on {self.base_name}\n\nrun {self.run_id}"
+        new = await asyncio.to_thread(self.repo.commit_tree, merge.tree, [current, head], message)
+        check_s = 0.0
+        if self.wf.checks:
+            self.note(f"{said}: running the merge checks on the result merged with {them}")
+            result = await self.queue.check_result(new, f"checking the result merged with {them}")
+            if result is None:
+                return (
+                    "not landed: cancelled while the merge checks ran on the result merged "
+                    f"with {them}"
+                )
+            if not result.ok:
+                return (
+                    f"not landed: {said}, and the result merged with {them} fails the merge "
+                    f"checks: {result.detail.splitlines()[0]}; log: {result.log}; bring both "
+                    f"in (git merge {branch}) and fix it, or fix it on {self.base_name}, "
+                    "then git merge"
+                )
+            check_s = result.ran_s
+        self.journal.stage_event(
+            self.run_id,
+            "result.caught_up",
+            base=current,
+            old=head,
+            commit=new,
+            commits=moved,
+            check_s=check_s,
+        )
+        self.journal.commit()  # the decision is durable before the branch moves
+        if not await asyncio.to_thread(self.repo.update_ref, self.ref, new, head):
+            return f"not landed: the result branch {branch} moved while it was merged with {them}"
+        self.queue.last_head = new
+        self.caught_up = (current, moved, other)
+        return None
 
     async def _take_refs_of_the_work(self, head: str) -> str:
         """Remove the branches and tags the run's tasks made on their work, which the
@@ -956,6 +1048,13 @@ class WorktreeIsolation(Isolation):
         current = self.repo.rev_parse(ref)
         if current is None:
             return f"not landed: base {self.base_name!r} is not a branch"
+        if not self.repo.is_ancestor(self.base_commit, current):
+            return (
+                f"not landed: {self.base_name} was rewritten since the run started (the "
+                f"commit it started from, {self.base_commit[:12]}, is no longer on it: an "
+                "amend, a rebase, a forced push?), and merging would bring that commit back; "
+                f"bring both in, if you mean to: git merge {integration_branch(self.run_id)}"
+            )
         if not self.repo.is_ancestor(current, head):
             other = landed_by(self.repo, current, self.run_id)
             by = f" (run {other} landed its result there)" if other else ""

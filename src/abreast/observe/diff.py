@@ -147,6 +147,12 @@ def show_result(
                 + (", and so are its commits" if head else ", and nothing of it landed")
             )
     tasks = len({e.task_id for e in landed})
+    # Merged with what base gained since the run started (`--land`): from there, so that
+    # it shows what the run brings, not those commits too.
+    for e in journal.events(row.id, types=("result.caught_up",)):
+        caught = str(e.data.get("commit") or "")
+        if caught and _git(root, "merge-base", "--is-ancestor", caught, head).returncode == 0:
+            base = str(e.data.get("base") or base)
     return _diff(
         root,
         git_args,
