@@ -1550,6 +1550,9 @@ def test_land_when_base_moved_on_merges_it_into_the_result_and_checks_that(
     ), out
     assert "landed: main fast-forwarded to " in out
     assert "(the result merged with main's 1 new commit, checked)" in out
+    # Your commit in your checkout is yours: no warning that would put main back (and,
+    # after the landing, lose the work as well).
+    assert "was moved from" not in out and "puts it back" not in out
     meanwhile = git(repo, "rev-parse", "main^1").strip()
     assert git(repo, "log", "-1", "--format=%s", meanwhile).strip() == "meanwhile"
     assert (

@@ -134,6 +134,8 @@ class Guard:
                 changes.append(Change(kind, name, when, detail))
             elif now[ref] != was and self._landed_here(was, now[ref]):
                 self._refs[ref] = now[ref]  # another run's --land: abreast's own doing
+            elif now[ref] != was and self._moved_on_in_your_checkout(ref, was, now[ref]):
+                self._refs[ref] = now[ref]  # your commit or pull, where it is checked out
             elif now[ref] != was:
                 detail = f"moved from {was[:12]} to {now[ref][:12]} (`{put_back}` puts it back)"
                 changes.append(Change(kind, name, when, detail, blame=False))
@@ -175,6 +177,34 @@ class Guard:
         return landed_by(self.repo, now, self.run_id) is not None and self.repo.is_ancestor(
             was, now
         )
+
+    def _moved_on_in_your_checkout(self, ref: str, was: str, now: str) -> bool:
+        """Branch `ref` moved on from `was` to `now` (new commits on top) through a checkout
+        of yours that has it checked out: your commit, merge or pull there, each step in
+        that checkout's own HEAD reflog. Nothing to warn about, and `git update-ref` to put
+        it back would lose your commits. A task's moves are made from its own worktree,
+        whose HEAD (and reflog) is its own; `git branch -f` refuses a branch checked out
+        elsewhere."""
+        where = self.repo.checked_out_at(ref)
+        if where is None or where.resolve().is_relative_to(self.repo.abreast_dir):
+            return False
+        if not self.repo.is_ancestor(was, now):
+            return False  # a reset or a rewrite: said, whoever did it
+        proc = self.repo.git("rev-parse", "--absolute-git-dir", cwd=where, check=False)
+        if proc.returncode != 0 or not proc.stdout.strip():
+            return False
+        try:
+            lines = (Path(proc.stdout.strip()) / "logs" / "HEAD").read_bytes().splitlines()
+        except OSError:
+            return False
+        at = now.encode()
+        for line in reversed(lines):
+            old, _, rest = line.partition(b" ")
+            if rest.partition(b" ")[0] == at:
+                at = old
+                if at == was.encode():
+                    return True
+        return False
 
     # -- your stash ---------------------------------------------------------------------------
 
