@@ -1643,9 +1643,84 @@ def test_without_land_a_base_that_moved_on_is_said_with_a_merge_that_works(
     assert code == 0, out
     assert (
         f"bring it in: git merge {integration(run_id)}   (main moved on since the run started, "
-        "1 commit: not a fast-forward; or run with --land, which merges and checks them)" in out
+        f"1 commit: not a fast-forward; or `abreast land {run_id}`, which merges and checks "
+        "them)" in out
     ), out
     assert "--ff-only" not in out
+
+
+def test_abreast_land_brings_a_reviewed_result_in_once_base_moved_on(repo: Path) -> None:
+    # Agents' work is read before it goes in: a run without --land, its result looked at,
+    # and meanwhile main moved on. Bringing it in was `git merge` by hand, the checks
+    # never run on the two together; `--land` meant running the whole workflow again.
+    check = {"run": "ls"}
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}}, checks=[check])
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    assert f"(or `abreast land {run_id}`)" in out
+    (repo / "m.txt").write_text("M\n")
+    git(repo, "add", "m.txt")
+    git(repo, "commit", "-q", "-m", "meanwhile")
+    landed = run_abreast("land", cwd=repo)  # the latest run
+    assert landed.code == 0, landed.out + landed.err
+    assert landed.out == (
+        f"run {run_id}: landed: main fast-forwarded to {git(repo, 'rev-parse', 'main')[:12]} "
+        "(the result merged with main's 1 new commit, checked)\n"
+    )
+    assert "running the merge checks on the result merged with main's 1 new commit" in landed.err
+    assert "m.txt" in (repo / ".abreast" / "runs" / run_id / "checks" / "_result.1.log").read_text()
+    assert (repo / "a.txt").read_text() == "A\n" and git(repo, "status", "--porcelain") == ""
+    assert git(repo, "log", "-1", "--format=%s", "main^1").strip() == "meanwhile"
+    # `status` says it landed; landing again does nothing, and says so.
+    assert "\n  landed: main fast-forwarded to " in run_abreast("status", run_id, cwd=repo).out
+    again = run_abreast("land", run_id, cwd=repo)
+    assert (again.code, again.out) == (0, f"run {run_id}: main already has the result\n")
+    assert "\n  landed: main fast-forwarded to " in run_abreast("status", run_id, cwd=repo).out
+
+
+def test_abreast_land_refuses_what_it_should_not_land_saying_what_to_do(
+    repo: Path, tmp_path: Path
+) -> None:
+    tasks = {"a": {"run": "echo A > a.txt"}, "b": {"run": "exit 1"}}
+    path = workflow(repo, tasks, defaults={"retries": 0})
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    refused = run_abreast("land", run_id, cwd=repo)
+    assert refused.code == 2
+    assert (
+        f"abreast: error: run {run_id} failed: its result holds the work of only the tasks "
+        "that landed (1 of 2)\n"
+        f"  hint: `abreast land {run_id} --partial` lands that; `abreast resume {run_id} "
+        "--retry-failed` runs what failed first"
+    ) in refused.err
+    assert not (repo / "a.txt").exists()
+    partial = run_abreast("land", run_id, "--partial", cwd=repo)
+    assert partial.code == 0, partial.err
+    assert (repo / "a.txt").read_text() == "A\n"
+    # Red on the two together: not landed (exit 3), said, and `status` says it.
+    check = {"run": "! { test -e m.txt && test -e c.txt; }"}
+    path = workflow(repo, {"c": {"run": "echo C > c.txt"}}, checks=[check])
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    (repo / "m.txt").write_text("M\n")
+    git(repo, "add", "m.txt")
+    git(repo, "commit", "-q", "-m", "meanwhile")
+    red = run_abreast("land", run_id, cwd=repo)
+    assert red.code == 3, red.out + red.err
+    said = (
+        f"run {run_id}: not landed: main moved on since the run started (1 commit), and the "
+        "result merged with main's 1 new commit fails the merge checks"
+    )
+    assert red.out.startswith(said), red.out
+    assert "\n  not landed: main moved on" in run_abreast("status", run_id, cwd=repo).out
+    assert not (repo / "c.txt").exists()
+    # A run in the project directory has nothing apart from it to land.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "w.yaml").write_text(json.dumps({"version": 1, "tasks": {"x": {"run": "true"}}}))
+    assert run_abreast("run", "w.yaml", "--no-monitor", "--plain", cwd=plain).code == 0
+    none = run_abreast("land", cwd=plain)
+    assert none.code == 2 and "(isolation: none): its work is already there" in none.err
 
 
 def test_land_when_base_was_rewritten_leaves_the_merge_to_you(repo: Path) -> None:

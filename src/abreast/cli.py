@@ -385,6 +385,17 @@ def _args_cancel(p: argparse.ArgumentParser) -> None:
     _state_arg(p)
 
 
+def _args_land(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_id", metavar="RUN", nargs="?", help="default: the latest run")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="land the result of a run that failed or was cancelled: the work of the tasks "
+        "that landed",
+    )
+    _state_arg(p)
+
+
 def _args_dashboard(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=_port, default=8765, metavar="P", help="default 8765")
     p.add_argument(
@@ -497,6 +508,7 @@ _COMMAND_ARGS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] 
     "logs": ("print a task's log", _args_logs),
     "diff": ("show what a task changed (its attempt's commits, as git diff)", _args_diff),
     "cancel": ("stop a running run", _args_cancel),
+    "land": ("bring a finished run's result into its base branch, checked", _args_land),
     "dashboard": ("serve a live, read-only web view of the runs", _args_dashboard),
     "keys": ("API key use per key, by fingerprint", _args_keys),
     "report": ("what a run did and what parallelism saved", _args_report),
@@ -513,7 +525,7 @@ _USAGE = {"lock": "abreast lock NAME [--ttl D] [--timeout D] [--state URL] -- CM
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; with `only`, the other commands are left out (it is all that
-    `abreast ONLY ...` parses, and building all sixteen costs a few ms of every start)."""
+    `abreast ONLY ...` parses, and building all seventeen costs a few ms of every start)."""
     parser = _Parser(prog="abreast", description="Run a workflow's tasks side by side, safely.")
     parser.add_argument("--version", action="version", version=f"abreast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -908,6 +920,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_land(args: argparse.Namespace) -> int:
+    from abreast.engine.landing import land_run, say
+
+    def note(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    return say(land_run(args.run_id, state=args.state, partial=args.partial, note=note))
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from abreast.coord.location import locate
     from abreast.observe.dashboard import serve
@@ -1112,7 +1133,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # What starts, supervises or kills processes: Linux only (/proc, CLOCK_BOOTTIME, subreaper).
-NEEDS_LINUX = frozenset({"run", "resume", "cancel", "cleanup", "lock", "demo", "signal"})
+NEEDS_LINUX = frozenset({"run", "resume", "cancel", "land", "cleanup", "lock", "demo", "signal"})
 
 COMMANDS = {
     "run": cmd_run,
@@ -1121,6 +1142,7 @@ COMMANDS = {
     "logs": cmd_logs,
     "diff": cmd_diff,
     "cancel": cmd_cancel,
+    "land": cmd_land,
     "signal": cmd_signal,
     "cleanup": cmd_cleanup,
     "dashboard": cmd_dashboard,

@@ -110,7 +110,7 @@ def hangup_heard() -> bool:
 
 
 @contextlib.contextmanager
-def _on_stop_signals(handler: Callable[[], None]) -> Iterator[None]:
+def on_stop_signals(handler: Callable[[], None]) -> Iterator[None]:
     """While the block runs, a Ctrl-C, a TERM (`abreast cancel`) or the terminal closing
     (unless under nohup) calls `handler` (after the run's loop, whose own handlers are
     gone). In a thread other than the main one (tests driving the engine), nothing."""
@@ -1775,7 +1775,7 @@ class Engine:
             self.view.note("killing everything now")
             self._kill_ending_groups()
 
-        with _on_stop_signals(now):
+        with on_stop_signals(now):
             await asyncio.gather(*self._killing, return_exceptions=True)
 
     async def _close_isolation(self, success: bool) -> str | None:
@@ -1798,7 +1798,7 @@ class Engine:
 
         beating = asyncio.create_task(beat())
         try:
-            with _on_stop_signals(stop):
+            with on_stop_signals(stop):
                 return await self.isolation.close(success=success)
         finally:
             beating.cancel()

@@ -597,7 +597,16 @@ def _running_beside(journal: Journal, wf: Workflow) -> list[str]:
     return notes
 
 
-def _masked(wf: Workflow) -> list[tuple[str, str]]:
+def key_secrets(wf: Workflow, env: dict[str, str]) -> tuple[set[str], list[tuple[str, str]]]:
+    """Without a key broker (`abreast land`): the variables the real keys of the
+    workflow's pools are read from, and (fingerprint, value) of those `env` has."""
+    from abreast.keys.pool import fingerprint
+
+    names = {v for spec in wf.keys.values() for v in spec.from_}
+    return names, [(fingerprint(env[n]), env[n]) for n in sorted(names) if env.get(n)]
+
+
+def masked_secrets(wf: Workflow) -> list[tuple[str, str]]:
     """The secrets of the environments the run's tasks and checks get (abreast's own, and
     the tasks' and agents' `env:`), by their variables' names (keys/envsecrets.py)."""
     from abreast.keys.envsecrets import env_secrets
@@ -644,7 +653,7 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
             started = time.time()
             me = os.getpid()
             tag = os.urandom(8).hex()  # what tells this run's processes from another run's
-            masked = _masked(p.wf)
+            masked = masked_secrets(p.wf)
             options: dict[str, Any] = {
                 "flags": p.flags,
                 "max_parallel": p.cap,
@@ -1216,7 +1225,7 @@ async def _resume(
     # work if it died, to now) is not the run's: its wall time and savings leave it out.
     last_alive = row.finished_at or min(now, journal.last_alive(row))
     pauses = [list(span) for span in row.pauses] + ([[last_alive, now]] if now > last_alive else [])
-    masked = _masked(wf)  # this resume's environment's, and those the run had
+    masked = masked_secrets(wf)  # this resume's environment's, and those the run had
     known = list(dict.fromkeys([*row.options.get("masked", []), *(fp for fp, _ in masked)]))
     outputs = {tuple(x) for x in row.options.get("output_files", [])} | own_output_files()
     options = {

@@ -156,7 +156,10 @@ class WorktreeIsolation(Isolation):
         base_env: dict[str, str] | None = None,
         secrets: Callable[[], list[tuple[str, str]]] | None = None,
         masked: list[tuple[str, str]] | None = None,
+        landing_only: bool = False,
     ) -> None:
+        """`landing_only`: for `abreast land`, no attempt is started (nothing probed for
+        them)."""
         super().__init__(location.root)
         self.wf = wf
         self.run_id = run_id
@@ -218,7 +221,7 @@ class WorktreeIsolation(Isolation):
         self.guard = Guard(
             self.repo, location.journal.parent, [s.store for s in self.subs], self.run_id
         )
-        if wf.containment.main_checkout == "protect":
+        if wf.containment.main_checkout == "protect" and not landing_only:
             self.sandbox = self._protection(location)
         self._began = time.time()
         self._attempts: dict[tuple[str, int], _Attempt] = {}
@@ -917,27 +920,48 @@ class WorktreeIsolation(Isolation):
         elif not head:
             self.unlanded = self.land
         elif self.land:
-            landing = refused if refused else await asyncio.to_thread(self._land, str(head))
-            self.unlanded = landing.startswith("not landed")
-            if self.caught_up and not self.unlanded:
-                _, n, other = self.caught_up
-                landing += (
-                    f" (the result merged with {self.base_name}'s {counted(n, 'new commit')}"
-                    f"{', checked' if self.wf.checks else ''}"
-                    f"{f'; run {other} had landed its result there' if other else ''})"
-                )
-            lines.append(landing)
+            lines.append(await self._landing(refused, str(head)))
         elif ahead:
             moved = await asyncio.to_thread(self._moved_on)
+            land = f"abreast land {self.run_id}"
             if moved:
                 lines.append(
                     f"bring it in: git merge {branch}   ({self.base_name} moved on since the "
-                    f"run started, {counted(moved, 'commit')}: not a fast-forward; or run "
-                    "with --land, which merges and checks them)"
+                    f"run started, {counted(moved, 'commit')}: not a fast-forward; or "
+                    f"`{land}`, which merges and checks them)"
                 )
             else:
-                lines.append(f"bring it in: git merge --ff-only {branch}   (or run with --land)")
+                lines.append(f"bring it in: git merge --ff-only {branch}   (or `{land}`)")
         return "\n  ".join(lines)
+
+    async def _landing(self, refused: str | None, head: str) -> str:
+        """The landing line: `refused` (why `_catch_up` did not land it), else what
+        fast-forwarding `base` to `head` came to. Sets `unlanded`."""
+        landing = refused if refused else await asyncio.to_thread(self._land, head)
+        self.unlanded = landing.startswith("not landed")
+        if self.caught_up and not self.unlanded:
+            _, n, other = self.caught_up
+            landing += (
+                f" (the result merged with {self.base_name}'s {counted(n, 'new commit')}"
+                f"{', checked' if self.wf.checks else ''}"
+                f"{f'; run {other} had landed its result there' if other else ''})"
+            )
+        return landing
+
+    async def land_finished(self) -> str:
+        """`abreast land RUN`: bring the result of a run that has ended in now, as `--land`
+        would have at its end (what `base` gained since merged in and checked first); the
+        landing line. The tasks' worktrees are left as they are (kept ones with them)."""
+        try:
+            refused = await self._catch_up()
+            found = await self.queue.head()
+            if found is None:
+                self.unlanded = True
+                return f"not landed: the result branch {integration_branch(self.run_id)} is gone"
+            return await self._landing(refused, found[0])
+        finally:
+            await self.queue.close()
+            await asyncio.to_thread(self.check_pool.close)
 
     def _moved_on(self) -> int:
         """How many commits `base` gained since the run started, when it only moved on
