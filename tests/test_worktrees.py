@@ -1661,6 +1661,8 @@ def test_abreast_land_brings_a_reviewed_result_in_once_base_moved_on(repo: Path)
     (repo / "m.txt").write_text("M\n")
     git(repo, "add", "m.txt")
     git(repo, "commit", "-q", "-m", "meanwhile")
+    # Since gone on to other work: the run's base is main still, not what HEAD is on now.
+    git(repo, "checkout", "-q", "-b", "feature")
     landed = run_abreast("land", cwd=repo)  # the latest run
     assert landed.code == 0, landed.out + landed.err
     assert landed.out == (
@@ -1669,7 +1671,8 @@ def test_abreast_land_brings_a_reviewed_result_in_once_base_moved_on(repo: Path)
     )
     assert "running the merge checks on the result merged with main's 1 new commit" in landed.err
     assert "m.txt" in (repo / ".abreast" / "runs" / run_id / "checks" / "_result.1.log").read_text()
-    assert (repo / "a.txt").read_text() == "A\n" and git(repo, "status", "--porcelain") == ""
+    assert show(repo, "main", "a.txt") == "A\n" and show(repo, "main", "m.txt") == "M\n"
+    assert not (repo / "a.txt").exists() and git(repo, "status", "--porcelain") == ""
     assert git(repo, "log", "-1", "--format=%s", "main^1").strip() == "meanwhile"
     # `status` says it landed; landing again does nothing, and says so.
     assert "\n  landed: main fast-forwarded to " in run_abreast("status", run_id, cwd=repo).out

@@ -122,7 +122,7 @@ def _workflow(
     if wf.source_sha256 != row.file_sha256:
         note(
             f"note: {Path(row.file).name} changed since run {row.id} started; its merge "
-            "checks and base are taken as it has them now"
+            "checks are taken as it has them now"
         )
     return wf
 
@@ -155,6 +155,7 @@ async def _land(
         base_env={k: v for k, v in env.items() if k not in key_vars},
         masked=masked_secrets(wf) + keys,
         landing_only=True,
+        base_branch=row.options.get("base"),
     )
     iso.note = note
 

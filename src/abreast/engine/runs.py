@@ -460,6 +460,7 @@ def _isolation(
     supervisor: Supervisor | None = None,
     keys: KeyBroker | None = None,
     masked: list[tuple[str, str]] | None = None,
+    base_branch: str | None = None,
 ) -> Isolation:
     if req.isolation is not None:
         return req.isolation(p.wf, p.location, run_id, journal)
@@ -479,6 +480,7 @@ def _isolation(
         masked=masked or [],
         land=req.land,
         hold=supervisor.hold if supervisor and supervisor.coord else None,
+        base_branch=base_branch,
     )
 
 
@@ -564,6 +566,15 @@ def _base_commit(
             f" ({named}); they start from {p.wf.base} ({commit[:12]})"
         )
     return commit
+
+
+def _base_branch(p: Prepared, base_commit: str | None) -> str | None:
+    """With worktrees (a base commit): the name `base` goes by (workspace.repo.base_name)."""
+    if base_commit is None:
+        return None
+    from abreast.workspace.repo import Repo, base_name
+
+    return base_name(Repo(p.location.root), p.wf.base)
 
 
 def _running_beside(journal: Journal, wf: Workflow) -> list[str]:
@@ -663,6 +674,9 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
                 "policy": p.analysis.policy.value,
                 "isolation": kind,
                 "base_commit": base_commit,
+                # The branch `base` named then (for `HEAD`: the one checked out), which
+                # `--land`, `resume` and `abreast land` move, wherever HEAD is by then.
+                "base": _base_branch(p, base_commit),
                 "land": req.land,
                 "executor": req.executor,
                 # The cluster to resume on: the one given (flag or RAY_ADDRESS), or None
@@ -706,7 +720,17 @@ def start_run(req: RunRequest, view: View, announce: Callable[[str], None]) -> R
             announce(run_id)
             env = task_env(p.location, keys, cluster, tag, worktrees=kind == "worktree")
             isolation = _isolation(
-                req, p, run_id, journal, kind, base_commit, env, supervisor, keys, masked
+                req,
+                p,
+                run_id,
+                journal,
+                kind,
+                base_commit,
+                env,
+                supervisor,
+                keys,
+                masked,
+                options["base"],
             )
             sources = getattr(isolation, "python_sources", None)
             if sources:
@@ -1310,6 +1334,7 @@ async def _resume(
                 supervisor,
                 keys,
                 masked,
+                options.get("base"),
             ),
             started_at=row.started_at,
             paused_s=sum(b - a for a, b in pauses),

@@ -157,6 +157,7 @@ class WorktreeIsolation(Isolation):
         secrets: Callable[[], list[tuple[str, str]]] | None = None,
         masked: list[tuple[str, str]] | None = None,
         landing_only: bool = False,
+        base_branch: str | None = None,
     ) -> None:
         """`landing_only`: for `abreast land`, no attempt is started (nothing probed for
         them)."""
@@ -171,7 +172,8 @@ class WorktreeIsolation(Isolation):
         self.caught_up: tuple[str, int, str | None] | None = None
         self.secrets = secrets  # (fingerprint, value) of the run's API keys
         self.ref = integration_ref(run_id)
-        self.base_name = base_name(self.repo, wf.base)
+        # As journaled when the run started (HEAD may be on another branch by now).
+        self.base_name = base_branch or base_name(self.repo, wf.base)
         self.unlanded = False
         existing = self.repo.rev_parse(self.ref)
         if existing is None:
