@@ -1416,8 +1416,7 @@ def test_land_refuses_over_uncommitted_changes_to_the_results_files_only(repo: P
     assert code == 3, out
     assert (
         "not landed: main is checked out with uncommitted changes to src/shared.txt, which "
-        "the result changes too; commit or stash it, then git merge --ff-only "
-        + integration(run_id)
+        f"the result changes too; commit or stash it, then `abreast land {run_id}`"
     ) in out
     assert "2 uncommitted changes in" in out
     assert query(repo / ".abreast" / "state.db", "SELECT state FROM runs") == [("succeeded",)]
@@ -1461,7 +1460,7 @@ def test_land_refuses_to_write_over_files_git_does_not_track(repo: Path) -> None
     assert code == 3, out
     assert (
         "not landed: the result would write over a.txt, b.log in your checkout, which git "
-        f"does not track; move or remove them, then git merge --ff-only {integration(run_id)}"
+        f"does not track; move or remove them, then `abreast land {run_id}`"
     ) in out
     assert "Aborting" not in out
     assert (repo / "a.txt").read_text() == "my notes\n"
@@ -1470,7 +1469,7 @@ def test_land_refuses_to_write_over_files_git_does_not_track(repo: Path) -> None
     # Once they are moved, the command it gives brings the result in.
     (repo / "a.txt").unlink()
     (repo / "b.log").unlink()
-    git(repo, "merge", "--ff-only", "-q", integration(run_id))
+    assert run_abreast("land", run_id, cwd=repo).code == 0
     assert (repo / "README.md" / "c").read_text() == "C\n"
     assert (repo / "b.log").read_text() == "B\n"
 

@@ -1097,7 +1097,9 @@ class WorktreeIsolation(Isolation):
         where = self.repo.checked_out_at(ref)
         if where is not None:
             there = "" if where.resolve() == self.repo.root.resolve() else f" in {where}"
-            merge = f"git merge --ff-only {integration_branch(self.run_id)}"
+            # (What to run once it is put right: `abreast land` lands the result even if
+            # base has moved on by then, by a commit of those changes, say.)
+            merge = f"`abreast land {self.run_id}`"
             # Uncommitted changes to files the result leaves alone go along, as with git's
             # own fast-forward; those to files it changes would be lost or refused.
             dirty = dirty_paths(self.repo, where, untracked=False)
