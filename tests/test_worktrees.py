@@ -1516,6 +1516,7 @@ def run_while_main_moves(
     the checkout, as your own commit or a teammate's pull would while agents work):
     (exit status, its output, the run id). `then`: what the test does meanwhile."""
     go = tmp_path / "go"
+    go.unlink(missing_ok=True)  # from a run before, in the same test
     wait = f"while [ ! -e {go} ]; do sleep 0.02; done; "
     path = workflow(repo, {"a": {"run": wait + task}}, **top)
     proc, run_id = start_run(path, *args, cwd=repo)
@@ -1678,6 +1679,15 @@ def test_abreast_land_brings_a_reviewed_result_in_once_base_moved_on(repo: Path)
     again = run_abreast("land", run_id, cwd=repo)
     assert (again.code, again.out) == (0, f"run {run_id}: main already has the result\n")
     assert "\n  landed: main fast-forwarded to " in run_abreast("status", run_id, cwd=repo).out
+    # Merged by hand, and main moved on since: nothing to do, and no empty merge made.
+    git(repo, "checkout", "-q", "main")
+    code, out, run_id = run(repo, workflow(repo, {"b": {"run": "echo B > b.txt"}}))
+    assert code == 0, out
+    git(repo, "merge", "-q", "--no-ff", "-m", "by hand", integration(run_id))
+    head = git(repo, "rev-parse", "main")
+    again = run_abreast("land", run_id, cwd=repo)
+    assert (again.code, again.out) == (0, f"run {run_id}: main already has the result\n")
+    assert git(repo, "rev-parse", "main") == head
 
 
 def test_abreast_land_refuses_what_it_should_not_land_saying_what_to_do(

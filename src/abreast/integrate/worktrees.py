@@ -972,6 +972,8 @@ class WorktreeIsolation(Isolation):
         head = self.repo.rev_parse(self.ref)
         if current is None or head is None or self.repo.is_ancestor(current, head):
             return 0
+        if self.repo.is_ancestor(head, current):
+            return 0  # it has the result already (merged by hand, or nothing landed)
         if not self.repo.is_ancestor(self.base_commit, current):
             return 0  # rewritten: `_land` says so
         return len(self.repo.log_oneline(f"{head}..{current}", 100000))
@@ -1074,6 +1076,8 @@ class WorktreeIsolation(Isolation):
         current = self.repo.rev_parse(ref)
         if current is None:
             return f"not landed: base {self.base_name!r} is not a branch"
+        if self.repo.is_ancestor(head, current):  # merged by hand since, say
+            return f"{self.base_name} already has the result"
         if not self.repo.is_ancestor(self.base_commit, current):
             return (
                 f"not landed: {self.base_name} was rewritten since the run started (the "
@@ -1089,8 +1093,6 @@ class WorktreeIsolation(Isolation):
                 f"an ancestor of the result; bring both in: git merge "
                 f"{integration_branch(self.run_id)}"
             )
-        if current == head:
-            return f"{self.base_name} already has the result"
         # Checked out in your checkout or in another worktree of yours: its files must move
         # with it (moving the branch alone would leave them as they were, the work showing
         # there as undone), so it is merged there.
