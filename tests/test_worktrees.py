@@ -1695,8 +1695,12 @@ def test_abreast_land_refuses_what_it_should_not_land_saying_what_to_do(
 ) -> None:
     tasks = {"a": {"run": "echo A > a.txt"}, "b": {"run": "exit 1"}}
     path = workflow(repo, tasks, defaults={"retries": 0})
-    code, out, run_id = run(repo, path)
+    code, out, run_id = run(repo, path, "--land")
     assert code == 1, out
+    assert (
+        f"not landed: the run did not succeed (`abreast land {run_id} --partial` brings in "
+        "the work of the 1 task that landed)" in out
+    ), out
     refused = run_abreast("land", run_id, cwd=repo)
     assert refused.code == 2
     assert (

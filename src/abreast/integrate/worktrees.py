@@ -918,7 +918,14 @@ class WorktreeIsolation(Isolation):
                 f"committed, {onto}`git tag -d NAME` removes it)"
             )
         if not success:
-            lines.append("not landed: the run did not succeed")
+            if self.land:
+                partial = (
+                    f" (`abreast land {self.run_id} --partial` brings in the work of the "
+                    f"{counted(len(landed), 'task')} that landed)"
+                    if landed and head
+                    else ""
+                )
+                lines.append(f"not landed: the run did not succeed{partial}")
         elif not head:
             self.unlanded = self.land
         elif self.land:
