@@ -1608,24 +1608,26 @@ def test_land_when_base_moved_on_is_refused_when_the_two_fail_the_checks_or_conf
     assert (repo / "README.md").read_text() == "yours\n"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_cancel_while_the_checks_run_on_the_result_merged_with_base_ends_them(
-    repo: Path, tmp_path: Path
+    repo: Path, tmp_path: Path, sig: int
 ) -> None:
     # After the run's loop its signal handlers were gone: a Ctrl-C or `abreast cancel`
     # (TERM) while the checks ran on the merged result would have killed abreast outright
-    # and left the checks running.
+    # and left the checks running. `abreast cancel` leaves it not landed (exit 3); a
+    # Ctrl-C ends abreast by SIGINT, as it does a run, so that a shell's loop stops.
     pid_file = tmp_path / "check.pid"
     slow = f'if [ -z "$ABREAST_TASK_ID" ]; then echo $$ > {pid_file}; exec sleep 60; fi'
 
     def cancel(proc: subprocess.Popen[str]) -> None:
         wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="check")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
 
     code, out, _ = run_while_main_moves(
         repo, tmp_path, "echo A > a.txt", {"m.txt": "M\n"}, "--land",
         then=cancel, checks=[{"run": slow}],
     )  # fmt: skip
-    assert code == 3, out
+    assert code == (3 if sig == signal.SIGTERM else -signal.SIGINT), out
     assert "cancelling: the merge checks are ended, nothing more lands" in out
     assert (
         "not landed: cancelled while the merge checks ran on the result merged with main's 1 "
@@ -1737,6 +1739,36 @@ def test_abreast_land_refuses_what_it_should_not_land_saying_what_to_do(
     assert run_abreast("run", "w.yaml", "--no-monitor", "--plain", cwd=plain).code == 0
     none = run_abreast("land", cwd=plain)
     assert none.code == 2 and "(isolation: none): its work is already there" in none.err
+
+
+def test_a_ctrl_c_while_abreast_land_checks_ends_the_checks_and_lands_nothing(
+    repo: Path, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "check.pid"
+    slow = f'if [ -z "$ABREAST_TASK_ID" ]; then echo $$ > {pid_file}; exec sleep 60; fi'
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}}, checks=[{"run": slow}])
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    git(repo, "commit", "-q", "--allow-empty", "-m", "meanwhile")
+    proc = subprocess.Popen(
+        [PY, "-m", "abreast", "land", run_id],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with ended_after(proc):
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="check")
+        proc.send_signal(signal.SIGINT)
+        said, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGINT, said + err
+    assert "cancelling: the merge checks are ended, nothing is landed" in err
+    assert said == (
+        f"run {run_id}: not landed: cancelled while the merge checks ran on the result merged "
+        "with main's 1 new commit\n"
+    )
+    assert git(repo, "log", "-1", "--format=%s", "main").strip() == "meanwhile"
+    assert not pid_alive(int(pid_file.read_text()))
 
 
 def test_land_when_base_was_rewritten_leaves_the_merge_to_you(repo: Path) -> None:

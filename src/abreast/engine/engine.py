@@ -110,16 +110,17 @@ def hangup_heard() -> bool:
 
 
 @contextlib.contextmanager
-def on_stop_signals(handler: Callable[[], None]) -> Iterator[None]:
+def on_stop_signals(handler: Callable[[int], None]) -> Iterator[None]:
     """While the block runs, a Ctrl-C, a TERM (`abreast cancel`) or the terminal closing
-    (unless under nohup) calls `handler` (after the run's loop, whose own handlers are
-    gone). In a thread other than the main one (tests driving the engine), nothing."""
+    (unless under nohup) calls `handler` with the signal (after the run's loop, whose own
+    handlers are gone). In a thread other than the main one (tests driving the engine),
+    nothing."""
     loop = asyncio.get_running_loop()
     installed = []
     heard = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hangup_heard() else ())
     for sig in heard:
         try:
-            loop.add_signal_handler(sig, handler)
+            loop.add_signal_handler(sig, handler, sig)
             installed.append(sig)
         except (ValueError, RuntimeError):
             pass
@@ -362,6 +363,7 @@ class Engine:
         # Why a failure stopped the run (--fail-fast; a check that cannot start): "" if none
         self._stopped: str = ""
         self._interrupted = 0  # the signal the cancel came from (SIGINT, SIGHUP), if one
+        self._landing_interrupted = 0  # the same, of a Ctrl-C while the landing was checked
         self._force_kill = False
         self._killing: set[asyncio.Task[None]] = set()
         self._ending_groups: set[int] = set()  # process groups being killed
@@ -1771,7 +1773,7 @@ class Engine:
         terminal closing) meanwhile is "kill at once", as it is while the run goes: it
         ended abreast then, and the processes waited for ran on after it."""
 
-        def now() -> None:
+        def now(_signum: int) -> None:
             self.view.note("killing everything now")
             self._kill_ending_groups()
 
@@ -1786,9 +1788,11 @@ class Engine:
         if self.isolation.instant:
             return await self.isolation.close(success=success)
 
-        def stop() -> None:
+        def stop(signum: int) -> None:
             self.view.note("cancelling: the merge checks are ended, nothing more lands")
             self.isolation.abort(self.options.kill_grace_s)
+            if signum != signal.SIGTERM:  # Ctrl-C, the terminal closed: abreast ends by it
+                self._landing_interrupted = signum
 
         async def beat() -> None:
             while True:
@@ -1902,7 +1906,7 @@ class Engine:
             self.journal.path,
             changes,
             unlanded=self.isolation.unlanded,
-            interrupted=self._interrupted if state == "cancelled" else 0,
+            interrupted=self._interrupted if state == "cancelled" else self._landing_interrupted,
             checks_s=checks,
             waited_s=waited,
             lowest_cap=self.lowest_cap,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,7 @@ class Landed:
     run_id: str
     line: str  # what was done, or why not ("landed: …", "not landed: …")
     unlanded: bool  # not landed (exit status 3)
+    interrupted: int = 0  # the signal of a Ctrl-C (or the terminal closing) meanwhile
 
 
 def land_run(
@@ -63,11 +65,11 @@ def land_run(
             raise StateError(str(e), hint="check --state / ABREAST_STATE") from e
         supervisor = Supervisor(wf, row.id, coord, journal, lambda _text: None)
         try:
-            line, unlanded = asyncio.run(_land(wf, location, row, journal, supervisor, note))
+            done = asyncio.run(_land(wf, location, row, journal, supervisor, note))
         finally:
             supervisor.close()
-        _journal(journal, row, line, unlanded)
-        return Landed(row.id, line, unlanded)
+        _journal(journal, row, done.line, done.unlanded)
+        return done
 
 
 def _has_branch(root: Path, branch: str) -> bool:
@@ -134,7 +136,7 @@ async def _land(
     journal: Journal,
     supervisor: Supervisor,
     note: Callable[[str], None],
-) -> tuple[str, bool]:
+) -> Landed:
     from abreast.engine.runs import key_secrets, masked_secrets, task_env
     from abreast.integrate.worktrees import WorktreeIsolation
     from abreast.plan import TaskGraph
@@ -159,13 +161,17 @@ async def _land(
     )
     iso.note = note
 
-    def stop() -> None:
+    interrupted = []
+
+    def stop(signum: int) -> None:
         note("cancelling: the merge checks are ended, nothing is landed")
         iso.abort(KILL_GRACE_S)
+        if signum != signal.SIGTERM:  # Ctrl-C, the terminal closed: abreast ends by it
+            interrupted.append(signum)
 
     with on_stop_signals(stop):
         line = await iso.land_finished()
-    return line, iso.unlanded
+    return Landed(row.id, line, iso.unlanded, interrupted[0] if interrupted else 0)
 
 
 def _journal(journal: Journal, row: RunRow, line: str, unlanded: bool) -> None:
@@ -192,4 +198,6 @@ def say(landed: Landed) -> int:
     print(f"run {landed.run_id}: {landed.line}")
     if landed.unlanded:
         print(f"abreast: the result of run {landed.run_id} was not landed", file=sys.stderr)
+    if landed.interrupted:
+        return 128 + landed.interrupted  # and abreast ends by it (cli.main)
     return 3 if landed.unlanded else 0
