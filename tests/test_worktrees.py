@@ -1872,6 +1872,31 @@ def test_cleanup_lists_then_removes_what_failed_runs_kept(repo: Path) -> None:
     assert run_abreast("cleanup", cwd=repo).out.strip() == "nothing to clean up"
 
 
+def test_cleanup_says_which_results_no_branch_has_before_they_are_deleted(repo: Path) -> None:
+    # `cleanup --results` deleted a result nobody had brought in as it did one that was
+    # landed, without a word: its work went when git next collected.
+    code, out, run_id = run(repo, workflow(repo, {"a": {"run": "echo A > a.txt"}}))
+    assert code == 0, out
+    branch = integration(run_id)
+    kept = run_abreast("cleanup", cwd=repo).out.splitlines()[-1]
+    assert kept == (
+        f"kept 1 result branch: {branch} (the work of run {run_id} is in no branch of yours: "
+        f"`abreast land {run_id}` brings it in; `abreast cleanup --results` deletes them)"
+    )
+    sha = git(repo, "rev-parse", branch).strip()
+    listed = run_abreast("cleanup", "--results", "--dry-run", cwd=repo).out
+    assert (
+        f"delete result branch {branch}, whose work no branch of yours has (not landed: "
+        f"`abreast land {run_id}` brings it in; `git branch {branch} {sha[:12]}` puts it back "
+        "while git keeps the commit)"
+    ) in listed
+    assert run_abreast("land", run_id, cwd=repo).code == 0
+    kept = run_abreast("cleanup", cwd=repo).out.splitlines()[-1]
+    assert "merge what you want from them" in kept and "no branch" not in kept
+    listed = run_abreast("cleanup", "--results", "--dry-run", cwd=repo).out
+    assert f"delete result branch {branch}\n" in listed
+
+
 def test_cleanup_works_when_the_disk_has_no_room_for_the_lock_files_note(repo: Path) -> None:
     # `abreast cleanup` is how room is made on a full disk, and `resume` is what the
     # full-disk error says to run after: both write their pid into the journal's lock

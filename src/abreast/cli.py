@@ -1019,7 +1019,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         print(f"abreast: note: leases not checked: {e}", file=sys.stderr)
         coord = None
     # Resume and cancel wait while this takes runs down (it reads each run's state once).
-    kept: list[str] = []  # result branches left as they are (no --results)
+    kept: list[tuple[str, bool]] = []  # result branches left (no --results), unlanded?
     hold = (
         journal.exclusive(waiting_note("cleaning up"))
         if journal is not None and not args.dry_run
@@ -1063,17 +1063,30 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_kept_results(kept: list[str]) -> None:
-    """Result branches pile up run after run, and `cleanup` alone never deletes them."""
+def _say_kept_results(kept: list[tuple[str, bool]]) -> None:
+    """Result branches pile up run after run, and `cleanup` alone never deletes them;
+    those whose work no branch of yours has are said first, with how to land them."""
     from abreast.spec.durations import counted
 
     if not kept:
         return
     n = len(kept)
-    shown = ", ".join(kept[:3]) + (f" and {n - 3} more" if n > 3 else "")
+    kept = sorted(kept, key=lambda k: not k[1])  # not landed first
+    names = [name for name, _ in kept]
+    shown = ", ".join(names[:3]) + (f" and {n - 3} more" if n > 3 else "")
+    unlanded = [
+        name.removeprefix("abreast/").removesuffix("/_integration") for name, lost in kept if lost
+    ]
+    runs = ", ".join(unlanded[:3]) + (f" and {len(unlanded) - 3} more" if len(unlanded) > 3 else "")
+    said = (
+        f"the work of {'run ' if len(unlanded) == 1 else 'runs '}{runs} is in no branch of "
+        f"yours: `abreast land {unlanded[0] if len(unlanded) == 1 else 'RUN'}` brings it in; "
+        if unlanded
+        else "merge what you want from them; "
+    )
     print(
         f"kept {counted(n, 'result branch', 'result branches')}: {shown} "
-        "(merge what you want from them; `abreast cleanup --results` deletes them)"
+        f"({said}`abreast cleanup --results` deletes them)"
     )
 
 

@@ -72,13 +72,14 @@ def cleanup(
     release_leases: Callable[[str, bool], list[str]] | None = None,
     forget_before: float | None = None,
     runs_dir: Path | None = None,
-    kept_results: list[str] | None = None,
+    kept_results: list[tuple[str, bool]] | None = None,
 ) -> list[Plan]:
     """What to clean up, done unless `dry_run`. With `forget_before` (a time), runs that
     ended before it are forgotten too: their directory in `runs_dir` (logs, outputs),
     then their journal entries. The result branches left as they are (without `results`)
-    are added to `kept_results`."""
+    are added to `kept_results`, each with whether its work is in no branch of yours."""
     from abreast.workspace.cleanup import (
+        held_nowhere,
         leftovers,
         remove,
         remove_stale_indexes,
@@ -145,12 +146,22 @@ def cleanup(
                 f"delete branch {b.removeprefix('refs/heads/')}" for b in left.task_branches
             ]
             plan.actions += [f"delete {ref}" for ref in left.snapshots]
-            if results and left.integration_branch:
-                plan.actions.append(
-                    f"delete result branch {left.integration_branch.removeprefix('refs/heads/')}"
-                )
-            elif left.integration_branch and kept_results is not None:
-                kept_results.append(left.integration_branch.removeprefix("refs/heads/"))
+            if left.integration_branch:
+                name = left.integration_branch.removeprefix("refs/heads/")
+                lost = held_nowhere(repo, left.integration_branch)
+                if results:
+                    plan.actions.append(
+                        f"delete result branch {name}"
+                        + (
+                            f", whose work no branch of yours has (not landed: `abreast land "
+                            f"{run_id}` brings it in; `git branch {name} {lost[:12]}` puts "
+                            "it back while git keeps the commit)"
+                            if lost
+                            else ""
+                        )
+                    )
+                elif kept_results is not None:
+                    kept_results.append((name, lost is not None))
     anchors = anchors_dir(root)
     for links in sorted(anchors.iterdir()) if anchors.is_dir() else ():
         # A run this journal does not know may be live in another journal (--state): its

@@ -31,6 +31,22 @@ def leftovers(repo: Repo, run_id: str) -> Leftovers:
     )
 
 
+def held_nowhere(repo: Repo, ref: str) -> str | None:
+    """The commit `ref` (a run's result branch) is at, when no branch, tag or
+    remote-tracking branch but abreast's own holds it: work nobody brought in, which git
+    collects some time after `ref` is deleted. None when one holds it (landed, merged,
+    pushed)."""
+    proc = repo.git(
+        "for-each-ref", "--contains", ref, "--format=%(refname)",
+        "refs/heads/", "refs/tags/", "refs/remotes/", check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        return None
+    if any(not r.startswith("refs/heads/abreast/") for r in proc.stdout.split()):
+        return None
+    return repo.rev_parse(ref)
+
+
 def runs_with_leftovers(repo: Repo) -> list[str]:
     found: set[str] = set()
     wt_root = repo.abreast_dir / "worktrees"
