@@ -1066,18 +1066,18 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 def _say_kept_results(kept: list[tuple[str, bool]]) -> None:
     """Result branches pile up run after run, and `cleanup` alone never deletes them;
     those whose work no branch of yours has are said first, with how to land them."""
-    from abreast.spec.durations import counted
+    from abreast.spec.durations import counted, listed
 
     if not kept:
         return
     n = len(kept)
     kept = sorted(kept, key=lambda k: not k[1])  # not landed first
     names = [name for name, _ in kept]
-    shown = ", ".join(names[:3]) + (f" and {n - 3} more" if n > 3 else "")
+    shown = listed(names, 3)
     unlanded = [
         name.removeprefix("abreast/").removesuffix("/_integration") for name, lost in kept if lost
     ]
-    runs = ", ".join(unlanded[:3]) + (f" and {len(unlanded) - 3} more" if len(unlanded) > 3 else "")
+    runs = listed(unlanded, 3)
     said = (
         f"the work of {'run ' if len(unlanded) == 1 else 'runs '}{runs} is in no branch of "
         f"yours: `abreast land {unlanded[0] if len(unlanded) == 1 else 'RUN'}` brings it in; "

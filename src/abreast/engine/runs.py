@@ -53,7 +53,7 @@ from abreast.plan import DEFAULT_ESTIMATE_S, TaskGraph, analyze, history
 from abreast.plan.analysis import Analysis
 from abreast.plan.ownership import nesting_hint
 from abreast.spec import load_workflow
-from abreast.spec.durations import counted
+from abreast.spec.durations import counted, listed
 from abreast.spec.envsubst import expand_env
 from abreast.spec.model import TASK_ID_PATTERN, Scalar, Workflow
 from abreast.spec.overrides import flag_overrides, listed_names, only_tasks, parallel_cap
@@ -559,7 +559,7 @@ def _base_commit(
         logs = being_written(repo.root, dirty).values()
         dirty = [d for d in dirty if d not in logs]
     if dirty:
-        named = ", ".join(dirty[:3]) + (f" and {len(dirty) - 3} more" if len(dirty) > 3 else "")
+        named = listed(dirty, 3)
         announce_note(
             f"note: {counted(len(dirty), 'uncommitted change')} in {repo.root} "
             f"{'is' if len(dirty) == 1 else 'are'} not seen by tasks"

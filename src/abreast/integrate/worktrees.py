@@ -41,7 +41,7 @@ from abreast.integrate.guard import SLACK_S, Change, Guard, landed_by, symlinks_
 from abreast.integrate.ownership import violations
 from abreast.integrate.queue import MergeJob, MergeQueue, check_env
 from abreast.plan.graph import TaskGraph
-from abreast.spec.durations import counted
+from abreast.spec.durations import counted, listed
 from abreast.spec.model import Workflow
 from abreast.workspace import generated, provision, pyenv, submodules
 from abreast.workspace.git import GitError
@@ -1006,9 +1006,7 @@ class WorktreeIsolation(Isolation):
         said = f"{self.base_name} moved on since the run started ({counted(moved, 'commit')}{by})"
         merge = await asyncio.to_thread(self.repo.merge_tree, head, current)
         if not merge.clean:
-            files = ", ".join(map(visible_name, merge.conflicts[:5])) + (
-                f" and {len(merge.conflicts) - 5} more" if len(merge.conflicts) > 5 else ""
-            )
+            files = listed(merge.conflicts, 5, visible_name)
             return (
                 f"not landed: {said}, and {'it conflicts' if moved == 1 else 'they conflict'} "
                 f"with the result in {files}; bring both in: git merge {branch}, and resolve"
@@ -1114,9 +1112,7 @@ class WorktreeIsolation(Isolation):
             dirty = dirty_paths(self.repo, where, untracked=False)
             clash = sorted(set(dirty) & set(self.repo.changed_paths(current, head)))
             if clash:
-                named = ", ".join(map(visible_name, clash[:5])) + (
-                    f" and {len(clash) - 5} more" if len(clash) > 5 else ""
-                )
+                named = listed(clash, 5, visible_name)
                 return (
                     f"not landed: {self.base_name} is checked out{there} with uncommitted "
                     f"changes to {named}, which the result changes too; commit or stash "
@@ -1127,9 +1123,7 @@ class WorktreeIsolation(Isolation):
             # ignored ones; neither is abreast's to lose.
             blocking = _in_the_way(where, *self.repo.added_and_removed(current, head))
             if blocking:
-                named = ", ".join(map(visible_name, blocking[:5])) + (
-                    f" and {len(blocking) - 5} more" if len(blocking) > 5 else ""
-                )
+                named = listed(blocking, 5, visible_name)
                 return (
                     f"not landed: the result would write over {named} in your checkout"
                     f"{there}, which git does not track; move or remove "

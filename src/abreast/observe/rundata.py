@@ -19,6 +19,7 @@ from abreast.executor.logs import (
     telling_line,
     with_last_line,
 )
+from abreast.spec.durations import listed
 
 MERGE_EVENTS = (
     "merge.queued",
@@ -593,8 +594,7 @@ def failures_text(failures: Sequence[FailureView], run_id: str) -> list[str]:
 
 def named(alike: Sequence[FailureView]) -> str:
     """`a, b, c, d, e and 3 more`: the tasks of a group of failures."""
-    names = [f.task for f in alike]
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return listed([f.task for f in alike], 5)
 
 
 def changed(c: dict[str, int]) -> str:

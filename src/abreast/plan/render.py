@@ -11,7 +11,7 @@ from abreast.plan.dispatch import Policy
 from abreast.plan.graph import DEFAULT_ESTIMATE_S
 from abreast.plan.history import RUNS
 from abreast.plan.ownership import nesting_hint
-from abreast.spec.durations import counted
+from abreast.spec.durations import counted, listed
 from abreast.spec.durations import format_duration as fmt
 
 FORMATS = ("table", "json", "mermaid", "dot")
@@ -160,8 +160,7 @@ def table(a: Analysis) -> str:
 
 def checks_named(names: list[str]) -> str:
     """`a`, `b`, `c` and 2 more: the merge checks, named."""
-    shown = ", ".join(f"`{n}`" for n in names[:3])
-    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return listed(names, 3, lambda n: f"`{n}`")
 
 
 def checks_took(m: MergeChecks) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -139,3 +140,10 @@ def format_size(size: int) -> str:
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """`1 task`, `2 tasks`: a count with its noun (`plural`, else a regular plural)."""
     return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def listed(items: Sequence[str], limit: int, name: Callable[[str], str] | None = None) -> str:
+    """`a, b, c and 2 more`: the first `limit` of `items` (each as `name` gives it, when
+    given), and how many were left out."""
+    head = items[:limit] if name is None else [name(x) for x in items[:limit]]
+    return ", ".join(head) + (f" and {len(items) - limit} more" if len(items) > limit else "")

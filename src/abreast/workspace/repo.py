@@ -20,6 +20,7 @@ from pathlib import Path
 
 from abreast.errors import UsageError, did_you_mean
 from abreast.executor.logs import visible_name
+from abreast.spec.durations import listed
 from abreast.workspace.git import GitError, git
 
 ZERO = "0" * 40
@@ -502,9 +503,7 @@ def unfinished(repo: Repo, path: Path, index_was: tuple[int, int, int] | None = 
     conflicts = sorted({e.partition("\t")[2] for e in out.split("\0") if "\t" in e})
     if doing is None and not conflicts:
         return ""
-    shown = ", ".join(map(visible_name, conflicts[:20])) + (
-        f" and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""
-    )
+    shown = listed(conflicts, 20, visible_name)
     said = f"left {doing[0]} unfinished in its worktree" if doing else "left unresolved conflicts"
     if doing and conflicts:
         said += f", with conflicts in: {shown}"

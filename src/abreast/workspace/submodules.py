@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from abreast.spec.durations import listed
 from abreast.workspace.repo import Repo
 
 # Submodules cloned from a local path: git >= 2.38 refuses the file transport for
@@ -232,9 +233,7 @@ def own_repos(repo: Repo, path: Path, changed: Iterable[str] | None = None) -> l
 
 def own_repos_text(found: list[str]) -> str:
     """Why an attempt that made repositories of its own is sent back, and what to do."""
-    where = ", ".join(f"{p}/" for p in found[:10]) + (
-        f" and {len(found) - 10} more" if len(found) > 10 else ""
-    )
+    where = listed(found, 10, lambda p: f"{p}/")
     many = len(found) > 1
     first = found[0]
     return (
