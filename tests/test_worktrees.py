@@ -1741,6 +1741,40 @@ def test_abreast_land_refuses_what_it_should_not_land_saying_what_to_do(
     assert none.code == 2 and "(isolation: none): its work is already there" in none.err
 
 
+def test_abreast_land_checks_a_result_changed_since_the_run(repo: Path) -> None:
+    # After review, one task's landing reverted on the result branch (or a fix made there
+    # by hand): `abreast land` fast-forwarded main to it unchecked.
+    check = {"run": "test ! -e broken.txt"}
+    tasks = {"good": {"run": "echo G > g.txt"}, "bad": {"run": "echo B > b.txt"}}
+    code, out, run_id = run(repo, workflow(repo, tasks, checks=[check]))
+    assert code == 0, out
+    branch = integration(run_id)
+    landing = git(repo, "log", "--format=%H", "--grep", "abreast: land bad", branch).strip()
+    other = repo.parent / "result"
+    git(repo, "worktree", "add", "-q", str(other), branch)
+    git(other, "revert", "--no-edit", "-m", "1", landing)
+    (other / "broken.txt").write_text("oops\n")
+    git(other, "add", "broken.txt")
+    git(other, "commit", "-q", "-m", "a fix by hand")
+    red = run_abreast("land", run_id, cwd=repo)
+    assert red.code == 3, red.out + red.err
+    assert (
+        "the result branch, with 2 commits made on it since the run: running the merge "
+        "checks on it" in red.err
+    )
+    assert red.out.startswith(
+        f"run {run_id}: not landed: the result branch, with 2 commits made on it since the "
+        "run, fails the merge checks: check `test ! -e broken.txt` failed (exit 1)"
+    ), red.out
+    assert git(repo, "log", "-1", "--format=%s", "main").strip() == "workflow"
+    git(other, "rm", "-q", "broken.txt")
+    git(other, "commit", "-q", "-m", "the fix fixed")
+    green = run_abreast("land", run_id, cwd=repo)
+    assert green.code == 0, green.out + green.err
+    assert "(the result with 3 commits made on it since the run, checked)" in green.out
+    assert show(repo, "main", "g.txt") == "G\n" and "b.txt" not in tree(repo, "main")
+
+
 def test_a_ctrl_c_while_abreast_land_checks_ends_the_checks_and_lands_nothing(
     repo: Path, tmp_path: Path
 ) -> None:

@@ -170,6 +170,7 @@ class WorktreeIsolation(Isolation):
         # Once the result was merged with what base gained since the run started: (where
         # base was, how many commits it gained, the run that had landed its result there)
         self.caught_up: tuple[str, int, str | None] | None = None
+        self.rechecked = ""  # `abreast land`: commits made on the result since, checked
         self.secrets = secrets  # (fingerprint, value) of the run's API keys
         self.ref = integration_ref(run_id)
         # As journaled when the run started (HEAD may be on another branch by now).
@@ -948,6 +949,8 @@ class WorktreeIsolation(Isolation):
         fast-forwarding `base` to `head` came to. Sets `unlanded`."""
         landing = refused if refused else await asyncio.to_thread(self._land, head)
         self.unlanded = landing.startswith("not landed")
+        if self.rechecked and not self.unlanded:
+            landing += f" (the result {self.rechecked}, checked)"
         if self.caught_up and not self.unlanded:
             _, n, other = self.caught_up
             landing += (
@@ -967,10 +970,38 @@ class WorktreeIsolation(Isolation):
             if found is None:
                 self.unlanded = True
                 return f"not landed: the result branch {integration_branch(self.run_id)} is gone"
+            if refused is None and not self.caught_up:
+                refused = await self._check_changed_result(found[0])
             return await self._landing(refused, found[0])
         finally:
             await self.queue.close()
             await asyncio.to_thread(self.check_pool.close)
+
+    async def _check_changed_result(self, head: str) -> str | None:
+        """A result branch with commits made on it since the run (a task's landing
+        reverted after review, a fix by hand) is not what the checks were green on: they
+        run on it as it is now. Why it is not landed, or None."""
+        events = self.journal.events(self.run_id, types=("merge.landed", "result.caught_up"))
+        last = events[-1].data if events else {}
+        checked = str(last.get("moved_to") or last.get("commit") or "")
+        if not self.wf.checks or not checked or checked == head:
+            return None
+        made = len(await asyncio.to_thread(self.repo.log_oneline, f"{checked}..{head}", 100000))
+        since = f"the result branch, with {counted(made, 'commit')} made on it since the run,"
+        if not made:  # moved elsewhere (reset): what it is now is all the same unchecked
+            since = "the result branch, moved since the run,"
+        self.note(f"{since[:-1]}: running the merge checks on it")
+        result = await self.queue.check_result(head, "checking the result as it is now")
+        if result is None:
+            return "not landed: cancelled while the merge checks ran on the result"
+        if not result.ok:
+            return (
+                f"not landed: {since} fails the merge checks: "
+                f"{result.detail.splitlines()[0]}; log: {result.log}; fix it there, then "
+                f"`abreast land {self.run_id}`"
+            )
+        self.rechecked = since[:-1].removeprefix("the result branch, ")
+        return None
 
     def _moved_on(self) -> int:
         """How many commits `base` gained since the run started, when it only moved on
