@@ -1589,7 +1589,10 @@ def test_land_when_base_moved_on_is_refused_when_the_two_fail_the_checks_or_conf
         "with main's 1 new commit fails the merge checks: check `! { test -e m.txt && test "
         "-e a.txt; }` failed (exit 1)" in out
     ), out
-    assert f"bring both in (git merge {integration(run_id)}) and fix it" in out
+    assert (
+        f"fix it (on main, or on the result branch {integration(run_id)}), then `abreast land "
+        f"{run_id}`" in out
+    ), out
     assert git(repo, "log", "-1", "--format=%s", "main").strip() == "meanwhile"
     assert not (repo / "a.txt").exists()
     assert git(repo, "rev-parse", f"{integration(run_id)}^2").strip() != ""  # the task's
@@ -1603,9 +1606,23 @@ def test_land_when_base_moved_on_is_refused_when_the_two_fail_the_checks_or_conf
     assert (
         "not landed: main moved on since the run started (1 commit), and it conflicts with "
         f"the result in README.md; bring both in: git merge {integration(run_id)}, and "
-        "resolve" in out
+        "resolve (or merge main into the result branch, resolve there, and `abreast land "
+        f"{run_id}`, which checks it)" in out
     ), out
     assert (repo / "README.md").read_text() == "yours\n"
+    # Which it does: resolved on the result branch, then landed.
+    other = tmp_path / "result"
+    git(repo, "worktree", "add", "-q", str(other), integration(run_id))
+    merged = subprocess.run(
+        ["git", "merge", "-q", "main"], cwd=other, capture_output=True, check=False
+    )
+    assert merged.returncode == 1  # the conflict, to resolve
+    (other / "README.md").write_text("both\n")
+    git(other, "commit", "-q", "-am", "resolved")
+    landed = run_abreast("land", run_id, cwd=repo)
+    assert landed.code == 0, landed.out + landed.err
+    assert (repo / "README.md").read_text() == "both\n"
+    assert git(repo, "log", "-1", "--format=%s", "main").strip() == "resolved"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -1040,7 +1040,9 @@ class WorktreeIsolation(Isolation):
             files = listed(merge.conflicts, 5, visible_name)
             return (
                 f"not landed: {said}, and {'it conflicts' if moved == 1 else 'they conflict'} "
-                f"with the result in {files}; bring both in: git merge {branch}, and resolve"
+                f"with the result in {files}; bring both in: git merge {branch}, and resolve "
+                f"(or merge {self.base_name} into the result branch, resolve there, and "
+                f"`abreast land {self.run_id}`, which checks it)"
             )
         message = f"abreast: land run {self.run_id} on {self.base_name}\n\nrun {self.run_id}"
         new = await asyncio.to_thread(self.repo.commit_tree, merge.tree, [current, head], message)
@@ -1056,9 +1058,9 @@ class WorktreeIsolation(Isolation):
             if not result.ok:
                 return (
                     f"not landed: {said}, and the result merged with {them} fails the merge "
-                    f"checks: {result.detail.splitlines()[0]}; log: {result.log}; bring both "
-                    f"in (git merge {branch}) and fix it, or fix it on {self.base_name}, "
-                    "then git merge"
+                    f"checks: {result.detail.splitlines()[0]}; log: {result.log}; fix it (on "
+                    f"{self.base_name}, or on the result branch {branch}), then "
+                    f"`abreast land {self.run_id}`"
                 )
             check_s = result.ran_s
         self.journal.stage_event(
