@@ -1822,6 +1822,46 @@ def test_a_ctrl_c_while_abreast_land_checks_ends_the_checks_and_lands_nothing(
     assert not pid_alive(int(pid_file.read_text()))
 
 
+def test_resume_redo_runs_a_task_that_succeeded_again_told_the_review(repo: Path) -> None:
+    # After review of a run's result, one agent's work wanted changing: a resume never ran
+    # again what succeeded, so the only way was a new run of the whole workflow.
+    agent = (
+        'printf "attempt %s: %s\\n" "$ABREAST_ATTEMPT" "$(printf %s "$ABREAST_FEEDBACK" '
+        '| tail -n 1)" >> api.txt'
+    )
+    tasks = {
+        "api": {"agent": "fake", "prompt": "write the api"},
+        "docs": {"needs": ["api"], "run": "cp api.txt docs.txt"},
+        "bad": {"run": "exit 1"},
+    }
+    path = workflow(repo, tasks, agents={"fake": {"run": agent}}, defaults={"retries": 0})
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    refused = run_abreast("resume", run_id, "--redo", "bad", cwd=repo)
+    assert refused.code == 2
+    assert "--redo bad: bad failed; --redo runs again a task that succeeded" in refused.err
+    assert f"hint: `abreast resume {run_id} --retry bad` runs it again" in refused.err
+    alone = run_abreast("resume", run_id, "--feedback", "x", cwd=repo)
+    assert alone.code == 2 and "no --redo was given" in alone.err
+    redo = run_abreast(
+        "resume", run_id, "--redo", "api", "--feedback", "use async handlers", "--plain",
+        cwd=repo,
+    )  # fmt: skip
+    assert redo.code == 1, redo.out + redo.err  # bad still failed: not retried
+    assert "api: succeeded; run again (--redo)" in redo.out
+    assert "docs, which needs it, is left as it ended (--redo it too" in redo.out
+    # It started from its own earlier work, and was told the review.
+    assert show(repo, integration(run_id), "api.txt") == (
+        "attempt 1: \nattempt 2: use async handlers\n"
+    )
+    assert show(repo, integration(run_id), "docs.txt") == "attempt 1: \n"
+    prompt = run_abreast("logs", run_id, "api", "--prompt", cwd=repo).out
+    assert "the user asks for the task to be done again (abreast resume --redo):" in prompt
+    assert prompt.rstrip().endswith("use async handlers")
+    states = dict(query(repo / ".abreast" / "state.db", "SELECT task_id, attempts FROM tasks"))
+    assert (states["api"], states["docs"], states["bad"]) == (2, 1, 1)
+
+
 def test_land_when_base_was_rewritten_leaves_the_merge_to_you(repo: Path) -> None:
     # The commit the run started from is no longer on main (amended, as a teammate's force
     # push would): merging would bring it back, so nothing is merged.

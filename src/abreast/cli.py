@@ -321,6 +321,20 @@ def _args_resume(p: argparse.ArgumentParser) -> None:
         help="as --retry-failed, but only these failed tasks (repeatable); the others stay failed",
     )
     p.add_argument(
+        "--redo",
+        action="append",
+        default=[],
+        metavar="TASK[,TASK]",
+        help="run again these tasks that succeeded (repeatable), from the files their work is "
+        "in, told --feedback; also in a run that ended (default RUN: the latest run)",
+    )
+    p.add_argument(
+        "--feedback",
+        metavar="TEXT",
+        help="with --redo: what the tasks are told of their work (your review), as "
+        "$ABREAST_FEEDBACK and after an agent's prompt",
+    )
+    p.add_argument(
         "--file",
         metavar="FILE",
         help="the run's workflow file where it is now, renamed or moved in its project since "
@@ -705,7 +719,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
             "--retry and --retry-failed together",
             hint="--retry-failed runs every failed task again; --retry TASK only those named",
         )
-    if args.run_id is None and (args.retry_failed or args.retry):  # the latest run's failures
+    if args.feedback is not None and not args.redo:
+        raise UsageError(
+            "--feedback is what --redo tasks are told; no --redo was given",
+            hint="--redo TASK --feedback TEXT runs TASK again, told TEXT",
+        )
+    if args.run_id is None and (args.retry_failed or args.retry or args.redo):  # the latest
         from abreast.engine.lookup import find_run, open_journal
 
         _, journal = open_journal(None, args.state)
@@ -747,6 +766,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             retry=args.retry,
             file=args.file,
+            redo=args.redo,
+            feedback=args.feedback,
         )
     return _finish(outcome, junit)
 

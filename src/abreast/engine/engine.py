@@ -1919,11 +1919,15 @@ class Engine:
         rows: dict[str, dict[str, Any]],
         interrupted: dict[str, tuple[int, Exit | None]],
         retry: frozenset[str] = frozenset(),
+        redo: frozenset[str] = frozenset(),
+        redo_feedback: str | None = None,
     ) -> None:
         """Load task states from the journal. `interrupted`: task -> (attempt, how it ended
         if a status file says so, else None: it is re-run as a new attempt). `retry`: failed
         tasks to run again (`resume --retry-failed`), with their retries and iterations
-        anew and why they failed as feedback; the tasks they blocked wait for them again."""
+        anew and why they failed as feedback; the tasks they blocked wait for them again.
+        `redo`: tasks that succeeded, run again with `redo_feedback` (`resume --redo`);
+        the tasks that need them are left as they ended."""
         order, _, _ = self.graph.levels()
         held = self.journal.held_back(self.run_id) if retry else set()
         unstarted = self._failed_before_start() if retry else set()
@@ -1944,7 +1948,9 @@ class Engine:
             state = TaskState(row["state"])
             if tr.attempts:
                 tr.last_log = self._paths(tr.id, tr.attempts)[0]
-            if state in (TaskState.SUCCEEDED, TaskState.SKIPPED):
+            if state is TaskState.SUCCEEDED and tr.id in redo:
+                self._redo(tr, redo_feedback)
+            elif state in (TaskState.SUCCEEDED, TaskState.SKIPPED):
                 tr.state = state
                 tr.finished_at = row["finished_at"]
                 self._d.complete(v)
@@ -2020,6 +2026,17 @@ class Engine:
         task failed before it started, by its workflow file's doing)."""
         tail = self._log_tail(tr) if tr.last_log else []
         tr.feedback = bounded_feedback(with_tail(reason, tail)) if told else None
+        self._taken_again(tr, TaskState.PENDING, feedback=tr.feedback)
+
+    def _redo(self, tr: TaskRun, feedback: str | None) -> None:
+        """A task that succeeded runs again (`resume --redo`), as a new attempt from the
+        files its work is in, told so and what the user says of it."""
+        text = (
+            "the previous attempt succeeded, and its work is in the files this attempt "
+            "starts from; the user asks for the task to be done again (abreast resume --redo)"
+        )
+        tr.feedback = bounded_feedback(text + (f":\n{feedback}" if feedback else ""))
+        self.journal.stage_event(self.run_id, "task.redo", tr.id, feedback=feedback)
         self._taken_again(tr, TaskState.PENDING, feedback=tr.feedback)
 
     def _taken_again(self, tr: TaskRun, state: TaskState, **fields: Any) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from abreast import dag
 from abreast.coord.backend import BEST_EFFORT_WAIT_S, CoordError, open_coordinator
 from abreast.coord.journal import CANCEL_REQUESTED, DRAIN_REQUESTED, Journal, RunRow, TaskRow
 from abreast.coord.location import StateLocation, locate, redact_url
@@ -949,13 +950,17 @@ def resume_run(
     retry_failed: bool = False,
     retry: Sequence[str] = (),
     file: str | None = None,
+    redo: Sequence[str] = (),
+    feedback: str | None = None,
 ) -> RunOutcome:
     """Carry on a run whose orchestrator died (`observer`: one spawned for --dashboard /
     --metrics-port, told the run once it is found; `ray_address`: the Ray cluster to use
     now, for a run started with `--executor ray`; `retry_failed`: its failed tasks run
     again too, and a run that ended failed is carried on; `retry`: as `retry_failed`,
     only these of its failed tasks, as `--retry TASK[,TASK]` gives them; `file`: the
-    workflow file where it is now, renamed or moved since the run started)."""
+    workflow file where it is now, renamed or moved since the run started; `redo`:
+    tasks that succeeded, run again with `feedback` (`--redo TASK --feedback TEXT`),
+    also in a run that ended)."""
     found_at, journal = open_journal(None, state)
     with journal:  # closed however this ends, a refusal included
         return _resume_found(
@@ -972,6 +977,8 @@ def resume_run(
             retry_failed,
             retry,
             file,
+            redo,
+            feedback,
         )
 
 
@@ -989,6 +996,8 @@ def _resume_found(
     retry_failed: bool = False,
     named: Sequence[str] = (),
     moved_to: str | None = None,
+    redo_named: Sequence[str] = (),
+    feedback: str | None = None,
 ) -> RunOutcome:
     row = find_run(journal, run_id)
     # The run's own project, wherever resume is typed; the journal stays where it was found.
@@ -998,13 +1007,14 @@ def _resume_found(
     if named:  # `--retry TASK`: those (each one that failed), and only those
         failed = _named_failures(row, tasks, failed, named)
         retry_failed = True
-    if retry_failed and not failed and row.state in ("succeeded", "failed"):
+    redo = _named_successes(row, tasks, redo_named) if redo_named else []
+    if retry_failed and not failed and not redo and row.state in ("succeeded", "failed"):
         # (A run that did not end is carried on all the same: --retry-failed only adds.)
         raise UsageError(
             f"run {row.id} has no failed task to run again (it {row.state})",
             hint="start a new run with `abreast run`",
         )
-    if row.state in ("succeeded", "failed") and not retry_failed:
+    if row.state in ("succeeded", "failed") and not retry_failed and not redo:
         raise UsageError(
             f"run {row.id} already finished ({row.state}); nothing to resume",
             hint=f"`abreast resume {row.id} --retry-failed` runs its failed "
@@ -1054,7 +1064,7 @@ def _resume_found(
                 hint="start a new run with `abreast run`",
             )
         wf = only_tasks(wf, kept)
-    if wf.source_sha256 != row.file_sha256 and retry_failed and not force:
+    if wf.source_sha256 != row.file_sha256 and (retry_failed or redo) and not force:
         # Running failed tasks again is what one does once they are fixed, and the fix is
         # often in the file itself (a wrong command): it is taken as it is now, and said.
         _note(f"note: {file.name} changed since run {row.id} started; going by it as it is now")
@@ -1088,12 +1098,51 @@ def _resume_found(
         if observer is not None:
             _observe(observer, location, row.id)
         retry = frozenset(failed) if retry_failed else frozenset()
+        again = (frozenset(redo), feedback)
         return asyncio.run(
-            _resume(wf, row, journal, location, force, view, monitor, isolation, cluster, retry)
+            _resume(
+                wf, row, journal, location, force, view, monitor, isolation, cluster, retry, again
+            )
         )
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _named_successes(row: RunRow, tasks: dict[str, TaskRow], names: Sequence[str]) -> list[str]:
+    """The tasks `--redo TASK[,TASK]` names, each checked to be one of the run's `tasks`
+    that succeeded: a clear error for any other, saying what to name."""
+    wanted = listed_names(names)
+    if not wanted:
+        raise UsageError("--redo names no task", hint="--redo TASK[,TASK...] (repeatable)")
+    done = [tid for tid, t in tasks.items() if t.state == TaskState.SUCCEEDED.value]
+    can = f"its tasks that succeeded: {listed(done, 10)}" if done else "no task of it succeeded"
+    for name in wanted:
+        task = tasks.get(name)
+        if task is None:
+            raise UsageError(
+                f"--redo {name}: run {row.id} has no task {name!r}" + did_you_mean(name, tasks),
+                hint=f"name one of {can}",
+            )
+        state = TaskState(task.state)
+        if state is TaskState.SUCCEEDED:
+            continue
+        if state in FAILED_STATES:
+            raise UsageError(
+                f"--redo {name}: {name} {state}; --redo runs again a task that succeeded",
+                hint=f"`abreast resume {row.id} --retry {name}` runs it again, told why it failed",
+            )
+        if state is TaskState.SKIPPED:
+            raise UsageError(
+                f"--redo {name}: {name} was skipped ({task.reason or 'its when: was false'}), "
+                "so it did nothing to do again",
+                hint=f"name one of {can}",
+            )
+        raise UsageError(
+            f"--redo {name}: {name} did not succeed (it is {state})",
+            hint=f"a plain `abreast resume {row.id}` runs it; {can}",
+        )
+    return wanted
 
 
 def _named_failures(
@@ -1182,6 +1231,7 @@ async def _resume(
     isolation: IsolationFactory | None,
     cluster: RayCluster | None = None,
     retry: frozenset[str] = frozenset(),
+    redo: tuple[frozenset[str], str | None] = (frozenset(), None),
 ) -> RunOutcome:
     if cluster is not None:  # the dead orchestrator's attempts on every node
         # Each asked to die first, through the kill file its node reads before it starts
@@ -1286,6 +1336,21 @@ async def _resume(
     again = retry - set(removed) - journal.held_back(row.id)  # the others' work is checked
     if again:
         view.note(f"{', '.join(sorted(again))}: failed; run again")
+    redone = redo[0] - set(removed)
+    if redone:
+        view.note(f"{', '.join(sorted(redone))}: succeeded; run again (--redo)")
+        ids = list(wf.tasks)
+        after = {d for t in redone for d in dag.ancestors(ids.index(t), graph.succs)}
+        left = [ids[v] for v in sorted(after) if ids[v] not in redone]
+        if left:
+            view.note(
+                f"{listed(left, 5)}, which need{'s' if len(left) == 1 else ''} "
+                f"{'it' if len(redone) == 1 else 'them'}, "
+                f"{'is' if len(left) == 1 else 'are'} left as "
+                f"{'it' if len(left) == 1 else 'they'} ended (--redo "
+                f"{'it' if len(left) == 1 else 'them'} too to run "
+                f"{'it' if len(left) == 1 else 'them'} again after)"
+            )
     req = RunRequest(
         file=Path(row.file), monitor=monitor_on, isolation=isolation, land=bool(options.get("land"))
     )
@@ -1343,7 +1408,7 @@ async def _resume(
         for a in journal.attempts(row.id):  # what the attempts so far took, for the summary
             if a.task_id in rows and a.wall_s:
                 rows[a.task_id]["busy_s"] += a.wall_s
-        engine.restore(rows, interrupted, retry)
+        engine.restore(rows, interrupted, retry, redone, redo[1])
         journal.commit()
         return await engine.run()
     finally:
