@@ -1707,6 +1707,8 @@ def test_abreast_land_brings_a_reviewed_result_in_once_base_moved_on(repo: Path)
     again = run_abreast("land", run_id, cwd=repo)
     assert (again.code, again.out) == (0, f"run {run_id}: main already has the result\n")
     assert git(repo, "rev-parse", "main") == head
+    said = run_abreast("status", run_id, cwd=repo).out  # no longer "bring it in"
+    assert "\n  main already has the result\n" in said and "bring it in" not in said
 
 
 def test_abreast_land_refuses_what_it_should_not_land_saying_what_to_do(

@@ -177,15 +177,14 @@ async def _land(
 def _journal(journal: Journal, row: RunRow, line: str, unlanded: bool) -> None:
     """The run's summary says the landing as `status` and `report` show it: the line
     that said how to bring the result in (or an earlier attempt's) replaced by this one.
-    Nothing when nothing was done (`base` already had the result)."""
-    if not line.startswith(("landed:", "not landed:")):
-        return
+    `base` already having the result replaces only a line that said how to bring it in
+    (it was merged by hand, say), not one that says it landed."""
     summary = dict(row.summary or {})
-    said = [
-        x
-        for x in str(summary.get("landing") or "").split("\n  ")
-        if x and not x.startswith(("bring it in:", "landed:", "not landed:"))
-    ]
+    lines = [x for x in str(summary.get("landing") or "").split("\n  ") if x]
+    if line.endswith(" already has the result") and any(x.startswith("landed:") for x in lines):
+        return
+    said = [x for x in lines if not x.startswith(("bring it in:", "landed:", "not landed:"))]
+    said = [x for x in said if not x.endswith(" already has the result")]
     summary["landing"] = "\n  ".join([*said, line])
     journal.stage_run(row.id, summary=summary)
     if not unlanded:
