@@ -1677,6 +1677,10 @@ def test_abreast_land_brings_a_reviewed_result_in_once_base_moved_on(repo: Path)
     code, out, run_id = run(repo, path)
     assert code == 0, out
     assert f"(or `abreast land {run_id}`)" in out
+    # The runs list says which results are still to be brought in.
+    listed = run_abreast("status", cwd=repo).out
+    assert re.search(rf"(?m)^{run_id} .* 1/1 done; result not landed$", listed), listed
+    assert f"`abreast land {run_id}` brings it in" in listed
     (repo / "m.txt").write_text("M\n")
     git(repo, "add", "m.txt")
     git(repo, "commit", "-q", "-m", "meanwhile")
@@ -1695,6 +1699,7 @@ def test_abreast_land_brings_a_reviewed_result_in_once_base_moved_on(repo: Path)
     assert git(repo, "log", "-1", "--format=%s", "main^1").strip() == "meanwhile"
     # `status` says it landed; landing again does nothing, and says so.
     assert "\n  landed: main fast-forwarded to " in run_abreast("status", run_id, cwd=repo).out
+    assert "not landed" not in run_abreast("status", cwd=repo).out
     again = run_abreast("land", run_id, cwd=repo)
     assert (again.code, again.out) == (0, f"run {run_id}: main already has the result\n")
     assert "\n  landed: main fast-forwarded to " in run_abreast("status", run_id, cwd=repo).out

@@ -148,7 +148,7 @@ def cleanup(
             plan.actions += [f"delete {ref}" for ref in left.snapshots]
             if left.integration_branch:
                 name = left.integration_branch.removeprefix("refs/heads/")
-                lost = held_nowhere(repo, left.integration_branch)
+                lost = held_nowhere(repo.root, left.integration_branch)
                 if results:
                     plan.actions.append(
                         f"delete result branch {name}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import json
 import os
@@ -132,14 +133,44 @@ def print_runs(journal: Journal, out: TextIO, limit: int | None = 30) -> None:
         return
     width = max(len(r.id) for r in runs)
     out.write(f"{'RUN':<{width}}  {'STATE':<11}  {'STARTED':<19}  {'TOOK':>7}  TASKS\n")
+    to_land = results_to_land(runs)
     for r in runs:
         state = run_state(r)
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started_at))
         out.write(
             f"{r.id:<{width}}  {state:<11}  {started}  "
             f"{format_duration(run_took(journal, r, state)):>7}  "
-            f"{tasks_done(journal.task_states(r.id))}\n"  # one GROUP BY, not every task row
+            f"{tasks_done(journal.task_states(r.id))}"  # one GROUP BY, not every task row
+            f"{'; result not landed' if r.id in to_land else ''}\n"
         )
+    if to_land:
+        last = next(r.id for r in runs if r.id in to_land)
+        out.write(
+            f"(result not landed: the work is in no branch of yours yet; `abreast land {last}` "
+            "brings it in, `abreast diff RUN --all` shows it)\n"
+        )
+
+
+FINISHED_RUNS = ("succeeded", "failed", "cancelled")  # the states of a run that ended
+
+
+def results_to_land(runs: list[RunRow]) -> set[str]:
+    """The runs (with worktrees, ended) whose result branch holds work no branch, tag or
+    remote-tracking branch of yours has: to be read and landed, or let go. A git call
+    each, in its project; none where git cannot say."""
+    from abreast.workspace.cleanup import held_nowhere
+
+    found = set()
+    for r in runs:
+        if r.options.get("isolation") != "worktree" or run_state(r) not in FINISHED_RUNS:
+            continue
+        if not Path(r.root).is_dir():
+            continue
+        ref = f"refs/heads/abreast/{r.id}/_integration"
+        with contextlib.suppress(OSError, UsageError):  # git gone, the project moved
+            if held_nowhere(Path(r.root), ref):
+                found.add(r.id)
+    return found
 
 
 def tasks_done(counts: dict[str, int]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from abreast.workspace.git import git
 from abreast.workspace.repo import Repo
 
 
@@ -31,20 +32,21 @@ def leftovers(repo: Repo, run_id: str) -> Leftovers:
     )
 
 
-def held_nowhere(repo: Repo, ref: str) -> str | None:
-    """The commit `ref` (a run's result branch) is at, when no branch, tag or
-    remote-tracking branch but abreast's own holds it: work nobody brought in, which git
-    collects some time after `ref` is deleted. None when one holds it (landed, merged,
-    pushed)."""
-    proc = repo.git(
-        "for-each-ref", "--contains", ref, "--format=%(refname)",
-        "refs/heads/", "refs/tags/", "refs/remotes/", check=False,
+def held_nowhere(root: Path, ref: str) -> str | None:
+    """The commit `ref` (a run's result branch, in the repository at `root`) is at, when
+    no branch, tag or remote-tracking branch but abreast's own holds it: work nobody
+    brought in, which git collects some time after `ref` is deleted. None when one holds
+    it (landed, merged, pushed), or `ref` is not there. Reads only."""
+    proc = git(
+        "for-each-ref", "--contains", ref, "--format=%(objectname) %(refname)",
+        "refs/heads/", "refs/tags/", "refs/remotes/", cwd=root, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
         return None
-    if any(not r.startswith("refs/heads/abreast/") for r in proc.stdout.split()):
+    found = [line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line]
+    if any(not name.startswith("refs/heads/abreast/") for _, name in found):
         return None
-    return repo.rev_parse(ref)
+    return next((sha for sha, name in found if name == ref), None)
 
 
 def runs_with_leftovers(repo: Repo) -> list[str]:
