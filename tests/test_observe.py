@@ -1121,7 +1121,19 @@ def test_the_dashboard_shows_the_warnings_the_run_said(tmp_path: Path) -> None:
             "return [...document.querySelectorAll('#warnings li')]"
             ".map(li => [li.dataset.task, li.textContent])"
         )
+        # Where the work is, once the run ended: the result branch and how to bring it in.
+        shown = "return document.getElementById('result').hidden === false"
+        wait_for(lambda: driver.execute_script(shown), what="the result")
+        result = driver.execute_script(
+            "return [...document.querySelectorAll('#result li')].map(li => li.textContent)"
+        )
         (snap,) = [json.loads(get(api)[1])]
+    run_id = snap["run"]["id"]
+    assert result[0].startswith(f"result: branch abreast/{run_id}/_integration at "), result
+    assert result[-1] == (
+        f"bring it in: git merge --ff-only abreast/{run_id}/_integration   "
+        f"(or `abreast land {run_id}`)"
+    ), result
     assert said == [
         [
             "a",

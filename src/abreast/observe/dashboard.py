@@ -222,7 +222,7 @@ class Dashboard:
             )
         body = f"""
 <header><h1>run <span id=run-id>{html.escape(run_id)}</span></h1>
-<p id=summary></p></header>
+<p id=summary></p><ul id=result hidden></ul></header>
 <section id=failures-box hidden><h2>what did not finish</h2><ul id=failures></ul></section>
 <section id=warnings-box hidden><h2>warnings</h2><ul id=warnings></ul></section>
 <section><h2>tasks</h2><div id=dag></div></section>

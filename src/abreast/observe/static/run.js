@@ -291,6 +291,12 @@ function render(snap) {
     (r.time_left_s != null ? `, ${about(r.time_left_s)} left` : "");
   document.getElementById("summary").setAttribute("data-state", r.state);
   document.getElementById("summary").setAttribute("data-stopping", r.stopping || "");
+  // Where its work is once it ended, as its summary says it: the result branch, and
+  // landed, or how to bring it in (`abreast land RUN`).
+  const landing = ((r.summary && r.summary.landing) || "").split("\n").map(l => l.trim())
+    .filter(l => l);
+  document.getElementById("result").replaceChildren(...landing.map(l => el("li", {}, l)));
+  document.getElementById("result").hidden = !landing.length;
   drawFailures(snap);
   drawWarnings(snap);
   drawDag(snap);
