@@ -30,11 +30,11 @@ from abreast.coord.journal import Journal, RunRow
 from abreast.coord.location import STATE_DIR
 from abreast.engine.lookup import on_this_host, orchestrator_alive
 from abreast.engine.runs import _kill_strays, _stray_pids
+from abreast.engine.states import RUN_ENDED
 from abreast.executor.process import kill_pids, marked_processes
 from abreast.spec.durations import counted, format_size
 
 ORPHAN_AFTER_S = 120.0
-FINISHED = ("succeeded", "failed", "cancelled")  # the states of a run that ended
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Plan:
 
 
 def eligible(row: RunRow, force: bool, orphan_after_s: float, now: float) -> str | None:
-    if row.state in FINISHED:
+    if row.state in RUN_ENDED:
         return f"finished ({row.state})"
     if not orchestrator_alive(row):
         return "its orchestrator is gone"
@@ -206,7 +206,7 @@ def cleanup(
 def _ended_before(row: RunRow | None, when: float) -> bool:
     return (
         row is not None
-        and row.state in FINISHED
+        and row.state in RUN_ENDED
         and row.finished_at is not None
         and row.finished_at < when
     )

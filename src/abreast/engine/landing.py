@@ -21,7 +21,7 @@ from pathlib import Path
 from abreast.coord.backend import BEST_EFFORT_WAIT_S, CoordError, open_coordinator
 from abreast.coord.journal import Journal, RunRow
 from abreast.coord.location import StateLocation
-from abreast.engine.engine import on_stop_signals
+from abreast.engine.engine import EngineOptions, on_stop_signals
 from abreast.engine.lookup import find_run, open_journal, orchestrator_alive
 from abreast.engine.supervise import Supervisor
 from abreast.errors import StateError, UsageError
@@ -29,8 +29,6 @@ from abreast.integrate.base import integration_branch
 from abreast.spec import load_workflow
 from abreast.spec.envsubst import expand_env
 from abreast.spec.model import Workflow
-
-KILL_GRACE_S = 5.0  # a Ctrl-C while the checks run: TERM, then KILL after this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +163,7 @@ async def _land(
 
     def stop(signum: int) -> None:
         note("cancelling: the merge checks are ended, nothing is landed")
-        iso.abort(KILL_GRACE_S)
+        iso.abort(EngineOptions.kill_grace_s)  # as a run's own
         if signum != signal.SIGTERM:  # Ctrl-C, the terminal closed: abreast ends by it
             interrupted.append(signum)
 

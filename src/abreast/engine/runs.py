@@ -1109,6 +1109,17 @@ def _resume_found(
             cluster.close()
 
 
+def _named_task(row: RunRow, tasks: dict[str, TaskRow], flag: str, name: str, can: str) -> TaskRow:
+    """The run's task `flag NAME` names; a UsageError naming the closest one otherwise."""
+    task = tasks.get(name)
+    if task is None:
+        raise UsageError(
+            f"{flag} {name}: run {row.id} has no task {name!r}" + did_you_mean(name, tasks),
+            hint=f"name one of {can}",
+        )
+    return task
+
+
 def _named_successes(row: RunRow, tasks: dict[str, TaskRow], names: Sequence[str]) -> list[str]:
     """The tasks `--redo TASK[,TASK]` names, each checked to be one of the run's `tasks`
     that succeeded: a clear error for any other, saying what to name."""
@@ -1118,12 +1129,7 @@ def _named_successes(row: RunRow, tasks: dict[str, TaskRow], names: Sequence[str
     done = [tid for tid, t in tasks.items() if t.state == TaskState.SUCCEEDED.value]
     can = f"its tasks that succeeded: {listed(done, 10)}" if done else "no task of it succeeded"
     for name in wanted:
-        task = tasks.get(name)
-        if task is None:
-            raise UsageError(
-                f"--redo {name}: run {row.id} has no task {name!r}" + did_you_mean(name, tasks),
-                hint=f"name one of {can}",
-            )
+        task = _named_task(row, tasks, "--redo", name, can)
         state = TaskState(task.state)
         if state is TaskState.SUCCEEDED:
             continue
@@ -1160,12 +1166,7 @@ def _named_failures(
         else "it has no failed task"
     )
     for name in wanted:
-        task = tasks.get(name)
-        if task is None:
-            raise UsageError(
-                f"--retry {name}: run {row.id} has no task {name!r}" + did_you_mean(name, tasks),
-                hint=f"name one of {can}",
-            )
+        task = _named_task(row, tasks, "--retry", name, can)
         state = TaskState(task.state)
         if state in FAILED_STATES:
             continue
@@ -1343,13 +1344,12 @@ async def _resume(
         after = {d for t in redone for d in dag.ancestors(ids.index(t), graph.succs)}
         left = [ids[v] for v in sorted(after) if ids[v] not in redone]
         if left:
+            one = len(left) == 1
+            it, them = ("it", "it") if one else ("they", "them")
             view.note(
-                f"{listed(left, 5)}, which need{'s' if len(left) == 1 else ''} "
-                f"{'it' if len(redone) == 1 else 'them'}, "
-                f"{'is' if len(left) == 1 else 'are'} left as "
-                f"{'it' if len(left) == 1 else 'they'} ended (--redo "
-                f"{'it' if len(left) == 1 else 'them'} too to run "
-                f"{'it' if len(left) == 1 else 'them'} again after)"
+                f"{listed(left, 5)}, which need{'s' if one else ''} "
+                f"{'it' if len(redone) == 1 else 'them'}, {'is' if one else 'are'} left as "
+                f"{it} ended (--redo {them} too to run {them} again after)"
             )
     req = RunRequest(
         file=Path(row.file), monitor=monitor_on, isolation=isolation, land=bool(options.get("land"))

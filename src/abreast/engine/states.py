@@ -79,3 +79,6 @@ class InvalidTransition(RuntimeError):
 def check_transition(task_id: str, old: TaskState, new: TaskState) -> None:
     if new not in _ALLOWED.get(old, frozenset()):
         raise InvalidTransition(task_id, old, new)
+
+
+RUN_ENDED = ("succeeded", "failed", "cancelled")  # the states of a run that ended

@@ -932,7 +932,7 @@ class WorktreeIsolation(Isolation):
         elif self.land:
             lines.append(await self._landing(refused, str(head)))
         elif ahead:
-            moved = await asyncio.to_thread(self._moved_on)
+            moved, _ = await asyncio.to_thread(self._moved_on)
             land = f"abreast land {self.run_id}"
             if moved:
                 lines.append(
@@ -987,34 +987,34 @@ class WorktreeIsolation(Isolation):
         if not self.wf.checks or not checked or checked == head:
             return None
         made = len(await asyncio.to_thread(self.repo.log_oneline, f"{checked}..{head}", 100000))
-        since = f"the result branch, with {counted(made, 'commit')} made on it since the run,"
-        if not made:  # moved elsewhere (reset): what it is now is all the same unchecked
-            since = "the result branch, moved since the run,"
-        self.note(f"{since[:-1]}: running the merge checks on it")
+        # (Moved elsewhere, a reset: what it is now is all the same unchecked.)
+        how = f"with {counted(made, 'commit')} made on it" if made else "moved"
+        self.note(f"the result branch, {how} since the run: running the merge checks on it")
         result = await self.queue.check_result(head, "checking the result as it is now")
         if result is None:
             return "not landed: cancelled while the merge checks ran on the result"
         if not result.ok:
             return (
-                f"not landed: {since} fails the merge checks: "
+                f"not landed: the result branch, {how} since the run, fails the merge checks: "
                 f"{result.detail.splitlines()[0]}; log: {result.log}; fix it there, then "
                 f"`abreast land {self.run_id}`"
             )
-        self.rechecked = since[:-1].removeprefix("the result branch, ")
+        self.rechecked = f"{how} since the run"
         return None
 
-    def _moved_on(self) -> int:
+    def _moved_on(self) -> tuple[int, str]:
         """How many commits `base` gained since the run started, when it only moved on
-        (the commit the run started from still on it) and the result lacks them; else 0."""
+        (the commit the run started from still on it) and the result lacks them, and
+        where `base` is; (0, "") otherwise."""
         current = self.repo.rev_parse(f"refs/heads/{self.base_name}")
         head = self.repo.rev_parse(self.ref)
         if current is None or head is None or self.repo.is_ancestor(current, head):
-            return 0
+            return 0, ""
         if self.repo.is_ancestor(head, current):
-            return 0  # it has the result already (merged by hand, or nothing landed)
+            return 0, ""  # it has the result already (merged by hand, or nothing landed)
         if not self.repo.is_ancestor(self.base_commit, current):
-            return 0  # rewritten: `_land` says so
-        return len(self.repo.log_oneline(f"{head}..{current}", 100000))
+            return 0, ""  # rewritten: `_land` says so
+        return len(self.repo.log_oneline(f"{head}..{current}", 100000)), current
 
     async def _catch_up(self) -> str | None:
         """`--land`, and `base` moved on since the run started (your commits, a
@@ -1024,12 +1024,10 @@ class WorktreeIsolation(Isolation):
         landing line), or None: done, or nothing to do (or nothing this can do: `_land`
         says why)."""
         found = await self.queue.head()
-        moved = await asyncio.to_thread(self._moved_on)
+        moved, current = await asyncio.to_thread(self._moved_on)
         if found is None or not moved:
             return None
         head = found[0]
-        current = self.repo.rev_parse(f"refs/heads/{self.base_name}")
-        assert current is not None
         branch = integration_branch(self.run_id)
         other = landed_by(self.repo, current, self.run_id)
         by = f"; run {other} landed its result there" if other else ""

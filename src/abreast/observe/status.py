@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from abreast.coord.journal import DRAIN_REQUESTED, AttemptRow, Journal, RunRow, TaskRow
 from abreast.engine.lookup import orchestrator_alive
-from abreast.engine.states import FAILED_STATES, TERMINAL, TaskState
+from abreast.engine.states import FAILED_STATES, RUN_ENDED, TERMINAL, TaskState
 from abreast.errors import UsageError
 from abreast.eta import about
 from abreast.executor.logs import KeyMasker, open_regular
@@ -151,22 +151,20 @@ def print_runs(journal: Journal, out: TextIO, limit: int | None = 30) -> None:
         )
 
 
-FINISHED_RUNS = ("succeeded", "failed", "cancelled")  # the states of a run that ended
-
-
 def results_to_land(runs: list[RunRow]) -> set[str]:
     """The runs (with worktrees, ended) whose result branch holds work no branch, tag or
     remote-tracking branch of yours has: to be read and landed, or let go. A git call
     each, in its project; none where git cannot say."""
+    from abreast.integrate.base import integration_branch
     from abreast.workspace.cleanup import held_nowhere
 
     found = set()
     for r in runs:
-        if r.options.get("isolation") != "worktree" or run_state(r) not in FINISHED_RUNS:
+        if r.options.get("isolation") != "worktree" or run_state(r) not in RUN_ENDED:
             continue
         if not Path(r.root).is_dir():
             continue
-        ref = f"refs/heads/abreast/{r.id}/_integration"
+        ref = f"refs/heads/{integration_branch(r.id)}"
         with contextlib.suppress(OSError, UsageError):  # git gone, the project moved
             if held_nowhere(Path(r.root), ref):
                 found.add(r.id)
