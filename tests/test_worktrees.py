@@ -1905,8 +1905,29 @@ def test_land_without_a_branch_to_move_is_refused_before_the_run(repo: Path, whe
     assert f"--land fast-forwards a local branch to the result, and {what}" in out
     assert "hint: check out a branch or set `base:` to one" in out
     assert "no runs yet" in run_abreast("status", cwd=repo).err  # nothing journaled
-    code, out, _ = run(repo, path)  # without --land the run is fine
+    code, out, run_id = run(repo, path)  # without --land the run is fine
     assert code == 0, out
+    # ... and says how to bring its result in without offering `abreast land`, which has
+    # no branch to move either: refused before anything is checked, with the git way.
+    result = integration(run_id)
+    what = "HEAD was detached" if where == "detached" else "v1 is not a branch"
+    assert f"bring it in: git merge {result}   (where you want it: {what}, so abreast" in out
+    assert f"`abreast land {run_id}`" not in out
+    start = git(repo, "rev-parse", "HEAD").strip()[:12]
+    on = f"{start} (a detached HEAD)" if where == "detached" else "v1"
+    assert f"1 task landed, 2 commits on top of {on}\n" in out
+    land = run_abreast("land", run_id, cwd=repo)
+    assert land.code == 2, land.err
+    why = (
+        f"started on a detached HEAD (at {start})"
+        if where == "detached"
+        else "started from v1, which is not a local branch (a tag, a remote-tracking "
+        "branch or a commit)"
+    )
+    assert f"run {run_id} {why}: there is no branch for abreast land to move" in land.err
+    assert f"hint: `git merge {result}` in the checkout you want it in" in land.err
+    db = repo / ".abreast" / "state.db"
+    assert query(db, "SELECT type FROM events WHERE type = 'result.landed'") == []
 
 
 def test_the_start_note_names_uncommitted_files_but_not_the_workflow_file(repo: Path) -> None:

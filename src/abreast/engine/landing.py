@@ -57,6 +57,7 @@ def land_run(
             )
         if not landed:
             return Landed(row.id, f"nothing to land: no task's work landed in run {row.id}", False)
+        _refuse_without_base_branch(location.root, row, branch)
         try:
             coord = open_coordinator(location.coord_url, calls_wait_s=BEST_EFFORT_WAIT_S)
         except CoordError as e:
@@ -75,6 +76,32 @@ def _has_branch(root: Path, branch: str) -> bool:
 
     proc = git("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", cwd=root, check=False)
     return proc.returncode == 0
+
+
+def _refuse_without_base_branch(root: Path, row: RunRow, result: str) -> None:
+    """A run started from a detached HEAD, a tag, a remote-tracking branch or a commit,
+    or whose branch was deleted since, has no branch to land on: said before anything is
+    checked, with the git command that brings the result in where the user wants it."""
+    base = row.options.get("base")
+    if not base or _has_branch(root, base):
+        return  # (a run journaled before `base` was: WorktreeIsolation says)
+    from abreast.workspace.git import git
+
+    start = str(row.options.get("base_commit") or "")[:12]
+    if base == "HEAD":
+        why = f"started on a detached HEAD (at {start})"
+    elif git("rev-parse", "--verify", "--quiet", base, cwd=root, check=False).returncode == 0:
+        why = (
+            f"started from {base}, which is not a local branch (a tag, a remote-tracking "
+            "branch or a commit)"
+        )
+    else:
+        why = f"started from the branch {base}, which is gone now"
+    raise UsageError(
+        f"run {row.id} {why}: there is no branch for abreast land to move to its result",
+        hint=f"`git merge {result}` in the checkout you want it in brings it in there "
+        f"(`git branch NAME {result}` keeps it under a name of yours)",
+    )
 
 
 def _landed_tasks(journal: Journal, row: RunRow) -> set[str]:

@@ -872,9 +872,10 @@ class WorktreeIsolation(Isolation):
             head = found[0]
             since = self.caught_up[0] if self.caught_up else self.base_commit
             ahead = len(await asyncio.to_thread(self.repo.log_oneline, f"{since}..{head}", 100000))
+            on = self.base_name if self.base_name != "HEAD" else f"{since[:12]} (a detached HEAD)"
             lines = [
                 f"result: branch {branch} at {head[:12]}: {counted(len(landed), 'task')} landed,"
-                f" {ahead} commit{'s' if ahead != 1 else ''} on top of {self.base_name}"
+                f" {ahead} commit{'s' if ahead != 1 else ''} on top of {on}"
             ]
         if self._kept:
             lines.append(
@@ -934,7 +935,15 @@ class WorktreeIsolation(Isolation):
         elif ahead:
             moved, _ = await asyncio.to_thread(self._moved_on)
             land = f"abreast land {self.run_id}"
-            if moved:
+            if self.repo.rev_parse(f"refs/heads/{self.base_name}") is None:
+                # A detached HEAD, a tag, a commit: no branch for `abreast land` to move.
+                name = self.base_name
+                what = "HEAD was detached" if name == "HEAD" else f"{name} is not a branch"
+                lines.append(
+                    f"bring it in: git merge {branch}   (where you want it: {what}, so "
+                    f"abreast land has no branch to move; or `git branch NAME {branch}` names it)"
+                )
+            elif moved:
                 lines.append(
                     f"bring it in: git merge {branch}   ({self.base_name} moved on since the "
                     f"run started, {counted(moved, 'commit')}: not a fast-forward; or "
