@@ -513,6 +513,22 @@ def test_many_failures_are_grouped_and_cut_short_in_the_summary_and_report(
     assert block in report and report.count("ANTHROPIC_API_KEY is not set") == 1
 
 
+def test_a_failed_task_that_printed_nothing_is_said_to_have_an_empty_log(
+    tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    # `exit 1` and a path to an empty file read as if the log had been lost; `read` gets
+    # end of file (stdin is empty) and fails without a word.
+    path = workflow(tmp_path, {"mute": {"run": "read answer"}, "said": {"run": "echo no; false"}})
+    result = cli("run", str(path), "--no-monitor", "--plain")
+    assert result.code == 1
+    logs = tmp_path / ".abreast" / "runs" / run_id_of(result.out) / "logs"
+    assert (
+        f"  mute (failed): exit 1\n    task log: {logs}/mute.1.log (empty: the command "
+        "printed nothing)\n" in result.out
+    ), result.out
+    assert f"    | no\n    task log: {logs}/said.1.log\n" in result.out
+
+
 def test_a_failed_tasks_log_cannot_restyle_or_wipe_the_summary(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     # Clear the screen, set the window title, colour, ring the bell, backspace.
     noise = r"\033[2J\033[H\033]0;owned\007\033[31mred\033[0m \007bell \010back"

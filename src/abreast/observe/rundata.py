@@ -522,7 +522,10 @@ def failure_lines(
     if diff:
         out.append(f"    its work: {diff}")
     if log:
-        out.append(f"    task log: {log}")
+        # Nothing to show above because the command wrote nothing (a failing line that
+        # prints nothing, such as `false` or a `read` of the empty stdin): said so.
+        empty = not tail and os.path.isfile(log) and os.path.getsize(log) == 0
+        out.append(f"    task log: {log}{' (empty: the command printed nothing)' if empty else ''}")
     return out
 
 
