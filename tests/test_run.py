@@ -1591,6 +1591,41 @@ def test_an_error_while_handling_an_exit_stops_the_run_with_that_error(tmp_path:
                 os.waitpid(b.pid, 0)
 
 
+def test_an_error_while_preparing_a_task_stops_the_run_with_that_error(tmp_path: Path) -> None:
+    # A task that waits for something first (a lock, a key, its worktree) is prepared and
+    # started in an asyncio task of its own. An error there (a journal that cannot be
+    # written: a disk full for a moment) was never read: the run went on waiting for a
+    # task marked running that had no process, and asyncio printed a traceback ("Task
+    # exception was never retrieved"). It is the run's end, as an error in the loop is.
+    import asyncio
+
+    from abreast.coord.backend import open_coordinator
+    from abreast.engine.engine import EngineOptions, TaskRun, View
+    from abreast.engine.supervise import Supervisor
+
+    class Broken(View):
+        def started(self, tr: TaskRun) -> None:
+            if tr.id == "b":  # started after its lock was granted, in its own asyncio task
+                raise RuntimeError("view failed on b")
+
+    tasks = {"a": {"run": "sleep 30"}, "b": {"run": "true", "locks": ["x"]}}
+    wf = workflow(tmp_path, tasks, locks={"x": {"ttl": "1m"}})
+    coord = open_coordinator(f"sqlite://{tmp_path}/coord.db")
+    options = EngineOptions(cap=2, flags={})
+    with engine_for(wf, tmp_path / "state.db", options, Broken()) as engine:
+        engine.sup = Supervisor(engine.wf, "r1", coord, engine.journal, lambda _t: None)
+        try:
+            # Raised once b starts, not when a would end (wait_for: TimeoutError).
+            with pytest.raises(RuntimeError, match="view failed on b"):
+                asyncio.run(asyncio.wait_for(engine.run(), 20))
+        finally:
+            engine.sup.close()
+            for tr in engine.tasks:
+                if tr.running is not None and tr.running.pid:
+                    os.killpg(tr.running.pgid, signal.SIGKILL)
+                    os.waitpid(tr.running.pid, 0)
+
+
 def test_a_sigterm_before_the_engine_listens_cancels_the_run_when_it_does(
     tmp_path: Path,
 ) -> None:

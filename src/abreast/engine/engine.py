@@ -1065,7 +1065,19 @@ class Engine:
     def _spawn_background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        """What escapes a task's preparation or landing (each settles its own failures:
+        the journal that cannot be written, a full disk) is the run's end, raised by the
+        loop as its own errors are; left unread, it left the task running for ever and
+        printed asyncio's "Task exception was never retrieved" traceback."""
+        self._background.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        if self._inline_error is None:
+            self._inline_error = task.exception()
+        self._wake.set()
 
     def _process_exited(self, running: Running, exit_: Exit) -> None:
         tr = self.by_id[running.launch.task_id]
