@@ -192,6 +192,53 @@ def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(
         assert (tmp_path / "cleaned").read_text().split() == ["x"]  # its trap still ran
 
 
+def test_an_attempt_that_ended_while_abreast_was_down_took_its_own_time_not_the_wait(
+    tmp_path: Path,
+) -> None:
+    # After a crash its attempts go on. One that ended while abreast was down was said to
+    # have taken until the resume (a task of a second "took" the night), while the run's
+    # wall time left that time out: "saved 99%". The wrapper now records when it ended.
+    path = write_workflow(
+        tmp_path,
+        "down",
+        {"a": {"run": "touch a.started; sleep 0.5"}, "b": {"run": "true", "needs": ["a"]}},
+    )
+    proc, run_id = start_run(path, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "a.started").exists(), what="a to start")
+    kill9(proc)
+    exits = tmp_path / ".abreast" / "runs" / run_id / "exits"
+    wait_for(lambda: exits.exists() and "a.1 0" in exits.read_text(), what="a to end")
+    # As if the crash and a's end were `gap` ago: the journal's times and the line's
+    # (seconds since boot: the gap is kept under this machine's uptime).
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    gap = min(3600.0, uptime * 0.9)
+    db = tmp_path / ".abreast" / "state.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        for table, cols in (
+            ("runs", ("started_at", "heartbeat_at")),
+            ("tasks", ("started_at",)),
+            ("attempts", ("started_at",)),
+            ("events", ("ts",)),
+        ):
+            sets = ", ".join(f"{c} = {c} - {gap}" for c in cols)
+            conn.execute(
+                f"UPDATE {table} SET {sets} WHERE {'id' if table == 'runs' else 'run_id'} = ?",
+                (run_id,),
+            )
+    key, code, up, boot = exits.read_text().split()
+    exits.write_text(f"{key} {code} {float(up) - gap:.2f} {boot}\n")
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=tmp_path)
+    assert resumed.code == 0, resumed.out + resumed.err
+    [(wall_s, ended_at)] = query(db, "SELECT wall_s, ended_at FROM attempts WHERE task_id = 'a'")
+    assert 0.4 < wall_s < 30, wall_s  # sleep 0.5, not the gap
+    assert ended_at < time.time() - gap + 30
+    assert re.search(r"succeeded a in (\d+ms|\d+(\.\d+)?s)\n", resumed.out), resumed.out
+    # The run was at work while a ran, orchestrator or not: its wall time has it.
+    wall = json.loads(query(db, "SELECT summary FROM runs")[0][0])["wall_s"]
+    assert 0.4 < wall < 30, wall
+    assert re.search(r"critical path: a -> b took \d+(\.\d+)?m?s\n", resumed.out), resumed.out
+
+
 def test_a_signal_nobody_read_before_the_crash_releases_its_waiters_on_resume(
     tmp_path: Path,
 ) -> None:

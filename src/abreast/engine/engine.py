@@ -1143,7 +1143,7 @@ class Engine:
             tr.id,
             n,
             state="succeeded" if not reason else "failed",
-            ended_at=time.time(),
+            ended_at=exit_.ended_at or time.time(),
             exit_code=exit_.exit_code,
             signal=exit_.signal,
             peak_rss_bytes=peak,

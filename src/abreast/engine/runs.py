@@ -1265,20 +1265,26 @@ async def _resume(
         )
     interrupted: dict[str, tuple[int, Exit | None]] = {}
     now = time.time()
+    # Until when the run was at work with no orchestrator: its attempts went on. To now
+    # where one was still running (killed above) or ended at a time not known.
+    busy_until = now if killed else 0.0
     for a in journal.attempts(row.id):
         if a.ended_at is not None:
             continue
-        code = ended.get(f"{a.task_id}.{a.attempt}")
-        exit_ = (
-            None
-            if code is None
-            else Exit(
+        code, ended_at = ended.get(f"{a.task_id}.{a.attempt}", (None, None))
+        exit_ = None
+        if code is not None:
+            start = a.started_at or now
+            # (A time before the attempt started or after now is not of this attempt.)
+            end = ended_at if ended_at is not None and start <= ended_at <= now else now
+            busy_until = max(busy_until, end)
+            exit_ = Exit(
                 exit_code=code,
                 signal=None,
-                wall_s=max(0.0, now - (a.started_at or now)),
+                wall_s=max(0.0, end - start),
                 maxrss_bytes=0,
+                ended_at=end,
             )
-        )
         interrupted[a.task_id] = (a.attempt, exit_)
         if exit_ is None:
             journal.stage_attempt(
@@ -1297,8 +1303,9 @@ async def _resume(
     analysis = analyze(wf, flags=flags, max_parallel=cap, graph=graph)
     p = Prepared(wf, location, flags, cap, analysis, graph)
     # The time no orchestrator ran it (from the last one's end, or when it was last seen at
-    # work if it died, to now) is not the run's: its wall time and savings leave it out.
-    last_alive = row.finished_at or min(now, journal.last_alive(row))
+    # work if it died, to now) is not the run's: its wall time and savings leave it out;
+    # but not the time its attempts went on running after it died.
+    last_alive = max(row.finished_at or min(now, journal.last_alive(row)), busy_until)
     pauses = [list(span) for span in row.pauses] + ([[last_alive, now]] if now > last_alive else [])
     masked = masked_secrets(wf)  # this resume's environment's, and those the run had
     known = list(dict.fromkeys([*row.options.get("masked", []), *(fp for fp, _ in masked)]))
@@ -1491,13 +1498,16 @@ def _moved_file(row: RunRow, given: Path) -> Path:
     return file
 
 
-def recorded_exits(exits_file: str | None) -> dict[str, int]:
-    """How attempts ended, by "TASK.ATTEMPT", from the run's exits file.
+def recorded_exits(exits_file: str | None) -> dict[str, tuple[int, float | None]]:
+    """How attempts ended, by "TASK.ATTEMPT", from the run's exits file: the status, and
+    when (wall-clock time), where the line says it of this boot of this machine.
 
-    Each attempt's wrapper shell appends one line when it exits; a line cut short (its
-    writer killed mid-write) is ignored, and that attempt counts as interrupted.
+    Each attempt's wrapper shell appends one line when it exits (executor/wrapper.py:
+    "TASK.ATTEMPT STATUS UPTIME BOOT_ID"); a line cut short (its writer killed mid-write)
+    is ignored, and that attempt counts as interrupted. The time is None for a line of
+    another machine (a Ray node) or boot, or one without it.
     """
-    out: dict[str, int] = {}
+    out: dict[str, tuple[int, float | None]] = {}
     if not exits_file:
         return out
     try:
@@ -1505,11 +1515,30 @@ def recorded_exits(exits_file: str | None) -> dict[str, int]:
             text = f.read().decode("utf-8", "replace")
     except OSError:
         return out
+    boot, booted_at = _this_boot()
     for line in text.splitlines():
-        key, _, code = line.partition(" ")
-        if code.strip().isdigit():
-            out[key] = int(code)
+        key, code, *when = line.split(" ")
+        if not code.isdigit():
+            continue
+        ended_at = None
+        if len(when) == 2 and boot and when[1] == boot:
+            with contextlib.suppress(ValueError):
+                ended_at = booted_at + float(when[0])
+        out[key] = (int(code), ended_at)
     return out
+
+
+def _this_boot() -> tuple[str, float]:
+    """This boot's id (as the wrapper reads it), and when it began in wall-clock time as
+    /proc/uptime counts from it: ("", 0.0) where either cannot be read."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return "", 0.0
+    return boot, time.time() - up
 
 
 def default_view() -> View:

@@ -76,6 +76,7 @@ class Exit:
     maxrss_bytes: int  # from wait4: the process and the children it waited for
     error: str | None = None  # it could not run (a Ray node lost, say): why
     host: str | None = None  # where it ran, when not here (a Ray node)
+    ended_at: float | None = None  # when it ended, if not just now (ended while abreast was down)
 
     @property
     def ok(self) -> bool:

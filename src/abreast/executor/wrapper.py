@@ -11,13 +11,26 @@ SHELL = "/bin/sh"
 # that sets its own EXIT trap (`trap cleanup EXIT`) replaces the wrapper's, so the status
 # of one that comes to its end is also written after it: one that ended while abreast was
 # down is then taken, not run again (one that calls `exit` itself: OWN_SHELL_WRAPPER).
-# Written twice when the trap is the wrapper's: the last line of a key counts.
+# The trap writes only when that line was not written. (Each name the trap and the
+# function read is set first: a command may `set -u`.)
+#
+# The line is "TASK.ATTEMPT STATUS UPTIME BOOT_ID": when it ended, as /proc/uptime had it
+# (seconds since boot; read by the shell itself, no process started), and which boot of
+# which machine that is of. One that ended while abreast was down is then given the time
+# it took, not the time until `abreast resume` (engine/runs.py `recorded_exits`).
+_END = (
+    "__abreast_end() { __abreast_up=; __abreast_boot=; "
+    "read -r __abreast_up __abreast_x 2>/dev/null </proc/uptime || :; "
+    "read -r __abreast_boot 2>/dev/null </proc/sys/kernel/random/boot_id || :; "
+    'echo "$__abreast_key $1 $__abreast_up $__abreast_boot" >> "$__abreast_exits" || :; }; '
+)
 WRAPPER = (
     'exec >"$4" 2>&1 </dev/null || exit 126; cd -- "$1" || exit 127; '
-    "__abreast_exits=$2; __abreast_cmd=$3; __abreast_key=$5; shift 5; "
-    'trap \'echo "$__abreast_key $?" >> "$__abreast_exits" || :\' EXIT; '
+    "__abreast_exits=$2; __abreast_cmd=$3; __abreast_key=$5; __abreast_said=; shift 5; "
+    + _END
+    + 'trap \'__abreast_st=$?; [ -n "$__abreast_said" ] || __abreast_end "$__abreast_st"\' EXIT; '
     'set -e; eval "$__abreast_cmd"; __abreast_st=$?; '
-    'echo "$__abreast_key $__abreast_st" >> "$__abreast_exits" || :; exit "$__abreast_st"'
+    '__abreast_end "$__abreast_st"; __abreast_said=1; exit "$__abreast_st"'
 )
 
 # A command that may take the shell's end out of the wrapper's hands (`trap ... EXIT`
@@ -34,10 +47,11 @@ WRAPPER = (
 OWN_SHELL_WRAPPER = (
     'exec >"$4" 2>&1 </dev/null || exit 126; cd -- "$1" || exit 127; exec 2>/dev/null; '
     "__abreast_exits=$2; __abreast_key=$5; trap : TERM; "
-    '"$6" OPTIONS -c \'exec 2>&1; __abreast_cmd=$1; shift; eval "$__abreast_cmd"\' '
+    + _END
+    + '"$6" OPTIONS -c \'exec 2>&1; __abreast_cmd=$1; shift; eval "$__abreast_cmd"\' '
     'abreast-task "$3"; __abreast_st=$?; '
     'if [ "$__abreast_st" = 143 ]; then trap - TERM; kill -TERM $$; fi; '
-    'echo "$__abreast_key $__abreast_st" >> "$__abreast_exits" || :; exit "$__abreast_st"'
+    '__abreast_end "$__abreast_st"; exit "$__abreast_st"'
 )
 
 # What each `shell:` of the workflow runs a command with: the program (a bare name is
