@@ -1231,6 +1231,7 @@ def test_peak_rss_is_the_tasks_own_not_the_orchestrators(tmp_path: Path, cli) ->
         (["run", "W", "--flag", "nope"], "--flag 'nope': w.json declares no flags"),
         (["run", "W", "--run-id", "../x"], "--run-id '../x' is not allowed"),
         (["run", "W", "--run-id", ""], "--run-id '' is not allowed"),
+        (["run", "W", "--run-id", "x" * 101], f"'{'x' * 40}…' is not allowed (101 characters)"),
         (["cancel", "RUN"], "is not running (it succeeded)"),
         (["cancel"], "no run is running"),
         (["resume"], "no run was interrupted"),

@@ -108,9 +108,11 @@ def prepare(req: RunRequest, *, look_only: bool = False) -> Prepared:
     # An empty --run-id (`--run-id "$RUN"` with RUN unset) is a mistake, not a request
     # for a new id; a dry run says so too.
     if req.run_id is not None and not _RUN_ID.fullmatch(req.run_id):
+        shown = req.run_id if len(req.run_id) <= 60 else f"{req.run_id[:40]}…"
         raise UsageError(
-            f"--run-id {req.run_id!r} is not allowed",
-            hint="use a-z, 0-9, '_' and '-', starting with a letter or digit",
+            f"--run-id {shown!r} is not allowed"
+            + (f" ({len(req.run_id)} characters)" if len(req.run_id) > 100 else ""),
+            hint="use 1-100 characters of a-z, 0-9, '_' and '-', starting with a letter or digit",
         )
     whole = expand_env(load_workflow(req.file), os.environ)
     wf = only_tasks(whole, req.only) if req.only else whole
