@@ -101,6 +101,12 @@ def test_resume_kills_strays_and_reruns_what_was_running(tmp_path: Path) -> None
     state = f"sqlite://{tmp_path}/.abreast/state.db"
     status = json.loads(run_abreast("status", run_id, "--json", "--state", state).out)
     assert status["state"] == "interrupted"
+    shown = run_abreast("status", run_id, "--state", state).out
+    assert re.search(
+        r"\n  long +running +1 .* no end recorded: `abreast resume` stops it if it still "
+        r"runs, and runs it again\n",
+        shown,
+    ), shown
     # No RUN: the one run whose orchestrator died.
     resumed = run_abreast("resume", "--state", state, "--no-monitor", "--plain")
     assert resumed.code == 0, resumed.err
@@ -227,6 +233,17 @@ def test_an_attempt_that_ended_while_abreast_was_down_took_its_own_time_not_the_
             )
     key, code, up, boot = exits.read_text().split()
     exits.write_text(f"{key} {code} {float(up) - gap:.2f} {boot}\n")
+    # Before the resume, `status` says so (it said `running`, for ever longer).
+    shown = run_abreast("status", run_id, cwd=tmp_path).out
+    assert re.search(
+        r"\n  a +ended +1 +(\d+ms|\d+(\.\d+)?s) +- +exit 0 while abreast was down; "
+        r"`abreast resume` takes its result\n",
+        shown,
+    ), shown
+    took = re.search(rf"run {run_id} \(down\): interrupted, (\d+ms|\d+(\.\d+)?s)\n", shown)
+    assert took, shown
+    seconds = float(took[1][:-2]) / 1000 if took[1].endswith("ms") else float(took[1][:-1])
+    assert 0.4 < seconds < 30, shown  # to a's end, not to the crash (nor to now)
     resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=tmp_path)
     assert resumed.code == 0, resumed.out + resumed.err
     [(wall_s, ended_at)] = query(db, "SELECT wall_s, ended_at FROM attempts WHERE task_id = 'a'")

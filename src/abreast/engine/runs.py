@@ -36,8 +36,8 @@ from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.states import FAILED_STATES, TERMINAL, TaskState
 from abreast.engine.supervise import Supervisor
 from abreast.errors import StateError, UsageError, did_you_mean
+from abreast.executor.exits import recorded_exits
 from abreast.executor.local import Exit
-from abreast.executor.logs import open_regular
 from abreast.executor.process import (
     RUN_TAG_ENV,
     freeze_all,
@@ -1498,49 +1498,6 @@ def _moved_file(row: RunRow, given: Path) -> Path:
             hint="give the run's workflow file where it is now, inside that project",
         )
     return file
-
-
-def recorded_exits(exits_file: str | None) -> dict[str, tuple[int, float | None]]:
-    """How attempts ended, by "TASK.ATTEMPT", from the run's exits file: the status, and
-    when (wall-clock time), where the line says it of this boot of this machine.
-
-    Each attempt's wrapper shell appends one line when it exits (executor/wrapper.py:
-    "TASK.ATTEMPT STATUS UPTIME BOOT_ID"); a line cut short (its writer killed mid-write)
-    is ignored, and that attempt counts as interrupted. The time is None for a line of
-    another machine (a Ray node) or boot, or one without it.
-    """
-    out: dict[str, tuple[int, float | None]] = {}
-    if not exits_file:
-        return out
-    try:
-        with os.fdopen(open_regular(exits_file), "rb") as f:  # never a FIFO put there
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return out
-    boot, booted_at = _this_boot()
-    for line in text.splitlines():
-        key, code, *when = line.split(" ")
-        if not code.isdigit():
-            continue
-        ended_at = None
-        if len(when) == 2 and boot and when[1] == boot:
-            with contextlib.suppress(ValueError):
-                ended_at = booted_at + float(when[0])
-        out[key] = (int(code), ended_at)
-    return out
-
-
-def _this_boot() -> tuple[str, float]:
-    """This boot's id (as the wrapper reads it), and when it began in wall-clock time as
-    /proc/uptime counts from it: ("", 0.0) where either cannot be read."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        with open("/proc/uptime") as f:
-            up = float(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return "", 0.0
-    return boot, time.time() - up
 
 
 def default_view() -> View:

@@ -17,7 +17,7 @@ SHELL = "/bin/sh"
 # The line is "TASK.ATTEMPT STATUS UPTIME BOOT_ID": when it ended, as /proc/uptime had it
 # (seconds since boot; read by the shell itself, no process started), and which boot of
 # which machine that is of. One that ended while abreast was down is then given the time
-# it took, not the time until `abreast resume` (engine/runs.py `recorded_exits`).
+# it took, not the time until `abreast resume` (executor/exits.py).
 _END = (
     "__abreast_end() { __abreast_up=; __abreast_boot=; "
     "read -r __abreast_up __abreast_x 2>/dev/null </proc/uptime || :; "
