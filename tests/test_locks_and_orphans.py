@@ -338,6 +338,12 @@ def test_time_a_task_waits_for_a_lock_is_shown_and_not_counted_as_its_work(
     ((perf,),) = query(db, "SELECT data FROM events WHERE type = 'workflow.performance'")
     assert json.loads(perf)["sequentialTime"] == pytest.approx(summary["busy_s"], abs=0.002)
     assert "the tasks waited for locks left out" in out, out
+    # Nor is it in the estimate measured from this run (it was: wait "took" a second).
+    assert summary["lock_waits"]["wait.1"] == pytest.approx(waited["wait_s"], abs=0.002)
+    plan = json.loads(run_abreast("analyze", "w.json", "--format", "json", cwd=tmp_path).out)
+    estimate = {t["id"]: t["estimate_s"] for t in plan["tasks"]}["wait"]
+    (wait_wall,) = query(db, "SELECT wall_s FROM attempts WHERE task_id = 'wait'")[0]
+    assert estimate == pytest.approx(wait_wall - waited["wait_s"], abs=0.002)
 
     report = json.loads(run_abreast("report", "--json", cwd=tmp_path).out)
     (shown,) = [w for w in report["lock_waits"] if w["task"] == "wait"]  # hold's: ~0s

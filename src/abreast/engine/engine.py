@@ -1877,7 +1877,11 @@ class Engine:
         # one at a time, they would not have waited for each other.
         from abreast.observe.rundata import lock_waits
 
-        waited = sum(w.wait_s for w in lock_waits(self.journal, self.run_id))
+        by_attempt: dict[str, float] = {}
+        for w in lock_waits(self.journal, self.run_id):
+            key = f"{w.task}.{w.attempt}"
+            by_attempt[key] = by_attempt.get(key, 0.0) + w.wait_s
+        waited = sum(by_attempt.values())
         busy -= waited
         now = time.time()
         # Landing included (the run's end is its finished_at); pauses before a resume not.
@@ -1890,6 +1894,8 @@ class Engine:
             "busy_s": round(busy, 3),
             "checks_s": round(checks, 3),
             "waited_s": round(waited, 3),  # for locks, inside attempts: not in busy_s
+            # ... by "TASK.ATTEMPT": what the estimates measured from this run leave out
+            "lock_waits": {k: round(v, 3) for k, v in by_attempt.items()},
             "saved_s": round(saved, 3),
             "landing": landing,
             "counts": {s.value: c for s, c in self.counts().items() if c},

@@ -31,9 +31,14 @@ def measured(
     """task id -> (median seconds, how many runs), for each of `tasks` that succeeded in
     one of the latest runs of `workflow` in project `root`; {} without a journal."""
     wanted = set(tasks)
+    # What an attempt waited for a lock inside its command (`abreast lock tests -- ...`)
+    # was no work of its: one at a time, it would not have waited (a run's summary has
+    # those waits, by attempt).
     rows = _read(
         journal,
-        "SELECT r.started_at, t.task_id, a.wall_s FROM runs r JOIN tasks t ON t.run_id = r.id"
+        "SELECT r.started_at, t.task_id, a.wall_s, json_extract(r.summary, '$.lock_waits.'"
+        " || json_quote(t.task_id || '.' || a.attempt)) FROM runs r"
+        " JOIN tasks t ON t.run_id = r.id"
         " JOIN attempts a ON a.run_id = t.run_id AND a.task_id = t.task_id"
         " AND a.attempt = t.attempts WHERE t.state = 'succeeded' AND a.wall_s IS NOT NULL"
         " AND r.id IN (SELECT id FROM runs WHERE workflow = ? AND root = ?"
@@ -41,9 +46,10 @@ def measured(
         (workflow, root, _LOOK_BACK),
     )
     times: dict[str, list[tuple[float, float]]] = {}
-    for started_at, task_id, wall_s in rows:
+    for started_at, task_id, wall_s, waited in rows:
         if task_id in wanted:
-            times.setdefault(task_id, []).append((-started_at, float(wall_s)))
+            work = max(0.0, float(wall_s) - float(waited or 0.0))
+            times.setdefault(task_id, []).append((-started_at, work))
     out = {}
     for task_id, found in times.items():
         latest = [s for _, s in sorted(found)[:RUNS]]
