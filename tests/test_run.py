@@ -1027,6 +1027,42 @@ def test_a_journal_that_cannot_be_written_stops_the_run_cleanly_for_resume(
     )
 
 
+def test_a_full_disk_is_said_as_such_when_the_journal_cannot_be_opened(tmp_path: Path) -> None:
+    # A run on a disk with no room left: SQLite says "disk I/O error" (its WAL files
+    # cannot be made), which read "… is not a usable abreast journal", with the advice to
+    # move it away: the journal is fine; the disk is full. A tmpfs of 2 MB, in a mount
+    # namespace of our own (as `containment: protect` uses), filled by a task.
+    if subprocess.run(["unshare", "-Urm", "true"], check=False).returncode != 0:
+        pytest.skip("no user namespaces here (unshare -Urm)")
+    disk, said = tmp_path / "disk", tmp_path / "said"
+    disk.mkdir()
+    said.mkdir()
+    spec = {"version": 1, "name": "full", "isolation": "none", "tasks": {}}
+    spec["tasks"] = {"fill": {"run": "head -c 4000000 /dev/zero > fill"}}
+    # Two projects on it: the first's task fills it, the second starts on it full.
+    script = (
+        'mount -t tmpfs -o size=2m tmpfs "$1" && cd "$1" && mkdir p1 p2 && '
+        'printf %s "$4" > p1/w.json && cp p1/w.json p2/ || exit 9; '
+        'for n in 1 2; do (cd p$n && "$2" -m abreast run w.json --no-monitor --plain '
+        '> "$3/out$n" 2> "$3/err$n"; echo $? > "$3/rc$n"); done'
+    )
+    argv = [str(disk), sys.executable, str(said), json.dumps(spec)]
+    done = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", script, "sh", *argv], timeout=120, check=False
+    )
+    assert done.returncode == 0
+    # The first run: its task fills the disk, and the run cannot journal that it failed.
+    assert (said / "rc1").read_text() == "2\n", (said / "err1").read_text()
+    assert "abreast: error: cannot write the journal at" in (said / "err1").read_text()
+    # The second: the disk is full from the start.
+    err = (said / "err2").read_text()
+    assert (said / "rc2").read_text() == "2\n", err
+    assert "Traceback" not in err + (said / "err1").read_text()
+    assert re.search(r"cannot open the journal at \S+: .* \(its disk is full: \d+ KB free\)", err)
+    assert "hint: make room on its disk, then run the command again" in err, err
+    assert "not a usable abreast journal" not in err
+
+
 def test_a_full_journal_is_a_clear_error_and_leaves_no_transaction_open(tmp_path: Path) -> None:
     # SQLite's "database or disk is full" (here: a page limit on the connection) is a
     # StateError with what to do, and the journal can be written again once there is room

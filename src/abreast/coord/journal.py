@@ -238,6 +238,18 @@ def use_wal(db: sqlite3.Connection) -> None:
 _INSERT_TASK = "INSERT INTO tasks (run_id, task_id, position, state) VALUES (?, ?, ?, 'pending')"
 
 
+def _disk_full(path: Path) -> str:
+    """` (its disk is full: 12 KB free)` when the disk `path` is on has next to no room
+    left (what SQLite may report as a "disk I/O error"); else ""."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return ""
+    return f" (its disk is full: {free // 1024} KB free)" if free < 1 << 20 else ""
+
+
 class Journal:
     """One connection to the journal; stage writes, then `commit()` them together."""
 
@@ -269,6 +281,16 @@ class Journal:
         self.listeners: list[Callable[[list[EventRow]], None]] = []
         try:
             self._setup()
+        except sqlite3.OperationalError as e:  # it could not be read or written: not its fault
+            self.close()
+            full = _disk_full(self.path)
+            raise StateError(
+                f"cannot open the journal at {self.path}: {e}{full}",
+                hint="make room on its disk, then run the command again (`abreast resume` "
+                "carries on an interrupted run)"
+                if full
+                else "check the file, its directory and their permissions, or pass --state",
+            ) from e
         except sqlite3.DatabaseError as e:
             self.close()
             raise StateError(
@@ -330,11 +352,12 @@ class Journal:
             raise self._write_error(e) from e
 
     def _write_error(self, e: sqlite3.Error) -> StateError:
+        full = _disk_full(self.path)  # ("disk I/O error" too, for a WAL file it cannot grow)
         return StateError(
-            f"cannot write the journal at {self.path}: {e}",
+            f"cannot write the journal at {self.path}: {e}{full if 'full' not in str(e) else ''}",
             hint="make room on its disk (or make it writable), then `abreast resume` "
             "carries on an interrupted run"
-            if "full" in str(e) or "readonly" in str(e)
+            if full or "full" in str(e) or "readonly" in str(e)
             else "check the file and its directory, or pass --state",
         )
 
