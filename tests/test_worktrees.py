@@ -1829,6 +1829,48 @@ def test_a_ctrl_c_while_abreast_land_checks_ends_the_checks_and_lands_nothing(
     assert not pid_alive(int(pid_file.read_text()))
 
 
+def test_two_abreast_lands_of_a_run_at_once_land_it_once_and_a_resume_is_refused_meanwhile(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Two `abreast land` of one run at once (two terminals, a script run twice) both
+    # merged and checked, and the second failed on git's "already exists" of the first
+    # one's checks worktree (exit 1, git's error); a `resume --redo` meanwhile would move
+    # the result branch under the landing.
+    go, checking, err2 = tmp_path / "go", tmp_path / "checking", tmp_path / "err2"
+    slow = (
+        f'if [ -z "$ABREAST_TASK_ID" ]; then touch {checking}; '
+        f"while [ ! -e {go} ]; do sleep 0.05; done; fi"
+    )
+    path = workflow(repo, {"a": {"run": "echo A > a.txt"}}, checks=[{"run": slow}])
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    git(repo, "commit", "-q", "--allow-empty", "-m", "meanwhile")
+    land = [PY, "-m", "abreast", "land", run_id]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    first = subprocess.Popen(land, cwd=repo, **pipes)  # type: ignore[call-overload]
+    with ended_after(first), touched_after(go):
+        wait_for(checking.exists, what="the first landing's checks")
+        with err2.open("w") as said:
+            second = subprocess.Popen(
+                land, cwd=repo, stdout=subprocess.PIPE, stderr=said, text=True
+            )
+        with ended_after(second):
+            wait_for(lambda: "waiting for another" in err2.read_text(), what="the second")
+            assert err2.read_text() == (
+                f"waiting for another `abreast land` of run {run_id} (pid {first.pid}) to end\n"
+            )
+            redo = run_abreast("resume", run_id, "--redo", "a", cwd=repo)
+            assert redo.code == 2, redo.out + redo.err
+            assert f"run {run_id} is being landed by `abreast land` (pid {first.pid})" in redo.err
+            go.touch()
+            out1, err1 = first.communicate(timeout=60)
+            out2, _ = second.communicate(timeout=60)
+    assert first.returncode == 0, out1 + err1
+    assert out1.startswith(f"run {run_id}: landed: main fast-forwarded to ")
+    assert (second.returncode, out2) == (0, f"run {run_id}: main already has the result\n")
+    assert git(repo, "log", "-1", "--format=%s", "main^1").strip() == "meanwhile"
+
+
 def test_resume_redo_runs_a_task_that_succeeded_again_told_the_review(repo: Path) -> None:
     # After review of a run's result, one agent's work wanted changing: a resume never ran
     # again what succeeded, so the only way was a new run of the whole workflow.

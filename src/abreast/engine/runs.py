@@ -1077,25 +1077,35 @@ def _resume_found(
             hint="resuming could run a different workflow; pass --force to "
             "resume anyway with the file as it is now",
         )
-    if row.options.get("isolation") == "worktree":
-        from abreast.integrate.worktrees import recover_result
+    # Not while `abreast land` lands it: both would move its result branch. (Once taken
+    # up, the run's orchestrator is alive, which `abreast land` refuses.)
+    from abreast.engine.landing import landing_lock
 
-        restored = recover_result(location.root, journal, row.id)
-        if restored:
-            _note(f"note: {restored}")
-    cluster = None
-    if row.options.get("executor") == "ray":
-        cap = int(row.options.get("max_parallel") or wf.max_parallel)
-        address = ray_address or row.options.get("ray_address")
-        cluster = _connect_ray(address, wf, location, cap)
-    elif ray_address:
-        raise UsageError(
-            f"run {row.id} runs its tasks here, not on Ray; --ray-address is for runs "
-            "started with --executor ray",
-            hint="leave --ray-address out",
-        )
+    with landing_lock(location, row.id, None):
+        if row.options.get("isolation") == "worktree":
+            from abreast.integrate.worktrees import recover_result
+
+            restored = recover_result(location.root, journal, row.id)
+            if restored:
+                _note(f"note: {restored}")
+        cluster = None
+        if row.options.get("executor") == "ray":
+            cap = int(row.options.get("max_parallel") or wf.max_parallel)
+            address = ray_address or row.options.get("ray_address")
+            cluster = _connect_ray(address, wf, location, cap)
+        elif ray_address:
+            raise UsageError(
+                f"run {row.id} runs its tasks here, not on Ray; --ray-address is for runs "
+                "started with --executor ray",
+                hint="leave --ray-address out",
+            )
+        try:
+            _take_up(journal, row)
+        except BaseException:
+            if cluster is not None:
+                cluster.close()
+            raise
     try:
-        _take_up(journal, row)
         announce(row.id)
         if observer is not None:
             _observe(observer, location, row.id)
