@@ -1862,6 +1862,9 @@ def test_two_abreast_lands_of_a_run_at_once_land_it_once_and_a_resume_is_refused
             redo = run_abreast("resume", run_id, "--redo", "a", cwd=repo)
             assert redo.code == 2, redo.out + redo.err
             assert f"run {run_id} is being landed by `abreast land` (pid {first.pid})" in redo.err
+            # Nor does `cleanup` take its checks' worktree and processes for leftovers.
+            cleaned = run_abreast("cleanup", cwd=repo)
+            assert cleaned.code == 0 and run_id not in cleaned.out, cleaned.out + cleaned.err
             go.touch()
             out1, err1 = first.communicate(timeout=60)
             out2, _ = second.communicate(timeout=60)

@@ -78,6 +78,7 @@ def cleanup(
     ended before it are forgotten too: their directory in `runs_dir` (logs, outputs),
     then their journal entries. The result branches left as they are (without `results`)
     are added to `kept_results`, each with whether its work is in no branch of yours."""
+    from abreast.engine.landlock import being_landed
     from abreast.workspace.cleanup import (
         held_nowhere,
         leftovers,
@@ -96,6 +97,8 @@ def cleanup(
         why = eligible(row, force, orphan_after_s, now)
         if why is None:
             continue
+        if runs_dir is not None and being_landed(runs_dir / row.id) is not None:
+            continue  # `abreast land` is at work on it: its checks' worktree and processes
         plan = plans[row.id] = Plan(row.id, why)
         if "(--force)" in why and orchestrator_alive(row):
             if on_this_host(row):

@@ -11,19 +11,18 @@ fast-forwarded to it (in the checkout that has it checked out, its files with it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import fcntl
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from abreast.coord.backend import BEST_EFFORT_WAIT_S, CoordError, open_coordinator
 from abreast.coord.journal import Journal, RunRow
 from abreast.coord.location import StateLocation
 from abreast.engine.engine import EngineOptions, on_stop_signals
+from abreast.engine.landlock import landing_lock
 from abreast.engine.lookup import find_run, open_journal, orchestrator_alive
 from abreast.engine.supervise import Supervisor
 from abreast.errors import StateError, UsageError
@@ -71,38 +70,6 @@ def land_run(
             supervisor.close()
         _journal(journal, row, done.line, done.unlanded)
         return done
-
-
-@contextlib.contextmanager
-def landing_lock(
-    location: StateLocation, run_id: str, note: Callable[[str], None] | None
-) -> Iterator[None]:
-    """Held while `abreast land` lands run `run_id` (a file lock in the run's directory,
-    let go when the process ends, however). Two at once both merged and checked, and the
-    second failed on git's "already exists" of the first one's checks worktree. With
-    `note`, another landing is waited for (said), after which this one finds the result
-    landed; without (a resume taking the run up), it is refused."""
-    run_dir = location.run_dir(run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / "landing.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            if note is None:
-                raise UsageError(
-                    f"run {run_id} is being landed by `abreast land` (pid {holder})",
-                    hint="let it end first (it merges what the base branch gained and "
-                    "runs the merge checks), then try again",
-                ) from None
-            note(f"waiting for another `abreast land` of run {run_id} (pid {holder}) to end")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # (and with it the lock)
 
 
 def _has_branch(root: Path, branch: str) -> bool:

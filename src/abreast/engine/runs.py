@@ -1079,7 +1079,7 @@ def _resume_found(
         )
     # Not while `abreast land` lands it: both would move its result branch. (Once taken
     # up, the run's orchestrator is alive, which `abreast land` refuses.)
-    from abreast.engine.landing import landing_lock
+    from abreast.engine.landlock import landing_lock
 
     with landing_lock(location, row.id, None):
         if row.options.get("isolation") == "worktree":
