@@ -1417,6 +1417,11 @@ def test_no_journal_yet_is_a_clear_message(tmp_path: Path, cli) -> None:  # type
     result = cli("status", "--state", f"sqlite://{tmp_path}/none/state.db")
     assert result.code == 2
     assert "no runs yet" in result.err
+    # Where nothing ran, commands that find nothing to do leave nothing behind (`cleanup`
+    # made .abreast/coord.db to look for leases).
+    for args in (["cleanup"], ["cleanup", "--dry-run"], ["status"], ["report"], ["land"]):
+        run_abreast(*args, cwd=tmp_path)
+        assert os.listdir(tmp_path) == [], args
 
 
 def test_cancel_from_another_terminal(tmp_path: Path) -> None:

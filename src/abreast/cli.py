@@ -1034,11 +1034,13 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             raise UsageError(f"--older-than: {e}") from None
     location = locate(None, args.state)
     journal = Journal(location.journal) if location.journal.exists() else None
-    try:
-        coord = open_coordinator(location.coord_url)
-    except CoordError as e:
-        print(f"abreast: note: leases not checked: {e}", file=sys.stderr)
-        coord = None
+    coord = None
+    # (A SQLite store that is not there holds no lease: not made here, where nothing ran.)
+    if location.coord_file is None or location.coord_file.exists():
+        try:
+            coord = open_coordinator(location.coord_url)
+        except CoordError as e:
+            print(f"abreast: note: leases not checked: {e}", file=sys.stderr)
     # Resume and cancel wait while this takes runs down (it reads each run's state once).
     kept: list[tuple[str, bool]] = []  # result branches left (no --results), unlanded?
     hold = (
