@@ -1413,6 +1413,25 @@ def test_an_attempt_over_its_max_memory_is_killed_saying_so(tmp_path: Path) -> N
     assert re.search(r"(?m)^  calm +succeeded", result.out)
 
 
+def test_a_task_of_an_earlier_run_is_named_when_the_latest_run_has_none(tmp_path: Path) -> None:
+    # `abreast logs build` after another workflow ran since: "run X has no task 'build'",
+    # with X's tasks, and no word of the run that has one.
+    first = workflow(tmp_path, {"build": {"run": "echo built"}})
+    assert run_abreast("run", str(first), "--plain", "--no-monitor", cwd=tmp_path).code == 0
+    (earlier,) = [r for (r,) in journal(tmp_path, "SELECT id FROM runs")]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"version": 1, "name": "o", "isolation": "none",
+                                 "tasks": {"lint": {"run": "true"}}}))  # fmt: skip
+    assert run_abreast("run", str(other), "--plain", "--no-monitor", cwd=tmp_path).code == 0
+    for command in ("logs", "diff"):
+        said = run_abreast(command, "build", cwd=tmp_path)
+        assert said.code == 2
+        assert "has no task 'build'" in said.err
+        assert f"hint: run {earlier} has a task 'build': `abreast {command} {earlier} build`;" in (
+            said.err
+        )
+
+
 def test_no_journal_yet_is_a_clear_message(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("status", "--state", f"sqlite://{tmp_path}/none/state.db")
     assert result.code == 2

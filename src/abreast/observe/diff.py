@@ -26,7 +26,7 @@ from abreast.workspace.git import git
 
 def pick(journal: Journal, row: RunRow, task_id: str, attempt: int | None) -> AttemptRow:
     """The attempt to show: the one named, else the task's latest whose work was taken in."""
-    latest = find_attempt(journal, row.id, task_id, attempt)
+    latest = find_attempt(journal, row.id, task_id, attempt, command="diff")
     if attempt is not None or latest.head_commit:
         return latest
     committed = [a for a in journal.attempts(row.id, task_id) if a.head_commit]

@@ -376,18 +376,35 @@ def find_attempt(
     task_id: str,
     attempt: int | None,
     wait: TextIO | None = None,
+    command: str = "logs",
 ) -> AttemptRow:
     """The task's attempt `attempt`, or its latest. With `wait` (`logs -f`), a task of a
-    running run that has not started yet is waited for (said once on `wait`)."""
+    running run that has not started yet is waited for (said once on `wait`). A task the
+    run does not have is refused naming a recent run that has it (for `abreast COMMAND`)."""
     known = {t.task_id for t in journal.tasks(run_id)}
     if task_id not in known:
         import difflib
 
         close = difflib.get_close_matches(task_id, known, n=1)
+        hint = "tasks: " + ", ".join(sorted(known))
+        if not close:  # the task of another workflow's run, say, the latest being this one
+            other = next(
+                (
+                    r.id
+                    for r in journal.runs(20)
+                    if r.id != run_id and any(t.task_id == task_id for t in journal.tasks(r.id))
+                ),
+                None,
+            )
+            if other is not None:
+                hint = (
+                    f"run {other} has a task {task_id!r}: `abreast {command} {other} {task_id}`;"
+                    f" the tasks of run {run_id}: " + ", ".join(sorted(known))
+                )
         raise UsageError(
             f"run {run_id} has no task {task_id!r}"
             + (f"; did you mean {close[0]!r}?" if close else ""),
-            hint="tasks: " + ", ".join(sorted(known)),
+            hint=hint,
         )
     attempts = journal.attempts(run_id, task_id)
     if not attempts and wait is not None and attempt is None:
