@@ -244,6 +244,38 @@ def test_an_attempt_that_ended_while_abreast_was_down_took_its_own_time_not_the_
     assert took, shown
     seconds = float(took[1][:-2]) / 1000 if took[1].endswith("ms") else float(took[1][:-1])
     assert 0.4 < seconds < 30, shown  # to a's end, not to the crash (nor to now)
+    # ... and so do the report (its wall time ran to now, a "running" for as long) ...
+    report = run_abreast("report", run_id, cwd=tmp_path).out
+    assert re.search(r"\n  a +ended +1 +(\d+ms|\d+(\.\d+)?s) +(\d+ms|\d+(\.\d+)?s) ", report)
+    assert re.search(r"\n  wall (\d+ms|\d+(\.\d+)?s)[; ]", report), report  # not 1h2m
+    # ... and the dashboard (a's bar ran on to now, the run's timeline with it).
+    from tests.test_observe import chromium, get, serve_dashboard
+
+    dashboard, port = serve_dashboard(tmp_path)
+    try:
+        code, body = get(f"http://127.0.0.1:{port}/api/runs/{run_id}")
+        assert code == 200, body
+        snap = json.loads(body)
+        (a,) = [t for t in snap["tasks"] if t["id"] == "a"]
+        assert a["state"] == "ended", a
+        assert a["reason"] == "exit 0 while abreast was down; `abreast resume` takes its result"
+        (attempt,) = [x for x in snap["attempts"] if x["task"] == "a"]
+        assert attempt["state"] == "ended" and attempt["exit_code"] == 0
+        assert 0.4 < attempt["ended_at"] - attempt["started_at"] < 30, attempt
+        assert snap["run"]["until"] == pytest.approx(attempt["ended_at"], abs=0.01)
+        driver = chromium(tmp_path / "chromium-profile")
+        try:
+            driver.get(f"http://127.0.0.1:{port}/runs/{run_id}")
+            shown_state = (  # the DAG's box of a
+                "const n = document.querySelector('[data-task=\"a\"]');"
+                "return n && n.getAttribute('data-state');"
+            )
+            wait_for(lambda: driver.execute_script(shown_state) == "ended", what="a as ended")
+        finally:
+            driver.quit()
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=10)
     resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=tmp_path)
     assert resumed.code == 0, resumed.out + resumed.err
     [(wall_s, ended_at)] = query(db, "SELECT wall_s, ended_at FROM attempts WHERE task_id = 'a'")

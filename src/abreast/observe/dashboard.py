@@ -301,6 +301,7 @@ class Dashboard:
         said = self._last_words(journal, data)
         last = {a.task_id: a.attempt for a in data.attempts}
         ready = rundata.ready_waits(journal, run.id) if run.state == "running" else {}
+        state, asked = _run_state(run)
         tasks = [
             {
                 "id": t.task_id,
@@ -371,7 +372,6 @@ class Dashboard:
         ]
         integrating = [t.task_id for t in data.tasks if t.state == "integrating"]
         queue_now = rundata.merge_queue_now(journal, run.id, integrating) if integrating else []
-        state, asked = _run_state(run)
         return {
             "run": {
                 "id": run.id,
@@ -385,6 +385,8 @@ class Dashboard:
                 "lock_waited_s": sum(w.wait_s for w in data.waits),
                 "checks_s": rundata.checks_s(journal, run.id),  # merge checks ran so long
                 "pauses": run.pauses,  # before each resume: the timeline leaves them out
+                # An interrupted run's timeline ends here (else at its end, or now).
+                "until": data.until,
                 # About how long it has left, by the estimates (null: not running, or
                 # an unfinished task's estimate is only the default's guess).
                 "time_left_s": rundata.time_left(

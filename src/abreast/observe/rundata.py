@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -11,6 +12,8 @@ from itertools import pairwise
 from typing import Any
 
 from abreast.coord.journal import AttemptRow, EventRow, Journal, RunRow, TaskRow
+from abreast.engine.lookup import orchestrator_alive
+from abreast.executor.exits import recorded_exits
 from abreast.executor.logs import (
     TAIL_HEADING,
     log_tail,
@@ -19,6 +22,7 @@ from abreast.executor.logs import (
     telling_line,
     with_last_line,
 )
+from abreast.executor.process import describe_status
 from abreast.spec.durations import listed
 
 MERGE_EVENTS = (
@@ -301,13 +305,15 @@ class RunData:
     signals: dict[tuple[str, str], float] = field(default_factory=dict)  # -> when given
     waits: list[LockWait] = field(default_factory=list)  # for locks, inside attempts
     waiting: list[OpenWait] = field(default_factory=list)  # ... not ended (see OpenWait)
+    until: float | None = None  # interrupted: until when it was at work (else now or its end)
 
     @property
     def edges(self) -> list[tuple[str, str]]:
         return [(a, b) for a, b in (self.plan or {}).get("edges", [])]
 
     def wall_s(self) -> float:
-        return self.run.active_s(self.run.started_at, self.run.finished_at or time.time())
+        end = self.run.finished_at or self.until or time.time()
+        return self.run.active_s(self.run.started_at, end)
 
     def busy_s(self) -> float:
         """The seconds its tasks worked: their attempts' time, less what they waited for
@@ -317,7 +323,7 @@ class RunData:
     def task_elapsed(self) -> dict[str, float]:
         """Each task's actual time: from its first start to its end (retries and merging
         included)."""
-        now = time.time()
+        now = self.until or time.time()
         out = {}
         for t in self.tasks:
             if t.started_at is not None:
@@ -390,6 +396,43 @@ def checks_s(journal: Journal, run_id: str) -> float:
     )
 
 
+NO_END_RECORDED = "no end recorded: `abreast resume` stops it if it still runs, and runs it again"
+
+
+def ended_note(code: int) -> str:
+    """What an attempt of an interrupted run that ended after its orchestrator died is."""
+    return (
+        f"{describe_status(code, None)} while abreast was down; `abreast resume` takes its result"
+    )
+
+
+def ended_while_down(
+    journal: Journal, run_id: str
+) -> dict[tuple[str, int], tuple[int, float | None, float | None]]:
+    """The attempts of an interrupted run that ended after its orchestrator died, as their
+    shells recorded it (what `abreast resume` will take): (status, started, ended) by
+    (task, attempt)."""
+    open_ = [a for a in journal.attempts(run_id) if a.ended_at is None and a.status_file]
+    out = {}
+    for exits_file in {a.status_file for a in open_}:
+        ended = recorded_exits(exits_file)
+        for a in open_:
+            if a.status_file == exits_file and (e := ended.get(f"{a.task_id}.{a.attempt}")):
+                out[(a.task_id, a.attempt)] = (e[0], a.started_at, e[1])
+    return out
+
+
+def interrupted_until(
+    journal: Journal,
+    row: RunRow,
+    down: dict[tuple[str, int], tuple[int, float | None, float | None]] | None = None,
+) -> float:
+    """Until when an interrupted run was at work: when its orchestrator was last seen at
+    it, or the last of its attempts that ended after it died (`down`, if read already)."""
+    down = ended_while_down(journal, row.id) if down is None else down
+    return max([journal.last_alive(row), *(e[2] for e in down.values() if e[2] is not None)])
+
+
 def load(journal: Journal, run_id: str, attempts: bool = True) -> RunData | None:
     """The run as journaled; `attempts=False` leaves its attempts out (an empty list)."""
     run = journal.run(run_id)
@@ -399,7 +442,36 @@ def load(journal: Journal, run_id: str, attempts: bool = True) -> RunData | None
     plan = run.options.get("plan")
     signals = journal.signal_times(run_id) if plan and plan.get("signal_edges") else {}
     waits, waiting = _lock_waits(journal, run_id) if attempts else ([], [])
-    return RunData(run, journal.tasks(run_id), tries, plan, signals, waits, waiting)
+    data = RunData(run, journal.tasks(run_id), tries, plan, signals, waits, waiting)
+    if attempts and run.state == "running" and not orchestrator_alive(run):
+        _as_interrupted(journal, data)
+    return data
+
+
+def _as_interrupted(journal: Journal, data: RunData) -> None:
+    """An interrupted run as `status` says it: its attempts that ran on after the
+    orchestrator died and ended are `ended` (when, how and how long they took, from the
+    exits file), the tasks of those `ended`, the others `running` with no end recorded,
+    and the run at work until the last of those ends (not until now)."""
+    down = ended_while_down(journal, data.run.id)
+    data.until = interrupted_until(journal, data.run, down)
+    for i, a in enumerate(data.attempts):
+        if a.ended_at is None and (e := down.get((a.task_id, a.attempt))) is not None:
+            code, started, end = e
+            took = end - started if end is not None and started is not None else None
+            data.attempts[i] = dataclasses.replace(
+                a, state="ended", ended_at=end, exit_code=code, wall_s=took, reason=ended_note(code)
+            )
+    for i, t in enumerate(data.tasks):
+        if t.state == "running":
+            e = down.get((t.task_id, t.attempts))
+            data.tasks[i] = (
+                dataclasses.replace(t, reason=NO_END_RECORDED)
+                if e is None
+                else dataclasses.replace(
+                    t, state="ended", finished_at=e[2], exit_code=e[0], reason=ended_note(e[0])
+                )
+            )
 
 
 def cap_story(journal: Journal, run_id: str) -> dict[str, Any] | None:

@@ -19,7 +19,6 @@ from abreast.engine.states import FAILED_STATES, RUN_ENDED, TERMINAL, TaskState
 from abreast.errors import UsageError
 from abreast.eta import about
 from abreast.executor.logs import KeyMasker, open_regular
-from abreast.executor.process import describe_status
 from abreast.observe import rundata
 from abreast.observe.output import reader_gone
 from abreast.spec.durations import format_duration
@@ -172,24 +171,6 @@ def results_to_land(runs: list[RunRow]) -> set[str]:
     return found
 
 
-def _ended_while_down(
-    journal: Journal, run_id: str
-) -> dict[tuple[str, int], tuple[int, float | None, float | None]]:
-    """The attempts of an interrupted run that ended after its orchestrator died, as their
-    shells recorded it (what `abreast resume` will take): (status, started, ended) by
-    (task, attempt)."""
-    from abreast.executor.exits import recorded_exits
-
-    open_ = [a for a in journal.attempts(run_id) if a.ended_at is None and a.status_file]
-    out = {}
-    for exits_file in {a.status_file for a in open_}:
-        ended = recorded_exits(exits_file)
-        for a in open_:
-            if a.status_file == exits_file and (e := ended.get(f"{a.task_id}.{a.attempt}")):
-                out[(a.task_id, a.attempt)] = (e[0], a.started_at, e[1])
-    return out
-
-
 def tasks_done(counts: dict[str, int]) -> str:
     """`12/12 done`, `2/3 done, 1 failed`: a run's tasks, from `Journal.task_states`."""
     done = counts.get("succeeded", 0) + counts.get("skipped", 0)
@@ -201,9 +182,8 @@ def run_took(journal: Journal, row: RunRow, state: str) -> float:
     """How long the run has been orchestrated: to its end, to now while it runs, or to
     when its orchestrator was last seen at work when it died (not the time since)."""
     end = row.finished_at or time.time()
-    if state == "interrupted":  # to when it was last seen at work, or its attempts were
-        ends = [e[2] for e in _ended_while_down(journal, row.id).values() if e[2] is not None]
-        end = max([journal.last_alive(row), *ends])
+    if state == "interrupted":
+        end = rundata.interrupted_until(journal, row)
     return row.active_s(row.started_at, end)
 
 
@@ -251,7 +231,7 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     if state == "running" and any(t.state == "ready" for t in tasks):
         ready = rundata.ready_waits(journal, row.id)
     words = _last_words(journal, row.id, tasks)
-    down = _ended_while_down(journal, row.id) if state == "interrupted" else {}
+    down = rundata.ended_while_down(journal, row.id) if state == "interrupted" else {}
     for t in listed[:TASK_ROWS]:
         took = "-"
         shown = t.state
@@ -260,18 +240,13 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         if t.state == "running" and state == "interrupted":
             ended = down.get((t.task_id, t.attempts))
             if ended is None:
-                words[t.task_id] = (
-                    "no end recorded: `abreast resume` stops it if it still runs, and runs it again"
-                )
+                words[t.task_id] = rundata.NO_END_RECORDED
             else:  # it ran on after the orchestrator died, and ended
                 (code, started, ended_at) = ended
                 shown = "ended"
                 if ended_at is not None and started is not None:
                     took = format_duration(max(0.0, ended_at - started))
-                words[t.task_id] = (
-                    f"{describe_status(code, None)} while abreast was down; `abreast resume` "
-                    "takes its result"
-                )
+                words[t.task_id] = rundata.ended_note(code)
         rss = f"{t.peak_rss_bytes / 1e6:.1f}MB" if t.peak_rss_bytes else "-"
         note = rundata.fitted(words.get(t.task_id) or rundata.headline(t.reason), 80)
         if t.state == "integrating" and (q := merging.get(t.task_id)):

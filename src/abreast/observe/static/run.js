@@ -175,7 +175,7 @@ function drawDag(snap) {
 function drawTimeline(snap) {
   const box = document.getElementById("timeline");
   box.replaceChildren();
-  const start = snap.run.started_at, end = snap.run.finished_at || snap.now;
+  const start = snap.run.started_at, end = snap.run.finished_at || snap.run.until || snap.now;
   // The run's own time since its start: the pauses before resumes are left out.
   const at = t => (t - start) - (snap.run.pauses || []).reduce(
     (sum, [a, b]) => sum + Math.max(0, Math.min(t, b) - Math.max(start, a)), 0);
@@ -195,7 +195,7 @@ function drawTimeline(snap) {
   for (const a of snap.attempts) {
     if (!a.started_at) continue;
     const x = left + at(a.started_at) / span * width;
-    const w = Math.max(2, (at(a.ended_at || snap.now) - at(a.started_at)) / span * width);
+    const w = Math.max(2, (at(a.ended_at || snap.run.until || snap.now) - at(a.started_at)) / span * width);
     const bar = el("svg:rect", {class: "bar " + a.state, x, y: top + ids.indexOf(a.task) * row,
                                 width: w, height: row - 4, "data-attempt": `${a.task}.${a.attempt}`});
     const why = a.reason ? ` (${a.reason})` : "";
