@@ -288,6 +288,43 @@ def test_an_attempt_that_ended_while_abreast_was_down_took_its_own_time_not_the_
     assert re.search(r"critical path: a -> b took \d+(\.\d+)?m?s\n", resumed.out), resumed.out
 
 
+def test_cancel_of_a_crashed_run_says_what_ended_meanwhile_and_resume_takes_it(
+    tmp_path: Path,
+) -> None:
+    # After a crash, `abreast cancel` marked every task "cancelled while its orchestrator
+    # was gone", though one had ended with its work done (resume took it all the same:
+    # the cancel said nothing of it), and the run "ended" at the cancel, the time between
+    # counted as the run's.
+    from abreast.executor.exits import recorded_exits
+
+    path = write_workflow(
+        tmp_path,
+        "gone",
+        {"a": {"run": "touch a.started; sleep 0.3; echo x >> a.count"}, "b": {"run": "true"}},
+        max_parallel=1,
+    )
+    proc, run_id = start_run(path, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "a.started").exists(), what="a to start")
+    kill9(proc)
+    exits = tmp_path / ".abreast" / "runs" / run_id / "exits"
+    wait_for(lambda: exits.exists() and "a.1 0" in exits.read_text(), what="a to end")
+    cancelled = run_abreast("cancel", run_id, cwd=tmp_path)
+    assert cancelled.code == 0, cancelled.err
+    assert cancelled.out.endswith(
+        f"; a ended meanwhile: `abreast resume {run_id}` takes its result\n"
+    ), cancelled.out
+    shown = run_abreast("status", run_id, cwd=tmp_path).out
+    assert re.search(r"\n  a +cancelled .* exit 0 while abreast was down; `abreast resume`", shown)
+    db = tmp_path / ".abreast" / "state.db"
+    [(finished,)] = query(db, "SELECT finished_at FROM runs")
+    [(_, a_end)] = recorded_exits(str(exits)).values()
+    assert a_end is not None and finished == pytest.approx(a_end, abs=0.05)
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=tmp_path)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "a: attempt 1 ended while abreast was down (exit 0); taking its result" in resumed.out
+    assert (tmp_path / "a.count").read_text() == "x\n"  # not run again
+
+
 def test_a_signal_nobody_read_before_the_crash_releases_its_waiters_on_resume(
     tmp_path: Path,
 ) -> None:

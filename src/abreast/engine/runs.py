@@ -892,22 +892,41 @@ def _ask(row: RunRow, sig: int, what: str) -> str:
 
 
 def _cancel_dead(journal: Journal, row: RunRow) -> str:
+    from abreast.observe.rundata import ended_note, ended_while_down, interrupted_until
+
     killed = asyncio.run(_kill_strays(journal, row.id))
-    now = time.time()
+    # Those that ran on and ended: their work is not lost (what a resume takes up).
+    down = ended_while_down(journal, row.id)
+    # It ended when it was last at work (the time since, to this cancel, is not its own,
+    # as the time between a cancel and its resume is not), or now if a task still ran.
+    now = time.time() if killed else min(time.time(), interrupted_until(journal, row, down))
     journal.stage_run(row.id, state="cancelled", finished_at=now)
+    kept = []
     for t in journal.tasks(row.id):
         if t.state in ("pending", "ready", "running", "integrating"):
+            ended = down.get((t.task_id, t.attempts)) if t.state == "running" else None
+            if ended is not None:
+                kept.append(t.task_id)
             journal.stage_task(
                 row.id,
                 t.task_id,
                 state="cancelled",
-                reason="cancelled while its orchestrator was gone",
+                reason="cancelled while its orchestrator was gone"
+                if ended is None
+                else ended_note(ended[0]),
+                **({"finished_at": ended[2] or now} if ended else {}),
             )
     journal.stage_event(row.id, "run.cancelled", reason="orchestrator dead", killed=killed)
     journal.commit()
+    said = (
+        f"; {listed(kept, 5)} ended meanwhile: `abreast resume {row.id}` takes "
+        f"{'its result' if len(kept) == 1 else 'their results'}"
+        if kept
+        else ""
+    )
     return (
         f"run {row.id} had no live orchestrator; marked cancelled, "
-        f"{counted(killed, 'stray process', 'stray processes')} killed"
+        f"{counted(killed, 'stray process', 'stray processes')} killed{said}"
     )
 
 
