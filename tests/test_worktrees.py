@@ -2313,6 +2313,68 @@ def test_resume_removes_the_worktrees_and_heartbeats_of_attempts_it_killed(repo:
     assert query(coord, beats)[0][0] == 0  # nor heartbeats of the killed attempts
 
 
+def test_cleanup_after_a_crash_keeps_the_work_of_a_task_that_ended_meanwhile(
+    repo: Path, tmp_path: Path
+) -> None:
+    # After a crash, `abreast cleanup` ("remove what dead runs left") removed the worktree
+    # holding the uncommitted work of an agent that had ended well meanwhile; the resume
+    # then failed the task, "its work was lost in a crash", and blocked what needed it.
+    go = tmp_path / "go"
+    wait = f"touch {tmp_path}/started; while [ ! -e {go} ]; do sleep 0.05; done; echo A > a.txt"
+    tasks = {"a": {"run": wait}, "b": {"run": "cp a.txt b.txt", "needs": ["a"]}}
+    path = workflow(repo, tasks)
+    proc, run_id = start_run(path, cwd=repo)
+    with touched_after(go):
+        wait_for((tmp_path / "started").exists, what="a to start")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+    exits = repo / ".abreast" / "runs" / run_id / "exits"
+    wait_for(lambda: exits.exists() and "a.1 0" in exits.read_text(), what="a to end")
+    cleaned = run_abreast("cleanup", cwd=repo)
+    assert cleaned.code == 0, cleaned.err
+    assert re.search(
+        rf"keep worktree (\S+): the work of a, which ended after the orchestrator died "
+        rf"\(`abreast resume {run_id}` takes it\)",
+        cleaned.out,
+    ), cleaned.out
+    # What cleanup journaled of the run is not the run at work (its time would run on).
+    from abreast.coord.journal import Journal
+
+    with Journal(repo / ".abreast" / "state.db") as journal:
+        row = journal.run(run_id)
+        assert row is not None
+        [cleaned_at] = [e.ts for e in journal.events(run_id, types=("run.cleaned",))]
+        assert journal.last_alive(row) < cleaned_at
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=repo)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert show(repo, integration(run_id), "b.txt") == "A\n"
+    assert run_abreast("cleanup", cwd=repo).out.startswith("nothing to clean up\n")
+
+
+def test_a_task_whose_work_a_crash_lost_runs_again_without_spending_a_retry(
+    repo: Path, tmp_path: Path
+) -> None:
+    # Its worktree gone by the resume (removed by hand, a cleanup of old): the task failed,
+    # "its work was lost in a crash", with no retries left, and what needed it was blocked.
+    go = tmp_path / "go"
+    wait = f"touch {tmp_path}/started; while [ ! -e {go} ]; do sleep 0.05; done; echo A > a.txt"
+    tasks = {"a": {"run": wait, "retries": 0}, "b": {"run": "cp a.txt b.txt", "needs": ["a"]}}
+    path = workflow(repo, tasks)
+    proc, run_id = start_run(path, cwd=repo)
+    with touched_after(go):
+        wait_for((tmp_path / "started").exists, what="a to start")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+    exits = repo / ".abreast" / "runs" / run_id / "exits"
+    wait_for(lambda: exits.exists() and "a.1 0" in exits.read_text(), what="a to end")
+    [(workdir,)] = query(repo / ".abreast" / "state.db", "SELECT workdir FROM attempts")
+    shutil.rmtree(workdir)
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=repo)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "start   a (attempt 2)" in resumed.out
+    assert show(repo, integration(run_id), "b.txt") == "A\n"
+
+
 def test_a_resumed_runs_summary_counts_what_landed_before_the_crash(repo: Path) -> None:
     go = repo.parent / "go"
     tasks = {

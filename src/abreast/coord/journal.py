@@ -703,8 +703,10 @@ class Journal:
         """When the run's orchestrator was last seen at work: its last heartbeat, or the
         last event it journaled if later (one killed before its first heartbeat did work
         all the same)."""
-        last = self._db.execute(
-            "SELECT ts FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", (row.id,)
+        last = self._db.execute(  # (not what `abreast cleanup` journaled of it since)
+            "SELECT ts FROM events WHERE run_id = ? AND type NOT IN ('run.cleaned',"
+            " 'orphan.cleaned') ORDER BY seq DESC LIMIT 1",
+            (row.id,),
         ).fetchone()
         return max(row.heartbeat_at or row.started_at, float(last[0]) if last else 0.0)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import socket
@@ -33,6 +34,7 @@ from abreast.engine.runs import _kill_strays, _stray_pids
 from abreast.engine.states import RUN_ENDED
 from abreast.executor.process import kill_pids, marked_processes
 from abreast.spec.durations import counted, format_size
+from abreast.workspace.cleanup import Leftovers
 
 ORPHAN_AFTER_S = 120.0
 
@@ -46,6 +48,9 @@ class Plan:
     actions: list[str] = field(default_factory=list)
     forget: bool = False  # its journal entries and its directory of logs and outputs go
     kept_workflow: str | None = None  # the copy of a workflow read from stdin, gone with it
+    # Worktrees holding the work of attempts that ended after the orchestrator died, which
+    # a resume takes up (workdir -> task): kept, with their task branches.
+    keep: dict[str, str] = field(default_factory=dict)
     leases: list[str] = field(default_factory=list)  # what it does in the coordinator
 
 
@@ -143,7 +148,16 @@ def cleanup(
             if run_id in active or (run_id not in known and _running_elsewhere(root, run_id)):
                 continue
             plan = _leftover_plan(plans, run_id, known)
-            left = leftovers(repo, run_id)
+            if journal is not None and run_id in known and not plan.forget:
+                plan.keep = _work_to_take_up(journal, run_id)
+            found = leftovers(repo, run_id)
+            left = _without(found, plan.keep)
+            plan.actions += [
+                f"keep worktree {p}: the work of {plan.keep[str(p)]}, which ended after the "
+                f"orchestrator died (`abreast resume {run_id}` takes it)"
+                for p in found.worktrees
+                if str(p) in plan.keep
+            ]
             plan.actions += [f"remove worktree {p}" for p in left.worktrees]
             plan.actions += [
                 f"delete branch {b.removeprefix('refs/heads/')}" for b in left.task_branches
@@ -187,7 +201,7 @@ def cleanup(
             at = plan.actions.index(plan.leases[0])
             plan.actions[at : at + len(plan.leases)] = done
         if repo is not None:
-            remove(repo, leftovers(repo, plan.run_id), results=results)
+            remove(repo, _without(leftovers(repo, plan.run_id), plan.keep), results=results)
         remove_anchor(anchors / plan.run_id)
         if journal and plan.run_id in known and not plan.forget:
             journal.stage_event(
@@ -265,6 +279,33 @@ def _running_elsewhere(root: Path, run_id: str) -> bool:
     same repository (`--state`): a process of it is alive, or the state files it anchored
     are still in use. Its worktrees are its own, not leftovers."""
     return bool(marked_processes(run_id)) or still_linked(anchors_dir(root) / run_id)
+
+
+def _work_to_take_up(journal: Journal, run_id: str) -> dict[str, str]:
+    """Workdir -> task, of the run's attempts that ended well after its orchestrator died
+    (the exits file says so; no orchestrator took them up since): their work is in their
+    worktree, uncommitted, and `abreast resume` lands it. Removing it lost the work, and
+    the resume failed the task: "its work was lost in a crash"."""
+    from abreast.observe.rundata import ended_while_down
+
+    down = ended_while_down(journal, run_id)
+    return {
+        a.workdir: a.task_id
+        for a in journal.attempts(run_id)
+        if a.workdir and (e := down.get((a.task_id, a.attempt))) is not None and e[0] == 0
+    }
+
+
+def _without(left: Leftovers, keep: dict[str, str]) -> Leftovers:
+    """`left` less the worktrees in `keep`, and the branches of their tasks."""
+    if not keep:
+        return left
+    branches = {f"refs/heads/abreast/{left.run_id}/{task}" for task in keep.values()}
+    return dataclasses.replace(
+        left,
+        worktrees=[p for p in left.worktrees if str(p) not in keep],
+        task_branches=[b for b in left.task_branches if b not in branches],
+    )
 
 
 def _leftover_plan(plans: dict[str, Plan], run_id: str, known: set[str]) -> Plan:

@@ -1306,7 +1306,11 @@ class Engine:
                 kind=verdict.kind,
                 detail=verdict.detail[:2000],
             )
-            self._attempt_failed(tr, verdict.detail, timed_out=False, with_log=False)
+            if verdict.kind == "resume":  # its work was lost (its worktree gone), by no
+                # fault of the task's: run again, no retry spent (it failed with none left)
+                self._send_back(tr, verdict.detail, kind="resume", delay_s=0.0)
+            else:
+                self._attempt_failed(tr, verdict.detail, timed_out=False, with_log=False)
         else:
             self._reject(tr, verdict.detail)
             self._fail(tr, TaskState.FAILED, verdict.detail)
