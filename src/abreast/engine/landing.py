@@ -44,32 +44,45 @@ def land_run(
     run_id: str | None, *, state: str | None, partial: bool, note: Callable[[str], None]
 ) -> Landed:
     found_at, journal = open_journal(None, state)
-    with journal, landing_lock(found_at, find_run(journal, run_id).id, note):
-        row = find_run(journal, run_id)  # as it is now that no other landing is at work
-        landed = _landed_tasks(journal, row)
-        wf = _workflow(row, journal, partial, landed, note)
-        location = dataclasses.replace(found_at, root=Path(row.root))
-        branch = integration_branch(row.id)
-        if not _has_branch(location.root, branch):
-            raise UsageError(
-                f"run {row.id}'s result branch {branch} is gone (`abreast cleanup --results`, "
-                "or deleted by hand)",
-                hint=f"`abreast diff {row.id} --all` says whether git still has its commits",
-            )
-        if not landed:
-            return Landed(row.id, f"nothing to land: no task's work landed in run {row.id}", False)
-        _refuse_without_base_branch(location.root, row, branch)
-        try:
-            coord = open_coordinator(location.coord_url, calls_wait_s=BEST_EFFORT_WAIT_S)
-        except CoordError as e:
-            raise StateError(str(e), hint="check --state / ABREAST_STATE") from e
-        supervisor = Supervisor(wf, row.id, coord, journal, lambda _text: None)
-        try:
-            done = asyncio.run(_land(wf, location, row, journal, supervisor, note))
-        finally:
-            supervisor.close()
-        _journal(journal, row, done.line, done.unlanded)
-        return done
+    with journal:
+        run_id = find_run(journal, run_id).id  # (the latest, without RUN: this one, then)
+        with landing_lock(found_at, run_id, note):
+            return _land_locked(journal, found_at, run_id, partial, note)
+
+
+def _land_locked(
+    journal: Journal,
+    found_at: StateLocation,
+    run_id: str,
+    partial: bool,
+    note: Callable[[str], None],
+) -> Landed:
+    """The landing, with the run's landing lock held."""
+    row = find_run(journal, run_id)  # as it is now that no other landing is at work
+    landed = _landed_tasks(journal, row)
+    wf = _workflow(row, journal, partial, landed, note)
+    location = dataclasses.replace(found_at, root=Path(row.root))
+    branch = integration_branch(row.id)
+    if not _has_branch(location.root, branch):
+        raise UsageError(
+            f"run {row.id}'s result branch {branch} is gone (`abreast cleanup --results`, "
+            "or deleted by hand)",
+            hint=f"`abreast diff {row.id} --all` says whether git still has its commits",
+        )
+    if not landed:
+        return Landed(row.id, f"nothing to land: no task's work landed in run {row.id}", False)
+    _refuse_without_base_branch(location.root, row, branch)
+    try:
+        coord = open_coordinator(location.coord_url, calls_wait_s=BEST_EFFORT_WAIT_S)
+    except CoordError as e:
+        raise StateError(str(e), hint="check --state / ABREAST_STATE") from e
+    supervisor = Supervisor(wf, row.id, coord, journal, lambda _text: None)
+    try:
+        done = asyncio.run(_land(wf, location, row, journal, supervisor, note))
+    finally:
+        supervisor.close()
+    _journal(journal, row, done.line, done.unlanded)
+    return done
 
 
 def _has_branch(root: Path, branch: str) -> bool:

@@ -406,9 +406,11 @@ def ended_note(code: int) -> str:
     )
 
 
-def ended_while_down(
-    journal: Journal, run_id: str
-) -> dict[tuple[str, int], tuple[int, float | None, float | None]]:
+# (task, attempt) -> (exit status, started, ended: None where the line has no time here)
+EndedWhileDown = dict[tuple[str, int], tuple[int, float | None, float | None]]
+
+
+def ended_while_down(journal: Journal, run_id: str) -> EndedWhileDown:
     """The attempts of an interrupted run that ended after its orchestrator died, as their
     shells recorded it (what `abreast resume` will take): (status, started, ended) by
     (task, attempt)."""
@@ -425,7 +427,7 @@ def ended_while_down(
 def interrupted_until(
     journal: Journal,
     row: RunRow,
-    down: dict[tuple[str, int], tuple[int, float | None, float | None]] | None = None,
+    down: EndedWhileDown | None = None,
 ) -> float:
     """Until when an interrupted run was at work: when its orchestrator was last seen at
     it, or the last of its attempts that ended after it died (`down`, if read already)."""
