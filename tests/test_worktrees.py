@@ -2313,23 +2313,30 @@ def test_resume_removes_the_worktrees_and_heartbeats_of_attempts_it_killed(repo:
     assert query(coord, beats)[0][0] == 0  # nor heartbeats of the killed attempts
 
 
-def test_cleanup_after_a_crash_keeps_the_work_of_a_task_that_ended_meanwhile(
-    repo: Path, tmp_path: Path
-) -> None:
-    # After a crash, `abreast cleanup` ("remove what dead runs left") removed the worktree
-    # holding the uncommitted work of an agent that had ended well meanwhile; the resume
-    # then failed the task, "its work was lost in a crash", and blocked what needed it.
+def crashed_while_a_runs_then_a_ended(repo: Path, tmp_path: Path) -> str:
+    """A run of a (no retries) and b, which copies a's file, whose orchestrator was
+    SIGKILLed while a ran, and a ended well after (its work left in its worktree, for a
+    resume to land): the run's id."""
     go = tmp_path / "go"
     wait = f"touch {tmp_path}/started; while [ ! -e {go} ]; do sleep 0.05; done; echo A > a.txt"
-    tasks = {"a": {"run": wait}, "b": {"run": "cp a.txt b.txt", "needs": ["a"]}}
-    path = workflow(repo, tasks)
-    proc, run_id = start_run(path, cwd=repo)
+    tasks = {"a": {"run": wait, "retries": 0}, "b": {"run": "cp a.txt b.txt", "needs": ["a"]}}
+    proc, run_id = start_run(workflow(repo, tasks), cwd=repo)
     with touched_after(go):
         wait_for((tmp_path / "started").exists, what="a to start")
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
     exits = repo / ".abreast" / "runs" / run_id / "exits"
     wait_for(lambda: exits.exists() and "a.1 0" in exits.read_text(), what="a to end")
+    return run_id
+
+
+def test_cleanup_after_a_crash_keeps_the_work_of_a_task_that_ended_meanwhile(
+    repo: Path, tmp_path: Path
+) -> None:
+    # After a crash, `abreast cleanup` ("remove what dead runs left") removed the worktree
+    # holding the uncommitted work of an agent that had ended well meanwhile; the resume
+    # then failed the task, "its work was lost in a crash", and blocked what needed it.
+    run_id = crashed_while_a_runs_then_a_ended(repo, tmp_path)
     cleaned = run_abreast("cleanup", cwd=repo)
     assert cleaned.code == 0, cleaned.err
     assert re.search(
@@ -2356,17 +2363,7 @@ def test_a_task_whose_work_a_crash_lost_runs_again_without_spending_a_retry(
 ) -> None:
     # Its worktree gone by the resume (removed by hand, a cleanup of old): the task failed,
     # "its work was lost in a crash", with no retries left, and what needed it was blocked.
-    go = tmp_path / "go"
-    wait = f"touch {tmp_path}/started; while [ ! -e {go} ]; do sleep 0.05; done; echo A > a.txt"
-    tasks = {"a": {"run": wait, "retries": 0}, "b": {"run": "cp a.txt b.txt", "needs": ["a"]}}
-    path = workflow(repo, tasks)
-    proc, run_id = start_run(path, cwd=repo)
-    with touched_after(go):
-        wait_for((tmp_path / "started").exists, what="a to start")
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=10)
-    exits = repo / ".abreast" / "runs" / run_id / "exits"
-    wait_for(lambda: exits.exists() and "a.1 0" in exits.read_text(), what="a to end")
+    run_id = crashed_while_a_runs_then_a_ended(repo, tmp_path)
     [(workdir,)] = query(repo / ".abreast" / "state.db", "SELECT workdir FROM attempts")
     shutil.rmtree(workdir)
     resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=repo)
