@@ -288,6 +288,40 @@ def test_an_attempt_that_ended_while_abreast_was_down_took_its_own_time_not_the_
     assert re.search(r"critical path: a -> b took \d+(\.\d+)?m?s\n", resumed.out), resumed.out
 
 
+def test_an_attempt_stopped_by_the_machine_going_down_runs_again_not_failed(
+    tmp_path: Path,
+) -> None:
+    # A machine shut down cleanly TERMs everything: the wrapper recorded 143 for the
+    # attempt, and the resume after the reboot took it as the attempt's failure (no
+    # retries left: failed, "exit 143 (SIGTERM)"). Its line says the boot it was written
+    # in: one that has ended is a shutdown, and the attempt was interrupted, not failed.
+    # (And a line cut short by the shutdown, without its status, is passed over.)
+    path = write_workflow(
+        tmp_path,
+        "reboot",
+        {"a": {"run": "touch a.started; test -e go || sleep 60; echo x >> a.count", "retries": 0}},
+    )
+    proc, run_id = start_run(path, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "a.started").exists(), what="a to start")
+    db = tmp_path / ".abreast" / "state.db"
+    wait_for(lambda: query(db, "SELECT pgid FROM attempts") != [(None,)], what="a journaled")
+    kill9(proc)
+    [(pid, pgid)] = query(db, "SELECT pid, pgid FROM attempts")
+    os.killpg(pgid, signal.SIGKILL)  # (what the shutdown took down, as it went)
+    wait_for(lambda: not pid_alive(pid), what="a's shell to be gone")
+    exits = tmp_path / ".abreast" / "runs" / run_id / "exits"
+    with exits.open("a") as f:  # as its shell wrote them, TERMed in the boot before
+        f.write("a.1 143 3601.50 5f1c32a0-0000-4000-8000-000000000000\nb.1")
+    (tmp_path / "go").touch()
+    shown = run_abreast("status", run_id, cwd=tmp_path).out
+    assert "no end recorded" in shown, shown
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=tmp_path)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "start   a (attempt 2)" in resumed.out
+    assert "ended while abreast was down" not in resumed.out
+    assert (tmp_path / "a.count").read_text() == "x\n"
+
+
 def test_cancel_of_a_crashed_run_says_what_ended_meanwhile_and_resume_takes_it(
     tmp_path: Path,
 ) -> None:
@@ -317,7 +351,7 @@ def test_cancel_of_a_crashed_run_says_what_ended_meanwhile_and_resume_takes_it(
     assert re.search(r"\n  a +cancelled .* exit 0 while abreast was down; `abreast resume`", shown)
     db = tmp_path / ".abreast" / "state.db"
     [(finished,)] = query(db, "SELECT finished_at FROM runs")
-    [(_, a_end)] = recorded_exits(str(exits)).values()
+    [(_, a_end, _)] = recorded_exits(str(exits)).values()
     assert a_end is not None and finished == pytest.approx(a_end, abs=0.05)
     resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=tmp_path)
     assert resumed.code == 0, resumed.out + resumed.err

@@ -1302,7 +1302,10 @@ async def _resume(
     for a in journal.attempts(row.id):
         if a.ended_at is not None:
             continue
-        code, ended_at = ended.get(f"{a.task_id}.{a.attempt}", (None, None))
+        recorded = ended.get(f"{a.task_id}.{a.attempt}")
+        if recorded is not None and recorded.stopped_by_shutdown:
+            recorded = None  # the machine went down under it: run it again, as interrupted
+        code, ended_at = (recorded.status, recorded.ended_at) if recorded else (None, None)
         exit_ = None
         if code is not None:
             start = a.started_at or now

@@ -7,11 +7,30 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from typing import NamedTuple
 
 from abreast.executor.logs import open_regular
 
 
-def recorded_exits(exits_file: str | None) -> dict[str, tuple[int, float | None]]:
+class Recorded(NamedTuple):
+    """How an attempt ended, as its shell recorded it."""
+
+    status: int
+    ended_at: float | None  # wall-clock time; None where the line has none of this boot
+    # Written in another boot or on another machine (a Ray node) than this one's.
+    elsewhere: bool = False
+
+    @property
+    def stopped_by_shutdown(self) -> bool:
+        """Ended by the signal a machine going down sends everything (TERM, then KILL;
+        HUP, INT), in a boot that has ended: the attempt was interrupted, not failed."""
+        return self.elsewhere and self.status in _STOPPED
+
+
+_STOPPED = {128 + 1, 128 + 2, 128 + 9, 128 + 15}  # HUP, INT, KILL, TERM
+
+
+def recorded_exits(exits_file: str | None) -> dict[str, Recorded]:
     """How attempts ended, by "TASK.ATTEMPT", from the run's exits file: the status, and
     when (wall-clock time), where the line says it of this boot of this machine.
 
@@ -20,7 +39,7 @@ def recorded_exits(exits_file: str | None) -> dict[str, tuple[int, float | None]
     is ignored, and that attempt counts as interrupted. The time is None for a line of
     another machine (a Ray node) or boot, or one without it.
     """
-    out: dict[str, tuple[int, float | None]] = {}
+    out: dict[str, Recorded] = {}
     if not exits_file:
         return out
     try:
@@ -30,14 +49,16 @@ def recorded_exits(exits_file: str | None) -> dict[str, tuple[int, float | None]
         return out
     boot, booted_at = this_boot()
     for line in text.splitlines():
-        key, code, *when = line.split(" ")
+        key, _, rest = line.partition(" ")
+        code, *when = rest.split(" ")
         if not code.isdigit():
             continue
         ended_at = None
         if len(when) == 2 and boot and when[1] == boot:
             with contextlib.suppress(ValueError):
                 ended_at = booted_at + float(when[0])
-        out[key] = (int(code), ended_at)
+        elsewhere = len(when) == 2 and bool(boot) and bool(when[1]) and when[1] != boot
+        out[key] = Recorded(int(code), ended_at, elsewhere)
     return out
 
 

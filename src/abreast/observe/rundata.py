@@ -419,8 +419,9 @@ def ended_while_down(journal: Journal, run_id: str) -> EndedWhileDown:
     for exits_file in {a.status_file for a in open_}:
         ended = recorded_exits(exits_file)
         for a in open_:
-            if a.status_file == exits_file and (e := ended.get(f"{a.task_id}.{a.attempt}")):
-                out[(a.task_id, a.attempt)] = (e[0], a.started_at, e[1])
+            e = ended.get(f"{a.task_id}.{a.attempt}")
+            if a.status_file == exits_file and e is not None and not e.stopped_by_shutdown:
+                out[(a.task_id, a.attempt)] = (e.status, a.started_at, e.ended_at)
     return out
 
 
