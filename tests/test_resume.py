@@ -244,6 +244,11 @@ def test_an_attempt_that_ended_while_abreast_was_down_took_its_own_time_not_the_
     assert took, shown
     seconds = float(took[1][:-2]) / 1000 if took[1].endswith("ms") else float(took[1][:-1])
     assert 0.4 < seconds < 30, shown  # to a's end, not to the crash (nor to now)
+    said = json.loads(run_abreast("status", run_id, "--json", cwd=tmp_path).out)
+    assert [(t["id"], t["state"], t["exit_code"]) for t in said["tasks"]] == [
+        ("a", "ended", 0),
+        ("b", "pending", None),
+    ]
     # ... and so do the report (its wall time ran to now, a "running" for as long) ...
     report = run_abreast("report", run_id, cwd=tmp_path).out
     assert re.search(r"\n  a +ended +1 +(\d+ms|\d+(\.\d+)?s) +(\d+ms|\d+(\.\d+)?s) ", report)

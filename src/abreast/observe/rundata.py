@@ -465,16 +465,27 @@ def _as_interrupted(journal: Journal, data: RunData) -> None:
             data.attempts[i] = dataclasses.replace(
                 a, state="ended", ended_at=end, exit_code=code, wall_s=took, reason=ended_note(code)
             )
-    for i, t in enumerate(data.tasks):
-        if t.state == "running":
-            e = down.get((t.task_id, t.attempts))
-            data.tasks[i] = (
-                dataclasses.replace(t, reason=NO_END_RECORDED)
-                if e is None
-                else dataclasses.replace(
+    data.tasks = interrupted_tasks(data.tasks, down)
+
+
+def interrupted_tasks(tasks: list[TaskRow], down: EndedWhileDown) -> list[TaskRow]:
+    """The tasks of an interrupted run as it is shown: those running whose attempt ended
+    after the orchestrator died `ended` (how, when), the others running with no end
+    recorded."""
+    out = []
+    for t in tasks:
+        e = down.get((t.task_id, t.attempts)) if t.state == "running" else None
+        if t.state != "running":
+            out.append(t)
+        elif e is None:
+            out.append(dataclasses.replace(t, reason=NO_END_RECORDED))
+        else:
+            out.append(
+                dataclasses.replace(
                     t, state="ended", finished_at=e[2], exit_code=e[0], reason=ended_note(e[0])
                 )
             )
+    return out
 
 
 def cap_story(journal: Journal, run_id: str) -> dict[str, Any] | None:

@@ -48,6 +48,8 @@ def status_json(journal: Journal, row: RunRow) -> dict[str, Any]:
     state = run_state(row)
     tokens = rundata.token_use(journal, row.id)
     tasks = journal.tasks(row.id)
+    if state == "interrupted":  # as the text says it: "ended" where an attempt ran on and did
+        tasks = rundata.interrupted_tasks(tasks, rundata.ended_while_down(journal, row.id))
     return {
         "run_id": row.id,
         "workflow": row.workflow,
@@ -198,6 +200,9 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     elif asked == "cancelling":
         out.write("  cancelling: what runs is being stopped\n")
     tasks = journal.tasks(row.id)
+    failed = sum(TaskState(t.state) in FAILED_STATES for t in tasks)
+    if state == "interrupted":  # its attempts that ran on and ended: `ended`
+        tasks = rundata.interrupted_tasks(tasks, rundata.ended_while_down(journal, row.id))
     retries = rundata.retries_due(journal, row.id) if _sent_back(tasks) else {}
     left = _time_left(journal, row, tasks, retries) if state == "running" else None
     if left is not None:
@@ -231,22 +236,10 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     if state == "running" and any(t.state == "ready" for t in tasks):
         ready = rundata.ready_waits(journal, row.id)
     words = _last_words(journal, row.id, tasks)
-    down = rundata.ended_while_down(journal, row.id) if state == "interrupted" else {}
     for t in listed[:TASK_ROWS]:
         took = "-"
-        shown = t.state
         if t.started_at:
             took = format_duration(row.active_s(t.started_at, t.finished_at or now))
-        if t.state == "running" and state == "interrupted":
-            ended = down.get((t.task_id, t.attempts))
-            if ended is None:
-                words[t.task_id] = rundata.NO_END_RECORDED
-            else:  # it ran on after the orchestrator died, and ended
-                (code, started, ended_at) = ended
-                shown = "ended"
-                if ended_at is not None and started is not None:
-                    took = format_duration(max(0.0, ended_at - started))
-                words[t.task_id] = rundata.ended_note(code)
         rss = f"{t.peak_rss_bytes / 1e6:.1f}MB" if t.peak_rss_bytes else "-"
         note = rundata.fitted(words.get(t.task_id) or rundata.headline(t.reason), 80)
         if t.state == "integrating" and (q := merging.get(t.task_id)):
@@ -265,7 +258,7 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
             when = f"retry in {format_duration(due - now)}" if due and due > now else "sent back"
             note = rundata.fitted(f"{when}: {rundata.headline(t.feedback)}", 80)
         out.write(
-            f"  {t.task_id:<{width}}  {shown:<11}  {t.attempts:>5}  {took:>7}  {rss:>9}  {note}\n"
+            f"  {t.task_id:<{width}}  {t.state:<11}  {t.attempts:>5}  {took:>7}  {rss:>9}  {note}\n"
         )
     if len(listed) < len(tasks) or len(listed) > TASK_ROWS:
         more = len(listed) - TASK_ROWS
@@ -280,7 +273,6 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
         out.write(f"  warning: {text}\n")
     if len(warned) > WARNINGS_SHOWN:
         out.write(f"  ({len(warned) - WARNINGS_SHOWN} more warnings: `abreast report {row.id}`)\n")
-    failed = sum(TaskState(t.state) in FAILED_STATES for t in tasks)
     if state == "failed" and failed:
         out.write(f"  {rundata.retry_hint(row.id, failed)}\n")
     elif state == "cancelled":
