@@ -157,6 +157,32 @@ def test_timeout_kills_the_whole_tree_within_the_grace_period(tmp_path: Path, cl
     assert took < 1 + 5 + 3  # timeout + grace + start-up, generously
 
 
+def test_a_timeout_whose_task_ignores_term_says_it_was_killed_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    # A 1s timeout ended after 6s (TERM ignored, KILL after the 5s grace), unsaid.
+    import asyncio
+
+    from abreast.engine.engine import EngineOptions
+
+    wf = workflow(
+        tmp_path,
+        {
+            "stubborn": {"run": "trap '' TERM; sleep 30", "timeout": 1, "retries": 0},
+            "polite": {"run": "sleep 30", "timeout": 1, "retries": 0},
+        },
+    )
+    options = EngineOptions(cap=2, flags={}, kill_grace_s=0.3)
+    with engine_for(wf, tmp_path / "state.db", options) as engine:
+        outcome = asyncio.run(asyncio.wait_for(engine.run(), 30))
+    assert outcome.state == "failed"
+    reasons = dict(query(tmp_path / "state.db", "SELECT task_id, reason FROM tasks"))
+    assert reasons["stubborn"] == (
+        "timed out after 1s; its process tree was killed (it ignored TERM: KILLed 0.3s later)"
+    )
+    assert reasons["polite"] == "timed out after 1s; its process tree was killed"
+
+
 def test_a_command_given_a_shell_of_its_own_ends_and_says_as_one_in_the_wrappers_shell(
     tmp_path: Path,
 ) -> None:

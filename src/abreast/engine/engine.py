@@ -1127,6 +1127,9 @@ class Engine:
             reason = tr.killed_for
         elif tr.timed_out:
             reason = f"timed out after {tr.task.timeout:g}s; its process tree was killed"
+            if exit_.signal == signal.SIGKILL and not self._force_kill:
+                # (Its end took the grace as well: a 1s timeout ended after 6s, unsaid.)
+                reason += f" (it ignored TERM: KILLed {self.options.kill_grace_s:g}s later)"
         elif exit_.ok:
             reason = ""
         else:
