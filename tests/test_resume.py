@@ -119,6 +119,33 @@ def test_resume_kills_strays_and_reruns_what_was_running(tmp_path: Path) -> None
     assert attempts.code == 0
 
 
+def test_an_attempt_killed_by_cancel_is_not_said_to_have_ended_nor_taken_by_resume(
+    tmp_path: Path,
+) -> None:
+    # `abreast cancel` of a crashed run kills what still runs; an agent that cleans up on
+    # TERM exits with a status of its own, which its shell records. Read after the kill,
+    # that was said as an end ("t ended meanwhile"), and the resume took it as the
+    # attempt's failure.
+    graceful = (
+        'if [ "$ABREAST_ATTEMPT" = 1 ]; then trap "exit 3" TERM; touch started; '
+        "while :; do sleep 0.05; done; fi"
+    )
+    path = write_workflow(tmp_path, "graceful", {"t": {"run": graceful, "retries": 0}})
+    proc, run_id = start_run(path, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "started").exists(), what="the task to start")
+    kill9(proc)
+    cancelled = run_abreast("cancel", run_id, cwd=tmp_path)
+    assert cancelled.code == 0, cancelled.err
+    assert "ended meanwhile" not in cancelled.out, cancelled.out
+    exits = tmp_path / ".abreast" / "runs" / run_id / "exits"
+    assert re.search(r"(?m)^t\.1 3 ", exits.read_text())  # what its shell said of the kill
+    shown = run_abreast("status", run_id, cwd=tmp_path).out
+    assert "cancelled while its orchestrator was gone" in shown, shown
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=tmp_path)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert "start   t (attempt 2)" in resumed.out
+
+
 def test_an_attempt_killed_by_resume_is_rerun_not_failed_by_its_exit_status(
     tmp_path: Path,
 ) -> None:

@@ -894,13 +894,22 @@ def _ask(row: RunRow, sig: int, what: str) -> str:
 def _cancel_dead(journal: Journal, row: RunRow) -> str:
     from abreast.observe.rundata import ended_note, ended_while_down, interrupted_until
 
-    killed = asyncio.run(_kill_strays(journal, row.id))
-    # Those that ran on and ended: their work is not lost (what a resume takes up).
+    # Those that ran on and ended: their work is not lost (what a resume takes up). Read,
+    # as resume reads them, with every process of the run stopped: what the kill makes
+    # a shell record (143, an agent's own status on TERM) is not how its attempt ended.
+    strays = _freeze_strays(journal, row.id)
     down = ended_while_down(journal, row.id)
+    killed = kill_pids(strays)
     # It ended when it was last at work (the time since, to this cancel, is not its own,
     # as the time between a cancel and its resume is not), or now if a task still ran.
     now = time.time() if killed else min(time.time(), interrupted_until(journal, row, down))
     journal.stage_run(row.id, state="cancelled", finished_at=now)
+    for a in journal.attempts(row.id):  # the others ended here: not for a resume to take
+        if a.ended_at is None and (a.task_id, a.attempt) not in down:
+            journal.stage_attempt(
+                row.id, a.task_id, a.attempt, state="interrupted", ended_at=now,
+                reason="cancelled while its orchestrator was gone",
+            )  # fmt: skip
     kept = []
     for t in journal.tasks(row.id):
         if t.state in ("pending", "ready", "running", "integrating"):
