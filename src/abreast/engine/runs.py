@@ -1312,17 +1312,16 @@ async def _resume(
         if a.ended_at is not None:
             continue
         recorded = ended.get(f"{a.task_id}.{a.attempt}")
-        if recorded is not None and recorded.stopped_by_shutdown:
-            recorded = None  # the machine went down under it: run it again, as interrupted
-        code, ended_at = (recorded.status, recorded.ended_at) if recorded else (None, None)
         exit_ = None
-        if code is not None:
+        # (Stopped by the machine going down: run it again, as an interrupted one.)
+        if recorded is not None and not recorded.stopped_by_shutdown:
             start = a.started_at or now
             # (A time before the attempt started or after now is not of this attempt.)
-            end = ended_at if ended_at is not None and start <= ended_at <= now else now
+            end = recorded.ended_at or now
+            end = end if start <= end <= now else now
             busy_until = max(busy_until, end)
             exit_ = Exit(
-                exit_code=code,
+                exit_code=recorded.status,
                 signal=None,
                 wall_s=max(0.0, end - start),
                 maxrss_bytes=0,

@@ -301,7 +301,6 @@ class Dashboard:
         said = self._last_words(journal, data)
         last = {a.task_id: a.attempt for a in data.attempts}
         ready = rundata.ready_waits(journal, run.id) if run.state == "running" else {}
-        state, asked = _run_state(run)
         tasks = [
             {
                 "id": t.task_id,
@@ -372,6 +371,7 @@ class Dashboard:
         ]
         integrating = [t.task_id for t in data.tasks if t.state == "integrating"]
         queue_now = rundata.merge_queue_now(journal, run.id, integrating) if integrating else []
+        state, asked = _run_state(run)
         return {
             "run": {
                 "id": run.id,

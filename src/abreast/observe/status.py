@@ -180,18 +180,22 @@ def tasks_done(counts: dict[str, int]) -> str:
     return f"{done}/{sum(counts.values())} done" + (f", {failed} failed" if failed else "")
 
 
-def run_took(journal: Journal, row: RunRow, state: str) -> float:
+def run_took(
+    journal: Journal, row: RunRow, state: str, down: rundata.EndedWhileDown | None = None
+) -> float:
     """How long the run has been orchestrated: to its end, to now while it runs, or to
     when its orchestrator was last seen at work when it died (not the time since)."""
     end = row.finished_at or time.time()
     if state == "interrupted":
-        end = rundata.interrupted_until(journal, row)
+        end = rundata.interrupted_until(journal, row, down)
     return row.active_s(row.started_at, end)
 
 
 def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     state = run_state(row)
-    took = format_duration(run_took(journal, row, state))
+    # An interrupted run: its attempts that ran on after its orchestrator died (read once).
+    down = rundata.ended_while_down(journal, row.id) if state == "interrupted" else {}
+    took = format_duration(run_took(journal, row, state, down))
     out.write(f"run {row.id} ({row.workflow}): {state}, {took}\n")
     if state == "interrupted":
         out.write(f"  its orchestrator is gone; `abreast resume {row.id}` carries on\n")
@@ -202,7 +206,7 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     tasks = journal.tasks(row.id)
     failed = sum(TaskState(t.state) in FAILED_STATES for t in tasks)
     if state == "interrupted":  # its attempts that ran on and ended: `ended`
-        tasks = rundata.interrupted_tasks(tasks, rundata.ended_while_down(journal, row.id))
+        tasks = rundata.interrupted_tasks(tasks, down)
     retries = rundata.retries_due(journal, row.id) if _sent_back(tasks) else {}
     left = _time_left(journal, row, tasks, retries) if state == "running" else None
     if left is not None:
