@@ -372,6 +372,48 @@ def test_tasks_given_to_bash_have_its_words_and_a_pipeline_fails_with_any_comman
     assert states == {"words": "succeeded", "piped": "failed", "sh": "succeeded"}
 
 
+def test_a_command_of_several_lines_given_to_bash_says_the_line_it_failed_at(
+    tmp_path: Path,
+) -> None:
+    # A line that prints nothing (`grep -q`, `test -f`) ends the command under -e: its
+    # log's last line is an earlier line's, and was said alone as the failure.
+    (tmp_path / "a.txt").write_text("a\n")
+    lines = "echo building\necho compiled 42 files\ngrep -q NOPE a.txt\necho done\n"
+    path = workflow(
+        tmp_path,
+        {
+            "silent": {"run": lines},
+            # A failure with -e off is the command's to handle: not the line it ended at.
+            "handled": {"run": "set +e\ngrep -q NOPE a.txt\nset -e\n\n(exit 3)\n"},
+            # Given to a shell of its own (it sets a trap); its trap's output ends the log.
+            "trapped": {"run": "trap 'echo bye' EXIT\ntest -f nope.txt\necho two\n"},
+            "retried": {
+                "run": 'echo "$ABREAST_FEEDBACK" > "feedback.$ABREAST_ATTEMPT"\n'
+                '[ "$ABREAST_ATTEMPT" = 2 ]\n',
+                "retries": 1,
+                "backoff": {"initial": 0},
+            },
+            "one_line": {"run": "grep -q NOPE a.txt"},  # the line is the command
+            "sh": {"run": lines, "shell": "sh"},  # dash: no ERR trap, so not known
+        },
+        defaults={"shell": "bash"},
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 1, result.err
+    reasons = dict(journal(tmp_path, "SELECT task_id, reason FROM tasks"))
+    assert reasons["silent"] == "exit 1 at line 3 (`grep -q NOPE a.txt`)", result.out
+    assert reasons["handled"] == "exit 3 at line 5 (`(exit 3)`)"
+    assert reasons["trapped"] == "exit 1 at line 2 (`test -f nope.txt`)"
+    assert reasons["retried"] is None  # succeeded at its second attempt
+    told = (tmp_path / "feedback.2").read_text()
+    assert told.startswith('exit 1 at line 2 (`[ "$ABREAST_ATTEMPT" = 2 ]`)'), told
+    assert reasons["one_line"] == reasons["sh"] == "exit 1"
+    assert "silent (failed): exit 1 at line 3 (`grep -q NOPE a.txt`)" in result.out
+    [(run_id,)] = journal(tmp_path, "SELECT id FROM runs")
+    status = run_abreast("status", run_id, cwd=tmp_path)
+    assert "exit 1 at line 3 (`grep -q NOPE a.txt`): compiled 42 files" in status.out
+
+
 def test_an_agents_shell_is_its_tasks_unless_a_task_sets_its_own(
     tmp_path: Path,
 ) -> None:

@@ -39,6 +39,7 @@ from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.ports import PortBook
 from abreast.engine.states import FAILED_STATES, TaskState, check_transition
 from abreast.engine.supervise import Supervisor, Trouble
+from abreast.executor.exits import failed_line
 from abreast.executor.local import (
     Executor,
     Exit,
@@ -201,6 +202,21 @@ def prompt_for(prompt: str | None, attempt: int, feedback: str | None, bounds: s
         f"{prompt}\n\n---\nThis is attempt {attempt}. abreast sent the previous attempt back:"
         f"\n{feedback}"
     )
+
+
+def failed_at(launch: Launch, status: int | None) -> str:
+    """Where in a command of several lines the attempt ended (` at line 3 (`grep -q x
+    f`)`), as its shell recorded it (bash only: executor/wrapper.py); "" where that is
+    not known or would say nothing (a command of one line)."""
+    lines = launch.command.split("\n")
+    if not status or launch.shell != "bash" or sum(1 for x in lines if x.strip()) < 2:
+        return ""
+    at = failed_line(launch.exits_file, f"{launch.task_id}.{launch.attempt}", status)
+    if at is None or not 0 < at <= len(lines) or not lines[at - 1].strip():
+        return ""
+    text = lines[at - 1].strip()
+    text = text if len(text) <= 60 else text[:59] + "…"
+    return f" at line {at} (`{text}`)"
 
 
 def with_tail(reason: str, tail: list[str]) -> str:
@@ -1135,6 +1151,7 @@ class Engine:
         else:
             reason = describe_status(exit_.exit_code, exit_.signal)
             if running is not None:
+                reason += failed_at(running.launch, exit_.exit_code)
                 reason = "\n".join([reason, *self._failure_hints(running.launch)])
                 if exit_.exit_code == 127 and tr.failures < tr.task.retries:
                     stuck = self._not_retried(running.launch)

@@ -62,6 +62,26 @@ def recorded_exits(exits_file: str | None) -> dict[str, Recorded]:
     return out
 
 
+def failed_line(exits_file: str, key: str, status: int) -> int | None:
+    """The line of its command (1 for the first) at which the attempt `key`
+    ("TASK.ATTEMPT") ended with `status` under `set -e`, as its bash recorded it
+    ("TASK.ATTEMPT line LINE STATUS", executor/wrapper.py); None where none was (sh, a
+    command that exited by itself or was killed). The first such line: with `set -E` a
+    failure inside a function or subshell is recorded there, then where it was called."""
+    try:
+        with os.fdopen(open_regular(exits_file), "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    mark = f"{key} line "
+    for line in text.splitlines():
+        if line.startswith(mark):
+            at, _, code = line[len(mark) :].partition(" ")
+            if at.isdigit() and code == str(status):
+                return int(at)
+    return None
+
+
 def this_boot() -> tuple[str, float]:
     """This boot's id (as the wrapper reads it), and when it began in wall-clock time as
     /proc/uptime counts from it: ("", 0.0) where either cannot be read."""

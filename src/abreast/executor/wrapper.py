@@ -59,11 +59,38 @@ OWN_SHELL_WRAPPER = (
 # and the wrapper an attempt starts as. bash's pipefail: `pytest | tee log` fails when
 # pytest does (dash, Debian's /bin/sh, has no pipefail).
 SHELLS = {"sh": (SHELL, ("-e",)), "bash": ("bash", ("-e", "-o", "pipefail"))}
-WRAPPERS = {"sh": WRAPPER, "bash": WRAPPER.replace("set -e;", "set -eo pipefail;")}
+
+# bash also records which line of the command ended it under -e: "TASK.ATTEMPT line LINE
+# STATUS" (in the exits file, whose readers of ends skip it), so that a multi-line `run:`
+# that fails at a line that printed nothing (`grep -q`, `test -f`) is not said with the
+# last line an earlier one printed alone (exits.failed_line). bash runs the ERR trap where
+# -e ends the shell, and where a command fails with -e off (`set +e`): the line is written
+# only under -e, once. The command is `eval`ed on the wrapper's first line, so LINENO is
+# the line of the command. dash (Debian's /bin/sh) has no ERR trap (and, in a trap, no
+# LINENO): under sh the line is not known.
+_FAILED_LINE = (
+    "trap '__abreast_s=$?; [[ $- != *e* ]] || "
+    'echo "$__abreast_key line $LINENO $__abreast_s" >> "$__abreast_exits" || :\' ERR; '
+)
+WRAPPERS = {
+    "sh": WRAPPER,
+    "bash": WRAPPER.replace("set -e;", _FAILED_LINE + "set -eo pipefail;"),
+}
 OWN_SHELL_WRAPPERS = {
     name: OWN_SHELL_WRAPPER.replace("OPTIONS", " ".join(options))
     for name, (_program, options) in SHELLS.items()
 }
+# The command's own shell is given the exits file and the attempt's key after it, to
+# record the line too.
+OWN_SHELL_WRAPPERS["bash"] = (
+    OWN_SHELL_WRAPPERS["bash"]
+    .replace(
+        "__abreast_cmd=$1; shift;",
+        "__abreast_cmd=$1; __abreast_exits=$2; __abreast_key=$3; shift 3; "
+        + _FAILED_LINE.replace("'", "'\\''"),
+    )
+    .replace('abreast-task "$3";', 'abreast-task "$3" "$__abreast_exits" "$__abreast_key";')
+)
 
 _FOUND: dict[str, str | None] = {}
 
