@@ -1659,6 +1659,35 @@ def test_a_signal_the_task_does_not_declare_is_refused(tmp_path: Path) -> None:
     assert journal(tmp_path, "SELECT count(*) FROM signals") == [(0,)]
 
 
+def test_a_task_that_ends_without_giving_a_signal_waited_for_is_said(tmp_path: Path) -> None:
+    # Its waiters then start at its end, not beside it: the overlap the workflow was
+    # written for never happened, and nothing said so.
+    path = workflow(
+        tmp_path,
+        {
+            "auth": {"run": "abreast signal raedy || true", "signals": ["ready"]},
+            "ui": {"run": "true", "needs": ["auth:ready"]},
+            "cli": {"run": "true", "needs": ["auth:ready"]},
+            # Given as its last step, just before it ends: seen, not said.
+            "api": {"run": "abreast signal ready", "signals": ["ready"]},
+            "web": {"run": "true", "needs": ["api:ready"]},
+        },
+    )
+    result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 0, result.out + result.err
+    said = (
+        "warning: auth ended without giving its signal 'ready': ui, cli, waiting for it, "
+        "started only then, not beside auth (run `abreast signal ready` in auth's command "
+        "once what ui, cli needs is there)"
+    )
+    assert result.out.count(said) == 2, result.out  # as it happens, and in the summary
+    assert "api ended without" not in result.out
+    rows = journal(tmp_path, "SELECT task_id, data FROM events WHERE type = 'task.signal_missed'")
+    assert [(task, json.loads(data)["waiting"]) for task, data in rows] == [("auth", ["ui", "cli"])]
+    [(run_id,)] = journal(tmp_path, "SELECT id FROM runs")
+    assert said.removeprefix("warning: ") in run_abreast("status", run_id, cwd=tmp_path).out
+
+
 def test_journal_survives_16_concurrent_writers(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -399,6 +399,11 @@ class Engine:
         self._lock_waits_said: set[tuple[str, int, float]] = set()
         self.lowest_cap: tuple[int, str] | None = None  # where the monitor lowered it, why
         self._seen_signals: set[tuple[str, str]] = set()
+        # Task -> (a task waiting for a signal of it, the signal): said when it ends
+        # without having given one.
+        self._waited_on: dict[int, list[tuple[int, str]]] = {}
+        for (u, v), name in graph.signal_waits.items():
+            self._waited_on.setdefault(u, []).append((v, name))
         self.started_at = started_at or time.time()
         self.paused_s = paused_s  # time no orchestrator ran the run (before resumes)
         self._t0 = time.monotonic()
@@ -1750,8 +1755,34 @@ class Engine:
         self._release(tr, keep=False)
         tr.feedback = None
         self._set(tr, TaskState.SUCCEEDED, output=tr.output, reason=None)
+        if tr.v in self._waited_on:
+            self._signals_not_given(tr)
         self._d.complete(tr.v)
         self._terminal(tr)
+
+    def _signals_not_given(self, tr: TaskRun) -> None:
+        """Say each signal of `tr`, which succeeded, that tasks waited for and it never
+        gave: they start only now, at its end, not beside it as the workflow meant (its
+        command lacks `abreast signal NAME`, or that failed unseen). Signals journaled
+        just before it ended are read first."""
+        self._on_signals()
+        waiting: dict[str, list[str]] = {}
+        for v, name in self._waited_on[tr.v]:
+            waiter = self.tasks[v]
+            if (tr.id, name) not in self._seen_signals and waiter.state is TaskState.PENDING:
+                waiting.setdefault(name, []).append(waiter.id)
+        for name, ids in waiting.items():
+            which = ", ".join(ids)
+            text = (
+                f"{tr.id} ended without giving its signal {name!r}: {which}, waiting for it, "
+                f"started only then, not beside {tr.id} (run `abreast signal {name}` in "
+                f"{tr.id}'s command once what {which} needs is there)"
+            )
+            self.journal.stage_event(
+                self.run_id, "task.signal_missed", tr.id, signal=name, waiting=ids, warning=text
+            )
+            self.sup.warnings.append(text)
+            self.view.note(f"warning: {text}")
 
     def _fail(self, tr: TaskRun, state: TaskState, reason: str) -> None:
         self._release(tr, keep=True)

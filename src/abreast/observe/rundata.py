@@ -41,6 +41,7 @@ MERGE_EVENTS = (
 # Events that carry a warning the run said (and its summary repeated), in `warning`.
 WARNING_EVENTS = (
     "run.warning",
+    "task.signal_missed",
     "containment.violation",
     "memory.leak_suspected",
     "work.left_out",
