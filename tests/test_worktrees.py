@@ -547,6 +547,24 @@ def test_checks_are_given_to_the_shell_of_defaults_unless_they_name_their_own(
     assert "check `sh` failed" not in out
 
 
+def test_a_check_of_several_lines_given_to_bash_says_the_line_it_failed_at(repo: Path) -> None:
+    # Its log's last line was an earlier line's, said as though it were the failure.
+    lines = "echo checking the tree\ntest -f MISSING\necho fine\n"
+    path = workflow(
+        repo,
+        {"a": {"run": "echo A > a.txt", "retries": 0}},
+        checks=[{"name": "tree", "run": lines, "shell": "bash"}],
+    )
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    assert "check `tree` failed (exit 1 at line 2 (`test -f MISSING`)): checking the tree" in out
+    checks = repo / ".abreast" / "runs" / run_id / "checks"
+    assert [p.name for p in checks.iterdir()] == ["a.1.1.log"]  # its line's file removed
+    path.write_text(path.read_text().replace('"bash"', '"sh"'))  # dash: not known
+    code, out, _ = run(repo, path)
+    assert code == 1 and "check `tree` failed (exit 1): checking the tree" in out, out
+
+
 def test_a_check_that_fails_on_a_word_of_bash_says_so(repo: Path) -> None:
     probe = subprocess.run(["/bin/sh", "-c", "source /dev/null"], capture_output=True, check=False)
     if probe.returncode == 0:

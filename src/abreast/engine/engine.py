@@ -39,7 +39,7 @@ from abreast.engine.monitor import ResourceMonitor
 from abreast.engine.ports import PortBook
 from abreast.engine.states import FAILED_STATES, TaskState, check_transition
 from abreast.engine.supervise import Supervisor, Trouble
-from abreast.executor.exits import failed_line
+from abreast.executor.exits import failed_line, said_at, several_lines
 from abreast.executor.local import (
     Executor,
     Exit,
@@ -208,15 +208,10 @@ def failed_at(launch: Launch, status: int | None) -> str:
     """Where in a command of several lines the attempt ended (` at line 3 (`grep -q x
     f`)`), as its shell recorded it (bash only: executor/wrapper.py); "" where that is
     not known or would say nothing (a command of one line)."""
-    lines = launch.command.split("\n")
-    if not status or launch.shell != "bash" or sum(1 for x in lines if x.strip()) < 2:
+    if not status or launch.shell != "bash" or not several_lines(launch.command):
         return ""
-    at = failed_line(launch.exits_file, f"{launch.task_id}.{launch.attempt}", status)
-    if at is None or not 0 < at <= len(lines) or not lines[at - 1].strip():
-        return ""
-    text = lines[at - 1].strip()
-    text = text if len(text) <= 60 else text[:59] + "…"
-    return f" at line {at} (`{text}`)"
+    key = f"{launch.task_id}.{launch.attempt}"
+    return said_at(launch.command, failed_line(launch.exits_file, key, status))
 
 
 def with_tail(reason: str, tail: list[str]) -> str:

@@ -82,6 +82,23 @@ def failed_line(exits_file: str, key: str, status: int) -> int | None:
     return None
 
 
+def several_lines(command: str) -> bool:
+    """Whether `command` has more than one line that is not blank: one whose failure is
+    worth saying the line of."""
+    return sum(1 for line in command.split("\n") if line.strip()) > 1
+
+
+def said_at(command: str, at: int | None) -> str:
+    """` at line 3 (`grep -q x f`)`: line `at` of `command` (1 for its first), as a
+    failure's status is said with it; "" for None or a line it does not have."""
+    lines = command.split("\n")
+    if at is None or not 0 < at <= len(lines) or not lines[at - 1].strip():
+        return ""
+    text = lines[at - 1].strip()
+    text = text if len(text) <= 60 else text[:59] + "…"
+    return f" at line {at} (`{text}`)"
+
+
 def this_boot() -> tuple[str, float]:
     """This boot's id (as the wrapper reads it), and when it began in wall-clock time as
     /proc/uptime counts from it: ("", 0.0) where either cannot be read."""

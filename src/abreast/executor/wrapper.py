@@ -80,6 +80,13 @@ OWN_SHELL_WRAPPERS = {
     name: OWN_SHELL_WRAPPER.replace("OPTIONS", " ".join(options))
     for name, (_program, options) in SHELLS.items()
 }
+# A merge check of several lines given to bash: `bash -e -o pipefail -c CHECK_BASH
+# abreast-check COMMAND FILE` records the line as "check line LINE STATUS" in FILE.
+CHECK_BASH = (
+    "__abreast_cmd=$1; __abreast_exits=$2; __abreast_key=check; shift 2; "
+    + _FAILED_LINE
+    + 'eval "$__abreast_cmd"'
+)
 # The command's own shell is given the exits file and the attempt's key after it, to
 # record the line too.
 OWN_SHELL_WRAPPERS["bash"] = (

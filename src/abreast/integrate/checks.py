@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from abreast.coord.backend import Lease
+from abreast.executor.exits import failed_line, said_at, several_lines
 from abreast.executor.local import shell_program
 from abreast.executor.logs import (
     log_limit_passed,
@@ -21,7 +22,7 @@ from abreast.executor.logs import (
     telling_line,
 )
 from abreast.executor.process import describe_status, kill_tree, leases_env, tree_stats
-from abreast.executor.wrapper import SHELLS
+from abreast.executor.wrapper import CHECK_BASH, SHELLS
 from abreast.spec.commands import bash_word_hints, cannot_start
 from abreast.spec.model import Check
 
@@ -189,14 +190,15 @@ async def _run_held(
             run_env = env
             if held is not None:  # what runs under the lease can be fenced off
                 run_env = {**env, **leases_env([held.lease], held.store_id)}
-            code, sig, stopped = await _run_one(check, cwd, run_env, log, grace_s, control)
+            code, sig, stopped, at = await _run_one(check, cwd, run_env, log, grace_s, control)
         if control.masked:  # a secret it printed is not kept, nor read back as its tail
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(scrub_secrets, log, control.masked)
         lost = held.lost if held is not None else None
         if lost is None:
             red = stopped or code != 0 or sig
-            return _Ran(stopped or describe_status(code, sig) if red else None, None, waited)
+            why = stopped or describe_status(code, sig) + said_at(check.run, at)
+            return _Ran(why if red else None, None, waited)
     return _Ran(None, lost, waited)
 
 
@@ -207,16 +209,21 @@ async def _run_one(
     log: str,
     grace_s: float,
     control: CheckControl,
-) -> tuple[int | None, int | None, str | None]:
-    """Run one check to its end: (exit code, signal, why abreast ended it or None)."""
+) -> tuple[int | None, int | None, str | None, int | None]:
+    """Run one check to its end: (exit code, signal, why abreast ended it or None, the
+    line of its command that ended it where its shell recorded one)."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
+    shell = check.shell or "sh"
+    # bash records the line -e ended a command of several lines at (wrapper.CHECK_BASH)
+    at_file = f"{log}.line" if shell == "bash" and several_lines(check.run) else None
+    command = ["-c", CHECK_BASH, "abreast-check", check.run, at_file] if at_file else []
     with open(log, "wb") as out:
-        shell = check.shell or "sh"
+        if at_file:
+            Path(at_file).unlink(missing_ok=True)
         proc = await asyncio.create_subprocess_exec(
             shell_program(shell),
             *SHELLS[shell][1],  # as a task's command: the first line that fails ends it
-            "-c",
-            check.run,
+            *(command or ["-c", check.run]),
             cwd=cwd,
             env=dict(env),
             stdin=asyncio.subprocess.DEVNULL,
@@ -230,14 +237,16 @@ async def _run_one(
         if stopped is not None:
             await kill_tree(proc.pid, grace_s)
             await proc.wait()
-            return None, None, stopped
+            return None, None, stopped, None
+        code = proc.returncode
+        assert code is not None
+        if code < 0:
+            return None, -code, None, None
+        return code, None, None, failed_line(at_file, "check", code) if at_file else None
     finally:
         control.running.discard(proc.pid)
-    code = proc.returncode
-    assert code is not None
-    if code < 0:
-        return None, -code, None
-    return code, None, None
+        if at_file:
+            Path(at_file).unlink(missing_ok=True)
 
 
 async def _watch(
