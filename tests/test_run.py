@@ -901,13 +901,30 @@ def test_invalid_output_fails_the_attempt(tmp_path: Path, cli) -> None:  # type:
             # What Python's json.dump writes for float("nan"): no JSON, and a dependent's
             # reader of $ABREAST_INPUTS (jq, JSON.parse) would choke on it.
             "n": {"run": 'echo \'{"score": NaN, "x": -Infinity}\' > "$ABREAST_OUTPUT"'},
+            # An agent's usual slips: the line that broke it is said, with the slip.
+            "fence": {"run": "printf '```json\\n{}\\n```\\n' > \"$ABREAST_OUTPUT\""},
+            "lines": {"run": 'printf \'{}\\n{"b": 2}\\n\' > "$ABREAST_OUTPUT"'},
+            "comma": {"run": 'printf \'{\\n"a": 1,\\n}\' > "$ABREAST_OUTPUT"'},
         },
     )
     result = cli("run", str(path), "--no-monitor")
     assert result.code == 1
-    assert "t (failed): wrote invalid JSON to $ABREAST_OUTPUT" in result.out
+    said = "t (failed): wrote invalid JSON to $ABREAST_OUTPUT: Expecting value: line 1 column 1"
+    assert said + " (char 0); its line 1 reads: not json\n" in result.out
     said = "n (failed): wrote invalid JSON to $ABREAST_OUTPUT: NaN is not a JSON value"
     assert said in result.out
+    reasons = dict(journal(tmp_path, "SELECT task_id, reason FROM tasks"))
+    assert reasons["fence"].endswith(
+        "; its line 1 reads: ```json (a Markdown code fence: write the JSON object alone)"
+    )
+    assert reasons["lines"].startswith("wrote invalid JSON to $ABREAST_OUTPUT: Extra data: line 2")
+    assert reasons["lines"].endswith(
+        '; its line 2 reads: {"b": 2} (more after one JSON value: write one object that '
+        "holds it all)"
+    )
+    assert reasons["comma"].endswith(
+        "; its line 3 reads: } (a comma before a closing } or ]: JSON has no trailing commas)"
+    )
 
 
 def test_an_output_nested_too_deep_fails_the_attempt_not_the_run(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ from abreast.executor.logs import (
     redact,
     scrub_files,
     telling_line,
+    visible,
 )
 from abreast.executor.process import (
     Adoptions,
@@ -137,6 +138,23 @@ def _not_json(word: str) -> Any:
     """NaN and Infinity, which Python's JSON reader takes and JSON has not: passed on to a
     dependent (`$ABREAST_INPUTS`), they would break its JSON reader (jq, JSON.parse)."""
     raise ValueError(f"{word} is not a JSON value (write null, or a number)")
+
+
+def _json_said_at(text: str, e: json.JSONDecodeError) -> str:
+    """The line of an output that JSON could not read, where its error is (`; its line 1
+    reads: ```json`), and what the usual slip is: the JSON wrapped in a Markdown code
+    fence, several objects (one per line) where one is read, a trailing comma."""
+    lines = text.split("\n")
+    line = lines[e.lineno - 1].strip() if 0 < e.lineno <= len(lines) else ""
+    more = "…" if len(line) > 80 else ""
+    said = f"; its line {e.lineno} reads: {visible(line[:80])}{more}" if line else ""
+    if text.lstrip().startswith("```"):
+        return said + " (a Markdown code fence: write the JSON object alone)"
+    if e.msg == "Extra data":
+        return said + " (more after one JSON value: write one object that holds it all)"
+    if e.msg.startswith("Expecting") and text[: e.pos].rstrip().endswith(","):
+        return said + " (a comma before a closing } or ]: JSON has no trailing commas)"
+    return said
 
 
 def defer_stop_signals() -> None:
@@ -1380,7 +1398,9 @@ class Engine:
         try:
             data = json.loads(text, parse_constant=_not_json)
             too_deep = json_depth(data) > MAX_OUTPUT_DEPTH
-        except ValueError as e:  # not JSON; or a number of over 4300 digits
+        except json.JSONDecodeError as e:
+            return {}, f"wrote invalid JSON to $ABREAST_OUTPUT: {e}" + _json_said_at(text, e)
+        except ValueError as e:  # NaN; or a number of over 4300 digits
             return {}, f"wrote invalid JSON to $ABREAST_OUTPUT: {e}"
         except RecursionError:  # nested far deeper still
             too_deep = True
