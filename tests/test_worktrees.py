@@ -4644,3 +4644,81 @@ def test_abreast_diff_shows_what_a_tasks_attempt_changed(repo: Path) -> None:
     assert gone.code == 2, gone.err
     assert f"ran in {repo}, where there is no git repository now" in gone.err
     assert "where the repository is now, `git diff " in gone.err
+
+
+def test_worktrees_never_fill_the_disk(tmp_path: Path) -> None:
+    # A big repository on a small disk: worktrees made one after another filled it, the
+    # next checkout failed half-written, and then the journal could not be written (the
+    # run died). A tmpfs in a mount namespace of our own, a 20 MB file in the repository;
+    # before each run, a filler leaves FREE MB free (as df counts it).
+    if subprocess.run(["unshare", "-Urm", "true"], check=False).returncode != 0:
+        pytest.skip("no user namespaces here (unshare -Urm)")
+    disk, said = tmp_path / "disk", tmp_path / "said"
+    disk.mkdir()
+    said.mkdir()
+    tasks = {t: {"run": f"sleep 0.3; echo {t} > {t}.txt"} for t in "abcd"}
+    wide = {"version": 1, "name": "room", "max_parallel": 4, "tasks": tasks}
+    kept = {
+        "version": 1,
+        "name": "kept",
+        "max_parallel": 1,
+        "tasks": {
+            # Its worktree is kept for inspection: the next task needs a new one.
+            "a": {"run": "false", "retries": 0, "estimate": "10m"},
+            "b": {"run": "echo b > b.txt", "estimate": "1s"},
+        },
+    }
+    script = (
+        'disk=$1 py=$2 said=$3; mount -t tmpfs -o size=160m tmpfs "$disk" && '
+        'mkdir "$disk/repo" && cd "$disk/repo" && git init -q -b main && '
+        'head -c 20000000 /dev/urandom > big.bin && printf %s "$4" > wide.json && '
+        'printf %s "$5" > kept.json && git add . && '
+        "git -c user.email=t@t -c user.name=t commit -qm init || exit 9; "
+        "fill() { rm -f ../filler; avail=$(df --output=avail -B1 . | tail -1); "
+        "head -c $((avail - $1 * 1000000)) /dev/zero > ../filler; }; "
+        'run() { "$py" -m abreast run "$1.json" --no-monitor --plain > "$said/out.$2" 2>&1; '
+        'echo $? > "$said/rc.$2"; }; '
+        'fill 120; run wide 1; cp .abreast/state.db* "$said/"; fill 94; run kept 2; '
+        "fill 70; run wide 3; "
+        'ls .abreast/runs > "$said/runs"'
+    )
+    argv = [str(disk), sys.executable, str(said), json.dumps(wide), json.dumps(kept)]
+    done = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", script, "sh", *argv],
+        timeout=120,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = {n: (said / f"out.{n}").read_text() for n in (1, 2, 3)}
+    rc = {n: (said / f"rc.{n}").read_text().strip() for n in (1, 2, 3)}
+    # Room for 2 worktrees of 20 MB (120 MB free, 64 MB left free): at most 2 at once.
+    assert rc[1] == "0", out[1]
+    note = re.search(
+        r"note: the disk \(\S+\) has room for (\d) worktrees of about 20 MB \(\d+ MB free; "
+        r"abreast leaves 64 MB of it free\): at most (\d) tasks run at once \(max_parallel "
+        r"is 4\)",
+        out[1],
+    )
+    assert note is not None and note[1] == note[2] == "2", out[1]
+    made = {row[0] for row in query(said / "state.db", "SELECT workdir FROM attempts")}
+    assert len(made) == 2, made  # two worktrees, each task in one of them
+    # Room for one: the failed task keeps its worktree, so the next cannot have one; it
+    # fails saying why, and the run ends as any run does, its journal written.
+    assert rc[2] == "1", out[2]
+    assert re.search(
+        r"b \(failed\): could not prepare: no room on the disk \(\S+\) for another worktree: "
+        r"one takes about 20 MB \(the files of the commit it starts from\), the disk has "
+        r"\d+ MB free, and abreast leaves 64 MB of it for its journal and logs",
+        out[2],
+    ), out[2]
+    assert "Traceback" not in out[2] and "cannot write the journal" not in out[2]
+    # No room for one: refused before anything of a run is made.
+    assert rc[3] == "2", out[3]
+    assert re.search(
+        r"abreast: error: no room on the disk \(\S+\) for a worktree: one takes about 20 MB",
+        out[3],
+    ), out[3]
+    assert "hint: make room (`abreast cleanup` removes what finished runs left)" in out[3]
+    assert len((said / "runs").read_text().split()) == 2

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from abreast.keys.broker import KeyBroker
     from abreast.observe.dashboard_process import Observer
     from abreast.observe.events import Sink
+    from abreast.workspace.repo import Repo
 
 _RUN_ID = re.compile(TASK_ID_PATTERN.replace("62", "99"))
 IsolationFactory = Callable[[Workflow, StateLocation, str, Journal], Isolation]
@@ -487,6 +488,49 @@ def _isolation(
     )
 
 
+def _room_for_worktrees(
+    p: Prepared, repo: Repo, commit: str, announce_note: Callable[[str], None]
+) -> None:
+    """Refuse a run whose disk has no room for a worktree (and one for the merge checks),
+    and lower the cap to the worktrees it has room for: each task at once works in one,
+    and worktrees that fill the disk leave the journal unwritable (workspace/room.py)."""
+    from abreast.workspace.room import (
+        RESERVE_BYTES,
+        disk_of,
+        fit,
+        room_text,
+        size_text,
+        worktree_bytes,
+    )
+
+    size = worktree_bytes(repo, commit)
+    where = repo.abreast_dir / "worktrees"
+    found = fit(where, size)
+    if size is None or found is None:
+        return
+    n, free = found
+    checks = 1 if p.wf.checks else 0  # the merge checks' own worktree
+    if n < 1 + checks:
+        need = "a worktree for a task and one for the merge checks" if checks else "a worktree"
+        raise UsageError(
+            f"no room on the disk ({disk_of(where)}) for {need}: {room_text(size, free)}",
+            hint="make room (`abreast cleanup` removes what finished runs left), or set "
+            "`isolation: none` to run the tasks in the project directory itself",
+        )
+    most = min(p.cap, len(p.wf.tasks))
+    if n - checks < most:
+        also = ", with one for the merge checks" if checks else ""
+        most = n - checks
+        tasks = "1 task runs" if most == 1 else f"{most} tasks run"
+        announce_note(
+            f"note: the disk ({disk_of(where)}) has room for {n} worktrees of about "
+            f"{size_text(size)}{also} ({size_text(free)} free; abreast leaves "
+            f"{size_text(RESERVE_BYTES)} of it free): at most {tasks} at once "
+            f"(max_parallel is {p.cap})"
+        )
+        p.cap = n - checks
+
+
 def _base_commit(
     p: Prepared, kind: str, announce_note: Callable[[str], None], *, land: bool = False
 ) -> str | None:
@@ -542,6 +586,7 @@ def _base_commit(
     bad = problems(repo, list(p.wf.worktrees.copy), list(p.wf.worktrees.keep))
     if bad:
         raise UsageError("\n  ".join(bad), hint="fix `worktrees:` in the workflow file")
+    _room_for_worktrees(p, repo, commit, announce_note)
     from abreast.workspace.git import REPO_VARS
 
     steering = sorted(REPO_VARS.intersection(os.environ))

@@ -39,6 +39,7 @@ from abreast.integrate.checks import CheckControl, CheckResult, LockHolder, run_
 from abreast.spec.model import Check
 from abreast.workspace.pool import WorktreePool
 from abreast.workspace.repo import Repo, dirty_paths
+from abreast.workspace.room import NoRoom
 
 MAX_CAS_RETRIES = 10
 CANCELLED_IN_CHECKS = Verdict(Outcome.FAILED, "cancelled while its checks ran", kind="cancelled")
@@ -467,7 +468,12 @@ class MergeQueue:
     ) -> CheckResult | None:
         """The checks run in a check worktree at `commit`, their logs `checks/<name>.*`;
         `on_green` looks at the worktree they were green in. None when cancelled."""
-        path = await asyncio.to_thread(self.check_pool.acquire, None, commit)
+        try:
+            path = await asyncio.to_thread(self.check_pool.acquire, None, commit)
+        except NoRoom as e:  # no work can change that: the run stops, said (`_red`)
+            name = self.checks[0].name or self.checks[0].run
+            said = f"check `{name}` not run: {e}"
+            return CheckResult(False, name, said, "", 0.0, cannot_start=str(e))
         try:
             env = {
                 **self.check_env,
@@ -558,7 +564,7 @@ class MergeQueue:
     def _red(self, result: CheckResult) -> Verdict:
         """The verdict on work whose checks were red: sent back, unless the check could
         not start at all, which no work can change."""
-        detail = result.detail + f"\ncheck log: {result.log}"
+        detail = result.detail + (f"\ncheck log: {result.log}" if result.log else "")
         if not result.cannot_start:
             return Verdict(Outcome.SEND_BACK, detail, kind="check")
         why = f"check `{result.name}` cannot start ({result.cannot_start})"

@@ -18,6 +18,7 @@ from pathlib import Path
 from abreast.workspace import provision
 from abreast.workspace.provision import Provision
 from abreast.workspace.repo import FAST, Repo, move_worktree, point_head
+from abreast.workspace.room import check_room, worktree_bytes
 
 # How long a worktree given back waits for processes still working in it (a task's
 # process left running in a session of its own, being ended by the engine: TERM, then
@@ -101,6 +102,8 @@ class WorktreePool:
             if self._idle:
                 path, state = self._idle.popitem()
             else:
+                # Never a checkout that would fill the disk (and then the journal).
+                check_room(self.dir, worktree_bytes(self.repo, commit))
                 path, state = self.dir / f"wt-{self._next}", None
                 self._next += 1
                 self._all.add(path)
