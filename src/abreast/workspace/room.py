@@ -10,7 +10,6 @@ RESERVE_BYTES free (`NoRoom` otherwise, said as such), for the journal, logs and
 
 from __future__ import annotations
 
-import functools
 import shutil
 from pathlib import Path
 
@@ -27,12 +26,19 @@ class NoRoom(RuntimeError):
 def worktree_bytes(repo: Repo, commit: str) -> int | None:
     """About what a checkout of `commit` takes on disk (its files, each in whole blocks);
     None where that cannot be told cheaply: a partial clone, whose blobs may not be here
-    (asking their sizes would fetch each), or a commit git cannot list."""
-    return _worktree_bytes(str(repo.root), commit)
+    (asking their sizes would fetch each), or a commit git cannot list. Counted once a
+    repository, for the first commit asked about (a run's base: what its tasks land
+    changes it little), so that a new worktree costs no more git commands."""
+    root = str(repo.root)
+    if root not in _SIZES:
+        _SIZES[root] = _checkout_bytes(root, commit)
+    return _SIZES[root]
 
 
-@functools.lru_cache(maxsize=16)
-def _worktree_bytes(root: str, commit: str) -> int | None:
+_SIZES: dict[str, int | None] = {}  # repository root -> worktree_bytes
+
+
+def _checkout_bytes(root: str, commit: str) -> int | None:
     from abreast.workspace.git import git
 
     cwd = Path(root)
