@@ -378,6 +378,7 @@ def test_a_command_of_several_lines_given_to_bash_says_the_line_it_failed_at(
     # A line that prints nothing (`grep -q`, `test -f`) ends the command under -e: its
     # log's last line is an earlier line's, and was said alone as the failure.
     (tmp_path / "a.txt").write_text("a\n")
+    (tmp_path / "lib.sh").write_text("echo lib\nfalse\n")
     lines = "echo building\necho compiled 42 files\ngrep -q NOPE a.txt\necho done\n"
     path = workflow(
         tmp_path,
@@ -393,6 +394,10 @@ def test_a_command_of_several_lines_given_to_bash_says_the_line_it_failed_at(
                 "retries": 1,
                 "backoff": {"initial": 0},
             },
+            # A line of a file it sources is not a line of its command: not said.
+            "sourced": {"run": "echo one\necho two\n. ./lib.sh\necho four\n"},
+            # A function's line, with -E (the trap inherited), is the command's.
+            "function": {"run": "set -E\nf() {\n  false\n}\nf\n"},
             "one_line": {"run": "grep -q NOPE a.txt"},  # the line is the command
             "sh": {"run": lines, "shell": "sh"},  # dash: no ERR trap, so not known
         },
@@ -407,7 +412,8 @@ def test_a_command_of_several_lines_given_to_bash_says_the_line_it_failed_at(
     assert reasons["retried"] is None  # succeeded at its second attempt
     told = (tmp_path / "feedback.2").read_text()
     assert told.startswith('exit 1 at line 2 (`[ "$ABREAST_ATTEMPT" = 2 ]`)'), told
-    assert reasons["one_line"] == reasons["sh"] == "exit 1"
+    assert reasons["one_line"] == reasons["sh"] == reasons["sourced"] == "exit 1"
+    assert reasons["function"] == "exit 1 at line 3 (`false`)"
     assert "silent (failed): exit 1 at line 3 (`grep -q NOPE a.txt`)" in result.out
     [(run_id,)] = journal(tmp_path, "SELECT id FROM runs")
     status = run_abreast("status", run_id, cwd=tmp_path)

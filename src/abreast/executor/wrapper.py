@@ -66,10 +66,12 @@ SHELLS = {"sh": (SHELL, ("-e",)), "bash": ("bash", ("-e", "-o", "pipefail"))}
 # last line an earlier one printed alone (exits.failed_line). bash runs the ERR trap where
 # -e ends the shell, and where a command fails with -e off (`set +e`): the line is written
 # only under -e, once. The command is `eval`ed on the wrapper's first line, so LINENO is
-# the line of the command. dash (Debian's /bin/sh) has no ERR trap (and, in a trap, no
-# LINENO): under sh the line is not known.
+# the line of the command; not in a file it sources (BASH_SOURCE names that file; it is
+# "environment" in a function the command defines, whose LINENO is the command's). dash
+# (Debian's /bin/sh) has no ERR trap (and, in a trap, no LINENO): under sh the line is
+# not known.
 _FAILED_LINE = (
-    "trap '__abreast_s=$?; [[ $- != *e* ]] || "
+    "trap '__abreast_s=$?; [[ $- != *e* || ${BASH_SOURCE[0]:-environment} != environment ]] || "
     'echo "$__abreast_key line $LINENO $__abreast_s" >> "$__abreast_exits" || :\' ERR; '
 )
 WRAPPERS = {
