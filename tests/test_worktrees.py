@@ -272,6 +272,33 @@ def test_conflict_is_sent_back_and_resolved_on_attempt_2(repo: Path) -> None:
     assert second[1][:2] == (2, "succeeded")
 
 
+def test_tasks_whose_work_conflicted_in_the_same_file_run_one_after_the_other_after(
+    repo: Path,
+) -> None:
+    # Four tasks change one line, side by side: the first lands and the three others
+    # conflict with it. Their next attempts started together again, from the same head:
+    # one landed, two conflicted again and, with one retry each, failed. Now they run
+    # one after the other, each from the work of the one before, and all land.
+    tasks = {
+        f"t{i}": {"run": f"sleep 0.3; sed -i 's/^line 10.*/line 10 by t{i}/' src/shared.txt"}
+        for i in range(4)
+    }
+    path = workflow(repo, tasks, max_parallel=4, defaults={"retries": 1, "backoff": {"initial": 0}})
+    code, out, run_id = run(repo, path)
+    assert code == 0, out
+    attempts = dict(query(repo / ".abreast" / "state.db", "SELECT task_id, attempts FROM tasks"))
+    assert sorted(attempts.values()) == [1, 2, 2, 2], out
+    said = re.findall(
+        r"\] (.+) run one after the other from now on: their work conflicted in "
+        r"src/shared.txt",
+        out,
+    )
+    assert said and " and " in said[-1], out
+    merged = show(repo, integration(run_id), "src/shared.txt")
+    last = [line for line in merged.splitlines() if line.startswith("line 10")]
+    assert len(last) == 1 and last[0].startswith("line 10 by t"), merged
+
+
 def test_a_flaky_check_is_run_again_not_the_agent_and_said(repo: Path, tmp_path: Path) -> None:
     # A red check sent the task back to its agent (minutes and tokens) even when the
     # suite was only flaky. A check's `retries` runs it again first; a later green lands

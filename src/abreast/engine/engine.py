@@ -59,6 +59,7 @@ from abreast.executor.logs import (
     scrub_files,
     telling_line,
     visible,
+    visible_name,
 )
 from abreast.executor.process import (
     Adoptions,
@@ -412,6 +413,10 @@ class Engine:
         self._lock_waits_said: set[tuple[str, int, float]] = set()
         self.lowest_cap: tuple[int, str] | None = None  # where the monitor lowered it, why
         self._seen_signals: set[tuple[str, str]] = set()
+        # A file -> the tasks whose work conflicted in it at a merge; a task -> the tasks it
+        # is kept apart from for that, and the file (Engine._conflicted_in).
+        self._conflicted: dict[str, set[int]] = {}
+        self._apart: dict[int, dict[int, str]] = {}
         # Task -> (a task waiting for a signal of it, the signal): said when it ends
         # without having given one.
         self._waited_on: dict[int, list[tuple[int, str]]] = {}
@@ -458,9 +463,12 @@ class Engine:
                 text = "waiting for the previous wave (waves policy)"
             elif why.startswith("task:"):
                 other = self.tasks[int(why[5:])]
-                text = f"owns files that {other.id} also owns" + (
-                    ", until its work lands" if other.state is TaskState.INTEGRATING else ""
-                )
+                name = self._apart.get(v, {}).get(other.v)
+                text = (
+                    f"its work conflicted with {other.id}'s in {visible_name(name)}"
+                    if name is not None
+                    else f"owns files that {other.id} also owns"
+                ) + (", until its work lands" if other.state is TaskState.INTEGRATING else "")
             elif why.startswith("lock:"):
                 text = f"waiting for lock {why[5:]!r}"
             elif why.startswith("pool:"):
@@ -1349,6 +1357,8 @@ class Engine:
                 self._send_back(tr, verdict.detail, kind="resume", delay_s=0.0)
             else:
                 self._attempt_failed(tr, verdict.detail, timed_out=False, with_log=False)
+            if verdict.files:
+                self._conflicted_in(tr, verdict.files)
         else:
             self._reject(tr, verdict.detail)
             self._fail(tr, TaskState.FAILED, verdict.detail)
@@ -1357,6 +1367,38 @@ class Engine:
                     self.run_id, "merge.held_back", tr.id, attempt=n, why=verdict.stops_run
                 )
                 self._on_drain(verdict.stops_run, f"{verdict.stops_run}, so no work can land")
+
+    def _conflicted_in(self, tr: TaskRun, files: tuple[str, ...]) -> None:
+        """`tr`'s work conflicted at its merge in `files`: from now on it does not run
+        beside a task whose work conflicted in one of them too. Side by side, their next
+        attempts would start from the same head and conflict again, one landing a round,
+        until their retries ran out; one after the other, each starts from the work of
+        the one before. (Not a pair where one waits for the other's signal: its merge
+        waits for that task's end.)"""
+        peers: dict[int, str] = {}
+        for name in files:
+            group = self._conflicted.setdefault(name, set())
+            for u in group:
+                peers.setdefault(u, name)
+            group.add(tr.v)
+        if tr.state.terminal:  # no attempt of it is to come
+            return
+        waits = self.graph.signal_waits
+        kept_apart = []
+        for u, name in peers.items():
+            if (u, tr.v) in waits or (tr.v, u) in waits or self.tasks[u].state.terminal:
+                continue
+            if self._d.exclude(u, tr.v):
+                self._apart.setdefault(tr.v, {})[u] = name
+                self._apart.setdefault(u, {})[tr.v] = name
+                kept_apart.append(self.tasks[u].id)
+        if kept_apart:
+            *others, last = [*kept_apart, tr.id]
+            shown = ", ".join(map(visible_name, files[:3])) + (" …" if len(files) > 3 else "")
+            self.view.note(
+                f"{', '.join(others)} and {last} run one after the other from now on: their "
+                f"work conflicted in {shown}"
+            )
 
     def _reject(self, tr: TaskRun, why: str) -> None:
         """The attempt's process succeeded but its work was not taken (bad output, gate not

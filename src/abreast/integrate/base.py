@@ -32,6 +32,7 @@ class Verdict:
     # Why no task's work can land in this run (a check that cannot start): the run starts
     # nothing new. "" for a verdict on this task's work alone.
     stops_run: str = ""
+    files: tuple[str, ...] = ()  # of a merge conflict: the files it was in
 
 
 def integration_branch(run_id: str) -> str:

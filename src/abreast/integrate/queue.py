@@ -368,7 +368,7 @@ class MergeQueue:
         if said:
             self.warn(said)
         self.on_event("merge.conflict", {"task": job.task_id, "files": files})
-        return Verdict(Outcome.SEND_BACK, detail, kind="conflict")
+        return Verdict(Outcome.SEND_BACK, detail, kind="conflict", files=tuple(files))
 
     def _landed_since(self, base: str, head: str) -> str:
         """Whose work landed on the integration branch between `base` and `head`, as

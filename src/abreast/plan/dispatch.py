@@ -184,6 +184,17 @@ class Dispatcher:
             self.release(v)
         self._holding.add(v)
 
+    def exclude(self, u: int, v: int) -> bool:
+        """From now on `u` and `v` do not run side by side, as tasks whose `owns` overlap
+        (their work conflicted at a merge: run together again, it would again). False if
+        they were kept apart already."""
+        conflicts = self._conflicts
+        if u == v or v in conflicts.get(u, ()):
+            return False
+        conflicts[u] = (*conflicts.get(u, ()), v)
+        conflicts[v] = (*conflicts.get(v, ()), u)
+        return True
+
     def _unhold(self, v: int) -> None:
         if self._holding and v in self._holding:
             self._holding.discard(v)
