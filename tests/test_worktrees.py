@@ -4705,7 +4705,8 @@ def test_worktrees_never_fill_the_disk(tmp_path: Path) -> None:
         "head -c $((avail - $1 * 1000000)) /dev/zero > ../filler; }; "
         'run() { "$py" -m abreast run "$1.json" --no-monitor --plain > "$said/out.$2" 2>&1; '
         'echo $? > "$said/rc.$2"; }; '
-        'fill 120; run wide 1; cp .abreast/state.db* "$said/"; fill 94; run kept 2; '
+        'fill 120; "$py" -m abreast run wide.json --dry-run > "$said/dry" 2>&1; '
+        'run wide 1; cp .abreast/state.db* "$said/"; fill 94; run kept 2; '
         "fill 70; run wide 3; "
         'ls .abreast/runs > "$said/runs"'
     )
@@ -4729,6 +4730,9 @@ def test_worktrees_never_fill_the_disk(tmp_path: Path) -> None:
         out[1],
     )
     assert note is not None and note[1] == note[2] == "2", out[1]
+    dry = (said / "dry").read_text()  # a dry run says the same
+    assert "dry run of room: 4 tasks, up to 2 at once\n" in dry, dry
+    assert "has room for 2 worktrees of about 20 MB" in dry, dry
     made = {row[0] for row in query(said / "state.db", "SELECT workdir FROM attempts")}
     assert len(made) == 2, made  # two worktrees, each task in one of them
     # Room for one: the failed task keeps its worktree, so the next cannot have one; it

@@ -143,6 +143,7 @@ def dry_run(req: RunRequest, out: Any) -> int:
     p = prepare(req, look_only=True)
     if p.left_out:
         _note(_only_note(p))
+    _dry_run_room(p)
     out.write(
         f"dry run of {p.wf.name}: {counted(len(p.wf.tasks), 'task')}, up to {p.cap} at once\n"
     )
@@ -192,6 +193,24 @@ def dry_run(req: RunRequest, out: Any) -> int:
 def _in_worktrees(p: Prepared) -> bool:
     """Whether a run of `p` would give tasks worktrees (as far as a dry run can tell)."""
     return (p.wf.isolation or ("worktree" if p.location.in_git else "none")) == "worktree"
+
+
+def _dry_run_room(p: Prepared) -> None:
+    """What a run would say of the room on the disk for its worktrees: the cap lowered
+    (`p.cap` too, so that the dry run says it), or the refusal, as a note."""
+    if not _in_worktrees(p):
+        return
+    from abreast.workspace.git import GitMissing
+    from abreast.workspace.repo import NotARepository, Repo
+
+    with contextlib.suppress(GitMissing, NotARepository):
+        repo = Repo(p.location.root)
+        commit = repo.rev_parse(p.wf.base)
+        if commit is not None:
+            try:
+                _room_for_worktrees(p, repo, commit, _note)
+            except UsageError as e:
+                _note(f"note: a run would be refused: {e}")
 
 
 def _dry_run_notes(p: Prepared) -> list[str]:
