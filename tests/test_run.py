@@ -1118,6 +1118,61 @@ def test_a_journal_that_cannot_be_written_stops_the_run_cleanly_for_resume(
     )
 
 
+@contextlib.contextmanager
+def memory_cgroup(limit: int) -> Iterator[Path]:
+    """A memory cgroup of our own with `limit` bytes (cgroup v1's memory hierarchy, or v2),
+    removed after; skips the test where none can be made (not root, no delegation)."""
+    name = f"abreast-test-{os.getpid()}-{time.monotonic_ns()}"
+    made = None
+    for parent, limit_file in (
+        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"),
+        (Path("/sys/fs/cgroup"), "memory.max"),
+    ):
+        try:
+            (parent / name).mkdir()
+        except OSError:
+            continue
+        try:
+            (parent / name / limit_file).write_text(str(limit))
+            made = parent / name
+            break
+        except OSError:
+            (parent / name).rmdir()
+    if made is None:
+        pytest.skip("no memory cgroup can be made here")
+    procs = made / "cgroup.procs"
+    try:
+        yield made
+    finally:
+        with contextlib.suppress(OSError):
+            wait_for(lambda: not procs.read_text().strip(), 10, "the cgroup emptied")
+            made.rmdir()
+
+
+def test_an_attempt_the_out_of_memory_killer_ended_says_so(tmp_path: Path) -> None:
+    # It read `exit 137 (SIGKILL)`, as a kill of anyone's would: side by side, tasks run
+    # a machine (or a container's limit) out of memory, and nothing said that was why.
+    with memory_cgroup(50_000_000) as group:
+        hog = f'echo $$ > {group}/cgroup.procs\n{PY} -c "x = bytearray(300_000_000)"\n'
+        path = workflow(tmp_path, {"hog": {"run": hog}})
+        result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    assert result.code == 1, result.out + result.err
+    [(reason,)] = journal(tmp_path, "SELECT reason FROM tasks WHERE task_id = 'hog'")
+    first, advice = reason.split("\n")[:2]
+    assert re.fullmatch(
+        r"exit 137 \(SIGKILL\): out of memory, most likely: the kernel's out-of-memory "
+        r"killer ended \d+ process(es)? on this machine while it ran( \(its processes held "
+        r"up to [\d.]+ [kMG]B\))?",
+        first,
+    ), reason
+    assert advice.startswith("tasks side by side share the memory: lower max_parallel"), reason
+    # A KILL of another kind (not the kernel's, nothing ended for memory meanwhile): as before.
+    path = workflow(tmp_path, {"killed": {"run": "kill -9 $$"}})
+    run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
+    [(reason,)] = journal(tmp_path, "SELECT reason FROM tasks WHERE task_id = 'killed'")
+    assert reason == "killed by SIGKILL"
+
+
 def test_a_full_disk_is_said_as_such_when_the_journal_cannot_be_opened(tmp_path: Path) -> None:
     # A run on a disk with no room left: SQLite says "disk I/O error" (its WAL files
     # cannot be made), which read "… is not a usable abreast journal", with the advice to

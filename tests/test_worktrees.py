@@ -4724,15 +4724,15 @@ def test_worktrees_never_fill_the_disk(tmp_path: Path) -> None:
     # Room for 2 worktrees of 20 MB (120 MB free, 64 MB left free): at most 2 at once.
     assert rc[1] == "0", out[1]
     note = re.search(
-        r"note: the disk \(\S+\) has room for (\d) worktrees of about 20 MB \(\d+ MB free; "
-        r"abreast leaves 64 MB of it free\): at most (\d) tasks run at once \(max_parallel "
+        r"note: the disk \(\S+\) has room for (\d) worktrees of about 20.0 MB \([\d.]+ MB free; "
+        r"abreast leaves 64.0 MB of it free\): at most (\d) tasks run at once \(max_parallel "
         r"is 4\)",
         out[1],
     )
     assert note is not None and note[1] == note[2] == "2", out[1]
     dry = (said / "dry").read_text()  # a dry run says the same
     assert "dry run of room: 4 tasks, up to 2 at once\n" in dry, dry
-    assert "has room for 2 worktrees of about 20 MB" in dry, dry
+    assert "has room for 2 worktrees of about 20.0 MB" in dry, dry
     made = {row[0] for row in query(said / "state.db", "SELECT workdir FROM attempts")}
     assert len(made) == 2, made  # two worktrees, each task in one of them
     # Room for one: the failed task keeps its worktree, so the next cannot have one; it
@@ -4740,15 +4740,15 @@ def test_worktrees_never_fill_the_disk(tmp_path: Path) -> None:
     assert rc[2] == "1", out[2]
     assert re.search(
         r"b \(failed\): could not prepare: no room on the disk \(\S+\) for another worktree: "
-        r"one takes about 20 MB \(the files of the commit it starts from\), the disk has "
-        r"\d+ MB free, and abreast leaves 64 MB of it for its journal and logs",
+        r"one takes about 20.0 MB \(the files of the commit it starts from\), the disk has "
+        r"[\d.]+ MB free, and abreast leaves 64.0 MB of it for its journal and logs",
         out[2],
     ), out[2]
     assert "Traceback" not in out[2] and "cannot write the journal" not in out[2]
     # No room for one: refused before anything of a run is made.
     assert rc[3] == "2", out[3]
     assert re.search(
-        r"abreast: error: no room on the disk \(\S+\) for a worktree: one takes about 20 MB",
+        r"abreast: error: no room on the disk \(\S+\) for a worktree: one takes about 20.0 MB",
         out[3],
     ), out[3]
     assert "hint: make room (`abreast cleanup` removes what finished runs left)" in out[3]

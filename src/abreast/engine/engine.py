@@ -67,6 +67,7 @@ from abreast.executor.process import (
     describe_status,
     kill_tree,
     leases_env,
+    oom_kills,
     reap_orphans,
     signal_tree,
 )
@@ -75,7 +76,7 @@ from abreast.plan.analysis import locks_taken
 from abreast.plan.dispatch import Dispatcher, Policy
 from abreast.plan.graph import TaskGraph
 from abreast.spec import conditions
-from abreast.spec.durations import counted
+from abreast.spec.durations import counted, format_size
 from abreast.spec.loader import MAX_DEPTH, json_depth
 from abreast.spec.model import (
     ENV_VALUE_MAX,
@@ -277,6 +278,9 @@ class TaskRun:
     last_words: str = ""  # a failed task's: its log's telling last line (`telling_line`)
     retry_at: float | None = None
     killed_for: str | None = None  # why the orchestrator killed the running attempt
+    # The machine's count of processes the out-of-memory killer ended, as the engine last
+    # read it before this attempt started (Engine._oom_killed).
+    ooms_before: int | None = None
     integrating_since: float = 0.0  # when its work went to be integrated (time.monotonic)
     unstarted: bool = False  # failed before an attempt started: its when: or ${{ }} places
 
@@ -413,6 +417,7 @@ class Engine:
         self._lock_waits_said: set[tuple[str, int, float]] = set()
         self.lowest_cap: tuple[int, str] | None = None  # where the monitor lowered it, why
         self._seen_signals: set[tuple[str, str]] = set()
+        self._ooms = oom_kills()
         # A file -> the tasks whose work conflicted in it at a merge; a task -> the tasks it
         # is kept apart from for that, and the file (Engine._conflicted_in).
         self._conflicted: dict[str, set[int]] = {}
@@ -892,6 +897,7 @@ class Engine:
         log, output = self._paths(tr.id, n)
         tr.last_log = log
         tr.timed_out = False
+        tr.ooms_before = self._ooms
         self._set(tr, TaskState.RUNNING, attempts=n, started_at=tr.started_at)
         self.journal.stage_new_attempt(
             self.run_id,
@@ -1178,6 +1184,8 @@ class Engine:
             reason = describe_status(exit_.exit_code, exit_.signal)
             if running is not None:
                 reason += failed_at(running.launch, exit_.exit_code)
+            reason += self._oom_killed(tr, exit_, peak)
+            if running is not None:
                 reason = "\n".join([reason, *self._failure_hints(running.launch)])
                 if exit_.exit_code == 127 and tr.failures < tr.task.retries:
                     stuck = self._not_retried(running.launch)
@@ -1214,6 +1222,28 @@ class Engine:
             )
             return
         self._attempt_succeeded(tr)
+
+    def _oom_killed(self, tr: TaskRun, exit_: Exit, peak: int) -> str:
+        """For an attempt ended by a KILL abreast did not send (its shell's status 137, or
+        the signal itself), where the kernel's out-of-memory killer ended a process on
+        this machine while it ran: said, with what the attempt held, since tasks side by
+        side share the memory. The count is read at each tick (once a second) rather than
+        as each attempt starts, which is on the way of every start; a kill of the second
+        before it started reads as one while it ran: "most likely"."""
+        killed = exit_.signal == signal.SIGKILL or exit_.exit_code == 128 + signal.SIGKILL
+        if not killed or exit_.host is not None:  # (this machine's count: not a Ray node's)
+            return ""
+        before, now = tr.ooms_before, oom_kills()
+        if before is None or now is None or now <= before or self._force_kill:
+            return ""
+        ended = counted(now - before, "process", "processes")
+        held = f" (its processes held up to {format_size(peak)})" if peak else ""
+        return (
+            f": out of memory, most likely: the kernel's out-of-memory killer ended {ended} "
+            f"on this machine while it ran{held}\ntasks side by side share the memory: lower "
+            "max_parallel, or set `max_memory` on the task that grows, to have abreast end it "
+            "first and say so"
+        )
 
     def _read_only_hint(self, tr: TaskRun) -> str:
         """For a failed attempt of a protected checkout (`main_checkout: protect`) whose
@@ -1739,6 +1769,7 @@ class Engine:
         monitor = self.options.monitor
         if monitor:
             monitor.update()
+        self._ooms = oom_kills()  # read each tick, not each start: see _oom_killed
         troubles = self.sup.tick()
         if self.options.keys is not None:
             self.options.keys.tick()

@@ -513,12 +513,12 @@ def _room_for_worktrees(
     """Refuse a run whose disk has no room for a worktree (and one for the merge checks),
     and lower the cap to the worktrees it has room for: each task at once works in one,
     and worktrees that fill the disk leave the journal unwritable (workspace/room.py)."""
+    from abreast.spec.durations import format_size
     from abreast.workspace.room import (
         RESERVE_BYTES,
         disk_of,
         fit,
         room_text,
-        size_text,
         worktree_bytes,
     )
 
@@ -543,8 +543,8 @@ def _room_for_worktrees(
         tasks = "1 task runs" if most == 1 else f"{most} tasks run"
         announce_note(
             f"note: the disk ({disk_of(where)}) has room for {n} worktrees of about "
-            f"{size_text(size)}{also} ({size_text(free)} free; abreast leaves "
-            f"{size_text(RESERVE_BYTES)} of it free): at most {tasks} at once "
+            f"{format_size(size)}{also} ({format_size(free)} free; abreast leaves "
+            f"{format_size(RESERVE_BYTES)} of it free): at most {tasks} at once "
             f"(max_parallel is {p.cap})"
         )
         p.cap = n - checks

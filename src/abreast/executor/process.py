@@ -643,6 +643,25 @@ def kill_pids(pids: Iterable[int], grace_s: float = 2.0) -> int:
     return len(live)
 
 
+def oom_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer has killed on this machine
+    since it booted (`oom_kill` of /proc/vmstat: a cgroup's limit counted as the machine's
+    memory); None where that cannot be read."""
+    try:
+        with open("/proc/vmstat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    at = data.find(b"\noom_kill ")
+    if at < 0:
+        return None
+    end = data.find(b"\n", at + 1)
+    try:
+        return int(data[at + 10 : end if end > 0 else None])
+    except ValueError:
+        return None
+
+
 def describe_status(exit_code: int | None, sig: int | None) -> str:
     if sig:
         try:

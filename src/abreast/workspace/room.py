@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from abreast.spec.durations import format_size
 from abreast.workspace.repo import Repo
 
 RESERVE_BYTES = 64_000_000  # left free for the journal, the logs and git's own writes
@@ -68,17 +69,6 @@ def free_bytes(path: Path) -> int | None:
     return None
 
 
-def size_text(n: float) -> str:
-    """`n` bytes as a message says it: `905 KB`, `2.0 MB`, `64 MB`."""
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            if unit == "bytes":
-                return f"{n:.0f} bytes"
-            return f"{n:.1f} {unit}" if n < 10 else f"{n:.0f} {unit}"
-        n /= 1000
-    return ""  # (not reached)
-
-
 def disk_of(path: Path) -> Path:
     """The mount point of the filesystem `path` is on (where a message says the room is)."""
     where = path
@@ -92,9 +82,9 @@ def disk_of(path: Path) -> Path:
 def room_text(size: int, free: int) -> str:
     """Why there is no room, in figures."""
     return (
-        f"one takes about {size_text(size)} (the files of the commit it starts from), the "
-        f"disk has {size_text(max(free, 0))} free, and abreast leaves "
-        f"{size_text(RESERVE_BYTES)} of it for its journal and logs"
+        f"one takes about {format_size(size)} (the files of the commit it starts from), the "
+        f"disk has {format_size(max(free, 0))} free, and abreast leaves "
+        f"{format_size(RESERVE_BYTES)} of it for its journal and logs"
     )
 
 
