@@ -1124,9 +1124,9 @@ def memory_cgroup(limit: int) -> Iterator[Path]:
     removed after; skips the test where none can be made (not root, no delegation)."""
     name = f"abreast-test-{os.getpid()}-{time.monotonic_ns()}"
     made = None
-    for parent, limit_file in (
-        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"),
-        (Path("/sys/fs/cgroup"), "memory.max"),
+    for parent, limit_file, swap_file in (
+        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.memsw.limit_in_bytes"),
+        (Path("/sys/fs/cgroup"), "memory.max", "memory.swap.max"),
     ):
         try:
             (parent / name).mkdir()
@@ -1134,6 +1134,8 @@ def memory_cgroup(limit: int) -> Iterator[Path]:
             continue
         try:
             (parent / name / limit_file).write_text(str(limit))
+            if (parent / name / swap_file).exists():  # no swapping instead of the kill
+                (parent / name / swap_file).write_text(str(limit if "memsw" in swap_file else 0))
             made = parent / name
             break
         except OSError:
