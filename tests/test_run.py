@@ -1613,6 +1613,11 @@ def test_cancel_from_another_terminal(tmp_path: Path) -> None:
         run_id = json.loads(
             run_abreast("status", "--json", "--state", f"sqlite://{tmp_path}/.abreast/state.db").out
         )["run_id"]
+        # `abreast resume` typed meanwhile: nothing to resume, and what the run is doing.
+        resumed = run_abreast("resume", cwd=tmp_path)
+        said = f"no run was interrupted; the latest, {run_id}, is running (orchestrator pid "
+        assert resumed.code == 2 and said + f"{proc.pid} on " in resumed.err, resumed.err
+        assert f"`abreast cancel {run_id}` stops it" in resumed.err
         # No RUN: the one run that is running.
         cancel = run_abreast("cancel", "--state", f"sqlite://{tmp_path}/.abreast/state.db")
         assert cancel.code == 0, cancel.err

@@ -748,6 +748,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
                     )
                 if latest.state == "cancelled":  # Ctrl-C, `abreast cancel [--drain]`
                     args.run_id = latest.id
+                if latest.state == "running":  # its orchestrator is alive: nothing to resume
+                    raise UsageError(
+                        f"no run was interrupted; the latest, {latest.id}, is running "
+                        f"(orchestrator pid {latest.pid} on {latest.host})",
+                        hint=f"`abreast status {latest.id} --watch` follows it; `abreast "
+                        f"cancel {latest.id}` stops it",
+                    )
             if args.run_id is None:
                 args.run_id = only_run(journal, gone, "was interrupted", "were interrupted").id
     junit = _junit_target(args)
