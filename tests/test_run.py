@@ -1618,6 +1618,13 @@ def test_cancel_from_another_terminal(tmp_path: Path) -> None:
         said = f"no run was interrupted; the latest, {run_id}, is running (orchestrator pid "
         assert resumed.code == 2 and said + f"{proc.pid} on " in resumed.err, resumed.err
         assert f"`abreast cancel {run_id}` stops it" in resumed.err
+        for command, hint in (
+            ("logs", "`abreast logs -f` waits for it to start"),
+            ("diff", f"`abreast status {run_id}` says what it waits for"),
+        ):
+            early = run_abreast(command, "next", cwd=tmp_path)
+            assert f"task 'next' of run {run_id} has not started yet" in early.err, early.err
+            assert f"hint: {hint}" in early.err, early.err
         # No RUN: the one run that is running.
         cancel = run_abreast("cancel", "--state", f"sqlite://{tmp_path}/.abreast/state.db")
         assert cancel.code == 0, cancel.err

@@ -387,7 +387,9 @@ def find_attempt(
             raise UsageError(f"task {task_id!r} of run {run_id} never ran: {task.state}{why}")
         raise UsageError(
             f"task {task_id!r} of run {run_id} has not started yet",
-            hint="-f waits for it to start",
+            hint="`abreast logs -f` waits for it to start"
+            if command == "logs"
+            else f"`abreast status {run_id}` says what it waits for",
         )
     if attempt is None:
         return max(attempts, key=lambda a: a.attempt)
