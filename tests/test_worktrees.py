@@ -299,6 +299,53 @@ def test_tasks_whose_work_conflicted_in_the_same_file_run_one_after_the_other_af
     assert len(last) == 1 and last[0].startswith("line 10 by t"), merged
 
 
+def test_tasks_kept_apart_by_their_conflicts_stay_apart_after_a_resume(
+    repo: Path, tmp_path: Path
+) -> None:
+    # t1 and t2 conflicted with t0's landing and are kept apart; the orchestrator dies
+    # while the retry of one of them runs. The resume ran the two side by side again: the
+    # second to land conflicted again, and, its retry spent, failed.
+    go = tmp_path / "go"
+    tasks = {"t0": {"run": "sed -i 's/^line 10.*/line 10 by t0/' src/shared.txt"}}
+    for t in ("t1", "t2"):
+        later = f"touch {tmp_path}/started.{t}.$ABREAST_ATTEMPT; "
+        later += f"while [ ! -e {go} ]; do sleep 0.05; done"
+        tasks[t] = {
+            "run": f'if [ "$ABREAST_ATTEMPT" -gt 1 ]; then {later}; else sleep 0.3; fi\n'
+            f"sed -i 's/^line 10.*/line 10 by {t}/' src/shared.txt\n",
+            "retries": 1,
+            "backoff": {"initial": 0},
+        }
+    path = workflow(repo, tasks, max_parallel=3)
+    proc, run_id = start_run(path, cwd=repo)
+    db = repo / ".abreast" / "state.db"
+    conflicts = "SELECT count(*) FROM events WHERE type = 'merge.conflict'"
+    try:
+        wait_for(lambda: query(db, conflicts) == [(2,)], what="t1 and t2 to conflict")
+        wait_for(lambda: any(tmp_path.glob("started.*.2")), what="a retry to start")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    [first] = [p.name.split(".")[1] for p in tmp_path.glob("started.*.2")]
+    resumed = subprocess.Popen(
+        [PY, "-m", "abreast", "resume", run_id, "--no-monitor", "--plain"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    with ended_after(resumed):
+        wait_for(lambda: (tmp_path / f"started.{first}.3").exists(), what="its retry again")
+        go.touch()
+        out, _ = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, out
+    states = dict(query(db, "SELECT task_id, state FROM tasks"))
+    assert states == {"t0": "succeeded", "t1": "succeeded", "t2": "succeeded"}, out
+    assert "run one after the other from now on: their work conflicted in src/shared.txt" in out
+
+
 def test_a_flaky_check_is_run_again_not_the_agent_and_said(repo: Path, tmp_path: Path) -> None:
     # A red check sent the task back to its agent (minutes and tokens) even when the
     # suite was only flaky. A check's `retries` runs it again first; a later green lands

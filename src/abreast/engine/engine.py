@@ -645,6 +645,7 @@ class Engine:
             self._adoptions = Adoptions(self.run_id)
         installed = self._install_signal_handlers(loop)
         self._on_signals(replay=True)  # a resumed run's, given while nobody listened
+        self._conflicts_before()
         self._note_cap()
         if self._locks_inside:
             self._read_lock_waits()
@@ -1397,6 +1398,17 @@ class Engine:
                     self.run_id, "merge.held_back", tr.id, attempt=n, why=verdict.stops_run
                 )
                 self._on_drain(verdict.stops_run, f"{verdict.stops_run}, so no work can land")
+
+    def _conflicts_before(self) -> None:
+        """A resumed run's merge conflicts before it stopped: the tasks they keep apart
+        stay apart (said again, as each pair is)."""
+        if self.isolation.instant:
+            return
+        for e in self.journal.events(self.run_id, types=("merge.conflict",)):
+            tr = self.by_id.get(e.task_id or "")
+            files = e.data.get("files")
+            if tr is not None and isinstance(files, list) and files:
+                self._conflicted_in(tr, tuple(str(f) for f in files))
 
     def _conflicted_in(self, tr: TaskRun, files: tuple[str, ...]) -> None:
         """`tr`'s work conflicted at its merge in `files`: from now on it does not run
