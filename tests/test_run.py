@@ -911,6 +911,11 @@ def test_invalid_output_fails_the_attempt(tmp_path: Path, cli) -> None:  # type:
             "fence": {"run": "printf '```json\\n{}\\n```\\n' > \"$ABREAST_OUTPUT\""},
             "lines": {"run": 'printf \'{}\\n{"b": 2}\\n\' > "$ABREAST_OUTPUT"'},
             "comma": {"run": 'printf \'{\\n"a": 1,\\n}\' > "$ABREAST_OUTPUT"'},
+            # A byte order mark (PowerShell, Windows editors) is read past; UTF-16 with its
+            # mark is read as such; other text than UTF-8 is said as such.
+            "bom": {"run": 'printf \'\\357\\273\\277{"a": 1}\' > "$ABREAST_OUTPUT"'},
+            "utf16": {"run": "printf '\\377\\376{\\000}\\000' > \"$ABREAST_OUTPUT\""},
+            "latin": {"run": 'printf \'{"a": "caf\\351"}\' > "$ABREAST_OUTPUT"'},
         },
     )
     result = cli("run", str(path), "--no-monitor")
@@ -927,6 +932,11 @@ def test_invalid_output_fails_the_attempt(tmp_path: Path, cli) -> None:  # type:
     assert reasons["lines"].endswith(
         '; its line 2 reads: {"b": 2} (more after one JSON value: write one object that '
         "holds it all)"
+    )
+    outputs = dict(journal(tmp_path, "SELECT task_id, output FROM tasks"))
+    assert json.loads(outputs["bom"]) == {"a": 1} and json.loads(outputs["utf16"]) == {}
+    assert reasons["latin"] == (
+        "$ABREAST_OUTPUT is not UTF-8 text (byte 0xe9 at 10): write the JSON in UTF-8"
     )
     assert reasons["comma"].endswith(
         "; its line 3 reads: } (a comma before a closing } or ]: JSON has no trailing commas)"

@@ -142,6 +142,17 @@ def _not_json(word: str) -> Any:
     raise ValueError(f"{word} is not a JSON value (write null, or a number)")
 
 
+def _output_text(raw: bytes) -> str:
+    """An output file's text: UTF-8, a byte order mark at its start left out (JSON's RFC
+    lets a reader ignore one; PowerShell and Windows editors write it), and UTF-16 with
+    its mark (Windows PowerShell's `Out-File`) read as such."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return raw[3:].decode("utf-8")
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return raw.decode("utf-16")
+    return raw.decode("utf-8")
+
+
 def _json_said_at(text: str, e: json.JSONDecodeError) -> str:
     """The line of an output that JSON could not read, where its error is (`; its line 1
     reads: ```json`), and what the usual slip is: the JSON wrapped in a Markdown code
@@ -1471,8 +1482,13 @@ class Engine:
                     f"{MAX_OUTPUT_BYTES:,} bytes (1 MiB): write large results to files "
                     "and put their paths in the output"
                 )
-            text = raw.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+            text = _output_text(raw)
+        except UnicodeDecodeError as e:
+            return {}, (
+                f"$ABREAST_OUTPUT is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                f"{e.start}): write the JSON in UTF-8"
+            )
+        except OSError as e:
             return {}, f"could not read $ABREAST_OUTPUT: {e}"
         if not text.strip():
             return {}, None
