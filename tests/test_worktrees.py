@@ -1749,13 +1749,15 @@ def test_a_cancel_while_the_checks_run_on_the_result_merged_with_base_ends_them(
 def test_without_land_a_base_that_moved_on_is_said_with_a_merge_that_works(
     repo: Path, tmp_path: Path
 ) -> None:
-    # It said `git merge --ff-only`, which git refuses once main has moved on.
+    # It said `git merge --ff-only`, which git refuses once main has moved on. The commits
+    # are named: one a task made in your checkout (`git -C ~/proj commit`) read as yours.
     code, out, run_id = run_while_main_moves(repo, tmp_path, "echo A > a.txt", {"m.txt": "M\n"})
     assert code == 0, out
+    meanwhile = git(repo, "log", "-1", "--format=%h %s", "main").strip()
     assert (
         f"bring it in: git merge {integration(run_id)}   (main moved on since the run started, "
-        f"1 commit: not a fast-forward; or `abreast land {run_id}`, which merges and checks "
-        "them)" in out
+        f"1 commit ({meanwhile}): not a fast-forward; or `abreast land {run_id}`, which merges "
+        "and checks them)" in out
     ), out
     assert "--ff-only" not in out
 

@@ -26,7 +26,7 @@ from abreast.coord.journal import Journal
 from abreast.coord.location import StateLocation
 from abreast.engine.states import TERMINAL, TaskState
 from abreast.errors import UsageError
-from abreast.executor.logs import visible_name
+from abreast.executor.logs import visible, visible_name
 from abreast.integrate.base import (
     KEY_IN_WORK,
     Isolation,
@@ -933,7 +933,8 @@ class WorktreeIsolation(Isolation):
         elif self.land:
             lines.append(await self._landing(refused, str(head)))
         elif ahead:
-            moved, _ = await asyncio.to_thread(self._moved_on)
+            gained, _ = await asyncio.to_thread(self._gained)
+            moved = len(gained)
             land = f"abreast land {self.run_id}"
             if self.repo.rev_parse(f"refs/heads/{self.base_name}") is None:
                 # A detached HEAD, a tag, a commit: no branch for `abreast land` to move.
@@ -944,10 +945,12 @@ class WorktreeIsolation(Isolation):
                     f"abreast land has no branch to move; or `git branch NAME {branch}` names it)"
                 )
             elif moved:
+                # Named: one a task made in your checkout is otherwise taken for yours.
+                named = listed([visible(c) for c in reversed(gained)], 3)
                 lines.append(
                     f"bring it in: git merge {branch}   ({self.base_name} moved on since the "
-                    f"run started, {counted(moved, 'commit')}: not a fast-forward; or "
-                    f"`{land}`, which merges and checks them)"
+                    f"run started, {counted(moved, 'commit')} ({named}): not a fast-forward; "
+                    f"or `{land}`, which merges and checks them)"
                 )
             else:
                 lines.append(f"bring it in: git merge --ff-only {branch}   (or `{land}`)")
@@ -1015,15 +1018,20 @@ class WorktreeIsolation(Isolation):
         """How many commits `base` gained since the run started, when it only moved on
         (the commit the run started from still on it) and the result lacks them, and
         where `base` is; (0, "") otherwise."""
+        commits, current = self._gained()
+        return len(commits), current
+
+    def _gained(self) -> tuple[list[str], str]:
+        """`_moved_on`'s commits (`git log --oneline`, newest first) and where `base` is."""
         current = self.repo.rev_parse(f"refs/heads/{self.base_name}")
         head = self.repo.rev_parse(self.ref)
         if current is None or head is None or self.repo.is_ancestor(current, head):
-            return 0, ""
+            return [], ""
         if self.repo.is_ancestor(head, current):
-            return 0, ""  # it has the result already (merged by hand, or nothing landed)
+            return [], ""  # it has the result already (merged by hand, or nothing landed)
         if not self.repo.is_ancestor(self.base_commit, current):
-            return 0, ""  # rewritten: `_land` says so
-        return len(self.repo.log_oneline(f"{head}..{current}", 100000)), current
+            return [], ""  # rewritten: `_land` says so
+        return self.repo.log_oneline(f"{head}..{current}", 100000), current
 
     async def _catch_up(self) -> str | None:
         """`--land`, and `base` moved on since the run started (your commits, a
