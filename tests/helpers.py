@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 PY = sys.executable
 
 # A task that records its start and end (monotonic clock, shared by all processes) and
@@ -199,3 +201,15 @@ def engine_for(wf: Path, state: Path, options: Any, view: Any = None) -> Iterato
     )
     with journal:
         yield Engine(p.wf, "r1", p.location, journal, p.graph, options, view=view)
+
+
+def disk_in_a_namespace(tmp_path: Path) -> tuple[Path, Path]:
+    """(where to mount a tmpfs in a user+mount namespace of the test's own, `unshare
+    -Urm`, and a directory outside it for what the script there says): a real small
+    disk; skips the test where such namespaces cannot be made."""
+    if subprocess.run(["unshare", "-Urm", "true"], check=False).returncode != 0:
+        pytest.skip("no user namespaces here (unshare -Urm)")
+    disk, said = tmp_path / "disk", tmp_path / "said"
+    disk.mkdir()
+    said.mkdir()
+    return disk, said

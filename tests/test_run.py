@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import run_abreast
 from tests.helpers import (
     PY,
+    disk_in_a_namespace,
     ended_after,
     engine_for,
     ignored_signals,
@@ -1190,11 +1191,7 @@ def test_a_full_disk_is_said_as_such_when_the_journal_cannot_be_opened(tmp_path:
     # cannot be made), which read "… is not a usable abreast journal", with the advice to
     # move it away: the journal is fine; the disk is full. A tmpfs of 2 MB, in a mount
     # namespace of our own (as `containment: protect` uses), filled by a task.
-    if subprocess.run(["unshare", "-Urm", "true"], check=False).returncode != 0:
-        pytest.skip("no user namespaces here (unshare -Urm)")
-    disk, said = tmp_path / "disk", tmp_path / "said"
-    disk.mkdir()
-    said.mkdir()
+    disk, said = disk_in_a_namespace(tmp_path)
     spec = {"version": 1, "name": "full", "isolation": "none", "tasks": {}}
     spec["tasks"] = {"fill": {"run": "head -c 4000000 /dev/zero > fill"}}
     # Two projects on it: the first's task fills it, the second starts on it full.

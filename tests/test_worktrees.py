@@ -19,7 +19,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_abreast
-from tests.helpers import PY, ended_after, pid_alive, query, start_run, touched_after, wait_for
+from tests.helpers import (
+    PY,
+    disk_in_a_namespace,
+    ended_after,
+    pid_alive,
+    query,
+    start_run,
+    touched_after,
+    wait_for,
+)
 
 
 def git(repo: Path, *args: str) -> str:
@@ -4727,11 +4736,7 @@ def test_worktrees_never_fill_the_disk(tmp_path: Path) -> None:
     # next checkout failed half-written, and then the journal could not be written (the
     # run died). A tmpfs in a mount namespace of our own, a 20 MB file in the repository;
     # before each run, a filler leaves FREE MB free (as df counts it).
-    if subprocess.run(["unshare", "-Urm", "true"], check=False).returncode != 0:
-        pytest.skip("no user namespaces here (unshare -Urm)")
-    disk, said = tmp_path / "disk", tmp_path / "said"
-    disk.mkdir()
-    said.mkdir()
+    disk, said = disk_in_a_namespace(tmp_path)
     tasks = {t: {"run": f"sleep 0.3; echo {t} > {t}.txt"} for t in "abcd"}
     wide = {"version": 1, "name": "room", "max_parallel": 4, "tasks": tasks}
     kept = {
