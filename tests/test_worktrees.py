@@ -288,8 +288,10 @@ def test_tasks_whose_work_conflicted_in_the_same_file_run_one_after_the_other_af
     # conflict with it. Their next attempts started together again, from the same head:
     # one landed, two conflicted again and, with one retry each, failed. Now they run
     # one after the other, each from the work of the one before, and all land.
+    # (A retry takes a second: the others' first merges conflict while it runs.)
+    wait = '[ "$ABREAST_ATTEMPT" = 1 ] && sleep 0.3 || sleep 1'
     tasks = {
-        f"t{i}": {"run": f"sleep 0.3; sed -i 's/^line 10.*/line 10 by t{i}/' src/shared.txt"}
+        f"t{i}": {"run": f"{wait}; sed -i 's/^line 10.*/line 10 by t{i}/' src/shared.txt"}
         for i in range(4)
     }
     path = workflow(repo, tasks, max_parallel=4, defaults={"retries": 1, "backoff": {"initial": 0}})
