@@ -1165,11 +1165,25 @@ def memory_cgroup(limit: int) -> Iterator[Path]:
 def test_an_attempt_the_out_of_memory_killer_ended_says_so(tmp_path: Path) -> None:
     # It read `exit 137 (SIGKILL)`, as a kill of anyone's would: side by side, tasks run
     # a machine (or a container's limit) out of memory, and nothing said that was why.
+    # Its retry beside as many others would likely meet the same end: one fewer at once.
     with memory_cgroup(50_000_000) as group:
         hog = f'echo $$ > {group}/cgroup.procs\n{PY} -c "x = bytearray(300_000_000)"\n'
-        path = workflow(tmp_path, {"hog": {"run": hog}})
+        tasks = {
+            "hog": {"run": hog},
+            "w": {"run": "sleep 2"},
+            "x1": {"run": "sleep 0.3", "needs": ["w"]},
+            "x2": {"run": "sleep 0.3", "needs": ["w"]},
+        }
+        path = workflow(tmp_path, tasks, max_parallel=2)
         result = run_abreast("run", str(path), "--no-monitor", "--plain", cwd=tmp_path)
     assert result.code == 1, result.out + result.err
+    said = "hog ran out of memory with 2 tasks at once: at most 1 from now on (cap 1 of 2)"
+    assert f"the cap is lowered: {said}" in result.out, result.out
+    caps = journal(tmp_path, "SELECT data FROM events WHERE type = 'run.cap'")
+    assert json.loads(caps[-1][0]) == {"cap": 1, "of": 2, "reason": said}
+    rows = journal(tmp_path, "SELECT task_id, started_at, ended_at FROM attempts")
+    spans = {t: (a, b) for t, a, b in rows}
+    assert spans["x1"][1] <= spans["x2"][0] or spans["x2"][1] <= spans["x1"][0], spans
     [(reason,)] = journal(tmp_path, "SELECT reason FROM tasks WHERE task_id = 'hog'")
     first, advice = reason.split("\n")[:2]
     assert re.fullmatch(

@@ -420,6 +420,9 @@ class Engine:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._last_heartbeat = 0.0
         self._last_cap = 0  # as last journaled (run.cap)
+        # At most this many tasks at once since one was ended for want of memory (and why).
+        self._memory_cap: int | None = None
+        self._memory_why = ""
         self._waiting_said: dict[str, str] = {}  # as last journaled (run.waiting)
         # Tasks whose commands may wait in `abreast lock` (another process journals the
         # wait): task -> the lock its running attempt waits for now, read at each tick.
@@ -498,7 +501,8 @@ class Engine:
 
     def cap(self) -> int:
         monitor = self.options.monitor
-        return monitor.cap(self.options.cap) if monitor else self.options.cap
+        cap = monitor.cap(self.options.cap) if monitor else self.options.cap
+        return cap if self._memory_cap is None else min(cap, self._memory_cap)
 
     def elapsed(self) -> float:
         return time.monotonic() - self._t0
@@ -584,6 +588,8 @@ class Engine:
             self._last_cap = cap
             monitor = self.options.monitor
             why = monitor.reason(self.options.cap) if monitor else None
+            if self._memory_cap is not None and cap == self._memory_cap:
+                why = self._memory_why
             self.journal.stage_event(
                 self.run_id, "run.cap", None, cap=cap, of=self.options.cap, reason=why
             )
@@ -591,7 +597,10 @@ class Engine:
                 # Said at each new low only: a reading that sways about a threshold
                 # would otherwise say so every second. Why tasks wait, in a CI's log too.
                 self.lowest_cap = (cap, why)
-                self.view.note(f"the resource monitor lowered the cap: {why}")
+                if why == self._memory_why:
+                    self.view.note(f"the cap is lowered: {why}")
+                else:
+                    self.view.note(f"the resource monitor lowered the cap: {why}")
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -1250,6 +1259,16 @@ class Engine:
             return ""
         ended = counted(now - before, "process", "processes")
         held = f" (its processes held up to {format_size(peak)})" if peak else ""
+        # Its retry, beside as many others, would likely meet the same end: one fewer at
+        # once from now on (its slot was given back already).
+        side_by_side = len(self._d.running) + 1
+        if side_by_side > 1 and side_by_side - 1 < self.cap():
+            self._memory_cap = side_by_side - 1
+            self._memory_why = (
+                f"{tr.id} ran out of memory with {side_by_side} tasks at once: at most "
+                f"{side_by_side - 1} from now on (cap {self._memory_cap} of {self.options.cap})"
+            )
+            self._note_cap()
         return (
             f": out of memory, most likely: the kernel's out-of-memory killer ended {ended} "
             f"on this machine while it ran{held}\ntasks side by side share the memory: lower "
