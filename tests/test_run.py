@@ -1179,6 +1179,7 @@ def test_an_attempt_the_out_of_memory_killer_ended_says_so(tmp_path: Path) -> No
     assert result.code == 1, result.out + result.err
     said = "hog ran out of memory with 2 tasks at once: at most 1 from now on (cap 1 of 2)"
     assert f"the cap is lowered: {said}" in result.out, result.out
+    assert f"  the cap was lowered; at its lowest: {said}\n" in result.out
     caps = journal(tmp_path, "SELECT data FROM events WHERE type = 'run.cap'")
     assert json.loads(caps[-1][0]) == {"cap": 1, "of": 2, "reason": said}
     rows = journal(tmp_path, "SELECT task_id, started_at, ended_at FROM attempts")

@@ -56,7 +56,13 @@ def summarize(outcome: RunOutcome, out: TextIO) -> None:
             f"{saved_phrase(outcome.saved_s, pct, format_duration)}\n"
         )
     if outcome.lowest_cap is not None:  # why tasks waited with slots seemingly free
-        w(f"  the resource monitor lowered the cap; at its lowest: {outcome.lowest_cap[1]}\n")
+        why = outcome.lowest_cap[1]
+        who = (
+            "the cap was lowered"
+            if "ran out of memory" in why
+            else "the resource monitor lowered the cap"
+        )
+        w(f"  {who}; at its lowest: {why}\n")
     if outcome.landing:
         w(f"  {outcome.landing}\n")
     for warning in outcome.warnings:
