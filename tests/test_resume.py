@@ -24,6 +24,16 @@ from tests.conftest import run_abreast
 from tests.helpers import pid_alive, query, start_run, wait_for, write_workflow
 
 
+def started_while_a_runs(
+    tmp_path: Path, name: str, tasks: dict[str, Any], **top: Any
+) -> tuple[subprocess.Popen[str], str]:
+    """A run of `tasks` in the background, once its task a (whose command touches
+    a.started) has started: (the orchestrator, the run id)."""
+    proc, run_id = start_run(write_workflow(tmp_path, name, tasks, **top), cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "a.started").exists(), what="a to start")
+    return proc, run_id
+
+
 def crash_workflow(root: Path, n: int = 12, seed: int = 0) -> Path:
     """A DAG of `n` tasks that each sleep a little, then count their success once."""
     rng = random.Random(seed)
@@ -231,13 +241,11 @@ def test_an_attempt_that_ended_while_abreast_was_down_took_its_own_time_not_the_
     # After a crash its attempts go on. One that ended while abreast was down was said to
     # have taken until the resume (a task of a second "took" the night), while the run's
     # wall time left that time out: "saved 99%". The wrapper now records when it ended.
-    path = write_workflow(
+    proc, run_id = started_while_a_runs(
         tmp_path,
         "down",
         {"a": {"run": "touch a.started; sleep 0.5"}, "b": {"run": "true", "needs": ["a"]}},
     )
-    proc, run_id = start_run(path, cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "a.started").exists(), what="a to start")
     kill9(proc)
     exits = tmp_path / ".abreast" / "runs" / run_id / "exits"
     wait_for(lambda: exits.exists() and "a.1 0" in exits.read_text(), what="a to end")
@@ -328,13 +336,11 @@ def test_an_attempt_stopped_by_the_machine_going_down_runs_again_not_failed(
     # retries left: failed, "exit 143 (SIGTERM)"). Its line says the boot it was written
     # in: one that has ended is a shutdown, and the attempt was interrupted, not failed.
     # (And a line cut short by the shutdown, without its status, is passed over.)
-    path = write_workflow(
+    proc, run_id = started_while_a_runs(
         tmp_path,
         "reboot",
         {"a": {"run": "touch a.started; test -e go || sleep 60; echo x >> a.count", "retries": 0}},
     )
-    proc, run_id = start_run(path, cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "a.started").exists(), what="a to start")
     db = tmp_path / ".abreast" / "state.db"
     wait_for(lambda: query(db, "SELECT pgid FROM attempts") != [(None,)], what="a journaled")
     kill9(proc)
@@ -363,14 +369,12 @@ def test_cancel_of_a_crashed_run_says_what_ended_meanwhile_and_resume_takes_it(
     # counted as the run's.
     from abreast.executor.exits import recorded_exits
 
-    path = write_workflow(
+    proc, run_id = started_while_a_runs(
         tmp_path,
         "gone",
         {"a": {"run": "touch a.started; sleep 0.3; echo x >> a.count"}, "b": {"run": "true"}},
         max_parallel=1,
     )
-    proc, run_id = start_run(path, cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "a.started").exists(), what="a to start")
     kill9(proc)
     exits = tmp_path / ".abreast" / "runs" / run_id / "exits"
     wait_for(lambda: exits.exists() and "a.1 0" in exits.read_text(), what="a to end")
@@ -811,13 +815,11 @@ def test_resume_force_goes_on_with_the_file_as_it_is_now(tmp_path: Path) -> None
 def test_the_time_between_a_cancel_and_its_resume_is_not_the_runs(tmp_path: Path) -> None:
     # Cancelled on Friday, resumed on Monday: the run "took" the weekend, its summary's
     # wall time had the weekend in it (so "saved 0s"), and so did `status` and `report`.
-    path = write_workflow(
+    proc, run_id = started_while_a_runs(
         tmp_path,
         "pause",
         {"a": {"run": "touch a.started; sleep 30"}, "b": {"run": "true", "needs": ["a"]}},
     )
-    proc, run_id = start_run(path, cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "a.started").exists(), what="a to start")
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     db = tmp_path / ".abreast" / "state.db"
@@ -832,7 +834,8 @@ def test_the_time_between_a_cancel_and_its_resume_is_not_the_runs(tmp_path: Path
             key = "id" if table == "runs" else "run_id"
             sets = ", ".join(f"{c} = {c} - {gap}" for c in cols)
             conn.execute(f"UPDATE {table} SET {sets} WHERE {key} = ?", (run_id,))
-    (tmp_path / "w.json").write_text(path.read_text().replace("sleep 30", "sleep 1"))
+    path = tmp_path / "w.json"
+    path.write_text(path.read_text().replace("sleep 30", "sleep 1"))
     state = f"sqlite://{db}"
     resumed = run_abreast(
         "resume", run_id, "--state", state, "--no-monitor", "--plain", "--force", cwd=tmp_path

@@ -1205,7 +1205,10 @@ class Engine:
             reason = describe_status(exit_.exit_code, exit_.signal)
             if running is not None:
                 reason += failed_at(running.launch, exit_.exit_code)
-            reason += self._oom_killed(tr, exit_, peak)
+            out_of_memory = self._oom_killed(tr, exit_, peak)
+            if out_of_memory:
+                reason += out_of_memory
+                self._fewer_at_once(tr)
             if running is not None:
                 reason = "\n".join([reason, *self._failure_hints(running.launch)])
                 if exit_.exit_code == 127 and tr.failures < tr.task.retries:
@@ -1259,8 +1262,16 @@ class Engine:
             return ""
         ended = counted(now - before, "process", "processes")
         held = f" (its processes held up to {format_size(peak)})" if peak else ""
-        # Its retry, beside as many others, would likely meet the same end: one fewer at
-        # once from now on (its slot was given back already).
+        return (
+            f": out of memory, most likely: the kernel's out-of-memory killer ended {ended} "
+            f"on this machine while it ran{held}\ntasks side by side share the memory: lower "
+            "max_parallel, or set `max_memory` on the task that grows, to have abreast end it "
+            "first and say so"
+        )
+
+    def _fewer_at_once(self, tr: TaskRun) -> None:
+        """`tr` ran out of memory: its retry, beside as many others, would likely meet the
+        same end, so one task fewer at once from now on (its slot was given back already)."""
         side_by_side = len(self._d.running) + 1
         if side_by_side > 1 and side_by_side - 1 < self.cap():
             self._memory_cap = side_by_side - 1
@@ -1269,12 +1280,6 @@ class Engine:
                 f"{side_by_side - 1} from now on (cap {self._memory_cap} of {self.options.cap})"
             )
             self._note_cap()
-        return (
-            f": out of memory, most likely: the kernel's out-of-memory killer ended {ended} "
-            f"on this machine while it ran{held}\ntasks side by side share the memory: lower "
-            "max_parallel, or set `max_memory` on the task that grows, to have abreast end it "
-            "first and say so"
-        )
 
     def _read_only_hint(self, tr: TaskRun) -> str:
         """For a failed attempt of a protected checkout (`main_checkout: protect`) whose

@@ -143,7 +143,8 @@ def dry_run(req: RunRequest, out: Any) -> int:
     p = prepare(req, look_only=True)
     if p.left_out:
         _note(_only_note(p))
-    _dry_run_room(p)
+    committed = _dry_run_repo(p)
+    _dry_run_room(p, committed)
     out.write(
         f"dry run of {p.wf.name}: {counted(len(p.wf.tasks), 'task')}, up to {p.cap} at once\n"
     )
@@ -182,7 +183,7 @@ def dry_run(req: RunRequest, out: Any) -> int:
             f"each task's work lands once its merge passes {checks_named(checks.names)}{batch} "
             f"({took}their time is not in the estimates)\n"
         )
-    for line in _dry_run_notes(p):
+    for line in _dry_run_notes(p, committed):
         _note(line)
     no_shell = preflight.missing_shell(p.wf)
     if no_shell:
@@ -195,40 +196,37 @@ def _in_worktrees(p: Prepared) -> bool:
     return (p.wf.isolation or ("worktree" if p.location.in_git else "none")) == "worktree"
 
 
-def _dry_run_room(p: Prepared) -> None:
+def _dry_run_room(p: Prepared, committed: tuple[Repo, str, str | None] | None) -> None:
     """What a run would say of the room on the disk for its worktrees: the cap lowered
     (`p.cap` too, so that the dry run says it), or the refusal, as a note."""
+    if committed is not None:
+        try:
+            _room_for_worktrees(p, committed[0], committed[1], _note)
+        except UsageError as e:
+            _note(f"note: a run would be refused: {e}")
+
+
+def _dry_run_repo(p: Prepared) -> tuple[Repo, str, str | None] | None:
+    """With worktrees, as far as a dry run can tell: the repository, the commit tasks
+    would start from, and the workflow file's path in it; None otherwise."""
     if not _in_worktrees(p):
-        return
+        return None
     from abreast.workspace.git import GitMissing
     from abreast.workspace.repo import NotARepository, Repo
 
     with contextlib.suppress(GitMissing, NotARepository):
         repo = Repo(p.location.root)
         commit = repo.rev_parse(p.wf.base)
+        own = os.path.relpath(p.wf.source, repo.root) if p.wf.source else None
         if commit is not None:
-            try:
-                _room_for_worktrees(p, repo, commit, _note)
-            except UsageError as e:
-                _note(f"note: a run would be refused: {e}")
+            return repo, commit, own
+    return None
 
 
-def _dry_run_notes(p: Prepared) -> list[str]:
+def _dry_run_notes(p: Prepared, committed: tuple[Repo, str, str | None] | None) -> list[str]:
     """What a run would note about its commands (`preflight`), as far as a dry run can
     tell: with worktrees, against the commit tasks would start from."""
-    root = p.location.root
-    committed = None
-    if _in_worktrees(p):
-        from abreast.workspace.git import GitMissing
-        from abreast.workspace.repo import NotARepository, Repo
-
-        with contextlib.suppress(GitMissing, NotARepository):
-            repo = Repo(root)
-            commit = repo.rev_parse(p.wf.base)
-            own = os.path.relpath(p.wf.source, repo.root) if p.wf.source else None
-            if commit is not None:
-                committed = (repo, commit, own)
-            root = repo.root
+    root = committed[0].root if committed is not None else p.location.root
     return preflight.command_notes(root, p.wf, committed)
 
 

@@ -57,23 +57,23 @@ def _checkout_bytes(root: str, commit: str) -> int | None:
     return total
 
 
+def _existing(path: Path) -> Path:
+    """`path`, or the nearest directory above it that exists (the worktrees' directory
+    is made with the first of them)."""
+    return next((p for p in (path, *path.parents) if p.exists()), path)
+
+
 def free_bytes(path: Path) -> int | None:
-    """Free bytes on the disk of `path` (or of the nearest directory above it that
-    exists), for this user; None where that cannot be read."""
-    for where in (path, *path.parents):
-        if where.exists():
-            try:
-                return shutil.disk_usage(where).free
-            except OSError:
-                return None
-    return None
+    """Free bytes on the disk of `path`, for this user; None where that cannot be read."""
+    try:
+        return shutil.disk_usage(_existing(path)).free
+    except OSError:
+        return None
 
 
 def disk_of(path: Path) -> Path:
     """The mount point of the filesystem `path` is on (where a message says the room is)."""
-    where = path
-    while not where.exists() and where != where.parent:
-        where = where.parent
+    where = _existing(path)
     while not where.is_mount() and where != where.parent:
         where = where.parent
     return where
