@@ -39,6 +39,12 @@ def test_missing_field_names_what_exists() -> None:
         expr.evaluate({}, {}, {"score": 1})
 
 
+def test_missing_field_of_an_upstream_task_that_wrote_nothing_says_so() -> None:
+    expr = parse("outputs.c.score > 2", allow_output=False)
+    with pytest.raises(ConditionError, match=r"it has: none: c wrote nothing, or \{\}, to its"):
+        expr.evaluate({}, {"c": {}})
+
+
 def test_outputs_unknown_before_the_run() -> None:
     expr = parse("outputs.a.ok", allow_output=False)
     with pytest.raises(OutputsUnknown):

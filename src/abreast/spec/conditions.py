@@ -74,6 +74,8 @@ class Record:
             fields = ", ".join(sorted(map(str, self._data))) or "none"
             if not self._data and self._name == "output":
                 fields = "none: the task wrote nothing, or {}, to $ABREAST_OUTPUT"
+            elif not self._data and self._name.count(".") == 1 and self._name[:8] == "outputs.":
+                fields = f"none: {self._name[8:]} wrote nothing, or {{}}, to its $ABREAST_OUTPUT"
             raise ConditionError(f"{self._name} has no field {key!r} (it has: {fields})") from None
         return wrap(value, f"{self._name}.{key}")
 
