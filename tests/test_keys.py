@@ -204,7 +204,7 @@ def write(root: Path, spec: dict) -> Path:  # type: ignore[type-arg]
 CLIENT = """
 import json, os, sys, urllib.request, urllib.error
 base, key = os.environ["ANTHROPIC_BASE_URL"], os.environ["ANTHROPIC_API_KEY"]
-codes = []
+codes, errors = [], []
 for i in range(int(sys.argv[1])):
     req = urllib.request.Request(base + "/v1/messages", data=b"{}", method="POST",
                                  headers={"x-api-key": key, "content-type": "application/json"})
@@ -213,7 +213,9 @@ for i in range(int(sys.argv[1])):
             codes.append(r.status)
     except urllib.error.HTTPError as e:
         codes.append(e.code)
-json.dump({"codes": codes, "env": dict(os.environ)},
+        said = json.loads(e.read() or b"{}").get("error", {}).get("message")
+        errors.append({"retry_after": e.headers.get("retry-after"), "message": said})
+json.dump({"codes": codes, "errors": errors, "env": dict(os.environ)},
           open(os.environ["ABREAST_OUTPUT"].replace(".json", ".client.json"), "w"))
 """
 
@@ -438,6 +440,71 @@ def test_the_agent_finally_sees_the_providers_429_through_the_proxy(
     assert data["codes"] == [429]
     assert time.monotonic() - t0 >= (0.1 + 0.2 + 0.4) * 0.75  # it backed off first
     assert len(provider.log) == 3 * 4  # every key tried in each of the 4 rounds
+
+
+def test_an_agent_told_every_key_is_at_abreasts_limit_gets_a_429_to_wait_out(
+    tmp_path: Path, provider: Provider
+) -> None:
+    """abreast's own `limit:` spent (no request left to send in the window): the agent
+    is answered 429 with a Retry-After, as by the provider, so its client waits; not a 502."""
+    (tmp_path / "client.py").write_text(CLIENT)
+    pool = {"from": ["TEST_KEY_0"], "limit": "1/1m", "upstream": provider.url}
+    path = write(
+        tmp_path,
+        {
+            "name": "spent",
+            "keys": {"anthropic": {**pool, "backoff": {"initial": "0.1s", "max": "0.1s"}}},
+            "tasks": {
+                "t": {"run": f"{sys.executable} {tmp_path}/client.py 2", "keys": "anthropic"}
+            },
+        },
+    )
+    result = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
+    )
+    assert result.code == 0, result.err
+    data = json.loads(
+        next((tmp_path / ".abreast" / "runs").glob("*/outputs/*.client.json")).read_text()
+    )
+    assert data["codes"] == [200, 429]
+    assert len(provider.log) == 1  # the second was not sent
+    (said,) = data["errors"]
+    assert 50 <= int(said["retry_after"]) <= 64  # when the window lets the key be used again
+    assert "every key of 'anthropic' stayed at its limit of 1 per 1m each" in said["message"]
+
+
+def test_an_upstream_out_of_reach_is_said_to_the_agent_and_warned_of(tmp_path: Path) -> None:
+    """A key pool whose `upstream:` nothing answers at: the agent is told why its request
+    failed (not only 502), and the run warns once, naming the pool."""
+    (tmp_path / "client.py").write_text(CLIENT)
+    port = free_port()  # nothing listens there
+    path = write(
+        tmp_path,
+        {
+            "name": "unreached",
+            "keys": {"anthropic": {"from": list(ENV), "upstream": f"http://127.0.0.1:{port}"}},
+            "tasks": {
+                "t": {"run": f"{sys.executable} {tmp_path}/client.py 2", "keys": "anthropic"}
+            },
+        },
+    )
+    result = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
+    )
+    assert result.code == 0, result.err
+    data = json.loads(
+        next((tmp_path / ".abreast" / "runs").glob("*/outputs/*.client.json")).read_text()
+    )
+    assert data["codes"] == [502, 502]
+    assert all(f"cannot connect to 127.0.0.1:{port}" in e["message"] for e in data["errors"])
+    warning = (
+        f"through the key proxy could not reach key pool anthropic's upstream "
+        f"(http://127.0.0.1:{port}): cannot connect to 127.0.0.1:{port}"
+    )
+    assert result.out.count(warning) == 2, result.out  # said as it came, and in the summary
+    db = tmp_path / ".abreast" / "state.db"
+    rows = query(db, "SELECT data FROM events WHERE type = 'api.failed' ORDER BY seq")
+    assert sum(json.loads(r[0])["count"] for r in rows) == 2
 
 
 def quick_orphans(tmp_path: Path, name: str, tasks: dict[str, Any], **top: Any) -> Path:

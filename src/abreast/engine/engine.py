@@ -1824,7 +1824,7 @@ class Engine:
         self._ooms = oom_kills()  # read each tick, not each start: see _oom_killed
         troubles = self.sup.tick()
         if self.options.keys is not None:
-            self.options.keys.tick()
+            self._key_warnings(self.options.keys.tick())
             troubles += [
                 Trouble(task_id, why, "token_limit")
                 for task_id, n, why in self.options.keys.over_budget()
@@ -1921,6 +1921,11 @@ class Engine:
             self.journal.stage_event(
                 self.run_id, "task.signal_missed", tr.id, signal=name, waiting=ids, warning=text
             )
+            self.sup.warnings.append(text)
+            self.view.note(f"warning: {text}")
+
+    def _key_warnings(self, said: list[str]) -> None:
+        for text in said:  # journaled by the key broker
             self.sup.warnings.append(text)
             self.view.note(f"warning: {text}")
 
@@ -2066,8 +2071,8 @@ class Engine:
             self.journal.commit()  # the merge queue's last verdicts, read back here
             changes = work_changes(self.journal, self.run_id)
             checks = checks_s(self.journal, self.run_id)
-        if self.options.keys is not None:
-            self.options.keys.tick()  # the last requests, before the run is marked finished
+        if self.options.keys is not None:  # the last requests, before the run is finished
+            self._key_warnings(self.options.keys.tick())
         # What the tasks waited for locks (`abreast lock` in their commands) was no work:
         # one at a time, they would not have waited for each other.
         from abreast.observe.rundata import lock_waits

@@ -24,6 +24,7 @@ from abreast.coord.journal import Journal
 from abreast.keys.pool import KeyPool
 from abreast.keys.proxy import BASE_URL_ENV, KeyProxy, Route
 from abreast.keys.tokens import Tokens
+from abreast.spec.durations import counted
 from abreast.spec.model import Task, Workflow
 
 NEAR_LIMIT = 0.8
@@ -61,6 +62,8 @@ class KeyBroker:
         self._proxied: dict[str, tuple[str, int, str, bool]] = {}
         self._used_reported: dict[str, Tokens] = {}
         self._limited_reported: dict[tuple[str, str], int] = {}
+        self._unreached_reported: dict[str, int] = {}  # proxy token -> failures journaled
+        self._unreached_said: set[str] = set()  # pools whose upstream failing was warned of
 
     def start(self) -> None:
         if self.proxy is not None:
@@ -144,8 +147,9 @@ class KeyBroker:
         self._holders[slot] = max(0, self._holders.get(slot, 0) - 1)
         self._freed.set()
 
-    def tick(self) -> None:
-        """Journal key use since the last tick (events feed `abreast keys` and metrics)."""
+    def tick(self) -> list[str]:
+        """Journal key use since the last tick (events feed `abreast keys` and metrics);
+        the warnings it said (a pool's upstream out of reach)."""
         for name, pool in self.pools.items():
             for fp, s in pool.stats(window=False)["keys"].items():
                 for status, count in s["statuses"].items():
@@ -175,13 +179,15 @@ class KeyBroker:
                         limited_s=s["limited_s"],
                     )
 
-        self._journal_tokens()
+        return self._journal_tokens()
 
-    def _journal_tokens(self) -> None:
+    def _journal_tokens(self) -> list[str]:
         """Journal what the provider's answers to each attempt said they used since the
-        last tick (`api.usage`, per task and attempt: `abreast report` sums them)."""
+        last tick (`api.usage`, per task and attempt: `abreast report` sums them), and the
+        requests that did not reach it; the warnings said."""
+        warnings: list[str] = []
         if self.proxy is None:
-            return
+            return warnings
         for token, (task_id, attempt, pool_name, ended) in list(self._proxied.items()):
             total = self.proxy.used(token)
             delta = total.minus(self._used_reported.get(token, Tokens()))
@@ -195,10 +201,46 @@ class KeyBroker:
                     pool=pool_name,
                     **delta.as_dict(),
                 )
+            if warning := self._journal_unreached(token, task_id, attempt, pool_name):
+                warnings.append(warning)
             if ended:
                 del self._proxied[token]
                 self._used_reported.pop(token, None)
+                self._unreached_reported.pop(token, None)
                 self.proxy.forget(token)
+        return warnings
+
+    def _journal_unreached(self, token: str, task_id: str, attempt: int, pool: str) -> str | None:
+        """Journal the attempt's requests that could not reach the provider since the last
+        tick (`api.failed`); the first of a pool's run is a warning: an `upstream:` that is
+        wrong, or not reachable from here, fails every agent the same way."""
+        assert self.proxy is not None
+        count, why = self.proxy.unreached(token)
+        delta = count - self._unreached_reported.get(token, 0)
+        if delta <= 0:
+            return None
+        self._unreached_reported[token] = count
+        warning = None
+        if pool not in self._unreached_said:
+            self._unreached_said.add(pool)
+            warning = (
+                f"{counted(delta, 'request')} of {task_id}'s through the key proxy could not "
+                f"reach key pool "
+                f"{pool}'s upstream ({self.wf.keys[pool].upstream}): {why}; the agent was "
+                f"answered 502 (check `keys.{pool}.upstream`, and that this machine can "
+                "reach it)"
+            )
+        self.journal.stage_event(
+            self.run_id,
+            "api.failed",
+            task_id,
+            attempt=attempt,
+            pool=pool,
+            count=delta,
+            reason=why,
+            warning=warning,
+        )
+        return warning
 
     def over_budget(self) -> list[tuple[str, int, str]]:
         """(task, attempt, why) of each running attempt whose answers have said they used

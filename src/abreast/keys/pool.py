@@ -30,6 +30,8 @@ from typing import Any
 
 from abreast.coord.backend import BACKEND_RETRY_S, Coordinator, CoordUnreachable
 from abreast.errors import UsageError
+from abreast.executor.logs import KEY_SHOWN
+from abreast.spec.durations import format_duration
 from abreast.spec.model import KeyPool as KeyPoolSpec
 
 JITTER = 0.25
@@ -63,7 +65,12 @@ class _Key:
 
 
 class AllKeysLimited(Exception):
-    """Every key stayed limited through all backoff rounds (the library's signal)."""
+    """Every key stayed limited through all backoff rounds (the library's signal);
+    `retry_after_s`: when one of them will allow a use again, where known."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 Send = Callable[[str], Awaitable[Any]]  # given a key value, make the request; returns a response
@@ -98,6 +105,7 @@ class KeyPool:
         self._sleep = sleep
         self.backoff_delays: list[float] = []  # every backoff actually waited, in order
         self._local: dict[str, list[float]] = {}  # windows when no coordinator is shared
+        self._full_for: float | None = None  # when every window was full: until one frees
 
     @classmethod
     def from_spec(
@@ -153,6 +161,12 @@ class KeyPool:
     def holds(self, value: str) -> bool:
         return any(k.value == value for k in self._keys)
 
+    def scrubbed(self, text: str) -> str:
+        """`text` with each of the pool's keys in it shown by its fingerprint."""
+        for k in self._keys:
+            text = text.replace(k.value, KEY_SHOWN.format(k.fp))
+        return text
+
     # -- windows -------------------------------------------------------------------------------
 
     def _window(self) -> float:
@@ -183,15 +197,17 @@ class KeyPool:
             return keys[0]
         count, _ = self.limit
         if self.coord is not None:
-            index, _wait = self.coord.rate_take_any(
+            index, wait = self.coord.rate_take_any(
                 [self._counter(k) for k in keys], count, self._window()
             )
+            self._full_for = wait if index is None else None
             return None if index is None else keys[index]
         now = time.monotonic()
         for k in keys:  # keep only this window's uses
             self._local[k.fp] = [t for t in self._local.get(k.fp, []) if t > now - self._window()]
         best = min(keys, key=lambda k: len(self._local[k.fp]))
         if len(self._local[best.fp]) >= count:
+            self._full_for = min(self._local[k.fp][0] for k in keys) + self._window() - now
             return None
         self._local[best.fp].append(now)
         return best
@@ -257,7 +273,12 @@ class KeyPool:
             self.backoff_delays.append(delay)
             await self._sleep(delay)
         if last is None:
-            raise AllKeysLimited(f"every key of {self.name!r} stayed at its limit")
+            per = ""
+            if self.limit is not None:
+                per = f" of {self.limit[0]} per {format_duration(self.limit[1])} each"
+            raise AllKeysLimited(
+                f"every key of {self.name!r} stayed at its limit{per}", self._full_for
+            )
         return last
 
     async def request(

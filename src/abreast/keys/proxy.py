@@ -20,15 +20,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import secrets
 import threading
 from collections.abc import Iterable
 
 import h11
 
-from abreast.keys.pool import KeyPool, retry_after
+from abreast.keys.pool import AllKeysLimited, KeyPool, retry_after
 from abreast.keys.tokens import Tokens, UsageReader
-from abreast.keys.upstream import READ_CHUNK, Upstream, UpstreamResponse
+from abreast.keys.upstream import READ_CHUNK, Upstream, UpstreamError, UpstreamResponse
 
 HOP_BY_HOP = {
     "connection",
@@ -86,6 +87,8 @@ class KeyProxy:
         # key, or streaming the answer back): the attempt is waiting, not hung
         self._in_flight: dict[str, int] = {}
         self._used: dict[str, Tokens] = {}  # token -> what its answers said they used
+        # token -> requests of its attempt that did not reach the provider, and the last why
+        self._unreached: dict[str, tuple[int, str]] = {}
         self._budgets: dict[str, int] = {}  # token -> its attempt's max_tokens
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -117,6 +120,7 @@ class KeyProxy:
         """Drop what `token`'s answers used, once it is revoked and its use journaled."""
         with self._lock:
             self._used.pop(token, None)
+            self._unreached.pop(token, None)
 
     def in_flight(self, token: str) -> bool:
         """Whether a request of the attempt holding `token` is under way."""
@@ -135,6 +139,12 @@ class KeyProxy:
         (kept after the token is revoked)."""
         with self._lock:
             return dataclasses.replace(self._used.get(token, Tokens()))  # a copy
+
+    def unreached(self, token: str) -> tuple[int, str]:
+        """How many of `token`'s requests could not reach the provider (refused, timed
+        out, cut off before an answer), and why the last could not; (0, "") for none."""
+        with self._lock:
+            return self._unreached.get(token, (0, ""))
 
     def budget_spent(self, token: str) -> tuple[int, int] | None:
         """(tokens spent, max_tokens) once `token`'s answers have said they used its whole
@@ -209,6 +219,18 @@ class KeyProxy:
             upstream: UpstreamResponse = await route.pool.send(
                 do, lambda r: r.status_code, retry_after
             )
+        except AllKeysLimited as e:  # no request left: a 429 the agent's client waits out
+            wait = max(1, math.ceil(e.retry_after_s or route.pool.backoff(0)))
+            status, head, body = _error(
+                429, "rate_limit_error", f"{e} (abreast's `limit:`): retry after {wait}s"
+            )
+            return status, [*head, ("retry-after", str(wait))], body
+        except UpstreamError as e:  # said by Upstream, of the host and the socket: no key
+            why = route.pool.scrubbed(str(e))
+            with self._lock:
+                count = self._unreached.get(token, (0, ""))[0]
+                self._unreached[token] = (count + 1, why)
+            return _error(502, "api_error", f"upstream failed: {why}")
         except Exception as e:  # never the key: only the kind of failure
             return _error(502, "api_error", f"upstream failed: {type(e).__name__}")
         return upstream

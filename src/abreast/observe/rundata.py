@@ -42,6 +42,7 @@ MERGE_EVENTS = (
 WARNING_EVENTS = (
     "run.warning",
     "task.signal_missed",
+    "api.failed",  # the first of a key pool's requests that could not reach its upstream
     "containment.violation",
     "memory.leak_suspected",
     "work.left_out",
