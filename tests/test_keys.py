@@ -83,7 +83,9 @@ def test_300_requests_with_3_keys_at_100_per_window_all_succeed(
     async def main() -> list[int]:
         import httpx
 
-        async with httpx.AsyncClient() as client:
+        # 300 at once wait for the client's 100 connections: on a loaded machine longer
+        # than httpx's default 5 s (PoolTimeout), which is the client's, not the pool's
+        async with httpx.AsyncClient(timeout=60) as client:
             responses = await asyncio.gather(
                 *(
                     pool.request(
@@ -113,7 +115,7 @@ pool = KeyPool("shared", keys, limit=(100, 2.0), coord=open_coordinator(coord_ur
                initial_s=0.2, max_retries=8)
 async def main():
     import httpx
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(timeout=60) as c:
         calls = (pool.request("POST", url, client=c, json={}) for _ in range(50))
         rs = await asyncio.gather(*calls)
     print(json.dumps([r.status_code for r in rs]))
