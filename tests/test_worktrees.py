@@ -281,6 +281,96 @@ def test_conflict_is_sent_back_and_resolved_on_attempt_2(repo: Path) -> None:
     assert second[1][:2] == (2, "succeeded")
 
 
+@pytest.mark.parametrize("carry", [True, False])
+def test_carry_work_starts_each_attempt_with_the_last_ones_work(
+    repo: Path, tmp_path: Path, carry: bool
+) -> None:
+    """`carry_work`: an attempt sent back by a red check, then one that failed, each hand
+    their files to the next, uncommitted, which builds on them and lands all of it, and
+    is told so. Without it, each attempt starts afresh from the integration head."""
+    seen = tmp_path / "seen.txt"
+    script = repo / "agent.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$ABREAST_ATTEMPT: $(git status --porcelain src | tr "\\n" " ")" >> {seen}\n'
+        f'echo "$ABREAST_ATTEMPT: $ABREAST_FEEDBACK" | tail -n 1 >> {seen}\n'
+        'case "$ABREAST_ATTEMPT" in\n'
+        "1) printf 'feature\\nBUG\\n' > src/feature.txt ;;\n"  # red: the check finds BUG
+        "2) echo more >> src/feature.txt; exit 1 ;;\n"
+        "*) sed -i /BUG/d src/feature.txt ;;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+    task = {"run": "./agent.sh", "retries": 2, "backoff": {"initial": 0.05}, "carry_work": carry}
+    path = workflow(repo, {"t": task}, checks=[{"run": "! grep -q BUG src/feature.txt"}])
+    code, out, run_id = run(repo, path)
+    lines = seen.read_text().splitlines()
+    if not carry:  # each attempt starts afresh: the last finds no feature.txt to fix
+        assert lines[2::2] == ["2: ", "3: "], lines
+        assert code == 1 and "sed: can't read src/feature.txt" in out, out
+        return
+    assert code == 0, out
+    assert lines[2::2] == ["2: ?? src/feature.txt ", "3: ?? src/feature.txt "], lines
+    told = "starts with the work of attempt {}, uncommitted in its worktree (1 file changed"
+    assert told.format(1) in lines[3] and told.format(2) in lines[5]
+    assert show(repo, integration(run_id), "src/feature.txt") == "feature\nmore\n"
+    carried = query(
+        repo / ".abreast" / "state.db",
+        "SELECT json_extract(data, '$.from_attempt'), json_extract(data, '$.carried') "
+        "FROM events WHERE type = 'work.carried' ORDER BY seq",
+    )
+    assert carried == [(1, 1), (2, 1)]
+    assert git(repo, "for-each-ref", f"refs/abreast/{run_id}/") == ""  # gone once it landed
+
+
+def test_resume_retry_failed_carries_on_from_the_failed_attempts_work(repo: Path) -> None:
+    """The run failed (no retries left): its last attempt's files are kept under a ref of
+    the run's, and `resume --retry-failed` starts from them."""
+    run_ = "echo $ABREAST_ATTEMPT >> src/progress.txt; test $(wc -l < src/progress.txt) -ge 2"
+    path = workflow(repo, {"t": {"run": run_, "carry_work": True}})
+    code, out, run_id = run(repo, path)
+    assert code == 1, out
+    assert git(repo, "for-each-ref", "--format=%(refname)", f"refs/abreast/{run_id}/") == (
+        f"refs/abreast/{run_id}/carried/t/1\n"
+    )
+    result = run_abreast("resume", run_id, "--retry-failed", "--plain", cwd=repo)
+    assert result.code == 0, result.out + result.err
+    assert show(repo, integration(run_id), "src/progress.txt") == "1\n2\n"
+
+
+def test_carried_work_that_conflicts_with_what_landed_since_is_left_out_and_said(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The last attempt's work conflicts with what landed since it started (the reason
+    it was sent back): the next attempt starts afresh, told why and where that work is."""
+    seen = tmp_path / "seen.txt"
+    script = repo / "second.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$ABREAST_FEEDBACK" | tail -n 1 >> {seen}\n'
+        'if [ "$ABREAST_ATTEMPT" = 1 ]; then\n'
+        '  until git log --format=%s "abreast/$ABREAST_RUN_ID/_integration" | grep -q "land '
+        'first"; do sleep 0.05; done\n'  # lands after first: a conflict
+        "  sed -i 's/^line 10$/line 10 (second)/' src/shared.txt\n"
+        "else sed -i 's/^line 12$/line 12 (second)/' src/shared.txt; fi\n"
+    )
+    script.chmod(0o755)
+    tasks = {
+        "first": {"run": "sed -i 's/^line 10$/line 10 (first)/' src/shared.txt"},
+        "second": {"run": "./second.sh", "retries": 1, "carry_work": True},
+    }
+    code, out, run_id = run(repo, workflow(repo, tasks))
+    assert code == 0, out
+    told = seen.read_text().splitlines()[-1]
+    assert told.startswith(
+        "The work of attempt 1 was not carried over: it conflicts with what landed since "
+        "it started, in: src/shared.txt. This attempt starts from the current integration "
+        "head; `git diff HEAD "
+    ), told
+    merged = show(repo, integration(run_id), "src/shared.txt")
+    assert "line 10 (first)\n" in merged and "line 12 (second)\n" in merged
+
+
 def test_tasks_whose_work_conflicted_in_the_same_file_run_one_after_the_other_after(
     repo: Path,
 ) -> None:

@@ -17,6 +17,7 @@ defaults:
   retries: 1                 # extra attempts after a failure, a conflict or a red check
 #   ports: 1                 # a free TCP port per attempt in $ABREAST_PORT (for servers)
 #   shell: bash              # run commands with bash -e -o pipefail (default: /bin/sh -e)
+#   carry_work: true         # a retry starts with the last attempt's work (for agents)
 
 # agents:
 #   claude:

@@ -972,7 +972,10 @@ class Engine:
             env.update(extra_env)  # the leased key, or the proxy's address and token
         told = task.prompt if tr.prompt is None else tr.prompt
         bounds = self.isolation.bounds(tr.id) if told else ""
-        prompt = prompt_for(told, n, tr.feedback, bounds)
+        feedback = tr.feedback
+        if not self.isolation.instant and (carried := self.isolation.carried(tr.id, n)):
+            feedback = f"{feedback}\n\n{carried}" if feedback else carried
+        prompt = prompt_for(told, n, feedback, bounds)
         env.update(
             {
                 "ABREAST_RUN_ID": self.run_id,
@@ -981,7 +984,7 @@ class Engine:
                 "ABREAST_OUTPUT": output,
                 "ABREAST_STATE": self.location.coord_url,
                 "ABREAST_PROMPT": prompt,
-                "ABREAST_FEEDBACK": tr.feedback or "",
+                "ABREAST_FEEDBACK": feedback or "",
             }
         )
         if prompt:  # what the attempt was told, for `abreast logs TASK --prompt`

@@ -114,6 +114,11 @@ class Isolation:
         worktrees: its `owns`, else what tasks beside it own); "" when nothing bounds it."""
         return ""
 
+    def carried(self, task_id: str, attempt: int) -> str:
+        """What attempt `attempt` is told of the last attempt's work it starts with (a
+        task's `carry_work`, with worktrees); "" when it starts with none."""
+        return ""
+
     def why_failed(self, workdir: str, command: str) -> list[str]:
         """Lines that may explain why a command failed in `workdir`, beyond its exit
         status: files of the user's checkout it names that `workdir` lacks."""

@@ -50,11 +50,13 @@ from abreast.workspace.provision import Provision
 from abreast.workspace.repo import (
     Repo,
     base_name,
+    carried_ref,
     commit_all,
     dirty_paths,
     head_commit,
     index_identity,
     signal_ref,
+    snapshot,
     unfinished,
     unknown_base,
     worktree_git_dir,
@@ -129,6 +131,7 @@ class _Attempt:
     ended: float | None = None
     head: str | None = None
     own_repos: bool = False  # made git repositories inside its worktree (sent back for it)
+    no_carry: bool = False  # its work is not handed to its next attempt (it held a key)
     broken: bool = False  # its `.git` replaced by something git cannot repair: never reused
     index: tuple[int, int, int] | None = None  # its index file as handed to the attempt
     released: bool = False  # given back to the pool once its work was committed
@@ -230,6 +233,7 @@ class WorktreeIsolation(Isolation):
         self._attempts: dict[tuple[str, int], _Attempt] = {}
         self._blamed: dict[tuple[str, int], list[Change]] = {}
         self._landed: list[str] = []
+        self._carried: dict[tuple[str, int], str] = {}  # what an attempt is told it carries
         self._kept: list[Path] = []
         ids = list(wf.tasks)
         # task -> [(task it waits for a signal of, signal)]
@@ -384,7 +388,73 @@ class WorktreeIsolation(Isolation):
         self.journal.stage_attempt(
             self.run_id, task_id, attempt, base_commit=start, workdir=str(path)
         )
+        if attempt > 1 and self.wf.tasks[task_id].carry_work:
+            said = await asyncio.to_thread(self._carry, task_id, attempt, start, path)
+            if said:
+                self._carried[(task_id, attempt)] = said
         return path
+
+    def carried(self, task_id: str, attempt: int) -> str:
+        return self._carried.pop((task_id, attempt), "")
+
+    def _keep_for_next(self, a: _Attempt) -> None:
+        """Keep the work of attempt `a`, which did not land, for its task's next attempt
+        (`carry_work`): its commit if its work was committed (a red check, a conflict),
+        else a snapshot of its worktree's files (it failed, timed out, missed its gate, was
+        cancelled), under a ref of the run's: it outlives the orchestrator, for a
+        `resume` (`--retry-failed`) to carry on from."""
+        ref = carried_ref(self.run_id, a.task_id, a.attempt)
+        older = list(self.repo.refs(carried_ref(self.run_id, a.task_id)))
+        self.repo.delete_refs([r for r in older if r != ref])
+        if a.head is not None:
+            if not a.no_carry:
+                self.repo.git("update-ref", ref, a.head)
+        elif not a.released and not a.broken and a.path.is_dir():
+            message = f"abreast: {a.task_id} attempt {a.attempt}'s files, for its next attempt"
+            with contextlib.suppress(GitError):  # not readable: the next starts afresh
+                snapshot(a.path, ref, message)
+
+    def _carry(self, task_id: str, attempt: int, start: str, path: Path) -> str:
+        """Put the last attempt's work, kept by `_keep_for_next`, in the worktree at `path`
+        (at `start`) as uncommitted changes, merged with what landed since it started;
+        what the attempt is told of it ("" when there is none)."""
+        kept = self.repo.refs(carried_ref(self.run_id, task_id))
+        if not kept:
+            return ""
+        ref = max(kept, key=lambda r: int(r.rsplit("/", 1)[1]))
+        work, n = kept[ref], int(ref.rsplit("/", 1)[1])
+        merged = self.repo.merge_tree(start, work)
+        said: dict[str, Any] = {"attempt": attempt, "from_attempt": n, "commit": work}
+        if not merged.clean:
+            shown = listed(merged.conflicts, 20, visible_name)
+            self.journal.stage_event(
+                self.run_id,
+                "work.carried",
+                task_id,
+                carried=False,
+                conflicts=merged.conflicts[:100],
+                **said,
+            )
+            return (
+                f"The work of attempt {n} was not carried over: it conflicts with what "
+                f"landed since it started, in: {shown}. This attempt starts from the current "
+                f"integration head; `git diff HEAD {work[:12]}` shows that work"
+            )
+        files = self.repo.changed_paths(start, merged.tree)
+        if not files:
+            return ""
+        # Its files become the merged tree's; the index stays HEAD's: the work shows as
+        # uncommitted changes (`git status`, `git diff`), as an agent left it.
+        self.repo.git("read-tree", "-m", "-u", "HEAD", merged.tree, cwd=path)
+        self.repo.git("reset", "-q", cwd=path)
+        self.journal.stage_event(
+            self.run_id, "work.carried", task_id, carried=True, files=len(files), **said
+        )
+        return (
+            f"This attempt starts with the work of attempt {n}, uncommitted in its worktree "
+            f"({counted(len(files), 'file')} changed: `git status` and `git diff` show it): "
+            "build on it rather than start over"
+        )
 
     def _start_with_snapshots(
         self, task_id: str, base: str, waits: list[tuple[str, str]]
@@ -524,6 +594,7 @@ class WorktreeIsolation(Isolation):
         if self.secrets is not None:
             leaked = await asyncio.to_thread(self.repo.added_secrets, since, head, self.secrets())
             if leaked:
+                a.no_carry = True
                 shown = ", ".join(f"{visible_name(path)} (key {fp})" for path, fp in leaked[:10])
                 return Verdict(
                     Outcome.SEND_BACK,
@@ -834,6 +905,8 @@ class WorktreeIsolation(Isolation):
         a = self._attempts.pop((task_id, attempt), None)
         if a is None:
             return
+        if task_id not in self._landed and self.wf.tasks[task_id].carry_work:
+            self._keep_for_next(a)
         if keep or a.broken:
             # Evidence: the worktree if it is still ours (or idle in the pool), and always
             # the task's branch with its last commit. One whose `.git` its agent replaced
@@ -860,8 +933,16 @@ class WorktreeIsolation(Isolation):
         events = self.journal.events(self.run_id, types=("merge.landed",))
         landed = {e.task_id for e in events if e.task_id is not None} | set(self._landed)
         gone = [f"refs/heads/{task_branch(self.run_id, task_id)}" for task_id in sorted(landed)]
-        if self._signal_waits:
-            gone += await asyncio.to_thread(self.repo.refs, f"refs/abreast/{self.run_id}/")
+        if self._signal_waits or any(t.carry_work for t in self.wf.tasks.values()):
+            # Signal snapshots serve only while the run runs; a task's work kept for its
+            # next attempt until the task lands (a `resume --retry-failed` carries it on).
+            left = await asyncio.to_thread(self.repo.refs, f"refs/abreast/{self.run_id}/")
+            gone += [
+                r
+                for r in left
+                if not r.startswith(f"refs/abreast/{self.run_id}/carried/")
+                or r.split("/")[4] in landed
+            ]
         await asyncio.to_thread(self.repo.delete_refs, gone)
         found = await self.queue.head()
         branch = integration_branch(self.run_id)

@@ -435,6 +435,13 @@ class TaskFields:
     backoff: Backoff = Backoff()
     estimate: Duration | None = None
     max_iterations: Annotated[int, Ge(1), Le(100)] = 3
+    carry_work: Annotated[
+        bool,
+        Doc(
+            "an attempt after one that was sent back starts with that attempt's work, "
+            "uncommitted in its worktree, to build on rather than redo"
+        ),
+    ] = False
     ports: Annotated[
         int, Ge(0), Le(64), Doc("free TCP ports each attempt gets, in $ABREAST_PORT(S)")
     ] = 0

@@ -522,6 +522,12 @@ def signal_ref(run_id: str, task_id: str, name: str) -> str:
     return f"refs/abreast/{run_id}/signals/{task_id}/{name.replace('.', '%2E')}"
 
 
+def carried_ref(run_id: str, task_id: str, attempt: int | None = None) -> str:
+    """Where the work of a task's attempt that did not land waits for its next attempt
+    (`carry_work`); without `attempt`, the prefix of the task's."""
+    return f"refs/abreast/{run_id}/carried/{task_id}/" + ("" if attempt is None else str(attempt))
+
+
 def snapshot(path: Path, ref: str, message: str) -> str:
     """Commit the files of the worktree at `path` as they are now (what `git add -A` would
     take: ignored files left out) and point `ref` at it, leaving its index, HEAD and files
