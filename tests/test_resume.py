@@ -855,6 +855,33 @@ def test_the_time_between_a_cancel_and_its_resume_is_not_the_runs(tmp_path: Path
     assert len(ends) == 3 and max(ends) < 60, ends  # a's two attempts and b, no 3-day gap
 
 
+def test_a_review_that_sent_work_back_carries_on_after_a_sigkill(tmp_path: Path) -> None:
+    """The orchestrator dies while the work a review sent back runs again: the resume runs
+    it again told why, then the review, whose rounds count those before the crash."""
+    impl = (
+        'echo "$ABREAST_ATTEMPT" >> work.txt; printf %s "$ABREAST_FEEDBACK" > fb.txt; '
+        'if [ "$ABREAST_ATTEMPT" = 2 ]; then touch again.started; sleep 60; fi'
+    )
+    review = (
+        'n=$(wc -l < work.txt); ok=false; [ "$n" -ge 4 ] && ok=true; '
+        'echo "{\\"ok\\": $ok, \\"asks\\": \\"more than $n\\"}" > "$ABREAST_OUTPUT"'
+    )
+    back = {"to": "impl", "when": "not output.ok", "feedback": "output.asks", "max_rounds": 2}
+    tasks = {"impl": {"run": impl}, "review": {"needs": ["impl"], "run": review, "send_back": back}}
+    proc, run_id = start_run(write_workflow(tmp_path, "rv", tasks), cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "again.started").exists(), what="impl to run again")
+    kill9(proc)
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=tmp_path)
+    assert resumed.code == 0, resumed.out + resumed.err
+    # attempt 2 was cut short; 3 is told why, as 2 was; the review's second send-back is
+    # its round 2 of 2, and it approves the work with four lines
+    assert (tmp_path / "work.txt").read_text() == "1\n2\n3\n4\n"
+    assert "review sent impl's work back (round 2 of 2)" in resumed.out
+    assert (tmp_path / "fb.txt").read_text() == (
+        "review reviewed this task's work and sent it back (round 2 of 2):\nmore than 3"
+    )
+
+
 def test_retry_failed_goes_by_the_fixed_file(tmp_path: Path) -> None:
     # The usual fix for a failed task is in the workflow file itself (a wrong command, a
     # task that should not be there). `resume --retry-failed` goes by the file as it is

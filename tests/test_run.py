@@ -713,6 +713,61 @@ def test_gate_never_met_fails_after_max_iterations(tmp_path: Path, cli) -> None:
     assert "gate still not met after 2 iterations" in result.out
 
 
+REVIEWED = {
+    "implement": {
+        "run": 'echo "$ABREAST_ATTEMPT" >> work.txt; printf %s "$ABREAST_FEEDBACK" > fb.txt'
+    },
+    "review": {
+        "needs": ["implement"],
+        # approves once work.txt has 3 lines; what it asks for names how many it has
+        "run": 'n=$(wc -l < work.txt); ok=false; [ "$n" -ge 3 ] && ok=true; '
+        'echo "{\\"ok\\": $ok, \\"asks\\": \\"more than $n\\"}" > "$ABREAST_OUTPUT"',
+        "send_back": {"to": "implement", "when": "not output.ok", "feedback": "output.asks"},
+    },
+    # needs implement only: it waits for the review to let implement's work be
+    "docs": {"needs": ["implement"], "run": "cp work.txt docs.txt"},
+}
+
+
+def test_a_review_sends_the_work_back_until_it_approves(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    path = workflow(tmp_path, REVIEWED)
+    result = cli("run", str(path), "--no-monitor", "--plain")
+    assert result.code == 0, result.out
+    assert "review sent implement's work back (round 1 of 3)" in result.out
+    assert "review sent implement's work back (round 2 of 3)" in result.out
+    assert (tmp_path / "work.txt").read_text() == "1\n2\n3\n"
+    assert (tmp_path / "fb.txt").read_text() == (
+        "review reviewed this task's work and sent it back (round 2 of 3):\nmore than 2"
+    )
+    assert (tmp_path / "docs.txt").read_text() == "1\n2\n3\n"  # only the approved work
+    rows = journal(tmp_path, "SELECT task_id, state, attempts FROM tasks ORDER BY task_id")
+    assert rows == [
+        ("docs", "succeeded", 1),
+        ("implement", "succeeded", 3),
+        ("review", "succeeded", 3),
+    ]
+    sent = journal(
+        tmp_path,
+        "SELECT json_extract(data, '$.round'), json_extract(data, '$.feedback') FROM events "
+        "WHERE type = 'task.sent_back' ORDER BY seq",
+    )
+    assert sent == [(1, "more than 1"), (2, "more than 2")]
+
+
+def test_a_review_still_asking_after_its_max_rounds_fails(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    tasks = json.loads(json.dumps(REVIEWED))
+    tasks["review"]["send_back"]["max_rounds"] = 1
+    result = cli("run", str(workflow(tmp_path, tasks)), "--no-monitor", "--plain")
+    assert result.code == 1
+    assert (
+        "review (failed after 2 attempts): still sent implement's work back after 1 round "
+        "(send_back.max_rounds: 1): more than 2" in result.out
+    )
+    rows = journal(tmp_path, "SELECT task_id, state FROM tasks ORDER BY task_id")
+    assert rows == [("docs", "blocked"), ("implement", "succeeded"), ("review", "failed")]
+    assert not (tmp_path / "docs.txt").exists()
+
+
 def test_a_gate_that_cannot_be_evaluated_says_why_in_the_outputs_terms(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     gate = {"gate": "output.confidence >= 0.75", "max_iterations": 1}
     path = workflow(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -427,6 +428,50 @@ def test_a_cycle_is_reported_beside_an_unknown_dependency(write, cli) -> None:  
     assert ":3: dependency cycle: a -> b -> a" in result.err
     assert ":5: task 'c' needs 'nope', which is not a task" in result.err
     assert "(2 problems in" in result.err
+
+
+def test_send_back_names_a_task_it_needs_with_nothing_between(write, cli) -> None:  # type: ignore[no-untyped-def]
+    path = write(
+        "version: 1\ntasks:\n  impl: {run: x}\n  mid: {run: x, needs: [impl]}\n"
+        "  review:\n    run: x\n    needs: [mid, impl]\n"
+        "    send_back: {to: impl, when: not output.ok}\n"
+        "  other:\n    run: x\n    needs: [mid]\n"
+        "    send_back: {to: implx, when: not output.ok}\n"
+        "  third:\n    run: x\n    needs: [mid]\n"
+        "    send_back: {to: impl, when: not output.ok}\n"
+    )
+    result = cli("validate", str(path))
+    assert result.code == 2
+    assert (
+        ":8: send_back.to: mid needs 'impl' and 'review' needs it: they would have run on "
+        "the work 'review' sends back" in result.err
+    )
+    assert ":12: send_back.to: 'implx' is not a task; did you mean 'impl'?" in result.err
+    assert ":16: send_back.to: 'impl', which 'third' does not need" in result.err
+
+
+def test_send_back_conditions_are_checked_as_a_gate_is(write, cli) -> None:  # type: ignore[no-untyped-def]
+    path = write(
+        "version: 1\ntasks:\n  impl: {run: x}\n  review:\n    run: x\n    needs: [impl]\n"
+        "    send_back: {to: impl, when: output.ok ==, feedback: outputs.review.notes}\n"
+    )
+    result = cli("validate", str(path))
+    assert result.code == 2
+    assert ":7: send_back.when: 'output.ok ==' is not a valid expression" in result.err
+    assert ":7: send_back.feedback: 'outputs.review.notes' reads the outputs of 'review'" in (
+        result.err
+    )
+
+
+def test_tasks_that_need_the_reviewed_task_wait_for_its_review_too(write, cli) -> None:  # type: ignore[no-untyped-def]
+    path = write(
+        "version: 1\ntasks:\n  impl: {run: x}\n  docs: {run: x, needs: [impl]}\n"
+        "  review:\n    run: x\n    needs: [impl]\n    send_back: {to: impl, when: 'true'}\n"
+    )
+    result = cli("analyze", str(path), "--format", "json")
+    assert result.code == 0, result.err
+    waves = {t["id"]: t["wave"] for t in json.loads(result.out)["tasks"]}
+    assert waves == {"impl": 0, "review": 1, "docs": 2}
 
 
 def test_defaults_errors_point_at_defaults(write, cli) -> None:  # type: ignore[no-untyped-def]

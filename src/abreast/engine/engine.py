@@ -1895,6 +1895,8 @@ class Engine:
             self.isolation.finished(tr.id, tr.attempts, keep=keep)
 
     def _succeed(self, tr: TaskRun) -> None:
+        if tr.task.send_back is not None and self._sends_back(tr):
+            return
         self._release(tr, keep=False)
         tr.feedback = None
         self._set(tr, TaskState.SUCCEEDED, output=tr.output, reason=None)
@@ -1902,6 +1904,74 @@ class Engine:
             self._signals_not_given(tr)
         self._d.complete(tr.v)
         self._terminal(tr)
+
+    def _sends_back(self, tr: TaskRun) -> bool:
+        """`tr`, a reviewing task whose attempt succeeded, sends the work of the task it
+        reviews back when its `send_back.when` holds: that task runs again told why, then
+        `tr` again (and what else waits for that task, which waited for `tr` too). True
+        when `tr` does not succeed now: it sent the work back, or failed (the condition
+        could not be read, or it still would send the work back after its max_rounds)."""
+        back = tr.task.send_back
+        assert back is not None
+        to = self.by_id[back.to]
+        if to.state is not TaskState.SUCCEEDED:
+            return False  # skipped by its `when:`: no work to send back
+        own = tr.output or {}
+        expr = self._condition(str(back.when), allow_output=True)
+        try:
+            if not expr.evaluate(self.options.flags, self._outputs(expr), own):
+                return False
+            text = json.dumps(own, indent=2)
+            if back.feedback is not None:
+                said = self._condition(str(back.feedback), allow_output=True)
+                value = said.value(self.options.flags, self._outputs(said), own)
+                text = conditions.as_text(value)
+        except conditions.ConditionError as e:
+            self._reject(tr, f"send_back could not be evaluated: {e}")
+            self._fail(tr, TaskState.FAILED, f"send_back could not be evaluated: {e}")
+            return True
+        rounds = 0  # since the run started, or a resume took it up again (--retry-failed)
+        for ev in self.journal.events(self.run_id, types=("task.sent_back", "run.resumed")):
+            if ev.type == "run.resumed" and tr.id in ev.data.get("retried", ()):
+                rounds = 0
+            elif ev.task_id == tr.id:
+                rounds += 1
+        if rounds >= back.max_rounds:
+            why = (
+                f"still sent {to.id}'s work back after {rounds} "
+                f"round{'s' if rounds != 1 else ''} (send_back.max_rounds: {back.max_rounds}): "
+                f"{text}"
+            )
+            self._reject(tr, why)
+            self._fail(tr, TaskState.FAILED, why[:2000])
+            return True
+        n = rounds + 1
+        self.journal.stage_event(
+            self.run_id,
+            "task.sent_back",
+            tr.id,
+            to=to.id,
+            attempt=tr.attempts,
+            round=n,
+            max_rounds=back.max_rounds,
+            feedback=text[:2000],
+        )
+        self._release(tr, keep=False)
+        self._set(tr, TaskState.PENDING, reason=None)
+        # The work it reviewed runs again, from the integration head that holds it.
+        to.feedback = bounded_feedback(
+            f"{tr.id} reviewed this task's work and sent it back (round {n} of "
+            f"{back.max_rounds}):\n{text}"
+        )
+        to.failures = to.iterations = 0
+        to.finished_at = None
+        self._set(to, TaskState.PENDING, feedback=to.feedback, reason=None, finished_at=None)
+        self._terminal_count -= 1
+        self._wave_left[self._wave[to.v]] += 1
+        self._d.send_back(tr.v, to.v)
+        self._set(to, TaskState.READY)
+        self.view.note(f"{tr.id} sent {to.id}'s work back (round {n} of {back.max_rounds})")
+        return True
 
     def _signals_not_given(self, tr: TaskRun) -> None:
         """Say each signal of `tr`, which succeeded, that tasks waited for and it never

@@ -65,6 +65,8 @@ _ALLOWED: dict[TaskState, frozenset[TaskState]] = {
     TaskState.INTEGRATING: frozenset(
         {TaskState.SUCCEEDED, TaskState.PENDING, TaskState.FAILED, TaskState.CANCELLED}
     ),
+    # Only when the task that reviews its work sends it back (`send_back`).
+    TaskState.SUCCEEDED: frozenset({TaskState.PENDING}),
 }
 
 

@@ -265,6 +265,22 @@ class Dispatcher:
         self._state[v] = _READY
         self.admit(v)
 
+    def send_back(self, r: int, t: int) -> None:
+        """`r` ended sending the work of `t` (done; `r` needs it) back: `t` runs again, and
+        `r` and every other task that waits for `t` wait for it again."""
+        self._unhold(r)
+        state, unmet = self._state, self._unmet
+        if state[r] == _RUNNING:
+            self.release(r)
+        state[r] = _WAITING
+        for s in self._succs[t]:
+            if (t, s) not in self._satisfied and state[s] == _WAITING:
+                unmet[s] += 1
+        if self._barrier:
+            self._unfinished_in_wave[self._wave[t]] += 1
+        state[t] = _READY
+        self.admit(t)
+
     # -- inside ----------------------------------------------------------------------------
 
     def _requeue(self, vs: list[int]) -> None:

@@ -214,6 +214,28 @@ def _increasing(v: tuple[float, float, float]) -> tuple[float, float, float]:
 
 
 @dataclass(frozen=True)
+class SendBack:
+    """A reviewing task's way of sending the work of a task it needs back to be done
+    again, with what to change, then reviewing again."""
+
+    to: Annotated[str, Doc("the task whose work this one reviews: one it needs")]
+    when: Annotated[
+        Condition,
+        Doc("a condition over this task's own output: true sends `to` back"),
+    ]
+    feedback: Annotated[
+        Condition | None,
+        Doc("an expression over this task's output: what `to` is told; default: the output"),
+    ] = None
+    max_rounds: Annotated[
+        int,
+        Ge(1),
+        Le(100),
+        Doc("how many times it may send `to` back; this task fails if it still would after"),
+    ] = 3
+
+
+@dataclass(frozen=True)
 class Backoff:
     """Waits between attempts: initial, then times factor, capped at max, with jitter."""
 
@@ -485,6 +507,7 @@ class Task(TaskFields):
     signals: list[str] = field(default_factory=list)
     when: Condition | None = None
     gate: Condition | None = None
+    send_back: SendBack | None = None
 
 
 @dataclass(frozen=True)

@@ -399,6 +399,8 @@ class _Validator:
         preds: list[list[int]] = [[] for _ in ids]
         for tid, task in wf.tasks.items():
             self._task_refs(wf, task, ("tasks", tid), index, preds[index[tid]])
+        if not self.problems and any(t.send_back for t in wf.tasks.values()):
+            preds = self._send_backs(wf, ids, index, preds)
         # Cycles among the needs that name tasks, even beside needs that do not: every
         # problem of a file is said at once.
         wrong_refs = bool(self.problems)
@@ -416,6 +418,65 @@ class _Validator:
             return
         for task in wf.tasks.values():
             self._conditions(wf, task, ids, index, preds)
+
+    def _send_backs(
+        self, wf: Workflow, ids: list[str], index: dict[str, int], preds: list[list[int]]
+    ) -> list[list[int]]:
+        """Check each `send_back` (its `to` a task it needs whole, nothing between the two),
+        and make the other tasks that need `to` wait for the reviewing task too: `to`'s
+        work is done only once its review lets it be. The needs with those added."""
+        reviewers: dict[str, str] = {}
+        for tid, task in wf.tasks.items():
+            back = task.send_back
+            if back is None:
+                continue
+            at = ("tasks", tid, "send_back", "to")
+            if back.to not in task.needs:
+                said = (
+                    " is not a task" + did_you_mean(back.to, ids)
+                    if back.to not in index
+                    else f", which {tid!r} does not need"
+                    if back.to != tid
+                    else ", which is itself"
+                )
+                self.problem(
+                    at,
+                    f"send_back.to: {back.to!r}{said}",
+                    hint=f"name a task in the `needs` of {tid!r}: the one whose work it reviews",
+                )
+                continue
+            if back.to in reviewers:
+                self.problem(
+                    at,
+                    f"send_back.to: {back.to!r} is reviewed by {reviewers[back.to]!r} too",
+                    hint="one task sends a task's work back; let one review the other's output",
+                )
+                continue
+            reviewers[back.to] = tid
+            t, r = index[back.to], index[tid]
+            between = sorted(
+                ids[v] for v in dag.ancestors(r, preds) if v != t and t in dag.ancestors(v, preds)
+            )
+            if between:
+                self.problem(
+                    at,
+                    f"send_back.to: {', '.join(between)} "
+                    f"{'needs' if len(between) == 1 else 'need'} {back.to!r} and {tid!r} "
+                    f"needs {'it' if len(between) == 1 else 'them'}: "
+                    f"they would have run on the work {tid!r} sends back",
+                    hint=f"let {tid!r} need {back.to!r} directly and nothing between them, or "
+                    "move the review in front of the tasks that build on the work",
+                )
+        if self.problems or not reviewers:
+            return preds
+        for tid, task in wf.tasks.items():
+            deps = {n.partition(":")[0] for n in task.needs}
+            added = [reviewers[d] for d in sorted(deps & reviewers.keys()) if reviewers[d] != tid]
+            added = [r for r in added if r not in deps]
+            if added:
+                wf.tasks[tid] = dataclasses.replace(task, needs=[*task.needs, *added])
+                preds[index[tid]].extend(index[r] for r in added)
+        return preds
 
     def _task_refs(
         self,
@@ -505,21 +566,28 @@ class _Validator:
         base = ("tasks", task.id)
         upstream: set[str] | None = None
         exprs: list[tuple[str, str, conditions.Expression]] = []
-        for field in ("when", "gate"):
-            source = getattr(task, field)
+        places: dict[str, tuple[str | int, ...]] = {}  # where a template's places are
+        paths: dict[str, tuple[str | int, ...]] = {}  # where a condition is, if not `field`
+        fields: list[tuple[str, str | None]] = [("when", task.when), ("gate", task.gate)]
+        if task.send_back is not None:  # over the task's own output, as a gate
+            fields += [("send_back.when", task.send_back.when)]
+            fields += [("send_back.feedback", task.send_back.feedback)]
+            paths["send_back.when"] = ("send_back", "when")
+            paths["send_back.feedback"] = ("send_back", "feedback")
+        for field, source in fields:
             if source is None:
                 continue
             try:
-                expr = conditions.parse(source, allow_output=field == "gate")
+                expr = conditions.parse(source, allow_output=field != "when")
             except ValueError as e:
-                self.problem((*base, field), f"{field}: {_clipped(source)} {e}")
+                where = paths.get(field, (field,))
+                self.problem((*base, *where), f"{field}: {_clipped(source)} {e}")
             else:
                 exprs.append((field, source, expr))
         texts: list[tuple[str, tuple[str, ...], str | None]] = [
             ("prompt", ("prompt",), task.prompt)
         ]
         texts += [(f"env.{key}", ("env", key), value) for key, value in task.env.items()]
-        places: dict[str, tuple[str | int, ...]] = {}
         for field, where, text in texts:
             if text is None or "${{" not in text:
                 continue
@@ -532,7 +600,7 @@ class _Validator:
             assert template is not None
             exprs += [(field, f"${{{{ {x.source} }}}}", x) for x in template.expressions]
         for field, source, expr in exprs:
-            at = (*base, *places.get(field, (field,)))
+            at = (*base, *places.get(field, paths.get(field, (field,))))
             for flag in sorted(expr.flags - set(wf.flags)):
                 hint = "declare it under `flags:` (with a default value)"
                 if field in places:
@@ -570,7 +638,7 @@ class _Validator:
                         + (", in that task's own `env`" if shared else "")
                         + (
                             "; a gate reads the task's own: output.FIELD"
-                            if field in ("when",)
+                            if field in ("when", "send_back.when", "send_back.feedback")
                             else ""
                         ),
                     )
