@@ -444,30 +444,28 @@ def test_the_agent_finally_sees_the_providers_429_through_the_proxy(
     assert len(provider.log) == 3 * 4  # every key tried in each of the 4 rounds
 
 
+def one_client(tmp_path: Path, name: str, pool: dict[str, Any], calls: int) -> tuple[Any, Any]:
+    """Run task t, the client making `calls` requests through pool `anthropic` (`pool`):
+    (abreast's result, what the client recorded)."""
+    (tmp_path / "client.py").write_text(CLIENT)
+    client = {"run": f"{sys.executable} {tmp_path}/client.py {calls}", "keys": "anthropic"}
+    path = write(tmp_path, {"name": name, "keys": {"anthropic": pool}, "tasks": {"t": client}})
+    result = run_abreast(
+        "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
+    )
+    assert result.code == 0, result.err
+    found = next((tmp_path / ".abreast" / "runs").glob("*/outputs/*.client.json"))
+    return result, json.loads(found.read_text())
+
+
 def test_an_agent_told_every_key_is_at_abreasts_limit_gets_a_429_to_wait_out(
     tmp_path: Path, provider: Provider
 ) -> None:
     """abreast's own `limit:` spent (no request left to send in the window): the agent
     is answered 429 with a Retry-After, as by the provider, so its client waits; not a 502."""
-    (tmp_path / "client.py").write_text(CLIENT)
-    pool = {"from": ["TEST_KEY_0"], "limit": "1/1m", "upstream": provider.url}
-    path = write(
-        tmp_path,
-        {
-            "name": "spent",
-            "keys": {"anthropic": {**pool, "backoff": {"initial": "0.1s", "max": "0.1s"}}},
-            "tasks": {
-                "t": {"run": f"{sys.executable} {tmp_path}/client.py 2", "keys": "anthropic"}
-            },
-        },
-    )
-    result = run_abreast(
-        "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
-    )
-    assert result.code == 0, result.err
-    data = json.loads(
-        next((tmp_path / ".abreast" / "runs").glob("*/outputs/*.client.json")).read_text()
-    )
+    backoff = {"initial": "0.1s", "max": "0.1s"}
+    pool = {"from": ["TEST_KEY_0"], "limit": "1/1m", "upstream": provider.url, "backoff": backoff}
+    _, data = one_client(tmp_path, "spent", pool, 2)
     assert data["codes"] == [200, 429]
     assert len(provider.log) == 1  # the second was not sent
     (said,) = data["errors"]
@@ -478,25 +476,9 @@ def test_an_agent_told_every_key_is_at_abreasts_limit_gets_a_429_to_wait_out(
 def test_an_upstream_out_of_reach_is_said_to_the_agent_and_warned_of(tmp_path: Path) -> None:
     """A key pool whose `upstream:` nothing answers at: the agent is told why its request
     failed (not only 502), and the run warns once, naming the pool."""
-    (tmp_path / "client.py").write_text(CLIENT)
     port = free_port()  # nothing listens there
-    path = write(
-        tmp_path,
-        {
-            "name": "unreached",
-            "keys": {"anthropic": {"from": list(ENV), "upstream": f"http://127.0.0.1:{port}"}},
-            "tasks": {
-                "t": {"run": f"{sys.executable} {tmp_path}/client.py 2", "keys": "anthropic"}
-            },
-        },
-    )
-    result = run_abreast(
-        "run", str(path), "--no-monitor", "--plain", cwd=tmp_path, env={**os.environ, **ENV}
-    )
-    assert result.code == 0, result.err
-    data = json.loads(
-        next((tmp_path / ".abreast" / "runs").glob("*/outputs/*.client.json")).read_text()
-    )
+    pool = {"from": list(ENV), "upstream": f"http://127.0.0.1:{port}"}
+    result, data = one_client(tmp_path, "unreached", pool, 2)
     assert data["codes"] == [502, 502]
     assert all(f"cannot connect to 127.0.0.1:{port}" in e["message"] for e in data["errors"])
     warning = (
