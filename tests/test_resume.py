@@ -871,6 +871,8 @@ def test_a_review_that_sent_work_back_carries_on_after_a_sigkill(tmp_path: Path)
     proc, run_id = start_run(write_workflow(tmp_path, "rv", tasks), cwd=tmp_path)
     wait_for(lambda: (tmp_path / "again.started").exists(), what="impl to run again")
     kill9(proc)
+    status = run_abreast("status", run_id, cwd=tmp_path).out
+    assert "sent impl's work back (round 1 of 2); reviews it again after" in status
     resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=tmp_path)
     assert resumed.code == 0, resumed.out + resumed.err
     # attempt 2 was cut short; 3 is told why, as 2 was; the review's second send-back is

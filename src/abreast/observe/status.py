@@ -240,6 +240,9 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
     if state == "running" and any(t.state == "ready" for t in tasks):
         ready = rundata.ready_waits(journal, row.id)
     words = _last_words(journal, row.id, tasks)
+    reviewing = {}  # a reviewer waiting for the work it sent back: its last send-back
+    if any(t.state == "pending" and t.attempts for t in tasks):
+        reviewing = {e.task_id: e.data for e in journal.events(row.id, types=("task.sent_back",))}
     for t in listed[:TASK_ROWS]:
         took = "-"
         if t.started_at:
@@ -256,6 +259,15 @@ def print_run(journal: Journal, row: RunRow, out: TextIO) -> None:
             took_w = format_duration(max(0.0, now - w.since))
             note = rundata.fitted(
                 f"waits for the lock {w.lock} ({took_w}), held by {w.held_by}", 80
+            )
+        elif (
+            t.state == "pending"
+            and (sent := reviewing.get(t.task_id))
+            and sent.get("attempt") == t.attempts
+        ):
+            note = (
+                f"sent {sent.get('to')}'s work back (round {sent.get('round')} of "
+                f"{sent.get('max_rounds')}); reviews it again after"
             )
         elif t.state == "pending" and t.attempts and t.feedback:  # sent back, to run again
             due = retries.get(t.task_id) if state == "running" else None
