@@ -338,6 +338,32 @@ def test_resume_retry_failed_carries_on_from_the_failed_attempts_work(repo: Path
     assert show(repo, integration(run_id), "src/progress.txt") == "1\n2\n"
 
 
+def test_a_review_loop_with_worktrees_builds_on_the_landed_work(repo: Path, tmp_path: Path) -> None:
+    """The work a review sends back had landed: the next attempt starts from the
+    integration head holding it and adds to it. The reviewer reads the work with
+    `abreast diff` in its worktree, which has no journal: its own run's is read."""
+    seen = tmp_path / "seen.txt"
+    review = (
+        f'abreast diff "$ABREAST_RUN_ID" implement >> {seen}; '
+        'n=$(grep -c . src/feature.txt); ok=false; [ "$n" -ge 2 ] && ok=true; '
+        'echo "{\\"ok\\": $ok}" > "$ABREAST_OUTPUT"'
+    )
+    tasks = {
+        "implement": {"run": 'echo "round $ABREAST_ATTEMPT" >> src/feature.txt'},
+        "review": {
+            "needs": ["implement"],
+            "run": review,
+            "send_back": {"to": "implement", "when": "not output.ok"},
+        },
+    }
+    code, out, run_id = run(repo, workflow(repo, tasks))
+    assert code == 0, out
+    assert show(repo, integration(run_id), "src/feature.txt") == "round 1\nround 2\n"
+    first, second = seen.read_text().split("diff --git")[1:]  # what each round changed
+    assert "+round 1" in first and "+round 2" not in first
+    assert " round 1\n+round 2" in second
+
+
 def test_carried_work_that_conflicts_with_what_landed_since_is_left_out_and_said(
     repo: Path, tmp_path: Path
 ) -> None:

@@ -22,6 +22,12 @@ from abreast.executor.process import is_live_process
 
 def open_journal(file: Path | None, state: str | None) -> tuple[StateLocation, Journal]:
     location = locate(file, state)
+    if not location.journal.exists() and not state:
+        # Inside a task in a worktree (which has no `.abreast/`): its own run's journal,
+        # so that a reviewing agent's `abreast diff implement` reads the run it is in.
+        enclosing = os.environ.get("ABREAST_STATE", "") if os.environ.get("ABREAST_RUN_ID") else ""
+        if enclosing.startswith("sqlite://") and Path(enclosing[9:]).is_file():
+            location = locate(file, enclosing)
     if not location.journal.exists():
         raise UsageError(
             f"no runs yet: there is no journal at {location.journal}",
