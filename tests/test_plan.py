@@ -255,6 +255,9 @@ def test_examples_compute_what_the_seeds_got_wrong(cli) -> None:  # type: ignore
 
 def test_json_output_has_the_documented_keys(cli) -> None:  # type: ignore[no-untyped-def]
     data = cli("analyze", "examples/stage-groups.yaml", "--format", "json").json()
+    assert data["reviews"] == [{"task": "critique", "sends_back": "research", "max_rounds": 3}]
+    table = cli("analyze", "examples/stage-groups.yaml").out
+    assert "review loop: critique may send research's work back up to 3 times" in table
     assert {
         "workflow",
         "max_parallel",

@@ -100,6 +100,8 @@ class Analysis:
     locks_inside: dict[str, list[str]] = field(default_factory=dict)
     # lock -> who else holds it for a while: tasks by `locks:`, "merge checks" by `lock:`
     locks_held: dict[str, list[str]] = field(default_factory=dict)
+    # (reviewer, the task it may send back, its max_rounds): time the estimates leave out
+    reviews: list[tuple[str, str, int]] = field(default_factory=list)
 
     def contended_inside(self) -> dict[str, list[str]]:
         """The locks taken inside commands that someone else in the workflow takes too:
@@ -158,6 +160,10 @@ class Analysis:
             "limits": self.limits,
             "merge_checks": self.merge_checks.to_json() if self.merge_checks else None,
             "locks_inside": self.locks_inside,
+            "reviews": [
+                {"task": task, "sends_back": to, "max_rounds": rounds}
+                for task, to, rounds in self.reviews
+            ],
         }
 
 
@@ -325,6 +331,7 @@ def _analyze(
         )
     )
     shared = dict(zip(graph.resource_names, graph.capacity, strict=True))
+    skipped_ids = {ids[v] for v in range(n) if skipped[v]}
     return Analysis(
         workflow=wf.name,
         max_parallel=cap,
@@ -351,4 +358,9 @@ def _analyze(
             for o in graph.overlaps
             if (via := nesting_example(wf.tasks[ids[o.a]].owns, wf.tasks[ids[o.b]].owns))
         },
+        reviews=[
+            (t.id, t.send_back.to, t.send_back.max_rounds)
+            for t in wf.tasks.values()
+            if t.send_back is not None and t.id not in skipped_ids
+        ],
     )

@@ -148,6 +148,11 @@ def table(a: Analysis) -> str:
         out.append("skipped under these flags: " + ", ".join(a.skipped))
     if a.conditional:
         out.append("decided at run time (when: reads outputs): " + ", ".join(a.conditional))
+    for reviewer, to, rounds in a.reviews:
+        out.append(
+            f"review loop: {reviewer} may send {to}'s work back up to {rounds} "
+            f"time{'s' if rounds != 1 else ''}, each a run of both again (not in the estimates)"
+        )
     if any(t.estimate_source == "measured" for t in a.tasks):
         out.append(
             "~ no estimate given: the median of its time in the latest runs it succeeded in "
