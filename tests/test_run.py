@@ -720,7 +720,8 @@ REVIEWED = {
     "review": {
         "needs": ["implement"],
         # approves once work.txt has 3 lines; what it asks for names how many it has
-        "run": 'n=$(wc -l < work.txt); ok=false; [ "$n" -ge 3 ] && ok=true; '
+        "run": 'printf %s "$ABREAST_FEEDBACK" > rfb.txt; '
+        'n=$(wc -l < work.txt); ok=false; [ "$n" -ge 3 ] && ok=true; '
         'echo "{\\"ok\\": $ok, \\"asks\\": \\"more than $n\\"}" > "$ABREAST_OUTPUT"',
         "send_back": {"to": "implement", "when": "not output.ok", "feedback": "output.asks"},
     },
@@ -740,6 +741,10 @@ def test_a_review_sends_the_work_back_until_it_approves(tmp_path: Path, cli) -> 
         "review reviewed this task's work and sent it back (round 2 of 3):\nmore than 2"
     )
     assert (tmp_path / "docs.txt").read_text() == "1\n2\n3\n"  # only the approved work
+    assert (tmp_path / "rfb.txt").read_text() == (  # the review is told what it asked for
+        "round 3 of the review: the previous attempt sent implement's work back, asking "
+        "for:\nmore than 2\nimplement has done its work again since: review it anew"
+    )
     rows = journal(tmp_path, "SELECT task_id, state, attempts FROM tasks ORDER BY task_id")
     assert rows == [
         ("docs", "succeeded", 1),

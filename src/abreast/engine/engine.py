@@ -1957,7 +1957,12 @@ class Engine:
             feedback=text[:2000],
         )
         self._release(tr, keep=False)
-        self._set(tr, TaskState.PENDING, reason=None)
+        # Its next attempt is told what it asked for, to check that it was done.
+        tr.feedback = bounded_feedback(
+            f"round {n + 1} of the review: the previous attempt sent {to.id}'s work back, "
+            f"asking for:\n{text}\n{to.id} has done its work again since: review it anew"
+        )
+        self._set(tr, TaskState.PENDING, reason=None, feedback=tr.feedback)
         # The work it reviewed runs again, from the integration head that holds it.
         to.feedback = bounded_feedback(
             f"{tr.id} reviewed this task's work and sent it back (round {n} of "
