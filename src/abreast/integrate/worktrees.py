@@ -131,7 +131,7 @@ class _Attempt:
     ended: float | None = None
     head: str | None = None
     own_repos: bool = False  # made git repositories inside its worktree (sent back for it)
-    no_carry: bool = False  # its work is not handed to its next attempt (it held a key)
+    no_carry: bool = False  # its work is not handed to its next attempt (it held a secret)
     broken: bool = False  # its `.git` replaced by something git cannot repair: never reused
     index: tuple[int, int, int] | None = None  # its index file as handed to the attempt
     released: bool = False  # given back to the pool once its work was committed
@@ -421,8 +421,7 @@ class WorktreeIsolation(Isolation):
         kept = self.repo.refs(carried_ref(self.run_id, task_id))
         if not kept:
             return ""
-        ref = max(kept, key=lambda r: int(r.rsplit("/", 1)[1]))
-        work, n = kept[ref], int(ref.rsplit("/", 1)[1])
+        n, work = max((int(ref.rsplit("/", 1)[1]), commit) for ref, commit in kept.items())
         merged = self.repo.merge_tree(start, work)
         said: dict[str, Any] = {"attempt": attempt, "from_attempt": n, "commit": work}
         if not merged.clean:
@@ -445,8 +444,17 @@ class WorktreeIsolation(Isolation):
             return ""
         # Its files become the merged tree's; the index stays HEAD's: the work shows as
         # uncommitted changes (`git status`, `git diff`), as an agent left it.
-        self.repo.git("read-tree", "-m", "-u", "HEAD", merged.tree, cwd=path)
-        self.repo.git("reset", "-q", cwd=path)
+        try:
+            self.repo.git("read-tree", "-m", "-u", "HEAD", merged.tree, cwd=path)
+            self.repo.git("reset", "-q", cwd=path)
+        except GitError as e:  # the attempt starts afresh rather than not at all
+            self.repo.git("reset", "-q", "--hard", "HEAD", cwd=path, check=False)
+            self.repo.git("clean", "-q", "-ffd", cwd=path, check=False)  # not ignored ones
+            return (
+                f"The work of attempt {n} could not be put in its worktree ({e}); this "
+                f"attempt starts from the integration head; `git diff HEAD {work[:12]}` "
+                "shows that work"
+            )
         self.journal.stage_event(
             self.run_id, "work.carried", task_id, carried=True, files=len(files), **said
         )
