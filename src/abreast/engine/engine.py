@@ -1968,9 +1968,17 @@ class Engine:
             f"{tr.id} reviewed this task's work and sent it back (round {n} of "
             f"{back.max_rounds}):\n{text}"
         )
-        to.failures = to.iterations = 0
+        to.failures = to.iterations = 0  # its retries and gate rounds anew, as journaled
         to.finished_at = None
-        self._set(to, TaskState.PENDING, feedback=to.feedback, reason=None, finished_at=None)
+        self._set(
+            to,
+            TaskState.PENDING,
+            feedback=to.feedback,
+            reason=None,
+            finished_at=None,
+            failures=0,
+            iterations=0,
+        )
         self._terminal_count -= 1
         self._wave_left[self._wave[to.v]] += 1
         self._d.send_back(tr.v, to.v)
