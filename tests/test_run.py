@@ -757,6 +757,13 @@ def test_a_review_sends_the_work_back_until_it_approves(tmp_path: Path, cli) -> 
         "WHERE type = 'task.sent_back' ORDER BY seq",
     )
     assert sent == [(1, "more than 1"), (2, "more than 2")]
+    state = f"sqlite://{tmp_path}/.abreast/state.db"
+    report = cli("report", run_id_of(result.out), "--state", state).out
+    assert (
+        "  work sent back by its review:\n"
+        "    review sent implement's work back (round 1): more than 1\n"
+        "    review sent implement's work back (round 2): more than 2\n"
+    ) in report
 
 
 def test_a_review_still_asking_after_its_max_rounds_fails(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]

@@ -146,6 +146,17 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
         "cap": rundata.cap_story(journal, run_id),  # what the resource monitor did to it
         "landing": (run.summary or {}).get("landing"),
         "merges": _merges(journal, run_id),
+        # each time a reviewing task sent the work of the one it reviews back (send_back)
+        "reviews": [
+            {
+                "task": ev.task_id,
+                "attempt": ev.data.get("attempt"),
+                "sent_back": ev.data.get("to"),
+                "round": ev.data.get("round"),
+                "feedback": ev.data.get("feedback"),
+            }
+            for ev in journal.events(run_id, types=("task.sent_back",))
+        ],
     }
 
 
@@ -370,6 +381,9 @@ def text(rep: dict[str, Any]) -> str:
     if retried:  # what sent attempts back, the ones that failed the task aside
         out.append("\n  attempts sent back or retried:")
         out += [f"    {x['task']} attempt {x['attempt']}: {x['reason']}" for x in retried]
+    if rep["reviews"]:
+        out.append("\n  work sent back by its review:")
+        out += [f"    {_review_line(x)}" for x in rep["reviews"]]
     if rep["warnings"]:
         out.append("")
         out += [f"  warning: {w}" for w in rep["warnings"]]
@@ -458,6 +472,12 @@ def _in_out(tokens: dict[str, int] | None) -> str:
     if not tokens:
         return "-"
     return f"{rundata.count(tokens['input'])}/{rundata.count(tokens['output'])}"
+
+
+def _review_line(x: dict[str, Any]) -> str:
+    """A send-back by a review, in a line: what it asked for, its first line."""
+    asked = rundata.first_line(x["feedback"]) or ""
+    return f"{x['task']} sent {x['sent_back']}'s work back (round {x['round']}): {asked}"
 
 
 def _sent_back(rep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -569,6 +589,9 @@ def html_page(rep: dict[str, Any]) -> str:
     )
     if retried:
         fail_part = f"<h2>attempts sent back or retried</h2><ul>{retried}</ul>" + fail_part
+    reviewed = "".join(f"<li>{e(_review_line(x))}</li>" for x in rep["reviews"])
+    if reviewed:
+        fail_part = f"<h2>work sent back by its review</h2><ul>{reviewed}</ul>" + fail_part
     warned = "".join(f"<li>{e(w)}</li>" for w in rep["warnings"])
     if warned:
         fail_part = f"<h2>warnings</h2><ul>{warned}</ul>" + fail_part
