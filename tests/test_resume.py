@@ -235,6 +235,23 @@ def test_an_attempt_that_ended_while_abreast_was_down_is_not_rerun(
         assert (tmp_path / "cleaned").read_text().split() == ["x"]  # its trap still ran
 
 
+def test_an_attempt_that_failed_while_abreast_was_down_says_its_line(tmp_path: Path) -> None:
+    """A bash command of several lines that failed while no orchestrator watched: the
+    resume says at which line, as the orchestrator that started it would have."""
+    run = (
+        "touch a.started\nwhile [ ! -e go ]; do sleep 0.05; done\ngrep -q NOPE a.started\necho done"
+    )
+    tasks = {"a": {"run": run, "shell": "bash"}}
+    proc, run_id = started_while_a_runs(tmp_path, "down", tasks)
+    kill9(proc)
+    (tmp_path / "go").touch()
+    exits = tmp_path / ".abreast" / "runs" / run_id / "exits"
+    wait_for(lambda: "a.1 1" in exits.read_text(), what="a to fail on its own")
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=tmp_path)
+    assert resumed.code == 1, resumed.out + resumed.err
+    assert "a (failed): exit 1 at line 3 (`grep -q NOPE a.started`)" in resumed.out
+
+
 def test_an_attempt_that_ended_while_abreast_was_down_took_its_own_time_not_the_wait(
     tmp_path: Path,
 ) -> None:

@@ -239,10 +239,19 @@ def failed_at(launch: Launch, status: int | None) -> str:
     """Where in a command of several lines the attempt ended (` at line 3 (`grep -q x
     f`)`), as its shell recorded it (bash only: executor/wrapper.py); "" where that is
     not known or would say nothing (a command of one line)."""
-    if not status or launch.shell != "bash" or not several_lines(launch.command):
+    return failed_in(
+        launch.command, launch.shell, launch.exits_file, launch.task_id, launch.attempt, status
+    )
+
+
+def failed_in(
+    command: str, shell: str, exits_file: str, task_id: str, attempt: int, status: int | None
+) -> str:
+    """`failed_at` of an attempt known by these (one that ended while no orchestrator
+    watched has no Launch of this one's)."""
+    if not status or shell != "bash" or not several_lines(command):
         return ""
-    key = f"{launch.task_id}.{launch.attempt}"
-    return said_at(launch.command, failed_line(launch.exits_file, key, status))
+    return said_at(command, failed_line(exits_file, f"{task_id}.{attempt}", status))
 
 
 def with_tail(reason: str, tail: list[str]) -> str:
@@ -1208,6 +1217,10 @@ class Engine:
             reason = describe_status(exit_.exit_code, exit_.signal)
             if running is not None:
                 reason += failed_at(running.launch, exit_.exit_code)
+            else:  # it ended while abreast was down: as its wrapper recorded it all the same
+                task = tr.task
+                command = task.run if task.run is not None else self.wf.agents[str(task.agent)].run
+                reason += failed_in(command, task.shell, self._exits, tr.id, n, exit_.exit_code)
             out_of_memory = self._oom_killed(tr, exit_, peak)
             if out_of_memory:
                 reason += out_of_memory
