@@ -10,7 +10,9 @@ every task counted exactly once, the run succeeded, and no process of the run is
 With --signals (worktrees), some needs wait only for a signal the task gives halfway
 (its files as a snapshot), and the result must also hold every task's file. With
 --batch N (worktrees), every merge runs a short check, and up to N queued merges are
-checked together (`merge: {batch: N}`).
+checked together (`merge: {batch: N}`). With --reviews, some tasks get a reviewer
+(`send_back`) that sends their work back once: such a task and its reviewer must
+each have run exactly twice, one round each, however the kill fell.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def one_round(
     isolation: str,
     signals: bool = False,
     batch: int = 0,
+    reviews: bool = False,
 ) -> tuple[bool, str]:
     root = Path(tempfile.mkdtemp(dir=base))
     (root / "counts").mkdir()
@@ -54,12 +57,20 @@ def one_round(
             needs = [f"{d}:half" if rng.random() < 0.5 else d for d in needs]
         count = f'echo "$ABREAST_ATTEMPT" >> {root}/counts/$ABREAST_TASK_ID'
         if isolation == "worktree":  # the work is a file in the task's own worktree
-            count = 'mkdir -p done && echo "$ABREAST_ATTEMPT" > done/$ABREAST_TASK_ID'
+            count = 'mkdir -p done && echo "$ABREAST_ATTEMPT" >> done/$ABREAST_TASK_ID'
         run = f"sleep {rng.uniform(0.02, 0.4):.2f} && {count}"
         if signals:
             half = f"sleep {rng.uniform(0.02, 0.2):.2f} && abreast signal half"
             run = f"{half} && {run}"
         tasks[f"t{i}"] = {"run": run, "needs": needs, **({"signals": ["half"]} if signals else {})}
+        if reviews and rng.random() < 0.3:  # approves once t{i} has done two rounds
+            rounds = f"done/t{i}" if isolation == "worktree" else f"{root}/counts/t{i}"
+            verdict = (
+                f'n=$(grep -c . {rounds}); ok=false; [ "$n" -ge 2 ] && ok=true; '
+                'echo "{\\"ok\\": $ok}" > "$ABREAST_OUTPUT"'
+            )
+            back = {"to": f"t{i}", "when": "not output.ok"}
+            tasks[f"r{i}"] = {"run": f"{verdict} && {count}", "needs": [f"t{i}"], "send_back": back}
     wf = root / "w.json"
     wf.write_text(
         json.dumps(
@@ -117,18 +128,24 @@ def one_round(
         ref = f"abreast/{run_id}/_integration"
         subjects = git(root, "log", "--first-parent", "--format=%s", ref).splitlines()
         landed = [s.split()[2] for s in subjects if s.startswith("abreast: land ")]
-        counts = {f"t{i}": [t for t in landed if t == f"t{i}"] for i in range(n)}
+        counts = {t: [x for x in landed if x == t] for t in tasks}
         files = set(git(root, "ls-tree", "-r", "--name-only", ref, "done/").split())
-        missing = [f"t{i}" for i in range(n) if f"done/t{i}" not in files]
+        missing = [t for t in tasks if f"done/{t}" not in files]
         if missing:
             return False, f"run {run_id} in {root}: files missing from the result: {missing}"
     else:
-        for i in range(n):
-            f = root / "counts" / f"t{i}"
-            counts[f"t{i}"] = f.read_text().split() if f.exists() else []
-    wrong = {k: v for k, v in counts.items() if len(v) != 1}
+        for t in tasks:
+            f = root / "counts" / t
+            counts[t] = f.read_text().split() if f.exists() else []
+    # A reviewed task and its reviewer: two rounds each; any other task: once.
+    reviewed = {t for t in tasks if t.startswith("r")}
+    reviewed |= {"t" + t[1:] for t in reviewed}
+    wrong = {k: v for k, v in counts.items() if len(v) != (2 if k in reviewed else 1)}
     if wrong:
-        return False, f"run {run_id} in {root}: counts not exactly once: {wrong}\n{resumed.stdout}"
+        return (
+            False,
+            f"run {run_id} in {root}: counts not as many as rounds: {wrong}\n{resumed.stdout}",
+        )
     left = marked_processes(run_id)
     if left:
         return False, f"run {run_id}: processes left: {[p.pid for p in left]}"
@@ -143,6 +160,7 @@ def main() -> None:
     ap.add_argument("--isolation", default="none", choices=("none", "worktree"))
     ap.add_argument("--signals", action="store_true", help="signal waits (worktree only)")
     ap.add_argument("--batch", type=int, default=0, help="checks, merged in batches of N")
+    ap.add_argument("--reviews", action="store_true", help="reviewers sending work back once")
     args = ap.parse_args()
     if (args.signals or args.batch) and args.isolation != "worktree":
         ap.error("--signals and --batch go with --isolation worktree")
@@ -151,11 +169,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         for i in range(args.runs):
-            ok, detail = one_round(base, args.tasks, rng, args.isolation, args.signals, args.batch)
+            ok, detail = one_round(
+                base, args.tasks, rng, args.isolation, args.signals, args.batch, args.reviews
+            )
             failures += not ok
             print(f"{i + 1:>3}/{args.runs} {'ok  ' if ok else 'FAIL'} {detail}", flush=True)
+    once = "once a round of its review" if args.reviews else "exactly once"
     print(
-        f"\n{args.runs - failures}/{args.runs} rounds: every task exactly once, none lost, "
+        f"\n{args.runs - failures}/{args.runs} rounds: every task {once}, none lost, "
         f"no stray process"
     )
     sys.exit(1 if failures else 0)

@@ -426,6 +426,32 @@ def test_tasks_whose_work_conflicted_in_the_same_file_run_one_after_the_other_af
     assert len(last) == 1 and last[0].startswith("line 10 by t"), merged
 
 
+def test_an_output_of_work_on_the_merge_queue_when_abreast_died_is_handed_on(
+    repo: Path, tmp_path: Path
+) -> None:
+    """a wrote its output, and its work was being checked when the orchestrator died: the
+    resume lands the work, and b, which reads a's output, gets it (it was journaled only
+    once the work landed: b's `when:` found none)."""
+    go, checking = tmp_path / "go", tmp_path / "checking"
+    check = f"touch {checking}; while [ ! -e {go} ]; do sleep 0.05; done"
+    tasks = {
+        "a": {"run": 'echo "{\\"x\\": 7}" > "$ABREAST_OUTPUT"; echo a > src/a.txt'},
+        "b": {"needs": ["a"], "when": "outputs.a.x == 7", "run": "echo b > src/b.txt"},
+    }
+    proc, run_id = start_run(workflow(repo, tasks, checks=[{"run": check}]), cwd=repo)
+    try:
+        wait_for(checking.exists, what="a's work to be checked")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    go.touch()
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=repo)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert show(repo, integration(run_id), "src/b.txt") == "b\n"
+
+
 def test_tasks_kept_apart_by_their_conflicts_stay_apart_after_a_resume(
     repo: Path, tmp_path: Path
 ) -> None:

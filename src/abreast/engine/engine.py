@@ -1388,7 +1388,9 @@ class Engine:
         if self.isolation.instant:
             self._succeed(tr)
             return
-        self._set(tr, TaskState.INTEGRATING)
+        # Its output journaled now, not only once it lands: a resume that lands its work
+        # (the orchestrator died with it on the merge queue) hands it on all the same.
+        self._set(tr, TaskState.INTEGRATING, output=tr.output)
         tr.integrating_since = time.monotonic()
         self._spawn_background(self._settle_and_integrate(tr, tr.attempts))
 
