@@ -426,6 +426,38 @@ def test_tasks_whose_work_conflicted_in_the_same_file_run_one_after_the_other_af
     assert len(last) == 1 and last[0].startswith("line 10 by t"), merged
 
 
+def test_a_worktree_whose_task_branch_moved_on_elsewhere_is_reused_with_the_right_files(
+    repo: Path,
+) -> None:
+    """x's committed attempt gives its worktree back; x's next attempt takes another one
+    and moves x's branch. The first worktree's HEAD named that branch, so its next task's
+    checkout (a two-way merge from HEAD) thought its files were at the branch's new commit:
+    x's old files stayed, and the next task's work took them in (or undid what landed)."""
+    from abreast.workspace.pool import WorktreePool
+    from abreast.workspace.repo import Repo, commit_all
+
+    r = Repo(repo)
+    base = git(repo, "rev-parse", "HEAD").strip()
+    pool = WorktreePool(r, "run1")
+    try:
+        x = pool.acquire("abreast/run1/x", base)
+        a = pool.acquire("abreast/run1/a", base)
+        (x / "x.txt").write_text("x, attempt 1\n")
+        commit_all(r, x, "x")
+        (a / "src" / "shared.txt").write_text("a's\n")
+        landed = commit_all(r, a, "a")
+        pool.release(x, clean=True)
+        pool.release(a, clean=True)
+        wait_for(lambda: len(pool._idle) == 2, what="both worktrees to be idle")
+        assert pool.acquire("abreast/run1/x", landed) == a  # x's next attempt, elsewhere
+        assert pool.acquire("abreast/run1/y", landed) == x
+        assert git(x, "status", "--porcelain") == ""
+        assert not (x / "x.txt").exists()
+        assert (x / "src" / "shared.txt").read_text() == "a's\n"
+    finally:
+        pool.close()
+
+
 def test_an_output_of_work_on_the_merge_queue_when_abreast_died_is_handed_on(
     repo: Path, tmp_path: Path
 ) -> None:

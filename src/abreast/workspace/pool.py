@@ -17,7 +17,7 @@ from pathlib import Path
 
 from abreast.workspace import provision
 from abreast.workspace.provision import Provision
-from abreast.workspace.repo import FAST, Repo, move_worktree, point_head
+from abreast.workspace.repo import FAST, Repo, detach_head, move_worktree, point_head
 from abreast.workspace.room import check_room, worktree_bytes
 
 # How long a worktree given back waits for processes still working in it (a task's
@@ -142,6 +142,8 @@ class WorktreePool:
         with self._lock:
             if path not in self._all or path in self._idle or path in self._cleaning:
                 return
+            if clean:  # its files are its HEAD commit's: kept so whatever moves the branch
+                clean = detach_head(self.repo, path)
             if after_move:
                 self._idle[path] = (clean, False)
                 self._lock.notify_all()

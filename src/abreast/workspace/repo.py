@@ -435,6 +435,25 @@ def forget_operations(path: Path) -> None:
                 where.unlink()
 
 
+def detach_head(repo: Repo, path: Path) -> bool:
+    """Put the worktree at `path` on the commit its branch is at, detached, without
+    touching files: the branch is the task's, and the task's next attempt moves it from
+    another worktree, which would leave this one's HEAD naming a commit its files are not
+    at (and the next move, a two-way merge from HEAD, would leave stale files). False when
+    the commit cannot be read: then treat its files as unknown."""
+    commit = head_commit(repo, path)
+    if commit is None:
+        proc = repo.git("rev-parse", "--verify", "-q", "HEAD", cwd=path, check=False)
+        commit = proc.stdout.strip() if proc.returncode == 0 else None
+    if not commit:
+        return False
+    gitdir = worktree_git_dir(path)
+    tmp = gitdir / "HEAD.abreast-tmp"
+    tmp.write_text(f"{commit}\n")
+    os.replace(tmp, gitdir / "HEAD")
+    return True
+
+
 def point_head(path: Path, branch: str) -> None:
     """Check out `branch` in the worktree at `path` without touching files (they match).
 
