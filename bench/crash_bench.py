@@ -12,7 +12,10 @@ With --signals (worktrees), some needs wait only for a signal the task gives hal
 --batch N (worktrees), every merge runs a short check, and up to N queued merges are
 checked together (`merge: {batch: N}`). With --reviews, some tasks get a reviewer
 (`send_back`) that sends their work back once: such a task and its reviewer must
-each have run exactly twice, one round each, however the kill fell.
+each have run exactly twice, one round each, however the kill fell. With --carry
+(worktrees), some tasks fail their first attempt having written a part of their work,
+and finish only when their next attempt finds that part (`carry_work`): the result
+must hold both.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def one_round(
     signals: bool = False,
     batch: int = 0,
     reviews: bool = False,
+    carry: bool = False,
 ) -> tuple[bool, str]:
     root = Path(tempfile.mkdtemp(dir=base))
     (root / "counts").mkdir()
@@ -63,6 +67,11 @@ def one_round(
             half = f"sleep {rng.uniform(0.02, 0.2):.2f} && abreast signal half"
             run = f"{half} && {run}"
         tasks[f"t{i}"] = {"run": run, "needs": needs, **({"signals": ["half"]} if signals else {})}
+        if carry and rng.random() < 0.4:  # fails until an attempt starts with its part
+            part = f"done/t{i}.part"
+            first = f"if [ ! -e {part} ]; then mkdir -p done && echo part > {part}; exit 1; fi"
+            retry = {"retries": 3, "backoff": {"initial": 0}, "carry_work": True}
+            tasks[f"t{i}"] |= {"run": f"{first}\n{run}", **retry}
         if reviews and rng.random() < 0.3:  # approves once t{i} has done two rounds
             rounds = f"done/t{i}" if isolation == "worktree" else f"{root}/counts/t{i}"
             verdict = (
@@ -131,6 +140,8 @@ def one_round(
         counts = {t: [x for x in landed if x == t] for t in tasks}
         files = set(git(root, "ls-tree", "-r", "--name-only", ref, "done/").split())
         missing = [t for t in tasks if f"done/{t}" not in files]
+        missing += [f"{t}.part" for t, s in tasks.items() if s.get("carry_work")]
+        missing = [m for m in missing if f"done/{m}" not in files]
         if missing:
             return False, f"run {run_id} in {root}: files missing from the result: {missing}"
     else:
@@ -161,16 +172,24 @@ def main() -> None:
     ap.add_argument("--signals", action="store_true", help="signal waits (worktree only)")
     ap.add_argument("--batch", type=int, default=0, help="checks, merged in batches of N")
     ap.add_argument("--reviews", action="store_true", help="reviewers sending work back once")
+    ap.add_argument("--carry", action="store_true", help="carry_work (worktree only)")
     args = ap.parse_args()
-    if (args.signals or args.batch) and args.isolation != "worktree":
-        ap.error("--signals and --batch go with --isolation worktree")
+    if (args.signals or args.batch or args.carry) and args.isolation != "worktree":
+        ap.error("--signals, --batch and --carry go with --isolation worktree")
     rng = random.Random(args.seed)
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         for i in range(args.runs):
             ok, detail = one_round(
-                base, args.tasks, rng, args.isolation, args.signals, args.batch, args.reviews
+                base,
+                args.tasks,
+                rng,
+                args.isolation,
+                args.signals,
+                args.batch,
+                args.reviews,
+                args.carry,
             )
             failures += not ok
             print(f"{i + 1:>3}/{args.runs} {'ok  ' if ok else 'FAIL'} {detail}", flush=True)
