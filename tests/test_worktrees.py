@@ -364,6 +364,33 @@ def test_a_review_loop_with_worktrees_builds_on_the_landed_work(repo: Path, tmp_
     assert " round 1\n+round 2" in second
 
 
+def test_carry_work_carries_the_files_of_an_attempt_the_orchestrators_death_cut_short(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The orchestrator dies while an attempt works: the resume kills it, and its next
+    attempt starts with the files it had written (the resumed run reuses its worktree)."""
+    started, seen = tmp_path / "started", tmp_path / "seen"
+    run_ = (
+        'if [ "$ABREAST_ATTEMPT" = 1 ]; then echo part > src/part.txt; '
+        f"touch {started}; sleep 60; fi\n"
+        f"cat src/part.txt > {seen}; echo done > src/done.txt\n"
+    )
+    path = workflow(repo, {"t": {"run": run_, "carry_work": True}})
+    proc, run_id = start_run(path, cwd=repo)
+    try:
+        wait_for(started.exists, what="attempt 1 to write its part")
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=repo)
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert seen.read_text() == "part\n"
+    assert show(repo, integration(run_id), "src/part.txt") == "part\n"
+    assert show(repo, integration(run_id), "src/done.txt") == "done\n"
+
+
 def test_carried_work_that_conflicts_with_what_landed_since_is_left_out_and_said(
     repo: Path, tmp_path: Path
 ) -> None:
