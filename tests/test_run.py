@@ -757,6 +757,13 @@ def test_a_review_sends_the_work_back_until_it_approves(tmp_path: Path, cli) -> 
         "WHERE type = 'task.sent_back' ORDER BY seq",
     )
     assert sent == [(1, "more than 1"), (2, "more than 2")]
+    from abreast.coord.journal import Journal
+    from abreast.observe.metrics import Metrics
+
+    metrics, j = Metrics(), Journal(tmp_path / ".abreast" / "state.db")
+    metrics.consume(j.events(run_id_of(result.out)))
+    j.close()
+    assert 'abreast_task_retries_total{kind="review"} 2.0' in metrics.exposition().decode()
     state = f"sqlite://{tmp_path}/.abreast/state.db"
     report = cli("report", run_id_of(result.out), "--state", state).out
     assert (

@@ -118,6 +118,8 @@ class Metrics:
                 if kind in _SEND_BACK_KINDS:
                     self.conflicts.labels(kind, "false").inc()
                     self._pending.setdefault(task, set()).add(kind)
+            elif e.type == "task.sent_back":  # a review sent the work of its task back
+                self.retries.labels("review").inc()
             elif e.type == "merge.landed":
                 self.merges.labels("landed").inc()
                 for kind in self._pending.pop(task, set()):
