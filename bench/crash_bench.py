@@ -15,7 +15,9 @@ checked together (`merge: {batch: N}`). With --reviews, some tasks get a reviewe
 each have run exactly twice, one round each, however the kill fell. With --carry
 (worktrees), some tasks fail their first attempt having written a part of their work,
 and finish only when their next attempt finds that part (`carry_work`): the result
-must hold both.
+must hold both. With --red (worktrees), a merge check turns every task's first
+attempt red (it finds the attempt number 1 in the task's file), so each lands from a
+retry, which takes whatever worktree is free.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def one_round(
     batch: int = 0,
     reviews: bool = False,
     carry: bool = False,
+    red: bool = False,
 ) -> tuple[bool, str]:
     root = Path(tempfile.mkdtemp(dir=base))
     (root / "counts").mkdir()
@@ -67,6 +70,8 @@ def one_round(
             half = f"sleep {rng.uniform(0.02, 0.2):.2f} && abreast signal half"
             run = f"{half} && {run}"
         tasks[f"t{i}"] = {"run": run, "needs": needs, **({"signals": ["half"]} if signals else {})}
+        if red:
+            tasks[f"t{i}"] |= {"retries": 2, "backoff": {"initial": 0}}
         if carry and rng.random() < 0.4:  # fails until an attempt starts with its part
             part = f"done/t{i}.part"
             first = f"if [ ! -e {part} ]; then mkdir -p done && echo part > {part}; exit 1; fi"
@@ -89,6 +94,7 @@ def one_round(
                 "isolation": isolation,
                 "max_parallel": 3,
                 **({"checks": [{"run": "sleep 0.1"}], "merge": {"batch": batch}} if batch else {}),
+                **({"checks": [{"run": "! grep -rqx 1 done/"}]} if red else {}),
                 "tasks": tasks,
             }
         )
@@ -173,9 +179,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="checks, merged in batches of N")
     ap.add_argument("--reviews", action="store_true", help="reviewers sending work back once")
     ap.add_argument("--carry", action="store_true", help="carry_work (worktree only)")
+    ap.add_argument("--red", action="store_true", help="first attempts' checks red (worktree)")
     args = ap.parse_args()
-    if (args.signals or args.batch or args.carry) and args.isolation != "worktree":
-        ap.error("--signals, --batch and --carry go with --isolation worktree")
+    if (args.signals or args.batch or args.carry or args.red) and args.isolation != "worktree":
+        ap.error("--signals, --batch, --carry and --red go with --isolation worktree")
+    if args.red and (args.carry or args.reviews or args.batch):
+        ap.error("--red goes alone (a carried or reviewed attempt holds its first's number)")
     rng = random.Random(args.seed)
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,6 +199,7 @@ def main() -> None:
                 args.batch,
                 args.reviews,
                 args.carry,
+                args.red,
             )
             failures += not ok
             print(f"{i + 1:>3}/{args.runs} {'ok  ' if ok else 'FAIL'} {detail}", flush=True)
