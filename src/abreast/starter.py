@@ -55,6 +55,10 @@ tasks:
 #     agent: claude          #   what a task it needs wrote to $ABREAST_OUTPUT (JSON)
 #     needs: [backend]
 #     prompt: "Review the backend. Its notes: ${{ outputs.backend.notes }}"
+#     send_back:             # the work back to backend until the review approves it
+#       to: backend
+#       when: output.decision == "REQUEST_CHANGES"
+#       feedback: output.changes
 """
 
 
