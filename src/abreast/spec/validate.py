@@ -453,10 +453,7 @@ class _Validator:
                 )
                 continue
             reviewers[back.to] = tid
-            t, r = index[back.to], index[tid]
-            between = sorted(
-                ids[v] for v in dag.ancestors(r, preds) if v != t and t in dag.ancestors(v, preds)
-            )
+            between = sorted(ids[v] for v in _between(index[back.to], index[tid], preds))
             if between:
                 self.problem(
                     at,
@@ -785,6 +782,24 @@ class _Validator:
                     (*path, key),
                     f"environment variable {key!r} is reserved: abreast sets ABREAST_* itself",
                 )
+
+
+def _between(t: int, r: int, preds: list[list[int]]) -> set[int]:
+    """The tasks upstream of `r` that need `t` (directly or not): what runs after `t` and
+    before `r`. In time linear in what is upstream of `r`."""
+    upstream = dag.ancestors(r, preds)
+    after: dict[int, list[int]] = {}  # within what is upstream of r: who needs whom
+    for v in upstream:
+        for p in preds[v]:
+            after.setdefault(p, []).append(v)
+    found: set[int] = set()
+    stack = [t]
+    while stack:
+        for v in after.get(stack.pop(), []):
+            if v not in found:
+                found.add(v)
+                stack.append(v)
+    return found - {t}
 
 
 def _value_at(data: Any, path: tuple[str | int, ...], default: Any) -> Any:
