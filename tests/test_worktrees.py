@@ -418,8 +418,11 @@ def test_carried_work_that_conflicts_with_what_landed_since_is_left_out_and_said
     assert told.startswith(
         "The work of attempt 1 was not carried over: it conflicts with what landed since "
         "it started, in: src/shared.txt. This attempt starts from the current integration "
-        "head; `git diff HEAD "
+        "head; `git diff "
     ), told
+    since, work = told.split("`git diff ")[1].split("`")[0].split()
+    that_work = git(repo, "diff", since, work)  # what attempt 1 did, and nothing else
+    assert "+line 10 (second)" in that_work and "(first)" not in that_work
     merged = show(repo, integration(run_id), "src/shared.txt")
     assert "line 10 (first)\n" in merged and "line 12 (second)\n" in merged
 

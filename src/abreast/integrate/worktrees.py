@@ -424,6 +424,8 @@ class WorktreeIsolation(Isolation):
         n, work = max((int(ref.rsplit("/", 1)[1]), commit) for ref, commit in kept.items())
         merged = self.repo.merge_tree(start, work)
         said: dict[str, Any] = {"attempt": attempt, "from_attempt": n, "commit": work}
+        since = self.repo.merge_base(start, work) or start  # where that work began
+        shows = f"`git diff {since[:12]} {work[:12]}` shows that work"
         if not merged.clean:
             shown = listed(merged.conflicts, 20, visible_name)
             self.journal.stage_event(
@@ -437,7 +439,7 @@ class WorktreeIsolation(Isolation):
             return (
                 f"The work of attempt {n} was not carried over: it conflicts with what "
                 f"landed since it started, in: {shown}. This attempt starts from the current "
-                f"integration head; `git diff HEAD {work[:12]}` shows that work"
+                f"integration head; {shows}"
             )
         files = self.repo.changed_paths(start, merged.tree)
         if not files:
@@ -452,8 +454,7 @@ class WorktreeIsolation(Isolation):
             self.repo.git("clean", "-q", "-ffd", cwd=path, check=False)  # not ignored ones
             return (
                 f"The work of attempt {n} could not be put in its worktree ({e}); this "
-                f"attempt starts from the integration head; `git diff HEAD {work[:12]}` "
-                "shows that work"
+                f"attempt starts from the integration head; {shows}"
             )
         self.journal.stage_event(
             self.run_id, "work.carried", task_id, carried=True, files=len(files), **said
