@@ -66,6 +66,18 @@ def run(repo: Path, path: Path, *args: str) -> tuple[int, str, str]:
     return result.code, result.out + result.err, run_id
 
 
+def killed_once(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str) -> None:
+    """SIGKILL the orchestrator `proc` once `ready` holds, and reap it (killed anyway if
+    waiting failed)."""
+    try:
+        wait_for(ready, what=what)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def integration(run_id: str) -> str:
     return f"abreast/{run_id}/_integration"
 
@@ -377,13 +389,7 @@ def test_carry_work_carries_the_files_of_an_attempt_the_orchestrators_death_cut_
     )
     path = workflow(repo, {"t": {"run": run_, "carry_work": True}})
     proc, run_id = start_run(path, cwd=repo)
-    try:
-        wait_for(started.exists, what="attempt 1 to write its part")
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    killed_once(proc, started.exists, "attempt 1 to write its part")
     resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=repo)
     assert resumed.code == 0, resumed.out + resumed.err
     assert seen.read_text() == "part\n"
@@ -501,13 +507,7 @@ def test_an_output_of_work_on_the_merge_queue_when_abreast_died_is_handed_on(
         "b": {"needs": ["a"], "when": "outputs.a.x == 7", "run": "echo b > src/b.txt"},
     }
     proc, run_id = start_run(workflow(repo, tasks, checks=[{"run": check}]), cwd=repo)
-    try:
-        wait_for(checking.exists, what="a's work to be checked")
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    killed_once(proc, checking.exists, "a's work to be checked")
     go.touch()
     resumed = run_abreast("resume", run_id, "--no-monitor", "--plain", cwd=repo)
     assert resumed.code == 0, resumed.out + resumed.err

@@ -1983,17 +1983,9 @@ class Engine:
             f"{tr.id} reviewed this task's work and sent it back (round {n} of "
             f"{back.max_rounds}):\n{text}"
         )
-        to.failures = to.iterations = 0  # its retries and gate rounds anew, as journaled
+        check_transition(to.id, to.state, TaskState.PENDING)
         to.finished_at = None
-        self._set(
-            to,
-            TaskState.PENDING,
-            feedback=to.feedback,
-            reason=None,
-            finished_at=None,
-            failures=0,
-            iterations=0,
-        )
+        self._taken_again(to, TaskState.PENDING, feedback=to.feedback)  # retries anew
         self._terminal_count -= 1
         self._wave_left[self._wave[to.v]] += 1
         self._d.send_back(tr.v, to.v)
@@ -2359,8 +2351,8 @@ class Engine:
         self._taken_again(tr, TaskState.PENDING, feedback=tr.feedback)
 
     def _taken_again(self, tr: TaskRun, state: TaskState, **fields: Any) -> None:
-        """A failed task taken up again by a resume, in `state`, its retries and
-        iterations anew."""
+        """A task taken up again, in `state`, its retries and iterations anew: a failed
+        one by a resume, or one whose work its review sent back."""
         tr.failures = tr.iterations = 0
         tr.state = state
         self.journal.stage_task(

@@ -1028,21 +1028,6 @@ async def _kill_strays(journal: Journal, run_id: str, grace_s: float = 2.0) -> i
 # -- resume ------------------------------------------------------------------------------------
 
 
-def _keep_interrupted_work(workdir: Path, run_id: str, task_id: str, attempt: int) -> None:
-    """`carry_work`: the files of an attempt the orchestrator's death cut short (its
-    processes stopped and killed above), kept for the task's next attempt, as an attempt
-    that ended keeps them (`WorktreeIsolation._keep_for_next`): the resumed run reuses
-    its worktree."""
-    from abreast.workspace.git import GitError
-    from abreast.workspace.repo import carried_ref, snapshot
-
-    if not workdir.is_dir():
-        return
-    message = f"abreast: {task_id} attempt {attempt}'s files, cut short, for its next attempt"
-    with contextlib.suppress(GitError, OSError):
-        snapshot(workdir, carried_ref(run_id, task_id, attempt), message)
-
-
 def resume_run(
     run_id: str,
     *,
@@ -1416,7 +1401,11 @@ async def _resume(
             )
             task = wf.tasks.get(a.task_id)
             if task is not None and task.carry_work and a.base_commit and a.workdir:
-                _keep_interrupted_work(Path(a.workdir), row.id, a.task_id, a.attempt)
+                from abreast.workspace.repo import keep_files
+
+                # its files, before the resumed run reuses its worktree (its processes
+                # were stopped and killed above)
+                keep_files(Path(a.workdir), row.id, a.task_id, a.attempt, ", cut short")
     me = os.getpid()
     options = row.options
     flags = {**wf.flags, **{k: v for k, v in options.get("flags", {}).items() if k in wf.flags}}

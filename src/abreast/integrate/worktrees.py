@@ -55,8 +55,8 @@ from abreast.workspace.repo import (
     dirty_paths,
     head_commit,
     index_identity,
+    keep_files,
     signal_ref,
-    snapshot,
     unfinished,
     unknown_base,
     worktree_git_dir,
@@ -409,10 +409,8 @@ class WorktreeIsolation(Isolation):
         if a.head is not None:
             if not a.no_carry:
                 self.repo.git("update-ref", ref, a.head)
-        elif not a.released and not a.broken and a.path.is_dir():
-            message = f"abreast: {a.task_id} attempt {a.attempt}'s files, for its next attempt"
-            with contextlib.suppress(GitError):  # not readable: the next starts afresh
-                snapshot(a.path, ref, message)
+        elif not a.released and not a.broken:
+            keep_files(a.path, self.run_id, a.task_id, a.attempt)
 
     def _carry(self, task_id: str, attempt: int, start: str, path: Path) -> str:
         """Put the last attempt's work, kept by `_keep_for_next`, in the worktree at `path`

@@ -80,7 +80,7 @@ class KeyBroker:
     def secrets(self) -> list[tuple[str, str]]:
         """(fingerprint, value) of every key of every pool: what must not reach a log
         or a commit."""
-        return [(key.fp, key.value) for pool in self.pools.values() for key in pool._keys]
+        return [secret for pool in self.pools.values() for secret in pool.secrets()]
 
     def pool_of(self, task: Task) -> str | None:
         return self.wf.key_pool_of(task)

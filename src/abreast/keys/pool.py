@@ -30,7 +30,6 @@ from typing import Any
 
 from abreast.coord.backend import BACKEND_RETRY_S, Coordinator, CoordUnreachable
 from abreast.errors import UsageError
-from abreast.executor.logs import KEY_SHOWN
 from abreast.spec.durations import format_duration
 from abreast.spec.model import KeyPool as KeyPoolSpec
 
@@ -161,11 +160,9 @@ class KeyPool:
     def holds(self, value: str) -> bool:
         return any(k.value == value for k in self._keys)
 
-    def scrubbed(self, text: str) -> str:
-        """`text` with each of the pool's keys in it shown by its fingerprint."""
-        for k in self._keys:
-            text = text.replace(k.value, KEY_SHOWN.format(k.fp))
-        return text
+    def secrets(self) -> list[tuple[str, str]]:
+        """(fingerprint, value) of each key: for `redact`, which shows them by fingerprint."""
+        return [(k.fp, k.value) for k in self._keys]
 
     # -- windows -------------------------------------------------------------------------------
 

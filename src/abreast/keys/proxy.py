@@ -27,6 +27,7 @@ from collections.abc import Iterable
 
 import h11
 
+from abreast.executor.logs import redact
 from abreast.keys.pool import AllKeysLimited, KeyPool, retry_after
 from abreast.keys.tokens import Tokens, UsageReader
 from abreast.keys.upstream import READ_CHUNK, Upstream, UpstreamError, UpstreamResponse
@@ -226,7 +227,7 @@ class KeyProxy:
             )
             return status, [*head, ("retry-after", str(wait))], body
         except UpstreamError as e:  # said by Upstream, of the host and the socket: no key
-            why = route.pool.scrubbed(str(e))
+            why = redact(str(e), route.pool.secrets())
             with self._lock:
                 count = self._unreached.get(token, (0, ""))[0]
                 self._unreached[token] = (count + 1, why)

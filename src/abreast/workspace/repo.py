@@ -447,10 +447,7 @@ def detach_head(repo: Repo, path: Path) -> bool:
         commit = proc.stdout.strip() if proc.returncode == 0 else None
     if not commit:
         return False
-    gitdir = worktree_git_dir(path)
-    tmp = gitdir / "HEAD.abreast-tmp"
-    tmp.write_text(f"{commit}\n")
-    os.replace(tmp, gitdir / "HEAD")
+    _write_head(path, commit)
     return True
 
 
@@ -460,9 +457,14 @@ def point_head(path: Path, branch: str) -> None:
     What `git symbolic-ref HEAD refs/heads/BRANCH` does, without a process: a worktree's
     HEAD is the one-line file `ref: refs/heads/BRANCH` in its git dir (gitrepository-layout).
     """
+    _write_head(path, f"ref: refs/heads/{branch}")
+
+
+def _write_head(path: Path, head: str) -> None:
+    """The worktree's HEAD file (a commit, or `ref: ...`), replaced whole."""
     gitdir = worktree_git_dir(path)
     tmp = gitdir / "HEAD.abreast-tmp"
-    tmp.write_text(f"ref: refs/heads/{branch}\n")
+    tmp.write_text(f"{head}\n")
     os.replace(tmp, gitdir / "HEAD")
 
 
@@ -545,6 +547,17 @@ def carried_ref(run_id: str, task_id: str, attempt: int | None = None) -> str:
     """Where the work of a task's attempt that did not land waits for its next attempt
     (`carry_work`); without `attempt`, the prefix of the task's."""
     return f"refs/abreast/{run_id}/carried/{task_id}/" + ("" if attempt is None else str(attempt))
+
+
+def keep_files(path: Path, run_id: str, task_id: str, attempt: int, how: str = "") -> None:
+    """`carry_work`: the files of attempt `attempt`'s worktree at `path`, kept under its
+    carried ref for the task's next attempt; nothing when they cannot be read (the next
+    attempt then starts afresh). `how`: said in the commit (", cut short")."""
+    if not path.is_dir():
+        return
+    message = f"abreast: {task_id} attempt {attempt}'s files{how}, for its next attempt"
+    with contextlib.suppress(GitError, OSError):
+        snapshot(path, carried_ref(run_id, task_id, attempt), message)
 
 
 def snapshot(path: Path, ref: str, message: str) -> str:
